@@ -1,0 +1,18 @@
+# claudeproxy - Anthropic Messages API in front of any OpenAI-compatible backend.
+# Copyright (c) 2026 the claudeproxy authors. MIT License: permission is hereby granted,
+# free of charge, to any person obtaining a copy of this software, to deal in it without
+# restriction, provided this notice is kept; it is provided "as is", without warranty.
+"""claudeproxy: lets Anthropic API clients (Claude Code, the SDKs) use OpenAI-compatible backends.
+
+Standard library only; every import inside the package is relative, and
+importing it does nothing but define names, so it can be copied into another
+project as it is. ``start()`` runs a server in the background for library use;
+``python -m claudeproxy`` runs one from the command line.
+"""
+
+__version__ = "0.1.0"
+
+from .config import Config, static_token  # noqa: E402  (after __version__, which upstream.py reads)
+from .server import RunningServer, start  # noqa: E402
+
+__all__ = ["Config", "RunningServer", "__version__", "start", "static_token"]

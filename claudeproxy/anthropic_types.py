@@ -1,0 +1,514 @@
+"""Anthropic Messages API request types and their validating parser.
+
+No I/O. ``parse_messages_request(obj)`` turns the decoded JSON body into frozen
+dataclasses, or raises ``InvalidRequest`` whose message starts with the JSON
+path of the offending field (``messages[2].content[0].type: ...``), the way
+Anthropic's own API reports it. Fields the translation has no use for
+(``cache_control``, ``context_management``, ``citations``...) are accepted and
+ignored, so new client features never turn into 400s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from .errors import InvalidRequest
+
+# Block types that carry no meaning for an OpenAI-compatible upstream (server
+# tool traffic, uploads): accepted and dropped, never a 400 (FIELD-NOTES 11).
+DROPPED_BLOCK_TYPES = frozenset(
+    {
+        "server_tool_use",
+        "web_search_tool_result",
+        "web_fetch_tool_result",
+        "code_execution_tool_result",
+        "bash_code_execution_tool_result",
+        "text_editor_code_execution_tool_result",
+        "tool_search_tool_result",
+        "mcp_tool_use",
+        "mcp_tool_result",
+        "container_upload",
+        "browser_state",
+    }
+)
+EFFORTS = ("low", "medium", "high", "xhigh", "max")
+THINKING_TYPES = ("enabled", "disabled", "adaptive", "between_tools")
+
+
+@dataclasses.dataclass(frozen=True)
+class TextBlock:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageBlock:
+    """An image; ``source`` is ``base64`` (media_type + data), ``url`` or ``file``."""
+
+    source: str
+    media_type: str = ""
+    data: str = ""
+    url: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class DocumentBlock:
+    """A document; ``source`` is ``base64`` (PDF), ``text``, ``content``, ``url`` or ``file``."""
+
+    source: str
+    media_type: str = ""
+    data: str = ""
+    url: str = ""
+    title: str = ""
+    context: str = ""
+    content: Tuple["Block", ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResultBlock:
+    source: str
+    title: str
+    texts: Tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolUseBlock:
+    id: str
+    name: str
+    input: Dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolReferenceBlock:
+    tool_name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolResultBlock:
+    tool_use_id: str
+    content: Tuple["Block", ...]
+    is_error: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ThinkingBlock:
+    thinking: str
+    signature: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class RedactedThinkingBlock:
+    data: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DroppedBlock:
+    """A block with no OpenAI equivalent (server tools, uploads); kept only by name."""
+
+    type: str
+
+
+Block = Union[
+    TextBlock,
+    ImageBlock,
+    DocumentBlock,
+    SearchResultBlock,
+    ToolUseBlock,
+    ToolResultBlock,
+    ToolReferenceBlock,
+    ThinkingBlock,
+    RedactedThinkingBlock,
+    DroppedBlock,
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    role: str  # "user", "assistant" or "system"
+    content: Tuple[Block, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tool:
+    """A tool; ``kind`` is ``custom`` (has a schema) or the Anthropic-defined ``type``."""
+
+    name: str
+    kind: str = "custom"
+    description: Optional[str] = None
+    input_schema: Optional[Dict[str, Any]] = None
+
+    @property
+    def is_custom(self) -> bool:
+        return self.kind == "custom"
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolChoice:
+    kind: str  # auto, any, tool, none
+    name: Optional[str] = None
+    disable_parallel: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Thinking:
+    kind: str  # enabled, disabled, adaptive, between_tools
+    budget_tokens: Optional[int] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MessagesRequest:
+    model: str
+    messages: Tuple[Message, ...]
+    max_tokens: Optional[int] = None
+    system: str = ""
+    tools: Tuple[Tool, ...] = ()
+    tool_choice: Optional[ToolChoice] = None
+    stream: bool = False
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    stop_sequences: Tuple[str, ...] = ()
+    thinking: Optional[Thinking] = None
+    effort: Optional[str] = None
+    output_schema: Optional[Dict[str, Any]] = None
+    user_id: Optional[str] = None
+
+
+# --------------------------------------------------------------------------
+# Field readers: each names the path in its error.
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return {dict: "object", list: "array", str: "string", int: "integer", float: "number"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _expect(value: Any, kind: type, path: str, what: str) -> Any:
+    ok = isinstance(value, kind) and not (kind in (int, float, (int, float)) and isinstance(value, bool))
+    if not ok:
+        raise InvalidRequest(f"expected {what}, got {_type_name(value)}", path)
+    return value
+
+
+def _obj(value: Any, path: str) -> Dict[str, Any]:
+    return _expect(value, dict, path, "an object")  # type: ignore[no-any-return]
+
+
+def _list(value: Any, path: str) -> List[Any]:
+    return _expect(value, list, path, "an array")  # type: ignore[no-any-return]
+
+
+def _str(obj: Dict[str, Any], key: str, path: str, required: bool = False) -> Optional[str]:
+    if key not in obj or obj[key] is None:
+        if required:
+            raise InvalidRequest("field required", _join(path, key))
+        return None
+    return _expect(obj[key], str, _join(path, key), "a string")  # type: ignore[no-any-return]
+
+
+def _number(obj: Dict[str, Any], key: str, path: str) -> Optional[float]:
+    if obj.get(key) is None:
+        return None
+    return _expect(obj[key], (int, float), _join(path, key), "a number")  # type: ignore[no-any-return]
+
+
+def _int(obj: Dict[str, Any], key: str, path: str, required: bool = False) -> Optional[int]:
+    if obj.get(key) is None:
+        if required:
+            raise InvalidRequest("field required", _join(path, key))
+        return None
+    value = obj[key]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return _expect(value, int, _join(path, key), "an integer")  # type: ignore[no-any-return]
+
+
+def _bool(obj: Dict[str, Any], key: str, path: str) -> bool:
+    if obj.get(key) is None:
+        return False
+    return bool(_expect(obj[key], bool, _join(path, key), "a boolean"))
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+# --------------------------------------------------------------------------
+# Content blocks.
+
+
+def _parse_text(raw: Dict[str, Any], path: str) -> TextBlock:
+    return TextBlock(_str(raw, "text", path, required=True) or "")
+
+
+def _parse_image(raw: Dict[str, Any], path: str) -> ImageBlock:
+    src = _obj(raw.get("source"), _join(path, "source"))
+    spath = _join(path, "source")
+    kind = _str(src, "type", spath, required=True)
+    if kind == "base64":
+        return ImageBlock(
+            "base64",
+            media_type=_str(src, "media_type", spath, required=True) or "",
+            data=_str(src, "data", spath, required=True) or "",
+        )
+    if kind == "url":
+        return ImageBlock("url", url=_str(src, "url", spath, required=True) or "")
+    if kind == "file":
+        return ImageBlock("file", data=_str(src, "file_id", spath) or "")
+    raise InvalidRequest(f"unknown image source type {kind!r}", _join(spath, "type"))
+
+
+def _parse_document(raw: Dict[str, Any], path: str) -> DocumentBlock:
+    spath = _join(path, "source")
+    src = _obj(raw.get("source"), spath)
+    kind = _str(src, "type", spath, required=True)
+    title = _str(raw, "title", path) or ""
+    context = _str(raw, "context", path) or ""
+    if kind in ("base64", "text"):
+        return DocumentBlock(
+            kind,
+            media_type=_str(src, "media_type", spath) or "",
+            data=_str(src, "data", spath, required=True) or "",
+            title=title,
+            context=context,
+        )
+    if kind == "url":
+        return DocumentBlock("url", url=_str(src, "url", spath, required=True) or "", title=title, context=context)
+    if kind == "content":
+        inner = src.get("content")
+        if isinstance(inner, str):
+            blocks: Tuple[Block, ...] = (TextBlock(inner),)
+        else:
+            blocks = _parse_blocks(_list(inner, _join(spath, "content")), _join(spath, "content"))
+        return DocumentBlock("content", content=blocks, title=title, context=context)
+    if kind == "file":
+        return DocumentBlock("file", data=_str(src, "file_id", spath) or "", title=title, context=context)
+    raise InvalidRequest(f"unknown document source type {kind!r}", _join(spath, "type"))
+
+
+def _parse_search_result(raw: Dict[str, Any], path: str) -> SearchResultBlock:
+    items = _list(raw.get("content", []), _join(path, "content"))
+    texts = []
+    for i, item in enumerate(items):
+        ipath = f"{path}.content[{i}]"
+        texts.append(_str(_obj(item, ipath), "text", ipath, required=True) or "")
+    return SearchResultBlock(
+        source=_str(raw, "source", path) or "", title=_str(raw, "title", path) or "", texts=tuple(texts)
+    )
+
+
+def _parse_tool_use(raw: Dict[str, Any], path: str) -> ToolUseBlock:
+    value = raw.get("input", {})
+    if value is None:
+        value = {}
+    return ToolUseBlock(
+        id=_str(raw, "id", path, required=True) or "",
+        name=_str(raw, "name", path, required=True) or "",
+        input=_obj(value, _join(path, "input")),
+    )
+
+
+def _parse_tool_result(raw: Dict[str, Any], path: str) -> ToolResultBlock:
+    content = raw.get("content")
+    cpath = _join(path, "content")
+    if content is None:
+        blocks: Tuple[Block, ...] = ()
+    elif isinstance(content, str):
+        blocks = (TextBlock(content),) if content else ()
+    else:
+        blocks = _parse_blocks(_list(content, cpath), cpath)
+    return ToolResultBlock(
+        tool_use_id=_str(raw, "tool_use_id", path, required=True) or "",
+        content=blocks,
+        is_error=_bool(raw, "is_error", path),
+    )
+
+
+def _parse_thinking(raw: Dict[str, Any], path: str) -> ThinkingBlock:
+    return ThinkingBlock(_str(raw, "thinking", path) or "", _str(raw, "signature", path) or "")
+
+
+_BLOCK_PARSERS = {
+    "text": _parse_text,
+    "image": _parse_image,
+    "document": _parse_document,
+    "search_result": _parse_search_result,
+    "tool_use": _parse_tool_use,
+    "tool_result": _parse_tool_result,
+    "thinking": _parse_thinking,
+    "redacted_thinking": lambda raw, path: RedactedThinkingBlock(_str(raw, "data", path) or ""),
+    "tool_reference": lambda raw, path: ToolReferenceBlock(_str(raw, "tool_name", path, required=True) or ""),
+}
+
+
+def _parse_block(raw: Any, path: str) -> Block:
+    raw = _obj(raw, path)
+    kind = _str(raw, "type", path, required=True)
+    parser = _BLOCK_PARSERS.get(kind or "")
+    if parser is not None:
+        return parser(raw, path)  # type: ignore[no-any-return]
+    if kind in DROPPED_BLOCK_TYPES:
+        return DroppedBlock(kind or "")
+    raise InvalidRequest(f"unknown content block type {kind!r}", _join(path, "type"))
+
+
+def _parse_blocks(items: List[Any], path: str) -> Tuple[Block, ...]:
+    return tuple(_parse_block(item, f"{path}[{i}]") for i, item in enumerate(items))
+
+
+def _parse_content(value: Any, path: str) -> Tuple[Block, ...]:
+    if isinstance(value, str):
+        return (TextBlock(value),)
+    return _parse_blocks(_list(value, path), path)
+
+
+# --------------------------------------------------------------------------
+# Messages, system, tools and the remaining top-level fields.
+
+
+def _parse_message(raw: Any, path: str) -> Message:
+    raw = _obj(raw, path)
+    role = _str(raw, "role", path, required=True)
+    if role not in ("user", "assistant", "system"):
+        raise InvalidRequest(f"unknown role {role!r}; expected 'user', 'assistant' or 'system'", _join(path, "role"))
+    if "content" not in raw:
+        raise InvalidRequest("field required", _join(path, "content"))
+    content = _parse_content(raw["content"], _join(path, "content"))
+    if role == "system":
+        _require_text_only(content, _join(path, "content"))
+    return Message(role or "", content)
+
+
+def _require_text_only(blocks: Tuple[Block, ...], path: str) -> None:
+    for i, block in enumerate(blocks):
+        if not isinstance(block, TextBlock):
+            raise InvalidRequest("only text blocks are allowed here", f"{path}[{i}].type")
+
+
+def parse_system(value: Any, path: str = "system") -> str:
+    """System prompt as one string: a list of text blocks is joined with blank lines."""
+    if value is None:
+        return ""
+    blocks = _parse_content(value, path)
+    _require_text_only(blocks, path)
+    return "\n\n".join(b.text for b in blocks if isinstance(b, TextBlock) and b.text)
+
+
+def _parse_tool(raw: Any, path: str) -> Tool:
+    raw = _obj(raw, path)
+    kind = _str(raw, "type", path) or "custom"
+    name = _str(raw, "name", path, required=True) or ""
+    if not name:
+        raise InvalidRequest("must not be empty", _join(path, "name"))
+    if kind != "custom" and "input_schema" not in raw:
+        return Tool(name=name, kind=kind)  # Anthropic-defined/server tool
+    schema = _obj(raw.get("input_schema"), _join(path, "input_schema"))
+    return Tool(name=name, kind="custom", description=_str(raw, "description", path), input_schema=schema)
+
+
+def _parse_tool_choice(value: Any, path: str = "tool_choice") -> Optional[ToolChoice]:
+    if value is None:
+        return None
+    raw = _obj(value, path)
+    kind = _str(raw, "type", path, required=True)
+    if kind not in ("auto", "any", "tool", "none"):
+        raise InvalidRequest(f"unknown tool_choice type {kind!r}", _join(path, "type"))
+    name = _str(raw, "name", path, required=(kind == "tool"))
+    return ToolChoice(kind or "", name, _bool(raw, "disable_parallel_tool_use", path))
+
+
+def _parse_thinking_config(value: Any, path: str = "thinking") -> Optional[Thinking]:
+    if value is None:
+        return None
+    raw = _obj(value, path)
+    kind = _str(raw, "type", path, required=True)
+    if kind not in THINKING_TYPES:
+        raise InvalidRequest(f"unknown thinking type {kind!r}", _join(path, "type"))
+    budget = _int(raw, "budget_tokens", path, required=(kind == "enabled"))
+    return Thinking(kind or "", budget)
+
+
+def _parse_output_config(value: Any, path: str = "output_config") -> Tuple[Optional[str], Optional[Dict[str, Any]]]:
+    if value is None:
+        return None, None
+    raw = _obj(value, path)
+    effort = _str(raw, "effort", path)
+    if effort is not None and effort not in EFFORTS:
+        raise InvalidRequest(f"unknown effort {effort!r}; expected one of {', '.join(EFFORTS)}", _join(path, "effort"))
+    schema = None
+    if raw.get("format") is not None:
+        fpath = _join(path, "format")
+        fmt = _obj(raw["format"], fpath)
+        if _str(fmt, "type", fpath, required=True) != "json_schema":
+            raise InvalidRequest("only 'json_schema' is supported", _join(fpath, "type"))
+        schema = _obj(fmt.get("schema"), _join(fpath, "schema"))
+    return effort, schema
+
+
+def _parse_stop_sequences(value: Any, path: str = "stop_sequences") -> Tuple[str, ...]:
+    if value is None:
+        return ()
+    items = _list(value, path)
+    for i, item in enumerate(items):
+        _expect(item, str, f"{path}[{i}]", "a string")
+    return tuple(items)
+
+
+def _parse_user_id(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    return _str(_obj(value, "metadata"), "user_id", "metadata")
+
+
+def _parse_common(obj: Dict[str, Any]) -> Dict[str, Any]:
+    """The fields shared by /v1/messages and /v1/messages/count_tokens."""
+    model = _str(obj, "model", "", required=True)
+    if not model:
+        raise InvalidRequest("must not be empty", "model")
+    messages = _list(obj.get("messages"), "messages") if "messages" in obj else None
+    if messages is None:
+        raise InvalidRequest("field required", "messages")
+    if not messages:
+        raise InvalidRequest("at least one message is required", "messages")
+    tools = _list(obj.get("tools") or [], "tools")
+    effort, schema = _parse_output_config(obj.get("output_config"))
+    return {
+        "model": model,
+        "messages": tuple(_parse_message(m, f"messages[{i}]") for i, m in enumerate(messages)),
+        "system": parse_system(obj.get("system")),
+        "tools": tuple(_parse_tool(t, f"tools[{i}]") for i, t in enumerate(tools)),
+        "tool_choice": _parse_tool_choice(obj.get("tool_choice")),
+        "thinking": _parse_thinking_config(obj.get("thinking")),
+        "effort": effort,
+        "output_schema": schema,
+    }
+
+
+def parse_count_tokens_request(obj: Any) -> MessagesRequest:
+    """Validate a count_tokens body (no ``max_tokens``)."""
+    return MessagesRequest(**_parse_common(_obj(obj, "body")))
+
+
+def parse_messages_request(obj: Any) -> MessagesRequest:
+    """Validate a decoded ``POST /v1/messages`` body into a ``MessagesRequest``."""
+    obj = _obj(obj, "body")
+    fields = _parse_common(obj)
+    max_tokens = _int(obj, "max_tokens", "", required=True)
+    if max_tokens is not None and max_tokens < 0:
+        raise InvalidRequest("must be greater than or equal to 0", "max_tokens")
+    stream = obj.get("stream")
+    return MessagesRequest(
+        max_tokens=max_tokens,
+        stream=bool(_expect(stream, bool, "stream", "a boolean")) if stream is not None else False,
+        temperature=_number(obj, "temperature", ""),
+        top_p=_number(obj, "top_p", ""),
+        top_k=_int(obj, "top_k", ""),
+        stop_sequences=_parse_stop_sequences(obj.get("stop_sequences")),
+        user_id=_parse_user_id(obj.get("metadata")),
+        **fields,
+    )

@@ -1,0 +1,150 @@
+"""Every provider quirk, in one declarative table (PROTOCOL.md section 5).
+
+No I/O. A ``Dialect`` is a set of flags the translators consult; nothing else
+in the package tests a provider's name. ``detect_provider`` guesses the
+dialect from the upstream URL, ``dialect_for(provider, model)`` applies the
+model-specific overrides (OpenAI reasoning models), and ``REASONING_BUCKETS``
+turns an Anthropic thinking budget into an OpenAI effort.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Dict, Optional, Tuple
+from urllib.parse import urlsplit
+
+
+@dataclasses.dataclass(frozen=True)
+class Dialect:
+    name: str = "generic"
+    # Role used for the system prompt: system, developer or user (merged into the first user turn).
+    system_role: str = "system"
+    # max_tokens or max_completion_tokens.
+    max_tokens_field: str = "max_tokens"
+    # Most stop strings the upstream accepts (OpenAI: 4); None = all.
+    max_stop: Optional[int] = None
+    # Drop temperature/top_p (OpenAI reasoning models reject them).
+    drop_sampling: bool = False
+    pass_top_k: bool = False
+    send_user: bool = True
+    # Ask for stream_options.include_usage.
+    stream_usage: bool = True
+    # How thinking/effort is requested (translate_request.REASONING_STYLES):
+    # effort, explicit, gemini, openrouter, deepseek, groq, template, none.
+    reasoning: str = "effort"
+    # How assistant thinking goes back upstream: drop, reasoning_content, reasoning_content_all, reasoning.
+    reasoning_history: str = "drop"
+    # Assistant content when there is no text but tool calls: None (null) or "".
+    assistant_empty_content: Optional[str] = None
+    # User content must be a plain string (text-only servers).
+    string_content_only: bool = False
+    # PDF documents as OpenAI "file" parts; otherwise a text placeholder.
+    supports_file_parts: bool = False
+    # Tool-call ids must be 9 alphanumerics (Mistral).
+    short_tool_ids: bool = False
+    # Insert an assistant message between a tool message and a user message (Mistral).
+    bridge_tool_to_user: bool = False
+    # Mark a final assistant message as a prefill with "prefix": true.
+    prefill_prefix: bool = False
+    # JSON-schema sanitizer for tool parameters: none or gemini.
+    schema_sanitizer: str = "none"
+    # Content that starts with <think> carries the reasoning (vLLM without a parser, Groq raw).
+    think_tags: bool = False
+    # Authorization header style: bearer or azure (api-key header).
+    auth: str = "bearer"
+    # Stream requests that carry tools; False = call non-streaming and synthesise the stream.
+    stream_with_tools: bool = True
+
+
+_BASE = Dialect()
+
+DIALECTS: Dict[str, Dialect] = {
+    "generic": _BASE,
+    # Chat models (gpt-4o, gpt-4.1) reject reasoning_effort: only reasoning models get it (MODEL_RULES).
+    "openai": dataclasses.replace(_BASE, name="openai", max_stop=4, supports_file_parts=True, reasoning="none"),
+    "azure": dataclasses.replace(
+        _BASE, name="azure", max_stop=4, supports_file_parts=True, auth="azure", reasoning="none"
+    ),
+    "openrouter": dataclasses.replace(
+        _BASE, name="openrouter", reasoning="openrouter", reasoning_history="reasoning",
+        supports_file_parts=True, pass_top_k=True,
+    ),
+    "deepseek": dataclasses.replace(
+        _BASE, name="deepseek", reasoning="deepseek", reasoning_history="reasoning_content_all",
+        assistant_empty_content="", string_content_only=True, prefill_prefix=False,
+    ),
+    "groq": dataclasses.replace(_BASE, name="groq", reasoning="groq", send_user=False),
+    "mistral": dataclasses.replace(
+        _BASE, name="mistral", short_tool_ids=True, bridge_tool_to_user=True, prefill_prefix=True,
+        reasoning="none",
+    ),
+    "gemini": dataclasses.replace(_BASE, name="gemini", schema_sanitizer="gemini", send_user=False, reasoning="gemini"),
+    # Ollama answers 400 when a non-thinking model is asked to think: only explicit budgets map.
+    "ollama": dataclasses.replace(_BASE, name="ollama", reasoning="explicit"),
+    "vllm": dataclasses.replace(
+        _BASE, name="vllm", reasoning="template", reasoning_history="reasoning_content", pass_top_k=True,
+    ),
+    "lmstudio": dataclasses.replace(_BASE, name="lmstudio", reasoning="none", reasoning_history="reasoning_content"),
+    "llamacpp": dataclasses.replace(_BASE, name="llamacpp", reasoning="none", think_tags=True),
+}
+
+# Model-specific overrides: (dialect names, model regex, changes). OpenAI's
+# reasoning models reject max_tokens, temperature and top_p (FIELD-NOTES 6).
+_OPENAI_REASONING = {
+    "max_tokens_field": "max_completion_tokens",
+    "drop_sampling": True,
+    "system_role": "developer",
+    "reasoning": "effort",
+}
+MODEL_RULES: Tuple[Tuple[Tuple[str, ...], str, Dict[str, object]], ...] = (
+    (("openai", "azure"), r"^(o1-mini|o1-preview)", {**_OPENAI_REASONING, "system_role": "user"}),
+    (("openai", "azure"), r"^(o\d|gpt-5|codex)", _OPENAI_REASONING),
+    (("openrouter",), r"^openai/(o\d|gpt-5)", {"drop_sampling": True}),
+    (("deepseek",), r"^deepseek-reasoner", {"reasoning_history": "drop"}),
+)
+
+# Upstream host -> dialect (first match wins).
+_HOST_RULES: Tuple[Tuple[str, str], ...] = (
+    (r"(^|\.)openai\.azure\.com$|(^|\.)cognitiveservices\.azure\.com$", "azure"),
+    (r"(^|\.)api\.openai\.com$", "openai"),
+    (r"(^|\.)openrouter\.ai$", "openrouter"),
+    (r"(^|\.)deepseek\.com$", "deepseek"),
+    (r"(^|\.)groq\.com$", "groq"),
+    (r"(^|\.)mistral\.ai$", "mistral"),
+    (r"^generativelanguage\.googleapis\.com$", "gemini"),
+)
+_PORT_RULES = {11434: "ollama", 1234: "lmstudio"}
+
+# Anthropic thinking budget -> OpenAI reasoning_effort (PROTOCOL.md 1.7).
+REASONING_BUCKETS: Tuple[Tuple[int, str], ...] = ((4096, "low"), (16384, "medium"))
+
+
+def effort_for_budget(budget: int) -> str:
+    for limit, effort in REASONING_BUCKETS:
+        if budget < limit:
+            return effort
+    return "high"
+
+
+def detect_provider(upstream_url: str) -> str:
+    """Best guess of the dialect from the upstream base URL; ``generic`` otherwise."""
+    parts = urlsplit(upstream_url)
+    host = (parts.hostname or "").lower()
+    for pattern, name in _HOST_RULES:
+        if re.search(pattern, host):
+            return name
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return _PORT_RULES.get(port or 0, "generic")
+
+
+def dialect_for(provider: str, model: str) -> Dialect:
+    """The dialect for ``provider`` with the overrides that apply to ``model``."""
+    dialect = DIALECTS[provider]
+    for names, pattern, changes in MODEL_RULES:
+        if provider in names and re.search(pattern, model):
+            return dataclasses.replace(dialect, **changes)  # type: ignore[arg-type]
+    return dialect

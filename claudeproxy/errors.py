@@ -1,0 +1,201 @@
+"""The proxy's error tree and the Anthropic error shapes built from it.
+
+No I/O. Only ``handler.py`` turns these into HTTP responses; everything else
+raises them. Status -> type follows PROTOCOL.md section 4.2 so the SDKs pick
+the right exception class and retry policy.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+from typing import Any, Dict, Optional, Tuple
+
+from .redact import redact_text
+
+# Anthropic's error types by client status (PROTOCOL.md 4.2).
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def error_type_for_status(status: int) -> str:
+    """The Anthropic ``error.type`` for a client-facing HTTP status."""
+    if status in _TYPE_BY_STATUS:
+        return _TYPE_BY_STATUS[status]
+    if 400 <= status < 500:
+        return "invalid_request_error"
+    return "api_error"
+
+
+class ProxyError(Exception):
+    """An error answered to the client as ``{"type":"error","error":{...}}``."""
+
+    status = 500
+    error_type = "api_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: Optional[int] = None,
+        error_type: Optional[str] = None,
+        headers: Tuple[Tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+            if error_type is None:
+                self.error_type = error_type_for_status(status)
+        if error_type is not None:
+            self.error_type = error_type
+        self.headers = headers
+
+
+class InvalidRequest(ProxyError):
+    """The client sent something we cannot accept; ``path`` names the field."""
+
+    status = 400
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str, path: str = "", **kw: object) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message, **kw)  # type: ignore[arg-type]
+
+
+class UpstreamHTTPError(ProxyError):
+    """The upstream answered with an error status or an error object."""
+
+    # The upstream's own message, before mapping (for the max_tokens retry).
+    upstream_message = ""
+
+
+class UpstreamUnavailable(ProxyError):
+    """The upstream could not be reached or broke off (connect, reset, timeout)."""
+
+    status = 502
+    error_type = "api_error"
+
+
+class UpstreamTimeout(UpstreamUnavailable):
+    status = 504
+    error_type = "timeout_error"
+
+
+class ClientGone(Exception):
+    """The client closed its connection; nothing more can be written."""
+
+
+_CONTEXT_RE = re.compile(
+    r"context[_ ]length|context window|maximum context|prompt is too long|too many tokens|"
+    r"reduce the length|input is too long|exceeds the (?:model's )?(?:context|maximum)",
+    re.IGNORECASE,
+)
+_HEADER_VALUE_RE = re.compile(r"^[\x20-\x7e]{1,128}$")
+
+
+def _error_message(body: bytes) -> str:
+    text = body.decode("utf-8", errors="replace").strip()
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return text[:500]
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        return err["message"][:2000]
+    if isinstance(err, str):
+        return err[:2000]
+    if isinstance(obj, dict) and isinstance(obj.get("message"), str):
+        return obj["message"][:2000]
+    return text[:500]
+
+
+def _retry_headers(headers: Any) -> Tuple[Tuple[str, str], ...]:
+    out = []
+    for name in ("retry-after", "retry-after-ms"):
+        value = headers.get(name) if headers is not None else None
+        if value and _HEADER_VALUE_RE.match(value.strip()):  # no CR/LF can reach our response (S5)
+            out.append((name, value.strip()))
+    return tuple(out)
+
+
+def error_from_status(status: int, body: bytes, headers: Any = None, secrets: Tuple[str, ...] = ()) -> ProxyError:
+    """The client-facing error for an upstream error status and body."""
+    message = redact_text(_error_message(body), secrets) or http.client.responses.get(status, "")
+    if not 400 <= status <= 599:
+        return UpstreamUnavailable(f"upstream answered HTTP {status}: {message}"[:1000])
+    if status in (400, 413, 422) and _CONTEXT_RE.search(message):
+        # Claude Code compacts the conversation when it reads this (FIELD-NOTES 16).
+        exc = UpstreamHTTPError(f"prompt is too long: {message}", status=400)
+    else:
+        exc = UpstreamHTTPError(
+            f"upstream {status}: {message}", status=status, error_type=error_type_for_status(status),
+            headers=_retry_headers(headers),
+        )
+    exc.upstream_message = message
+    return exc
+
+
+def error_from_object(err: Dict[str, Any], secrets: Tuple[str, ...] = ()) -> ProxyError:
+    """An error object inside a 200 body or a stream (OpenRouter puts the HTTP code in ``code``)."""
+    code = err.get("code", err.get("status"))
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
+    status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else 502
+    return error_from_status(status, json.dumps({"error": err}).encode("utf-8"), None, secrets)
+
+
+
+_NUMBER_RE = re.compile(r"\d+")
+_HEADROOM_RES = (
+    # vLLM: "(128000 > 32768 - 500)" -> 32768 - 500
+    re.compile(r"\d+\s*>\s*(\d+)\s*-\s*(\d+)"),
+    # OpenAI-style context errors: "maximum context length is 32768 tokens ... (500 in the messages"
+    re.compile(r"maximum context length is (\d+).*?(\d+) in the messages", re.IGNORECASE | re.DOTALL),
+)
+
+
+def max_tokens_limit(message: str, requested: int) -> Optional[int]:
+    """The output limit an upstream names when it refuses ``max_tokens`` as too large.
+
+    Examples it reads: "supports at most 16384 completion tokens" (OpenAI),
+    "valid range of max_tokens is [1, 8192]" (DeepSeek), "must be less than
+    or equal to `32768`" (Groq), "(128000 > 32768 - 500)" (vLLM). None when
+    the message is about something else or names no smaller number.
+    """
+    if not re.search(r"max_(?:completion_)?tokens|max tokens|maximum.*tokens", message, re.IGNORECASE):
+        return None
+    for pattern in _HEADROOM_RES:
+        headroom = pattern.search(message)
+        if headroom:
+            limit = int(headroom.group(1)) - int(headroom.group(2))
+            return limit if 0 < limit < requested else None
+    smaller = [int(n) for n in _NUMBER_RE.findall(message) if 1 < int(n) < requested]
+    return max(smaller) if smaller else None
+
+
+def error_payload(error_type: str, message: str, request_id: Optional[str] = None) -> Dict[str, object]:
+    """The Anthropic error body; ``request_id`` repeats the response header."""
+    body: Dict[str, object] = {"type": "error", "error": {"type": error_type, "message": message}}
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body
+
+
+def stream_error_event(error_type: str, message: str) -> Dict[str, object]:
+    """The ``event: error`` payload ending a stream that has already begun."""
+    return {"type": "error", "error": {"type": error_type, "message": message}}

@@ -1,0 +1,411 @@
+"""The HTTP side facing clients: request reading, routing, response writing.
+
+I/O. ``MessagesHandler`` is a ``BaseHTTPRequestHandler`` speaking HTTP/1.1
+with keep-alive. It reads each body by Content-Length only, under a
+per-request deadline (RELIABILITY.md S1-S3), checks Host/Origin and the
+optional client key, routes by path (the query string is ignored: Claude Code
+calls ``/v1/messages?beta=true``), and is the only place where exceptions
+become HTTP answers. ``ResponseWriter`` writes one response: JSON in a single
+write, or a chunked SSE stream with one write per batch of events, safe to
+share with the watchdog thread that sends pings.
+"""
+
+from __future__ import annotations
+
+import hmac
+import http.server
+import io
+import json
+import logging
+import re
+import socket
+import threading
+import time
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from .errors import ClientGone, InvalidRequest, ProxyError, error_payload, error_type_for_status
+from .ids import new_request_id
+from .sse import encode_event
+
+log = logging.getLogger(__name__)
+
+Headers = Iterable[Tuple[str, str]]
+_JSON_TYPES = ("application/json", "application/x-json", "text/json")
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+_HOST_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-_]+)(?::(\d{1,5}))?$")
+MAX_NESTING = 128
+
+
+def _clean_header_value(value: str) -> str:
+    """No CR, LF or NUL ever reaches a response header (RELIABILITY.md S5)."""
+    return re.sub(r"[\r\n\x00]", " ", str(value))
+
+
+class ResponseWriter:
+    """Writes the response to one request; thread-safe so pings can interleave."""
+
+    def __init__(self, handler: "MessagesHandler", request_id: str) -> None:
+        self._handler = handler
+        self.request_id = request_id
+        self.lock = threading.RLock()
+        self.status: Optional[int] = None
+        self.streaming = False
+        self.finished = False
+        self.last_write = time.monotonic()
+        self._chunked = handler.request_version == "HTTP/1.1"
+
+    @property
+    def started(self) -> bool:
+        return self.status is not None
+
+    def _head(self, status: int, headers: List[Tuple[str, str]]) -> bytes:
+        phrase = http.server.BaseHTTPRequestHandler.responses.get(status, ("Error",))[0]
+        lines = [f"{self._handler.protocol_version} {status} {phrase}"]
+        base = [("Date", self._handler.date_time_string())]
+        if not any(k.lower() == "request-id" for k, _ in headers):
+            base.append(("request-id", self.request_id))
+        if self._handler.close_connection:
+            base.append(("Connection", "close"))
+        lines += [f"{k}: {_clean_header_value(v)}" for k, v in base + headers]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace")
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self._handler.wfile.write(data)
+        except (OSError, ValueError) as exc:  # BrokenPipe, reset, timeout, closed file
+            self._handler.close_connection = True
+            raise ClientGone() from exc
+        self.last_write = time.monotonic()
+
+    def json(self, status: int, payload: Any, headers: Headers = ()) -> None:
+        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        head = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers]
+        with self.lock:
+            if self.started:
+                return
+            self.status = status
+            self._write(self._head(status, head) + body)
+        self._handler.log_request(status, len(body))
+
+    def error(self, exc: ProxyError) -> None:
+        self.json(exc.status, error_payload(exc.error_type, exc.message, self.request_id), exc.headers)
+
+    def start_stream(self, headers: Headers = ()) -> None:
+        head = [
+            ("Content-Type", "text/event-stream; charset=utf-8"),
+            ("Cache-Control", "no-cache"),
+            ("X-Accel-Buffering", "no"),
+            *headers,
+        ]
+        self.start_raw_stream(head)
+
+    def start_raw_stream(self, head: List[Tuple[str, str]]) -> None:
+        """Status 200 and ``head`` for a body of unknown length (chunked on HTTP/1.1)."""
+        head = list(head)
+        with self.lock:
+            if self.started:
+                return
+            if self._chunked:
+                head.append(("Transfer-Encoding", "chunked"))
+            else:
+                self._handler.close_connection = True  # HTTP/1.0: the body ends when we close
+            self.status, self.streaming = 200, True
+            self._write(self._head(200, head))
+        self._handler.log_request(200, "-")
+
+    def events(self, events: List[Dict[str, Any]]) -> None:
+        """Write events in one write, at once (never buffered)."""
+        if events:
+            self.raw_chunk(b"".join(encode_event(e) for e in events))
+
+    def raw_chunk(self, data: bytes) -> None:
+        with self.lock:
+            if self.finished or not data:
+                return
+            self._write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
+
+    def raw(self, status: int, headers: List[Tuple[str, str]], body: bytes) -> None:
+        """A complete response with the given headers (passthrough)."""
+        head = [*headers, ("Content-Length", str(len(body)))]
+        with self.lock:
+            if self.started:
+                return
+            self.status = status
+            self._write(self._head(status, head) + body)
+        self._handler.log_request(status, len(body))
+
+    def end_stream(self) -> None:
+        with self.lock:
+            if self.finished:
+                return
+            self.finished = True
+            if self._chunked:
+                self._write(b"0\r\n\r\n")
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Socket reads that share one deadline per request (slow-loris, RELIABILITY.md S1)."""
+
+    def __init__(self, sock: socket.socket, per_read: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._per_read = per_read
+        self.deadline: Optional[float] = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        timeout = self._per_read
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("request deadline passed")
+            timeout = min(timeout, left)
+        self._sock.settimeout(timeout)
+        return self._sock.recv_into(buffer)
+
+
+def json_depth_ok(value: Any, limit: int = MAX_NESTING) -> bool:
+    """Nesting depth check without recursion (deep input must not reach the translators)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return True
+
+
+class MessagesHandler(http.server.BaseHTTPRequestHandler):
+    """Routes Anthropic API requests to the server's ``Proxy``."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "claudeproxy"
+    sys_version = ""
+    disable_nagle_algorithm = True  # small SSE writes must not wait for ACKs
+
+    # ------------------------------------------------------------------
+    # Connection set-up and the per-request deadline.
+
+    def setup(self) -> None:
+        config = self.server.config  # type: ignore[attr-defined]
+        self.timeout = config.client_timeout
+        super().setup()
+        self._reader = _DeadlineReader(self.connection, config.client_timeout)
+        self.rfile = io.BufferedReader(self._reader, 65536)
+
+    def handle_one_request(self) -> None:
+        self._reader.deadline = time.monotonic() + self.server.config.client_request_deadline  # type: ignore[attr-defined]
+        try:
+            super().handle_one_request()
+        except (socket.timeout, ConnectionError):
+            self.close_connection = True
+        finally:
+            self._reader.deadline = None
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def log_request(self, code: Any = "-", size: Any = "-") -> None:
+        log.debug('"%s" %s %s', getattr(self, "requestline", ""), code, size)
+
+    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
+        """The stdlib's own errors (bad request line, 414, 431, 501) in Anthropic's shape."""
+        self.close_connection = True
+        writer = ResponseWriter(self, new_request_id())
+        text = message or self.responses.get(code, ("error",))[0]
+        try:
+            writer.json(code, error_payload(error_type_for_status(code), text, writer.request_id))
+        except ClientGone:
+            pass
+
+    # ------------------------------------------------------------------
+    # Dispatch.
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def do_OPTIONS(self) -> None:
+        self._dispatch("OPTIONS")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    def _dispatch(self, method: str) -> None:
+        server: Any = self.server
+        writer = ResponseWriter(self, new_request_id())
+        if not server.slots.acquire(blocking=False):
+            self._answer_busy(writer)
+            return
+        server.request_started()
+        if method not in ("POST", "PUT", "PATCH"):
+            self._done_reading()
+        try:
+            self._guarded(method, writer)
+        finally:
+            server.request_finished()
+            server.slots.release()
+
+    def _answer_busy(self, writer: ResponseWriter) -> None:
+        self.close_connection = True
+        exc = ProxyError("too many requests in flight; try again shortly", status=529)
+        try:
+            writer.error(exc)
+        except ClientGone:
+            pass
+
+    def _guarded(self, method: str, writer: ResponseWriter) -> None:
+        """Run the route; turn every failure into the right answer, never a traceback."""
+        try:
+            self._check_access()
+            self._route(method, writer)
+        except ClientGone:
+            self.close_connection = True
+        except ProxyError as exc:
+            self._fail(writer, exc)
+        except Exception:
+            log.exception("internal error on %s %s", method, self.path.split("?", 1)[0])
+            self._fail(writer, ProxyError("internal proxy error; see the proxy log", status=500))
+
+    def _fail(self, writer: ResponseWriter, exc: ProxyError) -> None:
+        try:
+            if writer.streaming:
+                writer.events([{"type": "error", "error": {"type": exc.error_type, "message": exc.message}}])
+                writer.end_stream()
+            else:
+                writer.error(exc)
+        except ClientGone:
+            self.close_connection = True
+
+    def _route(self, method: str, writer: ResponseWriter) -> None:
+        path = self.path.split("?", 1)[0]
+        proxy = self.server.proxy  # type: ignore[attr-defined]
+        route = proxy.route(method, path)
+        if route is None:
+            raise self._no_route(method, path, proxy)
+        route(self, writer)
+
+    def _no_route(self, method: str, path: str, proxy: Any) -> ProxyError:
+        allowed = proxy.allowed_methods(path)
+        if allowed:
+            self.close_connection = self.close_connection or method != "OPTIONS"
+            return ProxyError(
+                f"method {method} not allowed for {path}", status=405, error_type="invalid_request_error",
+                headers=(("Allow", ", ".join(allowed)),),
+            )
+        return ProxyError(f"not found: {path}", status=404)
+
+    # ------------------------------------------------------------------
+    # Access control (RELIABILITY.md section 5).
+
+    def _check_access(self) -> None:
+        config = self.server.config  # type: ignore[attr-defined]
+        origin = self.headers.get("Origin")
+        if origin is not None and origin not in config.allowed_origins:
+            raise ProxyError("cross-origin requests are not allowed", status=403)
+        if config.auth_key:
+            self._check_key(config.auth_key)
+        elif not self._host_allowed(config):
+            raise ProxyError("unexpected Host header", status=403)
+
+    def _host_allowed(self, config: Any) -> bool:
+        host = (self.headers.get("Host") or "").strip()
+        match = _HOST_RE.match(host)
+        if not match:
+            return False
+        name = match.group(1).lower()
+        bound = str(self.server.server_address[0]).lower()  # type: ignore[attr-defined]
+        return name in _LOOPBACK_HOSTS or name in config.allowed_hosts or name in (bound, f"[{bound}]")
+
+    def _check_key(self, expected: str) -> None:
+        given = self.headers.get("x-api-key") or ""
+        auth = self.headers.get("Authorization") or ""
+        if not given and auth[:7].lower() == "bearer ":
+            given = auth[7:].strip()
+        if not hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
+            raise ProxyError("invalid x-api-key", status=401)
+
+    # ------------------------------------------------------------------
+    # Request bodies (RELIABILITY.md S3, F5-F7).
+
+    def read_body_bytes(self) -> bytes:
+        """The raw request body (passthrough), under the same limits."""
+        return self._read_body(check_type=False)
+
+    def read_json_body(self) -> Any:
+        """The request body as JSON; every way it can be wrong is a 4xx."""
+        raw = self._read_body()
+        try:
+            value = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:
+            raise InvalidRequest(f"request body is not valid JSON: {_json_reason(exc)}") from None
+        if not json_depth_ok(value):
+            raise InvalidRequest(f"request body is nested more than {MAX_NESTING} levels deep")
+        return value
+
+    def _read_body(self, check_type: bool = True) -> bytes:
+        if check_type:
+            self._check_content_type()
+        length = self._content_length()
+        limit = self.server.config.max_body_bytes  # type: ignore[attr-defined]
+        if length > limit:
+            self.close_connection = True  # the body stays unread
+            raise ProxyError(f"request body of {length} bytes exceeds the {limit}-byte limit", status=413)
+        try:
+            data = self.rfile.read(length)
+        except socket.timeout:
+            self.close_connection = True
+            raise ProxyError("timed out reading the request body", status=408) from None
+        if len(data) != length:
+            self.close_connection = True
+            raise InvalidRequest("request body is shorter than its Content-Length")
+        self._done_reading()
+        return data
+
+    def _done_reading(self) -> None:
+        """The request is in: no deadline for writing a long response."""
+        self._reader.deadline = None
+        self.connection.settimeout(self.server.config.client_timeout)  # type: ignore[attr-defined]
+
+    def _check_content_type(self) -> None:
+        ctype = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        if ctype and ctype not in _JSON_TYPES:
+            raise InvalidRequest(f"Content-Type must be application/json, not {ctype!r}")
+
+    def _content_length(self) -> int:
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise ProxyError("chunked request bodies are not supported; send Content-Length", status=411,
+                             error_type="invalid_request_error")
+        values = {v.strip() for v in self.headers.get_all("Content-Length") or []}
+        if not values:
+            self.close_connection = True
+            raise ProxyError("Content-Length is required", status=411, error_type="invalid_request_error")
+        if len(values) > 1 or not next(iter(values)).isdigit():
+            self.close_connection = True
+            raise InvalidRequest("invalid Content-Length header")
+        return int(next(iter(values)))
+
+
+def _json_reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, UnicodeDecodeError):
+        return "body is not UTF-8"
+    return str(exc)[:200]

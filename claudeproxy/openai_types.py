@@ -1,0 +1,323 @@
+"""OpenAI Chat Completions types: the request we send, the answers we read.
+
+No I/O. ``ChatRequest.to_dict()`` is the exact upstream body. The parsers
+``parse_chat_response`` and ``parse_chat_chunk`` are tolerant by design:
+OpenAI-compatible servers disagree on which fields exist, so a missing or
+wrongly typed field reads as absent instead of failing (PROTOCOL.md 2 and 3.4).
+Reasoning is read from every field providers use for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+Content = Union[str, List[Dict[str, Any]], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str
+    # Gemini wants the thought_signature it sent echoed on the call.
+    thought_signature: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+        if self.thought_signature:
+            out["extra_content"] = {"google": {"thought_signature": self.thought_signature}}
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: Content = None
+    tool_calls: Tuple[ToolCall, ...] = ()
+    tool_call_id: Optional[str] = None
+    # Reasoning echoed back to providers that require it (DeepSeek, vLLM, OpenRouter).
+    reasoning_field: Optional[str] = None
+    reasoning: Optional[str] = None
+    prefix: bool = False
+    # Provider state restored from a proxy signature (OpenRouter reasoning_details).
+    extra: Tuple[Tuple[str, Any], ...] = ()
+
+    def to_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"role": self.role}
+        if self.content is not None or self.role == "assistant":
+            out["content"] = self.content
+        if self.tool_calls:
+            out["tool_calls"] = [tc.to_dict() for tc in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.reasoning_field is not None and self.reasoning is not None:
+            out[self.reasoning_field] = self.reasoning
+        if self.prefix:
+            out["prefix"] = True
+        out.update(self.extra)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatRequest:
+    model: str
+    messages: Tuple[ChatMessage, ...]
+    max_tokens: Optional[int] = None
+    max_tokens_field: str = "max_tokens"
+    stream: bool = False
+    stream_usage: bool = True
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    stop: Tuple[str, ...] = ()
+    tools: Tuple[Dict[str, Any], ...] = ()
+    tool_choice: Union[str, Dict[str, Any], None] = None
+    parallel_tool_calls: Optional[bool] = None
+    user: Optional[str] = None
+    response_format: Optional[Dict[str, Any]] = None
+    reasoning_effort: Optional[str] = None
+    # Provider-specific top-level fields (reasoning, thinking, chat_template_kwargs...).
+    extra: Tuple[Tuple[str, Any], ...] = ()
+
+    def to_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"model": self.model, "messages": [m.to_dict() for m in self.messages]}
+        if self.max_tokens is not None:
+            out[self.max_tokens_field] = self.max_tokens
+        optional = (
+            ("temperature", self.temperature),
+            ("top_p", self.top_p),
+            ("top_k", self.top_k),
+            ("stop", list(self.stop) if self.stop else None),
+            ("tools", list(self.tools) if self.tools else None),
+            ("tool_choice", self.tool_choice),
+            ("parallel_tool_calls", self.parallel_tool_calls),
+            ("user", self.user),
+            ("response_format", self.response_format),
+            ("reasoning_effort", self.reasoning_effort),
+        )
+        out.update((k, v) for k, v in optional if v is not None)
+        out.update(self.extra)
+        if self.stream:
+            out["stream"] = True
+            if self.stream_usage:
+                out["stream_options"] = {"include_usage": True}
+        return out
+
+
+# --------------------------------------------------------------------------
+# What comes back.
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatUsage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: Optional[int] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolCallDelta:
+    """One tool call (whole, or a stream fragment). Any field may be missing."""
+
+    index: Optional[int] = None
+    id: str = ""
+    name: str = ""
+    arguments: Optional[str] = None
+    # Provider state to echo on the next turn (Gemini thought_signature).
+    thought_signature: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatChoice:
+    """``choices[0]``: its ``message`` (responses) or ``delta`` (chunks)."""
+
+    content: str = ""
+    reasoning: str = ""
+    refusal: str = ""
+    tool_calls: Tuple[ToolCallDelta, ...] = ()
+    finish_reason: Optional[str] = None
+    # The stop string a server says it matched (vLLM stop_reason, SGLang matched_stop).
+    matched_stop: Optional[str] = None
+    # OpenRouter's reasoning_details array, carried in the thinking signature.
+    reasoning_details: Optional[List[Any]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatResponse:
+    """A ChatCompletion or a ChatCompletionChunk; ``error`` is set for error objects."""
+
+    id: str = ""
+    choice: Optional[ChatChoice] = None
+    usage: Optional[ChatUsage] = None
+    error: Optional[Dict[str, Any]] = None
+
+
+def _as_int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _as_str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def parse_usage(raw: Any) -> Optional[ChatUsage]:
+    """Usage from an OpenAI ``usage`` object, with the DeepSeek and detail variants."""
+    if not isinstance(raw, dict) or not ("prompt_tokens" in raw or "completion_tokens" in raw):
+        return None
+    prompt_details = raw.get("prompt_tokens_details") if isinstance(raw.get("prompt_tokens_details"), dict) else {}
+    completion_details = raw.get("completion_tokens_details")
+    reasoning = None
+    if isinstance(completion_details, dict) and "reasoning_tokens" in completion_details:
+        reasoning = _as_int(completion_details.get("reasoning_tokens"))
+    cached = _as_int(prompt_details.get("cached_tokens")) or _as_int(raw.get("prompt_cache_hit_tokens"))
+    return ChatUsage(
+        prompt_tokens=_as_int(raw.get("prompt_tokens")),
+        completion_tokens=_as_int(raw.get("completion_tokens")),
+        cached_tokens=cached,
+        cache_write_tokens=_as_int(prompt_details.get("cache_write_tokens")),
+        reasoning_tokens=reasoning,
+    )
+
+
+def _text_of(content: Any) -> str:
+    """Message content as text: a string, or the text parts of a list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(_as_str(p.get("text")) for p in content if isinstance(p, dict) and p.get("type") in (None, "text"))
+    return ""
+
+
+def _reasoning_details_text(details: Any) -> str:
+    if not isinstance(details, list):
+        return ""
+    parts = []
+    for item in details:
+        if isinstance(item, dict) and item.get("type") != "reasoning.encrypted":
+            parts.append(_as_str(item.get("text")) or _as_str(item.get("summary")))
+    return "".join(parts)
+
+
+def _reasoning_of(msg: Dict[str, Any]) -> str:
+    return (
+        _as_str(msg.get("reasoning_content"))
+        or _as_str(msg.get("reasoning"))
+        or _reasoning_details_text(msg.get("reasoning_details"))
+    )
+
+
+def _arguments_of(function: Dict[str, Any]) -> Optional[str]:
+    args = function.get("arguments")
+    if args is None or isinstance(args, str):
+        return args
+    # Some gateways send the arguments already decoded.
+    return json.dumps(args, ensure_ascii=False)
+
+
+def _thought_signature(raw: Dict[str, Any]) -> Optional[str]:
+    extra = raw.get("extra_content")
+    google = extra.get("google") if isinstance(extra, dict) else None
+    sig = google.get("thought_signature") if isinstance(google, dict) else None
+    return sig if isinstance(sig, str) and sig else None
+
+
+def _parse_tool_call(raw: Any) -> Optional[ToolCallDelta]:
+    if not isinstance(raw, dict) or raw.get("type") not in (None, "function"):
+        return None
+    function = raw.get("function") if isinstance(raw.get("function"), dict) else {}
+    index = raw.get("index")
+    return ToolCallDelta(
+        index=index if isinstance(index, int) and not isinstance(index, bool) else None,
+        id=_as_str(raw.get("id")),
+        name=_as_str(function.get("name")),
+        arguments=_arguments_of(function),
+        thought_signature=_thought_signature(raw),
+    )
+
+
+def _tool_calls_of(msg: Dict[str, Any]) -> Tuple[ToolCallDelta, ...]:
+    raw_calls = msg.get("tool_calls")
+    calls = [_parse_tool_call(tc) for tc in raw_calls] if isinstance(raw_calls, list) else []
+    legacy = msg.get("function_call")
+    if isinstance(legacy, dict):
+        calls.append(_parse_tool_call({"function": legacy}))
+    return tuple(tc for tc in calls if tc is not None)
+
+
+def _parse_choice(raw: Any, body_key: str) -> Optional[ChatChoice]:
+    if not isinstance(raw, dict):
+        return None
+    msg = raw.get(body_key)
+    if not isinstance(msg, dict):
+        msg = raw.get("message") if isinstance(raw.get("message"), dict) else {}
+    matched = raw.get("matched_stop", raw.get("stop_reason"))
+    details = msg.get("reasoning_details")
+    return ChatChoice(
+        content=_text_of(msg.get("content")),
+        reasoning=_reasoning_of(msg),
+        refusal=_as_str(msg.get("refusal")),
+        tool_calls=_tool_calls_of(msg),
+        finish_reason=raw.get("finish_reason") if isinstance(raw.get("finish_reason"), str) else None,
+        matched_stop=matched if isinstance(matched, str) else None,
+        reasoning_details=details if isinstance(details, list) and details else None,
+    )
+
+
+def _first_choice(raw: Dict[str, Any], body_key: str) -> Optional[ChatChoice]:
+    choices = raw.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return None
+    # Only one choice is ever requested; Gemini once numbered it 1, so take the
+    # first element unless several are present.
+    first = choices[0]
+    if len(choices) > 1:
+        first = next((c for c in choices if isinstance(c, dict) and c.get("index", 0) == 0), first)
+    return _parse_choice(first, body_key)
+
+
+def _error_of(raw: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    err = raw.get("error")
+    if isinstance(err, dict):
+        return err
+    if isinstance(err, str) and err:
+        return {"message": err}
+    return None
+
+
+def _usage_of(raw: Dict[str, Any]) -> Optional[ChatUsage]:
+    usage = parse_usage(raw.get("usage"))
+    if usage is None and isinstance(raw.get("x_groq"), dict):
+        usage = parse_usage(raw["x_groq"].get("usage"))  # older Groq streams
+    return usage
+
+
+def parse_chat_response(raw: Any) -> ChatResponse:
+    """A non-streaming ChatCompletion body (already JSON-decoded)."""
+    if not isinstance(raw, dict):
+        return ChatResponse(error={"message": "upstream response is not a JSON object"})
+    return ChatResponse(
+        id=_as_str(raw.get("id")),
+        choice=_first_choice(raw, "message"),
+        usage=_usage_of(raw),
+        error=_error_of(raw),
+    )
+
+
+def parse_chat_chunk(raw: Any) -> ChatResponse:
+    """One streamed ChatCompletionChunk (already JSON-decoded)."""
+    if not isinstance(raw, dict):
+        return ChatResponse()
+    return ChatResponse(
+        id=_as_str(raw.get("id")),
+        choice=_first_choice(raw, "delta"),
+        usage=_usage_of(raw),
+        error=_error_of(raw),
+    )

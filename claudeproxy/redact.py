@@ -1,0 +1,64 @@
+"""Removes secrets from anything that may be logged or sent back to a client.
+
+No I/O. Every log line that carries headers, URLs, bodies or exception text,
+and every upstream-derived error message, goes through these functions.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, List, Mapping, Tuple
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+MASK = "***"
+
+_SECRET_HEADER_RE = re.compile(
+    r"^(authorization|proxy-authorization|x-api-key|api-key|cookie|set-cookie)$|token|secret|key",
+    re.IGNORECASE,
+)
+_SECRET_QUERY = {"key", "api_key", "apikey", "token", "access_token", "api-key", "sig", "signature"}
+# Key-shaped strings: OpenAI/Anthropic style keys and bearer tokens.
+_KEY_RE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{8,}|sk_[A-Za-z0-9_\-]{8,})")
+_BEARER_RE = re.compile(r"(Bearer\s+)[^\s\"',;]+", re.IGNORECASE)
+_USERINFO_RE = re.compile(r"(\b[a-z][a-z0-9+.\-]*://)[^/@\s]+@", re.IGNORECASE)
+_QUERY_SECRET_RE = re.compile(
+    r"([?&](?:key|api_key|apikey|token|access_token|api-key|sig|signature)=)[^&\s\"']+", re.IGNORECASE
+)
+_MIN_SECRET_LEN = 4
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with known secrets, key-shaped strings and URL credentials masked."""
+    for secret in secrets:
+        if secret and len(secret) >= _MIN_SECRET_LEN:
+            text = text.replace(secret, MASK)
+    text = _KEY_RE.sub(MASK, text)
+    text = _BEARER_RE.sub(lambda m: m.group(1) + MASK, text)
+    text = _USERINFO_RE.sub(lambda m: m.group(1) + MASK + "@", text)
+    return _QUERY_SECRET_RE.sub(lambda m: m.group(1) + MASK, text)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without userinfo and with secret-looking query values masked."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return redact_text(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    if "@" in parts.netloc:
+        netloc = MASK + "@" + netloc
+    query = parts.query
+    if query:
+        pairs = [(k, MASK if k.lower() in _SECRET_QUERY else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+        query = urlencode(pairs, safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def is_secret_header(name: str) -> bool:
+    return bool(_SECRET_HEADER_RE.search(name))
+
+
+def redact_headers(headers: Iterable[Tuple[str, str]] | Mapping[str, str]) -> List[Tuple[str, str]]:
+    """Header pairs with the values of credential-bearing headers masked."""
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return [(k, MASK if is_secret_header(k) else v) for k, v in items]

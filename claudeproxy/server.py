@@ -1,0 +1,141 @@
+"""The listening server, and ``start()`` for library use.
+
+I/O. ``ProxyServer`` is a ``ThreadingHTTPServer`` that owns everything one
+proxy instance needs (config, metrics, watchdog, concurrency slots, the
+translating or passthrough ``proxy``), so two servers in one process share
+nothing. ``start()`` runs one in a background thread and returns its address
+and a shutdown function, like ``Start()`` in the Go proxy this replaces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+import threading
+import time
+from http.server import ThreadingHTTPServer
+from typing import Any, Callable, Optional, Set, Tuple
+
+from .config import Config
+from .handler import MessagesHandler
+from .metrics import Metrics, Sink
+from .passthrough import Passthrough
+from .pipeline import Proxy
+from .watchdog import Watchdog
+
+log = logging.getLogger(__name__)
+
+
+class ProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the stdlib default of 5 drops bursts (RELIABILITY.md S16)
+
+    def __init__(self, config: Config, metrics_sink: Optional[Sink] = None) -> None:
+        self.config = config
+        self.metrics = Metrics(metrics_sink)
+        self.watchdog = Watchdog()
+        self.slots = threading.BoundedSemaphore(config.max_concurrency)
+        self.proxy: Any = (
+            Passthrough(config, self.metrics, self.watchdog) if config.passthrough
+            else Proxy(config, self.metrics, self.watchdog)
+        )
+        self._conns: Set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        self._active = 0
+        self._idle = threading.Condition(self._conns_lock)
+        if ":" in config.host:
+            self.address_family = socket.AF_INET6
+        super().__init__((config.host.strip("[]"), config.port), MessagesHandler)
+        self.watchdog.start()
+
+    # Track connections so shutdown can wake handlers idling on keep-alive.
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        with self._conns_lock:
+            self._conns.add(request)
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._conns_lock:
+                self._conns.discard(request)
+
+    def request_started(self) -> None:
+        with self._conns_lock:
+            self._active += 1
+
+    def request_finished(self) -> None:
+        with self._conns_lock:
+            self._active -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False if some still are after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._conns_lock:
+            while self._active > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def close_connections(self) -> None:
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def server_close(self) -> None:
+        self.watchdog.stop()
+        super().server_close()
+
+
+def drain_and_close(server: ProxyServer, grace: float) -> None:
+    """Stop accepting, let requests in flight finish for ``grace`` s, then end them."""
+    server.shutdown()
+    if not server.wait_idle(grace):
+        log.warning("ending the requests still in flight after %.1f s", grace)
+        server.watchdog.abort_all("shutdown")
+        server.wait_idle(1.0)
+    server.close_connections()
+    server.server_close()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunningServer:
+    address: Tuple[str, int]
+    url: str
+    shutdown: Callable[..., None]
+    metrics: Metrics
+    server: ProxyServer
+
+
+def _url_for(address: Tuple[Any, ...]) -> str:
+    host = str(address[0])
+    return f"http://[{host}]:{address[1]}" if ":" in host else f"http://{host}:{address[1]}"
+
+
+def start(config: Optional[Config] = None, metrics_sink: Optional[Sink] = None, **overrides: Any) -> RunningServer:
+    """Listen (default 127.0.0.1:0) and serve in a background thread.
+
+    Returns the address, base URL, a ``shutdown(grace=None)`` function and the
+    server's metrics. Every server is independent.
+    """
+    config = (config or Config()).replace(**overrides)
+    server = ProxyServer(config, metrics_sink)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True,
+                              name="claudeproxy-server")
+    thread.start()
+    stopped = threading.Lock()
+
+    def shutdown(grace: Optional[float] = None) -> None:
+        if not stopped.acquire(blocking=False):
+            return  # already shut down
+        drain_and_close(server, config.shutdown_grace if grace is None else grace)
+        thread.join(timeout=5)
+
+    address = server.server_address[:2]
+    return RunningServer((str(address[0]), int(address[1])), _url_for(address), shutdown, server.metrics, server)

@@ -1,0 +1,39 @@
+"""Thinking-block signatures minted by the proxy, and their decoding.
+
+No I/O. Anthropic thinking blocks need a non-empty ``signature`` that clients
+echo back untouched. The proxy's signatures carry the provider state that must
+return upstream on the next turn (OpenRouter ``reasoning_details``, Gemini
+``thought_signature`` per tool call): ``"cpx1." + base64url(JSON)``
+(PROTOCOL.md 3.7). Signatures from real Anthropic models do not decode and are
+ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, Dict, Optional
+
+PREFIX = "cpx1."
+
+
+def encode_signature(dialect: str, state: Optional[Dict[str, Any]] = None) -> str:
+    payload = json.dumps({"p": dialect, "d": state}, separators=(",", ":"), ensure_ascii=True)
+    return PREFIX + base64.urlsafe_b64encode(payload.encode("ascii")).decode("ascii").rstrip("=")
+
+
+def decode_signature(signature: str) -> Optional[Dict[str, Any]]:
+    """The provider state inside a proxy signature; None for foreign or broken ones."""
+    if not signature.startswith(PREFIX):
+        return None
+    data = signature[len(PREFIX):]
+    try:
+        raw = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+        obj = json.loads(raw.decode("ascii"))
+    except (ValueError, binascii.Error, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    state = obj.get("d")
+    return state if isinstance(state, dict) else {}

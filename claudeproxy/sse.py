@@ -1,0 +1,92 @@
+"""Server-sent events: the decoder for upstream streams, the encoder for ours.
+
+No I/O. ``SSEDecoder`` is a line-fed state machine after the WHATWG rules
+(PROTOCOL.md 3.2): ``data:`` with or without a space, several ``data:`` lines
+joined by newlines, ``:`` comments ignored, ``event:`` remembered, CR, LF and
+CRLF line ends. ``encode_event`` writes one Anthropic event as one byte
+string so it can go out in a single write.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Dict, Iterator, List, Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSentEvent:
+    data: str
+    event: str = ""
+
+
+def split_lines(raw: bytes) -> List[str]:
+    """The logical lines in one ``readline()`` result (which ends at LF).
+
+    A lone CR also ends a line in SSE, so a chunk from a CR-only server may
+    hold several lines.
+    """
+    text = raw.decode("utf-8", errors="replace")
+    if text.endswith("\n"):
+        text = text[:-1]
+    if text.endswith("\r"):
+        text = text[:-1]
+    return text.split("\r") if "\r" in text else [text]
+
+
+class SSEDecoder:
+    """Feed lines without their terminator; get an event at each blank line."""
+
+    def __init__(self) -> None:
+        self._data: List[str] = []
+        self._event = ""
+
+    def decode(self, line: str) -> Optional[ServerSentEvent]:
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            return None  # comment: keep-alive (": OPENROUTER PROCESSING")
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        return None  # id, retry and unknown fields carry nothing we use
+
+    def flush(self) -> Optional[ServerSentEvent]:
+        """The last event of a stream that ended without a blank line."""
+        return self._dispatch()
+
+    def _dispatch(self) -> Optional[ServerSentEvent]:
+        if not self._data:
+            self._event = ""
+            return None
+        event = ServerSentEvent("\n".join(self._data), self._event)
+        self._data, self._event = [], ""
+        return event
+
+
+def iter_events(lines: Iterator[bytes]) -> Iterator[ServerSentEvent]:
+    """All events of a byte-line iterator (tests and the synthesised paths)."""
+    decoder = SSEDecoder()
+    for raw in lines:
+        for line in split_lines(raw):
+            event = decoder.decode(line)
+            if event is not None:
+                yield event
+    last = decoder.flush()
+    if last is not None:
+        yield last
+
+
+def is_done(data: str) -> bool:
+    """OpenAI's end marker; matched by prefix like the openai SDK does."""
+    return data.startswith("[DONE]")
+
+
+def encode_event(payload: Dict[str, Any]) -> bytes:
+    """One Anthropic SSE event; its ``event:`` name is the payload's ``type``."""
+    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return f"event: {payload['type']}\ndata: {data}\n\n".encode("utf-8")

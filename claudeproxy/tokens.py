@@ -1,0 +1,83 @@
+"""A conservative input-token estimate for count_tokens and message_start.
+
+No I/O. There is no tokenizer in the standard library, so this counts
+characters: about four per token for English prose, fewer for code and
+non-Latin scripts. Claude Code compacts on these numbers, so the estimate
+leans high (FIELD-NOTES 7): 3.5 characters a token, plus fixed costs per
+message, tool and image (PROTOCOL.md 4.5 gives the base heuristic).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Iterable
+
+from .anthropic_types import (
+    Block,
+    DocumentBlock,
+    ImageBlock,
+    MessagesRequest,
+    SearchResultBlock,
+    TextBlock,
+    ThinkingBlock,
+    ToolReferenceBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+)
+
+CHARS_PER_TOKEN = 3.5
+IMAGE_TOKENS = 1600
+DOCUMENT_TOKENS = 1600
+MESSAGE_OVERHEAD = 4
+TOOL_OVERHEAD = 8
+
+
+def _block_chars_and_fixed(block: Block) -> "tuple[int, int]":
+    if isinstance(block, TextBlock):
+        return len(block.text), 0
+    if isinstance(block, ThinkingBlock):
+        return len(block.thinking), 0
+    if isinstance(block, ToolUseBlock):
+        return len(block.name) + len(json.dumps(block.input, ensure_ascii=False)), TOOL_OVERHEAD
+    if isinstance(block, ToolResultBlock):
+        return _sum_blocks(block.content)
+    if isinstance(block, ImageBlock):
+        return 0, IMAGE_TOKENS
+    if isinstance(block, DocumentBlock):
+        if block.source == "text":
+            return len(block.data) + len(block.title) + len(block.context), 0
+        if block.source == "content":
+            return _sum_blocks(block.content)
+        return len(block.title), DOCUMENT_TOKENS
+    if isinstance(block, SearchResultBlock):
+        return len(block.title) + len(block.source) + sum(len(t) for t in block.texts), 0
+    if isinstance(block, ToolReferenceBlock):
+        return len(block.tool_name), 0
+    return 0, 0
+
+
+def _sum_blocks(blocks: Iterable[Block]) -> "tuple[int, int]":
+    chars = fixed = 0
+    for block in blocks:
+        c, f = _block_chars_and_fixed(block)
+        chars += c
+        fixed += f
+    return chars, fixed
+
+
+def estimate_input_tokens(req: MessagesRequest) -> int:
+    """Tokens the request's input will likely cost; never 0 for a non-empty request."""
+    chars = len(req.system)
+    fixed = 0
+    for message in req.messages:
+        c, f = _sum_blocks(message.content)
+        chars += c
+        fixed += f + MESSAGE_OVERHEAD
+    for tool in req.tools:
+        schema = json.dumps(tool.input_schema or {}, ensure_ascii=False)
+        chars += len(tool.name) + len(tool.description or "") + len(schema)
+        fixed += TOOL_OVERHEAD
+    if req.output_schema is not None:
+        chars += len(json.dumps(req.output_schema, ensure_ascii=False))
+    return max(1, math.ceil(chars / CHARS_PER_TOKEN) + fixed)

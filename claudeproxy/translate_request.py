@@ -1,0 +1,522 @@
+"""Anthropic ``MessagesRequest`` -> OpenAI ``ChatRequest`` (PROTOCOL.md section 1).
+
+Pure: no I/O, no clock, no environment. ``to_chat_request`` returns the
+request plus the warnings the caller should log (dropped server tools...) and
+the tool-name aliases the response path must reverse. Provider differences
+come only from the ``Dialect`` flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .anthropic_types import (
+    Block,
+    DocumentBlock,
+    ImageBlock,
+    Message,
+    MessagesRequest,
+    RedactedThinkingBlock,
+    SearchResultBlock,
+    TextBlock,
+    Thinking,
+    ThinkingBlock,
+    Tool,
+    ToolReferenceBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+)
+from .dialects import Dialect, effort_for_budget
+from .openai_types import ChatMessage, ChatRequest, ToolCall
+from .schemas import clean_schema
+from .signatures import decode_signature
+
+MISSING_RESULT = "Error: tool call was not completed"
+MISTRAL_BRIDGE = "(tool results received)"
+_TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_MISTRAL_ID_RE = re.compile(r"^[a-zA-Z0-9]{9}$")
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# OpenAI rejects a longer ``user`` (Claude Code sends a ~200-char JSON string).
+_MAX_USER_LEN = 64
+
+Part = Dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Translation:
+    request: ChatRequest
+    # OpenAI tool name -> the client's name, for names that had to be aliased.
+    tool_names: Dict[str, str]
+    warnings: Tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------
+# Names and ids.
+
+
+def tool_alias(name: str) -> str:
+    """A name OpenAI accepts (``[a-zA-Z0-9_-]{1,64}``), stable for the same input."""
+    if _TOOL_NAME_RE.match(name):
+        return name
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", name)[:55] + "_" + digest
+
+
+def mistral_id(tool_id: str) -> str:
+    """Mistral accepts only 9 alphanumerics: map other ids through SHA-256 in base 62."""
+    if _MISTRAL_ID_RE.match(tool_id):
+        return tool_id
+    number = int.from_bytes(hashlib.sha256(tool_id.encode("utf-8")).digest()[:8], "big")
+    chars = []
+    for _ in range(9):
+        number, rem = divmod(number, 62)
+        chars.append(_BASE62[rem])
+    return "".join(chars)
+
+
+def _user_field(user_id: Optional[str]) -> Optional[str]:
+    if not user_id or len(user_id) <= _MAX_USER_LEN:
+        return user_id or None
+    return hashlib.sha256(user_id.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------
+# User-side blocks -> content parts.
+
+
+def _text_part(text: str) -> Part:
+    return {"type": "text", "text": text}
+
+
+def _image_part(block: ImageBlock, dialect: Dialect) -> Part:
+    if dialect.string_content_only:
+        return _text_part("[image omitted: this model takes text only]")
+    if block.source == "base64":
+        return {"type": "image_url", "image_url": {"url": f"data:{block.media_type};base64,{block.data}"}}
+    if block.source == "url":
+        return {"type": "image_url", "image_url": {"url": block.url}}
+    return _text_part(f"[image file {block.data} omitted]")
+
+
+def _document_parts(block: DocumentBlock, dialect: Dialect) -> List[Part]:
+    if block.source == "base64":
+        title = block.title or "document.pdf"
+        if dialect.supports_file_parts and not dialect.string_content_only:
+            data = f"data:{block.media_type or 'application/pdf'};base64,{block.data}"
+            return [{"type": "file", "file": {"filename": title, "file_data": data}}]
+        return [_text_part(f"[PDF document omitted: {title}]")]
+    if block.source == "text":
+        lines = [line for line in (block.title, block.context, block.data) if line]
+        return [_text_part("\n".join(lines))]
+    if block.source == "content":
+        head = [_text_part(line) for line in (block.title, block.context) if line]
+        return head + _user_parts(block.content, dialect)
+    if block.source == "url":
+        return [_text_part(f"[document: {block.url}]")]
+    return [_text_part(f"[document file {block.data} omitted]")]
+
+
+def _search_result_text(block: SearchResultBlock) -> str:
+    return "\n".join([block.title, block.source, *block.texts])
+
+
+def _block_parts(block: Block, dialect: Dialect) -> List[Part]:
+    """Parts for one user-side block; blocks with no user meaning give none."""
+    if isinstance(block, TextBlock):
+        return [_text_part(block.text)] if block.text else []
+    if isinstance(block, ImageBlock):
+        return [_image_part(block, dialect)]
+    if isinstance(block, DocumentBlock):
+        return _document_parts(block, dialect)
+    if isinstance(block, SearchResultBlock):
+        return [_text_part(_search_result_text(block))]
+    if isinstance(block, ToolReferenceBlock):
+        return [_text_part(f"[tool_reference: {block.tool_name}]")]
+    return []  # thinking, tool_use, server-tool blocks in a user turn
+
+
+def _user_parts(blocks: Tuple[Block, ...], dialect: Dialect) -> List[Part]:
+    return [part for block in blocks for part in _block_parts(block, dialect)]
+
+
+def _user_content(parts: List[Part], dialect: Dialect) -> Any:
+    """A plain string when the parts are all text and one, or the dialect wants strings."""
+    texts = [p["text"] for p in parts if p["type"] == "text"]
+    if len(texts) == len(parts) and (len(parts) == 1 or dialect.string_content_only):
+        return "\n\n".join(texts)
+    return parts
+
+
+# --------------------------------------------------------------------------
+# tool_result -> tool message content (text only) + images for the user turn.
+
+
+def _tool_result_content(block: ToolResultBlock, dialect: Dialect) -> Tuple[str, List[Part]]:
+    texts: List[str] = []
+    images: List[Part] = []
+    for item in block.content:
+        if isinstance(item, ImageBlock):
+            texts.append("[image]")
+            images.append(_image_part(item, dialect))
+        else:
+            texts.extend(p["text"] if p["type"] == "text" else "[file]" for p in _block_parts(item, dialect))
+    text = "\n".join(texts)
+    if block.is_error and not text.startswith("Error"):
+        text = f"Error: {text}" if text else "Error"
+    return text, images
+
+
+def _orphan_text(block: ToolResultBlock, dialect: Dialect) -> Part:
+    text, _ = _tool_result_content(block, dialect)
+    return _text_part(f"[tool_result {block.tool_use_id}] {text}".rstrip())
+
+
+# --------------------------------------------------------------------------
+# Assistant turns.
+
+
+def _restore_state(blocks: Tuple[Block, ...]) -> Dict[str, Any]:
+    """Provider state packed into the signatures of proxy-made thinking blocks."""
+    state: Dict[str, Any] = {}
+    for block in blocks:
+        sig = block.signature if isinstance(block, ThinkingBlock) else None
+        sig = block.data if isinstance(block, RedactedThinkingBlock) else sig
+        decoded = decode_signature(sig) if sig else None
+        if decoded:
+            state.update(decoded)
+    return state
+
+
+def _reasoning_for(blocks: Tuple[Block, ...], has_tools: bool, dialect: Dialect) -> Tuple[Optional[str], Optional[str]]:
+    """(field name, text) of the reasoning echoed back, per ``reasoning_history``."""
+    style = dialect.reasoning_history
+    if style == "drop":
+        return None, None
+    text = "".join(b.thinking for b in blocks if isinstance(b, ThinkingBlock))
+    field = "reasoning" if style == "reasoning" else "reasoning_content"
+    if text or (style == "reasoning_content_all" and has_tools):
+        return field, text
+    return None, None
+
+
+def _tool_call(block: ToolUseBlock, dialect: Dialect, signatures: Dict[str, Any]) -> ToolCall:
+    call_id = mistral_id(block.id) if dialect.short_tool_ids else block.id
+    args = json.dumps(block.input, ensure_ascii=False)
+    return ToolCall(call_id, tool_alias(block.name), args, signatures.get(block.id))
+
+
+def _assistant_message(message: Message, dialect: Dialect, is_last: bool) -> ChatMessage:
+    blocks = message.content
+    state = _restore_state(blocks)
+    texts = [b.text for b in blocks if isinstance(b, TextBlock) and b.text]
+    calls = tuple(_tool_call(b, dialect, state.get("ts", {})) for b in blocks if isinstance(b, ToolUseBlock))
+    content: Any = "\n\n".join(texts) if texts else None
+    if content is None and not calls:
+        content = ""
+    elif content is None and dialect.assistant_empty_content is not None:
+        content = dialect.assistant_empty_content
+    field, reasoning = _reasoning_for(blocks, bool(calls), dialect)
+    extra = tuple((k, v) for k, v in state.items() if k == "reasoning_details" and dialect.reasoning_history == "reasoning")
+    return ChatMessage(
+        "assistant",
+        content,
+        tool_calls=calls,
+        reasoning_field=field,
+        reasoning=reasoning,
+        prefix=is_last and dialect.prefill_prefix and not calls,
+        extra=extra,
+    )
+
+
+# --------------------------------------------------------------------------
+# The message list (PROTOCOL.md 1.2).
+
+
+def _merge_same_role(messages: Tuple[Message, ...]) -> List[Message]:
+    """Anthropic treats consecutive user (or assistant) turns as one; so do we."""
+    merged: List[Message] = []
+    for message in messages:
+        if merged and message.role != "system" and merged[-1].role == message.role:
+            merged[-1] = Message(message.role, merged[-1].content + message.content)
+        else:
+            merged.append(message)
+    return merged
+
+
+def _system_text(message: Message) -> str:
+    return "\n\n".join(b.text for b in message.content if isinstance(b, TextBlock) and b.text)
+
+
+class _MessageBuilder:
+    """Builds the OpenAI message list in one pass, repairing tool-call pairing."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.out: List[ChatMessage] = []
+        self.pending: List[str] = []  # ids of the last assistant turn's tool calls (client form)
+        self.deferred: List[ChatMessage] = []  # system turns that arrived between a call and its result
+
+    def add_system(self, message: Message) -> None:
+        text = _system_text(message)
+        if not text:
+            return
+        chat = ChatMessage(self.dialect.system_role, text)
+        (self.deferred if self.pending else self.out).append(chat)
+
+    def add_assistant(self, message: Message, is_last: bool) -> None:
+        self.close_turn()
+        chat = _assistant_message(message, self.dialect, is_last)
+        self.out.append(chat)
+        self.pending = [b.id for b in message.content if isinstance(b, ToolUseBlock)]
+
+    def add_user(self, message: Message) -> None:
+        parts: List[Part] = []
+        images: List[Part] = []
+        answered = set()
+        for block in message.content:
+            if isinstance(block, ToolResultBlock) and block.tool_use_id in self.pending and block.tool_use_id not in answered:
+                text, found = _tool_result_content(block, self.dialect)
+                self._tool_message(block.tool_use_id, text)
+                answered.add(block.tool_use_id)
+                images.extend(found)
+            elif isinstance(block, ToolResultBlock):
+                parts.append(_orphan_text(block, self.dialect))
+            else:
+                parts.extend(_block_parts(block, self.dialect))
+        self.close_turn(answered)
+        parts.extend(images)
+        if parts:
+            self.out.append(ChatMessage("user", _user_content(parts, self.dialect)))
+
+    def _tool_message(self, tool_use_id: str, text: str) -> None:
+        call_id = mistral_id(tool_use_id) if self.dialect.short_tool_ids else tool_use_id
+        self.out.append(ChatMessage("tool", text, tool_call_id=call_id))
+
+    def close_turn(self, answered: Any = ()) -> None:
+        """Answer every still-open tool call, then release deferred system turns."""
+        for tool_id in self.pending:
+            if tool_id not in answered:
+                self._tool_message(tool_id, MISSING_RESULT)
+        self.pending = []
+        self.out.extend(self.deferred)
+        self.deferred = []
+
+
+def _merge_users(messages: List[ChatMessage]) -> List[ChatMessage]:
+    out: List[ChatMessage] = []
+    for message in messages:
+        if out and message.role == "user" and out[-1].role == "user":
+            out[-1] = ChatMessage("user", _join_content(out[-1].content, message.content))
+        else:
+            out.append(message)
+    return out
+
+
+def _join_content(first: Any, second: Any) -> Any:
+    if isinstance(first, str) and isinstance(second, str):
+        return f"{first}\n\n{second}"
+    as_parts = [_text_part(c) if isinstance(c, str) else c for c in (first, second)]
+    return [p for c in as_parts for p in (c if isinstance(c, list) else [c])]
+
+
+def _bridge_tool_to_user(messages: List[ChatMessage]) -> List[ChatMessage]:
+    """Mistral rejects ``user`` right after ``tool``: put an assistant line between."""
+    out: List[ChatMessage] = []
+    for message in messages:
+        if out and out[-1].role == "tool" and message.role == "user":
+            out.append(ChatMessage("assistant", MISTRAL_BRIDGE))
+        out.append(message)
+    return out
+
+
+def to_chat_messages(messages: Tuple[Message, ...], system: str, dialect: Dialect) -> List[ChatMessage]:
+    """The whole OpenAI message list: system prompt, turns, and the repair passes."""
+    builder = _MessageBuilder(dialect)
+    if system:
+        builder.out.append(ChatMessage(dialect.system_role, system))
+    merged = _merge_same_role(messages)
+    for i, message in enumerate(merged):
+        if message.role == "system":
+            builder.add_system(message)
+        elif message.role == "assistant":
+            builder.add_assistant(message, is_last=(i == len(merged) - 1))
+        else:
+            builder.add_user(message)
+    builder.close_turn()
+    out = _merge_users(builder.out)
+    return _bridge_tool_to_user(out) if dialect.bridge_tool_to_user else out
+
+
+# --------------------------------------------------------------------------
+# Tools and tool_choice (PROTOCOL.md 1.5, 1.6).
+
+
+def _function_tool(tool: Tool, dialect: Dialect) -> Dict[str, Any]:
+    function: Dict[str, Any] = {"name": tool_alias(tool.name)}
+    if tool.description:
+        function["description"] = tool.description
+    function["parameters"] = clean_schema(tool.input_schema, dialect.schema_sanitizer)
+    return {"type": "function", "function": function}
+
+
+def _tools(req: MessagesRequest, dialect: Dialect) -> Tuple[Tuple[Dict[str, Any], ...], Tuple[str, ...]]:
+    custom = [t for t in req.tools if t.is_custom]
+    dropped = [t for t in req.tools if not t.is_custom]
+    warnings = ()
+    if dropped:
+        names = ", ".join(f"{t.name} ({t.kind})" for t in dropped)
+        warnings = (f"dropped tools the upstream cannot run (Anthropic server tools): {names}",)
+    return tuple(_function_tool(t, dialect) for t in custom), warnings
+
+
+def _tool_choice(req: MessagesRequest, sent: Tuple[Dict[str, Any], ...]) -> Tuple[Any, Optional[bool]]:
+    choice = req.tool_choice
+    if not sent or choice is None:
+        return None, None
+    parallel = False if choice.disable_parallel and choice.kind != "none" else None
+    if choice.kind == "any":
+        return "required", parallel
+    if choice.kind == "tool":
+        alias = tool_alias(choice.name or "")
+        if any(t["function"]["name"] == alias for t in sent):
+            return {"type": "function", "function": {"name": alias}}, parallel
+        return "auto", parallel
+    return choice.kind, parallel  # auto, none
+
+
+# --------------------------------------------------------------------------
+# Thinking / effort (PROTOCOL.md 1.7): one function per reasoning style.
+
+Reasoning = Tuple[Optional[str], Tuple[Tuple[str, Any], ...]]  # (reasoning_effort, extra fields)
+
+
+def _wanted_effort(thinking: Optional[Thinking], effort: Optional[str]) -> Optional[str]:
+    """The effort the client asked for: a budget bucket, or output_config.effort."""
+    if thinking is not None and thinking.kind == "enabled" and thinking.budget_tokens is not None:
+        return effort_for_budget(thinking.budget_tokens)
+    if thinking is not None and thinking.kind == "disabled":
+        return None
+    return effort
+
+
+def _reasoning_effort(t: Optional[Thinking], effort: Optional[str]) -> Reasoning:
+    return _wanted_effort(t, effort), ()
+
+
+def _reasoning_explicit(t: Optional[Thinking], effort: Optional[str]) -> Reasoning:
+    return (_wanted_effort(t, None) if t is not None and t.kind == "enabled" else None), ()
+
+
+def _reasoning_gemini(t: Optional[Thinking], effort: Optional[str]) -> Reasoning:
+    if t is not None and t.kind == "disabled":
+        return "none", ()
+    return _reasoning_explicit(t, effort)
+
+
+def _reasoning_openrouter(t: Optional[Thinking], effort: Optional[str]) -> Reasoning:
+    if t is None:
+        return None, ((("reasoning", {"effort": effort}),) if effort else ())
+    if t.kind == "enabled" and t.budget_tokens is not None:
+        return None, (("reasoning", {"max_tokens": t.budget_tokens}),)
+    if t.kind == "disabled":
+        return None, (("reasoning", {"enabled": False}),)
+    return None, (("reasoning", {"effort": effort} if effort else {"enabled": True}),)
+
+
+def _reasoning_deepseek(t: Optional[Thinking], effort: Optional[str]) -> Reasoning:
+    if t is None:
+        return None, ()
+    if t.kind == "disabled":
+        return None, (("thinking", {"type": "disabled"}),)
+    return _wanted_effort(t, effort), (("thinking", {"type": "enabled"}),)
+
+
+def _reasoning_groq(t: Optional[Thinking], effort: Optional[str]) -> Reasoning:
+    if t is not None and t.kind == "enabled":
+        return _wanted_effort(t, None), (("reasoning_format", "parsed"),)
+    return None, ()
+
+
+def _reasoning_template(t: Optional[Thinking], effort: Optional[str]) -> Reasoning:
+    if t is None or t.kind not in ("enabled", "disabled"):
+        return None, ()
+    return None, (("chat_template_kwargs", {"enable_thinking": t.kind == "enabled"}),)
+
+
+REASONING_STYLES: Dict[str, Callable[[Optional[Thinking], Optional[str]], Reasoning]] = {
+    "effort": _reasoning_effort,
+    "explicit": _reasoning_explicit,
+    "gemini": _reasoning_gemini,
+    "openrouter": _reasoning_openrouter,
+    "deepseek": _reasoning_deepseek,
+    "groq": _reasoning_groq,
+    "template": _reasoning_template,
+    "none": lambda t, effort: (None, ()),
+}
+
+
+# --------------------------------------------------------------------------
+# The whole request.
+
+
+def _response_format(schema: Optional[Dict[str, Any]], dialect: Dialect) -> Optional[Dict[str, Any]]:
+    if schema is None:
+        return None
+    cleaned = clean_schema(schema, dialect.schema_sanitizer)
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": cleaned}}
+
+
+def _max_tokens(req: MessagesRequest, cap: Optional[int]) -> Optional[int]:
+    if req.max_tokens is None:
+        return None
+    return min(req.max_tokens, cap) if cap else req.max_tokens
+
+
+def _stop(req: MessagesRequest, dialect: Dialect) -> Tuple[str, ...]:
+    stops = tuple(s for s in req.stop_sequences if s)
+    return stops[: dialect.max_stop] if dialect.max_stop is not None else stops
+
+
+def _tool_names(req: MessagesRequest) -> Dict[str, str]:
+    names = {t.name for t in req.tools}
+    names.update(b.name for m in req.messages for b in m.content if isinstance(b, ToolUseBlock))
+    return {tool_alias(n): n for n in names if tool_alias(n) != n}
+
+
+def to_chat_request(
+    req: MessagesRequest,
+    *,
+    model: str,
+    dialect: Dialect,
+    max_output_tokens: Optional[int] = None,
+    stream: Optional[bool] = None,
+) -> Translation:
+    """Translate ``req`` for ``model`` on an upstream speaking ``dialect``."""
+    tools, warnings = _tools(req, dialect)
+    tool_choice, parallel = _tool_choice(req, tools)
+    effort, extra = REASONING_STYLES[dialect.reasoning](req.thinking, req.effort)
+    sampling = not dialect.drop_sampling
+    chat = ChatRequest(
+        model=model,
+        messages=tuple(to_chat_messages(req.messages, req.system, dialect)),
+        max_tokens=_max_tokens(req, max_output_tokens),
+        max_tokens_field=dialect.max_tokens_field,
+        stream=req.stream if stream is None else stream,
+        stream_usage=dialect.stream_usage,
+        temperature=req.temperature if sampling else None,
+        top_p=req.top_p if sampling else None,
+        top_k=req.top_k if dialect.pass_top_k else None,
+        stop=_stop(req, dialect),
+        tools=tools,
+        tool_choice=tool_choice,
+        parallel_tool_calls=parallel,
+        user=_user_field(req.user_id) if dialect.send_user else None,
+        response_format=_response_format(req.output_schema, dialect),
+        reasoning_effort=effort,
+        extra=extra,
+    )
+    return Translation(chat, _tool_names(req), warnings)

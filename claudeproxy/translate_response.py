@@ -1,0 +1,248 @@
+"""OpenAI ``ChatResponse`` -> Anthropic Messages response (PROTOCOL.md section 2).
+
+Pure: ids come in as arguments or from an id factory the caller passes. The
+helpers here (argument normalisation, stop reason, usage) are shared with the
+stream translator so both paths give the same answer for the same upstream
+output.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .openai_types import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta
+from .signatures import encode_signature
+
+IdFactory = Callable[[], str]
+_ID_CHARS_RE = re.compile(r"[^A-Za-z0-9_-]")
+_TRAILING_FENCE_RE = re.compile(r"\s*```\s*$")
+
+
+# --------------------------------------------------------------------------
+# Tool arguments (PROTOCOL.md 2.2 step 3).
+
+
+def _close_unbalanced(text: str) -> str:
+    """Close an unterminated string and any open ``{``/``[`` (cut-off generations)."""
+    stack: List[str] = []
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            stack.append("}" if ch == "{" else "]")
+        elif ch in "}]" and stack:
+            stack.pop()
+    return text + ('"' if in_string else "") + "".join(reversed(stack))
+
+
+def _repair(text: str) -> Optional[Dict[str, Any]]:
+    """One repair attempt: drop a code fence or trailing prose, close what is open."""
+    text = _TRAILING_FENCE_RE.sub("", text)
+    if text.startswith("```"):
+        text = text.split("\n", 1)[-1]
+    candidates = [text]
+    if "}" in text:
+        candidates.append(text[: text.rindex("}") + 1])
+    candidates.append(_close_unbalanced(text))
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def normalize_arguments(raw: Optional[str]) -> Tuple[Dict[str, Any], Optional[str]]:
+    """The tool input object for an arguments string, and a warning if it needed help."""
+    if raw is None or not raw.strip():
+        return {}, None
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        repaired = _repair(raw.strip())
+        if repaired is not None:
+            return repaired, f"repaired invalid tool arguments: {raw[:200]!r}"
+        return {}, f"unparseable tool arguments replaced by {{}}: {raw[:200]!r}"
+    if isinstance(value, str):  # double-encoded
+        inner, _ = normalize_arguments(value)
+        return inner, "tool arguments were double-encoded"
+    if isinstance(value, dict):
+        return value, None
+    return {"value": value}, "tool arguments were not an object; wrapped as {'value': ...}"
+
+
+# --------------------------------------------------------------------------
+# Stop reason and usage (2.4, 2.5).
+
+
+def match_stop_sequence(
+    text: str, matched: Optional[str], stop_sequences: Tuple[str, ...]
+) -> Tuple[Optional[str], str]:
+    """(matched stop string or None, text with a trailing stop string removed)."""
+    if matched and matched in stop_sequences:
+        return matched, text
+    for seq in stop_sequences:
+        if seq and text.endswith(seq):
+            return seq, text[: -len(seq)]
+    return None, text
+
+
+def stop_reason_for(finish_reason: Optional[str], has_tool_use: bool, refusal: bool, stop_match: Optional[str]) -> str:
+    """Anthropic ``stop_reason`` from the upstream outcome; first rule that applies wins."""
+    if finish_reason in ("length", "max_tokens"):
+        return "max_tokens"
+    if has_tool_use:
+        return "tool_use"
+    if finish_reason in ("tool_calls", "function_call"):
+        return "end_turn"
+    if finish_reason == "content_filter" or refusal:
+        return "refusal"
+    if stop_match is not None and finish_reason in ("stop", None):
+        return "stop_sequence"
+    return "end_turn"
+
+
+def usage_from(usage: Optional[ChatUsage]) -> Dict[str, Any]:
+    """Anthropic usage: ``input_tokens`` excludes the cached part OpenAI counts in."""
+    if usage is None:
+        usage = ChatUsage()
+    cache_read = usage.cached_tokens
+    cache_write = usage.cache_write_tokens
+    out: Dict[str, Any] = {
+        "input_tokens": max(0, usage.prompt_tokens - cache_read - cache_write),
+        "cache_creation_input_tokens": cache_write,
+        "cache_read_input_tokens": cache_read,
+        "output_tokens": usage.completion_tokens,
+    }
+    if usage.reasoning_tokens is not None:
+        out["output_tokens_details"] = {"thinking_tokens": usage.reasoning_tokens}
+    return out
+
+
+# --------------------------------------------------------------------------
+# Content blocks (2.2).
+
+
+def split_think_tags(content: str) -> Tuple[str, str]:
+    """(reasoning, text) for content that opens with ``<think>`` (servers without a reasoning parser)."""
+    stripped = content.lstrip()
+    if not stripped.startswith("<think>"):
+        return "", content
+    inner, sep, rest = stripped[len("<think>"):].partition("</think>")
+    if not sep:
+        return inner.strip(), ""
+    return inner.strip(), rest.lstrip()
+
+
+def thinking_block(text: str, dialect_name: str, state: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    return {"type": "thinking", "thinking": text, "signature": encode_signature(dialect_name, state)}
+
+
+def provider_state(choice: ChatChoice, ids: Dict[int, str]) -> Optional[Dict[str, Any]]:
+    """State to round-trip in the signature: reasoning_details, Gemini thought signatures."""
+    state: Dict[str, Any] = {}
+    if choice.reasoning_details:
+        state["reasoning_details"] = choice.reasoning_details
+    sigs = {ids[i]: tc.thought_signature for i, tc in enumerate(choice.tool_calls) if tc.thought_signature and i in ids}
+    if sigs:
+        state["ts"] = sigs
+    return state or None
+
+
+def tool_use_block(tool_id: str, name: str, arguments: Optional[str], tool_names: Dict[str, str]) -> Tuple[Dict[str, Any], Optional[str]]:
+    obj, warning = normalize_arguments(arguments)
+    return {"type": "tool_use", "id": tool_id, "name": tool_names.get(name, name), "input": obj}, warning
+
+
+def unique_tool_ids(calls: Tuple[ToolCallDelta, ...], new_id: IdFactory) -> Dict[int, str]:
+    """Block id for each usable call (by position): upstream id, deduplicated, or a fresh one."""
+    ids: Dict[int, str] = {}
+    seen: Dict[str, int] = {}
+    for i, call in enumerate(calls):
+        if not call.name:
+            continue
+        base = call.id or "toolu_" + new_id()
+        seen[base] = seen.get(base, 0) + 1
+        ids[i] = base if seen[base] == 1 else f"{base}_{seen[base]}"
+    return ids
+
+
+def content_blocks(
+    choice: ChatChoice,
+    *,
+    tool_names: Dict[str, str],
+    dialect_name: str,
+    think_tags: bool,
+    new_id: IdFactory,
+) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """thinking, text, refusal, tool_use blocks in that order, plus warnings."""
+    reasoning, text = choice.reasoning, choice.content
+    if think_tags and not reasoning:
+        reasoning, text = split_think_tags(text)
+    ids = unique_tool_ids(choice.tool_calls, new_id)
+    state = provider_state(choice, ids)
+    blocks: List[Dict[str, Any]] = []
+    if reasoning or state:
+        blocks.append(thinking_block(reasoning, dialect_name, state))
+    blocks.extend({"type": "text", "text": t} for t in (text, choice.refusal) if t)
+    warnings = []
+    for i, call in enumerate(choice.tool_calls):
+        if i in ids:
+            block, warning = tool_use_block(ids[i], call.name, call.arguments, tool_names)
+            blocks.append(block)
+            warnings.extend([warning] if warning else [])
+    return blocks, warnings
+
+
+def message_id(upstream_id: str, new_id: IdFactory) -> str:
+    cleaned = _ID_CHARS_RE.sub("", upstream_id)
+    return "msg_" + (cleaned or new_id())
+
+
+def to_messages_response(
+    chat: ChatResponse,
+    *,
+    model: str,
+    new_id: IdFactory,
+    tool_names: Optional[Dict[str, str]] = None,
+    stop_sequences: Tuple[str, ...] = (),
+    dialect_name: str = "generic",
+    think_tags: bool = False,
+) -> Tuple[Dict[str, Any], List[str]]:
+    """The Anthropic ``Message`` for a ChatCompletion that has a choice, plus warnings."""
+    choice = chat.choice or ChatChoice()
+    blocks, warnings = content_blocks(
+        choice, tool_names=tool_names or {}, dialect_name=dialect_name, think_tags=think_tags, new_id=new_id
+    )
+    stop_match = None
+    if choice.finish_reason in ("stop", None) and blocks and blocks[-1]["type"] == "text":
+        stop_match, blocks[-1]["text"] = match_stop_sequence(blocks[-1]["text"], choice.matched_stop, stop_sequences)
+        if not blocks[-1]["text"]:
+            blocks.pop()  # the text was only the stop string: no empty block (FIELD-NOTES 12)
+    elif choice.finish_reason in ("stop", None):
+        stop_match, _ = match_stop_sequence("", choice.matched_stop, stop_sequences)
+    has_tools = any(b["type"] == "tool_use" for b in blocks)
+    reason = stop_reason_for(choice.finish_reason, has_tools, bool(choice.refusal), stop_match)
+    message = {
+        "id": message_id(chat.id, new_id),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": blocks,
+        "stop_reason": reason,
+        "stop_sequence": stop_match if reason == "stop_sequence" else None,
+        "usage": usage_from(chat.usage),
+    }
+    return message, warnings

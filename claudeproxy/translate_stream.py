@@ -1,0 +1,438 @@
+"""OpenAI chat-completion chunks -> Anthropic stream events (PROTOCOL.md section 3).
+
+Sans-io: ``StreamTranslator`` takes parsed chunks and returns the exact event
+payloads to write, in order; it never reads a socket or a clock. All state of
+one stream lives in one instance (no class-level mutable attributes), so
+concurrent streams cannot disturb each other.
+
+The grammar it guarantees: ``message_start``, then blocks with indexes 0..n in
+emission order, each started before its deltas and stopped once, one open at a
+time, then one ``message_delta`` and ``message_stop`` -- or, after a failure,
+exactly one ``error`` and nothing more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Dict, List, Optional, Tuple
+
+from .errors import ProxyError, error_from_object, stream_error_event
+from .openai_types import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta
+from .signatures import encode_signature
+from .translate_response import (
+    IdFactory,
+    match_stop_sequence,
+    normalize_arguments,
+    stop_reason_for,
+    usage_from,
+)
+
+Event = Dict[str, Any]
+_TAIL = 512  # characters of text kept for stop-sequence detection
+_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+@dataclasses.dataclass
+class _Tool:
+    """One tool call being assembled from fragments."""
+
+    order: int
+    index: Optional[int] = None
+    id: str = ""
+    name: str = ""
+    args: str = ""
+    live: bool = False  # its block was started and its fragments are streamed
+    block: Optional[int] = None
+    thought_signature: Optional[str] = None
+
+    def add_fragment(self, fragment: Optional[str]) -> str:
+        """Merge one arguments fragment; return the text newly appended."""
+        if not fragment:
+            return ""
+        buf = self.args
+        if buf and fragment == buf:
+            return ""  # a final chunk repeating the whole arguments
+        if buf and _parses(buf) and _parses(fragment) and json.loads(buf) == json.loads(fragment):
+            return ""
+        if buf and fragment.startswith(buf) and (len(buf) >= 2 or _parses(fragment)):
+            self.args = fragment  # cumulative snapshots: keep only the new suffix
+            return fragment[len(buf):]
+        self.args = buf + fragment
+        return fragment
+
+
+class _ThinkTags:
+    """Splits ``<think>...</think>`` at the start of content into reasoning (think_tags dialects)."""
+
+    def __init__(self) -> None:
+        self.state = "detect"  # detect -> think -> text
+        self.held = ""
+
+    def split(self, text: str) -> Tuple[str, str]:
+        """(reasoning, text) that can be emitted now."""
+        self.held += text
+        if self.state == "detect":
+            stripped = self.held.lstrip()
+            if _THINK_OPEN.startswith(stripped):
+                return "", ""  # could still become <think>
+            if not stripped.startswith(_THINK_OPEN):
+                self.state, out, self.held = "text", self.held, ""
+                return "", out
+            self.state, self.held = "think", stripped[len(_THINK_OPEN):]
+        if self.state == "think":
+            inside, sep, rest = self.held.partition(_THINK_CLOSE)
+            if sep:
+                self.state, self.held = "text", ""
+                return inside, rest.lstrip("\n")
+            keep = len(_THINK_CLOSE) - 1  # a tag may be split across chunks
+            out, self.held = self.held[:-keep] if len(self.held) > keep else "", self.held[-keep:]
+            return out, ""
+        out, self.held = self.held, ""
+        return "", out
+
+    def flush(self) -> Tuple[str, str]:
+        held, self.held = self.held, ""
+        return (held, "") if self.state == "think" else ("", held)
+
+
+class StreamTranslator:
+    """Feed it chunks; write what it returns. See the module docstring for the grammar."""
+
+    def __init__(
+        self,
+        *,
+        message_id: str,
+        model: str,
+        input_tokens: int,
+        new_id: IdFactory,
+        tool_names: Optional[Dict[str, str]] = None,
+        stop_sequences: Tuple[str, ...] = (),
+        dialect_name: str = "generic",
+        think_tags: bool = False,
+        secrets: Tuple[str, ...] = (),
+    ) -> None:
+        self.message_id = message_id
+        self.model = model
+        self.input_tokens = input_tokens
+        self.new_id = new_id
+        self.tool_names = tool_names or {}
+        self.stop_sequences = stop_sequences
+        self.dialect_name = dialect_name
+        self.secrets = secrets
+        self.think = _ThinkTags() if think_tags else None
+        self.started = False
+        self.done = False  # message_stop or error written
+        self.next_index = 0
+        self.open_kind: Optional[str] = None  # "thinking" | "text" | "tool"
+        self.open_index = -1
+        self.tools: List[_Tool] = []
+        self.live: Optional[_Tool] = None
+        self.finish_reason: Optional[str] = None
+        self.matched_stop: Optional[str] = None
+        self.usage: Optional[ChatUsage] = None
+        self.out_chars = 0
+        self.text_tail = ""
+        self.refusal = False
+        self.state: Dict[str, Any] = {}
+        self.carried: Dict[str, Any] = {}
+        # Set by finish(), for metrics.
+        self.stop_reason: Optional[str] = None
+        self.final_usage: Dict[str, Any] = {}
+
+    # ------------------------------------------------------------------
+    # Public interface.
+
+    def start(self) -> List[Event]:
+        """``message_start`` (once)."""
+        if self.started:
+            return []
+        self.started = True
+        message = {
+            "id": self.message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": self.input_tokens, "output_tokens": 1},
+        }
+        return [{"type": "message_start", "message": message}]
+
+    @property
+    def ready_to_finish(self) -> bool:
+        """finish_reason and usage are both known: no need to wait for ``[DONE]``."""
+        return self.finish_reason is not None and self.usage is not None
+
+    @property
+    def has_finish_reason(self) -> bool:
+        return self.finish_reason is not None
+
+    def feed(self, chunk: ChatResponse) -> List[Event]:
+        """Events for one upstream chunk. Raises ``ProxyError`` for an error object."""
+        if chunk.error is not None:
+            raise error_from_object(chunk.error, self.secrets)
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        choice = chunk.choice
+        if choice is None:
+            return []
+        if choice.finish_reason == "error":
+            raise error_from_object({"message": "upstream reported an error during generation"}, self.secrets)
+        events = self.start()
+        events += self._reasoning(choice)
+        events += self._content(choice)
+        for call in choice.tool_calls:
+            events += self._tool_fragment(call)
+        if choice.finish_reason is not None:
+            self.finish_reason = choice.finish_reason
+        if choice.matched_stop is not None:
+            self.matched_stop = choice.matched_stop
+        return events
+
+    def finish(self) -> List[Event]:
+        """Close everything and end the message (``message_delta``, ``message_stop``)."""
+        if self.done:
+            return []
+        events = self.start()
+        if self.think is not None:
+            reasoning, text = self.think.flush()
+            events += self._emit_reasoning(reasoning) + self._emit_text(text)
+        buffered = [t for t in self.tools if not t.live and t.name]
+        for tool in buffered:
+            tool.id = self._unique_id(tool)
+        self._update_state_from_tools()
+        events += self._close_open()
+        events += self._carrier_block()
+        for tool in buffered:
+            events += self._whole_tool(tool)
+        events += [self._message_delta(), {"type": "message_stop"}]
+        self.done = True
+        return events
+
+    def error(self, error_type: str, message: str) -> List[Event]:
+        """The one terminal ``error`` event for a failure after the stream began."""
+        if self.done:
+            return []
+        self.done = True
+        return [stream_error_event(error_type, message)]
+
+    def fail(self, exc: ProxyError) -> List[Event]:
+        return self.error(exc.error_type, exc.message)
+
+    # ------------------------------------------------------------------
+    # Blocks.
+
+    def _open(self, kind: str, content_block: Dict[str, Any]) -> List[Event]:
+        events = self._close_open()
+        self.open_kind, self.open_index = kind, self.next_index
+        self.next_index += 1
+        return events + [{"type": "content_block_start", "index": self.open_index, "content_block": content_block}]
+
+    def _close_open(self) -> List[Event]:
+        if self.open_kind is None:
+            return []
+        events: List[Event] = []
+        if self.open_kind == "thinking":
+            signature = encode_signature(self.dialect_name, dict(self.state) or None)
+            self.carried = dict(self.state)
+            events.append(self._delta({"type": "signature_delta", "signature": signature}))
+        events.append({"type": "content_block_stop", "index": self.open_index})
+        self.open_kind = None
+        return events
+
+    def _delta(self, delta: Dict[str, Any], index: Optional[int] = None) -> Event:
+        return {"type": "content_block_delta", "index": self.open_index if index is None else index, "delta": delta}
+
+    def _carrier_block(self) -> List[Event]:
+        """Provider state that arrived after the last thinking block closed gets a block of its own."""
+        if not self.state or self.state == self.carried:
+            return []
+        events = self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+        return events + self._close_open()
+
+    # ------------------------------------------------------------------
+    # Reasoning and text.
+
+    def _reasoning(self, choice: ChatChoice) -> List[Event]:
+        if choice.reasoning_details:
+            self.state["reasoning_details"] = self.state.get("reasoning_details", []) + list(choice.reasoning_details)
+        return self._emit_reasoning(choice.reasoning)
+
+    def _emit_reasoning(self, text: str) -> List[Event]:
+        if not text:
+            return []
+        events: List[Event] = []
+        if self.open_kind != "thinking":
+            events += self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+        self.out_chars += len(text)
+        return events + [self._delta({"type": "thinking_delta", "thinking": text})]
+
+    def _content(self, choice: ChatChoice) -> List[Event]:
+        text = choice.content
+        if choice.refusal:
+            self.refusal = True
+            text += choice.refusal
+        if self.think is None:
+            return self._emit_text(text)
+        reasoning, text = self.think.split(text)
+        return self._emit_reasoning(reasoning) + self._emit_text(text)
+
+    def _emit_text(self, text: str) -> List[Event]:
+        if not text:
+            return []  # the role chunk's content "" opens nothing (FIELD-NOTES 12)
+        events: List[Event] = []
+        if self.open_kind != "text":
+            events += self._open("text", {"type": "text", "text": ""})
+        self.out_chars += len(text)
+        self.text_tail = (self.text_tail + text)[-_TAIL:]
+        return events + [self._delta({"type": "text_delta", "text": text})]
+
+    # ------------------------------------------------------------------
+    # Tool calls (PROTOCOL.md 3.4 step 7).
+
+    def _find_tool(self, call: ToolCallDelta) -> _Tool:
+        if call.id:
+            for tool in self.tools:
+                if tool.id == call.id:
+                    return tool
+        if call.index is not None:
+            for tool in reversed(self.tools):
+                if tool.index == call.index:
+                    if not call.id or not tool.id:
+                        return tool
+                    break  # same index, new id: a distinct call
+            return self._new_tool(call.index)
+        last = self.tools[-1] if self.tools else None
+        if call.id or last is None:
+            return self._new_tool(None)
+        if call.name and last.name and (call.name != last.name or _parses(last.args)):
+            return self._new_tool(None)
+        return last
+
+    def _new_tool(self, index: Optional[int]) -> _Tool:
+        tool = _Tool(order=len(self.tools), index=index)
+        self.tools.append(tool)
+        return tool
+
+    def _tool_fragment(self, call: ToolCallDelta) -> List[Event]:
+        tool = self._find_tool(call)
+        tool.id = tool.id or call.id
+        tool.name = tool.name or call.name
+        if call.thought_signature and tool.thought_signature is None:
+            tool.thought_signature = call.thought_signature
+        added = tool.add_fragment(call.arguments)
+        self.out_chars += len(added)
+        if tool.live:
+            return self._live_delta(tool, added)
+        if tool is self.tools[0] and self._may_go_live(tool):
+            return self._go_live(tool)
+        return []
+
+    def _may_go_live(self, tool: _Tool) -> bool:
+        """Only the turn's first call streams live, and only once its JSON object has begun."""
+        return bool(tool.name) and tool.args.lstrip().startswith("{")
+
+    def _go_live(self, tool: _Tool) -> List[Event]:
+        tool.live = True
+        tool.id = tool.id or "toolu_" + self.new_id()
+        events = self._open("tool", self._tool_start(tool))
+        tool.block = self.open_index
+        self.live = tool
+        return events + [self._delta({"type": "input_json_delta", "partial_json": tool.args})]
+
+    def _live_delta(self, tool: _Tool, added: str) -> List[Event]:
+        if not added:
+            return []
+        if self.open_kind != "tool" or self.live is not tool:
+            return []  # its block was closed by later text: the rest cannot be placed
+        return [self._delta({"type": "input_json_delta", "partial_json": added})]
+
+    def _tool_start(self, tool: _Tool) -> Dict[str, Any]:
+        name = self.tool_names.get(tool.name, tool.name)
+        return {"type": "tool_use", "id": tool.id, "name": name, "input": {}}
+
+    def _whole_tool(self, tool: _Tool) -> List[Event]:
+        obj, _ = normalize_arguments(tool.args)
+        events = self._open("tool", self._tool_start(tool))
+        if obj:
+            events.append(self._delta({"type": "input_json_delta", "partial_json": json.dumps(obj, ensure_ascii=False)}))
+        return events + self._close_open()
+
+    def _unique_id(self, tool: _Tool) -> str:
+        taken = {t.id for t in self.tools if t is not tool and (t.live or t.order < tool.order)}
+        base = tool.id or "toolu_" + self.new_id()
+        candidate, n = base, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{base}_{n}"
+        return candidate
+
+    # ------------------------------------------------------------------
+    # The end.
+
+    def _message_delta(self) -> Event:
+        has_tools = any(t.name for t in self.tools)
+        stop_match = None
+        if self.finish_reason in ("stop", None):
+            stop_match, _ = match_stop_sequence(self.text_tail, self.matched_stop, self.stop_sequences)
+        reason = stop_reason_for(self.finish_reason, has_tools, self.refusal, stop_match)
+        if self.usage is not None:
+            usage = usage_from(self.usage)
+        else:
+            usage = usage_from(ChatUsage(prompt_tokens=self.input_tokens))
+            usage["output_tokens"] = math.ceil(self.out_chars / 4)
+        self.stop_reason = reason
+        self.final_usage = usage
+        return {
+            "type": "message_delta",
+            "delta": {"stop_reason": reason, "stop_sequence": stop_match if reason == "stop_sequence" else None},
+            "usage": usage,
+        }
+
+    def _update_state_from_tools(self) -> None:
+        sigs = {t.id: t.thought_signature for t in self.tools if t.thought_signature and t.id}
+        if sigs:
+            self.state["ts"] = sigs
+
+
+def events_for_message(message: Dict[str, Any]) -> List[Event]:
+    """A complete stream for a complete message (JSON answers to stream requests, local replies)."""
+    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
+    usage = dict(message.get("usage") or {})
+    start["usage"] = {"input_tokens": usage.get("input_tokens", 0), "output_tokens": 1}
+    events: List[Event] = [{"type": "message_start", "message": start}]
+    for index, block in enumerate(message.get("content") or []):
+        events += _block_events(index, block)
+    delta = {"stop_reason": message.get("stop_reason") or "end_turn", "stop_sequence": message.get("stop_sequence")}
+    events.append({"type": "message_delta", "delta": delta, "usage": usage})
+    events.append({"type": "message_stop"})
+    return events
+
+
+def _block_events(index: int, block: Dict[str, Any]) -> List[Event]:
+    kind = block["type"]
+    if kind == "text":
+        start, deltas = {"type": "text", "text": ""}, [{"type": "text_delta", "text": block["text"]}]
+    elif kind == "thinking":
+        start = {"type": "thinking", "thinking": "", "signature": ""}
+        deltas = [{"type": "thinking_delta", "thinking": block["thinking"]}] if block["thinking"] else []
+        deltas.append({"type": "signature_delta", "signature": block["signature"]})
+    else:
+        start = {**block, "input": {}}
+        deltas = [{"type": "input_json_delta", "partial_json": json.dumps(block["input"], ensure_ascii=False)}]
+        deltas = deltas if block["input"] else []
+    events: List[Event] = [{"type": "content_block_start", "index": index, "content_block": start}]
+    events += [{"type": "content_block_delta", "index": index, "delta": d} for d in deltas]
+    events.append({"type": "content_block_stop", "index": index})
+    return events

@@ -1,0 +1,245 @@
+"""HTTP calls to the upstream through ``urllib.request``: the only outbound I/O.
+
+``Upstream`` owns one opener per instance, built with:
+- ``ProxyHandler({})`` unless ``--proxy`` (or ``--use-env-proxy``) says
+  otherwise, so ``HTTPS_PROXY`` in the environment is never used silently
+  (RELIABILITY.md S8);
+- a redirect handler that refuses, because urllib would re-send credentials
+  to the redirect target (S7); credentials also go in unredirected headers;
+- connection classes that use the short connect timeout for the TCP/TLS
+  handshake, then the long idle timeout for reads (S14), and hand the socket
+  to an ``UpstreamCall`` so another thread can abort the call (S11).
+Failures come out as ``errors.ProxyError`` subclasses with the status a client
+should see (PROTOCOL.md 4.2, 4.3).
+"""
+
+from __future__ import annotations
+
+import functools
+import http.client
+import json
+import logging
+import re
+import socket
+import ssl
+import threading
+import urllib.error
+import urllib.request
+from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+from . import __version__
+from .config import Config
+from .errors import ClientGone, UpstreamTimeout, UpstreamUnavailable, error_from_status
+from .redact import redact_text, redact_url
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_BODY = 64 * 1024
+
+
+class UpstreamCall:
+    """One upstream request that another thread may abort (client gone, idle, deadline)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: Optional[socket.socket] = None
+        self.abort_reason: Optional[str] = None
+        self.connected = False
+
+    def attach(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+            self.connected = True
+            if self.abort_reason is not None:
+                _shutdown(sock)
+
+    def abort(self, reason: str) -> None:
+        """Unblock any read on the upstream socket at once; the first reason sticks."""
+        with self._lock:
+            if self.abort_reason is None:
+                self.abort_reason = reason
+            if self._sock is not None:
+                _shutdown(self._sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    # socket.socket.shutdown on purpose: SSLSocket.shutdown would also drop the
+    # TLS object under a reader in another thread.
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _tracked(base: Any) -> Any:
+    """An ``http.client`` connection class whose ``connect`` reports its socket."""
+
+    class Tracked(base):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, call: Optional[UpstreamCall], read_timeout: float, **kw: Any) -> None:
+            super().__init__(*args, **kw)
+            self._call = call
+            self._read_timeout = read_timeout
+
+        def connect(self) -> None:
+            super().connect()  # TCP (+ proxy tunnel + TLS) under the connect timeout
+            self.sock.settimeout(self._read_timeout)
+            if self._call is not None:
+                self._call.attach(self.sock)
+
+    return Tracked
+
+
+_TrackedHTTP = _tracked(http.client.HTTPConnection)
+_TrackedHTTPS = _tracked(http.client.HTTPSConnection)
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, read_timeout: float) -> None:
+        super().__init__()
+        self._read_timeout = read_timeout
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        factory = functools.partial(_TrackedHTTP, call=getattr(req, "cp_call", None), read_timeout=self._read_timeout)
+        return self.do_open(factory, req)  # type: ignore[no-any-return]
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, read_timeout: float, context: ssl.SSLContext) -> None:
+        super().__init__(context=context)
+        self._read_timeout = read_timeout
+        self._ctx = context
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        factory = functools.partial(_TrackedHTTPS, call=getattr(req, "cp_call", None), read_timeout=self._read_timeout)
+        return self.do_open(factory, req, context=self._ctx)  # type: ignore[no-any-return]
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the 3xx then surfaces as an HTTPError and maps to 502
+
+
+def build_opener(config: Config) -> urllib.request.OpenerDirector:
+    if config.proxy:
+        proxies: Optional[Dict[str, str]] = {"http": config.proxy, "https": config.proxy}
+    else:
+        proxies = None if config.use_env_proxy else {}
+    context = ssl.create_default_context(cafile=config.ca_bundle)
+    return urllib.request.build_opener(
+        urllib.request.ProxyHandler(proxies),
+        _RefuseRedirects(),
+        _HTTPHandler(config.idle_timeout),
+        _HTTPSHandler(config.idle_timeout, context),
+    )
+
+
+# --------------------------------------------------------------------------
+# URLs.
+
+
+def _with_query(url: str, extra: Dict[str, str]) -> str:
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    for key, value in extra.items():
+        query.setdefault(key, value)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+
+
+def join_path(base: str, suffix: str) -> str:
+    """``base`` + ``suffix`` (once), keeping the base's query string."""
+    parts = urlsplit(base)
+    path = parts.path.rstrip("/")
+    if not path.endswith(suffix):
+        path += suffix
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def chat_url(base: str, model: str, azure_api_version: Optional[str] = None) -> str:
+    """The chat-completions URL; Azure puts the deployment (= model) in the path."""
+    if azure_api_version is None:
+        return join_path(base, "/chat/completions")
+    parts = urlsplit(base)
+    path = parts.path.rstrip("/")
+    if "/openai/deployments/" not in path and not path.endswith("/openai/v1"):
+        path += "/openai/deployments/" + quote(model, safe="")
+    url = urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+    url = join_path(url, "/chat/completions")
+    if path.endswith("/openai/v1"):
+        return url  # Azure's versionless v1 surface: a plain OpenAI base URL
+    return _with_query(url, {"api-version": azure_api_version})
+
+
+def models_url(base: str) -> str:
+    parts = urlsplit(base)
+    path = re.sub(r"/chat/completions$", "", parts.path.rstrip("/"))
+    return urlunsplit((parts.scheme, parts.netloc, path + "/models", parts.query, ""))
+
+
+# --------------------------------------------------------------------------
+# The client.
+
+
+class Upstream:
+    """Sends requests to the configured upstream; one opener per instance."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.opener = build_opener(config)
+
+    def secrets(self) -> Tuple[str, ...]:
+        token = self.config.token()
+        return (token,) if token else ()
+
+    def auth_headers(self, style: str) -> List[Tuple[str, str]]:
+        token = self.config.token()
+        if not token:
+            return []
+        return [("api-key", token)] if style == "azure" else [("Authorization", f"Bearer {token}")]
+
+    def open(
+        self,
+        url: str,
+        *,
+        call: UpstreamCall,
+        body: Optional[bytes] = None,
+        headers: Tuple[Tuple[str, str], ...] = (),
+        auth: Tuple[Tuple[str, str], ...] = (),
+        method: str = "POST",
+        raise_http_errors: bool = True,
+    ) -> Any:
+        """Send one request; a 2xx response is returned open, anything else raises.
+
+        With ``raise_http_errors=False`` an HTTP error status is returned as the
+        (readable) ``HTTPError`` response instead (passthrough relays it as is).
+        """
+        req = urllib.request.Request(url, data=body, method=method)
+        req.add_header("User-Agent", f"claudeproxy/{__version__}")
+        for name, value in (*headers, *self.config.headers):
+            req.add_header(name, value)
+        for name, value in auth:
+            req.add_unredirected_header(name, value)  # never follows a redirect (S7)
+        req.cp_call = call  # type: ignore[attr-defined]
+        log.debug("upstream %s %s", method, redact_url(url))
+        try:
+            return self.opener.open(req, timeout=self.config.connect_timeout)  # type: ignore[no-any-return]
+        except urllib.error.HTTPError as exc:
+            if not raise_http_errors and 400 <= exc.code <= 599:
+                return exc
+            with exc:
+                body_bytes = exc.read(MAX_ERROR_BODY) if exc.fp is not None else b""
+            raise error_from_status(exc.code, body_bytes, exc.headers, self.secrets()) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+            raise self._transport_error(exc, call) from None
+
+    def _transport_error(self, exc: BaseException, call: UpstreamCall) -> Exception:
+        if call.abort_reason == "client":
+            return ClientGone()
+        reason = getattr(exc, "reason", exc)
+        if call.abort_reason == "deadline" or (isinstance(reason, socket.timeout) and call.connected):
+            return UpstreamTimeout("upstream did not answer in time")
+        detail = redact_text(f"{type(reason).__name__}: {reason}", self.secrets())
+        host = urlsplit(self.config.upstream).hostname or "?"
+        return UpstreamUnavailable(
+            f"could not reach the upstream at {host} ({detail})", headers=(("x-should-retry", "true"),)
+        )
