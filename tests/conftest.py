@@ -1,0 +1,115 @@
+"""Shared fixtures: a fake upstream, proxies started against it, a small HTTP client.
+
+All traffic stays on 127.0.0.1 and every wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import sys
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import claudeproxy  # noqa: E402
+from fakes import FakeUpstream  # noqa: E402
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+UPSTREAM_KEY = "sk-UPSTREAM-SENTINEL-0123456789"
+CLIENT_KEY = "sk-ant-CLIENT-SENTINEL-0123456789"
+TIMEOUT = 15.0
+
+
+def load_json(*parts: str) -> Any:
+    with open(os.path.join(FIXTURES, *parts), encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def load_bytes(*parts: str) -> bytes:
+    with open(os.path.join(FIXTURES, *parts), "rb") as fh:
+        return fh.read()
+
+
+class Response:
+    def __init__(self, status: int, headers: List[Tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.header_list = headers
+        self.headers = {k.lower(): v for k, v in headers}
+        self.body = body
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body.decode("utf-8"))
+
+    def __repr__(self) -> str:
+        return f"Response({self.status}, {self.body[:300]!r})"
+
+
+def request(url: str, method: str = "GET", path: str = "/", body: Any = None,
+            headers: Optional[Dict[str, str]] = None, timeout: float = TIMEOUT) -> Response:
+    """One HTTP request with http.client; ``body`` may be bytes or a JSON-able object."""
+    host_port = url.split("//", 1)[1].split("/", 1)[0]
+    conn = http.client.HTTPConnection(host_port, timeout=timeout)
+    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode("utf-8")
+    hdrs = {"Content-Type": "application/json"} if data is not None else {}
+    hdrs.update(headers or {})
+    try:
+        conn.request(method, path, body=data, headers=hdrs)
+        resp = conn.getresponse()
+        return Response(resp.status, resp.getheaders(), resp.read())
+    finally:
+        conn.close()
+
+
+def minimal_request(**overrides: Any) -> Dict[str, Any]:
+    body: Dict[str, Any] = {"model": "claude-test", "max_tokens": 256,
+                            "messages": [{"role": "user", "content": "Hello"}]}
+    body.update(overrides)
+    return body
+
+
+@pytest.fixture
+def fake_upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def make_proxy(fake_upstream: FakeUpstream) -> Iterator[Callable[..., Any]]:
+    """Start proxies (default: against ``fake_upstream`` with the sentinel key); all stop after the test."""
+    started: List[Any] = []
+
+    def make(**overrides: Any) -> Any:
+        settings: Dict[str, Any] = {"upstream": fake_upstream.url, "token": claudeproxy.static_token(UPSTREAM_KEY)}
+        settings.update(overrides)
+        server = claudeproxy.start(**settings)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.shutdown(grace=1.0)
+
+
+@pytest.fixture
+def proxy(make_proxy: Callable[..., Any]) -> Any:
+    return make_proxy()
+
+
+@pytest.fixture
+def post(proxy: Any) -> Callable[..., Response]:
+    """POST /v1/messages (or ``path``) to the default proxy with a client key."""
+
+    def send(body: Any, path: str = "/v1/messages", headers: Optional[Dict[str, str]] = None) -> Response:
+        hdrs = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
+        hdrs.update(headers or {})
+        return request(proxy.url, "POST", path, body, hdrs)
+
+    return send
