@@ -22,8 +22,9 @@ class Dialect:
     system_role: str = "system"
     # max_tokens or max_completion_tokens.
     max_tokens_field: str = "max_tokens"
-    # Most stop strings the upstream accepts (OpenAI: 4); None = all.
-    max_stop: Optional[int] = None
+    # Most stop strings the upstream accepts; None = all. OpenAI's schema allows 4, and an
+    # unknown server is held to the official schema (servers known to take more say so below).
+    max_stop: Optional[int] = 4
     # Drop temperature/top_p (OpenAI reasoning models reject them).
     drop_sampling: bool = False
     pass_top_k: bool = False
@@ -62,17 +63,15 @@ _BASE = Dialect()
 DIALECTS: Dict[str, Dialect] = {
     "generic": _BASE,
     # Chat models (gpt-4o, gpt-4.1) reject reasoning_effort: only reasoning models get it (MODEL_RULES).
-    "openai": dataclasses.replace(_BASE, name="openai", max_stop=4, supports_file_parts=True, reasoning="none"),
-    "azure": dataclasses.replace(
-        _BASE, name="azure", max_stop=4, supports_file_parts=True, auth="azure", reasoning="none"
-    ),
+    "openai": dataclasses.replace(_BASE, name="openai", supports_file_parts=True, reasoning="none"),
+    "azure": dataclasses.replace(_BASE, name="azure", supports_file_parts=True, auth="azure", reasoning="none"),
     "openrouter": dataclasses.replace(
         _BASE, name="openrouter", reasoning="openrouter", reasoning_history="reasoning",
-        supports_file_parts=True, pass_top_k=True,
+        supports_file_parts=True, pass_top_k=True, max_stop=None,
     ),
     "deepseek": dataclasses.replace(
         _BASE, name="deepseek", reasoning="deepseek", reasoning_history="reasoning_content_all",
-        assistant_empty_content="", string_content_only=True, prefill_prefix=False,
+        assistant_empty_content="", string_content_only=True, max_stop=16,
     ),
     "groq": dataclasses.replace(_BASE, name="groq", reasoning="groq", send_user=False),
     "mistral": dataclasses.replace(
@@ -81,12 +80,15 @@ DIALECTS: Dict[str, Dialect] = {
     ),
     "gemini": dataclasses.replace(_BASE, name="gemini", schema_sanitizer="gemini", send_user=False, reasoning="gemini"),
     # Ollama answers 400 when a non-thinking model is asked to think: only explicit budgets map.
-    "ollama": dataclasses.replace(_BASE, name="ollama", reasoning="explicit"),
+    "ollama": dataclasses.replace(_BASE, name="ollama", reasoning="explicit", max_stop=None),
     "vllm": dataclasses.replace(
         _BASE, name="vllm", reasoning="template", reasoning_history="reasoning_content", pass_top_k=True,
+        max_stop=None,
     ),
-    "lmstudio": dataclasses.replace(_BASE, name="lmstudio", reasoning="none", reasoning_history="reasoning_content"),
-    "llamacpp": dataclasses.replace(_BASE, name="llamacpp", reasoning="none", think_tags=True),
+    "lmstudio": dataclasses.replace(
+        _BASE, name="lmstudio", reasoning="none", reasoning_history="reasoning_content", max_stop=None
+    ),
+    "llamacpp": dataclasses.replace(_BASE, name="llamacpp", reasoning="none", think_tags=True, max_stop=None),
 }
 
 # Model-specific overrides: (dialect names, model regex, changes). OpenAI's
