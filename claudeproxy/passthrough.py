@@ -23,7 +23,7 @@ from .config import Config
 from .errors import ClientGone, ProxyError, UpstreamUnavailable
 from .metrics import CallRecord, Metrics
 from .sse import SSEDecoder, split_lines
-from .streaming import _read_error
+from .streaming import read_error
 from .tokens import estimate_input_tokens
 from .upstream import Upstream, UpstreamCall
 from .watchdog import Watch, Watchdog
@@ -166,7 +166,7 @@ class Passthrough:
         try:
             data = resp.read(self.config.max_body_bytes * 2)
         except (OSError, http.client.HTTPException) as exc:
-            raise _read_error(exc, call, self.config.idle_timeout) from None
+            raise read_error(exc, call, self.config.idle_timeout) from None
         reader.feed_json(data.decode("utf-8", errors="replace"))
         writer.raw(status, headers, data)
 
@@ -185,7 +185,7 @@ class Passthrough:
             call.abort("client")
             raise
         except (OSError, http.client.HTTPException) as exc:
-            err = _read_error(exc, call, self.config.idle_timeout)
+            err = read_error(exc, call, self.config.idle_timeout)
             if isinstance(err, ClientGone):
                 raise err from None
             message = getattr(err, "message", "upstream stream broke off")

@@ -18,12 +18,14 @@ import json
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
-from .errors import ProxyError, error_from_object, stream_error_event
-from .openai_types import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta
+from .errors import ProxyError, UpstreamUnavailable, error_from_object, stream_error_event
+from .openai_types import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta, parse_chat_chunk
 from .signatures import encode_signature
+from .sse import ServerSentEvent, SSEDecoder, is_done, split_lines
 from .translate_response import (
     IdFactory,
     match_stop_sequence,
+    message_id,
     normalize_arguments,
     stop_reason_for,
     usage_from,
@@ -31,6 +33,7 @@ from .translate_response import (
 
 Event = Dict[str, Any]
 _TAIL = 512  # characters of text kept for stop-sequence detection
+MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as broken
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 
 
@@ -189,6 +192,8 @@ class StreamTranslator:
             return []
         if choice.finish_reason == "error":
             raise error_from_object({"message": "upstream reported an error during generation"}, self.secrets)
+        if not self.started and chunk.id:
+            self.message_id = message_id(chunk.id, self.new_id)
         events = self.start()
         events += self._reasoning(choice)
         events += self._content(choice)
@@ -404,6 +409,66 @@ class StreamTranslator:
         sigs = {t.id: t.thought_signature for t in self.tools if t.thought_signature and t.id}
         if sigs:
             self.state["ts"] = sigs
+
+
+class UpstreamStream:
+    """Upstream SSE body lines in, Anthropic events out: the sans-io core of the relay.
+
+    ``feed_line`` takes each ``readline()`` result; ``complete`` turns true at
+    ``[DONE]`` or once finish_reason and usage are both in (no need to wait for
+    more). ``end`` is called when the body ends or breaks: a stream that saw a
+    finish_reason is finished normally, anything else is an error (EOF is not
+    success: RELIABILITY.md S12). Error objects raise ``ProxyError``.
+    """
+
+    def __init__(self, translator: StreamTranslator) -> None:
+        self.translator = translator
+        self.decoder = SSEDecoder()
+        self.complete = False
+        self.bad_events = 0
+        self.skipped_events = 0
+
+    def feed_line(self, raw: bytes) -> List[Event]:
+        events: List[Event] = []
+        for line in split_lines(raw):
+            event = self.decoder.decode(line)
+            if event is not None and not self.complete:
+                events += self._on_event(event)
+        return events
+
+    def end(self) -> Tuple[List[Event], Optional[ProxyError]]:
+        """Events that end the stream, or the error it ended with."""
+        if self.complete:
+            return [], None
+        last = self.decoder.flush()
+        events = self._on_event(last) if last is not None else []
+        if self.complete:
+            return events, None
+        if self.translator.has_finish_reason:
+            return events + self._finish(), None
+        return events, UpstreamUnavailable("upstream stream ended early (no finish_reason and no [DONE])")
+
+    def _on_event(self, event: ServerSentEvent) -> List[Event]:
+        if is_done(event.data):
+            return self._finish()
+        try:
+            obj = json.loads(event.data)
+        except (ValueError, RecursionError):
+            self.bad_events += 1
+            self.skipped_events += 1
+            if self.bad_events >= MAX_BAD_EVENTS:
+                raise UpstreamUnavailable("upstream stream is not JSON") from None
+            return []
+        self.bad_events = 0
+        chunk = parse_chat_chunk(obj)
+        if event.event == "error" and chunk.error is None:
+            chunk = dataclasses.replace(chunk, error=obj if isinstance(obj, dict) else {"message": event.data})
+        events = self.translator.feed(chunk)
+        return events + self._finish() if self.translator.ready_to_finish else events
+
+    def _finish(self) -> List[Event]:
+        self.complete = True
+        return self.translator.finish()
 
 
 def events_for_message(message: Dict[str, Any]) -> List[Event]:
