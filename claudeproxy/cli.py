@@ -36,9 +36,34 @@ class UsageError(Exception):
     """A bad flag value; main() prints it on one line and exits 2."""
 
 
+class _Exit(Exception):
+    """--help or --version is done; main() returns ``status`` instead of exiting the process."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
 class _Parser(argparse.ArgumentParser):
+    # Where --help and --version write: main()'s stdout, so a caller or test can capture it.
+    out: Optional[TextIO] = None
+
     def error(self, message: str) -> NoReturn:  # one clear line, not the usage block
         raise UsageError(message)
+
+    def print_help(self, file: Optional[TextIO] = None) -> None:
+        super().print_help(file or self.out)
+
+    def exit(self, status: int = 0, message: Optional[str] = None) -> NoReturn:
+        if message:
+            print(message.rstrip("\n"), file=sys.stderr)
+        raise _Exit(status)
+
+
+class _Version(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(f"claudeproxy {__version__}", file=getattr(parser, "out", None) or sys.stdout)
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="default: %(default)s")
     out.add_argument("--log-bodies", action="store_true", help="log request bodies at debug level (redacted)")
     out.add_argument("--metrics-file", metavar="PATH", help="append one JSON line per call to this file")
-    p.add_argument("--version", action="version", version=f"claudeproxy {__version__}")
+    p.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     return p
 
 
@@ -296,17 +321,26 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
          stdout: Optional[TextIO] = None, stderr: Optional[TextIO] = None) -> int:
     environ = os.environ if environ is None else environ
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+    parser = build_parser()
+    parser.out = stdout  # type: ignore[attr-defined]
     try:
-        ns = build_parser().parse_args(argv)
+        ns = parser.parse_args(argv)
         config = config_from_args(ns, environ)
+    except _Exit as done:
+        return done.status
     except UsageError as exc:
-        print(f"claudeproxy: error: {exc}", file=stderr)
+        secrets = [v for v in (environ.get("OPENAI_API_KEY"), environ.get("CLAUDEPROXY_AUTH_KEY")) if v]
+        print(f"claudeproxy: error: {redact_text(' '.join(str(exc).split()), secrets)}", file=stderr)
         return 2
-    handler = setup_logging(ns.log_level, [config.token()], stderr)
+    logger = logging.getLogger("claudeproxy")
+    saved = (logger.level, logger.propagate)
+    handler = setup_logging(ns.log_level, [config.token(), config.auth_key or ""], stderr)
     try:
         return serve(config, stdout, ns.metrics_file)
     except OSError as exc:  # e.g. the port is taken
         print(f"claudeproxy: error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=stderr)
         return 1
     finally:
-        logging.getLogger("claudeproxy").removeHandler(handler)
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]

@@ -197,15 +197,26 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         super().setup()
         self._reader = _DeadlineReader(self.connection, config.client_timeout)
         self.rfile = io.BufferedReader(self._reader, 65536)
+        self._body_consumed = False
 
     def handle_one_request(self) -> None:
         self._reader.deadline = time.monotonic() + self.server.config.client_request_deadline  # type: ignore[attr-defined]
+        self._body_consumed = False
         try:
             super().handle_one_request()
         except (socket.timeout, ConnectionError):
             self.close_connection = True
         finally:
             self._reader.deadline = None
+
+    def handle_expect_100(self) -> bool:
+        """Refuse an oversized body before the client sends it: no ``100 Continue``."""
+        length = (self.headers.get("Content-Length") or "").strip()
+        limit = self.server.config.max_body_bytes  # type: ignore[attr-defined]
+        if length.isdigit() and int(length) > limit:
+            self.send_error(413, f"request body of {length} bytes exceeds the {limit}-byte limit")
+            return False
+        return super().handle_expect_100()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s %s", self.address_string(), format % args)
@@ -259,8 +270,15 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         try:
             self._guarded(method, writer)
         finally:
+            if not self._body_consumed and self._declares_body():
+                # An unread body would be parsed as the next request on this connection.
+                self.close_connection = True
             server.request_finished()
             server.slots.release()
+
+    def _declares_body(self) -> bool:
+        length = (self.headers.get("Content-Length") or "").strip()
+        return bool(self.headers.get("Transfer-Encoding")) or (length not in ("", "0"))
 
     def _answer_busy(self, writer: ResponseWriter) -> None:
         self.close_connection = True
@@ -331,14 +349,16 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             return False
         name = match.group(1).lower()
         bound = str(self.server.server_address[0]).lower()  # type: ignore[attr-defined]
-        return name in _LOOPBACK_HOSTS or name in config.allowed_hosts or name in (bound, f"[{bound}]")
+        allowed = {h.lower() for h in config.allowed_hosts}  # "name" or "name:port"
+        return name in _LOOPBACK_HOSTS or name in allowed or host.lower() in allowed or name in (bound, f"[{bound}]")
 
     def _check_key(self, expected: str) -> None:
+        # Compared exactly (no strip): a key with trailing junk is a different key.
         given = self.headers.get("x-api-key") or ""
         auth = self.headers.get("Authorization") or ""
         if not given and auth[:7].lower() == "bearer ":
-            given = auth[7:].strip()
-        if not hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
+            given = auth[7:]
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8")):
             raise ProxyError("invalid x-api-key", status=401)
 
     # ------------------------------------------------------------------
@@ -375,6 +395,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         if len(data) != length:
             self.close_connection = True
             raise InvalidRequest("request body is shorter than its Content-Length")
+        self._body_consumed = True
         self._done_reading()
         return data
 

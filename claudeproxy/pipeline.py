@@ -20,6 +20,7 @@ from .anthropic_types import MessagesRequest, parse_count_tokens_request, parse_
 from .config import Config
 from .dialects import Dialect, detect_provider, dialect_for
 from .errors import (
+    InvalidRequest,
     ProxyError,
     UpstreamHTTPError,
     UpstreamUnavailable,
@@ -171,11 +172,12 @@ class Proxy:
         return configured + [m for m in fetched if m[0] not in dict(configured)]
 
     def list_models(self, handler: Any, writer: Any) -> None:
+        page = _page_query(handler.path)  # a bad limit fails before any upstream call
         models = [_model_info(name, created) for name, created in self._models(handler)]
-        models = _paginate(models, handler.path)
+        models, has_more = _paginate(models, page)
         writer.json(200, {
             "data": models,
-            "has_more": False,
+            "has_more": has_more,
             "first_id": models[0]["id"] if models else None,
             "last_id": models[-1]["id"] if models else None,
         })
@@ -366,18 +368,31 @@ def _model_info(name: str, created: int) -> Dict[str, Any]:
     return {"type": "model", "id": name, "display_name": name, "created_at": stamp}
 
 
-def _paginate(models: List[Dict[str, Any]], path: str) -> List[Dict[str, Any]]:
-    """``limit``, ``after_id`` and ``before_id`` applied locally."""
+_DEFAULT_PAGE = 20  # Anthropic's default page size; the SDKs follow has_more/last_id
+_MAX_PAGE = 1000
+
+
+def _page_query(path: str) -> Tuple[int, Optional[str], Optional[str]]:
+    """``limit``, ``after_id`` and ``before_id`` from the query string; a bad limit is a 400."""
     from urllib.parse import parse_qs, urlsplit
 
     query = parse_qs(urlsplit(path).query)
+    raw = query.get("limit", [str(_DEFAULT_PAGE)])[0].strip()
+    if not raw.isdigit() or not 1 <= int(raw) <= _MAX_PAGE:
+        raise InvalidRequest(f"must be an integer from 1 to {_MAX_PAGE}", "limit")
+    return int(raw), query.get("after_id", [None])[0], query.get("before_id", [None])[0]
+
+
+def _paginate(models: List[Dict[str, Any]], page: Tuple[int, Optional[str], Optional[str]]) -> Tuple[List[Dict[str, Any]], bool]:
+    """One page of ``models`` (Anthropic's cursor rules) and whether more lie beyond it."""
+    limit, after, before = page
     ids = [m["id"] for m in models]
-    after, before = query.get("after_id", [None])[0], query.get("before_id", [None])[0]
-    if after in ids:
-        models = models[ids.index(after) + 1:]
-    if before in ids:
-        models = models[: [m["id"] for m in models].index(before)] if before in [m["id"] for m in models] else models
-    limit = query.get("limit", [""])[0]
-    if limit.isdigit() and int(limit) > 0:
-        models = models[: int(limit)]
-    return models
+    if (before is not None and before not in ids) or (after is not None and after not in ids):
+        return [], False  # a stale cursor ends the listing rather than restarting it (no paging loop)
+    if before is not None:
+        # The page just before ``before_id``; "more" means more before it.
+        end = ids.index(before)
+        start = max(0, end - limit)
+        return models[start:end], start > 0
+    start = ids.index(after) + 1 if after is not None else 0
+    return models[start:start + limit], start + limit < len(models)

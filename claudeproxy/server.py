@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from http.server import ThreadingHTTPServer
-from typing import Any, Callable, Optional, Set, Tuple
+from typing import Any, Callable, List, Optional, Set, Tuple
 
 from .config import Config
 from .handler import MessagesHandler
@@ -88,6 +88,16 @@ class ProxyServer(ThreadingHTTPServer):
             except OSError:
                 pass
 
+    def open_connections(self) -> List[socket.socket]:
+        """The client connections being served now (tests check their socket options)."""
+        with self._conns_lock:
+            return list(self._conns)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver would print a traceback to stderr; the log decides what is shown.
+        log.error("unexpected error serving %s", client_address[0] if client_address else "?",
+                  exc_info=log.isEnabledFor(logging.DEBUG))
+
     def server_close(self) -> None:
         self.watchdog.stop()
         super().server_close()
@@ -96,10 +106,13 @@ class ProxyServer(ThreadingHTTPServer):
 def drain_and_close(server: ProxyServer, grace: float) -> None:
     """Stop accepting, let requests in flight finish for ``grace`` s, then end them."""
     server.shutdown()
+    # Close the listening socket now: new clients are refused at once instead of
+    # waiting in the backlog through the grace period.
+    server.socket.close()
     if not server.wait_idle(grace):
         log.warning("ending the requests still in flight after %.1f s", grace)
         server.watchdog.abort_all("shutdown")
-        server.wait_idle(1.0)
+        server.wait_idle(0.5)
     server.close_connections()
     server.server_close()
 

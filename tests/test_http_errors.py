@@ -1,0 +1,434 @@
+"""Bad input over real sockets: every failure is an Anthropic-shaped 4xx, fast, with no traceback.
+
+RELIABILITY.md F1-F7 and F25, stdlib traps S3, S4 and S15; PROTOCOL.md 4.1 and
+case 71. Raw sockets send what http.client refuses to send (bad lengths,
+duplicate headers, a body that never comes).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+import claudeproxy
+from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
+from fakes import FakeUpstream
+
+REQUEST_ID_RE = re.compile(r"^req_[A-Za-z0-9]{24}$")
+
+
+# ---------------------------------------------------------------------------
+# Raw HTTP helpers (also imported by the other server-level test modules).
+
+
+class RawResponse:
+    """One response read off a raw socket: status, headers (lower-case names), body, timing."""
+
+    def __init__(self, status: int, headers: List[Tuple[str, str]], body: bytes, elapsed: float) -> None:
+        self.status = status
+        self.header_list = headers
+        self.headers = {k.lower(): v for k, v in headers}
+        self.body = body
+        self.elapsed = elapsed
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body.decode("utf-8"))
+
+    def __repr__(self) -> str:
+        return f"RawResponse({self.status}, {self.body[:300]!r})"
+
+
+def read_response(sock: socket.socket, timeout: float = 5.0, started: Optional[float] = None) -> RawResponse:
+    """Read one Content-Length-framed response; AssertionError if it does not come in time."""
+    started = time.monotonic() if started is None else started
+    deadline = started + timeout
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += _recv(sock, deadline, buf)
+    head, _, body = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = [(n.strip(), v.strip()) for n, _, v in (line.partition(":") for line in lines[1:])]
+    length = int(dict((k.lower(), v) for k, v in headers).get("content-length", "0"))
+    while len(body) < length:
+        body += _recv(sock, deadline, body)
+    return RawResponse(status, headers, body[:length], time.monotonic() - started)
+
+
+def _recv(sock: socket.socket, deadline: float, sofar: bytes) -> bytes:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise AssertionError(f"no complete response in time; got {sofar[:200]!r}")
+    sock.settimeout(left)
+    try:
+        data = sock.recv(65536)
+    except socket.timeout:
+        raise AssertionError(f"no complete response in time; got {sofar[:200]!r}") from None
+    if not data:
+        raise AssertionError(f"connection closed before a complete response; got {sofar[:200]!r}")
+    return data
+
+
+def peer_closed(sock: socket.socket, timeout: float = 1.0) -> bool:
+    """True if the server closes the connection within ``timeout`` (EOF or reset)."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except socket.timeout:
+        return False
+    except ConnectionError:
+        return True
+
+
+def connect(url: str, timeout: float = 5.0) -> socket.socket:
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    return socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+
+
+def raw_request(url: str, data: bytes, timeout: float = 5.0) -> RawResponse:
+    """Send ``data`` as is on a new connection and read one response."""
+    with connect(url) as sock:
+        started = time.monotonic()
+        sock.sendall(data)
+        return read_response(sock, timeout, started)
+
+
+def http_bytes(method: str, path: str, headers: List[Tuple[str, str]], body: bytes = b"") -> bytes:
+    """A request exactly as given: no header is added or fixed up."""
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+    return head.encode("latin-1") + body
+
+
+def json_post(body: bytes, content_type: Optional[str] = "application/json", path: str = "/v1/messages") -> bytes:
+    headers = [("Host", "127.0.0.1")]
+    headers += [("Content-Type", content_type)] if content_type is not None else []
+    headers += [("Content-Length", str(len(body)))]
+    return http_bytes("POST", path, headers, body)
+
+
+def assert_error(resp: Any, status: int, error_type: str, message_part: str = "") -> str:
+    """The Anthropic error shape (PROTOCOL.md 4.1, case 71); returns the message."""
+    assert resp.status == status, resp
+    assert resp.headers.get("content-type", "").startswith("application/json"), resp.headers
+    body = resp.json
+    assert set(body) == {"type", "error", "request_id"}, body
+    assert body["type"] == "error"
+    assert set(body["error"]) == {"type", "message"}, body
+    assert body["error"]["type"] == error_type, body
+    assert REQUEST_ID_RE.match(resp.headers["request-id"]), resp.headers
+    assert body["request_id"] == resp.headers["request-id"]
+    message = body["error"]["message"]
+    assert isinstance(message, str) and message
+    assert "Traceback" not in message and 'File "' not in message
+    assert message_part in message, message
+    return str(message)
+
+
+@pytest.fixture
+def no_tracebacks(capfd: Any, caplog: Any) -> Iterator[None]:
+    """Invariant (e) of RELIABILITY.md section 4: nothing the proxy logs carries a traceback."""
+    caplog.set_level("DEBUG", logger="claudeproxy")
+    yield
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err
+    bad = [r for r in caplog.records if r.exc_info or r.levelname in ("ERROR", "CRITICAL")]
+    assert not bad, [r.getMessage() for r in bad]
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[Tuple[Any, Any]]:
+    """One fake upstream and one proxy for the whole module: these tests only send bad input."""
+    fake = FakeUpstream()
+    server = claudeproxy.start(upstream=fake.url, token=claudeproxy.static_token(UPSTREAM_KEY))
+    yield fake, server
+    server.shutdown(grace=1.0)
+    fake.close()
+
+
+@pytest.fixture
+def fake_upstream(shared: Tuple[Any, Any]) -> Any:
+    fake = shared[0]
+    del fake.requests[:]
+    return fake
+
+
+@pytest.fixture
+def url(shared: Tuple[Any, Any], fake_upstream: Any, no_tracebacks: None) -> str:
+    return str(shared[1].url)
+
+
+def healthy(url: str) -> bool:
+    return request(url, "GET", "/health").status == 200
+
+
+# ---------------------------------------------------------------------------
+# F1-F3: the body is not usable JSON.
+
+
+def test_malformed_json_is_400(url: str, fake_upstream: Any) -> None:
+    resp = raw_request(url, json_post(b'{"model":'))
+    assert_error(resp, 400, "invalid_request_error", "not valid JSON")
+    assert fake_upstream.requests == []
+
+
+def test_non_utf8_body_is_400(url: str) -> None:
+    resp = raw_request(url, json_post(b'{"model":"\xff"}'))
+    assert_error(resp, 400, "invalid_request_error", "UTF-8")
+
+
+def test_hundred_thousand_open_brackets_is_400_and_the_proxy_lives(url: str) -> None:
+    resp = raw_request(url, json_post(b"[" * 100000))
+    assert_error(resp, 400, "invalid_request_error")
+    assert healthy(url)
+
+
+def _schema(depth: int) -> Dict[str, Any]:
+    schema: Dict[str, Any] = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+@pytest.mark.parametrize("depth", [400, 2500])  # the JSON is 2x deeper: past 995, json.loads recurses out
+def test_deep_input_schema_is_400_without_recursion_error(url: str, fake_upstream: Any, depth: int) -> None:
+    body = minimal_request(tools=[{"name": "t", "input_schema": _schema(depth)}])
+    # json.dumps itself would recurse too deep for the larger case: build the bytes by hand.
+    data = _dumps_deep(body)
+    resp = raw_request(url, json_post(data))
+    message = assert_error(resp, 400, "invalid_request_error")
+    assert "nest" in message, message
+    assert fake_upstream.requests == []
+    assert healthy(url)
+
+
+def _dumps_deep(body: Dict[str, Any]) -> bytes:
+    inner = body["tools"][0]["input_schema"]
+    depth = 0
+    while isinstance(inner, dict) and "properties" in inner:
+        inner, depth = inner["properties"]["a"], depth + 1
+    schema = b'{"type":"object","properties":{"a":' * depth + b'{"type":"string"}' + b"}}" * depth
+    shell = dict(body, tools=[{"name": "t", "input_schema": "@@"}])
+    return json.dumps(shell).encode("utf-8").replace(b'"@@"', schema)
+
+
+def test_ordinary_schema_depth_is_accepted(url: str, fake_upstream: Any) -> None:
+    # The nesting cap must not reject the schemas real tools use.
+    resp = raw_request(url, json_post(json.dumps(minimal_request(tools=[
+        {"name": "t", "input_schema": _schema(20)}])).encode("utf-8")))
+    assert resp.status == 200, resp
+    assert len(fake_upstream.requests) == 1
+
+
+# ---------------------------------------------------------------------------
+# F4: valid JSON, wrong shape. The message starts with the JSON path.
+
+_OK_MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize("body, path", [
+    ([], "body"),
+    ({"max_tokens": 5, "messages": _OK_MESSAGES}, "model"),
+    ({"model": "m", "max_tokens": 5}, "messages"),
+    ({"model": "m", "max_tokens": 5, "messages": {"role": "user"}}, "messages"),
+    ({"model": "m", "max_tokens": "x", "messages": _OK_MESSAGES}, "max_tokens"),
+    ({"model": "m", "max_tokens": -1, "messages": _OK_MESSAGES}, "max_tokens"),
+    ({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "bogus"}]}]},
+     "messages[0].content[0].type"),
+    ({"model": "m", "max_tokens": 5, "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+    ({"model": "m", "max_tokens": 5, "messages": _OK_MESSAGES, "stream": "yes"}, "stream"),
+    ({"model": "m", "max_tokens": 5, "messages": _OK_MESSAGES, "tools": [{"name": "t", "input_schema": "s"}]},
+     "tools[0].input_schema"),
+], ids=["top-level-array", "no-model", "no-messages", "messages-object", "max_tokens-string",
+        "max_tokens-negative", "unknown-block", "unknown-role", "stream-string", "schema-string"])
+def test_wrong_shape_is_400_naming_the_field(url: str, fake_upstream: Any, body: Any, path: str) -> None:
+    resp = raw_request(url, json_post(json.dumps(body).encode("utf-8")))
+    message = assert_error(resp, 400, "invalid_request_error")
+    assert message.startswith(path + ":"), message
+    assert fake_upstream.requests == []
+
+
+# ---------------------------------------------------------------------------
+# F5: Content-Type.
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "multipart/form-data; boundary=x"])
+def test_non_json_content_type_is_400(url: str, ctype: str) -> None:
+    resp = raw_request(url, json_post(json.dumps(minimal_request()).encode(), ctype))
+    assert_error(resp, 400, "invalid_request_error", "Content-Type")
+
+
+@pytest.mark.parametrize("ctype", ["application/json; charset=utf-8", "Application/JSON", None])
+def test_json_content_type_variants_and_none_are_accepted(url: str, fake_upstream: Any, ctype: Optional[str]) -> None:
+    resp = raw_request(url, json_post(json.dumps(minimal_request()).encode(), ctype))
+    assert resp.status == 200, resp
+    assert resp.json["content"][0]["text"] == "Hello!"
+
+
+# ---------------------------------------------------------------------------
+# F6, F7: lengths. Answered at once, never by waiting for a body.
+
+
+def test_oversized_body_is_413_before_reading_it_then_closed(url: str, fake_upstream: Any) -> None:
+    data = http_bytes("POST", "/v1/messages", [("Host", "127.0.0.1"), ("Content-Type", "application/json"),
+                                               ("Content-Length", "40000000")])
+    with connect(url) as sock:
+        started = time.monotonic()
+        sock.sendall(data)  # and nothing after it
+        resp = read_response(sock, 1.0, started)
+        assert resp.elapsed < 1.0
+        assert_error(resp, 413, "request_too_large")
+        assert resp.headers.get("connection", "").lower() == "close"
+        assert peer_closed(sock), "the connection stayed open with 40 MB announced"
+    assert fake_upstream.requests == []
+
+
+def test_oversized_body_with_expect_100_gets_413_not_continue(url: str) -> None:
+    data = http_bytes("POST", "/v1/messages", [("Host", "127.0.0.1"), ("Content-Type", "application/json"),
+                                               ("Content-Length", "40000000"), ("Expect", "100-continue")])
+    resp = raw_request(url, data, timeout=1.0)
+    assert_error(resp, 413, "request_too_large")
+
+
+@pytest.mark.parametrize("lengths", [["-1"], ["abc"], ["5", "6"], ["+5"], ["0x10"]],
+                         ids=["negative", "not-a-number", "two-values", "plus-sign", "hex"])
+def test_bad_content_length_is_400_within_a_second(url: str, lengths: List[str]) -> None:
+    headers = [("Host", "127.0.0.1"), ("Content-Type", "application/json")]
+    headers += [("Content-Length", v) for v in lengths]
+    with connect(url) as sock:
+        started = time.monotonic()
+        sock.sendall(http_bytes("POST", "/v1/messages", headers, b"{}"))
+        resp = read_response(sock, 1.0, started)
+        assert_error(resp, 400, "invalid_request_error", "Content-Length")
+        assert peer_closed(sock)
+
+
+def test_chunked_request_body_is_411(url: str) -> None:
+    headers = [("Host", "127.0.0.1"), ("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")]
+    with connect(url) as sock:
+        started = time.monotonic()
+        sock.sendall(http_bytes("POST", "/v1/messages", headers, b"2\r\n{}\r\n0\r\n\r\n"))
+        resp = read_response(sock, 1.0, started)
+        assert_error(resp, 411, "invalid_request_error", "Content-Length")
+        assert peer_closed(sock)
+
+
+def test_missing_content_length_on_post_is_411(url: str) -> None:
+    resp = raw_request(url, http_bytes("POST", "/v1/messages", [("Host", "127.0.0.1")]), timeout=1.0)
+    assert_error(resp, 411, "invalid_request_error")
+
+
+def test_body_shorter_than_its_length_is_not_a_hang(url: str) -> None:
+    # The client half-closes after 2 of 10 bytes: the proxy must answer, not wait for EOF forever.
+    with connect(url) as sock:
+        sock.sendall(json_post(b"{}")[:-2].replace(b"Content-Length: 2", b"Content-Length: 10") + b"{}")
+        sock.shutdown(socket.SHUT_WR)
+        resp = read_response(sock, 3.0)
+        assert_error(resp, 400, "invalid_request_error", "shorter")
+
+
+# ---------------------------------------------------------------------------
+# F25: routes and methods.
+
+
+@pytest.mark.parametrize("method, path", [("POST", "/v2/x"), ("GET", "/v1/nothing"), ("GET", "/"),
+                                          ("POST", "/v1/messages/extra"), ("DELETE", "/v1/complete")])
+def test_unknown_path_is_404_not_found(url: str, method: str, path: str) -> None:
+    resp = request(url, method, path, body=b"{}" if method == "POST" else None)
+    assert_error(resp, 404, "not_found_error", path)
+
+
+@pytest.mark.parametrize("method, path, allow", [
+    ("GET", "/v1/messages", "POST"),
+    ("PUT", "/v1/messages", "POST"),
+    ("GET", "/v1/messages/count_tokens", "POST"),
+    ("POST", "/v1/models", "GET"),
+    ("DELETE", "/health", "GET"),
+])
+def test_wrong_method_is_405_with_allow(url: str, method: str, path: str, allow: str) -> None:
+    resp = request(url, method, path, body=b"{}" if method in ("POST", "PUT") else None)
+    assert_error(resp, 405, "invalid_request_error", method)
+    assert resp.headers["allow"] == allow
+
+
+def test_options_is_405_without_cors_headers(url: str) -> None:
+    resp = request(url, "OPTIONS", "/v1/messages", headers={"Access-Control-Request-Method": "POST"})
+    assert_error(resp, 405, "invalid_request_error")
+    assert not [k for k in resp.headers if k.startswith("access-control-")], resp.headers
+
+
+def test_cors_preflight_from_a_page_is_refused_without_cors_headers(url: str) -> None:
+    resp = request(url, "OPTIONS", "/v1/messages", headers={
+        "Origin": "http://evil.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "x-api-key"})
+    assert_error(resp, 403, "permission_error")
+    assert not [k for k in resp.headers if k.startswith("access-control-")], resp.headers
+
+
+def test_unread_body_of_a_refused_request_is_not_run_as_the_next_request(url: str, fake_upstream: Any) -> None:
+    # A 404 for a POST leaves its body unread; on a kept-alive connection those
+    # bytes must not be parsed as a second request (request smuggling).
+    smuggled = http_bytes("POST", "/v1/messages", [("Host", "127.0.0.1"), ("Content-Length", "0")])
+    data = http_bytes("POST", "/v2/nowhere", [("Host", "127.0.0.1"), ("Content-Length", str(len(smuggled)))],
+                      smuggled)
+    with connect(url) as sock:
+        sock.sendall(data)
+        assert_error(read_response(sock), 404, "not_found_error")
+        assert peer_closed(sock, 2.0), "a second response followed: the body was run as a request"
+    assert fake_upstream.requests == []
+
+
+def test_keep_alive_continues_after_an_error_whose_body_was_read(url: str) -> None:
+    with connect(url) as sock:
+        sock.sendall(json_post(b'{"model":'))
+        assert_error(read_response(sock), 400, "invalid_request_error")
+        sock.sendall(http_bytes("GET", "/health", [("Host", "127.0.0.1")]))
+        assert read_response(sock).status == 200
+
+
+# ---------------------------------------------------------------------------
+# S4: the stdlib's own refusals come back as Anthropic JSON too.
+
+
+def test_request_line_too_long_is_414_json(url: str) -> None:
+    resp = raw_request(url, http_bytes("GET", "/" + "a" * 70000, [("Host", "127.0.0.1")]))
+    assert_error(resp, 414, "invalid_request_error")
+
+
+def test_too_many_headers_is_431_json(url: str) -> None:
+    headers = [("Host", "127.0.0.1")] + [(f"X-H{i}", "1") for i in range(150)]
+    resp = raw_request(url, http_bytes("GET", "/health", headers))
+    assert_error(resp, 431, "invalid_request_error")
+
+
+def test_header_line_too_long_is_431_json(url: str) -> None:
+    resp = raw_request(url, http_bytes("GET", "/health", [("Host", "127.0.0.1"), ("X-Long", "a" * 70000)]))
+    assert_error(resp, 431, "invalid_request_error")
+
+
+def test_garbage_request_line_is_400_json(url: str) -> None:
+    resp = raw_request(url, b"GARBAGE\r\n\r\n")
+    assert_error(resp, 400, "invalid_request_error")
+
+
+def test_unsupported_http_version_is_json(url: str) -> None:
+    resp = raw_request(url, b"GET /health HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n")
+    assert_error(resp, 505, "api_error")
+
+
+# ---------------------------------------------------------------------------
+# Case 71: request ids.
+
+
+def test_each_error_has_its_own_request_id_matching_the_body(url: str) -> None:
+    ids = set()
+    for _ in range(3):
+        resp = request(url, "POST", "/v1/messages", b"{", headers={"x-api-key": CLIENT_KEY})
+        assert_error(resp, 400, "invalid_request_error")
+        ids.add(resp.headers["request-id"])
+    assert len(ids) == 3
