@@ -18,7 +18,7 @@ import logging
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
 
 from .errors import ClientGone, ProxyError, UpstreamTimeout, UpstreamUnavailable
 from .ids import new_id
@@ -82,6 +82,20 @@ def content_kind(resp: Any) -> str:
     return "other"
 
 
+def clean_eof(resp: Any) -> bool:
+    """Did the body end the way HTTP says it ends, rather than by the connection dropping?
+
+    ``readline`` returns b"" in both cases (RELIABILITY.md S12); what is left
+    tells them apart: ``chunk_left`` is None only after the terminating
+    ``0`` chunk, ``length`` is 0 only when all Content-Length bytes came.
+    A close-delimited body has no way to say, so its EOF counts as clean.
+    """
+    if getattr(resp, "chunked", False):
+        return getattr(resp, "chunk_left", 0) is None
+    length = getattr(resp, "length", None)
+    return length is None or length == 0
+
+
 class StreamRelay:
     """Relays one upstream stream to one client. See the module docstring."""
 
@@ -95,6 +109,7 @@ class StreamRelay:
         self.committed = False
         self.finished = False
         self.response_open = False  # upstream answered 200: from now on we may commit
+        self.saw_data = False  # at least one data: line came in
         self.opened_at = self.last_upstream = time.monotonic()
         self.translator = StreamTranslator(
             message_id="msg_" + new_id(),
@@ -131,11 +146,15 @@ class StreamRelay:
     def _relay(self, resp: Any) -> None:
         try:
             for raw in iter_lines(resp, self.config.max_line_bytes):
-                self.last_upstream = time.monotonic()
-                self._write(self.stream.feed_line(raw))
-                if self.stream.complete:
-                    return
-            self._end()
+                # Parse and write under the lock, so the watchdog cannot slip a ping
+                # (or a second message_start) between translating a line and writing it.
+                with self.lock:
+                    self.last_upstream = time.monotonic()
+                    self.saw_data = self.saw_data or raw.startswith(b"data:")
+                    self._write(self.stream.feed_line(raw))
+                    if self.stream.complete:
+                        return
+            self._eof(resp)
         except ClientGone:
             self.upstream_call.abort("client")
             raise
@@ -150,13 +169,29 @@ class StreamRelay:
             else:
                 self._fail(failure)  # type: ignore[arg-type]
 
-    def _end(self, failure: Any = None) -> None:
+    def _eof(self, resp: Any) -> None:
+        """The body ended without an error: why, decides between finishing and failing."""
+        reason = self.upstream_call.abort_reason
+        if reason == "client":
+            raise ClientGone()
+        if reason not in (None, "finished"):
+            # Our own abort (shutdown, deadline) also reads as EOF: say what happened.
+            self._fail(read_error(OSError("aborted"), self.upstream_call, self.config.idle_timeout))  # type: ignore[arg-type]
+            return
+        self._end(clean=reason is None and self.saw_data and clean_eof(resp))
+
+    def _end(self, failure: Optional[ProxyError] = None, clean: bool = False) -> None:
         """The upstream body is over: finish, or fail if it never said it was done."""
         with self.lock:
             events, error = self.stream.end()
+            if error is not None and clean:
+                # The server ended the body properly (chunked terminator): servers that
+                # omit [DONE] and finish_reason are done, not broken (PROTOCOL.md 3.6, case 58).
+                events += self.translator.finish()
+                self.stream.complete, error = True, None
             self._write(events)
             if error is not None:
-                self._fail(failure if isinstance(failure, ProxyError) else error)
+                self._fail(failure or error)
 
     def _write(self, events: List[Dict[str, Any]]) -> None:
         if not events:
@@ -186,13 +221,20 @@ class StreamRelay:
 
     def _from_json(self, resp: Any) -> None:
         obj = read_json_body(resp, self.upstream_call, self.config.max_body_bytes * 2)
-        message = self.proxy.translate_back(self.call, obj)
-        self.translator.stop_reason = message["stop_reason"]
-        self.translator.final_usage = message["usage"]
         with self.lock:
+            try:
+                message = self.proxy.translate_back(self.call, obj)
+            except ProxyError as exc:
+                self._fail(exc)  # an error object: plain HTTP error unless pings already began
+                return
+            self.translator.stop_reason = message["stop_reason"]
+            self.translator.final_usage = message["usage"]
+            events = events_for_message(message)
+            if self.committed:
+                events = events[1:]  # the watchdog already sent message_start while the body was slow
             self.writer.start_stream()
             self.committed = self.finished = True
-            self.writer.events(events_for_message(message))
+            self.writer.events(events)
             self.writer.end_stream()
 
     # ------------------------------------------------------------------

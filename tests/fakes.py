@@ -4,8 +4,10 @@ It records every request (method, path, headers, JSON body) and answers from
 a queue of ``Reply`` scripts. A reply's body is a list of steps sent in
 order: bytes (one chunk each, flushed), ``Gate`` (wait for the test to
 release it), ``Sleep``, or ``Fault`` (reset, half-close, truncated chunk).
-``ReplyClosedAt`` timing lets disconnect tests measure when the proxy let go.
-Every wait has a timeout.
+``closed_at`` (and ``wait_closed``) lets disconnect tests measure when the
+proxy let go. ``StreamClient`` is the other side: a raw-socket client that
+reads a streamed response as it arrives, so tests can prove nothing is held
+back. Every wait has a timeout.
 """
 
 from __future__ import annotations
@@ -261,6 +263,173 @@ class FakeUpstream:
             time.sleep(0.01)
         return False
 
+    def wait_closed(self, timeout: float) -> Optional[float]:
+        """``closed_at`` once a step noticed the proxy closed its connection; None after ``timeout``."""
+        end = time.monotonic() + timeout
+        while self.closed_at is None and time.monotonic() < end:
+            time.sleep(0.005)
+        return self.closed_at
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class StreamClient:
+    """One request on a raw socket; the response is read incrementally, every read under a deadline.
+
+    ``status``/``headers`` are known after construction. ``next_event`` returns
+    the next SSE payload as soon as its bytes arrived (None at the end of the
+    body); ``chunks`` keeps each HTTP/1.1 chunk as framed on the wire.
+    """
+
+    def __init__(self, base_url: str, body: Any, path: str = "/v1/messages",
+                 headers: Optional[Dict[str, str]] = None, timeout: float = WAIT, method: str = "POST") -> None:
+        host, port = base_url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+        self.host = f"{host}:{port}"
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        self.timeout = timeout
+        self._buf = b""
+        self.send(body, path, headers, method)
+
+    def send(self, body: Any, path: str = "/v1/messages", headers: Optional[Dict[str, str]] = None,
+             method: str = "POST") -> None:
+        """Send a request (again, on the same connection) and read the response head."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
+        hdrs = {"Host": self.host, "Content-Type": "application/json", "Content-Length": str(len(data)),
+                "anthropic-version": "2023-06-01"}
+        hdrs.update(headers or {})
+        head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n"
+        self.sock.sendall(head.encode("latin-1") + data)
+        self._pending = b""  # decoded body bytes not yet parsed into events
+        self.body = b""
+        self.chunks: List[bytes] = []
+        self.ended = False
+        self.events: List[Dict[str, Any]] = []
+        self.status, self.headers = self._read_head(time.monotonic() + self.timeout)
+        self.chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
+        length = self.headers.get("content-length")
+        self._left: Optional[int] = int(length) if length is not None else None
+
+    # -- raw reading ------------------------------------------------------
+
+    def _fill(self, deadline: float) -> bool:
+        """Read more bytes into the buffer; False at EOF. Raises AssertionError at the deadline."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("timed out waiting for the proxy")
+        self.sock.settimeout(left)
+        try:
+            data = self.sock.recv(65536)
+        except socket.timeout:
+            raise AssertionError("timed out waiting for the proxy") from None
+        except ConnectionResetError:
+            data = b""
+        self._buf += data
+        return bool(data)
+
+    def _read_until(self, marker: bytes, deadline: float) -> bytes:
+        while marker not in self._buf:
+            if not self._fill(deadline):
+                raise AssertionError(f"connection closed before {marker!r}; got {self._buf[:200]!r}")
+        out, self._buf = self._buf.split(marker, 1)
+        return out
+
+    def _read_exact(self, n: int, deadline: float) -> bytes:
+        while len(self._buf) < n:
+            if not self._fill(deadline):
+                raise AssertionError(f"connection closed inside a chunk ({len(self._buf)} of {n} bytes)")
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+    def _read_head(self, deadline: float) -> Tuple[int, Dict[str, str]]:
+        head = self._read_until(b"\r\n\r\n", deadline).decode("latin-1").split("\r\n")
+        status = int(head[0].split(" ", 2)[1])
+        headers: Dict[str, str] = {}
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return status, headers
+
+    def _next_piece(self, deadline: float) -> Optional[bytes]:
+        """The next piece of the body as framed (one chunk), or None at its end."""
+        if self.ended:
+            return None
+        if self.chunked:
+            size = int(self._read_until(b"\r\n", deadline).split(b";")[0], 16)
+            data = self._read_exact(size, deadline)
+            assert self._read_exact(2, deadline) == b"\r\n", "chunk not followed by CRLF"
+            if size == 0:
+                self.ended = True
+                return None
+            self.chunks.append(data)
+        elif self._left is not None:
+            if self._left == 0:
+                self.ended = True
+                return None
+            if not self._buf and not self._fill(deadline):
+                raise AssertionError("connection closed before Content-Length bytes")
+            data, self._buf = self._buf[: self._left], self._buf[self._left:]
+            self._left -= len(data)
+        else:
+            if not self._buf and not self._fill(deadline):
+                self.ended = True
+                return None
+            data, self._buf = self._buf, b""
+        self.body += data
+        return data
+
+    # -- what tests use ----------------------------------------------------
+
+    def next_event(self, timeout: Optional[float] = None) -> Optional[Dict[str, Any]]:
+        """The next event's payload (its ``event:`` name must equal its type); None at the end."""
+        from sse_checks import events_of
+
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while b"\n\n" not in self._pending:
+            piece = self._next_piece(deadline)
+            if piece is None:
+                assert not self._pending.strip(), f"body ended inside an event: {self._pending!r}"
+                return None
+            self._pending += piece
+        raw, self._pending = self._pending.split(b"\n\n", 1)
+        event = events_of(raw + b"\n\n")[0]
+        self.events.append(event)
+        return event
+
+    def read_until(self, kind: str, timeout: Optional[float] = None) -> Dict[str, Any]:
+        """Events up to and including the first of type ``kind``; fails at the end of the body."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            event = self.next_event(max(0.001, deadline - time.monotonic()))
+            assert event is not None, f"stream ended without {kind}: {[e['type'] for e in self.events]}"
+            if event["type"] == kind:
+                return event
+
+    def read_all(self, timeout: Optional[float] = None) -> List[Dict[str, Any]]:
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while self.next_event(max(0.001, deadline - time.monotonic())) is not None:
+            pass
+        return self.events
+
+    def read_body(self, timeout: Optional[float] = None) -> bytes:
+        """The whole body (a plain JSON answer)."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while self._next_piece(deadline) is not None:
+            pass
+        return self.body
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.read_body().decode("utf-8"))
+
+    def close(self, rst: bool = False) -> None:
+        if rst:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+    def __enter__(self) -> "StreamClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

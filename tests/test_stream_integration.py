@@ -1,0 +1,387 @@
+"""Streaming through the real server: nothing buffered, pings, prompt endings, framing.
+
+The proxy runs against ``FakeUpstream``; ``StreamClient`` reads the client
+socket as bytes arrive. A ``Gate`` in the upstream script proves that an
+event reached the client while the upstream still held its next chunk
+(PROTOCOL.md 3.4 steps 9-10, 3.7; RELIABILITY.md S13, S14; cases 10, 51b,
+57, 64, 65). Every stream is checked with ``assert_valid_event_sequence``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from typing import Any, Dict, Iterator, List, Tuple
+
+import pytest
+
+import claudeproxy
+from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request
+from fakes import Fault, FakeUpstream, Gate, Reply, Sleep, StreamClient, chunk, completion, json_reply, sse_reply
+from sse_checks import assert_valid_event_sequence, final_message
+
+HEADERS = {"x-api-key": CLIENT_KEY}
+
+
+def open_stream(proxy: Any, **overrides: Any) -> StreamClient:
+    return StreamClient(proxy.url, minimal_request(stream=True, **overrides), headers=HEADERS, timeout=8)
+
+
+def kinds(events: List[Dict[str, Any]]) -> List[str]:
+    return [e["type"] for e in events]
+
+
+def usage_chunk(prompt: int, completion_tokens: int, **extra: Any) -> Dict[str, Any]:
+    return {"id": "chatcmpl-abc123", "object": "chat.completion.chunk", "choices": [],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion_tokens, **extra}}
+
+
+# ---------------------------------------------------------------------------
+# No buffering.
+
+
+def test_first_delta_reaches_client_while_upstream_holds_its_second_chunk(proxy, fake_upstream):
+    gate = Gate()
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": ""}), chunk({"content": "one"}), gate,
+                                 chunk({"content": " two"}), chunk({}, "stop"), usage_chunk(5, 2)))
+    with open_stream(proxy) as client:
+        first = client.read_until("content_block_delta", timeout=3)
+        # The upstream is parked at the gate: the delta cannot have come from a buffered body.
+        assert gate.reached.is_set() and not gate.event.is_set()
+        assert first["delta"] == {"type": "text_delta", "text": "one"}
+        gate.release()
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert final_message(events)["content"] == [{"type": "text", "text": "one two"}]
+
+
+def test_every_event_goes_out_as_it_is_translated(proxy, fake_upstream):
+    """Three gates: message_start, the text block's start and each delta arrive one step at a time."""
+    gates = [Gate(), Gate(), Gate()]
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": ""}), gates[0], chunk({"content": "a"}),
+                                 gates[1], chunk({"content": "b"}), gates[2], chunk({}, "stop"), usage_chunk(3, 2)))
+    with open_stream(proxy) as client:
+        assert client.read_until("message_start", timeout=3)
+        for gate, text in zip(gates, ("a", "b")):
+            gate.release()
+            assert client.read_until("content_block_delta", timeout=3)["delta"]["text"] == text
+            assert not gates[-1].event.is_set()
+        gates[-1].release()
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+
+
+def test_live_tool_input_reaches_client_before_the_last_fragment(proxy, fake_upstream):
+    """Case 51b: a long tool input streams as it is generated, not at finalize."""
+    args = json.dumps({"path": "/tmp/notes.txt", "content": "".join(f"line {i}\n" for i in range(40))})
+    cuts = sorted(random.Random(51).sample(range(1, len(args)), 19))
+    fragments = [args[a:b] for a, b in zip([0, *cuts], [*cuts, len(args)])]
+    assert len(fragments) == 20 and fragments[0].startswith("{")
+    steps: List[Any] = [chunk({"role": "assistant", "content": None, "tool_calls": [
+        {"index": 0, "id": "call_w", "type": "function", "function": {"name": "write", "arguments": fragments[0]}}]})]
+    steps += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": f}}]}) for f in fragments[1:-1]]
+    gate = Gate()
+    steps += [gate, chunk({"tool_calls": [{"index": 0, "function": {"arguments": fragments[-1]}}]}),
+              chunk({}, "tool_calls"), usage_chunk(9, 30)]
+    fake_upstream.push(sse_reply(*steps))
+    with open_stream(proxy) as client:
+        start = client.read_until("content_block_start", timeout=3)
+        assert start["content_block"] == {"type": "tool_use", "id": "call_w", "name": "write", "input": {}}
+        delta = client.read_until("content_block_delta", timeout=3)
+        assert delta["delta"]["type"] == "input_json_delta" and delta["delta"]["partial_json"]
+        assert not gate.event.is_set()
+        gate.release()
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    message = final_message(events)
+    assert message["content"] == [{"type": "tool_use", "id": "call_w", "name": "write", "input": json.loads(args)}]
+    assert message["stop_reason"] == "tool_use"
+
+
+# ---------------------------------------------------------------------------
+# Pings (case 64, PROTOCOL.md 3.4 step 10 and 3.7).
+
+
+def test_pings_while_upstream_sends_only_comment_lines(make_proxy, fake_upstream):
+    proxy = make_proxy(ping_interval=0.3)
+    gate = Gate()
+    comments = [step for _ in range(6) for step in (": OPENROUTER PROCESSING\n\n", Sleep(0.15))]
+    fake_upstream.push(sse_reply(*comments, gate, chunk({"content": "late"}), chunk({}, "stop"), usage_chunk(4, 1)))
+    with open_stream(proxy) as client:
+        client.read_until("ping", timeout=3)
+        client.read_until("ping", timeout=3)
+        assert not gate.event.is_set()  # the pings came while the upstream had sent no event at all
+        gate.release()
+        events = client.read_all(timeout=5)
+    # Committing to the stream means message_start first, then pings; never a ping before it.
+    assert kinds(events)[:2] == ["message_start", "ping"]
+    assert_valid_event_sequence(events, allow_error=False)
+    assert final_message(events)["content"] == [{"type": "text", "text": "late"}]
+
+
+def test_pings_in_the_middle_of_a_stream(make_proxy, fake_upstream):
+    proxy = make_proxy(ping_interval=0.3)
+    fake_upstream.push(sse_reply(chunk({"content": "thinking about it"}), ": keep-alive\n\n", Sleep(1.0),
+                                 chunk({"content": "."}), chunk({}, "stop"), usage_chunk(4, 3)))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=6)
+    assert_valid_event_sequence(events, allow_error=False)
+    between = kinds(events)[kinds(events).index("content_block_delta"):]
+    assert between.count("ping") >= 2, kinds(events)
+    assert between.index("ping") < len(between) - 1 - between[::-1].index("content_block_delta")
+
+
+def test_no_ping_when_events_flow(make_proxy, fake_upstream):
+    proxy = make_proxy(ping_interval=0.3)
+    steps = [step for i in range(8) for step in (chunk({"content": f"{i} "}), Sleep(0.1))]
+    fake_upstream.push(sse_reply(*steps, chunk({}, "stop"), usage_chunk(4, 8)))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=6)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert "ping" not in kinds(events)
+
+
+# ---------------------------------------------------------------------------
+# Ending promptly (case 57, PROTOCOL.md 3.4 step 9).
+
+
+def test_finish_and_usage_end_the_stream_without_waiting_for_eof(proxy, fake_upstream):
+    """Case 57: finish_reason + usage, then the upstream neither sends [DONE] nor closes."""
+    fake_upstream.push(sse_reply(chunk({"content": "done"}), chunk({}, "stop", usage={"prompt_tokens": 7,
+                                 "completion_tokens": 1}), Fault("hang"), done=False))
+    with open_stream(proxy) as client:
+        begun = time.monotonic()
+        events = client.read_all(timeout=3)
+        took = time.monotonic() - begun
+    assert_valid_event_sequence(events, allow_error=False)
+    assert kinds(events)[-2:] == ["message_delta", "message_stop"]
+    assert events[-2]["usage"]["output_tokens"] == 1 and events[-2]["usage"]["input_tokens"] == 7
+    assert took < 1.5, f"message_stop took {took:.2f} s"
+    assert fake_upstream.wait_closed(2) is not None, "the proxy kept the finished upstream connection open"
+
+
+def test_finish_reason_then_silence_ends_after_the_grace(make_proxy, fake_upstream):
+    proxy = make_proxy(finish_grace=0.4)
+    fake_upstream.push(sse_reply(chunk({"content": "hi"}), chunk({}, "length"), Fault("hang"), done=False))
+    with open_stream(proxy) as client:
+        client.read_until("content_block_delta", timeout=3)
+        begun = time.monotonic()
+        events = client.read_all(timeout=4)
+        took = time.monotonic() - begun
+    assert_valid_event_sequence(events, allow_error=False)
+    assert events[-2]["delta"]["stop_reason"] == "max_tokens"
+    assert events[-2]["usage"]["output_tokens"] >= 1  # estimated: the upstream sent no usage
+    assert 0.25 <= took < 2.5, f"finalized after {took:.2f} s, grace 0.4 s"
+    assert fake_upstream.wait_closed(2) is not None
+
+
+def test_usage_arriving_after_finish_reason_is_waited_for(make_proxy, fake_upstream):
+    """Usage follows finish_reason in its own chunk (case 56): the grace must not cut it off."""
+    proxy = make_proxy(finish_grace=0.5)
+    fake_upstream.push(sse_reply(chunk({"content": "hi"}), chunk({}, "stop"), Sleep(0.2),
+                                 usage_chunk(321, 12), Fault("hang"), done=False))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=4)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert events[-2]["usage"]["input_tokens"] == 321 and events[-2]["usage"]["output_tokens"] == 12
+
+
+def test_clean_end_of_body_without_done_or_finish_reason_finishes(proxy, fake_upstream):
+    """Case 58: a proper chunked terminator after text, no [DONE], no finish_reason."""
+    fake_upstream.push(sse_reply(chunk({"content": "all"}), chunk({"content": " said"}), done=False))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=4)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert events[-2]["delta"]["stop_reason"] == "end_turn"
+    assert final_message(events)["content"] == [{"type": "text", "text": "all said"}]
+
+
+# ---------------------------------------------------------------------------
+# JSON answers to stream requests; the upstream request; usage (cases 10, 65).
+
+
+def _tool_completion() -> Dict[str, Any]:
+    return completion("Let me look.", finish="tool_calls", reasoning_content="Check the file first.",
+                      tool_calls=[{"id": "call_1", "type": "function",
+                                   "function": {"name": "read", "arguments": "{\"path\": \"a.txt\"}"}}],
+                      usage={"prompt_tokens": 120, "completion_tokens": 30, "prompt_tokens_details": {"cached_tokens": 100}})
+
+
+def test_json_answer_to_a_stream_request_becomes_the_same_message(proxy, fake_upstream, post):
+    fake_upstream.push(json_reply(_tool_completion()), json_reply(_tool_completion()))
+    plain = post(minimal_request())
+    assert plain.status == 200, plain
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=5)
+        assert client.headers["content-type"].startswith("text/event-stream")
+    assert_valid_event_sequence(events, allow_error=False)
+    streamed = final_message(events)
+    expected = plain.json
+    assert [b["type"] for b in expected["content"]] == ["thinking", "text", "tool_use"]
+    for key in ("content", "stop_reason", "stop_sequence", "usage", "model", "role", "type"):
+        assert streamed[key] == expected[key], key
+    assert streamed["usage"] == {"input_tokens": 20, "cache_read_input_tokens": 100,
+                                 "cache_creation_input_tokens": 0, "output_tokens": 30}
+
+
+def test_upstream_is_asked_to_stream_with_usage(proxy, fake_upstream):
+    """Case 10: stream: true and stream_options.include_usage; Accept asks for SSE."""
+    fake_upstream.push(sse_reply(chunk({"content": "x"}), chunk({}, "stop"), usage_chunk(1, 1)))
+    with open_stream(proxy) as client:
+        client.read_all(timeout=4)
+    sent = fake_upstream.last
+    assert sent.json["stream"] is True
+    assert sent.json["stream_options"] == {"include_usage": True}
+    assert sent.headers["accept"] == "text/event-stream"
+
+
+def test_message_start_estimates_input_and_message_delta_carries_upstream_usage(proxy, fake_upstream):
+    """Case 65 / FIELD-NOTES 8: an estimate first, the upstream's numbers at the end."""
+    fake_upstream.push(sse_reply(chunk({"content": "ok"}), chunk({}, "stop"),
+                                 usage_chunk(1234, 56, prompt_tokens_details={"cached_tokens": 1000})))
+    long_text = "Please summarise this paragraph about stream relays. " * 20
+    with open_stream(proxy, messages=[{"role": "user", "content": long_text}]) as client:
+        events = client.read_all(timeout=4)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert events[0]["message"]["usage"]["input_tokens"] > 100  # about a thousand characters of prompt
+    assert events[-2]["usage"] == {"input_tokens": 234, "cache_read_input_tokens": 1000,
+                                   "cache_creation_input_tokens": 0, "output_tokens": 56}
+
+
+def test_worked_example_parallel_tools_usage_chunk_no_done(proxy, fake_upstream):
+    """PROTOCOL.md 3.8, end to end, with the upstream closing without [DONE]."""
+    d = {"role": "assistant", "content": ""}
+    fake_upstream.push(sse_reply(
+        chunk(d), chunk({"reasoning_content": "Need both."}), chunk({"content": "Checking."}),
+        chunk({"tool_calls": [{"index": 0, "id": "call_a", "function": {"name": "read", "arguments": "{\"p\":"}}]}),
+        chunk({"tool_calls": [{"index": 1, "id": "call_b", "function": {"name": "ls", "arguments": "{}"}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": "\"x\"}"}}]}),
+        chunk({}, "tool_calls"),
+        usage_chunk(120, 30, prompt_tokens_details={"cached_tokens": 100}), done=False))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=4)
+    assert_valid_event_sequence(events, allow_error=False)
+    message = final_message(events)
+    assert [b["type"] for b in message["content"]] == ["thinking", "text", "tool_use", "tool_use"]
+    assert message["content"][0]["thinking"] == "Need both." and message["content"][0]["signature"]
+    assert message["content"][1] == {"type": "text", "text": "Checking."}
+    assert message["content"][2] == {"type": "tool_use", "id": "call_a", "name": "read", "input": {"p": "x"}}
+    assert message["content"][3] == {"type": "tool_use", "id": "call_b", "name": "ls", "input": {}}
+    assert message["stop_reason"] == "tool_use"
+    assert events[-2]["usage"] == {"input_tokens": 20, "cache_read_input_tokens": 100,
+                                   "cache_creation_input_tokens": 0, "output_tokens": 30}
+
+
+# ---------------------------------------------------------------------------
+# Framing.
+
+
+def test_stream_is_chunked_http11_event_stream(proxy, fake_upstream):
+    fake_upstream.push(sse_reply(chunk({"content": "a"}), chunk({"content": "b"}), chunk({}, "stop"), usage_chunk(2, 2)))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=4)
+        assert client.status == 200
+        assert client.headers["transfer-encoding"] == "chunked"
+        assert "content-length" not in client.headers
+        assert client.headers["content-type"].split(";")[0] == "text/event-stream"
+        assert client.headers["cache-control"] == "no-cache"
+        assert client.headers["request-id"].startswith("req_")
+        assert client.ended  # the 0-size terminator came, so the connection can be reused
+        # One write per batch: every chunk holds whole events only.
+        assert all(c.endswith(b"\n\n") and c.startswith(b"event: ") for c in client.chunks)
+    assert_valid_event_sequence(events, allow_error=False)
+
+
+def test_connection_is_reused_after_a_stream(proxy, fake_upstream):
+    """Keep-alive: after the chunked terminator a second request on the same socket is answered."""
+    fake_upstream.push(sse_reply(chunk({"content": "a"}), chunk({}, "stop"), usage_chunk(2, 1)))
+    with open_stream(proxy) as client:
+        assert_valid_event_sequence(client.read_all(timeout=4), allow_error=False)
+        client.send(minimal_request(), headers=HEADERS)
+        assert client.status == 200 and client.headers["content-type"] == "application/json"
+        assert client.json["content"] == [{"type": "text", "text": "Hello!"}]
+
+
+# ---------------------------------------------------------------------------
+# Re-chunking: the same upstream bytes split anywhere give the same events.
+
+_STREAMS: Dict[str, bytes] = {
+    "text": b"".join(b"data: " + json.dumps(c, ensure_ascii=False).encode() + b"\n\n" for c in [
+        chunk({"role": "assistant", "content": ""}), chunk({"content": "Hel"}), chunk({"content": "lo, w\u00f6rld \u2603"}),
+        chunk({}, "stop"), usage_chunk(11, 4)]) + b"data: [DONE]\n\n",
+    "tools_crlf": b"".join(b"data: " + json.dumps(c).encode() + b"\r\n\r\n" for c in [
+        chunk({"reasoning_content": "Plan: read then list."}),
+        chunk({"tool_calls": [{"index": 0, "id": "call_a", "function": {"name": "read", "arguments": "{\"p\":"}}]}),
+        chunk({"tool_calls": [{"index": 1, "id": "call_b", "function": {"name": "ls", "arguments": "{\"d\":"}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": "\"x\"}"}}]}),
+        chunk({"tool_calls": [{"index": 1, "function": {"arguments": "\"/\"}"}}]}),
+        chunk({}, "tool_calls"), usage_chunk(50, 20)]) + b"data: [DONE]\r\n\r\n",
+    "comments_multiline": b": OPENROUTER PROCESSING\n\n" + b"".join(
+        b"data:" + json.dumps(c).encode() + b"\n\n" for c in [chunk({"content": "a\nb"}), chunk({"content": "c"})]
+    ) + b"event: ignored\ndata: {\"choices\":[{\"index\":0,\"delta\":\ndata: {\"content\":\"d\"}}]}\n\n"
+      + b"data: " + json.dumps(chunk({}, "stop")).encode() + b"\n\n" + b"data: [DONE]",
+}
+
+
+def _split(data: bytes, rng: random.Random) -> List[bytes]:
+    cuts = sorted(rng.sample(range(1, len(data)), rng.randint(1, min(40, len(data) - 1))))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+
+
+def _comparable(events: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    out = json.loads(json.dumps(events))
+    out[0]["message"].pop("id")
+    return out
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[Tuple[FakeUpstream, Any]]:
+    fake = FakeUpstream()
+    server = claudeproxy.start(upstream=fake.url, token=claudeproxy.static_token(UPSTREAM_KEY))
+    yield fake, server
+    server.shutdown(grace=1.0)
+    fake.close()
+
+
+def _stream_of(shared: Tuple[FakeUpstream, Any], steps: List[bytes]) -> List[Dict[str, Any]]:
+    fake, server = shared
+    fake.push(Reply(200, (("Content-Type", "text/event-stream"),), list(steps), chunked=True))
+    with open_stream(server) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    return _comparable(events)
+
+
+@pytest.fixture(scope="module")
+def whole(shared: Tuple[FakeUpstream, Any]) -> Dict[str, List[Dict[str, Any]]]:
+    return {name: _stream_of(shared, [data]) for name, data in _STREAMS.items()}
+
+
+def test_whole_streams_translate_as_specified(whole):
+    """The one-piece baselines themselves, checked by hand against PROTOCOL.md 3."""
+    assert final_message(whole["text"])["content"] == [{"type": "text", "text": "Hello, w\u00f6rld \u2603"}]
+    tools = final_message(whole["tools_crlf"])
+    assert [b.get("input") for b in tools["content"][1:]] == [{"p": "x"}, {"d": "/"}]
+    assert tools["content"][0]["thinking"] == "Plan: read then list."
+    assert final_message(whole["comments_multiline"])["content"] == [{"type": "text", "text": "a\nbcd"}]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_rechunked_upstream_gives_the_same_events(shared, whole, seed):
+    rng = random.Random(seed)
+    for name, data in _STREAMS.items():
+        assert _stream_of(shared, _split(data, rng)) == whole[name], f"stream {name}, seed {seed}"
+
+
+def test_slow_json_answer_to_a_stream_request_gets_pings_and_one_message_start(make_proxy, fake_upstream):
+    """The upstream sends JSON headers, then thinks: pings commit the stream, the body still fits in."""
+    proxy = make_proxy(ping_interval=0.3)
+    body = json.dumps(completion("slow but sure")).encode("utf-8")
+    fake_upstream.push(Reply(200, (("Content-Type", "application/json"),), [Sleep(0.8), body]))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=5)
+    assert kinds(events)[:2] == ["message_start", "ping"]
+    assert kinds(events).count("message_start") == 1
+    assert_valid_event_sequence(events, allow_error=False)
+    assert final_message(events)["content"] == [{"type": "text", "text": "slow but sure"}]
