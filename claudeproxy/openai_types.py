@@ -258,7 +258,8 @@ def _parse_choice(raw: Any, body_key: str) -> Optional[ChatChoice]:
     msg = raw.get(body_key)
     if not isinstance(msg, dict):
         msg = raw.get("message") if isinstance(raw.get("message"), dict) else {}
-    matched = raw.get("matched_stop", raw.get("stop_reason"))
+    # SGLang matched_stop, vLLM stop_reason; either may be null or a token id (int).
+    matched = next((m for m in (raw.get("matched_stop"), raw.get("stop_reason")) if isinstance(m, str)), None)
     details = msg.get("reasoning_details")
     return ChatChoice(
         content=_text_of(msg.get("content")),
@@ -266,7 +267,7 @@ def _parse_choice(raw: Any, body_key: str) -> Optional[ChatChoice]:
         refusal=_as_str(msg.get("refusal")),
         tool_calls=_tool_calls_of(msg),
         finish_reason=raw.get("finish_reason") if isinstance(raw.get("finish_reason"), str) else None,
-        matched_stop=matched if isinstance(matched, str) else None,
+        matched_stop=matched,
         reasoning_details=details if isinstance(details, list) and details else None,
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .openai_types import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta
 from .signatures import encode_signature
@@ -64,22 +64,38 @@ def _repair(text: str) -> Optional[Dict[str, Any]]:
     return None
 
 
+def _loads(text: str) -> Tuple[bool, Any]:
+    """(parsed?, value) without raising: deep nesting and bad JSON both read as unparsed."""
+    try:
+        return True, json.loads(text)
+    except (ValueError, RecursionError):
+        return False, None
+
+
+def _double_encoded(value: str) -> Optional[Dict[str, Any]]:
+    """The object inside a JSON string that holds a JSON object (some models encode twice)."""
+    ok, inner = _loads(value)
+    return inner if ok and isinstance(inner, dict) else None
+
+
 def normalize_arguments(raw: Optional[str]) -> Tuple[Dict[str, Any], Optional[str]]:
     """The tool input object for an arguments string, and a warning if it needed help."""
     if raw is None or not raw.strip():
         return {}, None
-    try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError):
+    ok, value = _loads(raw)
+    if not ok:
         repaired = _repair(raw.strip())
         if repaired is not None:
             return repaired, f"repaired invalid tool arguments: {raw[:200]!r}"
         return {}, f"unparseable tool arguments replaced by {{}}: {raw[:200]!r}"
-    if isinstance(value, str):  # double-encoded
-        inner, _ = normalize_arguments(value)
-        return inner, "tool arguments were double-encoded"
     if isinstance(value, dict):
         return value, None
+    if value is None:  # JSON null: no arguments, as with an empty string
+        return {}, None
+    if isinstance(value, str):
+        inner = _double_encoded(value)
+        if inner is not None:
+            return inner, "tool arguments were double-encoded"
     return {"value": value}, "tool arguments were not an object; wrapped as {'value': ...}"
 
 
@@ -93,7 +109,8 @@ def match_stop_sequence(
     """(matched stop string or None, text with a trailing stop string removed)."""
     if matched and matched in stop_sequences:
         return matched, text
-    for seq in stop_sequences:
+    # Longest first: with "END" and "THE END" both matching, removing only "END" leaves "THE ".
+    for seq in sorted(stop_sequences, key=len, reverse=True):
         if seq and text.endswith(seq):
             return seq, text[: -len(seq)]
     return None, text
@@ -169,13 +186,19 @@ def tool_use_block(tool_id: str, name: str, arguments: Optional[str], tool_names
 def unique_tool_ids(calls: Tuple[ToolCallDelta, ...], new_id: IdFactory) -> Dict[int, str]:
     """Block id for each usable call (by position): upstream id, deduplicated, or a fresh one."""
     ids: Dict[int, str] = {}
-    seen: Dict[str, int] = {}
+    taken = {call.id for call in calls if call.name and call.id}
+    used: Set[str] = set()
     for i, call in enumerate(calls):
         if not call.name:
             continue
         base = call.id or "toolu_" + new_id()
-        seen[base] = seen.get(base, 0) + 1
-        ids[i] = base if seen[base] == 1 else f"{base}_{seen[base]}"
+        block_id, n = base, 1
+        # A suffix must not collide with another call's real id ("c", "c_2", "c").
+        while block_id in used or (block_id != base and block_id in taken):
+            n += 1
+            block_id = f"{base}_{n}"
+        used.add(block_id)
+        ids[i] = block_id
     return ids
 
 
@@ -206,6 +229,18 @@ def content_blocks(
     return blocks, warnings
 
 
+def apply_stop_sequence(blocks: List[Dict[str, Any]], choice: ChatChoice, stop_sequences: Tuple[str, ...]) -> Optional[str]:
+    """The matched stop string (2.4 rule 5); a stop string ending the text is cut from it."""
+    if choice.finish_reason not in ("stop", None):
+        return None
+    if not (blocks and blocks[-1]["type"] == "text"):
+        return match_stop_sequence("", choice.matched_stop, stop_sequences)[0]
+    stop_match, blocks[-1]["text"] = match_stop_sequence(blocks[-1]["text"], choice.matched_stop, stop_sequences)
+    if not blocks[-1]["text"]:
+        blocks.pop()  # the text was only the stop string: no empty block (FIELD-NOTES 12)
+    return stop_match
+
+
 def message_id(upstream_id: str, new_id: IdFactory) -> str:
     cleaned = _ID_CHARS_RE.sub("", upstream_id)
     return "msg_" + (cleaned or new_id())
@@ -226,14 +261,10 @@ def to_messages_response(
     blocks, warnings = content_blocks(
         choice, tool_names=tool_names or {}, dialect_name=dialect_name, think_tags=think_tags, new_id=new_id
     )
-    stop_match = None
-    if choice.finish_reason in ("stop", None) and blocks and blocks[-1]["type"] == "text":
-        stop_match, blocks[-1]["text"] = match_stop_sequence(blocks[-1]["text"], choice.matched_stop, stop_sequences)
-        if not blocks[-1]["text"]:
-            blocks.pop()  # the text was only the stop string: no empty block (FIELD-NOTES 12)
-    elif choice.finish_reason in ("stop", None):
-        stop_match, _ = match_stop_sequence("", choice.matched_stop, stop_sequences)
     has_tools = any(b["type"] == "tool_use" for b in blocks)
+    stop_match = None
+    if not (has_tools or choice.refusal):  # rules 2 and 4 win: leave the text as generated
+        stop_match = apply_stop_sequence(blocks, choice, stop_sequences)
     reason = stop_reason_for(choice.finish_reason, has_tools, bool(choice.refusal), stop_match)
     message = {
         "id": message_id(chat.id, new_id),
