@@ -1,0 +1,416 @@
+"""Upstream faults as the client sees them (RELIABILITY.md F11-F19; PROTOCOL.md 4.2-4.3).
+
+Before the stream began a failure is a plain HTTP error with the mapped
+status and type; after it, exactly one ``event: error`` and the end, never a
+``message_stop`` (cases 59-63, 68-70). Also the max_tokens retry.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+import claudeproxy
+from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
+from fakes import Fault, FakeUpstream, Gate, Reply, Sleep, StreamClient, chunk, completion, json_reply, sse_reply
+from sse_checks import assert_valid_event_sequence, final_message
+
+HEADERS = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
+
+
+def open_stream(proxy: Any, **overrides: Any) -> StreamClient:
+    return StreamClient(proxy.url, minimal_request(stream=True, **overrides), headers=HEADERS, timeout=8)
+
+
+def send(proxy: Any, stream: bool, **overrides: Any) -> Any:
+    return request(proxy.url, "POST", "/v1/messages", minimal_request(stream=stream, **overrides), HEADERS, timeout=8)
+
+
+def kinds(events: List[Dict[str, Any]]) -> List[str]:
+    return [e["type"] for e in events]
+
+
+def assert_ends_with_one_error(events: List[Dict[str, Any]], error_type: str) -> Dict[str, Any]:
+    """The mid-stream rule: one error event, last, and no message_stop anywhere."""
+    assert_valid_event_sequence(events)
+    names = kinds(events)
+    assert names[-1] == "error" and names.count("error") == 1, names
+    assert "message_stop" not in names and "message_delta" not in names, names
+    assert events[-1]["error"]["type"] == error_type, events[-1]
+    return events[-1]
+
+
+def assert_plain_error(resp: Any, status: int, error_type: str) -> Dict[str, Any]:
+    assert resp.status == status, resp
+    assert resp.headers["content-type"].startswith("application/json"), resp.headers
+    body = resp.json
+    assert body["type"] == "error" and body["error"]["type"] == error_type, body
+    assert body["error"]["message"]
+    assert body["request_id"] == resp.headers["request-id"]
+    return body
+
+
+def three_events() -> List[Any]:
+    """Role chunk plus two text chunks: message_start, a text block and two deltas reach the client."""
+    return [chunk({"role": "assistant", "content": ""}), chunk({"content": "one"}), chunk({"content": " two"})]
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[Tuple[FakeUpstream, Any]]:
+    fake = FakeUpstream()
+    server = claudeproxy.start(upstream=fake.url, token=claudeproxy.static_token(UPSTREAM_KEY))
+    yield fake, server
+    server.shutdown(grace=1.0)
+    fake.close()
+
+
+# ---------------------------------------------------------------------------
+# F13, cases 62, 68, 69: upstream error statuses, for stream and non-stream requests.
+
+STATUS_TABLE = [
+    (400, "invalid_request_error"), (401, "authentication_error"), (402, "billing_error"),
+    (403, "permission_error"), (404, "not_found_error"), (408, "timeout_error"), (409, "invalid_request_error"),
+    (413, "request_too_large"), (422, "invalid_request_error"), (429, "rate_limit_error"), (500, "api_error"),
+    (502, "api_error"), (503, "overloaded_error"), (504, "timeout_error"), (529, "overloaded_error"),
+    (507, "api_error"),
+]
+
+BODIES = {
+    "json": (b'{"error":{"message":"the upstream says no","type":"x","code":"y"}}', "application/json",
+             "the upstream says no"),
+    "html": (b"<html><body><h1>Bad things</h1>" + b"x" * 3000 + b"</body></html>", "text/html", "Bad things"),
+    "empty": (b"", "text/plain", ""),
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("body_kind", sorted(BODIES))
+@pytest.mark.parametrize("status,error_type", STATUS_TABLE, ids=[str(s) for s, _ in STATUS_TABLE])
+def test_upstream_error_status_maps_to_client_status_and_type(shared, status, error_type, body_kind, stream):
+    fake, proxy = shared
+    body, ctype, words = BODIES[body_kind]
+    fake.push(Reply(status, (("Content-Type", ctype),), [body]))
+    resp = send(proxy, stream)
+    err = assert_plain_error(resp, status, error_type)  # a plain HTTP error even for a stream (case 62)
+    assert str(status) in err["error"]["message"]
+    assert words in err["error"]["message"]
+    assert len(err["error"]["message"]) < 1200  # an HTML page is cut, not echoed whole
+    assert b"event:" not in resp.body
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_is_copied(shared, status, stream):
+    """Case 68: the SDK honours retry-after (and retry-after-ms) for its own retries."""
+    fake, proxy = shared
+    fake.push(Reply(status, (("Content-Type", "application/json"), ("Retry-After", "3"), ("retry-after-ms", "2500")),
+                    [b'{"error":{"message":"slow down"}}']))
+    resp = send(proxy, stream)
+    assert_plain_error(resp, status, "rate_limit_error" if status == 429 else "overloaded_error")
+    assert resp.headers["retry-after"] == "3"
+    assert resp.headers["retry-after-ms"] == "2500"
+
+
+def test_upstream_error_body_never_echoes_the_upstream_key(shared):
+    fake, proxy = shared
+    fake.push(json_reply({"error": {"message": f"Incorrect API key provided: {UPSTREAM_KEY}"}}, status=401))
+    resp = send(proxy, False)
+    assert_plain_error(resp, 401, "authentication_error")
+    assert UPSTREAM_KEY not in resp.body.decode("utf-8")
+
+
+# ---------------------------------------------------------------------------
+# F14, F15: a 200 that is not SSE; redirects.
+
+
+def test_html_200_to_a_stream_request_is_502_without_message_start(shared):
+    fake, proxy = shared
+    fake.push(Reply(200, (("Content-Type", "text/html"),), [b"<html>captive portal</html>"]))
+    resp = send(proxy, True)
+    assert_plain_error(resp, 502, "api_error")
+    assert b"message_start" not in resp.body
+
+
+def test_non_json_200_to_a_plain_request_is_502(shared):
+    fake, proxy = shared
+    fake.push(Reply(200, (("Content-Type", "text/html"),), [b"<html>captive portal</html>"]))
+    assert_plain_error(send(proxy, False), 502, "api_error")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("code", [301, 302, 307, 308])
+def test_redirect_is_refused_and_never_followed(make_proxy, fake_upstream, code, stream):
+    """F15 / S7: urllib would re-send the request (and credentials) to the redirect target."""
+    target = FakeUpstream()
+    try:
+        fake_upstream.push(Reply(code, (("Location", target.url + "/chat/completions"),), [b""]))
+        resp = send(make_proxy(), stream)
+        assert_plain_error(resp, 502, "api_error")
+        time.sleep(0.1)
+        assert target.requests == []
+    finally:
+        target.close()
+
+
+# ---------------------------------------------------------------------------
+# F16, F17, case 70: silence and refusal.
+
+
+def test_silent_upstream_mid_stream_gives_timeout_error_event(make_proxy, fake_upstream):
+    proxy = make_proxy(idle_timeout=0.5)
+    fake_upstream.push(sse_reply(*three_events(), Fault("hang"), done=False))
+    with open_stream(proxy) as client:
+        begun = time.monotonic()
+        events = client.read_all(timeout=5)
+        took = time.monotonic() - begun
+    assert_ends_with_one_error(events, "timeout_error")
+    assert final_message(events)["content"] == [{"type": "text", "text": "one two"}]
+    assert took < 2.5, f"idle timeout 0.5 s, stream ended after {took:.2f} s"
+    assert fake_upstream.wait_closed(2) is not None
+
+
+def test_silent_upstream_after_200_gets_pings_then_timeout_error_event(make_proxy, fake_upstream):
+    """200 and then nothing: pings commit the stream, so the idle timeout arrives as an event."""
+    proxy = make_proxy(idle_timeout=1.0, ping_interval=0.3)
+    fake_upstream.push(sse_reply(Fault("hang"), done=False))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=5)
+    assert kinds(events)[:2] == ["message_start", "ping"]
+    assert_ends_with_one_error(events, "timeout_error")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_no_response_headers_within_idle_timeout_is_504(make_proxy, fake_upstream, stream):
+    """Case 70 / F16: nothing was sent to the client yet, so a plain 504 timeout_error."""
+    proxy = make_proxy(idle_timeout=0.5)
+    fake_upstream.push(Reply(delay=8))
+    begun = time.monotonic()
+    resp = send(proxy, stream)
+    took = time.monotonic() - begun
+    assert_plain_error(resp, 504, "timeout_error")
+    assert took < 2.5, f"answered after {took:.2f} s"
+    assert fake_upstream.wait_closed(2) is not None
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_connection_refused_is_502_fast(make_proxy, stream):
+    """F17, case 70."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again before the proxy connects: refused
+    proxy = make_proxy(upstream=f"http://127.0.0.1:{port}/v1", connect_timeout=2)
+    begun = time.monotonic()
+    resp = send(proxy, stream)
+    took = time.monotonic() - begun
+    assert_plain_error(resp, 502, "api_error")
+    assert resp.headers.get("x-should-retry") == "true"
+    assert took < 1.0, f"answered after {took:.2f} s"
+
+
+def test_non_stream_request_deadline_is_504(make_proxy, fake_upstream):
+    """An upstream that trickles a body forever is cut at request_timeout."""
+    proxy = make_proxy(request_timeout=0.6)
+    fake_upstream.push(Reply(200, (("Content-Type", "application/json"),),
+                             [b"{"] + [s for _ in range(30) for s in (Sleep(0.1), b" ")] + [b"}"]))
+    begun = time.monotonic()
+    resp = send(proxy, False)
+    assert_plain_error(resp, 504, "timeout_error")
+    assert time.monotonic() - begun < 2.5
+
+
+# ---------------------------------------------------------------------------
+# F18, F19, case 61: the upstream breaks off after 3 events.
+
+
+@pytest.mark.parametrize("fault", ["rst", "fin", "truncate"])
+def test_broken_upstream_after_three_events_gives_one_error_event(proxy, fake_upstream, fault):
+    fake_upstream.push(sse_reply(*three_events(), Fault(fault), done=False))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=5)
+    err = assert_ends_with_one_error(events, "api_error")
+    assert kinds(events)[:4] == ["message_start", "content_block_start", "content_block_delta", "content_block_delta"]
+    assert final_message(events)["content"] == [{"type": "text", "text": "one two"}]
+    assert "upstream" in err["error"]["message"]
+
+
+@pytest.mark.parametrize("fault", ["rst", "fin"])
+def test_break_before_any_event_is_a_plain_502(proxy, fake_upstream, fault):
+    fake_upstream.push(sse_reply(Fault(fault), done=False))
+    assert_plain_error(send(proxy, True), 502, "api_error")
+
+
+def test_break_after_finish_reason_still_completes(proxy, fake_upstream):
+    """The answer was complete (finish_reason came); only usage and [DONE] are missing."""
+    fake_upstream.push(sse_reply(chunk({"content": "whole"}), chunk({}, "stop"), Fault("rst"), done=False))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert events[-2]["delta"]["stop_reason"] == "end_turn"
+
+
+# ---------------------------------------------------------------------------
+# F11, F12: huge and malformed lines.
+
+
+def test_eight_mib_line_gives_api_error_and_closes_the_upstream(proxy, fake_upstream):
+    """F11 / S13: a line is capped at 1 MiB; the rest is never read into memory."""
+    huge = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"" + b"x" * (8 * 1024 * 1024)
+    fake_upstream.push(sse_reply(*three_events(), huge, done=False))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=8)
+    err = assert_ends_with_one_error(events, "api_error")
+    assert "longer than" in err["error"]["message"]
+    assert fake_upstream.wait_closed(3) is not None, "the upstream connection was left open"
+
+
+def test_eight_mib_first_line_is_a_plain_502(proxy, fake_upstream):
+    fake_upstream.push(sse_reply(b"data: " + b"x" * (8 * 1024 * 1024), done=False))
+    assert_plain_error(send(proxy, True), 502, "api_error")
+
+
+def test_malformed_and_odd_sse_lines_are_tolerated(proxy, fake_upstream):
+    """F12: bad JSON skipped; data: without a space, event: lines, comments, CRLF, blank lines, empty choices."""
+    fake_upstream.push(sse_reply(
+        b": keepalive\n\n", b"\n\n\n",
+        b"data: {not json\n\n",
+        b"event: chunk\ndata:" + json.dumps(chunk({"content": "a"})).encode() + b"\r\n\r\n",
+        b"data: {\"choices\":[]}\n\n",
+        b"id: 7\nretry: 100\ndata: " + json.dumps(chunk({"content": "b"})).encode() + b"\n\n",
+        b"data: \xff\xfe not utf-8\n\n",
+        chunk({}, "stop"), {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert final_message(events)["content"] == [{"type": "text", "text": "ab"}]
+
+
+def test_fifty_bad_lines_in_a_row_fail_the_stream(proxy, fake_upstream):
+    fake_upstream.push(sse_reply(*three_events(), *([b"data: <html>\n\n"] * 50), chunk({}, "stop")))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=5)
+    assert_ends_with_one_error(events, "api_error")
+
+
+def test_forty_nine_bad_lines_are_skipped(proxy, fake_upstream):
+    fake_upstream.push(sse_reply(*three_events(), *([b"data: <html>\n\n"] * 49), chunk({}, "stop")))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert final_message(events)["content"] == [{"type": "text", "text": "one two"}]
+
+
+# ---------------------------------------------------------------------------
+# Error objects in the stream (cases 59, 60, 63).
+
+
+@pytest.mark.parametrize("status,error_type", [(429, "rate_limit_error"), (401, "authentication_error"),
+                                               (529, "overloaded_error")])
+def test_error_object_as_first_event_is_an_http_error(proxy, fake_upstream, status, error_type):
+    """Case 63: nothing was committed yet, so the client gets the real status (and its SDK retry policy)."""
+    fake_upstream.push(sse_reply({"error": {"message": "slow down", "code": status}}, done=False))
+    resp = send(proxy, True)
+    body = assert_plain_error(resp, status, error_type)
+    assert "slow down" in body["error"]["message"]
+
+
+def test_error_object_without_a_code_as_first_event_is_502(proxy, fake_upstream):
+    fake_upstream.push(sse_reply({"error": {"message": "model crashed"}}, done=False))
+    body = assert_plain_error(send(proxy, True), 502, "api_error")
+    assert "model crashed" in body["error"]["message"]
+
+
+def test_error_object_mid_stream_is_one_error_event(proxy, fake_upstream):
+    """Case 59."""
+    fake_upstream.push(sse_reply(*three_events(), {"error": {"message": "boom", "code": 502}},
+                                 chunk({"content": "never"}), chunk({}, "stop")))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=5)
+    err = assert_ends_with_one_error(events, "api_error")
+    assert "boom" in err["error"]["message"]
+    assert "never" not in json.dumps(events)
+
+
+def test_openrouter_finish_reason_error_mid_stream(proxy, fake_upstream):
+    """Case 60: OpenRouter puts the error next to finish_reason "error"."""
+    fake_upstream.push(sse_reply(*three_events(), chunk({}, "error", error={"message": "provider boom", "code": 502})))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=5)
+    err = assert_ends_with_one_error(events, "api_error")
+    assert "provider boom" in err["error"]["message"]
+
+
+def test_mid_stream_error_keeps_its_type(proxy, fake_upstream):
+    """PROTOCOL.md 4.3: the type comes from the object's code via the 4.2 table."""
+    fake_upstream.push(sse_reply(*three_events(), {"error": {"message": "busy", "code": 529}}))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=5)
+    assert_ends_with_one_error(events, "overloaded_error")
+
+
+def test_sse_event_named_error_mid_stream(proxy, fake_upstream):
+    fake_upstream.push(sse_reply(*three_events(), b"event: error\ndata: {\"message\":\"named boom\"}\n\n"))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=5)
+    err = assert_ends_with_one_error(events, "api_error")
+    assert "named boom" in err["error"]["message"]
+
+
+def test_error_object_in_a_200_json_body(proxy, fake_upstream):
+    """Case 47: HTTP 200 with an error object -> the status its code names."""
+    fake_upstream.push(json_reply({"error": {"code": 429, "message": "slow"}}))
+    body = assert_plain_error(send(proxy, False), 429, "rate_limit_error")
+    assert "slow" in body["error"]["message"]
+
+
+# ---------------------------------------------------------------------------
+# The max_tokens retry.
+
+TOO_LARGE = ("max_tokens is too large: 128000. This model supports at most 16384 completion tokens, "
+             "whereas you provided 128000.")
+
+
+def _too_large() -> Reply:
+    return json_reply({"error": {"message": TOO_LARGE, "type": "invalid_request_error", "param": "max_tokens",
+                                 "code": "invalid_value"}}, status=400)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_max_tokens_too_large_is_retried_with_the_named_limit(proxy, fake_upstream, stream):
+    ok = sse_reply(chunk({"content": "fine"}), chunk({}, "stop"), {"choices": [], "usage": {
+        "prompt_tokens": 3, "completion_tokens": 1}}) if stream else json_reply(completion("fine"))
+    fake_upstream.push(_too_large(), ok, ok)
+    resp = send(proxy, stream, max_tokens=128000)
+    assert resp.status == 200, resp
+    if stream:
+        assert b"event: message_stop" in resp.body and b"event: error" not in resp.body
+    else:
+        assert resp.json["content"] == [{"type": "text", "text": "fine"}]
+    assert [r.json["max_tokens"] for r in fake_upstream.requests] == [128000, 16384]
+    # Learned: the next request goes straight out with the limit.
+    assert send(proxy, stream, max_tokens=128000).status == 200
+    assert [r.json["max_tokens"] for r in fake_upstream.requests] == [128000, 16384, 16384]
+
+
+def test_smaller_max_tokens_is_left_alone_after_learning(proxy, fake_upstream):
+    fake_upstream.push(_too_large())
+    assert send(proxy, False, max_tokens=128000).status == 200
+    assert send(proxy, False, max_tokens=1000).status == 200
+    assert [r.json["max_tokens"] for r in fake_upstream.requests] == [128000, 16384, 1000]
+
+
+def test_other_400_is_not_retried(proxy, fake_upstream):
+    fake_upstream.push(json_reply({"error": {"message": "messages[0].content is required"}}, status=400))
+    assert_plain_error(send(proxy, False, max_tokens=128000), 400, "invalid_request_error")
+    assert len(fake_upstream.requests) == 1
+
+
+def test_a_second_refusal_is_passed_on(proxy, fake_upstream):
+    """An upstream that keeps refusing does not make the proxy loop."""
+    for _ in range(5):
+        fake_upstream.push(_too_large())
+    assert_plain_error(send(proxy, False, max_tokens=128000), 400, "invalid_request_error")
+    assert [r.json["max_tokens"] for r in fake_upstream.requests] == [128000, 16384]
