@@ -1,0 +1,290 @@
+"""Case 67: the anthropic SDK's MessageStream over the proxy agrees with the non-streaming answer.
+
+For every OpenAI stream (the fixtures in tests/fixtures/streams that end
+normally, plus the inline ones below) the fake upstream serves the stream to a
+streaming request and the ChatCompletion built from the same chunks to a
+non-streaming one. ``stream.get_final_message()`` must equal
+``messages.create()`` in content (text, thinking text, tool_use name, id and
+input), stop_reason, stop_sequence and usage (PROTOCOL.md 3, 2). Also: errors
+in and before the stream raise the SDK's exceptions (4.3, cases 59-63), and
+pings never disturb the SDK (3.1, case 64).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+anthropic = pytest.importorskip("anthropic")
+
+from conformance_helpers import FIXTURES, accumulate_chunks, ends_normally, stream_chunks  # noqa: E402
+from conftest import CLIENT_KEY, request  # noqa: E402
+from fakes import Fault, Reply, Sleep, chunk, json_reply, sse_reply  # noqa: E402
+from sse_checks import assert_valid_event_sequence, events_of  # noqa: E402
+
+pytestmark = pytest.mark.conformance
+MODEL = "claude-opus-5-5"
+STREAMS = os.path.join(FIXTURES, "streams")
+
+
+def make_client(url: str, **kw: Any) -> Any:
+    return anthropic.Anthropic(base_url=url, api_key="sk-ant-test", max_retries=0, timeout=20.0,
+                               http_client=anthropic.DefaultHttpxClient(trust_env=False), **kw)
+
+
+@pytest.fixture
+def client(proxy: Any) -> Iterator[Any]:
+    with make_client(proxy.url) as c:
+        yield c
+
+
+def params(**kw: Any) -> Dict[str, Any]:
+    out: Dict[str, Any] = {"model": MODEL, "max_tokens": 1024, "messages": [{"role": "user", "content": "Go"}]}
+    out.update(kw)
+    return out
+
+
+# ----------------------------------------------------------------------
+# The streams compared.
+
+
+def sse(*chunks: Any, done: bool = True) -> bytes:
+    """An OpenAI SSE body from chunk dicts (strings go out as they are)."""
+    parts = [c if isinstance(c, str) else "data: " + json.dumps(c) + "\n\n" for c in chunks]
+    return ("".join(parts) + ("data: [DONE]\n\n" if done else "")).encode("utf-8")
+
+
+def tool_delta(index: Optional[int], tid: Optional[str], name: Optional[str], args: str) -> Dict[str, Any]:
+    entry: Dict[str, Any] = {"type": "function", "function": {"arguments": args}}
+    if index is not None:
+        entry["index"] = index
+    if tid:
+        entry["id"] = tid
+    if name:
+        entry["function"]["name"] = name
+    return chunk({"tool_calls": [entry]})
+
+
+ROLE = chunk({"role": "assistant", "content": ""})
+USAGE = {"choices": [], "usage": {"prompt_tokens": 120, "completion_tokens": 30,
+                                  "prompt_tokens_details": {"cached_tokens": 100}}}
+LONG_ARGS = json.dumps({"file_path": "/tmp/x.py", "content": "print('hello')\n" * 8})
+
+INLINE: Dict[str, Tuple[bytes, Dict[str, Any]]] = {
+    "plain_text": (sse(ROLE, chunk({"content": "He"}), chunk({"content": "llo"}), chunk({}, "stop"),
+                       {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}), {}),
+    # PROTOCOL.md 3.8, verbatim: reasoning, text, two parallel calls, usage alone, no [DONE].
+    "worked_example": (sse(
+        ROLE, chunk({"reasoning_content": "Need both."}), chunk({"content": "Checking."}),
+        tool_delta(0, "call_a", "read", '{"p":'), tool_delta(1, "call_b", "ls", "{}"),
+        tool_delta(0, None, None, '"x"}'), chunk({}, "tool_calls"), USAGE, done=False), {}),
+    "tool_args_in_20_fragments": (sse(
+        ROLE, tool_delta(0, "call_long", "Write", ""),
+        *[tool_delta(0, None, None, LONG_ARGS[i:i + len(LONG_ARGS) // 20 + 1])
+          for i in range(0, len(LONG_ARGS), len(LONG_ARGS) // 20 + 1)],
+        chunk({}, "tool_calls"), USAGE), {}),
+    "interleaved_parallel_tools": (sse(
+        ROLE, tool_delta(0, "call_1", "Write", '{"file_path": "/a",'), tool_delta(1, "call_2", "Bash", '{"comm'),
+        tool_delta(0, None, None, ' "content": "A"}'), tool_delta(1, None, None, 'and": "ls"}'),
+        chunk({}, "tool_calls"), USAGE), {}),
+    # Ollama / Gemini: no index, each call complete in one chunk, finish_reason "stop".
+    "index_less_tools": (sse(
+        ROLE, tool_delta(None, "call_x", "read", '{"p": "1"}'), tool_delta(None, "call_y", "read", '{"p": "2"}'),
+        chunk({}, "stop"), USAGE), {}),
+    "id_and_name_repeated_in_every_fragment": (sse(
+        ROLE, tool_delta(0, "call_r", "read", '{"p":'), tool_delta(0, "call_r", "read", ' "z"}'),
+        chunk({}, "tool_calls"), USAGE), {}),
+    "reasoning_field_then_text": (sse(
+        ROLE, chunk({"reasoning": "Let me think"}), chunk({"reasoning": " harder."}), chunk({"content": "42"}),
+        chunk({}, "stop", usage={"prompt_tokens": 7, "completion_tokens": 11})), {}),
+    "length": (sse(ROLE, chunk({"content": "cut sh"}), chunk({}, "length"), USAGE), {}),
+    "content_filter": (sse(ROLE, chunk({"content": "I won"}), chunk({}, "content_filter"), USAGE), {}),
+    "vllm_stop_sequence": (sse(
+        ROLE, chunk({"content": "one two"}),
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": "END"}]}, USAGE),
+        {"stop_sequences": ["END"]}),
+    "clean_eof_without_finish": (sse(ROLE, chunk({"content": "no finish"}), done=False), {}),
+    "comments_and_usage_in_finish_chunk": (sse(
+        ": OPENROUTER PROCESSING\n\n", ROLE, chunk({"content": "ok"}),
+        chunk({}, "stop", usage={"prompt_tokens": 5, "completion_tokens": 1})), {}),
+}
+
+
+def fixture_provider(path: str) -> Optional[str]:
+    """The dialect a fixture was written for (``<name>.meta.json``), if it names one."""
+    meta = path[: -len(".openai.sse")] + ".meta.json"
+    if not os.path.exists(meta):
+        return None
+    with open(meta, encoding="utf-8") as fh:
+        return json.load(fh).get("dialect")
+
+
+def stream_cases() -> List[Any]:
+    cases = [pytest.param(raw, kw, None, id=name) for name, (raw, kw) in INLINE.items()]
+    for path in sorted(glob.glob(os.path.join(STREAMS, "*.openai.sse"))):
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        if ends_normally(stream_chunks(raw)):  # error streams are covered by the tests further down
+            name = os.path.basename(path)[: -len(".openai.sse")]
+            cases.append(pytest.param(raw, {}, fixture_provider(path), id="fixture:" + name))
+    return cases
+
+
+def stream_reply(raw: bytes) -> Reply:
+    """The fixture bytes as a chunked SSE answer, one line per write."""
+    return Reply(200, (("Content-Type", "text/event-stream"),), raw.splitlines(keepends=True), chunked=True)
+
+
+def blocks(message: Any) -> List[Tuple[Any, ...]]:
+    out: List[Tuple[Any, ...]] = []
+    for b in message.content:
+        if b.type == "text":
+            out.append(("text", b.text))
+        elif b.type == "thinking":
+            out.append(("thinking", b.thinking, bool(b.signature)))
+        elif b.type == "tool_use":
+            out.append(("tool_use", b.name, b.input))
+        else:
+            out.append((b.type,))
+    return out
+
+
+def usage_of(message: Any) -> Tuple[int, ...]:
+    u = message.usage
+    return (u.input_tokens, u.output_tokens, u.cache_read_input_tokens or 0, u.cache_creation_input_tokens or 0)
+
+
+def upstream_ids(completion: Dict[str, Any]) -> List[str]:
+    return [c["id"] for c in completion["choices"][0]["message"].get("tool_calls") or []]
+
+
+@pytest.mark.parametrize("raw,kwargs,provider", stream_cases())
+def test_stream_final_message_equals_non_streaming_answer(make_proxy: Any, fake_upstream: Any, raw: bytes,
+                                                         kwargs: Dict[str, Any], provider: Optional[str]) -> None:
+    chunks = stream_chunks(raw)
+    completion = accumulate_chunks(chunks)
+    server = make_proxy(provider=provider)
+    fake_upstream.push(stream_reply(raw), json_reply(completion))
+    with make_client(server.url) as client:
+        with client.messages.stream(**params(**kwargs)) as stream:
+            streamed = stream.get_final_message()
+        assert fake_upstream.requests[0].json.get("stream") is True
+        created = client.messages.create(**params(**kwargs))
+    assert fake_upstream.requests[1].json.get("stream") in (None, False)
+
+    assert blocks(streamed) == blocks(created)
+    assert (streamed.stop_reason, streamed.stop_sequence) == (created.stop_reason, created.stop_sequence)
+    ids = upstream_ids(completion)
+    if ids and all(ids) and len(set(ids)) == len(ids):  # the upstream's ids reach the client unchanged
+        assert [b.id for b in streamed.content if b.type == "tool_use"] == ids
+        assert [b.id for b in created.content if b.type == "tool_use"] == ids
+    if "usage" in completion:
+        assert usage_of(streamed) == usage_of(created)
+    else:  # no upstream usage: the stream estimates (PROTOCOL.md 3.6), the JSON answer reports zeros
+        assert streamed.usage.output_tokens >= 0 and streamed.usage.input_tokens >= 0
+    assert streamed.model == created.model == MODEL
+
+
+@pytest.mark.parametrize("raw,kwargs,provider", stream_cases())
+def test_stream_grammar_on_the_wire(make_proxy: Any, fake_upstream: Any, raw: bytes, kwargs: Dict[str, Any],
+                                    provider: Optional[str]) -> None:
+    """The same streams, read raw: every event named, indexes in order (PROTOCOL.md 3.1)."""
+    server = make_proxy(provider=provider)
+    fake_upstream.push(stream_reply(raw))
+    resp = request(server.url, "POST", "/v1/messages", params(stream=True, **kwargs),
+                   {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"})
+    assert resp.status == 200, resp
+    assert_valid_event_sequence(events_of(resp.body), allow_error=False)
+
+
+# ----------------------------------------------------------------------
+# Errors around the stream.
+
+
+MID_STREAM_ERRORS = {
+    "error_object_code_502": ({"error": {"message": "boom", "code": 502}}, "api_error"),
+    "error_object_code_429": ({"error": {"message": "boom: rate limited", "code": 429}}, "rate_limit_error"),
+    "openrouter_finish_error": ({"error": {"message": "boom: provider disconnected", "code": "server_error"},
+                                 "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]},
+                                "api_error"),
+}
+
+
+@pytest.mark.parametrize("error_chunk,kind", list(MID_STREAM_ERRORS.values()), ids=list(MID_STREAM_ERRORS))
+def test_mid_stream_error_raises_from_the_sdk_iterator(client: Any, fake_upstream: Any,
+                                                       error_chunk: Dict[str, Any], kind: str) -> None:
+    """Cases 59/60: text first, then an upstream error -> ``event: error`` -> APIStatusError."""
+    fake_upstream.push(sse_reply(ROLE, chunk({"content": "partial"}), error_chunk, done=False))
+    seen: List[str] = []
+    with pytest.raises(anthropic.APIStatusError) as info:
+        with client.messages.stream(**params()) as stream:
+            for event in stream:
+                if event.type == "text":
+                    seen.append(event.text)
+    assert seen == ["partial"]  # the text before the error reached the user
+    assert info.value.type == kind
+    assert "boom" in str(info.value)
+    assert info.value.request_id and info.value.request_id.startswith("req_")
+
+
+def test_connection_reset_mid_stream_raises(client: Any, fake_upstream: Any) -> None:
+    """Case 61."""
+    reply = sse_reply(ROLE, chunk({"content": "partial"}), done=False)
+    reply.body.append(Fault("rst"))
+    fake_upstream.push(reply)
+    with pytest.raises(anthropic.APIStatusError) as info:
+        with client.messages.stream(**params()) as stream:
+            stream.get_final_message()
+    assert info.value.type == "api_error"
+
+
+def test_error_as_first_event_is_an_http_error(client: Any, fake_upstream: Any) -> None:
+    """Case 63: nothing was streamed yet, so the SDK sees a plain 429 and its RateLimitError."""
+    fake_upstream.push(sse_reply({"error": {"message": "slow down", "code": 429}}, done=False))
+    with pytest.raises(anthropic.RateLimitError) as info:
+        with client.messages.stream(**params()) as stream:
+            stream.get_final_message()
+    assert (info.value.status_code, info.value.type) == (429, "rate_limit_error")
+
+
+def test_upstream_401_to_a_stream_request(client: Any, fake_upstream: Any) -> None:
+    """Case 62."""
+    fake_upstream.push(json_reply({"error": {"message": "bad key", "type": "invalid_api_key"}}, status=401))
+    with pytest.raises(anthropic.AuthenticationError) as info:
+        with client.messages.stream(**params()) as stream:
+            stream.get_final_message()
+    assert (info.value.status_code, info.value.type) == (401, "authentication_error")
+    assert info.value.request_id == info.value.response.headers["request-id"]
+
+
+# ----------------------------------------------------------------------
+# Pings.
+
+
+def slow_stream() -> Reply:
+    reply = sse_reply(ROLE, chunk({"content": "a"}), chunk({"content": "b"}), chunk({}, "stop"),
+                      {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+    reply.body.insert(2, Sleep(0.8))  # silence after the first text: the proxy must ping
+    return reply
+
+
+def test_pings_are_ignored_by_the_sdk(make_proxy: Any, fake_upstream: Any) -> None:
+    """Case 64 with a short interval: the wire carries pings, the SDK never shows them."""
+    server = make_proxy(ping_interval=0.2)
+    fake_upstream.push(slow_stream())
+    resp = request(server.url, "POST", "/v1/messages", params(stream=True),
+                   {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"})
+    events = events_of(resp.body)
+    assert any(e["type"] == "ping" for e in events), [e["type"] for e in events]
+    assert_valid_event_sequence(events, allow_error=False)
+
+    fake_upstream.push(slow_stream())
+    with make_client(server.url) as c, c.messages.stream(**params()) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+    assert "ping" not in kinds
+    assert blocks(final) == [("text", "ab")] and final.stop_reason == "end_turn"
