@@ -33,6 +33,7 @@ Headers = Iterable[Tuple[str, str]]
 _JSON_TYPES = ("application/json", "application/x-json", "text/json")
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 _HOST_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-_]+)(?::(\d{1,5}))?$")
+_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 MAX_NESTING = 128
 
 
@@ -53,6 +54,8 @@ class ResponseWriter:
         self.finished = False
         self.last_write = time.monotonic()
         self._chunked = handler.request_version == "HTTP/1.1"
+        # Added to every response head (CORS headers for an allowed Origin).
+        self.extra_headers: List[Tuple[str, str]] = []
 
     @property
     def started(self) -> bool:
@@ -66,7 +69,7 @@ class ResponseWriter:
             base.append(("request-id", self.request_id))
         if self._handler.close_connection:
             base.append(("Connection", "close"))
-        lines += [f"{k}: {_clean_header_value(v)}" for k, v in base + headers]
+        lines += [f"{k}: {_clean_header_value(v)}" for k, v in base + self.extra_headers + headers]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace")
 
     def _write(self, data: bytes) -> None:
@@ -86,6 +89,15 @@ class ResponseWriter:
             self.status = status
             self._write(self._head(status, head) + body)
         self._handler.log_request(status, len(body))
+
+    def empty(self, status: int, headers: Headers = ()) -> None:
+        """A response without a body (204: no Content-Length either)."""
+        with self.lock:
+            if self.started:
+                return
+            self.status = status
+            self._write(self._head(status, list(headers)))
+        self._handler.log_request(status, 0)
 
     def error(self, exc: ProxyError) -> None:
         self.json(exc.status, error_payload(exc.error_type, exc.message, self.request_id), exc.headers)
@@ -291,14 +303,20 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
     def _guarded(self, method: str, writer: ResponseWriter) -> None:
         """Run the route; turn every failure into the right answer, never a traceback."""
         try:
-            self._check_access()
-            self._route(method, writer)
+            preflight = method == "OPTIONS" and "Origin" in self.headers and "Access-Control-Request-Method" in self.headers
+            self._check_access(writer, preflight)
+            if preflight:
+                self._preflight(writer)
+            else:
+                self._route(method, writer)
         except ClientGone:
             self.close_connection = True
         except ProxyError as exc:
             self._fail(writer, exc)
-        except Exception:
-            log.exception("internal error on %s %s", method, self.path.split("?", 1)[0])
+        except Exception as exc:
+            # The traceback only at DEBUG: stderr stays clean (RELIABILITY.md section 4, invariant e).
+            log.error("internal error on %s %s: %s", method, self.path.split("?", 1)[0], type(exc).__name__,
+                      exc_info=log.isEnabledFor(logging.DEBUG))
             self._fail(writer, ProxyError("internal proxy error; see the proxy log", status=500))
 
     def _fail(self, writer: ResponseWriter, exc: ProxyError) -> None:
@@ -332,15 +350,33 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
     # ------------------------------------------------------------------
     # Access control (RELIABILITY.md section 5).
 
-    def _check_access(self) -> None:
+    def _check_access(self, writer: ResponseWriter, preflight: bool) -> None:
         config = self.server.config  # type: ignore[attr-defined]
         origin = self.headers.get("Origin")
-        if origin is not None and origin not in config.allowed_origins:
-            raise ProxyError("cross-origin requests are not allowed", status=403)
+        if origin is not None:
+            if origin not in config.allowed_origins:
+                raise ProxyError("cross-origin requests are not allowed", status=403)
+            # Only an origin the operator listed may read responses from a browser.
+            writer.extra_headers += [("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
+                                     ("Access-Control-Expose-Headers", "request-id")]
         if config.auth_key:
-            self._check_key(config.auth_key)
+            if not preflight:  # browsers send preflights without credentials
+                self._check_key(config.auth_key)
         elif not self._host_allowed(config):
             raise ProxyError("unexpected Host header", status=403)
+
+    def _preflight(self, writer: ResponseWriter) -> None:
+        """CORS preflight (reached only for an allowed Origin): say what the route accepts."""
+        path = self.path.split("?", 1)[0]
+        allowed = self.server.proxy.allowed_methods(path)  # type: ignore[attr-defined]
+        if not allowed:
+            raise ProxyError(f"not found: {path}", status=404)
+        asked = self.headers.get("Access-Control-Request-Headers") or ""
+        names = [n.strip() for n in asked.split(",") if n.strip()]
+        headers = [("Access-Control-Allow-Methods", ", ".join(allowed)), ("Access-Control-Max-Age", "600")]
+        if names and all(_TOKEN_RE.match(n) for n in names):
+            headers.append(("Access-Control-Allow-Headers", ", ".join(names)))
+        writer.empty(204, headers)
 
     def _host_allowed(self, config: Any) -> bool:
         host = (self.headers.get("Host") or "").strip()

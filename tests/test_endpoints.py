@@ -1,0 +1,372 @@
+"""The endpoints besides the translation itself, over real sockets.
+
+PROTOCOL.md 4.4, 4.5 and cases 5, 6, 71, 72, 73; RELIABILITY.md F26;
+CLAUDE-CODE.md (``/v1/messages?beta=true``). Connection behaviour: keep-alive,
+TCP_NODELAY on accepted sockets, a listen backlog of at least 64.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import select
+import socket
+import threading
+import time
+from typing import Any, Dict, List
+
+import pytest
+
+from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
+from fakes import json_reply
+from sse_checks import assert_valid_event_sequence, events_of, final_message
+from test_http_errors import REQUEST_ID_RE, assert_error
+
+RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+UPSTREAM_MODELS = {
+    "object": "list",
+    "data": [
+        {"id": "gpt-4o", "object": "model", "created": 1715367049, "owned_by": "system"},
+        {"id": "gpt-4o-mini", "object": "model", "created": 1721172741, "owned_by": "system"},
+        {"id": "o3", "object": "model", "owned_by": "system"},  # no "created"
+    ],
+}
+
+
+def get(proxy: Any, path: str, **headers: str) -> Any:
+    return request(proxy.url, "GET", path, headers=headers or None)
+
+
+# ---------------------------------------------------------------------------
+# /v1/messages with Claude Code's query string.
+
+
+def test_query_string_is_ignored_for_routing(post: Any, fake_upstream: Any) -> None:
+    resp = post(minimal_request(), path="/v1/messages?beta=true")
+    assert resp.status == 200, resp
+    assert resp.json["content"] == [{"type": "text", "text": "Hello!"}]
+    assert fake_upstream.last.path == "/v1/chat/completions"  # the client's query is not forwarded
+
+
+def test_success_carries_a_request_id(post: Any) -> None:
+    resp = post(minimal_request())
+    assert REQUEST_ID_RE.match(resp.headers["request-id"]), resp.headers
+
+
+# ---------------------------------------------------------------------------
+# count_tokens (case 72).
+
+
+def test_count_tokens_is_local_and_positive(post: Any, fake_upstream: Any) -> None:
+    resp = post({"model": "claude-test", "messages": [{"role": "user", "content": "Hello"}]},
+                path="/v1/messages/count_tokens?beta=true")
+    assert resp.status == 200, resp
+    assert set(resp.json) == {"input_tokens"}
+    assert isinstance(resp.json["input_tokens"], int) and resp.json["input_tokens"] > 0
+    assert fake_upstream.requests == []
+
+
+def test_count_tokens_grows_with_the_input(post: Any) -> None:
+    def count(**extra: Any) -> int:
+        body = {"model": "claude-test", "messages": [{"role": "user", "content": "Hello"}], **extra}
+        resp = post(body, path="/v1/messages/count_tokens")
+        assert resp.status == 200, resp
+        return int(resp.json["input_tokens"])
+
+    base = count()
+    long_text = count(messages=[{"role": "user", "content": "word " * 2000}])
+    with_system = count(system="You are a careful assistant. " * 50)
+    schema = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(30)}}
+    with_tools = count(tools=[{"name": "lookup", "description": "find things", "input_schema": schema}])
+    # 10000 characters are at least 2500 tokens at 4 characters a token (PROTOCOL.md 4.5).
+    assert long_text >= 2500
+    assert with_system > base and with_tools > base
+
+
+@pytest.mark.parametrize("body, path", [
+    ({"model": "claude-test"}, "messages"),
+    ({"model": "claude-test", "messages": "hi"}, "messages"),
+    ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+    ([1, 2], "body"),
+])
+def test_count_tokens_bad_body_is_400_naming_the_field(post: Any, fake_upstream: Any, body: Any, path: str) -> None:
+    resp = post(body, path="/v1/messages/count_tokens")
+    message = assert_error(resp, 400, "invalid_request_error")
+    assert message.startswith(path + ":"), message
+    assert fake_upstream.requests == []
+
+
+def test_count_tokens_does_not_need_max_tokens(post: Any) -> None:
+    resp = post({"model": "claude-test", "messages": [{"role": "user", "content": "x"}]},
+                path="/v1/messages/count_tokens")
+    assert resp.status == 200, resp
+
+
+# ---------------------------------------------------------------------------
+# Models (case 73, PROTOCOL.md 4.5).
+
+
+def test_models_list_in_anthropic_shape(proxy: Any, fake_upstream: Any) -> None:
+    fake_upstream.push(json_reply(UPSTREAM_MODELS))
+    resp = get(proxy, "/v1/models")
+    assert resp.status == 200, resp
+    body = resp.json
+    assert body["data"] == [
+        {"type": "model", "id": "gpt-4o", "display_name": "gpt-4o", "created_at": "2024-05-10T18:50:49Z"},
+        {"type": "model", "id": "gpt-4o-mini", "display_name": "gpt-4o-mini", "created_at": "2024-07-16T23:32:21Z"},
+        {"type": "model", "id": "o3", "display_name": "o3", "created_at": "1970-01-01T00:00:00Z"},
+    ]
+    assert body["has_more"] is False
+    assert body["first_id"] == "gpt-4o" and body["last_id"] == "o3"
+    upstream = fake_upstream.last
+    assert (upstream.method, upstream.path) == ("GET", "/v1/models")
+    assert upstream.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert CLIENT_KEY not in repr(upstream.raw_headers)
+
+
+@pytest.mark.parametrize("query, ids, has_more", [
+    ("limit=2", ["gpt-4o", "gpt-4o-mini"], True),
+    ("limit=2&after_id=gpt-4o-mini", ["o3"], False),
+    ("after_id=gpt-4o", ["gpt-4o-mini", "o3"], False),
+    ("limit=1&before_id=o3", ["gpt-4o-mini"], True),
+    ("limit=5&before_id=gpt-4o-mini", ["gpt-4o"], False),
+    ("after_id=no-such-model", [], False),
+])
+def test_models_pagination(proxy: Any, fake_upstream: Any, query: str, ids: List[str], has_more: bool) -> None:
+    fake_upstream.push(json_reply(UPSTREAM_MODELS))
+    body = get(proxy, "/v1/models?" + query).json
+    assert [m["id"] for m in body["data"]] == ids
+    assert body["has_more"] is has_more
+    assert body["first_id"] == (ids[0] if ids else None)
+    assert body["last_id"] == (ids[-1] if ids else None)
+
+
+def test_models_default_page_is_twenty_and_paging_reaches_every_model(proxy: Any, fake_upstream: Any) -> None:
+    many = {"data": [{"id": f"m{i:02d}", "created": 1700000000 + i} for i in range(25)]}
+    fake_upstream.push(json_reply(many), json_reply(many))
+    first = get(proxy, "/v1/models").json
+    assert len(first["data"]) == 20 and first["has_more"] is True
+    second = get(proxy, "/v1/models?after_id=" + first["last_id"]).json
+    assert [m["id"] for m in first["data"] + second["data"]] == [f"m{i:02d}" for i in range(25)]
+    assert second["has_more"] is False
+    assert all(RFC3339_Z.match(m["created_at"]) for m in first["data"])
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "abc", "1001"])
+def test_models_bad_limit_is_400(proxy: Any, fake_upstream: Any, limit: str) -> None:
+    message = assert_error(get(proxy, "/v1/models?limit=" + limit), 400, "invalid_request_error")
+    assert message.startswith("limit:"), message
+    assert fake_upstream.requests == []
+
+
+def test_models_upstream_error_is_mapped(proxy: Any, fake_upstream: Any) -> None:
+    fake_upstream.push(json_reply({"error": {"message": "bad key"}}, status=401))
+    assert_error(get(proxy, "/v1/models"), 401, "authentication_error")
+
+
+def test_models_configured_model_comes_first_and_survives_an_upstream_failure(make_proxy: Any,
+                                                                              fake_upstream: Any) -> None:
+    proxy = make_proxy(model="served-model")
+    fake_upstream.push(json_reply(UPSTREAM_MODELS), json_reply({"error": {"message": "down"}}, status=500))
+    ids = [m["id"] for m in get(proxy, "/v1/models").json["data"]]
+    assert ids == ["served-model", "gpt-4o", "gpt-4o-mini", "o3"]
+    resp = get(proxy, "/v1/models")
+    assert resp.status == 200, resp
+    assert [m["id"] for m in resp.json["data"]] == ["served-model"]
+
+
+def test_model_by_id_found_and_missing(proxy: Any, fake_upstream: Any) -> None:
+    fake_upstream.push(json_reply(UPSTREAM_MODELS), json_reply(UPSTREAM_MODELS))
+    resp = get(proxy, "/v1/models/gpt-4o-mini")
+    assert resp.status == 200, resp
+    assert resp.json == {"type": "model", "id": "gpt-4o-mini", "display_name": "gpt-4o-mini",
+                         "created_at": "2024-07-16T23:32:21Z"}
+    assert_error(get(proxy, "/v1/models/claude-nope"), 404, "not_found_error", "claude-nope")
+
+
+def test_model_by_id_with_a_fixed_model_accepts_any_name(make_proxy: Any, fake_upstream: Any) -> None:
+    # With --model every client model name is served, so every name exists.
+    proxy = make_proxy(model="served-model")
+    resp = get(proxy, "/v1/models/claude-sonnet-4-5")
+    assert resp.status == 200, resp
+    assert resp.json["id"] == "claude-sonnet-4-5" and resp.json["type"] == "model"
+    assert fake_upstream.requests == []
+
+
+# ---------------------------------------------------------------------------
+# /health and /metrics.
+
+
+def test_health(proxy: Any, fake_upstream: Any) -> None:
+    resp = get(proxy, "/health")
+    assert resp.status == 200 and resp.json == {"status": "ok"}
+    assert REQUEST_ID_RE.match(resp.headers["request-id"])
+    assert fake_upstream.requests == []
+
+
+def test_metrics_totals_and_sink(make_proxy: Any, fake_upstream: Any) -> None:
+    records: List[Any] = []
+    proxy = make_proxy(metrics_sink=records.append)
+    send = lambda body: request(proxy.url, "POST", "/v1/messages", body)  # noqa: E731
+    ok = send(minimal_request())
+    assert ok.status == 200, ok
+    assert send(minimal_request(max_tokens=1)).status == 200  # the quota probe: local
+    fake_upstream.push(json_reply({"error": {"message": "boom"}}, status=500))
+    assert send(minimal_request()).status == 500
+    totals = get(proxy, "/metrics").json
+    assert totals["requests"] == 3 and totals["errors"] == 1 and totals["local"] == 1
+    assert totals["input_tokens"] == 10 and totals["output_tokens"] == 5  # from the fake's usage
+    assert totals["by_status"] == {"200": 2, "500": 1}
+    assert [r.status for r in records] == [200, 200, 500]
+    assert records[0].request_id == ok.headers["request-id"]
+    assert records[1].local and not records[0].local
+    assert records[2].error_type == "api_error"
+
+
+# ---------------------------------------------------------------------------
+# Quota probe (case 6, F26) and max_tokens 0 (case 5): no upstream call.
+
+
+def test_quota_probe_is_answered_locally(post: Any, fake_upstream: Any) -> None:
+    resp = post(minimal_request(max_tokens=1, messages=[{"role": "user", "content": "quota"}]))
+    assert resp.status == 200, resp
+    body = resp.json
+    assert body["type"] == "message" and body["role"] == "assistant" and body["model"] == "claude-test"
+    assert body["content"] == [{"type": "text", "text": "ok"}]
+    assert body["stop_reason"] == "end_turn"
+    assert body["id"].startswith("msg_")
+    assert fake_upstream.requests == []
+
+
+def test_quota_probe_streamed(post: Any, fake_upstream: Any) -> None:
+    resp = post(minimal_request(max_tokens=1, stream=True))
+    assert resp.status == 200, resp
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    events = events_of(resp.body)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert final_message(events)["content"] == [{"type": "text", "text": "ok"}]
+    assert fake_upstream.requests == []
+
+
+def test_quota_probe_still_needs_the_client_key(make_proxy: Any, fake_upstream: Any) -> None:
+    proxy = make_proxy(auth_key=CLIENT_KEY)
+    body = minimal_request(max_tokens=1)
+    assert_error(request(proxy.url, "POST", "/v1/messages", body), 401, "authentication_error")
+    assert request(proxy.url, "POST", "/v1/messages", body, {"x-api-key": CLIENT_KEY}).status == 200
+    assert fake_upstream.requests == []
+
+
+def test_max_tokens_zero_makes_no_upstream_call(post: Any, fake_upstream: Any) -> None:
+    resp = post(minimal_request(max_tokens=0))
+    assert resp.status == 200, resp
+    assert resp.json["content"] == [] and resp.json["stop_reason"] == "max_tokens"
+    streamed = post(minimal_request(max_tokens=0, stream=True))
+    events = events_of(streamed.body)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert final_message(events)["stop_reason"] == "max_tokens"
+    assert fake_upstream.requests == []
+
+
+def test_quota_probe_with_an_invalid_body_is_still_400(post: Any, fake_upstream: Any) -> None:
+    assert_error(post({"model": "m", "max_tokens": 1}), 400, "invalid_request_error", "messages")
+
+
+# ---------------------------------------------------------------------------
+# Connections: keep-alive, TCP_NODELAY, backlog.
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(proxy: Any, fake_upstream: Any) -> None:
+    conn = http.client.HTTPConnection(proxy.url.split("//")[1], timeout=10)
+    try:
+        conn.request("POST", "/v1/messages", json.dumps(minimal_request()), {"Content-Type": "application/json"})
+        first = conn.getresponse()
+        assert first.status == 200 and json.loads(first.read())["content"][0]["text"] == "Hello!"
+        sock = conn.sock
+        assert sock is not None and not first.will_close
+        conn.request("POST", "/v1/messages?beta=true", json.dumps(minimal_request(stream=True, max_tokens=1)),
+                     {"Content-Type": "application/json"})
+        second = conn.getresponse()
+        assert second.status == 200
+        assert_valid_event_sequence(events_of(second.read()), allow_error=False)
+        conn.request("GET", "/health")
+        third = conn.getresponse()
+        assert third.status == 200 and third.read() == b'{"status": "ok"}'
+        assert conn.sock is sock, "the proxy closed a keep-alive connection"
+    finally:
+        conn.close()
+    assert len(fake_upstream.requests) == 1
+
+
+def test_accepted_sockets_have_nodelay_and_requests_are_not_delayed(proxy: Any) -> None:
+    conn = http.client.HTTPConnection(proxy.url.split("//")[1], timeout=10)
+    try:
+        started = time.monotonic()
+        for _ in range(10):
+            conn.request("POST", "/v1/messages", json.dumps(minimal_request(max_tokens=1)),
+                         {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            assert resp.status == 200
+            resp.read()
+        # Nagle + delayed ACK costs ~40 ms a round trip; 10 requests stay far below 10 x 40 ms.
+        assert time.monotonic() - started < 0.3
+        served = proxy.server.open_connections()
+        assert served, "the kept-alive connection is not tracked"
+        for sock in served:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        conn.close()
+
+
+def test_listen_backlog_holds_a_burst_of_64(proxy: Any) -> None:
+    # Hold the accept loop, then open 70 connections at once: with the stdlib
+    # backlog of 5, all but ~6 would wait for SYN retries (1 s and more).
+    release = threading.Event()
+    original = proxy.server.verify_request
+
+    def held(request: Any, address: Any) -> bool:
+        release.wait(5)
+        return bool(original(request, address))
+
+    proxy.server.verify_request = held
+    socks: List[socket.socket] = []
+    try:
+        for _ in range(70):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", proxy.address[1]))
+            socks.append(sock)
+        connected = _count_connected(socks, 0.5)
+        assert connected >= 65, f"only {connected} of 70 connections completed while accept was held"
+    finally:
+        release.set()
+        for sock in socks:
+            sock.close()
+        proxy.server.verify_request = original
+
+
+def _count_connected(socks: List[socket.socket], within: float) -> int:
+    pending = list(socks)
+    done = 0
+    deadline = time.monotonic() + within
+    while pending and time.monotonic() < deadline:
+        _, writable, _ = select.select([], pending, [], 0.05)
+        for sock in writable:
+            pending.remove(sock)
+            done += sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    return done
+
+
+def test_two_requests_in_parallel_on_two_connections(proxy: Any, fake_upstream: Any) -> None:
+    results: Dict[int, int] = {}
+
+    def one(i: int) -> None:
+        results[i] = request(proxy.url, "POST", "/v1/messages", minimal_request()).status
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results == {0: 200, 1: 200}

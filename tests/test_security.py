@@ -1,0 +1,441 @@
+"""RELIABILITY.md section 5, tested on loopback: credentials, Host/Origin, client key, logs, proxies, TLS.
+
+PROTOCOL.md 4.4 and cases 74, 75; stdlib traps S7 (redirects carry secrets),
+S8 (environment proxies) and S1's figure: the sentinel keys appear 0 times
+in every log record and error body.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator, List, Tuple
+
+import pytest
+
+from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
+from fakes import FakeUpstream, Reply, chunk, completion, json_reply, sse_reply
+from sse_checks import assert_valid_event_sequence, events_of
+from test_http_errors import assert_error, connect, http_bytes, peer_closed, read_response
+
+SENTINELS = (CLIENT_KEY, UPSTREAM_KEY)
+
+# What the proxy may send upstream; anything else came from the client.
+UPSTREAM_HEADERS = {"host", "accept-encoding", "content-length", "content-type", "accept", "user-agent",
+                    "authorization", "connection"}
+
+
+@pytest.fixture
+def second_fake() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream()
+    yield fake
+    fake.close()
+
+
+def client_headers(**extra: str) -> dict:
+    headers = {"x-api-key": CLIENT_KEY, "Authorization": f"Bearer {CLIENT_KEY}", "anthropic-version": "2023-06-01",
+               "anthropic-beta": "prompt-caching-2024-07-31", "Accept-Encoding": "gzip, br", "Cookie": "session=abc"}
+    headers.update(extra)
+    return headers
+
+
+# ---------------------------------------------------------------------------
+# 3. Credential isolation (case 74).
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_client_credentials_never_reach_the_upstream(proxy: Any, fake_upstream: Any, stream: bool) -> None:
+    if stream:
+        fake_upstream.push(sse_reply(chunk({"content": "Hi"}), chunk({}, "stop")))
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(stream=stream), client_headers())
+    assert resp.status == 200, resp
+    sent = fake_upstream.last
+    everything = repr(sent.raw_headers) + sent.body.decode("utf-8")
+    assert CLIENT_KEY not in everything
+    assert everything.count(UPSTREAM_KEY) == 1
+    assert sent.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert set(sent.headers) <= UPSTREAM_HEADERS, set(sent.headers) - UPSTREAM_HEADERS
+    # Accept-Encoding: the proxy reads the body line by line, so it never asks for compression.
+    assert "gzip" not in sent.headers.get("accept-encoding", "") and "br" not in sent.headers.get("accept-encoding", "")
+
+
+def test_no_anthropic_version_is_accepted(proxy: Any, fake_upstream: Any) -> None:
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(), {"x-api-key": CLIENT_KEY})
+    assert resp.status == 200, resp
+    assert "x-api-key" not in fake_upstream.last.headers
+
+
+def test_azure_dialect_sends_api_key_header(make_proxy: Any, fake_upstream: Any) -> None:
+    proxy = make_proxy(provider="azure", model="my-deployment")
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(), client_headers())
+    assert resp.status == 200, resp
+    sent = fake_upstream.last
+    assert sent.path.startswith("/v1/openai/deployments/my-deployment/chat/completions?api-version=")
+    assert sent.headers["api-key"] == UPSTREAM_KEY
+    assert "authorization" not in sent.headers
+    assert CLIENT_KEY not in repr(sent.raw_headers)
+
+
+def test_configured_extra_headers_are_sent(make_proxy: Any, fake_upstream: Any) -> None:
+    proxy = make_proxy(headers=(("HTTP-Referer", "https://example.org"), ("X-Title", "claudeproxy tests")))
+    assert request(proxy.url, "POST", "/v1/messages", minimal_request()).status == 200
+    assert fake_upstream.last.headers["http-referer"] == "https://example.org"
+    assert fake_upstream.last.headers["x-title"] == "claudeproxy tests"
+
+
+def test_no_key_configured_sends_no_authorization(make_proxy: Any, fake_upstream: Any) -> None:
+    import claudeproxy
+
+    proxy = make_proxy(token=claudeproxy.static_token(""))
+    assert request(proxy.url, "POST", "/v1/messages", minimal_request(), client_headers()).status == 200
+    assert "authorization" not in fake_upstream.last.headers
+    assert CLIENT_KEY not in repr(fake_upstream.last.raw_headers)
+
+
+def test_token_function_is_asked_per_request(make_proxy: Any, fake_upstream: Any) -> None:
+    tokens = iter(["sk-rotated-first-000", "sk-rotated-second-000"])
+    lock = threading.Lock()
+    current: List[str] = []
+
+    def token() -> str:
+        with lock:
+            if not current:
+                current.append(next(tokens))
+            return current[-1]
+
+    proxy = make_proxy(token=token)
+    assert request(proxy.url, "POST", "/v1/messages", minimal_request()).status == 200
+    current.append(next(tokens))
+    assert request(proxy.url, "POST", "/v1/messages", minimal_request()).status == 200
+    assert [r.headers["authorization"] for r in fake_upstream.requests] == [
+        "Bearer sk-rotated-first-000", "Bearer sk-rotated-second-000"]
+
+
+# ---------------------------------------------------------------------------
+# 6. The upstream URL is never taken from a request; redirects are refused (S7).
+
+
+def test_base_url_in_the_body_is_ignored(proxy: Any, fake_upstream: Any, second_fake: FakeUpstream) -> None:
+    body = minimal_request(api_base=second_fake.url, base_url=second_fake.url, upstream=second_fake.url)
+    resp = request(proxy.url, "POST", "/v1/messages", body)
+    assert resp.status == 200, resp
+    assert len(fake_upstream.requests) == 1 and second_fake.requests == []
+    sent = fake_upstream.last.json
+    assert not {"api_base", "base_url", "upstream"} & set(sent)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_upstream_redirect_is_502_and_not_followed(proxy: Any, fake_upstream: Any, second_fake: FakeUpstream,
+                                                   status: int, stream: bool) -> None:
+    fake_upstream.push(Reply(status, (("Location", second_fake.url + "/chat/completions"),), []))
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(stream=stream))
+    assert_error(resp, 502, "api_error")
+    assert second_fake.requests == []
+    assert UPSTREAM_KEY not in resp.body.decode()
+
+
+# ---------------------------------------------------------------------------
+# 7. Host allow-list and Origin (DNS rebinding, browsers).
+
+
+@pytest.mark.parametrize("host", ["evil.example", "localhost.evil.example", ":8080", "127.0.0.1.nip.io",
+                                  "evil.example:{port}", "", "127.0.0.1 evil"])
+def test_foreign_host_is_403(proxy: Any, fake_upstream: Any, host: str) -> None:
+    host = host.format(port=proxy.address[1])
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(), {"Host": host})
+    assert_error(resp, 403, "permission_error")
+    assert fake_upstream.requests == []
+
+
+def test_missing_host_is_403(proxy: Any) -> None:
+    with connect(proxy.url) as sock:
+        sock.sendall(http_bytes("GET", "/health", []))
+        assert_error(read_response(sock), 403, "permission_error")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.1:{port}", "localhost", "localhost:{port}",
+                                  "LOCALHOST:{port}", "[::1]:{port}", "[::1]"])
+def test_loopback_hosts_are_accepted(proxy: Any, host: str) -> None:
+    resp = request(proxy.url, "GET", "/health", headers={"Host": host.format(port=proxy.address[1])})
+    assert resp.status == 200, resp
+
+
+def test_allowed_host_flag(make_proxy: Any) -> None:
+    proxy = make_proxy(allowed_hosts=("proxy.lan", "box.example:9000"))
+    ok = ["proxy.lan", "proxy.lan:8082", "PROXY.LAN", "box.example:9000", "localhost"]
+    for host in ok:
+        assert request(proxy.url, "GET", "/health", headers={"Host": host}).status == 200, host
+    for host in ["evil.example", "proxy.lan.evil.example"]:
+        assert_error(request(proxy.url, "GET", "/health", headers={"Host": host}), 403, "permission_error")
+
+
+def test_origin_is_403_unless_allowed(make_proxy: Any, fake_upstream: Any) -> None:
+    proxy = make_proxy(allowed_origins=("http://app.local:3000",))
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(), {"Origin": "http://evil.example"})
+    assert_error(resp, 403, "permission_error")
+    assert not [k for k in resp.headers if k.startswith("access-control-")]
+    assert fake_upstream.requests == []
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(), {"Origin": "null"})
+    assert_error(resp, 403, "permission_error")
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(), {"Origin": "http://app.local:3000"})
+    assert resp.status == 200, resp
+    # A listed origin can read the answer from a browser, and only that origin.
+    assert resp.headers["access-control-allow-origin"] == "http://app.local:3000"
+    assert "request-id" in resp.headers["access-control-expose-headers"]
+
+
+def test_preflight_from_an_allowed_origin(make_proxy: Any) -> None:
+    proxy = make_proxy(allowed_origins=("http://app.local:3000",), auth_key=CLIENT_KEY)
+    resp = request(proxy.url, "OPTIONS", "/v1/messages", headers={
+        "Origin": "http://app.local:3000", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "x-api-key, content-type, anthropic-version"})
+    assert resp.status == 204, resp
+    assert resp.body == b""
+    assert resp.headers["access-control-allow-origin"] == "http://app.local:3000"
+    assert resp.headers["access-control-allow-methods"] == "POST"
+    assert "x-api-key" in resp.headers["access-control-allow-headers"]
+    bad = request(proxy.url, "OPTIONS", "/v1/messages", headers={
+        "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+    assert_error(bad, 403, "permission_error")
+    assert not [k for k in bad.headers if k.startswith("access-control-")]
+
+
+def test_no_cors_headers_by_default(proxy: Any) -> None:
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request())
+    assert resp.status == 200
+    assert not [k for k in resp.headers if k.startswith("access-control-")]
+
+
+# ---------------------------------------------------------------------------
+# 2. The optional client key.
+
+AUTH_KEY = "cp-local-key-0123456789abcdef"
+
+
+@pytest.fixture
+def keyed(make_proxy: Any) -> Any:
+    return make_proxy(auth_key=AUTH_KEY)
+
+
+@pytest.mark.parametrize("headers", [
+    {},
+    {"x-api-key": "wrong-key-0123456789abcdef00"},
+    {"x-api-key": AUTH_KEY[:-1]},
+    {"x-api-key": AUTH_KEY + "0"},
+    {"x-api-key": AUTH_KEY.upper()},
+    {"Authorization": f"Bearer {AUTH_KEY}x"},
+    {"Authorization": f"Basic {AUTH_KEY}"},
+    {"Authorization": AUTH_KEY},
+    {"x-api-key": "", "Authorization": "Bearer "},
+], ids=["missing", "wrong", "shorter", "longer", "case", "bearer-longer", "basic", "bare", "empty"])
+def test_wrong_client_key_is_401_with_a_fixed_message(keyed: Any, fake_upstream: Any, headers: dict) -> None:
+    resp = request(keyed.url, "POST", "/v1/messages", minimal_request(), headers)
+    message = assert_error(resp, 401, "authentication_error")
+    assert message == "invalid x-api-key"
+    assert AUTH_KEY not in resp.body.decode()
+    assert fake_upstream.requests == []
+
+
+@pytest.mark.parametrize("header", ["x-api-key", "Authorization"])
+def test_key_with_a_trailing_newline_is_401(keyed: Any, header: str) -> None:
+    # http.client refuses to send a newline in a value; an obs-folded line carries one.
+    value = AUTH_KEY if header == "x-api-key" else f"Bearer {AUTH_KEY}"
+    body = json.dumps(minimal_request()).encode()
+    data = (f"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n{header}: {value}\r\n \r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    with connect(keyed.url) as sock:
+        sock.sendall(data)
+        resp = read_response(sock)
+        assert assert_error(resp, 401, "authentication_error") == "invalid x-api-key"
+        # The refused body was never read: the connection must not carry on (request desync).
+        assert peer_closed(sock, 2.0)
+
+
+@pytest.mark.parametrize("headers", [{"x-api-key": AUTH_KEY}, {"Authorization": f"Bearer {AUTH_KEY}"},
+                                     {"Authorization": f"bearer {AUTH_KEY}"}])
+def test_right_client_key_is_accepted(keyed: Any, fake_upstream: Any, headers: dict) -> None:
+    resp = request(keyed.url, "POST", "/v1/messages", minimal_request(), headers)
+    assert resp.status == 200, resp
+    assert AUTH_KEY not in repr(fake_upstream.last.raw_headers)
+    assert fake_upstream.last.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+
+
+def test_client_key_guards_every_route(keyed: Any) -> None:
+    for method, path in [("GET", "/v1/models"), ("GET", "/health"), ("GET", "/metrics"),
+                         ("POST", "/v1/messages/count_tokens")]:
+        body = {"model": "m", "messages": [{"role": "user", "content": "x"}]} if method == "POST" else None
+        assert_error(request(keyed.url, method, path, body), 401, "authentication_error")
+
+
+# ---------------------------------------------------------------------------
+# 4 and 10. No secret in any log record or error body, even at DEBUG with bodies logged.
+
+
+def _leaks(texts: List[str]) -> List[Tuple[str, str]]:
+    return [(s, t[:200]) for t in texts for s in SENTINELS if s in t]
+
+
+def test_sentinels_never_logged_or_returned(make_proxy: Any, fake_upstream: Any, caplog: Any, capfd: Any) -> None:
+    caplog.set_level(logging.DEBUG)
+    proxy = make_proxy(log_bodies=True)
+    bodies: List[str] = []
+    echo = f"Incorrect API key provided: {UPSTREAM_KEY}. Authorization: Bearer {UPSTREAM_KEY}"
+    fake_upstream.push(
+        json_reply(completion("fine")),
+        sse_reply(chunk({"content": "Hi"}), chunk({}, "stop")),
+        json_reply({"error": {"message": echo, "type": "invalid_request_error"}}, status=401),
+        json_reply({"error": {"message": echo}}, status=500),
+        sse_reply(chunk({"content": "Hi"}), {"error": {"message": echo, "code": 500}}, done=False),
+    )
+    for stream in (False, True, False, False, True):
+        resp = request(proxy.url, "POST", "/v1/messages", minimal_request(stream=stream), client_headers())
+        bodies.append(resp.body.decode("utf-8", "replace"))
+        bodies.append(json.dumps(resp.header_list))
+    assert '"authentication_error"' in bodies[4] and '"api_error"' in bodies[6]
+    assert "Incorrect API key provided" in bodies[4]  # the message survives, only the key is masked
+    records = [r.getMessage() + (r.exc_text or "") for r in caplog.records]
+    assert any("upstream request body" in r for r in records), "log_bodies logged nothing"
+    assert _leaks(bodies) == []
+    assert _leaks(records) == []
+    captured = capfd.readouterr()
+    assert _leaks([captured.out, captured.err]) == []
+
+
+def test_upstream_url_query_secret_stays_out_of_errors_and_logs(make_proxy: Any, caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG)
+    with socket.socket() as closed:  # a port with no listener: connection refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    proxy = make_proxy(upstream=f"http://127.0.0.1:{port}/v1?key=QUERY-SECRET-VALUE", connect_timeout=2)
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request())
+    assert_error(resp, 502, "api_error")
+    assert "QUERY-SECRET-VALUE" not in resp.body.decode()
+    assert not [r for r in caplog.records if "QUERY-SECRET-VALUE" in r.getMessage()]
+
+
+# ---------------------------------------------------------------------------
+# 9. Outbound proxy only when asked for (S8).
+
+
+def _clear_proxy_env(monkeypatch: Any) -> None:
+    for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_outbound_proxy_is_used_when_set(make_proxy: Any, fake_upstream: Any, second_fake: FakeUpstream,
+                                         caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG)
+    second_fake.default = json_reply(completion("via proxy"))
+    proxy_url = f"http://user:proxy-SECRET-pass@127.0.0.1:{second_fake.port}"
+    proxy = make_proxy(proxy=proxy_url)
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request())
+    assert resp.status == 200, resp
+    assert resp.json["content"][0]["text"] == "via proxy"
+    assert fake_upstream.requests == []
+    seen = second_fake.last
+    assert seen.path == f"http://127.0.0.1:{fake_upstream.port}/v1/chat/completions"  # absolute-URI form
+    expected = base64.b64encode(b"user:proxy-SECRET-pass").decode()
+    assert seen.headers["proxy-authorization"] == f"Basic {expected}"
+    assert not [r for r in caplog.records if "proxy-SECRET-pass" in r.getMessage() or expected in r.getMessage()]
+
+
+def test_environment_proxy_is_ignored_without_the_flag(make_proxy: Any, fake_upstream: Any,
+                                                       second_fake: FakeUpstream, monkeypatch: Any) -> None:
+    _clear_proxy_env(monkeypatch)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{second_fake.port}")
+    proxy = make_proxy()
+    assert request(proxy.url, "POST", "/v1/messages", minimal_request()).status == 200
+    assert len(fake_upstream.requests) == 1 and second_fake.requests == []
+
+
+def test_environment_proxy_is_used_with_use_env_proxy(make_proxy: Any, fake_upstream: Any,
+                                                      second_fake: FakeUpstream, monkeypatch: Any) -> None:
+    # The control for the test above: the same environment does route through the proxy when allowed.
+    _clear_proxy_env(monkeypatch)
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{second_fake.port}")
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{second_fake.port}")
+    proxy = make_proxy(use_env_proxy=True)
+    assert request(proxy.url, "POST", "/v1/messages", minimal_request()).status == 200
+    assert fake_upstream.requests == [] and len(second_fake.requests) == 1
+
+
+# ---------------------------------------------------------------------------
+# 8. TLS to the upstream: verified by default, --ca-bundle for a private CA.
+
+
+class _TLSHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.hits += 1  # type: ignore[attr-defined]
+        body = json.dumps(completion("over tls")).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _TLSServer(ThreadingHTTPServer):
+    daemon_threads = True
+    hits = 0
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__(("127.0.0.1", 0), _TLSHandler)
+        self.context = context
+
+    def get_request(self) -> Any:
+        sock, addr = super().get_request()
+        sock.settimeout(5)
+        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # the refused handshake is the expected outcome of one test
+
+
+@pytest.fixture
+def tls_upstream(tmp_path: Any) -> Iterator[Tuple[str, str]]:
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed: cannot make a test certificate")
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = _TLSServer(context)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}/v1", cert
+    server.shutdown()
+    server.server_close()
+
+
+def test_tls_upstream_with_an_unknown_ca_is_502(make_proxy: Any, tls_upstream: Tuple[str, str],
+                                               monkeypatch: Any) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    proxy = make_proxy(upstream=tls_upstream[0], connect_timeout=5)
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request())
+    assert_error(resp, 502, "api_error", "CERTIFICATE")
+
+
+def test_tls_upstream_with_ca_bundle_works(make_proxy: Any, tls_upstream: Tuple[str, str]) -> None:
+    proxy = make_proxy(upstream=tls_upstream[0], ca_bundle=tls_upstream[1], connect_timeout=5)
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request())
+    assert resp.status == 200, resp
+    assert resp.json["content"][0]["text"] == "over tls"
+
