@@ -102,26 +102,43 @@ class ClientGone(Exception):
 
 _CONTEXT_RE = re.compile(
     r"context[_ ]length|context window|maximum context|prompt is too long|too many tokens|"
-    r"reduce the length|input is too long|exceeds the (?:model's )?(?:context|maximum)",
+    r"reduce the length|input is too long|exceeds the (?:model's )?(?:context|maximum)|"
+    # llama.cpp ("exceeds the available context size", type exceed_context_size_error),
+    # GitHub Copilot ("prompt token count of N exceeds the limit of M", FIELD-NOTES 16).
+    r"available context size|exceed_context_size|maximum prompt length|"
+    r"prompt token count of \d+ exceeds|max_prompt_tokens",
     re.IGNORECASE,
 )
 _HEADER_VALUE_RE = re.compile(r"^[\x20-\x7e]{1,128}$")
+_PROMPT_TOO_LONG = "prompt is too long"
 
 
-def _error_message(body: bytes) -> str:
+def _parse_body(body: bytes) -> Tuple[str, Any]:
+    """(body text, its JSON value or None)."""
     text = body.decode("utf-8", errors="replace").strip()
     try:
-        obj = json.loads(text)
+        return text, json.loads(text)
     except (ValueError, RecursionError):
-        return text[:500]
+        return text, None
+
+
+def _error_message(text: str, obj: Any) -> str:
+    """The upstream's own message: ``error.message``, a string ``error``, a top-level ``message`` (vLLM)."""
     err = obj.get("error") if isinstance(obj, dict) else None
-    if isinstance(err, dict) and isinstance(err.get("message"), str):
+    if isinstance(err, dict) and isinstance(err.get("message"), str) and err["message"]:
         return err["message"][:2000]
-    if isinstance(err, str):
+    if isinstance(err, str) and err:
         return err[:2000]
-    if isinstance(obj, dict) and isinstance(obj.get("message"), str):
+    if isinstance(obj, dict) and isinstance(obj.get("message"), str) and obj["message"]:
         return obj["message"][:2000]
     return text[:500]
+
+
+def _error_codes(obj: Any) -> str:
+    """The ``code``/``type`` strings of an error body; some say context_length_exceeded only there."""
+    err = obj.get("error") if isinstance(obj, dict) else None
+    source = err if isinstance(err, dict) else obj if isinstance(obj, dict) else {}
+    return " ".join(v for v in (source.get("code"), source.get("type")) if isinstance(v, str))
 
 
 def _retry_headers(headers: Any) -> Tuple[Tuple[str, str], ...]:
@@ -133,14 +150,25 @@ def _retry_headers(headers: Any) -> Tuple[Tuple[str, str], ...]:
     return tuple(out)
 
 
+def _is_context_overflow(message: str, codes: str) -> bool:
+    """The prompt itself does not fit; a max_tokens refusal whose prompt fits is not this."""
+    if not (_CONTEXT_RE.search(message) or _CONTEXT_RE.search(codes)):
+        return False
+    headroom = _headroom(message)
+    return headroom is None or headroom <= 0
+
+
 def error_from_status(status: int, body: bytes, headers: Any = None, secrets: Tuple[str, ...] = ()) -> ProxyError:
     """The client-facing error for an upstream error status and body."""
-    message = redact_text(_error_message(body), secrets) or http.client.responses.get(status, "")
+    text, obj = _parse_body(body)
+    message = redact_text(_error_message(text, obj), secrets) or http.client.responses.get(status, "") or "(empty body)"
     if not 400 <= status <= 599:
-        return UpstreamUnavailable(f"upstream answered HTTP {status}: {message}"[:1000])
-    if status in (400, 413, 422) and _CONTEXT_RE.search(message):
+        # 1xx/3xx (redirects are never followed) or garbage: the upstream is broken.
+        return UpstreamUnavailable(f"upstream {status}: {message}"[:1000])
+    if status in (400, 413, 422) and _is_context_overflow(message, _error_codes(obj)):
         # Claude Code compacts the conversation when it reads this (FIELD-NOTES 16).
-        exc = UpstreamHTTPError(f"prompt is too long: {message}", status=400)
+        text = message if message.lower().startswith(_PROMPT_TOO_LONG) else f"{_PROMPT_TOO_LONG}: {message}"
+        exc = UpstreamHTTPError(text, status=400)
     else:
         exc = UpstreamHTTPError(
             f"upstream {status}: {message}", status=status, error_type=error_type_for_status(status),
@@ -159,8 +187,8 @@ def error_from_object(err: Dict[str, Any], secrets: Tuple[str, ...] = ()) -> Pro
     return error_from_status(status, json.dumps({"error": err}).encode("utf-8"), None, secrets)
 
 
-
 _NUMBER_RE = re.compile(r"\d+")
+_MAX_TOKENS_RE = re.compile(r"max_(?:completion_)?tokens|max tokens|completion tokens|output tokens", re.IGNORECASE)
 _HEADROOM_RES = (
     # vLLM: "(128000 > 32768 - 500)" -> 32768 - 500
     re.compile(r"\d+\s*>\s*(\d+)\s*-\s*(\d+)"),
@@ -169,21 +197,31 @@ _HEADROOM_RES = (
 )
 
 
+def _headroom(message: str) -> Optional[int]:
+    """Context size minus prompt size, when the message names both (vLLM, old OpenAI form)."""
+    for pattern in _HEADROOM_RES:
+        match = pattern.search(message)
+        if match:
+            return int(match.group(1)) - int(match.group(2))
+    return None
+
+
 def max_tokens_limit(message: str, requested: int) -> Optional[int]:
     """The output limit an upstream names when it refuses ``max_tokens`` as too large.
 
     Examples it reads: "supports at most 16384 completion tokens" (OpenAI),
     "valid range of max_tokens is [1, 8192]" (DeepSeek), "must be less than
     or equal to `32768`" (Groq), "(128000 > 32768 - 500)" (vLLM). None when
-    the message is about something else or names no smaller number.
+    the message is about something else (a prompt that does not fit, say)
+    or names no smaller number.
     """
-    if not re.search(r"max_(?:completion_)?tokens|max tokens|maximum.*tokens", message, re.IGNORECASE):
+    headroom = _headroom(message)
+    if headroom is not None:
+        return headroom if 0 < headroom < requested else None
+    # Only a message about the output limit may lend its numbers: a prompt-overflow
+    # message names token counts too, and learning one of those as a cap is wrong.
+    if not _MAX_TOKENS_RE.search(message):
         return None
-    for pattern in _HEADROOM_RES:
-        headroom = pattern.search(message)
-        if headroom:
-            limit = int(headroom.group(1)) - int(headroom.group(2))
-            return limit if 0 < limit < requested else None
     smaller = [int(n) for n in _NUMBER_RE.findall(message) if 1 < int(n) < requested]
     return max(smaller) if smaller else None
 

@@ -1,0 +1,377 @@
+"""Upstream errors -> Anthropic errors (PROTOCOL.md 4.1-4.3, cases 47, 68-71; FIELD-NOTES 16, 17; F13)."""
+
+from __future__ import annotations
+
+import email.message
+import json
+from typing import Any, Dict
+
+import pytest
+from conftest import UPSTREAM_KEY
+
+from claudeproxy.errors import (
+    InvalidRequest,
+    ProxyError,
+    UpstreamHTTPError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    error_from_object,
+    error_from_status,
+    error_payload,
+    error_type_for_status,
+    max_tokens_limit,
+    stream_error_event,
+)
+from claudeproxy.openai_types import parse_chat_response
+
+
+def _body(message: str, **extra: Any) -> bytes:
+    return json.dumps({"error": {"message": message, **extra}}).encode("utf-8")
+
+
+def _headers(**values: str) -> email.message.Message:
+    """Headers as urllib hands them over (``HTTPError.headers`` is an ``email.message.Message``)."""
+    msg = email.message.Message()
+    for name, value in values.items():
+        msg[name.replace("_", "-")] = value
+    return msg
+
+
+# --------------------------------------------------------------------------
+# 4.2 status table
+
+
+@pytest.mark.parametrize(
+    "upstream, status, error_type",
+    [
+        (400, 400, "invalid_request_error"),
+        (401, 401, "authentication_error"),
+        (402, 402, "billing_error"),
+        (403, 403, "permission_error"),
+        (404, 404, "not_found_error"),
+        (405, 405, "invalid_request_error"),
+        (408, 408, "timeout_error"),
+        (409, 409, "invalid_request_error"),
+        (413, 413, "request_too_large"),
+        (418, 418, "invalid_request_error"),
+        (422, 422, "invalid_request_error"),
+        (429, 429, "rate_limit_error"),
+        (451, 451, "invalid_request_error"),
+        (500, 500, "api_error"),
+        (501, 501, "api_error"),
+        (502, 502, "api_error"),
+        (503, 503, "overloaded_error"),
+        (504, 504, "timeout_error"),
+        (520, 520, "api_error"),
+        (529, 529, "overloaded_error"),
+        (599, 599, "api_error"),
+        (100, 502, "api_error"),
+        (199, 502, "api_error"),
+        (301, 502, "api_error"),
+        (302, 502, "api_error"),
+        (304, 502, "api_error"),
+        (0, 502, "api_error"),
+        (600, 502, "api_error"),
+        (999, 502, "api_error"),
+    ],
+)
+def test_status_table(upstream: int, status: int, error_type: str) -> None:
+    exc = error_from_status(upstream, _body("boom"))
+    assert isinstance(exc, ProxyError)
+    assert (exc.status, exc.error_type) == (status, error_type)
+    assert exc.message == f"upstream {upstream}: boom"
+
+
+def test_error_type_for_status_covers_anthropic_types() -> None:
+    known = {
+        "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
+        "rate_limit_error", "timeout_error", "overloaded_error", "api_error", "billing_error", "request_too_large",
+    }
+    assert {error_type_for_status(s) for s in range(400, 600)} <= known
+
+
+# --------------------------------------------------------------------------
+# Message: upstream error.message, else the first 500 characters of the body
+
+
+def test_message_from_openai_json_body() -> None:
+    body = _body("Rate limit reached for gpt-4o", type="requests", code="rate_limit_exceeded")
+    assert error_from_status(429, body).message == "upstream 429: Rate limit reached for gpt-4o"
+
+
+def test_message_from_string_error() -> None:
+    assert error_from_status(500, b'{"error": "engine crashed"}').message == "upstream 500: engine crashed"
+
+
+def test_message_from_top_level_message() -> None:
+    body = b'{"object": "error", "message": "model not loaded", "type": "NotFoundError", "code": 404}'
+    assert error_from_status(404, body).message == "upstream 404: model not loaded"
+
+
+def test_message_from_html_body_is_truncated_to_500_chars() -> None:
+    html = "<html><head><title>502 Bad Gateway</title></head><body>" + "x" * 2000 + "</body></html>"
+    exc = error_from_status(502, html.encode("utf-8"))
+    assert exc.message == "upstream 502: " + html[:500]
+    assert (exc.status, exc.error_type) == (502, "api_error")
+
+
+def test_message_from_json_without_a_message_uses_the_body() -> None:
+    exc = error_from_status(500, b'{"detail": "nope"}')
+    assert exc.message == 'upstream 500: {"detail": "nope"}'
+
+
+@pytest.mark.parametrize("body", [b"", b"   \n", b"\xff\xfe\x00garbage"])
+def test_empty_or_binary_body_still_gives_a_message(body: bytes) -> None:
+    exc = error_from_status(503, body)
+    assert exc.status == 503 and exc.error_type == "overloaded_error"
+    assert exc.message.startswith("upstream 503: ")
+    assert exc.message.strip() != "upstream 503:"  # something readable follows
+
+
+def test_upstream_message_kept_for_the_retry_logic() -> None:
+    exc = error_from_status(400, _body("max_tokens is too large"))
+    assert isinstance(exc, UpstreamHTTPError)
+    assert exc.upstream_message == "max_tokens is too large"
+
+
+def test_secrets_are_redacted_from_messages() -> None:
+    """F13 / security checklist 4: an upstream that echoes the key must not leak it."""
+    body = _body(f"Incorrect API key provided: {UPSTREAM_KEY}. Also Bearer abc.def.ghi")
+    exc = error_from_status(401, body, secrets=(UPSTREAM_KEY,))
+    assert UPSTREAM_KEY not in exc.message and "abc.def.ghi" not in exc.message
+    assert exc.status == 401 and exc.error_type == "authentication_error"
+    html = f"<p>bad key {UPSTREAM_KEY}</p>".encode("utf-8")
+    assert UPSTREAM_KEY not in error_from_status(500, html).message  # key-shaped even without the list
+
+
+# --------------------------------------------------------------------------
+# retry-after headers (case 68)
+
+
+def test_retry_after_copied_on_429() -> None:
+    exc = error_from_status(429, _body("slow"), _headers(retry_after="3", retry_after_ms="2500"))
+    assert dict(exc.headers) == {"retry-after": "3", "retry-after-ms": "2500"}
+
+
+def test_retry_after_copied_on_503() -> None:
+    exc = error_from_status(503, _body("busy"), _headers(retry_after="3"))
+    assert (exc.status, exc.error_type) == (503, "overloaded_error")
+    assert dict(exc.headers) == {"retry-after": "3"}
+
+
+def test_retry_after_http_date_copied() -> None:
+    date = "Wed, 21 Oct 2026 07:28:00 GMT"
+    exc = error_from_status(429, _body("slow"), {"retry-after": date})
+    assert dict(exc.headers) == {"retry-after": date}
+
+
+def test_no_retry_headers_when_absent() -> None:
+    assert error_from_status(429, _body("slow"), _headers()).headers == ()
+    assert error_from_status(429, _body("slow"), None).headers == ()
+
+
+@pytest.mark.parametrize("value", ["3\r\nSet-Cookie: evil=1", "3\nX-Injected: 1", "3\rX: 1", "3\x00", "9" * 500])
+def test_retry_after_with_control_chars_or_huge_is_never_copied(value: str) -> None:
+    """S5: a header value with CR/LF from upstream must not split our response headers."""
+    exc = error_from_status(429, _body("slow"), {"retry-after": value, "retry-after-ms": value})
+    for name, copied in exc.headers:
+        assert "\r" not in copied and "\n" not in copied and "\x00" not in copied
+    assert exc.headers == ()
+
+
+# --------------------------------------------------------------------------
+# Error objects inside a 200 body or a stream (2.1, 4.2, case 47)
+
+
+def test_case_47_error_object_in_200_body() -> None:
+    chat = parse_chat_response({"error": {"code": 429, "message": "slow"}})
+    assert chat.error is not None
+    exc = error_from_object(chat.error)
+    assert (exc.status, exc.error_type) == (429, "rate_limit_error")
+    assert exc.message == "upstream 429: slow"
+
+
+@pytest.mark.parametrize(
+    "err, status, error_type",
+    [
+        ({"code": 402, "message": "Insufficient credits"}, 402, "billing_error"),
+        ({"code": "503", "message": "No provider"}, 503, "overloaded_error"),
+        ({"code": 400, "message": "bad"}, 400, "invalid_request_error"),
+        ({"code": 599, "message": "x"}, 599, "api_error"),
+        ({"code": 600, "message": "x"}, 502, "api_error"),
+        ({"code": 399, "message": "x"}, 502, "api_error"),
+        ({"code": 200, "message": "x"}, 502, "api_error"),
+        ({"code": "rate_limit_exceeded", "message": "x"}, 502, "api_error"),
+        ({"code": "4o4", "message": "x"}, 502, "api_error"),
+        ({"code": True, "message": "x"}, 502, "api_error"),
+        ({"code": None, "message": "x"}, 502, "api_error"),
+        ({"code": 429.0, "message": "x"}, 502, "api_error"),
+        ({"message": "no code at all"}, 502, "api_error"),
+        ({"status": 401, "message": "who are you"}, 401, "authentication_error"),
+    ],
+)
+def test_error_from_object_status(err: Dict[str, Any], status: int, error_type: str) -> None:
+    exc = error_from_object(err)
+    assert (exc.status, exc.error_type) == (status, error_type)
+
+
+def test_error_from_object_keeps_the_message_and_redacts() -> None:
+    exc = error_from_object({"code": 502, "message": f"provider said key {UPSTREAM_KEY} is bad"}, (UPSTREAM_KEY,))
+    assert exc.message.startswith("upstream 502: provider said key ")
+    assert UPSTREAM_KEY not in exc.message
+
+
+# --------------------------------------------------------------------------
+# Context overflow -> 400 "prompt is too long" (FIELD-NOTES 16)
+
+OPENAI_CONTEXT = _body(
+    "This model's maximum context length is 128000 tokens. However, your messages resulted in 130532 tokens. "
+    "Please reduce the length of the messages.", type="invalid_request_error", param="messages",
+    code="context_length_exceeded",
+)
+VLLM_CONTEXT = json.dumps({
+    "object": "error", "type": "BadRequestError", "param": None, "code": 400,
+    "message": "This model's maximum context length is 32768 tokens. However, you requested 41000 tokens "
+               "(40000 in the messages, 1000 in the completion). Please reduce the length of the messages or completion.",
+}).encode("utf-8")
+ANTHROPIC_CONTEXT = json.dumps({
+    "type": "error", "error": {"type": "invalid_request_error", "message": "prompt is too long: 210000 tokens > 200000 maximum"},
+}).encode("utf-8")
+LLAMACPP_CONTEXT = _body(
+    "request (8012 tokens) exceeds the available context size (4096 tokens), try increasing it",
+    code=400, type="exceed_context_size_error", n_prompt_tokens=8012, n_ctx=4096,
+)
+LLAMACPP_OLD_CONTEXT = _body("the request exceeds the available context size, try increasing it", code=400,
+                             type="invalid_request_error")
+COPILOT_CONTEXT = _body("prompt token count of 74490 exceeds the limit of 72000", code="model_max_prompt_tokens_exceeded")
+CODE_ONLY_CONTEXT = _body("Invalid request.", code="context_length_exceeded")
+
+
+@pytest.mark.parametrize(
+    "status, body, fragment",
+    [
+        (400, OPENAI_CONTEXT, "maximum context length is 128000"),
+        (400, VLLM_CONTEXT, "maximum context length is 32768"),
+        (400, ANTHROPIC_CONTEXT, "210000 tokens > 200000 maximum"),
+        (400, LLAMACPP_CONTEXT, "exceeds the available context size"),
+        (400, LLAMACPP_OLD_CONTEXT, "exceeds the available context size"),
+        (400, COPILOT_CONTEXT, "74490 exceeds the limit of 72000"),
+        (400, CODE_ONLY_CONTEXT, "Invalid request."),
+        (413, OPENAI_CONTEXT, "maximum context length"),
+        (422, LLAMACPP_CONTEXT, "available context size"),
+    ],
+)
+def test_context_overflow_becomes_prompt_is_too_long(status: int, body: bytes, fragment: str) -> None:
+    exc = error_from_status(status, body)
+    assert (exc.status, exc.error_type) == (400, "invalid_request_error")
+    assert exc.message.startswith("prompt is too long: ")
+    assert fragment in exc.message
+    assert exc.message.count("prompt is too long") == 1
+
+
+def test_context_overflow_keeps_upstream_message_for_the_retry() -> None:
+    exc = error_from_status(400, VLLM_CONTEXT)
+    assert isinstance(exc, UpstreamHTTPError)
+    assert "40000 in the messages" in exc.upstream_message
+
+
+@pytest.mark.parametrize(
+    "status, body",
+    [
+        (400, _body("Invalid value for 'temperature': must be between 0 and 2")),
+        (400, _body("max_tokens is too large: 32000. This model supports at most 16384 completion tokens, whereas you provided 32000.")),
+        # vLLM's max_tokens refusal names the context, but the prompt itself fits (500 < 32768).
+        (400, _body("'max_tokens' or 'max_completion_tokens' is too large: 128000. This model's maximum context length "
+                    "is 32768 tokens and your request has 500 input tokens (128000 > 32768 - 500).")),
+        (429, _body("You exceeded the limit of 10 requests per minute; too many tokens per minute")),
+        (500, _body("maximum context length exceeded in the router")),
+        (404, _body("The model `gpt-x` does not exist")),
+    ],
+)
+def test_other_errors_are_not_prompt_too_long(status: int, body: bytes) -> None:
+    exc = error_from_status(status, body)
+    assert not exc.message.startswith("prompt is too long")
+    assert exc.status == status
+
+
+# --------------------------------------------------------------------------
+# max_tokens_limit: the cap a provider names when it refuses max_tokens
+
+
+@pytest.mark.parametrize(
+    "message, requested, expected",
+    [
+        ("max_tokens is too large: 32000. This model supports at most 16384 completion tokens, whereas you provided 32000.",
+         32000, 16384),
+        ("Invalid max_tokens value, the valid range of max_tokens is [1, 8192]", 32000, 8192),
+        ("`max_tokens` must be less than or equal to `32768`, the maximum value for `max_tokens` is less than the "
+         "`context_window` for this model", 64000, 32768),
+        ("'max_tokens' or 'max_completion_tokens' is too large: 128000. This model's maximum context length is 32768 "
+         "tokens and your request has 500 input tokens (128000 > 32768 - 500).", 128000, 32268),
+        ("This model's maximum context length is 32768 tokens. However, you requested 33000 tokens (500 in the "
+         "messages, 32500 in the completion). Please reduce the length of the messages or completion.", 32500, 32268),
+        ("max_tokens: 64000 > 32000, which is the maximum allowed number of output tokens for claude-opus-4-1-20250805",
+         64000, 32000),
+    ],
+)
+def test_max_tokens_limit_reads_real_provider_messages(message: str, requested: int, expected: int) -> None:
+    assert max_tokens_limit(message, requested) == expected
+
+
+@pytest.mark.parametrize(
+    "message, requested",
+    [
+        ("Invalid value for 'temperature': must be between 0 and 2", 32000),
+        ("messages[3]: tool_call_id 12 not found", 32000),
+        ("Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.", 32000),
+        # A prompt overflow, not a max_tokens problem: retrying with a smaller max_tokens cannot help.
+        ("This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens. "
+         "Please reduce the length of the messages.", 32000),
+        ("'max_tokens' or 'max_completion_tokens' is too large: 4000. This model's maximum context length is 32768 "
+         "tokens and your request has 40000 input tokens (4000 > 32768 - 40000).", 4000),
+        # The named cap is not below what was asked: nothing to retry with.
+        ("max_tokens is too large: 8000. This model supports at most 16384 completion tokens", 8000),
+        ("", 32000),
+    ],
+)
+def test_max_tokens_limit_none_for_unrelated_errors(message: str, requested: int) -> None:
+    assert max_tokens_limit(message, requested) is None
+
+
+# --------------------------------------------------------------------------
+# Shapes (4.1, 4.3, case 71)
+
+
+def test_error_payload_shape() -> None:
+    assert error_payload("rate_limit_error", "slow", "req_0123456789abcdefABCDEFGH") == {
+        "type": "error",
+        "error": {"type": "rate_limit_error", "message": "slow"},
+        "request_id": "req_0123456789abcdefABCDEFGH",
+    }
+    assert error_payload("api_error", "x") == {"type": "error", "error": {"type": "api_error", "message": "x"}}
+
+
+def test_stream_error_event_shape() -> None:
+    assert stream_error_event("overloaded_error", "busy") == {
+        "type": "error", "error": {"type": "overloaded_error", "message": "busy"},
+    }
+
+
+@pytest.mark.parametrize(
+    "exc, status, error_type",
+    [
+        (UpstreamUnavailable("connection refused"), 502, "api_error"),
+        (UpstreamTimeout("no response headers"), 504, "timeout_error"),
+        (InvalidRequest("field required", path="messages.0.role"), 400, "invalid_request_error"),
+        (ProxyError("x", status=429), 429, "rate_limit_error"),
+        (ProxyError("x", status=529), 529, "overloaded_error"),
+        (ProxyError("x", status=400, error_type="request_too_large"), 400, "request_too_large"),
+    ],
+)
+def test_proxy_error_classes(exc: ProxyError, status: int, error_type: str) -> None:
+    """Case 70: connection refused -> 502 api_error, header timeout -> 504 timeout_error."""
+    assert (exc.status, exc.error_type) == (status, error_type)
+
+
+def test_invalid_request_message_starts_with_path() -> None:
+    assert InvalidRequest("field required", path="messages.0.role").message == "messages.0.role: field required"
