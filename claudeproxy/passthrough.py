@@ -23,7 +23,7 @@ from .config import Config
 from .errors import ClientGone, ProxyError, UpstreamUnavailable
 from .metrics import CallRecord, Metrics
 from .sse import SSEDecoder, split_lines
-from .streaming import read_error
+from .streaming import clean_eof, read_error
 from .tokens import estimate_input_tokens
 from .upstream import Upstream, UpstreamCall
 from .watchdog import Watch, Watchdog
@@ -172,26 +172,38 @@ class Passthrough:
 
     def _relay_stream(self, resp: Any, writer: Any, headers: List[Tuple[str, str]], call: UpstreamCall,
                       reader: _UsageReader) -> None:
+        """Each line goes to the client the moment it arrives; a broken upstream ends with ``event: error``."""
         writer.start_raw_stream(headers)
-        limit = self.config.max_line_bytes
         try:
-            while True:
-                raw = resp.readline(limit + 1)
-                if not raw:
-                    break
-                writer.raw_chunk(raw)
-                reader.feed_line(raw)
+            self._copy_lines(resp, writer, reader)
+            if call.abort_reason == "client":
+                raise ClientGone()
+            if call.abort_reason is not None or not clean_eof(resp):
+                # A FIN without the chunked terminator reads as b"" too (RELIABILITY.md S12).
+                self._stream_error(writer, "api_error", "upstream stream ended early")
         except ClientGone:
             call.abort("client")
             raise
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, ValueError) as exc:
             err = read_error(exc, call, self.config.idle_timeout)
             if isinstance(err, ClientGone):
                 raise err from None
-            message = getattr(err, "message", "upstream stream broke off")
-            writer.raw_chunk(b"\n" + json_event("error", {"type": "error", "error": {
-                "type": getattr(err, "error_type", "api_error"), "message": message}}))
+            self._stream_error(writer, getattr(err, "error_type", "api_error"), str(err))
         writer.end_stream()
+
+    def _copy_lines(self, resp: Any, writer: Any, reader: _UsageReader) -> None:
+        limit = self.config.max_line_bytes
+        while True:
+            raw = resp.readline(limit + 1)
+            if not raw:
+                return
+            writer.raw_chunk(raw)
+            reader.feed_line(raw)
+
+    @staticmethod
+    def _stream_error(writer: Any, error_type: str, message: str) -> None:
+        # The leading newline ends an event the upstream left half-sent.
+        writer.raw_chunk(b"\n" + json_event("error", {"type": "error", "error": {"type": error_type, "message": message}}))
 
     def _local_count(self, writer: Any, body: bytes) -> int:
         try:
