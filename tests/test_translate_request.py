@@ -92,3 +92,223 @@ def test_golden_request_is_json_and_leaves_no_anthropic_keys(case: str) -> None:
     for key in ("cache_control", "defer_loading", "context_management", "output_config", '"thinking": {"type": "adaptive'):
         assert key not in text, key
     assert "$schema" not in text
+
+
+# --------------------------------------------------------------------------
+# Tool names (PROTOCOL.md 1.5, case 29).
+
+VALID_NAMES = ["Read", "mcp__github__create_issue", "a-b_c", "x" * 64]
+ODD_NAMES = ["a.b", "a,b", "a b", "mcp.server/tool name", "工具", "x" * 65, "ns." + "y" * 200, "-", "a.b.c.d.e"]
+
+
+@pytest.mark.parametrize("name", VALID_NAMES)
+def test_tool_alias_keeps_valid_names(name: str) -> None:
+    assert tool_alias(name) == name
+
+
+@pytest.mark.parametrize("name", ODD_NAMES)
+def test_tool_alias_is_an_openai_name_and_stable(name: str) -> None:
+    alias = tool_alias(name)
+    assert OPENAI_NAME.match(alias), alias
+    assert len(alias) <= 64
+    assert tool_alias(name) == alias
+
+
+def test_tool_alias_keeps_different_names_apart() -> None:
+    aliases = [tool_alias(n) for n in ODD_NAMES + VALID_NAMES]
+    assert len(set(aliases)) == len(aliases)
+
+
+def _aliased_request() -> Dict[str, Any]:
+    schema = {"type": "object", "properties": {"q": {"type": "string"}}}
+    return body(
+        [user("search"),
+         assistant([{"type": "tool_use", "id": "t1", "name": "search.web", "input": {"q": "x"}}]),
+         user([{"type": "tool_result", "tool_use_id": "t1", "content": "found"}])],
+        tools=[{"name": "search.web", "input_schema": schema}, {"name": "fs/read file", "input_schema": schema},
+               {"name": "Read", "input_schema": schema}],
+        tool_choice={"type": "tool", "name": "search.web"},
+    )
+
+
+def test_aliases_are_used_everywhere_and_reversible() -> None:
+    translation = translate(_aliased_request())
+    sent = translation.request.to_dict()
+    tool_names = [t["function"]["name"] for t in sent["tools"]]
+    assert all(OPENAI_NAME.match(n) for n in tool_names)
+    assert tool_names[2] == "Read"
+    alias = tool_alias("search.web")
+    assert tool_names[0] == alias
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": alias}}
+    assert sent["messages"][1]["tool_calls"][0]["function"]["name"] == alias
+    # The map reverses exactly the aliased names; valid names need no entry.
+    assert translation.tool_names == {alias: "search.web", tool_alias("fs/read file"): "fs/read file"}
+
+
+def test_tool_call_with_alias_maps_back_to_client_name() -> None:
+    """Case 29, end to end: the upstream calls the alias, the client sees its own name."""
+    translation = translate(_aliased_request())
+    alias = tool_alias("search.web")
+    chat = parse_chat_response({"id": "c", "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": None,
+        "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": alias, "arguments": "{\"q\": \"y\"}"}}]}}]})
+    message, _ = to_messages_response(chat, model="claude-test", new_id=lambda: "abc", tool_names=translation.tool_names)
+    assert message["content"] == [{"type": "tool_use", "id": "call_1", "name": "search.web", "input": {"q": "y"}}]
+
+
+def test_alias_of_history_only_tool_is_reversible() -> None:
+    """A tool_use in history whose tool is no longer offered still gets a valid, reversible name."""
+    translation = translate(body([
+        user("hi"),
+        assistant([{"type": "tool_use", "id": "t1", "name": "old.tool", "input": {}}]),
+        user([{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]),
+    ]))
+    name = translation.request.to_dict()["messages"][1]["tool_calls"][0]["function"]["name"]
+    assert OPENAI_NAME.match(name)
+    assert translation.tool_names[name] == "old.tool"
+
+
+# --------------------------------------------------------------------------
+# Mistral ids (PROTOCOL.md 5.10, case 33).
+
+MISTRAL_ID = re.compile(r"^[a-zA-Z0-9]{9}$")
+
+
+@pytest.mark.parametrize("tool_id", ["toolu_01ABC", "call_0", "toolu_01XFDUDYJgAACzvnptvVer6u", "x", "a" * 300, "abc-def-1"])
+def test_mistral_id_is_nine_alphanumerics_and_deterministic(tool_id: str) -> None:
+    assert MISTRAL_ID.match(mistral_id(tool_id))
+    assert mistral_id(tool_id) == mistral_id(tool_id)
+
+
+def test_mistral_id_keeps_valid_ids_and_separates_others() -> None:
+    assert mistral_id("abcDEF123") == "abcDEF123"
+    ids = [f"toolu_{i:05d}" for i in range(2000)]
+    assert len({mistral_id(i) for i in ids}) == len(ids)
+
+
+def test_mistral_ids_match_between_call_and_result_across_requests() -> None:
+    request = body([
+        user("go"),
+        assistant([{"type": "tool_use", "id": "toolu_01ABC", "name": "f", "input": {}}]),
+        user([{"type": "tool_result", "tool_use_id": "toolu_01ABC", "content": "r"}]),
+    ], tools=[{"name": "f", "input_schema": {"type": "object", "properties": {}}}])
+    first = translate(request, provider="mistral", model="mistral-large-latest").request.to_dict()
+    second = translate(request, provider="mistral", model="mistral-large-latest").request.to_dict()
+    assert first == second
+    call_id = first["messages"][1]["tool_calls"][0]["id"]
+    assert MISTRAL_ID.match(call_id)
+    assert first["messages"][2] == {"role": "tool", "tool_call_id": call_id, "content": "r"}
+
+
+# --------------------------------------------------------------------------
+# The ``user`` field.
+
+CLAUDE_CODE_USER_ID = json.dumps({
+    "device_id": "5f0c9a7e4b2d1c8f6a3e9b0d7c4f1a2e8b5d3c6f9a0e7b4d1c2f8a5e3b6d9c0f",
+    "account_uuid": "", "session_id": "3b1d6f2a-9c4e-4a8b-b7d5-0e2f1c9a6b3d"}, separators=(",", ":"))
+
+
+def _user_sent(user_id: str, provider: str = "generic") -> Any:
+    return translate(body([user("hi")], metadata={"user_id": user_id}), provider=provider, model="m").request.to_dict().get("user")
+
+
+def test_long_user_id_is_shortened_for_openai() -> None:
+    """OpenAI rejects a ``user`` longer than 64 characters; Claude Code sends ~150."""
+    assert len(CLAUDE_CODE_USER_ID) > 64
+    sent = _user_sent(CLAUDE_CODE_USER_ID, "openai")
+    assert isinstance(sent, str) and 0 < len(sent) <= 64
+    assert sent == _user_sent(CLAUDE_CODE_USER_ID, "openai")
+    other = CLAUDE_CODE_USER_ID.replace("3b1d6f2a", "3b1d6f2b")
+    assert _user_sent(other, "openai") != sent
+
+
+@pytest.mark.parametrize("user_id", ["u1", "x" * 64])
+def test_short_user_id_is_copied(user_id: str) -> None:
+    assert _user_sent(user_id) == user_id
+
+
+# --------------------------------------------------------------------------
+# Warnings, stream switches, purity.
+
+
+def test_warnings_name_dropped_server_tools() -> None:
+    translation = translate(body([user("hi")], tools=[
+        {"type": "web_search_20250305", "name": "web_search"},
+        {"type": "bash_20250124", "name": "bash"},
+        {"name": "f", "input_schema": {"type": "object", "properties": {}}},
+    ]))
+    text = " ".join(translation.warnings)
+    assert "web_search" in text and "bash" in text
+    assert " f " not in f" {text} "
+    assert [t["function"]["name"] for t in translation.request.to_dict()["tools"]] == ["f"]
+
+
+def test_no_warnings_for_custom_tools_only() -> None:
+    translation = translate(body([user("hi")], tools=[{"name": "f", "input_schema": {"type": "object"}}]))
+    assert translation.warnings == ()
+
+
+def test_stream_override_turns_streaming_off() -> None:
+    """The pipeline calls non-streaming upstreams (stream_with_tools=false) with stream=False."""
+    req = parse_messages_request(body([user("hi")], stream=True))
+    sent = to_chat_request(req, model="m", dialect=DIALECTS["generic"], stream=False).request.to_dict()
+    assert "stream" not in sent and "stream_options" not in sent
+
+
+def test_stream_usage_flag_off_omits_stream_options() -> None:
+    import dataclasses
+
+    req = parse_messages_request(body([user("hi")], stream=True))
+    dialect = dataclasses.replace(DIALECTS["generic"], stream_usage=False)
+    sent = to_chat_request(req, model="m", dialect=dialect).request.to_dict()
+    assert sent["stream"] is True and "stream_options" not in sent
+
+
+def test_translation_does_not_change_the_client_body() -> None:
+    request = _load("claude_code_2_1_331_first.anthropic.json")
+    before = json.dumps(request, sort_keys=True)
+    for provider in ("generic", "gemini", "deepseek", "mistral", "openrouter"):
+        translate(request, provider=provider, model="m").request.to_dict()
+    assert json.dumps(request, sort_keys=True) == before
+
+
+# --------------------------------------------------------------------------
+# Size: very large and deeply nested schemas.
+
+
+def _deep_schema(depth: int) -> Dict[str, Any]:
+    node: Dict[str, Any] = {"type": "string", "$schema": "x", "additionalProperties": False}
+    for i in range(depth):
+        node = {"type": "object", "additionalProperties": False, "$schema": "x",
+                "properties": {f"p{i}": node, "list": {"type": "array", "items": {"type": "integer", "const": i}}}}
+    return node
+
+
+def _deepest(schema: Dict[str, Any]) -> Dict[str, Any]:
+    node = schema
+    while "properties" in node:
+        node = next(v for k, v in node["properties"].items() if k != "list")
+    return node
+
+
+@pytest.mark.parametrize("provider", ["generic", "gemini"])
+def test_deep_schema_translates(provider: str) -> None:
+    """Nesting just under the handler's limit of 128 must not hit the recursion limit."""
+    request = body([user("hi")], tools=[{"name": "deep", "input_schema": _deep_schema(60)}])
+    params = translate(request, provider=provider, model="m").request.to_dict()["tools"][0]["function"]["parameters"]
+    assert "$schema" not in json.dumps(params)
+    leaf = _deepest(params)
+    assert leaf["type"] == "string"
+    if provider == "gemini":
+        assert "additionalProperties" not in json.dumps(params)
+        assert '"const"' not in json.dumps(params)
+
+
+def test_very_large_schema_translates() -> None:
+    props = {f"field_{i}": {"type": "string", "description": "d" * 50, "enum": [str(j) for j in range(20)]} for i in range(3000)}
+    request = body([user("hi")], tools=[{"name": f"tool_{k}", "input_schema": {"type": "object", "properties": props}}
+                                        for k in range(5)])
+    for provider in ("generic", "gemini"):
+        tools = translate(request, provider=provider, model="m").request.to_dict()["tools"]
+        assert len(tools) == 5
+        assert tools[4]["function"]["parameters"]["properties"]["field_2999"]["enum"][-1] == "19"

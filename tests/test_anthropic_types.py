@@ -1,0 +1,314 @@
+"""The request parser (RELIABILITY F4): wrong shapes become a 400 that names the JSON path.
+
+Every rejection must be an ``InvalidRequest`` (400 ``invalid_request_error``)
+whose message starts with the exact path of the offending field, so a client
+author can find the mistake. What Claude Code and the SDKs really send (system
+messages with extra keys, server-tool blocks, unknown future fields) must parse.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any, Dict, List
+
+import pytest
+
+from claudeproxy.anthropic_types import (
+    DROPPED_BLOCK_TYPES,
+    DroppedBlock,
+    ImageBlock,
+    Message,
+    TextBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+    parse_count_tokens_request,
+    parse_messages_request,
+)
+from claudeproxy.dialects import DIALECTS
+from claudeproxy.errors import InvalidRequest
+from claudeproxy.translate_request import to_chat_request
+
+
+def valid() -> Dict[str, Any]:
+    return {
+        "model": "claude-test",
+        "max_tokens": 100,
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]},
+        ],
+        "tools": [{"name": "f", "input_schema": {"type": "object", "properties": {}}},
+                  {"name": "g", "input_schema": {"type": "object", "properties": {}}}],
+    }
+
+
+def with_change(path: List[Any], value: Any) -> Dict[str, Any]:
+    """``valid()`` with the value at ``path`` replaced (a missing sentinel deletes it)."""
+    obj = valid()
+    node: Any = obj
+    for key in path[:-1]:
+        node = node[key]
+    if value is DELETE:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return obj
+
+
+DELETE = object()
+
+
+def rejection(obj: Any) -> str:
+    with pytest.raises(InvalidRequest) as info:
+        parse_messages_request(obj)
+    assert info.value.status == 400
+    assert info.value.error_type == "invalid_request_error"
+    return info.value.message
+
+
+def test_valid_request_parses() -> None:
+    req = parse_messages_request(valid())
+    assert req.max_tokens == 100
+    assert [m.role for m in req.messages] == ["user", "assistant", "user"]
+    assert req.messages[1].content == (ToolUseBlock("t1", "f", {}),)
+    assert req.messages[2].content == (ToolResultBlock("t1", (TextBlock("ok"),)),)
+
+
+# --------------------------------------------------------------------------
+# The paths named in the brief and in RELIABILITY F4.
+
+PATH_CASES = [
+    # (path to change, new value, expected message prefix)
+    (["messages", 2, "content", 0, "type"], "bogus_block", "messages[2].content[0].type: "),
+    (["messages", 2, "content", 0, "type"], DELETE, "messages[2].content[0].type: "),
+    (["messages", 2, "content", 0, "type"], 7, "messages[2].content[0].type: "),
+    (["max_tokens"], "x", "max_tokens: "),
+    (["max_tokens"], DELETE, "max_tokens: "),
+    (["max_tokens"], -1, "max_tokens: "),
+    (["max_tokens"], 1.5, "max_tokens: "),
+    (["max_tokens"], True, "max_tokens: "),
+    (["max_tokens"], [100], "max_tokens: "),
+    (["tools", 1, "input_schema"], DELETE, "tools[1].input_schema: "),
+    (["tools", 1, "input_schema"], [], "tools[1].input_schema: "),
+    (["tools", 1, "input_schema"], "object", "tools[1].input_schema: "),
+    (["tools", 1, "name"], DELETE, "tools[1].name: "),
+    (["tools", 1, "name"], "", "tools[1].name: "),
+    (["tools", 1], "f", "tools[1]: "),
+    (["tools"], {"name": "f"}, "tools: "),
+    (["tool_choice"], {"type": "tool"}, "tool_choice.name: "),
+    (["tool_choice"], {"type": "tool", "name": 3}, "tool_choice.name: "),
+    (["tool_choice"], {"type": "sometimes"}, "tool_choice.type: "),
+    (["tool_choice"], "auto", "tool_choice: "),
+    (["tool_choice"], {"type": "auto", "disable_parallel_tool_use": "yes"}, "tool_choice.disable_parallel_tool_use: "),
+    (["messages"], DELETE, "messages: "),
+    (["messages"], {"role": "user", "content": "hi"}, "messages: "),
+    (["messages"], [], "messages: "),
+    (["messages", 0], "hi", "messages[0]: "),
+    (["messages", 0, "role"], "tool", "messages[0].role: "),
+    (["messages", 0, "role"], DELETE, "messages[0].role: "),
+    (["messages", 0, "content"], DELETE, "messages[0].content: "),
+    (["messages", 0, "content"], 5, "messages[0].content: "),
+    (["messages", 0, "content"], {"type": "text", "text": "hi"}, "messages[0].content: "),
+    (["messages", 0, "content"], [{"type": "text"}], "messages[0].content[0].text: "),
+    (["messages", 0, "content"], [{"type": "text", "text": 5}], "messages[0].content[0].text: "),
+    (["messages", 0, "content"], ["hi"], "messages[0].content[0]: "),
+    (["messages", 0, "content"], [{"type": "image"}], "messages[0].content[0].source: "),
+    (["messages", 0, "content"], [{"type": "image", "source": {"type": "ftp", "url": "x"}}], "messages[0].content[0].source.type: "),
+    (["messages", 0, "content"], [{"type": "image", "source": {"type": "base64", "data": "AAA"}}],
+     "messages[0].content[0].source.media_type: "),
+    (["messages", 0, "content"], [{"type": "document", "source": {"type": "text"}}], "messages[0].content[0].source.data: "),
+    (["messages", 1, "content", 0, "input"], "{}", "messages[1].content[0].input: "),
+    (["messages", 1, "content", 0, "id"], DELETE, "messages[1].content[0].id: "),
+    (["messages", 1, "content", 0, "name"], 1, "messages[1].content[0].name: "),
+    (["messages", 2, "content", 0, "tool_use_id"], DELETE, "messages[2].content[0].tool_use_id: "),
+    (["messages", 2, "content", 0, "content"], 5, "messages[2].content[0].content: "),
+    (["messages", 2, "content", 0, "content"], [{"type": "text", "text": None}], "messages[2].content[0].content[0].text: "),
+    (["messages", 2, "content", 0, "is_error"], "yes", "messages[2].content[0].is_error: "),
+    (["model"], DELETE, "model: "),
+    (["model"], "", "model: "),
+    (["model"], 3, "model: "),
+    (["system"], 5, "system: "),
+    (["system"], [{"type": "image", "source": {"type": "url", "url": "https://x"}}], "system[0].type: "),
+    (["system"], [{"type": "text"}], "system[0].text: "),
+    (["thinking"], {"type": "enabled"}, "thinking.budget_tokens: "),
+    (["thinking"], {"type": "enabled", "budget_tokens": "lots"}, "thinking.budget_tokens: "),
+    (["thinking"], {"type": "sometimes"}, "thinking.type: "),
+    (["thinking"], True, "thinking: "),
+    (["output_config"], {"effort": "extreme"}, "output_config.effort: "),
+    (["output_config"], {"format": {"type": "json_object"}}, "output_config.format.type: "),
+    (["output_config"], {"format": {"type": "json_schema", "schema": "x"}}, "output_config.format.schema: "),
+    (["stop_sequences"], "END", "stop_sequences: "),
+    (["stop_sequences"], ["END", 5], "stop_sequences[1]: "),
+    (["temperature"], "hot", "temperature: "),
+    (["temperature"], True, "temperature: "),
+    (["top_p"], False, "top_p: "),
+    (["top_k"], 1.5, "top_k: "),
+    (["top_k"], True, "top_k: "),
+    (["stream"], "yes", "stream: "),
+    (["stream"], 1, "stream: "),
+    (["metadata"], "u1", "metadata: "),
+    (["metadata"], {"user_id": 42}, "metadata.user_id: "),
+]
+
+
+@pytest.mark.parametrize("path,value,prefix", PATH_CASES, ids=[f"{'.'.join(map(str, c[0]))}={c[1]!r}"[:60] for c in PATH_CASES])
+def test_error_message_starts_with_json_path(path: List[Any], value: Any, prefix: str) -> None:
+    message = rejection(with_change(path, value))
+    assert message.startswith(prefix), message
+    assert len(message) > len(prefix), "the message says what is wrong after the path"
+
+
+@pytest.mark.parametrize("body", [[], "hello", 3, None, [{"model": "x"}]])
+def test_top_level_must_be_an_object(body: Any) -> None:
+    assert rejection(body).startswith("body: ")
+
+
+def test_type_names_in_messages_are_json_names() -> None:
+    assert "got string" in rejection(with_change(["max_tokens"], "x"))
+    assert "got boolean" in rejection(with_change(["max_tokens"], True))
+    assert "got array" in rejection(with_change(["tools", 1, "input_schema"], []))
+    assert "got null" in rejection(with_change(["messages"], None))
+    assert "field required" in rejection(with_change(["messages", 0, "content"], [{"type": "text", "text": None}]))
+
+
+def test_unknown_block_type_is_rejected_with_its_name() -> None:
+    message = rejection(with_change(["messages", 0, "content"], [{"type": "hologram"}]))
+    assert message.startswith("messages[0].content[0].type: ") and "hologram" in message
+
+
+def test_booleans_are_not_numbers_but_integral_floats_are_integers() -> None:
+    for key in ("temperature", "top_p", "top_k", "max_tokens"):
+        assert rejection(with_change([key], True)).startswith(f"{key}: ")
+    req = parse_messages_request(with_change(["max_tokens"], 100.0))
+    assert req.max_tokens == 100 and isinstance(req.max_tokens, int)
+    assert parse_messages_request(with_change(["temperature"], 1)).temperature == 1
+
+
+def test_max_tokens_zero_and_one_are_legal() -> None:
+    assert parse_messages_request(with_change(["max_tokens"], 0)).max_tokens == 0
+    assert parse_messages_request(with_change(["max_tokens"], 1)).max_tokens == 1
+
+
+# --------------------------------------------------------------------------
+# What must be accepted.
+
+SERVER_BLOCKS = [
+    {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "q"}},
+    {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1",
+     "content": [{"type": "web_search_result", "url": "https://a", "title": "A", "encrypted_content": "e"}]},
+    {"type": "web_fetch_tool_result", "tool_use_id": "srvtoolu_2", "content": {"type": "web_fetch_result"}},
+    {"type": "code_execution_tool_result", "tool_use_id": "srvtoolu_3", "content": {"stdout": "1"}},
+    {"type": "bash_code_execution_tool_result", "tool_use_id": "srvtoolu_4", "content": {}},
+    {"type": "text_editor_code_execution_tool_result", "tool_use_id": "srvtoolu_5", "content": {}},
+    {"type": "tool_search_tool_result", "tool_use_id": "srvtoolu_6", "content": {}},
+    {"type": "mcp_tool_use", "id": "mcptoolu_1", "name": "x", "server_name": "s", "input": {}},
+    {"type": "mcp_tool_result", "tool_use_id": "mcptoolu_1", "content": "r"},
+    {"type": "container_upload", "file_id": "file_1"},
+]
+
+
+def test_server_tool_blocks_are_accepted_and_dropped() -> None:
+    assert {b["type"] for b in SERVER_BLOCKS} <= DROPPED_BLOCK_TYPES
+    body = {"model": "m", "max_tokens": 10, "messages": [
+        {"role": "user", "content": "news?"},
+        {"role": "assistant", "content": SERVER_BLOCKS + [{"type": "text", "text": "Nothing new."}]},
+        {"role": "user", "content": "ok"},
+    ]}
+    req = parse_messages_request(body)
+    assert [type(b) for b in req.messages[1].content] == [DroppedBlock] * len(SERVER_BLOCKS) + [TextBlock]
+    sent = to_chat_request(req, model="m", dialect=DIALECTS["generic"]).request.to_dict()
+    assert sent["messages"][1] == {"role": "assistant", "content": "Nothing new."}
+    assert "srvtoolu" not in json.dumps(sent)
+
+
+def test_system_role_message_with_extra_keys_is_accepted() -> None:
+    """Claude Code 2.1.331 sends role "system" inside messages with a message-level output_config."""
+    body = {"model": "m", "max_tokens": 10, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        {"role": "system", "content": [{"type": "text", "text": "# Environment", "cache_control": {"type": "ephemeral"}}],
+         "output_config": {"effort": "medium"}},
+        {"role": "assistant", "content": "ok"},
+        {"role": "system", "content": "<total_tokens>9 tokens left</total_tokens>"},
+    ]}
+    req = parse_messages_request(body)
+    assert req.messages[1] == Message("system", (TextBlock("# Environment"),))
+    assert req.messages[3] == Message("system", (TextBlock("<total_tokens>9 tokens left</total_tokens>"),))
+
+
+def test_system_role_message_takes_text_only() -> None:
+    body = {"model": "m", "max_tokens": 10, "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": [{"type": "text", "text": "a"}, {"type": "image", "source": {"type": "url", "url": "https://x"}}]},
+    ]}
+    assert rejection(body).startswith("messages[1].content[1].type: ")
+
+
+def test_unknown_fields_everywhere_are_ignored() -> None:
+    """New client features must not become 400s (Claude Code adds fields with every release)."""
+    body = valid()
+    body.update(context_management={"edits": []}, container="c", service_tier="auto", future={"x": 1},
+                thinking={"type": "adaptive", "display": "updates"}, output_config={"effort": "max", "future": 1},
+                metadata={"user_id": "u", "other": 2}, cache_control={"type": "ephemeral"})
+    body["messages"][0] = {"role": "user", "content": [{"type": "text", "text": "hi", "citations": [], "future": 1}], "id": "m1"}
+    body["tools"][0].update(cache_control={"type": "ephemeral"}, defer_loading=True, strict=True, input_examples=[])
+    body["tool_choice"] = {"type": "auto", "future": True}
+    req = parse_messages_request(body)
+    assert req.effort == "max" and req.thinking is not None and req.thinking.kind == "adaptive"
+    assert req.user_id == "u"
+
+
+def test_every_documented_content_shape_parses() -> None:
+    blocks = [
+        {"type": "text", "text": "t"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAA"}},
+        {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}},
+        {"type": "image", "source": {"type": "file", "file_id": "file_1"}},
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"}, "title": "a.pdf"},
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "plain"}},
+        {"type": "document", "source": {"type": "content", "content": "inline"}},
+        {"type": "document", "source": {"type": "content", "content": [{"type": "text", "text": "a"}]}},
+        {"type": "document", "source": {"type": "url", "url": "https://x/a.pdf"}},
+        {"type": "document", "source": {"type": "file", "file_id": "file_2"}},
+        {"type": "search_result", "source": "s", "title": "t", "content": [{"type": "text", "text": "c"}]},
+        {"type": "tool_result", "tool_use_id": "zz", "content": [{"type": "tool_reference", "tool_name": "Grep"}]},
+        {"type": "thinking", "thinking": "x", "signature": "s"},
+        {"type": "redacted_thinking", "data": "d"},
+    ]
+    req = parse_messages_request({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": blocks}]})
+    assert len(req.messages[0].content) == len(blocks)
+    assert req.messages[0].content[1] == ImageBlock("base64", media_type="image/png", data="AAA")
+
+
+def test_tool_kinds() -> None:
+    req = parse_messages_request(dict(valid(), tools=[
+        {"type": "web_search_20250305", "name": "web_search", "max_uses": 3},
+        {"type": "custom", "name": "c", "input_schema": {"type": "object"}},
+        {"name": "plain", "input_schema": {"type": "object"}},
+    ]))
+    assert [(t.name, t.kind, t.is_custom) for t in req.tools] == [
+        ("web_search", "web_search_20250305", False), ("c", "custom", True), ("plain", "custom", True)]
+
+
+def test_null_optional_fields_read_as_absent() -> None:
+    body = dict(valid(), system=None, tools=None, tool_choice=None, thinking=None, temperature=None,
+                stop_sequences=None, metadata=None, stream=None, output_config=None)
+    req = parse_messages_request(body)
+    assert req.system == "" and req.tools == () and req.tool_choice is None and req.stream is False
+
+
+def test_parser_does_not_change_its_input() -> None:
+    body = valid()
+    before = copy.deepcopy(body)
+    parse_messages_request(body)
+    assert body == before
+
+
+def test_count_tokens_body_needs_no_max_tokens() -> None:
+    body = valid()
+    del body["max_tokens"]
+    assert parse_count_tokens_request(body).max_tokens is None
+    with pytest.raises(InvalidRequest) as info:
+        parse_count_tokens_request({"model": "m", "messages": "hi"})
+    assert info.value.message.startswith("messages: ")
