@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="requests in flight before answering 529 (default: %(default)s)")
     srv.add_argument("--max-body-bytes", type=int, default=Config.max_body_bytes, metavar="N",
                      help="largest request body (default: %(default)s)")
+    srv.add_argument("--shutdown-grace", type=float, default=Config.shutdown_grace, metavar="S",
+                     help="on SIGTERM/Ctrl-C, let requests in flight finish this long (default: %(default)s)")
     out = p.add_argument_group("logging")
     out.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                      help="default: %(default)s")
@@ -188,6 +190,8 @@ def _positive(ns: argparse.Namespace) -> None:
         value = getattr(ns, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if ns.shutdown_grace < 0:
+        raise UsageError("--shutdown-grace must not be negative")
     if not 0 <= ns.port <= 65535:
         raise UsageError("--port must be between 0 and 65535")
 
@@ -224,6 +228,7 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str]) -> Conf
         ping_interval=ns.ping_interval,
         max_body_bytes=ns.max_body_bytes,
         max_concurrency=ns.max_concurrency,
+        shutdown_grace=ns.shutdown_grace,
         log_bodies=ns.log_bodies,
     )
 
@@ -300,10 +305,11 @@ def _install_signals(stop: threading.Event) -> Dict[int, Any]:
 def serve(config: Config, stdout: TextIO, metrics_path: Optional[str] = None) -> int:
     sink = _metrics_writer(metrics_path) if metrics_path else None
     server = ProxyServer(config, sink)
+    stop = threading.Event()
+    # Signals first: a script that reads the line below may send SIGTERM at once.
+    previous = _install_signals(stop) if threading.current_thread() is threading.main_thread() else {}
     print(_describe(config, server.server_address), file=stdout, flush=True)
     _warn_about(config)
-    stop = threading.Event()
-    previous = _install_signals(stop) if threading.current_thread() is threading.main_thread() else {}
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
     thread.start()
     try:

@@ -1,0 +1,373 @@
+"""The command line: flags and environment -> settings, one-line errors, a real process.
+
+The issue's CLI contract: defaults from OPENAI_BASE_URL / OPENAI_API_KEY, a bad
+URL or flag exits 2 with exactly one line on stderr, --help and --version,
+and ``python -m claudeproxy`` printing ``claudeproxy listening on
+http://HOST:PORT -> UPSTREAM`` first on stdout. RELIABILITY.md S6 (header
+validation), S9 (URL validation), S17 and F24 (SIGTERM), section 5 items 1, 5, 6.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+import claudeproxy
+from claudeproxy import cli
+from conftest import ROOT, UPSTREAM_KEY, minimal_request, request
+from fakes import Gate, Reply, chunk, sse_reply
+from sse_checks import assert_valid_event_sequence, events_of
+
+ENV_KEY = "sk-ENV-SENTINEL-abcdef012345"
+
+
+def run_main(argv: List[str], environ: Optional[Dict[str, str]] = None) -> Tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(argv, environ=environ if environ is not None else {}, stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def served(monkeypatch: Any) -> List[Any]:
+    """Replace the blocking ``serve`` with a recorder: main() returns 0 with the settings it would serve."""
+    configs: List[Any] = []
+
+    def fake_serve(config: Any, stdout: Any, metrics_path: Optional[str] = None) -> int:
+        configs.append(config)
+        return 0
+
+    monkeypatch.setattr(cli, "serve", fake_serve)
+    return configs
+
+
+def assert_usage_error(code: int, out: str, err: str, *parts: str) -> None:
+    assert code == 2, (code, err)
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert err.endswith("\n")
+    assert lines[0].startswith("claudeproxy: error: "), err
+    for part in parts:
+        assert part in lines[0], lines[0]
+
+
+# ---------------------------------------------------------------------------
+# Defaults and the environment.
+
+
+def test_defaults_without_environment(served: List[Any]) -> None:
+    code, out, err = run_main([])
+    assert (code, out, err) == (0, "", "")
+    config = served[0]
+    assert config.upstream == "https://api.openai.com/v1"
+    assert config.token() == ""
+    assert (config.host, config.port) == ("127.0.0.1", 8082)
+    assert config.model is None and config.proxy is None and config.headers == ()
+    assert config.auth_key is None
+
+
+def test_defaults_from_environment(served: List[Any]) -> None:
+    env = {"OPENAI_BASE_URL": "https://example.test/api/v1", "OPENAI_API_KEY": ENV_KEY}
+    assert run_main([], env)[0] == 0
+    assert served[0].upstream == "https://example.test/api/v1"
+    assert served[0].token() == ENV_KEY
+
+
+def test_flags_win_over_environment(served: List[Any]) -> None:
+    env = {"OPENAI_BASE_URL": "https://example.test/v1", "OPENAI_API_KEY": ENV_KEY}
+    argv = ["--upstream", " http://127.0.0.1:9/v1 ", "--api-key", "sk-flag-key-0000000", "--port", "0",
+            "--model", "gpt-test", "--header", "X-Title: my app", "--header", "HTTP-Referer:https://e.org",
+            "--proxy", "http://127.0.0.1:3128", "--allowed-host", "Box.LAN", "--max-concurrency", "3",
+            "--shutdown-grace", "0.5"]
+    assert run_main(argv, env)[0] == 0
+    config = served[0]
+    assert config.upstream == "http://127.0.0.1:9/v1"  # leading blanks stripped (S9)
+    assert config.token() == "sk-flag-key-0000000"
+    assert config.port == 0 and config.model == "gpt-test"
+    assert config.headers == (("X-Title", "my app"), ("HTTP-Referer", "https://e.org"))
+    assert config.proxy == "http://127.0.0.1:3128"
+    assert config.allowed_hosts == ("box.lan",)
+    assert config.max_concurrency == 3 and config.shutdown_grace == 0.5
+
+
+def test_empty_api_key_flag_overrides_the_environment(served: List[Any]) -> None:
+    assert run_main(["--api-key", ""], {"OPENAI_API_KEY": ENV_KEY})[0] == 0
+    assert served[0].token() == ""
+
+
+def test_auth_key_from_environment_allows_a_wildcard_host(served: List[Any]) -> None:
+    assert run_main(["--host", "0.0.0.0"], {"CLAUDEPROXY_AUTH_KEY": "local-key-123"})[0] == 0
+    assert served[0].auth_key == "local-key-123"
+
+
+# ---------------------------------------------------------------------------
+# Bad input: exit 2, one line on stderr, nothing secret echoed.
+
+
+@pytest.mark.parametrize("url, part", [
+    ("ftp://example.test/v1", "http"),
+    ("example.test/v1", "http"),
+    ("http://", "host"),
+    ("http://user:hunter2@example.test/v1", "credentials"),
+    ("https://example.test/v1#frag", "fragment"),
+    ("http://example.test:99999/v1", "--upstream"),
+    ("http://[::1/v1", "--upstream"),
+])
+def test_bad_upstream_url_exits_2(served: List[Any], url: str, part: str) -> None:
+    code, out, err = run_main(["--upstream", url])
+    assert_usage_error(code, out, err, "--upstream", part)
+    assert "hunter2" not in err
+    assert served == []
+
+
+def test_bad_upstream_from_environment_exits_2(served: List[Any]) -> None:
+    assert_usage_error(*run_main([], {"OPENAI_BASE_URL": "not a url"}), "--upstream")
+
+
+def test_bad_proxy_url_exits_2(served: List[Any]) -> None:
+    assert_usage_error(*run_main(["--proxy", "socks5://127.0.0.1:1080"]), "--proxy")
+
+
+@pytest.mark.parametrize("header", [
+    "X-A: a\r\nX-Evil: 1",  # CRLF: a second header (response splitting upstream)
+    "X-A: a\r\n folded",  # obs-fold: accepted by http.client (S6)
+    "X-A: a\x00b",  # NUL: accepted by http.client (S6)
+    "X-A: a\nb",
+    "X-A: a\rb",
+    "Host: evil.example",
+    "Content-Length: 5",
+    "Transfer-Encoding: chunked",
+    "Connection: close",
+    "no colon here",
+    "Bad Name: v",
+    ": empty name",
+], ids=["crlf", "obs-fold", "nul", "lf", "cr", "host", "content-length", "transfer-encoding", "connection",
+        "no-colon", "space-in-name", "empty-name"])
+def test_bad_header_exits_2(served: List[Any], header: str) -> None:
+    code, out, err = run_main(["--header", header])
+    assert_usage_error(code, out, err, "--header")
+    assert served == []
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "abc", "65536"])
+def test_bad_port_exits_2(served: List[Any], port: str) -> None:
+    assert_usage_error(*run_main(["--port", port]), "--port")
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "example.test"])
+def test_non_loopback_host_without_auth_key_exits_2(served: List[Any], host: str) -> None:
+    assert_usage_error(*run_main(["--host", host]), host, "--auth-key")
+    assert served == []
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+def test_loopback_hosts_need_no_auth_key(served: List[Any], host: str) -> None:
+    assert run_main(["--host", host])[0] == 0
+
+
+@pytest.mark.parametrize("argv, part", [
+    (["--log-level", "loud"], "--log-level"),
+    (["--no-such-flag"], "--no-such-flag"),
+    (["--connect-timeout", "0"], "--connect-timeout"),
+    (["--max-concurrency", "0"], "--max-concurrency"),
+    (["--model-map", "no-equals"], "--model-map"),
+    (["--provider", "nope"], "--provider"),
+])
+def test_other_bad_flags_exit_2(served: List[Any], argv: List[str], part: str) -> None:
+    assert_usage_error(*run_main(argv), part)
+
+
+def test_usage_error_does_not_echo_the_api_key(served: List[Any]) -> None:
+    code, out, err = run_main(["--header", f"Authorization: Bearer {ENV_KEY}\r\nX: 1"], {"OPENAI_API_KEY": ENV_KEY})
+    assert_usage_error(code, out, err)
+    assert ENV_KEY not in err
+
+
+def test_port_in_use_exits_1_with_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        code, out, err = run_main(["--port", str(taken.getsockname()[1]), "--upstream", "http://127.0.0.1:9/v1"])
+    assert code == 1
+    assert out == ""
+    assert len(err.splitlines()) == 1 and "cannot listen" in err
+    # main() leaves logging as it found it (tests and embedding programs share the logger).
+    logger = logging.getLogger("claudeproxy")
+    assert logger.handlers == [] and logger.propagate
+
+
+# ---------------------------------------------------------------------------
+# --help and --version.
+
+ISSUE_FLAGS = ["--upstream", "--api-key", "--host", "--port", "--model", "--header", "--proxy", "--log-level",
+               "--version", "--help", "--auth-key", "--allowed-host", "--allowed-origin", "--max-concurrency",
+               "--shutdown-grace"]
+
+
+def test_help_lists_every_flag() -> None:
+    code, out, err = run_main(["--help"])
+    assert code == 0 and err == ""
+    flags = set(re.findall(r"--[a-z][a-z-]+", out))
+    assert set(ISSUE_FLAGS) <= flags, set(ISSUE_FLAGS) - flags
+    # Every option the parser knows is documented in the help text.
+    known = {s for a in cli.build_parser()._actions for s in a.option_strings if s.startswith("--")}
+    assert known <= flags, known - flags
+    assert "OPENAI_BASE_URL" in out and "OPENAI_API_KEY" in out
+
+
+def test_version() -> None:
+    code, out, err = run_main(["--version"])
+    assert (code, out, err) == (0, f"claudeproxy {claudeproxy.__version__}\n", "")
+    assert re.match(r"^\d+\.\d+\.\d+", claudeproxy.__version__)
+
+
+# ---------------------------------------------------------------------------
+# A real process.
+
+LISTEN_RE = re.compile(r"^claudeproxy listening on http://127\.0\.0\.1:(\d+) -> (\S+)\n$")
+
+
+def _env() -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CLAUDEPROXY_"))
+           and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    env["PYTHONPATH"] = ROOT
+    env["OPENAI_API_KEY"] = UPSTREAM_KEY
+    return env
+
+
+def _readline(stream: Any, timeout: float) -> str:
+    ready, _, _ = select.select([stream], [], [], timeout)
+    assert ready, "the proxy printed nothing in time"
+    return str(stream.readline())
+
+
+@pytest.fixture
+def spawn(fake_upstream: Any, tmp_path: Any) -> Iterator[Any]:
+    procs: List[subprocess.Popen] = []
+
+    def start(*extra: str) -> Tuple[subprocess.Popen, int]:
+        argv = [sys.executable, "-m", "claudeproxy", "--port", "0", "--upstream", fake_upstream.url,
+                "--log-level", "debug", "--log-bodies", *extra]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), text=True)
+        procs.append(proc)
+        first = _readline(proc.stdout, 10)
+        match = LISTEN_RE.match(first)
+        assert match, first
+        assert match.group(2) == fake_upstream.url
+        return proc, int(match.group(1))
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+
+
+def _stop(proc: subprocess.Popen, sig: int, within: float) -> Tuple[str, str]:
+    started = time.monotonic()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=within + 5)
+    assert time.monotonic() - started < within, f"took {time.monotonic() - started:.1f} s"
+    assert proc.returncode == 0, err
+    return out, err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_real_process_serves_and_stops_cleanly(spawn: Any, fake_upstream: Any, tmp_path: Any, sig: int) -> None:
+    metrics = tmp_path / "calls.jsonl"
+    proc, port = spawn("--metrics-file", str(metrics))
+    resp = request(f"http://127.0.0.1:{port}", "POST", "/v1/messages?beta=true", minimal_request(),
+                   {"x-api-key": "sk-ant-client-000000000"})
+    assert resp.status == 200, resp
+    assert fake_upstream.last.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    out, err = _stop(proc, sig, 5 + 1)
+    assert UPSTREAM_KEY not in out + err
+    assert "sk-ant-client-000000000" not in out + err
+    assert "Traceback" not in err
+    assert "upstream request body" in err  # debug logging really ran, so the key check means something
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [(r["endpoint"], r["status"]) for r in lines] == [("/v1/messages", 200)]
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_sigterm_with_a_stream_in_flight(spawn: Any, fake_upstream: Any) -> None:
+    # F24: the stream in flight ends with an overloaded_error event within the grace, exit 0 by grace + 1 s.
+    gate = Gate()
+    reply = sse_reply(chunk({"role": "assistant", "content": ""}), chunk({"content": "Hel"}), done=False)
+    reply.body.append(gate)
+    fake_upstream.push(reply)
+    proc, port = spawn("--shutdown-grace", "1")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        body = json.dumps(minimal_request(stream=True)).encode()
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert gate.reached.wait(10)
+        received = _read_until(sock, b"Hel", 5)
+        out, err = _stop(proc, signal.SIGTERM, 1 + 1)
+        received += _read_to_eof(sock, 5)
+    gate.release()
+    payload = received.split(b"\r\n\r\n", 1)[1]
+    events = events_of(_dechunk(payload))
+    assert_valid_event_sequence(events)
+    assert events[-1]["type"] == "error" and events[-1]["error"]["type"] == "overloaded_error", events[-1]
+    assert "Traceback" not in err
+
+
+def _read_until(sock: socket.socket, marker: bytes, timeout: float) -> bytes:
+    data = b""
+    deadline = time.monotonic() + timeout
+    while marker not in data:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        piece = sock.recv(65536)
+        assert piece, data
+        data += piece
+    return data
+
+
+def _read_to_eof(sock: socket.socket, timeout: float) -> bytes:
+    data = b""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        piece = sock.recv(65536)
+        if not piece:
+            return data
+        data += piece
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out, data = out + data[:size], data[size + 2:]
+    return out
+
+
+def test_plain_http_to_a_remote_upstream_is_warned_about(tmp_path: Any) -> None:
+    # RELIABILITY.md 5.6: the key would travel in clear text. The process starts, warns, and stops.
+    argv = [sys.executable, "-m", "claudeproxy", "--port", "0", "--upstream", "http://example.test/v1"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), text=True)
+    try:
+        # SIGTERM right after the line: the handler is in place before the line is printed.
+        assert _readline(proc.stdout, 10).startswith("claudeproxy listening on http://127.0.0.1:")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert "plain http" in err and UPSTREAM_KEY not in out + err
