@@ -21,6 +21,7 @@ from .anthropic_types import (
     SearchResultBlock,
     TextBlock,
     ThinkingBlock,
+    Tool,
     ToolReferenceBlock,
     ToolResultBlock,
     ToolUseBlock,
@@ -66,6 +67,12 @@ def _sum_blocks(blocks: Iterable[Block]) -> "tuple[int, int]":
     return chars, fixed
 
 
+def _tool_json(tool: Tool) -> str:
+    """The whole definition as JSON: keys and punctuation cost tokens too (PROTOCOL.md 4.5)."""
+    definition = {"name": tool.name, "description": tool.description or "", "input_schema": tool.input_schema or {}}
+    return json.dumps(definition, ensure_ascii=False)
+
+
 def estimate_input_tokens(req: MessagesRequest) -> int:
     """Tokens the request's input will likely cost; never 0 for a non-empty request."""
     chars = len(req.system)
@@ -75,8 +82,7 @@ def estimate_input_tokens(req: MessagesRequest) -> int:
         chars += c
         fixed += f + MESSAGE_OVERHEAD
     for tool in req.tools:
-        schema = json.dumps(tool.input_schema or {}, ensure_ascii=False)
-        chars += len(tool.name) + len(tool.description or "") + len(schema)
+        chars += len(_tool_json(tool))
         fixed += TOOL_OVERHEAD
     if req.output_schema is not None:
         chars += len(json.dumps(req.output_schema, ensure_ascii=False))
