@@ -1,0 +1,229 @@
+"""The upstream client: URLs, proxies, credentials, timeouts (RELIABILITY.md S7, S8, S14; case 75)."""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+from typing import Any, List
+
+import pytest
+
+import claudeproxy
+from claudeproxy.config import Config
+from claudeproxy.errors import ProxyError
+from claudeproxy.upstream import Upstream, UpstreamCall, chat_url, join_path, models_url
+from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
+from fakes import FakeUpstream, Reply, completion, json_reply
+
+HEADERS = {"x-api-key": CLIENT_KEY}
+
+# ---------------------------------------------------------------------------
+# URL building.
+
+
+@pytest.mark.parametrize("base,expected", [
+    ("https://api.openai.com/v1", "https://api.openai.com/v1/chat/completions"),
+    ("https://api.openai.com/v1/", "https://api.openai.com/v1/chat/completions"),
+    ("https://api.openai.com/v1/chat/completions", "https://api.openai.com/v1/chat/completions"),
+    ("https://api.openai.com/v1/chat/completions/", "https://api.openai.com/v1/chat/completions"),
+    ("http://localhost:11434/v1", "http://localhost:11434/v1/chat/completions"),
+    ("https://gw.example/v1?key=abc&x=1", "https://gw.example/v1/chat/completions?key=abc&x=1"),
+    ("https://generativelanguage.googleapis.com/v1beta/openai",
+     "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions"),
+])
+def test_chat_url_appends_chat_completions_once_and_keeps_the_query(base, expected):
+    assert chat_url(base, "gpt-4o") == expected
+
+
+@pytest.mark.parametrize("base,expected", [
+    ("https://r.openai.azure.com",
+     "https://r.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"),
+    ("https://r.openai.azure.com/",
+     "https://r.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"),
+    ("https://r.openai.azure.com/openai/deployments/prod-dep",
+     "https://r.openai.azure.com/openai/deployments/prod-dep/chat/completions?api-version=2024-10-21"),
+    ("https://r.openai.azure.com/openai/deployments/prod-dep/chat/completions?api-version=2025-01-01",
+     "https://r.openai.azure.com/openai/deployments/prod-dep/chat/completions?api-version=2025-01-01"),
+    ("https://r.openai.azure.com/openai/v1", "https://r.openai.azure.com/openai/v1/chat/completions"),
+])
+def test_azure_chat_url(base, expected):
+    """Case 75: the deployment goes in the path, api-version in the query (an existing one wins)."""
+    assert chat_url(base, "gpt-4o", "2024-10-21") == expected
+
+
+def test_azure_deployment_name_is_quoted():
+    url = chat_url("https://r.openai.azure.com", "my dep/1", "2024-10-21")
+    assert "/openai/deployments/my%20dep%2F1/chat/completions?" in url
+
+
+@pytest.mark.parametrize("base,expected", [
+    ("https://api.openai.com/v1", "https://api.openai.com/v1/models"),
+    ("https://api.openai.com/v1/chat/completions", "https://api.openai.com/v1/models"),
+    ("https://gw.example/v1/?key=abc", "https://gw.example/v1/models?key=abc"),
+])
+def test_models_url(base, expected):
+    assert models_url(base) == expected
+
+
+def test_join_path_does_not_double_a_suffix():
+    assert join_path("http://h/v1/models", "/models") == "http://h/v1/models"
+    assert join_path("http://h/v1", "/models") == "http://h/v1/models"
+
+
+# ---------------------------------------------------------------------------
+# What reaches the upstream.
+
+
+def test_upstream_request_headers(proxy, fake_upstream):
+    """Case 74: the configured token once as Bearer, never the client's key; JSON in, JSON asked for."""
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(),
+                   {**HEADERS, "Authorization": f"Bearer {CLIENT_KEY}", "Cookie": "a=b", "api-key": CLIENT_KEY})
+    assert resp.status == 200, resp
+    sent = fake_upstream.last
+    assert sent.path == "/v1/chat/completions"
+    assert [v for k, v in sent.raw_headers if k.lower() == "authorization"] == [f"Bearer {UPSTREAM_KEY}"]
+    assert "x-api-key" not in sent.headers and "cookie" not in sent.headers and "api-key" not in sent.headers
+    assert CLIENT_KEY not in repr(sent.raw_headers) + sent.body.decode("utf-8")
+    assert sent.headers["content-type"] == "application/json"
+    assert sent.headers["accept"] == "application/json"
+    assert sent.headers["user-agent"].startswith("claudeproxy/")
+
+
+def test_no_token_means_no_auth_header(make_proxy, fake_upstream):
+    proxy = make_proxy(token=claudeproxy.static_token(""))
+    assert request(proxy.url, "POST", "/v1/messages", minimal_request(), HEADERS).status == 200
+    assert "authorization" not in fake_upstream.last.headers and "api-key" not in fake_upstream.last.headers
+
+
+def test_extra_headers_are_sent(make_proxy, fake_upstream):
+    proxy = make_proxy(headers=(("HTTP-Referer", "https://example.org"), ("X-Title", "claudeproxy tests")))
+    request(proxy.url, "POST", "/v1/messages", minimal_request(), HEADERS)
+    assert fake_upstream.last.headers["http-referer"] == "https://example.org"
+    assert fake_upstream.last.headers["x-title"] == "claudeproxy tests"
+
+
+def test_azure_request_through_the_proxy(make_proxy, fake_upstream):
+    """Case 75 end to end: deployment path, api-version query, api-key header instead of Bearer."""
+    base = f"http://127.0.0.1:{fake_upstream.port}"
+    proxy = make_proxy(upstream=base, provider="azure", model="prod-dep", azure_api_version="2024-10-21")
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(), HEADERS)
+    assert resp.status == 200, resp
+    sent = fake_upstream.last
+    assert sent.path == "/openai/deployments/prod-dep/chat/completions?api-version=2024-10-21"
+    assert [v for k, v in sent.raw_headers if k.lower() == "api-key"] == [UPSTREAM_KEY]
+    assert "authorization" not in sent.headers
+
+
+# ---------------------------------------------------------------------------
+# Outbound proxies (S8).
+
+
+@pytest.fixture
+def env_proxy(monkeypatch) -> Any:
+    """A second fake playing an HTTP proxy, named in every proxy variable of the environment."""
+    fake = FakeUpstream()
+    url = f"http://127.0.0.1:{fake.port}"
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, url)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    yield fake
+    fake.close()
+
+
+def test_environment_proxy_is_ignored_by_default(make_proxy, fake_upstream, env_proxy):
+    proxy = make_proxy()
+    assert request(proxy.url, "POST", "/v1/messages", minimal_request(), HEADERS).status == 200
+    assert len(fake_upstream.requests) == 1
+    assert env_proxy.requests == []
+
+
+def test_environment_proxy_is_used_when_asked(make_proxy, fake_upstream, env_proxy):
+    proxy = make_proxy(use_env_proxy=True)
+    assert request(proxy.url, "POST", "/v1/messages", minimal_request(), HEADERS).status == 200
+    assert fake_upstream.requests == []
+    assert env_proxy.last.path == f"{fake_upstream.url}/chat/completions"  # absolute URI: a proxy request
+
+
+def test_configured_proxy_is_used(make_proxy, fake_upstream):
+    outbound = FakeUpstream()
+    try:
+        proxy = make_proxy(proxy=f"http://127.0.0.1:{outbound.port}")
+        assert request(proxy.url, "POST", "/v1/messages", minimal_request(), HEADERS).status == 200
+        assert fake_upstream.requests == []
+        assert outbound.last.path == f"{fake_upstream.url}/chat/completions"
+        assert outbound.last.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    finally:
+        outbound.close()
+
+
+# ---------------------------------------------------------------------------
+# Credentials never follow a redirect (S7).
+
+
+class _Capture:
+    """An opener stand-in that keeps the Request ``Upstream.open`` built."""
+
+    def __init__(self) -> None:
+        self.requests: List[urllib.request.Request] = []
+
+    def open(self, req: urllib.request.Request, timeout: float) -> Any:
+        self.requests.append(req)
+        return "opened"
+
+
+@pytest.mark.parametrize("style,header", [("bearer", "Authorization"), ("azure", "Api-key")])
+def test_credentials_are_unredirected_headers(style, header):
+    upstream = Upstream(Config(token=claudeproxy.static_token(UPSTREAM_KEY)))
+    capture = _Capture()
+    upstream.opener = capture  # type: ignore[assignment]
+    assert upstream.open("http://127.0.0.1:9/v1/chat/completions", call=UpstreamCall(), body=b"{}",
+                         auth=tuple(upstream.auth_headers(style))) == "opened"
+    req = capture.requests[0]
+    assert UPSTREAM_KEY in req.unredirected_hdrs[header]
+    assert header not in req.headers
+    # What urllib's own redirect handler would send to a redirect target: no credential.
+    follow = urllib.request.HTTPRedirectHandler().redirect_request(
+        req, None, 302, "Found", {}, "http://127.0.0.1:10/elsewhere")
+    assert follow is not None
+    assert UPSTREAM_KEY not in repr(follow.headers) + repr(follow.unredirected_hdrs)
+
+
+# ---------------------------------------------------------------------------
+# Connect vs read timeouts (S14).
+
+
+def test_short_connect_timeout_does_not_limit_a_slow_first_byte(make_proxy, fake_upstream):
+    """The connect timeout covers the TCP handshake only; waiting for the answer uses the idle timeout."""
+    proxy = make_proxy(connect_timeout=0.2, idle_timeout=5)
+    body = json_reply(completion("worth the wait")).body
+    fake_upstream.push(Reply(200, (("Content-Type", "application/json"),), body, delay=0.7))
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(), HEADERS)
+    assert resp.status == 200, resp
+    assert resp.json["content"] == [{"type": "text", "text": "worth the wait"}]
+
+
+def test_transport_errors_do_not_leak_the_key(make_proxy):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proxy = make_proxy(upstream=f"http://127.0.0.1:{port}/v1?key={UPSTREAM_KEY}")
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(), HEADERS)
+    assert resp.status == 502
+    assert UPSTREAM_KEY not in resp.body.decode("utf-8")
+
+
+def test_http_error_from_open_carries_the_status():
+    """``Upstream.open`` turns an HTTPError into the mapped ProxyError (PROTOCOL.md 4.2)."""
+    fake = FakeUpstream()
+    try:
+        fake.push(json_reply({"error": {"message": "nope"}}, status=403))
+        upstream = Upstream(Config(token=claudeproxy.static_token(UPSTREAM_KEY)))
+        with pytest.raises(ProxyError) as info:
+            upstream.open(fake.url + "/chat/completions", call=UpstreamCall(), body=b"{}")
+        assert info.value.status == 403 and info.value.error_type == "permission_error"
+        assert "nope" in info.value.message
+        assert not isinstance(info.value, urllib.error.HTTPError)
+    finally:
+        fake.close()
