@@ -32,9 +32,19 @@ from .translate_response import (
 )
 
 Event = Dict[str, Any]
-_TAIL = 512  # characters of text kept for stop-sequence detection
 MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as broken
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+
+
+def _stop_prefix_len(text: str, stop_sequences: Tuple[str, ...]) -> int:
+    """Length of the longest end of ``text`` that is, or begins, a stop sequence."""
+    best = 0
+    for seq in stop_sequences:
+        for k in range(min(len(text), len(seq)), best, -1):
+            if text.endswith(seq[:k]):
+                best = k
+                break
+    return best
 
 
 def _parses(text: str) -> bool:
@@ -75,11 +85,18 @@ class _Tool:
 
 
 class _ThinkTags:
-    """Splits ``<think>...</think>`` at the start of content into reasoning (think_tags dialects)."""
+    """Splits ``<think>...</think>`` at the start of content into reasoning (think_tags dialects).
+
+    The result equals the non-streaming ``split_think_tags``: whitespace just inside
+    the tags and right after ``</think>`` is dropped, so a stream and a JSON answer
+    give the same blocks (PROTOCOL.md case 67). Text that could still be the start
+    of a tag, or trailing whitespace inside the tags, is held until it is decided.
+    """
 
     def __init__(self) -> None:
-        self.state = "detect"  # detect -> think -> text
+        self.state = "detect"  # detect -> think -> after -> text
         self.held = ""
+        self.began = False  # the first non-blank reasoning character was seen
 
     def split(self, text: str) -> Tuple[str, str]:
         """(reasoning, text) that can be emitted now."""
@@ -88,24 +105,39 @@ class _ThinkTags:
             stripped = self.held.lstrip()
             if _THINK_OPEN.startswith(stripped):
                 return "", ""  # could still become <think>
-            if not stripped.startswith(_THINK_OPEN):
-                self.state, out, self.held = "text", self.held, ""
-                return "", out
-            self.state, self.held = "think", stripped[len(_THINK_OPEN):]
-        if self.state == "think":
-            inside, sep, rest = self.held.partition(_THINK_CLOSE)
-            if sep:
-                self.state, self.held = "text", ""
-                return inside, rest.lstrip("\n")
-            keep = len(_THINK_CLOSE) - 1  # a tag may be split across chunks
-            out, self.held = self.held[:-keep] if len(self.held) > keep else "", self.held[-keep:]
-            return out, ""
+            if stripped.startswith(_THINK_OPEN):
+                self.state, self.held = "think", stripped[len(_THINK_OPEN):]
+            else:
+                self.state = "text"
+        reasoning = self._inside() if self.state == "think" else ""
+        if self.state == "after":
+            self.held = self.held.lstrip()
+            self.state = "text" if self.held else "after"
+        if self.state != "text":
+            return reasoning, ""
         out, self.held = self.held, ""
-        return "", out
+        return reasoning, out
+
+    def _inside(self) -> str:
+        """Reasoning that is safe to emit; moves to ``after`` at ``</think>``."""
+        if not self.began:
+            self.held = self.held.lstrip()
+            self.began = bool(self.held)
+        inside, sep, rest = self.held.partition(_THINK_CLOSE)
+        if sep:
+            self.state, self.held = "after", rest
+            return inside.rstrip()
+        # Keep what may be the start of </think>, and trailing whitespace (it may end the block).
+        cut = max(0, len(self.held) - (len(_THINK_CLOSE) - 1))
+        out = self.held[:cut].rstrip()
+        self.held = self.held[len(out):]
+        return out
 
     def flush(self) -> Tuple[str, str]:
         held, self.held = self.held, ""
-        return (held, "") if self.state == "think" else ("", held)
+        if self.state == "think":
+            return held.strip(), ""
+        return ("", "") if self.state == "after" else ("", held)
 
 
 class StreamTranslator:
@@ -144,7 +176,12 @@ class StreamTranslator:
         self.matched_stop: Optional[str] = None
         self.usage: Optional[ChatUsage] = None
         self.out_chars = 0
-        self.text_tail = ""
+        # Text that may be a stop sequence the upstream left in (PROTOCOL.md 2.4 rule 5b):
+        # held until the next text shows it was not, or finish strips it.
+        self.held_text = ""
+        self.stop_match: Optional[str] = None
+        # Text/reasoning that arrived while the live tool's JSON was still open.
+        self.deferred: List[Tuple[str, str]] = []
         self.refusal = False
         self.state: Dict[str, Any] = {}
         self.carried: Dict[str, Any] = {}
@@ -213,7 +250,9 @@ class StreamTranslator:
         if self.think is not None:
             reasoning, text = self.think.flush()
             events += self._emit_reasoning(reasoning) + self._emit_text(text)
+        events += self._release()
         buffered = [t for t in self.tools if not t.live and t.name]
+        events += self._settle_stop(last_is_text=not buffered)
         for tool in buffered:
             tool.id = self._unique_id(tool)
         self._update_state_from_tools()
@@ -239,7 +278,8 @@ class StreamTranslator:
     # Blocks.
 
     def _open(self, kind: str, content_block: Dict[str, Any]) -> List[Event]:
-        events = self._close_open()
+        events = self._flush_held() if kind != "text" else []
+        events += self._close_open()
         self.open_kind, self.open_index = kind, self.next_index
         self.next_index += 1
         return events + [{"type": "content_block_start", "index": self.open_index, "content_block": content_block}]
@@ -277,8 +317,11 @@ class StreamTranslator:
     def _emit_reasoning(self, text: str) -> List[Event]:
         if not text:
             return []
+        if self._blocked():
+            self.deferred.append(("thinking", text))
+            return []
         events: List[Event] = []
-        if self.open_kind != "thinking":
+        if self.open_kind != "thinking" or self.held_text:  # held text came first: it goes first
             events += self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
         self.out_chars += len(text)
         return events + [self._delta({"type": "thinking_delta", "thinking": text})]
@@ -296,12 +339,56 @@ class StreamTranslator:
     def _emit_text(self, text: str) -> List[Event]:
         if not text:
             return []  # the role chunk's content "" opens nothing (FIELD-NOTES 12)
+        if self._blocked():
+            self.deferred.append(("text", text))
+            return []
+        if self.stop_sequences:
+            self.out_chars += len(text)
+            text = self.held_text + text
+            keep = _stop_prefix_len(text, self.stop_sequences)
+            text, self.held_text = text[: len(text) - keep], text[len(text) - keep:]
+            return self._text_delta(text, count=False)
+        return self._text_delta(text)
+
+    def _text_delta(self, text: str, count: bool = True) -> List[Event]:
+        if not text:
+            return []
         events: List[Event] = []
         if self.open_kind != "text":
             events += self._open("text", {"type": "text", "text": ""})
-        self.out_chars += len(text)
-        self.text_tail = (self.text_tail + text)[-_TAIL:]
+        self.out_chars += len(text) if count else 0
         return events + [self._delta({"type": "text_delta", "text": text})]
+
+    def _flush_held(self) -> List[Event]:
+        """Held-back text turned out not to end the message: send it."""
+        held, self.held_text = self.held_text, ""
+        return self._text_delta(held, count=False)
+
+    def _blocked(self) -> bool:
+        """The live tool's JSON is still open: a new block now would cut it off for good."""
+        return bool(self.deferred) or (
+            self.open_kind == "tool" and self.live is not None and not _parses(self.live.args)
+        )
+
+    def _release(self) -> List[Event]:
+        """Deferred text/reasoning, once the live tool is complete (or the stream ends)."""
+        if not self.deferred:
+            return []
+        deferred, self.deferred = self.deferred, []
+        events = self._close_open()
+        for kind, text in deferred:
+            events += self._emit_reasoning(text) if kind == "thinking" else self._emit_text(text)
+        return events
+
+    def _settle_stop(self, last_is_text: bool) -> List[Event]:
+        """Decide the matched stop sequence (2.4 rule 5); strip it from held text if it ends the message."""
+        if self.finish_reason in ("stop", None):
+            match, rest = match_stop_sequence(self.held_text, self.matched_stop, self.stop_sequences)
+            if match is not None and match == self.matched_stop:
+                self.stop_match = match  # vLLM/SGLang named it: the text is left as it is
+            elif match is not None and last_is_text:
+                self.stop_match, self.held_text = match, rest
+        return self._flush_held()
 
     # ------------------------------------------------------------------
     # Tool calls (PROTOCOL.md 3.4 step 7).
@@ -309,7 +396,9 @@ class StreamTranslator:
     def _find_tool(self, call: ToolCallDelta) -> _Tool:
         if call.id:
             for tool in self.tools:
-                if tool.id == call.id:
+                # A known id is the same call (providers repeat it in every fragment),
+                # unless both name different indexes: some servers reuse one id for two calls.
+                if tool.id == call.id and (call.index is None or tool.index is None or call.index == tool.index):
                     return tool
         if call.index is not None:
             for tool in reversed(self.tools):
@@ -339,7 +428,8 @@ class StreamTranslator:
         added = tool.add_fragment(call.arguments)
         self.out_chars += len(added)
         if tool.live:
-            return self._live_delta(tool, added)
+            events = self._live_delta(tool, added)
+            return events + self._release() if self.deferred and _parses(tool.args) else events
         if tool is self.tools[0] and self._may_go_live(tool):
             return self._go_live(tool)
         return []
@@ -388,9 +478,7 @@ class StreamTranslator:
 
     def _message_delta(self) -> Event:
         has_tools = any(t.name for t in self.tools)
-        stop_match = None
-        if self.finish_reason in ("stop", None):
-            stop_match, _ = match_stop_sequence(self.text_tail, self.matched_stop, self.stop_sequences)
+        stop_match = self.stop_match
         reason = stop_reason_for(self.finish_reason, has_tools, self.refusal, stop_match)
         if self.usage is not None:
             usage = usage_from(self.usage)
@@ -486,17 +574,23 @@ def events_for_message(message: Dict[str, Any]) -> List[Event]:
 
 
 def _block_events(index: int, block: Dict[str, Any]) -> List[Event]:
-    kind = block["type"]
+    kind = block.get("type")
+    deltas: List[Dict[str, Any]] = []
     if kind == "text":
-        start, deltas = {"type": "text", "text": ""}, [{"type": "text_delta", "text": block["text"]}]
+        start = {"type": "text", "text": ""}
+        if block["text"]:  # an empty text_delta is noise the grammar forbids
+            deltas.append({"type": "text_delta", "text": block["text"]})
     elif kind == "thinking":
         start = {"type": "thinking", "thinking": "", "signature": ""}
-        deltas = [{"type": "thinking_delta", "thinking": block["thinking"]}] if block["thinking"] else []
+        if block["thinking"]:
+            deltas.append({"type": "thinking_delta", "thinking": block["thinking"]})
         deltas.append({"type": "signature_delta", "signature": block["signature"]})
-    else:
+    elif kind == "tool_use":
         start = {**block, "input": {}}
-        deltas = [{"type": "input_json_delta", "partial_json": json.dumps(block["input"], ensure_ascii=False)}]
-        deltas = deltas if block["input"] else []
+        if block["input"]:
+            deltas.append({"type": "input_json_delta", "partial_json": json.dumps(block["input"], ensure_ascii=False)})
+    else:
+        start = dict(block)  # redacted_thinking and the like travel whole in their start event
     events: List[Event] = [{"type": "content_block_start", "index": index, "content_block": start}]
     events += [{"type": "content_block_delta", "index": index, "delta": d} for d in deltas]
     events.append({"type": "content_block_stop", "index": index})
