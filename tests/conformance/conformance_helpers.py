@@ -182,24 +182,26 @@ def openai_problems(body: Any, strict_fields: bool = True) -> List[str]:
 # OpenAI stream fixtures.
 
 
-def sse_data(raw: bytes) -> Iterator[str]:
-    """The ``data`` of each event in an SSE body (WHATWG line rules, enough for fixtures)."""
+def sse_events(raw: bytes) -> Iterator[Tuple[str, str]]:
+    """(event name, data) of each event in an SSE body (WHATWG line rules, enough for fixtures)."""
     text = raw.decode("utf-8")
+    name = ""
     data: List[str] = []
     for line in re.split(r"\r\n|\r|\n", text) + [""]:
         if line == "":
             if data:
-                yield "\n".join(data)
-            data = []
+                yield name, "\n".join(data)
+            name, data = "", []
         elif line.startswith("data:"):
             data.append(line[5:][1:] if line[5:].startswith(" ") else line[5:])
-    return
+        elif line.startswith("event:"):
+            name = line[6:].strip()
 
 
 def stream_chunks(raw: bytes) -> List[Dict[str, Any]]:
     """The JSON objects of an OpenAI stream, up to ``[DONE]``; non-JSON data is skipped."""
     out = []
-    for data in sse_data(raw):
+    for _, data in sse_events(raw):
         if data.startswith("[DONE]"):
             break
         try:
@@ -211,8 +213,11 @@ def stream_chunks(raw: bytes) -> List[Dict[str, Any]]:
     return out
 
 
-def ends_normally(chunks: List[Dict[str, Any]]) -> bool:
-    """No error object and no ``finish_reason: "error"``: the stream describes a whole answer."""
+def ends_normally(raw: bytes) -> bool:
+    """No ``event: error``, no error object, no ``finish_reason: "error"``: a whole answer."""
+    if any(name == "error" for name, _ in sse_events(raw)):
+        return False
+    chunks = stream_chunks(raw)
     for c in chunks:
         if "error" in c:
             return False
@@ -228,6 +233,7 @@ class _ToolCall:
         self.id = ""
         self.name = ""
         self.args = ""
+        self.extra: Dict[str, Any] = {}  # provider state such as Gemini's extra_content.google.thought_signature
 
 
 def _parses(text: str) -> bool:
@@ -239,7 +245,7 @@ def _parses(text: str) -> bool:
 
 
 def _add_arguments(tool: _ToolCall, fragment: Any) -> None:
-    """Append, ignore a repeat of the whole, or replace with a cumulative resend (PROTOCOL.md 3.4 step 7)."""
+    """Append, ignore a repeat of the whole, or take a cumulative resend (PROTOCOL.md 3.4 step 7)."""
     if isinstance(fragment, dict):
         fragment = json.dumps(fragment)
     if not isinstance(fragment, str) or not fragment:
@@ -247,7 +253,10 @@ def _add_arguments(tool: _ToolCall, fragment: Any) -> None:
     buf = tool.args
     if buf and (fragment == buf or (_parses(buf) and _parses(fragment) and json.loads(buf) == json.loads(fragment))):
         return
-    if buf and fragment.startswith(buf) and _parses(fragment):
+    # A fragment that repeats everything so far and adds to it is a cumulative snapshot, even when the
+    # snapshot is not yet complete JSON (PROTOCOL.md only names the complete case; a one-character
+    # buffer such as "{" is too short to tell).
+    if buf and fragment.startswith(buf) and (len(buf) >= 2 or _parses(fragment)):
         tool.args = fragment
         return
     tool.args += fragment
@@ -327,6 +336,8 @@ class _Accumulator:
             tool.id = tool.id or entry.get("id") or ""
             tool.name = tool.name or fn.get("name") or ""
             _add_arguments(tool, fn.get("arguments"))
+            if isinstance(entry.get("extra_content"), dict):
+                tool.extra["extra_content"] = entry["extra_content"]
         if choice.get("finish_reason") is not None:
             self.finish = choice["finish_reason"]
         for key in ("stop_reason", "matched_stop"):
@@ -339,7 +350,7 @@ class _Accumulator:
             message["reasoning_content"] = "".join(self.reasoning)
         if "".join(self.refusal):
             message["refusal"] = "".join(self.refusal)
-        calls = [{"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.args}}
+        calls = [{"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.args}, **t.extra}
                  for t in self.tools if t.name]
         if calls:
             message["tool_calls"] = calls

@@ -114,13 +114,24 @@ INLINE: Dict[str, Tuple[bytes, Dict[str, Any]]] = {
 }
 
 
-def fixture_provider(path: str) -> Optional[str]:
-    """The dialect a fixture was written for (``<name>.meta.json``), if it names one."""
+def fixture_meta(path: str) -> Dict[str, Any]:
+    """``<name>.meta.json`` beside a fixture: the dialect it was written for, how it ends."""
     meta = path[: -len(".openai.sse")] + ".meta.json"
     if not os.path.exists(meta):
-        return None
+        return {}
     with open(meta, encoding="utf-8") as fh:
-        return json.load(fh).get("dialect")
+        return dict(json.load(fh))
+
+
+def request_options(meta: Dict[str, Any]) -> Dict[str, Any]:
+    """The request a fixture assumes: its stop sequences, and the client tool names it aliases."""
+    options: Dict[str, Any] = {}
+    if meta.get("stop_sequences"):
+        options["stop_sequences"] = list(meta["stop_sequences"])
+    if meta.get("tool_names"):
+        options["tools"] = [{"name": name, "input_schema": {"type": "object", "properties": {}}}
+                            for name in meta["tool_names"].values()]
+    return options
 
 
 def stream_cases() -> List[Any]:
@@ -128,9 +139,11 @@ def stream_cases() -> List[Any]:
     for path in sorted(glob.glob(os.path.join(STREAMS, "*.openai.sse"))):
         with open(path, "rb") as fh:
             raw = fh.read()
-        if ends_normally(stream_chunks(raw)):  # error streams are covered by the tests further down
+        meta = fixture_meta(path)
+        # Error streams (an error event or object, or a fault the meta file names) are covered below.
+        if ends_normally(raw) and not str(meta.get("end", "")).startswith("error"):
             name = os.path.basename(path)[: -len(".openai.sse")]
-            cases.append(pytest.param(raw, {}, fixture_provider(path), id="fixture:" + name))
+            cases.append(pytest.param(raw, request_options(meta), meta.get("dialect"), id="fixture:" + name))
     return cases
 
 
@@ -139,9 +152,21 @@ def stream_reply(raw: bytes) -> Reply:
     return Reply(200, (("Content-Type", "text/event-stream"),), raw.splitlines(keepends=True), chunked=True)
 
 
+def is_carrier(block: Any) -> bool:
+    """An empty thinking block that only carries provider state in its signature (PROTOCOL.md 3.7)."""
+    return block.type == "thinking" and not block.thinking
+
+
+def carriers(message: Any) -> List[str]:
+    return sorted(b.signature for b in message.content if is_carrier(b))
+
+
 def blocks(message: Any) -> List[Tuple[Any, ...]]:
+    """The content a user sees, in order (state carriers are compared apart, see ``carriers``)."""
     out: List[Tuple[Any, ...]] = []
     for b in message.content:
+        if is_carrier(b):
+            continue
         if b.type == "text":
             out.append(("text", b.text))
         elif b.type == "thinking":
@@ -150,6 +175,22 @@ def blocks(message: Any) -> List[Tuple[Any, ...]]:
             out.append(("tool_use", b.name, b.input))
         else:
             out.append((b.type,))
+    return out
+
+
+_RANK = {"thinking": 0, "text": 1, "tool_use": 2}
+
+
+def canonical(items: List[Tuple[Any, ...]]) -> List[Tuple[Any, ...]]:
+    """Blocks in the non-streaming order: thinking, text, tool_use (PROTOCOL.md 2.2), neighbours of
+    one kind joined. A stream may legally differ in order only: text that arrives after a live
+    tool block, or reasoning after text, opens a new block (3.4), which the one-shot answer cannot."""
+    out: List[Tuple[Any, ...]] = []
+    for item in sorted(items, key=lambda b: _RANK.get(b[0], 3)):
+        if out and item[0] in ("text", "thinking") and out[-1][0] == item[0]:
+            out[-1] = (item[0], out[-1][1] + item[1], *item[2:])
+        else:
+            out.append(item)
     return out
 
 
@@ -176,7 +217,8 @@ def test_stream_final_message_equals_non_streaming_answer(make_proxy: Any, fake_
         created = client.messages.create(**params(**kwargs))
     assert fake_upstream.requests[1].json.get("stream") in (None, False)
 
-    assert blocks(streamed) == blocks(created)
+    assert canonical(blocks(streamed)) == blocks(created)
+    assert carriers(streamed) == carriers(created)
     assert (streamed.stop_reason, streamed.stop_sequence) == (created.stop_reason, created.stop_sequence)
     ids = upstream_ids(completion)
     if ids and all(ids) and len(set(ids)) == len(ids):  # the upstream's ids reach the client unchanged
