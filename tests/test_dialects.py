@@ -1,0 +1,157 @@
+"""Provider detection and per-model dialect rules (PROTOCOL.md section 5, FIELD-NOTES 6 and 13)."""
+
+from __future__ import annotations
+
+import pytest
+
+from claudeproxy.dialects import DIALECTS, Dialect, detect_provider, dialect_for, effort_for_budget
+from claudeproxy.translate_request import REASONING_STYLES
+
+DETECT_CASES = [
+    ("https://api.openai.com/v1", "openai"),
+    ("https://API.OpenAI.com/v1/", "openai"),
+    ("https://myres.openai.azure.com/openai/deployments/gpt4o", "azure"),
+    ("https://myres.cognitiveservices.azure.com/openai/deployments/o3", "azure"),
+    ("https://openrouter.ai/api/v1", "openrouter"),
+    ("https://api.deepseek.com", "deepseek"),
+    ("https://api.deepseek.com/v1", "deepseek"),
+    ("https://api.groq.com/openai/v1", "groq"),
+    ("https://api.mistral.ai/v1", "mistral"),
+    ("https://generativelanguage.googleapis.com/v1beta/openai/", "gemini"),
+    ("http://localhost:11434/v1", "ollama"),
+    ("http://127.0.0.1:11434", "ollama"),
+    ("http://localhost:1234/v1", "lmstudio"),
+    ("http://localhost:8000/v1", "generic"),
+    ("http://localhost:8080", "generic"),
+    ("https://llm.internal.example/v1", "generic"),
+    ("", "generic"),
+    ("not a url", "generic"),
+    ("http://localhost:notaport/v1", "generic"),
+]
+
+
+@pytest.mark.parametrize("url,provider", DETECT_CASES)
+def test_detect_provider(url: str, provider: str) -> None:
+    assert detect_provider(url) == provider
+
+
+@pytest.mark.parametrize("url", [
+    "https://api.openai.com.evil.example/v1",        # the host only starts like OpenAI's
+    "https://api.openai.com@evil.example/v1",        # userinfo, the host is evil.example
+    "https://notopenrouter.ai/api/v1",
+    "https://openai.azure.com.attacker.net/openai",
+    "https://evil.example/api.openai.com/v1",        # the name in the path, not the host
+])
+def test_lookalike_hosts_are_generic(url: str) -> None:
+    assert detect_provider(url) == "generic"
+
+
+def test_every_detected_provider_has_a_dialect() -> None:
+    for _, provider in DETECT_CASES:
+        assert provider in DIALECTS
+
+
+def test_dialect_names_and_flags_are_consistent() -> None:
+    for name, dialect in DIALECTS.items():
+        assert dialect.name == name
+        assert dialect.reasoning in REASONING_STYLES
+        assert dialect.reasoning_history in ("drop", "reasoning_content", "reasoning_content_all", "reasoning")
+        assert dialect.system_role in ("system", "developer", "user")
+        assert dialect.max_tokens_field in ("max_tokens", "max_completion_tokens")
+        assert dialect.schema_sanitizer in ("none", "gemini")
+
+
+# --------------------------------------------------------------------------
+# Model rules (OpenAI reasoning models: FIELD-NOTES 6).
+
+REASONING_MODELS = ["o1", "o1-2024-12-17", "o3", "o3-mini", "o3-pro", "o4-mini", "gpt-5", "gpt-5-mini", "gpt-5.1", "gpt-5-codex"]
+CHAT_MODELS = ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-nano", "gpt-3.5-turbo", "chatgpt-4o-latest"]
+
+
+@pytest.mark.parametrize("provider", ["openai", "azure"])
+@pytest.mark.parametrize("model", REASONING_MODELS)
+def test_openai_reasoning_models(provider: str, model: str) -> None:
+    dialect = dialect_for(provider, model)
+    assert dialect.max_tokens_field == "max_completion_tokens"
+    assert dialect.drop_sampling is True
+    assert dialect.reasoning == "effort"
+    assert dialect.system_role == "developer"
+
+
+@pytest.mark.parametrize("model", ["o1-mini", "o1-mini-2024-09-12", "o1-preview"])
+def test_o1_mini_and_preview_take_no_system_role(model: str) -> None:
+    """They reject both system and developer (FIELD-NOTES 13): the system text joins the first user turn."""
+    dialect = dialect_for("openai", model)
+    assert dialect.system_role == "user"
+    assert dialect.max_tokens_field == "max_completion_tokens" and dialect.drop_sampling
+
+
+@pytest.mark.parametrize("provider", ["openai", "azure"])
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_openai_chat_models_keep_max_tokens_and_get_no_effort(provider: str, model: str) -> None:
+    """Known decision: chat models reject reasoning_effort, so only reasoning models get it."""
+    dialect = dialect_for(provider, model)
+    assert dialect.max_tokens_field == "max_tokens"
+    assert dialect.drop_sampling is False
+    assert dialect.reasoning == "none"
+    assert dialect.system_role == "system"
+
+
+def test_openrouter_openai_reasoning_models_drop_sampling_only() -> None:
+    dialect = dialect_for("openrouter", "openai/o3-mini")
+    assert dialect.drop_sampling is True
+    assert dialect.max_tokens_field == "max_tokens"  # OpenRouter normalises the field itself
+    assert dialect_for("openrouter", "anthropic/claude-sonnet-4.5").drop_sampling is False
+
+
+def test_model_rules_apply_only_to_their_providers() -> None:
+    for provider in ("generic", "ollama", "vllm", "groq", "deepseek", "mistral", "gemini"):
+        assert dialect_for(provider, "o3").max_tokens_field == "max_tokens", provider
+
+
+def test_deepseek_generations() -> None:
+    assert dialect_for("deepseek", "deepseek-reasoner").reasoning_history == "drop"
+    assert dialect_for("deepseek", "deepseek-chat").reasoning_history == "reasoning_content_all"
+    assert dialect_for("deepseek", "deepseek-v4").reasoning_history == "reasoning_content_all"
+
+
+def test_dialect_for_returns_fresh_values() -> None:
+    """Model rules must not leak into the shared table."""
+    dialect_for("openai", "o3")
+    assert DIALECTS["openai"].max_tokens_field == "max_tokens"
+    assert isinstance(dialect_for("openai", "gpt-4o"), Dialect)
+
+
+# --------------------------------------------------------------------------
+# Provider flags the translator relies on.
+
+
+def test_stop_sequence_limits() -> None:
+    """Known decision: unknown servers are held to OpenAI's schema (4); servers known to take more say so."""
+    assert DIALECTS["generic"].max_stop == 4
+    assert DIALECTS["openai"].max_stop == 4
+    assert DIALECTS["azure"].max_stop == 4
+    for name in ("openrouter", "ollama", "vllm", "lmstudio", "llamacpp"):
+        assert DIALECTS[name].max_stop is None, name
+
+
+def test_file_parts_only_where_documented() -> None:
+    assert {n for n, d in DIALECTS.items() if d.supports_file_parts} == {"openai", "azure", "openrouter"}
+
+
+def test_mistral_and_gemini_and_deepseek_flags() -> None:
+    mistral = DIALECTS["mistral"]
+    assert mistral.short_tool_ids and mistral.bridge_tool_to_user and mistral.prefill_prefix
+    assert DIALECTS["gemini"].schema_sanitizer == "gemini"
+    assert DIALECTS["deepseek"].assistant_empty_content == ""
+    assert DIALECTS["ollama"].reasoning == "explicit"  # known decision: only explicit budgets
+    assert DIALECTS["azure"].auth == "azure"
+
+
+@pytest.mark.parametrize("budget,effort", [
+    (0, "low"), (1024, "low"), (2000, "low"), (4095, "low"),
+    (4096, "medium"), (10000, "medium"), (16383, "medium"),
+    (16384, "high"), (31999, "high"), (10 ** 6, "high"),
+])
+def test_effort_for_budget(budget: int, effort: str) -> None:
+    assert effort_for_budget(budget) == effort

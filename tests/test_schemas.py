@@ -1,0 +1,214 @@
+"""JSON-schema clean-up: ``$schema`` removal everywhere, Gemini's sanitizer (PROTOCOL.md 5.9, FIELD-NOTES 9)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from typing import Any, Dict, Iterator, Tuple
+
+import pytest
+
+from claudeproxy.anthropic_types import parse_messages_request
+from claudeproxy.dialects import DIALECTS
+from claudeproxy.schemas import clean_schema, sanitize_gemini, strip_meta
+from claudeproxy.translate_request import to_chat_request
+
+META = "https://json-schema.org/draft/2020-12/schema"
+GEMINI_FORBIDDEN = ("$schema", "$id", "$ref", "$defs", "definitions", "additionalProperties", "const", "exclusiveMinimum",
+                    "exclusiveMaximum", "default", "examples", "title", "patternProperties", "if", "then", "else", "not")
+
+
+def schema_nodes(node: Any, path: str = "#") -> Iterator[Tuple[str, Dict[str, Any]]]:
+    """Every schema object in ``node`` (property maps are maps of schemas, not schemas)."""
+    if not isinstance(node, dict):
+        return
+    yield path, node
+    for key, value in node.items():
+        if key in ("properties", "$defs", "definitions", "patternProperties") and isinstance(value, dict):
+            for name, sub in value.items():
+                yield from schema_nodes(sub, f"{path}/{key}/{name}")
+        elif key in ("anyOf", "oneOf", "allOf", "prefixItems") and isinstance(value, list):
+            for i, sub in enumerate(value):
+                yield from schema_nodes(sub, f"{path}/{key}/{i}")
+        elif key in ("items", "additionalProperties", "not", "if", "then", "else", "contains"):
+            subs = value if isinstance(value, list) else [value]
+            for i, sub in enumerate(subs):
+                yield from schema_nodes(sub, f"{path}/{key}/{i}")
+
+
+def everywhere() -> Dict[str, Any]:
+    """``$schema`` and Gemini-hostile keywords at every place a schema can sit."""
+    def leaf(kind: str) -> Dict[str, Any]:
+        return {"$schema": META, "type": kind, "title": "T", "default": None, "examples": ["e"], "$comment": "c"}
+
+    return {
+        "$schema": META, "$id": "urn:x", "type": "object", "additionalProperties": False, "title": "Root",
+        "properties": {
+            "a": leaf("string"),
+            "list": {"type": "array", "items": leaf("integer"), "$schema": META},
+            "tuple": {"type": "array", "prefixItems": [leaf("string"), leaf("number")], "items": [leaf("boolean")]},
+            "either": {"anyOf": [leaf("string"), {"oneOf": [leaf("integer"), {"allOf": [leaf("number")]}]}]},
+            "map": {"type": "object", "additionalProperties": leaf("string"), "patternProperties": {"^x": leaf("string")}},
+            "nested": {"type": "object", "properties": {"deeper": {"type": "object", "properties": {"deepest": leaf("string")},
+                                                                    "additionalProperties": False, "$schema": META}}},
+            "cond": {"type": "string", "if": leaf("string"), "then": leaf("string"), "else": leaf("string"), "not": leaf("null")},
+            "has": {"type": "array", "contains": leaf("string")},
+        },
+        "$defs": {"Unused": leaf("string")},
+    }
+
+
+def test_strip_meta_removes_schema_keyword_at_every_depth() -> None:
+    cleaned = strip_meta(everywhere())
+    for path, node in schema_nodes(cleaned):
+        assert "$schema" not in node, path
+    # Nothing else is touched.
+    assert cleaned["additionalProperties"] is False
+    assert cleaned["properties"]["a"]["title"] == "T"
+
+
+def test_strip_meta_keeps_a_property_named_like_the_keyword() -> None:
+    schema = {"type": "object", "properties": {"$schema": {"type": "string"}}, "required": ["$schema"]}
+    assert strip_meta(schema) == schema
+
+
+@pytest.mark.parametrize("sanitizer", ["none", "gemini"])
+def test_clean_schema_does_not_change_its_input(sanitizer: str) -> None:
+    schema = everywhere()
+    before = copy.deepcopy(schema)
+    clean_schema(schema, sanitizer)
+    assert schema == before
+
+
+@pytest.mark.parametrize("schema,expected", [
+    (None, {"type": "object", "properties": {}}),
+    ({}, {"type": "object", "properties": {}}),
+    ({"type": "object"}, {"type": "object", "properties": {}}),
+    ({"$schema": META, "type": "object", "required": []}, {"type": "object", "required": [], "properties": {}}),
+])
+def test_clean_schema_gives_objects_properties(schema: Any, expected: Dict[str, Any]) -> None:
+    assert clean_schema(schema, "none") == expected
+
+
+@pytest.mark.parametrize("provider", sorted(DIALECTS))
+def test_schema_keyword_stripped_for_every_dialect(provider: str) -> None:
+    """Some backends (Gemini's among them) reject ``$schema``; Claude Code sends it on every tool."""
+    body = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"name": "f", "input_schema": everywhere()}],
+            "output_config": {"format": {"type": "json_schema", "schema": everywhere()}}}
+    sent = to_chat_request(parse_messages_request(body), model="m", dialect=DIALECTS[provider]).request.to_dict()
+    assert "$schema" not in json.dumps(sent)
+    assert "https://json-schema.org" not in json.dumps(sent)
+
+
+# --------------------------------------------------------------------------
+# Gemini.
+
+
+def test_gemini_removes_forbidden_keywords_at_every_depth() -> None:
+    cleaned = sanitize_gemini(strip_meta(everywhere()))
+    nodes = list(schema_nodes(cleaned))
+    assert len(nodes) > 10
+    for path, node in nodes:
+        for key in GEMINI_FORBIDDEN:
+            assert key not in node, f"{key} at {path}"
+    # The structure Gemini understands survives.
+    props = cleaned["properties"]
+    assert props["list"]["items"]["type"] == "integer"
+    assert [s["type"] for s in props["tuple"]["prefixItems"]] == ["string", "number"]
+    assert props["either"]["anyOf"][1]["oneOf"][1]["allOf"][0]["type"] == "number"
+    assert props["nested"]["properties"]["deeper"]["properties"]["deepest"]["type"] == "string"
+    assert props["cond"] == {"type": "string"}
+
+
+def test_gemini_keeps_property_names_that_look_like_keywords() -> None:
+    schema = {"type": "object", "properties": {"title": {"type": "string", "title": "Title"}, "default": {"type": "integer"},
+                                               "const": {"type": "boolean"}}, "required": ["title", "default", "const"]}
+    assert sanitize_gemini(schema) == {
+        "type": "object", "properties": {"title": {"type": "string"}, "default": {"type": "integer"}, "const": {"type": "boolean"}},
+        "required": ["title", "default", "const"]}
+
+
+@pytest.mark.parametrize("given,expected", [
+    ({"const": "fast"}, {"enum": ["fast"]}),
+    ({"type": "integer", "const": 3}, {"type": "integer", "enum": [3]}),
+    ({"type": "number", "exclusiveMinimum": 0}, {"type": "number", "minimum": 0}),
+    ({"type": "number", "exclusiveMaximum": 1.5}, {"type": "number", "maximum": 1.5}),
+    ({"type": "number", "minimum": 2, "exclusiveMinimum": 1}, {"type": "number", "minimum": 2}),
+    ({"type": "number", "minimum": 0, "exclusiveMinimum": True}, {"type": "number", "minimum": 0}),  # draft-4 boolean form
+    ({"type": "string", "format": "uri"}, {"type": "string"}),
+    ({"type": "string", "format": "email"}, {"type": "string"}),
+    ({"type": "string", "format": "uuid"}, {"type": "string"}),
+    ({"type": "string", "format": "date-time"}, {"type": "string", "format": "date-time"}),
+    ({"type": "string", "format": "enum", "enum": ["a"]}, {"type": "string", "format": "enum", "enum": ["a"]}),
+    ({"type": "object", "propertyNames": {"pattern": "^a"}, "unevaluatedProperties": False}, {"type": "object"}),
+    ({"type": "string", "minLength": 1, "maxLength": 9, "pattern": "^a", "description": "d", "nullable": True},
+     {"type": "string", "minLength": 1, "maxLength": 9, "pattern": "^a", "description": "d", "nullable": True}),
+])
+def test_gemini_keyword_rewrites(given: Dict[str, Any], expected: Dict[str, Any]) -> None:
+    assert sanitize_gemini(given) == expected
+    assert sanitize_gemini({"type": "object", "properties": {"p": given}})["properties"]["p"] == expected
+
+
+def test_gemini_inlines_local_refs() -> None:
+    schema = {
+        "type": "object",
+        "$defs": {"Point": {"type": "object", "properties": {"x": {"type": "number"}}, "required": ["x"]},
+                  "Path": {"type": "array", "items": {"$ref": "#/$defs/Point"}}},
+        "definitions": {"Color": {"type": "string", "enum": ["red", "blue"]}},
+        "properties": {
+            "at": {"$ref": "#/$defs/Point", "description": "where"},
+            "route": {"$ref": "#/$defs/Path"},
+            "color": {"$ref": "#/definitions/Color"},
+            "maybe": {"anyOf": [{"$ref": "#/$defs/Point"}, {"type": "null"}]},
+        },
+    }
+    point = {"type": "object", "properties": {"x": {"type": "number"}}, "required": ["x"]}
+    assert sanitize_gemini(schema) == {"type": "object", "properties": {
+        "at": dict(point, description="where"),
+        "route": {"type": "array", "items": point},
+        "color": {"type": "string", "enum": ["red", "blue"]},
+        "maybe": {"anyOf": [point, {"type": "null"}]},
+    }}
+
+
+@pytest.mark.parametrize("schema", [
+    # A tree: Node.children[] -> Node.
+    {"type": "object", "$defs": {"Node": {"type": "object", "properties": {
+        "name": {"type": "string"}, "children": {"type": "array", "items": {"$ref": "#/$defs/Node"}}}}},
+     "properties": {"root": {"$ref": "#/$defs/Node"}}},
+    # Mutual recursion A -> B -> A.
+    {"type": "object", "definitions": {"A": {"type": "object", "properties": {"b": {"$ref": "#/definitions/B"}}},
+                                       "B": {"type": "object", "properties": {"a": {"$ref": "#/definitions/A"}}}},
+     "properties": {"start": {"$ref": "#/definitions/A"}}},
+    # Self reference to the root.
+    {"type": "object", "properties": {"self": {"$ref": "#"}}},
+    # A ref to itself.
+    {"type": "object", "$defs": {"Loop": {"$ref": "#/$defs/Loop"}}, "properties": {"x": {"$ref": "#/$defs/Loop"}}},
+])
+def test_gemini_recursive_refs_terminate_without_refs_left(schema: Dict[str, Any]) -> None:
+    started = time.monotonic()
+    cleaned = sanitize_gemini(schema)
+    text = json.dumps(cleaned)
+    assert time.monotonic() - started < 2.0
+    assert "$ref" not in text and "$defs" not in text and "definitions" not in text
+    assert len(text) < 200_000
+
+
+def test_gemini_unresolvable_ref_becomes_a_loose_object() -> None:
+    schema = {"type": "object", "properties": {"ext": {"$ref": "https://example.com/schema.json"}, "gone": {"$ref": "#/$defs/Missing"}}}
+    cleaned = sanitize_gemini(schema)
+    assert cleaned["properties"] == {"ext": {"type": "object"}, "gone": {"type": "object"}}
+
+
+def test_gemini_sanitizer_through_the_translator_for_claude_code_tools() -> None:
+    """Claude Code's 2.1.331 tools (``$schema`` + ``additionalProperties:false``) come out clean for Gemini."""
+    with open(__file__.replace("test_schemas.py", "fixtures/requests/claude_code_2_1_331_first.anthropic.json"), encoding="utf-8") as fh:
+        body = json.load(fh)
+    sent = to_chat_request(parse_messages_request(body), model="gemini-2.5-pro", dialect=DIALECTS["gemini"]).request.to_dict()
+    assert len(sent["tools"]) == 12
+    for tool in sent["tools"]:
+        for path, node in schema_nodes(tool["function"]["parameters"]):
+            for key in GEMINI_FORBIDDEN:
+                assert key not in node, f"{tool['function']['name']}: {key} at {path}"
