@@ -7,7 +7,7 @@ and every upstream-derived error message, goes through these functions.
 from __future__ import annotations
 
 import re
-from typing import Iterable, List, Mapping, Tuple
+from typing import Iterable, List, Mapping, Tuple, Union
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
@@ -29,7 +29,8 @@ _MIN_SECRET_LEN = 4
 
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with known secrets, key-shaped strings and URL credentials masked."""
-    for secret in secrets:
+    # Longest first: a secret that is a prefix of another must not leave the other's tail.
+    for secret in sorted(secrets, key=len, reverse=True):
         if secret and len(secret) >= _MIN_SECRET_LEN:
             text = text.replace(secret, MASK)
     text = _KEY_RE.sub(MASK, text)
@@ -38,12 +39,13 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     return _QUERY_SECRET_RE.sub(lambda m: m.group(1) + MASK, text)
 
 
-def redact_url(url: str) -> str:
+def redact_url(url: str, secrets: Iterable[str] = ()) -> str:
     """``url`` without userinfo and with secret-looking query values masked."""
+    secrets = tuple(secrets)
     try:
         parts = urlsplit(url)
     except ValueError:
-        return redact_text(url)
+        return redact_text(url, secrets)
     netloc = parts.netloc.rsplit("@", 1)[-1]
     if "@" in parts.netloc:
         netloc = MASK + "@" + netloc
@@ -51,14 +53,17 @@ def redact_url(url: str) -> str:
     if query:
         pairs = [(k, MASK if k.lower() in _SECRET_QUERY else v) for k, v in parse_qsl(query, keep_blank_values=True)]
         query = urlencode(pairs, safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return redact_text(urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)), secrets)
 
 
 def is_secret_header(name: str) -> bool:
     return bool(_SECRET_HEADER_RE.search(name))
 
 
-def redact_headers(headers: Iterable[Tuple[str, str]] | Mapping[str, str]) -> List[Tuple[str, str]]:
-    """Header pairs with the values of credential-bearing headers masked."""
+def redact_headers(
+    headers: Union[Iterable[Tuple[str, str]], Mapping[str, str]], secrets: Iterable[str] = ()
+) -> List[Tuple[str, str]]:
+    """Header pairs with the values of credential-bearing headers masked, and known secrets anywhere."""
+    secrets = tuple(secrets)
     items = headers.items() if isinstance(headers, Mapping) else headers
-    return [(k, MASK if is_secret_header(k) else v) for k, v in items]
+    return [(k, MASK if is_secret_header(k) else redact_text(v, secrets)) for k, v in items]

@@ -23,9 +23,10 @@ def encode_signature(dialect: str, state: Optional[Dict[str, Any]] = None) -> st
     return PREFIX + base64.urlsafe_b64encode(payload.encode("ascii")).decode("ascii").rstrip("=")
 
 
-def decode_signature(signature: str) -> Optional[Dict[str, Any]]:
+def decode_signature(signature: Any) -> Optional[Dict[str, Any]]:
     """The provider state inside a proxy signature; None for foreign or broken ones."""
-    if not signature.startswith(PREFIX):
+    # The value comes from client JSON: anything but a string is foreign too.
+    if not isinstance(signature, str) or not signature.startswith(PREFIX):
         return None
     data = signature[len(PREFIX):]
     try:
