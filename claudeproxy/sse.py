@@ -21,17 +21,21 @@ class ServerSentEvent:
 
 
 def split_lines(raw: bytes) -> List[str]:
-    """The logical lines in one ``readline()`` result (which ends at LF).
+    """The logical lines in one ``readline()`` result (or any run of whole lines).
 
     A lone CR also ends a line in SSE, so a chunk from a CR-only server may
-    hold several lines.
+    hold several lines. The final terminator is not a line of its own; the
+    last piece of a body without one is.
     """
     text = raw.decode("utf-8", errors="replace")
     if text.endswith("\n"):
         text = text[:-1]
     if text.endswith("\r"):
         text = text[:-1]
-    return text.split("\r") if "\r" in text else [text]
+    if "\r" not in text and "\n" not in text:
+        return [text]  # the common case: one line
+    # Not str.splitlines: it also splits at VT, FF, U+2028 and more, which SSE does not.
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 class SSEDecoder:
@@ -40,8 +44,13 @@ class SSEDecoder:
     def __init__(self) -> None:
         self._data: List[str] = []
         self._event = ""
+        self._first = True
 
     def decode(self, line: str) -> Optional[ServerSentEvent]:
+        if self._first:
+            # WHATWG decodes the stream as UTF-8, which drops one leading byte order mark.
+            self._first = False
+            line = line[1:] if line.startswith("\ufeff") else line
         if not line:
             return self._dispatch()
         if line.startswith(":"):

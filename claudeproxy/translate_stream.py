@@ -77,8 +77,10 @@ class _Tool:
             return ""  # a final chunk repeating the whole arguments
         if buf and _parses(buf) and _parses(fragment) and json.loads(buf) == json.loads(fragment):
             return ""
-        if buf and fragment.startswith(buf) and (len(buf) >= 2 or _parses(fragment)):
-            self.args = fragment  # cumulative snapshots: keep only the new suffix
+        # Cumulative snapshots (FIELD-NOTES 19): keep only the new suffix. A fragment that
+        # repeats a buffer of 2+ characters, or a lone "{" ("{{" is never JSON), is one.
+        if buf and fragment.startswith(buf) and (len(buf) >= 2 or buf == "{" or _parses(fragment)):
+            self.args = fragment
             return fragment[len(buf):]
         self.args = buf + fragment
         return fragment

@@ -12,7 +12,10 @@ Public API (other test modules may import these; keep it small):
   stops there too); otherwise ``end()`` runs at EOF. A raised ``ProxyError`` or the error
   ``end()`` returns becomes ``translator.fail(exc)``, except when nothing at all was
   emitted yet: then the ``ProxyError`` is raised, because the relay answers such a stream
-  with a plain HTTP error (PROTOCOL.md 3.7).
+  with a plain HTTP error (PROTOCOL.md 3.7). ``lines`` may raise ``OSError`` /
+  ``http.client.HTTPException`` like a socket read; that maps through the relay's own
+  ``streaming.read_error``.
+- ``read_failure(end)``: the exception a socket raises for an ``end`` meta value.
 - ``Playbook(**meta)``: feed chunk dicts one at a time and check what each one yields
   (mitmproxy's ``Playbook`` idea): ``pb.feed(chunk)``, ``pb.done()``, ``pb.eof()``,
   ``pb.expect(chunk, *events)``; ``pb.events`` holds everything so far.
@@ -35,18 +38,22 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import http.client
 import io
 import json
 import os
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+import socket
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from claudeproxy.errors import ProxyError
-from claudeproxy.streaming import iter_lines
+from claudeproxy.streaming import iter_lines, read_error
 from claudeproxy.translate_stream import StreamTranslator, UpstreamStream
+from claudeproxy.upstream import UpstreamCall
 
 Event = Dict[str, Any]
 STREAMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "streams")
 MAX_LINE = 1 << 20  # the relay's default line cap (RELIABILITY.md S13)
+IDLE_TIMEOUT = 300.0  # only named in the timeout message
 _TRANSLATOR_KEYS = ("message_id", "model", "input_tokens", "tool_names", "stop_sequences", "think_tags", "secrets")
 _RUN_KEYS = ("end", "coalesce", "max_line_bytes")
 
@@ -73,12 +80,27 @@ def make_translator(**meta: Any) -> StreamTranslator:
     return StreamTranslator(**kwargs)
 
 
-def end_error(end: str) -> Optional[ProxyError]:
-    """The read failure an ``end`` meta value describes (None for a clean EOF)."""
+_FAILURES: Dict[str, Callable[[], BaseException]] = {
+    "api_error": lambda: ConnectionResetError(104, "Connection reset by peer"),
+    "timeout_error": lambda: socket.timeout("timed out"),
+}
+
+
+def read_failure(end: str) -> Optional[BaseException]:
+    """What the upstream read raises after the last byte, for an ``end`` meta value."""
     if end in ("eof", "open"):
         return None
-    assert end.startswith("error: "), f"bad end {end!r}"
-    return ProxyError("upstream connection broke off (test)", error_type=end[len("error: "):])
+    assert end.startswith("error: ") and end[7:] in _FAILURES, f"bad end {end!r}"
+    return _FAILURES[end[7:]]()
+
+
+def _lines_then(lines: Iterable[bytes], end: str) -> Iterator[bytes]:
+    yield from lines
+    failure = read_failure(end)
+    if failure is not None:
+        raise failure
+    if end == "open":
+        raise AssertionError("the stream did not complete before the upstream went quiet (case 57)")
 
 
 def run_lines(lines: Iterable[bytes], **meta: Any) -> List[Event]:
@@ -87,19 +109,25 @@ def run_lines(lines: Iterable[bytes], **meta: Any) -> List[Event]:
     stream = UpstreamStream(translator)
     events: List[Event] = []
     try:
-        for raw in lines:
+        for raw in _lines_then(lines, meta.get("end", "eof")):
             events += stream.feed_line(raw)
             if stream.complete:
                 return events
-        if meta.get("end") == "open":
-            raise AssertionError("stream did not complete before the upstream went quiet")
-        tail, error = stream.end()
-        events += tail
-        if error is not None:
-            events += _fail(translator, events, end_error(meta.get("end", "eof")) or error)
+        events += _end(stream, events, None)
     except ProxyError as exc:
         events += _fail(translator, events, exc)
+    except (OSError, http.client.HTTPException) as exc:
+        # As the relay: a broken read still ends normally when a finish_reason was seen.
+        events += _end(stream, events, read_error(exc, UpstreamCall(), IDLE_TIMEOUT))
     return events
+
+
+def _end(stream: UpstreamStream, events: List[Event], failure: Optional[Exception]) -> List[Event]:
+    tail, error = stream.end()
+    if error is None:
+        return tail
+    reason = failure if isinstance(failure, ProxyError) else error
+    return tail + _fail(stream.translator, events + tail, reason)
 
 
 def _fail(translator: StreamTranslator, events: List[Event], exc: ProxyError) -> List[Event]:

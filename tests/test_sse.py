@@ -1,0 +1,176 @@
+"""sse.py: the upstream SSE decoder (WHATWG rules, PROTOCOL.md 3.2) and our event encoder (3.1)."""
+
+from __future__ import annotations
+
+import json
+from typing import List, Optional
+
+import pytest
+
+from claudeproxy.sse import ServerSentEvent, SSEDecoder, encode_event, is_done, iter_events, split_lines
+from sse_checks import parse_sse
+
+
+def decode_all(text: str) -> List[ServerSentEvent]:
+    """Feed a body through split_lines + SSEDecoder like the relay: readline() splits at LF only."""
+    parts = text.encode("utf-8").split(b"\n")
+    lines = [p + b"\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+    return list(iter_events(iter(lines)))
+
+
+def one(decoder: SSEDecoder, *lines: str) -> Optional[ServerSentEvent]:
+    out = [decoder.decode(line) for line in lines]
+    assert all(e is None for e in out[:-1])
+    return out[-1]
+
+
+# ----------------------------------------------------------------------------
+# SSEDecoder.
+
+
+def test_data_with_and_without_the_space() -> None:
+    d = SSEDecoder()
+    assert one(d, "data: {\"a\":1}", "") == ServerSentEvent('{"a":1}')
+    assert one(d, "data:{\"a\":1}", "") == ServerSentEvent('{"a":1}')
+
+
+def test_only_one_leading_space_is_removed() -> None:
+    assert one(SSEDecoder(), "data:  two", "") == ServerSentEvent(" two")
+
+
+def test_value_may_contain_colons() -> None:
+    assert one(SSEDecoder(), "data: a: b:c", "") == ServerSentEvent("a: b:c")
+
+
+def test_multi_line_data_is_joined_with_newlines() -> None:
+    assert one(SSEDecoder(), "data: {\"a\":", "data: 1}", "") == ServerSentEvent('{"a":\n1}')
+    assert json.loads(one(SSEDecoder(), "data: {\"a\":", "data: 1}", "").data) == {"a": 1}
+
+
+def test_empty_data_lines_count() -> None:
+    # WHATWG: "data" with no colon appends an empty line; the last LF is removed at dispatch.
+    assert one(SSEDecoder(), "data", "") == ServerSentEvent("")
+    assert one(SSEDecoder(), "data:", "data:", "") == ServerSentEvent("\n")
+
+
+def test_comments_are_ignored() -> None:
+    d = SSEDecoder()
+    assert one(d, ": OPENROUTER PROCESSING", "") is None  # a comment alone dispatches nothing
+    assert one(d, ":", "data: x", ": between", "") == ServerSentEvent("x")
+
+
+def test_event_name_is_kept_for_its_event_only() -> None:
+    d = SSEDecoder()
+    assert one(d, "event: error", "data: {}", "") == ServerSentEvent("{}", "error")
+    assert one(d, "data: next", "") == ServerSentEvent("next", "")
+
+
+def test_event_without_data_dispatches_nothing_and_resets_the_name() -> None:
+    d = SSEDecoder()
+    assert one(d, "event: error", "") is None
+    assert one(d, "data: x", "") == ServerSentEvent("x", "")
+
+
+def test_unknown_fields_id_and_retry_are_ignored() -> None:
+    assert one(SSEDecoder(), "id: 7", "retry: 100", "foo: bar", "data: x", "") == ServerSentEvent("x")
+
+
+def test_blank_lines_alone_dispatch_nothing() -> None:
+    d = SSEDecoder()
+    assert [d.decode("") for _ in range(3)] == [None, None, None]
+
+
+def test_flush_returns_a_final_event_without_blank_line() -> None:
+    d = SSEDecoder()
+    assert d.decode("data: last") is None
+    assert d.flush() == ServerSentEvent("last")
+    assert d.flush() is None
+
+
+def test_a_leading_byte_order_mark_is_dropped() -> None:
+    # WHATWG decodes the stream as UTF-8, which drops one leading BOM.
+    d = SSEDecoder()
+    assert one(d, "\ufeffdata: x", "") == ServerSentEvent("x")
+    assert one(d, "\ufeffdata: y", "") is None  # only at the very start
+
+
+# ----------------------------------------------------------------------------
+# Line splitting: LF, CRLF and lone CR.
+
+
+@pytest.mark.parametrize("raw,lines", [
+    (b"data: x\n", ["data: x"]),
+    (b"data: x\r\n", ["data: x"]),
+    (b"\r\n", [""]),
+    (b"\n", [""]),
+    (b"data: x", ["data: x"]),  # the last line of a body without a terminator
+    (b"data: a\rdata: b\r\r", ["data: a", "data: b", ""]),  # CR-only servers: one readline holds it all
+    (b"data: a\r\r\n", ["data: a", ""]),
+], ids=["lf", "crlf", "blank-crlf", "blank-lf", "eof", "cr-only", "cr-then-crlf"])
+def test_split_lines(raw: bytes, lines: List[str]) -> None:
+    assert split_lines(raw) == lines
+
+
+def test_split_lines_replaces_invalid_utf8() -> None:
+    assert split_lines(b"data: \xff\n") == ["data: \ufffd"]
+
+
+@pytest.mark.parametrize("sep", ["\n", "\r\n", "\r"], ids=["lf", "crlf", "cr"])
+def test_same_events_for_every_line_ending(sep: str) -> None:
+    body = sep.join([": c", "event: e", "data: 1", "data: 2", "", "data: 3", "", ""])
+    assert decode_all(body) == [ServerSentEvent("1\n2", "e"), ServerSentEvent("3")]
+
+
+def test_iter_events_flushes_the_last_event() -> None:
+    assert list(iter_events(iter([b"data: a\n", b"\n", b"data: b\n"]))) == [ServerSentEvent("a"), ServerSentEvent("b")]
+
+
+def test_utf8_split_inside_a_line_is_not_possible_with_readline() -> None:
+    # readline() always returns whole lines, so a multi-byte character never splits.
+    body = "data: {\"t\":\"héllo ✓\"}\n\n".encode("utf-8")
+    assert list(iter_events(iter([body]))) == [ServerSentEvent('{"t":"héllo ✓"}')]
+
+
+@pytest.mark.parametrize("data,done", [("[DONE]", True), ("[DONE] ", True), ("[DONE]x", True),
+                                       ("{\"a\":1}", False), ("DONE", False), (" [DONE]", False)])
+def test_is_done_matches_by_prefix_like_the_openai_sdk(data: str, done: bool) -> None:
+    assert is_done(data) is done
+
+
+# ----------------------------------------------------------------------------
+# encode_event.
+
+
+def test_encode_event_exact_bytes() -> None:
+    out = encode_event({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}})
+    assert isinstance(out, bytes)
+    assert out == (b'event: content_block_delta\n'
+                   b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}\n\n')
+
+
+def test_encode_event_is_utf8_not_ascii_escapes() -> None:
+    out = encode_event({"type": "x", "text": "é ✓ 日本"})
+    assert "é ✓ 日本".encode("utf-8") in out and b"\\u" not in out
+
+
+def test_encode_event_keeps_one_data_line_for_newlines_in_text() -> None:
+    out = encode_event({"type": "content_block_delta", "delta": {"text": "a\nb\r\nc\u2028d"}})
+    lines = out.split(b"\n")
+    assert lines[0] == b"event: content_block_delta" and lines[1].startswith(b"data: ")
+    assert lines[2:] == [b"", b""]  # exactly one data line, then the blank line
+    assert json.loads(lines[1][6:])["delta"]["text"] == "a\nb\r\nc\u2028d"
+
+
+@pytest.mark.parametrize("payload", [{"type": "ping"}, {"type": "message_stop"},
+                                     {"type": "error", "error": {"type": "api_error", "message": "x"}}])
+def test_encode_event_name_equals_type_and_round_trips(payload: dict) -> None:
+    ((name, decoded),) = parse_sse(encode_event(payload))
+    assert name == payload["type"] and decoded == payload
+    assert list(iter_events(iter(encode_event(payload).splitlines(keepends=True)))) == [
+        ServerSentEvent(json.dumps(payload, separators=(",", ":")), payload["type"])]
+
+
+def test_split_lines_takes_several_whole_lines() -> None:
+    # Callers that hand over more than one readline() result at once still get every line.
+    assert split_lines(b"data: a\n\ndata: b\r\n\r\n") == ["data: a", "", "data: b", ""]
+    assert split_lines(b"data: a\x0bb\x0cc\xe2\x80\xa8d\n") == ["data: a\x0bb\x0cc\u2028d"]  # not line ends in SSE

@@ -1,0 +1,223 @@
+"""Seeded re-chunking: the events never depend on where the upstream's bytes were cut.
+
+For every golden stream fixture, 200 seeds each cut the upstream body at random byte
+offsets into HTTP/1.1 chunks (sometimes with chunk extensions), and the fake socket under
+a real ``http.client.HTTPResponse`` hands those bytes out in random-sized reads (CPython's
+``test_httplib.FakeSocket`` idea: no network). The body is read with the relay's own
+``streaming.iter_lines`` and fed to ``UpstreamStream``; the events must equal the
+unsplit run. An ``"end": "open"`` fixture gets no chunked terminator and the socket fails
+the test if anything reads past the last byte: such a stream must complete on its own
+(PROTOCOL.md case 57). ``"error: <type>"`` fixtures end with a socket error.
+
+Then tool arguments are cut at random points (200 seeds, live first call, buffered second
+call, cumulative snapshots): the concatenated ``partial_json`` must parse to the object.
+To replay one seed: ``RECHUNK_SEED=17 pytest tests/test_stream_rechunk.py -k text_plain``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import random
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+
+from claudeproxy.streaming import iter_lines
+from sse_checks import assert_valid_event_sequence, final_message
+from stream_playbook import (
+    MAX_LINE,
+    Playbook,
+    case_stems,
+    chunk,
+    diff_text,
+    load_case,
+    read_failure,
+    run_lines,
+    run_transcript,
+    tool_delta,
+)
+
+SEEDS = 200
+ONLY_SEED = os.environ.get("RECHUNK_SEED")
+SEED_RANGE = [int(ONLY_SEED)] if ONLY_SEED else list(range(SEEDS))
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+class _Raw(io.RawIOBase):
+    """Socket bytes in random-sized reads; after the last byte: EOF, an error, or a test failure."""
+
+    def __init__(self, data: bytes, rng: random.Random, after: Optional[BaseException], strict: bool) -> None:
+        self.data, self.pos, self.rng = data, 0, rng
+        self.after, self.strict = after, strict
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        if self.pos >= len(self.data):
+            if self.strict:
+                raise AssertionError("read past the last byte: the stream should have completed")
+            if self.after is not None:
+                raise self.after
+            return 0
+        n = min(len(buf), self.rng.randint(1, 96), len(self.data) - self.pos)
+        buf[:n] = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+
+class FakeSocket:
+    def __init__(self, raw: _Raw) -> None:
+        self.raw = raw
+
+    def makefile(self, mode: str, *args: Any, **kwargs: Any) -> io.BufferedReader:
+        assert "r" in mode
+        return io.BufferedReader(self.raw)
+
+    def close(self) -> None:
+        pass
+
+
+def chunked(body: bytes, rng: random.Random, terminate: bool) -> bytes:
+    """``body`` as HTTP/1.1 chunks cut at random offsets."""
+    cuts = sorted(rng.sample(range(1, len(body)), min(len(body) - 1, rng.randint(0, 40)))) if len(body) > 1 else []
+    if rng.random() < 0.1:
+        cuts = list(range(1, len(body)))  # one byte per chunk
+    out = [HEAD]
+    for start, end in zip([0] + cuts, cuts + [len(body)]):
+        ext = b";x=1" if rng.random() < 0.1 else b""
+        out.append(b"%x%s\r\n%s\r\n" % (end - start, ext, body[start:end]))
+    if terminate:
+        out.append(b"0\r\n\r\n")
+    return b"".join(out)
+
+
+def http_lines(body: bytes, meta: Dict[str, Any], seed: int) -> Any:
+    """The body's lines as the relay reads them from a real HTTPResponse over a fake socket."""
+    rng = random.Random(seed)
+    end = meta.get("end", "eof")
+    wire = chunked(body, rng, terminate=end == "eof")
+    resp = http.client.HTTPResponse(FakeSocket(_Raw(wire, rng, read_failure(end), strict=end == "open")))  # type: ignore[arg-type]
+    resp.begin()
+    assert resp.chunked and resp.status == 200
+    return iter_lines(resp, meta.get("max_line_bytes", MAX_LINE))
+
+
+@pytest.mark.parametrize("stem", case_stems(), ids=lambda s: f"{s}-seeds{SEED_RANGE[0]}-{SEED_RANGE[-1]}")
+def test_rechunked_http_body_gives_identical_events(stem: str) -> None:
+    case = load_case(stem)
+    reference = run_transcript(case.upstream, **case.meta)
+    for seed in SEED_RANGE:
+        got = run_lines(http_lines(case.upstream, case.meta, seed), **case.meta)
+        assert got == reference, f"{stem} seed={seed}\n" + diff_text(got, reference)
+
+
+def test_harness_really_splits_and_fails_on_a_lost_byte() -> None:
+    # The property above is only worth something if the harness can tell streams apart.
+    case = load_case("text_plain")
+    rng = random.Random(3)
+    wire = chunked(case.upstream, rng, terminate=True)
+    assert wire.count(b"\r\n") > 20
+    damaged = case.upstream.replace(b'"He"', b'"Hx"')
+    assert run_lines(http_lines(damaged, case.meta, 3), **case.meta) != run_transcript(case.upstream, **case.meta)
+
+
+def test_open_stream_that_never_completes_is_caught() -> None:
+    body = b'data: {"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":"stop"}]}\n\n'
+    with pytest.raises(AssertionError, match="read past the last byte"):
+        run_lines(http_lines(body, {"end": "open"}, 1), end="open")
+
+
+# ----------------------------------------------------------------------------
+# Tool arguments cut at random points.
+
+ARGUMENTS: List[Dict[str, Any]] = [
+    {},
+    {"path": "/src/main.py", "content": "def f():\n    return \"q\"\n", "mode": 420},
+    {"command": "grep -rn 'TODO' . | head -n 5", "timeout": 30000, "run_in_background": False},
+    {"todos": [{"content": "write tests", "status": "in_progress", "activeForm": "Writing"},
+               {"content": "ship", "status": "pending", "activeForm": "Shipping"}]},
+    {"text": "üñíçødé ✓ 日本語 \\ backslash \"quoted\" \t tab", "n": -1.5e-3, "none": None},
+    {"deep": {"a": [1, [2, [3, {"b": [True, False, None]}]]]}, "empty": {}, "list": []},
+    {"old_string": "x" * 300, "new_string": "y" * 300, "replace_all": True},
+]
+
+
+def cut(text: str, rng: random.Random) -> List[str]:
+    """``text`` in 1..25 random non-empty pieces."""
+    if len(text) < 2:
+        return [text]
+    cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(0, 24))))
+    return [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])]
+
+
+def serialize(obj: Dict[str, Any], rng: random.Random) -> str:
+    style = rng.choice([{}, {"separators": (",", ":")}, {"indent": 2}, {"ensure_ascii": False}])
+    return json.dumps(obj, **style)
+
+
+def partial_json_by_block(events: List[Dict[str, Any]]) -> Dict[int, str]:
+    out: Dict[int, str] = {}
+    for event in events:
+        delta = event.get("delta") or {}
+        if delta.get("type") == "input_json_delta":
+            out[event["index"]] = out.get(event["index"], "") + delta["partial_json"]
+    return out
+
+
+def tool_inputs(pb: Playbook) -> List[Tuple[str, Any]]:
+    """(name, parsed concatenated partial_json) per tool block, after the grammar check."""
+    assert_valid_event_sequence(pb.events, allow_error=False)
+    parts = partial_json_by_block(pb.events)
+    blocks = [e for e in pb.events if e["type"] == "content_block_start" and e["content_block"]["type"] == "tool_use"]
+    return [(b["content_block"]["name"], json.loads(parts.get(b["index"], "{}"))) for b in blocks]
+
+
+@pytest.mark.parametrize("seed", SEED_RANGE, ids=lambda s: f"seed{s}")
+def test_split_arguments_reassemble(seed: int) -> None:
+    rng = random.Random(seed)
+    first, second = rng.choice(ARGUMENTS), rng.choice(ARGUMENTS)
+    a_pieces, b_pieces = cut(serialize(first, rng), rng), cut(serialize(second, rng), rng)
+    pb = Playbook()
+    pb.feed(chunk(tool_delta(0, "call_a", "first", a_pieces[0])))
+    pb.feed(chunk(tool_delta(1, "call_b", "second", b_pieces[0])))
+    for index, piece in _interleave(rng, a_pieces[1:], b_pieces[1:]):  # each call keeps its order
+        pb.feed(chunk(tool_delta(index, arguments=piece)))
+    pb.feed(chunk(finish="tool_calls", usage={"prompt_tokens": 1, "completion_tokens": 1}))
+    assert pb.complete
+    assert tool_inputs(pb) == [("first", first), ("second", second)], f"seed={seed}"
+    assert [b["input"] for b in final_message(pb.events)["content"]] == [first, second]
+
+
+def _interleave(rng: random.Random, a: List[str], b: List[str]) -> List[Tuple[int, str]]:
+    out: List[Tuple[int, str]] = []
+    i = j = 0
+    while i < len(a) or j < len(b):
+        if j >= len(b) or (i < len(a) and rng.random() < 0.5):
+            out.append((0, a[i]))
+            i += 1
+        else:
+            out.append((1, b[j]))
+            j += 1
+    return out
+
+
+@pytest.mark.parametrize("seed", SEED_RANGE, ids=lambda s: f"seed{s}")
+def test_cumulative_argument_snapshots_reassemble(seed: int) -> None:
+    # FIELD-NOTES 19: some upstreams resend the whole argument string so far in every chunk.
+    rng = random.Random(seed)
+    obj = rng.choice(ARGUMENTS)
+    pieces = cut(serialize(obj, rng), rng)
+    snapshots = ["".join(pieces[: i + 1]) for i in range(len(pieces))]
+    if rng.random() < 0.5:
+        snapshots.append(snapshots[-1])  # and once more at the end
+    pb = Playbook()
+    pb.feed(chunk(tool_delta(0, "call_s", "snap", snapshots[0])))
+    for snap in snapshots[1:]:
+        pb.feed(chunk(tool_delta(0, arguments=snap)))
+    pb.feed(chunk(finish="tool_calls"))
+    pb.done()
+    assert tool_inputs(pb) == [("snap", obj)], f"seed={seed} snapshots={snapshots[:3]}"
