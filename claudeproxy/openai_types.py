@@ -164,6 +164,13 @@ def _as_int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
+def _optional_count(value: Any) -> Optional[int]:
+    """A count that may be unreported: null or a wrong type is None, which is not 0 (2.5)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    return max(value, 0)
+
+
 def _as_str(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
@@ -174,9 +181,7 @@ def parse_usage(raw: Any) -> Optional[ChatUsage]:
         return None
     prompt_details = raw.get("prompt_tokens_details") if isinstance(raw.get("prompt_tokens_details"), dict) else {}
     completion_details = raw.get("completion_tokens_details")
-    reasoning = None
-    if isinstance(completion_details, dict) and "reasoning_tokens" in completion_details:
-        reasoning = _as_int(completion_details.get("reasoning_tokens"))
+    reasoning = _optional_count(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else None
     cached = _as_int(prompt_details.get("cached_tokens")) or _as_int(raw.get("prompt_cache_hit_tokens"))
     return ChatUsage(
         prompt_tokens=_as_int(raw.get("prompt_tokens")),
