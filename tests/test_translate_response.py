@@ -289,3 +289,71 @@ def test_usage_keeps_anthropic_total() -> None:
     usage = usage_from(parse_chat_response(load_json("responses", "usage_cache_write_reasoning.openai.json")).usage)
     total = usage["input_tokens"] + usage["cache_read_input_tokens"] + usage["cache_creation_input_tokens"]
     assert total == 100
+
+
+# --------------------------------------------------------------------------
+# Robustness: no upstream answer, however odd, fails the translation (2.2: "Never fail the whole response").
+
+_ODD_VALUES: Any = [None, "", " ", "x", "END", "<think>a</think>b", 0, -1, 7, 1.5, True, [], {}, [1], {"a": 1},
+                    '{"a": ', '"{\\"a\\":1}"', "[1,2]", "{bad", "```json\n{}\n```", "\x00", "\u2603"]
+_STOP_REASONS = {"end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal"}
+
+
+def _odd_tool_call(rng: Any) -> Any:
+    call = {"id": rng.choice(["", "c1", "c1", None, 5]), "type": rng.choice(["function", None, "custom", 3]),
+            "function": {"name": rng.choice(["f", "", None, "a.b"]), "arguments": rng.choice(_ODD_VALUES)}}
+    return rng.choice([call, call, rng.choice(_ODD_VALUES)])
+
+
+def _odd_body(rng: Any) -> Any:
+    msg = {key: rng.choice(_ODD_VALUES) for key in
+           ("content", "reasoning_content", "reasoning", "refusal", "reasoning_details", "function_call")
+           if rng.random() < 0.5}
+    msg["tool_calls"] = [_odd_tool_call(rng) for _ in range(rng.randrange(4))]
+    choice = {"message": msg, "finish_reason": rng.choice(["stop", "length", "tool_calls", "content_filter", None, 5]),
+              "stop_reason": rng.choice(_ODD_VALUES), "index": rng.choice([0, 1, None])}
+    usage = {"prompt_tokens": rng.choice(_ODD_VALUES), "completion_tokens": rng.choice(_ODD_VALUES),
+             "prompt_tokens_details": rng.choice([None, {"cached_tokens": rng.choice(_ODD_VALUES)}, "x"])}
+    return {"id": rng.choice(["", "abc", None, "a/b:c"]), "choices": [choice], "usage": usage}
+
+
+def _assert_valid_message(message: Dict[str, Any]) -> None:
+    assert message["type"] == "message" and message["role"] == "assistant"
+    assert message["id"].startswith("msg_") and len(message["id"]) > 4
+    assert message["stop_reason"] in _STOP_REASONS
+    assert message["stop_sequence"] is None or message["stop_reason"] == "stop_sequence"
+    for block in message["content"]:
+        if block["type"] == "text":
+            assert isinstance(block["text"], str) and block["text"], "no empty text blocks (FIELD-NOTES 12)"
+        elif block["type"] == "tool_use":
+            assert isinstance(block["input"], dict) and block["name"] and block["id"]
+        else:
+            assert block["type"] == "thinking" and block["signature"].startswith(PREFIX)
+    ids = [b["id"] for b in message["content"] if b["type"] == "tool_use"]
+    assert len(ids) == len(set(ids))
+    assert all(isinstance(v, int) and v >= 0 for k, v in message["usage"].items() if k != "output_tokens_details")
+    json.dumps(message)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_odd_upstream_answers_always_translate(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    for _ in range(60):
+        body = _odd_body(rng)
+        meta = {"stop_sequences": rng.choice([[], ["END"], ["x", "END"]]), "think_tags": rng.random() < 0.5}
+        message, _ = _translate(body, meta)
+        _assert_valid_message(message)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_normalize_arguments_never_raises(seed: int) -> None:
+    import random
+
+    rng = random.Random(1000 + seed)
+    alphabet = '{}[]":,\\ abc123-.\n`eE+'
+    for _ in range(200):
+        raw = "".join(rng.choice(alphabet) for _ in range(rng.randrange(40)))
+        obj, _ = normalize_arguments(raw)
+        assert isinstance(obj, dict)
