@@ -56,6 +56,9 @@ class Dialect:
     auth: str = "bearer"
     # Stream requests that carry tools; False = call non-streaming and synthesise the stream.
     stream_with_tools: bool = True
+    # Echo Gemini's thought_signature on assistant tool calls (extra_content.google). Other
+    # servers may reject the unknown field, e.g. after a session moves from Gemini to OpenAI.
+    thought_signatures: bool = False
 
 
 _BASE = Dialect()
@@ -78,7 +81,9 @@ DIALECTS: Dict[str, Dialect] = {
         _BASE, name="mistral", short_tool_ids=True, bridge_tool_to_user=True, prefill_prefix=True,
         reasoning="none",
     ),
-    "gemini": dataclasses.replace(_BASE, name="gemini", schema_sanitizer="gemini", send_user=False, reasoning="gemini"),
+    "gemini": dataclasses.replace(
+        _BASE, name="gemini", schema_sanitizer="gemini", send_user=False, reasoning="gemini", thought_signatures=True
+    ),
     # Ollama answers 400 when a non-thinking model is asked to think: only explicit budgets map.
     "ollama": dataclasses.replace(_BASE, name="ollama", reasoning="explicit", max_stop=None),
     "vllm": dataclasses.replace(

@@ -156,23 +156,31 @@ def _user_content(parts: List[Part], dialect: Dialect) -> Any:
 
 
 def _tool_result_content(block: ToolResultBlock, dialect: Dialect) -> Tuple[str, List[Part]]:
+    """The tool message text, and the parts only a user message can carry (images, PDF files).
+
+    OpenAI tool messages take text parts only; the rest moves to the user
+    message of the same turn and leaves a marker in the text (FIELD-NOTES 14).
+    """
     texts: List[str] = []
-    images: List[Part] = []
+    moved: List[Part] = []
     for item in block.content:
-        if isinstance(item, ImageBlock):
-            texts.append("[image]")
-            images.append(_image_part(item, dialect))
-        else:
-            texts.extend(p["text"] if p["type"] == "text" else "[file]" for p in _block_parts(item, dialect))
+        parts = [_image_part(item, dialect)] if isinstance(item, ImageBlock) else _block_parts(item, dialect)
+        for part in parts:
+            if part["type"] == "text" and not isinstance(item, ImageBlock):
+                texts.append(part["text"])
+            else:
+                texts.append("[file]" if part["type"] == "file" else "[image]")
+                moved.append(part)
     text = "\n".join(texts)
     if block.is_error and not text.startswith("Error"):
         text = f"Error: {text}" if text else "Error"
-    return text, images
+    return text, moved
 
 
-def _orphan_text(block: ToolResultBlock, dialect: Dialect) -> Part:
-    text, _ = _tool_result_content(block, dialect)
-    return _text_part(f"[tool_result {block.tool_use_id}] {text}".rstrip())
+def _orphan_parts(block: ToolResultBlock, dialect: Dialect) -> List[Part]:
+    """A result with no matching call: user text, with its images kept next to it."""
+    text, moved = _tool_result_content(block, dialect)
+    return [_text_part(f"[tool_result {block.tool_use_id}] {text}".rstrip())] + moved
 
 
 # --------------------------------------------------------------------------
@@ -213,7 +221,8 @@ def _assistant_message(message: Message, dialect: Dialect, is_last: bool) -> Cha
     blocks = message.content
     state = _restore_state(blocks)
     texts = [b.text for b in blocks if isinstance(b, TextBlock) and b.text]
-    calls = tuple(_tool_call(b, dialect, state.get("ts", {})) for b in blocks if isinstance(b, ToolUseBlock))
+    thought_signatures = state.get("ts", {}) if dialect.thought_signatures else {}
+    calls = tuple(_tool_call(b, dialect, thought_signatures) for b in blocks if isinstance(b, ToolUseBlock))
     content: Any = "\n\n".join(texts) if texts else None
     if content is None and not calls:
         content = ""
@@ -284,7 +293,7 @@ class _MessageBuilder:
                 answered.add(block.tool_use_id)
                 images.extend(found)
             elif isinstance(block, ToolResultBlock):
-                parts.append(_orphan_text(block, self.dialect))
+                parts.extend(_orphan_parts(block, self.dialect))
             else:
                 parts.extend(_block_parts(block, self.dialect))
         self.close_turn(answered)
@@ -509,7 +518,7 @@ def to_chat_request(
         stream_usage=dialect.stream_usage,
         temperature=req.temperature if sampling else None,
         top_p=req.top_p if sampling else None,
-        top_k=req.top_k if dialect.pass_top_k else None,
+        top_k=req.top_k if dialect.pass_top_k and sampling else None,
         stop=_stop(req, dialect),
         tools=tools,
         tool_choice=tool_choice,

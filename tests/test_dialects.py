@@ -148,6 +148,11 @@ def test_mistral_and_gemini_and_deepseek_flags() -> None:
     assert DIALECTS["azure"].auth == "azure"
 
 
+def test_thought_signatures_only_for_gemini() -> None:
+    """Gemini-only fields (thought_signature on tool calls) stay on Gemini."""
+    assert {n for n, d in DIALECTS.items() if d.thought_signatures} == {"gemini"}
+
+
 @pytest.mark.parametrize("budget,effort", [
     (0, "low"), (1024, "low"), (2000, "low"), (4095, "low"),
     (4096, "medium"), (10000, "medium"), (16383, "medium"),
