@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from typing import Any, Dict, List, Optional, Tuple
 
 from .errors import ProxyError, UpstreamUnavailable, error_from_object, stream_error_event
@@ -55,6 +56,44 @@ def _parses(text: str) -> bool:
     return True
 
 
+_STRUCTURAL_RE = re.compile(r'[\\"{}\[\]]')
+_OBJECT_START_RE = re.compile(r"\s*\{")
+
+
+class _JsonScan:
+    """Whether streamed JSON text has closed its outermost object, in time linear in the text.
+
+    ``_parses`` on the growing buffer after every fragment would be quadratic: a
+    5 MB argument in 1 KB fragments (RELIABILITY.md F10) would stall the stream.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.in_string = False
+        self.escaped = False  # the previous text ended inside an escape
+        self.closed = False
+
+    def feed(self, text: str) -> None:
+        skip = 0 if self.escaped and text else -1
+        self.escaped = False
+        for match in _STRUCTURAL_RE.finditer(text):
+            i, ch = match.start(), match.group()
+            if i == skip:
+                continue
+            if self.in_string:
+                if ch == "\\":
+                    skip, self.escaped = i + 1, i + 1 == len(text)
+                elif ch == '"':
+                    self.in_string = False
+            elif ch == '"':
+                self.in_string = True
+            elif ch in "{[":
+                self.depth += 1
+            elif self.depth > 0:
+                self.depth -= 1
+                self.closed = self.closed or self.depth == 0
+
+
 @dataclasses.dataclass
 class _Tool:
     """One tool call being assembled from fragments."""
@@ -63,27 +102,61 @@ class _Tool:
     index: Optional[int] = None
     id: str = ""
     name: str = ""
-    args: str = ""
     live: bool = False  # its block was started and its fragments are streamed
     block: Optional[int] = None
     thought_signature: Optional[str] = None
+    # The arguments as fragments, joined only when needed (a str += per fragment is quadratic).
+    parts: List[str] = dataclasses.field(default_factory=list)
+    size: int = 0
+    scan: _JsonScan = dataclasses.field(default_factory=_JsonScan)
+
+    @property
+    def args(self) -> str:
+        if len(self.parts) > 1:
+            self.parts = ["".join(self.parts)]
+        return self.parts[0] if self.parts else ""
 
     def add_fragment(self, fragment: Optional[str]) -> str:
         """Merge one arguments fragment; return the text newly appended."""
         if not fragment:
             return ""
+        if self.size:
+            if len(fragment) == self.size and fragment == self.args:
+                return ""  # a final chunk repeating the whole arguments
+            if _OBJECT_START_RE.match(fragment) and self._same_object(fragment):
+                return ""  # the same, reformatted
+            # Cumulative snapshots (FIELD-NOTES 19): keep only the new suffix. A fragment that
+            # repeats a buffer of 2+ characters, or a lone "{" ("{{" is never JSON), is one.
+            old = self.size
+            if len(fragment) > old and fragment.startswith(self.args) and (
+                old >= 2 or self.args == "{" or _parses(fragment)
+            ):
+                self.parts, self.size = [fragment], len(fragment)
+                return self._scanned(fragment[old:])
+        self.parts.append(fragment)
+        self.size += len(fragment)
+        return self._scanned(fragment)
+
+    def _same_object(self, fragment: str) -> bool:
+        if not self.scan.closed:
+            return False  # the buffer is not a complete object yet: nothing to repeat
+        if not _parses(fragment):
+            return False
         buf = self.args
-        if buf and fragment == buf:
-            return ""  # a final chunk repeating the whole arguments
-        if buf and _parses(buf) and _parses(fragment) and json.loads(buf) == json.loads(fragment):
-            return ""
-        # Cumulative snapshots (FIELD-NOTES 19): keep only the new suffix. A fragment that
-        # repeats a buffer of 2+ characters, or a lone "{" ("{{" is never JSON), is one.
-        if buf and fragment.startswith(buf) and (len(buf) >= 2 or buf == "{" or _parses(fragment)):
-            self.args = fragment
-            return fragment[len(buf):]
-        self.args = buf + fragment
-        return fragment
+        return _parses(buf) and json.loads(buf) == json.loads(fragment)
+
+    def _scanned(self, added: str) -> str:
+        self.scan.feed(added)
+        return added
+
+    @property
+    def starts_object(self) -> bool:
+        """The first non-blank argument character is ``{``."""
+        for part in self.parts:
+            stripped = part.lstrip()
+            if stripped:
+                return stripped[0] == "{"
+        return False
 
 
 class _ThinkTags:
@@ -369,7 +442,7 @@ class StreamTranslator:
     def _blocked(self) -> bool:
         """The live tool's JSON is still open: a new block now would cut it off for good."""
         return bool(self.deferred) or (
-            self.open_kind == "tool" and self.live is not None and not _parses(self.live.args)
+            self.open_kind == "tool" and self.live is not None and not self.live.scan.closed
         )
 
     def _release(self) -> List[Event]:
@@ -412,7 +485,7 @@ class StreamTranslator:
         last = self.tools[-1] if self.tools else None
         if call.id or last is None:
             return self._new_tool(None)
-        if call.name and last.name and (call.name != last.name or _parses(last.args)):
+        if call.name and last.name and (call.name != last.name or last.scan.closed):
             return self._new_tool(None)
         return last
 
@@ -431,14 +504,14 @@ class StreamTranslator:
         self.out_chars += len(added)
         if tool.live:
             events = self._live_delta(tool, added)
-            return events + self._release() if self.deferred and _parses(tool.args) else events
+            return events + self._release() if self.deferred and tool.scan.closed else events
         if tool is self.tools[0] and self._may_go_live(tool):
             return self._go_live(tool)
         return []
 
     def _may_go_live(self, tool: _Tool) -> bool:
         """Only the turn's first call streams live, and only once its JSON object has begun."""
-        return bool(tool.name) and tool.args.lstrip().startswith("{")
+        return bool(tool.name) and tool.starts_object
 
     def _go_live(self, tool: _Tool) -> List[Event]:
         tool.live = True

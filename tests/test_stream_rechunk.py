@@ -184,12 +184,25 @@ def test_split_arguments_reassemble(seed: int) -> None:
     pb = Playbook()
     pb.feed(chunk(tool_delta(0, "call_a", "first", a_pieces[0])))
     pb.feed(chunk(tool_delta(1, "call_b", "second", b_pieces[0])))
-    for index, piece in _interleave(rng, a_pieces[1:], b_pieces[1:]):  # each call keeps its order
-        pb.feed(chunk(tool_delta(index, arguments=piece)))
+    steps = _interleave(rng, a_pieces[1:], b_pieces[1:])  # each call keeps its order
+    steps.insert(rng.randint(0, len(steps)), (-1, "note"))  # and a text delta somewhere among them
+    a_left = len(a_pieces) - 1
+    text_seen = text_started = False
+    for index, piece in steps:
+        out = pb.feed(chunk({"content": piece}) if index < 0 else chunk(tool_delta(index, arguments=piece)))
+        a_left -= index == 0
+        a_done = a_left == 0
+        text_seen = text_seen or index < 0
+        text_started = text_started or any(e["type"] == "content_block_start" and e["content_block"]["type"] == "text" for e in out)
+        # The text waits while the live call's JSON is open, and not a fragment longer.
+        assert text_started == (a_done and text_seen), f"seed={seed} after {piece!r}"
     pb.feed(chunk(finish="tool_calls", usage={"prompt_tokens": 1, "completion_tokens": 1}))
     assert pb.complete
     assert tool_inputs(pb) == [("first", first), ("second", second)], f"seed={seed}"
-    assert [b["input"] for b in final_message(pb.events)["content"]] == [first, second]
+    content = final_message(pb.events)["content"]
+    assert content == [{"type": "tool_use", "id": "call_a", "name": "first", "input": first},
+                       {"type": "text", "text": "note"},
+                       {"type": "tool_use", "id": "call_b", "name": "second", "input": second}], f"seed={seed}"
 
 
 def _interleave(rng: random.Random, a: List[str], b: List[str]) -> List[Tuple[int, str]]:

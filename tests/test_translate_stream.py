@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import Any, Dict, List
 
 import pytest
 
 from claudeproxy.errors import ProxyError
+from claudeproxy.openai_types import parse_chat_chunk
 from claudeproxy.sse import encode_event
 from claudeproxy.translate_stream import StreamTranslator, UpstreamStream, events_for_message
 from sse_checks import assert_valid_event_sequence, events_of, final_message
@@ -126,6 +128,42 @@ def test_text_inside_incomplete_tool_arguments_does_not_cut_the_tool() -> None:
         {"type": "text", "text": "note"},
     ]
     assert_valid_event_sequence(pb.events, allow_error=False)
+
+
+def test_huge_tool_arguments_stream_in_linear_time() -> None:
+    # RELIABILITY.md F10: 5 MB of arguments in 1 KB fragments, with a text delta inside the
+    # call and a second (buffered) call. Re-parsing the growing buffer per fragment took
+    # ~4 s for 2 MB before; linear work takes well under a second.
+    pb = Playbook()
+    feed = lambda c: pb.stream.translator.feed(parse_chat_chunk(c))  # noqa: E731  (skip JSON round trips)
+    feed(chunk(tool_delta(0, "a", "write", '{"content": "')))
+    feed(chunk(tool_delta(1, "b", "write", '{"content": "')))
+    assert feed(chunk({"content": "between"})) == []
+    piece = "0123456789abcdef\\\"{}[]" * 40  # escapes and brackets inside the string, ~1 KB
+    started = time.monotonic()
+    for _ in range(5 * 1024 * 1024 // len(piece)):
+        assert len(feed(chunk(tool_delta(0, arguments=piece)))) == 1  # one delta per fragment, at once
+        feed(chunk(tool_delta(1, arguments="x" * 200)))
+    out = feed(chunk(tool_delta(0, arguments='"}')))
+    assert [e["type"] for e in out] == ["content_block_delta", "content_block_stop", "content_block_start",
+                                        "content_block_delta"]  # the text waited for the closing brace
+    feed(chunk(tool_delta(1, arguments='"}')))
+    end = pb.stream.translator.finish()
+    assert time.monotonic() - started < 8.0
+    assert json.loads(end[-4]["delta"]["partial_json"])["content"] == "x" * 200 * (5 * 1024 * 1024 // len(piece))
+
+
+def test_text_waits_to_the_end_for_a_tool_call_that_never_closes() -> None:
+    pb = Playbook()
+    pb.feed(chunk(tool_delta(0, "c", "f", '{"a": [1, 2')))
+    assert pb.feed(chunk({"content": "text"})) == []
+    pb.feed(chunk(finish="length"))
+    pb.done()
+    types = [(e["type"], e.get("index")) for e in pb.events]
+    assert types[-6:] == [("content_block_stop", 0), ("content_block_start", 1), ("content_block_delta", 1),
+                          ("content_block_stop", 1), ("message_delta", None), ("message_stop", None)]
+    assert pb.events[-4]["delta"]["text"] == "text"
+    assert pb.events[-2]["delta"]["stop_reason"] == "max_tokens"
 
 
 # ----------------------------------------------------------------------------
@@ -259,6 +297,19 @@ def test_stop_sequence_text_before_a_tool_call_is_kept() -> None:
     message = final_message(pb.events)
     assert message["content"][0] == {"type": "text", "text": "Calling."}
     assert message["stop_reason"] == "tool_use"
+
+
+def test_held_stop_prefix_keeps_its_place_before_later_reasoning() -> None:
+    pb = Playbook(stop_sequences=["STOP"])
+    pb.feed(chunk({"reasoning_content": "a"}))
+    pb.feed(chunk({"content": "ST"}))  # held: it may be the stop sequence
+    pb.feed(chunk({"reasoning_content": "b"}))  # it was not; the text still comes first
+    pb.feed(chunk(finish="stop"))
+    pb.done()
+    content = final_message(pb.events)["content"]
+    assert [(b["type"], b.get("text", b.get("thinking"))) for b in content] == [
+        ("thinking", "a"), ("text", "ST"), ("thinking", "b")]
+    assert_valid_event_sequence(pb.events, allow_error=False)
 
 
 def test_think_tags_matching_the_non_streaming_split() -> None:
