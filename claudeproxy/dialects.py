@@ -46,6 +46,9 @@ class Dialect:
     short_tool_ids: bool = False
     # Insert an assistant message between a tool message and a user message (Mistral).
     bridge_tool_to_user: bool = False
+    # Role for system turns after the conversation began; None keeps "system". Mistral wants
+    # the last message to be user or tool, and no system turn after a tool result.
+    late_system_role: Optional[str] = None
     # Mark a final assistant message as a prefill with "prefix": true.
     prefill_prefix: bool = False
     # JSON-schema sanitizer for tool parameters: none or gemini.
@@ -54,6 +57,9 @@ class Dialect:
     think_tags: bool = False
     # Authorization header style: bearer or azure (api-key header).
     auth: str = "bearer"
+    # Structured output: json_schema (response_format with the schema), or json_object (only
+    # JSON mode exists; the schema goes into the system prompt as an instruction).
+    structured_output: str = "json_schema"
     # Stream requests that carry tools; False = call non-streaming and synthesise the stream.
     stream_with_tools: bool = True
     # Echo Gemini's thought_signature on assistant tool calls (extra_content.google). Other
@@ -75,10 +81,13 @@ DIALECTS: Dict[str, Dialect] = {
     "deepseek": dataclasses.replace(
         _BASE, name="deepseek", reasoning="deepseek", reasoning_history="reasoning_content_all",
         assistant_empty_content="", string_content_only=True, max_stop=16,
+        # DeepSeek answers 400 "This response_format type is unavailable now" to json_schema.
+        structured_output="json_object",
     ),
     "groq": dataclasses.replace(_BASE, name="groq", reasoning="groq", send_user=False),
     "mistral": dataclasses.replace(
         _BASE, name="mistral", short_tool_ids=True, bridge_tool_to_user=True, prefill_prefix=True,
+        late_system_role="user",
         reasoning="none",
     ),
     "gemini": dataclasses.replace(

@@ -273,8 +273,10 @@ class _MessageBuilder:
         text = _system_text(message)
         if not text:
             return
-        chat = ChatMessage(self.dialect.system_role, text)
-        (self.deferred if self.pending else self.out).append(chat)
+        role = self.dialect.system_role
+        if self.dialect.late_system_role and any(m.role != role for m in self.out):
+            role = self.dialect.late_system_role
+        (self.deferred if self.pending else self.out).append(ChatMessage(role, text))
 
     def add_assistant(self, message: Message, is_last: bool) -> None:
         self.close_turn()
@@ -333,10 +335,11 @@ def _join_content(first: Any, second: Any) -> Any:
 
 
 def _bridge_tool_to_user(messages: List[ChatMessage]) -> List[ChatMessage]:
-    """Mistral rejects ``user`` right after ``tool``: put an assistant line between."""
+    """Mistral accepts only ``assistant`` (or more ``tool``) after ``tool``: put an assistant line
+    before a ``user`` or ``system`` turn there."""
     out: List[ChatMessage] = []
     for message in messages:
-        if out and out[-1].role == "tool" and message.role == "user":
+        if out and out[-1].role == "tool" and message.role not in ("tool", "assistant"):
             out.append(ChatMessage("assistant", MISTRAL_BRIDGE))
         out.append(message)
     return out
@@ -475,8 +478,22 @@ REASONING_STYLES: Dict[str, Callable[[Optional[Thinking], Optional[str]], Reason
 def _response_format(schema: Optional[Dict[str, Any]], dialect: Dialect) -> Optional[Dict[str, Any]]:
     if schema is None:
         return None
+    if dialect.structured_output == "json_object":
+        return {"type": "json_object"}
     cleaned = clean_schema(schema, dialect.schema_sanitizer)
     return {"type": "json_schema", "json_schema": {"name": "output", "schema": cleaned}}
+
+
+def _system_prompt(req: MessagesRequest, dialect: Dialect) -> str:
+    """The system prompt, plus the output schema where only JSON mode exists.
+
+    Such providers also require the word "json" in the prompt (DeepSeek does).
+    """
+    if req.output_schema is None or dialect.structured_output != "json_object":
+        return req.system
+    schema = json.dumps(clean_schema(req.output_schema, dialect.schema_sanitizer), ensure_ascii=False)
+    instruction = f"Reply with a single json object, and nothing else, that matches this JSON schema: {schema}"
+    return f"{req.system}\n\n{instruction}" if req.system else instruction
 
 
 def _max_tokens(req: MessagesRequest, cap: Optional[int]) -> Optional[int]:
@@ -511,7 +528,7 @@ def to_chat_request(
     sampling = not dialect.drop_sampling
     chat = ChatRequest(
         model=model,
-        messages=tuple(to_chat_messages(req.messages, req.system, dialect)),
+        messages=tuple(to_chat_messages(req.messages, _system_prompt(req, dialect), dialect)),
         max_tokens=_max_tokens(req, max_output_tokens),
         max_tokens_field=dialect.max_tokens_field,
         stream=req.stream if stream is None else stream,
