@@ -251,12 +251,9 @@ class StreamTranslator:
         self.matched_stop: Optional[str] = None
         self.usage: Optional[ChatUsage] = None
         self.out_chars = 0
-        # Text that may be a stop sequence the upstream left in (PROTOCOL.md 2.4 rule 5b):
-        # held until the next text shows it was not, or finish strips it.
-        self.held_text = ""
+        self.held_text = ""  # may be a stop sequence left in the text (2.4 rule 5b): finish strips it
         self.stop_match: Optional[str] = None
-        # Text/reasoning that arrived while the live tool's JSON was still open.
-        self.deferred: List[Tuple[str, str]] = []
+        self.deferred: List[Tuple[str, str]] = []  # text/reasoning that came while the live tool was open
         self.refusal = False
         self.state: Dict[str, Any] = {}
         self.carried: Dict[str, Any] = {}
@@ -617,6 +614,8 @@ class UpstreamStream:
         try:
             obj = json.loads(event.data)
         except (ValueError, RecursionError):
+            if event.event == "error":  # "event: error" with a plain-text message is still an error (3.4 step 1)
+                raise error_from_object({"message": event.data[:1000]}, self.translator.secrets) from None
             self.bad_events += 1
             self.skipped_events += 1
             if self.bad_events >= MAX_BAD_EVENTS:

@@ -39,9 +39,37 @@ from stream_playbook import (
 CASES = case_stems()
 
 
+# One fixture per PROTOCOL.md case / FIELD-NOTES item / dialect quirk; a lost file would
+# otherwise just shrink the parametrized tests without a failure.
+REQUIRED = {
+    "text_plain": "case 48", "role_chunk_empty_content": "case 49, FN 12",
+    "reasoning_content_then_text": "cases 50, 44 (DeepSeek)", "reasoning_openrouter": "case 44 (reasoning)",
+    "reasoning_details_openrouter": "FN 4", "tools_parallel_interleaved": "case 51",
+    "tool_one_call_20_fragments": "case 51b", "tools_no_index_ollama": "case 52, FN 1",
+    "tool_id_name_repeated": "case 53", "tool_whole_args_one_chunk": "case 54",
+    "tool_final_repeat_args": "case 55", "tool_final_repeat_reformatted": "case 55",
+    "tool_cumulative_snapshots": "FN 19", "tools_several_in_one_chunk": "FN 19",
+    "tools_all_index0_distinct_ids": "FN 1", "tool_calls_empty_list_with_content": "FN 18",
+    "usage_only_chunk": "case 56", "finish_and_usage_same_chunk_no_done": "case 57",
+    "finish_no_done_eof": "3.6 clean EOF", "eof_no_finish_no_done": "S12 (over case 58)",
+    "comments_and_event_lines": "3.2, F12", "crlf_line_ends": "3.2, F12", "cr_line_ends": "3.2",
+    "multiline_data": "3.2", "last_event_no_blank_line": "3.2", "bad_json_skipped": "3.2, F12",
+    "error_object_after_text": "case 59", "openrouter_finish_error": "case 60",
+    "error_object_code_429": "4.3", "sse_event_named_error": "3.4 step 1",
+    "reset_mid_tool": "case 61, F18", "read_timeout_mid_text": "4.3", "finish_then_reset": "F19",
+    "tool_calls_finish_stop": "2.4 rule 2", "finish_length": "2.4 rule 1", "content_filter": "2.4 rule 4",
+    "finish_tool_calls_without_tools": "2.4 rule 3", "stop_sequence_vllm": "2.4 rule 5a",
+    "stop_sequence_in_text": "2.4 rule 5b", "thinking_text_two_tools": "case 66",
+    "worked_example_3_8": "3.8", "gemini_thought_signature": "5.9, FN 1", "groq_x_groq_usage": "5.5",
+    "think_tags_split": "2.2 think_tags", "deepseek_usage": "case 46", "refusal_delta": "case 40",
+    "text_after_live_tool": "3.4 step 7", "text_inside_live_tool_args": "3.4 step 7",
+    "tool_double_encoded_args": "case 43", "tool_args_after_finish_reason": "FN 19",
+    "legacy_function_call": "3.4 step 7",
+}
+
+
 def test_there_is_a_fixture_per_listed_case() -> None:
-    # The brief's list: a missing file would silently shrink the parametrized tests.
-    assert len(CASES) >= 45, CASES
+    assert sorted(set(REQUIRED) - set(CASES)) == []
 
 
 @pytest.mark.parametrize("stem", CASES)
@@ -63,8 +91,8 @@ def test_golden_transcripts_obey_the_grammar(stem: str) -> None:
 
 @pytest.mark.parametrize("stem", CASES)
 def test_signatures_are_proxy_signatures(stem: str) -> None:
-    got = run_transcript(load_case(stem).upstream, **load_case(stem).meta)
-    for event in got:
+    case = load_case(stem)
+    for event in run_transcript(case.upstream, **case.meta):
         delta = event.get("delta") or {}
         if delta.get("type") == "signature_delta":
             assert delta["signature"].startswith("cpx1.") and decode_cpx1(delta["signature"])["p"]
@@ -247,6 +275,13 @@ def test_error_after_start_is_the_last_event() -> None:
     tail = pb.translator.fail(info.value)
     assert tail == [{"type": "error", "error": {"type": "api_error", "message": info.value.message}}]
     assert pb.translator.finish() == [] and pb.translator.fail(info.value) == []  # terminal
+
+
+def test_event_named_error_with_plain_text_data_is_an_error() -> None:
+    body = sse_data(chunk({"content": "a"})) + b"event: error\ndata: upstream overloaded, try later\n\n"
+    got = run_transcript(body + sse_data(chunk({"content": "never"}, "stop")))
+    assert got[-1]["type"] == "error" and "upstream overloaded" in got[-1]["error"]["message"]
+    assert not any(e.get("delta", {}).get("text") == "never" for e in got)
 
 
 def test_too_long_line_fails_the_stream() -> None:
