@@ -332,3 +332,45 @@ def test_sdk_headers_are_not_forwarded(client: Any, fake_upstream: Any) -> None:
     assert fake_upstream.last.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert "sk-ant-test" not in fake_upstream.last.body.decode() + repr(fake_upstream.last.raw_headers)
 
+
+
+# ----------------------------------------------------------------------
+# The beta surface (Claude Code's path) and errors the proxy makes itself.
+
+
+def test_beta_messages_with_betas_header(client: Any, fake_upstream: Any) -> None:
+    """``client.beta.messages`` calls ``/v1/messages?beta=true`` with ``anthropic-beta``, like Claude Code."""
+    fake_upstream.push(json_reply(completion("beta ok")))
+    msg = client.beta.messages.create(model=MODEL, max_tokens=256, messages=USER,
+                                      betas=["interleaved-thinking-2025-05-14", "context-management-2025-06-27"])
+    assert msg.content[0].text == "beta ok" and msg.stop_reason == "end_turn"
+    counted = client.beta.messages.count_tokens(model=MODEL, messages=USER, betas=["token-counting-2024-11-01"])
+    assert counted.input_tokens > 0
+    assert len(fake_upstream.requests) == 1
+
+
+def test_quota_probe_is_answered_locally(client: Any, fake_upstream: Any) -> None:
+    """Case 6: Claude Code's ``max_tokens: 1`` probe parses as a normal Message without an upstream call."""
+    msg = create(client, max_tokens=1)
+    assert isinstance(msg, Message) and msg.stop_reason in ("end_turn", "max_tokens")
+    assert fake_upstream.requests == []
+
+
+def test_proxy_client_key_checked(make_proxy: Any, fake_upstream: Any) -> None:
+    server = make_proxy(auth_key="sk-ant-test")
+    with make_client(server.url) as good:
+        assert create(good).content[0].text == "Hello!"
+    with anthropic.Anthropic(base_url=server.url, api_key="sk-ant-wrong", max_retries=0,
+                             http_client=anthropic.DefaultHttpxClient(trust_env=False)) as bad:
+        with pytest.raises(anthropic.AuthenticationError) as info:
+            create(bad)
+    check_error(info.value, "AuthenticationError", 401, "authentication_error")
+    assert len(fake_upstream.requests) == 1
+
+
+def test_body_over_the_limit_is_413(make_proxy: Any, fake_upstream: Any) -> None:
+    server = make_proxy(max_body_bytes=4096)
+    with make_client(server.url) as c, pytest.raises(anthropic.ContentTooLargeError) as info:
+        create(c, messages=[{"role": "user", "content": "x" * 10000}])
+    check_error(info.value, "ContentTooLargeError", 413, "request_too_large")
+    assert fake_upstream.requests == []
