@@ -74,7 +74,9 @@ class _JsonScan:
         self.closed = False
 
     def feed(self, text: str) -> None:
-        skip = 0 if self.escaped and text else -1
+        if not text:
+            return
+        skip = 0 if self.escaped else -1
         self.escaped = False
         for match in _STRUCTURAL_RE.finditer(text):
             i, ch = match.start(), match.group()

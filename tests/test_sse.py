@@ -125,8 +125,8 @@ def test_iter_events_flushes_the_last_event() -> None:
     assert list(iter_events(iter([b"data: a\n", b"\n", b"data: b\n"]))) == [ServerSentEvent("a"), ServerSentEvent("b")]
 
 
-def test_utf8_split_inside_a_line_is_not_possible_with_readline() -> None:
-    # readline() always returns whole lines, so a multi-byte character never splits.
+def test_multibyte_text_survives_decoding() -> None:
+    # readline() returns whole lines, so a multi-byte character is never cut in two.
     body = "data: {\"t\":\"héllo ✓\"}\n\n".encode("utf-8")
     assert list(iter_events(iter([body]))) == [ServerSentEvent('{"t":"héllo ✓"}')]
 
