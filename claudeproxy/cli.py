@@ -74,7 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
         "to an Anthropic-compatible one.",
         epilog="Then: ANTHROPIC_BASE_URL=http://127.0.0.1:8082 claude",
     )
-    up = p.add_argument_group("upstream")
+    _upstream_flags(p.add_argument_group("upstream"))
+    _network_flags(p.add_argument_group("network"))
+    _server_flags(p.add_argument_group("server"))
+    out = p.add_argument_group("logging")
+    out.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                     help="default: %(default)s")
+    out.add_argument("--log-bodies", action="store_true", help="log request bodies at debug level (redacted)")
+    out.add_argument("--metrics-file", metavar="PATH", help="append one JSON line per call to this file")
+    p.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
+    return p
+
+
+def _upstream_flags(up: Any) -> None:
     up.add_argument("--upstream", metavar="URL", help="OpenAI-compatible base URL, e.g. https://api.openai.com/v1 "
                     f"(default: $OPENAI_BASE_URL, else {DEFAULT_UPSTREAM})")
     up.add_argument("--api-key", metavar="KEY", help="upstream API key (default: $OPENAI_API_KEY; none: no auth header)")
@@ -92,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="forward requests unchanged to an Anthropic-compatible upstream (logs and metrics only)")
     up.add_argument("--azure-api-version", metavar="VERSION", default=Config.azure_api_version,
                     help="api-version for --provider azure (default: %(default)s)")
-    net = p.add_argument_group("network")
+
+
+def _network_flags(net: Any) -> None:
     net.add_argument("--proxy", metavar="URL", help="outbound HTTP proxy; without it no proxy is used, "
                      "even if HTTPS_PROXY is set")
     net.add_argument("--use-env-proxy", action="store_true", help="use HTTP(S)_PROXY/NO_PROXY from the environment")
@@ -106,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="total time for a non-streaming upstream call (default: %(default)s)")
     net.add_argument("--ping-interval", type=float, default=Config.ping_interval, metavar="S",
                      help="send an SSE ping after this much silence (default: %(default)s)")
-    srv = p.add_argument_group("server")
+
+
+def _server_flags(srv: Any) -> None:
     srv.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
     srv.add_argument("--port", type=int, default=8082, help="listen port, 0 = any free port (default: %(default)s)")
     srv.add_argument("--auth-key", metavar="KEY", help="require this key from clients (x-api-key or Bearer); "
@@ -121,13 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="largest request body (default: %(default)s)")
     srv.add_argument("--shutdown-grace", type=float, default=Config.shutdown_grace, metavar="S",
                      help="on SIGTERM/Ctrl-C, let requests in flight finish this long (default: %(default)s)")
-    out = p.add_argument_group("logging")
-    out.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                     help="default: %(default)s")
-    out.add_argument("--log-bodies", action="store_true", help="log request bodies at debug level (redacted)")
-    out.add_argument("--metrics-file", metavar="PATH", help="append one JSON line per call to this file")
-    p.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
-    return p
 
 
 # --------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 
 import claudeproxy
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
-from fakes import FakeUpstream
+from fakes import FakeUpstream, completion, json_reply
 
 REQUEST_ID_RE = re.compile(r"^req_[A-Za-z0-9]{24}$")
 
@@ -141,6 +141,17 @@ def no_tracebacks(capfd: Any, caplog: Any) -> Iterator[None]:
     assert not bad, [r.getMessage() for r in bad]
 
 
+def reset_fake(fake: FakeUpstream) -> FakeUpstream:
+    """A shared fake as good as new: no recorded requests, no queued replies, the default answer."""
+    del fake.requests[:]
+    while not fake.replies.empty():
+        fake.replies.get_nowait()
+    fake.received.clear()
+    fake.closed_at = None
+    fake.default = json_reply(completion())
+    return fake
+
+
 @pytest.fixture(scope="module")
 def shared() -> Iterator[Tuple[Any, Any]]:
     """One fake upstream and one proxy for the whole module: these tests only send bad input."""
@@ -153,9 +164,7 @@ def shared() -> Iterator[Tuple[Any, Any]]:
 
 @pytest.fixture
 def fake_upstream(shared: Tuple[Any, Any]) -> Any:
-    fake = shared[0]
-    del fake.requests[:]
-    return fake
+    return reset_fake(shared[0])
 
 
 @pytest.fixture

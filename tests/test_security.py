@@ -20,16 +20,46 @@ from typing import Any, Iterator, List, Tuple
 
 import pytest
 
+import claudeproxy
+
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
 from fakes import FakeUpstream, Reply, chunk, completion, json_reply, sse_reply
 from sse_checks import assert_valid_event_sequence, events_of
-from test_http_errors import assert_error, connect, http_bytes, peer_closed, read_response
+from test_http_errors import assert_error, connect, http_bytes, peer_closed, read_response, reset_fake
 
 SENTINELS = (CLIENT_KEY, UPSTREAM_KEY)
 
 # What the proxy may send upstream; anything else came from the client.
 UPSTREAM_HEADERS = {"host", "accept-encoding", "content-length", "content-type", "accept", "user-agent",
                     "authorization", "connection"}
+
+
+# One fake and one proxy serve the whole module (starting and stopping a server
+# per test costs more than the tests); each test gets the fake reset.
+
+
+@pytest.fixture(scope="module")
+def shared_fake() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def fake_upstream(shared_fake: FakeUpstream) -> FakeUpstream:
+    return reset_fake(shared_fake)
+
+
+@pytest.fixture(scope="module")
+def shared_proxy(shared_fake: FakeUpstream) -> Iterator[Any]:
+    server = claudeproxy.start(upstream=shared_fake.url, token=claudeproxy.static_token(UPSTREAM_KEY))
+    yield server
+    server.shutdown(grace=1.0)
+
+
+@pytest.fixture
+def proxy(shared_proxy: Any, fake_upstream: FakeUpstream) -> Any:
+    return shared_proxy
 
 
 @pytest.fixture
@@ -91,8 +121,6 @@ def test_configured_extra_headers_are_sent(make_proxy: Any, fake_upstream: Any) 
 
 
 def test_no_key_configured_sends_no_authorization(make_proxy: Any, fake_upstream: Any) -> None:
-    import claudeproxy
-
     proxy = make_proxy(token=claudeproxy.static_token(""))
     assert request(proxy.url, "POST", "/v1/messages", minimal_request(), client_headers()).status == 200
     assert "authorization" not in fake_upstream.last.headers
@@ -220,9 +248,17 @@ def test_no_cors_headers_by_default(proxy: Any) -> None:
 AUTH_KEY = "cp-local-key-0123456789abcdef"
 
 
+@pytest.fixture(scope="module")
+def shared_keyed(shared_fake: FakeUpstream) -> Iterator[Any]:
+    server = claudeproxy.start(upstream=shared_fake.url, token=claudeproxy.static_token(UPSTREAM_KEY),
+                               auth_key=AUTH_KEY)
+    yield server
+    server.shutdown(grace=1.0)
+
+
 @pytest.fixture
-def keyed(make_proxy: Any) -> Any:
-    return make_proxy(auth_key=AUTH_KEY)
+def keyed(shared_keyed: Any, fake_upstream: FakeUpstream) -> Any:
+    return shared_keyed
 
 
 @pytest.mark.parametrize("headers", [
