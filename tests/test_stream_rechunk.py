@@ -95,15 +95,18 @@ def chunked(body: bytes, rng: random.Random, terminate: bool) -> bytes:
     return b"".join(out)
 
 
-def http_lines(body: bytes, meta: Dict[str, Any], seed: int) -> Any:
-    """The body's lines as the relay reads them from a real HTTPResponse over a fake socket."""
+def http_events(body: bytes, meta: Dict[str, Any], seed: int) -> List[Dict[str, Any]]:
+    """The events for ``body`` read like the relay reads it: a real HTTPResponse over a fake socket."""
     rng = random.Random(seed)
     end = meta.get("end", "eof")
     wire = chunked(body, rng, terminate=end == "eof")
     resp = http.client.HTTPResponse(FakeSocket(_Raw(wire, rng, read_failure(end), strict=end == "open")))  # type: ignore[arg-type]
-    resp.begin()
-    assert resp.chunked and resp.status == 200
-    return iter_lines(resp, meta.get("max_line_bytes", MAX_LINE))
+    try:
+        resp.begin()
+        assert resp.chunked and resp.status == 200
+        return run_lines(iter_lines(resp, meta.get("max_line_bytes", MAX_LINE)), **meta)
+    finally:
+        resp.close()
 
 
 @pytest.mark.parametrize("stem", case_stems(), ids=lambda s: f"{s}-seeds{SEED_RANGE[0]}-{SEED_RANGE[-1]}")
@@ -111,7 +114,7 @@ def test_rechunked_http_body_gives_identical_events(stem: str) -> None:
     case = load_case(stem)
     reference = run_transcript(case.upstream, **case.meta)
     for seed in SEED_RANGE:
-        got = run_lines(http_lines(case.upstream, case.meta, seed), **case.meta)
+        got = http_events(case.upstream, case.meta, seed)
         assert got == reference, f"{stem} seed={seed}\n" + diff_text(got, reference)
 
 
@@ -122,13 +125,13 @@ def test_harness_really_splits_and_fails_on_a_lost_byte() -> None:
     wire = chunked(case.upstream, rng, terminate=True)
     assert wire.count(b"\r\n") > 20
     damaged = case.upstream.replace(b'"He"', b'"Hx"')
-    assert run_lines(http_lines(damaged, case.meta, 3), **case.meta) != run_transcript(case.upstream, **case.meta)
+    assert http_events(damaged, case.meta, 3) != run_transcript(case.upstream, **case.meta)
 
 
 def test_open_stream_that_never_completes_is_caught() -> None:
     body = b'data: {"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":"stop"}]}\n\n'
     with pytest.raises(AssertionError, match="read past the last byte"):
-        run_lines(http_lines(body, {"end": "open"}, 1), end="open")
+        http_events(body, {"end": "open"}, 1)
 
 
 # ----------------------------------------------------------------------------
