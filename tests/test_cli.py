@@ -361,13 +361,18 @@ def _dechunk(data: bytes) -> bytes:
 
 def test_plain_http_to_a_remote_upstream_is_warned_about(tmp_path: Any) -> None:
     # RELIABILITY.md 5.6: the key would travel in clear text. The process starts, warns, and stops.
-    argv = [sys.executable, "-m", "claudeproxy", "--port", "0", "--upstream", "http://example.test/v1"]
+    # The URL's own secret (Gemini-style ?key=) is masked in the listening line.
+    upstream = "http://example.test/v1?key=QUERY-SECRET-123"
+    argv = [sys.executable, "-m", "claudeproxy", "--port", "0", "--upstream", upstream]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), text=True)
     try:
         # SIGTERM right after the line: the handler is in place before the line is printed.
-        assert _readline(proc.stdout, 10).startswith("claudeproxy listening on http://127.0.0.1:")
+        first = _readline(proc.stdout, 10)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=10)
+    match = LISTEN_RE.match(first)
+    assert match and match.group(2) == "http://example.test/v1?key=***", first
     assert proc.returncode == 0
-    assert "plain http" in err and UPSTREAM_KEY not in out + err
+    assert "plain http" in err
+    assert UPSTREAM_KEY not in first + out + err and "QUERY-SECRET-123" not in first + out + err

@@ -18,6 +18,7 @@ import pytest
 import claudeproxy
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
 from fakes import FakeUpstream, completion, json_reply
+from sse_checks import assert_valid_event_sequence, events_of
 
 REQUEST_ID_RE = re.compile(r"^req_[A-Za-z0-9]{24}$")
 
@@ -340,6 +341,45 @@ def test_body_shorter_than_its_length_is_not_a_hang(url: str) -> None:
         resp = read_response(sock, 3.0)
         assert_error(resp, 400, "invalid_request_error", "shorter")
 
+
+def test_expect_100_continue_for_a_normal_body(url: str) -> None:
+    body = json.dumps(minimal_request(max_tokens=1)).encode()
+    head = http_bytes("POST", "/v1/messages", [("Host", "127.0.0.1"), ("Content-Type", "application/json"),
+                                               ("Content-Length", str(len(body))), ("Expect", "100-continue")])
+    with connect(url) as sock:
+        sock.sendall(head)
+        sock.settimeout(2)
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            piece = sock.recv(1)
+            assert piece, interim
+            interim += piece
+        assert interim.startswith(b"HTTP/1.1 100"), interim
+        sock.sendall(body)
+        resp = read_response(sock)
+    assert resp.status == 200, resp
+    assert resp.json["content"] == [{"type": "text", "text": "ok"}]
+
+
+def test_http_1_0_client_gets_a_closed_delimited_stream(url: str, fake_upstream: Any) -> None:
+    body = json.dumps(minimal_request(max_tokens=1, stream=True)).encode()
+    data = http_bytes("POST", "/v1/messages", [("Host", "127.0.0.1"), ("Content-Type", "application/json"),
+                                               ("Content-Length", str(len(body)))], body)
+    with connect(url) as sock:
+        sock.sendall(data.replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+        sock.settimeout(5)
+        raw = b""
+        while True:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            raw += piece
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    assert b" 200 " in head.split(b"\r\n")[0]
+    assert b"transfer-encoding" not in head.lower()  # HTTP/1.0 has no chunked encoding
+    events = events_of(payload)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert events[-1]["type"] == "message_stop"
 
 # ---------------------------------------------------------------------------
 # F25: routes and methods.

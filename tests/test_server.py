@@ -365,3 +365,43 @@ def test_the_deadline_does_not_cut_a_long_response(servers: Any, fake_upstream: 
     events = events_of(resp.body)
     assert_valid_event_sequence(events, allow_error=False)
     assert final_message(events)["content"] == [{"type": "text", "text": "ab"}]
+
+
+# ---------------------------------------------------------------------------
+# The library entry point.
+
+
+def test_start_defaults_to_an_ephemeral_loopback_port() -> None:
+    server = claudeproxy.start()
+    try:
+        host, port = server.address
+        assert host == "127.0.0.1" and port > 0
+        assert server.url == f"http://127.0.0.1:{port}"
+        assert request(server.url, "GET", "/health").status == 200
+    finally:
+        server.shutdown(grace=0.5)
+    server.shutdown(grace=0.5)  # a second call is harmless
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_ipv6_loopback_listener(servers: Any, fake_upstream: FakeUpstream) -> None:
+    server = servers(host="::1")
+    assert server.url == f"http://[::1]:{server.address[1]}"
+    with socket.create_connection(("::1", server.address[1]), timeout=5) as sock:
+        body = json.dumps(minimal_request()).encode()
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: [::1]:%d\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (server.address[1], len(body), body))
+        resp = read_response(sock)
+    assert resp.status == 200, resp
+    assert resp.json["content"][0]["text"] == "Hello!"
