@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
 from .errors import ClientGone, ProxyError, UpstreamTimeout, UpstreamUnavailable
 from .ids import new_id
 from .translate_stream import StreamTranslator, UpstreamStream, events_for_message
-from .upstream import UpstreamCall
+from .upstream import UpstreamCall, abort_error
 
 if TYPE_CHECKING:
     from .pipeline import Call, Proxy
@@ -33,12 +33,9 @@ log = logging.getLogger(__name__)
 
 def read_error(exc: BaseException, call: UpstreamCall, idle: float) -> Exception:
     """What a failed or aborted upstream read means for the client."""
-    if call.abort_reason == "client":
-        return ClientGone()
-    if call.abort_reason == "shutdown":
-        return ProxyError("the proxy is shutting down", status=529)
-    if call.abort_reason == "deadline":
-        return UpstreamTimeout("upstream did not finish in time")
+    aborted = abort_error(call)
+    if aborted is not None:
+        return aborted
     if isinstance(exc, socket.timeout):
         return UpstreamTimeout(f"upstream sent nothing for {idle:g} s")
     return UpstreamUnavailable(f"upstream connection broke off ({type(exc).__name__})")

@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from . import __version__
 from .config import Config
-from .errors import ClientGone, UpstreamTimeout, UpstreamUnavailable, error_from_status
+from .errors import ClientGone, ProxyError, UpstreamTimeout, UpstreamUnavailable, error_from_status
 from .redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,17 @@ class UpstreamCall:
                 self.abort_reason = reason
             if self._sock is not None:
                 _shutdown(self._sock)
+
+
+def abort_error(call: UpstreamCall) -> Optional[Exception]:
+    """What another thread's abort means for the client; None if nothing (or "finished") aborted it."""
+    if call.abort_reason == "client":
+        return ClientGone()
+    if call.abort_reason == "shutdown":
+        return ProxyError("the proxy is shutting down", status=529)
+    if call.abort_reason == "deadline":
+        return UpstreamTimeout("upstream did not finish in time")
+    return None
 
 
 def _shutdown(sock: socket.socket) -> None:
@@ -233,10 +244,11 @@ class Upstream:
             raise self._transport_error(exc, call) from None
 
     def _transport_error(self, exc: BaseException, call: UpstreamCall) -> Exception:
-        if call.abort_reason == "client":
-            return ClientGone()
+        aborted = abort_error(call)
+        if aborted is not None:
+            return aborted  # our own abort (client gone, shutdown, deadline) made the call fail
         reason = getattr(exc, "reason", exc)
-        if call.abort_reason == "deadline" or (isinstance(reason, socket.timeout) and call.connected):
+        if isinstance(reason, socket.timeout) and call.connected:
             return UpstreamTimeout("upstream did not answer in time")
         detail = redact_text(f"{type(reason).__name__}: {reason}", self.secrets())
         host = urlsplit(self.config.upstream).hostname or "?"

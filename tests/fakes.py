@@ -141,12 +141,13 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         rec = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
                        list(self.headers.items()), body)
+        self.generation = fake.generation  # a reset() between tests orphans this connection
         fake.requests.append(rec)
         fake.received.set()
         reply = fake.next_reply()
         self.close_connection = True
         if reply.delay:
-            if fake.wait_or_closed(self.connection, reply.delay):
+            if fake.wait_or_closed(self.connection, reply.delay, self.generation):
                 return
         self._send(reply, fake)
 
@@ -168,7 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
             if reply.chunked:
                 self.wfile.write(b"0\r\n\r\n")
         except OSError:
-            fake.closed_at = time.monotonic()
+            fake.mark_closed(self.generation)
 
     def _step(self, step: Step, chunked: bool, fake: "FakeUpstream") -> bool:
         """Send one step; True when the connection is finished."""
@@ -181,11 +182,11 @@ class _Handler(BaseHTTPRequestHandler):
             end = time.monotonic() + WAIT
             while not step.event.wait(0.02):
                 if time.monotonic() > end or fake.peer_closed(self.connection):
-                    fake.closed_at = time.monotonic()
+                    fake.mark_closed(self.generation)
                     return True
             return False
         if isinstance(step, Sleep):
-            return fake.wait_or_closed(self.connection, step.seconds)
+            return fake.wait_or_closed(self.connection, step.seconds, self.generation)
         return self._fault(step.kind, fake)
 
     def _fault(self, kind: str, fake: "FakeUpstream") -> bool:
@@ -200,7 +201,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif kind == "fin":
             sock.shutdown(socket.SHUT_WR)
         elif kind == "hang":
-            fake.wait_or_closed(sock, WAIT)
+            fake.wait_or_closed(sock, WAIT, self.generation)
         return True
 
 
@@ -213,6 +214,7 @@ class FakeUpstream:
         self.replies: "queue.Queue[Reply]" = queue.Queue()
         self.default: Reply = json_reply(completion())
         self.closed_at: Optional[float] = None
+        self.generation = 0
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
         self.server.fake = self  # type: ignore[attr-defined]
@@ -253,15 +255,29 @@ class FakeUpstream:
         except OSError:
             return True
 
-    def wait_or_closed(self, sock: socket.socket, seconds: float) -> bool:
+    def wait_or_closed(self, sock: socket.socket, seconds: float, generation: Optional[int] = None) -> bool:
         """Wait ``seconds``; True (and ``closed_at`` set) if the proxy closed first."""
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             if self.peer_closed(sock):
-                self.closed_at = time.monotonic()
+                self.mark_closed(self.generation if generation is None else generation)
                 return True
             time.sleep(0.01)
         return False
+
+    def mark_closed(self, generation: int) -> None:
+        if generation == self.generation:  # not a connection left over from before reset()
+            self.closed_at = time.monotonic()
+
+    def reset(self) -> None:
+        """Forget everything, so one fake can serve a module's tests one after another."""
+        self.generation += 1
+        self.requests.clear()
+        self.received.clear()
+        while not self.replies.empty():
+            self.replies.get_nowait()
+        self.default = json_reply(completion())
+        self.closed_at = None
 
     def wait_closed(self, timeout: float) -> Optional[float]:
         """``closed_at`` once a step noticed the proxy closed its connection; None after ``timeout``."""
@@ -273,6 +289,34 @@ class FakeUpstream:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class ServerPool:
+    """One fake upstream and the proxies started against it, kept for a whole test module.
+
+    Starting and stopping a server costs about 0.15 s, which adds up over
+    hundreds of tests. ``get(**settings)`` starts a proxy once per distinct
+    set of settings (the fake's URL is the default upstream); the fixture
+    using it calls ``fake.reset()`` before each test.
+    """
+
+    def __init__(self, **defaults: Any) -> None:
+        self.fake = FakeUpstream()
+        self.defaults = defaults
+        self._servers: Dict[str, Any] = {}
+
+    def get(self, **overrides: Any) -> Any:
+        import claudeproxy
+
+        key = repr(sorted(overrides.items()))
+        if key not in self._servers:
+            self._servers[key] = claudeproxy.start(**{"upstream": self.fake.url, **self.defaults, **overrides})
+        return self._servers[key]
+
+    def close(self) -> None:
+        for server in self._servers.values():
+            server.shutdown(grace=1.0)
+        self.fake.close()
 
 
 class StreamClient:
@@ -302,7 +346,7 @@ class StreamClient:
         head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n"
         self.sock.sendall(head.encode("latin-1") + data)
         self._pending = b""  # decoded body bytes not yet parsed into events
-        self.body = b""
+        self.body = bytearray()  # grows in place: a multi-megabyte stream stays linear
         self.chunks: List[bytes] = []
         self.ended = False
         self.events: List[Dict[str, Any]] = []
@@ -417,7 +461,7 @@ class StreamClient:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while self._next_piece(deadline) is not None:
             pass
-        return self.body
+        return bytes(self.body)
 
     @property
     def json(self) -> Any:

@@ -100,7 +100,7 @@ def test_client_leaves_before_the_first_upstream_byte(proxy, fake_upstream, stre
         fake_upstream.push(Reply(delay=10))
         sock = send_raw(proxy, minimal_request(stream=stream))
         assert fake_upstream.received.wait(5)
-        time.sleep(0.3)  # the proxy is now blocked waiting for the upstream's headers
+        time.sleep(0.15)  # the proxy is now blocked waiting for the upstream's headers
         return close(sock, rst=False)
 
     run_scenario(proxy, fake_upstream, scenario)
@@ -113,7 +113,7 @@ def test_client_leaves_while_upstream_is_silent_after_200(proxy, fake_upstream):
         fake_upstream.push(sse_reply(Fault("hang"), done=False))
         sock = send_raw(proxy, minimal_request(stream=True))
         assert fake_upstream.received.wait(5)
-        time.sleep(0.3)
+        time.sleep(0.15)
         return close(sock, rst=True)
 
     run_scenario(proxy, fake_upstream, scenario)
@@ -127,7 +127,7 @@ def test_client_leaves_during_a_slow_json_body(proxy, fake_upstream):
         fake_upstream.push(Reply(200, (("Content-Type", "application/json"),), body))
         sock = send_raw(proxy, minimal_request())
         assert fake_upstream.received.wait(5)
-        time.sleep(0.3)
+        time.sleep(0.15)
         return close(sock, rst=False)
 
     run_scenario(proxy, fake_upstream, scenario)
@@ -143,3 +143,43 @@ def test_proxy_keeps_serving_after_disconnects(proxy, fake_upstream, post):
     resp = post(minimal_request())
     assert resp.status == 200, resp
     assert resp.json["content"] == [{"type": "text", "text": "Hello!"}]
+
+
+def test_shutdown_ends_streams_in_flight_with_overloaded_error(make_proxy, fake_upstream):
+    """F24: after the grace, a stream still running ends with one event: error, the upstream is freed."""
+    proxy = make_proxy()
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": ""}), chunk({"content": "partial"}),
+                                 Fault("hang"), done=False))
+    with StreamClient(proxy.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        client.read_until("content_block_delta", timeout=3)
+        stopper = threading.Thread(target=proxy.shutdown, kwargs={"grace": 0.3})
+        begun = time.monotonic()
+        stopper.start()
+        events = client.read_all(timeout=5)
+        stopper.join(timeout=5)
+        assert not stopper.is_alive() and time.monotonic() - begun < 2.5
+    names = [e["type"] for e in events]
+    assert names[-1] == "error" and names.count("error") == 1 and "message_stop" not in names
+    assert events[-1]["error"]["type"] == "overloaded_error"
+    assert fake_upstream.wait_closed(2) is not None
+
+
+def test_shutdown_before_the_upstream_answered_is_529(make_proxy, fake_upstream):
+    proxy = make_proxy()
+    fake_upstream.push(Reply(delay=10))
+    sock = send_raw(proxy, minimal_request(stream=True))
+    try:
+        assert fake_upstream.received.wait(5)
+        proxy.shutdown(grace=0.3)
+        sock.settimeout(5)
+        answer = b""
+        while b"overloaded_error" not in answer:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 529 "), answer[:100]
+    assert b'"type": "overloaded_error"' in answer or b'"type":"overloaded_error"' in answer, answer
+    assert fake_upstream.wait_closed(2) is not None

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
 import claudeproxy
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
-from fakes import Fault, Gate, Reply, StreamClient, json_reply
+from fakes import Fault, FakeUpstream, Gate, Reply, ServerPool, StreamClient, json_reply
 from sse_checks import assert_valid_event_sequence, events_of, final_message
 
 
@@ -49,14 +49,43 @@ def sse(*steps: Any) -> Reply:
                  chunked=True)
 
 
+@pytest.fixture(scope="module")
+def pool() -> Iterator[ServerPool]:
+    servers = ServerPool(token=claudeproxy.static_token(UPSTREAM_KEY))
+    yield servers
+    servers.close()
+
+
+@pytest.fixture
+def fake_upstream(pool: ServerPool) -> FakeUpstream:
+    """The module's one fake, emptied for this test (instead of a new fake and proxy per test)."""
+    pool.fake.reset()
+    return pool.fake
+
+
+@pytest.fixture
+def make_proxy(pool: ServerPool, fake_upstream: FakeUpstream) -> Any:
+    """Proxies with the given settings, started once per module."""
+    return pool.get
+
+
+@pytest.fixture
+def proxy(make_proxy: Any) -> Any:
+    return make_proxy()
+
+
+_RECORDS: List[Any] = []  # the metrics sink of the module's passthrough proxy
+
+
 @pytest.fixture
 def records() -> List[Any]:
-    return []
+    _RECORDS.clear()
+    return _RECORDS
 
 
 @pytest.fixture
 def through(make_proxy, records):
-    return make_proxy(passthrough=True, metrics_sink=records.append)
+    return make_proxy(passthrough=True, metrics_sink=_RECORDS.append)
 
 
 def post(server: Any, body: Any, path: str = "/v1/messages", headers: Any = None) -> Any:
@@ -168,6 +197,7 @@ def test_stream_is_relayed_as_it_arrives(through, fake_upstream, records):
     head = b"".join(anthropic_event(e) for e in HEAD_EVENTS)
     tail = b"".join(anthropic_event(e) for e in TAIL_EVENTS)
     fake_upstream.push(sse(head, gate, tail))
+    before = request(through.url, "GET", "/metrics").json
     with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
         assert client.status == 200 and client.headers["content-type"] == "text/event-stream"
         assert client.headers["transfer-encoding"] == "chunked"
@@ -182,8 +212,9 @@ def test_stream_is_relayed_as_it_arrives(through, fake_upstream, records):
     rec = records[-1]
     assert (rec.input_tokens, rec.output_tokens, rec.cache_read_input_tokens) == (25, 15, 7)
     assert rec.stop_reason == "end_turn" and rec.status == 200
-    totals = request(through.url, "GET", "/metrics").json
-    assert totals["output_tokens"] == 15 and totals["input_tokens"] == 25
+    after = request(through.url, "GET", "/metrics").json
+    assert after["output_tokens"] - before["output_tokens"] == 15
+    assert after["input_tokens"] - before["input_tokens"] == 25
 
 
 @pytest.mark.parametrize("fault", ["rst", "fin", "truncate"])

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import random
 import time
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
 import claudeproxy
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request
-from fakes import Fault, FakeUpstream, Gate, Reply, Sleep, StreamClient, chunk, completion, json_reply, sse_reply
+from fakes import Fault, FakeUpstream, Gate, Reply, ServerPool, Sleep, StreamClient, chunk, completion, json_reply, sse_reply
 from sse_checks import assert_valid_event_sequence, final_message
 
 HEADERS = {"x-api-key": CLIENT_KEY}
@@ -35,6 +35,31 @@ def kinds(events: List[Dict[str, Any]]) -> List[str]:
 def usage_chunk(prompt: int, completion_tokens: int, **extra: Any) -> Dict[str, Any]:
     return {"id": "chatcmpl-abc123", "object": "chat.completion.chunk", "choices": [],
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion_tokens, **extra}}
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[ServerPool]:
+    servers = ServerPool(token=claudeproxy.static_token(UPSTREAM_KEY))
+    yield servers
+    servers.close()
+
+
+@pytest.fixture
+def fake_upstream(pool: ServerPool) -> FakeUpstream:
+    """The module's one fake, emptied for this test (instead of a new fake and proxy per test)."""
+    pool.fake.reset()
+    return pool.fake
+
+
+@pytest.fixture
+def make_proxy(pool: ServerPool, fake_upstream: FakeUpstream) -> Any:
+    """Proxies with the given settings, started once per module."""
+    return pool.get
+
+
+@pytest.fixture
+def proxy(make_proxy: Any) -> Any:
+    return make_proxy()
 
 
 # ---------------------------------------------------------------------------
@@ -335,17 +360,8 @@ def _comparable(events: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def shared() -> Iterator[Tuple[FakeUpstream, Any]]:
-    fake = FakeUpstream()
-    server = claudeproxy.start(upstream=fake.url, token=claudeproxy.static_token(UPSTREAM_KEY))
-    yield fake, server
-    server.shutdown(grace=1.0)
-    fake.close()
-
-
-def _stream_of(shared: Tuple[FakeUpstream, Any], steps: List[bytes]) -> List[Dict[str, Any]]:
-    fake, server = shared
+def _stream_of(pool: ServerPool, steps: List[bytes]) -> List[Dict[str, Any]]:
+    fake, server = pool.fake, pool.get()
     fake.push(Reply(200, (("Content-Type", "text/event-stream"),), list(steps), chunked=True))
     with open_stream(server) as client:
         events = client.read_all(timeout=5)
@@ -354,8 +370,8 @@ def _stream_of(shared: Tuple[FakeUpstream, Any], steps: List[bytes]) -> List[Dic
 
 
 @pytest.fixture(scope="module")
-def whole(shared: Tuple[FakeUpstream, Any]) -> Dict[str, List[Dict[str, Any]]]:
-    return {name: _stream_of(shared, [data]) for name, data in _STREAMS.items()}
+def whole(pool: ServerPool) -> Dict[str, List[Dict[str, Any]]]:
+    return {name: _stream_of(pool, [data]) for name, data in _STREAMS.items()}
 
 
 def test_whole_streams_translate_as_specified(whole):
@@ -368,10 +384,10 @@ def test_whole_streams_translate_as_specified(whole):
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_rechunked_upstream_gives_the_same_events(shared, whole, seed):
+def test_rechunked_upstream_gives_the_same_events(pool, whole, seed):
     rng = random.Random(seed)
     for name, data in _STREAMS.items():
-        assert _stream_of(shared, _split(data, rng)) == whole[name], f"stream {name}, seed {seed}"
+        assert _stream_of(pool, _split(data, rng)) == whole[name], f"stream {name}, seed {seed}"
 
 
 def test_slow_json_answer_to_a_stream_request_gets_pings_and_one_message_start(make_proxy, fake_upstream):

@@ -16,7 +16,7 @@ import pytest
 
 import claudeproxy
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
-from fakes import Fault, FakeUpstream, Gate, Reply, Sleep, StreamClient, chunk, completion, json_reply, sse_reply
+from fakes import Fault, FakeUpstream, Gate, Reply, ServerPool, Sleep, StreamClient, chunk, completion, json_reply, sse_reply
 from sse_checks import assert_valid_event_sequence, final_message
 
 HEADERS = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
@@ -60,12 +60,28 @@ def three_events() -> List[Any]:
 
 
 @pytest.fixture(scope="module")
-def shared() -> Iterator[Tuple[FakeUpstream, Any]]:
-    fake = FakeUpstream()
-    server = claudeproxy.start(upstream=fake.url, token=claudeproxy.static_token(UPSTREAM_KEY))
-    yield fake, server
-    server.shutdown(grace=1.0)
-    fake.close()
+def pool() -> Iterator[ServerPool]:
+    servers = ServerPool(token=claudeproxy.static_token(UPSTREAM_KEY))
+    yield servers
+    servers.close()
+
+
+@pytest.fixture
+def fake_upstream(pool: ServerPool) -> FakeUpstream:
+    """The module's one fake, emptied for this test (instead of a new fake and proxy per test)."""
+    pool.fake.reset()
+    return pool.fake
+
+
+@pytest.fixture
+def make_proxy(pool: ServerPool, fake_upstream: FakeUpstream) -> Any:
+    """Proxies with the given settings, started once per module."""
+    return pool.get
+
+
+@pytest.fixture
+def proxy(make_proxy: Any) -> Any:
+    return make_proxy()
 
 
 # ---------------------------------------------------------------------------
@@ -90,10 +106,9 @@ BODIES = {
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 @pytest.mark.parametrize("body_kind", sorted(BODIES))
 @pytest.mark.parametrize("status,error_type", STATUS_TABLE, ids=[str(s) for s, _ in STATUS_TABLE])
-def test_upstream_error_status_maps_to_client_status_and_type(shared, status, error_type, body_kind, stream):
-    fake, proxy = shared
+def test_upstream_error_status_maps_to_client_status_and_type(proxy, fake_upstream, status, error_type, body_kind, stream):
     body, ctype, words = BODIES[body_kind]
-    fake.push(Reply(status, (("Content-Type", ctype),), [body]))
+    fake_upstream.push(Reply(status, (("Content-Type", ctype),), [body]))
     resp = send(proxy, stream)
     err = assert_plain_error(resp, status, error_type)  # a plain HTTP error even for a stream (case 62)
     assert str(status) in err["error"]["message"]
@@ -104,10 +119,9 @@ def test_upstream_error_status_maps_to_client_status_and_type(shared, status, er
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 @pytest.mark.parametrize("status", [429, 503])
-def test_retry_after_is_copied(shared, status, stream):
+def test_retry_after_is_copied(proxy, fake_upstream, status, stream):
     """Case 68: the SDK honours retry-after (and retry-after-ms) for its own retries."""
-    fake, proxy = shared
-    fake.push(Reply(status, (("Content-Type", "application/json"), ("Retry-After", "3"), ("retry-after-ms", "2500")),
+    fake_upstream.push(Reply(status, (("Content-Type", "application/json"), ("Retry-After", "3"), ("retry-after-ms", "2500")),
                     [b'{"error":{"message":"slow down"}}']))
     resp = send(proxy, stream)
     assert_plain_error(resp, status, "rate_limit_error" if status == 429 else "overloaded_error")
@@ -115,9 +129,8 @@ def test_retry_after_is_copied(shared, status, stream):
     assert resp.headers["retry-after-ms"] == "2500"
 
 
-def test_upstream_error_body_never_echoes_the_upstream_key(shared):
-    fake, proxy = shared
-    fake.push(json_reply({"error": {"message": f"Incorrect API key provided: {UPSTREAM_KEY}"}}, status=401))
+def test_upstream_error_body_never_echoes_the_upstream_key(proxy, fake_upstream):
+    fake_upstream.push(json_reply({"error": {"message": f"Incorrect API key provided: {UPSTREAM_KEY}"}}, status=401))
     resp = send(proxy, False)
     assert_plain_error(resp, 401, "authentication_error")
     assert UPSTREAM_KEY not in resp.body.decode("utf-8")
@@ -127,17 +140,15 @@ def test_upstream_error_body_never_echoes_the_upstream_key(shared):
 # F14, F15: a 200 that is not SSE; redirects.
 
 
-def test_html_200_to_a_stream_request_is_502_without_message_start(shared):
-    fake, proxy = shared
-    fake.push(Reply(200, (("Content-Type", "text/html"),), [b"<html>captive portal</html>"]))
+def test_html_200_to_a_stream_request_is_502_without_message_start(proxy, fake_upstream):
+    fake_upstream.push(Reply(200, (("Content-Type", "text/html"),), [b"<html>captive portal</html>"]))
     resp = send(proxy, True)
     assert_plain_error(resp, 502, "api_error")
     assert b"message_start" not in resp.body
 
 
-def test_non_json_200_to_a_plain_request_is_502(shared):
-    fake, proxy = shared
-    fake.push(Reply(200, (("Content-Type", "text/html"),), [b"<html>captive portal</html>"]))
+def test_non_json_200_to_a_plain_request_is_502(proxy, fake_upstream):
+    fake_upstream.push(Reply(200, (("Content-Type", "text/html"),), [b"<html>captive portal</html>"]))
     assert_plain_error(send(proxy, False), 502, "api_error")
 
 
@@ -383,7 +394,8 @@ def test_max_tokens_too_large_is_retried_with_the_named_limit(proxy, fake_upstre
     ok = sse_reply(chunk({"content": "fine"}), chunk({}, "stop"), {"choices": [], "usage": {
         "prompt_tokens": 3, "completion_tokens": 1}}) if stream else json_reply(completion("fine"))
     fake_upstream.push(_too_large(), ok, ok)
-    resp = send(proxy, stream, max_tokens=128000)
+    model = f"gpt-retry-{stream}"  # the learned limit is per model, and this proxy serves the whole module
+    resp = send(proxy, stream, max_tokens=128000, model=model)
     assert resp.status == 200, resp
     if stream:
         assert b"event: message_stop" in resp.body and b"event: error" not in resp.body
@@ -391,20 +403,20 @@ def test_max_tokens_too_large_is_retried_with_the_named_limit(proxy, fake_upstre
         assert resp.json["content"] == [{"type": "text", "text": "fine"}]
     assert [r.json["max_tokens"] for r in fake_upstream.requests] == [128000, 16384]
     # Learned: the next request goes straight out with the limit.
-    assert send(proxy, stream, max_tokens=128000).status == 200
+    assert send(proxy, stream, max_tokens=128000, model=model).status == 200
     assert [r.json["max_tokens"] for r in fake_upstream.requests] == [128000, 16384, 16384]
 
 
 def test_smaller_max_tokens_is_left_alone_after_learning(proxy, fake_upstream):
     fake_upstream.push(_too_large())
-    assert send(proxy, False, max_tokens=128000).status == 200
-    assert send(proxy, False, max_tokens=1000).status == 200
+    assert send(proxy, False, max_tokens=128000, model="gpt-small").status == 200
+    assert send(proxy, False, max_tokens=1000, model="gpt-small").status == 200
     assert [r.json["max_tokens"] for r in fake_upstream.requests] == [128000, 16384, 1000]
 
 
 def test_other_400_is_not_retried(proxy, fake_upstream):
     fake_upstream.push(json_reply({"error": {"message": "messages[0].content is required"}}, status=400))
-    assert_plain_error(send(proxy, False, max_tokens=128000), 400, "invalid_request_error")
+    assert_plain_error(send(proxy, False, max_tokens=128000, model="gpt-other"), 400, "invalid_request_error")
     assert len(fake_upstream.requests) == 1
 
 
@@ -412,5 +424,43 @@ def test_a_second_refusal_is_passed_on(proxy, fake_upstream):
     """An upstream that keeps refusing does not make the proxy loop."""
     for _ in range(5):
         fake_upstream.push(_too_large())
-    assert_plain_error(send(proxy, False, max_tokens=128000), 400, "invalid_request_error")
+    assert_plain_error(send(proxy, False, max_tokens=128000, model="gpt-stubborn"), 400, "invalid_request_error")
     assert [r.json["max_tokens"] for r in fake_upstream.requests] == [128000, 16384]
+
+
+# ---------------------------------------------------------------------------
+# F10: huge tool arguments stream through, live and in linear time.
+
+
+def test_four_mib_of_tool_arguments_in_1k_deltas_stream_live_in_linear_time(proxy, fake_upstream):
+    """F10: about 4000 fragments. Each must cost the same: the last quarter of the arguments may not
+    take much longer than the first, which it does when every fragment re-reads the whole buffer."""
+    args = json.dumps({"path": "big.txt", "content": "0123456789abcdef" * (4 * 1024 * 1024 // 16)})
+    fragments = [args[i:i + 1024] for i in range(0, len(args), 1024)]
+    gate = Gate()
+    steps: List[Any] = [chunk({"tool_calls": [{"index": 0, "id": "call_big", "type": "function",
+                                               "function": {"name": "write", "arguments": fragments[0]}}]})]
+    steps += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": f}}]}) for f in fragments[1:-1]]
+    steps += [gate, chunk({"tool_calls": [{"index": 0, "function": {"arguments": fragments[-1]}}]}),
+              chunk({}, "tool_calls"), {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 99}}]
+    fake_upstream.push(sse_reply(*steps))
+    held_back = len(args) - len(fragments[-1])
+    marks = {}  # fraction of the arguments received -> when
+    with StreamClient(proxy.url, minimal_request(stream=True), headers=HEADERS, timeout=30) as client:
+        received = len(client.read_until("content_block_delta", timeout=5)["delta"]["partial_json"])
+        marks[0.0] = time.monotonic()
+        # Everything but the last fragment must get through while the upstream holds that one.
+        while received < held_back:
+            event = client.next_event(timeout=20)
+            assert event is not None and event["type"] == "content_block_delta", event
+            received += len(event["delta"]["partial_json"])
+            for q in (0.25, 0.75, 1.0):
+                if q not in marks and received >= q * held_back:
+                    marks[q] = time.monotonic()
+        assert not gate.event.is_set()
+        gate.release()
+        events = client.read_all(timeout=20)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert final_message(events)["content"][0]["input"] == json.loads(args)
+    first, last = marks[0.25] - marks[0.0], marks[1.0] - marks[0.75]
+    assert last < 2.5 * first + 0.1, f"first quarter {first:.2f} s, last quarter {last:.2f} s"
