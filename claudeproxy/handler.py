@@ -359,6 +359,9 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             # Only an origin the operator listed may read responses from a browser.
             writer.extra_headers += [("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
                                      ("Access-Control-Expose-Headers", "request-id")]
+        # With a client key the Host check is redundant (a rebinding page cannot
+        # present the key, and its Origin is refused above) and would refuse the
+        # LAN names a --host 0.0.0.0 listener is reached under.
         if config.auth_key:
             if not preflight:  # browsers send preflights without credentials
                 self._check_key(config.auth_key)

@@ -304,6 +304,15 @@ def test_right_client_key_is_accepted(keyed: Any, fake_upstream: Any, headers: d
     assert fake_upstream.last.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
 
 
+def test_with_a_client_key_any_host_name_works_but_only_with_the_key(keyed: Any) -> None:
+    # Decision: the key replaces the Host allow-list (a LAN listener is reached by names we
+    # cannot list; a DNS-rebinding page has no key, and its Origin is refused anyway).
+    lan = {"Host": "workstation.lan:8082"}
+    assert_error(request(keyed.url, "GET", "/health", headers=lan), 401, "authentication_error")
+    assert request(keyed.url, "GET", "/health", headers={**lan, "x-api-key": AUTH_KEY}).status == 200
+    page = {**lan, "x-api-key": AUTH_KEY, "Origin": "http://workstation.lan:8082"}
+    assert_error(request(keyed.url, "GET", "/health", headers=page), 403, "permission_error")
+
 def test_client_key_guards_every_route(keyed: Any) -> None:
     for method, path in [("GET", "/v1/models"), ("GET", "/health"), ("GET", "/metrics"),
                          ("POST", "/v1/messages/count_tokens")]:
