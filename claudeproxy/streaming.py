@@ -106,7 +106,7 @@ class StreamRelay:
         self.committed = False
         self.finished = False
         self.response_open = False  # upstream answered 200: from now on we may commit
-        self.saw_data = False  # at least one data: line came in
+        self.translated = False  # some upstream chunk became events (not only pings from the watchdog)
         self.opened_at = self.last_upstream = time.monotonic()
         self.translator = StreamTranslator(
             message_id="msg_" + new_id(),
@@ -147,8 +147,9 @@ class StreamRelay:
                 # (or a second message_start) between translating a line and writing it.
                 with self.lock:
                     self.last_upstream = time.monotonic()
-                    self.saw_data = self.saw_data or raw.startswith(b"data:")
-                    self._write(self.stream.feed_line(raw))
+                    events = self.stream.feed_line(raw)
+                    self.translated = self.translated or bool(events)
+                    self._write(events)
                     if self.stream.complete:
                         return
             self._eof(resp)
@@ -175,7 +176,7 @@ class StreamRelay:
             # Our own abort (shutdown, deadline) also reads as EOF: say what happened.
             self._fail(read_error(OSError("aborted"), self.upstream_call, self.config.idle_timeout))  # type: ignore[arg-type]
             return
-        self._end(clean=reason is None and self.saw_data and clean_eof(resp))
+        self._end(clean=reason is None and self.translated and clean_eof(resp))
 
     def _end(self, failure: Optional[ProxyError] = None, clean: bool = False) -> None:
         """The upstream body is over: finish, or fail if it never said it was done."""

@@ -313,6 +313,10 @@ class ServerPool:
             self._servers[key] = claudeproxy.start(**{"upstream": self.fake.url, **self.defaults, **overrides})
         return self._servers[key]
 
+    @property
+    def servers(self) -> List[Any]:
+        return list(self._servers.values())
+
     def close(self) -> None:
         for server in self._servers.values():
             server.shutdown(grace=1.0)

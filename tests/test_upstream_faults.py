@@ -254,6 +254,14 @@ def test_break_before_any_event_is_a_plain_502(proxy, fake_upstream, fault):
     assert_plain_error(send(proxy, True), 502, "api_error")
 
 
+@pytest.mark.parametrize("steps", [[], [b": only a comment\n\n"], [b"data: <html>\n\n"] * 3, [{"choices": []}]],
+                         ids=["empty", "comment", "garbage", "no-choices"])
+def test_clean_end_without_any_chunk_is_a_plain_502(proxy, fake_upstream, steps):
+    """A properly ended body that carried no completion at all is not an (empty) answer."""
+    fake_upstream.push(sse_reply(*steps, done=False))
+    assert_plain_error(send(proxy, True), 502, "api_error")
+
+
 def test_break_after_finish_reason_still_completes(proxy, fake_upstream):
     """The answer was complete (finish_reason came); only usage and [DONE] are missing."""
     fake_upstream.push(sse_reply(chunk({"content": "whole"}), chunk({}, "stop"), Fault("rst"), done=False))
@@ -464,3 +472,9 @@ def test_four_mib_of_tool_arguments_in_1k_deltas_stream_live_in_linear_time(prox
     assert final_message(events)["content"][0]["input"] == json.loads(args)
     first, last = marks[0.25] - marks[0.0], marks[1.0] - marks[0.75]
     assert last < 2.5 * first + 0.1, f"first quarter {first:.2f} s, last quarter {last:.2f} s"
+
+
+def test_no_handler_is_left_hanging(pool):
+    """R2: after every fault above (this runs last), no request is still in flight in any proxy."""
+    for server in pool.servers or [pool.get()]:
+        assert server.server.wait_idle(2.0), "a handler is still busy after its fault ended"
