@@ -218,7 +218,12 @@ class StreamRelay:
     # A JSON answer to a stream request (upstreams that ignore "stream").
 
     def _from_json(self, resp: Any) -> None:
-        obj = read_json_body(resp, self.upstream_call, self.config.max_body_bytes * 2)
+        try:
+            # Read outside the lock: the watchdog may ping while a slow body arrives.
+            obj = read_json_body(resp, self.upstream_call, self.config.max_body_bytes * 2)
+        except ProxyError as exc:
+            self._fail(exc)
+            return
         with self.lock:
             try:
                 message = self.proxy.translate_back(self.call, obj)

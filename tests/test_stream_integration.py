@@ -401,3 +401,14 @@ def test_slow_json_answer_to_a_stream_request_gets_pings_and_one_message_start(m
     assert kinds(events).count("message_start") == 1
     assert_valid_event_sequence(events, allow_error=False)
     assert final_message(events)["content"] == [{"type": "text", "text": "slow but sure"}]
+
+
+def test_broken_slow_json_answer_after_pings_is_one_error_event(make_proxy, fake_upstream):
+    proxy = make_proxy(ping_interval=0.3)
+    fake_upstream.push(Reply(200, (("Content-Type", "application/json"),), [Sleep(0.6), b'{"id": "chatcmpl-1", "cho']))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=5)
+    assert kinds(events)[:2] == ["message_start", "ping"]
+    assert_valid_event_sequence(events)
+    assert kinds(events)[-1] == "error" and kinds(events).count("error") == 1
+    assert events[-1]["error"]["type"] == "api_error"
