@@ -5,7 +5,7 @@ modules can ``pytest.importorskip`` what they need and skip cleanly.
 
 - ``ScriptedUpstream``: a ``FakeUpstream`` that answers by looking at each
   request (a tiny scripted "model"), for clients that decide on their own what
-  to send next.
+  to send next (Claude Code).
 - ``openai_problems``: everything wrong with an upstream request body, by the
   OpenAI JSON schema (a copy lives beside this file) plus the rules OpenAI
   enforces that a schema cannot express (tool messages answer tool calls,
@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from fakes import FakeUpstream, Recorded, Reply, _Handler
+from fakes import FakeUpstream, Recorded, Reply
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TESTS = os.path.dirname(HERE)
@@ -40,18 +40,20 @@ Script = Callable[[Recorded], Reply]
 # A fake upstream that answers by looking at the request.
 
 
-class _ScriptedHandler(_Handler):
-    def _serve(self) -> None:
-        fake: ScriptedUpstream = self.server.fake  # type: ignore[attr-defined]
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        rec = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
-                       list(self.headers.items()), body)
-        with fake.lock:
-            fake.requests.append(rec)
-        fake.received.set()
-        self.close_connection = True
-        self._send(fake.answer(rec), fake)
+class _ThreadRecords(list):  # type: ignore[type-arg]
+    """The fake's request list; also remembers, per handler thread, the request it just appended.
+
+    The fake's handler appends each request and then asks ``next_reply()`` in the
+    same thread, so the script sees exactly the request it answers.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = threading.local()
+
+    def append(self, rec: Recorded) -> None:  # type: ignore[override]
+        self.local.last = rec
+        super().append(rec)
 
 
 class ScriptedUpstream(FakeUpstream):
@@ -59,9 +61,15 @@ class ScriptedUpstream(FakeUpstream):
 
     def __init__(self, script: Script) -> None:
         super().__init__()
-        self.lock = threading.Lock()
         self.script = script
-        self.server.RequestHandlerClass = _ScriptedHandler
+        self.requests = _ThreadRecords()
+
+    def next_reply(self) -> Reply:
+        rec = getattr(self.requests.local, "last", None)  # type: ignore[attr-defined]
+        if rec is None:
+            return super().next_reply()
+        self.requests.local.last = None  # type: ignore[attr-defined]
+        return self.answer(rec)
 
     def answer(self, rec: Recorded) -> Reply:
         try:
@@ -71,8 +79,7 @@ class ScriptedUpstream(FakeUpstream):
             return Reply(500, (("Content-Type", "application/json"),), [body.encode("utf-8")])
 
     def chat_bodies(self) -> List[Dict[str, Any]]:
-        with self.lock:
-            return [r.json for r in self.requests if r.path.endswith("/chat/completions")]
+        return [r.json for r in list(self.requests) if r.path.endswith("/chat/completions")]
 
 
 # ----------------------------------------------------------------------

@@ -12,7 +12,10 @@ Cases: (a) plain answer; (b) a Write round trip that creates a file, the tool
 result going back upstream as a ``role: tool`` message; (c) two parallel tool
 calls (Write + Bash), interleaved fragments; (d) an upstream 400 that Claude
 Code reports as an error result instead of hanging; (e) a reasoning model's
-thinking survives Claude Code's round trip (DeepSeek ``reasoning_content``).
+thinking survives Claude Code's round trip (DeepSeek ``reasoning_content``);
+(f) a stream that breaks after some text (error object, connection reset):
+Claude Code retries without streaming and the proxy serves that; (g) finish
+and usage but no [DONE] and no EOF: the run still ends at once.
 
 The binary: $CLAUDEPROXY_CLAUDE_BIN (set by .ci/run), else ``claude`` on
 PATH, else .ci/node's copy; the module skips when there is none.
@@ -31,7 +34,7 @@ import pytest
 pytest.importorskip("jsonschema")
 
 from conformance_helpers import ScriptedUpstream, accumulate_chunks, claude_binary, openai_problems  # noqa: E402
-from fakes import Reply, chunk, json_reply, sse_reply  # noqa: E402
+from fakes import Fault, Reply, chunk, json_reply, sse_reply  # noqa: E402
 
 CLAUDE = claude_binary()
 pytestmark = [
@@ -248,3 +251,45 @@ def test_e_reasoning_survives_the_round_trip(run_claude: Any, tmp_path: Any) -> 
     assistant = [m for m in run.bodies[1]["messages"] if m.get("role") == "assistant"]
     assert [m.get("reasoning_content") for m in assistant] == [reasoning]
     assert_valid_upstream_bodies(run, strict=False)  # reasoning_content is DeepSeek's own field
+
+
+def broken_stream_then_json(breakage: Any) -> Callable[[Any], Reply]:
+    """Streaming requests: some text, then ``breakage``; non-streaming requests: a whole answer."""
+
+    def script(rec: Any) -> Reply:
+        body = rec.json
+        if not body.get("stream"):
+            return json_reply(accumulate_chunks(text_chunks("RECOVERED-WITHOUT-STREAM")))
+        reply = sse_reply(chunk({"role": "assistant", "content": ""}), chunk({"content": "partial "}), done=False)
+        reply.body.append(breakage)
+        return reply
+
+    return script
+
+
+@pytest.mark.parametrize("breakage", [
+    b'data: {"error": {"message": "boom mid-stream", "code": 500}}\n\n',
+    Fault("rst"),
+], ids=["error_object", "connection_reset"])
+def test_f_broken_stream_falls_back_to_non_streaming(run_claude: Any, breakage: Any) -> None:
+    """Cases 59/61 with the real client: the proxy's ``event: error`` makes Claude Code retry without
+    streaming, and the proxy's non-streaming path answers it."""
+    run = run_claude(broken_stream_then_json(breakage))
+    assert (run.result["is_error"], run.result["result"]) == (False, "RECOVERED-WITHOUT-STREAM"), run
+    assert [b.get("stream") for b in run.bodies] == [True, None]
+    assert_valid_upstream_bodies(run)
+
+
+def test_g_finish_and_usage_without_done_does_not_hang(run_claude: Any) -> None:
+    """Case 57: the upstream sends finish_reason and usage, then neither [DONE] nor EOF (it would hold
+    the connection for 10 s); the proxy ends the stream at once and Claude Code finishes."""
+
+    def script(rec: Any) -> Reply:
+        reply = sse_reply(*text_chunks("NO-DONE-NEEDED")[:-2],
+                          chunk({}, "stop", usage={"prompt_tokens": 900, "completion_tokens": 3}), done=False)
+        reply.body.append(Fault("hang"))
+        return reply
+
+    run = run_claude(script)
+    assert (run.result["is_error"], run.result["result"]) == (False, "NO-DONE-NEEDED"), run
+    assert run.elapsed < 6.0, run.elapsed
