@@ -337,6 +337,9 @@ class Proxy:
             relay.run()
         finally:
             self.watchdog.remove(watch)
+        if relay.failure is not None:
+            # The client saw a 200 and then event: error; the metrics must count it as the error it was.
+            call.record.update(error_type=relay.failure.error_type)
         call.record.update(stop_reason=relay.translator.stop_reason, **_usage_fields(relay.translator.final_usage))
 
     # ------------------------------------------------------------------

@@ -107,6 +107,7 @@ class StreamRelay:
         self.finished = False
         self.response_open = False  # upstream answered 200: from now on we may commit
         self.translated = False  # some upstream chunk became events (not only pings from the watchdog)
+        self.failure: Optional[ProxyError] = None  # what ended the stream with event: error
         self.opened_at = self.last_upstream = time.monotonic()
         self.translator = StreamTranslator(
             message_id="msg_" + new_id(),
@@ -210,6 +211,7 @@ class StreamRelay:
             if self.finished:
                 return
             self.finished = True
+            self.failure = exc
             log.warning("stream failed after it began: %s", exc.message)
             self.writer.events(self.translator.fail(exc))
             self.writer.end_stream()

@@ -240,12 +240,19 @@ def test_non_stream_request_deadline_is_504(make_proxy, fake_upstream):
 @pytest.mark.parametrize("fault", ["rst", "fin", "truncate"])
 def test_broken_upstream_after_three_events_gives_one_error_event(proxy, fake_upstream, fault):
     fake_upstream.push(sse_reply(*three_events(), Fault(fault), done=False))
+    errors_before = metrics(proxy)["errors"]
     with open_stream(proxy) as client:
         events = client.read_all(timeout=5)
     err = assert_ends_with_one_error(events, "api_error")
     assert kinds(events)[:4] == ["message_start", "content_block_start", "content_block_delta", "content_block_delta"]
     assert final_message(events)["content"] == [{"type": "text", "text": "one two"}]
     assert "upstream" in err["error"]["message"]
+    assert proxy.server.wait_idle(2)
+    assert metrics(proxy)["errors"] == errors_before + 1  # a 200 that ended in an error is counted as one
+
+
+def metrics(proxy: Any) -> Dict[str, Any]:
+    return request(proxy.url, "GET", "/metrics").json
 
 
 @pytest.mark.parametrize("fault", ["rst", "fin"])
