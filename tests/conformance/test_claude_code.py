@@ -15,7 +15,8 @@ Code reports as an error result instead of hanging; (e) a reasoning model's
 thinking survives Claude Code's round trip (DeepSeek ``reasoning_content``);
 (f) a stream that breaks after some text (error object, connection reset):
 Claude Code retries without streaming and the proxy serves that; (g) finish
-and usage but no [DONE] and no EOF: the run still ends at once.
+and usage but no [DONE] and no EOF: the run still ends at once; (h) haiku's
+trailing system message after the tool result reaches the upstream in place.
 
 The binary: $CLAUDEPROXY_CLAUDE_BIN (set by .ci/run), else ``claude`` on
 PATH, else .ci/node's copy; the module skips when there is none.
@@ -141,7 +142,8 @@ def claude_env(proxy_url: str, home: str) -> Dict[str, str]:
 def run_claude(make_proxy: Any, tmp_path: Any) -> Any:
     upstreams: List[ScriptedUpstream] = []
 
-    def run(script: Callable[[Any], Reply], prompt: str = "Do the task.", provider: Optional[str] = None) -> Run:
+    def run(script: Callable[[Any], Reply], prompt: str = "Do the task.", provider: Optional[str] = None,
+            args: Tuple[str, ...] = ()) -> Run:
         fake = ScriptedUpstream(script)
         upstreams.append(fake)
         server = make_proxy(upstream=fake.url, provider=provider)
@@ -149,7 +151,7 @@ def run_claude(make_proxy: Any, tmp_path: Any) -> Any:
         home.mkdir(exist_ok=True)
         work.mkdir(exist_ok=True)
         cmd = [str(CLAUDE), "-p", prompt, "--output-format", "stream-json", "--verbose",
-               "--dangerously-skip-permissions", "--max-turns", "6"]
+               "--dangerously-skip-permissions", "--max-turns", "6", *args]
         started = time.monotonic()
         proc = subprocess.run(cmd, cwd=str(work), env=claude_env(server.url, str(home)), stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=RUN_TIMEOUT)
@@ -293,3 +295,17 @@ def test_g_finish_and_usage_without_done_does_not_hang(run_claude: Any) -> None:
     run = run_claude(script)
     assert (run.result["is_error"], run.result["result"]) == (False, "NO-DONE-NEEDED"), run
     assert run.elapsed < 6.0, run.elapsed
+
+
+def test_h_haiku_trailing_system_message(run_claude: Any, tmp_path: Any) -> None:
+    """With haiku, Claude Code ends the follow-up with a system message after the tool_result
+    (CLAUDE-CODE.md): it must reach the upstream last, in place, after the tool message."""
+    target = tmp_path / "work" / "h.txt"
+    call = ("call_h", "Write", {"file_path": str(target), "content": "haiku\n"})
+    run = run_claude(FakeModel(tool_chunks([call]), final="HAIKU-DONE"), args=("--model", "claude-haiku-5-5"))
+    assert (run.result["is_error"], run.result["result"]) == (False, "HAIKU-DONE"), run
+    assert target.read_text() == "haiku\n"
+    roles = [m["role"] for m in run.bodies[1]["messages"]]
+    assert roles[-2:] == ["tool", "system"], roles
+    assert "tokens left" in json.dumps(run.bodies[1]["messages"][-1]["content"])
+    assert_valid_upstream_bodies(run)
