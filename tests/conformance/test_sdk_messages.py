@@ -325,10 +325,13 @@ def test_overloaded_503_keeps_retry_after(client: Any, fake_upstream: Any) -> No
 
 
 def test_sdk_headers_are_not_forwarded(client: Any, fake_upstream: Any) -> None:
-    """Case 74: the SDK's x-api-key and anthropic-* headers stay at the proxy."""
-    create(client)
+    """Case 74: the SDK's x-api-key and anthropic-* headers stay at the proxy, and so does Claude Code's
+    ``Accept-Encoding: br, zstd``, which a stdlib client could not decode (CLAUDE-CODE.md, Headers)."""
+    create(client, extra_headers={"Accept-Encoding": "gzip, deflate, br, zstd", "anthropic-beta": "x-2025-01-01"})
     sent = {k.lower() for k, _ in fake_upstream.last.raw_headers}
     assert "x-api-key" not in sent and not any(k.startswith("anthropic-") for k in sent)
+    encoding = fake_upstream.last.headers.get("accept-encoding", "identity")
+    assert "br" not in encoding and "zstd" not in encoding
     assert fake_upstream.last.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert "sk-ant-test" not in fake_upstream.last.body.decode() + repr(fake_upstream.last.raw_headers)
 

@@ -213,6 +213,7 @@ def test_stream_final_message_equals_non_streaming_answer(make_proxy: Any, fake_
     with make_client(server.url) as client:
         with client.messages.stream(**params(**kwargs)) as stream:
             streamed = stream.get_final_message()
+            assert stream.request_id and stream.request_id.startswith("req_")
         assert fake_upstream.requests[0].json.get("stream") is True
         created = client.messages.create(**params(**kwargs))
     assert fake_upstream.requests[1].json.get("stream") in (None, False)
