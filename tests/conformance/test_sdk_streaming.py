@@ -331,3 +331,29 @@ def test_pings_are_ignored_by_the_sdk(make_proxy: Any, fake_upstream: Any) -> No
         final = stream.get_final_message()
     assert "ping" not in kinds
     assert blocks(final) == [("text", "ab")] and final.stop_reason == "end_turn"
+
+
+def test_json_answer_to_a_stream_request(client: Any, fake_upstream: Any) -> None:
+    """PROTOCOL.md 3.2: an upstream that ignores ``stream`` and answers JSON still gives the SDK a stream
+    whose final message equals the non-streaming translation."""
+    calls = [{"id": "call_j", "type": "function", "function": {"name": "read", "arguments": '{"p": "j"}'}}]
+    body = {"id": "chatcmpl-j", "object": "chat.completion", "created": 1, "model": "gpt-test",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": "Reading.", "reasoning_content": "Need j.", "tool_calls": calls}}],
+            "usage": {"prompt_tokens": 30, "completion_tokens": 9}}
+    fake_upstream.push(json_reply(body), json_reply(body))
+    with client.messages.stream(**params()) as stream:
+        streamed = stream.get_final_message()
+    created = client.messages.create(**params())
+    assert blocks(streamed) == blocks(created) == [
+        ("thinking", "Need j.", True), ("text", "Reading."), ("tool_use", "read", {"p": "j"})]
+    assert streamed.stop_reason == created.stop_reason == "tool_use"
+    assert usage_of(streamed) == usage_of(created) == (30, 9, 0, 0)
+
+
+def test_upstream_529_before_the_stream(client: Any, fake_upstream: Any) -> None:
+    fake_upstream.push(json_reply({"error": {"message": "overloaded"}}, status=529))
+    with pytest.raises(anthropic.OverloadedError) as info:
+        with client.messages.stream(**params()) as stream:
+            stream.get_final_message()
+    assert (info.value.status_code, info.value.type) == (529, "overloaded_error")
