@@ -175,12 +175,15 @@ def test_json_answer_is_relayed_with_usage_in_metrics(through, fake_upstream, re
     (500, "text/html", b"<html>upstream broke</html>"),
 ])
 def test_upstream_error_status_and_body_are_relayed(through, fake_upstream, records, status, ctype, body):
-    fake_upstream.push(Reply(status, (("Content-Type", ctype), ("retry-after", "7")), [body]))
+    fake_upstream.push(Reply(status, (("Content-Type", ctype), ("retry-after", "7"), ("Keep-Alive", "timeout=5"),
+                                      ("Proxy-Authenticate", "Basic"), ("x-upstream-note", "kept")), [body]))
     resp = post(through, minimal_request(stream=True))
     assert resp.status == status
     assert resp.body == body
     assert resp.headers["content-type"] == ctype
-    assert resp.headers["retry-after"] == "7"
+    assert resp.headers["retry-after"] == "7" and resp.headers["x-upstream-note"] == "kept"
+    assert "keep-alive" not in resp.headers and "proxy-authenticate" not in resp.headers  # hop-by-hop, both ways
+    assert resp.headers["content-length"] == str(len(body))
     assert _wait_for(records) and records[-1].status == status
 
 
