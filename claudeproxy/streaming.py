@@ -85,12 +85,11 @@ def clean_eof(resp: Any) -> bool:
     ``readline`` returns b"" in both cases (RELIABILITY.md S12); what is left
     tells them apart: ``chunk_left`` is None only after the terminating
     ``0`` chunk, ``length`` is 0 only when all Content-Length bytes came.
-    A close-delimited body has no way to say, so its EOF counts as clean.
+    A close-delimited body cannot tell a drop from an end, so it is never clean.
     """
     if getattr(resp, "chunked", False):
         return getattr(resp, "chunk_left", 0) is None
-    length = getattr(resp, "length", None)
-    return length is None or length == 0
+    return getattr(resp, "length", None) == 0
 
 
 class StreamRelay:
@@ -106,7 +105,6 @@ class StreamRelay:
         self.committed = False
         self.finished = False
         self.response_open = False  # upstream answered 200: from now on we may commit
-        self.translated = False  # some upstream chunk became events (not only pings from the watchdog)
         self.failure: Optional[ProxyError] = None  # what ended the stream with event: error
         self.opened_at = self.last_upstream = time.monotonic()
         self.translator = StreamTranslator(
@@ -148,9 +146,7 @@ class StreamRelay:
                 # (or a second message_start) between translating a line and writing it.
                 with self.lock:
                     self.last_upstream = time.monotonic()
-                    events = self.stream.feed_line(raw)
-                    self.translated = self.translated or bool(events)
-                    self._write(events)
+                    self._write(self.stream.feed_line(raw))
                     if self.stream.complete:
                         return
             self._eof(resp)
@@ -177,17 +173,12 @@ class StreamRelay:
             # Our own abort (shutdown, deadline) also reads as EOF: say what happened.
             self._fail(read_error(OSError("aborted"), self.upstream_call, self.config.idle_timeout))  # type: ignore[arg-type]
             return
-        self._end(clean=reason is None and self.translated and clean_eof(resp))
+        self._end(clean=reason is None and clean_eof(resp))
 
     def _end(self, failure: Optional[ProxyError] = None, clean: bool = False) -> None:
         """The upstream body is over: finish, or fail if it never said it was done."""
         with self.lock:
-            events, error = self.stream.end()
-            if error is not None and clean:
-                # The server ended the body properly (chunked terminator): servers that
-                # omit [DONE] and finish_reason are done, not broken (PROTOCOL.md 3.6, case 58).
-                events += self.translator.finish()
-                self.stream.complete, error = True, None
+            events, error = self.stream.end(clean)
             self._write(events)
             if error is not None:
                 self._fail(failure or error)

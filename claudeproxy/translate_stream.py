@@ -579,8 +579,12 @@ class UpstreamStream:
     ``feed_line`` takes each ``readline()`` result; ``complete`` turns true at
     ``[DONE]`` or once finish_reason and usage are both in (no need to wait for
     more). ``end`` is called when the body ends or breaks: a stream that saw a
-    finish_reason is finished normally, anything else is an error (EOF is not
-    success: RELIABILITY.md S12). Error objects raise ``ProxyError``.
+    finish_reason is finished normally; so is one whose body ended the way HTTP
+    says a body ends (``clean``: the chunked terminator or the full
+    Content-Length) after at least one chunk, as servers that omit both
+    ``[DONE]`` and finish_reason do (PROTOCOL.md 3.6, case 58). Anything else
+    is an error: EOF is not success (RELIABILITY.md S12). Error objects raise
+    ``ProxyError``.
     """
 
     def __init__(self, translator: StreamTranslator) -> None:
@@ -589,6 +593,7 @@ class UpstreamStream:
         self.complete = False
         self.bad_events = 0
         self.skipped_events = 0
+        self.chunks = 0  # upstream chunks with a choice so far
 
     def feed_line(self, raw: bytes) -> List[Event]:
         events: List[Event] = []
@@ -598,7 +603,7 @@ class UpstreamStream:
                 events += self._on_event(event)
         return events
 
-    def end(self) -> Tuple[List[Event], Optional[ProxyError]]:
+    def end(self, clean: bool = False) -> Tuple[List[Event], Optional[ProxyError]]:
         """Events that end the stream, or the error it ended with."""
         if self.complete:
             return [], None
@@ -606,7 +611,7 @@ class UpstreamStream:
         events = self._on_event(last) if last is not None else []
         if self.complete:
             return events, None
-        if self.translator.has_finish_reason:
+        if self.translator.has_finish_reason or (clean and self.chunks):
             return events + self._finish(), None
         return events, UpstreamUnavailable("upstream stream ended early (no finish_reason and no [DONE])")
 
@@ -625,6 +630,7 @@ class UpstreamStream:
             return []
         self.bad_events = 0
         chunk = parse_chat_chunk(obj)
+        self.chunks += chunk.choice is not None
         if event.event == "error" and chunk.error is None:
             chunk = dataclasses.replace(chunk, error=obj if isinstance(obj, dict) else {"message": event.data})
         events = self.translator.feed(chunk)

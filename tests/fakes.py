@@ -59,6 +59,7 @@ class Reply:
     body: List[Step] = dataclasses.field(default_factory=list)
     chunked: bool = False
     delay: float = 0.0  # before the status line
+    close_delimited: bool = False  # neither chunked nor Content-Length: the body ends when the socket closes
 
 
 def json_reply(obj: Any, status: int = 200, headers: Tuple[Tuple[str, str], ...] = ()) -> Reply:
@@ -157,6 +158,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         if reply.chunked:
             self.send_header("Transfer-Encoding", "chunked")
+        elif reply.close_delimited:
+            pass
         else:
             size = sum(len(s) for s in reply.body if isinstance(s, bytes))
             self.send_header("Content-Length", str(size))

@@ -222,6 +222,28 @@ def test_clean_end_of_body_without_done_or_finish_reason_finishes(proxy, fake_up
     assert final_message(events)["content"] == [{"type": "text", "text": "all said"}]
 
 
+def test_close_delimited_body_without_done_or_finish_reason_is_an_error(proxy, fake_upstream):
+    """A body that ends only by the socket closing cannot tell an end from a drop (S12): error."""
+    reply = sse_reply(chunk({"content": "half"}), done=False)
+    reply.chunked, reply.close_delimited = False, True
+    fake_upstream.push(reply)
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=4)
+    assert_valid_event_sequence(events)
+    assert events[-1]["type"] == "error" and events[-1]["error"]["type"] == "api_error"
+    assert not any(e["type"] == "message_stop" for e in events)
+
+
+def test_close_delimited_body_with_finish_reason_finishes(proxy, fake_upstream):
+    reply = sse_reply(chunk({"content": "whole"}), chunk({}, "stop"), done=False)
+    reply.chunked, reply.close_delimited = False, True
+    fake_upstream.push(reply)
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=4)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert final_message(events)["content"] == [{"type": "text", "text": "whole"}]
+
+
 # ---------------------------------------------------------------------------
 # JSON answers to stream requests; the upstream request; usage (cases 10, 65).
 

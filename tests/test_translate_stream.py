@@ -245,12 +245,27 @@ def test_message_start_usage_is_the_estimate_and_message_delta_the_real_numbers(
 
 
 def test_eof_without_finish_reason_is_an_error_not_a_success() -> None:
-    # RELIABILITY.md S12: a silent EOF can be a cut connection; the issue text decides
-    # over PROTOCOL.md case 58.
+    # RELIABILITY.md S12: a silent EOF (a FIN, a close-delimited end) can be a cut connection.
     pb = Playbook()
     pb.feed(chunk({"content": "half an ans"}))
     events, error = pb.eof()
     assert events == [] and isinstance(error, ProxyError) and error.error_type == "api_error"
+
+
+def test_clean_end_of_body_after_a_chunk_finishes() -> None:
+    # PROTOCOL.md 3.6 / case 58: the chunked terminator (or full Content-Length) is a real end.
+    pb = Playbook()
+    pb.feed(chunk({"content": "all said"}))
+    events, error = pb.stream.end(clean=True)
+    assert error is None and [e["type"] for e in events] == [
+        "content_block_stop", "message_delta", "message_stop"]
+    assert events[-2]["delta"]["stop_reason"] == "end_turn"
+
+
+def test_clean_end_without_any_chunk_is_still_an_error() -> None:
+    pb = Playbook()
+    events, error = pb.stream.end(clean=True)
+    assert events == [] and isinstance(error, ProxyError)
 
 
 def test_eof_after_finish_reason_finishes() -> None:
