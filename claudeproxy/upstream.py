@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import http.client
-import json
 import logging
 import re
 import socket

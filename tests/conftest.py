@@ -18,7 +18,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import claudeproxy  # noqa: E402
-from fakes import FakeUpstream  # noqa: E402
+from fakes import FakeUpstream, ServerPool  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 UPSTREAM_KEY = "sk-UPSTREAM-SENTINEL-0123456789"
@@ -74,16 +74,42 @@ def minimal_request(**overrides: Any) -> Dict[str, Any]:
     return body
 
 
+def _shares_servers(request: Any) -> bool:
+    """A module that sets ``SHARED_SERVERS = True`` gets one fake and its proxies for all its tests."""
+    return bool(getattr(request.module, "SHARED_SERVERS", False))
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[ServerPool]:
+    """One fake upstream and the proxies started against it, kept for a whole module."""
+    servers = ServerPool(token=claudeproxy.static_token(UPSTREAM_KEY))
+    yield servers
+    servers.close()
+
+
 @pytest.fixture
-def fake_upstream() -> Iterator[FakeUpstream]:
+def fake_upstream(request: Any) -> Iterator[FakeUpstream]:
+    """A fake upstream as good as new: the module's shared one (reset) or a fresh one."""
+    if _shares_servers(request):
+        shared: ServerPool = request.getfixturevalue("pool")
+        shared.fake.reset()
+        yield shared.fake
+        return
     fake = FakeUpstream()
     yield fake
     fake.close()
 
 
 @pytest.fixture
-def make_proxy(fake_upstream: FakeUpstream) -> Iterator[Callable[..., Any]]:
-    """Start proxies (default: against ``fake_upstream`` with the sentinel key); all stop after the test."""
+def make_proxy(request: Any, fake_upstream: FakeUpstream) -> Iterator[Callable[..., Any]]:
+    """Start proxies (default: against ``fake_upstream`` with the sentinel key).
+
+    In a ``SHARED_SERVERS`` module a proxy per distinct set of settings lives for
+    the whole module (starting one costs about 0.15 s); otherwise all stop after the test.
+    """
+    if _shares_servers(request):
+        yield request.getfixturevalue("pool").get
+        return
     started: List[Any] = []
 
     def make(**overrides: Any) -> Any:

@@ -27,7 +27,7 @@ import pytest
 import claudeproxy
 from claudeproxy import cli
 from conftest import ROOT, UPSTREAM_KEY, minimal_request, request
-from fakes import Gate, Reply, chunk, sse_reply
+from fakes import Gate, chunk, sse_reply
 from sse_checks import assert_valid_event_sequence, events_of
 
 ENV_KEY = "sk-ENV-SENTINEL-abcdef012345"

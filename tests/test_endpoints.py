@@ -14,15 +14,16 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import pytest
 
-import claudeproxy
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
-from fakes import FakeUpstream, json_reply
+from fakes import json_reply
 from sse_checks import assert_valid_event_sequence, events_of, final_message
-from test_http_errors import REQUEST_ID_RE, assert_error, reset_fake
+from test_http_errors import REQUEST_ID_RE, assert_error
+
+SHARED_SERVERS = True  # one fake upstream and its proxies serve the whole module (conftest)
 
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
@@ -40,28 +41,6 @@ UPSTREAM_MODELS = {
 # per test costs more than the tests); each test gets the fake reset.
 
 
-@pytest.fixture(scope="module")
-def shared_fake() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
-def fake_upstream(shared_fake: FakeUpstream) -> FakeUpstream:
-    return reset_fake(shared_fake)
-
-
-@pytest.fixture(scope="module")
-def shared_proxy(shared_fake: FakeUpstream) -> Iterator[Any]:
-    server = claudeproxy.start(upstream=shared_fake.url, token=claudeproxy.static_token(UPSTREAM_KEY))
-    yield server
-    server.shutdown(grace=1.0)
-
-
-@pytest.fixture
-def proxy(shared_proxy: Any, fake_upstream: FakeUpstream) -> Any:
-    return shared_proxy
 
 
 def get(proxy: Any, path: str, **headers: str) -> Any:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import pytest
 
 import claudeproxy
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
-from fakes import Fault, FakeUpstream, Gate, Reply, ServerPool, StreamClient, json_reply
-from sse_checks import assert_valid_event_sequence, events_of, final_message
+from fakes import Fault, Gate, Reply, StreamClient, json_reply
+from sse_checks import assert_valid_event_sequence, final_message
+
+SHARED_SERVERS = True  # one fake upstream and its proxies serve the whole module (conftest)
 
 
 def anthropic_event(payload: Dict[str, Any]) -> bytes:
@@ -49,29 +51,6 @@ def sse(*steps: Any) -> Reply:
                  chunked=True)
 
 
-@pytest.fixture(scope="module")
-def pool() -> Iterator[ServerPool]:
-    servers = ServerPool(token=claudeproxy.static_token(UPSTREAM_KEY))
-    yield servers
-    servers.close()
-
-
-@pytest.fixture
-def fake_upstream(pool: ServerPool) -> FakeUpstream:
-    """The module's one fake, emptied for this test (instead of a new fake and proxy per test)."""
-    pool.fake.reset()
-    return pool.fake
-
-
-@pytest.fixture
-def make_proxy(pool: ServerPool, fake_upstream: FakeUpstream) -> Any:
-    """Proxies with the given settings, started once per module."""
-    return pool.get
-
-
-@pytest.fixture
-def proxy(make_proxy: Any) -> Any:
-    return make_proxy()
 
 
 _RECORDS: List[Any] = []  # the metrics sink of the module's passthrough proxy

@@ -24,8 +24,9 @@ import claudeproxy
 
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
 from fakes import FakeUpstream, Reply, chunk, completion, json_reply, sse_reply
-from sse_checks import assert_valid_event_sequence, events_of
-from test_http_errors import assert_error, connect, http_bytes, peer_closed, read_response, reset_fake
+from test_http_errors import assert_error, connect, http_bytes, peer_closed, read_response
+
+SHARED_SERVERS = True  # one fake upstream and its proxies serve the whole module (conftest)
 
 SENTINELS = (CLIENT_KEY, UPSTREAM_KEY)
 
@@ -38,28 +39,6 @@ UPSTREAM_HEADERS = {"host", "accept-encoding", "content-length", "content-type",
 # per test costs more than the tests); each test gets the fake reset.
 
 
-@pytest.fixture(scope="module")
-def shared_fake() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
-def fake_upstream(shared_fake: FakeUpstream) -> FakeUpstream:
-    return reset_fake(shared_fake)
-
-
-@pytest.fixture(scope="module")
-def shared_proxy(shared_fake: FakeUpstream) -> Iterator[Any]:
-    server = claudeproxy.start(upstream=shared_fake.url, token=claudeproxy.static_token(UPSTREAM_KEY))
-    yield server
-    server.shutdown(grace=1.0)
-
-
-@pytest.fixture
-def proxy(shared_proxy: Any, fake_upstream: FakeUpstream) -> Any:
-    return shared_proxy
 
 
 @pytest.fixture
@@ -248,17 +227,9 @@ def test_no_cors_headers_by_default(proxy: Any) -> None:
 AUTH_KEY = "cp-local-key-0123456789abcdef"
 
 
-@pytest.fixture(scope="module")
-def shared_keyed(shared_fake: FakeUpstream) -> Iterator[Any]:
-    server = claudeproxy.start(upstream=shared_fake.url, token=claudeproxy.static_token(UPSTREAM_KEY),
-                               auth_key=AUTH_KEY)
-    yield server
-    server.shutdown(grace=1.0)
-
-
 @pytest.fixture
-def keyed(shared_keyed: Any, fake_upstream: FakeUpstream) -> Any:
-    return shared_keyed
+def keyed(make_proxy: Any) -> Any:
+    return make_proxy(auth_key=AUTH_KEY)
 
 
 @pytest.mark.parametrize("headers", [

@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import random
 import time
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import pytest
 
-import claudeproxy
-from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request
-from fakes import Fault, FakeUpstream, Gate, Reply, ServerPool, Sleep, StreamClient, chunk, completion, json_reply, sse_reply
+from conftest import CLIENT_KEY, minimal_request
+from fakes import Fault, Gate, Reply, ServerPool, Sleep, StreamClient, chunk, completion, json_reply, sse_reply
 from sse_checks import assert_valid_event_sequence, final_message
+
+SHARED_SERVERS = True  # one fake upstream and its proxies serve the whole module (conftest)
 
 HEADERS = {"x-api-key": CLIENT_KEY}
 
@@ -37,29 +38,6 @@ def usage_chunk(prompt: int, completion_tokens: int, **extra: Any) -> Dict[str, 
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion_tokens, **extra}}
 
 
-@pytest.fixture(scope="module")
-def pool() -> Iterator[ServerPool]:
-    servers = ServerPool(token=claudeproxy.static_token(UPSTREAM_KEY))
-    yield servers
-    servers.close()
-
-
-@pytest.fixture
-def fake_upstream(pool: ServerPool) -> FakeUpstream:
-    """The module's one fake, emptied for this test (instead of a new fake and proxy per test)."""
-    pool.fake.reset()
-    return pool.fake
-
-
-@pytest.fixture
-def make_proxy(pool: ServerPool, fake_upstream: FakeUpstream) -> Any:
-    """Proxies with the given settings, started once per module."""
-    return pool.get
-
-
-@pytest.fixture
-def proxy(make_proxy: Any) -> Any:
-    return make_proxy()
 
 
 # ---------------------------------------------------------------------------

@@ -29,7 +29,6 @@ from stream_playbook import (
     decode_cpx1,
     diff_text,
     load_case,
-    make_translator,
     run_transcript,
     same_events,
     sse_data,

@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import socket
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List
 
 import pytest
 
-import claudeproxy
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
-from fakes import Fault, FakeUpstream, Gate, Reply, ServerPool, Sleep, StreamClient, chunk, completion, json_reply, sse_reply
+from fakes import Fault, FakeUpstream, Gate, Reply, Sleep, StreamClient, chunk, completion, json_reply, sse_reply
 from sse_checks import assert_valid_event_sequence, final_message
+
+SHARED_SERVERS = True  # one fake upstream and its proxies serve the whole module (conftest)
 
 HEADERS = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
 
@@ -59,29 +60,6 @@ def three_events() -> List[Any]:
     return [chunk({"role": "assistant", "content": ""}), chunk({"content": "one"}), chunk({"content": " two"})]
 
 
-@pytest.fixture(scope="module")
-def pool() -> Iterator[ServerPool]:
-    servers = ServerPool(token=claudeproxy.static_token(UPSTREAM_KEY))
-    yield servers
-    servers.close()
-
-
-@pytest.fixture
-def fake_upstream(pool: ServerPool) -> FakeUpstream:
-    """The module's one fake, emptied for this test (instead of a new fake and proxy per test)."""
-    pool.fake.reset()
-    return pool.fake
-
-
-@pytest.fixture
-def make_proxy(pool: ServerPool, fake_upstream: FakeUpstream) -> Any:
-    """Proxies with the given settings, started once per module."""
-    return pool.get
-
-
-@pytest.fixture
-def proxy(make_proxy: Any) -> Any:
-    return make_proxy()
 
 
 # ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator
 
 import pytest
 
