@@ -2,10 +2,12 @@
 
     python bench/bench.py [--requests 300] [--chunks 2000] [--json]
 
-A minimal OpenAI-compatible upstream runs on 127.0.0.1; every figure is taken
-twice, once calling it directly and once through claudeproxy (translation
-included), and reported with the ratio proxy/direct. Loopback numbers bound
-the proxy's own cost only; they say nothing about real provider latency.
+A minimal OpenAI-compatible upstream runs on 127.0.0.1 in its own process, and
+claudeproxy in another (``python -m claudeproxy --port 0``), so neither shares
+the client's interpreter lock. Every figure is taken twice, once calling the
+upstream directly and once through the proxy (translation included), and
+reported with the ratio proxy/direct. Loopback numbers bound the proxy's own
+cost only; they say nothing about real provider latency.
 
 Figures:
 - json_latency: median and p95 wall time of a non-streaming request.
@@ -24,15 +26,14 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import claudeproxy  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 COMPLETION = json.dumps({
     "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",
@@ -79,12 +80,24 @@ class Upstream(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
 
 
-def start_upstream(chunks: int) -> ThreadingHTTPServer:
+def serve_upstream(chunks: int) -> None:
+    """Child process: run the fake upstream, print its port, serve until killed."""
+    ThreadingHTTPServer.request_queue_size = 128  # this child process only: bursts of 32 must not hit the backlog
     server = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
     server.daemon_threads = True
     server.chunks = chunks  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
+def spawn(args: List[str], pattern: str) -> Tuple["subprocess.Popen[str]", int]:
+    """Start a child and read its port from the first line it prints."""
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline() if proc.stdout else ""
+    if pattern == "port":
+        return proc, int(line.strip())
+    # "claudeproxy listening on http://127.0.0.1:PORT -> ..."
+    return proc, int(line.split("http://127.0.0.1:", 1)[1].split()[0])
 
 
 # --------------------------------------------------------------------------
@@ -161,36 +174,38 @@ def concurrent(port: int, path: str, body: bytes, n: int) -> float:
 
 
 def measure(args: argparse.Namespace) -> Dict[str, Dict[str, float]]:
-    upstream = start_upstream(args.chunks)
-    up_port = upstream.server_address[1]
-    proxy = claudeproxy.start(upstream=f"http://127.0.0.1:{up_port}/v1")
-    px_port = proxy.address[1]
+    upstream, up_port = spawn([sys.executable, __file__, "--serve-upstream", "--chunks", str(args.chunks)], "port")
+    proxy, px_port = spawn([sys.executable, "-m", "claudeproxy", "--port", "0", "--log-level", "error",
+                            "--upstream", f"http://127.0.0.1:{up_port}/v1"], "listening")
     sides: Dict[str, Tuple[int, Callable[..., Tuple[str, bytes]], bool]] = {
         "direct": (up_port, direct_request, True),
         "proxy": (px_port, proxy_request, False),
     }
-    out: Dict[str, Dict[str, float]] = {}
     try:
-        for name, (port, build, is_direct) in sides.items():
-            path, body = build(False, 0)
-            for _ in range(20):  # warm-up
-                timed_request(port, path, body)
-            lat = [timed_request(port, path, body)[1] for _ in range(args.requests)]
-            spath, sbody = build(True, args.chunks)
-            ttft, total = zip(*(timed_request(port, spath, sbody, first_text_marker(is_direct))
-                                for _ in range(max(5, args.requests // 20))))
-            out[name] = {
-                "json_latency_ms_median": statistics.median(lat) * 1000,
-                "json_latency_ms_p95": sorted(lat)[int(len(lat) * 0.95) - 1] * 1000,
-                "keepalive_rps": keepalive_rps(port, path, body, args.seconds),
-                "ttft_ms_median": statistics.median(ttft) * 1000,
-                "stream_ms_median": statistics.median(total) * 1000,
-                "concurrent_32_streams_ms": concurrent(port, spath, sbody, 32) * 1000,
-            }
+        return {name: measure_side(args, port, build, is_direct) for name, (port, build, is_direct) in sides.items()}
     finally:
-        proxy.shutdown()
-        upstream.shutdown()
-    return out
+        for child in (proxy, upstream):
+            child.terminate()
+            child.wait(10)
+
+
+def measure_side(args: argparse.Namespace, port: int, build: Callable[..., Tuple[str, bytes]],
+                 is_direct: bool) -> Dict[str, float]:
+    path, body = build(False, 0)
+    for _ in range(20):  # warm-up
+        timed_request(port, path, body)
+    lat = [timed_request(port, path, body)[1] for _ in range(args.requests)]
+    spath, sbody = build(True, args.chunks)
+    ttft, total = zip(*(timed_request(port, spath, sbody, first_text_marker(is_direct))
+                        for _ in range(max(5, args.requests // 20))))
+    return {
+        "json_latency_ms_median": statistics.median(lat) * 1000,
+        "json_latency_ms_p95": sorted(lat)[int(len(lat) * 0.95) - 1] * 1000,
+        "keepalive_rps": keepalive_rps(port, path, body, args.seconds),
+        "ttft_ms_median": statistics.median(ttft) * 1000,
+        "stream_ms_median": statistics.median(total) * 1000,
+        "concurrent_32_streams_ms": concurrent(port, spath, sbody, 32) * 1000,
+    }
 
 
 def report(out: Dict[str, Dict[str, float]], as_json: bool) -> None:
@@ -212,7 +227,11 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=2.0, help="duration of the keep-alive run")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_upstream:
+        serve_upstream(args.chunks)
+        return
     report(measure(args), args.json)
 
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import secrets
+import os
 
 _ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
 def new_id(length: int = 24) -> str:
-    """``length`` random alphanumerics (message and tool-use id suffixes)."""
-    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
+    """``length`` random alphanumerics (message and tool-use id suffixes).
+
+    One ``urandom`` call per id: ``secrets.choice`` per character cost 60 us a
+    request. The modulo bias (256 % 62) is irrelevant for ids that only need to
+    be unique.
+    """
+    return "".join(_ALPHABET[b % 62] for b in os.urandom(length))
 
 
 def new_request_id() -> str:
