@@ -315,8 +315,8 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             self._fail(writer, exc)
         except Exception as exc:
             # The traceback only at DEBUG: stderr stays clean (RELIABILITY.md section 4, invariant e).
-            log.error("internal error on %s %s: %s", method, self.path.split("?", 1)[0], type(exc).__name__,
-                      exc_info=log.isEnabledFor(logging.DEBUG))
+            log.error("internal error on %s %s: %s: %s", method, self.path.split("?", 1)[0], type(exc).__name__,
+                      exc, exc_info=log.isEnabledFor(logging.DEBUG))
             self._fail(writer, ProxyError("internal proxy error; see the proxy log", status=500))
 
     def _fail(self, writer: ResponseWriter, exc: ProxyError) -> None:

@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .anthropic_types import MessagesRequest, parse_count_tokens_request, parse_messages_request
 from .config import Config
@@ -90,6 +90,7 @@ class Proxy:
         self.provider = config.provider or detect_provider(config.upstream)
         self._caps: Dict[str, int] = {}
         self._caps_lock = threading.Lock()
+        self._warned: Set[str] = set()  # translation warnings already logged at WARNING level
         self.routes: Dict[Tuple[str, str], Route] = {
             ("POST", "/v1/messages"): self.messages,
             ("POST", "/v1/messages/count_tokens"): self.count_tokens,
@@ -239,8 +240,16 @@ class Proxy:
             req, model=model, dialect=dialect, max_output_tokens=min(limits) if limits else None, stream=wants_stream
         )
         for warning in translation.warnings:
-            log.warning("%s", warning)
+            self._warn_once(warning)
         return translation
+
+    def _warn_once(self, warning: str) -> None:
+        """A warning that every request would repeat (Claude Code sends web_search each time) is
+        logged once at WARNING, then at DEBUG."""
+        with self._caps_lock:
+            first = warning not in self._warned
+            self._warned.add(warning)
+        log.log(logging.WARNING if first else logging.DEBUG, "%s", warning)
 
     def _reply(self, req: MessagesRequest, writer: Any, message: Dict[str, Any]) -> None:
         if req.stream:
