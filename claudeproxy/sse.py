@@ -78,7 +78,7 @@ class SSEDecoder:
 
 
 def iter_events(lines: Iterator[bytes]) -> Iterator[ServerSentEvent]:
-    """All events of a byte-line iterator (tests and the synthesised paths)."""
+    """All events of a byte-line iterator (for tools and tests; the relay feeds ``SSEDecoder`` itself)."""
     decoder = SSEDecoder()
     for raw in lines:
         for line in split_lines(raw):

@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from . import __version__
 from .config import Config
 from .errors import ClientGone, ProxyError, UpstreamTimeout, UpstreamUnavailable, error_from_status
-from .redact import redact_text, redact_url
+from .redact import redact_headers, redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,9 @@ class Upstream:
         for name, value in auth:
             req.add_unredirected_header(name, value)  # never follows a redirect (S7)
         req.cp_call = call  # type: ignore[attr-defined]
-        log.debug("upstream %s %s", method, redact_url(url))
+        if log.isEnabledFor(logging.DEBUG):
+            sent = redact_headers(req.header_items(), self.secrets())
+            log.debug("upstream %s %s headers=%s", method, redact_url(url), sent)
         try:
             return self.opener.open(req, timeout=self.config.connect_timeout)  # type: ignore[no-any-return]
         except urllib.error.HTTPError as exc:

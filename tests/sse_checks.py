@@ -19,6 +19,18 @@ BLOCK_DELTAS = {
 }
 
 
+def dechunk(data: bytes) -> bytes:
+    """The body of an HTTP/1.1 chunked message (as captured off a raw socket)."""
+    out = b""
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out, data = out + data[:size], data[size + 2:]
+    return out
+
+
 def parse_sse(raw: bytes) -> List[Tuple[str, Event]]:
     """(event name, payload) pairs of an SSE body; every event must have both lines."""
     out: List[Tuple[str, Event]] = []

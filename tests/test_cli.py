@@ -28,7 +28,7 @@ import claudeproxy
 from claudeproxy import cli
 from conftest import ROOT, UPSTREAM_KEY, minimal_request, request
 from fakes import Gate, chunk, sse_reply
-from sse_checks import assert_valid_event_sequence, events_of
+from sse_checks import assert_valid_event_sequence, dechunk, events_of
 
 ENV_KEY = "sk-ENV-SENTINEL-abcdef012345"
 
@@ -320,7 +320,7 @@ def test_sigterm_with_a_stream_in_flight(spawn: Any, fake_upstream: Any) -> None
         received += _read_to_eof(sock, 5)
     gate.release()
     payload = received.split(b"\r\n\r\n", 1)[1]
-    events = events_of(_dechunk(payload))
+    events = events_of(dechunk(payload))
     assert_valid_event_sequence(events)
     assert events[-1]["type"] == "error" and events[-1]["error"]["type"] == "overloaded_error", events[-1]
     assert "Traceback" not in err
@@ -346,17 +346,6 @@ def _read_to_eof(sock: socket.socket, timeout: float) -> bytes:
         if not piece:
             return data
         data += piece
-
-
-def _dechunk(data: bytes) -> bytes:
-    out = b""
-    while data:
-        size_line, _, data = data.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            break
-        out, data = out + data[:size], data[size + 2:]
-    return out
 
 
 def test_plain_http_to_a_remote_upstream_is_warned_about(tmp_path: Any) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 import claudeproxy
-from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
+from conftest import CLIENT_KEY, UPSTREAM_KEY, Response, minimal_request, request
 from fakes import FakeUpstream, completion, json_reply
 from sse_checks import assert_valid_event_sequence, events_of
 
@@ -27,19 +27,12 @@ REQUEST_ID_RE = re.compile(r"^req_[A-Za-z0-9]{24}$")
 # Raw HTTP helpers (also imported by the other server-level test modules).
 
 
-class RawResponse:
+class RawResponse(Response):
     """One response read off a raw socket: status, headers (lower-case names), body, timing."""
 
     def __init__(self, status: int, headers: List[Tuple[str, str]], body: bytes, elapsed: float) -> None:
-        self.status = status
-        self.header_list = headers
-        self.headers = {k.lower(): v for k, v in headers}
-        self.body = body
+        super().__init__(status, headers, body)
         self.elapsed = elapsed
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body.decode("utf-8"))
 
     def __repr__(self) -> str:
         return f"RawResponse({self.status}, {self.body[:300]!r})"

@@ -19,7 +19,7 @@ import pytest
 import claudeproxy
 from conftest import UPSTREAM_KEY, minimal_request, request
 from fakes import FakeUpstream, Gate, Reply, Sleep, chunk, completion, json_reply, sse_reply
-from sse_checks import assert_valid_event_sequence, events_of, final_message
+from sse_checks import assert_valid_event_sequence, dechunk, events_of, final_message
 from test_http_errors import assert_error, connect, json_post, peer_closed, read_response
 
 
@@ -108,17 +108,6 @@ class RawStream:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def dechunk(data: bytes) -> bytes:
-    out = b""
-    while data:
-        size_line, _, data = data.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            break
-        out, data = out + data[:size], data[size + 2:]
-    return out
 
 
 # ---------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from fakes import Reply, completion, json_reply  # noqa: E402
 
 
 pytestmark = pytest.mark.conformance
+SHARED_SERVERS = True  # one fake upstream and its proxies serve the whole module (conftest)
 MODEL = "claude-opus-5-5"  # not in the SDK's deprecated list (that warning is an error here)
 USER = [{"role": "user", "content": "Hello"}]
 WEATHER_TOOL = {

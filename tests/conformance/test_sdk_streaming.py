@@ -27,6 +27,7 @@ from fakes import Fault, Reply, Sleep, chunk, json_reply, sse_reply  # noqa: E40
 from sse_checks import assert_valid_event_sequence, events_of  # noqa: E402
 
 pytestmark = pytest.mark.conformance
+SHARED_SERVERS = True  # one fake upstream and its proxies serve the whole module (conftest)
 MODEL = "claude-opus-5-5"
 STREAMS = os.path.join(FIXTURES, "streams")
 
