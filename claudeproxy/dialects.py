@@ -31,7 +31,7 @@ class Dialect:
     send_user: bool = True
     # Ask for stream_options.include_usage.
     stream_usage: bool = True
-    # How thinking/effort is requested (translate_request.REASONING_STYLES):
+    # How thinking/effort is requested (apis/chat/request.py REASONING_STYLES):
     # effort, explicit, gemini, openrouter, deepseek, groq, template, none.
     reasoning: str = "effort"
     # How assistant thinking goes back upstream: drop, reasoning_content, reasoning_content_all, reasoning.

@@ -23,9 +23,8 @@ from .config import Config
 from .errors import ClientGone, ProxyError, UpstreamUnavailable
 from .metrics import CallRecord, Metrics
 from .sse import SSEDecoder, split_lines
-from .streaming import clean_eof, read_error
 from .tokens import estimate_input_tokens
-from .upstream import Upstream, UpstreamCall
+from .upstream import Upstream, UpstreamCall, clean_eof, read_error
 from .watchdog import Watch, Watchdog
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,10 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .anthropic_types import MessagesRequest, parse_count_tokens_request, parse_messages_request
+from .apis.chat.request import Translation, to_chat_request
+from .apis.chat.response import to_messages_response
+from .apis.chat.stream import events_for_message
+from .apis.chat.wire import parse_chat_response
 from .config import Config
 from .dialects import Dialect, detect_provider, dialect_for
 from .errors import (
@@ -29,14 +33,10 @@ from .errors import (
 )
 from .ids import new_id
 from .metrics import CallRecord, Metrics
-from .openai_types import parse_chat_response
 from .redact import redact_text, redact_url
-from .streaming import StreamRelay, read_json_body
+from .relay import StreamRelay
 from .tokens import estimate_input_tokens
-from .translate_request import Translation, to_chat_request
-from .translate_response import to_messages_response
-from .translate_stream import events_for_message
-from .upstream import Upstream, UpstreamCall, chat_url, models_url
+from .upstream import Upstream, UpstreamCall, chat_url, models_url, read_json_body
 from .watchdog import Watch, Watchdog
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ Public API (other test modules may import these; keep it small):
   emitted yet: then the ``ProxyError`` is raised, because the relay answers such a stream
   with a plain HTTP error (PROTOCOL.md 3.7). ``lines`` may raise ``OSError`` /
   ``http.client.HTTPException`` like a socket read; that maps through the relay's own
-  ``streaming.read_error``.
+  ``upstream.read_error``.
 - ``read_failure(end)``: the exception a socket raises for an ``end`` meta value.
 - ``Playbook(**meta)``: feed chunk dicts one at a time and check what each one yields
   (mitmproxy's ``Playbook`` idea): ``pb.feed(chunk)``, ``pb.done()``, ``pb.eof()``,
@@ -46,8 +46,8 @@ import socket
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from claudeproxy.errors import ProxyError
-from claudeproxy.streaming import iter_lines, read_error
-from claudeproxy.translate_stream import StreamTranslator, UpstreamStream
+from claudeproxy.upstream import iter_lines, read_error
+from claudeproxy.apis.chat.stream import StreamTranslator, UpstreamStream
 from claudeproxy.upstream import UpstreamCall
 
 Event = Dict[str, Any]

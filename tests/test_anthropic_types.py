@@ -27,7 +27,7 @@ from claudeproxy.anthropic_types import (
 )
 from claudeproxy.dialects import DIALECTS
 from claudeproxy.errors import InvalidRequest
-from claudeproxy.translate_request import to_chat_request
+from claudeproxy.apis.chat.request import to_chat_request
 
 
 def valid() -> Dict[str, Any]:

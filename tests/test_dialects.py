@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from claudeproxy.dialects import DIALECTS, Dialect, detect_provider, dialect_for, effort_for_budget
-from claudeproxy.translate_request import REASONING_STYLES
+from claudeproxy.apis.chat.request import REASONING_STYLES
 
 DETECT_CASES = [
     ("https://api.openai.com/v1", "openai"),

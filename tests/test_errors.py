@@ -22,7 +22,7 @@ from claudeproxy.errors import (
     max_tokens_limit,
     stream_error_event,
 )
-from claudeproxy.openai_types import parse_chat_response
+from claudeproxy.apis.chat.wire import parse_chat_response
 
 
 def _body(message: str, **extra: Any) -> bytes:

@@ -12,7 +12,7 @@ from typing import Any, Dict
 
 import pytest
 
-from claudeproxy.openai_types import (
+from claudeproxy.apis.chat.wire import (
     ChatChoice,
     ChatResponse,
     ChatUsage,

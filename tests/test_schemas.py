@@ -12,7 +12,7 @@ import pytest
 from claudeproxy.anthropic_types import parse_messages_request
 from claudeproxy.dialects import DIALECTS
 from claudeproxy.schemas import clean_schema, sanitize_gemini, strip_meta
-from claudeproxy.translate_request import to_chat_request
+from claudeproxy.apis.chat.request import to_chat_request
 
 META = "https://json-schema.org/draft/2020-12/schema"
 GEMINI_FORBIDDEN = ("$schema", "$id", "$ref", "$defs", "definitions", "additionalProperties", "const", "exclusiveMinimum",

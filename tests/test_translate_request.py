@@ -20,9 +20,9 @@ import pytest
 
 from claudeproxy.anthropic_types import parse_messages_request
 from claudeproxy.dialects import DIALECTS, dialect_for
-from claudeproxy.openai_types import parse_chat_response
-from claudeproxy.translate_request import Translation, mistral_id, to_chat_request, tool_alias
-from claudeproxy.translate_response import to_messages_response
+from claudeproxy.apis.chat.wire import parse_chat_response
+from claudeproxy.apis.chat.request import Translation, mistral_id, to_chat_request, tool_alias
+from claudeproxy.apis.chat.response import to_messages_response
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REQUESTS = os.path.join(HERE, "fixtures", "requests")

@@ -22,9 +22,9 @@ from typing import Any, Dict, Optional
 import pytest
 from conftest import FIXTURES, load_json
 
-from claudeproxy.openai_types import ChatUsage, parse_chat_response
+from claudeproxy.apis.chat.wire import ChatUsage, parse_chat_response
 from claudeproxy.signatures import PREFIX, decode_signature
-from claudeproxy.translate_response import (
+from claudeproxy.apis.chat.response import (
     match_stop_sequence,
     normalize_arguments,
     stop_reason_for,

@@ -18,9 +18,9 @@ from typing import Any, Dict, List
 import pytest
 
 from claudeproxy.errors import ProxyError
-from claudeproxy.openai_types import parse_chat_chunk
+from claudeproxy.apis.chat.wire import parse_chat_chunk
 from claudeproxy.sse import encode_event
-from claudeproxy.translate_stream import StreamTranslator, UpstreamStream, events_for_message
+from claudeproxy.apis.chat.stream import StreamTranslator, UpstreamStream, events_for_message
 from sse_checks import assert_valid_event_sequence, events_of, final_message
 from stream_playbook import (
     Playbook,

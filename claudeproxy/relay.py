@@ -13,83 +13,20 @@ a plain HTTP error; after it, exactly one ``event: error`` and the end.
 from __future__ import annotations
 
 import http.client
-import json
 import logging
-import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from .errors import ClientGone, ProxyError, UpstreamTimeout, UpstreamUnavailable
+from .apis.chat.stream import StreamTranslator, UpstreamStream, events_for_message
+from .errors import ClientGone, ProxyError, UpstreamUnavailable
 from .ids import new_id
-from .translate_stream import StreamTranslator, UpstreamStream, events_for_message
-from .upstream import UpstreamCall, abort_error
+from .upstream import UpstreamCall, clean_eof, content_kind, iter_lines, read_error, read_json_body
 
 if TYPE_CHECKING:
     from .pipeline import Call, Proxy
 
 log = logging.getLogger(__name__)
-
-
-def read_error(exc: BaseException, call: UpstreamCall, idle: float) -> Exception:
-    """What a failed or aborted upstream read means for the client."""
-    aborted = abort_error(call)
-    if aborted is not None:
-        return aborted
-    if isinstance(exc, socket.timeout):
-        return UpstreamTimeout(f"upstream sent nothing for {idle:g} s")
-    return UpstreamUnavailable(f"upstream connection broke off ({type(exc).__name__})")
-
-
-def iter_lines(resp: Any, limit: int) -> Iterator[bytes]:
-    """The body's lines as they arrive; a line over ``limit`` bytes is an error, not a buffer."""
-    while True:
-        raw = resp.readline(limit + 1)
-        if not raw:
-            return
-        if len(raw) > limit and not raw.endswith(b"\n"):
-            raise UpstreamUnavailable(f"upstream sent an SSE line longer than {limit} bytes")
-        yield raw
-
-
-def read_json_body(resp: Any, call: UpstreamCall, limit: int) -> Any:
-    """A whole JSON response body (non-streaming answers), size-capped."""
-    try:
-        raw = resp.read(limit + 1)
-    except (OSError, http.client.HTTPException) as exc:
-        raise read_error(exc, call, 0) from None
-    if call.abort_reason is not None:
-        raise read_error(OSError("aborted"), call, 0)
-    if len(raw) > limit:
-        raise UpstreamUnavailable(f"upstream response is larger than {limit} bytes")
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError):
-        ctype = resp.headers.get("Content-Type", "?") if resp.headers else "?"
-        raise UpstreamUnavailable(f"upstream returned a body that is not JSON (Content-Type {ctype})") from None
-
-
-def content_kind(resp: Any) -> str:
-    """json, sse or other, from the upstream's Content-Type."""
-    ctype = (resp.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
-    if "json" in ctype:
-        return "json"
-    if ctype in ("", "text/event-stream", "text/plain", "application/octet-stream"):
-        return "sse"
-    return "other"
-
-
-def clean_eof(resp: Any) -> bool:
-    """Did the body end the way HTTP says it ends, rather than by the connection dropping?
-
-    ``readline`` returns b"" in both cases (RELIABILITY.md S12); what is left
-    tells them apart: ``chunk_left`` is None only after the terminating
-    ``0`` chunk, ``length`` is 0 only when all Content-Length bytes came.
-    A close-delimited body cannot tell a drop from an end, so it is never clean.
-    """
-    if getattr(resp, "chunked", False):
-        return getattr(resp, "chunk_left", 0) is None
-    return getattr(resp, "length", None) == 0
 
 
 class StreamRelay:

@@ -19,11 +19,10 @@ import math
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-from .errors import ProxyError, UpstreamUnavailable, error_from_object, stream_error_event
-from .openai_types import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta, parse_chat_chunk
-from .signatures import encode_signature
-from .sse import ServerSentEvent, SSEDecoder, is_done, split_lines
-from .translate_response import (
+from ...errors import ProxyError, UpstreamUnavailable, error_from_object, stream_error_event
+from ...signatures import encode_signature
+from ...sse import ServerSentEvent, SSEDecoder, is_done, split_lines
+from .response import (
     IdFactory,
     match_stop_sequence,
     message_id,
@@ -31,6 +30,7 @@ from .translate_response import (
     stop_reason_for,
     usage_from,
 )
+from .wire import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta, parse_chat_chunk
 
 Event = Dict[str, Any]
 MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as broken

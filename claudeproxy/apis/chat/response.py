@@ -12,8 +12,8 @@ import json
 import re
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from .openai_types import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta
-from .signatures import encode_signature
+from ...signatures import encode_signature
+from .wire import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta
 
 IdFactory = Callable[[], str]
 _ID_CHARS_RE = re.compile(r"[^A-Za-z0-9_-]")

@@ -14,7 +14,7 @@ import json
 import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .anthropic_types import (
+from ...anthropic_types import (
     Block,
     DocumentBlock,
     ImageBlock,
@@ -30,10 +30,10 @@ from .anthropic_types import (
     ToolResultBlock,
     ToolUseBlock,
 )
-from .dialects import Dialect, effort_for_budget
-from .openai_types import ChatMessage, ChatRequest, ToolCall
-from .schemas import clean_schema
-from .signatures import decode_signature
+from ...dialects import Dialect, effort_for_budget
+from ...schemas import clean_schema
+from ...signatures import decode_signature
+from .wire import ChatMessage, ChatRequest, ToolCall
 
 MISSING_RESULT = "Error: tool call was not completed"
 MISTRAL_BRIDGE = "(tool results received)"
