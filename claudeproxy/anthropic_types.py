@@ -512,3 +512,13 @@ def parse_messages_request(obj: Any) -> MessagesRequest:
         user_id=_parse_user_id(obj.get("metadata")),
         **fields,
     )
+
+
+def peek_request(obj: Any) -> Tuple[str, bool]:
+    """The model and stream flag of a request body: all routing needs, before an API parses the rest."""
+    obj = _obj(obj, "body")
+    model = _str(obj, "model", "", required=True)
+    if not model or not model.strip():
+        raise InvalidRequest("must not be empty", "model")
+    stream = obj.get("stream")
+    return model, bool(_expect(stream, bool, "stream", "a boolean")) if stream is not None else False

@@ -1,8 +1,13 @@
-"""Command line: flags and environment -> ``Config``, logging, signals, serve.
+"""Command line: flags, the config file and environment -> ``Config``, logging, signals, serve.
 
 I/O. The only module that reads ``os.environ``. ``main(argv)`` returns the
-exit status: 0 after a clean shutdown, 2 for a bad flag or URL (one line on
-stderr saying what is wrong).
+exit status: 0 after a clean shutdown (or ``--help``, ``--version``,
+``--print-config``), 2 for a bad flag, file or URL (one line on stderr saying
+what is wrong), 1 when the port cannot be bound.
+
+Precedence: flags given on the command line, then the config file, then the
+environment (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``, ``CLAUDEPROXY_AUTH_KEY``),
+then the defaults.
 """
 
 from __future__ import annotations
@@ -12,24 +17,27 @@ import ipaddress
 import json
 import logging
 import os
-import re
+import shlex
 import signal
 import sys
 import threading
-from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional, Sequence, Set, TextIO, Tuple
 from urllib.parse import urlsplit
 
 from . import __version__
-from .config import DEFAULT_UPSTREAM, Config, static_token
-from .dialects import DIALECTS, detect_provider
+from .config import DEFAULT_MESSAGES_UPSTREAM, DEFAULT_UPSTREAM, UPSTREAM_APIS, Config, check_header, check_url
+from .config_file import ConfigError, FileConfig, FlagSpec, parse_config
+from .credentials import DEFAULT_TTL, command_token, current_secret
+from .dialects import DIALECTS
 from .metrics import CallRecord
 from .redact import redact_text, redact_url
+from .routing import build_router
 from .server import ProxyServer, drain_and_close
+from .settings_view import describe_config
 
 log = logging.getLogger("claudeproxy")
 
-_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_FORBIDDEN_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer"}
+_UNSET = object()  # marks flags not given on the command line (the file may set them)
 
 
 class UsageError(Exception):
@@ -69,12 +77,15 @@ class _Version(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="claudeproxy",
-        description="Serve the Anthropic Messages API (for Claude Code and the anthropic SDKs) "
-        "on top of an OpenAI-compatible Chat Completions backend, or pass requests through "
-        "to an Anthropic-compatible one.",
-        epilog="Then: ANTHROPIC_BASE_URL=http://127.0.0.1:8082 claude",
+        description="Serve the Anthropic Messages API (for Claude Code and the anthropic SDKs) on top of "
+        "OpenAI-compatible Chat Completions backends, or forward it to Anthropic-compatible ones, "
+        "routing each model to a provider.",
+        epilog="Then: ANTHROPIC_BASE_URL=http://127.0.0.1:8082 ANTHROPIC_API_KEY=unused claude",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _upstream_flags(p.add_argument_group("upstream"))
+    _upstream_flags(p.add_argument_group("upstream (the single-provider shorthand)"))
+    _model_flags(p.add_argument_group("models and routes"))
+    _config_flags(p.add_argument_group("config file"))
     _network_flags(p.add_argument_group("network"))
     _server_flags(p.add_argument_group("server"))
     out = p.add_argument_group("logging")
@@ -87,23 +98,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _upstream_flags(up: Any) -> None:
-    up.add_argument("--upstream", metavar="URL", help="OpenAI-compatible base URL, e.g. https://api.openai.com/v1 "
-                    f"(default: $OPENAI_BASE_URL, else {DEFAULT_UPSTREAM})")
-    up.add_argument("--api-key", metavar="KEY", help="upstream API key (default: $OPENAI_API_KEY; none: no auth header)")
-    up.add_argument("--model", metavar="NAME", help="upstream model for every request (default: the client's model)")
-    up.add_argument("--model-map", metavar="PATTERN=NAME", action="append", default=[],
-                    help="map client models matching a glob to an upstream model, e.g. 'claude-haiku*=gpt-4o-mini' "
-                    "(repeatable, first match wins, before --model)")
+    up.add_argument("--upstream", metavar="URL", help="base URL, e.g. https://api.openai.com/v1 "
+                    f"(default: $OPENAI_BASE_URL, else {DEFAULT_UPSTREAM}; with --upstream-api messages "
+                    f"{DEFAULT_MESSAGES_UPSTREAM})")
+    up.add_argument("--upstream-api", choices=list(UPSTREAM_APIS), default="chat",
+                    help="what the upstream speaks: chat (OpenAI Chat Completions, translated), messages "
+                    "(Anthropic Messages, forwarded), responses (OpenAI Responses) (default: %(default)s)")
+    up.add_argument("--passthrough", action="store_true", help="short for --upstream-api messages")
+    up.add_argument("--api-key", metavar="KEY", help="upstream API key (default: $OPENAI_API_KEY for chat and "
+                    "responses; none: no auth header, and a messages upstream gets the client's own key)")
+    up.add_argument("--api-key-env", metavar="VAR", help="read the upstream key from this environment variable")
+    up.add_argument("--api-key-command", metavar="CMD", help="run CMD (no shell) for the upstream key, "
+                    "its stdout trimmed; run again after --api-key-ttl seconds")
+    up.add_argument("--api-key-ttl", metavar="S", type=float, default=DEFAULT_TTL,
+                    help="how long a key from --api-key-command is used (default: %(default)s)")
     up.add_argument("--provider", choices=["auto", *sorted(DIALECTS)], default="auto",
-                    help="upstream dialect (default: guessed from the URL, else generic)")
+                    help="Chat Completions dialect (default: guessed from the URL, else generic)")
+    up.add_argument("--upstream-auth", choices=["bearer", "x-api-key", "api-key"],
+                    help="how the key is sent (default: Authorization: Bearer; x-api-key for Anthropic itself; "
+                    "api-key for Azure)")
     up.add_argument("--header", metavar="'NAME: VALUE'", action="append", default=[],
                     help="extra header on every upstream request (repeatable)")
-    up.add_argument("--max-output-tokens", metavar="N", type=int,
-                    help="cap max_tokens sent upstream (Claude Code asks for up to 128000)")
-    up.add_argument("--passthrough", action="store_true",
-                    help="forward requests unchanged to an Anthropic-compatible upstream (logs and metrics only)")
     up.add_argument("--azure-api-version", metavar="VERSION", default=Config.azure_api_version,
                     help="api-version for --provider azure (default: %(default)s)")
+
+
+def _model_flags(models: Any) -> None:
+    models.add_argument("--model", metavar="NAME", help="upstream model for every request not routed otherwise "
+                        "(default: the client's model name)")
+    for family in ("opus", "sonnet", "haiku"):
+        models.add_argument(f"--{family}-model", metavar="NAME",
+                            help=f"upstream model for Claude {family.capitalize()} requests (any generation)")
+    models.add_argument("--model-map", metavar="PATTERN=NAME", action="append", default=[],
+                        help="route client models matching a name or glob to an upstream model, e.g. "
+                        "'claude-haiku*=gpt-4o-mini' (repeatable, first match wins, before the flags above)")
+    models.add_argument("--max-output-tokens", metavar="N", type=int,
+                        help="cap max_tokens sent upstream (Claude Code asks for up to 128000); "
+                        "known models are capped at their own limit anyway")
+
+
+def _config_flags(group: Any) -> None:
+    group.add_argument("--config", metavar="FILE", help="JSON file with providers, routes, model facts and any "
+                       "flag (flags given here win)")
+    group.add_argument("--print-config", action="store_true", help="print the effective configuration "
+                       "(keys masked, routes resolved) as JSON and exit")
 
 
 def _network_flags(net: Any) -> None:
@@ -140,35 +178,66 @@ def _server_flags(srv: Any) -> None:
 
 
 # --------------------------------------------------------------------------
-# Validation (RELIABILITY.md S6, S9).
+# Flags, file and environment.
+
+# Flags that make no sense in a file: they act at once, or they name the file.
+_NOT_IN_FILE = {"help", "version", "config", "print_config", "api_key", "auth_key"}
+# File-only names for what the command line takes as a secret value.
+_FILE_ONLY = {"auth_key_env": FlagSpec("str")}
 
 
-def check_url(value: str, flag: str) -> str:
-    url = value.strip()
+def flag_specs(parser: argparse.ArgumentParser) -> Dict[str, FlagSpec]:
+    """What each flag accepts, by dest: the config file's keys."""
+    specs = dict(_FILE_ONLY)
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public list of its actions
+        if action.dest in _NOT_IN_FILE or not action.option_strings:
+            continue
+        if isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001
+            kind = "bool"
+        elif isinstance(action, argparse._AppendAction):  # noqa: SLF001
+            kind = "list"
+        else:
+            kind = {int: "int", float: "float"}.get(action.type, "str")  # type: ignore[arg-type]
+        specs[action.dest] = FlagSpec(kind, tuple(action.choices or ()))
+    return specs
+
+
+def parse_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, Set[str]]:
+    """The parsed flags with defaults, and the dests given on the command line."""
+    ns = parser.parse_args(argv)
+    # Parse again into a namespace pre-filled with markers: argparse then keeps a default
+    # out, so whatever is not a marker (or an empty list) was given explicitly.
+    marked = argparse.Namespace(**{a.dest: ([] if isinstance(a, argparse._AppendAction) else _UNSET)  # noqa: SLF001
+                                   for a in parser._actions if a.dest != "help"})  # noqa: SLF001
+    parser.parse_args(argv, namespace=marked)
+    given = {k for k, v in vars(marked).items() if v is not _UNSET and v != []}
+    return ns, given
+
+
+def load_config_file(path: str, environ: Mapping[str, str], specs: Mapping[str, FlagSpec]) -> FileConfig:
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError as exc:
-        raise UsageError(f"{flag}: not a valid URL ({exc})") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"{flag}: expected an http:// or https:// URL with a host, got {redact_url(url)!r}")
-    if "@" in parts.netloc and flag == "--upstream":
-        raise UsageError(f"{flag}: credentials in the URL are not allowed; use --api-key")
-    if parts.fragment:
-        raise UsageError(f"{flag}: a URL fragment (#...) is not allowed")
-    return url
+        with open(path, "rb") as fh:
+            raw = fh.read(4 * 1024 * 1024 + 1)
+    except OSError as exc:
+        raise UsageError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
+    if len(raw) > 4 * 1024 * 1024:
+        raise UsageError(f"--config {path}: larger than 4 MiB")
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise UsageError(f"--config {path}: not valid JSON{where}: {getattr(exc, 'msg', 'cannot decode')}") from None
+    try:
+        return parse_config(obj, environ, specs, source=path)
+    except ConfigError as exc:
+        raise UsageError(f"--config {path}: {exc}") from None
 
 
-def parse_header(value: str) -> Tuple[str, str]:
-    name, sep, val = value.partition(":")
-    name, val = name.strip(), val.strip()
-    if not sep or not _TOKEN_RE.match(name):
-        raise UsageError(f"--header: expected 'Name: value', got {value!r}")
-    if name.lower() in _FORBIDDEN_HEADERS:
-        raise UsageError(f"--header: {name} is set by the proxy and cannot be overridden")
-    if re.search(r"[\r\n\x00]", val) or re.search(r"[\x00-\x08\x0a-\x1f\x7f]", val):
-        raise UsageError(f"--header: the value of {name} contains control characters")
-    return name, val
+def _merge(ns: argparse.Namespace, given: Set[str], file: Optional[FileConfig]) -> None:
+    """The file's settings, where the command line did not give the flag."""
+    for dest, value in (file.settings if file else {}).items():
+        if dest not in given:
+            setattr(ns, dest, value)
 
 
 def parse_model_map(values: Sequence[str]) -> Tuple[Tuple[str, str], ...]:
@@ -179,6 +248,16 @@ def parse_model_map(values: Sequence[str]) -> Tuple[Tuple[str, str], ...]:
             raise UsageError(f"--model-map: expected PATTERN=NAME, got {value!r}")
         pairs.append((pattern.strip(), target.strip()))
     return tuple(pairs)
+
+
+def parse_header(value: str) -> Tuple[str, str]:
+    name, sep, val = value.partition(":")
+    if not sep:
+        raise UsageError(f"--header: expected 'Name: value', got {value!r}")
+    try:
+        return check_header(name, val, "--header")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -192,42 +271,90 @@ def _is_loopback(host: str) -> bool:
 
 
 def _positive(ns: argparse.Namespace) -> None:
-    for name in ("connect_timeout", "idle_timeout", "request_timeout", "ping_interval"):
-        if getattr(ns, name) <= 0:
+    for name in ("connect_timeout", "idle_timeout", "request_timeout", "ping_interval", "api_key_ttl"):
+        if not getattr(ns, name) > 0:  # also refuses NaN
             raise UsageError(f"--{name.replace('_', '-')} must be greater than 0")
     for name in ("max_concurrency", "max_body_bytes", "max_output_tokens"):
         value = getattr(ns, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-    if ns.shutdown_grace < 0:
+    if not ns.shutdown_grace >= 0:
         raise UsageError("--shutdown-grace must not be negative")
     if not 0 <= ns.port <= 65535:
         raise UsageError("--port must be between 0 and 65535")
 
 
-def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str]) -> Config:
-    """The ``Config`` for parsed flags, with environment fallbacks; raises ``UsageError``."""
+def _shorthand_key(ns: argparse.Namespace, environ: Mapping[str, str], api: str) -> Tuple[Any, str]:
+    """The token source of the single-upstream provider, and where it comes from."""
+    if ns.api_key is not None:
+        key = ns.api_key.strip()
+        return (lambda: key), "--api-key"
+    if ns.api_key_env:
+        key = environ.get(ns.api_key_env, "").strip()
+        if not key:
+            raise UsageError(f"--api-key-env: the environment variable {ns.api_key_env} is not set")
+        return (lambda: key), f"${ns.api_key_env}"
+    if ns.api_key_command:
+        argv = shlex.split(ns.api_key_command)
+        if not argv:
+            raise UsageError("--api-key-command: the command is empty")
+        return command_token(argv, ns.api_key_ttl, "--api-key-command"), f"command {argv[0]}"
+    key = environ.get("OPENAI_API_KEY", "").strip() if api != "messages" else ""
+    return (lambda: key), "$OPENAI_API_KEY" if key else ""
+
+
+def _auth_key(ns: argparse.Namespace, environ: Mapping[str, str]) -> Optional[str]:
+    if ns.auth_key:
+        return str(ns.auth_key)
+    var = getattr(ns, "auth_key_env", None)
+    if var:
+        if not environ.get(var):
+            raise UsageError(f"auth_key_env: the environment variable {var} is not set")
+        return environ[var]
+    return environ.get("CLAUDEPROXY_AUTH_KEY") or None
+
+
+def _check(value: Optional[str], setting: str) -> Optional[str]:
+    try:
+        return check_url(value, setting) if value else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: Optional[FileConfig] = None) -> Config:
+    """The ``Config`` for parsed flags (file settings merged in), with environment fallbacks."""
     _positive(ns)
-    upstream = check_url(ns.upstream or environ.get("OPENAI_BASE_URL") or DEFAULT_UPSTREAM, "--upstream")
-    auth_key = ns.auth_key or environ.get("CLAUDEPROXY_AUTH_KEY") or None
+    api = "messages" if ns.passthrough else ns.upstream_api
+    upstream = ns.upstream
+    if upstream is None and not (file and file.providers):
+        upstream = environ.get("OPENAI_BASE_URL") if api != "messages" else None
+        upstream = upstream or (DEFAULT_MESSAGES_UPSTREAM if api == "messages" else DEFAULT_UPSTREAM)
+    auth_key = _auth_key(ns, environ)
     if not _is_loopback(ns.host) and not auth_key:
         raise UsageError(f"refusing to listen on {ns.host} without --auth-key (anyone could use your upstream key)")
-    key = ns.api_key if ns.api_key is not None else environ.get("OPENAI_API_KEY", "")
+    token, key_source = _shorthand_key(ns, environ, api)
     return Config(
-        upstream=upstream,
-        token=static_token(key.strip()),
+        providers=file.providers if file else (),
+        routes=file.routes if file else (),
+        upstream=_check(upstream, "--upstream"),
+        upstream_api=api,
+        token=token,
+        key_source=key_source,
+        provider=None if ns.provider == "auto" else ns.provider,
+        upstream_auth=ns.upstream_auth,
+        headers=tuple(parse_header(h) for h in ns.header),
+        azure_api_version=ns.azure_api_version,
+        model=ns.model,
+        opus_model=ns.opus_model,
+        sonnet_model=ns.sonnet_model,
+        haiku_model=ns.haiku_model,
+        model_map=parse_model_map(ns.model_map),
+        max_output_tokens=ns.max_output_tokens,
         host=ns.host,
         port=ns.port,
-        model=ns.model,
-        model_map=parse_model_map(ns.model_map),
-        provider=None if ns.provider == "auto" else ns.provider,
-        headers=tuple(parse_header(h) for h in ns.header),
-        proxy=check_url(ns.proxy, "--proxy") if ns.proxy else None,
+        proxy=_check(ns.proxy, "--proxy"),
         use_env_proxy=ns.use_env_proxy,
         ca_bundle=ns.ca_bundle,
-        passthrough=ns.passthrough,
-        max_output_tokens=ns.max_output_tokens,
-        azure_api_version=ns.azure_api_version,
         auth_key=auth_key,
         allowed_hosts=tuple(h.lower() for h in ns.allowed_host),
         allowed_origins=tuple(ns.allowed_origin),
@@ -246,23 +373,30 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str]) -> Conf
 # Logging and metrics output.
 
 
+def config_secrets(config: Config) -> Tuple[str, ...]:
+    """The client key and every provider key known so far (a key command is not run for this)."""
+    sources = [p.token for p in config.providers] + [config.token]
+    return tuple(s for s in [config.auth_key or ""] + [current_secret(t) for t in sources] if s)
+
+
 class _RedactingFilter(logging.Filter):
     """Masks secrets in every record, whatever logger produced it."""
 
-    def __init__(self, secrets: Sequence[str]) -> None:
+    def __init__(self, secrets: Callable[[], Sequence[str]]) -> None:
         super().__init__()
-        self._secrets = tuple(s for s in secrets if s)
+        self._secrets = secrets
 
     def filter(self, record: logging.LogRecord) -> bool:
+        secrets = tuple(s for s in self._secrets() if s)
         message = record.getMessage()
-        record.msg, record.args = redact_text(message, self._secrets), None
+        record.msg, record.args = redact_text(message, secrets), None
         if record.exc_info:
-            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info), self._secrets)
+            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info), secrets)
             record.exc_info = None
         return True
 
 
-def setup_logging(level: str, secrets: Sequence[str], stream: TextIO) -> logging.Handler:
+def setup_logging(level: str, secrets: Callable[[], Sequence[str]], stream: TextIO) -> logging.Handler:
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_RedactingFilter(secrets))
@@ -288,20 +422,22 @@ def _metrics_writer(path: str) -> Any:
 # main.
 
 
-def _describe(config: Config, address: Tuple[Any, ...]) -> str:
-    host = str(address[0])
+def _describe(server: ProxyServer) -> str:
+    host, port = str(server.server_address[0]), server.server_address[1]
     shown = f"[{host}]" if ":" in host else host
-    mode = " (passthrough)" if config.passthrough else ""
-    return f"claudeproxy listening on http://{shown}:{address[1]} -> {redact_url(config.upstream)}{mode}"
+    providers = list(server.proxy.router.providers.values())
+    where = redact_url(providers[0].url) if len(providers) == 1 else f"{len(providers)} providers"
+    mode = " (passthrough)" if len(providers) == 1 and providers[0].api == "messages" else ""
+    return f"claudeproxy listening on http://{shown}:{port} -> {where}{mode}"
 
 
-def _warn_about(config: Config) -> None:
-    parts = urlsplit(config.upstream)
-    if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
-        log.warning("the upstream uses plain http: the API key travels unencrypted")
-    if not config.passthrough:
-        provider = config.provider or detect_provider(config.upstream)
-        log.info("upstream dialect: %s", provider)
+def _warn_about(server: ProxyServer) -> None:
+    for provider in server.proxy.router.providers.values():
+        parts = urlsplit(provider.url)
+        if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+            log.warning("the upstream %s uses plain http: the API key travels unencrypted", provider.name)
+    for route in server.proxy.router.routes:
+        log.info("route %s -> %s/%s", route.match, route.target.provider, route.target.model or "(client's model)")
 
 
 def _install_signals(stop: threading.Event) -> Dict[int, Any]:
@@ -317,8 +453,8 @@ def serve(config: Config, stdout: TextIO, metrics_path: Optional[str] = None) ->
     stop = threading.Event()
     # Signals first: a script that reads the line below may send SIGTERM at once.
     previous = _install_signals(stop) if threading.current_thread() is threading.main_thread() else {}
-    print(_describe(config, server.server_address), file=stdout, flush=True)
-    _warn_about(config)
+    print(_describe(server), file=stdout, flush=True)
+    _warn_about(server)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
     thread.start()
     try:
@@ -332,24 +468,38 @@ def serve(config: Config, stdout: TextIO, metrics_path: Optional[str] = None) ->
     return 0
 
 
+def _settings(argv: Optional[List[str]], environ: Mapping[str, str], stdout: TextIO) -> Tuple[argparse.Namespace, Config]:
+    parser = build_parser()
+    parser.out = stdout  # type: ignore[attr-defined]
+    ns, given = parse_flags(parser, argv)
+    file = load_config_file(ns.config, environ, flag_specs(parser)) if ns.config else None
+    _merge(ns, given, file)
+    config = config_from_args(ns, environ, file)
+    try:
+        build_router(config)  # every provider and route checked before anything listens
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return ns, config
+
+
 def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] = None,
          stdout: Optional[TextIO] = None, stderr: Optional[TextIO] = None) -> int:
     environ = os.environ if environ is None else environ
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
-    parser = build_parser()
-    parser.out = stdout  # type: ignore[attr-defined]
     try:
-        ns = parser.parse_args(argv)
-        config = config_from_args(ns, environ)
+        ns, config = _settings(argv, environ, stdout)
     except _Exit as done:
         return done.status
     except UsageError as exc:
         secrets = [v for v in (environ.get("OPENAI_API_KEY"), environ.get("CLAUDEPROXY_AUTH_KEY")) if v]
         print(f"claudeproxy: error: {redact_text(' '.join(str(exc).split()), secrets)}", file=stderr)
         return 2
+    if ns.print_config:
+        print(json.dumps(describe_config(config, ns.config), indent=2), file=stdout)
+        return 0
     logger = logging.getLogger("claudeproxy")
     saved = (logger.level, logger.propagate)
-    handler = setup_logging(ns.log_level, [config.token(), config.auth_key or ""], stderr)
+    handler = setup_logging(ns.log_level, lambda: config_secrets(config), stderr)
     try:
         return serve(config, stdout, ns.metrics_file)
     except OSError as exc:  # e.g. the port is taken

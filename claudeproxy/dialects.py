@@ -164,3 +164,43 @@ def dialect_for(provider: str, model: str) -> Dialect:
         if provider in names and re.search(pattern, model):
             return dataclasses.replace(dialect, **changes)  # type: ignore[arg-type]
     return dialect
+
+
+# --------------------------------------------------------------------------
+# Credentials and betas (every API).
+
+# Anthropic reads the key from x-api-key. The native Anthropic endpoints of DeepSeek,
+# Moonshot, Zhipu, MiniMax and OpenRouter document ANTHROPIC_AUTH_TOKEN, which Anthropic
+# clients send as "Authorization: Bearer", and local servers (llama.cpp, vLLM) check Bearer.
+_ANTHROPIC_HOST_RE = re.compile(r"(^|\.)anthropic\.com$")
+
+
+def is_anthropic_host(url: str) -> bool:
+    return bool(_ANTHROPIC_HOST_RE.search((urlsplit(url).hostname or "").lower()))
+
+
+def auth_style(api: str, url: str, dialect: Optional[str], configured: Optional[str] = None) -> str:
+    """How a provider takes its key: bearer, x-api-key or api-key (Azure)."""
+    if configured:
+        return configured
+    if api == "messages":
+        return "x-api-key" if is_anthropic_host(url) else "bearer"
+    return "api-key" if DIALECTS[dialect or detect_provider(url)].auth == "azure" else "bearer"
+
+
+def forwards_betas(url: str, policy: str) -> bool:
+    """Whether the client's anthropic-beta header goes to a messages provider.
+
+    "auto" forwards to Anthropic only: several native endpoints reject betas they do not know.
+    """
+    return policy == "forward" or (policy == "auto" and is_anthropic_host(url))
+
+
+def auth_header(style: str, token: str) -> Tuple[Tuple[str, str], ...]:
+    if not token:
+        return ()
+    if style == "x-api-key":
+        return (("x-api-key", token),)
+    if style == "api-key":
+        return (("api-key", token),)
+    return (("Authorization", f"Bearer {token}"),)

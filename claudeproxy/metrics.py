@@ -15,9 +15,10 @@ from typing import Any, Callable, Dict, Optional
 @dataclasses.dataclass(frozen=True)
 class CallRecord:
     endpoint: str
-    model: str = ""
+    model: str = ""  # the client's model name
+    route: str = ""  # the match pattern of the route it took
     upstream_model: str = ""
-    provider: str = ""
+    provider: str = ""  # the provider's name
     upstream_host: str = ""
     stream: bool = False
     status: int = 200

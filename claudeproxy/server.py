@@ -2,7 +2,7 @@
 
 I/O. ``ProxyServer`` is a ``ThreadingHTTPServer`` that owns everything one
 proxy instance needs (config, metrics, watchdog, concurrency slots, the
-translating or passthrough ``proxy``), so two servers in one process share
+``proxy`` with its router), so two servers in one process share
 nothing. ``start()`` runs one in a background thread and returns its address
 and a shutdown function, like ``Start()`` in the Go proxy this replaces.
 """
@@ -20,7 +20,6 @@ from typing import Any, Callable, List, Optional, Set, Tuple
 from .config import Config
 from .handler import MessagesHandler
 from .metrics import Metrics, Sink
-from .passthrough import Passthrough
 from .pipeline import Proxy
 from .watchdog import Watchdog
 
@@ -36,10 +35,7 @@ class ProxyServer(ThreadingHTTPServer):
         self.metrics = Metrics(metrics_sink)
         self.watchdog = Watchdog()
         self.slots = threading.BoundedSemaphore(config.max_concurrency)
-        self.proxy: Any = (
-            Passthrough(config, self.metrics, self.watchdog) if config.passthrough
-            else Proxy(config, self.metrics, self.watchdog)
-        )
+        self.proxy = Proxy(config, self.metrics, self.watchdog)  # checks the settings: ValueError names a bad one
         self._conns: Set[socket.socket] = set()
         self._conns_lock = threading.Lock()
         self._active = 0

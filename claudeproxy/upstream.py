@@ -19,18 +19,18 @@ import functools
 import http.client
 import json
 import logging
-import re
 import socket
 import ssl
 import threading
 import urllib.error
 import urllib.request
-from typing import Any, Dict, Iterator, List, Optional, Tuple
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from typing import Any, Dict, Iterator, Optional, Tuple
+from urllib.parse import urlsplit
 
 from . import __version__
 from .config import Config
-from .errors import ClientGone, ProxyError, UpstreamTimeout, UpstreamUnavailable, error_from_status
+from .ending import abort_error
+from .errors import UpstreamTimeout, UpstreamUnavailable, error_from_status
 from .redact import redact_headers, redact_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -61,17 +61,6 @@ class UpstreamCall:
                 self.abort_reason = reason
             if self._sock is not None:
                 _shutdown(self._sock)
-
-
-def abort_error(call: UpstreamCall) -> Optional[Exception]:
-    """What another thread's abort means for the client; None if nothing (or "finished") aborted it."""
-    if call.abort_reason == "client":
-        return ClientGone()
-    if call.abort_reason == "shutdown":
-        return ProxyError("the proxy is shutting down", status=529)
-    if call.abort_reason == "deadline":
-        return UpstreamTimeout("upstream did not finish in time")
-    return None
 
 
 def _shutdown(sock: socket.socket) -> None:
@@ -146,67 +135,18 @@ def build_opener(config: Config) -> urllib.request.OpenerDirector:
 
 
 # --------------------------------------------------------------------------
-# URLs.
-
-
-def _with_query(url: str, extra: Dict[str, str]) -> str:
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    for key, value in extra.items():
-        query.setdefault(key, value)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
-
-
-def join_path(base: str, suffix: str) -> str:
-    """``base`` + ``suffix`` (once), keeping the base's query string."""
-    parts = urlsplit(base)
-    path = parts.path.rstrip("/")
-    if not path.endswith(suffix):
-        path += suffix
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
-
-
-def chat_url(base: str, model: str, azure_api_version: Optional[str] = None) -> str:
-    """The chat-completions URL; Azure puts the deployment (= model) in the path."""
-    if azure_api_version is None:
-        return join_path(base, "/chat/completions")
-    parts = urlsplit(base)
-    path = parts.path.rstrip("/")
-    if "/openai/deployments/" not in path and not path.endswith("/openai/v1"):
-        path += "/openai/deployments/" + quote(model, safe="")
-    url = urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
-    url = join_path(url, "/chat/completions")
-    if path.endswith("/openai/v1"):
-        return url  # Azure's versionless v1 surface: a plain OpenAI base URL
-    return _with_query(url, {"api-version": azure_api_version})
-
-
-def models_url(base: str) -> str:
-    parts = urlsplit(base)
-    path = re.sub(r"/chat/completions$", "", parts.path.rstrip("/"))
-    return urlunsplit((parts.scheme, parts.netloc, path + "/models", parts.query, ""))
-
-
-# --------------------------------------------------------------------------
 # The client.
 
 
 class Upstream:
-    """Sends requests to the configured upstream; one opener per instance."""
+    """The transport to every provider of one server: one opener, shared settings.
+
+    Credentials and extra headers differ per provider and come with each call.
+    """
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.opener = build_opener(config)
-
-    def secrets(self) -> Tuple[str, ...]:
-        token = self.config.token()
-        return (token,) if token else ()
-
-    def auth_headers(self, style: str) -> List[Tuple[str, str]]:
-        token = self.config.token()
-        if not token:
-            return []
-        return [("api-key", token)] if style == "azure" else [("Authorization", f"Bearer {token}")]
 
     def open(
         self,
@@ -217,46 +157,46 @@ class Upstream:
         headers: Tuple[Tuple[str, str], ...] = (),
         auth: Tuple[Tuple[str, str], ...] = (),
         method: str = "POST",
-        raise_http_errors: bool = True,
+        secrets: Tuple[str, ...] = (),
     ) -> Any:
         """Send one request; a 2xx response is returned open, anything else raises.
 
-        With ``raise_http_errors=False`` an HTTP error status is returned as the
-        (readable) ``HTTPError`` response instead (passthrough relays it as is).
+        ``headers`` hold the API's and the provider's headers, ``auth`` the
+        credential (never resent to a redirect target); ``secrets`` are masked in
+        every error message.
         """
         req = urllib.request.Request(url, data=body, method=method)
         req.add_header("User-Agent", f"claudeproxy/{__version__}")
-        for name, value in (*headers, *self.config.headers):
+        for name, value in headers:
             req.add_header(name, value)
         for name, value in auth:
             req.add_unredirected_header(name, value)  # never follows a redirect (S7)
         req.cp_call = call  # type: ignore[attr-defined]
         if log.isEnabledFor(logging.DEBUG):
-            sent = redact_headers(req.header_items(), self.secrets())
+            sent = redact_headers(req.header_items(), secrets)
             log.debug("upstream %s %s headers=%s", method, redact_url(url), sent)
         try:
             return self.opener.open(req, timeout=self.config.connect_timeout)  # type: ignore[no-any-return]
         except urllib.error.HTTPError as exc:
-            if not raise_http_errors and 400 <= exc.code <= 599:
-                return exc
             with exc:
                 body_bytes = exc.read(MAX_ERROR_BODY) if exc.fp is not None else b""
-            raise error_from_status(exc.code, body_bytes, exc.headers, self.secrets()) from None
+            raise error_from_status(exc.code, body_bytes, exc.headers, secrets) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
-            raise self._transport_error(exc, call) from None
+            raise _transport_error(exc, call, url, secrets) from None
 
-    def _transport_error(self, exc: BaseException, call: UpstreamCall) -> Exception:
-        aborted = abort_error(call)
-        if aborted is not None:
-            return aborted  # our own abort (client gone, shutdown, deadline) made the call fail
-        reason = getattr(exc, "reason", exc)
-        if isinstance(reason, socket.timeout) and call.connected:
-            return UpstreamTimeout("upstream did not answer in time")
-        detail = redact_text(f"{type(reason).__name__}: {reason}", self.secrets())
-        host = urlsplit(self.config.upstream).hostname or "?"
-        return UpstreamUnavailable(
-            f"could not reach the upstream at {host} ({detail})", headers=(("x-should-retry", "true"),)
-        )
+
+def _transport_error(exc: BaseException, call: UpstreamCall, url: str, secrets: Tuple[str, ...]) -> Exception:
+    aborted = abort_error(call.abort_reason)
+    if aborted is not None:
+        return aborted  # our own abort (client gone, shutdown, deadline) made the call fail
+    reason = getattr(exc, "reason", exc)
+    if isinstance(reason, socket.timeout) and call.connected:
+        return UpstreamTimeout("upstream did not answer in time")
+    detail = redact_text(f"{type(reason).__name__}: {reason}", secrets)
+    host = urlsplit(url).hostname or "?"
+    return UpstreamUnavailable(
+        f"could not reach the upstream at {host} ({detail})", headers=(("x-should-retry", "true"),)
+    )
 
 
 # --------------------------------------------------------------------------
@@ -265,7 +205,7 @@ class Upstream:
 
 def read_error(exc: BaseException, call: UpstreamCall, idle: float) -> Exception:
     """What a failed or aborted upstream read means for the client."""
-    aborted = abort_error(call)
+    aborted = abort_error(call.abort_reason)
     if aborted is not None:
         return aborted
     if isinstance(exc, socket.timeout):
@@ -294,6 +234,9 @@ def read_json_body(resp: Any, call: UpstreamCall, limit: int) -> Any:
         raise read_error(OSError("aborted"), call, 0)
     if len(raw) > limit:
         raise UpstreamUnavailable(f"upstream response is larger than {limit} bytes")
+    if (getattr(resp, "chunked", False) or getattr(resp, "length", None) is not None) and not clean_eof(resp):
+        # The connection dropped inside a framed body: what came may parse, but it is not the answer.
+        raise UpstreamUnavailable("upstream response body was cut short")
     try:
         return json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):

@@ -7,14 +7,14 @@ Public API (other test modules may import these; keep it small):
 - ``make_translator(**meta)``: a ``StreamTranslator`` with test defaults (``message_id``
   ``msg_test``, ``model`` ``claude-test``, ``input_tokens`` 25, dialect ``generic``).
 - ``run_lines(lines, **meta)`` / ``run_transcript(upstream_bytes, **meta)``: the events
-  the client would receive. Lines go through ``UpstreamStream.feed_line`` one
+  the client would receive. Lines go through ``ChatFold.feed_line`` one
   ``readline()`` result at a time; reading stops once the stream is complete (the relay
   stops there too); otherwise ``end()`` runs at EOF. A raised ``ProxyError`` or the error
   ``end()`` returns becomes ``translator.fail(exc)``, except when nothing at all was
   emitted yet: then the ``ProxyError`` is raised, because the relay answers such a stream
   with a plain HTTP error (PROTOCOL.md 3.7). ``lines`` may raise ``OSError`` /
   ``http.client.HTTPException`` like a socket read; that maps through the relay's own
-  ``upstream.read_error``.
+  ``upstream.read_error``, and how the stream then ends is ``ending.stream_end``'s decision.
 - ``read_failure(end)``: the exception a socket raises for an ``end`` meta value.
 - ``Playbook(**meta)``: feed chunk dicts one at a time and check what each one yields
   (mitmproxy's ``Playbook`` idea): ``pb.feed(chunk)``, ``pb.done()``, ``pb.eof()``,
@@ -26,8 +26,9 @@ Public API (other test modules may import these; keep it small):
 - ``load_case(stem)`` -> ``Case(upstream, expected, meta)`` for ``fixtures/streams/``.
 
 Meta keys (``<case>.meta.json``): ``stop_sequences``, ``tool_names``, ``think_tags``,
-``input_tokens``, ``dialect``, ``model``, ``message_id``; ``end``: ``"eof"`` (default: a
-clean end of body), ``"error: <type>"`` (the read broke after the last byte: the relay
+``input_tokens``, ``dialect``, ``model``, ``message_id``; ``end``: ``"eof"`` (default: the
+body stopped without an error, but the relay cannot tell it was whole -- a FIN at a chunk
+boundary, or a close-delimited body -- so ``clean`` is false), ``"error: <type>"`` (the read broke after the last byte: the relay
 turns that into an error of that type unless the stream already had a finish_reason) or
 ``"open"`` (the upstream never closes: the stream must complete on its own, PROTOCOL.md
 case 57); ``coalesce``: compare after merging consecutive deltas of one block (for cases
@@ -45,9 +46,10 @@ import os
 import socket
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
+from claudeproxy.ending import stream_end
 from claudeproxy.errors import ProxyError
 from claudeproxy.upstream import iter_lines, read_error
-from claudeproxy.apis.chat.stream import StreamTranslator, UpstreamStream
+from claudeproxy.apis.chat.stream import StreamTranslator, ChatFold
 from claudeproxy.upstream import UpstreamCall
 
 Event = Dict[str, Any]
@@ -104,36 +106,33 @@ def _lines_then(lines: Iterable[bytes], end: str) -> Iterator[bytes]:
 
 
 def run_lines(lines: Iterable[bytes], **meta: Any) -> List[Event]:
-    """Events for ``readline()`` results, driven like ``StreamRelay._relay``."""
+    """Events for ``readline()`` results, driven like ``Relay._relay``.
+
+    The end of the body goes through ``ending.stream_end``, the relay's own rule,
+    not a copy of it.
+    """
     translator = make_translator(**meta)
-    stream = UpstreamStream(translator)
+    fold = ChatFold(translator)
     events: List[Event] = []
+    failure: Optional[ProxyError] = None
     try:
         for raw in _lines_then(lines, meta.get("end", "eof")):
-            events += stream.feed_line(raw)
-            if stream.complete:
+            events += fold.feed_line(raw)
+            if fold.complete:
                 return events
-        events += _end(stream, events, None)
     except ProxyError as exc:
-        events += _fail(translator, events, exc)
+        return events + _fail(fold, events, exc)
     except (OSError, http.client.HTTPException) as exc:
-        # As the relay: a broken read still ends normally when a finish_reason was seen.
-        events += _end(stream, events, read_error(exc, UpstreamCall(), IDLE_TIMEOUT))
-    return events
+        failure = read_error(exc, UpstreamCall(), IDLE_TIMEOUT)  # type: ignore[assignment]
+    tail, error = stream_end(fold, clean=False, failure=failure)
+    events += tail
+    return events + _fail(fold, events, error) if error is not None else events
 
 
-def _end(stream: UpstreamStream, events: List[Event], failure: Optional[Exception]) -> List[Event]:
-    tail, error = stream.end()
-    if error is None:
-        return tail
-    reason = failure if isinstance(failure, ProxyError) else error
-    return tail + _fail(stream.translator, events + tail, reason)
-
-
-def _fail(translator: StreamTranslator, events: List[Event], exc: ProxyError) -> List[Event]:
+def _fail(fold: ChatFold, events: List[Event], exc: Any) -> List[Event]:
     if not events:
         raise exc  # nothing written yet: the relay answers with a plain HTTP error
-    return translator.fail(exc)
+    return fold.fail(exc)
 
 
 def run_transcript(upstream: bytes, **meta: Any) -> List[Event]:
@@ -249,11 +248,11 @@ def load_case(stem: str) -> Case:
 
 
 class Playbook:
-    """Feed upstream chunks one by one through the real ``UpstreamStream``."""
+    """Feed upstream chunks one by one through the real ``ChatFold``."""
 
     def __init__(self, **meta: Any) -> None:
         self.translator = make_translator(**meta)
-        self.stream = UpstreamStream(self.translator)
+        self.stream = ChatFold(self.translator)
         self.events: List[Event] = []
 
     def feed_bytes(self, raw: bytes) -> List[Event]:

@@ -18,6 +18,7 @@ from typing import Any, Dict, List
 
 import pytest
 
+from claudeproxy.model_facts import builtin_facts
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
 from fakes import json_reply
 from sse_checks import assert_valid_event_sequence, events_of, final_message
@@ -116,16 +117,26 @@ def test_count_tokens_does_not_need_max_tokens(post: Any) -> None:
 # Models (case 73, PROTOCOL.md 4.5).
 
 
+def with_facts(info: Dict[str, Any]) -> Dict[str, Any]:
+    """A ModelInfo plus the context window and output cap the built-in model table knows."""
+    facts = builtin_facts(info["id"])
+    extra = {"max_input_tokens": facts.context_window, "max_tokens": facts.max_output}
+    return {**info, **{k: v for k, v in extra.items() if v}}
+
+
 def test_models_list_in_anthropic_shape(proxy: Any, fake_upstream: Any) -> None:
+    """Without --model the client's names go upstream: the list is the upstream's, with model facts."""
     fake_upstream.push(json_reply(UPSTREAM_MODELS))
     resp = get(proxy, "/v1/models")
     assert resp.status == 200, resp
     body = resp.json
     assert body["data"] == [
-        {"type": "model", "id": "gpt-4o", "display_name": "gpt-4o", "created_at": "2024-05-10T18:50:49Z"},
-        {"type": "model", "id": "gpt-4o-mini", "display_name": "gpt-4o-mini", "created_at": "2024-07-16T23:32:21Z"},
-        {"type": "model", "id": "o3", "display_name": "o3", "created_at": "1970-01-01T00:00:00Z"},
+        with_facts({"type": "model", "id": "gpt-4o", "display_name": "gpt-4o", "created_at": "2024-05-10T18:50:49Z"}),
+        with_facts({"type": "model", "id": "gpt-4o-mini", "display_name": "gpt-4o-mini",
+                    "created_at": "2024-07-16T23:32:21Z"}),
+        with_facts({"type": "model", "id": "o3", "display_name": "o3", "created_at": "1970-01-01T00:00:00Z"}),
     ]
+    assert body["data"][0]["max_input_tokens"] > 0 and body["data"][2]["max_tokens"] > 0
     assert body["has_more"] is False
     assert body["first_id"] == "gpt-4o" and body["last_id"] == "o3"
     upstream = fake_upstream.last
@@ -174,9 +185,10 @@ def test_models_upstream_error_is_mapped(proxy: Any, fake_upstream: Any) -> None
     assert_error(get(proxy, "/v1/models"), 401, "authentication_error")
 
 
-def test_models_configured_model_comes_first_and_survives_an_upstream_failure(make_proxy: Any,
-                                                                              fake_upstream: Any) -> None:
-    proxy = make_proxy(model="served-model")
+def test_models_routed_models_come_first_and_survive_an_upstream_failure(make_proxy: Any,
+                                                                          fake_upstream: Any) -> None:
+    """A mapped model is listed; the upstream's own list is added because unmatched names pass through."""
+    proxy = make_proxy(model_map=(("claude-haiku*", "served-model"),))
     fake_upstream.push(json_reply(UPSTREAM_MODELS), json_reply({"error": {"message": "down"}}, status=500))
     ids = [m["id"] for m in get(proxy, "/v1/models").json["data"]]
     assert ids == ["served-model", "gpt-4o", "gpt-4o-mini", "o3"]
@@ -185,12 +197,21 @@ def test_models_configured_model_comes_first_and_survives_an_upstream_failure(ma
     assert [m["id"] for m in resp.json["data"]] == ["served-model"]
 
 
+def test_models_with_one_model_for_everything_lists_only_it(make_proxy: Any, fake_upstream: Any) -> None:
+    """With --model every name goes to one model: listing the upstream's others would be a lie."""
+    proxy = make_proxy(model="served-model")
+    resp = get(proxy, "/v1/models")
+    assert resp.status == 200, resp
+    assert [m["id"] for m in resp.json["data"]] == ["served-model"]
+    assert fake_upstream.requests == []
+
+
 def test_model_by_id_found_and_missing(proxy: Any, fake_upstream: Any) -> None:
     fake_upstream.push(json_reply(UPSTREAM_MODELS), json_reply(UPSTREAM_MODELS))
     resp = get(proxy, "/v1/models/gpt-4o-mini")
     assert resp.status == 200, resp
-    assert resp.json == {"type": "model", "id": "gpt-4o-mini", "display_name": "gpt-4o-mini",
-                         "created_at": "2024-07-16T23:32:21Z"}
+    assert resp.json == with_facts({"type": "model", "id": "gpt-4o-mini", "display_name": "gpt-4o-mini",
+                                    "created_at": "2024-07-16T23:32:21Z"})
     assert_error(get(proxy, "/v1/models/claude-nope"), 404, "not_found_error", "claude-nope")
 
 

@@ -4,7 +4,7 @@ For every golden stream fixture, 200 seeds each cut the upstream body at random 
 offsets into HTTP/1.1 chunks (sometimes with chunk extensions), and the fake socket under
 a real ``http.client.HTTPResponse`` hands those bytes out in random-sized reads (CPython's
 ``test_httplib.FakeSocket`` idea: no network). The body is read with the relay's own
-``upstream.iter_lines`` and fed to ``UpstreamStream``; the events must equal the
+``upstream.iter_lines`` and fed to ``ChatFold``; the events must equal the
 unsplit run. An ``"end": "open"`` fixture gets no chunked terminator and the socket fails
 the test if anything reads past the last byte: such a stream must complete on its own
 (PROTOCOL.md case 57). ``"error: <type>"`` fixtures end with a socket error.

@@ -1,4 +1,4 @@
-"""StreamTranslator / UpstreamStream: golden transcripts and playbook tests (PROTOCOL.md section 3).
+"""StreamTranslator / ChatFold: golden transcripts and playbook tests (PROTOCOL.md section 3).
 
 Every ``fixtures/streams/<case>.openai.sse`` is fed through the real sans-io core the
 way the relay feeds it (``stream_playbook.run_transcript``); the result must equal the
@@ -20,7 +20,7 @@ import pytest
 from claudeproxy.errors import ProxyError
 from claudeproxy.apis.chat.wire import parse_chat_chunk
 from claudeproxy.sse import encode_event
-from claudeproxy.apis.chat.stream import StreamTranslator, UpstreamStream, events_for_message
+from claudeproxy.apis.chat.stream import StreamTranslator, ChatFold, events_for_message
 from sse_checks import assert_valid_event_sequence, events_of, final_message
 from stream_playbook import (
     Playbook,
@@ -410,7 +410,7 @@ def test_two_translators_never_share_state() -> None:
     assert same_events(b.events, solo.events)
 
 
-@pytest.mark.parametrize("cls", [StreamTranslator, UpstreamStream])
+@pytest.mark.parametrize("cls", [StreamTranslator, ChatFold])
 def test_no_class_level_mutable_state(cls: type) -> None:
     # STYLE.md section 2: LiteLLM's class-level deque mixed up concurrent streams.
     shared = [k for k, v in vars(cls).items() if isinstance(v, (list, dict, set, bytearray))]

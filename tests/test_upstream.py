@@ -12,7 +12,9 @@ import pytest
 import claudeproxy
 from claudeproxy.config import Config
 from claudeproxy.errors import ProxyError
-from claudeproxy.upstream import Upstream, UpstreamCall, chat_url, join_path, models_url
+from claudeproxy.dialects import auth_header
+from claudeproxy.upstream import Upstream, UpstreamCall
+from claudeproxy.urls import chat_url, join_path, models_url
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
 from fakes import FakeUpstream, Reply, completion, json_reply
 
@@ -173,13 +175,14 @@ class _Capture:
         return "opened"
 
 
-@pytest.mark.parametrize("style,header", [("bearer", "Authorization"), ("azure", "Api-key")])
+@pytest.mark.parametrize("style,header", [("bearer", "Authorization"), ("api-key", "Api-key"),
+                                          ("x-api-key", "X-api-key")])
 def test_credentials_are_unredirected_headers(style, header):
-    upstream = Upstream(Config(token=claudeproxy.static_token(UPSTREAM_KEY)))
+    upstream = Upstream(Config())
     capture = _Capture()
     upstream.opener = capture  # type: ignore[assignment]
     assert upstream.open("http://127.0.0.1:9/v1/chat/completions", call=UpstreamCall(), body=b"{}",
-                         auth=tuple(upstream.auth_headers(style))) == "opened"
+                         auth=auth_header(style, UPSTREAM_KEY)) == "opened"
     req = capture.requests[0]
     assert UPSTREAM_KEY in req.unredirected_hdrs[header]
     assert header not in req.headers
@@ -219,7 +222,7 @@ def test_http_error_from_open_carries_the_status():
     fake = FakeUpstream()
     try:
         fake.push(json_reply({"error": {"message": "nope"}}, status=403))
-        upstream = Upstream(Config(token=claudeproxy.static_token(UPSTREAM_KEY)))
+        upstream = Upstream(Config())
         with pytest.raises(ProxyError) as info:
             upstream.open(fake.url + "/chat/completions", call=UpstreamCall(), body=b"{}")
         assert info.value.status == 403 and info.value.error_type == "permission_error"

@@ -33,10 +33,10 @@ PACKAGE = os.path.join(ROOT, "claudeproxy")
 # Every standard-library module the package may import. A new import must be
 # added here on purpose, after checking it exists on Python 3.8.
 STDLIB_ALLOWLIST = {
-    "__future__", "argparse", "ast", "base64", "binascii", "collections", "contextlib", "copy", "dataclasses",
+    "__future__", "argparse", "ast", "base64", "binascii", "calendar", "collections", "contextlib", "copy", "dataclasses",
     "datetime", "email", "enum", "errno", "fnmatch", "functools", "hashlib", "hmac", "http", "io", "ipaddress",
     "itertools", "json", "logging", "math", "os", "platform", "queue", "random", "re", "secrets", "select",
-    "selectors", "signal", "socket", "ssl", "string", "struct", "sys", "textwrap", "threading", "time", "types",
+    "selectors", "shlex", "signal", "socket", "ssl", "string", "struct", "subprocess", "sys", "textwrap", "threading", "time", "types",
     "typing", "unicodedata", "urllib", "uuid", "warnings", "zlib",
 }
 

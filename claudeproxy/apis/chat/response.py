@@ -12,8 +12,9 @@ import json
 import re
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+from ...errors import UpstreamUnavailable, error_from_object
 from ...signatures import encode_signature
-from .wire import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta
+from .wire import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta, parse_chat_response
 
 IdFactory = Callable[[], str]
 _ID_CHARS_RE = re.compile(r"[^A-Za-z0-9_-]")
@@ -277,3 +278,26 @@ def to_messages_response(
         "usage": usage_from(chat.usage),
     }
     return message, warnings
+
+
+def message_from_body(
+    obj: Any,
+    *,
+    model: str,
+    new_id: IdFactory,
+    tool_names: Optional[Dict[str, str]] = None,
+    stop_sequences: Tuple[str, ...] = (),
+    dialect_name: str = "generic",
+    think_tags: bool = False,
+    secrets: Tuple[str, ...] = (),
+) -> Tuple[Dict[str, Any], List[str]]:
+    """The Anthropic message for a JSON body from the upstream; error objects and empty answers raise."""
+    chat = parse_chat_response(obj)
+    if chat.error is not None:
+        raise error_from_object(chat.error, secrets)
+    if chat.choice is None:
+        raise UpstreamUnavailable("upstream response has no choices")
+    return to_messages_response(
+        chat, model=model, new_id=new_id, tool_names=tool_names, stop_sequences=stop_sequences,
+        dialect_name=dialect_name, think_tags=think_tags,
+    )

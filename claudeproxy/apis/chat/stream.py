@@ -20,11 +20,13 @@ import re
 from typing import Any, Dict, List, Optional, Tuple
 
 from ...errors import ProxyError, UpstreamUnavailable, error_from_object, stream_error_event
+from ...replies import events_for_message
 from ...signatures import encode_signature
 from ...sse import ServerSentEvent, SSEDecoder, is_done, split_lines
 from .response import (
     IdFactory,
     match_stop_sequence,
+    message_from_body,
     message_id,
     normalize_arguments,
     stop_reason_for,
@@ -573,8 +575,8 @@ class StreamTranslator:
             self.state["ts"] = sigs
 
 
-class UpstreamStream:
-    """Upstream SSE body lines in, Anthropic events out: the sans-io core of the relay.
+class ChatFold:
+    """Upstream SSE body lines in, Anthropic events out: the Chat Completions ``StreamFold``.
 
     ``feed_line`` takes each ``readline()`` result; ``complete`` turns true at
     ``[DONE]`` or once finish_reason and usage are both in (no need to wait for
@@ -594,6 +596,25 @@ class UpstreamStream:
         self.bad_events = 0
         self.skipped_events = 0
         self.chunks = 0  # upstream chunks with a choice so far
+        self.warnings: List[str] = []  # from a JSON answer's translation, for the caller to log
+
+    @property
+    def finishing(self) -> bool:
+        return self.translator.has_finish_reason
+
+    @property
+    def stop_reason(self) -> Optional[str]:
+        return self.translator.stop_reason
+
+    @property
+    def usage(self) -> Dict[str, Any]:
+        return self.translator.final_usage
+
+    def start(self) -> List[Event]:
+        return self.translator.start()
+
+    def fail(self, exc: ProxyError) -> List[Event]:
+        return self.translator.fail(exc)
 
     def feed_line(self, raw: bytes) -> List[Event]:
         events: List[Event] = []
@@ -614,6 +635,20 @@ class UpstreamStream:
         if self.translator.has_finish_reason or (clean and self.chunks):
             return events + self._finish(), None
         return events, UpstreamUnavailable("upstream stream ended early (no finish_reason and no [DONE])")
+
+    def from_json(self, obj: Any) -> List[Event]:
+        """A ChatCompletion body given to a stream request (upstreams that ignore ``stream``)."""
+        t = self.translator
+        message, self.warnings = message_from_body(
+            obj, model=t.model, new_id=t.new_id, tool_names=t.tool_names, stop_sequences=t.stop_sequences,
+            dialect_name=t.dialect_name, think_tags=t.think is not None, secrets=t.secrets,
+        )
+        t.stop_reason, t.final_usage = message["stop_reason"], message["usage"]
+        events = events_for_message(message)
+        if t.started:
+            events = events[1:]  # the relay already sent message_start while the body was slow
+        t.started = t.done = self.complete = True
+        return events
 
     def _on_event(self, event: ServerSentEvent) -> List[Event]:
         if is_done(event.data):
@@ -639,41 +674,3 @@ class UpstreamStream:
     def _finish(self) -> List[Event]:
         self.complete = True
         return self.translator.finish()
-
-
-def events_for_message(message: Dict[str, Any]) -> List[Event]:
-    """A complete stream for a complete message (JSON answers to stream requests, local replies)."""
-    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
-    usage = dict(message.get("usage") or {})
-    start["usage"] = {"input_tokens": usage.get("input_tokens", 0), "output_tokens": 1}
-    events: List[Event] = [{"type": "message_start", "message": start}]
-    for index, block in enumerate(message.get("content") or []):
-        events += _block_events(index, block)
-    delta = {"stop_reason": message.get("stop_reason") or "end_turn", "stop_sequence": message.get("stop_sequence")}
-    events.append({"type": "message_delta", "delta": delta, "usage": usage})
-    events.append({"type": "message_stop"})
-    return events
-
-
-def _block_events(index: int, block: Dict[str, Any]) -> List[Event]:
-    kind = block.get("type")
-    deltas: List[Dict[str, Any]] = []
-    if kind == "text":
-        start = {"type": "text", "text": ""}
-        if block["text"]:  # an empty text_delta is noise the grammar forbids
-            deltas.append({"type": "text_delta", "text": block["text"]})
-    elif kind == "thinking":
-        start = {"type": "thinking", "thinking": "", "signature": ""}
-        if block["thinking"]:
-            deltas.append({"type": "thinking_delta", "thinking": block["thinking"]})
-        deltas.append({"type": "signature_delta", "signature": block["signature"]})
-    elif kind == "tool_use":
-        start = {**block, "input": {}}
-        if block["input"]:
-            deltas.append({"type": "input_json_delta", "partial_json": json.dumps(block["input"], ensure_ascii=False)})
-    else:
-        start = dict(block)  # redacted_thinking and the like travel whole in their start event
-    events: List[Event] = [{"type": "content_block_start", "index": index, "content_block": start}]
-    events += [{"type": "content_block_delta", "index": index, "delta": d} for d in deltas]
-    events.append({"type": "content_block_stop", "index": index})
-    return events

@@ -1,0 +1,242 @@
+"""Anthropic Messages upstreams (native ``/v1/messages`` endpoints): forwarded, not translated. Pure.
+
+For backends that speak Anthropic's API themselves (Anthropic, Ollama >= 0.14,
+llama.cpp, vLLM, LM Studio, DeepSeek, OpenRouter, Moonshot, Zhipu, MiniMax).
+The body goes upstream unchanged except for the model name (the route's
+upstream model) and a ``max_tokens`` above the model's cap. Headers follow the
+provider's rules: ``anthropic-version`` passed on, ``anthropic-beta`` forwarded
+or dropped (several native endpoints reject betas they do not know), the key
+sent the way the provider wants it (by the pipeline). Answers come back with
+the client's model name. Streams are read event by event so the relay's one
+ending rule applies -- a close after ``message_stop`` is the end, a stream cut
+before it ends with one error event -- and the usage is read for metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Dict, List, Optional, Tuple
+
+from ..dialects import forwards_betas
+from ..errors import ProxyError, UpstreamUnavailable, error_from_status, stream_error_event
+from ..replies import events_for_message
+from ..routing import Target
+from ..sse import ServerSentEvent, SSEDecoder, split_lines
+from ..urls import messages_url
+from .base import ClientRequest, Exchange
+
+Event = Dict[str, Any]
+DEFAULT_VERSION = "2023-06-01"
+MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as broken
+# Header values copied from the client: version strings and beta names, nothing that could smuggle.
+_HEADER_VALUE_RE = re.compile(r"^[A-Za-z0-9._:=+-]{1,128}$")
+_USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+# An Anthropic error type back to the status it comes with (PROTOCOL.md 4.1), for in-band errors.
+_STATUS_BY_TYPE = {
+    "invalid_request_error": 400, "authentication_error": 401, "billing_error": 402, "permission_error": 403,
+    "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429, "timeout_error": 504,
+    "overloaded_error": 529, "api_error": 500,
+}
+
+
+def _client_betas(headers: Any) -> List[str]:
+    values = headers.get_all("anthropic-beta") if hasattr(headers, "get_all") else [headers.get("anthropic-beta")]
+    names = [n.strip() for v in values or () if v for n in v.split(",")]
+    return [n for n in names if n and _HEADER_VALUE_RE.match(n)]
+
+
+def forwarded_betas(req: ClientRequest, target: Target) -> List[str]:
+    """The client's betas the provider gets: all, none, or the allowed ones (see ``Provider``)."""
+    provider = target.provider
+    betas = _client_betas(req.headers)
+    if forwards_betas(provider.url, provider.anthropic_beta):
+        return betas
+    return [b for b in betas if b in provider.allowed_betas]
+
+
+def _version(req: ClientRequest) -> str:
+    value = (req.headers.get("anthropic-version") or "").strip()
+    return value if _HEADER_VALUE_RE.match(value) else DEFAULT_VERSION
+
+
+def _capped(body: Dict[str, Any], model: str, cap: Optional[int]) -> Dict[str, Any]:
+    out = dict(body)
+    out["model"] = model
+    asked = out.get("max_tokens")
+    if cap and isinstance(asked, int) and not isinstance(asked, bool) and asked > cap:
+        out["max_tokens"] = cap
+    return out
+
+
+def error_from_event(obj: Any, secrets: Tuple[str, ...]) -> ProxyError:
+    """An Anthropic error object in a 200 body or an ``event: error``, as the error the client gets."""
+    err = obj.get("error") if isinstance(obj, dict) else None
+    kind = err.get("type") if isinstance(err, dict) else None
+    status = _STATUS_BY_TYPE.get(kind, 502) if isinstance(kind, str) else 502
+    body = obj if isinstance(obj, dict) else {"error": {"message": str(obj)[:1000]}}
+    return error_from_status(status, json.dumps(body).encode("utf-8"), None, secrets)
+
+
+def message_reply(obj: Any, model: str, secrets: Tuple[str, ...]) -> Dict[str, Any]:
+    """A JSON message from the upstream with the client's model name; error bodies raise."""
+    if isinstance(obj, dict) and obj.get("type") == "error":
+        raise error_from_event(obj, secrets)
+    if not isinstance(obj, dict) or not isinstance(obj.get("content"), list):
+        raise UpstreamUnavailable("upstream returned a body that is not an Anthropic message")
+    return {**obj, "model": model}
+
+
+class MessagesApi:
+    """The Messages API as the pipeline sees it (``apis/base.py``)."""
+
+    name = "messages"
+    translates = False  # forwarded: no local answers, count_tokens asked upstream
+
+    def parse(self, body: Dict[str, Any]) -> None:
+        return None  # the upstream validates what it is sent
+
+    def prepare(self, req: ClientRequest, target: Target, cap: Optional[int]) -> Exchange:
+        body = _capped(req.body, target.model, cap)
+        headers = [("Content-Type", "application/json"), ("anthropic-version", _version(req)),
+                   ("Accept", "text/event-stream" if req.stream else "application/json")]
+        betas = forwarded_betas(req, target)
+        if betas:
+            headers.append(("anthropic-beta", ",".join(betas)))
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        max_tokens = body.get("max_tokens") if isinstance(body.get("max_tokens"), int) else None
+        url = messages_url(target.provider.url, "/v1/messages", req.query)
+        return Exchange(url, data, tuple(headers), req.stream, max_tokens)
+
+    def count_tokens(self, req: ClientRequest, target: Target) -> Exchange:
+        """The upstream's own token count (exact where the local estimate only guesses)."""
+        body = json.dumps({**req.body, "model": target.model}, ensure_ascii=False).encode("utf-8")
+        headers = (("Content-Type", "application/json"), ("anthropic-version", _version(req)),
+                   ("Accept", "application/json"))
+        return Exchange(messages_url(target.provider.url, "/v1/messages/count_tokens", req.query), body, headers,
+                        False, None)
+
+    def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
+                  ) -> Tuple[Dict[str, Any], List[str]]:
+        return message_reply(obj, req.model, secrets), []
+
+    def fold(self, req: ClientRequest, ex: Exchange, *, message_id: str, input_tokens: int,
+             secrets: Tuple[str, ...] = ()) -> "MessagesFold":
+        return MessagesFold(message_id=message_id, model=req.model, input_tokens=input_tokens, secrets=secrets)
+
+
+class MessagesFold:
+    """An Anthropic event stream passed on event by event (``ending.StreamFold``)."""
+
+    def __init__(self, *, message_id: str, model: str, input_tokens: int, secrets: Tuple[str, ...] = ()) -> None:
+        self.message_id = message_id
+        self.model = model
+        self.input_tokens = input_tokens
+        self.secrets = secrets
+        self.decoder = SSEDecoder()
+        self.started = False  # a message_start went out (the upstream's, or ours for early pings)
+        self.complete = False
+        self.done = False  # message_stop or error went out
+        self.finishing = False  # message_delta seen: the answer is whole but for message_stop
+        self.stop_reason: Optional[str] = None
+        self.usage: Dict[str, int] = {}
+        self.bad_events = 0
+        self.skipped_events = 0
+
+    def feed_line(self, raw: bytes) -> List[Event]:
+        events: List[Event] = []
+        for line in split_lines(raw):
+            event = self.decoder.decode(line)
+            if event is not None and not self.complete:
+                events += self._on_event(event)
+        return events
+
+    def end(self, clean: bool) -> Tuple[List[Event], Optional[ProxyError]]:
+        if self.complete:
+            return [], None
+        last = self.decoder.flush()
+        events = self._on_event(last) if last is not None else []
+        if self.complete:
+            return events, None
+        if self.finishing:  # everything but message_stop arrived: the answer is whole
+            return events + self._stop(), None
+        return events, UpstreamUnavailable("upstream stream ended early (no message_stop)")
+
+    def start(self) -> List[Event]:
+        if self.started:
+            return []
+        self.started = True
+        message = {"id": self.message_id, "type": "message", "role": "assistant", "model": self.model,
+                   "content": [], "stop_reason": None, "stop_sequence": None,
+                   "usage": {"input_tokens": self.input_tokens, "output_tokens": 1}}
+        return [{"type": "message_start", "message": message}]
+
+    def fail(self, exc: ProxyError) -> List[Event]:
+        if self.done:
+            return []
+        self.done = self.complete = True
+        return [stream_error_event(exc.error_type, exc.message)]
+
+    def from_json(self, obj: Any) -> List[Event]:
+        message = message_reply(obj, self.model, self.secrets)
+        self._take_usage(message.get("usage"))
+        self.stop_reason = message.get("stop_reason")
+        events = events_for_message(message)
+        if self.started:
+            events = events[1:]
+        self.started = self.done = self.complete = True
+        return events
+
+    # ------------------------------------------------------------------
+
+    def _on_event(self, event: ServerSentEvent) -> List[Event]:
+        try:
+            obj = json.loads(event.data)
+        except (ValueError, RecursionError):
+            obj = None
+        if not isinstance(obj, dict):
+            return self._bad_event(event)
+        self.bad_events = 0
+        kind = obj.get("type") if isinstance(obj.get("type"), str) else event.event
+        if kind == "error" or event.event == "error":
+            raise error_from_event(obj, self.secrets)
+        if kind == "message_start":
+            return self._message_start(obj)
+        if kind == "ping":
+            return [obj] if self.started else []
+        events = self.start()  # content before any message_start still needs one (the grammar)
+        if kind == "message_delta":
+            self.finishing = True
+            self._take_usage(obj.get("usage"))
+            delta = obj.get("delta")
+            if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
+                self.stop_reason = delta["stop_reason"]
+        elif kind == "message_stop":
+            self.complete = self.done = True
+        return events + [obj]
+
+    def _bad_event(self, event: ServerSentEvent) -> List[Event]:
+        if event.event == "error":  # "event: error" with a plain-text message is still an error
+            raise error_from_event({"error": {"type": "api_error", "message": event.data[:1000]}}, self.secrets)
+        self.bad_events += 1
+        self.skipped_events += 1
+        if self.bad_events >= MAX_BAD_EVENTS:
+            raise UpstreamUnavailable("upstream stream is not JSON")
+        return []
+
+    def _message_start(self, obj: Dict[str, Any]) -> List[Event]:
+        message = obj.get("message") if isinstance(obj.get("message"), dict) else {}
+        self._take_usage(message.get("usage"))
+        if self.started:
+            return []  # ours went out while the upstream was slow; its usage is kept for the metrics
+        self.started = True
+        return [{**obj, "message": {**message, "model": self.model}}]
+
+    def _stop(self) -> List[Event]:
+        self.complete = self.done = True
+        return [{"type": "message_stop"}]
+
+    def _take_usage(self, usage: Any) -> None:
+        if isinstance(usage, dict):
+            self.usage.update({k: v for k, v in usage.items()
+                               if k in _USAGE_KEYS and isinstance(v, int) and not isinstance(v, bool)})

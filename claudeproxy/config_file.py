@@ -1,0 +1,249 @@
+"""The ``--config FILE`` format: providers, routes, model tables and every flag, in JSON. Pure.
+
+``parse_config(obj, environ, settings)`` checks a decoded file and returns its
+providers, routes and flag settings; anything wrong raises ``ConfigError``
+naming the JSON path (``providers.openai.url``) and what is wrong. Keys are
+never stored in the file: a provider names an environment variable
+(``api_key_env``) or a command (``api_key_command``) instead. ``settings``
+describes the flags (``cli.py`` derives it from its parser), so every flag has
+a key of the same name, with ``-`` or ``_``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shlex
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from .config import Provider, Route, RouteTarget, check_header
+from .credentials import DEFAULT_TTL, command_token
+from .model_facts import ModelFacts, facts_from_dict
+from .routing import check_provider
+
+
+class ConfigError(ValueError):
+    """A bad config file; the message names the JSON path."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FlagSpec:
+    """What a flag accepts, for checking its key in the file."""
+
+    kind: str  # str, int, float, bool or list
+    choices: Tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class FileConfig:
+    providers: Tuple[Provider, ...]
+    routes: Tuple[Route, ...]
+    settings: Dict[str, Any]  # flag dest -> value
+
+
+_SECRET_KEYS = {"api_key": "api_key_env or api_key_command", "auth_key": "auth_key_env"}
+_PROVIDER_KEYS = {"url", "api", "dialect", "api_key_env", "api_key_command", "api_key_ttl", "auth", "headers",
+                  "anthropic_beta", "allowed_betas", "azure_api_version", "max_output_tokens", "models"}
+_ROUTE_KEYS = {"match", "provider", "model", "fallbacks"}
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {dict: "an object", list: "an array", str: "a string", int: "an integer", float: "a number"}.get(
+        type(value), type(value).__name__)
+
+
+def _want(value: Any, kind: type, path: str, what: str) -> Any:
+    if not isinstance(value, kind) or (kind in (int, float, (int, float)) and isinstance(value, bool)):
+        raise ConfigError(f"{path}: expected {what}, got {_type_name(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path}: expected a finite number")
+    return value
+
+
+def _text(value: Any, path: str) -> str:
+    text = _want(value, str, path, "a string")
+    if not text.strip():
+        raise ConfigError(f"{path}: must not be empty")
+    return text.strip()
+
+
+def _strings(value: Any, path: str) -> List[str]:
+    items = _want(value, list, path, "an array of strings")
+    return [_text(item, f"{path}[{i}]") for i, item in enumerate(items)]
+
+
+def _unknown(obj: Mapping[str, Any], known: Any, path: str) -> None:
+    for key in obj:
+        if key in _SECRET_KEYS:
+            raise ConfigError(f"{_join(path, key)}: keys are never stored in the file; use {_SECRET_KEYS[key]}")
+        if key not in known:
+            raise ConfigError(f"{_join(path, key)}: unknown key (expected one of {', '.join(sorted(known))})")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+# --------------------------------------------------------------------------
+# Providers.
+
+
+def _token(obj: Mapping[str, Any], environ: Mapping[str, str], path: str, name: str) -> Tuple[Any, str]:
+    if "api_key_env" in obj and "api_key_command" in obj:
+        raise ConfigError(f"{path}: give api_key_env or api_key_command, not both")
+    if "api_key_env" in obj:
+        var = _text(obj["api_key_env"], f"{path}.api_key_env")
+        if not environ.get(var, "").strip():
+            raise ConfigError(f"{path}.api_key_env: the environment variable {var} is not set")
+        key = environ[var].strip()
+        return (lambda: key), f"${var}"
+    if "api_key_command" in obj:
+        raw = obj["api_key_command"]
+        argv = shlex.split(raw) if isinstance(raw, str) else _strings(raw, f"{path}.api_key_command")
+        if not argv:
+            raise ConfigError(f"{path}.api_key_command: must not be empty")
+        ttl = _want(obj.get("api_key_ttl", DEFAULT_TTL), (int, float), f"{path}.api_key_ttl", "a number")
+        if ttl <= 0:
+            raise ConfigError(f"{path}.api_key_ttl: must be greater than 0")
+        return command_token(argv, float(ttl), f"provider {name}"), f"command {argv[0]}"
+    return (lambda: ""), ""
+
+
+def _headers(value: Any, path: str) -> Tuple[Tuple[str, str], ...]:
+    items = _want(value, dict, path, "an object of header names to values")
+    out = []
+    for name, val in items.items():
+        try:
+            out.append(check_header(name, _want(val, str, f"{path}.{name}", "a string"), f"{path}.{name}"))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return tuple(out)
+
+
+def _models(value: Any, path: str) -> Tuple[Tuple[str, ModelFacts], ...]:
+    items = _want(value, dict, path, "an object of model names (or globs) to model facts")
+    out = []
+    for model, facts in items.items():
+        where = f"{path}.{model}"
+        try:
+            out.append((model, facts_from_dict(_want(facts, dict, where, "an object"), where)))
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return tuple(out)
+
+
+def _provider(name: str, obj: Any, environ: Mapping[str, str]) -> Provider:
+    path = f"providers.{name}"
+    obj = _want(obj, dict, path, "an object")
+    _unknown(obj, _PROVIDER_KEYS, path)
+    if "url" not in obj:
+        raise ConfigError(f"{path}.url: required")
+    token, source = _token(obj, environ, path, name)
+    fields: Dict[str, Any] = {"name": name, "url": _text(obj["url"], f"{path}.url"), "token": token,
+                              "key_source": source}
+    for key in ("api", "dialect", "auth", "anthropic_beta", "azure_api_version"):
+        if key in obj:
+            fields[key] = _text(obj[key], f"{path}.{key}")
+    if "max_output_tokens" in obj:
+        fields["max_output_tokens"] = _want(obj["max_output_tokens"], int, f"{path}.max_output_tokens", "an integer")
+    if "allowed_betas" in obj:
+        fields["allowed_betas"] = tuple(_strings(obj["allowed_betas"], f"{path}.allowed_betas"))
+    if "headers" in obj:
+        fields["headers"] = _headers(obj["headers"], f"{path}.headers")
+    if "models" in obj:
+        fields["models"] = _models(obj["models"], f"{path}.models")
+    provider = Provider(**fields)
+    try:
+        check_provider(provider, path)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return provider
+
+
+# --------------------------------------------------------------------------
+# Routes.
+
+
+def _target(obj: Any, path: str) -> RouteTarget:
+    obj = _want(obj, dict, path, "an object with provider and model")
+    _unknown(obj, {"provider", "model"}, path)
+    if "provider" not in obj:
+        raise ConfigError(f"{path}.provider: required")
+    model = obj.get("model")
+    return RouteTarget(_text(obj["provider"], f"{path}.provider"),
+                       None if model is None else _text(model, f"{path}.model"))
+
+
+def _route(i: int, obj: Any, source: str) -> Route:
+    path = f"routes[{i}]"
+    obj = _want(obj, dict, path, "an object")
+    _unknown(obj, _ROUTE_KEYS, path)
+    if "match" not in obj:
+        raise ConfigError(f"{path}.match: required (a model name, a glob, opus/sonnet/haiku, or *)")
+    match = _text(obj["match"], f"{path}.match")
+    target = _target({k: obj[k] for k in ("provider", "model") if k in obj}, path)
+    fallbacks = _want(obj.get("fallbacks", []), list, f"{path}.fallbacks", "an array")
+    return Route(match, target, tuple(_target(f, f"{path}.fallbacks[{j}]") for j, f in enumerate(fallbacks)),
+                 origin=f"{source}: {path}")
+
+
+# --------------------------------------------------------------------------
+# Flags.
+
+
+def _setting(key: str, value: Any, spec: FlagSpec) -> Any:
+    if spec.kind == "bool":
+        return _want(value, bool, key, "true or false")
+    if spec.kind == "int":
+        return _want(value, int, key, "an integer")
+    if spec.kind == "float":
+        return float(_want(value, (int, float), key, "a number"))
+    if spec.kind == "list":
+        return _strings(value, key) if isinstance(value, list) else [_text(value, key)]
+    text = _want(value, str, key, "a string")
+    if spec.choices and text not in spec.choices:
+        raise ConfigError(f"{key}: expected one of {', '.join(spec.choices)}, got {text!r}")
+    return text
+
+
+def _settings(obj: Mapping[str, Any], specs: Mapping[str, FlagSpec]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in obj.items():
+        if key in ("providers", "routes"):
+            continue
+        dest = key.replace("-", "_")
+        if dest in _SECRET_KEYS:
+            raise ConfigError(f"{key}: keys are never stored in the file; use {_SECRET_KEYS[dest]}")
+        if dest not in specs:
+            raise ConfigError(f"{key}: unknown key (not a flag, nor providers or routes)")
+        out[dest] = _setting(key, value, specs[dest])
+    return out
+
+
+def parse_config(obj: Any, environ: Mapping[str, str], specs: Mapping[str, FlagSpec], source: str = "config"
+                 ) -> FileConfig:
+    """The providers, routes and settings of a decoded config file."""
+    obj = _want(obj, dict, "(top level)", "an object")
+    providers = _want(obj.get("providers", {}), dict, "providers", "an object of provider names to providers")
+    routes = _want(obj.get("routes", []), list, "routes", "an array of routes")
+    return FileConfig(
+        providers=tuple(_provider(name, p, environ) for name, p in providers.items()),
+        routes=tuple(_route(i, r, source) for i, r in enumerate(routes)),
+        settings=_settings(obj, specs),
+    )
+
+
+def env_key(environ: Mapping[str, str], var: Optional[str], setting: str) -> Optional[str]:
+    """The value of the environment variable a setting names (``api_key_env``), checked."""
+    if var is None:
+        return None
+    value = environ.get(var, "").strip()
+    if not value:
+        raise ConfigError(f"{setting}: the environment variable {var} is not set")
+    return value

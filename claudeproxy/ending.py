@@ -1,0 +1,77 @@
+"""How an upstream stream ends, decided once for every upstream API. Pure.
+
+Every API's stream fold (``apis/*``) turns upstream body lines into Anthropic
+events and implements ``StreamFold``. When the body stops, the relay knows
+only three facts: whether the HTTP framing ended properly (``clean``), whether
+a read broke (``failure``), and whether this proxy aborted the call itself
+(``abort_reason``: the client left, shutdown, a deadline, or "finished": the
+upstream went quiet after saying it was done). ``stream_end`` turns those facts
+and the fold's own view into the events that finish the message, or the one
+error it ends with (RELIABILITY.md S12: EOF is not success).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Protocol, Tuple
+
+from .errors import ClientGone, ProxyError, UpstreamTimeout
+
+Event = Dict[str, Any]
+
+
+class StreamFold(Protocol):
+    """Upstream stream lines in, Anthropic event payloads out (sans-io). One per stream."""
+
+    complete: bool  # the upstream's own end was seen: the relay stops reading
+    stop_reason: Optional[str]  # after the end, for metrics
+    usage: Dict[str, int]  # Anthropic usage keys, after the end
+
+    @property
+    def finishing(self) -> bool:
+        """The upstream said it is done; only trailing data (usage, [DONE]) may follow."""
+
+    def feed_line(self, raw: bytes) -> List[Event]:
+        """Events for one ``readline()`` result; raises ``ProxyError`` for an upstream error event."""
+
+    def end(self, clean: bool) -> Tuple[List[Event], Optional[ProxyError]]:
+        """The body is over: the events that finish the message, or the error it ended with."""
+
+    def start(self) -> List[Event]:
+        """``message_start`` now, if not sent yet (pings while a slow upstream thinks)."""
+
+    def fail(self, exc: ProxyError) -> List[Event]:
+        """The one terminal ``error`` event; [] once the stream has ended."""
+
+    def from_json(self, obj: Any) -> List[Event]:
+        """The whole stream for a JSON answer to a stream request (without a message_start already sent)."""
+
+
+def abort_error(reason: Optional[str]) -> Optional[Exception]:
+    """What this proxy's own abort of an upstream call means for the client; None for none or "finished"."""
+    if reason == "client":
+        return ClientGone()
+    if reason == "shutdown":
+        return ProxyError("the proxy is shutting down", status=529)
+    if reason == "deadline":
+        return UpstreamTimeout("upstream did not finish in time")
+    return None
+
+
+def stream_end(
+    fold: StreamFold, *, clean: bool, failure: Optional[ProxyError] = None, abort_reason: Optional[str] = None
+) -> Tuple[List[Event], Optional[Exception]]:
+    """The events that end a stream whose upstream body stopped, and the error it ends with.
+
+    - the client left: nothing more to write (``ClientGone``);
+    - shutdown or a deadline aborted the call: that is the error, whatever the fold saw;
+    - otherwise the fold decides: a stream that said it was done finishes normally,
+      also after a broken read or our "finished" abort; one that did not fails, with
+      the read error when there was one (it says more than "ended early").
+    """
+    aborted = abort_error(abort_reason)
+    if aborted is not None:
+        return [], aborted
+    events, error = fold.end(clean and failure is None and abort_reason is None)
+    if error is not None and failure is not None:
+        error = failure
+    return events, error

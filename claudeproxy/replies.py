@@ -1,0 +1,72 @@
+"""Anthropic replies made whole: a complete message as its stream of events, and local replies.
+
+Pure. ``events_for_message`` turns a complete message into the event stream a
+streaming client expects (a JSON answer to a stream request, a local reply);
+``local_message`` builds the replies made without any upstream (the quota probe).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Tuple
+
+from .ids import new_id
+
+Event = Dict[str, Any]
+
+
+def local_message(model: str, text: str, stop_reason: str, usage: Tuple[int, int]) -> Dict[str, Any]:
+    """A reply made without the upstream (quota probe, ``max_tokens: 0``)."""
+    return {
+        "id": "msg_" + new_id(),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}] if text else [],
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": usage[0],
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": usage[1],
+        },
+    }
+
+
+def events_for_message(message: Dict[str, Any]) -> List[Event]:
+    """A complete stream for a complete message (JSON answers to stream requests, local replies)."""
+    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
+    usage = dict(message.get("usage") or {})
+    start["usage"] = {"input_tokens": usage.get("input_tokens", 0), "output_tokens": 1}
+    events: List[Event] = [{"type": "message_start", "message": start}]
+    for index, block in enumerate(message.get("content") or []):
+        events += _block_events(index, block)
+    delta = {"stop_reason": message.get("stop_reason") or "end_turn", "stop_sequence": message.get("stop_sequence")}
+    events.append({"type": "message_delta", "delta": delta, "usage": usage})
+    events.append({"type": "message_stop"})
+    return events
+
+
+def _block_events(index: int, block: Dict[str, Any]) -> List[Event]:
+    kind = block.get("type")
+    deltas: List[Dict[str, Any]] = []
+    if kind == "text":
+        start = {"type": "text", "text": ""}
+        if block.get("text"):  # an empty text_delta is noise the grammar forbids
+            deltas.append({"type": "text_delta", "text": block["text"]})
+    elif kind == "thinking":
+        start = {"type": "thinking", "thinking": "", "signature": ""}
+        if block.get("thinking"):
+            deltas.append({"type": "thinking_delta", "thinking": block["thinking"]})
+        deltas.append({"type": "signature_delta", "signature": block.get("signature") or ""})
+    elif kind == "tool_use":
+        start = {**block, "input": {}}
+        if block.get("input"):
+            deltas.append({"type": "input_json_delta", "partial_json": json.dumps(block["input"], ensure_ascii=False)})
+    else:
+        start = dict(block)  # redacted_thinking and the like travel whole in their start event
+    events: List[Event] = [{"type": "content_block_start", "index": index, "content_block": start}]
+    events += [{"type": "content_block_delta", "index": index, "delta": d} for d in deltas]
+    events.append({"type": "content_block_stop", "index": index})
+    return events

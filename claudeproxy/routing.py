@@ -1,0 +1,322 @@
+"""Providers and routes -> where one client model goes. Pure: no I/O, no clock, no environment.
+
+``build_router(config)`` checks the providers and routes once at start (a bad
+setting raises ``ValueError`` naming it) and returns a ``Router``.
+``Router.resolve(client_model)`` walks the ordered routes, first match wins,
+and returns the route's target and fallbacks as ``Target`` values: provider,
+upstream API, upstream model, its dialect and its model facts.
+
+A route's ``match`` is ``*`` (everything), a Claude family (``opus``,
+``sonnet``, ``haiku``: every generation, dated or not, and the aliases), a
+glob, or an exact name. The single-upstream flags are shorthand for a
+provider named ``upstream`` and routes to it (``_shorthand``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .config import (
+    AUTH_STYLES,
+    BETA_POLICIES,
+    DEFAULT_MESSAGES_UPSTREAM,
+    DEFAULT_UPSTREAM,
+    SHORTHAND_PROVIDER,
+    UPSTREAM_APIS,
+    Config,
+    Provider,
+    Route,
+    RouteTarget,
+    check_url,
+)
+from .dialects import DIALECTS, Dialect, detect_provider, dialect_for
+from .model_facts import ModelFacts, builtin_facts
+
+FAMILIES = ("opus", "sonnet", "haiku")
+# Claude Code's own aliases beyond the plain family names.
+_ALIASES = {"opusplan": "opus"}
+# A family word as one segment of a Claude model id, in every naming Anthropic and the
+# clouds used: claude-opus-4-1, claude-3-5-haiku-latest, claude-sonnet-4@20250514,
+# anthropic.claude-3-5-sonnet-20240620-v1:0, claude-sonnet-4-5[1m].
+_FAMILY_RE = re.compile(r"(?:^|[-_.@/:])(opus|sonnet|haiku)(?=$|[-_.@/:\[])")
+_GLOB_CHARS = frozenset("*?[")
+# When only some family flags are given, a missing family borrows the nearest one,
+# so Claude Code's hard-coded names never fail.
+_NEAREST = {"opus": ("sonnet", "haiku"), "sonnet": ("opus", "haiku"), "haiku": ("sonnet", "opus")}
+_TARGET_CACHE_LIMIT = 512  # distinct (provider, model) pairs remembered per router
+
+
+def claude_family(name: str) -> Optional[str]:
+    """``opus``, ``sonnet`` or ``haiku`` for a Claude model name or alias; None for anything else."""
+    low = name.strip().lower()
+    base = low.split("[", 1)[0]
+    if base in FAMILIES:
+        return base
+    if base in _ALIASES:
+        return _ALIASES[base]
+    if "claude" not in low:
+        return None
+    match = _FAMILY_RE.search(low)
+    return match.group(1) if match else None
+
+
+def pattern_kind(pattern: str) -> str:
+    """all, family, glob or exact."""
+    if pattern == "*":
+        return "all"
+    if pattern in FAMILIES:
+        return "family"
+    return "glob" if _GLOB_CHARS & set(pattern) else "exact"
+
+
+def route_matches(pattern: str, name: str) -> bool:
+    kind = pattern_kind(pattern)
+    if kind == "all":
+        return True
+    if kind == "family":
+        return claude_family(name) == pattern
+    if kind == "glob":
+        return fnmatch.fnmatchcase(name, pattern)
+    return name == pattern
+
+
+def _literal_prefix(pattern: str) -> str:
+    cut = min((pattern.index(c) for c in _GLOB_CHARS if c in pattern), default=len(pattern))
+    return pattern[:cut]
+
+
+def covers(earlier: str, later: str) -> bool:
+    """Every name ``later`` matches is already taken by ``earlier`` (so ``later`` can never match)."""
+    if earlier == later or pattern_kind(earlier) == "all":
+        return True
+    kind = pattern_kind(later)
+    if kind == "exact":
+        return route_matches(earlier, later)
+    if kind == "glob" and pattern_kind(earlier) == "glob":
+        # "claude-*" takes everything "claude-opus-*" could match.
+        head = earlier[:-1]
+        return earlier.endswith("*") and not (_GLOB_CHARS & set(head)) and _literal_prefix(later).startswith(head)
+    return False
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One place a request can go: provider, API, upstream model and what that model can do."""
+
+    provider: Provider
+    model: str
+    facts: ModelFacts
+    # The max_tokens cap: the model's output cap and the configured caps, the smallest.
+    output_cap: Optional[int]
+    # Chat Completions quirks for this provider and model (None for the other APIs).
+    dialect: Optional[Dialect]
+
+    @property
+    def api(self) -> str:
+        return self.provider.api
+
+    @property
+    def label(self) -> str:
+        return f"{self.provider.name}/{self.model}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Routed:
+    """What ``Router.resolve`` found for one client model."""
+
+    client_model: str
+    route: Route
+    targets: Tuple[Target, ...]  # the route's target first, then its fallbacks
+
+    @property
+    def target(self) -> Target:
+        return self.targets[0]
+
+
+# --------------------------------------------------------------------------
+# Checks (one line naming the setting, raised as ValueError).
+
+
+def check_provider(p: Provider, where: str) -> None:
+    if not p.name or not re.match(r"^[A-Za-z0-9_.-]{1,64}$", p.name):
+        raise ValueError(f"{where}: a provider name is 1-64 letters, digits, '.', '_' or '-', got {p.name!r}")
+    check_url(p.url, f"{where}.url")
+    if p.api not in UPSTREAM_APIS:
+        raise ValueError(f"{where}.api: unknown upstream API {p.api!r} (expected one of {', '.join(UPSTREAM_APIS)})")
+    if p.dialect is not None and p.dialect not in DIALECTS:
+        raise ValueError(f"{where}.dialect: unknown dialect {p.dialect!r} (expected one of {', '.join(sorted(DIALECTS))})")
+    if p.auth is not None and p.auth not in AUTH_STYLES:
+        raise ValueError(f"{where}.auth: unknown auth style {p.auth!r} (expected one of {', '.join(AUTH_STYLES)})")
+    if p.anthropic_beta not in BETA_POLICIES:
+        raise ValueError(f"{where}.anthropic_beta: expected one of {', '.join(BETA_POLICIES)}, got {p.anthropic_beta!r}")
+    if p.max_output_tokens is not None and p.max_output_tokens < 1:
+        raise ValueError(f"{where}.max_output_tokens: must be at least 1")
+
+
+def _check_routes(routes: Sequence[Route], providers: Dict[str, Provider], where: str) -> None:
+    for i, route in enumerate(routes):
+        label = route.origin or f"{where}[{i}]"
+        if not route.match or route.match != route.match.strip():
+            raise ValueError(f"{label}: a route needs a non-empty match pattern without surrounding blanks")
+        for target in (route.target, *route.fallbacks):
+            if target.provider not in providers:
+                known = ", ".join(sorted(providers)) or "none"
+                raise ValueError(f"{label}: unknown provider {target.provider!r} (configured: {known})")
+            if target.model is not None and not target.model.strip():
+                raise ValueError(f"{label}: the upstream model name is empty")
+        for earlier in routes[:i]:
+            if covers(earlier.match, route.match):
+                first = earlier.origin or f"{where}[{routes.index(earlier)}]"
+                raise ValueError(f"{label}: pattern {route.match!r} can never match: {first} "
+                                 f"({earlier.match!r}) takes every name it would")
+
+
+# --------------------------------------------------------------------------
+# The single-upstream shorthand.
+
+
+def _shorthand_provider(config: Config) -> Optional[Provider]:
+    if config.upstream is None and config.providers:
+        return None
+    api = config.shorthand_api
+    default_url = DEFAULT_MESSAGES_UPSTREAM if api == "messages" else DEFAULT_UPSTREAM
+    return Provider(
+        name=SHORTHAND_PROVIDER, url=config.upstream or default_url, api=api, dialect=config.provider,
+        token=config.token, key_source=config.key_source, headers=config.headers, auth=config.upstream_auth,
+        azure_api_version=config.azure_api_version,
+    )
+
+
+def _default_provider(config: Config) -> str:
+    """The provider the model flags target when only a config file names providers."""
+    for route in config.routes:
+        if route.match == "*":
+            return route.target.provider
+    return config.providers[0].name
+
+
+def _shorthand_routes(config: Config, provider: str) -> List[Route]:
+    routes = [Route(p, RouteTarget(provider, m), origin=f"--model-map {p}={m}") for p, m in config.model_map]
+    given = {f: getattr(config, f"{f}_model") for f in FAMILIES}
+    for family in FAMILIES:
+        if given[family]:
+            routes.append(Route(family, RouteTarget(provider, given[family]), origin=f"--{family}-model"))
+    if config.model:
+        routes.append(Route("*", RouteTarget(provider, config.model), origin="--model"))
+    elif any(given.values()):
+        for family in (f for f in FAMILIES if not given[f]):
+            other = next(o for o in _NEAREST[family] if given[o])
+            routes.append(Route(family, RouteTarget(provider, given[other]), origin=f"--{other}-model (no --{family}-model)"))
+    return routes
+
+
+def effective_providers_and_routes(config: Config) -> Tuple[Tuple[Provider, ...], Tuple[Route, ...]]:
+    """The providers and routes a config means, shorthand included, checked."""
+    shorthand = _shorthand_provider(config)
+    providers = list(config.providers) + ([shorthand] if shorthand else [])
+    by_name: Dict[str, Provider] = {}
+    for i, p in enumerate(providers):
+        where = "--upstream" if p is shorthand else f"providers.{p.name}" if p.name else f"providers[{i}]"
+        check_provider(p, where)
+        if p.name in by_name:
+            raise ValueError(f"{where}: two providers are named {p.name!r}")
+        by_name[p.name] = p
+    target = shorthand.name if shorthand else _default_provider(config)
+    flags = _shorthand_routes(config, target)
+    _check_routes(flags, by_name, "flags")
+    _check_routes(config.routes, by_name, "routes")
+    routes = flags + list(config.routes)
+    if shorthand is not None and not any(r.match == "*" for r in routes):
+        routes.append(Route("*", RouteTarget(shorthand.name, None), origin="--upstream (the client's model name)"))
+    return tuple(providers), tuple(routes)
+
+
+# --------------------------------------------------------------------------
+# The router.
+
+
+def _output_cap(*caps: Optional[int]) -> Optional[int]:
+    known = [c for c in caps if c]
+    return min(known) if known else None
+
+
+class Router:
+    """Resolves client model names to targets; built once per server by ``build_router``."""
+
+    def __init__(self, providers: Sequence[Provider], routes: Sequence[Route], max_output_tokens: Optional[int] = None):
+        self.providers = {p.name: p for p in providers}
+        self.routes = tuple(routes)
+        self.max_output_tokens = max_output_tokens
+        # Targets depend only on (provider, model); client names are unbounded, so the memo is capped.
+        self._targets: Dict[Tuple[str, str], Target] = {}
+
+    def resolve(self, client_model: str) -> Optional[Routed]:
+        """The first route matching ``client_model``, or None (the pipeline answers 404)."""
+        for route in self.routes:
+            if route_matches(route.match, client_model):
+                targets = tuple(self.target(t, client_model) for t in (route.target, *route.fallbacks))
+                return Routed(client_model, route, targets)
+        return None
+
+    def target(self, where: RouteTarget, client_model: str) -> Target:
+        model = where.model or client_model
+        key = (where.provider, model)
+        found = self._targets.get(key)
+        if found is None:
+            found = self._make_target(self.providers[where.provider], model)
+            if len(self._targets) >= _TARGET_CACHE_LIMIT:
+                self._targets.clear()
+            self._targets[key] = found
+        return found
+
+    def _make_target(self, provider: Provider, model: str) -> Target:
+        facts = builtin_facts(model)
+        for pattern, override in provider.models:
+            if fnmatch.fnmatchcase(model, pattern):
+                facts = facts.merged(override)
+                break
+        dialect = None
+        if provider.api == "chat":
+            dialect = dialect_for(provider.dialect or detect_provider(provider.url), model)
+        cap = _output_cap(facts.max_output, provider.max_output_tokens, self.max_output_tokens)
+        return Target(provider, model, facts, cap, dialect)
+
+    def passes_names_through(self) -> List[Provider]:
+        """Providers some route sends the client's own model name to (their model list is ours)."""
+        return list({r.target.provider: self.providers[r.target.provider] for r in self.routes
+                     if r.target.model is None}.values())
+
+    def served(self) -> List[Tuple[str, Target]]:
+        """(client-facing id, target) for every name a route serves by name, in route order.
+
+        Exact routes serve their name and family routes their alias; a route's
+        upstream model is listed too when asking for it by name reaches that model.
+        """
+        out: Dict[str, Target] = {}
+        for route in self.routes:
+            if pattern_kind(route.match) in ("exact", "family") and route.match not in out:
+                routed = self.resolve(route.match)
+                if routed is not None and routed.route is route:
+                    out[route.match] = routed.target
+            model = route.target.model
+            if model and model not in out:
+                routed = self.resolve(model)
+                if routed is not None and (routed.target.provider.name, routed.target.model) == (route.target.provider, model):
+                    out[model] = routed.target
+        return list(out.items())
+
+
+def build_router(config: Config) -> Router:
+    """The router for ``config``; raises ``ValueError`` naming the first bad setting."""
+    providers, routes = effective_providers_and_routes(config)
+    if config.max_output_tokens is not None and config.max_output_tokens < 1:
+        raise ValueError("--max-output-tokens: must be at least 1")
+    return Router(providers, routes, config.max_output_tokens)
+
+
+def provider_dialect(provider: Provider) -> str:
+    """The provider's dialect name, as configured or detected from its URL."""
+    return provider.dialect or detect_provider(provider.url)

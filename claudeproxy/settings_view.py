@@ -1,0 +1,87 @@
+"""``--print-config``: the effective configuration as JSON, keys masked, routes resolved. Pure.
+
+Shows what the flags, the file and the environment added up to, including what
+was worked out rather than given: each provider's dialect (from its URL) and
+auth style, each route's target with its model facts, and where a sample of
+Claude Code's model names would go.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from .config import Config, Provider, Route
+from .dialects import auth_style, detect_provider, forwards_betas
+from .redact import MASK, is_secret_header, redact_url
+from .routing import Router, Target, build_router
+
+# Names Claude Code sends (CLAUDE-CODE.md), across generations, to show where each goes.
+SAMPLE_MODELS = ("claude-opus-4-1", "claude-sonnet-4-5-20250929", "claude-haiku-4-5", "claude-3-5-haiku-latest",
+                 "claude-opus-5-5", "claude-haiku-5-5")
+_SETTINGS = ("host", "port", "proxy", "use_env_proxy", "ca_bundle", "allowed_hosts", "allowed_origins",
+             "connect_timeout", "idle_timeout", "request_timeout", "ping_interval", "finish_grace",
+             "shutdown_grace", "max_body_bytes", "max_line_bytes", "max_concurrency", "max_output_tokens",
+             "log_bodies")
+
+
+def _provider(p: Provider) -> Dict[str, Any]:
+    out: Dict[str, Any] = {"url": redact_url(p.url), "api": p.api}
+    if p.api == "chat":
+        out["dialect"] = p.dialect or f"{detect_provider(p.url)} (detected from the URL)"
+    out["auth"] = auth_style(p.api, p.url, p.dialect, p.auth) + ("" if p.auth else " (default)")
+    out["key"] = f"{MASK} (from {p.key_source})" if p.key_source else "none"
+    if p.api == "messages":
+        out["anthropic_beta"] = "forwarded" if forwards_betas(p.url, p.anthropic_beta) else "dropped"
+        if p.allowed_betas:
+            out["allowed_betas"] = list(p.allowed_betas)
+    if p.headers:
+        out["headers"] = {k: MASK if is_secret_header(k) else v for k, v in p.headers}
+    if p.max_output_tokens:
+        out["max_output_tokens"] = p.max_output_tokens
+    if p.models:
+        out["models"] = {name: facts.to_dict() for name, facts in p.models}
+    return out
+
+
+def _target(t: Target) -> Dict[str, Any]:
+    out: Dict[str, Any] = {"provider": t.provider.name, "api": t.api, "model": t.model}
+    if t.dialect is not None:
+        out["dialect"] = t.dialect.name
+    facts = t.facts.to_dict()
+    if facts:
+        out["facts"] = facts
+    if t.output_cap:
+        out["max_tokens_cap"] = t.output_cap
+    return out
+
+
+def _route(router: Router, route: Route) -> Dict[str, Any]:
+    out: Dict[str, Any] = {"match": route.match, "from": route.origin or "config"}
+    sample = route.match
+    target = router.target(route.target, sample)
+    out["target"] = _target(target) if route.target.model else {
+        "provider": target.provider.name, "api": target.api, "model": "(the client's model name)"}
+    if route.fallbacks:
+        out["fallbacks"] = [_target(router.target(f, sample)) for f in route.fallbacks]
+    return out
+
+
+def _where(router: Router, name: str) -> Optional[str]:
+    routed = router.resolve(name)
+    return routed.target.label if routed else None
+
+
+def describe_config(config: Config, config_file: Optional[str] = None) -> Dict[str, Any]:
+    router = build_router(config)
+    settings = {name: getattr(config, name) for name in _SETTINGS}
+    settings["proxy"] = redact_url(config.proxy) if config.proxy else None
+    settings["auth_key"] = MASK if config.auth_key else None
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+    return {
+        "config_file": config_file,
+        "providers": {p.name: _provider(p) for p in router.providers.values()},
+        "routes": [_route(router, r) for r in router.routes],
+        "examples": {name: _where(router, name) or "404: no route" for name in SAMPLE_MODELS},
+        "settings": settings,
+    }
+

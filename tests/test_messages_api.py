@@ -1,0 +1,474 @@
+"""The Messages API upstream (``--passthrough``) against a fake Anthropic-style server.
+
+The body is forwarded unchanged except for the model name (the route's upstream
+model) and a ``max_tokens`` over the model's cap; headers follow the provider's
+rules; answers come back with the client's model name; streams go through the
+one relay, so the faults measured in the old passthrough are gone: an error body
+echoing the key is redacted, a close after ``message_stop`` is the end (not a
+second end event), a short or oversized body is a 502 and not a 200 with broken
+JSON, ``--request-timeout`` holds. PROTOCOL.md 4.4, RELIABILITY.md 5 #3, issue 6.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Dict, List
+
+import pytest
+
+import claudeproxy
+from claudeproxy.config import Provider, Route, RouteTarget
+from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
+from fakes import Fault, Gate, Reply, Sleep, StreamClient, json_reply
+from sse_checks import assert_valid_event_sequence, final_message
+
+SHARED_SERVERS = True  # one fake upstream and its proxies serve the whole module (conftest)
+
+
+def anthropic_event(payload: Dict[str, Any]) -> bytes:
+    return f"event: {payload['type']}\ndata: {json.dumps(payload)}\n\n".encode("utf-8")
+
+
+MESSAGE_START = {"type": "message_start", "message": {
+    "id": "msg_01UP", "type": "message", "role": "assistant", "model": "upstream-model-x", "content": [],
+    "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 25, "output_tokens": 1,
+                                                          "cache_read_input_tokens": 7}}}
+HEAD_EVENTS = [
+    MESSAGE_START,
+    {"type": "ping"},
+    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}},
+]
+TAIL_EVENTS = [
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " there"}},
+    {"type": "content_block_stop", "index": 0},
+    {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+     "usage": {"output_tokens": 15}},
+    {"type": "message_stop"},
+]
+ANSWER = {"id": "msg_1", "type": "message", "role": "assistant", "model": "upstream-model-x",
+          "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn", "stop_sequence": None,
+          "usage": {"input_tokens": 12, "output_tokens": 3}}
+
+
+def sse(*steps: Any, chunked: bool = True) -> Reply:
+    return Reply(200, (("Content-Type", "text/event-stream"), ("request-id", "req_upstream1")), list(steps),
+                 chunked=chunked, close_delimited=not chunked)
+
+
+def events_bytes(events: List[Dict[str, Any]]) -> bytes:
+    return b"".join(anthropic_event(e) for e in events)
+
+
+_RECORDS: List[Any] = []  # the metrics sink of the module's passthrough proxy
+
+
+@pytest.fixture
+def records() -> List[Any]:
+    _RECORDS.clear()
+    return _RECORDS
+
+
+@pytest.fixture
+def through(make_proxy, records):
+    return make_proxy(passthrough=True, metrics_sink=_RECORDS.append)
+
+
+def post(server: Any, body: Any, path: str = "/v1/messages", headers: Any = None) -> Any:
+    hdrs = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
+    hdrs.update(headers or {})
+    return request(server.url, "POST", path, body, hdrs)
+
+
+def _wait_for(records: List[Any], timeout: float = 2.0) -> bool:
+    """The record is written after the last byte went out; give the handler a moment."""
+    end = time.monotonic() + timeout
+    while not records and time.monotonic() < end:
+        time.sleep(0.01)
+    return bool(records)
+
+
+# ---------------------------------------------------------------------------
+# Requests.
+
+
+def test_body_goes_through_unchanged_but_for_the_model(make_proxy, fake_upstream):
+    server = make_proxy(passthrough=True, model="upstream-model-x")
+    body = {"model": "claude-opus-4-1", "max_tokens": 5, "unknown_field": {"kept": True},
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "h\u00e9", "cache_control": {
+                "type": "ephemeral"}}]}], "thinking": {"type": "adaptive"}, "context_management": {"edits": []}}
+    fake_upstream.push(json_reply(ANSWER))
+    resp = post(server, body, path="/v1/messages?beta=true")
+    assert resp.status == 200, resp
+    sent = fake_upstream.last
+    assert sent.json == {**body, "model": "upstream-model-x"}  # every other field exactly as the client sent it
+    assert sent.path == "/v1/messages?beta=true"  # the base URL ends in /v1: not doubled
+    assert resp.json["model"] == "claude-opus-4-1"  # the client sees its own model name
+
+
+def test_max_tokens_is_capped_at_the_models_output_cap(make_proxy, fake_upstream):
+    from claudeproxy.model_facts import ModelFacts
+
+    provider = Provider("native", fake_upstream.url, api="messages", models=(("small-*", ModelFacts(max_output=4096)),))
+    server = make_proxy(providers=(provider,), routes=(Route("*", RouteTarget("native", "small-one")),), upstream=None)
+    fake_upstream.push(json_reply(ANSWER))
+    assert post(server, minimal_request(max_tokens=128000)).status == 200
+    assert fake_upstream.last.json["max_tokens"] == 4096
+
+
+@pytest.mark.parametrize("base,expected", [
+    ("", "/v1/messages?beta=true"),
+    ("/v1", "/v1/messages?beta=true"),
+    ("/v1/", "/v1/messages?beta=true"),
+    ("/v1/messages", "/v1/messages?beta=true"),
+    ("/anthropic", "/anthropic/v1/messages?beta=true"),
+])
+def test_upstream_path_joins_the_base_once(make_proxy, fake_upstream, base, expected):
+    server = make_proxy(passthrough=True, upstream=f"http://127.0.0.1:{fake_upstream.port}{base}")
+    fake_upstream.push(json_reply(ANSWER))
+    post(server, minimal_request(), path="/v1/messages?beta=true")
+    assert fake_upstream.last.path == expected
+
+
+def test_header_hygiene(through, fake_upstream):
+    fake_upstream.push(json_reply(ANSWER))
+    post(through, minimal_request(), headers={
+        "Connection": "keep-alive, X-Hop-Private", "X-Hop-Private": "secret-hop", "Keep-Alive": "timeout=5",
+        "TE": "trailers", "Proxy-Authorization": "Basic Zm9vOmJhcg==", "Accept-Encoding": "gzip, br",
+        "anthropic-beta": "prompt-caching-2024-07-31", "X-Custom": "not-forwarded", "Cookie": "s=1"})
+    got = fake_upstream.last.headers
+    for name in ("x-hop-private", "keep-alive", "te", "proxy-authorization", "x-custom", "cookie"):
+        assert name not in got, name
+    assert got.get("accept-encoding", "identity") == "identity"  # never a compressed body we would have to relay
+    assert got["anthropic-version"] == "2023-06-01"
+    # A local server is not Anthropic: betas it may not know are dropped by default.
+    assert "anthropic-beta" not in got
+    assert got["host"] == f"127.0.0.1:{fake_upstream.port}"
+
+
+def test_anthropic_version_defaults_and_odd_values_are_not_copied(through, fake_upstream):
+    fake_upstream.push(json_reply(ANSWER), json_reply(ANSWER))
+    request(through.url, "POST", "/v1/messages", minimal_request(), {"x-api-key": CLIENT_KEY})
+    assert fake_upstream.last.headers["anthropic-version"] == "2023-06-01"
+    post(through, minimal_request(), headers={"anthropic-version": "2023-06-01 <x>"})
+    assert fake_upstream.last.headers["anthropic-version"] == "2023-06-01"
+
+
+@pytest.mark.parametrize("policy,allowed,expected", [
+    ("forward", (), "claude-code-20250219,interleaved-thinking-2025-05-14"),
+    ("drop", (), None),
+    ("auto", ("interleaved-thinking-2025-05-14",), "interleaved-thinking-2025-05-14"),
+])
+def test_beta_policy_per_provider(make_proxy, fake_upstream, policy, allowed, expected):
+    provider = Provider("native", fake_upstream.url, api="messages", anthropic_beta=policy, allowed_betas=allowed)
+    server = make_proxy(providers=(provider,), routes=(Route("*", RouteTarget("native")),), upstream=None)
+    fake_upstream.push(json_reply(ANSWER))
+    post(server, minimal_request(), headers={"anthropic-beta": "claude-code-20250219, interleaved-thinking-2025-05-14"})
+    assert fake_upstream.last.headers.get("anthropic-beta") == expected
+
+
+def test_configured_key_goes_the_way_the_provider_wants(through, fake_upstream):
+    fake_upstream.push(json_reply(ANSWER))
+    post(through, minimal_request(), headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+    sent = fake_upstream.last
+    # Not Anthropic's own host: the Bearer form the native endpoints document (ANTHROPIC_AUTH_TOKEN).
+    assert [v for k, v in sent.raw_headers if k.lower() == "authorization"] == [f"Bearer {UPSTREAM_KEY}"]
+    assert "x-api-key" not in sent.headers
+    assert CLIENT_KEY not in repr(sent.raw_headers) + sent.body.decode("utf-8")
+
+
+def test_x_api_key_style_on_request(make_proxy, fake_upstream):
+    server = make_proxy(passthrough=True, upstream_auth="x-api-key")
+    fake_upstream.push(json_reply(ANSWER))
+    post(server, minimal_request())
+    sent = fake_upstream.last
+    assert [v for k, v in sent.raw_headers if k.lower() == "x-api-key"] == [UPSTREAM_KEY]
+    assert "authorization" not in sent.headers
+
+
+def test_client_key_is_forwarded_when_none_is_configured(make_proxy, fake_upstream):
+    server = make_proxy(passthrough=True, token=claudeproxy.static_token(""))
+    fake_upstream.push(json_reply(ANSWER))
+    post(server, minimal_request())
+    assert [v for k, v in fake_upstream.last.raw_headers if k.lower() == "x-api-key"] == [CLIENT_KEY]
+
+
+def test_the_proxys_own_client_key_is_never_forwarded(make_proxy, fake_upstream):
+    server = make_proxy(passthrough=True, token=claudeproxy.static_token(""), auth_key=CLIENT_KEY)
+    fake_upstream.push(json_reply(ANSWER))
+    assert post(server, minimal_request()).status == 200
+    assert CLIENT_KEY not in repr(fake_upstream.last.raw_headers)
+
+
+# ---------------------------------------------------------------------------
+# JSON answers and errors.
+
+
+def test_json_answer_is_relayed_with_usage_in_metrics(through, fake_upstream, records):
+    raw = json.dumps(ANSWER, indent=1).encode("utf-8")
+    fake_upstream.push(Reply(200, (("Content-Type", "application/json"),), [raw]))
+    resp = post(through, minimal_request(model="claude-haiku-4-5"))
+    assert resp.status == 200
+    assert resp.json == {**ANSWER, "model": "claude-haiku-4-5"}
+    assert _wait_for(records)
+    rec = records[-1]
+    assert (rec.input_tokens, rec.output_tokens, rec.stop_reason) == (12, 3, "end_turn")
+    assert (rec.model, rec.provider, rec.route) == ("claude-haiku-4-5", "upstream", "*")
+
+
+@pytest.mark.parametrize("status,ctype,body,error_type", [
+    (429, "application/json", b'{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}',
+     "rate_limit_error"),
+    (529, "application/json", b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}',
+     "overloaded_error"),
+    (400, "application/json", b'{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}',
+     "invalid_request_error"),
+    (500, "text/html", b"<html>upstream broke</html>", "api_error"),
+])
+def test_upstream_error_keeps_status_and_type(through, fake_upstream, records, status, ctype, body, error_type):
+    fake_upstream.push(Reply(status, (("Content-Type", ctype), ("retry-after", "7"), ("Keep-Alive", "timeout=5"),
+                                      ("Proxy-Authenticate", "Basic")), [body]))
+    resp = post(through, minimal_request(stream=True))
+    assert resp.status == status
+    assert resp.json["type"] == "error" and resp.json["error"]["type"] == error_type
+    if status == 429:
+        assert resp.headers["retry-after"] == "7"
+    assert "keep-alive" not in resp.headers and "proxy-authenticate" not in resp.headers
+    assert _wait_for(records) and records[-1].status == status and records[-1].error_type == error_type
+
+
+def test_prompt_too_long_stays_what_claude_code_compacts_on(through, fake_upstream):
+    body = {"type": "error", "error": {"type": "invalid_request_error",
+                                       "message": "prompt is too long: 208310 tokens > 200000 maximum"}}
+    fake_upstream.push(json_reply(body, status=400))
+    resp = post(through, minimal_request())
+    assert resp.status == 400 and resp.json["error"]["type"] == "invalid_request_error"
+    assert resp.json["error"]["message"].startswith("prompt is too long")
+
+
+def test_error_body_echoing_the_key_is_redacted(through, fake_upstream):
+    echo = {"type": "error", "error": {"type": "authentication_error",
+                                       "message": f"invalid x-api-key: {UPSTREAM_KEY}"}}
+    fake_upstream.push(json_reply(echo, status=401))
+    resp = post(through, minimal_request())
+    assert resp.status == 401 and resp.json["error"]["type"] == "authentication_error"
+    assert UPSTREAM_KEY not in resp.body.decode("utf-8")
+
+
+def test_error_inside_a_200_body_is_an_error(through, fake_upstream):
+    fake_upstream.push(json_reply({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}))
+    resp = post(through, minimal_request())
+    assert resp.status == 529 and resp.json["error"]["type"] == "overloaded_error"
+
+
+def test_short_body_is_a_502_not_a_broken_200(through, fake_upstream):
+    raw = json.dumps(ANSWER).encode("utf-8")
+    # Content-Length says more than comes: the connection drops after a body that parses.
+    fake_upstream.push(Reply(200, (("Content-Type", "application/json"), ("Content-Length", str(len(raw) + 50))),
+                             [raw, Fault("fin")], close_delimited=True))
+    resp = post(through, minimal_request())
+    assert resp.status == 502 and resp.json["error"]["type"] == "api_error", resp
+
+
+def test_body_over_the_limit_is_a_502(make_proxy, fake_upstream):
+    server = make_proxy(passthrough=True, max_body_bytes=4096)
+    big = {**ANSWER, "content": [{"type": "text", "text": "x" * 20000}]}
+    fake_upstream.push(json_reply(big))
+    resp = post(server, minimal_request())
+    assert resp.status == 502 and "larger than" in resp.json["error"]["message"]
+
+
+def test_not_a_message_is_a_502(through, fake_upstream):
+    fake_upstream.push(Reply(200, (("Content-Type", "application/json"),), [b"[1, 2, 3]"]))
+    assert post(through, minimal_request()).status == 502
+
+
+def test_request_timeout_holds_for_a_dripping_body(make_proxy, fake_upstream):
+    server = make_proxy(passthrough=True, request_timeout=0.6)
+    raw = json.dumps(ANSWER).encode("utf-8")
+    fake_upstream.push(Reply(200, (("Content-Type", "application/json"),), [raw[:10], Sleep(3), raw[10:]]))
+    started = time.monotonic()
+    resp = post(server, minimal_request())
+    assert resp.status == 504 and resp.json["error"]["type"] == "timeout_error", resp
+    assert time.monotonic() - started < 2.5
+
+
+def test_redirect_is_not_followed(through, fake_upstream):
+    fake_upstream.push(Reply(302, (("Location", "http://127.0.0.1:9/steal"),), [b""]))
+    resp = post(through, minimal_request())
+    assert resp.status == 502 and resp.json["error"]["type"] == "api_error"
+    assert len(fake_upstream.requests) == 1
+
+
+# ---------------------------------------------------------------------------
+# Streams.
+
+
+def test_stream_is_relayed_as_it_arrives(through, fake_upstream, records):
+    """Gate proof: the first text delta reaches the client while the upstream holds the rest."""
+    gate = Gate()
+    fake_upstream.push(sse(events_bytes(HEAD_EVENTS), gate, events_bytes(TAIL_EVENTS)))
+    before = request(through.url, "GET", "/metrics").json
+    body = minimal_request(stream=True, model="claude-sonnet-4-5")
+    with StreamClient(through.url, body, headers={"x-api-key": CLIENT_KEY}) as client:
+        assert client.status == 200 and client.headers["content-type"].startswith("text/event-stream")
+        assert client.headers["transfer-encoding"] == "chunked"
+        delta = client.read_until("content_block_delta", timeout=3)
+        assert delta["delta"]["text"] == "Hello" and not gate.event.is_set()
+        gate.release()
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    # Every event as the upstream sent it, but the model name is the client's.
+    start = {**MESSAGE_START, "message": {**MESSAGE_START["message"], "model": "claude-sonnet-4-5"}}
+    assert events == [start] + HEAD_EVENTS[1:] + TAIL_EVENTS
+    assert final_message(events)["content"] == [{"type": "text", "text": "Hello there"}]
+    assert _wait_for(records)
+    rec = records[-1]
+    assert (rec.input_tokens, rec.output_tokens, rec.cache_read_input_tokens) == (25, 15, 7)
+    assert rec.stop_reason == "end_turn" and rec.status == 200
+    after = request(through.url, "GET", "/metrics").json
+    assert after["output_tokens"] - before["output_tokens"] == 15
+    assert after["input_tokens"] - before["input_tokens"] == 25
+
+
+@pytest.mark.parametrize("fault", ["rst", "fin", "truncate"])
+def test_close_after_message_stop_is_the_end(through, fake_upstream, fault):
+    """A complete stream then a dropped connection: one end, never an error event after message_stop."""
+    fake_upstream.push(sse(events_bytes(HEAD_EVENTS + TAIL_EVENTS), Fault(fault)))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert [e["type"] for e in events][-2:] == ["message_delta", "message_stop"]
+    assert "error" not in [e["type"] for e in events]
+
+
+def test_close_delimited_complete_stream_ends_once(through, fake_upstream):
+    fake_upstream.push(sse(events_bytes(HEAD_EVENTS + TAIL_EVENTS), chunked=False))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert [e["type"] for e in events].count("message_stop") == 1
+
+
+def test_stream_cut_after_message_delta_is_finished(through, fake_upstream):
+    """Everything but message_stop arrived: the answer is whole, so the proxy ends it normally."""
+    fake_upstream.push(sse(events_bytes(HEAD_EVENTS + TAIL_EVENTS[:-1]), Fault("fin")))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert events[-1] == {"type": "message_stop"}
+
+
+@pytest.mark.parametrize("fault", ["rst", "fin", "truncate"])
+def test_broken_stream_ends_with_one_error_event(through, fake_upstream, records, fault):
+    fake_upstream.push(sse(events_bytes(HEAD_EVENTS), Fault(fault)))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events)
+    assert [e["type"] for e in events].count("error") == 1 and events[-1]["type"] == "error"
+    assert events[-1]["error"]["type"] == "api_error"
+    assert _wait_for(records) and records[-1].error_type == "api_error"
+
+
+def test_upstream_error_event_mid_stream_is_redacted_and_ends_it(through, fake_upstream):
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": f"busy for {UPSTREAM_KEY}"}}
+    fake_upstream.push(sse(events_bytes(HEAD_EVENTS), anthropic_event(error), events_bytes(TAIL_EVENTS)))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+        assert UPSTREAM_KEY.encode() not in client.body
+    assert_valid_event_sequence(events)
+    assert events[-1]["type"] == "error" and events[-1]["error"]["type"] == "overloaded_error"
+    assert "message_stop" not in [e["type"] for e in events]
+
+
+def test_upstream_error_event_first_is_a_plain_http_error(through, fake_upstream):
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    fake_upstream.push(sse(anthropic_event(error)))
+    resp = post(through, minimal_request(stream=True))
+    assert resp.status == 529 and resp.json["error"]["type"] == "overloaded_error"
+
+
+def test_idle_stream_times_out_with_an_error_event(make_proxy, fake_upstream):
+    server = make_proxy(passthrough=True, idle_timeout=0.5)
+    fake_upstream.push(sse(events_bytes(HEAD_EVENTS), Fault("hang")))
+    with StreamClient(server.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+    assert events[-1]["type"] == "error" and events[-1]["error"]["type"] == "timeout_error"
+    assert "0.5 s" in events[-1]["error"]["message"]
+
+
+def test_slow_first_byte_gets_pings_and_one_message_start(make_proxy, fake_upstream):
+    server = make_proxy(passthrough=True, ping_interval=0.2)
+    fake_upstream.push(sse(Sleep(0.7), events_bytes(HEAD_EVENTS + TAIL_EVENTS)))
+    with StreamClient(server.url, minimal_request(stream=True, model="claude-x"),
+                      headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    types = [e["type"] for e in events]
+    assert types.count("message_start") == 1 and "ping" in types[:3]
+    assert events[0]["message"]["model"] == "claude-x"
+    assert final_message(events)["content"] == [{"type": "text", "text": "Hello there"}]
+
+
+def test_json_answer_to_a_stream_request_becomes_a_stream(through, fake_upstream):
+    fake_upstream.push(json_reply(ANSWER))
+    with StreamClient(through.url, minimal_request(stream=True, model="claude-y"),
+                      headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    message = final_message(events)
+    assert message["content"] == [{"type": "text", "text": "hi"}] and message["model"] == "claude-y"
+
+
+def test_client_disconnect_frees_the_upstream(through, fake_upstream):
+    fake_upstream.push(sse(events_bytes(HEAD_EVENTS), Fault("hang")))
+    client = StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY})
+    client.read_until("content_block_delta", timeout=3)
+    closed = time.monotonic()
+    client.close()
+    upstream_closed = fake_upstream.wait_closed(3)
+    assert upstream_closed is not None and upstream_closed - closed <= 1.0
+
+
+# ---------------------------------------------------------------------------
+# count_tokens.
+
+
+def test_count_tokens_is_forwarded_with_the_upstream_model(make_proxy, fake_upstream):
+    server = make_proxy(passthrough=True, model="upstream-model-x")
+    fake_upstream.push(json_reply({"input_tokens": 42}))
+    resp = post(server, {"model": "claude-x", "messages": [{"role": "user", "content": "hi"}]},
+                path="/v1/messages/count_tokens")
+    assert resp.status == 200 and resp.json == {"input_tokens": 42}
+    assert fake_upstream.last.path == "/v1/messages/count_tokens"
+    assert fake_upstream.last.json["model"] == "upstream-model-x"
+
+
+@pytest.mark.parametrize("status", [404, 405])
+def test_count_tokens_falls_back_to_the_local_estimate(through, fake_upstream, status):
+    fake_upstream.push(json_reply({"type": "error", "error": {"type": "not_found_error", "message": "no"}},
+                                  status=status))
+    text = "count these words please " * 40
+    resp = post(through, {"model": "claude-x", "messages": [{"role": "user", "content": text}]},
+                path="/v1/messages/count_tokens")
+    assert resp.status == 200, resp
+    assert resp.json["input_tokens"] >= len(text) // 5
+
+
+# ---------------------------------------------------------------------------
+# No second relay: the messages API is one upstream API among three.
+
+
+def test_passthrough_has_no_module_of_its_own() -> None:
+    import importlib.util
+
+    assert importlib.util.find_spec("claudeproxy.passthrough") is None
+    assert importlib.util.find_spec("claudeproxy.streaming") is None
+
+
+def test_quota_probe_reaches_a_messages_upstream(through, fake_upstream):
+    """The quota probe is only answered locally where the proxy translates; a native upstream answers it."""
+    fake_upstream.push(json_reply(ANSWER))
+    assert post(through, minimal_request(max_tokens=1)).status == 200
+    assert len(fake_upstream.requests) == 1
