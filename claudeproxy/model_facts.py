@@ -55,8 +55,8 @@ Local servers
 -------------
 Windows for open-weight models are the native context length per the model card
 (as ``ollama show`` reports it). Ollama does not serve that window unless told
-to: its docs (docs/context-length.mdx, 2026) give a default ``num_ctx`` by VRAM of
-4k below 24 GiB, 32k for 24-48 GiB and 256k from 48 GiB (older releases: 4096,
+to: its docs (docs/context-length.mdx, ollama commit 948f693) give a default ``num_ctx`` of
+4k below 24 GiB of VRAM, 32k for 24-48 GiB and 256k from 48 GiB (older releases: 4096,
 before that 2048); ``OLLAMA_CONTEXT_LENGTH`` or a Modelfile ``num_ctx`` raises it.
 LM Studio and vLLM likewise serve the length they were loaded with.
 """
@@ -77,7 +77,7 @@ class ModelFacts:
     input_price: Optional[float] = None       # USD per 1M uncached input tokens
     output_price: Optional[float] = None      # USD per 1M output tokens
     cache_read_price: Optional[float] = None  # USD per 1M cached input tokens read
-    cache_write_price: Optional[float] = None  # USD per 1M tokens written to the cache (None: no such charge or unknown)
+    cache_write_price: Optional[float] = None  # USD per 1M tokens written to the cache (None: no charge/unknown)
     responses_only: bool = False              # OpenAI serves it only on /v1/responses
 
     def merged(self, override: "ModelFacts") -> "ModelFacts":
@@ -128,7 +128,8 @@ _OPENAI: Tuple[Tuple[str, ModelFacts], ...] = (
     ("gpt-4.1-mini", _F(1_047_576, 32_768, 0.40, 1.60, 0.10)),
     ("gpt-4.1-nano", _F(1_047_576, 32_768, 0.10, 0.40, 0.025)),
     ("o1", _F(200_000, 100_000, 15.00, 60.00, 7.50)),
-    ("o1-preview", _F(128_000, 32_768, 15.00, 60.00, 7.50)),
+    # Retired, and not o1: an empty row keeps o1-preview from taking o1's larger cap.
+    ("o1-preview", _F()),
     ("o1-mini", _F(None, None, 1.10, 4.40)),
     ("o1-pro", _F(200_000, 100_000, 150.00, 600.00, responses_only=True)),
     ("o3", _F(200_000, 100_000, 2.00, 8.00, 0.50)),
@@ -239,7 +240,8 @@ _MISTRAL: Tuple[Tuple[str, ModelFacts], ...] = (
 # --- Groq's hosted names. Source: console.groq.com/docs/models (context window, max completion
 # tokens; copies in phsang198/LLM_API_Using and braintrustdata/braintrust-proxy#925) and
 # groq.com/pricing as quoted by LiteLLM's groq/* rows and the aicost crate. Prices only on the
-# names no other host uses.
+# names no other host uses. Together serves moonshotai/Kimi-K2-Instruct under the same name and
+# so gets Groq's 16,384 cap: lower than it may allow, never higher.
 _GROQ: Tuple[Tuple[str, ModelFacts], ...] = (
     ("llama-3.3-70b-versatile", _F(131_072, 32_768, 0.59, 0.79)),
     ("llama-3.1-8b-instant", _F(131_072, 8_192, 0.05, 0.08)),
@@ -370,7 +372,10 @@ def _shortenings(base: str, tag_pieces: Sequence[str]) -> Iterator[str]:
 # Config overrides
 # ---------------------------------------------------------------------------------------------
 
-_INT_KEYS = {"context_window": "context_window", "max_output_tokens": "max_output", "max_output": "max_output"}
+# Config key -> field; max_output_tokens is the name the rest of the config uses.
+_INT_KEYS: Mapping[str, str] = types.MappingProxyType(
+    {"context_window": "context_window", "max_output_tokens": "max_output", "max_output": "max_output"}
+)
 _PRICE_KEYS = ("input_price", "output_price", "cache_read_price", "cache_write_price")
 _ALL_KEYS = tuple(_INT_KEYS) + _PRICE_KEYS + ("responses_only",)
 

@@ -159,6 +159,7 @@ def test_specificity_traps_carry_the_right_facts() -> None:
     "deepseek/deepseek-chat-v3-0324",
     "ft:gpt-4o-2024-08-06:my-org::abc123",  # a fine-tune bills its own rates
     "gpt-6.2-astra",
+    "o1-preview",                          # retired; must not take o1's 100000 cap
 ])
 def test_unknown_names_give_empty_facts(name: str) -> None:
     assert builtin_facts(name) == ModelFacts()
