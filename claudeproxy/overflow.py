@@ -89,6 +89,8 @@ _CONTEXT_RE = re.compile(
     re.IGNORECASE,
 )
 # Rate limits that talk about tokens ("Too many tokens, please wait", "tokens per min (TPM)").
+# A reverse proxy's HTML error page (nginx's 413) says it in its title.
+_TITLE_RE = re.compile(r"<title>\s*([^<]{1,200}?)\s*</title>", re.IGNORECASE)
 _NOT_OVERFLOW_RE = re.compile(r"rate.?limit|throttl|too many requests|per min(?:ute)?\b|\(TPM\)|please wait",
                               re.IGNORECASE)
 
@@ -144,11 +146,17 @@ def read_sizes(message: str, err: Optional[Mapping[str, Any]] = None) -> Sizes:
 
 
 def headroom(message: str) -> Optional[int]:
-    """Context window minus prompt, when the message names both exactly (the max_tokens retry)."""
+    """The output budget that fits, when the message tells: window minus an exactly
+    counted prompt; or half the window when the asked budget alone fills it (vLLM then
+    counts the prompt no further, so half is a guess that leaves the prompt room)."""
     sizes = read_sizes(message)
-    if sizes.prompt is None or sizes.limit is None:
+    if sizes.limit is None:
         return None
-    return sizes.limit - sizes.prompt
+    if sizes.prompt is not None:
+        return sizes.limit - sizes.prompt
+    if sizes.output is not None and sizes.output >= sizes.limit:
+        return sizes.limit // 2
+    return None
 
 
 def _fits(sizes: Sizes) -> bool:
@@ -189,6 +197,8 @@ def prompt_too_long(status: Optional[int], message: str, err: Optional[Mapping[s
     Without both counts it is ``prompt is too long: <upstream message>``; an
     Anthropic-native message that already says it passes through unchanged.
     """
+    title = _TITLE_RE.search(message) if message.startswith("<") else None
+    message = title.group(1) if title else message
     if message[: len(PHRASE)].lower() == PHRASE:
         return (PHRASE + message[len(PHRASE):])[:_MAX_MESSAGE]
     upstream = message if len(message) <= _MAX_UPSTREAM else message[: _MAX_UPSTREAM - 3] + "..."
