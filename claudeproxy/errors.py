@@ -12,6 +12,7 @@ import json
 import re
 from typing import Any, Dict, Optional, Tuple
 
+from .overflow import headroom, prompt_too_long, says_prompt_too_long
 from .redact import redact_text
 
 # Anthropic's error types by client status (PROTOCOL.md 4.2).
@@ -100,26 +101,42 @@ class ClientGone(Exception):
     """The client closed its connection; nothing more can be written."""
 
 
-_CONTEXT_RE = re.compile(
-    r"context[_ ]length|context window|maximum context|prompt is too long|too many tokens|"
-    r"reduce the length|input is too long|exceeds the (?:model's )?(?:context|maximum)|"
-    # llama.cpp ("exceeds the available context size", type exceed_context_size_error),
-    # GitHub Copilot ("prompt token count of N exceeds the limit of M", FIELD-NOTES 16).
-    r"available context size|exceed_context_size|maximum prompt length|"
-    r"prompt token count of \d+ exceeds|max_prompt_tokens",
-    re.IGNORECASE,
-)
 _HEADER_VALUE_RE = re.compile(r"^[\x20-\x7e]{1,128}$")
-_PROMPT_TOO_LONG = "prompt is too long"
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _unwrap(obj: Any) -> Any:
+    """The error body itself. Gemini wraps it in a one-element list; gateways relaying
+    an upstream's error (Ollama over llama.cpp, Gemini CLI's proxy) put its whole JSON
+    body, as a string, in ``error`` or ``error.message``."""
+    if isinstance(obj, list) and obj and isinstance(obj[0], dict):
+        obj = obj[0]
+    for _ in range(2):  # a relay of a relay at most
+        err = obj.get("error") if isinstance(obj, dict) else None
+        nested = err.get("message") if isinstance(err, dict) else err
+        inner = _loads(nested) if isinstance(nested, str) and nested.lstrip().startswith("{") else None
+        if not (isinstance(inner, dict) and "error" in inner):
+            break
+        obj = inner
+    return obj
 
 
 def _parse_body(body: bytes) -> Tuple[str, Any]:
     """(body text, its JSON value or None)."""
     text = body.decode("utf-8", errors="replace").strip()
-    try:
-        return text, json.loads(text)
-    except (ValueError, RecursionError):
-        return text, None
+    return text, _unwrap(_loads(text))
+
+
+def _error_dict(obj: Any) -> Dict[str, Any]:
+    """The object holding ``code``/``type`` (and llama.cpp's ``n_prompt_tokens``/``n_ctx``)."""
+    err = obj.get("error") if isinstance(obj, dict) else None
+    return err if isinstance(err, dict) else obj if isinstance(obj, dict) else {}
 
 
 def _error_message(text: str, obj: Any) -> str:
@@ -134,13 +151,6 @@ def _error_message(text: str, obj: Any) -> str:
     return text[:500]
 
 
-def _error_codes(obj: Any) -> str:
-    """The ``code``/``type`` strings of an error body; some say context_length_exceeded only there."""
-    err = obj.get("error") if isinstance(obj, dict) else None
-    source = err if isinstance(err, dict) else obj if isinstance(obj, dict) else {}
-    return " ".join(v for v in (source.get("code"), source.get("type")) if isinstance(v, str))
-
-
 def _retry_headers(headers: Any) -> Tuple[Tuple[str, str], ...]:
     out = []
     for name in ("retry-after", "retry-after-ms"):
@@ -150,14 +160,6 @@ def _retry_headers(headers: Any) -> Tuple[Tuple[str, str], ...]:
     return tuple(out)
 
 
-def _is_context_overflow(message: str, codes: str) -> bool:
-    """The prompt itself does not fit; a max_tokens refusal whose prompt fits is not this."""
-    if not (_CONTEXT_RE.search(message) or _CONTEXT_RE.search(codes)):
-        return False
-    headroom = _headroom(message)
-    return headroom is None or headroom <= 0
-
-
 def error_from_status(status: int, body: bytes, headers: Any = None, secrets: Tuple[str, ...] = ()) -> ProxyError:
     """The client-facing error for an upstream error status and body."""
     text, obj = _parse_body(body)
@@ -165,13 +167,18 @@ def error_from_status(status: int, body: bytes, headers: Any = None, secrets: Tu
     if not 400 <= status <= 599:
         # 1xx/3xx (redirects are never followed) or garbage: the upstream is broken.
         return UpstreamUnavailable(f"upstream {status}: {message}"[:1000])
-    if status in (400, 413, 422) and _is_context_overflow(message, _error_codes(obj)):
+    return _upstream_error(status, message, _error_dict(obj), headers)
+
+
+def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], headers: Any) -> ProxyError:
+    """``status`` is None for an error object that named no HTTP status."""
+    if says_prompt_too_long(status, message, err):
         # Claude Code compacts the conversation when it reads this (FIELD-NOTES 16).
-        text = message if message.lower().startswith(_PROMPT_TOO_LONG) else f"{_PROMPT_TOO_LONG}: {message}"
-        exc = UpstreamHTTPError(text, status=400)
+        exc = UpstreamHTTPError(prompt_too_long(status, message, err), status=400)
     else:
+        shown = status or 502
         exc = UpstreamHTTPError(
-            f"upstream {status}: {message}", status=status, error_type=error_type_for_status(status),
+            f"upstream {shown}: {message}", status=shown, error_type=error_type_for_status(shown),
             headers=_retry_headers(headers),
         )
     exc.upstream_message = message
@@ -179,31 +186,24 @@ def error_from_status(status: int, body: bytes, headers: Any = None, secrets: Tu
 
 
 def error_from_object(err: Dict[str, Any], secrets: Tuple[str, ...] = ()) -> ProxyError:
-    """An error object inside a 200 body or a stream (OpenRouter puts the HTTP code in ``code``)."""
+    """An error object inside a 200 body or a stream (OpenRouter puts the HTTP code in ``code``).
+
+    Also what a Responses ``error`` event or ``response.failed`` carries
+    (``{"code": "context_length_exceeded", "message": ...}``); a code that is
+    no HTTP status leaves the status to the message, else 502.
+    """
     code = err.get("code", err.get("status"))
     if isinstance(code, str) and code.isdigit():
         code = int(code)
-    status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else 502
-    return error_from_status(status, json.dumps({"error": err}).encode("utf-8"), None, secrets)
+    status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else None
+    obj = _unwrap({"error": err})
+    text = json.dumps(obj)
+    message = redact_text(_error_message(text, obj), secrets) or "(empty error object)"
+    return _upstream_error(status, message, _error_dict(obj), None)
 
 
 _NUMBER_RE = re.compile(r"\d+")
 _MAX_TOKENS_RE = re.compile(r"max_(?:completion_)?tokens|max tokens|completion tokens|output tokens", re.IGNORECASE)
-_HEADROOM_RES = (
-    # vLLM: "(128000 > 32768 - 500)" -> 32768 - 500
-    re.compile(r"\d+\s*>\s*(\d+)\s*-\s*(\d+)"),
-    # OpenAI-style context errors: "maximum context length is 32768 tokens ... (500 in the messages"
-    re.compile(r"maximum context length is (\d+).*?(\d+) in the messages", re.IGNORECASE | re.DOTALL),
-)
-
-
-def _headroom(message: str) -> Optional[int]:
-    """Context size minus prompt size, when the message names both (vLLM, old OpenAI form)."""
-    for pattern in _HEADROOM_RES:
-        match = pattern.search(message)
-        if match:
-            return int(match.group(1)) - int(match.group(2))
-    return None
 
 
 def max_tokens_limit(message: str, requested: int) -> Optional[int]:
@@ -211,13 +211,14 @@ def max_tokens_limit(message: str, requested: int) -> Optional[int]:
 
     Examples it reads: "supports at most 16384 completion tokens" (OpenAI),
     "valid range of max_tokens is [1, 8192]" (DeepSeek), "must be less than
-    or equal to `32768`" (Groq), "(128000 > 32768 - 500)" (vLLM). None when
-    the message is about something else (a prompt that does not fit, say)
-    or names no smaller number.
+    or equal to `32768`" (Groq), "(128000 > 32768 - 500)" (vLLM), "(500 in
+    the messages, 32500 in the completion)" (OpenAI), "(10535 of text input,
+    131072 in the output)" (OpenRouter). None when the message is about
+    something else (a prompt that does not fit, say) or names no smaller number.
     """
-    headroom = _headroom(message)
-    if headroom is not None:
-        return headroom if 0 < headroom < requested else None
+    room = headroom(message)
+    if room is not None:
+        return room if 0 < room < requested else None
     # Only a message about the output limit may lend its numbers: a prompt-overflow
     # message names token counts too, and learning one of those as a cap is wrong.
     if not _MAX_TOKENS_RE.search(message):

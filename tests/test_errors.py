@@ -52,7 +52,6 @@ def _headers(**values: str) -> email.message.Message:
         (405, 405, "invalid_request_error"),
         (408, 408, "timeout_error"),
         (409, 409, "invalid_request_error"),
-        (413, 413, "request_too_large"),
         (418, 418, "invalid_request_error"),
         (422, 422, "invalid_request_error"),
         (429, 429, "rate_limit_error"),
@@ -80,6 +79,15 @@ def test_status_table(upstream: int, status: int, error_type: str) -> None:
     assert isinstance(exc, ProxyError)
     assert (exc.status, exc.error_type) == (status, error_type)
     assert exc.message == f"upstream {upstream}: boom"
+
+
+def test_upstream_413_of_any_kind_becomes_prompt_is_too_long() -> None:
+    """An upstream 413 means the request is too big: Claude Code only recovers (compacts) on a 400
+    "prompt is too long" (FIELD-NOTES 16); a 413 request_too_large just ends the turn."""
+    exc = error_from_status(413, _body("boom"))
+    assert (exc.status, exc.error_type) == (400, "invalid_request_error")
+    assert exc.message == "prompt is too long: boom"
+    assert error_type_for_status(413) == "request_too_large"  # our own 413s (F6) keep their type
 
 
 def test_error_type_for_status_covers_anthropic_types() -> None:

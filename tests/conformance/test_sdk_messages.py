@@ -207,7 +207,6 @@ ERROR_CASES = [
     (402, "PaymentRequiredError", "billing_error"),
     (403, "PermissionDeniedError", "permission_error"),
     (404, "NotFoundError", "not_found_error"),
-    (413, "ContentTooLargeError", "request_too_large"),
     (422, "UnprocessableEntityError", "invalid_request_error"),
     (429, "RateLimitError", "rate_limit_error"),
     (500, "InternalServerError", "api_error"),
@@ -238,6 +237,19 @@ def test_upstream_status_raises_matching_sdk_error(client: Any, fake_upstream: A
     check_error(info.value, cls_name, status, kind)
     assert f"upstream says {status}" in info.value.message
     assert UPSTREAM_KEY not in info.value.message
+
+
+@pytest.mark.parametrize("status", [400, 413])
+def test_upstream_context_overflow_is_a_bad_request_saying_prompt_is_too_long(client: Any, fake_upstream: Any,
+                                                                              status: int) -> None:
+    """FIELD-NOTES 16: what Claude Code compacts on is a BadRequestError whose message begins so."""
+    message = ("This model's maximum context length is 128000 tokens. However, your messages resulted in "
+               "130532 tokens. Please reduce the length of the messages.")
+    fake_upstream.push(json_reply(error_body(message, code="context_length_exceeded"), status=status))
+    with pytest.raises(anthropic.BadRequestError) as info:
+        create(client)
+    check_error(info.value, "BadRequestError", 400, "invalid_request_error")
+    assert info.value.body["error"]["message"].startswith("prompt is too long: 130532 tokens > 128000 maximum")
 
 
 def test_error_object_in_a_200_body(client: Any, fake_upstream: Any) -> None:

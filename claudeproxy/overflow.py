@@ -1,0 +1,210 @@
+"""Whether an upstream error means "the prompt does not fit", and the sizes it names.
+
+No I/O. Claude Code compacts the conversation only when a 400
+``invalid_request_error`` begins ``prompt is too long``; it reads the sizes
+with ``/prompt is too long[^0-9]*(\\d+)\\s*tokens?\\s*>\\s*(\\d+)/i``
+(``parsePromptTooLongTokenCounts`` in its ``services/api/errors.ts``), the
+form the Anthropic API itself uses: ``prompt is too long: 208310 tokens >
+200000 maximum``. Every other upstream says it in its own words; this module
+knows those words and says it Anthropic's way. A real body for each wording,
+with its source, is in ``tests/fixtures/errors/context_overflow/``.
+
+A refusal whose prompt fits and whose *output* budget overflows the window is
+not this: retrying with a smaller ``max_tokens`` helps there, compacting does
+not (OpenHands#9937 compacted in a loop on exactly that), so ``headroom``
+feeds the ``max_tokens`` retry instead.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, NamedTuple, Optional, Pattern
+
+PHRASE = "prompt is too long"
+_MAX_MESSAGE = 1000  # the whole client message
+_MAX_UPSTREAM = 800  # the upstream's own words inside it
+_NUM = r"\d{1,3}(?:,\d{3})+|\d+"  # DS4 writes "300,000 tokens"
+
+
+class Sizes(NamedTuple):
+    """Token counts an error names; ``prompt`` only when the upstream counted it exactly."""
+
+    prompt: Optional[int] = None
+    limit: Optional[int] = None  # the context window (or input cap)
+    output: Optional[int] = None  # the output budget the request asked for, when named
+
+
+def _rx(pattern: str) -> Pattern[str]:
+    """``<P>``, ``<L>``, ``<O>`` name the prompt, limit and output counts; ``<N>`` is any count."""
+    for mark, name in (("<P>", "p"), ("<L>", "l"), ("<O>", "o")):
+        pattern = pattern.replace(mark, f"(?P<{name}>{_NUM})")
+    return re.compile(pattern.replace("<N>", f"(?:{_NUM})"), re.IGNORECASE | re.DOTALL)
+
+
+# Wordings that name the prompt size exactly.
+_EXACT = tuple(_rx(p) for p in (
+    r"prompt is too long:?\s*<P>\s*tokens?\s*>\s*<L>",  # Anthropic
+    r"maximum context length is <L> tokens\. However, your messages resulted in <P> tokens",  # OpenAI, Azure
+    r"configured limit of <L> tokens\. Your messages resulted in <P> tokens",  # Azure, gpt-5 family
+    r"maximum context length is <L> tokens\. However, your request has <P> input tokens",  # vLLM 0.10-0.17
+    r"\(\s*<O>\s*>\s*<L>\s*-\s*<P>\s*\)",  # vLLM 0.10-0.17 max_tokens refusal: "(1000 > 32768 - 32000)"
+    r"prompt (?:\(length |length of )<P>\)? is longer than the maximum model length of <L>",  # vLLM engine
+    r"prompt \(total length <P>\) is too long to fit into the model \(context length <L>\)",  # vLLM engine
+    r"input token count \(<P>\) exceeds the maximum number of tokens allowed \(<L>\)",  # Gemini
+    r"prompt contains <P> tokens.*?too large for model with <L> maximum context length",  # Mistral
+    r"prompt token count of <P> exceeds the limit of <L>",  # GitHub Copilot
+    r"request \(<P> tokens\) exceeds (?:the available )?context size \(<L> tokens\)",  # llama.cpp
+    r"prompt tokens \(<P>\) exceeds context size \(<L>\)",  # ds4
+    r"prompt has <P> tokens, but the configured context size is <L> tokens",  # ds4
+    r"maximum prompt length is <L> but the request contains <P> tokens",  # xAI
+    r"input \(<P> tokens\) is longer than the model'?s context length \(<L> tokens\)",  # Together
+    r"input length \(?<P>\)? exceeds (?:the )?(?:model'?s )?maximum "
+    r"(?:context length|allowed input length of) \(?<L>",  # LiteLLM, OpenRouter (Poolside)
+    r"exceed context limit: <P> \+ <O> > <L>",  # Anthropic: input length and `max_tokens` ...
+))
+# vLLM >= 0.18 counts the prompt only up to the window and says "at least": no exact prompt size.
+_LOOSE = tuple(_rx(p) for p in (
+    r"maximum context length is <L> tokens\. However, you requested <O> output tokens",
+    r"you passed <N> input (?:tokens|characters) and requested <O> output tokens\. "
+    r"However, the model'?s context length is only <L> tokens",
+))
+# OpenAI, DeepSeek, vLLM <= 0.9, OpenRouter: "... you requested [about] T tokens (<parts>)".
+_TOTAL_RE = _rx(r"maximum context length is <L> tokens[.,]? however,? you requested (?:about )?<N> tokens "
+                r"\((?P<parts>[^)]*)\)")
+_PART_RE = _rx(r"(<N>) (in the messages|in the functions|in your prompt|of [a-z ]*input|"
+               r"in the completion|for the completion|in the output)")
+
+# A structured code or type that says it outright (OpenAI/Azure/Groq/Responses, llama.cpp, Copilot, ds4).
+_CODE_RE = re.compile(
+    r"context_length_exceeded|exceed_context_size|context_window_exceeded|"
+    r"model_max_prompt_tokens_exceeded|\bcontext_exceeded\b",
+    re.IGNORECASE,
+)
+# The words, for bodies whose code says nothing (DeepSeek answers code "invalid_request_error").
+_CONTEXT_RE = re.compile(
+    r"prompt is too long|prompt too long|context[_ ]length|context window|context size|maximum context|"
+    r"maximum prompt length|maximum model length|input is too long|too many tokens|reduce the length|"
+    r"exceeds the (?:model's )?(?:context|maximum)|prompt token count of \d+ exceeds|max_prompt_tokens|"
+    r"model token limit|range of input length|too large for model with|exceed_context_size",
+    re.IGNORECASE,
+)
+# Rate limits that talk about tokens ("Too many tokens, please wait", "tokens per min (TPM)").
+# A reverse proxy's HTML error page (nginx's 413) says it in its title.
+_TITLE_RE = re.compile(r"<title>\s*([^<]{1,200}?)\s*</title>", re.IGNORECASE)
+_NOT_OVERFLOW_RE = re.compile(r"rate.?limit|throttl|too many requests|per min(?:ute)?\b|\(TPM\)|please wait",
+                              re.IGNORECASE)
+
+
+def _num(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def _group(match: Any, name: str) -> Optional[int]:
+    value = match.groupdict().get(name)
+    return _num(value) if value is not None else None
+
+
+def _field(err: Mapping[str, Any], name: str) -> Optional[int]:
+    value = err.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _from_total(message: str) -> Optional[Sizes]:
+    """The parenthesised breakdown: messages + functions (+ text input) are the prompt."""
+    match = _TOTAL_RE.search(message)
+    if match is None:
+        return None
+    prompt = output = 0
+    for part in _PART_RE.finditer(match.group("parts")):
+        count, where = _num(part.group(1)), part.group(2).lower()
+        if "completion" in where or "output" in where:
+            output += count
+        else:
+            prompt += count
+    return Sizes(prompt or None, _group(match, "l"), output)
+
+
+def read_sizes(message: str, err: Optional[Mapping[str, Any]] = None) -> Sizes:
+    """The sizes an upstream error names; fields left None that it does not name."""
+    err = err or {}
+    # llama.cpp and ds4 put both numbers in fields next to the message.
+    prompt, limit = _field(err, "n_prompt_tokens"), _field(err, "n_ctx")
+    if prompt is not None and limit is not None:
+        return Sizes(prompt, limit)
+    total = _from_total(message)
+    if total is not None:
+        return total
+    for pattern in _EXACT:
+        match = pattern.search(message)
+        if match:
+            return Sizes(_group(match, "p"), _group(match, "l"), _group(match, "o"))
+    for pattern in _LOOSE:
+        match = pattern.search(message)
+        if match:
+            return Sizes(None, _group(match, "l"), _group(match, "o"))
+    return Sizes()
+
+
+def headroom(message: str) -> Optional[int]:
+    """The output budget that fits, when the message tells: window minus an exactly
+    counted prompt; or half the window when the asked budget alone fills it (vLLM then
+    counts the prompt no further, so half is a guess that leaves the prompt room)."""
+    sizes = read_sizes(message)
+    if sizes.limit is None:
+        return None
+    if sizes.prompt is not None:
+        return sizes.limit - sizes.prompt
+    if sizes.output is not None and sizes.output >= sizes.limit:
+        return sizes.limit // 2
+    return None
+
+
+def _fits(sizes: Sizes) -> bool:
+    """The prompt is not what overflows: it fits, or the output budget alone fills the window."""
+    if sizes.limit is None:
+        return False
+    if sizes.prompt is not None and sizes.prompt < sizes.limit:
+        return True
+    return sizes.output is not None and sizes.output >= sizes.limit
+
+
+def _codes(err: Mapping[str, Any]) -> str:
+    return " ".join(v for v in (err.get("code"), err.get("type")) if isinstance(v, str))
+
+
+def says_prompt_too_long(status: Optional[int], message: str, err: Optional[Mapping[str, Any]] = None) -> bool:
+    """Does this upstream error mean the prompt does not fit?
+
+    ``status`` is the upstream's HTTP status, or None for an error object in a
+    200 body or a stream that names none. A 413 always does: the request body
+    is too big, and a shorter conversation is the way out.
+    """
+    err = err or {}
+    if status == 413:
+        return True
+    if _fits(read_sizes(message, err)):
+        return False  # a max_tokens problem: the caller retries with a smaller budget
+    if _CODE_RE.search(_codes(err)):
+        return status != 429
+    if status not in (None, 400, 422) or _NOT_OVERFLOW_RE.search(message):
+        return False
+    return bool(_CONTEXT_RE.search(message))
+
+
+def prompt_too_long(status: Optional[int], message: str, err: Optional[Mapping[str, Any]] = None) -> str:
+    """The client message: ``prompt is too long: N tokens > M maximum (upstream S: ...)``.
+
+    Without both counts it is ``prompt is too long: <upstream message>``; an
+    Anthropic-native message that already says it passes through unchanged.
+    """
+    title = _TITLE_RE.search(message) if message.startswith("<") else None
+    message = title.group(1) if title else message
+    if message[: len(PHRASE)].lower() == PHRASE:
+        return (PHRASE + message[len(PHRASE):])[:_MAX_MESSAGE]
+    upstream = message if len(message) <= _MAX_UPSTREAM else message[: _MAX_UPSTREAM - 3] + "..."
+    sizes = read_sizes(message, err)
+    if sizes.prompt is None or sizes.limit is None or sizes.prompt < sizes.limit:
+        return f"{PHRASE}: {upstream}"
+    where = f"upstream {status}" if status else "upstream"
+    return f"{PHRASE}: {sizes.prompt} tokens > {sizes.limit} maximum ({where}: {upstream})"
+

@@ -1,0 +1,267 @@
+"""Every upstream way of saying "the prompt is too long" reaches Claude Code as its own (FIELD-NOTES 16).
+
+Claude Code compacts the conversation on a 400 ``invalid_request_error``
+whose message begins ``prompt is too long``, and reads the sizes with the
+regex below (its ``parsePromptTooLongTokenCounts``). The fixtures in
+``fixtures/errors/context_overflow/`` are real upstream bodies, each naming
+its source; ``expect`` says what Claude Code must read from our answer.
+Refusals whose prompt fits (the output budget overflows) must stay what they
+are, so the max_tokens retry can fix them instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+
+from conftest import CLIENT_KEY, FIXTURES, UPSTREAM_KEY, load_json, minimal_request, request
+from fakes import Reply, StreamClient, chunk, completion, json_reply, sse_reply
+from sse_checks import assert_valid_event_sequence
+
+from claudeproxy.errors import ProxyError, error_from_object, error_from_status, max_tokens_limit
+
+SHARED_SERVERS = True  # one fake upstream and its proxies serve the whole module (conftest)
+
+HEADERS = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
+DIR = os.path.join(FIXTURES, "errors", "context_overflow")
+NAMES = sorted(name[: -len(".json")] for name in os.listdir(DIR) if name.endswith(".json"))
+# Claude Code's parser, services/api/errors.ts parsePromptTooLongTokenCounts.
+CLAUDE_CODE_RE = re.compile(r"prompt is too long[^0-9]*(\d+)\s*tokens?\s*>\s*(\d+)", re.IGNORECASE)
+
+
+def fixture(name: str) -> Dict[str, Any]:
+    return load_json("errors", "context_overflow", name + ".json")
+
+
+def body_bytes(fx: Dict[str, Any]) -> bytes:
+    body = fx["body"]
+    return body.encode("utf-8") if isinstance(body, str) else json.dumps(body).encode("utf-8")
+
+
+def error_object(fx: Dict[str, Any]) -> Dict[str, Any]:
+    obj = fx["body"]
+    for key in fx.get("error_at", ["error"]):
+        obj = obj[key]
+    return obj
+
+
+def translate(fx: Dict[str, Any]) -> ProxyError:
+    """An HTTP error status goes through error_from_status, an in-band error object (200) through error_from_object."""
+    if fx["status"] == 200:
+        return error_from_object(error_object(fx), (UPSTREAM_KEY,))
+    return error_from_status(fx["status"], body_bytes(fx), None, (UPSTREAM_KEY,))
+
+
+def sizes_read_by_claude_code(message: str) -> Tuple[Optional[int], Optional[int]]:
+    match = CLAUDE_CODE_RE.search(message)
+    return (int(match.group(1)), int(match.group(2))) if match else (None, None)
+
+
+def assert_prompt_too_long(message: str, expect: Dict[str, Any]) -> None:
+    assert message.startswith("prompt is too long"), message
+    assert message.lower().count("prompt is too long") == 1, message
+    assert len(message) <= 1000
+    prompt, limit = expect["prompt_tokens"], expect["limit"]
+    assert sizes_read_by_claude_code(message) == (prompt, limit), message
+    if prompt is not None:
+        assert message.startswith(f"prompt is too long: {prompt} tokens > {limit} maximum"), message
+
+
+def positives(streamable_only: bool = False) -> List[str]:
+    out = []
+    for name in NAMES:
+        fx = fixture(name)
+        if not fx["expect"]["prompt_too_long"]:
+            continue
+        if streamable_only and not (fx["status"] == 200 and fx.get("error_at", ["error"]) == ["error"]):
+            continue
+        if not streamable_only and fx["status"] == 200:
+            continue
+        out.append(name)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The fixture table, through error_from_status / error_from_object.
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fixture(name: str) -> None:
+    fx = fixture(name)
+    assert fx["source"].strip(), "every fixture names where its body comes from"
+    expect = fx["expect"]
+    exc = translate(fx)
+    assert (exc.status, exc.error_type) == (expect["status"], expect["type"]), exc.message
+    if expect["prompt_too_long"]:
+        assert_prompt_too_long(exc.message, expect)
+    else:
+        assert "prompt is too long" not in exc.message.lower(), exc.message
+    if "max_tokens" in expect:
+        # A refusal whose prompt fits is the max_tokens retry's: it must name the right budget.
+        wanted = expect["max_tokens"]
+        assert max_tokens_limit(exc.upstream_message, wanted["requested"]) == wanted["limit"]
+
+
+def test_the_fixtures_cover_every_provider_the_issue_names() -> None:
+    covered = {name.split("-")[0] for name in NAMES if fixture(name)["expect"]["prompt_too_long"]}
+    wanted = {"openai", "azure", "deepseek", "gemini", "mistral", "groq", "openrouter", "vllm", "llamacpp",
+              "ollama", "lmstudio", "copilot", "anthropic", "http"}
+    assert wanted <= covered, wanted - covered
+    assert any(fixture(n)["status"] == 413 for n in positives())
+    assert any(not fixture(n)["expect"]["prompt_too_long"] for n in NAMES)
+
+
+# ---------------------------------------------------------------------------
+# The message, exactly.
+
+
+def test_sizes_lead_then_the_upstream_words() -> None:
+    exc = translate(fixture("openai-chat-messages-resulted"))
+    assert exc.message == (
+        "prompt is too long: 8227 tokens > 8192 maximum (upstream 400: This model's maximum context length is "
+        "8192 tokens. However, your messages resulted in 8227 tokens. Please reduce the length of the messages.)")
+
+
+def test_without_sizes_the_upstream_words_follow_the_phrase() -> None:
+    exc = translate(fixture("openai-responses-response-failed"))
+    assert exc.message == ("prompt is too long: Your input exceeds the context window of this model. "
+                           "Please adjust your input and try again.")
+    assert (exc.status, exc.error_type) == (400, "invalid_request_error")
+
+
+def test_anthropic_message_passes_through_unchanged() -> None:
+    assert translate(fixture("anthropic-prompt-is-too-long")).message == "prompt is too long: 210118 tokens > 200000 maximum"
+
+
+def test_in_band_error_without_a_status_says_upstream() -> None:
+    exc = error_from_object({"message": "prompt token count of 74490 exceeds the limit of 72000",
+                             "code": "model_max_prompt_tokens_exceeded"})
+    assert exc.message == ("prompt is too long: 74490 tokens > 72000 maximum "
+                           "(upstream: prompt token count of 74490 exceeds the limit of 72000)")
+
+
+def test_capitalised_phrase_is_normalised() -> None:
+    exc = error_from_status(400, b'{"error": {"message": "Prompt is too long: 250000 tokens > 200000 maximum"}}')
+    assert exc.message == "prompt is too long: 250000 tokens > 200000 maximum"
+
+
+def test_thousands_separators_are_read() -> None:
+    body = b'{"error": {"message": "Prompt has 300,000 tokens, but the configured context size is 131,072 tokens"}}'
+    assert error_from_status(400, body).message.startswith("prompt is too long: 300000 tokens > 131072 maximum (")
+
+
+def test_secrets_are_redacted_from_overflow_messages() -> None:
+    body = json.dumps({"error": {"message": f"key {UPSTREAM_KEY}: This model's maximum context length is 8192 "
+                                            "tokens. However, your messages resulted in 9000 tokens.",
+                                 "code": "context_length_exceeded"}}).encode("utf-8")
+    exc = error_from_status(400, body, secrets=(UPSTREAM_KEY,))
+    assert exc.message.startswith("prompt is too long: 9000 tokens > 8192 maximum")
+    assert UPSTREAM_KEY not in exc.message and UPSTREAM_KEY not in exc.upstream_message
+    exc = error_from_object({"message": f"context_length_exceeded for Bearer {UPSTREAM_KEY}"}, (UPSTREAM_KEY,))
+    assert exc.message.startswith("prompt is too long") and UPSTREAM_KEY not in exc.message
+
+
+@pytest.mark.parametrize("status", [400, 413])
+def test_message_is_bounded(status: int) -> None:
+    huge = "The input token count (2000000) exceeds the maximum number of tokens allowed (1048576). " + "x" * 5000
+    exc = error_from_status(status, json.dumps({"error": {"message": huge}}).encode("utf-8"))
+    assert exc.message.startswith("prompt is too long: 2000000 tokens > 1048576 maximum (upstream ")
+    assert len(exc.message) <= 1000
+    html = b"<html><body>" + b"413 Request Entity Too Large " * 400 + b"</body></html>"
+    assert len(error_from_status(413, html).message) <= 1000
+
+
+def test_an_html_error_page_is_reduced_to_its_title() -> None:
+    fx = fixture("http-413-nginx")
+    assert translate(fx).message == "prompt is too long: 413 Request Entity Too Large"
+
+
+def test_a_server_error_that_only_mentions_the_window_stays_a_server_error() -> None:
+    exc = error_from_status(500, b'{"error": {"message": "maximum context length exceeded in the router"}}')
+    assert (exc.status, exc.error_type) == (500, "api_error")
+    assert not exc.message.startswith("prompt is too long")
+
+
+# ---------------------------------------------------------------------------
+# Through the real server: non-stream and stream, HTTP status and in-band.
+
+
+def send(proxy: Any, stream: bool, **overrides: Any) -> Any:
+    return request(proxy.url, "POST", "/v1/messages", minimal_request(stream=stream, **overrides), HEADERS, timeout=8)
+
+
+def http_reply(fx: Dict[str, Any]) -> Reply:
+    ctype = "text/html" if isinstance(fx["body"], str) else "application/json"
+    return Reply(fx["status"], (("Content-Type", ctype),), [body_bytes(fx)])
+
+
+def assert_plain_prompt_too_long(resp: Any, expect: Dict[str, Any]) -> str:
+    assert resp.status == 400, resp
+    assert resp.headers["content-type"].startswith("application/json"), resp.headers
+    assert b"event:" not in resp.body
+    body = resp.json
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error", body
+    assert body["request_id"] == resp.headers["request-id"]
+    assert_prompt_too_long(body["error"]["message"], expect)
+    return str(body["error"]["message"])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("name", positives())
+def test_upstream_error_status_reaches_the_client_as_prompt_too_long(proxy, fake_upstream, name, stream):
+    """Non-stream, and a stream whose upstream answered an error status: a plain HTTP 400, no SSE."""
+    fx = fixture(name)
+    fake_upstream.push(http_reply(fx))
+    resp = send(proxy, stream)
+    assert_plain_prompt_too_long(resp, fx["expect"])
+    assert len(fake_upstream.requests) == 1  # an overflow is never retried
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("name", positives(streamable_only=True))
+def test_error_object_as_the_first_event_is_a_plain_400(proxy, fake_upstream, name, stream):
+    """In a 200 JSON body, or as the first SSE event: nothing was sent yet, so a plain HTTP error."""
+    fx = fixture(name)
+    fake_upstream.push(sse_reply(fx["body"]) if stream else json_reply(fx["body"]))
+    assert_plain_prompt_too_long(send(proxy, stream), fx["expect"])
+
+
+def test_plain_text_error_event_is_read_too(proxy, fake_upstream):
+    """``event: error`` with a text payload (PROTOCOL.md 3.4 step 1), here Ollama's words."""
+    fake_upstream.push(sse_reply("event: error\ndata: prompt too long; exceeded max context length by 4 tokens\n\n",
+                                 done=False))
+    message = assert_plain_prompt_too_long(send(proxy, True), {"prompt_tokens": None, "limit": None})
+    assert message == "prompt is too long: prompt too long; exceeded max context length by 4 tokens"
+
+
+def test_error_object_after_text_is_one_error_event(proxy, fake_upstream):
+    fx = fixture("llamacpp-in-stream")
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": ""}), chunk({"content": "Partial answer"}),
+                                 fx["body"]))
+    with StreamClient(proxy.url, minimal_request(stream=True), headers=HEADERS, timeout=8) as client:
+        assert client.status == 200
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events)
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "message_start" and "content_block_delta" in kinds
+    assert kinds[-1] == "error" and kinds.count("error") == 1, kinds
+    assert "message_stop" not in kinds, kinds
+    assert events[-1]["error"]["type"] == "invalid_request_error"
+    assert_prompt_too_long(events[-1]["error"]["message"], fx["expect"])
+
+
+@pytest.mark.parametrize("name, requested, retried", [
+    ("vllm-max-tokens-too-large-not-overflow", 8000, 1318),
+    ("openai-completion-overflows-not-overflow", 8192, 8128),
+])
+def test_output_budget_overflow_is_retried_not_compacted(proxy, fake_upstream, name, requested, retried):
+    """The prompt fits; the budget does not: a smaller max_tokens answers it, compaction would loop."""
+    fake_upstream.push(http_reply(fixture(name)), json_reply(completion("fits now")))
+    resp = send(proxy, False, max_tokens=requested, model=f"overflow-{name}")
+    assert resp.status == 200, resp
+    assert resp.json["content"] == [{"type": "text", "text": "fits now"}]
+    assert [r.json["max_tokens"] for r in fake_upstream.requests] == [requested, retried]
