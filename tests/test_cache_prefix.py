@@ -143,14 +143,44 @@ def test_main_turns_only_append(session: Tuple[str, Dict[int, Dict[str, Any]]]) 
     assert not broken, "\n".join(broken)
 
 
+def extended_in_place(old: str, new: str) -> bool:
+    """``new`` is the message ``old`` with more content parts appended, and nothing else changed."""
+    return old.endswith("]}") and new.startswith(old[:-2] + ", ")
+
+
 def test_compaction_request_extends_the_turn_before(session: Tuple[str, Dict[int, Dict[str, Any]]]) -> None:
+    """Seq 10 is seq 9 with the compact instructions appended to its last user message.
+
+    Seq 9's last message is the image moved out of the Read result. Where user
+    messages may follow each other the instructions become a new message, so
+    seq 9 is a strict prefix. Dialects that merge consecutive user messages
+    (the upstream wants user and assistant to alternate) cannot: there the
+    instructions join the image's message, after the image, so that message
+    only grows at its end and the rendered prompt still starts like seq 9's.
+    """
     name, bodies = session
     prev, cur = COMPACTION
     before, after = wire(bodies[prev]["messages"]), wire(bodies[cur]["messages"])
-    problem = prefix_break(before, after)
-    assert problem is None, f"{name}: seq {prev} -> seq {cur}: {problem}"
-    assert len(after) > len(before)
+    provider, model = name.split(":", 1)
+    if dialect_for(provider, model).merge_user_turns and prefix_break(before, after) is not None:
+        assert prefix_break(before[:-1], after) is None, f"{name}: {prefix_break(before[:-1], after)}"
+        assert len(after) == len(before) and extended_in_place(before[-1], after[-1]), (
+            f"{name}: seq {prev} -> seq {cur}: {prefix_break(before, after)}")
+    else:
+        problem = prefix_break(before, after)
+        assert problem is None, f"{name}: seq {prev} -> seq {cur}: {problem}"
+        assert len(after) > len(before)
     assert "CRITICAL: Respond with TEXT ONLY" in after[-1]
+
+
+def test_compaction_is_a_strict_extension_where_user_messages_may_follow_each_other() -> None:
+    """No exception for these: OpenAI and Azure take consecutive user messages, DeepSeek (text only)
+    keeps the image placeholder in the tool message, so nothing of seq 9 has to be merged."""
+    for provider, model in VARIANTS:
+        bodies = {seq: upstream_body(_SESSION[seq]["body"], provider, model) for seq in COMPACTION}
+        strict = not dialect_for(provider, model).merge_user_turns or provider == "deepseek"
+        problem = prefix_break(wire(bodies[9]["messages"]), wire(bodies[10]["messages"]))
+        assert (problem is None) == strict, f"{provider}:{model}: {problem}"
 
 
 def test_tools_are_byte_identical_in_all_requests(session: Tuple[str, Dict[int, Dict[str, Any]]]) -> None:
@@ -181,7 +211,7 @@ def test_a_cut_history_translates_to_a_prefix_of_the_whole() -> None:
     """
     broken = []
     for provider, model in VARIANTS:
-        merges = getattr(dialect_for(provider, model), "merge_user_turns", True)
+        merges = dialect_for(provider, model).merge_user_turns
         for seq in (10, 16):  # the longest history of each run
             body = _SESSION[seq]["body"]
             whole = wire(upstream_body(body, provider, model)["messages"])
