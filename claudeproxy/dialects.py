@@ -89,10 +89,8 @@ DIALECTS: Dict[str, Dialect] = {
     ),
     # Azure also hosts other vendors' models (Foundry), which answer 400 "Unrecognized request
     # argument supplied: prompt_cache_key" (vectorize-io/hindsight#3518, zed-industries/zed#52000):
-    # only OpenAI model names get the key (MODEL_RULES).
-    "azure": dataclasses.replace(
-        _BASE, name="azure", supports_file_parts=True, auth="azure", reasoning="none", merge_user_turns=False,
-    ),
+    # only OpenAI model names get OpenAI's key and message rules (MODEL_RULES).
+    "azure": dataclasses.replace(_BASE, name="azure", supports_file_parts=True, auth="azure", reasoning="none"),
     # session_id: openrouter.ai/docs/guides/best-practices/prompt-caching ("Using session_id for
     # sticky sessions": a top-level body field of at most 256 characters).
     "openrouter": dataclasses.replace(
@@ -135,11 +133,12 @@ _OPENAI_REASONING = {
     "system_role": "developer",
     "reasoning": "effort",
 }
-_AZURE_CACHE_KEY = {"cache_key_field": "prompt_cache_key"}
+# What an OpenAI model gets on Azure too (learn.microsoft.com azure/foundry/openai/how-to/prompt-caching).
+_OPENAI_MODEL = {"cache_key_field": "prompt_cache_key", "merge_user_turns": False}
 MODEL_RULES: Tuple[Tuple[Tuple[str, ...], str, Dict[str, object]], ...] = (
-    (("openai", "azure"), r"^(o1-mini|o1-preview)", {**_OPENAI_REASONING, "system_role": "user", **_AZURE_CACHE_KEY}),
-    (("openai", "azure"), r"^(o\d|gpt-5|codex)", {**_OPENAI_REASONING, **_AZURE_CACHE_KEY}),
-    (("azure",), r"^(gpt-|chatgpt-)", _AZURE_CACHE_KEY),
+    (("openai", "azure"), r"^(o1-mini|o1-preview)", {**_OPENAI_REASONING, "system_role": "user", **_OPENAI_MODEL}),
+    (("openai", "azure"), r"^(o\d|gpt-5|codex)", {**_OPENAI_REASONING, **_OPENAI_MODEL}),
+    (("azure",), r"^(gpt-|chatgpt-)", _OPENAI_MODEL),
     (("openrouter",), r"^openai/(o\d|gpt-5)", {"drop_sampling": True}),
     (("deepseek",), r"^deepseek-reasoner", {"reasoning_history": "drop"}),
 )

@@ -42,6 +42,7 @@ VARIANTS: List[Tuple[str, str]] = [
     ("openai", "o1-mini"),
     ("azure", "gpt-4o"),
     ("azure", "o3"),
+    ("azure", "DeepSeek-V3.1"),  # a Foundry model: generic rules
     ("openrouter", "anthropic/claude-sonnet-4.5"),
     ("openrouter", "openai/o3"),
     ("deepseek", "deepseek-chat"),

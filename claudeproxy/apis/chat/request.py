@@ -284,13 +284,14 @@ class _MessageBuilder:
 
     Prompt caches need every message to translate the same whatever comes after
     it. Each step here looks only backwards (an orphan result is judged by the
-    assistant turn before it, a late system turn by what is already out), with
-    two exceptions that concern only the end of the history. A call still open
-    when the history ends gets a synthetic result (``close_turn`` at the end),
-    which the real result replaces next turn; Claude Code never ends a request
-    on an assistant turn with calls (its results come in the same request), so
-    in a Claude Code session no synthetic result is ever superseded. The same
-    holds for a system turn deferred behind open calls.
+    assistant turn before it, a late system turn by what is already out, a tool
+    id is a hash of itself), with exceptions that concern only a history that
+    ends on an assistant turn: a call still open at the end gets a synthetic
+    result (``close_turn`` at the end) that the real result replaces next turn,
+    a system turn deferred behind such calls moves, and a final assistant turn
+    is a prefill (Mistral's ``prefix``). Claude Code never ends a request on an
+    assistant turn (a tool call's results come in the same request as the next
+    user turn), so in its sessions none of these is ever superseded.
     """
 
     def __init__(self, dialect: Dialect) -> None:
@@ -358,12 +359,12 @@ class _MessageBuilder:
 def _merge_users(messages: List[ChatMessage]) -> List[ChatMessage]:
     """Consecutive user messages as one, for dialects with ``merge_user_turns``.
 
-    This is the one pass whose result depends on what follows: a user message
-    that is last in one request is rewritten when the next request puts another
-    user message right after it. In Claude Code's main turns an assistant answer
-    always follows, so it only happens where the client itself extends its last
-    user message (the /compact request) and there the merged content still
-    starts with the old one.
+    Like the user merge in ``_merge_same_role``, this depends on what follows: a
+    user message that is last in one request is rewritten when the next request
+    puts another user message right after it. In Claude Code's main turns an
+    assistant answer always follows, so it only happens where the client itself
+    extends its last user message (the /compact request), and there the merged
+    content still starts with the old one.
     """
     out: List[ChatMessage] = []
     for message in messages:
