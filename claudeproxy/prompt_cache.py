@@ -56,7 +56,7 @@ def _session_from_user_id(user_id: Optional[str]) -> Optional[str]:
         return None
     try:
         parsed: Any = json.loads(user_id)
-    except ValueError:
+    except (ValueError, RecursionError):  # the client's string: not JSON, or nested past the stack
         match = _LEGACY_SESSION_RE.search(user_id)
         return match.group(1) if match else None
     session = parsed.get("session_id") if isinstance(parsed, dict) else None

@@ -280,8 +280,9 @@ def _history(form: str) -> List[Dict[str, Any]]:
 @pytest.mark.parametrize("provider,model", VARIANTS, ids=IDS)
 def test_string_and_one_block_list_with_cache_control_translate_alike(provider: str, model: str) -> None:
     plain = upstream_body(_body(_history("plain")), provider, model)
-    listed = upstream_body(_body(_history("listed"), system=[{"type": "text", "text": "S", "cache_control": {"type": "ephemeral"}}]),
-                           provider, model)
+    listed_body = _body(_history("listed"), system=[{"type": "text", "text": "S", "cache_control": {"type": "ephemeral"}}])
+    listed_body["tools"][0]["cache_control"] = {"type": "ephemeral", "ttl": "1h"}
+    listed = upstream_body(listed_body, provider, model)
     assert json.dumps(plain) == json.dumps(listed)
 
 

@@ -92,6 +92,7 @@ def test_legacy_user_id_form() -> None:
     ({}, json.dumps(["session_id", SID])),
     ({"X-Claude-Code-Session-Id": "   "}, None),
     ({"Authorization": "Bearer x"}, "not json {"),
+    ({}, "[" * 100000 + "]" * 100000),  # nested past the recursion limit: no traceback
 ])
 def test_no_session_no_key(headers: Dict[str, str], uid: Any) -> None:
     assert session_cache_key(headers, uid) is None
