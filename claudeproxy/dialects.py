@@ -65,6 +65,16 @@ class Dialect:
     # Echo Gemini's thought_signature on assistant tool calls (extra_content.google). Other
     # servers may reject the unknown field, e.g. after a session moves from Gemini to OpenAI.
     thought_signatures: bool = False
+    # Merge consecutive user messages into one. DeepSeek reasoner and Mistral-family chat
+    # templates reject two in a row (PROTOCOL.md 1.2 step 4), and an unknown server may too.
+    # A merge rewrites the last user message when the next request adds another user turn
+    # right after it, so the dialects known to take consecutive user messages (OpenAI's
+    # API does) keep them apart: each message then translates the same whatever follows.
+    merge_user_turns: bool = True
+    # Top-level field that carries the session's prompt-cache key, or None when the provider
+    # documents none: prompt_cache_key (OpenAI, Azure OpenAI, Mistral) or session_id
+    # (OpenRouter's sticky routing key, which keeps a session on the provider with its cache).
+    cache_key_field: Optional[str] = None
 
 
 _BASE = Dialect()
@@ -72,11 +82,20 @@ _BASE = Dialect()
 DIALECTS: Dict[str, Dialect] = {
     "generic": _BASE,
     # Chat models (gpt-4o, gpt-4.1) reject reasoning_effort: only reasoning models get it (MODEL_RULES).
-    "openai": dataclasses.replace(_BASE, name="openai", supports_file_parts=True, reasoning="none"),
+    # prompt_cache_key: developers.openai.com/api/docs/guides/prompt-caching.
+    "openai": dataclasses.replace(
+        _BASE, name="openai", supports_file_parts=True, reasoning="none", merge_user_turns=False,
+        cache_key_field="prompt_cache_key",
+    ),
+    # Azure also hosts other vendors' models (Foundry), which answer 400 "Unrecognized request
+    # argument supplied: prompt_cache_key" (vectorize-io/hindsight#3518, zed-industries/zed#52000):
+    # only OpenAI model names get OpenAI's key and message rules (MODEL_RULES).
     "azure": dataclasses.replace(_BASE, name="azure", supports_file_parts=True, auth="azure", reasoning="none"),
+    # session_id: openrouter.ai/docs/guides/best-practices/prompt-caching ("Using session_id for
+    # sticky sessions": a top-level body field of at most 256 characters).
     "openrouter": dataclasses.replace(
         _BASE, name="openrouter", reasoning="openrouter", reasoning_history="reasoning",
-        supports_file_parts=True, pass_top_k=True, max_stop=None,
+        supports_file_parts=True, pass_top_k=True, max_stop=None, cache_key_field="session_id",
     ),
     "deepseek": dataclasses.replace(
         _BASE, name="deepseek", reasoning="deepseek", reasoning_history="reasoning_content_all",
@@ -85,10 +104,11 @@ DIALECTS: Dict[str, Dialect] = {
         structured_output="json_object",
     ),
     "groq": dataclasses.replace(_BASE, name="groq", reasoning="groq", send_user=False),
+    # prompt_cache_key: docs.mistral.ai/studio-api/conversations/advanced/prompt-caching.
     "mistral": dataclasses.replace(
         _BASE, name="mistral", short_tool_ids=True, bridge_tool_to_user=True, prefill_prefix=True,
         late_system_role="user",
-        reasoning="none",
+        reasoning="none", cache_key_field="prompt_cache_key",
     ),
     "gemini": dataclasses.replace(
         _BASE, name="gemini", schema_sanitizer="gemini", send_user=False, reasoning="gemini", thought_signatures=True
@@ -113,9 +133,12 @@ _OPENAI_REASONING = {
     "system_role": "developer",
     "reasoning": "effort",
 }
+# What an OpenAI model gets on Azure too (learn.microsoft.com azure/foundry/openai/how-to/prompt-caching).
+_OPENAI_MODEL = {"cache_key_field": "prompt_cache_key", "merge_user_turns": False}
 MODEL_RULES: Tuple[Tuple[Tuple[str, ...], str, Dict[str, object]], ...] = (
-    (("openai", "azure"), r"^(o1-mini|o1-preview)", {**_OPENAI_REASONING, "system_role": "user"}),
-    (("openai", "azure"), r"^(o\d|gpt-5|codex)", _OPENAI_REASONING),
+    (("openai", "azure"), r"^(o1-mini|o1-preview)", {**_OPENAI_REASONING, "system_role": "user", **_OPENAI_MODEL}),
+    (("openai", "azure"), r"^(o\d|gpt-5|codex)", {**_OPENAI_REASONING, **_OPENAI_MODEL}),
+    (("azure",), r"^(gpt-|chatgpt-)", _OPENAI_MODEL),
     (("openrouter",), r"^openai/(o\d|gpt-5)", {"drop_sampling": True}),
     (("deepseek",), r"^deepseek-reasoner", {"reasoning_history": "drop"}),
 )

@@ -59,6 +59,7 @@ def test_dialect_names_and_flags_are_consistent() -> None:
         assert dialect.system_role in ("system", "developer", "user")
         assert dialect.max_tokens_field in ("max_tokens", "max_completion_tokens")
         assert dialect.schema_sanitizer in ("none", "gemini")
+        assert dialect.cache_key_field in (None, "prompt_cache_key", "session_id")
 
 
 # --------------------------------------------------------------------------
@@ -80,7 +81,7 @@ def test_openai_reasoning_models(provider: str, model: str) -> None:
 
 @pytest.mark.parametrize("model", ["o1-mini", "o1-mini-2024-09-12", "o1-preview"])
 def test_o1_mini_and_preview_take_no_system_role(model: str) -> None:
-    """They reject both system and developer (FIELD-NOTES 13): the system text joins the first user turn."""
+    """They reject both system and developer (FIELD-NOTES 13): the system text goes as a user message."""
     dialect = dialect_for("openai", model)
     assert dialect.system_role == "user"
     assert dialect.max_tokens_field == "max_completion_tokens" and dialect.drop_sampling
@@ -133,6 +134,27 @@ def test_stop_sequence_limits() -> None:
     assert DIALECTS["azure"].max_stop == 4
     for name in ("openrouter", "ollama", "vllm", "lmstudio", "llamacpp"):
         assert DIALECTS[name].max_stop is None, name
+
+
+def test_user_turns_stay_apart_only_where_consecutive_user_messages_are_accepted() -> None:
+    """DeepSeek reasoner, Gemini and Mistral-family templates want user and assistant to alternate
+    (PROTOCOL.md 1.2 step 4); OpenAI's API takes consecutive user messages."""
+    assert {n for n, d in DIALECTS.items() if not d.merge_user_turns} == {"openai"}
+    assert not dialect_for("openai", "o1-mini").merge_user_turns
+    for model in ("gpt-4o", "gpt-5", "o3", "o1-mini"):  # Azure OpenAI is OpenAI's API
+        assert not dialect_for("azure", model).merge_user_turns, model
+    assert dialect_for("azure", "DeepSeek-R1").merge_user_turns  # a Foundry model: unknown rules, so merged
+
+
+def test_prompt_cache_key_only_where_documented() -> None:
+    """OpenAI, Mistral: prompt_cache_key; OpenRouter: session_id; Azure only for OpenAI's models,
+    because Azure Foundry's other models reject the field."""
+    fields = {n: d.cache_key_field for n, d in DIALECTS.items() if d.cache_key_field}
+    assert fields == {"openai": "prompt_cache_key", "mistral": "prompt_cache_key", "openrouter": "session_id"}
+    for model in ("gpt-4o", "gpt-4.1-mini", "gpt-5", "o3", "o1-mini", "chatgpt-4o-latest"):
+        assert dialect_for("azure", model).cache_key_field == "prompt_cache_key", model
+    for model in ("DeepSeek-V3.1", "Kimi-K2.5", "Llama-3.3-70B-Instruct", "my-deployment"):
+        assert dialect_for("azure", model).cache_key_field is None, model
 
 
 def test_file_parts_only_where_documented() -> None:

@@ -77,6 +77,7 @@ def test_golden_request(case: str) -> None:
         provider=meta.get("provider", "generic"),
         model=meta.get("model", ""),
         max_output_tokens=meta.get("max_output_tokens"),
+        cache_key=meta.get("cache_key"),
     )
     assert translation.request.to_dict() == _load(f"{case}.openai.json")
 

@@ -31,6 +31,7 @@ from ...anthropic_types import (
     ToolUseBlock,
 )
 from ...dialects import Dialect, effort_for_budget
+from ...prompt_cache import strip_billing_header
 from ...schemas import clean_schema
 from ...signatures import decode_signature
 from .wire import ChatMessage, ChatRequest, ToolCall
@@ -158,15 +159,19 @@ def _user_content(parts: List[Part], dialect: Dialect) -> Any:
 def _tool_result_content(block: ToolResultBlock, dialect: Dialect) -> Tuple[str, List[Part]]:
     """The tool message text, and the parts only a user message can carry (images, PDF files).
 
-    OpenAI tool messages take text parts only; the rest moves to the user
-    message of the same turn and leaves a marker in the text (FIELD-NOTES 14).
+    OpenAI tool messages take text parts only; the rest moves to a user message
+    after the turn's tool messages and leaves a marker in the text (FIELD-NOTES 14).
+    A placeholder that is text anyway (a text-only model, an image file id)
+    stays in the tool text: nothing then has to move, and the turn ends with the
+    tool message, so what the client adds to the same user message later (the
+    /compact instructions) only appends a new message.
     """
     texts: List[str] = []
     moved: List[Part] = []
     for item in block.content:
         parts = [_image_part(item, dialect)] if isinstance(item, ImageBlock) else _block_parts(item, dialect)
         for part in parts:
-            if part["type"] == "text" and not isinstance(item, ImageBlock):
+            if part["type"] == "text":
                 texts.append(part["text"])
             else:
                 texts.append("[file]" if part["type"] == "file" else "[image]")
@@ -245,23 +250,49 @@ def _assistant_message(message: Message, dialect: Dialect, is_last: bool) -> Cha
 # The message list (PROTOCOL.md 1.2).
 
 
-def _merge_same_role(messages: Tuple[Message, ...]) -> List[Message]:
-    """Anthropic treats consecutive user (or assistant) turns as one; so do we."""
+def _merge_same_role(messages: Tuple[Message, ...], merge_users: bool) -> List[Message]:
+    """Anthropic treats consecutive user (or assistant) turns as one; so do we.
+
+    Consecutive user turns stay apart where the dialect takes them
+    (``merge_user_turns`` off), so that a user turn translates the same when
+    the client later adds another right after it; but a user turn with tool
+    results always joins the one before, because its results must come right
+    after the assistant's calls (PROTOCOL.md 1.2 step 3).
+    """
     merged: List[Message] = []
     for message in messages:
-        if merged and message.role != "system" and merged[-1].role == message.role:
+        joins = merge_users or message.role != "user" or _has_tool_result(message)
+        if merged and message.role != "system" and merged[-1].role == message.role and joins:
             merged[-1] = Message(message.role, merged[-1].content + message.content)
         else:
             merged.append(message)
     return merged
 
 
+def _has_tool_result(message: Message) -> bool:
+    return any(isinstance(b, ToolResultBlock) for b in message.content)
+
+
 def _system_text(message: Message) -> str:
-    return "\n\n".join(b.text for b in message.content if isinstance(b, TextBlock) and b.text)
+    """The text of a system-role message, without Claude Code's billing line."""
+    texts = (strip_billing_header(b.text) for b in message.content if isinstance(b, TextBlock))
+    return "\n\n".join(t for t in texts if t)
 
 
 class _MessageBuilder:
-    """Builds the OpenAI message list in one pass, repairing tool-call pairing."""
+    """Builds the OpenAI message list in one pass, repairing tool-call pairing.
+
+    Prompt caches need every message to translate the same whatever comes after
+    it. Each step here looks only backwards (an orphan result is judged by the
+    assistant turn before it, a late system turn by what is already out, a tool
+    id is a hash of itself), with exceptions that concern only a history that
+    ends on an assistant turn: a call still open at the end gets a synthetic
+    result (``close_turn`` at the end) that the real result replaces next turn,
+    a system turn deferred behind such calls moves, and a final assistant turn
+    is a prefill (Mistral's ``prefix``). Claude Code never ends a request on an
+    assistant turn (a tool call's results come in the same request as the next
+    user turn), so in its sessions none of these is ever superseded.
+    """
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
@@ -285,6 +316,14 @@ class _MessageBuilder:
         self.pending = [b.id for b in message.content if isinstance(b, ToolUseBlock)]
 
     def add_user(self, message: Message) -> None:
+        """Tool messages, then the parts moved out of them, then the turn's own content.
+
+        The moved images form their own user message, before the user's text:
+        the text may grow later (Claude Code appends the /compact instructions
+        to this very message), and then only a new message is added. Where user
+        turns merge, the images still come first, so the merged content starts
+        the same.
+        """
         parts: List[Part] = []
         images: List[Part] = []
         answered = set()
@@ -299,9 +338,9 @@ class _MessageBuilder:
             else:
                 parts.extend(_block_parts(block, self.dialect))
         self.close_turn(answered)
-        parts.extend(images)
-        if parts:
-            self.out.append(ChatMessage("user", _user_content(parts, self.dialect)))
+        for content in (images, parts):
+            if content:
+                self.out.append(ChatMessage("user", _user_content(content, self.dialect)))
 
     def _tool_message(self, tool_use_id: str, text: str) -> None:
         call_id = mistral_id(tool_use_id) if self.dialect.short_tool_ids else tool_use_id
@@ -318,6 +357,15 @@ class _MessageBuilder:
 
 
 def _merge_users(messages: List[ChatMessage]) -> List[ChatMessage]:
+    """Consecutive user messages as one, for dialects with ``merge_user_turns``.
+
+    Like the user merge in ``_merge_same_role``, this depends on what follows: a
+    user message that is last in one request is rewritten when the next request
+    puts another user message right after it. In Claude Code's main turns an
+    assistant answer always follows, so it only happens where the client itself
+    extends its last user message (the /compact request), and there the merged
+    content still starts with the old one.
+    """
     out: List[ChatMessage] = []
     for message in messages:
         if out and message.role == "user" and out[-1].role == "user":
@@ -336,7 +384,12 @@ def _join_content(first: Any, second: Any) -> Any:
 
 def _bridge_tool_to_user(messages: List[ChatMessage]) -> List[ChatMessage]:
     """Mistral accepts only ``assistant`` (or more ``tool``) after ``tool``: put an assistant line
-    before a ``user`` or ``system`` turn there."""
+    before a ``user`` or ``system`` turn there.
+
+    The bridge is inserted before the later message and never changes an
+    earlier one, so it cannot break a cached prefix; it is the same line every
+    turn.
+    """
     out: List[ChatMessage] = []
     for message in messages:
         if out and out[-1].role == "tool" and message.role not in ("tool", "assistant"):
@@ -350,7 +403,7 @@ def to_chat_messages(messages: Tuple[Message, ...], system: str, dialect: Dialec
     builder = _MessageBuilder(dialect)
     if system:
         builder.out.append(ChatMessage(dialect.system_role, system))
-    merged = _merge_same_role(messages)
+    merged = _merge_same_role(messages, dialect.merge_user_turns)
     for i, message in enumerate(merged):
         if message.role == "system":
             builder.add_system(message)
@@ -359,7 +412,7 @@ def to_chat_messages(messages: Tuple[Message, ...], system: str, dialect: Dialec
         else:
             builder.add_user(message)
     builder.close_turn()
-    out = _merge_users(builder.out)
+    out = _merge_users(builder.out) if dialect.merge_user_turns else builder.out
     return _bridge_tool_to_user(out) if dialect.bridge_tool_to_user else out
 
 
@@ -485,15 +538,17 @@ def _response_format(schema: Optional[Dict[str, Any]], dialect: Dialect) -> Opti
 
 
 def _system_prompt(req: MessagesRequest, dialect: Dialect) -> str:
-    """The system prompt, plus the output schema where only JSON mode exists.
+    """The system prompt without Claude Code's billing line, plus the output schema where only
+    JSON mode exists.
 
     Such providers also require the word "json" in the prompt (DeepSeek does).
     """
+    system = strip_billing_header(req.system)
     if req.output_schema is None or dialect.structured_output != "json_object":
-        return req.system
+        return system
     schema = json.dumps(clean_schema(req.output_schema, dialect.schema_sanitizer), ensure_ascii=False)
     instruction = f"Reply with a single json object, and nothing else, that matches this JSON schema: {schema}"
-    return f"{req.system}\n\n{instruction}" if req.system else instruction
+    return f"{system}\n\n{instruction}" if system else instruction
 
 
 def _max_tokens(req: MessagesRequest, cap: Optional[int]) -> Optional[int]:
@@ -520,8 +575,13 @@ def to_chat_request(
     dialect: Dialect,
     max_output_tokens: Optional[int] = None,
     stream: Optional[bool] = None,
+    cache_key: Optional[str] = None,
 ) -> Translation:
-    """Translate ``req`` for ``model`` on an upstream speaking ``dialect``."""
+    """Translate ``req`` for ``model`` on an upstream speaking ``dialect``.
+
+    ``cache_key`` is the session's prompt-cache key (``prompt_cache.session_cache_key``);
+    it is sent only where the dialect names a field for it.
+    """
     tools, warnings = _tools(req, dialect)
     tool_choice, parallel = _tool_choice(req, tools)
     effort, extra = REASONING_STYLES[dialect.reasoning](req.thinking, req.effort)
@@ -544,5 +604,7 @@ def to_chat_request(
         response_format=_response_format(req.output_schema, dialect),
         reasoning_effort=effort,
         extra=extra,
+        cache_key=cache_key if dialect.cache_key_field else None,
+        cache_key_field=dialect.cache_key_field or "prompt_cache_key",
     )
     return Translation(chat, _tool_names(req), warnings)

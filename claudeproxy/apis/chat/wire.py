@@ -84,6 +84,10 @@ class ChatRequest:
     reasoning_effort: Optional[str] = None
     # Provider-specific top-level fields (reasoning, thinking, chat_template_kwargs...).
     extra: Tuple[Tuple[str, Any], ...] = ()
+    # The session's prompt-cache routing key, sent as ``cache_key_field`` (prompt_cache_key,
+    # or OpenRouter's session_id).
+    cache_key: Optional[str] = None
+    cache_key_field: str = "prompt_cache_key"
 
     def to_dict(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"model": self.model, "messages": [m.to_dict() for m in self.messages]}
@@ -100,6 +104,7 @@ class ChatRequest:
             ("user", self.user),
             ("response_format", self.response_format),
             ("reasoning_effort", self.reasoning_effort),
+            (self.cache_key_field, self.cache_key),
         )
         out.update((k, v) for k, v in optional if v is not None)
         out.update(self.extra)
