@@ -24,6 +24,7 @@ _STATUS_BY_CODE = {
     "invalid_prompt": 400,
     "invalid_encrypted_content": 400,
     "invalid_request_error": 400,
+    "invalid_api_key": 401,
     "rate_limit_exceeded": 429,
     "insufficient_quota": 429,
     "server_error": 500,

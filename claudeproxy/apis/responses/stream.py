@@ -443,6 +443,7 @@ class ResponsesFold:
         if not self._is_open(key) or len(item.args) <= item.args_sent:
             return events
         fragment, item.args_sent = item.args[item.args_sent:], len(item.args)
+        self.out_chars += len(fragment)
         return events + [self._delta({"type": "input_json_delta", "partial_json": fragment})]
 
     def _tool_start(self, item: _Item) -> Dict[str, Any]:
@@ -461,9 +462,7 @@ class ResponsesFold:
 
     def _args_delta(self, obj: Dict[str, Any]) -> List[Event]:
         item = self._item(obj, "function_call")
-        delta = _str(obj, "delta")
-        item.args += delta
-        self.out_chars += len(delta)
+        item.args += _str(obj, "delta")
         return self._maybe_live(obj.get("output_index"), item)
 
     def _args_done(self, obj: Dict[str, Any]) -> List[Event]:
@@ -489,6 +488,7 @@ class ResponsesFold:
         # Not live (arguments not an object, or no id/name until now): the whole call at once.
         start = self._tool_start(item)
         obj, _ = normalize_arguments(item.args)
+        self.out_chars += len(item.args)
         self.closed.add(key)
         return events + self._whole_block({**start, "input": obj})
 
