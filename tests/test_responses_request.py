@@ -316,3 +316,12 @@ def test_web_search_options_and_other_server_tools() -> None:
     assert any("blocked_domains" in w for w in translation.warnings)
     assert any("web_fetch (web_fetch_20250910)" in w for w in translation.warnings)
     assert not any("web_search (" in w for w in translation.warnings)
+
+
+def test_forcing_the_search_tool_means_a_search() -> None:
+    search = {"type": "web_search_20250305", "name": "web_search"}
+    msgs = [{"role": "user", "content": "news?"}]
+    choice = {"type": "tool", "name": "web_search"}
+    assert translate(body(msgs, tools=[search], tool_choice=choice), web_search=True).body["tool_choice"] == "required"
+    mixed = [search, {"name": "Read", "input_schema": {"type": "object"}}]
+    assert translate(body(msgs, tools=mixed, tool_choice=choice), web_search=True).body["tool_choice"] == "auto"

@@ -159,7 +159,9 @@ def _orphan_parts(block: ToolResultBlock) -> List[Part]:
     output = _tool_output(block)
     if isinstance(output, str):
         return [_text(f"[tool_result {block.tool_use_id}] {output}".rstrip())]
-    return [_text(f"[tool_result {block.tool_use_id}]")] + output
+    parts: List[Part] = [_text(f"[tool_result {block.tool_use_id}]")]
+    parts.extend(output)
+    return parts
 
 
 def _message(role: str, content: Any) -> Item:
@@ -262,14 +264,14 @@ class _InputBuilder:
     def add_user(self, message: Message) -> None:
         parts: List[Part] = []
         for block in message.content:
-            cid = call_id(block.tool_use_id) if isinstance(block, ToolResultBlock) else ""
-            if cid and cid in self.pending:
+            if not isinstance(block, ToolResultBlock):
+                parts.extend(_block_parts(block))
+            elif call_id(block.tool_use_id) in self.pending:
+                cid = call_id(block.tool_use_id)
                 self.out.append({"type": "function_call_output", "call_id": cid, "output": _tool_output(block)})
                 self.pending.remove(cid)
-            elif isinstance(block, ToolResultBlock):
-                parts.extend(_orphan_parts(block))
             else:
-                parts.extend(_block_parts(block))
+                parts.extend(_orphan_parts(block))
         self.close_turn()
         if parts:
             self.out.append(_message("user", parts))
@@ -359,14 +361,23 @@ def _tool_choice(req: MessagesRequest, tools: List[Dict[str, Any]]) -> Dict[str,
     if choice.kind == "any":
         out["tool_choice"] = "required"
     elif choice.kind == "tool":
-        alias = tool_alias(choice.name or "")
-        named = any(t.get("name") == alias for t in tools if t["type"] == "function")
-        out["tool_choice"] = {"type": "function", "name": alias} if named else "auto"
+        out["tool_choice"] = _named_choice(req, choice.name or "", tools)
     else:
         out["tool_choice"] = choice.kind  # auto, none
     if choice.disable_parallel and choice.kind != "none":
         out["parallel_tool_calls"] = False
     return out
+
+
+def _named_choice(req: MessagesRequest, name: str, tools: List[Dict[str, Any]]) -> Any:
+    """A named function; the search tool when it is all there is (forcing a tool = searching); else auto."""
+    alias = tool_alias(name)
+    if any(t["type"] == "function" and t["name"] == alias for t in tools):
+        return {"type": "function", "name": alias}
+    searching = any(t.name == name and _is_web_search(t) for t in req.tools)
+    if searching and all(t["type"] == "web_search" for t in tools):
+        return "required"
+    return "auto"
 
 
 def _tool_names(req: MessagesRequest) -> Dict[str, str]:

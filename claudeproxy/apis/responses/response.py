@@ -149,7 +149,7 @@ def search_blocks(item: Dict[str, Any], new_id: IdFactory) -> List[Block]:
     """
     if not is_search(item):
         return []
-    action = item.get("action") if isinstance(item.get("action"), dict) else {}
+    action = item["action"] if isinstance(item.get("action"), dict) else {}
     queries = [q for q in _list(action.get("queries"), str) if q]
     query = _text_field(action, "query") or (queries[0] if queries else "")
     tool_id = "srvtoolu_" + (_ID_CHARS_RE.sub("", _text_field(item, "id")) or new_id())
@@ -281,7 +281,7 @@ def to_messages_response(
         raise failure
     blocks, refusal = content_blocks(obj.get("output"), tool_names, new_id)
     has_tools = any(b["type"] == "tool_use" for b in blocks)
-    upstream_id = obj.get("id") if isinstance(obj.get("id"), str) else ""
+    upstream_id = _text_field(obj, "id")
     return {
         "id": message_id(upstream_id, new_id),
         "type": "message",

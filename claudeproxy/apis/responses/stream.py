@@ -158,7 +158,7 @@ class ResponsesFold:
         if self.started:
             return []
         self.started = True
-        message = {
+        message: Dict[str, Any] = {
             "id": self.message_id,
             "type": "message",
             "role": "assistant",
@@ -206,7 +206,7 @@ class ResponsesFold:
         if not isinstance(obj, dict):
             return []
         # Dispatch on data.type: some compatible servers send no "event:" line.
-        kind = obj.get("type") if isinstance(obj.get("type"), str) else event.event
+        kind = _str(obj, "type") or event.event
         handler = _HANDLERS.get(kind)
         return getattr(self, handler)(obj) if handler else []
 
@@ -271,7 +271,7 @@ class ResponsesFold:
         return item
 
     def _item_added(self, obj: Dict[str, Any]) -> List[Event]:
-        raw = obj.get("item") if isinstance(obj.get("item"), dict) else {}
+        raw = _dict(obj.get("item"))
         item = self._item(obj, str(raw.get("type") or ""))
         item.id = item.id or _str(raw, "id")
         if item.kind != "function_call":
@@ -282,7 +282,7 @@ class ResponsesFold:
         return self._maybe_live(obj.get("output_index"), item)
 
     def _item_done(self, obj: Dict[str, Any]) -> List[Event]:
-        raw = obj.get("item") if isinstance(obj.get("item"), dict) else {}
+        raw = _dict(obj.get("item"))
         item = self._item(obj, str(raw.get("type") or ""))
         index = obj.get("output_index")
         finish = {
@@ -396,7 +396,7 @@ class ResponsesFold:
         return []
 
     def _part_done(self, obj: Dict[str, Any]) -> List[Event]:
-        part = obj.get("part") if isinstance(obj.get("part"), dict) else {}
+        part = _dict(obj.get("part"))
         return self._finish_part(("t", obj.get("output_index"), obj.get("content_index")), part)
 
     def _finish_part(self, key: Key, part: Dict[str, Any]) -> List[Event]:
@@ -416,8 +416,8 @@ class ResponsesFold:
 
     def _message_done(self, index: Any, item: _Item, raw: Dict[str, Any]) -> List[Event]:
         events: List[Event] = []
-        content = raw.get("content") if isinstance(raw.get("content"), list) else []
-        for ci, part in enumerate(content):
+        content = raw.get("content")
+        for ci, part in enumerate(content if isinstance(content, list) else ()):
             if isinstance(part, dict):
                 events += self._finish_part(("t", index, ci), part)
         if self.open is not None and self.open.key[:2] == ("t", index):
@@ -506,7 +506,7 @@ class ResponsesFold:
     # The end.
 
     def _completed(self, obj: Dict[str, Any]) -> List[Event]:
-        response = obj.get("response") if isinstance(obj.get("response"), dict) else {}
+        response = _dict(obj.get("response"))
         events = self._unseen_items(response.get("output"))
         events += self._close()
         status = response.get("status") or ("incomplete" if obj.get("type") == "response.incomplete" else "completed")
@@ -520,9 +520,14 @@ class ResponsesFold:
         return events + self._ending(reason, final)
 
     def _unseen_items(self, output: Any) -> List[Event]:
-        """Output items the stream never mentioned (servers that send only the final object)."""
+        """Output items the stream never mentioned (servers that send only the final object).
+
+        Not when events came without ``output_index``: their items cannot be told apart.
+        """
         events: List[Event] = []
-        for index, raw in enumerate(output if isinstance(output, list) else []):
+        if -1 in self.items:
+            return events
+        for index, raw in enumerate(output if isinstance(output, list) else ()):
             if index in self.items or not isinstance(raw, dict):
                 continue
             blocks, refusal = item_blocks(raw, self.tool_names, self.new_id)
@@ -542,7 +547,7 @@ class ResponsesFold:
 
     def _failed(self, obj: Dict[str, Any]) -> List[Event]:
         self.complete = True
-        response = obj.get("response") if isinstance(obj.get("response"), dict) else {}
+        response = _dict(obj.get("response"))
         raise failure_of({**response, "status": "failed"}, self.secrets) or error_for({}, self.secrets)
 
     def _error(self, obj: Dict[str, Any]) -> List[Event]:
@@ -550,7 +555,7 @@ class ResponsesFold:
         raise error_for(obj, self.secrets)
 
     def _created(self, obj: Dict[str, Any]) -> List[Event]:
-        response = obj.get("response") if isinstance(obj.get("response"), dict) else {}
+        response = _dict(obj.get("response"))
         if not self.started and isinstance(response.get("id"), str) and response["id"]:
             self.message_id = message_id(response["id"], self.new_id)
         return []
@@ -580,6 +585,10 @@ _HANDLERS = {
     "response.failed": "_failed",
     "error": "_error",
 }
+
+
+def _dict(value: Any) -> Dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _str(obj: Dict[str, Any], key: str) -> str:
