@@ -325,3 +325,11 @@ def test_forcing_the_search_tool_means_a_search() -> None:
     assert translate(body(msgs, tools=[search], tool_choice=choice), web_search=True).body["tool_choice"] == "required"
     mixed = [search, {"name": "Read", "input_schema": {"type": "object"}}]
     assert translate(body(msgs, tools=mixed, tool_choice=choice), web_search=True).body["tool_choice"] == "auto"
+
+
+def test_reasoning_override_for_opaque_deployment_names() -> None:
+    req = body([{"role": "user", "content": "hi"}], temperature=0.2, thinking={"type": "adaptive"})
+    out = translate(req, model="prod-deployment-7", reasoning=True).body
+    assert out["reasoning"] == {"summary": "auto"} and "temperature" not in out
+    assert out["include"] == ["reasoning.encrypted_content"]
+    assert "reasoning" not in translate(req, model="gpt-5.4", reasoning=False).body

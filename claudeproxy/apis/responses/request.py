@@ -470,6 +470,16 @@ def _generation(req: MessagesRequest, reasoning: bool, cap: Optional[int]) -> Di
     return out
 
 
+def _prompt(req: MessagesRequest, model: str, reasoning: bool, replay: bool) -> Dict[str, Any]:
+    """model, instructions and input: reasoning models take system turns as ``developer``."""
+    body: Dict[str, Any] = {"model": model}
+    instructions = instructions_for(req.system)
+    if instructions:
+        body["instructions"] = instructions
+    body["input"] = to_input(req.messages, system_role="developer" if reasoning else "system", replay=replay)
+    return body
+
+
 def to_responses_request(
     req: MessagesRequest,
     *,
@@ -479,6 +489,7 @@ def to_responses_request(
     web_search: bool = False,
     cache_key: Optional[str] = None,
     replay_reasoning: bool = True,
+    reasoning: Optional[bool] = None,
 ) -> Translation:
     """The Responses body for ``req`` on ``model``.
 
@@ -486,16 +497,13 @@ def to_responses_request(
     ``web_search``: the provider runs OpenAI's hosted ``web_search`` tool;
     ``cache_key``: sent as ``prompt_cache_key``; ``replay_reasoning=False``
     leaves reasoning items out of the history (a retry after
-    ``invalid_encrypted_content``, when the key or org changed).
+    ``invalid_encrypted_content``, when the key or org changed);
+    ``reasoning`` overrides ``is_reasoning_model(model)`` (an Azure deployment
+    name says nothing about the model behind it).
     """
-    reasoning = is_reasoning_model(model)
+    reasoning = is_reasoning_model(model) if reasoning is None else reasoning
     tools, max_calls, warnings = _tools(req, web_search)
-    body: Dict[str, Any] = {"model": model}
-    instructions = instructions_for(req.system)
-    if instructions:
-        body["instructions"] = instructions
-    role = "developer" if reasoning else "system"
-    body["input"] = to_input(req.messages, system_role=role, replay=replay_reasoning and reasoning)
+    body = _prompt(req, model, reasoning, replay_reasoning and reasoning)
     if tools:
         body["tools"] = tools
     body.update(_tool_choice(req, tools))
