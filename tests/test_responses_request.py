@@ -333,3 +333,10 @@ def test_reasoning_override_for_opaque_deployment_names() -> None:
     assert out["reasoning"] == {"summary": "auto"} and "temperature" not in out
     assert out["include"] == ["reasoning.encrypted_content"]
     assert "reasoning" not in translate(req, model="gpt-5.4", reasoning=False).body
+
+
+def test_summaries_can_be_left_out_for_unverified_organisations() -> None:
+    req = body([{"role": "user", "content": "hi"}], thinking={"type": "adaptive"}, output_config={"effort": "high"})
+    out = translate(req, reasoning_summary=False).body
+    assert out["reasoning"] == {"effort": "high"}
+    assert out["include"] == ["reasoning.encrypted_content"]  # the blob still round-trips

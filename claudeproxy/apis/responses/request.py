@@ -399,7 +399,7 @@ def wants_thinking(req: MessagesRequest) -> bool:
     return req.thinking is not None and req.thinking.kind != "disabled"
 
 
-def _reasoning(req: MessagesRequest) -> Optional[Dict[str, Any]]:
+def _reasoning(req: MessagesRequest, summaries: bool) -> Optional[Dict[str, Any]]:
     """``reasoning`` for a reasoning model: the effort asked for, and summaries to show as thinking.
 
     A budget is bucketed like on Chat Completions; ``thinking: disabled``
@@ -412,7 +412,7 @@ def _reasoning(req: MessagesRequest) -> Optional[Dict[str, Any]]:
     if thinking is not None and thinking.kind == "enabled" and thinking.budget_tokens is not None:
         effort = effort_for_budget(thinking.budget_tokens)
     out: Dict[str, Any] = {"effort": effort} if effort else {}
-    if wants_thinking(req):
+    if wants_thinking(req) and summaries:
         out["summary"] = "auto"
     return out or None
 
@@ -456,14 +456,14 @@ def _include(req: MessagesRequest, reasoning: bool, tools: List[Dict[str, Any]])
     return include + ([SOURCES_INCLUDE] if any(t["type"] == "web_search" for t in tools) else [])
 
 
-def _generation(req: MessagesRequest, reasoning: bool, cap: Optional[int]) -> Dict[str, Any]:
+def _generation(req: MessagesRequest, reasoning: bool, cap: Optional[int], summaries: bool) -> Dict[str, Any]:
     """max_output_tokens, sampling, reasoning and output format."""
     out: Dict[str, Any] = {}
     limit = _max_output_tokens(req, cap)
     if limit is not None:
         out["max_output_tokens"] = limit
     out.update(_sampling(req, reasoning))
-    effort = _reasoning(req) if reasoning else None
+    effort = _reasoning(req, summaries) if reasoning else None
     if effort:
         out["reasoning"] = effort
     out.update(_text_format(req))
@@ -490,6 +490,7 @@ def to_responses_request(
     cache_key: Optional[str] = None,
     replay_reasoning: bool = True,
     reasoning: Optional[bool] = None,
+    reasoning_summary: bool = True,
 ) -> Translation:
     """The Responses body for ``req`` on ``model``.
 
@@ -499,7 +500,9 @@ def to_responses_request(
     leaves reasoning items out of the history (a retry after
     ``invalid_encrypted_content``, when the key or org changed);
     ``reasoning`` overrides ``is_reasoning_model(model)`` (an Azure deployment
-    name says nothing about the model behind it).
+    name says nothing about the model behind it); ``reasoning_summary=False``
+    asks for no summaries (an unverified organisation gets 400
+    ``unsupported_value`` for them, RESPONSES.md 5).
     """
     reasoning = is_reasoning_model(model) if reasoning is None else reasoning
     tools, max_calls, warnings = _tools(req, web_search)
@@ -509,7 +512,7 @@ def to_responses_request(
     body.update(_tool_choice(req, tools))
     if max_calls is not None:
         body["max_tool_calls"] = max_calls
-    body.update(_generation(req, reasoning, max_output_tokens))
+    body.update(_generation(req, reasoning, max_output_tokens, reasoning_summary))
     body["store"] = False  # stateless: Claude Code resends the whole history anyway (RESPONSES.md 1)
     include = _include(req, reasoning, tools)
     if include:
