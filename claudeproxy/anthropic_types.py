@@ -130,12 +130,18 @@ class Message:
 
 @dataclasses.dataclass(frozen=True)
 class Tool:
-    """A tool; ``kind`` is ``custom`` (has a schema) or the Anthropic-defined ``type``."""
+    """A tool; ``kind`` is ``custom`` (has a schema) or the Anthropic-defined ``type``.
+
+    ``options`` holds an Anthropic-defined tool's other settings as sent
+    (``max_uses``, ``allowed_domains``, ``user_location``...), for upstreams
+    that have an equivalent (Responses ``web_search``).
+    """
 
     name: str
     kind: str = "custom"
     description: Optional[str] = None
     input_schema: Optional[Dict[str, Any]] = None
+    options: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def is_custom(self) -> bool:
@@ -406,7 +412,8 @@ def _parse_tool(raw: Any, path: str) -> Tool:
     if not name:
         raise InvalidRequest("must not be empty", _join(path, "name"))
     if kind != "custom" and "input_schema" not in raw:
-        return Tool(name=name, kind=kind)  # Anthropic-defined/server tool
+        options = {k: v for k, v in raw.items() if k not in ("type", "name", "cache_control")}
+        return Tool(name=name, kind=kind, options=options)  # Anthropic-defined/server tool
     schema = _obj(raw.get("input_schema"), _join(path, "input_schema"))
     return Tool(name=name, kind="custom", description=_str(raw, "description", path), input_schema=schema)
 

@@ -23,8 +23,13 @@ def encode_signature(dialect: str, state: Optional[Dict[str, Any]] = None) -> st
     return PREFIX + base64.urlsafe_b64encode(payload.encode("ascii")).decode("ascii").rstrip("=")
 
 
-def decode_signature(signature: Any) -> Optional[Dict[str, Any]]:
-    """The provider state inside a proxy signature; None for foreign or broken ones."""
+def decode_signature(signature: Any, api: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """The provider state inside a proxy signature; None for foreign or broken ones.
+
+    With ``api``, a signature minted under another name (another dialect or
+    upstream API) is foreign too: an OpenAI Responses blob must never be sent
+    as if it came from elsewhere, nor the other way round (RESPONSES.md 7.2).
+    """
     # The value comes from client JSON: anything but a string is foreign too.
     if not isinstance(signature, str) or not signature.startswith(PREFIX):
         return None
@@ -34,7 +39,7 @@ def decode_signature(signature: Any) -> Optional[Dict[str, Any]]:
         obj = json.loads(raw.decode("ascii"))
     except (ValueError, binascii.Error, RecursionError):
         return None
-    if not isinstance(obj, dict):
+    if not isinstance(obj, dict) or (api is not None and obj.get("p") != api):
         return None
     state = obj.get("d")
     return state if isinstance(state, dict) else {}

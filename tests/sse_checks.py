@@ -12,10 +12,13 @@ from typing import Any, Dict, Iterable, List, Tuple
 Event = Dict[str, Any]
 
 BLOCK_DELTAS = {
-    "text": {"text_delta"},
+    "text": {"text_delta", "citations_delta"},
     "thinking": {"thinking_delta", "signature_delta"},
     "tool_use": {"input_json_delta"},
     "redacted_thinking": set(),
+    # Server tools (web search on the Responses API): the call streams its input, the result comes whole.
+    "server_tool_use": {"input_json_delta"},
+    "web_search_tool_result": set(),
 }
 
 
@@ -125,6 +128,8 @@ def final_message(events: List[Event]) -> Dict[str, Any]:
                 block["thinking"] += delta["thinking"]
             elif delta["type"] == "signature_delta":
                 block["signature"] = delta["signature"]
+            elif delta["type"] == "citations_delta":
+                block.setdefault("citations", []).append(delta["citation"])
             elif delta["type"] == "input_json_delta":
                 json_parts[event["index"]] = json_parts.get(event["index"], "") + delta["partial_json"]
         elif kind == "content_block_stop" and event["index"] in json_parts:

@@ -1,0 +1,294 @@
+"""OpenAI Responses ``Response`` object -> Anthropic Messages response (RESPONSES.md sections 2, 6).
+
+Pure: ids come from the id factory the caller passes. The helpers here (one
+block per output item, stop reason, usage, error mapping) are shared with the
+stream fold, so a streamed answer and a JSON answer give the same message.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ...errors import ProxyError, error_from_object
+from ...signatures import encode_signature
+from ..chat.response import message_id, normalize_arguments
+from . import API_NAME
+
+IdFactory = Callable[[], str]
+Block = Dict[str, Any]
+_ID_CHARS_RE = re.compile(r"[^A-Za-z0-9_-]")
+# Responses error codes (strings) -> the HTTP status the same failure gets as a plain error.
+_STATUS_BY_CODE = {
+    "context_length_exceeded": 400,
+    "invalid_prompt": 400,
+    "invalid_encrypted_content": 400,
+    "invalid_request_error": 400,
+    "invalid_api_key": 401,
+    "rate_limit_exceeded": 429,
+    "insufficient_quota": 429,
+    "server_error": 500,
+    "overloaded": 503,
+    "server_is_overloaded": 503,
+}
+_NO_RETRY_CODES = ("insufficient_quota",)
+
+
+# --------------------------------------------------------------------------
+# Errors (RESPONSES.md 4): response.failed, the error event, error bodies.
+
+
+def _text_field(obj: Dict[str, Any], key: str) -> str:
+    value = obj.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def error_for(err: Any, secrets: Tuple[str, ...] = (), default: str = "upstream response failed") -> ProxyError:
+    """The client-facing error for a Responses error object (flat, or nested under ``error``).
+
+    The string ``code`` picks the status, so ``context_length_exceeded`` is
+    a 400 "prompt is too long" (Claude Code compacts on it) and a rate limit
+    a 429; unknown codes are a 502 like any broken upstream.
+    """
+    if isinstance(err, dict) and isinstance(err.get("error"), dict):
+        err = err["error"]
+    err = err if isinstance(err, dict) else {}
+    code = _text_field(err, "code") or _text_field(err, "type")
+    status = _STATUS_BY_CODE.get(code)
+    if status is None and code.startswith("invalid_"):
+        status = 400
+    message = _text_field(err, "message") or (f"{default} ({code})" if code else default)
+    # error_from_object reads the status from "code" and matches overflow codes in "type".
+    exc = error_from_object({"message": message, "code": status or 502, "type": code}, secrets)
+    if code in _NO_RETRY_CODES:
+        exc.headers = exc.headers + (("x-should-retry", "false"),)
+    return exc
+
+
+def failure_of(obj: Dict[str, Any], secrets: Tuple[str, ...] = ()) -> Optional[ProxyError]:
+    """The error a Response object stands for: ``status: failed``/``cancelled`` or an ``error``."""
+    status = obj.get("status")
+    err = obj.get("error")
+    if isinstance(err, dict) and (status in ("failed", "cancelled", None) or not obj.get("output")):
+        return error_for(err, secrets)
+    if status in ("failed", "cancelled"):
+        return error_for({}, secrets, default=f"upstream response {status}")
+    return None
+
+
+# --------------------------------------------------------------------------
+# Blocks, one output item at a time.
+
+
+def thinking_block(text: str, item_id: Any, blob: Any) -> Optional[Block]:
+    """A reasoning item as a thinking block whose signature carries ``{id, encrypted_content}``.
+
+    Emitted even with an empty summary so the blob survives the client round
+    trip; a reasoning item with neither text nor blob has nothing to carry.
+    """
+    if not text and not blob:
+        return None
+    state = {"id": item_id if isinstance(item_id, str) else "", "encrypted_content": blob if isinstance(blob, str) else None}
+    return {"type": "thinking", "thinking": text, "signature": encode_signature(API_NAME, state)}
+
+
+def reasoning_text(item: Dict[str, Any]) -> str:
+    """Summary parts (hosted models), then raw reasoning parts (gpt-oss-style servers), blank-line joined."""
+    texts = [p.get("text") for p in _list(item.get("summary"))]
+    texts += [p.get("text") for p in _list(item.get("content")) if p.get("type") == "reasoning_text"]
+    return "\n\n".join(t for t in texts if isinstance(t, str) and t)
+
+
+def citation(annotation: Any, text: str) -> Optional[Dict[str, Any]]:
+    """A ``url_citation`` as an Anthropic ``web_search_result_location`` (cited_text: the span it marks)."""
+    if not isinstance(annotation, dict) or annotation.get("type") != "url_citation":
+        return None
+    start, end = annotation.get("start_index"), annotation.get("end_index")
+    cited = text[start:end] if isinstance(start, int) and isinstance(end, int) else ""
+    return {
+        "type": "web_search_result_location",
+        "url": _text_field(annotation, "url"),
+        "title": _text_field(annotation, "title"),
+        "cited_text": cited,
+    }
+
+
+def text_block(text: str, annotations: Any) -> Optional[Block]:
+    if not text:
+        return None  # no empty text blocks (FIELD-NOTES 12)
+    block: Block = {"type": "text", "text": text}
+    cites = [c for c in (citation(a, text) for a in _list(annotations)) if c]
+    if cites:
+        block["citations"] = cites
+    return block
+
+
+def part_text(part: Dict[str, Any]) -> Tuple[str, bool]:
+    """(text, is_refusal) of a message content part."""
+    if part.get("type") == "refusal":
+        return _text_field(part, "refusal"), True
+    if part.get("type") == "output_text":
+        return _text_field(part, "text"), False
+    return "", False
+
+
+def tool_use_block(item: Dict[str, Any], tool_names: Dict[str, str], new_id: IdFactory) -> Block:
+    """A function call as ``tool_use``: its ``call_id`` is the id the client echoes back."""
+    name = _text_field(item, "name")
+    arguments = item.get("arguments")
+    obj, _ = normalize_arguments(arguments if isinstance(arguments, str) else None)
+    tool_id = _text_field(item, "call_id") or "toolu_" + new_id()
+    return {"type": "tool_use", "id": tool_id, "name": tool_names.get(name, name), "input": obj}
+
+
+def search_blocks(item: Dict[str, Any], new_id: IdFactory) -> List[Block]:
+    """A ``web_search_call`` searching: ``server_tool_use`` + ``web_search_tool_result``.
+
+    The sources carry URLs only (titles come with the text's citations);
+    ``open_page``/``find`` actions have no Anthropic counterpart.
+    """
+    if not is_search(item):
+        return []
+    action = item["action"] if isinstance(item.get("action"), dict) else {}
+    queries = [q for q in _list(action.get("queries"), str) if q]
+    query = _text_field(action, "query") or (queries[0] if queries else "")
+    tool_id = "srvtoolu_" + (_ID_CHARS_RE.sub("", _text_field(item, "id")) or new_id())
+    content: Any = [
+        {"type": "web_search_result", "url": _text_field(s, "url"), "title": _text_field(s, "title")}
+        for s in _list(action.get("sources"))
+        if _text_field(s, "url")
+    ]
+    if item.get("status") == "failed":
+        content = {"type": "web_search_tool_result_error", "error_code": "unavailable"}
+    use = {"type": "server_tool_use", "id": tool_id, "name": "web_search", "input": {"query": query}}
+    return [use, {"type": "web_search_tool_result", "tool_use_id": tool_id, "content": content}]
+
+
+def is_search(item: Dict[str, Any]) -> bool:
+    """A web search call that searched (an item without an action is an older server's search)."""
+    action = item.get("action")
+    return item.get("type") == "web_search_call" and (not isinstance(action, dict) or action.get("type", "search") == "search")
+
+
+def _list(value: Any, kind: type = dict) -> List[Any]:
+    return [v for v in value if isinstance(v, kind)] if isinstance(value, list) else []
+
+
+def item_blocks(item: Dict[str, Any], tool_names: Dict[str, str], new_id: IdFactory) -> Tuple[List[Block], bool]:
+    """(blocks, refusal seen) for one output item; unknown hosted-tool items give none."""
+    kind = item.get("type")
+    if kind == "reasoning":
+        block = thinking_block(reasoning_text(item), item.get("id"), item.get("encrypted_content"))
+        return ([block] if block else []), False
+    if kind == "message":
+        blocks, refusal = [], False
+        for part in _list(item.get("content")):
+            text, is_refusal = part_text(part)
+            block = text_block(text, part.get("annotations"))
+            blocks.extend([block] if block else [])
+            refusal = refusal or (is_refusal and bool(text))
+        return blocks, refusal
+    if kind == "function_call":
+        return [tool_use_block(item, tool_names, new_id)], False
+    if kind == "web_search_call":
+        return search_blocks(item, new_id), False
+    return [], False
+
+
+def unique_tool_ids(blocks: List[Block]) -> None:
+    """Two calls with one id would pair two results with one call: suffix the later ones."""
+    used = set()
+    for block in blocks:
+        if block["type"] != "tool_use":
+            continue
+        base, n = block["id"], 1
+        while block["id"] in used:
+            n += 1
+            block["id"] = f"{base}_{n}"
+        used.add(block["id"])
+
+
+# --------------------------------------------------------------------------
+# Stop reason and usage.
+
+
+def stop_reason_for(status: Any, incomplete: Any, has_tool_use: bool, refusal: bool) -> str:
+    """Anthropic ``stop_reason`` (RESPONSES.md 6); the first rule that applies wins."""
+    reason = incomplete.get("reason") if isinstance(incomplete, dict) else None
+    if status == "incomplete" and reason == "max_output_tokens":
+        return "max_tokens"
+    if status == "incomplete" and reason == "content_filter":
+        return "refusal"
+    if has_tool_use:
+        return "tool_use"
+    return "refusal" if refusal else "end_turn"
+
+
+def _int(obj: Any, key: str) -> int:
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def usage_from(usage: Any, searches: int = 0) -> Dict[str, Any]:
+    """Anthropic usage: ``input_tokens`` excludes the cached part OpenAI counts in."""
+    details = usage.get("input_tokens_details") if isinstance(usage, dict) else None
+    cache_read = _int(details, "cached_tokens")
+    cache_write = _int(details, "cache_write_tokens") or _int(usage, "cache_write_tokens")
+    out: Dict[str, Any] = {
+        "input_tokens": max(0, _int(usage, "input_tokens") - cache_read - cache_write),
+        "cache_creation_input_tokens": cache_write,
+        "cache_read_input_tokens": cache_read,
+        "output_tokens": _int(usage, "output_tokens"),
+    }
+    if searches:
+        out["server_tool_use"] = {"web_search_requests": searches}
+    return out
+
+
+def count_searches(output: List[Dict[str, Any]]) -> int:
+    return sum(1 for item in output if is_search(item))
+
+
+# --------------------------------------------------------------------------
+# The whole message.
+
+
+def content_blocks(output: Any, tool_names: Dict[str, str], new_id: IdFactory) -> Tuple[List[Block], bool]:
+    """All blocks of a Response's ``output`` in order, and whether a refusal was among them."""
+    blocks: List[Block] = []
+    refusal = False
+    for item in _list(output):
+        found, refused = item_blocks(item, tool_names, new_id)
+        blocks.extend(found)
+        refusal = refusal or refused
+    unique_tool_ids(blocks)
+    return blocks, refusal
+
+
+def to_messages_response(
+    obj: Any,
+    *,
+    model: str,
+    new_id: IdFactory,
+    tool_names: Dict[str, str],
+    secrets: Tuple[str, ...] = (),
+) -> Dict[str, Any]:
+    """The Anthropic ``Message`` for a Response object; ``ProxyError`` for a failed one or an error body."""
+    if not isinstance(obj, dict):
+        raise error_for({}, secrets, default="upstream returned a body that is not a Response object")
+    failure = failure_of(obj, secrets)
+    if failure is not None:
+        raise failure
+    blocks, refusal = content_blocks(obj.get("output"), tool_names, new_id)
+    has_tools = any(b["type"] == "tool_use" for b in blocks)
+    upstream_id = _text_field(obj, "id")
+    return {
+        "id": message_id(upstream_id, new_id),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": blocks,
+        "stop_reason": stop_reason_for(obj.get("status"), obj.get("incomplete_details"), has_tools, refusal),
+        "stop_sequence": None,
+        "usage": usage_from(obj.get("usage"), count_searches(_list(obj.get("output")))),
+    }

@@ -1,0 +1,631 @@
+"""OpenAI Responses stream events -> Anthropic stream events (RESPONSES.md sections 3, 6).
+
+Sans-io: ``ResponsesFold`` takes the upstream body one ``readline()`` result
+at a time and returns the exact Anthropic event payloads to write, in order;
+it never reads a socket or a clock. All state of one stream lives in one
+instance.
+
+Text, refusal, reasoning-summary and function-argument deltas go out as they
+arrive. What only an item's ``.done`` knows (the encrypted reasoning, the
+search query and sources, citations) goes out there. Anything the deltas
+missed is filled in from the ``.done`` events, so a stream gives the same
+blocks as the JSON answer (``response.to_messages_response``).
+
+The grammar it guarantees: ``message_start``, then blocks with indexes 0..n,
+each started, given its deltas and stopped, one open at a time, then one
+``message_delta`` and ``message_stop`` -- or, after a failure, exactly one
+``error`` and nothing more. ``message_start`` waits for the first block, so
+a request that fails before any output (``context_length_exceeded`` arrives
+as ``response.failed``) can still be answered with a plain HTTP error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+from ...errors import ProxyError, UpstreamUnavailable, stream_error_event
+from ...signatures import encode_signature
+from ...sse import ServerSentEvent, SSEDecoder, is_done, split_lines
+from ..chat.response import message_id, normalize_arguments
+from . import API_NAME
+from .response import (
+    IdFactory,
+    error_for,
+    failure_of,
+    item_blocks,
+    is_search,
+    part_text,
+    reasoning_text,
+    search_blocks,
+    stop_reason_for,
+    text_block,
+    to_messages_response,
+    usage_from,
+)
+
+Event = Dict[str, Any]
+Key = Tuple[Any, ...]
+MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as broken
+_THINKING_START = {"type": "thinking", "thinking": "", "signature": ""}
+
+
+@dataclasses.dataclass
+class _Item:
+    """What the stream has said so far about one output item."""
+
+    kind: str
+    id: str = ""
+    # reasoning: all text sent (separators included), per-part text, the part that spoke last
+    text: str = ""
+    parts: Dict[Key, str] = dataclasses.field(default_factory=dict)
+    last_part: Optional[Key] = None
+    # function_call
+    call_id: str = ""
+    name: str = ""
+    args: str = ""
+    args_sent: int = 0  # characters of args already sent as input_json_delta
+    blob: Optional[str] = None  # reasoning: encrypted_content, from .done
+
+
+@dataclasses.dataclass
+class _Open:
+    key: Key  # ("r", output_index) | ("t", output_index, content_index) | ("f", output_index)
+    kind: str  # thinking | text | tool_use
+    index: int
+
+
+class ResponsesFold:
+    """Responses SSE lines in, Anthropic events out. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        message_id: str,
+        model: str,
+        input_tokens: int,
+        new_id: IdFactory,
+        tool_names: Optional[Dict[str, str]] = None,
+        secrets: Tuple[str, ...] = (),
+    ) -> None:
+        self.message_id = message_id
+        self.model = model
+        self.input_tokens = input_tokens
+        self.new_id = new_id
+        self.tool_names = tool_names or {}
+        self.secrets = secrets
+        self.decoder = SSEDecoder()
+        self.started = False
+        self.done = False  # message_stop or error written
+        self.complete = False  # the upstream's terminal event was read
+        self.saw_done_marker = False
+        self.bad_events = 0
+        self.skipped_events = 0
+        self.next_index = 0
+        self.open: Optional[_Open] = None
+        self.items: Dict[int, _Item] = {}
+        self.text_sent: Dict[Key, str] = {}  # text per (output_index, content_index) part
+        self.annotations: Dict[Key, List[Any]] = {}
+        self.cited: Dict[Key, int] = {}  # citations already sent per part
+        self.closed: Set[Key] = set()  # keys whose block was stopped
+        self.tool_ids: Set[str] = set()
+        self.has_tools = False
+        self.refusal = False
+        self.searches = 0
+        self.out_chars = 0
+        # Set at the end, for metrics.
+        self.stop_reason: Optional[str] = None
+        self.usage: Dict[str, Any] = {}
+
+    # ------------------------------------------------------------------
+    # The relay's interface.
+
+    @property
+    def finishing(self) -> bool:
+        """The upstream said it is done ([DONE] from a compatible server, or the terminal event)."""
+        return self.complete or self.saw_done_marker
+
+    def feed_line(self, raw: bytes) -> List[Event]:
+        """Events for one ``readline()`` result; raises ``ProxyError`` for an upstream error event."""
+        events: List[Event] = []
+        for line in split_lines(raw):
+            event = self.decoder.decode(line)
+            if event is not None and not self.complete:
+                events += self._on_event(event)
+        return events
+
+    def end(self, clean: bool = False) -> Tuple[List[Event], Optional[ProxyError]]:
+        """The body ended: the events that finish the message, or the error it ended with.
+
+        Without ``response.completed``/``incomplete`` the answer is cut short,
+        whatever the HTTP framing says (RESPONSES.md 3).
+        """
+        events: List[Event] = []
+        last = self.decoder.flush()
+        if last is not None and not self.complete:
+            try:
+                events = self._on_event(last)
+            except ProxyError as exc:
+                return [], exc
+        if self.complete:
+            return events, None
+        return events, UpstreamUnavailable("upstream stream ended early (no response.completed)")
+
+    def start(self) -> List[Event]:
+        """``message_start`` (once)."""
+        if self.started:
+            return []
+        self.started = True
+        message: Dict[str, Any] = {
+            "id": self.message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": self.input_tokens, "output_tokens": 1},
+        }
+        return [{"type": "message_start", "message": message}]
+
+    def fail(self, exc: ProxyError) -> List[Event]:
+        """The one terminal ``error`` event; nothing once the stream has ended."""
+        if self.done:
+            return []
+        self.done = self.complete = True
+        return [stream_error_event(exc.error_type, exc.message)]
+
+    def from_json(self, obj: Any) -> List[Event]:
+        """The whole stream for a JSON Response given to a stream request."""
+        message = to_messages_response(
+            obj, model=self.model, new_id=self.new_id, tool_names=self.tool_names, secrets=self.secrets
+        )
+        events: List[Event] = []
+        if not self.started:  # else start() already sent one (pings while the body was slow)
+            self.started = True
+            events = message_events(message)[:1]
+        for block in message["content"]:
+            events += self._whole_block(block)
+        self.stop_reason, self.usage = message["stop_reason"], message["usage"]
+        return events + self._ending(message["stop_reason"], message["usage"])
+
+    # ------------------------------------------------------------------
+    # Dispatch.
+
+    def _on_event(self, event: ServerSentEvent) -> List[Event]:
+        if is_done(event.data):
+            self.saw_done_marker = True  # not OpenAI's; some compatible servers add it
+            return []
+        try:
+            obj = json.loads(event.data)
+        except (ValueError, RecursionError):
+            return self._bad_event(event)
+        self.bad_events = 0
+        if not isinstance(obj, dict):
+            return []
+        # Dispatch on data.type: some compatible servers send no "event:" line.
+        kind = _str(obj, "type") or event.event
+        handler = _HANDLERS.get(kind)
+        return getattr(self, handler)(obj) if handler else []
+
+    def _bad_event(self, event: ServerSentEvent) -> List[Event]:
+        if event.event == "error":  # "event: error" with a plain-text message is still an error
+            self.complete = True
+            raise error_for({"message": event.data[:1000]}, self.secrets)
+        self.bad_events += 1
+        self.skipped_events += 1
+        if self.bad_events >= MAX_BAD_EVENTS:
+            raise UpstreamUnavailable("upstream stream is not JSON")
+        return []
+
+    # ------------------------------------------------------------------
+    # Blocks.
+
+    def _open(self, key: Key, kind: str, start: Dict[str, Any]) -> List[Event]:
+        events = self.start() + self._close()
+        self.open = _Open(key, kind, self.next_index)
+        self.next_index += 1
+        return events + [{"type": "content_block_start", "index": self.open.index, "content_block": start}]
+
+    def _delta(self, delta: Dict[str, Any]) -> Event:
+        assert self.open is not None
+        return {"type": "content_block_delta", "index": self.open.index, "delta": delta}
+
+    def _close(self) -> List[Event]:
+        """Stop the open block; a thinking block gets its signature, a text block its citations."""
+        if self.open is None:
+            return []
+        events: List[Event] = []
+        if self.open.kind == "thinking":
+            events.append(self._delta({"type": "signature_delta", "signature": self._signature(self.open.key[1])}))
+        elif self.open.kind == "text":
+            events += self._citations(self.open.key)
+        events.append({"type": "content_block_stop", "index": self.open.index})
+        self.closed.add(self.open.key)
+        self.open = None
+        return events
+
+    def _is_open(self, key: Key) -> bool:
+        return self.open is not None and self.open.key == key
+
+    def _whole_block(self, block: Dict[str, Any]) -> List[Event]:
+        """A block known in full (search results, a JSON answer), as start/deltas/stop."""
+        events = self.start() + self._close()
+        index = self.next_index
+        self.next_index += 1
+        return events + block_events(index, block)
+
+    # ------------------------------------------------------------------
+    # Items.
+
+    def _item(self, obj: Dict[str, Any], kind: str = "") -> _Item:
+        """The state of the item an event names (created on first mention: servers skip .added)."""
+        index = obj.get("output_index")
+        index = index if isinstance(index, int) else -1
+        item = self.items.get(index)
+        if item is None:
+            item = self.items[index] = _Item(kind)
+        item.kind = item.kind or kind
+        return item
+
+    def _item_added(self, obj: Dict[str, Any]) -> List[Event]:
+        raw = _dict(obj.get("item"))
+        item = self._item(obj, str(raw.get("type") or ""))
+        item.id = item.id or _str(raw, "id")
+        if item.kind != "function_call":
+            return []
+        item.call_id = item.call_id or _str(raw, "call_id")
+        item.name = item.name or _str(raw, "name")
+        item.args = item.args or _str(raw, "arguments")
+        return self._maybe_live(obj.get("output_index"), item)
+
+    def _item_done(self, obj: Dict[str, Any]) -> List[Event]:
+        raw = _dict(obj.get("item"))
+        item = self._item(obj, str(raw.get("type") or ""))
+        index = obj.get("output_index")
+        finish = {
+            "reasoning": self._reasoning_done,
+            "message": self._message_done,
+            "function_call": self._call_done,
+            "web_search_call": self._search_done,
+        }.get(item.kind)
+        return finish(index, item, raw) if finish else []
+
+    # ------------------------------------------------------------------
+    # Reasoning: summary (and raw reasoning) deltas as thinking; the blob at .done.
+
+    def _thinking_text(self, index: Any, part: Key, text: str) -> List[Event]:
+        """Thinking text for one summary/reasoning part; parts are blank-line separated."""
+        if not text:
+            return []
+        item = self._item({"output_index": index}, "reasoning")
+        item.parts[part] = item.parts.get(part, "") + text
+        if item.text and item.last_part != part:
+            text = "\n\n" + text
+        item.last_part = part
+        return self._emit_thinking(index, item, text)
+
+    def _emit_thinking(self, index: Any, item: _Item, text: str) -> List[Event]:
+        events: List[Event] = []
+        key = ("r", index)
+        if not self._is_open(key):
+            events += self._open(key, "thinking", dict(_THINKING_START))
+        item.text += text
+        self.out_chars += len(text)
+        return events + [self._delta({"type": "thinking_delta", "thinking": text})]
+
+    def _summary_delta(self, obj: Dict[str, Any]) -> List[Event]:
+        return self._thinking_text(obj.get("output_index"), ("s", obj.get("summary_index")), _str(obj, "delta"))
+
+    def _reasoning_text_delta(self, obj: Dict[str, Any]) -> List[Event]:
+        return self._thinking_text(obj.get("output_index"), ("c", obj.get("content_index")), _str(obj, "delta"))
+
+    def _summary_done(self, obj: Dict[str, Any]) -> List[Event]:
+        return self._fill_part(obj, ("s", obj.get("summary_index")))
+
+    def _reasoning_text_done(self, obj: Dict[str, Any]) -> List[Event]:
+        return self._fill_part(obj, ("c", obj.get("content_index")))
+
+    def _fill_part(self, obj: Dict[str, Any], part: Key) -> List[Event]:
+        """A part's ``.done`` text: send what its deltas missed."""
+        item = self._item(obj, "reasoning")
+        sent, full = item.parts.get(part, ""), _str(obj, "text")
+        if len(full) > len(sent) and full.startswith(sent):
+            return self._thinking_text(obj.get("output_index"), part, full[len(sent):])
+        return []
+
+    def _reasoning_done(self, index: Any, item: _Item, raw: Dict[str, Any]) -> List[Event]:
+        """The signature carries ``{id, encrypted_content}``; taken here, ``.added`` may hold a partial blob."""
+        item.id = _str(raw, "id") or item.id
+        item.blob = _str(raw, "encrypted_content") or None
+        full = reasoning_text(raw)
+        events: List[Event] = []
+        if len(full) > len(item.text) and full.startswith(item.text):
+            events += self._emit_thinking(index, item, full[len(item.text):])
+        key = ("r", index)
+        if not self._is_open(key) and item.blob:
+            # Text-less reasoning still needs its block, or the blob is lost (RESPONSES.md 6).
+            events += self._open(key, "thinking", dict(_THINKING_START))
+        return events + (self._close() if self._is_open(key) else [])
+
+    def _signature(self, index: Any) -> str:
+        item = self.items.get(index if isinstance(index, int) else -1) or _Item("reasoning")
+        return encode_signature(API_NAME, {"id": item.id, "encrypted_content": item.blob})
+
+    # ------------------------------------------------------------------
+    # Message text and refusals.
+
+    def _text_delta(self, obj: Dict[str, Any], refusal: bool = False) -> List[Event]:
+        self._item(obj, "message")
+        key = ("t", obj.get("output_index"), obj.get("content_index"))
+        return self._emit_text(key, _str(obj, "delta"), refusal)
+
+    def _refusal_delta(self, obj: Dict[str, Any]) -> List[Event]:
+        return self._text_delta(obj, refusal=True)
+
+    def _emit_text(self, key: Key, text: str, refusal: bool) -> List[Event]:
+        if not text:
+            return []  # no empty blocks, no empty deltas (FIELD-NOTES 12)
+        events: List[Event] = []
+        if not self._is_open(key):
+            events += self._open(key, "text", {"type": "text", "text": ""})
+        self.text_sent[key] = self.text_sent.get(key, "") + text
+        self.out_chars += len(text)
+        self.refusal = self.refusal or refusal
+        return events + [self._delta({"type": "text_delta", "text": text})]
+
+    def _fill_text(self, key: Key, full: str, refusal: bool) -> List[Event]:
+        sent = self.text_sent.get(key, "")
+        if len(full) > len(sent) and full.startswith(sent) and key not in self.closed:
+            return self._emit_text(key, full[len(sent):], refusal)
+        return []
+
+    def _text_done(self, obj: Dict[str, Any]) -> List[Event]:
+        key = ("t", obj.get("output_index"), obj.get("content_index"))
+        return self._fill_text(key, _str(obj, "text"), False)
+
+    def _refusal_done(self, obj: Dict[str, Any]) -> List[Event]:
+        key = ("t", obj.get("output_index"), obj.get("content_index"))
+        return self._fill_text(key, _str(obj, "refusal"), True)
+
+    def _annotation(self, obj: Dict[str, Any]) -> List[Event]:
+        key = ("t", obj.get("output_index"), obj.get("content_index"))
+        self.annotations.setdefault(key, []).append(obj.get("annotation"))
+        return []
+
+    def _part_done(self, obj: Dict[str, Any]) -> List[Event]:
+        part = _dict(obj.get("part"))
+        return self._finish_part(("t", obj.get("output_index"), obj.get("content_index")), part)
+
+    def _finish_part(self, key: Key, part: Dict[str, Any]) -> List[Event]:
+        """A finished content part: missing text, then its citations, then the stop."""
+        text, refusal = part_text(part)
+        if isinstance(part.get("annotations"), list):
+            self.annotations[key] = list(part["annotations"])  # the whole list, in order
+        events = self._fill_text(key, text, refusal)
+        return events + (self._close() if self._is_open(key) else [])
+
+    def _citations(self, key: Key) -> List[Event]:
+        block = text_block(self.text_sent.get(key, ""), self.annotations.get(key))
+        cites = block.get("citations", []) if block else []
+        events = [self._delta({"type": "citations_delta", "citation": c}) for c in cites[self.cited.get(key, 0):]]
+        self.cited[key] = len(cites)
+        return events
+
+    def _message_done(self, index: Any, item: _Item, raw: Dict[str, Any]) -> List[Event]:
+        events: List[Event] = []
+        content = raw.get("content")
+        for ci, part in enumerate(content if isinstance(content, list) else ()):
+            if isinstance(part, dict):
+                events += self._finish_part(("t", index, ci), part)
+        if self.open is not None and self.open.key[:2] == ("t", index):
+            events += self._close()
+        return events
+
+    # ------------------------------------------------------------------
+    # Function calls: arguments stream live once the block can be opened.
+
+    def _maybe_live(self, index: Any, item: _Item) -> List[Event]:
+        """Open the tool block once its id and name are known and its JSON object has begun.
+
+        Until then the arguments wait (a call whose ``call_id``/``name`` come only
+        with ``.done``, arguments that are not an object, RESPONSES.md 7.8).
+        """
+        key = ("f", index)
+        if not self._is_open(key) and key not in self.closed:
+            if not (item.call_id and item.name and item.args.lstrip().startswith("{")):
+                return []
+            events = self._open(key, "tool_use", self._tool_start(item))
+        else:
+            events = []
+        if not self._is_open(key) or len(item.args) <= item.args_sent:
+            return events
+        fragment, item.args_sent = item.args[item.args_sent:], len(item.args)
+        self.out_chars += len(fragment)
+        return events + [self._delta({"type": "input_json_delta", "partial_json": fragment})]
+
+    def _tool_start(self, item: _Item) -> Dict[str, Any]:
+        tool_id = self._claim_tool_id(item.call_id or "toolu_" + self.new_id())
+        return {"type": "tool_use", "id": tool_id, "name": self.tool_names.get(item.name, item.name), "input": {}}
+
+    def _claim_tool_id(self, base: str) -> str:
+        """A tool id not used in this message yet, suffixed as ``response.unique_tool_ids`` does."""
+        tool_id, n = base, 1
+        while tool_id in self.tool_ids:
+            n += 1
+            tool_id = f"{base}_{n}"
+        self.tool_ids.add(tool_id)
+        self.has_tools = True
+        return tool_id
+
+    def _args_delta(self, obj: Dict[str, Any]) -> List[Event]:
+        item = self._item(obj, "function_call")
+        item.args += _str(obj, "delta")
+        return self._maybe_live(obj.get("output_index"), item)
+
+    def _args_done(self, obj: Dict[str, Any]) -> List[Event]:
+        item = self._item(obj, "function_call")
+        item.name = item.name or _str(obj, "name")
+        full = _str(obj, "arguments")
+        if len(full) > len(item.args) and full.startswith(item.args):
+            item.args = full  # deltas may be missing: arguments only here
+        return self._maybe_live(obj.get("output_index"), item)
+
+    def _call_done(self, index: Any, item: _Item, raw: Dict[str, Any]) -> List[Event]:
+        item.call_id = item.call_id or _str(raw, "call_id")
+        item.name = item.name or _str(raw, "name")
+        full = _str(raw, "arguments")
+        if len(full) > len(item.args) and full.startswith(item.args):
+            item.args = full
+        key = ("f", index)
+        events = self._maybe_live(index, item)
+        if self._is_open(key):
+            return events + self._close()
+        if key in self.closed:
+            return events  # cut off by another block: nothing more can be placed
+        # Not live (arguments not an object, or no id/name until now): the whole call at once.
+        start = self._tool_start(item)
+        obj, _ = normalize_arguments(item.args)
+        self.out_chars += len(item.args)
+        self.closed.add(key)
+        return events + self._whole_block({**start, "input": obj})
+
+    # ------------------------------------------------------------------
+    # Web search: the call, then its results, once the item is done.
+
+    def _search_done(self, index: Any, item: _Item, raw: Dict[str, Any]) -> List[Event]:
+        events: List[Event] = []
+        self.searches += is_search(raw)
+        for block in search_blocks(raw, self.new_id):
+            events += self._whole_block(block)
+        return events
+
+    # ------------------------------------------------------------------
+    # The end.
+
+    def _completed(self, obj: Dict[str, Any]) -> List[Event]:
+        response = _dict(obj.get("response"))
+        events = self._unseen_items(response.get("output"))
+        events += self._close()
+        status = response.get("status") or ("incomplete" if obj.get("type") == "response.incomplete" else "completed")
+        reason = stop_reason_for(status, response.get("incomplete_details"), self.has_tools, self.refusal)
+        usage = response.get("usage")
+        if isinstance(usage, dict):
+            final = usage_from(usage, self.searches)
+        else:  # a compatible server without usage: the estimate, like on Chat Completions
+            final = usage_from({"input_tokens": self.input_tokens, "output_tokens": math.ceil(self.out_chars / 4)}, self.searches)
+        self.stop_reason, self.usage = reason, final
+        return events + self._ending(reason, final)
+
+    def _unseen_items(self, output: Any) -> List[Event]:
+        """Output items the stream never mentioned (servers that send only the final object).
+
+        Not when events came without ``output_index``: their items cannot be told apart.
+        """
+        events: List[Event] = []
+        if -1 in self.items:
+            return events
+        for index, raw in enumerate(output if isinstance(output, list) else ()):
+            if index in self.items or not isinstance(raw, dict):
+                continue
+            blocks, refusal = item_blocks(raw, self.tool_names, self.new_id)
+            self.refusal = self.refusal or refusal
+            self.searches += is_search(raw)
+            for block in blocks:
+                if block["type"] == "tool_use":
+                    block["id"] = self._claim_tool_id(block["id"])
+                events += self._whole_block(block)
+        return events
+
+    def _ending(self, reason: str, usage: Dict[str, Any]) -> List[Event]:
+        events = self.start() + self._close()
+        self.done = self.complete = True
+        delta = {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": None}, "usage": usage}
+        return events + [delta, {"type": "message_stop"}]
+
+    def _failed(self, obj: Dict[str, Any]) -> List[Event]:
+        self.complete = True
+        response = _dict(obj.get("response"))
+        raise failure_of({**response, "status": "failed"}, self.secrets) or error_for({}, self.secrets)
+
+    def _error(self, obj: Dict[str, Any]) -> List[Event]:
+        self.complete = True
+        raise error_for(obj, self.secrets)
+
+    def _created(self, obj: Dict[str, Any]) -> List[Event]:
+        response = _dict(obj.get("response"))
+        if not self.started and isinstance(response.get("id"), str) and response["id"]:
+            self.message_id = message_id(response["id"], self.new_id)
+        return []
+
+
+_HANDLERS = {
+    "response.created": "_created",
+    "response.in_progress": "_created",
+    "response.queued": "_created",
+    "response.output_item.added": "_item_added",
+    "response.output_item.done": "_item_done",
+    "response.content_part.done": "_part_done",
+    "response.output_text.delta": "_text_delta",
+    "response.output_text.done": "_text_done",
+    "response.output_text.annotation.added": "_annotation",
+    "response.output_text_annotation.added": "_annotation",  # the SDK's spelling
+    "response.refusal.delta": "_refusal_delta",
+    "response.refusal.done": "_refusal_done",
+    "response.function_call_arguments.delta": "_args_delta",
+    "response.function_call_arguments.done": "_args_done",
+    "response.reasoning_summary_text.delta": "_summary_delta",
+    "response.reasoning_summary_text.done": "_summary_done",
+    "response.reasoning_text.delta": "_reasoning_text_delta",
+    "response.reasoning_text.done": "_reasoning_text_done",
+    "response.completed": "_completed",
+    "response.incomplete": "_completed",
+    "response.failed": "_failed",
+    "error": "_error",
+}
+
+
+def _dict(value: Any) -> Dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _str(obj: Dict[str, Any], key: str) -> str:
+    value = obj.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def block_events(index: int, block: Dict[str, Any]) -> List[Event]:
+    """One whole Anthropic block as the start, deltas and stop a stream carries."""
+    kind = block.get("type")
+    deltas: List[Dict[str, Any]] = []
+    if kind == "text":
+        start: Dict[str, Any] = {"type": "text", "text": ""}
+        deltas.append({"type": "text_delta", "text": block["text"]})
+        deltas += [{"type": "citations_delta", "citation": c} for c in block.get("citations", [])]
+    elif kind == "thinking":
+        start = dict(_THINKING_START)
+        deltas += [{"type": "thinking_delta", "thinking": block["thinking"]}] if block["thinking"] else []
+        deltas.append({"type": "signature_delta", "signature": block["signature"]})
+    elif kind in ("tool_use", "server_tool_use"):
+        start = {**block, "input": {}}
+        if block["input"]:
+            deltas.append({"type": "input_json_delta", "partial_json": json.dumps(block["input"], ensure_ascii=False)})
+    else:
+        start = dict(block)  # web_search_tool_result travels whole in its start event
+    events: List[Event] = [{"type": "content_block_start", "index": index, "content_block": start}]
+    events += [{"type": "content_block_delta", "index": index, "delta": d} for d in deltas]
+    return events + [{"type": "content_block_stop", "index": index}]
+
+
+def message_events(message: Dict[str, Any]) -> List[Event]:
+    """The complete stream for a complete message."""
+    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
+    usage = dict(message.get("usage") or {})
+    start["usage"] = {"input_tokens": usage.get("input_tokens", 0), "output_tokens": 1}
+    events: List[Event] = [{"type": "message_start", "message": start}]
+    for index, block in enumerate(message.get("content") or []):
+        events += block_events(index, block)
+    delta = {"stop_reason": message.get("stop_reason") or "end_turn", "stop_sequence": None}
+    return events + [{"type": "message_delta", "delta": delta, "usage": usage}, {"type": "message_stop"}]

@@ -1,0 +1,426 @@
+"""ResponsesFold: OpenAI Responses SSE -> Anthropic events (RESPONSES.md sections 3, 6, 7).
+
+``fixtures/responses_api/streams/<case>.upstream.sse`` are raw Responses transcripts
+written by hand (event lines, ``sequence_number``, item ids, ``obfuscation`` pads);
+``<case>.anthropic.sse`` is what the client must receive (signatures written as
+``{"cpx1": payload}``); ``<case>.meta.json`` may say the stream ``raises`` before
+anything was written. Every transcript is driven the way the relay drives a fold,
+checked against the grammar, re-chunked at random byte offsets, and compared with
+the JSON answer for the same case (same blocks). The three-turn round trip at the
+end checks that reasoning comes back upstream where it was.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import os
+import random
+from typing import Any, Dict, Iterable, List
+
+import pytest
+
+from claudeproxy.anthropic_types import parse_messages_request
+from claudeproxy.apis.responses.request import to_responses_request
+from claudeproxy.apis.responses.response import to_messages_response
+from claudeproxy.apis.responses.stream import ResponsesFold
+from claudeproxy.errors import ProxyError, UpstreamUnavailable
+from claudeproxy.sse import encode_event
+from claudeproxy.upstream import iter_lines
+from sse_checks import assert_valid_event_sequence, events_of, final_message, parse_sse
+from stream_playbook import MAX_LINE, counter_ids, decode_cpx1, diff_text, same_events
+from test_stream_rechunk import FakeSocket, _Raw, chunked
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "responses_api")
+STREAMS = os.path.join(FIXTURES, "streams")
+RESPONSES = os.path.join(FIXTURES, "responses")
+CASES = sorted(f[: -len(".upstream.sse")] for f in os.listdir(STREAMS) if f.endswith(".upstream.sse"))
+BOTH = [c for c in CASES if os.path.exists(os.path.join(RESPONSES, f"{c}.response.json"))]
+SEEDS = 40
+Event = Dict[str, Any]
+
+
+def read(directory: str, name: str) -> bytes:
+    with open(os.path.join(directory, name), "rb") as fh:
+        return fh.read()
+
+
+def meta_of(case: str) -> Dict[str, Any]:
+    path = os.path.join(STREAMS, f"{case}.meta.json")
+    return json.loads(read(STREAMS, f"{case}.meta.json")) if os.path.exists(path) else {}
+
+
+def make_fold(**kw: Any) -> ResponsesFold:
+    args: Dict[str, Any] = {"message_id": "msg_test", "model": "claude-test", "input_tokens": 25, "new_id": counter_ids()}
+    args.update(kw)
+    return ResponsesFold(**args)
+
+
+def run_lines(lines: Iterable[bytes], fold: ResponsesFold) -> List[Event]:
+    """Events as the relay produces them: feed each line, stop at complete, end() at EOF;
+    a ProxyError is a plain HTTP error if nothing was written yet, else ``fail``."""
+    events: List[Event] = []
+    try:
+        for raw in lines:
+            events += fold.feed_line(raw)
+            if fold.complete:
+                return events
+        tail, error = fold.end(clean=True)
+        events += tail
+        if error is not None:
+            raise error
+    except ProxyError as exc:
+        if not events:
+            raise
+        events += fold.fail(exc)
+    return events
+
+
+def run_body(body: bytes, **kw: Any) -> List[Event]:
+    return run_lines(iter_lines(io.BytesIO(body), MAX_LINE), make_fold(**kw))
+
+
+def http_events(body: bytes, seed: int) -> List[Event]:
+    """The body cut into HTTP/1.1 chunks at random offsets and read back through a real HTTPResponse."""
+    rng = random.Random(seed)
+    resp = http.client.HTTPResponse(FakeSocket(_Raw(chunked(body, rng, terminate=True), rng, None, strict=False)))  # type: ignore[arg-type]
+    try:
+        resp.begin()
+        return run_lines(iter_lines(resp, MAX_LINE), make_fold())
+    finally:
+        resp.close()
+
+
+def expected_events(case: str) -> List[Event]:
+    pairs = parse_sse(read(STREAMS, f"{case}.anthropic.sse"))
+    assert all(name == payload["type"] for name, payload in pairs)
+    return [payload for _, payload in pairs]
+
+
+def plain_signatures(message: Dict[str, Any]) -> Dict[str, Any]:
+    out = json.loads(json.dumps(message))
+    for block in out.get("content", []):
+        if block.get("type") == "thinking" and isinstance(block.get("signature"), str):
+            block["signature"] = {"cpx1": decode_cpx1(block["signature"])}
+    return out
+
+
+# --------------------------------------------------------------------------
+# Golden transcripts.
+
+
+def test_cases_cover_the_brief() -> None:
+    assert {"text", "parallel_calls", "reasoning_summary", "incomplete_max_tokens", "failed_context_length",
+            "failed_after_text", "error_event_mid_stream", "error_event_nested_first", "refusal",
+            "web_search_citations", "compat_args_only_at_done", "truncated"} <= set(CASES)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_golden_transcript(case: str) -> None:
+    body, raises = read(STREAMS, f"{case}.upstream.sse"), meta_of(case).get("raises")
+    if raises:
+        with pytest.raises(ProxyError) as info:
+            run_body(body)
+        assert (info.value.status, info.value.error_type) == (raises["status"], raises["type"])
+        assert raises["message"] in info.value.message
+        return
+    got = run_body(body)
+    assert same_events(got, expected_events(case)), diff_text(got, expected_events(case))
+    assert_valid_event_sequence(got)
+    # Each payload goes out as one frame whose event: name is its type.
+    assert events_of(b"".join(encode_event(e) for e in got)) == json.loads(json.dumps(got))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_rechunked_body_gives_identical_events(case: str) -> None:
+    body = read(STREAMS, f"{case}.upstream.sse")
+    if meta_of(case).get("raises"):
+        for seed in range(SEEDS):
+            with pytest.raises(ProxyError):
+                http_events(body, seed)
+        return
+    reference = run_body(body)
+    for seed in range(SEEDS):
+        got = http_events(body, seed)
+        assert got == reference, f"{case} seed={seed}\n" + diff_text(got, reference)
+
+
+@pytest.mark.parametrize("case", ["text", "reasoning_summary", "web_search_citations"])
+def test_crlf_and_cr_line_ends_change_nothing(case: str) -> None:
+    body = read(STREAMS, f"{case}.upstream.sse")
+    reference = run_body(body)
+    assert run_body(body.replace(b"\n", b"\r\n")) == reference
+    assert run_body(body.replace(b"\n", b"\r")) == reference
+
+
+# --------------------------------------------------------------------------
+# Stream == JSON.
+
+
+@pytest.mark.parametrize("case", BOTH)
+def test_stream_and_json_answer_agree(case: str) -> None:
+    obj = json.loads(read(RESPONSES, f"{case}.response.json"))
+    terminal = [e for e in events_of_upstream(case) if e["type"] in ("response.completed", "response.incomplete", "response.failed")]
+    assert terminal and terminal[-1]["response"] == obj, "the fixture's stream and JSON answer differ"
+    try:
+        message = to_messages_response(obj, model="claude-test", new_id=counter_ids(), tool_names={})
+    except ProxyError as exc:
+        json_error = exc
+    else:
+        json_error = None
+    if json_error is not None:
+        events = []
+        try:
+            events = run_body(read(STREAMS, f"{case}.upstream.sse"))
+        except ProxyError as exc:
+            assert exc.error_type == json_error.error_type and exc.status == json_error.status
+            return
+        assert events[-1]["type"] == "error" and events[-1]["error"]["type"] == json_error.error_type
+        return
+    streamed = final_message(run_body(read(STREAMS, f"{case}.upstream.sse")))
+    assert plain_signatures(streamed)["content"] == plain_signatures(message)["content"]
+    assert streamed["stop_reason"] == message["stop_reason"]
+    if obj.get("usage"):  # without usage the stream estimates, the JSON answer cannot
+        assert streamed["usage"] == message["usage"]
+
+
+def events_of_upstream(case: str) -> List[Dict[str, Any]]:
+    return [json.loads(e.decode("utf-8")[6:]) for e in read(STREAMS, f"{case}.upstream.sse").split(b"\n") if e.startswith(b"data: {")]
+
+
+@pytest.mark.parametrize("case", BOTH)
+def test_json_answer_to_a_stream_request(case: str) -> None:
+    obj = json.loads(read(RESPONSES, f"{case}.response.json"))
+    fold = make_fold()
+    try:
+        events = fold.from_json(obj)
+    except ProxyError:
+        return  # the relay answers a plain error
+    assert_valid_event_sequence(events, allow_error=False)
+    message = to_messages_response(obj, model="claude-test", new_id=counter_ids(), tool_names={})
+    assert final_message(events)["content"] == message["content"]
+    assert (fold.stop_reason, fold.usage) == (message["stop_reason"], message["usage"])
+
+
+def test_from_json_after_pings_sends_no_second_message_start() -> None:
+    fold = make_fold()
+    head = fold.start()
+    events = fold.from_json(json.loads(read(RESPONSES, "text.response.json")))
+    assert [e["type"] for e in head] == ["message_start"]
+    assert_valid_event_sequence(head + events, allow_error=False)
+    assert fold.fail(UpstreamUnavailable("late")) == []
+
+
+# --------------------------------------------------------------------------
+# The relay's interface.
+
+
+def sse(obj: Dict[str, Any], named: bool = True) -> bytes:
+    return (f"event: {obj['type']}\n".encode() if named else b"") + b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def feed(fold: ResponsesFold, *objs: Dict[str, Any]) -> List[Event]:
+    out: List[Event] = []
+    for obj in objs:
+        for line in io.BytesIO(sse(obj)).readlines():
+            out += fold.feed_line(line)
+    return out
+
+
+CREATED = {"type": "response.created", "response": {"id": "resp_x", "status": "in_progress", "output": [], "usage": None}}
+
+
+def delta(text: str, oi: int = 0) -> Dict[str, Any]:
+    return {"type": "response.output_text.delta", "item_id": "msg_1", "output_index": oi, "content_index": 0, "delta": text}
+
+
+def completed(**response: Any) -> Dict[str, Any]:
+    body: Dict[str, Any] = {"id": "resp_x", "status": "completed", "output": [], "usage": {"input_tokens": 3, "output_tokens": 2}}
+    body.update(response)
+    return {"type": "response.completed", "response": body}
+
+
+def test_message_start_waits_for_the_first_block() -> None:
+    fold = make_fold()
+    assert feed(fold, CREATED, {"type": "response.in_progress", "response": CREATED["response"]}) == []
+    assert feed(fold, {"type": "response.output_item.added", "output_index": 0, "item": {"type": "reasoning", "id": "rs_1"}}) == []
+    out = feed(fold, delta("hi", 1))
+    assert [e["type"] for e in out] == ["message_start", "content_block_start", "content_block_delta"]
+    assert out[0]["message"]["id"] == "msg_resp_x"
+
+
+def test_complete_finishing_and_metrics() -> None:
+    fold = make_fold()
+    feed(fold, CREATED, delta("hi"))
+    assert not fold.complete and not fold.finishing
+    out = feed(fold, completed())
+    assert fold.complete and fold.finishing
+    assert [e["type"] for e in out] == ["content_block_stop", "message_delta", "message_stop"]
+    assert fold.stop_reason == "end_turn" and fold.usage["input_tokens"] == 3
+    assert feed(fold, delta("late")) == [] and fold.end(clean=True) == ([], None)
+    assert fold.fail(UpstreamUnavailable("x")) == []
+
+
+def test_done_marker_without_terminal_event_is_still_truncation() -> None:
+    fold = make_fold()
+    feed(fold, CREATED, delta("hi"))
+    fold.feed_line(b"data: [DONE]\n")
+    fold.feed_line(b"\n")
+    assert fold.finishing and not fold.complete
+    events, error = fold.end(clean=True)
+    assert events == [] and isinstance(error, UpstreamUnavailable) and "ended early" in error.message
+
+
+def test_clean_eof_after_nothing_is_an_error_too() -> None:
+    fold = make_fold()
+    assert fold.end(clean=True)[1] is not None
+    assert fold.start()[0]["type"] == "message_start" and fold.start() == []
+
+
+def test_last_event_without_blank_line_is_read_at_eof() -> None:
+    fold = make_fold()
+    feed(fold, CREATED, delta("hi"))
+    fold.feed_line(b"data: " + json.dumps(completed()).encode())
+    events, error = fold.end(clean=True)
+    assert error is None and events[-1] == {"type": "message_stop"}
+
+
+def test_error_event_with_plain_text_and_garbage_lines() -> None:
+    fold = make_fold()
+    for _ in range(10):
+        assert fold.feed_line(b"data: not json\n") + fold.feed_line(b"\n") == []
+    assert fold.skipped_events == 10
+    with pytest.raises(ProxyError):
+        fold.feed_line(b"event: error\n")
+        fold.feed_line(b"data: upstream exploded\n")
+        fold.feed_line(b"\n")
+    broken = make_fold()
+    with pytest.raises(UpstreamUnavailable):
+        for _ in range(60):
+            broken.feed_line(b"data: {broken\n\n")
+
+
+def test_secret_in_an_error_event_is_redacted() -> None:
+    secret = "sk-UPSTREAM-SENTINEL-0123456789"
+    fold = make_fold(secrets=(secret,))
+    with pytest.raises(ProxyError) as info:
+        feed(fold, {"type": "error", "code": "server_error", "message": f"key {secret} rejected"})
+    assert secret not in info.value.message
+
+
+def test_deltas_missing_are_filled_from_done_events() -> None:
+    fold = make_fold()
+    events = feed(
+        fold, CREATED,
+        {"type": "response.output_item.added", "output_index": 0, "item": {"type": "reasoning", "id": "rs_1", "summary": []}},
+        {"type": "response.reasoning_summary_text.delta", "output_index": 0, "summary_index": 0, "delta": "Pla"},
+        {"type": "response.reasoning_summary_text.done", "output_index": 0, "summary_index": 0, "text": "Plan"},
+        {"type": "response.output_item.done", "output_index": 0, "item": {"type": "reasoning", "id": "rs_1",
+         "summary": [{"type": "summary_text", "text": "Plan"}, {"type": "summary_text", "text": "More"}], "encrypted_content": "B"}},
+        {"type": "response.output_text.delta", "output_index": 1, "content_index": 0, "delta": "Hel"},
+        {"type": "response.output_text.done", "output_index": 1, "content_index": 0, "text": "Hello"},
+        {"type": "response.output_item.done", "output_index": 1, "item": {"type": "message", "content": [
+            {"type": "output_text", "text": "Hello", "annotations": []}, {"type": "output_text", "text": "Second", "annotations": []}]}},
+        completed(),
+    )
+    assert_valid_event_sequence(events, allow_error=False)
+    content = final_message(events)["content"]
+    assert [b.get("thinking", b.get("text")) for b in content] == ["Plan\n\nMore", "Hello", "Second"]
+
+
+def test_items_the_stream_never_mentioned_come_from_the_final_object() -> None:
+    # A server that sends only lifecycle events and the finished response.
+    output = [{"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "B"},
+              {"type": "message", "content": [{"type": "output_text", "text": "Hi", "annotations": []}]},
+              {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{\"a\":1}"}]
+    fold = make_fold()
+    events = feed(fold, CREATED, completed(output=output))
+    assert_valid_event_sequence(events, allow_error=False)
+    message = final_message(events)
+    assert [b["type"] for b in message["content"]] == ["thinking", "text", "tool_use"]
+    assert message["stop_reason"] == "tool_use" and message["content"][2]["input"] == {"a": 1}
+
+
+def test_non_object_arguments_wait_for_done_and_are_normalised() -> None:
+    fold = make_fold()
+    events = feed(
+        fold, CREATED,
+        {"type": "response.output_item.added", "output_index": 0, "item": {"type": "function_call", "call_id": "c1", "name": "f", "arguments": ""}},
+        {"type": "response.function_call_arguments.delta", "output_index": 0, "delta": "\"{\\\"a\\\": 1}\""},
+        {"type": "response.output_item.done", "output_index": 0, "item": {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "\"{\\\"a\\\": 1}\""}},
+        completed(),
+    )
+    assert_valid_event_sequence(events, allow_error=False)
+    assert final_message(events)["content"] == [{"type": "tool_use", "id": "c1", "name": "f", "input": {"a": 1}}]
+
+
+def test_tool_names_map_back_and_duplicate_call_ids_are_suffixed() -> None:
+    fold = make_fold(tool_names={"mcp_x_1a2b": "mcp.x"})
+    item = {"type": "function_call", "call_id": "c1", "name": "mcp_x_1a2b", "arguments": "{}"}
+    events = feed(fold, CREATED,
+                  {"type": "response.output_item.added", "output_index": 0, "item": item},
+                  {"type": "response.output_item.done", "output_index": 0, "item": item},
+                  {"type": "response.output_item.added", "output_index": 1, "item": item},
+                  {"type": "response.output_item.done", "output_index": 1, "item": item},
+                  completed())
+    starts = [e["content_block"] for e in events if e["type"] == "content_block_start"]
+    assert [(b["id"], b["name"]) for b in starts] == [("c1", "mcp.x"), ("c1_2", "mcp.x")]
+
+
+def test_two_streams_do_not_share_state() -> None:
+    body = read(STREAMS, "parallel_calls.upstream.sse")
+    assert run_body(body) == run_body(body)
+
+
+# --------------------------------------------------------------------------
+# The reasoning round trip over three turns (RESPONSES.md 7.1-7.3).
+
+TOOLS = [{"name": "Read", "input_schema": {"type": "object", "properties": {"file_path": {"type": "string"}}}},
+         {"name": "Grep", "input_schema": {"type": "object", "properties": {"pattern": {"type": "string"}}}}]
+
+
+def request(messages: List[Dict[str, Any]]) -> Dict[str, Any]:
+    body = {"model": "claude-opus-5-5", "max_tokens": 32000, "stream": True, "thinking": {"type": "adaptive"},
+            "output_config": {"effort": "medium"}, "tools": TOOLS, "messages": messages}
+    return to_responses_request(parse_messages_request(body), model="gpt-5.4", stream=True).body
+
+
+def claude_signature() -> str:
+    return base64.b64encode(b"\x12\x34 a real Claude signature blob").decode("ascii")
+
+
+def test_reasoning_round_trip_over_three_turns() -> None:
+    history: List[Dict[str, Any]] = [{"role": "user", "content": "Find the TODOs in a.py"}]
+    first = request(history)
+    assert first["include"] == ["reasoning.encrypted_content"]
+    assert first["reasoning"] == {"effort": "medium", "summary": "auto"}
+
+    # Turn 1: reasoning (no summary) + two parallel calls, streamed.
+    turn1 = final_message(run_body(read(STREAMS, "parallel_calls.upstream.sse")))
+    # The client keeps the blocks as they came, and adds a thinking block from another backend.
+    history.append({"role": "assistant", "content": [{"type": "thinking", "thinking": "from Claude", "signature": claude_signature()}]
+                    + turn1["content"]})
+    history.append({"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "call_Qe4Ua1", "content": "# TODO: fix"},
+        {"type": "tool_result", "tool_use_id": "call_Zr8Kb2", "content": "a.py:1"}]})
+    second = request(history)["input"]
+    kinds = [(i["type"], i.get("id") or i.get("call_id")) for i in second]
+    assert kinds == [("message", None), ("reasoning", "rs_0a1b2c3d4e5f6071"), ("function_call", "call_Qe4Ua1"),
+                     ("function_call", "call_Zr8Kb2"), ("function_call_output", "call_Qe4Ua1"),
+                     ("function_call_output", "call_Zr8Kb2")]
+    assert second[1] == {"type": "reasoning", "id": "rs_0a1b2c3d4e5f6071", "summary": [], "encrypted_content": "gAAAAABoyZrs1FULL_BLOB-_=="}
+
+    # Turn 2: reasoning with a summary, then the answer text.
+    turn2 = final_message(run_body(read(STREAMS, "reasoning_summary.upstream.sse")))
+    history.append({"role": "assistant", "content": turn2["content"]})
+    history.append({"role": "user", "content": "Thanks. Now fix it."})
+    third = request(history)["input"]
+    assert third[: len(second)] == second  # earlier turns unchanged: the prompt cache holds
+    tail = third[len(second):]
+    assert [i["type"] for i in tail] == ["reasoning", "message", "message"]
+    assert tail[0]["id"] == "rs_1f2e3d4c5b6a7988" and tail[0]["encrypted_content"] == "gAAAAABoyZrs2_BLOB=="
+    assert tail[0]["summary"] == [{"type": "summary_text", "text": "**Planning**\n\nThe user wants a haiku.\n\nCount the syllables: 5, 7, 5."}]
+    assert tail[1]["role"] == "assistant" and tail[1]["content"][0]["type"] == "output_text"
+    assert tail[2] == {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Thanks. Now fix it."}]}
