@@ -21,11 +21,30 @@ import shlex
 import signal
 import sys
 import threading
-from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional, Sequence, Set, TextIO, Tuple
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    NoReturn,
+    Optional,
+    Sequence,
+    Set,
+    TextIO,
+    Tuple,
+)
 from urllib.parse import urlsplit
 
 from . import __version__
-from .config import DEFAULT_MESSAGES_UPSTREAM, DEFAULT_UPSTREAM, UPSTREAM_APIS, Config, check_header, check_url
+from .config import (
+    DEFAULT_MESSAGES_UPSTREAM,
+    DEFAULT_UPSTREAM,
+    UPSTREAM_APIS,
+    Config,
+    check_header,
+    check_url,
+)
 from .config_file import ConfigError, FileConfig, FlagSpec, parse_config
 from .credentials import DEFAULT_TTL, command_token, current_secret
 from .dialects import DIALECTS

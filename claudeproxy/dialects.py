@@ -65,6 +65,9 @@ class Dialect:
     # Echo Gemini's thought_signature on assistant tool calls (extra_content.google). Other
     # servers may reject the unknown field, e.g. after a session moves from Gemini to OpenAI.
     thought_signatures: bool = False
+    # The Responses API here runs OpenAI's hosted web_search tool (Azure refuses it:
+    # "Hosted tool 'web_search_preview' is not supported", RESPONSES.md 7.10).
+    hosted_web_search: bool = False
     # Merge consecutive user messages into one. DeepSeek reasoner and Mistral-family chat
     # templates reject two in a row (PROTOCOL.md 1.2 step 4), and an unknown server may too.
     # A merge rewrites the last user message when the next request adds another user turn
@@ -85,7 +88,7 @@ DIALECTS: Dict[str, Dialect] = {
     # prompt_cache_key: developers.openai.com/api/docs/guides/prompt-caching.
     "openai": dataclasses.replace(
         _BASE, name="openai", supports_file_parts=True, reasoning="none", merge_user_turns=False,
-        cache_key_field="prompt_cache_key",
+        cache_key_field="prompt_cache_key", hosted_web_search=True,
     ),
     # Azure also hosts other vendors' models (Foundry), which answer 400 "Unrecognized request
     # argument supplied: prompt_cache_key" (vectorize-io/hindsight#3518, zed-industries/zed#52000):

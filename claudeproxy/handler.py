@@ -23,7 +23,13 @@ import threading
 import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from .errors import ClientGone, InvalidRequest, ProxyError, error_payload, error_type_for_status
+from .errors import (
+    ClientGone,
+    InvalidRequest,
+    ProxyError,
+    error_payload,
+    error_type_for_status,
+)
 from .ids import new_request_id
 from .sse import encode_event
 

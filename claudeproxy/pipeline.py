@@ -19,14 +19,16 @@ from urllib.parse import unquote
 from . import catalog
 from .anthropic_types import parse_count_tokens_request, peek_request
 from .apis.base import ClientRequest, Exchange
-from .apis.chat import ChatApi
+from .apis.chat.api import ChatApi
 from .apis.messages import MessagesApi
+from .apis.responses.api import ResponsesApi
 from .config import Config, Provider
 from .credentials import current_secret
 from .dialects import auth_header, auth_style
 from .errors import ProxyError, UpstreamHTTPError, max_tokens_limit
 from .ids import new_id
 from .metrics import CallRecord, Metrics
+from .prompt_cache import session_cache_key
 from .redact import redact_text
 from .relay import Relay
 from .replies import events_for_message, local_message
@@ -52,7 +54,7 @@ class Proxy:
         self.watchdog = watchdog
         self.router = build_router(config)
         self.upstream = Upstream(config)
-        self.apis: Dict[str, Any] = {"chat": ChatApi(), "messages": MessagesApi()}
+        self.apis: Dict[str, Any] = {"chat": ChatApi(), "messages": MessagesApi(), "responses": ResponsesApi()}
         self._caps: Dict[Tuple[str, str], int] = {}
         self._lock = threading.Lock()
         self._warned: Set[str] = set()  # translation warnings already logged at WARNING level
@@ -240,7 +242,8 @@ class Proxy:
         api = self.apis[target.api]
         parsed = api.parse(req.body)
         if parsed is not None:
-            req = ClientRequest(req.body, req.model, req.stream, req.headers, req.query, parsed, req.cache_key)
+            key = session_cache_key(req.headers, parsed.user_id)
+            req = ClientRequest(req.body, req.model, req.stream, req.headers, req.query, parsed, key)
             if parsed.max_tokens in (0, 1):
                 # max_tokens 1 is Claude Code's quota probe; 0 only warms a cache. Neither needs the upstream.
                 text, reason = ("ok", "end_turn") if parsed.max_tokens == 1 else ("", "max_tokens")
@@ -266,7 +269,11 @@ class Proxy:
     # Upstream round trip, with the max_tokens retry.
 
     def _send(self, api: Any, req: ClientRequest, target: Target, call: UpstreamCall) -> Tuple[Any, Exchange]:
-        """Prepare and POST; on "max_tokens too large" learn the named limit and try again."""
+        """Prepare and POST; a refusal the request can be changed for is tried again, a few times.
+
+        "max_tokens too large" teaches the named limit (PROTOCOL.md 1.1, remembered per
+        model); an API may know refusals of its own (``recover``: Responses reasoning).
+        """
         ex = self._prepare(api, req, target, None)
         for attempt in range(_MAX_TOKENS_RETRIES + 1):
             if self.config.log_bodies:
@@ -275,16 +282,27 @@ class Proxy:
                 return self._open(ex.url, target.provider, call, body=ex.body, headers=ex.headers,
                                   client=req.headers), ex
             except UpstreamHTTPError as exc:
-                limit = max_tokens_limit(exc.upstream_message, ex.max_tokens or 0) if exc.status == 400 else None
-                if limit is None or attempt == _MAX_TOKENS_RETRIES:
+                changed = self._changed_request(exc, api, req, target, ex)
+                if changed is None or attempt == _MAX_TOKENS_RETRIES:
                     raise
-                self._learn_cap(target, limit)
-                ex = self._prepare(api, req, target, limit)
+                ex = changed
         raise AssertionError("unreachable")
 
-    def _prepare(self, api: Any, req: ClientRequest, target: Target, limit: Optional[int]) -> Exchange:
+    def _changed_request(self, exc: UpstreamHTTPError, api: Any, req: ClientRequest, target: Target,
+                         ex: Exchange) -> Optional[Exchange]:
+        limit = max_tokens_limit(exc.upstream_message, ex.max_tokens or 0) if exc.status == 400 else None
+        if limit is not None:
+            self._learn_cap(target, limit)
+            return self._prepare(api, req, target, limit)
+        recover = getattr(api, "recover", None)
+        return recover(exc, req, target, ex, self._cap(target)) if recover is not None else None
+
+    def _cap(self, target: Target, limit: Optional[int] = None) -> Optional[int]:
         caps = [c for c in (target.output_cap, self._learned_cap(target), limit) if c]
-        ex = api.prepare(req, target, min(caps) if caps else None)
+        return min(caps) if caps else None
+
+    def _prepare(self, api: Any, req: ClientRequest, target: Target, limit: Optional[int]) -> Exchange:
+        ex = api.prepare(req, target, self._cap(target, limit))
         for warning in ex.warnings:
             self._warn_once(warning)
         return ex

@@ -25,7 +25,14 @@ from typing import Any, Dict, List, Optional
 from .config import Config
 from .ending import StreamFold, stream_end
 from .errors import ClientGone, ProxyError, UpstreamUnavailable
-from .upstream import UpstreamCall, clean_eof, content_kind, iter_lines, read_error, read_json_body
+from .upstream import (
+    UpstreamCall,
+    clean_eof,
+    content_kind,
+    iter_lines,
+    read_error,
+    read_json_body,
+)
 
 log = logging.getLogger(__name__)
 

@@ -41,31 +41,33 @@ def events_for_message(message: Dict[str, Any]) -> List[Event]:
     start["usage"] = {"input_tokens": usage.get("input_tokens", 0), "output_tokens": 1}
     events: List[Event] = [{"type": "message_start", "message": start}]
     for index, block in enumerate(message.get("content") or []):
-        events += _block_events(index, block)
+        events += block_events(index, block)
     delta = {"stop_reason": message.get("stop_reason") or "end_turn", "stop_sequence": message.get("stop_sequence")}
     events.append({"type": "message_delta", "delta": delta, "usage": usage})
     events.append({"type": "message_stop"})
     return events
 
 
-def _block_events(index: int, block: Dict[str, Any]) -> List[Event]:
+def block_events(index: int, block: Dict[str, Any]) -> List[Event]:
+    """One whole block as the start, deltas and stop a stream carries for it."""
     kind = block.get("type")
     deltas: List[Dict[str, Any]] = []
     if kind == "text":
-        start = {"type": "text", "text": ""}
+        start: Dict[str, Any] = {"type": "text", "text": ""}
         if block.get("text"):  # an empty text_delta is noise the grammar forbids
             deltas.append({"type": "text_delta", "text": block["text"]})
+        deltas += [{"type": "citations_delta", "citation": c} for c in block.get("citations") or ()]
     elif kind == "thinking":
         start = {"type": "thinking", "thinking": "", "signature": ""}
         if block.get("thinking"):
             deltas.append({"type": "thinking_delta", "thinking": block["thinking"]})
         deltas.append({"type": "signature_delta", "signature": block.get("signature") or ""})
-    elif kind == "tool_use":
+    elif kind in ("tool_use", "server_tool_use"):
         start = {**block, "input": {}}
         if block.get("input"):
             deltas.append({"type": "input_json_delta", "partial_json": json.dumps(block["input"], ensure_ascii=False)})
     else:
-        start = dict(block)  # redacted_thinking and the like travel whole in their start event
+        start = dict(block)  # redacted_thinking, web_search_tool_result: whole in their start event
     events: List[Event] = [{"type": "content_block_start", "index": index, "content_block": start}]
     events += [{"type": "content_block_delta", "index": index, "delta": d} for d in deltas]
     events.append({"type": "content_block_stop", "index": index})

@@ -47,6 +47,8 @@ _GLOB_CHARS = frozenset("*?[")
 # so Claude Code's hard-coded names never fail.
 _NEAREST = {"opus": ("sonnet", "haiku"), "sonnet": ("opus", "haiku"), "haiku": ("sonnet", "opus")}
 _TARGET_CACHE_LIMIT = 512  # distinct (provider, model) pairs remembered per router
+# Providers whose chat routes switch to the Responses API for models served only there.
+_RESPONSES_HOSTS = ("openai", "azure")
 
 
 def claude_family(name: str) -> Optional[str]:
@@ -111,12 +113,10 @@ class Target:
     facts: ModelFacts
     # The max_tokens cap: the model's output cap and the configured caps, the smallest.
     output_cap: Optional[int]
-    # Chat Completions quirks for this provider and model (None for the other APIs).
+    # The provider's quirks for this model (None for the Messages API, which forwards).
     dialect: Optional[Dialect]
-
-    @property
-    def api(self) -> str:
-        return self.provider.api
+    # The upstream API this call speaks: the provider's, except for Responses-only models.
+    api: str = "chat"
 
     @property
     def label(self) -> str:
@@ -278,11 +278,14 @@ class Router:
             if fnmatch.fnmatchcase(model, pattern):
                 facts = facts.merged(override)
                 break
-        dialect = None
-        if provider.api == "chat":
-            dialect = dialect_for(provider.dialect or detect_provider(provider.url), model)
+        dialect, api = None, provider.api
+        if api != "messages":
+            name = provider.dialect or detect_provider(provider.url)
+            dialect = dialect_for(name, model)
+            if api == "chat" and facts.responses_only and name in _RESPONSES_HOSTS:
+                api = "responses"  # OpenAI serves this model only on /v1/responses (RESPONSES.md 5)
         cap = _output_cap(facts.max_output, provider.max_output_tokens, self.max_output_tokens)
-        return Target(provider, model, facts, cap, dialect)
+        return Target(provider, model, facts, cap, dialect, api)
 
     def passes_names_through(self) -> List[Provider]:
         """Providers some route sends the client's own model name to (their model list is ours)."""

@@ -26,7 +26,7 @@ _SETTINGS = ("host", "port", "proxy", "use_env_proxy", "ca_bundle", "allowed_hos
 
 def _provider(p: Provider) -> Dict[str, Any]:
     out: Dict[str, Any] = {"url": redact_url(p.url), "api": p.api}
-    if p.api == "chat":
+    if p.api != "messages":
         out["dialect"] = p.dialect or f"{detect_provider(p.url)} (detected from the URL)"
     out["auth"] = auth_style(p.api, p.url, p.dialect, p.auth) + ("" if p.auth else " (default)")
     out["key"] = f"{MASK} (from {p.key_source})" if p.key_source else "none"

@@ -19,7 +19,12 @@ import re
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..dialects import forwards_betas
-from ..errors import ProxyError, UpstreamUnavailable, error_from_status, stream_error_event
+from ..errors import (
+    ProxyError,
+    UpstreamUnavailable,
+    error_from_status,
+    stream_error_event,
+)
 from ..replies import events_for_message
 from ..routing import Target
 from ..sse import ServerSentEvent, SSEDecoder, split_lines

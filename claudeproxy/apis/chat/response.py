@@ -14,7 +14,13 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ...errors import UpstreamUnavailable, error_from_object
 from ...signatures import encode_signature
-from .wire import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta, parse_chat_response
+from .wire import (
+    ChatChoice,
+    ChatResponse,
+    ChatUsage,
+    ToolCallDelta,
+    parse_chat_response,
+)
 
 IdFactory = Callable[[], str]
 _ID_CHARS_RE = re.compile(r"[^A-Za-z0-9_-]")

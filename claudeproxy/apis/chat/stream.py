@@ -19,7 +19,12 @@ import math
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-from ...errors import ProxyError, UpstreamUnavailable, error_from_object, stream_error_event
+from ...errors import (
+    ProxyError,
+    UpstreamUnavailable,
+    error_from_object,
+    stream_error_event,
+)
 from ...replies import events_for_message
 from ...signatures import encode_signature
 from ...sse import ServerSentEvent, SSEDecoder, is_done, split_lines

@@ -27,6 +27,7 @@ import math
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from ...errors import ProxyError, UpstreamUnavailable, stream_error_event
+from ...replies import block_events, events_for_message
 from ...signatures import encode_signature
 from ...sse import ServerSentEvent, SSEDecoder, is_done, split_lines
 from ..chat.response import message_id, normalize_arguments
@@ -35,8 +36,8 @@ from .response import (
     IdFactory,
     error_for,
     failure_of,
-    item_blocks,
     is_search,
+    item_blocks,
     part_text,
     reasoning_text,
     search_blocks,
@@ -185,7 +186,7 @@ class ResponsesFold:
         events: List[Event] = []
         if not self.started:  # else start() already sent one (pings while the body was slow)
             self.started = True
-            events = message_events(message)[:1]
+            events = events_for_message(message)[:1]
         for block in message["content"]:
             events += self._whole_block(block)
         self.stop_reason, self.usage = message["stop_reason"], message["usage"]
@@ -594,38 +595,3 @@ def _dict(value: Any) -> Dict[str, Any]:
 def _str(obj: Dict[str, Any], key: str) -> str:
     value = obj.get(key)
     return value if isinstance(value, str) else ""
-
-
-def block_events(index: int, block: Dict[str, Any]) -> List[Event]:
-    """One whole Anthropic block as the start, deltas and stop a stream carries."""
-    kind = block.get("type")
-    deltas: List[Dict[str, Any]] = []
-    if kind == "text":
-        start: Dict[str, Any] = {"type": "text", "text": ""}
-        deltas.append({"type": "text_delta", "text": block["text"]})
-        deltas += [{"type": "citations_delta", "citation": c} for c in block.get("citations", [])]
-    elif kind == "thinking":
-        start = dict(_THINKING_START)
-        deltas += [{"type": "thinking_delta", "thinking": block["thinking"]}] if block["thinking"] else []
-        deltas.append({"type": "signature_delta", "signature": block["signature"]})
-    elif kind in ("tool_use", "server_tool_use"):
-        start = {**block, "input": {}}
-        if block["input"]:
-            deltas.append({"type": "input_json_delta", "partial_json": json.dumps(block["input"], ensure_ascii=False)})
-    else:
-        start = dict(block)  # web_search_tool_result travels whole in its start event
-    events: List[Event] = [{"type": "content_block_start", "index": index, "content_block": start}]
-    events += [{"type": "content_block_delta", "index": index, "delta": d} for d in deltas]
-    return events + [{"type": "content_block_stop", "index": index}]
-
-
-def message_events(message: Dict[str, Any]) -> List[Event]:
-    """The complete stream for a complete message."""
-    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
-    usage = dict(message.get("usage") or {})
-    start["usage"] = {"input_tokens": usage.get("input_tokens", 0), "output_tokens": 1}
-    events: List[Event] = [{"type": "message_start", "message": start}]
-    for index, block in enumerate(message.get("content") or []):
-        events += block_events(index, block)
-    delta = {"stop_reason": message.get("stop_reason") or "end_turn", "stop_sequence": None}
-    return events + [{"type": "message_delta", "delta": delta, "usage": usage}, {"type": "message_stop"}]

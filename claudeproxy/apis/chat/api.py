@@ -1,0 +1,66 @@
+"""Chat Completions as the pipeline sees it: parse, prepare, from_json, fold (``apis/base.py``). Pure."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Optional, Tuple
+
+from ...anthropic_types import MessagesRequest, parse_messages_request
+from ...ids import new_id
+from ...routing import Target
+from ...urls import chat_url
+from ..base import ClientRequest, Exchange
+from .request import Translation, to_chat_request
+from .response import message_from_body
+from .stream import ChatFold, StreamTranslator
+
+
+class ChatApi:
+    name = "chat"
+    translates = True  # the request is parsed and rewritten: local answers and local token counts apply
+
+    def parse(self, body: Dict[str, Any]) -> MessagesRequest:
+        return parse_messages_request(body)
+
+    def prepare(self, req: ClientRequest, target: Target, cap: Optional[int]) -> Exchange:
+        parsed, dialect = req.parsed, target.dialect
+        assert parsed is not None and dialect is not None, "parse() runs before prepare()"
+        # Some servers lose tool calls when streaming (PROTOCOL.md 5.6): ask them for JSON instead.
+        wants_stream = parsed.stream and (dialect.stream_with_tools or not parsed.tools)
+        translation = to_chat_request(parsed, model=target.model, dialect=dialect, max_output_tokens=cap,
+                                      stream=wants_stream, cache_key=req.cache_key)
+        chat = translation.request
+        body = json.dumps(chat.to_dict(), ensure_ascii=False).encode("utf-8")
+        azure = target.provider.azure_api_version if dialect.auth == "azure" else None
+        headers = (("Content-Type", "application/json"),
+                   ("Accept", "text/event-stream" if chat.stream else "application/json"))
+        return Exchange(chat_url(target.provider.url, target.model, azure), body, headers, chat.stream,
+                        chat.max_tokens, translation.warnings, (translation, target))
+
+    def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
+                  ) -> Tuple[Dict[str, Any], List[str]]:
+        translation, target = _context(ex)
+        parsed = req.parsed
+        assert parsed is not None
+        return message_from_body(
+            obj, model=req.model, new_id=new_id, tool_names=translation.tool_names,
+            stop_sequences=parsed.stop_sequences, dialect_name=target.dialect.name,
+            think_tags=target.dialect.think_tags, secrets=secrets,
+        )
+
+    def fold(self, req: ClientRequest, ex: Exchange, *, message_id: str, input_tokens: int,
+             secrets: Tuple[str, ...] = ()) -> ChatFold:
+        translation, target = _context(ex)
+        parsed = req.parsed
+        assert parsed is not None
+        translator = StreamTranslator(
+            message_id=message_id, model=req.model, input_tokens=input_tokens, new_id=new_id,
+            tool_names=translation.tool_names, stop_sequences=parsed.stop_sequences,
+            dialect_name=target.dialect.name, think_tags=target.dialect.think_tags, secrets=secrets,
+        )
+        return ChatFold(translator)
+
+
+def _context(ex: Exchange) -> Tuple[Translation, Target]:
+    translation, target = ex.context
+    return translation, target

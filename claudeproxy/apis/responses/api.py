@@ -1,0 +1,89 @@
+"""OpenAI Responses as the pipeline sees it: parse, prepare, from_json, fold, recover (``apis/base.py``). Pure.
+
+``recover`` answers the two refusals only this API has, with a changed request
+instead of an error for the client (RESPONSES.md 5 and 7): encrypted reasoning
+the upstream cannot read any more (another key or organisation) is left out
+once, and an organisation that may not have reasoning summaries is asked for
+none from then on (remembered per provider, on this server).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+from ...anthropic_types import MessagesRequest, parse_messages_request
+from ...errors import ProxyError
+from ...ids import new_id
+from ...routing import Target
+from ...urls import join_path
+from ..base import ClientRequest, Exchange
+from .request import Translation, to_responses_request
+from .response import to_messages_response
+from .stream import ResponsesFold
+
+
+def responses_url(base: str) -> str:
+    """``{base}/responses``; an Azure resource URL gets its v1 surface (``/openai/v1/responses``)."""
+    if ".azure.com" in base and "/openai/" not in base + "/":
+        base = join_path(base, "/openai/v1")
+    return join_path(base, "/responses")
+
+
+class ResponsesApi:
+    name = "responses"
+    translates = True  # parsed and rewritten: local answers and local token counts apply
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._no_summaries: Set[str] = set()  # providers whose organisation refused reasoning summaries
+
+    def parse(self, body: Dict[str, Any]) -> MessagesRequest:
+        return parse_messages_request(body)
+
+    def prepare(self, req: ClientRequest, target: Target, cap: Optional[int], *, replay: bool = True) -> Exchange:
+        parsed = req.parsed
+        assert parsed is not None, "parse() runs before prepare()"
+        with self._lock:
+            summaries = target.provider.name not in self._no_summaries
+        dialect = target.dialect
+        translation = to_responses_request(
+            parsed, model=target.model, max_output_tokens=cap, stream=parsed.stream,
+            web_search=bool(dialect and dialect.hosted_web_search), cache_key=req.cache_key,
+            replay_reasoning=replay, reasoning_summary=summaries,
+        )
+        body = json.dumps(translation.body, ensure_ascii=False).encode("utf-8")
+        headers = (("Content-Type", "application/json"),
+                   ("Accept", "text/event-stream" if parsed.stream else "application/json"))
+        return Exchange(responses_url(target.provider.url), body, headers, parsed.stream,
+                        translation.body.get("max_output_tokens"), translation.warnings, translation)
+
+    def recover(self, exc: ProxyError, req: ClientRequest, target: Target, ex: Exchange,
+                cap: Optional[int]) -> Optional[Exchange]:
+        """A changed request for a refusal this API can get past, or None."""
+        if exc.status != 400:
+            return None
+        text = (getattr(exc, "upstream_message", "") or exc.message).lower()
+        if "encrypted" in text and b'"reasoning"' in ex.body:
+            return self.prepare(req, target, cap, replay=False)
+        if "summary" in text and ("verified" in text or "unsupported" in text):
+            with self._lock:
+                if target.provider.name in self._no_summaries:
+                    return None
+                self._no_summaries.add(target.provider.name)
+            return self.prepare(req, target, cap)
+        return None
+
+    def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
+                  ) -> Tuple[Dict[str, Any], List[str]]:
+        translation: Translation = ex.context
+        message = to_messages_response(obj, model=req.model, new_id=new_id, tool_names=translation.tool_names,
+                                       secrets=secrets)
+        return message, []
+
+    def fold(self, req: ClientRequest, ex: Exchange, *, message_id: str, input_tokens: int,
+             secrets: Tuple[str, ...] = ()) -> ResponsesFold:
+        translation: Translation = ex.context
+        return ResponsesFold(message_id=message_id, model=req.model, input_tokens=input_tokens, new_id=new_id,
+                             tool_names=translation.tool_names, secrets=secrets)
