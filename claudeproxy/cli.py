@@ -233,6 +233,20 @@ def parse_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) 
     return ns, given
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    """json.loads keeps the last of two equal keys; in a config file that hides a mistake."""
+    out: Dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def load_config_file(path: str, environ: Mapping[str, str], specs: Mapping[str, FlagSpec]) -> FileConfig:
     try:
         with open(path, "rb") as fh:
@@ -242,7 +256,9 @@ def load_config_file(path: str, environ: Mapping[str, str], specs: Mapping[str, 
     if len(raw) > 4 * 1024 * 1024:
         raise UsageError(f"--config {path}: larger than 4 MiB")
     try:
-        obj = json.loads(raw.decode("utf-8"))
+        obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise UsageError(f"--config {path}: the key {exc.args[0]!r} appears twice in one object") from None
     except (ValueError, RecursionError) as exc:
         where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
         raise UsageError(f"--config {path}: not valid JSON{where}: {getattr(exc, 'msg', 'cannot decode')}") from None
@@ -514,7 +530,10 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
         print(f"claudeproxy: error: {redact_text(' '.join(str(exc).split()), secrets)}", file=stderr)
         return 2
     if ns.print_config:
-        print(json.dumps(describe_config(config, ns.config), indent=2), file=stdout)
+        try:
+            print(json.dumps(describe_config(config, ns.config), indent=2), file=stdout)
+        except BrokenPipeError:  # piped into head: the reader has what it wanted
+            pass
         return 0
     logger = logging.getLogger("claudeproxy")
     saved = (logger.level, logger.propagate)

@@ -199,6 +199,7 @@ def _default_provider(config: Config) -> str:
 
 
 def _shorthand_routes(config: Config, provider: str) -> List[Route]:
+    """The routes the model flags mean; a missing family borrows another only when nothing else is the default."""
     routes = [Route(p, RouteTarget(provider, m), origin=f"--model-map {p}={m}") for p, m in config.model_map]
     given = {f: getattr(config, f"{f}_model") for f in FAMILIES}
     for family in FAMILIES:
@@ -206,7 +207,7 @@ def _shorthand_routes(config: Config, provider: str) -> List[Route]:
             routes.append(Route(family, RouteTarget(provider, given[family]), origin=f"--{family}-model"))
     if config.model:
         routes.append(Route("*", RouteTarget(provider, config.model), origin="--model"))
-    elif any(given.values()):
+    elif any(given.values()) and not any(r.match == "*" for r in config.routes):
         for family in (f for f in FAMILIES if not given[f]):
             other = next(o for o in _NEAREST[family] if given[o])
             routes.append(Route(family, RouteTarget(provider, given[other]), origin=f"--{other}-model (no --{family}-model)"))

@@ -1,0 +1,267 @@
+"""``--config FILE`` and ``--print-config`` (issue 6, item 3).
+
+A file holds providers, routes, model tables and every flag; keys come from
+named environment variables or a command, never from the file; flags win over
+the file; a bad file exits 2 with one line naming the file, the JSON path and
+what is wrong; ``--print-config`` shows the effective configuration with keys
+masked and routes resolved, and exits 0.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+
+from claudeproxy import cli
+
+OPENAI_KEY = "sk-CONFIG-SENTINEL-0123456789"
+ENV = {"OPENAI_API_KEY": OPENAI_KEY, "HOME": "/nonexistent"}
+
+# The README's complete example: OpenAI for opus and sonnet, a local Ollama for haiku.
+EXAMPLE = {
+    "providers": {
+        "openai": {"url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY"},
+        "ollama": {"url": "http://localhost:11434/v1",
+                   "models": {"qwen3:8b": {"context_window": 40960, "max_output_tokens": 8192}}},
+    },
+    "routes": [
+        {"match": "opus", "provider": "openai", "model": "o3"},
+        {"match": "sonnet", "provider": "openai", "model": "gpt-4.1"},
+        {"match": "haiku", "provider": "ollama", "model": "qwen3:8b",
+         "fallbacks": [{"provider": "openai", "model": "gpt-4.1-mini"}]},
+        {"match": "*", "provider": "openai", "model": "gpt-4.1"},
+    ],
+    "port": 9099,
+    "idle_timeout": 120,
+    "log_level": "warning",
+}
+
+
+def run_main(argv: List[str], environ: Optional[Dict[str, str]] = None) -> Tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(argv, environ=ENV if environ is None else environ, stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def served(monkeypatch: Any) -> List[Any]:
+    configs: List[Any] = []
+    monkeypatch.setattr(cli, "serve", lambda config, stdout, metrics_path=None: configs.append(config) or 0)
+    return configs
+
+
+def write(tmp_path: Any, obj: Any, name: str = "claudeproxy.json") -> str:
+    path = os.path.join(str(tmp_path), name)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(obj if isinstance(obj, str) else json.dumps(obj))
+    return path
+
+
+def assert_one_line_error(code: int, out: str, err: str, *parts: str) -> str:
+    assert code == 2, (code, out, err)
+    assert out == "" and len(err.splitlines()) == 1, err
+    for part in parts:
+        assert part in err, err
+    assert OPENAI_KEY not in err
+    return err
+
+
+# ---------------------------------------------------------------------------
+# A good file.
+
+
+def test_the_example_file_configures_providers_routes_and_flags(tmp_path: Any, served: List[Any]) -> None:
+    code, out, err = run_main(["--config", write(tmp_path, EXAMPLE)])
+    assert (code, err) == (0, "")
+    config = served[0]
+    assert [p.name for p in config.providers] == ["openai", "ollama"]
+    assert config.providers[0].token() == OPENAI_KEY and config.providers[1].token() == ""
+    assert [r.match for r in config.routes] == ["opus", "sonnet", "haiku", "*"]
+    assert config.routes[2].fallbacks[0].model == "gpt-4.1-mini"
+    assert (config.port, config.idle_timeout) == (9099, 120.0)
+    assert config.upstream is None  # no single-upstream shorthand: the file names the providers
+
+
+def test_flags_win_over_the_file(tmp_path: Any, served: List[Any]) -> None:
+    code, _, err = run_main(["--config", write(tmp_path, EXAMPLE), "--port", "0", "--idle-timeout", "5"])
+    assert code == 0, err
+    assert (served[0].port, served[0].idle_timeout) == (0, 5.0)
+
+
+def test_every_flag_has_a_key_with_dashes_or_underscores(tmp_path: Any, served: List[Any]) -> None:
+    settings = {"max-concurrency": 7, "allowed_host": ["box.lan"], "header": ["X-Title: claudeproxy"],
+                "model_map": ["claude-haiku*=gpt-4o-mini"], "upstream": "http://127.0.0.1:9/v1", "log_bodies": True}
+    code, _, err = run_main(["--config", write(tmp_path, settings)])
+    assert code == 0, err
+    config = served[0]
+    assert config.max_concurrency == 7 and config.allowed_hosts == ("box.lan",)
+    assert config.headers == (("X-Title", "claudeproxy"),) and config.model_map == (("claude-haiku*", "gpt-4o-mini"),)
+    assert config.upstream == "http://127.0.0.1:9/v1" and config.log_bodies is True
+
+
+def test_every_flag_is_a_known_file_key() -> None:
+    specs = cli.flag_specs(cli.build_parser())
+    flags = {a.dest for a in cli.build_parser()._actions if a.option_strings}
+    assert flags - specs.keys() == {"help", "version", "config", "print_config", "api_key", "auth_key"}
+
+
+def test_key_command_in_the_file(tmp_path: Any, served: List[Any]) -> None:
+    conf = {"providers": {"vault": {"url": "https://api.openai.com/v1",
+                                     "api_key_command": ["printf", "%s", "sk-from-command-0001"]}},
+            "routes": [{"match": "*", "provider": "vault"}]}
+    code, _, err = run_main(["--config", write(tmp_path, conf)])
+    assert code == 0, err
+    assert served[0].providers[0].token() == "sk-from-command-0001"
+
+
+# ---------------------------------------------------------------------------
+# Bad files: exit 2, one line naming the file, the path and what is wrong.
+
+BAD_FILES = [
+    ({"providers": {"openai": {"url": "https://x.test", "api_key": "sk-literal-000000"}}},
+     "providers.openai.api_key", "never stored"),
+    ({"api_key": "sk-literal-000000"}, "api_key", "never stored"),
+    ({"auth_key": "hunter2"}, "auth_key", "never stored"),
+    ({"providers": {"openai": {}}}, "providers.openai.url", "required"),
+    ({"providers": {"openai": {"url": "ftp://x"}}}, "providers.openai.url", "http"),
+    ({"providers": {"openai": {"url": "https://x.test", "api": "grpc"}}}, "providers.openai.api", "grpc"),
+    ({"providers": {"openai": {"url": "https://x.test", "dialect": "nope"}}}, "providers.openai.dialect", "nope"),
+    ({"providers": {"openai": {"url": "https://x.test", "colour": "red"}}}, "providers.openai.colour", "unknown key"),
+    ({"providers": {"openai": {"url": "https://x.test", "models": {"o3": {"context": 5}}}}},
+     "providers.openai.models.o3.context", ""),
+    ({"providers": {"openai": {"url": "https://x.test", "models": {"o3": {"context_window": "big"}}}}},
+     "providers.openai.models.o3.context_window", ""),
+    ({"providers": {"openai": {"url": "https://x.test", "api_key_env": "NOT_SET_ANYWHERE"}}},
+     "providers.openai.api_key_env", "NOT_SET_ANYWHERE"),
+    ({"providers": {"openai": {"url": "https://x.test", "headers": {"Host": "evil"}}}},
+     "providers.openai.headers.Host", "cannot be overridden"),
+    ({"providers": [1]}, "providers", "an object"),
+    ({"routes": {"match": "*"}}, "routes", "an array"),
+    ({"providers": {"a": {"url": "https://x.test"}}, "routes": [{"provider": "a"}]}, "routes[0].match", "required"),
+    ({"providers": {"a": {"url": "https://x.test"}}, "routes": [{"match": "*", "provider": "b"}]},
+     "routes[0]", "unknown provider 'b'"),
+    ({"providers": {"a": {"url": "https://x.test"}}, "routes": [{"match": "*", "provider": "a", "model": 5}]},
+     "routes[0].model", "a string"),
+    ({"providers": {"a": {"url": "https://x.test"}},
+      "routes": [{"match": "*", "provider": "a"}, {"match": "opus", "provider": "a"}]}, "routes[1]", "never match"),
+    ({"providers": {"a": {"url": "https://x.test"}}, "routes": [{"match": "*", "provider": "a", "via": "b"}]},
+     "routes[0].via", "unknown key"),
+    ({"port": "eighty"}, "port", "an integer"),
+    ({"idle_timeout": True}, "idle_timeout", "a number"),
+    ({"log_level": "loud"}, "log_level", "loud"),
+    ({"no_such_flag": 1}, "no_such_flag", "unknown key"),
+    ([1, 2], "(top level)", "an object"),
+]
+
+
+@pytest.mark.parametrize("obj, path, what", BAD_FILES, ids=[b[1] + "-" + b[2] for b in BAD_FILES])
+def test_bad_file_exits_2_naming_file_path_and_problem(tmp_path: Any, served: List[Any], obj: Any, path: str,
+                                                       what: str) -> None:
+    file = write(tmp_path, obj)
+    err = assert_one_line_error(*run_main(["--config", file]), file, path, what)
+    assert "sk-literal-000000" not in err and "hunter2" not in err
+    assert served == []
+
+
+@pytest.mark.parametrize("text, what", [
+    ('{"port": 1,}', "line 1"),
+    ('{"providers": {"a": {"url": "https://x.test"}, "a": {"url": "https://y.test"}}}', "'a' appears twice"),
+    ("", "not valid JSON"),
+    ("\xff\xfe", "not valid JSON"),
+])
+def test_unreadable_json_exits_2(tmp_path: Any, served: List[Any], text: str, what: str) -> None:
+    file = write(tmp_path, text)
+    assert_one_line_error(*run_main(["--config", file]), file, what)
+
+
+def test_missing_file_exits_2(tmp_path: Any, served: List[Any]) -> None:
+    assert_one_line_error(*run_main(["--config", os.path.join(str(tmp_path), "nope.json")]), "nope.json",
+                          "cannot read")
+
+
+# ---------------------------------------------------------------------------
+# --print-config.
+
+
+def print_config(argv: List[str], environ: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    code, out, err = run_main(argv + ["--print-config"], environ)
+    assert (code, err) == (0, ""), err
+    assert OPENAI_KEY not in out and "sk-flag-key" not in out
+    return json.loads(out)
+
+
+def test_print_config_shows_the_file_resolved(tmp_path: Any) -> None:
+    shown = print_config(["--config", write(tmp_path, EXAMPLE)])
+    assert shown["providers"]["openai"] == {
+        "url": "https://api.openai.com/v1", "api": "chat", "dialect": "openai (detected from the URL)",
+        "auth": "bearer (default)", "key": "*** (from $OPENAI_API_KEY)"}
+    assert shown["providers"]["ollama"]["dialect"] == "ollama (detected from the URL)"
+    assert shown["providers"]["ollama"]["key"] == "none"
+    routes = shown["routes"]
+    assert [r["match"] for r in routes] == ["opus", "sonnet", "haiku", "*"]
+    assert routes[0]["target"]["model"] == "o3" and routes[0]["target"]["dialect"] == "openai"
+    assert routes[2]["target"]["facts"] == {"context_window": 40960, "max_output": 8192}
+    assert routes[2]["fallbacks"][0]["model"] == "gpt-4.1-mini"
+    assert shown["examples"]["claude-3-5-haiku-latest"] == "ollama/qwen3:8b"
+    assert shown["examples"]["claude-opus-4-1"] == "openai/o3"
+    assert shown["settings"]["port"] == 9099
+
+
+DIALECT_URLS = [
+    ("https://api.openai.com/v1", "openai"), ("https://myres.openai.azure.com", "azure"),
+    ("https://openrouter.ai/api/v1", "openrouter"), ("https://api.deepseek.com/v1", "deepseek"),
+    ("https://api.groq.com/openai/v1", "groq"), ("https://api.mistral.ai/v1", "mistral"),
+    ("https://generativelanguage.googleapis.com/v1beta/openai", "gemini"),
+    ("http://localhost:11434/v1", "ollama"), ("http://localhost:1234/v1", "lmstudio"),
+    ("http://127.0.0.1:8000/v1", "generic"),
+]
+
+
+@pytest.mark.parametrize("url, dialect", DIALECT_URLS)
+def test_print_config_for_each_dialect_masks_the_key(url: str, dialect: str) -> None:
+    shown = print_config(["--upstream", url, "--api-key", "sk-flag-key-0123456789", "--model", "m1"])
+    provider = shown["providers"]["upstream"]
+    assert provider["dialect"] == f"{dialect} (detected from the URL)"
+    assert provider["key"] == "*** (from --api-key)"
+    assert provider["auth"] == ("api-key (default)" if dialect == "azure" else "bearer (default)")
+    assert shown["routes"] == [{"match": "*", "from": "--model", "target": {
+        "provider": "upstream", "api": "chat", "model": "m1", "dialect": dialect}}]
+
+
+@pytest.mark.parametrize("dialect", ["vllm", "llamacpp", "mistral"])
+def test_print_config_with_an_explicit_dialect(dialect: str) -> None:
+    shown = print_config(["--upstream", "http://127.0.0.1:8000/v1", "--provider", dialect])
+    assert shown["providers"]["upstream"]["dialect"] == dialect
+
+
+def test_print_config_for_a_messages_provider() -> None:
+    shown = print_config(["--passthrough", "--upstream", "https://api.anthropic.com", "--api-key",
+                          "sk-flag-key-0123456789", "--haiku-model", "claude-haiku-4-5"])
+    provider = shown["providers"]["upstream"]
+    assert provider["api"] == "messages" and "dialect" not in provider
+    assert provider["auth"] == "x-api-key (default)" and provider["anthropic_beta"] == "forwarded"
+    assert shown["examples"]["claude-haiku-5-5"] == "upstream/claude-haiku-4-5"
+
+
+def test_print_config_of_family_flags_shows_the_borrowed_families() -> None:
+    shown = print_config(["--upstream", "https://api.openai.com/v1", "--opus-model", "o3"])
+    assert [(r["match"], r["target"]["model"], r["from"]) for r in shown["routes"][:3]] == [
+        ("opus", "o3", "--opus-model"), ("sonnet", "o3", "--opus-model (no --sonnet-model)"),
+        ("haiku", "o3", "--opus-model (no --haiku-model)")]
+    assert shown["routes"][3]["target"]["model"] == "(the client's model name)"
+    assert shown["examples"] == {name: "upstream/o3" for name in shown["examples"]}
+
+
+def test_print_config_does_not_run_a_key_command(tmp_path: Any) -> None:
+    marker = os.path.join(str(tmp_path), "ran")
+    shown = print_config(["--api-key-command", f"touch {marker}"])
+    assert shown["providers"]["upstream"]["key"] == "*** (from command touch)"
+    assert not os.path.exists(marker)
+
+
+def test_print_config_with_a_bad_setting_still_exits_2(tmp_path: Any) -> None:
+    assert_one_line_error(*run_main(["--print-config", "--upstream", "nope"]), "--upstream")

@@ -1,0 +1,173 @@
+"""One proxy, several providers: Claude Code's requests routed by family to a Chat Completions
+provider and to a native Anthropic one (issue 6: providers, routes, /v1/models, 404 without a route).
+
+Two fake upstreams on loopback stand for OpenAI and for a server that speaks
+``/v1/messages`` itself (Ollama >= 0.14, DeepSeek's Anthropic endpoint, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Iterator, List, Tuple
+
+import pytest
+
+import claudeproxy
+from claudeproxy.config import Provider, Route, RouteTarget
+from claudeproxy.model_facts import ModelFacts
+from conftest import CLIENT_KEY, UPSTREAM_KEY, load_json, request
+from fakes import FakeUpstream, Reply, StreamClient, chunk, completion, json_reply, sse_reply
+from sse_checks import assert_valid_event_sequence, final_message
+
+CLAUDE_CODE = load_json("requests", "claude_code_2_1_331_followup.anthropic.json")
+NATIVE_ANSWER = {"id": "msg_native", "type": "message", "role": "assistant", "model": "qwen3:8b",
+                 "content": [{"type": "text", "text": "from the native server"}], "stop_reason": "end_turn",
+                 "stop_sequence": None, "usage": {"input_tokens": 30, "output_tokens": 4}}
+
+
+def anthropic_sse(events: List[Dict[str, Any]]) -> Reply:
+    steps = [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode("utf-8") for e in events]
+    return Reply(200, (("Content-Type", "text/event-stream"),), steps, chunked=True)
+
+
+NATIVE_STREAM = [
+    {"type": "message_start", "message": {**NATIVE_ANSWER, "content": [], "stop_reason": None,
+                                          "usage": {"input_tokens": 30, "output_tokens": 1}}},
+    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "native"}},
+    {"type": "content_block_stop", "index": 0},
+    {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+     "usage": {"output_tokens": 4}},
+    {"type": "message_stop"},
+]
+
+
+@pytest.fixture(scope="module")
+def fakes() -> Iterator[Tuple[FakeUpstream, FakeUpstream]]:
+    openai, native = FakeUpstream(), FakeUpstream()
+    yield openai, native
+    openai.close()
+    native.close()
+
+
+@pytest.fixture(scope="module")
+def two_providers(fakes: Tuple[FakeUpstream, FakeUpstream]) -> Iterator[Any]:
+    openai, native = fakes
+    providers = (
+        Provider("openai", openai.url, token=claudeproxy.static_token(UPSTREAM_KEY), dialect="openai"),
+        Provider("local", f"http://127.0.0.1:{native.port}", api="messages",
+                 models=(("qwen3:8b", ModelFacts(context_window=40960, max_output=8192)),)),
+    )
+    routes = (
+        Route("opus", RouteTarget("openai", "gpt-4.1")),
+        Route("sonnet", RouteTarget("openai", "gpt-4.1")),
+        Route("haiku", RouteTarget("local", "qwen3:8b")),
+    )
+    server = claudeproxy.start(providers=providers, routes=routes)
+    yield server
+    server.shutdown(grace=1.0)
+
+
+@pytest.fixture(autouse=True)
+def fresh(fakes: Tuple[FakeUpstream, FakeUpstream]) -> None:
+    for fake in fakes:
+        fake.reset()
+
+
+def post(server: Any, body: Any, path: str = "/v1/messages?beta=true") -> Any:
+    return request(server.url, "POST", path, body, {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01",
+                                                     "anthropic-beta": "claude-code-20250219"})
+
+
+@pytest.mark.parametrize("model", ["claude-opus-5-5", "claude-sonnet-4-5-20250929", "claude-opus-4-1"])
+def test_big_models_go_to_chat_completions(two_providers: Any, fakes: Any, model: str) -> None:
+    openai, native = fakes
+    openai.push(json_reply(completion("from openai")))
+    resp = post(two_providers, {**CLAUDE_CODE, "model": model, "stream": False})
+    assert resp.status == 200, resp
+    assert resp.json["model"] == model and resp.json["content"] == [{"type": "text", "text": "from openai"}]
+    sent = openai.last
+    assert sent.path == "/v1/chat/completions" and sent.json["model"] == "gpt-4.1"
+    assert sent.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert "anthropic-beta" not in sent.headers and CLIENT_KEY not in repr(sent.raw_headers)
+    assert native.requests == []
+
+
+@pytest.mark.parametrize("model", ["claude-haiku-5-5", "claude-3-5-haiku-latest", "haiku"])
+def test_small_models_go_to_the_native_server_unchanged(two_providers: Any, fakes: Any, model: str) -> None:
+    openai, native = fakes
+    native.push(json_reply(NATIVE_ANSWER))
+    body = {**CLAUDE_CODE, "model": model, "stream": False}
+    resp = post(two_providers, body)
+    assert resp.status == 200, resp
+    assert resp.json == {**NATIVE_ANSWER, "model": model}
+    sent = native.last
+    assert sent.path == "/v1/messages?beta=true"
+    assert sent.json == {**body, "model": "qwen3:8b", "max_tokens": 8192}  # capped at the model table's limit
+    assert openai.requests == []
+
+
+def test_the_same_claude_code_stream_to_both_providers(two_providers: Any, fakes: Any) -> None:
+    openai, native = fakes
+    openai.push(sse_reply(chunk({"role": "assistant", "content": "chat "}), chunk({"content": "stream"}, "stop"),
+                          chunk(usage={"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11})))
+    native.push(anthropic_sse(NATIVE_STREAM))
+    answers = []
+    for model in ("claude-opus-5-5", "claude-haiku-5-5"):
+        with StreamClient(two_providers.url, {**CLAUDE_CODE, "model": model},
+                          headers={"x-api-key": CLIENT_KEY}) as client:
+            events = client.read_all(timeout=10)
+        assert_valid_event_sequence(events, allow_error=False)
+        message = final_message(events)
+        assert message["model"] == model
+        answers.append(message["content"])
+    assert answers == [[{"type": "text", "text": "chat stream"}], [{"type": "text", "text": "native"}]]
+    assert openai.last.json["stream"] is True and native.last.json["stream"] is True
+
+
+def test_a_model_no_route_serves_is_404_naming_it(two_providers: Any, fakes: Any) -> None:
+    resp = post(two_providers, {**CLAUDE_CODE, "model": "gpt-9-turbo", "stream": False})
+    assert resp.status == 404 and resp.json["error"]["type"] == "not_found_error"
+    assert "gpt-9-turbo" in resp.json["error"]["message"]
+    assert fakes[0].requests == [] and fakes[1].requests == []
+
+
+def test_models_list_what_the_routes_serve_with_context_windows(two_providers: Any, fakes: Any) -> None:
+    resp = request(two_providers.url, "GET", "/v1/models", headers={"x-api-key": CLIENT_KEY})
+    assert resp.status == 200, resp
+    listed = {m["id"]: m for m in resp.json["data"]}
+    # Only names a client can send and get served: no default route, so "gpt-4.1" itself would be a 404.
+    assert list(listed) == ["opus", "sonnet", "haiku"]
+    assert listed["haiku"]["max_input_tokens"] == 40960 and listed["haiku"]["max_tokens"] == 8192
+    assert listed["haiku"]["display_name"] == "haiku (local/qwen3:8b)"
+    assert listed["opus"]["max_input_tokens"] > 1_000_000  # gpt-4.1, from the built-in table
+    assert fakes[0].requests == [] and fakes[1].requests == []  # every route names its model: nothing to ask
+    one = request(two_providers.url, "GET", "/v1/models/claude-haiku-4-5", headers={"x-api-key": CLIENT_KEY})
+    assert one.status == 200 and one.json["max_input_tokens"] == 40960
+    missing = request(two_providers.url, "GET", "/v1/models/gpt-9", headers={"x-api-key": CLIENT_KEY})
+    assert missing.status == 404
+
+
+def test_count_tokens_per_provider(two_providers: Any, fakes: Any) -> None:
+    """The native server counts exactly; the chat provider's models get the local estimate."""
+    openai, native = fakes
+    native.push(json_reply({"input_tokens": 1234}))
+    body = {"model": "claude-haiku-5-5", "messages": [{"role": "user", "content": "hello"}]}
+    assert post(two_providers, body, "/v1/messages/count_tokens").json == {"input_tokens": 1234}
+    local = post(two_providers, {**body, "model": "claude-opus-5-5"}, "/v1/messages/count_tokens")
+    assert local.status == 200 and local.json["input_tokens"] > 0
+    assert len(native.requests) == 1 and openai.requests == []
+
+
+def test_metrics_name_the_provider_and_route(two_providers: Any, fakes: Any) -> None:
+    records: List[Any] = []
+    server = claudeproxy.start(config=two_providers.server.config, metrics_sink=records.append)
+    try:
+        fakes[1].push(json_reply(NATIVE_ANSWER))
+        assert post(server, {**CLAUDE_CODE, "model": "claude-haiku-5-5", "stream": False}).status == 200
+        rec = records[-1]
+        assert (rec.provider, rec.route, rec.model, rec.upstream_model) == ("local", "haiku", "claude-haiku-5-5",
+                                                                            "qwen3:8b")
+        assert (rec.input_tokens, rec.output_tokens) == (30, 4)
+    finally:
+        server.shutdown(grace=1.0)

@@ -1,0 +1,205 @@
+"""Providers and routes, pure: Claude families of every generation, first match wins, shorthand flags,
+start-up checks (issue 6: routes; bad input at start)."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import pytest
+
+from claudeproxy.config import Config, Provider, Route, RouteTarget
+from claudeproxy.model_facts import ModelFacts
+from claudeproxy.routing import build_router, claude_family, covers, route_matches
+
+OPENAI = Provider("openai", "https://api.openai.com/v1")
+LOCAL = Provider("local", "http://localhost:11434/v1")
+NATIVE = Provider("native", "https://api.deepseek.com/anthropic", api="messages")
+
+
+def where(config: Config, name: str) -> Optional[Tuple[str, str]]:
+    routed = build_router(config).resolve(name)
+    return (routed.target.provider.name, routed.target.model) if routed else None
+
+
+# ---------------------------------------------------------------------------
+# Claude families.
+
+
+@pytest.mark.parametrize("name, family", [
+    # Current naming: claude-<family>-<generation>[-date]
+    ("claude-opus-4-1", "opus"), ("claude-opus-4-1-20250805", "opus"), ("claude-opus-4-5", "opus"),
+    ("claude-opus-5-5", "opus"), ("claude-sonnet-4-5-20250929", "sonnet"), ("claude-sonnet-4-6", "sonnet"),
+    ("claude-sonnet-5-5", "sonnet"), ("claude-haiku-4-5", "haiku"), ("claude-haiku-5-5", "haiku"),
+    ("claude-sonnet-4-20250514", "sonnet"), ("claude-opus-4-20250514", "opus"),
+    # Old naming: claude-<generation>-<family>[-date|-latest]
+    ("claude-3-5-haiku-latest", "haiku"), ("claude-3-5-haiku-20241022", "haiku"), ("claude-3-opus-20240229", "opus"),
+    ("claude-3-5-sonnet-latest", "sonnet"), ("claude-3-7-sonnet-20250219", "sonnet"), ("claude-3-haiku-20240307", "haiku"),
+    # Aliases Claude Code accepts, the 1M-context suffix, and cloud spellings.
+    ("opus", "opus"), ("sonnet", "sonnet"), ("haiku", "haiku"), ("opusplan", "opus"), ("sonnet[1m]", "sonnet"),
+    ("claude-sonnet-4-5[1m]", "sonnet"), ("Claude-Opus-4-1", "opus"), ("claude-opus-4-1@20250805", "opus"),
+    ("anthropic.claude-3-5-sonnet-20240620-v1:0", "sonnet"), ("us.anthropic.claude-sonnet-4-20250514-v1:0", "sonnet"),
+    ("anthropic/claude-sonnet-4", "sonnet"),
+    # Not Claude families.
+    ("claude-2.1", None), ("claude-instant-1.2", None), ("gpt-4o", None), ("opus-magnum-7b", None),
+    ("sonnet-writer", None), ("my-haiku-model", None), ("", None),
+])
+def test_claude_family_of_every_generation(name: str, family: Optional[str]) -> None:
+    assert claude_family(name) == family
+
+
+@pytest.mark.parametrize("pattern, name, hit", [
+    ("*", "anything", True), ("opus", "claude-opus-4-1", True), ("opus", "claude-3-opus-20240229", True),
+    ("opus", "claude-sonnet-4-5", False), ("claude-haiku*", "claude-haiku-4-5", True),
+    ("claude-haiku*", "claude-3-5-haiku-latest", False), ("gpt-4o", "gpt-4o", True), ("gpt-4o", "gpt-4o-mini", False),
+    ("gpt-?o", "gpt-4o", True), ("[ab]-model", "a-model", True),
+])
+def test_route_patterns(pattern: str, name: str, hit: bool) -> None:
+    assert route_matches(pattern, name) is hit
+
+
+@pytest.mark.parametrize("earlier, later, shadowed", [
+    ("*", "opus", True), ("*", "gpt-4o", True), ("opus", "claude-opus-4-1", True), ("opus", "opus", True),
+    ("claude-*", "claude-opus-*", True), ("claude-*", "claude-opus-4-1", True), ("claude-*", "opus", False),
+    ("claude-opus-*", "claude-*", False), ("opus", "sonnet", False), ("gpt-4o", "gpt-4o-mini", False),
+    ("gpt-?o", "gpt-4o", True), ("haiku", "claude-3-5-haiku-latest", True),
+])
+def test_unreachable_routes_are_recognised(earlier: str, later: str, shadowed: bool) -> None:
+    assert covers(earlier, later) is shadowed
+
+
+# ---------------------------------------------------------------------------
+# Resolution.
+
+CLAUDE_CODE_NAMES = ["claude-opus-5-5", "claude-sonnet-5-5", "claude-haiku-5-5", "claude-opus-4-1",
+                     "claude-sonnet-4-5-20250929", "claude-3-5-haiku-latest", "claude-sonnet-4-6", "opus", "haiku"]
+
+
+def test_family_flags_route_every_generation() -> None:
+    config = Config(upstream=OPENAI.url, opus_model="o3", sonnet_model="gpt-4.1", haiku_model="gpt-4o-mini")
+    assert [where(config, n) for n in CLAUDE_CODE_NAMES] == [
+        ("upstream", "o3"), ("upstream", "gpt-4.1"), ("upstream", "gpt-4o-mini"), ("upstream", "o3"),
+        ("upstream", "gpt-4.1"), ("upstream", "gpt-4o-mini"), ("upstream", "gpt-4.1"), ("upstream", "o3"),
+        ("upstream", "gpt-4o-mini")]
+    # Anything else still goes upstream under its own name.
+    assert where(config, "gpt-4o") == ("upstream", "gpt-4o")
+
+
+def test_a_missing_family_borrows_the_nearest_so_claude_code_never_fails() -> None:
+    config = Config(upstream=OPENAI.url, opus_model="o3")
+    assert where(config, "claude-haiku-4-5") == ("upstream", "o3")
+    assert where(config, "claude-sonnet-4-5") == ("upstream", "o3")
+    config = Config(upstream=OPENAI.url, sonnet_model="gpt-4.1", haiku_model="gpt-4o-mini")
+    assert where(config, "claude-opus-4-1") == ("upstream", "gpt-4.1")
+
+
+def test_model_flag_is_the_default_and_model_map_comes_first() -> None:
+    config = Config(upstream=OPENAI.url, model="gpt-4.1", haiku_model="gpt-4o-mini",
+                    model_map=(("claude-3-5-haiku*", "gpt-4.1-nano"), ("my-alias", "o3")))
+    assert where(config, "claude-3-5-haiku-latest") == ("upstream", "gpt-4.1-nano")
+    assert where(config, "claude-haiku-4-5") == ("upstream", "gpt-4o-mini")
+    assert where(config, "claude-opus-4-1") == ("upstream", "gpt-4.1")
+    assert where(config, "my-alias") == ("upstream", "o3")
+    assert where(config, "anything-else") == ("upstream", "gpt-4.1")
+
+
+def test_without_any_model_flag_names_pass_through() -> None:
+    assert where(Config(upstream=OPENAI.url), "claude-opus-4-1") == ("upstream", "claude-opus-4-1")
+
+
+def test_config_routes_first_match_wins_with_fallbacks() -> None:
+    routes = (
+        Route("claude-opus-4-1", RouteTarget("openai", "o3-pro")),
+        Route("opus", RouteTarget("openai", "o3"), fallbacks=(RouteTarget("local", "qwen3:32b"),)),
+        Route("haiku", RouteTarget("local", "qwen3:8b")),
+        Route("*", RouteTarget("openai", "gpt-4.1")),
+    )
+    config = Config(providers=(OPENAI, LOCAL), routes=routes)
+    router = build_router(config)
+    routed = router.resolve("claude-opus-4-5")
+    assert routed is not None
+    assert [t.label for t in routed.targets] == ["openai/o3", "local/qwen3:32b"]
+    assert where(config, "claude-opus-4-1") == ("openai", "o3-pro")
+    assert where(config, "claude-3-5-haiku-latest") == ("local", "qwen3:8b")
+    assert where(config, "claude-sonnet-4-5") == ("openai", "gpt-4.1")
+
+
+def test_no_match_and_no_default_resolves_to_none() -> None:
+    config = Config(providers=(OPENAI,), routes=(Route("opus", RouteTarget("openai", "o3")),))
+    assert where(config, "claude-sonnet-4-5") is None
+    assert where(config, "claude-opus-4-1") == ("openai", "o3")
+
+
+def test_flags_override_the_file_routes() -> None:
+    """A model flag with a config file: its route comes first, on the provider of the file's default route."""
+    config = Config(providers=(OPENAI, LOCAL), routes=(Route("*", RouteTarget("local", "qwen3:8b")),),
+                    haiku_model="qwen3:1.7b")
+    assert where(config, "claude-haiku-4-5") == ("local", "qwen3:1.7b")
+    assert where(config, "claude-opus-4-1") == ("local", "qwen3:8b")
+
+
+# ---------------------------------------------------------------------------
+# Targets: API, dialect, facts, caps.
+
+
+def test_target_carries_api_dialect_and_model_facts() -> None:
+    provider = Provider("openai", OPENAI.url, models=(("o3", ModelFacts(context_window=123, max_output=77)),))
+    config = Config(providers=(provider, NATIVE), routes=(Route("opus", RouteTarget("openai", "o3")),
+                                                           Route("*", RouteTarget("native", "deepseek-chat"))))
+    router = build_router(config)
+    opus = router.resolve("claude-opus-4-1").target  # type: ignore[union-attr]
+    assert (opus.api, opus.dialect.name, opus.facts.context_window, opus.output_cap) == ("chat", "openai", 123, 77)
+    assert opus.dialect.max_tokens_field == "max_completion_tokens"  # o3 is a reasoning model
+    native = router.resolve("claude-haiku-4-5").target  # type: ignore[union-attr]
+    assert (native.api, native.dialect) == ("messages", None)
+
+
+def test_built_in_output_cap_clamps_before_the_request_leaves() -> None:
+    router = build_router(Config(upstream=OPENAI.url, opus_model="o3"))
+    target = router.resolve("claude-opus-4-1").target  # type: ignore[union-attr]
+    assert target.output_cap is not None and target.output_cap < 128000
+    # The tighter of the model's cap and --max-output-tokens wins.
+    router = build_router(Config(upstream=OPENAI.url, opus_model="o3", max_output_tokens=4000))
+    assert router.resolve("claude-opus-4-1").target.output_cap == 4000  # type: ignore[union-attr]
+
+
+def test_responses_only_models_switch_api_on_openai_only() -> None:
+    router = build_router(Config(upstream=OPENAI.url, opus_model="gpt-5-codex"))
+    assert router.resolve("claude-opus-4-1").target.api == "responses"  # type: ignore[union-attr]
+    router = build_router(Config(upstream=LOCAL.url, opus_model="gpt-5-codex"))
+    assert router.resolve("claude-opus-4-1").target.api == "chat"  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------------
+# Bad settings: one line naming the setting.
+
+
+@pytest.mark.parametrize("config, part", [
+    (Config(providers=(OPENAI,), routes=(Route("*", RouteTarget("nope", "x")),)), "unknown provider 'nope'"),
+    (Config(providers=(OPENAI,), routes=(Route("*", RouteTarget("openai", "x"), (RouteTarget("gone", "y"),)),)),
+     "unknown provider 'gone'"),
+    (Config(providers=(Provider("openai", OPENAI.url, api="grpc"),)), "unknown upstream API 'grpc'"),
+    (Config(providers=(Provider("openai", OPENAI.url, dialect="nope"),)), "unknown dialect 'nope'"),
+    (Config(providers=(Provider("openai", "ftp://x"),)), "providers.openai.url"),
+    (Config(providers=(OPENAI, Provider("openai", LOCAL.url))), "two providers are named 'openai'"),
+    (Config(providers=(Provider("upstream", LOCAL.url),), upstream=OPENAI.url), "two providers are named 'upstream'"),
+    (Config(providers=(OPENAI,), routes=(Route("*", RouteTarget("openai")), Route("opus", RouteTarget("openai")))),
+     "can never match"),
+    (Config(providers=(OPENAI,), routes=(Route("claude-*", RouteTarget("openai")),
+                                         Route("claude-opus-4-1", RouteTarget("openai")))), "can never match"),
+    (Config(providers=(OPENAI,), routes=(Route("", RouteTarget("openai")),)), "non-empty match"),
+    (Config(providers=(Provider("bad name", OPENAI.url),)), "provider name"),
+    (Config(upstream=OPENAI.url, max_output_tokens=0), "--max-output-tokens"),
+    (Config(upstream=OPENAI.url, model_map=(("a", "x"), ("a", "y"))), "can never match"),
+])
+def test_bad_settings_raise_one_line(config: Config, part: str) -> None:
+    with pytest.raises(ValueError) as info:
+        build_router(config)
+    message = str(info.value)
+    assert part in message and "\n" not in message
+
+
+def test_start_refuses_bad_routes() -> None:
+    import claudeproxy
+
+    with pytest.raises(ValueError, match="unknown provider"):
+        claudeproxy.start(providers=(OPENAI,), routes=(Route("*", RouteTarget("missing")),))
