@@ -46,7 +46,7 @@ from .config import (
     check_url,
 )
 from .config_file import ConfigError, FileConfig, FlagSpec, parse_config
-from .credentials import DEFAULT_TTL, command_token, current_secret
+from .credentials import DEFAULT_TTL, command_token, current_secrets, key_source
 from .dialects import DIALECTS
 from .metrics import CallRecord
 from .redact import redact_text, redact_url
@@ -126,7 +126,9 @@ def _upstream_flags(up: Any) -> None:
     up.add_argument("--passthrough", action="store_true", help="short for --upstream-api messages")
     up.add_argument("--api-key", metavar="KEY", help="upstream API key (default: $OPENAI_API_KEY for chat and "
                     "responses; none: no auth header, and a messages upstream gets the client's own key)")
-    up.add_argument("--api-key-env", metavar="VAR", help="read the upstream key from this environment variable")
+    up.add_argument("--api-key-env", metavar="VAR", action="append", default=[],
+                    help="read the upstream key from this environment variable; repeat it for several keys, "
+                    "used in turn (a key refused with 401/429 rests and the next serves)")
     up.add_argument("--api-key-command", metavar="CMD", help="run CMD (no shell) for the upstream key, "
                     "its stdout trimmed; run again after --api-key-ttl seconds")
     up.add_argument("--api-key-ttl", metavar="S", type=float, default=DEFAULT_TTL,
@@ -177,6 +179,12 @@ def _network_flags(net: Any) -> None:
                      help="total time for a non-streaming upstream call (default: %(default)s)")
     net.add_argument("--ping-interval", type=float, default=Config.ping_interval, metavar="S",
                      help="send an SSE ping after this much silence (default: %(default)s)")
+    net.add_argument("--retries", type=int, default=Config.retries, metavar="N",
+                     help="retry an upstream that answers 429/500/502/503/504/529 or cannot be reached, before "
+                     "anything reached the client; a route's fallbacks are tried after (default: %(default)s)")
+    net.add_argument("--retry-max-wait", type=float, default=Config.retry_max_wait, metavar="S",
+                     help="longest Retry-After honoured; an upstream asking for more is not retried "
+                     "(default: %(default)s)")
 
 
 def _server_flags(srv: Any) -> None:
@@ -315,6 +323,10 @@ def _positive(ns: argparse.Namespace) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     if not ns.shutdown_grace >= 0:
         raise UsageError("--shutdown-grace must not be negative")
+    if not 0 <= ns.retries <= 10:
+        raise UsageError("--retries must be between 0 and 10")
+    if not 0 <= ns.retry_max_wait <= 600:
+        raise UsageError("--retry-max-wait must be between 0 and 600")
     if not 0 <= ns.port <= 65535:
         raise UsageError("--port must be between 0 and 65535")
 
@@ -325,10 +337,12 @@ def _shorthand_key(ns: argparse.Namespace, environ: Mapping[str, str], api: str)
         key = ns.api_key.strip()
         return (lambda: key), "--api-key"
     if ns.api_key_env:
-        key = environ.get(ns.api_key_env, "").strip()
-        if not key:
-            raise UsageError(f"--api-key-env: the environment variable {ns.api_key_env} is not set")
-        return (lambda: key), f"${ns.api_key_env}"
+        keys = []
+        for var in ns.api_key_env:
+            if not environ.get(var, "").strip():
+                raise UsageError(f"--api-key-env: the environment variable {var} is not set")
+            keys.append(environ[var].strip())
+        return key_source(keys), ", ".join(f"${var}" for var in ns.api_key_env)
     if ns.api_key_command:
         argv = shlex.split(ns.api_key_command)
         if not argv:
@@ -400,6 +414,8 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
         max_body_bytes=ns.max_body_bytes,
         max_concurrency=ns.max_concurrency,
         shutdown_grace=ns.shutdown_grace,
+        retries=ns.retries,
+        retry_max_wait=ns.retry_max_wait,
         log_bodies=ns.log_bodies,
     )
 
@@ -411,7 +427,7 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
 def config_secrets(config: Config) -> Tuple[str, ...]:
     """The client key and every provider key known so far (a key command is not run for this)."""
     sources = [p.token for p in config.providers] + [config.token]
-    return tuple(s for s in [config.auth_key or ""] + [current_secret(t) for t in sources] if s)
+    return tuple(s for s in (config.auth_key or "",) + tuple(k for t in sources for k in current_secrets(t)) if s)
 
 
 class _RedactingFilter(logging.Filter):

@@ -144,6 +144,10 @@ class Config:
     # Finalize a stream this long after finish_reason when nothing else arrives.
     finish_grace: float = 5.0
     shutdown_grace: float = 5.0
+    # Retries of the same target on 429/5xx/connect failures, before the first byte reached
+    # the client; Retry-After is honoured up to retry_max_wait (longer: the next target).
+    retries: int = 0
+    retry_max_wait: float = 20.0
     # Limits.
     max_body_bytes: int = 32 * 1024 * 1024
     max_line_bytes: int = 1024 * 1024

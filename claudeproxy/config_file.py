@@ -17,7 +17,7 @@ import shlex
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .config import Provider, Route, RouteTarget, check_header
-from .credentials import DEFAULT_TTL, command_token
+from .credentials import DEFAULT_TTL, command_token, key_source
 from .model_facts import ModelFacts, facts_from_dict
 from .routing import check_provider
 
@@ -96,11 +96,12 @@ def _token(obj: Mapping[str, Any], environ: Mapping[str, str], path: str, name: 
     if "api_key_env" in obj and "api_key_command" in obj:
         raise ConfigError(f"{path}: give api_key_env or api_key_command, not both")
     if "api_key_env" in obj:
-        var = _text(obj["api_key_env"], f"{path}.api_key_env")
-        if not environ.get(var, "").strip():
-            raise ConfigError(f"{path}.api_key_env: the environment variable {var} is not set")
-        key = environ[var].strip()
-        return (lambda: key), f"${var}"
+        raw = obj["api_key_env"]
+        names = _strings(raw, f"{path}.api_key_env") if isinstance(raw, list) else [_text(raw, f"{path}.api_key_env")]
+        if not names:
+            raise ConfigError(f"{path}.api_key_env: must name at least one variable")
+        keys = [_env_value(environ, var, f"{path}.api_key_env") for var in names]
+        return key_source(keys), ", ".join(f"${var}" for var in names)
     if "api_key_command" in obj:
         raw = obj["api_key_command"]
         argv = shlex.split(raw) if isinstance(raw, str) else _strings(raw, f"{path}.api_key_command")
@@ -111,6 +112,13 @@ def _token(obj: Mapping[str, Any], environ: Mapping[str, str], path: str, name: 
             raise ConfigError(f"{path}.api_key_ttl: must be greater than 0")
         return command_token(argv, float(ttl), f"provider {name}"), f"command {argv[0]}"
     return (lambda: ""), ""
+
+
+def _env_value(environ: Mapping[str, str], var: str, setting: str) -> str:
+    value = environ.get(var, "").strip()
+    if not value:
+        raise ConfigError(f"{setting}: the environment variable {var} is not set")
+    return value
 
 
 def _headers(value: Any, path: str) -> Tuple[Tuple[str, str], ...]:

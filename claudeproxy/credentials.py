@@ -1,10 +1,13 @@
-"""Where upstream keys come from: a value, or a command run to print one.
+"""Where upstream keys come from: a value, a command run to print one, or several used in turn.
 
 I/O: ``command_token`` runs a program (never through a shell) the first time a
 key is needed and again once ``ttl`` seconds have passed, so keys that rotate
-(a vault, a cloud CLI) keep working. A command that fails is a 502 for the
-request that needed it; its message names the command and its exit status,
-never what it printed.
+(a vault, a cloud CLI) keep working; after a 401 it runs again at once. A
+command that fails is a 502 for the request that needed it; its message names
+the command and its exit status, never what it printed. ``KeyRing`` holds
+several keys of one provider and uses them in turn; a key the upstream refused
+(401, 429) rests for a while and the next one serves. ``refused`` is what the
+pipeline calls after a refusal: True when a retry with another key makes sense.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from .config import TokenSource
 from .errors import UpstreamUnavailable
@@ -41,10 +44,16 @@ class CommandToken:
                 self._fetched = time.monotonic()
             return self._key
 
-    def expire(self) -> None:
-        """Forget the cached key (the upstream refused it): the next call runs the command again."""
+    def expire(self, key: Optional[str] = None) -> bool:
+        """Forget the cached key (the upstream refused it): the next call runs the command again.
+
+        With ``key``, only if that is still the cached one: another request may have renewed
+        it already, and then the new one is worth a try all the same (so: always True).
+        """
         with self._lock:
-            self._key = None
+            if key is None or key == self._key:
+                self._key = None
+        return True
 
     def _run(self) -> str:
         what = f"the key command {self.argv[0]!r} of {self.label}"
@@ -67,11 +76,89 @@ def command_token(argv: Sequence[str], ttl: float = DEFAULT_TTL, label: str = ""
     return CommandToken(argv, ttl, label)
 
 
-def current_secret(source: TokenSource) -> str:
-    """The key a source holds now, without running a command for it (for masking logs)."""
+def current_secrets(source: TokenSource) -> Tuple[str, ...]:
+    """The keys a source holds now, without running a command or turning a ring (for masking)."""
+    if isinstance(source, KeyRing):
+        return tuple(k for s in source.sources for k in current_secrets(s))
     if isinstance(source, CommandToken):
-        return source._key or ""  # noqa: SLF001 - the cached value, read under no lock: masking only
+        cached = source._key  # noqa: SLF001 - the cached value, read under no lock: masking only
+        return (cached,) if cached else ()
     try:
-        return source()
+        key = source()
     except Exception:  # a caller's refresher that fails: nothing to mask
-        return ""
+        return ()
+    return (key,) if key else ()
+
+
+class KeyRing:
+    """Several keys of one provider, used in turn; a key the upstream refused rests for a while."""
+
+    def __init__(self, sources: Sequence[TokenSource], rest_seconds: float = 60.0) -> None:
+        if not sources:
+            raise ValueError("a key ring needs at least one key")
+        self.sources = tuple(sources)
+        self.rest_seconds = rest_seconds
+        self._lock = threading.Lock()
+        self._next = 0
+        self._resting: Dict[int, float] = {}  # source index -> when it may serve again
+        self._given: Dict[str, int] = {}  # key -> the source that gave it (for refused)
+
+    def __call__(self) -> str:
+        index = self._pick()
+        key = self.sources[index]()
+        with self._lock:
+            if len(self._given) > 64:
+                self._given.clear()  # command keys change over time: keep the map small
+            self._given[key] = index
+        return key
+
+    def _pick(self) -> int:
+        with self._lock:
+            now = time.monotonic()
+            count = len(self.sources)
+            for step in range(count):
+                index = (self._next + step) % count
+                if self._resting.get(index, 0.0) <= now:
+                    self._next = (index + 1) % count
+                    return index
+            # Every key rests: the one that has rested longest is the best bet.
+            return min(self._resting, key=lambda i: self._resting[i])
+
+    def refused(self, key: str, status: int) -> bool:
+        """Rest the key that was refused; True when another key can serve now."""
+        with self._lock:
+            index = self._given.get(key)
+            if index is None:
+                return False
+            self._resting[index] = time.monotonic() + self.rest_seconds
+            now = time.monotonic()
+            return any(self._resting.get(i, 0.0) <= now for i in range(len(self.sources)))
+
+
+def alternatives(source: TokenSource) -> int:
+    """How many other keys a request may try after refusals: the ring's other keys, or one fresh command key."""
+    if isinstance(source, KeyRing):
+        return len(source.sources) - 1 + sum(isinstance(s, CommandToken) for s in source.sources)
+    return 1 if isinstance(source, CommandToken) else 0
+
+
+def refused(source: TokenSource, key: str, status: int) -> bool:
+    """The upstream answered ``status`` (401 or 429) to ``key``: is a retry with another key worth it?
+
+    A key ring rests the key and offers the next; a key command runs again after a 401
+    (the key may have rotated under us); a fixed key has nothing else to offer.
+    """
+    if isinstance(source, KeyRing):
+        return source.refused(key, status) or (status == 401 and any(
+            isinstance(s, CommandToken) and s.expire(key) for s in source.sources))
+    if isinstance(source, CommandToken):
+        return status == 401 and source.expire(key)
+    return False
+
+
+def key_source(keys: Sequence[str]) -> TokenSource:
+    """One key as it is, several as a ring used in turn."""
+    if len(keys) == 1:
+        key = keys[0]
+        return lambda: key
+    return KeyRing([(lambda k=k: k) for k in keys])  # type: ignore[misc]

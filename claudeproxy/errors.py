@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+from email.utils import parsedate_to_datetime
 from typing import Any, Dict, Optional, Tuple
 
 from .overflow import headroom, prompt_too_long, says_prompt_too_long
@@ -238,3 +239,22 @@ def error_payload(error_type: str, message: str, request_id: Optional[str] = Non
 def stream_error_event(error_type: str, message: str) -> Dict[str, object]:
     """The ``event: error`` payload ending a stream that has already begun."""
     return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+def retry_after(headers: Any, now: float) -> Optional[float]:
+    """Seconds an upstream asked to wait (``retry-after-ms``, ``retry-after`` in seconds or an HTTP date).
+
+    ``headers`` are (name, value) pairs; ``now`` is the wall clock, for dates. None when absent or unreadable.
+    """
+    values = {name.lower(): value for name, value in headers or ()}
+    try:
+        if "retry-after-ms" in values:
+            return max(0.0, float(values["retry-after-ms"]) / 1000.0)
+        raw = values.get("retry-after")
+        if raw is None:
+            return None
+        if raw.strip().replace(".", "", 1).isdigit():
+            return float(raw)
+        return max(0.0, parsedate_to_datetime(raw).timestamp() - now)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None

@@ -31,6 +31,7 @@ class CallRecord:
     error_type: Optional[str] = None
     local: bool = False  # answered without an upstream call (quota probe, count_tokens)
     request_id: str = ""
+    attempts: int = 0  # upstream calls made for it (retries and fallbacks included)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

@@ -11,6 +11,7 @@ questions, and the one relay (``relay.py``) streams them all.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
@@ -23,9 +24,10 @@ from .apis.chat.api import ChatApi
 from .apis.messages import MessagesApi
 from .apis.responses.api import ResponsesApi
 from .config import Config, Provider
-from .credentials import current_secret
+from .credentials import alternatives, current_secrets, refused
 from .dialects import auth_header, auth_style
-from .errors import ProxyError, UpstreamHTTPError, max_tokens_limit
+from .ending import abort_error
+from .errors import ProxyError, UpstreamHTTPError, max_tokens_limit, retry_after
 from .ids import new_id
 from .metrics import CallRecord, Metrics
 from .prompt_cache import session_cache_key
@@ -36,12 +38,16 @@ from .routing import Routed, Target, build_router
 from .tokens import estimate_input_tokens
 from .upstream import Upstream, UpstreamCall, read_json_body
 from .urls import messages_url, models_url
-from .watchdog import Watch, Watchdog
+from .watchdog import Pause, Watch, Watchdog
 
 log = logging.getLogger(__name__)
 
 Route = Callable[[Any, Any], None]
-_MAX_TOKENS_RETRIES = 2
+_MAX_TOKENS_RETRIES = 2  # changed requests per attempt (a named max_tokens limit, an API's own recovery)
+# Worth another attempt (issue 7): rate limits, overload, server errors, connect failures (502).
+_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
+_BACKOFF_BASE = 0.5
+_BACKOFF_CAP = 8.0
 _LIST_TIMEOUT = 30.0  # an upstream model list or token count is small: do not wait for it forever
 
 
@@ -58,6 +64,7 @@ class Proxy:
         self._caps: Dict[Tuple[str, str], int] = {}
         self._lock = threading.Lock()
         self._warned: Set[str] = set()  # translation warnings already logged at WARNING level
+        self._random = random.Random()  # backoff jitter
         self.routes: Dict[Tuple[str, str], Route] = {
             ("POST", "/v1/messages"): self.messages,
             ("POST", "/v1/messages/count_tokens"): self.count_tokens,
@@ -94,11 +101,10 @@ class Proxy:
 
     def secrets(self) -> Tuple[str, ...]:
         """Every provider's current key: masked in logs and in every upstream-derived message."""
-        found = (current_secret(p.token) for p in self.router.providers.values())
-        return tuple(token for token in found if token)
+        return tuple(k for p in self.router.providers.values() for k in current_secrets(p.token))
 
-    def _auth(self, provider: Provider, client: Any) -> Tuple[Tuple[str, str], ...]:
-        token = provider.token()
+    def _auth(self, provider: Provider, client: Any, token: Optional[str] = None) -> Tuple[Tuple[str, str], ...]:
+        token = provider.token() if token is None else token
         if token:
             return auth_header(auth_style(provider.api, provider.url, provider.dialect, provider.auth), token)
         if provider.api == "messages" and client is not None and not self.config.auth_key:
@@ -110,8 +116,9 @@ class Proxy:
         return ()
 
     def _open(self, url: str, provider: Provider, call: UpstreamCall, *, body: Optional[bytes] = None,
-              headers: Tuple[Tuple[str, str], ...] = (), method: str = "POST", client: Any = None) -> Any:
-        auth = self._auth(provider, client)
+              headers: Tuple[Tuple[str, str], ...] = (), method: str = "POST", client: Any = None,
+              key: Optional[str] = None) -> Any:
+        auth = self._auth(provider, client, key)
         secrets = self.secrets() + tuple(v.split(" ")[-1] for _, v in auth)  # a forwarded client key too
         return self.upstream.open(url, call=call, body=body, method=method, headers=headers + provider.headers,
                                   auth=auth, secrets=secrets)
@@ -238,55 +245,124 @@ class Proxy:
         return routed
 
     def _messages(self, req: ClientRequest, routed: Routed, handler: Any, writer: Any, record: Dict[str, Any]) -> None:
-        target = routed.target
-        api = self.apis[target.api]
-        parsed = api.parse(req.body)
-        if parsed is not None:
-            key = session_cache_key(req.headers, parsed.user_id)
-            req = ClientRequest(req.body, req.model, req.stream, req.headers, req.query, parsed, key)
-            if parsed.max_tokens in (0, 1):
-                # max_tokens 1 is Claude Code's quota probe; 0 only warms a cache. Neither needs the upstream.
-                text, reason = ("ok", "end_turn") if parsed.max_tokens == 1 else ("", "max_tokens")
-                record.update(local=True, stop_reason=reason)
-                self._reply(req, writer, local_message(req.model, text, reason, (1, 1) if text else (0, 0)))
-                return
-        record["upstream_model"] = target.model
-        upstream_call = UpstreamCall()
-        streamed = req.stream
-        # Non-streaming calls get a wall-clock deadline; a stream may run as long as it keeps talking.
-        watch = Watch(upstream_call, handler.connection, None if streamed else time.monotonic() + self.config.request_timeout)
+        req = self._parsed(self.apis[routed.target.api], req)
+        if req.parsed is not None and req.parsed.max_tokens in (0, 1):
+            # max_tokens 1 is Claude Code's quota probe; 0 only warms a cache. Neither needs the upstream.
+            text, reason = ("ok", "end_turn") if req.parsed.max_tokens == 1 else ("", "max_tokens")
+            record.update(local=True, stop_reason=reason)
+            self._reply(req, writer, local_message(req.model, text, reason, (1, 1) if text else (0, 0)))
+            return
+        # Non-streaming calls get one wall-clock deadline over every attempt; a stream may run
+        # as long as it keeps talking.
+        deadline = None if req.stream else time.monotonic() + self.config.request_timeout
+        watch = Watch(UpstreamCall(), handler.connection, deadline)
         self.watchdog.add(watch)
         try:
-            resp, ex = self._send(api, req, target, upstream_call)
-            if streamed and ex.stream:
-                self._stream(api, req, ex, resp, writer, upstream_call, watch, record)
-            else:
-                self._json(api, req, ex, resp, writer, upstream_call, record)
+            self._attempts(req, routed, writer, watch, record)
         finally:
             self.watchdog.remove(watch)
 
+    def _parsed(self, api: Any, req: ClientRequest) -> ClientRequest:
+        """``req`` with what ``api`` needs parsed (once: Chat Completions and Responses parse alike)."""
+        if req.parsed is not None or not api.translates:
+            return req
+        parsed = api.parse(req.body)
+        key = session_cache_key(req.headers, parsed.user_id)
+        return ClientRequest(req.body, req.model, req.stream, req.headers, req.query, parsed, key)
+
     # ------------------------------------------------------------------
-    # Upstream round trip, with the max_tokens retry.
+    # Retries and fallbacks: only before the first byte reached the client.
+
+    def _attempts(self, req: ClientRequest, routed: Routed, writer: Any, watch: Watch, record: Dict[str, Any]) -> None:
+        """The route's target, then each fallback, each tried up to 1 + ``--retries`` times.
+
+        The client hears nothing of a failure another attempt gets past; when all
+        fail it gets the last error, mapped as any upstream error is.
+        """
+        failure: Optional[ProxyError] = None
+        for target in routed.targets:
+            api = self.apis[target.api]
+            req = self._parsed(api, req)
+            for attempt in range(self.config.retries + 1):
+                if attempt and not self._pause(failure, attempt, watch):
+                    break  # the upstream asks for a longer rest than we may wait: next target
+                record.update(provider=target.provider.name, upstream_model=target.model,
+                              attempts=record.get("attempts", 0) + 1)
+                try:
+                    self._attempt(api, req, target, writer, watch, record)
+                    return
+                except ProxyError as exc:
+                    if writer.started or not self._retryable(exc, watch):
+                        raise
+                    failure = exc
+                    log.warning("%s answered %s (%s); %s", target.label, exc.status, exc.message,
+                                "retrying" if attempt < self.config.retries else "trying the next target")
+        assert failure is not None
+        raise failure
+
+    def _attempt(self, api: Any, req: ClientRequest, target: Target, writer: Any, watch: Watch,
+                 record: Dict[str, Any]) -> None:
+        call = UpstreamCall()
+        watch.call, watch.tick = call, None
+        resp, ex = self._send(api, req, target, call)
+        if req.stream and ex.stream:
+            self._stream(api, req, ex, resp, writer, call, watch, record)
+        else:
+            self._json(api, req, ex, resp, writer, call, record)
+
+    def _retryable(self, exc: ProxyError, watch: Watch) -> bool:
+        if watch.call.abort_reason is not None:
+            return False  # our own abort (the client left, shutdown, the deadline): nothing to retry
+        return exc.status in _RETRY_STATUSES
+
+    def _pause(self, failure: Optional[ProxyError], attempt: int, watch: Watch) -> bool:
+        """Wait before a retry: the upstream's Retry-After, else jittered exponential backoff.
+
+        False when the upstream asks for more than ``--retry-max-wait``. The wait ends early
+        (with the matching error) when the client leaves, the proxy shuts down or the deadline passes.
+        """
+        asked = retry_after(failure.headers if failure is not None else (), time.time())
+        if asked is not None and asked > self.config.retry_max_wait:
+            return False
+        delay = asked if asked is not None else min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (attempt - 1))
+        if asked is None:
+            delay *= 0.5 + self._random.random() / 2  # jitter: clients that failed together retry apart
+        pause = Pause()
+        watch.call = pause  # type: ignore[assignment]
+        if pause.wait(min(delay, self.config.retry_max_wait)):
+            raise abort_error(pause.abort_reason) or ProxyError("aborted")  # type: ignore[misc]
+        return True
+
+    # ------------------------------------------------------------------
+    # Upstream round trip: a changed request for refusals it can get past.
 
     def _send(self, api: Any, req: ClientRequest, target: Target, call: UpstreamCall) -> Tuple[Any, Exchange]:
         """Prepare and POST; a refusal the request can be changed for is tried again, a few times.
 
         "max_tokens too large" teaches the named limit (PROTOCOL.md 1.1, remembered per
-        model); an API may know refusals of its own (``recover``: Responses reasoning).
+        model); a refused key (401, 429) gives way to the provider's next key or a fresh
+        one from its key command; an API may know refusals of its own (``recover``:
+        Responses reasoning).
         """
         ex = self._prepare(api, req, target, None)
-        for attempt in range(_MAX_TOKENS_RETRIES + 1):
+        changes = key_changes = 0
+        while True:
             if self.config.log_bodies:
                 log.debug("upstream request body: %s", redact_text(ex.body.decode("utf-8"), self.secrets()))
+            key = target.provider.token()
             try:
                 return self._open(ex.url, target.provider, call, body=ex.body, headers=ex.headers,
-                                  client=req.headers), ex
+                                  client=req.headers, key=key), ex
             except UpstreamHTTPError as exc:
-                changed = self._changed_request(exc, api, req, target, ex)
-                if changed is None or attempt == _MAX_TOKENS_RETRIES:
+                if exc.status in (401, 429) and key and key_changes < alternatives(target.provider.token) and \
+                        refused(target.provider.token, key, exc.status):
+                    key_changes += 1
+                    continue
+                changed = self._changed_request(exc, api, req, target, ex) if changes < _MAX_TOKENS_RETRIES else None
+                if changed is None:
                     raise
+                changes += 1
                 ex = changed
-        raise AssertionError("unreachable")
 
     def _changed_request(self, exc: UpstreamHTTPError, api: Any, req: ClientRequest, target: Target,
                          ex: Exchange) -> Optional[Exchange]:
@@ -367,7 +443,9 @@ class Proxy:
 
     def _record(self, fields: Dict[str, Any], routed: Optional[Routed], started: float, request_id: str) -> None:
         if routed is not None:
-            fields.update(route=routed.route.match, provider=routed.target.provider.name)
+            # The provider that finally answered (a fallback, maybe) was set by the attempt itself.
+            fields["route"] = routed.route.match
+            fields.setdefault("provider", routed.target.provider.name)
             if not fields.get("local"):
                 fields.setdefault("upstream_model", routed.target.model)
         rec = CallRecord(

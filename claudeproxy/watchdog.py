@@ -27,6 +27,27 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 0.1
 
 
+class Pause:
+    """A wait between two upstream attempts that the watchdog can end like a call.
+
+    It stands in a ``Watch`` where an ``UpstreamCall`` would: the client leaving,
+    shutdown or the deadline abort it, and ``wait`` returns at once.
+    """
+
+    def __init__(self) -> None:
+        self.abort_reason: Optional[str] = None
+        self._ended = threading.Event()
+
+    def abort(self, reason: str) -> None:
+        if self.abort_reason is None:
+            self.abort_reason = reason
+        self._ended.set()
+
+    def wait(self, seconds: float) -> bool:
+        """Wait ``seconds``; True when aborted first."""
+        return self._ended.wait(max(0.0, seconds))
+
+
 class Watch:
     """What the watchdog knows about one call in flight."""
 

@@ -16,12 +16,12 @@ import time
 from typing import Any, Dict, List
 
 import pytest
-
-import claudeproxy
-from claudeproxy.config import Provider, Route, RouteTarget
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
 from fakes import Fault, Gate, Reply, Sleep, StreamClient, json_reply
 from sse_checks import assert_valid_event_sequence, final_message
+
+import claudeproxy
+from claudeproxy.config import Provider, Route, RouteTarget
 
 SHARED_SERVERS = True  # one fake upstream and its proxies serve the whole module (conftest)
 

@@ -11,13 +11,21 @@ import json
 from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
+from conftest import CLIENT_KEY, UPSTREAM_KEY, load_json, request
+from fakes import (
+    FakeUpstream,
+    Reply,
+    StreamClient,
+    chunk,
+    completion,
+    json_reply,
+    sse_reply,
+)
+from sse_checks import assert_valid_event_sequence, final_message
 
 import claudeproxy
 from claudeproxy.config import Provider, Route, RouteTarget
 from claudeproxy.model_facts import ModelFacts
-from conftest import CLIENT_KEY, UPSTREAM_KEY, load_json, request
-from fakes import FakeUpstream, Reply, StreamClient, chunk, completion, json_reply, sse_reply
-from sse_checks import assert_valid_event_sequence, final_message
 
 CLAUDE_CODE = load_json("requests", "claude_code_2_1_331_followup.anthropic.json")
 NATIVE_ANSWER = {"id": "msg_native", "type": "message", "role": "assistant", "model": "qwen3:8b",

@@ -1,0 +1,389 @@
+"""Retries, fallbacks and keys that rotate (issue 7, items 2 and 3).
+
+Retries and fallbacks happen only before the first byte reached the client;
+Retry-After (seconds, milliseconds or an HTTP date) is honoured up to a cap;
+a route's fallbacks are tried in order, each with its own model; the client
+hears nothing unless all fail, then it gets the last error. A key command runs
+once and is cached, runs again after a 401 (the request retried once) and
+after its TTL; a failing command is a 502 naming its exit status. Several keys
+are used in turn, and one answered 401 or 429 rests while the next serves.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import sys
+import time
+from typing import Any, Iterator, List, Tuple
+
+import pytest
+from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
+from fakes import (
+    FakeUpstream,
+    Fault,
+    StreamClient,
+    chunk,
+    completion,
+    json_reply,
+    sse_reply,
+)
+from sse_checks import assert_valid_event_sequence, final_message
+
+import claudeproxy
+from claudeproxy.config import Provider, Route, RouteTarget
+from claudeproxy.credentials import KeyRing, refused
+from claudeproxy.errors import retry_after
+
+HEADERS = {"x-api-key": CLIENT_KEY}
+BUSY = {"error": {"message": "overloaded, try later", "type": "server_error"}}
+
+
+def ask(server: Any, **body: Any) -> Any:
+    return request(server.url, "POST", "/v1/messages", minimal_request(**body), HEADERS)
+
+
+def sent_keys(fake: FakeUpstream) -> List[str]:
+    return [r.headers.get("authorization", "").replace("Bearer ", "") for r in fake.requests]
+
+
+# ---------------------------------------------------------------------------
+# Retry-After, pure.
+
+
+def test_retry_after_forms() -> None:
+    now = 1_700_000_000.0
+    date = email.utils.formatdate(now + 7, usegmt=True)
+    assert retry_after((("retry-after", "3"),), now) == 3.0
+    assert retry_after((("retry-after", "1.5"),), now) == 1.5
+    assert retry_after((("retry-after-ms", "250"), ("retry-after", "9")), now) == 0.25  # ms is the finer one
+    assert retry_after((("Retry-After", date),), now) == pytest.approx(7, abs=1)
+    assert retry_after((("retry-after", email.utils.formatdate(now - 60, usegmt=True)),), now) == 0.0
+    assert retry_after((("retry-after", "soon"),), now) is None
+    assert retry_after((), now) is None
+
+
+# ---------------------------------------------------------------------------
+# Retries of one target.
+
+
+def test_retries_get_past_transient_failures(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    records: List[Any] = []
+    server = make_proxy(retries=2, metrics_sink=records.append)
+    fake_upstream.push(json_reply(BUSY, status=503), json_reply(BUSY, status=502), json_reply(completion("third")))
+    resp = ask(server)
+    assert resp.status == 200, resp
+    assert resp.json["content"] == [{"type": "text", "text": "third"}]
+    assert len(fake_upstream.requests) == 3
+    assert records[-1].attempts == 3 and records[-1].status == 200
+
+
+def test_retries_stop_after_n(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    server = make_proxy(retries=2)
+    fake_upstream.push(*[json_reply(BUSY, status=503)] * 4)
+    resp = ask(server)
+    assert resp.status == 503 and resp.json["error"]["type"] == "overloaded_error"
+    assert len(fake_upstream.requests) == 3
+
+
+def test_no_retries_by_default(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    server = make_proxy()
+    fake_upstream.push(json_reply(BUSY, status=503), json_reply(completion()))
+    assert ask(server).status == 503
+    assert len(fake_upstream.requests) == 1
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422])
+def test_client_errors_are_not_retried(make_proxy: Any, fake_upstream: FakeUpstream, status: int) -> None:
+    server = make_proxy(retries=3)
+    fake_upstream.push(json_reply({"error": {"message": "no"}}, status=status), json_reply(completion()))
+    assert ask(server).status != 200
+    assert len(fake_upstream.requests) == 1
+
+
+def test_retry_after_is_honoured(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    server = make_proxy(retries=1)
+    fake_upstream.push(json_reply(BUSY, status=429, headers=(("Retry-After", "1"),)), json_reply(completion()))
+    started = time.monotonic()
+    assert ask(server).status == 200
+    assert time.monotonic() - started >= 0.95
+    fake_upstream.push(json_reply(BUSY, status=429, headers=(("retry-after-ms", "300"),)), json_reply(completion()))
+    started = time.monotonic()
+    assert ask(server).status == 200
+    assert 0.28 <= time.monotonic() - started < 0.95
+
+
+def test_a_retry_after_beyond_the_cap_is_not_waited_for(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    server = make_proxy(retries=3, retry_max_wait=1.0)
+    fake_upstream.push(json_reply(BUSY, status=429, headers=(("Retry-After", "120"),)), json_reply(completion()))
+    started = time.monotonic()
+    resp = ask(server)
+    assert resp.status == 429 and resp.headers["retry-after"] == "120"  # the client decides what to do
+    assert time.monotonic() - started < 0.9 and len(fake_upstream.requests) == 1
+
+
+def test_backoff_without_retry_after_is_jittered_and_short(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    server = make_proxy(retries=1)
+    fake_upstream.push(json_reply(BUSY, status=500), json_reply(completion()))
+    started = time.monotonic()
+    assert ask(server).status == 200
+    assert 0.2 <= time.monotonic() - started < 1.5  # the first backoff is 0.5 s, jittered into [0.25, 0.5]
+
+
+def test_connect_failures_are_retried(make_proxy: Any) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = make_proxy(upstream=f"http://127.0.0.1:{port}/v1", retries=1, connect_timeout=0.5)
+    started = time.monotonic()
+    resp = ask(server)
+    assert resp.status == 502 and resp.headers.get("x-should-retry") == "true"
+    assert time.monotonic() - started >= 0.2  # it did wait before the second try
+
+
+def test_no_retry_once_the_stream_began(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    server = make_proxy(retries=3)
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": "half"}), Fault("rst"), done=False))
+    with StreamClient(server.url, minimal_request(stream=True), headers=HEADERS) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events)
+    assert events[-1]["type"] == "error"
+    assert len(fake_upstream.requests) == 1
+
+
+def test_a_stream_that_fails_before_its_first_byte_is_retried(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    server = make_proxy(retries=1)
+    fake_upstream.push(
+        sse_reply({"error": {"message": "upstream busy", "code": 503}}, done=False),  # an error as the first event
+        sse_reply(chunk({"role": "assistant", "content": "ok"}), chunk({}, "stop")),
+    )
+    with StreamClient(server.url, minimal_request(stream=True), headers=HEADERS) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert final_message(events)["content"] == [{"type": "text", "text": "ok"}]
+    assert len(fake_upstream.requests) == 2
+
+
+def test_client_leaving_during_the_backoff_ends_it(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    import json
+    import socket
+
+    server = make_proxy(retries=2)
+    fake_upstream.push(json_reply(BUSY, status=503, headers=(("Retry-After", "3"),)))
+    body = json.dumps(minimal_request(stream=True)).encode()
+    with socket.create_connection(server.address, timeout=5) as sock:
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert fake_upstream.received.wait(3)
+        time.sleep(0.3)  # the proxy now waits out the Retry-After
+    time.sleep(3.5)
+    assert len(fake_upstream.requests) == 1  # the retry never happened
+    assert request(server.url, "GET", "/health").status == 200
+
+
+# ---------------------------------------------------------------------------
+# Fallbacks.
+
+
+@pytest.fixture
+def second_fake() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream()
+    yield fake
+    fake.close()
+
+
+def chain(first: FakeUpstream, second: FakeUpstream, **settings: Any) -> Any:
+    providers = (Provider("primary", first.url, token=claudeproxy.static_token("sk-primary-000000000")),
+                 Provider("backup", second.url, token=claudeproxy.static_token("sk-backup-0000000000")))
+    routes = (Route("*", RouteTarget("primary", "model-a"), fallbacks=(RouteTarget("backup", "model-b"),)),)
+    return claudeproxy.start(providers=providers, routes=routes, **settings)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_fallback_answers_when_the_first_provider_fails(fake_upstream: FakeUpstream, second_fake: FakeUpstream,
+                                                          stream: bool) -> None:
+    records: List[Any] = []
+    server = chain(fake_upstream, second_fake, metrics_sink=records.append)
+    try:
+        fake_upstream.push(json_reply(BUSY, status=503))
+        if stream:
+            second_fake.push(sse_reply(chunk({"role": "assistant", "content": "from backup"}), chunk({}, "stop")))
+            with StreamClient(server.url, minimal_request(stream=True), headers=HEADERS) as client:
+                events = client.read_all(timeout=5)
+            assert_valid_event_sequence(events, allow_error=False)
+            assert final_message(events)["content"] == [{"type": "text", "text": "from backup"}]
+        else:
+            second_fake.push(json_reply(completion("from backup")))
+            resp = ask(server)
+            assert resp.status == 200 and resp.json["content"] == [{"type": "text", "text": "from backup"}]
+            assert resp.json["model"] == "claude-test"
+        assert fake_upstream.last.json["model"] == "model-a" and second_fake.last.json["model"] == "model-b"
+        assert sent_keys(second_fake) == ["sk-backup-0000000000"]
+        rec = records[-1]
+        assert (rec.provider, rec.upstream_model, rec.attempts, rec.status) == ("backup", "model-b", 2, 200)
+    finally:
+        server.shutdown(grace=1.0)
+
+
+def test_when_all_fail_the_client_gets_the_last_error(fake_upstream: FakeUpstream, second_fake: FakeUpstream) -> None:
+    server = chain(fake_upstream, second_fake, retries=1)
+    try:
+        fake_upstream.push(json_reply(BUSY, status=503), json_reply(BUSY, status=503))
+        second_fake.push(json_reply(BUSY, status=529), json_reply({"error": {"message": "slow down"}}, status=429))
+        resp = ask(server)
+        assert resp.status == 429 and resp.json["error"]["type"] == "rate_limit_error"
+        assert (len(fake_upstream.requests), len(second_fake.requests)) == (2, 2)
+    finally:
+        server.shutdown(grace=1.0)
+
+
+def test_a_client_error_does_not_go_to_the_fallback(fake_upstream: FakeUpstream, second_fake: FakeUpstream) -> None:
+    server = chain(fake_upstream, second_fake)
+    try:
+        fake_upstream.push(json_reply({"error": {"message": "bad request"}}, status=400))
+        assert ask(server).status == 400
+        assert second_fake.requests == []
+    finally:
+        server.shutdown(grace=1.0)
+
+
+# ---------------------------------------------------------------------------
+# Key commands.
+
+
+KEY_SCRIPT = """
+import sys
+path = sys.argv[1]
+try:
+    n = int(open(path).read() or 0)
+except FileNotFoundError:
+    n = 0
+open(path, "w").write(str(n + 1))
+if len(sys.argv) > 2:
+    sys.stdout.write("this output is secret\\n")
+    sys.exit(int(sys.argv[2]))
+sys.stdout.write("  sk-cmd-%04d-abcdefgh \\n" % (n + 1))
+"""
+
+
+@pytest.fixture
+def key_command(tmp_path: Any) -> Tuple[List[str], str]:
+    script = tmp_path / "key.py"
+    script.write_text(KEY_SCRIPT)
+    counter = str(tmp_path / "count")
+    return [sys.executable, str(script), counter], counter
+
+
+def runs(counter: str) -> int:
+    if not os.path.exists(counter):
+        return 0
+    with open(counter) as fh:
+        return int(fh.read())
+
+
+def command_proxy(fake: FakeUpstream, argv: List[str], ttl: float = 300.0) -> Any:
+    from claudeproxy.credentials import command_token
+
+    return claudeproxy.start(upstream=fake.url, token=command_token(argv, ttl, "test"), key_source="command")
+
+
+def test_key_command_runs_once_and_is_cached(fake_upstream: FakeUpstream, key_command: Any) -> None:
+    argv, counter = key_command
+    server = command_proxy(fake_upstream, argv)
+    try:
+        assert runs(counter) == 0  # nothing runs before a request needs it
+        assert ask(server).status == 200 and ask(server).status == 200
+        assert runs(counter) == 1
+        assert sent_keys(fake_upstream) == ["sk-cmd-0001-abcdefgh"] * 2  # stdout trimmed
+    finally:
+        server.shutdown(grace=1.0)
+
+
+def test_key_command_runs_again_after_a_401_and_the_request_is_retried_once(fake_upstream: FakeUpstream,
+                                                                           key_command: Any) -> None:
+    argv, counter = key_command
+    server = command_proxy(fake_upstream, argv)
+    try:
+        fake_upstream.push(json_reply({"error": {"message": "expired"}}, status=401), json_reply(completion("ok")))
+        resp = ask(server)
+        assert resp.status == 200, resp
+        assert sent_keys(fake_upstream) == ["sk-cmd-0001-abcdefgh", "sk-cmd-0002-abcdefgh"]
+        fake_upstream.push(*[json_reply({"error": {"message": "still no"}}, status=401)] * 3)
+        assert ask(server).status == 401  # once, not forever
+        assert len(fake_upstream.requests) == 4
+    finally:
+        server.shutdown(grace=1.0)
+
+
+def test_key_command_expires_after_its_ttl(fake_upstream: FakeUpstream, key_command: Any) -> None:
+    argv, counter = key_command
+    server = command_proxy(fake_upstream, argv, ttl=0.4)
+    try:
+        ask(server)
+        time.sleep(0.6)
+        ask(server)
+        assert runs(counter) == 2 and sent_keys(fake_upstream)[-1] == "sk-cmd-0002-abcdefgh"
+    finally:
+        server.shutdown(grace=1.0)
+
+
+def test_a_failing_key_command_is_a_502_naming_its_exit_status(fake_upstream: FakeUpstream, key_command: Any) -> None:
+    argv, _ = key_command
+    server = command_proxy(fake_upstream, argv + ["3"])
+    try:
+        resp = ask(server)
+        assert resp.status == 502 and resp.json["error"]["type"] == "api_error"
+        message = resp.json["error"]["message"]
+        assert "exit status 3" in message and "secret" not in message
+        assert fake_upstream.requests == []
+    finally:
+        server.shutdown(grace=1.0)
+
+
+# ---------------------------------------------------------------------------
+# Several keys in turn.
+
+
+def test_key_ring_turns_and_rests_a_refused_key() -> None:
+    ring = KeyRing([lambda: "k1", lambda: "k2", lambda: "k3"], rest_seconds=60)
+    assert [ring() for _ in range(4)] == ["k1", "k2", "k3", "k1"]
+    assert refused(ring, "k2", 429) is True
+    assert [ring() for _ in range(4)] == ["k3", "k1", "k3", "k1"]
+    assert refused(ring, "k1", 401) and refused(ring, "k3", 401) is False  # every key rests now
+    assert ring() in ("k1", "k2", "k3")  # still a key: the longest-rested one
+
+
+def test_a_429_on_one_key_makes_the_next_key_serve(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    server = make_proxy(token=KeyRing([lambda: "sk-first-key-0000000", lambda: "sk-second-key-000000"]))
+    fake_upstream.push(json_reply({"error": {"message": "rate limited"}}, status=429), json_reply(completion("hi")))
+    resp = ask(server)
+    assert resp.status == 200, resp
+    assert ask(server).status == 200
+    # The first key rests after its 429: the retry and the next request both use the second.
+    assert sent_keys(fake_upstream) == ["sk-first-key-0000000", "sk-second-key-000000", "sk-second-key-000000"]
+
+
+def test_keys_from_several_environment_variables(monkeypatch: Any) -> None:
+    import io
+
+    from claudeproxy import cli
+
+    configs: List[Any] = []
+    monkeypatch.setattr(cli, "serve", lambda config, stdout, metrics_path=None: configs.append(config) or 0)
+    env = {"KEY_A": "sk-env-a-0000000000", "KEY_B": "sk-env-b-0000000000"}
+    code = cli.main(["--api-key-env", "KEY_A", "--api-key-env", "KEY_B"], environ=env, stdout=io.StringIO(),
+                    stderr=io.StringIO())
+    assert code == 0
+    token = configs[0].token
+    assert [token(), token(), token()] == ["sk-env-a-0000000000", "sk-env-b-0000000000", "sk-env-a-0000000000"]
+
+
+def test_no_key_leaks_from_a_retry_log(make_proxy: Any, fake_upstream: FakeUpstream, caplog: Any) -> None:
+    server = make_proxy(retries=1)
+    fake_upstream.push(json_reply({"error": {"message": f"bad key {UPSTREAM_KEY}"}}, status=503),
+                       json_reply(completion()))
+    with caplog.at_level("DEBUG", logger="claudeproxy"):
+        assert ask(server).status == 200
+    assert UPSTREAM_KEY not in caplog.text
