@@ -265,3 +265,31 @@ def test_print_config_does_not_run_a_key_command(tmp_path: Any) -> None:
 
 def test_print_config_with_a_bad_setting_still_exits_2(tmp_path: Any) -> None:
     assert_one_line_error(*run_main(["--print-config", "--upstream", "nope"]), "--upstream")
+
+
+# ---------------------------------------------------------------------------
+# The README stays true.
+
+
+def _readme() -> str:
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md"),
+              encoding="utf-8") as fh:
+        return fh.read()
+
+
+def test_the_readme_config_example_is_a_working_config(tmp_path: Any) -> None:
+    text = _readme()
+    section = text[text.index("### A config file"):]
+    example = json.loads(section[section.index("```json") + 7:section.index("```", section.index("```json") + 7)])
+    shown = print_config(["--config", write(tmp_path, example)])
+    assert shown["examples"]["claude-opus-4-1"] == "openai/o3"
+    assert shown["examples"]["claude-3-5-haiku-latest"] == "ollama/qwen3:8b"
+    assert shown["providers"]["ollama"]["api"] == "messages"
+
+
+def test_every_flag_is_in_the_readme_table() -> None:
+    text = _readme()
+    table = text[text.index("## Flags"):text.index("## Endpoints")]
+    flags = {s for a in cli.build_parser()._actions for s in a.option_strings if s.startswith("--")} - {"--help"}
+    missing = sorted(f for f in flags if f"`{f}" not in table and f"{f}`" not in table)
+    assert missing == [], missing
