@@ -25,7 +25,7 @@ from ..errors import (
     error_from_status,
     stream_error_event,
 )
-from ..replies import events_for_message
+from ..replies import events_for_message, message_start
 from ..routing import Target
 from ..sse import ServerSentEvent, SSEDecoder, split_lines
 from ..urls import messages_url
@@ -168,13 +168,11 @@ class MessagesFold:
         return events, UpstreamUnavailable("upstream stream ended early (no message_stop)")
 
     def start(self) -> List[Event]:
+        """``message_start`` (once)."""
         if self.started:
             return []
         self.started = True
-        message = {"id": self.message_id, "type": "message", "role": "assistant", "model": self.model,
-                   "content": [], "stop_reason": None, "stop_sequence": None,
-                   "usage": {"input_tokens": self.input_tokens, "output_tokens": 1}}
-        return [{"type": "message_start", "message": message}]
+        return [message_start(self.message_id, self.model, self.input_tokens)]
 
     def fail(self, exc: ProxyError) -> List[Event]:
         if self.done:

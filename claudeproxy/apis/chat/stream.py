@@ -25,7 +25,7 @@ from ...errors import (
     error_from_object,
     stream_error_event,
 )
-from ...replies import events_for_message
+from ...replies import events_for_message, message_start
 from ...signatures import encode_signature
 from ...sse import ServerSentEvent, SSEDecoder, is_done, split_lines
 from .response import (
@@ -278,17 +278,7 @@ class StreamTranslator:
         if self.started:
             return []
         self.started = True
-        message = {
-            "id": self.message_id,
-            "type": "message",
-            "role": "assistant",
-            "model": self.model,
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": {"input_tokens": self.input_tokens, "output_tokens": 1},
-        }
-        return [{"type": "message_start", "message": message}]
+        return [message_start(self.message_id, self.model, self.input_tokens)]
 
     @property
     def ready_to_finish(self) -> bool:

@@ -27,7 +27,7 @@ import math
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from ...errors import ProxyError, UpstreamUnavailable, stream_error_event
-from ...replies import block_events, events_for_message
+from ...replies import block_events, events_for_message, message_start
 from ...signatures import encode_signature
 from ...sse import ServerSentEvent, SSEDecoder, is_done, split_lines
 from ..chat.response import message_id, normalize_arguments
@@ -159,17 +159,7 @@ class ResponsesFold:
         if self.started:
             return []
         self.started = True
-        message: Dict[str, Any] = {
-            "id": self.message_id,
-            "type": "message",
-            "role": "assistant",
-            "model": self.model,
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": {"input_tokens": self.input_tokens, "output_tokens": 1},
-        }
-        return [{"type": "message_start", "message": message}]
+        return [message_start(self.message_id, self.model, self.input_tokens)]
 
     def fail(self, exc: ProxyError) -> List[Event]:
         """The one terminal ``error`` event; nothing once the stream has ended."""
