@@ -6,6 +6,7 @@ Public API (other test modules may import these; keep it small):
   generated tool ids are ``toolu_gen1`` ... and can be written in a golden file.
 - ``make_translator(**meta)``: a ``StreamTranslator`` with test defaults (``message_id``
   ``msg_test``, ``model`` ``claude-test``, ``input_tokens`` 25, dialect ``generic``).
+- ``drive(fold, lines)``: any API's fold driven exactly as the relay drives it.
 - ``run_lines(lines, **meta)`` / ``run_transcript(upstream_bytes, **meta)``: the events
   the client would receive. Lines go through ``ChatFold.feed_line`` one
   ``readline()`` result at a time; reading stops once the stream is complete (the relay
@@ -46,11 +47,10 @@ import os
 import socket
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
+from claudeproxy.apis.chat.stream import ChatFold, StreamTranslator
 from claudeproxy.ending import stream_end
 from claudeproxy.errors import ProxyError
-from claudeproxy.upstream import iter_lines, read_error
-from claudeproxy.apis.chat.stream import StreamTranslator, ChatFold
-from claudeproxy.upstream import UpstreamCall
+from claudeproxy.upstream import UpstreamCall, iter_lines, read_error
 
 Event = Dict[str, Any]
 STREAMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "streams")
@@ -106,17 +106,22 @@ def _lines_then(lines: Iterable[bytes], end: str) -> Iterator[bytes]:
 
 
 def run_lines(lines: Iterable[bytes], **meta: Any) -> List[Event]:
-    """Events for ``readline()`` results, driven like ``Relay._relay``.
+    """Events for ``readline()`` results, driven like ``Relay._relay`` (see ``drive``)."""
+    return drive(ChatFold(make_translator(**meta)), _lines_then(lines, meta.get("end", "eof")))
+
+
+def drive(fold: Any, lines: Iterable[bytes], clean: bool = False) -> List[Event]:
+    """Any API's fold, driven as the relay drives it: each line in, stop once complete.
 
     The end of the body goes through ``ending.stream_end``, the relay's own rule,
-    not a copy of it.
+    not a copy of it. A ``ProxyError`` (an upstream error event) or the error the
+    stream ends with is raised when nothing was written yet (the relay answers a
+    plain HTTP error), else it becomes the fold's one error event.
     """
-    translator = make_translator(**meta)
-    fold = ChatFold(translator)
     events: List[Event] = []
     failure: Optional[ProxyError] = None
     try:
-        for raw in _lines_then(lines, meta.get("end", "eof")):
+        for raw in lines:
             events += fold.feed_line(raw)
             if fold.complete:
                 return events
@@ -124,12 +129,12 @@ def run_lines(lines: Iterable[bytes], **meta: Any) -> List[Event]:
         return events + _fail(fold, events, exc)
     except (OSError, http.client.HTTPException) as exc:
         failure = read_error(exc, UpstreamCall(), IDLE_TIMEOUT)  # type: ignore[assignment]
-    tail, error = stream_end(fold, clean=False, failure=failure)
+    tail, error = stream_end(fold, clean=clean, failure=failure)
     events += tail
     return events + _fail(fold, events, error) if error is not None else events
 
 
-def _fail(fold: ChatFold, events: List[Event], exc: Any) -> List[Event]:
+def _fail(fold: Any, events: List[Event], exc: Any) -> List[Event]:
     if not events:
         raise exc  # nothing written yet: the relay answers with a plain HTTP error
     return fold.fail(exc)

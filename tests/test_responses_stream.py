@@ -21,6 +21,16 @@ import random
 from typing import Any, Dict, Iterable, List
 
 import pytest
+from sse_checks import assert_valid_event_sequence, events_of, final_message, parse_sse
+from stream_playbook import (
+    MAX_LINE,
+    counter_ids,
+    decode_cpx1,
+    diff_text,
+    drive,
+    same_events,
+)
+from test_stream_rechunk import FakeSocket, _Raw, chunked
 
 from claudeproxy.anthropic_types import parse_messages_request
 from claudeproxy.apis.responses.request import to_responses_request
@@ -29,9 +39,6 @@ from claudeproxy.apis.responses.stream import ResponsesFold
 from claudeproxy.errors import ProxyError, UpstreamUnavailable
 from claudeproxy.sse import encode_event
 from claudeproxy.upstream import iter_lines
-from sse_checks import assert_valid_event_sequence, events_of, final_message, parse_sse
-from stream_playbook import MAX_LINE, counter_ids, decode_cpx1, diff_text, same_events
-from test_stream_rechunk import FakeSocket, _Raw, chunked
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "responses_api")
 STREAMS = os.path.join(FIXTURES, "streams")
@@ -59,23 +66,8 @@ def make_fold(**kw: Any) -> ResponsesFold:
 
 
 def run_lines(lines: Iterable[bytes], fold: ResponsesFold) -> List[Event]:
-    """Events as the relay produces them: feed each line, stop at complete, end() at EOF;
-    a ProxyError is a plain HTTP error if nothing was written yet, else ``fail``."""
-    events: List[Event] = []
-    try:
-        for raw in lines:
-            events += fold.feed_line(raw)
-            if fold.complete:
-                return events
-        tail, error = fold.end(clean=True)
-        events += tail
-        if error is not None:
-            raise error
-    except ProxyError as exc:
-        if not events:
-            raise
-        events += fold.fail(exc)
-    return events
+    """Events as the relay produces them (``stream_playbook.drive``: the relay's own ending rule)."""
+    return drive(fold, lines, clean=True)
 
 
 def run_body(body: bytes, **kw: Any) -> List[Event]:

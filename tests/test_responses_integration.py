@@ -1,0 +1,221 @@
+"""The Responses API through the real server, against a fake ``/v1/responses`` upstream (issue 10).
+
+The stream and JSON fixtures of ``fixtures/responses_api`` go through the whole
+proxy (handler, pipeline, the one relay); a reasoning model's encrypted
+reasoning survives three turns of Claude Code's tool rounds; errors before and
+after the start map as on Chat Completions; OpenAI-only models switch API by
+themselves; web search is offered only where the provider can search.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List
+
+import pytest
+
+from conftest import CLIENT_KEY, UPSTREAM_KEY, request
+from fakes import Reply, StreamClient, json_reply
+from sse_checks import assert_valid_event_sequence, final_message, parse_sse
+
+SHARED_SERVERS = True
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURES = os.path.join(HERE, "fixtures", "responses_api")
+STREAMS = os.path.join(FIXTURES, "streams")
+HEADERS = {"x-api-key": CLIENT_KEY}
+TOOL = {"name": "Read", "description": "Read a file", "input_schema": {
+    "type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}
+
+
+def read(*parts: str) -> bytes:
+    with open(os.path.join(FIXTURES, *parts), "rb") as fh:
+        return fh.read()
+
+
+def sse(body: bytes) -> Reply:
+    """A stream fixture as the fake sends it: one step per event, as OpenAI flushes them."""
+    steps = [part + b"\n\n" for part in body.split(b"\n\n") if part.strip()]
+    return Reply(200, (("Content-Type", "text/event-stream"),), steps, chunked=True)
+
+
+def ask(**overrides: Any) -> Dict[str, Any]:
+    body: Dict[str, Any] = {"model": "claude-test", "max_tokens": 2048,
+                            "messages": [{"role": "user", "content": "Write a haiku."}]}
+    body.update(overrides)
+    return body
+
+
+@pytest.fixture
+def proxy(make_proxy: Any) -> Any:
+    return make_proxy(upstream_api="responses", model="gpt-5")
+
+
+def without_ids(events: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Message ids are minted per server; the rest must match the golden transcript exactly."""
+    out = json.loads(json.dumps(events))
+    for event in out:
+        if event["type"] == "message_start":
+            event["message"]["id"] = "msg_x"
+    return out
+
+
+STREAM_CASES = ["text", "parallel_calls", "reasoning_summary", "incomplete_max_tokens", "refusal",
+                "web_search_citations", "compat_args_only_at_done", "failed_after_text", "error_event_mid_stream"]
+
+
+@pytest.mark.parametrize("case", STREAM_CASES)
+def test_stream_fixtures_through_the_server(proxy: Any, fake_upstream: Any, case: str) -> None:
+    fake_upstream.push(sse(read("streams", f"{case}.upstream.sse")))
+    with StreamClient(proxy.url, ask(stream=True), headers=HEADERS) as client:
+        events = client.read_all(timeout=10)
+    assert_valid_event_sequence(events)
+    golden = [payload for _, payload in parse_sse(read("streams", f"{case}.anthropic.sse"))]
+    got, want = without_ids(events), without_ids(golden)
+    # The golden files carry signatures in their decoded form: compare the rest event by event.
+    assert [e["type"] for e in got] == [e["type"] for e in want]
+    assert final_message(events)["content"] == _plain(final_message(golden)["content"], events)
+    sent = fake_upstream.last
+    assert (sent.method, sent.path) == ("POST", "/v1/responses")
+    assert sent.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert sent.json["model"] == "gpt-5" and sent.json["store"] is False and sent.json["stream"] is True
+
+
+def _plain(blocks: List[Dict[str, Any]], events: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The golden blocks with each decoded signature replaced by the wire signature the proxy sent."""
+    sent = [e["delta"]["signature"] for e in events
+            if e["type"] == "content_block_delta" and e["delta"]["type"] == "signature_delta"]
+    out = json.loads(json.dumps(blocks))
+    for block in out:
+        if block["type"] == "thinking" and not isinstance(block["signature"], str):
+            block["signature"] = sent.pop(0)
+    return out
+
+
+@pytest.mark.parametrize("case", ["text", "parallel_calls", "reasoning_summary", "refusal", "incomplete_max_tokens"])
+def test_json_fixtures_through_the_server(proxy: Any, fake_upstream: Any, case: str) -> None:
+    fake_upstream.push(Reply(200, (("Content-Type", "application/json"),), [read("responses", f"{case}.response.json")]))
+    resp = request(proxy.url, "POST", "/v1/messages", ask(), HEADERS)
+    assert resp.status == 200, resp
+    golden = json.loads(read("responses", f"{case}.anthropic.json"))
+    assert resp.json["stop_reason"] == golden["stop_reason"] and resp.json["usage"] == golden["usage"]
+    assert [b["type"] for b in resp.json["content"]] == [b["type"] for b in golden["content"]]
+    assert resp.json["model"] == "claude-test"
+    assert fake_upstream.last.json["stream"] is False
+
+
+def test_context_overflow_before_the_start_is_a_400_prompt_too_long(proxy: Any, fake_upstream: Any) -> None:
+    fake_upstream.push(sse(read("streams", "failed_context_length.upstream.sse")))
+    resp = request(proxy.url, "POST", "/v1/messages", ask(stream=True), HEADERS)
+    assert resp.status == 400 and resp.json["error"]["type"] == "invalid_request_error"
+    assert resp.json["error"]["message"].startswith("prompt is too long")
+
+
+def test_http_error_status_maps_as_on_chat(proxy: Any, fake_upstream: Any) -> None:
+    body = {"error": {"message": "Rate limit reached. Please try again in 1.2s.", "type": "tokens",
+                      "code": "rate_limit_exceeded"}}
+    fake_upstream.push(json_reply(body, status=429, headers=(("retry-after", "2"),)))
+    resp = request(proxy.url, "POST", "/v1/messages", ask(), HEADERS)
+    assert resp.status == 429 and resp.json["error"]["type"] == "rate_limit_error"
+    assert resp.headers["retry-after"] == "2"
+
+
+def test_reasoning_is_carried_across_three_turns(proxy: Any, fake_upstream: Any) -> None:
+    """Turn 1 thinks and calls a tool; its reasoning item goes back upstream, in place, on turns 2 and 3."""
+    fake_upstream.push(sse(read("streams", "parallel_calls.upstream.sse")))
+    first = ask(stream=True, tools=[TOOL], thinking={"type": "enabled", "budget_tokens": 8000})
+    with StreamClient(proxy.url, first, headers=HEADERS) as client:
+        turn1 = final_message(client.read_all(timeout=10))
+    thinking = [b for b in turn1["content"] if b["type"] == "thinking"]
+    calls = [b for b in turn1["content"] if b["type"] == "tool_use"]
+    assert thinking and calls
+    history = first["messages"] + [
+        {"role": "assistant", "content": turn1["content"]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": c["id"], "content": "file text"}
+                                     for c in calls]},
+    ]
+    fake_upstream.push(json_reply(json.loads(read("responses", "text.response.json"))))
+    resp = request(proxy.url, "POST", "/v1/messages", {**first, "stream": False, "messages": history}, HEADERS)
+    assert resp.status == 200, resp
+    turn2 = fake_upstream.last.json["input"]
+    kinds = [item.get("type") for item in turn2]
+    reasoning = [item for item in turn2 if item.get("type") == "reasoning"]
+    assert len(reasoning) == 1 and reasoning[0]["encrypted_content"]
+    # The reasoning item sits right before the first function call it preceded, outputs after the calls.
+    assert kinds.index("reasoning") + 1 == kinds.index("function_call")
+    assert kinds.index("function_call_output") > max(i for i, k in enumerate(kinds) if k == "function_call")
+    assert fake_upstream.last.json["include"] == ["reasoning.encrypted_content"]
+    # Turn 3: the same history plus more; the earlier items come back byte for byte.
+    history3 = history + [{"role": "assistant", "content": "done"}, {"role": "user", "content": "and now?"}]
+    fake_upstream.push(json_reply(json.loads(read("responses", "text.response.json"))))
+    assert request(proxy.url, "POST", "/v1/messages", {**first, "stream": False, "messages": history3},
+                   HEADERS).status == 200
+    turn3 = fake_upstream.last.json["input"]
+    assert turn3[:len(turn2)] == turn2
+
+
+def test_a_thinking_block_from_elsewhere_is_never_sent(proxy: Any, fake_upstream: Any) -> None:
+    history = [{"role": "user", "content": "hi"},
+               {"role": "assistant", "content": [
+                   {"type": "thinking", "thinking": "claude's own", "signature": "EqQBCkgIBhABGAIiQGm..."},
+                   {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"path": "a"}}]},
+               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "x"}]}]
+    fake_upstream.push(json_reply(json.loads(read("responses", "text.response.json"))))
+    assert request(proxy.url, "POST", "/v1/messages", ask(messages=history, tools=[TOOL]), HEADERS).status == 200
+    assert "reasoning" not in [item.get("type") for item in fake_upstream.last.json["input"]]
+
+
+WEB_SEARCH = {"type": "web_search_20250305", "name": "web_search", "max_uses": 3}
+
+
+def test_web_search_goes_to_a_provider_that_can_search(make_proxy: Any, fake_upstream: Any) -> None:
+    server = make_proxy(upstream_api="responses", model="gpt-5", provider="openai")
+    fake_upstream.push(sse(read("streams", "web_search_citations.upstream.sse")))
+    with StreamClient(server.url, ask(stream=True, tools=[WEB_SEARCH]), headers=HEADERS) as client:
+        events = client.read_all(timeout=10)
+    message = final_message(events)
+    kinds = [b["type"] for b in message["content"]]
+    assert "server_tool_use" in kinds and "web_search_tool_result" in kinds
+    results = [b for b in message["content"] if b["type"] == "web_search_tool_result"][0]["content"]
+    assert results and all(r["url"].startswith("http") for r in results)
+    assert any(b.get("citations") for b in message["content"] if b["type"] == "text")
+    sent = fake_upstream.last.json
+    assert {"type": "web_search"}.items() <= sent["tools"][0].items() and sent["max_tool_calls"] == 3
+
+
+def test_web_search_is_dropped_where_the_provider_cannot_search(proxy: Any, fake_upstream: Any) -> None:
+    fake_upstream.push(json_reply(json.loads(read("responses", "text.response.json"))))
+    resp = request(proxy.url, "POST", "/v1/messages", ask(tools=[WEB_SEARCH, TOOL]), HEADERS)
+    assert resp.status == 200
+    assert [t["type"] for t in fake_upstream.last.json["tools"]] == ["function"]
+
+
+def test_responses_only_models_switch_api_on_their_own(make_proxy: Any, fake_upstream: Any) -> None:
+    server = make_proxy(provider="openai", opus_model="gpt-5-codex", model="gpt-4.1")
+    fake_upstream.push(json_reply(json.loads(read("responses", "text.response.json"))))
+    assert request(server.url, "POST", "/v1/messages", ask(model="claude-opus-4-1"), HEADERS).status == 200
+    assert fake_upstream.last.path == "/v1/responses" and fake_upstream.last.json["model"] == "gpt-5-codex"
+    fake_upstream.push(json_reply({"id": "c", "choices": [{"index": 0, "message": {"role": "assistant",
+                                                                                   "content": "hi"},
+                                                           "finish_reason": "stop"}]}))
+    assert request(server.url, "POST", "/v1/messages", ask(model="claude-sonnet-4-5"), HEADERS).status == 200
+    assert fake_upstream.last.path == "/v1/chat/completions"
+
+
+def test_unreadable_reasoning_is_left_out_once(make_proxy: Any, fake_upstream: Any) -> None:
+    """400 invalid_encrypted_content (another key or org): the request goes again without reasoning items."""
+    server = make_proxy(upstream_api="responses", model="o3")
+    fake_upstream.push(sse(read("streams", "reasoning_summary.upstream.sse")))
+    first = ask(stream=True, thinking={"type": "enabled", "budget_tokens": 8000})
+    with StreamClient(server.url, first, headers=HEADERS) as client:
+        turn1 = final_message(client.read_all(timeout=10))
+    history = first["messages"] + [{"role": "assistant", "content": turn1["content"]},
+                                   {"role": "user", "content": "more"}]
+    refusal = {"error": {"message": "The encrypted content for item rs_1 could not be verified.",
+                         "type": "invalid_request_error", "code": "invalid_encrypted_content"}}
+    fake_upstream.push(json_reply(refusal, status=400), json_reply(json.loads(read("responses", "text.response.json"))))
+    resp = request(server.url, "POST", "/v1/messages", {**first, "stream": False, "messages": history}, HEADERS)
+    assert resp.status == 200, resp
+    tries = fake_upstream.requests[-2:]
+    assert "reasoning" in [i.get("type") for i in tries[0].json["input"]]
+    assert "reasoning" not in [i.get("type") for i in tries[1].json["input"]]
