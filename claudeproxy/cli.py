@@ -224,7 +224,7 @@ def flag_specs(parser: argparse.ArgumentParser) -> Dict[str, FlagSpec]:
         elif isinstance(action, argparse._AppendAction):  # noqa: SLF001
             kind = "list"
         else:
-            kind = {int: "int", float: "float"}.get(action.type, "str")  # type: ignore[arg-type]
+            kind = "int" if action.type is int else "float" if action.type is float else "str"
         specs[action.dest] = FlagSpec(kind, tuple(action.choices or ()))
     return specs
 
@@ -492,7 +492,7 @@ def _warn_about(server: ProxyServer) -> None:
 
 
 def _install_signals(stop: threading.Event) -> Dict[int, Any]:
-    previous = {}
+    previous: Dict[int, Any] = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, lambda *_: stop.set())
     return previous

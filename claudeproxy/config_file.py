@@ -56,7 +56,7 @@ def _type_name(value: Any) -> str:
         type(value), type(value).__name__)
 
 
-def _want(value: Any, kind: type, path: str, what: str) -> Any:
+def _want(value: Any, kind: Any, path: str, what: str) -> Any:
     if not isinstance(value, kind) or (kind in (int, float, (int, float)) and isinstance(value, bool)):
         raise ConfigError(f"{path}: expected {what}, got {_type_name(value)}")
     if isinstance(value, float) and not math.isfinite(value):
@@ -65,7 +65,7 @@ def _want(value: Any, kind: type, path: str, what: str) -> Any:
 
 
 def _text(value: Any, path: str) -> str:
-    text = _want(value, str, path, "a string")
+    text: str = _want(value, str, path, "a string")
     if not text.strip():
         raise ConfigError(f"{path}: must not be empty")
     return text.strip()

@@ -328,9 +328,9 @@ class Proxy:
         if asked is None:
             delay *= 0.5 + self._random.random() / 2  # jitter: clients that failed together retry apart
         pause = Pause()
-        watch.call = pause  # type: ignore[assignment]
+        watch.call = pause
         if pause.wait(min(delay, self.config.retry_max_wait)):
-            raise abort_error(pause.abort_reason) or ProxyError("aborted")  # type: ignore[misc]
+            raise abort_error(pause.abort_reason) or ProxyError("aborted")
         return True
 
     # ------------------------------------------------------------------
@@ -378,7 +378,7 @@ class Proxy:
         return min(caps) if caps else None
 
     def _prepare(self, api: Any, req: ClientRequest, target: Target, limit: Optional[int]) -> Exchange:
-        ex = api.prepare(req, target, self._cap(target, limit))
+        ex: Exchange = api.prepare(req, target, self._cap(target, limit))
         for warning in ex.warnings:
             self._warn_once(warning)
         return ex

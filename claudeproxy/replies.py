@@ -36,7 +36,7 @@ def local_message(model: str, text: str, stop_reason: str, usage: Tuple[int, int
 
 def message_start(message_id: str, model: str, input_tokens: int) -> Event:
     """The ``message_start`` a stream opens with, before anything of the answer is known."""
-    message = {"id": message_id, "type": "message", "role": "assistant", "model": model, "content": [],
+    message: Dict[str, Any] = {"id": message_id, "type": "message", "role": "assistant", "model": model, "content": [],
                "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": input_tokens, "output_tokens": 1}}
     return {"type": "message_start", "message": message}
 

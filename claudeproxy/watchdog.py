@@ -18,13 +18,19 @@ import select
 import socket
 import threading
 import time
-from typing import Callable, Dict, List, Optional
-
-from .upstream import UpstreamCall
+from typing import Callable, Dict, List, Optional, Protocol
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.1
+
+
+class Abortable(Protocol):
+    """What a watch watches: an upstream call, or a pause between two."""
+
+    abort_reason: Optional[str]
+
+    def abort(self, reason: str) -> None: ...
 
 
 class Pause:
@@ -53,7 +59,7 @@ class Watch:
 
     def __init__(
         self,
-        call: UpstreamCall,
+        call: Abortable,
         client: Optional[socket.socket],
         deadline: Optional[float] = None,
         tick: Optional[Callable[[float], None]] = None,

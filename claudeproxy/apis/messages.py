@@ -228,7 +228,7 @@ class MessagesFold:
         return []
 
     def _message_start(self, obj: Dict[str, Any]) -> List[Event]:
-        message = obj.get("message") if isinstance(obj.get("message"), dict) else {}
+        message: Dict[str, Any] = obj["message"] if isinstance(obj.get("message"), dict) else {}
         self._take_usage(message.get("usage"))
         if self.started:
             return []  # ours went out while the upstream was slow; its usage is kept for the metrics

@@ -6,6 +6,7 @@ import json
 from typing import Any, Dict, List, Optional, Tuple
 
 from ...anthropic_types import MessagesRequest, parse_messages_request
+from ...dialects import Dialect
 from ...ids import new_id
 from ...routing import Target
 from ...urls import chat_url
@@ -39,28 +40,29 @@ class ChatApi:
 
     def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
                   ) -> Tuple[Dict[str, Any], List[str]]:
-        translation, target = _context(ex)
+        translation, _, dialect = _context(ex)
         parsed = req.parsed
         assert parsed is not None
         return message_from_body(
             obj, model=req.model, new_id=new_id, tool_names=translation.tool_names,
-            stop_sequences=parsed.stop_sequences, dialect_name=target.dialect.name,
-            think_tags=target.dialect.think_tags, secrets=secrets,
+            stop_sequences=parsed.stop_sequences, dialect_name=dialect.name, think_tags=dialect.think_tags,
+            secrets=secrets,
         )
 
     def fold(self, req: ClientRequest, ex: Exchange, *, message_id: str, input_tokens: int,
              secrets: Tuple[str, ...] = ()) -> ChatFold:
-        translation, target = _context(ex)
+        translation, _, dialect = _context(ex)
         parsed = req.parsed
         assert parsed is not None
         translator = StreamTranslator(
             message_id=message_id, model=req.model, input_tokens=input_tokens, new_id=new_id,
             tool_names=translation.tool_names, stop_sequences=parsed.stop_sequences,
-            dialect_name=target.dialect.name, think_tags=target.dialect.think_tags, secrets=secrets,
+            dialect_name=dialect.name, think_tags=dialect.think_tags, secrets=secrets,
         )
         return ChatFold(translator)
 
 
-def _context(ex: Exchange) -> Tuple[Translation, Target]:
+def _context(ex: Exchange) -> Tuple[Translation, Target, Dialect]:
     translation, target = ex.context
-    return translation, target
+    assert target.dialect is not None, "a chat target always has a dialect"
+    return translation, target, target.dialect
