@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from .errors import ProxyError
 from .redact import redact_text
 
-BODIES = logging.getLogger("claudeproxy.bodies")
+BODIES_LOGGER = "claudeproxy.bodies"
 _MAX_LOGGED = 1024 * 1024  # one body line in the log at most this long: a 30 MB image is no use there
 _CONTENT_EVENTS = ("content_block_start", "content_block_delta")
 
@@ -31,7 +31,7 @@ Event = Dict[str, Any]
 
 
 def bodies_logged() -> bool:
-    return BODIES.isEnabledFor(logging.DEBUG)
+    return logging.getLogger(BODIES_LOGGER).isEnabledFor(logging.DEBUG)
 
 
 def log_body(what: str, body: Any, secrets: Sequence[str]) -> None:
@@ -46,7 +46,7 @@ def log_body(what: str, body: Any, secrets: Sequence[str]) -> None:
         text = json.dumps(body, ensure_ascii=False)
     if len(text) > _MAX_LOGGED:
         text = f"{text[:_MAX_LOGGED]}... ({len(text)} characters)"
-    BODIES.debug("%s: %s", what, redact_text(text, secrets))
+    logging.getLogger(BODIES_LOGGER).debug("%s: %s", what, redact_text(text, secrets))
 
 
 class ObservedFold:
