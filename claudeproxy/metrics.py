@@ -33,6 +33,7 @@ from .cost import cache_hit_ratio
 
 OTHER = "other"
 LOCAL = "local"  # the provider label of calls the proxy answered itself
+NONE = "(none)"  # the provider and model label of calls refused before any upstream
 # Seconds. Fine enough below a few seconds for time to first token, wide enough for long streams.
 HISTOGRAM_BOUNDS: Tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0,
                                        20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0)
@@ -88,10 +89,14 @@ Sink = Callable[[CallRecord], None]
 
 
 def model_key(rec: CallRecord) -> ModelKey:
-    """What a call is counted under: the provider and upstream model that served (and billed) it."""
+    """What a call is counted under: the provider and upstream model that served (and billed) it;
+    ``local`` and the client's model for an answer of the proxy's own; one row for every call
+    refused before any upstream (a bad body, no route)."""
     if rec.local:
-        return LOCAL, rec.model or "(none)"
-    return rec.provider or "(none)", rec.upstream_model or rec.model or "(none)"
+        return LOCAL, rec.model or NONE
+    if not rec.upstream_model:
+        return NONE, NONE
+    return rec.provider or NONE, rec.upstream_model
 
 
 # --------------------------------------------------------------------------

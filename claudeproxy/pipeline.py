@@ -162,9 +162,10 @@ class Proxy:
             routed = self.router.resolve(record["model"])
             counted = None
             if routed is not None and not self.apis[routed.target.api].translates:
+                record.update(local=False, upstream_model=routed.target.model)
                 counted = self._upstream_count(handler, body, routed.target)
-                record["local"] = counted is None
             if counted is None:
+                record.update(local=True, upstream_model="")
                 counted = self._local_count(body, routed)
             writer.json(200, {"input_tokens": counted})
         except Exception as exc:
@@ -426,11 +427,9 @@ class Proxy:
     def _record(self, fields: Dict[str, Any], routed: Optional[Routed], started: float, request_id: str) -> None:
         """One call record (also for a 4xx, a local answer, a failure): metrics, usage log, access log."""
         now = time.monotonic()
-        if routed is not None:
+        if routed is not None:  # upstream_model only when the call got as far as the upstream
             fields.setdefault("route", routed.route.match)
             fields.setdefault("provider", routed.target.provider.name)
-            if not fields.get("local"):
-                fields.setdefault("upstream_model", routed.target.model)
         first = fields.get("first_content_at")
         usage = _usage_fields(fields)
         rec = CallRecord(

@@ -322,16 +322,26 @@ def _model_stacks(points: Sequence[Dict[str, Any]], colors: Dict[str, str],
     return stacks, order
 
 
+def step_label(seconds: int) -> str:
+    """What one bar covers: "per second", "per 5 s", "per minute", "per 15 min", "per hour", "per 4 h"."""
+    for size, one, unit in ((3600, "per hour", "h"), (60, "per minute", "min"), (1, "per second", "s")):
+        if seconds >= size:
+            count = seconds // size
+            return one if count == 1 else f"per {count} {unit}"
+    return "per second"
+
+
 def _charts(usage: Dict[str, Any], colors: Dict[str, str]) -> str:
     series = usage.get("series", {})
     points = series.get("points", [])
-    step = f"per {series.get('step_seconds', 60) // 60} min"
+    step = step_label(series.get("step_seconds", 60))
     tokens, token_legend = _model_stacks(points, colors, _tokens_of)
     costs, cost_legend = _model_stacks(points, colors, lambda r: r["cost_usd"] or 0.0)
     hit = [p.get("cache_hit_ratio") for p in points]
-    lat = [("p50", "#6366f1", [p["latency_ms"]["p50"] for p in points]),
+    # The highest percentile first, so the lower ones are drawn over it where they meet.
+    lat = [("p99", "#ef4444", [p["latency_ms"]["p99"] for p in points]),
            ("p90", "#f59e0b", [p["latency_ms"]["p90"] for p in points]),
-           ("p99", "#ef4444", [p["latency_ms"]["p99"] for p in points]),
+           ("p50", "#6366f1", [p["latency_ms"]["p50"] for p in points]),
            ("TTFT p50", "#10b981", [p["ttft_ms"]["p50"] for p in points])]
     ok = [[("ok", "#10b981", float(p["requests"] - p["errors"])), ("errors", "#ef4444", float(p["errors"]))] for p in points]
     panels = [
@@ -366,7 +376,7 @@ def _swatch(label: str, colors: Dict[str, str]) -> str:
     return f"<i class=\"dot\" style=\"background:{colors.get(label, OTHER_COLOR)}\"></i>{esc(label)}"
 
 
-_SIDE_ROWS = (("local", "answered by the proxy (quota probes, count_tokens)"), ("(none)", "refused before routing"))
+_SIDE_ROWS = (("local", "answered by the proxy"), ("(none)", "refused before any upstream"))
 
 
 def _today_rows(usage: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
@@ -431,7 +441,8 @@ def _status(row: Dict[str, Any]) -> str:
 def _recent_table(usage: Dict[str, Any]) -> str:
     rows = []
     for r in usage.get("recent", [])[:RECENT_ROWS]:
-        target = "local" if r.get("local") else f"{r.get('provider') or '–'}/{r.get('upstream_model') or '–'}"
+        target = ("local" if r.get("local") else f"{r.get('provider')}/{r.get('upstream_model')}"
+                  if r.get("upstream_model") else "refused")
         endpoint = " <span class=\"muted\">count</span>" if r.get("endpoint", "").endswith("count_tokens") else ""
         rows.append([esc(r.get("time_label", "")), f"{esc(r.get('model') or '–')}{endpoint}", esc(target), _status(r),
                      "stream" if r.get("stream") else "json", esc(fmt_tokens(r.get("input_tokens"))),

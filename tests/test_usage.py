@@ -155,6 +155,14 @@ def test_every_call_is_recorded_also_4xx_local_and_failures(proxy: Any, fake: Fa
     assert all(r.ttft_ms is None for r in recs if not r.stream)
 
 
+def test_a_bad_request_is_not_counted_against_the_model_it_was_routed_to(proxy: Any, fake: FakeUpstream) -> None:
+    assert post(proxy, {"model": "claude-opus-4-1", "max_tokens": 10, "messages": "oops"}).status == 400
+    rec = wait_records(proxy, 1)[0]
+    assert (rec.provider, rec.route, rec.upstream_model, rec.error_type) == ("openai", "opus", "", "invalid_request_error")
+    models = {(m["provider"], m["model"]) for m in request(proxy.url, "GET", "/v1/usage").json["models"]}
+    assert models == {("(none)", "(none)")} and fake.requests == []
+
+
 def test_time_to_first_token_is_when_content_went_out(proxy: Any, fake: FakeUpstream) -> None:
     fake.push(sse_reply(chunk({"role": "assistant", "content": ""}), Sleep(0.3), chunk({"content": "late"}),
                         Sleep(0.3), chunk({}, "stop")))
@@ -167,7 +175,7 @@ def test_access_log_line_says_who_where_what_and_how_long(proxy: Any, fake: Fake
     caplog.set_level("INFO", logger="claudeproxy")
     fake.push(json_reply(completion("a", usage=usage(1000, 100, cached=200))))
     assert post(proxy, minimal_request(model="claude-opus-4-1")).status == 200
-    wait_records(proxy, 1)
+    assert proxy.server.server.wait_idle(2)  # the line is logged after the answer went out
     lines = [r for r in caplog.records if "->" in r.getMessage() and r.name == "claudeproxy.pipeline"]
     assert len(lines) == 1
     text = lines[0].getMessage()
