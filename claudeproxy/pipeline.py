@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, cast
 from urllib.parse import parse_qs, unquote
 
 from . import catalog, prometheus, usage_page
@@ -26,6 +26,7 @@ from .calibration import TokenCalibration
 from .config import Config, Provider
 from .cost import call_cost
 from .credentials import current_secret
+from .ending import StreamFold
 from .dialects import auth_header, auth_style
 from .errors import ClientGone, ProxyError, UpstreamHTTPError, max_tokens_limit
 from .ids import new_id
@@ -395,7 +396,7 @@ class Proxy:
         estimate = self._estimate(req, record)
         fold = ObservedFold(api.fold(req, ex, message_id="msg_" + new_id(), input_tokens=estimate,
                                      secrets=self.secrets()), self.secrets())
-        relay = Relay(writer, fold, call, self.config)
+        relay = Relay(writer, cast(StreamFold, fold), call, self.config)  # read-through: the fold's own state
         watch.tick = relay.tick
         try:
             with self.metrics.streaming():
@@ -442,7 +443,8 @@ class Proxy:
         )
         self._learn(fields, rec)
         self.metrics.record(rec)
-        log.info("%s", access_line(rec), extra={"call": rec.to_dict()})
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s", access_line(rec), extra={"call": rec.to_dict()})
 
     def _learn(self, fields: Dict[str, Any], rec: CallRecord) -> None:
         """Teach the calibration the upstream's prompt count, when the upstream really reported one."""

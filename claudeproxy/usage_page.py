@@ -211,7 +211,7 @@ def nice_max(value: float) -> float:
     """The smallest 1, 2, 2.5 or 5 x 10^n at or above ``value`` (a round top for an axis)."""
     if value <= 0:
         return 1.0
-    base = 10 ** math.floor(math.log10(value))
+    base = 10.0 ** math.floor(math.log10(value))
     for step in (1, 2, 2.5, 5, 10):
         if step * base >= value * 0.999999:
             return step * base
@@ -261,7 +261,7 @@ def stacked_bars(points: Sequence[Dict[str, Any]], stacks: Sequence[List[Tuple[s
     width = min(34.0, max(1.0, slot * 0.72))
     parts = [_frame(points, top, fmt)]
     for i, (point, stack) in enumerate(zip(points, stacks)):
-        x, y = _PAD_L + slot * i + (slot - width) / 2, _PAD_T + plot_h
+        x, y = _PAD_L + slot * i + (slot - width) / 2, float(_PAD_T + plot_h)
         for name, color, value in stack:
             if value <= 0:
                 continue
