@@ -26,8 +26,8 @@ from .calibration import TokenCalibration
 from .config import Config, Provider
 from .cost import call_cost
 from .credentials import current_secret
-from .ending import StreamFold
 from .dialects import auth_header, auth_style
+from .ending import StreamFold
 from .errors import ClientGone, ProxyError, UpstreamHTTPError, max_tokens_limit
 from .ids import new_id
 from .metrics import CallRecord, Metrics, access_line
