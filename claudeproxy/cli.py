@@ -21,6 +21,7 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from typing import (
     Any,
     Callable,
@@ -49,6 +50,7 @@ from .config_file import ConfigError, FileConfig, FlagSpec, parse_config
 from .credentials import DEFAULT_TTL, command_token, current_secrets, key_source
 from .dialects import DIALECTS
 from .metrics import CallRecord
+from .observe import BODIES_LOGGER
 from .redact import redact_text, redact_url
 from .routing import build_router
 from .server import ProxyServer, drain_and_close
@@ -107,13 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flags(p.add_argument_group("config file"))
     _network_flags(p.add_argument_group("network"))
     _server_flags(p.add_argument_group("server"))
-    out = p.add_argument_group("logging")
-    out.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                     help="default: %(default)s")
-    out.add_argument("--log-bodies", action="store_true", help="log request bodies at debug level (redacted)")
-    out.add_argument("--metrics-file", metavar="PATH", help="append one JSON line per call to this file")
+    _logging_flags(p.add_argument_group("logging and usage"))
     p.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     return p
+
+
+def _logging_flags(out: Any) -> None:
+    out.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                     help="info: one access-log line per call; debug: also raw requests and responses in both "
+                     "directions, redacted (default: %(default)s)")
+    out.add_argument("--log-format", default="text", choices=["text", "json"],
+                     help="json: one JSON object per line, the access log's fields under \"call\" "
+                     "(default: %(default)s)")
+    out.add_argument("--log-bodies", action="store_true", help="log the raw bodies (redacted) even when "
+                     "--log-level is above debug")
+    out.add_argument("--usage-log", metavar="FILE", help="append one JSON line per call (tokens, cost, "
+                     "timings) to this file")
+    out.add_argument("--metrics-file", metavar="FILE", help="the former name of --usage-log")
 
 
 def _upstream_flags(up: Any) -> None:
@@ -421,13 +433,32 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
 
 
 # --------------------------------------------------------------------------
-# Logging and metrics output.
+# Logging and the usage log.
 
 
 def config_secrets(config: Config) -> Tuple[str, ...]:
     """The client key and every provider key known so far (a key command is not run for this)."""
     sources = [p.token for p in config.providers] + [config.token]
     return tuple(s for s in (config.auth_key or "",) + tuple(k for t in sources for k in current_secrets(t)) if s)
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per record, for log collectors; the whole line redacted once more."""
+
+    def __init__(self, secrets: Callable[[], Sequence[str]]) -> None:
+        super().__init__()
+        self._secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + ".%03dZ" % record.msecs
+        out: Dict[str, Any] = {"time": stamp, "level": record.levelname, "logger": record.name,
+                               "message": record.getMessage()}
+        call = getattr(record, "call", None)
+        if isinstance(call, dict):
+            out["call"] = call  # the access log's fields (CallRecord)
+        if record.exc_text:
+            out["exception"] = record.exc_text
+        return redact_text(json.dumps(out, ensure_ascii=False), tuple(s for s in self._secrets() if s))
 
 
 class _RedactingFilter(logging.Filter):
@@ -447,18 +478,25 @@ class _RedactingFilter(logging.Filter):
         return True
 
 
-def setup_logging(level: str, secrets: Callable[[], Sequence[str]], stream: TextIO) -> logging.Handler:
+def setup_logging(level: str, secrets: Callable[[], Sequence[str]], stream: TextIO, fmt: str = "text",
+                  bodies: bool = False) -> logging.Handler:
+    """One handler on the ``claudeproxy`` logger; every record redacted. ``bodies``: the raw bodies
+    (``claudeproxy.bodies``, DEBUG) even when ``level`` is higher."""
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter(secrets))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_RedactingFilter(secrets))
     root = logging.getLogger("claudeproxy")
     root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = False
+    logging.getLogger(BODIES_LOGGER).setLevel(logging.DEBUG if bodies else logging.NOTSET)
     return handler
 
 
-def _metrics_writer(path: str) -> Any:
+def _usage_writer(path: str) -> Any:
     lock = threading.Lock()
 
     def write(rec: CallRecord) -> None:
@@ -499,7 +537,7 @@ def _install_signals(stop: threading.Event) -> Dict[int, Any]:
 
 
 def serve(config: Config, stdout: TextIO, metrics_path: Optional[str] = None) -> int:
-    sink = _metrics_writer(metrics_path) if metrics_path else None
+    sink = _usage_writer(metrics_path) if metrics_path else None
     server = ProxyServer(config, sink)
     stop = threading.Event()
     # Signals first: a script that reads the line below may send SIGTERM at once.
@@ -551,11 +589,11 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
         except BrokenPipeError:  # piped into head: the reader has what it wanted
             pass
         return 0
-    logger = logging.getLogger("claudeproxy")
-    saved = (logger.level, logger.propagate)
-    handler = setup_logging(ns.log_level, lambda: config_secrets(config), stderr)
+    logger, bodies = logging.getLogger("claudeproxy"), logging.getLogger(BODIES_LOGGER)
+    saved = (logger.level, logger.propagate, bodies.level)
+    handler = setup_logging(ns.log_level, lambda: config_secrets(config), stderr, ns.log_format, ns.log_bodies)
     try:
-        return serve(config, stdout, ns.metrics_file)
+        return serve(config, stdout, ns.usage_log or ns.metrics_file)
     except OSError as exc:  # e.g. the port is taken
         print(f"claudeproxy: error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=stderr)
         return 1
@@ -563,3 +601,4 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
+        bodies.setLevel(saved[2])

@@ -1,19 +1,65 @@
-"""Per-call records and running totals, one ``Metrics`` per server.
+"""Per-call records and what they add up to, one ``Metrics`` per server.
 
-No I/O of its own: records go to an optional sink callable (the CLI's
-``--metrics-file`` writer, a test's list.append) and into thread-safe totals
-served at ``GET /metrics``. Nothing is shared between two servers.
+No I/O of its own (records go to an optional sink callable: the CLI's
+``--usage-log`` writer, a test's list.append); it reads only the local time
+zone, to name days and chart labels. Everything is kept in memory, behind one
+lock, and bounded however long the server runs and whatever model names
+clients send:
+
+- the last ``recent`` call records (the usage page's table);
+- totals per (provider, upstream model) for at most ``max_models`` models
+  (later ones are added up under ``other``), per provider, per status and
+  error type, per endpoint (a fixed few);
+- per-second buckets for the first five minutes (a short session still
+  draws a chart), per-minute buckets for the last ``minutes`` minutes (the
+  charts), and per-day totals for the last ``days`` days;
+- latency and time-to-first-token histograms with fixed bounds.
+
+``snapshot()`` is the old JSON summary (``/metrics?format=json``),
+``prometheus_view()`` what ``prometheus.render`` writes at ``/metrics``,
+``usage(now)`` the ``/v1/usage`` JSON the usage page is drawn from.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import threading
-from typing import Any, Callable, Dict, Optional
+import time
+from typing import (
+    Any,
+    Callable,
+    Deque,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Set,
+    Tuple,
+)
+
+from .cost import cache_hit_ratio
+
+OTHER = "other"
+LOCAL = "local"  # the provider label of calls the proxy answered itself
+NONE = "(none)"  # the provider and model label of calls refused before any upstream
+# Seconds. Fine enough below a few seconds for time to first token, wide enough for long streams.
+HISTOGRAM_BOUNDS: Tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0,
+                                       20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0)
+_ENDPOINT_LIMIT = 16
+_FINE_SECONDS = 300  # per-second buckets until the first call is this old
+_FINE_STEPS = (1, 2, 5, 10)  # chart steps over per-second buckets, seconds
+_MINUTE_STEPS = (60, 120, 300, 600, 900, 1800, 3600, 7200, 14400)  # over per-minute buckets
+_SERIES_POINTS = 60  # at most this many bars per chart
+ModelKey = Tuple[str, str]  # (provider, upstream model)
 
 
 @dataclasses.dataclass(frozen=True)
 class CallRecord:
+    """One call to the proxy's API, also a 4xx, a local answer or a failure."""
+
     endpoint: str
     model: str = ""  # the client's model name
     route: str = ""  # the match pattern of the route it took
@@ -23,48 +69,415 @@ class CallRecord:
     stream: bool = False
     status: int = 200
     duration_ms: int = 0
-    input_tokens: int = 0
+    ttft_ms: Optional[int] = None  # streams: until the first content event went out
+    input_tokens: int = 0  # Anthropic's meaning: without the cached part
     output_tokens: int = 0
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
+    cost_usd: Optional[float] = None  # None: the model has no price for a kind of token it used
     stop_reason: Optional[str] = None
     error_type: Optional[str] = None
     local: bool = False  # answered without an upstream call (quota probe, count_tokens)
     request_id: str = ""
     attempts: int = 0  # upstream calls made for it (retries and fallbacks included)
+    time: float = 0.0  # when the call began, seconds since the epoch
+
+    @property
+    def cache_hit_ratio(self) -> Optional[float]:
+        return cache_hit_ratio(self.input_tokens, self.cache_read_input_tokens, self.cache_creation_input_tokens)
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens + self.cache_read_input_tokens + self.cache_creation_input_tokens
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        ratio = self.cache_hit_ratio
+        out["cache_hit_ratio"] = round(ratio, 4) if ratio is not None else None
+        return out
 
 
 Sink = Callable[[CallRecord], None]
 
-_COUNTERS = ("requests", "errors", "local", "input_tokens", "output_tokens", "cache_read_input_tokens",
-             "cache_creation_input_tokens")
+
+def model_key(rec: CallRecord) -> ModelKey:
+    """What a call is counted under: the provider and upstream model that served (and billed) it;
+    ``local`` and the client's model for an answer of the proxy's own; one row for every call
+    refused before any upstream (a bad body, no route)."""
+    if rec.local:
+        return LOCAL, rec.model or NONE
+    if not rec.upstream_model:
+        return NONE, NONE
+    return rec.provider or NONE, rec.upstream_model
+
+
+# --------------------------------------------------------------------------
+# Building blocks.
+
+
+class Tally:
+    """Counts and sums over some calls."""
+
+    __slots__ = ("requests", "errors", "local", "input_tokens", "output_tokens", "cache_read_input_tokens",
+                 "cache_creation_input_tokens", "cost_usd", "priced", "unpriced")
+
+    def __init__(self) -> None:
+        self.requests = self.errors = self.local = 0
+        self.input_tokens = self.output_tokens = self.cache_read_input_tokens = self.cache_creation_input_tokens = 0
+        self.cost_usd = 0.0
+        self.priced = self.unpriced = 0  # calls that used tokens, with and without a known cost
+
+    def add(self, rec: CallRecord) -> None:
+        self.requests += 1
+        self.errors += 1 if rec.error_type else 0
+        self.local += 1 if rec.local else 0
+        self.input_tokens += rec.input_tokens
+        self.output_tokens += rec.output_tokens
+        self.cache_read_input_tokens += rec.cache_read_input_tokens
+        self.cache_creation_input_tokens += rec.cache_creation_input_tokens
+        if rec.tokens:
+            if rec.cost_usd is None:
+                self.unpriced += 1
+            else:
+                self.priced += 1
+                self.cost_usd += rec.cost_usd
+
+    def merge(self, other: "Tally") -> None:
+        for field in Tally.__slots__:
+            setattr(self, field, getattr(self, field) + getattr(other, field))
+
+    def to_dict(self) -> Dict[str, Any]:
+        ratio = cache_hit_ratio(self.input_tokens, self.cache_read_input_tokens, self.cache_creation_input_tokens)
+        return {
+            "requests": self.requests, "errors": self.errors, "local": self.local,
+            "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            # No cost at all rather than $0 when nothing these calls used has a price.
+            "cost_usd": round(self.cost_usd, 6) if self.priced or not self.unpriced else None,
+            "unpriced_requests": self.unpriced,
+            "cache_hit_ratio": round(ratio, 4) if ratio is not None else None,
+        }
+
+
+class Histogram:
+    """Observations in fixed buckets (``HISTOGRAM_BOUNDS``, seconds), as Prometheus keeps them."""
+
+    __slots__ = ("counts", "sum", "count", "max")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(HISTOGRAM_BOUNDS) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+        self.max = 0.0
+
+    def observe(self, value: float) -> None:
+        i = 0
+        while i < len(HISTOGRAM_BOUNDS) and value > HISTOGRAM_BOUNDS[i]:
+            i += 1
+        self.counts[i] += 1
+        self.sum += value
+        self.count += 1
+        self.max = max(self.max, value)
+
+    def merge(self, other: "Histogram") -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts)]
+        self.sum += other.sum
+        self.count += other.count
+        self.max = max(self.max, other.max)
+
+    def quantile(self, q: float) -> Optional[float]:
+        """Linear within the bucket holding rank q (Prometheus' histogram_quantile), never above the max seen."""
+        if not self.count:
+            return None
+        rank, seen = q * self.count, 0
+        for i, n in enumerate(self.counts):
+            if n and seen + n >= rank:
+                low = HISTOGRAM_BOUNDS[i - 1] if i > 0 else 0.0
+                high = HISTOGRAM_BOUNDS[i] if i < len(HISTOGRAM_BOUNDS) else self.max
+                return min(self.max, low + (high - low) * (rank - seen) / n)
+            seen += n
+        return self.max
+
+    def percentiles(self) -> Dict[str, Optional[float]]:
+        return {name: _ms(self.quantile(q)) for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}
+
+    def copy(self) -> "Histogram":
+        twin = Histogram()
+        twin.merge(self)
+        return twin
+
+
+def _ms(seconds: Optional[float]) -> Optional[int]:
+    return None if seconds is None else int(round(seconds * 1000))
+
+
+class _Slice:
+    """The calls of one minute or one day: totals, per model, and (minutes) their latencies."""
+
+    __slots__ = ("tally", "models", "latency", "ttft")
+
+    def __init__(self) -> None:
+        self.tally = Tally()
+        self.models: Dict[ModelKey, Tally] = {}
+        self.latency = Histogram()
+        self.ttft = Histogram()
+
+    def add(self, rec: CallRecord, key: ModelKey) -> None:
+        self.tally.add(rec)
+        self.models.setdefault(key, Tally()).add(rec)
+
+
+def _reached_upstream(rec: CallRecord) -> bool:
+    """Only these have a latency worth charting: a local answer or a refused request takes no time."""
+    return bool(rec.upstream_model) and not rec.local
+
+
+# --------------------------------------------------------------------------
+# The store.
 
 
 class Metrics:
-    def __init__(self, sink: Optional[Sink] = None) -> None:
+    """One server's call records and totals. Thread-safe; see the module docstring for the bounds."""
+
+    def __init__(self, sink: Optional[Sink] = None, *, recent: int = 500, max_models: int = 50,
+                 minutes: int = 24 * 60, days: int = 31, started_at: Optional[float] = None) -> None:
         self._lock = threading.Lock()
         self._sink = sink
-        self._totals: Dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+        self.started_at = time.time() if started_at is None else started_at
+        self._limits = (max_models, minutes, days)
+        self._recent: Deque[CallRecord] = collections.deque(maxlen=recent)
+        self._total = Tally()
         self._by_status: Dict[str, int] = {}
+        self._by_error: Dict[str, int] = {}
+        self._models: Dict[ModelKey, Tally] = {}
+        self._durations: Dict[ModelKey, Histogram] = {}
+        self._ttfts: Dict[ModelKey, Histogram] = {}
+        self._providers: Dict[str, Tally] = {}
+        self._requests: Dict[Tuple[str, str, str, str], int] = {}  # (endpoint, provider, model, status)
+        self._endpoints: Set[str] = set()
+        self._seconds: Dict[int, _Slice] = {}
+        self._minutes: Dict[int, _Slice] = {}
+        self._days: Dict[str, _Slice] = {}
+        self._streams = 0
+
+    # ------------------------------------------------------------------
+    # Writing.
 
     def record(self, rec: CallRecord) -> None:
         with self._lock:
-            t = self._totals
-            t["requests"] += 1
-            t["errors"] += 1 if rec.error_type else 0
-            t["local"] += 1 if rec.local else 0
-            t["input_tokens"] += rec.input_tokens
-            t["output_tokens"] += rec.output_tokens
-            t["cache_read_input_tokens"] += rec.cache_read_input_tokens
-            t["cache_creation_input_tokens"] += rec.cache_creation_input_tokens
-            key = str(rec.status)
-            self._by_status[key] = self._by_status.get(key, 0) + 1
+            key = self._bounded_key(model_key(rec))
+            self._total.add(rec)
+            _bump(self._by_status, str(rec.status))
+            if rec.error_type:
+                _bump(self._by_error, rec.error_type)
+            self._models.setdefault(key, Tally()).add(rec)
+            self._providers.setdefault(key[0], Tally()).add(rec)
+            _bump(self._requests, (self._endpoint(rec.endpoint), key[0], key[1], str(rec.status)))
+            self._timed(rec, key)
+            self._recent.append(rec)
         if self._sink is not None:
             self._sink(rec)
 
-    def snapshot(self) -> Dict[str, Any]:
+    def _timed(self, rec: CallRecord, key: ModelKey) -> None:
+        when = rec.time or time.time()
+        slices = [self._slice(self._minutes, int(when // 60) * 60, self._limits[1])]
+        if self._fine_window(when):
+            slices.append(self._slice(self._seconds, int(when), _FINE_SECONDS + 1))
+        for piece in slices:
+            piece.add(rec, key)
+        self._slice(self._days, _day(when), self._limits[2]).add(rec, key)
+        if not _reached_upstream(rec):
+            return
+        seconds = rec.duration_ms / 1000
+        self._durations.setdefault(key, Histogram()).observe(seconds)
+        if rec.ttft_ms is not None:
+            self._ttfts.setdefault(key, Histogram()).observe(rec.ttft_ms / 1000)
+        for piece in slices:
+            piece.latency.observe(seconds)
+            if rec.ttft_ms is not None:
+                piece.ttft.observe(rec.ttft_ms / 1000)
+
+    def _fine_window(self, when: float) -> bool:
+        """Per-second buckets are kept only while every call so far is in them (the first minutes)."""
+        first = min(self._seconds) if self._seconds else int(when)
+        return int(when) - first <= _FINE_SECONDS and len(self._seconds) <= _FINE_SECONDS
+
+    def _bounded_key(self, key: ModelKey) -> ModelKey:
+        # Client-chosen model names are unbounded: past the limit they share one row.
+        if key in self._models or len(self._models) < self._limits[0]:
+            return key
+        return OTHER, OTHER
+
+    def _endpoint(self, endpoint: str) -> str:
+        if endpoint not in self._endpoints and len(self._endpoints) < _ENDPOINT_LIMIT:
+            self._endpoints.add(endpoint)
+        return endpoint if endpoint in self._endpoints else OTHER
+
+    @staticmethod
+    def _slice(slices: Dict[Any, _Slice], key: Any, limit: int) -> _Slice:
+        found = slices.get(key)
+        if found is None:
+            if len(slices) >= limit:
+                del slices[min(slices)]  # the oldest minute or day
+            found = slices[key] = _Slice()
+        return found
+
+    @contextlib.contextmanager
+    def streaming(self) -> Iterator[None]:
+        """Counts a stream in flight while the block runs (the streams_in_flight gauge)."""
         with self._lock:
-            return {**self._totals, "by_status": dict(self._by_status)}
+            self._streams += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._streams -= 1
+
+    # ------------------------------------------------------------------
+    # Reading.
+
+    def snapshot(self) -> Dict[str, Any]:
+        """The running totals (the JSON summary /metrics served before it spoke Prometheus)."""
+        with self._lock:
+            t = self._total
+            return {
+                "requests": t.requests, "errors": t.errors, "local": t.local,
+                "input_tokens": t.input_tokens, "output_tokens": t.output_tokens,
+                "cache_read_input_tokens": t.cache_read_input_tokens,
+                "cache_creation_input_tokens": t.cache_creation_input_tokens,
+                "by_status": dict(self._by_status),
+            }
+
+    def records(self) -> List[CallRecord]:
+        """The most recent call records, oldest first."""
+        with self._lock:
+            return list(self._recent)
+
+    def prometheus_view(self) -> Dict[str, Any]:
+        """A consistent copy of what ``prometheus.render`` writes."""
+        with self._lock:
+            return {
+                "requests": dict(self._requests),
+                "errors": dict(self._by_error),
+                "models": {k: t.to_dict() for k, t in self._models.items()},
+                "durations": {k: h.copy() for k, h in self._durations.items()},
+                "ttfts": {k: h.copy() for k, h in self._ttfts.items()},
+                "streams_in_flight": self._streams,
+                "started_at": self.started_at,
+            }
+
+    def usage(self, now: float, recent: int = 100) -> Dict[str, Any]:
+        """Totals per model, provider and day, chart series and the last calls (``/v1/usage``)."""
+        with self._lock:
+            today = self._days.get(_day(now))
+            out = {
+                "object": "usage",
+                "now": now,
+                "time_zone": time.strftime("%Z", time.localtime(now)),
+                "started_at": self.started_at,
+                "today": _day(now),
+                "totals": {**self._total.to_dict(), "by_status": dict(self._by_status),
+                           "by_error_type": dict(self._by_error)},
+                "today_totals": (today.tally if today else Tally()).to_dict(),
+                "streams_in_flight": self._streams,
+                "latency_ms": _merged(self._durations.values()).percentiles(),
+                "ttft_ms": _merged(self._ttfts.values()).percentiles(),
+                "models": self._model_rows(),
+                "providers": [{"provider": p, **t.to_dict()} for p, t in sorted(self._providers.items())],
+                "days": [_day_row(d, s) for d, s in sorted(self._days.items(), reverse=True)],
+                "series": self._series(now),
+                "recent": [_recent_row(r) for r in list(self._recent)[-recent:][::-1]],
+            }
+        return out
+
+    def _model_rows(self) -> List[Dict[str, Any]]:
+        rows = []
+        for key, tally in self._models.items():
+            durations, ttfts = self._durations.get(key, Histogram()), self._ttfts.get(key, Histogram())
+            rows.append({"provider": key[0], "model": key[1], **tally.to_dict(),
+                         "latency_ms": durations.percentiles(), "ttft_ms": ttfts.percentiles()})
+        return sorted(rows, key=_cost_then_tokens, reverse=True)
+
+    def _series(self, now: float) -> Dict[str, Any]:
+        """Buckets regrouped into at most ``_SERIES_POINTS`` equal steps, from the first call kept up to now.
+
+        Per second while every call is less than five minutes old, else per minute.
+        """
+        if not self._minutes:
+            return {"step_seconds": 60, "points": []}
+        fine = bool(self._seconds) and int(now) - min(self._seconds) <= _FINE_SECONDS and self._fine_window(now)
+        tier, unit, steps = (self._seconds, 1, _FINE_STEPS) if fine else (self._minutes, 60, _MINUTE_STEPS)
+        first, last = min(tier), max(max(tier), int(now // unit) * unit)
+        step = next((s for s in steps if (last - first) / s < _SERIES_POINTS), steps[-1])
+        label = "%H:%M:%S" if step < 60 else "%H:%M"
+        points = []
+        for begin in range(first // step * step, last + 1, step):
+            points.append(_point(begin, [tier[t] for t in range(begin, begin + step, unit) if t in tier], label))
+        return {"step_seconds": step, "points": points[-_SERIES_POINTS:]}
+
+
+def _bump(counts: Dict[Any, int], key: Any) -> None:
+    counts[key] = counts.get(key, 0) + 1
+
+
+def _day(when: float) -> str:
+    return time.strftime("%Y-%m-%d", time.localtime(when))
+
+
+def _merged(histograms: Iterable[Histogram]) -> Histogram:
+    total = Histogram()
+    for h in histograms:
+        total.merge(h)
+    return total
+
+
+def _cost_then_tokens(row: Dict[str, Any]) -> Tuple[float, int]:
+    return row["cost_usd"] or 0.0, row["input_tokens"] + row["output_tokens"] + row["cache_read_input_tokens"]
+
+
+def _model_list(models: Dict[ModelKey, Tally]) -> List[Dict[str, Any]]:
+    rows = [{"provider": k[0], "model": k[1], **t.to_dict()} for k, t in models.items()]
+    return sorted(rows, key=_cost_then_tokens, reverse=True)
+
+
+def _day_row(day: str, piece: _Slice) -> Dict[str, Any]:
+    return {"date": day, **piece.tally.to_dict(), "models": _model_list(piece.models)}
+
+
+def _point(begin: int, minutes: List[_Slice], label: str) -> Dict[str, Any]:
+    tally, latency, ttft = Tally(), Histogram(), Histogram()
+    models: Dict[ModelKey, Tally] = {}
+    for m in minutes:
+        tally.merge(m.tally)
+        for key, t in m.models.items():
+            models.setdefault(key, Tally()).merge(t)
+        latency.merge(m.latency)
+        ttft.merge(m.ttft)
+    return {"start": begin, "label": time.strftime(label, time.localtime(begin)), **tally.to_dict(),
+            "models": {f"{k[0]}/{k[1]}": t.to_dict() for k, t in models.items()},
+            "latency_ms": latency.percentiles(), "ttft_ms": ttft.percentiles()}
+
+
+def _recent_row(rec: CallRecord) -> Dict[str, Any]:
+    row = rec.to_dict()
+    row["time_label"] = time.strftime("%H:%M:%S", time.localtime(rec.time)) if rec.time else ""
+    row["cost_usd"] = round(rec.cost_usd, 6) if rec.cost_usd is not None else None
+    return row
+
+
+def access_line(rec: CallRecord) -> str:
+    """One line for the access log: who asked for what, where it went, what it cost, how long it took."""
+    where = f"{_clean(rec.provider) or '-'}/{_clean(rec.upstream_model) or '-'}" if not rec.local else "local"
+    outcome = f"{rec.status} {rec.error_type}" if rec.error_type else str(rec.status)
+    cost = "-" if rec.cost_usd is None else f"${rec.cost_usd:.6f}"
+    ttft = "-" if rec.ttft_ms is None else f"{rec.ttft_ms}ms"
+    return (f"{rec.request_id} {rec.endpoint} {_clean(rec.model) or '-'} -> {where} {outcome}"
+            f"{' stream' if rec.stream else ''} in={rec.input_tokens} out={rec.output_tokens}"
+            f" cached={rec.cache_read_input_tokens} cache_write={rec.cache_creation_input_tokens}"
+            f" cost={cost} ttft={ttft} {rec.duration_ms}ms")
+
+
+def _clean(text: str) -> str:
+    """A client's model name on one log line: no line breaks or control characters, not too long."""
+    return "".join(c if c.isprintable() else "?" for c in text[:200])

@@ -14,24 +14,33 @@ import logging
 import random
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
-from urllib.parse import unquote
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, cast
+from urllib.parse import parse_qs, unquote
 
-from . import catalog
+from . import catalog, prometheus, usage_page
 from .anthropic_types import parse_count_tokens_request, peek_request
 from .apis.base import ClientRequest, Exchange
 from .apis.chat.api import ChatApi
 from .apis.messages import MessagesApi
 from .apis.responses.api import ResponsesApi
+from .calibration import TokenCalibration
 from .config import Config, Provider
+from .cost import call_cost
 from .credentials import alternatives, current_secrets, refused
 from .dialects import auth_header, auth_style
-from .ending import abort_error
-from .errors import ProxyError, UpstreamHTTPError, max_tokens_limit, retry_after
+from .ending import StreamFold, abort_error
+from .errors import (
+    ClientGone,
+    ProxyError,
+    UpstreamHTTPError,
+    max_tokens_limit,
+    retry_after,
+)
 from .ids import new_id
-from .metrics import CallRecord, Metrics
+from .metrics import CallRecord, Metrics, access_line
+from .model_facts import PRICES_CHECKED, ModelFacts
+from .observe import ObservedFold, log_body
 from .prompt_cache import session_cache_key
-from .redact import redact_text
 from .relay import Relay
 from .replies import events_for_message, local_message
 from .routing import Routed, Target, build_router
@@ -65,12 +74,15 @@ class Proxy:
         self._lock = threading.Lock()
         self._warned: Set[str] = set()  # translation warnings already logged at WARNING level
         self._random = random.Random()  # backoff jitter
+        self.calibration = TokenCalibration()  # count_tokens and message_start learn per model
         self.routes: Dict[Tuple[str, str], Route] = {
             ("POST", "/v1/messages"): self.messages,
             ("POST", "/v1/messages/count_tokens"): self.count_tokens,
             ("GET", "/v1/models"): self.list_models,
             ("GET", "/health"): self.health,
             ("GET", "/metrics"): self.show_metrics,
+            ("GET", "/v1/usage"): self.show_usage,
+            ("GET", "/"): self.show_usage_page,
         }
 
     # ------------------------------------------------------------------
@@ -94,7 +106,23 @@ class Proxy:
         writer.json(200, {"status": "ok"})
 
     def show_metrics(self, handler: Any, writer: Any) -> None:
-        writer.json(200, self.metrics.snapshot())
+        """Prometheus text; ``?format=json`` gives the JSON summary served here before."""
+        if parse_qs(handler.path.partition("?")[2]).get("format") == ["json"]:
+            writer.json(200, self.metrics.snapshot())
+            return
+        text = prometheus.render(self.metrics.prometheus_view(), PRICES_CHECKED)
+        writer.raw(200, [("Content-Type", prometheus.CONTENT_TYPE), ("Cache-Control", "no-store")], text.encode("utf-8"))
+
+    def usage(self) -> Dict[str, Any]:
+        """The ``/v1/usage`` JSON: what ``Metrics.usage`` adds up, the price date, what count_tokens learned."""
+        return {**self.metrics.usage(time.time()), "prices_checked": PRICES_CHECKED,
+                "token_calibration": self.calibration.snapshot()}
+
+    def show_usage(self, handler: Any, writer: Any) -> None:
+        writer.json(200, self.usage(), (("Cache-Control", "no-store"),))
+
+    def show_usage_page(self, handler: Any, writer: Any) -> None:
+        writer.raw(200, usage_page.page_headers(), usage_page.render(self.usage()).encode("utf-8"))
 
     # ------------------------------------------------------------------
     # Credentials.
@@ -137,17 +165,35 @@ class Proxy:
     # count_tokens: local, or the provider's own count where it speaks the Messages API.
 
     def count_tokens(self, handler: Any, writer: Any) -> None:
-        body = handler.read_json_body()
-        model, _ = peek_request(body)
-        routed = self.router.resolve(model)
-        if routed is not None and not self.apis[routed.target.api].translates:
-            counted = self._upstream_count(handler, body, routed.target)
-            if counted is not None:
-                writer.json(200, {"input_tokens": counted})
-                self._record({"endpoint": "/v1/messages/count_tokens", "model": model, "status": 200}, routed,
-                             time.monotonic(), writer.request_id)
-                return
-        writer.json(200, {"input_tokens": estimate_input_tokens(parse_count_tokens_request(body))})
+        started = time.monotonic()
+        record: Dict[str, Any] = {"endpoint": "/v1/messages/count_tokens", "local": True}
+        routed: Optional[Routed] = None
+        try:
+            body = handler.read_json_body()
+            log_body("client request body", body, self.secrets())
+            record["model"], _ = peek_request(body)
+            routed = self.router.resolve(record["model"])
+            counted = None
+            if routed is not None and not self.apis[routed.target.api].translates:
+                record.update(local=False, upstream_model=routed.target.model)
+                counted = self._upstream_count(handler, body, routed.target)
+            if counted is None:
+                record.update(local=True, upstream_model="")
+                counted = self._local_count(body, routed)
+            writer.json(200, {"input_tokens": counted})
+        except Exception as exc:
+            record.update(_failure(exc))
+            raise
+        finally:
+            record.setdefault("status", writer.status or 499)
+            self._record(record, routed, started, writer.request_id)
+
+    def _local_count(self, body: Dict[str, Any], routed: Optional[Routed]) -> int:
+        """The local estimate, scaled by what the routed model's own counts taught (``calibration.py``)."""
+        raw = estimate_input_tokens(parse_count_tokens_request(body))
+        if routed is None:
+            return raw
+        return self.calibration.estimate((routed.target.provider.name, routed.target.model), raw)
 
     def _upstream_count(self, handler: Any, body: Dict[str, Any], target: Target) -> Optional[int]:
         """The upstream's count; None when it does not offer one (404, 405): the local estimate serves."""
@@ -219,21 +265,23 @@ class Proxy:
 
     def messages(self, handler: Any, writer: Any) -> None:
         started = time.monotonic()
-        req = self._client_request(handler)
-        record: Dict[str, Any] = {"endpoint": "/v1/messages", "model": req.model, "stream": req.stream}
+        record: Dict[str, Any] = {"endpoint": "/v1/messages"}
         routed: Optional[Routed] = None
         try:
+            req = self._client_request(handler)  # a body that is no request is a call too (a 4xx)
+            record.update(model=req.model, stream=req.stream)
             routed = self._resolve(req.model)
             self._messages(req, routed, handler, writer, record)
-        except ProxyError as exc:
-            record.update(status=exc.status, error_type=exc.error_type)
+        except Exception as exc:
+            record.update(_failure(exc))
             raise
         finally:
-            record.setdefault("status", writer.status or 0)
+            record.setdefault("status", writer.status or 499)
             self._record(record, routed, started, writer.request_id)
 
     def _client_request(self, handler: Any) -> ClientRequest:
         body = handler.read_json_body()
+        log_body("client request body", body, self.secrets())
         model, stream = peek_request(body)
         return ClientRequest(body, model, stream, handler.headers, handler.path.partition("?")[2])
 
@@ -347,8 +395,7 @@ class Proxy:
         ex = self._prepare(api, req, target, None)
         changes = key_changes = 0
         while True:
-            if self.config.log_bodies:
-                log.debug("upstream request body: %s", redact_text(ex.body.decode("utf-8"), self.secrets()))
+            log_body("upstream request body", ex.body, self.secrets())
             key = target.provider.token()
             try:
                 return self._open(ex.url, target.provider, call, body=ex.body, headers=ex.headers,
@@ -408,13 +455,16 @@ class Proxy:
               record: Dict[str, Any]) -> None:
         with resp:
             obj = read_json_body(resp, call, self.config.max_body_bytes * 2)
+        log_body("upstream response body", obj, self.secrets())
         message, warnings = api.from_json(req, ex, obj, self.secrets())
         for warning in warnings:
             log.warning("%s", warning)
+        self._estimate(req, record)  # only to learn from the upstream's count (calibration.py)
         record.update(stop_reason=message.get("stop_reason"), **_usage_fields(message.get("usage")))
         self._reply(req, writer, message)
 
     def _reply(self, req: ClientRequest, writer: Any, message: Dict[str, Any]) -> None:
+        log_body("client response body", message, self.secrets())
         if req.stream:
             writer.start_stream()
             writer.events(events_for_message(message))
@@ -424,41 +474,91 @@ class Proxy:
 
     def _stream(self, api: Any, req: ClientRequest, ex: Exchange, resp: Any, writer: Any, call: UpstreamCall,
                 watch: Watch, record: Dict[str, Any]) -> None:
-        estimate = estimate_input_tokens(req.parsed) if req.parsed is not None else 0
-        fold = api.fold(req, ex, message_id="msg_" + new_id(), input_tokens=estimate, secrets=self.secrets())
-        relay = Relay(writer, fold, call, self.config)
+        estimate = self._estimate(req, record)
+        fold = ObservedFold(api.fold(req, ex, message_id="msg_" + new_id(), input_tokens=estimate,
+                                     secrets=self.secrets()), self.secrets())
+        relay = Relay(writer, cast(StreamFold, fold), call, self.config)  # read-through: the fold's own state
         watch.tick = relay.tick
         try:
-            relay.run(resp)
+            with self.metrics.streaming():
+                relay.run(resp)
         finally:
             for warning in getattr(fold, "warnings", ()):
                 log.warning("%s", warning)
             if relay.failure is not None:
                 # The client saw a 200 and then event: error; the metrics must count it as the error it was.
                 record.update(error_type=relay.failure.error_type)
-            record.update(stop_reason=fold.stop_reason, **_usage_fields(fold.usage))
+            record.update(stop_reason=fold.stop_reason, first_content_at=fold.first_content_at,
+                          **_usage_fields(fold.usage))
+
+    def _estimate(self, req: ClientRequest, record: Dict[str, Any]) -> int:
+        """message_start's input tokens: the local estimate, calibrated for the target; 0 when forwarded.
+
+        The raw and the sent estimate go into the record: ``_record`` learns from the upstream's count.
+        """
+        if req.parsed is None:
+            return 0  # the Messages API forwards the upstream's own message_start
+        raw = estimate_input_tokens(req.parsed)
+        sent = self.calibration.estimate((record.get("provider"), record.get("upstream_model")), raw)
+        record.update(estimate_raw=raw, estimate_sent=sent)
+        return sent
 
     # ------------------------------------------------------------------
-    # Metrics.
+    # Call records.
 
     def _record(self, fields: Dict[str, Any], routed: Optional[Routed], started: float, request_id: str) -> None:
+        """One call record (also for a 4xx, a local answer, a failure): metrics, usage log, access log.
+
+        The provider and upstream model are the ones that finally answered (a fallback,
+        maybe): each attempt sets them; upstream_model only once a call reached the upstream.
+        """
+        now = time.monotonic()
         if routed is not None:
-            # The provider that finally answered (a fallback, maybe) was set by the attempt itself.
-            fields["route"] = routed.route.match
+            fields.setdefault("route", routed.route.match)
             fields.setdefault("provider", routed.target.provider.name)
-            if not fields.get("local"):
-                fields.setdefault("upstream_model", routed.target.model)
+        first = fields.get("first_content_at")
+        usage = _usage_fields(fields)
         rec = CallRecord(
-            duration_ms=int((time.monotonic() - started) * 1000),
+            duration_ms=int((now - started) * 1000),
+            ttft_ms=int((first - started) * 1000) if first is not None else None,
+            cost_usd=call_cost(_facts_used(fields, routed), **usage),
+            time=time.time() - (now - started),
             request_id=request_id,
-            **{k: v for k, v in fields.items() if k in CallRecord.__dataclass_fields__},
+            **{k: v for k, v in fields.items() if k in _RECORD_FIELDS},
         )
+        self._learn(fields, rec)
         self.metrics.record(rec)
-        log.info(
-            "%s %s model=%s->%s/%s stream=%s status=%s stop=%s in=%d out=%d %dms",
-            rec.request_id, rec.endpoint, rec.model, rec.provider or "-", rec.upstream_model or "-", rec.stream,
-            rec.status, rec.stop_reason, rec.input_tokens, rec.output_tokens, rec.duration_ms,
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s", access_line(rec), extra={"call": rec.to_dict()})
+
+    def _learn(self, fields: Dict[str, Any], rec: CallRecord) -> None:
+        """Teach the calibration the upstream's prompt count, when the upstream really reported one."""
+        raw = fields.get("estimate_raw")
+        reported = rec.input_tokens + rec.cache_read_input_tokens + rec.cache_creation_input_tokens
+        # A stream without usage reports the estimate it was given: learning from that would feed on itself.
+        if raw is None or rec.error_type or rec.local or reported == fields.get("estimate_sent"):
+            return
+        self.calibration.learn((rec.provider, rec.upstream_model), raw, reported)
+
+
+_RECORD_FIELDS = frozenset(CallRecord.__dataclass_fields__) - {"duration_ms", "ttft_ms", "cost_usd", "time", "request_id"}
+
+
+def _facts_used(fields: Dict[str, Any], routed: Optional[Routed]) -> Optional[ModelFacts]:
+    """The prices of the target that served the call (a fallback's, if one did)."""
+    for target in routed.targets if routed is not None else ():
+        if (target.provider.name, target.model) == (fields.get("provider"), fields.get("upstream_model")):
+            return target.facts
+    return None
+
+
+def _failure(exc: BaseException) -> Dict[str, Any]:
+    """What a call that raised is recorded as (the handler answers it; the status is what it will send)."""
+    if isinstance(exc, ProxyError):
+        return {"status": exc.status, "error_type": exc.error_type}
+    if isinstance(exc, ClientGone):
+        return {"error_type": "client_closed"}  # status: what was sent already, else 499
+    return {"status": 500, "error_type": "api_error"}
 
 
 def _usage_fields(usage: Any) -> Dict[str, int]:

@@ -6,6 +6,7 @@ and every upstream-derived error message, goes through these functions.
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Iterable, List, Mapping, Tuple, Union
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -17,8 +18,24 @@ _SECRET_HEADER_RE = re.compile(
     re.IGNORECASE,
 )
 _SECRET_QUERY = {"key", "api_key", "apikey", "token", "access_token", "api-key", "sig", "signature"}
-# Key-shaped strings: OpenAI/Anthropic style keys and bearer tokens.
-_KEY_RE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{8,}|sk_[A-Za-z0-9_\-]{8,})")
+# Key-shaped strings, also the half-masked forms upstreams echo back ("sk-proj-****abcd" from OpenAI's
+# 401): OpenAI/Anthropic/OpenRouter (sk-), Stripe-style (sk_, rk_), Groq (gsk_), xAI (xai-), Google
+# (AIza), Hugging Face (hf_), Replicate (r8_), Perplexity (pplx-), NVIDIA (nvapi-), Cerebras (csk-),
+# Fireworks (fw_), Together (tgp_v1_), GitHub tokens (GitHub Models), and JWTs (Azure AD, Vertex).
+_KEY_RE = re.compile(
+    r"\b(?:sk-|sk_|rk_)[A-Za-z0-9_\-*]{8,}"
+    r"|\b(?:gsk_|xai-|hf_|r8_|pplx-|nvapi-|csk-|fw_|tgp_v1_|ghp_|gho_|ghu_|ghs_|github_pat_)[A-Za-z0-9_\-*]{12,}"
+    r"|\bAIza[0-9A-Za-z_\-*]{20,}"
+    r"|\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"
+)
+# A value right after a name that says it is a key ("Incorrect API key provided: 3f9c...", "api_key=...",
+# "x-api-key: ..."), whatever its shape, when it looks like a token (a digit or a mask in it).
+_NAMED_KEY_RE = re.compile(
+    r"((?:api[ _-]?key|access[ _-]?token|auth[ _-]?token|secret[ _-]?key|client[ _-]?secret)"
+    r"(?:\s+provided)?[\"']?\s*[:=]\s*[\"']?)([A-Za-z0-9_\-*~+/=]{8,})",
+    re.IGNORECASE,
+)
+_BASIC_RE = re.compile(r"(\bBasic\s+)([A-Za-z0-9+/]{8,}={0,2})")
 _BEARER_RE = re.compile(r"(Bearer\s+)[^\s\"',;]+", re.IGNORECASE)
 _USERINFO_RE = re.compile(r"(\b[a-z][a-z0-9+.\-]*://)[^/@\s]+@", re.IGNORECASE)
 _QUERY_SECRET_RE = re.compile(
@@ -34,9 +51,27 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
         if secret and len(secret) >= _MIN_SECRET_LEN:
             text = text.replace(secret, MASK)
     text = _KEY_RE.sub(MASK, text)
+    text = _NAMED_KEY_RE.sub(_mask_token_like, text)
     text = _BEARER_RE.sub(lambda m: m.group(1) + MASK, text)
+    text = _BASIC_RE.sub(_mask_basic, text)
     text = _USERINFO_RE.sub(lambda m: m.group(1) + MASK + "@", text)
     return _QUERY_SECRET_RE.sub(lambda m: m.group(1) + MASK, text)
+
+
+def _mask_token_like(match: "re.Match[str]") -> str:
+    value = match.group(2)
+    if value == MASK or not any(c.isdigit() or c == "*" for c in value):
+        return match.group(0)  # a word ("Invalid API key: please check"), not a key
+    return match.group(1) + MASK
+
+
+def _mask_basic(match: "re.Match[str]") -> str:
+    """HTTP Basic credentials: base64 of "user:password" (which need not contain a digit)."""
+    try:
+        decoded = base64.b64decode(match.group(2) + "==", validate=False).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return match.group(0)
+    return match.group(1) + MASK if ":" in decoded else match.group(0)
 
 
 def redact_url(url: str, secrets: Iterable[str] = ()) -> str:

@@ -23,6 +23,7 @@ from fakes import FakeUpstream, ServerPool  # noqa: E402
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 UPSTREAM_KEY = "sk-UPSTREAM-SENTINEL-0123456789"
 CLIENT_KEY = "sk-ant-CLIENT-SENTINEL-0123456789"
+SENTINEL_KEYS = (UPSTREAM_KEY, CLIENT_KEY)
 TIMEOUT = 15.0
 
 
@@ -62,9 +63,13 @@ def request(url: str, method: str = "GET", path: str = "/", body: Any = None,
     try:
         conn.request(method, path, body=data, headers=hdrs)
         resp = conn.getresponse()
-        return Response(resp.status, resp.getheaders(), resp.read())
+        answer = Response(resp.status, resp.getheaders(), resp.read())
     finally:
         conn.close()
+    # Suite-wide: no answer of the proxy ever carries a sentinel key (RELIABILITY.md 5 #4).
+    seen = answer.body.decode("utf-8", "replace") + repr(answer.header_list)
+    assert not [k for k in SENTINEL_KEYS if k in seen], f"a sentinel key leaked into {method} {path}: {answer!r}"
+    return answer
 
 
 def minimal_request(**overrides: Any) -> Dict[str, Any]:
@@ -77,6 +82,20 @@ def minimal_request(**overrides: Any) -> Dict[str, Any]:
 def _shares_servers(request: Any) -> bool:
     """A module that sets ``SHARED_SERVERS = True`` gets one fake and its proxies for all its tests."""
     return bool(getattr(request.module, "SHARED_SERVERS", False))
+
+
+@pytest.fixture(autouse=True)
+def _no_sentinel_in_log_records(caplog: Any) -> Iterator[None]:
+    """Suite-wide: no log record any test produced (at the level it captured) holds a sentinel key.
+
+    Only ``test_logging.py`` and ``test_security.py`` run at DEBUG with bodies logged;
+    the whole suite at DEBUG would log every body of every test.
+    """
+    yield
+    records = [r for when in ("setup", "call", "teardown") for r in caplog.get_records(when)]
+    leaked = [r.getMessage()[:200] for r in records
+              if any(k in r.getMessage() or k in (r.exc_text or "") for k in SENTINEL_KEYS)]
+    assert leaked == [], f"sentinel keys in log records: {leaked}"
 
 
 @pytest.fixture(scope="module")

@@ -303,6 +303,27 @@ def test_real_process_serves_and_stops_cleanly(spawn: Any, fake_upstream: Any, t
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
+def test_usage_log_and_json_log_format(spawn: Any, fake_upstream: Any, tmp_path: Any) -> None:
+    usage = tmp_path / "usage.jsonl"
+    proc, port = spawn("--usage-log", str(usage), "--log-format", "json", "--model", "gpt-4o")
+    url = f"http://127.0.0.1:{port}"
+    assert request(url, "POST", "/v1/messages", minimal_request()).status == 200
+    assert request(url, "POST", "/v1/messages", b"{oops").status == 400
+    assert request(url, "POST", "/v1/messages/count_tokens", minimal_request()).status == 200
+    out, err = _stop(proc, signal.SIGTERM, 5 + 1)
+    lines = [json.loads(line) for line in err.splitlines()]  # every stderr line is one JSON object
+    calls = [line["call"] for line in lines if "call" in line]
+    assert [(c["endpoint"], c["status"]) for c in calls] == [
+        ("/v1/messages", 200), ("/v1/messages", 400), ("/v1/messages/count_tokens", 200)]
+    assert any(line["message"].startswith("upstream request body") for line in lines)  # debug bodies
+    assert UPSTREAM_KEY not in err
+    records = [json.loads(line) for line in usage.read_text().splitlines()]
+    assert records == calls  # the usage log holds the same records
+    # gpt-4o's built-in prices: 10 input and 5 output tokens from the fake's usage.
+    assert records[0]["cost_usd"] == pytest.approx((10 * 2.5 + 5 * 10.0) / 1e6)
+    assert records[1]["error_type"] == "invalid_request_error" and records[2]["local"] is True
+
+
 def test_sigterm_with_a_stream_in_flight(spawn: Any, fake_upstream: Any) -> None:
     # F24: the stream in flight ends with an overloaded_error event within the grace, exit 0 by grace + 1 s.
     gate = Gate()

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any, Dict, List
 
+import prom
 import pytest
 
 from claudeproxy.model_facts import builtin_facts
@@ -244,9 +245,18 @@ def test_metrics_totals_and_sink(make_proxy: Any, fake_upstream: Any) -> None:
     assert send(minimal_request(max_tokens=1)).status == 200  # the quota probe: local
     fake_upstream.push(json_reply({"error": {"message": "boom"}}, status=500))
     assert send(minimal_request()).status == 500
-    totals = get(proxy, "/metrics").json
+    text = get(proxy, "/metrics")
+    assert text.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    samples = prom.parse(text.body.decode("utf-8"))
+    assert prom.total(samples, "claudeproxy_requests_total") == 3
+    assert prom.total(samples, "claudeproxy_requests_total", status="500") == 1
+    assert prom.total(samples, "claudeproxy_requests_total", provider="local") == 1
+    assert prom.total(samples, "claudeproxy_errors_total") == 1
+    assert prom.total(samples, "claudeproxy_tokens_total", kind="input") == 10  # from the fake's usage
+    assert prom.total(samples, "claudeproxy_tokens_total", kind="output") == 5
+    totals = get(proxy, "/metrics?format=json").json  # the JSON summary /metrics served before
     assert totals["requests"] == 3 and totals["errors"] == 1 and totals["local"] == 1
-    assert totals["input_tokens"] == 10 and totals["output_tokens"] == 5  # from the fake's usage
+    assert totals["input_tokens"] == 10 and totals["output_tokens"] == 5
     assert totals["by_status"] == {"200": 2, "500": 1}
     assert [r.status for r in records] == [200, 200, 500]
     assert records[0].request_id == ok.headers["request-id"]

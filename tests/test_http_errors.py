@@ -378,7 +378,7 @@ def test_http_1_0_client_gets_a_closed_delimited_stream(url: str, fake_upstream:
 # F25: routes and methods.
 
 
-@pytest.mark.parametrize("method, path", [("POST", "/v2/x"), ("GET", "/v1/nothing"), ("GET", "/"),
+@pytest.mark.parametrize("method, path", [("POST", "/v2/x"), ("GET", "/v1/nothing"), ("GET", "/index.html"),
                                           ("POST", "/v1/messages/extra"), ("DELETE", "/v1/complete")])
 def test_unknown_path_is_404_not_found(url: str, method: str, path: str) -> None:
     resp = request(url, method, path, body=b"{}" if method == "POST" else None)

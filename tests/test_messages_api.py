@@ -309,7 +309,7 @@ def test_stream_is_relayed_as_it_arrives(through, fake_upstream, records):
     """Gate proof: the first text delta reaches the client while the upstream holds the rest."""
     gate = Gate()
     fake_upstream.push(sse(events_bytes(HEAD_EVENTS), gate, events_bytes(TAIL_EVENTS)))
-    before = request(through.url, "GET", "/metrics").json
+    before = request(through.url, "GET", "/metrics?format=json").json
     body = minimal_request(stream=True, model="claude-sonnet-4-5")
     with StreamClient(through.url, body, headers={"x-api-key": CLIENT_KEY}) as client:
         assert client.status == 200 and client.headers["content-type"].startswith("text/event-stream")
@@ -327,7 +327,7 @@ def test_stream_is_relayed_as_it_arrives(through, fake_upstream, records):
     rec = records[-1]
     assert (rec.input_tokens, rec.output_tokens, rec.cache_read_input_tokens) == (25, 15, 7)
     assert rec.stop_reason == "end_turn" and rec.status == 200
-    after = request(through.url, "GET", "/metrics").json
+    after = request(through.url, "GET", "/metrics?format=json").json
     assert after["output_tokens"] - before["output_tokens"] == 15
     assert after["input_tokens"] - before["input_tokens"] == 25
 

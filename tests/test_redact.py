@@ -30,6 +30,23 @@ GEMINI_KEY = "AIzaSyD-FAKE-0123456789abcdefghijklmnop"
         ("url https://h/x?token=tkn-987654&z=1", "tkn-987654"),
         ("url https://h/x?access_token=at-55555", "at-55555"),
         ("url https://h/x?API_KEY=UPPER-99999", "UPPER-99999"),
+        # OpenAI's 401 echoes a half-masked key; its visible tail is still part of the key.
+        ("Incorrect API key provided: sk-proj-********************************************9xQz. You can find",
+         "sk-proj-****"),
+        ("Incorrect API key provided: sk-abc12***************************************xyz9.", "xyz9"),
+        # Keys of other vendors, by their documented prefixes.
+        ("Invalid API Key: gsk_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789", "gsk_AbCdEfGh"),
+        ("bad key xai-AbCdEfGhIjKlMnOpQrStUvWx0123 given", "xai-AbCdEfGh"),
+        ("API key not valid: AIzaSyA-abcdefghijklmnopqrstuvwxyz12345", "AIzaSyA-abcd"),
+        ("token hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345 expired", "hf_AbCdEfGh"),
+        ("nvapi-AbCdEfGhIjKlMnOpQrStUvWxYz-0123456789 rejected", "nvapi-AbCdEf"),
+        ("github token ghp_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789", "ghp_AbCdEfGh"),
+        ("id token eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlLXBhcnQ", "eyJzdWIiOiIx"),
+        # Any key-looking value after a name that says it is a key (Azure's 32 hex digits, a custom key).
+        ("Incorrect API key provided: 3f9c0a1b2c3d4e5f60718293a4b5c6d7.", "3f9c0a1b2c3d"),
+        ('{"api_key": "custom-0042-secret"}', "custom-0042"),
+        ("x-api-key: ABCDEFGH12345678", "ABCDEFGH1234"),
+        ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "dXNlcjpwYXNz"),
     ],
 )
 def test_redact_text_masks_key_shapes(text: str, secret: str) -> None:
@@ -73,6 +90,9 @@ def test_redact_text_ignores_tiny_explicit_secrets() -> None:
         "Bearer",
         "email me at bob@example.com",
         "max_tokens is too large: 32000",
+        "Invalid API key: please check your configuration",
+        "Basic information is missing",
+        "the skill-based router and hf_transfer are options",
         "",
     ],
 )

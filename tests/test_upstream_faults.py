@@ -231,7 +231,7 @@ def test_broken_upstream_after_three_events_gives_one_error_event(proxy, fake_up
 
 
 def metrics(proxy: Any) -> Dict[str, Any]:
-    return request(proxy.url, "GET", "/metrics").json
+    return request(proxy.url, "GET", "/v1/usage").json["totals"]
 
 
 @pytest.mark.parametrize("fault", ["rst", "fin"])

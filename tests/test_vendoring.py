@@ -34,9 +34,9 @@ PACKAGE = os.path.join(ROOT, "claudeproxy")
 # added here on purpose, after checking it exists on Python 3.8.
 STDLIB_ALLOWLIST = {
     "__future__", "argparse", "ast", "base64", "binascii", "calendar", "collections", "contextlib", "copy", "dataclasses",
-    "datetime", "email", "enum", "errno", "fnmatch", "functools", "hashlib", "hmac", "http", "io", "ipaddress",
+    "datetime", "email", "enum", "errno", "fnmatch", "functools", "hashlib", "hmac", "html", "http", "io", "ipaddress",
     "itertools", "json", "logging", "math", "os", "platform", "queue", "random", "re", "secrets", "select",
-    "selectors", "shlex", "signal", "socket", "ssl", "string", "struct", "subprocess", "sys", "textwrap", "threading", "time", "types",
+    "selectors", "shlex", "signal", "socket", "ssl", "statistics", "string", "struct", "subprocess", "sys", "textwrap", "threading", "time", "types",
     "typing", "unicodedata", "urllib", "uuid", "warnings", "zlib",
 }
 
@@ -240,7 +240,7 @@ def _requests_counted(url: str, headers: Dict[str, str], want_stable: float = 0.
     deadline = time.monotonic() + 3
     last, since = -1, time.monotonic()
     while time.monotonic() < deadline:
-        count = request(url, "GET", "/metrics", headers=headers).json["requests"]
+        count = request(url, "GET", "/v1/usage", headers=headers).json["totals"]["requests"]
         if count != last:
             last, since = count, time.monotonic()
         elif time.monotonic() - since >= want_stable:

@@ -1,0 +1,48 @@
+"""What one call cost, from its token counts and the model's prices. Pure: no I/O, no clock.
+
+Token counts are Anthropic's (the proxy translates every upstream's usage into
+them): ``input_tokens`` excludes cached input, ``cache_read_input_tokens`` and
+``cache_creation_input_tokens`` are counted apart. Prices are USD per million
+tokens (``model_facts.ModelFacts``). A cost is shown only when every kind of
+token the call used has a price: a call to a model without a price has tokens
+and no cost, never a partial sum that looks like a whole one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+# (token field of a call record, price field of ModelFacts)
+PRICED_KINDS: Tuple[Tuple[str, str], ...] = (
+    ("input_tokens", "input_price"),
+    ("output_tokens", "output_price"),
+    ("cache_read_input_tokens", "cache_read_price"),
+    ("cache_creation_input_tokens", "cache_write_price"),
+)
+
+
+def call_cost(facts: Any, input_tokens: int = 0, output_tokens: int = 0, cache_read_input_tokens: int = 0,
+              cache_creation_input_tokens: int = 0) -> Optional[float]:
+    """USD for one call; 0.0 when it used no tokens; None when a kind it used has no price.
+
+    ``facts`` is a ``ModelFacts`` (or None: nothing is priced).
+    """
+    counts = {"input_tokens": input_tokens, "output_tokens": output_tokens,
+              "cache_read_input_tokens": cache_read_input_tokens,
+              "cache_creation_input_tokens": cache_creation_input_tokens}
+    total = 0.0
+    for kind, price_field in PRICED_KINDS:
+        tokens = counts[kind]
+        if not tokens:
+            continue  # a kind the call did not use needs no price (OpenAI has no cache-write charge)
+        price = getattr(facts, price_field, None) if facts is not None else None
+        if price is None:
+            return None
+        total += tokens * price / 1_000_000
+    return total
+
+
+def cache_hit_ratio(input_tokens: int, cache_read_input_tokens: int, cache_creation_input_tokens: int) -> Optional[float]:
+    """The share of the prompt read from the upstream's cache; None for a call without input."""
+    prompt = input_tokens + cache_read_input_tokens + cache_creation_input_tokens
+    return cache_read_input_tokens / prompt if prompt > 0 else None

@@ -1,0 +1,181 @@
+"""Logging: raw bodies at debug in both directions, the JSON log format, and no secret anywhere.
+
+The sweep at the end runs every upstream API (Chat Completions, Messages,
+Responses) through JSON answers, streams, count_tokens and upstream errors
+that echo keys (whole, OpenAI's half-masked form, another vendor's, a key of
+no known shape) at DEBUG with bodies logged, and asserts that neither
+sentinel key nor any fragment of it appears in any log record or response.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any, Iterator, List
+
+import pytest
+
+import claudeproxy
+from claudeproxy.cli import setup_logging
+from claudeproxy.config import Provider, Route, RouteTarget
+from conftest import CLIENT_KEY, UPSTREAM_KEY, load_bytes, load_json, minimal_request, request
+from fakes import FakeUpstream, Reply, chunk, completion, json_reply, sse_reply
+from test_messages_api import ANSWER, HEAD_EVENTS, TAIL_EVENTS, events_bytes, sse
+
+FRAGMENT = "SENTINEL"  # in both sentinel keys: no part of a key may show, masked or not
+AZURE_STYLE_KEY = "3f9c0a1b2c3d4e5f60718293a4b5c6d7"  # 32 hex digits: no prefix gives it away
+
+
+def _leaks(texts: List[str]) -> List[str]:
+    return [t[:300] for t in texts if FRAGMENT in t or AZURE_STYLE_KEY in t]
+
+
+def _bodies_records(caplog: Any) -> List[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "claudeproxy.bodies"]
+
+
+def test_debug_shows_raw_bodies_in_both_directions(make_proxy: Any, fake_upstream: FakeUpstream, caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG, logger="claudeproxy")
+    proxy = make_proxy()
+    fake_upstream.push(json_reply(completion("json answer")),
+                       sse_reply(chunk({"role": "assistant", "content": ""}), chunk({"content": "streamed"}),
+                                 chunk({}, "stop")))
+    headers = {"x-api-key": CLIENT_KEY}
+    assert request(proxy.url, "POST", "/v1/messages", minimal_request(messages=[
+        {"role": "user", "content": "question one"}]), headers).status == 200
+    assert request(proxy.url, "POST", "/v1/messages", minimal_request(stream=True), headers).status == 200
+    assert proxy.server.wait_idle(2)
+    lines = _bodies_records(caplog)
+    kinds = {line.split(":", 1)[0] for line in lines}
+    assert {"client request body", "upstream request body", "upstream response body", "client response body",
+            "upstream stream line", "client events"} <= kinds, kinds
+    assert any("question one" in line and line.startswith("client request body") for line in lines)
+    assert any('"json answer"' in line and line.startswith("upstream response body") for line in lines)
+    assert any("streamed" in line and line.startswith("client events") for line in lines)
+    assert _leaks(lines) == []
+
+
+def test_bodies_are_not_built_above_debug(make_proxy: Any, caplog: Any) -> None:
+    caplog.set_level(logging.INFO, logger="claudeproxy")
+    proxy = make_proxy()
+    assert request(proxy.url, "POST", "/v1/messages", minimal_request()).status == 200
+    assert proxy.server.wait_idle(2)
+    assert _bodies_records(caplog) == []
+    assert any("-> upstream/claude-test 200" in r.getMessage() for r in caplog.records)  # the access line
+
+
+def test_log_bodies_turns_on_bodies_at_info(make_proxy: Any) -> None:
+    """--log-bodies: the bodies logger on its own, while everything else stays at INFO."""
+    stream = io.StringIO()
+    logger = logging.getLogger("claudeproxy")
+    saved = (logger.level, logger.propagate, logging.getLogger("claudeproxy.bodies").level)
+    handler = setup_logging("info", lambda: (UPSTREAM_KEY,), stream, "text", bodies=True)
+    try:
+        proxy = make_proxy()
+        assert request(proxy.url, "POST", "/v1/messages", minimal_request()).status == 200
+        assert proxy.server.wait_idle(2)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+        logging.getLogger("claudeproxy.bodies").setLevel(saved[2])
+    text = stream.getvalue()
+    assert "upstream request body" in text and "-> upstream/claude-test 200" in text
+    assert " DEBUG claudeproxy.upstream" not in text  # only the bodies logger went to DEBUG
+    assert FRAGMENT not in text
+
+
+def test_json_log_format_one_object_per_line_with_the_call(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    stream = io.StringIO()
+    logger = logging.getLogger("claudeproxy")
+    saved = (logger.level, logger.propagate)
+    handler = setup_logging("debug", lambda: (UPSTREAM_KEY, CLIENT_KEY), stream, "json")
+    try:
+        proxy = make_proxy()
+        echo = f"Incorrect API key provided: {UPSTREAM_KEY}"
+        fake_upstream.push(json_reply(completion("hi")), json_reply({"error": {"message": echo}}, status=401))
+        assert request(proxy.url, "POST", "/v1/messages", minimal_request(), {"x-api-key": CLIENT_KEY}).status == 200
+        assert request(proxy.url, "POST", "/v1/messages", minimal_request()).status == 401
+        assert proxy.server.wait_idle(2)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert lines and all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    calls = [line["call"] for line in lines if "call" in line]
+    assert [(c["status"], c["error_type"]) for c in calls] == [(200, None), (401, "authentication_error")]
+    assert calls[0]["input_tokens"] == 10 and calls[0]["upstream_model"] == "claude-test"
+    assert calls[0]["time"] > 0 and "cost_usd" in calls[0] and "ttft_ms" in calls[0]
+    assert FRAGMENT not in stream.getvalue()
+
+
+# ---------------------------------------------------------------------------
+# The sweep.
+
+
+def _echoes() -> List[str]:
+    return [
+        f"Incorrect API key provided: {UPSTREAM_KEY}. You can find your API key at https://platform.openai.com.",
+        "Incorrect API key provided: sk-UPSTR**********************6789. You can find your API key there.",
+        f"invalid x-api-key: {CLIENT_KEY}",
+        f"Incorrect API key provided: {AZURE_STYLE_KEY}.",
+        f"Authorization: Bearer {UPSTREAM_KEY} rejected; url https://h/v1?key={UPSTREAM_KEY}",
+    ]
+
+
+@pytest.fixture
+def everything(fake_upstream: FakeUpstream) -> Iterator[Any]:
+    providers = (
+        Provider("chat", fake_upstream.url, api="chat", token=claudeproxy.static_token(UPSTREAM_KEY)),
+        Provider("anthropic", fake_upstream.url.rsplit("/v1", 1)[0], api="messages"),  # forwards the client's key
+        Provider("resp", fake_upstream.url, api="responses", token=claudeproxy.static_token(UPSTREAM_KEY)),
+    )
+    routes = (Route("opus", RouteTarget("anthropic", "claude-opus-4-1")), Route("haiku", RouteTarget("resp", "gpt-5")),
+              Route("*", RouteTarget("chat", "gpt-4o")))
+    proxy = claudeproxy.start(providers=providers, routes=routes)
+    yield proxy
+    proxy.shutdown(grace=1.0)
+
+
+def _replies(api: str) -> List[Reply]:
+    if api == "chat":
+        good = [json_reply(completion("fine")),
+                sse_reply(chunk({"role": "assistant", "content": ""}), chunk({"content": "Hi"}), chunk({}, "stop"))]
+    elif api == "anthropic":
+        good = [json_reply(ANSWER), sse(events_bytes(HEAD_EVENTS + TAIL_EVENTS))]
+    else:
+        good = [json_reply(load_json("responses_api", "responses", "text.response.json")),
+                Reply(200, (("Content-Type", "text/event-stream"),),
+                      [load_bytes("responses_api", "streams", "text.upstream.sse")], chunked=True)]
+    errors = [json_reply({"error": {"message": m, "type": "invalid_request_error"}}, status=401) for m in _echoes()]
+    return good + errors
+
+
+@pytest.mark.parametrize("model, api", [("claude-sonnet-4-5", "chat"), ("claude-opus-4-1", "anthropic"),
+                                        ("claude-haiku-4-5", "resp")])
+def test_no_secret_in_any_log_record_or_answer_at_debug(everything: Any, fake_upstream: FakeUpstream, caplog: Any,
+                                                        model: str, api: str) -> None:
+    caplog.set_level(logging.DEBUG)
+    headers = {"x-api-key": CLIENT_KEY, "Authorization": f"Bearer {CLIENT_KEY}", "anthropic-version": "2023-06-01"}
+    fake_upstream.push(*_replies(api))
+    answers = []
+    for stream in (False, True) + (False,) * len(_echoes()):
+        resp = request(everything.url, "POST", "/v1/messages", minimal_request(model=model, stream=stream), headers)
+        answers.append(resp)
+    assert [a.status for a in answers[:2]] == [200, 200], answers[:2]
+    assert all(a.status == 401 and "upstream 401" in a.json["error"]["message"] for a in answers[2:]), answers[2:]
+    fake_upstream.push(json_reply({"error": {"message": _echoes()[2]}}, status=403))
+    count = request(everything.url, "POST", "/v1/messages/count_tokens",
+                    {"model": model, "messages": [{"role": "user", "content": "hi"}]}, headers)
+    answers.append(count)
+    answers.append(request(everything.url, "GET", "/v1/usage"))
+    answers.append(request(everything.url, "GET", "/"))
+    answers.append(request(everything.url, "GET", "/metrics"))
+    assert everything.server.wait_idle(2)
+    texts = [a.body.decode("utf-8", "replace") + json.dumps(a.header_list) for a in answers]
+    records = [r.getMessage() + (r.exc_text or "") for r in caplog.records]
+    assert any(r.startswith("upstream request body") for r in records)  # debug really logged the bodies
+    assert _leaks(texts) == []
+    assert _leaks(records) == []

@@ -1,0 +1,432 @@
+"""Tokens and money: call records, cost, /metrics (Prometheus), /v1/usage and the usage page.
+
+A known sequence of calls goes through a proxy with three providers (OpenAI
+prices from the built-in table, a config price override, a local model
+without prices) against the fake upstream; the tests read back what a user
+would: the Prometheus text (parsed by ``prom.py``), the usage JSON, the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html.parser
+import re
+import threading
+import time
+import types
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import prom
+import pytest
+
+import claudeproxy
+from claudeproxy.config import Provider, Route, RouteTarget
+from claudeproxy.cost import call_cost
+from claudeproxy.metrics import CallRecord, Metrics, access_line
+from claudeproxy.model_facts import PRICES_CHECKED, ModelFacts, builtin_facts
+from claudeproxy.usage_page import page_headers, render
+from conftest import UPSTREAM_KEY, minimal_request, request
+from fakes import FakeUpstream, Gate, Sleep, chunk, completion, json_reply, sse_reply
+
+KEY = claudeproxy.static_token(UPSTREAM_KEY)
+EVIL = 'evil"model\\name\n<script>alert(1)</script>'
+
+
+def usage(prompt: int, completion_tokens: int, cached: int = 0) -> Dict[str, Any]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
+            "total_tokens": prompt + completion_tokens, "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream()
+    yield upstream
+    upstream.close()
+
+
+@pytest.fixture
+def proxy(fake: FakeUpstream) -> Iterator[Any]:
+    """opus -> openai/gpt-4o (built-in prices), sonnet -> priced/house-model (config prices),
+    everything else -> ollama with the client's model name (no prices)."""
+    priced = ModelFacts(input_price=1.0, output_price=2.0, cache_read_price=0.5, cache_write_price=1.5)
+    providers = (Provider("openai", fake.url, token=KEY),
+                 Provider("priced", fake.url, token=KEY, models=(("house-*", priced),)),
+                 Provider("ollama", fake.url))
+    routes = (Route("opus", RouteTarget("openai", "gpt-4o")), Route("sonnet", RouteTarget("priced", "house-model")),
+              Route("*", RouteTarget("ollama")))
+    records: List[CallRecord] = []
+    server = claudeproxy.start(providers=providers, routes=routes, metrics_sink=records.append)
+    yield types.SimpleNamespace(url=server.url, records=records, server=server)
+    server.shutdown(grace=1.0)
+
+
+def post(proxy: Any, body: Any, path: str = "/v1/messages") -> Any:
+    return request(proxy.url, "POST", path, body, {"anthropic-version": "2023-06-01"})
+
+
+def wait_records(proxy: Any, n: int) -> List[CallRecord]:
+    deadline = time.monotonic() + 5
+    while len(proxy.records) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(proxy.records) >= n, proxy.records
+    return list(proxy.records)
+
+
+def known_session(proxy: Any, fake: FakeUpstream) -> None:
+    """8 calls: 3 priced JSON, 1 stream, 1 unpriced, 1 upstream 429, 1 bad body (400), 1 quota probe,
+    plus 1 count_tokens: 9 call records."""
+    fake.push(json_reply(completion("a", usage=usage(1000, 100, cached=200))),  # gpt-4o
+              json_reply(completion("b", usage=usage(2000, 50, cached=1500))),  # gpt-4o
+              json_reply(completion("c", usage=usage(400, 40))),  # house-model
+              sse_reply(chunk({"role": "assistant", "content": ""}), chunk({"content": "hi"}), chunk({}, "stop"),
+                        {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
+                         "usage": usage(300, 30, cached=100)}),  # house-model, streamed
+              json_reply(completion("d", usage=usage(500, 60))),  # qwen3-coder, no price
+              json_reply({"error": {"message": "slow down", "type": "rate_limit_error"}}, status=429))
+    assert post(proxy, minimal_request(model="claude-opus-4-1")).status == 200
+    assert post(proxy, minimal_request(model="claude-opus-4-1")).status == 200
+    assert post(proxy, minimal_request(model="claude-sonnet-4-5")).status == 200
+    assert post(proxy, minimal_request(model="claude-sonnet-4-5", stream=True)).status == 200
+    assert post(proxy, minimal_request(model="qwen3-coder")).status == 200
+    assert post(proxy, minimal_request(model="qwen3-coder")).status == 429
+    assert post(proxy, b"{not json").status == 400
+    assert post(proxy, minimal_request(model="claude-opus-4-1", max_tokens=1)).status == 200
+    assert post(proxy, {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]},
+                "/v1/messages/count_tokens").status == 200
+    wait_records(proxy, 9)
+
+
+# ---------------------------------------------------------------------------
+# Cost arithmetic.
+
+
+def test_cost_is_tokens_times_prices_per_million() -> None:
+    facts = builtin_facts("gpt-4o")
+    assert (facts.input_price, facts.output_price, facts.cache_read_price) == (2.50, 10.00, 1.25)
+    # 800 uncached input, 100 output, 200 cached: 800*2.5 + 100*10 + 200*1.25 per million.
+    assert call_cost(facts, 800, 100, 200, 0) == pytest.approx(0.00325)
+    assert call_cost(facts, 0, 0, 0, 0) == 0.0
+
+
+def test_cost_needs_a_price_for_every_kind_of_token_used() -> None:
+    facts = builtin_facts("gpt-4o")  # no cache-write price: OpenAI charges none, and reports no such tokens
+    assert call_cost(facts, 100, 10, 0, 0) is not None
+    assert call_cost(facts, 100, 10, 0, 50) is None  # writes it cannot price: no cost, not a partial one
+    assert call_cost(ModelFacts(), 100, 10) is None  # a model without a price
+    assert call_cost(None, 100, 10) is None
+    assert call_cost(ModelFacts(output_price=3.0), 0, 1_000_000) == pytest.approx(3.0)
+
+
+def test_cost_and_tokens_of_a_known_session(proxy: Any, fake: FakeUpstream) -> None:
+    known_session(proxy, fake)
+    by_model = {(r.provider, r.upstream_model): r for r in proxy.records if r.status == 200 and not r.local}
+    first = [r for r in proxy.records if r.upstream_model == "gpt-4o"][0]
+    assert (first.input_tokens, first.cache_read_input_tokens, first.output_tokens) == (800, 200, 100)
+    assert first.cost_usd == pytest.approx(0.00325)
+    assert first.cache_hit_ratio == pytest.approx(0.2)
+    house = [r for r in proxy.records if r.upstream_model == "house-model"]
+    assert house[0].cost_usd == pytest.approx((400 * 1.0 + 40 * 2.0) / 1e6)  # the config's prices
+    assert house[1].stream and house[1].cost_usd == pytest.approx((200 * 1.0 + 30 * 2.0 + 100 * 0.5) / 1e6)
+    unpriced = by_model[("ollama", "qwen3-coder")]
+    assert (unpriced.input_tokens, unpriced.output_tokens, unpriced.cost_usd) == (500, 60, None)
+
+
+# ---------------------------------------------------------------------------
+# Call records.
+
+
+def test_every_call_is_recorded_also_4xx_local_and_failures(proxy: Any, fake: FakeUpstream) -> None:
+    known_session(proxy, fake)
+    recs = proxy.records
+    assert [(r.endpoint.rsplit("/", 1)[-1], r.status, r.local) for r in recs] == [
+        ("messages", 200, False), ("messages", 200, False), ("messages", 200, False), ("messages", 200, False),
+        ("messages", 200, False), ("messages", 429, False), ("messages", 400, False), ("messages", 200, True),
+        ("count_tokens", 200, True),
+    ]
+    assert recs[5].error_type == "rate_limit_error" and recs[5].upstream_model == "qwen3-coder"
+    assert recs[6].error_type == "invalid_request_error" and recs[6].model == ""
+    assert recs[7].cost_usd == 0.0 and recs[7].upstream_model == ""
+    assert recs[8].model == "claude-sonnet-4-5" and recs[8].provider == "priced"
+    for rec in recs:
+        assert rec.time == pytest.approx(time.time(), abs=30) and rec.request_id.startswith("req_")
+    stream = recs[3]
+    assert stream.ttft_ms is not None and 0 <= stream.ttft_ms <= stream.duration_ms
+    assert all(r.ttft_ms is None for r in recs if not r.stream)
+
+
+def test_a_bad_request_is_not_counted_against_the_model_it_was_routed_to(proxy: Any, fake: FakeUpstream) -> None:
+    assert post(proxy, {"model": "claude-opus-4-1", "max_tokens": 10, "messages": "oops"}).status == 400
+    rec = wait_records(proxy, 1)[0]
+    assert (rec.provider, rec.route, rec.upstream_model, rec.error_type) == ("openai", "opus", "", "invalid_request_error")
+    models = {(m["provider"], m["model"]) for m in request(proxy.url, "GET", "/v1/usage").json["models"]}
+    assert models == {("(none)", "(none)")} and fake.requests == []
+
+
+def test_time_to_first_token_is_when_content_went_out(proxy: Any, fake: FakeUpstream) -> None:
+    fake.push(sse_reply(chunk({"role": "assistant", "content": ""}), Sleep(0.3), chunk({"content": "late"}),
+                        Sleep(0.3), chunk({}, "stop")))
+    assert post(proxy, minimal_request(model="qwen3-coder", stream=True)).status == 200
+    rec = wait_records(proxy, 1)[0]
+    assert rec.ttft_ms is not None and 250 <= rec.ttft_ms <= rec.duration_ms - 250, rec
+
+
+def test_access_log_line_says_who_where_what_and_how_long(proxy: Any, fake: FakeUpstream, caplog: Any) -> None:
+    caplog.set_level("INFO", logger="claudeproxy")
+    fake.push(json_reply(completion("a", usage=usage(1000, 100, cached=200))))
+    assert post(proxy, minimal_request(model="claude-opus-4-1")).status == 200
+    assert proxy.server.server.wait_idle(2)  # the line is logged after the answer went out
+    lines = [r for r in caplog.records if "->" in r.getMessage() and r.name == "claudeproxy.pipeline"]
+    assert len(lines) == 1
+    text = lines[0].getMessage()
+    assert re.match(r"^req_\w+ /v1/messages claude-opus-4-1 -> openai/gpt-4o 200 in=800 out=100 cached=200 "
+                    r"cache_write=0 cost=\$0\.003250 ttft=- \d+ms$", text), text
+    assert lines[0].call["cost_usd"] == pytest.approx(0.00325)  # type: ignore[attr-defined]
+
+
+def test_access_line_keeps_a_hostile_model_name_on_one_line() -> None:
+    line = access_line(CallRecord("/v1/messages", model="a\nFAKE 200 line\r\x1b[31m", status=400, error_type="x"))
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+
+
+# ---------------------------------------------------------------------------
+# /metrics in the Prometheus text format.
+
+
+def test_prometheus_counts_after_a_known_session(proxy: Any, fake: FakeUpstream) -> None:
+    known_session(proxy, fake)
+    resp = request(proxy.url, "GET", "/metrics")
+    assert resp.status == 200 and resp.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    s = prom.parse(resp.body.decode("utf-8"))
+    assert prom.total(s, "claudeproxy_requests_total") == 9
+    assert prom.value(s, "claudeproxy_requests_total", endpoint="/v1/messages", provider="openai", model="gpt-4o",
+                      status="200") == 2
+    assert prom.value(s, "claudeproxy_requests_total", endpoint="/v1/messages", provider="ollama",
+                      model="qwen3-coder", status="429") == 1
+    assert prom.total(s, "claudeproxy_requests_total", status="400") == 1
+    assert prom.total(s, "claudeproxy_requests_total", provider="local") == 2  # quota probe + count_tokens
+    assert prom.total(s, "claudeproxy_requests_total", endpoint="/v1/messages/count_tokens") == 1
+    assert prom.value(s, "claudeproxy_errors_total", type="rate_limit_error") == 1
+    assert prom.value(s, "claudeproxy_errors_total", type="invalid_request_error") == 1
+    assert prom.total(s, "claudeproxy_errors_total") == 2
+    tokens = lambda model, kind: prom.total(s, "claudeproxy_tokens_total", model=model, kind=kind)  # noqa: E731
+    assert (tokens("gpt-4o", "input"), tokens("gpt-4o", "cache_read"), tokens("gpt-4o", "output")) == (1300, 1700, 150)
+    assert (tokens("house-model", "input"), tokens("house-model", "cache_read")) == (600, 100)
+    assert tokens("qwen3-coder", "input") == 500 and tokens("qwen3-coder", "cache_write") == 0
+    assert prom.value(s, "claudeproxy_cost_usd_total", provider="openai", model="gpt-4o") == pytest.approx(
+        (1300 * 2.5 + 150 * 10 + 1700 * 1.25) / 1e6)
+    assert prom.value(s, "claudeproxy_cost_usd_total", provider="ollama", model="qwen3-coder") == 0
+    assert prom.value(s, "claudeproxy_unpriced_requests_total", provider="ollama", model="qwen3-coder") == 1
+    # Histograms: every call that reached an upstream has a duration; only the stream a first token.
+    assert prom.total(s, "claudeproxy_request_duration_seconds_count") == 6
+    assert prom.total(s, "claudeproxy_time_to_first_token_seconds_count") == 1
+    assert prom.value(s, "claudeproxy_streams_in_flight") == 0
+    assert prom.value(s, "claudeproxy_prices_info", checked=PRICES_CHECKED) == 1
+    # The JSON summary is still there.
+    old = request(proxy.url, "GET", "/metrics?format=json").json
+    assert old["requests"] == 9 and old["errors"] == 2 and old["local"] == 2 and old["by_status"]["429"] == 1
+
+
+def test_prometheus_escapes_a_hostile_model_name(proxy: Any, fake: FakeUpstream) -> None:
+    assert post(proxy, minimal_request(model=EVIL)).status == 200
+    wait_records(proxy, 1)
+    s = prom.parse(request(proxy.url, "GET", "/metrics").body.decode("utf-8"))
+    assert prom.value(s, "claudeproxy_requests_total", endpoint="/v1/messages", provider="ollama", model=EVIL,
+                      status="200") == 1
+
+
+def test_streams_in_flight_gauge(proxy: Any, fake: FakeUpstream) -> None:
+    gate = Gate()
+    fake.push(sse_reply(chunk({"role": "assistant", "content": ""}), chunk({"content": "x"}), gate, chunk({}, "stop")))
+    done: List[Any] = []
+    thread = threading.Thread(target=lambda: done.append(post(proxy, minimal_request(model="m", stream=True))))
+    thread.start()
+    try:
+        assert gate.reached.wait(5)
+        s = prom.parse(request(proxy.url, "GET", "/metrics").body.decode("utf-8"))
+        assert prom.value(s, "claudeproxy_streams_in_flight") == 1
+    finally:
+        gate.release()
+        thread.join(5)
+    assert done and done[0].status == 200
+    wait_records(proxy, 1)
+    s = prom.parse(request(proxy.url, "GET", "/metrics").body.decode("utf-8"))
+    assert prom.value(s, "claudeproxy_streams_in_flight") == 0
+
+
+# ---------------------------------------------------------------------------
+# /v1/usage.
+
+
+def test_usage_totals_per_model_provider_and_day(proxy: Any, fake: FakeUpstream) -> None:
+    known_session(proxy, fake)
+    u = request(proxy.url, "GET", "/v1/usage").json
+    assert u["object"] == "usage" and u["prices_checked"] == PRICES_CHECKED
+    assert u["totals"]["requests"] == 9 and u["totals"]["errors"] == 2
+    assert u["totals"]["by_error_type"] == {"rate_limit_error": 1, "invalid_request_error": 1}
+    gpt = (1300 * 2.5 + 150 * 10 + 1700 * 1.25) / 1e6
+    house = (600 * 1.0 + 70 * 2.0 + 100 * 0.5) / 1e6
+    assert u["totals"]["cost_usd"] == pytest.approx(gpt + house)
+    assert u["totals"]["unpriced_requests"] == 1
+    models = {(m["provider"], m["model"]): m for m in u["models"]}
+    assert models[("openai", "gpt-4o")]["requests"] == 2
+    assert models[("openai", "gpt-4o")]["cache_hit_ratio"] == pytest.approx(1700 / 3000, abs=1e-4)
+    assert models[("ollama", "qwen3-coder")]["cost_usd"] is None  # tokens and no cost
+    assert models[("ollama", "qwen3-coder")]["input_tokens"] == 500
+    assert models[("local", "claude-opus-4-1")]["requests"] == 1
+    assert u["models"][0]["model"] == "gpt-4o"  # the dearest first
+    providers = {p["provider"]: p for p in u["providers"]}
+    assert providers["priced"]["requests"] == 2 and providers["priced"]["cost_usd"] == pytest.approx(house)
+    assert providers["local"]["requests"] == 2 and providers["(none)"]["requests"] == 1
+    assert [d["date"] for d in u["days"]] == [u["today"]]
+    assert u["days"][0]["cost_usd"] == pytest.approx(gpt + house) and u["today_totals"]["requests"] == 9
+    assert len(u["recent"]) == 9 and u["recent"][0]["endpoint"] == "/v1/messages/count_tokens"  # newest first
+    points = u["series"]["points"]
+    assert sum(p["requests"] for p in points) == 9 and u["series"]["step_seconds"] == 1
+    assert u["latency_ms"]["p50"] is not None and u["ttft_ms"]["p50"] is not None
+
+
+# ---------------------------------------------------------------------------
+# Bounds and threads.
+
+
+def _rec(model: str, when: float, **kw: Any) -> CallRecord:
+    return CallRecord("/v1/messages", model=model, provider="p", upstream_model=model, time=when,
+                      input_tokens=10, output_tokens=1, cost_usd=0.001, duration_ms=100, **kw)
+
+
+def test_store_is_bounded_whatever_clients_send() -> None:
+    metrics = Metrics(recent=5, max_models=3, minutes=10, days=2)
+    start = 1_700_000_000.0
+    for i in range(200):
+        metrics.record(_rec(f"model-{i}", start + i * 3600))  # a new model every hour, over 8 days
+    u = metrics.usage(start + 200 * 3600)
+    assert len(u["models"]) == 4 and {"other"} <= {m["model"] for m in u["models"]}
+    assert sum(m["requests"] for m in u["models"]) == 200
+    assert len(u["recent"]) == 5 and len(u["days"]) == 2
+    assert len(metrics._minutes) == 10 and len(metrics._seconds) <= 301  # noqa: SLF001 - the bound itself
+    view = metrics.prometheus_view()
+    assert len(view["models"]) == 4 and len(view["durations"]) == 4
+
+
+def test_store_counts_exactly_from_many_threads() -> None:
+    metrics = Metrics()
+    now = time.time()
+
+    def work() -> None:
+        for _ in range(500):
+            metrics.record(_rec("m", now))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert metrics.snapshot()["requests"] == 4000 and metrics.snapshot()["input_tokens"] == 40000
+
+
+def test_series_switch_from_seconds_to_minutes() -> None:
+    metrics = Metrics()
+    start = 1_700_000_000.0
+    for i in range(40):
+        metrics.record(_rec("m", start + i))
+    fine = metrics.usage(start + 40)["series"]
+    assert fine["step_seconds"] == 1 and sum(p["requests"] for p in fine["points"]) == 40
+    metrics.record(_rec("m", start + 3 * 3600))
+    coarse = metrics.usage(start + 3 * 3600)["series"]
+    assert coarse["step_seconds"] == 300 and len(coarse["points"]) == 37  # three hours in five-minute bars
+    assert sum(p["requests"] for p in coarse["points"]) == 41
+
+
+# ---------------------------------------------------------------------------
+# The usage page.
+
+
+class _Page(html.parser.HTMLParser):
+    VOID = {"meta", "br", "img", "input", "link", "hr", "circle", "rect", "line", "polyline", "path"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: List[str] = []
+        self.errors: List[str] = []
+        self.attrs: List[Tuple[str, str, Optional[str]]] = []
+        self.scripts: List[str] = []
+        self._in_script = False
+        self.text: List[str] = []
+
+    def handle_starttag(self, tag: str, attrs: List[Tuple[str, Optional[str]]]) -> None:
+        self.attrs += [(tag, k, v) for k, v in attrs]
+        self._in_script = tag == "script"
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: List[Tuple[str, Optional[str]]]) -> None:
+        self.attrs += [(tag, k, v) for k, v in attrs]
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:]}")
+            return
+        self.stack.pop()
+        self._in_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script:
+            self.scripts.append(data)
+        else:
+            self.text.append(data)
+
+
+def parse_page(text: str) -> _Page:
+    page = _Page()
+    page.feed(text)
+    page.close()
+    assert page.errors == [] and page.stack == [], (page.errors, page.stack)
+    return page
+
+
+def test_usage_page_is_well_formed_and_self_contained(proxy: Any, fake: FakeUpstream) -> None:
+    known_session(proxy, fake)
+    assert post(proxy, minimal_request(model=EVIL)).status == 200
+    wait_records(proxy, 10)
+    resp = request(proxy.url, "GET", "/")
+    assert resp.status == 200 and resp.headers["content-type"] == "text/html; charset=utf-8"
+    text = resp.body.decode("utf-8")
+    page = parse_page(text)
+    # Nothing from elsewhere: no src/href/url()/@import, and the policy forbids it anyway.
+    assert not [a for a in page.attrs if a[1] in ("src", "href", "srcset", "action", "xlink:href")]
+    assert "url(" not in text and "@import" not in text and "http://" not in text and "https://" not in text
+    policy = resp.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "connect-src 'self'" in policy
+    # The one inline script is the one the policy's hash allows.
+    assert len(page.scripts) == 1
+    digest = base64.b64encode(hashlib.sha256(page.scripts[0].encode("utf-8")).digest()).decode()
+    assert f"'sha256-{digest}'" in policy
+    # The hostile name is text, never markup.
+    assert "<script>alert(1)</script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    shown = " ".join(page.text)
+    for words in ("Cost today", "Cache hit ratio", "Today by model", "Last calls", "openai/gpt-4o",
+                  "ollama/qwen3-coder", PRICES_CHECKED, "rate_limit_error", "Tokens by model"):
+        assert words in shown, words
+    assert text.count("<svg") == 5 and "<rect" in text and ("<polyline" in text or "<circle" in text)
+
+
+def test_usage_page_renders_with_no_calls_and_headers_are_strict() -> None:
+    metrics = Metrics()
+    text = render({**metrics.usage(time.time()), "prices_checked": PRICES_CHECKED})
+    page = parse_page(text)
+    assert "No calls yet" in " ".join(page.text)
+    headers = dict(page_headers())
+    assert headers["Cache-Control"] == "no-store" and headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_usage_page_obeys_the_client_key(make_proxy: Any) -> None:
+    keyed = make_proxy(auth_key="sk-ant-page-key-0000000000")
+    assert request(keyed.url, "GET", "/").status == 401
+    assert request(keyed.url, "GET", "/v1/usage").status == 401
+    assert request(keyed.url, "GET", "/", headers={"x-api-key": "sk-ant-page-key-0000000000"}).status == 200
+    plain = make_proxy()
+    assert request(plain.url, "GET", "/", headers={"Host": "evil.example"}).status == 403  # DNS rebinding
+    assert request(plain.url, "GET", "/", headers={"Origin": "https://evil.example"}).status == 403
