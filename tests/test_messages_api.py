@@ -472,3 +472,35 @@ def test_quota_probe_reaches_a_messages_upstream(through, fake_upstream):
     fake_upstream.push(json_reply(ANSWER))
     assert post(through, minimal_request(max_tokens=1)).status == 200
     assert len(fake_upstream.requests) == 1
+
+
+# ---------------------------------------------------------------------------
+# A warm prompt cache upstream (issue 8): Claude Code's billing line stays home.
+
+BILLING = "x-anthropic-billing-header: cc_version=2.1.331.f2b; cc_entrypoint=cli;"
+
+
+def test_billing_line_does_not_reach_a_non_anthropic_upstream(through, fake_upstream):
+    system = [{"type": "text", "text": BILLING},
+              {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}},
+              {"type": "text", "text": BILLING + "\nLong instructions."}]
+    fake_upstream.push(json_reply(ANSWER), json_reply(ANSWER))
+    post(through, minimal_request(system=system))
+    assert fake_upstream.last.json["system"] == [
+        {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": "Long instructions."}]
+    post(through, minimal_request(system=BILLING + "\nPlain system text."))
+    assert fake_upstream.last.json["system"] == "Plain system text."
+
+
+def test_billing_line_still_reaches_anthropic_itself() -> None:
+    from claudeproxy.apis.base import ClientRequest
+    from claudeproxy.apis.messages import MessagesApi
+    from claudeproxy.routing import Target
+    from claudeproxy.model_facts import ModelFacts
+
+    target = Target(Provider("anthropic", "https://api.anthropic.com", api="messages"), "claude-opus-4-1",
+                    ModelFacts(), None, None, "messages")
+    body = minimal_request(system=[{"type": "text", "text": BILLING}])
+    ex = MessagesApi().prepare(ClientRequest(body, "claude-opus-4-1", False, {}), target, None)
+    assert json.loads(ex.body)["system"] == [{"type": "text", "text": BILLING}]

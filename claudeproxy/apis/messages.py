@@ -18,13 +18,14 @@ import json
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..dialects import forwards_betas
+from ..dialects import forwards_betas, is_anthropic_host
 from ..errors import (
     ProxyError,
     UpstreamUnavailable,
     error_from_status,
     stream_error_event,
 )
+from ..prompt_cache import strip_billing_header
 from ..replies import events_for_message, message_start
 from ..routing import Target
 from ..sse import ServerSentEvent, SSEDecoder, split_lines
@@ -65,13 +66,34 @@ def _version(req: ClientRequest) -> str:
     return value if _HEADER_VALUE_RE.match(value) else DEFAULT_VERSION
 
 
-def _capped(body: Dict[str, Any], model: str, cap: Optional[int]) -> Dict[str, Any]:
+def _forwarded_body(body: Dict[str, Any], target: Target, cap: Optional[int]) -> Dict[str, Any]:
+    """The client's body with the upstream model, ``max_tokens`` within ``cap`` and, for anyone
+    but Anthropic, without Claude Code's billing line (it changes per session and would empty
+    a prefix cache: every cached token after it)."""
     out = dict(body)
-    out["model"] = model
+    out["model"] = target.model
     asked = out.get("max_tokens")
     if cap and isinstance(asked, int) and not isinstance(asked, bool) and asked > cap:
         out["max_tokens"] = cap
+    if "system" in out and not is_anthropic_host(target.provider.url):
+        out["system"] = _without_billing_line(out["system"])
     return out
+
+
+def _without_billing_line(system: Any) -> Any:
+    if isinstance(system, str):
+        return strip_billing_header(system)
+    if not isinstance(system, list):
+        return system  # not ours to judge: the upstream validates it
+    blocks = []
+    for block in system:
+        if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str):
+            text = strip_billing_header(block["text"])
+            if not text:
+                continue  # the block was only the billing line
+            block = {**block, "text": text} if text != block["text"] else block
+        blocks.append(block)
+    return blocks
 
 
 def error_from_event(obj: Any, secrets: Tuple[str, ...]) -> ProxyError:
@@ -102,7 +124,7 @@ class MessagesApi:
         return None  # the upstream validates what it is sent
 
     def prepare(self, req: ClientRequest, target: Target, cap: Optional[int]) -> Exchange:
-        body = _capped(req.body, target.model, cap)
+        body = _forwarded_body(req.body, target, cap)
         headers = [("Content-Type", "application/json"), ("anthropic-version", _version(req)),
                    ("Accept", "text/event-stream" if req.stream else "application/json")]
         betas = forwarded_betas(req, target)
