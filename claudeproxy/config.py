@@ -140,6 +140,8 @@ class Config:
     request_timeout: float = 600.0
     client_timeout: float = 30.0
     client_request_deadline: float = 60.0
+    # A request body must arrive within this long after its headers (and within the request deadline).
+    body_timeout: float = 30.0
     ping_interval: float = 10.0
     # Finalize a stream this long after finish_reason when nothing else arrives.
     finish_grace: float = 5.0
@@ -148,6 +150,10 @@ class Config:
     max_body_bytes: int = 32 * 1024 * 1024
     max_line_bytes: int = 1024 * 1024
     max_concurrency: int = 256
+    # Connections reading a request body at once; a newcomer beyond it ends the longest-waiting one.
+    max_body_readers: int = 256
+    # Idle keep-alive connections kept per upstream (scheme, host, port, proxy); 0 = a new connection each call.
+    max_idle_per_host: int = 8
     # Log every request and response body (redacted) at DEBUG.
     log_bodies: bool = False
 
