@@ -16,7 +16,7 @@ import math
 import shlex
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .config import Provider, Route, RouteTarget, check_header
+from .config import Provider, Route, RouteTarget, check_header, static_token
 from .credentials import DEFAULT_TTL, command_token
 from .model_facts import ModelFacts, facts_from_dict
 from .routing import check_provider
@@ -100,7 +100,7 @@ def _token(obj: Mapping[str, Any], environ: Mapping[str, str], path: str, name: 
         if not environ.get(var, "").strip():
             raise ConfigError(f"{path}.api_key_env: the environment variable {var} is not set")
         key = environ[var].strip()
-        return (lambda: key), f"${var}"
+        return static_token(key), f"${var}"
     if "api_key_command" in obj:
         raw = obj["api_key_command"]
         argv = shlex.split(raw) if isinstance(raw, str) else _strings(raw, f"{path}.api_key_command")

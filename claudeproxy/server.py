@@ -143,6 +143,7 @@ class ProxyServer(ThreadingHTTPServer):
 
     def server_close(self) -> None:
         self.watchdog.stop()
+        self.proxy.upstream.close()  # idle keep-alive connections to the upstreams
         super().server_close()
 
 
