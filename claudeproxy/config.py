@@ -221,7 +221,8 @@ def check_header(name: str, value: str, setting: str) -> Tuple[str, str]:
     if _CONTROL_RE.search(value):
         raise ValueError(f"{setting}: the value of {name} contains control characters")
     if not _latin1(value):
-        raise ValueError(f"{setting}: the value of {name} has characters outside Latin-1 (HTTP headers cannot carry them)")
+        raise ValueError(f"{setting}: the value of {name} has characters outside Latin-1 "
+                         "(HTTP headers cannot carry them)")
     return name, value
 
 
@@ -270,7 +271,8 @@ def check_seconds(value: object, setting: str, zero_ok: bool = False) -> None:
         raise ValueError(f"{setting}: expected a number of seconds, got {type(value).__name__}")
     if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok) or value > MAX_SECONDS:
         low = "from 0" if zero_ok else "greater than 0 and"
-        raise ValueError(f"{setting}: must be a finite number of seconds {low} at most {MAX_SECONDS:.0f}, got {value!r}")
+        raise ValueError(f"{setting}: must be a finite number of seconds {low} at most {MAX_SECONDS:.0f}, "
+                         f"got {value!r}")
 
 
 def check_count(value: object, setting: str, low: int) -> None:
