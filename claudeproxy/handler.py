@@ -463,8 +463,9 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             if ticket is not None:
                 server.body_readers.leave(ticket)
         if ticket is not None and ticket.evicted:
-            self.close_connection = True
-            raise ProxyError("request body too slow: the proxy is reading too many bodies at once", status=408)
+            self.close_connection = True  # its read side is shut: no next request on this connection
+            if len(data) != length:
+                raise ProxyError("request body too slow: the proxy is reading too many bodies at once", status=408)
         if len(data) != length:
             self.close_connection = True
             raise InvalidRequest("request body is shorter than its Content-Length")

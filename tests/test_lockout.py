@@ -112,3 +112,24 @@ def test_stalled_body_is_cut_at_the_body_timeout(make_proxy: Any) -> None:
         assert 0.3 <= took < 2.0, took
     finally:
         _close(socks)
+
+
+def test_body_readers_evict_the_longest_waiting() -> None:
+    from claudeproxy.server import BodyReaders
+
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        readers = BodyReaders(2)
+        first, second = readers.enter(pairs[0][0]), readers.enter(pairs[1][0])
+        readers.leave(second)
+        third = readers.enter(pairs[2][0])
+        assert not first.evicted and len(readers) == 2
+        fourth = readers.enter(pairs[1][1])
+        assert first.evicted and not third.evicted and not fourth.evicted
+        pairs[0][0].settimeout(1)
+        assert pairs[0][0].recv(1) == b""  # its blocked read returns at once
+        assert len(readers) == 2
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
