@@ -482,7 +482,7 @@ def _parse_common(obj: Dict[str, Any]) -> Dict[str, Any]:
         raise InvalidRequest("field required", "messages")
     if not messages:
         raise InvalidRequest("at least one message is required", "messages")
-    tools = _list(obj.get("tools") or [], "tools")
+    tools = _list(obj["tools"], "tools") if obj.get("tools") is not None else []
     effort, schema = _parse_output_config(obj.get("output_config"))
     return {
         "model": model,
@@ -527,5 +527,7 @@ def peek_request(obj: Any) -> Tuple[str, bool]:
     model = _str(obj, "model", "", required=True)
     if not model or not model.strip():
         raise InvalidRequest("must not be empty", "model")
+    if obj.get("tools") is not None:
+        _list(obj["tools"], "tools")  # checked here too: a forwarding API sends the body on unparsed
     stream = obj.get("stream")
     return model, bool(_expect(stream, bool, "stream", "a boolean")) if stream is not None else False

@@ -67,7 +67,8 @@ def page_query(path: str) -> Page:
     """``limit``, ``after_id`` and ``before_id`` from the query string; a bad limit is a 400."""
     query = parse_qs(urlsplit(path).query)
     raw = query.get("limit", [str(DEFAULT_PAGE)])[0].strip()
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    # ASCII digits only: str.isdigit() also takes "²", which int() then refuses.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6 or not 1 <= int(raw) <= MAX_PAGE:
         raise InvalidRequest(f"must be an integer from 1 to {MAX_PAGE}", "limit")
     return int(raw), query.get("after_id", [None])[0], query.get("before_id", [None])[0]
 

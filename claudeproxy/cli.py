@@ -45,6 +45,7 @@ from .config import (
     Config,
     check_header,
     check_url,
+    static_token,
 )
 from .config_file import ConfigError, FileConfig, FlagSpec, parse_config
 from .credentials import DEFAULT_TTL, command_token, current_secrets, key_source
@@ -55,6 +56,7 @@ from .redact import redact_text, redact_url
 from .routing import build_router
 from .server import ProxyServer, drain_and_close
 from .settings_view import describe_config
+from .upstream import tls_context
 
 log = logging.getLogger("claudeproxy")
 
@@ -197,6 +199,9 @@ def _network_flags(net: Any) -> None:
     net.add_argument("--retry-max-wait", type=float, default=Config.retry_max_wait, metavar="S",
                      help="longest Retry-After honoured; an upstream asking for more is not retried "
                      "(default: %(default)s)")
+    net.add_argument("--max-idle-per-host", type=int, default=Config.max_idle_per_host, metavar="N",
+                     help="idle keep-alive connections kept per upstream host (and proxy); 0 = a new "
+                     "connection for every call (default: %(default)s)")
 
 
 def _server_flags(srv: Any) -> None:
@@ -212,6 +217,11 @@ def _server_flags(srv: Any) -> None:
                      help="requests in flight before answering 529 (default: %(default)s)")
     srv.add_argument("--max-body-bytes", type=int, default=Config.max_body_bytes, metavar="N",
                      help="largest request body (default: %(default)s)")
+    srv.add_argument("--body-timeout", type=float, default=Config.body_timeout, metavar="S",
+                     help="a request body must arrive within this long after its headers (default: %(default)s)")
+    srv.add_argument("--max-body-readers", type=int, default=Config.max_body_readers, metavar="N",
+                     help="connections reading a request body at once; one more ends the longest-waiting "
+                     "(default: %(default)s)")
     srv.add_argument("--shutdown-grace", type=float, default=Config.shutdown_grace, metavar="S",
                      help="on SIGTERM/Ctrl-C, let requests in flight finish this long (default: %(default)s)")
 
@@ -347,7 +357,7 @@ def _shorthand_key(ns: argparse.Namespace, environ: Mapping[str, str], api: str)
     """The token source of the single-upstream provider, and where it comes from."""
     if ns.api_key is not None:
         key = ns.api_key.strip()
-        return (lambda: key), "--api-key"
+        return static_token(key), "--api-key"
     if ns.api_key_env:
         keys = []
         for var in ns.api_key_env:
@@ -361,7 +371,7 @@ def _shorthand_key(ns: argparse.Namespace, environ: Mapping[str, str], api: str)
             raise UsageError("--api-key-command: the command is empty")
         return command_token(argv, ns.api_key_ttl, "--api-key-command"), f"command {argv[0]}"
     key = environ.get("OPENAI_API_KEY", "").strip() if api != "messages" else ""
-    return (lambda: key), "$OPENAI_API_KEY" if key else ""
+    return static_token(key), "$OPENAI_API_KEY" if key else ""
 
 
 def _auth_key(ns: argparse.Namespace, environ: Mapping[str, str]) -> Optional[str]:
@@ -425,6 +435,9 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
         ping_interval=ns.ping_interval,
         max_body_bytes=ns.max_body_bytes,
         max_concurrency=ns.max_concurrency,
+        max_idle_per_host=ns.max_idle_per_host,
+        body_timeout=ns.body_timeout,
+        max_body_readers=ns.max_body_readers,
         shutdown_grace=ns.shutdown_grace,
         retries=ns.retries,
         retry_max_wait=ns.retry_max_wait,
@@ -566,9 +579,23 @@ def _settings(argv: Optional[List[str]], environ: Mapping[str, str], stdout: Tex
     config = config_from_args(ns, environ, file)
     try:
         build_router(config)  # every provider and route checked before anything listens
+        tls_context(config.ca_bundle)
+        if ns.metrics_file:
+            check_appendable(ns.metrics_file, "--metrics-file")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return ns, config
+
+
+def check_appendable(path: str, setting: str) -> None:
+    """A file the proxy can append to, or create, without creating it now (--print-config)."""
+    if os.path.isdir(path):
+        raise ValueError(f"{setting} {path}: is a directory")
+    target = path if os.path.exists(path) else (os.path.dirname(os.path.abspath(path)))
+    if not os.path.isdir(target) and not os.path.exists(path):
+        raise ValueError(f"{setting} {path}: the directory {target} does not exist")
+    if not os.access(target, os.W_OK):
+        raise ValueError(f"{setting} {path}: cannot be opened for writing (permission denied)")
 
 
 def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] = None,
@@ -594,6 +621,9 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
     handler = setup_logging(ns.log_level, lambda: config_secrets(config), stderr, ns.log_format, ns.log_bodies)
     try:
         return serve(config, stdout, ns.usage_log or ns.metrics_file)
+    except ValueError as exc:  # a setting only the server could check (start() raises the same)
+        print(f"claudeproxy: error: {' '.join(str(exc).split())}", file=stderr)
+        return 2
     except OSError as exc:  # e.g. the port is taken
         print(f"claudeproxy: error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=stderr)
         return 1

@@ -9,6 +9,7 @@ single-upstream shorthand fields below) into the router a server uses.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Callable, Optional, Tuple
 from urllib.parse import urlsplit
@@ -30,13 +31,22 @@ BETA_POLICIES = ("auto", "forward", "drop")
 SHORTHAND_PROVIDER = "upstream"  # the provider the single-upstream flags describe
 
 
+class StaticToken:
+    """A token source that always returns the same key; the start-up checks can read it."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __call__(self) -> str:
+        return self.key
+
+    def __repr__(self) -> str:
+        return "StaticToken(***)"  # never the key itself
+
+
 def static_token(key: str) -> TokenSource:
     """A token source that always returns ``key`` (may be empty: no auth header)."""
-
-    def token() -> str:
-        return key
-
-    return token
+    return StaticToken(key)
 
 
 def _no_token() -> str:
@@ -140,6 +150,8 @@ class Config:
     request_timeout: float = 600.0
     client_timeout: float = 30.0
     client_request_deadline: float = 60.0
+    # A request body must arrive within this long after its headers (and within the request deadline).
+    body_timeout: float = 30.0
     ping_interval: float = 10.0
     # Finalize a stream this long after finish_reason when nothing else arrives.
     finish_grace: float = 5.0
@@ -152,6 +164,10 @@ class Config:
     max_body_bytes: int = 32 * 1024 * 1024
     max_line_bytes: int = 1024 * 1024
     max_concurrency: int = 256
+    # Connections reading a request body at once; a newcomer beyond it ends the longest-waiting one.
+    max_body_readers: int = 256
+    # Idle keep-alive connections kept per upstream (scheme, host, port, proxy); 0 = a new connection each call.
+    max_idle_per_host: int = 8
     # Log every request and response body (redacted) at DEBUG.
     log_bodies: bool = False
 
@@ -171,11 +187,18 @@ class Config:
 _TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _FORBIDDEN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer"})
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_URL_CONTROL_RE = re.compile(r"[\x00-\x20\x7f]")
 
 
-def check_url(value: str, setting: str) -> str:
-    """An http(s) URL with a host, no credentials, no fragment; returned stripped."""
+def check_url(value: str, setting: str, credentials: bool = False) -> str:
+    """An http(s) URL with a host, no fragment, nothing to escape; returned stripped.
+
+    Credentials (``user:pass@``) only where ``credentials`` allows them (a library caller's proxy).
+    """
     url = value.strip()
+    if _URL_CONTROL_RE.search(url):
+        # urllib would send these as they are, and the upstream would see another request line.
+        raise ValueError(f"{setting}: the URL contains spaces or control characters; percent-encode them")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a bad port
@@ -183,10 +206,12 @@ def check_url(value: str, setting: str) -> str:
         raise ValueError(f"{setting}: not a valid URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{setting}: expected an http:// or https:// URL with a host, got {redact_url(url)!r}")
-    if "@" in parts.netloc:
+    if "@" in parts.netloc and not credentials:
         raise ValueError(f"{setting}: credentials in the URL are not allowed; give the key separately")
     if parts.fragment:
         raise ValueError(f"{setting}: a URL fragment (#...) is not allowed")
+    if not (parts.path + parts.query).isascii():
+        raise ValueError(f"{setting}: the URL path or query has non-ASCII characters; percent-encode them")
     return url
 
 
@@ -199,4 +224,82 @@ def check_header(name: str, value: str, setting: str) -> Tuple[str, str]:
         raise ValueError(f"{setting}: {name} is set by the proxy and cannot be overridden")
     if _CONTROL_RE.search(value):
         raise ValueError(f"{setting}: the value of {name} contains control characters")
+    if not _latin1(value):
+        raise ValueError(f"{setting}: the value of {name} has characters outside Latin-1 "
+                         "(HTTP headers cannot carry them)")
     return name, value
+
+
+def _latin1(value: str) -> bool:
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_secret(value: str, setting: str) -> None:
+    """A key sent in an HTTP header: no CR, LF, NUL or other control character, Latin-1 only.
+
+    The message never quotes the key.
+    """
+    if _CONTROL_RE.search(value) or "\t" in value:
+        raise ValueError(f"{setting}: the key contains CR, LF, NUL or another control character")
+    if not _latin1(value):
+        raise ValueError(f"{setting}: the key has characters outside Latin-1 (HTTP headers cannot carry them)")
+
+
+def check_token(token: TokenSource, setting: str) -> None:
+    """A static key is checked now (each key of a ring too); a key command's output when it runs."""
+    if isinstance(token, StaticToken):
+        check_secret(token.key, setting)
+    for source in getattr(token, "sources", ()):  # credentials.KeyRing
+        check_token(source, setting)
+
+
+# Settings in seconds: (name, may be zero).
+_SECONDS = (("connect_timeout", False), ("idle_timeout", False), ("request_timeout", False),
+            ("client_timeout", False), ("client_request_deadline", False), ("body_timeout", False),
+            ("ping_interval", False), ("finish_grace", True), ("shutdown_grace", True))
+# Counts: (name, smallest allowed).
+_COUNTS = (("max_body_bytes", 1), ("max_line_bytes", 1), ("max_concurrency", 1), ("max_body_readers", 1),
+           ("max_idle_per_host", 0))
+# Longer waits cannot be given to sockets and locks (OverflowError), and nobody means them.
+MAX_SECONDS = 10_000_000.0
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_seconds(value: object, setting: str, zero_ok: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{setting}: expected a number of seconds, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok) or value > MAX_SECONDS:
+        low = "from 0" if zero_ok else "greater than 0 and"
+        raise ValueError(f"{setting}: must be a finite number of seconds {low} at most {MAX_SECONDS:.0f}, "
+                         f"got {value!r}")
+
+
+def check_count(value: object, setting: str, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{setting}: expected a whole number, got {value!r}")
+    if value < low:
+        raise ValueError(f"{setting}: must be at least {low}, got {value}")
+
+
+def check_config(config: Config) -> None:
+    """The server-wide settings (timeouts, limits, proxy, client key); providers are checked by routing."""
+    for name, zero_ok in _SECONDS:
+        check_seconds(getattr(config, name), _flag(name), zero_ok)
+    for name, low in _COUNTS:
+        check_count(getattr(config, name), _flag(name), low)
+    if config.max_output_tokens is not None:
+        check_count(config.max_output_tokens, "--max-output-tokens", 1)
+    check_count(config.port, "--port", 0)
+    if config.port > 65535:
+        raise ValueError(f"--port: must be from 0 to 65535, got {config.port}")
+    if config.proxy is not None:
+        check_url(config.proxy, "--proxy", credentials=True)
+    if config.auth_key:
+        check_secret(config.auth_key, "--auth-key")

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Dict, Optional, Sequence, Tuple
 
-from .config import TokenSource
+from .config import TokenSource, check_secret, static_token
 from .errors import UpstreamUnavailable
 
 DEFAULT_TTL = 300.0
@@ -67,8 +67,12 @@ class CommandToken:
         if done.returncode != 0:
             raise UpstreamUnavailable(f"{what} failed with exit status {done.returncode}")
         key = done.stdout.decode("utf-8", errors="replace").strip()
-        if not key or any(c in key for c in "\r\n\x00"):
-            raise UpstreamUnavailable(f"{what} printed no usable key (empty, or several lines)")
+        try:
+            check_secret(key, "key")
+        except ValueError:
+            key = ""  # several lines, control characters, or nothing an HTTP header can carry
+        if not key:
+            raise UpstreamUnavailable(f"{what} printed no usable key (empty, several lines, or not Latin-1)")
         return key
 
 
@@ -159,6 +163,5 @@ def refused(source: TokenSource, key: str, status: int) -> bool:
 def key_source(keys: Sequence[str]) -> TokenSource:
     """One key as it is, several as a ring used in turn."""
     if len(keys) == 1:
-        key = keys[0]
-        return lambda: key
-    return KeyRing([(lambda k=k: k) for k in keys])  # type: ignore[misc]
+        return static_token(keys[0])
+    return KeyRing([static_token(k) for k in keys])

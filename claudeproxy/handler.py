@@ -21,8 +21,9 @@ import re
 import socket
 import threading
 import time
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
+from .door import loads_request
 from .errors import (
     ClientGone,
     InvalidRequest,
@@ -40,7 +41,9 @@ _JSON_TYPES = ("application/json", "application/x-json", "text/json")
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 _HOST_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-_]+)(?::(\d{1,5}))?$")
 _TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-MAX_NESTING = 128
+_BODY_METHODS = ("POST", "PUT", "PATCH")
+_BODY_PIECE = 256 * 1024
+Route = Callable[[Any, Any], None]
 
 
 def _clean_header_value(value: str) -> str:
@@ -87,7 +90,10 @@ class ResponseWriter:
         self.last_write = time.monotonic()
 
     def json(self, status: int, payload: Any, headers: Headers = ()) -> None:
-        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        try:
+            body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate quoted in a message: escaped, still valid JSON
+            body = json.dumps(payload).encode("utf-8")
         head = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers]
         with self.lock:
             if self.started:
@@ -184,20 +190,6 @@ class _DeadlineReader(io.RawIOBase):
         return self._sock.recv_into(buffer)
 
 
-def json_depth_ok(value: Any, limit: int = MAX_NESTING) -> bool:
-    """Nesting depth check without recursion (deep input must not reach the translators)."""
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return False
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node)
-    return True
-
-
 class MessagesHandler(http.server.BaseHTTPRequestHandler):
     """Routes Anthropic API requests to the server's ``Proxy``."""
 
@@ -216,10 +208,12 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         self._reader = _DeadlineReader(self.connection, config.client_timeout)
         self.rfile = io.BufferedReader(self._reader, 65536)
         self._body_consumed = False
+        self._body: Optional[bytes] = None
 
     def handle_one_request(self) -> None:
         self._reader.deadline = time.monotonic() + self.server.config.client_request_deadline  # type: ignore[attr-defined]
         self._body_consumed = False
+        self._body = None
         try:
             super().handle_one_request()
         except (socket.timeout, ConnectionError):
@@ -228,12 +222,17 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             self._reader.deadline = None
 
     def handle_expect_100(self) -> bool:
-        """Refuse an oversized body before the client sends it: no ``100 Continue``."""
-        length = (self.headers.get("Content-Length") or "").strip()
-        limit = self.server.config.max_body_bytes  # type: ignore[attr-defined]
-        if length.isdigit() and int(length) > limit:
-            self.send_error(413, f"request body of {length} bytes exceeds the {limit}-byte limit")
-            return False
+        """Refuse a bad or oversized body before the client sends it: no ``100 Continue``."""
+        if self.headers.get_all("Content-Length") or self.headers.get("Transfer-Encoding"):
+            limit = self.server.config.max_body_bytes  # type: ignore[attr-defined]
+            try:
+                length = self._content_length()
+                if length > limit:
+                    raise ProxyError(f"request body of {length} bytes exceeds the {limit}-byte limit", status=413)
+            except ProxyError as exc:
+                self.close_connection = True
+                self._fail(ResponseWriter(self, new_request_id()), exc)
+                return False
         return super().handle_expect_100()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
@@ -277,22 +276,47 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         self._dispatch("HEAD")
 
     def _dispatch(self, method: str) -> None:
+        """Admit the request (head, access, route, whole body), then run it holding a slot.
+
+        Only a request whose body is in takes one of the ``max_concurrency``
+        slots: clients that stall inside their body cannot lock others out.
+        """
         server: Any = self.server
         writer = ResponseWriter(self, new_request_id())
-        if not server.slots.acquire(blocking=False):
-            self._answer_busy(writer)
-            return
-        server.request_started()
-        if method not in ("POST", "PUT", "PATCH"):
-            self._done_reading()
         try:
-            self._guarded(method, writer)
+            route = self._guarded(method, writer, lambda: self._admit(method, writer))
+            if route is None:
+                return
+            if not server.slots.acquire(blocking=False):
+                self._answer_busy(writer)
+                return
+            server.request_started()
+            try:
+                self._guarded(method, writer, lambda: route(self, writer))
+            finally:
+                server.request_finished()
+                server.slots.release()
         finally:
             if not self._body_consumed and self._declares_body():
                 # An unread body would be parsed as the next request on this connection.
                 self.close_connection = True
-            server.request_finished()
-            server.slots.release()
+
+    def _admit(self, method: str, writer: ResponseWriter) -> Optional[Route]:
+        """The route to run, once the head is sane, access is granted and the body is read; None if answered."""
+        if len(self.headers.get_all("Host") or []) > 1:
+            self.close_connection = True
+            raise InvalidRequest("a request may carry only one Host header")
+        preflight = method == "OPTIONS" and "Origin" in self.headers and "Access-Control-Request-Method" in self.headers
+        self._check_access(writer, preflight)
+        if preflight:
+            self._preflight(writer)
+            return None
+        route = self._find_route(method)
+        if method in _BODY_METHODS:
+            self._body = self._read_body()
+        else:
+            self._done_reading()
+        return route
 
     def _declares_body(self) -> bool:
         length = (self.headers.get("Content-Length") or "").strip()
@@ -306,15 +330,10 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         except ClientGone:
             pass
 
-    def _guarded(self, method: str, writer: ResponseWriter) -> None:
-        """Run the route; turn every failure into the right answer, never a traceback."""
+    def _guarded(self, method: str, writer: ResponseWriter, step: Callable[[], Any]) -> Any:
+        """Run ``step``; turn every failure into the right answer, never a traceback. None after a failure."""
         try:
-            preflight = method == "OPTIONS" and "Origin" in self.headers and "Access-Control-Request-Method" in self.headers
-            self._check_access(writer, preflight)
-            if preflight:
-                self._preflight(writer)
-            else:
-                self._route(method, writer)
+            return step()
         except ClientGone:
             self.close_connection = True
         except ProxyError as exc:
@@ -324,6 +343,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             log.error("internal error on %s %s: %s: %s", method, self.path.split("?", 1)[0], type(exc).__name__,
                       exc, exc_info=log.isEnabledFor(logging.DEBUG))
             self._fail(writer, ProxyError("internal proxy error; see the proxy log", status=500))
+        return None
 
     def _fail(self, writer: ResponseWriter, exc: ProxyError) -> None:
         try:
@@ -335,13 +355,13 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         except ClientGone:
             self.close_connection = True
 
-    def _route(self, method: str, writer: ResponseWriter) -> None:
+    def _find_route(self, method: str) -> Route:
         path = self.path.split("?", 1)[0]
         proxy = self.server.proxy  # type: ignore[attr-defined]
         route = proxy.route(method, path)
         if route is None:
             raise self._no_route(method, path, proxy)
-        route(self, writer)
+        return route  # type: ignore[no-any-return]
 
     def _no_route(self, method: str, path: str, proxy: Any) -> ProxyError:
         allowed = proxy.allowed_methods(path)
@@ -407,42 +427,63 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             raise ProxyError("invalid x-api-key", status=401)
 
     # ------------------------------------------------------------------
-    # Request bodies (RELIABILITY.md S3, F5-F7).
+    # Request bodies (RELIABILITY.md S3, F5-F7), read in ``_admit`` before a slot is taken.
 
     def read_body_bytes(self) -> bytes:
         """The raw request body (passthrough), under the same limits."""
-        return self._read_body(check_type=False)
+        if self._body is None:
+            self._body = self._read_body()
+        return self._body
 
     def read_json_body(self) -> Any:
-        """The request body as JSON; every way it can be wrong is a 4xx."""
-        raw = self._read_body()
-        try:
-            value = json.loads(raw.decode("utf-8"))
-        except (ValueError, RecursionError) as exc:
-            raise InvalidRequest(f"request body is not valid JSON: {_json_reason(exc)}") from None
-        if not json_depth_ok(value):
-            raise InvalidRequest(f"request body is nested more than {MAX_NESTING} levels deep")
-        return value
+        """The request body as JSON; every way it can be wrong is a 4xx (``door.loads_request``)."""
+        self._check_content_type()
+        return loads_request(self.read_body_bytes())
 
-    def _read_body(self, check_type: bool = True) -> bytes:
-        if check_type:
-            self._check_content_type()
+    def _read_body(self) -> bytes:
+        """The whole body by Content-Length, under the body deadline and the cap on connections reading one."""
+        server: Any = self.server
         length = self._content_length()
-        limit = self.server.config.max_body_bytes  # type: ignore[attr-defined]
+        limit = server.config.max_body_bytes
         if length > limit:
             self.close_connection = True  # the body stays unread
             raise ProxyError(f"request body of {length} bytes exceeds the {limit}-byte limit", status=413)
+        body_deadline = time.monotonic() + server.config.body_timeout
+        self._reader.deadline = min(self._reader.deadline or body_deadline, body_deadline)
+        ticket = server.body_readers.enter(self.connection) if length else None
         try:
-            data = self.rfile.read(length)
+            data = self._read_exact(length)
         except socket.timeout:
             self.close_connection = True
             raise ProxyError("timed out reading the request body", status=408) from None
+        except OSError:
+            self.close_connection = True
+            raise ClientGone() from None
+        finally:
+            if ticket is not None:
+                server.body_readers.leave(ticket)
+        if ticket is not None and ticket.evicted:
+            self.close_connection = True  # its read side is shut: no next request on this connection
+            if len(data) != length:
+                raise ProxyError("request body too slow: the proxy is reading too many bodies at once", status=408)
         if len(data) != length:
             self.close_connection = True
             raise InvalidRequest("request body is shorter than its Content-Length")
         self._body_consumed = True
         self._done_reading()
         return data
+
+    def _read_exact(self, length: int) -> bytes:
+        """Up to ``length`` bytes, in pieces: memory grows with what arrives, not with what is declared."""
+        parts: List[bytes] = []
+        left = length
+        while left > 0:
+            piece = self.rfile.read(min(left, _BODY_PIECE))
+            if not piece:
+                break
+            parts.append(piece)
+            left -= len(piece)
+        return b"".join(parts)
 
     def _done_reading(self) -> None:
         """The request is in: no deadline for writing a long response."""
@@ -463,15 +504,9 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         if not values:
             self.close_connection = True
             raise ProxyError("Content-Length is required", status=411, error_type="invalid_request_error")
-        if len(values) > 1 or not next(iter(values)).isdigit():
+        value = next(iter(values))
+        # ASCII digits only: str.isdigit() also takes "²" or "٣", which int() then refuses.
+        if len(values) > 1 or not (value.isascii() and value.isdigit()):
             self.close_connection = True
             raise InvalidRequest("invalid Content-Length header")
-        return int(next(iter(values)))
-
-
-def _json_reason(exc: BaseException) -> str:
-    if isinstance(exc, RecursionError):
-        return "nested too deeply"
-    if isinstance(exc, UnicodeDecodeError):
-        return "body is not UTF-8"
-    return str(exc)[:200]
+        return int(value) if len(value) <= 15 else 10**15  # any such length is over the limit

@@ -51,6 +51,8 @@ class Relay:
         self.response_open = False  # the upstream answered 200: from now on we may commit
         self.failure: Optional[ProxyError] = None  # what ended the stream with event: error
         self.opened_at = self.last_upstream = time.monotonic()
+        self._resp: Any = None  # the open upstream response, while run() reads it
+        self.deadline: Optional[float] = None  # monotonic time the call is aborted at (a JSON answer)
 
     # ------------------------------------------------------------------
     # The handler thread.
@@ -59,9 +61,13 @@ class Relay:
         """Relay ``resp`` (open, 200) to the client; closes it."""
         self.opened_at = self.last_upstream = time.monotonic()
         self.response_open = True
+        self._resp = resp
         with resp:
             kind = content_kind(resp)
             if kind == "json":
+                # A plain JSON answer is held to the request timeout, as a non-stream call is;
+                # pings would otherwise keep a slow body alive forever.
+                self.deadline = self.opened_at + self.config.request_timeout
                 self._from_json(resp)
             elif kind == "other":
                 ctype = resp.headers.get("Content-Type")
@@ -110,7 +116,15 @@ class Relay:
             self.writer.events(events)
             if self.fold.complete and not self.finished:
                 self.finished = True
+                self._close_upstream()
                 self.writer.end_stream()
+
+    def _close_upstream(self) -> None:
+        """Close the upstream response before the client sees the end: a complete one gives its
+        keep-alive connection back to the pool, ready for the client's next request."""
+        resp, self._resp = self._resp, None
+        if resp is not None:
+            resp.close()
 
     def _fail(self, exc: ProxyError) -> None:
         with self.lock:
@@ -144,6 +158,9 @@ class Relay:
 
     def tick(self, now: float) -> None:
         """Pings while quiet; commit when the first event is slow; end after a silent finish."""
+        if self.deadline is not None and now >= self.deadline and not self.finished:
+            self.call.abort("deadline")
+            return
         if self.finished or not self.lock.acquire(blocking=False):
             return  # the handler thread is writing right now: next tick
         try:

@@ -30,6 +30,9 @@ from .config import (
     Provider,
     Route,
     RouteTarget,
+    check_config,
+    check_header,
+    check_token,
     check_url,
 )
 from .dialects import DIALECTS, Dialect, detect_provider, dialect_for
@@ -143,7 +146,8 @@ class Routed:
 def check_provider(p: Provider, where: str) -> None:
     if not p.name or not re.match(r"^[A-Za-z0-9_.-]{1,64}$", p.name):
         raise ValueError(f"{where}: a provider name is 1-64 letters, digits, '.', '_' or '-', got {p.name!r}")
-    check_url(p.url, f"{where}.url")
+    shorthand = where == "--upstream"  # the flags, not a file's provider: name the flags
+    check_url(p.url, where if shorthand else f"{where}.url")
     if p.api not in UPSTREAM_APIS:
         raise ValueError(f"{where}.api: unknown upstream API {p.api!r} (expected one of {', '.join(UPSTREAM_APIS)})")
     if p.dialect is not None and p.dialect not in DIALECTS:
@@ -154,6 +158,9 @@ def check_provider(p: Provider, where: str) -> None:
         raise ValueError(f"{where}.anthropic_beta: expected one of {', '.join(BETA_POLICIES)}, got {p.anthropic_beta!r}")
     if p.max_output_tokens is not None and p.max_output_tokens < 1:
         raise ValueError(f"{where}.max_output_tokens: must be at least 1")
+    for name, value in p.headers:
+        check_header(name, value, "--header" if shorthand else f"{where}.headers")
+    check_token(p.token, f"{where} key ({p.key_source})" if p.key_source else f"{where} key")
 
 
 def _check_routes(routes: Sequence[Route], providers: Dict[str, Provider], where: str) -> None:
@@ -315,9 +322,8 @@ class Router:
 
 def build_router(config: Config) -> Router:
     """The router for ``config``; raises ``ValueError`` naming the first bad setting."""
+    check_config(config)
     providers, routes = effective_providers_and_routes(config)
-    if config.max_output_tokens is not None and config.max_output_tokens < 1:
-        raise ValueError("--max-output-tokens: must be at least 1")
     return Router(providers, routes, config.max_output_tokens)
 
 

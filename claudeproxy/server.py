@@ -9,6 +9,7 @@ and a shutdown function, like ``Start()`` in the Go proxy this replaces.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import socket
@@ -26,6 +27,51 @@ from .watchdog import Watchdog
 log = logging.getLogger(__name__)
 
 
+class BodyTicket:
+    """One connection reading its request body; ``evicted`` once a newcomer ended the read."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.evicted = False
+
+
+class BodyReaders:
+    """The connections reading a request body now, at most ``limit`` (RELIABILITY.md R5).
+
+    A request holds no concurrency slot while its body arrives. When ``limit``
+    readers are already waiting, a newcomer ends the one that has waited
+    longest (its read returns at once, the handler answers 408), so clients
+    that stall inside their bodies can neither hold every slot nor keep a
+    normal request out; they only push each other out.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._readers: "collections.OrderedDict[int, BodyTicket]" = collections.OrderedDict()
+
+    def enter(self, sock: socket.socket) -> BodyTicket:
+        ticket = BodyTicket(sock)
+        with self._lock:
+            while self._readers and len(self._readers) >= self.limit:
+                _, oldest = self._readers.popitem(last=False)
+                oldest.evicted = True
+                try:
+                    oldest.sock.shutdown(socket.SHUT_RD)  # its blocked recv returns b"" now
+                except OSError:
+                    pass
+            self._readers[id(ticket)] = ticket
+        return ticket
+
+    def leave(self, ticket: BodyTicket) -> None:
+        with self._lock:
+            self._readers.pop(id(ticket), None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._readers)
+
+
 class ProxyServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # the stdlib default of 5 drops bursts (RELIABILITY.md S16)
@@ -35,6 +81,7 @@ class ProxyServer(ThreadingHTTPServer):
         self.metrics = Metrics(metrics_sink)
         self.watchdog = Watchdog()
         self.slots = threading.BoundedSemaphore(config.max_concurrency)
+        self.body_readers = BodyReaders(config.max_body_readers)
         self.proxy = Proxy(config, self.metrics, self.watchdog)  # checks the settings: ValueError names a bad one
         self._conns: Set[socket.socket] = set()
         self._conns_lock = threading.Lock()
@@ -96,6 +143,7 @@ class ProxyServer(ThreadingHTTPServer):
 
     def server_close(self) -> None:
         self.watchdog.stop()
+        self.proxy.upstream.close()  # idle keep-alive connections to the upstreams
         super().server_close()
 
 

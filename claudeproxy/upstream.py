@@ -1,11 +1,19 @@
 """HTTP calls to the upstream through ``urllib.request``: the only outbound I/O.
 
-``Upstream`` owns one opener per instance, built with:
+``Upstream`` owns one opener and one ``ConnectionPool`` per instance (per
+server), the opener built with:
 - ``ProxyHandler({})`` unless ``--proxy`` (or ``--use-env-proxy``) says
   otherwise, so ``HTTPS_PROXY`` in the environment is never used silently
   (RELIABILITY.md S8);
 - a redirect handler that refuses, because urllib would re-send credentials
   to the redirect target (S7); credentials also go in unredirected headers;
+- HTTP and HTTPS handlers over pooled keep-alive ``http.client`` connections
+  (``_PooledOpen``): N sequential calls to one upstream use one TCP connection
+  and one TLS handshake; through ``--proxy`` the connection to the proxy (for
+  HTTPS, the CONNECT tunnel) is what is pooled. A connection goes back to the
+  pool only when its response was read to its end and closed, and never after
+  an abort; a reused connection the upstream closed meanwhile is replaced by a
+  fresh one once, only when no byte of the response had arrived;
 - connection classes that use the short connect timeout for the TCP/TLS
   handshake, then the long idle timeout for reads (S14), and hand the socket
   to an ``UpstreamCall`` so another thread can abort the call (S11).
@@ -19,12 +27,15 @@ import functools
 import http.client
 import json
 import logging
+import os
+import select
 import socket
 import ssl
 import threading
+import time
 import urllib.error
 import urllib.request
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from . import __version__
@@ -46,6 +57,8 @@ class UpstreamCall:
         self._sock: Optional[socket.socket] = None
         self.abort_reason: Optional[str] = None
         self.connected = False
+        # The idle timeout the call's reads run under, for the message when one times out.
+        self.idle_timeout: Optional[float] = None
 
     def attach(self, sock: socket.socket) -> None:
         with self._lock:
@@ -53,6 +66,13 @@ class UpstreamCall:
             self.connected = True
             if self.abort_reason is not None:
                 _shutdown(sock)
+
+    def detach(self, sock: socket.socket) -> bool:
+        """Let go of ``sock`` (it goes back to the pool); False if the call was aborted: never reuse it then."""
+        with self._lock:
+            if self._sock is sock:
+                self._sock = None
+            return self.abort_reason is None
 
     def abort(self, reason: str) -> None:
         """Unblock any read on the upstream socket at once; the first reason sticks."""
@@ -72,20 +92,180 @@ def _shutdown(sock: socket.socket) -> None:
         pass
 
 
+# --------------------------------------------------------------------------
+# Keep-alive connections: a pool per Upstream, bounded per (scheme, host, port, proxy).
+
+# A connection idle this long is closed rather than reused: a NAT or firewall may have
+# dropped it without a word, and a request sent into such a connection waits for the
+# whole idle timeout. Servers that close sooner say so (FIN), which take() notices.
+POOL_IDLE_SECONDS = 30.0
+# Reading the rest of a response nobody wants any more (the [DONE] line, the final
+# chunk) keeps its connection reusable; anything longer or slower closes it instead.
+DRAIN_BYTES = 64 * 1024
+DRAIN_SECONDS = 0.25
+
+PoolKey = Tuple[str, str, Optional[str]]  # scheme, host[:port] connected to, tunnel target through a proxy
+
+
+def _reusable(sock: Any) -> bool:
+    """An idle connection is reusable when it has nothing to say: readable means EOF, a reset or junk."""
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+            ready = bool(poller.poll(0))
+        else:
+            ready = bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
+    if not ready:
+        return True
+    if isinstance(sock, ssl.SSLSocket):
+        # A TLS record that is not application data (a late session ticket) makes the
+        # socket readable too; a non-blocking read consumes it and finds nothing.
+        try:
+            sock.settimeout(0.0)
+            sock.recv(1)
+        except ssl.SSLWantReadError:
+            return True
+        except (OSError, ValueError):
+            return False
+    return False
+
+
+class ConnectionPool:
+    """Idle keep-alive connections of one ``Upstream``; thread-safe, no module-level state.
+
+    ``take`` hands out an idle connection for a key (or None), ``give`` takes one
+    back after a complete response, ``close`` ends every idle one (shutdown).
+    Connections in use belong to their call, never to the pool.
+    """
+
+    def __init__(self, per_host: int) -> None:
+        self.per_host = per_host
+        self._lock = threading.Lock()
+        self._idle: Dict[PoolKey, List[Tuple[http.client.HTTPConnection, float]]] = {}
+        self._closed = False
+        self.opened = 0  # connections made so far (tests, diagnostics)
+
+    def take(self, key: PoolKey) -> Optional[http.client.HTTPConnection]:
+        while True:
+            with self._lock:
+                stale = self._expired(time.monotonic())
+                idle = self._idle.get(key)
+                conn = idle.pop()[0] if idle else None  # the most recently used first
+            _close_all(stale)
+            if conn is None or (conn.sock is not None and _reusable(conn.sock)):
+                return conn
+            conn.close()
+
+    def give(self, key: PoolKey, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            keep = not self._closed and conn.sock is not None and len(idle) < self.per_host
+            if keep:
+                idle.append((conn, time.monotonic()))
+        if not keep:
+            conn.close()
+
+    def counted(self) -> None:
+        with self._lock:
+            self.opened += 1
+
+    def idle_count(self) -> int:
+        with self._lock:
+            return sum(len(v) for v in self._idle.values())
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conns = [c for idle in self._idle.values() for c, _ in idle]
+            self._idle.clear()
+        _close_all(conns)
+
+    def _expired(self, now: float) -> List[http.client.HTTPConnection]:
+        """Remove and return the connections idle too long (called under the lock)."""
+        out = []
+        for key in list(self._idle):
+            keep = [(c, t) for c, t in self._idle[key] if now - t < POOL_IDLE_SECONDS]
+            out += [c for c, t in self._idle[key] if now - t >= POOL_IDLE_SECONDS]
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+        return out
+
+
+def _close_all(conns: List[http.client.HTTPConnection]) -> None:
+    for conn in conns:
+        conn.close()
+
+
+class _Response(http.client.HTTPResponse):
+    """A response whose connection goes back to the pool when it is closed after a complete body."""
+
+    cp_release: Optional[Callable[[bool], None]] = None  # set per response by _PooledOpen
+
+    def close(self) -> None:
+        release, self.cp_release = self.cp_release, None
+        if release is None:
+            super().close()
+            return
+        done = False
+        try:
+            done = not self.will_close and self._finish()
+        finally:
+            super().close()
+            release(done)
+
+    def _complete(self) -> bool:
+        if self.chunked:
+            return self.fp is None and self.chunk_left is None  # past the terminating 0 chunk
+        return self.length == 0
+
+    def _finish(self) -> bool:
+        """Is the body complete? Reads a short remainder first (within DRAIN_BYTES and DRAIN_SECONDS)."""
+        if self._complete():
+            return True
+        sock = getattr(self, "cp_sock", None)
+        if self.fp is None or sock is None or (self.length is not None and self.length > DRAIN_BYTES):
+            return False
+        deadline, budget = time.monotonic() + DRAIN_SECONDS, DRAIN_BYTES
+        try:
+            while not self._complete() and budget > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                sock.settimeout(left)
+                piece = self.read(min(budget, 16384))
+                if not piece and not self._complete():
+                    return False
+                budget -= len(piece)
+        except (OSError, ValueError, http.client.HTTPException):
+            return False
+        return self._complete()
+
+
 def _tracked(base: Any) -> Any:
     """An ``http.client`` connection class whose ``connect`` reports its socket."""
 
     class Tracked(base):  # type: ignore[misc,valid-type]
-        def __init__(self, *args: Any, call: Optional[UpstreamCall], read_timeout: float, **kw: Any) -> None:
+        response_class = _Response
+
+        def __init__(self, *args: Any, call: Optional[UpstreamCall], read_timeout: float,
+                     pool: Optional[ConnectionPool] = None, **kw: Any) -> None:
             super().__init__(*args, **kw)
-            self._call = call
+            self.cp_call = call
             self._read_timeout = read_timeout
+            self._pool = pool
 
         def connect(self) -> None:
             super().connect()  # TCP (+ proxy tunnel + TLS) under the connect timeout
+            if self._pool is not None:
+                self._pool.counted()
             self.sock.settimeout(self._read_timeout)
-            if self._call is not None:
-                self._call.attach(self.sock)
+            if self.cp_call is not None:
+                self.cp_call.attach(self.sock)
 
     return Tracked
 
@@ -94,25 +274,120 @@ _TrackedHTTP = _tracked(http.client.HTTPConnection)
 _TrackedHTTPS = _tracked(http.client.HTTPSConnection)
 
 
+class _Stale(Exception):
+    """A reused connection failed before any byte of the response came: try a fresh one."""
+
+
+# ConnectionError covers RemoteDisconnected (EOF where the status line should be),
+# resets and broken pipes; a timeout is not staleness and is never retried.
+_STALE_ERRORS = (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
+
+
+class _PooledOpen:
+    """``do_open`` for pooled connections (one instance per handler; the pool is the Upstream's).
+
+    What urllib's own ``do_open`` does, except that the connection is not
+    forced to close: it comes from the pool, and goes back to it when its
+    response is closed after a complete body. A reused connection that fails
+    before any response byte arrives is replaced by a fresh one, once.
+    """
+
+    def __init__(self, pool: ConnectionPool, read_timeout: float) -> None:
+        self.pool = pool
+        self.read_timeout = read_timeout
+
+    def open(self, factory: Any, req: urllib.request.Request, scheme: str) -> http.client.HTTPResponse:
+        if not req.host:
+            raise urllib.error.URLError("no host given")
+        call: Optional[UpstreamCall] = getattr(req, "cp_call", None)
+        key: PoolKey = (scheme, req.host, req._tunnel_host or None)  # type: ignore[attr-defined]
+        headers, tunnel_headers = _headers(req)
+        conn = self.pool.take(key)
+        if conn is not None:
+            conn.cp_call = call  # type: ignore[attr-defined]
+            conn.sock.settimeout(self.read_timeout)
+            if call is not None:
+                call.attach(conn.sock)
+            try:
+                return self._exchange(conn, key, req, headers, call, reused=True)
+            except _Stale:
+                log.debug("reused upstream connection to %s was closed; opening a new one", req.host)
+        conn = factory(req.host, timeout=req.timeout, call=call, read_timeout=self.read_timeout, pool=self.pool)
+        if req._tunnel_host:  # type: ignore[attr-defined]
+            conn.set_tunnel(req._tunnel_host, headers=tunnel_headers)  # type: ignore[attr-defined]
+        return self._exchange(conn, key, req, headers, call, reused=False)
+
+    def _exchange(self, conn: Any, key: PoolKey, req: urllib.request.Request, headers: Dict[str, str],
+                  call: Optional[UpstreamCall], reused: bool) -> http.client.HTTPResponse:
+        try:
+            try:
+                conn.request(req.get_method(), req.selector, req.data, headers,
+                             encode_chunked=req.has_header("Transfer-encoding"))
+            except OSError as err:
+                if self._stale(err, call, reused):
+                    raise _Stale() from err
+                raise urllib.error.URLError(err) from None
+            resp = conn.getresponse()
+        except _STALE_ERRORS as err:
+            conn.close()
+            if self._stale(err, call, reused):
+                raise _Stale() from err
+            raise
+        except BaseException:
+            conn.close()
+            raise
+        resp.url = req.get_full_url()  # type: ignore[attr-defined]
+        resp.msg = resp.reason  # type: ignore[assignment]  # what urllib's do_open does
+        if not resp.will_close:
+            resp.cp_sock = conn.sock  # type: ignore[attr-defined]
+            resp.cp_release = functools.partial(self._release, key, conn, call)  # type: ignore[attr-defined]
+        return resp  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _stale(err: BaseException, call: Optional[UpstreamCall], reused: bool) -> bool:
+        aborted = call is not None and call.abort_reason is not None
+        return reused and not aborted and isinstance(err, _STALE_ERRORS) and not isinstance(err, socket.timeout)
+
+    def _release(self, key: PoolKey, conn: Any, call: Optional[UpstreamCall], complete: bool) -> None:
+        sock = conn.sock
+        conn.cp_call = None
+        if sock is None or call is not None and not call.detach(sock) or not complete:
+            conn.close()  # aborted, broken or partly read: never reused
+            return
+        sock.settimeout(self.read_timeout)
+        self.pool.give(key, conn)
+
+
+def _headers(req: urllib.request.Request) -> Tuple[Dict[str, str], Dict[str, str]]:
+    """The request's headers as urllib's ``do_open`` builds them, minus its ``Connection: close``;
+    and the headers of a CONNECT through a proxy (Proxy-Authorization, never sent to the origin)."""
+    headers = dict(req.unredirected_hdrs)
+    headers.update({k: v for k, v in req.headers.items() if k not in headers})
+    headers = {name.title(): val for name, val in headers.items()}
+    tunnel = {}
+    if req._tunnel_host and "Proxy-Authorization" in headers:  # type: ignore[attr-defined]
+        tunnel["Proxy-Authorization"] = headers.pop("Proxy-Authorization")
+    return headers, tunnel
+
+
 class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, read_timeout: float) -> None:
+    def __init__(self, opener: _PooledOpen) -> None:
         super().__init__()
-        self._read_timeout = read_timeout
+        self._pooled = opener
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        factory = functools.partial(_TrackedHTTP, call=getattr(req, "cp_call", None), read_timeout=self._read_timeout)
-        return self.do_open(factory, req)  # type: ignore[no-any-return]
+        return self._pooled.open(_TrackedHTTP, req, "http")
 
 
 class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, read_timeout: float, context: ssl.SSLContext) -> None:
+    def __init__(self, opener: _PooledOpen, context: ssl.SSLContext) -> None:
         super().__init__(context=context)
-        self._read_timeout = read_timeout
+        self._pooled = opener
         self._ctx = context
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        factory = functools.partial(_TrackedHTTPS, call=getattr(req, "cp_call", None), read_timeout=self._read_timeout)
-        return self.do_open(factory, req, context=self._ctx)  # type: ignore[no-any-return]
+        factory = functools.partial(_TrackedHTTPS, context=self._ctx)
+        return self._pooled.open(factory, req, "https")
 
 
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
@@ -120,17 +395,32 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
         return None  # the 3xx then surfaces as an HTTPError and maps to 502
 
 
-def build_opener(config: Config) -> urllib.request.OpenerDirector:
+def tls_context(ca_bundle: Optional[str]) -> ssl.SSLContext:
+    """The context for HTTPS upstreams (S18); a bad ``--ca-bundle`` is a ValueError naming it."""
+    if ca_bundle is None:
+        return ssl.create_default_context()
+    if os.path.isdir(ca_bundle):
+        raise ValueError(f"--ca-bundle {ca_bundle}: is a directory; give a PEM file of CA certificates")
+    if not os.path.isfile(ca_bundle):
+        raise ValueError(f"--ca-bundle {ca_bundle}: no such file")
+    try:
+        return ssl.create_default_context(cafile=ca_bundle)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
+        raise ValueError(f"--ca-bundle {ca_bundle}: not a PEM file of CA certificates ({reason})") from None
+
+
+def build_opener(config: Config, pool: Optional[ConnectionPool] = None) -> urllib.request.OpenerDirector:
     if config.proxy:
         proxies: Optional[Dict[str, str]] = {"http": config.proxy, "https": config.proxy}
     else:
         proxies = None if config.use_env_proxy else {}
-    context = ssl.create_default_context(cafile=config.ca_bundle)
+    pooled = _PooledOpen(pool or ConnectionPool(config.max_idle_per_host), config.idle_timeout)
     return urllib.request.build_opener(
         urllib.request.ProxyHandler(proxies),
         _RefuseRedirects(),
-        _HTTPHandler(config.idle_timeout),
-        _HTTPSHandler(config.idle_timeout, context),
+        _HTTPHandler(pooled),
+        _HTTPSHandler(pooled, tls_context(config.ca_bundle)),
     )
 
 
@@ -139,14 +429,19 @@ def build_opener(config: Config) -> urllib.request.OpenerDirector:
 
 
 class Upstream:
-    """The transport to every provider of one server: one opener, shared settings.
+    """The transport to every provider of one server: one opener, one connection pool, shared settings.
 
     Credentials and extra headers differ per provider and come with each call.
+    ``close()`` (at shutdown) closes the idle pooled connections.
     """
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.opener = build_opener(config)
+        self.pool = ConnectionPool(config.max_idle_per_host)
+        self.opener = build_opener(config, self.pool)
+
+    def close(self) -> None:
+        self.pool.close()
 
     def open(
         self,
@@ -163,7 +458,8 @@ class Upstream:
 
         ``headers`` hold the API's and the provider's headers, ``auth`` the
         credential (never resent to a redirect target); ``secrets`` are masked in
-        every error message.
+        every error message. Close the response (``with resp:``) after reading
+        it: a complete one gives its connection back to the pool.
         """
         req = urllib.request.Request(url, data=body, method=method)
         req.add_header("User-Agent", f"claudeproxy/{__version__}")
@@ -172,6 +468,8 @@ class Upstream:
         for name, value in auth:
             req.add_unredirected_header(name, value)  # never follows a redirect (S7)
         req.cp_call = call  # type: ignore[attr-defined]
+        call.idle_timeout = self.config.idle_timeout
+        call.connected = False  # this attempt's connection: a connect timeout is no read timeout
         if log.isEnabledFor(logging.DEBUG):
             sent = redact_headers(req.header_items(), secrets)
             log.debug("upstream %s %s headers=%s", method, redact_url(url), sent)
@@ -191,7 +489,7 @@ def _transport_error(exc: BaseException, call: UpstreamCall, url: str, secrets: 
         return aborted  # our own abort (client gone, shutdown, deadline) made the call fail
     reason = getattr(exc, "reason", exc)
     if isinstance(reason, socket.timeout) and call.connected:
-        return UpstreamTimeout("upstream did not answer in time")
+        return UpstreamTimeout(f"upstream sent nothing for {call.idle_timeout or 0:g} s")
     detail = redact_text(f"{type(reason).__name__}: {reason}", secrets)
     host = urlsplit(url).hostname or "?"
     return UpstreamUnavailable(
@@ -203,13 +501,14 @@ def _transport_error(exc: BaseException, call: UpstreamCall, url: str, secrets: 
 # Reading an open response.
 
 
-def read_error(exc: BaseException, call: UpstreamCall, idle: float) -> Exception:
+def read_error(exc: BaseException, call: UpstreamCall, idle: Optional[float] = None) -> Exception:
     """What a failed or aborted upstream read means for the client."""
     aborted = abort_error(call.abort_reason)
     if aborted is not None:
         return aborted
     if isinstance(exc, socket.timeout):
-        return UpstreamTimeout(f"upstream sent nothing for {idle:g} s")
+        seconds = idle or call.idle_timeout or 0
+        return UpstreamTimeout(f"upstream sent nothing for {seconds:g} s")
     return UpstreamUnavailable(f"upstream connection broke off ({type(exc).__name__})")
 
 
@@ -229,9 +528,9 @@ def read_json_body(resp: Any, call: UpstreamCall, limit: int) -> Any:
     try:
         raw = resp.read(limit + 1)
     except (OSError, http.client.HTTPException) as exc:
-        raise read_error(exc, call, 0) from None
+        raise read_error(exc, call) from None
     if call.abort_reason is not None:
-        raise read_error(OSError("aborted"), call, 0)
+        raise read_error(OSError("aborted"), call)
     if len(raw) > limit:
         raise UpstreamUnavailable(f"upstream response is larger than {limit} bytes")
     if (getattr(resp, "chunked", False) or getattr(resp, "length", None) is not None) and not clean_eof(resp):

@@ -60,6 +60,8 @@ class Reply:
     chunked: bool = False
     delay: float = 0.0  # before the status line
     close_delimited: bool = False  # neither chunked nor Content-Length: the body ends when the socket closes
+    # Before the status line: "close" (close the connection without a byte), "partial" (half a status line, close).
+    drop: str = ""
 
 
 def json_reply(obj: Any, status: int = 200, headers: Tuple[Tuple[str, str], ...] = ()) -> Reply:
@@ -126,6 +128,17 @@ class Recorded:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # a kept-alive reply's body must not wait for the proxy's delayed ACK
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.fake.connection_opened()  # type: ignore[attr-defined]
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.fake.connection_closed()  # type: ignore[attr-defined]
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -146,7 +159,13 @@ class _Handler(BaseHTTPRequestHandler):
         fake.requests.append(rec)
         fake.received.set()
         reply = fake.next_reply()
-        self.close_connection = True
+        self.close_connection = not fake.keep_alive
+        if reply.drop:
+            if reply.drop == "partial":
+                self.wfile.write(b"HTTP/1.1 2")
+                self.wfile.flush()
+            self.close_connection = True
+            return
         if reply.delay:
             if fake.wait_or_closed(self.connection, reply.delay, self.generation):
                 return
@@ -163,7 +182,9 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             size = sum(len(s) for s in reply.body if isinstance(s, bytes))
             self.send_header("Content-Length", str(size))
-        self.send_header("Connection", "close")
+        if self.close_connection or reply.close_delimited:
+            self.close_connection = True
+            self.send_header("Connection", "close")
         self.end_headers()
         try:
             for step in reply.body:
@@ -208,17 +229,43 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
 
-class FakeUpstream:
-    """Start with ``FakeUpstream()``; ``url`` is its ``/v1`` base; call ``close()``."""
+class _TLSServer(ThreadingHTTPServer):
+    """Accepts TLS; the handshake happens on the handler's first read, not in the accept loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, context: Any) -> None:
+        self.context = context
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def get_request(self) -> Any:
+        sock, addr = self.socket.accept()
+        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a refused handshake is the expected outcome of some tests
+
+
+class FakeUpstream:
+    """Start with ``FakeUpstream()``; ``url`` is its ``/v1`` base; call ``close()``.
+
+    ``keep_alive=True`` keeps connections open between replies (the default
+    sends ``Connection: close`` on every one); ``tls`` (a server
+    ``ssl.SSLContext``) serves HTTPS. ``connections`` counts the TCP
+    connections accepted (with TLS, one handshake each).
+    """
+
+    def __init__(self, keep_alive: bool = False, tls: Any = None) -> None:
+        self.keep_alive = keep_alive
+        self.tls = tls
+        self.connections = 0
+        self.closed_connections = 0
+        self._count_lock = threading.Lock()
         self.requests: List[Recorded] = []
         self.received = threading.Event()
         self.replies: "queue.Queue[Reply]" = queue.Queue()
         self.default: Reply = json_reply(completion())
         self.closed_at: Optional[float] = None
         self.generation = 0
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.server = _TLSServer(tls) if tls is not None else ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
         self.server.fake = self  # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -230,7 +277,22 @@ class FakeUpstream:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{'https' if self.tls is not None else 'http'}://127.0.0.1:{self.port}/v1"
+
+    def connection_opened(self) -> None:
+        with self._count_lock:
+            self.connections += 1
+
+    def connection_closed(self) -> None:
+        with self._count_lock:
+            self.closed_connections += 1
+
+    def wait_connections_closed(self, count: int, timeout: float) -> bool:
+        """Until ``count`` connections have ended (the peer closed them); False after ``timeout``."""
+        end = time.monotonic() + timeout
+        while self.closed_connections < count and time.monotonic() < end:
+            time.sleep(0.01)
+        return self.closed_connections >= count
 
     def push(self, *replies: Reply) -> None:
         for reply in replies:

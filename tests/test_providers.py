@@ -111,7 +111,11 @@ def test_small_models_go_to_the_native_server_unchanged(two_providers: Any, fake
     assert resp.json == {**NATIVE_ANSWER, "model": model}
     sent = native.last
     assert sent.path == "/v1/messages?beta=true"
-    assert sent.json == {**body, "model": "qwen3:8b", "max_tokens": 8192}  # capped at the model table's limit
+    # Unchanged but for the model, max_tokens capped at the model table's limit, and Claude Code's
+    # billing line (a per-session value that would empty the server's prompt cache).
+    system = [b for b in body["system"] if not b["text"].startswith("x-anthropic-billing-header:")]
+    assert len(system) == len(body["system"]) - 1
+    assert sent.json == {**body, "model": "qwen3:8b", "max_tokens": 8192, "system": system}
     assert openai.requests == []
 
 

@@ -1,0 +1,129 @@
+"""The checks every request body passes at the door, before any step reads it. Pure.
+
+``loads_request(raw)`` decodes a request body and refuses, as one 400
+``invalid_request_error``, what would otherwise break a later step:
+
+- bytes that are not UTF-8 or not JSON, and a top level nested deeper than
+  ``MAX_NESTING`` (deep input must not reach recursive translators,
+  RELIABILITY.md S15);
+- ``NaN``, ``Infinity`` and numbers too large for a float (``1e999``):
+  Python's ``json`` accepts them, but they are not JSON, and re-encoded they
+  would reach the upstream as invalid JSON;
+- strings holding a lone surrogate (``"\\ud800"``): a valid JSON escape that no
+  UTF-8 encoder accepts, so it would fail when the body is re-encoded.
+
+The message names the JSON path of the offending value
+(``messages[0].content[1].text``), as the request parser does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, Iterator, List, Optional, Tuple, Union
+
+from .errors import InvalidRequest
+
+MAX_NESTING = 128
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Only a \uD800-\uDFFF escape can put a surrogate into a decoded string
+# (strict UTF-8 decoding refuses encoded ones), so bodies without one skip that walk.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+Key = Union[str, int]
+
+
+class _NotANumber:
+    """What ``NaN``, ``Infinity`` and out-of-range numbers decode to, so the walk can find them."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _float(text: str) -> Any:
+    value = float(text)
+    return value if math.isfinite(value) else _NotANumber(text)
+
+
+def json_path(keys: Tuple[Key, ...]) -> str:
+    """``("messages", 0, "content")`` -> ``messages[0].content``."""
+    out = ""
+    for key in keys:
+        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else key)
+    return out or "body"
+
+
+def _nodes(value: Any) -> Iterator[Tuple[Tuple[Key, ...], Any, Optional[str]]]:
+    """(path, value, key) for every value under ``value``, and every object key; no recursion."""
+    stack: List[Tuple[Tuple[Key, ...], Any]] = [((), value)]
+    while stack:
+        path, node = stack.pop()
+        yield path, node, None
+        if isinstance(node, dict):
+            for key, item in node.items():
+                yield path + (key,), None, key
+                stack.append((path + (key,), item))
+        elif isinstance(node, list):
+            stack.extend((path + (i,), item) for i, item in enumerate(node))
+
+
+def depth_ok(value: Any, limit: int = MAX_NESTING) -> bool:
+    """Nesting depth check without recursion."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return True
+
+
+def _first_bad(value: Any, surrogates: bool) -> Optional[Tuple[Tuple[Key, ...], str]]:
+    for path, node, key in _nodes(value):
+        if isinstance(node, _NotANumber):
+            return path, f"{node.text} is not a JSON number; send a finite number"
+        text = key if key is not None else node
+        if surrogates and isinstance(text, str) and _SURROGATE.search(text):
+            what = "a key" if key is not None else "a string"
+            return path, f"{what} holding a lone UTF-16 surrogate (\\ud800-\\udfff) is not valid Unicode"
+    return None
+
+
+def loads_request(raw: bytes) -> Any:
+    """The decoded JSON body; every way it can be wrong is an ``InvalidRequest``."""
+    flags: List[bool] = []
+
+    def constant(text: str) -> _NotANumber:
+        flags.append(True)
+        return _NotANumber(text)
+
+    def number(text: str) -> Any:
+        value = _float(text)
+        if isinstance(value, _NotANumber):
+            flags.append(True)
+        return value
+
+    try:
+        value = json.loads(raw.decode("utf-8"), parse_constant=constant, parse_float=number)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {_json_reason(exc)}") from None
+    if not depth_ok(value):
+        raise InvalidRequest(f"request body is nested more than {MAX_NESTING} levels deep")
+    surrogates = _SURROGATE_ESCAPE.search(raw) is not None
+    if flags or surrogates:
+        found = _first_bad(value, surrogates)
+        if found is not None:
+            raise InvalidRequest(found[1], json_path(found[0]))
+    return value
+
+
+def _json_reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, UnicodeDecodeError):
+        return "body is not UTF-8"
+    return str(exc)[:200]

@@ -1,0 +1,135 @@
+"""Clients cannot lock each other out (issue item 5, RELIABILITY.md R5).
+
+Hundreds of connections that send their headers and one byte of a body, then
+stall, used to hold every concurrency slot until the request deadline, so every
+other client got 529. Now a request takes a slot only once its body is in, and
+the connections reading a body are capped: past ``max_body_readers`` a newcomer
+ends the longest-waiting reader (408). Loopback only; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import resource
+import socket
+import time
+from typing import Any, Iterator, List
+
+import pytest
+
+from conftest import minimal_request, request
+from fakes import FakeUpstream
+
+STALLED = 300
+HEAD = (b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 5000\r\n\r\n{")
+
+
+@pytest.fixture(autouse=True)
+def enough_fds() -> Iterator[None]:
+    """Room for 300 client sockets and the proxy's 300 server sockets in this one process."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 4 * STALLED + 512
+    if soft < wanted:
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            pytest.skip(f"the fd limit ({hard}) is too low for {STALLED} connections")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _stall(url: str, count: int) -> List[socket.socket]:
+    port = int(url.rsplit(":", 1)[1])
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(HEAD)
+        socks.append(sock)
+    return socks
+
+
+def _wait_readers(server: Any, at_least: int, timeout: float = 10.0) -> int:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if len(server.server.body_readers) >= at_least:
+            break
+        time.sleep(0.02)
+    return len(server.server.body_readers)
+
+
+def _timed_request(url: str) -> Any:
+    started = time.monotonic()
+    resp = request(url, "POST", "/v1/messages", minimal_request(), timeout=5)
+    return resp, time.monotonic() - started
+
+
+def _close(socks: List[socket.socket]) -> None:
+    for sock in socks:
+        sock.close()
+
+
+def test_stalled_bodies_hold_no_slot(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """300 stalled bodies against 4 slots: a normal request still answers at once."""
+    proxy = make_proxy(max_concurrency=4, max_body_readers=1000)
+    socks = _stall(proxy.url, STALLED)
+    try:
+        assert _wait_readers(proxy, STALLED) == STALLED
+        resp, took = _timed_request(proxy.url)
+        assert resp.status == 200, resp
+        assert took < 1.0, f"a normal request took {took:.2f} s behind {STALLED} stalled bodies"
+        assert fake_upstream.requests and len(fake_upstream.requests) == 1
+    finally:
+        _close(socks)
+
+
+def test_past_the_cap_the_longest_waiting_body_gives_way(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """Defaults (256 body readers): 300 stalled bodies, and a normal request answers within 1 s."""
+    proxy = make_proxy()
+    cap = proxy.server.config.max_body_readers
+    socks = _stall(proxy.url, STALLED)
+    try:
+        assert _wait_readers(proxy, cap) == cap
+        resp, took = _timed_request(proxy.url)
+        assert resp.status == 200, resp
+        assert took < 1.0, f"a normal request took {took:.2f} s behind {STALLED} stalled bodies"
+        # The first stalled connection was pushed out with a 408, not left hanging.
+        socks[0].settimeout(5)
+        answer = socks[0].recv(65536)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+        assert b"timeout_error" in answer
+    finally:
+        _close(socks)
+
+
+def test_stalled_body_is_cut_at_the_body_timeout(make_proxy: Any) -> None:
+    proxy = make_proxy(body_timeout=0.5, client_timeout=5)
+    socks = _stall(proxy.url, 1)
+    try:
+        started = time.monotonic()
+        socks[0].settimeout(5)
+        answer = socks[0].recv(65536)
+        took = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+        assert 0.3 <= took < 2.0, took
+    finally:
+        _close(socks)
+
+
+def test_body_readers_evict_the_longest_waiting() -> None:
+    from claudeproxy.server import BodyReaders
+
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        readers = BodyReaders(2)
+        first, second = readers.enter(pairs[0][0]), readers.enter(pairs[1][0])
+        readers.leave(second)
+        third = readers.enter(pairs[2][0])
+        assert not first.evicted and len(readers) == 2
+        fourth = readers.enter(pairs[1][1])
+        assert first.evicted and not third.evicted and not fourth.evicted
+        pairs[0][0].settimeout(1)
+        assert pairs[0][0].recv(1) == b""  # its blocked read returns at once
+        assert len(readers) == 2
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()

@@ -1,0 +1,365 @@
+"""Keep-alive connections to the upstream (issue item 1).
+
+The fake upstreams count the TCP connections they accept (with TLS, one
+handshake each): N sequential requests must use one connection, plain, over
+TLS, through an HTTP proxy (absolute-form) and through a CONNECT tunnel. A
+pooled connection the upstream closed meanwhile is replaced invisibly, but
+never once a byte of the answer came; an aborted or partly read connection is
+never reused; shutdown closes the idle ones. Loopback only.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import select
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from typing import Any, Iterator, List, Tuple
+
+import pytest
+
+import claudeproxy
+from conftest import UPSTREAM_KEY, minimal_request, request
+from fakes import FakeUpstream, Gate, Reply, StreamClient, chunk, completion, json_reply, sse_reply
+
+N = 20
+
+
+def _messages(proxy: Any, **overrides: Any) -> Any:
+    return request(proxy.url, "POST", "/v1/messages", minimal_request(**overrides), timeout=10)
+
+
+@pytest.fixture
+def keep_alive() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream(keep_alive=True)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def start() -> Iterator[Any]:
+    started: List[Any] = []
+
+    def make(upstream: str, **settings: Any) -> Any:
+        server = claudeproxy.start(upstream=upstream, token=claudeproxy.static_token(UPSTREAM_KEY), **settings)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.shutdown(grace=1.0)
+
+
+# ---------------------------------------------------------------------------
+# Counting connections.
+
+
+def test_sequential_requests_share_one_connection(start: Any, keep_alive: FakeUpstream) -> None:
+    proxy = start(keep_alive.url)
+    for i in range(N):
+        if i % 2:
+            keep_alive.push(sse_reply(chunk({"content": "hi"}), chunk({}, "stop")))
+        resp = _messages(proxy, stream=bool(i % 2))
+        assert resp.status == 200, resp
+    assert len(keep_alive.requests) == N
+    assert keep_alive.connections == 1
+
+
+def test_error_answers_keep_the_connection(start: Any, keep_alive: FakeUpstream) -> None:
+    proxy = start(keep_alive.url)
+    keep_alive.push(json_reply({"error": {"message": "bad thing"}}, status=400))
+    assert _messages(proxy).status == 400
+    assert _messages(proxy).status == 200
+    assert keep_alive.connections == 1
+
+
+def test_max_idle_per_host_zero_opens_a_connection_per_request(start: Any, keep_alive: FakeUpstream) -> None:
+    proxy = start(keep_alive.url, max_idle_per_host=0)
+    for _ in range(3):
+        assert _messages(proxy).status == 200
+    assert keep_alive.connections == 3
+
+
+def test_idle_connections_are_bounded_per_host(start: Any, keep_alive: FakeUpstream) -> None:
+    """5 requests at once need 5 connections; afterwards only 2 stay open."""
+    proxy = start(keep_alive.url, max_idle_per_host=2)
+    gates = [Gate() for _ in range(5)]
+    for gate in gates:
+        keep_alive.push(Reply(200, (("Content-Type", "application/json"),),
+                              [gate, json.dumps(completion("slow")).encode()]))
+    results: List[Any] = []
+    threads = [threading.Thread(target=lambda: results.append(_messages(proxy))) for _ in gates]
+    for thread in threads:
+        thread.start()
+    for gate in gates:
+        assert gate.reached.wait(5)
+    for gate in gates:
+        gate.release()
+    for thread in threads:
+        thread.join(10)
+    assert [r.status for r in results] == [200] * 5
+    assert keep_alive.connections == 5
+    assert keep_alive.wait_connections_closed(3, 5), keep_alive.closed_connections
+    assert proxy.server.proxy.upstream.pool.idle_count() == 2
+
+
+def test_shutdown_closes_idle_connections(start: Any, keep_alive: FakeUpstream) -> None:
+    proxy = start(keep_alive.url)
+    assert _messages(proxy).status == 200
+    assert keep_alive.closed_connections == 0
+    proxy.shutdown(grace=1.0)
+    assert keep_alive.wait_connections_closed(1, 5)
+
+
+def test_connection_close_answers_are_not_pooled(start: Any, keep_alive: FakeUpstream) -> None:
+    """A ``Connection: close`` answer is never pooled: the next request opens a new connection."""
+    plain = FakeUpstream()  # answers with Connection: close
+    try:
+        proxy = start(plain.url)
+        assert _messages(proxy).status == 200
+        assert _messages(proxy).status == 200
+        assert plain.connections == 2
+        assert proxy.server.proxy.upstream.pool.idle_count() == 0
+    finally:
+        plain.close()
+
+
+# ---------------------------------------------------------------------------
+# Stale connections and aborts.
+
+
+def test_stale_pooled_connection_is_retried_invisibly(start: Any, keep_alive: FakeUpstream) -> None:
+    proxy = start(keep_alive.url)
+    assert _messages(proxy).status == 200
+    keep_alive.push(Reply(drop="close"))  # takes the request on the pooled connection, closes without a byte
+    resp = _messages(proxy)
+    assert resp.status == 200, resp
+    assert resp.json["content"] == [{"type": "text", "text": "Hello!"}]
+    assert len(keep_alive.requests) == 3  # the first, the dropped one, its retry
+    assert keep_alive.connections == 2
+
+
+def test_no_retry_once_a_response_byte_came(start: Any, keep_alive: FakeUpstream) -> None:
+    proxy = start(keep_alive.url)
+    assert _messages(proxy).status == 200
+    keep_alive.push(Reply(drop="partial"))  # half a status line, then close
+    resp = _messages(proxy)
+    assert resp.status == 502, resp
+    assert len(keep_alive.requests) == 2
+
+
+def test_no_retry_on_a_fresh_connection(start: Any, keep_alive: FakeUpstream) -> None:
+    proxy = start(keep_alive.url)
+    keep_alive.push(Reply(drop="close"))
+    resp = _messages(proxy)
+    assert resp.status == 502, resp
+    assert len(keep_alive.requests) == 1
+
+
+def test_client_gone_mid_stream_closes_the_connection_and_it_is_not_reused(start: Any,
+                                                                          keep_alive: FakeUpstream) -> None:
+    proxy = start(keep_alive.url)
+    gate = Gate()
+    keep_alive.push(sse_reply(chunk({"content": "a"}), gate, chunk({}, "stop")))
+    with StreamClient(proxy.url, minimal_request(stream=True)) as client:
+        client.read_until("content_block_delta", timeout=5)
+        assert gate.reached.wait(5)
+    assert keep_alive.wait_closed(2) is not None, "the upstream connection stayed open"
+    gate.release()
+    assert _messages(proxy).status == 200
+    assert keep_alive.connections == 2
+
+
+def test_partly_read_answer_is_not_reused(start: Any, keep_alive: FakeUpstream) -> None:
+    """An upstream that keeps talking after its stream is done: the connection is closed, not pooled."""
+    proxy = start(keep_alive.url, finish_grace=0.3)
+    tail = [b"data: " + json.dumps(chunk({})).encode() + b"\n\n"] * 10
+    reply = sse_reply(chunk({"content": "a"}), chunk({}, "stop"), done=False)
+    reply.body += [b"data: [DONE]\n\n"] + [b": keep talking\n\n"] * 50000 + tail
+    keep_alive.push(reply)
+    resp = _messages(proxy, stream=True)
+    assert resp.status == 200
+    assert _messages(proxy).status == 200
+    assert keep_alive.connections == 2
+
+
+# ---------------------------------------------------------------------------
+# TLS and proxies.
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: Any) -> Tuple[str, str]:
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed: cannot make a test certificate")
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = str(where / "cert.pem"), str(where / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+@pytest.fixture
+def tls_upstream(certificate: Tuple[str, str]) -> Iterator[FakeUpstream]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    fake = FakeUpstream(keep_alive=True, tls=context)
+    yield fake
+    fake.close()
+
+
+def test_tls_upstream_is_handshaked_once(start: Any, tls_upstream: FakeUpstream, certificate: Tuple[str, str]) -> None:
+    proxy = start(tls_upstream.url, ca_bundle=certificate[0])
+    for i in range(N):
+        if i % 2:
+            tls_upstream.push(sse_reply(chunk({"content": "hi"}), chunk({}, "stop")))
+        assert _messages(proxy, stream=bool(i % 2)).status == 200
+    assert tls_upstream.connections == 1
+    assert tls_upstream.tls.session_stats()["accept_good"] == 1  # handshakes completed
+
+
+def test_http_proxy_connection_is_reused(start: Any, keep_alive: FakeUpstream) -> None:
+    """Plain HTTP through --proxy: absolute-form requests on one connection to the proxy."""
+    outbound = FakeUpstream(keep_alive=True)
+    try:
+        proxy = start(keep_alive.url, proxy=f"http://127.0.0.1:{outbound.port}")
+        for _ in range(N):
+            assert _messages(proxy).status == 200
+        assert keep_alive.requests == []
+        assert len(outbound.requests) == N and outbound.requests[0].path.startswith("http://127.0.0.1:")
+        assert outbound.connections == 1
+    finally:
+        outbound.close()
+
+
+class ConnectProxy:
+    """A CONNECT-only HTTP proxy on 127.0.0.1 that counts the tunnels it opens."""
+
+    def __init__(self) -> None:
+        self.tunnels = 0
+        self.targets: List[str] = []
+        self._socks: List[socket.socket] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=self._tunnel, args=(client,), daemon=True)
+            with self._lock:
+                self._socks.append(client)
+                self._threads.append(thread)
+            thread.start()
+
+    def _tunnel(self, client: socket.socket) -> None:
+        client.settimeout(5)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = client.recv(4096)
+            if not data:
+                return
+            head += data
+        target = head.split(b" ", 2)[1].decode()
+        host, port = target.rsplit(":", 1)
+        server = socket.create_connection((host, int(port)), timeout=5)
+        with self._lock:
+            self.tunnels += 1
+            self.targets.append(target)
+            self._socks.append(server)
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        self._pipe(client, server)
+
+    def _pipe(self, client: socket.socket, server: socket.socket) -> None:
+        pair = {client: server, server: client}
+        while not self._stop.is_set():
+            try:
+                readable, _, _ = select.select(list(pair), [], [], 0.1)
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    pair[sock].sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(2)
+        self.listener.close()
+        with self._lock:
+            for sock in self._socks:
+                sock.close()
+
+
+def test_connect_tunnel_is_reused(start: Any, tls_upstream: FakeUpstream, certificate: Tuple[str, str]) -> None:
+    """HTTPS through --proxy: one CONNECT tunnel, one TLS handshake, for all N requests."""
+    tunnel = ConnectProxy()
+    try:
+        proxy = start(tls_upstream.url, ca_bundle=certificate[0], proxy=f"http://127.0.0.1:{tunnel.port}")
+        for _ in range(N):
+            assert _messages(proxy).status == 200
+        assert len(tls_upstream.requests) == N
+        assert tunnel.tunnels == 1 and tunnel.targets == [f"127.0.0.1:{tls_upstream.port}"]
+        assert tls_upstream.connections == 1
+        assert tls_upstream.tls.session_stats()["accept_good"] == 1
+    finally:
+        proxy.shutdown(grace=1.0)
+        tunnel.close()
+
+
+# ---------------------------------------------------------------------------
+# The transport on its own.
+
+
+def test_upstream_close_ends_pooled_connections(keep_alive: FakeUpstream) -> None:
+    from claudeproxy.config import Config
+    from claudeproxy.upstream import Upstream, UpstreamCall, read_json_body
+
+    upstream = Upstream(Config())
+    try:
+        for _ in range(3):
+            call = UpstreamCall()
+            with upstream.open(keep_alive.url + "/chat/completions", call=call, body=b"{}") as resp:
+                assert read_json_body(resp, call, 1 << 20)["object"] == "chat.completion"
+        assert keep_alive.connections == 1 and upstream.pool.idle_count() == 1
+        assert upstream.pool.opened == 1
+    finally:
+        upstream.close()
+    assert keep_alive.wait_connections_closed(1, 5)
+
+
+def test_aborted_call_never_goes_back_to_the_pool(keep_alive: FakeUpstream) -> None:
+    from claudeproxy.config import Config
+    from claudeproxy.upstream import Upstream, UpstreamCall
+
+    upstream = Upstream(Config())
+    try:
+        call = UpstreamCall()
+        resp = upstream.open(keep_alive.url + "/chat/completions", call=call, body=b"{}")
+        call.abort("client")
+        with resp:
+            try:
+                resp.read()
+            except (OSError, http.client.HTTPException):
+                pass  # the abort may cut the body short: either way the connection is done for
+        assert upstream.pool.idle_count() == 0
+    finally:
+        upstream.close()

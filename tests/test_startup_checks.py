@@ -1,0 +1,233 @@
+"""Every setting checked at start (issue item 6).
+
+The same checks serve the command line, the config file and ``start()``: a
+bad value is one line naming the setting and exit status 2 (the library
+raises ``ValueError``), before anything listens. No request ever meets a
+setting that was wrong from the start.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+
+import claudeproxy
+from claudeproxy import cli
+from claudeproxy.config import Provider, Route, RouteTarget
+
+
+@pytest.fixture
+def served(monkeypatch: Any) -> List[Any]:
+    """``serve`` replaced by a recorder: main() returns 0 with the settings it would serve."""
+    configs: List[Any] = []
+
+    def fake_serve(config: Any, stdout: Any, metrics_path: Optional[str] = None) -> int:
+        configs.append(config)
+        return 0
+
+    monkeypatch.setattr(cli, "serve", fake_serve)
+    return configs
+
+
+def run_main(argv: List[str], environ: Optional[Dict[str, str]] = None) -> Tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(argv, environ=environ or {}, stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_one_line(code: int, out: str, err: str, setting: str) -> str:
+    assert code == 2, (code, err)
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("claudeproxy: error: "), err
+    assert setting in lines[0], lines[0]
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture
+def files(tmp_path: Any) -> Dict[str, str]:
+    not_pem = tmp_path / "notes.txt"
+    not_pem.write_text("not a certificate\n")
+    empty = tmp_path / "empty.pem"
+    empty.write_text("")
+    return {"missing": str(tmp_path / "nope.pem"), "directory": str(tmp_path), "not_pem": str(not_pem),
+            "empty": str(empty), "no_dir": str(tmp_path / "no" / "such" / "dir" / "calls.jsonl")}
+
+
+# ---------------------------------------------------------------------------
+# start(): ValueError naming the setting, nothing listens.
+
+NAN, INF = math.nan, math.inf
+START_CASES = [
+    ({"upstream": "notaurl"}, "--upstream"),
+    ({"upstream": "http://example.test/v1 /x"}, "--upstream"),
+    ({"upstream": "http://example.test/v1\x00"}, "--upstream"),
+    ({"upstream": "http://example.test/v1\r\nX-Evil: 1"}, "--upstream"),
+    ({"upstream": "http://example.test/v1\t"}, None),  # surrounding blanks are trimmed: fine
+    ({"upstream": "http://example.test/vé1"}, "--upstream"),
+    ({"proxy": "http://proxy .test:3128"}, "--proxy"),
+    ({"connect_timeout": NAN}, "--connect-timeout"),
+    ({"idle_timeout": INF}, "--idle-timeout"),
+    ({"request_timeout": -1.0}, "--request-timeout"),
+    ({"request_timeout": 0}, "--request-timeout"),
+    ({"ping_interval": NAN}, "--ping-interval"),
+    ({"body_timeout": -INF}, "--body-timeout"),
+    ({"client_timeout": 1e300}, "--client-timeout"),
+    ({"shutdown_grace": -0.5}, "--shutdown-grace"),
+    ({"finish_grace": NAN}, "--finish-grace"),
+    ({"max_concurrency": 0}, "--max-concurrency"),
+    ({"max_body_bytes": INF}, "--max-body-bytes"),
+    ({"max_body_bytes": -1}, "--max-body-bytes"),
+    ({"max_body_readers": 0}, "--max-body-readers"),
+    ({"max_idle_per_host": -1}, "--max-idle-per-host"),
+    ({"max_output_tokens": 0}, "--max-output-tokens"),
+    ({"port": 70000}, "--port"),
+    ({"headers": (("X-Title", "a\r\nX-Evil: 1"),)}, "--header"),
+    ({"headers": (("X-Title", "a\x00b"),)}, "--header"),
+    ({"headers": (("X-Title", "caf\u00e9 \u2615"),)}, "--header"),
+    ({"token": claudeproxy.static_token("sk-abc\ndef")}, "key"),
+    ({"token": claudeproxy.static_token("sk-\u20ac")}, "key"),
+    ({"token": claudeproxy.static_token("sk-\x00")}, "key"),
+    ({"auth_key": "client\r\nkey"}, "--auth-key"),
+    ({"providers": (Provider("p", "http://example.test/v1", headers=(("X-A", "\u2603"),)),),
+      "routes": (Route("*", RouteTarget("p")),)}, "providers.p.headers"),
+    ({"providers": (Provider("p", "http://exa mple.test/v1"),), "routes": (Route("*", RouteTarget("p")),)},
+     "providers.p.url"),
+]
+
+
+@pytest.mark.parametrize("settings,setting", START_CASES, ids=[repr(c[0])[:60] for c in START_CASES])
+def test_start_refuses_bad_settings(settings: Dict[str, Any], setting: Optional[str]) -> None:
+    if setting is None:
+        server = claudeproxy.start(**settings)
+        server.shutdown(grace=0.1)
+        return
+    with pytest.raises(ValueError) as info:
+        server = claudeproxy.start(**settings)
+        server.shutdown(grace=0.1)  # only reached when the check is missing
+    message = str(info.value)
+    assert "\n" not in message and setting in message, message
+    assert "sk-" not in message  # a key is never quoted back
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "not_pem", "empty"])
+def test_start_refuses_a_bad_ca_bundle(files: Dict[str, str], kind: str) -> None:
+    with pytest.raises(ValueError, match="--ca-bundle"):
+        claudeproxy.start(ca_bundle=files[kind]).shutdown(grace=0.1)
+
+
+# ---------------------------------------------------------------------------
+# The command line: one line, exit 2.
+
+CLI_CASES = [
+    (["--upstream", "http://example.test/my models"], "--upstream"),
+    (["--upstream", "http://example.test/v1\x01"], "--upstream"),
+    (["--proxy", "http://proxy.test:3128/\x7f"], "--proxy"),
+    (["--connect-timeout", "nan"], "--connect-timeout"),
+    (["--connect-timeout", "inf"], "--connect-timeout"),
+    (["--idle-timeout", "-3"], "--idle-timeout"),
+    (["--request-timeout", "infinity"], "--request-timeout"),
+    (["--ping-interval", "0"], "--ping-interval"),
+    (["--body-timeout", "nan"], "--body-timeout"),
+    (["--shutdown-grace", "-inf"], "--shutdown-grace"),
+    (["--max-concurrency", "-1"], "--max-concurrency"),
+    (["--max-body-bytes", "0"], "--max-body-bytes"),
+    (["--max-body-readers", "0"], "--max-body-readers"),
+    (["--max-idle-per-host", "-2"], "--max-idle-per-host"),
+    (["--header", "X-Title: caf\u00e9 \u2615"], "--header"),
+    (["--header", "X-Title: a\x00b"], "--header"),
+    (["--api-key", "sk-one\ntwo"], "--api-key"),
+    (["--api-key", "sk-\u20ac"], "--api-key"),
+    (["--auth-key", "k\x00"], "--auth-key"),
+]
+
+
+@pytest.mark.parametrize("argv,setting", CLI_CASES, ids=[" ".join(c[0])[:60] for c in CLI_CASES])
+def test_command_line_refuses_bad_settings(served: List[Any], argv: List[str], setting: str) -> None:
+    line = assert_one_line(*run_main(argv), setting)
+    assert "sk-" not in line
+    assert served == []
+
+
+def test_a_bad_key_in_the_environment_is_refused(served: List[Any]) -> None:
+    line = assert_one_line(*run_main([], {"OPENAI_API_KEY": "sk-abc\x1bdef"}), "OPENAI_API_KEY")
+    assert "sk-abc" not in line
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "not_pem", "empty"])
+def test_command_line_refuses_a_bad_ca_bundle(served: List[Any], files: Dict[str, str], kind: str) -> None:
+    line = assert_one_line(*run_main(["--ca-bundle", files[kind]]), "--ca-bundle")
+    assert "cannot listen" not in line
+    assert served == []
+
+
+@pytest.mark.parametrize("kind", ["directory", "no_dir"])
+def test_command_line_refuses_a_metrics_file_it_cannot_open(served: List[Any], files: Dict[str, str],
+                                                            kind: str) -> None:
+    assert_one_line(*run_main(["--metrics-file", files[kind]]), "--metrics-file")
+    assert served == []
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write anywhere")
+def test_command_line_refuses_an_unwritable_metrics_file(served: List[Any], tmp_path: Any) -> None:
+    locked = tmp_path / "calls.jsonl"
+    locked.write_text("")
+    locked.chmod(0o444)
+    assert_one_line(*run_main(["--metrics-file", str(locked)]), "--metrics-file")
+
+
+def test_a_good_metrics_file_is_not_created_by_the_check(served: List[Any], tmp_path: Any) -> None:
+    target = tmp_path / "calls.jsonl"
+    assert run_main(["--metrics-file", str(target), "--print-config"])[0] == 0
+    assert not target.exists()
+
+
+def test_a_setting_only_the_server_checks_exits_2(monkeypatch: Any) -> None:
+    """Whatever ValueError the server raises while starting is a one-line exit 2, not 'cannot listen'."""
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("--some-setting: bad")
+
+    monkeypatch.setattr(cli, "ProxyServer", refuse)
+    assert_one_line(*run_main(["--port", "0"]), "--some-setting")
+
+
+# ---------------------------------------------------------------------------
+# The config file: the same checks, the file named.
+
+FILE_CASES = [
+    ({"connect_timeout": -1}, "connect-timeout"),
+    ({"idle_timeout": 0}, "idle-timeout"),
+    ({"max_idle_per_host": -1}, "max-idle-per-host"),
+    ({"body_timeout": -2}, "body-timeout"),
+    ({"upstream": "http://example.test/a b"}, "--upstream"),
+    ({"header": ["X-A: \u2603"]}, "--header"),
+    ({"providers": {"p": {"url": "http://example.test/\x00"}}}, "providers.p.url"),
+    ({"providers": {"p": {"url": "http://example.test/v1", "headers": {"X-A": "a\nb"}}}}, "providers.p.headers"),
+    ({"providers": {"p": {"url": "http://example.test/v1", "api_key_env": "BAD_KEY"}}}, "providers.p"),
+]
+
+
+@pytest.mark.parametrize("content,setting", FILE_CASES, ids=[json.dumps(c[0])[:60] for c in FILE_CASES])
+def test_config_file_refuses_bad_settings(served: List[Any], tmp_path: Any, content: Dict[str, Any],
+                                          setting: str) -> None:
+    path = tmp_path / "claudeproxy.json"
+    path.write_text(json.dumps(content))
+    line = assert_one_line(*run_main(["--config", str(path)], {"BAD_KEY": "sk-\u20ac"}), setting)
+    assert "sk-" not in line
+    assert served == []
+
+
+@pytest.mark.parametrize("text", ['{"connect_timeout": NaN}', '{"request_timeout": Infinity}',
+                                  '{"idle_timeout": 1e999}'])
+def test_config_file_refuses_non_finite_numbers(served: List[Any], tmp_path: Any, text: str) -> None:
+    path = tmp_path / "claudeproxy.json"
+    path.write_text(text)
+    assert_one_line(*run_main(["--config", str(path)]), "timeout")
+    assert served == []

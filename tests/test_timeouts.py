@@ -1,0 +1,111 @@
+"""Timeouts everywhere (issue item 4).
+
+A stream request the upstream answers with slow plain JSON is held to the
+request timeout (pings used to keep it alive forever); the upstream's answers
+to count_tokens and to the model list are bounded; a timeout message names the
+configured seconds. Loopback only; every wait bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterator
+
+import pytest
+
+import claudeproxy
+from claudeproxy.config import Provider, Route, RouteTarget
+from conftest import UPSTREAM_KEY, minimal_request, request
+from fakes import FakeUpstream, Reply, Sleep, completion
+from sse_checks import events_of
+
+JSON = (("Content-Type", "application/json"),)
+
+
+def _slow_json(pieces: int, every: float) -> Reply:
+    """A complete JSON body sent a few bytes at a time: never silent for long, never done soon."""
+    body = json.dumps(completion("late")).encode()
+    step = max(1, len(body) // pieces)
+    steps: list = []
+    for i in range(0, len(body), step):
+        steps += [body[i:i + step], Sleep(every)]
+    return Reply(200, JSON, steps)
+
+
+def _timed(proxy: Any, path: str = "/v1/messages", body: Any = None, method: str = "POST") -> Any:
+    started = time.monotonic()
+    resp = request(proxy.url, method, path, body, timeout=20)
+    return resp, time.monotonic() - started
+
+
+def test_slow_json_answer_to_a_stream_request_is_held_to_the_request_timeout(make_proxy: Any,
+                                                                             fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy(request_timeout=1.5, ping_interval=0.4, idle_timeout=5)
+    fake_upstream.push(_slow_json(pieces=20, every=0.5))  # 10 s in all, a byte every 0.5 s
+    resp, took = _timed(proxy, body=minimal_request(stream=True))
+    assert took < 3.0, f"the stream ran {took:.1f} s; the request timeout is 1.5 s"
+    assert resp.status == 200
+    events = events_of(resp.body)
+    assert events[-1]["type"] == "error", events[-3:]
+    assert events[-1]["error"]["type"] == "timeout_error"
+    assert not [e for e in events if e["type"] == "message_stop"]
+
+
+def test_slow_json_answer_before_any_ping_is_a_504(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy(request_timeout=1.0, ping_interval=30, idle_timeout=5)
+    fake_upstream.push(_slow_json(pieces=20, every=0.5))
+    resp, took = _timed(proxy, body=minimal_request(stream=True))
+    assert took < 2.5, took
+    assert resp.status == 504 and resp.json["error"]["type"] == "timeout_error", resp
+
+
+def test_quick_json_answer_to_a_stream_request_still_streams(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy(request_timeout=1.0)
+    fake_upstream.push(Reply(200, JSON, [json.dumps(completion("fine")).encode()]))
+    resp, _ = _timed(proxy, body=minimal_request(stream=True))
+    events = events_of(resp.body)
+    assert events[-1]["type"] == "message_stop"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_idle_timeout_message_names_the_configured_seconds(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                           stream: bool) -> None:
+    proxy = make_proxy(idle_timeout=0.5, ping_interval=30)
+    body = json.dumps(completion("x")).encode()
+    fake_upstream.push(Reply(200, JSON, [body[:10], Sleep(3), body[10:]]))  # stalls inside the body
+    resp, took = _timed(proxy, body=minimal_request(stream=stream))
+    assert took < 2.5, took
+    assert resp.status == 504, resp
+    assert resp.json["error"]["message"] == "upstream sent nothing for 0.5 s"
+
+
+def test_idle_timeout_before_the_first_byte_names_the_seconds(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy(idle_timeout=0.5)
+    fake_upstream.push(Reply(delay=3))
+    resp, took = _timed(proxy, body=minimal_request())
+    assert took < 2.5, took
+    assert resp.status == 504 and resp.json["error"]["message"] == "upstream sent nothing for 0.5 s", resp
+
+
+@pytest.fixture
+def native(fake_upstream: FakeUpstream) -> Iterator[Any]:
+    """A proxy whose only provider speaks the Messages API (upstream count_tokens and model list)."""
+    provider = Provider("native", fake_upstream.url.rsplit("/v1", 1)[0], api="messages",
+                        token=claudeproxy.static_token(UPSTREAM_KEY))
+    server = claudeproxy.start(providers=(provider,), routes=(Route("*", RouteTarget("native")),),
+                               request_timeout=1.0, idle_timeout=30)
+    yield server
+    server.shutdown(grace=1.0)
+
+
+@pytest.mark.parametrize("method,path,body", [
+    ("POST", "/v1/messages/count_tokens", {"model": "m", "messages": [{"role": "user", "content": "x"}]}),
+    ("GET", "/v1/models", None),
+], ids=["count_tokens", "models"])
+def test_upstream_count_and_model_list_are_bounded(native: Any, fake_upstream: FakeUpstream, method: str,
+                                                   path: str, body: Any) -> None:
+    fake_upstream.push(Reply(delay=8))
+    resp, took = _timed(native, path, body, method)
+    assert took < 2.5, f"{path} waited {took:.1f} s for a silent upstream; the bound is 1 s"
+    assert resp.status == 504 and resp.json["error"]["type"] == "timeout_error", resp
