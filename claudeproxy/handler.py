@@ -59,6 +59,7 @@ class ResponseWriter:
         self.request_id = request_id
         self.lock = threading.RLock()
         self.status: Optional[int] = None
+        self.error_type: Optional[str] = None  # of the error answer, when it was one
         self.streaming = False
         self.finished = False
         self.last_write = time.monotonic()
@@ -112,6 +113,8 @@ class ResponseWriter:
         self._handler.log_request(status, 0)
 
     def error(self, exc: ProxyError) -> None:
+        if not self.started:
+            self.error_type = exc.error_type
         self.json(exc.status, error_payload(exc.error_type, exc.message, self.request_id), exc.headers)
 
     def start_stream(self, headers: Headers = ()) -> None:
@@ -283,12 +286,15 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         """
         server: Any = self.server
         writer = ResponseWriter(self, new_request_id())
+        started = time.monotonic()
         try:
             route = self._guarded(method, writer, lambda: self._admit(method, writer))
             if route is None:
+                self._record_refusal(writer, started)
                 return
             if not server.slots.acquire(blocking=False):
                 self._answer_busy(writer)
+                self._record_refusal(writer, started)
                 return
             server.request_started()
             try:
@@ -300,6 +306,13 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             if not self._body_consumed and self._declares_body():
                 # An unread body would be parsed as the next request on this connection.
                 self.close_connection = True
+
+    def _record_refusal(self, writer: ResponseWriter, started: float) -> None:
+        """An API call refused at the door (no key, bad Host, unknown path, busy, bad body) is a call too."""
+        path = self.path.split("?", 1)[0]
+        if writer.error_type is not None and path.startswith("/v1/"):
+            self.server.proxy.record_refusal(path, writer.status or 0, writer.error_type,  # type: ignore[attr-defined]
+                                             writer.request_id, started)
 
     def _admit(self, method: str, writer: ResponseWriter) -> Optional[Route]:
         """The route to run, once the head is sane, access is granted and the body is read; None if answered."""

@@ -531,6 +531,10 @@ class Proxy:
         if log.isEnabledFor(logging.INFO):
             log.info("%s", access_line(rec), extra={"call": rec.to_dict()})
 
+    def record_refusal(self, path: str, status: int, error_type: str, request_id: str, started: float) -> None:
+        """A call the handler refused before any endpoint ran (key, Host, path, busy, body)."""
+        self._record({"endpoint": path, "status": status, "error_type": error_type}, None, started, request_id)
+
     def _learn(self, fields: Dict[str, Any], rec: CallRecord) -> None:
         """Teach the calibration the upstream's prompt count, when the upstream really reported one."""
         raw = fields.get("estimate_raw")

@@ -18,12 +18,12 @@ from typing import Any, Dict, List
 
 import prom
 import pytest
-
-from claudeproxy.model_facts import builtin_facts
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
 from fakes import json_reply
 from sse_checks import assert_valid_event_sequence, events_of, final_message
 from test_http_errors import REQUEST_ID_RE, assert_error
+
+from claudeproxy.model_facts import builtin_facts
 
 SHARED_SERVERS = True  # one fake upstream and its proxies serve the whole module (conftest)
 
@@ -409,3 +409,14 @@ def test_two_requests_in_parallel_on_two_connections(proxy: Any, fake_upstream: 
     for t in threads:
         t.join(10)
     assert results == {0: 200, 1: 200}
+
+
+def test_refusals_at_the_door_are_calls_too(make_proxy: Any, fake_upstream: Any) -> None:
+    """A wrong client key, an unknown path under /v1: recorded with their status and type (issue 8)."""
+    records: List[Any] = []
+    server = make_proxy(auth_key="right-key-000000", metrics_sink=records.append)
+    assert request(server.url, "POST", "/v1/messages", minimal_request(), {"x-api-key": "wrong"}).status == 401
+    assert request(server.url, "GET", "/v1/nothing-here", headers={"x-api-key": "right-key-000000"}).status == 404
+    assert [(r.endpoint, r.status, r.error_type) for r in records] == [
+        ("/v1/messages", 401, "authentication_error"), ("/v1/nothing-here", 404, "not_found_error")]
+    assert fake_upstream.requests == []

@@ -496,11 +496,21 @@ def test_billing_line_does_not_reach_a_non_anthropic_upstream(through, fake_upst
 def test_billing_line_still_reaches_anthropic_itself() -> None:
     from claudeproxy.apis.base import ClientRequest
     from claudeproxy.apis.messages import MessagesApi
-    from claudeproxy.routing import Target
     from claudeproxy.model_facts import ModelFacts
+    from claudeproxy.routing import Target
 
     target = Target(Provider("anthropic", "https://api.anthropic.com", api="messages"), "claude-opus-4-1",
                     ModelFacts(), None, None, "messages")
     body = minimal_request(system=[{"type": "text", "text": BILLING}])
     ex = MessagesApi().prepare(ClientRequest(body, "claude-opus-4-1", False, {}), target, None)
     assert json.loads(ex.body)["system"] == [{"type": "text", "text": BILLING}]
+
+
+def test_an_event_without_a_type_is_skipped_or_named_by_its_event_line(through, fake_upstream):
+    nameless = b'data: {"index": 0, "delta": {"type": "text_delta", "text": "lost"}}\n\n'
+    named = b'event: content_block_delta\ndata: {"index": 0, "delta": {"type": "text_delta", "text": "!"}}\n\n'
+    fake_upstream.push(sse(events_bytes(HEAD_EVENTS), nameless, named, events_bytes(TAIL_EVENTS)))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert final_message(events)["content"] == [{"type": "text", "text": "Hello! there"}]

@@ -221,8 +221,12 @@ class MessagesFold:
             obj = None
         if not isinstance(obj, dict):
             return self._bad_event(event)
-        self.bad_events = 0
         kind = obj.get("type") if isinstance(obj.get("type"), str) else event.event
+        if not kind:
+            return self._bad_event(event)  # an event that names no type cannot be passed on
+        self.bad_events = 0
+        if "type" not in obj:
+            obj = {"type": kind, **obj}  # named only by its "event:" line: the payload carries it too
         if kind == "error" or event.event == "error":
             raise error_from_event(obj, self.secrets)
         if kind == "message_start":
