@@ -125,6 +125,8 @@ def find_command(name: str, path: Optional[str], windows: bool,
     ``claude.exe`` it starts is preferred, so arguments never pass through cmd.exe's quoting.
     """
     found = which(name, path=path)
+    if found is None and os.path.dirname(name) and os.path.isfile(name):
+        found = name  # a path to a file that is not executable: running it says why (exit 126)
     if found and windows:
         return npm_shim_target(found) or found
     return found
@@ -161,6 +163,11 @@ def signal_plan(windows: bool) -> SignalPlan:
         # console. A KeyboardInterrupt that still gets through is swallowed by wait_for().
         return SignalPlan((), ("SIGINT", "SIGBREAK"))
     return SignalPlan(("SIGTERM", "SIGHUP"), ("SIGINT", "SIGQUIT"))
+
+
+def on_windows() -> bool:
+    """Which platform paths run takes (a function, so tests can choose)."""
+    return os.name == "nt"
 
 
 def _outlive(signum: int, frame: Any) -> None:
@@ -312,7 +319,7 @@ def command_env(running: RunningServer, config: Config, environ: Mapping[str, st
 
 def _session(ns: argparse.Namespace, config: Config, typed: str, argv: List[str], environ: Mapping[str, str],
              log_path: str, stderr: TextIO) -> int:
-    windows = os.name == "nt"
+    windows = on_windows()
     sink = cli._metrics_writer(ns.metrics_file) if ns.metrics_file else None  # noqa: SLF001
     try:
         running = start(config, sink)
@@ -352,7 +359,7 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
     if ns.print_config:
         print(json.dumps(describe_config(config, ns.config), indent=2), file=stdout)
         return 0
-    windows = os.name == "nt"
+    windows = on_windows()
     exe = find_command(command[0], environ.get("PATH"), windows)
     if exe is None:
         print(f"claudeproxy: error: {command[0]}: command not found", file=stderr)

@@ -36,8 +36,8 @@ STDLIB_ALLOWLIST = {
     "__future__", "argparse", "ast", "base64", "binascii", "calendar", "collections", "contextlib", "copy", "dataclasses",
     "datetime", "email", "enum", "errno", "fnmatch", "functools", "hashlib", "hmac", "http", "io", "ipaddress",
     "itertools", "json", "logging", "math", "os", "platform", "queue", "random", "re", "secrets", "select",
-    "selectors", "shlex", "signal", "socket", "ssl", "string", "struct", "subprocess", "sys", "textwrap", "threading", "time", "types",
-    "typing", "unicodedata", "urllib", "uuid", "warnings", "zlib",
+    "selectors", "shlex", "shutil", "signal", "socket", "ssl", "stat", "string", "struct", "subprocess", "sys", "tempfile",
+    "textwrap", "threading", "time", "types", "typing", "unicodedata", "urllib", "uuid", "warnings", "zipapp", "zlib",
 }
 
 
