@@ -626,3 +626,36 @@ def test_run_help_lists_what_the_launcher_sets() -> None:
     assert "hasCompletedOnboarding" in out and "--trust" in out and "--log-file" in out
     assert re.search(r"--port PORT\s+listen port, 0 = any free port \(default: 0\)", out), out
     assert all(len(line) <= 120 for line in out.splitlines())
+
+
+# ---------------------------------------------------------------------------
+# The README stays true.
+
+
+def _readme() -> str:
+    return read_text(os.path.join(ROOT, "README.md"))
+
+
+def test_the_readmes_first_commands_are_run_and_the_ci_test_command() -> None:
+    text = _readme()
+    block = text[text.index("```sh\n") + 6:text.index("```", text.index("```sh\n") + 6)].splitlines()
+    assert len(block) == 2, block
+    argv = block[0].split()
+    assert argv[:4] == ["python3", "-m", "claudeproxy", "run"]
+    ns, config, command = launcher.parse_run(argv[4:], {"OPENAI_API_KEY": "sk-test"}, io.StringIO())
+    assert command == ["claude"] and config.model == "gpt-4.1" and config.token() == "sk-test"
+    assert block[1] == ("python3 -m venv --system-site-packages .venv && .venv/bin/python -m pip install pytest "
+                        "&& .venv/bin/python -m pytest")
+    ci = read_text(os.path.join(ROOT, ".ci", "run"))
+    readme_tests = ci[ci.index("readme_tests() {"):ci.index("\n}\n", ci.index("readme_tests() {"))]
+    assert readme_tests.splitlines()[-1].strip() == block[1]
+
+
+def test_the_readme_lists_every_variable_run_sets_and_removes() -> None:
+    text = _readme()
+    section = text[text.index("## Use with Claude Code"):text.index("## One file")]
+    for name, _, _ in claude_code.VARIABLES:
+        assert f"| `{name}` |" in section, name
+    for names, _ in claude_code.DROPPED:
+        assert f"`{names[0]}`" in section, names[0]
+    assert "hasCompletedOnboarding" in section and "--trust" in section
