@@ -326,6 +326,9 @@ def _session(ns: argparse.Namespace, config: Config, typed: str, argv: List[str]
     except OSError as exc:  # the port is taken, or the address cannot be had
         print(f"claudeproxy: error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=stderr)
         return 1
+    except ValueError as exc:  # a setting the server itself refuses
+        print(f"claudeproxy: error: {' '.join(str(exc).split())}", file=stderr)
+        return 2
     try:
         log.info("%s", cli._describe(running.server))  # noqa: SLF001
         cli._warn_about(running.server)  # noqa: SLF001
@@ -374,6 +377,8 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
     handler = cli.setup_logging(ns.log_level, lambda: cli.config_secrets(config), stream)
     try:
         return _session(ns, config, command[0], [exe] + command[1:], environ, log_path, stderr)
+    except KeyboardInterrupt:  # Ctrl-C before the command started (or after it ended): the proxy has stopped
+        return 128 + int(signal.SIGINT)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
