@@ -53,7 +53,7 @@ VARIABLES: Tuple[Tuple[str, str, str], ...] = (
      "key made for this session", "the one credential Claude Code accepts with no login, no key prompt and no "
      "connectivity check; the proxy requires it, so nothing else on this machine can use the session"),
     ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1", "no telemetry, error reports, update checks or MCP registry "
-     "lookups at Anthropic: nothing leaves the machine except through the proxy"),
+     "lookups at Anthropic (a headless run then talks to nothing but the proxy)"),
     ("CLAUDE_CODE_AUTO_MODE_SERVER", "0", "auto mode checks risky actions locally, through the proxy; otherwise a "
      "notice about the gateway (or \"auto mode can't check actions\") blocks the first such action"),
     ("DISABLE_AUTOUPDATER", "1", "the background updater would install a newer Claude Code during the session"),
