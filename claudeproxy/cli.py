@@ -38,6 +38,7 @@ from typing import (
 from urllib.parse import urlsplit
 
 from . import __version__
+from .claude_code import help_footer, port_given
 from .config import (
     DEFAULT_MESSAGES_UPSTREAM,
     DEFAULT_UPSTREAM,
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the Anthropic Messages API (for Claude Code and the anthropic SDKs) on top of "
         "OpenAI-compatible Chat Completions backends, or forward it to Anthropic-compatible ones, "
         "routing each model to a provider.",
-        epilog="Then: ANTHROPIC_BASE_URL=http://127.0.0.1:8082 ANTHROPIC_API_KEY=unused claude",
+        epilog=help_footer(8082),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _upstream_flags(p.add_argument_group("upstream (the single-provider shorthand)"))
@@ -573,6 +574,7 @@ def serve(config: Config, stdout: TextIO, metrics_path: Optional[str] = None) ->
 def _settings(argv: Optional[List[str]], environ: Mapping[str, str], stdout: TextIO) -> Tuple[argparse.Namespace, Config]:
     parser = build_parser()
     parser.out = stdout  # type: ignore[attr-defined]
+    parser.epilog = help_footer(port_given(sys.argv[1:] if argv is None else argv, 8082))
     ns, given = parse_flags(parser, argv)
     file = load_config_file(ns.config, environ, flag_specs(parser)) if ns.config else None
     _merge(ns, given, file)
@@ -602,6 +604,11 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
          stdout: Optional[TextIO] = None, stderr: Optional[TextIO] = None) -> int:
     environ = os.environ if environ is None else environ
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["run"]:  # claudeproxy run [proxy options] -- COMMAND: launcher.py
+        from .launcher import run_main  # here, not at the top: launcher.py imports this module
+
+        return run_main(args[1:], environ, stdout, stderr)
     try:
         ns, config = _settings(argv, environ, stdout)
     except _Exit as done:

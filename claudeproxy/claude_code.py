@@ -1,0 +1,193 @@
+"""What Claude Code needs from ``claudeproxy run``: its environment, its first-run state, its help text.
+
+Pure: no I/O, no clock; the environment is always a mapping handed in. The
+facts come from running the real Claude Code 2.1.331 on a fresh, offline host
+(a temp HOME, no route to Anthropic) against a local fake, screen by screen:
+
+- ``ANTHROPIC_AUTH_TOKEN`` (sent as ``Authorization: Bearer``) is the one
+  credential that brings no prompt: no "use this API key?" question and, on an
+  empty HOME, no connectivity check of api.anthropic.com (which is fatal offline).
+  ``ANTHROPIC_API_KEY`` brings both, and the key question's default answer
+  (No) rejects the key for good: every prompt then says "Not logged in".
+- ``hasCompletedOnboarding`` in ``.claude.json`` skips the theme picker and the
+  security notes. Folder trust is a security answer and stays the user's.
+
+``VARIABLES`` is the one table of what ``run`` sets; ``child_env`` applies it,
+the run help and the README describe it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import textwrap
+from typing import Dict, List, Mapping, Optional, Tuple
+
+# The model Claude Code 2.1.331 asks for when ANTHROPIC_MODEL is not set.
+DEFAULT_MODEL = "claude-opus-5-5"
+# Claude Code raises a smaller CLAUDE_CODE_AUTO_COMPACT_WINDOW to this, and it compacts at the
+# window minus a 33k buffer: a smaller context value would make it compact on every turn.
+MIN_CONTEXT = 100_000
+# The names a Claude Code executable has: npm's bin link and the native build (claude),
+# the Windows binary (claude.exe) and npm's Windows shims (claude.cmd, claude.bat).
+_CLAUDE_NAMES = ("claude", "claude.exe", "claude.cmd", "claude.bat")
+
+# Removed from the command's environment, with the reason: each would make Claude Code use another
+# credential or another backend than the proxy.
+DROPPED: Tuple[Tuple[Tuple[str, ...], str], ...] = (
+    (("ANTHROPIC_API_KEY",), "an API key brings the \"use this API key?\" prompt (its default rejects the key "
+     "for good) and, on a fresh host, the fatal connectivity check; the token replaces it, and a real Anthropic "
+     "key never reaches the proxy"),
+    (("CLAUDE_CODE_OAUTH_TOKEN",), "a claude.ai login would be used instead of the proxy's token"),
+    (("ANTHROPIC_UNIX_SOCKET",), "would send requests past the proxy"),
+    (("CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX", "CLAUDE_CODE_USE_FOUNDRY", "CLAUDE_CODE_USE_GATEWAY",
+      "CLAUDE_CODE_USE_MANTLE", "CLAUDE_CODE_USE_ANTHROPIC_AWS", "CLAUDE_CODE_USE_ANTHROPIC_GOOGLE_CLOUD"),
+     "each switches Claude Code to another provider"),
+)
+
+# (name, value, why). The first two always point the command at this proxy; the rest are
+# defaults that the user's own environment overrides.
+VARIABLES: Tuple[Tuple[str, str, str], ...] = (
+    ("ANTHROPIC_BASE_URL", "http://127.0.0.1:PORT", "every request goes to this proxy"),
+    ("ANTHROPIC_AUTH_TOKEN", "the proxy's client key: --auth-key, else your ANTHROPIC_AUTH_TOKEN, else a random "
+     "key made for this session", "the one credential Claude Code accepts with no login, no key prompt and no "
+     "connectivity check; the proxy requires it, so nothing else on this machine can use the session"),
+    ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1", "no telemetry, error reports, update checks or MCP registry "
+     "lookups at Anthropic (a headless run then talks to nothing but the proxy)"),
+    ("CLAUDE_CODE_AUTO_MODE_SERVER", "0", "auto mode checks risky actions locally, through the proxy; otherwise a "
+     "notice about the gateway (or \"auto mode can't check actions\") blocks the first such action"),
+    ("DISABLE_AUTOUPDATER", "1", "the background updater would install a newer Claude Code during the session"),
+    ("CLAUDE_CODE_AUTO_COMPACT_WINDOW", "the routed model's context window, at least 100000", "when to compact: "
+     "Claude Code otherwise assumes its own model's window (200k or 1M)"),
+    ("CLAUDE_CODE_MAX_CONTEXT_TOKENS", "the same", "the window Claude Code shows and uses for a model id it does "
+     "not know (ANTHROPIC_MODEL=<upstream model>)"),
+    ("CLAUDE_CODE_MAX_OUTPUT_TOKENS", "the routed model's output cap", "max_tokens of every request, so none "
+     "asks for more than the model can give"),
+)
+
+
+def context_value(window: int) -> int:
+    """The context window as Claude Code should be told it (see ``MIN_CONTEXT``)."""
+    return max(window, MIN_CONTEXT)
+
+
+def child_env(parent: Mapping[str, str], base_url: str, token: str, context_window: Optional[int] = None,
+              output_cap: Optional[int] = None) -> Dict[str, str]:
+    """The command's environment: ``parent`` without ``DROPPED``, with ``VARIABLES``.
+
+    ``ANTHROPIC_BASE_URL`` and ``ANTHROPIC_AUTH_TOKEN`` are always set (they are what
+    ``run`` is for); every other variable keeps a value the user already gave.
+    """
+    dropped = {name for names, _ in DROPPED for name in names}
+    env = {k: v for k, v in parent.items() if k not in dropped}
+    env["ANTHROPIC_BASE_URL"] = base_url
+    env["ANTHROPIC_AUTH_TOKEN"] = token
+    env.setdefault("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+    env.setdefault("CLAUDE_CODE_AUTO_MODE_SERVER", "0")
+    env.setdefault("DISABLE_AUTOUPDATER", "1")
+    if context_window:
+        env.setdefault("CLAUDE_CODE_AUTO_COMPACT_WINDOW", str(context_value(context_window)))
+        env.setdefault("CLAUDE_CODE_MAX_CONTEXT_TOKENS", str(context_value(context_window)))
+    if output_cap:
+        env.setdefault("CLAUDE_CODE_MAX_OUTPUT_TOKENS", str(output_cap))
+    return env
+
+
+def default_model(env: Mapping[str, str]) -> str:
+    """The model Claude Code's main loop asks for: ``ANTHROPIC_MODEL``, else its built-in default.
+
+    A ``[1m]`` suffix is Claude Code's own marker and never goes on the wire.
+    """
+    name = env.get("ANTHROPIC_MODEL", "").strip()
+    return re.sub(r"\[[^\]]*\]$", "", name) or DEFAULT_MODEL
+
+
+def looks_like_claude(path: str) -> bool:
+    """Whether ``path`` names a Claude Code executable (only then does ``run`` touch its state)."""
+    return os.path.basename(path.replace("\\", "/")).lower() in _CLAUDE_NAMES
+
+
+def config_file(env: Mapping[str, str], windows: bool) -> Optional[str]:
+    """Claude Code's state file: ``$CLAUDE_CONFIG_DIR/.claude.json``, else ``.claude.json`` in the home folder.
+
+    The home folder is Node's ``os.homedir()``: ``HOME`` on POSIX, ``USERPROFILE`` on Windows.
+    None when the environment names neither.
+    """
+    folder = env.get("CLAUDE_CONFIG_DIR", "").strip()
+    home = env.get("USERPROFILE" if windows else "HOME", "").strip()
+    if folder:
+        if folder.startswith("~") and home:
+            folder = home + folder[1:]
+        return os.path.join(folder, ".claude.json")
+    return os.path.join(home, ".claude.json") if home else None
+
+
+def add_first_run_state(state: Dict[str, object], trust_dir: Optional[str] = None) -> List[str]:
+    """Add what a fresh host lacks to Claude Code's state, in place; the keys added.
+
+    ``hasCompletedOnboarding`` when absent; with ``trust_dir`` (an absolute, resolved
+    path) its ``hasTrustDialogAccepted``. A value that is present, even ``false``, stays.
+    """
+    added = []
+    if "hasCompletedOnboarding" not in state:
+        state["hasCompletedOnboarding"] = True
+        added.append("hasCompletedOnboarding")
+    if trust_dir is not None:
+        projects = state.setdefault("projects", {})
+        entry = projects.setdefault(trust_dir, {}) if isinstance(projects, dict) else None
+        if isinstance(entry, dict) and "hasTrustDialogAccepted" not in entry:
+            entry["hasTrustDialogAccepted"] = True
+            added.append(f"projects[{trust_dir}].hasTrustDialogAccepted")
+    return added
+
+
+# --------------------------------------------------------------------------
+# Help texts.
+
+
+def port_given(argv: List[str], default: int) -> int:
+    """The ``--port`` on a command line (for the help footer, printed before the flags are parsed)."""
+    for i, arg in enumerate(argv):
+        value = arg[len("--port="):] if arg.startswith("--port=") else argv[i + 1] if arg == "--port" and i + 1 < len(argv) else ""
+        if value.isdigit() and 0 < int(value) < 65536:
+            return int(value)
+    return default
+
+
+def help_footer(port: int) -> str:
+    """The two-line recipe that ends ``claudeproxy --help``."""
+    return ("Run Claude Code through it in one step:  claudeproxy run --upstream URL --model NAME -- claude\n"
+            f"Or by hand:  ANTHROPIC_BASE_URL=http://127.0.0.1:{port} ANTHROPIC_AUTH_TOKEN=<--auth-key or any> claude")
+
+
+def _wrap(text: str, indent: str = "", more: str = "") -> str:
+    return textwrap.fill(text, 100, initial_indent=indent, subsequent_indent=indent + more, break_on_hyphens=False)
+
+
+def run_description() -> str:
+    return _wrap("Start the proxy on a free loopback port, run COMMAND with Claude Code's variables pointing at it, "
+                 "and stop the proxy when COMMAND exits; the exit status is COMMAND's (128+N when signal N ended "
+                 "it). Ctrl-C goes to COMMAND; SIGTERM and SIGHUP are passed on to it. The proxy's log goes to a "
+                 "file, named on stderr at the start. The proxy options are those of `claudeproxy --help`; --port "
+                 "defaults to 0 (a free port) and --host must be loopback.")
+
+
+def run_epilog() -> str:
+    """What ``run`` sets and removes, and the state it adds (``claudeproxy run --help``)."""
+    lines = ["Set in COMMAND's environment (your own value wins, except for the first two):"]
+    for name, value, why in VARIABLES:
+        lines += [_wrap(f"{name}: {value}", "  ", "  "), _wrap(why, " " * 6)]
+    lines.append("Removed from COMMAND's environment:")
+    for names, why in DROPPED:
+        lines += [_wrap(", ".join(names), "  "), _wrap(why, " " * 6)]
+    lines += [_wrap(text) for text in (
+        "The model whose window and cap are used is the one Claude Code asks for first: $ANTHROPIC_MODEL, else "
+        f"{DEFAULT_MODEL}, routed like any request; nothing is set when the model facts do not know them.",
+        "When COMMAND is Claude Code (claude, claude.exe, claude.cmd), run adds hasCompletedOnboarding: true to "
+        "$CLAUDE_CONFIG_DIR/.claude.json (else ~/.claude.json) when it is absent, so a fresh host skips the theme "
+        "picker and the security notes; nothing present is changed. --trust also marks the current folder "
+        "trusted.",
+    )]
+    lines += ["Example:", "  claudeproxy run --upstream https://api.openai.com/v1 --api-key-env OPENAI_API_KEY "
+              "--model gpt-4.1 -- claude"]
+    return "\n".join(lines)

@@ -1,0 +1,386 @@
+"""``claudeproxy run [proxy options] -- COMMAND [ARGS...]``: the proxy for the lifetime of one command.
+
+I/O: it starts the server, opens the log file, adds first-run state to Claude
+Code's state file, runs the command and passes signals on. The environment
+comes from ``cli.main`` (this module never reads ``os.environ``); what the
+command is given is decided in ``claude_code.py``.
+
+The steps, in the order the bad-input contract needs: the options are checked
+(exit 2, one line), the command is looked up before anything listens (exit
+127, one line naming it), the port is bound (exit 1), then the command runs
+in the foreground with inherited stdio, and ``run`` returns its status (128+N
+when signal N ended it) after the proxy has stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import threading
+from typing import Any, Callable, Dict, List, Mapping, Optional, TextIO, Tuple
+
+from . import cli
+from .claude_code import (
+    add_first_run_state,
+    child_env,
+    config_file,
+    default_model,
+    looks_like_claude,
+    run_description,
+    run_epilog,
+)
+from .config import Config
+from .redact import redact_text
+from .routing import build_router
+from .server import RunningServer, start
+from .settings_view import describe_config
+
+log = logging.getLogger("claudeproxy")
+
+NOT_FOUND = 127  # the shell's statuses for a command that is missing / cannot be executed
+CANNOT_RUN = 126
+# Flags that are complete without a command.
+_ALONE = ("-h", "--help", "--version", "--print-config")
+_USAGE = "claudeproxy run [proxy options] -- COMMAND [ARGS...]"
+
+
+# --------------------------------------------------------------------------
+# Options.
+
+
+def run_parser(stdout: Optional[TextIO] = None) -> argparse.ArgumentParser:
+    """The proxy's own parser, with ``run``'s defaults, help and two options of its own."""
+    parser = cli.build_parser()
+    parser.prog = "claudeproxy run"
+    parser.usage = _USAGE
+    parser.description = run_description()
+    parser.epilog = run_epilog()
+    parser.out = stdout  # type: ignore[attr-defined]
+    parser.set_defaults(port=0)
+    group = parser.add_argument_group("run")
+    if "--log-file" not in parser._option_string_actions:  # noqa: SLF001 - the proxy may have its own one day
+        group.add_argument("--log-file", metavar="PATH", help="where the proxy logs (default: "
+                           "claudeproxy-<pid>.log in the temp folder); its name is printed on stderr at the start")
+    group.add_argument("--trust", action="store_true", help="also mark the current folder as trusted in Claude "
+                       "Code's state (skips its \"trust this folder?\" question); never done without this flag")
+    return parser
+
+
+def split_argv(argv: List[str]) -> Tuple[List[str], Optional[List[str]]]:
+    """(proxy options, command); the command is None when there is no ``--`` and a help flag is given."""
+    if "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1:]
+    if any(arg in _ALONE for arg in argv):
+        return argv, None
+    raise cli.UsageError(f"run: put -- before the command: {_USAGE}")
+
+
+def parse_run(argv: List[str], environ: Mapping[str, str],
+              stdout: TextIO) -> Tuple[argparse.Namespace, Config, List[str]]:
+    """The parsed options, the proxy's settings and the command; ``cli.UsageError`` for bad input."""
+    options, command = split_argv(argv)
+    parser = run_parser(stdout)
+    ns, given = cli.parse_flags(parser, options)
+    if command is not None and not command:
+        raise cli.UsageError(f"run: no command after --: {_USAGE}")
+    file = cli.load_config_file(ns.config, environ, cli.flag_specs(cli.build_parser())) if ns.config else None
+    for dest, value in (file.settings if file else {}).items():
+        # A file's port is for the standing server; run takes a free one unless told on the command line.
+        if dest not in given and dest != "port":
+            setattr(ns, dest, value)
+    if not cli._is_loopback(ns.host):  # noqa: SLF001 - the same rule as the server's
+        raise cli.UsageError(f"run: --host must be a loopback address (the proxy serves only COMMAND), got {ns.host}")
+    config = cli.config_from_args(ns, environ, file)
+    try:
+        build_router(config)  # every provider and route checked before anything listens
+    except ValueError as exc:
+        raise cli.UsageError(str(exc)) from None
+    return ns, config, command or []
+
+
+def client_key(config: Config, environ: Mapping[str, str]) -> str:
+    """The key the proxy requires and the command presents: --auth-key, the user's token, or a new one."""
+    return config.auth_key or environ.get("ANTHROPIC_AUTH_TOKEN", "").strip() or "cp-" + secrets.token_urlsafe(24)
+
+
+# --------------------------------------------------------------------------
+# The command.
+
+
+def find_command(name: str, path: Optional[str], windows: bool,
+                 which: Callable[..., Optional[str]] = shutil.which) -> Optional[str]:
+    """The executable for ``name``, as a shell would find it; None when there is none.
+
+    On Windows ``which`` finds npm's ``claude.cmd`` shim (through PATHEXT); the real
+    ``claude.exe`` it starts is preferred, so arguments never pass through cmd.exe's quoting.
+    """
+    found = which(name, path=path)
+    if found is None and os.path.dirname(name) and os.path.isfile(name):
+        found = name  # a path to a file that is not executable: running it says why (exit 126)
+    if found and windows:
+        return npm_shim_target(found) or found
+    return found
+
+
+def npm_shim_target(shim: str) -> Optional[str]:
+    """``<prefix>/node_modules/@anthropic-ai/claude-code/bin/claude.exe`` for npm's ``<prefix>/claude.cmd``.
+
+    The package's only bin entry is ``claude -> bin/claude.exe`` on every platform, and npm
+    puts its shims in the prefix folder beside ``node_modules``.
+    """
+    folder, base = os.path.split(shim)
+    stem, ext = os.path.splitext(base)
+    if stem.lower() != "claude" or ext.lower() not in (".cmd", ".bat", ".ps1"):
+        return None
+    exe = os.path.join(folder, "node_modules", "@anthropic-ai", "claude-code", "bin", "claude.exe")
+    return exe if os.path.isfile(exe) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class SignalPlan:
+    """What the launcher does with signals while the command runs (names: some exist on one OS only)."""
+
+    # Sent to the launcher alone (kill, a service manager, a closing terminal's shell): passed on.
+    forward: Tuple[str, ...]
+    # Sent by the terminal to the whole foreground group, the command included: the launcher
+    # only outlives them, so that it can stop the proxy and return the command's status.
+    outlive: Tuple[str, ...]
+
+
+def signal_plan(windows: bool) -> SignalPlan:
+    if windows:
+        # No SIGTERM/SIGHUP delivery on Windows; Ctrl-C and Ctrl-Break reach every process on the
+        # console. A KeyboardInterrupt that still gets through is swallowed by wait_for().
+        return SignalPlan((), ("SIGINT", "SIGBREAK"))
+    return SignalPlan(("SIGTERM", "SIGHUP"), ("SIGINT", "SIGQUIT"))
+
+
+def on_windows() -> bool:
+    """Which platform paths run takes (a function, so tests can choose)."""
+    return os.name == "nt"
+
+
+def _outlive(signum: int, frame: Any) -> None:
+    # A Python handler, not SIG_IGN: handlers fall back to the default in a new program,
+    # an ignored signal would stay ignored in the command.
+    pass
+
+
+class SignalRelay:
+    """Installs a ``SignalPlan`` around the command (main thread only) and restores what was there."""
+
+    def __init__(self, plan: SignalPlan) -> None:
+        self.plan = plan
+        self.proc: Optional["subprocess.Popen[bytes]"] = None
+        self.pending: List[int] = []  # arrived before the command started
+        self.previous: Dict[int, Any] = {}
+
+    def __enter__(self) -> "SignalRelay":
+        if threading.current_thread() is threading.main_thread():
+            for names, handler in ((self.plan.forward, self._forward), (self.plan.outlive, _outlive)):
+                for sig in filter(None, (getattr(signal, name, None) for name in names)):
+                    self.previous[sig] = signal.signal(sig, handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def attach(self, proc: "subprocess.Popen[bytes]") -> None:
+        self.proc = proc
+        for sig in self.pending:
+            self._forward(sig, None)
+
+    def _forward(self, signum: int, frame: Any) -> None:
+        if self.proc is None:
+            self.pending.append(signum)
+            return
+        try:
+            self.proc.send_signal(signum)
+        except OSError:  # it has just exited
+            pass
+
+
+def wait_for(proc: Any) -> int:
+    """The command's return code; a KeyboardInterrupt meanwhile was meant for the command too."""
+    while True:
+        try:
+            return int(proc.wait())
+        except KeyboardInterrupt:
+            continue
+
+
+def exit_status(returncode: int) -> int:
+    """A shell's status: 128+N for a command that signal N ended (Popen reports -N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def run_command(argv: List[str], env: Dict[str, str], windows: bool, stderr: TextIO) -> int:
+    with SignalRelay(signal_plan(windows)) as relay:
+        try:
+            proc = subprocess.Popen(argv, env=env)
+        except OSError as exc:  # vanished since the lookup, not executable, bad format
+            print(f"claudeproxy: error: cannot run {argv[0]}: {exc.strerror or exc}", file=stderr)
+            return NOT_FOUND if isinstance(exc, FileNotFoundError) else CANNOT_RUN
+        relay.attach(proc)
+        return exit_status(wait_for(proc))
+
+
+# --------------------------------------------------------------------------
+# Claude Code's state file.
+
+
+def update_state_file(path: str, change: Callable[[Dict[str, Any]], List[str]]) -> List[str]:
+    """Apply ``change`` to the JSON object in ``path`` (absent: ``{}``); the keys it added.
+
+    Rewritten only when something was added: atomically (a temp file renamed over it),
+    with the file's mode, through a symlink to its target. ``ValueError`` when the file
+    is not a JSON object; it is then left as it is.
+    """
+    path = os.path.realpath(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        state: Any = {}
+        mode = 0o600
+    else:
+        state = json.loads(text)
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+    added = change(state)
+    if added:
+        _write_atomically(path, json.dumps(state, indent=2, ensure_ascii=False) + "\n", mode)
+    return added
+
+
+def _write_atomically(path: str, text: str, mode: int) -> None:
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".claude.json.", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def seed_first_run_state(env: Mapping[str, str], trust: bool, windows: bool, stderr: TextIO) -> None:
+    """Add what a fresh host lacks to Claude Code's state file; one line on stderr if anything changed."""
+    path = config_file(env, windows)
+    if path is None:
+        return
+    trust_dir = os.path.realpath(os.getcwd()) if trust else None
+    try:
+        added = update_state_file(path, lambda state: add_first_run_state(state, trust_dir))
+    except ValueError:
+        print(f"claudeproxy: warning: {path} is not a JSON object; left as it is (first-run state not added)",
+              file=stderr)
+        return
+    except OSError as exc:
+        print(f"claudeproxy: warning: cannot update {path}: {exc.strerror or exc}", file=stderr)
+        return
+    if added:
+        print(f"claudeproxy: added {', '.join(added)} to {path}", file=stderr)
+
+
+# --------------------------------------------------------------------------
+# The session.
+
+
+def open_log(path: Optional[str], pid: int) -> Tuple[TextIO, str]:
+    """The proxy's log file (appended to, private to the user) and its absolute name."""
+    path = os.path.abspath(path or os.path.join(tempfile.gettempdir(), f"claudeproxy-{pid}.log"))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    return os.fdopen(fd, "a", encoding="utf-8", buffering=1), path
+
+
+def command_env(running: RunningServer, config: Config, environ: Mapping[str, str]) -> Dict[str, str]:
+    """``claude_code.child_env`` for the model Claude Code's main loop will ask for."""
+    routed = running.server.proxy.router.resolve(default_model(environ))
+    window = routed.target.facts.context_window if routed else None
+    cap = routed.target.output_cap if routed else None
+    return child_env(environ, running.url, config.auth_key or "", window, cap)
+
+
+def _session(ns: argparse.Namespace, config: Config, typed: str, argv: List[str], environ: Mapping[str, str],
+             log_path: str, stderr: TextIO) -> int:
+    windows = on_windows()
+    sink = cli._metrics_writer(ns.metrics_file) if ns.metrics_file else None  # noqa: SLF001
+    try:
+        running = start(config, sink)
+    except OSError as exc:  # the port is taken, or the address cannot be had
+        print(f"claudeproxy: error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=stderr)
+        return 1
+    except ValueError as exc:  # a setting the server itself refuses
+        print(f"claudeproxy: error: {' '.join(str(exc).split())}", file=stderr)
+        return 2
+    try:
+        log.info("%s", cli._describe(running.server))  # noqa: SLF001
+        cli._warn_about(running.server)  # noqa: SLF001
+        env = command_env(running, config, environ)
+        print(f"claudeproxy: proxy on {running.url}, log in {log_path}", file=stderr, flush=True)
+        if looks_like_claude(typed) or looks_like_claude(argv[0]):
+            seed_first_run_state(env, ns.trust, windows, stderr)
+        stderr.flush()
+        status = run_command(argv, env, windows, stderr)
+        log.info("%s exited with status %d; stopping", os.path.basename(argv[0]), status)
+        return status
+    finally:
+        running.shutdown()
+
+
+def _fail(message: str, environ: Mapping[str, str], stderr: TextIO, status: int) -> int:
+    secrets_ = [v for v in (environ.get("OPENAI_API_KEY"), environ.get("CLAUDEPROXY_AUTH_KEY"),
+                            environ.get("ANTHROPIC_AUTH_TOKEN")) if v]
+    print(f"claudeproxy: error: {redact_text(' '.join(message.split()), secrets_)}", file=stderr)
+    return status
+
+
+def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr: TextIO) -> int:
+    """``claudeproxy run ...``: the command's exit status, or 2/127/1 for bad input (one line on stderr)."""
+    try:
+        ns, config, command = parse_run(argv, environ, stdout)
+    except cli._Exit as done:  # noqa: SLF001 - --help, --version
+        return done.status
+    except cli.UsageError as exc:
+        return _fail(str(exc), environ, stderr, 2)
+    if ns.print_config:
+        print(json.dumps(describe_config(config, ns.config), indent=2), file=stdout)
+        return 0
+    windows = on_windows()
+    exe = find_command(command[0], environ.get("PATH"), windows)
+    if exe is None:
+        print(f"claudeproxy: error: {command[0]}: command not found", file=stderr)
+        return NOT_FOUND
+    config = config.replace(auth_key=client_key(config, environ))
+    try:
+        stream, log_path = open_log(ns.log_file, os.getpid())
+    except OSError as exc:
+        return _fail(f"cannot open the log file {ns.log_file or ''}: {exc.strerror or exc}", environ, stderr, 1)
+    logger = logging.getLogger("claudeproxy")
+    saved = (logger.level, logger.propagate)
+    handler = cli.setup_logging(ns.log_level, lambda: cli.config_secrets(config), stream)
+    try:
+        return _session(ns, config, command[0], [exe] + command[1:], environ, log_path, stderr)
+    except KeyboardInterrupt:  # Ctrl-C before the command started (or after it ended): the proxy has stopped
+        return 128 + int(signal.SIGINT)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+        stream.close()

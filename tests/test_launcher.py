@@ -1,0 +1,661 @@
+"""``claudeproxy run [proxy options] -- COMMAND``: the issue's launcher contract.
+
+A stand-in command (standin_command.py) records the environment it was given
+and exits with a chosen status, kills itself with a signal, or waits for one.
+What a user would notice: the command's status is run's (128+N for signal N),
+the proxy is gone afterwards (its port refuses connections), the variables
+Claude Code needs are set and the user's own values win where they should,
+the proxy's log goes to the file named on stderr and not over the terminal,
+bad input is one line with exit 2/127/1, Claude Code's state file gains only
+what is missing, and the Windows paths (no SIGTERM, npm's claude.cmd shim)
+are the ones chosen when ``os.name`` is ``nt``. The variable table itself is
+claude-code-launch.md's (the research on Claude Code 2.1.331), written here by hand.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+
+from claudeproxy import claude_code, cli, launcher
+from conftest import ROOT
+
+STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standin_command.py")
+NO_UPSTREAM = "http://127.0.0.1:9/v1"  # nothing listens there; the quota probe never needs it
+STARTED_RE = re.compile(r"^claudeproxy: proxy on (http://127\.0\.0\.1:(\d+)), log in (.+)$")
+WAIT = 20.0
+
+
+def base_env(tmp_path: Any, **extra: str) -> Dict[str, str]:
+    """What a user's shell would pass: a PATH, an empty HOME, nothing of the machine's own settings."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C.UTF-8"}
+    env.update(extra)
+    return env
+
+
+def run_main(argv: List[str], environ: Dict[str, str]) -> Tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(["run", *argv], environ=environ, stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def standin(record: Any, *how: str) -> List[str]:
+    return ["--", sys.executable, STANDIN, str(record), *how]
+
+
+def started(err: str) -> Tuple[str, int, str]:
+    """(url, port, log path) from run's one start line on stderr."""
+    matches = [STARTED_RE.match(line) for line in err.splitlines()]
+    found = [m for m in matches if m]
+    assert len(found) == 1, err
+    return found[0].group(1), int(found[0].group(2)), found[0].group(3)
+
+
+def port_closed(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def recorded(path: Any) -> Any:
+    with open(str(path), encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def read_text(path: Any) -> str:
+    with open(str(path), encoding="utf-8") as fh:
+        return fh.read()
+
+
+@pytest.fixture
+def run_standin(tmp_path: Any) -> Any:
+    """run the stand-in in-process through cli.main; returns (status, stderr, what it recorded)."""
+
+    def go(*how: str, options: Tuple[str, ...] = ("--upstream", NO_UPSTREAM, "--model", "gpt-4o"),
+           env: Optional[Dict[str, str]] = None) -> Tuple[int, str, Dict[str, Any]]:
+        record = tmp_path / "record.json"
+        log = tmp_path / "proxy.log"
+        code, out, err = run_main([*options, "--log-file", str(log), *standin(record, *how)],
+                                  env if env is not None else base_env(tmp_path))
+        assert out == ""
+        return code, err, recorded(record) if record.exists() else {}
+
+    return go
+
+
+# ---------------------------------------------------------------------------
+# Exit statuses, and the proxy gone afterwards.
+
+
+@pytest.mark.parametrize("how, status", [(("--exit", "0"), 0), (("--exit", "7"), 7),
+                                         (("--signal", "TERM"), 128 + signal.SIGTERM),
+                                         (("--signal", "KILL"), 128 + signal.SIGKILL)])
+def test_run_exits_with_the_commands_status_and_stops_the_proxy(run_standin: Any, how: Tuple[str, ...],
+                                                                 status: int) -> None:
+    code, err, rec = run_standin("--probe", *how)
+    assert code == status, err
+    url, port, _ = started(err)
+    assert rec["env"]["ANTHROPIC_BASE_URL"] == url
+    assert rec["with_token"]["status"] == 200  # the proxy was there while the command ran
+    assert port_closed(port)
+
+
+def test_the_proxy_requires_the_session_key_it_gives_the_command(run_standin: Any) -> None:
+    code, err, rec = run_standin("--probe", "--exit", "0")
+    assert code == 0, err
+    token = rec["env"]["ANTHROPIC_AUTH_TOKEN"]
+    assert token.startswith("cp-") and len(token) >= 30  # random per session
+    assert rec["with_token"] == {"status": 200, "body": rec["with_token"]["body"]}
+    assert rec["with_token"]["body"]["content"] == [{"type": "text", "text": "ok"}]
+    assert rec["without_key"]["status"] == 401
+    assert rec["without_key"]["body"]["error"]["type"] == "authentication_error"
+
+
+# ---------------------------------------------------------------------------
+# The command's environment.
+
+# By hand from claude-code-launch.md section 1 and model_facts.py's gpt-4o row (128000 / 16384).
+GPT4O_ENV = {
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "CLAUDE_CODE_AUTO_MODE_SERVER": "0",
+    "DISABLE_AUTOUPDATER": "1",
+    "CLAUDE_CODE_AUTO_COMPACT_WINDOW": "128000",
+    "CLAUDE_CODE_MAX_CONTEXT_TOKENS": "128000",
+    "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "16384",
+}
+FOREIGN = {
+    "ANTHROPIC_API_KEY": "sk-ant-REAL-KEY-0123456789",
+    "CLAUDE_CODE_OAUTH_TOKEN": "oauth-token",
+    "ANTHROPIC_UNIX_SOCKET": "/tmp/sock",
+    "CLAUDE_CODE_USE_BEDROCK": "1",
+    "CLAUDE_CODE_USE_VERTEX": "1",
+    "CLAUDE_CODE_USE_FOUNDRY": "1",
+}
+
+
+def test_the_command_gets_claude_codes_variables_and_loses_foreign_credentials(run_standin: Any,
+                                                                                tmp_path: Any) -> None:
+    env = base_env(tmp_path, ANTHROPIC_BASE_URL="https://api.anthropic.com", IS_SANDBOX="1", MY_VAR="kept",
+                   **FOREIGN)
+    code, err, rec = run_standin("--exit", "0", env=env)
+    assert code == 0, err
+    got = rec["env"]
+    assert {k: got.get(k) for k in GPT4O_ENV} == GPT4O_ENV
+    assert got["ANTHROPIC_BASE_URL"] == started(err)[0]  # the user's base URL is replaced
+    assert not set(FOREIGN) & set(got), set(FOREIGN) & set(got)
+    assert (got["IS_SANDBOX"], got["MY_VAR"], got["HOME"]) == ("1", "kept", env["HOME"])
+    assert "sk-ant-REAL-KEY" not in err
+
+
+def test_the_users_own_tuning_values_win(run_standin: Any, tmp_path: Any) -> None:
+    mine = {"CLAUDE_CODE_MAX_OUTPUT_TOKENS": "999", "CLAUDE_CODE_AUTO_COMPACT_WINDOW": "150000",
+            "CLAUDE_CODE_MAX_CONTEXT_TOKENS": "150000", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "0",
+            "CLAUDE_CODE_AUTO_MODE_SERVER": "1", "DISABLE_AUTOUPDATER": "0"}
+    code, err, rec = run_standin("--exit", "0", env=base_env(tmp_path, **mine))
+    assert code == 0, err
+    assert {k: rec["env"][k] for k in mine} == mine
+
+
+def test_the_users_auth_token_is_the_session_key(run_standin: Any, tmp_path: Any) -> None:
+    code, err, rec = run_standin("--probe", "--exit", "0",
+                                 env=base_env(tmp_path, ANTHROPIC_AUTH_TOKEN="my-own-token-123"))
+    assert code == 0, err
+    assert rec["env"]["ANTHROPIC_AUTH_TOKEN"] == "my-own-token-123"
+    assert (rec["with_token"]["status"], rec["without_key"]["status"]) == (200, 401)
+
+
+def test_the_auth_key_flag_wins_over_the_users_token(run_standin: Any, tmp_path: Any) -> None:
+    code, err, rec = run_standin("--probe", "--exit", "0",
+                                 options=("--upstream", NO_UPSTREAM, "--auth-key", "flag-key-456"),
+                                 env=base_env(tmp_path, ANTHROPIC_AUTH_TOKEN="my-own-token-123"))
+    assert code == 0, err
+    assert rec["env"]["ANTHROPIC_AUTH_TOKEN"] == "flag-key-456"
+    assert rec["with_token"]["status"] == 200
+    assert "flag-key-456" not in err
+
+
+@pytest.mark.parametrize("options, anthropic_model, window, cap", [
+    # The default model (claude-opus-5-5) is an opus: the opus route's model decides.
+    (("--opus-model", "gpt-4o", "--model", "o3"), None, "128000", "16384"),
+    # ANTHROPIC_MODEL picks the route; the [1m] marker never goes on the wire.
+    (("--opus-model", "gpt-4o", "--model", "o3"), "claude-sonnet-4-5[1m]", "200000", "100000"),
+    # qwen3's 40960 tokens are raised to 100000: Claude Code would compact on every turn below that.
+    (("--model", "qwen3"), None, "100000", None),
+    # --max-output-tokens caps the routed model's own cap.
+    (("--model", "gpt-4o", "--max-output-tokens", "4096"), None, "128000", "4096"),
+])
+def test_the_window_and_cap_are_the_routed_default_models(run_standin: Any, tmp_path: Any, options: Tuple[str, ...],
+                                                          anthropic_model: Optional[str], window: str,
+                                                          cap: Optional[str]) -> None:
+    extra = {"ANTHROPIC_MODEL": anthropic_model} if anthropic_model else {}
+    code, err, rec = run_standin("--exit", "0", options=("--upstream", NO_UPSTREAM, *options),
+                                 env=base_env(tmp_path, **extra))
+    assert code == 0, err
+    got = rec["env"]
+    assert (got["CLAUDE_CODE_AUTO_COMPACT_WINDOW"], got["CLAUDE_CODE_MAX_CONTEXT_TOKENS"]) == (window, window)
+    assert got.get("CLAUDE_CODE_MAX_OUTPUT_TOKENS") == cap
+
+
+def test_a_model_the_facts_do_not_know_sets_no_window(run_standin: Any) -> None:
+    code, err, rec = run_standin("--exit", "0", options=("--upstream", NO_UPSTREAM, "--model", "my-local-model"))
+    assert code == 0, err
+    assert not {"CLAUDE_CODE_AUTO_COMPACT_WINDOW", "CLAUDE_CODE_MAX_CONTEXT_TOKENS",
+                "CLAUDE_CODE_MAX_OUTPUT_TOKENS"} & set(rec["env"])
+    assert rec["env"]["CLAUDE_CODE_AUTO_MODE_SERVER"] == "0"
+
+
+def test_the_commands_arguments_arrive_unchanged(run_standin: Any) -> None:
+    code, err, rec = run_standin("--exit", "0", "--help", "a b", "--", "-p")
+    assert code == 0, err
+    assert rec["argv"][1:] == [rec["argv"][1], "--exit", "0", "--help", "a b", "--", "-p"]
+
+
+# ---------------------------------------------------------------------------
+# The log: a file named on stderr, nothing over the command's terminal.
+
+
+def _spawn_run(tmp_path: Any, argv: List[str], env: Dict[str, str], **kw: Any) -> "subprocess.Popen[str]":
+    env = dict(env, PYTHONPATH=ROOT)
+    return subprocess.Popen([sys.executable, "-m", "claudeproxy", "run", *argv], cwd=str(tmp_path), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_the_proxy_logs_to_the_file_named_on_stderr_not_to_the_terminal(tmp_path: Any) -> None:
+    record = tmp_path / "record.json"
+    proc = _spawn_run(tmp_path, ["--upstream", NO_UPSTREAM, "--model", "gpt-4o", "--log-level", "debug",
+                                 *standin(record, "--probe", "--exit", "0")], base_env(tmp_path))
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 0, err
+    assert out == ""
+    assert len(err.splitlines()) == 1, err  # only the start line
+    _, port, log_path = started(err)
+    assert os.path.dirname(log_path) == os.path.abspath(tempfile.gettempdir())
+    assert os.path.basename(log_path) == f"claudeproxy-{proc.pid}.log"
+    try:
+        text = read_text(log_path)
+        assert stat.S_IMODE(os.stat(log_path).st_mode) == 0o600
+    finally:
+        os.unlink(log_path)
+    assert f"claudeproxy listening on http://127.0.0.1:{port} -> {NO_UPSTREAM}" in text
+    assert "route * -> upstream/gpt-4o" in text
+    assert re.search(r"/v1/messages claude-opus-5-5 -> local 200 ", text), text  # the quota probe
+    assert recorded(record)["env"]["ANTHROPIC_AUTH_TOKEN"] not in text  # the session key is redacted
+
+
+# ---------------------------------------------------------------------------
+# Signals reach the command; run outlives them, stops the proxy and reports them.
+
+
+def _wait_for_file(path: Any, proc: "subprocess.Popen[str]") -> None:
+    deadline = time.monotonic() + WAIT
+    while not os.path.exists(str(path)):
+        assert proc.poll() is None, proc.communicate(timeout=5)
+        assert time.monotonic() < deadline, "the command never started"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig, to_group", [(signal.SIGTERM, False), (signal.SIGHUP, False),
+                                           (signal.SIGINT, True)])
+def test_signals_reach_the_command_and_run_reports_them(tmp_path: Any, sig: int, to_group: bool) -> None:
+    """SIGTERM/SIGHUP sent to run are passed on; Ctrl-C (SIGINT to the terminal's group) reaches both."""
+    record = tmp_path / "record.json"
+    proc = _spawn_run(tmp_path, ["--upstream", NO_UPSTREAM, "--log-file", str(tmp_path / "p.log"),
+                                 *standin(record, "--wait")], base_env(tmp_path), start_new_session=True)
+    try:
+        _wait_for_file(record, proc)
+        if to_group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=5)
+    assert proc.returncode == 128 + sig, err
+    _, port, _ = started(err)
+    assert port_closed(port)
+    # run itself said nothing more (the stand-in's own KeyboardInterrupt traceback may follow Ctrl-C).
+    assert [line for line in err.splitlines() if line.startswith("claudeproxy")] == [err.splitlines()[0]]
+
+
+# ---------------------------------------------------------------------------
+# Bad input.
+
+
+def assert_one_line(err: str, *parts: str) -> None:
+    assert len(err.splitlines()) == 1 and err.endswith("\n"), err
+    assert err.startswith("claudeproxy: error: "), err
+    for part in parts:
+        assert part in err, (part, err)
+
+
+@pytest.mark.parametrize("argv, part", [
+    (["--upstream", NO_UPSTREAM, sys.executable], "put -- before the command"),
+    (["--upstream", NO_UPSTREAM], "put -- before the command"),
+    (["--upstream", NO_UPSTREAM, "--"], "no command after --"),
+    (["--upstream", "nope", "--", "true"], "--upstream"),
+    (["--host", "0.0.0.0", "--auth-key", "k", "--", "true"], "--host must be a loopback address"),
+    (["--no-such-flag", "--", "true"], "--no-such-flag"),
+])
+def test_bad_options_are_one_line_and_exit_2(tmp_path: Any, argv: List[str], part: str) -> None:
+    code, out, err = run_main(argv, base_env(tmp_path))
+    assert (code, out) == (2, ""), err
+    assert_one_line(err, part)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_command_that_cannot_be_found_is_127_and_one_line(tmp_path: Any) -> None:
+    port = _free_port()
+    code, out, err = run_main(["--upstream", NO_UPSTREAM, "--port", str(port), "--", "no-such-command-xyz", "-p"],
+                              base_env(tmp_path))
+    assert (code, out) == (127, ""), err
+    assert_one_line(err, "no-such-command-xyz", "command not found")
+    assert port_closed(port)
+
+
+def test_a_file_that_cannot_be_run_is_126_and_the_proxy_stops(tmp_path: Any) -> None:
+    script = tmp_path / "not-executable.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)
+    port = _free_port()
+    code, out, err = run_main(["--upstream", NO_UPSTREAM, "--port", str(port), "--log-file",
+                               str(tmp_path / "p.log"), "--", str(script)], base_env(tmp_path))
+    assert code == 126, err
+    lines = err.splitlines()
+    assert len(lines) == 2 and STARTED_RE.match(lines[0]), err
+    assert lines[1].startswith("claudeproxy: error: cannot run ") and str(script) in lines[1], err
+    assert port_closed(port)
+
+
+def test_a_port_that_cannot_be_bound_is_one_line_and_exit_1(tmp_path: Any) -> None:
+    record = tmp_path / "record.json"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code, out, err = run_main(["--upstream", NO_UPSTREAM, "--port", str(port), "--log-file",
+                                   str(tmp_path / "p.log"), *standin(record, "--exit", "0")], base_env(tmp_path))
+    assert (code, out) == (1, ""), err
+    assert_one_line(err, f"cannot listen on 127.0.0.1:{port}")
+    assert not record.exists()  # the command never ran
+
+
+def test_an_unwritable_log_file_is_one_line_and_exit_1(tmp_path: Any) -> None:
+    code, out, err = run_main(["--upstream", NO_UPSTREAM, "--log-file", str(tmp_path / "no" / "dir" / "p.log"),
+                               "--", sys.executable, "-c", "pass"], base_env(tmp_path))
+    assert (code, out) == (1, ""), err
+    assert_one_line(err, "cannot open the log file")
+
+
+# ---------------------------------------------------------------------------
+# Claude Code's first-run state.
+
+
+@pytest.fixture
+def fake_claude(tmp_path: Any) -> Dict[str, str]:
+    """A ``claude`` on PATH that is the stand-in (run seeds state only for Claude Code)."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    claude = folder / "claude"
+    claude.write_text(f"#!/bin/sh\nexec {sys.executable} {STANDIN} \"$@\"\n")
+    claude.chmod(0o755)
+    return base_env(tmp_path, PATH=f"{folder}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}")
+
+
+def _run_claude(tmp_path: Any, env: Dict[str, str], *options: str) -> Tuple[int, str, Dict[str, Any]]:
+    record = tmp_path / "record.json"
+    code, out, err = run_main(["--upstream", NO_UPSTREAM, "--log-file", str(tmp_path / "p.log"), *options,
+                               "--", "claude", str(record), "--exit", "0"], env)
+    assert out == ""
+    return code, err, recorded(record)
+
+
+def test_a_fresh_home_gets_has_completed_onboarding(tmp_path: Any, fake_claude: Dict[str, str]) -> None:
+    code, err, rec = _run_claude(tmp_path, fake_claude)
+    assert code == 0, err
+    state_file = os.path.join(fake_claude["HOME"], ".claude.json")
+    assert recorded(state_file) == {"hasCompletedOnboarding": True}
+    assert stat.S_IMODE(os.stat(state_file).st_mode) == 0o600
+    assert f"claudeproxy: added hasCompletedOnboarding to {state_file}" in err.splitlines()
+    assert rec["argv"][1:] == [str(tmp_path / "record.json"), "--exit", "0"]
+    # Nothing to add the second time: no line, no change.
+    code, err, _ = _run_claude(tmp_path, fake_claude)
+    assert code == 0 and len(err.splitlines()) == 1, err
+
+
+def test_existing_state_is_kept_key_by_key(tmp_path: Any, fake_claude: Dict[str, str]) -> None:
+    state_file = os.path.join(fake_claude["HOME"], ".claude.json")
+    mine = {"theme": "light", "numStartups": 12, "projects": {"/x": {"allowedTools": ["Bash"]}},
+            "customApiKeyResponses": {"approved": [], "rejected": ["unused"]}, "note": "naïve ✓"}
+    with open(state_file, "w", encoding="utf-8") as fh:
+        json.dump(mine, fh)
+    os.chmod(state_file, 0o640)
+    code, err, _ = _run_claude(tmp_path, fake_claude)
+    assert code == 0, err
+    after = recorded(state_file)
+    assert after == dict(mine, hasCompletedOnboarding=True)
+    assert stat.S_IMODE(os.stat(state_file).st_mode) == 0o640
+    assert [f for f in os.listdir(fake_claude["HOME"]) if f.startswith(".claude.json.")] == []  # no temp left
+
+
+def test_a_users_false_is_not_changed(tmp_path: Any, fake_claude: Dict[str, str]) -> None:
+    state_file = os.path.join(fake_claude["HOME"], ".claude.json")
+    with open(state_file, "w") as fh:
+        fh.write('{"hasCompletedOnboarding": false}')
+    code, err, _ = _run_claude(tmp_path, fake_claude)
+    assert code == 0, err
+    assert read_text(state_file) == '{"hasCompletedOnboarding": false}'
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", ""])
+def test_a_state_file_that_is_not_a_json_object_is_left_alone(tmp_path: Any, fake_claude: Dict[str, str],
+                                                               content: str) -> None:
+    state_file = os.path.join(fake_claude["HOME"], ".claude.json")
+    with open(state_file, "w") as fh:
+        fh.write(content)
+    code, err, _ = _run_claude(tmp_path, fake_claude)
+    assert code == 0, err  # the command still runs
+    assert read_text(state_file) == content
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert warnings == [f"claudeproxy: warning: {state_file} is not a JSON object; left as it is "
+                        "(first-run state not added)"]
+
+
+def test_a_symlinked_state_file_stays_a_symlink(tmp_path: Any, fake_claude: Dict[str, str]) -> None:
+    real = tmp_path / "dotfiles" / "claude.json"
+    real.parent.mkdir()
+    real.write_text('{"theme": "dark"}')
+    link = os.path.join(fake_claude["HOME"], ".claude.json")
+    os.symlink(str(real), link)
+    code, err, _ = _run_claude(tmp_path, fake_claude)
+    assert code == 0, err
+    assert os.path.islink(link)
+    assert json.loads(real.read_text()) == {"theme": "dark", "hasCompletedOnboarding": True}
+
+
+def test_claude_config_dir_is_where_the_state_goes(tmp_path: Any, fake_claude: Dict[str, str]) -> None:
+    config_dir = tmp_path / "cfg"
+    code, err, _ = _run_claude(tmp_path, dict(fake_claude, CLAUDE_CONFIG_DIR=str(config_dir)))
+    assert code == 0, err
+    assert json.loads((config_dir / ".claude.json").read_text()) == {"hasCompletedOnboarding": True}
+    assert not os.path.exists(os.path.join(fake_claude["HOME"], ".claude.json"))
+
+
+def test_trust_only_with_the_flag(tmp_path: Any, fake_claude: Dict[str, str], monkeypatch: Any) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    state_file = os.path.join(fake_claude["HOME"], ".claude.json")
+    _run_claude(tmp_path, fake_claude)
+    assert "projects" not in recorded(state_file)
+    code, err, rec = _run_claude(tmp_path, fake_claude, "--trust")
+    assert code == 0, err
+    where = os.path.realpath(str(project))
+    assert recorded(state_file) == {"hasCompletedOnboarding": True,
+                                           "projects": {where: {"hasTrustDialogAccepted": True}}}
+    assert rec["cwd"] == where
+
+
+def test_other_commands_get_no_state_file(run_standin: Any, tmp_path: Any) -> None:
+    code, err, rec = run_standin("--exit", "0")
+    assert code == 0, err
+    assert os.listdir(rec["env"]["HOME"]) == []
+
+
+def test_add_first_run_state_adds_only_what_is_missing() -> None:
+    state: Dict[str, Any] = {"projects": {"/p": {"hasTrustDialogAccepted": False}}}
+    assert claude_code.add_first_run_state(state, "/p") == ["hasCompletedOnboarding"]
+    assert state == {"projects": {"/p": {"hasTrustDialogAccepted": False}}, "hasCompletedOnboarding": True}
+    odd: Dict[str, Any] = {"hasCompletedOnboarding": True, "projects": "not a map"}
+    assert claude_code.add_first_run_state(odd, "/p") == []
+    assert odd == {"hasCompletedOnboarding": True, "projects": "not a map"}
+
+
+# ---------------------------------------------------------------------------
+# Windows: the paths chosen when os.name is "nt" (run here on POSIX).
+
+
+def test_on_windows_nothing_is_forwarded_and_ctrl_c_is_outlived() -> None:
+    assert launcher.signal_plan(True) == launcher.SignalPlan((), ("SIGINT", "SIGBREAK"))
+    assert launcher.signal_plan(False) == launcher.SignalPlan(("SIGTERM", "SIGHUP"), ("SIGINT", "SIGQUIT"))
+
+
+def test_run_picks_the_plan_by_os_name(monkeypatch: Any) -> None:
+    chosen: List[bool] = []
+    monkeypatch.setattr(launcher, "signal_plan", lambda windows: chosen.append(windows) or
+                        launcher.SignalPlan((), ()))
+    for name in ("nt", "posix"):
+        monkeypatch.setattr(launcher.os, "name", name)
+        try:
+            launcher.run_command([sys.executable, "-c", "pass"], dict(os.environ), launcher.on_windows(),
+                                 io.StringIO())
+        finally:
+            monkeypatch.setattr(launcher.os, "name", "posix")
+    assert chosen == [True, False]
+
+
+def test_a_signal_this_os_lacks_is_skipped() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    with launcher.SignalRelay(launcher.SignalPlan(("SIGNOPE",), ("SIGBREAK", "SIGINT"))) as relay:
+        assert list(relay.previous) == ([signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else []) + [signal.SIGINT]
+        assert signal.getsignal(signal.SIGINT) is launcher._outlive
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_keyboard_interrupt_while_waiting_is_for_the_command() -> None:
+    class Proc:
+        calls = 0
+
+        def wait(self) -> int:
+            self.calls += 1
+            if self.calls == 1:
+                raise KeyboardInterrupt  # Windows: Ctrl-C reached the launcher too
+            return 3
+
+    proc = Proc()
+    assert launcher.wait_for(proc) == 3 and proc.calls == 2
+
+
+def test_exit_status_of_a_signal_is_128_plus_n() -> None:
+    assert [launcher.exit_status(c) for c in (0, 7, -15, -2, 255)] == [0, 7, 143, 130, 255]
+
+
+def _npm_prefix(tmp_path: Any, with_exe: bool) -> str:
+    prefix = tmp_path / "npm"
+    prefix.mkdir()
+    (prefix / "claude.cmd").write_text("@ECHO off\r\n")
+    if with_exe:
+        exe = prefix / "node_modules" / "@anthropic-ai" / "claude-code" / "bin" / "claude.exe"
+        exe.parent.mkdir(parents=True)
+        exe.write_bytes(b"MZ")
+    return str(prefix)
+
+
+def test_on_windows_npm_claude_cmd_is_resolved_to_the_real_exe(tmp_path: Any) -> None:
+    prefix = _npm_prefix(tmp_path, with_exe=True)
+    shim = os.path.join(prefix, "claude.cmd")
+    seen: List[Any] = []
+
+    def which(name: str, path: Optional[str] = None) -> str:
+        seen.append((name, path))
+        return shim
+
+    exe = os.path.join(prefix, "node_modules", "@anthropic-ai", "claude-code", "bin", "claude.exe")
+    assert launcher.find_command("claude", r"C:\npm;C:\Windows", True, which) == exe
+    assert seen == [("claude", r"C:\npm;C:\Windows")]
+    assert launcher.find_command("claude", None, False, which) == shim  # POSIX: never rewritten
+    assert claude_code.looks_like_claude(exe) and claude_code.looks_like_claude(shim)
+
+
+def test_on_windows_a_shim_without_the_exe_is_run_as_found(tmp_path: Any) -> None:
+    prefix = _npm_prefix(tmp_path, with_exe=False)
+    shim = os.path.join(prefix, "claude.cmd")
+    assert launcher.find_command("claude", None, True, lambda n, path=None: shim) == shim
+    other = os.path.join(prefix, "other.cmd")
+    assert launcher.npm_shim_target(other) is None
+
+
+def test_on_windows_the_state_file_is_under_userprofile() -> None:
+    env = {"HOME": "/home/u", "USERPROFILE": r"C:\Users\u"}
+    assert claude_code.config_file(env, True) == os.path.join(r"C:\Users\u", ".claude.json")
+    assert claude_code.config_file(env, False) == "/home/u/.claude.json"
+    assert claude_code.config_file({"CLAUDE_CONFIG_DIR": "~/cfg", "HOME": "/h"}, False) == "/h/cfg/.claude.json"
+    assert claude_code.config_file({}, False) is None
+
+
+def test_looks_like_claude() -> None:
+    yes = ["claude", "/usr/local/bin/claude", r"C:\npm\claude.CMD", r"C:\x\bin\claude.exe", "./claude"]
+    no = ["claude-code", "npx", "/usr/bin/env", "claudeproxy", "my-claude", "claude.sh"]
+    assert [claude_code.looks_like_claude(p) for p in yes] == [True] * len(yes)
+    assert [claude_code.looks_like_claude(p) for p in no] == [False] * len(no)
+
+
+# ---------------------------------------------------------------------------
+# Help.
+
+
+def test_help_ends_with_the_two_line_recipe() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    assert cli.main(["--help"], environ={}, stdout=out, stderr=err) == 0
+    assert out.getvalue().splitlines()[-2:] == [
+        "Run Claude Code through it in one step:  claudeproxy run --upstream URL --model NAME -- claude",
+        "Or by hand:  ANTHROPIC_BASE_URL=http://127.0.0.1:8082 ANTHROPIC_AUTH_TOKEN=<--auth-key or any> claude",
+    ]
+    assert "ANTHROPIC_API_KEY" not in out.getvalue()
+
+
+@pytest.mark.parametrize("argv", [["--port", "9123", "--help"], ["--help", "--port=9123"]])
+def test_help_shows_the_port_given(argv: List[str]) -> None:
+    out = io.StringIO()
+    assert cli.main(argv, environ={}, stdout=out, stderr=io.StringIO()) == 0
+    assert "ANTHROPIC_BASE_URL=http://127.0.0.1:9123 " in out.getvalue().splitlines()[-1]
+
+
+def test_run_help_lists_what_the_launcher_sets() -> None:
+    code, out, err = run_main(["--help"], {})
+    assert (code, err) == (0, "")
+    assert out.startswith("usage: claudeproxy run [proxy options] -- COMMAND [ARGS...]\n")
+    for name, value, _ in claude_code.VARIABLES:
+        assert f"  {name}: " in out, name
+    assert "  CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: 1\n" in out
+    assert "  CLAUDE_CODE_AUTO_MODE_SERVER: 0\n" in out
+    assert "  DISABLE_AUTOUPDATER: 1\n" in out
+    removed = out[out.index("Removed from COMMAND's environment:"):]
+    for name in ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_UNIX_SOCKET", "CLAUDE_CODE_USE_BEDROCK"):
+        assert name in removed
+    assert "hasCompletedOnboarding" in out and "--trust" in out and "--log-file" in out
+    assert re.search(r"--port PORT\s+listen port, 0 = any free port \(default: 0\)", out), out
+    assert all(len(line) <= 120 for line in out.splitlines())
+
+
+# ---------------------------------------------------------------------------
+# The README stays true.
+
+
+def _readme() -> str:
+    return read_text(os.path.join(ROOT, "README.md"))
+
+
+def test_the_readmes_first_commands_are_run_and_the_ci_test_command() -> None:
+    text = _readme()
+    block = text[text.index("```sh\n") + 6:text.index("```", text.index("```sh\n") + 6)].splitlines()
+    assert len(block) == 2, block
+    argv = block[0].split()
+    assert argv[:4] == ["python3", "-m", "claudeproxy", "run"]
+    ns, config, command = launcher.parse_run(argv[4:], {"OPENAI_API_KEY": "sk-test"}, io.StringIO())
+    assert command == ["claude"] and config.model == "gpt-4.1" and config.token() == "sk-test"
+    assert block[1] == ("python3 -m venv --system-site-packages .venv && .venv/bin/python -m pip install pytest "
+                        "&& .venv/bin/python -m pytest")
+    ci = read_text(os.path.join(ROOT, ".ci", "run"))
+    readme_tests = ci[ci.index("readme_tests() {"):ci.index("\n}\n", ci.index("readme_tests() {"))]
+    assert readme_tests.splitlines()[-1].strip() == block[1]
+
+
+def test_the_readme_lists_every_variable_run_sets_and_removes() -> None:
+    text = _readme()
+    section = text[text.index("## Use with Claude Code"):text.index("## One file")]
+    for name, _, _ in claude_code.VARIABLES:
+        assert f"| `{name}` |" in section, name
+    for names, _ in claude_code.DROPPED:
+        assert f"`{names[0]}`" in section, names[0]
+    assert "hasCompletedOnboarding" in section and "--trust" in section
