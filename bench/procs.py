@@ -10,6 +10,7 @@ missing (macOS), the figures are ``None`` and processes run unpinned.
 from __future__ import annotations
 
 import os
+import resource
 import select
 import subprocess
 import time
@@ -143,3 +144,23 @@ def run_to_end(cmd: List[str], cpus: Optional[Set[int]], stderr_path: str, timeo
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed with status {proc.returncode} (see {stderr_path})")
     return out
+
+
+def busy_seconds() -> Optional[float]:
+    """CPU time all processes on the machine have used since boot (``/proc/stat``, idle and iowait excluded)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_seconds() -> float:
+    """CPU time of this process and every child it has waited for (and theirs)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total

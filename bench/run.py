@@ -87,11 +87,11 @@ class Plan(NamedTuple):
 
 
 DEFAULT = Plan(repeats=3, duration=2.0, concurrency=(1, 8, 32), stream_chunks=20, warmup=20,
-               ttft_samples=20, ttft_shape=(5, 20), long_chunks=2000, long_samples=3,
-               cpu_streams=16, cpu_rounds=1, cpu_shape=(250, 20), rss_streams=64, rss_shape=(30, 50), starts=3)
+               ttft_samples=20, ttft_shape=(5, 20), long_chunks=2000, long_samples=5,
+               cpu_streams=16, cpu_rounds=1, cpu_shape=(250, 20), rss_streams=64, rss_shape=(40, 50), starts=3)
 QUICK = Plan(repeats=1, duration=0.3, concurrency=(1, 8, 32), stream_chunks=20, warmup=5,
              ttft_samples=5, ttft_shape=(5, 20), long_chunks=500, long_samples=1,
-             cpu_streams=8, cpu_rounds=1, cpu_shape=(50, 10), rss_streams=64, rss_shape=(10, 50), starts=1)
+             cpu_streams=8, cpu_rounds=1, cpu_shape=(50, 10), rss_streams=64, rss_shape=(20, 50), starts=1)
 
 
 def model(shape: Tuple[int, int]) -> str:
@@ -148,7 +148,9 @@ class Bench:
     def __init__(self, args: argparse.Namespace, plan: Plan, tmp: str) -> None:
         self.args, self.plan, self.tmp = args, plan, tmp
         self.cores = procs.plan_cores()
-        self.engine = "wrk" if args.client == "wrk" or (args.client == "auto" and wrk_available()) else "stdlib"
+        # auto: wrk when installed, except for --quick (wrk runs whole seconds; a smoke test should not wait)
+        auto_wrk = args.client == "auto" and wrk_available() and not args.quick
+        self.engine = "wrk" if args.client == "wrk" or auto_wrk else "stdlib"
         self.cert: Optional[str] = None
         self.key: Optional[str] = None
         self.values: Dict[str, Dict[str, List[Optional[float]]]] = collections.defaultdict(
@@ -157,6 +159,7 @@ class Bench:
         self.templates: Dict[bool, bytes] = {}
         self.files: Dict[Any, str] = {}
         self.upstream: Optional[procs.Server] = None
+        self.foreign_cores: Optional[float] = None
 
     # ----------------------------------------------------------------------
     # Processes.
@@ -430,6 +433,17 @@ class Bench:
                 per_target[name] += [None] * (n - len(per_target[name]))
 
     def run(self) -> None:
+        """Everything, start to end; ``self.foreign_cores`` is what the rest of the machine used meanwhile."""
+        began, busy0, own0 = time.perf_counter(), procs.busy_seconds(), procs.own_seconds()
+        try:
+            self._run()
+        finally:
+            busy1, own1 = procs.busy_seconds(), procs.own_seconds()
+            if busy0 is not None and busy1 is not None:
+                others = (busy1 - busy0) - (own1 - own0)
+                self.foreign_cores = max(0.0, others / (time.perf_counter() - began))
+
+    def _run(self) -> None:
         procs.pin_self(self.cores.client)
         if self.args.tls and not self.make_cert():
             self.warnings.append("--tls: openssl not found, TLS skipped")
@@ -478,6 +492,10 @@ def machine(bench: Bench) -> Dict[str, Any]:
     }
 
 
+def _num(x: Optional[float]) -> str:
+    return "?" if x is None else f"{x:.2f}"
+
+
 def header(bench: Bench, info: Dict[str, Any], command: str, load: Tuple[float, float]) -> str:
     p = bench.plan
     anth = os.path.getsize(bench.body_file("claudeproxy", model((0, 0)), False))
@@ -487,7 +505,8 @@ def header(bench: Bench, info: Dict[str, Any], command: str, load: Tuple[float, 
         "",
         f"{info['cpu']}, {info['cores']} cores, {info['os']}, {info['python']}, {info['claudeproxy']} "
         f"at {info['commit'] or '?'}; {info['pinning']}; client: {info['client']}; "
-        f"load average {load[0]:.2f} before, {load[1]:.2f} after.",
+        f"load average {load[0]:.2f} before, {load[1]:.2f} after; "
+        f"other processes used {_num(bench.foreign_cores)} cores on average during the run.",
         f"{p.repeats} repeats, {p.duration:g} s per req/s run; request: Claude Code's, {anth:,} bytes "
         f"(claudeproxy translates it to {oai:,} bytes for the upstream){'; upstream over TLS' if bench.cert else ''}.",
         "Values are medians over the repeats; ×direct and ×ceiling are claudeproxy's ratios, "
@@ -501,7 +520,7 @@ def main() -> None:
     parser.add_argument("--json", metavar="OUT", help="also write every value to this JSON file")
     parser.add_argument("--tls", action="store_true", help="the upstream serves HTTPS (needs openssl)")
     parser.add_argument("--client", choices=("auto", "stdlib", "wrk"), default="auto",
-                        help="load generator for the req/s runs (auto: wrk when installed)")
+                        help="load generator for the req/s runs (auto: wrk when installed, stdlib with --quick)")
     parser.add_argument("--repeats", type=int, help="repeats (default 3, --quick 1)")
     parser.add_argument("--duration", type=float, help="seconds per req/s run (default 2, --quick 0.3)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for claudeproxy and the ceiling")
@@ -528,7 +547,8 @@ def main() -> None:
         if args.json:
             with open(args.json, "w", encoding="utf-8") as fh:
                 json.dump({"command": command, "machine": info, "plan": plan._asdict(), "tls": bool(bench.cert),
-                           "load_average": [load0, load1], "warnings": bench.warnings,
+                           "load_average": [load0, load1],
+                           "foreign_cores": bench.foreign_cores, "warnings": bench.warnings,
                            "figures": table.as_json(rows, bench.values)}, fh, indent=1)
 
 

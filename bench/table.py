@@ -97,7 +97,7 @@ def markdown(figures: List[Figure], values: Dict[str, Values]) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for fig in figures:
         s = summarize(values.get(fig.key, {}))
-        spread = "—" if s.spread is None else f"{s.spread * 100:.0f}%"
+        spread = "—" if s.spread is None or not fig.ratios else f"{s.spread * 100:.0f}%"
         cells = [f"{fig.label} ({fig.unit})"] + [_num(s.median[t]) for t in TARGETS]
         ratios = (s.vs_direct, s.vs_ceiling, s.ceiling_vs_direct) if fig.ratios else (None, None, None)
         cells += [_ratio_cell(x) for x in ratios] + [spread, fig.goal, verdict(fig, s)]
