@@ -32,6 +32,10 @@ Figures (all on 127.0.0.1; loopback numbers bound the proxy's own cost, not a pr
 - start: from spawning the process to its "listening on" line;
 - upstream connections per request (with ``--tls``: TLS handshakes, one per connection),
   counted by the fake upstream over the req/s runs: 1.00 means no connection reuse.
+
+On a shared machine the wall-clock figures (req/s, latencies) move with other load;
+the CPU and memory figures much less. ``--json`` keeps every value, and
+bench/compare.py puts two such files side by side (before and after a change).
 """
 
 from __future__ import annotations

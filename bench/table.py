@@ -110,6 +110,8 @@ def as_json(figures: List[Figure], values: Dict[str, Values]) -> Dict[str, Any]:
     for fig in figures:
         v = values.get(fig.key, {})
         s = summarize(v)
+        if not fig.ratios:
+            s = s._replace(vs_direct=None, vs_ceiling=None, ceiling_vs_direct=None, spread=None)
         out[fig.key] = {"label": fig.label, "unit": fig.unit, "higher_is_better": fig.higher_is_better,
                         "values": v, **s._asdict(), "target": fig.goal, "result": verdict(fig, s)}
     return out
