@@ -392,23 +392,24 @@ class Bench:
         return statistics.median(took)
 
     def repeat(self, r: int) -> None:
+        """Start the served targets afresh, measure everything for the three, stop them."""
         assert self.upstream is not None
         servers = self.start_targets(rotated(["ceiling", "claudeproxy"], r))
         try:
             targets = [Target("direct", self.upstream.port, None)]
             targets += [Target(n, s.port, s.proc.pid) for n, s in servers.items()]
-            targets = rotated(sorted(targets, key=lambda t: TARGETS.index(t.name)), r)
-            self.measure_all(r, targets)
+            self.measure_all(r, sorted(targets, key=lambda t: TARGETS.index(t.name)))
         finally:
             for server in servers.values():
                 procs.stop(server.proc)
         self.pad(r + 1)
 
     def measure_all(self, r: int, targets: List[Target]) -> None:
+        """Every figure, the targets in turn for each; the order rotates with the repeat and the figure."""
         for t in targets:
             self.warm_up(t)
         for t in rotated(targets, r):
-            self.measure_rss(t)
+            self.measure_rss(t)  # first: the peak should come from the 64 streams, not from the req/s runs
         acc: Dict[str, Dict[str, List[float]]] = {t.name: collections.defaultdict(lambda: [0.0, 0.0])
                                                   for t in targets}
         step = 0
