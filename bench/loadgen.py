@@ -71,6 +71,11 @@ class Connection:
             self.sock.close()
         self.sock = self.reader = None
 
+    def connect(self) -> None:
+        """Open the connection now rather than with the first request."""
+        if self.reader is None:
+            self._open()
+
     def _open(self) -> Reader:
         sock = socket.create_connection((self.spec["host"], self.spec["port"]), timeout=60)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -203,6 +208,10 @@ def run_hold(spec: Spec, concurrency: int, rounds: int) -> Dict[str, Any]:
 
     def worker() -> None:
         conn = Connection(spec)
+        try:
+            conn.connect()  # all connected before any request: the burst is only the requests
+        except OSError:
+            conn.close()
         ready.wait(60)
         for _ in range(rounds):
             one_stream(conn)
