@@ -606,7 +606,9 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["run"]:  # claudeproxy run [proxy options] -- COMMAND: launcher.py
-        from .launcher import run_main  # here, not at the top: launcher.py imports this module
+        from .launcher import (
+            run_main,  # here, not at the top: launcher.py imports this module
+        )
 
         return run_main(args[1:], environ, stdout, stderr)
     try:

@@ -69,16 +69,23 @@ def _nodes(value: Any) -> Iterator[Tuple[Tuple[Key, ...], Any, Optional[str]]]:
 
 
 def depth_ok(value: Any, limit: int = MAX_NESTING) -> bool:
-    """Nesting depth check without recursion."""
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
+    """Nesting depth check without recursion, one level at a time.
+
+    Only containers are visited (strings and numbers cannot nest), so a 20 KB
+    request costs about what decoding it did.
+    """
+    level = [value] if isinstance(value, (dict, list)) else []
+    depth = 1
+    while level:
         if depth > limit:
             return False
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node)
+        inner: List[Any] = []
+        for node in level:
+            for child in node.values() if type(node) is dict else node:
+                if type(child) is dict or type(child) is list:
+                    inner.append(child)
+        level = inner
+        depth += 1
     return True
 
 

@@ -7,25 +7,21 @@ I/O: logging only. Two things:
   ``claudeproxy.bodies`` logger, always through the redactor. ``--log-level
   debug`` shows them, as the Go proxy this replaces did; ``--log-bodies``
   turns on that one logger at any level.
-- ``ObservedFold``: wraps an API's ``StreamFold`` for the relay. It notes when
-  the first content event came out (the relay writes each batch the moment the
-  fold returns it, so this is the time to first token the client saw), and at
-  DEBUG logs every upstream line and the events sent for it.
+- ``ObservedFold``: wraps an API's ``StreamFold`` for the relay when bodies are
+  logged, and logs every upstream line and the events sent for it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import ProxyError
 from .redact import redact_text
 
 BODIES_LOGGER = "claudeproxy.bodies"
 _MAX_LOGGED = 1024 * 1024  # one body line in the log at most this long: a 30 MB image is no use there
-_CONTENT_EVENTS = ("content_block_start", "content_block_delta")
 
 Event = Dict[str, Any]
 
@@ -50,14 +46,12 @@ def log_body(what: str, body: Any, secrets: Sequence[str]) -> None:
 
 
 class ObservedFold:
-    """A ``StreamFold`` that records when content first came out and logs the traffic at DEBUG."""
+    """A ``StreamFold`` that logs the traffic at DEBUG (used only when bodies are logged)."""
 
-    def __init__(self, fold: Any, secrets: Sequence[str], clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, fold: Any, secrets: Sequence[str]) -> None:
         self._fold = fold
         self._secrets = tuple(secrets)
-        self._clock = clock
         self._log = bodies_logged()
-        self.first_content_at: Optional[float] = None
 
     def __getattr__(self, name: str) -> Any:
         # What the relay and the pipeline read beyond the protocol (warnings, skipped_events, ...).
@@ -100,8 +94,6 @@ class ObservedFold:
         return self._seen(self._fold.from_json(obj))
 
     def _seen(self, events: List[Event]) -> List[Event]:
-        if self.first_content_at is None and any(e.get("type") in _CONTENT_EVENTS for e in events):
-            self.first_content_at = self._clock()
         if self._log and events:
             log_body("client events", events, self._secrets)
         return events

@@ -39,7 +39,7 @@ from .errors import (
 from .ids import new_id
 from .metrics import CallRecord, Metrics, access_line
 from .model_facts import PRICES_CHECKED, ModelFacts
-from .observe import ObservedFold, log_body
+from .observe import ObservedFold, bodies_logged, log_body
 from .prompt_cache import session_cache_key
 from .relay import Relay
 from .replies import events_for_message, local_message
@@ -475,9 +475,11 @@ class Proxy:
     def _stream(self, api: Any, req: ClientRequest, ex: Exchange, resp: Any, writer: Any, call: UpstreamCall,
                 watch: Watch, record: Dict[str, Any]) -> None:
         estimate = self._estimate(req, record)
-        fold = ObservedFold(api.fold(req, ex, message_id="msg_" + new_id(), input_tokens=estimate,
-                                     secrets=self.secrets()), self.secrets())
-        relay = Relay(writer, cast(StreamFold, fold), call, self.config)  # read-through: the fold's own state
+        fold: StreamFold = api.fold(req, ex, message_id="msg_" + new_id(), input_tokens=estimate,
+                                    secrets=self.secrets())
+        if bodies_logged():
+            fold = cast(StreamFold, ObservedFold(fold, self.secrets()))  # every line and event at DEBUG
+        relay = Relay(writer, fold, call, self.config)
         watch.tick = relay.tick
         try:
             with self.metrics.streaming():
@@ -488,7 +490,7 @@ class Proxy:
             if relay.failure is not None:
                 # The client saw a 200 and then event: error; the metrics must count it as the error it was.
                 record.update(error_type=relay.failure.error_type)
-            record.update(stop_reason=fold.stop_reason, first_content_at=fold.first_content_at,
+            record.update(stop_reason=fold.stop_reason, first_content_at=relay.first_content_at,
                           **_usage_fields(fold.usage))
 
     def _estimate(self, req: ClientRequest, record: Dict[str, Any]) -> int:

@@ -35,6 +35,7 @@ from .upstream import (
 )
 
 log = logging.getLogger(__name__)
+_CONTENT_EVENTS = ("content_block_start", "content_block_delta")
 
 
 class Relay:
@@ -50,6 +51,8 @@ class Relay:
         self.finished = False
         self.response_open = False  # the upstream answered 200: from now on we may commit
         self.failure: Optional[ProxyError] = None  # what ended the stream with event: error
+        # When the first content went out: the time to first token the client saw.
+        self.first_content_at: Optional[float] = None
         self.opened_at = self.last_upstream = time.monotonic()
         self._resp: Any = None  # the open upstream response, while run() reads it
         self.deadline: Optional[float] = None  # monotonic time the call is aborted at (a JSON answer)
@@ -114,6 +117,8 @@ class Relay:
                 self.writer.start_stream()
                 self.committed = True
             self.writer.events(events)
+            if self.first_content_at is None and any(e["type"] in _CONTENT_EVENTS for e in events):
+                self.first_content_at = time.monotonic()
             if self.fold.complete and not self.finished:
                 self.finished = True
                 self._close_upstream()

@@ -174,3 +174,13 @@ def test_split_lines_takes_several_whole_lines() -> None:
     # Callers that hand over more than one readline() result at once still get every line.
     assert split_lines(b"data: a\n\ndata: b\r\n\r\n") == ["data: a", "", "data: b", ""]
     assert split_lines(b"data: a\x0bb\x0cc\xe2\x80\xa8d\n") == ["data: a\x0bb\x0cc\u2028d"]  # not line ends in SSE
+
+
+@pytest.mark.parametrize("text", ["hi", "", "é\n\"quoted\"\t\\", "\u2028\u2029 emoji \U0001f600", "</script>"])
+@pytest.mark.parametrize("index", [0, 7, 123])
+def test_text_delta_template_writes_what_json_dumps_writes(text: str, index: int) -> None:
+    """The template for the most common event is only a shortcut: the bytes are json.dumps's."""
+    payload = {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}}
+    plain = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    assert encode_event(payload) == f"event: content_block_delta\ndata: {plain}\n\n".encode("utf-8")
+    assert json.loads(encode_event(payload).decode().split("data: ", 1)[1]) == payload

@@ -289,6 +289,15 @@ class StreamTranslator:
     def has_finish_reason(self) -> bool:
         return self.finish_reason is not None
 
+    @property
+    def takes_plain_text(self) -> bool:
+        """``plain_text`` gives exactly what ``feed`` would (after message_start, without think tags)."""
+        return self.started and self.think is None
+
+    def plain_text(self, text: str) -> List[Event]:
+        """Events for a chunk that carries only ``text`` (``plain_text_delta``): ``feed`` without the parsing."""
+        return self._emit_text(text)
+
     def feed(self, chunk: ChatResponse) -> List[Event]:
         """Events for one upstream chunk. Raises ``ProxyError`` for an error object."""
         if chunk.error is not None:
@@ -570,6 +579,23 @@ class StreamTranslator:
             self.state["ts"] = sigs
 
 
+def plain_text_delta(obj: Any) -> Optional[str]:
+    """The text of a chunk that carries only text (no finish, tools, reasoning, usage, error), else None."""
+    choices = obj.get("choices") if type(obj) is dict else None
+    if type(choices) is not list or len(choices) != 1 or obj.get("usage") or obj.get("error") or obj.get("x_groq"):
+        return None
+    choice = choices[0]
+    delta = choice.get("delta") if type(choice) is dict else None
+    if type(delta) is not dict or choice.get("finish_reason") is not None:
+        return None
+    if type(choice.get("stop_reason")) is str or type(choice.get("matched_stop")) is str:
+        return None  # vLLM/SGLang naming the stop string: the full path reads it
+    text = delta.get("content")
+    if type(text) is not str or not text or len(delta) > 2 or (len(delta) == 2 and "role" not in delta):
+        return None
+    return text
+
+
 class ChatFold:
     """Upstream SSE body lines in, Anthropic events out: the Chat Completions ``StreamFold``.
 
@@ -659,6 +685,11 @@ class ChatFold:
                 raise UpstreamUnavailable("upstream stream is not JSON") from None
             return []
         self.bad_events = 0
+        text = plain_text_delta(obj) if event.event != "error" else None
+        if text is not None and self.translator.takes_plain_text:
+            # Most chunks of an answer carry nothing but a little text: skip building a ChatResponse.
+            self.chunks += 1
+            return self.translator.plain_text(text)
         chunk = parse_chat_chunk(obj)
         self.chunks += chunk.choice is not None
         if event.event == "error" and chunk.error is None:
