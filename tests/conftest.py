@@ -158,3 +158,17 @@ def post(proxy: Any) -> Callable[..., Response]:
         return request(proxy.url, "POST", path, body, hdrs)
 
     return send
+
+
+def record_for(records: List[Any], request_id: str, timeout: float = 3.0) -> Any:
+    """The call record of one answer (by its request-id header): written just after the answer
+    went out, so it may take a moment; other tests' late records never match."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for rec in list(records):
+            if rec.request_id == request_id:
+                return rec
+        time.sleep(0.01)
+    raise AssertionError(f"no call record for {request_id} in {[r.request_id for r in records]}")

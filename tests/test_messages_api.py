@@ -16,7 +16,7 @@ import time
 from typing import Any, Dict, List
 
 import pytest
-from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
+from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, record_for, request
 from fakes import Fault, Gate, Reply, Sleep, StreamClient, json_reply
 from sse_checks import assert_valid_event_sequence, final_message
 
@@ -79,14 +79,6 @@ def post(server: Any, body: Any, path: str = "/v1/messages", headers: Any = None
     hdrs = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
     hdrs.update(headers or {})
     return request(server.url, "POST", path, body, hdrs)
-
-
-def _wait_for(records: List[Any], timeout: float = 2.0) -> bool:
-    """The record is written after the last byte went out; give the handler a moment."""
-    end = time.monotonic() + timeout
-    while not records and time.monotonic() < end:
-        time.sleep(0.01)
-    return bool(records)
 
 
 # ---------------------------------------------------------------------------
@@ -211,8 +203,7 @@ def test_json_answer_is_relayed_with_usage_in_metrics(through, fake_upstream, re
     resp = post(through, minimal_request(model="claude-haiku-4-5"))
     assert resp.status == 200
     assert resp.json == {**ANSWER, "model": "claude-haiku-4-5"}
-    assert _wait_for(records)
-    rec = records[-1]
+    rec = record_for(records, resp.headers["request-id"])
     assert (rec.input_tokens, rec.output_tokens, rec.stop_reason) == (12, 3, "end_turn")
     assert (rec.model, rec.provider, rec.route) == ("claude-haiku-4-5", "upstream", "*")
 
@@ -235,7 +226,8 @@ def test_upstream_error_keeps_status_and_type(through, fake_upstream, records, s
     if status == 429:
         assert resp.headers["retry-after"] == "7"
     assert "keep-alive" not in resp.headers and "proxy-authenticate" not in resp.headers
-    assert _wait_for(records) and records[-1].status == status and records[-1].error_type == error_type
+    rec = record_for(records, resp.headers["request-id"])
+    assert (rec.status, rec.error_type) == (status, error_type)
 
 
 def test_prompt_too_long_stays_what_claude_code_compacts_on(through, fake_upstream):
@@ -318,13 +310,13 @@ def test_stream_is_relayed_as_it_arrives(through, fake_upstream, records):
         assert delta["delta"]["text"] == "Hello" and not gate.event.is_set()
         gate.release()
         events = client.read_all(timeout=5)
+        request_id = client.headers["request-id"]
     assert_valid_event_sequence(events, allow_error=False)
     # Every event as the upstream sent it, but the model name is the client's.
     start = {**MESSAGE_START, "message": {**MESSAGE_START["message"], "model": "claude-sonnet-4-5"}}
     assert events == [start] + HEAD_EVENTS[1:] + TAIL_EVENTS
     assert final_message(events)["content"] == [{"type": "text", "text": "Hello there"}]
-    assert _wait_for(records)
-    rec = records[-1]
+    rec = record_for(records, request_id)
     assert (rec.input_tokens, rec.output_tokens, rec.cache_read_input_tokens) == (25, 15, 7)
     assert rec.stop_reason == "end_turn" and rec.status == 200
     after = request(through.url, "GET", "/metrics?format=json").json
@@ -365,10 +357,11 @@ def test_broken_stream_ends_with_one_error_event(through, fake_upstream, records
     fake_upstream.push(sse(events_bytes(HEAD_EVENTS), Fault(fault)))
     with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
         events = client.read_all(timeout=5)
+        request_id = client.headers["request-id"]
     assert_valid_event_sequence(events)
     assert [e["type"] for e in events].count("error") == 1 and events[-1]["type"] == "error"
     assert events[-1]["error"]["type"] == "api_error"
-    assert _wait_for(records) and records[-1].error_type == "api_error"
+    assert record_for(records, request_id).error_type == "api_error"
 
 
 def test_upstream_error_event_mid_stream_is_redacted_and_ends_it(through, fake_upstream):

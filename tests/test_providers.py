@@ -11,7 +11,7 @@ import json
 from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
-from conftest import CLIENT_KEY, UPSTREAM_KEY, load_json, request
+from conftest import CLIENT_KEY, UPSTREAM_KEY, load_json, record_for, request
 from fakes import (
     FakeUpstream,
     Reply,
@@ -176,8 +176,9 @@ def test_metrics_name_the_provider_and_route(two_providers: Any, fakes: Any) -> 
     server = claudeproxy.start(config=two_providers.server.config, metrics_sink=records.append)
     try:
         fakes[1].push(json_reply(NATIVE_ANSWER))
-        assert post(server, {**CLAUDE_CODE, "model": "claude-haiku-5-5", "stream": False}).status == 200
-        rec = records[-1]
+        resp = post(server, {**CLAUDE_CODE, "model": "claude-haiku-5-5", "stream": False})
+        assert resp.status == 200
+        rec = record_for(records, resp.headers["request-id"])
         assert (rec.provider, rec.route, rec.model, rec.upstream_model) == ("local", "haiku", "claude-haiku-5-5",
                                                                             "qwen3:8b")
         assert (rec.input_tokens, rec.output_tokens) == (30, 4)

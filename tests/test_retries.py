@@ -18,7 +18,7 @@ import time
 from typing import Any, Iterator, List, Tuple
 
 import pytest
-from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
+from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, record_for, request
 from fakes import (
     FakeUpstream,
     Fault,
@@ -75,7 +75,8 @@ def test_retries_get_past_transient_failures(make_proxy: Any, fake_upstream: Fak
     assert resp.status == 200, resp
     assert resp.json["content"] == [{"type": "text", "text": "third"}]
     assert len(fake_upstream.requests) == 3
-    assert records[-1].attempts == 3 and records[-1].status == 200
+    rec = record_for(records, resp.headers["request-id"])
+    assert rec.attempts == 3 and rec.status == 200
 
 
 def test_retries_stop_after_n(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
@@ -212,6 +213,7 @@ def test_a_fallback_answers_when_the_first_provider_fails(fake_upstream: FakeUps
             second_fake.push(sse_reply(chunk({"role": "assistant", "content": "from backup"}), chunk({}, "stop")))
             with StreamClient(server.url, minimal_request(stream=True), headers=HEADERS) as client:
                 events = client.read_all(timeout=5)
+                record_for(records, client.headers["request-id"])
             assert_valid_event_sequence(events, allow_error=False)
             assert final_message(events)["content"] == [{"type": "text", "text": "from backup"}]
         else:
@@ -219,6 +221,7 @@ def test_a_fallback_answers_when_the_first_provider_fails(fake_upstream: FakeUps
             resp = ask(server)
             assert resp.status == 200 and resp.json["content"] == [{"type": "text", "text": "from backup"}]
             assert resp.json["model"] == "claude-test"
+            record_for(records, resp.headers["request-id"])
         assert fake_upstream.last.json["model"] == "model-a" and second_fake.last.json["model"] == "model-b"
         assert sent_keys(second_fake) == ["sk-backup-0000000000"]
         rec = records[-1]
