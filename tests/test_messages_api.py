@@ -131,6 +131,17 @@ def test_upstream_path_joins_the_base_once(make_proxy, fake_upstream, base, expe
     assert fake_upstream.last.path == expected
 
 
+def test_query_with_bytes_http_client_refuses_is_forwarded_encoded(through, fake_upstream):
+    """Found by the request fuzz: a non-ASCII or control byte in the query was a 502 "could not reach"."""
+    from test_http_errors import json_post, raw_request
+
+    fake_upstream.push(json_reply(ANSWER))
+    raw = json_post(json.dumps(minimal_request()).encode(), path="/v1/messages?beta=%ff&x=\xe9\x01#f")
+    resp = raw_request(through.url, raw)
+    assert resp.status == 200, resp
+    assert fake_upstream.last.path == "/v1/messages?beta=%ff&x=%E9%01%23f"
+
+
 def test_header_hygiene(through, fake_upstream):
     fake_upstream.push(json_reply(ANSWER))
     post(through, minimal_request(), headers={
