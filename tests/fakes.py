@@ -20,7 +20,7 @@ import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 WAIT = 10.0  # longest any fake step waits
 
@@ -156,9 +156,9 @@ class _Handler(BaseHTTPRequestHandler):
         rec = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
                        list(self.headers.items()), body)
         self.generation = fake.generation  # a reset() between tests orphans this connection
-        fake.requests.append(rec)
+        fake.count_request(rec)
         fake.received.set()
-        reply = fake.next_reply()
+        reply = fake.responder(rec) if fake.responder is not None else fake.next_reply()
         self.close_connection = not fake.keep_alive
         if reply.drop:
             if reply.drop == "partial":
@@ -250,12 +250,19 @@ class FakeUpstream:
     ``keep_alive=True`` keeps connections open between replies (the default
     sends ``Connection: close`` on every one); ``tls`` (a server
     ``ssl.SSLContext``) serves HTTPS. ``connections`` counts the TCP
-    connections accepted (with TLS, one handshake each).
+    connections accepted (with TLS, one handshake each). ``responder`` (a
+    function of the ``Recorded`` request) picks each reply instead of the
+    queue; ``keep_requests=False`` only counts requests (``request_count``),
+    for runs of thousands.
     """
 
-    def __init__(self, keep_alive: bool = False, tls: Any = None) -> None:
+    def __init__(self, keep_alive: bool = False, tls: Any = None,
+                 responder: Optional[Callable[[Recorded], Reply]] = None, keep_requests: bool = True) -> None:
         self.keep_alive = keep_alive
         self.tls = tls
+        self.responder = responder
+        self.keep_requests = keep_requests
+        self.request_count = 0
         self.connections = 0
         self.closed_connections = 0
         self._count_lock = threading.Lock()
@@ -278,6 +285,12 @@ class FakeUpstream:
     @property
     def url(self) -> str:
         return f"{'https' if self.tls is not None else 'http'}://127.0.0.1:{self.port}/v1"
+
+    def count_request(self, rec: Recorded) -> None:
+        with self._count_lock:
+            self.request_count += 1
+        if self.keep_requests:
+            self.requests.append(rec)
 
     def connection_opened(self) -> None:
         with self._count_lock:
