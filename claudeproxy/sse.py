@@ -98,4 +98,10 @@ def is_done(data: str) -> bool:
 def encode_event(payload: Dict[str, Any]) -> bytes:
     """One Anthropic SSE event; its ``event:`` name is the payload's ``type``."""
     data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {payload['type']}\ndata: {data}\n\n".encode("utf-8")
+    try:
+        return f"event: {payload['type']}\ndata: {data}\n\n".encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate from the upstream ("\ud83d": half an emoji cut by a JS server)
+        # has no UTF-8 form; escaped it is still valid JSON, as in JSON answers.
+        data = json.dumps(payload, separators=(",", ":"))
+        return f"event: {payload['type']}\ndata: {data}\n\n".encode("utf-8", "replace")
