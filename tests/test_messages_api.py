@@ -371,6 +371,37 @@ def test_stream_cut_after_message_delta_is_finished(through, fake_upstream):
     assert events[-1] == {"type": "message_stop"}
 
 
+@pytest.mark.parametrize("after", ["error event", "line over the cap"])
+def test_failure_after_message_delta_still_ends_with_message_stop(through, fake_upstream, after):
+    """Found by the upstream fuzz: message_delta went out, so only message_stop may follow (not an error)."""
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    tail = anthropic_event(error) if after == "error event" else b"data: " + b"x" * (2 * 1024 * 1024) + b"\n\n"
+    fake_upstream.push(sse(events_bytes(HEAD_EVENTS + TAIL_EVENTS[:-1]), tail))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert events[-1] == {"type": "message_stop"}
+
+
+def test_event_whose_type_is_not_a_string_is_named_by_its_event_line(through, fake_upstream):
+    """Found by the upstream fuzz: "type": 5 under "event: message_stop" ended the stream for the proxy,
+    but the client got an event named 5 and never a message_stop."""
+    fake_upstream.push(sse(events_bytes(HEAD_EVENTS + TAIL_EVENTS[:-1]), b'event: message_stop\ndata: {"type": 5}\n\n'))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert events[-1] == {"type": "message_stop"}
+
+
+@pytest.mark.parametrize("bad", [{"content": [5]}, {"content": ["text"]}, {"usage": 1.5}, {"usage": [1]},
+                                 {"content": [{"type": "text", "text": "a", "citations": 7}]}])
+def test_malformed_json_message_to_a_stream_request_is_502(through, fake_upstream, bad):
+    """Found by the upstream fuzz: turning such a JSON answer into events raised AttributeError (a 500)."""
+    fake_upstream.push(json_reply({**ANSWER, **bad}))
+    resp = post(through, minimal_request(stream=True))
+    assert resp.status == 502 and resp.json["error"]["type"] == "api_error", resp
+
+
 @pytest.mark.parametrize("fault", ["rst", "fin", "truncate"])
 def test_broken_stream_ends_with_one_error_event(through, fake_upstream, records, fault):
     fake_upstream.push(sse(events_bytes(HEAD_EVENTS), Fault(fault)))
