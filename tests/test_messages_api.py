@@ -393,6 +393,17 @@ def test_event_whose_type_is_not_a_string_is_named_by_its_event_line(through, fa
     assert events[-1] == {"type": "message_stop"}
 
 
+@pytest.mark.parametrize("usage", [{"input_tokens": {}}, {"output_tokens": [1]}, {"input_tokens": "x"},
+                                   {"output_tokens": 1e999}])
+def test_odd_usage_values_in_a_forwarded_answer_are_no_500(through, fake_upstream, usage):
+    """Found by the upstream fuzz: the call record's int() of a usage value that is an object raised
+    TypeError after the answer was read (a 500 "internal error" for an answer the upstream gave)."""
+    fake_upstream.push(json_reply({**ANSWER, "usage": usage}))
+    resp = post(through, minimal_request())
+    assert resp.status == 200, resp
+    assert resp.json["usage"] == usage
+
+
 @pytest.mark.parametrize("bad", [{"content": [5]}, {"content": ["text"]}, {"usage": 1.5}, {"usage": [1]},
                                  {"content": [{"type": "text", "text": "a", "citations": 7}]}])
 def test_malformed_json_message_to_a_stream_request_is_502(through, fake_upstream, bad):
