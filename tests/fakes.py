@@ -215,6 +215,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _fault(self, kind: str, fake: "FakeUpstream") -> bool:
         sock = self.connection
+        # A kept-alive connection would wait here for the next request, and the rfile still holds
+        # the descriptor: the RST would only go out when the proxy gives up.
+        self.close_connection = True
         if kind == "rst":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()

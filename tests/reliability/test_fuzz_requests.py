@@ -132,7 +132,7 @@ SWAPS: List[Any] = [None, True, False, 0, -1, 1.5, 2 ** 53 + 1, "", "x", "\u0000
 
 def swap_value(rng: random.Random, old: Any) -> Any:
     choices = [v for v in SWAPS if type(v) is not type(old)]
-    return rng.choice(choices)
+    return copy(rng.choice(choices))  # a fresh copy: a shared list put in twice would nest into itself
 
 
 def m_swap(rng: random.Random, body: Any, path: Path) -> Tuple[str, bytes]:
