@@ -575,4 +575,4 @@ def test_mutated_requests_get_valid_anthropic_answers(seed: int, quiet_log: Any,
     assert "Traceback" not in err, err[-3000:]
     assert threads1 <= threads0, f"threads {threads0} -> {threads1}: {[t.name for t in threading.enumerate()]}"
     assert fds1 <= fds0, f"file descriptors {fds0} -> {fds1}"
-    assert len(mutants) >= 1000 and tried >= 2000
+    assert (len(mutants) >= 1000 and tried >= 2000) or "CLAUDEPROXY_FUZZ_MUTANTS" in os.environ

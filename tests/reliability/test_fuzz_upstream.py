@@ -447,7 +447,7 @@ def test_mutated_upstream_streams_through_the_folds(seed: int) -> None:
            "every stream passes the event grammar; every JSON answer a valid message or mapped error", not failures,
            seed=seed, outcomes=summary, failures=failures[:20])
     assert not failures, f"{len(failures)} bad outcomes:\n" + "\n".join(failures[:15])
-    assert tried >= 2000
+    assert tried >= 2000 or "CLAUDEPROXY_FUZZ_STREAMS" in os.environ  # a smaller run only when asked for
 
 
 # ---------------------------------------------------------------------------
