@@ -3,7 +3,7 @@
 It records every request (method, path, headers, JSON body) and answers from
 a queue of ``Reply`` scripts. A reply's body is a list of steps sent in
 order: bytes (one chunk each, flushed), ``Gate`` (wait for the test to
-release it), ``Sleep``, or ``Fault`` (reset, half-close, truncated chunk).
+release it), ``Sleep``, ``Hold`` (a sleep that does not watch the peer), or ``Fault`` (reset, half-close, truncated chunk).
 ``closed_at`` (and ``wait_closed``) lets disconnect tests measure when the
 proxy let go. ``StreamClient`` is the other side: a raw-socket client that
 reads a streamed response as it arrives, so tests can prove nothing is held
@@ -42,6 +42,13 @@ class Sleep:
 
 
 @dataclasses.dataclass
+class Hold:
+    """Like ``Sleep`` but without watching the peer: hundreds of held replies cost no CPU."""
+
+    seconds: float
+
+
+@dataclasses.dataclass
 class Fault:
     """``rst`` (abortive close), ``fin`` (close at a chunk boundary, no terminator),
     ``truncate`` (close inside a chunk), ``hang`` (send nothing more until the peer closes)."""
@@ -49,7 +56,7 @@ class Fault:
     kind: str
 
 
-Step = Union[bytes, Gate, Sleep, Fault]
+Step = Union[bytes, Gate, Sleep, Hold, Fault]
 
 
 @dataclasses.dataclass
@@ -211,6 +218,9 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         if isinstance(step, Sleep):
             return fake.wait_or_closed(self.connection, step.seconds, self.generation)
+        if isinstance(step, Hold):
+            time.sleep(step.seconds)
+            return False
         return self._fault(step.kind, fake)
 
     def _fault(self, kind: str, fake: "FakeUpstream") -> bool:

@@ -8,7 +8,7 @@ and the clients live in the test process.
   its RSS growth per stream is recorded; after they end, threads and fds are
   back to baseline.
 - C1: 1,000 connections opened at once, each sending a stream request (the
-  upstream holds every answer 1 s): each is answered 200 with a valid stream or
+  upstream sends its headers, then holds every answer 1 s): each is answered 200 with a valid stream or
   529 ``overloaded_error`` within 10 s; connect p99 and RSS growth recorded;
   threads and fds back to baseline.
 - C2: 2,000 requests in a row on one keep-alive connection, every third a
@@ -32,7 +32,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import pytest
 
 from conftest import CLIENT_KEY, minimal_request
-from fakes import FakeUpstream, Gate, Reply, StreamClient, chunk, sse_reply
+from fakes import FakeUpstream, Gate, Hold, Reply, StreamClient, chunk, sse_reply
 from rkit import (
     HAVE_PROC,
     FdLimit,
@@ -238,10 +238,12 @@ def test_1000_concurrent_connections(fd_room: int) -> None:
         assert check_answer(*_post(proxy.port, minimal_request(stream=True))) == "stream"
         base = baseline(proxy)
         rss0 = rss_kb(proxy.pid)
+        # The headers at once, then 1 s of silence (Hold: 256 waiting fake threads must not poll,
+        # or the test process, not the proxy, becomes the bottleneck), then the answer.
         held = Reply(200, (("Content-Type", "text/event-stream"),),
-                     [b"data: " + json.dumps(chunk({"content": "served"})).encode() + b"\n\n",
+                     [Hold(HOLD), b"data: " + json.dumps(chunk({"content": "served"})).encode() + b"\n\n",
                       b"data: " + json.dumps(chunk({}, "stop")).encode() + b"\n\n", b"data: [DONE]\n\n"],
-                     chunked=True, delay=HOLD)
+                     chunked=True)
         fake.default = held
         peak = {"rss": rss0, "threads": 0}
         stop = threading.Event()
