@@ -34,6 +34,7 @@ def test_subset_under_dev_mode_leaks_nothing(tmp_path) -> None:
         "CLAUDEPROXY_LEAKCHECK": str(leak),
         "CLAUDEPROXY_FIGURES": str(tmp_path / "figures.json"),  # not the figures of this run
         "CLAUDEPROXY_FUZZ_STREAMS": "200", "CLAUDEPROXY_FUZZ_SERVER": "60", "CLAUDEPROXY_FUZZ_MUTANTS": "100",
+        "CLAUDEPROXY_FUZZ_SWEEP_EVERY": "10",
     })
     argv = [sys.executable, "-X", "dev", "-W", "error::ResourceWarning", "-m", "pytest", "-q", "-p", "leak_plugin",
             "-W", "error::ResourceWarning", "-p", "no:randomly", *[os.path.join(HERE, f) for f in SUBSET]]
