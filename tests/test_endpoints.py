@@ -417,6 +417,10 @@ def test_refusals_at_the_door_are_calls_too(make_proxy: Any, fake_upstream: Any)
     server = make_proxy(auth_key="right-key-000000", metrics_sink=records.append)
     assert request(server.url, "POST", "/v1/messages", minimal_request(), {"x-api-key": "wrong"}).status == 401
     assert request(server.url, "GET", "/v1/nothing-here", headers={"x-api-key": "right-key-000000"}).status == 404
+    # The record is written after the answer went out: the client can be faster than the handler.
+    deadline = time.monotonic() + 2.0
+    while len(records) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert [(r.endpoint, r.status, r.error_type) for r in records] == [
         ("/v1/messages", 401, "authentication_error"), ("/v1/nothing-here", 404, "not_found_error")]
     assert fake_upstream.requests == []
