@@ -28,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -171,8 +171,9 @@ class ProxyProcess:
         self.err: List[bytes] = []
         self._drain = threading.Thread(target=self._read_stderr, daemon=True)
         self._drain.start()
+        assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 15)
-        line = self.proc.stdout.readline().decode() if ready else ""  # type: ignore[union-attr]
+        line = self.proc.stdout.readline().decode() if ready else ""
         if "listening on http://" not in line:
             self.kill()
             raise AssertionError(f"the proxy did not start: {line!r} {self.stderr[-2000:]}")
@@ -297,21 +298,8 @@ class Reader:
             return RawAnswer(status, headers, self._exact(int(headers["content-length"]), deadline), closes)
         while self._fill(deadline):
             pass
-        body, self.buf = self.buf, b""
-        return RawAnswer(status, headers, body, True)
-
-
-def connect(port: int, timeout: float = 5.0) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
-
-
-def post_bytes(body: bytes, path: str = "/v1/messages", headers: Optional[List[Tuple[str, str]]] = None,
-               host: str = "127.0.0.1") -> bytes:
-    hdrs = [("Host", host), ("Content-Type", "application/json"), ("anthropic-version", "2023-06-01"),
-            ("Content-Length", str(len(body)))]
-    hdrs += headers or []
-    head = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs) + "\r\n"
-    return head.encode("latin-1") + body
+        rest, self.buf = self.buf, b""
+        return RawAnswer(status, headers, rest, True)
 
 
 # ---------------------------------------------------------------------------
@@ -373,23 +361,6 @@ def check_answer(status: int, headers: Dict[str, str], body: bytes, path: str = 
         check_message(obj)
         return "message"
     return "other"
-
-
-def assert_no_traceback(text: str) -> None:
-    assert "Traceback" not in text, text[-3000:]
-
-
-def iter_chunks(data: bytes, sizes: Iterator[int]) -> List[bytes]:
-    """``data`` cut into pieces of the given sizes (the last piece takes the rest)."""
-    out, pos = [], 0
-    for size in sizes:
-        if pos >= len(data):
-            break
-        out.append(data[pos:pos + max(1, size)])
-        pos += max(1, size)
-    if pos < len(data):
-        out.append(data[pos:])
-    return out
 
 
 # ---------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import pytest
 import claudeproxy
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
 from fakes import Fault, FakeUpstream, Reply, Sleep, StreamClient, chunk
-from rkit import STATUS_TYPES, check_error_body, record
+from rkit import check_error_body, record
 from sse_checks import assert_valid_event_sequence
 from test_disconnect import close, send_raw
 

@@ -60,7 +60,7 @@ APIS = ("chat", "messages")
 
 
 class Mutant(NamedTuple):
-    index: int
+    seq: int  # its place in the generated sequence
     kind: str
     source: str
     detail: str
@@ -414,7 +414,7 @@ def framing_cases(seed: int) -> List[Framed]:
 
 def send_framed(port: int, case: Framed) -> List[Tuple[int, Dict[str, str], bytes]]:
     """Send one framed case; every answer until the server closes or goes quiet."""
-    answers = []
+    answers: List[Tuple[int, Dict[str, str], bytes]] = []
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         reader = Reader(sock)
         sock.sendall(case.data)
@@ -503,7 +503,7 @@ def one(conn: http.client.HTTPConnection, mutant: Mutant) -> Tuple[int, str, str
 
 
 def label(mutant: Mutant) -> str:
-    return f"seed {SEED} #{mutant.index} {mutant.kind} on {mutant.source} ({mutant.detail[:120]}) {mutant.path}"
+    return f"seed {SEED} #{mutant.seq} {mutant.kind} on {mutant.source} ({mutant.detail[:120]}) {mutant.path}"
 
 
 def baseline_counts() -> Tuple[int, int]:

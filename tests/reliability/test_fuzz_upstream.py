@@ -39,7 +39,7 @@ import random
 import socket
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Tuple
 
 import pytest
 
@@ -69,7 +69,7 @@ ENDS = ["clean"] * 5 + ["fin"] * 2 + ["rst"] * 2 + ["timeout"]
 
 
 class StreamCase(NamedTuple):
-    index: int
+    seq: int  # its place in the generated sequence
     api: str
     source: str
     ops: Tuple[str, ...]
@@ -88,14 +88,14 @@ def _read(path: str) -> bytes:
 
 
 def stream_sources() -> Dict[str, List[Tuple[str, bytes, Dict[str, Any]]]]:
-    chat = []
+    chat: List[Tuple[str, bytes, Dict[str, Any]]] = []
     for stem in case_stems():
         case = load_case(stem)
         meta = {k: v for k, v in case.meta.items() if k not in ("end", "coalesce", "max_line_bytes")}
         chat.append((stem, case.upstream, meta))
-    responses = [(os.path.basename(p), _read(p), {})
+    responses: List[Tuple[str, bytes, Dict[str, Any]]] = [(os.path.basename(p), _read(p), {})
                  for p in sorted(glob.glob(os.path.join(FIXTURES, "responses_api", "streams", "*.upstream.sse")))]
-    messages = [(os.path.basename(p), _read(p), {}) for p in sorted(
+    messages: List[Tuple[str, bytes, Dict[str, Any]]] = [(os.path.basename(p), _read(p), {}) for p in sorted(
         glob.glob(os.path.join(FIXTURES, "streams", "*.anthropic.sse"))
         + glob.glob(os.path.join(FIXTURES, "responses_api", "streams", "*.anthropic.sse")))]
     return {"chat": chat, "messages": messages, "responses": responses}
@@ -427,7 +427,7 @@ def test_mutated_upstream_streams_through_the_folds(seed: int) -> None:
             outcome, failure = run_pure(case)
             counts[outcome] += 1
             if failure:
-                failures.append(f"seed {seed} {api} #{case.index} {case.source} {case.ops} end={case.end}: {failure}")
+                failures.append(f"seed {seed} {api} #{case.seq} {case.source} {case.ops} end={case.end}: {failure}")
         rng = random.Random(f"{seed}-{api}-bodies")
         sources = body_sources()[api]
         for _ in range(PURE_BODIES):
@@ -574,12 +574,12 @@ def test_mutated_upstream_streams_through_the_real_server(seed: int, caplog: Any
             for case in stream_cases(seed + 7, api, SERVER_CASES):
                 stream = rng.random() < 0.8
                 reply, what = server_script(rng, case, stream)
-                model = f"fz-{api}-{case.index}"
+                model = f"fz-{api}-{case.seq}"
                 scripts[model] = reply
                 # The Messages API forwards what it gets: altered upstream events or messages stay altered.
                 altered = what.startswith("json") and not what.endswith("as is") or (
                     what.startswith("stream") and any(op.split(" ")[0] in CONTENT_OPS for op in case.ops))
-                jobs.append((model, stream, f"{api} #{case.index} {case.source} {case.ops} {what}",
+                jobs.append((model, stream, f"{api} #{case.seq} {case.source} {case.ops} {what}",
                              api == "messages" and altered))
             proxy = start(api, fake)
             try:

@@ -60,8 +60,12 @@ def one_run() -> dict:
             client.read_until("content_block_delta", timeout=10)
             clients.append(client)
         exited: List[float] = []
-        waiter = threading.Thread(target=lambda: (proxy.proc.wait(GRACE + 10), exited.append(time.monotonic())),
-                                  daemon=True)
+
+        def wait_exit() -> None:
+            proxy.proc.wait(GRACE + 10)
+            exited.append(time.monotonic())
+
+        waiter = threading.Thread(target=wait_exit, daemon=True)
         signalled = time.monotonic()
         proxy.proc.send_signal(signal.SIGTERM)
         waiter.start()

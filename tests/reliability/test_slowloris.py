@@ -25,7 +25,7 @@ from rkit import check_error_body, percentile, record, settle
 
 CLIENTS = 100
 TRICKLE = 0.4
-SETTINGS = {"client_timeout": 1.0, "client_request_deadline": 2.0, "body_timeout": 1.5}
+SETTINGS: Dict[str, Any] = {"client_timeout": 1.0, "client_request_deadline": 2.0, "body_timeout": 1.5}
 HEADER_CUT = SETTINGS["client_request_deadline"]
 BODY_CUT = SETTINGS["body_timeout"]
 SLACK = 1.0
