@@ -44,6 +44,7 @@ _TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 _BODY_PIECE = 256 * 1024
 Route = Callable[[Any, Any], None]
+_STDLIB_5XX = {501: 405, 505: 400}  # what send_error answers instead (bad input is a 4xx)
 
 
 def _clean_header_value(value: str) -> str:
@@ -245,7 +246,12 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         log.debug('"%s" %s %s', getattr(self, "requestline", ""), code, size)
 
     def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
-        """The stdlib's own errors (bad request line, 414, 431, 501) in Anthropic's shape."""
+        """The stdlib's own errors (bad request line, 414, 431, unknown method, bad version) in Anthropic's shape.
+
+        Bad input is never a 5xx (the SDKs retry those): the stdlib's 501 for an
+        unknown method becomes 405, its 505 for an HTTP version other than 1.x a 400.
+        """
+        code = _STDLIB_5XX.get(code, code)
         self.close_connection = True
         writer = ResponseWriter(self, new_request_id())
         text = message or self.responses.get(code, ("error",))[0]

@@ -570,4 +570,12 @@ def _failure(exc: BaseException) -> Dict[str, Any]:
 def _usage_fields(usage: Any) -> Dict[str, int]:
     keys = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
     usage = usage if isinstance(usage, dict) else {}
-    return {k: int(usage.get(k) or 0) for k in keys}
+    return {k: _token_count(usage.get(k)) for k in keys}
+
+
+def _token_count(value: Any) -> int:
+    """A count from an upstream's usage; anything that is no number counts 0 (a forwarded body is not checked)."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0

@@ -74,7 +74,10 @@ class BodyReaders:
 
 class ProxyServer(ThreadingHTTPServer):
     daemon_threads = True
-    request_queue_size = 128  # the stdlib default of 5 drops bursts (RELIABILITY.md S16)
+    # The listen backlog (the kernel caps it at net.core.somaxconn). The stdlib's 5 drops bursts;
+    # with 128, a burst of 1,000 connections lost SYNs and waited out TCP's 1-2-4 s retries
+    # (connect p99 2 s, some 7 s: tests/reliability C1), before a 529 could even be sent.
+    request_queue_size = 1024
 
     def __init__(self, config: Config, metrics_sink: Optional[Sink] = None) -> None:
         self.config = config

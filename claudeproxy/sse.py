@@ -101,9 +101,15 @@ _TEXT_DELTA = 'event: content_block_delta\ndata: {"type":"content_block_delta","
 def encode_event(payload: Dict[str, Any]) -> bytes:
     """One Anthropic SSE event; its ``event:`` name is the payload's ``type``."""
     delta = payload.get("delta")
-    if payload["type"] == "content_block_delta" and len(payload) == 3 and type(delta) is dict and len(delta) == 2 \
-            and delta.get("type") == "text_delta" and type(delta.get("text")) is str:
-        # Most events of a stream are text deltas: fill a template, as json.dumps would write it.
-        return (_TEXT_DELTA % (payload["index"], json.dumps(delta["text"], ensure_ascii=False))).encode("utf-8")
-    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {payload['type']}\ndata: {data}\n\n".encode("utf-8")
+    try:
+        if payload["type"] == "content_block_delta" and len(payload) == 3 and type(payload.get("index")) is int \
+                and type(delta) is dict and len(delta) == 2 and delta.get("type") == "text_delta" and type(delta.get("text")) is str:
+            # Most events of a stream are text deltas: fill a template, as json.dumps would write it.
+            return (_TEXT_DELTA % (payload["index"], json.dumps(delta["text"], ensure_ascii=False))).encode("utf-8")
+        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        return f"event: {payload['type']}\ndata: {data}\n\n".encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate from the upstream ("\ud83d": half an emoji cut by a JS server)
+        # has no UTF-8 form; escaped it is still valid JSON, as in JSON answers.
+        data = json.dumps(payload, separators=(",", ":"))
+        return f"event: {payload['type']}\ndata: {data}\n\n".encode("utf-8", "replace")

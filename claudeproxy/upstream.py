@@ -47,6 +47,7 @@ from .redact import redact_headers, redact_text, redact_url
 log = logging.getLogger(__name__)
 
 MAX_ERROR_BODY = 64 * 1024
+_READ_SLICE = 256 * 1024  # one read of a JSON answer (see _read_capped)
 
 
 class UpstreamCall:
@@ -523,10 +524,24 @@ def iter_lines(resp: Any, limit: int) -> Iterator[bytes]:
         yield raw
 
 
+def _read_capped(resp: Any, most: int) -> bytes:
+    """At most ``most`` bytes of the body, in slices: before Python 3.10 ``read(n)`` allocates
+    all n bytes first, and ``n`` is the 64 MiB cap (measured: 40 ms and 64 MB for every answer)."""
+    parts: List[bytes] = []
+    got = 0
+    while got < most:
+        piece = resp.read(min(_READ_SLICE, most - got))
+        if not piece:
+            break
+        parts.append(piece)
+        got += len(piece)
+    return b"".join(parts)
+
+
 def read_json_body(resp: Any, call: UpstreamCall, limit: int) -> Any:
     """A whole JSON response body (non-streaming answers), size-capped."""
     try:
-        raw = resp.read(limit + 1)
+        raw = _read_capped(resp, limit + 1)
     except (OSError, http.client.HTTPException) as exc:
         raise read_error(exc, call) from None
     if call.abort_reason is not None:

@@ -11,6 +11,8 @@ import re
 from typing import Dict, Optional
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+_QUERY_SAFE = "!$%&'()*+,/:;=?@~-._"  # kept as they are in a forwarded query (escapes stay escapes)
+
 
 def _with_query(url: str, extra: Dict[str, str]) -> str:
     parts = urlsplit(url)
@@ -60,5 +62,9 @@ def messages_url(base: str, path: str, query: str = "") -> str:
     """
     parts = urlsplit(base)
     prefix = re.sub(r"/v1(/messages)?$", "", parts.path.rstrip("/"))
+    # The client's query goes on as sent, percent-encoded where http.client would refuse
+    # it (non-ASCII, controls, "#"): http.server decodes the request line as Latin-1,
+    # so each character is one byte the client sent.
+    query = quote(query, safe=_QUERY_SAFE, encoding="latin-1", errors="replace")
     joined = "&".join(q for q in (parts.query, query) if q)
     return urlunsplit((parts.scheme, parts.netloc, prefix + path, joined, ""))

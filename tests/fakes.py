@@ -3,7 +3,7 @@
 It records every request (method, path, headers, JSON body) and answers from
 a queue of ``Reply`` scripts. A reply's body is a list of steps sent in
 order: bytes (one chunk each, flushed), ``Gate`` (wait for the test to
-release it), ``Sleep``, or ``Fault`` (reset, half-close, truncated chunk).
+release it), ``Sleep``, ``Hold`` (a sleep that does not watch the peer), or ``Fault`` (reset, half-close, truncated chunk).
 ``closed_at`` (and ``wait_closed``) lets disconnect tests measure when the
 proxy let go. ``StreamClient`` is the other side: a raw-socket client that
 reads a streamed response as it arrives, so tests can prove nothing is held
@@ -20,7 +20,7 @@ import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 WAIT = 10.0  # longest any fake step waits
 
@@ -42,6 +42,13 @@ class Sleep:
 
 
 @dataclasses.dataclass
+class Hold:
+    """Like ``Sleep`` but without watching the peer: hundreds of held replies cost no CPU."""
+
+    seconds: float
+
+
+@dataclasses.dataclass
 class Fault:
     """``rst`` (abortive close), ``fin`` (close at a chunk boundary, no terminator),
     ``truncate`` (close inside a chunk), ``hang`` (send nothing more until the peer closes)."""
@@ -49,7 +56,7 @@ class Fault:
     kind: str
 
 
-Step = Union[bytes, Gate, Sleep, Fault]
+Step = Union[bytes, Gate, Sleep, Hold, Fault]
 
 
 @dataclasses.dataclass
@@ -156,9 +163,9 @@ class _Handler(BaseHTTPRequestHandler):
         rec = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
                        list(self.headers.items()), body)
         self.generation = fake.generation  # a reset() between tests orphans this connection
-        fake.requests.append(rec)
+        fake.count_request(rec)
         fake.received.set()
-        reply = fake.next_reply()
+        reply = fake.responder(rec) if fake.responder is not None else fake.next_reply()
         self.close_connection = not fake.keep_alive
         if reply.drop:
             if reply.drop == "partial":
@@ -211,10 +218,16 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         if isinstance(step, Sleep):
             return fake.wait_or_closed(self.connection, step.seconds, self.generation)
+        if isinstance(step, Hold):
+            time.sleep(step.seconds)
+            return False
         return self._fault(step.kind, fake)
 
     def _fault(self, kind: str, fake: "FakeUpstream") -> bool:
         sock = self.connection
+        # A kept-alive connection would wait here for the next request, and the rfile still holds
+        # the descriptor: the RST would only go out when the proxy gives up.
+        self.close_connection = True
         if kind == "rst":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()
@@ -250,12 +263,19 @@ class FakeUpstream:
     ``keep_alive=True`` keeps connections open between replies (the default
     sends ``Connection: close`` on every one); ``tls`` (a server
     ``ssl.SSLContext``) serves HTTPS. ``connections`` counts the TCP
-    connections accepted (with TLS, one handshake each).
+    connections accepted (with TLS, one handshake each). ``responder`` (a
+    function of the ``Recorded`` request) picks each reply instead of the
+    queue; ``keep_requests=False`` only counts requests (``request_count``),
+    for runs of thousands.
     """
 
-    def __init__(self, keep_alive: bool = False, tls: Any = None) -> None:
+    def __init__(self, keep_alive: bool = False, tls: Any = None,
+                 responder: Optional[Callable[[Recorded], Reply]] = None, keep_requests: bool = True) -> None:
         self.keep_alive = keep_alive
         self.tls = tls
+        self.responder = responder
+        self.keep_requests = keep_requests
+        self.request_count = 0
         self.connections = 0
         self.closed_connections = 0
         self._count_lock = threading.Lock()
@@ -278,6 +298,12 @@ class FakeUpstream:
     @property
     def url(self) -> str:
         return f"{'https' if self.tls is not None else 'http'}://127.0.0.1:{self.port}/v1"
+
+    def count_request(self, rec: Recorded) -> None:
+        with self._count_lock:
+            self.request_count += 1
+        if self.keep_requests:
+            self.requests.append(rec)
 
     def connection_opened(self) -> None:
         with self._count_lock:
@@ -312,9 +338,15 @@ class FakeUpstream:
         """Has the proxy closed its side? (non-blocking)"""
         import select
 
-        readable, _, _ = select.select([sock], [], [], 0)
-        if not readable:
-            return False
+        if hasattr(select, "poll"):  # select() refuses descriptors above 1023 (the 1,000-connection test)
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            if not poller.poll(0):
+                return False
+        else:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if not readable:
+                return False
         try:
             return sock.recv(1, socket.MSG_PEEK) == b""
         except OSError:

@@ -458,9 +458,17 @@ def test_garbage_request_line_is_400_json(url: str) -> None:
     assert_error(resp, 400, "invalid_request_error")
 
 
-def test_unsupported_http_version_is_json(url: str) -> None:
+def test_unsupported_http_version_is_400_json(url: str) -> None:
+    # Not the stdlib's 505: bad input is never a 5xx (RELIABILITY.md R1), which the SDKs would retry.
     resp = raw_request(url, b"GET /health HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n")
-    assert_error(resp, 505, "api_error")
+    assert_error(resp, 400, "invalid_request_error")
+
+
+@pytest.mark.parametrize("method", ["FOO", "post", "TRACE", "CONNECT"])
+def test_unknown_method_is_405_json(url: str, method: str) -> None:
+    # Not the stdlib's 501 (a 5xx the SDKs would retry).
+    resp = raw_request(url, http_bytes(method, "/v1/messages", [("Host", "127.0.0.1"), ("Content-Length", "0")]))
+    assert_error(resp, 405, "invalid_request_error")
 
 
 # ---------------------------------------------------------------------------

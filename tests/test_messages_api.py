@@ -123,6 +123,17 @@ def test_upstream_path_joins_the_base_once(make_proxy, fake_upstream, base, expe
     assert fake_upstream.last.path == expected
 
 
+def test_query_with_bytes_http_client_refuses_is_forwarded_encoded(through, fake_upstream):
+    """Found by the request fuzz: a non-ASCII or control byte in the query was a 502 "could not reach"."""
+    from test_http_errors import json_post, raw_request
+
+    fake_upstream.push(json_reply(ANSWER))
+    raw = json_post(json.dumps(minimal_request()).encode(), path="/v1/messages?beta=%ff&x=\xe9\x01#f")
+    resp = raw_request(through.url, raw)
+    assert resp.status == 200, resp
+    assert fake_upstream.last.path == "/v1/messages?beta=%ff&x=%E9%01%23f"
+
+
 def test_header_hygiene(through, fake_upstream):
     fake_upstream.push(json_reply(ANSWER))
     post(through, minimal_request(), headers={
@@ -350,6 +361,48 @@ def test_stream_cut_after_message_delta_is_finished(through, fake_upstream):
         events = client.read_all(timeout=5)
     assert_valid_event_sequence(events, allow_error=False)
     assert events[-1] == {"type": "message_stop"}
+
+
+@pytest.mark.parametrize("after", ["error event", "line over the cap"])
+def test_failure_after_message_delta_still_ends_with_message_stop(through, fake_upstream, after):
+    """Found by the upstream fuzz: message_delta went out, so only message_stop may follow (not an error)."""
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    tail = anthropic_event(error) if after == "error event" else b"data: " + b"x" * (2 * 1024 * 1024) + b"\n\n"
+    fake_upstream.push(sse(events_bytes(HEAD_EVENTS + TAIL_EVENTS[:-1]), tail))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert events[-1] == {"type": "message_stop"}
+
+
+def test_event_whose_type_is_not_a_string_is_named_by_its_event_line(through, fake_upstream):
+    """Found by the upstream fuzz: "type": 5 under "event: message_stop" ended the stream for the proxy,
+    but the client got an event named 5 and never a message_stop."""
+    fake_upstream.push(sse(events_bytes(HEAD_EVENTS + TAIL_EVENTS[:-1]), b'event: message_stop\ndata: {"type": 5}\n\n'))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert events[-1] == {"type": "message_stop"}
+
+
+@pytest.mark.parametrize("usage", [{"input_tokens": {}}, {"output_tokens": [1]}, {"input_tokens": "x"},
+                                   {"output_tokens": 1e999}])
+def test_odd_usage_values_in_a_forwarded_answer_are_no_500(through, fake_upstream, usage):
+    """Found by the upstream fuzz: the call record's int() of a usage value that is an object raised
+    TypeError after the answer was read (a 500 "internal error" for an answer the upstream gave)."""
+    fake_upstream.push(json_reply({**ANSWER, "usage": usage}))
+    resp = post(through, minimal_request())
+    assert resp.status == 200, resp
+    assert resp.json["usage"] == usage
+
+
+@pytest.mark.parametrize("bad", [{"content": [5]}, {"content": ["text"]}, {"usage": 1.5}, {"usage": [1]},
+                                 {"content": [{"type": "text", "text": "a", "citations": 7}]}])
+def test_malformed_json_message_to_a_stream_request_is_502(through, fake_upstream, bad):
+    """Found by the upstream fuzz: turning such a JSON answer into events raised AttributeError (a 500)."""
+    fake_upstream.push(json_reply({**ANSWER, **bad}))
+    resp = post(through, minimal_request(stream=True))
+    assert resp.status == 502 and resp.json["error"]["type"] == "api_error", resp
 
 
 @pytest.mark.parametrize("fault", ["rst", "fin", "truncate"])

@@ -361,6 +361,16 @@ def test_tool_names_map_back_and_duplicate_call_ids_are_suffixed() -> None:
     assert [(b["id"], b["name"]) for b in starts] == [("c1", "mcp.x"), ("c1_2", "mcp.x")]
 
 
+@pytest.mark.parametrize("field", ["output_index", "content_index"])
+@pytest.mark.parametrize("value", [[0], {"i": 0}])
+def test_an_index_that_is_an_array_or_object_does_not_crash(field: str, value: Any) -> None:
+    """Found by the upstream fuzz (tests/reliability, R2): indices are dict keys, and a list there
+    raised TypeError (unhashable), which the relay does not catch: a 500 and an ERROR record."""
+    body = read(STREAMS, "text.upstream.sse").replace(f'"{field}": 0'.encode(), f'"{field}": {json.dumps(value)}'.encode())
+    events = run_body(body)
+    assert_valid_event_sequence(events)
+
+
 def test_two_streams_do_not_share_state() -> None:
     body = read(STREAMS, "parallel_calls.upstream.sse")
     assert run_body(body) == run_body(body)

@@ -8,7 +8,7 @@ from typing import List, Optional
 import pytest
 
 from claudeproxy.sse import ServerSentEvent, SSEDecoder, encode_event, is_done, iter_events, split_lines
-from sse_checks import parse_sse
+from sse_checks import events_of, parse_sse
 
 
 def decode_all(text: str) -> List[ServerSentEvent]:
@@ -151,6 +151,19 @@ def test_encode_event_exact_bytes() -> None:
 def test_encode_event_is_utf8_not_ascii_escapes() -> None:
     out = encode_event({"type": "x", "text": "é ✓ 日本"})
     assert "é ✓ 日本".encode("utf-8") in out and b"\\u" not in out
+
+
+def test_encode_event_escapes_a_lone_surrogate() -> None:
+    """Half an emoji from the upstream ("\\ud83d") has no UTF-8 form: escaped, the event is still valid JSON.
+
+    Found by the upstream fuzz (tests/reliability, R2): it ended the stream with a bogus
+    "upstream connection broke off (UnicodeEncodeError)", or left a 200 with only an error event.
+    """
+    payload = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "half \ud83d"}}
+    raw = encode_event(payload)
+    assert raw == b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":' \
+                  b'{"type":"text_delta","text":"half \\ud83d"}}\n\n'
+    assert events_of(raw) == [payload]
 
 
 def test_encode_event_keeps_one_data_line_for_newlines_in_text() -> None:

@@ -230,3 +230,41 @@ def test_http_error_from_open_carries_the_status():
         assert not isinstance(info.value, urllib.error.HTTPError)
     finally:
         fake.close()
+
+
+class _RecordingBody:
+    """A response body that records every read() size (Python < 3.10 allocates all of it first)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.asked: List[int] = []
+        self.headers = {"Content-Type": "application/json"}
+        self.length = len(data)
+        self.chunked = False
+
+    def read(self, amt: int = -1) -> bytes:
+        self.asked.append(amt)
+        out, self.data = self.data[:amt], self.data[amt:]
+        self.length -= len(out)
+        return out
+
+
+@pytest.mark.parametrize("size", [100, 600 * 1024])
+def test_json_answer_is_read_in_slices_not_one_read_of_the_cap(size):
+    """Found by the C2 keep-alive figure on 3.8: read(64 MiB + 1) allocated 64 MiB for every JSON answer
+    (40 ms each); now no single read asks for more than 256 KiB."""
+    import json as _json
+
+    from claudeproxy.upstream import read_json_body
+
+    body = _RecordingBody(_json.dumps({"pad": "x" * size}).encode())
+    assert read_json_body(body, UpstreamCall(), 64 * 1024 * 1024)["pad"] == "x" * size
+    assert max(body.asked) <= 256 * 1024, body.asked
+
+
+def test_json_answer_over_the_cap_is_still_refused():
+    from claudeproxy.upstream import read_json_body
+
+    body = _RecordingBody(b"[" + b"1," * 600 * 1024 + b"1]")
+    with pytest.raises(ProxyError, match="larger than"):
+        read_json_body(body, UpstreamCall(), 1024 * 1024)

@@ -114,6 +114,13 @@ def message_reply(obj: Any, model: str, secrets: Tuple[str, ...]) -> Dict[str, A
     return {**obj, "model": model}
 
 
+def _streamable(message: Dict[str, Any]) -> bool:
+    """The parts ``events_for_message`` reads have the types it needs (a JSON answer to a stream request)."""
+    usage = message.get("usage")
+    return (usage is None or isinstance(usage, dict)) and all(
+        isinstance(b, dict) and isinstance(b.get("citations") or [], list) for b in message["content"])
+
+
 class MessagesApi:
     """The Messages API as the pipeline sees it (``apis/base.py``)."""
 
@@ -199,11 +206,16 @@ class MessagesFold:
     def fail(self, exc: ProxyError) -> List[Event]:
         if self.done:
             return []
+        if self.finishing:
+            # message_delta went out: the answer is whole, and only message_stop may follow it.
+            return self._stop()
         self.done = self.complete = True
         return [stream_error_event(exc.error_type, exc.message)]
 
     def from_json(self, obj: Any) -> List[Event]:
         message = message_reply(obj, self.model, self.secrets)
+        if not _streamable(message):
+            raise UpstreamUnavailable("upstream returned a message whose content or usage is malformed")
         self._take_usage(message.get("usage"))
         self.stop_reason = message.get("stop_reason")
         events = events_for_message(message)
@@ -225,8 +237,10 @@ class MessagesFold:
         if not kind:
             return self._bad_event(event)  # an event that names no type cannot be passed on
         self.bad_events = 0
-        if "type" not in obj:
-            obj = {"type": kind, **obj}  # named only by its "event:" line: the payload carries it too
+        if obj.get("type") != kind:
+            # Named only by its "event:" line (or "type" is not a string): the payload carries the
+            # name it is handled by, so the client sees the same end the proxy counted.
+            obj = {**obj, "type": kind}
         if kind == "error" or event.event == "error":
             raise error_from_event(obj, self.secrets)
         if kind == "message_start":

@@ -50,6 +50,7 @@ from .response import (
 Event = Dict[str, Any]
 Key = Tuple[Any, ...]
 MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as broken
+_INDEX_FIELDS = ("output_index", "content_index", "summary_index")  # used in dict keys
 _THINKING_START = {"type": "thinking", "thinking": "", "signature": ""}
 
 
@@ -196,6 +197,9 @@ class ResponsesFold:
         self.bad_events = 0
         if not isinstance(obj, dict):
             return []
+        for name in _INDEX_FIELDS:
+            if isinstance(obj.get(name), (list, dict)):
+                obj = {**obj, name: None}  # indices become dict keys: an array or object there is no index
         # Dispatch on data.type: some compatible servers send no "event:" line.
         kind = _str(obj, "type") or event.event
         handler = _HANDLERS.get(kind)
