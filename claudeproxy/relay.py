@@ -2,7 +2,7 @@
 
 I/O only. The pipeline opens the upstream and hands ``Relay.run`` the open
 response and the API's ``StreamFold`` (``ending.py``); the relay reads the body
-one line at a time (``iter_lines``: ``readline`` with a 1 MiB cap,
+one line at a time as it arrives (``iter_lines``: a 1 MiB cap per line,
 RELIABILITY.md S13), gives each line to the fold and writes what comes back at
 once. Nothing is held back beyond the current line. How the stream ends is
 decided by ``ending.stream_end``, the same for every upstream API.

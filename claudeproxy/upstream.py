@@ -47,6 +47,7 @@ from .redact import redact_headers, redact_text, redact_url
 log = logging.getLogger(__name__)
 
 MAX_ERROR_BODY = 64 * 1024
+_READ_SIZE = 64 * 1024  # one read of a streamed body: what one or a few packets bring
 _READ_SLICE = 256 * 1024  # one read of a JSON answer (see _read_capped)
 
 
@@ -514,7 +515,35 @@ def read_error(exc: BaseException, call: UpstreamCall, idle: Optional[float] = N
 
 
 def iter_lines(resp: Any, limit: int) -> Iterator[bytes]:
-    """The body's lines as they arrive; a line over ``limit`` bytes is an error, not a buffer."""
+    """The body's lines as they arrive; a line over ``limit`` bytes is an error, not a buffer.
+
+    One ``read1`` takes what the network delivered (an upstream often sends several
+    SSE lines in one packet) and the lines are cut in C, rather than one Python
+    ``readline`` through ``http.client``'s chunked decoder per line. Nothing is held
+    back but the unfinished last line.
+    """
+    read1 = getattr(resp, "read1", None)
+    if read1 is None:  # a reader without read1 (none in the standard library): line by line
+        yield from _readlines(resp, limit)
+        return
+    pending = b""
+    while True:
+        data = read1(_READ_SIZE)
+        if not data:
+            if pending:
+                yield pending  # the last line of a body without a final newline
+            return
+        lines = (pending + data).split(b"\n") if pending else data.split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            if len(line) > limit:
+                raise UpstreamUnavailable(f"upstream sent an SSE line longer than {limit} bytes")
+            yield line + b"\n"
+        if len(pending) > limit:
+            raise UpstreamUnavailable(f"upstream sent an SSE line longer than {limit} bytes")
+
+
+def _readlines(resp: Any, limit: int) -> Iterator[bytes]:
     while True:
         raw = resp.readline(limit + 1)
         if not raw:

@@ -30,7 +30,6 @@ import time
 from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
-
 from conftest import CLIENT_KEY, minimal_request
 from fakes import FakeUpstream, Gate, Hold, Reply, StreamClient, chunk, sse_reply
 from rkit import (

@@ -15,11 +15,12 @@ import threading
 import time
 from typing import Any, Callable, List, Tuple
 
-import claudeproxy
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request
 from fakes import FakeUpstream, Reply, StreamClient
 from rkit import percentile, record, settle
 from test_disconnect import close, send_raw, slow_stream
+
+import claudeproxy
 
 LANES = 5
 MID_STREAM_RUNS = 50

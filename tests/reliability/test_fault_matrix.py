@@ -26,13 +26,13 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
-
-import claudeproxy
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
-from fakes import Fault, FakeUpstream, Reply, Sleep, StreamClient, chunk
+from fakes import FakeUpstream, Fault, Reply, Sleep, StreamClient, chunk
 from rkit import check_error_body, record
 from sse_checks import assert_valid_event_sequence
 from test_disconnect import close, send_raw
+
+import claudeproxy
 
 RUNS = 3
 APIS = ("chat", "messages")
@@ -104,7 +104,9 @@ def plain_error(resp: Any, status: int, error_type: str) -> None:
 
 
 def f11_huge_line(api: str, proxy: Any, fake: FakeUpstream, run: int) -> None:
-    fake.push(stream_reply(head_events(api) + [b"data: {\"x\": \"" + b"y" * (8 * 1024 * 1024)]))
+    # The fake notices a close only when a write fails or while it waits: loopback buffers can swallow
+    # the whole 8 MiB, so it waits (and watches) after the line.
+    fake.push(stream_reply(head_events(api) + [b"data: {\"x\": \"" + b"y" * (8 * 1024 * 1024), Sleep(3)]))
     with open_stream(proxy) as client:
         events = client.read_all(timeout=10)
     ends_with_one_error(events, "api_error")

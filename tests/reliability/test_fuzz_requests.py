@@ -34,8 +34,6 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import pytest
-
-import claudeproxy
 from conftest import CLIENT_KEY, FIXTURES, UPSTREAM_KEY, request
 from fakes import FakeUpstream
 from rkit import (
@@ -47,6 +45,8 @@ from rkit import (
     record,
     settle,
 )
+
+import claudeproxy
 
 SEED = int(os.environ.get("CLAUDEPROXY_FUZZ_SEED", "20260"))
 # Random body mutations per API, on top of the type-swap sweep over every key path.

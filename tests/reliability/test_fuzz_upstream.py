@@ -42,14 +42,13 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Tuple
 
 import pytest
-
-import claudeproxy
 from conftest import CLIENT_KEY, FIXTURES, UPSTREAM_KEY, minimal_request
-from fakes import Fault, FakeUpstream, Reply
+from fakes import FakeUpstream, Fault, Reply
 from rkit import STATUS_TYPES, check_answer, check_message, record
 from sse_checks import assert_valid_event_sequence, events_of
 from stream_playbook import case_stems, counter_ids, drive, load_case, make_translator
 
+import claudeproxy
 from claudeproxy.apis.chat.response import message_from_body
 from claudeproxy.apis.chat.stream import ChatFold
 from claudeproxy.apis.messages import MessagesFold, message_reply

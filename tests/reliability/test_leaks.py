@@ -18,7 +18,6 @@ import sys
 import time
 
 import pytest
-
 from rkit import HAVE_PROC, HERE, ROOT, record
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not HAVE_PROC, reason="fd counts need /proc (Linux)")]

@@ -18,9 +18,8 @@ import time
 from typing import Any, List
 
 import pytest
-
 from conftest import CLIENT_KEY, minimal_request
-from fakes import Fault, FakeUpstream, Reply, Sleep, StreamClient, chunk, sse_reply
+from fakes import FakeUpstream, Fault, Reply, Sleep, StreamClient, chunk, sse_reply
 from rkit import ProxyProcess, record, wait_until
 from sse_checks import assert_valid_event_sequence
 

@@ -18,10 +18,11 @@ import threading
 import time
 from typing import Any, Dict, List
 
-import claudeproxy
 from conftest import UPSTREAM_KEY, minimal_request, request
 from fakes import FakeUpstream
 from rkit import check_error_body, percentile, record, settle
+
+import claudeproxy
 
 CLIENTS = 100
 TRICKLE = 0.4
