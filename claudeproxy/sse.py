@@ -113,3 +113,26 @@ def encode_event(payload: Dict[str, Any]) -> bytes:
         # has no UTF-8 form; escaped it is still valid JSON, as in JSON answers.
         data = json.dumps(payload, separators=(",", ":"))
         return f"event: {payload['type']}\ndata: {data}\n\n".encode("utf-8", "replace")
+
+
+class SSEFold:
+    """What every fold of an SSE upstream shares: lines in, each whole event to ``_on_event``.
+
+    A subclass sets ``decoder`` and ``complete`` and defines ``_on_event(event) -> events``;
+    once ``complete``, later events in the same lines are not looked at.
+    """
+
+    decoder: SSEDecoder
+    complete: bool
+
+    def feed_line(self, raw: bytes) -> List[Dict[str, Any]]:
+        """Events for one ``readline()`` result; raises ``ProxyError`` for an upstream error event."""
+        events: List[Dict[str, Any]] = []
+        for line in split_lines(raw):
+            event = self.decoder.decode(line)
+            if event is not None and not self.complete:
+                events += self._on_event(event)
+        return events
+
+    def _on_event(self, event: ServerSentEvent) -> List[Dict[str, Any]]:
+        raise NotImplementedError

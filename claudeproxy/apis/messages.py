@@ -28,7 +28,7 @@ from ..errors import (
 from ..prompt_cache import strip_billing_header
 from ..replies import events_for_message, message_start
 from ..routing import Target
-from ..sse import ServerSentEvent, SSEDecoder, split_lines
+from ..sse import ServerSentEvent, SSEDecoder, SSEFold
 from ..urls import messages_url
 from .base import ClientRequest, Exchange
 
@@ -159,7 +159,7 @@ class MessagesApi:
         return MessagesFold(message_id=message_id, model=req.model, input_tokens=input_tokens, secrets=secrets)
 
 
-class MessagesFold:
+class MessagesFold(SSEFold):
     """An Anthropic event stream passed on event by event (``ending.StreamFold``)."""
 
     def __init__(self, *, message_id: str, model: str, input_tokens: int, secrets: Tuple[str, ...] = ()) -> None:
@@ -176,14 +176,6 @@ class MessagesFold:
         self.usage: Dict[str, int] = {}
         self.bad_events = 0
         self.skipped_events = 0
-
-    def feed_line(self, raw: bytes) -> List[Event]:
-        events: List[Event] = []
-        for line in split_lines(raw):
-            event = self.decoder.decode(line)
-            if event is not None and not self.complete:
-                events += self._on_event(event)
-        return events
 
     def end(self, clean: bool) -> Tuple[List[Event], Optional[ProxyError]]:
         if self.complete:

@@ -27,7 +27,7 @@ from ...errors import (
 )
 from ...replies import events_for_message, message_start
 from ...signatures import encode_signature
-from ...sse import ServerSentEvent, SSEDecoder, is_done, split_lines
+from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done
 from .response import (
     IdFactory,
     match_stop_sequence,
@@ -596,7 +596,7 @@ def plain_text_delta(obj: Any) -> Optional[str]:
     return text
 
 
-class ChatFold:
+class ChatFold(SSEFold):
     """Upstream SSE body lines in, Anthropic events out: the Chat Completions ``StreamFold``.
 
     ``feed_line`` takes each ``readline()`` result; ``complete`` turns true at
@@ -636,14 +636,6 @@ class ChatFold:
 
     def fail(self, exc: ProxyError) -> List[Event]:
         return self.translator.fail(exc)
-
-    def feed_line(self, raw: bytes) -> List[Event]:
-        events: List[Event] = []
-        for line in split_lines(raw):
-            event = self.decoder.decode(line)
-            if event is not None and not self.complete:
-                events += self._on_event(event)
-        return events
 
     def end(self, clean: bool = False) -> Tuple[List[Event], Optional[ProxyError]]:
         """Events that end the stream, or the error it ended with."""

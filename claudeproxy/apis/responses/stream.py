@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 from ...errors import ProxyError, UpstreamUnavailable, stream_error_event
 from ...replies import block_events, events_for_message, message_start
 from ...signatures import encode_signature
-from ...sse import ServerSentEvent, SSEDecoder, is_done, split_lines
+from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done
 from ..chat.response import message_id, normalize_arguments
 from . import API_NAME
 from .response import (
@@ -79,7 +79,7 @@ class _Open:
     index: int
 
 
-class ResponsesFold:
+class ResponsesFold(SSEFold):
     """Responses SSE lines in, Anthropic events out. See the module docstring."""
 
     def __init__(
@@ -128,15 +128,6 @@ class ResponsesFold:
     def finishing(self) -> bool:
         """The upstream said it is done ([DONE] from a compatible server, or the terminal event)."""
         return self.complete or self.saw_done_marker
-
-    def feed_line(self, raw: bytes) -> List[Event]:
-        """Events for one ``readline()`` result; raises ``ProxyError`` for an upstream error event."""
-        events: List[Event] = []
-        for line in split_lines(raw):
-            event = self.decoder.decode(line)
-            if event is not None and not self.complete:
-                events += self._on_event(event)
-        return events
 
     def end(self, clean: bool = False) -> Tuple[List[Event], Optional[ProxyError]]:
         """The body ended: the events that finish the message, or the error it ended with.
