@@ -264,7 +264,9 @@ def test_break_after_finish_reason_still_completes(proxy, fake_upstream):
 def test_eight_mib_line_gives_api_error_and_closes_the_upstream(proxy, fake_upstream):
     """F11 / S13: a line is capped at 1 MiB; the rest is never read into memory."""
     huge = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"" + b"x" * (8 * 1024 * 1024)
-    fake_upstream.push(sse_reply(*three_events(), huge, done=False))
+    # The fake notices a close only when a write fails or while it waits: loopback buffers can
+    # swallow the whole 8 MiB, so it waits (and watches) after the line.
+    fake_upstream.push(sse_reply(*three_events(), huge, Sleep(3), done=False))
     with open_stream(proxy) as client:
         events = client.read_all(timeout=8)
     err = assert_ends_with_one_error(events, "api_error")
