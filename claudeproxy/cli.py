@@ -468,8 +468,8 @@ class _JsonFormatter(logging.Formatter):
         out: Dict[str, Any] = {"time": stamp, "level": record.levelname, "logger": record.name,
                                "message": record.getMessage()}
         call = getattr(record, "call", None)
-        if isinstance(call, dict):
-            out["call"] = call  # the access log's fields (CallRecord)
+        if isinstance(call, CallRecord):
+            out["call"] = call.to_dict()  # the access log's fields
         if record.exc_text:
             out["exception"] = record.exc_text
         return redact_text(json.dumps(out, ensure_ascii=False), tuple(s for s in self._secrets() if s))

@@ -91,7 +91,8 @@ class CallRecord:
         return self.input_tokens + self.output_tokens + self.cache_read_input_tokens + self.cache_creation_input_tokens
 
     def to_dict(self) -> Dict[str, Any]:
-        out = dataclasses.asdict(self)
+        # Every field is a scalar: no need for dataclasses.asdict's recursive deep copy.
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         ratio = self.cache_hit_ratio
         out["cache_hit_ratio"] = round(ratio, 4) if ratio is not None else None
         return out

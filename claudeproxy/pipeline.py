@@ -459,9 +459,9 @@ class Proxy:
         message, warnings = api.from_json(req, ex, obj, self.secrets())
         for warning in warnings:
             log.warning("%s", warning)
-        self._estimate(req, record)  # only to learn from the upstream's count (calibration.py)
         record.update(stop_reason=message.get("stop_reason"), **_usage_fields(message.get("usage")))
         self._reply(req, writer, message)
+        self._estimate(req, record)  # only to learn from the upstream's count (calibration.py): after the answer
 
     def _reply(self, req: ClientRequest, writer: Any, message: Dict[str, Any]) -> None:
         log_body("client response body", message, self.secrets())
@@ -531,7 +531,7 @@ class Proxy:
         self._learn(fields, rec)
         self.metrics.record(rec)
         if log.isEnabledFor(logging.INFO):
-            log.info("%s", access_line(rec), extra={"call": rec.to_dict()})
+            log.info("%s", access_line(rec), extra={"call": rec})  # the JSON log format adds its fields
 
     def record_refusal(self, path: str, status: int, error_type: str, request_id: str, started: float) -> None:
         """A call the handler refused before any endpoint ran (key, Host, path, busy, body)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from .anthropic_types import (
     Block,
@@ -67,10 +67,17 @@ def _sum_blocks(blocks: Iterable[Block]) -> "tuple[int, int]":
     return chars, fixed
 
 
-def _tool_json(tool: Tool) -> str:
-    """The whole definition as JSON: keys and punctuation cost tokens too (PROTOCOL.md 4.5)."""
-    definition = {"name": tool.name, "description": tool.description or "", "input_schema": tool.input_schema or {}}
-    return json.dumps(definition, ensure_ascii=False)
+def _tools_chars(tools: Sequence[Tool]) -> int:
+    """The characters of every definition as JSON: keys and punctuation cost tokens too (PROTOCOL.md 4.5).
+
+    One ``dumps`` of the list, not one per tool (Claude Code sends a few dozen, every turn); the
+    list's brackets and ", " separators are taken off, so the count is each definition's own.
+    """
+    if not tools:
+        return 0
+    definitions = [{"name": t.name, "description": t.description or "", "input_schema": t.input_schema or {}}
+                   for t in tools]
+    return len(json.dumps(definitions, ensure_ascii=False)) - 2 - 2 * (len(tools) - 1)
 
 
 def estimate_input_tokens(req: MessagesRequest) -> int:
@@ -81,9 +88,8 @@ def estimate_input_tokens(req: MessagesRequest) -> int:
         c, f = _sum_blocks(message.content)
         chars += c
         fixed += f + MESSAGE_OVERHEAD
-    for tool in req.tools:
-        chars += len(_tool_json(tool))
-        fixed += TOOL_OVERHEAD
+    chars += _tools_chars(req.tools)
+    fixed += TOOL_OVERHEAD * len(req.tools)
     if req.output_schema is not None:
         chars += len(json.dumps(req.output_schema, ensure_ascii=False))
     return max(1, math.ceil(chars / CHARS_PER_TOKEN) + fixed)

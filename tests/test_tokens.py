@@ -175,6 +175,19 @@ def test_many_small_tools_are_not_undercounted() -> None:
     assert estimate(body) >= len(json.dumps(tools)) / 4
 
 
+def test_each_tool_costs_its_own_json_plus_a_fixed_overhead() -> None:
+    """A tool's definition counts as its JSON (non-ASCII as characters, not escapes) plus 8 tokens."""
+    tools = [{"name": "Grep", "description": "Sök i filer — «regex»", "input_schema": {"type": "object", "properties": {
+                  "pattern": {"type": "string", "description": "uttryck"}}, "required": ["pattern"]}},
+             {"name": "Bash", "input_schema": {"type": "object"}}]
+    base = estimate(request([{"role": "user", "content": "hi"}]))
+    own = [len(json.dumps({"name": t["name"], "description": t.get("description", ""),
+                           "input_schema": t["input_schema"]}, ensure_ascii=False)) for t in tools]
+    with_tools = estimate(request([{"role": "user", "content": "hi"}], tools=tools))
+    chars = len("hi") + sum(own)
+    assert with_tools - base == math.ceil(chars / 3.5) - math.ceil(len("hi") / 3.5) + 8 * len(tools)
+
+
 def test_claude_code_request_estimate_is_in_a_sane_range() -> None:
     with open(os.path.join(REQUESTS, "claude_code_2_1_331_first.anthropic.json"), encoding="utf-8") as fh:
         body = json.load(fh)

@@ -181,7 +181,7 @@ def test_access_log_line_says_who_where_what_and_how_long(proxy: Any, fake: Fake
     text = lines[0].getMessage()
     assert re.match(r"^req_\w+ /v1/messages claude-opus-4-1 -> openai/gpt-4o 200 in=800 out=100 cached=200 "
                     r"cache_write=0 cost=\$0\.003250 ttft=- \d+ms$", text), text
-    assert lines[0].call["cost_usd"] == pytest.approx(0.00325)  # type: ignore[attr-defined]
+    assert lines[0].call.cost_usd == pytest.approx(0.00325)  # type: ignore[attr-defined]
 
 
 def test_access_line_keeps_a_hostile_model_name_on_one_line() -> None:
