@@ -194,27 +194,38 @@ def _type_name(value: Any) -> str:
     )
 
 
-def _expect(value: Any, kind: type, path: str, what: str) -> Any:
-    ok = isinstance(value, kind) and not (kind in (int, float, (int, float)) and isinstance(value, bool))
-    if not ok:
-        raise InvalidRequest(f"expected {what}, got {_type_name(value)}", path)
-    return value
+def _expect(value: Any, kind: Any, path: str, what: str) -> Any:
+    # bool is an int to isinstance, never to a client
+    if isinstance(value, kind) and (kind is bool or value.__class__ is not bool):
+        return value
+    raise InvalidRequest(f"expected {what}, got {_type_name(value)}", path)
+
+
+# The readers below run a few hundred times per Claude Code request: the happy path is one
+# isinstance, and an error's path is only joined when there is an error.
 
 
 def _obj(value: Any, path: str) -> Dict[str, Any]:
+    if isinstance(value, dict):
+        return value
     return _expect(value, dict, path, "an object")  # type: ignore[no-any-return]
 
 
 def _list(value: Any, path: str) -> List[Any]:
+    if isinstance(value, list):
+        return value
     return _expect(value, list, path, "an array")  # type: ignore[no-any-return]
 
 
 def _str(obj: Dict[str, Any], key: str, path: str, required: bool = False) -> Optional[str]:
-    if key not in obj or obj[key] is None:
+    value = obj.get(key)
+    if isinstance(value, str):
+        return value
+    if value is None:
         if required:
             raise InvalidRequest("field required", _join(path, key))
         return None
-    return _expect(obj[key], str, _join(path, key), "a string")  # type: ignore[no-any-return]
+    return _expect(value, str, _join(path, key), "a string")  # type: ignore[no-any-return]
 
 
 def _number(obj: Dict[str, Any], key: str, path: str) -> Optional[float]:
