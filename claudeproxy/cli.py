@@ -604,13 +604,6 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
          stdout: Optional[TextIO] = None, stderr: Optional[TextIO] = None) -> int:
     environ = os.environ if environ is None else environ
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["run"]:  # claudeproxy run [proxy options] -- COMMAND: launcher.py
-        from .launcher import (
-            run_main,  # here, not at the top: launcher.py imports this module
-        )
-
-        return run_main(args[1:], environ, stdout, stderr)
     try:
         ns, config = _settings(argv, environ, stdout)
     except _Exit as done:

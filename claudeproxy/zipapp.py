@@ -23,7 +23,7 @@ from typing import List, Optional
 
 # The archive's entry point: the same main() as ``python -m claudeproxy``, its status the exit status
 # (zipapp's own ``-m pkg.mod:fn`` template drops the return value).
-_MAIN = "import sys\n\nfrom {package}.cli import main\n\nsys.exit(main())\n"
+_MAIN = "import sys\n\nfrom {package}.commands import main\n\nsys.exit(main())\n"
 DEFAULT_INTERPRETER = "/usr/bin/env python3"
 
 

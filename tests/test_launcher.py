@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from claudeproxy import claude_code, cli, launcher
+from claudeproxy import claude_code, cli, commands, launcher
 from conftest import ROOT
 
 STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standin_command.py")
@@ -49,7 +49,7 @@ def base_env(tmp_path: Any, **extra: str) -> Dict[str, str]:
 
 def run_main(argv: List[str], environ: Dict[str, str]) -> Tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    code = cli.main(["run", *argv], environ=environ, stdout=out, stderr=err)
+    code = commands.main(["run", *argv], environ=environ, stdout=out, stderr=err)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -83,7 +83,7 @@ def read_text(path: Any) -> str:
 
 @pytest.fixture
 def run_standin(tmp_path: Any) -> Any:
-    """run the stand-in in-process through cli.main; returns (status, stderr, what it recorded)."""
+    """run the stand-in in-process through commands.main; returns (status, stderr, what it recorded)."""
 
     def go(*how: str, options: Tuple[str, ...] = ("--upstream", NO_UPSTREAM, "--model", "gpt-4o"),
            env: Optional[Dict[str, str]] = None) -> Tuple[int, str, Dict[str, Any]]:

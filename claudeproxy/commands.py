@@ -1,0 +1,23 @@
+"""The program's entry point: ``claudeproxy run ...`` goes to the launcher, anything else to the proxy.
+
+Its own module so that neither ``cli`` nor ``launcher`` imports the other's caller:
+the launcher builds on ``cli``'s parser and settings, and this dispatches to both.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import List, Mapping, Optional, TextIO
+
+from . import cli, launcher
+
+
+def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] = None,
+         stdout: Optional[TextIO] = None, stderr: Optional[TextIO] = None) -> int:
+    """``claudeproxy [options]`` (``cli.main``) or ``claudeproxy run [options] -- COMMAND`` (``launcher.run_main``)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["run"]:
+        return launcher.run_main(args[1:], os.environ if environ is None else environ,
+                                 stdout or sys.stdout, stderr or sys.stderr)
+    return cli.main(args, environ, stdout, stderr)
