@@ -1,7 +1,7 @@
 """The program's entry point: ``claudeproxy run ...`` goes to the launcher, anything else to the proxy.
 
-Its own module so that neither ``cli`` nor ``launcher`` imports the other's caller:
-the launcher builds on ``cli``'s parser and settings, and this dispatches to both.
+Its own module so that ``cli`` and ``launcher`` do not import each other: the launcher
+builds on ``cli``'s parser and settings, and this module dispatches to both.
 """
 
 from __future__ import annotations

@@ -211,7 +211,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         super().setup()
         self._reader = _DeadlineReader(self.connection, config.client_timeout)
         # The default 8 KiB buffer: headers come a line at a time and a large body is read past
-        # the buffer; 64 KiB cost 56 KiB more per open connection (3.5 MiB with 64 streams).
+        # the buffer; 64 KiB cost 56 KiB more heap per open connection.
         self.rfile = io.BufferedReader(self._reader)
         self._body_consumed = False
         self._body: Optional[bytes] = None
