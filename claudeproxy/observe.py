@@ -51,7 +51,6 @@ class ObservedFold:
     def __init__(self, fold: Any, secrets: Sequence[str]) -> None:
         self._fold = fold
         self._secrets = tuple(secrets)
-        self._log = bodies_logged()
 
     def __getattr__(self, name: str) -> Any:
         # What the relay and the pipeline read beyond the protocol (warnings, skipped_events, ...).
@@ -74,7 +73,7 @@ class ObservedFold:
         return self._fold.usage  # type: ignore[no-any-return]
 
     def feed_line(self, raw: bytes) -> List[Event]:
-        if self._log and raw.strip():
+        if raw.strip():
             log_body("upstream stream line", raw.rstrip(b"\r\n"), self._secrets)
         return self._seen(self._fold.feed_line(raw))
 
@@ -89,11 +88,10 @@ class ObservedFold:
         return self._seen(self._fold.fail(exc))
 
     def from_json(self, obj: Any) -> List[Event]:
-        if self._log:
-            log_body("upstream response body", obj, self._secrets)
+        log_body("upstream response body", obj, self._secrets)
         return self._seen(self._fold.from_json(obj))
 
     def _seen(self, events: List[Event]) -> List[Event]:
-        if self._log and events:
+        if events:
             log_body("client events", events, self._secrets)
         return events

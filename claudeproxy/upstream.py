@@ -522,13 +522,9 @@ def iter_lines(resp: Any, limit: int) -> Iterator[bytes]:
     ``readline`` through ``http.client``'s chunked decoder per line. Nothing is held
     back but the unfinished last line.
     """
-    read1 = getattr(resp, "read1", None)
-    if read1 is None:  # a reader without read1 (none in the standard library): line by line
-        yield from _readlines(resp, limit)
-        return
     pending = b""
     while True:
-        data = read1(_READ_SIZE)
+        data = resp.read1(_READ_SIZE)
         if not data:
             if pending:
                 yield pending  # the last line of a body without a final newline
@@ -541,16 +537,6 @@ def iter_lines(resp: Any, limit: int) -> Iterator[bytes]:
             yield line + b"\n"
         if len(pending) > limit:
             raise UpstreamUnavailable(f"upstream sent an SSE line longer than {limit} bytes")
-
-
-def _readlines(resp: Any, limit: int) -> Iterator[bytes]:
-    while True:
-        raw = resp.readline(limit + 1)
-        if not raw:
-            return
-        if len(raw) > limit and not raw.endswith(b"\n"):
-            raise UpstreamUnavailable(f"upstream sent an SSE line longer than {limit} bytes")
-        yield raw
 
 
 def _read_capped(resp: Any, most: int) -> bytes:
