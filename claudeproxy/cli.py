@@ -581,7 +581,8 @@ def _settings(argv: Optional[List[str]], environ: Mapping[str, str], stdout: Tex
     config = config_from_args(ns, environ, file)
     try:
         build_router(config)  # every provider and route checked before anything listens
-        tls_context(config.ca_bundle)
+        if config.ca_bundle is not None:
+            tls_context(config.ca_bundle)
         if ns.metrics_file:
             check_appendable(ns.metrics_file, "--metrics-file")
     except ValueError as exc:

@@ -17,8 +17,9 @@ feeds the ``max_tokens`` retry instead.
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Any, Mapping, NamedTuple, Optional, Pattern
+from typing import Any, Mapping, NamedTuple, Optional, Pattern, Tuple
 
 PHRASE = "prompt is too long"
 _MAX_MESSAGE = 1000  # the whole client message
@@ -42,7 +43,7 @@ def _rx(pattern: str) -> Pattern[str]:
 
 
 # Wordings that name the prompt size exactly.
-_EXACT = tuple(_rx(p) for p in (
+_EXACT = (
     r"prompt is too long:?\s*<P>\s*tokens?\s*>\s*<L>",  # Anthropic
     r"maximum context length is <L> tokens\. However, your messages resulted in <P> tokens",  # OpenAI, Azure
     r"configured limit of <L> tokens\. Your messages resulted in <P> tokens",  # Azure, gpt-5 family
@@ -61,38 +62,55 @@ _EXACT = tuple(_rx(p) for p in (
     r"input length \(?<P>\)? exceeds (?:the )?(?:model'?s )?maximum "
     r"(?:context length|allowed input length of) \(?<L>",  # LiteLLM, OpenRouter (Poolside)
     r"exceed context limit: <P> \+ <O> > <L>",  # Anthropic: input length and `max_tokens` ...
-))
+)
 # vLLM >= 0.18 counts the prompt only up to the window and says "at least": no exact prompt size.
-_LOOSE = tuple(_rx(p) for p in (
+_LOOSE = (
     r"maximum context length is <L> tokens\. However, you requested <O> output tokens",
     r"you passed <N> input (?:tokens|characters) and requested <O> output tokens\. "
     r"However, the model'?s context length is only <L> tokens",
-))
+)
 # OpenAI, DeepSeek, vLLM <= 0.9, OpenRouter: "... you requested [about] T tokens (<parts>)".
-_TOTAL_RE = _rx(r"maximum context length is <L> tokens[.,]? however,? you requested (?:about )?<N> tokens "
-                r"\((?P<parts>[^)]*)\)")
-_PART_RE = _rx(r"(<N>) (in the messages|in the functions|in your prompt|of [a-z ]*input|"
-               r"in the completion|for the completion|in the output)")
+_TOTAL = (r"maximum context length is <L> tokens[.,]? however,? you requested (?:about )?<N> tokens "
+          r"\((?P<parts>[^)]*)\)")
+_PART = (r"(<N>) (in the messages|in the functions|in your prompt|of [a-z ]*input|"
+         r"in the completion|for the completion|in the output)")
 
 # A structured code or type that says it outright (OpenAI/Azure/Groq/Responses, llama.cpp, Copilot, ds4).
-_CODE_RE = re.compile(
+_CODE = (
     r"context_length_exceeded|exceed_context_size|context_window_exceeded|"
-    r"model_max_prompt_tokens_exceeded|\bcontext_exceeded\b",
-    re.IGNORECASE,
+    r"model_max_prompt_tokens_exceeded|\bcontext_exceeded\b"
 )
 # The words, for bodies whose code says nothing (DeepSeek answers code "invalid_request_error").
-_CONTEXT_RE = re.compile(
+_CONTEXT = (
     r"prompt is too long|prompt too long|context[_ ]length|context window|context size|maximum context|"
     r"maximum prompt length|maximum model length|input is too long|too many tokens|reduce the length|"
     r"exceeds the (?:model's )?(?:context|maximum)|prompt token count of \d+ exceeds|max_prompt_tokens|"
-    r"model token limit|range of input length|too large for model with|exceed_context_size",
-    re.IGNORECASE,
+    r"model token limit|range of input length|too large for model with|exceed_context_size"
 )
-# Rate limits that talk about tokens ("Too many tokens, please wait", "tokens per min (TPM)").
 # A reverse proxy's HTML error page (nginx's 413) says it in its title.
-_TITLE_RE = re.compile(r"<title>\s*([^<]{1,200}?)\s*</title>", re.IGNORECASE)
-_NOT_OVERFLOW_RE = re.compile(r"rate.?limit|throttl|too many requests|per min(?:ute)?\b|\(TPM\)|please wait",
-                              re.IGNORECASE)
+_TITLE = r"<title>\s*([^<]{1,200}?)\s*</title>"
+# Rate limits that talk about tokens ("Too many tokens, please wait", "tokens per min (TPM)").
+_NOT_OVERFLOW = r"rate.?limit|throttl|too many requests|per min(?:ute)?\b|\(TPM\)|please wait"
+
+
+class _Compiled(NamedTuple):
+    exact: Tuple[Pattern[str], ...]
+    loose: Tuple[Pattern[str], ...]
+    total: Pattern[str]
+    part: Pattern[str]
+    code: Pattern[str]
+    context: Pattern[str]
+    title: Pattern[str]
+    not_overflow: Pattern[str]
+
+
+@functools.lru_cache(maxsize=1)
+def _rx_all() -> _Compiled:
+    """The patterns above, compiled on the first upstream error: compiling them
+    takes about 10 ms, which every start would otherwise pay."""
+    flat = functools.partial(re.compile, flags=re.IGNORECASE)
+    return _Compiled(tuple(map(_rx, _EXACT)), tuple(map(_rx, _LOOSE)), _rx(_TOTAL), _rx(_PART),
+                     flat(_CODE), flat(_CONTEXT), flat(_TITLE), flat(_NOT_OVERFLOW))
 
 
 def _num(text: str) -> int:
@@ -111,11 +129,11 @@ def _field(err: Mapping[str, Any], name: str) -> Optional[int]:
 
 def _from_total(message: str) -> Optional[Sizes]:
     """The parenthesised breakdown: messages + functions (+ text input) are the prompt."""
-    match = _TOTAL_RE.search(message)
+    match = _rx_all().total.search(message)
     if match is None:
         return None
     prompt = output = 0
-    for part in _PART_RE.finditer(match.group("parts")):
+    for part in _rx_all().part.finditer(match.group("parts")):
         count, where = _num(part.group(1)), part.group(2).lower()
         if "completion" in where or "output" in where:
             output += count
@@ -134,11 +152,11 @@ def read_sizes(message: str, err: Optional[Mapping[str, Any]] = None) -> Sizes:
     total = _from_total(message)
     if total is not None:
         return total
-    for pattern in _EXACT:
+    for pattern in _rx_all().exact:
         match = pattern.search(message)
         if match:
             return Sizes(_group(match, "p"), _group(match, "l"), _group(match, "o"))
-    for pattern in _LOOSE:
+    for pattern in _rx_all().loose:
         match = pattern.search(message)
         if match:
             return Sizes(None, _group(match, "l"), _group(match, "o"))
@@ -184,11 +202,11 @@ def says_prompt_too_long(status: Optional[int], message: str, err: Optional[Mapp
         return True
     if _fits(read_sizes(message, err)):
         return False  # a max_tokens problem: the caller retries with a smaller budget
-    if _CODE_RE.search(_codes(err)):
+    if _rx_all().code.search(_codes(err)):
         return status != 429
-    if status not in (None, 400, 422) or _NOT_OVERFLOW_RE.search(message):
+    if status not in (None, 400, 422) or _rx_all().not_overflow.search(message):
         return False
-    return bool(_CONTEXT_RE.search(message))
+    return bool(_rx_all().context.search(message))
 
 
 def prompt_too_long(status: Optional[int], message: str, err: Optional[Mapping[str, Any]] = None) -> str:
@@ -197,7 +215,7 @@ def prompt_too_long(status: Optional[int], message: str, err: Optional[Mapping[s
     Without both counts it is ``prompt is too long: <upstream message>``; an
     Anthropic-native message that already says it passes through unchanged.
     """
-    title = _TITLE_RE.search(message) if message.startswith("<") else None
+    title = _rx_all().title.search(message) if message.startswith("<") else None
     message = title.group(1) if title else message
     if message[: len(PHRASE)].lower() == PHRASE:
         return (PHRASE + message[len(PHRASE):])[:_MAX_MESSAGE]

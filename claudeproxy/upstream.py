@@ -382,14 +382,36 @@ class _HTTPHandler(urllib.request.HTTPHandler):
 
 
 class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, opener: _PooledOpen, context: ssl.SSLContext) -> None:
-        super().__init__(context=context)
+    def __init__(self, opener: _PooledOpen, context: "TLSContext") -> None:
+        # Not HTTPSHandler.__init__: from Python 3.12 it loads the system CA store
+        # (about 50 ms) even when no HTTPS upstream is ever called.
+        urllib.request.AbstractHTTPHandler.__init__(self)
         self._pooled = opener
-        self._ctx = context
+        self._tls = context
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        factory = functools.partial(_TrackedHTTPS, context=self._ctx)
+        factory = functools.partial(_TrackedHTTPS, context=self._tls.get())
         return self._pooled.open(factory, req, "https")
+
+
+class TLSContext:
+    """The SSL context for HTTPS upstreams, built on first use.
+
+    Loading the system CA store costs about 50 ms of start-up, which a plain-HTTP
+    upstream (Ollama, vLLM, a local server) should never pay. A ``--ca-bundle``
+    is loaded at once, so a bad one stops the start.
+    """
+
+    def __init__(self, ca_bundle: Optional[str]) -> None:
+        self._ca_bundle = ca_bundle
+        self._lock = threading.Lock()
+        self._context = tls_context(ca_bundle) if ca_bundle is not None else None
+
+    def get(self) -> ssl.SSLContext:
+        with self._lock:
+            if self._context is None:
+                self._context = tls_context(self._ca_bundle)
+            return self._context
 
 
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
@@ -422,7 +444,7 @@ def build_opener(config: Config, pool: Optional[ConnectionPool] = None) -> urlli
         urllib.request.ProxyHandler(proxies),
         _RefuseRedirects(),
         _HTTPHandler(pooled),
-        _HTTPSHandler(pooled, tls_context(config.ca_bundle)),
+        _HTTPSHandler(pooled, TLSContext(config.ca_bundle)),
     )
 
 
