@@ -457,9 +457,13 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         return self._body
 
     def read_json_body(self) -> Any:
-        """The request body as JSON; every way it can be wrong is a 4xx (``door.loads_request``)."""
+        """The request body as JSON; every way it can be wrong is a 4xx (``door.loads_request``).
+
+        The bytes are handed over: the handler keeps none of them while a long stream runs.
+        """
         self._check_content_type()
-        return loads_request(self.read_body_bytes())
+        raw, self._body = self.read_body_bytes(), b""
+        return loads_request(raw)
 
     def _read_body(self) -> bytes:
         """The whole body by Content-Length, under the body deadline and the cap on connections reading one."""

@@ -23,7 +23,6 @@ clients send:
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import threading
 import time
@@ -33,7 +32,6 @@ from typing import (
     Deque,
     Dict,
     Iterable,
-    Iterator,
     List,
     Optional,
     Set,
@@ -324,16 +322,14 @@ class Metrics:
             found = slices[key] = _Slice()
         return found
 
-    @contextlib.contextmanager
-    def streaming(self) -> Iterator[None]:
-        """Counts a stream in flight while the block runs (the streams_in_flight gauge)."""
+    def stream_began(self) -> None:
+        """A stream is in flight (the streams_in_flight gauge) until ``stream_ended``."""
         with self._lock:
             self._streams += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._streams -= 1
+
+    def stream_ended(self) -> None:
+        with self._lock:
+            self._streams -= 1
 
     # ------------------------------------------------------------------
     # Reading.

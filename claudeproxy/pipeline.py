@@ -60,6 +60,24 @@ _BACKOFF_CAP = 8.0
 _LIST_TIMEOUT = 30.0  # an upstream model list or token count is small: do not wait for it forever
 
 
+class StreamRest:
+    """The rest of a stream whose first event went out (``Relay.begin`` returned True).
+
+    No retry or fallback can happen from then on, so ``Proxy.messages`` relays it
+    after every frame that held the request has returned.
+    """
+
+    def __init__(self, proxy: "Proxy", relay: Relay, watch: Watch, record: Dict[str, Any]) -> None:
+        self.proxy, self.relay, self.watch, self.record = proxy, relay, watch, record
+
+    def finish(self) -> None:
+        try:
+            self.relay.finish()
+        finally:
+            self.proxy.stream_ended(self.relay, self.record)
+            self.proxy.watchdog.remove(self.watch)
+
+
 class Proxy:
     """One server's proxy: endpoints, router, upstream transport, limits, metrics."""
 
@@ -271,7 +289,13 @@ class Proxy:
             req = self._client_request(handler)  # a body that is no request is a call too (a 4xx)
             record.update(model=req.model, stream=req.stream)
             routed = self._resolve(req.model)
-            self._messages(req, routed, handler, writer, record)
+            rest = self._messages(req, routed, handler, writer, record)
+            # A stream whose first event went out can no longer be retried: let go of the
+            # request (for a Claude Code turn about 130 KiB: the JSON, its parsed form, the
+            # upstream body) before relaying the rest, which may take minutes.
+            del req
+            if rest is not None:
+                rest.finish()
         except Exception as exc:
             record.update(_failure(exc))
             raise
@@ -292,23 +316,27 @@ class Proxy:
                              "(add a route matching '*', or start with --model)", status=404)
         return routed
 
-    def _messages(self, req: ClientRequest, routed: Routed, handler: Any, writer: Any, record: Dict[str, Any]) -> None:
+    def _messages(self, req: ClientRequest, routed: Routed, handler: Any, writer: Any,
+                  record: Dict[str, Any]) -> Optional["StreamRest"]:
         req = self._parsed(self.apis[routed.target.api], req)
         if req.parsed is not None and req.parsed.max_tokens in (0, 1):
             # max_tokens 1 is Claude Code's quota probe; 0 only warms a cache. Neither needs the upstream.
             text, reason = ("ok", "end_turn") if req.parsed.max_tokens == 1 else ("", "max_tokens")
             record.update(local=True, stop_reason=reason)
             self._reply(req, writer, local_message(req.model, text, reason, (1, 1) if text else (0, 0)))
-            return
+            return None
         # Non-streaming calls get one wall-clock deadline over every attempt; a stream may run
         # as long as it keeps talking.
         deadline = None if req.stream else time.monotonic() + self.config.request_timeout
         watch = Watch(UpstreamCall(), handler.connection, deadline)
         self.watchdog.add(watch)
+        rest = None
         try:
-            self._attempts(req, routed, writer, watch, record)
+            rest = self._attempts(req, routed, writer, watch, record)
+            return rest
         finally:
-            self.watchdog.remove(watch)
+            if rest is None:
+                self.watchdog.remove(watch)  # else the rest of the stream still needs it
 
     def _parsed(self, api: Any, req: ClientRequest) -> ClientRequest:
         """``req`` with what ``api`` needs parsed (once: Chat Completions and Responses parse alike)."""
@@ -321,7 +349,8 @@ class Proxy:
     # ------------------------------------------------------------------
     # Retries and fallbacks: only before the first byte reached the client.
 
-    def _attempts(self, req: ClientRequest, routed: Routed, writer: Any, watch: Watch, record: Dict[str, Any]) -> None:
+    def _attempts(self, req: ClientRequest, routed: Routed, writer: Any, watch: Watch,
+                  record: Dict[str, Any]) -> Optional["StreamRest"]:
         """The route's target, then each fallback, each tried up to 1 + ``--retries`` times.
 
         The client hears nothing of a failure another attempt gets past; when all
@@ -337,8 +366,7 @@ class Proxy:
                 record.update(provider=target.provider.name, upstream_model=target.model,
                               attempts=record.get("attempts", 0) + 1)
                 try:
-                    self._attempt(api, req, target, writer, watch, record)
-                    return
+                    return self._attempt(api, req, target, writer, watch, record)
                 except ProxyError as exc:
                     if writer.started or not self._retryable(exc, watch):
                         raise
@@ -349,14 +377,15 @@ class Proxy:
         raise failure
 
     def _attempt(self, api: Any, req: ClientRequest, target: Target, writer: Any, watch: Watch,
-                 record: Dict[str, Any]) -> None:
+                 record: Dict[str, Any]) -> Optional["StreamRest"]:
+        """One call to one target; a stream that has begun comes back as the rest to relay."""
         call = UpstreamCall()
         watch.call, watch.tick = call, None
         resp, ex = self._send(api, req, target, call)
         if req.stream and ex.stream:
-            self._stream(api, req, ex, resp, writer, call, watch, record)
-        else:
-            self._json(api, req, ex, resp, writer, call, record)
+            return self._stream(api, req, ex, resp, writer, call, watch, record)
+        self._json(api, req, ex, resp, writer, call, record)
+        return None
 
     def _retryable(self, exc: ProxyError, watch: Watch) -> bool:
         if watch.call.abort_reason is not None:
@@ -473,7 +502,8 @@ class Proxy:
             writer.json(200, message)
 
     def _stream(self, api: Any, req: ClientRequest, ex: Exchange, resp: Any, writer: Any, call: UpstreamCall,
-                watch: Watch, record: Dict[str, Any]) -> None:
+                watch: Watch, record: Dict[str, Any]) -> Optional["StreamRest"]:
+        """Relay the stream until its first event went out (or it ended); the rest comes back."""
         estimate = self._estimate(req, record)
         fold: StreamFold = api.fold(req, ex, message_id="msg_" + new_id(), input_tokens=estimate,
                                     secrets=self.secrets())
@@ -481,17 +511,28 @@ class Proxy:
             fold = cast(StreamFold, ObservedFold(fold, self.secrets()))  # every line and event at DEBUG
         relay = Relay(writer, fold, call, self.config)
         watch.tick = relay.tick
+        self.metrics.stream_began()
+        rest = None
         try:
-            with self.metrics.streaming():
-                relay.run(resp)
+            if relay.begin(resp):
+                rest = StreamRest(self, relay, watch, record)
+                return rest
+            return None
         finally:
-            for warning in getattr(fold, "warnings", ()):
-                log.warning("%s", warning)
-            if relay.failure is not None:
-                # The client saw a 200 and then event: error; the metrics must count it as the error it was.
-                record.update(error_type=relay.failure.error_type)
-            record.update(stop_reason=fold.stop_reason, first_content_at=relay.first_content_at,
-                          **_usage_fields(fold.usage))
+            if rest is None:
+                self.stream_ended(relay, record)
+
+    def stream_ended(self, relay: Relay, record: Dict[str, Any]) -> None:
+        """What a stream leaves: the fold's warnings, the record's usage and ending, the gauge."""
+        self.metrics.stream_ended()
+        fold = relay.fold
+        for warning in getattr(fold, "warnings", ()):
+            log.warning("%s", warning)
+        if relay.failure is not None:
+            # The client saw a 200 and then event: error; the metrics must count it as the error it was.
+            record.update(error_type=relay.failure.error_type)
+        record.update(stop_reason=fold.stop_reason, first_content_at=relay.first_content_at,
+                      **_usage_fields(fold.usage))
 
     def _estimate(self, req: ClientRequest, record: Dict[str, Any]) -> int:
         """message_start's input tokens: the local estimate, calibrated for the target; 0 when forwarded.

@@ -1,6 +1,6 @@
 """The one streaming relay: an open upstream response in, Anthropic events out, as they come.
 
-I/O only. The pipeline opens the upstream and hands ``Relay.run`` the open
+I/O only. The pipeline opens the upstream and hands ``Relay.begin`` the open
 response and the API's ``StreamFold`` (``ending.py``); the relay reads the body
 one line at a time as it arrives (``iter_lines``: a 1 MiB cap per line,
 RELIABILITY.md S13), gives each line to the fold and writes what comes back at
@@ -20,7 +20,7 @@ import http.client
 import logging
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from .config import Config
 from .ending import StreamFold, stream_end
@@ -54,7 +54,9 @@ class Relay:
         # When the first content went out: the time to first token the client saw.
         self.first_content_at: Optional[float] = None
         self.opened_at = self.last_upstream = time.monotonic()
-        self._resp: Any = None  # the open upstream response, while run() reads it
+        self._resp: Any = None  # the open upstream response, until the fold completes
+        self._body: Any = None  # the same response, closed when the relay ends
+        self._lines: Iterator[bytes] = iter(())  # its lines, read by begin() and then by finish()
         self.deadline: Optional[float] = None  # monotonic time the call is aborted at (a JSON answer)
 
     # ------------------------------------------------------------------
@@ -62,10 +64,20 @@ class Relay:
 
     def run(self, resp: Any) -> None:
         """Relay ``resp`` (open, 200) to the client; closes it."""
+        if self.begin(resp):
+            self.finish()
+
+    def begin(self, resp: Any) -> bool:
+        """Relay ``resp`` (open, 200) until the stream commits or ends; True if ``finish`` must relay the rest.
+
+        Until the first event goes out a failure raises (the pipeline may retry or fall
+        back); once it has gone out nothing can be retried, so the caller can let go of
+        the request before ``finish`` relays the rest.
+        """
         self.opened_at = self.last_upstream = time.monotonic()
         self.response_open = True
-        self._resp = resp
-        with resp:
+        self._resp = self._body = resp
+        try:
             kind = content_kind(resp)
             if kind == "json":
                 # A plain JSON answer is held to the request timeout, as a non-stream call is;
@@ -76,30 +88,51 @@ class Relay:
                 ctype = resp.headers.get("Content-Type")
                 self._fail(UpstreamUnavailable(f"upstream returned non-SSE content ({ctype}) to a stream request"))
             else:
-                self._relay(resp)
+                self._lines = iter_lines(resp, self.config.max_line_bytes)
+                if self._relay(until_committed=True):
+                    return True
+        except BaseException:
+            self._end()
+            raise
+        self._end()
+        return False
+
+    def finish(self) -> None:
+        """The rest of a stream ``begin`` left open; closes the upstream response."""
+        try:
+            self._relay(until_committed=False)
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        self._body.close()
         skipped = getattr(self.fold, "skipped_events", 0)
         if skipped:
             log.warning("skipped %d non-JSON upstream events", skipped)
 
-    def _relay(self, resp: Any) -> None:
+    def _relay(self, until_committed: bool) -> bool:
+        """Lines to events until the stream ends (False) or, with ``until_committed``, commits (True)."""
         failure: Optional[ProxyError] = None
         try:
-            for raw in iter_lines(resp, self.config.max_line_bytes):
+            for raw in self._lines:
                 # Fold and write under the lock, so the watchdog cannot slip a ping
                 # (or a second message_start) between translating a line and writing it.
                 with self.lock:
                     self.last_upstream = time.monotonic()
                     self._write(self.fold.feed_line(raw))
                     if self.fold.complete:
-                        return
+                        return False
+                    if until_committed and self.committed:
+                        return True
         except ClientGone:
             self.call.abort("client")
             raise
         except ProxyError as exc:  # an error event from the upstream, or a line over the cap
             self._fail(exc)
-            return
+            return False
         except (OSError, http.client.HTTPException, ValueError) as exc:
             failure = read_error(exc, self.call, self.config.idle_timeout)  # type: ignore[assignment]
+        resp = self._body
         with self.lock:
             events, error = stream_end(self.fold, clean=clean_eof(resp), failure=failure,
                                        abort_reason=self.call.abort_reason)
@@ -108,6 +141,7 @@ class Relay:
             raise error
         if error is not None:
             self._fail(error)  # type: ignore[arg-type]
+        return False
 
     def _write(self, events: List[Dict[str, Any]]) -> None:
         if not events:
