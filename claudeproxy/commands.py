@@ -10,7 +10,7 @@ import os
 import sys
 from typing import List, Mapping, Optional, TextIO
 
-from . import cli, launcher
+from . import cli
 
 
 def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] = None,
@@ -18,6 +18,8 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
     """``claudeproxy [options]`` (``cli.main``) or ``claudeproxy run [options] -- COMMAND`` (``launcher.run_main``)."""
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["run"]:
+        from . import launcher  # only ``run`` needs it: the proxy alone starts without
+
         return launcher.run_main(args[1:], os.environ if environ is None else environ,
                                  stdout or sys.stdout, stderr or sys.stderr)
     return cli.main(args, environ, stdout, stderr)

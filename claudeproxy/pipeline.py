@@ -17,12 +17,9 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, cast
 from urllib.parse import parse_qs, unquote
 
-from . import catalog, prometheus, usage_page
+from . import catalog
 from .anthropic_types import parse_count_tokens_request, peek_request
 from .apis.base import ClientRequest, Exchange
-from .apis.chat.api import ChatApi
-from .apis.messages import MessagesApi
-from .apis.responses.api import ResponsesApi
 from .calibration import TokenCalibration
 from .config import Config, Provider
 from .cost import call_cost
@@ -87,7 +84,9 @@ class Proxy:
         self.watchdog = watchdog
         self.router = build_router(config)
         self.upstream = Upstream(config)
-        self.apis: Dict[str, Any] = {"chat": ChatApi(), "messages": MessagesApi(), "responses": ResponsesApi()}
+        # The APIs the providers speak; another (Responses for a Responses-only model) on first use.
+        self.apis: Dict[str, Any] = {name: _load_api(name) for name in
+                                     sorted({p.api for p in self.router.providers.values()})}
         self._caps: Dict[Tuple[str, str], int] = {}
         self._lock = threading.Lock()
         self._warned: Set[str] = set()  # translation warnings already logged at WARNING level
@@ -128,6 +127,8 @@ class Proxy:
         if parse_qs(handler.path.partition("?")[2]).get("format") == ["json"]:
             writer.json(200, self.metrics.snapshot())
             return
+        from . import prometheus  # imported on first use: most servers are never scraped
+
         text = prometheus.render(self.metrics.prometheus_view(), PRICES_CHECKED)
         writer.raw(200, [("Content-Type", prometheus.CONTENT_TYPE), ("Cache-Control", "no-store")], text.encode("utf-8"))
 
@@ -140,10 +141,23 @@ class Proxy:
         writer.json(200, self.usage(), (("Cache-Control", "no-store"),))
 
     def show_usage_page(self, handler: Any, writer: Any) -> None:
+        from . import usage_page  # imported on first use: a page for a person, not for the clients
+
         writer.raw(200, usage_page.page_headers(), usage_page.render(self.usage()).encode("utf-8"))
 
     # ------------------------------------------------------------------
     # Credentials.
+
+    def _api(self, name: str) -> Any:
+        api = self.apis.get(name)
+        if api is None:
+            with self._lock:
+                api = self.apis.setdefault(name, _load_api(name))
+        return api
+
+    def _log_body(self, what: str, body: Any) -> None:
+        if bodies_logged():  # the secrets are gathered only for a body that is logged
+            log_body(what, body, self.secrets())
 
     def secrets(self) -> Tuple[str, ...]:
         """Every provider's current key: masked in logs and in every upstream-derived message."""
@@ -188,11 +202,11 @@ class Proxy:
         routed: Optional[Routed] = None
         try:
             body = handler.read_json_body()
-            log_body("client request body", body, self.secrets())
+            self._log_body("client request body", body)
             record["model"], _ = peek_request(body)
             routed = self.router.resolve(record["model"])
             counted = None
-            if routed is not None and not self.apis[routed.target.api].translates:
+            if routed is not None and not self._api(routed.target.api).translates:
                 record.update(local=False, upstream_model=routed.target.model)
                 counted = self._upstream_count(handler, body, routed.target)
             if counted is None:
@@ -216,7 +230,7 @@ class Proxy:
     def _upstream_count(self, handler: Any, body: Dict[str, Any], target: Target) -> Optional[int]:
         """The upstream's count; None when it does not offer one (404, 405): the local estimate serves."""
         req = ClientRequest(body, target.model, False, handler.headers, handler.path.partition("?")[2])
-        ex = self.apis[target.api].count_tokens(req, target)
+        ex = self._api(target.api).count_tokens(req, target)
 
         def ask(call: UpstreamCall) -> Any:
             with self._open(ex.url, target.provider, call, body=ex.body, headers=ex.headers,
@@ -305,7 +319,7 @@ class Proxy:
 
     def _client_request(self, handler: Any) -> ClientRequest:
         body = handler.read_json_body()
-        log_body("client request body", body, self.secrets())
+        self._log_body("client request body", body)
         model, stream = peek_request(body)
         return ClientRequest(body, model, stream, handler.headers, handler.path.partition("?")[2])
 
@@ -318,7 +332,7 @@ class Proxy:
 
     def _messages(self, req: ClientRequest, routed: Routed, handler: Any, writer: Any,
                   record: Dict[str, Any]) -> Optional["StreamRest"]:
-        req = self._parsed(self.apis[routed.target.api], req)
+        req = self._parsed(self._api(routed.target.api), req)
         if req.parsed is not None and req.parsed.max_tokens in (0, 1):
             # max_tokens 1 is Claude Code's quota probe; 0 only warms a cache. Neither needs the upstream.
             text, reason = ("ok", "end_turn") if req.parsed.max_tokens == 1 else ("", "max_tokens")
@@ -358,7 +372,7 @@ class Proxy:
         """
         failure: Optional[ProxyError] = None
         for target in routed.targets:
-            api = self.apis[target.api]
+            api = self._api(target.api)
             req = self._parsed(api, req)
             for attempt in range(self.config.retries + 1):
                 if attempt and not self._pause(failure, attempt, watch):
@@ -424,7 +438,7 @@ class Proxy:
         ex = self._prepare(api, req, target, None)
         changes = key_changes = 0
         while True:
-            log_body("upstream request body", ex.body, self.secrets())
+            self._log_body("upstream request body", ex.body)
             key = target.provider.token()
             try:
                 return self._open(ex.url, target.provider, call, body=ex.body, headers=ex.headers,
@@ -484,7 +498,7 @@ class Proxy:
               record: Dict[str, Any]) -> None:
         with resp:
             obj = read_json_body(resp, call, self.config.max_body_bytes * 2)
-        log_body("upstream response body", obj, self.secrets())
+        self._log_body("upstream response body", obj)
         message, warnings = api.from_json(req, ex, obj, self.secrets())
         for warning in warnings:
             log.warning("%s", warning)
@@ -493,7 +507,7 @@ class Proxy:
         self._estimate(req, record)  # only to learn from the upstream's count (calibration.py): after the answer
 
     def _reply(self, req: ClientRequest, writer: Any, message: Dict[str, Any]) -> None:
-        log_body("client response body", message, self.secrets())
+        self._log_body("client response body", message)
         if req.stream:
             writer.start_stream()
             writer.events(events_for_message(message))
@@ -586,6 +600,20 @@ class Proxy:
         if raw is None or rec.error_type or rec.local or reported == fields.get("estimate_sent"):
             return
         self.calibration.learn((rec.provider, rec.upstream_model), raw, reported)
+
+
+def _load_api(name: str) -> Any:
+    """The upstream API ``name`` (config.UPSTREAM_APIS), its modules imported now: a server
+    whose providers all speak Chat Completions never loads the other two."""
+    if name == "chat":
+        from .apis.chat.api import ChatApi
+        return ChatApi()
+    if name == "messages":
+        from .apis.messages import MessagesApi
+        return MessagesApi()
+    from .apis.responses.api import ResponsesApi
+    assert name == "responses", name
+    return ResponsesApi()
 
 
 _RECORD_FIELDS = frozenset(CallRecord.__dataclass_fields__) - {"duration_ms", "ttft_ms", "cost_usd", "time", "request_id"}

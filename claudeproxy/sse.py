@@ -95,6 +95,8 @@ def is_done(data: str) -> bool:
     return data.startswith("[DONE]")
 
 
+# One encoder for every event: json.dumps with arguments builds a new JSONEncoder on each call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _TEXT_DELTA = 'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,"delta":{"type":"text_delta","text":%s}}\n\n'
 
 
@@ -105,8 +107,8 @@ def encode_event(payload: Dict[str, Any]) -> bytes:
         if payload["type"] == "content_block_delta" and len(payload) == 3 and type(payload.get("index")) is int \
                 and type(delta) is dict and len(delta) == 2 and delta.get("type") == "text_delta" and type(delta.get("text")) is str:
             # Most events of a stream are text deltas: fill a template, as json.dumps would write it.
-            return (_TEXT_DELTA % (payload["index"], json.dumps(delta["text"], ensure_ascii=False))).encode("utf-8")
-        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+            return (_TEXT_DELTA % (payload["index"], _ENCODER.encode(delta["text"]))).encode("utf-8")
+        data = _ENCODER.encode(payload)
         return f"event: {payload['type']}\ndata: {data}\n\n".encode("utf-8")
     except UnicodeEncodeError:
         # A lone surrogate from the upstream ("\ud83d": half an emoji cut by a JS server)
