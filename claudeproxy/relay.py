@@ -55,17 +55,12 @@ class Relay:
         self.first_content_at: Optional[float] = None
         self.opened_at = self.last_upstream = time.monotonic()
         self._resp: Any = None  # the open upstream response, until the fold completes
-        self._body: Any = None  # the same response, closed when the relay ends
+        self._opened: Any = None  # the same response, closed when the relay ends
         self._lines: Iterator[bytes] = iter(())  # its lines, read by begin() and then by finish()
         self.deadline: Optional[float] = None  # monotonic time the call is aborted at (a JSON answer)
 
     # ------------------------------------------------------------------
     # The handler thread.
-
-    def run(self, resp: Any) -> None:
-        """Relay ``resp`` (open, 200) to the client; closes it."""
-        if self.begin(resp):
-            self.finish()
 
     def begin(self, resp: Any) -> bool:
         """Relay ``resp`` (open, 200) until the stream commits or ends; True if ``finish`` must relay the rest.
@@ -76,7 +71,7 @@ class Relay:
         """
         self.opened_at = self.last_upstream = time.monotonic()
         self.response_open = True
-        self._resp = self._body = resp
+        self._resp = self._opened = resp
         try:
             kind = content_kind(resp)
             if kind == "json":
@@ -105,7 +100,7 @@ class Relay:
             self._end()
 
     def _end(self) -> None:
-        self._body.close()
+        self._opened.close()
         skipped = getattr(self.fold, "skipped_events", 0)
         if skipped:
             log.warning("skipped %d non-JSON upstream events", skipped)
@@ -132,7 +127,7 @@ class Relay:
             return False
         except (OSError, http.client.HTTPException, ValueError) as exc:
             failure = read_error(exc, self.call, self.config.idle_timeout)  # type: ignore[assignment]
-        resp = self._body
+        resp = self._opened
         with self.lock:
             events, error = stream_end(self.fold, clean=clean_eof(resp), failure=failure,
                                        abort_reason=self.call.abort_reason)

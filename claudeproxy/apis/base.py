@@ -42,4 +42,4 @@ class Exchange:
     stream: bool  # the upstream call streams
     max_tokens: Optional[int]  # as sent (the max_tokens retry reads it)
     warnings: Tuple[str, ...] = ()
-    context: Any = None  # what the API needs to read the answer (the chat Translation, ...)
+    context: Any = None  # what the API needs to read the answer (tool names, ...), nothing bigger

@@ -11,7 +11,7 @@ from ...ids import new_id
 from ...routing import Target
 from ...urls import chat_url
 from ..base import ClientRequest, Exchange
-from .request import Translation, to_chat_request
+from .request import to_chat_request
 from .response import message_from_body
 from .stream import ChatFold, StreamTranslator
 
@@ -35,34 +35,36 @@ class ChatApi:
         azure = target.provider.azure_api_version if dialect.auth == "azure" else None
         headers = (("Content-Type", "application/json"),
                    ("Accept", "text/event-stream" if chat.stream else "application/json"))
+        # The context keeps the tool names only: the request's dataclasses (~25 KiB for a Claude
+        # Code turn) would otherwise stay alive for as long as the upstream takes to answer.
         return Exchange(chat_url(target.provider.url, target.model, azure), body, headers, chat.stream,
-                        chat.max_tokens, translation.warnings, (translation, target))
+                        chat.max_tokens, translation.warnings, (translation.tool_names, target))
 
     def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
                   ) -> Tuple[Dict[str, Any], List[str]]:
-        translation, _, dialect = _context(ex)
+        tool_names, dialect = _context(ex)
         parsed = req.parsed
         assert parsed is not None
         return message_from_body(
-            obj, model=req.model, new_id=new_id, tool_names=translation.tool_names,
+            obj, model=req.model, new_id=new_id, tool_names=tool_names,
             stop_sequences=parsed.stop_sequences, dialect_name=dialect.name, think_tags=dialect.think_tags,
             secrets=secrets,
         )
 
     def fold(self, req: ClientRequest, ex: Exchange, *, message_id: str, input_tokens: int,
              secrets: Tuple[str, ...] = ()) -> ChatFold:
-        translation, _, dialect = _context(ex)
+        tool_names, dialect = _context(ex)
         parsed = req.parsed
         assert parsed is not None
         translator = StreamTranslator(
             message_id=message_id, model=req.model, input_tokens=input_tokens, new_id=new_id,
-            tool_names=translation.tool_names, stop_sequences=parsed.stop_sequences,
+            tool_names=tool_names, stop_sequences=parsed.stop_sequences,
             dialect_name=dialect.name, think_tags=dialect.think_tags, secrets=secrets,
         )
         return ChatFold(translator)
 
 
-def _context(ex: Exchange) -> Tuple[Translation, Target, Dialect]:
-    translation, target = ex.context
+def _context(ex: Exchange) -> Tuple[Dict[str, str], Dialect]:
+    tool_names, target = ex.context
     assert target.dialect is not None, "a chat target always has a dialect"
-    return translation, target, target.dialect
+    return tool_names, target.dialect

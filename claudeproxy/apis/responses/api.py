@@ -19,7 +19,7 @@ from ...ids import new_id
 from ...routing import Target
 from ...urls import join_path
 from ..base import ClientRequest, Exchange
-from .request import Translation, to_responses_request
+from .request import to_responses_request
 from .response import to_messages_response
 from .stream import ResponsesFold
 
@@ -57,7 +57,7 @@ class ResponsesApi:
         headers = (("Content-Type", "application/json"),
                    ("Accept", "text/event-stream" if parsed.stream else "application/json"))
         return Exchange(responses_url(target.provider.url), body, headers, parsed.stream,
-                        translation.body.get("max_output_tokens"), translation.warnings, translation)
+                        translation.body.get("max_output_tokens"), translation.warnings, translation.tool_names)
 
     def recover(self, exc: ProxyError, req: ClientRequest, target: Target, ex: Exchange,
                 cap: Optional[int]) -> Optional[Exchange]:
@@ -77,13 +77,11 @@ class ResponsesApi:
 
     def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
                   ) -> Tuple[Dict[str, Any], List[str]]:
-        translation: Translation = ex.context
-        message = to_messages_response(obj, model=req.model, new_id=new_id, tool_names=translation.tool_names,
+        message = to_messages_response(obj, model=req.model, new_id=new_id, tool_names=ex.context,
                                        secrets=secrets)
         return message, []
 
     def fold(self, req: ClientRequest, ex: Exchange, *, message_id: str, input_tokens: int,
              secrets: Tuple[str, ...] = ()) -> ResponsesFold:
-        translation: Translation = ex.context
         return ResponsesFold(message_id=message_id, model=req.model, input_tokens=input_tokens, new_id=new_id,
-                             tool_names=translation.tool_names, secrets=secrets)
+                             tool_names=ex.context, secrets=secrets)
