@@ -31,7 +31,7 @@ class StreamFold(Protocol):
         """The upstream said it is done; only trailing data (usage, [DONE]) may follow."""
 
     def feed_line(self, raw: bytes) -> List[Event]:
-        """Events for one ``readline()`` result; raises ``ProxyError`` for an upstream error event."""
+        """Events for one or more whole lines; raises ``ProxyError`` for an upstream error event."""
 
     def end(self, clean: bool) -> Tuple[List[Event], Optional[ProxyError]]:
         """The body is over: the events that finish the message, or the error it ended with."""

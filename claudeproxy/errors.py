@@ -48,6 +48,9 @@ class ProxyError(Exception):
 
     status = 500
     error_type = "api_error"
+    # For an upstream error event: the events its stream gave before it in the same read,
+    # which still go out before the error does (``SSEFold.feed_line``).
+    events_before: Tuple[Dict[str, Any], ...] = ()
 
     def __init__(
         self,

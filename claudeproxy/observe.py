@@ -73,8 +73,9 @@ class ObservedFold:
         return self._fold.usage  # type: ignore[no-any-return]
 
     def feed_line(self, raw: bytes) -> List[Event]:
-        if raw.strip():
-            log_body("upstream stream line", raw.rstrip(b"\r\n"), self._secrets)
+        for line in raw.splitlines():  # the relay feeds the whole lines of one read
+            if line.strip():
+                log_body("upstream stream line", line, self._secrets)
         return self._seen(self._fold.feed_line(raw))
 
     def end(self, clean: bool) -> Tuple[List[Event], Optional[ProxyError]]:

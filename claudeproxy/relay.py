@@ -2,9 +2,9 @@
 
 I/O only. The pipeline opens the upstream and hands ``Relay.begin`` the open
 response and the API's ``StreamFold`` (``ending.py``); the relay reads the body
-one line at a time as it arrives (``iter_lines``: a 1 MiB cap per line,
-RELIABILITY.md S13), gives each line to the fold and writes what comes back at
-once. Nothing is held back beyond the current line. How the stream ends is
+as it arrives (``iter_lines``: the whole lines of each read, a 1 MiB cap per
+line, RELIABILITY.md S13), gives them to the fold and writes what comes back at
+once, in one write. Nothing is held back beyond an unfinished line. How the stream ends is
 decided by ``ending.stream_end``, the same for every upstream API.
 
 ``tick`` runs on the watchdog thread: it commits the stream and sends pings
@@ -142,16 +142,20 @@ class Relay:
         if not events:
             return
         with self.lock:
-            if not self.committed:
-                self.writer.start_stream()
-                self.committed = True
-            self.writer.events(events)
-            if self.first_content_at is None and any(e["type"] in _CONTENT_EVENTS for e in events):
-                self.first_content_at = time.monotonic()
+            self._send(events)
             if self.fold.complete and not self.finished:
                 self.finished = True
                 self._close_upstream()
                 self.writer.end_stream()
+
+    def _send(self, events: List[Dict[str, Any]]) -> None:
+        """Commit the stream if need be and write ``events`` at once, in one write (under the lock)."""
+        if not self.committed:
+            self.writer.start_stream()
+            self.committed = True
+        self.writer.events(events)
+        if self.first_content_at is None and any(e["type"] in _CONTENT_EVENTS for e in events):
+            self.first_content_at = time.monotonic()
 
     def _close_upstream(self) -> None:
         """Close the upstream response before the client sees the end: a complete one gives its
@@ -162,14 +166,15 @@ class Relay:
 
     def _fail(self, exc: ProxyError) -> None:
         with self.lock:
-            if not self.committed:
+            before = list(exc.events_before)  # what the same read brought before an error event
+            if not self.committed and not before:
                 raise exc  # nothing sent yet: the handler answers with a plain HTTP error
             if self.finished:
                 return
             self.finished = True
             self.failure = exc
             log.warning("stream failed after it began: %s", exc.message)
-            self.writer.events(self.fold.fail(exc))
+            self._send(before + self.fold.fail(exc))
             self.writer.end_stream()
 
     # ------------------------------------------------------------------

@@ -13,6 +13,8 @@ import dataclasses
 import json
 from typing import Any, Dict, Iterator, List, Optional
 
+from .errors import ProxyError
+
 
 @dataclasses.dataclass(frozen=True)
 class ServerSentEvent:
@@ -128,12 +130,17 @@ class SSEFold:
     complete: bool
 
     def feed_line(self, raw: bytes) -> List[Dict[str, Any]]:
-        """Events for one ``readline()`` result; raises ``ProxyError`` for an upstream error event."""
+        """Events for one or more whole lines; raises ``ProxyError`` for an upstream error event,
+        carrying the events of the lines before it (``events_before``) that must go out first."""
         events: List[Dict[str, Any]] = []
         for line in split_lines(raw):
             event = self.decoder.decode(line)
             if event is not None and not self.complete:
-                events += self._on_event(event)
+                try:
+                    events += self._on_event(event)
+                except ProxyError as exc:
+                    exc.events_before = tuple(events)
+                    raise
         return events
 
     def _on_event(self, event: ServerSentEvent) -> List[Dict[str, Any]]:

@@ -111,12 +111,13 @@ def run_lines(lines: Iterable[bytes], **meta: Any) -> List[Event]:
 
 
 def drive(fold: Any, lines: Iterable[bytes], clean: bool = False) -> List[Event]:
-    """Any API's fold, driven as the relay drives it: each line in, stop once complete.
+    """Any API's fold, driven as the relay drives it: each run of lines in, stop once complete.
 
     The end of the body goes through ``ending.stream_end``, the relay's own rule,
     not a copy of it. A ``ProxyError`` (an upstream error event) or the error the
     stream ends with is raised when nothing was written yet (the relay answers a
-    plain HTTP error), else it becomes the fold's one error event.
+    plain HTTP error), else it becomes the fold's one error event, after the
+    events its own read brought before it (``events_before``).
     """
     events: List[Event] = []
     failure: Optional[ProxyError] = None
@@ -126,6 +127,7 @@ def drive(fold: Any, lines: Iterable[bytes], clean: bool = False) -> List[Event]
             if fold.complete:
                 return events
     except ProxyError as exc:
+        events += exc.events_before
         return events + _fail(fold, events, exc)
     except (OSError, http.client.HTTPException) as exc:
         failure = read_error(exc, UpstreamCall(), IDLE_TIMEOUT)  # type: ignore[assignment]

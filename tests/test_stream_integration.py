@@ -127,6 +127,24 @@ def test_every_event_goes_out_as_it_is_translated(proxy, fake_upstream):
     assert_valid_event_sequence(events, allow_error=False)
 
 
+def test_text_and_an_error_event_in_one_read_keep_their_order(proxy, fake_upstream):
+    """The relay folds all the lines of one read at once: the text that came before an
+    error event in the same packet still reaches the client, then the one error event."""
+    def data(obj: Dict[str, Any]) -> bytes:
+        return b"data: " + json.dumps(obj).encode() + b"\n\n"
+    packet = (data(chunk({"role": "assistant", "content": ""})) + data(chunk({"content": "Partial"}))
+              + data(chunk({"content": " answer"})) + data({"error": {"message": "overloaded", "code": 503}}))
+    fake_upstream.push(sse_reply(packet, done=False))  # one step: one write, one chunk
+    with open_stream(proxy) as client:
+        assert client.status == 200
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events)
+    text = "".join(e["delta"]["text"] for e in events if e["type"] == "content_block_delta")
+    assert text == "Partial answer"
+    assert kinds(events)[-1] == "error" and kinds(events).count("error") == 1
+    assert "message_stop" not in kinds(events)
+
+
 def test_live_tool_input_reaches_client_before_the_last_fragment(proxy, fake_upstream):
     """Case 51b: a long tool input streams as it is generated, not at finalize."""
     args = json.dumps({"path": "/tmp/notes.txt", "content": "".join(f"line {i}\n" for i in range(40))})
