@@ -76,7 +76,11 @@ class ObservedFold:
         for line in raw.splitlines():  # the relay feeds the whole lines of one read
             if line.strip():
                 log_body("upstream stream line", line, self._secrets)
-        return self._seen(self._fold.feed_line(raw))
+        try:
+            return self._seen(self._fold.feed_line(raw))
+        except ProxyError as exc:
+            self._seen(list(exc.events_before))  # they go out before the error event: log them too
+            raise
 
     def end(self, clean: bool) -> Tuple[List[Event], Optional[ProxyError]]:
         events, error = self._fold.end(clean)

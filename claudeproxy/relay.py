@@ -4,8 +4,8 @@ I/O only. The pipeline opens the upstream and hands ``Relay.begin`` the open
 response and the API's ``StreamFold`` (``ending.py``); the relay reads the body
 as it arrives (``iter_lines``: the whole lines of each read, a 1 MiB cap per
 line, RELIABILITY.md S13), gives them to the fold and writes what comes back at
-once, in one write. Nothing is held back beyond an unfinished line. How the stream ends is
-decided by ``ending.stream_end``, the same for every upstream API.
+once, in one write. Nothing is held back beyond an unfinished line. How the
+stream ends is decided by ``ending.stream_end``, the same for every upstream API.
 
 ``tick`` runs on the watchdog thread: it commits the stream and sends pings
 while the upstream is quiet, and ends a stream whose upstream stays silent

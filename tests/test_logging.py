@@ -56,6 +56,21 @@ def test_debug_shows_raw_bodies_in_both_directions(make_proxy: Any, fake_upstrea
     assert _leaks(lines) == []
 
 
+def test_debug_logs_the_events_that_went_out_before_an_error_in_the_same_read(
+        make_proxy: Any, fake_upstream: FakeUpstream, caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG, logger="claudeproxy")
+    proxy = make_proxy()
+    packet = b"".join(b"data: " + json.dumps(obj).encode() + b"\n\n" for obj in (
+        chunk({"role": "assistant", "content": ""}), chunk({"content": "before the error"}),
+        {"error": {"message": "overloaded", "code": 503}}))
+    fake_upstream.push(sse_reply(packet, done=False))  # one write: the relay folds it in one call
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(stream=True), {"x-api-key": CLIENT_KEY})
+    assert resp.status == 200 and b"before the error" in resp.body
+    assert proxy.server.wait_idle(2)
+    lines = _bodies_records(caplog)
+    assert any("before the error" in line and line.startswith("client events") for line in lines), lines
+
+
 def test_bodies_are_not_built_above_debug(make_proxy: Any, caplog: Any) -> None:
     caplog.set_level(logging.INFO, logger="claudeproxy")
     proxy = make_proxy()
