@@ -11,7 +11,7 @@ ignored, so new client features never turn into 400s.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .errors import InvalidRequest
 
@@ -483,7 +483,15 @@ def _parse_user_id(value: Any) -> Optional[str]:
     return _str(_obj(value, "metadata"), "user_id", "metadata")
 
 
-def _parse_common(obj: Dict[str, Any]) -> Dict[str, Any]:
+def parse_tools(value: Any, path: str = "tools") -> Tuple[Tool, ...]:
+    """The ``tools`` list, each definition checked."""
+    return tuple(_parse_tool(t, f"{path}[{i}]") for i, t in enumerate(_list(value, path)))
+
+
+ToolsParser = Callable[[Any], Tuple[Tool, ...]]
+
+
+def _parse_common(obj: Dict[str, Any], tools_parser: ToolsParser) -> Dict[str, Any]:
     """The fields shared by /v1/messages and /v1/messages/count_tokens."""
     model = _str(obj, "model", "", required=True)
     if not model:
@@ -493,13 +501,13 @@ def _parse_common(obj: Dict[str, Any]) -> Dict[str, Any]:
         raise InvalidRequest("field required", "messages")
     if not messages:
         raise InvalidRequest("at least one message is required", "messages")
-    tools = _list(obj["tools"], "tools") if obj.get("tools") is not None else []
+    tools = _list(obj["tools"], "tools") if obj.get("tools") is not None else None
     effort, schema = _parse_output_config(obj.get("output_config"))
     return {
         "model": model,
         "messages": tuple(_parse_message(m, f"messages[{i}]") for i, m in enumerate(messages)),
         "system": parse_system(obj.get("system")),
-        "tools": tuple(_parse_tool(t, f"tools[{i}]") for i, t in enumerate(tools)),
+        "tools": tools_parser(tools) if tools is not None else (),
         "tool_choice": _parse_tool_choice(obj.get("tool_choice")),
         "thinking": _parse_thinking_config(obj.get("thinking")),
         "effort": effort,
@@ -507,15 +515,18 @@ def _parse_common(obj: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-def parse_count_tokens_request(obj: Any) -> MessagesRequest:
-    """Validate a count_tokens body (no ``max_tokens``)."""
-    return MessagesRequest(**_parse_common(_obj(obj, "body")))
+def parse_count_tokens_request(obj: Any, tools_parser: ToolsParser = parse_tools) -> MessagesRequest:
+    """Validate a count_tokens body (no ``max_tokens``).
+
+    ``tools_parser`` parses the ``tools`` list: a server passes its ``ToolMemo.parse``.
+    """
+    return MessagesRequest(**_parse_common(_obj(obj, "body"), tools_parser))
 
 
-def parse_messages_request(obj: Any) -> MessagesRequest:
-    """Validate a decoded ``POST /v1/messages`` body into a ``MessagesRequest``."""
+def parse_messages_request(obj: Any, tools_parser: ToolsParser = parse_tools) -> MessagesRequest:
+    """Validate a decoded ``POST /v1/messages`` body into a ``MessagesRequest`` (``tools_parser``: as above)."""
     obj = _obj(obj, "body")
-    fields = _parse_common(obj)
+    fields = _parse_common(obj, tools_parser)
     max_tokens = _int(obj, "max_tokens", "", required=True)
     if max_tokens is not None and max_tokens < 0:
         raise InvalidRequest("must be greater than or equal to 0", "max_tokens")

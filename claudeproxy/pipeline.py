@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple, cast
 from urllib.parse import parse_qs, unquote
 
 from . import catalog
-from .anthropic_types import parse_count_tokens_request, peek_request
+from .anthropic_types import MessagesRequest, parse_count_tokens_request, peek_request
 from .apis.base import ClientRequest, Exchange
 from .calibration import TokenCalibration
 from .config import Config, Provider
@@ -41,7 +41,8 @@ from .prompt_cache import session_cache_key
 from .relay import Relay
 from .replies import events_for_message, local_message
 from .routing import Routed, Target, build_router
-from .tokens import estimate_input_tokens
+from .tokens import estimate_input_tokens, tools_chars
+from .tool_memo import ToolMemo
 from .upstream import Upstream, UpstreamCall, read_json_body
 from .urls import messages_url, models_url
 from .watchdog import Pause, Watch, Watchdog
@@ -84,8 +85,9 @@ class Proxy:
         self.watchdog = watchdog
         self.router = build_router(config)
         self.upstream = Upstream(config)
+        self.tools = ToolMemo()  # the tool sets clients send, parsed, counted and translated once
         # The APIs the providers speak; another (Responses for a Responses-only model) on first use.
-        self.apis: Dict[str, Any] = {name: _load_api(name) for name in
+        self.apis: Dict[str, Any] = {name: _load_api(name, self.tools) for name in
                                      sorted({p.api for p in self.router.providers.values()})}
         self._caps: Dict[Tuple[str, str], int] = {}
         self._lock = threading.Lock()
@@ -152,7 +154,7 @@ class Proxy:
         api = self.apis.get(name)
         if api is None:
             with self._lock:
-                api = self.apis.setdefault(name, _load_api(name))
+                api = self.apis.setdefault(name, _load_api(name, self.tools))
         return api
 
     def _log_body(self, what: str, body: Any) -> None:
@@ -222,7 +224,7 @@ class Proxy:
 
     def _local_count(self, body: Dict[str, Any], routed: Optional[Routed]) -> int:
         """The local estimate, scaled by what the routed model's own counts taught (``calibration.py``)."""
-        raw = estimate_input_tokens(parse_count_tokens_request(body))
+        raw = self._raw_estimate(parse_count_tokens_request(body, self.tools.parse))
         if routed is None:
             return raw
         return self.calibration.estimate((routed.target.provider.name, routed.target.model), raw)
@@ -333,6 +335,10 @@ class Proxy:
     def _messages(self, req: ClientRequest, routed: Routed, handler: Any, writer: Any,
                   record: Dict[str, Any]) -> Optional["StreamRest"]:
         req = self._parsed(self._api(routed.target.api), req)
+        if req.parsed is not None and all(self._api(t.api).translates for t in routed.targets):
+            # No target forwards the JSON: its dicts and lists go now, not when the upstream has
+            # answered (the parsed request holds the strings it needs; ~25 KiB a Claude Code turn).
+            req.body.clear()
         if req.parsed is not None and req.parsed.max_tokens in (0, 1):
             # max_tokens 1 is Claude Code's quota probe; 0 only warms a cache. Neither needs the upstream.
             text, reason = ("ok", "end_turn") if req.parsed.max_tokens == 1 else ("", "max_tokens")
@@ -357,6 +363,11 @@ class Proxy:
         if req.parsed is not None or not api.translates:
             return req
         parsed = api.parse(req.body)
+        shared = self.tools.definitions(parsed.tools)
+        if shared is not None:
+            # An equal tool list another request sent first: hold that one, let this copy go
+            # (a Claude Code turn's is ~23 KiB, held until the upstream answers).
+            req.body["tools"] = shared
         key = session_cache_key(req.headers, parsed.user_id)
         return ClientRequest(req.body, req.model, req.stream, req.headers, req.query, parsed, key)
 
@@ -555,10 +566,14 @@ class Proxy:
         """
         if req.parsed is None:
             return 0  # the Messages API forwards the upstream's own message_start
-        raw = estimate_input_tokens(req.parsed)
+        raw = self._raw_estimate(req.parsed)
         sent = self.calibration.estimate((record.get("provider"), record.get("upstream_model")), raw)
         record.update(estimate_raw=raw, estimate_sent=sent)
         return sent
+
+    def _raw_estimate(self, parsed: MessagesRequest) -> int:
+        chars = self.tools.derived(parsed.tools, "chars", lambda: tools_chars(parsed.tools))
+        return estimate_input_tokens(parsed, tool_chars=chars)
 
     # ------------------------------------------------------------------
     # Call records.
@@ -602,18 +617,18 @@ class Proxy:
         self.calibration.learn((rec.provider, rec.upstream_model), raw, reported)
 
 
-def _load_api(name: str) -> Any:
+def _load_api(name: str, tools: ToolMemo) -> Any:
     """The upstream API ``name`` (config.UPSTREAM_APIS), its modules imported now: a server
     whose providers all speak Chat Completions never loads the other two."""
     if name == "chat":
         from .apis.chat.api import ChatApi
-        return ChatApi()
+        return ChatApi(tools)
     if name == "messages":
         from .apis.messages import MessagesApi
         return MessagesApi()
     from .apis.responses.api import ResponsesApi
     assert name == "responses", name
-    return ResponsesApi()
+    return ResponsesApi(tools)
 
 
 _RECORD_FIELDS = frozenset(CallRecord.__dataclass_fields__) - {"duration_ms", "ttft_ms", "cost_usd", "time", "request_id"}

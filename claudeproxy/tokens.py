@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 from .anthropic_types import (
     Block,
@@ -67,7 +67,7 @@ def _sum_blocks(blocks: Iterable[Block]) -> "tuple[int, int]":
     return chars, fixed
 
 
-def _tools_chars(tools: Sequence[Tool]) -> int:
+def tools_chars(tools: Sequence[Tool]) -> int:
     """The characters of every definition as JSON: keys and punctuation cost tokens too (PROTOCOL.md 4.5).
 
     One ``dumps`` of the list, not one per tool (Claude Code sends a few dozen, every turn); the
@@ -80,15 +80,18 @@ def _tools_chars(tools: Sequence[Tool]) -> int:
     return len(json.dumps(definitions, ensure_ascii=False)) - 2 - 2 * (len(tools) - 1)
 
 
-def estimate_input_tokens(req: MessagesRequest) -> int:
-    """Tokens the request's input will likely cost; never 0 for a non-empty request."""
+def estimate_input_tokens(req: MessagesRequest, tool_chars: Optional[int] = None) -> int:
+    """Tokens the request's input will likely cost; never 0 for a non-empty request.
+
+    ``tool_chars``: ``tools_chars(req.tools)``, if the caller has it already (``ToolMemo``).
+    """
     chars = len(req.system)
     fixed = 0
     for message in req.messages:
         c, f = _sum_blocks(message.content)
         chars += c
         fixed += f + MESSAGE_OVERHEAD
-    chars += _tools_chars(req.tools)
+    chars += tools_chars(req.tools) if tool_chars is None else tool_chars
     fixed += TOOL_OVERHEAD * len(req.tools)
     if req.output_schema is not None:
         chars += len(json.dumps(req.output_schema, ensure_ascii=False))

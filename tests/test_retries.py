@@ -18,7 +18,7 @@ import time
 from typing import Any, Iterator, List, Tuple
 
 import pytest
-from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, record_for, request
+from conftest import CLIENT_KEY, UPSTREAM_KEY, load_json, minimal_request, record_for, request
 from fakes import (
     FakeUpstream,
     Fault,
@@ -226,6 +226,33 @@ def test_a_fallback_answers_when_the_first_provider_fails(fake_upstream: FakeUps
         assert sent_keys(second_fake) == ["sk-backup-0000000000"]
         rec = records[-1]
         assert (rec.provider, rec.upstream_model, rec.attempts, rec.status) == ("backup", "model-b", 2, 200)
+    finally:
+        server.shutdown(grace=1.0)
+
+
+def test_a_fallback_that_forwards_gets_the_whole_body_the_client_sent(fake_upstream: FakeUpstream,
+                                                                     second_fake: FakeUpstream) -> None:
+    # The first target translates, so the request is parsed; the backup speaks /v1/messages and
+    # forwards the client's JSON. Parsing must not have emptied or changed it, the second time
+    # (the tool set seen before, shared) no more than the first.
+    providers = (Provider("primary", fake_upstream.url, token=claudeproxy.static_token("sk-primary-000000000")),
+                 Provider("native", second_fake.url.rsplit("/v1", 1)[0], api="messages",
+                          token=claudeproxy.static_token("sk-native-0000000000")))
+    routes = (Route("*", RouteTarget("primary", "model-a"), fallbacks=(RouteTarget("native", "native-b"),)),)
+    server = claudeproxy.start(providers=providers, routes=routes)
+    body = {**load_json("requests", "claude_code_2_1_331_followup.anthropic.json"), "stream": False}
+    answer = {"id": "msg_1", "type": "message", "role": "assistant", "model": "native-b", "stop_reason": "end_turn",
+              "content": [{"type": "text", "text": "from native"}], "stop_sequence": None,
+              "usage": {"input_tokens": 3, "output_tokens": 2}}
+    try:
+        for _ in range(2):
+            fake_upstream.push(json_reply(BUSY, status=503))
+            second_fake.push(json_reply(answer))
+            resp = request(server.url, "POST", "/v1/messages", body, HEADERS)
+            assert resp.status == 200 and resp.json["content"] == [{"type": "text", "text": "from native"}]
+            forwarded = second_fake.last.json
+            system = [b for b in body["system"] if not b["text"].startswith("x-anthropic-billing-header:")]
+            assert forwarded == {**body, "model": "native-b", "system": system}
     finally:
         server.shutdown(grace=1.0)
 

@@ -23,7 +23,7 @@ from ..anthropic_types import MessagesRequest
 class ClientRequest:
     """One ``/v1/messages`` request from a client."""
 
-    body: Dict[str, Any]  # the JSON object as sent
+    body: Dict[str, Any]  # the JSON object as sent; emptied once parsed if no target forwards it
     model: str  # the client's model name: what every reply names
     stream: bool
     headers: Any  # the client's headers (``get``/``get_all``), read-only

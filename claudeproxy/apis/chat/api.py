@@ -9,9 +9,10 @@ from ...anthropic_types import MessagesRequest, parse_messages_request
 from ...dialects import Dialect
 from ...ids import new_id
 from ...routing import Target
+from ...tool_memo import ToolMemo
 from ...urls import chat_url
 from ..base import ClientRequest, Exchange
-from .request import to_chat_request
+from .request import chat_tools, to_chat_request
 from .response import message_from_body
 from .stream import ChatFold, StreamTranslator
 
@@ -20,16 +21,20 @@ class ChatApi:
     name = "chat"
     translates = True  # the request is parsed and rewritten: local answers and local token counts apply
 
+    def __init__(self, tools: ToolMemo) -> None:
+        self.tools = tools  # the server's: a tool set is parsed and translated once per dialect
+
     def parse(self, body: Dict[str, Any]) -> MessagesRequest:
-        return parse_messages_request(body)
+        return parse_messages_request(body, self.tools.parse)
 
     def prepare(self, req: ClientRequest, target: Target, cap: Optional[int]) -> Exchange:
         parsed, dialect = req.parsed, target.dialect
         assert parsed is not None and dialect is not None, "parse() runs before prepare()"
         # Some servers lose tool calls when streaming (PROTOCOL.md 5.6): ask them for JSON instead.
         wants_stream = parsed.stream and (dialect.stream_with_tools or not parsed.tools)
+        tools = self.tools.derived(parsed.tools, ("chat", dialect), lambda: chat_tools(parsed.tools, dialect))
         translation = to_chat_request(parsed, model=target.model, dialect=dialect, max_output_tokens=cap,
-                                      stream=wants_stream, cache_key=req.cache_key)
+                                      stream=wants_stream, cache_key=req.cache_key, tools=tools)
         chat = translation.request
         body = json.dumps(chat.to_dict(), ensure_ascii=False).encode("utf-8")
         azure = target.provider.azure_api_version if dialect.auth == "azure" else None

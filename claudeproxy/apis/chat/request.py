@@ -428,9 +428,13 @@ def _function_tool(tool: Tool, dialect: Dialect) -> Dict[str, Any]:
     return {"type": "function", "function": function}
 
 
-def _tools(req: MessagesRequest, dialect: Dialect) -> Tuple[Tuple[Dict[str, Any], ...], Tuple[str, ...]]:
-    custom = [t for t in req.tools if t.is_custom]
-    dropped = [t for t in req.tools if not t.is_custom]
+ChatTools = Tuple[Tuple[Dict[str, Any], ...], Tuple[str, ...]]  # (tools, warnings)
+
+
+def chat_tools(tools: Tuple[Tool, ...], dialect: Dialect) -> ChatTools:
+    """The custom tools as functions; a warning names the server tools left out."""
+    custom = [t for t in tools if t.is_custom]
+    dropped = [t for t in tools if not t.is_custom]
     warnings = ()
     if dropped:
         names = ", ".join(f"{t.name} ({t.kind})" for t in dropped)
@@ -576,13 +580,15 @@ def to_chat_request(
     max_output_tokens: Optional[int] = None,
     stream: Optional[bool] = None,
     cache_key: Optional[str] = None,
+    tools: Optional[ChatTools] = None,
 ) -> Translation:
     """Translate ``req`` for ``model`` on an upstream speaking ``dialect``.
 
     ``cache_key`` is the session's prompt-cache key (``prompt_cache.session_cache_key``);
-    it is sent only where the dialect names a field for it.
+    it is sent only where the dialect names a field for it. ``tools``: ``chat_tools(req.tools,
+    dialect)`` if the caller has it already (``ToolMemo``); never changed here.
     """
-    tools, warnings = _tools(req, dialect)
+    tools, warnings = tools if tools is not None else chat_tools(req.tools, dialect)
     tool_choice, parallel = _tool_choice(req, tools)
     effort, extra = REASONING_STYLES[dialect.reasoning](req.thinking, req.effort)
     sampling = not dialect.drop_sampling

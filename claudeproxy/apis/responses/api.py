@@ -17,9 +17,10 @@ from ...anthropic_types import MessagesRequest, parse_messages_request
 from ...errors import ProxyError
 from ...ids import new_id
 from ...routing import Target
+from ...tool_memo import ToolMemo
 from ...urls import join_path
 from ..base import ClientRequest, Exchange
-from .request import to_responses_request
+from .request import responses_tools, to_responses_request
 from .response import to_messages_response
 from .stream import ResponsesFold
 
@@ -35,12 +36,13 @@ class ResponsesApi:
     name = "responses"
     translates = True  # parsed and rewritten: local answers and local token counts apply
 
-    def __init__(self) -> None:
+    def __init__(self, tools: ToolMemo) -> None:
+        self.tools = tools  # the server's: a tool set is parsed and translated once
         self._lock = threading.Lock()
         self._no_summaries: Set[str] = set()  # providers whose organisation refused reasoning summaries
 
     def parse(self, body: Dict[str, Any]) -> MessagesRequest:
-        return parse_messages_request(body)
+        return parse_messages_request(body, self.tools.parse)
 
     def prepare(self, req: ClientRequest, target: Target, cap: Optional[int], *, replay: bool = True) -> Exchange:
         parsed = req.parsed
@@ -48,10 +50,13 @@ class ResponsesApi:
         with self._lock:
             summaries = target.provider.name not in self._no_summaries
         dialect = target.dialect
+        web_search = bool(dialect and dialect.hosted_web_search)
+        tools = self.tools.derived(parsed.tools, ("responses", web_search),
+                                   lambda: responses_tools(parsed.tools, web_search))
         translation = to_responses_request(
             parsed, model=target.model, max_output_tokens=cap, stream=parsed.stream,
-            web_search=bool(dialect and dialect.hosted_web_search), cache_key=req.cache_key,
-            replay_reasoning=replay, reasoning_summary=summaries,
+            web_search=web_search, cache_key=req.cache_key,
+            replay_reasoning=replay, reasoning_summary=summaries, tools=tools,
         )
         body = json.dumps(translation.body, ensure_ascii=False).encode("utf-8")
         headers = (("Content-Type", "application/json"),

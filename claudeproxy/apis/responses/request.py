@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from ...anthropic_types import (
     Block,
@@ -333,26 +333,29 @@ def _is_web_search(tool: Tool) -> bool:
     return tool.kind.startswith("web_search_")
 
 
-def _tools(req: MessagesRequest, web_search: bool) -> Tuple[List[Dict[str, Any]], Optional[int], List[str]]:
-    """(tools, max_tool_calls, warnings): custom tools as flat functions, web search if the provider has it."""
-    tools = [_function_tool(t) for t in req.tools if t.is_custom]
+ResponsesTools = Tuple[Tuple[Dict[str, Any], ...], Optional[int], Tuple[str, ...]]  # (tools, max_tool_calls, warnings)
+
+
+def responses_tools(tools: Tuple[Tool, ...], web_search: bool) -> ResponsesTools:
+    """Custom tools as flat functions, web search if the provider has it."""
+    out = [_function_tool(t) for t in tools if t.is_custom]
     warnings: List[str] = []
     max_calls = None
-    searches = [t for t in req.tools if not t.is_custom and web_search and _is_web_search(t)]
+    searches = [t for t in tools if not t.is_custom and web_search and _is_web_search(t)]
     for tool in searches[:1]:  # one search tool is all the API takes
         spec, notes = _web_search_tool(tool)
-        tools.append(spec)
+        out.append(spec)
         warnings.extend(notes)
         uses = tool.options.get("max_uses")
         max_calls = uses if isinstance(uses, int) and not isinstance(uses, bool) and uses > 0 else None
-    dropped = [t for t in req.tools if not t.is_custom and t not in searches[:1]]
+    dropped = [t for t in tools if not t.is_custom and t not in searches[:1]]
     if dropped:
         names = ", ".join(f"{t.name} ({t.kind})" for t in dropped)
         warnings.append(f"dropped tools the upstream cannot run (Anthropic server tools): {names}")
-    return tools, max_calls, warnings
+    return tuple(out), max_calls, tuple(warnings)
 
 
-def _tool_choice(req: MessagesRequest, tools: List[Dict[str, Any]]) -> Dict[str, Any]:
+def _tool_choice(req: MessagesRequest, tools: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """``tool_choice`` and ``parallel_tool_calls``, only when tools are sent."""
     choice = req.tool_choice
     if not tools or choice is None:
@@ -369,7 +372,7 @@ def _tool_choice(req: MessagesRequest, tools: List[Dict[str, Any]]) -> Dict[str,
     return out
 
 
-def _named_choice(req: MessagesRequest, name: str, tools: List[Dict[str, Any]]) -> Any:
+def _named_choice(req: MessagesRequest, name: str, tools: Sequence[Dict[str, Any]]) -> Any:
     """A named function; the search tool when it is all there is (forcing a tool = searching); else auto."""
     alias = tool_alias(name)
     if any(t["type"] == "function" and t["name"] == alias for t in tools):
@@ -450,7 +453,7 @@ def _dropped_fields(req: MessagesRequest) -> List[str]:
 # The whole request.
 
 
-def _include(req: MessagesRequest, reasoning: bool, tools: List[Dict[str, Any]]) -> List[str]:
+def _include(req: MessagesRequest, reasoning: bool, tools: Sequence[Dict[str, Any]]) -> List[str]:
     """The encrypted reasoning to replay (only reasoning models take it), search sources for the results."""
     include = [REASONING_INCLUDE] if reasoning and wants_thinking(req) else []
     return include + ([SOURCES_INCLUDE] if any(t["type"] == "web_search" for t in tools) else [])
@@ -491,6 +494,7 @@ def to_responses_request(
     replay_reasoning: bool = True,
     reasoning: Optional[bool] = None,
     reasoning_summary: bool = True,
+    tools: Optional[ResponsesTools] = None,
 ) -> Translation:
     """The Responses body for ``req`` on ``model``.
 
@@ -502,22 +506,23 @@ def to_responses_request(
     ``reasoning`` overrides ``is_reasoning_model(model)`` (an Azure deployment
     name says nothing about the model behind it); ``reasoning_summary=False``
     asks for no summaries (an unverified organisation gets 400
-    ``unsupported_value`` for them, RESPONSES.md 5).
+    ``unsupported_value`` for them, RESPONSES.md 5). ``tools``: ``responses_tools(req.tools,
+    web_search)`` if the caller has it already (``ToolMemo``); never changed here.
     """
     reasoning = is_reasoning_model(model) if reasoning is None else reasoning
-    tools, max_calls, warnings = _tools(req, web_search)
+    functions, max_calls, warnings = tools if tools is not None else responses_tools(req.tools, web_search)
     body = _prompt(req, model, reasoning, replay_reasoning and reasoning)
-    if tools:
-        body["tools"] = tools
-    body.update(_tool_choice(req, tools))
+    if functions:
+        body["tools"] = list(functions)
+    body.update(_tool_choice(req, functions))
     if max_calls is not None:
         body["max_tool_calls"] = max_calls
     body.update(_generation(req, reasoning, max_output_tokens, reasoning_summary))
     body["store"] = False  # stateless: Claude Code resends the whole history anyway (RESPONSES.md 1)
-    include = _include(req, reasoning, tools)
+    include = _include(req, reasoning, functions)
     if include:
         body["include"] = include
     if cache_key:
         body["prompt_cache_key"] = _short_key(cache_key)
     body["stream"] = stream
-    return Translation(body, _tool_names(req), tuple(warnings + _dropped_fields(req)))
+    return Translation(body, _tool_names(req), warnings + tuple(_dropped_fields(req)))
