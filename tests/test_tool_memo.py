@@ -21,6 +21,7 @@ from fakes import FakeUpstream, Gate, Reply, StreamClient, chunk, completion, js
 
 import claudeproxy
 from claudeproxy.anthropic_types import parse_messages_request, parse_tools
+from claudeproxy.apis.base import encode_body
 from claudeproxy.apis.chat.request import chat_tools, to_chat_request
 from claudeproxy.apis.responses.request import responses_tools, to_responses_request
 from claudeproxy.config import Provider, Route, RouteTarget
@@ -119,7 +120,7 @@ def test_the_least_recently_used_set_goes_first() -> None:
 
 
 def test_a_set_too_big_to_keep_is_parsed_each_time() -> None:
-    memo = ToolMemo(kept_chars=4 * 1000)
+    memo = ToolMemo(kept_bytes=4 * 1000)
     tools = [{"name": "big", "description": "x" * 2000, "input_schema": {"type": "object"}}]
     assert memo.parse(fresh_copy(tools)) is not memo.parse(fresh_copy(tools))
     assert memo.parse(fresh_copy(tools)) == parse_tools(tools)
@@ -164,6 +165,15 @@ def test_translators_leave_shared_tools_and_their_translations_as_they_were() ->
     assert estimate_input_tokens(req, tool_chars=tools_chars(req.tools)) == estimate_input_tokens(req)
     # Gemini's clean-up differs from OpenAI's for Claude Code's schemas: one dialect's is not another's.
     assert made[0] != made[1]
+
+
+def test_a_body_with_its_tools_encoded_before_is_the_same_json() -> None:
+    payload = {"model": "m", "tools": [{"name": "ß", "n": 1.5}], "stream": True}
+    encoded = '[{"name": "ß", "n": 1.5}]'.encode("utf-8")
+    assert encode_body(payload, "tools", encoded) == '{"model": "m", "stream": true, "tools": [{"name": "ß", "n": 1.5}]}'.encode("utf-8")
+    assert encode_body({"tools": []}, "tools", b"[]") == b'{"tools": []}'
+    assert encode_body({"model": "m"}, "tools", b"[1]") == b'{"model": "m"}'  # no tools in it: nothing added
+    assert encode_body({"model": "日本"}) == '{"model": "日本"}'.encode("utf-8")  # not escaped: 3 bytes a character
 
 
 # --------------------------------------------------------------------------

@@ -14,6 +14,7 @@ needs to read the answer. Each API (``apis/chat``, ``apis/messages``,
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Dict, Optional, Tuple
 
 from ..anthropic_types import MessagesRequest
@@ -43,3 +44,19 @@ class Exchange:
     max_tokens: Optional[int]  # as sent (the max_tokens retry reads it)
     warnings: Tuple[str, ...] = ()
     context: Any = None  # what the API needs to read the answer (tool names, ...), nothing bigger
+
+
+def encode_body(payload: Dict[str, Any], key: str = "", encoded: Optional[bytes] = None) -> bytes:
+    """``payload`` as UTF-8 JSON (``json.dumps`` with ``ensure_ascii=False``: CJK text stays 3 bytes
+    a character, not 6).
+
+    ``encoded``, if given, is ``payload[key]`` already encoded: a server encodes a tool list
+    once (``ToolMemo``), and the key goes last in the object. Claude Code's tools are most of its
+    request (36 of 60 KB in a real session), so this halves the encoding of a turn.
+    """
+    if encoded is None or key not in payload:
+        return json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    rest = json.dumps({k: v for k, v in payload.items() if k != key}, ensure_ascii=False).encode("utf-8")
+    field = b"%s: %s}" % (json.dumps(key).encode("ascii"), encoded)
+    # A view, not a slice: the body is built in one copy.
+    return b"".join((memoryview(rest)[:-1], b", " if len(rest) > 2 else b"", field))

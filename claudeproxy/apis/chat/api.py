@@ -11,8 +11,8 @@ from ...ids import new_id
 from ...routing import Target
 from ...tool_memo import ToolMemo
 from ...urls import chat_url
-from ..base import ClientRequest, Exchange
-from .request import chat_tools, to_chat_request
+from ..base import ClientRequest, Exchange, encode_body
+from .request import ChatTools, chat_tools, to_chat_request
 from .response import message_from_body
 from .stream import ChatFold, StreamTranslator
 
@@ -32,11 +32,11 @@ class ChatApi:
         assert parsed is not None and dialect is not None, "parse() runs before prepare()"
         # Some servers lose tool calls when streaming (PROTOCOL.md 5.6): ask them for JSON instead.
         wants_stream = parsed.stream and (dialect.stream_with_tools or not parsed.tools)
-        tools = self.tools.derived(parsed.tools, ("chat", dialect), lambda: chat_tools(parsed.tools, dialect))
+        tools, encoded = self.tools.derived(parsed.tools, ("chat", dialect), lambda: _tools(parsed, dialect))
         translation = to_chat_request(parsed, model=target.model, dialect=dialect, max_output_tokens=cap,
                                       stream=wants_stream, cache_key=req.cache_key, tools=tools)
         chat = translation.request
-        body = json.dumps(chat.to_dict(), ensure_ascii=False).encode("utf-8")
+        body = encode_body(chat.to_dict(), "tools", encoded if chat.tools is tools[0] else None)
         azure = target.provider.azure_api_version if dialect.auth == "azure" else None
         headers = (("Content-Type", "application/json"),
                    ("Accept", "text/event-stream" if chat.stream else "application/json"))
@@ -67,6 +67,12 @@ class ChatApi:
             dialect_name=dialect.name, think_tags=dialect.think_tags, secrets=secrets,
         )
         return ChatFold(translator)
+
+
+def _tools(parsed: MessagesRequest, dialect: Dialect) -> Tuple[ChatTools, bytes]:
+    """The tools as the dialect's upstream takes them, and their JSON."""
+    tools = chat_tools(parsed.tools, dialect)
+    return tools, json.dumps(list(tools[0]), ensure_ascii=False).encode("utf-8")
 
 
 def _context(ex: Exchange) -> Tuple[Dict[str, str], Dialect]:

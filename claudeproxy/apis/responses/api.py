@@ -19,8 +19,8 @@ from ...ids import new_id
 from ...routing import Target
 from ...tool_memo import ToolMemo
 from ...urls import join_path
-from ..base import ClientRequest, Exchange
-from .request import responses_tools, to_responses_request
+from ..base import ClientRequest, Exchange, encode_body
+from .request import ResponsesTools, responses_tools, to_responses_request
 from .response import to_messages_response
 from .stream import ResponsesFold
 
@@ -30,6 +30,12 @@ def responses_url(base: str) -> str:
     if ".azure.com" in base and "/openai/" not in base + "/":
         base = join_path(base, "/openai/v1")
     return join_path(base, "/responses")
+
+
+def _tools(parsed: MessagesRequest, web_search: bool) -> Tuple[ResponsesTools, bytes]:
+    """The tools as the Responses API takes them, and their JSON."""
+    tools = responses_tools(parsed.tools, web_search)
+    return tools, json.dumps(list(tools[0]), ensure_ascii=False).encode("utf-8")
 
 
 class ResponsesApi:
@@ -51,14 +57,14 @@ class ResponsesApi:
             summaries = target.provider.name not in self._no_summaries
         dialect = target.dialect
         web_search = bool(dialect and dialect.hosted_web_search)
-        tools = self.tools.derived(parsed.tools, ("responses", web_search),
-                                   lambda: responses_tools(parsed.tools, web_search))
+        tools, encoded = self.tools.derived(parsed.tools, ("responses", web_search),
+                                            lambda: _tools(parsed, web_search))
         translation = to_responses_request(
             parsed, model=target.model, max_output_tokens=cap, stream=parsed.stream,
             web_search=web_search, cache_key=req.cache_key,
             replay_reasoning=replay, reasoning_summary=summaries, tools=tools,
         )
-        body = json.dumps(translation.body, ensure_ascii=False).encode("utf-8")
+        body = encode_body(translation.body, "tools", encoded)
         headers = (("Content-Type", "application/json"),
                    ("Accept", "text/event-stream" if parsed.stream else "application/json"))
         return Exchange(responses_url(target.provider.url), body, headers, parsed.stream,
