@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import http.client
+import io
 import json
 import logging
 import os
@@ -203,10 +204,82 @@ def _close_all(conns: List[http.client.HTTPConnection]) -> None:
         conn.close()
 
 
+class _NoWait(io.RawIOBase):
+    """The socket's raw reader, which can be told not to wait: while ``hold`` is set it reads
+    nothing (as a non-blocking socket with nothing to read would), without a system call."""
+
+    def __init__(self, raw: Any) -> None:
+        super().__init__()
+        self.raw = raw
+        self.hold = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> Optional[int]:
+        return None if self.hold else self.raw.readinto(buffer)  # type: ignore[no-any-return]
+
+    def fileno(self) -> int:
+        return self.raw.fileno()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
 class _Response(http.client.HTTPResponse):
     """A response whose connection goes back to the pool when it is closed after a complete body."""
 
     cp_release: Optional[Callable[[bool], None]] = None  # set per response by _PooledOpen
+
+    def __init__(self, sock: Any, *args: Any, **kw: Any) -> None:
+        super().__init__(sock, *args, **kw)
+        # Nothing is buffered yet: the same socket reader, behind one that can be held (read_available).
+        self.fp = io.BufferedReader(_NoWait(self.fp.detach()))
+
+    def read_available(self, most: int) -> bytes:
+        """What ``read1`` gives, and every further HTTP/1.1 chunk already received.
+
+        ``read1`` stops at the end of a chunk, and upstreams send a chunk per token: a burst
+        of 30 tokens that arrived in one packet cost 30 folds and 30 writes to the client.
+        Only bytes already buffered are added; the wait is ``read1``'s alone.
+        """
+        data = self.read1(most)
+        if not self.chunked or not data:
+            return data
+        parts, total = [data], len(data)
+        nowait = self.fp.raw
+        nowait.hold = True
+        try:
+            while total < most and self._next_chunk_buffered():
+                piece = self.read1(most - total)
+                parts.append(piece)
+                total += len(piece)
+        finally:
+            nowait.hold = False
+        return b"".join(parts) if len(parts) > 1 else data
+
+    def _next_chunk_buffered(self) -> bool:
+        """Can ``read1`` return data from the buffer alone (the end of the last chunk, the next
+        chunk's size line and at least a byte of it)? The last chunk is left to ``read1``."""
+        if self.fp is None:
+            return False
+        buffered = self.fp.peek(1)  # held: what is buffered, no socket read
+        if self.chunk_left:
+            return bool(buffered)
+        start = 0
+        if self.chunk_left == 0:  # the CRLF ending the chunk just read comes first
+            if not buffered.startswith(b"\r\n"):
+                return False
+            start = 2
+        end = buffered.find(b"\n", start)
+        if end < 0:
+            return False
+        try:
+            size = int(buffered[start:end].split(b";", 1)[0], 16)
+        except ValueError:
+            return False  # read1 reports it
+        return size > 0 and len(buffered) > end + 1
 
     def close(self) -> None:
         release, self.cp_release = self.cp_release, None
@@ -546,8 +619,9 @@ def iter_lines(resp: Any, limit: int) -> Iterator[bytes]:
     event, not per line. Nothing is held back but the unfinished last line.
     """
     pending = b""
+    read = getattr(resp, "read_available", resp.read1)
     while True:
-        data = resp.read1(_READ_SIZE)
+        data = read(_READ_SIZE)
         if not data:
             if pending:
                 yield pending  # the last line of a body without a final newline

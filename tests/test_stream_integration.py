@@ -96,6 +96,57 @@ def test_a_stream_under_way_holds_none_of_its_request(proxy, fake_upstream):
 # No buffering.
 
 
+def _framed(*events: bytes) -> bytes:
+    """SSE events as HTTP/1.1 chunks, one each, as an upstream writes one chunk per token."""
+    return b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
+
+
+def _data(obj: Dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj).encode("utf-8") + b"\n\n"
+
+
+def _pre_framed(*steps: Any) -> Reply:
+    # The fake writes these bytes as they are: several chunks can go out in one write.
+    return Reply(200, (("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked")), list(steps),
+                 close_delimited=True)
+
+
+def test_a_burst_of_chunks_that_arrived_together_goes_out_in_one_write(proxy, fake_upstream):
+    # A fast upstream (or a slow reader) leaves many chunks in one packet: folded and written
+    # together, not one client write per upstream chunk.
+    words = [f"w{i} " for i in range(50)]
+    burst = _framed(_data(chunk({"role": "assistant", "content": ""})), *(_data(chunk({"content": w})) for w in words),
+                    _data(chunk({}, "stop")), b"data: [DONE]\n\n")
+    fake_upstream.push(_pre_framed(burst + b"0\r\n\r\n"))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert final_message(events)["content"] == [{"type": "text", "text": "".join(words)}]
+    with_text = [c for c in client.chunks if b"text_delta" in c]
+    assert len(with_text) <= 3, f"{len(with_text)} client writes carried the 50 deltas"
+
+
+@pytest.mark.parametrize("cut", ["end of chunk", "size line", "chunk data"])
+def test_what_arrived_goes_out_while_the_next_chunk_is_still_incomplete(proxy, fake_upstream, cut):
+    # Reading on for chunks already at hand must never wait for one that is not all there.
+    first = _framed(_data(chunk({"role": "assistant", "content": "one"})))
+    second = _framed(_data(chunk({"content": " two"})))
+    both = first + second
+    split = {"end of chunk": len(first) - 2, "size line": len(first) + 1,
+             "chunk data": len(first) + second.index(b"\r\n") + 10}[cut]
+    gate = Gate()
+    fake_upstream.push(_pre_framed(both[:split], gate, both[split:],
+                                   _framed(_data(chunk({}, "stop")), b"data: [DONE]\n\n") + b"0\r\n\r\n"))
+    with open_stream(proxy) as client:
+        delta = client.read_until("content_block_delta", timeout=5)
+        assert delta["delta"] == {"type": "text_delta", "text": "one"}
+        assert gate.reached.wait(5) and not gate.event.is_set()  # the rest was still held back
+        gate.release()
+        client.read_all(timeout=5)
+    assert_valid_event_sequence(client.events, allow_error=False)
+    assert final_message(client.events)["content"] == [{"type": "text", "text": "one two"}]
+
+
 def test_first_delta_reaches_client_while_upstream_holds_its_second_chunk(proxy, fake_upstream):
     gate = Gate()
     fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": ""}), chunk({"content": "one"}), gate,

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
+from claudeproxy import upstream
 from claudeproxy.upstream import iter_lines
 from sse_checks import assert_valid_event_sequence, final_message
 from stream_playbook import (
@@ -95,12 +96,18 @@ def chunked(body: bytes, rng: random.Random, terminate: bool) -> bytes:
     return b"".join(out)
 
 
-def http_events(body: bytes, meta: Dict[str, Any], seed: int) -> List[Dict[str, Any]]:
+# The relay's own response class reads every chunk already buffered at once (read_available);
+# http.client's reads one chunk per call (read1). Both must give the same events.
+RESPONSE_CLASSES = {"read_available": upstream._Response, "read1": http.client.HTTPResponse}
+
+
+def http_events(body: bytes, meta: Dict[str, Any], seed: int, reader: str = "read_available") -> List[Dict[str, Any]]:
     """The events for ``body`` read like the relay reads it: a real HTTPResponse over a fake socket."""
     rng = random.Random(seed)
     end = meta.get("end", "eof")
     wire = chunked(body, rng, terminate=end == "eof")
-    resp = http.client.HTTPResponse(FakeSocket(_Raw(wire, rng, read_failure(end), strict=end == "open")))  # type: ignore[arg-type]
+    sock = FakeSocket(_Raw(wire, rng, read_failure(end), strict=end == "open"))
+    resp = RESPONSE_CLASSES[reader](sock)  # type: ignore[arg-type]
     try:
         resp.begin()
         assert resp.chunked and resp.status == 200
@@ -109,13 +116,14 @@ def http_events(body: bytes, meta: Dict[str, Any], seed: int) -> List[Dict[str, 
         resp.close()
 
 
+@pytest.mark.parametrize("reader", sorted(RESPONSE_CLASSES))
 @pytest.mark.parametrize("stem", case_stems(), ids=lambda s: f"{s}-seeds{SEED_RANGE[0]}-{SEED_RANGE[-1]}")
-def test_rechunked_http_body_gives_identical_events(stem: str) -> None:
+def test_rechunked_http_body_gives_identical_events(stem: str, reader: str) -> None:
     case = load_case(stem)
     reference = run_transcript(case.upstream, **case.meta)
     for seed in SEED_RANGE:
-        got = http_events(case.upstream, case.meta, seed)
-        assert got == reference, f"{stem} seed={seed}\n" + diff_text(got, reference)
+        got = http_events(case.upstream, case.meta, seed, reader)
+        assert got == reference, f"{stem} seed={seed} {reader}\n" + diff_text(got, reference)
 
 
 def test_harness_really_splits_and_fails_on_a_lost_byte() -> None:
