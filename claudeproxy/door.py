@@ -30,6 +30,8 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # Only a \uD800-\uDFFF escape can put a surrogate into a decoded string
 # (strict UTF-8 decoding refuses encoded ones), so bodies without one skip that walk.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+_LOW_ESCAPE = re.compile(rb"\\u[dD][cdefCDEF][0-9a-fA-F]{2}")
+_BACKSLASH = 0x5C
 
 Key = Union[str, int]
 
@@ -100,6 +102,30 @@ def _first_bad(value: Any, surrogates: bool) -> Optional[Tuple[Tuple[Key, ...], 
     return None
 
 
+def _lone_surrogate_escape(raw: bytes) -> bool:
+    """Does ``raw`` escape a surrogate that is not half of a pair?
+
+    A pair (``\\ud83d\\ude00``, how ``json.dumps`` and the Python SDKs write an emoji) decodes
+    to one character and is fine; only a lone half is refused, and only then is the decoded
+    body walked to name where it is (a 60 KB request: 1.5 ms).
+    """
+    paired_low = -1  # where the low half of the last pair starts
+    for match in _SURROGATE_ESCAPE.finditer(raw):
+        start = match.start()
+        before = start - 1
+        while before >= 0 and raw[before] == _BACKSLASH:
+            before -= 1
+        if (start - 1 - before) % 2:
+            continue  # an escaped backslash and text ("\\\\ud800"), no escape
+        if start == paired_low:
+            continue
+        if raw[start + 3] in b"89abAB" and _LOW_ESCAPE.match(raw, start + 6):
+            paired_low = start + 6
+            continue
+        return True
+    return False
+
+
 def loads_request(raw: bytes) -> Any:
     """The decoded JSON body; every way it can be wrong is an ``InvalidRequest``."""
     flags: List[bool] = []
@@ -120,7 +146,7 @@ def loads_request(raw: bytes) -> Any:
         raise InvalidRequest(f"request body is not valid JSON: {_json_reason(exc)}") from None
     if not depth_ok(value):
         raise InvalidRequest(f"request body is nested more than {MAX_NESTING} levels deep")
-    surrogates = _SURROGATE_ESCAPE.search(raw) is not None
+    surrogates = _lone_surrogate_escape(raw)
     if flags or surrogates:
         found = _first_bad(value, surrogates)
         if found is not None:

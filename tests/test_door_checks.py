@@ -161,3 +161,27 @@ def test_a_message_quoting_a_surrogate_key_is_valid_json(url: str) -> None:
     resp = raw_request(url, json_post(raw))
     message = assert_error(resp, 400, "invalid_request_error")
     assert message.startswith("metadata.\udfff"), message
+
+
+def test_lone_surrogate_escapes_are_told_from_pairs_as_the_decoder_does() -> None:
+    # The door walks a decoded body for surrogates only when its text escapes a lone one; a
+    # pair is how json.dumps and the Python SDKs write an emoji, and must not cost the walk.
+    # 3,000 seeded strings of escapes, escaped backslashes and text, against the decoder itself.
+    import json
+    import random
+
+    from claudeproxy.door import _lone_surrogate_escape
+
+    pieces = ["\\ud83d", "\\ude00", "\\uDBFF", "\\udc00", "\\\\", "\\\\\\", "x", "\\u00e9", "\\ud7ff", "\\n"]
+    rng = random.Random(11)
+    checked = 0
+    for _ in range(3000):
+        text = '"' + "".join(rng.choice(pieces) for _ in range(rng.randint(1, 8))) + '"'
+        try:
+            decoded = json.loads(text)
+        except ValueError:
+            continue  # an odd run of backslashes before the quote: not JSON
+        lone = any(0xD800 <= ord(c) <= 0xDFFF for c in decoded)
+        assert _lone_surrogate_escape(text.encode("ascii")) == lone, text
+        checked += 1
+    assert checked > 1500
