@@ -32,6 +32,8 @@ IMAGE_TOKENS = 1600
 DOCUMENT_TOKENS = 1600
 MESSAGE_OVERHEAD = 4
 TOOL_OVERHEAD = 8
+# One encoder for every tool input: json.dumps with arguments builds a new one per call.
+_JSON = json.JSONEncoder(ensure_ascii=False)
 
 
 def _block_chars_and_fixed(block: Block) -> "tuple[int, int]":
@@ -40,7 +42,7 @@ def _block_chars_and_fixed(block: Block) -> "tuple[int, int]":
     if isinstance(block, ThinkingBlock):
         return len(block.thinking), 0
     if isinstance(block, ToolUseBlock):
-        return len(block.name) + len(json.dumps(block.input, ensure_ascii=False)), TOOL_OVERHEAD
+        return len(block.name) + len(_JSON.encode(block.input)), TOOL_OVERHEAD
     if isinstance(block, ToolResultBlock):
         return _sum_blocks(block.content)
     if isinstance(block, ImageBlock):

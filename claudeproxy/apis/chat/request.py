@@ -36,6 +36,9 @@ from ...schemas import clean_schema
 from ...signatures import decode_signature
 from .wire import ChatMessage, ChatRequest, ToolCall
 
+# One encoder for every tool call's arguments: json.dumps with arguments builds a new one per call.
+_JSON = json.JSONEncoder(ensure_ascii=False)
+
 MISSING_RESULT = "Error: tool call was not completed"
 MISTRAL_BRIDGE = "(tool results received)"
 _TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -218,7 +221,7 @@ def _reasoning_for(blocks: Tuple[Block, ...], has_tools: bool, dialect: Dialect)
 
 def _tool_call(block: ToolUseBlock, dialect: Dialect, signatures: Dict[str, Any]) -> ToolCall:
     call_id = mistral_id(block.id) if dialect.short_tool_ids else block.id
-    args = json.dumps(block.input, ensure_ascii=False)
+    args = _JSON.encode(block.input)
     return ToolCall(call_id, tool_alias(block.name), args, signatures.get(block.id))
 
 
