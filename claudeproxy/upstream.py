@@ -238,11 +238,12 @@ class _Response(http.client.HTTPResponse):
         self.fp = io.BufferedReader(_NoWait(self.fp.detach()))
 
     def read_available(self, most: int) -> bytes:
-        """What ``read1`` gives, and every further HTTP/1.1 chunk already received.
+        """What ``read1`` gives, and every further HTTP/1.1 chunk already in the reader's buffer.
 
         ``read1`` stops at the end of a chunk, and upstreams send a chunk per token: a burst
         of 30 tokens that arrived in one packet cost 30 folds and 30 writes to the client.
-        Only bytes already buffered are added; the wait is ``read1``'s alone.
+        Only bytes already buffered (one socket read fills up to 8 KiB) are added; the wait is
+        ``read1``'s alone.
         """
         data = self.read1(most)
         if not self.chunked or not data:
