@@ -154,7 +154,8 @@ def test_first_delta_reaches_client_while_upstream_holds_its_second_chunk(proxy,
     with open_stream(proxy) as client:
         first = client.read_until("content_block_delta", timeout=3)
         # The upstream is parked at the gate: the delta cannot have come from a buffered body.
-        assert gate.reached.is_set() and not gate.event.is_set()
+        # (It sets ``reached`` just after writing the chunk before it: wait for that, not race it.)
+        assert gate.reached.wait(5) and not gate.event.is_set()
         assert first["delta"] == {"type": "text_delta", "text": "one"}
         gate.release()
         events = client.read_all(timeout=5)
