@@ -365,7 +365,7 @@ class Proxy:
         parsed = api.parse(req.body)
         shared = self.tools.definitions(parsed.tools)
         if shared is not None:
-            # An equal tool list another request sent first: hold that one, let this copy go
+            # An identical tool list another request sent first: hold that one, let this copy go
             # (a Claude Code turn's is ~23 KiB, held until the upstream answers).
             req.body["tools"] = shared
         key = session_cache_key(req.headers, parsed.user_id)
