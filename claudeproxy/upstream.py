@@ -249,7 +249,7 @@ class _Response(http.client.HTTPResponse):
         if not self.chunked or not data:
             return data
         parts, total = [data], len(data)
-        nowait = self.fp.raw
+        nowait: _NoWait = self.fp.raw  # type: ignore[assignment]
         nowait.hold = True
         try:
             while total < most and self._next_chunk_buffered():

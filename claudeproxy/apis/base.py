@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, TypeVar
 
 from ..anthropic_types import MessagesRequest
 
@@ -44,6 +44,14 @@ class Exchange:
     max_tokens: Optional[int]  # as sent (the max_tokens retry reads it)
     warnings: Tuple[str, ...] = ()
     context: Any = None  # what the API needs to read the answer (tool names, ...), nothing bigger
+
+
+ToolsT = TypeVar("ToolsT", bound=Tuple[Any, ...])
+
+
+def with_json(tools: ToolsT) -> Tuple[ToolsT, bytes]:
+    """An API's translated tools (their list first) and that list's JSON, for ``encode_body``."""
+    return tools, json.dumps(list(tools[0]), ensure_ascii=False).encode("utf-8")
 
 
 def encode_body(payload: Dict[str, Any], key: str = "", encoded: Optional[bytes] = None) -> bytes:

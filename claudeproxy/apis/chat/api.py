@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, List, Optional, Tuple
 
 from ...anthropic_types import MessagesRequest, parse_messages_request
@@ -11,8 +10,8 @@ from ...ids import new_id
 from ...routing import Target
 from ...tool_memo import ToolMemo
 from ...urls import chat_url
-from ..base import ClientRequest, Exchange, encode_body
-from .request import ChatTools, chat_tools, to_chat_request
+from ..base import ClientRequest, Exchange, encode_body, with_json
+from .request import chat_tools, to_chat_request
 from .response import message_from_body
 from .stream import ChatFold, StreamTranslator
 
@@ -32,7 +31,8 @@ class ChatApi:
         assert parsed is not None and dialect is not None, "parse() runs before prepare()"
         # Some servers lose tool calls when streaming (PROTOCOL.md 5.6): ask them for JSON instead.
         wants_stream = parsed.stream and (dialect.stream_with_tools or not parsed.tools)
-        tools, encoded = self.tools.derived(parsed.tools, ("chat", dialect), lambda: _tools(parsed, dialect))
+        tools, encoded = self.tools.derived(parsed.tools, ("chat", dialect),
+                                            lambda: with_json(chat_tools(parsed.tools, dialect)))
         translation = to_chat_request(parsed, model=target.model, dialect=dialect, max_output_tokens=cap,
                                       stream=wants_stream, cache_key=req.cache_key, tools=tools)
         chat = translation.request
@@ -67,12 +67,6 @@ class ChatApi:
             dialect_name=dialect.name, think_tags=dialect.think_tags, secrets=secrets,
         )
         return ChatFold(translator)
-
-
-def _tools(parsed: MessagesRequest, dialect: Dialect) -> Tuple[ChatTools, bytes]:
-    """The tools as the dialect's upstream takes them, and their JSON."""
-    tools = chat_tools(parsed.tools, dialect)
-    return tools, json.dumps(list(tools[0]), ensure_ascii=False).encode("utf-8")
 
 
 def _context(ex: Exchange) -> Tuple[Dict[str, str], Dialect]:

@@ -438,7 +438,7 @@ def chat_tools(tools: Tuple[Tool, ...], dialect: Dialect) -> ChatTools:
     """The custom tools as functions; a warning names the server tools left out."""
     custom = [t for t in tools if t.is_custom]
     dropped = [t for t in tools if not t.is_custom]
-    warnings = ()
+    warnings: Tuple[str, ...] = ()
     if dropped:
         names = ", ".join(f"{t.name} ({t.kind})" for t in dropped)
         warnings = (f"dropped tools the upstream cannot run (Anthropic server tools): {names}",)
@@ -591,8 +591,8 @@ def to_chat_request(
     it is sent only where the dialect names a field for it. ``tools``: ``chat_tools(req.tools,
     dialect)`` if the caller has it already (``ToolMemo``); never changed here.
     """
-    tools, warnings = tools if tools is not None else chat_tools(req.tools, dialect)
-    tool_choice, parallel = _tool_choice(req, tools)
+    functions, warnings = tools if tools is not None else chat_tools(req.tools, dialect)
+    tool_choice, parallel = _tool_choice(req, functions)
     effort, extra = REASONING_STYLES[dialect.reasoning](req.thinking, req.effort)
     sampling = not dialect.drop_sampling
     chat = ChatRequest(
@@ -606,7 +606,7 @@ def to_chat_request(
         top_p=req.top_p if sampling else None,
         top_k=req.top_k if dialect.pass_top_k and sampling else None,
         stop=_stop(req, dialect),
-        tools=tools,
+        tools=functions,
         tool_choice=tool_choice,
         parallel_tool_calls=parallel,
         user=_user_field(req.user_id) if dialect.send_user else None,

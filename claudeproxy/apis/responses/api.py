@@ -9,7 +9,6 @@ none from then on (remembered per provider, on this server).
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Any, Dict, List, Optional, Set, Tuple
 
@@ -19,8 +18,8 @@ from ...ids import new_id
 from ...routing import Target
 from ...tool_memo import ToolMemo
 from ...urls import join_path
-from ..base import ClientRequest, Exchange, encode_body
-from .request import ResponsesTools, responses_tools, to_responses_request
+from ..base import ClientRequest, Exchange, encode_body, with_json
+from .request import responses_tools, to_responses_request
 from .response import to_messages_response
 from .stream import ResponsesFold
 
@@ -30,12 +29,6 @@ def responses_url(base: str) -> str:
     if ".azure.com" in base and "/openai/" not in base + "/":
         base = join_path(base, "/openai/v1")
     return join_path(base, "/responses")
-
-
-def _tools(parsed: MessagesRequest, web_search: bool) -> Tuple[ResponsesTools, bytes]:
-    """The tools as the Responses API takes them, and their JSON."""
-    tools = responses_tools(parsed.tools, web_search)
-    return tools, json.dumps(list(tools[0]), ensure_ascii=False).encode("utf-8")
 
 
 class ResponsesApi:
@@ -58,7 +51,7 @@ class ResponsesApi:
         dialect = target.dialect
         web_search = bool(dialect and dialect.hosted_web_search)
         tools, encoded = self.tools.derived(parsed.tools, ("responses", web_search),
-                                            lambda: _tools(parsed, web_search))
+                                            lambda: with_json(responses_tools(parsed.tools, web_search)))
         translation = to_responses_request(
             parsed, model=target.model, max_output_tokens=cap, stream=parsed.stream,
             web_search=web_search, cache_key=req.cache_key,
