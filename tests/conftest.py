@@ -18,7 +18,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import claudeproxy  # noqa: E402
-from fakes import FakeUpstream, ServerPool  # noqa: E402
+from fakes import FakeUpstream, ServerPool, refused_port  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 UPSTREAM_KEY = "sk-UPSTREAM-SENTINEL-0123456789"
@@ -104,6 +104,13 @@ def pool() -> Iterator[ServerPool]:
     servers = ServerPool(token=claudeproxy.static_token(UPSTREAM_KEY))
     yield servers
     servers.close()
+
+
+@pytest.fixture(name="refused_port")
+def refused_port_fixture() -> Iterator[int]:
+    """A loopback port that refuses connections for the whole test (see ``fakes.refused_port``)."""
+    with refused_port() as port:
+        yield port
 
 
 @pytest.fixture

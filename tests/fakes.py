@@ -12,6 +12,7 @@ back. Every wait has a timeout.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import queue
@@ -20,7 +21,7 @@ import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 WAIT = 10.0  # longest any fake step waits
 
@@ -386,6 +387,18 @@ class FakeUpstream:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections for as long as the block runs.
+
+    The socket is bound and never listens: the kernel refuses a connect to it, and cannot hand the
+    port to another socket meanwhile. (A port closed at once can be given to the next server bound,
+    even the proxy under test, which then answers its own upstream calls.)"""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
 
 
 class ServerPool:

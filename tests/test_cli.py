@@ -312,12 +312,13 @@ def test_usage_log_and_json_log_format(spawn: Any, fake_upstream: Any, tmp_path:
     assert request(url, "POST", "/v1/messages/count_tokens", minimal_request()).status == 200
     out, err = _stop(proc, signal.SIGTERM, 5 + 1)
     lines = [json.loads(line) for line in err.splitlines()]  # every stderr line is one JSON object
-    calls = [line["call"] for line in lines if "call" in line]
+    # Recorded as each answer is written, so quick calls may be logged out of order: sort by start.
+    calls = sorted((line["call"] for line in lines if "call" in line), key=lambda c: c["time"])
     assert [(c["endpoint"], c["status"]) for c in calls] == [
         ("/v1/messages", 200), ("/v1/messages", 400), ("/v1/messages/count_tokens", 200)]
     assert any(line["message"].startswith("upstream request body") for line in lines)  # debug bodies
     assert UPSTREAM_KEY not in err
-    records = [json.loads(line) for line in usage.read_text().splitlines()]
+    records = sorted((json.loads(line) for line in usage.read_text().splitlines()), key=lambda c: c["time"])
     assert records == calls  # the usage log holds the same records
     # gpt-4o's built-in prices: 10 input and 5 output tokens from the fake's usage.
     assert records[0]["cost_usd"] == pytest.approx((10 * 2.5 + 5 * 10.0) / 1e6)

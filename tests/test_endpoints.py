@@ -22,6 +22,7 @@ from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
 from fakes import json_reply
 from sse_checks import assert_valid_event_sequence, events_of, final_message
 from test_http_errors import REQUEST_ID_RE, assert_error
+from test_server import wait_for
 
 from claudeproxy.model_facts import builtin_facts
 
@@ -245,6 +246,8 @@ def test_metrics_totals_and_sink(make_proxy: Any, fake_upstream: Any) -> None:
     assert send(minimal_request(max_tokens=1)).status == 200  # the quota probe: local
     fake_upstream.push(json_reply({"error": {"message": "boom"}}, status=500))
     assert send(minimal_request()).status == 500
+    # A call is recorded just after its answer is written: the client may be quicker.
+    assert wait_for(lambda: len(records) == 3, 5), records
     text = get(proxy, "/metrics")
     assert text.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     samples = prom.parse(text.body.decode("utf-8"))

@@ -131,13 +131,8 @@ def test_backoff_without_retry_after_is_jittered_and_short(make_proxy: Any, fake
     assert 0.2 <= time.monotonic() - started < 1.5  # the first backoff is 0.5 s, jittered into [0.25, 0.5]
 
 
-def test_connect_failures_are_retried(make_proxy: Any) -> None:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = make_proxy(upstream=f"http://127.0.0.1:{port}/v1", retries=1, connect_timeout=0.5)
+def test_connect_failures_are_retried(make_proxy: Any, refused_port: int) -> None:
+    server = make_proxy(upstream=f"http://127.0.0.1:{refused_port}/v1", retries=1, connect_timeout=0.5)
     started = time.monotonic()
     resp = ask(server)
     assert resp.status == 502 and resp.headers.get("x-should-retry") == "true"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.error
 import urllib.request
 from typing import Any, List
@@ -207,11 +206,8 @@ def test_short_connect_timeout_does_not_limit_a_slow_first_byte(make_proxy, fake
     assert resp.json["content"] == [{"type": "text", "text": "worth the wait"}]
 
 
-def test_transport_errors_do_not_leak_the_key(make_proxy):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proxy = make_proxy(upstream=f"http://127.0.0.1:{port}/v1?key={UPSTREAM_KEY}")
+def test_transport_errors_do_not_leak_the_key(make_proxy, refused_port):
+    proxy = make_proxy(upstream=f"http://127.0.0.1:{refused_port}/v1?key={UPSTREAM_KEY}")
     resp = request(proxy.url, "POST", "/v1/messages", minimal_request(), HEADERS)
     assert resp.status == 502
     assert UPSTREAM_KEY not in resp.body.decode("utf-8")

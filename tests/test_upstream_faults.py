@@ -8,7 +8,6 @@ status and type; after it, exactly one ``event: error`` and the end, never a
 from __future__ import annotations
 
 import json
-import socket
 import time
 from typing import Any, Dict, List
 
@@ -187,12 +186,9 @@ def test_no_response_headers_within_idle_timeout_is_504(make_proxy, fake_upstrea
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-def test_connection_refused_is_502_fast(make_proxy, stream):
+def test_connection_refused_is_502_fast(make_proxy, refused_port, stream):
     """F17, case 70."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed again before the proxy connects: refused
-    proxy = make_proxy(upstream=f"http://127.0.0.1:{port}/v1", connect_timeout=2)
+    proxy = make_proxy(upstream=f"http://127.0.0.1:{refused_port}/v1", connect_timeout=2)
     begun = time.monotonic()
     resp = send(proxy, stream)
     took = time.monotonic() - begun

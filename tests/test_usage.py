@@ -94,7 +94,9 @@ def known_session(proxy: Any, fake: FakeUpstream) -> None:
     assert post(proxy, minimal_request(model="claude-opus-4-1", max_tokens=1)).status == 200
     assert post(proxy, {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]},
                 "/v1/messages/count_tokens").status == 200
-    wait_records(proxy, 9)
+    # A call is recorded once its answer is written, so a quick next call (another connection,
+    # another thread) may be recorded first: put them in the order the calls began.
+    proxy.records[:] = sorted(wait_records(proxy, 9), key=lambda r: r.time)
 
 
 # ---------------------------------------------------------------------------

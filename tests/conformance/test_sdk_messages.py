@@ -9,7 +9,6 @@ matches the status, with ``.type`` and ``request_id`` set (4.1/4.2, cases
 
 from __future__ import annotations
 
-import socket
 import time
 from typing import Any, Dict, Iterator
 
@@ -268,16 +267,8 @@ def test_invalid_request_is_rejected_locally(client: Any, fake_upstream: Any) ->
     assert fake_upstream.requests == []
 
 
-def _closed_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return int(port)
-
-
-def test_connection_refused_is_502(make_proxy: Any) -> None:
-    server = make_proxy(upstream=f"http://127.0.0.1:{_closed_port()}/v1")
+def test_connection_refused_is_502(make_proxy: Any, refused_port: int) -> None:
+    server = make_proxy(upstream=f"http://127.0.0.1:{refused_port}/v1")
     with make_client(server.url) as c, pytest.raises(anthropic.InternalServerError) as info:
         create(c)
     check_error(info.value, "InternalServerError", 502, "api_error")

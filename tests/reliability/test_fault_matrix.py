@@ -21,13 +21,12 @@ After every row: no handler left busy; at the end, no traceback and no ERROR rec
 from __future__ import annotations
 
 import json
-import socket
 import time
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
-from fakes import FakeUpstream, Fault, Reply, Sleep, StreamClient, chunk
+from fakes import FakeUpstream, Fault, Reply, Sleep, StreamClient, chunk, refused_port
 from rkit import check_error_body, record
 from sse_checks import assert_valid_event_sequence
 from test_disconnect import close, send_raw
@@ -179,18 +178,16 @@ def f16_silent(api: str, proxy: Any, fake: FakeUpstream, run: int) -> None:
 
 
 def f17_refused(api: str, proxy: Any, fake: FakeUpstream, run: int) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed again before the proxy connects: refused
-    base = f"http://127.0.0.1:{port}" + ("/v1" if api == "chat" else "")
-    other = claudeproxy.start(upstream=base, upstream_api=api, token=claudeproxy.static_token(UPSTREAM_KEY),
-                              connect_timeout=2)
-    try:
-        begun = time.monotonic()
-        resp = send(other, run % 2 == 0)
-        took = time.monotonic() - begun
-    finally:
-        other.shutdown(grace=1.0)
+    with refused_port() as port:
+        base = f"http://127.0.0.1:{port}" + ("/v1" if api == "chat" else "")
+        other = claudeproxy.start(upstream=base, upstream_api=api, token=claudeproxy.static_token(UPSTREAM_KEY),
+                                  connect_timeout=2)
+        try:
+            begun = time.monotonic()
+            resp = send(other, run % 2 == 0)
+            took = time.monotonic() - begun
+        finally:
+            other.shutdown(grace=1.0)
     plain_error(resp, 502, "api_error")
     assert took < 1.0, f"answered after {took:.2f} s"
 
