@@ -510,7 +510,7 @@ def setup_logging(level: str, secrets: Callable[[], Sequence[str]], stream: Text
     return handler
 
 
-def _usage_writer(path: str) -> Any:
+def usage_writer(path: str) -> Any:
     lock = threading.Lock()
 
     def write(rec: CallRecord) -> None:
@@ -551,7 +551,7 @@ def _install_signals(stop: threading.Event) -> Dict[int, Any]:
 
 
 def serve(config: Config, stdout: TextIO, metrics_path: Optional[str] = None) -> int:
-    sink = _usage_writer(metrics_path) if metrics_path else None
+    sink = usage_writer(metrics_path) if metrics_path else None
     server = ProxyServer(config, sink)
     stop = threading.Event()
     # Signals first: a script that reads the line below may send SIGTERM at once.
@@ -583,11 +583,22 @@ def _settings(argv: Optional[List[str]], environ: Mapping[str, str], stdout: Tex
         build_router(config)  # every provider and route checked before anything listens
         if config.ca_bundle is not None:
             tls_context(config.ca_bundle)
-        if ns.metrics_file:
-            check_appendable(ns.metrics_file, "--metrics-file")
+        check_usage_log(ns)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return ns, config
+
+
+def usage_log_path(ns: argparse.Namespace) -> Optional[str]:
+    """The usage log's file: --usage-log, or --metrics-file (its former name)."""
+    return ns.usage_log or ns.metrics_file  # type: ignore[no-any-return]
+
+
+def check_usage_log(ns: argparse.Namespace) -> None:
+    """ValueError naming the flag when the usage log could not be appended to: found at start, not per call."""
+    for flag, path in (("--usage-log", ns.usage_log), ("--metrics-file", ns.metrics_file)):
+        if path:
+            check_appendable(path, flag)
 
 
 def check_appendable(path: str, setting: str) -> None:
@@ -623,7 +634,7 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
     saved = (logger.level, logger.propagate, bodies.level)
     handler = setup_logging(ns.log_level, lambda: config_secrets(config), stderr, ns.log_format, ns.log_bodies)
     try:
-        return serve(config, stdout, ns.usage_log or ns.metrics_file)
+        return serve(config, stdout, usage_log_path(ns))
     except ValueError as exc:  # a setting only the server could check (start() raises the same)
         print(f"claudeproxy: error: {' '.join(str(exc).split())}", file=stderr)
         return 2

@@ -103,6 +103,7 @@ def parse_run(argv: List[str], environ: Mapping[str, str],
     config = cli.config_from_args(ns, environ, file)
     try:
         build_router(config)  # every provider and route checked before anything listens
+        cli.check_usage_log(ns)
     except ValueError as exc:
         raise cli.UsageError(str(exc)) from None
     return ns, config, command or []
@@ -320,7 +321,8 @@ def command_env(running: RunningServer, config: Config, environ: Mapping[str, st
 def _session(ns: argparse.Namespace, config: Config, typed: str, argv: List[str], environ: Mapping[str, str],
              log_path: str, stderr: TextIO) -> int:
     windows = on_windows()
-    sink = cli._metrics_writer(ns.metrics_file) if ns.metrics_file else None  # noqa: SLF001
+    path = cli.usage_log_path(ns)
+    sink = cli.usage_writer(path) if path else None
     try:
         running = start(config, sink)
     except OSError as exc:  # the port is taken, or the address cannot be had

@@ -125,6 +125,18 @@ def test_the_proxy_requires_the_session_key_it_gives_the_command(run_standin: An
     assert rec["without_key"]["body"]["error"]["type"] == "authentication_error"
 
 
+@pytest.mark.parametrize("flag", ["--usage-log", "--metrics-file"])
+def test_the_usage_log_gets_the_sessions_calls(run_standin: Any, tmp_path: Any, flag: str) -> None:
+    usage = tmp_path / "usage.jsonl"
+    code, err, rec = run_standin("--probe", "--exit", "0",
+                                 options=("--upstream", NO_UPSTREAM, "--model", "gpt-4o", flag, str(usage)))
+    assert code == 0, err
+    calls = [json.loads(line) for line in read_text(usage).splitlines()]
+    # The stand-in's two calls: the quota probe with the session key (answered here), one without (401).
+    assert sorted((c["endpoint"], c["status"], c["local"]) for c in calls) == [
+        ("/v1/messages", 200, True), ("/v1/messages", 401, False)]
+
+
 # ---------------------------------------------------------------------------
 # The command's environment.
 
@@ -311,6 +323,8 @@ def assert_one_line(err: str, *parts: str) -> None:
     (["--upstream", "nope", "--", "true"], "--upstream"),
     (["--host", "0.0.0.0", "--auth-key", "k", "--", "true"], "--host must be a loopback address"),
     (["--no-such-flag", "--", "true"], "--no-such-flag"),
+    (["--usage-log", "/nonexistent-dir/usage.jsonl", "--", "true"], "--usage-log"),
+    (["--metrics-file", "/nonexistent-dir/usage.jsonl", "--", "true"], "--metrics-file"),
 ])
 def test_bad_options_are_one_line_and_exit_2(tmp_path: Any, argv: List[str], part: str) -> None:
     code, out, err = run_main(argv, base_env(tmp_path))

@@ -168,10 +168,11 @@ def test_command_line_refuses_a_bad_ca_bundle(served: List[Any], files: Dict[str
     assert served == []
 
 
+@pytest.mark.parametrize("flag", ["--usage-log", "--metrics-file"])
 @pytest.mark.parametrize("kind", ["directory", "no_dir"])
-def test_command_line_refuses_a_metrics_file_it_cannot_open(served: List[Any], files: Dict[str, str],
-                                                            kind: str) -> None:
-    assert_one_line(*run_main(["--metrics-file", files[kind]]), "--metrics-file")
+def test_command_line_refuses_a_usage_log_it_cannot_open(served: List[Any], files: Dict[str, str],
+                                                         kind: str, flag: str) -> None:
+    assert_one_line(*run_main([flag, files[kind]]), flag)
     assert served == []
 
 
