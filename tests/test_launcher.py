@@ -268,6 +268,18 @@ def test_the_proxy_logs_to_the_file_named_on_stderr_not_to_the_terminal(tmp_path
     assert recorded(record)["env"]["ANTHROPIC_AUTH_TOKEN"] not in text  # the session key is redacted
 
 
+def test_the_log_format_and_bodies_options_reach_the_log(run_standin: Any, tmp_path: Any) -> None:
+    code, err, rec = run_standin("--probe", "--exit", "0", options=(
+        "--upstream", NO_UPSTREAM, "--model", "gpt-4o", "--log-format", "json", "--log-bodies"))
+    assert code == 0, err
+    log = tmp_path / "proxy.log"  # the fixture's --log-file
+    lines = [json.loads(line) for line in read_text(log).splitlines()]  # every line one JSON object
+    calls = [line["call"] for line in lines if "call" in line]
+    assert sorted((c["status"], c["local"]) for c in calls) == [(200, True), (401, False)]
+    assert any(line["logger"] == "claudeproxy.bodies" for line in lines)  # --log-bodies at the default level
+    assert rec["env"]["ANTHROPIC_AUTH_TOKEN"] not in read_text(log)
+
+
 # ---------------------------------------------------------------------------
 # Signals reach the command; run outlives them, stops the proxy and reports them.
 
