@@ -18,7 +18,6 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 from typing import Any, Iterator, List, Tuple
 
 import pytest
