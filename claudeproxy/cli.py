@@ -17,7 +17,6 @@ import ipaddress
 import json
 import logging
 import os
-import shlex
 import signal
 import sys
 import threading
@@ -46,10 +45,11 @@ from .config import (
     Config,
     check_header,
     check_url,
+    origin_as_sent,
     static_token,
 )
 from .config_file import ConfigError, FileConfig, FlagSpec, parse_config
-from .credentials import DEFAULT_TTL, command_token, current_secrets, key_source
+from .credentials import DEFAULT_TTL, command_argv, command_token, current_secrets, key_source
 from .dialects import DIALECTS
 from .metrics import CallRecord
 from .observe import BODIES_LOGGER
@@ -261,7 +261,22 @@ def parse_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) 
                                    for a in parser._actions if a.dest != "help"})  # noqa: SLF001
     parser.parse_args(argv, namespace=marked)
     given = {k for k, v in vars(marked).items() if v is not _UNSET and v != []}
+    _no_empty_values(parser, ns, given)
     return ns, given
+
+
+# --api-key '' is how to send no key although $OPENAI_API_KEY is set; every other empty value is
+# a mistake (``--upstream "$URL"`` with URL unset would otherwise send the key to the default upstream).
+_MAY_BE_EMPTY = {"api_key"}
+
+
+def _no_empty_values(parser: argparse.ArgumentParser, ns: argparse.Namespace, given: Set[str]) -> None:
+    for action in parser._actions:  # noqa: SLF001
+        if action.dest not in given or action.dest in _MAY_BE_EMPTY or not action.option_strings:
+            continue
+        value = getattr(ns, action.dest)
+        if any(isinstance(item, str) and not item.strip() for item in (value if isinstance(value, list) else [value])):
+            raise UsageError(f"{action.option_strings[0]}: the value is empty")
 
 
 class _DuplicateKey(Exception):
@@ -367,9 +382,10 @@ def _shorthand_key(ns: argparse.Namespace, environ: Mapping[str, str], api: str)
             keys.append(environ[var].strip())
         return key_source(keys), ", ".join(f"${var}" for var in ns.api_key_env)
     if ns.api_key_command:
-        argv = shlex.split(ns.api_key_command)
-        if not argv:
-            raise UsageError("--api-key-command: the command is empty")
+        try:
+            argv = command_argv(ns.api_key_command, "--api-key-command")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         return command_token(argv, ns.api_key_ttl, "--api-key-command"), f"command {argv[0]}"
     key = environ.get("OPENAI_API_KEY", "").strip() if api != "messages" else ""
     return static_token(key), "$OPENAI_API_KEY" if key else ""
@@ -386,6 +402,13 @@ def _auth_key(ns: argparse.Namespace, environ: Mapping[str, str]) -> Optional[st
     return environ.get("CLAUDEPROXY_AUTH_KEY") or None
 
 
+def _checked(check: Callable[[str, str], str], value: str, setting: str) -> str:
+    try:
+        return check(value, setting)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _check(value: Optional[str], setting: str) -> Optional[str]:
     try:
         return check_url(value, setting) if value else None
@@ -393,12 +416,31 @@ def _check(value: Optional[str], setting: str) -> Optional[str]:
         raise UsageError(str(exc)) from None
 
 
+# The flags that describe the single upstream (--upstream), each with its value when not given.
+_SHORTHAND_UNSET = (("upstream_api", "chat"), ("passthrough", False), ("api_key", None), ("api_key_env", []),
+                    ("api_key_command", None), ("api_key_ttl", DEFAULT_TTL), ("provider", "auto"),
+                    ("upstream_auth", None), ("header", []), ("azure_api_version", Config.azure_api_version))
+
+
+def _no_shorthand_flags(ns: argparse.Namespace) -> None:
+    """With only the file's providers there is no single upstream: its flags would go nowhere."""
+    for dest, unset in _SHORTHAND_UNSET:
+        if getattr(ns, dest) != unset:
+            raise UsageError(f"--{dest.replace('_', '-')} describes the single upstream, and there is none "
+                             "(no --upstream): set it on a provider in the --config file instead")
+
+
 def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: Optional[FileConfig] = None) -> Config:
     """The ``Config`` for parsed flags (file settings merged in), with environment fallbacks."""
     _positive(ns)
+    if ns.passthrough and ns.upstream_api not in ("chat", "messages"):
+        raise UsageError(f"--passthrough is short for --upstream-api messages: it cannot go with "
+                         f"--upstream-api {ns.upstream_api}")
     api = "messages" if ns.passthrough else ns.upstream_api
     upstream = ns.upstream
-    if upstream is None and not (file and file.providers):
+    if upstream is None and file and file.providers:
+        _no_shorthand_flags(ns)
+    elif upstream is None:
         upstream = environ.get("OPENAI_BASE_URL") if api != "messages" else None
         upstream = upstream or (DEFAULT_MESSAGES_UPSTREAM if api == "messages" else DEFAULT_UPSTREAM)
     auth_key = _auth_key(ns, environ)
@@ -429,7 +471,7 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
         ca_bundle=ns.ca_bundle,
         auth_key=auth_key,
         allowed_hosts=tuple(h.lower() for h in ns.allowed_host),
-        allowed_origins=tuple(ns.allowed_origin),
+        allowed_origins=tuple(_checked(origin_as_sent, o, "--allowed-origin") for o in ns.allowed_origin),
         connect_timeout=ns.connect_timeout,
         idle_timeout=ns.idle_timeout,
         request_timeout=ns.request_timeout,
@@ -580,13 +622,18 @@ def _settings(argv: Optional[List[str]], environ: Mapping[str, str], stdout: Tex
     _merge(ns, given, file)
     config = config_from_args(ns, environ, file)
     try:
-        build_router(config)  # every provider and route checked before anything listens
-        if config.ca_bundle is not None:
-            tls_context(config.ca_bundle)
-        check_usage_log(ns)
+        check_settings(ns, config)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return ns, config
+
+
+def check_settings(ns: argparse.Namespace, config: Config) -> None:
+    """What both modes check before anything listens; ValueError names the setting."""
+    build_router(config)  # every provider and route
+    if config.ca_bundle is not None:
+        tls_context(config.ca_bundle)
+    check_usage_log(ns)
 
 
 def usage_log_path(ns: argparse.Namespace) -> Optional[str]:
@@ -596,6 +643,8 @@ def usage_log_path(ns: argparse.Namespace) -> Optional[str]:
 
 def check_usage_log(ns: argparse.Namespace) -> None:
     """ValueError naming the flag when the usage log could not be appended to: found at start, not per call."""
+    if ns.usage_log and ns.metrics_file:
+        raise ValueError("--metrics-file is the former name of --usage-log: give one of them")
     for flag, path in (("--usage-log", ns.usage_log), ("--metrics-file", ns.metrics_file)):
         if path:
             check_appendable(path, flag)

@@ -215,6 +215,21 @@ def check_url(value: str, setting: str, credentials: bool = False) -> str:
     return url
 
 
+_ORIGIN_RE = re.compile(r"^([a-z][a-z0-9+.\-]*)://([^/?#@\s]+)/?$", re.IGNORECASE)
+
+
+def origin_as_sent(value: str, setting: str) -> str:
+    """An allowed origin the way browsers send the Origin header: scheme://host[:port], lower case.
+
+    The handler compares the header with it exactly, so anything else could never match.
+    """
+    match = _ORIGIN_RE.match(value.strip())
+    if not match:
+        raise ValueError(f"{setting}: expected scheme://host[:port] as a browser sends it "
+                         f"(no path, no wildcard), got {value!r}")
+    return f"{match.group(1)}://{match.group(2)}".lower()
+
+
 def check_header(name: str, value: str, setting: str) -> Tuple[str, str]:
     """A header the proxy may add upstream: a token name, not one it sets itself, no control characters."""
     name, value = name.strip(), value.strip()
@@ -303,3 +318,7 @@ def check_config(config: Config) -> None:
         check_url(config.proxy, "--proxy", credentials=True)
     if config.auth_key:
         check_secret(config.auth_key, "--auth-key")
+    for origin in config.allowed_origins:
+        if origin_as_sent(origin, "--allowed-origin") != origin:
+            raise ValueError(f"--allowed-origin: write {origin_as_sent(origin, '')!r} as browsers send it, "
+                             f"not {origin!r}")

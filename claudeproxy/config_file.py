@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shlex
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .config import Provider, Route, RouteTarget, check_header
-from .credentials import DEFAULT_TTL, command_token, key_source
+from .credentials import DEFAULT_TTL, command_argv, command_token, key_source
 from .model_facts import ModelFacts, facts_from_dict
 from .routing import check_provider
 
@@ -104,9 +103,13 @@ def _token(obj: Mapping[str, Any], environ: Mapping[str, str], path: str, name: 
         return key_source(keys), ", ".join(f"${var}" for var in names)
     if "api_key_command" in obj:
         raw = obj["api_key_command"]
-        argv = shlex.split(raw) if isinstance(raw, str) else _strings(raw, f"{path}.api_key_command")
-        if not argv:
-            raise ConfigError(f"{path}.api_key_command: must not be empty")
+        where = f"{path}.api_key_command"
+        try:
+            argv = command_argv(raw if isinstance(raw, str) else _strings(raw, where), where)
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         ttl = _want(obj.get("api_key_ttl", DEFAULT_TTL), (int, float), f"{path}.api_key_ttl", "a number")
         if ttl <= 0:
             raise ConfigError(f"{path}.api_key_ttl: must be greater than 0")
@@ -213,8 +216,13 @@ def _setting(key: str, value: Any, spec: FlagSpec) -> Any:
     if spec.kind == "float":
         return float(_want(value, (int, float), key, "a number"))
     if spec.kind == "list":
-        return _strings(value, key) if isinstance(value, list) else [_text(value, key)]
+        items = _strings(value, key) if isinstance(value, list) else [_text(value, key)]
+        if not items and key.replace("-", "_") == "api_key_env":
+            raise ConfigError(f"{key}: must name at least one variable")
+        return items
     text = _want(value, str, key, "a string")
+    if not text.strip():
+        raise ConfigError(f"{key}: must not be empty")
     if spec.choices and text not in spec.choices:
         raise ConfigError(f"{key}: expected one of {', '.join(spec.choices)}, got {text!r}")
     return text
@@ -222,6 +230,7 @@ def _setting(key: str, value: Any, spec: FlagSpec) -> Any:
 
 def _settings(obj: Mapping[str, Any], specs: Mapping[str, FlagSpec]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
+    spelled: Dict[str, str] = {}  # dest -> the key that set it
     for key, value in obj.items():
         if key in ("providers", "routes"):
             continue
@@ -230,6 +239,9 @@ def _settings(obj: Mapping[str, Any], specs: Mapping[str, FlagSpec]) -> Dict[str
             raise ConfigError(f"{key}: keys are never stored in the file; use {_SECRET_KEYS[dest]}")
         if dest not in specs:
             raise ConfigError(f"{key}: unknown key (not a flag, nor providers or routes)")
+        if dest in spelled:  # log-level and log_level: one would silently win
+            raise ConfigError(f"{key}: the same setting as {spelled[dest]}, given twice")
+        spelled[dest] = key
         out[dest] = _setting(key, value, specs[dest])
     return out
 

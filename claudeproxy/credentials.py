@@ -12,10 +12,12 @@ pipeline calls after a refusal: True when a retry with another key makes sense.
 
 from __future__ import annotations
 
+import shlex
+import shutil
 import subprocess
 import threading
 import time
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .config import TokenSource, check_secret, static_token
 from .errors import UpstreamUnavailable
@@ -74,6 +76,26 @@ class CommandToken:
         if not key:
             raise UpstreamUnavailable(f"{what} printed no usable key (empty, several lines, or not Latin-1)")
         return key
+
+
+def command_argv(command: Any, setting: str) -> List[str]:
+    """A key command's argv, checked at start: a string is split as a shell would (no shell runs it).
+
+    ValueError naming ``setting`` for an unclosed quote, nothing to run, or a program that is not
+    there: found now, the mistake stops the start instead of failing every request with a 502.
+    """
+    if isinstance(command, str):
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:  # "No closing quotation", "No escaped character"
+            raise ValueError(f"{setting}: cannot split {command!r} into a command: {exc}") from None
+    else:
+        argv = list(command)
+    if not argv:
+        raise ValueError(f"{setting}: the command is empty")
+    if shutil.which(argv[0]) is None:
+        raise ValueError(f"{setting}: {argv[0]}: command not found (or not executable)")
+    return argv
 
 
 def command_token(argv: Sequence[str], ttl: float = DEFAULT_TTL, label: str = "") -> TokenSource:

@@ -40,7 +40,6 @@ from .claude_code import (
 )
 from .config import Config
 from .redact import redact_text
-from .routing import build_router
 from .server import RunningServer, start
 from .settings_view import describe_config
 
@@ -93,7 +92,7 @@ def parse_run(argv: List[str], environ: Mapping[str, str],
     ns, given = cli.parse_flags(parser, options)
     if command is not None and not command:
         raise cli.UsageError(f"run: no command after --: {_USAGE}")
-    file = cli.load_config_file(ns.config, environ, cli.flag_specs(cli.build_parser())) if ns.config else None
+    file = cli.load_config_file(ns.config, environ, cli.flag_specs(parser)) if ns.config else None
     for dest, value in (file.settings if file else {}).items():
         # A file's port is for the standing server; run takes a free one unless told on the command line.
         if dest not in given and dest != "port":
@@ -102,8 +101,9 @@ def parse_run(argv: List[str], environ: Mapping[str, str],
         raise cli.UsageError(f"run: --host must be a loopback address (the proxy serves only COMMAND), got {ns.host}")
     config = cli.config_from_args(ns, environ, file)
     try:
-        build_router(config)  # every provider and route checked before anything listens
-        cli.check_usage_log(ns)
+        cli.check_settings(ns, config)  # what the server checks, before anything listens or is written
+        if ns.log_file:
+            cli.check_appendable(ns.log_file, "--log-file")
     except ValueError as exc:
         raise cli.UsageError(str(exc)) from None
     return ns, config, command or []
@@ -362,7 +362,10 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
     except cli.UsageError as exc:
         return _fail(str(exc), environ, stderr, 2)
     if ns.print_config:
-        print(json.dumps(describe_config(config, ns.config), indent=2), file=stdout)
+        try:
+            print(json.dumps(describe_config(config, ns.config), indent=2), file=stdout)
+        except BrokenPipeError:  # piped into head: the reader has what it wanted
+            pass
         return 0
     windows = on_windows()
     exe = find_command(command[0], environ.get("PATH"), windows)

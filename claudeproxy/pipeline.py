@@ -382,6 +382,7 @@ class Proxy:
         fail it gets the last error, mapped as any upstream error is.
         """
         failure: Optional[ProxyError] = None
+        last = routed.targets[-1]
         for target in routed.targets:
             api = self._api(target.api)
             req = self._parsed(api, req)
@@ -396,8 +397,9 @@ class Proxy:
                     if writer.started or not self._retryable(exc, watch):
                         raise
                     failure = exc
-                    log.warning("%s answered %s (%s); %s", target.label, exc.status, exc.message,
-                                "retrying" if attempt < self.config.retries else "trying the next target")
+                    then = ("retrying" if attempt < self.config.retries else
+                            "trying the next target" if target is not last else "no target left")
+                    log.warning("%s answered %s (%s); %s", target.label, exc.status, exc.message, then)
         assert failure is not None
         raise failure
 

@@ -21,7 +21,7 @@ SAMPLE_MODELS = ("claude-opus-4-1", "claude-sonnet-4-5-20250929", "claude-haiku-
 _SETTINGS = ("host", "port", "proxy", "use_env_proxy", "ca_bundle", "allowed_hosts", "allowed_origins",
              "connect_timeout", "idle_timeout", "request_timeout", "ping_interval", "finish_grace",
              "shutdown_grace", "max_body_bytes", "max_line_bytes", "max_concurrency", "max_output_tokens",
-             "body_timeout", "max_body_readers", "max_idle_per_host", "log_bodies")
+             "body_timeout", "max_body_readers", "max_idle_per_host", "retries", "retry_max_wait", "log_bodies")
 
 
 def _provider(p: Provider) -> Dict[str, Any]:

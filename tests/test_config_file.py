@@ -155,6 +155,18 @@ BAD_FILES = [
     ({"log_level": "loud"}, "log_level", "loud"),
     ({"no_such_flag": 1}, "no_such_flag", "unknown key"),
     ([1, 2], "(top level)", "an object"),
+    # One setting spelled both ways: one of them would silently win.
+    ({"log-level": "debug", "log_level": "error"}, "log_level", "the same setting as log-level"),
+    # Empty values are mistakes, as on the command line.
+    ({"model": ""}, "model", "must not be empty"),
+    ({"upstream": " "}, "upstream", "must not be empty"),
+    ({"api_key_command": ""}, "api_key_command", "must not be empty"),
+    ({"api_key_env": []}, "api_key_env", "at least one"),
+    # A key command is split and found at start.
+    ({"providers": {"a": {"url": "https://x.test", "api_key_command": '"unterminated'}}},
+     "providers.a.api_key_command", "No closing quotation"),
+    ({"providers": {"a": {"url": "https://x.test", "api_key_command": ["no-such-key-tool-xyz"]}}},
+     "providers.a.api_key_command", "command not found"),
 ]
 
 
@@ -165,6 +177,34 @@ def test_bad_file_exits_2_naming_file_path_and_problem(tmp_path: Any, served: Li
     err = assert_one_line_error(*run_main(["--config", file]), file, path, what)
     assert "sk-literal-000000" not in err and "hunter2" not in err
     assert served == []
+
+
+# Settings a flag could also give are checked as the flag is, and named so.
+BAD_SETTINGS = [
+    ({"api_key_command": '"unterminated'}, "--api-key-command", "No closing quotation"),
+    # Only the file's providers: the single upstream's flags would go nowhere.
+    ({"providers": {"a": {"url": "https://x.test"}}, "routes": [{"match": "*", "provider": "a"}],
+      "header": ["X-Title: app"]}, "--header", "single upstream"),
+    ({"providers": {"a": {"url": "https://x.test"}}, "routes": [{"match": "*", "provider": "a"}],
+      "upstream_api": "responses"}, "--upstream-api", "single upstream"),
+]
+
+
+@pytest.mark.parametrize("obj, setting, what", BAD_SETTINGS, ids=[b[1] + "-" + b[2] for b in BAD_SETTINGS])
+def test_bad_setting_in_a_file_exits_2_naming_it(tmp_path: Any, served: List[Any], obj: Any, setting: str,
+                                                 what: str) -> None:
+    assert_one_line_error(*run_main(["--config", write(tmp_path, obj)]), setting, what)
+    assert served == []
+
+
+@pytest.mark.parametrize("flags", [["--header", "X-Title: app"], ["--api-key-env", "K1"], ["--passthrough"],
+                                   ["--provider", "azure"], ["--upstream-auth", "x-api-key"]])
+def test_single_upstream_flags_without_a_single_upstream_exit_2(tmp_path: Any, served: List[Any],
+                                                                flags: List[str]) -> None:
+    file = write(tmp_path, {"providers": {"a": {"url": "https://x.test"}}, "routes": [{"match": "*", "provider": "a"}]})
+    assert_one_line_error(*run_main(["--config", file, *flags], {"K1": "sk-k1-000000"}), flags[0], "single upstream")
+    # With --upstream as well, the flags describe that one: fine.
+    assert run_main(["--config", file, "--upstream", "http://127.0.0.1:9/v1", *flags], {"K1": "sk-k1-000000"})[0] == 0
 
 
 @pytest.mark.parametrize("text, what", [
@@ -209,6 +249,12 @@ def test_print_config_shows_the_file_resolved(tmp_path: Any) -> None:
     assert shown["examples"]["claude-3-5-haiku-latest"] == "ollama/qwen3:8b"
     assert shown["examples"]["claude-opus-4-1"] == "openai/o3"
     assert shown["settings"]["port"] == 9099
+
+
+
+def test_print_config_shows_the_retry_settings() -> None:
+    shown = print_config(["--retries", "3", "--retry-max-wait", "45"])
+    assert (shown["settings"]["retries"], shown["settings"]["retry_max_wait"]) == (3, 45.0)
 
 
 DIALECT_URLS = [

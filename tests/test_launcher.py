@@ -386,11 +386,45 @@ def test_a_port_that_cannot_be_bound_is_one_line_and_exit_1(tmp_path: Any) -> No
     assert not record.exists()  # the command never ran
 
 
-def test_an_unwritable_log_file_is_one_line_and_exit_1(tmp_path: Any) -> None:
-    code, out, err = run_main(["--upstream", NO_UPSTREAM, "--log-file", str(tmp_path / "no" / "dir" / "p.log"),
+@pytest.mark.parametrize("where", ["no/dir/p.log", "."], ids=["no-dir", "a-directory"])
+def test_a_log_file_that_cannot_be_written_is_a_bad_option(tmp_path: Any, where: str) -> None:
+    port = _free_port()
+    code, out, err = run_main(["--upstream", NO_UPSTREAM, "--port", str(port), "--log-file", str(tmp_path / where),
                                "--", sys.executable, "-c", "pass"], base_env(tmp_path))
-    assert (code, out) == (1, ""), err
-    assert_one_line(err, "cannot open the log file")
+    assert (code, out) == (2, ""), err
+    assert_one_line(err, "--log-file")
+    assert port_closed(port)
+
+
+class _ClosedPipe(io.StringIO):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+@pytest.mark.parametrize("mode", [["run"], []], ids=["run", "server"])
+def test_print_config_into_a_closed_pipe_is_quiet(tmp_path: Any, mode: List[str]) -> None:
+    err = io.StringIO()
+    argv = mode + ["--upstream", NO_UPSTREAM, "--print-config"] + (["--", "true"] if mode else [])
+    assert commands.main(argv, environ=base_env(tmp_path), stdout=_ClosedPipe(), stderr=err) == 0
+    assert err.getvalue() == ""
+
+
+def test_a_config_file_may_hold_runs_own_options(tmp_path: Any) -> None:
+    log = tmp_path / "from-file.log"
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"upstream": NO_UPSTREAM, "log_file": str(log), "trust": False, "retries": 1}))
+    code, out, err = run_main(["--config", str(config), "--", sys.executable, "-c", "pass"], base_env(tmp_path))
+    assert code == 0, err
+    assert started(err)[2] == str(log) and log.exists()
+
+
+def test_a_bad_setting_is_found_before_the_log_file_is_made(tmp_path: Any) -> None:
+    log = tmp_path / "p.log"
+    code, out, err = run_main(["--upstream", NO_UPSTREAM, "--ca-bundle", str(tmp_path / "none.pem"),
+                               "--log-file", str(log), "--", "no-such-command-xyz"], base_env(tmp_path))
+    assert (code, out) == (2, ""), err  # the setting first: not 127 for the command
+    assert_one_line(err, "--ca-bundle")
+    assert not log.exists()
 
 
 # ---------------------------------------------------------------------------

@@ -79,12 +79,16 @@ def test_retries_get_past_transient_failures(make_proxy: Any, fake_upstream: Fak
     assert rec.attempts == 3 and rec.status == 200
 
 
-def test_retries_stop_after_n(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+def test_retries_stop_after_n(make_proxy: Any, fake_upstream: FakeUpstream, caplog: Any) -> None:
     server = make_proxy(retries=2)
     fake_upstream.push(*[json_reply(BUSY, status=503)] * 4)
-    resp = ask(server)
+    with caplog.at_level("WARNING", logger="claudeproxy"):
+        resp = ask(server)
     assert resp.status == 503 and resp.json["error"]["type"] == "overloaded_error"
     assert len(fake_upstream.requests) == 3
+    # The log says what happens next: no "next target" when there is none.
+    said = [r.getMessage().rsplit("; ", 1)[-1] for r in caplog.records if "answered 503" in r.getMessage()]
+    assert said == ["retrying", "retrying", "no target left"]
 
 
 def test_no_retries_by_default(make_proxy: Any, fake_upstream: FakeUpstream) -> None:

@@ -8,6 +8,7 @@ in every log record and error body.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import shutil
@@ -21,6 +22,7 @@ from typing import Any, Iterator, List, Tuple
 import pytest
 
 import claudeproxy
+from claudeproxy import cli
 
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
 from fakes import FakeUpstream, Reply, chunk, completion, json_reply, sse_reply
@@ -197,6 +199,15 @@ def test_origin_is_403_unless_allowed(make_proxy: Any, fake_upstream: Any) -> No
     # A listed origin can read the answer from a browser, and only that origin.
     assert resp.headers["access-control-allow-origin"] == "http://app.local:3000"
     assert "request-id" in resp.headers["access-control-expose-headers"]
+
+
+def test_an_origin_flag_is_written_as_browsers_send_it() -> None:
+    """``--allowed-origin HTTPS://App.Example:8443/`` is kept as the Origin header a browser sends."""
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(["--port", "0", "--allowed-origin", "HTTPS://App.Example:8443/", "--print-config"], environ={},
+                    stdout=out, stderr=err)
+    assert code == 0, err.getvalue()
+    assert json.loads(out.getvalue())["settings"]["allowed_origins"] == ["https://app.example:8443"]
 
 
 def test_preflight_from_an_allowed_origin(make_proxy: Any) -> None:

@@ -96,6 +96,8 @@ START_CASES = [
     ({"token": claudeproxy.static_token("sk-\u20ac")}, "key"),
     ({"token": claudeproxy.static_token("sk-\x00")}, "key"),
     ({"auth_key": "client\r\nkey"}, "--auth-key"),
+    ({"allowed_origins": ("*",)}, "--allowed-origin"),
+    ({"allowed_origins": ("https://App.example/",)}, "'https://app.example'"),  # never sent so: never matched
     ({"providers": (Provider("p", "http://example.test/v1", headers=(("X-A", "\u2603"),)),),
       "routes": (Route("*", RouteTarget("p")),)}, "providers.p.headers"),
     ({"providers": (Provider("p", "http://exa mple.test/v1"),), "routes": (Route("*", RouteTarget("p")),)},
@@ -146,6 +148,29 @@ CLI_CASES = [
     (["--api-key", "sk-one\ntwo"], "--api-key"),
     (["--api-key", "sk-\u20ac"], "--api-key"),
     (["--auth-key", "k\x00"], "--auth-key"),
+    # An empty value is a mistake (``--upstream "$URL"`` with URL unset would send the key to OpenAI).
+    (["--upstream", ""], "--upstream: the value is empty"),
+    (["--upstream", "  "], "--upstream: the value is empty"),
+    (["--model", ""], "--model: the value is empty"),
+    (["--opus-model", ""], "--opus-model: the value is empty"),
+    (["--auth-key", ""], "--auth-key: the value is empty"),
+    (["--azure-api-version", ""], "--azure-api-version: the value is empty"),
+    (["--api-key-env", ""], "--api-key-env: the value is empty"),
+    (["--api-key-command", ""], "--api-key-command: the value is empty"),
+    (["--proxy", ""], "--proxy: the value is empty"),
+    (["--usage-log", ""], "--usage-log: the value is empty"),
+    (["--config", ""], "--config: the value is empty"),
+    (["--allowed-host", ""], "--allowed-host: the value is empty"),
+    # A key command is split and looked up at start, not at the first request.
+    (["--api-key-command", '"unterminated'], "--api-key-command"),
+    (["--api-key-command", "no-such-key-tool-xyz get"], "--api-key-command: no-such-key-tool-xyz: command not found"),
+    # Origins as browsers send them, or nothing could ever match.
+    (["--allowed-origin", "*"], "--allowed-origin"),
+    (["--allowed-origin", "notanorigin"], "--allowed-origin"),
+    (["--allowed-origin", "https://app.example/page"], "--allowed-origin"),
+    # Flags that contradict each other.
+    (["--passthrough", "--upstream-api", "responses"], "--passthrough"),
+    (["--usage-log", "a.jsonl", "--metrics-file", "b.jsonl"], "--metrics-file"),
 ]
 
 
