@@ -137,3 +137,35 @@ def test_a_stream_that_said_it_was_done_ends_once_for_every_api(api: str) -> Non
     assert error is None
     types = [e["type"] for e in events + tail]
     assert types.count("message_stop") == 1 and types[-1] == "message_stop" and "error" not in types
+
+
+# An upstream error event that is the body's last, without the blank line that would end it (the
+# fuzzer found a truncated one), as each API sends it. Chat names no event, so its must be whole JSON.
+LAST_ERRORS = {
+    "chat": b'data: {"error": {"message": "Overloaded", "type": "server_error"}}',
+    "messages": b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", "message": "Overl',
+    "responses": b'event: error\ndata: {"type": "error", "code": "server_error", "message": "Overl',
+}
+
+
+@pytest.mark.parametrize("api", sorted(FOLDS))
+def test_an_error_event_cut_off_by_the_end_of_the_body_is_returned_not_raised(api: str) -> None:
+    fold, head, _ = FOLDS[api]()
+    fold.feed_line(head)
+    for line in LAST_ERRORS[api].split(b"\n"):
+        assert fold.feed_line(line + b"\n") == []  # an event is whole only at its blank line
+    tail, error = stream_end(fold, clean=True)
+    assert tail == [] and isinstance(error, ProxyError)
+    assert [e["type"] for e in fold.fail(error)] == ["error"]
+
+
+def test_after_message_delta_an_error_cut_off_by_the_end_still_ends_with_message_stop() -> None:
+    """The Messages API forwards message_delta as it comes: only message_stop may follow it."""
+    fold, head, done = _messages()
+    events = fold.feed_line(head) + fold.feed_line(done)
+    assert events[-1]["type"] == "message_delta"
+    for line in LAST_ERRORS["messages"].split(b"\n"):
+        fold.feed_line(line + b"\n")
+    tail, error = stream_end(fold, clean=True)
+    assert tail == [] and isinstance(error, ProxyError)
+    assert fold.fail(error) == [{"type": "message_stop"}]

@@ -363,11 +363,14 @@ def test_stream_cut_after_message_delta_is_finished(through, fake_upstream):
     assert events[-1] == {"type": "message_stop"}
 
 
-@pytest.mark.parametrize("after", ["error event", "line over the cap"])
+@pytest.mark.parametrize("after", ["error event", "line over the cap", "error event cut off by the end"])
 def test_failure_after_message_delta_still_ends_with_message_stop(through, fake_upstream, after):
-    """Found by the upstream fuzz: message_delta went out, so only message_stop may follow (not an error)."""
+    """Found by the upstream fuzz: message_delta went out, so only message_stop may follow (not an error).
+
+    The last variant (seed 1): an error event whose body ends in the middle of it, flushed at the end."""
     error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
-    tail = anthropic_event(error) if after == "error event" else b"data: " + b"x" * (2 * 1024 * 1024) + b"\n\n"
+    tail = {"error event": anthropic_event(error), "line over the cap": b"data: " + b"x" * (2 * 1024 * 1024) + b"\n\n",
+            "error event cut off by the end": anthropic_event(error)[:-20]}[after]
     fake_upstream.push(sse(events_bytes(HEAD_EVENTS + TAIL_EVENTS[:-1]), tail))
     with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
         events = client.read_all(timeout=5)

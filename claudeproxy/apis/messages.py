@@ -181,7 +181,10 @@ class MessagesFold(SSEFold):
         if self.complete:
             return [], None
         last = self.decoder.flush()
-        events = self._on_event(last) if last is not None else []
+        try:
+            events = self._on_event(last) if last is not None else []
+        except ProxyError as exc:  # the body's last event, cut off by its end, was an upstream error:
+            return [], exc  # the relay fails the stream with it (``fail``: only message_stop after message_delta)
         if self.complete:
             return events, None
         if self.finishing:  # everything but message_stop arrived: the answer is whole

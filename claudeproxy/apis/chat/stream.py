@@ -642,7 +642,10 @@ class ChatFold(SSEFold):
         if self.complete:
             return [], None
         last = self.decoder.flush()
-        events = self._on_event(last) if last is not None else []
+        try:
+            events = self._on_event(last) if last is not None else []
+        except ProxyError as exc:  # the body's last event, cut off by its end, was an upstream error
+            return [], exc
         if self.complete:
             return events, None
         if self.translator.has_finish_reason or (clean and self.chunks):
