@@ -1,11 +1,19 @@
-"""Chat Completions as the pipeline sees it: parse, prepare, from_json, fold (``apis/base.py``). Pure."""
+"""Chat Completions as the pipeline sees it: parse, prepare, from_json, fold, recover (``apis/base.py``).
+
+Pure but for what ``recover`` learns: the optional fields each model's upstream refused.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+import json
+import logging
+import re
+import threading
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 from ...anthropic_types import MessagesRequest, parse_messages_request
 from ...dialects import Dialect
+from ...errors import ProxyError
 from ...ids import new_id
 from ...routing import Target
 from ...tool_memo import ToolMemo
@@ -16,12 +24,28 @@ from .response import message_from_body
 from .stream import ChatFold, StreamTranslator
 
 
+log = logging.getLogger(__name__)
+
+# Fields the proxy adds on its own that an upstream may refuse for a model ("Unsupported parameter:
+# 'reasoning_effort' is not supported with this model", "Unrecognized request argument supplied",
+# a strict server's "Extra inputs are not permitted"). Without them the request means the same;
+# the others (messages, tools, stop, response_format...) carry the client's meaning and stay.
+_DROPPABLE = ("reasoning_effort", "reasoning", "thinking", "reasoning_format", "chat_template_kwargs",
+              "parallel_tool_calls", "prompt_cache_key", "session_id", "user", "stream_options", "top_k",
+              "temperature", "top_p")
+_REFUSAL_RE = re.compile(r"unsupported|unrecogni[sz]ed|not supported|unknown|extra|not permitted|not allowed",
+                         re.IGNORECASE)
+
+
 class ChatApi:
     name = "chat"
     translates = True  # the request is parsed and rewritten: local answers and local token counts apply
 
     def __init__(self, tools: ToolMemo) -> None:
         self.tools = tools  # the server's: a tool set is parsed and translated once per dialect
+        # (provider, model) -> the optional fields its upstream refused: never sent to it again.
+        self._refused: Dict[Tuple[str, str], FrozenSet[str]] = {}
+        self._lock = threading.Lock()
 
     def parse(self, body: Dict[str, Any]) -> MessagesRequest:
         return parse_messages_request(body, self.tools.parse)
@@ -36,7 +60,10 @@ class ChatApi:
         translation = to_chat_request(parsed, model=target.model, dialect=dialect, max_output_tokens=cap,
                                       stream=wants_stream, cache_key=req.cache_key, tools=tools)
         chat = translation.request
-        body = encode_body(chat.to_dict(), "tools", encoded if chat.tools is tools[0] else None)
+        payload = chat.to_dict()
+        for name in self._refused.get((target.provider.name, target.model), ()):
+            payload.pop(name, None)
+        body = encode_body(payload, "tools", encoded if chat.tools is tools[0] else None)
         azure = target.provider.azure_api_version if dialect.auth == "azure" else None
         headers = (("Content-Type", "application/json"),
                    ("Accept", "text/event-stream" if chat.stream else "application/json"))
@@ -44,6 +71,25 @@ class ChatApi:
         # Code turn) would otherwise stay alive for as long as the upstream takes to answer.
         return Exchange(chat_url(target.provider.url, target.model, azure), body, headers, chat.stream,
                         chat.max_tokens, translation.warnings, (translation.tool_names, target))
+
+    def recover(self, exc: ProxyError, req: ClientRequest, target: Target, ex: Exchange,
+                cap: Optional[int]) -> Optional[Exchange]:
+        """The request again without an optional field the upstream refused by name, or None.
+
+        The refusal is remembered for the model, so later requests do not pay a round trip for it.
+        """
+        text = getattr(exc, "upstream_message", "") or ""
+        if exc.status not in (400, 422) or not _REFUSAL_RE.search(text):
+            return None
+        sent = json.loads(ex.body)
+        named = [f for f in _DROPPABLE if f in sent and re.search(rf"(?<![\w.]){f}(?!\w)", text)]
+        if not named:
+            return None
+        key = (target.provider.name, target.model)
+        with self._lock:
+            self._refused[key] = self._refused.get(key, frozenset()) | frozenset(named)
+        log.warning("%s refused %s: sent without from now on", target.label, ", ".join(named))
+        return self.prepare(req, target, cap)
 
     def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
                   ) -> Tuple[Dict[str, Any], List[str]]:

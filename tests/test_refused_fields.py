@@ -1,0 +1,107 @@
+"""An optional field the upstream refuses by name is dropped, the request sent again, and the
+refusal remembered for that model (``ChatApi.recover``).
+
+Claude Code asks for an effort on every turn; an upstream the proxy does not recognise (a
+corporate gateway, vLLM on port 8000) gets it as ``reasoning_effort``, and OpenAI refuses that
+for a model without reasoning. Found by a walk-through as a new user: every Claude Code turn
+failed with the upstream's 400 until ``--provider openai`` was given.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+from conftest import CLIENT_KEY, minimal_request, request
+from fakes import FakeUpstream, chunk, completion, json_reply, sse_reply
+from sse_checks import assert_valid_event_sequence, events_of
+
+# OpenAI's answer for gpt-4.1 (the body as its API sends it).
+OPENAI_REFUSAL = {"error": {"message": "Unsupported parameter: 'reasoning_effort' is not supported with this model.",
+                            "type": "invalid_request_error", "param": "reasoning_effort",
+                            "code": "unsupported_parameter"}}
+# A strict pydantic server (FastAPI): 422 and the field's location.
+PYDANTIC_REFUSAL = {"detail": [{"type": "extra_forbidden", "loc": ["body", "parallel_tool_calls"],
+                                "msg": "Extra inputs are not permitted", "input": False}]}
+TOOL = {"name": "read", "description": "read a file", "input_schema": {"type": "object", "properties": {}}}
+
+
+def claude_code_turn(**overrides: Any) -> Any:
+    """What matters here of a Claude Code request: an effort, tools, one at a time."""
+    return minimal_request(output_config={"effort": "medium"}, tools=[TOOL],
+                           tool_choice={"type": "auto", "disable_parallel_tool_use": True}, **overrides)
+
+
+def ask(proxy: Any, body: Any) -> Any:
+    return request(proxy.url, "POST", "/v1/messages", body, {"x-api-key": CLIENT_KEY})
+
+
+def sent(fake: FakeUpstream) -> List[Any]:
+    return [r.json for r in fake.requests]
+
+
+def test_a_refused_reasoning_effort_is_dropped_and_remembered(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                             caplog: Any) -> None:
+    proxy = make_proxy(upstream=fake_upstream.url, model="gpt-4.1")
+    fake_upstream.push(json_reply(OPENAI_REFUSAL, status=400), json_reply(completion("first")),
+                       json_reply(completion("second")))
+    with caplog.at_level("WARNING", logger="claudeproxy"):
+        first = ask(proxy, claude_code_turn())
+    assert first.status == 200, first
+    assert first.json["content"] == [{"type": "text", "text": "first"}]
+    bodies = sent(fake_upstream)
+    assert bodies[0]["reasoning_effort"] == "medium" and "reasoning_effort" not in bodies[1]
+    assert {k: v for k, v in bodies[0].items() if k != "reasoning_effort"} == bodies[1]  # nothing else changed
+    assert any("refused reasoning_effort" in r.getMessage() for r in caplog.records)
+    # The next turn goes without it at once: one upstream call, not two.
+    second = ask(proxy, claude_code_turn())
+    assert second.status == 200 and len(fake_upstream.requests) == 3
+    assert "reasoning_effort" not in sent(fake_upstream)[2]
+
+
+def test_a_strict_servers_422_names_the_field_too(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy(upstream=fake_upstream.url, model="local-model")
+    fake_upstream.push(json_reply(PYDANTIC_REFUSAL, status=422), json_reply(completion("ok")))
+    resp = ask(proxy, claude_code_turn())
+    assert resp.status == 200, resp
+    bodies = sent(fake_upstream)
+    assert bodies[0]["parallel_tool_calls"] is False and "parallel_tool_calls" not in bodies[1]
+    assert bodies[1]["tools"] == bodies[0]["tools"]
+
+
+def test_what_is_remembered_is_per_model(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy(upstream=fake_upstream.url, model_map=(("claude-a*", "plain-model"),
+                                                              ("claude-b*", "reasoning-model")))
+    fake_upstream.push(json_reply(OPENAI_REFUSAL, status=400), json_reply(completion()), json_reply(completion()))
+    assert ask(proxy, claude_code_turn(model="claude-a-1")).status == 200
+    assert ask(proxy, claude_code_turn(model="claude-b-1")).status == 200
+    assert sent(fake_upstream)[2]["reasoning_effort"] == "medium"  # the other model still gets it
+
+
+def test_a_refused_field_the_client_means_is_not_dropped(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """Only fields the proxy adds on its own: the stop sequences are the client's."""
+    proxy = make_proxy(upstream=fake_upstream.url, model="m")
+    refusal = {"error": {"message": "Unsupported parameter: 'stop' is not supported with this model.",
+                         "type": "invalid_request_error"}}
+    fake_upstream.push(json_reply(refusal, status=400), json_reply(completion()))
+    resp = ask(proxy, claude_code_turn(stop_sequences=["END"]))
+    assert resp.status == 400 and "'stop'" in resp.json["error"]["message"]
+    assert len(fake_upstream.requests) == 1
+
+
+def test_a_400_that_names_no_field_sent_is_the_clients_error(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy(upstream=fake_upstream.url, model="m")
+    refusal = {"error": {"message": "Unsupported parameter: 'top_k' is not supported.", "type": "invalid_request_error"}}
+    fake_upstream.push(json_reply(refusal, status=400), json_reply(completion()))
+    assert ask(proxy, minimal_request()).status == 400  # no top_k was sent: nothing to drop
+    assert len(fake_upstream.requests) == 1
+
+
+def test_a_stream_request_recovers_the_same_way(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy(upstream=fake_upstream.url, model="gpt-4.1")
+    fake_upstream.push(json_reply(OPENAI_REFUSAL, status=400),
+                       sse_reply(chunk({"role": "assistant", "content": "hi"}), chunk({}, "stop")))
+    resp = ask(proxy, claude_code_turn(stream=True))
+    assert resp.status == 200 and resp.headers["content-type"].startswith("text/event-stream"), resp
+    events = events_of(resp.body)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert "reasoning_effort" not in sent(fake_upstream)[1]
