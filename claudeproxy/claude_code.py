@@ -157,7 +157,8 @@ def port_given(argv: List[str], default: int) -> int:
 def help_footer(port: int) -> str:
     """The two-line recipe that ends ``claudeproxy --help``."""
     return ("Run Claude Code through it in one step:  claudeproxy run --upstream URL --model NAME -- claude\n"
-            f"Or by hand:  ANTHROPIC_BASE_URL=http://127.0.0.1:{port} ANTHROPIC_AUTH_TOKEN=<--auth-key or any> claude")
+            f"Or by hand:  ANTHROPIC_BASE_URL=http://127.0.0.1:{port} ANTHROPIC_AUTH_TOKEN=<--auth-key or any> "
+            "CLAUDE_CODE_AUTO_MODE_SERVER=0 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_AUTOUPDATER=1 claude")
 
 
 def _wrap(text: str, indent: str = "", more: str = "") -> str:

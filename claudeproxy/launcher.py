@@ -22,11 +22,14 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import tempfile
 import threading
+import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, TextIO, Tuple
+from urllib.parse import urlsplit
 
 from . import cli
 from .claude_code import (
@@ -39,7 +42,7 @@ from .claude_code import (
     run_epilog,
 )
 from .config import Config
-from .redact import redact_text
+from .redact import redact_text, redact_url
 from .server import RunningServer, start
 from .settings_view import describe_config
 
@@ -318,6 +321,44 @@ def command_env(running: RunningServer, config: Config, environ: Mapping[str, st
     return child_env(environ, running.url, config.auth_key or "", window, cap)
 
 
+_PROBE_SECONDS = 1.5  # how long run waits, at most, to learn whether the upstreams take connections
+
+
+def unreachable_upstreams(running: RunningServer, config: Config,
+                          connect: Callable[..., Any] = socket.create_connection) -> List[str]:
+    """One line for each upstream that refuses a connection now, or whose name does not resolve.
+
+    Claude Code retries a 502 for minutes without a word on its screen, so a mistyped URL or a
+    server not started yet is said once, on the terminal, before the command starts. Nothing is
+    said through an outbound proxy (it would have to be asked), nor for an upstream that is only
+    slow: the wait is bounded and the command starts anyway.
+    """
+    if config.proxy or config.use_env_proxy:
+        return []
+    found: Dict[str, str] = {}
+
+    def probe(url: str, host: str, port: int) -> None:
+        try:
+            connect((host, port), timeout=_PROBE_SECONDS).close()
+        except (ConnectionRefusedError, socket.gaierror) as exc:
+            found[url] = exc.strerror or type(exc).__name__
+        except OSError:
+            pass  # slow, or something a retry may get past: not worth a word
+
+    threads = []
+    for provider in running.server.proxy.router.providers.values():
+        parts = urlsplit(provider.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        threads.append(threading.Thread(target=probe, args=(provider.url, parts.hostname or "", port), daemon=True))
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + _PROBE_SECONDS
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [f"cannot connect to the upstream {redact_url(url)} ({why}): requests to it will fail"
+            for url, why in sorted(found.items())]
+
+
 def _session(ns: argparse.Namespace, config: Config, typed: str, argv: List[str], environ: Mapping[str, str],
              log_path: str, stderr: TextIO) -> int:
     windows = on_windows()
@@ -336,6 +377,9 @@ def _session(ns: argparse.Namespace, config: Config, typed: str, argv: List[str]
         cli._warn_about(running.server)  # noqa: SLF001
         env = command_env(running, config, environ)
         print(f"claudeproxy: proxy on {running.url}, log in {log_path}", file=stderr, flush=True)
+        for line in unreachable_upstreams(running, config):
+            log.warning("%s", line)
+            print(f"claudeproxy: warning: {line}", file=stderr, flush=True)
         if looks_like_claude(typed) or looks_like_claude(argv[0]):
             seed_first_run_state(env, ns.trust, windows, stderr)
         stderr.flush()

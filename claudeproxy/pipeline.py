@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, cast
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import catalog
 from .anthropic_types import MessagesRequest, parse_count_tokens_request, peek_request
@@ -209,10 +209,11 @@ class Proxy:
             routed = self.router.resolve(record["model"])
             counted = None
             if routed is not None and not self._api(routed.target.api).translates:
-                record.update(local=False, upstream_model=routed.target.model)
+                record.update(local=False, upstream_model=routed.target.model,
+                              upstream_host=urlsplit(routed.target.provider.url).hostname or "")
                 counted = self._upstream_count(handler, body, routed.target)
             if counted is None:
-                record.update(local=True, upstream_model="")
+                record.update(local=True, upstream_model="", upstream_host="")
                 counted = self._local_count(body, routed)
             writer.json(200, {"input_tokens": counted})
         except Exception as exc:
@@ -390,6 +391,7 @@ class Proxy:
                 if attempt and not self._pause(failure, attempt, watch):
                     break  # the upstream asks for a longer rest than we may wait: next target
                 record.update(provider=target.provider.name, upstream_model=target.model,
+                              upstream_host=urlsplit(target.provider.url).hostname or "",
                               attempts=record.get("attempts", 0) + 1)
                 try:
                     return self._attempt(api, req, target, writer, watch, record)

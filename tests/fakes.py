@@ -401,6 +401,22 @@ def refused_port() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
+def closing_listener() -> int:
+    """A loopback port that takes connections and closes them at once, for the rest of the process.
+
+    An upstream that is there but answers nothing: ``run``'s start-up check finds it (no warning),
+    and a call to it gets a closed connection, a quick 502."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            conn, _ = listener.accept()
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True, name="closing-listener").start()
+    return int(listener.getsockname()[1])
+
+
 class ServerPool:
     """One fake upstream and the proxies started against it, kept for a whole test module.
 

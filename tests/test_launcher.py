@@ -25,15 +25,23 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
 from claudeproxy import claude_code, cli, commands, launcher
+from claudeproxy.config import Config
 from conftest import ROOT
+from fakes import closing_listener
 
 STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standin_command.py")
-NO_UPSTREAM = "http://127.0.0.1:9/v1"  # nothing listens there; the quota probe never needs it
+
+
+# run says on the terminal when an upstream refuses connections; these tests' upstream must not, so
+# that stderr holds only what they look for. The quota probe they use never calls it.
+NO_UPSTREAM = f"http://127.0.0.1:{closing_listener()}/v1"
+DEAD_UPSTREAM = "http://127.0.0.1:9/v1"  # nothing listens there: connections are refused
 STARTED_RE = re.compile(r"^claudeproxy: proxy on (http://127\.0\.0\.1:(\d+)), log in (.+)$")
 WAIT = 20.0
 
@@ -278,6 +286,52 @@ def test_the_log_format_and_bodies_options_reach_the_log(run_standin: Any, tmp_p
     assert sorted((c["status"], c["local"]) for c in calls) == [(200, True), (401, False)]
     assert any(line["logger"] == "claudeproxy.bodies" for line in lines)  # --log-bodies at the default level
     assert rec["env"]["ANTHROPIC_AUTH_TOKEN"] not in read_text(log)
+
+
+def test_an_upstream_that_refuses_connections_is_said_on_the_terminal(run_standin: Any) -> None:
+    """Claude Code retries a 502 for minutes without a word: a dead URL is said before it starts."""
+    code, err, rec = run_standin("--probe", "--exit", "0", options=("--upstream", DEAD_UPSTREAM, "--model", "m"))
+    assert code == 0, err  # the command runs all the same: the upstream may come up later
+    lines = err.splitlines()
+    assert len(lines) == 2 and STARTED_RE.match(lines[0]), err
+    assert lines[1] == (f"claudeproxy: warning: cannot connect to the upstream {DEAD_UPSTREAM} "
+                        "(Connection refused): requests to it will fail")
+    assert rec["with_token"]["status"] == 200
+
+
+class _Running:
+    """What unreachable_upstreams reads of a running server: its providers' URLs."""
+
+    def __init__(self, *urls: str) -> None:
+        providers = {u: types.SimpleNamespace(url=u) for u in urls}
+        self.server = types.SimpleNamespace(proxy=types.SimpleNamespace(router=types.SimpleNamespace(providers=providers)))
+
+
+def test_only_refusals_and_unknown_names_are_said() -> None:
+    def connect(address: Tuple[str, int], timeout: float) -> Any:
+        host, port = address
+        if host == "gone.example":
+            raise socket.gaierror(-2, "Name or service not known")
+        if host == "slow.example":
+            raise socket.timeout("timed out")  # maybe a slow network: no word
+        if port == 1:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return io.BytesIO()  # connected (has close())
+
+    running = _Running("https://gone.example/v1", "https://slow.example/v1", "http://127.0.0.1:1/v1",
+                       "https://fine.example:8443/v1?key=sk-secret-0000")
+    said = launcher.unreachable_upstreams(running, Config(), connect)  # type: ignore[arg-type]
+    assert said == ["cannot connect to the upstream http://127.0.0.1:1/v1 (Connection refused): requests to it "
+                    "will fail", "cannot connect to the upstream https://gone.example/v1 (Name or service not "
+                    "known): requests to it will fail"]
+
+
+@pytest.mark.parametrize("setting", [{"proxy": "http://127.0.0.1:3128"}, {"use_env_proxy": True}])
+def test_nothing_is_probed_through_an_outbound_proxy(setting: Dict[str, Any]) -> None:
+    def connect(address: Tuple[str, int], timeout: float) -> Any:
+        raise AssertionError("no direct connection may be tried")
+
+    assert launcher.unreachable_upstreams(_Running(DEAD_UPSTREAM), Config(**setting), connect) == []  # type: ignore
 
 
 # ---------------------------------------------------------------------------
@@ -659,7 +713,8 @@ def test_help_ends_with_the_two_line_recipe() -> None:
     assert cli.main(["--help"], environ={}, stdout=out, stderr=err) == 0
     assert out.getvalue().splitlines()[-2:] == [
         "Run Claude Code through it in one step:  claudeproxy run --upstream URL --model NAME -- claude",
-        "Or by hand:  ANTHROPIC_BASE_URL=http://127.0.0.1:8082 ANTHROPIC_AUTH_TOKEN=<--auth-key or any> claude",
+        "Or by hand:  ANTHROPIC_BASE_URL=http://127.0.0.1:8082 ANTHROPIC_AUTH_TOKEN=<--auth-key or any> "
+        "CLAUDE_CODE_AUTO_MODE_SERVER=0 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_AUTOUPDATER=1 claude",
     ]
     assert "ANTHROPIC_API_KEY" not in out.getvalue()
 

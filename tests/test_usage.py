@@ -132,6 +132,9 @@ def test_cost_and_tokens_of_a_known_session(proxy: Any, fake: FakeUpstream) -> N
     assert house[1].stream and house[1].cost_usd == pytest.approx((200 * 1.0 + 30 * 2.0 + 100 * 0.5) / 1e6)
     unpriced = by_model[("ollama", "qwen3-coder")]
     assert (unpriced.input_tokens, unpriced.output_tokens, unpriced.cost_usd) == (500, 60, None)
+    # The host that answered each upstream call; none for the proxy's own answers.
+    assert {r.upstream_host for r in proxy.records if not r.local and r.status == 200} == {"127.0.0.1"}
+    assert {r.upstream_host for r in proxy.records if r.local} == {""}
 
 
 # ---------------------------------------------------------------------------

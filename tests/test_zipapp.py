@@ -21,6 +21,7 @@ from typing import Any, Dict, List
 import pytest
 
 from conftest import ROOT, minimal_request, request
+from fakes import closing_listener
 
 STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standin_command.py")
 # The oldest and the newest supported Python; the running one when neither is installed here.
@@ -110,7 +111,8 @@ def test_it_serves_a_request_and_stops_on_sigterm(pyz: Dict[str, str]) -> None:
 def test_run_works_through_the_archive(pyz: Dict[str, str], tmp_path: Any) -> None:
     record = tmp_path / "record.json"
     log = tmp_path / "proxy.log"
-    done = run_pyz(pyz, "run", "--upstream", "http://127.0.0.1:9/v1", "--model", "gpt-4o", "--log-file", str(log),
+    done = run_pyz(pyz, "run", "--upstream", f"http://127.0.0.1:{closing_listener()}/v1", "--model", "gpt-4o",
+                   "--log-file", str(log),
                    "--", pyz["python"], STANDIN, str(record), "--probe", "--exit", "5")
     assert done.returncode == 5, done.stderr
     lines: List[str] = done.stderr.splitlines()
