@@ -265,9 +265,10 @@ def parse_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) 
     return ns, given
 
 
-# --api-key '' is how to send no key although $OPENAI_API_KEY is set; every other empty value is
-# a mistake (``--upstream "$URL"`` with URL unset would otherwise send the key to the default upstream).
-_MAY_BE_EMPTY = {"api_key"}
+# An empty value is a mistake (``--upstream "$URL"`` with URL unset would otherwise send the key to
+# the default upstream), but for these: --api-key '' sends no key although $OPENAI_API_KEY is set,
+# and --proxy '' or --usage-log '' turn off a config file's.
+_MAY_BE_EMPTY = {"api_key", "proxy", "usage_log", "metrics_file"}
 
 
 def _no_empty_values(parser: argparse.ArgumentParser, ns: argparse.Namespace, given: Set[str]) -> None:
@@ -314,10 +315,17 @@ def load_config_file(path: str, environ: Mapping[str, str], specs: Mapping[str, 
         raise UsageError(f"--config {path}: {exc}") from None
 
 
-def _merge(ns: argparse.Namespace, given: Set[str], file: Optional[FileConfig]) -> None:
-    """The file's settings, where the command line did not give the flag."""
+# Two flags for one setting: either one on the command line sets the file's other one aside too.
+_TWINS = {"usage_log": "metrics_file", "metrics_file": "usage_log",
+          "passthrough": "upstream_api", "upstream_api": "passthrough"}
+# run's own options: a config file may hold them for run; the server has no use for them.
+RUN_ONLY = {"log_file": FlagSpec("str"), "trust": FlagSpec("bool")}
+
+
+def merge_file(ns: argparse.Namespace, given: Set[str], file: Optional[FileConfig], skip: Set[str]) -> None:
+    """The file's settings, where the command line gave neither the flag nor its twin (``skip``: none of these)."""
     for dest, value in (file.settings if file else {}).items():
-        if dest not in given:
+        if dest not in given and _TWINS.get(dest) not in given and dest not in skip:
             setattr(ns, dest, value)
 
 
@@ -618,8 +626,8 @@ def _settings(argv: Optional[List[str]], environ: Mapping[str, str], stdout: Tex
     parser.out = stdout  # type: ignore[attr-defined]
     parser.epilog = help_footer(port_given(sys.argv[1:] if argv is None else argv, 8082))
     ns, given = parse_flags(parser, argv)
-    file = load_config_file(ns.config, environ, flag_specs(parser)) if ns.config else None
-    _merge(ns, given, file)
+    file = load_config_file(ns.config, environ, {**flag_specs(parser), **RUN_ONLY}) if ns.config else None
+    merge_file(ns, given, file, skip=set(RUN_ONLY))
     config = config_from_args(ns, environ, file)
     try:
         check_settings(ns, config)

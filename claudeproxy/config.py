@@ -215,19 +215,26 @@ def check_url(value: str, setting: str, credentials: bool = False) -> str:
     return url
 
 
-_ORIGIN_RE = re.compile(r"^([a-z][a-z0-9+.\-]*)://([^/?#@\s]+)/?$", re.IGNORECASE)
+# scheme://host[:port]: a name or an [IPv6] literal, no wildcard, userinfo, path or query.
+_ORIGIN_RE = re.compile(r"^([a-z][a-z0-9+.\-]*)://(\[[0-9a-f:.]+\]|[^/?#@\s*:\[\]]+)(?::(\d{1,5}))?/?$", re.IGNORECASE)
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 
 def origin_as_sent(value: str, setting: str) -> str:
-    """An allowed origin the way browsers send the Origin header: scheme://host[:port], lower case.
+    """An allowed origin the way browsers send the Origin header: scheme://host[:port], lower case,
+    without the scheme's default port.
 
     The handler compares the header with it exactly, so anything else could never match.
     """
     match = _ORIGIN_RE.match(value.strip())
-    if not match:
+    port = match.group(3) if match else None
+    if not match or (port is not None and not 0 < int(port) < 65536):
         raise ValueError(f"{setting}: expected scheme://host[:port] as a browser sends it "
                          f"(no path, no wildcard), got {value!r}")
-    return f"{match.group(1)}://{match.group(2)}".lower()
+    scheme, host = match.group(1).lower(), match.group(2).lower()
+    if port is None or _DEFAULT_PORTS.get(scheme) == port.lstrip("0"):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{int(port)}"
 
 
 def check_header(name: str, value: str, setting: str) -> Tuple[str, str]:

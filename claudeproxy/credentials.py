@@ -12,6 +12,7 @@ pipeline calls after a refusal: True when a retry with another key makes sense.
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -88,14 +89,23 @@ def command_argv(command: Any, setting: str) -> List[str]:
         try:
             argv = shlex.split(command)
         except ValueError as exc:  # "No closing quotation", "No escaped character"
-            raise ValueError(f"{setting}: cannot split {command!r} into a command: {exc}") from None
+            # Not quoted back: a command line may carry a token.
+            raise ValueError(f"{setting}: cannot split the command into words ({exc})") from None
     else:
         argv = list(command)
     if not argv:
         raise ValueError(f"{setting}: the command is empty")
-    if shutil.which(argv[0]) is None:
+    if not _runnable(argv[0]):
         raise ValueError(f"{setting}: {argv[0]}: command not found (or not executable)")
     return argv
+
+
+def _runnable(program: str) -> bool:
+    """What ``subprocess.run`` would find. On Windows it adds ``.exe`` to a path with a folder in
+    it, which ``shutil.which`` does only from Python 3.12."""
+    if shutil.which(program) is not None:
+        return True
+    return os.name == "nt" and bool(os.path.dirname(program)) and os.path.isfile(program + ".exe")
 
 
 def command_token(argv: Sequence[str], ttl: float = DEFAULT_TTL, label: str = "") -> TokenSource:

@@ -96,10 +96,8 @@ def parse_run(argv: List[str], environ: Mapping[str, str],
     if command is not None and not command:
         raise cli.UsageError(f"run: no command after --: {_USAGE}")
     file = cli.load_config_file(ns.config, environ, cli.flag_specs(parser)) if ns.config else None
-    for dest, value in (file.settings if file else {}).items():
-        # A file's port is for the standing server; run takes a free one unless told on the command line.
-        if dest not in given and dest != "port":
-            setattr(ns, dest, value)
+    # A file's port is for the standing server; run takes a free one unless told on the command line.
+    cli.merge_file(ns, given, file, skip={"port"})
     if not cli._is_loopback(ns.host):  # noqa: SLF001 - the same rule as the server's
         raise cli.UsageError(f"run: --host must be a loopback address (the proxy serves only COMMAND), got {ns.host}")
     config = cli.config_from_args(ns, environ, file)
@@ -355,7 +353,8 @@ def unreachable_upstreams(running: RunningServer, config: Config,
     deadline = time.monotonic() + _PROBE_SECONDS
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
-    return [f"cannot connect to the upstream {redact_url(url)} ({why}): requests to it will fail"
+    secrets = cli.config_secrets(config)
+    return [redact_text(f"cannot connect to the upstream {redact_url(url)} ({why}): requests to it will fail", secrets)
             for url, why in sorted(found.items())]
 
 

@@ -207,6 +207,44 @@ def test_single_upstream_flags_without_a_single_upstream_exit_2(tmp_path: Any, s
     assert run_main(["--config", file, "--upstream", "http://127.0.0.1:9/v1", *flags], {"K1": "sk-k1-000000"})[0] == 0
 
 
+def test_an_empty_proxy_or_usage_log_flag_turns_off_the_files(tmp_path: Any, served: List[Any],
+                                                              monkeypatch: Any) -> None:
+    paths: List[Any] = []
+    monkeypatch.setattr(cli, "serve", lambda config, stdout, path=None: served.append(config) or paths.append(path) or 0)
+    file = write(tmp_path, {"proxy": "http://127.0.0.1:3128", "usage_log": str(tmp_path / "u.jsonl")})
+    assert run_main(["--config", file])[0] == 0
+    assert (served[-1].proxy, paths[-1]) == ("http://127.0.0.1:3128", str(tmp_path / "u.jsonl"))
+    assert run_main(["--config", file, "--proxy", "", "--usage-log", ""])[0] == 0
+    assert (served[-1].proxy, paths[-1]) == (None, None)
+
+
+@pytest.mark.parametrize("in_file, flags", [
+    ({"metrics_file": "old.jsonl"}, ["--usage-log", "new.jsonl"]),
+    ({"upstream_api": "responses"}, ["--passthrough"]),
+    ({"passthrough": True}, ["--upstream-api", "responses"]),
+])
+def test_a_flag_sets_aside_the_files_twin(tmp_path: Any, served: List[Any], in_file: Dict[str, Any],
+                                          flags: List[str]) -> None:
+    """The command line wins over the file, also when the file spells the setting the other way."""
+    file = write(tmp_path, {"upstream": "http://127.0.0.1:9/v1", **in_file})
+    code, out, err = run_main(["--config", file, *flags])
+    assert code == 0, err
+
+
+def test_runs_own_options_in_a_file_are_left_to_run(tmp_path: Any, served: List[Any]) -> None:
+    """One file for both: the server has no use for log_file and trust, and does not refuse them."""
+    file = write(tmp_path, {"upstream": "http://127.0.0.1:9/v1", "log_file": "/tmp/x.log", "trust": True})
+    assert run_main(["--config", file])[0] == 0
+    assert_one_line_error(*run_main(["--config", write(tmp_path, {"trust": "yes"}, "bad.json")]), "trust")
+
+
+def test_runs_own_options_are_the_ones_run_adds() -> None:
+    from claudeproxy import launcher
+
+    run_specs, server_specs = cli.flag_specs(launcher.run_parser()), cli.flag_specs(cli.build_parser())
+    assert {k: v for k, v in run_specs.items() if k not in server_specs} == cli.RUN_ONLY
+
+
 @pytest.mark.parametrize("text, what", [
     ('{"port": 1,}', "line 1"),
     ('{"providers": {"a": {"url": "https://x.test"}, "a": {"url": "https://y.test"}}}', "'a' appears twice"),

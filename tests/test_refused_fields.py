@@ -9,11 +9,15 @@ failed with the upstream's 400 until ``--provider openai`` was given.
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Set
+
+import pytest
 
 from conftest import CLIENT_KEY, minimal_request, request
 from fakes import FakeUpstream, chunk, completion, json_reply, sse_reply
 from sse_checks import assert_valid_event_sequence, events_of
+
+from claudeproxy.apis.chat.api import DROPPABLE_FIELDS, refused_fields
 
 # OpenAI's answer for gpt-4.1 (the body as its API sends it).
 OPENAI_REFUSAL = {"error": {"message": "Unsupported parameter: 'reasoning_effort' is not supported with this model.",
@@ -105,3 +109,39 @@ def test_a_stream_request_recovers_the_same_way(make_proxy: Any, fake_upstream: 
     events = events_of(resp.body)
     assert_valid_event_sequence(events, allow_error=False)
     assert "reasoning_effort" not in sent(fake_upstream)[1]
+
+
+# Error messages as upstreams word them, and the fields they refuse as such (not for a value).
+MESSAGES = [
+    ("Unsupported parameter: 'reasoning_effort' is not supported with this model.", {"reasoning_effort"}),
+    ("Unrecognized request argument supplied: parallel_tool_calls", {"parallel_tool_calls"}),
+    ("Unknown parameter: 'prompt_cache_key'.", {"prompt_cache_key"}),
+    ("property 'reasoning_effort' is unsupported, did you mean 'response_format'?", {"reasoning_effort"}),
+    ('{"detail":[{"type":"extra_forbidden","loc":["body","top_k"],"msg":"Extra inputs are not permitted"}]}',
+     {"top_k"}),
+    # A refused value: the field stays (a lower effort would do; without it, none is asked for).
+    ("Unsupported value: 'reasoning_effort' does not support 'max' with this model. Supported values are: "
+     "'low', 'medium', and 'high'.", set()),
+    ("Unsupported value: 'temperature' does not support 0.7 with this model.", set()),
+    # Errors about a message that only mention a field's name.
+    ('{"detail":[{"type":"extra_forbidden","loc":["body","messages",1,"user","cache_control"],'
+     '"msg":"Extra inputs are not permitted"}]}', set()),
+    ("Invalid 'messages[1]': role 'user' content type 'input_audio' is not supported.", set()),
+    ("messages with role 'tool' must be a response to a preceeding message with 'tool_calls'", set()),
+]
+
+
+@pytest.mark.parametrize("message, fields", MESSAGES, ids=[m[0][:40] for m in MESSAGES])
+def test_which_fields_a_message_refuses(message: str, fields: Set[str]) -> None:
+    assert refused_fields(message) & set(DROPPABLE_FIELDS) == fields
+
+
+def test_a_refused_value_is_the_clients_error(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy(upstream=fake_upstream.url, model="gpt-4.1")
+    refusal = {"error": {"message": MESSAGES[5][0], "type": "invalid_request_error", "param": "reasoning_effort",
+                         "code": "unsupported_value"}}
+    fake_upstream.push(json_reply(refusal, status=400), json_reply(completion()))
+    body = claude_code_turn()
+    body["output_config"] = {"effort": "max"}
+    assert ask(proxy, body).status == 400
+    assert len(fake_upstream.requests) == 1  # not sent again, and the next turn still asks for an effort

@@ -204,10 +204,12 @@ def test_origin_is_403_unless_allowed(make_proxy: Any, fake_upstream: Any) -> No
 def test_an_origin_flag_is_written_as_browsers_send_it() -> None:
     """``--allowed-origin HTTPS://App.Example:8443/`` is kept as the Origin header a browser sends."""
     out, err = io.StringIO(), io.StringIO()
-    code = cli.main(["--port", "0", "--allowed-origin", "HTTPS://App.Example:8443/", "--print-config"], environ={},
-                    stdout=out, stderr=err)
+    code = cli.main(["--port", "0", "--allowed-origin", "HTTPS://App.Example:8443/", "--allowed-origin",
+                     "https://other.example:443", "--allowed-origin", "http://[::1]:3000", "--print-config"],
+                    environ={}, stdout=out, stderr=err)
     assert code == 0, err.getvalue()
-    assert json.loads(out.getvalue())["settings"]["allowed_origins"] == ["https://app.example:8443"]
+    assert json.loads(out.getvalue())["settings"]["allowed_origins"] == [
+        "https://app.example:8443", "https://other.example", "http://[::1]:3000"]  # no default port: browsers omit it
 
 
 def test_preflight_from_an_allowed_origin(make_proxy: Any) -> None:

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import types
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
@@ -157,8 +158,6 @@ CLI_CASES = [
     (["--azure-api-version", ""], "--azure-api-version: the value is empty"),
     (["--api-key-env", ""], "--api-key-env: the value is empty"),
     (["--api-key-command", ""], "--api-key-command: the value is empty"),
-    (["--proxy", ""], "--proxy: the value is empty"),
-    (["--usage-log", ""], "--usage-log: the value is empty"),
     (["--config", ""], "--config: the value is empty"),
     (["--allowed-host", ""], "--allowed-host: the value is empty"),
     # A key command is split and looked up at start, not at the first request.
@@ -168,6 +167,9 @@ CLI_CASES = [
     (["--allowed-origin", "*"], "--allowed-origin"),
     (["--allowed-origin", "notanorigin"], "--allowed-origin"),
     (["--allowed-origin", "https://app.example/page"], "--allowed-origin"),
+    (["--allowed-origin", "https://*.example.com"], "--allowed-origin"),
+    (["--allowed-origin", "https://app.example:"], "--allowed-origin"),
+    (["--allowed-origin", "https://app.example:70000"], "--allowed-origin"),
     # Flags that contradict each other.
     (["--passthrough", "--upstream-api", "responses"], "--passthrough"),
     (["--usage-log", "a.jsonl", "--metrics-file", "b.jsonl"], "--metrics-file"),
@@ -179,6 +181,26 @@ def test_command_line_refuses_bad_settings(served: List[Any], argv: List[str], s
     line = assert_one_line(*run_main(argv), setting)
     assert "sk-" not in line
     assert served == []
+
+
+def test_a_key_command_that_cannot_be_split_is_not_quoted_back(served: List[Any]) -> None:
+    line = assert_one_line(*run_main(["--api-key-command", '"print-key --token sk-inline-000000']),
+                           "--api-key-command: cannot split the command into words")
+    assert "sk-inline" not in line
+
+
+def test_on_windows_a_key_command_path_without_exe_is_found(monkeypatch: Any, tmp_path: Any) -> None:
+    """subprocess adds .exe to C:\\tools\\vault there; shutil.which does so only from Python 3.12."""
+    from claudeproxy import credentials
+
+    (tmp_path / "vault.exe").write_text("")
+    monkeypatch.setattr(credentials.shutil, "which", lambda name: None)
+    monkeypatch.setattr(credentials, "os", types.SimpleNamespace(name="nt", path=os.path))
+    assert credentials.command_argv([str(tmp_path / "vault"), "read"], "s") == [str(tmp_path / "vault"), "read"]
+    with pytest.raises(ValueError, match="command not found"):
+        credentials.command_argv([str(tmp_path / "other"), "read"], "s")
+    with pytest.raises(ValueError, match="command not found"):
+        credentials.command_argv(["vault"], "s")  # no folder: found on PATH or not at all
 
 
 def test_a_bad_key_in_the_environment_is_refused(served: List[Any]) -> None:

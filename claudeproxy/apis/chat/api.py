@@ -30,11 +30,29 @@ log = logging.getLogger(__name__)
 # 'reasoning_effort' is not supported with this model", "Unrecognized request argument supplied",
 # a strict server's "Extra inputs are not permitted"). Without them the request means the same;
 # the others (messages, tools, stop, response_format...) carry the client's meaning and stay.
-_DROPPABLE = ("reasoning_effort", "reasoning", "thinking", "reasoning_format", "chat_template_kwargs",
+DROPPABLE_FIELDS = ("reasoning_effort", "reasoning", "thinking", "reasoning_format", "chat_template_kwargs",
               "parallel_tool_calls", "prompt_cache_key", "session_id", "user", "stream_options", "top_k",
               "temperature", "top_p")
-_REFUSAL_RE = re.compile(r"unsupported|unrecogni[sz]ed|not supported|unknown|extra|not permitted|not allowed",
-                         re.IGNORECASE)
+# Refusals of a field as such, each capturing the field's name: OpenAI's "Unsupported parameter:
+# 'x' is not supported with this model" and "Unrecognized request argument supplied: x", others'
+# "Unknown parameter: 'x'" and "property 'x' is unsupported", and a strict server's 422 (pydantic's
+# extra_forbidden at ["body", "x"]). A refused value ("Unsupported value: 'x' does not support
+# 'max'") names the field too, but the field itself is fine there: it matches none of these.
+_FIELD_REFUSALS = (
+    re.compile(r"(?:unsupported|unrecogni[sz]ed|unknown|extra)\s+(?:request\s+)?"
+               r"(?:parameter|argument|field|key|property)s?(?:\s+supplied)?\s*:?\s*['\"`]?([A-Za-z_]\w*)", re.I),
+    re.compile(r"(?:parameter|argument|field|key|property)\s+['\"`]?([A-Za-z_]\w*)['\"`]?\s+is\s+"
+               r"(?:not\s+(?:supported|allowed|permitted|recogni[sz]ed)|unsupported|unknown)", re.I),
+)
+_EXTRA_BODY_FIELD = re.compile(r'"loc"\s*:\s*\[\s*"body"\s*,\s*"([A-Za-z_]\w*)"\s*\]')
+
+
+def refused_fields(message: str) -> FrozenSet[str]:
+    """The request fields an upstream's error message refuses as such (not for a value)."""
+    names = {m.group(1) for pattern in _FIELD_REFUSALS for m in pattern.finditer(message)}
+    if "extra" in message.lower():  # pydantic: {"type": "extra_forbidden", "loc": ["body", "x"], ...}
+        names.update(m.group(1) for m in _EXTRA_BODY_FIELD.finditer(message))
+    return frozenset(names)
 
 
 class ChatApi:
@@ -78,11 +96,12 @@ class ChatApi:
 
         The refusal is remembered for the model, so later requests do not pay a round trip for it.
         """
-        text = getattr(exc, "upstream_message", "") or ""
-        if exc.status not in (400, 422) or not _REFUSAL_RE.search(text):
+        if exc.status not in (400, 422):
             return None
-        sent = json.loads(ex.body)
-        named = [f for f in _DROPPABLE if f in sent and re.search(rf"(?<![\w.]){f}(?!\w)", text)]
+        refused = refused_fields(getattr(exc, "upstream_message", "") or "")
+        named = [f for f in DROPPABLE_FIELDS if f in refused] if refused else []
+        sent = json.loads(ex.body) if named else {}
+        named = [f for f in named if f in sent]
         if not named:
             return None
         key = (target.provider.name, target.model)
