@@ -145,3 +145,18 @@ def test_a_refused_value_is_the_clients_error(make_proxy: Any, fake_upstream: Fa
     body["output_config"] = {"effort": "max"}
     assert ask(proxy, body).status == 400
     assert len(fake_upstream.requests) == 1  # not sent again, and the next turn still asks for an effort
+
+
+def test_a_refused_max_tokens_becomes_max_completion_tokens(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """A reasoning model behind a URL the dialects do not know (a gateway): FIELD-NOTES 6."""
+    proxy = make_proxy(upstream=fake_upstream.url, model="gpt-5")
+    refusal = {"error": {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                                    "'max_completion_tokens' instead.", "type": "invalid_request_error",
+                         "param": "max_tokens", "code": "unsupported_parameter"}}
+    fake_upstream.push(json_reply(refusal, status=400), json_reply(completion("one")), json_reply(completion("two")))
+    assert ask(proxy, claude_code_turn(max_tokens=3000)).status == 200
+    assert ask(proxy, claude_code_turn(max_tokens=2000)).status == 200
+    first, second, third = sent(fake_upstream)
+    assert first["max_tokens"] == 3000 and "max_completion_tokens" not in first
+    assert second["max_completion_tokens"] == 3000 and "max_tokens" not in second
+    assert third["max_completion_tokens"] == 2000 and "max_tokens" not in third  # remembered: one call

@@ -63,6 +63,9 @@ class ChatApi:
         self.tools = tools  # the server's: a tool set is parsed and translated once per dialect
         # (provider, model) -> the optional fields its upstream refused: never sent to it again.
         self._refused: Dict[Tuple[str, str], FrozenSet[str]] = {}
+        # The models whose upstream refused max_tokens for max_completion_tokens (a reasoning model
+        # behind a URL the dialects do not know: FIELD-NOTES 6).
+        self._completion_tokens: FrozenSet[Tuple[str, str]] = frozenset()
         self._lock = threading.Lock()
 
     def parse(self, body: Dict[str, Any]) -> MessagesRequest:
@@ -79,8 +82,11 @@ class ChatApi:
                                       stream=wants_stream, cache_key=req.cache_key, tools=tools)
         chat = translation.request
         payload = chat.to_dict()
-        for name in self._refused.get((target.provider.name, target.model), ()):
+        key = (target.provider.name, target.model)
+        for name in self._refused.get(key, ()):
             payload.pop(name, None)
+        if key in self._completion_tokens and "max_tokens" in payload:
+            payload["max_completion_tokens"] = payload.pop("max_tokens")
         body = encode_body(payload, "tools", encoded if chat.tools is tools[0] else None)
         azure = target.provider.azure_api_version if dialect.auth == "azure" else None
         headers = (("Content-Type", "application/json"),
@@ -92,19 +98,25 @@ class ChatApi:
 
     def recover(self, exc: ProxyError, req: ClientRequest, target: Target, ex: Exchange,
                 cap: Optional[int]) -> Optional[Exchange]:
-        """The request again without an optional field the upstream refused by name, or None.
+        """The request again without an optional field the upstream refused as such (or with
+        max_completion_tokens for a refused max_tokens), or None.
 
         The refusal is remembered for the model, so later requests do not pay a round trip for it.
         """
-        if exc.status not in (400, 422):
+        text = getattr(exc, "upstream_message", "") or ""
+        refused = refused_fields(text) if exc.status in (400, 422) else frozenset()
+        if not refused:
             return None
-        refused = refused_fields(getattr(exc, "upstream_message", "") or "")
-        named = [f for f in DROPPABLE_FIELDS if f in refused] if refused else []
-        sent = json.loads(ex.body) if named else {}
-        named = [f for f in named if f in sent]
+        sent = json.loads(ex.body)
+        key = (target.provider.name, target.model)
+        if "max_tokens" in refused and "max_tokens" in sent and "max_completion_tokens" in text:
+            with self._lock:
+                self._completion_tokens = self._completion_tokens | {key}
+            log.warning("%s refused max_tokens: max_completion_tokens from now on", target.label)
+            return self.prepare(req, target, cap)
+        named = [f for f in DROPPABLE_FIELDS if f in refused and f in sent]
         if not named:
             return None
-        key = (target.provider.name, target.model)
         with self._lock:
             self._refused[key] = self._refused.get(key, frozenset()) | frozenset(named)
         log.warning("%s refused %s: sent without from now on", target.label, ", ".join(named))
