@@ -174,6 +174,17 @@ def error_from_status(status: int, body: bytes, headers: Any = None, secrets: Tu
     return _upstream_error(status, message, _error_dict(obj), headers)
 
 
+# An exhausted quota comes as a 429 like a rate limit, but no wait gets past it (RESPONSES.md 4):
+# the client is told not to retry, and the proxy tries the next target instead of the same again.
+_NO_RETRY_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "billing_not_active"})
+NO_RETRY = ("x-should-retry", "false")
+
+
+def says_no_retry(exc: ProxyError) -> bool:
+    """The upstream's answer says another try of the same call cannot succeed."""
+    return NO_RETRY in exc.headers
+
+
 def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], headers: Any) -> ProxyError:
     """``status`` is None for an error object that named no HTTP status."""
     if says_prompt_too_long(status, message, err):
@@ -185,6 +196,8 @@ def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], he
             f"upstream {shown}: {message}", status=shown, error_type=error_type_for_status(shown),
             headers=_retry_headers(headers),
         )
+    if err.get("code") in _NO_RETRY_CODES or err.get("type") in _NO_RETRY_CODES:
+        exc.headers = exc.headers + (NO_RETRY,)
     exc.upstream_message = message
     return exc
 

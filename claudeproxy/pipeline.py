@@ -32,6 +32,7 @@ from .errors import (
     UpstreamHTTPError,
     max_tokens_limit,
     retry_after,
+    says_no_retry,
 )
 from .ids import new_id
 from .metrics import CallRecord, Metrics, access_line
@@ -399,9 +400,12 @@ class Proxy:
                     if writer.started or not self._retryable(exc, watch):
                         raise
                     failure = exc
-                    then = ("retrying" if attempt < self.config.retries else
+                    again = attempt < self.config.retries and not says_no_retry(exc)  # not for a spent quota
+                    then = ("retrying" if again else
                             "trying the next target" if target is not last else "no target left")
                     log.warning("%s answered %s (%s); %s", target.label, exc.status, exc.message, then)
+                    if not again:
+                        break
         assert failure is not None
         raise failure
 

@@ -91,6 +91,25 @@ def test_retries_stop_after_n(make_proxy: Any, fake_upstream: FakeUpstream, capl
     assert said == ["retrying", "retrying", "no target left"]
 
 
+QUOTA = {"error": {"message": "You exceeded your current quota, please check your plan and billing details.",
+                   "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_spent_quota_is_not_retried_by_anyone(make_proxy: Any, fake_upstream: FakeUpstream, stream: bool) -> None:
+    """OpenAI's 429 insufficient_quota: no wait gets past it, so neither the proxy nor the client
+    (x-should-retry: false, which the SDKs and Claude Code obey) tries again."""
+    server = make_proxy(retries=2)
+    fake_upstream.push(json_reply(QUOTA, status=429))
+    resp = ask(server, stream=stream)
+    assert resp.status == 429 and resp.json["error"]["type"] == "rate_limit_error"
+    assert resp.headers.get("x-should-retry") == "false"
+    assert len(fake_upstream.requests) == 1
+    # A plain rate limit stays worth a retry.
+    fake_upstream.push(json_reply(BUSY, status=429, headers=(("Retry-After", "0"),)), json_reply(completion()))
+    assert ask(server).status == 200
+
+
 def test_no_retries_by_default(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
     server = make_proxy()
     fake_upstream.push(json_reply(BUSY, status=503), json_reply(completion()))
@@ -225,6 +244,18 @@ def test_a_fallback_answers_when_the_first_provider_fails(fake_upstream: FakeUps
         assert sent_keys(second_fake) == ["sk-backup-0000000000"]
         rec = records[-1]
         assert (rec.provider, rec.upstream_model, rec.attempts, rec.status) == ("backup", "model-b", 2, 200)
+    finally:
+        server.shutdown(grace=1.0)
+
+
+def test_a_spent_quota_goes_to_the_fallback_at_once(fake_upstream: FakeUpstream, second_fake: FakeUpstream) -> None:
+    server = chain(fake_upstream, second_fake, retries=2)
+    try:
+        fake_upstream.push(json_reply(QUOTA, status=429))
+        second_fake.push(json_reply(completion("from backup")))
+        resp = ask(server)
+        assert resp.status == 200 and resp.json["content"] == [{"type": "text", "text": "from backup"}]
+        assert len(fake_upstream.requests) == 1  # the primary once: no retry can get past a spent quota
     finally:
         server.shutdown(grace=1.0)
 

@@ -31,7 +31,6 @@ _STATUS_BY_CODE = {
     "overloaded": 503,
     "server_is_overloaded": 503,
 }
-_NO_RETRY_CODES = ("insufficient_quota",)
 
 
 # --------------------------------------------------------------------------
@@ -59,10 +58,8 @@ def error_for(err: Any, secrets: Tuple[str, ...] = (), default: str = "upstream 
         status = 400
     message = _text_field(err, "message") or (f"{default} ({code})" if code else default)
     # error_from_object reads the status from "code" and matches overflow codes in "type".
-    exc = error_from_object({"message": message, "code": status or 502, "type": code}, secrets)
-    if code in _NO_RETRY_CODES:
-        exc.headers = exc.headers + (("x-should-retry", "false"),)
-    return exc
+    # error_from_object adds x-should-retry: false for a code no retry gets past (insufficient_quota).
+    return error_from_object({"message": message, "code": status or 502, "type": code}, secrets)
 
 
 def failure_of(obj: Dict[str, Any], secrets: Tuple[str, ...] = ()) -> Optional[ProxyError]:
