@@ -196,7 +196,7 @@ def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], he
             f"upstream {shown}: {message}", status=shown, error_type=error_type_for_status(shown),
             headers=_retry_headers(headers),
         )
-    if err.get("code") in _NO_RETRY_CODES or err.get("type") in _NO_RETRY_CODES:
+    if any(isinstance(v, str) and v in _NO_RETRY_CODES for v in (err.get("code"), err.get("type"))):
         exc.headers = exc.headers + (NO_RETRY,)
     exc.upstream_message = message
     return exc

@@ -110,6 +110,15 @@ def test_a_spent_quota_is_not_retried_by_anyone(make_proxy: Any, fake_upstream: 
     assert ask(server).status == 200
 
 
+@pytest.mark.parametrize("code", [["insufficient_quota"], {"a": 1}, 5, None])
+def test_an_error_code_of_any_json_type_is_no_crash(make_proxy: Any, fake_upstream: FakeUpstream, code: Any) -> None:
+    """Found by the upstream fuzzer: a list as the code made the quota check raise (a 500)."""
+    server = make_proxy()
+    fake_upstream.push(json_reply({"error": {"message": "no", "type": code, "code": code}}, status=429))
+    resp = ask(server)
+    assert resp.status == 429 and resp.headers.get("x-should-retry") is None
+
+
 def test_no_retries_by_default(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
     server = make_proxy()
     fake_upstream.push(json_reply(BUSY, status=503), json_reply(completion()))
