@@ -417,13 +417,6 @@ def _checked(check: Callable[[str, str], str], value: str, setting: str) -> str:
         raise UsageError(str(exc)) from None
 
 
-def _check(value: Optional[str], setting: str) -> Optional[str]:
-    try:
-        return check_url(value, setting) if value else None
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-
 # The flags that describe the single upstream (--upstream), each with its value when not given.
 _SHORTHAND_UNSET = (("upstream_api", "chat"), ("passthrough", False), ("api_key", None), ("api_key_env", []),
                     ("api_key_command", None), ("api_key_ttl", DEFAULT_TTL), ("provider", "auto"),
@@ -458,7 +451,7 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
     return Config(
         providers=file.providers if file else (),
         routes=file.routes if file else (),
-        upstream=_check(upstream, "--upstream"),
+        upstream=_checked(check_url, upstream, "--upstream") if upstream else None,
         upstream_api=api,
         token=token,
         key_source=key_source,
@@ -474,7 +467,7 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
         max_output_tokens=ns.max_output_tokens,
         host=ns.host,
         port=ns.port,
-        proxy=_check(ns.proxy, "--proxy"),
+        proxy=_checked(check_url, ns.proxy, "--proxy") if ns.proxy else None,
         use_env_proxy=ns.use_env_proxy,
         ca_bundle=ns.ca_bundle,
         auth_key=auth_key,

@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 # a strict server's "Extra inputs are not permitted"). Without them the request means the same;
 # the others (messages, tools, stop, response_format...) carry the client's meaning and stay.
 DROPPABLE_FIELDS = ("reasoning_effort", "reasoning", "thinking", "reasoning_format", "chat_template_kwargs",
-              "parallel_tool_calls", "prompt_cache_key", "session_id", "user", "stream_options", "top_k",
-              "temperature", "top_p")
+                    "parallel_tool_calls", "prompt_cache_key", "session_id", "user", "stream_options", "top_k",
+                    "temperature", "top_p")
 # Refusals of a field as such, each capturing the field's name: OpenAI's "Unsupported parameter:
 # 'x' is not supported with this model" and "Unrecognized request argument supplied: x", others'
 # "Unknown parameter: 'x'" and "property 'x' is unsupported", and a strict server's 422 (pydantic's
