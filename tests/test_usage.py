@@ -285,7 +285,12 @@ def test_usage_totals_per_model_provider_and_day(proxy: Any, fake: FakeUpstream)
     assert providers["local"]["requests"] == 2 and providers["(none)"]["requests"] == 1
     assert [d["date"] for d in u["days"]] == [u["today"]]
     assert u["days"][0]["cost_usd"] == pytest.approx(gpt + house) and u["today_totals"]["requests"] == 9
-    assert len(u["recent"]) == 9 and u["recent"][0]["endpoint"] == "/v1/messages/count_tokens"  # newest first
+    # Newest first. The last two calls (the quota probe and count_tokens, both answered here) may
+    # be recorded in either order, since each is recorded once its answer is written.
+    assert len(u["recent"]) == 9
+    assert {(r["endpoint"], r["local"]) for r in u["recent"][:2]} == {
+        ("/v1/messages/count_tokens", True), ("/v1/messages", True)}
+    assert (u["recent"][-1]["endpoint"], u["recent"][-1]["upstream_model"]) == ("/v1/messages", "gpt-4o")  # the first call
     points = u["series"]["points"]
     assert sum(p["requests"] for p in points) == 9 and u["series"]["step_seconds"] == 1
     assert u["latency_ms"]["p50"] is not None and u["ttft_ms"]["p50"] is not None
