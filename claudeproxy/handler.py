@@ -12,6 +12,7 @@ share with the watchdog thread that sends pings.
 
 from __future__ import annotations
 
+import email.errors
 import hmac
 import http.server
 import io
@@ -45,6 +46,8 @@ _BODY_METHODS = ("POST", "PUT", "PATCH")
 _BODY_PIECE = 256 * 1024
 Route = Callable[[Any, Any], None]
 _STDLIB_5XX = {501: 405, 505: 400}  # what send_error answers instead (bad input is a 4xx)
+_BROKEN_HEADER_DEFECTS = (email.errors.MissingHeaderBodySeparatorDefect, email.errors.FirstHeaderLineIsContinuationDefect)
+_ABSOLUTE_TARGET_RE = re.compile(r"^[hH][tT][tT][pP][sS]?://([^/?#]*)([/?].*)?$")
 
 
 def _clean_header_value(value: str) -> str:
@@ -65,6 +68,8 @@ class ResponseWriter:
         self.finished = False
         self.last_write = time.monotonic()
         self._chunked = handler.request_version == "HTTP/1.1"
+        # A HEAD answer is the GET answer's head alone: a body would be read as the next response.
+        self._head_only = getattr(handler, "command", None) == "HEAD"
         # Added to every response head (CORS headers for an allowed Origin).
         self.extra_headers: List[Tuple[str, str]] = []
 
@@ -101,7 +106,7 @@ class ResponseWriter:
             if self.started:
                 return
             self.status = status
-            self._write(self._head(status, head) + body)
+            self._write(self._head(status, head) + (b"" if self._head_only else body))
         self._handler.log_request(status, len(body))
 
     def empty(self, status: int, headers: Headers = ()) -> None:
@@ -159,7 +164,7 @@ class ResponseWriter:
             if self.started:
                 return
             self.status = status
-            self._write(self._head(status, head) + body)
+            self._write(self._head(status, head) + (b"" if self._head_only else body))
         self._handler.log_request(status, len(body))
 
     def end_stream(self) -> None:
@@ -201,6 +206,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
     server_version = "claudeproxy"
     sys_version = ""
     disable_nagle_algorithm = True  # small SSE writes must not wait for ACKs
+    target_host: Optional[str] = None  # the host of an absolute-form target ("POST http://host/path")
 
     # ------------------------------------------------------------------
     # Connection set-up and the per-request deadline.
@@ -220,6 +226,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         self._reader.deadline = time.monotonic() + self.server.config.client_request_deadline  # type: ignore[attr-defined]
         self._body_consumed = False
         self._body = None
+        self.target_host = None
         try:
             super().handle_one_request()
         except (socket.timeout, ConnectionError):
@@ -253,14 +260,40 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         Bad input is never a 5xx (the SDKs retry those): the stdlib's 501 for an
         unknown method becomes 405, its 505 for an HTTP version other than 1.x a 400.
         """
+        headers: List[Tuple[str, str]] = []
+        if code == 501 and getattr(self, "path", None):  # an unknown method, on a path we may know
+            allowed = self.server.proxy.allowed_methods(self.path.split("?", 1)[0])  # type: ignore[attr-defined]
+            path = self.path.split("?", 1)[0]
+            code, message = (405, f"method {self.command} not allowed for {path}") if allowed else (404, f"not found: {path}")
+            headers = [("Allow", ", ".join(allowed))] if allowed else []
         code = _STDLIB_5XX.get(code, code)
         self.close_connection = True
         writer = ResponseWriter(self, new_request_id())
         text = message or self.responses.get(code, ("error",))[0]
         try:
-            writer.json(code, error_payload(error_type_for_status(code), text, writer.request_id))
+            writer.json(code, error_payload(error_type_for_status(code), text, writer.request_id), headers)
         except ClientGone:
             pass
+
+    def parse_request(self) -> bool:
+        """The stdlib's parse, stricter where it is lenient, and the absolute form of a target accepted.
+
+        A header line without a colon ends the stdlib's header parse silently: every header after
+        it (a ``Content-Length``, a ``Connection: close``) would be ignored and the body read as
+        the next request. RFC 9112 3.2.2: a server must accept ``POST http://host/v1/messages``
+        and take the host from it, not from ``Host``.
+        """
+        if not super().parse_request():
+            return False
+        if any(isinstance(d, _BROKEN_HEADER_DEFECTS) for d in self.headers.defects):
+            self.send_error(400, "malformed header line (no colon) in the request head")
+            return False
+        match = _ABSOLUTE_TARGET_RE.match(self.path)
+        if match:
+            rest = match.group(2) or "/"
+            self.path = rest if rest.startswith("/") else "/" + rest
+            self.target_host = match.group(1)
+        return True
 
     # ------------------------------------------------------------------
     # Dispatch.
@@ -429,7 +462,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         writer.empty(204, headers)
 
     def _host_allowed(self, config: Any) -> bool:
-        host = (self.headers.get("Host") or "").strip()
+        host = (self.target_host if self.target_host is not None else self.headers.get("Host") or "").strip()
         match = _HOST_RE.match(host)
         if not match:
             return False

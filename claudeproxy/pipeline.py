@@ -109,6 +109,7 @@ class Proxy:
     # Routing of paths.
 
     def route(self, method: str, path: str) -> Optional[Route]:
+        method = "GET" if method == "HEAD" else method  # the handler's writer leaves the body out
         if method == "GET" and path.startswith("/v1/models/") and len(path) > len("/v1/models/"):
             return self.get_model
         return self.routes.get((method, path.rstrip("/") or "/"))
@@ -116,8 +117,9 @@ class Proxy:
     def allowed_methods(self, path: str) -> List[str]:
         path = path.rstrip("/") or "/"
         if path.startswith("/v1/models/"):
-            return ["GET"]
-        return sorted(m for (m, p) in self.routes if p == path)
+            return ["GET", "HEAD"]
+        allowed = {m for (m, p) in self.routes if p == path}
+        return sorted(allowed | {"HEAD"} if "GET" in allowed else allowed)
 
     # ------------------------------------------------------------------
     # Small endpoints.

@@ -389,8 +389,8 @@ def test_unknown_path_is_404_not_found(url: str, method: str, path: str) -> None
     ("GET", "/v1/messages", "POST"),
     ("PUT", "/v1/messages", "POST"),
     ("GET", "/v1/messages/count_tokens", "POST"),
-    ("POST", "/v1/models", "GET"),
-    ("DELETE", "/health", "GET"),
+    ("POST", "/v1/models", "GET, HEAD"),
+    ("DELETE", "/health", "GET, HEAD"),
 ])
 def test_wrong_method_is_405_with_allow(url: str, method: str, path: str, allow: str) -> None:
     resp = request(url, method, path, body=b"{}" if method in ("POST", "PUT") else None)
@@ -466,9 +466,82 @@ def test_unsupported_http_version_is_400_json(url: str) -> None:
 
 @pytest.mark.parametrize("method", ["FOO", "post", "TRACE", "CONNECT"])
 def test_unknown_method_is_405_json(url: str, method: str) -> None:
-    # Not the stdlib's 501 (a 5xx the SDKs would retry).
+    # Not the stdlib's 501 (a 5xx the SDKs would retry); RFC 9110 15.5.6: a 405 says what is allowed.
     resp = raw_request(url, http_bytes(method, "/v1/messages", [("Host", "127.0.0.1"), ("Content-Length", "0")]))
     assert_error(resp, 405, "invalid_request_error")
+    assert resp.headers["allow"] == "POST"
+
+
+def test_unknown_method_on_an_unknown_path_is_404(url: str) -> None:
+    resp = raw_request(url, http_bytes("FOO", "/nowhere", [("Host", "127.0.0.1")]))
+    assert_error(resp, 404, "not_found_error")
+
+
+def _head_then_get(url: str, path: str) -> Tuple[bytes, Optional[RawResponse]]:
+    """A HEAD and a GET pipelined on one connection: the HEAD's head, and the GET's answer after it
+    (None when the HEAD's answer closed the connection, as a 405 does).
+
+    A HEAD answer that carried a body would put those bytes before the GET's status line.
+    """
+    with connect(url) as sock:
+        sock.sendall(http_bytes("HEAD", path, [("Host", "127.0.0.1")]) + http_bytes("GET", "/health", [("Host", "127.0.0.1")]))
+        buf = b""
+        deadline = time.monotonic() + 5
+        while b"\r\n\r\n" not in buf:
+            buf += _recv(sock, deadline, buf)
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        if b"Connection: close" in head:
+            while not peer_closed(sock):
+                rest += sock.recv(65536)
+            assert rest == b"", rest[:200]
+            return head, None
+        return head, read_response(_Prefixed(sock, rest))  # type: ignore[arg-type]
+
+
+class _Prefixed:
+    """A socket whose first bytes were read already (for ``read_response``)."""
+
+    def __init__(self, sock: socket.socket, pending: bytes) -> None:
+        self.sock, self.pending = sock, pending
+
+    def settimeout(self, value: float) -> None:
+        self.sock.settimeout(value)
+
+    def recv(self, n: int) -> bytes:
+        data, self.pending = (self.pending, b"") if self.pending else (self.sock.recv(n), b"")
+        return data
+
+
+@pytest.mark.parametrize("path", ["/health", "/v1/models", "/v1/models/claude-x", "/nowhere", "/v1/messages"])
+def test_head_answers_with_the_head_alone(url: str, path: str) -> None:
+    """RFC 9110 9.3.2: a HEAD answer has no content; GET routes answer HEAD like GET, with the GET's length."""
+    head, after = _head_then_get(url, path)
+    status = int(head.split(b" ", 2)[1])
+    lines = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    if path == "/v1/messages":
+        assert status == 405 and lines[b"Allow"] == b"POST" and after is None
+        return
+    get = request(url, "GET", path)
+    assert status == get.status
+    assert int(lines[b"Content-Length"]) == len(get.body) > 0
+    assert after is not None and after.status == 200 and json.loads(after.body) == {"status": "ok"}
+
+
+def test_header_line_without_colon_is_400(url: str) -> None:
+    """The stdlib stops reading headers at such a line: the Content-Length after it would be lost and
+    the body read as the next request."""
+    data = b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nnot a header\r\nContent-Length: 2\r\n\r\n{}"
+    resp = raw_request(url, data)
+    assert_error(resp, 400, "invalid_request_error")
+    assert "no colon" in json.loads(resp.body)["error"]["message"]
+
+
+def test_absolute_form_target_is_served_and_its_host_checked(url: str) -> None:
+    """RFC 9112 3.2.2: the host comes from the target, not from Host (which the rebinding check reads)."""
+    ok = raw_request(url, b"GET http://127.0.0.1/health HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+    assert ok.status == 200 and json.loads(ok.body) == {"status": "ok"}
+    refused = raw_request(url, b"GET http://evil.example/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert_error(refused, 403, "permission_error")
 
 
 # ---------------------------------------------------------------------------
