@@ -40,7 +40,7 @@ from .model_facts import PRICES_CHECKED, ModelFacts
 from .observe import ObservedFold, bodies_logged, log_body
 from .prompt_cache import session_cache_key
 from .relay import Relay
-from .replies import events_for_message, local_message
+from .replies import events_for_message, is_quota_probe, local_message
 from .routing import Routed, Target, build_router
 from .tokens import estimate_input_tokens, tools_chars
 from .tool_memo import ToolMemo
@@ -209,7 +209,7 @@ class Proxy:
             body = handler.read_json_body()
             self._log_body("client request body", body)
             record["model"], _ = peek_request(body)
-            routed = self.router.resolve(record["model"])
+            routed = self._resolve(record["model"])  # a model no route serves is a 404, as for /v1/messages
             counted = None
             if routed is not None and not self._api(routed.target.api).translates:
                 record.update(local=False, upstream_model=routed.target.model,
@@ -226,11 +226,9 @@ class Proxy:
             record.setdefault("status", writer.status or 499)
             self._record(record, routed, started, writer.request_id)
 
-    def _local_count(self, body: Dict[str, Any], routed: Optional[Routed]) -> int:
+    def _local_count(self, body: Dict[str, Any], routed: Routed) -> int:
         """The local estimate, scaled by what the routed model's own counts taught (``calibration.py``)."""
         raw = self._raw_estimate(parse_count_tokens_request(body, self.tools.parse))
-        if routed is None:
-            return raw
         return self.calibration.estimate((routed.target.provider.name, routed.target.model), raw)
 
     def _upstream_count(self, handler: Any, body: Dict[str, Any], target: Target) -> Optional[int]:
@@ -343,8 +341,9 @@ class Proxy:
             # No target forwards the JSON: its dicts and lists go now, not when the upstream has
             # answered (the parsed request holds the strings it needs; ~25 KiB a Claude Code turn).
             req.body.clear()
-        if req.parsed is not None and req.parsed.max_tokens in (0, 1):
-            # max_tokens 1 is Claude Code's quota probe; 0 only warms a cache. Neither needs the upstream.
+        if req.parsed is not None and (req.parsed.max_tokens == 0 or is_quota_probe(req.parsed)):
+            # Claude Code's quota probe, and max_tokens 0, which only warms a cache: neither needs
+            # the upstream. Any other one-token request is a question (a yes/no classifier) and goes.
             text, reason = ("ok", "end_turn") if req.parsed.max_tokens == 1 else ("", "max_tokens")
             record.update(local=True, stop_reason=reason)
             self._reply(req, writer, local_message(req.model, text, reason, (1, 1) if text else (0, 0)))

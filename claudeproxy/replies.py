@@ -10,9 +10,22 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Tuple
 
+from .anthropic_types import MessagesRequest, TextBlock
 from .ids import new_id
 
 Event = Dict[str, Any]
+
+
+def is_quota_probe(req: MessagesRequest) -> bool:
+    """Claude Code's quota probe: ``max_tokens: 1`` and one user message, ``quota``.
+
+    Only that shape is answered locally: another one-token request is a real question (a yes/no
+    classifier, a label) and an invented "ok" would be a wrong answer.
+    """
+    if req.max_tokens != 1 or len(req.messages) != 1 or req.messages[0].role != "user":
+        return False
+    blocks = req.messages[0].content
+    return len(blocks) == 1 and isinstance(blocks[0], TextBlock) and blocks[0].text.strip() == "quota"
 
 
 def local_message(model: str, text: str, stop_reason: str, usage: Tuple[int, int]) -> Dict[str, Any]:

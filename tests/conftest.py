@@ -79,6 +79,11 @@ def minimal_request(**overrides: Any) -> Dict[str, Any]:
     return body
 
 
+def quota_probe(**overrides: Any) -> Dict[str, Any]:
+    """Claude Code's quota probe, the one request the proxy answers itself ("ok", no upstream call)."""
+    return minimal_request(max_tokens=1, messages=[{"role": "user", "content": "quota"}], **overrides)
+
+
 def _shares_servers(request: Any) -> bool:
     """A module that sets ``SHARED_SERVERS = True`` gets one fake and its proxies for all its tests."""
     return bool(getattr(request.module, "SHARED_SERVERS", False))

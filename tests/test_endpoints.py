@@ -18,12 +18,13 @@ from typing import Any, Dict, List
 
 import prom
 import pytest
-from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
-from fakes import json_reply
+from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, quota_probe, request
+from fakes import completion, json_reply
 from sse_checks import assert_valid_event_sequence, events_of, final_message
 from test_http_errors import REQUEST_ID_RE, assert_error
 from test_server import wait_for
 
+from claudeproxy.config import Provider, Route, RouteTarget
 from claudeproxy.model_facts import builtin_facts
 
 SHARED_SERVERS = True  # one fake upstream and its proxies serve the whole module (conftest)
@@ -107,6 +108,17 @@ def test_count_tokens_bad_body_is_400_naming_the_field(post: Any, fake_upstream:
     message = assert_error(resp, 400, "invalid_request_error")
     assert message.startswith(path + ":"), message
     assert fake_upstream.requests == []
+
+
+def test_count_tokens_for_a_model_no_route_serves_is_404(make_proxy: Any, fake_upstream: Any) -> None:
+    """As /v1/messages answers it: a count for a model the proxy cannot serve would mislead."""
+    provider = Provider("openai", fake_upstream.url)
+    proxy = make_proxy(upstream=None, providers=(provider,), routes=(Route("haiku", RouteTarget("openai", "small")),))
+    body = {"model": "claude-opus-4-1", "messages": [{"role": "user", "content": "x"}]}
+    counted = request(proxy.url, "POST", "/v1/messages/count_tokens", body)
+    assert assert_error(counted, 404, "not_found_error") == assert_error(
+        request(proxy.url, "POST", "/v1/messages", {**body, "max_tokens": 10}), 404, "not_found_error")
+    assert request(proxy.url, "POST", "/v1/messages/count_tokens", {**body, "model": "claude-haiku-4-5"}).status == 200
 
 
 def test_count_tokens_does_not_need_max_tokens(post: Any) -> None:
@@ -243,7 +255,7 @@ def test_metrics_totals_and_sink(make_proxy: Any, fake_upstream: Any) -> None:
     send = lambda body: request(proxy.url, "POST", "/v1/messages", body)  # noqa: E731
     ok = send(minimal_request())
     assert ok.status == 200, ok
-    assert send(minimal_request(max_tokens=1)).status == 200  # the quota probe: local
+    assert send(quota_probe()).status == 200  # the quota probe: local
     fake_upstream.push(json_reply({"error": {"message": "boom"}}, status=500))
     assert send(minimal_request()).status == 500
     # A call is recorded just after its answer is written: the client may be quicker.
@@ -272,7 +284,7 @@ def test_metrics_totals_and_sink(make_proxy: Any, fake_upstream: Any) -> None:
 
 
 def test_quota_probe_is_answered_locally(post: Any, fake_upstream: Any) -> None:
-    resp = post(minimal_request(max_tokens=1, messages=[{"role": "user", "content": "quota"}]))
+    resp = post(quota_probe())
     assert resp.status == 200, resp
     body = resp.json
     assert body["type"] == "message" and body["role"] == "assistant" and body["model"] == "claude-test"
@@ -282,8 +294,17 @@ def test_quota_probe_is_answered_locally(post: Any, fake_upstream: Any) -> None:
     assert fake_upstream.requests == []
 
 
+@pytest.mark.parametrize("content", ["Is 7 even? Answer Y or N.", [{"type": "text", "text": "quota"}, {"type": "text", "text": "?"}]])
+def test_other_one_token_requests_go_upstream(post: Any, fake_upstream: Any, content: Any) -> None:
+    """A one-token question (a classifier) gets the model's answer, not an invented "ok"."""
+    fake_upstream.push(json_reply(completion("N")))
+    resp = post(minimal_request(max_tokens=1, messages=[{"role": "user", "content": content}]))
+    assert resp.status == 200 and resp.json["content"] == [{"type": "text", "text": "N"}]
+    assert len(fake_upstream.requests) == 1 and fake_upstream.last.json["max_tokens"] == 1
+
+
 def test_quota_probe_streamed(post: Any, fake_upstream: Any) -> None:
-    resp = post(minimal_request(max_tokens=1, stream=True))
+    resp = post(quota_probe(stream=True))
     assert resp.status == 200, resp
     assert resp.headers["content-type"].startswith("text/event-stream")
     events = events_of(resp.body)
@@ -294,7 +315,7 @@ def test_quota_probe_streamed(post: Any, fake_upstream: Any) -> None:
 
 def test_quota_probe_still_needs_the_client_key(make_proxy: Any, fake_upstream: Any) -> None:
     proxy = make_proxy(auth_key=CLIENT_KEY)
-    body = minimal_request(max_tokens=1)
+    body = quota_probe()
     assert_error(request(proxy.url, "POST", "/v1/messages", body), 401, "authentication_error")
     assert request(proxy.url, "POST", "/v1/messages", body, {"x-api-key": CLIENT_KEY}).status == 200
     assert fake_upstream.requests == []
@@ -327,7 +348,7 @@ def test_keep_alive_serves_several_requests_on_one_connection(proxy: Any, fake_u
         assert first.status == 200 and json.loads(first.read())["content"][0]["text"] == "Hello!"
         sock = conn.sock
         assert sock is not None and not first.will_close
-        conn.request("POST", "/v1/messages?beta=true", json.dumps(minimal_request(stream=True, max_tokens=1)),
+        conn.request("POST", "/v1/messages?beta=true", json.dumps(quota_probe(stream=True)),
                      {"Content-Type": "application/json"})
         second = conn.getresponse()
         assert second.status == 200
@@ -346,7 +367,7 @@ def test_accepted_sockets_have_nodelay_and_requests_are_not_delayed(proxy: Any) 
     try:
         started = time.monotonic()
         for _ in range(10):
-            conn.request("POST", "/v1/messages", json.dumps(minimal_request(max_tokens=1)),
+            conn.request("POST", "/v1/messages", json.dumps(quota_probe()),
                          {"Content-Type": "application/json"})
             resp = conn.getresponse()
             assert resp.status == 200

@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 import claudeproxy
-from conftest import CLIENT_KEY, UPSTREAM_KEY, Response, minimal_request, request
+from conftest import CLIENT_KEY, UPSTREAM_KEY, Response, minimal_request, quota_probe, request
 from fakes import FakeUpstream, completion, json_reply
 from sse_checks import assert_valid_event_sequence, events_of
 
@@ -336,7 +336,7 @@ def test_body_shorter_than_its_length_is_not_a_hang(url: str) -> None:
 
 
 def test_expect_100_continue_for_a_normal_body(url: str) -> None:
-    body = json.dumps(minimal_request(max_tokens=1)).encode()
+    body = json.dumps(quota_probe()).encode()
     head = http_bytes("POST", "/v1/messages", [("Host", "127.0.0.1"), ("Content-Type", "application/json"),
                                                ("Content-Length", str(len(body))), ("Expect", "100-continue")])
     with connect(url) as sock:
@@ -355,7 +355,7 @@ def test_expect_100_continue_for_a_normal_body(url: str) -> None:
 
 
 def test_http_1_0_client_gets_a_closed_delimited_stream(url: str, fake_upstream: Any) -> None:
-    body = json.dumps(minimal_request(max_tokens=1, stream=True)).encode()
+    body = json.dumps(quota_probe(stream=True)).encode()
     data = http_bytes("POST", "/v1/messages", [("Host", "127.0.0.1"), ("Content-Type", "application/json"),
                                                ("Content-Length", str(len(body)))], body)
     with connect(url) as sock:

@@ -16,7 +16,7 @@ import time
 from typing import Any, Dict, List
 
 import pytest
-from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, record_for, request
+from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, quota_probe, record_for, request
 from fakes import Fault, Gate, Reply, Sleep, StreamClient, json_reply
 from sse_checks import assert_valid_event_sequence, final_message
 
@@ -519,7 +519,7 @@ def test_passthrough_has_no_module_of_its_own() -> None:
 def test_quota_probe_reaches_a_messages_upstream(through, fake_upstream):
     """The quota probe is only answered locally where the proxy translates; a native upstream answers it."""
     fake_upstream.push(json_reply(ANSWER))
-    assert post(through, minimal_request(max_tokens=1)).status == 200
+    assert post(through, quota_probe()).status == 200
     assert len(fake_upstream.requests) == 1
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import pytest
 
 import claudeproxy
-from conftest import UPSTREAM_KEY, minimal_request, request
+from conftest import UPSTREAM_KEY, minimal_request, quota_probe, request
 from fakes import FakeUpstream, Gate, Reply, Sleep, chunk, completion, json_reply, sse_reply
 from sse_checks import assert_valid_event_sequence, dechunk, events_of, final_message
 from test_http_errors import assert_error, connect, json_post, peer_closed, read_response
@@ -216,7 +216,7 @@ def test_threads_return_to_baseline_after_requests(servers: Any, fake_upstream: 
     assert _threads_settle(threading.active_count())
     baseline = threading.active_count()
     fake_upstream.push(sse_reply(chunk({"content": "a"}), chunk({}, "stop")))
-    for body in (minimal_request(stream=True), minimal_request(), minimal_request(max_tokens=1)):
+    for body in (minimal_request(stream=True), minimal_request(), quota_probe()):
         assert request(server.url, "POST", "/v1/messages", body).status == 200
     # A client that goes away mid-request and one that never sends anything.
     with connect(server.url) as sock:

@@ -26,7 +26,7 @@ from claudeproxy.cost import call_cost
 from claudeproxy.metrics import CallRecord, Metrics, access_line
 from claudeproxy.model_facts import PRICES_CHECKED, ModelFacts, builtin_facts
 from claudeproxy.usage_page import page_headers, render
-from conftest import UPSTREAM_KEY, minimal_request, request
+from conftest import UPSTREAM_KEY, minimal_request, quota_probe, request
 from fakes import FakeUpstream, Gate, Sleep, chunk, completion, json_reply, sse_reply
 
 KEY = claudeproxy.static_token(UPSTREAM_KEY)
@@ -91,7 +91,7 @@ def known_session(proxy: Any, fake: FakeUpstream) -> None:
     assert post(proxy, minimal_request(model="qwen3-coder")).status == 200
     assert post(proxy, minimal_request(model="qwen3-coder")).status == 429
     assert post(proxy, b"{not json").status == 400
-    assert post(proxy, minimal_request(model="claude-opus-4-1", max_tokens=1)).status == 200
+    assert post(proxy, quota_probe(model="claude-opus-4-1")).status == 200
     assert post(proxy, {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]},
                 "/v1/messages/count_tokens").status == 200
     # A call is recorded once its answer is written, so a quick next call (another connection,

@@ -20,7 +20,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from conftest import ROOT, minimal_request, request
+from conftest import ROOT, quota_probe, request
 from fakes import closing_listener
 
 STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standin_command.py")
@@ -95,7 +95,7 @@ def test_it_serves_a_request_and_stops_on_sigterm(pyz: Dict[str, str]) -> None:
         line = proc.stdout.readline()  # type: ignore[union-attr]
         match = re.match(r"^claudeproxy listening on (http://127\.0\.0\.1:\d+) -> http://127\.0\.0\.1:9/v1$", line)
         assert match, line
-        resp = request(match.group(1), "POST", "/v1/messages", minimal_request(max_tokens=1))
+        resp = request(match.group(1), "POST", "/v1/messages", quota_probe())
         assert resp.status == 200, resp
         assert resp.json["content"] == [{"type": "text", "text": "ok"}]
         proc.send_signal(signal.SIGTERM)

@@ -358,7 +358,7 @@ def test_beta_messages_with_betas_header(client: Any, fake_upstream: Any) -> Non
 
 def test_quota_probe_is_answered_locally(client: Any, fake_upstream: Any) -> None:
     """Case 6: Claude Code's ``max_tokens: 1`` probe parses as a normal Message without an upstream call."""
-    msg = create(client, max_tokens=1)
+    msg = create(client, max_tokens=1, messages=[{"role": "user", "content": "quota"}])
     assert isinstance(msg, Message) and msg.stop_reason in ("end_turn", "max_tokens")
     assert fake_upstream.requests == []
 

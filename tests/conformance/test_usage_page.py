@@ -30,7 +30,7 @@ import pytest
 
 import claudeproxy
 from claudeproxy.config import Provider, Route, RouteTarget
-from conftest import UPSTREAM_KEY, minimal_request, request
+from conftest import UPSTREAM_KEY, minimal_request, quota_probe, request
 from fakes import FakeUpstream, Reply, Sleep, chunk, completion, json_reply, sse_reply
 
 pytestmark = pytest.mark.conformance
@@ -103,7 +103,7 @@ def run_session(url: str) -> List[int]:
         if i % 6 == 2:
             counted = request(url, "POST", "/v1/messages/count_tokens", {"model": model, "messages": body["messages"]})
             statuses.append(counted.status)
-    statuses.append(request(url, "POST", "/v1/messages", minimal_request(model="claude-haiku-4-5", max_tokens=1)).status)
+    statuses.append(request(url, "POST", "/v1/messages", quota_probe(model="claude-haiku-4-5")).status)
     statuses.append(request(url, "POST", "/v1/messages", {"model": "claude-sonnet-4-5", "messages": "oops"}).status)
     return statuses
 
