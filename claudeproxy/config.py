@@ -14,6 +14,7 @@ import re
 from typing import Callable, Optional, Tuple
 from urllib.parse import urlsplit
 
+from .dialects import DEFAULT_AZURE_API_VERSION
 from .model_facts import ModelFacts
 from .redact import redact_url
 
@@ -75,7 +76,7 @@ class Provider:
     anthropic_beta: str = "auto"
     # Betas forwarded even when the policy drops the rest.
     allowed_betas: Tuple[str, ...] = ()
-    azure_api_version: str = "2024-10-21"
+    azure_api_version: str = DEFAULT_AZURE_API_VERSION
     # Cap for max_tokens on every model of this provider (a model's own cap may be lower).
     max_output_tokens: Optional[int] = None
 
@@ -122,7 +123,7 @@ class Config:
     # Provider dialect name (see dialects.py); None = detect from the upstream URL.
     provider: Optional[str] = None
     headers: Tuple[Tuple[str, str], ...] = ()
-    azure_api_version: str = "2024-10-21"
+    azure_api_version: str = DEFAULT_AZURE_API_VERSION
     upstream_auth: Optional[str] = None
     # Upstream model for every request; None passes the client's model through.
     model: Optional[str] = None

@@ -78,6 +78,10 @@ class Dialect:
     # documents none: prompt_cache_key (OpenAI, Azure OpenAI, Mistral) or session_id
     # (OpenRouter's sticky routing key, which keeps a session on the provider with its cache).
     cache_key_field: Optional[str] = None
+    # The api-version an Azure deployment of this model needs when the provider keeps the
+    # default one: o-series and gpt-5 deployments answer 400 "enabled only for api versions
+    # 2024-12-01-preview and later" to the GA 2024-10-21.
+    azure_api_version: Optional[str] = None
 
 
 _BASE = Dialect()
@@ -128,6 +132,9 @@ DIALECTS: Dict[str, Dialect] = {
     "llamacpp": dataclasses.replace(_BASE, name="llamacpp", reasoning="none", think_tags=True, max_stop=None),
 }
 
+# Azure OpenAI's newest GA data-plane version (learn.microsoft.com azure/ai-foundry/openai/reference).
+DEFAULT_AZURE_API_VERSION = "2024-10-21"
+
 # Model-specific overrides: (dialect names, model regex, changes). OpenAI's
 # reasoning models reject max_tokens, temperature and top_p (FIELD-NOTES 6).
 _OPENAI_REASONING = {
@@ -135,6 +142,7 @@ _OPENAI_REASONING = {
     "drop_sampling": True,
     "system_role": "developer",
     "reasoning": "effort",
+    "azure_api_version": "2025-04-01-preview",
 }
 # What an OpenAI model gets on Azure too (learn.microsoft.com azure/foundry/openai/how-to/prompt-caching).
 _OPENAI_MODEL = {"cache_key_field": "prompt_cache_key", "merge_user_turns": False}
@@ -143,7 +151,6 @@ MODEL_RULES: Tuple[Tuple[Tuple[str, ...], str, Dict[str, object]], ...] = (
     (("openai", "azure"), r"^(o\d|gpt-5|codex)", {**_OPENAI_REASONING, **_OPENAI_MODEL}),
     (("azure",), r"^(gpt-|chatgpt-)", _OPENAI_MODEL),
     (("openrouter",), r"^openai/(o\d|gpt-5)", {"drop_sampling": True}),
-    (("deepseek",), r"^deepseek-reasoner", {"reasoning_history": "drop"}),
 )
 
 # Upstream host -> dialect (first match wins).
@@ -181,6 +188,13 @@ def detect_provider(upstream_url: str) -> str:
     except ValueError:
         port = None
     return _PORT_RULES.get(port or 0, "generic")
+
+
+def azure_api_version(setting: str, dialect: Dialect) -> str:
+    """The api-version to send: the setting, unless it is the GA default a model cannot use."""
+    if dialect.azure_api_version and setting == DEFAULT_AZURE_API_VERSION:
+        return dialect.azure_api_version
+    return setting
 
 
 def dialect_for(provider: str, model: str) -> Dialect:

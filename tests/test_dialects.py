@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from claudeproxy.dialects import DIALECTS, Dialect, detect_provider, dialect_for, effort_for_budget
+from claudeproxy.dialects import DIALECTS, Dialect, azure_api_version, detect_provider, dialect_for, effort_for_budget
 from claudeproxy.apis.chat.request import REASONING_STYLES
 
 DETECT_CASES = [
@@ -110,10 +110,21 @@ def test_model_rules_apply_only_to_their_providers() -> None:
         assert dialect_for(provider, "o3").max_tokens_field == "max_tokens", provider
 
 
-def test_deepseek_generations() -> None:
-    assert dialect_for("deepseek", "deepseek-reasoner").reasoning_history == "drop"
-    assert dialect_for("deepseek", "deepseek-chat").reasoning_history == "reasoning_content_all"
-    assert dialect_for("deepseek", "deepseek-v4").reasoning_history == "reasoning_content_all"
+def test_deepseek_thinking_mode_gets_its_reasoning_back() -> None:
+    """deepseek-reasoner is V4-flash's thinking mode now (model_facts): a tool-call turn without its
+    reasoning_content is a 400 there (PROTOCOL.md 5.4), as for every V3.2/V4 model."""
+    for model in ("deepseek-reasoner", "deepseek-chat", "deepseek-v4-pro"):
+        assert dialect_for("deepseek", model).reasoning_history == "reasoning_content_all", model
+
+
+@pytest.mark.parametrize("model,setting,sent", [
+    ("o3", "2024-10-21", "2025-04-01-preview"),      # the GA default cannot serve o-series
+    ("gpt-5-mini", "2024-10-21", "2025-04-01-preview"),
+    ("o3", "2025-03-01-preview", "2025-03-01-preview"),  # a version the user chose stays
+    ("gpt-4.1", "2024-10-21", "2024-10-21"),
+])
+def test_azure_api_version_for_reasoning_deployments(model: str, setting: str, sent: str) -> None:
+    assert azure_api_version(setting, dialect_for("azure", model)) == sent
 
 
 def test_dialect_for_returns_fresh_values() -> None:

@@ -116,6 +116,14 @@ def test_azure_request_through_the_proxy(make_proxy, fake_upstream):
     assert "authorization" not in sent.headers
 
 
+def test_azure_o_series_deployment_gets_an_api_version_it_accepts(make_proxy, fake_upstream):
+    """Azure answers 400 to an o3 deployment called with the GA default 2024-10-21."""
+    base = f"http://127.0.0.1:{fake_upstream.port}"
+    proxy = make_proxy(upstream=base, provider="azure", model="o3")
+    assert request(proxy.url, "POST", "/v1/messages", minimal_request(), HEADERS).status == 200
+    assert fake_upstream.last.path == "/openai/deployments/o3/chat/completions?api-version=2025-04-01-preview"
+
+
 # ---------------------------------------------------------------------------
 # Outbound proxies (S8).
 

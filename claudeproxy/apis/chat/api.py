@@ -12,7 +12,7 @@ import threading
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 from ...anthropic_types import MessagesRequest, parse_messages_request
-from ...dialects import Dialect
+from ...dialects import Dialect, azure_api_version
 from ...errors import ProxyError
 from ...ids import new_id
 from ...routing import Target
@@ -88,7 +88,7 @@ class ChatApi:
         if key in self._completion_tokens and "max_tokens" in payload:
             payload["max_completion_tokens"] = payload.pop("max_tokens")
         body = encode_body(payload, "tools", encoded if chat.tools is tools[0] else None)
-        azure = target.provider.azure_api_version if dialect.auth == "azure" else None
+        azure = azure_api_version(target.provider.azure_api_version, dialect) if dialect.auth == "azure" else None
         headers = (("Content-Type", "application/json"),
                    ("Accept", "text/event-stream" if chat.stream else "application/json"))
         # The context keeps the tool names only: the request's dataclasses (~25 KiB for a Claude
