@@ -156,7 +156,8 @@ def _upstream_flags(up: Any) -> None:
     up.add_argument("--header", metavar="'NAME: VALUE'", action="append", default=[],
                     help="extra header on every upstream request (repeatable)")
     up.add_argument("--azure-api-version", metavar="VERSION", default=Config.azure_api_version,
-                    help="api-version for --provider azure (default: %(default)s; o-series and gpt-5 deployments get 2025-04-01-preview unless another is given)")
+                    help="api-version for --provider azure (default: %(default)s; o-series and gpt-5 "
+                         "deployments get 2025-04-01-preview unless another is given)")
 
 
 def _model_flags(models: Any) -> None:
