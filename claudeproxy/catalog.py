@@ -12,22 +12,24 @@ from __future__ import annotations
 import calendar
 import time
 from typing import Any, Dict, List, Optional, Tuple
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from .errors import InvalidRequest
 from .routing import Target
 
 DEFAULT_PAGE = 20  # Anthropic's default page size; the SDKs follow has_more/last_id
 MAX_PAGE = 1000
+MAX_UPSTREAM_PAGES = 5  # of an Anthropic API's own list, MAX_PAGE models each: a loop on a bad cursor stops
 Page = Tuple[int, Optional[str], Optional[str]]
 
 
-def model_info(name: str, target: Optional[Target] = None, created: int = 0) -> Dict[str, Any]:
-    """One ModelInfo; ``target`` adds where it is routed and what that model can take."""
+def model_info(name: str, target: Optional[Target] = None, created: int = 0, display: str = "") -> Dict[str, Any]:
+    """One ModelInfo; ``target`` adds where it is routed and what that model can take; ``display``
+    is the upstream's own display name, if it gave one."""
     info: Dict[str, Any] = {
         "type": "model",
         "id": name,
-        "display_name": name,
+        "display_name": display or name,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
     }
     if target is not None:
@@ -40,14 +42,28 @@ def model_info(name: str, target: Optional[Target] = None, created: int = 0) -> 
     return info
 
 
-def upstream_models(body: Any) -> List[Tuple[str, int]]:
-    """(id, created) from an upstream model list: OpenAI's ``created`` or Anthropic's ``created_at``."""
+def upstream_models(body: Any) -> List[Tuple[str, int, str]]:
+    """(id, created, display name) from an upstream model list: OpenAI's ``created`` or
+    Anthropic's ``created_at``; the display name is Anthropic's, or ""."""
     items = body.get("data") if isinstance(body, dict) else None
     out = []
     for item in items if isinstance(items, list) else []:
         if isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"]:
-            out.append((item["id"], _created(item)))
+            display = item.get("display_name")
+            out.append((item["id"], _created(item), display if isinstance(display, str) else ""))
     return out
+
+
+def page_request(after: Optional[str]) -> str:
+    """The query for one page of an Anthropic API's model list: the largest page it allows."""
+    return urlencode({"limit": MAX_PAGE, **({"after_id": after} if after else {})})
+
+
+def next_page(body: Any) -> Optional[str]:
+    """The ``after_id`` of the next page of an Anthropic model list, or None at its end."""
+    if isinstance(body, dict) and body.get("has_more") is True and isinstance(body.get("last_id"), str):
+        return body["last_id"] or None
+    return None
 
 
 def _created(item: Dict[str, Any]) -> int:

@@ -253,16 +253,27 @@ class Proxy:
     # ------------------------------------------------------------------
     # Models (PROTOCOL.md 4.5): what the routes serve.
 
-    def _fetch_models(self, handler: Any, provider: Provider) -> List[Tuple[str, int]]:
+    def _fetch_models(self, handler: Any, provider: Provider) -> List[Tuple[str, int, str]]:
+        """The provider's models; an Anthropic API's list is paged (20 by default): every page,
+        up to ``catalog.MAX_UPSTREAM_PAGES`` of 1,000, within the one deadline."""
         api_messages = provider.api == "messages"
-        url = messages_url(provider.url, "/v1/models") if api_messages else models_url(provider.url)
         headers = (("Accept", "application/json"),) + ((("anthropic-version", "2023-06-01"),) if api_messages else ())
 
-        def ask(call: UpstreamCall) -> Any:
-            with self._open(url, provider, call, method="GET", headers=headers) as resp:
-                return read_json_body(resp, call, self.config.max_body_bytes)
+        def ask(call: UpstreamCall) -> List[Tuple[str, int, str]]:
+            found: List[Tuple[str, int, str]] = []
+            after: Optional[str] = None
+            for _ in range(catalog.MAX_UPSTREAM_PAGES):
+                url = (messages_url(provider.url, "/v1/models", catalog.page_request(after)) if api_messages
+                       else models_url(provider.url))
+                with self._open(url, provider, call, method="GET", headers=headers) as resp:
+                    body = read_json_body(resp, call, self.config.max_body_bytes)
+                found += catalog.upstream_models(body)
+                after = catalog.next_page(body) if api_messages else None
+                if after is None:
+                    break
+            return found
 
-        return catalog.upstream_models(self._bounded(handler, ask))
+        return self._bounded(handler, ask)  # type: ignore[no-any-return]
 
     def _models(self, handler: Any) -> List[Dict[str, Any]]:
         listed = {name: catalog.model_info(name, target) for name, target in self.router.served()}
@@ -274,10 +285,10 @@ class Proxy:
                     log.info("could not list the models of %s (%s); listing the routed ones", provider.name, exc.message)
                     continue
                 raise
-            for name, created in fetched:
+            for name, created, display in fetched:
                 routed = self.router.resolve(name)
                 if name not in listed and routed is not None and routed.target.provider is provider:
-                    listed[name] = catalog.model_info(name, routed.target, created)
+                    listed[name] = catalog.model_info(name, routed.target, created, display)
         return list(listed.values())
 
     def list_models(self, handler: Any, writer: Any) -> None:

@@ -563,3 +563,31 @@ def test_an_event_without_a_type_is_skipped_or_named_by_its_event_line(through, 
         events = client.read_all(timeout=5)
     assert_valid_event_sequence(events, allow_error=False)
     assert final_message(events)["content"] == [{"type": "text", "text": "Hello! there"}]
+
+
+# ---------------------------------------------------------------------------
+# The model list of an Anthropic-compatible upstream (paged there too).
+
+
+def test_models_of_a_messages_upstream_every_page_with_its_display_names(through, fake_upstream):
+    """Its list is paged (20 a page by default): each page is asked for, with the display names it gives."""
+    fake_upstream.push(json_reply({"data": [{"type": "model", "id": "claude-a", "display_name": "Claude A",
+                                             "created_at": "2025-01-02T03:04:05Z"}],
+                                   "has_more": True, "first_id": "claude-a", "last_id": "claude-a"}))
+    fake_upstream.push(json_reply({"data": [{"type": "model", "id": "claude-b"}],
+                                   "has_more": False, "first_id": "claude-b", "last_id": "claude-b"}))
+    resp = request(through.url, "GET", "/v1/models", headers={"x-api-key": CLIENT_KEY})
+    assert resp.status == 200, resp
+    assert [(m["id"], m["display_name"]) for m in resp.json["data"]] == [("claude-a", "Claude A"), ("claude-b", "claude-b")]
+    assert resp.json["data"][0]["created_at"] == "2025-01-02T03:04:05Z"
+    first, second = fake_upstream.requests
+    assert first.path == "/v1/models?limit=1000"
+    assert second.path == "/v1/models?limit=1000&after_id=claude-a"
+
+
+def test_models_of_a_messages_upstream_stop_at_a_cursor_that_never_ends(through, fake_upstream):
+    for _ in range(8):
+        fake_upstream.push(json_reply({"data": [{"id": "claude-a"}], "has_more": True, "last_id": "claude-a"}))
+    resp = request(through.url, "GET", "/v1/models", headers={"x-api-key": CLIENT_KEY})
+    assert resp.status == 200 and [m["id"] for m in resp.json["data"]] == ["claude-a"]
+    assert len(fake_upstream.requests) == 5
