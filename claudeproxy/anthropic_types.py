@@ -458,14 +458,16 @@ def _parse_output_config(value: Any, path: str = "output_config") -> Tuple[Optio
     effort = _str(raw, "effort", path)
     if effort is not None and effort not in EFFORTS:
         raise InvalidRequest(f"unknown effort {effort!r}; expected one of {', '.join(EFFORTS)}", _join(path, "effort"))
-    schema = None
-    if raw.get("format") is not None:
-        fpath = _join(path, "format")
-        fmt = _obj(raw["format"], fpath)
-        if _str(fmt, "type", fpath, required=True) != "json_schema":
-            raise InvalidRequest("only 'json_schema' is supported", _join(fpath, "type"))
-        schema = _obj(fmt.get("schema"), _join(fpath, "schema"))
+    schema = _parse_format(raw["format"], _join(path, "format")) if raw.get("format") is not None else None
     return effort, schema
+
+
+def _parse_format(value: Any, path: str) -> Dict[str, Any]:
+    """A structured-output ``format``: its JSON schema."""
+    fmt = _obj(value, path)
+    if _str(fmt, "type", path, required=True) != "json_schema":
+        raise InvalidRequest("only 'json_schema' is supported", _join(path, "type"))
+    return _obj(fmt.get("schema"), _join(path, "schema"))
 
 
 def _parse_stop_sequences(value: Any, path: str = "stop_sequences") -> Tuple[str, ...]:
@@ -503,6 +505,10 @@ def _parse_common(obj: Dict[str, Any], tools_parser: ToolsParser) -> Dict[str, A
         raise InvalidRequest("at least one message is required", "messages")
     tools = _list(obj["tools"], "tools") if obj.get("tools") is not None else None
     effort, schema = _parse_output_config(obj.get("output_config"))
+    if schema is None and obj.get("output_format") is not None:
+        # The structured-outputs beta's first form (structured-outputs-2025-11-13), still sent by
+        # clients built on it: the same format, at the top level.
+        schema = _parse_format(obj["output_format"], "output_format")
     return {
         "model": model,
         "messages": tuple(_parse_message(m, f"messages[{i}]") for i, m in enumerate(messages)),

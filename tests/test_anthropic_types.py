@@ -139,6 +139,8 @@ PATH_CASES = [
     (["output_config"], {"effort": "extreme"}, "output_config.effort: "),
     (["output_config"], {"format": {"type": "json_object"}}, "output_config.format.type: "),
     (["output_config"], {"format": {"type": "json_schema", "schema": "x"}}, "output_config.format.schema: "),
+    (["output_format"], {"type": "json_object"}, "output_format.type: "),
+    (["output_format"], "json", "output_format: "),
     (["stop_sequences"], "END", "stop_sequences: "),
     (["stop_sequences"], ["END", 5], "stop_sequences[1]: "),
     (["temperature"], "hot", "temperature: "),
@@ -312,3 +314,15 @@ def test_count_tokens_body_needs_no_max_tokens() -> None:
     with pytest.raises(InvalidRequest) as info:
         parse_count_tokens_request({"model": "m", "messages": "hi"})
     assert info.value.message.startswith("messages: ")
+
+
+def test_top_level_output_format_is_the_structured_output_schema() -> None:
+    """The structured-outputs beta's first form (output_format at the top) asks for the same
+    schema as output_config.format; where both are given, output_config's wins."""
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    body = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}],
+            "output_format": {"type": "json_schema", "schema": schema}}
+    assert parse_messages_request(body).output_schema == schema
+    other = {"type": "object"}
+    both = {**body, "output_config": {"format": {"type": "json_schema", "schema": other}}}
+    assert parse_messages_request(both).output_schema == other
