@@ -79,6 +79,7 @@ class ModelFacts:
     cache_read_price: Optional[float] = None  # USD per 1M cached input tokens read
     cache_write_price: Optional[float] = None  # USD per 1M tokens written to the cache (None: no charge/unknown)
     responses_only: bool = False              # OpenAI serves it only on /v1/responses
+    text_only: bool = False                   # takes no images: each goes as a text placeholder
 
     def merged(self, override: "ModelFacts") -> "ModelFacts":
         """These facts with every field ``override`` sets (not None, or True) taking its place."""
@@ -92,7 +93,7 @@ class ModelFacts:
 
 
 def _is_set(value: Any) -> bool:
-    # responses_only is "set" only when True: False is the default and cannot override a True.
+    # responses_only and text_only are "set" only when True: False is the default and cannot override a True.
     return value is not None and value is not False
 
 
@@ -377,7 +378,8 @@ _INT_KEYS: Mapping[str, str] = types.MappingProxyType(
     {"context_window": "context_window", "max_output_tokens": "max_output", "max_output": "max_output"}
 )
 _PRICE_KEYS = ("input_price", "output_price", "cache_read_price", "cache_write_price")
-_ALL_KEYS = tuple(_INT_KEYS) + _PRICE_KEYS + ("responses_only",)
+_BOOL_KEYS = ("responses_only", "text_only")
+_ALL_KEYS = tuple(_INT_KEYS) + _PRICE_KEYS + _BOOL_KEYS
 
 
 def facts_from_dict(obj: Mapping[str, Any], path: str) -> ModelFacts:
@@ -392,7 +394,7 @@ def facts_from_dict(obj: Mapping[str, Any], path: str) -> ModelFacts:
             fields[_INT_KEYS[key]] = _token_count(value, f"{path}.{key}")
         elif key in _PRICE_KEYS:
             fields[key] = _price(value, f"{path}.{key}")
-        elif key == "responses_only":
+        elif key in _BOOL_KEYS:
             if not isinstance(value, bool):
                 raise ValueError(f"{path}.{key}: must be true or false, not {_kind(value)}")
             fields[key] = value

@@ -290,6 +290,8 @@ class Router:
         if api != "messages":
             name = provider.dialect or detect_provider(provider.url)
             dialect = dialect_for(name, model)
+            if facts.text_only:  # FIELD-NOTES 14: a text-only model 400s on an image part
+                dialect = dataclasses.replace(dialect, string_content_only=True)
             if api == "chat" and facts.responses_only and name in _RESPONSES_HOSTS:
                 api = "responses"  # OpenAI serves this model only on /v1/responses (RESPONSES.md 5)
         cap = _output_cap(facts.max_output, provider.max_output_tokens, self.max_output_tokens)

@@ -230,8 +230,9 @@ def test_facts_from_dict_reads_every_key() -> None:
     facts = facts_from_dict({
         "context_window": 200_000, "max_output_tokens": 100_000, "input_price": 2,
         "output_price": 8.0, "cache_read_price": 0.5, "cache_write_price": 0, "responses_only": True,
+        "text_only": True,
     }, "providers.openai.models.o3")
-    assert facts == ModelFacts(200_000, 100_000, 2.0, 8.0, 0.5, 0.0, True)
+    assert facts == ModelFacts(200_000, 100_000, 2.0, 8.0, 0.5, 0.0, True, True)
     assert isinstance(facts.input_price, float)
 
 
@@ -267,6 +268,7 @@ BAD_OVERRIDES = [
     ({"input_price": None}, "input_price", "null"),
     ({"responses_only": "yes"}, "responses_only", "true or false"),
     ({"responses_only": 1}, "responses_only", "true or false"),
+    ({"text_only": "no"}, "text_only", "true or false"),
 ]
 
 

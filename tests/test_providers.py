@@ -184,3 +184,21 @@ def test_metrics_name_the_provider_and_route(two_providers: Any, fakes: Any) -> 
         assert (rec.input_tokens, rec.output_tokens) == (30, 4)
     finally:
         server.shutdown(grace=1.0)
+
+
+def test_a_text_only_model_gets_placeholders_for_images(make_proxy: Any, fake_upstream: Any) -> None:
+    """FIELD-NOTES 14: a model marked text_only is sent text where the client sent images, one
+    string per message; another model of the same provider still gets the image parts."""
+    provider = Provider("local", fake_upstream.url, models=(("qwen*", ModelFacts(text_only=True)),))
+    routes = (Route("haiku", RouteTarget("local", "llava")), Route("*", RouteTarget("local", "qwen3:8b")))
+    proxy = make_proxy(upstream=None, providers=(provider,), routes=routes)
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 50,
+            "messages": [{"role": "user", "content": [image, {"type": "text", "text": "What is this?"}]}]}
+    for model in ("claude-sonnet-4-5", "claude-haiku-4-5"):
+        fake_upstream.push(json_reply(completion("a cat")))
+        resp = request(proxy.url, "POST", "/v1/messages", {**body, "model": model}, {"x-api-key": CLIENT_KEY})
+        assert resp.status == 200, resp
+    text_only, vision = (r.json["messages"][-1]["content"] for r in fake_upstream.requests)
+    assert text_only == "[image omitted: this model takes text only]\n\nWhat is this?"
+    assert [p["type"] for p in vision] == ["image_url", "text"]
