@@ -36,7 +36,7 @@ from typing import (
 )
 from urllib.parse import urlsplit
 
-from . import __version__
+from . import __version__, reachability
 from .claude_code import help_footer, port_given
 from .config import (
     DEFAULT_MESSAGES_UPSTREAM,
@@ -587,6 +587,12 @@ def _warn_about(server: ProxyServer) -> None:
         log.info("route %s -> %s/%s", route.match, route.target.provider, route.target.model or "(client's model)")
 
 
+def _warn_unreachable(server: ProxyServer, config: Config) -> None:
+    urls = [p.url for p in server.proxy.router.providers.values()]
+    for line in reachability.unreachable_upstreams(urls, config, config_secrets(config)):
+        log.warning("%s", line)
+
+
 def _install_signals(stop: threading.Event) -> Dict[int, Any]:
     previous: Dict[int, Any] = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -604,6 +610,8 @@ def serve(config: Config, stdout: TextIO, metrics_path: Optional[str] = None) ->
     _warn_about(server)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
     thread.start()
+    # After listening, not before: the probe may take its whole bound and must not delay the start.
+    threading.Thread(target=_warn_unreachable, args=(server, config), daemon=True).start()
     try:
         while not stop.wait(0.5):
             pass

@@ -27,11 +27,9 @@ import stat
 import subprocess
 import tempfile
 import threading
-import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, TextIO, Tuple
-from urllib.parse import urlsplit
 
-from . import cli
+from . import cli, reachability
 from .claude_code import (
     add_first_run_state,
     child_env,
@@ -42,7 +40,7 @@ from .claude_code import (
     run_epilog,
 )
 from .config import Config
-from .redact import redact_text, redact_url
+from .redact import redact_text
 from .server import RunningServer, start
 from .settings_view import describe_config
 
@@ -319,43 +317,11 @@ def command_env(running: RunningServer, config: Config, environ: Mapping[str, st
     return child_env(environ, running.url, config.auth_key or "", window, cap)
 
 
-_PROBE_SECONDS = 1.5  # how long run waits, at most, to learn whether the upstreams take connections
-
-
 def unreachable_upstreams(running: RunningServer, config: Config,
                           connect: Callable[..., Any] = socket.create_connection) -> List[str]:
-    """One line for each upstream that refuses a connection now, or whose name does not resolve.
-
-    Claude Code retries a 502 for minutes without a word on its screen, so a mistyped URL or a
-    server not started yet is said once, on the terminal, before the command starts. Nothing is
-    said through an outbound proxy (it would have to be asked), nor for an upstream that is only
-    slow: the wait is bounded and the command starts anyway.
-    """
-    if config.proxy or config.use_env_proxy:
-        return []
-    found: Dict[str, str] = {}
-
-    def probe(url: str, host: str, port: int) -> None:
-        try:
-            connect((host, port), timeout=_PROBE_SECONDS).close()
-        except (ConnectionRefusedError, socket.gaierror) as exc:
-            found[url] = exc.strerror or type(exc).__name__
-        except OSError:
-            pass  # slow, or something a retry may get past: not worth a word
-
-    threads = []
-    for provider in running.server.proxy.router.providers.values():
-        parts = urlsplit(provider.url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        threads.append(threading.Thread(target=probe, args=(provider.url, parts.hostname or "", port), daemon=True))
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + _PROBE_SECONDS
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    secrets = cli.config_secrets(config)
-    return [redact_text(f"cannot connect to the upstream {redact_url(url)} ({why}): requests to it will fail", secrets)
-            for url, why in sorted(found.items())]
+    """``reachability.unreachable_upstreams`` for the running server's providers."""
+    urls = [p.url for p in running.server.proxy.router.providers.values()]
+    return reachability.unreachable_upstreams(urls, config, cli.config_secrets(config), connect)
 
 
 def _session(ns: argparse.Namespace, config: Config, typed: str, argv: List[str], environ: Mapping[str, str],

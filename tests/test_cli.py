@@ -297,10 +297,30 @@ def test_real_process_serves_and_stops_cleanly(spawn: Any, fake_upstream: Any, t
     assert "sk-ant-client-000000000" not in out + err
     assert "Traceback" not in err
     assert "upstream request body" in err  # debug logging really ran, so the key check means something
+    assert "cannot connect to the upstream" not in err  # it answered
     lines = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [(r["endpoint"], r["status"]) for r in lines] == [("/v1/messages", 200)]
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_an_upstream_that_refuses_is_said_once_listening(refused_port: int) -> None:
+    """Claude Code retries 502s without a word: the server's log says it at the start instead,
+    after the listening line (the probe must not delay it), without the key."""
+    upstream = f"http://127.0.0.1:{refused_port}/v1"
+    argv = [sys.executable, "-m", "claudeproxy", "--port", "0", "--upstream", upstream, "--api-key", UPSTREAM_KEY]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), text=True)
+    try:
+        assert LISTEN_RE.match(_readline(proc.stdout, 10))
+        lines = [_readline(proc.stderr, 10)]
+        while "WARNING" not in lines[-1] and len(lines) < 5:
+            lines.append(_readline(proc.stderr, 10))
+        line = lines[-1]
+        assert line.rstrip().endswith(f"WARNING claudeproxy: cannot connect to the upstream {upstream} "
+                                      "(Connection refused): requests to it will fail"), lines
+    finally:
+        out, err = _stop(proc, signal.SIGTERM, 5 + 1)
+    assert UPSTREAM_KEY not in line + out + err
 
 
 def test_usage_log_and_json_log_format(spawn: Any, fake_upstream: Any, tmp_path: Any) -> None:
