@@ -25,6 +25,9 @@ class Dialect:
     # Most stop strings the upstream accepts; None = all. OpenAI's schema allows 4, and an
     # unknown server is held to the official schema (servers known to take more say so below).
     max_stop: Optional[int] = 4
+    # Send stop at all. OpenAI's reasoning models refuse it ("Unsupported parameter: 'stop'");
+    # the proxy then matches the stop strings itself (apis/stops.py), as it does past max_stop.
+    sends_stop: bool = True
     # Drop temperature/top_p (OpenAI reasoning models reject them).
     drop_sampling: bool = False
     pass_top_k: bool = False
@@ -136,10 +139,11 @@ DIALECTS: Dict[str, Dialect] = {
 DEFAULT_AZURE_API_VERSION = "2024-10-21"
 
 # Model-specific overrides: (dialect names, model regex, changes). OpenAI's
-# reasoning models reject max_tokens, temperature and top_p (FIELD-NOTES 6).
+# reasoning models reject max_tokens, temperature, top_p (FIELD-NOTES 6) and stop.
 _OPENAI_REASONING = {
     "max_tokens_field": "max_completion_tokens",
     "drop_sampling": True,
+    "sends_stop": False,
     "system_role": "developer",
     "reasoning": "effort",
     "azure_api_version": "2025-04-01-preview",

@@ -26,7 +26,8 @@ Public API (other test modules may import these; keep it small):
   expected message only needs to be contained in the actual one.
 - ``load_case(stem)`` -> ``Case(upstream, expected, meta)`` for ``fixtures/streams/``.
 
-Meta keys (``<case>.meta.json``): ``stop_sequences``, ``tool_names``, ``think_tags``,
+Meta keys (``<case>.meta.json``): ``stop_sequences``, ``local_stops`` (those of them the
+upstream was not sent: a ``LocalStopTranslator``), ``tool_names``, ``think_tags``,
 ``input_tokens``, ``dialect``, ``model``, ``message_id``; ``end``: ``"eof"`` (default: the
 body stopped without an error, but the relay cannot tell it was whole -- a FIN at a chunk
 boundary, or a close-delimited body -- so ``clean`` is false), ``"error: <type>"`` (the read broke after the last byte: the relay
@@ -47,7 +48,7 @@ import os
 import socket
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from claudeproxy.apis.chat.stream import ChatFold, StreamTranslator
+from claudeproxy.apis.chat.stream import ChatFold, LocalStopFold, LocalStopTranslator, StreamTranslator
 from claudeproxy.ending import stream_end
 from claudeproxy.errors import ProxyError
 from claudeproxy.upstream import UpstreamCall, iter_lines, read_error
@@ -72,14 +73,21 @@ def counter_ids(prefix: str = "gen") -> Callable[[], str]:
 
 
 def make_translator(**meta: Any) -> StreamTranslator:
-    unknown = set(meta) - set(_TRANSLATOR_KEYS) - set(_RUN_KEYS) - {"dialect", "new_id"}
+    unknown = set(meta) - set(_TRANSLATOR_KEYS) - set(_RUN_KEYS) - {"dialect", "new_id", "local_stops"}
     assert not unknown, f"unknown meta keys {sorted(unknown)}"
     kwargs: Dict[str, Any] = {"message_id": "msg_test", "model": "claude-test", "input_tokens": 25}
     kwargs.update((k, meta[k]) for k in _TRANSLATOR_KEYS if k in meta)
     kwargs["stop_sequences"] = tuple(kwargs.get("stop_sequences", ()))
     kwargs["dialect_name"] = meta.get("dialect", "generic")
     kwargs["new_id"] = meta.get("new_id") or counter_ids()
+    if meta.get("local_stops"):  # stop strings the upstream was not sent: the proxy matches them
+        return LocalStopTranslator(local_stops=tuple(meta["local_stops"]), **kwargs)
     return StreamTranslator(**kwargs)
+
+
+def make_fold(translator: StreamTranslator) -> ChatFold:
+    """The fold ``ChatApi.fold`` gives the translator."""
+    return LocalStopFold(translator) if isinstance(translator, LocalStopTranslator) else ChatFold(translator)
 
 
 _FAILURES: Dict[str, Callable[[], BaseException]] = {
@@ -107,7 +115,7 @@ def _lines_then(lines: Iterable[bytes], end: str) -> Iterator[bytes]:
 
 def run_lines(lines: Iterable[bytes], **meta: Any) -> List[Event]:
     """Events for ``readline()`` results, driven like ``Relay._relay`` (see ``drive``)."""
-    return drive(ChatFold(make_translator(**meta)), _lines_then(lines, meta.get("end", "eof")))
+    return drive(make_fold(make_translator(**meta)), _lines_then(lines, meta.get("end", "eof")))
 
 
 def drive(fold: Any, lines: Iterable[bytes], clean: bool = False) -> List[Event]:
@@ -259,7 +267,7 @@ class Playbook:
 
     def __init__(self, **meta: Any) -> None:
         self.translator = make_translator(**meta)
-        self.stream = ChatFold(self.translator)
+        self.stream = make_fold(self.translator)
         self.events: List[Event] = []
 
     def feed_bytes(self, raw: bytes) -> List[Event]:

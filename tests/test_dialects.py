@@ -147,6 +147,23 @@ def test_stop_sequence_limits() -> None:
         assert DIALECTS[name].max_stop is None, name
 
 
+def test_openai_reasoning_models_get_no_stop() -> None:
+    """They answer 400 "Unsupported parameter: 'stop'"; the proxy matches the stop strings itself."""
+    from claudeproxy.anthropic_types import parse_messages_request
+    from claudeproxy.apis.chat.request import to_chat_request
+
+    req = parse_messages_request({"model": "c", "max_tokens": 9, "stop_sequences": ["END"],
+                                  "messages": [{"role": "user", "content": "hi"}]})
+    for provider, model in (("openai", "o3"), ("openai", "o4-mini"), ("openai", "gpt-5"), ("azure", "o1-mini"),
+                            ("azure", "gpt-5-mini")):
+        dialect = dialect_for(provider, model)
+        assert not dialect.sends_stop, (provider, model)
+        assert "stop" not in to_chat_request(req, model=model, dialect=dialect).request.to_dict()
+    for provider, model in (("openai", "gpt-4o"), ("azure", "gpt-4.1"), ("generic", "o3"), ("openrouter", "openai/o3")):
+        assert dialect_for(provider, model).sends_stop, (provider, model)
+        assert to_chat_request(req, model=model, dialect=dialect_for(provider, model)).request.to_dict()["stop"] == ["END"]
+
+
 def test_user_turns_stay_apart_only_where_consecutive_user_messages_are_accepted() -> None:
     """DeepSeek reasoner, Gemini and Mistral-family templates want user and assistant to alternate
     (PROTOCOL.md 1.2 step 4); OpenAI's API takes consecutive user messages."""

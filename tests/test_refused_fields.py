@@ -82,14 +82,39 @@ def test_what_is_remembered_is_per_model(make_proxy: Any, fake_upstream: FakeUps
 
 
 def test_a_refused_field_the_client_means_is_not_dropped(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
-    """Only fields the proxy adds on its own: the stop sequences are the client's."""
+    """Only fields the request means the same without: the output schema is the client's."""
     proxy = make_proxy(upstream=fake_upstream.url, model="m")
-    refusal = {"error": {"message": "Unsupported parameter: 'stop' is not supported with this model.",
+    refusal = {"error": {"message": "Unsupported parameter: 'response_format' is not supported with this model.",
                          "type": "invalid_request_error"}}
     fake_upstream.push(json_reply(refusal, status=400), json_reply(completion()))
-    resp = ask(proxy, claude_code_turn(stop_sequences=["END"]))
-    assert resp.status == 400 and "'stop'" in resp.json["error"]["message"]
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    resp = ask(proxy, minimal_request(output_config={"format": {"type": "json_schema", "schema": schema}}))
+    assert resp.status == 400 and "'response_format'" in resp.json["error"]["message"]
     assert len(fake_upstream.requests) == 1
+
+
+def test_a_refused_stop_is_dropped_and_matched_by_the_proxy(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """stop is the client's, but the proxy can end the text at the stop string itself: a model
+    that refuses it (an OpenAI reasoning model behind a gateway URL) still answers as Anthropic would."""
+    proxy = make_proxy(upstream=fake_upstream.url, model="m")
+    refusal = {"error": {"message": "Unsupported parameter: 'stop' is not supported with this model.",
+                         "type": "invalid_request_error", "param": "stop", "code": "unsupported_parameter"}}
+    fake_upstream.push(json_reply(refusal, status=400), json_reply(completion("one END two")),
+                       sse_reply(chunk({"role": "assistant", "content": "three E"}), chunk({"content": "ND four"}),
+                                 chunk({}, "stop")))
+    first = ask(proxy, minimal_request(stop_sequences=["END"]))
+    assert first.status == 200, first
+    assert first.json["content"] == [{"type": "text", "text": "one "}]
+    assert (first.json["stop_reason"], first.json["stop_sequence"]) == ("stop_sequence", "END")
+    bodies = sent(fake_upstream)
+    assert bodies[0]["stop"] == ["END"] and "stop" not in bodies[1]
+    second = ask(proxy, minimal_request(stop_sequences=["END"], stream=True))  # remembered: one call
+    events = events_of(second.body)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert len(fake_upstream.requests) == 3 and "stop" not in sent(fake_upstream)[2]
+    text = "".join(e["delta"]["text"] for e in events if e["type"] == "content_block_delta")
+    assert text == "three "
+    assert events[-2]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}
 
 
 def test_a_400_that_names_no_field_sent_is_the_clients_error(make_proxy: Any, fake_upstream: FakeUpstream) -> None:

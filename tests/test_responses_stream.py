@@ -35,7 +35,7 @@ from test_stream_rechunk import FakeSocket, _Raw, chunked
 from claudeproxy.anthropic_types import parse_messages_request
 from claudeproxy.apis.responses.request import to_responses_request
 from claudeproxy.apis.responses.response import to_messages_response
-from claudeproxy.apis.responses.stream import ResponsesFold
+from claudeproxy.apis.responses.stream import LocalStopResponsesFold, ResponsesFold
 from claudeproxy.errors import ProxyError, UpstreamUnavailable
 from claudeproxy.sse import encode_event
 from claudeproxy.upstream import iter_lines
@@ -426,3 +426,110 @@ def test_reasoning_round_trip_over_three_turns() -> None:
     assert tail[0]["summary"] == [{"type": "summary_text", "text": "**Planning**\n\nThe user wants a haiku.\n\nCount the syllables: 5, 7, 5."}]
     assert tail[1]["role"] == "assistant" and tail[1]["content"][0]["type"] == "output_text"
     assert tail[2] == {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Thanks. Now fix it."}]}
+
+
+# --------------------------------------------------------------------------
+# Stop strings: the API takes none, so LocalStopResponsesFold matches them (PROTOCOL.md 2.4).
+
+
+def stop_fold(*stops: str, **kw: Any) -> LocalStopResponsesFold:
+    args: Dict[str, Any] = {"message_id": "msg_test", "model": "claude-test", "input_tokens": 25, "new_id": counter_ids()}
+    args.update(kw)
+    return LocalStopResponsesFold(stop_sequences=stops, **args)
+
+
+# Never in any fixture, but their first characters often end a delta: text is held back and released.
+NEVER = ("e\x01", " \x01", ".\x01")
+ENDS_CLEANLY = [c for c in CASES if not meta_of(c).get("raises") and expected_events(c)[-1]["type"] == "message_stop"]
+
+
+@pytest.mark.parametrize("case", ENDS_CLEANLY)
+def test_stop_strings_that_never_match_change_only_delta_boundaries(case: str) -> None:
+    got = run_lines(iter_lines(io.BytesIO(read(STREAMS, f"{case}.upstream.sse")), MAX_LINE), stop_fold(*NEVER))
+    assert same_events(got, expected_events(case), merge=True), diff_text(got, expected_events(case))
+    assert_valid_event_sequence(got, allow_error=False)
+
+
+def first_text(obj: Dict[str, Any]) -> str:
+    for item in obj.get("output") or []:
+        for part in item.get("content") or [] if item.get("type") == "message" else []:
+            if part.get("type") == "output_text" and len(part.get("text", "")) > 6:
+                return part["text"]
+    return ""
+
+
+@pytest.mark.parametrize("case", BOTH)
+def test_a_stop_string_ends_stream_and_json_answer_alike(case: str) -> None:
+    obj = json.loads(read(RESPONSES, f"{case}.response.json"))
+    text = first_text(obj)
+    if not text or obj.get("status") == "failed":
+        return
+    k = 2 * len(text) // 3
+    stop = text[k: k + 3]  # split by delta boundaries in most fixtures
+    message = to_messages_response(obj, model="claude-test", new_id=counter_ids(), tool_names={}, stop_sequences=(stop,))
+    fold = stop_fold(stop)
+    events = run_lines(iter_lines(io.BytesIO(read(STREAMS, f"{case}.upstream.sse")), MAX_LINE), fold)
+    assert_valid_event_sequence(events, allow_error=False)
+    streamed = final_message(events)
+    assert plain_signatures(streamed)["content"] == plain_signatures(message)["content"]
+    assert (streamed["stop_reason"], streamed["stop_sequence"]) == (message["stop_reason"], message["stop_sequence"])
+    assert message["stop_sequence"] == stop and fold.complete
+    assert "".join(b.get("text", "") for b in message["content"]).endswith(text[: text.index(stop)])
+    assert (fold.stop_reason, fold.usage["output_tokens"] > 0) == (message["stop_reason"], True)
+
+
+def test_a_stop_string_split_across_deltas_ends_the_stream_at_once() -> None:
+    fold = stop_fold("A1", "E5")
+    events = feed(fold, CREATED, delta("first part E"))
+    assert not fold.complete
+    out = feed(fold, delta("5 second part"))
+    assert fold.complete  # the relay stops reading and closes the upstream response
+    assert [e["type"] for e in out] == ["content_block_stop", "message_delta", "message_stop"]  # "E" was held
+    message = final_message(events + out)
+    assert message["content"] == [{"type": "text", "text": "first part "}]
+    assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", "E5")
+    assert out[1]["usage"]["input_tokens"] == 25  # the estimate: the upstream's usage never came
+    assert feed(fold, delta(" more"), completed()) == [] and fold.end(clean=True) == ([], None)
+
+
+def test_nothing_after_a_stop_string_is_sent_and_held_text_keeps_its_place() -> None:
+    fold = stop_fold("STOP")
+    call = {"type": "response.output_item.added", "output_index": 1,
+            "item": {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}}
+    events = feed(fold, CREATED, delta("one ST"), call,  # "ST" was not the stop string: it goes first
+                  delta("then STOP", oi=2), {**call, "output_index": 3}, completed())
+    assert_valid_event_sequence(events, allow_error=False)
+    message = final_message(events)
+    assert [(b["type"], b.get("text")) for b in message["content"]] == [("text", "one ST"), ("tool_use", None),
+                                                                          ("text", "then ")]
+    assert (message["stop_reason"], message["stop_sequence"]) == ("tool_use", None)  # a call came before it
+
+
+def test_refusals_and_reasoning_are_not_searched_for_stop_strings() -> None:
+    fold = stop_fold("no")
+    events = feed(
+        fold, CREATED,
+        {"type": "response.reasoning_summary_text.delta", "output_index": 0, "summary_index": 0, "delta": "no plan"},
+        {"type": "response.refusal.delta", "output_index": 1, "content_index": 0, "delta": "I say no"},
+        completed())
+    message = final_message(events)
+    assert [b.get("thinking", b.get("text")) for b in message["content"]] == ["no plan", "I say no"]
+    assert message["stop_reason"] == "refusal"
+
+
+def test_a_stop_string_in_an_item_only_the_final_object_has() -> None:
+    output = [{"type": "message", "content": [{"type": "output_text", "text": "Hi END there", "annotations": []}]},
+              {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}]
+    events = feed(stop_fold("END"), CREATED, completed(output=output))
+    assert_valid_event_sequence(events, allow_error=False)
+    message = final_message(events)
+    assert message["content"] == [{"type": "text", "text": "Hi "}]
+    assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", "END")
+    assert message["usage"]["output_tokens"] == 2  # the final object's usage
+
+
+def test_from_json_with_a_stop_string() -> None:
+    obj = {"id": "r", "status": "completed", "usage": {"input_tokens": 3, "output_tokens": 2},
+           "output": [{"type": "message", "content": [{"type": "output_text", "text": "a END b", "annotations": []}]}]}
+    message = final_message(stop_fold("END").from_json(obj))
+    assert message["content"] == [{"type": "text", "text": "a "}] and message["stop_sequence"] == "END"

@@ -24,6 +24,7 @@ from conftest import FIXTURES, load_json
 
 from claudeproxy.apis.chat.wire import ChatUsage, parse_chat_response
 from claudeproxy.signatures import PREFIX, decode_signature
+from claudeproxy.apis.stops import first_stop, unsent_stops
 from claudeproxy.apis.chat.response import (
     match_stop_sequence,
     normalize_arguments,
@@ -254,6 +255,67 @@ def test_match_stop_sequence_no_match() -> None:
     assert match_stop_sequence("ENDING", None, ("END",)) == (None, "ENDING")
     assert match_stop_sequence("text", None, ()) == (None, "text")
     assert match_stop_sequence("text", None, ("",)) == (None, "text")
+
+
+# --------------------------------------------------------------------------
+# Stop strings the upstream was not sent: the proxy ends the text at the first (2.4, apis/stops.py)
+
+
+def test_first_stop_is_the_match_that_ends_first() -> None:
+    assert first_stop("first part E5 second part E5", ("A1", "E5")) == (11, "E5")
+    assert first_stop("aXYZ", ("XYZ", "Y")) == (2, "Y")  # a model stops once "Y" is complete
+    assert first_stop("story. THE END", ("END", "THE END")) == (7, "THE END")  # same end: the longest
+    assert first_stop("no match", ("END", "")) is None and first_stop("x", ()) is None
+
+
+def test_unsent_stops_keeps_the_clients_order() -> None:
+    assert unsent_stops(("A1", "", "B2", "C3", "D4", "E5", "F6"), ("A1", "B2", "C3", "D4")) == ("E5", "F6")
+    assert unsent_stops(("END",), ()) == ("END",)
+
+
+def _local(body: Any, **meta: Any) -> Any:
+    from claudeproxy.ids import new_id
+
+    return to_messages_response(parse_chat_response(body), model="claude-test", new_id=new_id,
+                                 stop_sequences=("A1", "B2", "C3", "D4", "E5"), local_stops=("E5",), **meta)[0]
+
+
+def _body(message: Dict[str, Any], finish: str = "stop") -> Dict[str, Any]:
+    return {"id": "c1", "choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 7}}
+
+
+def test_an_unsent_stop_string_cuts_the_text() -> None:
+    message = _local(_body({"content": "first part E5 second part"}))
+    assert message["content"] == [{"type": "text", "text": "first part "}]
+    assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", "E5")
+    assert message["usage"]["output_tokens"] == 7  # as reported
+
+
+def test_tool_calls_and_refusals_after_an_unsent_stop_string_are_dropped() -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    message = _local(_body({"content": "ok E5 then", "tool_calls": [call], "refusal": "no"}, "tool_calls"))
+    assert message["content"] == [{"type": "text", "text": "ok "}]
+    assert message["stop_reason"] == "stop_sequence"
+
+
+def test_an_unsent_stop_string_before_the_length_limit_wins() -> None:
+    message = _local(_body({"content": "E5 and on and on"}, "length"))
+    assert message["content"] == [] and message["stop_reason"] == "stop_sequence"
+
+
+def test_reasoning_is_not_searched_for_unsent_stop_strings() -> None:
+    message = _local(_body({"content": "answer", "reasoning_content": "I will say E5"}))
+    assert message["content"][1] == {"type": "text", "text": "answer"} and message["stop_reason"] == "end_turn"
+    tagged = _local(_body({"content": "<think>E5?</think>answer E5 tail"}), think_tags=True)
+    assert [(b["type"], b.get("text", b.get("thinking"))) for b in tagged["content"]] == [
+        ("thinking", "E5?"), ("text", "answer ")]
+
+
+def test_no_unsent_stop_string_in_the_text_changes_nothing() -> None:
+    body = _body({"content": "plain text"})
+    assert _local(body)["content"] == [{"type": "text", "text": "plain text"}]
+    assert _local(body)["stop_reason"] == "end_turn"
 
 
 # --------------------------------------------------------------------------

@@ -361,6 +361,134 @@ def test_held_stop_prefix_keeps_its_place_before_later_reasoning() -> None:
     assert_valid_event_sequence(pb.events, allow_error=False)
 
 
+# Stop strings the upstream was not sent (past max_stop, or a model that takes none): the
+# proxy ends the answer at the first one itself (PROTOCOL.md 2.4, ChatApi.prepare).
+
+FIVE = ["A1", "B2", "C3", "D4", "E5"]
+
+
+def _local(**meta: Any) -> Playbook:
+    return Playbook(stop_sequences=FIVE, local_stops=["E5"], **meta)
+
+
+def test_an_unsent_stop_string_split_across_deltas_ends_the_message_at_once() -> None:
+    pb = _local()
+    pb.feed(chunk({"role": "assistant", "content": "first part E"}))
+    assert not pb.complete
+    got = pb.feed(chunk({"content": "5 second part"}))
+    assert pb.complete  # the relay stops reading and closes the upstream response
+    assert [e["type"] for e in got] == ["content_block_stop", "message_delta", "message_stop"]  # "E" was held
+    message = final_message(pb.events)
+    assert message["content"] == [{"type": "text", "text": "first part "}]
+    assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", "E5")
+    assert message["usage"]["input_tokens"] == 25 and message["usage"]["output_tokens"] > 0  # estimated
+    assert pb.feed(chunk({"content": " more"}, "stop")) == [] and pb.eof() == ([], None)
+    assert_valid_event_sequence(pb.events, allow_error=False)
+
+
+def test_an_unsent_stop_string_in_one_delta_cuts_it() -> None:
+    pb = _local()
+    pb.feed(chunk({"content": "first part E5 second part"}))
+    assert pb.complete
+    assert final_message(pb.events)["content"] == [{"type": "text", "text": "first part "}]
+
+
+def test_nothing_after_an_unsent_stop_string_is_sent_not_even_tool_calls() -> None:
+    pb = Playbook(stop_sequences=["STOP"], local_stops=["STOP"])
+    pb.feed(chunk({"content": "Calling. STOP", **tool_delta(0, "c1", "f", '{"a": 1}')}))
+    message = final_message(pb.events)
+    assert message["content"] == [{"type": "text", "text": "Calling. "}]
+    assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", "STOP")
+    assert_valid_event_sequence(pb.events, allow_error=False)
+
+
+def test_usage_already_known_is_reported_at_an_unsent_stop_string() -> None:
+    pb = Playbook(stop_sequences=["END"], local_stops=["END"])
+    pb.feed(chunk({"content": "a END b"}, usage={"prompt_tokens": 40, "completion_tokens": 3}))
+    assert final_message(pb.events)["usage"]["output_tokens"] == 3
+
+
+def test_text_that_starts_with_an_unsent_stop_string_opens_no_block() -> None:
+    pb = Playbook(stop_sequences=["<END>"], local_stops=["<END>"])
+    pb.feed(chunk({"content": "<EN"}))
+    pb.feed(chunk({"content": "D> and on"}))
+    assert [e["type"] for e in pb.events] == ["message_start", "message_delta", "message_stop"]
+    assert pb.events[1]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "<END>"}
+
+
+def test_the_stop_string_that_ends_first_wins_and_the_longest_at_the_same_end() -> None:
+    pb = Playbook(stop_sequences=["XYZ", "Y"], local_stops=["XYZ", "Y"])
+    pb.feed(chunk({"content": "aXY"}))
+    assert final_message(pb.events)["content"] == [{"type": "text", "text": "aX"}]
+    pb = Playbook(stop_sequences=["END", "THE END"], local_stops=["END", "THE END"])
+    for piece in ["story. TH", "E EN", "D!"]:
+        pb.feed(chunk({"content": piece}))
+    message = final_message(pb.events)
+    assert message["content"] == [{"type": "text", "text": "story. "}] and message["stop_sequence"] == "THE END"
+
+
+def test_reasoning_is_not_searched_for_unsent_stop_strings() -> None:
+    pb = _local()
+    pb.feed(chunk({"reasoning_content": "think E5 think"}))
+    pb.feed(chunk({"content": "answer E"}))
+    pb.feed(chunk({"reasoning_content": "more"}))  # the held "E" goes out first: no match across blocks
+    pb.feed(chunk({"content": "5 tail E5 cut"}))
+    content = final_message(pb.events)["content"]
+    assert [(b["type"], b.get("text", b.get("thinking"))) for b in content] == [
+        ("thinking", "think E5 think"), ("text", "answer E"), ("thinking", "more"), ("text", "5 tail ")]
+    assert_valid_event_sequence(pb.events, allow_error=False)
+
+
+def test_think_tags_are_reasoning_not_text_for_unsent_stop_strings() -> None:
+    pb = _local(think_tags=True)
+    for piece in ["<think>E5 is", " a plan</think>", "Answer E", "5 rest"]:
+        pb.feed(chunk({"content": piece}))
+    content = final_message(pb.events)["content"]
+    assert [(b["type"], b.get("text", b.get("thinking"))) for b in content] == [
+        ("thinking", "E5 is a plan"), ("text", "Answer ")]
+
+
+def test_an_unsent_stop_string_held_back_to_the_end_of_the_stream_still_ends_it() -> None:
+    pb = _local(think_tags=True)
+    pb.feed(chunk({"content": "<thi"}))  # may still become <think>: held by the tag splitter
+    pb.feed(chunk({}, "stop"))
+    pb.done()
+    assert final_message(pb.events)["content"] == [{"type": "text", "text": "<thi"}]
+    pb = _local(think_tags=True)
+    pb.feed(chunk({"content": "E"}))
+    pb.feed(chunk({"content": "5"}, "length"))  # the stop string came before the limit
+    pb.done()
+    message = final_message(pb.events)
+    assert message["content"] == [] and message["stop_reason"] == "stop_sequence"
+
+
+def test_text_deferred_behind_a_live_tool_is_cut_when_released() -> None:
+    pb = Playbook(stop_sequences=["STOP"], local_stops=["STOP"])
+    pb.feed(chunk(tool_delta(0, "c1", "f", '{"a": ')))
+    pb.feed(chunk({"content": "x STOP y"}))  # waits: the tool's JSON is still open
+    pb.feed(chunk(tool_delta(0, arguments="1}")))
+    assert pb.complete
+    message = final_message(pb.events)
+    assert message["content"] == [{"type": "tool_use", "id": "c1", "name": "f", "input": {"a": 1}},
+                                  {"type": "text", "text": "x "}]
+    assert message["stop_reason"] == "tool_use"  # the call was shown before the stop string came
+    assert_valid_event_sequence(pb.events, allow_error=False)
+
+
+def test_a_json_answer_to_a_stream_request_is_cut_too() -> None:
+    pb = _local()
+    from fakes import completion
+    events = pb.stream.from_json(completion("first part E5 second part"))
+    message = final_message(events)
+    assert message["content"] == [{"type": "text", "text": "first part "}]
+    assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", "E5")
+
+
+def test_without_unsent_stop_strings_the_plain_fold_is_used() -> None:
+    assert type(Playbook(stop_sequences=["END"]).stream) is ChatFold
+    assert type(Playbook(stop_sequences=["END"]).translator) is StreamTranslator
+
+
 def test_think_tags_matching_the_non_streaming_split() -> None:
     pb = Playbook(think_tags=True)
     for piece in ["  <think>", " deep ", "thought ", "</think>", "\n", "\nAnswer"]:

@@ -19,9 +19,10 @@ from ...routing import Target
 from ...tool_memo import ToolMemo
 from ...urls import chat_url
 from ..base import ClientRequest, Exchange, encode_body, with_json
+from ..stops import unsent_stops
 from .request import chat_tools, to_chat_request
 from .response import message_from_body
-from .stream import ChatFold, StreamTranslator
+from .stream import ChatFold, LocalStopFold, LocalStopTranslator, StreamTranslator
 
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,11 @@ log = logging.getLogger(__name__)
 # Fields the proxy adds on its own that an upstream may refuse for a model ("Unsupported parameter:
 # 'reasoning_effort' is not supported with this model", "Unrecognized request argument supplied",
 # a strict server's "Extra inputs are not permitted"). Without them the request means the same;
-# the others (messages, tools, stop, response_format...) carry the client's meaning and stay.
+# the others (messages, tools, response_format...) carry the client's meaning and stay. stop is
+# the client's too, but the proxy matches the stop strings it did not send itself (apis/stops.py).
 DROPPABLE_FIELDS = ("reasoning_effort", "reasoning", "thinking", "reasoning_format", "chat_template_kwargs",
                     "parallel_tool_calls", "prompt_cache_key", "session_id", "user", "stream_options", "top_k",
-                    "temperature", "top_p")
+                    "temperature", "top_p", "stop")
 # Refusals of a field as such, each capturing the field's name: OpenAI's "Unsupported parameter:
 # 'x' is not supported with this model" and "Unrecognized request argument supplied: x", others'
 # "Unknown parameter: 'x'" and "property 'x' is unsupported", and a strict server's 422 (pydantic's
@@ -91,10 +93,11 @@ class ChatApi:
         azure = azure_api_version(target.provider.azure_api_version, dialect) if dialect.auth == "azure" else None
         headers = (("Content-Type", "application/json"),
                    ("Accept", "text/event-stream" if chat.stream else "application/json"))
+        local = unsent_stops(parsed.stop_sequences, payload.get("stop") or ())
         # The context keeps the tool names only: the request's dataclasses (~25 KiB for a Claude
         # Code turn) would otherwise stay alive for as long as the upstream takes to answer.
         return Exchange(chat_url(target.provider.url, target.model, azure), body, headers, chat.stream,
-                        chat.max_tokens, translation.warnings, (translation.tool_names, target))
+                        chat.max_tokens, translation.warnings, (translation.tool_names, target, local))
 
     def recover(self, exc: ProxyError, req: ClientRequest, target: Target, ex: Exchange,
                 cap: Optional[int]) -> Optional[Exchange]:
@@ -124,29 +127,32 @@ class ChatApi:
 
     def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
                   ) -> Tuple[Dict[str, Any], List[str]]:
-        tool_names, dialect = _context(ex)
+        tool_names, dialect, local = _context(ex)
         parsed = req.parsed
         assert parsed is not None
         return message_from_body(
             obj, model=req.model, new_id=new_id, tool_names=tool_names,
             stop_sequences=parsed.stop_sequences, dialect_name=dialect.name, think_tags=dialect.think_tags,
-            secrets=secrets,
+            secrets=secrets, local_stops=local,
         )
 
     def fold(self, req: ClientRequest, ex: Exchange, *, message_id: str, input_tokens: int,
              secrets: Tuple[str, ...] = ()) -> ChatFold:
-        tool_names, dialect = _context(ex)
+        tool_names, dialect, local = _context(ex)
         parsed = req.parsed
         assert parsed is not None
-        translator = StreamTranslator(
+        kwargs: Dict[str, Any] = dict(
             message_id=message_id, model=req.model, input_tokens=input_tokens, new_id=new_id,
             tool_names=tool_names, stop_sequences=parsed.stop_sequences,
             dialect_name=dialect.name, think_tags=dialect.think_tags, secrets=secrets,
         )
-        return ChatFold(translator)
+        if local:  # only then a fold that matches stop strings: nothing added per chunk otherwise
+            return LocalStopFold(LocalStopTranslator(local_stops=local, **kwargs))
+        return ChatFold(StreamTranslator(**kwargs))
 
 
-def _context(ex: Exchange) -> Tuple[Dict[str, str], Dialect]:
-    tool_names, target = ex.context
+def _context(ex: Exchange) -> Tuple[Dict[str, str], Dialect, Tuple[str, ...]]:
+    """Tool names, dialect and the stop strings the proxy matches itself (``prepare``)."""
+    tool_names, target, local = ex.context
     assert target.dialect is not None, "a chat target always has a dialect"
-    return tool_names, target.dialect
+    return tool_names, target.dialect, local

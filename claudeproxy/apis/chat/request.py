@@ -565,6 +565,9 @@ def _max_tokens(req: MessagesRequest, cap: Optional[int]) -> Optional[int]:
 
 
 def _stop(req: MessagesRequest, dialect: Dialect) -> Tuple[str, ...]:
+    """The stop strings sent; the rest are matched by the proxy (``apis/stops.py``)."""
+    if not dialect.sends_stop:
+        return ()
     stops = tuple(s for s in req.stop_sequences if s)
     return stops[: dialect.max_stop] if dialect.max_stop is not None else stops
 

@@ -8,12 +8,14 @@ output.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ...errors import UpstreamUnavailable, error_from_object
 from ...signatures import encode_signature
+from ..stops import first_stop
 from .wire import (
     ChatChoice,
     ChatResponse,
@@ -248,6 +250,26 @@ def apply_stop_sequence(blocks: List[Dict[str, Any]], choice: ChatChoice, stop_s
     return stop_match
 
 
+def cut_at_stop(choice: ChatChoice, stops: Tuple[str, ...], think_tags: bool) -> Tuple[ChatChoice, Optional[str]]:
+    """The choice ended at the first stop string the proxy matches itself, and that string.
+
+    Only the answer text is searched (not reasoning, not a refusal). What came after the
+    stop string (the rest of the text, a refusal, tool calls) was never part of the answer.
+    """
+    if not stops:
+        return choice, None
+    reasoning, text = choice.reasoning, choice.content
+    if think_tags and not reasoning:
+        reasoning, text = split_think_tags(text)  # the <think> part is reasoning, not text
+    hit = first_stop(text, stops)
+    if hit is None:
+        return choice, None
+    start, seq = hit
+    cut = dataclasses.replace(choice, reasoning=reasoning, content=text[:start], refusal="", tool_calls=(),
+                              finish_reason="stop", matched_stop=None)
+    return cut, seq
+
+
 def message_id(upstream_id: str, new_id: IdFactory) -> str:
     cleaned = _ID_CHARS_RE.sub("", upstream_id)
     return "msg_" + (cleaned or new_id())
@@ -262,15 +284,20 @@ def to_messages_response(
     stop_sequences: Tuple[str, ...] = (),
     dialect_name: str = "generic",
     think_tags: bool = False,
+    local_stops: Tuple[str, ...] = (),
 ) -> Tuple[Dict[str, Any], List[str]]:
-    """The Anthropic ``Message`` for a ChatCompletion that has a choice, plus warnings."""
-    choice = chat.choice or ChatChoice()
+    """The Anthropic ``Message`` for a ChatCompletion that has a choice, plus warnings.
+
+    ``local_stops``: the stop strings the upstream was not sent; the text ends at the first.
+    """
+    choice, local_match = cut_at_stop(chat.choice or ChatChoice(), local_stops, think_tags)
     blocks, warnings = content_blocks(
-        choice, tool_names=tool_names or {}, dialect_name=dialect_name, think_tags=think_tags, new_id=new_id
+        choice, tool_names=tool_names or {}, dialect_name=dialect_name,
+        think_tags=think_tags and local_match is None, new_id=new_id,  # a cut choice is split already
     )
     has_tools = any(b["type"] == "tool_use" for b in blocks)
-    stop_match = None
-    if not (has_tools or choice.refusal):  # rules 2 and 4 win: leave the text as generated
+    stop_match = local_match
+    if not (has_tools or choice.refusal or local_match):  # rules 2 and 4 win: leave the text as generated
         stop_match = apply_stop_sequence(blocks, choice, stop_sequences)
     reason = stop_reason_for(choice.finish_reason, has_tools, bool(choice.refusal), stop_match)
     message = {
@@ -296,6 +323,7 @@ def message_from_body(
     dialect_name: str = "generic",
     think_tags: bool = False,
     secrets: Tuple[str, ...] = (),
+    local_stops: Tuple[str, ...] = (),
 ) -> Tuple[Dict[str, Any], List[str]]:
     """The Anthropic message for a JSON body from the upstream; error objects and empty answers raise."""
     chat = parse_chat_response(obj)
@@ -305,5 +333,5 @@ def message_from_body(
         raise UpstreamUnavailable("upstream response has no choices")
     return to_messages_response(
         chat, model=model, new_id=new_id, tool_names=tool_names, stop_sequences=stop_sequences,
-        dialect_name=dialect_name, think_tags=think_tags,
+        dialect_name=dialect_name, think_tags=think_tags, local_stops=local_stops,
     )

@@ -28,6 +28,7 @@ from ...errors import (
 from ...replies import events_for_message, message_start
 from ...signatures import encode_signature
 from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done
+from ..stops import first_stop, stop_prefix_len
 from .response import (
     IdFactory,
     match_stop_sequence,
@@ -42,17 +43,6 @@ from .wire import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta, parse_chat
 Event = Dict[str, Any]
 MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as broken
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
-
-
-def _stop_prefix_len(text: str, stop_sequences: Tuple[str, ...]) -> int:
-    """Length of the longest end of ``text`` that is, or begins, a stop sequence."""
-    best = 0
-    for seq in stop_sequences:
-        for k in range(min(len(text), len(seq)), best, -1):
-            if text.endswith(seq[:k]):
-                best = k
-                break
-    return best
 
 
 def _parses(text: str) -> bool:
@@ -246,6 +236,7 @@ class StreamTranslator:
         self.new_id = new_id
         self.tool_names = tool_names or {}
         self.stop_sequences = stop_sequences
+        self.local_stops: Tuple[str, ...] = ()  # matched by the proxy: LocalStopTranslator
         self.dialect_name = dialect_name
         self.secrets = secrets
         self.think = _ThinkTags() if think_tags else None
@@ -425,7 +416,7 @@ class StreamTranslator:
         if self.stop_sequences:
             self.out_chars += len(text)
             text = self.held_text + text
-            keep = _stop_prefix_len(text, self.stop_sequences)
+            keep = stop_prefix_len(text, self.stop_sequences)
             text, self.held_text = text[: len(text) - keep], text[len(text) - keep:]
             return self._text_delta(text, count=False)
         return self._text_delta(text)
@@ -579,6 +570,73 @@ class StreamTranslator:
             self.state["ts"] = sigs
 
 
+class LocalStopTranslator(StreamTranslator):
+    """A ``StreamTranslator`` that also ends the answer at the stop strings the upstream was not
+    sent (``local_stops``: past the dialect's max_stop, or all where stop is not sent).
+
+    Text that may begin a stop string is held back already (``_emit_text``), so a string split
+    across deltas still matches. Once one is complete the text before it goes out, the message
+    ends with stop_reason ``stop_sequence`` and ``done`` turns true: what the upstream sends
+    after it (more text, tool calls) is not the answer. A subclass, so a request without such
+    stop strings pays nothing per chunk.
+    """
+
+    def __init__(self, *, local_stops: Tuple[str, ...], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.local_stops = local_stops
+        self.cut: Optional[str] = None  # the local stop string the answer ended at
+
+    def feed(self, chunk: ChatResponse) -> List[Event]:
+        return [] if self.done else self._ended(super().feed(chunk))
+
+    def plain_text(self, text: str) -> List[Event]:
+        return self._ended(super().plain_text(text))
+
+    def finish(self) -> List[Event]:
+        if self.done:
+            return []
+        # What finish() flushes first (think tags, text deferred behind a tool) may hold the stop.
+        events = self.start()
+        if self.think is not None:
+            reasoning, text = self.think.flush()
+            events += self._emit_reasoning(reasoning) + self._emit_text(text)
+        events += self._release()
+        return events + (self._stop_events() if self.cut is not None else super().finish())
+
+    def _emit_text(self, text: str) -> List[Event]:
+        if self.cut is not None:
+            return []
+        if not text or self._blocked():
+            return super()._emit_text(text)
+        buffered = self.held_text + text
+        hit = first_stop(buffered, self.local_stops)
+        if hit is None:
+            return super()._emit_text(text)
+        start, self.cut = hit
+        self.held_text = ""
+        self.out_chars += len(text)  # generated, so counted as the plain path counts it
+        return self._text_delta(buffered[:start], count=False)
+
+    def _emit_reasoning(self, text: str) -> List[Event]:
+        return [] if self.cut is not None else super()._emit_reasoning(text)
+
+    def _tool_fragment(self, call: ToolCallDelta) -> List[Event]:
+        return [] if self.cut is not None else super()._tool_fragment(call)
+
+    def _ended(self, events: List[Event]) -> List[Event]:
+        return events + self._stop_events() if self.cut is not None and not self.done else events
+
+    def _stop_events(self) -> List[Event]:
+        """Close the open block and end the message at the matched stop string."""
+        self.deferred = []
+        self.tools = [t for t in self.tools if t.live]  # calls not shown yet came after the stop
+        self.finish_reason, self.matched_stop, self.stop_match = "stop", None, self.cut
+        self._update_state_from_tools()
+        events = self._close_open() + self._carrier_block()
+        self.done = True
+        return events + [self._message_delta(), {"type": "message_stop"}]
+
+
 def plain_text_delta(obj: Any) -> Optional[str]:
     """The text of a chunk that carries only text (no finish, tools, reasoning, usage, error), else None."""
     choices = obj.get("choices") if type(obj) is dict else None
@@ -658,6 +716,7 @@ class ChatFold(SSEFold):
         message, self.warnings = message_from_body(
             obj, model=t.model, new_id=t.new_id, tool_names=t.tool_names, stop_sequences=t.stop_sequences,
             dialect_name=t.dialect_name, think_tags=t.think is not None, secrets=t.secrets,
+            local_stops=t.local_stops,
         )
         t.stop_reason, t.final_usage = message["stop_reason"], message["usage"]
         events = events_for_message(message)
@@ -695,3 +754,13 @@ class ChatFold(SSEFold):
     def _finish(self) -> List[Event]:
         self.complete = True
         return self.translator.finish()
+
+
+class LocalStopFold(ChatFold):
+    """The ``ChatFold`` of a ``LocalStopTranslator``: complete as soon as the translator ended
+    the message at a stop string, so the relay stops reading and closes the upstream response."""
+
+    def _on_event(self, event: ServerSentEvent) -> List[Event]:
+        events = super()._on_event(event)
+        self.complete = self.complete or self.translator.done
+        return events

@@ -19,9 +19,10 @@ from ...routing import Target
 from ...tool_memo import ToolMemo
 from ...urls import join_path
 from ..base import ClientRequest, Exchange, encode_body, with_json
+from ..stops import unsent_stops
 from .request import responses_tools, to_responses_request
 from .response import to_messages_response
-from .stream import ResponsesFold
+from .stream import LocalStopResponsesFold, ResponsesFold
 
 
 def responses_url(base: str) -> str:
@@ -60,8 +61,11 @@ class ResponsesApi:
         body = encode_body(translation.body, "tools", encoded)
         headers = (("Content-Type", "application/json"),
                    ("Accept", "text/event-stream" if parsed.stream else "application/json"))
+        # The API has no stop parameter: the proxy matches all of the client's stop strings.
+        stops = unsent_stops(parsed.stop_sequences, ())
         return Exchange(responses_url(target.provider.url), body, headers, parsed.stream,
-                        translation.body.get("max_output_tokens"), translation.warnings, translation.tool_names)
+                        translation.body.get("max_output_tokens"), translation.warnings,
+                        (translation.tool_names, stops))
 
     def recover(self, exc: ProxyError, req: ClientRequest, target: Target, ex: Exchange,
                 cap: Optional[int]) -> Optional[Exchange]:
@@ -81,11 +85,16 @@ class ResponsesApi:
 
     def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
                   ) -> Tuple[Dict[str, Any], List[str]]:
-        message = to_messages_response(obj, model=req.model, new_id=new_id, tool_names=ex.context,
-                                       secrets=secrets)
+        tool_names, stops = ex.context
+        message = to_messages_response(obj, model=req.model, new_id=new_id, tool_names=tool_names,
+                                       secrets=secrets, stop_sequences=stops)
         return message, []
 
     def fold(self, req: ClientRequest, ex: Exchange, *, message_id: str, input_tokens: int,
              secrets: Tuple[str, ...] = ()) -> ResponsesFold:
-        return ResponsesFold(message_id=message_id, model=req.model, input_tokens=input_tokens, new_id=new_id,
-                             tool_names=ex.context, secrets=secrets)
+        tool_names, stops = ex.context
+        kwargs: Dict[str, Any] = dict(message_id=message_id, model=req.model, input_tokens=input_tokens,
+                                      new_id=new_id, tool_names=tool_names, secrets=secrets)
+        if stops:  # only then a fold that matches stop strings: nothing added per event otherwise
+            return LocalStopResponsesFold(stop_sequences=stops, **kwargs)
+        return ResponsesFold(**kwargs)

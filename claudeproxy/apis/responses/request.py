@@ -442,13 +442,6 @@ def _text_format(req: MessagesRequest) -> Dict[str, Any]:
     return {"text": {"format": {"type": "json_schema", "name": "output", "schema": schema, "strict": False}}}
 
 
-def _dropped_fields(req: MessagesRequest) -> List[str]:
-    warnings = []
-    if any(req.stop_sequences):
-        warnings.append("stop_sequences dropped: the Responses API has no stop parameter")
-    return warnings
-
-
 # --------------------------------------------------------------------------
 # The whole request.
 
@@ -525,4 +518,5 @@ def to_responses_request(
     if cache_key:
         body["prompt_cache_key"] = _short_key(cache_key)
     body["stream"] = stream
-    return Translation(body, _tool_names(req), warnings + tuple(_dropped_fields(req)))
+    # No stop_sequences: the API has no stop parameter; the proxy matches them itself (apis/stops.py).
+    return Translation(body, _tool_names(req), warnings)

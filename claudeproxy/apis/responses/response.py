@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from ...errors import ProxyError, error_from_object
 from ...signatures import encode_signature
 from ..chat.response import message_id, normalize_arguments
+from ..stops import first_stop
 from . import API_NAME
 
 IdFactory = Callable[[], str]
@@ -262,6 +263,40 @@ def content_blocks(output: Any, tool_names: Dict[str, str], new_id: IdFactory) -
     return blocks, refusal
 
 
+def cut_output(output: Any, stops: Tuple[str, ...]) -> Tuple[List[Any], Optional[str]]:
+    """The output items up to the first stop string in an output_text part (cut there), and that string.
+
+    The API takes no stop strings, so the proxy matches them (PROTOCOL.md 2.4): only answer
+    text, not reasoning or a refusal. Items after the match (text, calls) are not the answer.
+    """
+    items = output if isinstance(output, list) else []  # positions kept: they are output_index
+    for i, item in enumerate(items):
+        parts = _list(item.get("content")) if isinstance(item, dict) and item.get("type") == "message" else []
+        for j, part in enumerate(parts):
+            text, is_refusal = part_text(part)
+            hit = None if is_refusal else first_stop(text, stops)
+            if hit is not None:
+                cut = {**part, "text": text[: hit[0]], "annotations": cited_before(part.get("annotations"), hit[0])}
+                return items[:i] + [{**item, "content": parts[:j] + [cut]}], hit[1]
+    return items, None
+
+
+def cited_before(annotations: Any, end: int) -> List[Any]:
+    """The annotations whose span lies in ``text[:end]``: a citation of cut text cites nothing sent."""
+    kept = []
+    for annotation in annotations if isinstance(annotations, list) else ():
+        stop = annotation.get("end_index") if isinstance(annotation, dict) else None
+        if not isinstance(stop, int) or stop <= end:
+            kept.append(annotation)
+    return kept
+
+
+def cut_stop_reason(has_tool_use: bool, refusal: bool) -> str:
+    """The stop reason of an answer the proxy ended at a stop string: the rule order of
+    PROTOCOL.md 2.4 (a call or refusal shown before it wins; the output limit came after it)."""
+    return "tool_use" if has_tool_use else "refusal" if refusal else "stop_sequence"
+
+
 def to_messages_response(
     obj: Any,
     *,
@@ -269,15 +304,24 @@ def to_messages_response(
     new_id: IdFactory,
     tool_names: Dict[str, str],
     secrets: Tuple[str, ...] = (),
+    stop_sequences: Tuple[str, ...] = (),
 ) -> Dict[str, Any]:
-    """The Anthropic ``Message`` for a Response object; ``ProxyError`` for a failed one or an error body."""
+    """The Anthropic ``Message`` for a Response object; ``ProxyError`` for a failed one or an error body.
+
+    ``stop_sequences``: the client's; the text ends at the first (``cut_output``).
+    """
     if not isinstance(obj, dict):
         raise error_for({}, secrets, default="upstream returned a body that is not a Response object")
     failure = failure_of(obj, secrets)
     if failure is not None:
         raise failure
-    blocks, refusal = content_blocks(obj.get("output"), tool_names, new_id)
+    output, match = cut_output(obj.get("output"), stop_sequences) if stop_sequences else (obj.get("output"), None)
+    blocks, refusal = content_blocks(output, tool_names, new_id)
     has_tools = any(b["type"] == "tool_use" for b in blocks)
+    if match is None:
+        reason = stop_reason_for(obj.get("status"), obj.get("incomplete_details"), has_tools, refusal)
+    else:
+        reason = cut_stop_reason(has_tools, refusal)
     upstream_id = _text_field(obj, "id")
     return {
         "id": message_id(upstream_id, new_id),
@@ -285,7 +329,7 @@ def to_messages_response(
         "role": "assistant",
         "model": model,
         "content": blocks,
-        "stop_reason": stop_reason_for(obj.get("status"), obj.get("incomplete_details"), has_tools, refusal),
-        "stop_sequence": None,
+        "stop_reason": reason,
+        "stop_sequence": match if reason == "stop_sequence" else None,
         "usage": usage_from(obj.get("usage"), count_searches(_list(obj.get("output")))),
     }

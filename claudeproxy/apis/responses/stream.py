@@ -31,9 +31,13 @@ from ...replies import block_events, events_for_message, message_start
 from ...signatures import encode_signature
 from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done
 from ..chat.response import message_id, normalize_arguments
+from ..stops import first_stop, stop_prefix_len
 from . import API_NAME
 from .response import (
     IdFactory,
+    cited_before,
+    cut_output,
+    cut_stop_reason,
     error_for,
     failure_of,
     is_search,
@@ -98,6 +102,7 @@ class ResponsesFold(SSEFold):
         self.new_id = new_id
         self.tool_names = tool_names or {}
         self.secrets = secrets
+        self.stops: Tuple[str, ...] = ()  # the client's stop strings: LocalStopResponsesFold matches them
         self.decoder = SSEDecoder()
         self.started = False
         self.done = False  # message_stop or error written
@@ -163,7 +168,8 @@ class ResponsesFold(SSEFold):
     def from_json(self, obj: Any) -> List[Event]:
         """The whole stream for a JSON Response given to a stream request."""
         message = to_messages_response(
-            obj, model=self.model, new_id=self.new_id, tool_names=self.tool_names, secrets=self.secrets
+            obj, model=self.model, new_id=self.new_id, tool_names=self.tool_names, secrets=self.secrets,
+            stop_sequences=self.stops,
         )
         events: List[Event] = []
         if not self.started:  # else start() already sent one (pings while the body was slow)
@@ -172,7 +178,7 @@ class ResponsesFold(SSEFold):
         for block in message["content"]:
             events += self._whole_block(block)
         self.stop_reason, self.usage = message["stop_reason"], message["usage"]
-        return events + self._ending(message["stop_reason"], message["usage"])
+        return events + self._ending(message["stop_reason"], message["usage"], message["stop_sequence"])
 
     # ------------------------------------------------------------------
     # Dispatch.
@@ -525,10 +531,10 @@ class ResponsesFold(SSEFold):
                 events += self._whole_block(block)
         return events
 
-    def _ending(self, reason: str, usage: Dict[str, Any]) -> List[Event]:
+    def _ending(self, reason: str, usage: Dict[str, Any], sequence: Optional[str] = None) -> List[Event]:
         events = self.start() + self._close()
         self.done = self.complete = True
-        delta = {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": None}, "usage": usage}
+        delta = {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence}, "usage": usage}
         return events + [delta, {"type": "message_stop"}]
 
     def _failed(self, obj: Dict[str, Any]) -> List[Event]:
@@ -545,6 +551,84 @@ class ResponsesFold(SSEFold):
         if not self.started and isinstance(response.get("id"), str) and response["id"]:
             self.message_id = message_id(response["id"], self.new_id)
         return []
+
+
+class LocalStopResponsesFold(ResponsesFold):
+    """A ``ResponsesFold`` that ends the answer at the client's stop strings (the API takes none).
+
+    Answer text that may begin a stop string is held back (``held``, of the text part
+    ``held_key``) until the next delta decides, so a string split across deltas still
+    matches; it goes out before anything else does (``_close``). At a match the text
+    before it goes out, the message ends with stop_reason ``stop_sequence`` and the fold
+    is complete: the relay stops reading, and nothing the upstream sends after it is
+    the answer. A subclass, so a request without stop strings pays nothing per event.
+    """
+
+    def __init__(self, *, stop_sequences: Tuple[str, ...], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stops = stop_sequences
+        self.held = ""
+        self.held_key: Key = ()
+        self.cut: Optional[str] = None  # the stop string the answer ended at
+
+    def _on_event(self, event: ServerSentEvent) -> List[Event]:
+        return [] if self.cut is not None else super()._on_event(event)
+
+    def _emit_text(self, key: Key, text: str, refusal: bool) -> List[Event]:
+        if self.cut is not None:
+            return []
+        if refusal or not text:  # a refusal is not answer text: not searched
+            return super()._emit_text(key, text, refusal)
+        events = self._flush_held() if self.held and key != self.held_key else []  # no match across parts
+        self.text_sent[key] = self.text_sent.get(key, "") + text  # as received: .done fills in the rest only
+        self.out_chars += len(text)
+        buffered, self.held = self.held + text, ""
+        hit = first_stop(buffered, self.stops)
+        if hit is not None:
+            return events + self._send_text(key, buffered[: hit[0]]) + self._stop_at(key, len(buffered) - hit[0], hit[1])
+        keep = stop_prefix_len(buffered, self.stops)
+        events += self._send_text(key, buffered[: len(buffered) - keep])
+        self.held, self.held_key = buffered[len(buffered) - keep:], key
+        return events
+
+    def _send_text(self, key: Key, text: str) -> List[Event]:
+        if not text:
+            return []  # no empty blocks (FIELD-NOTES 12)
+        events = [] if self._is_open(key) else self._open(key, "text", {"type": "text", "text": ""})
+        return events + [self._delta({"type": "text_delta", "text": text})]
+
+    def _flush_held(self) -> List[Event]:
+        """Held text that turned out not to begin a stop string: it goes out, in its own part's block."""
+        held, self.held = self.held, ""
+        return self._send_text(self.held_key, held)
+
+    def _close(self) -> List[Event]:
+        events = self._flush_held() if self.held else []
+        return events + super()._close()
+
+    def _stop_at(self, key: Key, unsent: int, sequence: str) -> List[Event]:
+        """End the message at ``sequence``; the last ``unsent`` characters received for ``key`` are not sent."""
+        sent = self.text_sent[key][: len(self.text_sent[key]) - unsent]
+        self.text_sent[key] = sent  # the block's citations are those of the text sent
+        self.annotations[key] = cited_before(self.annotations.get(key), len(sent))
+        return self._end_at_stop(sequence, None)
+
+    def _end_at_stop(self, sequence: str, usage: Any) -> List[Event]:
+        """message_delta and message_stop for an answer ended at ``sequence``; usage as far as known."""
+        self.cut = sequence
+        if not isinstance(usage, dict):
+            usage = {"input_tokens": self.input_tokens, "output_tokens": math.ceil(self.out_chars / 4)}
+        reason = cut_stop_reason(self.has_tools, self.refusal)
+        self.stop_reason, self.usage = reason, usage_from(usage, self.searches)
+        return self._ending(reason, self.usage, sequence if reason == "stop_sequence" else None)
+
+    def _completed(self, obj: Dict[str, Any]) -> List[Event]:
+        """A server that sends only the final object: the stop string may be in an item not streamed."""
+        response = _dict(obj.get("response"))
+        output, match = cut_output(response.get("output"), self.stops)
+        if match is None or -1 in self.items or len(output) - 1 in self.items:
+            return super()._completed(obj)
+        return self._unseen_items(output) + self._end_at_stop(match, response.get("usage"))
 
 
 _HANDLERS = {
