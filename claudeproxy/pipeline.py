@@ -39,6 +39,7 @@ from .metrics import CallRecord, Metrics, access_line
 from .model_facts import PRICES_CHECKED, ModelFacts
 from .observe import ObservedFold, bodies_logged, log_body
 from .prompt_cache import session_cache_key
+from .redact import header_secrets, url_secrets
 from .relay import Relay
 from .replies import events_for_message, local_message
 from .routing import Routed, Target, build_router
@@ -95,6 +96,9 @@ class Proxy:
         self._warned: Set[str] = set()  # translation warnings already logged at WARNING level
         self._random = random.Random()  # backoff jitter
         self.calibration = TokenCalibration()  # count_tokens and message_start learn per model
+        # Credentials written into the configuration (a URL's ?key=, --header values): fixed, found once.
+        self._fixed_secrets = tuple(dict.fromkeys(
+            s for p in self.router.providers.values() for s in url_secrets(p.url) + header_secrets(p.headers)))
         self.routes: Dict[Tuple[str, str], Route] = {
             ("POST", "/v1/messages"): self.messages,
             ("POST", "/v1/messages/count_tokens"): self.count_tokens,
@@ -163,8 +167,10 @@ class Proxy:
             log_body(what, body, self.secrets())
 
     def secrets(self) -> Tuple[str, ...]:
-        """Every provider's current key: masked in logs and in every upstream-derived message."""
-        return tuple(k for p in self.router.providers.values() for k in current_secrets(p.token))
+        """Every provider's current key and the credentials written into the
+        configuration: masked in logs and in every upstream-derived message."""
+        keys = tuple(k for p in self.router.providers.values() for k in current_secrets(p.token))
+        return self._fixed_secrets + keys
 
     def _auth(self, provider: Provider, client: Any, token: Optional[str] = None) -> Tuple[Tuple[str, str], ...]:
         token = provider.token() if token is None else token
