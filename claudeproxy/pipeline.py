@@ -162,9 +162,10 @@ class Proxy:
                 api = self.apis.setdefault(name, _load_api(name, self.tools))
         return api
 
-    def _log_body(self, what: str, body: Any) -> None:
+    def _log_body(self, what: str, body: Any, secrets: Optional[Tuple[str, ...]] = None) -> None:
+        """``secrets``: the call's (``UpstreamCall.secrets``) for what came from or goes with its answer."""
         if bodies_logged():  # the secrets are gathered only for a body that is logged
-            log_body(what, body, self.secrets())
+            log_body(what, body, self.secrets() if secrets is None else secrets)
 
     def secrets(self) -> Tuple[str, ...]:
         """Every provider's current key and the credentials written into the
@@ -523,16 +524,17 @@ class Proxy:
               record: Dict[str, Any]) -> None:
         with resp:
             obj = read_json_body(resp, call, self.config.max_body_bytes * 2)
-        self._log_body("upstream response body", obj)
-        message, warnings = api.from_json(req, ex, obj, self.secrets())
+        self._log_body("upstream response body", obj, call.secrets)
+        message, warnings = api.from_json(req, ex, obj, call.secrets)
         for warning in warnings:
             log.warning("%s", warning)
         record.update(stop_reason=message.get("stop_reason"), **_usage_fields(message.get("usage")))
-        self._reply(req, writer, message)
+        self._reply(req, writer, message, call.secrets)
         self._estimate(req, record)  # only to learn from the upstream's count (calibration.py): after the answer
 
-    def _reply(self, req: ClientRequest, writer: Any, message: Dict[str, Any]) -> None:
-        self._log_body("client response body", message)
+    def _reply(self, req: ClientRequest, writer: Any, message: Dict[str, Any],
+               secrets: Optional[Tuple[str, ...]] = None) -> None:
+        self._log_body("client response body", message, secrets)
         if req.stream:
             writer.start_stream()
             writer.events(events_for_message(message))
@@ -544,10 +546,12 @@ class Proxy:
                 watch: Watch, record: Dict[str, Any]) -> Optional["StreamRest"]:
         """Relay the stream until its first event went out (or it ended); the rest comes back."""
         estimate = self._estimate(req, record)
+        # The call's secrets, not only the proxy's: a forwarded client key is masked in the stream's
+        # error event, the relay's warning and the logged lines as in a plain error answer.
         fold: StreamFold = api.fold(req, ex, message_id="msg_" + new_id(), input_tokens=estimate,
-                                    secrets=self.secrets())
+                                    secrets=call.secrets)
         if bodies_logged():
-            fold = cast(StreamFold, ObservedFold(fold, self.secrets()))  # every line and event at DEBUG
+            fold = cast(StreamFold, ObservedFold(fold, call.secrets))  # every line and event at DEBUG
         relay = Relay(writer, fold, call, self.config)
         watch.tick = relay.tick
         self.metrics.stream_began()
