@@ -168,7 +168,7 @@ class Proxy:
             log_body(what, body, self.secrets() if secrets is None else secrets)
 
     def secrets(self) -> Tuple[str, ...]:
-        """Every provider's current key and the credentials written into the
+        """Every provider's current (and a key command's earlier) keys and the credentials in the
         configuration: masked in logs and in every upstream-derived message."""
         keys = tuple(k for p in self.router.providers.values() for k in current_secrets(p.token))
         return self._fixed_secrets + keys
