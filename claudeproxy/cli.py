@@ -53,7 +53,7 @@ from .credentials import DEFAULT_TTL, command_argv, command_token, current_secre
 from .dialects import DIALECTS
 from .metrics import CallRecord
 from .observe import BODIES_LOGGER
-from .redact import redact_text, redact_url
+from .redact import header_secrets, redact_text, redact_url, url_secrets
 from .routing import build_router
 from .server import ProxyServer, drain_and_close
 from .settings_view import describe_config
@@ -495,9 +495,28 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
 
 
 def config_secrets(config: Config) -> Tuple[str, ...]:
-    """The client key and every provider key known so far (a key command is not run for this)."""
+    """The client key, every provider key known so far (a key command is not run for this) and the
+    credentials written into the configuration (URL query keys, credential headers)."""
+    return fixed_secrets(config) + key_secrets(config)
+
+
+def secrets_source(config: Config) -> Callable[[], Tuple[str, ...]]:
+    """``config_secrets`` for the log filter, which asks per record: the fixed part is found once."""
+    fixed = fixed_secrets(config)
+    return lambda: fixed + key_secrets(config)
+
+
+def key_secrets(config: Config) -> Tuple[str, ...]:
+    """The client key and every provider key known so far: these change while the proxy runs."""
     sources = [p.token for p in config.providers] + [config.token]
     return tuple(s for s in (config.auth_key or "",) + tuple(k for t in sources for k in current_secrets(t)) if s)
+
+
+def fixed_secrets(config: Config) -> Tuple[str, ...]:
+    """Credentials written into the configuration: the upstream URLs' query keys and userinfo
+    passwords, the values of credential headers (``--header``, providers' headers)."""
+    places = [(p.url, p.headers) for p in config.providers] + [(config.upstream or "", config.headers)]
+    return tuple(dict.fromkeys(s for url, headers in places for s in url_secrets(url) + header_secrets(headers)))
 
 
 class _JsonFormatter(logging.Formatter):
@@ -691,7 +710,7 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
         return 0
     logger, bodies = logging.getLogger("claudeproxy"), logging.getLogger(BODIES_LOGGER)
     saved = (logger.level, logger.propagate, bodies.level)
-    handler = setup_logging(ns.log_level, lambda: config_secrets(config), stderr, ns.log_format, ns.log_bodies)
+    handler = setup_logging(ns.log_level, secrets_source(config), stderr, ns.log_format, ns.log_bodies)
     try:
         return serve(config, stdout, usage_log_path(ns))
     except ValueError as exc:  # a setting only the server could check (start() raises the same)

@@ -25,6 +25,7 @@ from .errors import UpstreamUnavailable
 
 DEFAULT_TTL = 300.0
 COMMAND_TIMEOUT = 30.0
+PREVIOUS_KEYS = 8  # a key command's earlier keys still masked
 
 
 class CommandToken:
@@ -39,13 +40,25 @@ class CommandToken:
         self._lock = threading.Lock()
         self._key: Optional[str] = None
         self._fetched = 0.0
+        # Keys the command printed before the current one: an upstream may still echo one (a
+        # late 401 for a request sent with it), so they stay masked. Bounded: a key rotated
+        # every few minutes for weeks must not grow the list, nor every redaction. A tuple replaced
+        # whole: masking reads it without the lock, which a running command holds.
+        self.previous: Tuple[str, ...] = ()
 
     def __call__(self) -> str:
         with self._lock:
             if self._key is None or time.monotonic() - self._fetched >= self.ttl:
-                self._key = self._run()
+                key = self._run()
+                self._retire(key)
+                self._key = key
                 self._fetched = time.monotonic()
             return self._key
+
+    def _retire(self, new: Optional[str]) -> None:
+        """Keep the cached key among the previous ones, unless it stays (under the lock)."""
+        if self._key and self._key != new and self._key not in self.previous:
+            self.previous = (self.previous + (self._key,))[-PREVIOUS_KEYS:]
 
     def expire(self, key: Optional[str] = None) -> bool:
         """Forget the cached key (the upstream refused it): the next call runs the command again.
@@ -55,6 +68,7 @@ class CommandToken:
         """
         with self._lock:
             if key is None or key == self._key:
+                self._retire(None)
                 self._key = None
         return True
 
@@ -118,7 +132,7 @@ def current_secrets(source: TokenSource) -> Tuple[str, ...]:
         return tuple(k for s in source.sources for k in current_secrets(s))
     if isinstance(source, CommandToken):
         cached = source._key  # noqa: SLF001 - the cached value, read under no lock: masking only
-        return (cached,) if cached else ()
+        return ((cached,) if cached else ()) + source.previous
     try:
         key = source()
     except Exception:  # a caller's refresher that fails: nothing to mask

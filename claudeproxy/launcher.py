@@ -388,7 +388,7 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
         return _fail(f"cannot open the log file {ns.log_file or ''}: {exc.strerror or exc}", environ, stderr, 1)
     logger = logging.getLogger("claudeproxy")
     saved = (logger.level, logger.propagate)
-    handler = cli.setup_logging(ns.log_level, lambda: cli.config_secrets(config), stream, ns.log_format, ns.log_bodies)
+    handler = cli.setup_logging(ns.log_level, cli.secrets_source(config), stream, ns.log_format, ns.log_bodies)
     try:
         return _session(ns, config, command[0], [exe] + command[1:], environ, log_path, stderr)
     except KeyboardInterrupt:  # Ctrl-C before the command started (or after it ended): the proxy has stopped

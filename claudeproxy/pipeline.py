@@ -39,6 +39,7 @@ from .metrics import CallRecord, Metrics, access_line
 from .model_facts import PRICES_CHECKED, ModelFacts
 from .observe import ObservedFold, bodies_logged, log_body
 from .prompt_cache import session_cache_key
+from .redact import header_secrets, url_secrets
 from .relay import Relay
 from .replies import events_for_message, is_quota_probe, local_message
 from .routing import Routed, Target, build_router
@@ -95,6 +96,9 @@ class Proxy:
         self._warned: Set[str] = set()  # translation warnings already logged at WARNING level
         self._random = random.Random()  # backoff jitter
         self.calibration = TokenCalibration()  # count_tokens and message_start learn per model
+        # Credentials written into the configuration (a URL's ?key=, --header values): fixed, found once.
+        self._fixed_secrets = tuple(dict.fromkeys(
+            s for p in self.router.providers.values() for s in url_secrets(p.url) + header_secrets(p.headers)))
         self.routes: Dict[Tuple[str, str], Route] = {
             ("POST", "/v1/messages"): self.messages,
             ("POST", "/v1/messages/count_tokens"): self.count_tokens,
@@ -160,13 +164,16 @@ class Proxy:
                 api = self.apis.setdefault(name, _load_api(name, self.tools))
         return api
 
-    def _log_body(self, what: str, body: Any) -> None:
+    def _log_body(self, what: str, body: Any, secrets: Optional[Tuple[str, ...]] = None) -> None:
+        """``secrets``: the call's (``UpstreamCall.secrets``) for what came from or goes with its answer."""
         if bodies_logged():  # the secrets are gathered only for a body that is logged
-            log_body(what, body, self.secrets())
+            log_body(what, body, self.secrets() if secrets is None else secrets)
 
     def secrets(self) -> Tuple[str, ...]:
-        """Every provider's current key: masked in logs and in every upstream-derived message."""
-        return tuple(k for p in self.router.providers.values() for k in current_secrets(p.token))
+        """Every provider's current (and a key command's earlier) keys and the credentials in the
+        configuration: masked in logs and in every upstream-derived message."""
+        keys = tuple(k for p in self.router.providers.values() for k in current_secrets(p.token))
+        return self._fixed_secrets + keys
 
     def _auth(self, provider: Provider, client: Any, token: Optional[str] = None) -> Tuple[Tuple[str, str], ...]:
         token = provider.token() if token is None else token
@@ -529,16 +536,17 @@ class Proxy:
               record: Dict[str, Any]) -> None:
         with resp:
             obj = read_json_body(resp, call, self.config.max_body_bytes * 2)
-        self._log_body("upstream response body", obj)
-        message, warnings = api.from_json(req, ex, obj, self.secrets())
+        self._log_body("upstream response body", obj, call.secrets)
+        message, warnings = api.from_json(req, ex, obj, call.secrets)
         for warning in warnings:
             log.warning("%s", warning)
         record.update(stop_reason=message.get("stop_reason"), **_usage_fields(message.get("usage")))
-        self._reply(req, writer, message)
+        self._reply(req, writer, message, call.secrets)
         self._estimate(req, record)  # only to learn from the upstream's count (calibration.py): after the answer
 
-    def _reply(self, req: ClientRequest, writer: Any, message: Dict[str, Any]) -> None:
-        self._log_body("client response body", message)
+    def _reply(self, req: ClientRequest, writer: Any, message: Dict[str, Any],
+               secrets: Optional[Tuple[str, ...]] = None) -> None:
+        self._log_body("client response body", message, secrets)
         if req.stream:
             writer.start_stream()
             writer.events(events_for_message(message))
@@ -550,10 +558,12 @@ class Proxy:
                 watch: Watch, record: Dict[str, Any]) -> Optional["StreamRest"]:
         """Relay the stream until its first event went out (or it ended); the rest comes back."""
         estimate = self._estimate(req, record)
+        # The call's secrets, not only the proxy's: a forwarded client key is masked in the stream's
+        # error event, the relay's warning and the logged lines as in a plain error answer.
         fold: StreamFold = api.fold(req, ex, message_id="msg_" + new_id(), input_tokens=estimate,
-                                    secrets=self.secrets())
+                                    secrets=call.secrets)
         if bodies_logged():
-            fold = cast(StreamFold, ObservedFold(fold, self.secrets()))  # every line and event at DEBUG
+            fold = cast(StreamFold, ObservedFold(fold, call.secrets))  # every line and event at DEBUG
         relay = Relay(writer, fold, call, self.config)
         watch.tick = relay.tick
         self.metrics.stream_began()

@@ -9,15 +9,27 @@ from __future__ import annotations
 import base64
 import re
 from typing import Iterable, List, Mapping, Tuple, Union
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
 
+# A header whose name says it carries a credential: Authorization and its gateway variants (X-Auth,
+# cf-aig-authorization), *-Key and *-Token headers (X-Goog-Api-Key, Ocp-Apim-Subscription-Key), cookies,
+# passwords, session ids and request signatures. Matched anywhere in the name: a false positive only
+# hides a value in a log line or in --print-config.
 _SECRET_HEADER_RE = re.compile(
-    r"^(authorization|proxy-authorization|x-api-key|api-key|cookie|set-cookie)$|token|secret|key",
+    r"auth|token|key|secret|passw|pwd|cookie|credential|subscription|session|signature",
     re.IGNORECASE,
 )
-_SECRET_QUERY = {"key", "api_key", "apikey", "token", "access_token", "api-key", "sig", "signature"}
+# Query parameters that carry a credential. Whole names, not parts of one: "monkey=1" or "tokens=5"
+# in a documentation link are no secrets. "code" is Azure Functions' key, "sig" an Azure SAS signature.
+_SECRET_QUERY = frozenset({
+    "key", "api_key", "apikey", "api-key", "x-api-key", "subscription-key", "token", "access_token", "auth",
+    "auth_token", "refresh_token", "id_token", "sig", "signature", "secret", "client_secret", "password", "code",
+})
+# A configured value (a header's, a query parameter's) shorter than this is masked where it appears
+# by name (in a URL, in a header listing) but not in free text: "1" or "true" would shred messages.
+MIN_FREE_TEXT_SECRET = 8
 # Key-shaped strings, also the half-masked forms upstreams echo back ("sk-proj-****abcd" from OpenAI's
 # 401): OpenAI/Anthropic/OpenRouter (sk-), Stripe-style (sk_, rk_), Groq (gsk_), xAI (xai-), Google
 # (AIza), Hugging Face (hf_), Replicate (r8_), Perplexity (pplx-), NVIDIA (nvapi-), Cerebras (csk-),
@@ -38,24 +50,37 @@ _NAMED_KEY_RE = re.compile(
 _BASIC_RE = re.compile(r"(\bBasic\s+)([A-Za-z0-9+/]{8,}={0,2})")
 _BEARER_RE = re.compile(r"(Bearer\s+)[^\s\"',;]+", re.IGNORECASE)
 _USERINFO_RE = re.compile(r"(\b[a-z][a-z0-9+.\-]*://)[^/@\s]+@", re.IGNORECASE)
-_QUERY_SECRET_RE = re.compile(
-    r"([?&](?:key|api_key|apikey|token|access_token|api-key|sig|signature)=)[^&\s\"']+", re.IGNORECASE
-)
+_QUERY_PAIR_RE = re.compile(r"([?&]([A-Za-z0-9_.\-]+)=)([^&\s\"'#]+)")
 _MIN_SECRET_LEN = 4
 
 
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with known secrets, key-shaped strings and URL credentials masked."""
     # Longest first: a secret that is a prefix of another must not leave the other's tail.
-    for secret in sorted(secrets, key=len, reverse=True):
-        if secret and len(secret) >= _MIN_SECRET_LEN:
-            text = text.replace(secret, MASK)
+    for secret in sorted(_written_forms(secrets), key=len, reverse=True):
+        text = text.replace(secret, MASK)
     text = _KEY_RE.sub(MASK, text)
     text = _NAMED_KEY_RE.sub(_mask_token_like, text)
     text = _BEARER_RE.sub(lambda m: m.group(1) + MASK, text)
     text = _BASIC_RE.sub(_mask_basic, text)
     text = _USERINFO_RE.sub(lambda m: m.group(1) + MASK + "@", text)
-    return _QUERY_SECRET_RE.sub(lambda m: m.group(1) + MASK, text)
+    return _QUERY_PAIR_RE.sub(_mask_query_value, text)
+
+
+def _written_forms(secrets: Iterable[str]) -> List[str]:
+    """Each secret long enough to mask, and as a JSON encoder may have written it: upstreams that
+    escape "/" as "\\/" echo "Ab\\/cd" for the key "Ab/cd", which raw lines and text bodies keep."""
+    forms = []
+    for secret in secrets:
+        if secret and len(secret) >= _MIN_SECRET_LEN:
+            forms.append(secret)
+            if "/" in secret:
+                forms.append(secret.replace("/", "\\/"))
+    return forms
+
+
+def _mask_query_value(match: "re.Match[str]") -> str:
+    return match.group(1) + MASK if match.group(2).lower() in _SECRET_QUERY else match.group(0)
 
 
 def _mask_token_like(match: "re.Match[str]") -> str:
@@ -93,6 +118,37 @@ def redact_url(url: str, secrets: Iterable[str] = ()) -> str:
 
 def is_secret_header(name: str) -> bool:
     return bool(_SECRET_HEADER_RE.search(name))
+
+
+def url_secrets(url: str) -> Tuple[str, ...]:
+    """The credentials written into a configured URL, to mask wherever an upstream echoes them bare:
+    the values of credential-named query parameters (Gemini's ?key=), as written and decoded, and
+    the userinfo's password."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return ()
+    found = [password or ""]
+    for pair in parts.query.split("&"):
+        name, _, value = pair.partition("=")
+        if unquote_plus(name).lower() in _SECRET_QUERY:
+            found += [value, unquote_plus(value)]
+    return _long_enough(found)
+
+
+def header_secrets(headers: Iterable[Tuple[str, str]]) -> Tuple[str, ...]:
+    """The values of configured credential headers (``--header``, a provider's headers), whole and
+    their last word: "Bearer abc..." is often echoed as just the token."""
+    found: List[str] = []
+    for name, value in headers:
+        if is_secret_header(name):
+            found += [value.strip(), value.strip().split(" ")[-1]]
+    return _long_enough(found)
+
+
+def _long_enough(values: Iterable[str]) -> Tuple[str, ...]:
+    return tuple(dict.fromkeys(v for v in values if len(v) >= MIN_FREE_TEXT_SECRET))
 
 
 def redact_headers(

@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional
 from .config import Config
 from .ending import StreamFold, stream_end
 from .errors import ClientGone, ProxyError, UpstreamUnavailable
+from .redact import redact_text
 from .upstream import (
     UpstreamCall,
     clean_eof,
@@ -173,7 +174,8 @@ class Relay:
                 return
             self.finished = True
             self.failure = exc
-            log.warning("stream failed after it began: %s", exc.message)
+            # Redacted here too: not every failure is made by the fold (which masks the call's secrets).
+            log.warning("stream failed after it began: %s", redact_text(exc.message, self.call.secrets))
             self._send(before + self.fold.fail(exc))
             self.writer.end_stream()
 

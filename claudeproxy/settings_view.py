@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 
 from .config import Config, Provider, Route
 from .dialects import auth_style, detect_provider, forwards_betas
-from .redact import MASK, is_secret_header, redact_url
+from .redact import MASK, is_secret_header, redact_text, redact_url
 from .routing import Router, Target, build_router
 
 # Names Claude Code sends (CLAUDE-CODE.md), across generations, to show where each goes.
@@ -35,7 +35,8 @@ def _provider(p: Provider) -> Dict[str, Any]:
         if p.allowed_betas:
             out["allowed_betas"] = list(p.allowed_betas)
     if p.headers:
-        out["headers"] = {k: MASK if is_secret_header(k) else v for k, v in p.headers}
+        # By name, and a key-shaped value under a harmless name all the same.
+        out["headers"] = {k: MASK if is_secret_header(k) else redact_text(v) for k, v in p.headers}
     if p.max_output_tokens:
         out["max_output_tokens"] = p.max_output_tokens
     if p.models:

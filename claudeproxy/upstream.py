@@ -62,6 +62,9 @@ class UpstreamCall:
         self.connected = False
         # The idle timeout the call's reads run under, for the message when one times out.
         self.idle_timeout: Optional[float] = None
+        # What to mask in anything made of this call's answer (set by ``Upstream.open``): the
+        # proxy's secrets and the credential sent, a forwarded client key included.
+        self.secrets: Tuple[str, ...] = ()
 
     def attach(self, sock: socket.socket) -> None:
         with self._lock:
@@ -567,6 +570,7 @@ class Upstream:
             req.add_unredirected_header(name, value)  # never follows a redirect (S7)
         req.cp_call = call  # type: ignore[attr-defined]
         call.idle_timeout = self.config.idle_timeout
+        call.secrets = secrets
         call.connected = False  # this attempt's connection: a connect timeout is no read timeout
         if log.isEnabledFor(logging.DEBUG):
             sent = redact_headers(req.header_items(), secrets)

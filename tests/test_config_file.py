@@ -340,6 +340,44 @@ def test_print_config_of_family_flags_shows_the_borrowed_families() -> None:
     assert shown["examples"] == {name: "upstream/o3" for name in shown["examples"]}
 
 
+CREDENTIAL_HEADERS = ("X-Auth", "cf-aig-authorization", "X-Password", "Cookie", "X-Goog-Api-Key",
+                      "Ocp-Apim-Subscription-Key", "X-Session-Token")
+HARMLESS_HEADERS = {"HTTP-Referer": "https://example.com/app", "X-Title": "My App", "OpenAI-Beta": "assistants=v2",
+                    "Accept": "application/json", "User-Agent": "my-agent/1.0"}
+
+
+def test_print_config_masks_credential_headers_and_shows_the_others(tmp_path: Any) -> None:
+    argv = ["--upstream", "http://127.0.0.1:8000/v1?key=URLQSECRET77abc&alt=sse"]
+    for name in CREDENTIAL_HEADERS:
+        argv += ["--header", f"{name}: HdrSECRET12345"]
+    for name, value in HARMLESS_HEADERS.items():
+        argv += ["--header", f"{name}: {value}"]
+    code, out, err = run_main(argv + ["--print-config"])
+    assert code == 0 and "HdrSECRET" not in out and "URLQSECRET" not in out
+    provider = json.loads(out)["providers"]["upstream"]
+    assert provider["headers"] == {**{name: "***" for name in CREDENTIAL_HEADERS}, **HARMLESS_HEADERS}
+    assert provider["url"] == "http://127.0.0.1:8000/v1?key=***&alt=sse"
+    # A config file's provider headers alike.
+    file = write(tmp_path, {"providers": {"gw": {"url": "https://gw.test/v1", "headers": {
+        "X-Auth": "HdrSECRET12345", "X-Title": "My App"}}}, "routes": [{"match": "*", "provider": "gw"}]})
+    shown = print_config(["--config", file])
+    assert shown["providers"]["gw"]["headers"] == {"X-Auth": "***", "X-Title": "My App"}
+
+
+def test_the_log_filter_knows_the_configurations_credentials(tmp_path: Any, served: List[Any]) -> None:
+    """What the process-wide log filter masks: the URL's query key and the credential headers' values,
+    of the shorthand provider and of a file's providers, beside the keys."""
+    file = write(tmp_path, {"providers": {"gw": {"url": "https://gw.test/v1?code=FileQSECRET99", "headers": {
+        "X-Auth": "FileHdrSECRET1", "X-Title": "My App"}}}, "routes": [{"match": "*", "provider": "gw"}]})
+    code, _, err = run_main(["--config", file, "--upstream", "http://127.0.0.1:8000/v1?key=URLQSECRET77abc",
+                             "--header", "X-Password: HdrSECRET12345"])
+    assert code == 0, err
+    config = served[0]
+    secrets = cli.secrets_source(config)()
+    assert {"FileQSECRET99", "FileHdrSECRET1", "URLQSECRET77abc", "HdrSECRET12345"} <= set(secrets)
+    assert "My App" not in secrets and set(secrets) == set(cli.config_secrets(config))
+
+
 def test_print_config_does_not_run_a_key_command(tmp_path: Any) -> None:
     marker = os.path.join(str(tmp_path), "ran")
     shown = print_config(["--api-key-command", f"touch {marker}"])

@@ -12,6 +12,7 @@ JSON, ``--request-timeout`` holds. PROTOCOL.md 4.4, RELIABILITY.md 5 #3, issue 6
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any, Dict, List
 
@@ -429,6 +430,32 @@ def test_upstream_error_event_mid_stream_is_redacted_and_ends_it(through, fake_u
     assert_valid_event_sequence(events)
     assert events[-1]["type"] == "error" and events[-1]["error"]["type"] == "overloaded_error"
     assert "message_stop" not in [e["type"] for e in events]
+
+
+# A client key of no known shape: only the call's own list of secrets can mask it.
+PLAIN_CLIENT_KEY = "client-key-CLIENTSECRET123"
+
+
+def test_a_forwarded_client_key_is_masked_in_a_stream_error_and_in_the_logs(make_proxy, fake_upstream, caplog):
+    """With no key configured the client's key goes upstream; an upstream that repeats it after the
+    stream began has it masked in the error event, the relay's warning and the debug lines."""
+    caplog.set_level(logging.DEBUG)
+    server = make_proxy(passthrough=True, token=claudeproxy.static_token(""), log_bodies=True)
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": f"key {PLAIN_CLIENT_KEY} over quota"}}
+    fake_upstream.push(sse(events_bytes(HEAD_EVENTS), anthropic_event(error)),
+                       Reply(401, (("Content-Type", "text/plain"),), [f"bad key {PLAIN_CLIENT_KEY}".encode()]))
+    with StreamClient(server.url, minimal_request(stream=True), headers={"x-api-key": PLAIN_CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+        assert b"CLIENTSECRET" not in client.body
+    assert [v for k, v in fake_upstream.last.raw_headers if k.lower() == "x-api-key"] == [PLAIN_CLIENT_KEY]
+    assert events[-1]["type"] == "error" and events[-1]["error"]["message"] == "upstream 529: key *** over quota"
+    resp = post(server, minimal_request(), headers={"x-api-key": PLAIN_CLIENT_KEY})
+    assert resp.status == 401 and "CLIENTSECRET" not in resp.body.decode()
+    assert server.server.wait_idle(2)
+    records = [r.getMessage() for r in caplog.records]
+    assert any("stream failed after it began" in r for r in records)
+    assert any(r.startswith("upstream stream line") for r in records)  # the raw lines were logged
+    assert [r for r in records if "CLIENTSECRET" in r] == []
 
 
 def test_upstream_error_event_first_is_a_plain_http_error(through, fake_upstream):

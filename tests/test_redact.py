@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 from conftest import CLIENT_KEY, UPSTREAM_KEY
 
-from claudeproxy.redact import MASK, is_secret_header, redact_headers, redact_text, redact_url
+from claudeproxy.redact import (
+    MASK,
+    header_secrets,
+    is_secret_header,
+    redact_headers,
+    redact_text,
+    redact_url,
+    url_secrets,
+)
 
 GEMINI_KEY = "AIzaSyD-FAKE-0123456789abcdefghijklmnop"
 
@@ -75,6 +83,26 @@ def test_redact_text_overlapping_secrets_leave_no_tail() -> None:
     assert "1234wxyz" not in out and "wxyz" not in out
 
 
+def test_redact_text_masks_a_secret_written_json_escaped() -> None:
+    """Upstreams that escape "/" echo the key "Ab/cd..." as "Ab\\/cd...": in a raw stream line at debug,
+    or in an error body that is not JSON (so nothing decodes it), that form is masked too."""
+    key = "Ab/cd+efSECRET99/xyz"
+    out = redact_text('{"error":{"message":"bad key Ab\\/cd+efSECRET99\\/xyz"', (key,))
+    assert "SECRET99" not in out and out == '{"error":{"message":"bad key ***"'
+    assert redact_text(f"bad key {key}", (key,)) == "bad key ***"
+
+
+@pytest.mark.parametrize("text, secret", [
+    ("url https://h/x?code=azfunc-0123456789", "azfunc-0123456789"),
+    ("url https://h/x?auth=abcdef99&z=1", "abcdef99"),
+    ("url https://h/x?client_secret=cs-00001111", "cs-00001111"),
+    ("url https://h/x?a=1&password=hunter22", "hunter22"),
+    ("url https://h/x?subscription-key=0f0f0f0f0f", "0f0f0f0f0f"),
+])
+def test_redact_text_masks_more_credential_query_values(text: str, secret: str) -> None:
+    assert secret not in redact_text(text)
+
+
 def test_redact_text_ignores_tiny_explicit_secrets() -> None:
     """A 1-3 character 'secret' would shred every message; such values are not treated as secrets."""
     assert redact_text("a b c", ("a", "", "bc")) == "a b c"
@@ -118,7 +146,9 @@ def test_redact_url_userinfo_and_query() -> None:
     assert "alt=sse" in out and f"key={MASK}" in out
 
 
-@pytest.mark.parametrize("name", ["key", "api_key", "apikey", "token", "access_token", "api-key", "sig", "KEY"])
+@pytest.mark.parametrize("name", ["key", "api_key", "apikey", "token", "access_token", "api-key", "sig", "KEY",
+                                  "auth", "signature", "secret", "client_secret", "password", "code",
+                                  "subscription-key"])
 def test_redact_url_secret_query_names(name: str) -> None:
     out = redact_url(f"https://h/p?{name}=VALUE123&keep=yes")
     assert "VALUE123" not in out and "keep=yes" in out
@@ -129,6 +159,16 @@ def test_redact_url_harmless_url_unchanged() -> None:
     assert redact_url(url) == url
     azure = "https://r.openai.azure.com/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21"
     assert redact_url(azure) == azure
+
+
+def test_url_secrets_are_the_credential_query_values_and_the_password() -> None:
+    """What a configured upstream URL holds that an upstream may echo bare (Gemini's ?key=)."""
+    url = "https://user:pass-word-1@h/v1?key=URLQSECRET77abc&alt=sse&api-version=2024-10-21&code=abc%2Fdef-123"
+    assert set(url_secrets(url)) == {"URLQSECRET77abc", "pass-word-1", "abc%2Fdef-123", "abc/def-123"}
+    assert url_secrets("https://api.openai.com/v1") == ()
+    # A short value would mangle normal words in free text: masked only in the URL itself.
+    assert url_secrets("https://h/v1?key=abc123") == ()
+    assert url_secrets("http://[::1:bad/?key=URLQSECRET77abc") == ()
 
 
 def test_redact_url_explicit_secret_in_path() -> None:
@@ -148,14 +188,18 @@ def test_redact_url_unparseable_still_redacted() -> None:
 @pytest.mark.parametrize(
     "name",
     ["Authorization", "authorization", "Proxy-Authorization", "x-api-key", "X-Api-Key", "api-key", "Cookie",
-     "set-cookie", "x-goog-api-key", "X-Auth-Token", "client-secret", "x-amz-security-token"],
+     "set-cookie", "x-goog-api-key", "X-Auth-Token", "client-secret", "x-amz-security-token",
+     # Gateways' and clouds' own names (a value without "Bearer" gives nothing away by its shape).
+     "X-Auth", "cf-aig-authorization", "X-Password", "Ocp-Apim-Subscription-Key", "X-Session-Id",
+     "X-Signature", "X-Credential"],
 )
 def test_secret_header_names(name: str) -> None:
     assert is_secret_header(name)
 
 
 @pytest.mark.parametrize("name", ["content-type", "accept", "user-agent", "anthropic-version", "anthropic-beta",
-                                  "request-id", "retry-after", "keep-alive", "host", "content-length"])
+                                  "request-id", "retry-after", "keep-alive", "host", "content-length",
+                                  "OpenAI-Beta", "HTTP-Referer", "X-Title", "OpenAI-Organization", "api-version"])
 def test_harmless_header_names(name: str) -> None:
     assert not is_secret_header(name)
 
@@ -178,3 +222,9 @@ def test_redact_headers_explicit_secret_in_other_header() -> None:
 def test_redact_headers_leaves_harmless_values() -> None:
     pairs = [("Content-Type", "application/json"), ("anthropic-version", "2023-06-01")]
     assert redact_headers(pairs) == pairs
+
+
+def test_header_secrets_are_the_values_of_credential_headers() -> None:
+    headers = [("X-Auth", "HdrSECRET12345"), ("Content-Type", "application/json"),
+               ("cf-aig-authorization", "Bearer cf-token-98765"), ("X-Api-Key", "short"), ("X-Title", "my-app-title")]
+    assert header_secrets(headers) == ("HdrSECRET12345", "Bearer cf-token-98765", "cf-token-98765")

@@ -411,6 +411,50 @@ def test_a_failing_key_command_is_a_502_naming_its_exit_status(fake_upstream: Fa
         server.shutdown(grace=1.0)
 
 
+PLAIN_KEY_SCRIPT = """
+import sys
+path = sys.argv[1]
+try:
+    n = int(open(path).read() or 0)
+except FileNotFoundError:
+    n = 0
+open(path, "w").write(str(n + 1))
+sys.stdout.write("Plain%dKEYabcdefgh\\n" % (n + 1))
+"""
+
+
+def test_a_key_commands_earlier_key_stays_masked(fake_upstream: FakeUpstream, tmp_path: Any) -> None:
+    """After the command printed a new key, a late echo of the old one is masked all the same
+    (keys of no known shape: only the list of known secrets can mask them)."""
+    script = tmp_path / "plain_key.py"
+    script.write_text(PLAIN_KEY_SCRIPT)
+    server = command_proxy(fake_upstream, [sys.executable, str(script), str(tmp_path / "count")])
+    try:
+        fake_upstream.push(json_reply({"error": {"message": "key Plain1KEYabcdefgh expired"}}, status=401),
+                           json_reply({"error": {"message": "Plain2KEYabcdefgh, and Plain1KEYabcdefgh before"}},
+                                      status=401))
+        resp = ask(server)
+        assert resp.status == 401 and sent_keys(fake_upstream) == ["Plain1KEYabcdefgh", "Plain2KEYabcdefgh"]
+        assert "KEYabcdefgh" not in resp.body.decode() and "before" in resp.json["error"]["message"]
+    finally:
+        server.shutdown(grace=1.0)
+
+
+def test_a_key_command_keeps_a_bounded_list_of_its_earlier_keys() -> None:
+    from claudeproxy.credentials import PREVIOUS_KEYS, CommandToken, current_secrets
+
+    printed = iter(f"key-number-{n:03d}" for n in range(1, 100))
+    token = CommandToken(["unused"], ttl=300.0)
+    token._run = lambda: next(printed)  # type: ignore[method-assign]
+    assert token() == "key-number-001" and current_secrets(token) == ("key-number-001",)
+    for _ in range(20):
+        token.expire()
+        token()
+    masked = current_secrets(token)
+    assert masked[0] == "key-number-021" and len(masked) == 1 + PREVIOUS_KEYS
+    assert "key-number-020" in masked and "key-number-001" not in masked
+
+
 # ---------------------------------------------------------------------------
 # Several keys in turn.
 

@@ -350,6 +350,68 @@ def test_upstream_url_query_secret_stays_out_of_errors_and_logs(make_proxy: Any,
     assert not [r for r in caplog.records if "QUERY-SECRET-VALUE" in r.getMessage()]
 
 
+# Secrets written into the configuration, of no known shape: an upstream that echoes one bare
+# (not in URL or header form) has it masked like a key.
+QUERY_SECRET = "URLQSECRET77abc"
+HEADER_SECRET = "HdrSECRET12345"
+
+
+def _echoes_of(proxy: Any, fake: Any, secret: str) -> List[str]:
+    """The answers to a JSON error, a text error and a stream error event that each repeat ``secret``."""
+    fake.push(json_reply({"error": {"message": f"API key not valid: {secret}"}}, status=400),
+              Reply(500, (("Content-Type", "text/plain"),), [f"crashed on {secret}".encode()]),
+              sse_reply(chunk({"content": "Hi"}), {"error": {"message": f"quota for {secret} exceeded"}}, done=False))
+    texts = []
+    for stream in (False, False, True):
+        resp = request(proxy.url, "POST", "/v1/messages", minimal_request(stream=stream), client_headers())
+        texts.append(resp.body.decode("utf-8", "replace"))
+    assert proxy.server.wait_idle(2)
+    assert "API key not valid: ***" in texts[0] and "crashed on ***" in texts[1] and "quota for ***" in texts[2]
+    return texts
+
+
+def test_a_key_in_the_upstream_urls_query_is_masked_when_echoed_bare(make_proxy: Any, fake_upstream: Any,
+                                                                     caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG)
+    proxy = make_proxy(upstream=f"{fake_upstream.url}?key={QUERY_SECRET}", log_bodies=True)
+    texts = _echoes_of(proxy, fake_upstream, QUERY_SECRET)
+    assert fake_upstream.last.path.endswith(f"?key={QUERY_SECRET}")  # sent as configured
+    records = [r.getMessage() for r in caplog.records]
+    assert any("stream failed after it began" in r for r in records)
+    assert [t for t in texts + records if QUERY_SECRET in t] == []
+
+
+@pytest.mark.parametrize("name", ["X-Auth", "cf-aig-authorization", "X-Goog-Api-Key", "Ocp-Apim-Subscription-Key",
+                                  "X-Password", "Cookie"])
+def test_a_credential_header_value_is_masked_when_echoed(make_proxy: Any, fake_upstream: Any, caplog: Any,
+                                                         name: str) -> None:
+    caplog.set_level(logging.DEBUG)
+    proxy = make_proxy(headers=((name, HEADER_SECRET), ("X-Title", "my-title-app")), log_bodies=True)
+    texts = _echoes_of(proxy, fake_upstream, HEADER_SECRET)
+    assert fake_upstream.last.headers.get(name.lower()) == HEADER_SECRET
+    records = [r.getMessage() for r in caplog.records]
+    assert any("upstream POST" in r and "my-title-app" in r for r in records)  # a harmless header stays readable
+    assert [t for t in texts + records if HEADER_SECRET in t] == []
+
+
+def test_a_key_with_a_slash_echoed_json_escaped_is_masked(make_proxy: Any, fake_upstream: Any, caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG)
+    key = "Ab/cd+efSECRET99/xyz"
+    escaped = key.replace("/", "\\/")
+    proxy = make_proxy(token=claudeproxy.static_token(key), log_bodies=True)
+    fake_upstream.push(
+        Reply(401, (("Content-Type", "text/plain"),), [('{"error":{"message":"bad key %s"' % escaped).encode()]),
+        Reply(200, (("Content-Type", "text/event-stream"),),
+              [b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n',
+               ('data: {"error":{"message":"bad key %s"}}\n\n' % escaped).encode()], chunked=True))
+    texts = [request(proxy.url, "POST", "/v1/messages", minimal_request(stream=stream), client_headers()).body.decode()
+             for stream in (False, True)]
+    assert proxy.server.wait_idle(2)
+    records = [r.getMessage() for r in caplog.records]
+    assert any(r.startswith("upstream stream line") and "bad key ***" in r for r in records)
+    assert [t for t in texts + records if "SECRET99" in t] == []
+
+
 # ---------------------------------------------------------------------------
 # 9. Outbound proxy only when asked for (S8).
 
