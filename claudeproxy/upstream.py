@@ -2,9 +2,9 @@
 
 ``Upstream`` owns one opener and one ``ConnectionPool`` per instance (per
 server), the opener built with:
-- ``ProxyHandler({})`` unless ``--proxy`` (or ``--use-env-proxy``) says
+- a proxy handler with no proxy unless ``--proxy`` (or ``--use-env-proxy``) says
   otherwise, so ``HTTPS_PROXY`` in the environment is never used silently
-  (RELIABILITY.md S8);
+  (RELIABILITY.md S8), and ``NO_PROXY`` only with ``--use-env-proxy``;
 - a redirect handler that refuses, because urllib would re-send credentials
   to the redirect target (S7); credentials also go in unredirected headers;
 - HTTP and HTTPS handlers over pooled keep-alive ``http.client`` connections
@@ -23,6 +23,7 @@ should see (PROTOCOL.md 4.2, 4.3).
 
 from __future__ import annotations
 
+import base64
 import functools
 import http.client
 import io
@@ -36,11 +37,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Dict, Generator, Iterator, List, Optional, Tuple
-from urllib.parse import urlsplit
+from typing import Any, Callable, Dict, Generator, Iterator, List, Mapping, Optional, Tuple
+from urllib.parse import unquote, urlsplit
 
 from . import __version__
-from .config import Config
+from .config import Config, env_proxies
 from .ending import abort_error
 from .errors import UpstreamTimeout, UpstreamUnavailable, error_from_status
 from .redact import redact_headers, redact_text, redact_url
@@ -335,6 +336,23 @@ def _tracked(base: Any) -> Any:
             self._read_timeout = read_timeout
             self._pool = pool
 
+        def _tunnel(self) -> None:
+            # Before 3.12 http.client leaves the CONNECT's response open, and a refusal's
+            # traceback keeps it alive: its reader holds the socket's fd until the next GC.
+            made: List[http.client.HTTPResponse] = []
+
+            def response(*args: Any, **kw: Any) -> http.client.HTTPResponse:
+                made.append(_Response(*args, **kw))
+                return made[-1]
+
+            self.response_class = response  # type: ignore[assignment]
+            try:
+                super()._tunnel()
+            finally:
+                del self.response_class  # the class's own again, for the real response
+                for resp in made:
+                    resp.close()
+
         def connect(self) -> None:
             super().connect()  # TCP (+ proxy tunnel + TLS) under the connect timeout
             if self._pool is not None:
@@ -508,14 +526,45 @@ def tls_context(ca_bundle: Optional[str]) -> ssl.SSLContext:
         raise ValueError(f"--ca-bundle {ca_bundle}: not a PEM file of CA certificates ({reason})") from None
 
 
-def build_opener(config: Config, pool: Optional[ConnectionPool] = None) -> urllib.request.OpenerDirector:
+class _ProxyHandler(urllib.request.ProxyHandler):
+    """urllib's ProxyHandler, but ``NO_PROXY`` is the one given, not read from the environment.
+
+    urllib's own asks ``proxy_bypass`` on every call, which reads the environment (and, on
+    macOS, the system settings) even for an explicit proxy: ``NO_PROXY=*`` turned ``--proxy``
+    off without a word. Only http:// proxies reach here (``config.check_proxy_url``).
+    """
+
+    def __init__(self, proxies: Dict[str, str], no_proxy: str) -> None:
+        super().__init__(proxies)
+        self._no_proxy = no_proxy
+
+    def proxy_open(self, req: urllib.request.Request, proxy: str, kind: str) -> None:
+        bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # not in the stubs
+        if self._no_proxy and req.host and bypass(req.host, {"no": self._no_proxy}):
+            return  # straight to the upstream
+        parts = urlsplit(proxy)
+        if parts.username and parts.password:  # as urllib: a user alone sends no Proxy-Authorization
+            pair = f"{unquote(parts.username)}:{unquote(parts.password)}".encode("utf-8")
+            req.add_header("Proxy-authorization", "Basic " + base64.b64encode(pair).decode("ascii"))
+        req.set_proxy(unquote(parts.netloc.rpartition("@")[2]), "http")
+        # None: the http/https handlers go on, to the proxy (a CONNECT tunnel for https).
+
+
+def proxy_settings(config: Config, environ: Mapping[str, str]) -> Tuple[Dict[str, str], str]:
+    """The proxy per upstream scheme and the NO_PROXY list: --proxy alone (the environment is not
+    consulted at all), else with --use-env-proxy the environment's (ValueError naming a bad one)."""
     if config.proxy:
-        proxies: Optional[Dict[str, str]] = {"http": config.proxy, "https": config.proxy}
-    else:
-        proxies = None if config.use_env_proxy else {}
+        return {"http": config.proxy, "https": config.proxy}, ""
+    if config.use_env_proxy:
+        return env_proxies(environ)
+    return {}, ""
+
+
+def build_opener(config: Config, pool: Optional[ConnectionPool] = None) -> urllib.request.OpenerDirector:
+    proxies, no_proxy = proxy_settings(config, os.environ)
     pooled = _PooledOpen(pool or ConnectionPool(config.max_idle_per_host), config.idle_timeout)
     return urllib.request.build_opener(
-        urllib.request.ProxyHandler(proxies),
+        _ProxyHandler(proxies, no_proxy),  # also keeps build_opener from adding urllib's own
         _RefuseRedirects(),
         _HTTPHandler(pooled),
         _HTTPSHandler(pooled, TLSContext(config.ca_bundle)),
