@@ -30,6 +30,7 @@ import io
 import json
 import logging
 import os
+import re
 import select
 import socket
 import ssl
@@ -43,7 +44,7 @@ from urllib.parse import unquote, urlsplit
 from . import __version__
 from .config import Config, env_proxies
 from .ending import abort_error
-from .errors import UpstreamTimeout, UpstreamUnavailable, error_from_status
+from .errors import NO_RETRY, UpstreamTimeout, UpstreamUnavailable, error_from_status
 from .redact import redact_headers, redact_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -61,13 +62,16 @@ class UpstreamCall:
         self._sock: Optional[socket.socket] = None
         self.abort_reason: Optional[str] = None
         self.connected = False
+        # A TCP connection to the first hop (the upstream, or the outbound proxy) was made:
+        # a failure before it is the proxy's own when there is one.
+        self.reached = False
         # The idle timeout the call's reads run under, for the message when one times out.
         self.idle_timeout: Optional[float] = None
 
     def attach(self, sock: socket.socket) -> None:
         with self._lock:
             self._sock = sock
-            self.connected = True
+            self.connected = self.reached = True
             if self.abort_reason is not None:
                 _shutdown(sock)
 
@@ -335,6 +339,14 @@ def _tracked(base: Any) -> Any:
             self.cp_call = call
             self._read_timeout = read_timeout
             self._pool = pool
+            self._tcp = self._create_connection  # type: ignore[has-type]
+            self._create_connection = self._first_hop
+
+        def _first_hop(self, *args: Any, **kw: Any) -> socket.socket:
+            sock = self._tcp(*args, **kw)
+            if self.cp_call is not None:
+                self.cp_call.reached = True  # what fails from now on is past the proxy's door
+            return sock  # type: ignore[no-any-return]
 
         def _tunnel(self) -> None:
             # Before 3.12 http.client leaves the CONNECT's response open, and a refusal's
@@ -616,7 +628,7 @@ class Upstream:
             req.add_unredirected_header(name, value)  # never follows a redirect (S7)
         req.cp_call = call  # type: ignore[attr-defined]
         call.idle_timeout = self.config.idle_timeout
-        call.connected = False  # this attempt's connection: a connect timeout is no read timeout
+        call.connected = call.reached = False  # this attempt's: a connect timeout is no read timeout
         if log.isEnabledFor(logging.DEBUG):
             sent = redact_headers(req.header_items(), secrets)
             log.debug("upstream %s %s headers=%s", method, redact_url(url), sent)
@@ -625,12 +637,35 @@ class Upstream:
         except urllib.error.HTTPError as exc:
             with exc:
                 body_bytes = exc.read(MAX_ERROR_BODY) if exc.fp is not None else b""
+            proxy = _proxy_of(req)
+            if exc.code == 407 and proxy is not None:
+                raise _proxy_auth_refused(proxy) from None
             raise error_from_status(exc.code, body_bytes, exc.headers, secrets) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
-            raise _transport_error(exc, call, url, secrets) from None
+            raise _transport_error(exc, call, req, secrets) from None
 
 
-def _transport_error(exc: BaseException, call: UpstreamCall, url: str, secrets: Tuple[str, ...]) -> Exception:
+_RETRY = ("x-should-retry", "true")
+# What http.client raises when a proxy answers CONNECT with anything but 200 (Python 3.8 to 3.13).
+_TUNNEL_REFUSED_RE = re.compile(r"^OSError: Tunnel connection failed: (\d{3})\b ?(.*)$")
+
+
+def _proxy_of(req: urllib.request.Request) -> Optional[str]:
+    """The outbound proxy's host:port (never its credentials) when the request went through one."""
+    through = req._tunnel_host or req.has_proxy()  # type: ignore[attr-defined]  # CONNECT, or absolute-URI
+    return req.host if through else None
+
+
+def _proxy_auth_refused(proxy: str) -> UpstreamUnavailable:
+    # Not the proxy's 407 itself: to an HTTP client a 407 says that *its own* proxy wants
+    # credentials. And no retry: the same credentials will be refused again.
+    return UpstreamUnavailable(
+        f"the outbound proxy at {proxy} refused authentication (407); check the user and password "
+        "in the proxy URL (http://USER:PASSWORD@HOST:PORT)", headers=(NO_RETRY,))
+
+
+def _transport_error(exc: BaseException, call: UpstreamCall, req: urllib.request.Request,
+                     secrets: Tuple[str, ...]) -> Exception:
     aborted = abort_error(call.abort_reason)
     if aborted is not None:
         return aborted  # our own abort (client gone, shutdown, deadline) made the call fail
@@ -638,10 +673,29 @@ def _transport_error(exc: BaseException, call: UpstreamCall, url: str, secrets: 
     if isinstance(reason, socket.timeout) and call.connected:
         return UpstreamTimeout(f"upstream sent nothing for {call.idle_timeout or 0:g} s")
     detail = redact_text(f"{type(reason).__name__}: {reason}", secrets)
-    host = urlsplit(url).hostname or "?"
-    return UpstreamUnavailable(
-        f"could not reach the upstream at {host} ({detail})", headers=(("x-should-retry", "true"),)
-    )
+    host = urlsplit(req.full_url).hostname or "?"
+    proxy = _proxy_of(req)
+    if proxy is not None:
+        return _proxy_failure(reason, call, proxy, host, detail)
+    return UpstreamUnavailable(f"could not reach the upstream at {host} ({detail})", headers=(_RETRY,))
+
+
+def _proxy_failure(reason: BaseException, call: UpstreamCall, proxy: str, host: str, detail: str) -> Exception:
+    """A failure through the outbound proxy, blamed on the hop that failed."""
+    refused = _TUNNEL_REFUSED_RE.match(detail) if type(reason) is OSError else None
+    if refused and refused.group(1) == "407":
+        return _proxy_auth_refused(proxy)
+    if refused:
+        status = refused.group(1)
+        # A 4xx is the proxy's policy (this host is not allowed): the same again is refused again.
+        retry = NO_RETRY if status.startswith("4") else _RETRY
+        said = f"{status} {refused.group(2)[:200]}".strip()
+        return UpstreamUnavailable(f"the outbound proxy at {proxy} refused the tunnel to {host} ({said})",
+                                   headers=(retry,))
+    if not call.reached:
+        return UpstreamUnavailable(f"could not reach the outbound proxy at {proxy} ({detail})", headers=(_RETRY,))
+    return UpstreamUnavailable(f"could not reach the upstream at {host} through the outbound proxy at {proxy} "
+                               f"({detail})", headers=(_RETRY,))
 
 
 # --------------------------------------------------------------------------

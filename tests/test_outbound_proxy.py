@@ -5,6 +5,8 @@
 - Credentials in the proxy URL are its only way in: accepted everywhere, shown nowhere.
 - Only http:// proxies: https:// would send the CONNECT (credentials too) in clear text, socks5://
   is not spoken at all; refused at start, naming the flag, the file's key or the variable.
+- A failure of the proxy names the proxy; its 407 is the proxy's refusal (502, no retry), never a
+  407 to the client, whose own proxy that status would be about.
 
 All traffic on 127.0.0.1; every wait has a timeout.
 """
@@ -23,7 +25,7 @@ import pytest
 import claudeproxy
 from claudeproxy import cli
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
-from fakes import FakeUpstream, completion, json_reply
+from fakes import FakeUpstream, closing_listener, completion, json_reply
 
 HEADERS = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
 PASSWORD = "proxy-PASS-4711"
@@ -277,3 +279,60 @@ def test_start_refuses_a_proxy_that_is_not_http(clean_env: Any) -> None:
     with pytest.raises(ValueError, match=r"^HTTPS_PROXY: only http:// proxies") as caught:
         claudeproxy.start(upstream="http://127.0.0.1:9/v1", use_env_proxy=True)
     assert PASSWORD not in str(caught.value)
+
+
+# ---------------------------------------------------------------------------
+# D4, D5: the proxy's failures are the proxy's.
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_proxy_407_is_a_502_without_retry(make_proxy: Any, refusing: Any, scheme: str, stream: bool) -> None:
+    outbound = refusing("407 Proxy Authentication Required")
+    server = make_proxy(upstream=NAMED_UPSTREAM[scheme], proxy=f"http://bob:{PASSWORD}@127.0.0.1:{outbound.port}",
+                        retries=2)
+    resp = send(server, stream)
+    assert resp.status == 502, resp
+    error = error_of(resp)
+    assert error["type"] == "api_error"
+    assert error["message"].startswith(f"the outbound proxy at 127.0.0.1:{outbound.port} refused authentication")
+    assert resp.headers.get("x-should-retry") == "false"
+    assert "proxy-authenticate" not in resp.headers
+    assert len(outbound.seen()) == 1  # not retried: the same credentials would be refused again
+    assert PASSWORD not in resp.body.decode()
+
+
+@pytest.mark.parametrize("status,retry", [("403 Forbidden", "false"), ("502 Bad Gateway", "true")])
+def test_a_refused_tunnel_names_the_proxy_and_the_host(make_proxy: Any, refusing: Any, status: str,
+                                                       retry: str) -> None:
+    outbound = refusing(status)
+    server = make_proxy(upstream=NAMED_UPSTREAM["https"], proxy=f"http://127.0.0.1:{outbound.port}")
+    resp = send(server)
+    assert resp.status == 502, resp
+    assert error_of(resp)["message"] == (f"the outbound proxy at 127.0.0.1:{outbound.port} refused the tunnel "
+                                         f"to api.example.test ({status})")
+    assert resp.headers.get("x-should-retry") == retry
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_proxy_that_is_down_is_named_not_the_upstream(make_proxy: Any, refused_port: int, scheme: str) -> None:
+    server = make_proxy(upstream=NAMED_UPSTREAM[scheme], proxy=f"http://bob:{PASSWORD}@127.0.0.1:{refused_port}")
+    resp = send(server)
+    assert resp.status == 502, resp
+    message = error_of(resp)["message"]
+    assert message.startswith(f"could not reach the outbound proxy at 127.0.0.1:{refused_port} ("), message
+    assert "api.example.test" not in message and PASSWORD not in message and "bob" not in message
+    assert resp.headers.get("x-should-retry") == "true"
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_failure_past_the_proxys_door_names_both(make_proxy: Any, scheme: str) -> None:
+    # The proxy took the connection, then closed it: the way to the upstream failed, through it.
+    port = closing_listener()
+    server = make_proxy(upstream=NAMED_UPSTREAM[scheme], proxy=f"http://127.0.0.1:{port}")
+    resp = send(server)
+    assert resp.status == 502, resp
+    message = error_of(resp)["message"]
+    assert message.startswith(f"could not reach the upstream at api.example.test through the outbound proxy "
+                              f"at 127.0.0.1:{port} ("), message
+    assert resp.headers.get("x-should-retry") == "true"
