@@ -44,7 +44,9 @@ from .config import (
     UPSTREAM_APIS,
     Config,
     check_header,
+    check_proxy_url,
     check_url,
+    env_proxies,
     origin_as_sent,
     static_token,
 )
@@ -182,9 +184,10 @@ def _config_flags(group: Any) -> None:
 
 
 def _network_flags(net: Any) -> None:
-    net.add_argument("--proxy", metavar="URL", help="outbound HTTP proxy; without it no proxy is used, "
-                     "even if HTTPS_PROXY is set")
-    net.add_argument("--use-env-proxy", action="store_true", help="use HTTP(S)_PROXY/NO_PROXY from the environment")
+    net.add_argument("--proxy", metavar="URL", help="outbound HTTP proxy, http://[USER:PASSWORD@]HOST:PORT "
+                     "(also for HTTPS upstreams); without it no proxy is used, even if HTTPS_PROXY is set")
+    net.add_argument("--use-env-proxy", action="store_true", help="use HTTP(S)_PROXY/NO_PROXY from the environment "
+                     "(--proxy wins)")
     net.add_argument("--ca-bundle", metavar="PATH", help="CA certificates for the upstream's TLS (default: system)")
     net.add_argument("--connect-timeout", type=float, default=Config.connect_timeout, metavar="S",
                      help="upstream connect timeout (default: %(default)s)")
@@ -418,6 +421,17 @@ def _checked(check: Callable[[str, str], str], value: str, setting: str) -> str:
         raise UsageError(str(exc)) from None
 
 
+def _env_proxy(ns: argparse.Namespace, environ: Mapping[str, str]) -> bool:
+    """--use-env-proxy, its variables checked now: a bad one would fail every call, or send
+    proxy credentials in clear text (https://), instead of stopping the start."""
+    if ns.use_env_proxy and not ns.proxy:
+        try:
+            env_proxies(environ)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    return bool(ns.use_env_proxy)
+
+
 # The flags that describe the single upstream (--upstream), each with its value when not given.
 _SHORTHAND_UNSET = (("upstream_api", "chat"), ("passthrough", False), ("api_key", None), ("api_key_env", []),
                     ("api_key_command", None), ("api_key_ttl", DEFAULT_TTL), ("provider", "auto"),
@@ -468,8 +482,8 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
         max_output_tokens=ns.max_output_tokens,
         host=ns.host,
         port=ns.port,
-        proxy=_checked(check_url, ns.proxy, "--proxy") if ns.proxy else None,
-        use_env_proxy=ns.use_env_proxy,
+        proxy=_checked(check_proxy_url, ns.proxy, "--proxy") if ns.proxy else None,
+        use_env_proxy=_env_proxy(ns, environ),
         ca_bundle=ns.ca_bundle,
         auth_key=auth_key,
         allowed_hosts=tuple(h.lower() for h in ns.allowed_host),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 from .dialects import DEFAULT_AZURE_API_VERSION
@@ -216,6 +216,51 @@ def check_url(value: str, setting: str, credentials: bool = False) -> str:
     return url
 
 
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def check_proxy_url(value: str, setting: str) -> str:
+    """An outbound proxy's URL: http:// only; ``user:password@`` allowed, the only way to give them.
+
+    urllib cannot speak TLS to a proxy: with https:// the CONNECT, credentials and all, would go
+    in clear text; and it has no SOCKS. HTTPS upstreams go through an http:// proxy all the same
+    (tunnelled with CONNECT, TLS end to end).
+    """
+    url = value.strip()
+    scheme = _SCHEME_RE.match(url)
+    if not scheme or scheme.group(1).lower() != "http":
+        raise ValueError(f"{setting}: only http:// proxies are supported (HTTPS upstreams still go through "
+                         f"one, tunnelled with CONNECT), got {redact_url(url)!r}")
+    return check_url(url, setting, credentials=True)
+
+
+def _env_var(environ: Mapping[str, str], key: str) -> Tuple[str, str]:
+    """(name, value) of the variable urllib reads for ``key`` (``https_proxy``): the lower-case
+    one when it is set, even empty, else another spelling; ``HTTP_PROXY`` not under CGI."""
+    if key in environ:
+        return key, environ[key].strip()
+    if key == "http_proxy" and "REQUEST_METHOD" in environ:
+        return key, ""  # CVE-2016-1000110: a client's Proxy: header becomes HTTP_PROXY under CGI
+    for name, value in environ.items():
+        if name.lower() == key and value.strip():
+            return name, value.strip()
+    return key, ""
+
+
+def env_proxies(environ: Mapping[str, str]) -> Tuple[Dict[str, str], str]:
+    """``--use-env-proxy``: the proxy URL per upstream scheme (``http_proxy``, ``https_proxy``) and
+    the ``no_proxy`` list; a value that is not an http:// proxy is a ValueError naming its variable.
+
+    ``host:port`` without a scheme is an http:// proxy, as curl and urllib read it.
+    """
+    proxies = {}
+    for scheme in ("http", "https"):
+        name, value = _env_var(environ, f"{scheme}_proxy")
+        if value:
+            proxies[scheme] = check_proxy_url(value if "://" in value else "http://" + value, name)
+    return proxies, _env_var(environ, "no_proxy")[1]
+
+
 # scheme://host[:port]: a name or an [IPv6] literal, no wildcard, userinfo, path or query.
 _ORIGIN_RE = re.compile(r"^([a-z][a-z0-9+.\-]*)://(\[[0-9a-f:.]+\]|[^/?#@\s*:\[\]]+)(?::(\d{1,5}))?/?$", re.IGNORECASE)
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
@@ -323,7 +368,7 @@ def check_config(config: Config) -> None:
     if config.port > 65535:
         raise ValueError(f"--port: must be from 0 to 65535, got {config.port}")
     if config.proxy is not None:
-        check_url(config.proxy, "--proxy", credentials=True)
+        check_proxy_url(config.proxy, "--proxy")
     if config.auth_key:
         check_secret(config.auth_key, "--auth-key")
     for origin in config.allowed_origins:

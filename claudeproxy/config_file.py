@@ -15,7 +15,7 @@ import dataclasses
 import math
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .config import Provider, Route, RouteTarget, check_header
+from .config import Provider, Route, RouteTarget, check_header, check_proxy_url
 from .credentials import DEFAULT_TTL, command_argv, command_token, key_source
 from .model_facts import ModelFacts, facts_from_dict
 from .routing import check_provider
@@ -243,6 +243,11 @@ def _settings(obj: Mapping[str, Any], specs: Mapping[str, FlagSpec]) -> Dict[str
             raise ConfigError(f"{key}: the same setting as {spelled[dest]}, given twice")
         spelled[dest] = key
         out[dest] = _setting(key, value, specs[dest])
+        if dest == "proxy":  # checked here so that a bad one names the file's key, not --proxy
+            try:
+                check_proxy_url(out[dest], key)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
     return out
 
 

@@ -2,9 +2,9 @@
 
 ``Upstream`` owns one opener and one ``ConnectionPool`` per instance (per
 server), the opener built with:
-- ``ProxyHandler({})`` unless ``--proxy`` (or ``--use-env-proxy``) says
+- a proxy handler with no proxy unless ``--proxy`` (or ``--use-env-proxy``) says
   otherwise, so ``HTTPS_PROXY`` in the environment is never used silently
-  (RELIABILITY.md S8);
+  (RELIABILITY.md S8), and ``NO_PROXY`` only with ``--use-env-proxy``;
 - a redirect handler that refuses, because urllib would re-send credentials
   to the redirect target (S7); credentials also go in unredirected headers;
 - HTTP and HTTPS handlers over pooled keep-alive ``http.client`` connections
@@ -23,12 +23,14 @@ should see (PROTOCOL.md 4.2, 4.3).
 
 from __future__ import annotations
 
+import base64
 import functools
 import http.client
 import io
 import json
 import logging
 import os
+import re
 import select
 import socket
 import ssl
@@ -36,13 +38,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Dict, Generator, Iterator, List, Optional, Tuple
-from urllib.parse import urlsplit
+from typing import Any, Callable, Dict, Generator, Iterator, List, Mapping, Optional, Tuple
+from urllib.parse import unquote, urlsplit
 
 from . import __version__
-from .config import Config
+from .config import Config, env_proxies
 from .ending import abort_error
-from .errors import UpstreamTimeout, UpstreamUnavailable, error_from_status
+from .errors import NO_RETRY, UpstreamTimeout, UpstreamUnavailable, error_from_status
 from .redact import redact_headers, redact_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,9 @@ class UpstreamCall:
         self._sock: Optional[socket.socket] = None
         self.abort_reason: Optional[str] = None
         self.connected = False
+        # A TCP connection to the first hop (the upstream, or the outbound proxy) was made:
+        # a failure before it is the proxy's own when there is one.
+        self.reached = False
         # The idle timeout the call's reads run under, for the message when one times out.
         self.idle_timeout: Optional[float] = None
         # What to mask in anything made of this call's answer (set by ``Upstream.open``): the
@@ -69,7 +74,7 @@ class UpstreamCall:
     def attach(self, sock: socket.socket) -> None:
         with self._lock:
             self._sock = sock
-            self.connected = True
+            self.connected = self.reached = True
             if self.abort_reason is not None:
                 _shutdown(sock)
 
@@ -337,6 +342,31 @@ def _tracked(base: Any) -> Any:
             self.cp_call = call
             self._read_timeout = read_timeout
             self._pool = pool
+            self._tcp = self._create_connection  # type: ignore[has-type]
+            self._create_connection = self._first_hop
+
+        def _first_hop(self, *args: Any, **kw: Any) -> socket.socket:
+            sock = self._tcp(*args, **kw)
+            if self.cp_call is not None:
+                self.cp_call.reached = True  # what fails from now on is past the proxy's door
+            return sock  # type: ignore[no-any-return]
+
+        def _tunnel(self) -> None:
+            # Before 3.12 http.client leaves the CONNECT's response open, and a refusal's
+            # traceback keeps it alive: its reader holds the socket's fd until the next GC.
+            made: List[http.client.HTTPResponse] = []
+
+            def response(*args: Any, **kw: Any) -> http.client.HTTPResponse:
+                made.append(_Response(*args, **kw))
+                return made[-1]
+
+            self.response_class = response  # type: ignore[assignment]
+            try:
+                super()._tunnel()
+            finally:
+                del self.response_class  # the class's own again, for the real response
+                for resp in made:
+                    resp.close()
 
         def connect(self) -> None:
             super().connect()  # TCP (+ proxy tunnel + TLS) under the connect timeout
@@ -511,14 +541,45 @@ def tls_context(ca_bundle: Optional[str]) -> ssl.SSLContext:
         raise ValueError(f"--ca-bundle {ca_bundle}: not a PEM file of CA certificates ({reason})") from None
 
 
-def build_opener(config: Config, pool: Optional[ConnectionPool] = None) -> urllib.request.OpenerDirector:
+class _ProxyHandler(urllib.request.ProxyHandler):
+    """urllib's ProxyHandler, but ``NO_PROXY`` is the one given, not read from the environment.
+
+    urllib's own asks ``proxy_bypass`` on every call, which reads the environment (and, on
+    macOS, the system settings) even for an explicit proxy: ``NO_PROXY=*`` turned ``--proxy``
+    off without a word. Only http:// proxies reach here (``config.check_proxy_url``).
+    """
+
+    def __init__(self, proxies: Dict[str, str], no_proxy: str) -> None:
+        super().__init__(proxies)
+        self._no_proxy = no_proxy
+
+    def proxy_open(self, req: urllib.request.Request, proxy: str, kind: str) -> None:
+        bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # not in the stubs
+        if self._no_proxy and req.host and bypass(req.host, {"no": self._no_proxy}):
+            return  # straight to the upstream
+        parts = urlsplit(proxy)
+        if parts.username and parts.password:  # as urllib: a user alone sends no Proxy-Authorization
+            pair = f"{unquote(parts.username)}:{unquote(parts.password)}".encode("utf-8")
+            req.add_header("Proxy-authorization", "Basic " + base64.b64encode(pair).decode("ascii"))
+        req.set_proxy(unquote(parts.netloc.rpartition("@")[2]), "http")
+        # None: the http/https handlers go on, to the proxy (a CONNECT tunnel for https).
+
+
+def proxy_settings(config: Config, environ: Mapping[str, str]) -> Tuple[Dict[str, str], str]:
+    """The proxy per upstream scheme and the NO_PROXY list: --proxy alone (the environment is not
+    consulted at all), else with --use-env-proxy the environment's (ValueError naming a bad one)."""
     if config.proxy:
-        proxies: Optional[Dict[str, str]] = {"http": config.proxy, "https": config.proxy}
-    else:
-        proxies = None if config.use_env_proxy else {}
+        return {"http": config.proxy, "https": config.proxy}, ""
+    if config.use_env_proxy:
+        return env_proxies(environ)
+    return {}, ""
+
+
+def build_opener(config: Config, pool: Optional[ConnectionPool] = None) -> urllib.request.OpenerDirector:
+    proxies, no_proxy = proxy_settings(config, os.environ)
     pooled = _PooledOpen(pool or ConnectionPool(config.max_idle_per_host), config.idle_timeout)
     return urllib.request.build_opener(
-        urllib.request.ProxyHandler(proxies),
+        _ProxyHandler(proxies, no_proxy),  # also keeps build_opener from adding urllib's own
         _RefuseRedirects(),
         _HTTPHandler(pooled),
         _HTTPSHandler(pooled, TLSContext(config.ca_bundle)),
@@ -571,7 +632,7 @@ class Upstream:
         req.cp_call = call  # type: ignore[attr-defined]
         call.idle_timeout = self.config.idle_timeout
         call.secrets = secrets
-        call.connected = False  # this attempt's connection: a connect timeout is no read timeout
+        call.connected = call.reached = False  # this attempt's: a connect timeout is no read timeout
         if log.isEnabledFor(logging.DEBUG):
             sent = redact_headers(req.header_items(), secrets)
             log.debug("upstream %s %s headers=%s", method, redact_url(url), sent)
@@ -580,12 +641,35 @@ class Upstream:
         except urllib.error.HTTPError as exc:
             with exc:
                 body_bytes = exc.read(MAX_ERROR_BODY) if exc.fp is not None else b""
+            proxy = _proxy_of(req)
+            if exc.code == 407 and proxy is not None:
+                raise _proxy_auth_refused(proxy) from None
             raise error_from_status(exc.code, body_bytes, exc.headers, secrets) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
-            raise _transport_error(exc, call, url, secrets) from None
+            raise _transport_error(exc, call, req, secrets) from None
 
 
-def _transport_error(exc: BaseException, call: UpstreamCall, url: str, secrets: Tuple[str, ...]) -> Exception:
+_RETRY = ("x-should-retry", "true")
+# What http.client raises when a proxy answers CONNECT with anything but 200 (Python 3.8 to 3.13).
+_TUNNEL_REFUSED_RE = re.compile(r"^OSError: Tunnel connection failed: (\d{3})\b ?(.*)$")
+
+
+def _proxy_of(req: urllib.request.Request) -> Optional[str]:
+    """The outbound proxy's host:port (never its credentials) when the request went through one."""
+    through = req._tunnel_host or req.has_proxy()  # type: ignore[attr-defined]  # CONNECT, or absolute-URI
+    return req.host if through else None
+
+
+def _proxy_auth_refused(proxy: str) -> UpstreamUnavailable:
+    # Not the proxy's 407 itself: to an HTTP client a 407 says that *its own* proxy wants
+    # credentials. And no retry: the same credentials will be refused again.
+    return UpstreamUnavailable(
+        f"the outbound proxy at {proxy} refused authentication (407); check the user and password "
+        "in the proxy URL (http://USER:PASSWORD@HOST:PORT)", headers=(NO_RETRY,))
+
+
+def _transport_error(exc: BaseException, call: UpstreamCall, req: urllib.request.Request,
+                     secrets: Tuple[str, ...]) -> Exception:
     aborted = abort_error(call.abort_reason)
     if aborted is not None:
         return aborted  # our own abort (client gone, shutdown, deadline) made the call fail
@@ -593,10 +677,29 @@ def _transport_error(exc: BaseException, call: UpstreamCall, url: str, secrets: 
     if isinstance(reason, socket.timeout) and call.connected:
         return UpstreamTimeout(f"upstream sent nothing for {call.idle_timeout or 0:g} s")
     detail = redact_text(f"{type(reason).__name__}: {reason}", secrets)
-    host = urlsplit(url).hostname or "?"
-    return UpstreamUnavailable(
-        f"could not reach the upstream at {host} ({detail})", headers=(("x-should-retry", "true"),)
-    )
+    host = urlsplit(req.full_url).hostname or "?"
+    proxy = _proxy_of(req)
+    if proxy is not None:
+        return _proxy_failure(reason, call, proxy, host, detail)
+    return UpstreamUnavailable(f"could not reach the upstream at {host} ({detail})", headers=(_RETRY,))
+
+
+def _proxy_failure(reason: BaseException, call: UpstreamCall, proxy: str, host: str, detail: str) -> Exception:
+    """A failure through the outbound proxy, blamed on the hop that failed."""
+    refused = _TUNNEL_REFUSED_RE.match(detail) if type(reason) is OSError else None
+    if refused and refused.group(1) == "407":
+        return _proxy_auth_refused(proxy)
+    if refused:
+        status = refused.group(1)
+        # A 4xx is the proxy's policy (this host is not allowed): the same again is refused again.
+        retry = NO_RETRY if status.startswith("4") else _RETRY
+        said = f"{status} {refused.group(2)[:200]}".strip()
+        return UpstreamUnavailable(f"the outbound proxy at {proxy} refused the tunnel to {host} ({said})",
+                                   headers=(retry,))
+    if not call.reached:
+        return UpstreamUnavailable(f"could not reach the outbound proxy at {proxy} ({detail})", headers=(_RETRY,))
+    return UpstreamUnavailable(f"could not reach the upstream at {host} through the outbound proxy at {proxy} "
+                               f"({detail})", headers=(_RETRY,))
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,338 @@
+"""The outbound HTTP proxy (--proxy, --use-env-proxy): which one, when, and whose failure it is.
+
+- An explicit proxy is used for every upstream: NO_PROXY in the environment is read only
+  with --use-env-proxy.
+- Credentials in the proxy URL are its only way in: accepted everywhere, shown nowhere.
+- Only http:// proxies: https:// would send the CONNECT (credentials too) in clear text, socks5://
+  is not spoken at all; refused at start, naming the flag, the file's key or the variable.
+- A failure of the proxy names the proxy; its 407 is the proxy's refusal (502, no retry), never a
+  407 to the client, whose own proxy that status would be about.
+
+All traffic on 127.0.0.1; every wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import threading
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+import claudeproxy
+from claudeproxy import cli
+from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
+from fakes import FakeUpstream, closing_listener, completion, json_reply
+
+HEADERS = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
+PASSWORD = "proxy-PASS-4711"
+PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+                   "no_proxy", "NO_PROXY", "REQUEST_METHOD")
+# Names only the proxy could resolve: a call that went direct would fail on DNS instead.
+NAMED_UPSTREAM = {"http": "http://api.example.test/v1", "https": "https://api.example.test/v1"}
+
+
+class StatusProxy:
+    """An outbound proxy on 127.0.0.1 that answers every request, CONNECT too, with one status."""
+
+    def __init__(self, status: str) -> None:
+        self.answer = (f"HTTP/1.1 {status}\r\nProxy-Authenticate: Basic realm=\"corp\"\r\n"
+                       "Content-Length: 0\r\nConnection: close\r\n\r\n").encode("ascii")
+        self.heads: List[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept, daemon=True, name="status-proxy")
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with conn:
+                self._answer(conn)
+
+    def _answer(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data:
+                piece = conn.recv(65536)
+                if not piece:
+                    return
+                data += piece
+            head, body = data.split(b"\r\n\r\n", 1)
+            length = _content_length(head)
+            while len(body) < length:  # read the whole request: closing on unread bytes would reset
+                piece = conn.recv(65536)
+                if not piece:
+                    return
+                body += piece
+            with self._lock:
+                self.heads.append(head.decode("latin-1"))
+            conn.sendall(self.answer)
+            conn.shutdown(socket.SHUT_WR)
+            conn.recv(1024)  # until the client closes (or the timeout)
+        except OSError:
+            pass
+
+    def seen(self) -> List[str]:
+        with self._lock:
+            return list(self.heads)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.listener.close()
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value.strip())
+    return 0
+
+
+@pytest.fixture
+def clean_env(monkeypatch: Any) -> Any:
+    """No proxy variable from the machine running the tests."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.fixture
+def refusing() -> Iterator[Any]:
+    made: List[StatusProxy] = []
+
+    def make(status: str) -> StatusProxy:
+        made.append(StatusProxy(status))
+        return made[-1]
+
+    yield make
+    for proxy in made:
+        proxy.close()
+
+
+def send(server: Any, stream: bool = False) -> Any:
+    return request(server.url, "POST", "/v1/messages", minimal_request(stream=stream), HEADERS, timeout=10)
+
+
+def error_of(resp: Any) -> Dict[str, Any]:
+    body = resp.json
+    assert body["type"] == "error", body
+    return body["error"]  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------
+# D2: NO_PROXY does not turn an explicit proxy off.
+
+
+@pytest.mark.parametrize("no_proxy", ["127.0.0.1", "*"])
+def test_no_proxy_in_the_environment_leaves_an_explicit_proxy_alone(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                                    clean_env: Any, no_proxy: str) -> None:
+    clean_env.setenv("NO_PROXY", no_proxy)
+    clean_env.setenv("no_proxy", no_proxy)
+    outbound = FakeUpstream()
+    try:
+        outbound.default = json_reply(completion("via proxy"))
+        server = make_proxy(proxy=f"http://127.0.0.1:{outbound.port}")
+        resp = send(server)
+        assert resp.status == 200, resp
+        assert fake_upstream.requests == [] and len(outbound.requests) == 1
+    finally:
+        outbound.close()
+
+
+def test_no_proxy_leaves_an_explicit_proxy_alone_for_https_upstreams(make_proxy: Any, clean_env: Any,
+                                                                     refusing: Any, refused_port: int) -> None:
+    # The CONNECT reaching the proxy (which refuses it) shows the call did not go direct.
+    clean_env.setenv("NO_PROXY", "*")
+    outbound = refusing("403 Forbidden")
+    server = make_proxy(upstream=f"https://127.0.0.1:{refused_port}/v1", proxy=f"http://127.0.0.1:{outbound.port}",
+                        use_env_proxy=True)  # --proxy wins: the environment is not read at all
+    resp = send(server)
+    assert resp.status == 502, resp
+    assert [h.split(" HTTP/")[0] for h in outbound.seen()] == [f"CONNECT 127.0.0.1:{refused_port}"]  # 1.0 or 1.1 (3.12+)
+
+
+def test_no_proxy_still_applies_to_the_environments_proxy(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                          clean_env: Any) -> None:
+    outbound = FakeUpstream()
+    try:
+        clean_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{outbound.port}")
+        clean_env.setenv("NO_PROXY", "127.0.0.1")
+        server = make_proxy(use_env_proxy=True)
+        assert send(server).status == 200
+        assert len(fake_upstream.requests) == 1 and outbound.requests == []
+    finally:
+        outbound.close()
+
+
+def test_schemeless_environment_proxy_with_credentials_is_http(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                               clean_env: Any) -> None:
+    outbound = FakeUpstream()
+    try:
+        outbound.default = json_reply(completion("via proxy"))
+        clean_env.setenv("http_proxy", f"bob:{PASSWORD}@127.0.0.1:{outbound.port}")
+        server = make_proxy(use_env_proxy=True)
+        assert send(server).status == 200
+        expected = base64.b64encode(f"bob:{PASSWORD}".encode()).decode()
+        assert outbound.last.headers["proxy-authorization"] == f"Basic {expected}"
+        assert fake_upstream.requests == []
+    finally:
+        outbound.close()
+
+
+# ---------------------------------------------------------------------------
+# D1, D3: the proxy URL at start.
+
+
+def run_main(argv: List[str], environ: Optional[Dict[str, str]] = None,
+             files: Tuple[Tuple[str, Any], ...] = ()) -> Tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    base = ["--upstream", "http://127.0.0.1:9/v1", "--model", "m", "--print-config"]
+    code = cli.main(base + argv, environ=environ or {}, stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def one_error_line(code: int, out: str, err: str, *parts: str) -> str:
+    assert code == 2, (code, out, err)
+    assert out == "" and len(err.splitlines()) == 1 and err.startswith("claudeproxy: error: "), err
+    for part in parts:
+        assert part in err, err
+    assert PASSWORD not in err
+    return err
+
+
+def write_config(tmp_path: Any, obj: Any) -> str:
+    path = tmp_path / "claudeproxy.json"
+    path.write_text(json.dumps(obj))
+    return str(path)
+
+
+def test_credentials_in_the_proxy_flag_are_accepted_and_masked() -> None:
+    code, out, err = run_main(["--proxy", f"http://bob:{PASSWORD}@127.0.0.1:3128"])
+    assert code == 0, err
+    assert json.loads(out)["settings"]["proxy"] == "http://***@127.0.0.1:3128"
+    assert PASSWORD not in out + err
+
+
+def test_credentials_in_the_config_files_proxy_are_accepted_and_masked(tmp_path: Any) -> None:
+    path = write_config(tmp_path, {"proxy": f"http://bob:{PASSWORD}@127.0.0.1:3128"})
+    code, out, err = run_main(["--config", path])
+    assert code == 0, err
+    assert json.loads(out)["settings"]["proxy"] == "http://***@127.0.0.1:3128"
+    assert PASSWORD not in out + err
+
+
+@pytest.mark.parametrize("url", [f"https://bob:{PASSWORD}@127.0.0.1:3128", "socks5://127.0.0.1:1080",
+                                 "socks5h://127.0.0.1:1080", "127.0.0.1:3128"])
+def test_only_http_proxies_are_accepted_by_the_flag(url: str) -> None:
+    one_error_line(*run_main(["--proxy", url]), "--proxy: only http:// proxies are supported")
+
+
+def test_a_bad_proxy_in_the_config_file_names_the_files_key(tmp_path: Any) -> None:
+    path = write_config(tmp_path, {"proxy": f"https://bob:{PASSWORD}@127.0.0.1:3128"})
+    err = one_error_line(*run_main(["--config", path]), f"--config {path}: proxy: only http://")
+    assert "--proxy" not in err
+
+
+@pytest.mark.parametrize("name,value,part", [
+    ("HTTPS_PROXY", f"socks5://bob:{PASSWORD}@127.0.0.1:1080", "only http://"),
+    ("https_proxy", f"https://bob:{PASSWORD}@127.0.0.1:3128", "only http://"),
+    ("HTTP_PROXY", "https://127.0.0.1:3128", "only http://"),
+    ("HTTP_PROXY", f"http://bob:{PASSWORD}@127.0.0.1:notaport", "not a valid URL"),
+])
+def test_a_bad_environment_proxy_stops_the_start_naming_the_variable(name: str, value: str, part: str) -> None:
+    one_error_line(*run_main(["--use-env-proxy"], {name: value}), f"{name}: ", part)
+
+
+def test_environment_proxies_are_not_checked_without_use_env_proxy() -> None:
+    code, _, err = run_main([], {"HTTPS_PROXY": "socks5://127.0.0.1:1080"})
+    assert code == 0, err
+
+
+def test_an_explicit_proxy_sets_the_environments_aside() -> None:
+    code, _, err = run_main(["--use-env-proxy", "--proxy", "http://127.0.0.1:3128"],
+                            {"HTTPS_PROXY": "socks5://127.0.0.1:1080"})
+    assert code == 0, err
+
+
+def test_start_refuses_a_proxy_that_is_not_http(clean_env: Any) -> None:
+    with pytest.raises(ValueError, match=r"^--proxy: only http:// proxies") as caught:
+        claudeproxy.start(upstream="http://127.0.0.1:9/v1", proxy=f"https://bob:{PASSWORD}@127.0.0.1:3128")
+    assert PASSWORD not in str(caught.value)
+    clean_env.setenv("HTTPS_PROXY", f"socks5://bob:{PASSWORD}@127.0.0.1:1080")
+    with pytest.raises(ValueError, match=r"^HTTPS_PROXY: only http:// proxies") as caught:
+        claudeproxy.start(upstream="http://127.0.0.1:9/v1", use_env_proxy=True)
+    assert PASSWORD not in str(caught.value)
+
+
+# ---------------------------------------------------------------------------
+# D4, D5: the proxy's failures are the proxy's.
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_proxy_407_is_a_502_without_retry(make_proxy: Any, refusing: Any, scheme: str, stream: bool) -> None:
+    outbound = refusing("407 Proxy Authentication Required")
+    server = make_proxy(upstream=NAMED_UPSTREAM[scheme], proxy=f"http://bob:{PASSWORD}@127.0.0.1:{outbound.port}",
+                        retries=2)
+    resp = send(server, stream)
+    assert resp.status == 502, resp
+    error = error_of(resp)
+    assert error["type"] == "api_error"
+    assert error["message"].startswith(f"the outbound proxy at 127.0.0.1:{outbound.port} refused authentication")
+    assert resp.headers.get("x-should-retry") == "false"
+    assert "proxy-authenticate" not in resp.headers
+    assert len(outbound.seen()) == 1  # not retried: the same credentials would be refused again
+    assert PASSWORD not in resp.body.decode()
+
+
+@pytest.mark.parametrize("status,retry", [("403 Forbidden", "false"), ("502 Bad Gateway", "true")])
+def test_a_refused_tunnel_names_the_proxy_and_the_host(make_proxy: Any, refusing: Any, status: str,
+                                                       retry: str) -> None:
+    outbound = refusing(status)
+    server = make_proxy(upstream=NAMED_UPSTREAM["https"], proxy=f"http://127.0.0.1:{outbound.port}")
+    resp = send(server)
+    assert resp.status == 502, resp
+    assert error_of(resp)["message"] == (f"the outbound proxy at 127.0.0.1:{outbound.port} refused the tunnel "
+                                         f"to api.example.test ({status})")
+    assert resp.headers.get("x-should-retry") == retry
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_proxy_that_is_down_is_named_not_the_upstream(make_proxy: Any, refused_port: int, scheme: str) -> None:
+    server = make_proxy(upstream=NAMED_UPSTREAM[scheme], proxy=f"http://bob:{PASSWORD}@127.0.0.1:{refused_port}")
+    resp = send(server)
+    assert resp.status == 502, resp
+    message = error_of(resp)["message"]
+    assert message.startswith(f"could not reach the outbound proxy at 127.0.0.1:{refused_port} ("), message
+    assert "api.example.test" not in message and PASSWORD not in message and "bob" not in message
+    assert resp.headers.get("x-should-retry") == "true"
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_failure_past_the_proxys_door_names_both(make_proxy: Any, scheme: str) -> None:
+    # The proxy took the connection, then closed it: the way to the upstream failed, through it.
+    port = closing_listener()
+    server = make_proxy(upstream=NAMED_UPSTREAM[scheme], proxy=f"http://127.0.0.1:{port}")
+    resp = send(server)
+    assert resp.status == 502, resp
+    message = error_of(resp)["message"]
+    assert message.startswith(f"could not reach the upstream at api.example.test through the outbound proxy "
+                              f"at 127.0.0.1:{port} ("), message
+    assert resp.headers.get("x-should-retry") == "true"
