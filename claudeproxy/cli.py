@@ -55,7 +55,7 @@ from .credentials import DEFAULT_TTL, command_argv, command_token, current_secre
 from .dialects import DIALECTS
 from .metrics import CallRecord
 from .observe import BODIES_LOGGER
-from .redact import header_secrets, redact_text, redact_url, url_secrets
+from .redact import configured_secrets, redact_text, redact_url
 from .routing import build_router
 from .server import ProxyServer, drain_and_close
 from .settings_view import describe_config
@@ -530,7 +530,7 @@ def fixed_secrets(config: Config) -> Tuple[str, ...]:
     """Credentials written into the configuration: the upstream URLs' query keys and userinfo
     passwords, the values of credential headers (``--header``, providers' headers)."""
     places = [(p.url, p.headers) for p in config.providers] + [(config.upstream or "", config.headers)]
-    return tuple(dict.fromkeys(s for url, headers in places for s in url_secrets(url) + header_secrets(headers)))
+    return configured_secrets(places + [(config.proxy or "", ())])
 
 
 class _JsonFormatter(logging.Formatter):

@@ -39,7 +39,7 @@ from .metrics import CallRecord, Metrics, access_line
 from .model_facts import PRICES_CHECKED, ModelFacts
 from .observe import ObservedFold, bodies_logged, log_body
 from .prompt_cache import session_cache_key
-from .redact import header_secrets, url_secrets
+from .redact import configured_secrets
 from .relay import Relay
 from .replies import events_for_message, is_quota_probe, local_message
 from .routing import Routed, Target, build_router
@@ -96,9 +96,10 @@ class Proxy:
         self._warned: Set[str] = set()  # translation warnings already logged at WARNING level
         self._random = random.Random()  # backoff jitter
         self.calibration = TokenCalibration()  # count_tokens and message_start learn per model
-        # Credentials written into the configuration (a URL's ?key=, --header values): fixed, found once.
-        self._fixed_secrets = tuple(dict.fromkeys(
-            s for p in self.router.providers.values() for s in url_secrets(p.url) + header_secrets(p.headers)))
+        # Credentials written into the configuration (a URL's ?key=, --header values, the outbound
+        # proxy's password): fixed, found once.
+        self._fixed_secrets = configured_secrets([(p.url, p.headers) for p in self.router.providers.values()]
+                                                 + [(config.proxy or "", ())])
         self.routes: Dict[Tuple[str, str], Route] = {
             ("POST", "/v1/messages"): self.messages,
             ("POST", "/v1/messages/count_tokens"): self.count_tokens,

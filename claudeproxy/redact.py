@@ -147,6 +147,11 @@ def header_secrets(headers: Iterable[Tuple[str, str]]) -> Tuple[str, ...]:
     return _long_enough(found)
 
 
+def configured_secrets(places: Iterable[Tuple[str, Iterable[Tuple[str, str]]]]) -> Tuple[str, ...]:
+    """``url_secrets`` and ``header_secrets`` of each (URL, headers) the configuration wrote, once each."""
+    return tuple(dict.fromkeys(s for url, headers in places for s in url_secrets(url) + header_secrets(headers)))
+
+
 def _long_enough(values: Iterable[str]) -> Tuple[str, ...]:
     return tuple(dict.fromkeys(v for v in values if len(v) >= MIN_FREE_TEXT_SECRET))
 

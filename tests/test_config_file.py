@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
+import claudeproxy
 from claudeproxy import cli
 
 OPENAI_KEY = "sk-CONFIG-SENTINEL-0123456789"
@@ -370,12 +371,18 @@ def test_the_log_filter_knows_the_configurations_credentials(tmp_path: Any, serv
     file = write(tmp_path, {"providers": {"gw": {"url": "https://gw.test/v1?code=FileQSECRET99", "headers": {
         "X-Auth": "FileHdrSECRET1", "X-Title": "My App"}}}, "routes": [{"match": "*", "provider": "gw"}]})
     code, _, err = run_main(["--config", file, "--upstream", "http://127.0.0.1:8000/v1?key=URLQSECRET77abc",
-                             "--header", "X-Password: HdrSECRET12345"])
+                             "--header", "X-Password: HdrSECRET12345", "--proxy", "http://me:ProxyPASS123@127.0.0.1:3128"])
     assert code == 0, err
     config = served[0]
     secrets = cli.secrets_source(config)()
-    assert {"FileQSECRET99", "FileHdrSECRET1", "URLQSECRET77abc", "HdrSECRET12345"} <= set(secrets)
+    assert {"FileQSECRET99", "FileHdrSECRET1", "URLQSECRET77abc", "HdrSECRET12345", "ProxyPASS123"} <= set(secrets)
     assert "My App" not in secrets and set(secrets) == set(cli.config_secrets(config))
+    # The server's own list (error messages, stream events) holds the same written credentials.
+    running = claudeproxy.start(config=config, port=0)
+    try:
+        assert {"FileQSECRET99", "FileHdrSECRET1", "ProxyPASS123"} <= set(running.server.proxy.secrets())
+    finally:
+        running.shutdown(grace=0.1)
 
 
 def test_print_config_does_not_run_a_key_command(tmp_path: Any) -> None:
