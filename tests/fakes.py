@@ -389,6 +389,54 @@ class FakeUpstream:
         self.server.server_close()
 
 
+class LoopbackListener:
+    """A listener on 127.0.0.1 (``port``) that gives each connection to ``handle(conn)`` on a thread
+    of its own, until ``close``; a subclass defines ``handle``. Sockets passed to ``track`` (and
+    every accepted one) are closed by ``close``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._socks: List[socket.socket] = []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._socks.append(sock)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=self.handle, args=(conn,), daemon=True)
+            self.track(conn)
+            with self._lock:
+                self._threads.append(thread)
+            thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in list(self._threads):
+            thread.join(2)
+        self.listener.close()
+        with self._lock:
+            for sock in self._socks:
+                sock.close()
+
+
 @contextlib.contextmanager
 def refused_port() -> Iterator[int]:
     """A loopback port that refuses connections for as long as the block runs.

@@ -25,7 +25,7 @@ import pytest
 import claudeproxy
 from claudeproxy import cli
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
-from fakes import FakeUpstream, closing_listener, completion, json_reply
+from fakes import FakeUpstream, LoopbackListener, closing_listener, completion, json_reply
 
 HEADERS = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
 PASSWORD = "proxy-PASS-4711"
@@ -35,33 +35,18 @@ PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "al
 NAMED_UPSTREAM = {"http": "http://api.example.test/v1", "https": "https://api.example.test/v1"}
 
 
-class StatusProxy:
+class StatusProxy(LoopbackListener):
     """An outbound proxy on 127.0.0.1 that answers every request, CONNECT too, with one status."""
 
     def __init__(self, status: str) -> None:
         self.answer = (f"HTTP/1.1 {status}\r\nProxy-Authenticate: Basic realm=\"corp\"\r\n"
                        "Content-Length: 0\r\nConnection: close\r\n\r\n").encode("ascii")
         self.heads: List[str] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.listener.settimeout(0.1)
-        self.port = self.listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._accept, daemon=True, name="status-proxy")
-        self._thread.start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with conn:
-                self._answer(conn)
+    def handle(self, conn: socket.socket) -> None:
+        with conn:
+            self._answer(conn)
 
     def _answer(self, conn: socket.socket) -> None:
         conn.settimeout(5)
@@ -90,11 +75,6 @@ class StatusProxy:
     def seen(self) -> List[str]:
         with self._lock:
             return list(self.heads)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.listener.close()
 
 
 def _content_length(head: bytes) -> int:

@@ -24,7 +24,7 @@ import pytest
 
 import claudeproxy
 from conftest import UPSTREAM_KEY, minimal_request, request
-from fakes import FakeUpstream, Gate, Reply, StreamClient, chunk, completion, json_reply, sse_reply
+from fakes import FakeUpstream, Gate, LoopbackListener, Reply, StreamClient, chunk, completion, json_reply, sse_reply
 
 N = 20
 
@@ -236,38 +236,15 @@ def test_http_proxy_connection_is_reused(start: Any, keep_alive: FakeUpstream) -
         outbound.close()
 
 
-class ConnectProxy:
+class ConnectProxy(LoopbackListener):
     """A CONNECT-only HTTP proxy on 127.0.0.1 that counts the tunnels it opens."""
 
     def __init__(self) -> None:
         self.tunnels = 0
         self.targets: List[str] = []
-        self._socks: List[socket.socket] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.listener.settimeout(0.1)
-        self.port = self.listener.getsockname()[1]
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            thread = threading.Thread(target=self._tunnel, args=(client,), daemon=True)
-            with self._lock:
-                self._socks.append(client)
-                self._threads.append(thread)
-            thread.start()
-
-    def _tunnel(self, client: socket.socket) -> None:
+    def handle(self, client: socket.socket) -> None:
         client.settimeout(5)
         head = b""
         while b"\r\n\r\n" not in head:
@@ -278,10 +255,10 @@ class ConnectProxy:
         target = head.split(b" ", 2)[1].decode()
         host, port = target.rsplit(":", 1)
         server = socket.create_connection((host, int(port)), timeout=5)
+        self.track(server)
         with self._lock:
             self.tunnels += 1
             self.targets.append(target)
-            self._socks.append(server)
         client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
         self._pipe(client, server)
 
@@ -297,15 +274,6 @@ class ConnectProxy:
                     pair[sock].sendall(data)
             except OSError:
                 return
-
-    def close(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(2)
-        self.listener.close()
-        with self._lock:
-            for sock in self._socks:
-                sock.close()
 
 
 def test_connect_tunnel_is_reused(start: Any, tls_upstream: FakeUpstream, certificate: Tuple[str, str]) -> None:

@@ -333,14 +333,14 @@ open(path, "w").write(str(n + 1))
 if len(sys.argv) > 2:
     sys.stdout.write("this output is secret\\n")
     sys.exit(int(sys.argv[2]))
-sys.stdout.write("  sk-cmd-%04d-abcdefgh \\n" % (n + 1))
+sys.stdout.write(KEY_FORMAT % (n + 1))
 """
 
 
 @pytest.fixture
 def key_command(tmp_path: Any) -> Tuple[List[str], str]:
     script = tmp_path / "key.py"
-    script.write_text(KEY_SCRIPT)
+    script.write_text(KEY_SCRIPT.replace("KEY_FORMAT", repr("  sk-cmd-%04d-abcdefgh \n")))
     counter = str(tmp_path / "count")
     return [sys.executable, str(script), counter], counter
 
@@ -411,23 +411,11 @@ def test_a_failing_key_command_is_a_502_naming_its_exit_status(fake_upstream: Fa
         server.shutdown(grace=1.0)
 
 
-PLAIN_KEY_SCRIPT = """
-import sys
-path = sys.argv[1]
-try:
-    n = int(open(path).read() or 0)
-except FileNotFoundError:
-    n = 0
-open(path, "w").write(str(n + 1))
-sys.stdout.write("Plain%dKEYabcdefgh\\n" % (n + 1))
-"""
-
-
 def test_a_key_commands_earlier_key_stays_masked(fake_upstream: FakeUpstream, tmp_path: Any) -> None:
     """After the command printed a new key, a late echo of the old one is masked all the same
     (keys of no known shape: only the list of known secrets can mask them)."""
     script = tmp_path / "plain_key.py"
-    script.write_text(PLAIN_KEY_SCRIPT)
+    script.write_text(KEY_SCRIPT.replace("KEY_FORMAT", repr("Plain%dKEYabcdefgh\n")))  # no known key shape
     server = command_proxy(fake_upstream, [sys.executable, str(script), str(tmp_path / "count")])
     try:
         fake_upstream.push(json_reply({"error": {"message": "key Plain1KEYabcdefgh expired"}}, status=401),

@@ -313,15 +313,20 @@ class StreamTranslator:
             self.matched_stop = choice.matched_stop
         return events
 
-    def finish(self) -> List[Event]:
-        """Close everything and end the message (``message_delta``, ``message_stop``)."""
-        if self.done:
-            return []
+    def _flush_pending(self) -> List[Event]:
+        """``message_start`` if not yet sent, then what waited for the end: text held in think tags,
+        text deferred behind a tool call. Once flushed there is nothing left, so it may run twice."""
         events = self.start()
         if self.think is not None:
             reasoning, text = self.think.flush()
             events += self._emit_reasoning(reasoning) + self._emit_text(text)
-        events += self._release()
+        return events + self._release()
+
+    def finish(self) -> List[Event]:
+        """Close everything and end the message (``message_delta``, ``message_stop``)."""
+        if self.done:
+            return []
+        events = self._flush_pending()
         buffered = [t for t in self.tools if not t.live and t.name]
         events += self._settle_stop(last_is_text=not buffered)
         for tool in buffered:
@@ -595,12 +600,9 @@ class LocalStopTranslator(StreamTranslator):
     def finish(self) -> List[Event]:
         if self.done:
             return []
-        # What finish() flushes first (think tags, text deferred behind a tool) may hold the stop.
-        events = self.start()
-        if self.think is not None:
-            reasoning, text = self.think.flush()
-            events += self._emit_reasoning(reasoning) + self._emit_text(text)
-        events += self._release()
+        # What finish() flushes first (think tags, text deferred behind a tool) may hold the stop;
+        # flushed here, it is not flushed again by super().finish().
+        events = self._flush_pending()
         return events + (self._stop_events() if self.cut is not None else super().finish())
 
     def _emit_text(self, text: str) -> List[Event]:
