@@ -70,6 +70,9 @@ class ResponseWriter:
         self._chunked = handler.request_version == "HTTP/1.1"
         # A HEAD answer is the GET answer's head alone: a body would be read as the next response.
         self._head_only = getattr(handler, "command", None) == "HEAD"
+        # A stream's head, held until the first write: head and first events go out as one write
+        # (one segment, one wake-up of the client) instead of two.
+        self._pending = b""
         # Added to every response head (CORS headers for an allowed Origin).
         self.extra_headers: List[Tuple[str, str]] = []
 
@@ -89,6 +92,8 @@ class ResponseWriter:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace")
 
     def _write(self, data: bytes) -> None:
+        if self._pending:
+            data, self._pending = self._pending + data, b""
         try:
             self._handler.wfile.write(data)
         except (OSError, ValueError) as exc:  # BrokenPipe, reset, timeout, closed file
@@ -143,19 +148,31 @@ class ResponseWriter:
             else:
                 self._handler.close_connection = True  # HTTP/1.0: the body ends when we close
             self.status, self.streaming = 200, True
-            self._write(self._head(200, head))
+            self._pending = self._head(200, head)  # every caller writes its first events next
         self._handler.log_request(200, "-")
 
-    def events(self, events: List[Dict[str, Any]]) -> None:
-        """Write events in one write, at once (never buffered)."""
+    def events(self, events: List[Dict[str, Any]], end: bool = False) -> None:
+        """Write events in one write, at once (never buffered); ``end``: the stream's last write."""
         if events:
-            self.raw_chunk(b"".join(encode_event(e) for e in events))
+            self.raw_chunk(b"".join(encode_event(e) for e in events), end)
+        elif end:
+            self.end_stream()
 
-    def raw_chunk(self, data: bytes) -> None:
+    def raw_chunk(self, data: bytes, end: bool = False) -> None:
+        """One piece of a stream; with ``end`` the stream ends in the same write (no write of its own
+        for the terminating chunk)."""
         with self.lock:
-            if self.finished or not data:
+            if self.finished:
                 return
-            self._write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
+            if not data:
+                if end:
+                    self.end_stream()
+                return
+            chunk = b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data
+            if end:
+                self.finished = True
+                chunk += b"0\r\n\r\n" if self._chunked else b""
+            self._write(chunk)
 
     def raw(self, status: int, headers: List[Tuple[str, str]], body: bytes) -> None:
         """A complete response with the given headers (passthrough)."""
@@ -172,8 +189,8 @@ class ResponseWriter:
             if self.finished:
                 return
             self.finished = True
-            if self._chunked:
-                self._write(b"0\r\n\r\n")
+            if self._chunked or self._pending:
+                self._write(b"0\r\n\r\n" if self._chunked else b"")
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -402,8 +419,8 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
     def _fail(self, writer: ResponseWriter, exc: ProxyError) -> None:
         try:
             if writer.streaming:
-                writer.events([{"type": "error", "error": {"type": exc.error_type, "message": exc.message}}])
-                writer.end_stream()
+                error = {"type": "error", "error": {"type": exc.error_type, "message": exc.message}}
+                writer.events([error], end=True)
             else:
                 writer.error(exc)
         except ClientGone:

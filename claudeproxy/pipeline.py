@@ -550,8 +550,7 @@ class Proxy:
         self._log_body("client response body", message, secrets)
         if req.stream:
             writer.start_stream()
-            writer.events(events_for_message(message))
-            writer.end_stream()
+            writer.events(events_for_message(message), end=True)
         else:
             writer.json(200, message)
 

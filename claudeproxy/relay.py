@@ -143,18 +143,20 @@ class Relay:
         if not events:
             return
         with self.lock:
-            self._send(events)
             if self.fold.complete and not self.finished:
+                # The last events: the stream's end goes in the same write.
                 self.finished = True
                 self._close_upstream()
-                self.writer.end_stream()
+                self._send(events, end=True)
+            else:
+                self._send(events)
 
-    def _send(self, events: List[Dict[str, Any]]) -> None:
+    def _send(self, events: List[Dict[str, Any]], end: bool = False) -> None:
         """Commit the stream if need be and write ``events`` at once, in one write (under the lock)."""
         if not self.committed:
             self.writer.start_stream()
             self.committed = True
-        self.writer.events(events)
+        self.writer.events(events, end)
         if self.first_content_at is None and any(e["type"] in _CONTENT_EVENTS for e in events):
             self.first_content_at = time.monotonic()
 
@@ -176,8 +178,7 @@ class Relay:
             self.failure = exc
             # Redacted here too: not every failure is made by the fold (which masks the call's secrets).
             log.warning("stream failed after it began: %s", redact_text(exc.message, self.call.secrets))
-            self._send(before + self.fold.fail(exc))
-            self.writer.end_stream()
+            self._send(before + self.fold.fail(exc), end=True)
 
     # ------------------------------------------------------------------
     # A JSON answer to a stream request (upstreams that ignore "stream").

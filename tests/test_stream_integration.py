@@ -534,3 +534,58 @@ def test_broken_slow_json_answer_after_pings_is_one_error_event(make_proxy, fake
     assert_valid_event_sequence(events)
     assert kinds(events)[-1] == "error" and kinds(events).count("error") == 1
     assert events[-1]["error"]["type"] == "api_error"
+
+
+# ---------------------------------------------------------------------------
+# Writes per stream: each write is a syscall and a wake-up of the client (the brief's trap:
+# "write an SSE event in several writes and stream throughput halves").
+
+
+class _Wire:
+    """What ``ResponseWriter`` reads of its handler; ``writes`` holds each write."""
+
+    protocol_version = request_version = "HTTP/1.1"
+    command = "POST"
+    close_connection = False
+
+    def __init__(self) -> None:
+        self.writes: List[bytes] = []
+        self.wfile = self
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def date_time_string(self) -> str:
+        return "Thu, 03 Dec 2026 00:00:00 GMT"
+
+    def log_request(self, *args: Any) -> None:
+        pass
+
+
+def test_a_stream_goes_out_in_as_few_writes_as_it_has_reads() -> None:
+    """The head goes with the first events, the terminating chunk with the last ones."""
+    from claudeproxy.handler import ResponseWriter
+
+    wire = _Wire()
+    writer = ResponseWriter(wire, "req_1")  # type: ignore[arg-type]
+    writer.start_stream()
+    writer.events([{"type": "message_start", "message": {}}])
+    writer.events([{"type": "ping"}])
+    writer.events([{"type": "message_stop"}], end=True)
+    writer.end_stream()  # nothing left to write
+    assert len(wire.writes) == 3
+    first, middle, last = wire.writes
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\n\r\n" in first and b"event: message_start" in first
+    assert b"event: ping" in middle
+    assert b"event: message_stop" in last and last.endswith(b"\r\n0\r\n\r\n")
+
+
+def test_an_error_before_any_event_still_sends_the_head() -> None:
+    from claudeproxy.handler import ResponseWriter
+
+    wire = _Wire()
+    writer = ResponseWriter(wire, "req_1")  # type: ignore[arg-type]
+    writer.start_stream()
+    writer.end_stream()
+    assert len(wire.writes) == 1 and wire.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert wire.writes[0].endswith(b"\r\n\r\n0\r\n\r\n")
