@@ -368,6 +368,18 @@ def _tracked(base: Any) -> Any:
                 for resp in made:
                     resp.close()
 
+        def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
+            # http.client sends the head and a bytes body in two sends: two segments, and the
+            # upstream wakes twice, for every request. The proxy's bodies are bytes it just encoded
+            # (a Claude Code turn, tens of KB): one send. (_buffer holds the head's lines, 3.8-3.13.)
+            if isinstance(message_body, bytes) and not encode_chunked:
+                self._buffer.extend((b"", b""))
+                head = b"\r\n".join(self._buffer)
+                del self._buffer[:]
+                self.send(head + message_body)
+                return
+            super()._send_output(message_body, encode_chunked)
+
         def connect(self) -> None:
             super().connect()  # TCP (+ proxy tunnel + TLS) under the connect timeout
             if self._pool is not None:

@@ -330,3 +330,31 @@ def test_aborted_call_never_goes_back_to_the_pool(keep_alive: FakeUpstream) -> N
         assert upstream.pool.idle_count() == 0
     finally:
         upstream.close()
+
+
+class _Sends:
+    """A connected socket's stand-in that keeps each send."""
+
+    def __init__(self) -> None:
+        self.sent: List[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.sent.append(bytes(data))
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_a_request_goes_to_the_upstream_in_one_send(secure: bool) -> None:
+    """Head and body together: http.client's two sends cost a segment and a wake-up of the upstream each."""
+    from claudeproxy.upstream import _TrackedHTTP, _TrackedHTTPS
+
+    conn = (_TrackedHTTPS if secure else _TrackedHTTP)("127.0.0.1", 9, call=None, read_timeout=5)
+    conn.sock = _Sends()
+    body = json.dumps(minimal_request()).encode()
+    conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    [sent] = conn.sock.sent
+    head, _, rest = sent.partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n") and rest == body
+    assert f"Content-Length: {len(body)}".encode() in head
