@@ -156,8 +156,10 @@ def _error_message(text: str, obj: Any) -> str:
 
 
 def _retry_headers(headers: Any) -> Tuple[Tuple[str, str], ...]:
+    """The upstream's word on retrying, passed on: when (retry-after) and whether (an Anthropic-
+    compatible upstream's x-should-retry, which the SDKs obey over the status)."""
     out = []
-    for name in ("retry-after", "retry-after-ms"):
+    for name in ("retry-after", "retry-after-ms", "x-should-retry"):
         value = headers.get(name) if headers is not None else None
         if value and _HEADER_VALUE_RE.match(value.strip()):  # no CR/LF can reach our response (S5)
             out.append((name, value.strip()))
@@ -197,7 +199,7 @@ def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], he
             headers=_retry_headers(headers),
         )
     if any(isinstance(v, str) and v in _NO_RETRY_CODES for v in (err.get("code"), err.get("type"))):
-        exc.headers = exc.headers + (NO_RETRY,)
+        exc.headers = tuple(h for h in exc.headers if h[0] != NO_RETRY[0]) + (NO_RETRY,)
     exc.upstream_message = message
     return exc
 

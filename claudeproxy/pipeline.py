@@ -185,7 +185,12 @@ class Proxy:
             # (RELIABILITY.md 5 #3: the documented switch). Never the proxy's own --auth-key.
             for name in ("x-api-key", "Authorization"):
                 if client.get(name):
-                    return ((name, client[name]),)
+                    if not provider.auth:
+                        return ((name, client[name]),)  # as the client sent it
+                    # The provider says how it takes a key (a server that checks only Bearer).
+                    value = client[name]
+                    key = value[7:] if name == "Authorization" and value[:7].lower() == "bearer " else value
+                    return auth_header(provider.auth, key)
         return ()
 
     def _open(self, url: str, provider: Provider, call: UpstreamCall, *, body: Optional[bytes] = None,

@@ -100,6 +100,49 @@ def test_body_goes_through_unchanged_but_for_the_model(make_proxy, fake_upstream
     assert resp.json["model"] == "claude-opus-4-1"  # the client sees its own model name
 
 
+@pytest.mark.parametrize("cap,thinking", [
+    (8192, {"type": "enabled", "budget_tokens": 8191}),  # lowered with the cap: budget < max_tokens
+    (1000, None),                                        # no budget fits below this cap (min 1024)
+])
+def test_a_thinking_budget_stays_below_the_capped_max_tokens(make_proxy, fake_upstream, cap, thinking):
+    from claudeproxy.model_facts import ModelFacts
+
+    provider = Provider("native", fake_upstream.url, api="messages", models=(("small-*", ModelFacts(max_output=cap)),))
+    server = make_proxy(providers=(provider,), routes=(Route("*", RouteTarget("native", "small-one")),), upstream=None)
+    fake_upstream.push(json_reply(ANSWER))
+    body = minimal_request(max_tokens=32000, thinking={"type": "enabled", "budget_tokens": 16000})
+    assert post(server, body).status == 200
+    assert fake_upstream.last.json["max_tokens"] == cap
+    assert fake_upstream.last.json.get("thinking") == thinking
+
+
+def test_thinking_this_proxy_signed_for_another_upstream_is_not_forwarded(through, fake_upstream):
+    """After a fallback to a chat upstream, the history holds thinking signed "cpx1." by the proxy:
+    a native upstream cannot check it and would refuse the request. Real signatures go on."""
+    history = [
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "mine", "signature": "cpx1.eyJwIjoieCJ9"},
+                                          {"type": "redacted_thinking", "data": "cpx1.eyJwIjoieSJ9"},
+                                          {"type": "text", "text": "a"}]},
+        {"role": "user", "content": "two"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "real", "signature": "EqQBCkYIBxgC"},
+                                          {"type": "text", "text": "b"}]},
+        {"role": "user", "content": "three"},
+    ]
+    fake_upstream.push(json_reply(ANSWER))
+    assert post(through, minimal_request(messages=history)).status == 200
+    sent = fake_upstream.last.json["messages"]
+    assert sent[1]["content"] == [{"type": "text", "text": "a"}]
+    assert sent[3] == history[3] and sent[0::2] == history[0::2]
+
+
+def test_the_upstreams_word_on_retrying_is_passed_on(through, fake_upstream):
+    fake_upstream.push(json_reply({"type": "error", "error": {"type": "api_error", "message": "no"}}, status=500,
+                                  headers=(("x-should-retry", "false"),)))
+    resp = post(through, minimal_request())
+    assert resp.status == 500 and resp.headers["x-should-retry"] == "false"
+
+
 def test_max_tokens_is_capped_at_the_models_output_cap(make_proxy, fake_upstream):
     from claudeproxy.model_facts import ModelFacts
 
@@ -189,6 +232,18 @@ def test_x_api_key_style_on_request(make_proxy, fake_upstream):
     sent = fake_upstream.last
     assert [v for k, v in sent.raw_headers if k.lower() == "x-api-key"] == [UPSTREAM_KEY]
     assert "authorization" not in sent.headers
+
+
+def test_a_forwarded_client_key_goes_the_way_the_provider_says(make_proxy, fake_upstream):
+    """A provider that says auth bearer (a server checking only Authorization) gets the client's
+    x-api-key as a Bearer token."""
+    provider = Provider("native", fake_upstream.url, api="messages", auth="bearer", token=claudeproxy.static_token(""))
+    server = make_proxy(providers=(provider,), routes=(Route("*", RouteTarget("native")),), upstream=None)
+    fake_upstream.push(json_reply(ANSWER))
+    assert post(server, minimal_request()).status == 200
+    sent = fake_upstream.last
+    assert [v for k, v in sent.raw_headers if k.lower() == "authorization"] == [f"Bearer {CLIENT_KEY}"]
+    assert "x-api-key" not in sent.headers
 
 
 def test_client_key_is_forwarded_when_none_is_configured(make_proxy, fake_upstream):
@@ -485,6 +540,11 @@ def test_slow_first_byte_gets_pings_and_one_message_start(make_proxy, fake_upstr
     assert types.count("message_start") == 1 and "ping" in types[:3]
     assert events[0]["message"]["model"] == "claude-x"
     assert final_message(events)["content"] == [{"type": "text", "text": "Hello there"}]
+    # The upstream's message_start came after ours: its input and cache counts reach the client in
+    # the message_delta (FIELD-NOTES 8: Claude Code tracks its context with them).
+    [delta] = [e for e in events if e["type"] == "message_delta"]
+    assert delta["usage"] == {"input_tokens": 25, "cache_read_input_tokens": 7, "output_tokens": 15}
+    assert final_message(events)["usage"]["input_tokens"] == 25
 
 
 def test_json_answer_to_a_stream_request_becomes_a_stream(through, fake_upstream):
@@ -519,6 +579,16 @@ def test_count_tokens_is_forwarded_with_the_upstream_model(make_proxy, fake_upst
     assert resp.status == 200 and resp.json == {"input_tokens": 42}
     assert fake_upstream.last.path == "/v1/messages/count_tokens"
     assert fake_upstream.last.json["model"] == "upstream-model-x"
+
+
+def test_count_tokens_gets_the_betas_the_messages_call_gets(make_proxy, fake_upstream):
+    """A body using a beta feature (context_management) is refused by a count without the beta."""
+    provider = Provider("native", fake_upstream.url, api="messages", anthropic_beta="forward")
+    server = make_proxy(providers=(provider,), routes=(Route("*", RouteTarget("native")),), upstream=None)
+    fake_upstream.push(json_reply({"input_tokens": 42}))
+    resp = post(server, {"model": "claude-x", "messages": [{"role": "user", "content": "hi"}]},
+                path="/v1/messages/count_tokens", headers={"anthropic-beta": "context-management-2025-06-27"})
+    assert resp.status == 200 and fake_upstream.last.headers.get("anthropic-beta") == "context-management-2025-06-27"
 
 
 @pytest.mark.parametrize("status", [404, 405])

@@ -28,6 +28,7 @@ from ..errors import (
 from ..prompt_cache import strip_billing_header
 from ..replies import events_for_message, message_start
 from ..routing import Target
+from ..signatures import PREFIX as SIGNATURE_PREFIX
 from ..sse import ServerSentEvent, SSEDecoder, SSEFold
 from ..urls import messages_url
 from .base import ClientRequest, Exchange
@@ -38,6 +39,8 @@ MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as bro
 # Header values copied from the client: version strings and beta names, nothing that could smuggle.
 _HEADER_VALUE_RE = re.compile(r"^[A-Za-z0-9._:=+-]{1,128}$")
 _USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+_START_USAGE_KEYS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+MIN_THINKING_BUDGET = 1024  # Anthropic's smallest budget_tokens
 # An Anthropic error type back to the status it comes with (PROTOCOL.md 4.1), for in-band errors.
 _STATUS_BY_TYPE = {
     "invalid_request_error": 400, "authentication_error": 401, "billing_error": 402, "permission_error": 403,
@@ -61,23 +64,72 @@ def forwarded_betas(req: ClientRequest, target: Target) -> List[str]:
     return [b for b in betas if b in provider.allowed_betas]
 
 
+def _headers(req: ClientRequest, target: Target, accept: str) -> Tuple[Tuple[str, str], ...]:
+    headers = [("Content-Type", "application/json"), ("anthropic-version", _version(req)), ("Accept", accept)]
+    betas = forwarded_betas(req, target)
+    if betas:
+        headers.append(("anthropic-beta", ",".join(betas)))
+    return tuple(headers)
+
+
 def _version(req: ClientRequest) -> str:
     value = (req.headers.get("anthropic-version") or "").strip()
     return value if _HEADER_VALUE_RE.match(value) else DEFAULT_VERSION
 
 
 def _forwarded_body(body: Dict[str, Any], target: Target, cap: Optional[int]) -> Dict[str, Any]:
-    """The client's body with the upstream model, ``max_tokens`` within ``cap`` and, for anyone
-    but Anthropic, without Claude Code's billing line (it changes per session and would empty
-    a prefix cache: every cached token after it)."""
+    """The client's body with the upstream model, ``max_tokens`` within ``cap`` (and a thinking
+    budget below it), without the thinking blocks this proxy made for another upstream and, for
+    anyone but Anthropic, without Claude Code's billing line (it changes per session and would
+    empty a prefix cache: every cached token after it)."""
     out = dict(body)
     out["model"] = target.model
     asked = out.get("max_tokens")
     if cap and isinstance(asked, int) and not isinstance(asked, bool) and asked > cap:
         out["max_tokens"] = cap
+        _budget_below(out, cap)
     if "system" in out and not is_anthropic_host(target.provider.url):
         out["system"] = _without_billing_line(out["system"])
+    if isinstance(out.get("messages"), list):
+        out["messages"] = _without_proxy_thinking(out["messages"])
     return out
+
+
+def _budget_below(body: Dict[str, Any], cap: int) -> None:
+    """A thinking budget must stay below ``max_tokens`` (a 400 otherwise): lowered with the cap,
+    and thinking left out where the cap is below Anthropic's smallest budget."""
+    thinking = body.get("thinking")
+    budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < cap:
+        return
+    if cap - 1 >= MIN_THINKING_BUDGET:
+        body["thinking"] = {**thinking, "budget_tokens": cap - 1}  # type: ignore[dict-item]
+    else:
+        del body["thinking"]
+
+
+def _without_proxy_thinking(messages: List[Any]) -> List[Any]:
+    """The history without thinking blocks signed by this proxy (``cpx1.``: the reasoning of a chat
+    or Responses upstream a fallback answered with). A native upstream cannot check such a
+    signature and refuses the whole request; the same list when there is none (the usual case)."""
+    if not any(_proxy_made_thinking(b) for m in messages if isinstance(m, dict) and m.get("role") == "assistant"
+               for b in (m.get("content") if isinstance(m.get("content"), list) else ())):
+        return messages
+    out = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and message.get("role") == "assistant":
+            message = {**message, "content": [b for b in content if not _proxy_made_thinking(b)]}
+        out.append(message)
+    return out
+
+
+def _proxy_made_thinking(block: Any) -> bool:
+    if not isinstance(block, dict):
+        return False
+    proof = block.get("signature") if block.get("type") == "thinking" else (
+        block.get("data") if block.get("type") == "redacted_thinking" else None)
+    return isinstance(proof, str) and proof.startswith(SIGNATURE_PREFIX)
 
 
 def _without_billing_line(system: Any) -> Any:
@@ -132,23 +184,18 @@ class MessagesApi:
 
     def prepare(self, req: ClientRequest, target: Target, cap: Optional[int]) -> Exchange:
         body = _forwarded_body(req.body, target, cap)
-        headers = [("Content-Type", "application/json"), ("anthropic-version", _version(req)),
-                   ("Accept", "text/event-stream" if req.stream else "application/json")]
-        betas = forwarded_betas(req, target)
-        if betas:
-            headers.append(("anthropic-beta", ",".join(betas)))
+        headers = _headers(req, target, "text/event-stream" if req.stream else "application/json")
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")
         max_tokens = body.get("max_tokens") if isinstance(body.get("max_tokens"), int) else None
         url = messages_url(target.provider.url, "/v1/messages", req.query)
-        return Exchange(url, data, tuple(headers), req.stream, max_tokens)
+        return Exchange(url, data, headers, req.stream, max_tokens)
 
     def count_tokens(self, req: ClientRequest, target: Target) -> Exchange:
-        """The upstream's own token count (exact where the local estimate only guesses)."""
+        """The upstream's own token count (exact where the local estimate only guesses), asked with
+        the same betas as the messages call: a body using a beta feature is refused without them."""
         body = json.dumps({**req.body, "model": target.model}, ensure_ascii=False).encode("utf-8")
-        headers = (("Content-Type", "application/json"), ("anthropic-version", _version(req)),
-                   ("Accept", "application/json"))
-        return Exchange(messages_url(target.provider.url, "/v1/messages/count_tokens", req.query), body, headers,
-                        False, None)
+        return Exchange(messages_url(target.provider.url, "/v1/messages/count_tokens", req.query), body,
+                        _headers(req, target, "application/json"), False, None)
 
     def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
                   ) -> Tuple[Dict[str, Any], List[str]]:
@@ -174,6 +221,9 @@ class MessagesFold(SSEFold):
         self.finishing = False  # message_delta seen: the answer is whole but for message_stop
         self.stop_reason: Optional[str] = None
         self.usage: Dict[str, int] = {}
+        # The usage of an upstream message_start that came after ours (sent for early pings): the
+        # client has not seen it, so the message_delta carries it.
+        self.late_usage: Dict[str, int] = {}
         self.bad_events = 0
         self.skipped_events = 0
 
@@ -246,6 +296,8 @@ class MessagesFold(SSEFold):
         if kind == "message_delta":
             self.finishing = True
             self._take_usage(obj.get("usage"))
+            if self.late_usage:
+                obj = _with_usage(obj, self.late_usage)
             delta = obj.get("delta")
             if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
                 self.stop_reason = delta["stop_reason"]
@@ -266,7 +318,11 @@ class MessagesFold(SSEFold):
         message: Dict[str, Any] = obj["message"] if isinstance(obj.get("message"), dict) else {}
         self._take_usage(message.get("usage"))
         if self.started:
-            return []  # ours went out while the upstream was slow; its usage is kept for the metrics
+            # Ours went out while the upstream was slow: its usage goes with the message_delta.
+            usage = message.get("usage")
+            self.late_usage = {k: v for k, v in (usage.items() if isinstance(usage, dict) else ())
+                               if k in _START_USAGE_KEYS and isinstance(v, int) and not isinstance(v, bool)}
+            return []
         self.started = True
         return [{**obj, "message": {**message, "model": self.model}}]
 
@@ -278,3 +334,10 @@ class MessagesFold(SSEFold):
         if isinstance(usage, dict):
             self.usage.update({k: v for k, v in usage.items()
                                if k in _USAGE_KEYS and isinstance(v, int) and not isinstance(v, bool)})
+
+
+def _with_usage(delta: Event, usage: Dict[str, int]) -> Event:
+    """``delta`` whose usage also holds ``usage``'s counts it does not give itself (the SDKs take a
+    message_delta's input and cache counts over message_start's)."""
+    given = delta.get("usage") if isinstance(delta.get("usage"), dict) else {}
+    return {**delta, "usage": {**usage, **given}}
