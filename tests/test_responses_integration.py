@@ -202,6 +202,32 @@ def test_responses_only_models_switch_api_on_their_own(make_proxy: Any, fake_ups
     assert fake_upstream.last.path == "/v1/chat/completions"
 
 
+def test_an_unverified_organisation_gets_no_summaries_again(make_proxy: Any, fake_upstream: Any) -> None:
+    """OpenAI's own words (param reasoning.summary): the call goes again without summaries, and the
+    provider's later calls never ask for them (RESPONSES.md 5)."""
+    server = make_proxy(upstream_api="responses", model="gpt-5")
+    refusal = {"error": {"message": "Your organization must be verified to generate reasoning summaries. Please "
+                                    "go to: https://platform.openai.com/settings/organization/general",
+                         "type": "invalid_request_error", "param": "reasoning.summary", "code": "unsupported_value"}}
+    answer = json.loads(read("responses", "text.response.json"))
+    fake_upstream.push(json_reply(refusal, status=400), json_reply(answer), json_reply(answer))
+    turn = ask(thinking={"type": "adaptive"})
+    assert request(server.url, "POST", "/v1/messages", turn, HEADERS).status == 200
+    assert request(server.url, "POST", "/v1/messages", turn, HEADERS).status == 200
+    asked = [r.json.get("reasoning", {}).get("summary") for r in fake_upstream.requests[-3:]]
+    assert asked == ["auto", None, None]
+
+
+@pytest.mark.parametrize("model,effort", [("gpt-5", "high"), ("o3", "high"), ("gpt-5.1-codex-max", "xhigh"),
+                                          ("gpt-5.2", "xhigh")])
+def test_effort_max_is_xhigh_only_where_the_model_takes_it(make_proxy: Any, fake_upstream: Any, model: str,
+                                                           effort: str) -> None:
+    server = make_proxy(upstream_api="responses", model=model)
+    fake_upstream.push(json_reply(json.loads(read("responses", "text.response.json"))))
+    assert request(server.url, "POST", "/v1/messages", ask(output_config={"effort": "max"}), HEADERS).status == 200
+    assert fake_upstream.last.json["reasoning"]["effort"] == effort
+
+
 def test_unreadable_reasoning_is_left_out_once(make_proxy: Any, fake_upstream: Any) -> None:
     """400 invalid_encrypted_content (another key or org): the request goes again without reasoning items."""
     server = make_proxy(upstream_api="responses", model="o3")

@@ -75,7 +75,8 @@ class ResponsesApi:
         text = (getattr(exc, "upstream_message", "") or exc.message).lower()
         if "encrypted" in text and b'"reasoning"' in ex.body:
             return self.prepare(req, target, cap, replay=False)
-        if "summary" in text and ("verified" in text or "unsupported" in text):
+        # "Your organization must be verified to generate reasoning summaries" (param reasoning.summary).
+        if "summar" in text and ("verified" in text or "unsupported" in text):
             with self._lock:
                 if target.provider.name in self._no_summaries:
                     return None

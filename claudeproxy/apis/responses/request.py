@@ -49,6 +49,9 @@ REASONING_INCLUDE = "reasoning.encrypted_content"
 _EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
 # o1, o3-mini, o4-mini-deep-research...; gpt-5*, but not gpt-5-chat-latest; codex-mini-latest.
 _REASONING_RE = re.compile(r"^(?:o\d|gpt-5(?!.*-chat)|codex)")
+# The models that take effort "xhigh" (RESPONSES.md 5: from gpt-5.1-codex-max on); the others
+# answer 400 unsupported_value to it, and get "high", their most.
+_XHIGH_RE = re.compile(r"^gpt-(?:5\.1-codex-max|5\.[2-9]|[6-9])")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -402,7 +405,7 @@ def wants_thinking(req: MessagesRequest) -> bool:
     return req.thinking is not None and req.thinking.kind != "disabled"
 
 
-def _reasoning(req: MessagesRequest, summaries: bool) -> Optional[Dict[str, Any]]:
+def _reasoning(req: MessagesRequest, summaries: bool, model: str) -> Optional[Dict[str, Any]]:
     """``reasoning`` for a reasoning model: the effort asked for, and summaries to show as thinking.
 
     A budget is bucketed like on Chat Completions; ``thinking: disabled``
@@ -412,6 +415,8 @@ def _reasoning(req: MessagesRequest, summaries: bool) -> Optional[Dict[str, Any]
     if thinking is not None and thinking.kind == "disabled":
         return None
     effort = _EFFORTS.get(req.effort or "")
+    if effort == "xhigh" and not _XHIGH_RE.match(model.rsplit("/", 1)[-1].lower()):
+        effort = "high"
     if thinking is not None and thinking.kind == "enabled" and thinking.budget_tokens is not None:
         effort = effort_for_budget(thinking.budget_tokens)
     out: Dict[str, Any] = {"effort": effort} if effort else {}
@@ -452,14 +457,15 @@ def _include(req: MessagesRequest, reasoning: bool, tools: Sequence[Dict[str, An
     return include + ([SOURCES_INCLUDE] if any(t["type"] == "web_search" for t in tools) else [])
 
 
-def _generation(req: MessagesRequest, reasoning: bool, cap: Optional[int], summaries: bool) -> Dict[str, Any]:
+def _generation(req: MessagesRequest, model: str, reasoning: bool, cap: Optional[int], summaries: bool
+                ) -> Dict[str, Any]:
     """max_output_tokens, sampling, reasoning and output format."""
     out: Dict[str, Any] = {}
     limit = _max_output_tokens(req, cap)
     if limit is not None:
         out["max_output_tokens"] = limit
     out.update(_sampling(req, reasoning))
-    effort = _reasoning(req, summaries) if reasoning else None
+    effort = _reasoning(req, summaries, model) if reasoning else None
     if effort:
         out["reasoning"] = effort
     out.update(_text_format(req))
@@ -510,7 +516,7 @@ def to_responses_request(
     body.update(_tool_choice(req, functions))
     if max_calls is not None:
         body["max_tool_calls"] = max_calls
-    body.update(_generation(req, reasoning, max_output_tokens, reasoning_summary))
+    body.update(_generation(req, model, reasoning, max_output_tokens, reasoning_summary))
     body["store"] = False  # stateless: Claude Code resends the whole history anyway (RESPONSES.md 1)
     include = _include(req, reasoning, functions)
     if include:
