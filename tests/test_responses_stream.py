@@ -234,6 +234,23 @@ def completed(**response: Any) -> Dict[str, Any]:
     return {"type": "response.completed", "response": body}
 
 
+def test_a_call_whose_done_never_came_is_placed_from_the_final_object() -> None:
+    """LM Studio style: argument deltas, no output_item.added or .done; the call_id is only in
+    response.completed's output. The call must reach the client, not vanish."""
+    fold = make_fold()
+    call = {"type": "function_call", "id": "fc_3", "call_id": "call_3", "name": "Read", "arguments": '{"p":"c"}'}
+    events = feed(fold, CREATED,
+                  {"type": "response.function_call_arguments.delta", "item_id": "fc_3", "output_index": 0, "delta": '{"p"'},
+                  {"type": "response.function_call_arguments.delta", "item_id": "fc_3", "output_index": 0, "delta": ':"c"}'},
+                  {"type": "response.function_call_arguments.done", "item_id": "fc_3", "output_index": 0,
+                   "arguments": '{"p":"c"}', "name": "Read"},
+                  completed(output=[call]))
+    assert_valid_event_sequence(events, allow_error=False)
+    message = final_message(events)
+    assert message["content"] == [{"type": "tool_use", "id": "call_3", "name": "Read", "input": {"p": "c"}}]
+    assert message["stop_reason"] == "tool_use"
+
+
 def test_message_start_waits_for_the_first_block() -> None:
     fold = make_fold()
     assert feed(fold, CREATED, {"type": "response.in_progress", "response": CREATED["response"]}) == []

@@ -520,7 +520,10 @@ class ResponsesFold(SSEFold):
         if -1 in self.items:
             return events
         for index, raw in enumerate(output if isinstance(output, list) else ()):
-            if index in self.items or not isinstance(raw, dict):
+            if not isinstance(raw, dict):
+                continue
+            if index in self.items:
+                events += self._unfinished_call(index, raw)
                 continue
             blocks, refusal = item_blocks(raw, self.tool_names, self.new_id)
             self.refusal = self.refusal or refusal
@@ -530,6 +533,16 @@ class ResponsesFold(SSEFold):
                     block["id"] = self._claim_tool_id(block["id"])
                 events += self._whole_block(block)
         return events
+
+    def _unfinished_call(self, index: int, raw: Dict[str, Any]) -> List[Event]:
+        """A call whose arguments streamed but whose ``output_item.done`` never came, so its
+        ``call_id`` is only in the final object (LM Studio style): placed whole, not lost."""
+        item = self.items[index]
+        key = ("f", index)
+        if item.kind != "function_call" or raw.get("type") != "function_call" or key in self.closed \
+                or self._is_open(key):
+            return []
+        return self._call_done(index, item, raw)
 
     def _ending(self, reason: str, usage: Dict[str, Any], sequence: Optional[str] = None) -> List[Event]:
         events = self.start() + self._close()
