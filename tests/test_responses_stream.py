@@ -251,6 +251,36 @@ def test_a_call_whose_done_never_came_is_placed_from_the_final_object() -> None:
     assert message["stop_reason"] == "tool_use"
 
 
+def _args(oi: int, piece: str) -> Dict[str, Any]:
+    return {"type": "response.function_call_arguments.delta", "item_id": f"fc_{oi}", "output_index": oi, "delta": piece}
+
+
+def _call(oi: int, args: str = "") -> Dict[str, Any]:
+    return {"type": "function_call", "id": f"fc_{oi}", "call_id": f"call_{oi}", "name": "Read", "arguments": args}
+
+
+@pytest.mark.parametrize("done_order", [(0, 1), (1, 0)])
+@pytest.mark.parametrize("with_done", [True, False])
+def test_parallel_calls_interleaved_by_the_server_each_arrive_whole(done_order: Any, with_done: bool) -> None:
+    """Deltas of two calls in turns (0, 1, 0, 1): one block at a time, the second waits (RESPONSES.md
+    7 pitfall 8); the first's later deltas were lost, its input invalid JSON. Also when the calls'
+    .done items come in the other order, or never (only the final object names them)."""
+    fold = make_fold()
+    full = {0: '{"p":"a"}', 1: '{"p":"b"}'}
+    objs: List[Dict[str, Any]] = [CREATED]
+    objs += [{"type": "response.output_item.added", "output_index": oi, "item": _call(oi)} for oi in (0, 1)]
+    objs += [_args(0, '{"p"'), _args(1, '{"p"'), _args(0, ':"a"}'), _args(1, ':"b"}')]
+    if with_done:
+        objs += [{"type": "response.output_item.done", "output_index": oi, "item": _call(oi, full[oi])} for oi in done_order]
+    objs.append(completed(output=[_call(0, full[0]), _call(1, full[1])]))
+    events = feed(fold, *objs)
+    assert_valid_event_sequence(events, allow_error=False)
+    message = final_message(events)
+    assert message["content"] == [{"type": "tool_use", "id": "call_0", "name": "Read", "input": {"p": "a"}},
+                                  {"type": "tool_use", "id": "call_1", "name": "Read", "input": {"p": "b"}}]
+    assert message["stop_reason"] == "tool_use"
+
+
 def test_message_start_waits_for_the_first_block() -> None:
     fold = make_fold()
     assert feed(fold, CREATED, {"type": "response.in_progress", "response": CREATED["response"]}) == []

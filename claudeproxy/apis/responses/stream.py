@@ -74,6 +74,7 @@ class _Item:
     args: str = ""
     args_sent: int = 0  # characters of args already sent as input_json_delta
     blob: Optional[str] = None  # reasoning: encrypted_content, from .done
+    done: Optional[Dict[str, Any]] = None  # function_call: its .done item, while another call's block is open
 
 
 @dataclasses.dataclass
@@ -429,6 +430,8 @@ class ResponsesFold(SSEFold):
         if not self._is_open(key) and key not in self.closed:
             if not (item.call_id and item.name and item.args.lstrip().startswith("{")):
                 return []
+            if self._other_call_open(key):
+                return []  # one block at a time (RESPONSES.md 7 pitfall 8): it waits for that call's end
             events = self._open(key, "tool_use", self._tool_start(item))
         else:
             events = []
@@ -441,6 +444,20 @@ class ResponsesFold(SSEFold):
     def _tool_start(self, item: _Item) -> Dict[str, Any]:
         tool_id = self._claim_tool_id(item.call_id or "toolu_" + self.new_id())
         return {"type": "tool_use", "id": tool_id, "name": self.tool_names.get(item.name, item.name), "input": {}}
+
+    def _other_call_open(self, key: Key) -> bool:
+        return self.open is not None and self.open.kind == "tool_use" and self.open.key != key
+
+    def _waiting_calls(self) -> List[Event]:
+        """The calls that waited for another call's block, in their order, once it ended: done ones
+        whole, the first still streaming live."""
+        events: List[Event] = []
+        for index in sorted(i for i in self.items if i >= 0):
+            item, key = self.items[index], ("f", index)
+            if item.kind != "function_call" or key in self.closed or self.open is not None:
+                continue
+            events += self._call_done(index, item, item.done) if item.done is not None else self._maybe_live(index, item)
+        return events
 
     def _claim_tool_id(self, base: str) -> str:
         """A tool id not used in this message yet, suffixed as ``response.unique_tool_ids`` does."""
@@ -472,9 +489,12 @@ class ResponsesFold(SSEFold):
         if len(full) > len(item.args) and full.startswith(item.args):
             item.args = full
         key = ("f", index)
+        if key not in self.closed and not self._is_open(key) and self._other_call_open(key):
+            item.done = raw  # calls interleaved by the server: placed when the open one ends
+            return []
         events = self._maybe_live(index, item)
         if self._is_open(key):
-            return events + self._close()
+            return events + self._close() + self._waiting_calls()
         if key in self.closed:
             return events  # cut off by another block: nothing more can be placed
         # Not live (arguments not an object, or no id/name until now): the whole call at once.
@@ -499,8 +519,11 @@ class ResponsesFold(SSEFold):
 
     def _completed(self, obj: Dict[str, Any]) -> List[Event]:
         response = _dict(obj.get("response"))
-        events = self._unseen_items(response.get("output"))
-        events += self._close()
+        events = self._unseen_items(response.get("output")) + self._close()
+        placed = self._waiting_calls()
+        while placed:  # each call left waiting, in turn: the last one live is closed before the next
+            events += placed + self._close()
+            placed = self._waiting_calls()
         status = response.get("status") or ("incomplete" if obj.get("type") == "response.incomplete" else "completed")
         reason = stop_reason_for(status, response.get("incomplete_details"), self.has_tools, self.refusal)
         usage = response.get("usage")
