@@ -346,7 +346,8 @@ def parse_model_map(values: Sequence[str]) -> Tuple[Tuple[str, str], ...]:
 def parse_header(value: str) -> Tuple[str, str]:
     name, sep, val = value.partition(":")
     if not sep:
-        raise UsageError(f"--header: expected 'Name: value', got {value!r}")
+        # Not echoed: "X-Token VALUE" (a forgotten colon) holds a credential.
+        raise UsageError(f"--header: expected 'Name: value', got {len(value)} characters without a colon")
     try:
         return check_header(name, val, "--header")
     except ValueError as exc:

@@ -161,6 +161,13 @@ def test_bad_header_exits_2(served: List[Any], header: str) -> None:
     assert served == []
 
 
+def test_a_header_without_colon_is_not_echoed(served: List[Any]) -> None:
+    """A forgotten colon leaves the credential in the value: the message says what is wrong only."""
+    code, out, err = run_main(["--header", "X-Token sk-HEADER-SECRET-123"])
+    assert_usage_error(code, out, err, "--header")
+    assert "HEADER-SECRET" not in out + err
+
+
 @pytest.mark.parametrize("port", ["70000", "-1", "abc", "65536"])
 def test_bad_port_exits_2(served: List[Any], port: str) -> None:
     assert_usage_error(*run_main(["--port", port]), "--port")
