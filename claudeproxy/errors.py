@@ -173,6 +173,11 @@ def error_from_status(status: int, body: bytes, headers: Any = None, secrets: Tu
     if not 400 <= status <= 599:
         # 1xx/3xx (redirects are never followed) or garbage: the upstream is broken.
         return UpstreamUnavailable(f"upstream {status}: {message}"[:1000])
+    if status == 407:
+        # A proxy on the way to the upstream (not configured here: a transparent one) wants
+        # credentials. Passed on as 407 it would tell the client that its own proxy does.
+        return UpstreamUnavailable(f"upstream 407: a proxy on the way to the upstream asks for credentials: {message}"
+                                   [:1000], headers=(NO_RETRY,))
     return _upstream_error(status, message, _error_dict(obj), headers)
 
 

@@ -81,6 +81,14 @@ def test_status_table(upstream: int, status: int, error_type: str) -> None:
     assert exc.message == f"upstream {upstream}: boom"
 
 
+def test_an_upstream_407_is_no_407_to_the_client() -> None:
+    """A 407 tells an HTTP client that its own proxy wants credentials: a transparent proxy on the
+    way to the upstream is the upstream's trouble, a 502 nobody should retry."""
+    exc = error_from_status(407, b"Proxy Authentication Required")
+    assert (exc.status, exc.error_type) == (502, "api_error")
+    assert "proxy on the way to the upstream" in exc.message and ("x-should-retry", "false") in exc.headers
+
+
 def test_upstream_413_of_any_kind_becomes_prompt_is_too_long() -> None:
     """An upstream 413 means the request is too big: Claude Code only recovers (compacts) on a 400
     "prompt is too long" (FIELD-NOTES 16); a 413 request_too_large just ends the turn."""
