@@ -143,13 +143,20 @@ class Relay:
         if not events:
             return
         with self.lock:
-            if self.fold.complete and not self.finished:
-                # The last events: the stream's end goes in the same write.
-                self.finished = True
-                self._close_upstream()
-                self._send(events, end=True)
-            else:
+            if not self.fold.complete or self.finished:
                 self._send(events)
+                return
+            # The last events: the stream's end goes in the same write. A body that ended goes back
+            # to the pool first, ready for the client's next request; one still running (a stop
+            # string matched here, a late terminator) is drained, for reuse, only after the client
+            # has its end: the drain may wait up to upstream.DRAIN_SECONDS.
+            self.finished = True
+            ended = self._resp is not None and clean_eof(self._resp)
+            if ended:
+                self._close_upstream()
+            self._send(events, end=True)
+            if not ended:
+                self._close_upstream()
 
     def _send(self, events: List[Dict[str, Any]], end: bool = False) -> None:
         """Commit the stream if need be and write ``events`` at once, in one write (under the lock)."""

@@ -134,6 +134,15 @@ def test_thinking_this_proxy_signed_for_another_upstream_is_not_forwarded(throug
     sent = fake_upstream.last.json["messages"]
     assert sent[1]["content"] == [{"type": "text", "text": "a"}]
     assert sent[3] == history[3] and sent[0::2] == history[0::2]
+    # count_tokens sends the history as the messages call does.
+    fake_upstream.push(json_reply({"input_tokens": 9}))
+    assert post(through, {"model": "claude-x", "messages": history}, path="/v1/messages/count_tokens").status == 200
+    assert fake_upstream.last.json["messages"] == sent
+    # A turn that was only such thinking keeps its text, as text: an empty turn is refused too.
+    only = [history[0], {"role": "assistant", "content": [history[1]["content"][0]]}, history[2]]
+    fake_upstream.push(json_reply(ANSWER))
+    assert post(through, minimal_request(messages=only)).status == 200
+    assert fake_upstream.last.json["messages"][1]["content"] == [{"type": "text", "text": "mine"}]
 
 
 def test_the_upstreams_word_on_retrying_is_passed_on(through, fake_upstream):

@@ -14,7 +14,7 @@ import time
 from typing import Any, Dict, List
 
 from conftest import CLIENT_KEY, minimal_request, request
-from fakes import Fault, FakeUpstream, Reply, chunk, completion, json_reply, sse_reply
+from fakes import Fault, FakeUpstream, Gate, Reply, chunk, completion, json_reply, sse_reply
 from sse_checks import assert_valid_event_sequence, events_of, final_message
 
 FIVE = ["A1", "B2", "C3", "D4", "E5"]
@@ -73,6 +73,24 @@ def test_the_stream_ends_at_the_stop_string_without_waiting_for_the_upstream(
     assert text_and_stop(streamed(proxy, stop_sequences=FIVE)) == [["first part "], "stop_sequence", "E5"]
     assert time.monotonic() - began < 5
     assert fake_upstream.wait_connections_closed(1, 5)  # the proxy let go of it
+
+
+def test_the_client_gets_its_end_before_the_proxy_drains_a_kept_alive_upstream(
+        make_proxy: Any, fake_upstream: FakeUpstream, monkeypatch: Any) -> None:
+    """A kept-alive upstream still generating after the match is drained (for reuse) only after the
+    client has its whole answer: the drain may take upstream.DRAIN_SECONDS, here made 60 s."""
+    import claudeproxy.upstream
+
+    monkeypatch.setattr(claudeproxy.upstream, "DRAIN_SECONDS", 60.0)
+    fake_upstream.keep_alive = True
+    proxy = make_proxy(model="gpt-4o")
+    gate = Gate()
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": "first part E5"}), gate, chunk({"content": "x"}),
+                                 chunk({}, finish="stop")))
+    try:
+        assert text_and_stop(streamed(proxy, stop_sequences=FIVE)) == [["first part "], "stop_sequence", "E5"]
+    finally:
+        gate.release()
 
 
 def test_no_stop_strings_no_local_matching(make_proxy: Any, fake_upstream: FakeUpstream) -> None:

@@ -119,9 +119,16 @@ def _without_proxy_thinking(messages: List[Any]) -> List[Any]:
     for message in messages:
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list) and message.get("role") == "assistant":
-            message = {**message, "content": [b for b in content if not _proxy_made_thinking(b)]}
+            kept = [b for b in content if not _proxy_made_thinking(b)]
+            # A turn that was only thinking keeps its text as text: an empty message is refused too.
+            message = {**message, "content": kept or [{"type": "text", "text": _thinking_text(content)}]}
         out.append(message)
     return out
+
+
+def _thinking_text(blocks: List[Any]) -> str:
+    texts = [b.get("thinking") for b in blocks if isinstance(b, dict) and isinstance(b.get("thinking"), str)]
+    return "\n\n".join(t for t in texts if t) or "(thinking)"
 
 
 def _proxy_made_thinking(block: Any) -> bool:
@@ -193,7 +200,10 @@ class MessagesApi:
     def count_tokens(self, req: ClientRequest, target: Target) -> Exchange:
         """The upstream's own token count (exact where the local estimate only guesses), asked with
         the same betas as the messages call: a body using a beta feature is refused without them."""
-        body = json.dumps({**req.body, "model": target.model}, ensure_ascii=False).encode("utf-8")
+        counted = {**req.body, "model": target.model}
+        if isinstance(counted.get("messages"), list):
+            counted["messages"] = _without_proxy_thinking(counted["messages"])  # as the messages call sends them
+        body = json.dumps(counted, ensure_ascii=False).encode("utf-8")
         return Exchange(messages_url(target.provider.url, "/v1/messages/count_tokens", req.query), body,
                         _headers(req, target, "application/json"), False, None)
 
