@@ -23,6 +23,9 @@ class StreamFold(Protocol):
     """Upstream stream lines in, Anthropic event payloads out (sans-io). One per stream."""
 
     complete: bool  # the upstream's own end was seen: the relay stops reading
+    # The fold ended the answer itself, before the upstream did (a stop string matched here):
+    # the rest of the upstream's body is not wanted. Folds that never do may leave it out.
+    cut_short: bool
     stop_reason: Optional[str]  # after the end, for metrics
     usage: Dict[str, int]  # Anthropic usage keys, after the end
 

@@ -146,16 +146,17 @@ class Relay:
             if not self.fold.complete or self.finished:
                 self._send(events)
                 return
-            # The last events: the stream's end goes in the same write. A body that ended goes back
-            # to the pool first, ready for the client's next request; one still running (a stop
-            # string matched here, a late terminator) is drained, for reuse, only after the client
-            # has its end: the drain may wait up to upstream.DRAIN_SECONDS.
+            # The last events: the stream's end goes in the same write. The upstream response goes
+            # back to the pool first, ready for the client's next request (the rest of a finished
+            # body, such as its terminating chunk, is drained at once). But when a stop string
+            # matched here the upstream is still generating: the drain may then wait its whole
+            # upstream.DRAIN_SECONDS, so it comes after the client has its end.
             self.finished = True
-            ended = self._resp is not None and clean_eof(self._resp)
-            if ended:
+            cut = getattr(self.fold, "cut_short", False)
+            if not cut:
                 self._close_upstream()
             self._send(events, end=True)
-            if not ended:
+            if cut:
                 self._close_upstream()
 
     def _send(self, events: List[Dict[str, Any]], end: bool = False) -> None:

@@ -766,3 +766,7 @@ class LocalStopFold(ChatFold):
         events = super()._on_event(event)
         self.complete = self.complete or self.translator.done
         return events
+
+    @property
+    def cut_short(self) -> bool:
+        return self.translator.cut is not None

@@ -610,6 +610,10 @@ class LocalStopResponsesFold(ResponsesFold):
     def _on_event(self, event: ServerSentEvent) -> List[Event]:
         return [] if self.cut is not None else super()._on_event(event)
 
+    @property
+    def cut_short(self) -> bool:
+        return self.cut is not None
+
     def _emit_text(self, key: Key, text: str, refusal: bool) -> List[Event]:
         if self.cut is not None:
             return []
