@@ -279,8 +279,8 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         """
         headers: List[Tuple[str, str]] = []
         if code == 501 and getattr(self, "path", None):  # an unknown method, on a path we may know
-            allowed = self.server.proxy.allowed_methods(self.path.split("?", 1)[0])  # type: ignore[attr-defined]
             path = self.path.split("?", 1)[0]
+            allowed = self.server.proxy.allowed_methods(path)  # type: ignore[attr-defined]
             code, message = (405, f"method {self.command} not allowed for {path}") if allowed else (404, f"not found: {path}")
             headers = [("Allow", ", ".join(allowed))] if allowed else []
         code = _STDLIB_5XX.get(code, code)
