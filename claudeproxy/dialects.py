@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 from urllib.parse import urlsplit
 
 
@@ -238,6 +238,18 @@ def forwards_betas(url: str, policy: str) -> bool:
     "auto" forwards to Anthropic only: several native endpoints reject betas they do not know.
     """
     return policy == "forward" or (policy == "auto" and is_anthropic_host(url))
+
+
+def client_key(headers: Any) -> Tuple[str, str]:
+    """The key an Anthropic client sent and the header it came in: ``x-api-key``, else
+    ``Authorization: Bearer`` (the key without the scheme); ("", "") when it sent neither."""
+    given = headers.get("x-api-key") or ""
+    if given:
+        return "x-api-key", given
+    auth = headers.get("Authorization") or ""
+    if auth[:7].lower() == "bearer ":
+        return "Authorization", auth[7:]
+    return "", ""
 
 
 def auth_header(style: str, token: str) -> Tuple[Tuple[str, str], ...]:

@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
+from .dialects import client_key
 from .door import loads_request
 from .errors import (
     ClientGone,
@@ -153,26 +154,20 @@ class ResponseWriter:
 
     def events(self, events: List[Dict[str, Any]], end: bool = False) -> None:
         """Write events in one write, at once (never buffered); ``end``: the stream's last write."""
-        if events:
-            self.raw_chunk(b"".join(encode_event(e) for e in events), end)
-        elif end:
-            self.end_stream()
+        self.raw_chunk(b"".join(encode_event(e) for e in events), end)
 
     def raw_chunk(self, data: bytes, end: bool = False) -> None:
         """One piece of a stream; with ``end`` the stream ends in the same write (no write of its own
         for the terminating chunk)."""
         with self.lock:
-            if self.finished:
+            if self.finished or not (data or end):
                 return
-            if not data:
-                if end:
-                    self.end_stream()
-                return
-            chunk = b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data
+            chunk = b"%x\r\n%s\r\n" % (len(data), data) if self._chunked and data else data
             if end:
                 self.finished = True
                 chunk += b"0\r\n\r\n" if self._chunked else b""
-            self._write(chunk)
+            if chunk or self._pending:  # HTTP/1.0 with nothing left to say still owes the held head
+                self._write(chunk)
 
     def raw(self, status: int, headers: List[Tuple[str, str]], body: bytes) -> None:
         """A complete response with the given headers (passthrough)."""
@@ -185,12 +180,7 @@ class ResponseWriter:
         self._handler.log_request(status, len(body))
 
     def end_stream(self) -> None:
-        with self.lock:
-            if self.finished:
-                return
-            self.finished = True
-            if self._chunked or self._pending:
-                self._write(b"0\r\n\r\n" if self._chunked else b"")
+        self.raw_chunk(b"", end=True)
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -279,7 +269,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         """
         headers: List[Tuple[str, str]] = []
         if code == 501 and getattr(self, "path", None):  # an unknown method, on a path we may know
-            path = self.path.split("?", 1)[0]
+            path = self.route_path
             allowed = self.server.proxy.allowed_methods(path)  # type: ignore[attr-defined]
             code, message = (405, f"method {self.command} not allowed for {path}") if allowed else (404, f"not found: {path}")
             headers = [("Allow", ", ".join(allowed))] if allowed else []
@@ -311,6 +301,15 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             self.path = rest if rest.startswith("/") else "/" + rest
             self.target_host = match.group(1)
         return True
+
+    @property
+    def route_path(self) -> str:
+        """The request target without its query string: what routes and error messages name."""
+        return self.path.partition("?")[0]
+
+    @property
+    def query(self) -> str:
+        return self.path.partition("?")[2]
 
     # ------------------------------------------------------------------
     # Dispatch.
@@ -367,7 +366,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
 
     def _record_refusal(self, writer: ResponseWriter, started: float) -> None:
         """An API call refused at the door (no key, bad Host, unknown path, busy, bad body) is a call too."""
-        path = self.path.split("?", 1)[0]
+        path = self.route_path
         if writer.error_type is not None and path.startswith("/v1/"):
             self.server.proxy.record_refusal(path, writer.status or 0, writer.error_type,  # type: ignore[attr-defined]
                                              writer.request_id, started)
@@ -411,7 +410,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             self._fail(writer, exc)
         except Exception as exc:
             # The traceback only at DEBUG: stderr stays clean (RELIABILITY.md section 4, invariant e).
-            log.error("internal error on %s %s: %s: %s", method, self.path.split("?", 1)[0], type(exc).__name__,
+            log.error("internal error on %s %s: %s: %s", method, self.route_path, type(exc).__name__,
                       exc, exc_info=log.isEnabledFor(logging.DEBUG))
             self._fail(writer, ProxyError("internal proxy error; see the proxy log", status=500))
         return None
@@ -427,7 +426,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _find_route(self, method: str) -> Route:
-        path = self.path.split("?", 1)[0]
+        path = self.route_path
         proxy = self.server.proxy  # type: ignore[attr-defined]
         route = proxy.route(method, path)
         if route is None:
@@ -467,7 +466,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
 
     def _preflight(self, writer: ResponseWriter) -> None:
         """CORS preflight (reached only for an allowed Origin): say what the route accepts."""
-        path = self.path.split("?", 1)[0]
+        path = self.route_path
         allowed = self.server.proxy.allowed_methods(path)  # type: ignore[attr-defined]
         if not allowed:
             raise ProxyError(f"not found: {path}", status=404)
@@ -490,10 +489,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
 
     def _check_key(self, expected: str) -> None:
         # Compared exactly (no strip): a key with trailing junk is a different key.
-        given = self.headers.get("x-api-key") or ""
-        auth = self.headers.get("Authorization") or ""
-        if not given and auth[:7].lower() == "bearer ":
-            given = auth[7:]
+        given = client_key(self.headers)[1]
         if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8")):
             raise ProxyError("invalid x-api-key", status=401)
 

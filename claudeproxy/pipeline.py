@@ -24,7 +24,7 @@ from .calibration import TokenCalibration
 from .config import Config, Provider
 from .cost import call_cost
 from .credentials import alternatives, current_secrets, refused
-from .dialects import auth_header, auth_style
+from .dialects import auth_header, auth_style, client_key
 from .ending import StreamFold, abort_error
 from .errors import (
     ClientGone,
@@ -134,7 +134,7 @@ class Proxy:
 
     def show_metrics(self, handler: Any, writer: Any) -> None:
         """Prometheus text; ``?format=json`` gives the JSON summary served here before."""
-        if parse_qs(handler.path.partition("?")[2]).get("format") == ["json"]:
+        if parse_qs(handler.query).get("format") == ["json"]:
             writer.json(200, self.metrics.snapshot())
             return
         from . import prometheus  # imported on first use: most servers are never scraped
@@ -183,14 +183,11 @@ class Proxy:
         if provider.api == "messages" and client is not None and not self.config.auth_key:
             # No key configured for an Anthropic-compatible upstream: the client's own key goes
             # (RELIABILITY.md 5 #3: the documented switch). Never the proxy's own --auth-key.
-            for name in ("x-api-key", "Authorization"):
-                if client.get(name):
-                    if not provider.auth:
-                        return ((name, client[name]),)  # as the client sent it
-                    # The provider says how it takes a key (a server that checks only Bearer).
-                    value = client[name]
-                    key = value[7:] if name == "Authorization" and value[:7].lower() == "bearer " else value
-                    return auth_header(provider.auth, key)
+            name, key = client_key(client)
+            if name:
+                # As the client sent it, unless the provider says how it takes a key (a server
+                # that checks only Bearer).
+                return auth_header(provider.auth, key) if provider.auth else ((name, client[name]),)
         return ()
 
     def _open(self, url: str, provider: Provider, call: UpstreamCall, *, body: Optional[bytes] = None,
@@ -246,7 +243,7 @@ class Proxy:
 
     def _upstream_count(self, handler: Any, body: Dict[str, Any], target: Target) -> Optional[int]:
         """The upstream's count; None when it does not offer one (404, 405): the local estimate serves."""
-        req = ClientRequest(body, target.model, False, handler.headers, handler.path.partition("?")[2])
+        req = ClientRequest(body, target.model, False, handler.headers, handler.query)
         ex = self._api(target.api).count_tokens(req, target)
 
         def ask(call: UpstreamCall) -> Any:
@@ -309,7 +306,7 @@ class Proxy:
         writer.json(200, catalog.paginate(self._models(handler), page))
 
     def get_model(self, handler: Any, writer: Any) -> None:
-        wanted = unquote(handler.path.split("?", 1)[0][len("/v1/models/"):])
+        wanted = unquote(handler.route_path[len("/v1/models/"):])
         routed = self.router.resolve(wanted)
         if routed is not None and routed.route.target.model is not None:
             writer.json(200, catalog.model_info(wanted, routed.target))  # every such name is served
@@ -349,7 +346,7 @@ class Proxy:
         body = handler.read_json_body()
         self._log_body("client request body", body)
         model, stream = peek_request(body)
-        return ClientRequest(body, model, stream, handler.headers, handler.path.partition("?")[2])
+        return ClientRequest(body, model, stream, handler.headers, handler.query)
 
     def _resolve(self, model: str) -> Routed:
         routed = self.router.resolve(model)
