@@ -113,6 +113,7 @@ POOL_IDLE_SECONDS = 30.0
 # Reading the rest of a response nobody wants any more (the [DONE] line, the final
 # chunk) keeps its connection reusable; anything longer or slower closes it instead.
 DRAIN_BYTES = 64 * 1024
+MAX_INTERIM_RESPONSES = 16  # 1xx answers skipped before the final one; more is an upstream looping
 DRAIN_SECONDS = 0.25
 
 PoolKey = Tuple[str, str, Optional[str]]  # scheme, host[:port] connected to, tunnel target through a proxy
@@ -235,6 +236,28 @@ class _NoWait(io.RawIOBase):
         super().close()
 
 
+class HeadCutOff(http.client.HTTPException):
+    """The connection ended inside a response head: the answer is lost, not an empty one."""
+
+
+class _HeadWatch:
+    """The reader ``begin`` parses a head from; it notes a line that the connection's end cut short.
+
+    http.client takes the end of the connection for the end of the head: a head cut after
+    ``Transfer-Enc`` would pass for a complete response with an empty body.
+    """
+
+    def __init__(self, fp: Any) -> None:
+        self.fp = fp
+        self.cut = False
+
+    def readline(self, limit: int = -1) -> bytes:
+        line: bytes = self.fp.readline(limit)
+        if not line.endswith(b"\n") and len(line) != limit:  # a line over the limit fails in http.client
+            self.cut = True
+        return line
+
+
 class _Response(http.client.HTTPResponse):
     """A response whose connection goes back to the pool when it is closed after a complete body."""
 
@@ -244,6 +267,32 @@ class _Response(http.client.HTTPResponse):
         super().__init__(sock, *args, **kw)
         # Nothing is buffered yet: the same socket reader, behind one that can be held (read_available).
         self.fp = io.BufferedReader(_NoWait(self.fp.detach()))
+        self._interim = 0
+
+    def begin(self) -> None:
+        reader, watch = self.fp, _HeadWatch(self.fp)
+        self.fp = watch  # type: ignore[assignment]
+        try:
+            super().begin()
+        finally:
+            self.fp = reader
+        if watch.cut:
+            raise HeadCutOff("the connection closed inside the response head")
+        if self.status < 200:
+            self.will_close = True  # a final 1xx (101): whatever follows is no HTTP/1.1 response
+
+    def _read_status(self) -> Tuple[str, int, str]:
+        # http.client passes over 100 Continue alone: any other interim answer (103 Early Hints)
+        # would be taken for the final one, and the real answer, still on its way, read as the
+        # next request's on this pooled connection. RFC 9110 15.2: a client skips every 1xx.
+        while True:
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if not 100 <= status < 200 or status == 101:
+                return version, status, reason
+            self._interim += 1
+            if self._interim > MAX_INTERIM_RESPONSES:
+                raise http.client.HTTPException(f"more than {MAX_INTERIM_RESPONSES} interim (1xx) responses")
+            http.client._read_headers(self.fp)  # type: ignore[attr-defined]  # its head: nothing we use
 
     def read_available(self, most: int) -> bytes:
         """What ``read1`` gives, and every further HTTP/1.1 chunk already in the reader's buffer.

@@ -68,8 +68,10 @@ class Reply:
     chunked: bool = False
     delay: float = 0.0  # before the status line
     close_delimited: bool = False  # neither chunked nor Content-Length: the body ends when the socket closes
-    # Before the status line: "close" (close the connection without a byte), "partial" (half a status line, close).
+    # Before the status line: "close" (close the connection without a byte), "partial" (half a status line, close),
+    # "head" (a status line and half a header line, close).
     drop: str = ""
+    interim: Tuple[int, ...] = ()  # 1xx answers sent before the final one (103 Early Hints)
 
 
 def json_reply(obj: Any, status: int = 200, headers: Tuple[Tuple[str, str], ...] = ()) -> Reply:
@@ -134,6 +136,9 @@ class Recorded:
         return json.loads(self.body.decode("utf-8"))
 
 
+_DROPPED = {"partial": b"HTTP/1.1 2", "head": b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Enc"}
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # a kept-alive reply's body must not wait for the proxy's delayed ACK
@@ -169,8 +174,8 @@ class _Handler(BaseHTTPRequestHandler):
         reply = fake.responder(rec) if fake.responder is not None else fake.next_reply()
         self.close_connection = not fake.keep_alive
         if reply.drop:
-            if reply.drop == "partial":
-                self.wfile.write(b"HTTP/1.1 2")
+            if reply.drop in _DROPPED:
+                self.wfile.write(_DROPPED[reply.drop])
                 self.wfile.flush()
             self.close_connection = True
             return
@@ -180,6 +185,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(reply, fake)
 
     def _send(self, reply: Reply, fake: "FakeUpstream") -> None:
+        for status in reply.interim:
+            self.wfile.write(b"HTTP/1.1 %d Interim\r\nLink: </style.css>; rel=preload\r\n\r\n" % status)
+            self.wfile.flush()
         self.send_response(reply.status)
         for name, value in reply.headers:
             self.send_header(name, value)

@@ -152,6 +152,35 @@ def test_no_retry_once_a_response_byte_came(start: Any, keep_alive: FakeUpstream
     assert len(keep_alive.requests) == 2
 
 
+def test_interim_answers_are_skipped_and_never_taken_for_the_next_requests(start: Any,
+                                                                           keep_alive: FakeUpstream) -> None:
+    # A 103 Early Hints taken for the final answer would leave this answer on the pooled
+    # connection, to be read as the next request's (RFC 9110 15.2: a client skips every 1xx).
+    proxy = start(keep_alive.url)
+    assert _messages(proxy).status == 200
+    keep_alive.push(Reply(interim=(103, 102), body=[json.dumps(completion("answer one")).encode()]))
+    first, second = _messages(proxy), _messages(proxy)
+    assert first.status == 200, first
+    assert first.json["content"] == [{"type": "text", "text": "answer one"}]
+    assert second.status == 200, second
+    assert second.json["content"] == [{"type": "text", "text": "Hello!"}]
+    assert keep_alive.connections == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_head_cut_by_the_connection_end_is_a_502_worth_retrying(start: Any, keep_alive: FakeUpstream,
+                                                                  stream: bool) -> None:
+    # http.client takes the end of the connection for the end of the head: the answer would pass
+    # for an empty one ("not JSON", "ended early"), not for a broken connection.
+    proxy = start(keep_alive.url, retries=0)
+    keep_alive.push(Reply(drop="head"))
+    resp = _messages(proxy, stream=stream)
+    assert resp.status == 502, resp
+    assert "inside the response head" in resp.json["error"]["message"], resp.json
+    assert resp.headers.get("x-should-retry") == "true"
+    assert _messages(proxy).status == 200  # and the next request is served on a fresh connection
+
+
 def test_no_retry_on_a_fresh_connection(start: Any, keep_alive: FakeUpstream) -> None:
     proxy = start(keep_alive.url)
     keep_alive.push(Reply(drop="close"))
