@@ -192,10 +192,11 @@ def _network_flags(net: Any) -> None:
     net.add_argument("--connect-timeout", type=float, default=Config.connect_timeout, metavar="S",
                      help="upstream connect timeout (default: %(default)s)")
     net.add_argument("--idle-timeout", type=float, default=Config.idle_timeout, metavar="S",
-                     help="upstream silence before giving up, also while waiting for the first byte "
-                     "(default: %(default)s)")
+                     help="upstream silence in a stream before giving up, also while waiting for its first "
+                     "byte (default: %(default)s)")
     net.add_argument("--request-timeout", type=float, default=Config.request_timeout, metavar="S",
-                     help="total time for a non-streaming upstream call (default: %(default)s)")
+                     help="total time for a non-streaming upstream call, whose answer is waited for this "
+                     "long (default: %(default)s)")
     net.add_argument("--ping-interval", type=float, default=Config.ping_interval, metavar="S",
                      help="send an SSE ping after this much silence (default: %(default)s)")
     net.add_argument("--retries", type=int, default=Config.retries, metavar="N",

@@ -192,11 +192,11 @@ class Proxy:
 
     def _open(self, url: str, provider: Provider, call: UpstreamCall, *, body: Optional[bytes] = None,
               headers: Tuple[Tuple[str, str], ...] = (), method: str = "POST", client: Any = None,
-              key: Optional[str] = None) -> Any:
+              key: Optional[str] = None, read_timeout: Optional[float] = None) -> Any:
         auth = self._auth(provider, client, key)
         secrets = self.secrets() + tuple(v.split(" ")[-1] for _, v in auth)  # a forwarded client key too
         return self.upstream.open(url, call=call, body=body, method=method, headers=headers + provider.headers,
-                                  auth=auth, secrets=secrets)
+                                  auth=auth, secrets=secrets, read_timeout=read_timeout)
 
     def _bounded(self, handler: Any, work: Callable[[UpstreamCall], Any]) -> Any:
         """Run ``work`` against the upstream under a short deadline, aborted if the client leaves."""
@@ -436,7 +436,7 @@ class Proxy:
         """One call to one target; a stream that has begun comes back as the rest to relay."""
         call = UpstreamCall()
         watch.call, watch.tick = call, None
-        resp, ex = self._send(api, req, target, call)
+        resp, ex = self._send(api, req, target, call, watch.deadline)
         if req.stream and ex.stream:
             return self._stream(api, req, ex, resp, writer, call, watch, record)
         self._json(api, req, ex, resp, writer, call, record)
@@ -468,7 +468,8 @@ class Proxy:
     # ------------------------------------------------------------------
     # Upstream round trip: a changed request for refusals it can get past.
 
-    def _send(self, api: Any, req: ClientRequest, target: Target, call: UpstreamCall) -> Tuple[Any, Exchange]:
+    def _send(self, api: Any, req: ClientRequest, target: Target, call: UpstreamCall,
+              deadline: Optional[float]) -> Tuple[Any, Exchange]:
         """Prepare and POST; a refusal the request can be changed for is tried again, a few times.
 
         "max_tokens too large" teaches the named limit (PROTOCOL.md 1.1, remembered per
@@ -483,7 +484,7 @@ class Proxy:
             key = target.provider.token()
             try:
                 return self._open(ex.url, target.provider, call, body=ex.body, headers=ex.headers,
-                                  client=req.headers, key=key), ex
+                                  client=req.headers, key=key, read_timeout=_answer_wait(ex, deadline)), ex
             except UpstreamHTTPError as exc:
                 if exc.status in (401, 429) and key and key_changes < alternatives(target.provider.token) and \
                         refused(target.provider.token, key, exc.status):
@@ -681,6 +682,18 @@ def _failure(exc: BaseException) -> Dict[str, Any]:
     if isinstance(exc, ClientGone):
         return {"error_type": "client_closed"}  # status: what was sent already, else 499
     return {"status": 500, "error_type": "api_error"}
+
+
+def _answer_wait(ex: Exchange, deadline: Optional[float]) -> Optional[float]:
+    """How long a read may wait on a non-streaming upstream call: until the deadline, not the idle timeout.
+
+    Such an upstream sends nothing until its answer is whole; the idle timeout (300 s) would cut
+    off what ``--request-timeout`` (600 s) allows. A second past the deadline: the watchdog's
+    abort at the deadline, with its clearer message, comes first.
+    """
+    if ex.stream or deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic()) + 1.0
 
 
 def _usage_fields(usage: Any) -> Dict[str, int]:

@@ -472,17 +472,18 @@ class _PooledOpen:
         call: Optional[UpstreamCall] = getattr(req, "cp_call", None)
         key: PoolKey = (scheme, req.host, req._tunnel_host or None)  # type: ignore[attr-defined]
         headers, tunnel_headers = _headers(req)
+        read_timeout = call.idle_timeout if call is not None and call.idle_timeout else self.read_timeout
         conn = self.pool.take(key)
         if conn is not None:
             conn.cp_call = call  # type: ignore[attr-defined]
-            conn.sock.settimeout(self.read_timeout)
+            conn.sock.settimeout(read_timeout)
             if call is not None:
                 call.attach(conn.sock)
             try:
                 return self._exchange(conn, key, req, headers, call, reused=True)
             except _Stale:
                 log.debug("reused upstream connection to %s was closed; opening a new one", req.host)
-        conn = factory(req.host, timeout=req.timeout, call=call, read_timeout=self.read_timeout, pool=self.pool)
+        conn = factory(req.host, timeout=req.timeout, call=call, read_timeout=read_timeout, pool=self.pool)
         if req._tunnel_host:  # type: ignore[attr-defined]
             conn.set_tunnel(req._tunnel_host, headers=tunnel_headers)  # type: ignore[attr-defined]
         return self._exchange(conn, key, req, headers, call, reused=False)
@@ -676,13 +677,15 @@ class Upstream:
         auth: Tuple[Tuple[str, str], ...] = (),
         method: str = "POST",
         secrets: Tuple[str, ...] = (),
+        read_timeout: Optional[float] = None,
     ) -> Any:
         """Send one request; a 2xx response is returned open, anything else raises.
 
         ``headers`` hold the API's and the provider's headers, ``auth`` the
         credential (never resent to a redirect target); ``secrets`` are masked in
         every error message. Close the response (``with resp:``) after reading
-        it: a complete one gives its connection back to the pool.
+        it: a complete one gives its connection back to the pool. ``read_timeout``
+        replaces the idle timeout for this call's reads.
         """
         req = urllib.request.Request(url, data=body, method=method)
         req.add_header("User-Agent", f"claudeproxy/{__version__}")
@@ -691,7 +694,7 @@ class Upstream:
         for name, value in auth:
             req.add_unredirected_header(name, value)  # never follows a redirect (S7)
         req.cp_call = call  # type: ignore[attr-defined]
-        call.idle_timeout = self.config.idle_timeout
+        call.idle_timeout = read_timeout or self.config.idle_timeout
         call.secrets = secrets
         call.connected = call.reached = False  # this attempt's: a connect timeout is no read timeout
         if log.isEnabledFor(logging.DEBUG):

@@ -172,13 +172,12 @@ def test_silent_upstream_after_200_gets_pings_then_timeout_error_event(make_prox
     assert_ends_with_one_error(events, "timeout_error")
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-def test_no_response_headers_within_idle_timeout_is_504(make_proxy, fake_upstream, stream):
+def test_no_response_headers_within_idle_timeout_is_504(make_proxy, fake_upstream):
     """Case 70 / F16: nothing was sent to the client yet, so a plain 504 timeout_error."""
     proxy = make_proxy(idle_timeout=0.5)
     fake_upstream.push(Reply(delay=8))
     begun = time.monotonic()
-    resp = send(proxy, stream)
+    resp = send(proxy, True)
     took = time.monotonic() - begun
     assert_plain_error(resp, 504, "timeout_error")
     assert took < 2.5, f"answered after {took:.2f} s"
@@ -195,6 +194,29 @@ def test_connection_refused_is_502_fast(make_proxy, refused_port, stream):
     assert_plain_error(resp, 502, "api_error")
     assert resp.headers.get("x-should-retry") == "true"
     assert took < 1.0, f"answered after {took:.2f} s"
+
+
+def test_non_stream_call_waits_for_its_answer_past_the_idle_timeout(make_proxy, fake_upstream):
+    """A non-streaming upstream says nothing until its answer is whole: --request-timeout bounds
+    the wait, not --idle-timeout (with the defaults a 400 s answer would fail at 300 s)."""
+    proxy = make_proxy(idle_timeout=0.3, request_timeout=5)
+    fake_upstream.push(Reply(200, (("Content-Type", "application/json"),), [json.dumps(completion("late")).encode()],
+                             delay=1.0))
+    resp = send(proxy, False)
+    assert resp.status == 200, resp
+    assert resp.json["content"] == [{"type": "text", "text": "late"}]
+
+
+def test_silent_non_stream_upstream_is_504_at_the_request_timeout(make_proxy, fake_upstream):
+    proxy = make_proxy(idle_timeout=0.3, request_timeout=1.0)
+    fake_upstream.push(Reply(delay=8))
+    begun = time.monotonic()
+    resp = send(proxy, False)
+    took = time.monotonic() - begun
+    assert_plain_error(resp, 504, "timeout_error")
+    assert resp.json["error"]["message"] == "upstream did not finish in time"
+    assert 0.9 < took < 2.5, f"answered after {took:.2f} s"
+    assert fake_upstream.wait_closed(2) is not None
 
 
 def test_non_stream_request_deadline_is_504(make_proxy, fake_upstream):
