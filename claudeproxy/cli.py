@@ -554,6 +554,24 @@ class _JsonFormatter(logging.Formatter):
         return redact_text(json.dumps(out, ensure_ascii=False), tuple(s for s in self._secrets() if s))
 
 
+class _OneLineFormatter(logging.Formatter):
+    """The text format: one record, one line, whatever an upstream put in its message.
+
+    An upstream's error text goes into WARNING lines; a line break in it would start a
+    line of the upstream's making (a forged ``ERROR``), and a binary body would write
+    control bytes to the terminal. They are escaped as Python writes them (``\\n``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._escapes = {c: "\\x%02x" % c for c in (*range(32), 127)}
+        self._escapes.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = record.message.translate(self._escapes)
+        return super().formatMessage(record)
+
+
 class _RedactingFilter(logging.Filter):
     """Masks secrets in every record, whatever logger produced it."""
 
@@ -579,7 +597,7 @@ def setup_logging(level: str, secrets: Callable[[], Sequence[str]], stream: Text
     if fmt == "json":
         handler.setFormatter(_JsonFormatter(secrets))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_OneLineFormatter())
     handler.addFilter(_RedactingFilter(secrets))
     root = logging.getLogger("claudeproxy")
     root.addHandler(handler)

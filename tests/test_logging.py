@@ -101,6 +101,29 @@ def test_log_bodies_turns_on_bodies_at_info(make_proxy: Any) -> None:
     assert FRAGMENT not in text
 
 
+def test_text_log_keeps_an_upstream_message_on_one_line(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """An upstream's error text with line breaks (or a binary body) cannot start a log line of its own."""
+    stream = io.StringIO()
+    logger = logging.getLogger("claudeproxy")
+    saved = (logger.level, logger.propagate)
+    handler = setup_logging("info", lambda: (UPSTREAM_KEY,), stream, "text")
+    forged = "boom\n2026-12-03 00:00:00,000 ERROR claudeproxy: FORGED\r\x1b[2J\x00"
+    try:
+        proxy = make_proxy(retries=0)
+        fake_upstream.push(json_reply({"error": {"message": forged}}, status=500))
+        assert request(proxy.url, "POST", "/v1/messages", minimal_request()).status == 500
+        assert proxy.server.wait_idle(2)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+    lines = stream.getvalue().splitlines()
+    assert lines and all(line[:2] == "20" and " claudeproxy" in line for line in lines), lines
+    warning = [line for line in lines if "FORGED" in line]
+    assert len(warning) == 1 and "boom\\n2026-12-03" in warning[0] and "\\r\\x1b[2J\\x00" in warning[0], warning
+    assert not any(c in stream.getvalue() for c in "\r\x1b\x00")
+
+
 def test_json_log_format_one_object_per_line_with_the_call(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
     stream = io.StringIO()
     logger = logging.getLogger("claudeproxy")
