@@ -270,14 +270,12 @@ def retry_after(headers: Any, now: float) -> Optional[float]:
     ``headers`` are (name, value) pairs; ``now`` is the wall clock, for dates. None when absent or unreadable.
     """
     values = {name.lower(): value for name, value in headers or ()}
+    # Each header on its own: a garbled retry-after-ms must not hide a good Retry-After.
+    for name, per_second in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        raw = (values.get(name) or "").strip()
+        if raw.replace(".", "", 1).isdigit():
+            return float(raw) / per_second
     try:
-        if "retry-after-ms" in values:
-            return max(0.0, float(values["retry-after-ms"]) / 1000.0)
-        raw = values.get("retry-after")
-        if raw is None:
-            return None
-        if raw.strip().replace(".", "", 1).isdigit():
-            return float(raw)
-        return max(0.0, parsedate_to_datetime(raw).timestamp() - now)
-    except (TypeError, ValueError, IndexError, OverflowError):
+        return max(0.0, parsedate_to_datetime(values["retry-after"]).timestamp() - now)
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError):
         return None

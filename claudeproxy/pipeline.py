@@ -411,8 +411,6 @@ class Proxy:
             api = self._api(target.api)
             req = self._parsed(api, req)
             for attempt in range(self.config.retries + 1):
-                if attempt and not self._pause(failure, attempt, watch):
-                    break  # the upstream asks for a longer rest than we may wait: next target
                 record.update(provider=target.provider.name, upstream_model=target.model,
                               upstream_host=urlsplit(target.provider.url).hostname or "",
                               attempts=record.get("attempts", 0) + 1)
@@ -423,11 +421,13 @@ class Proxy:
                         raise
                     failure = exc
                     again = attempt < self.config.retries and not says_no_retry(exc)  # not for a spent quota
-                    then = ("retrying" if again else
+                    delay, why = self._retry_delay(exc, attempt + 1) if again else (None, "")
+                    then = (f"retrying in {delay:.1f} s" if delay is not None else
                             "trying the next target" if target is not last else "no target left")
-                    log.warning("%s answered %s (%s); %s", target.label, exc.status, exc.message, then)
-                    if not again:
+                    log.warning("%s answered %s (%s)%s; %s", target.label, exc.status, exc.message, why, then)
+                    if delay is None:
                         break
+                    self._pause(delay, watch)
         assert failure is not None
         raise failure
 
@@ -447,23 +447,25 @@ class Proxy:
             return False  # our own abort (the client left, shutdown, the deadline): nothing to retry
         return exc.status in _RETRY_STATUSES
 
-    def _pause(self, failure: Optional[ProxyError], attempt: int, watch: Watch) -> bool:
-        """Wait before a retry: the upstream's Retry-After, else jittered exponential backoff.
-
-        False when the upstream asks for more than ``--retry-max-wait``. The wait ends early
-        (with the matching error) when the client leaves, the proxy shuts down or the deadline passes.
+    def _retry_delay(self, failure: ProxyError, attempt: int) -> Tuple[Optional[float], str]:
+        """The wait before retry ``attempt``: the upstream's Retry-After, else jittered exponential
+        backoff. None (and why, for the log) when the upstream asks for more than ``--retry-max-wait``.
         """
-        asked = retry_after(failure.headers if failure is not None else (), time.time())
+        asked = retry_after(failure.headers, time.time())
         if asked is not None and asked > self.config.retry_max_wait:
-            return False
-        delay = asked if asked is not None else min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (attempt - 1))
-        if asked is None:
-            delay *= 0.5 + self._random.random() / 2  # jitter: clients that failed together retry apart
+            return None, f", asks for a {asked:g} s rest (more than --retry-max-wait)"
+        if asked is not None:
+            return asked, ""
+        delay = min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (attempt - 1))
+        return delay * (0.5 + self._random.random() / 2), ""  # jitter: clients that failed together retry apart
+
+    def _pause(self, delay: float, watch: Watch) -> None:
+        """Wait before a retry; the wait ends early (with the matching error) when the client
+        leaves, the proxy shuts down or the deadline passes."""
         pause = Pause()
         watch.call = pause
-        if pause.wait(min(delay, self.config.retry_max_wait)):
+        if pause.wait(delay):
             raise abort_error(pause.abort_reason) or ProxyError("aborted")
-        return True
 
     # ------------------------------------------------------------------
     # Upstream round trip: a changed request for refusals it can get past.

@@ -60,6 +60,9 @@ def test_retry_after_forms() -> None:
     assert retry_after((("Retry-After", date),), now) == pytest.approx(7, abs=1)
     assert retry_after((("retry-after", email.utils.formatdate(now - 60, usegmt=True)),), now) == 0.0
     assert retry_after((("retry-after", "soon"),), now) is None
+    # A garbled retry-after-ms does not hide a good Retry-After.
+    assert retry_after((("retry-after-ms", "soon"), ("retry-after", "1")), now) == 1.0
+    assert retry_after((("retry-after-ms", ""), ("Retry-After", date)), now) == pytest.approx(7, abs=1)
     assert retry_after((), now) is None
 
 
@@ -88,7 +91,8 @@ def test_retries_stop_after_n(make_proxy: Any, fake_upstream: FakeUpstream, capl
     assert len(fake_upstream.requests) == 3
     # The log says what happens next: no "next target" when there is none.
     said = [r.getMessage().rsplit("; ", 1)[-1] for r in caplog.records if "answered 503" in r.getMessage()]
-    assert said == ["retrying", "retrying", "no target left"]
+    assert [s.split(" in ")[0] for s in said] == ["retrying", "retrying", "no target left"]
+    assert all(s.endswith(" s") for s in said[:2]), said  # and how long it waits
 
 
 QUOTA = {"error": {"message": "You exceeded your current quota, please check your plan and billing details.",
@@ -146,13 +150,18 @@ def test_retry_after_is_honoured(make_proxy: Any, fake_upstream: FakeUpstream) -
     assert 0.28 <= time.monotonic() - started < 0.95
 
 
-def test_a_retry_after_beyond_the_cap_is_not_waited_for(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+def test_a_retry_after_beyond_the_cap_is_not_waited_for(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                        caplog: Any) -> None:
     server = make_proxy(retries=3, retry_max_wait=1.0)
     fake_upstream.push(json_reply(BUSY, status=429, headers=(("Retry-After", "120"),)), json_reply(completion()))
     started = time.monotonic()
-    resp = ask(server)
+    with caplog.at_level("WARNING", logger="claudeproxy"):
+        resp = ask(server)
     assert resp.status == 429 and resp.headers["retry-after"] == "120"  # the client decides what to do
     assert time.monotonic() - started < 0.9 and len(fake_upstream.requests) == 1
+    # The log says so, rather than "retrying".
+    said = [r.getMessage() for r in caplog.records if "answered 429" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith("asks for a 120 s rest (more than --retry-max-wait); no target left")
 
 
 def test_backoff_without_retry_after_is_jittered_and_short(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
