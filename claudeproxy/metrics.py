@@ -469,8 +469,9 @@ def access_line(rec: CallRecord) -> str:
     outcome = f"{rec.status} {rec.error_type}" if rec.error_type else str(rec.status)
     cost = "-" if rec.cost_usd is None else f"${rec.cost_usd:.6f}"
     ttft = "-" if rec.ttft_ms is None else f"{rec.ttft_ms}ms"
+    tries = f" attempts={rec.attempts}" if rec.attempts > 1 else ""  # retries and fallbacks; one is the rule
     return (f"{rec.request_id} {rec.endpoint} {_clean(rec.model) or '-'} -> {where} {outcome}"
-            f"{' stream' if rec.stream else ''} in={rec.input_tokens} out={rec.output_tokens}"
+            f"{' stream' if rec.stream else ''}{tries} in={rec.input_tokens} out={rec.output_tokens}"
             f" cached={rec.cache_read_input_tokens} cache_write={rec.cache_creation_input_tokens}"
             f" cost={cost} ttft={ttft} {rec.duration_ms}ms")
 

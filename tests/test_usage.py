@@ -189,6 +189,14 @@ def test_access_log_line_says_who_where_what_and_how_long(proxy: Any, fake: Fake
     assert lines[0].call.cost_usd == pytest.approx(0.00325)  # type: ignore[attr-defined]
 
 
+def test_access_line_counts_the_attempts_a_call_took() -> None:
+    # README, Reliability settings: the access log names what answered and how many calls it took.
+    retried = access_line(CallRecord("/v1/messages", model="m", provider="p2", upstream_model="m2", status=200,
+                                     attempts=4))
+    assert "-> p2/m2 200 attempts=4 in=" in retried
+    assert "attempts" not in access_line(CallRecord("/v1/messages", model="m", status=200, attempts=1))
+
+
 def test_access_line_keeps_a_hostile_model_name_on_one_line() -> None:
     line = access_line(CallRecord("/v1/messages", model="a\nFAKE 200 line\r\x1b[31m", status=400, error_type="x"))
     assert "\n" not in line and "\r" not in line and "\x1b" not in line
