@@ -38,6 +38,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import zlib
 from typing import Any, Callable, Dict, Generator, Iterator, List, Mapping, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
@@ -701,16 +702,58 @@ class Upstream:
             sent = redact_headers(req.header_items(), secrets)
             log.debug("upstream %s %s headers=%s", method, redact_url(url), sent)
         try:
-            return self.opener.open(req, timeout=self.config.connect_timeout)  # type: ignore[no-any-return]
+            resp = self.opener.open(req, timeout=self.config.connect_timeout)
         except urllib.error.HTTPError as exc:
             with exc:
-                body_bytes = exc.read(MAX_ERROR_BODY) if exc.fp is not None else b""
+                body_bytes = _error_body(exc) if exc.fp is not None else b""
             proxy = _proxy_of(req)
             if exc.code == 407 and proxy is not None:
                 raise _proxy_auth_refused(proxy) from None
             raise error_from_status(exc.code, body_bytes, exc.headers, secrets) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
             raise _transport_error(exc, call, req, secrets) from None
+        decoder = content_decoder(resp.headers, resp.close)
+        if decoder is not None:
+            resp.cp_decoder = decoder
+        return resp
+
+
+def content_decoder(headers: Any, close: Callable[[], None] = lambda: None) -> Any:
+    """A zlib decoder for a body the upstream compressed although it was asked for ``identity``
+    (gateways that compress anyway); None for a plain one. Other codings are refused (after
+    ``close``): no retry, the same upstream will send the same."""
+    coding = (headers.get("Content-Encoding") or "").strip().lower() if headers is not None else ""
+    if coding in ("", "identity"):
+        return None
+    if coding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if coding == "deflate":
+        return zlib.decompressobj()
+    close()
+    raise UpstreamUnavailable(f"upstream answered with Content-Encoding {coding[:40]!r}, which the proxy cannot "
+                              "read (it asks for identity; gzip and deflate are decoded)", headers=(NO_RETRY,))
+
+
+def _decoded(data: bytes, decoder: Any, limit: int) -> bytes:
+    """A whole compressed body, decoded; at most ``limit`` bytes of it (more is an error, not a buffer)."""
+    try:
+        out = decoder.decompress(data, limit + 1)
+        out += decoder.flush() if not decoder.unconsumed_tail else b""
+    except zlib.error:
+        raise UpstreamUnavailable("upstream sent a compressed body that does not decode") from None
+    if len(out) > limit or decoder.unconsumed_tail:
+        raise UpstreamUnavailable(f"upstream response is larger than {limit} bytes")
+    return out
+
+
+def _error_body(exc: urllib.error.HTTPError) -> bytes:
+    """An error answer's body, decoded if a gateway compressed it; empty if it cannot be read."""
+    body = exc.read(MAX_ERROR_BODY)
+    try:
+        decoder = content_decoder(exc.headers)
+        return _decoded(body, decoder, MAX_ERROR_BODY) if decoder is not None else body
+    except UpstreamUnavailable:
+        return b""  # binary is no message: the status speaks alone
 
 
 _RETRY = ("x-should-retry", "true")
@@ -792,6 +835,9 @@ def iter_lines(resp: Any, limit: int) -> Iterator[bytes]:
     """
     pending = b""
     read = getattr(resp, "read_available", resp.read1)
+    decoder = getattr(resp, "cp_decoder", None)
+    if decoder is not None:
+        read = _decoding(read, decoder)
     while True:
         data = read(_READ_SIZE)
         if not data:
@@ -808,6 +854,23 @@ def iter_lines(resp: Any, limit: int) -> Iterator[bytes]:
             yield run
         if len(pending) > limit:
             raise UpstreamUnavailable(f"upstream sent an SSE line longer than {limit} bytes")
+
+
+def _decoding(read: Callable[[int], bytes], decoder: Any) -> Callable[[int], bytes]:
+    """``read``, decompressed: each call gives what the next reads decode to, at most ``most``
+    bytes (the rest stays in the decoder), b"" at the end."""
+
+    def read_decoded(most: int) -> bytes:
+        while True:
+            data = decoder.unconsumed_tail or read(_READ_SIZE)
+            try:
+                out = decoder.decompress(data, most) if data else decoder.flush()
+            except zlib.error:
+                raise UpstreamUnavailable("upstream sent a compressed stream that does not decode") from None
+            if out or not data:
+                return out
+
+    return read_decoded
 
 
 def _lines_below(run: bytes, limit: int) -> Generator[bytes, None, bytes]:
@@ -849,6 +912,9 @@ def read_json_body(resp: Any, call: UpstreamCall, limit: int) -> Any:
     if (getattr(resp, "chunked", False) or getattr(resp, "length", None) is not None) and not clean_eof(resp):
         # The connection dropped inside a framed body: what came may parse, but it is not the answer.
         raise UpstreamUnavailable("upstream response body was cut short")
+    decoder = getattr(resp, "cp_decoder", None)
+    if decoder is not None:
+        raw = _decoded(raw, decoder, limit)
     try:
         return json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
-from typing import Any, List
+from typing import Any, Dict, List
 
 import pytest
 
@@ -179,7 +179,19 @@ class _Capture:
 
     def open(self, req: urllib.request.Request, timeout: float) -> Any:
         self.requests.append(req)
-        return "opened"
+        return OPENED
+
+
+class _Opened:
+    """What an opener returns: a response (plain here: no Content-Encoding), not read by these tests."""
+
+    headers: Dict[str, str] = {}
+
+    def close(self) -> None:
+        pass
+
+
+OPENED = _Opened()
 
 
 @pytest.mark.parametrize("style,header", [("bearer", "Authorization"), ("api-key", "Api-key"),
@@ -189,7 +201,7 @@ def test_credentials_are_unredirected_headers(style, header):
     capture = _Capture()
     upstream.opener = capture  # type: ignore[assignment]
     assert upstream.open("http://127.0.0.1:9/v1/chat/completions", call=UpstreamCall(), body=b"{}",
-                         auth=auth_header(style, UPSTREAM_KEY)) == "opened"
+                         auth=auth_header(style, UPSTREAM_KEY)) is OPENED
     req = capture.requests[0]
     assert UPSTREAM_KEY in req.unredirected_hdrs[header]
     assert header not in req.headers

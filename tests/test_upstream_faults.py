@@ -7,8 +7,10 @@ status and type; after it, exactly one ``event: error`` and the end, never a
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
+import zlib
 from typing import Any, Dict, List
 
 import pytest
@@ -228,6 +230,59 @@ def test_non_stream_request_deadline_is_504(make_proxy, fake_upstream):
     resp = send(proxy, False)
     assert_plain_error(resp, 504, "timeout_error")
     assert time.monotonic() - begun < 2.5
+
+
+# ---------------------------------------------------------------------------
+# A gateway that compresses although the proxy asked for identity.
+
+
+def _compressed(data: bytes, coding: str) -> bytes:
+    return gzip.compress(data) if coding == "gzip" else zlib.compress(data)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_a_compressed_json_answer_is_decoded(proxy, fake_upstream, coding):
+    body = _compressed(json.dumps(completion("squeezed")).encode(), coding)
+    fake_upstream.push(Reply(200, (("Content-Type", "application/json"), ("Content-Encoding", coding)), [body]))
+    resp = send(proxy, False)
+    assert resp.status == 200, resp
+    assert resp.json["content"] == [{"type": "text", "text": "squeezed"}]
+
+
+def test_a_compressed_stream_is_decoded_as_it_arrives(proxy, fake_upstream):
+    words = ["w%d " % i for i in range(200)]
+    sse = b"".join(b"data: " + json.dumps(chunk({"content": w})).encode() + b"\n\n" for w in words)
+    sse += b"data: " + json.dumps(chunk({}, finish="stop")).encode() + b"\n\ndata: [DONE]\n\n"
+    packed = gzip.compress(sse)
+    pieces = [packed[i:i + 97] for i in range(0, len(packed), 97)]  # cut anywhere, even inside the gzip header
+    fake_upstream.push(Reply(200, (("Content-Type", "text/event-stream"), ("Content-Encoding", "gzip")), pieces,
+                             chunked=True))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events)
+    assert final_message(events)["content"] == [{"type": "text", "text": "".join(words)}]
+
+
+def test_a_compressed_error_body_gives_its_message(proxy, fake_upstream):
+    body = gzip.compress(b'{"error":{"message":"the quota is spent","type":"x"}}')
+    fake_upstream.push(Reply(500, (("Content-Type", "application/json"), ("Content-Encoding", "gzip")), [body]))
+    resp = send(proxy, False)
+    assert resp.status == 500 and "the quota is spent" in resp.json["error"]["message"], resp.json
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_coding_the_proxy_cannot_read_is_a_clear_502(proxy, fake_upstream, stream):
+    fake_upstream.push(Reply(200, (("Content-Type", "application/json"), ("Content-Encoding", "br")), [b"\x8b\x02\x80"]))
+    resp = send(proxy, stream)
+    body = assert_plain_error(resp, 502, "api_error")
+    assert "Content-Encoding 'br'" in body["error"]["message"]
+    assert resp.headers.get("x-should-retry") == "false"
+
+
+def test_a_compressed_body_that_does_not_decode_is_a_502(proxy, fake_upstream):
+    fake_upstream.push(Reply(200, (("Content-Type", "application/json"), ("Content-Encoding", "gzip")), [b"not gzip"]))
+    body = assert_plain_error(send(proxy, False), 502, "api_error")
+    assert "does not decode" in body["error"]["message"]
 
 
 # ---------------------------------------------------------------------------
