@@ -672,6 +672,81 @@ def test_an_event_without_a_type_is_skipped_or_named_by_its_event_line(through, 
 
 
 # ---------------------------------------------------------------------------
+# The block grammar of a forwarded stream: the upstream is held to Anthropic's.
+
+
+def _start(index: int, block_type: str, **block: Any) -> Dict[str, Any]:
+    defaults = {"text": {"text": ""}, "thinking": {"thinking": "", "signature": ""},
+                "tool_use": {"id": "toolu_01A", "name": "Bash", "input": {}}}[block_type]
+    return {"type": "content_block_start", "index": index, "content_block": {"type": block_type, **defaults, **block}}
+
+
+def _delta(index: int, kind: str, **fields: Any) -> Dict[str, Any]:
+    return {"type": "content_block_delta", "index": index, "delta": {"type": kind, **fields}}
+
+
+def _stop(index: int) -> Dict[str, Any]:
+    return {"type": "content_block_stop", "index": index}
+
+
+TOOL_USE_END = [{"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                 "usage": {"output_tokens": 40}}, {"type": "message_stop"}]
+THREE_BLOCKS = [
+    MESSAGE_START,
+    _start(0, "thinking"), _delta(0, "thinking_delta", thinking="List it."), _delta(0, "signature_delta", signature="sig=="),
+    _stop(0),
+    _start(1, "text"), _delta(1, "text_delta", text="Listing."), _stop(1),
+    _start(2, "tool_use"), _delta(2, "input_json_delta", partial_json='{"command": '),
+    _delta(2, "input_json_delta", partial_json='"ls"}'), _stop(2),
+] + TOOL_USE_END
+
+
+def test_a_thinking_text_and_tool_use_stream_is_forwarded_unchanged(through, fake_upstream):
+    fake_upstream.push(sse(events_bytes(THREE_BLOCKS)))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    start = {**MESSAGE_START, "message": {**MESSAGE_START["message"], "model": "claude-test"}}
+    assert events == [start] + THREE_BLOCKS[1:]
+    assert [b["type"] for b in final_message(events)["content"]] == ["thinking", "text", "tool_use"]
+
+
+# (the upstream's events after its message_start, how many of them reach the client, the error's words)
+BROKEN_ORDERS = {
+    "delta before start": ([_delta(0, "text_delta", text="Hi"), _start(0, "text"), _stop(0)], 0,
+                           "content_block_delta for block 0 before its content_block_start"),
+    "stop before start": ([_stop(0), _start(0, "text"), _delta(0, "text_delta", text="Hi"), _stop(0)], 0,
+                          "content_block_stop for block 0 before its content_block_start"),
+    "delta for a later block": ([_start(0, "text"), _delta(1, "text_delta", text="Hi"), _stop(0)], 1,
+                                "content_block_delta for block 1 before its content_block_start"),
+    "second start": ([_start(0, "text"), _delta(0, "text_delta", text="Hi"), _start(0, "tool_use"),
+                      _delta(0, "input_json_delta", partial_json="{}"), _stop(0)], 2,
+                     "a second content_block_start for block 0"),
+    "delta after stop": ([_start(0, "text"), _stop(0), _delta(0, "text_delta", text="late")], 2,
+                         "content_block_delta for block 0 after its content_block_stop"),
+    "delta of another block type": ([_start(0, "thinking"), _delta(0, "text_delta", text="Hi"), _stop(0)], 1,
+                                    "text_delta for block 0, which is a thinking block"),
+    "tool input in a text block": ([_start(0, "text"), _delta(0, "input_json_delta", partial_json="{}"), _stop(0)], 1,
+                                   "input_json_delta for block 0, which is a text block"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_ORDERS))
+def test_a_block_event_out_of_order_ends_the_stream_with_one_error(through, fake_upstream, case):
+    """Forwarded as it came, a delta for a block never started (or a second start, or a delta its block
+    does not take) would give the client a broken grammar, which the SDK's accumulator crashes on."""
+    body, passed, words = BROKEN_ORDERS[case]
+    fake_upstream.push(sse(events_bytes([MESSAGE_START] + body + TOOL_USE_END)))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events)
+    assert [e["type"] for e in events] == ["message_start"] + [e["type"] for e in body[:passed]] + ["error"]
+    assert events[1:-1] == body[:passed]
+    assert events[-1]["error"] == {"type": "api_error",
+                                   "message": f"upstream stream broke the event order: {words}"}
+
+
+# ---------------------------------------------------------------------------
 # The model list of an Anthropic-compatible upstream (paged there too).
 
 

@@ -322,6 +322,48 @@ def test_clean_end_of_body_without_done_or_finish_reason_finishes(proxy, fake_up
     assert final_message(events)["content"] == [{"type": "text", "text": "all said"}]
 
 
+def _tool_call_then(*arguments: str) -> List[Dict[str, Any]]:
+    """A tool call's start (id, name, no arguments yet), then its arguments in the fragments given."""
+    steps = [chunk({"role": "assistant", "content": None, "tool_calls": [
+        {"index": 0, "id": "call_1", "type": "function", "function": {"name": "Bash", "arguments": ""}}]})]
+    return steps + [chunk({"tool_calls": [{"index": 0, "function": {"arguments": a}}]}) for a in arguments]
+
+
+CUT_TOOL_CALLS = {
+    "cut-off": _tool_call_then('{"command": "rm -rf', ' /tmp/x'),
+    "none": _tool_call_then(),
+    # The first call is whole (streamed live); the second, assembled to be sent at the end, is cut.
+    "second-cut": _tool_call_then('{"command": "ls"}') + [chunk({"tool_calls": [
+        {"index": 1, "id": "call_2", "type": "function", "function": {"name": "Bash", "arguments": '{"comm'}}]})],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CUT_TOOL_CALLS))
+def test_clean_end_inside_tool_arguments_is_an_error(proxy, fake_upstream, case):
+    """A proper chunked terminator, no [DONE], no finish_reason, but a tool call's arguments are not a
+    whole JSON object: the body was cut inside them. Never a tool_use answer with a cut or empty input."""
+    fake_upstream.push(sse_reply(*CUT_TOOL_CALLS[case], done=False))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=4)
+    assert_valid_event_sequence(events)
+    names = kinds(events)
+    assert names[-1] == "error" and names.count("error") == 1, names
+    assert "message_delta" not in names and "message_stop" not in names, names
+    assert events[-1]["error"]["type"] == "api_error"
+    assert "ended early inside a tool call's arguments" in events[-1]["error"]["message"]
+
+
+def test_clean_end_after_whole_tool_arguments_finishes(proxy, fake_upstream):
+    """The same clean end after arguments that make a whole JSON object: the tool_use answer completes."""
+    fake_upstream.push(sse_reply(*_tool_call_then('{"command": "ls', ' /tmp/x"}'), done=False))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=4)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert events[-2]["delta"]["stop_reason"] == "tool_use" and events[-1]["type"] == "message_stop"
+    [block] = final_message(events)["content"]
+    assert block["type"] == "tool_use" and block["name"] == "Bash" and block["input"] == {"command": "ls /tmp/x"}
+
+
 def test_close_delimited_body_without_done_or_finish_reason_is_an_error(proxy, fake_upstream):
     """A body that ends only by the socket closing cannot tell an end from a drop (S12): error."""
     reply = sse_reply(chunk({"content": "half"}), done=False)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from ..dialects import forwards_betas, is_anthropic_host
 from ..errors import (
@@ -41,6 +41,20 @@ _HEADER_VALUE_RE = re.compile(r"^[A-Za-z0-9._:=+-]{1,128}$")
 _USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 _START_USAGE_KEYS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 MIN_THINKING_BUDGET = 1024  # Anthropic's smallest budget_tokens
+# The deltas each block type takes (as the SDKs' accumulators apply them). A delta of a type named
+# here in a block of a type named here that does not take it breaks the grammar; block and delta
+# types not named here (newer ones) are passed on unjudged.
+_BLOCK_DELTAS = {
+    "text": frozenset({"text_delta", "citations_delta"}),
+    "thinking": frozenset({"thinking_delta", "signature_delta"}),
+    "redacted_thinking": frozenset(),
+    "tool_use": frozenset({"input_json_delta"}),
+    "server_tool_use": frozenset({"input_json_delta"}),
+    "mcp_tool_use": frozenset({"input_json_delta"}),
+    "compaction": frozenset({"compaction_delta"}),
+}
+_KNOWN_DELTAS = frozenset().union(*_BLOCK_DELTAS.values())
+_NOT_OPEN = object()  # the open-block lookup's default: ``None`` is an open block of a type not given
 # An Anthropic error type back to the status it comes with (PROTOCOL.md 4.1), for in-band errors.
 _STATUS_BY_TYPE = {
     "invalid_request_error": 400, "authentication_error": 401, "billing_error": 402, "permission_error": 403,
@@ -217,7 +231,8 @@ class MessagesApi:
 
 
 class MessagesFold(SSEFold):
-    """An Anthropic event stream passed on event by event (``ending.StreamFold``)."""
+    """An Anthropic event stream passed on event by event (``ending.StreamFold``), held to the block
+    grammar it is forwarded in: a block event out of order ends the stream with one error."""
 
     def __init__(self, *, message_id: str, model: str, input_tokens: int, secrets: Tuple[str, ...] = ()) -> None:
         self.message_id = message_id
@@ -236,6 +251,10 @@ class MessagesFold(SSEFold):
         self.late_usage: Dict[str, int] = {}
         self.bad_events = 0
         self.skipped_events = 0
+        # The upstream's blocks, to hold it to the grammar it is forwarded in: the open ones (index ->
+        # block type, None if it names none) and the stopped ones.
+        self.open_blocks: Dict[int, Optional[str]] = {}
+        self.stopped_blocks: Set[int] = set()
 
     def end(self, clean: bool) -> Tuple[List[Event], Optional[ProxyError]]:
         if self.complete:
@@ -302,6 +321,12 @@ class MessagesFold(SSEFold):
             return self._message_start(obj)
         if kind == "ping":
             return [obj] if self.started else []
+        if kind == "content_block_delta":
+            self._check_delta(obj)
+        elif kind == "content_block_start":
+            self._open_block(obj)
+        elif kind == "content_block_stop":
+            self._stop_block(obj)
         events = self.start()  # content before any message_start still needs one (the grammar)
         if kind == "message_delta":
             self.finishing = True
@@ -314,6 +339,50 @@ class MessagesFold(SSEFold):
         elif kind == "message_stop":
             self.complete = self.done = True
         return events + [obj]
+
+    # The block grammar, forwarded as it comes: a delta or stop only for an open block, a start only
+    # for a new index, a delta only of a type its block takes. Anything else fails the stream (the
+    # SDKs' accumulators crash on a delta for a block they never saw); the object is parsed already,
+    # so each check is a dict or set lookup.
+
+    def _check_delta(self, obj: Dict[str, Any]) -> None:
+        index = obj.get("index")
+        block = self.open_blocks.get(index, _NOT_OPEN) if type(index) is int else _NOT_OPEN
+        if block is _NOT_OPEN:
+            raise self._not_open("content_block_delta", index)
+        takes = _BLOCK_DELTAS.get(block)  # type: ignore[arg-type]
+        if takes is None:
+            return
+        delta = obj.get("delta")
+        kind = delta.get("type") if type(delta) is dict else None
+        if type(kind) is str and kind not in takes and kind in _KNOWN_DELTAS:
+            raise _broken_order(f"{kind} for block {index}, which is a {block} block")
+
+    def _open_block(self, obj: Dict[str, Any]) -> None:
+        index = obj.get("index")
+        if type(index) is not int:
+            raise _broken_order(f"content_block_start without a block index ({_shown(index)})")
+        if index in self.open_blocks or index in self.stopped_blocks:
+            raise _broken_order(f"a second content_block_start for block {index}")
+        block = obj.get("content_block")
+        kind = block.get("type") if type(block) is dict else None
+        self.open_blocks[index] = kind if type(kind) is str else None
+
+    def _stop_block(self, obj: Dict[str, Any]) -> None:
+        index = obj.get("index")
+        if type(index) is not int or index not in self.open_blocks:
+            raise self._not_open("content_block_stop", index)
+        del self.open_blocks[index]
+        self.stopped_blocks.add(index)
+
+    def _not_open(self, kind: str, index: Any) -> ProxyError:
+        if type(index) is not int:
+            return _broken_order(f"{kind} without a block index ({_shown(index)})")
+        if index in self.stopped_blocks:
+            if kind == "content_block_stop":
+                return _broken_order(f"a second content_block_stop for block {index}")
+            return _broken_order(f"{kind} for block {index} after its content_block_stop")
+        return _broken_order(f"{kind} for block {index} before its content_block_start")
 
     def _bad_event(self, event: ServerSentEvent) -> List[Event]:
         if event.event == "error":  # "event: error" with a plain-text message is still an error
@@ -344,6 +413,14 @@ class MessagesFold(SSEFold):
         if isinstance(usage, dict):
             self.usage.update({k: v for k, v in usage.items()
                                if k in _USAGE_KEYS and isinstance(v, int) and not isinstance(v, bool)})
+
+
+def _broken_order(what: str) -> ProxyError:
+    return UpstreamUnavailable(f"upstream stream broke the event order: {what}")
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else json.dumps(value)[:40]
 
 
 def _with_usage(delta: Event, usage: Dict[str, int]) -> Event:

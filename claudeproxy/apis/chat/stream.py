@@ -157,6 +157,12 @@ class _Tool:
                 return stripped[0] == "{"
         return False
 
+    @property
+    def whole(self) -> bool:
+        """The arguments are one JSON object that has closed (the scan kept per fragment says so:
+        nothing is parsed again). False for none at all, or an object the stream cut off."""
+        return self.scan.closed and self.starts_object
+
 
 class _ThinkTags:
     """Splits ``<think>...</think>`` at the start of content into reasoning (think_tags dialects).
@@ -279,6 +285,11 @@ class StreamTranslator:
     @property
     def has_finish_reason(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def cut_in_tool_arguments(self) -> bool:
+        """A tool call's arguments are not a whole JSON object yet: a stream ending here was cut."""
+        return any(t.name and not t.whole for t in self.tools)
 
     @property
     def takes_plain_text(self) -> bool:
@@ -665,9 +676,10 @@ class ChatFold(SSEFold):
     finish_reason is finished normally; so is one whose body ended the way HTTP
     says a body ends (``clean``: the chunked terminator or the full
     Content-Length) after at least one chunk, as servers that omit both
-    ``[DONE]`` and finish_reason do (PROTOCOL.md 3.6, case 58). Anything else
-    is an error: EOF is not success (RELIABILITY.md S12). Error objects raise
-    ``ProxyError``.
+    ``[DONE]`` and finish_reason do (PROTOCOL.md 3.6, case 58) -- unless a tool
+    call's arguments are not a whole JSON object then: that body was cut inside
+    them. Anything else is an error: EOF is not success (RELIABILITY.md S12).
+    Error objects raise ``ProxyError``.
     """
 
     def __init__(self, translator: StreamTranslator) -> None:
@@ -708,8 +720,14 @@ class ChatFold(SSEFold):
             return [], exc
         if self.complete:
             return events, None
-        if self.translator.has_finish_reason or (clean and self.chunks):
+        if self.translator.has_finish_reason:
             return events + self._finish(), None
+        if clean and self.chunks:
+            if not self.translator.cut_in_tool_arguments:
+                return events + self._finish(), None
+            # The body ended properly, but inside a tool call: its input would be cut or empty.
+            return events, UpstreamUnavailable(
+                "upstream stream ended early inside a tool call's arguments (no finish_reason and no [DONE])")
         return events, UpstreamUnavailable("upstream stream ended early (no finish_reason and no [DONE])")
 
     def from_json(self, obj: Any) -> List[Event]:
