@@ -10,7 +10,9 @@ section 4 and PROTOCOL.md 4.2-4.3 say:
   (``retry-after`` copied for 429/503).
 - F14 a 200 ``text/html`` to a stream request: 502 ``api_error``, no ``message_start``.
 - F15 a redirect: 502 ``api_error``; the redirect target gets no request.
-- F16 an upstream that never answers: 504 ``timeout_error`` after the idle timeout (0.5 s here).
+- F16 an upstream that never answers: 504 ``timeout_error`` after the idle timeout for a stream
+  request (0.5 s here), after the request timeout for a non-streaming one (1 s here: such an
+  upstream says nothing until its answer is whole).
 - F17 connection refused: 502 ``api_error`` within 1 s.
 - F18/F19 a reset or a FIN after three events: those events, then one ``api_error``, no ``message_stop``.
 - F20/F21 the client leaves mid-stream / before the first byte: the upstream is closed within 1 s.
@@ -37,6 +39,7 @@ RUNS = 3
 APIS = ("chat", "messages")
 HEADERS = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
 IDLE = 0.5
+REQUEST_TIMEOUT = 1.0
 
 
 def sse_event(api: str, payload: Dict[str, Any]) -> bytes:
@@ -170,10 +173,11 @@ def f15_redirect(api: str, proxy: Any, fake: FakeUpstream, run: int) -> None:
 def f16_silent(api: str, proxy: Any, fake: FakeUpstream, run: int) -> None:
     fake.push(Reply(delay=8))
     begun = time.monotonic()
-    resp = send(proxy, run % 2 == 0)
+    stream = run % 2 == 0
+    resp = send(proxy, stream)
     took = time.monotonic() - begun
     plain_error(resp, 504, "timeout_error")
-    assert took < IDLE + 1.5, f"answered after {took:.2f} s"
+    assert took < (IDLE if stream else REQUEST_TIMEOUT) + 1.5, f"answered after {took:.2f} s"
     assert fake.wait_closed(2) is not None
 
 
@@ -244,7 +248,8 @@ def proxies() -> Iterator[Tuple[FakeUpstream, Dict[str, Any]]]:
     fake = FakeUpstream()
     token = claudeproxy.static_token(UPSTREAM_KEY)
     servers = {api: claudeproxy.start(upstream=fake.url if api == "chat" else fake.url.rsplit("/v1", 1)[0],
-                                      upstream_api=api, token=token, idle_timeout=IDLE) for api in APIS}
+                                      upstream_api=api, token=token, idle_timeout=IDLE,
+                                      request_timeout=REQUEST_TIMEOUT) for api in APIS}
     yield fake, servers
     for server in servers.values():
         server.shutdown(grace=1.0)
