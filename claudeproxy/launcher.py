@@ -304,9 +304,22 @@ def seed_first_run_state(env: Mapping[str, str], trust: bool, windows: bool, std
 
 def open_log(path: Optional[str], pid: int) -> Tuple[TextIO, str]:
     """The proxy's log file (appended to, private to the user) and its absolute name."""
-    path = os.path.abspath(path or os.path.join(tempfile.gettempdir(), f"claudeproxy-{pid}.log"))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    if path:
+        path = os.path.abspath(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    else:
+        fd, path = _new_temp_log(pid)
     return os.fdopen(fd, "a", encoding="utf-8", buffering=1), path
+
+
+def _new_temp_log(pid: int) -> Tuple[int, str]:
+    """A file of the user's own, new, in the shared temp folder: never one already there (another
+    user's, with its own mode, or a link planted to make the proxy write somewhere else)."""
+    path = os.path.join(tempfile.gettempdir(), f"claudeproxy-{pid}.log")
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600), path
+    except FileExistsError:
+        return tempfile.mkstemp(prefix=f"claudeproxy-{pid}-", suffix=".log")  # O_EXCL and 0600 too
 
 
 def command_env(running: RunningServer, config: Config, environ: Mapping[str, str]) -> Dict[str, str]:

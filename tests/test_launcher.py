@@ -774,3 +774,33 @@ def test_the_readme_lists_every_variable_run_sets_and_removes() -> None:
     for names, _ in claude_code.DROPPED:
         assert f"`{names[0]}`" in section, names[0]
     assert "hasCompletedOnboarding" in section and "--trust" in section
+
+
+# ---------------------------------------------------------------------------
+# The default log file, in the shared temp folder.
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or os.name == "nt", reason="POSIX temp-folder semantics")
+def test_a_planted_log_file_or_link_is_never_written_through(tmp_path: Any, monkeypatch: Any) -> None:
+    # Another user can create /tmp/claudeproxy-<pid>.log first: a link would make the proxy append
+    # to a file of the attacker's choosing, a file would keep the attacker's mode.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    os.symlink(str(victim), str(tmp_path / "claudeproxy-4242.log"))
+    stream, path = launcher.open_log(None, 4242)
+    with stream:
+        stream.write("proxy line\n")
+    assert victim.read_text() == "keep me\n"
+    assert path != str(tmp_path / "claudeproxy-4242.log") and os.path.basename(path).startswith("claudeproxy-4242")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    with open(path, encoding="utf-8") as fh:
+        assert fh.read() == "proxy line\n"
+
+
+def test_the_default_log_file_is_new_and_private(tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    stream, path = launcher.open_log(None, 4243)
+    stream.close()
+    assert path == str(tmp_path / "claudeproxy-4243.log")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
