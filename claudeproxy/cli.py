@@ -13,7 +13,6 @@ then the defaults.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import logging
 import os
@@ -47,6 +46,7 @@ from .config import (
     check_proxy_url,
     check_url,
     env_proxies,
+    is_loopback_host,
     origin_as_sent,
     static_token,
 )
@@ -355,16 +355,6 @@ def parse_header(value: str) -> Tuple[str, str]:
         raise UsageError(str(exc)) from None
 
 
-def _is_loopback(host: str) -> bool:
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _positive(ns: argparse.Namespace) -> None:
     for name in ("connect_timeout", "idle_timeout", "request_timeout", "ping_interval", "api_key_ttl"):
         if not getattr(ns, name) > 0:  # also refuses NaN
@@ -462,7 +452,7 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
         upstream = environ.get("OPENAI_BASE_URL") if api != "messages" else None
         upstream = upstream or (DEFAULT_MESSAGES_UPSTREAM if api == "messages" else DEFAULT_UPSTREAM)
     auth_key = _auth_key(ns, environ)
-    if not _is_loopback(ns.host) and not auth_key:
+    if not is_loopback_host(ns.host) and not auth_key:
         raise UsageError(f"refusing to listen on {ns.host} without --auth-key (anyone could use your upstream key)")
     token, key_source = _shorthand_key(ns, environ, api)
     return Config(
@@ -634,7 +624,7 @@ def _describe(server: ProxyServer) -> str:
 def _warn_about(server: ProxyServer) -> None:
     for provider in server.proxy.router.providers.values():
         parts = urlsplit(provider.url)
-        if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
             log.warning("the upstream %s uses plain http: the API key travels unencrypted", provider.name)
     for route in server.proxy.router.routes:
         log.info("route %s -> %s/%s", route.match, route.target.provider, route.target.model or "(client's model)")

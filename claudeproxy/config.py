@@ -9,6 +9,7 @@ single-upstream shorthand fields below) into the router a server uses.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import re
 from typing import Callable, Dict, Mapping, Optional, Tuple
@@ -356,12 +357,44 @@ def check_count(value: object, setting: str, low: int) -> None:
         raise ValueError(f"{setting}: must be at least {low}, got {value}")
 
 
+def is_loopback_host(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# A Host header's name, with a port or not: letters, digits, dots, dashes, an IPv6 address in brackets.
+_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:\d{1,5})?$")
+
+
 def check_config(config: Config) -> None:
-    """The server-wide settings (timeouts, limits, proxy, client key); providers are checked by routing."""
+    """The server-wide settings (timeouts, limits, proxy, client key); providers are checked by routing.
+
+    The command line checks the same first, in its own words; this is what ``start()`` gets.
+    """
     for name, zero_ok in _SECONDS:
         check_seconds(getattr(config, name), _flag(name), zero_ok)
     for name, low in _COUNTS:
         check_count(getattr(config, name), _flag(name), low)
+    check_count(config.retries, "--retries", 0)
+    if config.retries > 10:
+        raise ValueError(f"--retries: must be from 0 to 10, got {config.retries}")
+    check_seconds(config.retry_max_wait, "--retry-max-wait", zero_ok=True)
+    if config.retry_max_wait > 600:
+        raise ValueError(f"--retry-max-wait: must be at most 600 seconds, got {config.retry_max_wait!r}")
+    if not isinstance(config.host, str) or not is_loopback_host(config.host) and not config.auth_key:
+        raise ValueError(f"--host: refusing to listen on {config.host!r} without --auth-key (anyone could use "
+                         "your upstream key)")
+    for host in config.allowed_hosts:
+        if not isinstance(host, str) or not _HOST_RE.match(host):
+            raise ValueError(f"--allowed-host: expected a host name or host:port, got {host!r}")
+    for pair in config.model_map:
+        if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(p, str) and p for p in pair)):
+            raise ValueError(f"--model-map: expected (pattern, name) pairs of strings, got {pair!r}")
     if config.max_output_tokens is not None:
         check_count(config.max_output_tokens, "--max-output-tokens", 1)
     check_count(config.port, "--port", 0)

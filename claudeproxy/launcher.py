@@ -39,7 +39,7 @@ from .claude_code import (
     run_description,
     run_epilog,
 )
-from .config import Config
+from .config import Config, is_loopback_host
 from .redact import redact_text
 from .server import RunningServer, start
 from .settings_view import describe_config
@@ -96,7 +96,7 @@ def parse_run(argv: List[str], environ: Mapping[str, str],
     file = cli.load_config_file(ns.config, environ, cli.flag_specs(parser)) if ns.config else None
     # A file's port is for the standing server; run takes a free one unless told on the command line.
     cli.merge_file(ns, given, file, skip={"port"})
-    if not cli._is_loopback(ns.host):  # noqa: SLF001 - the same rule as the server's
+    if not is_loopback_host(ns.host):  # the same rule as the server's
         raise cli.UsageError(f"run: --host must be a loopback address (the proxy serves only COMMAND), got {ns.host}")
     config = cli.config_from_args(ns, environ, file)
     try:

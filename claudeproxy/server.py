@@ -83,9 +83,9 @@ class ProxyServer(ThreadingHTTPServer):
         self.config = config
         self.metrics = Metrics(metrics_sink)
         self.watchdog = Watchdog()
+        self.proxy = Proxy(config, self.metrics, self.watchdog)  # checks the settings: ValueError names a bad one
         self.slots = threading.BoundedSemaphore(config.max_concurrency)
         self.body_readers = BodyReaders(config.max_body_readers)
-        self.proxy = Proxy(config, self.metrics, self.watchdog)  # checks the settings: ValueError names a bad one
         self._conns: Set[socket.socket] = set()
         self._conns_lock = threading.Lock()
         self._active = 0
