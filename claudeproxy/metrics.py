@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import threading
 import time
 from typing import (
@@ -39,6 +40,8 @@ from typing import (
 )
 
 from .cost import cache_hit_ratio
+
+log = logging.getLogger(__name__)
 
 OTHER = "other"
 LOCAL = "local"  # the provider label of calls the proxy answered itself
@@ -243,6 +246,7 @@ class Metrics:
                  minutes: int = 24 * 60, days: int = 31, started_at: Optional[float] = None) -> None:
         self._lock = threading.Lock()
         self._sink = sink
+        self._sink_failing = False
         self.started_at = time.time() if started_at is None else started_at
         self._limits = (max_models, minutes, days)
         self._recent: Deque[CallRecord] = collections.deque(maxlen=recent)
@@ -276,7 +280,22 @@ class Metrics:
             self._timed(rec, key)
             self._recent.append(rec)
         if self._sink is not None:
-            self._sink(rec)
+            self._write(rec)
+
+    def _write(self, rec: CallRecord) -> None:
+        """The record to the sink (the usage log), best effort: a full disk or a file swapped for a
+        directory must not turn the client's answer into a 500. Said once per failing stretch."""
+        try:
+            self._sink(rec)  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001 - any failure of the sink's I/O
+            if not self._sink_failing:
+                log.warning("cannot write the usage record (%s: %s); calls go on, unrecorded there until it works",
+                            type(exc).__name__, exc)
+            self._sink_failing = True
+        else:
+            if self._sink_failing:
+                log.warning("the usage record is written again")
+            self._sink_failing = False
 
     def _timed(self, rec: CallRecord, key: ModelKey) -> None:
         when = rec.time or time.time()

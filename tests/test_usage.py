@@ -189,6 +189,37 @@ def test_access_log_line_says_who_where_what_and_how_long(proxy: Any, fake: Fake
     assert lines[0].call.cost_usd == pytest.approx(0.00325)  # type: ignore[attr-defined]
 
 
+def test_a_usage_log_that_cannot_be_written_changes_no_answer(fake: FakeUpstream, caplog: Any) -> None:
+    # A full disk (or the file swapped for a directory) under --usage-log: the sink raises. The
+    # client's answers stay what they were, never a 500; the failure is said once, and its end.
+    failing = [True]
+    written: List[CallRecord] = []
+
+    def sink(rec: CallRecord) -> None:
+        if failing[0]:
+            raise OSError(28, "No space left on device")
+        written.append(rec)
+
+    server = claudeproxy.start(upstream=fake.url, token=claudeproxy.static_token(UPSTREAM_KEY), metrics_sink=sink)
+    try:
+        with caplog.at_level("WARNING", logger="claudeproxy"):
+            resp = request(server.url, "POST", "/v1/messages", b"{bad", {"content-type": "application/json"})
+            assert resp.status == 400, resp
+            fake.push(json_reply({"error": {"message": "slow down"}}, status=429, headers=(("Retry-After", "7"),)))
+            resp = request(server.url, "POST", "/v1/messages", minimal_request())
+            assert resp.status == 429 and resp.headers.get("retry-after") == "7", resp
+            assert request(server.url, "POST", "/v1/messages", minimal_request()).status == 200
+            assert server.server.wait_idle(2)
+            failing[0] = False
+            assert request(server.url, "POST", "/v1/messages", minimal_request()).status == 200
+            assert server.server.wait_idle(2)
+    finally:
+        server.shutdown(grace=1.0)
+    said = [r.getMessage() for r in caplog.records if "usage record" in r.getMessage()]
+    assert len(said) == 2 and "No space left on device" in said[0] and "written again" in said[1], said
+    assert len(written) == 1 and written[0].status == 200
+
+
 def test_access_line_counts_the_attempts_a_call_took() -> None:
     # README, Reliability settings: the access log names what answered and how many calls it took.
     retried = access_line(CallRecord("/v1/messages", model="m", provider="p2", upstream_model="m2", status=200,
