@@ -43,8 +43,10 @@ from .cost import cache_hit_ratio
 
 log = logging.getLogger(__name__)
 
-OTHER = "other"
-LOCAL = "local"  # the provider label of calls the proxy answered itself
+# Labels in parentheses, which no provider name can have (routing.check_provider): a provider named
+# "local" (an Ollama, say) is never mixed up with the proxy's own answers.
+OTHER = "(other)"  # the models past the limit, and endpoints past theirs
+LOCAL = "(local)"  # the provider label of calls the proxy answered itself
 NONE = "(none)"  # the provider and model label of calls refused before any upstream
 # Seconds. Fine enough below a few seconds for time to first token, wide enough for long streams.
 HISTOGRAM_BOUNDS: Tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0,
@@ -104,7 +106,7 @@ Sink = Callable[[CallRecord], None]
 
 def model_key(rec: CallRecord) -> ModelKey:
     """What a call is counted under: the provider and upstream model that served (and billed) it;
-    ``local`` and the client's model for an answer of the proxy's own; one row for every call
+    ``(local)`` and the client's model for an answer of the proxy's own; one row for every call
     refused before any upstream (a bad body, no route)."""
     if rec.local:
         return LOCAL, rec.model or NONE

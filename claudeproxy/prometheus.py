@@ -76,7 +76,7 @@ def render(view: Dict[str, Any], prices_checked: str) -> str:
     models: Dict[Tuple[str, str], Dict[str, Any]] = view["models"]
     lines: List[str] = []
     lines += _family("requests_total", "counter", "Calls answered, by endpoint, provider, upstream model and HTTP "
-                     "status (provider \"local\": answered by the proxy itself).",
+                     "status (provider \"(local)\": answered by the proxy itself).",
                      [("", [("endpoint", e), ("provider", p), ("model", m), ("status", s)], n)
                       for (e, p, m, s), n in sorted(view["requests"].items())])
     lines += _family("errors_total", "counter", "Calls that ended in an error (also after a stream began), by "

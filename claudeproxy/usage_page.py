@@ -155,7 +155,7 @@ def model_colors(models: Sequence[Dict[str, Any]]) -> Dict[str, str]:
     """The busiest models (the rows come sorted by cost, then tokens) get the palette; the rest are grey."""
     colors: Dict[str, str] = {}
     for row in models:
-        if row["provider"] in ("local", "(none)") or not _tokens_of(row) or len(colors) >= len(PALETTE):
+        if row["provider"] in ("(local)", "(none)") or not _tokens_of(row) or len(colors) >= len(PALETTE):
             continue
         colors[model_label(row)] = PALETTE[len(colors)]
     return colors
@@ -310,7 +310,7 @@ def _model_stacks(points: Sequence[Dict[str, Any]], colors: Dict[str, str],
     for point in points:
         pieces: Dict[str, Tuple[str, float]] = {}
         for name, row in point.get("models", {}).items():
-            if name.startswith("local/"):
+            if name.startswith("(local)/"):
                 continue
             key = name if name in colors else "other models"
             color = colors.get(name, OTHER_COLOR)
@@ -376,7 +376,7 @@ def _swatch(label: str, colors: Dict[str, str]) -> str:
     return f"<i class=\"dot\" style=\"background:{colors.get(label, OTHER_COLOR)}\"></i>{esc(label)}"
 
 
-_SIDE_ROWS = (("local", "answered by the proxy"), ("(none)", "refused before any upstream"))
+_SIDE_ROWS = (("(local)", "answered by the proxy"), ("(none)", "refused before any upstream"))
 
 
 def _today_rows(usage: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:

@@ -265,7 +265,7 @@ def test_metrics_totals_and_sink(make_proxy: Any, fake_upstream: Any) -> None:
     samples = prom.parse(text.body.decode("utf-8"))
     assert prom.total(samples, "claudeproxy_requests_total") == 3
     assert prom.total(samples, "claudeproxy_requests_total", status="500") == 1
-    assert prom.total(samples, "claudeproxy_requests_total", provider="local") == 1
+    assert prom.total(samples, "claudeproxy_requests_total", provider="(local)") == 1
     assert prom.total(samples, "claudeproxy_errors_total") == 1
     assert prom.total(samples, "claudeproxy_tokens_total", kind="input") == 10  # from the fake's usage
     assert prom.total(samples, "claudeproxy_tokens_total", kind="output") == 5

@@ -248,7 +248,7 @@ def test_prometheus_counts_after_a_known_session(proxy: Any, fake: FakeUpstream)
     assert prom.value(s, "claudeproxy_requests_total", endpoint="/v1/messages", provider="ollama",
                       model="qwen3-coder", status="429") == 1
     assert prom.total(s, "claudeproxy_requests_total", status="400") == 1
-    assert prom.total(s, "claudeproxy_requests_total", provider="local") == 2  # quota probe + count_tokens
+    assert prom.total(s, "claudeproxy_requests_total", provider="(local)") == 2  # quota probe + count_tokens
     assert prom.total(s, "claudeproxy_requests_total", endpoint="/v1/messages/count_tokens") == 1
     assert prom.value(s, "claudeproxy_errors_total", type="rate_limit_error") == 1
     assert prom.value(s, "claudeproxy_errors_total", type="invalid_request_error") == 1
@@ -302,6 +302,29 @@ def test_streams_in_flight_gauge(proxy: Any, fake: FakeUpstream) -> None:
 # /v1/usage.
 
 
+def test_a_provider_named_local_keeps_its_own_row(fake: FakeUpstream) -> None:
+    # "local" is a natural name for an Ollama provider; its calls must not merge with the proxy's
+    # own answers (the quota probe) for a client model of the same name, nor vanish from the page.
+    house = ModelFacts(input_price=1.0, output_price=2.0)
+    server = claudeproxy.start(providers=(Provider("local", fake.url, models=(("house-*", house),)),),
+                               routes=(Route("*", RouteTarget("local", "house-1")),))
+    try:
+        fake.push(json_reply(completion("hi", usage=usage(100, 10))))
+        assert request(server.url, "POST", "/v1/messages", minimal_request(model="house-1")).status == 200
+        assert request(server.url, "POST", "/v1/messages", quota_probe(model="house-1")).status == 200
+        assert server.server.wait_idle(2)
+        u = request(server.url, "GET", "/v1/usage").json
+        page = request(server.url, "GET", "/").body.decode()
+    finally:
+        server.shutdown(grace=1.0)
+    models = {(m["provider"], m["model"]): m for m in u["models"]}
+    assert models[("local", "house-1")]["requests"] == 1 and models[("local", "house-1")]["input_tokens"] == 100
+    assert models[("local", "house-1")]["cost_usd"] == pytest.approx((100 * 1.0 + 10 * 2.0) / 1e6)
+    assert models[("(local)", "house-1")]["requests"] == 1
+    assert page.startswith("<!doctype html>") or page.lower().startswith("<!doctype html>"), page[:80]
+    assert "local/house-1" in page  # its row in today's table, not folded into "answered by the proxy"
+
+
 def test_usage_totals_per_model_provider_and_day(proxy: Any, fake: FakeUpstream) -> None:
     known_session(proxy, fake)
     u = request(proxy.url, "GET", "/v1/usage").json
@@ -317,11 +340,11 @@ def test_usage_totals_per_model_provider_and_day(proxy: Any, fake: FakeUpstream)
     assert models[("openai", "gpt-4o")]["cache_hit_ratio"] == pytest.approx(1700 / 3000, abs=1e-4)
     assert models[("ollama", "qwen3-coder")]["cost_usd"] is None  # tokens and no cost
     assert models[("ollama", "qwen3-coder")]["input_tokens"] == 500
-    assert models[("local", "claude-opus-4-1")]["requests"] == 1
+    assert models[("(local)", "claude-opus-4-1")]["requests"] == 1
     assert u["models"][0]["model"] == "gpt-4o"  # the dearest first
     providers = {p["provider"]: p for p in u["providers"]}
     assert providers["priced"]["requests"] == 2 and providers["priced"]["cost_usd"] == pytest.approx(house)
-    assert providers["local"]["requests"] == 2 and providers["(none)"]["requests"] == 1
+    assert providers["(local)"]["requests"] == 2 and providers["(none)"]["requests"] == 1
     assert [d["date"] for d in u["days"]] == [u["today"]]
     assert u["days"][0]["cost_usd"] == pytest.approx(gpt + house) and u["today_totals"]["requests"] == 9
     # Newest first. The last two calls (the quota probe and count_tokens, both answered here) may
@@ -350,7 +373,7 @@ def test_store_is_bounded_whatever_clients_send() -> None:
     for i in range(200):
         metrics.record(_rec(f"model-{i}", start + i * 3600))  # a new model every hour, over 8 days
     u = metrics.usage(start + 200 * 3600)
-    assert len(u["models"]) == 4 and {"other"} <= {m["model"] for m in u["models"]}
+    assert len(u["models"]) == 4 and {"(other)"} <= {m["model"] for m in u["models"]}
     assert sum(m["requests"] for m in u["models"]) == 200
     assert len(u["recent"]) == 5 and len(u["days"]) == 2
     assert len(metrics._minutes) == 10 and len(metrics._seconds) <= 301  # noqa: SLF001 - the bound itself
