@@ -214,11 +214,30 @@ def _shorthand_routes(config: Config, provider: str) -> List[Route]:
             routes.append(Route(family, RouteTarget(provider, given[family]), origin=f"--{family}-model"))
     if config.model:
         routes.append(Route("*", RouteTarget(provider, config.model), origin="--model"))
-    elif any(given.values()) and not any(r.match == "*" for r in config.routes):
-        for family in (f for f in FAMILIES if not given[f]):
+    elif any(given.values()):
+        # Not a family a config file routes itself (by name, a pattern, or "*").
+        for family in (f for f in FAMILIES if not given[f] and not _routed(config.routes, f)):
             other = next(o for o in _NEAREST[family] if given[o])
             routes.append(Route(family, RouteTarget(provider, given[other]), origin=f"--{other}-model (no --{family}-model)"))
     return routes
+
+
+def _routed(routes: Sequence[Route], family: str) -> bool:
+    """Does one of ``routes`` serve Claude Code's model of ``family``?"""
+    return any(route_matches(r.match, f"claude-{family}-4-5") for r in routes)
+
+
+def _merged(flags: List[Route], file_routes: Sequence[Route]) -> List[Route]:
+    """The command line's routes and a config file's, in the order they are tried.
+
+    A flag wins where it names the same match (its route replaces the file's); a catch-all flag
+    (``--model``, ``--model-map '*=NAME'``) is the default for "every request not routed
+    otherwise", so it goes after the file's own routes instead of hiding them all.
+    """
+    named = {r.match for r in flags}
+    first = [r for r in flags if r.match != "*"]
+    last = [r for r in flags if r.match == "*"]
+    return first + [r for r in file_routes if r.match not in named] + last
 
 
 def effective_providers_and_routes(config: Config) -> Tuple[Tuple[Provider, ...], Tuple[Route, ...]]:
@@ -236,7 +255,7 @@ def effective_providers_and_routes(config: Config) -> Tuple[Tuple[Provider, ...]
     flags = _shorthand_routes(config, target)
     _check_routes(flags, by_name, "flags")
     _check_routes(config.routes, by_name, "routes")
-    routes = flags + list(config.routes)
+    routes = _merged(flags, config.routes)
     if shorthand is not None and not any(r.match == "*" for r in routes):
         routes.append(Route("*", RouteTarget(shorthand.name, None), origin="--upstream (the client's model name)"))
     return tuple(providers), tuple(routes)

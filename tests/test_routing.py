@@ -137,6 +137,39 @@ def test_flags_override_the_file_routes() -> None:
     assert where(config, "claude-opus-4-1") == ("local", "qwen3:8b")
 
 
+def test_model_flag_is_the_default_after_the_file_routes_not_before_them() -> None:
+    # README: --model serves "every request not routed otherwise". Before it was put first and every
+    # route of the file was shadowed; a file's own "*" gives way to it (the command line wins).
+    file_routes = (Route("opus", RouteTarget("openai", "o3")), Route("sonnet", RouteTarget("local", "qwen3:8b")),
+                   Route("*", RouteTarget("local", "qwen3:1.7b")))
+    for flags in ({"model": "gpt-4.1"}, {"model_map": (("*", "gpt-4.1"),)}):
+        config = Config(providers=(OPENAI, LOCAL), routes=file_routes, **flags)  # type: ignore[arg-type]
+        assert where(config, "claude-opus-4-1") == ("openai", "o3")
+        assert where(config, "claude-sonnet-4-5") == ("local", "qwen3:8b")
+        assert where(config, "claude-haiku-4-5") == ("local", "gpt-4.1")
+        assert where(config, "gpt-oss") == ("local", "gpt-4.1")
+
+
+def test_a_family_flag_replaces_the_file_route_of_that_family_only() -> None:
+    config = Config(providers=(OPENAI, LOCAL), routes=(Route("opus", RouteTarget("openai", "o3")),
+                                                       Route("*", RouteTarget("local", "qwen3:8b"))),
+                    opus_model="o4-mini")
+    assert where(config, "claude-opus-4-1") == ("local", "o4-mini")
+    assert where(config, "claude-sonnet-4-5") == ("local", "qwen3:8b")
+
+
+def test_a_missing_family_never_borrows_over_the_files_own_route() -> None:
+    # The borrowing (a family without its flag takes the nearest given one) is for families nothing
+    # else routes; a file that routes sonnet and haiku keeps them when only --opus-model is given.
+    config = Config(providers=(OPENAI,), routes=(Route("sonnet", RouteTarget("openai", "S")),
+                                                 Route("claude-3-5-haiku-*", RouteTarget("openai", "H3")),
+                                                 Route("haiku", RouteTarget("openai", "H"))),
+                    opus_model="O")
+    assert where(config, "claude-opus-4-1") == ("openai", "O")
+    assert where(config, "claude-sonnet-4-5") == ("openai", "S")
+    assert where(config, "claude-haiku-4-5") == ("openai", "H")
+
+
 # ---------------------------------------------------------------------------
 # Targets: API, dialect, facts, caps.
 
