@@ -267,6 +267,10 @@ def parse_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) 
     parser.parse_args(argv, namespace=marked)
     given = {k for k, v in vars(marked).items() if v is not _UNSET and v != []}
     _no_empty_values(parser, ns, given)
+    if {"passthrough", "upstream_api"} <= given and ns.upstream_api != "messages":
+        # config_from_args cannot tell an explicit --upstream-api chat from the default
+        raise UsageError(f"--passthrough is short for --upstream-api messages: it cannot go with "
+                         f"--upstream-api {ns.upstream_api}")
     return ns, given
 
 

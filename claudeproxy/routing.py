@@ -258,6 +258,9 @@ def effective_providers_and_routes(config: Config) -> Tuple[Tuple[Provider, ...]
     routes = _merged(flags, config.routes)
     if shorthand is not None and not any(r.match == "*" for r in routes):
         routes.append(Route("*", RouteTarget(shorthand.name, None), origin="--upstream (the client's model name)"))
+    if not routes:
+        raise ValueError("routes: there are none, so every request would be refused: add routes to the config "
+                         "file (a '*' route serves every model), or give --model")
     return tuple(providers), tuple(routes)
 
 

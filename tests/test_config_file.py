@@ -232,6 +232,19 @@ def test_a_flag_sets_aside_the_files_twin(tmp_path: Any, served: List[Any], in_f
     assert code == 0, err
 
 
+def test_providers_without_any_route_stop_the_start(tmp_path: Any) -> None:
+    # It used to start, log no route at all and refuse every request with a 404.
+    file = write(tmp_path, {"providers": {"a": {"url": "http://127.0.0.1:9/v1"}}})
+    assert_one_line_error(*run_main(["--config", file]), "routes: there are none")
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_passthrough_with_another_upstream_api_on_the_command_line_stops_the_start(api: str) -> None:
+    # --upstream-api chat was taken for "not given" (chat is the default) and the start went on as messages.
+    assert_one_line_error(*run_main(["--upstream", "http://127.0.0.1:9/v1", "--passthrough", "--upstream-api", api]),
+                          f"cannot go with --upstream-api {api}")
+
+
 def test_runs_own_options_in_a_file_are_left_to_run(tmp_path: Any, served: List[Any]) -> None:
     """One file for both: the server has no use for log_file and trust, and does not refuse them."""
     file = write(tmp_path, {"upstream": "http://127.0.0.1:9/v1", "log_file": "/tmp/x.log", "trust": True})
