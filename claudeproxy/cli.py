@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="claudeproxy",
         description="Serve the Anthropic Messages API (for Claude Code and the anthropic SDKs) on top of "
-        "OpenAI-compatible Chat Completions backends, or forward it to Anthropic-compatible ones, "
-        "routing each model to a provider.",
+        "OpenAI-compatible Chat Completions backends or OpenAI's Responses API, or forward it to "
+        "Anthropic-compatible ones, routing each model to a provider.",
         epilog=help_footer(8082),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -373,9 +373,10 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
 
     def _admit(self, method: str, writer: ResponseWriter) -> Optional[Route]:
         """The route to run, once the head is sane, access is granted and the body is read; None if answered."""
-        if len(self.headers.get_all("Host") or []) > 1:
-            self.close_connection = True
-            raise InvalidRequest("a request may carry only one Host header")
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1 or not hosts and self.request_version == "HTTP/1.1":
+            self.close_connection = True  # RFC 9112 3.2: exactly one Host in HTTP/1.1, else a 400
+            raise InvalidRequest("an HTTP/1.1 request carries exactly one Host header")
         preflight = method == "OPTIONS" and "Origin" in self.headers and "Access-Control-Request-Method" in self.headers
         self._check_access(writer, preflight)
         if preflight:

@@ -784,7 +784,8 @@ def _transport_error(exc: BaseException, call: UpstreamCall, req: urllib.request
     if isinstance(reason, socket.timeout) and call.connected:
         return UpstreamTimeout(f"upstream sent nothing for {call.idle_timeout or 0:g} s")
     detail = redact_text(f"{type(reason).__name__}: {reason}", secrets)
-    host = urlsplit(req.full_url).hostname or "?"
+    parts = urlsplit(req.full_url)
+    host = (parts.hostname or "?") + (f":{parts.port}" if parts.port else "")  # which of several local servers
     proxy = _proxy_of(req)
     if proxy is not None:
         return _proxy_failure(reason, call, proxy, host, detail)

@@ -164,9 +164,14 @@ def test_foreign_host_is_403(proxy: Any, fake_upstream: Any, host: str) -> None:
     assert fake_upstream.requests == []
 
 
-def test_missing_host_is_403(proxy: Any) -> None:
+def test_missing_host_is_400_in_http_1_1_and_403_in_http_1_0(proxy: Any) -> None:
+    # RFC 9112 3.2: an HTTP/1.1 request without Host is a 400; HTTP/1.0 may omit it, and then the
+    # Host check (DNS rebinding) finds no loopback name.
     with connect(proxy.url) as sock:
         sock.sendall(http_bytes("GET", "/health", []))
+        assert_error(read_response(sock), 400, "invalid_request_error")
+    with connect(proxy.url) as sock:
+        sock.sendall(b"GET /health HTTP/1.0\r\n\r\n")
         assert_error(read_response(sock), 403, "permission_error")
 
 
