@@ -13,6 +13,7 @@ then the defaults.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ from .config import (
     check_proxy_url,
     check_url,
     env_proxies,
+    gives_no_key,
     is_loopback_host,
     origin_as_sent,
     static_token,
@@ -630,8 +632,30 @@ def _warn_about(server: ProxyServer) -> None:
         parts = urlsplit(provider.url)
         if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
             log.warning("the upstream %s uses plain http: the API key travels unencrypted", provider.name)
+    for line in keyless_upstreams(server):
+        log.warning("%s", line)
     for route in server.proxy.router.routes:
         log.info("route %s -> %s/%s", route.match, route.target.provider, route.target.model or "(client's model)")
+
+
+def keyless_upstreams(server: ProxyServer) -> List[str]:
+    """A line for each provider on the internet that gets no key: its 401s would come one per request,
+    and Claude Code reads a 401 as its own login gone. Local servers (Ollama, vLLM) need none, and a
+    Messages API upstream gets the client's own key."""
+    lines = []
+    for provider in server.proxy.router.providers.values():
+        host = urlsplit(provider.url).hostname or ""
+        if provider.api != "messages" and gives_no_key(provider.token) and _on_the_internet(host):
+            lines.append(f"the upstream {provider.name} ({host}) gets no API key: expect 401s (set OPENAI_API_KEY, "
+                         "or give --api-key-env, or api_key_env in the config file)")
+    return lines
+
+
+def _on_the_internet(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_global
+    except ValueError:  # a name: a dotted one that is not a local network's
+        return "." in host and not host.endswith((".local", ".internal", ".lan", ".localhost", ".home.arpa"))
 
 
 def _warn_unreachable(server: ProxyServer, config: Config) -> None:

@@ -55,6 +55,11 @@ def _no_token() -> str:
     return ""
 
 
+def gives_no_key(token: TokenSource) -> bool:
+    """Is ``token`` known, without running anything, to give no key?"""
+    return token is _no_token or isinstance(token, StaticToken) and not token.key
+
+
 @dataclasses.dataclass(frozen=True)
 class Provider:
     """One upstream: where it is, which API it speaks, how to authenticate, what its models can do."""

@@ -358,6 +358,8 @@ def _session(ns: argparse.Namespace, config: Config, typed: str, argv: List[str]
         for line in unreachable_upstreams(running, config):
             log.warning("%s", line)
             print(f"claudeproxy: warning: {line}", file=stderr, flush=True)
+        for line in cli.keyless_upstreams(running.server):  # logged already (_warn_about): the terminal too
+            print(f"claudeproxy: warning: {line}", file=stderr, flush=True)
         if looks_like_claude(typed) or looks_like_claude(argv[0]):
             seed_first_run_state(env, ns.trust, windows, stderr)
         stderr.flush()

@@ -330,6 +330,28 @@ def test_an_upstream_that_refuses_is_said_once_listening(refused_port: int) -> N
     assert UPSTREAM_KEY not in line + out + err
 
 
+@pytest.mark.parametrize("settings, warned", [
+    ({"upstream": "https://api.openai.com/v1"}, True),
+    ({"upstream": "https://8.8.8.8/v1"}, True),
+    ({"upstream": "https://api.openai.com/v1", "token": claudeproxy.static_token(UPSTREAM_KEY)}, False),
+    ({"upstream": "http://localhost:11434/v1"}, False),
+    ({"upstream": "http://192.168.1.20:8000/v1"}, False),
+    ({"upstream": "http://ollama:11434/v1"}, False),
+    ({"upstream": "http://gpu.lan:8000/v1"}, False),
+    ({"upstream": "https://api.deepseek.com/anthropic", "upstream_api": "messages"}, False),  # the client's key goes
+])
+def test_a_provider_on_the_internet_without_a_key_is_said_at_start(settings: Dict[str, Any], warned: bool) -> None:
+    # Without a word, every request got a 401, which Claude Code reads as its own login gone.
+    server = claudeproxy.start(**settings)
+    try:
+        lines = cli.keyless_upstreams(server.server)
+    finally:
+        server.shutdown(grace=0.1)
+    assert bool(lines) == warned, lines
+    if warned:
+        assert "gets no API key" in lines[0] and "OPENAI_API_KEY" in lines[0]
+
+
 def test_usage_log_and_json_log_format(spawn: Any, fake_upstream: Any, tmp_path: Any) -> None:
     usage = tmp_path / "usage.jsonl"
     proc, port = spawn("--usage-log", str(usage), "--log-format", "json", "--model", "gpt-4o")
