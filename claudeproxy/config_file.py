@@ -15,7 +15,7 @@ import dataclasses
 import math
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .config import Provider, Route, RouteTarget, check_header, check_proxy_url
+from .config import Provider, Route, RouteTarget, check_header
 from .credentials import DEFAULT_TTL, command_argv, command_token, key_source
 from .model_facts import ModelFacts, facts_from_dict
 from .routing import check_provider
@@ -38,6 +38,14 @@ class FileConfig:
     providers: Tuple[Provider, ...]
     routes: Tuple[Route, ...]
     settings: Dict[str, Any]  # flag dest -> value
+    # flag dest -> how a message names it: the file and the key as written ("--config f.json: log-level"),
+    # so that a check made after the merge with the flags names what the user wrote, not a flag.
+    names: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def file_setting(source: str, path: str) -> str:
+    """A place in the config file ``source``, the way every message about the file names it."""
+    return f"--config {source}: {path}"
 
 
 _SECRET_KEYS = {"api_key": "api_key_env or api_key_command", "auth_key": "auth_key_env"}
@@ -201,7 +209,7 @@ def _route(i: int, obj: Any, source: str) -> Route:
     target = _target({k: obj[k] for k in ("provider", "model") if k in obj}, path)
     fallbacks = _want(obj.get("fallbacks", []), list, f"{path}.fallbacks", "an array")
     return Route(match, target, tuple(_target(f, f"{path}.fallbacks[{j}]") for j, f in enumerate(fallbacks)),
-                 origin=f"{source}: {path}")
+                 origin=file_setting(source, path))
 
 
 # --------------------------------------------------------------------------
@@ -228,7 +236,8 @@ def _setting(key: str, value: Any, spec: FlagSpec) -> Any:
     return text
 
 
-def _settings(obj: Mapping[str, Any], specs: Mapping[str, FlagSpec]) -> Dict[str, Any]:
+def _settings(obj: Mapping[str, Any], specs: Mapping[str, FlagSpec]) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """The flag settings by dest, and the key that gave each (``log-level`` or ``log_level``)."""
     out: Dict[str, Any] = {}
     spelled: Dict[str, str] = {}  # dest -> the key that set it
     for key, value in obj.items():
@@ -243,25 +252,20 @@ def _settings(obj: Mapping[str, Any], specs: Mapping[str, FlagSpec]) -> Dict[str
             raise ConfigError(f"{key}: the same setting as {spelled[dest]}, given twice")
         spelled[dest] = key
         out[dest] = _setting(key, value, specs[dest])
-        if dest == "proxy":  # checked here so that a bad one names the file's key, not --proxy
-            try:
-                check_proxy_url(out[dest], key)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-    return out
+    return out, spelled
 
 
 def parse_config(obj: Any, environ: Mapping[str, str], specs: Mapping[str, FlagSpec], source: str = "config"
                  ) -> FileConfig:
-    """The providers, routes and settings of a decoded config file."""
+    """The providers, routes and settings of a decoded config file; ``source`` is its name, for messages."""
     obj = _want(obj, dict, "(top level)", "an object")
     providers = _want(obj.get("providers", {}), dict, "providers", "an object of provider names to providers")
     routes = _want(obj.get("routes", []), list, "routes", "an array of routes")
-    return FileConfig(
-        providers=tuple(_provider(name, p, environ) for name, p in providers.items()),
-        routes=tuple(_route(i, r, source) for i, r in enumerate(routes)),
-        settings=_settings(obj, specs),
-    )
+    parsed = (tuple(_provider(name, p, environ) for name, p in providers.items()),
+              tuple(_route(i, r, source) for i, r in enumerate(routes)))
+    settings, spelled = _settings(obj, specs)
+    return FileConfig(*parsed, settings=settings,
+                      names={dest: file_setting(source, key) for dest, key in spelled.items()})
 
 
 def env_key(environ: Mapping[str, str], var: Optional[str], setting: str) -> Optional[str]:

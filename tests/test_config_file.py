@@ -180,22 +180,89 @@ def test_bad_file_exits_2_naming_file_path_and_problem(tmp_path: Any, served: Li
     assert served == []
 
 
-# Settings a flag could also give are checked as the flag is, and named so.
+# Settings a flag could also give are checked as the flag is, after the file is merged with the
+# flags, and named as the file's key: the user never typed the flag.
 BAD_SETTINGS = [
-    ({"api_key_command": '"unterminated'}, "--api-key-command", "No closing quotation"),
+    ({"retries": 50}, "retries", "between 0 and 10"),
+    ({"idle_timeout": -1}, "idle_timeout", "greater than 0"),
+    ({"port": -1}, "port", "between 0 and 65535"),
+    ({"upstream": "ftp://x"}, "upstream", "http://"),
+    ({"model_map": ["nope"]}, "model_map", "PATTERN=NAME"),
+    ({"host": "0.0.0.0"}, "host", "refusing to listen on 0.0.0.0"),
+    ({"usage_log": "/nonexistent-claudeproxy/u.jsonl"}, "usage_log", "does not exist"),
+    ({"metrics_file": "/nonexistent-claudeproxy/u.jsonl"}, "metrics_file", "does not exist"),
+    ({"ca_bundle": "/nonexistent-claudeproxy/ca.pem"}, "ca_bundle", "no such file"),
+    ({"allowed_origin": ["*"]}, "allowed_origin", "scheme://host"),
+    ({"auth_key_env": "NOT_SET_ANYWHERE"}, "auth_key_env", "NOT_SET_ANYWHERE is not set"),
+    ({"max_idle_per_host": -1}, "max_idle_per_host", "at least 0"),
+    ({"max_concurrency": 0}, "max_concurrency", "at least 1"),
+    ({"connect_timeout": 1e300}, "connect_timeout", "finite number of seconds"),
+    ({"header": ["X-A: \u0001"]}, "header", "control characters"),
+    ({"proxy": "https://proxy.test:3128"}, "proxy", "only http://"),
+    ({"api_key_env": ["NOT_SET_ANYWHERE"]}, "api_key_env", "NOT_SET_ANYWHERE is not set"),
+    ({"api_key_command": '"unterminated'}, "api_key_command", "No closing quotation"),
+    ({"log-level": "debug", "api-key-command": "no-such-key-tool-xyz"}, "api-key-command", "command not found"),
     # Only the file's providers: the single upstream's flags would go nowhere.
     ({"providers": {"a": {"url": "https://x.test"}}, "routes": [{"match": "*", "provider": "a"}],
-      "header": ["X-Title: app"]}, "--header", "single upstream"),
+      "header": ["X-Title: app"]}, "header", "single upstream"),
     ({"providers": {"a": {"url": "https://x.test"}}, "routes": [{"match": "*", "provider": "a"}],
-      "upstream_api": "responses"}, "--upstream-api", "single upstream"),
+      "upstream_api": "responses"}, "upstream_api", "single upstream"),
 ]
 
 
-@pytest.mark.parametrize("obj, setting, what", BAD_SETTINGS, ids=[b[1] + "-" + b[2] for b in BAD_SETTINGS])
-def test_bad_setting_in_a_file_exits_2_naming_it(tmp_path: Any, served: List[Any], obj: Any, setting: str,
-                                                 what: str) -> None:
-    assert_one_line_error(*run_main(["--config", write(tmp_path, obj)]), setting, what)
+@pytest.mark.parametrize("obj, key, what", BAD_SETTINGS, ids=[b[1] + "-" + b[2] for b in BAD_SETTINGS])
+def test_bad_setting_in_a_file_exits_2_naming_the_file_and_key(tmp_path: Any, served: List[Any], obj: Any,
+                                                               key: str, what: str) -> None:
+    file = write(tmp_path, obj)
+    err = assert_one_line_error(*run_main(["--config", file]), f"--config {file}: {key}", what)
+    assert "--" + key.replace("_", "-") not in err  # the flag the user never typed
+    assert "Traceback" not in err
     assert served == []
+
+
+@pytest.mark.parametrize("obj, first, second", [
+    ({"usage_log": "/tmp/a.jsonl", "metrics_file": "/tmp/b.jsonl"}, "metrics_file", "usage_log"),
+    ({"passthrough": True, "upstream_api": "responses"}, "passthrough", "upstream_api"),
+], ids=["usage_log", "passthrough"])
+def test_two_settings_of_one_file_name_the_file_once(tmp_path: Any, served: List[Any], obj: Any, first: str,
+                                                      second: str) -> None:
+    file = write(tmp_path, obj)
+    err = assert_one_line_error(*run_main(["--config", file]), f"--config {file}: {first}", second)
+    assert err.count(file) == 1
+    for key in (first, second):
+        assert "--" + key.replace("_", "-") not in err
+
+
+def test_a_bad_client_key_from_auth_key_env_names_the_file_and_variable_not_the_key(
+        tmp_path: Any, served: List[Any]) -> None:
+    file = write(tmp_path, {"auth_key_env": "MY_CLIENT_KEY"})
+    err = assert_one_line_error(*run_main(["--config", file], {**ENV, "MY_CLIENT_KEY": "cp-secret\nvalue"}),
+                                f"--config {file}: auth_key_env", "$MY_CLIENT_KEY", "control character")
+    assert "--auth-key" not in err and "cp-secret" not in err
+
+
+def test_an_unreachable_route_names_its_file_once(tmp_path: Any, served: List[Any]) -> None:
+    file = write(tmp_path, {"providers": {"a": {"url": "https://x.test"}},
+                            "routes": [{"match": "*", "provider": "a"}, {"match": "opus", "provider": "a"}]})
+    err = assert_one_line_error(*run_main(["--config", file]), f"{file}: routes[1]", "never match", "routes[0]")
+    assert err.count(file) == 1
+
+
+def test_a_route_from_a_files_model_map_names_the_file(tmp_path: Any, served: List[Any]) -> None:
+    file = write(tmp_path, {"model_map": ["*=a", "opus=b"]})
+    err = assert_one_line_error(*run_main(["--config", file]), f"--config {file}: model_map opus=b", "never match",
+                                "model_map *=a")
+    assert err.count(file) == 1 and "--model-map" not in err
+
+
+def test_the_same_settings_on_the_command_line_keep_their_messages(served: List[Any]) -> None:
+    """The command line's wording is unchanged: it names the flag the user typed."""
+    for argv, line in [(["--retries", "50"], "--retries must be between 0 and 10"),
+                       (["--port", "-1"], "--port must be between 0 and 65535"),
+                       (["--host", "0.0.0.0"], "refusing to listen on 0.0.0.0 without --auth-key"),
+                       (["--usage-log", "a", "--metrics-file", "b"],
+                        "--metrics-file is the former name of --usage-log: give one of them")]:
+        assert_one_line_error(*run_main(argv), "claudeproxy: error: " + line)
 
 
 @pytest.mark.parametrize("flags", [["--header", "X-Title: app"], ["--api-key-env", "K1"], ["--passthrough"],
