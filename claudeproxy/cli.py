@@ -317,7 +317,8 @@ def load_config_file(path: str, environ: Mapping[str, str], specs: Mapping[str, 
     if len(raw) > 4 * 1024 * 1024:
         raise UsageError(f"--config {path}: larger than 4 MiB")
     try:
-        obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+        # utf-8-sig: Windows editors (Notepad, PowerShell's Out-File) start a UTF-8 file with a BOM.
+        obj = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_unique_keys)
     except _DuplicateKey as exc:
         raise UsageError(f"--config {path}: the key {exc.args[0]!r} appears twice in one object") from None
     except (ValueError, RecursionError) as exc:

@@ -324,6 +324,15 @@ def test_unreadable_json_exits_2(tmp_path: Any, served: List[Any], text: str, wh
     assert_one_line_error(*run_main(["--config", file]), file, what)
 
 
+def test_a_file_that_starts_with_a_utf8_bom_is_read(tmp_path: Any, served: List[Any]) -> None:
+    """Notepad and PowerShell write UTF-8 with a byte order mark; the file is no less JSON."""
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"upstream": "http://127.0.0.1:9/v1", "retries": 2}).encode())
+    code, out, err = run_main(["--config", str(path)])
+    assert (code, err) == (0, ""), err
+    assert served[0].retries == 2
+
+
 def test_missing_file_exits_2(tmp_path: Any, served: List[Any]) -> None:
     assert_one_line_error(*run_main(["--config", os.path.join(str(tmp_path), "nope.json")]), "nope.json",
                           "cannot read")
