@@ -241,6 +241,9 @@ def _server_flags(srv: Any) -> None:
 _NOT_IN_FILE = {"help", "version", "config", "print_config", "api_key", "auth_key"}
 # File-only names for what the command line takes as a secret value.
 _FILE_ONLY = {"auth_key_env": FlagSpec("str")}
+# Settings that are paths: in a file, a relative one is taken from the file's folder (the file
+# travels with what it names); on the command line, from the current folder, as a shell would.
+_PATHS = {"ca_bundle", "usage_log", "metrics_file", "log_file"}
 
 
 def flag_specs(parser: argparse.ArgumentParser) -> Dict[str, FlagSpec]:
@@ -253,6 +256,8 @@ def flag_specs(parser: argparse.ArgumentParser) -> Dict[str, FlagSpec]:
             kind = "bool"
         elif isinstance(action, argparse._AppendAction):  # noqa: SLF001
             kind = "list"
+        elif action.dest in _PATHS:
+            kind = "path"
         else:
             kind = "int" if action.type is int else "float" if action.type is float else "str"
         specs[action.dest] = FlagSpec(kind, tuple(action.choices or ()))
@@ -325,7 +330,7 @@ def load_config_file(path: str, environ: Mapping[str, str], specs: Mapping[str, 
         where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
         raise UsageError(f"--config {path}: not valid JSON{where}: {getattr(exc, 'msg', 'cannot decode')}") from None
     try:
-        return parse_config(obj, environ, specs, source=path)
+        return parse_config(obj, environ, specs, source=path, folder=os.path.dirname(os.path.abspath(path)))
     except ConfigError as exc:
         raise UsageError(f"--config {path}: {exc}") from None
 
@@ -334,7 +339,7 @@ def load_config_file(path: str, environ: Mapping[str, str], specs: Mapping[str, 
 _TWINS = {"usage_log": "metrics_file", "metrics_file": "usage_log",
           "passthrough": "upstream_api", "upstream_api": "passthrough"}
 # run's own options: a config file may hold them for run; the server has no use for them.
-RUN_ONLY = {"log_file": FlagSpec("str"), "trust": FlagSpec("bool")}
+RUN_ONLY = {"log_file": FlagSpec("path"), "trust": FlagSpec("bool")}
 
 
 def merge_file(ns: argparse.Namespace, given: Set[str], file: Optional[FileConfig], skip: Set[str]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os.path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .config import Provider, Route, RouteTarget, check_header
@@ -29,7 +30,7 @@ class ConfigError(ValueError):
 class FlagSpec:
     """What a flag accepts, for checking its key in the file."""
 
-    kind: str  # str, int, float, bool or list
+    kind: str  # str, int, float, bool, list or path (a str; relative ones are from the file's folder)
     choices: Tuple[str, ...] = ()
 
 
@@ -216,7 +217,10 @@ def _route(i: int, obj: Any, source: str) -> Route:
 # Flags.
 
 
-def _setting(key: str, value: Any, spec: FlagSpec) -> Any:
+def _setting(key: str, value: Any, spec: FlagSpec, folder: Optional[str] = None) -> Any:
+    if spec.kind == "path":
+        path = _setting(key, value, FlagSpec("str"))
+        return os.path.join(folder, path) if folder and not os.path.isabs(path) else path
     if spec.kind == "bool":
         return _want(value, bool, key, "true or false")
     if spec.kind == "int":
@@ -236,7 +240,8 @@ def _setting(key: str, value: Any, spec: FlagSpec) -> Any:
     return text
 
 
-def _settings(obj: Mapping[str, Any], specs: Mapping[str, FlagSpec]) -> Tuple[Dict[str, Any], Dict[str, str]]:
+def _settings(obj: Mapping[str, Any], specs: Mapping[str, FlagSpec], folder: Optional[str]
+              ) -> Tuple[Dict[str, Any], Dict[str, str]]:
     """The flag settings by dest, and the key that gave each (``log-level`` or ``log_level``)."""
     out: Dict[str, Any] = {}
     spelled: Dict[str, str] = {}  # dest -> the key that set it
@@ -251,19 +256,20 @@ def _settings(obj: Mapping[str, Any], specs: Mapping[str, FlagSpec]) -> Tuple[Di
         if dest in spelled:  # log-level and log_level: one would silently win
             raise ConfigError(f"{key}: the same setting as {spelled[dest]}, given twice")
         spelled[dest] = key
-        out[dest] = _setting(key, value, specs[dest])
+        out[dest] = _setting(key, value, specs[dest], folder)
     return out, spelled
 
 
-def parse_config(obj: Any, environ: Mapping[str, str], specs: Mapping[str, FlagSpec], source: str = "config"
-                 ) -> FileConfig:
-    """The providers, routes and settings of a decoded config file; ``source`` is its name, for messages."""
+def parse_config(obj: Any, environ: Mapping[str, str], specs: Mapping[str, FlagSpec], source: str = "config",
+                 folder: Optional[str] = None) -> FileConfig:
+    """The providers, routes and settings of a decoded config file; ``source`` is its name, for messages,
+    and ``folder`` the one it is in, where its relative paths start (none: they stay as written)."""
     obj = _want(obj, dict, "(top level)", "an object")
     providers = _want(obj.get("providers", {}), dict, "providers", "an object of provider names to providers")
     routes = _want(obj.get("routes", []), list, "routes", "an array of routes")
     parsed = (tuple(_provider(name, p, environ) for name, p in providers.items()),
               tuple(_route(i, r, source) for i, r in enumerate(routes)))
-    settings, spelled = _settings(obj, specs)
+    settings, spelled = _settings(obj, specs, folder)
     return FileConfig(*parsed, settings=settings,
                       names={dest: file_setting(source, key) for dest, key in spelled.items()})
 

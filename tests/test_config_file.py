@@ -286,6 +286,28 @@ def test_an_empty_proxy_or_usage_log_flag_turns_off_the_files(tmp_path: Any, ser
     assert (served[-1].proxy, paths[-1]) == (None, None)
 
 
+def test_relative_paths_in_a_file_start_from_its_folder(tmp_path: Any, served: List[Any], monkeypatch: Any) -> None:
+    """The file travels with what it names: its relative paths do not depend on where the proxy starts."""
+    paths: List[Any] = []
+    monkeypatch.setattr(cli, "serve",
+                        lambda config, stdout, path=None: served.append(config) or paths.append(path) or 0)
+    folder, elsewhere = tmp_path / "conf", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(str(elsewhere))
+    file = write(folder, {"upstream": "http://127.0.0.1:9/v1", "usage_log": "logs/../u.jsonl"})
+    assert run_main(["--config", file])[0] == 0
+    assert paths[-1] == os.path.join(str(folder), "logs/../u.jsonl")
+    # A missing CA bundle is looked for, and named, in the file's folder.
+    file = write(folder, {"upstream": "http://127.0.0.1:9/v1", "ca_bundle": "ca.pem"}, "ca.json")
+    assert_one_line_error(*run_main(["--config", file]),
+                          f"ca_bundle {os.path.join(str(folder), 'ca.pem')}: no such file")
+    # On the command line a relative path is the current folder's, as a shell would have it.
+    file = write(folder, {"upstream": "http://127.0.0.1:9/v1"}, "plain.json")
+    assert run_main(["--config", file, "--usage-log", "u.jsonl"])[0] == 0
+    assert paths[-1] == "u.jsonl"
+
+
 @pytest.mark.parametrize("in_file, flags", [
     ({"metrics_file": "old.jsonl"}, ["--usage-log", "new.jsonl"]),
     ({"upstream_api": "responses"}, ["--passthrough"]),

@@ -485,6 +485,18 @@ def test_a_bad_setting_in_the_file_names_the_file_and_key(tmp_path: Any, setting
     assert "--host" not in err and "--log-file" not in err
 
 
+def test_a_relative_log_file_in_the_file_starts_from_its_folder(tmp_path: Any, monkeypatch: Any) -> None:
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    monkeypatch.chdir(str(tmp_path))
+    config = folder / "run.json"
+    config.write_text(json.dumps({"upstream": NO_UPSTREAM, "log_file": "run.log"}))
+    code, out, err = run_main(["--config", str(config), "--", sys.executable, "-c", "pass"], base_env(tmp_path))
+    assert code == 0, err
+    assert started(err)[2] == str(folder / "run.log") and (folder / "run.log").exists()
+    assert not (tmp_path / "run.log").exists()
+
+
 def test_a_bad_setting_is_found_before_the_log_file_is_made(tmp_path: Any) -> None:
     log = tmp_path / "p.log"
     code, out, err = run_main(["--upstream", NO_UPSTREAM, "--ca-bundle", str(tmp_path / "none.pem"),
