@@ -381,12 +381,38 @@ def test_print_config_shows_the_file_resolved(tmp_path: Any) -> None:
     routes = shown["routes"]
     assert [r["match"] for r in routes] == ["opus", "sonnet", "haiku", "*"]
     assert routes[0]["target"]["model"] == "o3" and routes[0]["target"]["dialect"] == "openai"
-    assert routes[2]["target"]["facts"] == {"context_window": 40960, "max_output": 8192}
+    assert routes[2]["target"]["facts"] == {"context_window": 40960, "max_output_tokens": 8192}
     assert routes[2]["fallbacks"][0]["model"] == "gpt-4.1-mini"
     assert shown["examples"]["claude-3-5-haiku-latest"] == "ollama/qwen3:8b"
     assert shown["examples"]["claude-opus-4-1"] == "openai/o3"
     assert shown["settings"]["port"] == 9099
 
+
+
+def test_print_config_uses_the_names_a_config_file_takes(tmp_path: Any, served: List[Any]) -> None:
+    """What --print-config shows can be written back into a file: its settings and model facts
+    go by the file's keys, and what no file can set is shown apart, as fixed."""
+    shown = print_config(["--config", write(tmp_path, EXAMPLE), "--allowed-origin", "https://app.example",
+                          "--auth-key", "sk-flag-key-0001"])
+    assert shown["providers"]["ollama"]["models"] == EXAMPLE["providers"]["ollama"]["models"]
+    assert shown["routes"][2]["target"]["facts"] == {"context_window": 40960, "max_output_tokens": 8192}
+    specs = cli.flag_specs(cli.build_parser())
+    assert set(shown["settings"]) - set(specs) == {"auth_key"}  # a key never goes in a file
+    assert shown["settings"]["auth_key"] == "*** (from --auth-key)"
+    assert {"finish_grace", "max_line_bytes"} <= set(shown["fixed"]) and not set(shown["fixed"]) & set(specs)
+    # Written back, the settings are a file the proxy accepts, with the same values.
+    again = {k: v for k, v in shown["settings"].items() if v is not None and k != "auth_key"}
+    code, _, err = run_main(["--config", write(tmp_path, {**again, "upstream": "http://127.0.0.1:9/v1"}, "again.json"),
+                             "--auth-key", "sk-flag-key-0001"])
+    assert code == 0, err
+    assert (served[0].allowed_origins, served[0].port, served[0].idle_timeout) == (("https://app.example",), 9099, 120)
+
+
+def test_the_readme_lists_every_file_only_key() -> None:
+    text = _readme()
+    section = text[text.index("### A config file"):text.index("### OpenAI's Responses API")]
+    missing = sorted(k for k in cli._FILE_ONLY if f"`{k}`" not in section)  # noqa: SLF001
+    assert missing == [], missing
 
 
 def test_print_config_shows_the_retry_settings() -> None:
