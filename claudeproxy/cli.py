@@ -49,7 +49,9 @@ from .config import (
     env_proxies,
     gives_no_key,
     is_loopback_host,
+    named_once,
     origin_as_sent,
+    setting_name,
     static_token,
 )
 from .config_file import ConfigError, FileConfig, FlagSpec, parse_config
@@ -241,6 +243,9 @@ def _server_flags(srv: Any) -> None:
 _NOT_IN_FILE = {"help", "version", "config", "print_config", "api_key", "auth_key"}
 # File-only names for what the command line takes as a secret value.
 _FILE_ONLY = {"auth_key_env": FlagSpec("str")}
+# Settings that are paths: in a file, a relative one is taken from the file's folder (the file
+# travels with what it names); on the command line, from the current folder, as a shell would.
+_PATHS = {"ca_bundle", "usage_log", "metrics_file", "log_file"}
 
 
 def flag_specs(parser: argparse.ArgumentParser) -> Dict[str, FlagSpec]:
@@ -253,6 +258,8 @@ def flag_specs(parser: argparse.ArgumentParser) -> Dict[str, FlagSpec]:
             kind = "bool"
         elif isinstance(action, argparse._AppendAction):  # noqa: SLF001
             kind = "list"
+        elif action.dest in _PATHS:
+            kind = "path"
         else:
             kind = "int" if action.type is int else "float" if action.type is float else "str"
         specs[action.dest] = FlagSpec(kind, tuple(action.choices or ()))
@@ -273,7 +280,14 @@ def parse_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) 
         # config_from_args cannot tell an explicit --upstream-api chat from the default
         raise UsageError(f"--passthrough is short for --upstream-api messages: it cannot go with "
                          f"--upstream-api {ns.upstream_api}")
+    ns.setting_names = {}  # what merge_file sets is named after the file's key: see name_of()
     return ns, given
+
+
+def name_of(ns: argparse.Namespace, dest: str) -> str:
+    """How a message names the setting ``dest``: ``--retries`` when the command line or the default
+    gave it, ``--config f.json: retries`` when the file did (the user never typed the flag)."""
+    return setting_name(getattr(ns, "setting_names", {}), dest)
 
 
 # An empty value is a mistake (``--upstream "$URL"`` with URL unset would otherwise send the key to
@@ -314,14 +328,15 @@ def load_config_file(path: str, environ: Mapping[str, str], specs: Mapping[str, 
     if len(raw) > 4 * 1024 * 1024:
         raise UsageError(f"--config {path}: larger than 4 MiB")
     try:
-        obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+        # utf-8-sig: Windows editors (Notepad, PowerShell's Out-File) start a UTF-8 file with a BOM.
+        obj = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_unique_keys)
     except _DuplicateKey as exc:
         raise UsageError(f"--config {path}: the key {exc.args[0]!r} appears twice in one object") from None
     except (ValueError, RecursionError) as exc:
         where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
         raise UsageError(f"--config {path}: not valid JSON{where}: {getattr(exc, 'msg', 'cannot decode')}") from None
     try:
-        return parse_config(obj, environ, specs, source=path)
+        return parse_config(obj, environ, specs, source=path, folder=os.path.dirname(os.path.abspath(path)))
     except ConfigError as exc:
         raise UsageError(f"--config {path}: {exc}") from None
 
@@ -330,53 +345,58 @@ def load_config_file(path: str, environ: Mapping[str, str], specs: Mapping[str, 
 _TWINS = {"usage_log": "metrics_file", "metrics_file": "usage_log",
           "passthrough": "upstream_api", "upstream_api": "passthrough"}
 # run's own options: a config file may hold them for run; the server has no use for them.
-RUN_ONLY = {"log_file": FlagSpec("str"), "trust": FlagSpec("bool")}
+RUN_ONLY = {"log_file": FlagSpec("path"), "trust": FlagSpec("bool")}
 
 
 def merge_file(ns: argparse.Namespace, given: Set[str], file: Optional[FileConfig], skip: Set[str]) -> None:
-    """The file's settings, where the command line gave neither the flag nor its twin (``skip``: none of these)."""
-    for dest, value in (file.settings if file else {}).items():
+    """The file's settings, where the command line gave neither the flag nor its twin (``skip``: none of these),
+    each recorded as the file's, so that the checks after this name it as written there."""
+    if file is None:
+        return
+    names = vars(ns).setdefault("setting_names", {})
+    for dest, value in file.settings.items():
         if dest not in given and _TWINS.get(dest) not in given and dest not in skip:
             setattr(ns, dest, value)
+            names[dest] = file.names.get(dest, dest)
 
 
-def parse_model_map(values: Sequence[str]) -> Tuple[Tuple[str, str], ...]:
+def parse_model_map(values: Sequence[str], setting: str = "--model-map") -> Tuple[Tuple[str, str], ...]:
     pairs = []
     for value in values:
         pattern, sep, target = value.partition("=")
         if not sep or not pattern.strip() or not target.strip():
-            raise UsageError(f"--model-map: expected PATTERN=NAME, got {value!r}")
+            raise UsageError(f"{setting}: expected PATTERN=NAME, got {value!r}")
         pairs.append((pattern.strip(), target.strip()))
     return tuple(pairs)
 
 
-def parse_header(value: str) -> Tuple[str, str]:
-    name, sep, val = value.partition(":")
+def parse_header(value: str, setting: str = "--header") -> Tuple[str, str]:
+    header, sep, val = value.partition(":")
     if not sep:
         # Not echoed: "X-Token VALUE" (a forgotten colon) holds a credential.
-        raise UsageError(f"--header: expected 'Name: value', got {len(value)} characters without a colon")
+        raise UsageError(f"{setting}: expected 'Name: value', got {len(value)} characters without a colon")
     try:
-        return check_header(name, val, "--header")
+        return check_header(header, val, setting)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
 
 def _positive(ns: argparse.Namespace) -> None:
-    for name in ("connect_timeout", "idle_timeout", "request_timeout", "ping_interval", "api_key_ttl"):
-        if not getattr(ns, name) > 0:  # also refuses NaN
-            raise UsageError(f"--{name.replace('_', '-')} must be greater than 0")
-    for name in ("max_concurrency", "max_body_bytes", "max_output_tokens"):
-        value = getattr(ns, name)
+    for dest in ("connect_timeout", "idle_timeout", "request_timeout", "ping_interval", "api_key_ttl"):
+        if not getattr(ns, dest) > 0:  # also refuses NaN
+            raise UsageError(f"{name_of(ns, dest)} must be greater than 0")
+    for dest in ("max_concurrency", "max_body_bytes", "max_output_tokens"):
+        value = getattr(ns, dest)
         if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+            raise UsageError(f"{name_of(ns, dest)} must be at least 1")
     if not ns.shutdown_grace >= 0:
-        raise UsageError("--shutdown-grace must not be negative")
+        raise UsageError(f"{name_of(ns, 'shutdown_grace')} must not be negative")
     if not 0 <= ns.retries <= 10:
-        raise UsageError("--retries must be between 0 and 10")
+        raise UsageError(f"{name_of(ns, 'retries')} must be between 0 and 10")
     if not 0 <= ns.retry_max_wait <= 600:
-        raise UsageError("--retry-max-wait must be between 0 and 600")
+        raise UsageError(f"{name_of(ns, 'retry_max_wait')} must be between 0 and 600")
     if not 0 <= ns.port <= 65535:
-        raise UsageError("--port must be between 0 and 65535")
+        raise UsageError(f"{name_of(ns, 'port')} must be between 0 and 65535")
 
 
 def _shorthand_key(ns: argparse.Namespace, environ: Mapping[str, str], api: str) -> Tuple[Any, str]:
@@ -388,12 +408,12 @@ def _shorthand_key(ns: argparse.Namespace, environ: Mapping[str, str], api: str)
         keys = []
         for var in ns.api_key_env:
             if not environ.get(var, "").strip():
-                raise UsageError(f"--api-key-env: the environment variable {var} is not set")
+                raise UsageError(f"{name_of(ns, 'api_key_env')}: the environment variable {var} is not set")
             keys.append(environ[var].strip())
         return key_source(keys), ", ".join(f"${var}" for var in ns.api_key_env)
     if ns.api_key_command:
         try:
-            argv = command_argv(ns.api_key_command, "--api-key-command")
+            argv = command_argv(ns.api_key_command, name_of(ns, "api_key_command"))
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         return command_token(argv, ns.api_key_ttl, "--api-key-command"), f"command {argv[0]}"
@@ -401,15 +421,17 @@ def _shorthand_key(ns: argparse.Namespace, environ: Mapping[str, str], api: str)
     return static_token(key), "$OPENAI_API_KEY" if key else ""
 
 
-def _auth_key(ns: argparse.Namespace, environ: Mapping[str, str]) -> Optional[str]:
+def _auth_key(ns: argparse.Namespace, environ: Mapping[str, str]) -> Tuple[Optional[str], Optional[str]]:
+    """The client key, and how a message names where it came from when not --auth-key."""
     if ns.auth_key:
-        return str(ns.auth_key)
+        return str(ns.auth_key), None
     var = getattr(ns, "auth_key_env", None)
     if var:
         if not environ.get(var):
-            raise UsageError(f"auth_key_env: the environment variable {var} is not set")
-        return environ[var]
-    return environ.get("CLAUDEPROXY_AUTH_KEY") or None
+            raise UsageError(f"{name_of(ns, 'auth_key_env')}: the environment variable {var} is not set")
+        return environ[var], f"{name_of(ns, 'auth_key_env')} (${var})"
+    key = environ.get("CLAUDEPROXY_AUTH_KEY") or None
+    return key, "CLAUDEPROXY_AUTH_KEY" if key else None
 
 
 def _checked(check: Callable[[str, str], str], value: str, setting: str) -> str:
@@ -440,52 +462,58 @@ def _no_shorthand_flags(ns: argparse.Namespace) -> None:
     """With only the file's providers there is no single upstream: its flags would go nowhere."""
     for dest, unset in _SHORTHAND_UNSET:
         if getattr(ns, dest) != unset:
-            raise UsageError(f"--{dest.replace('_', '-')} describes the single upstream, and there is none "
+            raise UsageError(f"{name_of(ns, dest)} describes the single upstream, and there is none "
                              "(no --upstream): set it on a provider in the --config file instead")
 
 
 def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: Optional[FileConfig] = None) -> Config:
     """The ``Config`` for parsed flags (file settings merged in), with environment fallbacks."""
     _positive(ns)
+    names = dict(getattr(ns, "setting_names", {}))  # and the variables read below, for later checks
     if ns.passthrough and ns.upstream_api not in ("chat", "messages"):
-        raise UsageError(f"--passthrough is short for --upstream-api messages: it cannot go with "
-                         f"--upstream-api {ns.upstream_api}")
+        # Twins: both from the command line or both from the file (merge_file), which is named once.
+        short = name_of(ns, "passthrough")
+        full = named_once(name_of(ns, "upstream_api"), short)
+        raise UsageError(f"{short} is short for {full} messages: it cannot go with {full} {ns.upstream_api}")
     api = "messages" if ns.passthrough else ns.upstream_api
     upstream = ns.upstream
     if upstream is None and file and file.providers:
         _no_shorthand_flags(ns)
     elif upstream is None:
         upstream = environ.get("OPENAI_BASE_URL") if api != "messages" else None
+        if upstream:
+            names["upstream"] = "OPENAI_BASE_URL"
         upstream = upstream or (DEFAULT_MESSAGES_UPSTREAM if api == "messages" else DEFAULT_UPSTREAM)
-    auth_key = _auth_key(ns, environ)
-    if not is_loopback_host(ns.host) and not auth_key:
-        raise UsageError(f"refusing to listen on {ns.host} without --auth-key (anyone could use your upstream key)")
+    auth_key, auth_from = _auth_key(ns, environ)
+    if auth_from:
+        names["auth_key"] = auth_from
+    _listens_safely(ns, auth_key)
     token, key_source = _shorthand_key(ns, environ, api)
     return Config(
         providers=file.providers if file else (),
         routes=file.routes if file else (),
-        upstream=_checked(check_url, upstream, "--upstream") if upstream else None,
+        upstream=_checked(check_url, upstream, setting_name(names, "upstream")) if upstream else None,
         upstream_api=api,
         token=token,
         key_source=key_source,
         provider=None if ns.provider == "auto" else ns.provider,
         upstream_auth=ns.upstream_auth,
-        headers=tuple(parse_header(h) for h in ns.header),
+        headers=tuple(parse_header(h, name_of(ns, "header")) for h in ns.header),
         azure_api_version=ns.azure_api_version,
         model=ns.model,
         opus_model=ns.opus_model,
         sonnet_model=ns.sonnet_model,
         haiku_model=ns.haiku_model,
-        model_map=parse_model_map(ns.model_map),
+        model_map=parse_model_map(ns.model_map, name_of(ns, "model_map")),
         max_output_tokens=ns.max_output_tokens,
         host=ns.host,
         port=ns.port,
-        proxy=_checked(check_proxy_url, ns.proxy, "--proxy") if ns.proxy else None,
+        proxy=_checked(check_proxy_url, ns.proxy, name_of(ns, "proxy")) if ns.proxy else None,
         use_env_proxy=_env_proxy(ns, environ),
         ca_bundle=ns.ca_bundle,
         auth_key=auth_key,
         allowed_hosts=tuple(h.lower() for h in ns.allowed_host),
-        allowed_origins=tuple(_checked(origin_as_sent, o, "--allowed-origin") for o in ns.allowed_origin),
+        allowed_origins=tuple(_checked(origin_as_sent, o, name_of(ns, "allowed_origin")) for o in ns.allowed_origin),
         connect_timeout=ns.connect_timeout,
         idle_timeout=ns.idle_timeout,
         request_timeout=ns.request_timeout,
@@ -499,7 +527,18 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
         retries=ns.retries,
         retry_max_wait=ns.retry_max_wait,
         log_bodies=ns.log_bodies,
+        setting_names=tuple(sorted(names.items())),
     )
+
+
+def _listens_safely(ns: argparse.Namespace, auth_key: Optional[str]) -> None:
+    """Beyond loopback, clients must present a key: anyone could use the upstream key otherwise."""
+    if is_loopback_host(ns.host) or auth_key:
+        return
+    # The command line's message as it was; a host from the file is named as the file's key.
+    where = "" if "host" not in getattr(ns, "setting_names", {}) else f"{name_of(ns, 'host')}: "
+    raise UsageError(f"{where}refusing to listen on {ns.host} without --auth-key "
+                     "(anyone could use your upstream key)")
 
 
 # --------------------------------------------------------------------------
@@ -713,7 +752,7 @@ def check_settings(ns: argparse.Namespace, config: Config) -> None:
     """What both modes check before anything listens; ValueError names the setting."""
     build_router(config)  # every provider and route
     if config.ca_bundle is not None:
-        tls_context(config.ca_bundle)
+        tls_context(config.ca_bundle, config.setting_name("ca_bundle"))
     check_usage_log(ns)
 
 
@@ -723,12 +762,14 @@ def usage_log_path(ns: argparse.Namespace) -> Optional[str]:
 
 
 def check_usage_log(ns: argparse.Namespace) -> None:
-    """ValueError naming the flag when the usage log could not be appended to: found at start, not per call."""
+    """ValueError naming the setting when the usage log could not be appended to: found at start, not per call."""
     if ns.usage_log and ns.metrics_file:
-        raise ValueError("--metrics-file is the former name of --usage-log: give one of them")
-    for flag, path in (("--usage-log", ns.usage_log), ("--metrics-file", ns.metrics_file)):
-        if path:
-            check_appendable(path, flag)
+        # Twins: both from the command line or both from the file (merge_file), which is named once.
+        old, new = name_of(ns, "metrics_file"), name_of(ns, "usage_log")
+        raise ValueError(f"{old} is the former name of {named_once(new, old)}: give one of them")
+    for dest in ("usage_log", "metrics_file"):
+        if getattr(ns, dest):
+            check_appendable(getattr(ns, dest), name_of(ns, dest))
 
 
 def check_appendable(path: str, setting: str) -> None:

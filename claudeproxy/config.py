@@ -177,14 +177,43 @@ class Config:
     max_idle_per_host: int = 8
     # Log every request and response body (redacted) at DEBUG.
     log_bodies: bool = False
+    # (flag dest, name) for settings that did not come from their flag, so that a message names
+    # what the user wrote: a config file's key ("--config f.json: retries") or an environment
+    # variable ("OPENAI_BASE_URL"). Empty for library callers: their settings go by the flags' names.
+    setting_names: Tuple[Tuple[str, str], ...] = ()
 
     def replace(self, **changes: object) -> "Config":
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def setting_name(self, dest: str) -> str:
+        """How a message names the setting ``dest``: its flag, unless a file or a variable gave it."""
+        return setting_name(dict(self.setting_names), dest)
 
     @property
     def shorthand_api(self) -> str:
         """The API of the single-upstream provider (``--passthrough`` is ``messages``)."""
         return "messages" if self.passthrough else self.upstream_api
+
+
+# --------------------------------------------------------------------------
+# Naming a setting in a message.
+
+
+def flag_name(dest: str) -> str:
+    """``--idle-timeout`` for ``idle_timeout``."""
+    return "--" + dest.replace("_", "-")
+
+
+def setting_name(names: Mapping[str, str], dest: str) -> str:
+    """The setting ``dest`` as the user gave it: ``names`` holds those not given as their flag."""
+    return names.get(dest) or flag_name(dest)
+
+
+def named_once(name: str, after: str) -> str:
+    """``name`` in a message that named ``after`` already: the config file both come from is not
+    named twice (``--config f.json: routes[1]: ... routes[0]``, not the file again)."""
+    head, sep, tail = name.rpartition(": ")
+    return tail if sep and after.startswith(head + sep) else name
 
 
 # --------------------------------------------------------------------------
@@ -342,10 +371,6 @@ _COUNTS = (("max_body_bytes", 1), ("max_line_bytes", 1), ("max_concurrency", 1),
 MAX_SECONDS = 10_000_000.0
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def check_seconds(value: object, setting: str, zero_ok: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{setting}: expected a number of seconds, got {type(value).__name__}")
@@ -381,35 +406,36 @@ def check_config(config: Config) -> None:
 
     The command line checks the same first, in its own words; this is what ``start()`` gets.
     """
-    for name, zero_ok in _SECONDS:
-        check_seconds(getattr(config, name), _flag(name), zero_ok)
-    for name, low in _COUNTS:
-        check_count(getattr(config, name), _flag(name), low)
-    check_count(config.retries, "--retries", 0)
+    name = config.setting_name
+    for dest, zero_ok in _SECONDS:
+        check_seconds(getattr(config, dest), name(dest), zero_ok)
+    for dest, low in _COUNTS:
+        check_count(getattr(config, dest), name(dest), low)
+    check_count(config.retries, name("retries"), 0)
     if config.retries > 10:
-        raise ValueError(f"--retries: must be from 0 to 10, got {config.retries}")
-    check_seconds(config.retry_max_wait, "--retry-max-wait", zero_ok=True)
+        raise ValueError(f"{name('retries')}: must be from 0 to 10, got {config.retries}")
+    check_seconds(config.retry_max_wait, name("retry_max_wait"), zero_ok=True)
     if config.retry_max_wait > 600:
-        raise ValueError(f"--retry-max-wait: must be at most 600 seconds, got {config.retry_max_wait!r}")
+        raise ValueError(f"{name('retry_max_wait')}: must be at most 600 seconds, got {config.retry_max_wait!r}")
     if not isinstance(config.host, str) or not is_loopback_host(config.host) and not config.auth_key:
-        raise ValueError(f"--host: refusing to listen on {config.host!r} without --auth-key (anyone could use "
-                         "your upstream key)")
+        raise ValueError(f"{name('host')}: refusing to listen on {config.host!r} without --auth-key (anyone could "
+                         "use your upstream key)")
     for host in config.allowed_hosts:
         if not isinstance(host, str) or not _HOST_RE.match(host):
-            raise ValueError(f"--allowed-host: expected a host name or host:port, got {host!r}")
+            raise ValueError(f"{name('allowed_hosts')}: expected a host name or host:port, got {host!r}")
     for pair in config.model_map:
         if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(p, str) and p for p in pair)):
-            raise ValueError(f"--model-map: expected (pattern, name) pairs of strings, got {pair!r}")
+            raise ValueError(f"{name('model_map')}: expected (pattern, name) pairs of strings, got {pair!r}")
     if config.max_output_tokens is not None:
-        check_count(config.max_output_tokens, "--max-output-tokens", 1)
-    check_count(config.port, "--port", 0)
+        check_count(config.max_output_tokens, name("max_output_tokens"), 1)
+    check_count(config.port, name("port"), 0)
     if config.port > 65535:
-        raise ValueError(f"--port: must be from 0 to 65535, got {config.port}")
+        raise ValueError(f"{name('port')}: must be from 0 to 65535, got {config.port}")
     if config.proxy is not None:
-        check_proxy_url(config.proxy, "--proxy")
+        check_proxy_url(config.proxy, name("proxy"))
     if config.auth_key:
-        check_secret(config.auth_key, "--auth-key")
+        check_secret(config.auth_key, name("auth_key"))
     for origin in config.allowed_origins:
-        if origin_as_sent(origin, "--allowed-origin") != origin:
-            raise ValueError(f"--allowed-origin: write {origin_as_sent(origin, '')!r} as browsers send it, "
+        if origin_as_sent(origin, name("allowed_origin")) != origin:
+            raise ValueError(f"{name('allowed_origin')}: write {origin_as_sent(origin, '')!r} as browsers send it, "
                              f"not {origin!r}")

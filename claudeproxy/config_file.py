@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os.path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .config import Provider, Route, RouteTarget, check_header, check_proxy_url
+from .config import Provider, Route, RouteTarget, check_header
 from .credentials import DEFAULT_TTL, command_argv, command_token, key_source
 from .model_facts import ModelFacts, facts_from_dict
 from .routing import check_provider
@@ -29,7 +30,7 @@ class ConfigError(ValueError):
 class FlagSpec:
     """What a flag accepts, for checking its key in the file."""
 
-    kind: str  # str, int, float, bool or list
+    kind: str  # str, int, float, bool, list or path (a str; relative ones are from the file's folder)
     choices: Tuple[str, ...] = ()
 
 
@@ -38,6 +39,14 @@ class FileConfig:
     providers: Tuple[Provider, ...]
     routes: Tuple[Route, ...]
     settings: Dict[str, Any]  # flag dest -> value
+    # flag dest -> how a message names it: the file and the key as written ("--config f.json: log-level"),
+    # so that a check made after the merge with the flags names what the user wrote, not a flag.
+    names: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def file_setting(source: str, path: str) -> str:
+    """A place in the config file ``source``, the way every message about the file names it."""
+    return f"--config {source}: {path}"
 
 
 _SECRET_KEYS = {"api_key": "api_key_env or api_key_command", "auth_key": "auth_key_env"}
@@ -201,14 +210,17 @@ def _route(i: int, obj: Any, source: str) -> Route:
     target = _target({k: obj[k] for k in ("provider", "model") if k in obj}, path)
     fallbacks = _want(obj.get("fallbacks", []), list, f"{path}.fallbacks", "an array")
     return Route(match, target, tuple(_target(f, f"{path}.fallbacks[{j}]") for j, f in enumerate(fallbacks)),
-                 origin=f"{source}: {path}")
+                 origin=file_setting(source, path))
 
 
 # --------------------------------------------------------------------------
 # Flags.
 
 
-def _setting(key: str, value: Any, spec: FlagSpec) -> Any:
+def _setting(key: str, value: Any, spec: FlagSpec, folder: Optional[str] = None) -> Any:
+    if spec.kind == "path":
+        path = _setting(key, value, FlagSpec("str"))
+        return os.path.join(folder, path) if folder and not os.path.isabs(path) else path
     if spec.kind == "bool":
         return _want(value, bool, key, "true or false")
     if spec.kind == "int":
@@ -228,7 +240,9 @@ def _setting(key: str, value: Any, spec: FlagSpec) -> Any:
     return text
 
 
-def _settings(obj: Mapping[str, Any], specs: Mapping[str, FlagSpec]) -> Dict[str, Any]:
+def _settings(obj: Mapping[str, Any], specs: Mapping[str, FlagSpec], folder: Optional[str]
+              ) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """The flag settings by dest, and the key that gave each (``log-level`` or ``log_level``)."""
     out: Dict[str, Any] = {}
     spelled: Dict[str, str] = {}  # dest -> the key that set it
     for key, value in obj.items():
@@ -242,26 +256,22 @@ def _settings(obj: Mapping[str, Any], specs: Mapping[str, FlagSpec]) -> Dict[str
         if dest in spelled:  # log-level and log_level: one would silently win
             raise ConfigError(f"{key}: the same setting as {spelled[dest]}, given twice")
         spelled[dest] = key
-        out[dest] = _setting(key, value, specs[dest])
-        if dest == "proxy":  # checked here so that a bad one names the file's key, not --proxy
-            try:
-                check_proxy_url(out[dest], key)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-    return out
+        out[dest] = _setting(key, value, specs[dest], folder)
+    return out, spelled
 
 
-def parse_config(obj: Any, environ: Mapping[str, str], specs: Mapping[str, FlagSpec], source: str = "config"
-                 ) -> FileConfig:
-    """The providers, routes and settings of a decoded config file."""
+def parse_config(obj: Any, environ: Mapping[str, str], specs: Mapping[str, FlagSpec], source: str = "config",
+                 folder: Optional[str] = None) -> FileConfig:
+    """The providers, routes and settings of a decoded config file; ``source`` is its name, for messages,
+    and ``folder`` the one it is in, where its relative paths start (none: they stay as written)."""
     obj = _want(obj, dict, "(top level)", "an object")
     providers = _want(obj.get("providers", {}), dict, "providers", "an object of provider names to providers")
     routes = _want(obj.get("routes", []), list, "routes", "an array of routes")
-    return FileConfig(
-        providers=tuple(_provider(name, p, environ) for name, p in providers.items()),
-        routes=tuple(_route(i, r, source) for i, r in enumerate(routes)),
-        settings=_settings(obj, specs),
-    )
+    parsed = (tuple(_provider(name, p, environ) for name, p in providers.items()),
+              tuple(_route(i, r, source) for i, r in enumerate(routes)))
+    settings, spelled = _settings(obj, specs, folder)
+    return FileConfig(*parsed, settings=settings,
+                      names={dest: file_setting(source, key) for dest, key in spelled.items()})
 
 
 def env_key(environ: Mapping[str, str], var: Optional[str], setting: str) -> Optional[str]:

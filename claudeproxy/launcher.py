@@ -97,12 +97,13 @@ def parse_run(argv: List[str], environ: Mapping[str, str],
     # A file's port is for the standing server; run takes a free one unless told on the command line.
     cli.merge_file(ns, given, file, skip={"port"})
     if not is_loopback_host(ns.host):  # the same rule as the server's
-        raise cli.UsageError(f"run: --host must be a loopback address (the proxy serves only COMMAND), got {ns.host}")
+        raise cli.UsageError(f"run: {cli.name_of(ns, 'host')} must be a loopback address (the proxy serves only "
+                             f"COMMAND), got {ns.host}")
     config = cli.config_from_args(ns, environ, file)
     try:
         cli.check_settings(ns, config)  # what the server checks, before anything listens or is written
         if ns.log_file:
-            cli.check_appendable(ns.log_file, "--log-file")
+            cli.check_appendable(ns.log_file, cli.name_of(ns, "log_file"))
     except ValueError as exc:
         raise cli.UsageError(str(exc)) from None
     return ns, config, command or []

@@ -382,6 +382,12 @@ _BOOL_KEYS = ("responses_only", "text_only")
 _ALL_KEYS = tuple(_INT_KEYS) + _PRICE_KEYS + _BOOL_KEYS
 
 
+def facts_as_config(facts: ModelFacts) -> Dict[str, Any]:
+    """The facts that are set, under the keys a config file's ``models`` table takes (--print-config):
+    ``max_output_tokens``, the name the rest of the config uses, rather than the field's ``max_output``."""
+    return {("max_output_tokens" if k == "max_output" else k): v for k, v in facts.to_dict().items()}
+
+
 def facts_from_dict(obj: Mapping[str, Any], path: str) -> ModelFacts:
     """Validate a config object of model facts; errors read ``ValueError("<path>.<key>: ...")``."""
     if not isinstance(obj, Mapping):

@@ -34,6 +34,8 @@ from .config import (
     check_header,
     check_token,
     check_url,
+    flag_name,
+    named_once,
 )
 from .dialects import DIALECTS, Dialect, detect_provider, dialect_for
 from .model_facts import ModelFacts, builtin_facts
@@ -176,7 +178,7 @@ def _check_routes(routes: Sequence[Route], providers: Dict[str, Provider], where
                 raise ValueError(f"{label}: the upstream model name is empty")
         for earlier in routes[:i]:
             if covers(earlier.match, route.match):
-                first = earlier.origin or f"{where}[{routes.index(earlier)}]"
+                first = named_once(earlier.origin or f"{where}[{routes.index(earlier)}]", label)
                 raise ValueError(f"{label}: pattern {route.match!r} can never match: {first} "
                                  f"({earlier.match!r}) takes every name it would")
 
@@ -207,18 +209,20 @@ def _default_provider(config: Config) -> str:
 
 def _shorthand_routes(config: Config, provider: str) -> List[Route]:
     """The routes the model flags mean; a missing family borrows another only when nothing else is the default."""
-    routes = [Route(p, RouteTarget(provider, m), origin=f"--model-map {p}={m}") for p, m in config.model_map]
+    name = config.setting_name  # the flag, or the config file's key that stood for it
+    routes = [Route(p, RouteTarget(provider, m), origin=f"{name('model_map')} {p}={m}") for p, m in config.model_map]
     given = {f: getattr(config, f"{f}_model") for f in FAMILIES}
     for family in FAMILIES:
         if given[family]:
-            routes.append(Route(family, RouteTarget(provider, given[family]), origin=f"--{family}-model"))
+            routes.append(Route(family, RouteTarget(provider, given[family]), origin=name(f"{family}_model")))
     if config.model:
-        routes.append(Route("*", RouteTarget(provider, config.model), origin="--model"))
+        routes.append(Route("*", RouteTarget(provider, config.model), origin=name("model")))
     elif any(given.values()):
         # Not a family a config file routes itself (by name, a pattern, or "*").
         for family in (f for f in FAMILIES if not given[f] and not _routed(config.routes, f)):
             other = next(o for o in _NEAREST[family] if given[o])
-            routes.append(Route(family, RouteTarget(provider, given[other]), origin=f"--{other}-model (no --{family}-model)"))
+            routes.append(Route(family, RouteTarget(provider, given[other]),
+                                origin=f"{name(other + '_model')} (no {flag_name(family + '_model')})"))
     return routes
 
 

@@ -12,16 +12,22 @@ from typing import Any, Dict, Optional
 
 from .config import Config, Provider, Route
 from .dialects import auth_style, detect_provider, forwards_betas
+from .model_facts import facts_as_config
 from .redact import MASK, is_secret_header, redact_text, redact_url
 from .routing import Router, Target, build_router
 
 # Names Claude Code sends (CLAUDE-CODE.md), across generations, to show where each goes.
 SAMPLE_MODELS = ("claude-opus-4-1", "claude-sonnet-4-5-20250929", "claude-haiku-4-5", "claude-3-5-haiku-latest",
                  "claude-opus-5-5", "claude-haiku-5-5")
-_SETTINGS = ("host", "port", "proxy", "use_env_proxy", "ca_bundle", "allowed_hosts", "allowed_origins",
-             "connect_timeout", "idle_timeout", "request_timeout", "ping_interval", "finish_grace",
-             "shutdown_grace", "max_body_bytes", "max_line_bytes", "max_concurrency", "max_output_tokens",
-             "body_timeout", "max_body_readers", "max_idle_per_host", "retries", "retry_max_wait", "log_bodies")
+# Shown under the names a config file (and, with dashes, the command line) takes, so that what is
+# printed can be written back into a file: key -> Config field.
+_SETTINGS = {name: name for name in (
+    "host", "port", "proxy", "use_env_proxy", "ca_bundle", "connect_timeout", "idle_timeout", "request_timeout",
+    "ping_interval", "shutdown_grace", "max_body_bytes", "max_concurrency", "max_output_tokens", "body_timeout",
+    "max_body_readers", "max_idle_per_host", "retries", "retry_max_wait", "log_bodies")}
+_SETTINGS.update(allowed_host="allowed_hosts", allowed_origin="allowed_origins")
+# Config fields that neither a flag nor a file sets (library callers can): shown apart, as fixed.
+_FIXED = ("finish_grace", "max_line_bytes", "client_timeout", "client_request_deadline")
 
 
 def _provider(p: Provider) -> Dict[str, Any]:
@@ -40,7 +46,7 @@ def _provider(p: Provider) -> Dict[str, Any]:
     if p.max_output_tokens:
         out["max_output_tokens"] = p.max_output_tokens
     if p.models:
-        out["models"] = {name: facts.to_dict() for name, facts in p.models}
+        out["models"] = {name: facts_as_config(facts) for name, facts in p.models}
     return out
 
 
@@ -48,7 +54,7 @@ def _target(t: Target) -> Dict[str, Any]:
     out: Dict[str, Any] = {"provider": t.provider.name, "api": t.api, "model": t.model}
     if t.dialect is not None:
         out["dialect"] = t.dialect.name
-    facts = t.facts.to_dict()
+    facts = facts_as_config(t.facts)
     if facts:
         out["facts"] = facts
     if t.output_cap:
@@ -74,9 +80,10 @@ def _where(router: Router, name: str) -> Optional[str]:
 
 def describe_config(config: Config, config_file: Optional[str] = None) -> Dict[str, Any]:
     router = build_router(config)
-    settings = {name: getattr(config, name) for name in _SETTINGS}
+    settings = {key: getattr(config, field) for key, field in _SETTINGS.items()}
     settings["proxy"] = redact_url(config.proxy) if config.proxy else None
-    settings["auth_key"] = MASK if config.auth_key else None
+    # Never in a file (auth_key_env names its variable there); where it came from, as a provider's key.
+    settings["auth_key"] = f"{MASK} (from {config.setting_name('auth_key')})" if config.auth_key else None
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
     return {
         "config_file": config_file,
@@ -84,5 +91,6 @@ def describe_config(config: Config, config_file: Optional[str] = None) -> Dict[s
         "routes": [_route(router, r) for r in router.routes],
         "examples": {name: _where(router, name) or "404: no route" for name in SAMPLE_MODELS},
         "settings": settings,
+        "fixed": {name: getattr(config, name) for name in _FIXED},
     }
 

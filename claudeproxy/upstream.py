@@ -589,19 +589,19 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
         return None  # the 3xx then surfaces as an HTTPError and maps to 502
 
 
-def tls_context(ca_bundle: Optional[str]) -> ssl.SSLContext:
-    """The context for HTTPS upstreams (S18); a bad ``--ca-bundle`` is a ValueError naming it."""
+def tls_context(ca_bundle: Optional[str], setting: str = "--ca-bundle") -> ssl.SSLContext:
+    """The context for HTTPS upstreams (S18); a bad ``--ca-bundle`` is a ValueError naming ``setting``."""
     if ca_bundle is None:
         return ssl.create_default_context()
     if os.path.isdir(ca_bundle):
-        raise ValueError(f"--ca-bundle {ca_bundle}: is a directory; give a PEM file of CA certificates")
+        raise ValueError(f"{setting} {ca_bundle}: is a directory; give a PEM file of CA certificates")
     if not os.path.isfile(ca_bundle):
-        raise ValueError(f"--ca-bundle {ca_bundle}: no such file")
+        raise ValueError(f"{setting} {ca_bundle}: no such file")
     try:
         return ssl.create_default_context(cafile=ca_bundle)
     except (ssl.SSLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
-        raise ValueError(f"--ca-bundle {ca_bundle}: not a PEM file of CA certificates ({reason})") from None
+        raise ValueError(f"{setting} {ca_bundle}: not a PEM file of CA certificates ({reason})") from None
 
 
 class _ProxyHandler(urllib.request.ProxyHandler):

@@ -132,8 +132,17 @@ def test_bad_upstream_url_exits_2(served: List[Any], url: str, part: str) -> Non
     assert served == []
 
 
-def test_bad_upstream_from_environment_exits_2(served: List[Any]) -> None:
-    assert_usage_error(*run_main([], {"OPENAI_BASE_URL": "not a url"}), "--upstream")
+def test_bad_upstream_from_environment_exits_2_naming_the_variable(served: List[Any]) -> None:
+    """The user never typed --upstream: the message names the variable that was read."""
+    code, out, err = run_main([], {"OPENAI_BASE_URL": "not a url"})
+    assert_usage_error(code, out, err, "OPENAI_BASE_URL", "URL")
+    assert "--upstream" not in err
+
+
+def test_a_bad_client_key_from_the_environment_names_the_variable_not_the_key(served: List[Any]) -> None:
+    code, out, err = run_main([], {"CLAUDEPROXY_AUTH_KEY": "sk-client-\x01-secret"})
+    assert_usage_error(code, out, err, "CLAUDEPROXY_AUTH_KEY", "control character")
+    assert "--auth-key" not in err and "secret" not in err
 
 
 def test_bad_proxy_url_exits_2(served: List[Any]) -> None:

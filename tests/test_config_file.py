@@ -180,22 +180,89 @@ def test_bad_file_exits_2_naming_file_path_and_problem(tmp_path: Any, served: Li
     assert served == []
 
 
-# Settings a flag could also give are checked as the flag is, and named so.
+# Settings a flag could also give are checked as the flag is, after the file is merged with the
+# flags, and named as the file's key: the user never typed the flag.
 BAD_SETTINGS = [
-    ({"api_key_command": '"unterminated'}, "--api-key-command", "No closing quotation"),
+    ({"retries": 50}, "retries", "between 0 and 10"),
+    ({"idle_timeout": -1}, "idle_timeout", "greater than 0"),
+    ({"port": -1}, "port", "between 0 and 65535"),
+    ({"upstream": "ftp://x"}, "upstream", "http://"),
+    ({"model_map": ["nope"]}, "model_map", "PATTERN=NAME"),
+    ({"host": "0.0.0.0"}, "host", "refusing to listen on 0.0.0.0"),
+    ({"usage_log": "/nonexistent-claudeproxy/u.jsonl"}, "usage_log", "does not exist"),
+    ({"metrics_file": "/nonexistent-claudeproxy/u.jsonl"}, "metrics_file", "does not exist"),
+    ({"ca_bundle": "/nonexistent-claudeproxy/ca.pem"}, "ca_bundle", "no such file"),
+    ({"allowed_origin": ["*"]}, "allowed_origin", "scheme://host"),
+    ({"auth_key_env": "NOT_SET_ANYWHERE"}, "auth_key_env", "NOT_SET_ANYWHERE is not set"),
+    ({"max_idle_per_host": -1}, "max_idle_per_host", "at least 0"),
+    ({"max_concurrency": 0}, "max_concurrency", "at least 1"),
+    ({"connect_timeout": 1e300}, "connect_timeout", "finite number of seconds"),
+    ({"header": ["X-A: \u0001"]}, "header", "control characters"),
+    ({"proxy": "https://proxy.test:3128"}, "proxy", "only http://"),
+    ({"api_key_env": ["NOT_SET_ANYWHERE"]}, "api_key_env", "NOT_SET_ANYWHERE is not set"),
+    ({"api_key_command": '"unterminated'}, "api_key_command", "No closing quotation"),
+    ({"log-level": "debug", "api-key-command": "no-such-key-tool-xyz"}, "api-key-command", "command not found"),
     # Only the file's providers: the single upstream's flags would go nowhere.
     ({"providers": {"a": {"url": "https://x.test"}}, "routes": [{"match": "*", "provider": "a"}],
-      "header": ["X-Title: app"]}, "--header", "single upstream"),
+      "header": ["X-Title: app"]}, "header", "single upstream"),
     ({"providers": {"a": {"url": "https://x.test"}}, "routes": [{"match": "*", "provider": "a"}],
-      "upstream_api": "responses"}, "--upstream-api", "single upstream"),
+      "upstream_api": "responses"}, "upstream_api", "single upstream"),
 ]
 
 
-@pytest.mark.parametrize("obj, setting, what", BAD_SETTINGS, ids=[b[1] + "-" + b[2] for b in BAD_SETTINGS])
-def test_bad_setting_in_a_file_exits_2_naming_it(tmp_path: Any, served: List[Any], obj: Any, setting: str,
-                                                 what: str) -> None:
-    assert_one_line_error(*run_main(["--config", write(tmp_path, obj)]), setting, what)
+@pytest.mark.parametrize("obj, key, what", BAD_SETTINGS, ids=[b[1] + "-" + b[2] for b in BAD_SETTINGS])
+def test_bad_setting_in_a_file_exits_2_naming_the_file_and_key(tmp_path: Any, served: List[Any], obj: Any,
+                                                               key: str, what: str) -> None:
+    file = write(tmp_path, obj)
+    err = assert_one_line_error(*run_main(["--config", file]), f"--config {file}: {key}", what)
+    assert "--" + key.replace("_", "-") not in err  # the flag the user never typed
+    assert "Traceback" not in err
     assert served == []
+
+
+@pytest.mark.parametrize("obj, first, second", [
+    ({"usage_log": "/tmp/a.jsonl", "metrics_file": "/tmp/b.jsonl"}, "metrics_file", "usage_log"),
+    ({"passthrough": True, "upstream_api": "responses"}, "passthrough", "upstream_api"),
+], ids=["usage_log", "passthrough"])
+def test_two_settings_of_one_file_name_the_file_once(tmp_path: Any, served: List[Any], obj: Any, first: str,
+                                                      second: str) -> None:
+    file = write(tmp_path, obj)
+    err = assert_one_line_error(*run_main(["--config", file]), f"--config {file}: {first}", second)
+    assert err.count(file) == 1
+    for key in (first, second):
+        assert "--" + key.replace("_", "-") not in err
+
+
+def test_a_bad_client_key_from_auth_key_env_names_the_file_and_variable_not_the_key(
+        tmp_path: Any, served: List[Any]) -> None:
+    file = write(tmp_path, {"auth_key_env": "MY_CLIENT_KEY"})
+    err = assert_one_line_error(*run_main(["--config", file], {**ENV, "MY_CLIENT_KEY": "cp-secret\nvalue"}),
+                                f"--config {file}: auth_key_env", "$MY_CLIENT_KEY", "control character")
+    assert "--auth-key" not in err and "cp-secret" not in err
+
+
+def test_an_unreachable_route_names_its_file_once(tmp_path: Any, served: List[Any]) -> None:
+    file = write(tmp_path, {"providers": {"a": {"url": "https://x.test"}},
+                            "routes": [{"match": "*", "provider": "a"}, {"match": "opus", "provider": "a"}]})
+    err = assert_one_line_error(*run_main(["--config", file]), f"{file}: routes[1]", "never match", "routes[0]")
+    assert err.count(file) == 1
+
+
+def test_a_route_from_a_files_model_map_names_the_file(tmp_path: Any, served: List[Any]) -> None:
+    file = write(tmp_path, {"model_map": ["*=a", "opus=b"]})
+    err = assert_one_line_error(*run_main(["--config", file]), f"--config {file}: model_map opus=b", "never match",
+                                "model_map *=a")
+    assert err.count(file) == 1 and "--model-map" not in err
+
+
+def test_the_same_settings_on_the_command_line_keep_their_messages(served: List[Any]) -> None:
+    """The command line's wording is unchanged: it names the flag the user typed."""
+    for argv, line in [(["--retries", "50"], "--retries must be between 0 and 10"),
+                       (["--port", "-1"], "--port must be between 0 and 65535"),
+                       (["--host", "0.0.0.0"], "refusing to listen on 0.0.0.0 without --auth-key"),
+                       (["--usage-log", "a", "--metrics-file", "b"],
+                        "--metrics-file is the former name of --usage-log: give one of them")]:
+        assert_one_line_error(*run_main(argv), "claudeproxy: error: " + line)
 
 
 @pytest.mark.parametrize("flags", [["--header", "X-Title: app"], ["--api-key-env", "K1"], ["--passthrough"],
@@ -217,6 +284,28 @@ def test_an_empty_proxy_or_usage_log_flag_turns_off_the_files(tmp_path: Any, ser
     assert (served[-1].proxy, paths[-1]) == ("http://127.0.0.1:3128", str(tmp_path / "u.jsonl"))
     assert run_main(["--config", file, "--proxy", "", "--usage-log", ""])[0] == 0
     assert (served[-1].proxy, paths[-1]) == (None, None)
+
+
+def test_relative_paths_in_a_file_start_from_its_folder(tmp_path: Any, served: List[Any], monkeypatch: Any) -> None:
+    """The file travels with what it names: its relative paths do not depend on where the proxy starts."""
+    paths: List[Any] = []
+    monkeypatch.setattr(cli, "serve",
+                        lambda config, stdout, path=None: served.append(config) or paths.append(path) or 0)
+    folder, elsewhere = tmp_path / "conf", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(str(elsewhere))
+    file = write(folder, {"upstream": "http://127.0.0.1:9/v1", "usage_log": "logs/../u.jsonl"})
+    assert run_main(["--config", file])[0] == 0
+    assert paths[-1] == os.path.join(str(folder), "logs/../u.jsonl")
+    # A missing CA bundle is looked for, and named, in the file's folder.
+    file = write(folder, {"upstream": "http://127.0.0.1:9/v1", "ca_bundle": "ca.pem"}, "ca.json")
+    assert_one_line_error(*run_main(["--config", file]),
+                          f"ca_bundle {os.path.join(str(folder), 'ca.pem')}: no such file")
+    # On the command line a relative path is the current folder's, as a shell would have it.
+    file = write(folder, {"upstream": "http://127.0.0.1:9/v1"}, "plain.json")
+    assert run_main(["--config", file, "--usage-log", "u.jsonl"])[0] == 0
+    assert paths[-1] == "u.jsonl"
 
 
 @pytest.mark.parametrize("in_file, flags", [
@@ -270,6 +359,15 @@ def test_unreadable_json_exits_2(tmp_path: Any, served: List[Any], text: str, wh
     assert_one_line_error(*run_main(["--config", file]), file, what)
 
 
+def test_a_file_that_starts_with_a_utf8_bom_is_read(tmp_path: Any, served: List[Any]) -> None:
+    """Notepad and PowerShell write UTF-8 with a byte order mark; the file is no less JSON."""
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"upstream": "http://127.0.0.1:9/v1", "retries": 2}).encode())
+    code, out, err = run_main(["--config", str(path)])
+    assert (code, err) == (0, ""), err
+    assert served[0].retries == 2
+
+
 def test_missing_file_exits_2(tmp_path: Any, served: List[Any]) -> None:
     assert_one_line_error(*run_main(["--config", os.path.join(str(tmp_path), "nope.json")]), "nope.json",
                           "cannot read")
@@ -296,12 +394,38 @@ def test_print_config_shows_the_file_resolved(tmp_path: Any) -> None:
     routes = shown["routes"]
     assert [r["match"] for r in routes] == ["opus", "sonnet", "haiku", "*"]
     assert routes[0]["target"]["model"] == "o3" and routes[0]["target"]["dialect"] == "openai"
-    assert routes[2]["target"]["facts"] == {"context_window": 40960, "max_output": 8192}
+    assert routes[2]["target"]["facts"] == {"context_window": 40960, "max_output_tokens": 8192}
     assert routes[2]["fallbacks"][0]["model"] == "gpt-4.1-mini"
     assert shown["examples"]["claude-3-5-haiku-latest"] == "ollama/qwen3:8b"
     assert shown["examples"]["claude-opus-4-1"] == "openai/o3"
     assert shown["settings"]["port"] == 9099
 
+
+
+def test_print_config_uses_the_names_a_config_file_takes(tmp_path: Any, served: List[Any]) -> None:
+    """What --print-config shows can be written back into a file: its settings and model facts
+    go by the file's keys, and what no file can set is shown apart, as fixed."""
+    shown = print_config(["--config", write(tmp_path, EXAMPLE), "--allowed-origin", "https://app.example",
+                          "--auth-key", "sk-flag-key-0001"])
+    assert shown["providers"]["ollama"]["models"] == EXAMPLE["providers"]["ollama"]["models"]
+    assert shown["routes"][2]["target"]["facts"] == {"context_window": 40960, "max_output_tokens": 8192}
+    specs = cli.flag_specs(cli.build_parser())
+    assert set(shown["settings"]) - set(specs) == {"auth_key"}  # a key never goes in a file
+    assert shown["settings"]["auth_key"] == "*** (from --auth-key)"
+    assert {"finish_grace", "max_line_bytes"} <= set(shown["fixed"]) and not set(shown["fixed"]) & set(specs)
+    # Written back, the settings are a file the proxy accepts, with the same values.
+    again = {k: v for k, v in shown["settings"].items() if v is not None and k != "auth_key"}
+    code, _, err = run_main(["--config", write(tmp_path, {**again, "upstream": "http://127.0.0.1:9/v1"}, "again.json"),
+                             "--auth-key", "sk-flag-key-0001"])
+    assert code == 0, err
+    assert (served[0].allowed_origins, served[0].port, served[0].idle_timeout) == (("https://app.example",), 9099, 120)
+
+
+def test_the_readme_lists_every_file_only_key() -> None:
+    text = _readme()
+    section = text[text.index("### A config file"):text.index("### OpenAI's Responses API")]
+    missing = sorted(k for k in cli._FILE_ONLY if f"`{k}`" not in section)  # noqa: SLF001
+    assert missing == [], missing
 
 
 def test_print_config_shows_the_retry_settings() -> None:

@@ -472,6 +472,31 @@ def test_a_config_file_may_hold_runs_own_options(tmp_path: Any) -> None:
     assert started(err)[2] == str(log) and log.exists()
 
 
+@pytest.mark.parametrize("setting, what", [
+    ({"host": "0.0.0.0", "auth_key_env": "HOME"}, "host must be a loopback address"),
+    ({"log_file": "/nonexistent-claudeproxy/p.log"}, "log_file /nonexistent-claudeproxy/p.log"),
+], ids=["host", "log_file"])
+def test_a_bad_setting_in_the_file_names_the_file_and_key(tmp_path: Any, setting: Dict[str, Any], what: str) -> None:
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"upstream": NO_UPSTREAM, **setting}))
+    code, out, err = run_main(["--config", str(config), "--", "true"], base_env(tmp_path))
+    assert (code, out) == (2, ""), err
+    assert_one_line(err, f"--config {config}: {what}")
+    assert "--host" not in err and "--log-file" not in err
+
+
+def test_a_relative_log_file_in_the_file_starts_from_its_folder(tmp_path: Any, monkeypatch: Any) -> None:
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    monkeypatch.chdir(str(tmp_path))
+    config = folder / "run.json"
+    config.write_text(json.dumps({"upstream": NO_UPSTREAM, "log_file": "run.log"}))
+    code, out, err = run_main(["--config", str(config), "--", sys.executable, "-c", "pass"], base_env(tmp_path))
+    assert code == 0, err
+    assert started(err)[2] == str(folder / "run.log") and (folder / "run.log").exists()
+    assert not (tmp_path / "run.log").exists()
+
+
 def test_a_bad_setting_is_found_before_the_log_file_is_made(tmp_path: Any) -> None:
     log = tmp_path / "p.log"
     code, out, err = run_main(["--upstream", NO_UPSTREAM, "--ca-bundle", str(tmp_path / "none.pem"),

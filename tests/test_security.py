@@ -213,7 +213,7 @@ def test_an_origin_flag_is_written_as_browsers_send_it() -> None:
                      "https://other.example:443", "--allowed-origin", "http://[::1]:3000", "--print-config"],
                     environ={}, stdout=out, stderr=err)
     assert code == 0, err.getvalue()
-    assert json.loads(out.getvalue())["settings"]["allowed_origins"] == [
+    assert json.loads(out.getvalue())["settings"]["allowed_origin"] == [
         "https://app.example:8443", "https://other.example", "http://[::1]:3000"]  # no default port: browsers omit it
 
 

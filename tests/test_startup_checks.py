@@ -263,12 +263,12 @@ def test_a_setting_only_the_server_checks_exits_2(monkeypatch: Any) -> None:
 # The config file: the same checks, the file named.
 
 FILE_CASES = [
-    ({"connect_timeout": -1}, "connect-timeout"),
-    ({"idle_timeout": 0}, "idle-timeout"),
-    ({"max_idle_per_host": -1}, "max-idle-per-host"),
-    ({"body_timeout": -2}, "body-timeout"),
-    ({"upstream": "http://example.test/a b"}, "--upstream"),
-    ({"header": ["X-A: \u2603"]}, "--header"),
+    ({"connect_timeout": -1}, "claudeproxy.json: connect_timeout"),
+    ({"idle_timeout": 0}, "claudeproxy.json: idle_timeout"),
+    ({"max_idle_per_host": -1}, "claudeproxy.json: max_idle_per_host"),
+    ({"body_timeout": -2}, "claudeproxy.json: body_timeout"),
+    ({"upstream": "http://example.test/a b"}, "claudeproxy.json: upstream"),
+    ({"header": ["X-A: \u2603"]}, "claudeproxy.json: header"),
     ({"providers": {"p": {"url": "http://example.test/\x00"}}}, "providers.p.url"),
     ({"providers": {"p": {"url": "http://example.test/v1", "headers": {"X-A": "a\nb"}}}}, "providers.p.headers"),
     ({"providers": {"p": {"url": "http://example.test/v1", "api_key_env": "BAD_KEY"}}}, "providers.p"),
