@@ -275,7 +275,8 @@ def test_connection_refused_is_502(make_proxy: Any, refused_port: int) -> None:
 
 
 def test_upstream_header_timeout_is_504(make_proxy: Any, fake_upstream: Any) -> None:
-    server = make_proxy(idle_timeout=0.5)
+    # A non-streaming call waits for its answer until the request timeout (not the idle timeout).
+    server = make_proxy(idle_timeout=0.5, request_timeout=1.0)
     fake_upstream.push(Reply(200, (("Content-Type", "application/json"),), [b"{}"], delay=3.0))
     started = time.monotonic()
     with make_client(server.url) as c, pytest.raises(anthropic.GatewayTimeoutError) as info:
