@@ -23,6 +23,7 @@ from .apis.base import ClientRequest, Exchange
 from .calibration import TokenCalibration
 from .config import Config, Provider
 from .cost import call_cost
+from .counts import count_or_none, token_count
 from .credentials import alternatives, current_secrets, refused
 from .dialects import auth_header, auth_style, client_key
 from .ending import StreamFold, abort_error
@@ -257,8 +258,14 @@ class Proxy:
             if exc.status in (404, 405):
                 return None
             raise
-        counted = answer.get("input_tokens") if isinstance(answer, dict) else None
-        return counted if isinstance(counted, int) and not isinstance(counted, bool) else None
+        counted = count_or_none(answer.get("input_tokens")) if isinstance(answer, dict) else None
+        if counted is None:
+            # A count that is none (negative, fractional, missing): the local estimate serves, as for
+            # an upstream without count_tokens. Claude Code only plans compaction on it; a 502 would
+            # fail the client over a number the proxy can estimate itself.
+            self._warn_once(f"{target.label} answered count_tokens without a usable input_tokens; "
+                            "the local estimate serves")
+        return counted
 
     # ------------------------------------------------------------------
     # Models (PROTOCOL.md 4.5): what the routes serve.
@@ -699,14 +706,9 @@ def _answer_wait(ex: Exchange, deadline: Optional[float]) -> Optional[float]:
 
 
 def _usage_fields(usage: Any) -> Dict[str, int]:
+    """The record's token counts from a (translated or forwarded) usage object. A forwarded body is
+    not checked on its way to the client, so each count is read by the one rule here (``counts.py``):
+    a negative, fractional or string count is 0, never a counter going backwards."""
     keys = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
     usage = usage if isinstance(usage, dict) else {}
-    return {k: _token_count(usage.get(k)) for k in keys}
-
-
-def _token_count(value: Any) -> int:
-    """A count from an upstream's usage; anything that is no number counts 0 (a forwarded body is not checked)."""
-    try:
-        return int(value or 0)
-    except (TypeError, ValueError, OverflowError):
-        return 0
+    return {k: token_count(usage.get(k)) for k in keys}

@@ -108,6 +108,16 @@ def test_usage_excludes_cached_and_written_cache_tokens() -> None:
     assert convert(response([], usage={"input_tokens": 7, "output_tokens": 3}))["usage"]["input_tokens"] == 7
 
 
+
+def test_usage_counts_that_are_no_counts_are_zero() -> None:
+    """A negative, fractional, string or bool count is 0 (counts.py), never a negative usage."""
+    usage = {"input_tokens": 10, "output_tokens": -5, "input_tokens_details": {"cached_tokens": True,
+                                                                              "cache_write_tokens": 2.5}}
+    assert convert(response([], usage=usage))["usage"] == {
+        "input_tokens": 10, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 0}
+    assert convert(response([], usage={"input_tokens": "70", "output_tokens": 3}))["usage"]["input_tokens"] == 0
+
+
 # --------------------------------------------------------------------------
 # Blocks.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html.parser
+import json
 import re
 import threading
 import time
@@ -26,8 +27,8 @@ from claudeproxy.cost import call_cost
 from claudeproxy.metrics import CallRecord, Metrics, access_line
 from claudeproxy.model_facts import PRICES_CHECKED, ModelFacts, builtin_facts
 from claudeproxy.usage_page import page_headers, render
-from conftest import UPSTREAM_KEY, minimal_request, quota_probe, request
-from fakes import FakeUpstream, Gate, Sleep, chunk, completion, json_reply, sse_reply
+from conftest import UPSTREAM_KEY, minimal_request, quota_probe, record_for, request
+from fakes import FakeUpstream, Gate, Reply, Sleep, chunk, completion, json_reply, sse_reply
 
 KEY = claudeproxy.static_token(UPSTREAM_KEY)
 EVIL = 'evil"model\\name\n<script>alert(1)</script>'
@@ -448,3 +449,64 @@ def test_usage_page_obeys_the_client_key(make_proxy: Any) -> None:
     plain = make_proxy()
     assert request(plain.url, "GET", "/", headers={"Host": "evil.example"}).status == 403  # DNS rebinding
     assert request(plain.url, "GET", "/", headers={"Origin": "https://evil.example"}).status == 403
+
+
+# ---------------------------------------------------------------------------
+# Usage an upstream reports, whatever it reports.
+
+
+def _message(usage: Any) -> Dict[str, Any]:
+    return {"id": "msg_1", "type": "message", "role": "assistant", "model": "x", "stop_reason": "end_turn",
+            "stop_sequence": None, "content": [{"type": "text", "text": "hi"}], "usage": usage}
+
+
+def _anthropic_sse(*events: Dict[str, Any]) -> Reply:
+    data = b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode("utf-8") for e in events)
+    return Reply(200, (("Content-Type", "text/event-stream"),), [data], chunked=True)
+
+
+def _counters(server: Any) -> Dict[Any, float]:
+    s = prom.parse(request(server.url, "GET", "/metrics").body.decode("utf-8"))
+    return {k: v for k, v in s.items() if k[0] in ("claudeproxy_tokens_total", "claudeproxy_cost_usd_total")}
+
+
+def test_passthrough_usage_that_is_no_count_lowers_no_counter(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """A /v1/messages upstream's usage is forwarded to the client unchecked, but the call record reads
+    it by the one rule (counts.py): a negative, string or fractional count is 0 (a stream's bad count
+    is ignored: message_start's stands), so no token or cost counter ever goes down."""
+    priced = ModelFacts(input_price=1.0, output_price=2.0, cache_read_price=0.5, cache_write_price=1.5)
+    records: List[CallRecord] = []
+    server = make_proxy(providers=(Provider("native", fake_upstream.url, api="messages", models=(("*", priced),)),),
+                        routes=(Route("*", RouteTarget("native", "house-model")),), upstream=None,
+                        metrics_sink=records.append)
+    headers = {"anthropic-version": "2023-06-01"}
+    fake_upstream.push(json_reply(_message({"input_tokens": 1000, "output_tokens": 50, "cache_read_input_tokens": 100})))
+    assert request(server.url, "POST", "/v1/messages", minimal_request(), headers).status == 200
+    wait_records(types.SimpleNamespace(records=records), 1)
+    before = _counters(server)
+    assert before[("claudeproxy_tokens_total", (("kind", "input"), ("model", "house-model"),
+                                                ("provider", "native")))] == 1000
+    bad = {"input_tokens": -100000, "output_tokens": 20, "cache_read_input_tokens": "70",
+           "cache_creation_input_tokens": 1.9}
+    fake_upstream.push(json_reply(_message(bad)))
+    resp = request(server.url, "POST", "/v1/messages", minimal_request(), headers)
+    assert resp.status == 200 and resp.json["usage"] == bad  # forwarded as it came
+    rec = record_for(records, resp.headers["request-id"])
+    assert (rec.input_tokens, rec.output_tokens, rec.cache_read_input_tokens, rec.cache_creation_input_tokens) == (
+        0, 20, 0, 0)
+    assert rec.cost_usd == pytest.approx(20 * 2.0 / 1e6)
+    start = {"type": "message_start", "message": {**_message({"input_tokens": 300, "output_tokens": 1}),
+                                                   "content": [], "stop_reason": None}}
+    fake_upstream.push(_anthropic_sse(
+        start, {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"input_tokens": -100000,
+                                                                                 "output_tokens": -5}},
+        {"type": "message_stop"}))
+    resp = request(server.url, "POST", "/v1/messages", minimal_request(stream=True), headers)
+    assert resp.status == 200
+    rec = record_for(records, resp.headers["request-id"])
+    assert (rec.input_tokens, rec.output_tokens) == (300, 1) and rec.cost_usd >= 0
+    after = _counters(server)
+    assert after.keys() == before.keys()
+    assert [k for k in before if after[k] < before[k]] == []

@@ -13,6 +13,8 @@ import dataclasses
 import json
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from ...counts import count_or_none, token_count
+
 Content = Union[str, List[Dict[str, Any]], None]
 
 
@@ -165,17 +167,6 @@ class ChatResponse:
     error: Optional[Dict[str, Any]] = None
 
 
-def _as_int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def _optional_count(value: Any) -> Optional[int]:
-    """A count that may be unreported: null or a wrong type is None, which is not 0 (2.5)."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        return None
-    return max(value, 0)
-
-
 def _as_str(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
@@ -186,13 +177,14 @@ def parse_usage(raw: Any) -> Optional[ChatUsage]:
         return None
     prompt_details = raw.get("prompt_tokens_details") if isinstance(raw.get("prompt_tokens_details"), dict) else {}
     completion_details = raw.get("completion_tokens_details")
-    reasoning = _optional_count(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else None
-    cached = _as_int(prompt_details.get("cached_tokens")) or _as_int(raw.get("prompt_cache_hit_tokens"))
+    # A count that may be unreported: null or a wrong type is None, which is not 0 (2.5).
+    reasoning = count_or_none(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else None
+    cached = token_count(prompt_details.get("cached_tokens")) or token_count(raw.get("prompt_cache_hit_tokens"))
     return ChatUsage(
-        prompt_tokens=_as_int(raw.get("prompt_tokens")),
-        completion_tokens=_as_int(raw.get("completion_tokens")),
+        prompt_tokens=token_count(raw.get("prompt_tokens")),
+        completion_tokens=token_count(raw.get("completion_tokens")),
         cached_tokens=cached,
-        cache_write_tokens=_as_int(prompt_details.get("cache_write_tokens")),
+        cache_write_tokens=token_count(prompt_details.get("cache_write_tokens")),
         reasoning_tokens=reasoning,
     )
 

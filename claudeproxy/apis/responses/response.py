@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from ...counts import token_count
 from ...errors import ProxyError, error_from_object
 from ...signatures import encode_signature
 from ..chat.response import message_id, normalize_arguments
@@ -223,8 +224,8 @@ def stop_reason_for(status: Any, incomplete: Any, has_tool_use: bool, refusal: b
 
 
 def _int(obj: Any, key: str) -> int:
-    value = obj.get(key) if isinstance(obj, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    """A token count of a usage object, by the one rule (``counts.py``: a bad one counts 0)."""
+    return token_count(obj.get(key)) if isinstance(obj, dict) else 0
 
 
 def usage_from(usage: Any, searches: int = 0) -> Dict[str, Any]:
