@@ -302,6 +302,26 @@ def test_complete_finishing_and_metrics() -> None:
     assert fold.fail(UpstreamUnavailable("x")) == []
 
 
+def test_a_failure_that_carries_usage_leaves_it_for_the_call_record() -> None:
+    """response.failed after output, with the usage it was billed: the fold's usage (what the call
+    record reads) is that, not nothing; a failure without usage leaves it unknown ({})."""
+    fold = make_fold()
+    feed(fold, CREATED, delta("hi"))
+    assert fold.usage == {}
+    failed = {"type": "response.failed", "response": {"id": "resp_x", "status": "failed", "output": [],
+              "error": {"code": "server_error", "message": "boom"},
+              "usage": {"input_tokens": 1000, "output_tokens": 50, "input_tokens_details": {"cached_tokens": 100}}}}
+    with pytest.raises(ProxyError):
+        feed(fold, failed)
+    assert fold.usage == {"input_tokens": 900, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 100,
+                          "output_tokens": 50}
+    bare = make_fold()
+    feed(bare, CREATED, delta("hi"))
+    with pytest.raises(ProxyError):
+        feed(bare, {**failed, "response": {**failed["response"], "usage": None}})
+    assert bare.usage == {}
+
+
 def test_done_marker_without_terminal_event_is_still_truncation() -> None:
     fold = make_fold()
     feed(fold, CREATED, delta("hi"))

@@ -229,6 +229,20 @@ def test_usage_fallback_estimates_when_upstream_sends_none() -> None:
     assert delta["usage"]["output_tokens"] == math.ceil(37 / 4) > 0
 
 
+def test_usage_read_before_a_cut_is_the_folds_usage() -> None:
+    """A stream cut after its usage chunk (before finish_reason and [DONE]) still cost that: the fold's
+    usage, which the call record reads, is the upstream's as soon as it came, whatever the ending."""
+    pb = Playbook(input_tokens=321)
+    pb.feed(chunk({"content": "hi"}))
+    assert pb.stream.usage == {}  # nothing known yet: not 0 tokens
+    pb.feed({"choices": [], "usage": {"prompt_tokens": 1000, "completion_tokens": 50,
+                                      "prompt_tokens_details": {"cached_tokens": 200}}})
+    _, error = pb.eof()
+    assert error is not None  # cut: no finish_reason, no [DONE]
+    assert pb.stream.usage == {"input_tokens": 800, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 200,
+                               "output_tokens": 50}
+
+
 def test_message_start_usage_is_the_estimate_and_message_delta_the_real_numbers() -> None:
     # PROTOCOL.md case 65 and FIELD-NOTES 8: message_delta overwrites the placeholder.
     pb = Playbook(input_tokens=1234)

@@ -28,7 +28,7 @@ from claudeproxy.metrics import CallRecord, Metrics, access_line
 from claudeproxy.model_facts import PRICES_CHECKED, ModelFacts, builtin_facts
 from claudeproxy.usage_page import page_headers, render
 from conftest import UPSTREAM_KEY, minimal_request, quota_probe, record_for, request
-from fakes import FakeUpstream, Gate, Reply, Sleep, chunk, completion, json_reply, sse_reply
+from fakes import Fault, FakeUpstream, Gate, Reply, Sleep, StreamClient, chunk, completion, json_reply, sse_reply
 
 KEY = claudeproxy.static_token(UPSTREAM_KEY)
 EVIL = 'evil"model\\name\n<script>alert(1)</script>'
@@ -510,3 +510,68 @@ def test_passthrough_usage_that_is_no_count_lowers_no_counter(make_proxy: Any, f
     after = _counters(server)
     assert after.keys() == before.keys()
     assert [k for k in before if after[k] < before[k]] == []
+
+
+def _usage_chunk(prompt: int, completion_tokens: int) -> Dict[str, Any]:
+    return {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
+            "usage": usage(prompt, completion_tokens)}
+
+
+def test_a_stream_cut_after_its_usage_records_that_usage(proxy: Any, fake: FakeUpstream) -> None:
+    """The upstream drops after the usage chunk, before finish_reason and [DONE]: the client gets an
+    error event, and the call record (usage log, access log, metrics) the upstream's 1000/50 tokens at
+    the model's prices, not 0 tokens at $0."""
+    cut = sse_reply(chunk({"role": "assistant", "content": "hi"}), _usage_chunk(1000, 50), done=False)
+    cut.body.append(Fault("rst"))
+    fake.push(cut)
+    with StreamClient(proxy.url, minimal_request(model="claude-sonnet-4-5", stream=True)) as client:
+        events = client.read_all(timeout=5)
+        request_id = client.headers["request-id"]
+    assert events[-1]["type"] == "error"
+    rec = record_for(proxy.records, request_id)
+    assert rec.error_type == "api_error" and (rec.input_tokens, rec.output_tokens) == (1000, 50)
+    assert rec.cost_usd == pytest.approx((1000 * 1.0 + 50 * 2.0) / 1e6)  # the config's prices
+    s = prom.parse(request(proxy.url, "GET", "/metrics").body.decode("utf-8"))
+    assert prom.total(s, "claudeproxy_tokens_total", model="house-model", kind="output") == 50
+
+
+def test_a_client_gone_after_the_usage_records_that_usage(proxy: Any, fake: FakeUpstream) -> None:
+    """A server that reports usage in every chunk (vLLM's continuous usage stats): the client leaves
+    mid-stream, and the record has the usage read by then."""
+    gate = Gate()
+    fake.push(sse_reply(chunk({"role": "assistant", "content": "hi"}, usage=usage(1000, 50)), gate,
+                        chunk({"content": " more"}, usage=usage(1000, 51)), chunk({}, "stop")))
+    client = StreamClient(proxy.url, minimal_request(model="claude-sonnet-4-5", stream=True))
+    try:
+        client.read_until("content_block_delta", timeout=5)
+        request_id = client.headers["request-id"]
+    finally:
+        client.close()  # the upstream is held at the gate: the proxy sees the client leave first
+    rec = record_for(proxy.records, request_id, timeout=5)
+    gate.release()
+    assert rec.error_type == "client_closed" and (rec.input_tokens, rec.output_tokens) == (1000, 50)
+    assert rec.cost_usd == pytest.approx((1000 * 1.0 + 50 * 2.0) / 1e6)
+
+
+def test_a_responses_failure_that_carries_usage_records_it(fake: FakeUpstream) -> None:
+    """response.failed after output, with the usage it was billed: the record has it."""
+    priced = ModelFacts(input_price=1.0, output_price=2.0)
+    records: List[CallRecord] = []
+    server = claudeproxy.start(providers=(Provider("resp", fake.url, api="responses", token=KEY,
+                                                   models=(("*", priced),)),),
+                               routes=(Route("*", RouteTarget("resp", "house-model")),), metrics_sink=records.append)
+    try:
+        ev = lambda o: f"event: {o['type']}\ndata: {json.dumps(o)}\n\n".encode("utf-8")  # noqa: E731
+        failed = {"type": "response.failed", "response": {"status": "failed", "error": {
+            "code": "server_error", "message": "boom"}, "usage": {"input_tokens": 1000, "output_tokens": 50}}}
+        fake.push(sse_reply(ev({"type": "response.output_text.delta", "output_index": 0, "content_index": 0,
+                                "delta": "hi"}), ev(failed), done=False))
+        with StreamClient(server.url, minimal_request(stream=True)) as client:
+            events = client.read_all(timeout=5)
+            request_id = client.headers["request-id"]
+        assert events[-1]["type"] == "error"
+        rec = record_for(records, request_id)
+        assert (rec.input_tokens, rec.output_tokens) == (1000, 50)
+        assert rec.cost_usd == pytest.approx((1000 * 1.0 + 50 * 2.0) / 1e6)
+    finally:
+        server.shutdown(grace=1.0)

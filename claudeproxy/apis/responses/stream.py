@@ -123,7 +123,7 @@ class ResponsesFold(SSEFold):
         self.refusal = False
         self.searches = 0
         self.out_chars = 0
-        # Set at the end, for metrics.
+        # For metrics: the stop reason at the end; the usage as soon as the upstream gives it ({}: unknown).
         self.stop_reason: Optional[str] = None
         self.usage: Dict[str, Any] = {}
 
@@ -576,7 +576,14 @@ class ResponsesFold(SSEFold):
     def _failed(self, obj: Dict[str, Any]) -> List[Event]:
         self.complete = True
         response = _dict(obj.get("response"))
+        self._take_usage(response)  # a failure that was billed says what it cost
         raise failure_of({**response, "status": "failed"}, self.secrets) or error_for({}, self.secrets)
+
+    def _take_usage(self, response: Dict[str, Any]) -> None:
+        """The call record's usage from a response snapshot that carries one, as soon as it comes: the
+        stream may yet be cut short (usage is null until the end on OpenAI; a failure may carry it)."""
+        if isinstance(response.get("usage"), dict):
+            self.usage = usage_from(response["usage"], self.searches)
 
     def _error(self, obj: Dict[str, Any]) -> List[Event]:
         self.complete = True
@@ -584,6 +591,7 @@ class ResponsesFold(SSEFold):
 
     def _created(self, obj: Dict[str, Any]) -> List[Event]:
         response = _dict(obj.get("response"))
+        self._take_usage(response)
         if not self.started and isinstance(response.get("id"), str) and response["id"]:
             self.message_id = message_id(response["id"], self.new_id)
         return []
