@@ -11,7 +11,10 @@ decrease).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Dict, Optional
+
+# Anthropic's usage keys, as the call records keep them.
+USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 
 
 def count_or_none(value: Any) -> Optional[int]:
@@ -26,3 +29,14 @@ def token_count(value: Any) -> int:
     counted = count_or_none(value)
     return 0 if counted is None else counted
 
+
+
+def usage_counts(usage: Any) -> Optional[Dict[str, int]]:
+    """The four Anthropic counts of a usage object (one that is no count is 0); None when it holds no
+    count at all: nothing is known, which is not the same as a call that used no tokens."""
+    if not isinstance(usage, dict):
+        return None
+    found = {k: count_or_none(usage.get(k)) for k in USAGE_KEYS}
+    if all(v is None for v in found.values()):
+        return None
+    return {k: 0 if v is None else v for k, v in found.items()}

@@ -23,7 +23,7 @@ from .apis.base import ClientRequest, Exchange
 from .calibration import TokenCalibration
 from .config import Config, Provider
 from .cost import call_cost
-from .counts import count_or_none, token_count
+from .counts import USAGE_KEYS, count_or_none, usage_counts
 from .credentials import alternatives, current_secrets, refused
 from .dialects import auth_header, auth_style, client_key
 from .ending import StreamFold, abort_error
@@ -599,7 +599,7 @@ class Proxy:
             # The client saw a 200 and then event: error; the metrics must count it as the error it was.
             record.update(error_type=relay.failure.error_type)
         record.update(stop_reason=fold.stop_reason, first_content_at=relay.first_content_at,
-                      **_usage_fields(fold.usage))
+                      **_stream_usage_fields(fold.usage, relay.committed))
 
     def _estimate(self, req: ClientRequest, record: Dict[str, Any]) -> int:
         """message_start's input tokens: the local estimate, calibrated for the target; 0 when forwarded.
@@ -631,7 +631,8 @@ class Proxy:
             fields.setdefault("route", routed.route.match)
             fields.setdefault("provider", routed.target.provider.name)
         first = fields.get("first_content_at")
-        usage = _usage_fields(fields)
+        # Set from the answer by _usage_fields (None: not known); 0 for a call without one (a 4xx, a local answer).
+        usage = {k: fields.get(k, 0) for k in USAGE_KEYS}
         rec = CallRecord(
             duration_ms=int((now - started) * 1000),
             ttft_ms=int((first - started) * 1000) if first is not None else None,
@@ -652,9 +653,11 @@ class Proxy:
     def _learn(self, fields: Dict[str, Any], rec: CallRecord) -> None:
         """Teach the calibration the upstream's prompt count, when the upstream really reported one."""
         raw = fields.get("estimate_raw")
-        reported = rec.input_tokens + rec.cache_read_input_tokens + rec.cache_creation_input_tokens
+        if raw is None or rec.error_type or rec.local or not rec.usage_known:
+            return
+        reported = sum(n or 0 for n in (rec.input_tokens, rec.cache_read_input_tokens, rec.cache_creation_input_tokens))
         # A stream without usage reports the estimate it was given: learning from that would feed on itself.
-        if raw is None or rec.error_type or rec.local or reported == fields.get("estimate_sent"):
+        if reported == fields.get("estimate_sent"):
             return
         self.calibration.learn((rec.provider, rec.upstream_model), raw, reported)
 
@@ -705,10 +708,24 @@ def _answer_wait(ex: Exchange, deadline: Optional[float]) -> Optional[float]:
     return max(0.0, deadline - time.monotonic()) + 1.0
 
 
-def _usage_fields(usage: Any) -> Dict[str, int]:
+def _usage_fields(usage: Any) -> Dict[str, Optional[int]]:
     """The record's token counts from a (translated or forwarded) usage object. A forwarded body is
     not checked on its way to the client, so each count is read by the one rule here (``counts.py``):
-    a negative, fractional or string count is 0, never a counter going backwards."""
-    keys = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
-    usage = usage if isinstance(usage, dict) else {}
-    return {k: token_count(usage.get(k)) for k in keys}
+    a negative, fractional or string count is 0, never a counter going backwards. All None when the
+    usage holds no count at all (a forwarded answer without one): not known, so no cost either."""
+    counts = usage_counts(usage)
+    return dict.fromkeys(USAGE_KEYS) if counts is None else dict(counts)
+
+
+def _stream_usage_fields(usage: Any, committed: bool) -> Dict[str, Optional[int]]:
+    """A stream's token counts: what the fold knows (the upstream's usage as soon as it came).
+
+    A stream that failed before anything reached the client was refused at its start (a rate limit
+    or context error as its first event): like the same refusal as an HTTP status, it counts 0
+    tokens. Once the client had events the upstream was generating, so without its usage the
+    tokens are not known (None), never 0 at $0.
+    """
+    fields = _usage_fields(usage)
+    if fields["input_tokens"] is None and not committed:
+        return dict.fromkeys(USAGE_KEYS, 0)
+    return fields

@@ -464,6 +464,16 @@ def test_odd_usage_values_in_a_forwarded_answer_are_no_500(through, fake_upstrea
     assert resp.json["usage"] == usage
 
 
+@pytest.mark.parametrize("usage", [None, {}, {"input_tokens": "12"}])
+def test_a_forwarded_answer_without_usage_has_unknown_tokens_and_cost(through, fake_upstream, records, usage):
+    """No count at all: the record says unknown (None), not a measured 0 tokens at $0."""
+    fake_upstream.push(json_reply({**ANSWER, "usage": usage}))
+    resp = post(through, minimal_request())
+    assert resp.status == 200, resp
+    rec = record_for(records, resp.headers["request-id"])
+    assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (None, None, None)
+
+
 @pytest.mark.parametrize("bad", [{"content": [5]}, {"content": ["text"]}, {"usage": 1.5}, {"usage": [1]},
                                  {"content": [{"type": "text", "text": "a", "citations": 7}]}])
 def test_malformed_json_message_to_a_stream_request_is_502(through, fake_upstream, bad):

@@ -575,3 +575,76 @@ def test_a_responses_failure_that_carries_usage_records_it(fake: FakeUpstream) -
         assert rec.cost_usd == pytest.approx((1000 * 1.0 + 50 * 2.0) / 1e6)
     finally:
         server.shutdown(grace=1.0)
+
+
+def test_a_stream_cut_before_any_usage_has_no_tokens_and_no_cost(proxy: Any, fake: FakeUpstream, caplog: Any) -> None:
+    """Cut after the client had text, before the upstream reported usage: what it cost is not known,
+    so the record says so (None: null in the usage log and /v1/usage, "-" in the access log, counted
+    as a call without a known cost), never 0 tokens at $0.000000 as if measured."""
+    caplog.set_level("INFO", logger="claudeproxy")
+    cut = sse_reply(chunk({"role": "assistant", "content": "hi"}), done=False)
+    cut.body.append(Fault("rst"))
+    fake.push(cut)
+    with StreamClient(proxy.url, minimal_request(model="claude-sonnet-4-5", stream=True)) as client:
+        events = client.read_all(timeout=5)
+        request_id = client.headers["request-id"]
+    assert events[-1]["type"] == "error"
+    rec = record_for(proxy.records, request_id)
+    assert (rec.input_tokens, rec.output_tokens, rec.cache_read_input_tokens, rec.cache_creation_input_tokens,
+            rec.cost_usd) == (None, None, None, None, None)
+    assert json.loads(json.dumps(rec.to_dict()))["input_tokens"] is None  # the usage log's line
+    assert proxy.server.server.wait_idle(2)
+    [line] = [r.getMessage() for r in caplog.records if request_id in r.getMessage() and "->" in r.getMessage()]
+    assert " in=- out=- cached=- cache_write=- cost=- " in line, line
+    u = request(proxy.url, "GET", "/v1/usage").json
+    [row] = [m for m in u["models"] if m["model"] == "house-model"]
+    assert (row["cost_usd"], row["unpriced_requests"], row["input_tokens"]) == (None, 1, 0)
+    assert u["recent"][0]["output_tokens"] is None and u["recent"][0]["cost_usd"] is None
+    s = prom.parse(request(proxy.url, "GET", "/metrics").body.decode("utf-8"))
+    assert prom.value(s, "claudeproxy_unpriced_requests_total", provider="priced", model="house-model") == 1
+    assert prom.value(s, "claudeproxy_cost_usd_total", provider="priced", model="house-model") == 0
+    assert "–" in render({**u, "prices_checked": PRICES_CHECKED})
+
+
+def test_a_stream_refused_before_any_event_counts_no_tokens(proxy: Any, fake: FakeUpstream) -> None:
+    """An error as a stream's first chunk is a plain HTTP error for the client, a refusal like a 429:
+    0 tokens at $0, not a call of unknown cost."""
+    fake.push(sse_reply({"error": {"message": "slow down", "type": "rate_limit_error", "code": 429}}, done=False))
+    resp = post(proxy, minimal_request(model="claude-sonnet-4-5", stream=True))
+    assert resp.status == 429
+    rec = record_for(proxy.records, resp.headers["request-id"])
+    assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (0, 0, 0.0)
+
+
+def test_a_passthrough_stream_cut_keeps_message_starts_counts(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """The passthrough fold keeps message_start's counts on a cut: known, not unknown."""
+    records: List[CallRecord] = []
+    server = make_proxy(passthrough=True, metrics_sink=records.append)
+    start = {"type": "message_start", "message": {**_message({"input_tokens": 25, "output_tokens": 1,
+                                                               "cache_read_input_tokens": 7}),
+                                                   "content": [], "stop_reason": None}}
+    cut = _anthropic_sse(start, {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                         {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}})
+    cut.body.append(Fault("rst"))
+    fake_upstream.push(cut)
+    with StreamClient(server.url, minimal_request(stream=True)) as client:
+        events = client.read_all(timeout=5)
+        request_id = client.headers["request-id"]
+    assert events[-1]["type"] == "error"
+    rec = record_for(records, request_id)
+    assert (rec.input_tokens, rec.output_tokens, rec.cache_read_input_tokens) == (25, 1, 7)
+
+
+def test_a_record_of_unknown_usage_in_the_totals() -> None:
+    """Unknown usage adds no tokens and no cost, and counts as a call without a known cost."""
+    assert call_cost(builtin_facts("gpt-4o"), None, None, None, None) is None
+    metrics = Metrics()
+    now = time.time()
+    metrics.record(_rec("m", now))
+    metrics.record(CallRecord("/v1/messages", model="m", provider="p", upstream_model="m", time=now, stream=True,
+                              input_tokens=None, output_tokens=None, cache_read_input_tokens=None,
+                              cache_creation_input_tokens=None, cost_usd=None, error_type="api_error"))
+    [row] = metrics.usage(now)["models"]
+    assert (row["input_tokens"], row["cost_usd"], row["unpriced_requests"]) == (10, 0.001, 1)
+    unknown = metrics.records()[-1]
+    assert unknown.tokens == 0 and unknown.cache_hit_ratio is None and not unknown.usage_known
