@@ -326,6 +326,18 @@ def test_chunk_usage_only_with_empty_choices() -> None:
     assert chunk.usage == ChatUsage(prompt_tokens=120, completion_tokens=30, cached_tokens=100)
 
 
+def test_chunk_usage_inside_the_choice_moonshot() -> None:
+    """Moonshot/Kimi streams put the usage inside the final choice, next to its finish_reason."""
+    raw = {"id": "c", "object": "chat.completion.chunk", "choices": [{
+        "index": 0, "delta": {}, "finish_reason": "stop", "usage": {"prompt_tokens": 1000, "completion_tokens": 50}}]}
+    chunk = parse_chat_chunk(raw)
+    assert chunk.usage == ChatUsage(prompt_tokens=1000, completion_tokens=50)
+    assert chunk.choice is not None and chunk.choice.finish_reason == "stop"
+    # A top-level usage, where there is one, is the chunk's.
+    top = {**raw, "usage": {"prompt_tokens": 7, "completion_tokens": 3}}
+    assert parse_chat_chunk(top).usage == ChatUsage(prompt_tokens=7, completion_tokens=3)
+
+
 def test_chunk_delta() -> None:
     raw = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "He", "reasoning_content": "r",
                                               "tool_calls": [{"index": 1, "function": {"arguments": "{\"a"}}]},

@@ -243,6 +243,24 @@ def test_usage_read_before_a_cut_is_the_folds_usage() -> None:
                                "output_tokens": 50}
 
 
+def test_usage_inside_the_final_choice_is_the_upstreams_moonshot() -> None:
+    """Moonshot/Kimi: usage in the final choice, not at the top level. It is the message's usage (not
+    the estimate), and with the finish_reason beside it the stream is complete at that chunk."""
+    pb = Playbook(input_tokens=321)
+    pb.feed(chunk({"role": "assistant", "content": "hi"}))
+    got = pb.feed({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop",
+                                "usage": {"prompt_tokens": 1000, "completion_tokens": 50}}]})
+    assert [e["type"] for e in got][-2:] == ["message_delta", "message_stop"] and pb.complete
+    assert got[-2]["usage"]["input_tokens"] == 1000 and got[-2]["usage"]["output_tokens"] == 50
+    # A text chunk carrying the usage in its choice is not taken for plain text (which skips usage).
+    pb = Playbook(input_tokens=321)
+    pb.feed(chunk({"role": "assistant", "content": ""}))
+    pb.feed({"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None,
+                          "usage": {"prompt_tokens": 900, "completion_tokens": 7}}]})
+    pb.feed(chunk(finish="stop"))
+    assert pb.complete and final_message(pb.events)["usage"]["output_tokens"] == 7
+
+
 def test_message_start_usage_is_the_estimate_and_message_delta_the_real_numbers() -> None:
     # PROTOCOL.md case 65 and FIELD-NOTES 8: message_delta overwrites the placeholder.
     pb = Playbook(input_tokens=1234)

@@ -665,8 +665,8 @@ def plain_text_delta(obj: Any) -> Optional[str]:
         return None
     choice = choices[0]
     delta = choice.get("delta") if type(choice) is dict else None
-    if type(delta) is not dict or choice.get("finish_reason") is not None:
-        return None
+    if type(delta) is not dict or choice.get("finish_reason") is not None or choice.get("usage"):
+        return None  # the end, or usage in the choice (Moonshot/Kimi): the full path reads it
     if type(choice.get("stop_reason")) is str or type(choice.get("matched_stop")) is str:
         return None  # vLLM/SGLang naming the stop string: the full path reads it
     text = delta.get("content")

@@ -274,7 +274,8 @@ def _parse_choice(raw: Any, body_key: str) -> Optional[ChatChoice]:
     )
 
 
-def _first_choice(raw: Dict[str, Any], body_key: str) -> Optional[ChatChoice]:
+def _first_choice_raw(raw: Dict[str, Any]) -> Any:
+    """The choice a body or chunk answers with, as it came (None when there is none)."""
     choices = raw.get("choices")
     if not isinstance(choices, list) or not choices:
         return None
@@ -283,7 +284,7 @@ def _first_choice(raw: Dict[str, Any], body_key: str) -> Optional[ChatChoice]:
     first = choices[0]
     if len(choices) > 1:
         first = next((c for c in choices if isinstance(c, dict) and c.get("index", 0) == 0), first)
-    return _parse_choice(first, body_key)
+    return first
 
 
 def _error_of(raw: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -295,32 +296,36 @@ def _error_of(raw: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     return None
 
 
-def _usage_of(raw: Dict[str, Any]) -> Optional[ChatUsage]:
+def _usage_of(raw: Dict[str, Any], choice: Any) -> Optional[ChatUsage]:
+    """The top-level usage; else older Groq streams' ``x_groq.usage``; else Moonshot/Kimi's, which
+    streams put inside the final choice (next to its finish_reason)."""
     usage = parse_usage(raw.get("usage"))
     if usage is None and isinstance(raw.get("x_groq"), dict):
-        usage = parse_usage(raw["x_groq"].get("usage"))  # older Groq streams
+        usage = parse_usage(raw["x_groq"].get("usage"))
+    if usage is None and isinstance(choice, dict):
+        usage = parse_usage(choice.get("usage"))
     return usage
+
+
+def _parse(raw: Dict[str, Any], body_key: str) -> ChatResponse:
+    choice = _first_choice_raw(raw)
+    return ChatResponse(
+        id=_as_str(raw.get("id")),
+        choice=_parse_choice(choice, body_key),
+        usage=_usage_of(raw, choice),
+        error=_error_of(raw),
+    )
 
 
 def parse_chat_response(raw: Any) -> ChatResponse:
     """A non-streaming ChatCompletion body (already JSON-decoded)."""
     if not isinstance(raw, dict):
         return ChatResponse(error={"message": "upstream response is not a JSON object"})
-    return ChatResponse(
-        id=_as_str(raw.get("id")),
-        choice=_first_choice(raw, "message"),
-        usage=_usage_of(raw),
-        error=_error_of(raw),
-    )
+    return _parse(raw, "message")
 
 
 def parse_chat_chunk(raw: Any) -> ChatResponse:
     """One streamed ChatCompletionChunk (already JSON-decoded)."""
     if not isinstance(raw, dict):
         return ChatResponse()
-    return ChatResponse(
-        id=_as_str(raw.get("id")),
-        choice=_first_choice(raw, "delta"),
-        usage=_usage_of(raw),
-        error=_error_of(raw),
-    )
+    return _parse(raw, "delta")
