@@ -261,6 +261,16 @@ def test_usage_inside_the_final_choice_is_the_upstreams_moonshot() -> None:
     assert pb.complete and final_message(pb.events)["usage"]["output_tokens"] == 7
 
 
+def test_streamed_output_includes_reasoning_that_completion_tokens_left_out() -> None:
+    """Gemini's OpenAI-compatible stream: total = prompt + completion + reasoning. The message_delta's
+    output_tokens includes the thinking (250), as the JSON answer's does."""
+    pb = Playbook()
+    pb.feed(chunk({"role": "assistant", "content": "hi"}, "stop"))
+    pb.feed({"choices": [], "usage": {"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1250,
+                                      "completion_tokens_details": {"reasoning_tokens": 200}}})
+    assert final_message(pb.events)["usage"]["output_tokens"] == 250
+
+
 def test_message_start_usage_is_the_estimate_and_message_delta_the_real_numbers() -> None:
     # PROTOCOL.md case 65 and FIELD-NOTES 8: message_delta overwrites the placeholder.
     pb = Playbook(input_tokens=1234)

@@ -124,7 +124,7 @@ class ChatRequest:
 @dataclasses.dataclass(frozen=True)
 class ChatUsage:
     prompt_tokens: int = 0
-    completion_tokens: int = 0
+    completion_tokens: int = 0  # reasoning included, as OpenAI and Anthropic count output (see _output_tokens)
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: Optional[int] = None
@@ -180,13 +180,28 @@ def parse_usage(raw: Any) -> Optional[ChatUsage]:
     # A count that may be unreported: null or a wrong type is None, which is not 0 (2.5).
     reasoning = count_or_none(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else None
     cached = token_count(prompt_details.get("cached_tokens")) or token_count(raw.get("prompt_cache_hit_tokens"))
+    prompt = token_count(raw.get("prompt_tokens"))
     return ChatUsage(
-        prompt_tokens=token_count(raw.get("prompt_tokens")),
-        completion_tokens=token_count(raw.get("completion_tokens")),
+        prompt_tokens=prompt,
+        completion_tokens=_output_tokens(prompt, token_count(raw.get("completion_tokens")), reasoning,
+                                         count_or_none(raw.get("total_tokens"))),
         cached_tokens=cached,
         cache_write_tokens=token_count(prompt_details.get("cache_write_tokens")),
         reasoning_tokens=reasoning,
     )
+
+
+def _output_tokens(prompt: int, completion: int, reasoning: Optional[int], total: Optional[int]) -> int:
+    """The output count with the reasoning in it: Anthropic's output_tokens includes thinking.
+
+    OpenAI's completion_tokens includes the reasoning already (total = prompt + completion).
+    Gemini's OpenAI-compatible endpoint leaves it out (total = prompt + completion + reasoning),
+    which made the output smaller than the thinking inside it: then the reasoning is added. Only
+    when the total says so; without a total nothing tells the two apart, and OpenAI's shape stands.
+    """
+    if reasoning and total is not None and total == prompt + completion + reasoning:
+        return completion + reasoning
+    return completion
 
 
 def _text_of(content: Any) -> str:
