@@ -322,6 +322,16 @@ def test_a_failure_that_carries_usage_leaves_it_for_the_call_record() -> None:
     assert bare.usage == {}
 
 
+def test_streamed_reasoning_tokens_are_thinking_tokens() -> None:
+    """The stream's message_delta maps reasoning_tokens to thinking_tokens, as the JSON answer does."""
+    fold = make_fold()
+    out = feed(fold, CREATED, delta("hi"), completed(usage={"input_tokens": 100, "output_tokens": 300,
+                                                            "output_tokens_details": {"reasoning_tokens": 250}}))
+    [message_delta] = [e for e in out if e["type"] == "message_delta"]
+    assert message_delta["usage"]["output_tokens_details"] == {"thinking_tokens": 250}
+    assert final_message(out)["usage"]["output_tokens_details"] == {"thinking_tokens": 250}
+
+
 def test_done_marker_without_terminal_event_is_still_truncation() -> None:
     fold = make_fold()
     feed(fold, CREATED, delta("hi"))
