@@ -320,6 +320,9 @@ def test_a_failure_that_carries_usage_leaves_it_for_the_call_record() -> None:
     with pytest.raises(ProxyError):
         feed(bare, {**failed, "response": {**failed["response"], "usage": None}})
     assert bare.usage == {}
+    empty = make_fold()
+    feed(empty, CREATED, {"type": "response.in_progress", "response": {**CREATED["response"], "usage": {}}})
+    assert empty.usage == {}  # an empty usage says nothing: still unknown, not 0 tokens
 
 
 def test_streamed_reasoning_tokens_are_thinking_tokens() -> None:

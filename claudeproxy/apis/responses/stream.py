@@ -26,6 +26,7 @@ import json
 import math
 from typing import Any, Dict, List, Optional, Set, Tuple
 
+from ...counts import count_or_none
 from ...errors import ProxyError, UpstreamUnavailable, stream_error_event
 from ...replies import block_events, events_for_message, message_start
 from ...signatures import encode_signature
@@ -56,6 +57,7 @@ Key = Tuple[Any, ...]
 MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as broken
 _INDEX_FIELDS = ("output_index", "content_index", "summary_index")  # used in dict keys
 _THINKING_START = {"type": "thinking", "thinking": "", "signature": ""}
+_USAGE_COUNTS = ("input_tokens", "output_tokens")  # a Response's usage says something only with one of them
 
 
 @dataclasses.dataclass
@@ -582,8 +584,9 @@ class ResponsesFold(SSEFold):
     def _take_usage(self, response: Dict[str, Any]) -> None:
         """The call record's usage from a response snapshot that carries one, as soon as it comes: the
         stream may yet be cut short (usage is null until the end on OpenAI; a failure may carry it)."""
-        if isinstance(response.get("usage"), dict):
-            self.usage = usage_from(response["usage"], self.searches)
+        usage = response.get("usage")
+        if isinstance(usage, dict) and any(count_or_none(usage.get(k)) is not None for k in _USAGE_COUNTS):
+            self.usage = usage_from(usage, self.searches)  # {} or no count at all says nothing: still unknown
 
     def _error(self, obj: Dict[str, Any]) -> List[Event]:
         self.complete = True
