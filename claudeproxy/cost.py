@@ -5,7 +5,8 @@ them): ``input_tokens`` excludes cached input, ``cache_read_input_tokens`` and
 ``cache_creation_input_tokens`` are counted apart. Prices are USD per million
 tokens (``model_facts.ModelFacts``). A cost is shown only when every kind of
 token the call used has a price: a call to a model without a price has tokens
-and no cost, never a partial sum that looks like a whole one.
+and no cost, never a partial sum that looks like a whole one. A call whose
+tokens are not known (None) has no cost either.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ PRICED_KINDS: Tuple[Tuple[str, str], ...] = (
 )
 
 
-def call_cost(facts: Any, input_tokens: int = 0, output_tokens: int = 0, cache_read_input_tokens: int = 0,
-              cache_creation_input_tokens: int = 0) -> Optional[float]:
-    """USD for one call; 0.0 when it used no tokens; None when a kind it used has no price.
+def call_cost(facts: Any, input_tokens: Optional[int] = 0, output_tokens: Optional[int] = 0,
+              cache_read_input_tokens: Optional[int] = 0, cache_creation_input_tokens: Optional[int] = 0
+              ) -> Optional[float]:
+    """USD for one call; 0.0 when it used no tokens; None when a kind it used has no price, or when
+    its tokens are not known (None: a stream cut before the upstream reported its usage).
 
     ``facts`` is a ``ModelFacts`` (or None: nothing is priced).
     """
@@ -33,6 +36,8 @@ def call_cost(facts: Any, input_tokens: int = 0, output_tokens: int = 0, cache_r
     total = 0.0
     for kind, price_field in PRICED_KINDS:
         tokens = counts[kind]
+        if tokens is None:
+            return None  # not known: no cost rather than one that looks measured
         if not tokens:
             continue  # a kind the call did not use needs no price (OpenAI has no cache-write charge)
         price = getattr(facts, price_field, None) if facts is not None else None

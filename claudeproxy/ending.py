@@ -27,7 +27,9 @@ class StreamFold(Protocol):
     # the rest of the upstream's body is not wanted. Folds that never do may leave it out.
     cut_short: bool
     stop_reason: Optional[str]  # after the end, for metrics
-    usage: Dict[str, int]  # Anthropic usage keys, after the end
+    # Anthropic usage keys for the call record: the upstream's as soon as it was read, whatever the
+    # ending (a stream cut after its usage still cost that); {} while nothing is known.
+    usage: Dict[str, int]
 
     @property
     def finishing(self) -> bool:

@@ -73,11 +73,14 @@ class CallRecord:
     status: int = 200
     duration_ms: int = 0
     ttft_ms: Optional[int] = None  # streams: until the first content event went out
-    input_tokens: int = 0  # Anthropic's meaning: without the cached part
-    output_tokens: int = 0
-    cache_read_input_tokens: int = 0
-    cache_creation_input_tokens: int = 0
-    cost_usd: Optional[float] = None  # None: the model has no price for a kind of token it used
+    # Anthropic's meaning (input without the cached part). All four None when the usage is not known
+    # (a stream cut before the upstream reported it): not 0, which would look like a measured free call.
+    input_tokens: Optional[int] = 0
+    output_tokens: Optional[int] = 0
+    cache_read_input_tokens: Optional[int] = 0
+    cache_creation_input_tokens: Optional[int] = 0
+    # None: the model has no price for a kind of token it used, or the tokens are not known.
+    cost_usd: Optional[float] = None
     stop_reason: Optional[str] = None
     error_type: Optional[str] = None
     local: bool = False  # answered without an upstream call (quota probe, count_tokens)
@@ -86,12 +89,21 @@ class CallRecord:
     time: float = 0.0  # when the call began, seconds since the epoch
 
     @property
+    def usage_known(self) -> bool:
+        return self.input_tokens is not None
+
+    @property
     def cache_hit_ratio(self) -> Optional[float]:
-        return cache_hit_ratio(self.input_tokens, self.cache_read_input_tokens, self.cache_creation_input_tokens)
+        if not self.usage_known:
+            return None
+        return cache_hit_ratio(self.input_tokens or 0, self.cache_read_input_tokens or 0,
+                               self.cache_creation_input_tokens or 0)
 
     @property
     def tokens(self) -> int:
-        return self.input_tokens + self.output_tokens + self.cache_read_input_tokens + self.cache_creation_input_tokens
+        """The tokens known to be used (0 when the usage is not known)."""
+        return sum(n or 0 for n in (self.input_tokens, self.output_tokens, self.cache_read_input_tokens,
+                                    self.cache_creation_input_tokens))
 
     def to_dict(self) -> Dict[str, Any]:
         # Every field is a scalar: no need for dataclasses.asdict's recursive deep copy.
@@ -129,17 +141,19 @@ class Tally:
         self.requests = self.errors = self.local = 0
         self.input_tokens = self.output_tokens = self.cache_read_input_tokens = self.cache_creation_input_tokens = 0
         self.cost_usd = 0.0
-        self.priced = self.unpriced = 0  # calls that used tokens, with and without a known cost
+        # Calls that used tokens with a known cost, and calls without one: a kind of token had no
+        # price, or the usage is not known. The totals' cost leaves the latter out, and says so.
+        self.priced = self.unpriced = 0
 
     def add(self, rec: CallRecord) -> None:
         self.requests += 1
         self.errors += 1 if rec.error_type else 0
         self.local += 1 if rec.local else 0
-        self.input_tokens += rec.input_tokens
-        self.output_tokens += rec.output_tokens
-        self.cache_read_input_tokens += rec.cache_read_input_tokens
-        self.cache_creation_input_tokens += rec.cache_creation_input_tokens
-        if rec.tokens:
+        self.input_tokens += rec.input_tokens or 0  # an unknown count adds nothing
+        self.output_tokens += rec.output_tokens or 0
+        self.cache_read_input_tokens += rec.cache_read_input_tokens or 0
+        self.cache_creation_input_tokens += rec.cache_creation_input_tokens or 0
+        if rec.tokens or not rec.usage_known:
             if rec.cost_usd is None:
                 self.unpriced += 1
             else:
@@ -492,9 +506,13 @@ def access_line(rec: CallRecord) -> str:
     ttft = "-" if rec.ttft_ms is None else f"{rec.ttft_ms}ms"
     tries = f" attempts={rec.attempts}" if rec.attempts > 1 else ""  # retries and fallbacks; one is the rule
     return (f"{rec.request_id} {rec.endpoint} {_clean(rec.model) or '-'} -> {where} {outcome}"
-            f"{' stream' if rec.stream else ''}{tries} in={rec.input_tokens} out={rec.output_tokens}"
-            f" cached={rec.cache_read_input_tokens} cache_write={rec.cache_creation_input_tokens}"
+            f"{' stream' if rec.stream else ''}{tries} in={_count(rec.input_tokens)} out={_count(rec.output_tokens)}"
+            f" cached={_count(rec.cache_read_input_tokens)} cache_write={_count(rec.cache_creation_input_tokens)}"
             f" cost={cost} ttft={ttft} {rec.duration_ms}ms")
+
+
+def _count(tokens: Optional[int]) -> str:
+    return "-" if tokens is None else str(tokens)  # "-": not known, as for the cost
 
 
 def _clean(text: str) -> str:

@@ -23,6 +23,7 @@ from .apis.base import ClientRequest, Exchange
 from .calibration import TokenCalibration
 from .config import Config, Provider
 from .cost import call_cost
+from .counts import USAGE_KEYS, count_or_none, usage_counts
 from .credentials import alternatives, current_secrets, refused
 from .dialects import auth_header, auth_style, client_key
 from .ending import StreamFold, abort_error
@@ -257,8 +258,14 @@ class Proxy:
             if exc.status in (404, 405):
                 return None
             raise
-        counted = answer.get("input_tokens") if isinstance(answer, dict) else None
-        return counted if isinstance(counted, int) and not isinstance(counted, bool) else None
+        counted = count_or_none(answer.get("input_tokens")) if isinstance(answer, dict) else None
+        if counted is None:
+            # A count that is none (negative, fractional, missing): the local estimate serves, as for
+            # an upstream without count_tokens. Claude Code only plans compaction on it; a 502 would
+            # fail the client over a number the proxy can estimate itself.
+            self._warn_once(f"{target.label} answered count_tokens without a usable input_tokens; "
+                            "the local estimate serves")
+        return counted
 
     # ------------------------------------------------------------------
     # Models (PROTOCOL.md 4.5): what the routes serve.
@@ -592,7 +599,7 @@ class Proxy:
             # The client saw a 200 and then event: error; the metrics must count it as the error it was.
             record.update(error_type=relay.failure.error_type)
         record.update(stop_reason=fold.stop_reason, first_content_at=relay.first_content_at,
-                      **_usage_fields(fold.usage))
+                      **_stream_usage_fields(fold.usage, relay.committed))
 
     def _estimate(self, req: ClientRequest, record: Dict[str, Any]) -> int:
         """message_start's input tokens: the local estimate, calibrated for the target; 0 when forwarded.
@@ -624,7 +631,8 @@ class Proxy:
             fields.setdefault("route", routed.route.match)
             fields.setdefault("provider", routed.target.provider.name)
         first = fields.get("first_content_at")
-        usage = _usage_fields(fields)
+        # Set from the answer by _usage_fields (None: not known); 0 for a call without one (a 4xx, a local answer).
+        usage = {k: fields.get(k, 0) for k in USAGE_KEYS}
         rec = CallRecord(
             duration_ms=int((now - started) * 1000),
             ttft_ms=int((first - started) * 1000) if first is not None else None,
@@ -645,9 +653,11 @@ class Proxy:
     def _learn(self, fields: Dict[str, Any], rec: CallRecord) -> None:
         """Teach the calibration the upstream's prompt count, when the upstream really reported one."""
         raw = fields.get("estimate_raw")
-        reported = rec.input_tokens + rec.cache_read_input_tokens + rec.cache_creation_input_tokens
+        if raw is None or rec.error_type or rec.local or not rec.usage_known:
+            return
+        reported = sum(n or 0 for n in (rec.input_tokens, rec.cache_read_input_tokens, rec.cache_creation_input_tokens))
         # A stream without usage reports the estimate it was given: learning from that would feed on itself.
-        if raw is None or rec.error_type or rec.local or reported == fields.get("estimate_sent"):
+        if reported == fields.get("estimate_sent"):
             return
         self.calibration.learn((rec.provider, rec.upstream_model), raw, reported)
 
@@ -698,15 +708,24 @@ def _answer_wait(ex: Exchange, deadline: Optional[float]) -> Optional[float]:
     return max(0.0, deadline - time.monotonic()) + 1.0
 
 
-def _usage_fields(usage: Any) -> Dict[str, int]:
-    keys = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
-    usage = usage if isinstance(usage, dict) else {}
-    return {k: _token_count(usage.get(k)) for k in keys}
+def _usage_fields(usage: Any) -> Dict[str, Optional[int]]:
+    """The record's token counts from a (translated or forwarded) usage object. A forwarded body is
+    not checked on its way to the client, so each count is read by the one rule here (``counts.py``):
+    a negative, fractional or string count is 0, never a counter going backwards. All None when the
+    usage holds no count at all (a forwarded answer without one): not known, so no cost either."""
+    counts = usage_counts(usage)
+    return dict.fromkeys(USAGE_KEYS) if counts is None else dict(counts)
 
 
-def _token_count(value: Any) -> int:
-    """A count from an upstream's usage; anything that is no number counts 0 (a forwarded body is not checked)."""
-    try:
-        return int(value or 0)
-    except (TypeError, ValueError, OverflowError):
-        return 0
+def _stream_usage_fields(usage: Any, committed: bool) -> Dict[str, Optional[int]]:
+    """A stream's token counts: what the fold knows (the upstream's usage as soon as it came).
+
+    A stream that failed before anything reached the client was refused at its start (a rate limit
+    or context error as its first event): like the same refusal as an HTTP status, it counts 0
+    tokens. Once the client had events the upstream was generating, so without its usage the
+    tokens are not known (None), never 0 at $0.
+    """
+    fields = _usage_fields(usage)
+    if fields["input_tokens"] is None and not committed:
+        return dict.fromkeys(USAGE_KEYS, 0)
+    return fields

@@ -86,11 +86,12 @@ def render(view: Dict[str, Any], prices_checked: str) -> str:
                      [("", [("provider", p), ("model", m), ("kind", kind)], row[field])
                       for (p, m), row in sorted(models.items()) for kind, field in _TOKEN_KINDS])
     lines += _family("cost_usd_total", "counter", "US dollars spent, by provider and upstream model, from the "
-                     "model's prices; calls whose model has no price are not in it.",
+                     "model's prices; calls without a known cost are not in it.",
                      [("", [("provider", p), ("model", m)], row["cost_usd"] or 0.0)
                       for (p, m), row in sorted(models.items())])
-    lines += _family("unpriced_requests_total", "counter", "Calls that used tokens of a kind their model has no "
-                     "price for (no cost counted).",
+    lines += _family("unpriced_requests_total", "counter", "Calls without a known cost (none counted): they "
+                     "used tokens of a kind their model has no price for, or their usage is not known (a stream "
+                     "cut before the upstream reported it).",
                      [("", [("provider", p), ("model", m)], row["unpriced_requests"])
                       for (p, m), row in sorted(models.items())])
     lines += _family("request_duration_seconds", "histogram", "Time from the request to the end of the answer, "

@@ -178,7 +178,8 @@ def _card(title: str, value: str, sub: str) -> str:
 def _cards(usage: Dict[str, Any]) -> str:
     today = usage.get("today_totals", {})
     unpriced = today.get("unpriced_requests", 0)
-    cost_note = f"{unpriced} call{'s' if unpriced != 1 else ''} without a price" if unpriced else "every call priced"
+    # Without a known cost: no price for a kind of token used, or usage not known (a stream cut short).
+    cost_note = f"{unpriced} call{'s' if unpriced != 1 else ''} without a known cost" if unpriced else "every call priced"
     prompt = today.get("input_tokens", 0) + today.get("cache_read_input_tokens", 0) + today.get("cache_creation_input_tokens", 0)
     latency, ttft = usage.get("latency_ms", {}), usage.get("ttft_ms", {})
     return "<section class=\"cards\">" + "".join([
@@ -199,7 +200,8 @@ def _cards(usage: Dict[str, Any]) -> str:
 def _footer(usage: Dict[str, Any]) -> str:
     return (f"<footer>Costs use each model's prices per million tokens: the provider's <code>models</code> in the "
             f"config, else the built-in table (prices checked {esc(usage.get('prices_checked', '?'))}). A call to a "
-            "model without a price shows its tokens and no cost. Input tokens exclude cached ones. "
+            "model without a price shows its tokens and no cost; a stream cut before the upstream reported its usage "
+            "shows neither. Input tokens exclude cached ones. "
             "JSON: <code>/v1/usage</code> · Prometheus: <code>/metrics</code></footer>")
 
 

@@ -464,6 +464,16 @@ def test_odd_usage_values_in_a_forwarded_answer_are_no_500(through, fake_upstrea
     assert resp.json["usage"] == usage
 
 
+@pytest.mark.parametrize("usage", [None, {}, {"input_tokens": "12"}])
+def test_a_forwarded_answer_without_usage_has_unknown_tokens_and_cost(through, fake_upstream, records, usage):
+    """No count at all: the record says unknown (None), not a measured 0 tokens at $0."""
+    fake_upstream.push(json_reply({**ANSWER, "usage": usage}))
+    resp = post(through, minimal_request())
+    assert resp.status == 200, resp
+    rec = record_for(records, resp.headers["request-id"])
+    assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (None, None, None)
+
+
 @pytest.mark.parametrize("bad", [{"content": [5]}, {"content": ["text"]}, {"usage": 1.5}, {"usage": [1]},
                                  {"content": [{"type": "text", "text": "a", "citations": 7}]}])
 def test_malformed_json_message_to_a_stream_request_is_502(through, fake_upstream, bad):
@@ -609,6 +619,31 @@ def test_count_tokens_falls_back_to_the_local_estimate(through, fake_upstream, s
                 path="/v1/messages/count_tokens")
     assert resp.status == 200, resp
     assert resp.json["input_tokens"] >= len(text) // 5
+
+
+@pytest.mark.parametrize("counted", [-7, 1.5, "70", True, None])
+def test_count_tokens_refuses_an_upstream_count_that_is_no_count(through, fake_upstream, records, counted):
+    """A negative, fractional, string or bool count never reaches the client: the local estimate
+    serves, as for an upstream without count_tokens (pipeline._upstream_count says why not a 502)."""
+    fake_upstream.push(json_reply({"input_tokens": counted}))
+    text = "count these words please " * 40
+    resp = post(through, {"model": "claude-x", "messages": [{"role": "user", "content": text}]},
+                path="/v1/messages/count_tokens")
+    assert resp.status == 200, resp
+    assert type(resp.json["input_tokens"]) is int and resp.json["input_tokens"] >= len(text) // 5
+    assert record_for(records, resp.headers["request-id"]).local
+
+
+def test_stream_usage_that_is_no_count_leaves_message_starts_counts():
+    """A bad count in a message_delta (negative, a string, a float) is ignored: message_start's stands."""
+    from claudeproxy.apis.messages import MessagesFold
+
+    fold = MessagesFold(message_id="msg_1", model="claude-x", input_tokens=0)
+    bad = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+           "usage": {"input_tokens": -100000, "output_tokens": "70", "cache_read_input_tokens": 1.9,
+                     "cache_creation_input_tokens": True}}
+    fold.feed_line(events_bytes(HEAD_EVENTS + [bad]))
+    assert fold.usage == {"input_tokens": 25, "output_tokens": 1, "cache_read_input_tokens": 7}
 
 
 # ---------------------------------------------------------------------------

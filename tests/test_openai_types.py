@@ -262,6 +262,16 @@ def test_reasoning_tokens_of_the_wrong_type_are_absent(value: Any) -> None:
     assert usage is not None and usage.reasoning_tokens is None
 
 
+def test_counts_that_are_no_counts_read_as_zero_or_absent() -> None:
+    """One rule for every count an upstream reports (counts.py): negative, bool, float and string
+    counts are 0, and a reasoning count that is none is absent (it was 0 when negative)."""
+    usage = parse_usage({"prompt_tokens": -100, "completion_tokens": True, "prompt_tokens_details":
+                         {"cached_tokens": 1.5, "cache_write_tokens": "7"},
+                         "completion_tokens_details": {"reasoning_tokens": -3}})
+    assert usage == ChatUsage(prompt_tokens=0, completion_tokens=0, cached_tokens=0, cache_write_tokens=0,
+                              reasoning_tokens=None)
+
+
 def test_reasoning_tokens_zero_is_present() -> None:
     usage = parse_usage({"prompt_tokens": 1, "completion_tokens": 2, "completion_tokens_details": {"reasoning_tokens": 0}})
     assert usage is not None and usage.reasoning_tokens == 0
@@ -314,6 +324,18 @@ def test_chunk_usage_only_with_empty_choices() -> None:
     chunk = parse_chat_chunk(raw)
     assert chunk.choice is None
     assert chunk.usage == ChatUsage(prompt_tokens=120, completion_tokens=30, cached_tokens=100)
+
+
+def test_chunk_usage_inside_the_choice_moonshot() -> None:
+    """Moonshot/Kimi streams put the usage inside the final choice, next to its finish_reason."""
+    raw = {"id": "c", "object": "chat.completion.chunk", "choices": [{
+        "index": 0, "delta": {}, "finish_reason": "stop", "usage": {"prompt_tokens": 1000, "completion_tokens": 50}}]}
+    chunk = parse_chat_chunk(raw)
+    assert chunk.usage == ChatUsage(prompt_tokens=1000, completion_tokens=50)
+    assert chunk.choice is not None and chunk.choice.finish_reason == "stop"
+    # A top-level usage, where there is one, is the chunk's.
+    top = {**raw, "usage": {"prompt_tokens": 7, "completion_tokens": 3}}
+    assert parse_chat_chunk(top).usage == ChatUsage(prompt_tokens=7, completion_tokens=3)
 
 
 def test_chunk_delta() -> None:

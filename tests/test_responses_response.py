@@ -103,9 +103,31 @@ def test_usage_excludes_cached_and_written_cache_tokens() -> None:
     usage = {"input_tokens": 1000, "input_tokens_details": {"cached_tokens": 600, "cache_write_tokens": 300},
              "output_tokens": 50, "output_tokens_details": {"reasoning_tokens": 20}}
     assert convert(response([], usage=usage))["usage"] == {
-        "input_tokens": 100, "cache_creation_input_tokens": 300, "cache_read_input_tokens": 600, "output_tokens": 50}
+        "input_tokens": 100, "cache_creation_input_tokens": 300, "cache_read_input_tokens": 600, "output_tokens": 50,
+        "output_tokens_details": {"thinking_tokens": 20}}
     assert convert(response([], usage=None))["usage"]["input_tokens"] == 0
     assert convert(response([], usage={"input_tokens": 7, "output_tokens": 3}))["usage"]["input_tokens"] == 7
+
+
+
+def test_reasoning_tokens_are_thinking_tokens_as_on_chat() -> None:
+    """output_tokens_details.reasoning_tokens maps to output_tokens_details.thinking_tokens, as the chat
+    API maps completion_tokens_details.reasoning_tokens; absent (or no count) when not reported."""
+    usage = {"input_tokens": 100, "output_tokens": 300, "output_tokens_details": {"reasoning_tokens": 250}}
+    out = convert(response([], usage=usage))["usage"]
+    assert (out["output_tokens"], out["output_tokens_details"]) == (300, {"thinking_tokens": 250})
+    for details in (None, {}, {"reasoning_tokens": -1}, {"reasoning_tokens": "250"}):
+        bare = convert(response([], usage={"input_tokens": 100, "output_tokens": 300, "output_tokens_details": details}))
+        assert "output_tokens_details" not in bare["usage"]
+
+
+def test_usage_counts_that_are_no_counts_are_zero() -> None:
+    """A negative, fractional, string or bool count is 0 (counts.py), never a negative usage."""
+    usage = {"input_tokens": 10, "output_tokens": -5, "input_tokens_details": {"cached_tokens": True,
+                                                                              "cache_write_tokens": 2.5}}
+    assert convert(response([], usage=usage))["usage"] == {
+        "input_tokens": 10, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 0}
+    assert convert(response([], usage={"input_tokens": "70", "output_tokens": 3}))["usage"]["input_tokens"] == 0
 
 
 # --------------------------------------------------------------------------

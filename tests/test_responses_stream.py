@@ -302,6 +302,39 @@ def test_complete_finishing_and_metrics() -> None:
     assert fold.fail(UpstreamUnavailable("x")) == []
 
 
+def test_a_failure_that_carries_usage_leaves_it_for_the_call_record() -> None:
+    """response.failed after output, with the usage it was billed: the fold's usage (what the call
+    record reads) is that, not nothing; a failure without usage leaves it unknown ({})."""
+    fold = make_fold()
+    feed(fold, CREATED, delta("hi"))
+    assert fold.usage == {}
+    failed = {"type": "response.failed", "response": {"id": "resp_x", "status": "failed", "output": [],
+              "error": {"code": "server_error", "message": "boom"},
+              "usage": {"input_tokens": 1000, "output_tokens": 50, "input_tokens_details": {"cached_tokens": 100}}}}
+    with pytest.raises(ProxyError):
+        feed(fold, failed)
+    assert fold.usage == {"input_tokens": 900, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 100,
+                          "output_tokens": 50}
+    bare = make_fold()
+    feed(bare, CREATED, delta("hi"))
+    with pytest.raises(ProxyError):
+        feed(bare, {**failed, "response": {**failed["response"], "usage": None}})
+    assert bare.usage == {}
+    empty = make_fold()
+    feed(empty, CREATED, {"type": "response.in_progress", "response": {**CREATED["response"], "usage": {}}})
+    assert empty.usage == {}  # an empty usage says nothing: still unknown, not 0 tokens
+
+
+def test_streamed_reasoning_tokens_are_thinking_tokens() -> None:
+    """The stream's message_delta maps reasoning_tokens to thinking_tokens, as the JSON answer does."""
+    fold = make_fold()
+    out = feed(fold, CREATED, delta("hi"), completed(usage={"input_tokens": 100, "output_tokens": 300,
+                                                            "output_tokens_details": {"reasoning_tokens": 250}}))
+    [message_delta] = [e for e in out if e["type"] == "message_delta"]
+    assert message_delta["usage"]["output_tokens_details"] == {"thinking_tokens": 250}
+    assert final_message(out)["usage"]["output_tokens_details"] == {"thinking_tokens": 250}
+
+
 def test_done_marker_without_terminal_event_is_still_truncation() -> None:
     fold = make_fold()
     feed(fold, CREATED, delta("hi"))

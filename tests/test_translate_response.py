@@ -342,6 +342,32 @@ def test_usage_from_reports_thinking_tokens_only_when_present() -> None:
     assert out["output_tokens"] == 9  # reasoning is already inside completion_tokens
 
 
+def _completion(usage: Dict[str, Any]) -> Dict[str, Any]:
+    return {"id": "c", "object": "chat.completion", "usage": usage, "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}]}
+
+
+def test_output_includes_reasoning_that_completion_tokens_left_out() -> None:
+    """Gemini's OpenAI-compatible endpoint: total = prompt + completion + reasoning, so completion_tokens
+    (50) leaves out the thinking (200). Anthropic's output_tokens includes thinking: 250, never less
+    than the thinking inside it."""
+    gemini = {"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1250,
+              "completion_tokens_details": {"reasoning_tokens": 200}}
+    out = usage_from(parse_chat_response(_completion(gemini)).usage)
+    assert (out["output_tokens"], out["output_tokens_details"]) == (250, {"thinking_tokens": 200})
+
+
+@pytest.mark.parametrize("total", [1050, None, 999])
+def test_output_is_completion_tokens_when_the_total_does_not_say_reasoning_is_apart(total: Optional[int]) -> None:
+    """OpenAI's own shape (completion includes reasoning, total = prompt + completion), no total, or
+    a total that fits neither: completion_tokens stands."""
+    usage: Dict[str, Any] = {"prompt_tokens": 1000, "completion_tokens": 50,
+                             "completion_tokens_details": {"reasoning_tokens": 20}}
+    if total is not None:
+        usage["total_tokens"] = total
+    assert usage_from(parse_chat_response(_completion(usage)).usage)["output_tokens"] == 50
+
+
 def test_usage_from_never_negative() -> None:
     assert usage_from(ChatUsage(prompt_tokens=5, cached_tokens=4, cache_write_tokens=4))["input_tokens"] == 0
 

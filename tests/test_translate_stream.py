@@ -229,6 +229,48 @@ def test_usage_fallback_estimates_when_upstream_sends_none() -> None:
     assert delta["usage"]["output_tokens"] == math.ceil(37 / 4) > 0
 
 
+def test_usage_read_before_a_cut_is_the_folds_usage() -> None:
+    """A stream cut after its usage chunk (before finish_reason and [DONE]) still cost that: the fold's
+    usage, which the call record reads, is the upstream's as soon as it came, whatever the ending."""
+    pb = Playbook(input_tokens=321)
+    pb.feed(chunk({"content": "hi"}))
+    assert pb.stream.usage == {}  # nothing known yet: not 0 tokens
+    pb.feed({"choices": [], "usage": {"prompt_tokens": 1000, "completion_tokens": 50,
+                                      "prompt_tokens_details": {"cached_tokens": 200}}})
+    _, error = pb.eof()
+    assert error is not None  # cut: no finish_reason, no [DONE]
+    assert pb.stream.usage == {"input_tokens": 800, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 200,
+                               "output_tokens": 50}
+
+
+def test_usage_inside_the_final_choice_is_the_upstreams_moonshot() -> None:
+    """Moonshot/Kimi: usage in the final choice, not at the top level. It is the message's usage (not
+    the estimate), and with the finish_reason beside it the stream is complete at that chunk."""
+    pb = Playbook(input_tokens=321)
+    pb.feed(chunk({"role": "assistant", "content": "hi"}))
+    got = pb.feed({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop",
+                                "usage": {"prompt_tokens": 1000, "completion_tokens": 50}}]})
+    assert [e["type"] for e in got][-2:] == ["message_delta", "message_stop"] and pb.complete
+    assert got[-2]["usage"]["input_tokens"] == 1000 and got[-2]["usage"]["output_tokens"] == 50
+    # A text chunk carrying the usage in its choice is not taken for plain text (which skips usage).
+    pb = Playbook(input_tokens=321)
+    pb.feed(chunk({"role": "assistant", "content": ""}))
+    pb.feed({"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None,
+                          "usage": {"prompt_tokens": 900, "completion_tokens": 7}}]})
+    pb.feed(chunk(finish="stop"))
+    assert pb.complete and final_message(pb.events)["usage"]["output_tokens"] == 7
+
+
+def test_streamed_output_includes_reasoning_that_completion_tokens_left_out() -> None:
+    """Gemini's OpenAI-compatible stream: total = prompt + completion + reasoning. The message_delta's
+    output_tokens includes the thinking (250), as the JSON answer's does."""
+    pb = Playbook()
+    pb.feed(chunk({"role": "assistant", "content": "hi"}, "stop"))
+    pb.feed({"choices": [], "usage": {"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1250,
+                                      "completion_tokens_details": {"reasoning_tokens": 200}}})
+    assert final_message(pb.events)["usage"]["output_tokens"] == 250
+
+
 def test_message_start_usage_is_the_estimate_and_message_delta_the_real_numbers() -> None:
     # PROTOCOL.md case 65 and FIELD-NOTES 8: message_delta overwrites the placeholder.
     pb = Playbook(input_tokens=1234)

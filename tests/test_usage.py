@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html.parser
+import json
 import re
 import threading
 import time
@@ -26,8 +27,8 @@ from claudeproxy.cost import call_cost
 from claudeproxy.metrics import CallRecord, Metrics, access_line
 from claudeproxy.model_facts import PRICES_CHECKED, ModelFacts, builtin_facts
 from claudeproxy.usage_page import page_headers, render
-from conftest import UPSTREAM_KEY, minimal_request, quota_probe, request
-from fakes import FakeUpstream, Gate, Sleep, chunk, completion, json_reply, sse_reply
+from conftest import UPSTREAM_KEY, minimal_request, quota_probe, record_for, request
+from fakes import Fault, FakeUpstream, Gate, Reply, Sleep, StreamClient, chunk, completion, json_reply, sse_reply
 
 KEY = claudeproxy.static_token(UPSTREAM_KEY)
 EVIL = 'evil"model\\name\n<script>alert(1)</script>'
@@ -502,3 +503,202 @@ def test_usage_page_obeys_the_client_key(make_proxy: Any) -> None:
     plain = make_proxy()
     assert request(plain.url, "GET", "/", headers={"Host": "evil.example"}).status == 403  # DNS rebinding
     assert request(plain.url, "GET", "/", headers={"Origin": "https://evil.example"}).status == 403
+
+
+# ---------------------------------------------------------------------------
+# Usage an upstream reports, whatever it reports.
+
+
+def _message(usage: Any) -> Dict[str, Any]:
+    return {"id": "msg_1", "type": "message", "role": "assistant", "model": "x", "stop_reason": "end_turn",
+            "stop_sequence": None, "content": [{"type": "text", "text": "hi"}], "usage": usage}
+
+
+def _anthropic_sse(*events: Dict[str, Any]) -> Reply:
+    data = b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode("utf-8") for e in events)
+    return Reply(200, (("Content-Type", "text/event-stream"),), [data], chunked=True)
+
+
+def _counters(server: Any) -> Dict[Any, float]:
+    s = prom.parse(request(server.url, "GET", "/metrics").body.decode("utf-8"))
+    return {k: v for k, v in s.items() if k[0] in ("claudeproxy_tokens_total", "claudeproxy_cost_usd_total")}
+
+
+def test_passthrough_usage_that_is_no_count_lowers_no_counter(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """A /v1/messages upstream's usage is forwarded to the client unchecked, but the call record reads
+    it by the one rule (counts.py): a negative, string or fractional count is 0 (a stream's bad count
+    is ignored: message_start's stands), so no token or cost counter ever goes down."""
+    priced = ModelFacts(input_price=1.0, output_price=2.0, cache_read_price=0.5, cache_write_price=1.5)
+    records: List[CallRecord] = []
+    server = make_proxy(providers=(Provider("native", fake_upstream.url, api="messages", models=(("*", priced),)),),
+                        routes=(Route("*", RouteTarget("native", "house-model")),), upstream=None,
+                        metrics_sink=records.append)
+    headers = {"anthropic-version": "2023-06-01"}
+    fake_upstream.push(json_reply(_message({"input_tokens": 1000, "output_tokens": 50, "cache_read_input_tokens": 100})))
+    assert request(server.url, "POST", "/v1/messages", minimal_request(), headers).status == 200
+    wait_records(types.SimpleNamespace(records=records), 1)
+    before = _counters(server)
+    assert before[("claudeproxy_tokens_total", (("kind", "input"), ("model", "house-model"),
+                                                ("provider", "native")))] == 1000
+    bad = {"input_tokens": -100000, "output_tokens": 20, "cache_read_input_tokens": "70",
+           "cache_creation_input_tokens": 1.9}
+    fake_upstream.push(json_reply(_message(bad)))
+    resp = request(server.url, "POST", "/v1/messages", minimal_request(), headers)
+    assert resp.status == 200 and resp.json["usage"] == bad  # forwarded as it came
+    rec = record_for(records, resp.headers["request-id"])
+    assert (rec.input_tokens, rec.output_tokens, rec.cache_read_input_tokens, rec.cache_creation_input_tokens) == (
+        0, 20, 0, 0)
+    assert rec.cost_usd == pytest.approx(20 * 2.0 / 1e6)
+    start = {"type": "message_start", "message": {**_message({"input_tokens": 300, "output_tokens": 1}),
+                                                   "content": [], "stop_reason": None}}
+    fake_upstream.push(_anthropic_sse(
+        start, {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"input_tokens": -100000,
+                                                                                 "output_tokens": -5}},
+        {"type": "message_stop"}))
+    resp = request(server.url, "POST", "/v1/messages", minimal_request(stream=True), headers)
+    assert resp.status == 200
+    rec = record_for(records, resp.headers["request-id"])
+    assert (rec.input_tokens, rec.output_tokens) == (300, 1) and rec.cost_usd >= 0
+    after = _counters(server)
+    assert after.keys() == before.keys()
+    assert [k for k in before if after[k] < before[k]] == []
+
+
+def _usage_chunk(prompt: int, completion_tokens: int) -> Dict[str, Any]:
+    return {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
+            "usage": usage(prompt, completion_tokens)}
+
+
+def test_a_stream_cut_after_its_usage_records_that_usage(proxy: Any, fake: FakeUpstream) -> None:
+    """The upstream drops after the usage chunk, before finish_reason and [DONE]: the client gets an
+    error event, and the call record (usage log, access log, metrics) the upstream's 1000/50 tokens at
+    the model's prices, not 0 tokens at $0."""
+    cut = sse_reply(chunk({"role": "assistant", "content": "hi"}), _usage_chunk(1000, 50), done=False)
+    cut.body.append(Fault("rst"))
+    fake.push(cut)
+    with StreamClient(proxy.url, minimal_request(model="claude-sonnet-4-5", stream=True)) as client:
+        events = client.read_all(timeout=5)
+        request_id = client.headers["request-id"]
+    assert events[-1]["type"] == "error"
+    rec = record_for(proxy.records, request_id)
+    assert rec.error_type == "api_error" and (rec.input_tokens, rec.output_tokens) == (1000, 50)
+    assert rec.cost_usd == pytest.approx((1000 * 1.0 + 50 * 2.0) / 1e6)  # the config's prices
+    s = prom.parse(request(proxy.url, "GET", "/metrics").body.decode("utf-8"))
+    assert prom.total(s, "claudeproxy_tokens_total", model="house-model", kind="output") == 50
+
+
+def test_a_client_gone_after_the_usage_records_that_usage(proxy: Any, fake: FakeUpstream) -> None:
+    """A server that reports usage in every chunk (vLLM's continuous usage stats): the client leaves
+    mid-stream, and the record has the usage read by then."""
+    gate = Gate()
+    fake.push(sse_reply(chunk({"role": "assistant", "content": "hi"}, usage=usage(1000, 50)), gate,
+                        chunk({"content": " more"}, usage=usage(1000, 51)), chunk({}, "stop")))
+    client = StreamClient(proxy.url, minimal_request(model="claude-sonnet-4-5", stream=True))
+    try:
+        client.read_until("content_block_delta", timeout=5)
+        request_id = client.headers["request-id"]
+    finally:
+        client.close()  # the upstream is held at the gate: the proxy sees the client leave first
+    rec = record_for(proxy.records, request_id, timeout=5)
+    gate.release()
+    assert rec.error_type == "client_closed" and (rec.input_tokens, rec.output_tokens) == (1000, 50)
+    assert rec.cost_usd == pytest.approx((1000 * 1.0 + 50 * 2.0) / 1e6)
+
+
+def test_a_responses_failure_that_carries_usage_records_it(fake: FakeUpstream) -> None:
+    """response.failed after output, with the usage it was billed: the record has it."""
+    priced = ModelFacts(input_price=1.0, output_price=2.0)
+    records: List[CallRecord] = []
+    server = claudeproxy.start(providers=(Provider("resp", fake.url, api="responses", token=KEY,
+                                                   models=(("*", priced),)),),
+                               routes=(Route("*", RouteTarget("resp", "house-model")),), metrics_sink=records.append)
+    try:
+        ev = lambda o: f"event: {o['type']}\ndata: {json.dumps(o)}\n\n".encode("utf-8")  # noqa: E731
+        failed = {"type": "response.failed", "response": {"status": "failed", "error": {
+            "code": "server_error", "message": "boom"}, "usage": {"input_tokens": 1000, "output_tokens": 50}}}
+        fake.push(sse_reply(ev({"type": "response.output_text.delta", "output_index": 0, "content_index": 0,
+                                "delta": "hi"}), ev(failed), done=False))
+        with StreamClient(server.url, minimal_request(stream=True)) as client:
+            events = client.read_all(timeout=5)
+            request_id = client.headers["request-id"]
+        assert events[-1]["type"] == "error"
+        rec = record_for(records, request_id)
+        assert (rec.input_tokens, rec.output_tokens) == (1000, 50)
+        assert rec.cost_usd == pytest.approx((1000 * 1.0 + 50 * 2.0) / 1e6)
+    finally:
+        server.shutdown(grace=1.0)
+
+
+def test_a_stream_cut_before_any_usage_has_no_tokens_and_no_cost(proxy: Any, fake: FakeUpstream, caplog: Any) -> None:
+    """Cut after the client had text, before the upstream reported usage: what it cost is not known,
+    so the record says so (None: null in the usage log and /v1/usage, "-" in the access log, counted
+    as a call without a known cost), never 0 tokens at $0.000000 as if measured."""
+    caplog.set_level("INFO", logger="claudeproxy")
+    cut = sse_reply(chunk({"role": "assistant", "content": "hi"}), done=False)
+    cut.body.append(Fault("rst"))
+    fake.push(cut)
+    with StreamClient(proxy.url, minimal_request(model="claude-sonnet-4-5", stream=True)) as client:
+        events = client.read_all(timeout=5)
+        request_id = client.headers["request-id"]
+    assert events[-1]["type"] == "error"
+    rec = record_for(proxy.records, request_id)
+    assert (rec.input_tokens, rec.output_tokens, rec.cache_read_input_tokens, rec.cache_creation_input_tokens,
+            rec.cost_usd) == (None, None, None, None, None)
+    assert json.loads(json.dumps(rec.to_dict()))["input_tokens"] is None  # the usage log's line
+    assert proxy.server.server.wait_idle(2)
+    [line] = [r.getMessage() for r in caplog.records if request_id in r.getMessage() and "->" in r.getMessage()]
+    assert " in=- out=- cached=- cache_write=- cost=- " in line, line
+    u = request(proxy.url, "GET", "/v1/usage").json
+    [row] = [m for m in u["models"] if m["model"] == "house-model"]
+    assert (row["cost_usd"], row["unpriced_requests"], row["input_tokens"]) == (None, 1, 0)
+    assert u["recent"][0]["output_tokens"] is None and u["recent"][0]["cost_usd"] is None
+    s = prom.parse(request(proxy.url, "GET", "/metrics").body.decode("utf-8"))
+    assert prom.value(s, "claudeproxy_unpriced_requests_total", provider="priced", model="house-model") == 1
+    assert prom.value(s, "claudeproxy_cost_usd_total", provider="priced", model="house-model") == 0
+    assert "–" in render({**u, "prices_checked": PRICES_CHECKED})
+
+
+def test_a_stream_refused_before_any_event_counts_no_tokens(proxy: Any, fake: FakeUpstream) -> None:
+    """An error as a stream's first chunk is a plain HTTP error for the client, a refusal like a 429:
+    0 tokens at $0, not a call of unknown cost."""
+    fake.push(sse_reply({"error": {"message": "slow down", "type": "rate_limit_error", "code": 429}}, done=False))
+    resp = post(proxy, minimal_request(model="claude-sonnet-4-5", stream=True))
+    assert resp.status == 429
+    rec = record_for(proxy.records, resp.headers["request-id"])
+    assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (0, 0, 0.0)
+
+
+def test_a_passthrough_stream_cut_keeps_message_starts_counts(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """The passthrough fold keeps message_start's counts on a cut: known, not unknown."""
+    records: List[CallRecord] = []
+    server = make_proxy(passthrough=True, metrics_sink=records.append)
+    start = {"type": "message_start", "message": {**_message({"input_tokens": 25, "output_tokens": 1,
+                                                               "cache_read_input_tokens": 7}),
+                                                   "content": [], "stop_reason": None}}
+    cut = _anthropic_sse(start, {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                         {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}})
+    cut.body.append(Fault("rst"))
+    fake_upstream.push(cut)
+    with StreamClient(server.url, minimal_request(stream=True)) as client:
+        events = client.read_all(timeout=5)
+        request_id = client.headers["request-id"]
+    assert events[-1]["type"] == "error"
+    rec = record_for(records, request_id)
+    assert (rec.input_tokens, rec.output_tokens, rec.cache_read_input_tokens) == (25, 1, 7)
+
+
+def test_a_record_of_unknown_usage_in_the_totals() -> None:
+    """Unknown usage adds no tokens and no cost, and counts as a call without a known cost."""
+    assert call_cost(builtin_facts("gpt-4o"), None, None, None, None) is None
+    metrics = Metrics()
+    now = time.time()
+    metrics.record(_rec("m", now))
+    metrics.record(CallRecord("/v1/messages", model="m", provider="p", upstream_model="m", time=now, stream=True,
+                              input_tokens=None, output_tokens=None, cache_read_input_tokens=None,
+                              cache_creation_input_tokens=None, cost_usd=None, error_type="api_error"))
+    [row] = metrics.usage(now)["models"]
+    assert (row["input_tokens"], row["cost_usd"], row["unpriced_requests"]) == (10, 0.001, 1)
+    unknown = metrics.records()[-1]
+    assert unknown.tokens == 0 and unknown.cache_hit_ratio is None and not unknown.usage_known

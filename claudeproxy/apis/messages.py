@@ -18,6 +18,7 @@ import json
 import re
 from typing import Any, Dict, List, Optional, Set, Tuple
 
+from ..counts import count_or_none
 from ..dialects import forwards_betas, is_anthropic_host
 from ..errors import (
     ProxyError,
@@ -399,8 +400,7 @@ class MessagesFold(SSEFold):
         if self.started:
             # Ours went out while the upstream was slow: its usage goes with the message_delta.
             usage = message.get("usage")
-            self.late_usage = {k: v for k, v in (usage.items() if isinstance(usage, dict) else ())
-                               if k in _START_USAGE_KEYS and isinstance(v, int) and not isinstance(v, bool)}
+            self.late_usage = _counts(usage, _START_USAGE_KEYS)
             return []
         self.started = True
         return [{**obj, "message": {**message, "model": self.model}}]
@@ -410,9 +410,16 @@ class MessagesFold(SSEFold):
         return [{"type": "message_stop"}]
 
     def _take_usage(self, usage: Any) -> None:
-        if isinstance(usage, dict):
-            self.usage.update({k: v for k, v in usage.items()
-                               if k in _USAGE_KEYS and isinstance(v, int) and not isinstance(v, bool)})
+        self.usage.update(_counts(usage, _USAGE_KEYS))
+
+
+def _counts(usage: Any, keys: Tuple[str, ...]) -> Dict[str, int]:
+    """The counts among ``keys`` of an upstream's usage object; one that is no count (``counts.py``:
+    negative, a float, a string) is left out, so an earlier good one (message_start's) stands."""
+    if not isinstance(usage, dict):
+        return {}
+    found = {k: count_or_none(usage.get(k)) for k in keys}
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def _broken_order(what: str) -> ProxyError:

@@ -263,7 +263,7 @@ class StreamTranslator:
         self.refusal = False
         self.state: Dict[str, Any] = {}
         self.carried: Dict[str, Any] = {}
-        # Set by finish(), for metrics.
+        # Set by finish(), for metrics (``usage_so_far`` also knows the usage of a stream cut short).
         self.stop_reason: Optional[str] = None
         self.final_usage: Dict[str, Any] = {}
 
@@ -276,6 +276,14 @@ class StreamTranslator:
             return []
         self.started = True
         return [message_start(self.message_id, self.model, self.input_tokens)]
+
+    @property
+    def usage_so_far(self) -> Dict[str, Any]:
+        """The call record's usage: the message's own once it ended; before that (a stream cut short,
+        a client gone) the upstream's usage if it came already, else {}: nothing is known."""
+        if self.final_usage:
+            return self.final_usage
+        return usage_from(self.usage) if self.usage is not None else {}
 
     @property
     def ready_to_finish(self) -> bool:
@@ -657,8 +665,8 @@ def plain_text_delta(obj: Any) -> Optional[str]:
         return None
     choice = choices[0]
     delta = choice.get("delta") if type(choice) is dict else None
-    if type(delta) is not dict or choice.get("finish_reason") is not None:
-        return None
+    if type(delta) is not dict or choice.get("finish_reason") is not None or choice.get("usage"):
+        return None  # the end, or usage in the choice (Moonshot/Kimi): the full path reads it
     if type(choice.get("stop_reason")) is str or type(choice.get("matched_stop")) is str:
         return None  # vLLM/SGLang naming the stop string: the full path reads it
     text = delta.get("content")
@@ -701,7 +709,7 @@ class ChatFold(SSEFold):
 
     @property
     def usage(self) -> Dict[str, Any]:
-        return self.translator.final_usage
+        return self.translator.usage_so_far
 
     def start(self) -> List[Event]:
         return self.translator.start()

@@ -13,6 +13,8 @@ import dataclasses
 import json
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from ...counts import count_or_none, token_count
+
 Content = Union[str, List[Dict[str, Any]], None]
 
 
@@ -122,7 +124,7 @@ class ChatRequest:
 @dataclasses.dataclass(frozen=True)
 class ChatUsage:
     prompt_tokens: int = 0
-    completion_tokens: int = 0
+    completion_tokens: int = 0  # reasoning included, as OpenAI and Anthropic count output (see _output_tokens)
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: Optional[int] = None
@@ -165,17 +167,6 @@ class ChatResponse:
     error: Optional[Dict[str, Any]] = None
 
 
-def _as_int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def _optional_count(value: Any) -> Optional[int]:
-    """A count that may be unreported: null or a wrong type is None, which is not 0 (2.5)."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        return None
-    return max(value, 0)
-
-
 def _as_str(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
@@ -186,15 +177,31 @@ def parse_usage(raw: Any) -> Optional[ChatUsage]:
         return None
     prompt_details = raw.get("prompt_tokens_details") if isinstance(raw.get("prompt_tokens_details"), dict) else {}
     completion_details = raw.get("completion_tokens_details")
-    reasoning = _optional_count(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else None
-    cached = _as_int(prompt_details.get("cached_tokens")) or _as_int(raw.get("prompt_cache_hit_tokens"))
+    # A count that may be unreported: null or a wrong type is None, which is not 0 (2.5).
+    reasoning = count_or_none(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else None
+    cached = token_count(prompt_details.get("cached_tokens")) or token_count(raw.get("prompt_cache_hit_tokens"))
+    prompt = token_count(raw.get("prompt_tokens"))
     return ChatUsage(
-        prompt_tokens=_as_int(raw.get("prompt_tokens")),
-        completion_tokens=_as_int(raw.get("completion_tokens")),
+        prompt_tokens=prompt,
+        completion_tokens=_output_tokens(prompt, token_count(raw.get("completion_tokens")), reasoning,
+                                         count_or_none(raw.get("total_tokens"))),
         cached_tokens=cached,
-        cache_write_tokens=_as_int(prompt_details.get("cache_write_tokens")),
+        cache_write_tokens=token_count(prompt_details.get("cache_write_tokens")),
         reasoning_tokens=reasoning,
     )
+
+
+def _output_tokens(prompt: int, completion: int, reasoning: Optional[int], total: Optional[int]) -> int:
+    """The output count with the reasoning in it: Anthropic's output_tokens includes thinking.
+
+    OpenAI's completion_tokens includes the reasoning already (total = prompt + completion).
+    Gemini's OpenAI-compatible endpoint leaves it out (total = prompt + completion + reasoning),
+    which made the output smaller than the thinking inside it: then the reasoning is added. Only
+    when the total says so; without a total nothing tells the two apart, and OpenAI's shape stands.
+    """
+    if reasoning and total is not None and total == prompt + completion + reasoning:
+        return completion + reasoning
+    return completion
 
 
 def _text_of(content: Any) -> str:
@@ -282,7 +289,8 @@ def _parse_choice(raw: Any, body_key: str) -> Optional[ChatChoice]:
     )
 
 
-def _first_choice(raw: Dict[str, Any], body_key: str) -> Optional[ChatChoice]:
+def _first_choice_raw(raw: Dict[str, Any]) -> Any:
+    """The choice a body or chunk answers with, as it came (None when there is none)."""
     choices = raw.get("choices")
     if not isinstance(choices, list) or not choices:
         return None
@@ -291,7 +299,7 @@ def _first_choice(raw: Dict[str, Any], body_key: str) -> Optional[ChatChoice]:
     first = choices[0]
     if len(choices) > 1:
         first = next((c for c in choices if isinstance(c, dict) and c.get("index", 0) == 0), first)
-    return _parse_choice(first, body_key)
+    return first
 
 
 def _error_of(raw: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -303,32 +311,36 @@ def _error_of(raw: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     return None
 
 
-def _usage_of(raw: Dict[str, Any]) -> Optional[ChatUsage]:
+def _usage_of(raw: Dict[str, Any], choice: Any) -> Optional[ChatUsage]:
+    """The top-level usage; else older Groq streams' ``x_groq.usage``; else Moonshot/Kimi's, which
+    streams put inside the final choice (next to its finish_reason)."""
     usage = parse_usage(raw.get("usage"))
     if usage is None and isinstance(raw.get("x_groq"), dict):
-        usage = parse_usage(raw["x_groq"].get("usage"))  # older Groq streams
+        usage = parse_usage(raw["x_groq"].get("usage"))
+    if usage is None and isinstance(choice, dict):
+        usage = parse_usage(choice.get("usage"))
     return usage
+
+
+def _parse(raw: Dict[str, Any], body_key: str) -> ChatResponse:
+    choice = _first_choice_raw(raw)
+    return ChatResponse(
+        id=_as_str(raw.get("id")),
+        choice=_parse_choice(choice, body_key),
+        usage=_usage_of(raw, choice),
+        error=_error_of(raw),
+    )
 
 
 def parse_chat_response(raw: Any) -> ChatResponse:
     """A non-streaming ChatCompletion body (already JSON-decoded)."""
     if not isinstance(raw, dict):
         return ChatResponse(error={"message": "upstream response is not a JSON object"})
-    return ChatResponse(
-        id=_as_str(raw.get("id")),
-        choice=_first_choice(raw, "message"),
-        usage=_usage_of(raw),
-        error=_error_of(raw),
-    )
+    return _parse(raw, "message")
 
 
 def parse_chat_chunk(raw: Any) -> ChatResponse:
     """One streamed ChatCompletionChunk (already JSON-decoded)."""
     if not isinstance(raw, dict):
         return ChatResponse()
-    return ChatResponse(
-        id=_as_str(raw.get("id")),
-        choice=_first_choice(raw, "delta"),
-        usage=_usage_of(raw),
-        error=_error_of(raw),
-    )
+    return _parse(raw, "delta")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from ...counts import count_or_none, token_count
 from ...errors import ProxyError, error_from_object
 from ...signatures import encode_signature
 from ..chat.response import message_id, normalize_arguments
@@ -223,8 +224,8 @@ def stop_reason_for(status: Any, incomplete: Any, has_tool_use: bool, refusal: b
 
 
 def _int(obj: Any, key: str) -> int:
-    value = obj.get(key) if isinstance(obj, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    """A token count of a usage object, by the one rule (``counts.py``: a bad one counts 0)."""
+    return token_count(obj.get(key)) if isinstance(obj, dict) else 0
 
 
 def usage_from(usage: Any, searches: int = 0) -> Dict[str, Any]:
@@ -238,9 +239,18 @@ def usage_from(usage: Any, searches: int = 0) -> Dict[str, Any]:
         "cache_read_input_tokens": cache_read,
         "output_tokens": _int(usage, "output_tokens"),
     }
+    thinking = _reasoning_tokens(usage)
+    if thinking is not None:  # as the chat API maps completion_tokens_details.reasoning_tokens (2.5)
+        out["output_tokens_details"] = {"thinking_tokens": thinking}
     if searches:
         out["server_tool_use"] = {"web_search_requests": searches}
     return out
+
+
+def _reasoning_tokens(usage: Any) -> Optional[int]:
+    """``output_tokens_details.reasoning_tokens`` (inside output_tokens already), None when not reported."""
+    details = usage.get("output_tokens_details") if isinstance(usage, dict) else None
+    return count_or_none(details.get("reasoning_tokens")) if isinstance(details, dict) else None
 
 
 def count_searches(output: List[Dict[str, Any]]) -> int:

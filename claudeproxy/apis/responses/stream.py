@@ -26,6 +26,7 @@ import json
 import math
 from typing import Any, Dict, List, Optional, Set, Tuple
 
+from ...counts import count_or_none
 from ...errors import ProxyError, UpstreamUnavailable, stream_error_event
 from ...replies import block_events, events_for_message, message_start
 from ...signatures import encode_signature
@@ -56,6 +57,7 @@ Key = Tuple[Any, ...]
 MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as broken
 _INDEX_FIELDS = ("output_index", "content_index", "summary_index")  # used in dict keys
 _THINKING_START = {"type": "thinking", "thinking": "", "signature": ""}
+_USAGE_COUNTS = ("input_tokens", "output_tokens")  # a Response's usage says something only with one of them
 
 
 @dataclasses.dataclass
@@ -123,7 +125,7 @@ class ResponsesFold(SSEFold):
         self.refusal = False
         self.searches = 0
         self.out_chars = 0
-        # Set at the end, for metrics.
+        # For metrics: the stop reason at the end; the usage as soon as the upstream gives it ({}: unknown).
         self.stop_reason: Optional[str] = None
         self.usage: Dict[str, Any] = {}
 
@@ -576,7 +578,15 @@ class ResponsesFold(SSEFold):
     def _failed(self, obj: Dict[str, Any]) -> List[Event]:
         self.complete = True
         response = _dict(obj.get("response"))
+        self._take_usage(response)  # a failure that was billed says what it cost
         raise failure_of({**response, "status": "failed"}, self.secrets) or error_for({}, self.secrets)
+
+    def _take_usage(self, response: Dict[str, Any]) -> None:
+        """The call record's usage from a response snapshot that carries one, as soon as it comes: the
+        stream may yet be cut short (usage is null until the end on OpenAI; a failure may carry it)."""
+        usage = response.get("usage")
+        if isinstance(usage, dict) and any(count_or_none(usage.get(k)) is not None for k in _USAGE_COUNTS):
+            self.usage = usage_from(usage, self.searches)  # {} or no count at all says nothing: still unknown
 
     def _error(self, obj: Dict[str, Any]) -> List[Event]:
         self.complete = True
@@ -584,6 +594,7 @@ class ResponsesFold(SSEFold):
 
     def _created(self, obj: Dict[str, Any]) -> List[Event]:
         response = _dict(obj.get("response"))
+        self._take_usage(response)
         if not self.started and isinstance(response.get("id"), str) and response["id"]:
             self.message_id = message_id(response["id"], self.new_id)
         return []

@@ -1,0 +1,42 @@
+"""Token counts an upstream reports, read by one rule. Pure.
+
+An upstream's usage is not trusted: a count is a non-negative ``int`` (a bool is
+no count). A negative number, a float, a numeric string or null is not one and
+counts 0 (or, where a count may be missing, is ignored). Every place a count
+comes in from an upstream (Chat Completions, Responses, a forwarded Anthropic
+body or stream, count_tokens) reads it this way, so a bad number can neither be
+billed nor drive a ``/metrics`` counter backwards (Prometheus counters never
+decrease).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+# Anthropic's usage keys, as the call records keep them.
+USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+
+
+def count_or_none(value: Any) -> Optional[int]:
+    """``value`` if it is a count (a non-negative int, not a bool), else None: not reported."""
+    if type(value) is int and value >= 0:  # type(), not isinstance: True is an int too
+        return value
+    return None
+
+
+def token_count(value: Any) -> int:
+    """``value`` if it is a count, else 0."""
+    counted = count_or_none(value)
+    return 0 if counted is None else counted
+
+
+
+def usage_counts(usage: Any) -> Optional[Dict[str, int]]:
+    """The four Anthropic counts of a usage object (one that is no count is 0); None when it holds no
+    count at all: nothing is known, which is not the same as a call that used no tokens."""
+    if not isinstance(usage, dict):
+        return None
+    found = {k: count_or_none(usage.get(k)) for k in USAGE_KEYS}
+    if all(v is None for v in found.values()):
+        return None
+    return {k: 0 if v is None else v for k, v in found.items()}
