@@ -9,10 +9,11 @@ sentinel key nor any fragment of it appears in any log record or response.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
-from typing import Any, Iterator, List
+from typing import Any, Iterator, List, Tuple
 
 import pytest
 
@@ -25,6 +26,22 @@ from test_messages_api import ANSWER, HEAD_EVENTS, TAIL_EVENTS, events_bytes, ss
 
 FRAGMENT = "SENTINEL"  # in both sentinel keys: no part of a key may show, masked or not
 AZURE_STYLE_KEY = "3f9c0a1b2c3d4e5f60718293a4b5c6d7"  # 32 hex digits: no prefix gives it away
+
+
+@contextlib.contextmanager
+def logged(level: str, fmt: str, secrets: Tuple[str, ...], bodies: bool = False) -> Iterator[io.StringIO]:
+    """The server's own log set-up (cli.setup_logging) into a string for the block, undone after."""
+    stream = io.StringIO()
+    logger, bodies_logger = logging.getLogger("claudeproxy"), logging.getLogger("claudeproxy.bodies")
+    saved = (logger.level, logger.propagate, bodies_logger.level)
+    handler = setup_logging(level, lambda: secrets, stream, fmt, bodies=bodies)
+    try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+        bodies_logger.setLevel(saved[2])
 
 
 def _leaks(texts: List[str]) -> List[str]:
@@ -82,19 +99,10 @@ def test_bodies_are_not_built_above_debug(make_proxy: Any, caplog: Any) -> None:
 
 def test_log_bodies_turns_on_bodies_at_info(make_proxy: Any) -> None:
     """--log-bodies: the bodies logger on its own, while everything else stays at INFO."""
-    stream = io.StringIO()
-    logger = logging.getLogger("claudeproxy")
-    saved = (logger.level, logger.propagate, logging.getLogger("claudeproxy.bodies").level)
-    handler = setup_logging("info", lambda: (UPSTREAM_KEY,), stream, "text", bodies=True)
-    try:
+    with logged("info", "text", (UPSTREAM_KEY,), bodies=True) as stream:
         proxy = make_proxy()
         assert request(proxy.url, "POST", "/v1/messages", minimal_request()).status == 200
         assert proxy.server.wait_idle(2)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
-        logging.getLogger("claudeproxy.bodies").setLevel(saved[2])
     text = stream.getvalue()
     assert "upstream request body" in text and "-> upstream/claude-test 200" in text
     assert " DEBUG claudeproxy.upstream" not in text  # only the bodies logger went to DEBUG
@@ -103,20 +111,12 @@ def test_log_bodies_turns_on_bodies_at_info(make_proxy: Any) -> None:
 
 def test_text_log_keeps_an_upstream_message_on_one_line(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
     """An upstream's error text with line breaks (or a binary body) cannot start a log line of its own."""
-    stream = io.StringIO()
-    logger = logging.getLogger("claudeproxy")
-    saved = (logger.level, logger.propagate)
-    handler = setup_logging("info", lambda: (UPSTREAM_KEY,), stream, "text")
     forged = "boom\n2026-12-03 00:00:00,000 ERROR claudeproxy: FORGED\r\x1b[2J\x00"
-    try:
+    with logged("info", "text", (UPSTREAM_KEY,)) as stream:
         proxy = make_proxy(retries=0)
         fake_upstream.push(json_reply({"error": {"message": forged}}, status=500))
         assert request(proxy.url, "POST", "/v1/messages", minimal_request()).status == 500
         assert proxy.server.wait_idle(2)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
     lines = stream.getvalue().splitlines()
     assert lines and all(line[:2] == "20" and " claudeproxy" in line for line in lines), lines
     warning = [line for line in lines if "FORGED" in line]
@@ -125,21 +125,13 @@ def test_text_log_keeps_an_upstream_message_on_one_line(make_proxy: Any, fake_up
 
 
 def test_json_log_format_one_object_per_line_with_the_call(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
-    stream = io.StringIO()
-    logger = logging.getLogger("claudeproxy")
-    saved = (logger.level, logger.propagate)
-    handler = setup_logging("debug", lambda: (UPSTREAM_KEY, CLIENT_KEY), stream, "json")
-    try:
+    with logged("debug", "json", (UPSTREAM_KEY, CLIENT_KEY)) as stream:
         proxy = make_proxy()
         echo = f"Incorrect API key provided: {UPSTREAM_KEY}"
         fake_upstream.push(json_reply(completion("hi")), json_reply({"error": {"message": echo}}, status=401))
         assert request(proxy.url, "POST", "/v1/messages", minimal_request(), {"x-api-key": CLIENT_KEY}).status == 200
         assert request(proxy.url, "POST", "/v1/messages", minimal_request()).status == 401
         assert proxy.server.wait_idle(2)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert lines and all({"time", "level", "logger", "message"} <= set(line) for line in lines)
     calls = [line["call"] for line in lines if "call" in line]

@@ -571,18 +571,23 @@ def _usage_chunk(prompt: int, completion_tokens: int) -> Dict[str, Any]:
             "usage": usage(prompt, completion_tokens)}
 
 
-def test_a_stream_cut_after_its_usage_records_that_usage(proxy: Any, fake: FakeUpstream) -> None:
-    """The upstream drops after the usage chunk, before finish_reason and [DONE]: the client gets an
-    error event, and the call record (usage log, access log, metrics) the upstream's 1000/50 tokens at
-    the model's prices, not 0 tokens at $0."""
-    cut = sse_reply(chunk({"role": "assistant", "content": "hi"}), _usage_chunk(1000, 50), done=False)
+def _cut_stream(proxy: Any, fake: FakeUpstream, *chunks: Any) -> CallRecord:
+    """A sonnet stream of ``chunks`` that the upstream then resets: the client's error event, and the record."""
+    cut = sse_reply(*chunks, done=False)
     cut.body.append(Fault("rst"))
     fake.push(cut)
     with StreamClient(proxy.url, minimal_request(model="claude-sonnet-4-5", stream=True)) as client:
         events = client.read_all(timeout=5)
         request_id = client.headers["request-id"]
     assert events[-1]["type"] == "error"
-    rec = record_for(proxy.records, request_id)
+    return record_for(proxy.records, request_id)
+
+
+def test_a_stream_cut_after_its_usage_records_that_usage(proxy: Any, fake: FakeUpstream) -> None:
+    """The upstream drops after the usage chunk, before finish_reason and [DONE]: the client gets an
+    error event, and the call record (usage log, access log, metrics) the upstream's 1000/50 tokens at
+    the model's prices, not 0 tokens at $0."""
+    rec = _cut_stream(proxy, fake, chunk({"role": "assistant", "content": "hi"}), _usage_chunk(1000, 50))
     assert rec.error_type == "api_error" and (rec.input_tokens, rec.output_tokens) == (1000, 50)
     assert rec.cost_usd == pytest.approx((1000 * 1.0 + 50 * 2.0) / 1e6)  # the config's prices
     s = prom.parse(request(proxy.url, "GET", "/metrics").body.decode("utf-8"))
@@ -636,19 +641,12 @@ def test_a_stream_cut_before_any_usage_has_no_tokens_and_no_cost(proxy: Any, fak
     so the record says so (None: null in the usage log and /v1/usage, "-" in the access log, counted
     as a call without a known cost), never 0 tokens at $0.000000 as if measured."""
     caplog.set_level("INFO", logger="claudeproxy")
-    cut = sse_reply(chunk({"role": "assistant", "content": "hi"}), done=False)
-    cut.body.append(Fault("rst"))
-    fake.push(cut)
-    with StreamClient(proxy.url, minimal_request(model="claude-sonnet-4-5", stream=True)) as client:
-        events = client.read_all(timeout=5)
-        request_id = client.headers["request-id"]
-    assert events[-1]["type"] == "error"
-    rec = record_for(proxy.records, request_id)
+    rec = _cut_stream(proxy, fake, chunk({"role": "assistant", "content": "hi"}))
     assert (rec.input_tokens, rec.output_tokens, rec.cache_read_input_tokens, rec.cache_creation_input_tokens,
             rec.cost_usd) == (None, None, None, None, None)
     assert json.loads(json.dumps(rec.to_dict()))["input_tokens"] is None  # the usage log's line
     assert proxy.server.server.wait_idle(2)
-    [line] = [r.getMessage() for r in caplog.records if request_id in r.getMessage() and "->" in r.getMessage()]
+    [line] = [r.getMessage() for r in caplog.records if rec.request_id in r.getMessage() and "->" in r.getMessage()]
     assert " in=- out=- cached=- cache_write=- cost=- " in line, line
     u = request(proxy.url, "GET", "/v1/usage").json
     [row] = [m for m in u["models"] if m["model"] == "house-model"]
