@@ -491,6 +491,8 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
     def _check_key(self, expected: str) -> None:
         # Compared exactly (no strip): a key with trailing junk is a different key.
         given = client_key(self.headers)[1]
+        if not given:  # Anthropic's words for a request without a key
+            raise ProxyError("x-api-key header is required", status=401)
         if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8")):
             raise ProxyError("invalid x-api-key", status=401)
 

@@ -27,7 +27,12 @@ _TOKEN_KINDS = (
 
 
 def escape_label(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    text = str(value)
+    if not text.isprintable():
+        # A client's model name may hold a CR, a NUL or U+2028: the format escapes only \\, " and \n,
+        # and a scraper reading lines would split the sample there. They become "?".
+        text = "".join(c if c.isprintable() or c == "\n" else "?" for c in text)
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 def _help(text: str) -> str:

@@ -763,6 +763,9 @@ BROKEN_ORDERS = {
                                     "text_delta for block 0, which is a thinking block"),
     "tool input in a text block": ([_start(0, "text"), _delta(0, "input_json_delta", partial_json="{}"), _stop(0)], 1,
                                    "input_json_delta for block 0, which is a text block"),
+    "an index skipped": ([_start(0, "text"), _stop(0), _start(2, "text"), _stop(2)], 2,
+                         "content_block_start for block 2 where block 1 comes next"),
+    "not starting at 0": ([_start(1, "text"), _stop(1)], 0, "content_block_start for block 1 where block 0 comes next"),
 }
 
 

@@ -280,6 +280,18 @@ def test_prometheus_escapes_a_hostile_model_name(proxy: Any, fake: FakeUpstream)
                       status="200") == 1
 
 
+def test_prometheus_keeps_a_model_name_with_line_breaks_on_its_line(proxy: Any, fake: FakeUpstream) -> None:
+    # The format escapes \\, " and \n only; a CR, NUL or U+2028 left raw splits the sample for a
+    # scraper that reads lines (tests/prom.py does). They become "?".
+    assert post(proxy, minimal_request(model="cr\rnul\x00ls\u2028end")).status == 200
+    wait_records(proxy, 1)
+    text = request(proxy.url, "GET", "/metrics").body.decode("utf-8")
+    assert not any(c in text for c in "\r\x00\u2028")
+    s = prom.parse(text)
+    assert prom.value(s, "claudeproxy_requests_total", endpoint="/v1/messages", provider="ollama",
+                      model="cr?nul?ls?end", status="200") == 1
+
+
 def test_streams_in_flight_gauge(proxy: Any, fake: FakeUpstream) -> None:
     gate = Gate()
     fake.push(sse_reply(chunk({"role": "assistant", "content": ""}), chunk({"content": "x"}), gate, chunk({}, "stop")))

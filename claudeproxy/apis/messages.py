@@ -365,6 +365,9 @@ class MessagesFold(SSEFold):
             raise _broken_order(f"content_block_start without a block index ({_shown(index)})")
         if index in self.open_blocks or index in self.stopped_blocks:
             raise _broken_order(f"a second content_block_start for block {index}")
+        expected = len(self.open_blocks) + len(self.stopped_blocks)
+        if index != expected:  # the SDKs' accumulators take the index as the position in the content list
+            raise _broken_order(f"content_block_start for block {index} where block {expected} comes next")
         block = obj.get("content_block")
         kind = block.get("type") if type(block) is dict else None
         self.open_blocks[index] = kind if type(kind) is str else None
