@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -359,6 +360,21 @@ def test_a_provider_on_the_internet_without_a_key_is_said_at_start(settings: Dic
     assert bool(lines) == warned, lines
     if warned:
         assert "gets no API key" in lines[0] and "OPENAI_API_KEY" in lines[0]
+
+
+def test_the_stop_signal_handler_only_marks_the_stop() -> None:
+    # It runs in the main thread between two bytecodes, maybe inside a lock the main thread holds:
+    # one that set a threading.Event deadlocked inside that event's wait (SIGTERM ignored, CI on 3.8).
+    stopping: List[int] = []
+    previous = cli._install_signals(stopping)  # noqa: SLF001
+    try:
+        handler = signal.getsignal(signal.SIGTERM)
+        with threading.Lock():  # as if the main thread held a lock of its own when the signal came
+            handler(signal.SIGTERM, None)  # type: ignore[operator]
+        assert stopping == [signal.SIGTERM]
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def test_usage_log_and_json_log_format(spawn: Any, fake_upstream: Any, tmp_path: Any) -> None:
