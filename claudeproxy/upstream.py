@@ -712,16 +712,20 @@ class Upstream:
             raise error_from_status(exc.code, body_bytes, exc.headers, secrets) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
             raise _transport_error(exc, call, req, secrets) from None
-        decoder = content_decoder(resp.headers, resp.close)
+        try:
+            decoder = content_decoder(resp.headers)
+        except UpstreamUnavailable:
+            resp.close()
+            raise
         if decoder is not None:
             resp.cp_decoder = decoder
         return resp
 
 
-def content_decoder(headers: Any, close: Callable[[], None] = lambda: None) -> Any:
+def content_decoder(headers: Any) -> Any:
     """A zlib decoder for a body the upstream compressed although it was asked for ``identity``
-    (gateways that compress anyway); None for a plain one. Other codings are refused (after
-    ``close``): no retry, the same upstream will send the same."""
+    (gateways that compress anyway); None for a plain one. Other codings are refused: no retry,
+    the same upstream will send the same."""
     coding = (headers.get("Content-Encoding") or "").strip().lower() if headers is not None else ""
     if coding in ("", "identity"):
         return None
@@ -729,7 +733,6 @@ def content_decoder(headers: Any, close: Callable[[], None] = lambda: None) -> A
         return zlib.decompressobj(16 + zlib.MAX_WBITS)
     if coding == "deflate":
         return zlib.decompressobj()
-    close()
     raise UpstreamUnavailable(f"upstream answered with Content-Encoding {coding[:40]!r}, which the proxy cannot "
                               "read (it asks for identity; gzip and deflate are decoded)", headers=(NO_RETRY,))
 
