@@ -41,6 +41,7 @@ from .claude_code import help_footer, port_given
 from .config import (
     DEFAULT_MESSAGES_UPSTREAM,
     DEFAULT_UPSTREAM,
+    SHORTHAND_PROVIDER,
     UPSTREAM_APIS,
     Config,
     check_header,
@@ -685,8 +686,9 @@ def keyless_upstreams(server: ProxyServer) -> List[str]:
     for provider in server.proxy.router.providers.values():
         host = urlsplit(provider.url).hostname or ""
         if provider.api != "messages" and gives_no_key(provider.token) and _on_the_internet(host):
-            lines.append(f"the upstream {provider.name} ({host}) gets no API key: expect 401s (set OPENAI_API_KEY, "
-                         "or give --api-key-env, or api_key_env in the config file)")
+            how = ("set OPENAI_API_KEY, or give --api-key-env" if provider.name == SHORTHAND_PROVIDER else
+                   "give it api_key_env or api_key_command in the config file")
+            lines.append(f"the upstream {provider.name} ({host}) gets no API key: expect 401s ({how})")
     return lines
 
 

@@ -27,6 +27,7 @@ import pytest
 
 import claudeproxy
 from claudeproxy import cli
+from claudeproxy.config import Provider, Route, RouteTarget
 from conftest import ROOT, UPSTREAM_KEY, minimal_request, request
 from fakes import Gate, chunk, sse_reply
 from sse_checks import assert_valid_event_sequence, dechunk, events_of
@@ -360,6 +361,17 @@ def test_a_provider_on_the_internet_without_a_key_is_said_at_start(settings: Dic
     assert bool(lines) == warned, lines
     if warned:
         assert "gets no API key" in lines[0] and "OPENAI_API_KEY" in lines[0]
+
+
+def test_a_keyless_provider_of_a_config_file_is_told_where_its_key_goes() -> None:
+    provider = Provider("deepseek", "https://api.deepseek.com/v1")
+    server = claudeproxy.start(providers=(provider,), routes=(Route("*", RouteTarget("deepseek", "deepseek-chat")),))
+    try:
+        lines = cli.keyless_upstreams(server.server)
+    finally:
+        server.shutdown(grace=0.1)
+    assert len(lines) == 1 and "deepseek (api.deepseek.com)" in lines[0] and "api_key_env" in lines[0], lines
+    assert "OPENAI_API_KEY" not in lines[0]  # not the variable of the single-upstream flags
 
 
 def test_the_stop_signal_handler_only_marks_the_stop() -> None:
