@@ -29,7 +29,10 @@ def split_lines(raw: bytes) -> List[str]:
     hold several lines. The final terminator is not a line of its own; the
     last piece of a body without one is.
     """
-    text = raw.decode("utf-8", errors="replace")
+    return _lines_of(raw.decode("utf-8", errors="replace"))
+
+
+def _lines_of(text: str) -> List[str]:
     if text.endswith("\n"):
         text = text[:-1]
     if text.endswith("\r"):
@@ -65,6 +68,18 @@ class SSEDecoder:
         elif name == "event":
             self._event = value
         return None  # id, retry and unknown fields carry nothing we use
+
+    def lone_event(self, text: str) -> Optional[str]:
+        """The data of ``text`` when it is one whole event of a single ``data: `` line read between
+        two events (what ``decode`` would make of its lines), else None.
+
+        Most reads of a stream bring just that: one chunk of the answer. Such a read then needs
+        no line splitting and no decoder state; any other shape goes line by line.
+        """
+        if self._first or self._data or self._event or not text.startswith("data: ") \
+                or not text.endswith("\n\n") or text.count("\n") != 2 or "\r" in text:
+            return None
+        return text[6:-2]
 
     def flush(self) -> Optional[ServerSentEvent]:
         """The last event of a stream that ended without a blank line."""
@@ -132,8 +147,12 @@ class SSEFold:
     def feed_line(self, raw: bytes) -> List[Dict[str, Any]]:
         """Events for one or more whole lines; raises ``ProxyError`` for an upstream error event,
         carrying the events of the lines before it (``events_before``) that must go out first."""
+        text = raw.decode("utf-8", errors="replace")
+        data = self.decoder.lone_event(text)
+        if data is not None:
+            return [] if self.complete else self._on_event(ServerSentEvent(data))
         events: List[Dict[str, Any]] = []
-        for line in split_lines(raw):
+        for line in _lines_of(text):
             event = self.decoder.decode(line)
             if event is not None and not self.complete:
                 try:

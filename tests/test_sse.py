@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import pytest
 
-from claudeproxy.sse import ServerSentEvent, SSEDecoder, encode_event, is_done, iter_events, split_lines
+from claudeproxy.sse import ServerSentEvent, SSEDecoder, SSEFold, encode_event, is_done, iter_events, split_lines
 from sse_checks import events_of, parse_sse
 
 
@@ -197,3 +197,43 @@ def test_text_delta_template_writes_what_json_dumps_writes(text: str, index: int
     plain = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     assert encode_event(payload) == f"event: content_block_delta\ndata: {plain}\n\n".encode("utf-8")
     assert json.loads(encode_event(payload).decode().split("data: ", 1)[1]) == payload
+
+
+class _Recorder(SSEFold):
+    """A fold that keeps the events it is given."""
+
+    def __init__(self) -> None:
+        self.decoder = SSEDecoder()
+        self.complete = False
+        self.seen: List[ServerSentEvent] = []
+
+    def _on_event(self, event: ServerSentEvent) -> List[dict]:
+        self.seen.append(event)
+        return []
+
+
+@pytest.mark.parametrize("reads", [
+    [b"data: {\"a\":1}\n\n", b"data: {\"b\":2}\n\n"],                   # the common shape: one event a read
+    [b"\xef\xbb\xbfdata: {\"a\":1}\n\n", b"\xef\xbb\xbfdata: x\n\n"],  # a BOM is dropped from the first line only
+    [b"data: x\n\n", b"\xef\xbb\xbfdata: y\n\n"],
+    [b"event: error\n", b"data: {\"a\":1}\n\n"],                        # the event's name came in the read before
+    [b"data: one\n", b"data: two\n\n"],                                 # its first data line too
+    [b"data: x\n\n", b"data: {\"a\":\r1}\n\n"],                         # a lone CR ends a line in SSE
+    [b"data: x\n\n", b"data:  two spaces\n\n", b"data:none\n\n"],
+    [b"data: x\n\n", b"data: a\n\ndata: b\n\n", b": comment\n\n"],
+    [b"data: x\n\n", b"data: \xff\n\n"],                                # invalid UTF-8 is replaced alike
+])
+def test_a_read_of_one_whole_event_decodes_as_its_lines_do(reads: List[bytes]) -> None:
+    """The shortcut for a read that is one ``data:`` event gives what the decoder gives line by line."""
+    fold = _Recorder()
+    for raw in reads:
+        fold.feed_line(raw)
+    assert fold.seen == list(iter_events(iter(reads)))
+
+
+def test_a_complete_fold_takes_no_more_events_in_the_shortcut() -> None:
+    fold = _Recorder()
+    fold.feed_line(b"data: x\n\n")
+    fold.complete = True
+    fold.feed_line(b"data: y\n\n")
+    assert [e.data for e in fold.seen] == ["x"]

@@ -306,6 +306,11 @@ class StreamTranslator:
 
     def plain_text(self, text: str) -> List[Event]:
         """Events for a chunk that carries only ``text`` (``plain_text_delta``): ``feed`` without the parsing."""
+        if self.open_kind == "text" and not self.deferred and not self.stop_sequences:
+            # Most chunks of an answer: its text block is open and nothing is held back, so
+            # the chunk is one delta (what _emit_text gives then, without its steps).
+            self.out_chars += len(text)
+            return [self._delta({"type": "text_delta", "text": text})]
         return self._emit_text(text)
 
     def feed(self, chunk: ChatResponse) -> List[Event]:
