@@ -259,3 +259,19 @@ def test_a_refused_max_output_tokens_is_learned_and_the_call_goes_again(make_pro
     assert request(server.url, "POST", "/v1/messages", ask(max_tokens=128000), HEADERS).status == 200
     assert request(server.url, "POST", "/v1/messages", ask(max_tokens=128000), HEADERS).status == 200
     assert [r.json["max_output_tokens"] for r in fake_upstream.requests[-3:]] == [128000, 32768, 32768]
+
+
+def test_a_refused_temperature_is_dropped_and_remembered_for_the_model(make_proxy: Any, fake_upstream: Any) -> None:
+    """A reasoning model behind a name that does not say so (an Azure deployment) refuses the
+    temperature the client sent: the call goes again without it, and the model never gets it again,
+    as on Chat Completions. It used to reach the client as a 400 on every turn."""
+    server = make_proxy(upstream_api="responses", model="prod-deploy")
+    refusal = {"error": {"message": "Unsupported parameter: 'temperature' is not supported with this model.",
+                         "type": "invalid_request_error", "param": "temperature", "code": "unsupported_parameter"}}
+    answer = json.loads(read("responses", "text.response.json"))
+    fake_upstream.push(json_reply(refusal, status=400), json_reply(answer), json_reply(answer))
+    turn = ask(temperature=0.7)
+    resp = request(server.url, "POST", "/v1/messages", turn, HEADERS)
+    assert resp.status == 200, resp
+    assert request(server.url, "POST", "/v1/messages", turn, HEADERS).status == 200
+    assert [r.json.get("temperature") for r in fake_upstream.requests[-3:]] == [0.7, None, None]
