@@ -751,3 +751,43 @@ def test_a_reasoning_blob_only_in_the_final_object_reaches_the_signature() -> No
     assert_valid_event_sequence(events, allow_error=False)
     [block] = final_message(events)["content"]
     assert decode_cpx1(block["signature"])["d"] == {"id": "rs_1", "encrypted_content": "gAAA-blob"}
+
+
+def test_a_failed_search_is_shown_but_not_counted() -> None:
+    """A web_search_call with status failed: an error result block, but no search request in the usage
+    (it used to count as one, streamed and not)."""
+    failed = {"type": "web_search_call", "id": "ws_1", "status": "failed", "action": {"type": "search", "query": "q"}}
+    ok = {**failed, "id": "ws_2", "status": "completed"}
+    output = [failed, ok, {"type": "message", "content": [{"type": "output_text", "text": "Hi", "annotations": []}]}]
+    events = feed(make_fold(), CREATED,
+                  {"type": "response.output_item.done", "output_index": 0, "item": failed},
+                  {"type": "response.output_item.done", "output_index": 1, "item": ok},
+                  completed(output=output))
+    streamed = final_message(events)
+    answer = to_messages_response({"status": "completed", "output": output, "usage": {"input_tokens": 3, "output_tokens": 2}},
+                                  model="m", new_id=counter_ids(), tool_names={})
+    for message in (streamed, answer):
+        results = [b["content"] for b in message["content"] if b["type"] == "web_search_tool_result"]
+        assert results[0] == {"type": "web_search_tool_result_error", "error_code": "unavailable"}
+        assert message["usage"]["server_tool_use"] == {"web_search_requests": 1}
+
+
+@pytest.mark.parametrize("body", [
+    b'{"error":{"message":"Invalid \'max_output_tokens\': integer above maximum value. Expected a value <= 32768, '
+    b'but got 128000 instead.","type":"invalid_request_error","param":"max_output_tokens","code":"invalid_value"}}',
+    b'{\n  "error": {\n    "message": "Your input exceeds the context window of this model.",\n'
+    b'    "code": "context_length_exceeded"\n  }\n}\n',
+])
+def test_a_bare_json_error_in_an_event_stream_is_that_error(body: bytes) -> None:
+    """A 200 text/event-stream whose body is only {"error": {...}}: the error it names, mapped as the
+    JSON answer maps the same body (it was "upstream stream ended early", a 502, the message lost)."""
+    fold = make_fold()
+    assert list(iter_lines(io.BytesIO(body), MAX_LINE)) and all(
+        fold.feed_line(line) == [] for line in iter_lines(io.BytesIO(body), MAX_LINE))
+    events, error = fold.end(clean=True)
+    with pytest.raises(ProxyError) as info:
+        to_messages_response(json.loads(body), model="m", new_id=counter_ids(), tool_names={})
+    assert events == [] and error is not None
+    assert (error.status, error.error_type, error.message) == (info.value.status, info.value.error_type,
+                                                               info.value.message)
+    assert "ended early" not in error.message

@@ -193,6 +193,12 @@ def is_search(item: Dict[str, Any]) -> bool:
     return item.get("type") == "web_search_call" and (not isinstance(action, dict) or action.get("type", "search") == "search")
 
 
+def searched(item: Dict[str, Any]) -> bool:
+    """A search that counts in ``usage.server_tool_use.web_search_requests``: not a failed one,
+    as Anthropic counts the searches that ran (the failed one still shows as an error block)."""
+    return is_search(item) and item.get("status") != "failed"
+
+
 def _list(value: Any, kind: type = dict) -> List[Any]:
     return [v for v in value if isinstance(v, kind)] if isinstance(value, list) else []
 
@@ -281,7 +287,7 @@ def _reasoning_tokens(usage: Any) -> Optional[int]:
 
 
 def count_searches(output: List[Dict[str, Any]]) -> int:
-    return sum(1 for item in output if is_search(item))
+    return sum(1 for item in output if searched(item))
 
 
 # --------------------------------------------------------------------------

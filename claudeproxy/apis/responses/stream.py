@@ -41,11 +41,11 @@ from .response import (
     cut_stop_reason,
     error_for,
     failure_of,
-    is_search,
     item_blocks,
     part_text,
     reasoning_text,
     search_blocks,
+    searched,
     stop_reason_for,
     text_block,
     to_messages_response,
@@ -56,6 +56,7 @@ from .response import (
 Event = Dict[str, Any]
 Key = Tuple[Any, ...]
 MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as broken
+MAX_HEAD = 64 * 1024  # bytes of a body kept until its first event: a bare JSON error fits in it
 _INDEX_FIELDS = ("output_index", "content_index", "summary_index")  # used in dict keys
 _THINKING_START = {"type": "thinking", "thinking": "", "signature": ""}
 _USAGE_COUNTS = ("input_tokens", "output_tokens")  # a Response's usage says something only with one of them
@@ -115,6 +116,8 @@ class ResponsesFold(SSEFold):
         self.saw_done_marker = False
         self.bad_events = 0
         self.skipped_events = 0
+        self.head = b""  # the body up to its first event, for a bare JSON error (``_bare_error``)
+        self.seen_event = False
         self.next_index = 0
         self.open: Optional[_Open] = None
         self.items: Dict[Any, _Item] = {}  # per slot (_slot), in the order first mentioned
@@ -142,6 +145,11 @@ class ResponsesFold(SSEFold):
         """The upstream said it is done ([DONE] from a compatible server, or the terminal event)."""
         return self.complete or self.saw_done_marker
 
+    def feed_line(self, raw: bytes) -> List[Event]:
+        if not self.seen_event and len(self.head) < MAX_HEAD:
+            self.head += raw[: MAX_HEAD - len(self.head)]
+        return super().feed_line(raw)
+
     def end(self, clean: bool = False) -> Tuple[List[Event], Optional[ProxyError]]:
         """The body ended: the events that finish the message, or the error it ended with.
 
@@ -157,7 +165,24 @@ class ResponsesFold(SSEFold):
                 return [], exc
         if self.complete:
             return events, None
+        bare = self._bare_error()
+        if bare is not None:
+            return [], bare
         return events, UpstreamUnavailable("upstream stream ended early (no response.completed)")
+
+    def _bare_error(self) -> Optional[ProxyError]:
+        """A 200 event-stream whose whole body is an error object (``{"error": {...}}``, no event
+        lines; some gateways do this): the error it says, mapped as the same body in a JSON answer
+        is, instead of "ended early"."""
+        if self.seen_event or not self.head.lstrip().startswith(b"{"):
+            return None
+        try:
+            obj = json.loads(self.head.decode("utf-8", errors="replace"))
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(obj, dict) or not isinstance(obj.get("error"), dict):
+            return None
+        return failure_of(obj, self.secrets)
 
     def start(self) -> List[Event]:
         """``message_start`` (once)."""
@@ -192,6 +217,7 @@ class ResponsesFold(SSEFold):
     # Dispatch.
 
     def _on_event(self, event: ServerSentEvent) -> List[Event]:
+        self.seen_event = True
         if is_done(event.data):
             self.saw_done_marker = True  # not OpenAI's; some compatible servers add it
             return []
@@ -553,7 +579,7 @@ class ResponsesFold(SSEFold):
 
     def _search_done(self, index: Any, item: _Item, raw: Dict[str, Any]) -> List[Event]:
         events: List[Event] = []
-        self.searches += is_search(raw)
+        self.searches += searched(raw)
         for block in search_blocks(raw, self.new_id):
             events += self._whole_block(block)
         return events
@@ -602,7 +628,7 @@ class ResponsesFold(SSEFold):
                 continue
             blocks, refusal = item_blocks(raw, self.tool_names, self.new_id, self.incomplete)
             self.refusal = self.refusal or refusal
-            self.searches += is_search(raw)
+            self.searches += searched(raw)
             for block in blocks:
                 if block["type"] == "tool_use":
                     block["id"] = self._claim_tool_id(block["id"])
