@@ -227,7 +227,15 @@ def error_from_object(err: Dict[str, Any], secrets: Tuple[str, ...] = ()) -> Pro
 
 
 _NUMBER_RE = re.compile(r"\d+")
-_MAX_TOKENS_RE = re.compile(r"max_(?:completion_)?tokens|max tokens|completion tokens|output tokens", re.IGNORECASE)
+# The Responses API's field is max_output_tokens; Gemini-style APIs say maxOutputTokens.
+_MAX_TOKENS_RE = re.compile(r"max_(?:completion_|output_)?tokens|max(?:Output)?Tokens|max tokens|completion tokens"
+                            r"|output tokens", re.IGNORECASE)
+# OpenAI's range check names the bound itself: "Invalid 'max_output_tokens': integer above maximum
+# value. Expected a value <= 32768, but got 128000 instead." The number after "<=" is the cap; the
+# requested one (and any other) is not.
+_UPPER_BOUND_RE = re.compile(r"(?:<=|\u2264|less than or equal to)\s*`?(\d+)", re.IGNORECASE)
+# Its twin for a value below the minimum ("Expected a value >= 16, but got 1"): that names no cap.
+_LOWER_BOUND_RE = re.compile(r">=|\u2265|greater than or equal to|below minimum|at least", re.IGNORECASE)
 
 
 def max_tokens_limit(message: str, requested: int) -> Optional[int]:
@@ -235,7 +243,8 @@ def max_tokens_limit(message: str, requested: int) -> Optional[int]:
 
     Examples it reads: "supports at most 16384 completion tokens" (OpenAI),
     "valid range of max_tokens is [1, 8192]" (DeepSeek), "must be less than
-    or equal to `32768`" (Groq), "(128000 > 32768 - 500)" (vLLM), "(500 in
+    or equal to `32768`" (Groq), "Expected a value <= 32768" (OpenAI's range check,
+    ``max_output_tokens`` on the Responses API), "(128000 > 32768 - 500)" (vLLM), "(500 in
     the messages, 32500 in the completion)" (OpenAI), "(10535 of text input,
     131072 in the output)" (OpenRouter). None when the message is about
     something else (a prompt that does not fit, say) or names no smaller number.
@@ -247,6 +256,12 @@ def max_tokens_limit(message: str, requested: int) -> Optional[int]:
     # message names token counts too, and learning one of those as a cap is wrong.
     if not _MAX_TOKENS_RE.search(message):
         return None
+    bound = _UPPER_BOUND_RE.search(message)
+    if bound is not None:
+        cap = int(bound.group(1))
+        return cap if 0 < cap < requested else None
+    if _LOWER_BOUND_RE.search(message):
+        return None  # too small, not too large: a smaller number would be refused too
     smaller = [int(n) for n in _NUMBER_RE.findall(message) if 1 < int(n) < requested]
     return max(smaller) if smaller else None
 

@@ -328,6 +328,11 @@ def test_other_errors_are_not_prompt_too_long(status: int, body: bytes) -> None:
          "messages, 32500 in the completion). Please reduce the length of the messages or completion.", 32500, 32268),
         ("max_tokens: 64000 > 32000, which is the maximum allowed number of output tokens for claude-opus-4-1-20250805",
          64000, 32000),
+        # OpenAI's range check, on the Responses API's field: the bound, not the number asked for.
+        ("Invalid 'max_output_tokens': integer above maximum value. Expected a value <= 32768, but got 128000 instead.",
+         128000, 32768),
+        ("Invalid 'max_tokens': integer above maximum value. Expected a value <= 4096, but got 8192 instead.",
+         8192, 4096),
     ],
 )
 def test_max_tokens_limit_reads_real_provider_messages(message: str, requested: int, expected: int) -> None:
@@ -347,6 +352,9 @@ def test_max_tokens_limit_reads_real_provider_messages(message: str, requested: 
          "tokens and your request has 40000 input tokens (4000 > 32768 - 40000).", 4000),
         # The named cap is not below what was asked: nothing to retry with.
         ("max_tokens is too large: 8000. This model supports at most 16384 completion tokens", 8000),
+        # Below the minimum, not above a cap: learning 16 as the cap would shrink every answer.
+        ("Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, but got 1 instead.", 128000),
+        ("Invalid 'max_tokens': integer below minimum value. Expected a value >= 16, but got 1 instead.", 128000),
         ("", 32000),
     ],
 )

@@ -245,3 +245,33 @@ def test_unreadable_reasoning_is_left_out_once(make_proxy: Any, fake_upstream: A
     tries = fake_upstream.requests[-2:]
     assert "reasoning" in [i.get("type") for i in tries[0].json["input"]]
     assert "reasoning" not in [i.get("type") for i in tries[1].json["input"]]
+
+
+def test_a_refused_max_output_tokens_is_learned_and_the_call_goes_again(make_proxy: Any, fake_upstream: Any) -> None:
+    """OpenAI's 400 for max_output_tokens above the model's cap (Claude Code asks for 128000): the call
+    goes again with the cap it names, and later calls start there; the client sees only the answer."""
+    server = make_proxy(upstream_api="responses", model="my-deployment")
+    refusal = {"error": {"message": "Invalid 'max_output_tokens': integer above maximum value. Expected a value "
+                                    "<= 32768, but got 128000 instead.", "type": "invalid_request_error",
+                         "param": "max_output_tokens", "code": "integer_above_max_value"}}
+    answer = json.loads(read("responses", "text.response.json"))
+    fake_upstream.push(json_reply(refusal, status=400), json_reply(answer), json_reply(answer))
+    assert request(server.url, "POST", "/v1/messages", ask(max_tokens=128000), HEADERS).status == 200
+    assert request(server.url, "POST", "/v1/messages", ask(max_tokens=128000), HEADERS).status == 200
+    assert [r.json["max_output_tokens"] for r in fake_upstream.requests[-3:]] == [128000, 32768, 32768]
+
+
+def test_a_refused_temperature_is_dropped_and_remembered_for_the_model(make_proxy: Any, fake_upstream: Any) -> None:
+    """A reasoning model behind a name that does not say so (an Azure deployment) refuses the
+    temperature the client sent: the call goes again without it, and the model never gets it again,
+    as on Chat Completions. It used to reach the client as a 400 on every turn."""
+    server = make_proxy(upstream_api="responses", model="prod-deploy")
+    refusal = {"error": {"message": "Unsupported parameter: 'temperature' is not supported with this model.",
+                         "type": "invalid_request_error", "param": "temperature", "code": "unsupported_parameter"}}
+    answer = json.loads(read("responses", "text.response.json"))
+    fake_upstream.push(json_reply(refusal, status=400), json_reply(answer), json_reply(answer))
+    turn = ask(temperature=0.7)
+    resp = request(server.url, "POST", "/v1/messages", turn, HEADERS)
+    assert resp.status == 200, resp
+    assert request(server.url, "POST", "/v1/messages", turn, HEADERS).status == 200
+    assert [r.json.get("temperature") for r in fake_upstream.requests[-3:]] == [0.7, None, None]

@@ -150,6 +150,17 @@ def test_reasoning_model_gets_no_sampling_and_a_plain_one_no_reasoning() -> None
     assert "reasoning" not in plain and "include" not in plain
 
 
+@pytest.mark.parametrize("model", ["gpt-oss-120b", "openai/gpt-oss-20b", "gpt-oss:20b"])
+def test_gpt_oss_is_asked_to_reason_and_keeps_its_sampling(model: str) -> None:
+    """gpt-oss reasons (effort low/medium/high) but is no OpenAI reasoning model: the thinking the
+    client asked for becomes ``reasoning`` (it was dropped), temperature stays, and no encrypted
+    reasoning is asked for (its servers keep none)."""
+    req = body([{"role": "user", "content": "hi"}], temperature=0.3, thinking={"type": "enabled", "budget_tokens": 2000})
+    out = translate(req, model=model).body
+    assert out["reasoning"] == {"effort": "low", "summary": "auto"}
+    assert out["temperature"] == 0.3 and "include" not in out
+
+
 def test_thinking_not_asked_for_gets_no_summaries_and_no_blob() -> None:
     # Otherwise a thinking block would come back that the client never asked for.
     out = translate(body([{"role": "user", "content": "hi"}], output_config={"effort": "low"})).body

@@ -613,3 +613,181 @@ def test_from_json_with_a_stop_string() -> None:
            "output": [{"type": "message", "content": [{"type": "output_text", "text": "a END b", "annotations": []}]}]}
     message = final_message(stop_fold("END").from_json(obj))
     assert message["content"] == [{"type": "text", "text": "a "}] and message["stop_sequence"] == "END"
+
+
+# --------------------------------------------------------------------------
+# Servers that omit output_index, and events out of order.
+
+
+def _no_index(obj: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in obj.items() if k != "output_index"}
+
+
+def _call_events(fc: str, call: str, args: str) -> List[Dict[str, Any]]:
+    item = {"type": "function_call", "id": fc, "call_id": call, "name": "Read", "arguments": ""}
+    return [{"type": "response.output_item.added", "item": item},
+            {"type": "response.function_call_arguments.delta", "item_id": fc, "delta": args},
+            {"type": "response.output_item.done", "item": {**item, "arguments": args}}]
+
+
+@pytest.mark.parametrize("text_first", [False, True])
+def test_parallel_calls_without_output_index_are_all_kept(text_first: bool) -> None:
+    """Some compatible servers send no output_index (RESPONSES.md 7 pitfall 8): the items are told
+    apart by their ids. All events were one item: the second call was lost, and after a message
+    item both were, with stop_reason end_turn."""
+    args = {"A": '{"path":"a"}', "B": '{"path":"b"}'}
+    message = {"type": "message", "id": "msg_1", "role": "assistant",
+               "content": [{"type": "output_text", "text": "Reading both.", "annotations": []}]}
+    objs: List[Dict[str, Any]] = [CREATED]
+    if text_first:
+        objs += [{"type": "response.output_item.added", "item": {**message, "content": []}},
+                 {"type": "response.output_text.delta", "item_id": "msg_1", "content_index": 0, "delta": "Reading both."},
+                 {"type": "response.output_item.done", "item": message}]
+    objs += _call_events("fc_1", "call_A", args["A"]) + _call_events("fc_2", "call_B", args["B"])
+    output = ([message] if text_first else []) + [
+        {"type": "function_call", "id": f"fc_{n}", "call_id": f"call_{c}", "name": "Read", "arguments": args[c]}
+        for n, c in ((1, "A"), (2, "B"))]
+    events = feed(make_fold(), *objs, completed(output=output))
+    assert_valid_event_sequence(events, allow_error=False)
+    got = final_message(events)
+    calls = [{"type": "tool_use", "id": "call_A", "name": "Read", "input": {"path": "a"}},
+             {"type": "tool_use", "id": "call_B", "name": "Read", "input": {"path": "b"}}]
+    assert got["content"] == ([{"type": "text", "text": "Reading both."}] if text_first else []) + calls
+    assert got["stop_reason"] == "tool_use"
+    json_answer = to_messages_response({"status": "completed", "output": output}, model="m", new_id=counter_ids(),
+                                       tool_names={})
+    assert json_answer["content"] == got["content"]
+
+
+def test_items_only_in_the_final_object_still_come_when_events_lack_output_index() -> None:
+    """A call the stream never mentioned, after items it streamed without output_index: placed from
+    response.completed (it used to be skipped whenever an event lacked output_index)."""
+    late = {"type": "function_call", "id": "fc_9", "call_id": "call_Z", "name": "Read", "arguments": '{"path":"z"}'}
+    first = {"type": "function_call", "id": "fc_1", "call_id": "call_A", "name": "Read", "arguments": '{"path":"a"}'}
+    events = feed(make_fold(), CREATED, *_call_events("fc_1", "call_A", first["arguments"]),
+                  completed(output=[first, late]))
+    assert_valid_event_sequence(events, allow_error=False)
+    assert [b["id"] for b in final_message(events)["content"]] == ["call_A", "call_Z"]
+
+
+def test_a_delta_after_its_item_is_done_is_not_sent_again() -> None:
+    """A late output_text.delta (or summary delta) for an item whose output_item.done came: the
+    block had the whole text; the delta made a second block repeating part of it."""
+    message = {"type": "message", "id": "msg_1", "content": [{"type": "output_text", "text": "Hello", "annotations": []}]}
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "Plan"}],
+                 "encrypted_content": "B"}
+    events = feed(make_fold(), CREATED,
+                  {"type": "response.output_item.done", "output_index": 0, "item": reasoning},
+                  {"type": "response.reasoning_summary_text.delta", "output_index": 0, "summary_index": 0, "delta": "Pl"},
+                  {"type": "response.output_item.done", "output_index": 1, "item": message},
+                  delta("Hel", 1),
+                  {"type": "response.output_text.done", "output_index": 1, "content_index": 0, "text": "Hello"},
+                  completed(output=[reasoning, message]))
+    assert_valid_event_sequence(events, allow_error=False)
+    content = final_message(events)["content"]
+    assert [b.get("thinking", b.get("text")) for b in content] == ["Plan", "Hello"]
+
+
+def test_text_for_an_earlier_item_after_a_call_is_neither_lost_nor_repeated() -> None:
+    """Text of item 0, a call (item 1), more text of item 0: blocks cannot reopen, so the rest comes
+    in a block after the call; every character once (the JSON answer has it whole, before the call)."""
+    call = {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "Read", "arguments": "{}"}
+    message = {"type": "message", "id": "msg_1", "content": [{"type": "output_text", "text": "Hello", "annotations": []}]}
+    events = feed(make_fold(), CREATED, delta("Hel"),
+                  {"type": "response.output_item.added", "output_index": 1, "item": call},
+                  {"type": "response.output_item.done", "output_index": 1, "item": call},
+                  delta("lo"),
+                  {"type": "response.output_text.done", "output_index": 0, "content_index": 0, "text": "Hello"},
+                  {"type": "response.output_item.done", "output_index": 0, "item": message},
+                  completed(output=[message, call]))
+    assert_valid_event_sequence(events, allow_error=False)
+    content = final_message(events)["content"]
+    assert [(b["type"], b.get("text")) for b in content] == [("text", "Hel"), ("tool_use", None), ("text", "lo")]
+
+
+def _cut_call(args: str) -> Dict[str, Any]:
+    return {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "Read", "arguments": args,
+            "status": "incomplete"}
+
+
+def test_arguments_cut_by_the_output_limit_invent_nothing() -> None:
+    """response.incomplete (max_output_tokens) inside a call's arguments: the stream passes on what
+    came ('{"path":"a', which the SDKs read as {}), and the JSON answer and a call placed whole give
+    {} too; closing the string would have made a call for a file 'a' nobody named."""
+    incomplete = {"type": "response.incomplete", "response": {
+        "id": "resp_x", "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"},
+        "output": [_cut_call('{"path":"a')], "usage": {"input_tokens": 3, "output_tokens": 2}}}
+    live = feed(make_fold(), CREATED,
+                {"type": "response.output_item.added", "output_index": 0, "item": _cut_call("")},
+                {"type": "response.function_call_arguments.delta", "output_index": 0, "delta": '{"path":"a'},
+                incomplete)
+    assert_valid_event_sequence(live, allow_error=False)
+    assert "".join(e["delta"]["partial_json"] for e in live if e.get("delta", {}).get("type") == "input_json_delta") \
+        == '{"path":"a'
+    assert live[-2]["delta"]["stop_reason"] == "max_tokens"
+    whole = final_message(feed(make_fold(), CREATED, incomplete))  # a server that sends only the final object
+    assert whole["content"][0]["input"] == {} and whole["stop_reason"] == "max_tokens"
+    answer = to_messages_response(incomplete["response"], model="m", new_id=counter_ids(), tool_names={})
+    assert answer["content"][0]["input"] == {} and answer["stop_reason"] == "max_tokens"
+    # Whole arguments in an incomplete answer are the call's own; a complete answer's are still repaired.
+    done = {**incomplete["response"], "output": [_cut_call('{"path":"abc"}')]}
+    assert to_messages_response(done, model="m", new_id=counter_ids(), tool_names={})["content"][0]["input"] \
+        == {"path": "abc"}
+    fenced = {**done, "status": "completed", "output": [_cut_call('```json\n{"path":"abc"}\n```')]}
+    assert to_messages_response(fenced, model="m", new_id=counter_ids(), tool_names={})["content"][0]["input"] \
+        == {"path": "abc"}
+
+
+def test_a_reasoning_blob_only_in_the_final_object_reaches_the_signature() -> None:
+    """A reasoning item whose output_item.done never came: its blob is in response.completed's
+    output, and its still open thinking block's signature carries it (was null: lost on replay)."""
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "Plan"}],
+                 "encrypted_content": "gAAA-blob"}
+    events = feed(make_fold(), CREATED,
+                  {"type": "response.output_item.added", "output_index": 0, "item": {**reasoning, "summary": [],
+                                                                                     "encrypted_content": None}},
+                  {"type": "response.reasoning_summary_text.delta", "output_index": 0, "summary_index": 0, "delta": "Plan"},
+                  completed(output=[reasoning]))
+    assert_valid_event_sequence(events, allow_error=False)
+    [block] = final_message(events)["content"]
+    assert decode_cpx1(block["signature"])["d"] == {"id": "rs_1", "encrypted_content": "gAAA-blob"}
+
+
+def test_a_failed_search_is_shown_but_not_counted() -> None:
+    """A web_search_call with status failed: an error result block, but no search request in the usage
+    (it used to count as one, streamed and not)."""
+    failed = {"type": "web_search_call", "id": "ws_1", "status": "failed", "action": {"type": "search", "query": "q"}}
+    ok = {**failed, "id": "ws_2", "status": "completed"}
+    output = [failed, ok, {"type": "message", "content": [{"type": "output_text", "text": "Hi", "annotations": []}]}]
+    events = feed(make_fold(), CREATED,
+                  {"type": "response.output_item.done", "output_index": 0, "item": failed},
+                  {"type": "response.output_item.done", "output_index": 1, "item": ok},
+                  completed(output=output))
+    streamed = final_message(events)
+    answer = to_messages_response({"status": "completed", "output": output, "usage": {"input_tokens": 3, "output_tokens": 2}},
+                                  model="m", new_id=counter_ids(), tool_names={})
+    for message in (streamed, answer):
+        results = [b["content"] for b in message["content"] if b["type"] == "web_search_tool_result"]
+        assert results[0] == {"type": "web_search_tool_result_error", "error_code": "unavailable"}
+        assert message["usage"]["server_tool_use"] == {"web_search_requests": 1}
+
+
+@pytest.mark.parametrize("body", [
+    b'{"error":{"message":"Invalid \'max_output_tokens\': integer above maximum value. Expected a value <= 32768, '
+    b'but got 128000 instead.","type":"invalid_request_error","param":"max_output_tokens","code":"invalid_value"}}',
+    b'{\n  "error": {\n    "message": "Your input exceeds the context window of this model.",\n'
+    b'    "code": "context_length_exceeded"\n  }\n}\n',
+])
+def test_a_bare_json_error_in_an_event_stream_is_that_error(body: bytes) -> None:
+    """A 200 text/event-stream whose body is only {"error": {...}}: the error it names, mapped as the
+    JSON answer maps the same body (it was "upstream stream ended early", a 502, the message lost)."""
+    fold = make_fold()
+    assert list(iter_lines(io.BytesIO(body), MAX_LINE)) and all(
+        fold.feed_line(line) == [] for line in iter_lines(io.BytesIO(body), MAX_LINE))
+    events, error = fold.end(clean=True)
+    with pytest.raises(ProxyError) as info:
+        to_messages_response(json.loads(body), model="m", new_id=counter_ids(), tool_names={})
+    assert events == [] and error is not None
+    assert (error.status, error.error_type, error.message) == (info.value.status, info.value.error_type,
+                                                               info.value.message)
+    assert "ended early" not in error.message

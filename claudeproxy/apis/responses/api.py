@@ -1,16 +1,20 @@
 """OpenAI Responses as the pipeline sees it: parse, prepare, from_json, fold, recover (``apis/base.py``). Pure.
 
-``recover`` answers the two refusals only this API has, with a changed request
-instead of an error for the client (RESPONSES.md 5 and 7): encrypted reasoning
-the upstream cannot read any more (another key or organisation) is left out
-once, and an organisation that may not have reasoning summaries is asked for
-none from then on (remembered per provider, on this server).
+``recover`` answers the refusals it can get past with a changed request instead
+of an error for the client (RESPONSES.md 5 and 7): encrypted reasoning the
+upstream cannot read any more (another key or organisation) is left out once;
+an organisation that may not have reasoning summaries is asked for none from
+then on (remembered per provider, on this server); an optional field refused as
+such (``temperature`` for a reasoning model behind a deployment name) is never
+sent to that model again, as on Chat Completions (remembered per model).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from ...anthropic_types import MessagesRequest, parse_messages_request
 from ...errors import ProxyError
@@ -19,10 +23,18 @@ from ...routing import Target
 from ...tool_memo import ToolMemo
 from ...urls import join_path
 from ..base import ClientRequest, Exchange, encode_body, with_json
+from ..chat.api import refused_fields
 from ..stops import unsent_stops
 from .request import responses_tools, to_responses_request
 from .response import to_messages_response
 from .stream import LocalStopResponsesFold, ResponsesFold
+
+log = logging.getLogger(__name__)
+
+# Fields the proxy sends on its own judgement that a model's upstream may refuse as such ("Unsupported
+# parameter: 'temperature' is not supported with this model" from a reasoning model the name did not
+# reveal; 'reasoning' from a model that does not reason). Without them the request means the same.
+DROPPABLE_FIELDS = ("temperature", "top_p", "reasoning", "parallel_tool_calls", "prompt_cache_key")
 
 
 def responses_url(base: str) -> str:
@@ -40,6 +52,8 @@ class ResponsesApi:
         self.tools = tools  # the server's: a tool set is parsed and translated once
         self._lock = threading.Lock()
         self._no_summaries: Set[str] = set()  # providers whose organisation refused reasoning summaries
+        # (provider, model) -> the optional fields its upstream refused: never sent to it again.
+        self._refused: Dict[Tuple[str, str], FrozenSet[str]] = {}
 
     def parse(self, body: Dict[str, Any]) -> MessagesRequest:
         return parse_messages_request(body, self.tools.parse)
@@ -58,7 +72,12 @@ class ResponsesApi:
             web_search=web_search, cache_key=req.cache_key,
             replay_reasoning=replay, reasoning_summary=summaries, tools=tools,
         )
-        body = encode_body(translation.body, "tools", encoded)
+        payload = translation.body
+        with self._lock:
+            refused = self._refused.get((target.provider.name, target.model), frozenset())
+        for name in refused:
+            payload.pop(name, None)
+        body = encode_body(payload, "tools", encoded)
         headers = (("Content-Type", "application/json"),
                    ("Accept", "text/event-stream" if parsed.stream else "application/json"))
         # The API has no stop parameter: the proxy matches all of the client's stop strings.
@@ -82,7 +101,23 @@ class ResponsesApi:
                     return None
                 self._no_summaries.add(target.provider.name)
             return self.prepare(req, target, cap)
-        return None
+        return self._without_refused(exc, req, target, ex, cap)
+
+    def _without_refused(self, exc: ProxyError, req: ClientRequest, target: Target, ex: Exchange,
+                         cap: Optional[int]) -> Optional[Exchange]:
+        """The request again without the optional fields the upstream refused as such, remembered for the model."""
+        refused = refused_fields(getattr(exc, "upstream_message", "") or "")
+        if not refused:
+            return None
+        sent = json.loads(ex.body)
+        named = [f for f in DROPPABLE_FIELDS if f in refused and f in sent]
+        if not named:
+            return None
+        key = (target.provider.name, target.model)
+        with self._lock:
+            self._refused[key] = self._refused.get(key, frozenset()) | frozenset(named)
+        log.warning("%s refused %s: sent without from now on", target.label, ", ".join(named))
+        return self.prepare(req, target, cap)
 
     def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
                   ) -> Tuple[Dict[str, Any], List[str]]:

@@ -49,6 +49,10 @@ REASONING_INCLUDE = "reasoning.encrypted_content"
 _EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
 # o1, o3-mini, o4-mini-deep-research...; gpt-5*, but not gpt-5-chat-latest; codex-mini-latest.
 _REASONING_RE = re.compile(r"^(?:o\d|gpt-5(?!.*-chat)|codex)")
+# Open-weight reasoning models (gpt-oss on vLLM, Ollama, LM Studio, Groq: effort low/medium/high, raw
+# reasoning as reasoning_text): they take ``reasoning`` but also temperature/top_p, and their
+# servers keep no encrypted reasoning to replay.
+_OPEN_REASONING_RE = re.compile(r"^gpt-oss")
 # The models that take effort "xhigh" (RESPONSES.md 5: from gpt-5.1-codex-max on); the others
 # answer 400 unsupported_value to it, and get "high", their most.
 _XHIGH_RE = re.compile(r"^gpt-(?:5\.1-codex-max|5\.[2-9]|[6-9])")
@@ -70,6 +74,11 @@ def is_reasoning_model(model: str) -> bool:
     deployment name that hides the model reads as not reasoning.
     """
     return bool(_REASONING_RE.match(model.rsplit("/", 1)[-1].lower()))
+
+
+def takes_reasoning(model: str) -> bool:
+    """Whether ``model`` takes a ``reasoning`` effort: the reasoning models, and gpt-oss."""
+    return is_reasoning_model(model) or bool(_OPEN_REASONING_RE.match(model.rsplit("/", 1)[-1].lower()))
 
 
 def call_id(tool_use_id: str) -> str:
@@ -457,15 +466,16 @@ def _include(req: MessagesRequest, reasoning: bool, tools: Sequence[Dict[str, An
     return include + ([SOURCES_INCLUDE] if any(t["type"] == "web_search" for t in tools) else [])
 
 
-def _generation(req: MessagesRequest, model: str, reasoning: bool, cap: Optional[int], summaries: bool
-                ) -> Dict[str, Any]:
-    """max_output_tokens, sampling, reasoning and output format."""
+def _generation(req: MessagesRequest, model: str, reasoning: bool, cap: Optional[int], summaries: bool,
+                effort_too: bool) -> Dict[str, Any]:
+    """max_output_tokens, sampling, reasoning and output format; ``reasoning``: an OpenAI reasoning
+    model (no sampling), ``effort_too``: the model takes ``reasoning`` (``takes_reasoning``)."""
     out: Dict[str, Any] = {}
     limit = _max_output_tokens(req, cap)
     if limit is not None:
         out["max_output_tokens"] = limit
     out.update(_sampling(req, reasoning))
-    effort = _reasoning(req, summaries, model) if reasoning else None
+    effort = _reasoning(req, summaries, model) if effort_too else None
     if effort:
         out["reasoning"] = effort
     out.update(_text_format(req))
@@ -508,6 +518,7 @@ def to_responses_request(
     ``unsupported_value`` for them, RESPONSES.md 5). ``tools``: ``responses_tools(req.tools,
     web_search)`` if the caller has it already (``ToolMemo``); never changed here.
     """
+    effort_too = takes_reasoning(model) if reasoning is None else reasoning
     reasoning = is_reasoning_model(model) if reasoning is None else reasoning
     functions, max_calls, warnings = tools if tools is not None else responses_tools(req.tools, web_search)
     body = _prompt(req, model, reasoning, replay_reasoning and reasoning)
@@ -516,7 +527,7 @@ def to_responses_request(
     body.update(_tool_choice(req, functions))
     if max_calls is not None:
         body["max_tool_calls"] = max_calls
-    body.update(_generation(req, model, reasoning, max_output_tokens, reasoning_summary))
+    body.update(_generation(req, model, reasoning, max_output_tokens, reasoning_summary, effort_too))
     body["store"] = False  # stateless: Claude Code resends the whole history anyway (RESPONSES.md 1)
     include = _include(req, reasoning, functions)
     if include:

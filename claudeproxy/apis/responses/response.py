@@ -7,6 +7,7 @@ stream fold, so a streamed answer and a JSON answer give the same message.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -131,11 +132,34 @@ def part_text(part: Dict[str, Any]) -> Tuple[str, bool]:
     return "", False
 
 
-def tool_use_block(item: Dict[str, Any], tool_names: Dict[str, str], new_id: IdFactory) -> Block:
+def tool_input(arguments: Any, incomplete: bool = False) -> Dict[str, Any]:
+    """The ``tool_use`` input for a call's arguments string.
+
+    In an incomplete answer (the output limit, a content filter) arguments that are not
+    whole JSON were cut mid-value: they give ``{}``, as the SDKs make of the same cut
+    stream, not a repair that would close the string and invent a value (``{"path":"a``
+    is not a call for file ``a``). The stop reason says the answer was cut.
+    """
+    text = arguments if isinstance(arguments, str) else None
+    if incomplete and text is not None and not _is_json(text):
+        return {}
+    obj, _ = normalize_arguments(text)
+    return obj
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def tool_use_block(item: Dict[str, Any], tool_names: Dict[str, str], new_id: IdFactory,
+                   incomplete: bool = False) -> Block:
     """A function call as ``tool_use``: its ``call_id`` is the id the client echoes back."""
     name = _text_field(item, "name")
-    arguments = item.get("arguments")
-    obj, _ = normalize_arguments(arguments if isinstance(arguments, str) else None)
+    obj = tool_input(item.get("arguments"), incomplete)
     tool_id = _text_field(item, "call_id") or "toolu_" + new_id()
     return {"type": "tool_use", "id": tool_id, "name": tool_names.get(name, name), "input": obj}
 
@@ -169,12 +193,21 @@ def is_search(item: Dict[str, Any]) -> bool:
     return item.get("type") == "web_search_call" and (not isinstance(action, dict) or action.get("type", "search") == "search")
 
 
+def searched(item: Dict[str, Any]) -> bool:
+    """A search that counts in ``usage.server_tool_use.web_search_requests``: not a failed one,
+    as Anthropic counts the searches that ran (the failed one still shows as an error block)."""
+    return is_search(item) and item.get("status") != "failed"
+
+
 def _list(value: Any, kind: type = dict) -> List[Any]:
     return [v for v in value if isinstance(v, kind)] if isinstance(value, list) else []
 
 
-def item_blocks(item: Dict[str, Any], tool_names: Dict[str, str], new_id: IdFactory) -> Tuple[List[Block], bool]:
-    """(blocks, refusal seen) for one output item; unknown hosted-tool items give none."""
+def item_blocks(item: Dict[str, Any], tool_names: Dict[str, str], new_id: IdFactory,
+                incomplete: bool = False) -> Tuple[List[Block], bool]:
+    """(blocks, refusal seen) for one output item; unknown hosted-tool items give none.
+
+    ``incomplete``: the Response is (``tool_input``)."""
     kind = item.get("type")
     if kind == "reasoning":
         block = thinking_block(reasoning_text(item), item.get("id"), item.get("encrypted_content"))
@@ -188,7 +221,7 @@ def item_blocks(item: Dict[str, Any], tool_names: Dict[str, str], new_id: IdFact
             refusal = refusal or (is_refusal and bool(text))
         return blocks, refusal
     if kind == "function_call":
-        return [tool_use_block(item, tool_names, new_id)], False
+        return [tool_use_block(item, tool_names, new_id, incomplete)], False
     if kind == "web_search_call":
         return search_blocks(item, new_id), False
     return [], False
@@ -254,19 +287,20 @@ def _reasoning_tokens(usage: Any) -> Optional[int]:
 
 
 def count_searches(output: List[Dict[str, Any]]) -> int:
-    return sum(1 for item in output if is_search(item))
+    return sum(1 for item in output if searched(item))
 
 
 # --------------------------------------------------------------------------
 # The whole message.
 
 
-def content_blocks(output: Any, tool_names: Dict[str, str], new_id: IdFactory) -> Tuple[List[Block], bool]:
+def content_blocks(output: Any, tool_names: Dict[str, str], new_id: IdFactory,
+                   incomplete: bool = False) -> Tuple[List[Block], bool]:
     """All blocks of a Response's ``output`` in order, and whether a refusal was among them."""
     blocks: List[Block] = []
     refusal = False
     for item in _list(output):
-        found, refused = item_blocks(item, tool_names, new_id)
+        found, refused = item_blocks(item, tool_names, new_id, incomplete)
         blocks.extend(found)
         refusal = refusal or refused
     unique_tool_ids(blocks)
@@ -326,7 +360,7 @@ def to_messages_response(
     if failure is not None:
         raise failure
     output, match = cut_output(obj.get("output"), stop_sequences) if stop_sequences else (obj.get("output"), None)
-    blocks, refusal = content_blocks(output, tool_names, new_id)
+    blocks, refusal = content_blocks(output, tool_names, new_id, obj.get("status") == "incomplete")
     has_tools = any(b["type"] == "tool_use" for b in blocks)
     if match is None:
         reason = stop_reason_for(obj.get("status"), obj.get("incomplete_details"), has_tools, refusal)

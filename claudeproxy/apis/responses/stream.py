@@ -31,7 +31,7 @@ from ...errors import ProxyError, UpstreamUnavailable, stream_error_event
 from ...replies import block_events, events_for_message, message_start
 from ...signatures import encode_signature
 from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done
-from ..chat.response import message_id, normalize_arguments
+from ..chat.response import message_id
 from ..stops import first_stop, stop_prefix_len
 from . import API_NAME
 from .response import (
@@ -41,20 +41,22 @@ from .response import (
     cut_stop_reason,
     error_for,
     failure_of,
-    is_search,
     item_blocks,
     part_text,
     reasoning_text,
     search_blocks,
+    searched,
     stop_reason_for,
     text_block,
     to_messages_response,
+    tool_input,
     usage_from,
 )
 
 Event = Dict[str, Any]
 Key = Tuple[Any, ...]
 MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as broken
+MAX_HEAD = 64 * 1024  # bytes of a body kept until its first event: a bare JSON error fits in it
 _INDEX_FIELDS = ("output_index", "content_index", "summary_index")  # used in dict keys
 _THINKING_START = {"type": "thinking", "thinking": "", "signature": ""}
 _USAGE_COUNTS = ("input_tokens", "output_tokens")  # a Response's usage says something only with one of them
@@ -77,11 +79,12 @@ class _Item:
     args_sent: int = 0  # characters of args already sent as input_json_delta
     blob: Optional[str] = None  # reasoning: encrypted_content, from .done
     done: Optional[Dict[str, Any]] = None  # function_call: its .done item, while another call's block is open
+    complete: bool = False  # its output_item.done came: what it said is final, later deltas are repeats
 
 
 @dataclasses.dataclass
 class _Open:
-    key: Key  # ("r", output_index) | ("t", output_index, content_index) | ("f", output_index)
+    key: Key  # ("r", slot) | ("t", slot, content_index) | ("f", slot); a slot is what _slot returns
     kind: str  # thinking | text | tool_use
     index: int
 
@@ -113,16 +116,21 @@ class ResponsesFold(SSEFold):
         self.saw_done_marker = False
         self.bad_events = 0
         self.skipped_events = 0
+        self.head = b""  # the body up to its first event, for a bare JSON error (``_bare_error``)
+        self.seen_event = False
         self.next_index = 0
         self.open: Optional[_Open] = None
-        self.items: Dict[int, _Item] = {}
-        self.text_sent: Dict[Key, str] = {}  # text per (output_index, content_index) part
+        self.items: Dict[Any, _Item] = {}  # per slot (_slot), in the order first mentioned
+        self.slots: Dict[str, Any] = {}  # item id -> its slot, for events that name only the id
+        self.text_sent: Dict[Key, str] = {}  # text per (slot, content_index) part
         self.annotations: Dict[Key, List[Any]] = {}
         self.cited: Dict[Key, int] = {}  # citations already sent per part
         self.closed: Set[Key] = set()  # keys whose block was stopped
+        self.finished: Set[Key] = set()  # text parts whose .done came: their text is final
         self.tool_ids: Set[str] = set()
         self.has_tools = False
         self.refusal = False
+        self.incomplete = False  # the terminal event said incomplete: a call's arguments may be cut
         self.searches = 0
         self.out_chars = 0
         # For metrics: the stop reason at the end; the usage as soon as the upstream gives it ({}: unknown).
@@ -136,6 +144,11 @@ class ResponsesFold(SSEFold):
     def finishing(self) -> bool:
         """The upstream said it is done ([DONE] from a compatible server, or the terminal event)."""
         return self.complete or self.saw_done_marker
+
+    def feed_line(self, raw: bytes) -> List[Event]:
+        if not self.seen_event and len(self.head) < MAX_HEAD:
+            self.head += raw[: MAX_HEAD - len(self.head)]
+        return super().feed_line(raw)
 
     def end(self, clean: bool = False) -> Tuple[List[Event], Optional[ProxyError]]:
         """The body ended: the events that finish the message, or the error it ended with.
@@ -152,7 +165,24 @@ class ResponsesFold(SSEFold):
                 return [], exc
         if self.complete:
             return events, None
+        bare = self._bare_error()
+        if bare is not None:
+            return [], bare
         return events, UpstreamUnavailable("upstream stream ended early (no response.completed)")
+
+    def _bare_error(self) -> Optional[ProxyError]:
+        """A 200 event-stream whose whole body is an error object (``{"error": {...}}``, no event
+        lines; some gateways do this): the error it says, mapped as the same body in a JSON answer
+        is, instead of "ended early"."""
+        if self.seen_event or not self.head.lstrip().startswith(b"{"):
+            return None
+        try:
+            obj = json.loads(self.head.decode("utf-8", errors="replace"))
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(obj, dict) or not isinstance(obj.get("error"), dict):
+            return None
+        return failure_of(obj, self.secrets)
 
     def start(self) -> List[Event]:
         """``message_start`` (once)."""
@@ -187,6 +217,7 @@ class ResponsesFold(SSEFold):
     # Dispatch.
 
     def _on_event(self, event: ServerSentEvent) -> List[Event]:
+        self.seen_event = True
         if is_done(event.data):
             self.saw_done_marker = True  # not OpenAI's; some compatible servers add it
             return []
@@ -255,31 +286,45 @@ class ResponsesFold(SSEFold):
     # ------------------------------------------------------------------
     # Items.
 
-    def _item(self, obj: Dict[str, Any], kind: str = "") -> _Item:
-        """The state of the item an event names (created on first mention: servers skip .added)."""
+    def _slot(self, obj: Dict[str, Any]) -> Any:
+        """Which output item an event is about: its ``output_index``; without one (some compatible
+        servers omit it), the item id it names, so parallel calls stay apart (RESPONSES.md 7
+        pitfall 8); -1 when it names neither (all such events are one item)."""
         index = obj.get("output_index")
-        index = index if isinstance(index, int) else -1
-        item = self.items.get(index)
+        item_id = _str(obj, "item_id") or _str(_dict(obj.get("item")), "id")
+        if isinstance(index, int) and not isinstance(index, bool):
+            if item_id:
+                self.slots.setdefault(item_id, index)
+            return index
+        return self.slots.setdefault(item_id, item_id) if item_id else -1
+
+    def _item_at(self, slot: Any, kind: str = "") -> _Item:
+        """The state of the item in ``slot`` (created on first mention: servers skip .added)."""
+        item = self.items.get(slot)
         if item is None:
-            item = self.items[index] = _Item(kind)
+            item = self.items[slot] = _Item(kind)
         item.kind = item.kind or kind
         return item
 
     def _item_added(self, obj: Dict[str, Any]) -> List[Event]:
         raw = _dict(obj.get("item"))
-        item = self._item(obj, str(raw.get("type") or ""))
+        slot = self._slot(obj)
+        item = self._item_at(slot, str(raw.get("type") or ""))
         item.id = item.id or _str(raw, "id")
         if item.kind != "function_call":
             return []
         item.call_id = item.call_id or _str(raw, "call_id")
         item.name = item.name or _str(raw, "name")
         item.args = item.args or _str(raw, "arguments")
-        return self._maybe_live(obj.get("output_index"), item)
+        return self._maybe_live(slot, item)
 
     def _item_done(self, obj: Dict[str, Any]) -> List[Event]:
         raw = _dict(obj.get("item"))
-        item = self._item(obj, str(raw.get("type") or ""))
-        index = obj.get("output_index")
+        index = self._slot(obj)
+        item = self._item_at(index, str(raw.get("type") or ""))
+        if item.complete:
+            return []  # a repeated .done: everything it says was placed the first time
+        item.complete = True
         finish = {
             "reasoning": self._reasoning_done,
             "message": self._message_done,
@@ -293,9 +338,9 @@ class ResponsesFold(SSEFold):
 
     def _thinking_text(self, index: Any, part: Key, text: str) -> List[Event]:
         """Thinking text for one summary/reasoning part; parts are blank-line separated."""
-        if not text:
-            return []
-        item = self._item({"output_index": index}, "reasoning")
+        item = self._item_at(index, "reasoning")
+        if not text or item.complete:
+            return []  # after its .done the block has its whole text and its signature: a late delta repeats it
         item.parts[part] = item.parts.get(part, "") + text
         if item.text and item.last_part != part:
             text = "\n\n" + text
@@ -312,10 +357,10 @@ class ResponsesFold(SSEFold):
         return events + [self._delta({"type": "thinking_delta", "thinking": text})]
 
     def _summary_delta(self, obj: Dict[str, Any]) -> List[Event]:
-        return self._thinking_text(obj.get("output_index"), ("s", obj.get("summary_index")), _str(obj, "delta"))
+        return self._thinking_text(self._slot(obj), ("s", obj.get("summary_index")), _str(obj, "delta"))
 
     def _reasoning_text_delta(self, obj: Dict[str, Any]) -> List[Event]:
-        return self._thinking_text(obj.get("output_index"), ("c", obj.get("content_index")), _str(obj, "delta"))
+        return self._thinking_text(self._slot(obj), ("c", obj.get("content_index")), _str(obj, "delta"))
 
     def _summary_done(self, obj: Dict[str, Any]) -> List[Event]:
         return self._fill_part(obj, ("s", obj.get("summary_index")))
@@ -325,10 +370,11 @@ class ResponsesFold(SSEFold):
 
     def _fill_part(self, obj: Dict[str, Any], part: Key) -> List[Event]:
         """A part's ``.done`` text: send what its deltas missed."""
-        item = self._item(obj, "reasoning")
+        slot = self._slot(obj)
+        item = self._item_at(slot, "reasoning")
         sent, full = item.parts.get(part, ""), _str(obj, "text")
         if len(full) > len(sent) and full.startswith(sent):
-            return self._thinking_text(obj.get("output_index"), part, full[len(sent):])
+            return self._thinking_text(slot, part, full[len(sent):])
         return []
 
     def _reasoning_done(self, index: Any, item: _Item, raw: Dict[str, Any]) -> List[Event]:
@@ -346,15 +392,19 @@ class ResponsesFold(SSEFold):
         return events + (self._close() if self._is_open(key) else [])
 
     def _signature(self, index: Any) -> str:
-        item = self.items.get(index if isinstance(index, int) else -1) or _Item("reasoning")
+        item = self.items.get(index) or _Item("reasoning")
         return encode_signature(API_NAME, {"id": item.id, "encrypted_content": item.blob})
 
     # ------------------------------------------------------------------
     # Message text and refusals.
 
+    def _text_key(self, obj: Dict[str, Any]) -> Key:
+        return ("t", self._slot(obj), obj.get("content_index"))
+
     def _text_delta(self, obj: Dict[str, Any], refusal: bool = False) -> List[Event]:
-        self._item(obj, "message")
-        key = ("t", obj.get("output_index"), obj.get("content_index"))
+        key = self._text_key(obj)
+        if key in self.finished or self._item_at(key[1], "message").complete:
+            return []  # a late delta for a finished part: its text went out whole at .done, once is enough
         return self._emit_text(key, _str(obj, "delta"), refusal)
 
     def _refusal_delta(self, obj: Dict[str, Any]) -> List[Event]:
@@ -378,21 +428,23 @@ class ResponsesFold(SSEFold):
         return []
 
     def _text_done(self, obj: Dict[str, Any]) -> List[Event]:
-        key = ("t", obj.get("output_index"), obj.get("content_index"))
-        return self._fill_text(key, _str(obj, "text"), False)
+        key = self._text_key(obj)
+        events = self._fill_text(key, _str(obj, "text"), False)
+        self.finished.add(key)
+        return events
 
     def _refusal_done(self, obj: Dict[str, Any]) -> List[Event]:
-        key = ("t", obj.get("output_index"), obj.get("content_index"))
-        return self._fill_text(key, _str(obj, "refusal"), True)
+        key = self._text_key(obj)
+        events = self._fill_text(key, _str(obj, "refusal"), True)
+        self.finished.add(key)
+        return events
 
     def _annotation(self, obj: Dict[str, Any]) -> List[Event]:
-        key = ("t", obj.get("output_index"), obj.get("content_index"))
-        self.annotations.setdefault(key, []).append(obj.get("annotation"))
+        self.annotations.setdefault(self._text_key(obj), []).append(obj.get("annotation"))
         return []
 
     def _part_done(self, obj: Dict[str, Any]) -> List[Event]:
-        part = _dict(obj.get("part"))
-        return self._finish_part(("t", obj.get("output_index"), obj.get("content_index")), part)
+        return self._finish_part(self._text_key(obj), _dict(obj.get("part")))
 
     def _finish_part(self, key: Key, part: Dict[str, Any]) -> List[Event]:
         """A finished content part: missing text, then its citations, then the stop."""
@@ -400,6 +452,7 @@ class ResponsesFold(SSEFold):
         if isinstance(part.get("annotations"), list):
             self.annotations[key] = list(part["annotations"])  # the whole list, in order
         events = self._fill_text(key, text, refusal)
+        self.finished.add(key)
         return events + (self._close() if self._is_open(key) else [])
 
     def _citations(self, key: Key) -> List[Event]:
@@ -432,7 +485,7 @@ class ResponsesFold(SSEFold):
         if not self._is_open(key) and key not in self.closed:
             if not (item.call_id and item.name and item.args.lstrip().startswith("{")):
                 return []
-            if self._other_call_open(key):
+            if self._held_back(key):
                 return []  # one block at a time (RESPONSES.md 7 pitfall 8): it waits for that call's end
             events = self._open(key, "tool_use", self._tool_start(item))
         else:
@@ -447,14 +500,27 @@ class ResponsesFold(SSEFold):
         tool_id = self._claim_tool_id(item.call_id or "toolu_" + self.new_id())
         return {"type": "tool_use", "id": tool_id, "name": self.tool_names.get(item.name, item.name), "input": {}}
 
-    def _other_call_open(self, key: Key) -> bool:
+    def _held_back(self, key: Key) -> bool:
+        """A call waits while another call's block is open (its arguments may still come).
+
+        Not behind text: a server that sends more text for an earlier item after a call
+        gets it in a block after the call (blocks cannot reopen, and holding calls back
+        behind text that may never finish would put them out of place or lose them at a
+        stop string); the JSON answer has that text whole, before the call.
+        """
         return self.open is not None and self.open.kind == "tool_use" and self.open.key != key
+
+    def _call_order(self) -> List[Any]:
+        """The slots in output order: indexes sorted, then item ids as first mentioned; not -1,
+        which may be several items run together."""
+        indexes = sorted(k for k in self.items if isinstance(k, int) and k >= 0)
+        return indexes + [k for k in self.items if isinstance(k, str)]
 
     def _waiting_calls(self) -> List[Event]:
         """The calls that waited for another call's block, in their order, once it ended: done ones
         whole, the first still streaming live."""
         events: List[Event] = []
-        for index in sorted(i for i in self.items if i >= 0):
+        for index in self._call_order():
             item, key = self.items[index], ("f", index)
             if item.kind != "function_call" or key in self.closed or self.open is not None:
                 continue
@@ -472,17 +538,19 @@ class ResponsesFold(SSEFold):
         return tool_id
 
     def _args_delta(self, obj: Dict[str, Any]) -> List[Event]:
-        item = self._item(obj, "function_call")
+        slot = self._slot(obj)
+        item = self._item_at(slot, "function_call")
         item.args += _str(obj, "delta")
-        return self._maybe_live(obj.get("output_index"), item)
+        return self._maybe_live(slot, item)
 
     def _args_done(self, obj: Dict[str, Any]) -> List[Event]:
-        item = self._item(obj, "function_call")
+        slot = self._slot(obj)
+        item = self._item_at(slot, "function_call")
         item.name = item.name or _str(obj, "name")
         full = _str(obj, "arguments")
         if len(full) > len(item.args) and full.startswith(item.args):
             item.args = full  # deltas may be missing: arguments only here
-        return self._maybe_live(obj.get("output_index"), item)
+        return self._maybe_live(slot, item)
 
     def _call_done(self, index: Any, item: _Item, raw: Dict[str, Any]) -> List[Event]:
         item.call_id = item.call_id or _str(raw, "call_id")
@@ -491,7 +559,7 @@ class ResponsesFold(SSEFold):
         if len(full) > len(item.args) and full.startswith(item.args):
             item.args = full
         key = ("f", index)
-        if key not in self.closed and not self._is_open(key) and self._other_call_open(key):
+        if key not in self.closed and not self._is_open(key) and self._held_back(key):
             item.done = raw  # calls interleaved by the server: placed when the open one ends
             return []
         events = self._maybe_live(index, item)
@@ -501,7 +569,7 @@ class ResponsesFold(SSEFold):
             return events  # cut off by another block: nothing more can be placed
         # Not live (arguments not an object, or no id/name until now): the whole call at once.
         start = self._tool_start(item)
-        obj, _ = normalize_arguments(item.args)
+        obj = tool_input(item.args, self.incomplete)
         self.out_chars += len(item.args)
         self.closed.add(key)
         return events + self._whole_block({**start, "input": obj})
@@ -511,7 +579,7 @@ class ResponsesFold(SSEFold):
 
     def _search_done(self, index: Any, item: _Item, raw: Dict[str, Any]) -> List[Event]:
         events: List[Event] = []
-        self.searches += is_search(raw)
+        self.searches += searched(raw)
         for block in search_blocks(raw, self.new_id):
             events += self._whole_block(block)
         return events
@@ -521,12 +589,12 @@ class ResponsesFold(SSEFold):
 
     def _completed(self, obj: Dict[str, Any]) -> List[Event]:
         response = _dict(obj.get("response"))
+        status = self._terminal_status(obj, response)
         events = self._unseen_items(response.get("output")) + self._close()
         placed = self._waiting_calls()
         while placed:  # each call left waiting, in turn: the last one live is closed before the next
             events += placed + self._close()
             placed = self._waiting_calls()
-        status = response.get("status") or ("incomplete" if obj.get("type") == "response.incomplete" else "completed")
         reason = stop_reason_for(status, response.get("incomplete_details"), self.has_tools, self.refusal)
         usage = response.get("usage")
         if isinstance(usage, dict):
@@ -536,10 +604,17 @@ class ResponsesFold(SSEFold):
         self.stop_reason, self.usage = reason, final
         return events + self._ending(reason, final)
 
-    def _unseen_items(self, output: Any) -> List[Event]:
-        """Output items the stream never mentioned (servers that send only the final object).
+    def _terminal_status(self, obj: Dict[str, Any], response: Dict[str, Any]) -> Any:
+        status = response.get("status") or ("incomplete" if obj.get("type") == "response.incomplete" else "completed")
+        self.incomplete = status == "incomplete"
+        return status
 
-        Not when events came without ``output_index``: their items cannot be told apart.
+    def _unseen_items(self, output: Any) -> List[Event]:
+        """The final object's items: the ones the stream never mentioned (servers that send only
+        the final object) placed whole, the ones it left unfinished finished (``_unfinished``).
+
+        Not when events named neither ``output_index`` nor an item id: those items cannot be
+        told apart.
         """
         events: List[Event] = []
         if -1 in self.items:
@@ -547,27 +622,45 @@ class ResponsesFold(SSEFold):
         for index, raw in enumerate(output if isinstance(output, list) else ()):
             if not isinstance(raw, dict):
                 continue
-            if index in self.items:
-                events += self._unfinished_call(index, raw)
+            slot = self._seen_slot(index, raw)
+            if slot is not None:
+                events += self._unfinished(slot, raw)
                 continue
-            blocks, refusal = item_blocks(raw, self.tool_names, self.new_id)
+            blocks, refusal = item_blocks(raw, self.tool_names, self.new_id, self.incomplete)
             self.refusal = self.refusal or refusal
-            self.searches += is_search(raw)
+            self.searches += searched(raw)
             for block in blocks:
                 if block["type"] == "tool_use":
                     block["id"] = self._claim_tool_id(block["id"])
                 events += self._whole_block(block)
         return events
 
-    def _unfinished_call(self, index: int, raw: Dict[str, Any]) -> List[Event]:
-        """A call whose arguments streamed but whose ``output_item.done`` never came, so its
-        ``call_id`` is only in the final object (LM Studio style): placed whole, not lost."""
-        item = self.items[index]
-        key = ("f", index)
+    def _seen_slot(self, position: int, raw: Dict[str, Any]) -> Any:
+        """The slot under which the stream spoke of the final object's item at ``position``, or
+        None: by its id, else by its position (events with ``output_index``), else a call by its
+        ``call_id``."""
+        item_id = _str(raw, "id")
+        if item_id in self.slots:
+            return self.slots[item_id]
+        if position in self.items:
+            return position
+        call_id = _str(raw, "call_id")
+        return next((slot for slot, item in self.items.items() if call_id and item.call_id == call_id), None)
+
+    def _unfinished(self, slot: Any, raw: Dict[str, Any]) -> List[Event]:
+        """What the stream left unfinished of an item, from the final object: a reasoning item's
+        blob, while its block is still open (its ``output_item.done`` never came); a call whose
+        ``call_id`` is only here (LM Studio style), placed whole, not lost."""
+        item = self.items[slot]
+        if item.kind == "reasoning" and raw.get("type") == "reasoning" and item.blob is None:
+            item.id = item.id or _str(raw, "id")
+            item.blob = _str(raw, "encrypted_content") or None
+            return []
+        key = ("f", slot)
         if item.kind != "function_call" or raw.get("type") != "function_call" or key in self.closed \
                 or self._is_open(key):
             return []
-        return self._call_done(index, item, raw)
+        return self._call_done(slot, item, raw)
 
     def _ending(self, reason: str, usage: Dict[str, Any], sequence: Optional[str] = None) -> List[Event]:
         events = self.start() + self._close()
@@ -677,8 +770,9 @@ class LocalStopResponsesFold(ResponsesFold):
         """A server that sends only the final object: the stop string may be in an item not streamed."""
         response = _dict(obj.get("response"))
         output, match = cut_output(response.get("output"), self.stops)
-        if match is None or -1 in self.items or len(output) - 1 in self.items:
+        if match is None or -1 in self.items or self._seen_slot(len(output) - 1, output[-1]) is not None:
             return super()._completed(obj)
+        self._terminal_status(obj, response)
         return self._unseen_items(output) + self._end_at_stop(match, response.get("usage"))
 
 
