@@ -32,7 +32,8 @@ class Dialect:
     drop_sampling: bool = False
     pass_top_k: bool = False
     send_user: bool = True
-    # Ask for stream_options.include_usage.
+    # Ask for stream_options.include_usage. Off where the server refuses the field and sends
+    # usage in the last chunk anyway (Mistral).
     stream_usage: bool = True
     # How thinking/effort is requested (apis/chat/request.py REASONING_STYLES):
     # effort, explicit, gemini, openrouter, deepseek, groq, template, none.
@@ -115,9 +116,11 @@ DIALECTS: Dict[str, Dialect] = {
     ),
     "groq": dataclasses.replace(_BASE, name="groq", reasoning="groq", send_user=False),
     # prompt_cache_key: docs.mistral.ai/studio-api/conversations/advanced/prompt-caching.
+    # Mistral answers 422 extra_forbidden to stream_options and always puts the usage in the last
+    # chunk (docs.mistral.ai, 2024-01-16 release note; openai/openai-agents-python#442).
     "mistral": dataclasses.replace(
         _BASE, name="mistral", short_tool_ids=True, bridge_tool_to_user=True, prefill_prefix=True,
-        late_system_role="user",
+        late_system_role="user", stream_usage=False,
         reasoning="none", cache_key_field="prompt_cache_key",
     ),
     "gemini": dataclasses.replace(

@@ -38,21 +38,23 @@ DROPPABLE_FIELDS = ("reasoning_effort", "reasoning", "thinking", "reasoning_form
 # Refusals of a field as such, each capturing the field's name: OpenAI's "Unsupported parameter:
 # 'x' is not supported with this model" and "Unrecognized request argument supplied: x", others'
 # "Unknown parameter: 'x'" and "property 'x' is unsupported", and a strict server's 422 (pydantic's
-# extra_forbidden at ["body", "x"]). A refused value ("Unsupported value: 'x' does not support
-# 'max'") names the field too, but the field itself is fine there: it matches none of these.
+# extra_forbidden at ["body", "x"], or deeper: Mistral refuses stream_options at ["body",
+# "stream_options", "include_usage"], and what was sent is the top-level field). A refused value
+# ("Unsupported value: 'x' does not support 'max'") names the field too, but the field itself is
+# fine there: it matches none of these.
 _FIELD_REFUSALS = (
     re.compile(r"(?:unsupported|unrecogni[sz]ed|unknown|extra)\s+(?:request\s+)?"
                r"(?:parameter|argument|field|key|property)s?(?:\s+supplied)?\s*:?\s*['\"`]?([A-Za-z_]\w*)", re.I),
     re.compile(r"(?:parameter|argument|field|key|property)\s+['\"`]?([A-Za-z_]\w*)['\"`]?\s+is\s+"
                r"(?:not\s+(?:supported|allowed|permitted|recogni[sz]ed)|unsupported|unknown)", re.I),
 )
-_EXTRA_BODY_FIELD = re.compile(r'"loc"\s*:\s*\[\s*"body"\s*,\s*"([A-Za-z_]\w*)"\s*\]')
+_EXTRA_BODY_FIELD = re.compile(r'"loc"\s*:\s*\[\s*"body"\s*,\s*"([A-Za-z_]\w*)"\s*[\],]')
 
 
 def refused_fields(message: str) -> FrozenSet[str]:
     """The request fields an upstream's error message refuses as such (not for a value)."""
     names = {m.group(1) for pattern in _FIELD_REFUSALS for m in pattern.finditer(message)}
-    if "extra" in message.lower():  # pydantic: {"type": "extra_forbidden", "loc": ["body", "x"], ...}
+    if "extra" in message.lower():  # pydantic: {"type": "extra_forbidden", "loc": ["body", "x", ...], ...}
         names.update(m.group(1) for m in _EXTRA_BODY_FIELD.finditer(message))
     return frozenset(names)
 
