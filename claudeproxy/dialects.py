@@ -170,6 +170,13 @@ _HOST_RULES: Tuple[Tuple[str, str], ...] = (
     (r"(^|\.)mistral\.ai$", "mistral"),
     (r"^generativelanguage\.googleapis\.com$", "gemini"),
 )
+# api.x.ai (Grok) stays generic, on purpose. Which of its models take reasoning_effort changes
+# with each release: grok-3-mini, grok-4.3 and grok-4.5 take it; grok-3, grok-4, grok-4-fast and
+# grok-code-fast-1 answer 400 "Model grok-4 does not support parameter reasoningEffort"
+# (BerriAI/litellm#16265, NousResearch/hermes-agent#23435, vercel/ai @ai-sdk/xai 4.0.0-canary.61).
+# A table of them would be wrong within months, either way round. The refusal itself is
+# recognised (apis/chat/api.py refused_fields): a model that refuses costs one round trip per
+# server, and never gets the field again.
 _PORT_RULES = {11434: "ollama", 1234: "lmstudio"}
 
 # Anthropic thinking budget -> OpenAI reasoning_effort (PROTOCOL.md 1.7).

@@ -21,6 +21,7 @@ DETECT_CASES = [
     ("http://localhost:11434/v1", "ollama"),
     ("http://127.0.0.1:11434", "ollama"),
     ("http://localhost:1234/v1", "lmstudio"),
+    ("https://api.x.ai/v1", "generic"),  # on purpose: its refusals are recognised (dialects.py)
     ("http://localhost:8000/v1", "generic"),
     ("http://localhost:8080", "generic"),
     ("https://llm.internal.example/v1", "generic"),

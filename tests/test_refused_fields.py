@@ -176,6 +176,26 @@ def test_an_unknown_server_refusing_a_field_deeper_down_recovers(make_proxy: Any
     assert "stream_options" not in sent(fake_upstream)[2] and len(fake_upstream.requests) == 3
 
 
+# xAI's answer for grok-4 (and grok-3, grok-4-fast, grok-code-fast-1) to reasoning_effort.
+XAI_REFUSAL = {"code": "Client specified an invalid argument",
+               "error": "Model grok-4 does not support parameter reasoningEffort."}
+
+
+def test_grok_refusing_reasoning_effort_in_camel_case_recovers(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """api.x.ai is a generic upstream: Claude Code's effort goes up as reasoning_effort, and grok-4
+    refused every turn."""
+    proxy = make_proxy(upstream=fake_upstream.url, model="grok-4")
+    fake_upstream.push(json_reply(XAI_REFUSAL, status=400), json_reply(completion("first")),
+                       json_reply(completion("second")))
+    first = ask(proxy, claude_code_turn())
+    assert first.status == 200, first
+    assert first.json["content"] == [{"type": "text", "text": "first"}]
+    bodies = sent(fake_upstream)
+    assert bodies[0]["reasoning_effort"] == "medium" and "reasoning_effort" not in bodies[1]
+    assert ask(proxy, claude_code_turn()).status == 200
+    assert len(fake_upstream.requests) == 3 and "reasoning_effort" not in sent(fake_upstream)[2]
+
+
 # Error messages as upstreams word them, and the fields they refuse as such (not for a value).
 MESSAGES = [
     ("Unsupported parameter: 'reasoning_effort' is not supported with this model.", {"reasoning_effort"}),
@@ -185,6 +205,12 @@ MESSAGES = [
     ('{"detail":[{"type":"extra_forbidden","loc":["body","top_k"],"msg":"Extra inputs are not permitted"}]}',
      {"top_k"}),
     (json.dumps(MISTRAL_REFUSAL), {"stream_options"}),
+    ("Model grok-4 does not support parameter reasoningEffort.", {"reasoning_effort"}),
+    ("Model grok-4 does not support parameter stop.", {"stop"}),
+    ('Invalid JSON payload received. Unknown name "parallel_tool_calls": Cannot find field.',
+     {"parallel_tool_calls"}),
+    # Gemini naming a field inside a message: not the top-level one.
+    ('Invalid JSON payload received. Unknown name "user" at \'messages[0]\': Cannot find field.', set()),
     # A refused value: the field stays (a lower effort would do; without it, none is asked for).
     ("Unsupported value: 'reasoning_effort' does not support 'max' with this model. Supported values are: "
      "'low', 'medium', and 'high'.", set()),
