@@ -36,10 +36,14 @@ class Dialect:
     # usage in the last chunk anyway (Mistral).
     stream_usage: bool = True
     # How thinking/effort is requested (apis/chat/request.py REASONING_STYLES):
-    # effort, explicit, gemini, openrouter, deepseek, groq, template, none.
+    # effort, explicit, gemini, openrouter, deepseek, switch, groq, template, none.
     reasoning: str = "effort"
     # How assistant thinking goes back upstream: drop, reasoning_content, reasoning_content_all, reasoning.
     reasoning_history: str = "drop"
+    # What reasoning_content_all sends on a tool-call turn that has no thinking (a turn from
+    # another model, thinking the client left out). DeepSeek takes ""; Moonshot takes "" for
+    # missing and wants at least a space.
+    reasoning_placeholder: str = ""
     # Assistant content when there is no text but tool calls: None (null) or "".
     assistant_empty_content: Optional[str] = None
     # User content must be a plain string (text-only servers).
@@ -123,6 +127,19 @@ DIALECTS: Dict[str, Dialect] = {
         late_system_role="user", stream_usage=False,
         reasoning="none", cache_key_field="prompt_cache_key",
     ),
+    # Moonshot (Kimi): thinking is switched by {"thinking": {"type": "enabled"|"disabled"}}, on by
+    # default (platform.kimi.ai/docs/api/models-overview); reasoning comes as reasoning_content and,
+    # with thinking on, must come back on every assistant tool-call turn: without it Moonshot
+    # answers 400 "thinking is enabled but reasoning_content is missing in assistant tool call
+    # message at index N" (platform.kimi.ai/docs/guide/use-kimi-k2-thinking-model; continuedev/
+    # continue#11600). Kimi models get it on every tool turn (MODEL_RULES); "" counts as missing
+    # there (theopenco/llmgateway#2093), so a turn without thinking gets a space. Usage inside the
+    # final choice is read for every server (apis/chat/wire.py). Its stop limit is not documented
+    # where we could check it: the default 4 stays, and the proxy matches the rest.
+    "moonshot": dataclasses.replace(
+        _BASE, name="moonshot", reasoning="switch", reasoning_history="reasoning_content",
+        reasoning_placeholder=" ",
+    ),
     "gemini": dataclasses.replace(
         _BASE, name="gemini", schema_sanitizer="gemini", send_user=False, reasoning="gemini", thought_signatures=True
     ),
@@ -158,6 +175,8 @@ MODEL_RULES: Tuple[Tuple[Tuple[str, ...], str, Dict[str, object]], ...] = (
     (("openai", "azure"), r"^(o\d|gpt-5|codex)", {**_OPENAI_REASONING, **_OPENAI_MODEL}),
     (("azure",), r"^(gpt-|chatgpt-)", _OPENAI_MODEL),
     (("openrouter",), r"^openai/(o\d|gpt-5)", {"drop_sampling": True}),
+    # Kimi's thinking models (kimi-k2-thinking, kimi-k2.5, kimi-k2.6...); moonshot-v1 models never think.
+    (("moonshot",), r"^kimi-", {"reasoning_history": "reasoning_content_all"}),
 )
 
 # Upstream host -> dialect (first match wins).
@@ -168,6 +187,7 @@ _HOST_RULES: Tuple[Tuple[str, str], ...] = (
     (r"(^|\.)deepseek\.com$", "deepseek"),
     (r"(^|\.)groq\.com$", "groq"),
     (r"(^|\.)mistral\.ai$", "mistral"),
+    (r"(^|\.)moonshot\.(ai|cn)$", "moonshot"),
     (r"^generativelanguage\.googleapis\.com$", "gemini"),
 )
 # api.x.ai (Grok) stays generic, on purpose. Which of its models take reasoning_effort changes

@@ -21,6 +21,7 @@ from .wire import (
     ChatResponse,
     ChatUsage,
     ToolCallDelta,
+    client_tool_id,
     parse_chat_response,
 )
 
@@ -193,7 +194,8 @@ def tool_use_block(tool_id: str, name: str, arguments: Optional[str], tool_names
 
 
 def unique_tool_ids(calls: Tuple[ToolCallDelta, ...], new_id: IdFactory) -> Dict[int, str]:
-    """Block id for each usable call (by position): upstream id, deduplicated, or a fresh one."""
+    """Block id for each usable call (by position): upstream id, deduplicated, or a fresh one; in the
+    form Anthropic's ids take (``client_tool_id``)."""
     ids: Dict[int, str] = {}
     taken = {call.id for call in calls if call.name and call.id}
     used: Set[str] = set()
@@ -207,7 +209,7 @@ def unique_tool_ids(calls: Tuple[ToolCallDelta, ...], new_id: IdFactory) -> Dict
             n += 1
             block_id = f"{base}_{n}"
         used.add(block_id)
-        ids[i] = block_id
+        ids[i] = client_tool_id(block_id)
     return ids
 
 

@@ -38,7 +38,7 @@ from .response import (
     stop_reason_for,
     usage_from,
 )
-from .wire import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta, parse_chat_chunk
+from .wire import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta, client_tool_id, parse_chat_chunk
 
 Event = Dict[str, Any]
 MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as broken
@@ -550,7 +550,8 @@ class StreamTranslator:
 
     def _tool_start(self, tool: _Tool) -> Dict[str, Any]:
         name = self.tool_names.get(tool.name, tool.name)
-        return {"type": "tool_use", "id": tool.id, "name": name, "input": {}}
+        # tool.id stays the upstream's: later fragments are matched by it.
+        return {"type": "tool_use", "id": client_tool_id(tool.id), "name": name, "input": {}}
 
     def _whole_tool(self, tool: _Tool) -> List[Event]:
         obj, _ = normalize_arguments(tool.args)
@@ -589,7 +590,7 @@ class StreamTranslator:
         }
 
     def _update_state_from_tools(self) -> None:
-        sigs = {t.id: t.thought_signature for t in self.tools if t.thought_signature and t.id}
+        sigs = {client_tool_id(t.id): t.thought_signature for t in self.tools if t.thought_signature and t.id}
         if sigs:
             self.state["ts"] = sigs
 
