@@ -136,3 +136,58 @@ def test_thinking_off_is_said_to_kimi_and_no_effort_is_sent(make_proxy: Any, fak
     assert ask(proxy, minimal_request(thinking={"type": "disabled"}, output_config={"effort": "high"})).status == 200
     body = sent(fake_upstream)[0]
     assert body["thinking"] == {"type": "disabled"} and "reasoning_effort" not in body
+
+
+# --------------------------------------------------------------------------
+# DeepSeek: an answer cut off for lack of resources is an overload, not a finished answer.
+
+CUT = "insufficient_system_resource"
+
+
+def test_a_json_answer_cut_for_lack_of_resources_is_overloaded(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """It was end_turn: a cut answer looked complete."""
+    proxy = make_proxy(upstream=fake_upstream.url, provider="deepseek", model="deepseek-chat", retries=0)
+    fake_upstream.push(json_reply(completion("The answer is", finish=CUT)))
+    resp = ask(proxy, minimal_request())
+    assert resp.status == 529, resp
+    assert resp.json["error"]["type"] == "overloaded_error" and CUT in resp.json["error"]["message"]
+
+
+def test_a_cut_json_answer_is_retried_like_any_overload(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy(upstream=fake_upstream.url, provider="deepseek", model="deepseek-chat", retries=1)
+    fake_upstream.push(json_reply(completion("The answer is", finish=CUT)), json_reply(completion("The answer is 42.")))
+    resp = ask(proxy, minimal_request())
+    assert resp.status == 200, resp
+    assert resp.json["content"] == [{"type": "text", "text": "The answer is 42."}]
+    assert len(fake_upstream.requests) == 2
+
+
+def test_a_stream_cut_for_lack_of_resources_ends_with_an_overloaded_error(make_proxy: Any,
+                                                                        fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy(upstream=fake_upstream.url, provider="deepseek", model="deepseek-chat", retries=0)
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": "The answer"}),
+                                 chunk({"content": " is"}, CUT)))
+    resp = ask(proxy, minimal_request(stream=True))
+    assert resp.status == 200, resp
+    events = events_of(resp.body)
+    assert_valid_event_sequence(events)
+    text = "".join(e["delta"]["text"] for e in events if e["type"] == "content_block_delta")
+    assert text == "The answer is"  # what came, the last chunk's text too
+    assert events[-1]["type"] == "error" and events[-1]["error"]["type"] == "overloaded_error"
+    assert not [e for e in events if e["type"] in ("message_delta", "message_stop")]
+
+
+def test_a_stream_cut_before_any_content_is_a_plain_529(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """Nothing went out yet: the client (and the proxy's retries) see an ordinary overload."""
+    proxy = make_proxy(upstream=fake_upstream.url, provider="deepseek", model="deepseek-chat", retries=0)
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": ""}, CUT)))
+    resp = ask(proxy, minimal_request(stream=True))
+    assert resp.status == 529, resp
+    assert resp.json["error"]["type"] == "overloaded_error"
+
+
+def test_other_unknown_finish_reasons_still_end_the_turn(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy(upstream=fake_upstream.url, provider="deepseek", model="deepseek-chat", retries=0)
+    fake_upstream.push(json_reply(completion("done", finish="eos")))
+    resp = ask(proxy, minimal_request())
+    assert resp.status == 200 and resp.json["stop_reason"] == "end_turn", resp

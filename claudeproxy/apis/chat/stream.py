@@ -35,6 +35,7 @@ from .response import (
     message_from_body,
     message_id,
     normalize_arguments,
+    overload_error,
     stop_reason_for,
     usage_from,
 )
@@ -321,11 +322,18 @@ class StreamTranslator:
             raise error_from_object({"message": "upstream reported an error during generation"}, self.secrets)
         if not self.started and chunk.id:
             self.message_id = message_id(chunk.id, self.new_id)
+        was_started = self.started
         events = self.start()
         events += self._reasoning(choice)
         events += self._content(choice)
         for call in choice.tool_calls:
             events += self._tool_fragment(call)
+        overload = overload_error(choice.finish_reason)
+        if overload is not None:
+            # What came so far goes out, then the error. Nothing at all (only our message_start):
+            # a plain 529 before the stream began, which the proxy can still retry.
+            overload.events_before = tuple(events) if was_started or len(events) > 1 else ()
+            raise overload
         if choice.finish_reason is not None:
             self.finish_reason = choice.finish_reason
         if choice.matched_stop is not None:
