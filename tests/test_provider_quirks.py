@@ -191,3 +191,41 @@ def test_other_unknown_finish_reasons_still_end_the_turn(make_proxy: Any, fake_u
     fake_upstream.push(json_reply(completion("done", finish="eos")))
     resp = ask(proxy, minimal_request())
     assert resp.status == 200 and resp.json["stop_reason"] == "end_turn", resp
+
+
+# --------------------------------------------------------------------------
+# Mistral's reasoning models: the thinking comes as a part of the content list.
+
+def magistral(thinking: str, text: str) -> List[Dict[str, Any]]:
+    parts: List[Dict[str, Any]] = []
+    if thinking:
+        parts.append({"type": "thinking", "thinking": [{"type": "text", "text": thinking}]})
+    if text:
+        parts.append({"type": "text", "text": text})
+    return parts
+
+
+def test_magistral_thinking_is_a_thinking_block(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """Only the text parts were kept: the thinking was dropped."""
+    proxy = make_proxy(upstream=fake_upstream.url, provider="mistral", model="magistral-medium-latest")
+    fake_upstream.push(json_reply(completion(magistral("I think", "Answer"))))
+    resp = ask(proxy, minimal_request())
+    assert resp.status == 200, resp
+    thinking, text = resp.json["content"]
+    assert thinking["type"] == "thinking" and thinking["thinking"] == "I think"
+    assert text == {"type": "text", "text": "Answer"}
+
+
+def test_magistral_streamed_thinking_is_a_thinking_block(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy(upstream=fake_upstream.url, provider="mistral", model="magistral-medium-latest")
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": magistral("I ", "")}),
+                                 chunk({"content": magistral("think", "")}),
+                                 chunk({"content": magistral("", "Answer")}),
+                                 chunk({}, "stop", usage={"prompt_tokens": 5, "completion_tokens": 4})))
+    resp = ask(proxy, minimal_request(stream=True))
+    assert resp.status == 200, resp
+    events = events_of(resp.body)
+    assert_valid_event_sequence(events, allow_error=False)
+    thinking, text = final_message(events)["content"]
+    assert thinking["type"] == "thinking" and thinking["thinking"] == "I think"
+    assert text == {"type": "text", "text": "Answer"}

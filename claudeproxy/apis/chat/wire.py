@@ -243,6 +243,16 @@ def _text_of(content: Any) -> str:
     return ""
 
 
+def _thinking_parts(content: Any) -> str:
+    """The thinking in a content list: Mistral's reasoning models (Magistral) answer, whole and in
+    stream deltas alike, with [{"type": "thinking", "thinking": [{"type": "text", "text": ...}]},
+    {"type": "text", "text": ...}] (docs.mistral.ai, Reasoning; ThinkChunk in its OpenAPI spec)."""
+    if not isinstance(content, list):
+        return ""
+    parts = (p.get("thinking") for p in content if isinstance(p, dict) and p.get("type") == "thinking")
+    return "".join(inner if isinstance(inner, str) else _text_of(inner) for inner in parts)
+
+
 def _reasoning_details_text(details: Any) -> str:
     if not isinstance(details, list):
         return ""
@@ -258,6 +268,7 @@ def _reasoning_of(msg: Dict[str, Any]) -> str:
         _as_str(msg.get("reasoning_content"))
         or _as_str(msg.get("reasoning"))
         or _reasoning_details_text(msg.get("reasoning_details"))
+        or _thinking_parts(msg.get("content"))
     )
 
 
