@@ -32,13 +32,18 @@ class Dialect:
     drop_sampling: bool = False
     pass_top_k: bool = False
     send_user: bool = True
-    # Ask for stream_options.include_usage.
+    # Ask for stream_options.include_usage. Off where the server refuses the field and sends
+    # usage in the last chunk anyway (Mistral).
     stream_usage: bool = True
     # How thinking/effort is requested (apis/chat/request.py REASONING_STYLES):
-    # effort, explicit, gemini, openrouter, deepseek, groq, template, none.
+    # effort, explicit, gemini, openrouter, deepseek, switch, groq, template, none.
     reasoning: str = "effort"
     # How assistant thinking goes back upstream: drop, reasoning_content, reasoning_content_all, reasoning.
     reasoning_history: str = "drop"
+    # What reasoning_content_all sends on a tool-call turn that has no thinking (a turn from
+    # another model, thinking the client left out). DeepSeek takes ""; Moonshot takes "" for
+    # missing and wants at least a space.
+    reasoning_placeholder: str = ""
     # Assistant content when there is no text but tool calls: None (null) or "".
     assistant_empty_content: Optional[str] = None
     # User content must be a plain string (text-only servers).
@@ -115,10 +120,25 @@ DIALECTS: Dict[str, Dialect] = {
     ),
     "groq": dataclasses.replace(_BASE, name="groq", reasoning="groq", send_user=False),
     # prompt_cache_key: docs.mistral.ai/studio-api/conversations/advanced/prompt-caching.
+    # Mistral answers 422 extra_forbidden to stream_options and always puts the usage in the last
+    # chunk (docs.mistral.ai, 2024-01-16 release note; openai/openai-agents-python#442).
     "mistral": dataclasses.replace(
         _BASE, name="mistral", short_tool_ids=True, bridge_tool_to_user=True, prefill_prefix=True,
-        late_system_role="user",
+        late_system_role="user", stream_usage=False,
         reasoning="none", cache_key_field="prompt_cache_key",
+    ),
+    # Moonshot (Kimi): thinking is switched by {"thinking": {"type": "enabled"|"disabled"}}, on by
+    # default (platform.kimi.ai/docs/api/models-overview); reasoning comes as reasoning_content and,
+    # with thinking on, must come back on every assistant tool-call turn: without it Moonshot
+    # answers 400 "thinking is enabled but reasoning_content is missing in assistant tool call
+    # message at index N" (platform.kimi.ai/docs/guide/use-kimi-k2-thinking-model; continuedev/
+    # continue#11600). Kimi models get it on every tool turn (MODEL_RULES); "" counts as missing
+    # there (theopenco/llmgateway#2093), so a turn without thinking gets a space. Usage inside the
+    # final choice is read for every server (apis/chat/wire.py). Its stop limit is not documented
+    # where we could check it: the default 4 stays, and the proxy matches the rest.
+    "moonshot": dataclasses.replace(
+        _BASE, name="moonshot", reasoning="switch", reasoning_history="reasoning_content",
+        reasoning_placeholder=" ",
     ),
     "gemini": dataclasses.replace(
         _BASE, name="gemini", schema_sanitizer="gemini", send_user=False, reasoning="gemini", thought_signatures=True
@@ -155,6 +175,8 @@ MODEL_RULES: Tuple[Tuple[Tuple[str, ...], str, Dict[str, object]], ...] = (
     (("openai", "azure"), r"^(o\d|gpt-5|codex)", {**_OPENAI_REASONING, **_OPENAI_MODEL}),
     (("azure",), r"^(gpt-|chatgpt-)", _OPENAI_MODEL),
     (("openrouter",), r"^openai/(o\d|gpt-5)", {"drop_sampling": True}),
+    # Kimi's thinking models (kimi-k2-thinking, kimi-k2.5, kimi-k2.6...); moonshot-v1 models never think.
+    (("moonshot",), r"^kimi-", {"reasoning_history": "reasoning_content_all"}),
 )
 
 # Upstream host -> dialect (first match wins).
@@ -165,8 +187,16 @@ _HOST_RULES: Tuple[Tuple[str, str], ...] = (
     (r"(^|\.)deepseek\.com$", "deepseek"),
     (r"(^|\.)groq\.com$", "groq"),
     (r"(^|\.)mistral\.ai$", "mistral"),
+    (r"(^|\.)moonshot\.(ai|cn)$", "moonshot"),
     (r"^generativelanguage\.googleapis\.com$", "gemini"),
 )
+# api.x.ai (Grok) stays generic, on purpose. Which of its models take reasoning_effort changes
+# with each release: grok-3-mini, grok-4.3 and grok-4.5 take it; grok-3, grok-4, grok-4-fast and
+# grok-code-fast-1 answer 400 "Model grok-4 does not support parameter reasoningEffort"
+# (BerriAI/litellm#16265, NousResearch/hermes-agent#23435, vercel/ai @ai-sdk/xai 4.0.0-canary.61).
+# A table of them would be wrong within months, either way round. The refusal itself is
+# recognised (apis/chat/api.py refused_fields): a model that refuses costs one round trip per
+# server, and never gets the field again.
 _PORT_RULES = {11434: "ollama", 1234: "lmstudio"}
 
 # Anthropic thinking budget -> OpenAI reasoning_effort (PROTOCOL.md 1.7).

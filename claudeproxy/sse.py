@@ -158,7 +158,8 @@ class SSEFold:
                 try:
                     events += self._on_event(event)
                 except ProxyError as exc:
-                    exc.events_before = tuple(events)
+                    # After the events of this read's earlier lines, those the failing event gave.
+                    exc.events_before = tuple(events) + tuple(exc.events_before)
                     raise
         return events
 

@@ -49,6 +49,8 @@ VARIANTS: List[Tuple[str, str]] = [
     ("deepseek", "deepseek-reasoner"),
     ("groq", "llama-3.3-70b-versatile"),
     ("mistral", "mistral-large-latest"),
+    ("moonshot", "kimi-k2.6"),
+    ("moonshot", "moonshot-v1-128k"),
     ("gemini", "gemini-2.5-pro"),
     ("ollama", "qwen3"),
     ("vllm", "Qwen/Qwen3-32B"),

@@ -17,10 +17,13 @@ DETECT_CASES = [
     ("https://api.deepseek.com/v1", "deepseek"),
     ("https://api.groq.com/openai/v1", "groq"),
     ("https://api.mistral.ai/v1", "mistral"),
+    ("https://api.moonshot.ai/v1", "moonshot"),
+    ("https://api.moonshot.cn/v1", "moonshot"),
     ("https://generativelanguage.googleapis.com/v1beta/openai/", "gemini"),
     ("http://localhost:11434/v1", "ollama"),
     ("http://127.0.0.1:11434", "ollama"),
     ("http://localhost:1234/v1", "lmstudio"),
+    ("https://api.x.ai/v1", "generic"),  # on purpose: its refusals are recognised (dialects.py)
     ("http://localhost:8000/v1", "generic"),
     ("http://localhost:8080", "generic"),
     ("https://llm.internal.example/v1", "generic"),
@@ -210,3 +213,12 @@ def test_thought_signatures_only_for_gemini() -> None:
 ])
 def test_effort_for_budget(budget: int, effort: str) -> None:
     assert effort_for_budget(budget) == effort
+
+
+def test_only_kimi_models_get_reasoning_back_on_every_tool_turn() -> None:
+    """Moonshot's thinking models refuse a tool-call turn without reasoning_content; its
+    moonshot-v1 models never think, and get the field only if there is thinking to send."""
+    assert dialect_for("moonshot", "kimi-k2.6").reasoning_history == "reasoning_content_all"
+    assert dialect_for("moonshot", "kimi-k2-thinking").reasoning_history == "reasoning_content_all"
+    assert dialect_for("moonshot", "moonshot-v1-8k").reasoning_history == "reasoning_content"
+    assert dialect_for("generic", "kimi-k2.6").reasoning_history == "drop"

@@ -9,6 +9,7 @@ failed with the upstream's 400 until ``--provider openai`` was given.
 
 from __future__ import annotations
 
+import json
 from typing import Any, List, Set
 
 import pytest
@@ -136,6 +137,65 @@ def test_a_stream_request_recovers_the_same_way(make_proxy: Any, fake_upstream: 
     assert "reasoning_effort" not in sent(fake_upstream)[1]
 
 
+# Mistral's answer to stream_options (openai/openai-agents-python#442): the location goes one level
+# deeper than the field the proxy sent.
+MISTRAL_REFUSAL = {"object": "error", "message": {"detail": [
+    {"type": "extra_forbidden", "loc": ["body", "stream_options", "include_usage"],
+     "msg": "Extra inputs are not permitted", "input": True}]},
+    "type": "invalid_request_error", "param": None, "code": None}
+
+
+def test_a_mistral_stream_asks_for_no_stream_options_and_still_has_its_usage(
+        make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """Mistral refused every streaming request with 422; it sends the usage in the last chunk unasked."""
+    proxy = make_proxy(upstream=fake_upstream.url, provider="mistral", model="mistral-large-latest")
+    usage = {"prompt_tokens": 21, "completion_tokens": 3, "total_tokens": 24}
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": "hi"}), chunk({}, "stop", usage=usage)))
+    resp = ask(proxy, minimal_request(stream=True))
+    assert resp.status == 200, resp
+    events = events_of(resp.body)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert events[-2]["usage"]["input_tokens"] == 21 and events[-2]["usage"]["output_tokens"] == 3
+    (body,) = sent(fake_upstream)
+    assert body["stream"] is True and "stream_options" not in body
+
+
+def test_an_unknown_server_refusing_a_field_deeper_down_recovers(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """A Mistral-like server the proxy does not recognise: the field sent is the top-level one."""
+    proxy = make_proxy(upstream=fake_upstream.url, model="some-model")
+    fake_upstream.push(json_reply(MISTRAL_REFUSAL, status=422),
+                       sse_reply(chunk({"role": "assistant", "content": "hi"}), chunk({}, "stop")),
+                       sse_reply(chunk({"role": "assistant", "content": "again"}), chunk({}, "stop")))
+    resp = ask(proxy, minimal_request(stream=True))
+    assert resp.status == 200, resp
+    assert_valid_event_sequence(events_of(resp.body), allow_error=False)
+    first, second = sent(fake_upstream)
+    assert first["stream_options"] == {"include_usage": True} and "stream_options" not in second
+    assert {k: v for k, v in first.items() if k != "stream_options"} == second
+    assert ask(proxy, minimal_request(stream=True)).status == 200  # remembered: one call
+    assert "stream_options" not in sent(fake_upstream)[2] and len(fake_upstream.requests) == 3
+
+
+# xAI's answer for grok-4 (and grok-3, grok-4-fast, grok-code-fast-1) to reasoning_effort.
+XAI_REFUSAL = {"code": "Client specified an invalid argument",
+               "error": "Model grok-4 does not support parameter reasoningEffort."}
+
+
+def test_grok_refusing_reasoning_effort_in_camel_case_recovers(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """api.x.ai is a generic upstream: Claude Code's effort goes up as reasoning_effort, and grok-4
+    refused every turn."""
+    proxy = make_proxy(upstream=fake_upstream.url, model="grok-4")
+    fake_upstream.push(json_reply(XAI_REFUSAL, status=400), json_reply(completion("first")),
+                       json_reply(completion("second")))
+    first = ask(proxy, claude_code_turn())
+    assert first.status == 200, first
+    assert first.json["content"] == [{"type": "text", "text": "first"}]
+    bodies = sent(fake_upstream)
+    assert bodies[0]["reasoning_effort"] == "medium" and "reasoning_effort" not in bodies[1]
+    assert ask(proxy, claude_code_turn()).status == 200
+    assert len(fake_upstream.requests) == 3 and "reasoning_effort" not in sent(fake_upstream)[2]
+
+
 # Error messages as upstreams word them, and the fields they refuse as such (not for a value).
 MESSAGES = [
     ("Unsupported parameter: 'reasoning_effort' is not supported with this model.", {"reasoning_effort"}),
@@ -144,6 +204,13 @@ MESSAGES = [
     ("property 'reasoning_effort' is unsupported, did you mean 'response_format'?", {"reasoning_effort"}),
     ('{"detail":[{"type":"extra_forbidden","loc":["body","top_k"],"msg":"Extra inputs are not permitted"}]}',
      {"top_k"}),
+    (json.dumps(MISTRAL_REFUSAL), {"stream_options"}),
+    ("Model grok-4 does not support parameter reasoningEffort.", {"reasoning_effort"}),
+    ("Model grok-4 does not support parameter stop.", {"stop"}),
+    ('Invalid JSON payload received. Unknown name "parallel_tool_calls": Cannot find field.',
+     {"parallel_tool_calls"}),
+    # Gemini naming a field inside a message: not the top-level one.
+    ('Invalid JSON payload received. Unknown name "user" at \'messages[0]\': Cannot find field.', set()),
     # A refused value: the field stays (a lower effort would do; without it, none is asked for).
     ("Unsupported value: 'reasoning_effort' does not support 'max' with this model. Supported values are: "
      "'low', 'medium', and 'high'.", set()),

@@ -38,23 +38,33 @@ DROPPABLE_FIELDS = ("reasoning_effort", "reasoning", "thinking", "reasoning_form
 # Refusals of a field as such, each capturing the field's name: OpenAI's "Unsupported parameter:
 # 'x' is not supported with this model" and "Unrecognized request argument supplied: x", others'
 # "Unknown parameter: 'x'" and "property 'x' is unsupported", and a strict server's 422 (pydantic's
-# extra_forbidden at ["body", "x"]). A refused value ("Unsupported value: 'x' does not support
-# 'max'") names the field too, but the field itself is fine there: it matches none of these.
+# extra_forbidden at ["body", "x"], or deeper: Mistral refuses stream_options at ["body",
+# "stream_options", "include_usage"], and what was sent is the top-level field), xAI's "Model
+# grok-4 does not support parameter reasoningEffort" (the name in camelCase: BerriAI/litellm#16265)
+# and Gemini's 'Unknown name "parallel_tool_calls": Cannot find field' (a name followed by " at
+# 'messages[0]'" is inside a message, not a top-level field). A refused value ("Unsupported value:
+# 'x' does not support 'max'") names the field too, but the field itself is fine there: it
+# matches none of these.
 _FIELD_REFUSALS = (
     re.compile(r"(?:unsupported|unrecogni[sz]ed|unknown|extra)\s+(?:request\s+)?"
                r"(?:parameter|argument|field|key|property)s?(?:\s+supplied)?\s*:?\s*['\"`]?([A-Za-z_]\w*)", re.I),
     re.compile(r"(?:parameter|argument|field|key|property)\s+['\"`]?([A-Za-z_]\w*)['\"`]?\s+is\s+"
                r"(?:not\s+(?:supported|allowed|permitted|recogni[sz]ed)|unsupported|unknown)", re.I),
+    re.compile(r"does\s+not\s+support\s+(?:the\s+)?(?:parameter|argument|field)\s+['\"`]?([A-Za-z_]\w*)", re.I),
+    re.compile(r"unknown\s+name\s+['\"`]([A-Za-z_]\w*)['\"`]\s*:\s*cannot\s+find\s+field", re.I),
 )
-_EXTRA_BODY_FIELD = re.compile(r'"loc"\s*:\s*\[\s*"body"\s*,\s*"([A-Za-z_]\w*)"\s*\]')
+_CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_EXTRA_BODY_FIELD = re.compile(r'"loc"\s*:\s*\[\s*"body"\s*,\s*"([A-Za-z_]\w*)"\s*[\],]')
 
 
 def refused_fields(message: str) -> FrozenSet[str]:
     """The request fields an upstream's error message refuses as such (not for a value)."""
     names = {m.group(1) for pattern in _FIELD_REFUSALS for m in pattern.finditer(message)}
-    if "extra" in message.lower():  # pydantic: {"type": "extra_forbidden", "loc": ["body", "x"], ...}
+    if "extra" in message.lower():  # pydantic: {"type": "extra_forbidden", "loc": ["body", "x", ...], ...}
         names.update(m.group(1) for m in _EXTRA_BODY_FIELD.finditer(message))
-    return frozenset(names)
+    # A server written in Go or JS may name the field as its own struct does: reasoningEffort is
+    # the reasoning_effort the proxy sent.
+    return frozenset(names | {_CAMEL_HUMP.sub("_", name).lower() for name in names})
 
 
 class ChatApi:

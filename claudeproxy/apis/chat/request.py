@@ -34,7 +34,7 @@ from ...dialects import Dialect, effort_for_budget
 from ...prompt_cache import strip_billing_header
 from ...schemas import clean_schema
 from ...signatures import decode_signature
-from .wire import ChatMessage, ChatRequest, ToolCall
+from .wire import ChatMessage, ChatRequest, ToolCall, upstream_tool_id
 
 # One encoder for every tool call's arguments: json.dumps with arguments builds a new one per call.
 _JSON = json.JSONEncoder(ensure_ascii=False)
@@ -80,6 +80,11 @@ def mistral_id(tool_id: str) -> str:
         number, rem = divmod(number, 62)
         chars.append(_BASE62[rem])
     return "".join(chars)
+
+
+def call_id(tool_id: str, dialect: Dialect) -> str:
+    """The upstream id for a client tool_use id: Mistral's 9 alphanumerics, else the upstream's own."""
+    return mistral_id(tool_id) if dialect.short_tool_ids else upstream_tool_id(tool_id)
 
 
 def _user_field(user_id: Optional[str]) -> Optional[str]:
@@ -215,14 +220,13 @@ def _reasoning_for(blocks: Tuple[Block, ...], has_tools: bool, dialect: Dialect)
     text = "".join(b.thinking for b in blocks if isinstance(b, ThinkingBlock))
     field = "reasoning" if style == "reasoning" else "reasoning_content"
     if text or (style == "reasoning_content_all" and has_tools):
-        return field, text
+        return field, text or dialect.reasoning_placeholder
     return None, None
 
 
 def _tool_call(block: ToolUseBlock, dialect: Dialect, signatures: Dict[str, Any]) -> ToolCall:
-    call_id = mistral_id(block.id) if dialect.short_tool_ids else block.id
     args = _JSON.encode(block.input)
-    return ToolCall(call_id, tool_alias(block.name), args, signatures.get(block.id))
+    return ToolCall(call_id(block.id, dialect), tool_alias(block.name), args, signatures.get(block.id))
 
 
 def _assistant_message(message: Message, dialect: Dialect, is_last: bool) -> ChatMessage:
@@ -346,8 +350,7 @@ class _MessageBuilder:
                 self.out.append(ChatMessage("user", _user_content(content, self.dialect)))
 
     def _tool_message(self, tool_use_id: str, text: str) -> None:
-        call_id = mistral_id(tool_use_id) if self.dialect.short_tool_ids else tool_use_id
-        self.out.append(ChatMessage("tool", text, tool_call_id=call_id))
+        self.out.append(ChatMessage("tool", text, tool_call_id=call_id(tool_use_id, self.dialect)))
 
     def close_turn(self, answered: Any = ()) -> None:
         """Answer every still-open tool call, then release deferred system turns."""
@@ -507,6 +510,13 @@ def _reasoning_deepseek(t: Optional[Thinking], effort: Optional[str]) -> Reasoni
     return _wanted_effort(t, effort), (("thinking", {"type": "enabled"}),)
 
 
+def _reasoning_switch(t: Optional[Thinking], effort: Optional[str]) -> Reasoning:
+    """Moonshot's thinking switch alone: it documents no effort for its thinking models."""
+    if t is None:
+        return None, ()
+    return None, (("thinking", {"type": "disabled" if t.kind == "disabled" else "enabled"}),)
+
+
 def _reasoning_groq(t: Optional[Thinking], effort: Optional[str]) -> Reasoning:
     if t is not None and t.kind == "enabled":
         return _wanted_effort(t, None), (("reasoning_format", "parsed"),)
@@ -525,6 +535,7 @@ REASONING_STYLES: Dict[str, Callable[[Optional[Thinking], Optional[str]], Reason
     "gemini": _reasoning_gemini,
     "openrouter": _reasoning_openrouter,
     "deepseek": _reasoning_deepseek,
+    "switch": _reasoning_switch,
     "groq": _reasoning_groq,
     "template": _reasoning_template,
     "none": lambda t, effort: (None, ()),

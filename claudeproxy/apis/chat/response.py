@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from ...errors import UpstreamUnavailable, error_from_object
+from ...errors import ProxyError, UpstreamHTTPError, UpstreamUnavailable, error_from_object
 from ...signatures import encode_signature
 from ..stops import first_stop
 from .wire import (
@@ -21,6 +21,7 @@ from .wire import (
     ChatResponse,
     ChatUsage,
     ToolCallDelta,
+    client_tool_id,
     parse_chat_response,
 )
 
@@ -140,6 +141,20 @@ def stop_reason_for(finish_reason: Optional[str], has_tool_use: bool, refusal: b
     return "end_turn"
 
 
+# Finish reasons that say the upstream ran out of capacity mid-answer, not that the answer is done:
+# DeepSeek's "insufficient_system_resource" (its finish_reason enum: "the inference was interrupted
+# for lack of system resources"). The client must not take the cut answer for a whole one.
+_OVERLOAD_FINISH_REASONS = frozenset({"insufficient_system_resource"})
+
+
+def overload_error(finish_reason: Optional[str]) -> Optional[ProxyError]:
+    """The overload a finish reason reports (529 overloaded_error: the proxy and the SDKs retry
+    it, a route falls back), or None for any other finish reason."""
+    if finish_reason not in _OVERLOAD_FINISH_REASONS:
+        return None
+    return UpstreamHTTPError(f"upstream overloaded: it stopped generating mid-answer ({finish_reason})", status=529)
+
+
 def usage_from(usage: Optional[ChatUsage]) -> Dict[str, Any]:
     """Anthropic usage: ``input_tokens`` excludes the cached part OpenAI counts in."""
     if usage is None:
@@ -193,7 +208,8 @@ def tool_use_block(tool_id: str, name: str, arguments: Optional[str], tool_names
 
 
 def unique_tool_ids(calls: Tuple[ToolCallDelta, ...], new_id: IdFactory) -> Dict[int, str]:
-    """Block id for each usable call (by position): upstream id, deduplicated, or a fresh one."""
+    """Block id for each usable call (by position): upstream id, deduplicated, or a fresh one; in the
+    form Anthropic's ids take (``client_tool_id``)."""
     ids: Dict[int, str] = {}
     taken = {call.id for call in calls if call.name and call.id}
     used: Set[str] = set()
@@ -207,7 +223,7 @@ def unique_tool_ids(calls: Tuple[ToolCallDelta, ...], new_id: IdFactory) -> Dict
             n += 1
             block_id = f"{base}_{n}"
         used.add(block_id)
-        ids[i] = block_id
+        ids[i] = client_tool_id(block_id)
     return ids
 
 
@@ -331,6 +347,9 @@ def message_from_body(
         raise error_from_object(chat.error, secrets)
     if chat.choice is None:
         raise UpstreamUnavailable("upstream response has no choices")
+    overload = overload_error(chat.choice.finish_reason)
+    if overload is not None:
+        raise overload
     return to_messages_response(
         chat, model=model, new_id=new_id, tool_names=tool_names, stop_sequences=stop_sequences,
         dialect_name=dialect_name, think_tags=think_tags, local_stops=local_stops,

@@ -35,10 +35,11 @@ from .response import (
     message_from_body,
     message_id,
     normalize_arguments,
+    overload_error,
     stop_reason_for,
     usage_from,
 )
-from .wire import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta, parse_chat_chunk
+from .wire import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta, client_tool_id, parse_chat_chunk
 
 Event = Dict[str, Any]
 MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as broken
@@ -326,11 +327,18 @@ class StreamTranslator:
             raise error_from_object({"message": "upstream reported an error during generation"}, self.secrets)
         if not self.started and chunk.id:
             self.message_id = message_id(chunk.id, self.new_id)
+        was_started = self.started
         events = self.start()
         events += self._reasoning(choice)
         events += self._content(choice)
         for call in choice.tool_calls:
             events += self._tool_fragment(call)
+        overload = overload_error(choice.finish_reason)
+        if overload is not None:
+            # What came so far goes out, then the error. Nothing at all (only our message_start):
+            # a plain 529 before the stream began, which the proxy can still retry.
+            overload.events_before = tuple(events) if was_started or len(events) > 1 else ()
+            raise overload
         if choice.finish_reason is not None:
             self.finish_reason = choice.finish_reason
         if choice.matched_stop is not None:
@@ -555,7 +563,8 @@ class StreamTranslator:
 
     def _tool_start(self, tool: _Tool) -> Dict[str, Any]:
         name = self.tool_names.get(tool.name, tool.name)
-        return {"type": "tool_use", "id": tool.id, "name": name, "input": {}}
+        # tool.id stays the upstream's: later fragments are matched by it.
+        return {"type": "tool_use", "id": client_tool_id(tool.id), "name": name, "input": {}}
 
     def _whole_tool(self, tool: _Tool) -> List[Event]:
         obj, _ = normalize_arguments(tool.args)
@@ -594,7 +603,7 @@ class StreamTranslator:
         }
 
     def _update_state_from_tools(self) -> None:
-        sigs = {t.id: t.thought_signature for t in self.tools if t.thought_signature and t.id}
+        sigs = {client_tool_id(t.id): t.thought_signature for t in self.tools if t.thought_signature and t.id}
         if sigs:
             self.state["ts"] = sigs
 

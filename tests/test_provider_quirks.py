@@ -1,0 +1,231 @@
+"""Provider quirks a user notices over a whole session: a Kimi tool loop on Moonshot, DeepSeek's
+cut-off answers, Mistral's thinking (dialects.py).
+
+Each test runs the real proxy against a fake upstream on 127.0.0.1 that answers as the provider
+does, and asserts what the client gets and what the upstream is sent on the next turn.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, List
+
+import pytest
+
+from conftest import CLIENT_KEY, minimal_request, request
+from fakes import FakeUpstream, chunk, completion, json_reply, sse_reply
+from sse_checks import assert_valid_event_sequence, events_of, final_message
+
+from claudeproxy.apis.chat.wire import client_tool_id, upstream_tool_id
+
+# Anthropic's tool_use id pattern (the API refuses other ids in a request).
+ANTHROPIC_TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
+BASH = {"name": "Bash", "description": "run a command",
+        "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}}}
+
+
+def ask(proxy: Any, body: Any) -> Any:
+    return request(proxy.url, "POST", "/v1/messages", body, {"x-api-key": CLIENT_KEY})
+
+
+def sent(fake: FakeUpstream) -> List[Dict[str, Any]]:
+    return [r.json for r in fake.requests]
+
+
+# --------------------------------------------------------------------------
+# Moonshot (Kimi): reasoning_content back on tool-call turns, its own tool ids.
+
+def kimi_tool_turn() -> Any:
+    """A kimi-k2.6 stream as Moonshot sends it: reasoning, then a call named functions.Bash:0,
+    with the usage inside the final choice."""
+    call = {"index": 0, "id": "functions.Bash:0", "type": "function",
+            "function": {"name": "Bash", "arguments": ""}}
+    usage = {"prompt_tokens": 40, "completion_tokens": 12, "total_tokens": 52}
+    last = chunk({}, "tool_calls")
+    last["choices"][0]["usage"] = usage
+    return sse_reply(
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"reasoning_content": "I should list "}),
+        chunk({"reasoning_content": "the files."}),
+        chunk({"tool_calls": [call]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"command": "ls"}'}}]}),
+        last,
+    )
+
+
+def test_a_kimi_tool_loop_keeps_its_reasoning_and_its_ids(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """Moonshot answered the second turn of every Kimi tool loop with 400 "thinking is enabled but
+    reasoning_content is missing in assistant tool call message", and its ids broke Anthropic's."""
+    proxy = make_proxy(upstream=fake_upstream.url, provider="moonshot", model="kimi-k2.6")
+    fake_upstream.push(kimi_tool_turn(), json_reply(completion("two files")))
+    first = {"model": "claude-sonnet-4-5", "max_tokens": 4096, "stream": True, "tools": [BASH],
+             "thinking": {"type": "enabled", "budget_tokens": 2048},
+             "messages": [{"role": "user", "content": "what is here?"}]}
+    resp = ask(proxy, first)
+    assert resp.status == 200, resp
+    events = events_of(resp.body)
+    assert_valid_event_sequence(events, allow_error=False)
+    message = final_message(events)
+    thinking, tool_use = message["content"]
+    assert thinking["type"] == "thinking" and thinking["thinking"] == "I should list the files."
+    assert tool_use["type"] == "tool_use" and tool_use["input"] == {"command": "ls"}
+    assert ANTHROPIC_TOOL_ID.match(tool_use["id"]), tool_use["id"]
+    assert message["stop_reason"] == "tool_use" and message["usage"]["output_tokens"] == 12
+    assert sent(fake_upstream)[0]["thinking"] == {"type": "enabled"}
+
+    # Claude Code's next turn: the history as it got it, and the tool's result.
+    second = dict(first, stream=False, messages=[
+        *first["messages"],
+        {"role": "assistant", "content": [thinking, tool_use]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_use["id"], "content": "a b"}]},
+    ])
+    resp = ask(proxy, second)
+    assert resp.status == 200, resp
+    assistant, tool = sent(fake_upstream)[1]["messages"][1:3]
+    assert assistant["reasoning_content"] == "I should list the files."
+    assert assistant["tool_calls"][0]["id"] == "functions.Bash:0"  # Kimi gets its own id back
+    assert tool == {"role": "tool", "content": "a b", "tool_call_id": "functions.Bash:0"}
+
+
+def test_a_kimi_json_answer_gives_an_id_anthropic_accepts(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy(upstream=fake_upstream.url, provider="moonshot", model="kimi-k2.6")
+    calls = [{"id": "functions.Bash:0", "type": "function", "function": {"name": "Bash", "arguments": "{}"}},
+             {"id": "functions.Bash:1", "type": "function", "function": {"name": "Bash", "arguments": "{}"}}]
+    fake_upstream.push(json_reply(completion(None, finish="tool_calls", tool_calls=calls)))
+    resp = ask(proxy, minimal_request(tools=[BASH]))
+    assert resp.status == 200, resp
+    ids = [b["id"] for b in resp.json["content"] if b["type"] == "tool_use"]
+    assert len(set(ids)) == 2 and all(ANTHROPIC_TOOL_ID.match(i) for i in ids), ids
+    assert [upstream_tool_id(i) for i in ids] == ["functions.Bash:0", "functions.Bash:1"]
+
+
+@pytest.mark.parametrize("upstream_id", ["functions.Bash:0", "call_abc123", "toolu_01A", "a b/c", "é:1", "x" * 300])
+def test_tool_ids_reach_the_client_valid_and_go_back_as_they_came(upstream_id: str) -> None:
+    shown = client_tool_id(upstream_id)
+    assert ANTHROPIC_TOOL_ID.match(shown)
+    assert upstream_tool_id(shown) == upstream_id
+
+
+@pytest.mark.parametrize("client_id", ["toolu_b64_", "toolu_b64_!!", "toolu_b64_YWJj", "toolu_b64_ZnVuY3Rpb25zLkJhc2g6MA_2"])
+def test_a_client_id_that_only_looks_encoded_goes_up_unchanged(client_id: str) -> None:
+    """YWJj is "abc", an id that never needed encoding; "_2" is a duplicate's suffix."""
+    assert upstream_tool_id(client_id) == client_id
+
+
+def test_a_kimi_tool_turn_without_thinking_still_carries_reasoning(make_proxy: Any,
+                                                                   fake_upstream: FakeUpstream) -> None:
+    """A tool call from before thinking was on (or from another model): Moonshot takes an empty
+    reasoning_content for a missing one, and refuses the request the same way."""
+    proxy = make_proxy(upstream=fake_upstream.url, provider="moonshot", model="kimi-k2.6")
+    fake_upstream.push(json_reply(completion("done")))
+    body = minimal_request(tools=[BASH], messages=[
+        {"role": "user", "content": "run ls"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "Bash",
+                                           "input": {"command": "ls"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "a"}]},
+    ])
+    assert ask(proxy, body).status == 200
+    assistant = sent(fake_upstream)[0]["messages"][1]
+    assert assistant["tool_calls"][0]["id"] == "toolu_1" and assistant["reasoning_content"].strip() == ""
+    assert assistant["reasoning_content"] != ""
+
+
+def test_thinking_off_is_said_to_kimi_and_no_effort_is_sent(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy(upstream=fake_upstream.url, provider="moonshot", model="kimi-k2.6")
+    fake_upstream.push(json_reply(completion("hi")))
+    assert ask(proxy, minimal_request(thinking={"type": "disabled"}, output_config={"effort": "high"})).status == 200
+    body = sent(fake_upstream)[0]
+    assert body["thinking"] == {"type": "disabled"} and "reasoning_effort" not in body
+
+
+# --------------------------------------------------------------------------
+# DeepSeek: an answer cut off for lack of resources is an overload, not a finished answer.
+
+CUT = "insufficient_system_resource"
+
+
+def test_a_json_answer_cut_for_lack_of_resources_is_overloaded(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """It was end_turn: a cut answer looked complete."""
+    proxy = make_proxy(upstream=fake_upstream.url, provider="deepseek", model="deepseek-chat", retries=0)
+    fake_upstream.push(json_reply(completion("The answer is", finish=CUT)))
+    resp = ask(proxy, minimal_request())
+    assert resp.status == 529, resp
+    assert resp.json["error"]["type"] == "overloaded_error" and CUT in resp.json["error"]["message"]
+
+
+def test_a_cut_json_answer_is_retried_like_any_overload(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy(upstream=fake_upstream.url, provider="deepseek", model="deepseek-chat", retries=1)
+    fake_upstream.push(json_reply(completion("The answer is", finish=CUT)), json_reply(completion("The answer is 42.")))
+    resp = ask(proxy, minimal_request())
+    assert resp.status == 200, resp
+    assert resp.json["content"] == [{"type": "text", "text": "The answer is 42."}]
+    assert len(fake_upstream.requests) == 2
+
+
+def test_a_stream_cut_for_lack_of_resources_ends_with_an_overloaded_error(make_proxy: Any,
+                                                                        fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy(upstream=fake_upstream.url, provider="deepseek", model="deepseek-chat", retries=0)
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": "The answer"}),
+                                 chunk({"content": " is"}, CUT)))
+    resp = ask(proxy, minimal_request(stream=True))
+    assert resp.status == 200, resp
+    events = events_of(resp.body)
+    assert_valid_event_sequence(events)
+    text = "".join(e["delta"]["text"] for e in events if e["type"] == "content_block_delta")
+    assert text == "The answer is"  # what came, the last chunk's text too
+    assert events[-1]["type"] == "error" and events[-1]["error"]["type"] == "overloaded_error"
+    assert not [e for e in events if e["type"] in ("message_delta", "message_stop")]
+
+
+def test_a_stream_cut_before_any_content_is_a_plain_529(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """Nothing went out yet: the client (and the proxy's retries) see an ordinary overload."""
+    proxy = make_proxy(upstream=fake_upstream.url, provider="deepseek", model="deepseek-chat", retries=0)
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": ""}, CUT)))
+    resp = ask(proxy, minimal_request(stream=True))
+    assert resp.status == 529, resp
+    assert resp.json["error"]["type"] == "overloaded_error"
+
+
+def test_other_unknown_finish_reasons_still_end_the_turn(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy(upstream=fake_upstream.url, provider="deepseek", model="deepseek-chat", retries=0)
+    fake_upstream.push(json_reply(completion("done", finish="eos")))
+    resp = ask(proxy, minimal_request())
+    assert resp.status == 200 and resp.json["stop_reason"] == "end_turn", resp
+
+
+# --------------------------------------------------------------------------
+# Mistral's reasoning models: the thinking comes as a part of the content list.
+
+def magistral(thinking: str, text: str) -> List[Dict[str, Any]]:
+    parts: List[Dict[str, Any]] = []
+    if thinking:
+        parts.append({"type": "thinking", "thinking": [{"type": "text", "text": thinking}]})
+    if text:
+        parts.append({"type": "text", "text": text})
+    return parts
+
+
+def test_magistral_thinking_is_a_thinking_block(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """Only the text parts were kept: the thinking was dropped."""
+    proxy = make_proxy(upstream=fake_upstream.url, provider="mistral", model="magistral-medium-latest")
+    fake_upstream.push(json_reply(completion(magistral("I think", "Answer"))))
+    resp = ask(proxy, minimal_request())
+    assert resp.status == 200, resp
+    thinking, text = resp.json["content"]
+    assert thinking["type"] == "thinking" and thinking["thinking"] == "I think"
+    assert text == {"type": "text", "text": "Answer"}
+
+
+def test_magistral_streamed_thinking_is_a_thinking_block(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy(upstream=fake_upstream.url, provider="mistral", model="magistral-medium-latest")
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": magistral("I ", "")}),
+                                 chunk({"content": magistral("think", "")}),
+                                 chunk({"content": magistral("", "Answer")}),
+                                 chunk({}, "stop", usage={"prompt_tokens": 5, "completion_tokens": 4})))
+    resp = ask(proxy, minimal_request(stream=True))
+    assert resp.status == 200, resp
+    events = events_of(resp.body)
+    assert_valid_event_sequence(events, allow_error=False)
+    thinking, text = final_message(events)["content"]
+    assert thinking["type"] == "thinking" and thinking["thinking"] == "I think"
+    assert text == {"type": "text", "text": "Answer"}
