@@ -352,6 +352,18 @@ def check_secret(value: str, setting: str) -> None:
         raise ValueError(f"{setting}: the key has characters outside Latin-1 (HTTP headers cannot carry them)")
 
 
+def check_client_key(value: str, setting: str) -> None:
+    """The key clients must send: a header value (``check_secret``) that every client can send
+    as it is. A header loses its leading and trailing blanks on the way, and a client writes a
+    non-ASCII value in bytes of its choice (curl in a UTF-8 terminal sends UTF-8, the server reads
+    Latin-1): such a key could never match."""
+    check_secret(value, setting)
+    if value != value.strip(" \t"):
+        raise ValueError(f"{setting}: the key starts or ends with a blank, which a header cannot carry")
+    if not value.isascii():
+        raise ValueError(f"{setting}: the key has characters outside ASCII, which clients send in different bytes")
+
+
 def check_token(token: TokenSource, setting: str) -> None:
     """A static key is checked now (each key of a ring too); a key command's output when it runs."""
     if isinstance(token, StaticToken):
@@ -434,7 +446,7 @@ def check_config(config: Config) -> None:
     if config.proxy is not None:
         check_proxy_url(config.proxy, name("proxy"))
     if config.auth_key:
-        check_secret(config.auth_key, name("auth_key"))
+        check_client_key(config.auth_key, name("auth_key"))
     for origin in config.allowed_origins:
         if origin_as_sent(origin, name("allowed_origin")) != origin:
             raise ValueError(f"{name('allowed_origin')}: write {origin_as_sent(origin, '')!r} as browsers send it, "

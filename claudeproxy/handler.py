@@ -87,8 +87,8 @@ class ResponseWriter:
         base = [("Date", self._handler.date_time_string())]
         if not any(k.lower() == "request-id" for k, _ in headers):
             base.append(("request-id", self.request_id))
-        if self._handler.close_connection:
-            base.append(("Connection", "close"))
+        if self._handler.close_connection or self._handler.body_left_unread:
+            base.append(("Connection", "close"))  # an unread body ends the connection (_dispatch)
         lines += [f"{k}: {_clean_header_value(v)}" for k, v in base + self.extra_headers + headers]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace")
 
@@ -242,17 +242,20 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             self._reader.deadline = None
 
     def handle_expect_100(self) -> bool:
-        """Refuse a bad or oversized body before the client sends it: no ``100 Continue``."""
-        if self.headers.get_all("Content-Length") or self.headers.get("Transfer-Encoding"):
-            limit = self.server.config.max_body_bytes  # type: ignore[attr-defined]
-            try:
+        """Refuse a request the client may not send, or a bad or oversized body, before the client
+        sends it: no ``100 Continue`` for a body that would never be read."""
+        writer = ResponseWriter(self, new_request_id())
+        try:
+            self._check_access(writer, preflight=False)
+            if self.headers.get_all("Content-Length") or self.headers.get("Transfer-Encoding"):
+                limit = self.server.config.max_body_bytes  # type: ignore[attr-defined]
                 length = self._content_length()
                 if length > limit:
                     raise ProxyError(f"request body of {length} bytes exceeds the {limit}-byte limit", status=413)
-            except ProxyError as exc:
-                self.close_connection = True
-                self._fail(ResponseWriter(self, new_request_id()), exc)
-                return False
+        except ProxyError as exc:
+            self.close_connection = True
+            self._fail(writer, exc)
+            return False
         return super().handle_expect_100()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
@@ -294,6 +297,12 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             return False
         if any(isinstance(d, _BROKEN_HEADER_DEFECTS) for d in self.headers.defects):
             self.send_error(400, "malformed header line (no colon) in the request head")
+            return False
+        if any("\n" in value or "\r" in value for value in self.headers.values()):
+            # A folded header (obs-fold) keeps its line break in the value: copied upstream (a
+            # client key in passthrough) it would be a second header line. RFC 9112 5.2 lets a
+            # server refuse such a message.
+            self.send_error(400, "folded header line (obs-fold) in the request head; send each header on one line")
             return False
         match = _ABSOLUTE_TARGET_RE.match(self.path)
         if match:
@@ -360,9 +369,15 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
                 server.request_finished()
                 server.slots.release()
         finally:
-            if not self._body_consumed and self._declares_body():
+            if self.body_left_unread:
                 # An unread body would be parsed as the next request on this connection.
                 self.close_connection = True
+
+    @property
+    def body_left_unread(self) -> bool:
+        """A body was announced and is not read (a refusal, a GET with a body): the answer must
+        say the connection closes, since it does."""
+        return not self._body_consumed and self._declares_body()
 
     def _record_refusal(self, writer: ResponseWriter, started: float) -> None:
         """An API call refused at the door (no key, bad Host, unknown path, busy, bad body) is a call too."""

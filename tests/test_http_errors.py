@@ -555,3 +555,15 @@ def test_each_error_has_its_own_request_id_matching_the_body(url: str) -> None:
         assert_error(resp, 400, "invalid_request_error")
         ids.add(resp.headers["request-id"])
     assert len(ids) == 3
+
+
+def test_an_answer_that_leaves_the_body_unread_says_the_connection_closes(url: str) -> None:
+    """A GET with a body is answered without reading it; the proxy then closes, and its answer
+    must say so, or a client that reuses the connection fails on its next request."""
+    data = http_bytes("GET", "/health", [("Host", "127.0.0.1"), ("Content-Length", "25")], b"x" * 25)
+    with connect(url) as sock:
+        sock.sendall(data)
+        resp = read_response(sock)
+        assert resp.status == 200
+        assert resp.headers.get("connection", "").lower() == "close"
+        assert peer_closed(sock)

@@ -810,3 +810,29 @@ def test_models_of_a_messages_upstream_stop_at_a_cursor_that_never_ends(through,
     resp = request(through.url, "GET", "/v1/models", headers={"x-api-key": CLIENT_KEY})
     assert resp.status == 200 and [m["id"] for m in resp.json["data"]] == ["claude-a"]
     assert len(fake_upstream.requests) == 5
+
+
+@pytest.mark.parametrize("kind", [
+    'x\n\nevent: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    '"delta":{"type":"text_delta","text":"INJECTED"}}\n\nevent: x',
+    "a\rb", "has space", "", "é",
+])
+def test_an_event_type_that_is_no_event_name_is_not_passed_on(kind: str) -> None:
+    """The type goes out as the "event:" line: a line break in it would write events the fold
+    never checked or counted (a forged delta, message_stop or usage)."""
+    from claudeproxy.apis.messages import MessagesFold
+    from claudeproxy.sse import encode_event
+
+    fold = MessagesFold(message_id="msg_1", model="claude-x", input_tokens=0)
+    events = fold.feed_line(events_bytes(HEAD_EVENTS) + b"event: x\ndata: " + json.dumps({"type": kind}).encode() + b"\n\n")
+    written = b"".join(encode_event(e) for e in events)
+    assert b"INJECTED" not in written and written.count(b"event: ") == len(HEAD_EVENTS)
+    assert fold.skipped_events == 1
+
+
+def test_an_unknown_event_with_a_plain_name_is_still_passed_on() -> None:
+    from claudeproxy.apis.messages import MessagesFold
+
+    fold = MessagesFold(message_id="msg_1", model="claude-x", input_tokens=0)
+    events = fold.feed_line(events_bytes(HEAD_EVENTS + [{"type": "future_event.v2", "x": 1}]))
+    assert events[-1] == {"type": "future_event.v2", "x": 1}

@@ -272,7 +272,7 @@ def test_wrong_client_key_is_401_with_a_fixed_message(keyed: Any, fake_upstream:
 
 
 @pytest.mark.parametrize("header", ["x-api-key", "Authorization"])
-def test_key_with_a_trailing_newline_is_401(keyed: Any, header: str) -> None:
+def test_key_with_a_folded_line_is_refused(keyed: Any, header: str) -> None:
     # http.client refuses to send a newline in a value; an obs-folded line carries one.
     value = AUTH_KEY if header == "x-api-key" else f"Bearer {AUTH_KEY}"
     body = json.dumps(minimal_request()).encode()
@@ -281,9 +281,33 @@ def test_key_with_a_trailing_newline_is_401(keyed: Any, header: str) -> None:
     with connect(keyed.url) as sock:
         sock.sendall(data)
         resp = read_response(sock)
-        assert assert_error(resp, 401, "authentication_error") == "invalid x-api-key"
+        assert "obs-fold" in assert_error(resp, 400, "invalid_request_error")
         # The refused body was never read: the connection must not carry on (request desync).
         assert peer_closed(sock, 2.0)
+
+
+def test_a_folded_client_key_never_reaches_a_passthrough_upstream(make_proxy: Any, fake_upstream: Any) -> None:
+    """Without a key of its own a passthrough proxy forwards the client's: folded, it would be a
+    second header line upstream (RFC 9112 5.2 lets a server refuse obs-fold)."""
+    through = make_proxy(passthrough=True, token=claudeproxy.static_token(""))
+    body = json.dumps(minimal_request()).encode()
+    data = (b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: plainclientkey0123456789\r\n"
+            b"\tX-Injected: yes\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+    with connect(through.url) as sock:
+        sock.sendall(data)
+        assert_error(read_response(sock), 400, "invalid_request_error")
+    assert fake_upstream.requests == []
+
+
+def test_expect_100_from_a_client_without_the_key_gets_401_not_continue(keyed: Any) -> None:
+    data = (b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 30000000\r\nExpect: 100-continue\r\n\r\n")
+    with connect(keyed.url) as sock:
+        sock.sendall(data)
+        resp = read_response(sock)  # the first answer: a 100 here would invite 30 MB never read
+        assert_error(resp, 401, "authentication_error")
+        assert peer_closed(sock, 2.0)
+
 
 
 @pytest.mark.parametrize("headers", [{"x-api-key": AUTH_KEY}, {"Authorization": f"Bearer {AUTH_KEY}"},

@@ -110,6 +110,10 @@ START_CASES = [
     ({"token": claudeproxy.static_token("sk-\u20ac")}, "key"),
     ({"token": claudeproxy.static_token("sk-\x00")}, "key"),
     ({"auth_key": "client\r\nkey"}, "--auth-key"),
+    # A header loses its outer blanks, and clients send a non-ASCII key in bytes of their own: never matched.
+    ({"auth_key": " client-key-0123456789"}, "--auth-key"),
+    ({"auth_key": "client-key-0123456789\t"}, "--auth-key"),
+    ({"auth_key": "client-k\u00e9y-0123456789"}, "--auth-key"),
     ({"allowed_origins": ("*",)}, "--allowed-origin"),
     ({"allowed_origins": ("https://App.example/",)}, "'https://app.example'"),  # never sent so: never matched
     ({"providers": (Provider("p", "http://example.test/v1", headers=(("X-A", "\u2603"),)),),

@@ -588,7 +588,7 @@ class _Wire:
 
     protocol_version = request_version = "HTTP/1.1"
     command = "POST"
-    close_connection = False
+    close_connection = body_left_unread = False
 
     def __init__(self) -> None:
         self.writes: List[bytes] = []

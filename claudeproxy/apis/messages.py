@@ -37,6 +37,8 @@ from .base import ClientRequest, Exchange
 Event = Dict[str, Any]
 DEFAULT_VERSION = "2023-06-01"
 MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as broken
+# What an event type passed on may be: Anthropic's are lower-case words joined by "_".
+_EVENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}\Z")
 # Header values copied from the client: version strings and beta names, nothing that could smuggle.
 _HEADER_VALUE_RE = re.compile(r"^[A-Za-z0-9._:=+-]{1,128}$")
 _USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
@@ -309,8 +311,10 @@ class MessagesFold(SSEFold):
         if not isinstance(obj, dict):
             return self._bad_event(event)
         kind = obj.get("type") if isinstance(obj.get("type"), str) else event.event
-        if not kind:
-            return self._bad_event(event)  # an event that names no type cannot be passed on
+        if not _EVENT_NAME.match(kind):
+            # No type, or one that is no event name: it goes out as the "event:" line, where a
+            # line break would let the upstream write events the fold never checked or counted.
+            return self._bad_event(event)
         self.bad_events = 0
         if obj.get("type") != kind:
             # Named only by its "event:" line (or "type" is not a string): the payload carries the
