@@ -553,7 +553,10 @@ class Proxy:
         message, warnings = api.from_json(req, ex, obj, call.secrets)
         for warning in warnings:
             log.warning("%s", warning)
-        record.update(stop_reason=message.get("stop_reason"), **_usage_fields(message.get("usage")))
+        # A forwarded answer's usage is the upstream's own: the client's copy has 0 filled in where
+        # it gave none (the SDKs need the fields), and those are no counts it reported.
+        reported = message if api.translates else obj
+        record.update(stop_reason=message.get("stop_reason"), **_usage_fields(reported.get("usage")))
         self._reply(req, writer, message, call.secrets)
         self._estimate(req, record)  # only to learn from the upstream's count (calibration.py): after the answer
 

@@ -461,7 +461,7 @@ def test_odd_usage_values_in_a_forwarded_answer_are_no_500(through, fake_upstrea
     fake_upstream.push(json_reply({**ANSWER, "usage": usage}))
     resp = post(through, minimal_request())
     assert resp.status == 200, resp
-    assert resp.json["usage"] == usage
+    assert {k: resp.json["usage"][k] for k in usage} == usage  # passed on as given (a missing count is 0)
 
 
 @pytest.mark.parametrize("usage", [None, {}, {"input_tokens": "12"}])
@@ -472,6 +472,9 @@ def test_a_forwarded_answer_without_usage_has_unknown_tokens_and_cost(through, f
     assert resp.status == 200, resp
     rec = record_for(records, resp.headers["request-id"])
     assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (None, None, None)
+    # The client still gets the counts the SDKs' Usage requires (message.usage.output_tokens was an
+    # AttributeError on a null usage): 0 filled in, never recorded as a count.
+    assert resp.json["usage"]["output_tokens"] == 0 and resp.json["usage"]["input_tokens"] in (0, "12")
 
 
 @pytest.mark.parametrize("bad", [{"content": [5]}, {"content": ["text"]}, {"usage": 1.5}, {"usage": [1]},
@@ -836,3 +839,101 @@ def test_an_unknown_event_with_a_plain_name_is_still_passed_on() -> None:
     fold = MessagesFold(message_id="msg_1", model="claude-x", input_tokens=0)
     events = fold.feed_line(events_bytes(HEAD_EVENTS + [{"type": "future_event.v2", "x": 1}]))
     assert events[-1] == {"type": "future_event.v2", "x": 1}
+
+
+# ---------------------------------------------------------------------------
+# Events missing what the SDKs need, and a message that ends with blocks open: the client gets a
+# whole answer or an error, never a Python exception inside get_final_message().
+
+_BARE_START = {"type": "message_start"}
+_NO_USAGE_DELTA = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}}
+_TEXT = [_start(0, "text"), _delta(0, "text_delta", text="Hi"), _stop(0)]
+MISSING_FIELDS = {
+    "message_delta without usage": [MESSAGE_START] + _TEXT + [_NO_USAGE_DELTA, {"type": "message_stop"}],
+    "message_start usage null": [{**MESSAGE_START, "message": {**MESSAGE_START["message"], "usage": None}}] + _TEXT
+    + TAIL_EVENTS[2:],
+    "message_start without usage": [{**MESSAGE_START, "message": {
+        k: v for k, v in MESSAGE_START["message"].items() if k != "usage"}}] + _TEXT + TAIL_EVENTS[2:],
+    "message_start without content": [{**MESSAGE_START, "message": {
+        k: v for k, v in MESSAGE_START["message"].items() if k != "content"}}] + _TEXT + TAIL_EVENTS[2:],
+    "bare message_start": [_BARE_START] + _TEXT + TAIL_EVENTS[2:],
+    "text block without text": [MESSAGE_START, {"type": "content_block_start", "index": 0, "content_block": {
+        "type": "text"}}, _delta(0, "text_delta", text="Hi"), _stop(0)] + TAIL_EVENTS[2:],
+    "thinking block without its fields": [MESSAGE_START, {"type": "content_block_start", "index": 0, "content_block": {
+        "type": "thinking"}}, _delta(0, "thinking_delta", thinking="Hm"), _stop(0)] + _TEXT[:0] + TAIL_EVENTS[2:],
+    "tool_use block without input": [MESSAGE_START, {"type": "content_block_start", "index": 0, "content_block": {
+        "type": "tool_use", "id": "toolu_01A", "name": "Bash"}}, _stop(0)] + TOOL_USE_END,
+}
+
+
+def _sdk_final_message(server: Any) -> Any:
+    anthropic = pytest.importorskip("anthropic")
+    client = anthropic.Anthropic(base_url=server.url, api_key=CLIENT_KEY, max_retries=0, timeout=10)
+    with client.messages.stream(model="claude-test", max_tokens=50, messages=[{"role": "user", "content": "hi"}]) as s:
+        return s.get_final_message()
+
+
+@pytest.mark.parametrize("case", sorted(MISSING_FIELDS))
+def test_events_missing_what_the_sdks_need_reach_the_client_whole(through, fake_upstream, case):
+    fake_upstream.push(sse(events_bytes(MISSING_FIELDS[case])))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    start = events[0]["message"]
+    assert start["content"] == [] and start["model"] == "claude-test"
+    assert type(start["usage"]["input_tokens"]) is int and type(start["usage"]["output_tokens"]) is int
+    delta = next(e for e in events if e["type"] == "message_delta")
+    assert type(delta["usage"]["output_tokens"]) is int
+    for block in final_message(events)["content"]:
+        needed = {"text": ("text",), "thinking": ("thinking", "signature"), "tool_use": ("input",)}[block["type"]]
+        assert all(block.get(k) is not None for k in needed), block
+    # What the user's program sees: the SDK's own accumulator, which crashed on each of these.
+    fake_upstream.push(sse(events_bytes(MISSING_FIELDS[case])))
+    sdk = _sdk_final_message(through)
+    assert sdk.usage.output_tokens >= 0 and sdk.stop_reason in ("end_turn", "tool_use")
+
+
+def test_filled_usage_is_no_count_the_upstream_reported(through, fake_upstream, records):
+    """A bare message_start and a message_delta without usage: the client gets 0s, the record says unknown."""
+    fake_upstream.push(sse(events_bytes([_BARE_START] + _TEXT + [_NO_USAGE_DELTA, {"type": "message_stop"}])))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+        request_id = client.headers["request-id"]
+    assert events[0]["message"]["usage"] == {"input_tokens": 0, "output_tokens": 0}
+    rec = record_for(records, request_id)
+    assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (None, None, None)
+
+
+def test_a_tool_call_still_open_when_the_message_ends_is_an_error(through, fake_upstream):
+    """Its input may be cut ('rm -rf /tmp/x/y' without the rest): never a finished tool_use."""
+    cut = [MESSAGE_START, _start(0, "tool_use"), _delta(0, "input_json_delta", partial_json='{"command": "rm -rf /tmp/x/y')]
+    for end in (TOOL_USE_END, TOOL_USE_END[1:]):  # with and without message_delta
+        fake_upstream.push(sse(events_bytes(cut + end)))
+        with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+            events = client.read_all(timeout=5)
+        assert_valid_event_sequence(events)
+        assert [e["type"] for e in events] == ["message_start", "content_block_start", "content_block_delta", "error"]
+        assert "tool_use block 0 still open" in events[-1]["error"]["message"]
+
+
+def test_a_text_block_still_open_when_the_message_ends_is_closed(through, fake_upstream):
+    fake_upstream.push(sse(events_bytes([MESSAGE_START, _start(0, "text"), _delta(0, "text_delta", text="Hi")]
+                                        + TAIL_EVENTS[2:])))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert [e["type"] for e in events][-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    assert final_message(events)["content"] == [{"type": "text", "text": "Hi"}]
+
+
+def test_message_stop_without_message_delta_gets_one(through, fake_upstream, records):
+    """The SDKs take the stop reason from message_delta only: without one it was None."""
+    fake_upstream.push(sse(events_bytes([MESSAGE_START] + _TEXT + [{"type": "message_stop"}])))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+        request_id = client.headers["request-id"]
+    assert_valid_event_sequence(events, allow_error=False)
+    assert events[-2] == {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                          "usage": {"output_tokens": 1}}
+    assert final_message(events)["stop_reason"] == "end_turn"
+    assert record_for(records, request_id).stop_reason == "end_turn"

@@ -182,12 +182,60 @@ def error_from_event(obj: Any, secrets: Tuple[str, ...]) -> ProxyError:
 
 
 def message_reply(obj: Any, model: str, secrets: Tuple[str, ...]) -> Dict[str, Any]:
-    """A JSON message from the upstream with the client's model name; error bodies raise."""
+    """A JSON message from the upstream with the client's model name and a usage the SDKs can read;
+    error bodies raise. The record reads the upstream's own usage (``obj``), not the filled one."""
     if isinstance(obj, dict) and obj.get("type") == "error":
         raise error_from_event(obj, secrets)
     if not isinstance(obj, dict) or not isinstance(obj.get("content"), list):
         raise UpstreamUnavailable("upstream returned a body that is not an Anthropic message")
-    return {**obj, "model": model}
+    usage = obj.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        return {**obj, "model": model}  # malformed, not missing: ``_streamable`` refuses it for a stream
+    return {**obj, "model": model, "usage": _filled(usage or {}, _MESSAGE_USAGE)}
+
+
+# What the SDKs' types require (``Usage``: input and output tokens; ``MessageDeltaUsage``: output
+# tokens), filled with 0 where an upstream leaves it out or null: the SDKs read it unchecked
+# (``message.usage.output_tokens`` on a missing usage is an AttributeError inside
+# ``get_final_message``). The fold counts only what the upstream gave, before anything is filled.
+_MESSAGE_USAGE = ("input_tokens", "output_tokens")
+
+
+def _filled(usage: Dict[str, Any], keys: Tuple[str, ...], default: int = 0) -> Dict[str, Any]:
+    """``usage`` with ``default`` for each of ``keys`` it leaves out or null (the same dict when none)."""
+    missing = [k for k in keys if usage.get(k) is None]
+    return {**usage, **dict.fromkeys(missing, default)} if missing else usage
+
+
+def _full_message(message: Dict[str, Any], message_id: str, model: str) -> Dict[str, Any]:
+    """An upstream's ``message_start`` message with every field the SDKs' ``Message`` requires: the
+    accumulators start from it and append to its ``content``, so a missing one crashes the client."""
+    usage = message.get("usage") if isinstance(message.get("usage"), dict) else {}
+    content = message.get("content") if isinstance(message.get("content"), list) else []
+    return {"id": message_id, "type": "message", "role": "assistant", "stop_reason": None, "stop_sequence": None,
+            **message, "model": model, "content": content, "usage": _filled(usage, _MESSAGE_USAGE)}
+
+
+def _block_defaults(kind: Any) -> Dict[str, Any]:
+    """The fields a block type's accumulator appends to or reads (a missing ``text`` makes
+    ``text += delta`` a TypeError in the SDKs); fresh each time, as each goes into an event."""
+    if kind == "text":
+        return {"text": ""}
+    if kind == "thinking":
+        return {"thinking": "", "signature": ""}
+    if kind == "redacted_thinking":
+        return {"data": ""}
+    if isinstance(kind, str) and kind.endswith("tool_use"):
+        return {"input": {}}
+    return {}
+
+
+def _full_block_start(obj: Dict[str, Any]) -> Dict[str, Any]:
+    block = obj.get("content_block")
+    if type(block) is not dict:
+        return obj
+    missing = {k: v for k, v in _block_defaults(block.get("type")).items() if block.get(k) is None}
+    return {**obj, "content_block": {**block, **missing}} if missing else obj
 
 
 def _streamable(message: Dict[str, Any]) -> bool:
@@ -293,7 +341,7 @@ class MessagesFold(SSEFold):
         message = message_reply(obj, self.model, self.secrets)
         if not _streamable(message):
             raise UpstreamUnavailable("upstream returned a message whose content or usage is malformed")
-        self._take_usage(message.get("usage"))
+        self._take_usage(obj.get("usage"))  # the upstream's, not the filled one
         self.stop_reason = message.get("stop_reason")
         events = events_for_message(message)
         if self.started:
@@ -330,20 +378,50 @@ class MessagesFold(SSEFold):
             self._check_delta(obj)
         elif kind == "content_block_start":
             self._open_block(obj)
+            obj = _full_block_start(obj)
         elif kind == "content_block_stop":
             self._stop_block(obj)
         events = self.start()  # content before any message_start still needs one (the grammar)
         if kind == "message_delta":
-            self.finishing = True
-            self._take_usage(obj.get("usage"))
-            if self.late_usage:
-                obj = _with_usage(obj, self.late_usage)
-            delta = obj.get("delta")
-            if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
-                self.stop_reason = delta["stop_reason"]
-        elif kind == "message_stop":
+            return events + self._message_delta(obj)
+        if kind == "message_stop":
+            if not self.finishing:
+                # The SDKs take the stop reason and output count from message_delta alone: without
+                # one the answer ends with stop_reason None. A plain end is what the upstream meant.
+                events += self._message_delta({"type": "message_delta",
+                                               "delta": {"stop_reason": "end_turn", "stop_sequence": None}})
             self.complete = self.done = True
         return events + [obj]
+
+    def _message_delta(self, obj: Dict[str, Any]) -> List[Event]:
+        """The open blocks closed (or the stream failed, see ``_close_open_blocks``), then ``obj`` with
+        what the SDKs need: a ``delta`` and a usage with ``output_tokens`` (the last count known)."""
+        closing = self._close_open_blocks()
+        self.finishing = True
+        self._take_usage(obj.get("usage"))  # before anything is filled: only what the upstream counted
+        delta = obj.get("delta")
+        if not isinstance(delta, dict):
+            delta = {"stop_reason": "end_turn", "stop_sequence": None}
+            obj = {**obj, "delta": delta}
+        if isinstance(delta.get("stop_reason"), str):
+            self.stop_reason = delta["stop_reason"]
+        given = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
+        # A late message_start's counts ride along: the SDKs take a message_delta's input and cache
+        # counts over message_start's, and the client never saw that message_start.
+        usage = _filled({**self.late_usage, **given}, ("output_tokens",), self.usage.get("output_tokens", 0))
+        return closing + [{**obj, "usage": usage}]
+
+    def _close_open_blocks(self) -> List[Event]:
+        """The blocks still open when the message ends. A tool call's input may be cut (the SDKs
+        would hand over a tool call with ``{}`` or half its arguments as a finished answer): the
+        stream fails. A text or thinking block loses nothing: it is closed."""
+        for index, kind in sorted(self.open_blocks.items()):
+            if isinstance(kind, str) and kind.endswith("tool_use"):
+                raise _broken_order(f"the message ended with {kind} block {index} still open (its input may be cut)")
+        closing: List[Event] = [{"type": "content_block_stop", "index": i} for i in sorted(self.open_blocks)]
+        self.stopped_blocks.update(self.open_blocks)
+        self.open_blocks.clear()
+        return closing
 
     # The block grammar, forwarded as it comes: a delta or stop only for an open block, a start only
     # for a new index, a delta only of a type its block takes. Anything else fails the stream (the
@@ -410,7 +488,7 @@ class MessagesFold(SSEFold):
             self.late_usage = _counts(usage, _START_USAGE_KEYS)
             return []
         self.started = True
-        return [{**obj, "message": {**message, "model": self.model}}]
+        return [{**obj, "message": _full_message(message, self.message_id, self.model)}]
 
     def _stop(self) -> List[Event]:
         self.complete = self.done = True
@@ -436,9 +514,3 @@ def _broken_order(what: str) -> ProxyError:
 def _shown(value: Any) -> str:
     return "none" if value is None else json.dumps(value)[:40]
 
-
-def _with_usage(delta: Event, usage: Dict[str, int]) -> Event:
-    """``delta`` whose usage also holds ``usage``'s counts it does not give itself (the SDKs take a
-    message_delta's input and cache counts over message_start's)."""
-    given = delta.get("usage") if isinstance(delta.get("usage"), dict) else {}
-    return {**delta, "usage": {**usage, **given}}
