@@ -282,7 +282,9 @@ class Proxy:
             for _ in range(catalog.MAX_UPSTREAM_PAGES):
                 url = (messages_url(provider.url, "/v1/models", catalog.page_request(after)) if api_messages
                        else models_url(provider.url))
-                with self._open(url, provider, call, method="GET", headers=headers) as resp:
+                # The client's headers, as for /v1/messages: with no key configured, its own key is
+                # the one the upstream knows (without it every model list was a 401).
+                with self._open(url, provider, call, method="GET", headers=headers, client=handler.headers) as resp:
                     body = read_json_body(resp, call, self.config.max_body_bytes)
                 found += catalog.upstream_models(body)
                 after = catalog.next_page(body) if api_messages else None

@@ -269,6 +269,20 @@ def test_the_proxys_own_client_key_is_never_forwarded(make_proxy, fake_upstream)
     assert CLIENT_KEY not in repr(fake_upstream.last.raw_headers)
 
 
+def test_the_model_list_is_asked_with_the_forwarded_client_key(make_proxy, fake_upstream):
+    """Without it, models.list() through a passthrough without a key of its own was always a 401."""
+    server = make_proxy(passthrough=True, token=claudeproxy.static_token(""))
+    fake_upstream.push(json_reply({"data": [{"type": "model", "id": "claude-a"}], "has_more": False}))
+    resp = request(server.url, "GET", "/v1/models", headers={"x-api-key": CLIENT_KEY})
+    assert resp.status == 200 and [m["id"] for m in resp.json["data"]] == ["claude-a"]
+    assert [v for k, v in fake_upstream.last.raw_headers if k.lower() == "x-api-key"] == [CLIENT_KEY]
+    # Never the proxy's own --auth-key.
+    server = make_proxy(passthrough=True, token=claudeproxy.static_token(""), auth_key=CLIENT_KEY)
+    fake_upstream.push(json_reply({"data": [{"type": "model", "id": "claude-a"}], "has_more": False}))
+    request(server.url, "GET", "/v1/models", headers={"x-api-key": CLIENT_KEY})
+    assert CLIENT_KEY not in repr(fake_upstream.last.raw_headers)
+
+
 # ---------------------------------------------------------------------------
 # JSON answers and errors.
 
