@@ -101,6 +101,10 @@ class UpstreamTimeout(UpstreamUnavailable):
     error_type = "timeout_error"
 
 
+class UpstreamNotJson(UpstreamUnavailable):
+    """A whole answer that is not JSON (a gateway's HTML page): the same on every retry."""
+
+
 class ClientGone(Exception):
     """The client closed its connection; nothing more can be written."""
 

@@ -31,6 +31,7 @@ from .errors import (
     ClientGone,
     ProxyError,
     UpstreamHTTPError,
+    UpstreamNotJson,
     max_tokens_limit,
     retry_after,
     says_no_retry,
@@ -59,6 +60,11 @@ _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
 _BACKOFF_BASE = 0.5
 _BACKOFF_CAP = 8.0
 _LIST_TIMEOUT = 30.0  # an upstream model list or token count is small: do not wait for it forever
+# An upstream's count_tokens answers that will not change on a retry: no such endpoint (404, 405,
+# 501) or one that cannot count this body (400, 422; many servers' Messages API has no counter and
+# takes the path for a bad request). The local estimate serves; a 401/403 (the key) and a 429/5xx
+# (passing: the client retries) are passed on.
+_NO_COUNT_STATUSES = frozenset({400, 404, 405, 422, 501})
 
 
 class StreamRest:
@@ -243,7 +249,8 @@ class Proxy:
         return self.calibration.estimate((routed.target.provider.name, routed.target.model), raw)
 
     def _upstream_count(self, handler: Any, body: Dict[str, Any], target: Target) -> Optional[int]:
-        """The upstream's count; None when it does not offer one (404, 405): the local estimate serves."""
+        """The upstream's count; None when it does not offer one (``_NO_COUNT_STATUSES``, a page that is
+        not JSON): the local estimate serves."""
         req = ClientRequest(body, target.model, False, handler.headers, handler.query)
         ex = self._api(target.api).count_tokens(req, target)
 
@@ -255,9 +262,14 @@ class Proxy:
         try:
             answer = self._bounded(handler, ask)
         except UpstreamHTTPError as exc:
-            if exc.status in (404, 405):
-                return None
-            raise
+            if exc.status not in _NO_COUNT_STATUSES:
+                raise  # a key problem (401, 403) or a passing one (429, 5xx: the client retries)
+            self._warn_once(f"{target.label} answered count_tokens with {exc.status}; the local estimate serves")
+            return None
+        except UpstreamNotJson:
+            self._warn_once(f"{target.label} answered count_tokens with a body that is not JSON; "
+                            "the local estimate serves")
+            return None
         counted = count_or_none(answer.get("input_tokens")) if isinstance(answer, dict) else None
         if counted is None:
             # A count that is none (negative, fractional, missing): the local estimate serves, as for

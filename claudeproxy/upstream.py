@@ -45,7 +45,7 @@ from urllib.parse import unquote, urlsplit
 from . import __version__
 from .config import Config, env_proxies
 from .ending import abort_error
-from .errors import NO_RETRY, UpstreamTimeout, UpstreamUnavailable, error_from_status
+from .errors import NO_RETRY, UpstreamNotJson, UpstreamTimeout, UpstreamUnavailable, error_from_status
 from .redact import redact_headers, redact_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -923,7 +923,7 @@ def read_json_body(resp: Any, call: UpstreamCall, limit: int) -> Any:
         return json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):
         ctype = resp.headers.get("Content-Type", "?") if resp.headers else "?"
-        raise UpstreamUnavailable(f"upstream returned a body that is not JSON (Content-Type {ctype})") from None
+        raise UpstreamNotJson(f"upstream returned a body that is not JSON (Content-Type {ctype})") from None
 
 
 def content_kind(resp: Any) -> str:

@@ -627,7 +627,7 @@ def test_count_tokens_gets_the_betas_the_messages_call_gets(make_proxy, fake_ups
     assert resp.status == 200 and fake_upstream.last.headers.get("anthropic-beta") == "context-management-2025-06-27"
 
 
-@pytest.mark.parametrize("status", [404, 405])
+@pytest.mark.parametrize("status", [400, 404, 405, 422, 501])
 def test_count_tokens_falls_back_to_the_local_estimate(through, fake_upstream, status):
     fake_upstream.push(json_reply({"type": "error", "error": {"type": "not_found_error", "message": "no"}},
                                   status=status))
@@ -636,6 +636,23 @@ def test_count_tokens_falls_back_to_the_local_estimate(through, fake_upstream, s
                 path="/v1/messages/count_tokens")
     assert resp.status == 200, resp
     assert resp.json["input_tokens"] >= len(text) // 5
+
+
+def test_count_tokens_falls_back_on_a_page_that_is_no_count(through, fake_upstream):
+    """A server that answers every path with its HTML index: no count there, ever."""
+    fake_upstream.push(Reply(200, (("Content-Type", "text/html"),), [b"<html><body>Welcome</body></html>"]))
+    resp = post(through, {"model": "claude-x", "messages": [{"role": "user", "content": "hi " * 200}]},
+                path="/v1/messages/count_tokens")
+    assert resp.status == 200 and resp.json["input_tokens"] >= 100, resp
+
+
+@pytest.mark.parametrize("status,error_type", [(401, "authentication_error"), (403, "permission_error"),
+                                               (429, "rate_limit_error"), (503, "api_error")])
+def test_count_tokens_passes_on_a_key_problem_or_a_passing_one(through, fake_upstream, status, error_type):
+    fake_upstream.push(json_reply({"type": "error", "error": {"type": error_type, "message": "no"}}, status=status))
+    resp = post(through, {"model": "claude-x", "messages": [{"role": "user", "content": "hi"}]},
+                path="/v1/messages/count_tokens")
+    assert resp.status == status, resp
 
 
 @pytest.mark.parametrize("counted", [-7, 1.5, "70", True, None])
