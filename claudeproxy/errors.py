@@ -87,6 +87,8 @@ class UpstreamHTTPError(ProxyError):
 
     # The upstream's own message, before mapping (for the max_tokens retry).
     upstream_message = ""
+    # The upstream's response headers (an API may pass some on: ``MessagesApi.relayed_headers``).
+    upstream_headers: Any = None
 
 
 class UpstreamUnavailable(ProxyError):
@@ -210,6 +212,7 @@ def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], he
     if any(isinstance(v, str) and v in _NO_RETRY_CODES for v in (err.get("code"), err.get("type"))):
         exc.headers = tuple(h for h in exc.headers if h[0] != NO_RETRY[0]) + (NO_RETRY,)
     exc.upstream_message = message
+    exc.upstream_headers = headers
     return exc
 
 

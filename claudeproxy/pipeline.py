@@ -457,10 +457,15 @@ class Proxy:
         """One call to one target; a stream that has begun comes back as the rest to relay."""
         call = UpstreamCall()
         watch.call, watch.tick = call, None
-        resp, ex = self._send(api, req, target, call, watch.deadline)
+        try:
+            resp, ex = self._send(api, req, target, call, watch.deadline)
+        except UpstreamHTTPError as exc:
+            exc.headers += _relayed(api, exc.upstream_headers)  # a 429's rate limits too
+            raise
+        relayed = _relayed(api, resp.headers)
         if req.stream and ex.stream:
-            return self._stream(api, req, ex, resp, writer, call, watch, record)
-        self._json(api, req, ex, resp, writer, call, record)
+            return self._stream(api, req, ex, resp, writer, call, watch, record, relayed)
+        self._json(api, req, ex, resp, writer, call, record, relayed)
         return None
 
     def _retryable(self, exc: ProxyError, watch: Watch) -> bool:
@@ -560,7 +565,7 @@ class Proxy:
     # Answers.
 
     def _json(self, api: Any, req: ClientRequest, ex: Exchange, resp: Any, writer: Any, call: UpstreamCall,
-              record: Dict[str, Any]) -> None:
+              record: Dict[str, Any], relayed: Tuple[Tuple[str, str], ...] = ()) -> None:
         with resp:
             obj = read_json_body(resp, call, self.config.max_body_bytes * 2)
         self._log_body("upstream response body", obj, call.secrets)
@@ -571,20 +576,21 @@ class Proxy:
         # it gave none (the SDKs need the fields), and those are no counts it reported.
         reported = message if api.translates else obj
         record.update(stop_reason=message.get("stop_reason"), **_usage_fields(reported.get("usage")))
-        self._reply(req, writer, message, call.secrets)
+        self._reply(req, writer, message, call.secrets, relayed)
         self._estimate(req, record)  # only to learn from the upstream's count (calibration.py): after the answer
 
     def _reply(self, req: ClientRequest, writer: Any, message: Dict[str, Any],
-               secrets: Optional[Tuple[str, ...]] = None) -> None:
+               secrets: Optional[Tuple[str, ...]] = None, headers: Tuple[Tuple[str, str], ...] = ()) -> None:
         self._log_body("client response body", message, secrets)
         if req.stream:
-            writer.start_stream()
+            writer.start_stream(headers)
             writer.events(events_for_message(message), end=True)
         else:
-            writer.json(200, message)
+            writer.json(200, message, headers)
 
     def _stream(self, api: Any, req: ClientRequest, ex: Exchange, resp: Any, writer: Any, call: UpstreamCall,
-                watch: Watch, record: Dict[str, Any]) -> Optional["StreamRest"]:
+                watch: Watch, record: Dict[str, Any], relayed: Tuple[Tuple[str, str], ...] = ()
+                ) -> Optional["StreamRest"]:
         """Relay the stream until its first event went out (or it ended); the rest comes back."""
         estimate = self._estimate(req, record)
         # The call's secrets, not only the proxy's: a forwarded client key is masked in the stream's
@@ -593,7 +599,7 @@ class Proxy:
                                     secrets=call.secrets)
         if bodies_logged():
             fold = cast(StreamFold, ObservedFold(fold, call.secrets))  # every line and event at DEBUG
-        relay = Relay(writer, fold, call, self.config)
+        relay = Relay(writer, fold, call, self.config, relayed)
         watch.tick = relay.tick
         self.metrics.stream_began()
         rest = None
@@ -711,6 +717,12 @@ def _failure(exc: BaseException) -> Dict[str, Any]:
     if isinstance(exc, ClientGone):
         return {"error_type": "client_closed"}  # status: what was sent already, else 499
     return {"status": 500, "error_type": "api_error"}
+
+
+def _relayed(api: Any, headers: Any) -> Tuple[Tuple[str, str], ...]:
+    """The upstream response headers ``api`` passes on to the client (none for most)."""
+    relayed = getattr(api, "relayed_headers", None)
+    return relayed(headers) if relayed is not None and headers is not None else ()
 
 
 def _answer_wait(ex: Exchange, deadline: Optional[float]) -> Optional[float]:

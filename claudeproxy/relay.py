@@ -20,7 +20,7 @@ import http.client
 import logging
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .config import Config
 from .ending import StreamFold, stream_end
@@ -42,8 +42,10 @@ _CONTENT_EVENTS = ("content_block_start", "content_block_delta")
 class Relay:
     """Relays one upstream stream to one client through one fold. See the module docstring."""
 
-    def __init__(self, writer: Any, fold: StreamFold, call: UpstreamCall, config: Config) -> None:
+    def __init__(self, writer: Any, fold: StreamFold, call: UpstreamCall, config: Config,
+                 headers: Tuple[Tuple[str, str], ...] = ()) -> None:
         self.writer = writer
+        self.headers = headers  # the upstream's headers the client gets with the stream's head
         self.fold = fold
         self.call = call
         self.config = config
@@ -162,7 +164,7 @@ class Relay:
     def _send(self, events: List[Dict[str, Any]], end: bool = False) -> None:
         """Commit the stream if need be and write ``events`` at once, in one write (under the lock)."""
         if not self.committed:
-            self.writer.start_stream()
+            self.writer.start_stream(self.headers)
             self.committed = True
         self.writer.events(events, end)
         if self.first_content_at is None and any(e["type"] in _CONTENT_EVENTS for e in events):

@@ -968,3 +968,45 @@ def test_message_stop_without_message_delta_gets_one(through, fake_upstream, rec
                           "usage": {"output_tokens": 1}}
     assert final_message(events)["stop_reason"] == "end_turn"
     assert record_for(records, request_id).stop_reason == "end_turn"
+
+
+# ---------------------------------------------------------------------------
+# The upstream's rate limits reach the client (Claude Code warns of usage limits by the unified ones).
+
+RATE_LIMITS = (("anthropic-ratelimit-requests-remaining", "49"),
+               ("Anthropic-RateLimit-Unified-5h-Utilization", "0.93"),
+               ("anthropic-ratelimit-unified-reset", "1767225600"))
+NOT_RELAYED = (("anthropic-ratelimit-tokens-reset", "x" * 300), ("x-upstream-internal", "secret"))
+
+
+@pytest.mark.parametrize("answer", ["json", "stream", "json to a stream request", "429"])
+def test_rate_limit_headers_are_passed_back(through, fake_upstream, answer):
+    head = RATE_LIMITS + NOT_RELAYED
+    if answer == "stream":
+        fake_upstream.push(Reply(200, (("Content-Type", "text/event-stream"),) + head,
+                                 [events_bytes(HEAD_EVENTS + TAIL_EVENTS)], chunked=True))
+    elif answer == "429":
+        fake_upstream.push(json_reply({"type": "error", "error": {"type": "rate_limit_error", "message": "slow"}},
+                                      status=429, headers=head + (("x-should-retry", "false"),)))
+    else:
+        fake_upstream.push(json_reply(ANSWER, headers=head))
+    if answer in ("stream", "json to a stream request"):
+        with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+            assert client.status == 200
+            headers = {k.lower(): v for k, v in client.headers.items()}
+            client.read_all(timeout=5)
+    else:
+        resp = post(through, minimal_request())
+        assert resp.status == (429 if answer == "429" else 200), resp
+        headers = resp.headers
+    assert headers["anthropic-ratelimit-requests-remaining"] == "49"
+    assert headers["anthropic-ratelimit-unified-5h-utilization"] == "0.93"
+    assert headers["anthropic-ratelimit-unified-reset"] == "1767225600"
+    assert "anthropic-ratelimit-tokens-reset" not in headers and "x-upstream-internal" not in headers
+
+
+def test_rate_limit_header_values_are_checked() -> None:
+    from claudeproxy.apis.messages import ratelimit_headers
+
+    assert ratelimit_headers({"anthropic-ratelimit-a": "1\r\nSet-Cookie: x", "anthropic-ratelimit-b": "\x01",
+                              "anthropic-ratelimit-c": " 5 "}) == (("anthropic-ratelimit-c", "5"),)

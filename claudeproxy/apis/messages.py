@@ -41,6 +41,12 @@ MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as bro
 _EVENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}\Z")
 # Header values copied from the client: version strings and beta names, nothing that could smuggle.
 _HEADER_VALUE_RE = re.compile(r"^[A-Za-z0-9._:=+-]{1,128}$")
+# Anthropic's rate-limit headers (requests, tokens, the unified ones Claude Code warns of usage limits
+# by), passed back: a printable value of a sane length (no CR/LF can reach our response), so many.
+_RATELIMIT_PREFIX = "anthropic-ratelimit-"
+_RATELIMIT_NAME_RE = re.compile(r"^[a-z0-9-]{1,100}$")
+_RATELIMIT_VALUE_RE = re.compile(r"^[\x20-\x7e]{1,200}$")
+MAX_RATELIMIT_HEADERS = 32
 _USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 _START_USAGE_KEYS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 MIN_THINKING_BUDGET = 1024  # Anthropic's smallest budget_tokens
@@ -172,6 +178,16 @@ def _without_billing_line(system: Any) -> Any:
     return blocks
 
 
+def ratelimit_headers(headers: Any) -> Tuple[Tuple[str, str], ...]:
+    """The upstream's ``anthropic-ratelimit-*`` response headers, checked, for the client."""
+    out = []
+    for name, value in headers.items() if headers is not None else ():
+        name, value = name.strip().lower(), value.strip()
+        if name.startswith(_RATELIMIT_PREFIX) and _RATELIMIT_NAME_RE.match(name) and _RATELIMIT_VALUE_RE.match(value):
+            out.append((name, value))
+    return tuple(out[:MAX_RATELIMIT_HEADERS])
+
+
 def error_from_event(obj: Any, secrets: Tuple[str, ...]) -> ProxyError:
     """An Anthropic error object in a 200 body or an ``event: error``, as the error the client gets."""
     err = obj.get("error") if isinstance(obj, dict) else None
@@ -275,6 +291,11 @@ class MessagesApi:
     def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
                   ) -> Tuple[Dict[str, Any], List[str]]:
         return message_reply(obj, req.model, secrets), []
+
+    def relayed_headers(self, headers: Any) -> Tuple[Tuple[str, str], ...]:
+        """What of the upstream's response head the client gets: its rate limits (the only API
+        whose upstream speaks Anthropic's, so the only one whose headers mean what they say)."""
+        return ratelimit_headers(headers)
 
     def fold(self, req: ClientRequest, ex: Exchange, *, message_id: str, input_tokens: int,
              secrets: Tuple[str, ...] = ()) -> "MessagesFold":
