@@ -96,7 +96,7 @@ def test_body_goes_through_unchanged_but_for_the_model(make_proxy, fake_upstream
     assert resp.status == 200, resp
     sent = fake_upstream.last
     assert sent.json == {**body, "model": "upstream-model-x"}  # every other field exactly as the client sent it
-    assert sent.path == "/v1/messages?beta=true"  # the base URL ends in /v1: not doubled
+    assert sent.path == "/v1/messages"  # the base URL ends in /v1: not doubled; the query is Anthropic's only
     assert resp.json["model"] == "claude-opus-4-1"  # the client sees its own model name
 
 
@@ -163,11 +163,11 @@ def test_max_tokens_is_capped_at_the_models_output_cap(make_proxy, fake_upstream
 
 
 @pytest.mark.parametrize("base,expected", [
-    ("", "/v1/messages?beta=true"),
-    ("/v1", "/v1/messages?beta=true"),
-    ("/v1/", "/v1/messages?beta=true"),
-    ("/v1/messages", "/v1/messages?beta=true"),
-    ("/anthropic", "/anthropic/v1/messages?beta=true"),
+    ("", "/v1/messages"),
+    ("/v1", "/v1/messages"),
+    ("/v1/", "/v1/messages"),
+    ("/v1/messages", "/v1/messages"),
+    ("/anthropic", "/anthropic/v1/messages"),
 ])
 def test_upstream_path_joins_the_base_once(make_proxy, fake_upstream, base, expected):
     server = make_proxy(passthrough=True, upstream=f"http://127.0.0.1:{fake_upstream.port}{base}")
@@ -176,15 +176,35 @@ def test_upstream_path_joins_the_base_once(make_proxy, fake_upstream, base, expe
     assert fake_upstream.last.path == expected
 
 
-def test_query_with_bytes_http_client_refuses_is_forwarded_encoded(through, fake_upstream):
-    """Found by the request fuzz: a non-ASCII or control byte in the query was a 502 "could not reach"."""
+def test_query_with_bytes_http_client_refuses_is_no_502(through, fake_upstream):
+    """Found by the request fuzz: a non-ASCII or control byte in the query was a 502 "could not reach".
+    Another server than Anthropic gets no query at all (the client does not choose its parameters)."""
     from test_http_errors import json_post, raw_request
 
     fake_upstream.push(json_reply(ANSWER))
     raw = json_post(json.dumps(minimal_request()).encode(), path="/v1/messages?beta=%ff&x=\xe9\x01#f")
     resp = raw_request(through.url, raw)
     assert resp.status == 200, resp
-    assert fake_upstream.last.path == "/v1/messages?beta=%ff&x=%E9%01%23f"
+    assert fake_upstream.last.path == "/v1/messages"
+    fake_upstream.push(json_reply({"input_tokens": 5}))
+    assert post(through, {"model": "claude-x", "messages": [{"role": "user", "content": "hi"}]},
+                path="/v1/messages/count_tokens?beta=true&api-version=1").status == 200
+    assert fake_upstream.last.path == "/v1/messages/count_tokens"
+
+
+def test_the_query_goes_to_anthropic_itself_encoded() -> None:
+    """Anthropic reads ?beta=true: it gets the client's query, encoded where http.client would refuse it."""
+    from claudeproxy.apis.base import ClientRequest
+    from claudeproxy.apis.messages import MessagesApi
+    from claudeproxy.model_facts import ModelFacts
+    from claudeproxy.routing import Target
+
+    target = Target(Provider("anthropic", "https://api.anthropic.com", api="messages"), "claude-opus-4-1",
+                    ModelFacts(), None, None, "messages")
+    req = ClientRequest(minimal_request(), "claude-opus-4-1", False, {}, "beta=%ff&x=\xe9\x01#f")
+    assert MessagesApi().prepare(req, target, None).url == "https://api.anthropic.com/v1/messages?beta=%ff&x=%E9%01%23f"
+    req = ClientRequest(minimal_request(), "claude-opus-4-1", False, {}, "beta=true")
+    assert MessagesApi().count_tokens(req, target).url == "https://api.anthropic.com/v1/messages/count_tokens?beta=true"
 
 
 def test_header_hygiene(through, fake_upstream):

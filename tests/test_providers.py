@@ -110,7 +110,7 @@ def test_small_models_go_to_the_native_server_unchanged(two_providers: Any, fake
     assert resp.status == 200, resp
     assert resp.json == {**NATIVE_ANSWER, "model": model}
     sent = native.last
-    assert sent.path == "/v1/messages?beta=true"
+    assert sent.path == "/v1/messages"  # Claude Code's ?beta=true is for Anthropic itself
     # Unchanged but for the model, max_tokens capped at the model table's limit, and Claude Code's
     # billing line (a per-session value that would empty the server's prompt cache).
     system = [b for b in body["system"] if not b["text"].startswith("x-anthropic-billing-header:")]

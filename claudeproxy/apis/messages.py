@@ -3,7 +3,9 @@
 For backends that speak Anthropic's API themselves (Anthropic, Ollama >= 0.14,
 llama.cpp, vLLM, LM Studio, DeepSeek, OpenRouter, Moonshot, Zhipu, MiniMax).
 The body goes upstream unchanged except for the model name (the route's
-upstream model) and a ``max_tokens`` above the model's cap. Headers follow the
+upstream model), a ``max_tokens`` above the model's cap and, for anyone but
+Anthropic, Claude Code's billing line; the client's query string goes to
+Anthropic only. Headers follow the
 provider's rules: ``anthropic-version`` passed on, ``anthropic-beta`` forwarded
 or dropped (several native endpoints reject betas they do not know), the key
 sent the way the provider wants it (by the pipeline). Answers come back with
@@ -93,6 +95,12 @@ def _headers(req: ClientRequest, target: Target, accept: str) -> Tuple[Tuple[str
     if betas:
         headers.append(("anthropic-beta", ",".join(betas)))
     return tuple(headers)
+
+
+def _forwarded_query(req: ClientRequest, target: Target) -> str:
+    """The client's query string (Claude Code's ``?beta=true``) for Anthropic itself, where it means
+    something; another server gets none: the client does not choose a third party's parameters."""
+    return req.query if is_anthropic_host(target.provider.url) else ""
 
 
 def _version(req: ClientRequest) -> str:
@@ -275,7 +283,7 @@ class MessagesApi:
         headers = _headers(req, target, "text/event-stream" if req.stream else "application/json")
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")
         max_tokens = body.get("max_tokens") if isinstance(body.get("max_tokens"), int) else None
-        url = messages_url(target.provider.url, "/v1/messages", req.query)
+        url = messages_url(target.provider.url, "/v1/messages", _forwarded_query(req, target))
         return Exchange(url, data, headers, req.stream, max_tokens)
 
     def count_tokens(self, req: ClientRequest, target: Target) -> Exchange:
@@ -285,7 +293,7 @@ class MessagesApi:
         if isinstance(counted.get("messages"), list):
             counted["messages"] = _without_proxy_thinking(counted["messages"])  # as the messages call sends them
         body = json.dumps(counted, ensure_ascii=False).encode("utf-8")
-        return Exchange(messages_url(target.provider.url, "/v1/messages/count_tokens", req.query), body,
+        return Exchange(messages_url(target.provider.url, "/v1/messages/count_tokens", _forwarded_query(req, target)), body,
                         _headers(req, target, "application/json"), False, None)
 
     def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
