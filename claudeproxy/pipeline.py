@@ -741,9 +741,16 @@ def _usage_fields(usage: Any) -> Dict[str, Optional[int]]:
     """The record's token counts from a (translated or forwarded) usage object. A forwarded body is
     not checked on its way to the client, so each count is read by the one rule here (``counts.py``):
     a negative, fractional or string count is 0, never a counter going backwards. All None when the
-    usage holds no count at all (a forwarded answer without one): not known, so no cost either."""
+    usage holds no count at all (a forwarded answer without one): not known, so no cost either.
+    Nor is the input count of a usage that leaves it out (a forwarded stream whose message_start
+    had none, its message_delta only output_tokens): the call used input tokens, so 0 is no count."""
     counts = usage_counts(usage)
-    return dict.fromkeys(USAGE_KEYS) if counts is None else dict(counts)
+    if counts is None:
+        return dict.fromkeys(USAGE_KEYS)
+    fields: Dict[str, Optional[int]] = dict(counts)
+    if usage.get("input_tokens") is None:  # translated usage always has it: only a forwarded one lacks it
+        fields["input_tokens"] = None
+    return fields
 
 
 def _stream_usage_fields(usage: Any, committed: bool) -> Dict[str, Optional[int]]:

@@ -1030,3 +1030,13 @@ def test_rate_limit_header_values_are_checked() -> None:
 
     assert ratelimit_headers({"anthropic-ratelimit-a": "1\r\nSet-Cookie: x", "anthropic-ratelimit-b": "\x01",
                               "anthropic-ratelimit-c": " 5 "}) == (("anthropic-ratelimit-c", "5"),)
+
+
+def test_an_input_count_the_upstream_never_gave_is_unknown_not_0(through, fake_upstream, records):
+    """message_start without usage, message_delta with output_tokens only: the input is not known."""
+    fake_upstream.push(sse(events_bytes([_BARE_START] + _TEXT + TAIL_EVENTS[2:])))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        client.read_all(timeout=5)
+        request_id = client.headers["request-id"]
+    rec = record_for(records, request_id)
+    assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (None, 15, None)
