@@ -293,8 +293,8 @@ class MessagesApi:
         if isinstance(counted.get("messages"), list):
             counted["messages"] = _without_proxy_thinking(counted["messages"])  # as the messages call sends them
         body = json.dumps(counted, ensure_ascii=False).encode("utf-8")
-        return Exchange(messages_url(target.provider.url, "/v1/messages/count_tokens", _forwarded_query(req, target)), body,
-                        _headers(req, target, "application/json"), False, None)
+        url = messages_url(target.provider.url, "/v1/messages/count_tokens", _forwarded_query(req, target))
+        return Exchange(url, body, _headers(req, target, "application/json"), False, None)
 
     def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
                   ) -> Tuple[Dict[str, Any], List[str]]:
