@@ -175,6 +175,9 @@ MODEL_RULES: Tuple[Tuple[Tuple[str, ...], str, Dict[str, object]], ...] = (
     (("openai", "azure"), r"^(o\d|gpt-5|codex)", {**_OPENAI_REASONING, **_OPENAI_MODEL}),
     (("azure",), r"^(gpt-|chatgpt-)", _OPENAI_MODEL),
     (("openrouter",), r"^openai/(o\d|gpt-5)", {"drop_sampling": True}),
+    # OpenAI's chat models behind a URL the dialects do not know (a gateway, a local relay) refuse
+    # reasoning_effort as on OpenAI: each session would pay a refused round trip to learn it.
+    (("generic",), r"^(openai/)?(gpt-4|gpt-3\.5|chatgpt-)", {"reasoning": "none"}),
     # Kimi's thinking models (kimi-k2-thinking, kimi-k2.5, kimi-k2.6...); moonshot-v1 models never think.
     (("moonshot",), r"^kimi-", {"reasoning_history": "reasoning_content_all"}),
 )

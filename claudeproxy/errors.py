@@ -209,7 +209,9 @@ def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], he
             f"upstream {shown}: {message}", status=shown, error_type=error_type_for_status(shown),
             headers=_retry_headers(headers),
         )
-    if any(isinstance(v, str) and v in _NO_RETRY_CODES for v in (err.get("code"), err.get("type"))):
+    # A refused key (401, 403) is refused again on every retry: Claude Code would retry ten times
+    # over minutes and then ask for /login, which is not what is wrong.
+    if status in (401, 403) or any(isinstance(v, str) and v in _NO_RETRY_CODES for v in (err.get("code"), err.get("type"))):
         exc.headers = tuple(h for h in exc.headers if h[0] != NO_RETRY[0]) + (NO_RETRY,)
     exc.upstream_message = message
     exc.upstream_headers = headers

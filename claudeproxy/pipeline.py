@@ -520,9 +520,19 @@ class Proxy:
                     continue
                 changed = self._changed_request(exc, api, req, target, ex) if changes < _MAX_TOKENS_RETRIES else None
                 if changed is None:
+                    if exc.status in (401, 403) and key:
+                        raise self._refused_key(exc, target) from None
                     raise
                 changes += 1
                 ex = changed
+
+    def _refused_key(self, exc: UpstreamHTTPError, target: Target) -> UpstreamHTTPError:
+        """The upstream refused the proxy's own key: the client is told whose key it was (Claude
+        Code would take a bare 401 for its own login gone), the log says it once."""
+        self._warn_once(f"{target.provider.name} refused the key claudeproxy sends it (upstream {exc.status}); "
+                        "check the provider's key setting")
+        exc.message = f"{exc.message} (the key claudeproxy sends to provider {target.provider.name!r})"
+        return exc
 
     def _changed_request(self, exc: UpstreamHTTPError, api: Any, req: ClientRequest, target: Target,
                          ex: Exchange) -> Optional[Exchange]:
@@ -572,6 +582,10 @@ class Proxy:
         message, warnings = api.from_json(req, ex, obj, call.secrets)
         for warning in warnings:
             log.warning("%s", warning)
+        if api.translates:
+            # An id of its own, as a stream's (``_stream``): servers repeat theirs (Ollama's are
+            # chatcmpl-0 to -998), and Claude Code merges the answers that share one into one turn.
+            message = {**message, "id": "msg_" + new_id()}
         # A forwarded answer's usage is the upstream's own: the client's copy has 0 filled in where
         # it gave none (the SDKs need the fields), and those are no counts it reported.
         reported = message if api.translates else obj
@@ -593,6 +607,7 @@ class Proxy:
                 ) -> Optional["StreamRest"]:
         """Relay the stream until its first event went out (or it ended); the rest comes back."""
         estimate = self._estimate(req, record)
+        # The message id is the proxy's own, never the upstream's (see ``_json``).
         # The call's secrets, not only the proxy's: a forwarded client key is masked in the stream's
         # error event, the relay's warning and the logged lines as in a plain error answer.
         fold: StreamFold = api.fold(req, ex, message_id="msg_" + new_id(), input_tokens=estimate,

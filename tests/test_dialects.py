@@ -222,3 +222,11 @@ def test_only_kimi_models_get_reasoning_back_on_every_tool_turn() -> None:
     assert dialect_for("moonshot", "kimi-k2-thinking").reasoning_history == "reasoning_content_all"
     assert dialect_for("moonshot", "moonshot-v1-8k").reasoning_history == "reasoning_content"
     assert dialect_for("generic", "kimi-k2.6").reasoning_history == "drop"
+
+
+@pytest.mark.parametrize("model,reasoning", [("gpt-4.1", "none"), ("gpt-4o-mini", "none"), ("openai/gpt-4o", "none"),
+                                             ("chatgpt-4o-latest", "none"), ("gpt-3.5-turbo", "none"),
+                                             ("gpt-5", "effort"), ("o3", "effort"), ("qwen3-32b", "effort")])
+def test_openai_chat_models_behind_an_unknown_url_are_not_asked_for_effort(model: str, reasoning: str) -> None:
+    """They refuse reasoning_effort as on OpenAI; each session behind a gateway paid a refused round trip."""
+    assert dialect_for("generic", model).reasoning == reasoning

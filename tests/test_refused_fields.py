@@ -46,7 +46,7 @@ def sent(fake: FakeUpstream) -> List[Any]:
 
 def test_a_refused_reasoning_effort_is_dropped_and_remembered(make_proxy: Any, fake_upstream: FakeUpstream,
                                                              caplog: Any) -> None:
-    proxy = make_proxy(upstream=fake_upstream.url, model="gpt-4.1")
+    proxy = make_proxy(upstream=fake_upstream.url, model="grok-4")
     fake_upstream.push(json_reply(OPENAI_REFUSAL, status=400), json_reply(completion("first")),
                        json_reply(completion("second")))
     with caplog.at_level("WARNING", logger="claudeproxy"):
@@ -127,7 +127,7 @@ def test_a_400_that_names_no_field_sent_is_the_clients_error(make_proxy: Any, fa
 
 
 def test_a_stream_request_recovers_the_same_way(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
-    proxy = make_proxy(upstream=fake_upstream.url, model="gpt-4.1")
+    proxy = make_proxy(upstream=fake_upstream.url, model="grok-4")
     fake_upstream.push(json_reply(OPENAI_REFUSAL, status=400),
                        sse_reply(chunk({"role": "assistant", "content": "hi"}), chunk({}, "stop")))
     resp = ask(proxy, claude_code_turn(stream=True))
@@ -229,7 +229,7 @@ def test_which_fields_a_message_refuses(message: str, fields: Set[str]) -> None:
 
 
 def test_a_refused_value_is_the_clients_error(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
-    proxy = make_proxy(upstream=fake_upstream.url, model="gpt-4.1")
+    proxy = make_proxy(upstream=fake_upstream.url, model="grok-4")
     refusal = {"error": {"message": MESSAGES[5][0], "type": "invalid_request_error", "param": "reasoning_effort",
                          "code": "unsupported_value"}}
     fake_upstream.push(json_reply(refusal, status=400), json_reply(completion()))

@@ -287,7 +287,7 @@ def test_message_start_waits_for_the_first_block() -> None:
     assert feed(fold, {"type": "response.output_item.added", "output_index": 0, "item": {"type": "reasoning", "id": "rs_1"}}) == []
     out = feed(fold, delta("hi", 1))
     assert [e["type"] for e in out] == ["message_start", "content_block_start", "content_block_delta"]
-    assert out[0]["message"]["id"] == "msg_resp_x"
+    assert out[0]["message"]["id"] == "msg_test"  # the fold's own, not the upstream's (servers repeat theirs)
 
 
 def test_complete_finishing_and_metrics() -> None:

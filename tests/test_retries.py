@@ -138,6 +138,34 @@ def test_client_errors_are_not_retried(make_proxy: Any, fake_upstream: FakeUpstr
     assert len(fake_upstream.requests) == 1
 
 
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_proxy_key_tells_the_client_not_to_retry_and_whose_key_it_was(
+        make_proxy: Any, fake_upstream: FakeUpstream, status: int, caplog: Any) -> None:
+    """Claude Code retries a plain 401 ten times over minutes, then asks for /login: the key that
+    is wrong is the one the proxy sends, and no retry will fix it."""
+    server = make_proxy(retries=3)
+    refusal = {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}
+    fake_upstream.push(json_reply(refusal, status=status), json_reply(refusal, status=status))
+    with caplog.at_level("WARNING", logger="claudeproxy"):
+        first, second = ask(server), ask(server)
+    for resp in (first, second):
+        assert resp.status == status and resp.headers.get("x-should-retry") == "false"
+        assert "the key claudeproxy sends" in resp.json["error"]["message"]
+    warned = [r for r in caplog.records if r.levelname == "WARNING" and "refused the key" in r.getMessage()]
+    assert len(warned) == 1  # said once, not per request
+    assert len(fake_upstream.requests) == 2
+
+
+def test_a_refused_forwarded_client_key_is_the_clients_own(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """Without a key of its own the proxy forwards the client's: then the 401 is the client's to fix."""
+    server = make_proxy(passthrough=True, token=claudeproxy.static_token(""))
+    fake_upstream.push(json_reply({"type": "error", "error": {"type": "authentication_error",
+                                                              "message": "invalid x-api-key"}}, status=401))
+    resp = ask(server)
+    assert resp.status == 401 and resp.headers.get("x-should-retry") == "false"
+    assert "claudeproxy sends" not in resp.json["error"]["message"]
+
+
 def test_retry_after_is_honoured(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
     server = make_proxy(retries=1)
     fake_upstream.push(json_reply(BUSY, status=429, headers=(("Retry-After", "1"),)), json_reply(completion()))

@@ -18,7 +18,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from conftest import CLIENT_KEY, minimal_request
+from conftest import CLIENT_KEY, minimal_request, request
 from fakes import Fault, Gate, Reply, ServerPool, Sleep, StreamClient, chunk, completion, json_reply, sse_reply
 from sse_checks import assert_valid_event_sequence, final_message
 
@@ -631,3 +631,19 @@ def test_an_error_before_any_event_still_sends_the_head() -> None:
     writer.end_stream()
     assert len(wire.writes) == 1 and wire.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert wire.writes[0].endswith(b"\r\n\r\n0\r\n\r\n")
+
+
+def test_answers_get_ids_of_their_own_though_the_upstream_repeats_its_own(proxy, fake_upstream):
+    """Ollama's ids are chatcmpl-0 to -998 (some servers use one for everything): Claude Code merges
+    answers that share a message id into one turn, scrambling its history. Streamed and not."""
+    fake_upstream.push(json_reply(completion("one")), json_reply(completion("two")),
+                       sse_reply(chunk({"content": "three"}), chunk(finish="stop")),
+                       sse_reply(chunk({"content": "four"}), chunk(finish="stop")))
+    ids = []
+    for stream in (False, False, True, True):
+        resp = request(proxy.url, "POST", "/v1/messages", minimal_request(stream=stream), {"x-api-key": CLIENT_KEY})
+        assert resp.status == 200, resp
+        body = resp.body.decode()
+        ids.append(json.loads(body)["id"] if not stream else
+                   json.loads(body.split("data: ", 1)[1].split("\n", 1)[0])["message"]["id"])
+    assert len(set(ids)) == 4 and all(i.startswith("msg_") and "chatcmpl" not in i for i in ids), ids

@@ -33,7 +33,6 @@ from .response import (
     IdFactory,
     match_stop_sequence,
     message_from_body,
-    message_id,
     normalize_arguments,
     overload_error,
     stop_reason_for,
@@ -325,8 +324,6 @@ class StreamTranslator:
             return []
         if choice.finish_reason == "error":
             raise error_from_object({"message": "upstream reported an error during generation"}, self.secrets)
-        if not self.started and chunk.id:
-            self.message_id = message_id(chunk.id, self.new_id)
         was_started = self.started
         events = self.start()
         events += self._reasoning(choice)

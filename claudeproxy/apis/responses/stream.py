@@ -31,7 +31,6 @@ from ...errors import ProxyError, UpstreamUnavailable, stream_error_event
 from ...replies import block_events, events_for_message, message_start
 from ...signatures import encode_signature
 from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done
-from ..chat.response import message_id
 from ..stops import first_stop, stop_prefix_len
 from . import API_NAME
 from .response import (
@@ -688,8 +687,6 @@ class ResponsesFold(SSEFold):
     def _created(self, obj: Dict[str, Any]) -> List[Event]:
         response = _dict(obj.get("response"))
         self._take_usage(response)
-        if not self.started and isinstance(response.get("id"), str) and response["id"]:
-            self.message_id = message_id(response["id"], self.new_id)
         return []
 
 
