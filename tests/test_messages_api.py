@@ -820,6 +820,8 @@ BROKEN_ORDERS = {
     "an index skipped": ([_start(0, "text"), _stop(0), _start(2, "text"), _stop(2)], 2,
                          "content_block_start for block 2 where block 1 comes next"),
     "not starting at 0": ([_start(1, "text"), _stop(1)], 0, "content_block_start for block 1 where block 0 comes next"),
+    "a start without its block": ([{"type": "content_block_start", "index": 0}, _stop(0)], 0,
+                                  "content_block_start for block 0 without a content_block"),
 }
 
 

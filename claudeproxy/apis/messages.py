@@ -480,7 +480,11 @@ class MessagesFold(SSEFold):
         if index != expected:  # the SDKs' accumulators take the index as the position in the content list
             raise _broken_order(f"content_block_start for block {index} where block {expected} comes next")
         block = obj.get("content_block")
-        kind = block.get("type") if type(block) is dict else None
+        if type(block) is not dict:
+            # The SDKs' accumulators append the block itself to the message's content: without one
+            # the client's stream crashes (a Python error, not an API error).
+            raise _broken_order(f"content_block_start for block {index} without a content_block")
+        kind = block.get("type")
         self.open_blocks[index] = kind if type(kind) is str else None
 
     def _stop_block(self, obj: Dict[str, Any]) -> None:
