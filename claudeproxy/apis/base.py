@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Dict, Optional, Tuple, TypeVar
+import logging
+import threading
+from typing import Any, Dict, FrozenSet, Optional, Tuple, TypeVar
 
 from ..anthropic_types import MessagesRequest
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,3 +72,32 @@ def encode_body(payload: Dict[str, Any], key: str = "", encoded: Optional[bytes]
     field = b"%s: %s}" % (json.dumps(key).encode("ascii"), encoded)
     # A view, not a slice: the body is built in one copy.
     return b"".join((memoryview(rest)[:-1], b", " if len(rest) > 2 else b"", field))
+
+
+class RefusedFields:
+    """The optional fields each upstream model refused as such, never sent to it again (the
+    request means the same without them); for every API that sends fields on its own judgement.
+    Kept per server, by (provider, model); thread-safe."""
+
+    def __init__(self, droppable: Tuple[str, ...]) -> None:
+        self._droppable = droppable  # the fields a request may go without, in the order named in the log
+        self._by_model: Dict[Tuple[str, str], FrozenSet[str]] = {}
+        self._lock = threading.Lock()
+
+    def drop(self, payload: Dict[str, Any], key: Tuple[str, str]) -> None:
+        """Take from ``payload`` the fields the model ``key`` refused before."""
+        with self._lock:
+            refused = self._by_model.get(key, frozenset())
+        for name in refused:
+            payload.pop(name, None)
+
+    def learn(self, refused: FrozenSet[str], sent: Dict[str, Any], key: Tuple[str, str], label: str) -> bool:
+        """Remember the droppable fields among ``refused`` that the request ``sent`` carried; False
+        when there is none (then another send would be refused the same)."""
+        named = [f for f in self._droppable if f in refused and f in sent]
+        if not named:
+            return False
+        with self._lock:
+            self._by_model[key] = self._by_model.get(key, frozenset()) | frozenset(named)
+        log.warning("%s refused %s: sent without from now on", label, ", ".join(named))
+        return True

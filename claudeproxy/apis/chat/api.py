@@ -18,7 +18,7 @@ from ...ids import new_id
 from ...routing import Target
 from ...tool_memo import ToolMemo
 from ...urls import chat_url
-from ..base import ClientRequest, Exchange, encode_body, with_json
+from ..base import ClientRequest, Exchange, RefusedFields, encode_body, with_json
 from ..stops import unsent_stops
 from .request import chat_tools, to_chat_request
 from .response import message_from_body
@@ -73,8 +73,7 @@ class ChatApi:
 
     def __init__(self, tools: ToolMemo) -> None:
         self.tools = tools  # the server's: a tool set is parsed and translated once per dialect
-        # (provider, model) -> the optional fields its upstream refused: never sent to it again.
-        self._refused: Dict[Tuple[str, str], FrozenSet[str]] = {}
+        self._refused = RefusedFields(DROPPABLE_FIELDS)
         # The models whose upstream refused max_tokens for max_completion_tokens (a reasoning model
         # behind a URL the dialects do not know: FIELD-NOTES 6).
         self._completion_tokens: FrozenSet[Tuple[str, str]] = frozenset()
@@ -95,8 +94,7 @@ class ChatApi:
         chat = translation.request
         payload = chat.to_dict()
         key = (target.provider.name, target.model)
-        for name in self._refused.get(key, ()):
-            payload.pop(name, None)
+        self._refused.drop(payload, key)
         if key in self._completion_tokens and "max_tokens" in payload:
             payload["max_completion_tokens"] = payload.pop("max_tokens")
         body = encode_body(payload, "tools", encoded if chat.tools is tools[0] else None)
@@ -127,13 +125,7 @@ class ChatApi:
                 self._completion_tokens = self._completion_tokens | {key}
             log.warning("%s refused max_tokens: max_completion_tokens from now on", target.label)
             return self.prepare(req, target, cap)
-        named = [f for f in DROPPABLE_FIELDS if f in refused and f in sent]
-        if not named:
-            return None
-        with self._lock:
-            self._refused[key] = self._refused.get(key, frozenset()) | frozenset(named)
-        log.warning("%s refused %s: sent without from now on", target.label, ", ".join(named))
-        return self.prepare(req, target, cap)
+        return self.prepare(req, target, cap) if self._refused.learn(refused, sent, key, target.label) else None
 
     def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
                   ) -> Tuple[Dict[str, Any], List[str]]:

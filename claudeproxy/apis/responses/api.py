@@ -12,9 +12,8 @@ sent to that model again, as on Chat Completions (remembered per model).
 from __future__ import annotations
 
 import json
-import logging
 import threading
-from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from ...anthropic_types import MessagesRequest, parse_messages_request
 from ...errors import ProxyError
@@ -22,14 +21,12 @@ from ...ids import new_id
 from ...routing import Target
 from ...tool_memo import ToolMemo
 from ...urls import join_path
-from ..base import ClientRequest, Exchange, encode_body, with_json
+from ..base import ClientRequest, Exchange, RefusedFields, encode_body, with_json
 from ..chat.api import refused_fields
 from ..stops import unsent_stops
 from .request import responses_tools, to_responses_request
 from .response import to_messages_response
 from .stream import LocalStopResponsesFold, ResponsesFold
-
-log = logging.getLogger(__name__)
 
 # Fields the proxy sends on its own judgement that a model's upstream may refuse as such ("Unsupported
 # parameter: 'temperature' is not supported with this model" from a reasoning model the name did not
@@ -52,8 +49,7 @@ class ResponsesApi:
         self.tools = tools  # the server's: a tool set is parsed and translated once
         self._lock = threading.Lock()
         self._no_summaries: Set[str] = set()  # providers whose organisation refused reasoning summaries
-        # (provider, model) -> the optional fields its upstream refused: never sent to it again.
-        self._refused: Dict[Tuple[str, str], FrozenSet[str]] = {}
+        self._refused = RefusedFields(DROPPABLE_FIELDS)
 
     def parse(self, body: Dict[str, Any]) -> MessagesRequest:
         return parse_messages_request(body, self.tools.parse)
@@ -73,10 +69,7 @@ class ResponsesApi:
             replay_reasoning=replay, reasoning_summary=summaries, tools=tools,
         )
         payload = translation.body
-        with self._lock:
-            refused = self._refused.get((target.provider.name, target.model), frozenset())
-        for name in refused:
-            payload.pop(name, None)
+        self._refused.drop(payload, (target.provider.name, target.model))
         body = encode_body(payload, "tools", encoded)
         headers = (("Content-Type", "application/json"),
                    ("Accept", "text/event-stream" if parsed.stream else "application/json"))
@@ -109,15 +102,9 @@ class ResponsesApi:
         refused = refused_fields(getattr(exc, "upstream_message", "") or "")
         if not refused:
             return None
-        sent = json.loads(ex.body)
-        named = [f for f in DROPPABLE_FIELDS if f in refused and f in sent]
-        if not named:
-            return None
         key = (target.provider.name, target.model)
-        with self._lock:
-            self._refused[key] = self._refused.get(key, frozenset()) | frozenset(named)
-        log.warning("%s refused %s: sent without from now on", target.label, ", ".join(named))
-        return self.prepare(req, target, cap)
+        return self.prepare(req, target, cap) if self._refused.learn(refused, json.loads(ex.body), key,
+                                                                     target.label) else None
 
     def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
                   ) -> Tuple[Dict[str, Any], List[str]]:
