@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from .errors import InvalidRequest
+from .errors import InvalidRequest, thread_unsupported
 
 # Block types that carry no meaning for an OpenAI-compatible upstream (server
 # tool traffic, uploads): accepted and dropped, never a 400 (FIELD-NOTES 11).
@@ -532,6 +532,8 @@ def parse_count_tokens_request(obj: Any, tools_parser: ToolsParser = parse_tools
 def parse_messages_request(obj: Any, tools_parser: ToolsParser = parse_tools) -> MessagesRequest:
     """Validate a decoded ``POST /v1/messages`` body into a ``MessagesRequest`` (``tools_parser``: as above)."""
     obj = _obj(obj, "body")
+    if obj.get("thread") is not None:
+        raise thread_unsupported()  # a translated request holds the whole conversation or nothing
     fields = _parse_common(obj, tools_parser)
     max_tokens = _int(obj, "max_tokens", "", required=True)
     if max_tokens is not None and max_tokens < 0:

@@ -59,9 +59,11 @@ class ProxyError(Exception):
         status: Optional[int] = None,
         error_type: Optional[str] = None,
         headers: Tuple[Tuple[str, str], ...] = (),
+        details: Optional[Dict[str, Any]] = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.details = details  # the body's error.details: a machine-readable error_code for the SDKs
         if status is not None:
             self.status = status
             if error_type is None:
@@ -80,6 +82,16 @@ class InvalidRequest(ProxyError):
     def __init__(self, message: str, path: str = "", **kw: object) -> None:
         self.path = path
         super().__init__(f"{path}: {message}" if path else message, **kw)  # type: ignore[arg-type]
+
+
+def thread_unsupported() -> InvalidRequest:
+    """The refusal of a message thread (``"thread"``, the message-threads beta): the upstream would
+    get only the turn's new messages, the rest of the conversation being kept by Anthropic. This
+    error_code is the one the SDKs' tool runners recover from, sending the whole conversation
+    without ``thread``; a 200 instead would lose the history without a word."""
+    return InvalidRequest("message threads are not kept by this upstream: send the whole conversation, "
+                          "without thread", "thread",
+                          details={"error_code": "thread_unsupported_request", "unsupported": []})
 
 
 class UpstreamHTTPError(ProxyError):
@@ -275,9 +287,13 @@ def max_tokens_limit(message: str, requested: int) -> Optional[int]:
     return max(smaller) if smaller else None
 
 
-def error_payload(error_type: str, message: str, request_id: Optional[str] = None) -> Dict[str, object]:
+def error_payload(error_type: str, message: str, request_id: Optional[str] = None,
+                  details: Optional[Dict[str, Any]] = None) -> Dict[str, object]:
     """The Anthropic error body; ``request_id`` repeats the response header."""
-    body: Dict[str, object] = {"type": "error", "error": {"type": error_type, "message": message}}
+    error: Dict[str, object] = {"type": error_type, "message": message}
+    if details:
+        error["details"] = details
+    body: Dict[str, object] = {"type": "error", "error": error}
     if request_id is not None:
         body["request_id"] = request_id
     return body

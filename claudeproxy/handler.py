@@ -127,7 +127,7 @@ class ResponseWriter:
     def error(self, exc: ProxyError) -> None:
         if not self.started:
             self.error_type = exc.error_type
-        self.json(exc.status, error_payload(exc.error_type, exc.message, self.request_id), exc.headers)
+        self.json(exc.status, error_payload(exc.error_type, exc.message, self.request_id, exc.details), exc.headers)
 
     def start_stream(self, headers: Headers = ()) -> None:
         head = [

@@ -27,6 +27,7 @@ from ..errors import (
     UpstreamUnavailable,
     error_from_status,
     stream_error_event,
+    thread_unsupported,
 )
 from ..prompt_cache import strip_billing_header
 from ..replies import events_for_message, message_start
@@ -279,6 +280,10 @@ class MessagesApi:
         return None  # the upstream validates what it is sent
 
     def prepare(self, req: ClientRequest, target: Target, cap: Optional[int]) -> Exchange:
+        if req.body.get("thread") is not None and not is_anthropic_host(target.provider.url):
+            # Only Anthropic keeps threads (and only it gets the beta naming them): another server
+            # would answer the turn's new messages alone.
+            raise thread_unsupported()
         body = _forwarded_body(req.body, target, cap)
         headers = _headers(req, target, "text/event-stream" if req.stream else "application/json")
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")

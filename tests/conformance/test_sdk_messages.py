@@ -382,3 +382,32 @@ def test_body_over_the_limit_is_413(make_proxy: Any, fake_upstream: Any) -> None
         create(c, messages=[{"role": "user", "content": "x" * 10000}])
     check_error(info.value, "ContentTooLargeError", 413, "request_too_large")
     assert fake_upstream.requests == []
+
+
+def test_tool_runner_keeps_the_whole_conversation(client: Any, fake_upstream: Any) -> None:
+    """The SDK's tool runner uses message threads: after the first turn it would send only the tool
+    result, trusting the server to keep the rest. The proxy refuses the thread with the code the
+    runner recovers from, and every turn that reaches the upstream holds the whole conversation."""
+    from anthropic import beta_tool
+
+    @beta_tool
+    def get_weather(city: str) -> str:
+        """Weather for a city.
+
+        Args:
+            city: the city
+        """
+        return f"sunny in {city}"
+
+    call = {"id": "call_w1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    fake_upstream.push(json_reply(completion(None, finish="tool_calls", tool_calls=[call])))
+    fake_upstream.push(json_reply(completion("It is sunny in Paris.")))
+    runner = client.beta.messages.tool_runner(model=MODEL, max_tokens=256, tools=[get_weather],
+                                              messages=[{"role": "user", "content": "Weather in Paris?"}])
+    final = runner.until_done()
+    assert [b.text for b in final.content if b.type == "text"] == ["It is sunny in Paris."]
+    first, second = fake_upstream.requests
+    assert [m["role"] for m in second.json["messages"]] == ["user", "assistant", "tool"]
+    assert second.json["messages"][0]["content"] in ("Weather in Paris?", [{"type": "text", "text": "Weather in Paris?"}])
+    assert second.json["messages"][1]["tool_calls"][0]["id"] == "call_w1"
+    assert second.json["messages"][2] == {"role": "tool", "tool_call_id": "call_w1", "content": "sunny in Paris"}
