@@ -258,6 +258,9 @@ class _HeadWatch:
             self.cut = True
         return line
 
+    def close(self) -> None:
+        self.fp.close()  # http.client closes its reader when the status line is no HTTP
+
 
 class _Response(http.client.HTTPResponse):
     """A response whose connection goes back to the pool when it is closed after a complete body."""
@@ -276,7 +279,8 @@ class _Response(http.client.HTTPResponse):
         try:
             super().begin()
         finally:
-            self.fp = reader
+            if self.fp is watch:  # else http.client closed it (a status line that is no HTTP): stays None
+                self.fp = reader
         if watch.cut:
             raise HeadCutOff("the connection closed inside the response head")
         if self.status < 200:
@@ -792,7 +796,27 @@ def _transport_error(exc: BaseException, call: UpstreamCall, req: urllib.request
     proxy = _proxy_of(req)
     if proxy is not None:
         return _proxy_failure(reason, call, proxy, host, detail)
+    lasting = _lasting_failure(reason, host, detail)
+    if lasting is not None:
+        return lasting
     return UpstreamUnavailable(f"could not reach the upstream at {host} ({detail})", headers=(_RETRY,))
+
+
+def _lasting_failure(reason: BaseException, host: str, detail: str) -> Optional[UpstreamUnavailable]:
+    """A failure the same call meets again every time (a refused certificate, a server that does
+    not speak TLS or HTTP): the client is told not to retry, and the proxy tries the next target
+    at once. A break in the connection is no such thing: that one is worth another try."""
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        why = f"its TLS certificate was refused ({reason.verify_message or detail}); see --ca-bundle"
+    elif isinstance(reason, ssl.SSLError) and reason.reason == "WRONG_VERSION_NUMBER":
+        why = "it does not speak TLS on this port (an https:// URL for an http:// server?)"
+    elif isinstance(reason, http.client.HTTPException) and not isinstance(reason, (HeadCutOff, ConnectionError)):
+        # A status line that is no HTTP (another service's banner), a head line over 64 KiB,
+        # more than 100 header lines.
+        why = "its answer is not HTTP/1.1 ({})".format(detail[:200].strip().replace("\n", " ").replace("\r", " "))
+    else:
+        return None
+    return UpstreamUnavailable(f"the upstream at {host} cannot be used: {why}", headers=(NO_RETRY,))
 
 
 def _proxy_failure(reason: BaseException, call: UpstreamCall, proxy: str, host: str, detail: str) -> Exception:

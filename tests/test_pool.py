@@ -251,6 +251,26 @@ def test_tls_upstream_is_handshaked_once(start: Any, tls_upstream: FakeUpstream,
     assert tls_upstream.tls.session_stats()["accept_good"] == 1  # handshakes completed
 
 
+def test_a_refused_certificate_is_said_and_not_retried(start: Any, tls_upstream: FakeUpstream) -> None:
+    """A self-signed certificate without --ca-bundle fails the same way every time: the client
+    hears why and that a retry cannot help (Claude Code would retry a "could not reach" for minutes)."""
+    proxy = start(tls_upstream.url, retries=2)
+    resp = _messages(proxy)
+    assert resp.status == 502, resp
+    assert resp.headers.get("x-should-retry") == "false"
+    assert "its TLS certificate was refused" in resp.json["error"]["message"]
+    assert "--ca-bundle" in resp.json["error"]["message"]
+
+
+def test_https_to_a_plain_http_server_is_said_and_not_retried(start: Any, keep_alive: FakeUpstream) -> None:
+    proxy = start(keep_alive.url.replace("http://", "https://"), retries=2)
+    resp = _messages(proxy)
+    assert resp.status == 502, resp
+    assert resp.headers.get("x-should-retry") == "false"
+    assert "does not speak TLS on this port" in resp.json["error"]["message"]
+    assert keep_alive.connections == 1
+
+
 def test_http_proxy_connection_is_reused(start: Any, keep_alive: FakeUpstream) -> None:
     """Plain HTTP through --proxy: absolute-form requests on one connection to the proxy."""
     outbound = FakeUpstream(keep_alive=True)

@@ -22,6 +22,7 @@ from conftest import CLIENT_KEY, UPSTREAM_KEY, load_json, minimal_request, recor
 from fakes import (
     FakeUpstream,
     Fault,
+    LoopbackListener,
     StreamClient,
     chunk,
     completion,
@@ -525,3 +526,59 @@ def test_no_key_leaks_from_a_retry_log(make_proxy: Any, fake_upstream: FakeUpstr
     with caplog.at_level("DEBUG", logger="claudeproxy"):
         assert ask(server).status == 200
     assert UPSTREAM_KEY not in caplog.text
+
+
+class _Banner(LoopbackListener):
+    """Another service on the upstream's port (an SSH server): a banner, then the end."""
+
+    def __init__(self, banner: bytes) -> None:
+        super().__init__()
+        self.banner, self.connections = banner, 0
+
+    def handle(self, conn: Any) -> None:
+        self.connections += 1
+        with conn:
+            conn.settimeout(5)
+            try:
+                conn.recv(65536)
+                conn.sendall(self.banner)
+            except OSError:
+                pass
+
+
+@pytest.mark.parametrize("banner", [b"SSH-2.0-OpenSSH_9.6\r\n", b"HTTP/1.1\r\n\r\n", b"\x15\x03\x01\x00\x02\x02\x46"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_that_is_no_http_is_a_502_not_worth_retrying(banner: bytes, stream: bool) -> None:
+    """Not a 500 with a traceback (http.client closed a reader the proxy had wrapped), and not
+    "retry": the same port gives the same banner every time, to the proxy's retries and the SDK's."""
+    other = _Banner(banner)
+    server = claudeproxy.start(upstream=f"http://127.0.0.1:{other.port}/v1", retries=2,
+                               token=claudeproxy.static_token(UPSTREAM_KEY))
+    try:
+        resp = ask(server, stream=stream)
+        assert resp.status == 502, resp
+        assert resp.headers.get("x-should-retry") == "false"
+        assert resp.json["error"]["type"] == "api_error"
+        message = resp.json["error"]["message"]
+        assert message.startswith(f"the upstream at 127.0.0.1:{other.port} cannot be used: its answer is not HTTP/1.1")
+        assert "\n" not in message and "\r" not in message
+        assert other.connections == 1  # no retry of an answer that cannot change
+    finally:
+        server.shutdown(grace=1.0)
+        other.close()
+
+
+def test_an_upstream_that_is_no_http_server_gives_way_to_the_fallback(second_fake: FakeUpstream) -> None:
+    other = _Banner(b"SSH-2.0-OpenSSH_9.6\r\n")
+    providers = (Provider("primary", f"http://127.0.0.1:{other.port}/v1", token=claudeproxy.static_token("sk-p-0000000")),
+                 Provider("backup", second_fake.url, token=claudeproxy.static_token("sk-backup-0000000000")))
+    routes = (Route("*", RouteTarget("primary", "model-a"), fallbacks=(RouteTarget("backup", "model-b"),)),)
+    server = claudeproxy.start(providers=providers, routes=routes, retries=2)
+    try:
+        second_fake.push(json_reply(completion("from backup")))
+        resp = ask(server)
+        assert resp.status == 200 and resp.json["content"] == [{"type": "text", "text": "from backup"}]
+        assert other.connections == 1
+    finally:
+        server.shutdown(grace=1.0)
+        other.close()
