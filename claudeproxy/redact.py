@@ -43,8 +43,9 @@ _KEY_RE = re.compile(
 # A value right after a name that says it is a key ("Incorrect API key provided: 3f9c...", "api_key=...",
 # "x-api-key: ..."), whatever its shape, when it looks like a token (a digit or a mask in it).
 _NAMED_KEY_RE = re.compile(
-    r"((?:api[ _-]?key|access[ _-]?token|auth[ _-]?token|secret[ _-]?key|client[ _-]?secret)"
-    r"(?:\s+provided)?[\"']?\s*[:=]\s*[\"']?)([A-Za-z0-9_\-*~+/=]{8,})",
+    r"((?:api[ _-]?key|access[ _-]?token|auth[ _-]?token|authori[sz]ation[ _-]?token|refresh[ _-]?token"
+    r"|bearer[ _-]?token|secret[ _-]?key|client[ _-]?secret|password)"
+    r"(?:\s+provided)?[\"']?\s*[:=]\s*[\"']?)([A-Za-z0-9_\-*~+/=.]{8,})",
     re.IGNORECASE,
 )
 _BASIC_RE = re.compile(r"(\bBasic\s+)([A-Za-z0-9+/]{8,}={0,2})")

@@ -54,6 +54,11 @@ GEMINI_KEY = "AIzaSyD-FAKE-0123456789abcdefghijklmnop"
         ("Incorrect API key provided: 3f9c0a1b2c3d4e5f60718293a4b5c6d7.", "3f9c0a1b2c3d"),
         ('{"api_key": "custom-0042-secret"}', "custom-0042"),
         ("x-api-key: ABCDEFGH12345678", "ABCDEFGH1234"),
+        # An MCP server's credential in a logged request body (mcp_servers[].authorization_token).
+        ('"authorization_token": "mcp-tok-7f3a9b2c"', "mcp-tok-7f3a"),
+        ('"authorization_token": "abc.def12345.ghi"', "def12345"),  # a JWT-like value, dots and all
+        ('{"refresh_token":"rt_0011223344"}', "rt_00112233"),
+        ('"password": "hunter2hunter2"', "hunter2hunt"),
         ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "dXNlcjpwYXNz"),
     ],
 )
@@ -118,6 +123,8 @@ def test_redact_text_ignores_tiny_explicit_secrets() -> None:
         "Bearer",
         "email me at bob@example.com",
         "max_tokens is too large: 32000",
+        '{"input_tokens": 123456789, "cache_read_input_tokens": 12345678}',
+        "password reset required for this account",
         "Invalid API key: please check your configuration",
         "Basic information is missing",
         "the skill-based router and hf_transfer are options",
