@@ -85,6 +85,9 @@ class CallRecord:
     error_type: Optional[str] = None
     local: bool = False  # answered without an upstream call (quota probe, count_tokens)
     request_id: str = ""
+    # The answering upstream's own id for the call (its request-id or x-request-id header): what its
+    # support asks for. Empty when it sent none.
+    upstream_request_id: str = ""
     attempts: int = 0  # upstream calls made for it (retries and fallbacks included)
     time: float = 0.0  # when the call began, seconds since the epoch
 
@@ -505,7 +508,8 @@ def access_line(rec: CallRecord) -> str:
     cost = "-" if rec.cost_usd is None else f"${rec.cost_usd:.6f}"
     ttft = "-" if rec.ttft_ms is None else f"{rec.ttft_ms}ms"
     tries = f" attempts={rec.attempts}" if rec.attempts > 1 else ""  # retries and fallbacks; one is the rule
-    return (f"{rec.request_id} {rec.endpoint} {_clean(rec.model) or '-'} -> {where} {outcome}"
+    theirs = f" upstream_id={_clean(rec.upstream_request_id)}" if rec.upstream_request_id else ""
+    return (f"{rec.request_id}{theirs} {rec.endpoint} {_clean(rec.model) or '-'} -> {where} {outcome}"
             f"{' stream' if rec.stream else ''}{tries} in={_count(rec.input_tokens)} out={_count(rec.output_tokens)}"
             f" cached={_count(rec.cache_read_input_tokens)} cache_write={_count(rec.cache_creation_input_tokens)}"
             f" cost={cost} ttft={ttft} {rec.duration_ms}ms")

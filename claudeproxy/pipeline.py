@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, cast
@@ -461,7 +462,9 @@ class Proxy:
             resp, ex = self._send(api, req, target, call, watch.deadline)
         except UpstreamHTTPError as exc:
             exc.headers += _relayed(api, exc.upstream_headers)  # a 429's rate limits too
+            record["upstream_request_id"] = _upstream_request_id(exc.upstream_headers)
             raise
+        record["upstream_request_id"] = _upstream_request_id(resp.headers)
         relayed = _relayed(api, resp.headers)
         if req.stream and ex.stream:
             return self._stream(api, req, ex, resp, writer, call, watch, record, relayed)
@@ -738,6 +741,19 @@ def _relayed(api: Any, headers: Any) -> Tuple[Tuple[str, str], ...]:
     """The upstream response headers ``api`` passes on to the client (none for most)."""
     relayed = getattr(api, "relayed_headers", None)
     return relayed(headers) if relayed is not None and headers is not None else ()
+
+
+_UPSTREAM_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def _upstream_request_id(headers: Any) -> str:
+    """The upstream's id for the call (Anthropic's request-id, OpenAI's x-request-id), if it is one
+    printable token: it goes on a log line."""
+    for name in ("request-id", "x-request-id"):
+        value = (headers.get(name) or "").strip() if headers is not None else ""
+        if _UPSTREAM_ID_RE.fullmatch(value):
+            return value
+    return ""
 
 
 def _answer_wait(ex: Exchange, deadline: Optional[float]) -> Optional[float]:

@@ -712,3 +712,21 @@ def test_a_record_of_unknown_usage_in_the_totals() -> None:
     assert (row["input_tokens"], row["cost_usd"], row["unpriced_requests"]) == (10, 0.001, 1)
     unknown = metrics.records()[-1]
     assert unknown.tokens == 0 and unknown.cache_hit_ratio is None and not unknown.usage_known
+
+
+def test_the_upstreams_own_request_id_is_recorded(proxy: Any, fake: FakeUpstream) -> None:
+    """What the provider's support asks for: its id of the call, on the access line and in the
+    usage log, for an answer and for an error alike (the client sees the proxy's own id)."""
+    fake.push(json_reply(completion("hi"), headers=(("x-request-id", "req_up_0042"),)))
+    fake.push(json_reply({"error": {"message": "bad"}}, status=400, headers=(("request-id", "req_up_0043"),)))
+    fake.push(json_reply(completion("hi"), headers=(("x-request-id", "two words"),)))
+    assert post(proxy, minimal_request(model="claude-opus-4-1")).status == 200
+    assert post(proxy, minimal_request(model="claude-opus-4-1")).status == 400
+    assert post(proxy, minimal_request(model="claude-opus-4-1")).status == 200
+    answered, refused, odd = wait_records(proxy, 3)[:3]
+    assert answered.upstream_request_id == "req_up_0042"
+    assert refused.upstream_request_id == "req_up_0043"
+    assert odd.upstream_request_id == ""  # not one token: kept off the log line
+    assert answered.to_dict()["upstream_request_id"] == "req_up_0042"
+    assert f"{answered.request_id} upstream_id=req_up_0042 /v1/messages " in access_line(answered)
+    assert "upstream_id" not in access_line(odd)
