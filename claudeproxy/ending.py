@@ -59,6 +59,8 @@ def abort_error(reason: Optional[str]) -> Optional[Exception]:
         return ProxyError("the proxy is shutting down", status=529)
     if reason == "deadline":
         return UpstreamTimeout("upstream did not finish in time")
+    if reason == "head":
+        return UpstreamTimeout("upstream did not send its response head within --idle-timeout")
     return None
 
 

@@ -458,12 +458,22 @@ class Proxy:
         """One call to one target; a stream that has begun comes back as the rest to relay."""
         call = UpstreamCall()
         watch.call, watch.tick = call, None
+        streamed = watch.deadline is None
+        if streamed:
+            # A stream has no deadline, only the idle timeout between reads: an upstream sending
+            # its head a byte at a time would hold the client forever, before any ping can go out.
+            watch.deadline_reason = "head"  # first: the watchdog thread may look at any moment
+            watch.deadline = time.monotonic() + self.config.connect_timeout + self.config.idle_timeout
         try:
-            resp, ex = self._send(api, req, target, call, watch.deadline)
+            resp, ex = self._send(api, req, target, call, None if streamed else watch.deadline)
         except UpstreamHTTPError as exc:
             exc.headers += _relayed(api, exc.upstream_headers)  # a 429's rate limits too
             record["upstream_request_id"] = _upstream_request_id(exc.upstream_headers)
             raise
+        finally:
+            if streamed:
+                watch.deadline = None
+                watch.deadline_reason = "deadline"
         record["upstream_request_id"] = _upstream_request_id(resp.headers)
         relayed = _relayed(api, resp.headers)
         if req.stream and ex.stream:

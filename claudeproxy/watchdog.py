@@ -67,6 +67,7 @@ class Watch:
         self.call = call
         self.client = client
         self.deadline = deadline
+        self.deadline_reason = "deadline"  # the abort reason when the deadline passes
         self.tick = tick
         self.client_checked = client is not None
 
@@ -157,7 +158,7 @@ class Watchdog:
         if watch.call.abort_reason is not None:
             return
         if watch.deadline is not None and now >= watch.deadline:
-            watch.call.abort("deadline")
+            watch.call.abort(watch.deadline_reason)
             return
         if watch.tick is not None:
             watch.tick(now)

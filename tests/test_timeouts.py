@@ -17,7 +17,7 @@ import pytest
 import claudeproxy
 from claudeproxy.config import Provider, Route, RouteTarget
 from conftest import UPSTREAM_KEY, minimal_request, request
-from fakes import FakeUpstream, Reply, Sleep, completion
+from fakes import FakeUpstream, LoopbackListener, Reply, Sleep, completion
 from sse_checks import events_of
 
 JSON = (("Content-Type", "application/json"),)
@@ -109,3 +109,35 @@ def test_upstream_count_and_model_list_are_bounded(native: Any, fake_upstream: F
     resp, took = _timed(native, path, body, method)
     assert took < 2.5, f"{path} waited {took:.1f} s for a silent upstream; the bound is 1 s"
     assert resp.status == 504 and resp.json["error"]["type"] == "timeout_error", resp
+
+
+class _TricklingHead(LoopbackListener):
+    """An upstream that sends its response head a byte at a time: never silent for an idle
+    timeout, never done."""
+
+    def handle(self, conn: Any) -> None:
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-Padding: " + b"x" * 400 + b"\r\n\r\n"
+        with conn:
+            conn.settimeout(10)
+            try:
+                conn.recv(65536)
+                for i in range(len(head)):
+                    conn.sendall(head[i:i + 1])
+                    time.sleep(0.1)
+            except OSError:
+                pass  # the proxy let go: what the test wants
+
+
+def test_a_stream_head_sent_a_byte_at_a_time_is_cut_at_the_idle_timeout() -> None:
+    upstream = _TricklingHead()
+    proxy = claudeproxy.start(upstream=f"http://127.0.0.1:{upstream.port}/v1", idle_timeout=1.0,
+                              connect_timeout=0.5, ping_interval=30, token=claudeproxy.static_token(UPSTREAM_KEY))
+    try:
+        resp, took = _timed(proxy, body=minimal_request(stream=True))
+        assert took < 3.5, f"the client waited {took:.1f} s for a head that never ends"
+        assert resp.status == 504, resp
+        assert resp.json["error"] == {"type": "timeout_error",
+                                      "message": "upstream did not send its response head within --idle-timeout"}
+    finally:
+        proxy.shutdown(grace=1.0)
+        upstream.close()
