@@ -32,8 +32,9 @@ TOOL = {"name": "read", "description": "read a file", "input_schema": {"type": "
 
 def claude_code_turn(**overrides: Any) -> Any:
     """What matters here of a Claude Code request: an effort, tools, one at a time."""
-    return minimal_request(output_config={"effort": "medium"}, tools=[TOOL],
-                           tool_choice={"type": "auto", "disable_parallel_tool_use": True}, **overrides)
+    fields = dict(output_config={"effort": "medium"}, tools=[TOOL],
+                  tool_choice={"type": "auto", "disable_parallel_tool_use": True})
+    return minimal_request(**{**fields, **overrides})
 
 
 def ask(proxy: Any, body: Any) -> Any:
@@ -252,3 +253,49 @@ def test_a_refused_max_tokens_becomes_max_completion_tokens(make_proxy: Any, fak
     assert first["max_tokens"] == 3000 and "max_completion_tokens" not in first
     assert second["max_completion_tokens"] == 3000 and "max_tokens" not in second
     assert third["max_completion_tokens"] == 2000 and "max_tokens" not in third  # remembered: one call
+
+
+# OpenAI's answer to gpt-5 asked for more effort than it takes.
+EFFORT_VALUE_REFUSAL = {"error": {
+    "message": "Unsupported value: 'reasoning_effort' does not support 'max' with this model. Supported values are: "
+               "'minimal', 'low', 'medium', and 'high'.",
+    "type": "invalid_request_error", "param": "reasoning_effort", "code": "unsupported_value"}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_effort_above_the_models_is_lowered_to_its_most_and_remembered(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                                         stream: bool) -> None:
+    """Claude Code's /effort max on a model whose most is "high": every turn was the upstream's 400."""
+    proxy = make_proxy(upstream=fake_upstream.url, model="gpt-5", provider="openai")
+    answer = (sse_reply(chunk({"role": "assistant", "content": "done"}), chunk({}, "stop")) if stream
+              else json_reply(completion("done")))
+    fake_upstream.push(json_reply(EFFORT_VALUE_REFUSAL, status=400), answer, answer)
+    first = ask(proxy, claude_code_turn(output_config={"effort": "max"}, stream=stream))
+    assert first.status == 200, first
+    if stream:
+        assert_valid_event_sequence(events_of(first.body), allow_error=False)
+    bodies = sent(fake_upstream)
+    assert [b["reasoning_effort"] for b in bodies] == ["max", "high"]
+    assert {k: v for k, v in bodies[0].items() if k != "reasoning_effort"} == \
+        {k: v for k, v in bodies[1].items() if k != "reasoning_effort"}
+    # The next turn asks for the most the model takes at once; a lower effort is left as it is.
+    assert ask(proxy, claude_code_turn(output_config={"effort": "xhigh"}, stream=stream)).status == 200
+    assert sent(fake_upstream)[2]["reasoning_effort"] == "high"
+    fake_upstream.push(answer)
+    assert ask(proxy, claude_code_turn(output_config={"effort": "low"}, stream=stream)).status == 200
+    assert sent(fake_upstream)[3]["reasoning_effort"] == "low"
+
+
+@pytest.mark.parametrize("message,sent,lowered", [
+    (EFFORT_VALUE_REFUSAL["error"]["message"], "max", "high"),
+    ("Unsupported value: 'reasoning_effort' does not support 'xhigh' with this model.", "xhigh", "high"),
+    ("Invalid value 'max' for reasoning_effort: expected one of 'low', 'medium'", "max", "medium"),
+    (EFFORT_VALUE_REFUSAL["error"]["message"], "high", None),    # about another value
+    ("Unsupported parameter: 'reasoning_effort' is not supported with this model.", "max", None),  # the field
+    ("reasoning_effort must be one of low, high", "max", None),  # names no value it refused: not guessed
+    ("Unsupported value: 'temperature' does not support 0.2", "max", None),
+])
+def test_lower_effort_reads_the_refused_value_first(message: str, sent: str, lowered: Any) -> None:
+    from claudeproxy.apis.chat.api import lower_effort
+
+    assert lower_effort(message, sent) == lowered

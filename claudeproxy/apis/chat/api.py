@@ -67,6 +67,31 @@ def refused_fields(message: str) -> FrozenSet[str]:
     return frozenset(names | {_CAMEL_HUMP.sub("_", name).lower() for name in names})
 
 
+# Efforts from least to most. A model takes a range of them, and the client's top ones ("max",
+# "xhigh": Claude Code's /effort) are new: gpt-5 answers "Unsupported value: 'reasoning_effort'
+# does not support 'max' with this model. Supported values are: 'minimal', 'low', 'medium', and
+# 'high'." The request goes again with the most the model takes, remembered for the model.
+_EFFORT_ORDER = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+_EFFORT_FIELD = re.compile(r"reasoning[_.]?effort", re.I)
+_QUOTED_WORD = re.compile(r"['\"`](\w+)['\"`]")
+
+
+def lower_effort(message: str, sent: Any) -> Optional[str]:
+    """The effort to send instead of ``sent`` when ``message`` refuses that value, or None.
+
+    The message names the refused value first, then maybe the ones the model takes: the most of
+    those below ``sent``; when it lists none, the next below.
+    """
+    if sent not in _EFFORT_ORDER or sent in ("none", "minimal", "low") or not _EFFORT_FIELD.search(message):
+        return None
+    named = [w for w in _QUOTED_WORD.findall(message) if w in _EFFORT_ORDER]
+    if not named or named[0] != sent:
+        return None  # the refused value comes first: this is about another one, or about the field
+    rank = _EFFORT_ORDER.index(sent)
+    below = [_EFFORT_ORDER.index(w) for w in named[1:] if _EFFORT_ORDER.index(w) < rank]
+    return _EFFORT_ORDER[max(below) if below else rank - 1]
+
+
 class ChatApi:
     name = "chat"
     translates = True  # the request is parsed and rewritten: local answers and local token counts apply
@@ -77,6 +102,7 @@ class ChatApi:
         # The models whose upstream refused max_tokens for max_completion_tokens (a reasoning model
         # behind a URL the dialects do not know: FIELD-NOTES 6).
         self._completion_tokens: FrozenSet[Tuple[str, str]] = frozenset()
+        self._most_effort: Dict[Tuple[str, str], str] = {}  # the most effort a model took (lower_effort)
         self._lock = threading.Lock()
 
     def parse(self, body: Dict[str, Any]) -> MessagesRequest:
@@ -97,6 +123,9 @@ class ChatApi:
         self._refused.drop(payload, key)
         if key in self._completion_tokens and "max_tokens" in payload:
             payload["max_completion_tokens"] = payload.pop("max_tokens")
+        most = self._most_effort.get(key)
+        if most is not None and _EFFORT_ORDER.index(payload.get("reasoning_effort", "none")) > _EFFORT_ORDER.index(most):
+            payload["reasoning_effort"] = most
         body = encode_body(payload, "tools", encoded if chat.tools is tools[0] else None)
         azure = azure_api_version(target.provider.azure_api_version, dialect) if dialect.auth == "azure" else None
         headers = (("Content-Type", "application/json"),
@@ -115,11 +144,19 @@ class ChatApi:
         The refusal is remembered for the model, so later requests do not pay a round trip for it.
         """
         text = getattr(exc, "upstream_message", "") or ""
-        refused = refused_fields(text) if exc.status in (400, 422) else frozenset()
-        if not refused:
+        if exc.status not in (400, 422):
             return None
         sent = json.loads(ex.body)
         key = (target.provider.name, target.model)
+        lower = lower_effort(text, sent.get("reasoning_effort"))
+        if lower is not None:
+            with self._lock:
+                self._most_effort = {**self._most_effort, key: lower}
+            log.warning("%s refused reasoning_effort %r: %r from now on", target.label, sent["reasoning_effort"], lower)
+            return self.prepare(req, target, cap)
+        refused = refused_fields(text)
+        if not refused:
+            return None
         if "max_tokens" in refused and "max_tokens" in sent and "max_completion_tokens" in text:
             with self._lock:
                 self._completion_tokens = self._completion_tokens | {key}
