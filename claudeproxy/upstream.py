@@ -807,7 +807,7 @@ def _lasting_failure(reason: BaseException, host: str, detail: str) -> Optional[
     not speak TLS or HTTP): the client is told not to retry, and the proxy tries the next target
     at once. A break in the connection is no such thing: that one is worth another try."""
     if isinstance(reason, ssl.SSLCertVerificationError):
-        why = f"its TLS certificate was refused ({reason.verify_message or detail}); see --ca-bundle"
+        why = f"its TLS certificate was refused ({detail}); see --ca-bundle"
     elif isinstance(reason, ssl.SSLError) and reason.reason == "WRONG_VERSION_NUMBER":
         why = "it does not speak TLS on this port (an https:// URL for an http:// server?)"
     elif isinstance(reason, http.client.HTTPException) and not isinstance(reason, (HeadCutOff, ConnectionError)):
