@@ -401,6 +401,21 @@ def _parse_message(raw: Any, path: str) -> Message:
     return Message(role or "", content)
 
 
+def _require_content(messages: Tuple[Message, ...]) -> None:
+    """Anthropic's rule: of the user and assistant messages, only the final assistant one (a prefill)
+    may be empty. A translator
+    would drop an empty one, and a history ending in the assistant's turn asks the model to go on
+    from there: not the question the client sent."""
+    for i, message in enumerate(messages):
+        if i == len(messages) - 1 and message.role == "assistant":
+            break
+        if message.role == "system":
+            continue  # Claude Code sends empty ones (a turn's settings, no text): nothing is lost
+        if all(isinstance(b, TextBlock) and not b.text for b in message.content):
+            raise InvalidRequest("all messages must have non-empty content except for the optional final "
+                                 "assistant message", f"messages[{i}]")
+
+
 def _require_text_only(blocks: Tuple[Block, ...], path: str) -> None:
     for i, block in enumerate(blocks):
         if not isinstance(block, TextBlock):
@@ -509,9 +524,11 @@ def _parse_common(obj: Dict[str, Any], tools_parser: ToolsParser) -> Dict[str, A
         # The structured-outputs beta's first form (structured-outputs-2025-11-13), still sent by
         # clients built on it: the same format, at the top level.
         schema = _parse_format(obj["output_format"], "output_format")
+    parsed = tuple(_parse_message(m, f"messages[{i}]") for i, m in enumerate(messages))
+    _require_content(parsed)
     return {
         "model": model,
-        "messages": tuple(_parse_message(m, f"messages[{i}]") for i, m in enumerate(messages)),
+        "messages": parsed,
         "system": parse_system(obj.get("system")),
         "tools": tools_parser(tools) if tools is not None else (),
         "tool_choice": _parse_tool_choice(obj.get("tool_choice")),

@@ -326,3 +326,32 @@ def test_top_level_output_format_is_the_structured_output_schema() -> None:
     other = {"type": "object"}
     both = {**body, "output_config": {"format": {"type": "json_schema", "schema": other}}}
     assert parse_messages_request(both).output_schema == other
+
+
+@pytest.mark.parametrize("messages,where", [
+    ([{"role": "user", "content": ""}], "messages[0]"),
+    ([{"role": "user", "content": []}], "messages[0]"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}, {"role": "user", "content": ""}],
+     "messages[2]"),
+    ([{"role": "user", "content": [{"type": "text", "text": ""}]}, {"role": "assistant", "content": "yo"}],
+     "messages[0]"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": []}, {"role": "user", "content": "go"}],
+     "messages[1]"),
+])
+def test_an_empty_message_is_refused_as_anthropic_does(messages: Any, where: str) -> None:
+    """Dropped by a translator, [user, assistant, empty user] would reach the upstream ending in the
+    assistant's turn: a request to go on from there, not the client's question."""
+    with pytest.raises(InvalidRequest) as info:
+        parse_messages_request({"model": "m", "max_tokens": 5, "messages": messages})
+    assert str(info.value) == (f"{where}: all messages must have non-empty content except for the optional final "
+                               "assistant message")
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}],  # a final assistant: a prefill
+    [{"role": "user", "content": "hi"}, {"role": "assistant", "content": []}],
+    # Claude Code's empty system message (a turn's settings) in the middle of the history.
+    [{"role": "user", "content": "hi"}, {"role": "system", "content": []}, {"role": "user", "content": "go"}],
+])
+def test_empty_messages_anthropic_allows_stay_allowed(messages: Any) -> None:
+    assert parse_messages_request({"model": "m", "max_tokens": 5, "messages": messages}).messages
