@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+from .anthropic_tools import client_tool, fixed_name
 from .errors import InvalidRequest, thread_unsupported
 
 # Block types that carry no meaning for an OpenAI-compatible upstream (server
@@ -130,11 +131,14 @@ class Message:
 
 @dataclasses.dataclass(frozen=True)
 class Tool:
-    """A tool; ``kind`` is ``custom`` (has a schema) or the Anthropic-defined ``type``.
+    """A tool; ``kind`` is ``custom`` or the Anthropic-defined ``type``.
 
-    ``options`` holds an Anthropic-defined tool's other settings as sent
-    (``max_uses``, ``allowed_domains``, ``user_location``...), for upstreams
-    that have an equivalent (Responses ``web_search``).
+    A custom tool has the client's schema; an Anthropic-defined client tool
+    (text editor, bash, memory) the one Anthropic documents for its type
+    (``anthropic_tools``); a server tool or computer use has none. ``options``
+    holds an Anthropic-defined tool's other settings as sent (``max_uses``,
+    ``allowed_domains``, ``user_location``...), for upstreams that have an
+    equivalent (Responses ``web_search``).
     """
 
     name: str
@@ -146,6 +150,11 @@ class Tool:
     @property
     def is_custom(self) -> bool:
         return self.kind == "custom"
+
+    @property
+    def is_function(self) -> bool:
+        """Sent upstream as a function: it has a schema (a custom or an Anthropic-defined client tool)."""
+        return self.input_schema is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -439,9 +448,23 @@ def _parse_tool(raw: Any, path: str) -> Tool:
         raise InvalidRequest("must not be empty", _join(path, "name"))
     if kind != "custom" and "input_schema" not in raw:
         options = {k: v for k, v in raw.items() if k not in ("type", "name", "cache_control")}
-        return Tool(name=name, kind=kind, options=options)  # Anthropic-defined/server tool
+        return _anthropic_defined_tool(kind, name, options, path)
     schema = _obj(raw.get("input_schema"), _join(path, "input_schema"))
     return Tool(name=name, kind="custom", description=_str(raw, "description", path), input_schema=schema)
+
+
+def _anthropic_defined_tool(kind: str, name: str, options: Dict[str, Any], path: str) -> Tool:
+    """A client tool (text editor, bash, memory) with its documented schema; a server tool or
+    computer use with none (the translations drop those)."""
+    definition = client_tool(kind)
+    if definition is None:
+        return Tool(name=name, kind=kind, options=options)
+    fixed = fixed_name(kind)
+    if fixed is not None and name != fixed:
+        # Anthropic refuses any other name for the type (its schema makes the name a constant).
+        raise InvalidRequest(f"must be {fixed!r} for a tool of type {kind!r}", _join(path, "name"))
+    return Tool(name=name, kind=kind, description=definition.description, input_schema=definition.schema(),
+                options=options)
 
 
 def _parse_tool_choice(value: Any, path: str = "tool_choice") -> Optional[ToolChoice]:

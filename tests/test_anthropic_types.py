@@ -293,6 +293,77 @@ def test_tool_kinds() -> None:
         ("web_search", "web_search_20250305", False), ("c", "custom", True), ("plain", "custom", True)]
 
 
+def _parsed_tools(*tools: Dict[str, Any]) -> Any:
+    return parse_messages_request(dict(valid(), tools=list(tools))).tools
+
+
+def test_client_tools_get_the_schema_anthropic_documents_for_their_version() -> None:
+    """The text editor, bash and memory tools come without a schema ("built into the model"): each
+    version gets its own, so a translating API can offer them as functions."""
+    editor4, editor37, bash, memory, search, computer = _parsed_tools(
+        {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool", "max_characters": 500},
+        {"type": "text_editor_20250124", "name": "str_replace_editor"},
+        {"type": "bash_20250124", "name": "bash", "cache_control": {"type": "ephemeral"}},
+        {"type": "memory_20250818", "name": "memory"},
+        {"type": "web_search_20250305", "name": "web_search"},
+        {"type": "computer_20250124", "name": "computer", "display_width_px": 1024, "display_height_px": 768},
+    )
+    assert [(t.kind, t.is_function, t.is_custom) for t in (editor4, bash, memory, search, computer)] == [
+        ("text_editor_20250728", True, False), ("bash_20250124", True, False), ("memory_20250818", True, False),
+        ("web_search_20250305", False, False), ("computer_20250124", False, False)]
+    assert editor4.options == {"max_characters": 500}
+    # Claude 4's editor: no undo_edit, and insert takes insert_text; Sonnet 3.7's: undo_edit, insert takes new_str.
+    assert editor4.input_schema["properties"]["command"]["enum"] == ["view", "create", "str_replace", "insert"]
+    assert "insert_text" in editor4.input_schema["properties"]
+    assert editor37.input_schema["properties"]["command"]["enum"] == ["view", "create", "str_replace", "insert",
+                                                                      "undo_edit"]
+    assert "insert_text" not in editor37.input_schema["properties"]
+    assert editor4.input_schema["required"] == editor37.input_schema["required"] == ["command", "path"]
+    assert set(bash.input_schema["properties"]) == {"command", "restart"}
+    assert bash.input_schema["properties"]["restart"]["type"] == "boolean"
+    assert memory.input_schema["properties"]["command"]["enum"] == ["view", "create", "str_replace", "insert",
+                                                                     "delete", "rename"]
+    assert {"old_path", "new_path", "insert_text", "file_text"} <= set(memory.input_schema["properties"])
+    assert memory.input_schema["required"] == ["command"]  # rename names no path
+    assert all(t.description for t in (editor4, editor37, bash, memory))
+    assert search.input_schema is None and computer.input_schema is None
+
+
+def test_each_request_owns_its_client_tool_schemas() -> None:
+    first, = _parsed_tools({"type": "bash_20250124", "name": "bash"})
+    second, = _parsed_tools({"type": "bash_20250124", "name": "bash"})
+    assert first.input_schema == second.input_schema and first.input_schema is not second.input_schema
+    first.input_schema["properties"].clear()
+    assert second.input_schema["properties"]
+
+
+@pytest.mark.parametrize("kind, wrong, fixed", [
+    ("bash_20250124", "shell", "bash"),
+    ("text_editor_20250728", "str_replace_editor", "str_replace_based_edit_tool"),
+    ("text_editor_20241022", "str_replace_based_edit_tool", "str_replace_editor"),
+    ("memory_20250818", "memories", "memory"),
+])
+def test_a_client_tool_under_another_name_is_refused_like_anthropic_does(kind: str, wrong: str, fixed: str) -> None:
+    body = dict(valid(), tools=[{"name": "f", "input_schema": {"type": "object"}}, {"type": kind, "name": wrong}])
+    with pytest.raises(InvalidRequest) as caught:
+        parse_messages_request(body)
+    assert caught.value.path == "tools[1].name"
+    assert repr(fixed) in str(caught.value)
+
+
+def test_a_newer_client_tool_version_gets_its_familys_newest_schema() -> None:
+    """A version this proxy does not know yet is offered as the newest it knows, under the client's name
+    (the name Anthropic will fix for it is not known)."""
+    editor, bash = _parsed_tools({"type": "text_editor_20270101", "name": "str_replace_based_edit_tool"},
+                                 {"type": "bash_20270101", "name": "bash"})
+    newest, = _parsed_tools({"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"})
+    assert editor.is_function and editor.input_schema == newest.input_schema and editor.kind == "text_editor_20270101"
+    assert bash.is_function
+    # Look-alikes of other families stay server tools.
+    code, = _parsed_tools({"type": "bash_code_execution_20250825", "name": "bash_code_execution"})
+    assert not code.is_function
+
+
 def test_null_optional_fields_read_as_absent() -> None:
     body = dict(valid(), system=None, tools=None, tool_choice=None, thinking=None, temperature=None,
                 stop_sequences=None, metadata=None, stream=None, output_config=None)

@@ -77,7 +77,7 @@ def test_there_are_golden_cases_for_each_feature() -> None:
         "cc_331_first", "cc_331_followup_haiku", "cc_331_title_structured", "cc_112_followup_gpt41",
         "reasoning_replay_foreign_dropped", "pairing_repaired_ids_clamped", "web_search_server_tool",
         "web_search_unavailable_dropped", "o_series_probe_budget_required_tool", "gpt41_sampling_cap_named_tool",
-        "user_media_parts",
+        "user_media_parts", "client_tools_sent_as_functions",
     }
     assert wanted <= set(CASES)
 
@@ -327,6 +327,42 @@ def test_web_search_options_and_other_server_tools() -> None:
     assert any("blocked_domains" in w for w in translation.warnings)
     assert any("web_fetch (web_fetch_20250910)" in w for w in translation.warnings)
     assert not any("web_search (" in w for w in translation.warnings)
+
+
+def test_client_tools_are_functions_beside_custom_and_hosted_search_tools() -> None:
+    """A mixed list: custom and client tools are flat functions in the client's order, web search the
+    hosted tool; the warnings name only what was left out."""
+    tools = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3},
+             {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool", "max_characters": 800},
+             {"name": "Read", "input_schema": {"type": "object"}},
+             {"type": "web_fetch_20250910", "name": "web_fetch"},
+             {"type": "bash_20241022", "name": "bash"},
+             {"type": "computer_20251124", "name": "computer", "display_width_px": 1280, "display_height_px": 800}]
+    choice = {"type": "tool", "name": "str_replace_based_edit_tool", "disable_parallel_tool_use": True}
+    translation = translate(body([{"role": "user", "content": "hi"}], tools=tools, tool_choice=choice), web_search=True)
+    sent = translation.body["tools"]
+    assert [(t["type"], t.get("name")) for t in sent] == [
+        ("function", "str_replace_based_edit_tool"), ("function", "Read"), ("function", "bash"), ("web_search", None)]
+    assert sent[0]["strict"] is False and sent[0]["parameters"]["required"] == ["command", "path"]
+    assert "max_characters" not in json.dumps(sent)
+    assert translation.body["tool_choice"] == {"type": "function", "name": "str_replace_based_edit_tool"}
+    assert translation.body["parallel_tool_calls"] is False and translation.body["max_tool_calls"] == 3
+    assert translation.warnings == (
+        "dropped tools the upstream cannot run (Anthropic server tools): web_fetch (web_fetch_20250910)",
+        "dropped computer use tools (not translated: they act on screenshots of a display): computer (computer_20251124)",
+    )
+    assert translation.tool_names == {}
+
+
+def test_a_forced_client_tool_forces_its_function() -> None:
+    tools = [{"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
+             {"type": "bash_20250124", "name": "bash"}, {"type": "memory_20250818", "name": "memory"}]
+    for search in (False, True):
+        translation = translate(body([{"role": "user", "content": "Do it"}], tools=tools,
+                                     tool_choice={"type": "tool", "name": "bash"}), web_search=search)
+        assert [t["name"] for t in translation.body["tools"]] == ["str_replace_based_edit_tool", "bash", "memory"]
+        assert translation.body["tool_choice"] == {"type": "function", "name": "bash"}
+        assert translation.warnings == ()
 
 
 def test_forcing_the_search_tool_means_a_search() -> None:

@@ -188,6 +188,19 @@ def test_each_tool_costs_its_own_json_plus_a_fixed_overhead() -> None:
     assert with_tools - base == math.ceil(chars / 3.5) - math.ceil(len("hi") / 3.5) + 8 * len(tools)
 
 
+def test_a_client_tool_costs_what_the_same_custom_tool_costs() -> None:
+    """Anthropic's text editor, bash and memory tools are sent upstream with their documented
+    schema, so they count like a custom tool carrying that schema, not as a bare name."""
+    from claudeproxy.anthropic_tools import CLIENT_TOOLS
+
+    msgs = [{"role": "user", "content": "hi"}]
+    for kind, definition in CLIENT_TOOLS.items():
+        custom = {"name": definition.name, "description": definition.description, "input_schema": definition.schema()}
+        client = estimate(request(msgs, tools=[{"type": kind, "name": definition.name}]))
+        assert client == estimate(request(msgs, tools=[custom])), kind
+        assert client - estimate(request(msgs)) > len(json.dumps(definition.schema())) / 4, kind
+
+
 def test_claude_code_request_estimate_is_in_a_sane_range() -> None:
     with open(os.path.join(REQUESTS, "claude_code_2_1_331_first.anthropic.json"), encoding="utf-8") as fh:
         body = json.load(fh)

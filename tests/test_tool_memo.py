@@ -126,6 +126,29 @@ def test_a_set_too_big_to_keep_is_parsed_each_time() -> None:
     assert memo.parse(fresh_copy(tools)) == parse_tools(tools)
 
 
+def test_client_tool_versions_are_sets_of_their_own() -> None:
+    """Two sets that differ only in a client tool's version get their own definitions, counts and
+    translations: Sonnet 3.7's editor (undo_edit, insert via new_str) is not Claude 4's."""
+    memo = ToolMemo()
+    older = [{"type": "text_editor_20250124", "name": "str_replace_editor"}, {"type": "bash_20250124", "name": "bash"}]
+    newer = [{"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
+             {"type": "bash_20250124", "name": "bash"}]
+    made = {}
+    for i, tools in enumerate((older, newer, older, newer)):
+        parsed = memo.parse(fresh_copy(tools))
+        functions, warnings = memo.derived(parsed, ("chat", DIALECTS["openai"]),
+                                           lambda: chat_tools(parsed, DIALECTS["openai"]))
+        made.setdefault(i % 2, (parsed, functions))
+        assert made[i % 2][0] is parsed and made[i % 2][1] is functions  # kept and shared
+        assert warnings == ()
+    names = [[f["function"]["name"] for f in made[i][1]] for i in (0, 1)]
+    assert names == [["str_replace_editor", "bash"], ["str_replace_based_edit_tool", "bash"]]
+    enums = [made[i][1][0]["function"]["parameters"]["properties"]["command"]["enum"] for i in (0, 1)]
+    assert "undo_edit" in enums[0] and "undo_edit" not in enums[1]
+    assert memo.derived(made[0][0], "chars", lambda: tools_chars(made[0][0])) != \
+        memo.derived(made[1][0], "chars", lambda: tools_chars(made[1][0]))
+
+
 def test_no_tools_and_non_lists_are_parsed_as_without_a_memo() -> None:
     memo = ToolMemo()
     assert memo.parse([]) == ()

@@ -235,13 +235,49 @@ def test_short_user_id_is_copied(user_id: str) -> None:
 def test_warnings_name_dropped_server_tools() -> None:
     translation = translate(body([user("hi")], tools=[
         {"type": "web_search_20250305", "name": "web_search"},
-        {"type": "bash_20250124", "name": "bash"},
+        {"type": "code_execution_20250825", "name": "code_execution"},
         {"name": "f", "input_schema": {"type": "object", "properties": {}}},
     ]))
-    text = " ".join(translation.warnings)
-    assert "web_search" in text and "bash" in text
-    assert " f " not in f" {text} "
+    assert translation.warnings == ("dropped tools the upstream cannot run (Anthropic server tools): "
+                                    "web_search (web_search_20250305), code_execution (code_execution_20250825)",)
     assert [t["function"]["name"] for t in translation.request.to_dict()["tools"]] == ["f"]
+
+
+def test_client_tools_are_functions_and_only_server_tools_and_computer_use_are_dropped() -> None:
+    """A mixed list: the custom tool and Anthropic's client tools go up as functions, in the client's
+    order; each warning names only what was really left out, and why."""
+    translation = translate(body([user("hi")], tools=[
+        {"type": "web_search_20250305", "name": "web_search"},
+        {"type": "bash_20250124", "name": "bash"},
+        {"name": "f", "input_schema": {"type": "object", "properties": {"a": {"type": "string"}}}},
+        {"type": "computer_20250124", "name": "computer", "display_width_px": 1024, "display_height_px": 768},
+        {"type": "memory_20250818", "name": "memory"},
+        {"type": "text_editor_20250124", "name": "str_replace_editor"},
+    ]))
+    sent = translation.request.to_dict()["tools"]
+    assert [t["function"]["name"] for t in sent] == ["bash", "f", "memory", "str_replace_editor"]
+    assert sent[1]["function"]["parameters"] == {"type": "object", "properties": {"a": {"type": "string"}}}
+    assert sent[0]["function"]["parameters"]["properties"]["command"]["type"] == "string"
+    assert sent[3]["function"]["parameters"]["properties"]["command"]["enum"][-1] == "undo_edit"
+    assert translation.warnings == (
+        "dropped tools the upstream cannot run (Anthropic server tools): web_search (web_search_20250305)",
+        "dropped computer use tools (not translated: they act on screenshots of a display): computer (computer_20250124)",
+    )
+
+
+def test_a_forced_client_tool_forces_its_function() -> None:
+    """The outside probe's case: before, no tools and no tool_choice went up, and the answer was text."""
+    tools = [{"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
+             {"type": "bash_20250124", "name": "bash"}, {"type": "memory_20250818", "name": "memory"}]
+    for provider in ("generic", "openai", "gemini", "mistral"):
+        translation = translate(body([user("Do it")], tools=tools, tool_choice={"type": "tool", "name": "bash"}),
+                                provider=provider, model="m")
+        sent = translation.request.to_dict()
+        assert [t["function"]["name"] for t in sent["tools"]] == ["str_replace_based_edit_tool", "bash", "memory"]
+        assert sent["tool_choice"] == {"type": "function", "function": {"name": "bash"}}, provider
+        assert translation.warnings == () and translation.tool_names == {}
+    any_tool = translate(body([user("Do it")], tools=tools, tool_choice={"type": "any"})).request.to_dict()
+    assert any_tool["tool_choice"] == "required"
 
 
 def test_no_warnings_for_custom_tools_only() -> None:

@@ -14,6 +14,7 @@ import json
 import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from ...anthropic_tools import dropped_tool_warnings
 from ...anthropic_types import (
     Block,
     DocumentBlock,
@@ -438,14 +439,10 @@ ChatTools = Tuple[Tuple[Dict[str, Any], ...], Tuple[str, ...]]  # (tools, warnin
 
 
 def chat_tools(tools: Tuple[Tool, ...], dialect: Dialect) -> ChatTools:
-    """The custom tools as functions; a warning names the server tools left out."""
-    custom = [t for t in tools if t.is_custom]
-    dropped = [t for t in tools if not t.is_custom]
-    warnings: Tuple[str, ...] = ()
-    if dropped:
-        names = ", ".join(f"{t.name} ({t.kind})" for t in dropped)
-        warnings = (f"dropped tools the upstream cannot run (Anthropic server tools): {names}",)
-    return tuple(_function_tool(t, dialect) for t in custom), warnings
+    """Custom tools and Anthropic's client tools (text editor, bash, memory) as functions; a
+    warning names the server tools and computer use left out."""
+    functions = tuple(_function_tool(t, dialect) for t in tools if t.is_function)
+    return functions, dropped_tool_warnings([t for t in tools if not t.is_function])
 
 
 def _tool_choice(req: MessagesRequest, sent: Tuple[Dict[str, Any], ...]) -> Tuple[Any, Optional[bool]]:

@@ -16,6 +16,7 @@ import json
 import re
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
+from ...anthropic_tools import dropped_tool_warnings
 from ...anthropic_types import (
     Block,
     DocumentBlock,
@@ -349,21 +350,20 @@ ResponsesTools = Tuple[Tuple[Dict[str, Any], ...], Optional[int], Tuple[str, ...
 
 
 def responses_tools(tools: Tuple[Tool, ...], web_search: bool) -> ResponsesTools:
-    """Custom tools as flat functions, web search if the provider has it."""
-    out = [_function_tool(t) for t in tools if t.is_custom]
+    """Custom tools and Anthropic's client tools (text editor, bash, memory) as flat functions, web
+    search if the provider has it."""
+    out = [_function_tool(t) for t in tools if t.is_function]
     warnings: List[str] = []
     max_calls = None
-    searches = [t for t in tools if not t.is_custom and web_search and _is_web_search(t)]
+    searches = [t for t in tools if not t.is_function and web_search and _is_web_search(t)]
     for tool in searches[:1]:  # one search tool is all the API takes
         spec, notes = _web_search_tool(tool)
         out.append(spec)
         warnings.extend(notes)
         uses = tool.options.get("max_uses")
         max_calls = uses if isinstance(uses, int) and not isinstance(uses, bool) and uses > 0 else None
-    dropped = [t for t in tools if not t.is_custom and t not in searches[:1]]
-    if dropped:
-        names = ", ".join(f"{t.name} ({t.kind})" for t in dropped)
-        warnings.append(f"dropped tools the upstream cannot run (Anthropic server tools): {names}")
+    dropped = [t for t in tools if not t.is_function and t not in searches[:1]]
+    warnings.extend(dropped_tool_warnings(dropped))
     return tuple(out), max_calls, tuple(warnings)
 
 
@@ -396,7 +396,7 @@ def _named_choice(req: MessagesRequest, name: str, tools: Sequence[Dict[str, Any
 
 
 def _tool_names(req: MessagesRequest) -> Dict[str, str]:
-    names = {t.name for t in req.tools if t.is_custom}
+    names = {t.name for t in req.tools if t.is_function}
     names.update(b.name for m in req.messages for b in m.content if isinstance(b, ToolUseBlock))
     return {tool_alias(n): n for n in names if tool_alias(n) != n}
 
