@@ -46,7 +46,7 @@ from .redact import configured_secrets
 from .relay import Relay
 from .replies import events_for_message, is_quota_probe, local_message
 from .routing import Routed, Target, build_router
-from .tokens import estimate_input_tokens, tools_chars
+from .tokens import estimate_input_tokens, estimate_output_tokens, tools_chars
 from .tool_memo import ToolMemo
 from .upstream import Upstream, UpstreamCall, read_json_body
 from .urls import messages_url, models_url
@@ -602,6 +602,12 @@ class Proxy:
         # A forwarded answer's usage is the upstream's own: the client's copy has 0 filled in where
         # it gave none (the SDKs need the fields), and those are no counts it reported.
         reported = message if api.translates else obj
+        if api.translates and not isinstance(obj.get("usage"), dict):
+            # No usage in the answer: the client gets the estimate a stream would give (Claude Code
+            # sizes its context by it; 0 would say an empty one), the record no count at all.
+            message = {**message, "usage": {**message["usage"], "input_tokens": self._estimate(req, record),
+                                            "output_tokens": estimate_output_tokens(message["content"])}}
+            reported = {}
         record.update(stop_reason=message.get("stop_reason"), **_usage_fields(reported.get("usage")))
         self._reply(req, writer, message, call.secrets, relayed)
         self._estimate(req, record)  # only to learn from the upstream's count (calibration.py): after the answer

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Iterable, Optional, Sequence
+from typing import Any, Dict, Iterable, Optional, Sequence
 
 from .anthropic_types import (
     Block,
@@ -98,3 +98,13 @@ def estimate_input_tokens(req: MessagesRequest, tool_chars: Optional[int] = None
     if req.output_schema is not None:
         chars += len(json.dumps(req.output_schema, ensure_ascii=False))
     return max(1, math.ceil(chars / CHARS_PER_TOKEN) + fixed)
+
+
+def estimate_output_tokens(content: Sequence[Dict[str, Any]]) -> int:
+    """An answer's output tokens when the upstream reported none: a quarter of its characters, as a
+    stream counts what it relayed (text, thinking, tool input as JSON)."""
+    chars = 0
+    for block in content:
+        value = block.get("text") or block.get("thinking") or block.get("input")
+        chars += len(value) if isinstance(value, str) else len(json.dumps(value)) if value is not None else 0
+    return math.ceil(chars / 4)

@@ -29,6 +29,7 @@ from claudeproxy.model_facts import PRICES_CHECKED, ModelFacts, builtin_facts
 from claudeproxy.usage_page import page_headers, render
 from conftest import UPSTREAM_KEY, minimal_request, quota_probe, record_for, request
 from fakes import Fault, FakeUpstream, Gate, Reply, Sleep, StreamClient, chunk, completion, json_reply, sse_reply
+from sse_checks import events_of
 
 KEY = claudeproxy.static_token(UPSTREAM_KEY)
 EVIL = 'evil"model\\name\n<script>alert(1)</script>'
@@ -730,3 +731,32 @@ def test_the_upstreams_own_request_id_is_recorded(proxy: Any, fake: FakeUpstream
     assert answered.to_dict()["upstream_request_id"] == "req_up_0042"
     assert f"{answered.request_id} upstream_id=req_up_0042 /v1/messages " in access_line(answered)
     assert "upstream_id" not in access_line(odd)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_without_usage_gives_the_client_an_estimate_and_records_none(proxy: Any, fake: FakeUpstream,
+                                                                             stream: bool) -> None:
+    """An upstream that reports no usage (one refusing stream_options, a server that never counts):
+    the client still gets token numbers to size its context by (the proxy's estimate), but the call
+    record says the count is not known, never the estimate priced as if the upstream had billed it."""
+    text = "a finished answer of some length " * 20
+    if stream:
+        fake.push(sse_reply(chunk({"role": "assistant", "content": text}), chunk({}, "stop")))
+    else:
+        body = completion(text)
+        del body["usage"]
+        fake.push(json_reply(body))
+    question = minimal_request(model="claude-sonnet-4-5", stream=stream,
+                               messages=[{"role": "user", "content": "tell me something " * 100}])
+    resp = post(proxy, question)
+    assert resp.status == 200, resp
+    if stream:
+        usage = [e for e in events_of(resp.body) if e["type"] == "message_delta"][0]["usage"]
+        started = [e for e in events_of(resp.body) if e["type"] == "message_start"][0]["message"]["usage"]
+        assert started["input_tokens"] > 400  # "tell me something " * 100 is ~1,800 characters
+    else:
+        usage = resp.json["usage"]
+    assert usage["input_tokens"] > 400 and usage["output_tokens"] == len(text) // 4 + (len(text) % 4 > 0)
+    [rec] = wait_records(proxy, 1)
+    assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (None, None, None)
+    assert rec.status == 200 and rec.error_type is None

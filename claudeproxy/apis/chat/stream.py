@@ -266,6 +266,7 @@ class StreamTranslator:
         # Set by finish(), for metrics (``usage_so_far`` also knows the usage of a stream cut short).
         self.stop_reason: Optional[str] = None
         self.final_usage: Dict[str, Any] = {}
+        self.usage_in_json = False  # a whole JSON answer (``ChatFold.from_json``) reported its usage
 
     # ------------------------------------------------------------------
     # Public interface.
@@ -280,7 +281,10 @@ class StreamTranslator:
     @property
     def usage_so_far(self) -> Dict[str, Any]:
         """The call record's usage: the message's own once it ended; before that (a stream cut short,
-        a client gone) the upstream's usage if it came already, else {}: nothing is known."""
+        a client gone) the upstream's usage if it came already. {} when the upstream never reported
+        one: then the message_delta carried the proxy's estimate, which is no count to bill by."""
+        if self.usage is None and not self.usage_in_json:
+            return {}
         if self.final_usage:
             return self.final_usage
         return usage_from(self.usage) if self.usage is not None else {}
@@ -758,6 +762,7 @@ class ChatFold(SSEFold):
             local_stops=t.local_stops,
         )
         t.stop_reason, t.final_usage = message["stop_reason"], message["usage"]
+        t.usage_in_json = isinstance(obj, dict) and isinstance(obj.get("usage"), dict)
         events = events_for_message(message)
         if t.started:
             events = events[1:]  # the relay already sent message_start while the body was slow

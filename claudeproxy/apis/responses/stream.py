@@ -209,7 +209,8 @@ class ResponsesFold(SSEFold):
             events = events_for_message(message)[:1]
         for block in message["content"]:
             events += self._whole_block(block)
-        self.stop_reason, self.usage = message["stop_reason"], message["usage"]
+        reported = isinstance(obj, dict) and isinstance(obj.get("usage"), dict)
+        self.stop_reason, self.usage = message["stop_reason"], message["usage"] if reported else {}
         return events + self._ending(message["stop_reason"], message["usage"], message["stop_sequence"])
 
     # ------------------------------------------------------------------
@@ -600,7 +601,8 @@ class ResponsesFold(SSEFold):
             final = usage_from(usage, self.searches)
         else:  # a compatible server without usage: the estimate, like on Chat Completions
             final = usage_from({"input_tokens": self.input_tokens, "output_tokens": math.ceil(self.out_chars / 4)}, self.searches)
-        self.stop_reason, self.usage = reason, final
+        # The record's usage: an estimate is no count to bill by ({}: not known).
+        self.stop_reason, self.usage = reason, final if isinstance(usage, dict) else {}
         return events + self._ending(reason, final)
 
     def _terminal_status(self, obj: Dict[str, Any], response: Dict[str, Any]) -> Any:
@@ -757,11 +759,13 @@ class LocalStopResponsesFold(ResponsesFold):
     def _end_at_stop(self, sequence: str, usage: Any) -> List[Event]:
         """message_delta and message_stop for an answer ended at ``sequence``; usage as far as known."""
         self.cut = sequence
-        if not isinstance(usage, dict):
+        reported = isinstance(usage, dict)
+        if not reported:
             usage = {"input_tokens": self.input_tokens, "output_tokens": math.ceil(self.out_chars / 4)}
         reason = cut_stop_reason(self.has_tools, self.refusal)
-        self.stop_reason, self.usage = reason, usage_from(usage, self.searches)
-        return self._ending(reason, self.usage, sequence if reason == "stop_sequence" else None)
+        final = usage_from(usage, self.searches)
+        self.stop_reason, self.usage = reason, final if reported else {}  # an estimate: not known
+        return self._ending(reason, final, sequence if reason == "stop_sequence" else None)
 
     def _completed(self, obj: Dict[str, Any]) -> List[Event]:
         """A server that sends only the final object: the stop string may be in an item not streamed."""
