@@ -706,11 +706,16 @@ def _warn_unreachable(server: ProxyServer, config: Config) -> None:
 
 
 def _install_signals(stopping: List[int]) -> Dict[int, Any]:
-    """SIGINT and SIGTERM only append to ``stopping``. A handler runs in the main thread between two
-    bytecodes: one that set a ``threading.Event`` while the main thread was inside that event's
-    ``wait`` (holding its lock) deadlocked, and the server ignored SIGTERM (seen in CI on 3.8)."""
+    """SIGINT, SIGTERM and SIGHUP only append to ``stopping``. A handler runs in the main thread
+    between two bytecodes: one that set a ``threading.Event`` while the main thread was inside that
+    event's ``wait`` (holding its lock) deadlocked, and the server ignored SIGTERM (seen in CI on 3.8).
+
+    SIGHUP (the terminal closed, an ssh session dropped) stops the proxy like SIGTERM: its default
+    killed it on the spot, streams cut without an error event and their call records lost. There is
+    no configuration to reload."""
     previous: Dict[int, Any] = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    names = ("SIGINT", "SIGTERM", "SIGHUP")  # no SIGHUP on Windows
+    for sig in (getattr(signal, name) for name in names if hasattr(signal, name)):
         previous[sig] = signal.signal(sig, lambda signum, _: stopping.append(signum))
     return previous
 

@@ -302,7 +302,7 @@ def _stop(proc: subprocess.Popen, sig: int, within: float) -> Tuple[str, str]:
     return out, err
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_real_process_serves_and_stops_cleanly(spawn: Any, fake_upstream: Any, tmp_path: Any, sig: int) -> None:
     metrics = tmp_path / "calls.jsonl"
     proc, port = spawn("--metrics-file", str(metrics))
