@@ -56,8 +56,9 @@ from .config import (
     static_token,
 )
 from .config_file import ConfigError, FileConfig, FlagSpec, parse_config
-from .credentials import DEFAULT_TTL, command_argv, command_token, current_secrets, key_source
+from .credentials import DEFAULT_TTL, CommandToken, command_argv, command_token, current_secrets, key_source
 from .dialects import DIALECTS
+from .errors import UpstreamUnavailable
 from .metrics import CallRecord
 from .observe import BODIES_LOGGER
 from .redact import configured_secrets, redact_text, redact_url
@@ -766,6 +767,18 @@ def check_settings(ns: argparse.Namespace, config: Config) -> None:
     check_usage_log(ns)
 
 
+def check_key_commands(config: Config) -> None:
+    """Each key command run once before anything listens (its key is then cached for the first
+    calls): one that fails or prints no key is a ValueError that names it. Not in check_settings:
+    --print-config runs no command."""
+    for token in [p.token for p in config.providers] + [config.token]:
+        if isinstance(token, CommandToken):
+            try:
+                token()
+            except UpstreamUnavailable as exc:
+                raise ValueError(exc.message) from None
+
+
 def usage_log_path(ns: argparse.Namespace) -> Optional[str]:
     """The usage log's file: --usage-log, or --metrics-file (its former name)."""
     return ns.usage_log or ns.metrics_file  # type: ignore[no-any-return]
@@ -815,6 +828,7 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
     saved = (logger.level, logger.propagate, bodies.level)
     handler = setup_logging(ns.log_level, secrets_source(config), stderr, ns.log_format, ns.log_bodies)
     try:
+        check_key_commands(config)
         return serve(config, stdout, usage_log_path(ns))
     except ValueError as exc:  # a setting only the server could check (start() raises the same)
         print(f"claudeproxy: error: {' '.join(str(exc).split())}", file=stderr)

@@ -40,6 +40,7 @@ class CommandToken:
         self._lock = threading.Lock()
         self._key: Optional[str] = None
         self._fetched = 0.0
+        self._failure: Optional[Tuple[float, UpstreamUnavailable]] = None  # when the last run failed, how
         # Keys the command printed before the current one: an upstream may still echo one (a
         # late 401 for a request sent with it), so they stay masked. Bounded: a key rotated
         # every few minutes for weeks must not grow the list, nor every redaction. A tuple replaced
@@ -47,9 +48,19 @@ class CommandToken:
         self.previous: Tuple[str, ...] = ()
 
     def __call__(self) -> str:
+        asked = time.monotonic()
         with self._lock:
+            failure = self._failure
+            if failure is not None and failure[0] >= asked:
+                # The run this call waited for failed: the same answer, not another run each (a
+                # command that hangs would hold every waiting request its own 30 s in turn).
+                raise failure[1]
             if self._key is None or time.monotonic() - self._fetched >= self.ttl:
-                key = self._run()
+                try:
+                    key = self._run()
+                except UpstreamUnavailable as exc:
+                    self._failure = (time.monotonic(), exc)
+                    raise
                 self._retire(key)
                 self._key = key
                 self._fetched = time.monotonic()

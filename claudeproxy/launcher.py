@@ -392,6 +392,10 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
         except BrokenPipeError:  # piped into head: the reader has what it wanted
             pass
         return 0
+    try:
+        cli.check_key_commands(config)
+    except ValueError as exc:
+        return _fail(str(exc), environ, stderr, 2)
     windows = on_windows()
     exe = find_command(command[0], environ.get("PATH"), windows)
     if exe is None:

@@ -582,3 +582,30 @@ def test_an_upstream_that_is_no_http_server_gives_way_to_the_fallback(second_fak
     finally:
         server.shutdown(grace=1.0)
         other.close()
+
+
+def test_requests_waiting_on_a_failing_key_command_share_its_failure(fake_upstream: FakeUpstream,
+                                                                    tmp_path: Any) -> None:
+    """Three requests at once, a command that fails after a second: one run, three 502s after about a
+    second. Each waiting request ran the command again in turn (30 s each for one that hangs)."""
+    counter = tmp_path / "runs"
+    script = tmp_path / "slow_fail.py"
+    script.write_text(f"import time\nopen({str(counter)!r}, 'a').write('run ')\ntime.sleep(1)\nraise SystemExit(4)\n")
+    server = command_proxy(fake_upstream, [sys.executable, str(script)])
+    results: List[Any] = []
+    try:
+        import threading
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=lambda: results.append(ask(server))) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+        took = time.monotonic() - started
+        assert [r.status for r in results] == [502, 502, 502]
+        assert all("exit status 4" in r.json["error"]["message"] for r in results)
+        assert counter.read_text().split() == ["run"], counter.read_text()
+        assert took < 2.5, f"{took:.1f} s: the waiting requests ran the command again"
+    finally:
+        server.shutdown(grace=1.0)

@@ -206,6 +206,28 @@ def test_a_key_command_that_cannot_be_split_is_not_quoted_back(served: List[Any]
     assert "sk-inline" not in line
 
 
+@pytest.mark.parametrize("command,said", [
+    ("false", "the key command 'false' of --api-key-command failed with exit status 1"),
+    ("true", "the key command 'true' of --api-key-command printed no usable key"),
+])
+def test_a_key_command_that_gives_no_key_stops_the_start(served: List[Any], command: str, said: str) -> None:
+    """Run once before anything listens: a server whose every request would be a 502 never starts."""
+    assert_one_line(*run_main(["--api-key-command", command]), said)
+    assert served == []
+
+
+def test_a_key_command_that_works_is_run_once_at_start_and_its_key_cached(served: List[Any], tmp_path: Any) -> None:
+    counter = tmp_path / "runs"
+    script = tmp_path / "key.sh"
+    script.write_text(f"#!/bin/sh\necho run >> {counter}\necho sk-from-command-0001\n")
+    script.chmod(0o755)
+    code, _, err = run_main(["--api-key-command", str(script)])
+    assert code == 0, err
+    [config] = served
+    assert config.token() == "sk-from-command-0001"
+    assert counter.read_text().count("run") == 1  # the start's run serves the first calls
+
+
 def test_on_windows_a_key_command_path_without_exe_is_found(monkeypatch: Any, tmp_path: Any) -> None:
     """subprocess adds .exe to C:\\tools\\vault there; shutil.which does so only from Python 3.12."""
     from claudeproxy import credentials
