@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import catalog
 from .anthropic_types import MessagesRequest, parse_count_tokens_request, peek_request
-from .apis.base import ClientRequest, Exchange
+from .apis.base import ClientRequest, Exchange, remember
 from .calibration import TokenCalibration
 from .config import Config, Provider
 from .cost import call_cost
@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 Route = Callable[[Any, Any], None]
 _MAX_TOKENS_RETRIES = 2  # changed requests per attempt (a named max_tokens limit, an API's own recovery)
+_WARNINGS_REMEMBERED = 1024  # distinct warnings logged at WARNING before the memory starts over
 # Worth another attempt (issue 7): rate limits, overload, server errors, connect failures (502).
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
 _BACKOFF_BASE = 0.5
@@ -573,7 +574,7 @@ class Proxy:
     def _learn_cap(self, target: Target, cap: int) -> None:
         key = (target.provider.name, target.model)
         with self._lock:
-            self._caps[key] = min(cap, self._caps.get(key, cap))
+            remember(self._caps, key, min(cap, self._caps.get(key, cap)))
         log.warning("upstream limits %s to %d output tokens; max_tokens is capped from now on", target.label, cap)
 
     def _warn_once(self, warning: str) -> None:
@@ -581,6 +582,8 @@ class Proxy:
         logged once at WARNING, then at DEBUG."""
         with self._lock:
             first = warning not in self._warned
+            if len(self._warned) >= _WARNINGS_REMEMBERED:
+                self._warned.clear()  # they name client-chosen models and tools: once more each, then
             self._warned.add(warning)
         log.log(logging.WARNING if first else logging.DEBUG, "%s", warning)
 

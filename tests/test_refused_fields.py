@@ -299,3 +299,19 @@ def test_lower_effort_reads_the_refused_value_first(message: str, sent: str, low
     from claudeproxy.apis.chat.api import lower_effort
 
     assert lower_effort(message, sent) == lowered
+
+
+def test_what_is_learned_per_model_stays_bounded_whatever_names_clients_send() -> None:
+    """Without --model the client names the model: 2,000 names each refusing a field must not grow
+    the memory without end. The oldest is forgotten (one more refused round trip for it), the
+    newest kept."""
+    from claudeproxy.apis.base import MODELS_REMEMBERED, RefusedFields
+
+    memory = RefusedFields(DROPPABLE_FIELDS)
+    for i in range(2000):
+        assert memory.learn(frozenset({"top_k"}), {"top_k": 5}, ("p", f"model-{i}"), "p/model")
+    assert len(memory._by_model) == MODELS_REMEMBERED
+    for i, kept in ((0, True), (1999, False)):
+        payload = {"top_k": 5}
+        memory.drop(payload, ("p", f"model-{i}"))
+        assert ("top_k" in payload) is kept

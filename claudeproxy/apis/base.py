@@ -74,6 +74,22 @@ def encode_body(payload: Dict[str, Any], key: str = "", encoded: Optional[bytes]
     return b"".join((memoryview(rest)[:-1], b", " if len(rest) > 2 else b"", field))
 
 
+# The most models a per-model memory (refused fields, learned limits) holds. Without --model the
+# client names the model, so the names are unbounded; the oldest is forgotten first, and a forgotten
+# one costs a refused round trip again, no more.
+MODELS_REMEMBERED = 256
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def remember(table: Dict[K, V], key: K, value: V) -> None:
+    """``table[key] = value``, the oldest entries dropped beyond ``MODELS_REMEMBERED`` (caller holds its lock)."""
+    table.pop(key, None)
+    table[key] = value
+    while len(table) > MODELS_REMEMBERED:
+        del table[next(iter(table))]
+
+
 class RefusedFields:
     """The optional fields each upstream model refused as such, never sent to it again (the
     request means the same without them); for every API that sends fields on its own judgement.
@@ -98,6 +114,6 @@ class RefusedFields:
         if not named:
             return False
         with self._lock:
-            self._by_model[key] = self._by_model.get(key, frozenset()) | frozenset(named)
+            remember(self._by_model, key, self._by_model.get(key, frozenset()) | frozenset(named))
         log.warning("%s refused %s: sent without from now on", label, ", ".join(named))
         return True

@@ -18,7 +18,7 @@ from ...ids import new_id
 from ...routing import Target
 from ...tool_memo import ToolMemo
 from ...urls import chat_url
-from ..base import ClientRequest, Exchange, RefusedFields, encode_body, with_json
+from ..base import ClientRequest, Exchange, RefusedFields, encode_body, remember, with_json
 from ..stops import unsent_stops
 from .request import chat_tools, to_chat_request
 from .response import message_from_body
@@ -101,7 +101,7 @@ class ChatApi:
         self._refused = RefusedFields(DROPPABLE_FIELDS)
         # The models whose upstream refused max_tokens for max_completion_tokens (a reasoning model
         # behind a URL the dialects do not know: FIELD-NOTES 6).
-        self._completion_tokens: FrozenSet[Tuple[str, str]] = frozenset()
+        self._completion_tokens: Dict[Tuple[str, str], bool] = {}
         self._most_effort: Dict[Tuple[str, str], str] = {}  # the most effort a model took (lower_effort)
         self._lock = threading.Lock()
 
@@ -121,9 +121,10 @@ class ChatApi:
         payload = chat.to_dict()
         key = (target.provider.name, target.model)
         self._refused.drop(payload, key)
-        if key in self._completion_tokens and "max_tokens" in payload:
+        with self._lock:
+            renamed, most = key in self._completion_tokens, self._most_effort.get(key)
+        if renamed and "max_tokens" in payload:
             payload["max_completion_tokens"] = payload.pop("max_tokens")
-        most = self._most_effort.get(key)
         if most is not None and _EFFORT_ORDER.index(payload.get("reasoning_effort", "none")) > _EFFORT_ORDER.index(most):
             payload["reasoning_effort"] = most
         body = encode_body(payload, "tools", encoded if chat.tools is tools[0] else None)
@@ -151,7 +152,7 @@ class ChatApi:
         lower = lower_effort(text, sent.get("reasoning_effort"))
         if lower is not None:
             with self._lock:
-                self._most_effort = {**self._most_effort, key: lower}
+                remember(self._most_effort, key, lower)
             log.warning("%s refused reasoning_effort %r: %r from now on", target.label, sent["reasoning_effort"], lower)
             return self.prepare(req, target, cap)
         refused = refused_fields(text)
@@ -159,7 +160,7 @@ class ChatApi:
             return None
         if "max_tokens" in refused and "max_tokens" in sent and "max_completion_tokens" in text:
             with self._lock:
-                self._completion_tokens = self._completion_tokens | {key}
+                remember(self._completion_tokens, key, True)
             log.warning("%s refused max_tokens: max_completion_tokens from now on", target.label)
             return self.prepare(req, target, cap)
         return self.prepare(req, target, cap) if self._refused.learn(refused, sent, key, target.label) else None
