@@ -108,12 +108,22 @@ def test_first_tool_call_streams_fragment_by_fragment() -> None:
     first = pb.feed(chunk(tool_delta(0, "call_1", "write", pieces[0])))
     kinds = [e["type"] for e in first]
     assert kinds == ["message_start", "content_block_start", "content_block_delta"]
-    assert first[2]["delta"] == {"type": "input_json_delta", "partial_json": pieces[0]}
+    # '{"p': live at the key's quote; the key itself waits for its value to begin (toolargs.ArgsScan).
+    assert first[2]["delta"] == {"type": "input_json_delta", "partial_json": "{"}
+    sent, end = "{", len(pieces[0])
+    content = args.index("abc")
     for piece in pieces[1:]:
         got = pb.feed(chunk(tool_delta(0, arguments=piece)))
-        # One delta per fragment, at once: nothing waits for the last fragment.
-        assert got == [{"type": "content_block_delta", "index": 0,
-                        "delta": {"type": "input_json_delta", "partial_json": piece}}]
+        end += len(piece)
+        assert len(got) <= 1 and all(e["type"] == "content_block_delta" and e["index"] == 0 for e in got)
+        sent += "".join(e["delta"]["partial_json"] for e in got)
+        assert args.startswith(sent)
+        if end > content:  # the value has begun: all of it goes out at once
+            assert sent == args[:end]
+        if end - len(piece) >= content:  # a fragment inside the value (or its end): one delta, as it came
+            assert got == [{"type": "content_block_delta", "index": 0,
+                            "delta": {"type": "input_json_delta", "partial_json": piece}}]
+    assert sent == args
     assert not pb.complete
 
 
@@ -121,8 +131,8 @@ def test_second_tool_call_arrives_whole_at_the_end() -> None:
     pb = Playbook()
     pb.feed(chunk(tool_delta(0, "a", "first", '{"x":')))
     assert pb.feed(chunk(tool_delta(1, "b", "second", '{"y":'))) == []
-    assert pb.feed(chunk(tool_delta(0, arguments="1}"))) == [
-        {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "1}"}}]
+    assert pb.feed(chunk(tool_delta(0, arguments="1}"))) == [  # the key went out with its value
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": '"x":1}'}}]
     assert pb.feed(chunk(tool_delta(1, arguments=' "z"}'))) == []
     end = pb.feed(chunk(finish="tool_calls", usage={"prompt_tokens": 3, "completion_tokens": 4}))
     assert [e["type"] for e in end] == [

@@ -233,6 +233,23 @@ def test_stream_final_message_equals_non_streaming_answer(make_proxy: Any, fake_
     assert streamed.model == created.model == MODEL
 
 
+def test_tool_arguments_with_an_extra_brace_stream_as_the_object(client: Any, fake_upstream: Any) -> None:
+    """Arguments '{"path":"a"}' then '}' (a model's extra brace): the stream sends the object and
+    nothing after it, so its partial_json is strict JSON (the TypeScript SDK's MessageStream threw
+    on the brace at content_block_stop), and the JSON answer gives the same input."""
+    raw = sse(ROLE, tool_delta(0, "call_e", "read", '{"path":"a"}'), tool_delta(0, None, None, "}"),
+              chunk({}, "tool_calls"), USAGE)
+    fake_upstream.push(stream_reply(raw), json_reply(accumulate_chunks(stream_chunks(raw))))
+    with client.messages.stream(**params()) as stream:
+        deltas = [e.delta.partial_json for e in stream
+                  if e.type == "content_block_delta" and e.delta.type == "input_json_delta"]
+        streamed = stream.get_final_message()
+    assert json.loads("".join(deltas)) == {"path": "a"}
+    assert [(b.type, b.id, b.input) for b in streamed.content] == [("tool_use", "call_e", {"path": "a"})]
+    created = client.messages.create(**params())
+    assert [(b.type, b.id, b.input) for b in created.content] == [("tool_use", "call_e", {"path": "a"})]
+
+
 @pytest.mark.parametrize("raw,kwargs,provider", stream_cases())
 def test_stream_grammar_on_the_wire(make_proxy: Any, fake_upstream: Any, raw: bytes, kwargs: Dict[str, Any],
                                     provider: Optional[str]) -> None:

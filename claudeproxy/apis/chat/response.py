@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from ...errors import ProxyError, UpstreamHTTPError, UpstreamUnavailable, error_from_object
 from ...signatures import encode_signature
 from ..stops import first_stop
+from ..toolargs import streamed_object
 from .wire import (
     ChatChoice,
     ChatResponse,
@@ -65,19 +66,22 @@ def _repair(text: str) -> Optional[Dict[str, Any]]:
         candidates.append(text[: text.rindex("}") + 1])
     candidates.append(_close_unbalanced(text))
     for candidate in candidates:
-        try:
-            value = json.loads(candidate)
-        except (ValueError, RecursionError):
-            continue
-        if isinstance(value, dict):
+        ok, value = _loads(candidate)
+        if ok and isinstance(value, dict):
             return value
     return None
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _loads(text: str) -> Tuple[bool, Any]:
-    """(parsed?, value) without raising: deep nesting and bad JSON both read as unparsed."""
+    """(parsed?, value) without raising: deep nesting and bad JSON both read as unparsed. So do
+    ``NaN`` and ``Infinity``, which Python's json reads but JSON has not (an answer holding them
+    is no JSON for the client; a stream ends the object before them, ``ArgsScan``)."""
     try:
-        return True, json.loads(text)
+        return True, json.loads(text, parse_constant=_no_constant)
     except (ValueError, RecursionError):
         return False, None
 
@@ -89,12 +93,20 @@ def _double_encoded(value: str) -> Optional[Dict[str, Any]]:
 
 
 def normalize_arguments(raw: Optional[str]) -> Tuple[Dict[str, Any], Optional[str]]:
-    """The tool input object for an arguments string, and a warning if it needed help."""
+    """The tool input object for an arguments string, and a warning if it needed help.
+
+    Arguments that began as a JSON object and then closed with more after it (``}}``, a code
+    fence, prose, a second object), or turned invalid, give what a live stream of them gives
+    (``toolargs.streamed_object``): the object as it closed, or its members up to the invalid
+    one. The stream is the reference, because what it sent cannot be taken back.
+    """
     if raw is None or not raw.strip():
         return {}, None
     ok, value = _loads(raw)
     if not ok:
-        repaired = _repair(raw.strip())
+        repaired = streamed_object(raw)
+        if repaired is None:
+            repaired = _repair(raw.strip())
         if repaired is not None:
             return repaired, f"repaired invalid tool arguments: {raw[:200]!r}"
         return {}, f"unparseable tool arguments replaced by {{}}: {raw[:200]!r}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import re
 from typing import Any, Dict, List, Optional, Tuple
@@ -29,6 +30,7 @@ from ...replies import events_for_message, message_start
 from ...signatures import encode_signature
 from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done
 from ..stops import first_stop, stop_prefix_len
+from ..toolargs import ArgsScan
 from .response import (
     IdFactory,
     match_stop_sequence,
@@ -40,6 +42,7 @@ from .response import (
 )
 from .wire import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta, client_tool_id, parse_chat_chunk
 
+log = logging.getLogger(__name__)
 Event = Dict[str, Any]
 MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as broken
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
@@ -53,44 +56,7 @@ def _parses(text: str) -> bool:
     return True
 
 
-_STRUCTURAL_RE = re.compile(r'[\\"{}\[\]]')
 _OBJECT_START_RE = re.compile(r"\s*\{")
-
-
-class _JsonScan:
-    """Whether streamed JSON text has closed its outermost object, in time linear in the text.
-
-    ``_parses`` on the growing buffer after every fragment would be quadratic: a
-    5 MB argument in 1 KB fragments (RELIABILITY.md F10) would stall the stream.
-    """
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.in_string = False
-        self.escaped = False  # the previous text ended inside an escape
-        self.closed = False
-
-    def feed(self, text: str) -> None:
-        if not text:
-            return
-        skip = 0 if self.escaped else -1
-        self.escaped = False
-        for match in _STRUCTURAL_RE.finditer(text):
-            i, ch = match.start(), match.group()
-            if i == skip:
-                continue
-            if self.in_string:
-                if ch == "\\":
-                    skip, self.escaped = i + 1, i + 1 == len(text)
-                elif ch == '"':
-                    self.in_string = False
-            elif ch == '"':
-                self.in_string = True
-            elif ch in "{[":
-                self.depth += 1
-            elif self.depth > 0:
-                self.depth -= 1
-                self.closed = self.closed or self.depth == 0
 
 
 @dataclasses.dataclass
@@ -107,7 +73,9 @@ class _Tool:
     # The arguments as fragments, joined only when needed (a str += per fragment is quadratic).
     parts: List[str] = dataclasses.field(default_factory=list)
     size: int = 0
-    scan: _JsonScan = dataclasses.field(default_factory=_JsonScan)
+    # Whether the arguments closed, and what of them may be streamed (``_parses`` on the growing
+    # buffer after every fragment would be quadratic: RELIABILITY.md F10).
+    scan: ArgsScan = dataclasses.field(default_factory=ArgsScan)
 
     @property
     def args(self) -> str:
@@ -253,6 +221,7 @@ class StreamTranslator:
         self.open_index = -1
         self.tools: List[_Tool] = []
         self.live: Optional[_Tool] = None
+        self.waiting: Optional[_Tool] = None  # the first call, its "{" in: the next character decides if it goes live
         self.finish_reason: Optional[str] = None
         self.matched_stop: Optional[str] = None
         self.usage: Optional[ChatUsage] = None
@@ -350,6 +319,7 @@ class StreamTranslator:
         """``message_start`` if not yet sent, then what waited for the end: text held in think tags,
         text deferred behind a tool call. Once flushed there is nothing left, so it may run twice."""
         events = self.start()
+        self.waiting = None  # the stream ends: a call still undecided never goes live
         if self.think is not None:
             reasoning, text = self.think.flush()
             events += self._emit_reasoning(reasoning) + self._emit_text(text)
@@ -397,7 +367,12 @@ class StreamTranslator:
         if self.open_kind is None:
             return []
         events: List[Event] = []
-        if self.open_kind == "thinking":
+        live = self.live
+        if self.open_kind == "tool" and live is not None and live.block == self.open_index:
+            rest = live.scan.flush()  # a call cut short: what was held back goes out as it came
+            if rest:
+                events.append(self._delta({"type": "input_json_delta", "partial_json": rest}))
+        elif self.open_kind == "thinking":
             signature = encode_signature(self.dialect_name, dict(self.state) or None)
             self.carried = dict(self.state)
             events.append(self._delta({"type": "signature_delta", "signature": signature}))
@@ -474,9 +449,11 @@ class StreamTranslator:
         return self._text_delta(held, count=False)
 
     def _blocked(self) -> bool:
-        """The live tool's JSON is still open: a new block now would cut it off for good."""
-        return bool(self.deferred) or (
-            self.open_kind == "tool" and self.live is not None and not self.live.scan.closed
+        """The live tool's JSON is still open: a new block now would cut it off for good. Or the
+        first call's arguments began with ``{`` and their next character decides whether it goes
+        live (``waiting``): text waits for that as it would behind the live call."""
+        return bool(self.deferred) or self.waiting is not None or (
+            self.open_kind == "tool" and self.live is not None and not self.live.scan.ended
         )
 
     def _release(self) -> List[Event]:
@@ -524,7 +501,8 @@ class StreamTranslator:
         return last
 
     def _new_tool(self, index: Optional[int]) -> _Tool:
-        tool = _Tool(order=len(self.tools), index=index)
+        # Only the first call can go live: the others' scans need not collect the text to send.
+        tool = _Tool(order=len(self.tools), index=index, scan=ArgsScan(keep=not self.tools))
         self.tools.append(tool)
         return tool
 
@@ -537,15 +515,30 @@ class StreamTranslator:
         added = tool.add_fragment(call.arguments)
         self.out_chars += len(added)
         if tool.live:
-            events = self._live_delta(tool, added)
-            return events + self._release() if self.deferred and tool.scan.closed else events
-        if tool is self.tools[0] and self._may_go_live(tool):
-            return self._go_live(tool)
-        return []
+            events = self._live_delta(tool)
+        elif tool is not self.tools[0]:
+            return []
+        elif self._may_go_live(tool):
+            self.waiting = None
+            events = self._go_live(tool)
+        elif tool.name and tool.scan.undecided:
+            if self.waiting is tool:
+                return []
+            # What its block would end as it opens ends now, and what comes next waits for the
+            # decision (``_blocked``), as it would behind the live call.
+            self.waiting = tool
+            return self._flush_held() + self._close_open()
+        elif self.waiting is tool:  # decided: no JSON object, it is not live and comes whole at the end
+            self.waiting = None
+            return self._release()
+        else:
+            return []
+        return events + self._release() if self.deferred and tool.scan.ended else events
 
     def _may_go_live(self, tool: _Tool) -> bool:
-        """Only the turn's first call streams live, and only once its JSON object has begun."""
-        return bool(tool.name) and tool.starts_object
+        """Only the turn's first call streams live, and only once its arguments show they are a
+        JSON object (``{`` then ``"`` or ``}``) and nothing invalid came yet (``ArgsScan``)."""
+        return bool(tool.name) and tool.scan.started and not tool.scan.bad
 
     def _go_live(self, tool: _Tool) -> List[Event]:
         tool.live = True
@@ -553,14 +546,18 @@ class StreamTranslator:
         events = self._open("tool", self._tool_start(tool))
         tool.block = self.open_index
         self.live = tool
-        return events + [self._delta({"type": "input_json_delta", "partial_json": tool.args})]
+        return events + [self._delta({"type": "input_json_delta", "partial_json": tool.scan.take()})]
 
-    def _live_delta(self, tool: _Tool, added: str) -> List[Event]:
-        if not added:
-            return []
-        if self.open_kind != "tool" or self.live is not tool:
-            return []  # its block was closed by later text: the rest cannot be placed
-        return [self._delta({"type": "input_json_delta", "partial_json": added})]
+    def _live_delta(self, tool: _Tool) -> List[Event]:
+        """What the scan passes on: nothing after the object closed; at invalid JSON, the brackets
+        that close what was sent (``ArgsScan``), which the log reports."""
+        text = tool.scan.take()
+        if not text or self.open_kind != "tool" or self.live is not tool:
+            return []  # nothing new, or its block was closed by later text: the rest cannot be placed
+        if tool.scan.bad:
+            log.warning("tool call %s (%s): its streamed arguments turned invalid JSON; its input was closed "
+                        "after the last whole member and the rest dropped", tool.name, client_tool_id(tool.id))
+        return [self._delta({"type": "input_json_delta", "partial_json": text})]
 
     def _tool_start(self, tool: _Tool) -> Dict[str, Any]:
         name = self.tool_names.get(tool.name, tool.name)

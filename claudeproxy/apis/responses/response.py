@@ -15,6 +15,7 @@ from ...counts import count_or_none, token_count
 from ...errors import ProxyError, error_from_object
 from ...signatures import encode_signature
 from ..chat.response import message_id, normalize_arguments
+from ..toolargs import streamed_object
 from ..stops import first_stop
 from . import API_NAME
 
@@ -139,9 +140,11 @@ def tool_input(arguments: Any, incomplete: bool = False) -> Dict[str, Any]:
     whole JSON were cut mid-value: they give ``{}``, as the SDKs make of the same cut
     stream, not a repair that would close the string and invent a value (``{"path":"a``
     is not a call for file ``a``). The stop reason says the answer was cut.
+    Arguments that closed their object, or turned invalid, were not cut: they give what
+    ``normalize_arguments`` gives, as a stream of them does.
     """
     text = arguments if isinstance(arguments, str) else None
-    if incomplete and text is not None and not _is_json(text):
+    if incomplete and text is not None and not _is_json(text) and streamed_object(text) is None:
         return {}
     obj, _ = normalize_arguments(text)
     return obj

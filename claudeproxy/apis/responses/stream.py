@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from typing import Any, Dict, List, Optional, Set, Tuple
 
@@ -32,6 +33,7 @@ from ...replies import block_events, events_for_message, message_start
 from ...signatures import encode_signature
 from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done
 from ..stops import first_stop, stop_prefix_len
+from ..toolargs import ArgsScan
 from . import API_NAME
 from .response import (
     IdFactory,
@@ -52,6 +54,7 @@ from .response import (
     usage_from,
 )
 
+log = logging.getLogger(__name__)
 Event = Dict[str, Any]
 Key = Tuple[Any, ...]
 MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as broken
@@ -75,7 +78,8 @@ class _Item:
     call_id: str = ""
     name: str = ""
     args: str = ""
-    args_sent: int = 0  # characters of args already sent as input_json_delta
+    scanned: int = 0  # characters of args fed to scan
+    scan: ArgsScan = dataclasses.field(default_factory=ArgsScan)  # what of args may be streamed
     blob: Optional[str] = None  # reasoning: encrypted_content, from .done
     done: Optional[Dict[str, Any]] = None  # function_call: its .done item, while another call's block is open
     complete: bool = False  # its output_item.done came: what it said is final, later deltas are repeats
@@ -268,6 +272,11 @@ class ResponsesFold(SSEFold):
             events.append(self._delta({"type": "signature_delta", "signature": self._signature(self.open.key[1])}))
         elif self.open.kind == "text":
             events += self._citations(self.open.key)
+        elif self.open.kind == "tool_use" and self.open.key[1] in self.items:
+            rest = self.items[self.open.key[1]].scan.flush()  # a call cut short: what was held back, as it came
+            if rest:
+                self.out_chars += len(rest)
+                events.append(self._delta({"type": "input_json_delta", "partial_json": rest}))
         events.append({"type": "content_block_stop", "index": self.open.index})
         self.closed.add(self.open.key)
         self.open = None
@@ -476,25 +485,37 @@ class ResponsesFold(SSEFold):
     # Function calls: arguments stream live once the block can be opened.
 
     def _maybe_live(self, index: Any, item: _Item) -> List[Event]:
-        """Open the tool block once its id and name are known and its JSON object has begun.
+        """Open the tool block once its id and name are known and its arguments show they are a
+        JSON object (``{`` then ``"`` or ``}``, nothing invalid yet); then stream what the scan
+        passes on (``ArgsScan``: nothing after the object closed, at invalid JSON the brackets
+        that close what was sent).
 
         Until then the arguments wait (a call whose ``call_id``/``name`` come only
-        with ``.done``, arguments that are not an object, RESPONSES.md 7.8).
+        with ``.done``, arguments that are not an object, RESPONSES.md 7.8): they are
+        placed whole, repaired, at the call's end.
         """
         key = ("f", index)
-        if not self._is_open(key) and key not in self.closed:
-            if not (item.call_id and item.name and item.args.lstrip().startswith("{")):
+        if key in self.closed:
+            return []
+        opened = self._is_open(key)
+        if not opened and (not (item.call_id and item.name) or self._held_back(key)):
+            return []  # one block at a time (RESPONSES.md 7 pitfall 8): it waits for that call's end
+        if len(item.args) > item.scanned:
+            item.scan.feed(item.args[item.scanned:])
+            item.scanned = len(item.args)
+        events: List[Event] = []
+        if not opened:
+            if not item.scan.started or item.scan.bad:
                 return []
-            if self._held_back(key):
-                return []  # one block at a time (RESPONSES.md 7 pitfall 8): it waits for that call's end
             events = self._open(key, "tool_use", self._tool_start(item))
-        else:
-            events = []
-        if not self._is_open(key) or len(item.args) <= item.args_sent:
+        text = item.scan.take()
+        if not text:
             return events
-        fragment, item.args_sent = item.args[item.args_sent:], len(item.args)
-        self.out_chars += len(fragment)
-        return events + [self._delta({"type": "input_json_delta", "partial_json": fragment})]
+        if item.scan.bad:
+            log.warning("tool call %s (%s): its streamed arguments turned invalid JSON; its input was closed "
+                        "after the last whole member and the rest dropped", item.name, item.call_id)
+        self.out_chars += len(text)
+        return events + [self._delta({"type": "input_json_delta", "partial_json": text})]
 
     def _tool_start(self, item: _Item) -> Dict[str, Any]:
         tool_id = self._claim_tool_id(item.call_id or "toolu_" + self.new_id())

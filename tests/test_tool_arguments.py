@@ -1,0 +1,246 @@
+"""Tool arguments streamed live are always JSON the SDKs can parse (``apis/toolargs.py``).
+
+The TypeScript SDK's ``MessageStream`` (Claude Code's) joins a tool block's ``partial_json``
+and parses it at ``content_block_stop`` with a partial-JSON parser that throws on anything
+but JSON cut short. So for every upstream argument stream, through both stream translators
+(Chat Completions and the Responses API), the joined ``partial_json`` of each tool block
+must be strict JSON (``json.loads``), equal to the expected input, and equal to what the
+JSON answer (non-stream) gives for the same arguments.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any, Dict, List, Tuple
+
+import pytest
+
+from claudeproxy.apis.chat.response import message_from_body, normalize_arguments
+from claudeproxy.apis.responses.response import to_messages_response, tool_input
+from claudeproxy.apis.responses.stream import ResponsesFold
+from sse_checks import assert_valid_event_sequence, final_message
+from stream_playbook import Playbook, chunk, counter_ids, drive, tool_delta
+
+Event = Dict[str, Any]
+
+# (name, upstream argument fragments, the tool input every path must give)
+CASES: List[Tuple[str, List[str], Dict[str, Any]]] = [
+    # The probe's five (REPORT finding 2): the TypeScript SDK threw on each.
+    ("extra_brace", ['{"path":"a"}', "}"], {"path": "a"}),
+    ("extra_brace_one_fragment", ['{"path":"a"}}'], {"path": "a"}),
+    ("code_fence", ['{"path":"a"}', "\n```"], {"path": "a"}),
+    ("trailing_words", ['{"a":1}', " trailing words"], {"a": 1}),
+    ("trailing_words_one_fragment", ['{"a":1} trailing words'], {"a": 1}),
+    ("two_objects", ['{"a":1}', '{"b":2}'], {"a": 1}),
+    ("two_objects_one_fragment", ['{"a":1}{"b":2}'], {"a": 1}),
+    ("bad_json", ["{bad", " json}"], {}),
+    ("python_dict", ["{'a': 1}"], {}),
+    ("bare_keys", ["{a: 1}"], {}),
+    # Invalid after the call went live: closed after its last whole member.
+    ("python_true", ['{"a": 1, "b": Tr', "ue}"], {"a": 1}),
+    ("python_none_first", ['{"a": None}'], {}),
+    ("trailing_comma", ['{"a": 1,', "}"], {"a": 1}),
+    ("trailing_comma_in_array", ['{"a": [1, 2,', "]}"], {"a": [1, 2]}),
+    ("missing_comma", ['{"a": 1 ', '"b": 2}'], {"a": 1}),
+    ("single_quoted_value", ['{"a": "x", "b": ', "'y'}"], {"a": "x"}),
+    ("nan", ['{"a": 1, "b": NaN}'], {"a": 1}),
+    ("wrong_bracket", ['{"a": {"b": [1', "}}"], {"a": {"b": [1]}}),
+    ("leading_zero", ['{"a": "x", "n": 01}'], {"a": "x"}),
+    # Mended as they pass: what the model meant.
+    ("raw_newline_in_string", ['{"c": "line1\nline2\t', 'end"}'], {"c": "line1\nline2\tend"}),
+    ("unknown_escape", ['{"re": "\\d+\\', 's"}'], {"re": "\\d+\\s"}),
+    # Valid, split anywhere: passed on unchanged.
+    ("unicode_escapes_split", ['{"s": "caf\\u00', "e9 \\ud83d", '\\ude00 \\"q\\" \\\\', '"}'], {"s": 'café \U0001F600 "q" \\'}),
+    ("braces_inside_strings", ['{"code": "if (a) { b(); }', ' else { c(\\"}\\"); }"}'], {"code": 'if (a) { b(); } else { c("}"); }'}),
+    ("close_brace_in_string_at_boundary", ['{"a": "}', '", "b": "{"}'], {"a": "}", "b": "{"}),
+    ("escape_split_at_backslash", ['{"p": "C:\\', '\\dir\\', '"x"}'], {"p": 'C:\\dir"x'}),
+    ("numbers_and_literals_split", ['{"n": 12', "34.5", 'e2, "t": tr', 'ue, "z": nu', "ll}"], {"n": 123450.0, "t": True, "z": None}),
+    ("nested", ['{"a": [1, {"b": [', '[], {}, "]"]}', '], "c": {}}'], {"a": [1, {"b": [[], {}, "]"]}], "c": {}}),
+    ("whitespace", ['  {\n  "a"', ' :\n  [ 1 ,2 ]\n}\n'], {"a": [1, 2]}),
+    ("empty_object", ["{", "}"], {}),
+]
+IDS = [c[0] for c in CASES]
+
+
+def chat_stream(fragments: List[str]) -> List[Event]:
+    pb = Playbook()
+    pb.feed(chunk(tool_delta(0, "call_1", "read", fragments[0])))
+    for piece in fragments[1:]:
+        pb.feed(chunk(tool_delta(0, arguments=piece)))
+    pb.feed(chunk(finish="tool_calls", usage={"prompt_tokens": 3, "completion_tokens": 4}))
+    assert pb.complete
+    return pb.events
+
+
+def chat_json(arguments: str) -> Dict[str, Any]:
+    body = {"id": "x", "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": None,
+        "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "read", "arguments": arguments}}]}}]}
+    message, _ = message_from_body(body, model="m", new_id=counter_ids())
+    [block] = [b for b in message["content"] if b["type"] == "tool_use"]
+    return block["input"]
+
+
+def _sse(obj: Dict[str, Any]) -> bytes:
+    return f"event: {obj['type']}\ndata: ".encode() + json.dumps(obj).encode() + b"\n\n"
+
+
+def responses_stream(fragments: List[str]) -> List[Event]:
+    arguments = "".join(fragments)
+    call = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "read"}
+    objs = [{"type": "response.output_item.added", "output_index": 0, "item": {**call, "arguments": ""}}]
+    objs += [{"type": "response.function_call_arguments.delta", "item_id": "fc_1", "output_index": 0, "delta": f}
+             for f in fragments]
+    objs += [{"type": "response.function_call_arguments.done", "item_id": "fc_1", "output_index": 0, "arguments": arguments},
+             {"type": "response.output_item.done", "output_index": 0, "item": {**call, "arguments": arguments}},
+             {"type": "response.completed", "response": {"id": "r", "status": "completed", "output": [],
+                                                          "usage": {"input_tokens": 3, "output_tokens": 2}}}]
+    fold = ResponsesFold(message_id="msg_test", model="m", input_tokens=3, new_id=counter_ids())
+    return drive(fold, io.BytesIO(b"".join(_sse(o) for o in objs)).readlines(), clean=True)
+
+
+def responses_json(arguments: str) -> Dict[str, Any]:
+    obj = {"id": "r", "status": "completed", "usage": {"input_tokens": 3, "output_tokens": 2}, "output": [
+        {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "read", "arguments": arguments}]}
+    message = to_messages_response(obj, model="m", new_id=counter_ids(), tool_names={})
+    [block] = [b for b in message["content"] if b["type"] == "tool_use"]
+    return block["input"]
+
+
+def streamed_inputs(events: List[Event]) -> List[Any]:
+    """Each tool block's joined partial_json, parsed strictly (as the TypeScript SDK must)."""
+    assert_valid_event_sequence(events, allow_error=False)
+    parts: Dict[int, str] = {}
+    starts = [e for e in events if e["type"] == "content_block_start" and e["content_block"]["type"] == "tool_use"]
+    for e in events:
+        if e["type"] == "content_block_delta" and e["delta"]["type"] == "input_json_delta":
+            parts[e["index"]] = parts.get(e["index"], "") + e["delta"]["partial_json"]
+    return [json.loads(parts[s["index"]]) if s["index"] in parts else {} for s in starts]
+
+
+@pytest.mark.parametrize("name, fragments, expected", CASES, ids=IDS)
+def test_chat_stream_sends_only_json(name: str, fragments: List[str], expected: Dict[str, Any]) -> None:
+    events = chat_stream(fragments)
+    assert streamed_inputs(events) == [expected]
+    assert [b["input"] for b in final_message(events)["content"]] == [expected]
+
+
+@pytest.mark.parametrize("name, fragments, expected", CASES, ids=IDS)
+def test_responses_stream_sends_only_json(name: str, fragments: List[str], expected: Dict[str, Any]) -> None:
+    events = responses_stream(fragments)
+    assert streamed_inputs(events) == [expected]
+    assert [b["input"] for b in final_message(events)["content"]] == [expected]
+
+
+@pytest.mark.parametrize("name, fragments, expected", CASES, ids=IDS)
+def test_the_json_answer_gives_what_the_stream_gave(name: str, fragments: List[str], expected: Dict[str, Any]) -> None:
+    arguments = "".join(fragments)
+    assert normalize_arguments(arguments)[0] == expected
+    assert chat_json(arguments) == expected
+    assert responses_json(arguments) == expected
+
+
+@pytest.mark.parametrize("name, fragments, expected", [c for c in CASES if c[2]], ids=[c[0] for c in CASES if c[2]])
+def test_the_input_is_the_same_when_the_server_says_incomplete(name: str, fragments: List[str],
+                                                                expected: Dict[str, Any]) -> None:
+    # An object that closed, or turned invalid, was not cut by the output limit: not {}.
+    assert tool_input("".join(fragments), incomplete=True) == expected
+
+
+def test_invalid_json_is_never_live() -> None:
+    """``{bad json}`` is not streamed as it comes: its block comes whole at the end, in one delta
+    or none, after the text that came meanwhile (which waited one fragment for the decision)."""
+    pb = Playbook()
+    first = pb.feed(chunk(tool_delta(0, "call_1", "read", "{")))
+    assert [e["type"] for e in first] == ["message_start"]  # "{" alone does not decide
+    assert pb.feed(chunk({"content": "note"})) == []  # text waits for the decision, as behind a live call
+    out = pb.feed(chunk(tool_delta(0, arguments="bad json}")))
+    assert [e["type"] for e in out] == ["content_block_start", "content_block_delta"]  # the text
+    assert out[1]["delta"] == {"type": "text_delta", "text": "note"}
+    end = pb.feed(chunk(finish="tool_calls", usage={"prompt_tokens": 1, "completion_tokens": 1}))
+    assert [e["type"] for e in end][:3] == ["content_block_stop", "content_block_start", "content_block_stop"]
+    assert end[1]["content_block"]["input"] == {}
+    assert final_message(pb.events)["content"] == [
+        {"type": "text", "text": "note"}, {"type": "tool_use", "id": "call_1", "name": "read", "input": {}}]
+
+
+def test_text_that_waited_for_the_first_key_follows_the_live_call() -> None:
+    pb = Playbook()
+    pb.feed(chunk(tool_delta(0, "call_1", "read", "{")))
+    assert pb.feed(chunk({"content": "note"})) == []
+    live = pb.feed(chunk(tool_delta(0, arguments='"path": "a"')))
+    assert [e["type"] for e in live] == ["content_block_start", "content_block_delta"]
+    assert live[1]["delta"]["partial_json"] == '{"path": "a"'
+    pb.feed(chunk(tool_delta(0, arguments="}")))
+    pb.feed(chunk(finish="tool_calls", usage={"prompt_tokens": 1, "completion_tokens": 1}))
+    assert final_message(pb.events)["content"] == [
+        {"type": "tool_use", "id": "call_1", "name": "read", "input": {"path": "a"}}, {"type": "text", "text": "note"}]
+
+
+def test_text_in_an_open_text_block_waits_for_the_decision_too() -> None:
+    """Text, then the call's "{": the text block ends there, as the call's block would end it, so
+    text coming meanwhile (the one-delta fast path included) waits as behind a live call."""
+    for rest, content in [
+        ('"path": "a"}', [{"type": "text", "text": "Let me look."},
+                          {"type": "tool_use", "id": "call_1", "name": "read", "input": {"path": "a"}},
+                          {"type": "text", "text": " More."}]),
+        ("bad}", [{"type": "text", "text": "Let me look."}, {"type": "text", "text": " More."},
+                  {"type": "tool_use", "id": "call_1", "name": "read", "input": {}}]),
+    ]:
+        pb = Playbook()
+        pb.feed(chunk({"content": "Let me look."}))
+        ends = pb.feed(chunk(tool_delta(0, "call_1", "read", "{")))
+        assert [e["type"] for e in ends] == ["content_block_stop"]
+        assert pb.feed(chunk({"content": " More."})) == []
+        pb.feed(chunk(tool_delta(0, arguments=rest)))
+        pb.feed(chunk(finish="tool_calls", usage={"prompt_tokens": 1, "completion_tokens": 1}))
+        assert final_message(pb.events)["content"] == content, rest
+
+
+def test_text_that_waited_for_a_call_cut_after_its_brace_is_not_lost() -> None:
+    pb = Playbook()
+    pb.feed(chunk(tool_delta(0, "call_1", "read", "{ ")))
+    assert pb.feed(chunk({"reasoning_content": "hmm"})) == []
+    assert pb.feed(chunk({"content": "note"})) == []
+    pb.feed(chunk(finish="length", usage={"prompt_tokens": 1, "completion_tokens": 1}))
+    content = final_message(pb.events)["content"]
+    assert [(b["type"], b.get("thinking") or b.get("text") or b.get("input")) for b in content] == [
+        ("thinking", "hmm"), ("text", "note"), ("tool_use", {})]
+
+
+def test_nothing_after_the_object_is_sent_and_text_after_it_is_not_held() -> None:
+    pb = Playbook()
+    pb.feed(chunk(tool_delta(0, "call_1", "read", '{"path":"a"}')))
+    assert pb.feed(chunk(tool_delta(0, arguments="}\n```"))) == []
+    text = pb.feed(chunk({"content": "done"}))
+    assert [e["type"] for e in text] == ["content_block_stop", "content_block_start", "content_block_delta"]
+
+
+def test_invalid_json_after_going_live_is_closed_and_logged(caplog: Any) -> None:
+    pb = Playbook()
+    pb.feed(chunk(tool_delta(0, "call_1", "read", '{"a": 1, "b": [2')))
+    assert pb.feed(chunk({"content": "note"})) == []  # held behind the open call
+    with caplog.at_level(logging.WARNING):
+        out = pb.feed(chunk(tool_delta(0, arguments=", None]}")))
+    # The number held at the fragment's end, the brackets that close what was sent, then the
+    # text that waited.
+    assert out[0]["delta"] == {"type": "input_json_delta", "partial_json": "2]}"}
+    assert [e["type"] for e in out[1:]] == ["content_block_stop", "content_block_start", "content_block_delta"]
+    assert pb.feed(chunk(tool_delta(0, arguments=', "c": 3}'))) == []  # the rest is dropped
+    pb.feed(chunk(finish="tool_calls", usage={"prompt_tokens": 1, "completion_tokens": 1}))
+    assert streamed_inputs(pb.events) == [{"a": 1, "b": [2]}]
+    assert [r.getMessage() for r in caplog.records if "turned invalid JSON" in r.getMessage()] == [
+        "tool call read (call_1): its streamed arguments turned invalid JSON; its input was closed after the "
+        "last whole member and the rest dropped"]
+
+
+def test_a_cut_call_keeps_what_it_said() -> None:
+    # finish_reason length inside a key: the held key goes out at the end, as before, and the
+    # SDK's partial parser makes of it what it makes of any cut stream.
+    for stream in (chat_stream, responses_stream):
+        events = stream(['{"path": "a", "co'])
+        joined = "".join(e["delta"]["partial_json"] for e in events
+                         if e["type"] == "content_block_delta" and e["delta"]["type"] == "input_json_delta")
+        assert joined == '{"path": "a", "co', stream
