@@ -13,6 +13,7 @@ then the defaults.
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import json
 import logging
@@ -645,14 +646,34 @@ def setup_logging(level: str, secrets: Callable[[], Sequence[str]], stream: Text
 
 
 def usage_writer(path: str) -> Any:
+    """The usage log's sink: one JSON line per record, whole or not at all."""
     lock = threading.Lock()
 
     def write(rec: CallRecord) -> None:
-        line = json.dumps(rec.to_dict(), sort_keys=True)
-        with lock, open(path, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
+        data = (json.dumps(rec.to_dict(), sort_keys=True) + "\n").encode("utf-8")
+        with lock:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                _append_whole(fd, data)
+            finally:
+                os.close(fd)
 
     return write
+
+
+def _append_whole(fd: int, data: bytes) -> None:
+    """One write of ``data``; a part written (a full disk) is cut off again: the next record would
+    otherwise continue the half line, and both be lost to a reader of JSON lines."""
+    start = os.fstat(fd).st_size
+    try:
+        if os.write(fd, data) != len(data):
+            raise OSError(errno.ENOSPC, "the usage log took only part of a record")
+    except OSError:
+        try:
+            os.ftruncate(fd, start)
+        except OSError:
+            pass
+        raise
 
 
 # --------------------------------------------------------------------------

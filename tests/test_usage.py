@@ -222,6 +222,34 @@ def test_a_usage_log_that_cannot_be_written_changes_no_answer(fake: FakeUpstream
     assert len(written) == 1 and written[0].status == 200
 
 
+def test_a_record_the_disk_took_only_part_of_is_cut_off_again(tmp_path: Any, monkeypatch: Any) -> None:
+    """A full disk takes half a line: left there, the next record continued it, and a reader of JSON
+    lines lost both. The half is cut off; the records before and after stay whole."""
+    import os
+
+    from claudeproxy.cli import usage_writer
+
+    path = str(tmp_path / "usage.jsonl")
+    write = usage_writer(path)
+    write(CallRecord("/v1/messages", model="first", status=200))
+    real_write = os.write
+
+    def half_then_full(fd: int, data: bytes) -> int:
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(OSError):
+        write(CallRecord("/v1/messages", model="lost", status=200))
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:10]))  # a short write, no error
+    with pytest.raises(OSError):
+        write(CallRecord("/v1/messages", model="short", status=200))
+    monkeypatch.setattr(os, "write", real_write)
+    write(CallRecord("/v1/messages", model="after", status=200))
+    with open(path, encoding="utf-8") as fh:
+        assert [json.loads(line)["model"] for line in fh] == ["first", "after"]
+
+
 def test_access_line_counts_the_attempts_a_call_took() -> None:
     # README, Reliability settings: the access log names what answered and how many calls it took.
     retried = access_line(CallRecord("/v1/messages", model="m", provider="p2", upstream_model="m2", status=200,
