@@ -48,7 +48,7 @@ from .replies import events_for_message, is_quota_probe, local_message
 from .routing import Routed, Target, build_router
 from .tokens import estimate_input_tokens, estimate_output_tokens, tools_chars
 from .tool_memo import ToolMemo
-from .upstream import Upstream, UpstreamCall, read_json_body
+from .upstream import POOL_IDLE_SECONDS, Upstream, UpstreamCall, read_json_body
 from .urls import messages_url, models_url
 from .watchdog import Pause, Watch, Watchdog
 
@@ -96,6 +96,7 @@ class Proxy:
         self.watchdog = watchdog
         self.router = build_router(config)
         self.upstream = Upstream(config)
+        watchdog.add_chore(POOL_IDLE_SECONDS / 3, self.upstream.pool.prune)  # idle ones go within 40 s
         self.tools = ToolMemo()  # the tool sets clients send, parsed, counted and translated once
         # The APIs the providers speak; another (Responses for a Responses-only model) on first use.
         self.apis: Dict[str, Any] = {name: _load_api(name, self.tools) for name in

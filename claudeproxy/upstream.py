@@ -189,6 +189,13 @@ class ConnectionPool:
         with self._lock:
             return sum(len(v) for v in self._idle.values())
 
+    def prune(self) -> None:
+        """Close the connections idle too long, also when no call comes to take one (the
+        watchdog's chore): a NAT forgets them, and they hold a socket on both ends meanwhile."""
+        with self._lock:
+            stale = self._expired(time.monotonic())
+        _close_all(stale)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

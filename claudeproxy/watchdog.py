@@ -18,7 +18,7 @@ import select
 import socket
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Protocol
+from typing import Any, Callable, Dict, List, Optional, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,11 @@ class Watchdog:
         self._watches: Dict[int, Watch] = {}
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._chores: List[List[Any]] = []  # [every (s), due (monotonic), fn]: housekeeping on this thread
+
+    def add_chore(self, every: float, chore: Callable[[], Any]) -> None:
+        """Run ``chore`` every ``every`` seconds on the watchdog's thread (before ``start``)."""
+        self._chores.append([every, time.monotonic() + every, chore])
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="claudeproxy-watchdog", daemon=True)
@@ -142,6 +147,16 @@ class Watchdog:
                     self._check(watch, now)
                 except Exception:  # one bad watch must not stop the others
                     log.exception("watchdog check failed")
+            self._run_chores(now)
+
+    def _run_chores(self, now: float) -> None:
+        for chore in self._chores:
+            if now >= chore[1]:
+                chore[1] = now + chore[0]
+                try:
+                    chore[2]()
+                except Exception:  # housekeeping must not stop the watchdog
+                    log.exception("watchdog chore failed")
 
     def _check_clients(self, watches: List[Watch]) -> None:
         by_sock = {id(w.client): w for w in watches if w.client is not None and w.client_checked}

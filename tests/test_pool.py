@@ -115,6 +115,21 @@ def test_shutdown_closes_idle_connections(start: Any, keep_alive: FakeUpstream) 
     assert keep_alive.wait_connections_closed(1, 5)
 
 
+def test_idle_connections_are_closed_without_a_next_call(start: Any, keep_alive: FakeUpstream,
+                                                        monkeypatch: Any) -> None:
+    """Idle past the pool's limit, a connection is closed by the watchdog's chore even when no call
+    comes to take one (it stayed open for as long as the proxy ran idle)."""
+    from claudeproxy import pipeline, upstream
+
+    monkeypatch.setattr(upstream, "POOL_IDLE_SECONDS", 0.6)
+    monkeypatch.setattr(pipeline, "POOL_IDLE_SECONDS", 0.6)
+    proxy = start(keep_alive.url)
+    assert _messages(proxy).status == 200
+    assert keep_alive.closed_connections == 0
+    assert keep_alive.wait_connections_closed(1, 5)  # no second request: the chore did it
+    assert proxy.server.proxy.upstream.pool.idle_count() == 0
+
+
 def test_connection_close_answers_are_not_pooled(start: Any, keep_alive: FakeUpstream) -> None:
     """A ``Connection: close`` answer is never pooled: the next request opens a new connection."""
     plain = FakeUpstream()  # answers with Connection: close
