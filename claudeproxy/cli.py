@@ -55,6 +55,7 @@ from .config import (
     origin_as_sent,
     setting_name,
     static_token,
+    unset_variable,
 )
 from .config_file import ConfigError, FileConfig, FlagSpec, parse_config
 from .credentials import DEFAULT_TTL, CommandToken, command_argv, command_token, current_secrets, key_source
@@ -386,7 +387,10 @@ def parse_header(value: str, setting: str = "--header") -> Tuple[str, str]:
 
 def _positive(ns: argparse.Namespace) -> None:
     for dest in ("connect_timeout", "idle_timeout", "request_timeout", "ping_interval", "api_key_ttl"):
-        if not getattr(ns, dest) > 0:  # also refuses NaN
+        value = getattr(ns, dest)
+        if value != value:  # NaN
+            raise UsageError(f"{name_of(ns, dest)} must be a number of seconds greater than 0, got nan")
+        if not value > 0:
             raise UsageError(f"{name_of(ns, dest)} must be greater than 0")
     for dest in ("max_concurrency", "max_body_bytes", "max_output_tokens"):
         value = getattr(ns, dest)
@@ -411,7 +415,7 @@ def _shorthand_key(ns: argparse.Namespace, environ: Mapping[str, str], api: str)
         keys = []
         for var in ns.api_key_env:
             if not environ.get(var, "").strip():
-                raise UsageError(f"{name_of(ns, 'api_key_env')}: the environment variable {var} is not set")
+                raise UsageError(f"{name_of(ns, 'api_key_env')}: {unset_variable(environ, var)}")
             keys.append(environ[var].strip())
         return key_source(keys), ", ".join(f"${var}" for var in ns.api_key_env)
     if ns.api_key_command:
@@ -431,7 +435,7 @@ def _auth_key(ns: argparse.Namespace, environ: Mapping[str, str]) -> Tuple[Optio
     var = getattr(ns, "auth_key_env", None)
     if var:
         if not environ.get(var):
-            raise UsageError(f"{name_of(ns, 'auth_key_env')}: the environment variable {var} is not set")
+            raise UsageError(f"{name_of(ns, 'auth_key_env')}: {unset_variable(environ, var)}")
         return environ[var], f"{name_of(ns, 'auth_key_env')} (${var})"
     key = environ.get("CLAUDEPROXY_AUTH_KEY") or None
     return key, "CLAUDEPROXY_AUTH_KEY" if key else None

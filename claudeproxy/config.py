@@ -282,6 +282,11 @@ def _env_var(environ: Mapping[str, str], key: str) -> Tuple[str, str]:
     return key, ""
 
 
+def unset_variable(environ: Mapping[str, str], var: str) -> str:
+    """What is wrong with a setting's environment variable that gave no value."""
+    return f"the environment variable {var} is " + ("empty" if var in environ else "not set")
+
+
 def env_proxies(environ: Mapping[str, str]) -> Tuple[Dict[str, str], str]:
     """``--use-env-proxy``: the proxy URL per upstream scheme (``http_proxy``, ``https_proxy``) and
     the ``no_proxy`` list; a value that is not an http:// proxy is a ValueError naming its variable.

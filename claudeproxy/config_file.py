@@ -16,7 +16,7 @@ import math
 import os.path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .config import Provider, Route, RouteTarget, check_header
+from .config import Provider, Route, RouteTarget, check_header, unset_variable
 from .credentials import DEFAULT_TTL, command_argv, command_token, key_source
 from .model_facts import ModelFacts, facts_from_dict
 from .routing import check_provider
@@ -129,7 +129,7 @@ def _token(obj: Mapping[str, Any], environ: Mapping[str, str], path: str, name: 
 def _env_value(environ: Mapping[str, str], var: str, setting: str) -> str:
     value = environ.get(var, "").strip()
     if not value:
-        raise ConfigError(f"{setting}: the environment variable {var} is not set")
+        raise ConfigError(f"{setting}: {unset_variable(environ, var)}")
     return value
 
 
@@ -266,6 +266,10 @@ def parse_config(obj: Any, environ: Mapping[str, str], specs: Mapping[str, FlagS
     and ``folder`` the one it is in, where its relative paths start (none: they stay as written)."""
     obj = _want(obj, dict, "(top level)", "an object")
     providers = _want(obj.get("providers", {}), dict, "providers", "an object of provider names to providers")
+    if "providers" in obj and not providers:
+        # Not the single-upstream default (api.openai.com) in their place: a file that names none
+        # was cut short or emptied by mistake.
+        raise ConfigError("providers: names no provider; give at least one, or leave providers out")
     routes = _want(obj.get("routes", []), list, "routes", "an array of routes")
     parsed = (tuple(_provider(name, p, environ) for name, p in providers.items()),
               tuple(_route(i, r, source) for i, r in enumerate(routes)))
@@ -280,5 +284,5 @@ def env_key(environ: Mapping[str, str], var: Optional[str], setting: str) -> Opt
         return None
     value = environ.get(var, "").strip()
     if not value:
-        raise ConfigError(f"{setting}: the environment variable {var} is not set")
+        raise ConfigError(f"{setting}: {unset_variable(environ, var)}")
     return value

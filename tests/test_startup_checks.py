@@ -150,7 +150,7 @@ CLI_CASES = [
     (["--upstream", "http://example.test/my models"], "--upstream"),
     (["--upstream", "http://example.test/v1\x01"], "--upstream"),
     (["--proxy", "http://proxy.test:3128/\x7f"], "--proxy"),
-    (["--connect-timeout", "nan"], "--connect-timeout"),
+    (["--connect-timeout", "nan"], "--connect-timeout must be a number of seconds greater than 0, got nan"),
     (["--connect-timeout", "inf"], "--connect-timeout"),
     (["--idle-timeout", "-3"], "--idle-timeout"),
     (["--request-timeout", "infinity"], "--request-timeout"),
@@ -204,6 +204,20 @@ def test_a_key_command_that_cannot_be_split_is_not_quoted_back(served: List[Any]
     line = assert_one_line(*run_main(["--api-key-command", '"print-key --token sk-inline-000000']),
                            "--api-key-command: cannot split the command into words")
     assert "sk-inline" not in line
+
+
+def test_a_key_variable_that_is_set_but_empty_is_said_so(served: List[Any]) -> None:
+    """The message said "not set" and sent the user looking for a variable that is there, empty."""
+    assert_one_line(*run_main(["--api-key-env", "MY_KEY"], {"MY_KEY": " "}),
+                    "--api-key-env: the environment variable MY_KEY is empty")
+    assert_one_line(*run_main(["--api-key-env", "MY_KEY"], {}), "--api-key-env: the environment variable MY_KEY is not set")
+
+
+def test_a_config_file_naming_no_provider_stops_the_start(served: List[Any], tmp_path: Any) -> None:
+    """Not the default upstream (api.openai.com) in place of the providers a cut-short file lost."""
+    path = tmp_path / "c.json"
+    path.write_text('{"providers": {}, "routes": []}')
+    assert_one_line(*run_main(["--config", str(path)]), "providers: names no provider")
 
 
 @pytest.mark.parametrize("command,said", [
