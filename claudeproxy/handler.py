@@ -366,8 +366,8 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             try:
                 self._guarded(method, writer, lambda: route(self, writer))
             finally:
+                server.slots.release()  # first: a request_finished waiter may send the next request at once
                 server.request_finished()
-                server.slots.release()
         finally:
             if self.body_left_unread:
                 # An unread body would be parsed as the next request on this connection.
