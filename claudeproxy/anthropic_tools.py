@@ -21,12 +21,16 @@ from __future__ import annotations
 import dataclasses
 import re
 import types
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
-
-if TYPE_CHECKING:  # only for the annotation: anthropic_types imports this module
-    from .anthropic_types import Tool
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 Schema = Dict[str, Any]
+
+
+class NamedTool(Protocol):
+    """What the warnings read of an ``anthropic_types.Tool`` (which imports this module)."""
+
+    name: str
+    kind: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +174,7 @@ def fixed_name(kind: str) -> Optional[str]:
     return known.name if known is not None else None
 
 
-def dropped_tool_warnings(dropped: Sequence[Tool]) -> Tuple[str, ...]:
+def dropped_tool_warnings(dropped: Sequence[NamedTool]) -> Tuple[str, ...]:
     """The warnings for the Anthropic-defined tools a translation leaves out, grouped by why."""
     computer = [t for t in dropped if t.kind.startswith("computer_")]
     server = [t for t in dropped if not t.kind.startswith("computer_")]
@@ -183,5 +187,5 @@ def dropped_tool_warnings(dropped: Sequence[Tool]) -> Tuple[str, ...]:
     return tuple(out)
 
 
-def _names(tools: Sequence[Tool]) -> str:
+def _names(tools: Sequence[NamedTool]) -> str:
     return ", ".join(f"{t.name} ({t.kind})" for t in tools)
