@@ -40,7 +40,7 @@ class CommandToken:
         self._lock = threading.Lock()
         self._key: Optional[str] = None
         self._fetched = 0.0
-        self._failure: Optional[Tuple[float, UpstreamUnavailable]] = None  # when the last run failed, how
+        self._failure: Optional[Tuple[float, str]] = None  # when the last run failed, and its message
         # Keys the command printed before the current one: an upstream may still echo one (a
         # late 401 for a request sent with it), so they stay masked. Bounded: a key rotated
         # every few minutes for weeks must not grow the list, nor every redaction. A tuple replaced
@@ -53,13 +53,14 @@ class CommandToken:
             failure = self._failure
             if failure is not None and failure[0] >= asked:
                 # The run this call waited for failed: the same answer, not another run each (a
-                # command that hangs would hold every waiting request its own 30 s in turn).
-                raise failure[1]
+                # command that hangs would hold every waiting request its own 30 s in turn). A new
+                # error each: one raised again would gather every waiter's frames in its traceback.
+                raise UpstreamUnavailable(failure[1])
             if self._key is None or time.monotonic() - self._fetched >= self.ttl:
                 try:
                     key = self._run()
                 except UpstreamUnavailable as exc:
-                    self._failure = (time.monotonic(), exc)
+                    self._failure = (time.monotonic(), exc.message)
                     raise
                 self._retire(key)
                 self._key = key
