@@ -258,6 +258,12 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             return False
         return super().handle_expect_100()
 
+    def date_time_string(self, timestamp: Optional[float] = None) -> str:
+        http_date = getattr(self.server, "http_date", None)  # the server's, cached a second
+        if timestamp is None and http_date is not None:
+            return http_date()  # type: ignore[no-any-return]
+        return super().date_time_string(timestamp)
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s %s", self.address_string(), format % args)
 

@@ -460,6 +460,10 @@ class Proxy:
         """One call to one target; a stream that has begun comes back as the rest to relay."""
         call = UpstreamCall()
         watch.call, watch.tick = call, None
+        parsed = req.parsed
+        if parsed is not None and "estimate_raw" not in record:
+            # Counted while the upstream reads the request, off the path to a stream's first byte.
+            call.meanwhile = lambda: record.setdefault("estimate_raw", self._raw_estimate(parsed))
         streamed = watch.deadline is None
         if streamed:
             # A stream has no deadline, only the idle timeout between reads: an upstream sending
@@ -669,7 +673,9 @@ class Proxy:
         """
         if req.parsed is None:
             return 0  # the Messages API forwards the upstream's own message_start
-        raw = self._raw_estimate(req.parsed)
+        raw = record.get("estimate_raw")  # counted while the upstream thought (_attempt), if it was sent
+        if raw is None:
+            raw = self._raw_estimate(req.parsed)
         sent = self.calibration.estimate((record.get("provider"), record.get("upstream_model")), raw)
         record.update(estimate_raw=raw, estimate_sent=sent)
         return sent

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import email.utils
 import logging
 import socket
 import threading
@@ -72,6 +73,22 @@ class BodyReaders:
             return len(self._readers)
 
 
+class HttpDate:
+    """The Date header's value, formatted once a second (``email.utils.formatdate`` costs ~5 µs a
+    call warm and ~40 µs on a core that idled between requests: on the path to a stream's first byte)."""
+
+    def __init__(self) -> None:
+        self._last: Tuple[int, str] = (-1, "")
+
+    def __call__(self) -> str:
+        now = int(time.time())
+        second, text = self._last  # one tuple: threads see an old pair or a new one, never a mix
+        if second != now:
+            text = email.utils.formatdate(now, usegmt=True)
+            self._last = (now, text)
+        return text
+
+
 class ProxyServer(ThreadingHTTPServer):
     daemon_threads = True
     # The listen backlog (the kernel caps it at net.core.somaxconn). The stdlib's 5 drops bursts;
@@ -86,6 +103,7 @@ class ProxyServer(ThreadingHTTPServer):
         self.proxy = Proxy(config, self.metrics, self.watchdog)  # checks the settings: ValueError names a bad one
         self.slots = threading.BoundedSemaphore(config.max_concurrency)
         self.body_readers = BodyReaders(config.max_body_readers)
+        self.http_date = HttpDate()
         self._conns: Set[socket.socket] = set()
         self._conns_lock = threading.Lock()
         self._active = 0

@@ -71,6 +71,9 @@ class UpstreamCall:
         # What to mask in anything made of this call's answer (set by ``Upstream.open``): the
         # proxy's secrets and the credential sent, a forwarded client key included.
         self.secrets: Tuple[str, ...] = ()
+        # The caller's own work that need not wait for the answer (the prompt's token estimate): run
+        # once the request is sent, while the upstream reads it, instead of after its head arrived.
+        self.meanwhile: Optional[Callable[[], None]] = None
 
     def attach(self, sock: socket.socket) -> None:
         with self._lock:
@@ -510,6 +513,9 @@ class _PooledOpen:
                 if self._stale(err, call, reused):
                     raise _Stale() from err
                 raise urllib.error.URLError(err) from None
+            if call is not None and call.meanwhile is not None:
+                work, call.meanwhile = call.meanwhile, None
+                work()
             resp = conn.getresponse()
         except _STALE_ERRORS as err:
             conn.close()

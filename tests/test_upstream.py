@@ -284,3 +284,61 @@ def test_json_answer_over_the_cap_is_still_refused():
     body = _RecordingBody(b"[" + b"1," * 600 * 1024 + b"1]")
     with pytest.raises(ProxyError, match="larger than"):
         read_json_body(body, UpstreamCall(), 1024 * 1024)
+
+
+@pytest.mark.parametrize("keep_alive", [False, True])
+def test_meanwhile_runs_while_the_upstream_holds_its_answer(keep_alive):
+    """The caller's own work (the prompt's token estimate) runs once the request is sent, before
+    the answer is awaited: an upstream that answers only after it ran is not a deadlock. It runs
+    once per call, also on a pooled connection."""
+    import threading
+
+    ran = threading.Event()
+    waited: List[bool] = []
+
+    def responder(rec: Any) -> Reply:
+        waited.append(ran.wait(5))  # the request is in: the proxy must not be waiting for the answer yet
+        return json_reply(completion())
+
+    fake = FakeUpstream(keep_alive=keep_alive, responder=responder)
+    upstream = Upstream(Config())
+    try:
+        for _ in range(2):  # the second over the kept-alive connection, when there is one
+            ran.clear()
+            call = UpstreamCall()
+            runs: List[int] = []
+            call.meanwhile = lambda: (runs.append(1), ran.set())
+            with upstream.open(fake.url + "/chat/completions", call=call, body=b"{}") as resp:
+                assert resp.status == 200 and b"Hello" in resp.read()
+            assert runs == [1] and call.meanwhile is None
+        assert waited == [True, True]
+        assert fake.connections == (1 if keep_alive else 2)
+    finally:
+        upstream.close()
+        fake.close()
+
+
+def test_the_date_header_is_formatted_once_a_second(monkeypatch):
+    """Every answer carries an IMF-fixdate Date (RFC 9110 6.6.1); the server formats it once per second."""
+    import email.utils
+    from claudeproxy import server as server_module
+
+    now = [1_700_000_000.2]
+    monkeypatch.setattr(server_module.time, "time", lambda: now[0])
+    date = server_module.HttpDate()
+    first = date()
+    assert first == "Tue, 14 Nov 2023 22:13:20 GMT" == email.utils.formatdate(1_700_000_000, usegmt=True)
+    now[0] += 0.7
+    assert date() is first  # the same second: the string already made
+    now[0] += 0.2
+    assert date() == "Tue, 14 Nov 2023 22:13:21 GMT"
+
+
+def test_answers_carry_the_current_date(proxy):
+    import email.utils
+    import time
+
+    answer = request(proxy.url, "POST", "/v1/messages", minimal_request(), headers=HEADERS)
+    assert answer.status == 200
+    sent = email.utils.parsedate_to_datetime(answer.headers["date"]).timestamp()
+    assert abs(sent - time.time()) < 5
