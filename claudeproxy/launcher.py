@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -307,10 +308,64 @@ def open_log(path: Optional[str], pid: int) -> Tuple[TextIO, str]:
     """The proxy's log file (appended to, private to the user) and its absolute name."""
     if path:
         path = os.path.abspath(path)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    else:
-        fd, path = _new_temp_log(pid)
+        return FollowedLog(path), path
+    fd, path = _new_temp_log(pid)
     return os.fdopen(fd, "a", encoding="utf-8", buffering=1), path
+
+
+class FollowedLog(io.TextIOBase):
+    """A ``--log-file`` that follows its name: once logrotate (or the user) moved or deleted the
+    file, the next line goes to a new one under the name, as logging's WatchedFileHandler does,
+    but private to the user (0600) like the first. A session runs for days behind Claude Code;
+    without this its log went on into the rotated file, and the named one stayed empty.
+
+    The default log in the shared temp folder is not followed: opening a name there again could
+    open a file or link another user put in its place.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self._lock = threading.Lock()
+        self._stream, self._id = self._open()
+
+    def _open(self) -> Tuple[TextIO, Tuple[int, int]]:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        st = os.fstat(fd)
+        return os.fdopen(fd, "a", encoding="utf-8", buffering=1), (st.st_dev, st.st_ino)
+
+    def _moved(self) -> bool:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self._id
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            if self._moved():
+                try:
+                    stream, self._id = self._open()
+                except OSError:
+                    pass  # the folder is gone or not writable now: the old file still takes the line
+                else:
+                    self._stream.close()
+                    self._stream = stream
+            return self._stream.write(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._stream.flush()
+
+    def close(self) -> None:
+        try:
+            super().close()  # flushes first
+        finally:
+            with self._lock:
+                self._stream.close()
 
 
 def _new_temp_log(pid: int) -> Tuple[int, str]:

@@ -829,3 +829,25 @@ def test_the_default_log_file_is_new_and_private(tmp_path: Any, monkeypatch: Any
     stream.close()
     assert path == str(tmp_path / "claudeproxy-4243.log")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_a_log_file_moved_away_goes_on_under_its_name(tmp_path: Any) -> None:
+    """logrotate moves the log (or a user deletes it): the lines after that go to a new file under
+    the name, private as the first; nothing more goes into the rotated one."""
+    name = str(tmp_path / "proxy.log")
+    stream, path = launcher.open_log(name, 4244)
+    try:
+        stream.write("before\n")
+        os.rename(name, name + ".1")
+        stream.write("after the move\n")
+        os.unlink(name)
+        stream.write("after the delete\n")
+        stream.write("and on\n")
+    finally:
+        stream.close()
+    assert path == name
+    with open(name + ".1", encoding="utf-8") as fh:
+        assert fh.read() == "before\n"
+    with open(name, encoding="utf-8") as fh:
+        assert fh.read() == "after the delete\nand on\n"
+    assert stat.S_IMODE(os.stat(name).st_mode) == 0o600
