@@ -27,6 +27,7 @@ import base64
 import functools
 import http.client
 import io
+import ipaddress
 import json
 import logging
 import os
@@ -634,8 +635,7 @@ class _ProxyHandler(urllib.request.ProxyHandler):
         self._no_proxy = no_proxy
 
     def proxy_open(self, req: urllib.request.Request, proxy: str, kind: str) -> None:
-        bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # not in the stubs
-        if self._no_proxy and req.host and bypass(req.host, {"no": self._no_proxy}):
+        if self._no_proxy and req.host and bypasses_proxy(req.host, self._no_proxy):
             return  # straight to the upstream
         parts = urlsplit(proxy)
         if parts.username and parts.password:  # as urllib: a user alone sends no Proxy-Authorization
@@ -643,6 +643,31 @@ class _ProxyHandler(urllib.request.ProxyHandler):
             req.add_header("Proxy-authorization", "Basic " + base64.b64encode(pair).decode("ascii"))
         req.set_proxy(unquote(parts.netloc.rpartition("@")[2]), "http")
         # None: the http/https handlers go on, to the proxy (a CONNECT tunnel for https).
+
+
+def bypasses_proxy(host: str, no_proxy: str) -> bool:
+    """Does ``NO_PROXY`` send ``host`` (``name[:port]``, ``[v6]:port``) past the proxy?
+
+    urllib's match (names, domain suffixes, ``*``), and address ranges (``10.0.0.0/8``,
+    ``fd00::/8``), which curl, Go and requests take and urllib compares as text, never matching:
+    a corporate NO_PROXY of ranges sent calls to an in-house server through the proxy. Only an
+    upstream given as an address is matched against a range (no name is looked up), as curl does.
+    """
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # not in the stubs
+    if bypass(host, {"no": no_proxy}):
+        return True
+    try:
+        address = ipaddress.ip_address(urlsplit("//" + host).hostname or "")
+    except ValueError:
+        return False
+    for entry in no_proxy.split(","):
+        try:
+            network = ipaddress.ip_network(entry.strip(), strict=False) if "/" in entry else None
+        except ValueError:
+            continue  # not a range: urllib's match had its say
+        if network is not None and network.version == address.version and address in network:
+            return True
+    return False
 
 
 def proxy_settings(config: Config, environ: Mapping[str, str]) -> Tuple[Dict[str, str], str]:

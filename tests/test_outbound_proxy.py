@@ -148,17 +148,43 @@ def test_no_proxy_leaves_an_explicit_proxy_alone_for_https_upstreams(make_proxy:
     assert [h.split(" HTTP/")[0] for h in outbound.seen()] == [f"CONNECT 127.0.0.1:{refused_port}"]  # 1.0 or 1.1 (3.12+)
 
 
+@pytest.mark.parametrize("no_proxy,direct", [
+    ("127.0.0.1", True),
+    ("127.0.0.0/8", True),  # a range, as curl, Go and requests take it (urllib alone never matched one)
+    ("10.0.0.0/8, 127.0.0.1/32", True),
+    ("10.0.0.0/8,::1/128", False),  # ranges the upstream is outside of: through the proxy
+])
 def test_no_proxy_still_applies_to_the_environments_proxy(make_proxy: Any, fake_upstream: FakeUpstream,
-                                                          clean_env: Any) -> None:
+                                                          clean_env: Any, no_proxy: str, direct: bool) -> None:
     outbound = FakeUpstream()
     try:
+        outbound.default = json_reply(completion("via proxy"))
         clean_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{outbound.port}")
-        clean_env.setenv("NO_PROXY", "127.0.0.1")
+        clean_env.setenv("NO_PROXY", no_proxy)
         server = make_proxy(use_env_proxy=True)
         assert send(server).status == 200
-        assert len(fake_upstream.requests) == 1 and outbound.requests == []
+        if direct:
+            assert len(fake_upstream.requests) == 1 and outbound.requests == []
+        else:
+            assert fake_upstream.requests == [] and len(outbound.requests) == 1
     finally:
         outbound.close()
+
+
+@pytest.mark.parametrize("host,no_proxy,bypassed", [
+    ("10.1.2.3:8000", "10.0.0.0/8", True),
+    ("10.1.2.3", "192.168.0.0/16, 10.1.0.0/16", True),
+    ("10.1.2.3", "10.0.0.0/16", False),
+    ("[fd00::5]:443", "fd00::/8", True),
+    ("[::1]:443", "127.0.0.0/8", False),  # another address family
+    ("llm.corp.example", "10.0.0.0/8", False),  # a name is not looked up to match a range
+    ("llm.corp.example", "corp.example", True),  # urllib's own suffix match stays
+    ("10.1.2.3", "not/a-range,10.1.2.3", True),
+])
+def test_no_proxy_address_ranges(host: str, no_proxy: str, bypassed: bool) -> None:
+    from claudeproxy.upstream import bypasses_proxy
+
+    assert bypasses_proxy(host, no_proxy) is bypassed
 
 
 def test_schemeless_environment_proxy_with_credentials_is_http(make_proxy: Any, fake_upstream: FakeUpstream,
