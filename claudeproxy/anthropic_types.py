@@ -187,6 +187,7 @@ class MessagesRequest:
     effort: Optional[str] = None
     output_schema: Optional[Dict[str, Any]] = None
     user_id: Optional[str] = None
+    mcp_servers: Tuple[str, ...] = ()  # the names of the MCP connector's servers: no upstream reaches them
 
 
 # --------------------------------------------------------------------------
@@ -587,8 +588,17 @@ def parse_messages_request(obj: Any, tools_parser: ToolsParser = parse_tools) ->
         top_k=_int(obj, "top_k", ""),
         stop_sequences=_parse_stop_sequences(obj.get("stop_sequences")),
         user_id=_parse_user_id(obj.get("metadata")),
+        mcp_servers=_mcp_server_names(obj.get("mcp_servers")),
         **fields,
     )
+
+
+def _mcp_server_names(value: Any) -> Tuple[str, ...]:
+    """The names of the MCP connector's servers (``mcp_servers``, a beta): Anthropic connects to
+    them, an upstream that only takes functions cannot, so they are left out with a warning."""
+    servers = _list(value, "mcp_servers") if value is not None else []
+    names = (s.get("name") if isinstance(s, dict) else None for s in servers)
+    return tuple(name if isinstance(name, str) and name else "(unnamed)" for name in names)
 
 
 def peek_request(obj: Any) -> Tuple[str, bool]:

@@ -570,6 +570,9 @@ class Proxy:
         ex: Exchange = api.prepare(req, target, self._cap(target, limit))
         for warning in ex.warnings:
             self._warn_once(warning)
+        if req.parsed is not None and req.parsed.mcp_servers:  # translated: no API of ours can carry them
+            self._warn_once(f"dropped MCP servers the upstream cannot connect to (mcp_servers): "
+                            f"{', '.join(req.parsed.mcp_servers)}")
         return ex
 
     def _learned_cap(self, target: Target) -> Optional[int]:
