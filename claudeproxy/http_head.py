@@ -1,10 +1,10 @@
-"""A request head's header lines, parsed as the standard library parses them, faster. Pure but for
-the reads from the connection's buffered reader.
+"""The header lines of an HTTP head (a client's request, an upstream's answer), parsed as the
+standard library parses them, faster. Pure but for the reads from the connection's buffered reader.
 
 ``http.client.parse_headers`` hands every head to the ``email`` package's feed parser, built for
 mail with continuation lines and MIME parts: about 45 µs for the 20 header lines Claude Code
-sends, and every ``headers.get`` then walks the list lowering each name (Claude Code's request
-asks about 20 of them). ``read_headers`` takes the lines the same way (the same limits, the same
+sends, and every ``headers.get`` then walks the list lowering each name (a Claude Code request
+is asked about 20 of them). ``read_headers`` takes the lines the same way (the same limits, the same
 errors), and when each is a plain ``Name: value`` line builds the same ``HTTPMessage`` the
 feed parser would, in a few microseconds; a head with anything else in it (a line without a
 colon, a folded line, a stray CR, an end of input inside the head) goes to the feed parser as
@@ -31,7 +31,7 @@ _FIELD_LINE = re.compile(r"([\x21-\x39\x3b-\x7e]+):[ \t]*([^\r\n]*)\r?\n")
 _END_OF_HEAD = (b"\r\n", b"\n")
 
 
-class RequestHeaders(http.client.HTTPMessage):
+class HeaderFields(http.client.HTTPMessage):
     """An ``HTTPMessage`` whose lookups go through a name index, built at the first lookup.
 
     Every change to the header list (``__setitem__``, ``__delitem__``, ``set_raw``,
@@ -87,8 +87,8 @@ class RequestHeaders(http.client.HTTPMessage):
         super().add_header(_name, _value, **_params)
 
 
-def read_headers(rfile: Any) -> RequestHeaders:
-    """The header lines up to the blank line, as ``http.client.parse_headers(rfile, RequestHeaders)``
+def read_headers(rfile: Any) -> HeaderFields:
+    """The header lines up to the blank line, as ``http.client.parse_headers(rfile, HeaderFields)``
     reads them: the same limits and errors (``LineTooLong``, ``HTTPException``) and the same message."""
     lines: List[bytes] = []
     while True:
@@ -103,9 +103,9 @@ def read_headers(rfile: Any) -> RequestHeaders:
     return parse_lines(lines)
 
 
-def parse_lines(lines: List[bytes]) -> RequestHeaders:
+def parse_lines(lines: List[bytes]) -> HeaderFields:
     """The message of a head's lines (the blank line, or b"" at the end of input, last)."""
-    message = RequestHeaders()
+    message = HeaderFields()
     if lines[-1] in _END_OF_HEAD:
         for raw in lines[:-1]:
             match = _FIELD_LINE.fullmatch(raw.decode("iso-8859-1"))
@@ -117,4 +117,4 @@ def parse_lines(lines: List[bytes]) -> RequestHeaders:
             return message
     # Not plain: the feed parser's reading, line for line what http.client.parse_headers does.
     text = b"".join(lines).decode("iso-8859-1")
-    return email.parser.Parser(_class=RequestHeaders).parsestr(text)  # type: ignore[no-any-return]
+    return email.parser.Parser(_class=HeaderFields).parsestr(text)  # type: ignore[no-any-return]

@@ -47,6 +47,7 @@ from . import __version__
 from .config import Config, env_proxies
 from .ending import abort_error
 from .errors import NO_RETRY, UpstreamNotJson, UpstreamTimeout, UpstreamUnavailable, error_from_status
+from .http_head import read_headers
 from .redact import redact_headers, redact_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -285,10 +286,12 @@ class _Response(http.client.HTTPResponse):
         self._interim = 0
 
     def begin(self) -> None:
+        if self.headers is not None:
+            return  # already begun
         reader, watch = self.fp, _HeadWatch(self.fp)
         self.fp = watch  # type: ignore[assignment]
         try:
-            super().begin()
+            self._begin()
         finally:
             if self.fp is watch:  # else http.client closed it (a status line that is no HTTP): stays None
                 self.fp = reader
@@ -296,6 +299,39 @@ class _Response(http.client.HTTPResponse):
             raise HeadCutOff("the connection closed inside the response head")
         if self.status < 200:
             self.will_close = True  # a final 1xx (101): whatever follows is no HTTP/1.1 response
+
+    def _begin(self) -> None:
+        """http.client's ``begin`` (the same from 3.8 to 3.13), the header lines read by ``http_head``
+        (the stdlib's message without the email feed parser); ``_read_status`` skips every 1xx."""
+        version, status, reason = self._read_status()
+        self.code = self.status = status
+        self.reason = reason.strip()
+        if version in ("HTTP/1.0", "HTTP/0.9"):
+            self.version = 10  # some servers still say 0.9: read as 1.0
+        elif version.startswith("HTTP/1."):
+            self.version = 11
+        else:
+            raise http.client.UnknownProtocol(version)
+        self.headers = self.msg = read_headers(self.fp)
+        coding = self.headers.get("transfer-encoding")
+        self.chunked = bool(coding) and coding.lower() == "chunked"
+        if self.chunked:
+            self.chunk_left = None
+        self.will_close = self._check_close()  # type: ignore[attr-defined]
+        self.length = None
+        length = self.headers.get("content-length")
+        if length and not self.chunked:
+            try:
+                self.length = int(length)
+            except ValueError:
+                self.length = None
+            else:
+                if self.length < 0:  # a nonsensical negative length is ignored
+                    self.length = None
+        if status in (204, 304) or 100 <= status < 200 or self._method == "HEAD":  # type: ignore[attr-defined]
+            self.length = 0  # a body of fixed length 0
+        if not self.will_close and not self.chunked and self.length is None:
+            self.will_close = True  # an open connection with no way to tell the body's end: its close
 
     def _read_status(self) -> Tuple[str, int, str]:
         # http.client passes over 100 Continue alone: any other interim answer (103 Early Hints)

@@ -13,7 +13,7 @@ from typing import Any, List
 import pytest
 
 from claudeproxy import http_head
-from claudeproxy.http_head import RequestHeaders, parse_lines, read_headers
+from claudeproxy.http_head import HeaderFields, parse_lines, read_headers
 
 CLAUDE_CODE_HEAD = (
     b"Host: 127.0.0.1:8082\r\nAccept: application/json\r\nX-Stainless-Retry-Count: 0\r\n"
@@ -135,4 +135,4 @@ def test_changes_to_the_headers_are_seen_by_the_next_lookup():
     assert headers.get("x-param") == 'v; q="1"'
     headers.set_raw("X-Raw", "r")
     assert headers.get_all("x-raw") == ["r"]
-    assert isinstance(headers, RequestHeaders)
+    assert isinstance(headers, HeaderFields)
