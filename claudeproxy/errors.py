@@ -13,7 +13,7 @@ import re
 from email.utils import parsedate_to_datetime
 from typing import Any, Dict, Optional, Tuple
 
-from .overflow import headroom, prompt_too_long, says_prompt_too_long
+from .overflow import headroom, prompt_too_long, read_sizes, says_prompt_too_long
 from .redact import redact_text
 
 # Anthropic's error types by client status (PROTOCOL.md 4.2).
@@ -285,6 +285,16 @@ def max_tokens_limit(message: str, requested: int) -> Optional[int]:
         return None  # too small, not too large: a smaller number would be refused too
     smaller = [int(n) for n in _NUMBER_RE.findall(message) if 1 < int(n) < requested]
     return max(smaller) if smaller else None
+
+
+def max_tokens_limit_lasts(message: str) -> bool:
+    """Is the limit ``max_tokens_limit`` reads in ``message`` the model's (its output maximum, or half
+    a window the asked budget alone filled), which may be remembered for the model? Not when it is
+    the room this prompt leaves (window minus an exactly counted prompt): that changes with every
+    prompt, and remembered it cut every later answer of the model short (a session near its
+    window once, then compacted, got a few hundred output tokens a turn from then on)."""
+    sizes = read_sizes(message)
+    return sizes.limit is None or sizes.prompt is None
 
 
 def error_payload(error_type: str, message: str, request_id: Optional[str] = None,

@@ -34,6 +34,7 @@ from .errors import (
     UpstreamHTTPError,
     UpstreamNotJson,
     max_tokens_limit,
+    max_tokens_limit_lasts,
     retry_after,
     says_no_retry,
 )
@@ -557,7 +558,8 @@ class Proxy:
                          ex: Exchange) -> Optional[Exchange]:
         limit = max_tokens_limit(exc.upstream_message, ex.max_tokens or 0) if exc.status == 400 else None
         if limit is not None:
-            self._learn_cap(target, limit)
+            if max_tokens_limit_lasts(exc.upstream_message):
+                self._learn_cap(target, limit)  # the model's: later requests need not be refused first
             return self._prepare(api, req, target, limit)
         recover = getattr(api, "recover", None)
         return recover(exc, req, target, ex, self._cap(target)) if recover is not None else None

@@ -265,3 +265,52 @@ def test_output_budget_overflow_is_retried_not_compacted(proxy, fake_upstream, n
     assert resp.status == 200, resp
     assert resp.json["content"] == [{"type": "text", "text": "fits now"}]
     assert [r.json["max_tokens"] for r in fake_upstream.requests] == [requested, retried]
+
+
+# Read by hand from each message: a limit the model has (its output maximum, a range, a window the
+# asked budget alone fills) is remembered; the room one prompt leaves (window minus its tokens) is not.
+LASTING_LIMITS = {
+    "openai-max-tokens-too-large-not-overflow": True,  # "supports at most 4096 completion tokens"
+    "deepseek-max-tokens-range-not-overflow": True,  # "the valid range of max_tokens is [1, 8192]"
+    "vllm-max-tokens-over-window-not-overflow": True,  # max_tokens=64000 > max_model_len=32768
+    "vllm-output-fills-window-not-overflow": True,  # 131072 output tokens asked of a 131072 window
+    "anthropic-max-tokens-overflows-not-overflow": False,  # 143653 + 64000 > 200000
+    "azure-completion-overflows-not-overflow": False,  # (9969 in the messages, 26000 in the completion)
+    "deepseek-completion-overflows-not-overflow": False,
+    "openai-completion-overflows-not-overflow": False,
+    "openai-functions-not-overflow": False,
+    "openrouter-output-overflows-not-overflow": False,  # (10535 of text input, 131072 in the output)
+    "vllm-max-tokens-too-large-not-overflow": False,  # (8000 > 4096 - 2778)
+    "vllm-old-completion-overflows-not-overflow": False,
+}
+
+
+def test_every_max_tokens_fixture_says_whether_its_limit_lasts() -> None:
+    names = {n[:-5] for n in os.listdir(os.path.join(FIXTURES, "errors", "context_overflow"))
+             if fixture(n[:-5])["expect"].get("max_tokens")}
+    assert names == set(LASTING_LIMITS)
+
+
+@pytest.mark.parametrize("name", sorted(LASTING_LIMITS))
+def test_a_limit_is_remembered_only_when_it_is_the_models(name: str) -> None:
+    from claudeproxy.errors import max_tokens_limit_lasts
+
+    exc = error_from_status(400, body_bytes(fixture(name)))
+    assert max_tokens_limit_lasts(exc.upstream_message) is LASTING_LIMITS[name]
+
+
+@pytest.mark.parametrize("name, requested, retried, lasts", [
+    ("openai-completion-overflows-not-overflow", 8192, 8128, False),
+    ("anthropic-max-tokens-overflows-not-overflow", 64000, 56347, False),
+    ("openai-max-tokens-too-large-not-overflow", 8192, 4096, True),
+])
+def test_the_room_one_prompt_left_does_not_cap_the_next_request(proxy, fake_upstream, name, requested, retried,
+                                                                 lasts):
+    """A turn near the window is retried with the room it leaves; the next turn (after Claude Code
+    compacted, say) asks for its own max_tokens again: only a model's own maximum is remembered."""
+    fake_upstream.push(http_reply(fixture(name)), json_reply(completion("fits now")), json_reply(completion("next")))
+    model = f"cap-{name}"
+    assert send(proxy, False, max_tokens=requested, model=model).status == 200
+    assert send(proxy, False, max_tokens=requested, model=model).status == 200
+    sent = [r.json["max_tokens"] for r in fake_upstream.requests]
+    assert sent == [requested, retried, retried if lasts else requested]
