@@ -1042,3 +1042,25 @@ def test_an_input_count_the_upstream_never_gave_is_unknown_not_0(through, fake_u
         request_id = client.headers["request-id"]
     rec = record_for(records, request_id)
     assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (None, 15, None)
+
+
+_TOOL_CALL = [_start(1, "tool_use"), _delta(1, "input_json_delta", partial_json='{"command": "ls"}'), _stop(1)]
+_SERVER_TOOL = [_start(1, "tool_use", type="server_tool_use", id="srvtoolu_1", name="web_search"), _stop(1)]
+
+
+@pytest.mark.parametrize("blocks, end, reason", [
+    (_TEXT + _TOOL_CALL, [{"type": "message_stop"}], "tool_use"),
+    (_TEXT + _TOOL_CALL, [{"type": "message_delta", "delta": None, "usage": {"output_tokens": 9}},
+                          {"type": "message_stop"}], "tool_use"),
+    (_TEXT + _SERVER_TOOL, [{"type": "message_stop"}], "end_turn"),  # Anthropic's to run, not the client's
+])
+def test_an_end_the_upstream_did_not_say_follows_its_blocks(through, fake_upstream, records, blocks, end, reason):
+    """Servers that end with message_stop alone: a tool call is still for the client to run (a tool
+    runner that reads end_turn stops with the call unanswered)."""
+    fake_upstream.push(sse(events_bytes([MESSAGE_START] + blocks + end)))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+        request_id = client.headers["request-id"]
+    assert_valid_event_sequence(events, allow_error=False)
+    assert final_message(events)["stop_reason"] == reason
+    assert record_for(records, request_id).stop_reason == reason

@@ -340,6 +340,7 @@ class MessagesFold(SSEFold):
         # block type, None if it names none) and the stopped ones.
         self.open_blocks: Dict[int, Optional[str]] = {}
         self.stopped_blocks: Set[int] = set()
+        self.called_tool = False  # a tool_use block came: the client is to run it
 
     def end(self, clean: bool) -> Tuple[List[Event], Optional[ProxyError]]:
         if self.complete:
@@ -422,8 +423,7 @@ class MessagesFold(SSEFold):
             if not self.finishing:
                 # The SDKs take the stop reason and output count from message_delta alone: without
                 # one the answer ends with stop_reason None. A plain end is what the upstream meant.
-                events += self._message_delta({"type": "message_delta",
-                                               "delta": {"stop_reason": "end_turn", "stop_sequence": None}})
+                events += self._message_delta({"type": "message_delta", "delta": self._made_up_end()})
             self.complete = self.done = True
         return events + [obj]
 
@@ -435,7 +435,7 @@ class MessagesFold(SSEFold):
         self._take_usage(obj.get("usage"))  # before anything is filled: only what the upstream counted
         delta = obj.get("delta")
         if not isinstance(delta, dict):
-            delta = {"stop_reason": "end_turn", "stop_sequence": None}
+            delta = self._made_up_end()
             obj = {**obj, "delta": delta}
         if isinstance(delta.get("stop_reason"), str):
             self.stop_reason = delta["stop_reason"]
@@ -444,6 +444,12 @@ class MessagesFold(SSEFold):
         # counts over message_start's, and the client never saw that message_start.
         usage = _filled({**self.late_usage, **given}, ("output_tokens",), self.usage.get("output_tokens", 0))
         return closing + [{**obj, "usage": usage}]
+
+    def _made_up_end(self) -> Dict[str, Any]:
+        """The end an upstream did not say (no message_delta, or one without a delta): what its
+        blocks mean, as for a translated answer (PROTOCOL.md 2.4): a tool call is for the client to
+        run (a tool runner stops at end_turn), anything else a plain end."""
+        return {"stop_reason": "tool_use" if self.called_tool else "end_turn", "stop_sequence": None}
 
     def _close_open_blocks(self) -> List[Event]:
         """The blocks still open when the message ends. A tool call's input may be cut (the SDKs
@@ -491,6 +497,7 @@ class MessagesFold(SSEFold):
             raise _broken_order(f"content_block_start for block {index} without a content_block")
         kind = block.get("type")
         self.open_blocks[index] = kind if type(kind) is str else None
+        self.called_tool = self.called_tool or kind == "tool_use"  # a server tool's use is not the client's to run
 
     def _stop_block(self, obj: Dict[str, Any]) -> None:
         index = obj.get("index")
