@@ -266,8 +266,10 @@ class Proxy:
         try:
             answer = self._bounded(handler, ask)
         except UpstreamHTTPError as exc:
+            if exc.status in (401, 403) and target.provider.token():
+                raise self._refused_key(exc, target) from None  # the proxy's key, not the client's login
             if exc.status not in _NO_COUNT_STATUSES:
-                raise  # a key problem (401, 403) or a passing one (429, 5xx: the client retries)
+                raise  # a forwarded key refused, or a passing failure (429, 5xx: the client retries)
             self._warn_once(f"{target.label} answered count_tokens with {exc.status}; the local estimate serves")
             return None
         except UpstreamNotJson:

@@ -1064,3 +1064,16 @@ def test_an_end_the_upstream_did_not_say_follows_its_blocks(through, fake_upstre
     assert_valid_event_sequence(events, allow_error=False)
     assert final_message(events)["stop_reason"] == reason
     assert record_for(records, request_id).stop_reason == reason
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_count_tokens_says_whose_key_the_upstream_refused(through, fake_upstream, status):
+    """Claude Code counts tokens in every interactive session: a bare 401 there reads as its own
+    login gone, as it would on /v1/messages."""
+    fake_upstream.push(json_reply({"type": "error", "error": {"type": "authentication_error", "message": "bad key"}},
+                                  status=status))
+    resp = post(through, {"model": "claude-x", "messages": [{"role": "user", "content": "hi"}]},
+                path="/v1/messages/count_tokens")
+    assert resp.status == status and resp.headers.get("x-should-retry") == "false"
+    assert "the key claudeproxy sends to provider" in resp.json["error"]["message"]
+    assert UPSTREAM_KEY not in resp.body.decode()
