@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import time
 from email.utils import parsedate_to_datetime
 from typing import Any, Dict, Optional, Tuple
 
@@ -205,6 +206,18 @@ _NO_RETRY_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached",
 NO_RETRY = ("x-should-retry", "false")
 
 
+# The longest Retry-After passed on as a wait. The SDKs used to honour one up to 60 s and back off
+# on their own above it; the Python SDK 2.x now sleeps whatever it is told (an upstream's daily
+# quota: "try again in 59m59s", one hour with the call hanging). A longer wait is said as no retry
+# (x-should-retry: false, the header still telling when), and the proxy goes to a fallback at once.
+LONGEST_RETRY_WAIT = 60.0
+
+
+def _waits_long(headers: Tuple[Tuple[str, str], ...]) -> bool:
+    wait = retry_after(headers, time.time())
+    return wait is not None and wait > LONGEST_RETRY_WAIT
+
+
 def says_no_retry(exc: ProxyError) -> bool:
     """The upstream's answer says another try of the same call cannot succeed."""
     return NO_RETRY in exc.headers
@@ -223,7 +236,8 @@ def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], he
         )
     # A refused key (401, 403) is refused again on every retry: Claude Code would retry ten times
     # over minutes and then ask for /login, which is not what is wrong.
-    if status in (401, 403) or any(isinstance(v, str) and v in _NO_RETRY_CODES for v in (err.get("code"), err.get("type"))):
+    if status in (401, 403) or any(isinstance(v, str) and v in _NO_RETRY_CODES for v in (err.get("code"), err.get("type"))) \
+            or _waits_long(exc.headers):
         exc.headers = tuple(h for h in exc.headers if h[0] != NO_RETRY[0]) + (NO_RETRY,)
     exc.upstream_message = message
     exc.upstream_headers = headers

@@ -182,15 +182,44 @@ def test_retry_after_is_honoured(make_proxy: Any, fake_upstream: FakeUpstream) -
 def test_a_retry_after_beyond_the_cap_is_not_waited_for(make_proxy: Any, fake_upstream: FakeUpstream,
                                                         caplog: Any) -> None:
     server = make_proxy(retries=3, retry_max_wait=1.0)
-    fake_upstream.push(json_reply(BUSY, status=429, headers=(("Retry-After", "120"),)), json_reply(completion()))
+    fake_upstream.push(json_reply(BUSY, status=429, headers=(("Retry-After", "30"),)), json_reply(completion()))
     started = time.monotonic()
     with caplog.at_level("WARNING", logger="claudeproxy"):
         resp = ask(server)
-    assert resp.status == 429 and resp.headers["retry-after"] == "120"  # the client decides what to do
+    assert resp.status == 429 and resp.headers["retry-after"] == "30"  # the client decides what to do
+    assert "x-should-retry" not in resp.headers  # a wait the SDKs may well sit out
     assert time.monotonic() - started < 0.9 and len(fake_upstream.requests) == 1
     # The log says so, rather than "retrying".
     said = [r.getMessage() for r in caplog.records if "answered 429" in r.getMessage()]
-    assert len(said) == 1 and said[0].endswith("asks for a 120 s rest (more than --retry-max-wait); no target left")
+    assert len(said) == 1 and said[0].endswith("asks for a 30 s rest (more than --retry-max-wait); no target left")
+
+
+@pytest.mark.parametrize("retry_after", ["3600", "61", "retry-after-ms:120000", "date:7200"])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_wait_of_more_than_a_minute_is_said_as_no_retry(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                          retry_after: str, stream: bool) -> None:
+    """A daily quota's "try again in 59m59s": the Python SDK 2.x sleeps whatever Retry-After says,
+    the call hanging for an hour. The client hears at once (x-should-retry: false), the header
+    still saying when; the proxy does not retry either."""
+    server = make_proxy(retries=2)
+    if retry_after.startswith("date:"):
+        header = ("Retry-After", email.utils.formatdate(time.time() + int(retry_after[5:]), usegmt=True))
+    elif retry_after.startswith("retry-after-ms:"):
+        header = ("retry-after-ms", retry_after.split(":")[1])
+    else:
+        header = ("Retry-After", retry_after)
+    fake_upstream.push(json_reply(BUSY, status=429, headers=(header,)), json_reply(completion()))
+    resp = ask(server, stream=stream)
+    assert resp.status == 429 and resp.headers.get("x-should-retry") == "false"
+    assert resp.headers[header[0].lower()] == header[1]
+    assert len(fake_upstream.requests) == 1
+
+
+def test_a_wait_of_a_minute_stays_a_wait(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    server = make_proxy(retries=0)
+    fake_upstream.push(json_reply(BUSY, status=429, headers=(("Retry-After", "60"),)))
+    resp = ask(server)
+    assert resp.status == 429 and resp.headers["retry-after"] == "60" and "x-should-retry" not in resp.headers
 
 
 def test_backoff_without_retry_after_is_jittered_and_short(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
