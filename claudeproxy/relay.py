@@ -37,6 +37,7 @@ from .upstream import (
 
 log = logging.getLogger(__name__)
 _CONTENT_EVENTS = ("content_block_start", "content_block_delta")
+_REST_WAIT = 0.005  # how long the stream's end waits for the rest of the upstream body (the pool's gain)
 
 
 class Relay:
@@ -150,15 +151,16 @@ class Relay:
                 return
             # The last events: the stream's end goes in the same write. The upstream response goes
             # back to the pool first, ready for the client's next request (the rest of a finished
-            # body, such as its terminating chunk, is drained at once). But when a stop string
-            # matched here the upstream is still generating: the drain may then wait its whole
+            # body, such as its terminating chunk, is drained at once) -- when that rest is here.
+            # When a stop string matched here the upstream is still generating, and an upstream
+            # may be slow to end its body: the drain may then wait its whole
             # upstream.DRAIN_SECONDS, so it comes after the client has its end.
             self.finished = True
-            cut = getattr(self.fold, "cut_short", False)
-            if not cut:
+            first = not getattr(self.fold, "cut_short", False) and self._rest_is_here()
+            if first:
                 self._close_upstream()
             self._send(events, end=True)
-            if cut:
+            if not first:
                 self._close_upstream()
 
     def _send(self, events: List[Dict[str, Any]], end: bool = False) -> None:
@@ -169,6 +171,13 @@ class Relay:
         self.writer.events(events, end)
         if self.first_content_at is None and any(e["type"] in _CONTENT_EVENTS for e in events):
             self.first_content_at = time.monotonic()
+
+    def _rest_is_here(self) -> bool:
+        """Is the rest of the upstream body here (or coming within a few ms), so closing the
+        response first costs the client nothing?"""
+        resp = self._resp
+        here = getattr(resp, "rest_is_here", None)
+        return here is None or bool(here(_REST_WAIT))
 
     def _close_upstream(self) -> None:
         """Close the upstream response before the client sees the end: a complete one gives its

@@ -403,6 +403,49 @@ class _Response(http.client.HTTPResponse):
             super().close()
             release(done)
 
+    def rest_is_here(self, within: float) -> bool:
+        """Has the rest of the body arrived, or does some arrive within ``within`` seconds? Nothing
+        is read: a stream's last events may then wait for the drain (``close``), which puts the
+        connection back in the pool before the client can ask again. An upstream slow to end its
+        body (the terminating chunk a second after message_stop) would hold them DRAIN_SECONDS."""
+        if self._complete():
+            return True
+        sock = getattr(self, "cp_sock", None)
+        if self.fp is None or sock is None:
+            return False
+        if self._rest_buffered():
+            return True
+        try:  # more is on its way: most likely the rest, which the drain then reads at once
+            return bool(select.select([sock], [], [], within)[0])
+        except (OSError, ValueError):
+            return False
+
+    def _rest_buffered(self) -> bool:
+        """Is the whole rest of the body in the reader's buffer (a chunked body's terminating chunk
+        and the blank line after it; a sized body's remaining bytes)?"""
+        nowait: _NoWait = self.fp.raw  # type: ignore[union-attr]
+        nowait.hold = True
+        try:
+            buffered: bytes = self.fp.peek(1)  # type: ignore[union-attr]  # held: no socket read
+        finally:
+            nowait.hold = False
+        if not self.chunked:
+            return self.length is not None and len(buffered) >= self.length
+        # Where the next size line starts: past the rest of the chunk being read and its CRLF.
+        pos = self.chunk_left + 2 if self.chunk_left else (2 if self.chunk_left == 0 else 0)
+        while True:
+            end = buffered.find(b"\n", pos)
+            if end < 0:
+                return False
+            try:
+                size = int(buffered[pos:end].split(b";", 1)[0], 16)
+            except ValueError:
+                return False
+            pos = end + 1
+            if size == 0:
+                return _blank_line_follows(buffered, pos)  # after any trailer lines
+            pos += size + 2
+
     def _complete(self) -> bool:
         if self.chunked:
             return self.fp is None and self.chunk_left is None  # past the terminating 0 chunk
@@ -429,6 +472,17 @@ class _Response(http.client.HTTPResponse):
         except (OSError, ValueError, http.client.HTTPException):
             return False
         return self._complete()
+
+
+def _blank_line_follows(data: bytes, pos: int) -> bool:
+    """Does a blank line (the end of a chunked body's trailer) come in ``data`` from ``pos`` on?"""
+    while True:
+        end = data.find(b"\n", pos)
+        if end < 0:
+            return False
+        if data[pos:end] in (b"", b"\r"):
+            return True
+        pos = end + 1
 
 
 def _tracked(base: Any) -> Any:

@@ -18,6 +18,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from typing import Any, Iterator, List, Tuple
 
 import pytest
@@ -422,3 +423,28 @@ def test_a_request_goes_to_the_upstream_in_one_send(secure: bool) -> None:
     head, _, rest = sent.partition(b"\r\n\r\n")
     assert head.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n") and rest == body
     assert f"Content-Length: {len(body)}".encode() in head
+
+
+def test_a_slow_end_of_body_does_not_hold_the_streams_end(keep_alive: FakeUpstream, start: Any,
+                                                           monkeypatch: Any) -> None:
+    """The stream is over ([DONE]) but the upstream's terminating chunk is late (a gateway that
+    flushes it later): the client has its message_stop at once, and the connection still goes back
+    to the pool once the terminator comes."""
+    from claudeproxy import upstream as upstream_module
+
+    monkeypatch.setattr(upstream_module, "DRAIN_SECONDS", 8.0)  # a drain before the client's end would show
+    gate = Gate()
+    keep_alive.push(sse_reply(chunk({"role": "assistant", "content": "hi"}), chunk({}, "stop"),
+                              {"id": "c", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}},
+                              "data: [DONE]\n\n", gate, done=False))
+    keep_alive.push(json_reply(completion("again")))
+    server = start(keep_alive.url)
+    with StreamClient(server.url, minimal_request(stream=True), headers={"x-api-key": "x"}, timeout=8) as client:
+        client.read_until("message_stop", timeout=4)  # under the 8 s drain: it did not wait for the terminator
+        assert gate.reached.is_set() and not gate.event.is_set()
+    gate.release()
+    deadline = time.monotonic() + 5
+    while server.server.proxy.upstream.pool.idle_count() == 0 and time.monotonic() < deadline:  # the drain ends
+        time.sleep(0.01)
+    assert _messages(server).status == 200
+    assert keep_alive.connections == 1  # the late terminator was still read: the connection was reused
