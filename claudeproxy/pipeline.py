@@ -47,7 +47,7 @@ from .redact import configured_secrets
 from .relay import Relay
 from .replies import events_for_message, is_quota_probe, local_message
 from .routing import Routed, Target, build_router
-from .tokens import estimate_input_tokens, estimate_output_tokens, tools_chars
+from .tokens import Estimate, estimate_input, estimate_output_tokens, tools_chars
 from .tool_memo import ToolMemo
 from .upstream import POOL_IDLE_SECONDS, Upstream, UpstreamCall, read_json_body
 from .urls import messages_url, models_url
@@ -249,7 +249,7 @@ class Proxy:
 
     def _local_count(self, body: Dict[str, Any], routed: Routed) -> int:
         """The local estimate, scaled by what the routed model's own counts taught (``calibration.py``)."""
-        raw = self._raw_estimate(parse_count_tokens_request(body, self.tools.parse))
+        raw = self._raw_estimate(parse_count_tokens_request(body, self.tools.parse)).tokens
         return self.calibration.estimate((routed.target.provider.name, routed.target.model), raw)
 
     def _upstream_count(self, handler: Any, body: Dict[str, Any], target: Target) -> Optional[int]:
@@ -466,7 +466,7 @@ class Proxy:
         parsed = req.parsed
         if parsed is not None and "estimate_raw" not in record:
             # Counted while the upstream reads the request, off the path to a stream's first byte.
-            call.meanwhile = lambda: record.setdefault("estimate_raw", self._raw_estimate(parsed))
+            call.meanwhile = lambda: self._count_into(record, parsed)
         streamed = watch.deadline is None
         if streamed:
             # A stream has no deadline, only the idle timeout between reads: an upstream sending
@@ -680,16 +680,22 @@ class Proxy:
         """
         if req.parsed is None:
             return 0  # the Messages API forwards the upstream's own message_start
-        raw = record.get("estimate_raw")  # counted while the upstream thought (_attempt), if it was sent
-        if raw is None:
-            raw = self._raw_estimate(req.parsed)
+        if "estimate_raw" not in record:  # else counted while the upstream thought (_attempt)
+            self._count_into(record, req.parsed)
+        raw = record["estimate_raw"]
         sent = self.calibration.estimate((record.get("provider"), record.get("upstream_model")), raw)
-        record.update(estimate_raw=raw, estimate_sent=sent)
+        record.update(estimate_sent=sent)
         return sent
 
-    def _raw_estimate(self, parsed: MessagesRequest) -> int:
+    def _raw_estimate(self, parsed: MessagesRequest) -> Estimate:
         chars = self.tools.derived(parsed.tools, "chars", lambda: tools_chars(parsed.tools))
-        return estimate_input_tokens(parsed, tool_chars=chars)
+        return estimate_input(parsed, tool_chars=chars)
+
+    def _count_into(self, record: Dict[str, Any], parsed: MessagesRequest) -> None:
+        """The raw estimate into the record (``_learn`` compares it with the upstream's count)."""
+        if "estimate_raw" not in record:
+            estimate = self._raw_estimate(parsed)
+            record.update(estimate_raw=estimate.tokens, estimate_media=estimate.media)
 
     # ------------------------------------------------------------------
     # Call records.
@@ -728,6 +734,10 @@ class Proxy:
         """Teach the calibration the upstream's prompt count, when the upstream really reported one."""
         raw = fields.get("estimate_raw")
         if raw is None or rec.error_type or rec.local or not rec.usage_known:
+            return
+        if fields.get("estimate_media", 0) * 4 > raw:
+            # Mostly images and documents: a guess per image or page, far rougher than the text's
+            # count. Learned, one PDF turn set the ratio for every later text-only prompt.
             return
         reported = sum(n or 0 for n in (rec.input_tokens, rec.cache_read_input_tokens, rec.cache_creation_input_tokens))
         # A stream without usage reports the estimate it was given: learning from that would feed on itself.

@@ -15,7 +15,9 @@ from typing import Any, Dict, Iterator, List, Tuple
 import pytest
 
 import claudeproxy
+from claudeproxy.anthropic_types import parse_messages_request
 from claudeproxy.calibration import TokenCalibration
+from claudeproxy.tokens import estimate_input_tokens
 from conftest import UPSTREAM_KEY, request
 from fakes import FakeUpstream, Reply, chunk, completion, json_reply, sse_reply
 from sse_checks import events_of
@@ -167,3 +169,24 @@ def test_window_and_models_are_bounded() -> None:
             cal.learn(name, 1000, 2000)
     assert cal.ratio("k") is None and cal.ratio("a") is None  # forgotten, oldest first
     assert cal.ratio("d") == 2.0 and len(cal.snapshot()) == 3
+
+
+def test_calls_mostly_of_pdf_pages_teach_nothing(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """A guess per page or image is far rougher than the text's count: six PDF turns once set the
+    ratio to its 4x cap, and every later text-only count was four times too high."""
+    import base64
+
+    proxy = make_proxy(model="gpt-4o")
+    pdf = base64.b64encode(b"%PDF-1.4\n" + b"<</Type /Page>>\n" * 10).decode()
+    document = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": pdf}}
+    body = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": [document, {"type": "text",
+                                                                                                "text": "Sum it up."}]}]}
+    usage = {"prompt_tokens": 150_000, "completion_tokens": 5, "total_tokens": 150_005}
+    for _ in range(6):
+        fake_upstream.push(json_reply(completion("ok", usage=usage)))
+        assert request(proxy.url, "POST", "/v1/messages", body).status == 200
+    assert proxy.server.wait_idle(2)
+    assert proxy.server.proxy.calibration.ratio(("upstream", "gpt-4o")) is None
+    text_only = {"model": "m", "messages": [{"role": "user", "content": turn_text(0)}]}
+    counted = request(proxy.url, "POST", "/v1/messages/count_tokens", text_only).json["input_tokens"]
+    assert counted == estimate_input_tokens(parse_messages_request({**text_only, "max_tokens": 1}))

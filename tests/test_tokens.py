@@ -241,3 +241,37 @@ def test_monotonic_under_random_additions(seed: int) -> None:
         current = estimate(body)
         assert current >= previous, (seed, json.dumps(body)[-200:])
         previous = current
+
+
+def _pdf(pages: int, filler: int = 0) -> str:
+    """A PDF with ``pages`` page objects (and the page tree's /Type /Pages, which is no page)."""
+    import base64
+
+    kids = " ".join(f"{3 + i} 0 R" for i in range(pages))
+    parts = [b"%PDF-1.4\n1 0 obj<</Type /Catalog /Pages 2 0 R>>endobj\n",
+             f"2 0 obj<</Type /Pages /Kids [{kids}] /Count {pages}>>endobj\n".encode()]
+    parts += [f"{3 + i} 0 obj<</Type{' ' if i % 2 else ''}/Page /Parent 2 0 R>>endobj\n".encode() for i in range(pages)]
+    return base64.b64encode(b"".join(parts) + b"x" * filler).decode()
+
+
+def _with_pdf(data: str) -> Dict[str, Any]:
+    return request([{"role": "user", "content": [
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": data}},
+        {"type": "text", "text": "Summarise it."}]}])
+
+
+def test_a_pdf_counts_by_its_pages():
+    """A flat 1,600 tokens made a 100-page PDF 1,605: a client asking "does it fit" was answered
+    100 times too low. Anthropic reads each page as text and an image: 1,500-3,000 tokens."""
+    one, three, hundred = (estimate(_with_pdf(_pdf(n))) for n in (1, 3, 100))
+    assert 2000 <= one < 2100
+    assert three - one == 2 * 2000
+    assert hundred - one == 99 * 2000
+
+
+def test_a_pdf_whose_pages_cannot_be_seen_is_guessed_from_its_size():
+    import base64
+
+    hidden = base64.b64encode(b"%PDF-1.5\n" + b"\x00compressed object stream" * 20_000).decode()  # ~500 KB
+    assert 10 * 2000 <= estimate(_with_pdf(hidden)) < 11 * 2000 + 100
+    assert 1600 <= estimate(_with_pdf("not base64!")) < 1700  # unreadable: the flat guess
