@@ -318,6 +318,12 @@ class Proxy:
             try:
                 fetched = self._fetch_models(handler, provider)
             except ProxyError as exc:
+                if exc.status in _NO_LIST_STATUSES:
+                    # No model list there (llama.cpp, gateways): an empty one, as Anthropic's never
+                    # 404s; a 404 on the list would read as a wrong base URL to the client.
+                    self._warn_once(f"{provider.name} has no model list (upstream {exc.status}); "
+                                    "its models are not listed")
+                    continue
                 if listed:
                     log.info("could not list the models of %s (%s); listing the routed ones", provider.name, exc.message)
                     continue
@@ -759,6 +765,8 @@ def _load_api(name: str, tools: ToolMemo) -> Any:
     assert name == "responses", name
     return ResponsesApi(tools)
 
+
+_NO_LIST_STATUSES = (404, 405, 501)  # an upstream's answer for a model list it does not have
 
 _RECORD_FIELDS = frozenset(CallRecord.__dataclass_fields__) - {"duration_ms", "ttft_ms", "cost_usd", "time", "request_id"}
 

@@ -199,6 +199,18 @@ def test_models_upstream_error_is_mapped(proxy: Any, fake_upstream: Any) -> None
     assert_error(get(proxy, "/v1/models"), 401, "authentication_error")
 
 
+@pytest.mark.parametrize("status", [404, 405, 501])
+def test_an_upstream_without_a_model_list_gives_an_empty_one(proxy: Any, fake_upstream: Any, status: int) -> None:
+    """llama.cpp and some gateways have no /models: Anthropic's list never 404s, and a 404 on it reads
+    as a wrong base URL, while /v1/messages works. A refused key or a failing server still says so."""
+    fake_upstream.push(json_reply({"error": {"message": "Not Found"}}, status=status))
+    resp = get(proxy, "/v1/models")
+    assert resp.status == 200, resp
+    assert resp.json["data"] == [] and resp.json["has_more"] is False
+    fake_upstream.push(json_reply({"error": {"message": "down"}}, status=500))
+    assert get(proxy, "/v1/models").status == 500
+
+
 def test_models_routed_models_come_first_and_survive_an_upstream_failure(make_proxy: Any,
                                                                           fake_upstream: Any) -> None:
     """A mapped model is listed; the upstream's own list is added because unmatched names pass through."""
