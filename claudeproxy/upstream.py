@@ -382,14 +382,8 @@ class _Response(http.client.HTTPResponse):
             if not buffered.startswith(b"\r\n"):
                 return False
             start = 2
-        end = buffered.find(b"\n", start)
-        if end < 0:
-            return False
-        try:
-            size = int(buffered[start:end].split(b";", 1)[0], 16)
-        except ValueError:
-            return False  # read1 reports it
-        return size > 0 and len(buffered) > end + 1
+        line = _size_line(buffered, start)  # None when incomplete or bad: read1 reports a bad one
+        return line is not None and line[0] > 0 and len(buffered) > line[1]
 
     def close(self) -> None:
         release, self.cp_release = self.cp_release, None
@@ -434,14 +428,10 @@ class _Response(http.client.HTTPResponse):
         # Where the next size line starts: past the rest of the chunk being read and its CRLF.
         pos = self.chunk_left + 2 if self.chunk_left else (2 if self.chunk_left == 0 else 0)
         while True:
-            end = buffered.find(b"\n", pos)
-            if end < 0:
+            line = _size_line(buffered, pos)
+            if line is None:
                 return False
-            try:
-                size = int(buffered[pos:end].split(b";", 1)[0], 16)
-            except ValueError:
-                return False
-            pos = end + 1
+            size, pos = line
             if size == 0:
                 return _blank_line_follows(buffered, pos)  # after any trailer lines
             pos += size + 2
@@ -472,6 +462,18 @@ class _Response(http.client.HTTPResponse):
         except (OSError, ValueError, http.client.HTTPException):
             return False
         return self._complete()
+
+
+def _size_line(data: bytes, pos: int) -> Optional[Tuple[int, int]]:
+    """(size, where its data starts) of the chunk whose size line starts at ``pos`` in ``data``;
+    None when the line is not all there, or is no size line."""
+    end = data.find(b"\n", pos)
+    if end < 0:
+        return None
+    try:
+        return int(data[pos:end].split(b";", 1)[0], 16), end + 1
+    except ValueError:
+        return None
 
 
 def _blank_line_follows(data: bytes, pos: int) -> bool:
