@@ -1015,6 +1015,29 @@ def test_late_text_only_in_done_for_a_closed_part_is_not_lost() -> None:
     assert [(b["type"], b.get("text")) for b in content] == [("text", "Hel"), ("tool_use", None), ("text", "lo")]
 
 
+def test_reasoning_the_client_did_not_ask_for_gives_no_thinking_block() -> None:
+    """gpt-oss-style servers send raw reasoning (reasoning_text) unasked: with thinking=False (the
+    request had none) neither the stream nor the JSON answer has a thinking block."""
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": [],
+                 "content": [{"type": "reasoning_text", "text": "User says hi."}]}
+    output = [reasoning, _message(1, "Hello!")]
+    streamed = feed(make_fold(thinking=False), CREATED,
+                    {"type": "response.output_item.added", "output_index": 0, "item": {**reasoning, "content": []}},
+                    {"type": "response.reasoning_text.delta", "output_index": 0, "item_id": "rs_1", "content_index": 0,
+                     "delta": "User says hi."},
+                    {"type": "response.output_item.done", "output_index": 0, "item": reasoning},
+                    _text_delta(1, "Hello!"), completed(output=output))
+    only_final = feed(make_fold(thinking=False), CREATED, completed(output=output))
+    body = {"id": "resp_x", "status": "completed", "output": output, "usage": {"input_tokens": 3, "output_tokens": 2}}
+    answer = to_messages_response(body, model="m", new_id=counter_ids(), tool_names={}, thinking=False)
+    from_json = make_fold(thinking=False).from_json(body)
+    for events in (streamed, only_final, from_json):
+        assert_valid_event_sequence(events, allow_error=False)
+        assert final_message(events)["content"] == [{"type": "text", "text": "Hello!"}]
+    assert answer["content"] == [{"type": "text", "text": "Hello!"}]
+    assert [b["type"] for b in _json_answer(output)["content"]] == ["thinking", "text"]  # asked for: shown
+
+
 # --------------------------------------------------------------------------
 # Fuzz: any interleaving of well-formed items gives what the JSON answer gives.
 

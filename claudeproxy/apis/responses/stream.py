@@ -114,6 +114,7 @@ class ResponsesFold(SSEFold):
         new_id: IdFactory,
         tool_names: Optional[Dict[str, str]] = None,
         secrets: Tuple[str, ...] = (),
+        thinking: bool = True,
     ) -> None:
         self.message_id = message_id
         self.model = model
@@ -121,6 +122,7 @@ class ResponsesFold(SSEFold):
         self.new_id = new_id
         self.tool_names = tool_names or {}
         self.secrets = secrets
+        self.thinking = thinking  # the client asked for thinking (request.wants_thinking): else reasoning gives no block
         self.stops: Tuple[str, ...] = ()  # the client's stop strings: LocalStopResponsesFold matches them
         self.decoder = SSEDecoder()
         self.started = False
@@ -218,7 +220,7 @@ class ResponsesFold(SSEFold):
         """The whole stream for a JSON Response given to a stream request."""
         message = to_messages_response(
             obj, model=self.model, new_id=self.new_id, tool_names=self.tool_names, secrets=self.secrets,
-            stop_sequences=self.stops,
+            stop_sequences=self.stops, thinking=self.thinking,
         )
         events: List[Event] = []
         if not self.started:  # else start() already sent one (pings while the body was slow)
@@ -417,7 +419,7 @@ class ResponsesFold(SSEFold):
     def _thinking_text(self, index: Any, part: Key, text: str) -> List[Event]:
         """Thinking text for one summary/reasoning part; parts are blank-line separated."""
         item = self._item_at(index, "reasoning")
-        if not text or item.complete:
+        if not text or item.complete or not self.thinking:
             return []  # after its .done the block has its whole text and its signature: a late delta repeats it
         item.parts[part] = item.parts.get(part, "") + text
         if item.text and item.last_part != part:
@@ -461,6 +463,8 @@ class ResponsesFold(SSEFold):
         One block per reasoning item: other items waited behind it (``_holder``), so it is still open
         here, signed once; a key already closed gets no second block.
         """
+        if not self.thinking:
+            return []  # not asked for: no thinking block, and without include no blob to carry
         item.id = _str(raw, "id") or item.id
         item.blob = _str(raw, "encrypted_content") or None
         full = reasoning_text(raw)
@@ -769,7 +773,7 @@ class ResponsesFold(SSEFold):
     def _place_whole(self, raw: Dict[str, Any]) -> List[Event]:
         """An item only the final object has, as the JSON answer gives it."""
         events: List[Event] = []
-        blocks, refusal = item_blocks(raw, self.tool_names, self.new_id, self.incomplete)
+        blocks, refusal = item_blocks(raw, self.tool_names, self.new_id, self.incomplete, self.thinking)
         self.refusal = self.refusal or refusal
         self.searches += searched(raw)
         for block in blocks:
