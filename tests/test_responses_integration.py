@@ -39,6 +39,10 @@ def sse(body: bytes) -> Reply:
     return Reply(200, (("Content-Type", "text/event-stream"),), steps, chunked=True)
 
 
+# The golden transcripts are answers to a client that asked for thinking (their reasoning is shown).
+THINKING = {"type": "enabled", "budget_tokens": 1024}
+
+
 def ask(**overrides: Any) -> Dict[str, Any]:
     body: Dict[str, Any] = {"model": "claude-test", "max_tokens": 2048,
                             "messages": [{"role": "user", "content": "Write a haiku."}]}
@@ -67,7 +71,7 @@ STREAM_CASES = ["text", "parallel_calls", "reasoning_summary", "incomplete_max_t
 @pytest.mark.parametrize("case", STREAM_CASES)
 def test_stream_fixtures_through_the_server(proxy: Any, fake_upstream: Any, case: str) -> None:
     fake_upstream.push(sse(read("streams", f"{case}.upstream.sse")))
-    with StreamClient(proxy.url, ask(stream=True), headers=HEADERS) as client:
+    with StreamClient(proxy.url, ask(stream=True, thinking=THINKING), headers=HEADERS) as client:
         events = client.read_all(timeout=10)
     assert_valid_event_sequence(events)
     golden = [payload for _, payload in parse_sse(read("streams", f"{case}.anthropic.sse"))]
@@ -95,13 +99,48 @@ def _plain(blocks: List[Dict[str, Any]], events: List[Dict[str, Any]]) -> List[D
 @pytest.mark.parametrize("case", ["text", "parallel_calls", "reasoning_summary", "refusal", "incomplete_max_tokens"])
 def test_json_fixtures_through_the_server(proxy: Any, fake_upstream: Any, case: str) -> None:
     fake_upstream.push(Reply(200, (("Content-Type", "application/json"),), [read("responses", f"{case}.response.json")]))
-    resp = request(proxy.url, "POST", "/v1/messages", ask(), HEADERS)
+    resp = request(proxy.url, "POST", "/v1/messages", ask(thinking=THINKING), HEADERS)
     assert resp.status == 200, resp
     golden = json.loads(read("responses", f"{case}.anthropic.json"))
     assert resp.json["stop_reason"] == golden["stop_reason"] and resp.json["usage"] == golden["usage"]
     assert [b["type"] for b in resp.json["content"]] == [b["type"] for b in golden["content"]]
     assert resp.json["model"] == "claude-test"
     assert fake_upstream.last.json["stream"] is False
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_no_thinking_block_for_a_client_that_did_not_ask(proxy: Any, fake_upstream: Any, stream: bool) -> None:
+    """gpt-oss-style servers send their reasoning unasked (reasoning_text): a client that asked for
+    no thinking gets no thinking block, in the JSON answer and the stream (Anthropic returns none
+    unasked; a script reading content[0].text found the thinking there)."""
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": [],
+                 "content": [{"type": "reasoning_text", "text": "User says hi."}]}
+    message = {"type": "message", "id": "msg_1", "role": "assistant",
+               "content": [{"type": "output_text", "text": "Hello!", "annotations": []}]}
+    obj = {"id": "resp_1", "status": "completed", "output": [reasoning, message],
+           "usage": {"input_tokens": 5, "output_tokens": 7}}
+    if stream:
+        events = [{"type": "response.output_item.added", "output_index": 0, "item": {**reasoning, "content": []}},
+                  {"type": "response.reasoning_text.delta", "output_index": 0, "item_id": "rs_1", "content_index": 0,
+                   "delta": "User says hi."},
+                  {"type": "response.output_item.done", "output_index": 0, "item": reasoning},
+                  {"type": "response.output_text.delta", "output_index": 1, "item_id": "msg_1", "content_index": 0,
+                   "delta": "Hello!"},
+                  {"type": "response.output_item.done", "output_index": 1, "item": message},
+                  {"type": "response.completed", "response": obj}]
+        fake_upstream.push(sse(b"".join(b"event: %s\ndata: %s\n\n" % (e["type"].encode(), json.dumps(e).encode())
+                                        for e in events)))
+        with StreamClient(proxy.url, ask(stream=True), headers=HEADERS) as client:
+            got = client.read_all(timeout=10)
+        assert_valid_event_sequence(got)
+        content = final_message(got)["content"]
+    else:
+        fake_upstream.push(json_reply(obj))
+        resp = request(proxy.url, "POST", "/v1/messages", ask(), HEADERS)
+        assert resp.status == 200, resp
+        content = resp.json["content"]
+    assert content == [{"type": "text", "text": "Hello!"}]
+    assert "reasoning" not in fake_upstream.last.json and "include" not in fake_upstream.last.json
 
 
 def test_context_overflow_before_the_start_is_a_400_prompt_too_long(proxy: Any, fake_upstream: Any) -> None:

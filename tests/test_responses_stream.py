@@ -797,3 +797,366 @@ def test_a_bare_json_error_in_an_event_stream_is_that_error(body: bytes) -> None
     assert (error.status, error.error_type, error.message) == (info.value.status, info.value.error_type,
                                                                info.value.message)
     assert "ended early" not in error.message
+
+
+# --------------------------------------------------------------------------
+# Items that interleave: a call's arguments and a reasoning item's thinking are never cut.
+
+
+def _json_answer(output: List[Dict[str, Any]], **response: Any) -> Dict[str, Any]:
+    obj = {"id": "resp_x", "status": "completed", "output": output, "usage": {"input_tokens": 3, "output_tokens": 2}}
+    obj.update(response)
+    return to_messages_response(obj, model="m", new_id=counter_ids(), tool_names={})
+
+
+def _text_delta(oi: int, text: str, item_id: str = "") -> Dict[str, Any]:
+    return {"type": "response.output_text.delta", "item_id": item_id or f"msg_{oi}", "output_index": oi,
+            "content_index": 0, "delta": text}
+
+
+def _message(oi: int, text: str) -> Dict[str, Any]:
+    return {"type": "message", "id": f"msg_{oi}", "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}]}
+
+
+WRITE_ARGS = '{"file_path":"/tmp/a.txt","content":"hello world"}'
+
+
+@pytest.mark.parametrize("between", ["text", "summary", "reasoning_text", "search"])
+def test_another_items_output_does_not_cut_a_streaming_call(between: str) -> None:
+    """Call 0 streams its arguments; item 1 speaks in between (text, reasoning, a search). Its
+    block closed the call's: the rest of the arguments was lost and the client ran Write with
+    {"file_path": ...} only, or {} (the JSON answer has the whole input). Item 1 now waits for the
+    call's block to end, and comes after it, whole."""
+    call = {"type": "function_call", "id": "fc_0", "call_id": "call_0", "name": "Write", "arguments": WRITE_ARGS}
+    if between == "text":
+        other, speak = _message(1, "Done."), [_text_delta(1, "Done.")]
+    elif between == "search":
+        other = {"type": "web_search_call", "id": "ws_1", "status": "completed",
+                 "action": {"type": "search", "query": "q", "sources": [{"type": "url", "url": "https://x"}]}}
+        speak = [{"type": "response.output_item.done", "output_index": 1, "item": other}]
+    else:
+        field, part = ("summary", "summary_text") if between == "summary" else ("content", "reasoning_text")
+        other = {"type": "reasoning", "id": "rs_1", field: [{"type": part, "text": "Hmm."}], "encrypted_content": "B"}
+        kind = "reasoning_summary_text" if between == "summary" else "reasoning_text"
+        speak = [{"type": f"response.{kind}.delta", "item_id": "rs_1", "output_index": 1, "delta": "Hmm."}]
+    events = feed(make_fold(), CREATED,
+                  {"type": "response.output_item.added", "output_index": 0, "item": {**call, "arguments": ""}},
+                  _args(0, WRITE_ARGS[:36]),
+                  {"type": "response.output_item.added", "output_index": 1, "item": other}, *speak,
+                  _args(0, WRITE_ARGS[36:]),
+                  {"type": "response.output_item.done", "output_index": 0, "item": call},
+                  {"type": "response.output_item.done", "output_index": 1, "item": other},
+                  completed(output=[call, other]))
+    assert_valid_event_sequence(events, allow_error=False)
+    message = final_message(events)
+    assert message["content"][0]["input"] == {"file_path": "/tmp/a.txt", "content": "hello world"}
+    assert plain_signatures(message)["content"] == plain_signatures(_json_answer([call, other]))["content"]
+    assert message["stop_reason"] == "tool_use"
+
+
+def test_text_waiting_behind_a_call_goes_out_when_its_arguments_are_done() -> None:
+    """The arguments' .done ends the call's block: the text that waited goes out there, not only at
+    the call's output_item.done."""
+    call = _call(1, '{"p":"a"}')
+    fold = make_fold()
+    events = feed(fold, CREATED, _text_delta(0, "Hel"),
+                  {"type": "response.output_item.added", "output_index": 1, "item": _call(1)},
+                  _args(1, '{"p"'), _text_delta(0, "lo"))
+    out = feed(fold, {"type": "response.function_call_arguments.done", "output_index": 1, "item_id": "fc_1",
+                      "arguments": '{"p":"a"}'})
+    assert [e["type"] for e in out] == ["content_block_delta", "content_block_stop", "content_block_start",
+                                        "content_block_delta"]
+    assert out[-1]["delta"] == {"type": "text_delta", "text": "lo"}
+    events += out + feed(fold, {"type": "response.output_item.done", "output_index": 1, "item": call},
+                         completed(output=[_message(0, "Hello"), call]))
+    assert_valid_event_sequence(events, allow_error=False)
+    # Every character once; the text of item 0 that came after the call started goes after the call.
+    assert [(b["type"], b.get("text"), b.get("input")) for b in final_message(events)["content"]] == [
+        ("text", "Hel", None), ("tool_use", None, {"p": "a"}), ("text", "lo", None)]
+
+
+def test_events_waiting_behind_a_call_whose_done_never_came_go_out_at_the_end() -> None:
+    """No .done at all for the call: at response.completed it gets its last arguments from the
+    final object, closes, and the text that waited behind it follows."""
+    call = _call(0, '{"p":"abc"}')
+    events = feed(make_fold(), CREATED,
+                  {"type": "response.output_item.added", "output_index": 0, "item": _call(0)},
+                  _args(0, '{"p":"a'), _text_delta(1, "Reading."),
+                  completed(output=[call, _message(1, "Reading.")]))
+    assert_valid_event_sequence(events, allow_error=False)
+    message = final_message(events)
+    assert message["content"] == _json_answer([call, _message(1, "Reading.")])["content"]
+    assert message["stop_reason"] == "tool_use"
+
+
+def test_a_reasoning_item_done_after_the_next_item_started_gives_one_signed_block() -> None:
+    """A call starts before the reasoning item's output_item.done (which brings the blob): the
+    thinking block was closed unsigned (blob null) and a second, empty one followed the call with the
+    blob; the next request dropped both, so the reasoning never went back. One block now, signed once,
+    before the call, as the JSON answer has it."""
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "Plan"}],
+                 "encrypted_content": "gAAA-blob"}
+    call = _call(1, '{"path":"a"}')
+    events = feed(make_fold(), CREATED,
+                  {"type": "response.output_item.added", "output_index": 0,
+                   "item": {**reasoning, "summary": [], "encrypted_content": None}},
+                  {"type": "response.reasoning_summary_text.delta", "output_index": 0, "item_id": "rs_1",
+                   "summary_index": 0, "delta": "Plan"},
+                  {"type": "response.reasoning_summary_text.done", "output_index": 0, "item_id": "rs_1",
+                   "summary_index": 0, "text": "Plan"},
+                  {"type": "response.output_item.added", "output_index": 1, "item": _call(1)},
+                  _args(1, '{"path":"a"}'),
+                  {"type": "response.output_item.done", "output_index": 0, "item": reasoning},
+                  {"type": "response.output_item.done", "output_index": 1, "item": call},
+                  completed(output=[reasoning, call]))
+    assert_valid_event_sequence(events, allow_error=False)
+    message = final_message(events)
+    assert message["content"] == _json_answer([reasoning, call])["content"]
+    [thinking] = [b for b in message["content"] if b["type"] == "thinking"]
+    assert decode_cpx1(thinking["signature"])["d"] == {"id": "rs_1", "encrypted_content": "gAAA-blob"}
+
+
+def test_a_reasoning_done_for_a_closed_block_opens_no_second_one() -> None:
+    """Summary deltas that name no item (slot -1: several items may run together there, so its block
+    holds nothing up) are cut by text of item 1; the reasoning's .done, naming no item either, came
+    with the blob and opened a second, empty thinking block after the text. One block per item."""
+    events = feed(make_fold(), CREATED,
+                  {"type": "response.reasoning_summary_text.delta", "delta": "Plan"},
+                  _text_delta(1, "Hello"),
+                  {"type": "response.output_item.done", "item": {"type": "reasoning", "encrypted_content": "B",
+                                                                 "summary": [{"type": "summary_text", "text": "Plan"}]}},
+                  completed())
+    assert_valid_event_sequence(events, allow_error=False)
+    assert [(b["type"], b.get("thinking", b.get("text"))) for b in final_message(events)["content"]] == [
+        ("thinking", "Plan"), ("text", "Hello")]
+
+
+@pytest.mark.parametrize("case", ["added_only", "one_delta", "search"])
+def test_items_the_stream_left_unfinished_are_finished_from_the_final_object(case: str) -> None:
+    """output_item.added (and maybe a delta), then no .done: response.completed's output has the
+    rest. The client got "" or "Hello" for "Hello world", and no search blocks."""
+    message = _message(0, "Hello world")
+    objs: List[Dict[str, Any]] = [CREATED]
+    output: List[Dict[str, Any]] = [message]
+    if case == "search":
+        search = {"type": "web_search_call", "id": "ws_1", "status": "completed",
+                  "action": {"type": "search", "query": "q", "sources": [{"type": "url", "url": "https://x"}]}}
+        objs.append({"type": "response.output_item.added", "output_index": 0,
+                     "item": {"type": "web_search_call", "id": "ws_1", "status": "in_progress"}})
+        objs.append({"type": "response.web_search_call.completed", "output_index": 0, "item_id": "ws_1"})
+        output = [search, message]
+        objs.append(_text_delta(1, "Hello world"))
+        objs.append({"type": "response.output_item.done", "output_index": 1, "item": {**message, "id": "msg_1"}})
+        output[1] = {**message, "id": "msg_1"}
+    else:
+        objs.append({"type": "response.output_item.added", "output_index": 0, "item": {**message, "content": []}})
+        if case == "one_delta":
+            objs.append(_text_delta(0, "Hello"))
+    events = feed(make_fold(), *objs, completed(output=output))
+    assert_valid_event_sequence(events, allow_error=False)
+    streamed, answer = final_message(events), _json_answer(output)
+    if case == "search":  # the text went out first; the search's blocks can only follow it
+        assert sorted(map(json.dumps, streamed["content"])) == sorted(map(json.dumps, answer["content"]))
+    else:
+        assert streamed["content"] == answer["content"]
+    assert streamed["usage"] == answer["usage"]
+
+
+def test_calls_in_the_final_object_are_kept_when_text_events_named_no_item() -> None:
+    """Text deltas with neither output_index nor item_id, then response.completed with the message
+    and a call: the call was dropped (stop_reason end_turn, Claude Code ended the turn)."""
+    call = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "Read", "arguments": '{"path":"a"}'}
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "B"}
+    output = [reasoning, _message(1, "Let me read it."), call]
+    events = feed(make_fold(), CREATED, {"type": "response.output_text.delta", "delta": "Let me read it."},
+                  completed(output=output))
+    assert_valid_event_sequence(events, allow_error=False)
+    message = final_message(events)
+    assert [b["type"] for b in message["content"]] == ["text", "thinking", "tool_use"]
+    assert message["content"][2] == _json_answer(output)["content"][2]
+    assert message["stop_reason"] == "tool_use"
+
+
+@pytest.mark.parametrize("with_text_done", [False, True])
+def test_a_part_without_content_index_is_sent_once(with_text_done: bool) -> None:
+    """Deltas with output_index and item_id but no content_index, then the message's .done: the text
+    went out twice ([text "Hello", text "Hello"]). Likewise reasoning without summary_index."""
+    objs: List[Dict[str, Any]] = [CREATED,
+                                  {"type": "response.output_text.delta", "output_index": 0, "item_id": "msg_0", "delta": "Hel"},
+                                  {"type": "response.output_text.delta", "output_index": 0, "item_id": "msg_0", "delta": "lo"}]
+    if with_text_done:
+        objs.append({"type": "response.output_text.done", "output_index": 0, "item_id": "msg_0", "text": "Hello"})
+    objs.append({"type": "response.output_item.done", "output_index": 0, "item": _message(0, "Hello")})
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "Plan"}],
+                 "encrypted_content": "B"}
+    objs += [{"type": "response.reasoning_summary_text.delta", "output_index": 1, "item_id": "rs_1", "delta": "Plan"},
+             {"type": "response.reasoning_summary_text.done", "output_index": 1, "item_id": "rs_1", "text": "Plan"},
+             {"type": "response.output_item.done", "output_index": 1, "item": reasoning}]
+    output = [_message(0, "Hello"), reasoning]
+    events = feed(make_fold(), *objs, completed(output=output))
+    assert_valid_event_sequence(events, allow_error=False)
+    assert final_message(events)["content"] == _json_answer(output)["content"]
+
+
+def test_late_text_only_in_done_for_a_closed_part_is_not_lost() -> None:
+    """Item 0 streams "Hel", call 1 comes whole, then item 0's output_text.done says "Hello" with no
+    delta for "lo": the "lo" was dropped. It goes after the call, as a late delta would."""
+    call = _call(1, "{}")
+    events = feed(make_fold(), CREATED, _text_delta(0, "Hel"),
+                  {"type": "response.output_item.added", "output_index": 1, "item": call},
+                  {"type": "response.output_item.done", "output_index": 1, "item": call},
+                  {"type": "response.output_text.done", "output_index": 0, "item_id": "msg_0", "content_index": 0,
+                   "text": "Hello"},
+                  {"type": "response.output_item.done", "output_index": 0, "item": _message(0, "Hello")},
+                  completed(output=[_message(0, "Hello"), call]))
+    assert_valid_event_sequence(events, allow_error=False)
+    content = final_message(events)["content"]
+    assert [(b["type"], b.get("text")) for b in content] == [("text", "Hel"), ("tool_use", None), ("text", "lo")]
+
+
+def test_reasoning_the_client_did_not_ask_for_gives_no_thinking_block() -> None:
+    """gpt-oss-style servers send raw reasoning (reasoning_text) unasked: with thinking=False (the
+    request had none) neither the stream nor the JSON answer has a thinking block."""
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": [],
+                 "content": [{"type": "reasoning_text", "text": "User says hi."}]}
+    output = [reasoning, _message(1, "Hello!")]
+    streamed = feed(make_fold(thinking=False), CREATED,
+                    {"type": "response.output_item.added", "output_index": 0, "item": {**reasoning, "content": []}},
+                    {"type": "response.reasoning_text.delta", "output_index": 0, "item_id": "rs_1", "content_index": 0,
+                     "delta": "User says hi."},
+                    {"type": "response.output_item.done", "output_index": 0, "item": reasoning},
+                    _text_delta(1, "Hello!"), completed(output=output))
+    only_final = feed(make_fold(thinking=False), CREATED, completed(output=output))
+    body = {"id": "resp_x", "status": "completed", "output": output, "usage": {"input_tokens": 3, "output_tokens": 2}}
+    answer = to_messages_response(body, model="m", new_id=counter_ids(), tool_names={}, thinking=False)
+    from_json = make_fold(thinking=False).from_json(body)
+    for events in (streamed, only_final, from_json):
+        assert_valid_event_sequence(events, allow_error=False)
+        assert final_message(events)["content"] == [{"type": "text", "text": "Hello!"}]
+    assert answer["content"] == [{"type": "text", "text": "Hello!"}]
+    assert [b["type"] for b in _json_answer(output)["content"]] == ["thinking", "text"]  # asked for: shown
+
+
+# --------------------------------------------------------------------------
+# Fuzz: any interleaving of well-formed items gives what the JSON answer gives.
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _pieces(text: str, rng: random.Random) -> List[str]:
+    out, i = [], 0
+    while i < len(text):
+        n = rng.randint(1, 6)
+        out.append(text[i:i + n])
+        i += n
+    return out
+
+
+def _fuzz_output(rng: random.Random) -> List[Dict[str, Any]]:
+    """1-4 items. Each text part is written with letters of its own, so a streamed text block can be
+    told apart by its letters (a part's text may be split where another item's block came between)."""
+    output: List[Dict[str, Any]] = []
+    alphabet = iter(_LETTERS[i:i + 3] for i in range(0, len(_LETTERS), 3))
+    for n in range(rng.randint(1, 4)):
+        kind = rng.choice(["reasoning", "message", "function_call", "function_call"])
+        if kind == "reasoning":
+            summary = [{"type": "summary_text", "text": f"think{n}.{k} " + "r" * rng.randint(1, 8)}
+                       for k in range(rng.randint(1, 2))]
+            output.append({"type": "reasoning", "id": f"rs_{n}", "summary": summary, "encrypted_content": f"blob{n}"})
+        elif kind == "message":
+            parts = [{"type": "output_text", "annotations": [], "text": _letters_text(next(alphabet), rng)}
+                     for _ in range(rng.randint(1, 2))]
+            output.append({"type": "message", "id": f"msg_{n}", "role": "assistant", "content": parts})
+        else:
+            args = json.dumps({"path": f"p{n}", "content": "c\"\\é" * rng.randint(0, 4), "n": [n, {"k": None}]})
+            output.append({"type": "function_call", "id": f"fc_{n}", "call_id": f"call_{n}", "name": "Write",
+                           "arguments": args})
+    return output
+
+
+def _letters_text(letters: str, rng: random.Random) -> str:
+    return "".join(rng.choice(letters) for _ in range(rng.randint(1, 12)))
+
+
+def _item_events(oi: int, item: Dict[str, Any], rng: random.Random) -> List[Dict[str, Any]]:
+    """One item's events in the order OpenAI sends them."""
+    base = {"item_id": item["id"], "output_index": oi}
+    kind = item["type"]
+    events: List[Dict[str, Any]] = []
+    if kind == "reasoning":
+        events.append({"type": "response.output_item.added", "output_index": oi,
+                       "item": {**item, "summary": [], "encrypted_content": None}})
+        for si, part in enumerate(item["summary"]):
+            events += [{"type": "response.reasoning_summary_text.delta", **base, "summary_index": si, "delta": p}
+                       for p in _pieces(part["text"], rng)]
+            events.append({"type": "response.reasoning_summary_text.done", **base, "summary_index": si,
+                           "text": part["text"]})
+    elif kind == "message":
+        events.append({"type": "response.output_item.added", "output_index": oi, "item": {**item, "content": []}})
+        for ci, part in enumerate(item["content"]):
+            events += [{"type": "response.output_text.delta", **base, "content_index": ci, "delta": p}
+                       for p in _pieces(part["text"], rng)]
+            events.append({"type": "response.output_text.done", **base, "content_index": ci, "text": part["text"]})
+            events.append({"type": "response.content_part.done", **base, "content_index": ci, "part": part})
+    else:
+        events.append({"type": "response.output_item.added", "output_index": oi, "item": {**item, "arguments": ""}})
+        events += [{"type": "response.function_call_arguments.delta", **base, "delta": p}
+                   for p in _pieces(item["arguments"], rng)]
+        events.append({"type": "response.function_call_arguments.done", **base, "arguments": item["arguments"]})
+    events.append({"type": "response.output_item.done", "output_index": oi, "item": item})
+    return events
+
+
+def _texts_by_part(content: List[Dict[str, Any]]) -> Dict[str, str]:
+    """Text blocks joined per part (its letters): each block must be of one part."""
+    out: Dict[str, str] = {}
+    for block in content:
+        if block["type"] == "text":
+            letters = _LETTERS[_LETTERS.index(block["text"][0]) // 3 * 3:][:3]
+            assert set(block["text"]) <= set(letters), block
+            out[letters] = out.get(letters, "") + block["text"]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(500))
+def test_interleaved_items_give_what_the_json_answer_gives(seed: int) -> None:
+    """Random items, each with its well-formed event sequence; the sequences interleaved at random
+    (every fifth case in order). The stream's message must be the JSON answer's: each call's input
+    whole, one thinking block per reasoning item with its text and blob, every text character once
+    (a part's text may be split where another item came between, never lost or repeated);
+    in order, block for block the same."""
+    rng = random.Random(seed)
+    output = _fuzz_output(rng)
+    queues = [_item_events(oi, item, rng) for oi, item in enumerate(output)]
+    objs: List[Dict[str, Any]] = [CREATED]
+    if seed % 5 == 0:
+        objs += [e for queue in queues for e in queue]
+    while any(queues):
+        objs.append(rng.choice([q for q in queues if q]).pop(0))
+    objs.append(completed(output=output))
+    events = feed(make_fold(), *objs)
+    assert_valid_event_sequence(events, allow_error=False)
+    got, want = final_message(events), _json_answer(output)
+    assert got["stop_reason"] == want["stop_reason"]
+    if seed % 5 == 0:
+        assert got["content"] == want["content"]
+    by_id = sorted((b for b in got["content"] if b["type"] == "tool_use"), key=lambda b: b["id"])
+    assert by_id == [b for b in want["content"] if b["type"] == "tool_use"]
+    thinking = sorted((b for b in got["content"] if b["type"] == "thinking"), key=lambda b: b["signature"])
+    assert thinking == sorted((b for b in want["content"] if b["type"] == "thinking"), key=lambda b: b["signature"])
+    assert _texts_by_part(got["content"]) == _texts_by_part(want["content"])
+
+
+def test_a_stop_string_in_text_the_final_object_finished_ends_the_answer_once() -> None:
+    """A message the stream left unfinished ("Hi"), finished from response.completed ("Hi END
+    there"): the client's stop string in the filled-in text ends the answer there, with one
+    message_delta; the call after it is not the answer."""
+    message = _message(0, "Hi END there")
+    events = feed(stop_fold("END"), CREATED,
+                  {"type": "response.output_item.added", "output_index": 0, "item": {**message, "content": []}},
+                  delta("Hi"), completed(output=[message, _call(1, "{}")]))
+    assert_valid_event_sequence(events, allow_error=False)
+    got = final_message(events)
+    assert got["content"] == [{"type": "text", "text": "Hi "}]
+    assert (got["stop_reason"], got["stop_sequence"]) == ("stop_sequence", "END")

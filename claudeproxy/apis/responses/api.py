@@ -24,7 +24,7 @@ from ...urls import join_path
 from ..base import ClientRequest, Exchange, RefusedFields, encode_body, with_json
 from ..chat.api import refused_fields
 from ..stops import unsent_stops
-from .request import responses_tools, to_responses_request
+from .request import responses_tools, to_responses_request, wants_thinking
 from .response import to_messages_response
 from .stream import LocalStopResponsesFold, ResponsesFold
 
@@ -110,14 +110,20 @@ class ResponsesApi:
                   ) -> Tuple[Dict[str, Any], List[str]]:
         tool_names, stops = ex.context
         message = to_messages_response(obj, model=req.model, new_id=new_id, tool_names=tool_names,
-                                       secrets=secrets, stop_sequences=stops)
+                                       secrets=secrets, stop_sequences=stops, thinking=_thinking(req))
         return message, []
 
     def fold(self, req: ClientRequest, ex: Exchange, *, message_id: str, input_tokens: int,
              secrets: Tuple[str, ...] = ()) -> ResponsesFold:
         tool_names, stops = ex.context
         kwargs: Dict[str, Any] = dict(message_id=message_id, model=req.model, input_tokens=input_tokens,
-                                      new_id=new_id, tool_names=tool_names, secrets=secrets)
+                                      new_id=new_id, tool_names=tool_names, secrets=secrets,
+                                      thinking=_thinking(req))
         if stops:  # only then a fold that matches stop strings: nothing added per event otherwise
             return LocalStopResponsesFold(stop_sequences=stops, **kwargs)
         return ResponsesFold(**kwargs)
+
+
+def _thinking(req: ClientRequest) -> bool:
+    """Thinking blocks go back only to a client that asked for them (``request.wants_thinking``)."""
+    return req.parsed is None or wants_thinking(req.parsed)

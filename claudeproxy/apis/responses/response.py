@@ -207,11 +207,15 @@ def _list(value: Any, kind: type = dict) -> List[Any]:
 
 
 def item_blocks(item: Dict[str, Any], tool_names: Dict[str, str], new_id: IdFactory,
-                incomplete: bool = False) -> Tuple[List[Block], bool]:
+                incomplete: bool = False, thinking: bool = True) -> Tuple[List[Block], bool]:
     """(blocks, refusal seen) for one output item; unknown hosted-tool items give none.
 
-    ``incomplete``: the Response is (``tool_input``)."""
+    ``incomplete``: the Response is (``tool_input``). ``thinking``: the client asked for it
+    (``request.wants_thinking``); else a reasoning item (gpt-oss-style servers send their raw
+    reasoning unasked) gives no block, as Anthropic returns none unasked."""
     kind = item.get("type")
+    if kind == "reasoning" and not thinking:
+        return [], False
     if kind == "reasoning":
         block = thinking_block(reasoning_text(item), item.get("id"), item.get("encrypted_content"))
         return ([block] if block else []), False
@@ -298,12 +302,12 @@ def count_searches(output: List[Dict[str, Any]]) -> int:
 
 
 def content_blocks(output: Any, tool_names: Dict[str, str], new_id: IdFactory,
-                   incomplete: bool = False) -> Tuple[List[Block], bool]:
+                   incomplete: bool = False, thinking: bool = True) -> Tuple[List[Block], bool]:
     """All blocks of a Response's ``output`` in order, and whether a refusal was among them."""
     blocks: List[Block] = []
     refusal = False
     for item in _list(output):
-        found, refused = item_blocks(item, tool_names, new_id, incomplete)
+        found, refused = item_blocks(item, tool_names, new_id, incomplete, thinking)
         blocks.extend(found)
         refusal = refusal or refused
     unique_tool_ids(blocks)
@@ -352,10 +356,12 @@ def to_messages_response(
     tool_names: Dict[str, str],
     secrets: Tuple[str, ...] = (),
     stop_sequences: Tuple[str, ...] = (),
+    thinking: bool = True,
 ) -> Dict[str, Any]:
     """The Anthropic ``Message`` for a Response object; ``ProxyError`` for a failed one or an error body.
 
     ``stop_sequences``: the client's; the text ends at the first (``cut_output``).
+    ``thinking``: the client asked for thinking blocks (``item_blocks``).
     """
     if not isinstance(obj, dict):
         raise error_for({}, secrets, default="upstream returned a body that is not a Response object")
@@ -363,7 +369,7 @@ def to_messages_response(
     if failure is not None:
         raise failure
     output, match = cut_output(obj.get("output"), stop_sequences) if stop_sequences else (obj.get("output"), None)
-    blocks, refusal = content_blocks(output, tool_names, new_id, obj.get("status") == "incomplete")
+    blocks, refusal = content_blocks(output, tool_names, new_id, obj.get("status") == "incomplete", thinking)
     has_tools = any(b["type"] == "tool_use" for b in blocks)
     if match is None:
         reason = stop_reason_for(obj.get("status"), obj.get("incomplete_details"), has_tools, refusal)

@@ -8,8 +8,16 @@ instance.
 Text, refusal, reasoning-summary and function-argument deltas go out as they
 arrive. What only an item's ``.done`` knows (the encrypted reasoning, the
 search query and sources, citations) goes out there. Anything the deltas
-missed is filled in from the ``.done`` events, so a stream gives the same
-blocks as the JSON answer (``response.to_messages_response``).
+missed is filled in from the ``.done`` events, and what the stream left
+unfinished from ``response.completed``, so a stream gives the same blocks as
+the JSON answer (``response.to_messages_response``).
+
+A call's arguments and a reasoning item's thinking (its text, then the
+signature that carries its blob) are one block each, and a block cannot
+reopen. So while one of them is open, the events of other items wait
+(``_item_event``) until it closes: at its item's ``.done``, a call's
+arguments' ``.done``, or the terminal event. Text does not hold others up:
+text of an item that goes on after another block goes in a block of its own.
 
 The grammar it guarantees: ``message_start``, then blocks with indexes 0..n,
 each started, given its deltas and stopped, one open at a time, then one
@@ -21,11 +29,12 @@ as ``response.failed``) can still be answered with a plain HTTP error.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
 import math
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Deque, Dict, List, Optional, Set, Tuple
 
 from ...counts import count_or_none
 from ...errors import ProxyError, UpstreamUnavailable, stream_error_event
@@ -70,6 +79,7 @@ class _Item:
 
     kind: str
     id: str = ""
+    kinds: Set[str] = dataclasses.field(default_factory=set)  # of all events about it (slot -1: several items)
     # reasoning: all text sent (separators included), per-part text, the part that spoke last
     text: str = ""
     parts: Dict[Key, str] = dataclasses.field(default_factory=dict)
@@ -104,6 +114,7 @@ class ResponsesFold(SSEFold):
         new_id: IdFactory,
         tool_names: Optional[Dict[str, str]] = None,
         secrets: Tuple[str, ...] = (),
+        thinking: bool = True,
     ) -> None:
         self.message_id = message_id
         self.model = model
@@ -111,6 +122,7 @@ class ResponsesFold(SSEFold):
         self.new_id = new_id
         self.tool_names = tool_names or {}
         self.secrets = secrets
+        self.thinking = thinking  # the client asked for thinking (request.wants_thinking): else reasoning gives no block
         self.stops: Tuple[str, ...] = ()  # the client's stop strings: LocalStopResponsesFold matches them
         self.decoder = SSEDecoder()
         self.started = False
@@ -125,6 +137,9 @@ class ResponsesFold(SSEFold):
         self.open: Optional[_Open] = None
         self.items: Dict[Any, _Item] = {}  # per slot (_slot), in the order first mentioned
         self.slots: Dict[str, Any] = {}  # item id -> its slot, for events that name only the id
+        # Events waiting behind another item's open block (_holder), per slot, with their arrival number.
+        self.waiting: Dict[Any, Deque[Tuple[int, str, Dict[str, Any]]]] = {}
+        self.arrivals = 0
         self.text_sent: Dict[Key, str] = {}  # text per (slot, content_index) part
         self.annotations: Dict[Key, List[Any]] = {}
         self.cited: Dict[Key, int] = {}  # citations already sent per part
@@ -205,7 +220,7 @@ class ResponsesFold(SSEFold):
         """The whole stream for a JSON Response given to a stream request."""
         message = to_messages_response(
             obj, model=self.model, new_id=self.new_id, tool_names=self.tool_names, secrets=self.secrets,
-            stop_sequences=self.stops,
+            stop_sequences=self.stops, thinking=self.thinking,
         )
         events: List[Event] = []
         if not self.started:  # else start() already sent one (pings while the body was slow)
@@ -238,7 +253,56 @@ class ResponsesFold(SSEFold):
         # Dispatch on data.type: some compatible servers send no "event:" line.
         kind = _str(obj, "type") or event.event
         handler = _HANDLERS.get(kind)
-        return getattr(self, handler)(obj) if handler else []
+        if handler is None:
+            return []
+        if handler in _ITEM_HANDLERS:
+            return self._item_event(handler, obj)
+        return getattr(self, handler)(obj)
+
+    # ------------------------------------------------------------------
+    # Items that wait: one block at a time, and a call's or a reasoning item's cannot be cut.
+
+    def _item_event(self, handler: str, obj: Dict[str, Any]) -> List[Event]:
+        """An output item's event: handled now, or kept until the open block of another item that
+        holds the stream closes (``_holder``). Closing that block would cut a call's arguments (the
+        client ran the tool with ``{}`` or half an input) or split a reasoning item's thinking from
+        its signature (the blob lost on replay)."""
+        slot = self._slot(obj)
+        holder = self._holder()
+        if holder is not None and slot != holder:
+            self.waiting.setdefault(slot, collections.deque()).append((self.arrivals, handler, obj))
+            self.arrivals += 1
+            return []
+        return getattr(self, handler)(obj) + self._release()
+
+    def _holder(self) -> Any:
+        """The slot whose open block other items wait behind, or None: a call streaming its arguments,
+        a reasoning item's thinking before its ``.done`` (the blob). Not text: more text for an item
+        goes in a block of its own. Not slot -1 (events that name no item: several items may be run
+        together there, and no ``.done`` says when they end)."""
+        if self.open is None or self.open.kind == "text" or self.open.key[1] == -1:
+            return None
+        return self.open.key[1]
+
+    def _release(self) -> List[Event]:
+        """The waiting events that may go now, in the order they came: the earliest of any item, or,
+        while a block holds the stream (one of them opened it), only the rest of that block's item.
+        Each item's own events keep their order."""
+        events: List[Event] = []
+        while self.waiting and not self.done:
+            holder = self._holder()
+            if holder is not None:
+                slot = holder if holder in self.waiting else None
+            else:
+                slot = min(self.waiting, key=lambda s: self.waiting[s][0][0])
+            if slot is None:
+                return events
+            queue = self.waiting[slot]
+            _, handler, obj = queue.popleft()
+            if not queue:
+                del self.waiting[slot]
+            events += getattr(self, handler)(obj)
+        return events
 
     def _bad_event(self, event: ServerSentEvent) -> List[Event]:
         if event.event == "error":  # "event: error" with a plain-text message is still an error
@@ -313,6 +377,8 @@ class ResponsesFold(SSEFold):
         if item is None:
             item = self.items[slot] = _Item(kind)
         item.kind = item.kind or kind
+        if kind:
+            item.kinds.add(kind)
         return item
 
     def _item_added(self, obj: Dict[str, Any]) -> List[Event]:
@@ -333,6 +399,11 @@ class ResponsesFold(SSEFold):
         item = self._item_at(index, str(raw.get("type") or ""))
         if item.complete:
             return []  # a repeated .done: everything it says was placed the first time
+        return self._finish(index, item, raw)
+
+    def _finish(self, index: Any, item: _Item, raw: Dict[str, Any]) -> List[Event]:
+        """An item is done (``raw``: the item as its ``.done`` or the final object gives it): what
+        the stream has not sent of it goes out, and its block closes."""
         item.complete = True
         finish = {
             "reasoning": self._reasoning_done,
@@ -348,7 +419,7 @@ class ResponsesFold(SSEFold):
     def _thinking_text(self, index: Any, part: Key, text: str) -> List[Event]:
         """Thinking text for one summary/reasoning part; parts are blank-line separated."""
         item = self._item_at(index, "reasoning")
-        if not text or item.complete:
+        if not text or item.complete or not self.thinking:
             return []  # after its .done the block has its whole text and its signature: a late delta repeats it
         item.parts[part] = item.parts.get(part, "") + text
         if item.text and item.last_part != part:
@@ -366,16 +437,16 @@ class ResponsesFold(SSEFold):
         return events + [self._delta({"type": "thinking_delta", "thinking": text})]
 
     def _summary_delta(self, obj: Dict[str, Any]) -> List[Event]:
-        return self._thinking_text(self._slot(obj), ("s", obj.get("summary_index")), _str(obj, "delta"))
+        return self._thinking_text(self._slot(obj), ("s", _index(obj, "summary_index")), _str(obj, "delta"))
 
     def _reasoning_text_delta(self, obj: Dict[str, Any]) -> List[Event]:
-        return self._thinking_text(self._slot(obj), ("c", obj.get("content_index")), _str(obj, "delta"))
+        return self._thinking_text(self._slot(obj), ("c", _index(obj, "content_index")), _str(obj, "delta"))
 
     def _summary_done(self, obj: Dict[str, Any]) -> List[Event]:
-        return self._fill_part(obj, ("s", obj.get("summary_index")))
+        return self._fill_part(obj, ("s", _index(obj, "summary_index")))
 
     def _reasoning_text_done(self, obj: Dict[str, Any]) -> List[Event]:
-        return self._fill_part(obj, ("c", obj.get("content_index")))
+        return self._fill_part(obj, ("c", _index(obj, "content_index")))
 
     def _fill_part(self, obj: Dict[str, Any], part: Key) -> List[Event]:
         """A part's ``.done`` text: send what its deltas missed."""
@@ -387,7 +458,13 @@ class ResponsesFold(SSEFold):
         return []
 
     def _reasoning_done(self, index: Any, item: _Item, raw: Dict[str, Any]) -> List[Event]:
-        """The signature carries ``{id, encrypted_content}``; taken here, ``.added`` may hold a partial blob."""
+        """The signature carries ``{id, encrypted_content}``; taken here, ``.added`` may hold a partial blob.
+
+        One block per reasoning item: other items waited behind it (``_holder``), so it is still open
+        here, signed once; a key already closed gets no second block.
+        """
+        if not self.thinking:
+            return []  # not asked for: no thinking block, and without include no blob to carry
         item.id = _str(raw, "id") or item.id
         item.blob = _str(raw, "encrypted_content") or None
         full = reasoning_text(raw)
@@ -395,7 +472,7 @@ class ResponsesFold(SSEFold):
         if len(full) > len(item.text) and full.startswith(item.text):
             events += self._emit_thinking(index, item, full[len(item.text):])
         key = ("r", index)
-        if not self._is_open(key) and item.blob:
+        if not self._is_open(key) and item.blob and key not in self.closed:
             # Text-less reasoning still needs its block, or the blob is lost (RESPONSES.md 6).
             events += self._open(key, "thinking", dict(_THINKING_START))
         return events + (self._close() if self._is_open(key) else [])
@@ -408,7 +485,12 @@ class ResponsesFold(SSEFold):
     # Message text and refusals.
 
     def _text_key(self, obj: Dict[str, Any]) -> Key:
-        return ("t", self._slot(obj), obj.get("content_index"))
+        """A message part's key. Its item is a message the stream spoke of (the final object fills in
+        what it did not finish); no content_index (compatible servers) is part 0, as ``.done``
+        keys it, so its text does not go out twice."""
+        slot = self._slot(obj)
+        self._item_at(slot, "message")
+        return ("t", slot, _index(obj, "content_index"))
 
     def _text_delta(self, obj: Dict[str, Any], refusal: bool = False) -> List[Event]:
         key = self._text_key(obj)
@@ -431,8 +513,10 @@ class ResponsesFold(SSEFold):
         return events + [self._delta({"type": "text_delta", "text": text})]
 
     def _fill_text(self, key: Key, full: str, refusal: bool) -> List[Event]:
+        """What ``full`` has beyond the text sent for the part; after its block closed (another
+        item's block came between) in a block of its own, as a late delta goes, not lost."""
         sent = self.text_sent.get(key, "")
-        if len(full) > len(sent) and full.startswith(sent) and key not in self.closed:
+        if len(full) > len(sent) and full.startswith(sent):
             return self._emit_text(key, full[len(sent):], refusal)
         return []
 
@@ -524,6 +608,8 @@ class ResponsesFold(SSEFold):
     def _held_back(self, key: Key) -> bool:
         """A call waits while another call's block is open (its arguments may still come).
 
+        Most of the time its events already waited (``_item_event``); this is for a call
+        next to one at slot -1, which holds nothing up, and for the calls placed at the end.
         Not behind text: a server that sends more text for an earlier item after a call
         gets it in a block after the call (blocks cannot reopen, and holding calls back
         behind text that may never finish would put them out of place or lose them at a
@@ -571,7 +657,11 @@ class ResponsesFold(SSEFold):
         full = _str(obj, "arguments")
         if len(full) > len(item.args) and full.startswith(item.args):
             item.args = full  # deltas may be missing: arguments only here
-        return self._maybe_live(slot, item)
+        events = self._maybe_live(slot, item)
+        if self._is_open(("f", slot)):
+            # The arguments are whole: the block ends here, and the items waiting behind it go on.
+            events += self._close() + self._waiting_calls()
+        return events
 
     def _call_done(self, index: Any, item: _Item, raw: Dict[str, Any]) -> List[Event]:
         item.call_id = item.call_id or _str(raw, "call_id")
@@ -611,7 +701,12 @@ class ResponsesFold(SSEFold):
     def _completed(self, obj: Dict[str, Any]) -> List[Event]:
         response = _dict(obj.get("response"))
         status = self._terminal_status(obj, response)
-        events = self._unseen_items(response.get("output")) + self._close()
+        output = response.get("output")
+        events = self._finish_holders(output)
+        events += self._unseen_items(output)
+        if self.done:
+            return events  # ended at a client stop string in text only the final object had
+        events += self._close()
         placed = self._waiting_calls()
         while placed:  # each call left waiting, in turn: the last one live is closed before the next
             events += placed + self._close()
@@ -631,30 +726,60 @@ class ResponsesFold(SSEFold):
         self.incomplete = status == "incomplete"
         return status
 
+    def _finish_holders(self, output: Any) -> List[Event]:
+        """At the terminal event: the block other items wait behind (``_holder``) is finished from
+        the final object (a call's arguments, a reasoning item's blob) and closed, then what waited
+        goes out; again while what went out opened another such block."""
+        events = self._release()
+        holder = self._holder()
+        while holder is not None and not self.done:
+            raw = self._final_item(holder, output)
+            events += self._unfinished(holder, raw) if raw is not None else []
+            if self._holder() == holder:
+                events += self._close()  # nothing in the final object finished it
+            events += self._release()
+            holder = self._holder()
+        return events
+
+    def _final_item(self, slot: Any, output: Any) -> Optional[Dict[str, Any]]:
+        """The final object's item the stream spoke of under ``slot``, or None."""
+        for position, raw in enumerate(output if isinstance(output, list) else ()):
+            if isinstance(raw, dict) and self._seen_slot(position, raw) == slot:
+                return raw
+        return None
+
     def _unseen_items(self, output: Any) -> List[Event]:
         """The final object's items: the ones the stream never mentioned (servers that send only
         the final object) placed whole, the ones it left unfinished finished (``_unfinished``).
 
-        Not when events named neither ``output_index`` nor an item id: those items cannot be
-        told apart.
+        Events that named neither ``output_index`` nor an item id (slot -1) cannot be told apart:
+        an item of a kind they were about may be theirs and is not placed again; the others
+        (a call after unindexed text, say) could not have been among them.
         """
         events: List[Event] = []
-        if -1 in self.items:
-            return events
+        unindexed = self.items[-1].kinds if -1 in self.items else set()
         for index, raw in enumerate(output if isinstance(output, list) else ()):
+            if self.done:
+                break  # a stop string in text the final object filled in ended the answer
             if not isinstance(raw, dict):
                 continue
             slot = self._seen_slot(index, raw)
             if slot is not None:
                 events += self._unfinished(slot, raw)
-                continue
-            blocks, refusal = item_blocks(raw, self.tool_names, self.new_id, self.incomplete)
-            self.refusal = self.refusal or refusal
-            self.searches += searched(raw)
-            for block in blocks:
-                if block["type"] == "tool_use":
-                    block["id"] = self._claim_tool_id(block["id"])
-                events += self._whole_block(block)
+            elif raw.get("type") not in unindexed:
+                events += self._place_whole(raw)
+        return events
+
+    def _place_whole(self, raw: Dict[str, Any]) -> List[Event]:
+        """An item only the final object has, as the JSON answer gives it."""
+        events: List[Event] = []
+        blocks, refusal = item_blocks(raw, self.tool_names, self.new_id, self.incomplete, self.thinking)
+        self.refusal = self.refusal or refusal
+        self.searches += searched(raw)
+        for block in blocks:
+            if block["type"] == "tool_use":
+                block["id"] = self._claim_tool_id(block["id"])
+            events += self._whole_block(block)
         return events
 
     def _seen_slot(self, position: int, raw: Dict[str, Any]) -> Any:
@@ -670,19 +795,14 @@ class ResponsesFold(SSEFold):
         return next((slot for slot, item in self.items.items() if call_id and item.call_id == call_id), None)
 
     def _unfinished(self, slot: Any, raw: Dict[str, Any]) -> List[Event]:
-        """What the stream left unfinished of an item, from the final object: a reasoning item's
-        blob, while its block is still open (its ``output_item.done`` never came); a call whose
-        ``call_id`` is only here (LM Studio style), placed whole, not lost."""
+        """An item the stream spoke of but never finished (no ``output_item.done``), finished from
+        the final object as that ``.done`` would have: a reasoning item's blob, a message's text
+        the deltas missed (none: ``.added`` alone), a search, a call whose ``call_id`` is only
+        here (LM Studio style). What went out already does not go out again."""
         item = self.items[slot]
-        if item.kind == "reasoning" and raw.get("type") == "reasoning" and item.blob is None:
-            item.id = item.id or _str(raw, "id")
-            item.blob = _str(raw, "encrypted_content") or None
+        if item.complete or raw.get("type") != item.kind:
             return []
-        key = ("f", slot)
-        if item.kind != "function_call" or raw.get("type") != "function_call" or key in self.closed \
-                or self._is_open(key):
-            return []
-        return self._call_done(slot, item, raw)
+        return self._finish(slot, item, raw)
 
     def _ending(self, reason: str, usage: Dict[str, Any], sequence: Optional[str] = None) -> List[Event]:
         events = self.start() + self._close()
@@ -795,7 +915,9 @@ class LocalStopResponsesFold(ResponsesFold):
         if match is None or -1 in self.items or self._seen_slot(len(output) - 1, output[-1]) is not None:
             return super()._completed(obj)
         self._terminal_status(obj, response)
-        return self._unseen_items(output) + self._end_at_stop(match, response.get("usage"))
+        events = self._finish_holders(output)
+        events += self._unseen_items(output)
+        return events + ([] if self.done else self._end_at_stop(match, response.get("usage")))
 
 
 _HANDLERS = {
@@ -822,6 +944,17 @@ _HANDLERS = {
     "response.failed": "_failed",
     "error": "_error",
 }
+
+
+# The events about one output item: they may wait behind another item's block (_item_event).
+_ITEM_HANDLERS = frozenset(h for h in _HANDLERS.values() if h not in ("_created", "_completed", "_failed", "_error"))
+
+
+def _index(obj: Dict[str, Any], key: str) -> int:
+    """A part's position (content_index, summary_index); missing or not a number, 0 (compatible
+    servers omit it; their ``.done`` items list the one part first)."""
+    value = obj.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _dict(value: Any) -> Dict[str, Any]:
