@@ -1160,3 +1160,38 @@ def test_a_stop_string_in_text_the_final_object_finished_ends_the_answer_once() 
     got = final_message(events)
     assert got["content"] == [{"type": "text", "text": "Hi "}]
     assert (got["stop_reason"], got["stop_sequence"]) == ("stop_sequence", "END")
+
+
+def test_what_waits_behind_an_unending_item_is_bounded(monkeypatch: Any) -> None:
+    """An item that never ends while another streams on: the other's events wait only up to
+    MAX_HELD_BYTES (a stream is relayed, not kept). Then a reasoning item's block closes and the text
+    goes out as it comes, nothing lost; a call's arguments are never cut (the client would run half
+    an input): the stream ends with an error."""
+    from claudeproxy.apis.responses import stream as stream_module
+
+    monkeypatch.setattr(stream_module, "MAX_HELD_BYTES", 2000)
+    reasoning = {"type": "reasoning", "id": "rs_0", "summary": []}
+    fold = make_fold()
+    head = feed(fold, CREATED, {"type": "response.output_item.added", "output_index": 0, "item": reasoning},
+                {"type": "response.reasoning_summary_text.delta", "item_id": "rs_0", "output_index": 0,
+                 "summary_index": 0, "delta": "Thinking."},
+                {"type": "response.output_item.added", "output_index": 1, "item": _message(1, "")})
+    waited = feed(fold, *[_text_delta(1, f"word{i} ") for i in range(8)])
+    assert waited == []  # under the cap: held behind the reasoning item
+    released = feed(fold, *[_text_delta(1, f"more{i} ") for i in range(30)])
+    assert any(e.get("delta", {}).get("type") == "text_delta" for e in released)  # the cap let them go
+    assert fold.held_bytes == 0
+    later = feed(fold, _text_delta(1, "end."), completed(output=[reasoning, _message(1, "x")]))
+    events = head + waited + released + later
+    assert_valid_event_sequence(events, allow_error=False)
+    message = final_message(events)
+    assert message["content"][0]["thinking"] == "Thinking."
+    assert message["content"][1]["text"] == "".join(f"word{i} " for i in range(8)) + "".join(
+        f"more{i} " for i in range(30)) + "end."
+
+    call = {"type": "function_call", "id": "fc_0", "call_id": "call_0", "name": "Write", "arguments": ""}
+    fold = make_fold()
+    feed(fold, CREATED, {"type": "response.output_item.added", "output_index": 0, "item": call},
+         _args(0, WRITE_ARGS[:20]), {"type": "response.output_item.added", "output_index": 1, "item": _message(1, "")})
+    with pytest.raises(UpstreamUnavailable, match="tool call's arguments open"):
+        feed(fold, *[_text_delta(1, f"word{i} ") for i in range(40)])

@@ -138,8 +138,9 @@ class ResponsesFold(SSEFold):
         self.items: Dict[Any, _Item] = {}  # per slot (_slot), in the order first mentioned
         self.slots: Dict[str, Any] = {}  # item id -> its slot, for events that name only the id
         # Events waiting behind another item's open block (_holder), per slot, with their arrival number.
-        self.waiting: Dict[Any, Deque[Tuple[int, str, Dict[str, Any]]]] = {}
+        self.waiting: Dict[Any, Deque[Tuple[int, str, Dict[str, Any], int]]] = {}
         self.arrivals = 0
+        self.held_bytes = 0  # the size of the events that wait now (MAX_HELD_BYTES)
         self.text_sent: Dict[Key, str] = {}  # text per (slot, content_index) part
         self.annotations: Dict[Key, List[Any]] = {}
         self.cited: Dict[Key, int] = {}  # citations already sent per part
@@ -256,13 +257,13 @@ class ResponsesFold(SSEFold):
         if handler is None:
             return []
         if handler in _ITEM_HANDLERS:
-            return self._item_event(handler, obj)
+            return self._item_event(handler, obj, len(event.data))
         return getattr(self, handler)(obj)
 
     # ------------------------------------------------------------------
     # Items that wait: one block at a time, and a call's or a reasoning item's cannot be cut.
 
-    def _item_event(self, handler: str, obj: Dict[str, Any]) -> List[Event]:
+    def _item_event(self, handler: str, obj: Dict[str, Any], size: int) -> List[Event]:
         """An output item's event: handled now, or kept until the open block of another item that
         holds the stream closes (``_holder``). Closing that block would cut a call's arguments (the
         client ran the tool with ``{}`` or half an input) or split a reasoning item's thinking from
@@ -270,9 +271,20 @@ class ResponsesFold(SSEFold):
         slot = self._slot(obj)
         holder = self._holder()
         if holder is not None and slot != holder:
-            self.waiting.setdefault(slot, collections.deque()).append((self.arrivals, handler, obj))
+            self.waiting.setdefault(slot, collections.deque()).append((self.arrivals, handler, obj, size))
             self.arrivals += 1
-            return []
+            self.held_bytes += size
+            if self.held_bytes < MAX_HELD_BYTES:
+                return []
+            # An item that never ends (no .done, a server that streams everything else meanwhile):
+            # the stream goes on, not the proxy's memory. A thinking block ends here (its blob is
+            # lost); a call's would end with half its arguments, which the client would run.
+            if self.open is not None and self.open.kind == "tool_use":
+                raise UpstreamUnavailable(f"upstream kept a tool call's arguments open while {self.held_bytes} "
+                                          "bytes of other output came")
+            log.warning("a Responses stream held %d bytes of events behind a reasoning item; its block is closed",
+                        self.held_bytes)
+            return self._close() + self._release()
         return getattr(self, handler)(obj) + self._release()
 
     def _holder(self) -> Any:
@@ -298,7 +310,8 @@ class ResponsesFold(SSEFold):
             if slot is None:
                 return events
             queue = self.waiting[slot]
-            _, handler, obj = queue.popleft()
+            _, handler, obj, size = queue.popleft()
+            self.held_bytes -= size
             if not queue:
                 del self.waiting[slot]
             events += getattr(self, handler)(obj)
@@ -945,6 +958,10 @@ _HANDLERS = {
     "error": "_error",
 }
 
+
+# The most event data that waits behind one item's open block before that block is closed: a
+# stream is relayed as it comes, held only as long as one call's arguments or one reasoning item take.
+MAX_HELD_BYTES = 4 * 1024 * 1024
 
 # The events about one output item: they may wait behind another item's block (_item_event).
 _ITEM_HANDLERS = frozenset(h for h in _HANDLERS.values() if h not in ("_created", "_completed", "_failed", "_error"))
