@@ -398,31 +398,44 @@ class _Response(http.client.HTTPResponse):
             release(done)
 
     def rest_is_here(self, within: float) -> bool:
-        """Has the rest of the body arrived, or does some arrive within ``within`` seconds? Nothing
-        is read: a stream's last events may then wait for the drain (``close``), which puts the
-        connection back in the pool before the client can ask again. An upstream slow to end its
-        body (the terminating chunk a second after message_stop) would hold them DRAIN_SECONDS."""
+        """Is the rest of the body here, or here within ``within`` seconds? Nothing is consumed: a
+        stream's last events may then wait for the drain (``close``), which puts the connection
+        back in the pool before the client can ask again on another connection. An upstream slow
+        to end its body (the terminating chunk a second after message_stop) would otherwise hold
+        them DRAIN_SECONDS."""
         if self._complete():
             return True
         sock = getattr(self, "cp_sock", None)
         if self.fp is None or sock is None:
             return False
-        if self._rest_buffered():
-            return True
-        try:  # more is on its way: most likely the rest, which the drain then reads at once
-            return bool(select.select([sock], [], [], within)[0])
-        except (OSError, ValueError):
-            return False
+        deadline = time.monotonic() + within
+        while True:
+            buffered = self._buffered()
+            if self._rest_in(buffered):
+                return True
+            left = deadline - time.monotonic()
+            try:
+                if buffered or left <= 0 or not select.select([sock], [], [], left)[0]:
+                    return False  # (a part already buffered cannot be topped up without reading on)
+            except (OSError, ValueError):
+                return False
+            try:
+                self.fp.peek(1)  # the buffer is empty: one read of what arrived, nothing consumed
+            except (OSError, ValueError):
+                return False
 
-    def _rest_buffered(self) -> bool:
-        """Is the whole rest of the body in the reader's buffer (a chunked body's terminating chunk
-        and the blank line after it; a sized body's remaining bytes)?"""
+    def _buffered(self) -> bytes:
+        """What the reader holds, without a socket read."""
         nowait: _NoWait = self.fp.raw  # type: ignore[union-attr]
         nowait.hold = True
         try:
-            buffered: bytes = self.fp.peek(1)  # type: ignore[union-attr]  # held: no socket read
+            return self.fp.peek(1)  # type: ignore[no-any-return,union-attr]
         finally:
             nowait.hold = False
+
+    def _rest_in(self, buffered: bytes) -> bool:
+        """Is the whole rest of the body in ``buffered`` (a chunked body's terminating chunk and the
+        blank line after it; a sized body's remaining bytes)?"""
         if not self.chunked:
             return self.length is not None and len(buffered) >= self.length
         # Where the next size line starts: past the rest of the chunk being read and its CRLF.

@@ -441,7 +441,7 @@ def test_a_slow_end_of_body_does_not_hold_the_streams_end(keep_alive: FakeUpstre
     server = start(keep_alive.url)
     with StreamClient(server.url, minimal_request(stream=True), headers={"x-api-key": "x"}, timeout=8) as client:
         client.read_until("message_stop", timeout=4)  # under the 8 s drain: it did not wait for the terminator
-        assert gate.reached.is_set() and not gate.event.is_set()
+        assert gate.reached.wait(5) and not gate.event.is_set()
     gate.release()
     deadline = time.monotonic() + 5
     while server.server.proxy.upstream.pool.idle_count() == 0 and time.monotonic() < deadline:  # the drain ends
