@@ -190,6 +190,17 @@ class MessagesRequest:
     mcp_servers: Tuple[str, ...] = ()  # the names of the MCP connector's servers: no upstream reaches them
 
 
+def wants_thinking(req: MessagesRequest) -> bool:
+    """The client asked for thinking (enabled, adaptive...), so it gets thinking blocks.
+
+    Without it no thinking block comes back at all, as from Anthropic: an SDK script reading
+    ``content[0].text`` must not find a thinking block it never asked for (gpt-oss, DeepSeek-R1,
+    Qwen3 reason unasked). Only provider state the next turn must carry back (Gemini's thought
+    signatures, OpenRouter's reasoning_details) still comes in an empty one.
+    """
+    return req.thinking is not None and req.thinking.kind != "disabled"
+
+
 # --------------------------------------------------------------------------
 # Field readers: each names the path in its error.
 

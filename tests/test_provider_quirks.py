@@ -205,11 +205,14 @@ def magistral(thinking: str, text: str) -> List[Dict[str, Any]]:
     return parts
 
 
+THINKING = {"type": "adaptive"}  # thinking blocks come only to a client that asks for them
+
+
 def test_magistral_thinking_is_a_thinking_block(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
     """Only the text parts were kept: the thinking was dropped."""
     proxy = make_proxy(upstream=fake_upstream.url, provider="mistral", model="magistral-medium-latest")
     fake_upstream.push(json_reply(completion(magistral("I think", "Answer"))))
-    resp = ask(proxy, minimal_request())
+    resp = ask(proxy, minimal_request(thinking=THINKING))
     assert resp.status == 200, resp
     thinking, text = resp.json["content"]
     assert thinking["type"] == "thinking" and thinking["thinking"] == "I think"
@@ -222,10 +225,79 @@ def test_magistral_streamed_thinking_is_a_thinking_block(make_proxy: Any, fake_u
                                  chunk({"content": magistral("think", "")}),
                                  chunk({"content": magistral("", "Answer")}),
                                  chunk({}, "stop", usage={"prompt_tokens": 5, "completion_tokens": 4})))
-    resp = ask(proxy, minimal_request(stream=True))
+    resp = ask(proxy, minimal_request(stream=True, thinking=THINKING))
     assert resp.status == 200, resp
     events = events_of(resp.body)
     assert_valid_event_sequence(events, allow_error=False)
     thinking, text = final_message(events)["content"]
     assert thinking["type"] == "thinking" and thinking["thinking"] == "I think"
     assert text == {"type": "text", "text": "Answer"}
+
+
+# ---------------------------------------------------------------------------
+# Reasoning the client did not ask for (gpt-oss, DeepSeek-R1, Qwen3 reason unasked).
+
+
+@pytest.mark.parametrize("thinking, shown", [(None, False), ({"type": "disabled"}, False), (THINKING, True),
+                                             ({"type": "enabled", "budget_tokens": 1024}, True)])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_reasoning_comes_back_only_to_a_client_that_asked_for_thinking(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                                        thinking: Any, shown: bool,
+                                                                        stream: bool) -> None:
+    """Anthropic returns no thinking block unasked: an SDK script reading content[0].text found
+    one (AttributeError) whenever the upstream reasoned on its own."""
+    proxy = make_proxy(upstream=fake_upstream.url, provider="vllm", model="gpt-oss-120b")
+    if stream:
+        fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": ""}),
+                                     chunk({"reasoning_content": "The user says hi."}), chunk({"content": "Hello!"}),
+                                     chunk({}, "stop", usage={"prompt_tokens": 5, "completion_tokens": 9})))
+    else:
+        fake_upstream.push(json_reply(completion("Hello!", reasoning_content="The user says hi.")))
+    body = minimal_request(stream=stream, max_tokens=2048, **({"thinking": thinking} if thinking else {}))
+    resp = ask(proxy, body)
+    assert resp.status == 200, resp
+    if stream:
+        events = events_of(resp.body)
+        assert_valid_event_sequence(events, allow_error=False)
+        content = final_message(events)["content"]
+    else:
+        content = resp.json["content"]
+    if shown:
+        assert [b["type"] for b in content] == ["thinking", "text"]
+        assert content[0]["thinking"] == "The user says hi."
+    else:
+        assert content == [{"type": "text", "text": "Hello!"}]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_gemini_thought_signatures_still_round_trip_without_thinking(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                                    stream: bool) -> None:
+    """Gemini wants each call's thought_signature back (a 400 without it): with no thinking asked,
+    an empty thinking block still carries them, and the next turn sends them."""
+    proxy = make_proxy(upstream=fake_upstream.url, provider="gemini", model="gemini-2.5-flash")
+    call = {"id": "function-call-1", "type": "function", "function": {"name": "get_weather", "arguments": '{"c":1}'},
+            "extra_content": {"google": {"thought_signature": "sigA=="}}}
+    if stream:
+        fake_upstream.push(sse_reply(chunk({"role": "assistant", "reasoning_content": "Weather, then.",
+                                            "tool_calls": [{**call, "index": 0}]}),
+                                     chunk({}, "tool_calls", usage={"prompt_tokens": 5, "completion_tokens": 9})))
+    else:
+        fake_upstream.push(json_reply(completion(None, finish="tool_calls", tool_calls=[call],
+                                                 reasoning_content="Weather, then.")))
+    tools = [{"name": "get_weather", "input_schema": {"type": "object"}}]
+    first = minimal_request(stream=stream, tools=tools)
+    resp = ask(proxy, first)
+    assert resp.status == 200, resp
+    content = final_message(events_of(resp.body))["content"] if stream else resp.json["content"]
+    # (A stream learns the signature with the call: its carrier block follows the call.)
+    assert sorted(b["type"] for b in content) == ["thinking", "tool_use"]
+    carrier = next(b for b in content if b["type"] == "thinking")
+    call_id = next(b["id"] for b in content if b["type"] == "tool_use")
+    assert carrier["thinking"] == "" and carrier["signature"]  # the reasoning left out, the state kept
+    fake_upstream.push(json_reply(completion("Sunny.")))
+    history = first["messages"] + [{"role": "assistant", "content": content},
+                                   {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call_id,
+                                                                 "content": "sunny"}]}]
+    assert ask(proxy, minimal_request(tools=tools, messages=history)).status == 200
+    echoed = [m for m in fake_upstream.last.json["messages"] if m.get("tool_calls")][0]["tool_calls"][0]
+    assert echoed["extra_content"] == {"google": {"thought_signature": "sigA=="}}

@@ -27,6 +27,9 @@ SHARED_SERVERS = True  # one fake upstream and its proxies serve the whole modul
 HEADERS = {"x-api-key": CLIENT_KEY}
 
 
+THINKING = {"type": "adaptive"}  # thinking blocks come only to a client that asks for them
+
+
 def open_stream(proxy: Any, **overrides: Any) -> StreamClient:
     return StreamClient(proxy.url, minimal_request(stream=True, **overrides), headers=HEADERS, timeout=8)
 
@@ -399,9 +402,9 @@ def _tool_completion() -> Dict[str, Any]:
 
 def test_json_answer_to_a_stream_request_becomes_the_same_message(proxy, fake_upstream, post):
     fake_upstream.push(json_reply(_tool_completion()), json_reply(_tool_completion()))
-    plain = post(minimal_request())
+    plain = post(minimal_request(thinking=THINKING))
     assert plain.status == 200, plain
-    with open_stream(proxy) as client:
+    with open_stream(proxy, thinking=THINKING) as client:
         events = client.read_all(timeout=5)
         assert client.headers["content-type"].startswith("text/event-stream")
     assert_valid_event_sequence(events, allow_error=False)
@@ -448,7 +451,7 @@ def test_worked_example_parallel_tools_usage_chunk_no_done(proxy, fake_upstream)
         chunk({"tool_calls": [{"index": 0, "function": {"arguments": "\"x\"}"}}]}),
         chunk({}, "tool_calls"),
         usage_chunk(120, 30, prompt_tokens_details={"cached_tokens": 100}), done=False))
-    with open_stream(proxy) as client:
+    with open_stream(proxy, thinking=THINKING) as client:
         events = client.read_all(timeout=4)
     assert_valid_event_sequence(events, allow_error=False)
     message = final_message(events)
@@ -527,7 +530,7 @@ def _comparable(events: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 def _stream_of(pool: ServerPool, steps: List[bytes]) -> List[Dict[str, Any]]:
     fake, server = pool.fake, pool.get()
     fake.push(Reply(200, (("Content-Type", "text/event-stream"),), list(steps), chunked=True))
-    with open_stream(server) as client:
+    with open_stream(server, thinking=THINKING) as client:
         events = client.read_all(timeout=5)
     assert_valid_event_sequence(events, allow_error=False)
     return _comparable(events)

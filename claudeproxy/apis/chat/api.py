@@ -11,7 +11,7 @@ import re
 import threading
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
-from ...anthropic_types import MessagesRequest, parse_messages_request
+from ...anthropic_types import MessagesRequest, parse_messages_request, wants_thinking
 from ...dialects import Dialect, azure_api_version
 from ...errors import ProxyError
 from ...ids import new_id
@@ -173,7 +173,7 @@ class ChatApi:
         return message_from_body(
             obj, model=req.model, new_id=new_id, tool_names=tool_names,
             stop_sequences=parsed.stop_sequences, dialect_name=dialect.name, think_tags=dialect.think_tags,
-            secrets=secrets, local_stops=local,
+            secrets=secrets, local_stops=local, thinking=wants_thinking(parsed),
         )
 
     def fold(self, req: ClientRequest, ex: Exchange, *, message_id: str, input_tokens: int,
@@ -185,6 +185,7 @@ class ChatApi:
             message_id=message_id, model=req.model, input_tokens=input_tokens, new_id=new_id,
             tool_names=tool_names, stop_sequences=parsed.stop_sequences,
             dialect_name=dialect.name, think_tags=dialect.think_tags, secrets=secrets,
+            thinking=wants_thinking(parsed),
         )
         if local:  # only then a fold that matches stop strings: nothing added per chunk otherwise
             return LocalStopFold(LocalStopTranslator(local_stops=local, **kwargs))

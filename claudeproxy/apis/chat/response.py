@@ -246,14 +246,20 @@ def content_blocks(
     dialect_name: str,
     think_tags: bool,
     new_id: IdFactory,
+    thinking: bool = True,
 ) -> Tuple[List[Dict[str, Any]], List[str]]:
-    """thinking, text, refusal, tool_use blocks in that order, plus warnings."""
+    """thinking, text, refusal, tool_use blocks in that order, plus warnings.
+
+    ``thinking``: the client asked for it (``wants_thinking``); else the upstream's reasoning is left
+    out, and only provider state the next turn must carry back comes, in an empty thinking block."""
     reasoning, text = choice.reasoning, choice.content
     if think_tags and not reasoning:
         reasoning, text = split_think_tags(text)
     ids = unique_tool_ids(choice.tool_calls, new_id)
     state = provider_state(choice, ids)
     blocks: List[Dict[str, Any]] = []
+    if not thinking:
+        reasoning = ""
     if reasoning or state:
         blocks.append(thinking_block(reasoning, dialect_name, state))
     blocks.extend({"type": "text", "text": t} for t in (text, choice.refusal) if t)
@@ -313,6 +319,7 @@ def to_messages_response(
     dialect_name: str = "generic",
     think_tags: bool = False,
     local_stops: Tuple[str, ...] = (),
+    thinking: bool = True,
 ) -> Tuple[Dict[str, Any], List[str]]:
     """The Anthropic ``Message`` for a ChatCompletion that has a choice, plus warnings.
 
@@ -322,6 +329,7 @@ def to_messages_response(
     blocks, warnings = content_blocks(
         choice, tool_names=tool_names or {}, dialect_name=dialect_name,
         think_tags=think_tags and local_match is None, new_id=new_id,  # a cut choice is split already
+        thinking=thinking,
     )
     has_tools = any(b["type"] == "tool_use" for b in blocks)
     stop_match = local_match
@@ -352,6 +360,7 @@ def message_from_body(
     think_tags: bool = False,
     secrets: Tuple[str, ...] = (),
     local_stops: Tuple[str, ...] = (),
+    thinking: bool = True,
 ) -> Tuple[Dict[str, Any], List[str]]:
     """The Anthropic message for a JSON body from the upstream; error objects and empty answers raise."""
     chat = parse_chat_response(obj)
@@ -364,5 +373,5 @@ def message_from_body(
         raise overload
     return to_messages_response(
         chat, model=model, new_id=new_id, tool_names=tool_names, stop_sequences=stop_sequences,
-        dialect_name=dialect_name, think_tags=think_tags, local_stops=local_stops,
+        dialect_name=dialect_name, think_tags=think_tags, local_stops=local_stops, thinking=thinking,
     )

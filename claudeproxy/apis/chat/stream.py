@@ -203,6 +203,7 @@ class StreamTranslator:
         dialect_name: str = "generic",
         think_tags: bool = False,
         secrets: Tuple[str, ...] = (),
+        thinking: bool = True,
     ) -> None:
         self.message_id = message_id
         self.model = model
@@ -214,6 +215,7 @@ class StreamTranslator:
         self.dialect_name = dialect_name
         self.secrets = secrets
         self.think = _ThinkTags() if think_tags else None
+        self.thinking = thinking  # the client asked for it (wants_thinking): else reasoning is left out
         self.started = False
         self.done = False  # message_stop or error written
         self.next_index = 0
@@ -401,6 +403,9 @@ class StreamTranslator:
     def _emit_reasoning(self, text: str) -> List[Event]:
         if not text:
             return []
+        if not self.thinking:
+            self.out_chars += len(text)  # generated all the same: an output estimate counts it
+            return []  # provider state still comes, in a block of its own (_carrier_block)
         if self._blocked():
             self.deferred.append(("thinking", text))
             return []
@@ -756,7 +761,7 @@ class ChatFold(SSEFold):
         message, self.warnings = message_from_body(
             obj, model=t.model, new_id=t.new_id, tool_names=t.tool_names, stop_sequences=t.stop_sequences,
             dialect_name=t.dialect_name, think_tags=t.think is not None, secrets=t.secrets,
-            local_stops=t.local_stops,
+            local_stops=t.local_stops, thinking=t.thinking,
         )
         t.stop_reason, t.final_usage = message["stop_reason"], message["usage"]
         t.usage_in_json = isinstance(obj, dict) and isinstance(obj.get("usage"), dict)

@@ -15,7 +15,7 @@ import json
 import threading
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from ...anthropic_types import MessagesRequest, parse_messages_request
+from ...anthropic_types import MessagesRequest, parse_messages_request, wants_thinking
 from ...errors import ProxyError
 from ...ids import new_id
 from ...routing import Target
@@ -24,7 +24,7 @@ from ...urls import join_path
 from ..base import ClientRequest, Exchange, RefusedFields, encode_body, with_json
 from ..chat.api import refused_fields
 from ..stops import unsent_stops
-from .request import responses_tools, to_responses_request, wants_thinking
+from .request import responses_tools, to_responses_request
 from .response import to_messages_response
 from .stream import LocalStopResponsesFold, ResponsesFold
 
@@ -125,5 +125,5 @@ class ResponsesApi:
 
 
 def _thinking(req: ClientRequest) -> bool:
-    """Thinking blocks go back only to a client that asked for them (``request.wants_thinking``)."""
+    """Thinking blocks go back only to a client that asked for them (``wants_thinking``)."""
     return req.parsed is None or wants_thinking(req.parsed)

@@ -30,6 +30,7 @@ from ...anthropic_types import (
     ToolReferenceBlock,
     ToolResultBlock,
     ToolUseBlock,
+    wants_thinking,
 )
 from ...dialects import effort_for_budget
 from ...schemas import clean_schema
@@ -403,15 +404,6 @@ def _tool_names(req: MessagesRequest) -> Dict[str, str]:
 
 # --------------------------------------------------------------------------
 # Sampling, reasoning, output format.
-
-
-def wants_thinking(req: MessagesRequest) -> bool:
-    """The client asked for thinking (enabled, adaptive...), so it gets summaries and the replay blob.
-
-    Without it no thinking block comes back at all: an SDK script reading
-    ``content[0].text`` must not find a thinking block it never asked for.
-    """
-    return req.thinking is not None and req.thinking.kind != "disabled"
 
 
 def _reasoning(req: MessagesRequest, summaries: bool, model: str) -> Optional[Dict[str, Any]]:
