@@ -413,12 +413,20 @@ class _Response(http.client.HTTPResponse):
             buffered = self._buffered()
             if self._rest_in(buffered):
                 return True
+            if self.chunked and self.chunk_left == 0 and buffered.startswith(b"\r\n"):
+                # The CRLF ending the last chunk read, which http.client tosses before the next size
+                # line: tossed now, the buffer is empty and can take what arrives (the terminator).
+                self.fp.read(2)  # type: ignore[union-attr]
+                self.chunk_left = None
+                continue
             left = deadline - time.monotonic()
             try:
-                if buffered or left <= 0 or not select.select([sock], [], [], left)[0]:
-                    return False  # (a part already buffered cannot be topped up without reading on)
+                # TLS may hold decrypted bytes the socket no longer shows as readable.
+                arrived = _pending(sock) or left > 0 and select.select([sock], [], [], left)[0]
             except (OSError, ValueError):
                 return False
+            if buffered or not arrived:
+                return False  # (a part already buffered cannot be topped up without reading on)
             try:
                 self.fp.peek(1)  # the buffer is empty: one read of what arrived, nothing consumed
             except (OSError, ValueError):
@@ -475,6 +483,12 @@ class _Response(http.client.HTTPResponse):
         except (OSError, ValueError, http.client.HTTPException):
             return False
         return self._complete()
+
+
+def _pending(sock: Any) -> bool:
+    """Does a TLS socket hold decrypted bytes not read yet (which select() cannot see)?"""
+    pending = getattr(sock, "pending", None)
+    return bool(pending()) if pending is not None else False
 
 
 def _size_line(data: bytes, pos: int) -> Optional[Tuple[int, int]]:

@@ -313,6 +313,7 @@ class _Accumulator:
     def __init__(self) -> None:
         self.content: List[str] = []
         self.reasoning: List[str] = []
+        self.reasoning_details: List[Any] = []  # OpenRouter's: the whole list a JSON answer carries
         self.refusal: List[str] = []
         self.tools: List[_ToolCall] = []
         self.usage: Optional[Dict[str, Any]] = None
@@ -332,6 +333,8 @@ class _Accumulator:
         choice = choices[0]
         delta = choice.get("delta") or choice.get("message") or {}
         self.reasoning.append(_reasoning_of(delta))
+        if isinstance(delta.get("reasoning_details"), list):
+            self.reasoning_details += delta["reasoning_details"]
         self.content.append(_text_of(delta.get("content")))
         self.refusal.append(delta.get("refusal") or "")
         entries = list(delta.get("tool_calls") or [])
@@ -355,6 +358,8 @@ class _Accumulator:
         message: Dict[str, Any] = {"role": "assistant", "content": "".join(self.content) or None}
         if "".join(self.reasoning):
             message["reasoning_content"] = "".join(self.reasoning)
+        if self.reasoning_details:
+            message["reasoning_details"] = self.reasoning_details
         if "".join(self.refusal):
             message["refusal"] = "".join(self.refusal)
         calls = [{"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.args}, **t.extra}

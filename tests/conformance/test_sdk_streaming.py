@@ -44,7 +44,9 @@ def client(proxy: Any) -> Iterator[Any]:
 
 
 def params(**kw: Any) -> Dict[str, Any]:
-    out: Dict[str, Any] = {"model": MODEL, "max_tokens": 1024, "messages": [{"role": "user", "content": "Go"}]}
+    # Thinking asked for: the upstream's reasoning comes back as thinking only then (as from Anthropic).
+    out: Dict[str, Any] = {"model": MODEL, "max_tokens": 1024, "messages": [{"role": "user", "content": "Go"}],
+                           "thinking": {"type": "adaptive"}}
     out.update(kw)
     return out
 
@@ -375,3 +377,18 @@ def test_upstream_529_before_the_stream(client: Any, fake_upstream: Any) -> None
         with client.messages.stream(**params()) as stream:
             stream.get_final_message()
     assert (info.value.status_code, info.value.type) == (529, "overloaded_error")
+
+
+def test_reasoning_unasked_gives_the_sdk_text_first(client: Any, fake_upstream: Any) -> None:
+    """A model that reasons on its own (gpt-oss, DeepSeek-R1): a script that did not ask for thinking
+    reads ``content[0].text`` as it would from Anthropic, streamed or not."""
+    body = {"id": "chatcmpl-r", "object": "chat.completion", "created": 1, "model": "gpt-oss",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                "role": "assistant", "content": "Hi there.", "reasoning_content": "They greet me."}}],
+            "usage": {"prompt_tokens": 8, "completion_tokens": 6}}
+    fake_upstream.push(json_reply(body), sse_reply(chunk({"role": "assistant", "reasoning_content": "They greet me."}),
+                                                   chunk({"content": "Hi there."}), chunk({}, "stop")))
+    plain = {k: v for k, v in params().items() if k != "thinking"}
+    assert client.messages.create(**plain).content[0].text == "Hi there."
+    with client.messages.stream(**plain) as stream:
+        assert stream.get_final_message().content[0].text == "Hi there."
