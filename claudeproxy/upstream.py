@@ -398,11 +398,11 @@ class _Response(http.client.HTTPResponse):
             release(done)
 
     def rest_is_here(self, within: float) -> bool:
-        """Is the rest of the body here, or here within ``within`` seconds? Nothing is consumed: a
-        stream's last events may then wait for the drain (``close``), which puts the connection
-        back in the pool before the client can ask again on another connection. An upstream slow
-        to end its body (the terminating chunk a second after message_stop) would otherwise hold
-        them DRAIN_SECONDS."""
+        """Is the rest of the body here, or here within ``within`` seconds? Nothing of it is consumed
+        (only the CRLF ending the last chunk read, as http.client would): a stream's last events
+        may then wait for the drain (``close``), which puts the connection back in the pool before
+        the client can ask again on another connection. An upstream slow to end its body (the
+        terminating chunk a second after message_stop) would otherwise hold them DRAIN_SECONDS."""
         if self._complete():
             return True
         sock = getattr(self, "cp_sock", None)
@@ -428,9 +428,10 @@ class _Response(http.client.HTTPResponse):
             if buffered or not arrived:
                 return False  # (a part already buffered cannot be topped up without reading on)
             try:
+                sock.settimeout(max(left, 0.001))  # a TLS record that trickles in holds no longer
                 self.fp.peek(1)  # the buffer is empty: one read of what arrived, nothing consumed
             except (OSError, ValueError):
-                return False
+                return False  # the drain that follows sets its own timeout
 
     def _buffered(self) -> bytes:
         """What the reader holds, without a socket read."""
