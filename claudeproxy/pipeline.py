@@ -68,6 +68,7 @@ _LIST_TIMEOUT = 30.0  # an upstream model list or token count is small: do not w
 # takes the path for a bad request). The local estimate serves; a 401/403 (the key) and a 429/5xx
 # (passing: the client retries) are passed on.
 _NO_COUNT_STATUSES = frozenset({400, 404, 405, 422, 501})
+_NO_LIST_STATUSES = frozenset({404, 405, 501})  # an upstream's answer for a model list it does not have
 
 
 class StreamRest:
@@ -686,8 +687,7 @@ class Proxy:
         """
         if req.parsed is None:
             return 0  # the Messages API forwards the upstream's own message_start
-        if "estimate_raw" not in record:  # else counted while the upstream thought (_attempt)
-            self._count_into(record, req.parsed)
+        self._count_into(record, req.parsed)  # if the upstream's think time (_attempt) did not
         raw = record["estimate_raw"]
         sent = self.calibration.estimate((record.get("provider"), record.get("upstream_model")), raw)
         record.update(estimate_sent=sent)
@@ -765,8 +765,6 @@ def _load_api(name: str, tools: ToolMemo) -> Any:
     assert name == "responses", name
     return ResponsesApi(tools)
 
-
-_NO_LIST_STATUSES = (404, 405, 501)  # an upstream's answer for a model list it does not have
 
 _RECORD_FIELDS = frozenset(CallRecord.__dataclass_fields__) - {"duration_ms", "ttft_ms", "cost_usd", "time", "request_id"}
 
