@@ -250,8 +250,9 @@ class _Slice:
 
 
 def _reached_upstream(rec: CallRecord) -> bool:
-    """Only these have a latency worth charting: a local answer or a refused request takes no time."""
-    return bool(rec.upstream_model) and not rec.local
+    """Only these have a latency worth charting: a local answer or a refused request takes no time,
+    and a count_tokens call forwarded to the model's upstream is no answer of the model."""
+    return bool(rec.upstream_model) and not rec.local and not rec.endpoint.endswith("/count_tokens")
 
 
 # --------------------------------------------------------------------------

@@ -480,17 +480,24 @@ class Proxy:
             # its head a byte at a time would hold the client forever, before any ping can go out.
             watch.deadline_reason = "head"  # first: the watchdog thread may look at any moment
             watch.deadline = time.monotonic() + self.config.connect_timeout + self.config.idle_timeout
+        record["awaiting"] = False
         try:
             resp, ex = self._send(api, req, target, call, None if streamed else watch.deadline)
         except UpstreamHTTPError as exc:
             exc.headers += _relayed(api, exc.upstream_headers)  # a 429's rate limits too
             record["upstream_request_id"] = _upstream_request_id(exc.upstream_headers)
             raise
+        except BaseException:
+            # Left, aborted or timed out while the upstream had the whole prompt: what it spent is
+            # not known. A refusal (above) or a request that never went out spent nothing.
+            record["awaiting"] = call.sent
+            raise
         finally:
             if streamed:
                 watch.deadline = None
                 watch.deadline_reason = "deadline"
         record["upstream_request_id"] = _upstream_request_id(resp.headers)
+        record["awaiting"] = True  # until the answer's usage (or a refusal as a stream's first event) is in
         relayed = _relayed(api, resp.headers)
         if req.stream and ex.stream:
             return self._stream(api, req, ex, resp, writer, call, watch, record, relayed)
@@ -678,7 +685,7 @@ class Proxy:
             # The client saw a 200 and then event: error; the metrics must count it as the error it was.
             record.update(error_type=relay.failure.error_type)
         record.update(stop_reason=fold.stop_reason, first_content_at=relay.first_content_at,
-                      **_stream_usage_fields(fold.usage, relay.committed))
+                      **_stream_usage_fields(fold.usage, relay.refused))
 
     def _estimate(self, req: ClientRequest, record: Dict[str, Any]) -> int:
         """message_start's input tokens: the local estimate, calibrated for the target; 0 when forwarded.
@@ -717,8 +724,11 @@ class Proxy:
             fields.setdefault("route", routed.route.match)
             fields.setdefault("provider", routed.target.provider.name)
         first = fields.get("first_content_at")
-        # Set from the answer by _usage_fields (None: not known); 0 for a call without one (a 4xx, a local answer).
-        usage = {k: fields.get(k, 0) for k in USAGE_KEYS}
+        # Set from the answer by _usage_fields (None: not known); 0 for a call without one (a 4xx, a
+        # local answer), unless the upstream had the prompt and the call ended before its answer.
+        unknown = None if fields.get("awaiting") else 0
+        usage = {k: fields.get(k, unknown) for k in USAGE_KEYS}
+        fields.update(usage)
         rec = CallRecord(
             duration_ms=int((now - started) * 1000),
             ttft_ms=int((first - started) * 1000) if first is not None else None,
@@ -833,15 +843,15 @@ def _usage_fields(usage: Any) -> Dict[str, Optional[int]]:
     return fields
 
 
-def _stream_usage_fields(usage: Any, committed: bool) -> Dict[str, Optional[int]]:
+def _stream_usage_fields(usage: Any, refused: bool) -> Dict[str, Optional[int]]:
     """A stream's token counts: what the fold knows (the upstream's usage as soon as it came).
 
-    A stream that failed before anything reached the client was refused at its start (a rate limit
-    or context error as its first event): like the same refusal as an HTTP status, it counts 0
-    tokens. Once the client had events the upstream was generating, so without its usage the
-    tokens are not known (None), never 0 at $0.
+    A stream the upstream refused at its start (a rate limit or context error as its first event)
+    counts 0 tokens, like the same refusal as an HTTP status. Any other stream without usage had
+    the upstream at work on the prompt -- generating, or thinking when the client left or a
+    timeout ended it -- so its tokens are not known (None), never 0 at $0.
     """
     fields = _usage_fields(usage)
-    if fields["input_tokens"] is None and not committed:
+    if fields["input_tokens"] is None and refused:
         return dict.fromkeys(USAGE_KEYS, 0)
     return fields

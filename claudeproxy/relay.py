@@ -55,6 +55,9 @@ class Relay:
         self.finished = False
         self.response_open = False  # the upstream answered 200: from now on we may commit
         self.failure: Optional[ProxyError] = None  # what ended the stream with event: error
+        # The upstream's first event was its error (a rate limit, a context error): a refusal,
+        # which costs no tokens, like the same refusal as an HTTP status.
+        self.refused = False
         # When the first content went out: the time to first token the client saw.
         self.first_content_at: Optional[float] = None
         self.opened_at = self.last_upstream = time.monotonic()
@@ -127,6 +130,7 @@ class Relay:
             self.call.abort("client")
             raise
         except ProxyError as exc:  # an error event from the upstream, or a line over the cap
+            self.refused = not self.committed and not exc.events_before
             self._fail(exc)
             return False
         except (OSError, http.client.HTTPException, ValueError) as exc:

@@ -76,6 +76,9 @@ class UpstreamCall:
         # The caller's own work that need not wait for the answer (the prompt's token estimate): run
         # once the request is sent, while the upstream reads it, instead of after its head arrived.
         self.meanwhile: Optional[Callable[[], None]] = None
+        # The whole request went out: from then on the upstream has the prompt, and may bill for it
+        # whatever becomes of the answer.
+        self.sent = False
 
     def attach(self, sock: socket.socket) -> None:
         with self._lock:
@@ -634,6 +637,8 @@ class _PooledOpen:
                 if self._stale(err, call, reused):
                     raise _Stale() from err
                 raise urllib.error.URLError(err) from None
+            if call is not None:
+                call.sent = True
             if call is not None and call.meanwhile is not None:
                 work, call.meanwhile = call.meanwhile, None
                 work()

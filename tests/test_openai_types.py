@@ -238,6 +238,12 @@ def test_usage_deepseek_cache_hit() -> None:
     assert usage == ChatUsage(prompt_tokens=50, completion_tokens=5, cached_tokens=30)
 
 
+def test_usage_moonshot_top_level_cached_tokens() -> None:
+    # moonshot-v1's context caching reports the cache hit at the top of usage; billed at the cached rate.
+    usage = parse_usage({"prompt_tokens": 1000, "completion_tokens": 200, "total_tokens": 1200, "cached_tokens": 800})
+    assert usage == ChatUsage(prompt_tokens=1000, completion_tokens=200, cached_tokens=800)
+
+
 @pytest.mark.parametrize("raw", [None, {}, {"total_tokens": 5}, "usage", [1], {"input_tokens": 3, "output_tokens": 1}])
 def test_usage_absent(raw: Any) -> None:
     assert parse_usage(raw) is None

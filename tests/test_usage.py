@@ -26,9 +26,12 @@ from claudeproxy.config import Provider, Route, RouteTarget
 from claudeproxy.cost import call_cost
 from claudeproxy.metrics import CallRecord, Metrics, access_line
 from claudeproxy.model_facts import PRICES_CHECKED, ModelFacts, builtin_facts
+from claudeproxy.prometheus import render as prometheus_render
 from claudeproxy.usage_page import page_headers, render
 from conftest import UPSTREAM_KEY, minimal_request, quota_probe, record_for, request
-from fakes import Fault, FakeUpstream, Gate, Reply, Sleep, StreamClient, chunk, completion, json_reply, sse_reply
+from fakes import (Fault, FakeUpstream, Gate, Reply, Sleep, StreamClient, chunk, completion, json_reply,
+                   refused_port, sse_reply)
+from test_http_errors import connect, json_post
 from sse_checks import events_of
 
 KEY = claudeproxy.static_token(UPSTREAM_KEY)
@@ -299,6 +302,21 @@ def test_prometheus_counts_after_a_known_session(proxy: Any, fake: FakeUpstream)
     # The JSON summary is still there.
     old = request(proxy.url, "GET", "/metrics?format=json").json
     assert old["requests"] == 9 and old["errors"] == 2 and old["local"] == 2 and old["by_status"]["429"] == 1
+
+
+def test_a_forwarded_count_tokens_call_is_not_timed_as_an_answer_of_the_model() -> None:
+    """A count_tokens call forwarded to the model's upstream takes a few ms: in the model's latency
+    it would make its answers look faster than they are."""
+    store = Metrics()
+    answer = CallRecord(endpoint="/v1/messages", provider="native", upstream_model="m", model="m", status=200,
+                        duration_ms=4000, time=time.time(), request_id="req_1")
+    count = CallRecord(endpoint="/v1/messages/count_tokens", provider="native", upstream_model="m", model="m",
+                       status=200, duration_ms=5, time=time.time(), request_id="req_2")
+    store.record(answer)
+    for _ in range(5):
+        store.record(count)
+    s = prom.parse(prometheus_render(store.prometheus_view(), PRICES_CHECKED))
+    assert prom.value(s, "claudeproxy_request_duration_seconds_count", provider="native", model="m") == 1
 
 
 def test_prometheus_escapes_a_hostile_model_name(proxy: Any, fake: FakeUpstream) -> None:
@@ -607,6 +625,31 @@ def test_passthrough_usage_that_is_no_count_lowers_no_counter(make_proxy: Any, f
     assert [k for k in before if after[k] < before[k]] == []
 
 
+def test_passthrough_input_count_of_message_start_outlives_a_zero_in_message_delta(
+        make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """Some Anthropic-compatible servers put the real counts in message_start and input_tokens 0 in
+    message_delta. The counts are cumulative: the record keeps 100 input tokens and their cost."""
+    priced = ModelFacts(input_price=1.0, output_price=2.0, cache_read_price=0.5, cache_write_price=1.5)
+    records: List[CallRecord] = []
+    server = make_proxy(providers=(Provider("native", fake_upstream.url, api="messages", models=(("*", priced),)),),
+                        routes=(Route("*", RouteTarget("native", "house-model")),), upstream=None,
+                        metrics_sink=records.append)
+    start = {"type": "message_start", "message": {**_message({"input_tokens": 100, "output_tokens": 1,
+                                                               "cache_read_input_tokens": 2000}),
+                                                   "content": [], "stop_reason": None}}
+    fake_upstream.push(_anthropic_sse(
+        start, {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+         "usage": {"input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 300}},
+        {"type": "message_stop"}))
+    resp = request(server.url, "POST", "/v1/messages", minimal_request(stream=True), {"anthropic-version": "2023-06-01"})
+    assert resp.status == 200
+    rec = record_for(records, resp.headers["request-id"])
+    assert (rec.input_tokens, rec.cache_read_input_tokens, rec.output_tokens) == (100, 2000, 300)
+    assert rec.cost_usd == pytest.approx((100 * 1.0 + 2000 * 0.5 + 300 * 2.0) / 1e6)
+
+
 def _usage_chunk(prompt: int, completion_tokens: int) -> Dict[str, Any]:
     return {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
             "usage": usage(prompt, completion_tokens)}
@@ -706,6 +749,62 @@ def test_a_stream_refused_before_any_event_counts_no_tokens(proxy: Any, fake: Fa
     resp = post(proxy, minimal_request(model="claude-sonnet-4-5", stream=True))
     assert resp.status == 429
     rec = record_for(proxy.records, resp.headers["request-id"])
+    assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (0, 0, 0.0)
+
+
+def wait_for(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _abandoned(proxy: Any, fake: FakeUpstream, stream: bool) -> CallRecord:
+    """A sonnet call the client leaves while the upstream, which has the prompt, is still at work."""
+    before = len(proxy.records)
+    body = json.dumps(minimal_request(model="claude-sonnet-4-5", stream=stream)).encode()
+    with connect(proxy.url) as sock:
+        sock.sendall(json_post(body))
+        assert wait_for(lambda: len(fake.requests) == 1, 5), "the prompt never reached the upstream"
+        time.sleep(0.1)  # the upstream is thinking
+    assert wait_for(lambda: len(proxy.records) > before, 5), "the abandoned call was not recorded"
+    return proxy.records[-1]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream-before-its-first-event"])
+def test_a_call_abandoned_while_the_upstream_thinks_has_unknown_tokens(
+        proxy: Any, fake: FakeUpstream, stream: bool) -> None:
+    """The client leaves (Esc in Claude Code, an SDK timeout) before any answer: the upstream had the
+    whole prompt and bills for it, so the record says not known -- no tokens, no cost, counted as a
+    call without a known cost -- never 0 tokens at $0 as if nothing were spent."""
+    gate = Gate()
+    if stream:
+        fake.push(sse_reply(gate, chunk({"role": "assistant", "content": "hi"}), chunk({}, "stop")))
+    else:
+        reply = json_reply(completion("late", usage=usage(1000, 50)))
+        reply.body.insert(0, gate)
+        fake.push(reply)
+    try:
+        rec = _abandoned(proxy, fake, stream)
+    finally:
+        gate.release()
+    assert (rec.status, rec.error_type, rec.upstream_model) == (499, "client_closed", "house-model")
+    assert (rec.input_tokens, rec.output_tokens, rec.cache_read_input_tokens, rec.cost_usd) == (None, None, None, None)
+    u = request(proxy.url, "GET", "/v1/usage").json
+    [row] = [m for m in u["models"] if m["model"] == "house-model"]
+    assert (row["cost_usd"], row["unpriced_requests"]) == (None, 1)
+
+
+def test_a_call_that_never_reached_the_upstream_counts_no_tokens(make_proxy: Any) -> None:
+    """Nothing listens at the upstream's address: no prompt went out, so 0 tokens at $0 is the truth."""
+    records: List[CallRecord] = []
+    with refused_port() as port:
+        server = make_proxy(upstream=f"http://127.0.0.1:{port}/v1", retries=0, metrics_sink=records.append)
+        resp = post(types.SimpleNamespace(url=server.url), minimal_request())
+    assert resp.status >= 500
+    rec = record_for(records, resp.headers["request-id"])
     assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (0, 0, 0.0)
 
 

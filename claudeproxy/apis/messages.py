@@ -540,7 +540,10 @@ class MessagesFold(SSEFold):
         return [{"type": "message_stop"}]
 
     def _take_usage(self, usage: Any) -> None:
-        self.usage.update(_counts(usage, _USAGE_KEYS))
+        # The counts are cumulative (message_delta repeats message_start's): none goes down. Some
+        # servers send the input count in message_start and then input_tokens 0 in message_delta.
+        for key, value in _counts(usage, _USAGE_KEYS).items():
+            self.usage[key] = max(value, self.usage.get(key, 0))
 
 
 def _counts(usage: Any, keys: Tuple[str, ...]) -> Dict[str, int]:

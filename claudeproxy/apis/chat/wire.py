@@ -209,7 +209,9 @@ def parse_usage(raw: Any) -> Optional[ChatUsage]:
     completion_details = raw.get("completion_tokens_details")
     # A count that may be unreported: null or a wrong type is None, which is not 0 (2.5).
     reasoning = count_or_none(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else None
-    cached = token_count(prompt_details.get("cached_tokens")) or token_count(raw.get("prompt_cache_hit_tokens"))
+    # DeepSeek says prompt_cache_hit_tokens; Moonshot's context caching (moonshot-v1) a top-level cached_tokens.
+    cached = (token_count(prompt_details.get("cached_tokens")) or token_count(raw.get("prompt_cache_hit_tokens"))
+              or token_count(raw.get("cached_tokens")))
     prompt = token_count(raw.get("prompt_tokens"))
     return ChatUsage(
         prompt_tokens=prompt,
