@@ -358,6 +358,34 @@ def test_the_deadline_does_not_cut_a_long_response(servers: Any, fake_upstream: 
     assert final_message(events)["content"] == [{"type": "text", "text": "ab"}]
 
 
+def test_a_client_that_stops_reading_a_stream_is_cut_off_at_the_write_timeout(
+        servers: Any, fake_upstream: FakeUpstream) -> None:
+    # The reverse slow-loris: the client reads the head and then nothing, while the upstream has
+    # megabytes to say. The proxy's write waits at most client_timeout (1 s), then it lets go of
+    # the client and of the upstream; nothing waits on the stalled reader after that.
+    text = "x" * 16384
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": ""}),
+                                 *[chunk({"content": text}) for _ in range(800)], chunk({}, "stop")))
+    server = servers(**SLOW)
+    baseline = threading.active_count()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the proxy's writes fill up fast
+    sock.settimeout(5)
+    try:
+        sock.connect(server.address)
+        sock.sendall(json_post(json.dumps(minimal_request(stream=True)).encode()))
+        assert sock.recv(64).startswith(b"HTTP/1.1 200"), "the stream did not start"
+        stalled = time.monotonic()
+        closed_at = fake_upstream.wait_closed(8.0)
+        assert closed_at is not None, "the proxy still waits on a client that reads nothing"
+        took = closed_at - stalled
+        assert took < 5.0, f"the upstream was let go {took:.1f} s after the client stopped reading"
+        assert _threads_settle(baseline), "the handler thread was not freed"
+    finally:
+        sock.close()
+    assert request(server.url, "POST", "/v1/messages", minimal_request(), timeout=5).status == 200
+
+
 # ---------------------------------------------------------------------------
 # The library entry point.
 
