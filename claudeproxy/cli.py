@@ -59,7 +59,7 @@ from .config import (
 )
 from .config_file import ConfigError, FileConfig, FlagSpec, parse_config
 from .credentials import DEFAULT_TTL, CommandToken, command_argv, command_token, current_secrets, key_source
-from .dialects import DIALECTS
+from .dialects import DIALECTS, default_key_variables, detect_provider, key_variables
 from .errors import UpstreamUnavailable
 from .metrics import CallRecord
 from .observe import BODIES_LOGGER
@@ -149,8 +149,9 @@ def _upstream_flags(up: Any) -> None:
                     help="what the upstream speaks: chat (OpenAI Chat Completions, translated), messages "
                     "(Anthropic Messages, forwarded), responses (OpenAI Responses) (default: %(default)s)")
     up.add_argument("--passthrough", action="store_true", help="short for --upstream-api messages")
-    up.add_argument("--api-key", metavar="KEY", help="upstream API key (default: $OPENAI_API_KEY for chat and "
-                    "responses; none: no auth header, and a messages upstream gets the client's own key)")
+    up.add_argument("--api-key", metavar="KEY", help="upstream API key (default for chat and responses: the "
+                    "provider's own variable, $GROQ_API_KEY, $GEMINI_API_KEY..., else $OPENAI_API_KEY; none: no auth "
+                    "header, and a messages upstream gets the client's own key)")
     up.add_argument("--api-key-env", metavar="VAR", action="append", default=[],
                     help="read the upstream key from this environment variable; repeat it for several keys, "
                     "used in turn (a key refused with 401/429 rests and the next serves)")
@@ -406,7 +407,8 @@ def _positive(ns: argparse.Namespace) -> None:
         raise UsageError(f"{name_of(ns, 'port')} must be between 0 and 65535")
 
 
-def _shorthand_key(ns: argparse.Namespace, environ: Mapping[str, str], api: str) -> Tuple[Any, str]:
+def _shorthand_key(ns: argparse.Namespace, environ: Mapping[str, str], api: str,
+                   upstream: Optional[str], from_openai_env: bool) -> Tuple[Any, str]:
     """The token source of the single-upstream provider, and where it comes from."""
     if ns.api_key is not None:
         key = ns.api_key.strip()
@@ -424,8 +426,22 @@ def _shorthand_key(ns: argparse.Namespace, environ: Mapping[str, str], api: str)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         return command_token(argv, ns.api_key_ttl, "--api-key-command"), f"command {argv[0]}"
-    key = environ.get("OPENAI_API_KEY", "").strip() if api != "messages" else ""
-    return static_token(key), "$OPENAI_API_KEY" if key else ""
+    if api == "messages" or upstream is None:
+        return static_token(""), ""  # a Messages API upstream gets the client's own key
+    for var in default_key_variables(_shorthand_dialect(ns, upstream), from_openai_env):
+        key = environ.get(var, "").strip()
+        if key:
+            return static_token(key), f"${var}"
+    return static_token(""), ""
+
+
+def _shorthand_dialect(ns: argparse.Namespace, upstream: str) -> str:
+    if ns.provider not in (None, "auto"):
+        return str(ns.provider)
+    try:
+        return detect_provider(upstream)
+    except ValueError:
+        return "generic"  # a URL urlsplit refuses: check_url says so next, naming the setting
 
 
 def _auth_key(ns: argparse.Namespace, environ: Mapping[str, str]) -> Tuple[Optional[str], Optional[str]]:
@@ -495,7 +511,7 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
     if auth_from:
         names["auth_key"] = auth_from
     _listens_safely(ns, auth_key)
-    token, key_source = _shorthand_key(ns, environ, api)
+    token, key_source = _shorthand_key(ns, environ, api, upstream, names.get("upstream") == "OPENAI_BASE_URL")
     return Config(
         providers=file.providers if file else (),
         routes=file.routes if file else (),
@@ -712,7 +728,8 @@ def keyless_upstreams(server: ProxyServer) -> List[str]:
     for provider in server.proxy.router.providers.values():
         host = urlsplit(provider.url).hostname or ""
         if provider.api != "messages" and gives_no_key(provider.token) and _on_the_internet(host):
-            how = ("set OPENAI_API_KEY, or give --api-key-env" if provider.name == SHORTHAND_PROVIDER else
+            own = default_key_variables(provider.dialect or detect_provider(provider.url), False)[0]
+            how = (f"set {own}, or give --api-key-env" if provider.name == SHORTHAND_PROVIDER else
                    "give it api_key_env or api_key_command in the config file")
             lines.append(f"the upstream {provider.name} ({host}) gets no API key: expect 401s ({how})")
     return lines
@@ -840,7 +857,7 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
     except _Exit as done:
         return done.status
     except UsageError as exc:
-        secrets = [v for v in (environ.get("OPENAI_API_KEY"), environ.get("CLAUDEPROXY_AUTH_KEY")) if v]
+        secrets = [v for v in (*map(environ.get, key_variables()), environ.get("CLAUDEPROXY_AUTH_KEY")) if v]
         print(f"claudeproxy: error: {redact_text(' '.join(str(exc).split()), secrets)}", file=stderr)
         return 2
     if ns.print_config:

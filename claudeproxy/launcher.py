@@ -41,6 +41,7 @@ from .claude_code import (
     run_epilog,
 )
 from .config import Config, is_loopback_host
+from .dialects import key_variables
 from .redact import redact_text
 from .server import RunningServer, start
 from .settings_view import describe_config
@@ -427,7 +428,7 @@ def _session(ns: argparse.Namespace, config: Config, typed: str, argv: List[str]
 
 
 def _fail(message: str, environ: Mapping[str, str], stderr: TextIO, status: int) -> int:
-    secrets_ = [v for v in (environ.get("OPENAI_API_KEY"), environ.get("CLAUDEPROXY_AUTH_KEY"),
+    secrets_ = [v for v in (*map(environ.get, key_variables()), environ.get("CLAUDEPROXY_AUTH_KEY"),
                             environ.get("ANTHROPIC_AUTH_TOKEN")) if v]
     print(f"claudeproxy: error: {redact_text(' '.join(message.split()), secrets_)}", file=stderr)
     return status

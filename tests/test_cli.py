@@ -104,6 +104,46 @@ def test_flags_win_over_environment(served: List[Any]) -> None:
     assert config.max_concurrency == 3 and config.shutdown_grace == 0.5
 
 
+@pytest.mark.parametrize("upstream, variable", [
+    ("https://api.groq.com/openai/v1", "GROQ_API_KEY"),
+    ("https://generativelanguage.googleapis.com/v1beta/openai", "GEMINI_API_KEY"),
+    ("https://api.mistral.ai/v1", "MISTRAL_API_KEY"),
+    ("https://api.moonshot.ai/v1", "MOONSHOT_API_KEY"),
+    ("https://api.deepseek.com/v1", "DEEPSEEK_API_KEY"),
+    ("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
+    ("https://res.openai.azure.com", "AZURE_OPENAI_API_KEY"),
+])
+def test_an_openai_key_in_the_environment_never_goes_to_another_providers_host(
+        served: List[Any], upstream: str, variable: str) -> None:
+    # $OPENAI_API_KEY exported for OpenAI, then --upstream at Groq or Google as the README's examples
+    # show: that provider's own variable is the key, and without it none (a warning at start says
+    # which variable), never the OpenAI key handed to another company.
+    assert run_main(["--upstream", upstream], {"OPENAI_API_KEY": ENV_KEY})[0] == 0
+    assert served[0].token() == ""
+    assert run_main(["--upstream", upstream], {"OPENAI_API_KEY": ENV_KEY, variable: "sk-own-key-1234567"})[0] == 0
+    assert served[1].token() == "sk-own-key-1234567" and served[1].key_source == f"${variable}"
+
+
+def test_openai_key_still_serves_openai_gateways_and_its_own_base_url(served: List[Any]) -> None:
+    env = {"OPENAI_API_KEY": ENV_KEY}
+    for upstream in ("https://api.openai.com/v1", "https://gateway.corp.example/v1", "http://localhost:11434/v1"):
+        assert run_main(["--upstream", upstream], env)[0] == 0
+        assert served[-1].token() == ENV_KEY, upstream
+    # OPENAI_BASE_URL and OPENAI_API_KEY are a pair (the OpenAI SDKs' convention): set together for
+    # Groq, the key is meant for Groq.
+    assert run_main([], {**env, "OPENAI_BASE_URL": "https://api.groq.com/openai/v1"})[0] == 0
+    assert served[-1].token() == ENV_KEY
+
+
+def test_a_keyless_known_provider_is_told_its_own_variable() -> None:
+    server = claudeproxy.start(upstream="https://api.groq.com/openai/v1")
+    try:
+        lines = cli.keyless_upstreams(server.server)
+    finally:
+        server.shutdown(grace=0.1)
+    assert len(lines) == 1 and "set GROQ_API_KEY" in lines[0], lines
+
+
 def test_empty_api_key_flag_overrides_the_environment(served: List[Any]) -> None:
     assert run_main(["--api-key", ""], {"OPENAI_API_KEY": ENV_KEY})[0] == 0
     assert served[0].token() == ""
