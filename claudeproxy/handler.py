@@ -23,6 +23,7 @@ import re
 import socket
 import threading
 import time
+import urllib.parse
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .dialects import client_key
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 Headers = Iterable[Tuple[str, str]]
 _JSON_TYPES = ("application/json", "application/x-json", "text/json")
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+# What a browser opens: the usage page and what it reads. Only these take the key as ?key=.
+_PAGES = frozenset(("/", "/v1/usage", "/metrics", "/health"))
 _HOST_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-_]+)(?::(\d{1,5}))?$")
 _TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _BODY_METHODS = ("POST", "PUT", "PATCH")
@@ -577,7 +580,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
 
     def _check_key(self, expected: str) -> None:
         # Compared exactly (no strip): a key with trailing junk is a different key.
-        given = client_key(self.headers)[1]
+        given = client_key(self.headers)[1] or self._page_key()
         if not given:  # Anthropic's words for a request without a key
             raise ProxyError("x-api-key header is required", status=401)
         if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8")):
@@ -650,6 +653,13 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         """The request is in: no deadline for writing a long response."""
         self._reader.deadline = None
         self.connection.settimeout(self.server.config.client_timeout)  # type: ignore[attr-defined]
+
+    def _page_key(self) -> str:
+        """The client key of a page a browser opens, from ``?key=``: a browser sends no header of
+        its own, and ``run`` prints the usage page's address with the session's key in it."""
+        if self.command not in ("GET", "HEAD") or (self.route_path.rstrip("/") or "/") not in _PAGES:
+            return ""
+        return urllib.parse.parse_qs(self.query).get("key", [""])[0]
 
     def _check_content_type(self) -> None:
         ctype = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()

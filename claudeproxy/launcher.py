@@ -28,6 +28,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+import urllib.parse
 from typing import Any, Callable, Dict, List, Mapping, Optional, TextIO, Tuple
 
 from . import cli, reachability
@@ -114,6 +115,12 @@ def parse_run(argv: List[str], environ: Mapping[str, str],
 def client_key(config: Config, environ: Mapping[str, str]) -> str:
     """The key the proxy requires and the command presents: --auth-key, the user's token, or a new one."""
     return config.auth_key or environ.get("ANTHROPIC_AUTH_TOKEN", "").strip() or "cp-" + secrets.token_urlsafe(24)
+
+
+def page_address(url: str, key: Optional[str]) -> str:
+    """The usage page's address a browser can open: with the session's client key, which a browser
+    cannot send as a header; with a key of the user's own (never printed), where it goes."""
+    return f"{url}/?key={urllib.parse.quote(key, safe='')}" if key else f"{url}/?key=YOUR-KEY"
 
 
 # --------------------------------------------------------------------------
@@ -395,7 +402,7 @@ def unreachable_upstreams(running: RunningServer, config: Config,
 
 
 def _session(ns: argparse.Namespace, config: Config, typed: str, argv: List[str], environ: Mapping[str, str],
-             log_path: str, stderr: TextIO) -> int:
+             log_path: str, stderr: TextIO, page_key: Optional[str] = None) -> int:
     windows = on_windows()
     path = cli.usage_log_path(ns)
     sink = cli.usage_writer(path) if path else None
@@ -411,7 +418,8 @@ def _session(ns: argparse.Namespace, config: Config, typed: str, argv: List[str]
         log.info("%s", cli._describe(running.server))  # noqa: SLF001
         cli._warn_about(running.server)  # noqa: SLF001
         env = command_env(running, config, environ)
-        print(f"claudeproxy: proxy on {running.url}, log in {log_path}", file=stderr, flush=True)
+        print(f"claudeproxy: proxy on {running.url} (usage page {page_address(running.url, page_key)}), "
+              f"log in {log_path}", file=stderr, flush=True)
         for line in unreachable_upstreams(running, config):
             log.warning("%s", line)
             print(f"claudeproxy: warning: {line}", file=stderr, flush=True)
@@ -457,7 +465,10 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
     if exe is None:
         print(f"claudeproxy: error: {command[0]}: command not found", file=stderr)
         return NOT_FOUND
+    users_own = bool(config.auth_key or environ.get("ANTHROPIC_AUTH_TOKEN", "").strip())
     config = config.replace(auth_key=client_key(config, environ))
+    # A key of the session's own may be shown (the usage page's address); the user's own never is.
+    page_key = None if users_own else config.auth_key
     try:
         stream, log_path = open_log(ns.log_file, os.getpid())
     except OSError as exc:
@@ -466,7 +477,7 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
     saved = (logger.level, logger.propagate)
     handler = cli.setup_logging(ns.log_level, cli.secrets_source(config), stream, ns.log_format, ns.log_bodies)
     try:
-        return _session(ns, config, command[0], [exe] + command[1:], environ, log_path, stderr)
+        return _session(ns, config, command[0], [exe] + command[1:], environ, log_path, stderr, page_key)
     except KeyboardInterrupt:  # Ctrl-C before the command started (or after it ended): the proxy has stopped
         return 128 + int(signal.SIGINT)
     finally:

@@ -24,7 +24,7 @@ _W, _H = 640, 230  # chart viewBox
 _PAD_L, _PAD_R, _PAD_T, _PAD_B = 58, 12, 14, 30
 
 _SCRIPT = (
-    "(function(){function r(){fetch(location.pathname,{cache:'no-store'})"
+    "(function(){function r(){fetch(location.pathname+location.search,{cache:'no-store'})"
     ".then(function(x){return x.ok?x.text():null}).then(function(h){if(!h)return;"
     "var n=new DOMParser().parseFromString(h,'text/html').getElementById('app');"
     "var o=document.getElementById('app');if(n&&o)o.replaceWith(n)})"

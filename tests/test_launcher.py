@@ -32,7 +32,7 @@ import pytest
 
 from claudeproxy import claude_code, cli, commands, launcher
 from claudeproxy.config import Config
-from conftest import ROOT
+from conftest import ROOT, request
 from fakes import closing_listener
 
 STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standin_command.py")
@@ -42,7 +42,7 @@ STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standin_comm
 # that stderr holds only what they look for. The quota probe they use never calls it.
 NO_UPSTREAM = f"http://127.0.0.1:{closing_listener()}/v1"
 DEAD_UPSTREAM = "http://127.0.0.1:9/v1"  # nothing listens there: connections are refused
-STARTED_RE = re.compile(r"^claudeproxy: proxy on (http://127\.0\.0\.1:(\d+)), log in (.+)$")
+STARTED_RE = re.compile(r"^claudeproxy: proxy on (http://127\.0\.0\.1:(\d+)) \(usage page (\S+)\), log in (.+)$")
 WAIT = 20.0
 
 
@@ -70,7 +70,7 @@ def started(err: str) -> Tuple[str, int, str]:
     matches = [STARTED_RE.match(line) for line in err.splitlines()]
     found = [m for m in matches if m]
     assert len(found) == 1, err
-    return found[0].group(1), int(found[0].group(2)), found[0].group(3)
+    return found[0].group(1), int(found[0].group(2)), found[0].group(4)
 
 
 def port_closed(port: int) -> bool:
@@ -206,6 +206,7 @@ def test_the_auth_key_flag_wins_over_the_users_token(run_standin: Any, tmp_path:
     assert rec["env"]["ANTHROPIC_AUTH_TOKEN"] == "flag-key-456"
     assert rec["with_token"]["status"] == 200
     assert "flag-key-456" not in err
+    assert "(usage page http://127.0.0.1:" in err and "/?key=YOUR-KEY)" in err  # where it goes, not what it is
 
 
 @pytest.mark.parametrize("options, anthropic_model, window, cap", [
@@ -369,6 +370,27 @@ def test_signals_reach_the_command_and_run_reports_them(tmp_path: Any, sig: int,
     assert port_closed(port)
     # run itself said nothing more (the stand-in's own KeyboardInterrupt traceback may follow Ctrl-C).
     assert [line for line in err.splitlines() if line.startswith("claudeproxy")] == [err.splitlines()[0]]
+
+
+def test_the_usage_page_address_run_prints_opens_in_a_browser(tmp_path: Any) -> None:
+    """run's proxy requires the session's key, which a browser cannot send as a header: the address
+    printed at the start carries it, and opens the page (the bare address answers 401)."""
+    record = tmp_path / "record.json"
+    proc = _spawn_run(tmp_path, ["--upstream", NO_UPSTREAM, "--log-file", str(tmp_path / "p.log"),
+                                 *standin(record, "--wait")], base_env(tmp_path), start_new_session=True)
+    try:
+        _wait_for_file(record, proc)
+        line = proc.stderr.readline()
+        match = STARTED_RE.match(line.rstrip("\n"))
+        assert match, line
+        url, page = match.group(1), match.group(3)
+        assert page.startswith(url + "/?key=cp-"), line
+        assert request(url, "GET", "/").status == 401
+        resp = request(url, "GET", page[len(url):])
+        assert resp.status == 200 and resp.headers["content-type"].startswith("text/html")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=WAIT)
 
 
 # ---------------------------------------------------------------------------

@@ -559,6 +559,14 @@ def test_usage_page_obeys_the_client_key(make_proxy: Any) -> None:
     assert request(keyed.url, "GET", "/").status == 401
     assert request(keyed.url, "GET", "/v1/usage").status == 401
     assert request(keyed.url, "GET", "/", headers={"x-api-key": "sk-ant-page-key-0000000000"}).status == 200
+    # A browser sends no header: the page and what it reads take the key in the address (what `run`
+    # prints), and the page's refresh asks for the same address. Nothing else takes it there.
+    for path in ("/", "/v1/usage", "/metrics", "/health"):
+        assert request(keyed.url, "GET", path + "?key=sk-ant-page-key-0000000000").status == 200, path
+        assert request(keyed.url, "GET", path + "?key=sk-ant-page-key-000000000").status == 401, path
+    assert "location.pathname+location.search" in request(keyed.url, "GET", "/?key=sk-ant-page-key-0000000000").body.decode()
+    assert request(keyed.url, "POST", "/v1/messages?key=sk-ant-page-key-0000000000", minimal_request()).status == 401
+    assert request(keyed.url, "GET", "/v1/models?key=sk-ant-page-key-0000000000").status == 401
     plain = make_proxy()
     assert request(plain.url, "GET", "/", headers={"Host": "evil.example"}).status == 403  # DNS rebinding
     assert request(plain.url, "GET", "/", headers={"Origin": "https://evil.example"}).status == 403
