@@ -8,7 +8,7 @@ request nesting limit the handler enforces.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 # Keys Gemini's OpenAI endpoint answers "Unknown name" for.
 _GEMINI_DROP = frozenset(
@@ -23,7 +23,8 @@ _GEMINI_FORMATS = frozenset({"enum", "date-time"})
 _SCHEMA_VALUED = frozenset({"items", "additionalProperties", "not", "if", "then", "else", "contains"})
 _SCHEMA_MAPS = frozenset({"properties", "$defs", "definitions", "patternProperties"})
 _SCHEMA_LISTS = frozenset({"anyOf", "oneOf", "allOf", "prefixItems"})
-_MAX_REF_DEPTH = 16
+_MAX_REF_REPEAT = 2  # times one definition is inlined along one path
+_MAX_INLINED_NODES = 20000  # nodes all inlined definitions may add to one schema
 
 
 def strip_meta(schema: Dict[str, Any]) -> Dict[str, Any]:
@@ -48,21 +49,56 @@ def _walk(node: Any, fix: Any) -> Any:
     return fix(out)
 
 
-def _inline_refs(node: Any, defs: Dict[str, Any], depth: int = 0) -> Any:
-    """Replace local ``$ref``s to ``#/$defs/X`` / ``#/definitions/X`` by the definition."""
-    if isinstance(node, list):
-        return [_inline_refs(item, defs, depth) for item in node]
-    if not isinstance(node, dict):
-        return node
-    ref = node.get("$ref")
-    if isinstance(ref, str) and depth < _MAX_REF_DEPTH:
-        target = defs.get(ref.rsplit("/", 1)[-1])
-        if isinstance(target, dict):
-            merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-            return _inline_refs(merged, defs, depth + 1)
-    if isinstance(ref, str):
-        return {"type": "object"}  # unresolvable or recursive: the loosest schema Gemini takes
-    return {k: _inline_refs(v, defs, depth) for k, v in node.items()}
+class _RefInliner:
+    """Replaces local ``$ref``s to ``#/$defs/X`` / ``#/definitions/X`` by the definition.
+
+    Bounded twice. A definition is inlined at most ``_MAX_REF_REPEAT`` times along one path
+    (a recursive filter tree gets one level of itself, then the loosest schema). And the whole
+    schema gets at most ``_MAX_INLINED_NODES`` nodes out of the definitions: a definition that
+    refers to itself (or to another) k times would otherwise be copied k^depth times -- a
+    600-byte tool took gigabytes -- so past the budget every further ``$ref`` is the loosest
+    schema too. Without refs, the copy is as large as the input, whose size the door bounds.
+    """
+
+    def __init__(self, defs: Dict[str, Any]) -> None:
+        self.defs = defs
+        self.budget = _MAX_INLINED_NODES
+        self.sizes: Dict[str, int] = {}  # each definition counted once, however often it is named
+
+    def inline(self, node: Any, path: Tuple[str, ...] = ()) -> Any:
+        if isinstance(node, list):
+            return [self.inline(item, path) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            return self._resolved(node, ref, path)
+        return {k: self.inline(v, path) for k, v in node.items()}
+
+    def _resolved(self, node: Dict[str, Any], ref: str, path: Tuple[str, ...]) -> Any:
+        name = ref.rsplit("/", 1)[-1]
+        target = self.defs.get(name)
+        if name not in self.sizes:
+            self.sizes[name] = _nodes(target) if isinstance(target, dict) else 0
+        size = self.sizes[name]
+        if not size or path.count(name) >= _MAX_REF_REPEAT or size > self.budget:
+            return {"type": "object"}  # unresolvable, recursive or past the budget: the loosest schema Gemini takes
+        self.budget -= size
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}  # type: ignore[dict-item]
+        return self.inline(merged, path + (name,))
+
+
+def _nodes(value: Any, most: int = _MAX_INLINED_NODES + 1) -> int:
+    """How many objects, lists and values ``value`` holds (counted up to ``most``)."""
+    count, stack = 0, [value]
+    while stack and count < most:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
 
 
 def _gemini_fix(node: Dict[str, Any]) -> Dict[str, Any]:
@@ -84,7 +120,7 @@ def sanitize_gemini(schema: Dict[str, Any]) -> Dict[str, Any]:
     for key in ("$defs", "definitions"):
         if isinstance(schema.get(key), dict):
             defs.update(schema[key])
-    inlined = _inline_refs(schema, defs)
+    inlined = _RefInliner(defs).inline(schema)
     return _walk(inlined, _gemini_fix)  # type: ignore[no-any-return]
 
 

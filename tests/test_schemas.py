@@ -196,6 +196,54 @@ def test_gemini_recursive_refs_terminate_without_refs_left(schema: Dict[str, Any
     assert len(text) < 200_000
 
 
+_FILTER = {"type": "object", "$defs": {"Filter": {"anyOf": [
+    {"type": "object", "properties": {"and": {"type": "array", "items": {"$ref": "#/$defs/Filter"}},
+                                      "or": {"type": "array", "items": {"$ref": "#/$defs/Filter"}},
+                                      "not": {"$ref": "#/$defs/Filter"}}},
+    {"type": "object", "properties": {"field": {"type": "string"}, "equals": {"type": "string"}}}]}},
+    "properties": {"filter": {"$ref": "#/$defs/Filter"}}}
+
+
+def _fan_out(k: int, chain: int) -> Dict[str, Any]:
+    """``chain`` definitions, each naming the next ``k`` times: k**chain copies if inlined fully."""
+    defs = {f"D{i}": {"type": "object", "properties": {f"p{j}": {"$ref": f"#/$defs/D{i + 1}"} for j in range(k)}}
+            for i in range(chain)}
+    defs[f"D{chain}"] = {"type": "string"}
+    return {"type": "object", "$defs": defs, "properties": {"root": {"$ref": "#/$defs/D0"}}}
+
+
+def _binary_tree() -> Dict[str, Any]:
+    node = {"type": "object", "properties": {"value": {"type": "integer"}, "left": {"$ref": "#/$defs/Node"},
+                                             "right": {"$ref": "#/$defs/Node"}}}
+    return {"type": "object", "$defs": {"Node": node}, "properties": {"tree": {"$ref": "#/$defs/Node"}}}
+
+
+@pytest.mark.parametrize("schema", [_FILTER, _binary_tree(), _fan_out(4, 12), _fan_out(2, 40)],
+                         ids=["recursive-filter", "binary-tree", "fan-out-4-over-12", "fan-out-2-over-40"])
+def test_gemini_ref_expansion_is_bounded_by_size_not_only_depth(schema: Dict[str, Any]) -> None:
+    # A definition named k times by itself (or down a chain) was copied k^16 times: a 554-byte
+    # MCP-style filter tool took 2.6 GB and a minute, then a 500. Now each schema stays small.
+    started = time.monotonic()
+    text = json.dumps(sanitize_gemini(schema))
+    assert time.monotonic() - started < 1.0
+    assert "$ref" not in text and len(text) < 1_000_000, len(text)
+
+
+def test_gemini_recursive_ref_keeps_one_level_of_itself() -> None:
+    cleaned = sanitize_gemini(_FILTER)
+    inner = cleaned["properties"]["filter"]["anyOf"][0]["properties"]
+    assert inner["and"]["items"]["anyOf"][1]["properties"]["field"] == {"type": "string"}  # once more
+    assert inner["and"]["items"]["anyOf"][0]["properties"]["and"]["items"] == {"type": "object"}  # then loose
+
+
+def test_gemini_a_chain_of_distinct_definitions_is_inlined_whole() -> None:
+    cleaned = sanitize_gemini(_fan_out(1, 12))
+    node = cleaned["properties"]["root"]
+    for _ in range(12):
+        node = node["properties"]["p0"]
+    assert node == {"type": "string"}
+
+
 def test_gemini_unresolvable_ref_becomes_a_loose_object() -> None:
     schema = {"type": "object", "properties": {"ext": {"$ref": "https://example.com/schema.json"}, "gone": {"$ref": "#/$defs/Missing"}}}
     cleaned = sanitize_gemini(schema)
