@@ -5,6 +5,7 @@ All traffic stays on 127.0.0.1 and every wait has a timeout.
 
 from __future__ import annotations
 
+import gc
 import http.client
 import json
 import os
@@ -101,6 +102,15 @@ def _no_sentinel_in_log_records(caplog: Any) -> Iterator[None]:
     leaked = [r.getMessage()[:200] for r in records
               if any(k in r.getMessage() or k in (r.exc_text or "") for k in SENTINEL_KEYS)]
     assert leaked == [], f"sentinel keys in log records: {leaked}"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cycles_collected_per_module() -> Iterator[None]:
+    """A socket lost in a reference cycle is closed, and its ResourceWarning (an error here) raised,
+    only when the garbage collector gets to it: at a random later test of another module. Collected
+    at each module's end, the warning falls in the module that lost it."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="module")
