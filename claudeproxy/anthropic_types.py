@@ -284,18 +284,28 @@ def _parse_text(raw: Dict[str, Any], path: str) -> TextBlock:
     return TextBlock(_str(raw, "text", path, required=True) or "")
 
 
+# The image types the Messages API takes (docs.anthropic.com, vision: "Supported image formats").
+IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+
+
 def _parse_image(raw: Dict[str, Any], path: str) -> ImageBlock:
     src = _obj(raw.get("source"), _join(path, "source"))
     spath = _join(path, "source")
     kind = _str(src, "type", spath, required=True)
     if kind == "base64":
-        return ImageBlock(
-            "base64",
-            media_type=_str(src, "media_type", spath, required=True) or "",
-            data=_str(src, "data", spath, required=True) or "",
-        )
+        media_type = _str(src, "media_type", spath, required=True) or ""
+        if media_type not in IMAGE_MEDIA_TYPES:
+            # Anthropic's own four; anything else was pasted into the upstream's data: URL as given.
+            raise InvalidRequest(f"image media_type must be one of {', '.join(IMAGE_MEDIA_TYPES)}, not {media_type!r}",
+                                 _join(spath, "media_type"))
+        return ImageBlock("base64", media_type=media_type, data=_str(src, "data", spath, required=True) or "")
     if kind == "url":
-        return ImageBlock("url", url=_str(src, "url", spath, required=True) or "")
+        url = _str(src, "url", spath, required=True) or ""
+        if not url.lower().startswith(("https://", "http://")):
+            # A file:// or data: URL would be read by the upstream server (a local vLLM or llama.cpp
+            # fetches image URLs itself) from its own disk, not by the client's.
+            raise InvalidRequest("an image url must be an http:// or https:// URL", _join(spath, "url"))
+        return ImageBlock("url", url=url)
     if kind == "file":
         return ImageBlock("file", data=_str(src, "file_id", spath) or "")
     raise InvalidRequest(f"unknown image source type {kind!r}", _join(spath, "type"))

@@ -116,6 +116,17 @@ PATH_CASES = [
     (["messages", 0, "content"], ["hi"], "messages[0].content[0]: "),
     (["messages", 0, "content"], [{"type": "image"}], "messages[0].content[0].source: "),
     (["messages", 0, "content"], [{"type": "image", "source": {"type": "ftp", "url": "x"}}], "messages[0].content[0].source.type: "),
+    # Anthropic's four image types only: another would be pasted into the upstream's data: URL as sent.
+    (["messages", 0, "content"], [{"type": "image", "source": {"type": "base64", "media_type": "text/html", "data": "AAA"}}],
+     "messages[0].content[0].source.media_type: "),
+    (["messages", 0, "content"], [{"type": "image", "source": {"type": "base64", "data": "AAA",
+                                                                "media_type": 'image/png;base64,AAAA"><script>'}}],
+     "messages[0].content[0].source.media_type: "),
+    # An image URL the upstream server would read from its own disk or network.
+    (["messages", 0, "content"], [{"type": "image", "source": {"type": "url", "url": "file:///etc/passwd"}}],
+     "messages[0].content[0].source.url: "),
+    (["messages", 0, "content"], [{"type": "image", "source": {"type": "url", "url": "data:image/png;base64,AAA"}}],
+     "messages[0].content[0].source.url: "),
     (["messages", 0, "content"], [{"type": "image", "source": {"type": "base64", "data": "AAA"}}],
      "messages[0].content[0].source.media_type: "),
     (["messages", 0, "content"], [{"type": "document", "source": {"type": "text"}}], "messages[0].content[0].source.data: "),
