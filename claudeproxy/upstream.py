@@ -68,6 +68,9 @@ class UpstreamCall:
         # A TCP connection to the first hop (the upstream, or the outbound proxy) was made:
         # a failure before it is the proxy's own when there is one.
         self.reached = False
+        # The outbound proxy answered CONNECT with 200 (or the connection came set up from the
+        # pool): an answer that is no HTTP, or a refused certificate, is the upstream's from then on.
+        self.tunnelled = False
         # The idle timeout the call's reads run under, for the message when one times out.
         self.idle_timeout: Optional[float] = None
         # What to mask in anything made of this call's answer (set by ``Upstream.open``): the
@@ -83,7 +86,7 @@ class UpstreamCall:
     def attach(self, sock: socket.socket) -> None:
         with self._lock:
             self._sock = sock
-            self.connected = self.reached = True
+            self.connected = self.reached = self.tunnelled = True
             if self.abort_reason is not None:
                 _shutdown(sock)
 
@@ -551,6 +554,8 @@ def _tracked(base: Any) -> Any:
             self.response_class = response  # type: ignore[assignment]
             try:
                 super()._tunnel()
+                if self.cp_call is not None:
+                    self.cp_call.tunnelled = True  # the proxy said 200: what follows is the upstream's
             finally:
                 del self.response_class  # the class's own again, for the real response
                 for resp in made:
@@ -864,7 +869,8 @@ class Upstream:
         req.cp_call = call  # type: ignore[attr-defined]
         call.idle_timeout = read_timeout or self.config.idle_timeout
         call.secrets = secrets
-        call.connected = call.reached = False  # this attempt's: a connect timeout is no read timeout
+        # This attempt's: a connect timeout is no read timeout, a refusal before the tunnel the proxy's.
+        call.connected = call.reached = call.tunnelled = False
         if log.isEnabledFor(logging.DEBUG):
             sent = redact_headers(req.header_items(), secrets)
             log.debug("upstream %s %s headers=%s", method, redact_url(url), sent)
@@ -958,19 +964,23 @@ def _transport_error(exc: BaseException, call: UpstreamCall, req: urllib.request
     host = (parts.hostname or "?") + (f":{parts.port}" if parts.port else "")  # which of several local servers
     proxy = _proxy_of(req)
     if proxy is not None:
-        return _proxy_failure(reason, call, proxy, host, detail)
-    lasting = _lasting_failure(reason, host, detail)
+        return _proxy_failure(reason, call, req, proxy, host, detail)
+    lasting = _lasting_failure(reason, f"the upstream at {host}", detail)
     if lasting is not None:
         return lasting
     return UpstreamUnavailable(f"could not reach the upstream at {host} ({detail})", headers=(_RETRY,))
 
 
-def _lasting_failure(reason: BaseException, host: str, detail: str) -> Optional[UpstreamUnavailable]:
+def _lasting_failure(reason: BaseException, where: str, detail: str,
+                     through_proxy: bool = False) -> Optional[UpstreamUnavailable]:
     """A failure the same call meets again every time (a refused certificate, a server that does
     not speak TLS or HTTP): the client is told not to retry, and the proxy tries the next target
-    at once. A break in the connection is no such thing: that one is worth another try."""
+    at once. A break in the connection is no such thing: that one is worth another try.
+    ``where`` names who failed; ``through_proxy``: the call went through an outbound proxy, whose
+    TLS inspection is the usual reason for a refused certificate there."""
     if isinstance(reason, ssl.SSLCertVerificationError):
-        why = f"its TLS certificate was refused ({detail}); see --ca-bundle"
+        inspecting = " (a TLS-inspecting proxy needs its CA there)" if through_proxy else ""
+        why = f"its TLS certificate was refused ({detail}); see --ca-bundle{inspecting}"
     elif isinstance(reason, ssl.SSLError) and reason.reason == "WRONG_VERSION_NUMBER":
         why = "it does not speak TLS on this port (an https:// URL for an http:// server?)"
     elif isinstance(reason, http.client.HTTPException) and not isinstance(reason, (HeadCutOff, ConnectionError)):
@@ -979,11 +989,13 @@ def _lasting_failure(reason: BaseException, host: str, detail: str) -> Optional[
         why = "its answer is not HTTP/1.1 ({})".format(detail[:200].strip().replace("\n", " ").replace("\r", " "))
     else:
         return None
-    return UpstreamUnavailable(f"the upstream at {host} cannot be used: {why}", headers=(NO_RETRY,))
+    return UpstreamUnavailable(f"{where} cannot be used: {why}", headers=(NO_RETRY,))
 
 
-def _proxy_failure(reason: BaseException, call: UpstreamCall, proxy: str, host: str, detail: str) -> Exception:
-    """A failure through the outbound proxy, blamed on the hop that failed."""
+def _proxy_failure(reason: BaseException, call: UpstreamCall, req: urllib.request.Request, proxy: str, host: str,
+                   detail: str) -> Exception:
+    """A failure through the outbound proxy, blamed on the hop that failed; one that comes back every
+    time (a refused certificate, an answer that is no HTTP) is said so, and not retried, as direct."""
     refused = _TUNNEL_REFUSED_RE.match(detail) if type(reason) is OSError else None
     if refused and refused.group(1) == "407":
         return _proxy_auth_refused(proxy)
@@ -996,6 +1008,13 @@ def _proxy_failure(reason: BaseException, call: UpstreamCall, proxy: str, host: 
                                    headers=(retry,))
     if not call.reached:
         return UpstreamUnavailable(f"could not reach the outbound proxy at {proxy} ({detail})", headers=(_RETRY,))
+    # Before the tunnel is up, what answered is the proxy (its answer to CONNECT); after, the upstream.
+    its_connect = bool(req._tunnel_host) and not call.tunnelled  # type: ignore[attr-defined]
+    where = (f"the outbound proxy at {proxy}" if its_connect
+             else f"the upstream at {host} (through the outbound proxy at {proxy})")
+    lasting = _lasting_failure(reason, where, detail, through_proxy=True)
+    if lasting is not None:
+        return lasting
     return UpstreamUnavailable(f"could not reach the upstream at {host} through the outbound proxy at {proxy} "
                                f"({detail})", headers=(_RETRY,))
 

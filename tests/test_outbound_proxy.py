@@ -7,6 +7,8 @@
   is not spoken at all; refused at start, naming the flag, the file's key or the variable.
 - A failure of the proxy names the proxy; its 407 is the proxy's refusal (502, no retry), never a
   407 to the client, whose own proxy that status would be about.
+- A failure that comes back every time (a refused certificate, no TLS where TLS is due, an answer
+  that is no HTTP) is said as such and not retried, through the proxy as direct.
 
 All traffic on 127.0.0.1; every wait has a timeout.
 """
@@ -17,6 +19,7 @@ import base64
 import io
 import json
 import socket
+import ssl
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -25,7 +28,7 @@ import pytest
 import claudeproxy
 from claudeproxy import cli
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
-from fakes import FakeUpstream, LoopbackListener, closing_listener, completion, json_reply
+from fakes import ConnectProxy, FakeUpstream, LoopbackListener, closing_listener, completion, json_reply
 
 HEADERS = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
 PASSWORD = "proxy-PASS-4711"
@@ -342,3 +345,94 @@ def test_a_failure_past_the_proxys_door_names_both(make_proxy: Any, scheme: str)
     assert message.startswith(f"could not reach the upstream at api.example.test through the outbound proxy "
                               f"at 127.0.0.1:{port} ("), message
     assert resp.headers.get("x-should-retry") == "true"
+
+
+# ---------------------------------------------------------------------------
+# The same failure again on every try is no reason to retry, through the proxy as direct.
+
+
+@pytest.fixture
+def tls_upstream(certificate: Tuple[str, str]) -> Iterator[FakeUpstream]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    fake = FakeUpstream(tls=context)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def tunnels() -> Iterator[Any]:
+    made: List[ConnectProxy] = []
+
+    def make(kind: Any = ConnectProxy) -> ConnectProxy:
+        made.append(kind())
+        return made[-1]
+
+    yield make
+    for proxy in made:
+        proxy.close()
+
+
+class BannerProxy(ConnectProxy):
+    """Another service on the proxy's port: it answers CONNECT with its banner."""
+
+    def answer(self, client: socket.socket) -> bool:
+        client.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+        return False
+
+
+def test_a_refused_certificate_through_the_proxy_is_said_and_not_retried(make_proxy: Any, clean_env: Any,
+                                                                         tls_upstream: FakeUpstream,
+                                                                         tunnels: Any) -> None:
+    """The corporate case: a TLS-inspecting proxy's CA missing from --ca-bundle (here: no bundle for
+    a self-signed upstream). Every try is refused alike; "could not reach" sent users to the network."""
+    clean_env.delenv("SSL_CERT_FILE", raising=False)
+    tunnel = tunnels()
+    server = make_proxy(upstream=tls_upstream.url, proxy=f"http://127.0.0.1:{tunnel.port}", retries=2)
+    resp = send(server)
+    assert resp.status == 502, resp
+    assert resp.headers.get("x-should-retry") == "false"
+    message = error_of(resp)["message"]
+    assert message.startswith(f"the upstream at 127.0.0.1:{tls_upstream.port} (through the outbound proxy at "
+                              f"127.0.0.1:{tunnel.port}) cannot be used: its TLS certificate was refused ("), message
+    assert message.endswith("; see --ca-bundle (a TLS-inspecting proxy needs its CA there)"), message
+    assert tunnel.tunnels == 1  # not retried
+
+
+def test_no_tls_where_tls_is_due_through_the_proxy_is_said_and_not_retried(make_proxy: Any, clean_env: Any,
+                                                                           fake_upstream: FakeUpstream,
+                                                                           tunnels: Any) -> None:
+    tunnel = tunnels()
+    server = make_proxy(upstream=fake_upstream.url.replace("http://", "https://"),
+                        proxy=f"http://127.0.0.1:{tunnel.port}", retries=2)
+    resp = send(server)
+    assert resp.status == 502, resp
+    assert resp.headers.get("x-should-retry") == "false"
+    assert error_of(resp)["message"] == (
+        f"the upstream at 127.0.0.1:{fake_upstream.port} (through the outbound proxy at 127.0.0.1:{tunnel.port}) "
+        "cannot be used: it does not speak TLS on this port (an https:// URL for an http:// server?)")
+    assert tunnel.tunnels == 1
+
+
+def test_a_proxy_whose_answer_to_connect_is_no_http_is_named_and_not_retried(make_proxy: Any, clean_env: Any,
+                                                                             tunnels: Any) -> None:
+    tunnel = tunnels(BannerProxy)
+    server = make_proxy(upstream=NAMED_UPSTREAM["https"], proxy=f"http://127.0.0.1:{tunnel.port}", retries=2)
+    resp = send(server)
+    assert resp.status == 502, resp
+    assert resp.headers.get("x-should-retry") == "false"
+    assert error_of(resp)["message"] == (f"the outbound proxy at 127.0.0.1:{tunnel.port} cannot be used: its answer "
+                                         "is not HTTP/1.1 (BadStatusLine: SSH-2.0-OpenSSH_9.6)")
+    assert tunnel.tunnels == 1
+
+
+def test_an_upstream_that_drops_the_tunnel_is_worth_a_retry(make_proxy: Any, clean_env: Any, tunnels: Any) -> None:
+    # The proxy opened the tunnel, the upstream closed it during the TLS handshake: a break, not a verdict.
+    tunnel = tunnels()
+    port = closing_listener()
+    server = make_proxy(upstream=f"https://127.0.0.1:{port}/v1", proxy=f"http://127.0.0.1:{tunnel.port}")
+    resp = send(server)
+    assert resp.status == 502, resp
+    assert resp.headers.get("x-should-retry") == "true"
+    assert error_of(resp)["message"].startswith(f"could not reach the upstream at 127.0.0.1:{port} through the "
+                                                f"outbound proxy at 127.0.0.1:{tunnel.port} (")
