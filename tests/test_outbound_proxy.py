@@ -248,9 +248,32 @@ def test_credentials_in_the_config_files_proxy_are_accepted_and_masked(tmp_path:
 
 
 @pytest.mark.parametrize("url", [f"https://bob:{PASSWORD}@127.0.0.1:3128", "socks5://127.0.0.1:1080",
-                                 "socks5h://127.0.0.1:1080", "127.0.0.1:3128"])
+                                 "socks5h://127.0.0.1:1080"])
 def test_only_http_proxies_are_accepted_by_the_flag(url: str) -> None:
     one_error_line(*run_main(["--proxy", url]), "--proxy: only http:// proxies are supported")
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:3128", f"bob:{PASSWORD}@127.0.0.1:3128"])
+def test_a_proxy_url_without_a_scheme_is_said_so_and_shows_no_password(url: str, tmp_path: Any) -> None:
+    # urlsplit reads "bob" as the scheme of bob:PASSWORD@host: there was no netloc to mask.
+    said = "the proxy URL has no scheme (got '"
+    one_error_line(*run_main(["--proxy", url]), f"--proxy: {said}", "): write http:// before it")
+    path = write_config(tmp_path, {"proxy": url})
+    one_error_line(*run_main(["--config", path]), f"--config {path}: proxy: {said}")
+    with pytest.raises(ValueError, match=r"^--proxy: the proxy URL has no scheme") as caught:
+        claudeproxy.start(upstream="http://127.0.0.1:9/v1", proxy=url)
+    assert PASSWORD not in str(caught.value)
+
+
+@pytest.mark.parametrize("url,part", [
+    (f"http://bob:{PASSWORD}/x@127.0.0.1:3128", "not a valid URL"),  # the password read as the port
+    (f"http://bob:{PASSWORD}#x@127.0.0.1:3128", "not a valid URL"),
+    (f"http:///bob:{PASSWORD}@127.0.0.1:3128", "expected an http:// or https:// URL with a host"),
+    (f"http://bob:12/{PASSWORD}@127.0.0.1:3128", "an \"@\" after the proxy's host"),  # host bob, port 12
+])
+def test_a_malformed_proxy_url_shows_no_part_of_the_password(url: str, part: str) -> None:
+    one_error_line(*run_main(["--proxy", url]), f"--proxy: {part}")  # and no password in the line
+    one_error_line(*run_main(["--use-env-proxy"], {"HTTPS_PROXY": url}), f"HTTPS_PROXY: {part}")
 
 
 def test_a_bad_proxy_in_the_config_file_names_the_files_key(tmp_path: Any) -> None:
