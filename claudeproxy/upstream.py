@@ -40,7 +40,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from typing import Any, Callable, Dict, Generator, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Generator, Iterator, List, Mapping, Optional, Tuple, Union
 from urllib.parse import unquote, urlsplit
 
 from . import __version__
@@ -775,29 +775,56 @@ class _ProxyHandler(urllib.request.ProxyHandler):
         # None: the http/https handlers go on, to the proxy (a CONNECT tunnel for https).
 
 
+# NO_PROXY's entries are separated by commas and/or blanks, as curl reads them (Claude Code's docs
+# write "NO_PROXY=localhost example.com"); urllib splits on commas alone.
+_NO_PROXY_SPLIT_RE = re.compile(r"[,\s]+")
+_Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
 def bypasses_proxy(host: str, no_proxy: str) -> bool:
     """Does ``NO_PROXY`` send ``host`` (``name[:port]``, ``[v6]:port``) past the proxy?
 
-    urllib's match (names, domain suffixes, ``*``), and address ranges (``10.0.0.0/8``,
-    ``fd00::/8``), which curl, Go and requests take and urllib compares as text, never matching:
-    a corporate NO_PROXY of ranges sent calls to an in-house server through the proxy. Only an
-    upstream given as an address is matched against a range (no name is looked up), as curl does.
+    Read as curl reads it: ``*`` alone matches everything; a name matches itself and its
+    subdomains (``corp.example`` and ``.corp.example`` match ``llm.corp.example``, not
+    ``xcorp.example``), without case, a trailing dot ignored on either side; an address
+    (``127.0.0.1``, ``::1`` with or without brackets) or a range (``10.0.0.0/8``, ``fd00::/8``)
+    matches an upstream given as an address, compared as addresses (no name is looked up, as in
+    curl); ``:port`` on an entry must be the URL's own. urllib compared addresses and ranges as
+    text and split on commas only: a corporate NO_PROXY of ranges, or written with spaces, sent
+    calls to in-house servers through the proxy.
     """
-    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # not in the stubs
-    if bypass(host, {"no": no_proxy}):
+    entries = [entry for entry in _NO_PROXY_SPLIT_RE.split(no_proxy) if entry]
+    if entries == ["*"]:
         return True
+    parts = urlsplit("//" + host)
+    name = (parts.hostname or "").rstrip(".")
     try:
-        address = ipaddress.ip_address(urlsplit("//" + host).hostname or "")
+        address: Optional[_Address] = ipaddress.ip_address(name)
     except ValueError:
+        address = None
+    return any(_no_proxy_match(entry, name, parts.port, address) for entry in entries)
+
+
+def _no_proxy_match(entry: str, name: str, port: Optional[int], address: Optional[_Address]) -> bool:
+    """Does one NO_PROXY entry match the upstream ``name`` (lower case; ``address`` when it is one)?"""
+    if entry.startswith("["):  # [v6] or [v6]:port
+        entry, _, rest = entry[1:].partition("]")
+        wanted = rest[1:] if rest.startswith(":") else None
+    elif entry.count(":") == 1:  # name:port, v4:port
+        entry, wanted = entry.split(":")
+    else:  # a name, a v4 address or range, a bare v6 one (its colons are no port)
+        wanted = None
+    if wanted is not None and wanted != str(port):
         return False
-    for entry in no_proxy.split(","):
+    entry = entry.lower().rstrip(".")
+    if address is not None:
         try:
-            network = ipaddress.ip_network(entry.strip(), strict=False) if "/" in entry else None
+            network = ipaddress.ip_network(entry, strict=False)  # an address is a range of one
         except ValueError:
-            continue  # not a range: urllib's match had its say
-        if network is not None and network.version == address.version and address in network:
-            return True
-    return False
+            return False  # a name never matches an address
+        return network.version == address.version and address in network
+    entry = entry.lstrip(".")
+    return bool(entry) and (name == entry or name.endswith("." + entry))
 
 
 def proxy_settings(config: Config, environ: Mapping[str, str]) -> Tuple[Dict[str, str], str]:

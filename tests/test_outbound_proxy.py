@@ -156,6 +156,7 @@ def test_no_proxy_leaves_an_explicit_proxy_alone_for_https_upstreams(make_proxy:
     ("127.0.0.0/8", True),  # a range, as curl, Go and requests take it (urllib alone never matched one)
     ("10.0.0.0/8, 127.0.0.1/32", True),
     ("10.0.0.0/8,::1/128", False),  # ranges the upstream is outside of: through the proxy
+    ("corp.example 127.0.0.1", True),  # separated by a blank
 ])
 def test_no_proxy_still_applies_to_the_environments_proxy(make_proxy: Any, fake_upstream: FakeUpstream,
                                                           clean_env: Any, no_proxy: str, direct: bool) -> None:
@@ -185,6 +186,36 @@ def test_no_proxy_still_applies_to_the_environments_proxy(make_proxy: Any, fake_
     ("10.1.2.3", "not/a-range,10.1.2.3", True),
 ])
 def test_no_proxy_address_ranges(host: str, no_proxy: str, bypassed: bool) -> None:
+    from claudeproxy.upstream import bypasses_proxy
+
+    assert bypasses_proxy(host, no_proxy) is bypassed
+
+
+@pytest.mark.parametrize("host,no_proxy,bypassed", [
+    # Entries separated by blanks, as curl reads them (Claude Code's docs write NO_PROXY that way).
+    ("api.corp.test", "foo api.corp.test", True),
+    ("127.0.0.1:8080", "localhost 127.0.0.1", True),
+    ("api.corp.test", "foo,\tbar  api.corp.test ,", True),
+    # A bare IPv6 address, with or without brackets, for an IPv6 literal upstream.
+    ("[::1]:8443", "::1", True),
+    ("[::1]:8443", "localhost,[::1]", True),
+    ("[::1]:8443", "[::1]:8443", True),
+    ("[::1]:8443", "[::1]:9999", False),
+    ("[::1]", "0:0:0:0:0:0:0:1", True),  # compared as addresses, not as text
+    ("[::2]:8443", "::1", False),
+    # A trailing dot (the fully qualified form) on either side.
+    ("api.corp.test", "api.corp.test.", True),
+    ("api.corp.test.:443", "corp.test", True),
+    # What stays as before: suffixes on a dot boundary, no wildcard but "*" alone, ports, case.
+    ("api.corp.test", "orp.test", False),
+    ("api.corp.test", "*.corp.test", False),
+    ("api.corp.test", "*", True),
+    ("API.Corp.Test:8443", ".CORP.test:8443", True),
+    ("api.corp.test:8443", "api.corp.test:443", False),
+    ("10.1.2.3", "2.3", False),  # an address is no name: no suffix match
+    ("localhost:11434", "127.0.0.1", False),  # nor a name an address (no lookup)
+])
+def test_no_proxy_is_read_as_curl_reads_it(host: str, no_proxy: str, bypassed: bool) -> None:
     from claudeproxy.upstream import bypasses_proxy
 
     assert bypasses_proxy(host, no_proxy) is bypassed
