@@ -14,9 +14,10 @@ server), the opener built with:
   pool only when its response was read to its end and closed, and never after
   an abort; a reused connection the upstream closed meanwhile is replaced by a
   fresh one once, only when no byte of the response had arrived;
-- connection classes that use the short connect timeout for the TCP/TLS
-  handshake, then the long idle timeout for reads (S14), and hand the socket
-  to an ``UpstreamCall`` so another thread can abort the call (S11).
+- connection classes that use the short connect timeout for TCP, the proxy's
+  CONNECT and the TLS handshake together, then the long idle timeout for reads
+  (S14), and hand the socket to an ``UpstreamCall`` as soon as TCP is up, so
+  another thread can abort the call, its set-up included (S11).
 Failures come out as ``errors.ProxyError`` subclasses with the status a client
 should see (PROTOCOL.md 4.2, 4.3).
 """
@@ -83,7 +84,17 @@ class UpstreamCall:
         # whatever becomes of the answer.
         self.sent = False
 
+    def hold(self, sock: socket.socket) -> None:
+        """Take ``sock`` while its connection is set up (the proxy's CONNECT, the TLS handshake):
+        an abort shuts it down as an attached one, but a timeout now is no read timeout yet."""
+        with self._lock:
+            self._sock = sock
+            self.reached = True
+            if self.abort_reason is not None:
+                _shutdown(sock)
+
     def attach(self, sock: socket.socket) -> None:
+        """Take ``sock`` once its connection is set up: from now on the call reads its answer."""
         with self._lock:
             self._sock = sock
             self.connected = self.reached = self.tunnelled = True
@@ -246,6 +257,36 @@ class _NoWait(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> Optional[int]:
         return None if self.hold else self.raw.readinto(buffer)  # type: ignore[no-any-return]
+
+    def fileno(self) -> int:
+        return self.raw.fileno()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+class _ReadsBy(io.RawIOBase):
+    """A socket's raw reader whose reads all end by ``deadline`` (monotonic): the proxy's answer to
+    CONNECT within what is left of the connect timeout. A proxy that trickled it a byte a second
+    held the call as long as it liked: each byte started the socket's timeout anew."""
+
+    def __init__(self, raw: Any, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self.raw, self.sock, self.deadline = raw, sock, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> Optional[int]:
+        left = self.deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise socket.timeout()
+            self.sock.settimeout(left)
+            return self.raw.readinto(buffer)  # type: ignore[no-any-return]
+        except socket.timeout:
+            raise socket.timeout("the outbound proxy did not answer CONNECT within the connect timeout") from None
 
     def fileno(self) -> int:
         return self.raw.fileno()  # type: ignore[no-any-return]
@@ -535,12 +576,21 @@ def _tracked(base: Any) -> Any:
             self._pool = pool
             self._tcp = self._create_connection  # type: ignore[has-type]
             self._create_connection = self._first_hop
+            self._set_up_by = 0.0  # when the connect timeout ends (monotonic), set by connect()
 
         def _first_hop(self, *args: Any, **kw: Any) -> socket.socket:
             sock = self._tcp(*args, **kw)
             if self.cp_call is not None:
-                self.cp_call.reached = True  # what fails from now on is past the proxy's door
+                # What fails from now on is past the proxy's door; and the call can end the set-up
+                # (CONNECT, TLS) from another thread: the client left, the deadline passed.
+                self.cp_call.hold(sock)
             return sock  # type: ignore[no-any-return]
+
+        def _time_left(self) -> float:
+            left = self._set_up_by - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("the connection was not set up within the connect timeout")
+            return left
 
         def _tunnel(self) -> None:
             # Before 3.12 http.client leaves the CONNECT's response open, and a refusal's
@@ -549,6 +599,7 @@ def _tracked(base: Any) -> Any:
 
             def response(*args: Any, **kw: Any) -> http.client.HTTPResponse:
                 made.append(_Response(*args, **kw))
+                made[-1].fp = io.BufferedReader(_ReadsBy(made[-1].fp.detach(), self.sock, self._set_up_by))
                 return made[-1]
 
             self.response_class = response  # type: ignore[assignment]
@@ -574,12 +625,34 @@ def _tracked(base: Any) -> Any:
             super()._send_output(message_body, encode_chunked)
 
         def connect(self) -> None:
-            super().connect()  # TCP (+ proxy tunnel + TLS) under the connect timeout
+            # One connect timeout for TCP, the proxy's tunnel and TLS together.
+            self._set_up_by = time.monotonic() + self.timeout
+            if isinstance(self, http.client.HTTPSConnection):
+                http.client.HTTPConnection.connect(self)  # TCP (+ the proxy's tunnel)
+                self.sock = self._handshake()
+            else:
+                super().connect()  # TCP
             if self._pool is not None:
                 self._pool.counted()
             self.sock.settimeout(self._read_timeout)
             if self.cp_call is not None:
                 self.cp_call.attach(self.sock)
+
+        def _handshake(self) -> ssl.SSLSocket:
+            """``HTTPSConnection.connect``'s TLS step (the same from 3.8 to 3.13), but the TLS socket is
+            the call's before the handshake starts, so that an abort ends a handshake that stalls,
+            and the handshake has what is left of the connect timeout."""
+            tls = self._context.wrap_socket(self.sock, server_hostname=self._tunnel_host or self.host,
+                                            do_handshake_on_connect=False)
+            try:
+                if self.cp_call is not None:
+                    self.cp_call.hold(tls)
+                tls.settimeout(self._time_left())
+                tls.do_handshake()
+            except BaseException:
+                tls.close()
+                raise
+            return tls
 
     return Tracked
 

@@ -18,9 +18,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import select
 import socket
 import ssl
 import threading
+import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
@@ -490,3 +492,100 @@ def test_an_upstream_that_drops_the_tunnel_is_worth_a_retry(make_proxy: Any, cle
     assert resp.headers.get("x-should-retry") == "true"
     assert error_of(resp)["message"].startswith(f"could not reach the upstream at 127.0.0.1:{port} through the "
                                                 f"outbound proxy at 127.0.0.1:{tunnel.port} (")
+
+
+# ---------------------------------------------------------------------------
+# The set-up through the proxy (its CONNECT answer, the TLS handshake) is bounded like the rest.
+
+
+class SlowProxy(ConnectProxy):
+    """A proxy that opens no tunnel: it answers CONNECT with a status line and then one header byte
+    every 0.2 s (``trickle``), or with a whole 200 and then nothing (a TLS handshake that stalls).
+    ``released`` is when the caller closed the connection (None while it holds it); it gives up
+    after WAIT_SECONDS."""
+
+    trickle = True
+    WAIT_SECONDS = 8.0
+
+    def __init__(self) -> None:
+        self.released: Optional[float] = None
+        super().__init__()
+
+    def answer(self, client: socket.socket) -> bool:
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n" + (b"" if self.trickle else b"\r\n"))
+        end = time.monotonic() + self.WAIT_SECONDS
+        padding = b"X-Padding: " + b"a" * 1000  # a header line that never ends within the wait
+        sent = 0
+        while time.monotonic() < end and not self._stop.is_set():
+            if self._closed_by_peer(client, 0.2):
+                self.released = time.monotonic()
+                break
+            if self.trickle:
+                client.sendall(padding[sent % len(padding):][:1])
+                sent += 1
+        return False
+
+    @staticmethod
+    def _closed_by_peer(client: socket.socket, wait: float) -> bool:
+        # The caller sends nothing after CONNECT (or only its TLS hello): readable and empty is its close.
+        try:
+            if not select.select([client], [], [], wait)[0]:
+                return False
+            return client.recv(65536) == b""
+        except OSError:
+            return True
+
+
+class StallingTLSProxy(SlowProxy):
+    trickle = False
+
+
+def test_a_proxy_that_trickles_its_connect_answer_is_held_to_the_connect_timeout(make_proxy: Any, clean_env: Any,
+                                                                                 tunnels: Any) -> None:
+    """Each byte started the socket's timeout anew: the call lasted as long as the proxy went on."""
+    tunnel = tunnels(SlowProxy)
+    server = make_proxy(upstream=NAMED_UPSTREAM["https"], proxy=f"http://127.0.0.1:{tunnel.port}", connect_timeout=1)
+    began = time.monotonic()
+    resp = send(server)
+    assert time.monotonic() - began < 4, resp  # the proxy trickles for 8 s
+    assert resp.status == 502, resp
+    assert "did not answer CONNECT within the connect timeout" in error_of(resp)["message"]
+    assert resp.headers.get("x-should-retry") == "true"
+
+
+@pytest.mark.parametrize("kind", [SlowProxy, StallingTLSProxy])
+def test_the_deadline_ends_a_call_stuck_in_the_proxys_tunnel_or_the_tls_handshake(make_proxy: Any, clean_env: Any,
+                                                                                  tunnels: Any, kind: Any) -> None:
+    tunnel = tunnels(kind)
+    server = make_proxy(upstream=NAMED_UPSTREAM["https"], proxy=f"http://127.0.0.1:{tunnel.port}",
+                        connect_timeout=8, request_timeout=1)
+    began = time.monotonic()
+    resp = send(server)
+    assert time.monotonic() - began < 4, resp
+    assert resp.status == 504, resp
+    assert error_of(resp)["message"] == "upstream did not finish in time"
+    deadline = time.monotonic() + 2
+    while tunnel.released is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert tunnel.released is not None  # the connection to the proxy was let go, not left to its timeout
+
+
+@pytest.mark.parametrize("kind", [SlowProxy, StallingTLSProxy])
+def test_a_client_that_leaves_ends_the_set_up_through_the_proxy(make_proxy: Any, clean_env: Any, tunnels: Any,
+                                                                kind: Any) -> None:
+    tunnel = tunnels(kind)
+    server = make_proxy(upstream=NAMED_UPSTREAM["https"], proxy=f"http://127.0.0.1:{tunnel.port}", connect_timeout=8)
+    body = json.dumps(minimal_request()).encode()
+    head = (f"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"x-api-key: {CLIENT_KEY}\r\nanthropic-version: 2023-06-01\r\nContent-Length: {len(body)}\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", server.address[1]), timeout=5) as client:
+        client.sendall(head.encode() + body)
+        deadline = time.monotonic() + 5
+        while tunnel.tunnels == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert tunnel.tunnels == 1
+        time.sleep(0.3)  # into the trickle, or the handshake
+    left = time.monotonic()
+    while tunnel.released is None and time.monotonic() < left + 3:
+        time.sleep(0.02)
+    assert tunnel.released is not None and tunnel.released - left < 2
