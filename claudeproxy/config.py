@@ -12,7 +12,7 @@ import dataclasses
 import ipaddress
 import math
 import re
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 from .dialects import DEFAULT_AZURE_API_VERSION
@@ -321,6 +321,27 @@ def env_proxies(environ: Mapping[str, str]) -> Tuple[Dict[str, str], str]:
         if value:
             proxies[scheme] = check_proxy_url(value if "://" in value else "http://" + value, name)
     return proxies, _env_var(environ, "no_proxy")[1]
+
+
+# The variables that name an outbound proxy (any case). ALL_PROXY is never read, even with
+# --use-env-proxy, but a laptop that sets it wants the same hint as one that sets HTTPS_PROXY.
+_PROXY_VARIABLES = ("https_proxy", "http_proxy", "all_proxy")
+
+
+def unused_proxy_variables(config: Config, environ: Mapping[str, str]) -> List[str]:
+    """The proxy variables set in ``environ`` that nothing will read: without --proxy or
+    --use-env-proxy the environment's proxy is not used (RELIABILITY.md S8), and on a corporate
+    laptop that looks like a network that is down."""
+    if config.proxy or config.use_env_proxy:
+        return []
+    return sorted(name for name, value in environ.items() if name.lower() in _PROXY_VARIABLES and value.strip())
+
+
+def unused_proxy_hint(names: List[str]) -> str:
+    """What to say about ``unused_proxy_variables``: that they are not used, and how to use them."""
+    verb = "is" if len(names) == 1 else "are"
+    return (f"{', '.join(names)} {verb} set in the environment but not used: pass --use-env-proxy to go through "
+            "the proxy named there, or --proxy URL")
 
 
 # scheme://host[:port]: a name or an [IPv6] literal, no wildcard, userinfo, path or query.

@@ -45,7 +45,7 @@ from typing import Any, Callable, Dict, Generator, Iterator, List, Mapping, Opti
 from urllib.parse import unquote, urlsplit
 
 from . import __version__
-from .config import Config, env_proxies
+from .config import Config, env_proxies, is_loopback_host, unused_proxy_hint, unused_proxy_variables
 from .ending import abort_error
 from .errors import NO_RETRY, UpstreamNotJson, UpstreamTimeout, UpstreamUnavailable, error_from_status
 from .http_head import read_headers
@@ -936,6 +936,8 @@ class Upstream:
         self.config = config
         self.pool = ConnectionPool(config.max_idle_per_host)
         self.opener = build_opener(config, self.pool)
+        # HTTPS_PROXY and the like that no setting lets us use, for the "could not reach" message.
+        self.unused_proxies = unused_proxy_variables(config, os.environ)
 
     def close(self) -> None:
         self.pool.close()
@@ -984,7 +986,7 @@ class Upstream:
                 raise _proxy_auth_refused(proxy) from None
             raise error_from_status(exc.code, body_bytes, exc.headers, secrets) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
-            raise _transport_error(exc, call, req, secrets) from None
+            raise _transport_error(exc, call, req, secrets, self.unused_proxies) from None
         try:
             decoder = content_decoder(resp.headers)
         except UpstreamUnavailable:
@@ -1052,7 +1054,7 @@ def _proxy_auth_refused(proxy: str) -> UpstreamUnavailable:
 
 
 def _transport_error(exc: BaseException, call: UpstreamCall, req: urllib.request.Request,
-                     secrets: Tuple[str, ...]) -> Exception:
+                     secrets: Tuple[str, ...], unused_proxies: List[str]) -> Exception:
     aborted = abort_error(call.abort_reason)
     if aborted is not None:
         return aborted  # our own abort (client gone, shutdown, deadline) made the call fail
@@ -1068,7 +1070,11 @@ def _transport_error(exc: BaseException, call: UpstreamCall, req: urllib.request
     lasting = _lasting_failure(reason, f"the upstream at {host}", detail)
     if lasting is not None:
         return lasting
-    return UpstreamUnavailable(f"could not reach the upstream at {host} ({detail})", headers=(_RETRY,))
+    # The corporate laptop: the upstream is reachable only through the proxy its HTTPS_PROXY names.
+    hint = ""
+    if unused_proxies and not is_loopback_host(parts.hostname or ""):
+        hint = f"; {unused_proxy_hint(unused_proxies)}"
+    return UpstreamUnavailable(f"could not reach the upstream at {host} ({detail}){hint}", headers=(_RETRY,))
 
 
 def _lasting_failure(reason: BaseException, where: str, detail: str,

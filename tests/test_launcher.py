@@ -322,6 +322,15 @@ def test_an_upstream_that_refuses_connections_is_said_on_the_terminal(run_standi
     assert rec["with_token"]["status"] == 200
 
 
+def test_an_unused_environment_proxy_is_said_on_the_terminal(run_standin: Any, tmp_path: Any) -> None:
+    env = base_env(tmp_path, HTTPS_PROXY="http://127.0.0.1:9")
+    code, err, _ = run_standin("--exit", "0", env=env, options=("--upstream", "https://api.example.test/v1",
+                                                                 "--model", "m", "--api-key", "sk-test-0123456789"))
+    assert code == 0, err
+    assert ("claudeproxy: warning: HTTPS_PROXY is set in the environment but not used: pass --use-env-proxy to go "
+            "through the proxy named there, or --proxy URL") in err.splitlines(), err
+
+
 class _Running:
     """What unreachable_upstreams reads of a running server: its providers' URLs."""
 

@@ -589,3 +589,47 @@ def test_a_client_that_leaves_ends_the_set_up_through_the_proxy(make_proxy: Any,
     while tunnel.released is None and time.monotonic() < left + 3:
         time.sleep(0.02)
     assert tunnel.released is not None and tunnel.released - left < 2
+
+
+# ---------------------------------------------------------------------------
+# HTTPS_PROXY set, but no --proxy or --use-env-proxy: said at start, and when a call cannot get through.
+
+UNUSED = "are set in the environment but not used: pass --use-env-proxy to go through the proxy named there, or --proxy URL"
+
+
+@pytest.mark.parametrize("settings,environ,said", [
+    ({}, {"HTTPS_PROXY": f"http://bob:{PASSWORD}@127.0.0.1:3128", "all_proxy": "http://127.0.0.1:3128"},
+     [f"HTTPS_PROXY, all_proxy {UNUSED}"]),
+    ({}, {"http_proxy": "127.0.0.1:3128", "NO_PROXY": "x"}, [f"http_proxy {UNUSED.replace('are', 'is', 1)}"]),
+    ({}, {"HTTPS_PROXY": " ", "NO_PROXY": "x"}, []),  # empty: nothing is set
+    ({"use_env_proxy": True}, {"HTTPS_PROXY": "http://127.0.0.1:3128", "ALL_PROXY": "http://127.0.0.1:3128"}, []),
+    ({"proxy": "http://127.0.0.1:3128"}, {"HTTPS_PROXY": "http://127.0.0.1:3128"}, []),
+    ({"upstream": "http://localhost:11434/v1"}, {"HTTPS_PROXY": "http://127.0.0.1:3128"}, []),  # no proxy needed
+])
+def test_an_unused_environment_proxy_is_said_once_at_start(make_proxy: Any, clean_env: Any, caplog: Any,
+                                                           settings: Dict[str, Any], environ: Dict[str, str],
+                                                           said: List[str]) -> None:
+    server = make_proxy(**{"upstream": NAMED_UPSTREAM["https"], **settings})
+    assert cli.unused_proxies(server.server, environ) == said
+    with caplog.at_level("WARNING", logger="claudeproxy"):
+        cli._warn_about(server.server, environ)  # noqa: SLF001  # what serve and run log at start
+    assert [r.getMessage() for r in caplog.records if "set in the environment" in r.getMessage()] == said
+
+
+def test_could_not_reach_says_that_the_environments_proxy_is_not_used(make_proxy: Any, clean_env: Any) -> None:
+    clean_env.setenv("https_proxy", f"http://bob:{PASSWORD}@127.0.0.1:3128")
+    server = make_proxy(upstream=NAMED_UPSTREAM["https"], connect_timeout=3)
+    resp = send(server)
+    assert resp.status == 502, resp
+    message = error_of(resp)["message"]
+    assert message.startswith("could not reach the upstream at api.example.test ("), message
+    assert message.endswith(f"); https_proxy {UNUSED.replace('are', 'is', 1)}"), message
+    assert PASSWORD not in message
+
+
+def test_could_not_reach_a_local_upstream_says_nothing_of_proxies(make_proxy: Any, clean_env: Any,
+                                                                  refused_port: int) -> None:
+    clean_env.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    server = make_proxy(upstream=f"http://127.0.0.1:{refused_port}/v1")
+    message = error_of(send(server))["message"]
+    assert message.startswith(f"could not reach the upstream at 127.0.0.1:{refused_port} (") and "PROXY" not in message
