@@ -69,7 +69,7 @@ from .redact import configured_secrets, redact_text, redact_url
 from .routing import build_router
 from .server import ProxyServer, drain_and_close
 from .settings_view import describe_config
-from .upstream import tls_context
+from .upstream import proxy_urls, tls_context
 
 log = logging.getLogger("claudeproxy")
 
@@ -574,9 +574,14 @@ def key_secrets(config: Config) -> Tuple[str, ...]:
 
 def fixed_secrets(config: Config) -> Tuple[str, ...]:
     """Credentials written into the configuration: the upstream URLs' query keys and userinfo
-    passwords, the values of credential headers (``--header``, providers' headers)."""
+    passwords, the values of credential headers (``--header``, providers' headers), the outbound
+    proxy's password (``--proxy``, or the environment's with ``--use-env-proxy``)."""
     places = [(p.url, p.headers) for p in config.providers] + [(config.upstream or "", config.headers)]
-    return configured_secrets(places + [(config.proxy or "", ())])
+    try:
+        proxies = proxy_urls(config, os.environ)  # the environment the server's calls see
+    except ValueError:
+        proxies = [config.proxy or ""]  # a bad environment proxy: the start stops on it anyway
+    return configured_secrets(places + [(url, ()) for url in proxies])
 
 
 class _JsonFormatter(logging.Formatter):

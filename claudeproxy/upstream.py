@@ -910,6 +910,12 @@ def proxy_settings(config: Config, environ: Mapping[str, str]) -> Tuple[Dict[str
     return {}, ""
 
 
+def proxy_urls(config: Config, environ: Mapping[str, str]) -> List[str]:
+    """The outbound proxy URLs calls go through: --proxy, or with --use-env-proxy the environment's.
+    Their passwords are secrets to mask wherever they came from (ValueError for a bad one)."""
+    return sorted(set(proxy_settings(config, environ)[0].values()))
+
+
 def build_opener(config: Config, pool: Optional[ConnectionPool] = None) -> urllib.request.OpenerDirector:
     proxies, no_proxy = proxy_settings(config, os.environ)
     pooled = _PooledOpen(pool or ConnectionPool(config.max_idle_per_host), config.idle_timeout)
@@ -936,6 +942,7 @@ class Upstream:
         self.config = config
         self.pool = ConnectionPool(config.max_idle_per_host)
         self.opener = build_opener(config, self.pool)
+        self.proxy_urls = proxy_urls(config, os.environ)  # their passwords: for the secrets to mask
         # HTTPS_PROXY and the like that no setting lets us use, for the "could not reach" message.
         self.unused_proxies = unused_proxy_variables(config, os.environ)
 

@@ -43,9 +43,9 @@ NAMED_UPSTREAM = {"http": "http://api.example.test/v1", "https": "https://api.ex
 class StatusProxy(LoopbackListener):
     """An outbound proxy on 127.0.0.1 that answers every request, CONNECT too, with one status."""
 
-    def __init__(self, status: str) -> None:
+    def __init__(self, status: str, body: bytes = b"") -> None:
         self.answer = (f"HTTP/1.1 {status}\r\nProxy-Authenticate: Basic realm=\"corp\"\r\n"
-                       "Content-Length: 0\r\nConnection: close\r\n\r\n").encode("ascii")
+                       f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode("ascii") + body
         self.heads: List[str] = []
         super().__init__()
 
@@ -102,8 +102,8 @@ def clean_env(monkeypatch: Any) -> Any:
 def refusing() -> Iterator[Any]:
     made: List[StatusProxy] = []
 
-    def make(status: str) -> StatusProxy:
-        made.append(StatusProxy(status))
+    def make(status: str, body: bytes = b"") -> StatusProxy:
+        made.append(StatusProxy(status, body))
         return made[-1]
 
     yield make
@@ -633,3 +633,30 @@ def test_could_not_reach_a_local_upstream_says_nothing_of_proxies(make_proxy: An
     server = make_proxy(upstream=f"http://127.0.0.1:{refused_port}/v1")
     message = error_of(send(server))["message"]
     assert message.startswith(f"could not reach the upstream at 127.0.0.1:{refused_port} (") and "PROXY" not in message
+
+
+# ---------------------------------------------------------------------------
+# The proxy's password is masked alike, from --proxy or from the environment.
+
+
+@pytest.mark.parametrize("given", ["flag", "environment"])
+def test_the_proxy_password_is_masked_wherever_it_came_from(make_proxy: Any, clean_env: Any, refusing: Any,
+                                                             given: str) -> None:
+    # A corporate proxy's refusal page that echoes the credentials it refused (no "password:" to go by).
+    outbound = refusing("403 Forbidden", f"<html>bob / {PASSWORD} may not go there</html>".encode())
+    url = f"http://bob:{PASSWORD}@127.0.0.1:{outbound.port}"
+    if given == "flag":
+        server = make_proxy(upstream=NAMED_UPSTREAM["http"], proxy=url)
+    else:
+        clean_env.setenv("HTTP_PROXY", url)
+        server = make_proxy(upstream=NAMED_UPSTREAM["http"], use_env_proxy=True)
+    resp = send(server)
+    assert len(outbound.seen()) == 1 and resp.status == 403, resp  # the refusal came, through the proxy
+    assert PASSWORD not in resp.body.decode() and "bob / ***" in resp.body.decode(), resp
+
+
+def test_the_log_masks_the_environments_proxy_password(clean_env: Any) -> None:
+    clean_env.setenv("https_proxy", f"bob:{PASSWORD}@127.0.0.1:3128")  # no scheme: http:// all the same
+    config = claudeproxy.Config(upstream="https://api.example.test/v1", use_env_proxy=True)
+    assert PASSWORD in cli.fixed_secrets(config) and PASSWORD in cli.secrets_source(config)()
+    assert PASSWORD not in cli.fixed_secrets(config.replace(use_env_proxy=False))
