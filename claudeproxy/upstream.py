@@ -838,7 +838,8 @@ class _ProxyHandler(urllib.request.ProxyHandler):
         self._no_proxy = no_proxy
 
     def proxy_open(self, req: urllib.request.Request, proxy: str, kind: str) -> None:
-        if self._no_proxy and req.host and bypasses_proxy(req.host, self._no_proxy):
+        port = 443 if req.type == "https" else 80  # the URL's when it names none
+        if self._no_proxy and req.host and bypasses_proxy(req.host, self._no_proxy, port):
             return  # straight to the upstream
         parts = urlsplit(proxy)
         if parts.username and parts.password:  # as urllib: a user alone sends no Proxy-Authorization
@@ -854,7 +855,7 @@ _NO_PROXY_SPLIT_RE = re.compile(r"[,\s]+")
 _Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
-def bypasses_proxy(host: str, no_proxy: str) -> bool:
+def bypasses_proxy(host: str, no_proxy: str, default_port: Optional[int] = None) -> bool:
     """Does ``NO_PROXY`` send ``host`` (``name[:port]``, ``[v6]:port``) past the proxy?
 
     Read as curl reads it: ``*`` alone matches everything; a name matches itself and its
@@ -862,9 +863,9 @@ def bypasses_proxy(host: str, no_proxy: str) -> bool:
     ``xcorp.example``), without case, a trailing dot ignored on either side; an address
     (``127.0.0.1``, ``::1`` with or without brackets) or a range (``10.0.0.0/8``, ``fd00::/8``)
     matches an upstream given as an address, compared as addresses (no name is looked up, as in
-    curl); ``:port`` on an entry must be the URL's own. urllib compared addresses and ranges as
-    text and split on commas only: a corporate NO_PROXY of ranges, or written with spaces, sent
-    calls to in-house servers through the proxy.
+    curl); ``:port`` on an entry must be the URL's own (``default_port`` when it names none).
+    urllib compared addresses and ranges as text and split on commas only: a corporate NO_PROXY
+    of ranges, or written with spaces, sent calls to in-house servers through the proxy.
     """
     entries = [entry for entry in _NO_PROXY_SPLIT_RE.split(no_proxy) if entry]
     if entries == ["*"]:
@@ -875,7 +876,8 @@ def bypasses_proxy(host: str, no_proxy: str) -> bool:
         address: Optional[_Address] = ipaddress.ip_address(name)
     except ValueError:
         address = None
-    return any(_no_proxy_match(entry, name, parts.port, address) for entry in entries)
+    port = parts.port or default_port
+    return any(_no_proxy_match(entry, name, port, address) for entry in entries)
 
 
 def _no_proxy_match(entry: str, name: str, port: Optional[int], address: Optional[_Address]) -> bool:

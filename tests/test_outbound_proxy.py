@@ -214,13 +214,30 @@ def test_no_proxy_address_ranges(host: str, no_proxy: str, bypassed: bool) -> No
     ("api.corp.test", "*", True),
     ("API.Corp.Test:8443", ".CORP.test:8443", True),
     ("api.corp.test:8443", "api.corp.test:443", False),
+    ("api.corp.test", "api.corp.test:8443", False),
     ("10.1.2.3", "2.3", False),  # an address is no name: no suffix match
     ("localhost:11434", "127.0.0.1", False),  # nor a name an address (no lookup)
 ])
 def test_no_proxy_is_read_as_curl_reads_it(host: str, no_proxy: str, bypassed: bool) -> None:
     from claudeproxy.upstream import bypasses_proxy
 
-    assert bypasses_proxy(host, no_proxy) is bypassed
+    assert bypasses_proxy(host, no_proxy, 443) is bypassed
+
+
+@pytest.mark.parametrize("scheme,no_proxy,bypassed", [
+    ("https", "api.example.test:443", True),  # an entry's port against the URL's default one
+    ("http", "api.example.test:80", True),
+    ("https", "api.example.test:80", False),
+])
+def test_a_no_proxy_port_is_matched_against_the_urls_default_port(make_proxy: Any, clean_env: Any, refusing: Any,
+                                                                  scheme: str, no_proxy: str, bypassed: bool) -> None:
+    outbound = refusing("403 Forbidden")
+    clean_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{outbound.port}")
+    clean_env.setenv("HTTPS_PROXY", f"http://127.0.0.1:{outbound.port}")
+    clean_env.setenv("NO_PROXY", no_proxy)
+    server = make_proxy(upstream=NAMED_UPSTREAM[scheme], use_env_proxy=True)
+    message = error_of(send(server))["message"]
+    assert (outbound.seen() == []) is bypassed, message  # direct: a name no one resolves
 
 
 def test_schemeless_environment_proxy_with_credentials_is_http(make_proxy: Any, fake_upstream: FakeUpstream,
