@@ -611,7 +611,8 @@ def test_a_client_that_leaves_ends_the_set_up_through_the_proxy(make_proxy: Any,
 # ---------------------------------------------------------------------------
 # HTTPS_PROXY set, but no --proxy or --use-env-proxy: said at start, and when a call cannot get through.
 
-UNUSED = "are set in the environment but not used: pass --use-env-proxy to go through the proxy named there, or --proxy URL"
+UNUSED = ("are set in the environment but not used: pass --use-env-proxy to go through the proxy named there, "
+          "or --proxy URL")
 
 
 @pytest.mark.parametrize("settings,environ,said", [
