@@ -22,6 +22,7 @@ import os
 import re
 import textwrap
 from typing import Dict, List, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
 
 # The model Claude Code 2.1.331 asks for when ANTHROPIC_MODEL is not set.
 DEFAULT_MODEL = "claude-opus-5-5"
@@ -45,8 +46,9 @@ DROPPED: Tuple[Tuple[Tuple[str, ...], str], ...] = (
      "each switches Claude Code to another provider"),
 )
 
-# (name, value, why). The first two always point the command at this proxy; the rest are
-# defaults that the user's own environment overrides.
+# (name, value, why). The first two always point the command at this proxy; NO_PROXY keeps the
+# user's entries and gains the loopback ones; the rest are defaults that the user's own
+# environment overrides.
 VARIABLES: Tuple[Tuple[str, str, str], ...] = (
     ("ANTHROPIC_BASE_URL", "http://127.0.0.1:PORT", "every request goes to this proxy"),
     ("ANTHROPIC_AUTH_TOKEN", "the proxy's client key: --auth-key, else your ANTHROPIC_AUTH_TOKEN, else a random "
@@ -63,7 +65,12 @@ VARIABLES: Tuple[Tuple[str, str, str], ...] = (
      "not know (ANTHROPIC_MODEL=<upstream model>)"),
     ("CLAUDE_CODE_MAX_OUTPUT_TOKENS", "the routed model's output cap", "max_tokens of every request, so none "
      "asks for more than the model can give"),
+    ("NO_PROXY", "your NO_PROXY (or no_proxy) plus 127.0.0.1,localhost and the proxy's own address; no_proxy "
+     "the same", "with HTTP(S)_PROXY set, the calls to this proxy would go to that proxy instead: in clear "
+     "text, session token and prompts included, and mostly refused"),
 )
+# The loopback names every command must reach directly (the proxy's own address is added to them).
+LOOPBACK_NO_PROXY = ("127.0.0.1", "localhost")
 
 
 def context_value(window: int) -> int:
@@ -90,7 +97,21 @@ def child_env(parent: Mapping[str, str], base_url: str, token: str, context_wind
         env.setdefault("CLAUDE_CODE_MAX_CONTEXT_TOKENS", str(context_value(context_window)))
     if output_cap:
         env.setdefault("CLAUDE_CODE_MAX_OUTPUT_TOKENS", str(output_cap))
+    # Both spellings: tools differ in which one they read first (curl and Node's proxy-from-env:
+    # no_proxy), so each keeps the user's entries, from the other spelling when it is unset.
+    direct = LOOPBACK_NO_PROXY + ((urlsplit(base_url).hostname or "127.0.0.1"),)
+    for name, other in (("NO_PROXY", "no_proxy"), ("no_proxy", "NO_PROXY")):
+        env[name] = with_entries(parent.get(name, parent.get(other, "")), direct)
     return env
+
+
+def with_entries(no_proxy: str, entries: Tuple[str, ...]) -> str:
+    """``no_proxy`` with each of ``entries`` it lacks added at its end; the user's text stays as it is.
+    Entries are separated by commas and/or blanks (as curl reads them) and compared without case."""
+    present = {e.lower() for e in re.split(r"[,\s]+", no_proxy) if e}
+    missing = [e for e in dict.fromkeys(entries) if e.lower() not in present]
+    kept = no_proxy.strip().rstrip(",").strip()
+    return ",".join(([kept] if kept else []) + missing)
 
 
 def default_model(env: Mapping[str, str]) -> str:
@@ -155,10 +176,12 @@ def port_given(argv: List[str], default: int) -> int:
 
 
 def help_footer(port: int) -> str:
-    """The two-line recipe that ends ``claudeproxy --help``."""
+    """The recipe that ends ``claudeproxy --help``: in one step, and by hand."""
     return ("Run Claude Code through it in one step:  claudeproxy run --upstream URL --model NAME -- claude\n"
             f"Or by hand:  ANTHROPIC_BASE_URL=http://127.0.0.1:{port} ANTHROPIC_AUTH_TOKEN=<--auth-key or any> "
-            "CLAUDE_CODE_AUTO_MODE_SERVER=0 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_AUTOUPDATER=1 claude")
+            "CLAUDE_CODE_AUTO_MODE_SERVER=0 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_AUTOUPDATER=1 claude\n"
+            "With HTTP(S)_PROXY set, also add 127.0.0.1,localhost to NO_PROXY and no_proxy (run does), or Claude "
+            "Code sends its calls to that proxy")
 
 
 def _wrap(text: str, indent: str = "", more: str = "") -> str:

@@ -56,6 +56,8 @@ from .config import (
     setting_name,
     static_token,
     unset_variable,
+    unused_proxy_hint,
+    unused_proxy_variables,
 )
 from .config_file import ConfigError, FileConfig, FlagSpec, parse_config
 from .credentials import DEFAULT_TTL, CommandToken, command_argv, command_token, current_secrets, key_source
@@ -67,7 +69,7 @@ from .redact import configured_secrets, redact_text, redact_url
 from .routing import build_router
 from .server import ProxyServer, drain_and_close
 from .settings_view import describe_config
-from .upstream import tls_context
+from .upstream import proxy_urls, tls_context
 
 log = logging.getLogger("claudeproxy")
 
@@ -588,9 +590,14 @@ def key_secrets(config: Config) -> Tuple[str, ...]:
 
 def fixed_secrets(config: Config) -> Tuple[str, ...]:
     """Credentials written into the configuration: the upstream URLs' query keys and userinfo
-    passwords, the values of credential headers (``--header``, providers' headers)."""
+    passwords, the values of credential headers (``--header``, providers' headers), the outbound
+    proxy's password (``--proxy``, or the environment's with ``--use-env-proxy``)."""
     places = [(p.url, p.headers) for p in config.providers] + [(config.upstream or "", config.headers)]
-    return configured_secrets(places + [(config.proxy or "", ())])
+    try:
+        proxies = proxy_urls(config, os.environ)  # the environment the server's calls see
+    except ValueError:
+        proxies = [config.proxy or ""]  # a bad environment proxy: the start stops on it anyway
+    return configured_secrets(places + [(url, ()) for url in proxies])
 
 
 class _JsonFormatter(logging.Formatter):
@@ -709,12 +716,12 @@ def _describe(server: ProxyServer) -> str:
     return f"claudeproxy listening on http://{shown}:{port} -> {where}{mode}"
 
 
-def _warn_about(server: ProxyServer) -> None:
+def _warn_about(server: ProxyServer, environ: Mapping[str, str]) -> None:
     for provider in server.proxy.router.providers.values():
         parts = urlsplit(provider.url)
         if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
             log.warning("the upstream %s uses plain http: the API key travels unencrypted", provider.name)
-    for line in keyless_upstreams(server):
+    for line in keyless_upstreams(server) + unused_proxies(server, environ):
         log.warning("%s", line)
     for route in server.proxy.router.routes:
         log.info("route %s -> %s/%s", route.match, route.target.provider, route.target.model or "(client's model)")
@@ -733,6 +740,15 @@ def keyless_upstreams(server: ProxyServer) -> List[str]:
                    "give it api_key_env or api_key_command in the config file")
             lines.append(f"the upstream {provider.name} ({host}) gets no API key: expect 401s ({how})")
     return lines
+
+
+def unused_proxies(server: ProxyServer, environ: Mapping[str, str]) -> List[str]:
+    """One line when the environment names a proxy that no setting lets the proxy use (HTTPS_PROXY
+    without --use-env-proxy): its upstream calls would fail as if the network were down. Nothing
+    when every upstream is on this machine, which no proxy is needed for."""
+    names = unused_proxy_variables(server.config, environ)
+    hosts = [urlsplit(p.url).hostname or "" for p in server.proxy.router.providers.values()]
+    return [unused_proxy_hint(names)] if names and not all(is_loopback_host(h) for h in hosts) else []
 
 
 def _on_the_internet(host: str) -> bool:
@@ -770,7 +786,7 @@ def serve(config: Config, stdout: TextIO, metrics_path: Optional[str] = None) ->
     # Signals first: a script that reads the line below may send SIGTERM at once.
     previous = _install_signals(stopping) if threading.current_thread() is threading.main_thread() else {}
     print(_describe(server), file=stdout, flush=True)
-    _warn_about(server)
+    _warn_about(server, os.environ)  # the environment the server's upstream calls see
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
     thread.start()
     # After listening, not before: the probe may take its whole bound and must not delay the start.

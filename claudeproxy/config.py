@@ -12,12 +12,12 @@ import dataclasses
 import ipaddress
 import math
 import re
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 from .dialects import DEFAULT_AZURE_API_VERSION
 from .model_facts import ModelFacts
-from .redact import redact_url
+from .redact import MASK, redact_url
 
 # A token source returns the upstream credential each time it is called, so a
 # caller can plug in a refresher (a key command, OAuth, a vault) instead of a static key.
@@ -239,9 +239,12 @@ def check_url(value: str, setting: str, credentials: bool = False) -> str:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError as exc:
-        raise ValueError(f"{setting}: not a valid URL ({exc})") from None
+        # The error quotes the "port": with an "@" further on, a password that an unencoded "/", "?"
+        # or "#" cut short (http://user:pa/ss@host reads "pa" as the port).
+        why = exc if "@" not in url else "a port that is no number, or a user or password to percent-encode"
+        raise ValueError(f"{setting}: not a valid URL ({why})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{setting}: expected an http:// or https:// URL with a host, got {redact_url(url)!r}")
+        raise ValueError(f"{setting}: expected an http:// or https:// URL with a host, got {shown_url(url)!r}")
     if "@" in parts.netloc and not credentials:
         raise ValueError(f"{setting}: credentials in the URL are not allowed; give the key separately")
     if parts.fragment:
@@ -254,19 +257,38 @@ def check_url(value: str, setting: str, credentials: bool = False) -> str:
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
+def shown_url(url: str) -> str:
+    """A URL that failed a check, fit for the message: ``redact_url``, and everything before its last
+    "@" masked, also where it does not parse as user info (``user:pass@host`` without a scheme,
+    ``http:///user:pass@host``, a password with an unencoded "/")."""
+    scheme = _SCHEME_RE.match(url)
+    head = scheme.group(0) if scheme else ""
+    if "@" in url[len(head):]:
+        url = head + MASK + "@" + url.rpartition("@")[2]
+    return redact_url(url)
+
+
 def check_proxy_url(value: str, setting: str) -> str:
     """An outbound proxy's URL: http:// only; ``user:password@`` allowed, the only way to give them.
 
     urllib cannot speak TLS to a proxy: with https:// the CONNECT, credentials and all, would go
     in clear text; and it has no SOCKS. HTTPS upstreams go through an http:// proxy all the same
-    (tunnelled with CONNECT, TLS end to end).
+    (tunnelled with CONNECT, TLS end to end). No message shows the user or password.
     """
     url = value.strip()
     scheme = _SCHEME_RE.match(url)
-    if not scheme or scheme.group(1).lower() != "http":
+    if not scheme:
+        raise ValueError(f"{setting}: the proxy URL has no scheme (got {shown_url(url)!r}): write http:// before it")
+    if scheme.group(1).lower() != "http":
         raise ValueError(f"{setting}: only http:// proxies are supported (HTTPS upstreams still go through "
-                         f"one, tunnelled with CONNECT), got {redact_url(url)!r}")
-    return check_url(url, setting, credentials=True)
+                         f"one, tunnelled with CONNECT), got {shown_url(url)!r}")
+    checked = check_url(url, setting, credentials=True)
+    rest = urlsplit(checked)
+    if "@" in rest.path + rest.query + rest.fragment:
+        # http://user:12/pass@host parses as the host "user" on port 12, the password in the path.
+        raise ValueError(f"{setting}: an \"@\" after the proxy's host (got {shown_url(url)!r}): percent-encode "
+                         "\"/\", \"?\", \"#\" and \"@\" in the user and password")
+    return checked
 
 
 def _env_var(environ: Mapping[str, str], key: str) -> Tuple[str, str]:
@@ -299,6 +321,27 @@ def env_proxies(environ: Mapping[str, str]) -> Tuple[Dict[str, str], str]:
         if value:
             proxies[scheme] = check_proxy_url(value if "://" in value else "http://" + value, name)
     return proxies, _env_var(environ, "no_proxy")[1]
+
+
+# The variables that name an outbound proxy (any case). ALL_PROXY is never read, even with
+# --use-env-proxy, but a laptop that sets it wants the same hint as one that sets HTTPS_PROXY.
+_PROXY_VARIABLES = ("https_proxy", "http_proxy", "all_proxy")
+
+
+def unused_proxy_variables(config: Config, environ: Mapping[str, str]) -> List[str]:
+    """The proxy variables set in ``environ`` that nothing will read: without --proxy or
+    --use-env-proxy the environment's proxy is not used (RELIABILITY.md S8), and on a corporate
+    laptop that looks like a network that is down."""
+    if config.proxy or config.use_env_proxy:
+        return []
+    return sorted(name for name, value in environ.items() if name.lower() in _PROXY_VARIABLES and value.strip())
+
+
+def unused_proxy_hint(names: List[str]) -> str:
+    """What to say about ``unused_proxy_variables``: that they are not used, and how to use them."""
+    verb = "is" if len(names) == 1 else "are"
+    return (f"{', '.join(names)} {verb} set in the environment but not used: pass --use-env-proxy to go through "
+            "the proxy named there, or --proxy URL")
 
 
 # scheme://host[:port]: a name or an [IPv6] literal, no wildcard, userinfo, path or query.

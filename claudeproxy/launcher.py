@@ -416,14 +416,15 @@ def _session(ns: argparse.Namespace, config: Config, typed: str, argv: List[str]
         return 2
     try:
         log.info("%s", cli._describe(running.server))  # noqa: SLF001
-        cli._warn_about(running.server)  # noqa: SLF001
+        cli._warn_about(running.server, environ)  # noqa: SLF001
         env = command_env(running, config, environ)
         print(f"claudeproxy: proxy on {running.url} (usage page {page_address(running.url, page_key)}), "
               f"log in {log_path}", file=stderr, flush=True)
         for line in unreachable_upstreams(running, config):
             log.warning("%s", line)
             print(f"claudeproxy: warning: {line}", file=stderr, flush=True)
-        for line in cli.keyless_upstreams(running.server):  # logged already (_warn_about): the terminal too
+        # Logged already (_warn_about): the terminal too.
+        for line in cli.keyless_upstreams(running.server) + cli.unused_proxies(running.server, environ):
             print(f"claudeproxy: warning: {line}", file=stderr, flush=True)
         if looks_like_claude(typed) or looks_like_claude(argv[0]):
             seed_first_run_state(env, ns.trust, windows, stderr)

@@ -109,9 +109,9 @@ class Proxy:
         self._random = random.Random()  # backoff jitter
         self.calibration = TokenCalibration()  # count_tokens and message_start learn per model
         # Credentials written into the configuration (a URL's ?key=, --header values, the outbound
-        # proxy's password): fixed, found once.
+        # proxy's password, from --proxy or the environment): fixed, found once.
         self._fixed_secrets = configured_secrets([(p.url, p.headers) for p in self.router.providers.values()]
-                                                 + [(config.proxy or "", ())])
+                                                 + [(url, ()) for url in self.upstream.proxy_urls])
         self.routes: Dict[Tuple[str, str], Route] = {
             ("POST", "/v1/messages"): self.messages,
             ("POST", "/v1/messages/count_tokens"): self.count_tokens,

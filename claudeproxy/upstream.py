@@ -14,9 +14,10 @@ server), the opener built with:
   pool only when its response was read to its end and closed, and never after
   an abort; a reused connection the upstream closed meanwhile is replaced by a
   fresh one once, only when no byte of the response had arrived;
-- connection classes that use the short connect timeout for the TCP/TLS
-  handshake, then the long idle timeout for reads (S14), and hand the socket
-  to an ``UpstreamCall`` so another thread can abort the call (S11).
+- connection classes that use the short connect timeout for TCP, the proxy's
+  CONNECT and the TLS handshake together, then the long idle timeout for reads
+  (S14), and hand the socket to an ``UpstreamCall`` as soon as TCP is up, so
+  another thread can abort the call, its set-up included (S11).
 Failures come out as ``errors.ProxyError`` subclasses with the status a client
 should see (PROTOCOL.md 4.2, 4.3).
 """
@@ -40,11 +41,11 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from typing import Any, Callable, Dict, Generator, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Generator, Iterator, List, Mapping, Optional, Tuple, Union
 from urllib.parse import unquote, urlsplit
 
 from . import __version__
-from .config import Config, env_proxies
+from .config import Config, env_proxies, is_loopback_host, unused_proxy_hint, unused_proxy_variables
 from .ending import abort_error
 from .errors import NO_RETRY, UpstreamNotJson, UpstreamTimeout, UpstreamUnavailable, error_from_status
 from .http_head import read_headers
@@ -68,6 +69,9 @@ class UpstreamCall:
         # A TCP connection to the first hop (the upstream, or the outbound proxy) was made:
         # a failure before it is the proxy's own when there is one.
         self.reached = False
+        # The outbound proxy answered CONNECT with 200 (or the connection came set up from the
+        # pool): an answer that is no HTTP, or a refused certificate, is the upstream's from then on.
+        self.tunnelled = False
         # The idle timeout the call's reads run under, for the message when one times out.
         self.idle_timeout: Optional[float] = None
         # What to mask in anything made of this call's answer (set by ``Upstream.open``): the
@@ -80,10 +84,20 @@ class UpstreamCall:
         # whatever becomes of the answer.
         self.sent = False
 
-    def attach(self, sock: socket.socket) -> None:
+    def hold(self, sock: socket.socket) -> None:
+        """Take ``sock`` while its connection is set up (the proxy's CONNECT, the TLS handshake):
+        an abort shuts it down as an attached one, but a timeout now is no read timeout yet."""
         with self._lock:
             self._sock = sock
-            self.connected = self.reached = True
+            self.reached = True
+            if self.abort_reason is not None:
+                _shutdown(sock)
+
+    def attach(self, sock: socket.socket) -> None:
+        """Take ``sock`` once its connection is set up: from now on the call reads its answer."""
+        with self._lock:
+            self._sock = sock
+            self.connected = self.reached = self.tunnelled = True
             if self.abort_reason is not None:
                 _shutdown(sock)
 
@@ -243,6 +257,36 @@ class _NoWait(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> Optional[int]:
         return None if self.hold else self.raw.readinto(buffer)  # type: ignore[no-any-return]
+
+    def fileno(self) -> int:
+        return self.raw.fileno()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+class _ReadsBy(io.RawIOBase):
+    """A socket's raw reader whose reads all end by ``deadline`` (monotonic): the proxy's answer to
+    CONNECT within what is left of the connect timeout. A proxy that trickled it a byte a second
+    held the call as long as it liked: each byte started the socket's timeout anew."""
+
+    def __init__(self, raw: Any, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self.raw, self.sock, self.deadline = raw, sock, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> Optional[int]:
+        left = self.deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise socket.timeout()
+            self.sock.settimeout(left)
+            return self.raw.readinto(buffer)  # type: ignore[no-any-return]
+        except socket.timeout:
+            raise socket.timeout("the outbound proxy did not answer CONNECT within the connect timeout") from None
 
     def fileno(self) -> int:
         return self.raw.fileno()  # type: ignore[no-any-return]
@@ -532,12 +576,21 @@ def _tracked(base: Any) -> Any:
             self._pool = pool
             self._tcp = self._create_connection  # type: ignore[has-type]
             self._create_connection = self._first_hop
+            self._set_up_by = 0.0  # when the connect timeout ends (monotonic), set by connect()
 
         def _first_hop(self, *args: Any, **kw: Any) -> socket.socket:
             sock = self._tcp(*args, **kw)
             if self.cp_call is not None:
-                self.cp_call.reached = True  # what fails from now on is past the proxy's door
+                # What fails from now on is past the proxy's door; and the call can end the set-up
+                # (CONNECT, TLS) from another thread: the client left, the deadline passed.
+                self.cp_call.hold(sock)
             return sock  # type: ignore[no-any-return]
+
+        def _time_left(self) -> float:
+            left = self._set_up_by - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("the connection was not set up within the connect timeout")
+            return left
 
         def _tunnel(self) -> None:
             # Before 3.12 http.client leaves the CONNECT's response open, and a refusal's
@@ -546,11 +599,14 @@ def _tracked(base: Any) -> Any:
 
             def response(*args: Any, **kw: Any) -> http.client.HTTPResponse:
                 made.append(_Response(*args, **kw))
+                made[-1].fp = io.BufferedReader(_ReadsBy(made[-1].fp.detach(), self.sock, self._set_up_by))
                 return made[-1]
 
             self.response_class = response  # type: ignore[assignment]
             try:
                 super()._tunnel()
+                if self.cp_call is not None:
+                    self.cp_call.tunnelled = True  # the proxy said 200: what follows is the upstream's
             finally:
                 del self.response_class  # the class's own again, for the real response
                 for resp in made:
@@ -569,12 +625,34 @@ def _tracked(base: Any) -> Any:
             super()._send_output(message_body, encode_chunked)
 
         def connect(self) -> None:
-            super().connect()  # TCP (+ proxy tunnel + TLS) under the connect timeout
+            # One connect timeout for TCP, the proxy's tunnel and TLS together.
+            self._set_up_by = time.monotonic() + self.timeout
+            if isinstance(self, http.client.HTTPSConnection):
+                http.client.HTTPConnection.connect(self)  # TCP (+ the proxy's tunnel)
+                self.sock = self._handshake()
+            else:
+                super().connect()  # TCP
             if self._pool is not None:
                 self._pool.counted()
             self.sock.settimeout(self._read_timeout)
             if self.cp_call is not None:
                 self.cp_call.attach(self.sock)
+
+        def _handshake(self) -> ssl.SSLSocket:
+            """``HTTPSConnection.connect``'s TLS step (the same from 3.8 to 3.13), but the TLS socket is
+            the call's before the handshake starts, so that an abort ends a handshake that stalls,
+            and the handshake has what is left of the connect timeout."""
+            tls = self._context.wrap_socket(self.sock, server_hostname=self._tunnel_host or self.host,
+                                            do_handshake_on_connect=False)
+            try:
+                if self.cp_call is not None:
+                    self.cp_call.hold(tls)
+                tls.settimeout(self._time_left())
+                tls.do_handshake()
+            except BaseException:
+                tls.close()
+                raise
+            return tls
 
     return Tracked
 
@@ -760,7 +838,8 @@ class _ProxyHandler(urllib.request.ProxyHandler):
         self._no_proxy = no_proxy
 
     def proxy_open(self, req: urllib.request.Request, proxy: str, kind: str) -> None:
-        if self._no_proxy and req.host and bypasses_proxy(req.host, self._no_proxy):
+        port = 443 if req.type == "https" else 80  # the URL's when it names none
+        if self._no_proxy and req.host and bypasses_proxy(req.host, self._no_proxy, port):
             return  # straight to the upstream
         parts = urlsplit(proxy)
         if parts.username and parts.password:  # as urllib: a user alone sends no Proxy-Authorization
@@ -770,29 +849,57 @@ class _ProxyHandler(urllib.request.ProxyHandler):
         # None: the http/https handlers go on, to the proxy (a CONNECT tunnel for https).
 
 
-def bypasses_proxy(host: str, no_proxy: str) -> bool:
+# NO_PROXY's entries are separated by commas and/or blanks, as curl reads them (Claude Code's docs
+# write "NO_PROXY=localhost example.com"); urllib splits on commas alone.
+_NO_PROXY_SPLIT_RE = re.compile(r"[,\s]+")
+_Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+def bypasses_proxy(host: str, no_proxy: str, default_port: Optional[int] = None) -> bool:
     """Does ``NO_PROXY`` send ``host`` (``name[:port]``, ``[v6]:port``) past the proxy?
 
-    urllib's match (names, domain suffixes, ``*``), and address ranges (``10.0.0.0/8``,
-    ``fd00::/8``), which curl, Go and requests take and urllib compares as text, never matching:
-    a corporate NO_PROXY of ranges sent calls to an in-house server through the proxy. Only an
-    upstream given as an address is matched against a range (no name is looked up), as curl does.
+    Read as curl reads it: ``*`` alone matches everything; a name matches itself and its
+    subdomains (``corp.example`` and ``.corp.example`` match ``llm.corp.example``, not
+    ``xcorp.example``), without case, a trailing dot ignored on either side; an address
+    (``127.0.0.1``, ``::1`` with or without brackets) or a range (``10.0.0.0/8``, ``fd00::/8``)
+    matches an upstream given as an address, compared as addresses (no name is looked up, as in
+    curl); ``:port`` on an entry must be the URL's own (``default_port`` when it names none).
+    urllib compared addresses and ranges as text and split on commas only: a corporate NO_PROXY
+    of ranges, or written with spaces, sent calls to in-house servers through the proxy.
     """
-    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # not in the stubs
-    if bypass(host, {"no": no_proxy}):
+    entries = [entry for entry in _NO_PROXY_SPLIT_RE.split(no_proxy) if entry]
+    if entries == ["*"]:
         return True
+    parts = urlsplit("//" + host)
+    name = (parts.hostname or "").rstrip(".")
     try:
-        address = ipaddress.ip_address(urlsplit("//" + host).hostname or "")
+        address: Optional[_Address] = ipaddress.ip_address(name)
     except ValueError:
+        address = None
+    port = parts.port or default_port
+    return any(_no_proxy_match(entry, name, port, address) for entry in entries)
+
+
+def _no_proxy_match(entry: str, name: str, port: Optional[int], address: Optional[_Address]) -> bool:
+    """Does one NO_PROXY entry match the upstream ``name`` (lower case; ``address`` when it is one)?"""
+    if entry.startswith("["):  # [v6] or [v6]:port
+        entry, _, rest = entry[1:].partition("]")
+        wanted = rest[1:] if rest.startswith(":") else None
+    elif entry.count(":") == 1:  # name:port, v4:port
+        entry, wanted = entry.split(":")
+    else:  # a name, a v4 address or range, a bare v6 one (its colons are no port)
+        wanted = None
+    if wanted is not None and wanted != str(port):
         return False
-    for entry in no_proxy.split(","):
+    entry = entry.lower().rstrip(".")
+    if address is not None:
         try:
-            network = ipaddress.ip_network(entry.strip(), strict=False) if "/" in entry else None
+            network = ipaddress.ip_network(entry, strict=False)  # an address is a range of one
         except ValueError:
-            continue  # not a range: urllib's match had its say
-        if network is not None and network.version == address.version and address in network:
-            return True
-    return False
+            return False  # a name never matches an address
+        return network.version == address.version and address in network
+    entry = entry.lstrip(".")
+    return bool(entry) and (name == entry or name.endswith("." + entry))
 
 
 def proxy_settings(config: Config, environ: Mapping[str, str]) -> Tuple[Dict[str, str], str]:
@@ -803,6 +910,12 @@ def proxy_settings(config: Config, environ: Mapping[str, str]) -> Tuple[Dict[str
     if config.use_env_proxy:
         return env_proxies(environ)
     return {}, ""
+
+
+def proxy_urls(config: Config, environ: Mapping[str, str]) -> List[str]:
+    """The outbound proxy URLs calls go through: --proxy, or with --use-env-proxy the environment's.
+    Their passwords are secrets to mask wherever they came from (ValueError for a bad one)."""
+    return sorted(set(proxy_settings(config, environ)[0].values()))
 
 
 def build_opener(config: Config, pool: Optional[ConnectionPool] = None) -> urllib.request.OpenerDirector:
@@ -831,6 +944,9 @@ class Upstream:
         self.config = config
         self.pool = ConnectionPool(config.max_idle_per_host)
         self.opener = build_opener(config, self.pool)
+        self.proxy_urls = proxy_urls(config, os.environ)  # their passwords: for the secrets to mask
+        # HTTPS_PROXY and the like that no setting lets us use, for the "could not reach" message.
+        self.unused_proxies = unused_proxy_variables(config, os.environ)
 
     def close(self) -> None:
         self.pool.close()
@@ -864,7 +980,8 @@ class Upstream:
         req.cp_call = call  # type: ignore[attr-defined]
         call.idle_timeout = read_timeout or self.config.idle_timeout
         call.secrets = secrets
-        call.connected = call.reached = False  # this attempt's: a connect timeout is no read timeout
+        # This attempt's: a connect timeout is no read timeout, a refusal before the tunnel the proxy's.
+        call.connected = call.reached = call.tunnelled = False
         if log.isEnabledFor(logging.DEBUG):
             sent = redact_headers(req.header_items(), secrets)
             log.debug("upstream %s %s headers=%s", method, redact_url(url), sent)
@@ -878,7 +995,7 @@ class Upstream:
                 raise _proxy_auth_refused(proxy) from None
             raise error_from_status(exc.code, body_bytes, exc.headers, secrets) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
-            raise _transport_error(exc, call, req, secrets) from None
+            raise _transport_error(exc, call, req, secrets, self.unused_proxies) from None
         try:
             decoder = content_decoder(resp.headers)
         except UpstreamUnavailable:
@@ -946,7 +1063,7 @@ def _proxy_auth_refused(proxy: str) -> UpstreamUnavailable:
 
 
 def _transport_error(exc: BaseException, call: UpstreamCall, req: urllib.request.Request,
-                     secrets: Tuple[str, ...]) -> Exception:
+                     secrets: Tuple[str, ...], unused_proxies: List[str]) -> Exception:
     aborted = abort_error(call.abort_reason)
     if aborted is not None:
         return aborted  # our own abort (client gone, shutdown, deadline) made the call fail
@@ -958,19 +1075,27 @@ def _transport_error(exc: BaseException, call: UpstreamCall, req: urllib.request
     host = (parts.hostname or "?") + (f":{parts.port}" if parts.port else "")  # which of several local servers
     proxy = _proxy_of(req)
     if proxy is not None:
-        return _proxy_failure(reason, call, proxy, host, detail)
-    lasting = _lasting_failure(reason, host, detail)
+        return _proxy_failure(reason, call, req, proxy, host, detail)
+    lasting = _lasting_failure(reason, f"the upstream at {host}", detail)
     if lasting is not None:
         return lasting
-    return UpstreamUnavailable(f"could not reach the upstream at {host} ({detail})", headers=(_RETRY,))
+    # The corporate laptop: the upstream is reachable only through the proxy its HTTPS_PROXY names.
+    hint = ""
+    if unused_proxies and not is_loopback_host(parts.hostname or ""):
+        hint = f"; {unused_proxy_hint(unused_proxies)}"
+    return UpstreamUnavailable(f"could not reach the upstream at {host} ({detail}){hint}", headers=(_RETRY,))
 
 
-def _lasting_failure(reason: BaseException, host: str, detail: str) -> Optional[UpstreamUnavailable]:
+def _lasting_failure(reason: BaseException, where: str, detail: str,
+                     through_proxy: bool = False) -> Optional[UpstreamUnavailable]:
     """A failure the same call meets again every time (a refused certificate, a server that does
     not speak TLS or HTTP): the client is told not to retry, and the proxy tries the next target
-    at once. A break in the connection is no such thing: that one is worth another try."""
+    at once. A break in the connection is no such thing: that one is worth another try.
+    ``where`` names who failed; ``through_proxy``: the call went through an outbound proxy, whose
+    TLS inspection is the usual reason for a refused certificate there."""
     if isinstance(reason, ssl.SSLCertVerificationError):
-        why = f"its TLS certificate was refused ({detail}); see --ca-bundle"
+        inspecting = " (a TLS-inspecting proxy needs its CA there)" if through_proxy else ""
+        why = f"its TLS certificate was refused ({detail}); see --ca-bundle{inspecting}"
     elif isinstance(reason, ssl.SSLError) and reason.reason == "WRONG_VERSION_NUMBER":
         why = "it does not speak TLS on this port (an https:// URL for an http:// server?)"
     elif isinstance(reason, http.client.HTTPException) and not isinstance(reason, (HeadCutOff, ConnectionError)):
@@ -979,11 +1104,13 @@ def _lasting_failure(reason: BaseException, host: str, detail: str) -> Optional[
         why = "its answer is not HTTP/1.1 ({})".format(detail[:200].strip().replace("\n", " ").replace("\r", " "))
     else:
         return None
-    return UpstreamUnavailable(f"the upstream at {host} cannot be used: {why}", headers=(NO_RETRY,))
+    return UpstreamUnavailable(f"{where} cannot be used: {why}", headers=(NO_RETRY,))
 
 
-def _proxy_failure(reason: BaseException, call: UpstreamCall, proxy: str, host: str, detail: str) -> Exception:
-    """A failure through the outbound proxy, blamed on the hop that failed."""
+def _proxy_failure(reason: BaseException, call: UpstreamCall, req: urllib.request.Request, proxy: str, host: str,
+                   detail: str) -> Exception:
+    """A failure through the outbound proxy, blamed on the hop that failed; one that comes back every
+    time (a refused certificate, an answer that is no HTTP) is said so, and not retried, as direct."""
     refused = _TUNNEL_REFUSED_RE.match(detail) if type(reason) is OSError else None
     if refused and refused.group(1) == "407":
         return _proxy_auth_refused(proxy)
@@ -996,6 +1123,13 @@ def _proxy_failure(reason: BaseException, call: UpstreamCall, proxy: str, host: 
                                    headers=(retry,))
     if not call.reached:
         return UpstreamUnavailable(f"could not reach the outbound proxy at {proxy} ({detail})", headers=(_RETRY,))
+    # Before the tunnel is up, what answered is the proxy (its answer to CONNECT); after, the upstream.
+    its_connect = bool(req._tunnel_host) and not call.tunnelled  # type: ignore[attr-defined]
+    where = (f"the outbound proxy at {proxy}" if its_connect
+             else f"the upstream at {host} (through the outbound proxy at {proxy})")
+    lasting = _lasting_failure(reason, where, detail, through_proxy=True)
+    if lasting is not None:
+        return lasting
     return UpstreamUnavailable(f"could not reach the upstream at {host} through the outbound proxy at {proxy} "
                                f"({detail})", headers=(_RETRY,))
 

@@ -9,6 +9,8 @@ import gc
 import http.client
 import json
 import os
+import shutil
+import subprocess
 import sys
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -119,6 +121,19 @@ def pool() -> Iterator[ServerPool]:
     servers = ServerPool(token=claudeproxy.static_token(UPSTREAM_KEY))
     yield servers
     servers.close()
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: Any) -> Tuple[str, str]:
+    """(cert, key) PEM files of a self-signed certificate for 127.0.0.1: the cert is also its CA bundle."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed: cannot make a test certificate")
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = str(where / "cert.pem"), str(where / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
 
 
 @pytest.fixture(name="refused_port")

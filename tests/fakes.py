@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import queue
+import select
 import socket
 import struct
 import threading
@@ -443,6 +444,54 @@ class LoopbackListener:
         with self._lock:
             for sock in self._socks:
                 sock.close()
+
+
+class ConnectProxy(LoopbackListener):
+    """A CONNECT-only HTTP proxy on 127.0.0.1 that counts the tunnels it is asked for (``tunnels``,
+    ``targets``). A subclass's ``answer`` says something else to a CONNECT (and returns False to
+    open no tunnel): a proxy that misbehaves."""
+
+    def __init__(self) -> None:
+        self.tunnels = 0
+        self.targets: List[str] = []
+        super().__init__()
+
+    def handle(self, client: socket.socket) -> None:
+        client.settimeout(5)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = client.recv(4096)
+            if not data:
+                return
+            head += data
+        target = head.split(b" ", 2)[1].decode()
+        with self._lock:
+            self.tunnels += 1
+            self.targets.append(target)
+        if not self.answer(client):
+            return
+        host, port = target.rsplit(":", 1)
+        server = socket.create_connection((host, int(port)), timeout=5)
+        self.track(server)
+        with client, server:  # one side closed: the tunnel is over, as a real proxy ends it
+            self._pipe(client, server)
+
+    def answer(self, client: socket.socket) -> bool:
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        return True
+
+    def _pipe(self, client: socket.socket, server: socket.socket) -> None:
+        pair = {client: server, server: client}
+        while not self._stop.is_set():
+            try:
+                readable, _, _ = select.select(list(pair), [], [], 0.1)
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    pair[sock].sendall(data)
+            except OSError:
+                return
 
 
 @contextlib.contextmanager

@@ -1,12 +1,14 @@
 """A stand-in for the command ``claudeproxy run`` starts: it records what it was given, then ends as told.
 
-    python standin_command.py OUT [--probe] (--exit N | --signal NAME | --wait)
+    python standin_command.py OUT [--probe] [--probe-env] (--exit N | --signal NAME | --wait)
 
 It writes OUT (JSON, atomically: a poller never sees half a file) with its
 environment, argv and pid. ``--probe`` first sends Claude Code's quota probe
 (``max_tokens: 1``, answered by the proxy without any upstream) to
 ``$ANTHROPIC_BASE_URL`` once with ``$ANTHROPIC_AUTH_TOKEN`` as a Bearer token and
-once without a key, and records both statuses. Then it exits with status N,
+once without a key, and records both statuses. ``--probe-env`` sends it as most clients
+would, through the environment's ``HTTP_PROXY`` unless ``NO_PROXY`` says otherwise (urllib
+reads them, as curl and Node do), and records the status or the error. Then it exits with status N,
 kills itself with signal NAME, or waits (at most 30 s) for a signal to end it.
 Standard library only, so it also runs on Python 3.8.
 """
@@ -19,6 +21,8 @@ import os
 import signal
 import sys
 import time
+import urllib.error
+import urllib.request
 from typing import Any, Dict, Optional
 from urllib.parse import urlsplit
 
@@ -38,6 +42,20 @@ def probe(token: Optional[str]) -> Dict[str, Any]:
         conn.close()
 
 
+def probe_env() -> Dict[str, Any]:
+    body = {"model": "claude-opus-5-5", "max_tokens": 1, "messages": [{"role": "user", "content": "quota"}]}
+    req = urllib.request.Request(os.environ["ANTHROPIC_BASE_URL"] + "/v1/messages", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json", "anthropic-version": "2023-06-01",
+                                  "Authorization": f"Bearer {os.environ.get('ANTHROPIC_AUTH_TOKEN')}"})
+    try:
+        with urllib.request.build_opener().open(req, timeout=10) as resp:  # the environment's proxies
+            return {"status": resp.status}
+    except urllib.error.HTTPError as exc:
+        return {"status": exc.code}
+    except OSError as exc:
+        return {"error": repr(exc)}
+
+
 def record(path: str, extra: Dict[str, Any]) -> None:
     data = {"env": dict(os.environ), "argv": sys.argv, "pid": os.getpid(), "cwd": os.getcwd(), **extra}
     with open(path + ".tmp", "w", encoding="utf-8") as fh:
@@ -51,6 +69,8 @@ def main(argv: list) -> int:
     if "--probe" in rest:
         extra["with_token"] = probe(os.environ.get("ANTHROPIC_AUTH_TOKEN"))
         extra["without_key"] = probe(None)
+    if "--probe-env" in rest:
+        extra["through_env"] = probe_env()
     record(out, extra)
     if "--exit" in rest:
         return int(rest[rest.index("--exit") + 1])

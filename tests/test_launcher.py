@@ -190,6 +190,29 @@ def test_the_users_own_tuning_values_win(run_standin: Any, tmp_path: Any) -> Non
     assert {k: rec["env"][k] for k in mine} == mine
 
 
+def test_the_command_reaches_the_proxy_directly_past_the_users_http_proxy(run_standin: Any, tmp_path: Any) -> None:
+    """A laptop's HTTP_PROXY would take the calls to http://127.0.0.1:PORT, token and prompts in clear
+    text, to a corporate proxy that cannot reach this loopback (here one that closes every connection)."""
+    corporate = f"http://127.0.0.1:{closing_listener()}"
+    env = base_env(tmp_path, HTTP_PROXY=corporate, HTTPS_PROXY=corporate, no_proxy="corp.example .internal")
+    code, err, rec = run_standin("--probe-env", "--exit", "0", env=env)
+    assert code == 0, err
+    assert rec["through_env"] == {"status": 200}, rec["through_env"]
+    # The user's entries kept as written (from no_proxy for both spellings), the loopback ones added once.
+    assert rec["env"]["NO_PROXY"] == rec["env"]["no_proxy"] == "corp.example .internal,127.0.0.1,localhost"
+
+
+@pytest.mark.parametrize("mine,expected", [
+    ({}, "127.0.0.1,localhost"),
+    ({"NO_PROXY": "localhost, 10.0.0.0/8,"}, "localhost, 10.0.0.0/8,127.0.0.1"),
+    ({"NO_PROXY": "LOCALHOST 127.0.0.1"}, "LOCALHOST 127.0.0.1"),
+])
+def test_no_proxy_gains_the_loopback_entries_it_lacks(mine: Dict[str, str], expected: str) -> None:
+    env = claude_code.child_env(mine, "http://127.0.0.1:4000", "token")
+    assert env["NO_PROXY"] == env["no_proxy"] == expected
+    assert claude_code.child_env(mine, "http://[::1]:4000", "token")["NO_PROXY"] == expected + ",::1"
+
+
 def test_the_users_auth_token_is_the_session_key(run_standin: Any, tmp_path: Any) -> None:
     code, err, rec = run_standin("--probe", "--exit", "0",
                                  env=base_env(tmp_path, ANTHROPIC_AUTH_TOKEN="my-own-token-123"))
@@ -298,6 +321,15 @@ def test_an_upstream_that_refuses_connections_is_said_on_the_terminal(run_standi
     assert lines[1] == (f"claudeproxy: warning: cannot connect to the upstream {DEAD_UPSTREAM} "
                         "(Connection refused): requests to it will fail")
     assert rec["with_token"]["status"] == 200
+
+
+def test_an_unused_environment_proxy_is_said_on_the_terminal(run_standin: Any, tmp_path: Any) -> None:
+    env = base_env(tmp_path, HTTPS_PROXY="http://127.0.0.1:9")
+    code, err, _ = run_standin("--exit", "0", env=env, options=("--upstream", "https://api.example.test/v1",
+                                                                 "--model", "m", "--api-key", "sk-test-0123456789"))
+    assert code == 0, err
+    assert ("claudeproxy: warning: HTTPS_PROXY is set in the environment but not used: pass --use-env-proxy to go "
+            "through the proxy named there, or --proxy URL") in err.splitlines(), err
 
 
 class _Running:
@@ -755,13 +787,15 @@ def test_looks_like_claude() -> None:
 # Help.
 
 
-def test_help_ends_with_the_two_line_recipe() -> None:
+def test_help_ends_with_the_recipe() -> None:
     out, err = io.StringIO(), io.StringIO()
     assert cli.main(["--help"], environ={}, stdout=out, stderr=err) == 0
-    assert out.getvalue().splitlines()[-2:] == [
+    assert out.getvalue().splitlines()[-3:] == [
         "Run Claude Code through it in one step:  claudeproxy run --upstream URL --model NAME -- claude",
         "Or by hand:  ANTHROPIC_BASE_URL=http://127.0.0.1:8082 ANTHROPIC_AUTH_TOKEN=<--auth-key or any> "
         "CLAUDE_CODE_AUTO_MODE_SERVER=0 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_AUTOUPDATER=1 claude",
+        "With HTTP(S)_PROXY set, also add 127.0.0.1,localhost to NO_PROXY and no_proxy (run does), or Claude Code "
+        "sends its calls to that proxy",
     ]
     assert "ANTHROPIC_API_KEY" not in out.getvalue()
 
@@ -770,7 +804,7 @@ def test_help_ends_with_the_two_line_recipe() -> None:
 def test_help_shows_the_port_given(argv: List[str]) -> None:
     out = io.StringIO()
     assert cli.main(argv, environ={}, stdout=out, stderr=io.StringIO()) == 0
-    assert "ANTHROPIC_BASE_URL=http://127.0.0.1:9123 " in out.getvalue().splitlines()[-1]
+    assert "ANTHROPIC_BASE_URL=http://127.0.0.1:9123 " in out.getvalue().splitlines()[-2]
 
 
 def test_run_help_lists_what_the_launcher_sets() -> None:

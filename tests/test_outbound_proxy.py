@@ -7,6 +7,8 @@
   is not spoken at all; refused at start, naming the flag, the file's key or the variable.
 - A failure of the proxy names the proxy; its 407 is the proxy's refusal (502, no retry), never a
   407 to the client, whose own proxy that status would be about.
+- A failure that comes back every time (a refused certificate, no TLS where TLS is due, an answer
+  that is no HTTP) is said as such and not retried, through the proxy as direct.
 
 All traffic on 127.0.0.1; every wait has a timeout.
 """
@@ -16,8 +18,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import select
 import socket
+import ssl
 import threading
+import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
@@ -25,7 +30,7 @@ import pytest
 import claudeproxy
 from claudeproxy import cli
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
-from fakes import FakeUpstream, LoopbackListener, closing_listener, completion, json_reply
+from fakes import ConnectProxy, FakeUpstream, LoopbackListener, closing_listener, completion, json_reply
 
 HEADERS = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
 PASSWORD = "proxy-PASS-4711"
@@ -38,9 +43,9 @@ NAMED_UPSTREAM = {"http": "http://api.example.test/v1", "https": "https://api.ex
 class StatusProxy(LoopbackListener):
     """An outbound proxy on 127.0.0.1 that answers every request, CONNECT too, with one status."""
 
-    def __init__(self, status: str) -> None:
+    def __init__(self, status: str, body: bytes = b"") -> None:
         self.answer = (f"HTTP/1.1 {status}\r\nProxy-Authenticate: Basic realm=\"corp\"\r\n"
-                       "Content-Length: 0\r\nConnection: close\r\n\r\n").encode("ascii")
+                       f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode("ascii") + body
         self.heads: List[str] = []
         super().__init__()
 
@@ -97,8 +102,8 @@ def clean_env(monkeypatch: Any) -> Any:
 def refusing() -> Iterator[Any]:
     made: List[StatusProxy] = []
 
-    def make(status: str) -> StatusProxy:
-        made.append(StatusProxy(status))
+    def make(status: str, body: bytes = b"") -> StatusProxy:
+        made.append(StatusProxy(status, body))
         return made[-1]
 
     yield make
@@ -153,6 +158,7 @@ def test_no_proxy_leaves_an_explicit_proxy_alone_for_https_upstreams(make_proxy:
     ("127.0.0.0/8", True),  # a range, as curl, Go and requests take it (urllib alone never matched one)
     ("10.0.0.0/8, 127.0.0.1/32", True),
     ("10.0.0.0/8,::1/128", False),  # ranges the upstream is outside of: through the proxy
+    ("corp.example 127.0.0.1", True),  # separated by a blank
 ])
 def test_no_proxy_still_applies_to_the_environments_proxy(make_proxy: Any, fake_upstream: FakeUpstream,
                                                           clean_env: Any, no_proxy: str, direct: bool) -> None:
@@ -185,6 +191,53 @@ def test_no_proxy_address_ranges(host: str, no_proxy: str, bypassed: bool) -> No
     from claudeproxy.upstream import bypasses_proxy
 
     assert bypasses_proxy(host, no_proxy) is bypassed
+
+
+@pytest.mark.parametrize("host,no_proxy,bypassed", [
+    # Entries separated by blanks, as curl reads them (Claude Code's docs write NO_PROXY that way).
+    ("api.corp.test", "foo api.corp.test", True),
+    ("127.0.0.1:8080", "localhost 127.0.0.1", True),
+    ("api.corp.test", "foo,\tbar  api.corp.test ,", True),
+    # A bare IPv6 address, with or without brackets, for an IPv6 literal upstream.
+    ("[::1]:8443", "::1", True),
+    ("[::1]:8443", "localhost,[::1]", True),
+    ("[::1]:8443", "[::1]:8443", True),
+    ("[::1]:8443", "[::1]:9999", False),
+    ("[::1]", "0:0:0:0:0:0:0:1", True),  # compared as addresses, not as text
+    ("[::2]:8443", "::1", False),
+    # A trailing dot (the fully qualified form) on either side.
+    ("api.corp.test", "api.corp.test.", True),
+    ("api.corp.test.:443", "corp.test", True),
+    # What stays as before: suffixes on a dot boundary, no wildcard but "*" alone, ports, case.
+    ("api.corp.test", "orp.test", False),
+    ("api.corp.test", "*.corp.test", False),
+    ("api.corp.test", "*", True),
+    ("API.Corp.Test:8443", ".CORP.test:8443", True),
+    ("api.corp.test:8443", "api.corp.test:443", False),
+    ("api.corp.test", "api.corp.test:8443", False),
+    ("10.1.2.3", "2.3", False),  # an address is no name: no suffix match
+    ("localhost:11434", "127.0.0.1", False),  # nor a name an address (no lookup)
+])
+def test_no_proxy_is_read_as_curl_reads_it(host: str, no_proxy: str, bypassed: bool) -> None:
+    from claudeproxy.upstream import bypasses_proxy
+
+    assert bypasses_proxy(host, no_proxy, 443) is bypassed
+
+
+@pytest.mark.parametrize("scheme,no_proxy,bypassed", [
+    ("https", "api.example.test:443", True),  # an entry's port against the URL's default one
+    ("http", "api.example.test:80", True),
+    ("https", "api.example.test:80", False),
+])
+def test_a_no_proxy_port_is_matched_against_the_urls_default_port(make_proxy: Any, clean_env: Any, refusing: Any,
+                                                                  scheme: str, no_proxy: str, bypassed: bool) -> None:
+    outbound = refusing("403 Forbidden")
+    clean_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{outbound.port}")
+    clean_env.setenv("HTTPS_PROXY", f"http://127.0.0.1:{outbound.port}")
+    clean_env.setenv("NO_PROXY", no_proxy)
+    server = make_proxy(upstream=NAMED_UPSTREAM[scheme], use_env_proxy=True)
+    message = error_of(send(server))["message"]
+    assert (outbound.seen() == []) is bypassed, message  # direct: a name no one resolves
 
 
 def test_schemeless_environment_proxy_with_credentials_is_http(make_proxy: Any, fake_upstream: FakeUpstream,
@@ -245,9 +298,32 @@ def test_credentials_in_the_config_files_proxy_are_accepted_and_masked(tmp_path:
 
 
 @pytest.mark.parametrize("url", [f"https://bob:{PASSWORD}@127.0.0.1:3128", "socks5://127.0.0.1:1080",
-                                 "socks5h://127.0.0.1:1080", "127.0.0.1:3128"])
+                                 "socks5h://127.0.0.1:1080"])
 def test_only_http_proxies_are_accepted_by_the_flag(url: str) -> None:
     one_error_line(*run_main(["--proxy", url]), "--proxy: only http:// proxies are supported")
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:3128", f"bob:{PASSWORD}@127.0.0.1:3128"])
+def test_a_proxy_url_without_a_scheme_is_said_so_and_shows_no_password(url: str, tmp_path: Any) -> None:
+    # urlsplit reads "bob" as the scheme of bob:PASSWORD@host: there was no netloc to mask.
+    said = "the proxy URL has no scheme (got '"
+    one_error_line(*run_main(["--proxy", url]), f"--proxy: {said}", "): write http:// before it")
+    path = write_config(tmp_path, {"proxy": url})
+    one_error_line(*run_main(["--config", path]), f"--config {path}: proxy: {said}")
+    with pytest.raises(ValueError, match=r"^--proxy: the proxy URL has no scheme") as caught:
+        claudeproxy.start(upstream="http://127.0.0.1:9/v1", proxy=url)
+    assert PASSWORD not in str(caught.value)
+
+
+@pytest.mark.parametrize("url,part", [
+    (f"http://bob:{PASSWORD}/x@127.0.0.1:3128", "not a valid URL"),  # the password read as the port
+    (f"http://bob:{PASSWORD}#x@127.0.0.1:3128", "not a valid URL"),
+    (f"http:///bob:{PASSWORD}@127.0.0.1:3128", "expected an http:// or https:// URL with a host"),
+    (f"http://bob:12/{PASSWORD}@127.0.0.1:3128", "an \"@\" after the proxy's host"),  # host bob, port 12
+])
+def test_a_malformed_proxy_url_shows_no_part_of_the_password(url: str, part: str) -> None:
+    one_error_line(*run_main(["--proxy", url]), f"--proxy: {part}")  # and no password in the line
+    one_error_line(*run_main(["--use-env-proxy"], {"HTTPS_PROXY": url}), f"HTTPS_PROXY: {part}")
 
 
 def test_a_bad_proxy_in_the_config_file_names_the_files_key(tmp_path: Any) -> None:
@@ -342,3 +418,263 @@ def test_a_failure_past_the_proxys_door_names_both(make_proxy: Any, scheme: str)
     assert message.startswith(f"could not reach the upstream at api.example.test through the outbound proxy "
                               f"at 127.0.0.1:{port} ("), message
     assert resp.headers.get("x-should-retry") == "true"
+
+
+# ---------------------------------------------------------------------------
+# The same failure again on every try is no reason to retry, through the proxy as direct.
+
+
+@pytest.fixture
+def tls_upstream(certificate: Tuple[str, str]) -> Iterator[FakeUpstream]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    fake = FakeUpstream(tls=context)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def tunnels() -> Iterator[Any]:
+    made: List[ConnectProxy] = []
+
+    def make(kind: Any = ConnectProxy) -> ConnectProxy:
+        made.append(kind())
+        return made[-1]
+
+    yield make
+    for proxy in made:
+        proxy.close()
+
+
+class BannerProxy(ConnectProxy):
+    """Another service on the proxy's port: it answers CONNECT with its banner."""
+
+    def answer(self, client: socket.socket) -> bool:
+        client.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+        return False
+
+
+def test_a_refused_certificate_through_the_proxy_is_said_and_not_retried(make_proxy: Any, clean_env: Any,
+                                                                         tls_upstream: FakeUpstream,
+                                                                         tunnels: Any) -> None:
+    """The corporate case: a TLS-inspecting proxy's CA missing from --ca-bundle (here: no bundle for
+    a self-signed upstream). Every try is refused alike; "could not reach" sent users to the network."""
+    clean_env.delenv("SSL_CERT_FILE", raising=False)
+    tunnel = tunnels()
+    server = make_proxy(upstream=tls_upstream.url, proxy=f"http://127.0.0.1:{tunnel.port}", retries=2)
+    resp = send(server)
+    assert resp.status == 502, resp
+    assert resp.headers.get("x-should-retry") == "false"
+    message = error_of(resp)["message"]
+    assert message.startswith(f"the upstream at 127.0.0.1:{tls_upstream.port} (through the outbound proxy at "
+                              f"127.0.0.1:{tunnel.port}) cannot be used: its TLS certificate was refused ("), message
+    assert message.endswith("; see --ca-bundle (a TLS-inspecting proxy needs its CA there)"), message
+    assert tunnel.tunnels == 1  # not retried
+
+
+def test_no_tls_where_tls_is_due_through_the_proxy_is_said_and_not_retried(make_proxy: Any, clean_env: Any,
+                                                                           fake_upstream: FakeUpstream,
+                                                                           tunnels: Any) -> None:
+    tunnel = tunnels()
+    server = make_proxy(upstream=fake_upstream.url.replace("http://", "https://"),
+                        proxy=f"http://127.0.0.1:{tunnel.port}", retries=2)
+    resp = send(server)
+    assert resp.status == 502, resp
+    assert resp.headers.get("x-should-retry") == "false"
+    assert error_of(resp)["message"] == (
+        f"the upstream at 127.0.0.1:{fake_upstream.port} (through the outbound proxy at 127.0.0.1:{tunnel.port}) "
+        "cannot be used: it does not speak TLS on this port (an https:// URL for an http:// server?)")
+    assert tunnel.tunnels == 1
+
+
+def test_a_proxy_whose_answer_to_connect_is_no_http_is_named_and_not_retried(make_proxy: Any, clean_env: Any,
+                                                                             tunnels: Any) -> None:
+    tunnel = tunnels(BannerProxy)
+    server = make_proxy(upstream=NAMED_UPSTREAM["https"], proxy=f"http://127.0.0.1:{tunnel.port}", retries=2)
+    resp = send(server)
+    assert resp.status == 502, resp
+    assert resp.headers.get("x-should-retry") == "false"
+    assert error_of(resp)["message"] == (f"the outbound proxy at 127.0.0.1:{tunnel.port} cannot be used: its answer "
+                                         "is not HTTP/1.1 (BadStatusLine: SSH-2.0-OpenSSH_9.6)")
+    assert tunnel.tunnels == 1
+
+
+def test_an_upstream_that_drops_the_tunnel_is_worth_a_retry(make_proxy: Any, clean_env: Any, tunnels: Any) -> None:
+    # The proxy opened the tunnel, the upstream closed it during the TLS handshake: a break, not a verdict.
+    tunnel = tunnels()
+    port = closing_listener()
+    server = make_proxy(upstream=f"https://127.0.0.1:{port}/v1", proxy=f"http://127.0.0.1:{tunnel.port}")
+    resp = send(server)
+    assert resp.status == 502, resp
+    assert resp.headers.get("x-should-retry") == "true"
+    assert error_of(resp)["message"].startswith(f"could not reach the upstream at 127.0.0.1:{port} through the "
+                                                f"outbound proxy at 127.0.0.1:{tunnel.port} (")
+
+
+# ---------------------------------------------------------------------------
+# The set-up through the proxy (its CONNECT answer, the TLS handshake) is bounded like the rest.
+
+
+class SlowProxy(ConnectProxy):
+    """A proxy that opens no tunnel: it answers CONNECT with a status line and then one header byte
+    every 0.2 s (``trickle``), or with a whole 200 and then nothing (a TLS handshake that stalls).
+    ``released`` is when the caller closed the connection (None while it holds it); it gives up
+    after WAIT_SECONDS."""
+
+    trickle = True
+    WAIT_SECONDS = 8.0
+
+    def __init__(self) -> None:
+        self.released: Optional[float] = None
+        super().__init__()
+
+    def answer(self, client: socket.socket) -> bool:
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n" + (b"" if self.trickle else b"\r\n"))
+        end = time.monotonic() + self.WAIT_SECONDS
+        padding = b"X-Padding: " + b"a" * 1000  # a header line that never ends within the wait
+        sent = 0
+        while time.monotonic() < end and not self._stop.is_set():
+            if self._closed_by_peer(client, 0.2):
+                self.released = time.monotonic()
+                break
+            if self.trickle:
+                client.sendall(padding[sent % len(padding):][:1])
+                sent += 1
+        return False
+
+    @staticmethod
+    def _closed_by_peer(client: socket.socket, wait: float) -> bool:
+        # The caller sends nothing after CONNECT (or only its TLS hello): readable and empty is its close.
+        try:
+            if not select.select([client], [], [], wait)[0]:
+                return False
+            return client.recv(65536) == b""
+        except OSError:
+            return True
+
+
+class StallingTLSProxy(SlowProxy):
+    trickle = False
+
+
+def test_a_proxy_that_trickles_its_connect_answer_is_held_to_the_connect_timeout(make_proxy: Any, clean_env: Any,
+                                                                                 tunnels: Any) -> None:
+    """Each byte started the socket's timeout anew: the call lasted as long as the proxy went on."""
+    tunnel = tunnels(SlowProxy)
+    server = make_proxy(upstream=NAMED_UPSTREAM["https"], proxy=f"http://127.0.0.1:{tunnel.port}", connect_timeout=1)
+    began = time.monotonic()
+    resp = send(server)
+    assert time.monotonic() - began < 4, resp  # the proxy trickles for 8 s
+    assert resp.status == 502, resp
+    assert "did not answer CONNECT within the connect timeout" in error_of(resp)["message"]
+    assert resp.headers.get("x-should-retry") == "true"
+
+
+@pytest.mark.parametrize("kind", [SlowProxy, StallingTLSProxy])
+def test_the_deadline_ends_a_call_stuck_in_the_proxys_tunnel_or_the_tls_handshake(make_proxy: Any, clean_env: Any,
+                                                                                  tunnels: Any, kind: Any) -> None:
+    tunnel = tunnels(kind)
+    server = make_proxy(upstream=NAMED_UPSTREAM["https"], proxy=f"http://127.0.0.1:{tunnel.port}",
+                        connect_timeout=8, request_timeout=1)
+    began = time.monotonic()
+    resp = send(server)
+    assert time.monotonic() - began < 4, resp
+    assert resp.status == 504, resp
+    assert error_of(resp)["message"] == "upstream did not finish in time"
+    deadline = time.monotonic() + 2
+    while tunnel.released is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert tunnel.released is not None  # the connection to the proxy was let go, not left to its timeout
+
+
+@pytest.mark.parametrize("kind", [SlowProxy, StallingTLSProxy])
+def test_a_client_that_leaves_ends_the_set_up_through_the_proxy(make_proxy: Any, clean_env: Any, tunnels: Any,
+                                                                kind: Any) -> None:
+    tunnel = tunnels(kind)
+    server = make_proxy(upstream=NAMED_UPSTREAM["https"], proxy=f"http://127.0.0.1:{tunnel.port}", connect_timeout=8)
+    body = json.dumps(minimal_request()).encode()
+    head = (f"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"x-api-key: {CLIENT_KEY}\r\nanthropic-version: 2023-06-01\r\nContent-Length: {len(body)}\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", server.address[1]), timeout=5) as client:
+        client.sendall(head.encode() + body)
+        deadline = time.monotonic() + 5
+        while tunnel.tunnels == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert tunnel.tunnels == 1
+        time.sleep(0.3)  # into the trickle, or the handshake
+    left = time.monotonic()
+    while tunnel.released is None and time.monotonic() < left + 3:
+        time.sleep(0.02)
+    assert tunnel.released is not None and tunnel.released - left < 2
+
+
+# ---------------------------------------------------------------------------
+# HTTPS_PROXY set, but no --proxy or --use-env-proxy: said at start, and when a call cannot get through.
+
+UNUSED = ("are set in the environment but not used: pass --use-env-proxy to go through the proxy named there, "
+          "or --proxy URL")
+
+
+@pytest.mark.parametrize("settings,environ,said", [
+    ({}, {"HTTPS_PROXY": f"http://bob:{PASSWORD}@127.0.0.1:3128", "all_proxy": "http://127.0.0.1:3128"},
+     [f"HTTPS_PROXY, all_proxy {UNUSED}"]),
+    ({}, {"http_proxy": "127.0.0.1:3128", "NO_PROXY": "x"}, [f"http_proxy {UNUSED.replace('are', 'is', 1)}"]),
+    ({}, {"HTTPS_PROXY": " ", "NO_PROXY": "x"}, []),  # empty: nothing is set
+    ({"use_env_proxy": True}, {"HTTPS_PROXY": "http://127.0.0.1:3128", "ALL_PROXY": "http://127.0.0.1:3128"}, []),
+    ({"proxy": "http://127.0.0.1:3128"}, {"HTTPS_PROXY": "http://127.0.0.1:3128"}, []),
+    ({"upstream": "http://localhost:11434/v1"}, {"HTTPS_PROXY": "http://127.0.0.1:3128"}, []),  # no proxy needed
+])
+def test_an_unused_environment_proxy_is_said_once_at_start(make_proxy: Any, clean_env: Any, caplog: Any,
+                                                           settings: Dict[str, Any], environ: Dict[str, str],
+                                                           said: List[str]) -> None:
+    server = make_proxy(**{"upstream": NAMED_UPSTREAM["https"], **settings})
+    assert cli.unused_proxies(server.server, environ) == said
+    with caplog.at_level("WARNING", logger="claudeproxy"):
+        cli._warn_about(server.server, environ)  # noqa: SLF001  # what serve and run log at start
+    assert [r.getMessage() for r in caplog.records if "set in the environment" in r.getMessage()] == said
+
+
+def test_could_not_reach_says_that_the_environments_proxy_is_not_used(make_proxy: Any, clean_env: Any) -> None:
+    clean_env.setenv("https_proxy", f"http://bob:{PASSWORD}@127.0.0.1:3128")
+    server = make_proxy(upstream=NAMED_UPSTREAM["https"], connect_timeout=3)
+    resp = send(server)
+    assert resp.status == 502, resp
+    message = error_of(resp)["message"]
+    assert message.startswith("could not reach the upstream at api.example.test ("), message
+    assert message.endswith(f"); https_proxy {UNUSED.replace('are', 'is', 1)}"), message
+    assert PASSWORD not in message
+
+
+def test_could_not_reach_a_local_upstream_says_nothing_of_proxies(make_proxy: Any, clean_env: Any,
+                                                                  refused_port: int) -> None:
+    clean_env.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    server = make_proxy(upstream=f"http://127.0.0.1:{refused_port}/v1")
+    message = error_of(send(server))["message"]
+    assert message.startswith(f"could not reach the upstream at 127.0.0.1:{refused_port} (") and "PROXY" not in message
+
+
+# ---------------------------------------------------------------------------
+# The proxy's password is masked alike, from --proxy or from the environment.
+
+
+@pytest.mark.parametrize("given", ["flag", "environment"])
+def test_the_proxy_password_is_masked_wherever_it_came_from(make_proxy: Any, clean_env: Any, refusing: Any,
+                                                             given: str) -> None:
+    # A corporate proxy's refusal page that echoes the credentials it refused (no "password:" to go by).
+    outbound = refusing("403 Forbidden", f"<html>bob / {PASSWORD} may not go there</html>".encode())
+    url = f"http://bob:{PASSWORD}@127.0.0.1:{outbound.port}"
+    if given == "flag":
+        server = make_proxy(upstream=NAMED_UPSTREAM["http"], proxy=url)
+    else:
+        clean_env.setenv("HTTP_PROXY", url)
+        server = make_proxy(upstream=NAMED_UPSTREAM["http"], use_env_proxy=True)
+    resp = send(server)
+    assert len(outbound.seen()) == 1 and resp.status == 403, resp  # the refusal came, through the proxy
+    assert PASSWORD not in resp.body.decode() and "bob / ***" in resp.body.decode(), resp
+
+
+def test_the_log_masks_the_environments_proxy_password(clean_env: Any) -> None:
+    clean_env.setenv("https_proxy", f"bob:{PASSWORD}@127.0.0.1:3128")  # no scheme: http:// all the same
+    config = claudeproxy.Config(upstream="https://api.example.test/v1", use_env_proxy=True)
+    assert PASSWORD in cli.fixed_secrets(config) and PASSWORD in cli.secrets_source(config)()
+    assert PASSWORD not in cli.fixed_secrets(config.replace(use_env_proxy=False))

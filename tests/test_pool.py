@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import select
-import shutil
-import socket
 import ssl
-import subprocess
 import threading
 import time
 from typing import Any, Iterator, List, Tuple
@@ -25,7 +21,7 @@ import pytest
 
 import claudeproxy
 from conftest import UPSTREAM_KEY, minimal_request, request
-from fakes import FakeUpstream, Gate, LoopbackListener, Reply, StreamClient, chunk, completion, json_reply, sse_reply
+from fakes import ConnectProxy, FakeUpstream, Gate, Reply, StreamClient, chunk, completion, json_reply, sse_reply
 
 N = 20
 
@@ -236,18 +232,6 @@ def test_partly_read_answer_is_not_reused(start: Any, keep_alive: FakeUpstream) 
 # TLS and proxies.
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: Any) -> Tuple[str, str]:
-    if not shutil.which("openssl"):
-        pytest.skip("openssl is not installed: cannot make a test certificate")
-    where = tmp_path_factory.mktemp("tls")
-    cert, key = str(where / "cert.pem"), str(where / "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True, timeout=60)
-    return cert, key
-
-
 @pytest.fixture
 def tls_upstream(certificate: Tuple[str, str]) -> Iterator[FakeUpstream]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -299,46 +283,6 @@ def test_http_proxy_connection_is_reused(start: Any, keep_alive: FakeUpstream) -
         assert outbound.connections == 1
     finally:
         outbound.close()
-
-
-class ConnectProxy(LoopbackListener):
-    """A CONNECT-only HTTP proxy on 127.0.0.1 that counts the tunnels it opens."""
-
-    def __init__(self) -> None:
-        self.tunnels = 0
-        self.targets: List[str] = []
-        super().__init__()
-
-    def handle(self, client: socket.socket) -> None:
-        client.settimeout(5)
-        head = b""
-        while b"\r\n\r\n" not in head:
-            data = client.recv(4096)
-            if not data:
-                return
-            head += data
-        target = head.split(b" ", 2)[1].decode()
-        host, port = target.rsplit(":", 1)
-        server = socket.create_connection((host, int(port)), timeout=5)
-        self.track(server)
-        with self._lock:
-            self.tunnels += 1
-            self.targets.append(target)
-        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        self._pipe(client, server)
-
-    def _pipe(self, client: socket.socket, server: socket.socket) -> None:
-        pair = {client: server, server: client}
-        while not self._stop.is_set():
-            try:
-                readable, _, _ = select.select(list(pair), [], [], 0.1)
-                for sock in readable:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    pair[sock].sendall(data)
-            except OSError:
-                return
 
 
 def test_connect_tunnel_is_reused(start: Any, tls_upstream: FakeUpstream, certificate: Tuple[str, str]) -> None:

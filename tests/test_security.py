@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import logging
+import os
 import shutil
 import socket
 import ssl
@@ -24,7 +25,7 @@ import pytest
 import claudeproxy
 from claudeproxy import cli
 
-from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
+from conftest import CLIENT_KEY, ROOT, UPSTREAM_KEY, minimal_request, request
 from fakes import FakeUpstream, Reply, chunk, completion, json_reply, sse_reply
 from test_http_errors import assert_error, connect, http_bytes, peer_closed, read_response
 
@@ -561,3 +562,26 @@ def test_tls_upstream_with_ca_bundle_works(make_proxy: Any, tls_upstream: Tuple[
     assert resp.status == 200, resp
     assert resp.json["content"][0]["text"] == "over tls"
 
+
+
+@pytest.mark.parametrize("variable", ["SSL_CERT_FILE", "SSL_CERT_DIR"])
+def test_openssls_ca_variables_are_honoured_without_ca_bundle(make_proxy: Any, tls_upstream: Tuple[str, str],
+                                                              monkeypatch: Any, tmp_path: Any, variable: str) -> None:
+    """README (--ca-bundle): without it, SSL_CERT_FILE or SSL_CERT_DIR stand in for the system's CA
+    file and folder (a corporate CA given the usual way)."""
+    cert = tls_upstream[1]
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    if variable == "SSL_CERT_FILE":
+        monkeypatch.setenv(variable, cert)
+    else:  # a folder as `openssl rehash` leaves it: the certificate under its subject hash
+        digest = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", cert], check=True,
+                                capture_output=True, text=True, timeout=60).stdout.strip()
+        shutil.copy(cert, str(tmp_path / f"{digest}.0"))
+        monkeypatch.setenv(variable, str(tmp_path))
+    proxy = make_proxy(upstream=tls_upstream[0], connect_timeout=5)
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request())
+    assert resp.status == 200, resp
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as fh:
+        row = [line for line in fh if line.startswith("| `--ca-bundle PATH` |")]
+    assert len(row) == 1 and f"`{variable}`" in row[0], row
