@@ -2,8 +2,8 @@
 
 I/O. The only module that reads ``os.environ``. ``main(argv)`` returns the
 exit status: 0 after a clean shutdown (or ``--help``, ``--version``,
-``--print-config``), 2 for a bad flag, file or URL (one line on stderr saying
-what is wrong), 1 when the port cannot be bound.
+``--print-config``), 2 for a bad flag, file or URL, or an address and port that
+cannot be bound (one line on stderr saying what is wrong).
 
 Precedence: flags given on the command line, then the config file, then the
 environment (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``, ``CLAUDEPROXY_AUTH_KEY``),
@@ -46,6 +46,7 @@ from .config import (
     UPSTREAM_APIS,
     Config,
     check_header,
+    check_host,
     check_proxy_url,
     check_url,
     env_proxies,
@@ -494,6 +495,7 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
     auth_key, auth_from = _auth_key(ns, environ)
     if auth_from:
         names["auth_key"] = auth_from
+    _checked(check_host, ns.host, name_of(ns, "host"))
     _listens_safely(ns, auth_key)
     token, key_source = _shorthand_key(ns, environ, api)
     return Config(
@@ -831,6 +833,14 @@ def check_appendable(path: str, setting: str) -> None:
         raise ValueError(f"{setting} {path}: cannot be opened for writing (permission denied)")
 
 
+def cannot_listen(ns: argparse.Namespace, config: Config, exc: OSError) -> str:
+    """The line for a bind that failed: the port is taken, the address is not this machine's, the
+    name does not resolve. A bad setting like any other (exit 2), so it names the two as given."""
+    host = name_of(ns, "host")
+    return (f"cannot listen on {config.host}:{config.port} ({host}, {named_once(name_of(ns, 'port'), host)}): "
+            f"{exc.strerror or exc}")
+
+
 def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] = None,
          stdout: Optional[TextIO] = None, stderr: Optional[TextIO] = None) -> int:
     environ = os.environ if environ is None else environ
@@ -859,8 +869,8 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
         print(f"claudeproxy: error: {' '.join(str(exc).split())}", file=stderr)
         return 2
     except OSError as exc:  # e.g. the port is taken
-        print(f"claudeproxy: error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=stderr)
-        return 1
+        print(f"claudeproxy: error: {cannot_listen(ns, config, exc)}", file=stderr)
+        return 2
     finally:
         logger.removeHandler(handler)
         logger.setLevel(saved[0])

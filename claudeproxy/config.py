@@ -404,6 +404,40 @@ def check_count(value: object, setting: str, low: int) -> None:
         raise ValueError(f"{setting}: must be at least {low}, got {value}")
 
 
+# One label of a host name (RFC 1123): letters, digits and '-', not at either end; '_' too, as
+# Docker's and Compose's service names have it and their DNS answers them.
+_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def is_host(host: str) -> bool:
+    """An IP address (an IPv6 one in brackets or not) or a host name as DNS writes it; not resolved.
+
+    A name whose last label is all digits (``999.1.1.1``) is an address out of range, not a name.
+    """
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        ipaddress.ip_address(host[1:-1] if bracketed else host)
+        return True
+    except ValueError:
+        if bracketed:
+            return False
+    labels = (host[:-1] if host.endswith(".") else host).split(".")  # "example.com." is a full name
+    return (len(host) <= 253 and all(_LABEL_RE.fullmatch(label) for label in labels)
+            and not labels[-1].isdigit())
+
+
+def check_host(value: object, setting: str) -> str:
+    """A listen address or an upstream's host: ``is_host``, or a ValueError naming ``setting``.
+
+    Checked before anything listens: ``'127.0.0.1 '`` or ``'not a host'`` would otherwise be told
+    they need --auth-key, or fail at the bind with the resolver's words.
+    """
+    if not isinstance(value, str) or not is_host(value):
+        raise ValueError(f"{setting}: expected an IP address or a host name (ASCII letters, digits, '-' and '.', "
+                         f"no blanks), got {value!r}")
+    return value
+
+
 def is_loopback_host(host: str) -> bool:
     host = host.strip("[]")
     if host == "localhost":
@@ -434,7 +468,8 @@ def check_config(config: Config) -> None:
     check_seconds(config.retry_max_wait, name("retry_max_wait"), zero_ok=True)
     if config.retry_max_wait > 600:
         raise ValueError(f"{name('retry_max_wait')}: must be at most 600 seconds, got {config.retry_max_wait!r}")
-    if not isinstance(config.host, str) or not is_loopback_host(config.host) and not config.auth_key:
+    check_host(config.host, name("host"))
+    if not is_loopback_host(config.host) and not config.auth_key:
         raise ValueError(f"{name('host')}: refusing to listen on {config.host!r} without --auth-key (anyone could "
                          "use your upstream key)")
     for host in config.allowed_hosts:

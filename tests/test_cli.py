@@ -190,6 +190,23 @@ def test_non_loopback_host_without_auth_key_exits_2(served: List[Any], host: str
     assert served == []
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1 ", " ::1", "not a host", "999.1.1.1", "\u00fc", "-bad-", "a..b",
+                                  "[example.test]", "x" * 64 + ".test"])
+@pytest.mark.parametrize("auth", [[], ["--auth-key", "client-key-0123456789"]], ids=["no-auth-key", "auth-key"])
+def test_a_host_that_is_no_address_nor_name_exits_2_naming_host(served: List[Any], host: str,
+                                                                auth: List[str]) -> None:
+    """Not "without --auth-key" (the trailing blank hid), nor a bind that failed with exit 1."""
+    code, out, err = run_main([f"--host={host}", *auth])
+    assert_usage_error(code, out, err, "--host: expected an IP address or a host name", repr(host))
+    assert served == []
+
+
+@pytest.mark.parametrize("host", ["example.test", "box.lan.", "compose_service", "[::]", "10.0.0.1"])
+def test_any_address_or_host_name_may_be_listened_on_with_an_auth_key(served: List[Any], host: str) -> None:
+    """Nothing is resolved at the check: a name that does not resolve is found by the bind (exit 2)."""
+    assert run_main(["--host", host, "--auth-key", "client-key-0123456789"])[0] == 0
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
 def test_loopback_hosts_need_no_auth_key(served: List[Any], host: str) -> None:
     assert run_main(["--host", host])[0] == 0
@@ -213,14 +230,14 @@ def test_usage_error_does_not_echo_the_api_key(served: List[Any]) -> None:
     assert ENV_KEY not in err
 
 
-def test_port_in_use_exits_1_with_one_line() -> None:
+def test_port_in_use_exits_2_with_one_line_naming_host_and_port() -> None:
+    """A bad setting (the README: exit 2), found by the bind rather than before it."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
-        code, out, err = run_main(["--port", str(taken.getsockname()[1]), "--upstream", "http://127.0.0.1:9/v1"])
-    assert code == 1
-    assert out == ""
-    assert len(err.splitlines()) == 1 and "cannot listen" in err
+        port = taken.getsockname()[1]
+        code, out, err = run_main(["--port", str(port), "--upstream", "http://127.0.0.1:9/v1"])
+    assert_usage_error(code, out, err, f"cannot listen on 127.0.0.1:{port} (--host, --port)")
     # main() leaves logging as it found it (tests and embedding programs share the logger).
     logger = logging.getLogger("claudeproxy")
     assert logger.handlers == [] and logger.propagate

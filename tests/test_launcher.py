@@ -6,7 +6,7 @@ What a user would notice: the command's status is run's (128+N for signal N),
 the proxy is gone afterwards (its port refuses connections), the variables
 Claude Code needs are set and the user's own values win where they should,
 the proxy's log goes to the file named on stderr and not over the terminal,
-bad input is one line with exit 2/127/1, Claude Code's state file gains only
+bad input is one line with exit 2 or 127, Claude Code's state file gains only
 what is missing, and the Windows paths (no SIGTERM, npm's claude.cmd shim)
 are the ones chosen when ``os.name`` is ``nt``. The variable table itself is
 claude-code-launch.md's (the research on Claude Code 2.1.331), written here by hand.
@@ -388,6 +388,8 @@ def assert_one_line(err: str, *parts: str) -> None:
     (["--upstream", NO_UPSTREAM, "--"], "no command after --"),
     (["--upstream", "nope", "--", "true"], "--upstream"),
     (["--host", "0.0.0.0", "--auth-key", "k", "--", "true"], "--host must be a loopback address"),
+    # A typo is said as one, not as an address that is not loopback.
+    (["--host", "127.0.0.1 ", "--", "true"], "--host: expected an IP address or a host name"),
     (["--no-such-flag", "--", "true"], "--no-such-flag"),
     (["--usage-log", "/nonexistent-dir/usage.jsonl", "--", "true"], "--usage-log"),
     (["--metrics-file", "/nonexistent-dir/usage.jsonl", "--", "true"], "--metrics-file"),
@@ -427,7 +429,8 @@ def test_a_file_that_cannot_be_run_is_126_and_the_proxy_stops(tmp_path: Any) -> 
     assert port_closed(port)
 
 
-def test_a_port_that_cannot_be_bound_is_one_line_and_exit_1(tmp_path: Any) -> None:
+def test_a_port_that_cannot_be_bound_is_one_line_and_exit_2(tmp_path: Any) -> None:
+    """A port in use is a bad setting like any other: exit 2, the line names --host and --port."""
     record = tmp_path / "record.json"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -435,8 +438,8 @@ def test_a_port_that_cannot_be_bound_is_one_line_and_exit_1(tmp_path: Any) -> No
         port = taken.getsockname()[1]
         code, out, err = run_main(["--upstream", NO_UPSTREAM, "--port", str(port), "--log-file",
                                    str(tmp_path / "p.log"), *standin(record, "--exit", "0")], base_env(tmp_path))
-    assert (code, out) == (1, ""), err
-    assert_one_line(err, f"cannot listen on 127.0.0.1:{port}")
+    assert (code, out) == (2, ""), err
+    assert_one_line(err, f"cannot listen on 127.0.0.1:{port} (--host, --port)")
     assert not record.exists()  # the command never ran
 
 
