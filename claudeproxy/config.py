@@ -452,6 +452,15 @@ def is_loopback_host(host: str) -> bool:
 _HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:\d{1,5})?$")
 
 
+def check_allowed_host(host: object, setting: str) -> None:
+    """A Host header value to accept: a name or [IPv6] address, and a port from 1 to 65535 if any."""
+    match = _HOST_RE.match(host) if isinstance(host, str) else None
+    if not match:
+        raise ValueError(f"{setting}: expected a host name or host:port, got {host!r}")
+    if match.group(2) and not 0 < int(match.group(2)[1:]) < 65536:
+        raise ValueError(f"{setting}: the port must be from 1 to 65535, got {host!r}")
+
+
 def check_config(config: Config) -> None:
     """The server-wide settings (timeouts, limits, proxy, client key); providers are checked by routing.
 
@@ -473,8 +482,7 @@ def check_config(config: Config) -> None:
         raise ValueError(f"{name('host')}: refusing to listen on {config.host!r} without --auth-key (anyone could "
                          "use your upstream key)")
     for host in config.allowed_hosts:
-        if not isinstance(host, str) or not _HOST_RE.match(host):
-            raise ValueError(f"{name('allowed_hosts')}: expected a host name or host:port, got {host!r}")
+        check_allowed_host(host, name("allowed_host"))  # the flag's dest: a config file's key is named by it
     for pair in config.model_map:
         if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(p, str) and p for p in pair)):
             raise ValueError(f"{name('model_map')}: expected (pattern, name) pairs of strings, got {pair!r}")

@@ -189,6 +189,10 @@ BAD_SETTINGS = [
     ({"upstream": "ftp://x"}, "upstream", "http://"),
     ({"model_map": ["nope"]}, "model_map", "PATTERN=NAME"),
     ({"host": "0.0.0.0"}, "host", "refusing to listen on 0.0.0.0"),
+    ({"host": "127.0.0.1 "}, "host", "expected an IP address or a host name"),
+    # The flag is --allowed-host (the message named a --allowed-hosts that does not exist).
+    ({"allowed_host": ["a b"]}, "allowed_host", "expected a host name or host:port"),
+    ({"allowed-host": ["box.lan:99999"]}, "allowed-host", "from 1 to 65535"),
     ({"usage_log": "/nonexistent-claudeproxy/u.jsonl"}, "usage_log", "does not exist"),
     ({"metrics_file": "/nonexistent-claudeproxy/u.jsonl"}, "metrics_file", "does not exist"),
     ({"ca_bundle": "/nonexistent-claudeproxy/ca.pem"}, "ca_bundle", "no such file"),
