@@ -819,18 +819,45 @@ def check_usage_log(ns: argparse.Namespace) -> None:
         raise ValueError(f"{old} is the former name of {named_once(new, old)}: give one of them")
     for dest in ("usage_log", "metrics_file"):
         if getattr(ns, dest):
-            check_appendable(getattr(ns, dest), name_of(ns, dest))
+            check_appendable(getattr(ns, dest), name_of(ns, dest), try_it=not ns.print_config)
 
 
-def check_appendable(path: str, setting: str) -> None:
-    """A file the proxy can append to, or create, without creating it now (--print-config)."""
+def check_appendable(path: str, setting: str, try_it: bool = True) -> None:
+    """A file the proxy can append to, or create. ``try_it``: really open it for appending (see
+    ``_append_nothing``); without it (--print-config) nothing is opened or created, and the
+    permission bits are all that is asked."""
     if os.path.isdir(path):
         raise ValueError(f"{setting} {path}: is a directory")
     target = path if os.path.exists(path) else (os.path.dirname(os.path.abspath(path)))
     if not os.path.isdir(target) and not os.path.exists(path):
         raise ValueError(f"{setting} {path}: the directory {target} does not exist")
-    if not os.access(target, os.W_OK):
-        raise ValueError(f"{setting} {path}: cannot be opened for writing (permission denied)")
+    if not try_it:
+        if not os.access(target, os.W_OK):
+            raise ValueError(f"{setting} {path}: cannot be opened for writing (permission denied)")
+        return
+    try:
+        _append_nothing(path)
+    except OSError as exc:
+        raise ValueError(f"{setting} {path}: cannot be opened for appending ({exc.strerror or exc})") from None
+
+
+def _append_nothing(path: str) -> None:
+    """Open ``path`` for appending and write no bytes: what ``os.access`` cannot tell root (who may
+    open /proc/version, whose every write fails with EIO, or find /proc read-only). A file made
+    for the check is removed again; non-blocking, so that a FIFO without a reader cannot hang it."""
+    flags = os.O_WRONLY | os.O_APPEND | getattr(os, "O_NONBLOCK", 0)
+    created = False
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
+        created = True
+    try:
+        os.write(fd, b"")
+    finally:
+        os.close(fd)
+        if created:
+            os.unlink(path)
 
 
 def cannot_listen(ns: argparse.Namespace, config: Config, exc: OSError) -> str:

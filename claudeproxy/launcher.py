@@ -108,7 +108,7 @@ def parse_run(argv: List[str], environ: Mapping[str, str],
     try:
         cli.check_settings(ns, config)  # what the server checks, before anything listens or is written
         if ns.log_file:
-            cli.check_appendable(ns.log_file, cli.name_of(ns, "log_file"))
+            cli.check_appendable(ns.log_file, cli.name_of(ns, "log_file"), try_it=not ns.print_config)
     except ValueError as exc:
         raise cli.UsageError(str(exc)) from None
     return ns, config, command or []

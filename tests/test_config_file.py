@@ -298,6 +298,7 @@ def test_relative_paths_in_a_file_start_from_its_folder(tmp_path: Any, served: L
     folder, elsewhere = tmp_path / "conf", tmp_path / "elsewhere"
     folder.mkdir()
     elsewhere.mkdir()
+    (folder / "logs").mkdir()  # the usage log is opened at start: the kernel walks logs/.. itself
     monkeypatch.chdir(str(elsewhere))
     file = write(folder, {"upstream": "http://127.0.0.1:9/v1", "usage_log": "logs/../u.jsonl"})
     assert run_main(["--config", file])[0] == 0

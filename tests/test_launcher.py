@@ -400,6 +400,15 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path: Any, argv: List[str], par
     assert_one_line(err, part)
 
 
+@pytest.mark.skipif(not os.path.isfile("/proc/version"), reason="Linux's /proc")
+def test_a_log_file_that_opens_but_takes_no_write_is_a_bad_option(tmp_path: Any) -> None:
+    """Root may open /proc/version for writing (os.access says yes); every line would then be lost."""
+    code, out, err = run_main(["--upstream", NO_UPSTREAM, "--log-file", "/proc/version", "--", "true"],
+                              base_env(tmp_path))
+    assert (code, out) == (2, ""), err
+    assert_one_line(err, "--log-file /proc/version: cannot be opened")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

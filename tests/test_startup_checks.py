@@ -291,6 +291,29 @@ def test_command_line_refuses_an_unwritable_metrics_file(served: List[Any], tmp_
     assert_one_line(*run_main(["--metrics-file", str(locked)]), "--metrics-file")
 
 
+@pytest.mark.skipif(not os.path.isfile("/proc/version"), reason="Linux's /proc")
+@pytest.mark.parametrize("path,said", [("/proc/version", "cannot be opened for appending"),
+                                       ("/proc/calls.jsonl", "cannot be opened for appending")])
+@pytest.mark.parametrize("flag", ["--usage-log", "--metrics-file"])
+def test_a_usage_log_that_cannot_be_appended_to_stops_the_start_even_for_root(
+        served: List[Any], flag: str, path: str, said: str) -> None:
+    """The file is opened for appending, not asked os.access: root may open /proc/version (every write
+    then fails with EIO) and os.access says yes to root for a new file in /proc. Either way every
+    call's record was lost with a warning, and the server ran on."""
+    assert_one_line(*run_main([flag, path]), f"{flag} {path}: {said}")
+    assert served == []
+
+
+def test_the_usage_log_check_leaves_no_file_behind_and_a_file_as_it_was(served: List[Any], tmp_path: Any) -> None:
+    new, old = tmp_path / "new.jsonl", tmp_path / "old.jsonl"
+    old.write_text('{"earlier": 1}\n')
+    assert run_main(["--usage-log", str(new)])[0] == 0
+    assert run_main(["--usage-log", str(old)])[0] == 0
+    assert len(served) == 2
+    assert not new.exists()  # the first record creates it
+    assert old.read_text() == '{"earlier": 1}\n'
+
+
 def test_a_good_metrics_file_is_not_created_by_the_check(served: List[Any], tmp_path: Any) -> None:
     target = tmp_path / "calls.jsonl"
     assert run_main(["--metrics-file", str(target), "--print-config"])[0] == 0
