@@ -48,6 +48,7 @@ from .config import (
     check_header,
     check_host,
     check_proxy_url,
+    check_seconds,
     check_url,
     env_proxies,
     gives_no_key,
@@ -65,7 +66,7 @@ from .errors import UpstreamUnavailable
 from .metrics import CallRecord
 from .observe import BODIES_LOGGER
 from .redact import configured_secrets, redact_text, redact_url
-from .routing import build_router
+from .routing import Router, build_router, header_the_key_replaces
 from .server import ProxyServer, drain_and_close
 from .settings_view import describe_config
 from .upstream import tls_context
@@ -286,6 +287,7 @@ def parse_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) 
         raise UsageError(f"--passthrough is short for --upstream-api messages: it cannot go with "
                          f"--upstream-api {ns.upstream_api}")
     ns.setting_names = {}  # what merge_file sets is named after the file's key: see name_of()
+    ns.given_flags = given  # a setting may be given with its default value (--api-key-ttl 300)
     return ns, given
 
 
@@ -347,8 +349,12 @@ def load_config_file(path: str, environ: Mapping[str, str], specs: Mapping[str, 
 
 
 # Two flags for one setting: either one on the command line sets the file's other one aside too.
-_TWINS = {"usage_log": "metrics_file", "metrics_file": "usage_log",
-          "passthrough": "upstream_api", "upstream_api": "passthrough"}
+# The same for the single upstream's key: a source on the command line sets the file's others
+# aside (and its api_key_ttl, which only a key command has).
+_TWINS = {"usage_log": ("metrics_file",), "metrics_file": ("usage_log",),
+          "passthrough": ("upstream_api",), "upstream_api": ("passthrough",),
+          "api_key_env": ("api_key", "api_key_command"), "api_key_command": ("api_key", "api_key_env"),
+          "api_key_ttl": ("api_key", "api_key_env")}
 # run's own options: a config file may hold them for run; the server has no use for them.
 RUN_ONLY = {"log_file": FlagSpec("path"), "trust": FlagSpec("bool")}
 
@@ -360,7 +366,7 @@ def merge_file(ns: argparse.Namespace, given: Set[str], file: Optional[FileConfi
         return
     names = vars(ns).setdefault("setting_names", {})
     for dest, value in file.settings.items():
-        if dest not in given and _TWINS.get(dest) not in given and dest not in skip:
+        if dest not in given and not given.intersection(_TWINS.get(dest, ())) and dest not in skip:
             setattr(ns, dest, value)
             names[dest] = file.names.get(dest, dest)
 
@@ -393,6 +399,10 @@ def _positive(ns: argparse.Namespace) -> None:
             raise UsageError(f"{name_of(ns, dest)} must be a number of seconds greater than 0, got nan")
         if not value > 0:
             raise UsageError(f"{name_of(ns, dest)} must be greater than 0")
+    try:  # not in Config, whose durations check_config bounds: a key command's token holds it
+        check_seconds(ns.api_key_ttl, name_of(ns, "api_key_ttl"))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     for dest in ("max_concurrency", "max_body_bytes", "max_output_tokens"):
         value = getattr(ns, dest)
         if value is not None and value < 1:
@@ -460,6 +470,36 @@ def _env_proxy(ns: argparse.Namespace, environ: Mapping[str, str]) -> bool:
     return bool(ns.use_env_proxy)
 
 
+_KEY_SOURCES = ("api_key", "api_key_env", "api_key_command")
+
+
+def _one_key_source(ns: argparse.Namespace) -> None:
+    """The single upstream's key comes from one place, and --api-key-ttl only with a command:
+    otherwise one setting was silently ignored (the first in _shorthand_key's order won)."""
+    sources = [dest for dest in _KEY_SOURCES if getattr(ns, dest) not in (None, [])]
+    if len(sources) > 1:
+        first = name_of(ns, sources[0])
+        raise UsageError(f"{first} and {named_once(name_of(ns, sources[1]), first)} both give the upstream key: "
+                         "give one of them")
+    given = "api_key_ttl" in getattr(ns, "given_flags", ()) or "api_key_ttl" in getattr(ns, "setting_names", {})
+    if given and not ns.api_key_command:
+        raise UsageError(f"{name_of(ns, 'api_key_ttl')} is how long a key from --api-key-command is used, and "
+                         "there is no --api-key-command")
+
+
+def _no_header_the_key_replaces(ns: argparse.Namespace, router: Router) -> None:
+    """--header 'Authorization: ...' (or x-api-key, api-key: the auth style's header) with a key
+    from --api-key*: the key goes in that header, and the user's was dropped without a word.
+    With no key flag the header is left to do its work (the key may come from $OPENAI_API_KEY)."""
+    shorthand = router.providers.get(SHORTHAND_PROVIDER)
+    sources = [dest for dest in _KEY_SOURCES if getattr(ns, dest) and str(getattr(ns, dest)).strip()]
+    header = header_the_key_replaces(shorthand) if shorthand is not None and sources else None
+    if header:
+        first = f"{name_of(ns, 'header')} '{header}: ...'"
+        raise ValueError(f"{first} and {named_once(name_of(ns, sources[0]), first)}: the key is sent in {header} "
+                         "and would replace that header: give one of them")
+
+
 # The flags that describe the single upstream (--upstream), each with its value when not given.
 _SHORTHAND_UNSET = (("upstream_api", "chat"), ("passthrough", False), ("api_key", None), ("api_key_env", []),
                     ("api_key_command", None), ("api_key_ttl", DEFAULT_TTL), ("provider", "auto"),
@@ -497,6 +537,7 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
         names["auth_key"] = auth_from
     _checked(check_host, ns.host, name_of(ns, "host"))
     _listens_safely(ns, auth_key)
+    _one_key_source(ns)
     token, key_source = _shorthand_key(ns, environ, api)
     return Config(
         providers=file.providers if file else (),
@@ -788,7 +829,9 @@ def _settings(argv: Optional[List[str]], environ: Mapping[str, str], stdout: Tex
 
 def check_settings(ns: argparse.Namespace, config: Config) -> None:
     """What both modes check before anything listens; ValueError names the setting."""
-    build_router(config)  # every provider and route
+    router = build_router(config)  # every provider and route
+    if config.upstream is not None:  # the single upstream (a file's provider of that name is checked there)
+        _no_header_the_key_replaces(ns, router)
     if config.ca_bundle is not None:
         tls_context(config.ca_bundle, config.setting_name("ca_bundle"))
     check_usage_log(ns)

@@ -37,7 +37,7 @@ from .config import (
     flag_name,
     named_once,
 )
-from .dialects import DIALECTS, Dialect, detect_provider, dialect_for
+from .dialects import DIALECTS, Dialect, auth_style, detect_provider, dialect_for
 from .model_facts import ModelFacts, builtin_facts
 
 FAMILIES = ("opus", "sonnet", "haiku")
@@ -163,6 +163,17 @@ def check_provider(p: Provider, where: str) -> None:
     for name, value in p.headers:
         check_header(name, value, "--header" if shorthand else f"{where}.headers")
     check_token(p.token, f"{where} key ({p.key_source})" if p.key_source else f"{where} key")
+
+
+# The header each auth style sends the key in (dialects.auth_header).
+_KEY_HEADERS = {"bearer": "authorization", "x-api-key": "x-api-key", "api-key": "api-key"}
+
+
+def header_the_key_replaces(p: Provider) -> Optional[str]:
+    """The header of ``p.headers``, as written, that ``p``'s key replaces upstream (the key goes in
+    the same header, and wins): one of the two settings was meant, and the other was dropped."""
+    wanted = _KEY_HEADERS[auth_style(p.api, p.url, p.dialect, p.auth)]
+    return next((name for name, _ in p.headers if name.lower() == wanted), None)
 
 
 def _check_routes(routes: Sequence[Route], providers: Dict[str, Provider], where: str) -> None:

@@ -109,6 +109,25 @@ def test_empty_api_key_flag_overrides_the_environment(served: List[Any]) -> None
     assert served[0].token() == ""
 
 
+@pytest.mark.parametrize("argv", [
+    ["--header", "Authorization: Bearer hdr-token"],  # the key from $OPENAI_API_KEY: left as it was
+    ["--api-key", "", "--header", "Authorization: Bearer hdr-token"],  # no key: the header is the credential
+    ["--upstream-auth", "x-api-key", "--api-key", "sk-flag", "--header", "Authorization: Bearer hdr-token"],
+    ["--api-key", "sk-flag", "--header", "x-api-key: hdr-token"],  # the key goes as Bearer: both are sent
+], ids=["env-key", "no-key", "other-style", "other-header"])
+def test_a_header_the_key_does_not_replace_is_accepted(served: List[Any], argv: List[str]) -> None:
+    code, _, err = run_main(argv, {"OPENAI_API_KEY": ENV_KEY})
+    assert code == 0, err
+
+
+def test_a_header_a_key_variable_replaces_is_refused_and_not_echoed(served: List[Any]) -> None:
+    code, out, err = run_main(["--api-key-env", "MY_KEY", "--header", "authorization: Bearer hdr-token"],
+                              {"MY_KEY": ENV_KEY})
+    assert_usage_error(code, out, err, "--header 'authorization: ...' and --api-key-env", "give one of them")
+    assert "hdr-token" not in err and ENV_KEY not in err
+    assert served == []
+
+
 def test_auth_key_from_environment_allows_a_wildcard_host(served: List[Any]) -> None:
     assert run_main(["--host", "0.0.0.0"], {"CLAUDEPROXY_AUTH_KEY": "local-key-123"})[0] == 0
     assert served[0].auth_key == "local-key-123"

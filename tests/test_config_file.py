@@ -168,6 +168,19 @@ BAD_FILES = [
      "providers.a.api_key_command", "No closing quotation"),
     ({"providers": {"a": {"url": "https://x.test", "api_key_command": ["no-such-key-tool-xyz"]}}},
      "providers.a.api_key_command", "command not found"),
+    # A key lifetime without a key command, or one never renewed.
+    ({"providers": {"a": {"url": "https://x.test", "api_key_env": "OPENAI_API_KEY", "api_key_ttl": 60}}},
+     "providers.a.api_key_ttl", "no api_key_command"),
+    ({"providers": {"a": {"url": "https://x.test", "api_key_ttl": 60}}}, "providers.a.api_key_ttl", "no api_key_command"),
+    ({"providers": {"a": {"url": "https://x.test", "api_key_command": "true", "api_key_ttl": 1e300}}},
+     "providers.a.api_key_ttl", "finite number of seconds"),
+    # A header the key replaces upstream.
+    ({"providers": {"a": {"url": "https://x.test", "api_key_env": "OPENAI_API_KEY",
+                          "headers": {"Authorization": "Bearer hdr-token"}}}},
+     "providers.a.headers.Authorization and providers.a.api_key_env", "would replace that header"),
+    ({"providers": {"a": {"url": "https://x.test", "api": "messages", "auth": "x-api-key", "api_key_command": "true",
+                          "headers": {"X-Api-Key": "hdr-token"}}}},
+     "providers.a.headers.X-Api-Key and providers.a.api_key_command", "would replace that header"),
 ]
 
 
@@ -205,6 +218,11 @@ BAD_SETTINGS = [
     ({"proxy": "https://proxy.test:3128"}, "proxy", "only http://"),
     ({"api_key_env": ["NOT_SET_ANYWHERE"]}, "api_key_env", "NOT_SET_ANYWHERE is not set"),
     ({"api_key_command": '"unterminated'}, "api_key_command", "No closing quotation"),
+    ({"api_key_ttl": 5}, "api_key_ttl", "how long a key from --api-key-command is used"),
+    ({"api_key_env": ["OPENAI_API_KEY"], "api_key_ttl": 600}, "api_key_ttl", "how long a key"),
+    ({"api_key_command": "true", "api_key_ttl": 1e300}, "api_key_ttl", "finite number of seconds"),
+    ({"api_key_env": "OPENAI_API_KEY", "header": ["Authorization: Bearer hdr-token"]}, "header",
+     "'Authorization: ...' and api_key_env: the key is sent in Authorization"),
     ({"log-level": "debug", "api-key-command": "no-such-key-tool-xyz"}, "api-key-command", "command not found"),
     # Only the file's providers: the single upstream's flags would go nowhere.
     ({"providers": {"a": {"url": "https://x.test"}}, "routes": [{"match": "*", "provider": "a"}],
@@ -227,7 +245,8 @@ def test_bad_setting_in_a_file_exits_2_naming_the_file_and_key(tmp_path: Any, se
 @pytest.mark.parametrize("obj, first, second", [
     ({"usage_log": "/tmp/a.jsonl", "metrics_file": "/tmp/b.jsonl"}, "metrics_file", "usage_log"),
     ({"passthrough": True, "upstream_api": "responses"}, "passthrough", "upstream_api"),
-], ids=["usage_log", "passthrough"])
+    ({"api_key_env": "OPENAI_API_KEY", "api_key_command": "true"}, "api_key_env", "api_key_command"),
+], ids=["usage_log", "passthrough", "api_key"])
 def test_two_settings_of_one_file_name_the_file_once(tmp_path: Any, served: List[Any], obj: Any, first: str,
                                                       second: str) -> None:
     file = write(tmp_path, obj)
@@ -317,6 +336,10 @@ def test_relative_paths_in_a_file_start_from_its_folder(tmp_path: Any, served: L
     ({"metrics_file": "old.jsonl"}, ["--usage-log", "new.jsonl"]),
     ({"upstream_api": "responses"}, ["--passthrough"]),
     ({"passthrough": True}, ["--upstream-api", "responses"]),
+    # A key source on the command line sets aside the file's (and its key command's lifetime).
+    ({"api_key_env": "OPENAI_API_KEY"}, ["--api-key", "sk-flag"]),
+    ({"api_key_command": "true", "api_key_ttl": 60}, ["--api-key-env", "OPENAI_API_KEY"]),
+    ({"api_key_env": "OPENAI_API_KEY", "header": ["Authorization: Bearer hdr-token"]}, ["--api-key", ""]),
 ])
 def test_a_flag_sets_aside_the_files_twin(tmp_path: Any, served: List[Any], in_file: Dict[str, Any],
                                           flags: List[str]) -> None:

@@ -196,6 +196,25 @@ CLI_CASES = [
     (["--allowed-origin", "https://app.example:70000"], "--allowed-origin"),
     # Flags that contradict each other.
     (["--passthrough", "--upstream-api", "responses"], "--passthrough"),
+    # Two sources of the upstream key: one of them was silently ignored.
+    (["--api-key", "flag-key", "--api-key-env", "MY_KEY"], "--api-key and --api-key-env both give the upstream key"),
+    (["--api-key", "flag-key", "--api-key-command", "true"], "--api-key and --api-key-command both give"),
+    (["--api-key", "", "--api-key-command", "true"], "--api-key and --api-key-command both give"),
+    (["--api-key-env", "MY_KEY", "--api-key-command", "true"], "--api-key-env and --api-key-command both give"),
+    # A key lifetime for a key that is not a command's.
+    (["--api-key-ttl", "5"], "--api-key-ttl is how long a key from --api-key-command is used"),
+    (["--api-key-ttl", "300", "--api-key", "flag-key"], "--api-key-ttl is how long a key from --api-key-command"),
+    # ... and bounded like every other duration.
+    (["--api-key-command", "true", "--api-key-ttl", "inf"], "--api-key-ttl: must be a finite number of seconds"),
+    (["--api-key-command", "true", "--api-key-ttl", "1e300"], "--api-key-ttl: must be a finite number of seconds"),
+    # A header the key replaces upstream (the auth style's): the user's header was dropped without a word.
+    (["--api-key", "flag-key", "--header", "Authorization: Bearer hdr-token"],
+     "--header 'Authorization: ...' and --api-key: the key is sent in Authorization"),
+    (["--api-key-command", "true", "--header", "Authorization: Bearer hdr-token"], "and --api-key-command"),
+    (["--passthrough", "--api-key", "flag-key", "--header", "x-api-key: hdr-token"], "--header 'x-api-key: ...' and --api-key"),
+    (["--upstream-auth", "api-key", "--api-key", "flag-key", "--header", "Api-Key: hdr-token"], "--header 'Api-Key: ...'"),
+    (["--upstream", "https://res.openai.azure.com/openai", "--api-key", "flag-key", "--header", "api-key: hdr-token"],
+     "--header 'api-key: ...' and --api-key"),
     (["--usage-log", "a.jsonl", "--metrics-file", "b.jsonl"], "--metrics-file"),
 ]
 
