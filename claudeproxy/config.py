@@ -16,7 +16,7 @@ from typing import Callable, Dict, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 from .dialects import DEFAULT_AZURE_API_VERSION
-from .model_facts import ModelFacts
+from .model_facts import MAX_TOKENS, ModelFacts
 from .redact import redact_url
 
 # A token source returns the upstream credential each time it is called, so a
@@ -397,11 +397,13 @@ def check_seconds(value: object, setting: str, zero_ok: bool = False) -> None:
                          f"got {value!r}")
 
 
-def check_count(value: object, setting: str, low: int) -> None:
+def check_count(value: object, setting: str, low: int, high: Optional[int] = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{setting}: expected a whole number, got {value!r}")
     if value < low:
         raise ValueError(f"{setting}: must be at least {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{setting}: must be at most {high}, got {value}")
 
 
 # One label of a host name (RFC 1123): letters, digits and '-', not at either end; '_' too, as
@@ -487,7 +489,7 @@ def check_config(config: Config) -> None:
         if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(p, str) and p for p in pair)):
             raise ValueError(f"{name('model_map')}: expected (pattern, name) pairs of strings, got {pair!r}")
     if config.max_output_tokens is not None:
-        check_count(config.max_output_tokens, name("max_output_tokens"), 1)
+        check_count(config.max_output_tokens, name("max_output_tokens"), 1, MAX_TOKENS)
     check_count(config.port, name("port"), 0)
     if config.port > 65535:
         raise ValueError(f"{name('port')}: must be from 0 to 65535, got {config.port}")

@@ -38,7 +38,7 @@ from .config import (
     named_once,
 )
 from .dialects import DIALECTS, Dialect, auth_style, detect_provider, dialect_for
-from .model_facts import ModelFacts, builtin_facts
+from .model_facts import MAX_TOKENS, ModelFacts, builtin_facts, facts_from_dict
 
 FAMILIES = ("opus", "sonnet", "haiku")
 # Claude Code's own aliases beyond the plain family names.
@@ -158,8 +158,10 @@ def check_provider(p: Provider, where: str) -> None:
         raise ValueError(f"{where}.auth: unknown auth style {p.auth!r} (expected one of {', '.join(AUTH_STYLES)})")
     if p.anthropic_beta not in BETA_POLICIES:
         raise ValueError(f"{where}.anthropic_beta: expected one of {', '.join(BETA_POLICIES)}, got {p.anthropic_beta!r}")
-    if p.max_output_tokens is not None and p.max_output_tokens < 1:
-        raise ValueError(f"{where}.max_output_tokens: must be at least 1")
+    if p.max_output_tokens is not None and not 1 <= p.max_output_tokens <= MAX_TOKENS:
+        raise ValueError(f"{where}.max_output_tokens: must be from 1 to {MAX_TOKENS}, got {p.max_output_tokens}")
+    for pattern, facts in p.models:  # a library caller's ModelFacts: the bounds a config file's have
+        facts_from_dict(facts.to_dict(), f"{where}.models.{pattern}")
     for name, value in p.headers:
         check_header(name, value, "--header" if shorthand else f"{where}.headers")
     check_token(p.token, f"{where} key ({p.key_source})" if p.key_source else f"{where} key")

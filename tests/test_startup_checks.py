@@ -20,6 +20,7 @@ import pytest
 import claudeproxy
 from claudeproxy import cli
 from claudeproxy.config import Provider, Route, RouteTarget
+from claudeproxy.model_facts import ModelFacts
 
 
 @pytest.fixture
@@ -89,6 +90,14 @@ START_CASES = [
     ({"max_body_readers": 0}, "--max-body-readers"),
     ({"max_idle_per_host": -1}, "--max-idle-per-host"),
     ({"max_output_tokens": 0}, "--max-output-tokens"),
+    ({"max_output_tokens": 10 ** 10}, "--max-output-tokens: must be at most 1000000000"),
+    # A library caller's model facts are bounded as a config file's are.
+    ({"providers": (Provider("p", "http://example.test/v1", models=(("m", ModelFacts(input_price=1e308)),)),),
+      "routes": (Route("*", RouteTarget("p")),)}, "providers.p.models.m.input_price: must be at most 1000000"),
+    ({"providers": (Provider("p", "http://example.test/v1", models=(("m", ModelFacts(context_window=10 ** 30)),)),),
+      "routes": (Route("*", RouteTarget("p")),)}, "providers.p.models.m.context_window: must be at most"),
+    ({"providers": (Provider("p", "http://example.test/v1", max_output_tokens=10 ** 10),),
+      "routes": (Route("*", RouteTarget("p")),)}, "providers.p.max_output_tokens: must be from 1 to 1000000000"),
     ({"port": 70000}, "--port"),
     # What the command line refused already, start() refuses too (README: "start() alike").
     ({"host": "0.0.0.0"}, "without --auth-key"),
@@ -165,6 +174,7 @@ CLI_CASES = [
     (["--max-body-bytes", "0"], "--max-body-bytes"),
     (["--max-body-readers", "0"], "--max-body-readers"),
     (["--max-idle-per-host", "-2"], "--max-idle-per-host"),
+    (["--max-output-tokens", "99999999999999999999"], "--max-output-tokens: must be at most 1000000000"),
     (["--header", "X-Title: caf\u00e9 \u2615"], "--header"),
     (["--header", "X-Title: a\x00b"], "--header"),
     (["--api-key", "sk-one\ntwo"], "--api-key"),
