@@ -182,8 +182,8 @@ def _model_flags(models: Any) -> None:
                         help="route client models matching a name or glob to an upstream model, e.g. "
                         "'claude-haiku*=gpt-4o-mini' (repeatable, first match wins, before the flags above)")
     models.add_argument("--max-output-tokens", metavar="N", type=int,
-                        help="cap max_tokens sent upstream (Claude Code asks for up to 128000); "
-                        "known models are capped at their own limit anyway")
+                        help="cap max_tokens sent upstream, at most 1000000000 (Claude Code asks for up to "
+                        "128000); known models are capped at their own limit anyway")
 
 
 def _config_flags(group: Any) -> None:
@@ -216,8 +216,8 @@ def _network_flags(net: Any) -> None:
                      help="longest Retry-After honoured; an upstream asking for more is not retried "
                      "(default: %(default)s)")
     net.add_argument("--max-idle-per-host", type=int, default=Config.max_idle_per_host, metavar="N",
-                     help="idle keep-alive connections kept per upstream host (and proxy); 0 = a new "
-                     "connection for every call (default: %(default)s)")
+                     help="idle keep-alive connections kept per upstream host (and proxy), at most 1000000; "
+                     "0 = a new connection for every call (default: %(default)s)")
 
 
 def _server_flags(srv: Any) -> None:
@@ -230,14 +230,14 @@ def _server_flags(srv: Any) -> None:
     srv.add_argument("--allowed-origin", metavar="ORIGIN", action="append", default=[],
                      help="accept browser requests from this Origin (default: none)")
     srv.add_argument("--max-concurrency", type=int, default=Config.max_concurrency, metavar="N",
-                     help="requests in flight before answering 529 (default: %(default)s)")
+                     help="requests in flight before answering 529, at most 1000000 (default: %(default)s)")
     srv.add_argument("--max-body-bytes", type=int, default=Config.max_body_bytes, metavar="N",
-                     help="largest request body (default: %(default)s)")
+                     help="largest request body in bytes, at most 1073741824 (1 GiB) (default: %(default)s)")
     srv.add_argument("--body-timeout", type=float, default=Config.body_timeout, metavar="S",
                      help="a request body must arrive within this long after its headers (default: %(default)s)")
     srv.add_argument("--max-body-readers", type=int, default=Config.max_body_readers, metavar="N",
-                     help="connections reading a request body at once; one more ends the longest-waiting "
-                     "(default: %(default)s)")
+                     help="connections reading a request body at once, at most 1000000; one more ends the "
+                     "longest-waiting (default: %(default)s)")
     srv.add_argument("--shutdown-grace", type=float, default=Config.shutdown_grace, metavar="S",
                      help="on SIGTERM/Ctrl-C, let requests in flight finish this long (default: %(default)s)")
 

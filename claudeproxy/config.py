@@ -242,6 +242,11 @@ def check_url(value: str, setting: str, credentials: bool = False) -> str:
         raise ValueError(f"{setting}: not a valid URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{setting}: expected an http:// or https:// URL with a host, got {redact_url(url)!r}")
+    if not is_host(parts.hostname):  # every call would fail (a 502) on a name no resolver takes
+        raise ValueError(f"{setting}: {parts.hostname!r} is not an IP address or a host name (ASCII letters, "
+                         "digits, '-' and '.'; an international name in its xn-- form)")
+    if parts.port == 0:
+        raise ValueError(f"{setting}: port 0 is no port to connect to")
     if "@" in parts.netloc and not credentials:
         raise ValueError(f"{setting}: credentials in the URL are not allowed; give the key separately")
     if parts.fragment:
@@ -381,9 +386,14 @@ def check_token(token: TokenSource, setting: str) -> None:
 _SECONDS = (("connect_timeout", False), ("idle_timeout", False), ("request_timeout", False),
             ("client_timeout", False), ("client_request_deadline", False), ("body_timeout", False),
             ("ping_interval", False), ("finish_grace", True), ("shutdown_grace", True))
-# Counts: (name, smallest allowed).
-_COUNTS = (("max_body_bytes", 1), ("max_line_bytes", 1), ("max_concurrency", 1), ("max_body_readers", 1),
-           ("max_idle_per_host", 0))
+# Counts: (name, smallest allowed, largest allowed). The largest are far beyond any real use (each
+# connection is a thread, each body held whole in memory) and keep a typo's extra zeros from
+# passing for a setting: 99999999999999999999 slots would never refuse anything.
+MAX_BODY_BYTES = 1024 ** 3  # 1 GiB
+MAX_CONNECTIONS = 1_000_000
+_COUNTS = (("max_body_bytes", 1, MAX_BODY_BYTES), ("max_line_bytes", 1, MAX_BODY_BYTES),
+           ("max_concurrency", 1, MAX_CONNECTIONS), ("max_body_readers", 1, MAX_CONNECTIONS),
+           ("max_idle_per_host", 0, MAX_CONNECTIONS))
 # Longer waits cannot be given to sockets and locks (OverflowError), and nobody means them.
 MAX_SECONDS = 10_000_000.0
 
@@ -417,8 +427,11 @@ def is_host(host: str) -> bool:
     A name whose last label is all digits (``999.1.1.1``) is an address out of range, not a name.
     """
     bracketed = host.startswith("[") and host.endswith("]")
+    literal = host[1:-1] if bracketed else host
+    if ":" in literal:
+        literal = literal.split("%", 1)[0]  # an IPv6 zone (fe80::1%eth0), which Python 3.8 cannot parse
     try:
-        ipaddress.ip_address(host[1:-1] if bracketed else host)
+        ipaddress.ip_address(literal)
         return True
     except ValueError:
         if bracketed:
@@ -471,8 +484,8 @@ def check_config(config: Config) -> None:
     name = config.setting_name
     for dest, zero_ok in _SECONDS:
         check_seconds(getattr(config, dest), name(dest), zero_ok)
-    for dest, low in _COUNTS:
-        check_count(getattr(config, dest), name(dest), low)
+    for dest, low, high in _COUNTS:
+        check_count(getattr(config, dest), name(dest), low, high)
     check_count(config.retries, name("retries"), 0)
     if config.retries > 10:
         raise ValueError(f"{name('retries')}: must be from 0 to 10, got {config.retries}")

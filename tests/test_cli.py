@@ -145,6 +145,12 @@ def test_auth_key_from_environment_allows_a_wildcard_host(served: List[Any]) -> 
     ("https://example.test/v1#frag", "fragment"),
     ("http://example.test:99999/v1", "--upstream"),
     ("http://[::1/v1", "--upstream"),
+    # Every call would be a 502: no upstream listens on port 0, and no resolver takes these names.
+    ("http://127.0.0.1:0/v1", "port 0"),
+    ("http://-bad-/v1", "'-bad-' is not an IP address or a host name"),
+    ("http://a..b/v1", "not an IP address or a host name"),
+    ("http://999.1.1.1/v1", "not an IP address or a host name"),
+    ("http://\u00fc.example/v1", "xn--"),
 ])
 def test_bad_upstream_url_exits_2(served: List[Any], url: str, part: str) -> None:
     code, out, err = run_main(["--upstream", url])

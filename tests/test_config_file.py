@@ -225,6 +225,8 @@ BAD_SETTINGS = [
     ({"max_idle_per_host": -1}, "max_idle_per_host", "at least 0"),
     ({"max_concurrency": 0}, "max_concurrency", "at least 1"),
     ({"max_output_tokens": 10 ** 10}, "max_output_tokens", "at most 1000000000"),
+    ({"max_body_bytes": 10 ** 20}, "max_body_bytes", "at most 1073741824"),
+    ({"upstream": "http://127.0.0.1:0/v1"}, "upstream", "port 0"),
     ({"connect_timeout": 1e300}, "connect_timeout", "finite number of seconds"),
     ({"header": ["X-A: \u0001"]}, "header", "control characters"),
     ({"proxy": "https://proxy.test:3128"}, "proxy", "only http://"),

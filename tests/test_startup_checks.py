@@ -85,6 +85,15 @@ START_CASES = [
     ({"shutdown_grace": -0.5}, "--shutdown-grace"),
     ({"finish_grace": NAN}, "--finish-grace"),
     ({"max_concurrency": 0}, "--max-concurrency"),
+    ({"max_concurrency": 10 ** 23}, "--max-concurrency: must be at most 1000000"),
+    ({"max_body_bytes": 1024 ** 3 + 1}, "--max-body-bytes: must be at most 1073741824"),
+    ({"max_line_bytes": 10 ** 12}, "--max-line-bytes"),
+    ({"max_body_readers": 10 ** 7}, "--max-body-readers: must be at most 1000000"),
+    ({"max_idle_per_host": 10 ** 23}, "--max-idle-per-host: must be at most 1000000"),
+    ({"upstream": "http://127.0.0.1:0/v1"}, "--upstream: port 0"),
+    ({"upstream": "http://-bad-/v1"}, "--upstream"),
+    ({"upstream": "http://compose_service:8080/v1"}, None),  # Docker's names have "_", and its DNS answers them
+    ({"upstream": "http://[fe80::1%25eth0]:8080/v1"}, None),
     ({"max_body_bytes": INF}, "--max-body-bytes"),
     ({"max_body_bytes": -1}, "--max-body-bytes"),
     ({"max_body_readers": 0}, "--max-body-readers"),
@@ -133,6 +142,8 @@ START_CASES = [
       "routes": (Route("*", RouteTarget("p")),)}, "providers.p.headers"),
     ({"providers": (Provider("p", "http://exa mple.test/v1"),), "routes": (Route("*", RouteTarget("p")),)},
      "providers.p.url"),
+    ({"providers": (Provider("p", "http://-bad-:8080/v1"),), "routes": (Route("*", RouteTarget("p")),)},
+     "providers.p.url: '-bad-' is not an IP address or a host name"),
 ]
 
 
@@ -174,6 +185,10 @@ CLI_CASES = [
     (["--max-body-bytes", "0"], "--max-body-bytes"),
     (["--max-body-readers", "0"], "--max-body-readers"),
     (["--max-idle-per-host", "-2"], "--max-idle-per-host"),
+    (["--max-idle-per-host", "99999999999999999999999"], "--max-idle-per-host: must be at most 1000000"),
+    (["--max-concurrency", "99999999999999999999999"], "--max-concurrency: must be at most 1000000"),
+    (["--max-body-bytes", "99999999999999999999999"], "--max-body-bytes: must be at most 1073741824"),
+    (["--max-body-readers", "99999999999999999999999"], "--max-body-readers: must be at most 1000000"),
     (["--max-output-tokens", "99999999999999999999"], "--max-output-tokens: must be at most 1000000000"),
     (["--header", "X-Title: caf\u00e9 \u2615"], "--header"),
     (["--header", "X-Title: a\x00b"], "--header"),
