@@ -59,7 +59,7 @@ from .config import (
     static_token,
     unset_variable,
 )
-from .config_file import ConfigError, FileConfig, FlagSpec, parse_config
+from .config_file import ConfigError, FileConfig, FlagSpec, file_setting, parse_config
 from .credentials import DEFAULT_TTL, CommandToken, command_argv, command_token, current_secrets, key_source
 from .dialects import DIALECTS
 from .errors import UpstreamUnavailable
@@ -407,6 +407,8 @@ def _positive(ns: argparse.Namespace) -> None:
         value = getattr(ns, dest)
         if value is not None and value < 1:
             raise UsageError(f"{name_of(ns, dest)} must be at least 1")
+    if ns.shutdown_grace != ns.shutdown_grace:  # NaN: "must not be negative" would send the user looking for a minus
+        raise UsageError(f"{name_of(ns, 'shutdown_grace')} must be a number of seconds from 0, got nan")
     if not ns.shutdown_grace >= 0:
         raise UsageError(f"{name_of(ns, 'shutdown_grace')} must not be negative")
     if not 0 <= ns.retries <= 10:
@@ -532,6 +534,8 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
         if upstream:
             names["upstream"] = "OPENAI_BASE_URL"
         upstream = upstream or (DEFAULT_MESSAGES_UPSTREAM if api == "messages" else DEFAULT_UPSTREAM)
+    if file is not None:
+        names["routes"] = file_setting(ns.config, "routes")  # not a flag: a message about none names the file
     auth_key, auth_from = _auth_key(ns, environ)
     if auth_from:
         names["auth_key"] = auth_from
@@ -833,8 +837,16 @@ def check_settings(ns: argparse.Namespace, config: Config) -> None:
     if config.upstream is not None:  # the single upstream (a file's provider of that name is checked there)
         _no_header_the_key_replaces(ns, router)
     if config.ca_bundle is not None:
+        _no_special_file(config.ca_bundle, config.setting_name("ca_bundle"))
         tls_context(config.ca_bundle, config.setting_name("ca_bundle"))
     check_usage_log(ns)
+
+
+def _no_special_file(path: str, setting: str) -> None:
+    """A CA bundle that exists but is neither a file nor a folder (/dev/null, a FIFO): tls_context
+    would call it "no such file"."""
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        raise ValueError(f"{setting} {path}: not a regular file; give a PEM file of CA certificates")
 
 
 def check_key_commands(config: Config) -> None:

@@ -232,6 +232,8 @@ def check_url(value: str, setting: str, credentials: bool = False) -> str:
     Credentials (``user:pass@``) only where ``credentials`` allows them (a library caller's proxy).
     """
     url = value.strip()
+    if not url:  # said so: "got ''" (the value stripped) hid the blanks of OPENAI_BASE_URL=' '
+        raise ValueError(f"{setting}: the value is only blanks; expected an http:// or https:// URL")
     if _URL_CONTROL_RE.search(url):
         # urllib would send these as they are, and the upstream would see another request line.
         raise ValueError(f"{setting}: the URL contains spaces or control characters; percent-encode them")

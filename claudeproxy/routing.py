@@ -276,7 +276,8 @@ def effective_providers_and_routes(config: Config) -> Tuple[Tuple[Provider, ...]
     if shorthand is not None and not any(r.match == "*" for r in routes):
         routes.append(Route("*", RouteTarget(shorthand.name, None), origin="--upstream (the client's model name)"))
     if not routes:
-        raise ValueError("routes: there are none, so every request would be refused: add routes to the config "
+        where = dict(config.setting_names).get("routes", "routes")  # the config file's, when there is one
+        raise ValueError(f"{where}: there are none, so every request would be refused: add routes to the config "
                          "file (a '*' route serves every model), or give --model")
     return tuple(providers), tuple(routes)
 

@@ -166,6 +166,11 @@ def test_bad_upstream_from_environment_exits_2_naming_the_variable(served: List[
     assert "--upstream" not in err
 
 
+def test_a_blank_upstream_from_the_environment_is_shown_as_given(served: List[Any]) -> None:
+    code, out, err = run_main([], {"OPENAI_BASE_URL": "  "})
+    assert_usage_error(code, out, err, "OPENAI_BASE_URL: the value is only blanks; expected an http:// or https:// URL")
+
+
 def test_a_bad_client_key_from_the_environment_names_the_variable_not_the_key(served: List[Any]) -> None:
     code, out, err = run_main([], {"CLAUDEPROXY_AUTH_KEY": "sk-client-\x01-secret"})
     assert_usage_error(code, out, err, "CLAUDEPROXY_AUTH_KEY", "control character")

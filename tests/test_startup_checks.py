@@ -181,6 +181,7 @@ CLI_CASES = [
     (["--ping-interval", "0"], "--ping-interval"),
     (["--body-timeout", "nan"], "--body-timeout"),
     (["--shutdown-grace", "-inf"], "--shutdown-grace"),
+    (["--shutdown-grace", "nan"], "--shutdown-grace must be a number of seconds from 0, got nan"),
     (["--max-concurrency", "-1"], "--max-concurrency"),
     (["--max-body-bytes", "0"], "--max-body-bytes"),
     (["--max-body-readers", "0"], "--max-body-readers"),
@@ -317,6 +318,11 @@ def test_command_line_refuses_a_bad_ca_bundle(served: List[Any], files: Dict[str
     line = assert_one_line(*run_main(["--ca-bundle", files[kind]]), "--ca-bundle")
     assert "cannot listen" not in line
     assert served == []
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/null"), reason="no /dev/null")
+def test_a_ca_bundle_that_is_no_regular_file_is_not_called_missing(served: List[Any]) -> None:
+    assert_one_line(*run_main(["--ca-bundle", "/dev/null"]), "--ca-bundle /dev/null: not a regular file")
 
 
 @pytest.mark.parametrize("flag", ["--usage-log", "--metrics-file"])
