@@ -155,8 +155,10 @@ def port_given(argv: List[str], default: int) -> int:
 
 
 def help_footer(port: int) -> str:
-    """The two-line recipe that ends ``claudeproxy --help``."""
-    return ("Run Claude Code through it in one step:  claudeproxy run --upstream URL --model NAME -- claude\n"
+    """The two-line recipe that ends ``claudeproxy --help``: ``python3 -m``, which works from a checkout
+    too (the ``claudeproxy`` command exists only after ``pip install``)."""
+    return ("Run Claude Code through it in one step:  "
+            "python3 -m claudeproxy run --upstream URL --model NAME -- claude\n"
             f"Or by hand:  ANTHROPIC_BASE_URL=http://127.0.0.1:{port} ANTHROPIC_AUTH_TOKEN=<--auth-key or any> "
             "CLAUDE_CODE_AUTO_MODE_SERVER=0 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_AUTOUPDATER=1 claude")
 
@@ -189,6 +191,6 @@ def run_epilog() -> str:
         "picker and the security notes; nothing present is changed. --trust also marks the current folder "
         "trusted.",
     )]
-    lines += ["Example:", "  claudeproxy run --upstream https://api.openai.com/v1 --api-key-env OPENAI_API_KEY "
-              "--model gpt-4.1 -- claude"]
+    lines += ["Example:", "  python3 -m claudeproxy run --upstream https://api.openai.com/v1 "
+              "--api-key-env OPENAI_API_KEY --model gpt-4.1 -- claude"]
     return "\n".join(lines)

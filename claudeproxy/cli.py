@@ -239,7 +239,8 @@ def _server_flags(srv: Any) -> None:
                      help="connections reading a request body at once, at most 1000000; one more ends the "
                      "longest-waiting (default: %(default)s)")
     srv.add_argument("--shutdown-grace", type=float, default=Config.shutdown_grace, metavar="S",
-                     help="on SIGTERM/Ctrl-C, let requests in flight finish this long (default: %(default)s)")
+                     help="on SIGINT (Ctrl-C), SIGTERM or SIGHUP, let requests in flight finish this long "
+                     "(default: %(default)s)")
 
 
 # --------------------------------------------------------------------------

@@ -182,7 +182,8 @@ BAD_FILES = [
     # A key lifetime without a key command, or one never renewed.
     ({"providers": {"a": {"url": "https://x.test", "api_key_env": "OPENAI_API_KEY", "api_key_ttl": 60}}},
      "providers.a.api_key_ttl", "no api_key_command"),
-    ({"providers": {"a": {"url": "https://x.test", "api_key_ttl": 60}}}, "providers.a.api_key_ttl", "no api_key_command"),
+    ({"providers": {"a": {"url": "https://x.test", "api_key_ttl": 60}}}, "providers.a.api_key_ttl",
+     "no api_key_command"),
     ({"providers": {"a": {"url": "https://x.test", "api_key_command": "true", "api_key_ttl": 1e300}}},
      "providers.a.api_key_ttl", "finite number of seconds"),
     # A header the key replaces upstream.

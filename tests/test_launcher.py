@@ -749,7 +749,8 @@ def test_help_ends_with_the_two_line_recipe() -> None:
     out, err = io.StringIO(), io.StringIO()
     assert cli.main(["--help"], environ={}, stdout=out, stderr=err) == 0
     assert out.getvalue().splitlines()[-2:] == [
-        "Run Claude Code through it in one step:  claudeproxy run --upstream URL --model NAME -- claude",
+        # From a checkout (the README's first line) there is no claudeproxy command, only python3 -m.
+        "Run Claude Code through it in one step:  python3 -m claudeproxy run --upstream URL --model NAME -- claude",
         "Or by hand:  ANTHROPIC_BASE_URL=http://127.0.0.1:8082 ANTHROPIC_AUTH_TOKEN=<--auth-key or any> "
         "CLAUDE_CODE_AUTO_MODE_SERVER=0 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_AUTOUPDATER=1 claude",
     ]
