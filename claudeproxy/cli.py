@@ -408,7 +408,7 @@ def _positive(ns: argparse.Namespace) -> None:
         value = getattr(ns, dest)
         if value is not None and value < 1:
             raise UsageError(f"{name_of(ns, dest)} must be at least 1")
-    if ns.shutdown_grace != ns.shutdown_grace:  # NaN: "must not be negative" would send the user looking for a minus
+    if ns.shutdown_grace != ns.shutdown_grace:  # NaN: "must not be negative" sent the user looking for a minus
         raise UsageError(f"{name_of(ns, 'shutdown_grace')} must be a number of seconds from 0, got nan")
     if not ns.shutdown_grace >= 0:
         raise UsageError(f"{name_of(ns, 'shutdown_grace')} must not be negative")

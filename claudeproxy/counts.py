@@ -3,11 +3,10 @@
 An upstream's usage is not trusted: a count is a non-negative ``int`` (a bool is
 no count) up to ``MAX_COUNT``. A negative number, a float, a numeric string, null
 or an absurdly large number is not one and counts 0 (or, where a count may be
-missing, is ignored). Every place a count
-comes in from an upstream (Chat Completions, Responses, a forwarded Anthropic
-body or stream, count_tokens) reads it this way, so a bad number can neither be
-billed nor drive a ``/metrics`` counter backwards (Prometheus counters never
-decrease).
+missing, is ignored). Every place a count comes in from an upstream (Chat
+Completions, Responses, a forwarded Anthropic body or stream, count_tokens)
+reads it this way, so a bad number can neither be billed nor drive a
+``/metrics`` counter backwards (Prometheus counters never decrease).
 """
 
 from __future__ import annotations
