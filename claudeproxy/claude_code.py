@@ -176,8 +176,10 @@ def port_given(argv: List[str], default: int) -> int:
 
 
 def help_footer(port: int) -> str:
-    """The recipe that ends ``claudeproxy --help``: in one step, and by hand."""
-    return ("Run Claude Code through it in one step:  claudeproxy run --upstream URL --model NAME -- claude\n"
+    """The recipe that ends ``claudeproxy --help``: in one step, and by hand; ``python3 -m``, which works
+    from a checkout too (the ``claudeproxy`` command exists only after ``pip install``)."""
+    return ("Run Claude Code through it in one step:  "
+            "python3 -m claudeproxy run --upstream URL --model NAME -- claude\n"
             f"Or by hand:  ANTHROPIC_BASE_URL=http://127.0.0.1:{port} ANTHROPIC_AUTH_TOKEN=<--auth-key or any> "
             "CLAUDE_CODE_AUTO_MODE_SERVER=0 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_AUTOUPDATER=1 claude\n"
             "With HTTP(S)_PROXY set, also add 127.0.0.1,localhost to NO_PROXY and no_proxy (run does), or Claude "
@@ -212,6 +214,6 @@ def run_epilog() -> str:
         "picker and the security notes; nothing present is changed. --trust also marks the current folder "
         "trusted.",
     )]
-    lines += ["Example:", "  claudeproxy run --upstream https://api.openai.com/v1 --api-key-env OPENAI_API_KEY "
-              "--model gpt-4.1 -- claude"]
+    lines += ["Example:", "  python3 -m claudeproxy run --upstream https://api.openai.com/v1 "
+              "--api-key-env OPENAI_API_KEY --model gpt-4.1 -- claude"]
     return "\n".join(lines)

@@ -2,8 +2,8 @@
 
 I/O. The only module that reads ``os.environ``. ``main(argv)`` returns the
 exit status: 0 after a clean shutdown (or ``--help``, ``--version``,
-``--print-config``), 2 for a bad flag, file or URL (one line on stderr saying
-what is wrong), 1 when the port cannot be bound.
+``--print-config``), 2 for a bad flag, file or URL, or an address and port that
+cannot be bound (one line on stderr saying what is wrong).
 
 Precedence: flags given on the command line, then the config file, then the
 environment (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``, ``CLAUDEPROXY_AUTH_KEY``),
@@ -46,7 +46,9 @@ from .config import (
     UPSTREAM_APIS,
     Config,
     check_header,
+    check_host,
     check_proxy_url,
+    check_seconds,
     check_url,
     env_proxies,
     gives_no_key,
@@ -59,14 +61,14 @@ from .config import (
     unused_proxy_hint,
     unused_proxy_variables,
 )
-from .config_file import ConfigError, FileConfig, FlagSpec, parse_config
+from .config_file import ConfigError, FileConfig, FlagSpec, file_setting, parse_config
 from .credentials import DEFAULT_TTL, CommandToken, command_argv, command_token, current_secrets, key_source
 from .dialects import DIALECTS, default_key_variables, detect_provider, key_variables
 from .errors import UpstreamUnavailable
 from .metrics import CallRecord
 from .observe import BODIES_LOGGER
 from .redact import configured_secrets, redact_text, redact_url
-from .routing import build_router
+from .routing import Router, build_router, header_the_key_replaces
 from .server import ProxyServer, drain_and_close
 from .settings_view import describe_config
 from .upstream import proxy_urls, tls_context
@@ -183,8 +185,8 @@ def _model_flags(models: Any) -> None:
                         help="route client models matching a name or glob to an upstream model, e.g. "
                         "'claude-haiku*=gpt-4o-mini' (repeatable, first match wins, before the flags above)")
     models.add_argument("--max-output-tokens", metavar="N", type=int,
-                        help="cap max_tokens sent upstream (Claude Code asks for up to 128000); "
-                        "known models are capped at their own limit anyway")
+                        help="cap max_tokens sent upstream, at most 1000000000 (Claude Code asks for up to "
+                        "128000); known models are capped at their own limit anyway")
 
 
 def _config_flags(group: Any) -> None:
@@ -217,8 +219,8 @@ def _network_flags(net: Any) -> None:
                      help="longest Retry-After honoured; an upstream asking for more is not retried "
                      "(default: %(default)s)")
     net.add_argument("--max-idle-per-host", type=int, default=Config.max_idle_per_host, metavar="N",
-                     help="idle keep-alive connections kept per upstream host (and proxy); 0 = a new "
-                     "connection for every call (default: %(default)s)")
+                     help="idle keep-alive connections kept per upstream host (and proxy), at most 1000000; "
+                     "0 = a new connection for every call (default: %(default)s)")
 
 
 def _server_flags(srv: Any) -> None:
@@ -231,16 +233,17 @@ def _server_flags(srv: Any) -> None:
     srv.add_argument("--allowed-origin", metavar="ORIGIN", action="append", default=[],
                      help="accept browser requests from this Origin (default: none)")
     srv.add_argument("--max-concurrency", type=int, default=Config.max_concurrency, metavar="N",
-                     help="requests in flight before answering 529 (default: %(default)s)")
+                     help="requests in flight before answering 529, at most 1000000 (default: %(default)s)")
     srv.add_argument("--max-body-bytes", type=int, default=Config.max_body_bytes, metavar="N",
-                     help="largest request body (default: %(default)s)")
+                     help="largest request body in bytes, at most 1073741824 (1 GiB) (default: %(default)s)")
     srv.add_argument("--body-timeout", type=float, default=Config.body_timeout, metavar="S",
                      help="a request body must arrive within this long after its headers (default: %(default)s)")
     srv.add_argument("--max-body-readers", type=int, default=Config.max_body_readers, metavar="N",
-                     help="connections reading a request body at once; one more ends the longest-waiting "
-                     "(default: %(default)s)")
+                     help="connections reading a request body at once, at most 1000000; one more ends the "
+                     "longest-waiting (default: %(default)s)")
     srv.add_argument("--shutdown-grace", type=float, default=Config.shutdown_grace, metavar="S",
-                     help="on SIGTERM/Ctrl-C, let requests in flight finish this long (default: %(default)s)")
+                     help="on SIGINT (Ctrl-C), SIGTERM or SIGHUP, let requests in flight finish this long "
+                     "(default: %(default)s)")
 
 
 # --------------------------------------------------------------------------
@@ -288,6 +291,7 @@ def parse_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) 
         raise UsageError(f"--passthrough is short for --upstream-api messages: it cannot go with "
                          f"--upstream-api {ns.upstream_api}")
     ns.setting_names = {}  # what merge_file sets is named after the file's key: see name_of()
+    ns.given_flags = given  # a setting may be given with its default value (--api-key-ttl 300)
     return ns, given
 
 
@@ -349,8 +353,12 @@ def load_config_file(path: str, environ: Mapping[str, str], specs: Mapping[str, 
 
 
 # Two flags for one setting: either one on the command line sets the file's other one aside too.
-_TWINS = {"usage_log": "metrics_file", "metrics_file": "usage_log",
-          "passthrough": "upstream_api", "upstream_api": "passthrough"}
+# The same for the single upstream's key: a source on the command line sets the file's others
+# aside (and its api_key_ttl, which only a key command has).
+_TWINS = {"usage_log": ("metrics_file",), "metrics_file": ("usage_log",),
+          "passthrough": ("upstream_api",), "upstream_api": ("passthrough",),
+          "api_key_env": ("api_key", "api_key_command"), "api_key_command": ("api_key", "api_key_env"),
+          "api_key_ttl": ("api_key", "api_key_env")}
 # run's own options: a config file may hold them for run; the server has no use for them.
 RUN_ONLY = {"log_file": FlagSpec("path"), "trust": FlagSpec("bool")}
 
@@ -362,7 +370,7 @@ def merge_file(ns: argparse.Namespace, given: Set[str], file: Optional[FileConfi
         return
     names = vars(ns).setdefault("setting_names", {})
     for dest, value in file.settings.items():
-        if dest not in given and _TWINS.get(dest) not in given and dest not in skip:
+        if dest not in given and not given.intersection(_TWINS.get(dest, ())) and dest not in skip:
             setattr(ns, dest, value)
             names[dest] = file.names.get(dest, dest)
 
@@ -395,10 +403,16 @@ def _positive(ns: argparse.Namespace) -> None:
             raise UsageError(f"{name_of(ns, dest)} must be a number of seconds greater than 0, got nan")
         if not value > 0:
             raise UsageError(f"{name_of(ns, dest)} must be greater than 0")
+    try:  # not in Config, whose durations check_config bounds: a key command's token holds it
+        check_seconds(ns.api_key_ttl, name_of(ns, "api_key_ttl"))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     for dest in ("max_concurrency", "max_body_bytes", "max_output_tokens"):
         value = getattr(ns, dest)
         if value is not None and value < 1:
             raise UsageError(f"{name_of(ns, dest)} must be at least 1")
+    if ns.shutdown_grace != ns.shutdown_grace:  # NaN: "must not be negative" sent the user looking for a minus
+        raise UsageError(f"{name_of(ns, 'shutdown_grace')} must be a number of seconds from 0, got nan")
     if not ns.shutdown_grace >= 0:
         raise UsageError(f"{name_of(ns, 'shutdown_grace')} must not be negative")
     if not 0 <= ns.retries <= 10:
@@ -477,6 +491,36 @@ def _env_proxy(ns: argparse.Namespace, environ: Mapping[str, str]) -> bool:
     return bool(ns.use_env_proxy)
 
 
+_KEY_SOURCES = ("api_key", "api_key_env", "api_key_command")
+
+
+def _one_key_source(ns: argparse.Namespace) -> None:
+    """The single upstream's key comes from one place, and --api-key-ttl only with a command:
+    otherwise one setting was silently ignored (the first in _shorthand_key's order won)."""
+    sources = [dest for dest in _KEY_SOURCES if getattr(ns, dest) not in (None, [])]
+    if len(sources) > 1:
+        first = name_of(ns, sources[0])
+        raise UsageError(f"{first} and {named_once(name_of(ns, sources[1]), first)} both give the upstream key: "
+                         "give one of them")
+    given = "api_key_ttl" in getattr(ns, "given_flags", ()) or "api_key_ttl" in getattr(ns, "setting_names", {})
+    if given and not ns.api_key_command:
+        raise UsageError(f"{name_of(ns, 'api_key_ttl')} is how long a key from --api-key-command is used, and "
+                         "there is no --api-key-command")
+
+
+def _no_header_the_key_replaces(ns: argparse.Namespace, router: Router) -> None:
+    """--header 'Authorization: ...' (or x-api-key, api-key: the auth style's header) with a key
+    from --api-key*: the key goes in that header, and the user's was dropped without a word.
+    With no key flag the header is left to do its work (the key may come from $OPENAI_API_KEY)."""
+    shorthand = router.providers.get(SHORTHAND_PROVIDER)
+    sources = [dest for dest in _KEY_SOURCES if getattr(ns, dest) and str(getattr(ns, dest)).strip()]
+    header = header_the_key_replaces(shorthand) if shorthand is not None and sources else None
+    if header:
+        first = f"{name_of(ns, 'header')} '{header}: ...'"
+        raise ValueError(f"{first} and {named_once(name_of(ns, sources[0]), first)}: the key is sent in {header} "
+                         "and would replace that header: give one of them")
+
+
 # The flags that describe the single upstream (--upstream), each with its value when not given.
 _SHORTHAND_UNSET = (("upstream_api", "chat"), ("passthrough", False), ("api_key", None), ("api_key_env", []),
                     ("api_key_command", None), ("api_key_ttl", DEFAULT_TTL), ("provider", "auto"),
@@ -509,10 +553,14 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
         if upstream:
             names["upstream"] = "OPENAI_BASE_URL"
         upstream = upstream or (DEFAULT_MESSAGES_UPSTREAM if api == "messages" else DEFAULT_UPSTREAM)
+    if file is not None:
+        names["routes"] = file_setting(ns.config, "routes")  # not a flag: a message about none names the file
     auth_key, auth_from = _auth_key(ns, environ)
     if auth_from:
         names["auth_key"] = auth_from
+    _checked(check_host, ns.host, name_of(ns, "host"))
     _listens_safely(ns, auth_key)
+    _one_key_source(ns)
     token, key_source = _shorthand_key(ns, environ, api, upstream, names.get("upstream") == "OPENAI_BASE_URL")
     return Config(
         providers=file.providers if file else (),
@@ -819,10 +867,20 @@ def _settings(argv: Optional[List[str]], environ: Mapping[str, str], stdout: Tex
 
 def check_settings(ns: argparse.Namespace, config: Config) -> None:
     """What both modes check before anything listens; ValueError names the setting."""
-    build_router(config)  # every provider and route
+    router = build_router(config)  # every provider and route
+    if config.upstream is not None:  # the single upstream (a file's provider of that name is checked there)
+        _no_header_the_key_replaces(ns, router)
     if config.ca_bundle is not None:
+        _no_special_file(config.ca_bundle, config.setting_name("ca_bundle"))
         tls_context(config.ca_bundle, config.setting_name("ca_bundle"))
     check_usage_log(ns)
+
+
+def _no_special_file(path: str, setting: str) -> None:
+    """A CA bundle that exists but is neither a file nor a folder (/dev/null, a FIFO): tls_context
+    would call it "no such file"."""
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        raise ValueError(f"{setting} {path}: not a regular file; give a PEM file of CA certificates")
 
 
 def check_key_commands(config: Config) -> None:
@@ -850,18 +908,53 @@ def check_usage_log(ns: argparse.Namespace) -> None:
         raise ValueError(f"{old} is the former name of {named_once(new, old)}: give one of them")
     for dest in ("usage_log", "metrics_file"):
         if getattr(ns, dest):
-            check_appendable(getattr(ns, dest), name_of(ns, dest))
+            check_appendable(getattr(ns, dest), name_of(ns, dest), try_it=not ns.print_config)
 
 
-def check_appendable(path: str, setting: str) -> None:
-    """A file the proxy can append to, or create, without creating it now (--print-config)."""
+def check_appendable(path: str, setting: str, try_it: bool = True) -> None:
+    """A file the proxy can append to, or create. ``try_it``: really open it for appending (see
+    ``_append_nothing``); without it (--print-config) nothing is opened or created, and the
+    permission bits are all that is asked."""
     if os.path.isdir(path):
         raise ValueError(f"{setting} {path}: is a directory")
     target = path if os.path.exists(path) else (os.path.dirname(os.path.abspath(path)))
     if not os.path.isdir(target) and not os.path.exists(path):
         raise ValueError(f"{setting} {path}: the directory {target} does not exist")
-    if not os.access(target, os.W_OK):
-        raise ValueError(f"{setting} {path}: cannot be opened for writing (permission denied)")
+    if not try_it:
+        if not os.access(target, os.W_OK):
+            raise ValueError(f"{setting} {path}: cannot be opened for writing (permission denied)")
+        return
+    try:
+        _append_nothing(path)
+    except OSError as exc:
+        raise ValueError(f"{setting} {path}: cannot be opened for appending ({exc.strerror or exc})") from None
+
+
+def _append_nothing(path: str) -> None:
+    """Open ``path`` for appending and write no bytes: what ``os.access`` cannot tell root (who may
+    open /proc/version, whose every write fails with EIO, or find /proc read-only). A file made
+    for the check is removed again; non-blocking, so that a FIFO without a reader cannot hang it."""
+    flags = os.O_WRONLY | os.O_APPEND | getattr(os, "O_NONBLOCK", 0)
+    created = False
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
+        created = True
+    try:
+        os.write(fd, b"")
+    finally:
+        os.close(fd)
+        if created:
+            os.unlink(path)
+
+
+def cannot_listen(ns: argparse.Namespace, config: Config, exc: OSError) -> str:
+    """The line for a bind that failed: the port is taken, the address is not this machine's, the
+    name does not resolve. A bad setting like any other (exit 2), so it names the two as given."""
+    host = name_of(ns, "host")
+    return (f"cannot listen on {config.host}:{config.port} ({host}, {named_once(name_of(ns, 'port'), host)}): "
+            f"{exc.strerror or exc}")
 
 
 def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] = None,
@@ -892,8 +985,8 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
         print(f"claudeproxy: error: {' '.join(str(exc).split())}", file=stderr)
         return 2
     except OSError as exc:  # e.g. the port is taken
-        print(f"claudeproxy: error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=stderr)
-        return 1
+        print(f"claudeproxy: error: {cannot_listen(ns, config, exc)}", file=stderr)
+        return 2
     finally:
         logger.removeHandler(handler)
         logger.setLevel(saved[0])

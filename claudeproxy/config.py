@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 from .dialects import DEFAULT_AZURE_API_VERSION
-from .model_facts import ModelFacts
+from .model_facts import MAX_TOKENS, ModelFacts
 from .redact import MASK, redact_url
 
 # A token source returns the upstream credential each time it is called, so a
@@ -232,6 +232,8 @@ def check_url(value: str, setting: str, credentials: bool = False) -> str:
     Credentials (``user:pass@``) only where ``credentials`` allows them (a library caller's proxy).
     """
     url = value.strip()
+    if not url:  # said so: "got ''" (the value stripped) hid the blanks of OPENAI_BASE_URL=' '
+        raise ValueError(f"{setting}: the value is only blanks; expected an http:// or https:// URL")
     if _URL_CONTROL_RE.search(url):
         # urllib would send these as they are, and the upstream would see another request line.
         raise ValueError(f"{setting}: the URL contains spaces or control characters; percent-encode them")
@@ -245,6 +247,11 @@ def check_url(value: str, setting: str, credentials: bool = False) -> str:
         raise ValueError(f"{setting}: not a valid URL ({why})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{setting}: expected an http:// or https:// URL with a host, got {shown_url(url)!r}")
+    if not is_host(parts.hostname):  # every call would fail (a 502) on a name no resolver takes
+        raise ValueError(f"{setting}: {parts.hostname!r} is not an IP address or a host name (ASCII letters, "
+                         "digits, '-' and '.'; an international name in its xn-- form)")
+    if parts.port == 0:
+        raise ValueError(f"{setting}: port 0 is no port to connect to")
     if "@" in parts.netloc and not credentials:
         raise ValueError(f"{setting}: credentials in the URL are not allowed; give the key separately")
     if parts.fragment:
@@ -424,9 +431,14 @@ def check_token(token: TokenSource, setting: str) -> None:
 _SECONDS = (("connect_timeout", False), ("idle_timeout", False), ("request_timeout", False),
             ("client_timeout", False), ("client_request_deadline", False), ("body_timeout", False),
             ("ping_interval", False), ("finish_grace", True), ("shutdown_grace", True))
-# Counts: (name, smallest allowed).
-_COUNTS = (("max_body_bytes", 1), ("max_line_bytes", 1), ("max_concurrency", 1), ("max_body_readers", 1),
-           ("max_idle_per_host", 0))
+# Counts: (name, smallest allowed, largest allowed). The largest are far beyond any real use (each
+# connection is a thread, each body held whole in memory) and keep a typo's extra zeros from
+# passing for a setting: 99999999999999999999 slots would never refuse anything.
+MAX_BODY_BYTES = 1024 ** 3  # 1 GiB
+MAX_CONNECTIONS = 1_000_000
+_COUNTS = (("max_body_bytes", 1, MAX_BODY_BYTES), ("max_line_bytes", 1, MAX_BODY_BYTES),
+           ("max_concurrency", 1, MAX_CONNECTIONS), ("max_body_readers", 1, MAX_CONNECTIONS),
+           ("max_idle_per_host", 0, MAX_CONNECTIONS))
 # Longer waits cannot be given to sockets and locks (OverflowError), and nobody means them.
 MAX_SECONDS = 10_000_000.0
 
@@ -440,11 +452,50 @@ def check_seconds(value: object, setting: str, zero_ok: bool = False) -> None:
                          f"got {value!r}")
 
 
-def check_count(value: object, setting: str, low: int) -> None:
+def check_count(value: object, setting: str, low: int, high: Optional[int] = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{setting}: expected a whole number, got {value!r}")
     if value < low:
         raise ValueError(f"{setting}: must be at least {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{setting}: must be at most {high}, got {value}")
+
+
+# One label of a host name (RFC 1123): letters, digits and '-', not at either end; '_' too, as
+# Docker's and Compose's service names have it and their DNS answers them.
+_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def is_host(host: str) -> bool:
+    """An IP address (an IPv6 one in brackets or not) or a host name as DNS writes it; not resolved.
+
+    A name whose last label is all digits (``999.1.1.1``) is an address out of range, not a name.
+    """
+    bracketed = host.startswith("[") and host.endswith("]")
+    literal = host[1:-1] if bracketed else host
+    if ":" in literal:
+        literal = literal.split("%", 1)[0]  # an IPv6 zone (fe80::1%eth0), which Python 3.8 cannot parse
+    try:
+        ipaddress.ip_address(literal)
+        return True
+    except ValueError:
+        if bracketed:
+            return False
+    labels = (host[:-1] if host.endswith(".") else host).split(".")  # "example.com." is a full name
+    return (len(host) <= 253 and all(_LABEL_RE.fullmatch(label) for label in labels)
+            and not labels[-1].isdigit())
+
+
+def check_host(value: object, setting: str) -> str:
+    """A listen address or an upstream's host: ``is_host``, or a ValueError naming ``setting``.
+
+    Checked before anything listens: ``'127.0.0.1 '`` or ``'not a host'`` would otherwise be told
+    they need --auth-key, or fail at the bind with the resolver's words.
+    """
+    if not isinstance(value, str) or not is_host(value):
+        raise ValueError(f"{setting}: expected an IP address or a host name (ASCII letters, digits, '-' and '.', "
+                         f"no blanks), got {value!r}")
+    return value
 
 
 def is_loopback_host(host: str) -> bool:
@@ -461,6 +512,15 @@ def is_loopback_host(host: str) -> bool:
 _HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:\d{1,5})?$")
 
 
+def check_allowed_host(host: object, setting: str) -> None:
+    """A Host header value to accept: a name or [IPv6] address, and a port from 1 to 65535 if any."""
+    match = _HOST_RE.match(host) if isinstance(host, str) else None
+    if not match:
+        raise ValueError(f"{setting}: expected a host name or host:port, got {host!r}")
+    if match.group(2) and not 0 < int(match.group(2)[1:]) < 65536:
+        raise ValueError(f"{setting}: the port must be from 1 to 65535, got {host!r}")
+
+
 def check_config(config: Config) -> None:
     """The server-wide settings (timeouts, limits, proxy, client key); providers are checked by routing.
 
@@ -469,25 +529,25 @@ def check_config(config: Config) -> None:
     name = config.setting_name
     for dest, zero_ok in _SECONDS:
         check_seconds(getattr(config, dest), name(dest), zero_ok)
-    for dest, low in _COUNTS:
-        check_count(getattr(config, dest), name(dest), low)
+    for dest, low, high in _COUNTS:
+        check_count(getattr(config, dest), name(dest), low, high)
     check_count(config.retries, name("retries"), 0)
     if config.retries > 10:
         raise ValueError(f"{name('retries')}: must be from 0 to 10, got {config.retries}")
     check_seconds(config.retry_max_wait, name("retry_max_wait"), zero_ok=True)
     if config.retry_max_wait > 600:
         raise ValueError(f"{name('retry_max_wait')}: must be at most 600 seconds, got {config.retry_max_wait!r}")
-    if not isinstance(config.host, str) or not is_loopback_host(config.host) and not config.auth_key:
+    check_host(config.host, name("host"))
+    if not is_loopback_host(config.host) and not config.auth_key:
         raise ValueError(f"{name('host')}: refusing to listen on {config.host!r} without --auth-key (anyone could "
                          "use your upstream key)")
     for host in config.allowed_hosts:
-        if not isinstance(host, str) or not _HOST_RE.match(host):
-            raise ValueError(f"{name('allowed_hosts')}: expected a host name or host:port, got {host!r}")
+        check_allowed_host(host, name("allowed_host"))  # the flag's dest: a config file's key is named by it
     for pair in config.model_map:
         if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(p, str) and p for p in pair)):
             raise ValueError(f"{name('model_map')}: expected (pattern, name) pairs of strings, got {pair!r}")
     if config.max_output_tokens is not None:
-        check_count(config.max_output_tokens, name("max_output_tokens"), 1)
+        check_count(config.max_output_tokens, name("max_output_tokens"), 1, MAX_TOKENS)
     check_count(config.port, name("port"), 0)
     if config.port > 65535:
         raise ValueError(f"{name('port')}: must be from 0 to 65535, got {config.port}")

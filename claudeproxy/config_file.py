@@ -16,10 +16,10 @@ import math
 import os.path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .config import Provider, Route, RouteTarget, check_header, unset_variable
+from .config import Provider, Route, RouteTarget, check_header, check_seconds, unset_variable
 from .credentials import DEFAULT_TTL, command_argv, command_token, key_source
 from .model_facts import ModelFacts, facts_from_dict
-from .routing import check_provider
+from .routing import check_provider, header_the_key_replaces
 
 
 class ConfigError(ValueError):
@@ -103,6 +103,9 @@ def _join(path: str, key: str) -> str:
 def _token(obj: Mapping[str, Any], environ: Mapping[str, str], path: str, name: str) -> Tuple[Any, str]:
     if "api_key_env" in obj and "api_key_command" in obj:
         raise ConfigError(f"{path}: give api_key_env or api_key_command, not both")
+    if "api_key_ttl" in obj and "api_key_command" not in obj:
+        raise ConfigError(f"{path}.api_key_ttl: says how long a key from api_key_command is used, and this "
+                          "provider has no api_key_command")
     if "api_key_env" in obj:
         raw = obj["api_key_env"]
         names = _strings(raw, f"{path}.api_key_env") if isinstance(raw, list) else [_text(raw, f"{path}.api_key_env")]
@@ -120,8 +123,10 @@ def _token(obj: Mapping[str, Any], environ: Mapping[str, str], path: str, name: 
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         ttl = _want(obj.get("api_key_ttl", DEFAULT_TTL), (int, float), f"{path}.api_key_ttl", "a number")
-        if ttl <= 0:
-            raise ConfigError(f"{path}.api_key_ttl: must be greater than 0")
+        try:  # bounded like every duration: a key kept for 1e300 s is never renewed
+            check_seconds(ttl, f"{path}.api_key_ttl")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         return command_token(argv, float(ttl), f"provider {name}"), f"command {argv[0]}"
     return (lambda: ""), ""
 
@@ -183,6 +188,11 @@ def _provider(name: str, obj: Any, environ: Mapping[str, str]) -> Provider:
         check_provider(provider, path)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    replaced = header_the_key_replaces(provider) if source else None
+    if replaced:
+        key = "api_key_env" if "api_key_env" in obj else "api_key_command"
+        raise ConfigError(f"{path}.headers.{replaced} and {path}.{key}: the key is sent in {replaced} and would "
+                          "replace that header: give one of them")
     return provider
 
 

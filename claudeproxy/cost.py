@@ -11,6 +11,7 @@ tokens are not known (None) has no cost either.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Tuple
 
 # (token field of a call record, price field of ModelFacts)
@@ -43,8 +44,13 @@ def call_cost(facts: Any, input_tokens: Optional[int] = 0, output_tokens: Option
         price = getattr(facts, price_field, None) if facts is not None else None
         if price is None:
             return None
-        total += tokens * price / 1_000_000
-    return total
+        try:
+            total += tokens * price / 1_000_000
+        except OverflowError:  # a count too large for a float
+            return None
+    # Prices and counts are bounded at start and at the door; an infinite cost would still make
+    # the usage page fail and /v1/usage write Infinity, which is not JSON: no cost rather than that.
+    return total if math.isfinite(total) else None
 
 
 def cache_hit_ratio(input_tokens: int, cache_read_input_tokens: int, cache_creation_input_tokens: int) -> Optional[float]:

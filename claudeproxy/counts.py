@@ -1,12 +1,12 @@
 """Token counts an upstream reports, read by one rule. Pure.
 
 An upstream's usage is not trusted: a count is a non-negative ``int`` (a bool is
-no count). A negative number, a float, a numeric string or null is not one and
-counts 0 (or, where a count may be missing, is ignored). Every place a count
-comes in from an upstream (Chat Completions, Responses, a forwarded Anthropic
-body or stream, count_tokens) reads it this way, so a bad number can neither be
-billed nor drive a ``/metrics`` counter backwards (Prometheus counters never
-decrease).
+no count) up to ``MAX_COUNT``. A negative number, a float, a numeric string, null
+or an absurdly large number is not one and counts 0 (or, where a count may be
+missing, is ignored). Every place a count comes in from an upstream (Chat
+Completions, Responses, a forwarded Anthropic body or stream, count_tokens)
+reads it this way, so a bad number can neither be billed nor drive a
+``/metrics`` counter backwards (Prometheus counters never decrease).
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ from typing import Any, Dict, Optional
 
 # Anthropic's usage keys, as the call records keep them.
 USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+# The largest count taken: every integer up to it is exact as a float (the cost, the usage page, a
+# JavaScript reader of /v1/usage); 10**400 could not even be made a float, and the page failed.
+MAX_COUNT = 2 ** 53 - 1
 
 
 def count_or_none(value: Any) -> Optional[int]:
     """``value`` if it is a count (a non-negative int, not a bool), else None: not reported."""
-    if type(value) is int and value >= 0:  # type(), not isinstance: True is an int too
+    if type(value) is int and 0 <= value <= MAX_COUNT:  # type(), not isinstance: True is an int too
         return value
     return None
 

@@ -7,9 +7,9 @@ command is given is decided in ``claude_code.py``.
 
 The steps, in the order the bad-input contract needs: the options are checked
 (exit 2, one line), the command is looked up before anything listens (exit
-127, one line naming it), the port is bound (exit 1), then the command runs
-in the foreground with inherited stdio, and ``run`` returns its status (128+N
-when signal N ended it) after the proxy has stopped.
+127, one line naming it), the port is bound (exit 2, one line, when it cannot
+be), then the command runs in the foreground with inherited stdio, and ``run``
+returns its status (128+N when signal N ended it) after the proxy has stopped.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from .claude_code import (
     run_description,
     run_epilog,
 )
-from .config import Config, is_loopback_host
+from .config import Config, check_host, is_loopback_host
 from .dialects import key_variables
 from .redact import redact_text
 from .server import RunningServer, start
@@ -99,6 +99,10 @@ def parse_run(argv: List[str], environ: Mapping[str, str],
     file = cli.load_config_file(ns.config, environ, cli.flag_specs(parser)) if ns.config else None
     # A file's port is for the standing server; run takes a free one unless told on the command line.
     cli.merge_file(ns, given, file, skip={"port"})
+    try:  # a typo ('127.0.0.1 ') is said as such, not as an address that is not loopback
+        check_host(ns.host, cli.name_of(ns, "host"))
+    except ValueError as exc:
+        raise cli.UsageError(str(exc)) from None
     if not is_loopback_host(ns.host):  # the same rule as the server's
         raise cli.UsageError(f"run: {cli.name_of(ns, 'host')} must be a loopback address (the proxy serves only "
                              f"COMMAND), got {ns.host}")
@@ -106,7 +110,7 @@ def parse_run(argv: List[str], environ: Mapping[str, str],
     try:
         cli.check_settings(ns, config)  # what the server checks, before anything listens or is written
         if ns.log_file:
-            cli.check_appendable(ns.log_file, cli.name_of(ns, "log_file"))
+            cli.check_appendable(ns.log_file, cli.name_of(ns, "log_file"), try_it=not ns.print_config)
     except ValueError as exc:
         raise cli.UsageError(str(exc)) from None
     return ns, config, command or []
@@ -408,9 +412,9 @@ def _session(ns: argparse.Namespace, config: Config, typed: str, argv: List[str]
     sink = cli.usage_writer(path) if path else None
     try:
         running = start(config, sink)
-    except OSError as exc:  # the port is taken, or the address cannot be had
-        print(f"claudeproxy: error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=stderr)
-        return 1
+    except OSError as exc:  # the port is taken, or the address cannot be had: a bad setting
+        print(f"claudeproxy: error: {cli.cannot_listen(ns, config, exc)}", file=stderr)
+        return 2
     except ValueError as exc:  # a setting the server itself refuses
         print(f"claudeproxy: error: {' '.join(str(exc).split())}", file=stderr)
         return 2
@@ -444,7 +448,9 @@ def _fail(message: str, environ: Mapping[str, str], stderr: TextIO, status: int)
 
 
 def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr: TextIO) -> int:
-    """``claudeproxy run ...``: the command's exit status, or 2/127/1 for bad input (one line on stderr)."""
+    """``claudeproxy run ...``: the command's exit status, or 2/127 for bad input (one line on stderr).
+
+    1 only when the log file, checked already, cannot be opened after all."""
     try:
         ns, config, command = parse_run(argv, environ, stdout)
     except cli._Exit as done:  # noqa: SLF001 - --help, --version

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import threading
 import time
 from typing import (
@@ -117,6 +118,19 @@ class CallRecord:
 
 
 Sink = Callable[[CallRecord], None]
+
+
+def finite(value: Any) -> Any:
+    """``value`` (JSON-like) with every float that is not finite replaced by None: json.dumps would
+    write a bare Infinity or NaN, which strict JSON parsers refuse, and the usage page reads None as
+    "not known". Defence in depth: prices and counts are bounded where they come in."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 def model_key(rec: CallRecord) -> ModelKey:

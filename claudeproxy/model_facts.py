@@ -380,6 +380,11 @@ _INT_KEYS: Mapping[str, str] = types.MappingProxyType(
 _PRICE_KEYS = ("input_price", "output_price", "cache_read_price", "cache_write_price")
 _BOOL_KEYS = ("responses_only", "text_only")
 _ALL_KEYS = tuple(_INT_KEYS) + _PRICE_KEYS + _BOOL_KEYS
+# Bounds far above any real model (the dearest list price is a few hundred USD per million tokens, the
+# largest window a few million tokens) and far below what breaks arithmetic: a price of 1e308 made
+# one call's cost infinite, the usage page a 500 and /v1/usage a bare Infinity, which is not JSON.
+MAX_PRICE = 1_000_000.0  # USD per million tokens
+MAX_TOKENS = 1_000_000_000  # a context window, an output cap
 
 
 def facts_as_config(facts: ModelFacts) -> Dict[str, Any]:
@@ -415,6 +420,8 @@ def _token_count(value: Any, where: str) -> int:
         raise ValueError(f"{where}: must be a whole number of tokens, not {_kind(value)}")
     if value <= 0:
         raise ValueError(f"{where}: must be a positive number of tokens, not {value}")
+    if value > MAX_TOKENS:
+        raise ValueError(f"{where}: must be at most {MAX_TOKENS} tokens, not {value}")
     return value
 
 
@@ -425,6 +432,8 @@ def _price(value: Any, where: str) -> float:
         raise ValueError(f"{where}: must be a finite number, not {value}")
     if value < 0:
         raise ValueError(f"{where}: must not be negative, not {value}")
+    if value > MAX_PRICE:
+        raise ValueError(f"{where}: must be at most {MAX_PRICE:.0f} USD per million tokens, not {value}")
     return float(value)
 
 

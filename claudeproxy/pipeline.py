@@ -39,7 +39,7 @@ from .errors import (
     says_no_retry,
 )
 from .ids import new_id
-from .metrics import CallRecord, Metrics, access_line
+from .metrics import CallRecord, Metrics, access_line, finite
 from .model_facts import PRICES_CHECKED, ModelFacts
 from .observe import ObservedFold, bodies_logged, log_body
 from .prompt_cache import session_cache_key
@@ -147,7 +147,7 @@ class Proxy:
     def show_metrics(self, handler: Any, writer: Any) -> None:
         """Prometheus text; ``?format=json`` gives the JSON summary served here before."""
         if parse_qs(handler.query).get("format") == ["json"]:
-            writer.json(200, self.metrics.snapshot())
+            writer.json(200, finite(self.metrics.snapshot()))
             return
         from . import prometheus  # imported on first use: most servers are never scraped
 
@@ -156,8 +156,8 @@ class Proxy:
 
     def usage(self) -> Dict[str, Any]:
         """The ``/v1/usage`` JSON: what ``Metrics.usage`` adds up, the price date, what count_tokens learned."""
-        return {**self.metrics.usage(time.time()), "prices_checked": PRICES_CHECKED,
-                "token_calibration": self.calibration.snapshot()}
+        return finite({**self.metrics.usage(time.time()), "prices_checked": PRICES_CHECKED,
+                       "token_calibration": self.calibration.snapshot()})
 
     def show_usage(self, handler: Any, writer: Any) -> None:
         writer.json(200, self.usage(), (("Cache-Control", "no-store"),))

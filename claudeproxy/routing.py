@@ -37,8 +37,8 @@ from .config import (
     flag_name,
     named_once,
 )
-from .dialects import DIALECTS, Dialect, detect_provider, dialect_for
-from .model_facts import ModelFacts, builtin_facts
+from .dialects import DIALECTS, Dialect, auth_style, detect_provider, dialect_for
+from .model_facts import MAX_TOKENS, ModelFacts, builtin_facts, facts_from_dict
 
 FAMILIES = ("opus", "sonnet", "haiku")
 # Claude Code's own aliases beyond the plain family names.
@@ -158,11 +158,24 @@ def check_provider(p: Provider, where: str) -> None:
         raise ValueError(f"{where}.auth: unknown auth style {p.auth!r} (expected one of {', '.join(AUTH_STYLES)})")
     if p.anthropic_beta not in BETA_POLICIES:
         raise ValueError(f"{where}.anthropic_beta: expected one of {', '.join(BETA_POLICIES)}, got {p.anthropic_beta!r}")
-    if p.max_output_tokens is not None and p.max_output_tokens < 1:
-        raise ValueError(f"{where}.max_output_tokens: must be at least 1")
+    if p.max_output_tokens is not None and not 1 <= p.max_output_tokens <= MAX_TOKENS:
+        raise ValueError(f"{where}.max_output_tokens: must be from 1 to {MAX_TOKENS}, got {p.max_output_tokens}")
+    for pattern, facts in p.models:  # a library caller's ModelFacts: the bounds a config file's have
+        facts_from_dict(facts.to_dict(), f"{where}.models.{pattern}")
     for name, value in p.headers:
         check_header(name, value, "--header" if shorthand else f"{where}.headers")
     check_token(p.token, f"{where} key ({p.key_source})" if p.key_source else f"{where} key")
+
+
+# The header each auth style sends the key in (dialects.auth_header).
+_KEY_HEADERS = {"bearer": "authorization", "x-api-key": "x-api-key", "api-key": "api-key"}
+
+
+def header_the_key_replaces(p: Provider) -> Optional[str]:
+    """The header of ``p.headers``, as written, that ``p``'s key replaces upstream (the key goes in
+    the same header, and wins): one of the two settings was meant, and the other was dropped."""
+    wanted = _KEY_HEADERS[auth_style(p.api, p.url, p.dialect, p.auth)]
+    return next((name for name, _ in p.headers if name.lower() == wanted), None)
 
 
 def _check_routes(routes: Sequence[Route], providers: Dict[str, Provider], where: str) -> None:
@@ -263,7 +276,8 @@ def effective_providers_and_routes(config: Config) -> Tuple[Tuple[Provider, ...]
     if shorthand is not None and not any(r.match == "*" for r in routes):
         routes.append(Route("*", RouteTarget(shorthand.name, None), origin="--upstream (the client's model name)"))
     if not routes:
-        raise ValueError("routes: there are none, so every request would be refused: add routes to the config "
+        where = dict(config.setting_names).get("routes", "routes")  # the config file's, when there is one
+        raise ValueError(f"{where}: there are none, so every request would be refused: add routes to the config "
                          "file (a '*' route serves every model), or give --model")
     return tuple(providers), tuple(routes)
 

@@ -149,6 +149,25 @@ def test_empty_api_key_flag_overrides_the_environment(served: List[Any]) -> None
     assert served[0].token() == ""
 
 
+@pytest.mark.parametrize("argv", [
+    ["--header", "Authorization: Bearer hdr-token"],  # the key from $OPENAI_API_KEY: left as it was
+    ["--api-key", "", "--header", "Authorization: Bearer hdr-token"],  # no key: the header is the credential
+    ["--upstream-auth", "x-api-key", "--api-key", "sk-flag", "--header", "Authorization: Bearer hdr-token"],
+    ["--api-key", "sk-flag", "--header", "x-api-key: hdr-token"],  # the key goes as Bearer: both are sent
+], ids=["env-key", "no-key", "other-style", "other-header"])
+def test_a_header_the_key_does_not_replace_is_accepted(served: List[Any], argv: List[str]) -> None:
+    code, _, err = run_main(argv, {"OPENAI_API_KEY": ENV_KEY})
+    assert code == 0, err
+
+
+def test_a_header_a_key_variable_replaces_is_refused_and_not_echoed(served: List[Any]) -> None:
+    code, out, err = run_main(["--api-key-env", "MY_KEY", "--header", "authorization: Bearer hdr-token"],
+                              {"MY_KEY": ENV_KEY})
+    assert_usage_error(code, out, err, "--header 'authorization: ...' and --api-key-env", "give one of them")
+    assert "hdr-token" not in err and ENV_KEY not in err
+    assert served == []
+
+
 def test_auth_key_from_environment_allows_a_wildcard_host(served: List[Any]) -> None:
     assert run_main(["--host", "0.0.0.0"], {"CLAUDEPROXY_AUTH_KEY": "local-key-123"})[0] == 0
     assert served[0].auth_key == "local-key-123"
@@ -166,6 +185,12 @@ def test_auth_key_from_environment_allows_a_wildcard_host(served: List[Any]) -> 
     ("https://example.test/v1#frag", "fragment"),
     ("http://example.test:99999/v1", "--upstream"),
     ("http://[::1/v1", "--upstream"),
+    # Every call would be a 502: no upstream listens on port 0, and no resolver takes these names.
+    ("http://127.0.0.1:0/v1", "port 0"),
+    ("http://-bad-/v1", "'-bad-' is not an IP address or a host name"),
+    ("http://a..b/v1", "not an IP address or a host name"),
+    ("http://999.1.1.1/v1", "not an IP address or a host name"),
+    ("http://\u00fc.example/v1", "xn--"),
 ])
 def test_bad_upstream_url_exits_2(served: List[Any], url: str, part: str) -> None:
     code, out, err = run_main(["--upstream", url])
@@ -179,6 +204,11 @@ def test_bad_upstream_from_environment_exits_2_naming_the_variable(served: List[
     code, out, err = run_main([], {"OPENAI_BASE_URL": "not a url"})
     assert_usage_error(code, out, err, "OPENAI_BASE_URL", "URL")
     assert "--upstream" not in err
+
+
+def test_a_blank_upstream_from_the_environment_is_shown_as_given(served: List[Any]) -> None:
+    code, out, err = run_main([], {"OPENAI_BASE_URL": "  "})
+    assert_usage_error(code, out, err, "OPENAI_BASE_URL: the value is only blanks; expected an http:// or https:// URL")
 
 
 def test_a_bad_client_key_from_the_environment_names_the_variable_not_the_key(served: List[Any]) -> None:
@@ -230,6 +260,23 @@ def test_non_loopback_host_without_auth_key_exits_2(served: List[Any], host: str
     assert served == []
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1 ", " ::1", "not a host", "999.1.1.1", "\u00fc", "-bad-", "a..b",
+                                  "[example.test]", "x" * 64 + ".test"])
+@pytest.mark.parametrize("auth", [[], ["--auth-key", "client-key-0123456789"]], ids=["no-auth-key", "auth-key"])
+def test_a_host_that_is_no_address_nor_name_exits_2_naming_host(served: List[Any], host: str,
+                                                                auth: List[str]) -> None:
+    """Not "without --auth-key" (the trailing blank hid), nor a bind that failed with exit 1."""
+    code, out, err = run_main([f"--host={host}", *auth])
+    assert_usage_error(code, out, err, "--host: expected an IP address or a host name", repr(host))
+    assert served == []
+
+
+@pytest.mark.parametrize("host", ["example.test", "box.lan.", "compose_service", "[::]", "10.0.0.1"])
+def test_any_address_or_host_name_may_be_listened_on_with_an_auth_key(served: List[Any], host: str) -> None:
+    """Nothing is resolved at the check: a name that does not resolve is found by the bind (exit 2)."""
+    assert run_main(["--host", host, "--auth-key", "client-key-0123456789"])[0] == 0
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
 def test_loopback_hosts_need_no_auth_key(served: List[Any], host: str) -> None:
     assert run_main(["--host", host])[0] == 0
@@ -253,14 +300,14 @@ def test_usage_error_does_not_echo_the_api_key(served: List[Any]) -> None:
     assert ENV_KEY not in err
 
 
-def test_port_in_use_exits_1_with_one_line() -> None:
+def test_port_in_use_exits_2_with_one_line_naming_host_and_port() -> None:
+    """A bad setting (the README: exit 2), found by the bind rather than before it."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
-        code, out, err = run_main(["--port", str(taken.getsockname()[1]), "--upstream", "http://127.0.0.1:9/v1"])
-    assert code == 1
-    assert out == ""
-    assert len(err.splitlines()) == 1 and "cannot listen" in err
+        port = taken.getsockname()[1]
+        code, out, err = run_main(["--port", str(port), "--upstream", "http://127.0.0.1:9/v1"])
+    assert_usage_error(code, out, err, f"cannot listen on 127.0.0.1:{port} (--host, --port)")
     # main() leaves logging as it found it (tests and embedding programs share the logger).
     logger = logging.getLogger("claudeproxy")
     assert logger.handlers == [] and logger.propagate

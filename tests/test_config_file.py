@@ -168,6 +168,31 @@ BAD_FILES = [
      "providers.a.api_key_command", "No closing quotation"),
     ({"providers": {"a": {"url": "https://x.test", "api_key_command": ["no-such-key-tool-xyz"]}}},
      "providers.a.api_key_command", "command not found"),
+    # Prices and token counts a real model never has: a price of 1e308 made the usage page a 500.
+    ({"providers": {"a": {"url": "https://x.test", "models": {"m": {"input_price": 1e308}}}}},
+     "providers.a.models.m.input_price", "at most 1000000 USD per million tokens"),
+    ({"providers": {"a": {"url": "https://x.test", "models": {"m": {"cache_write_price": 1000001}}}}},
+     "providers.a.models.m.cache_write_price", "at most 1000000"),
+    ({"providers": {"a": {"url": "https://x.test", "models": {"m*": {"context_window": 10 ** 30}}}}},
+     "providers.a.models.m*.context_window", "at most 1000000000 tokens"),
+    ({"providers": {"a": {"url": "https://x.test", "models": {"m": {"max_output_tokens": 10 ** 10}}}}},
+     "providers.a.models.m.max_output_tokens", "at most 1000000000 tokens"),
+    ({"providers": {"a": {"url": "https://x.test", "max_output_tokens": 10 ** 10}}},
+     "providers.a.max_output_tokens", "from 1 to 1000000000"),
+    # A key lifetime without a key command, or one never renewed.
+    ({"providers": {"a": {"url": "https://x.test", "api_key_env": "OPENAI_API_KEY", "api_key_ttl": 60}}},
+     "providers.a.api_key_ttl", "no api_key_command"),
+    ({"providers": {"a": {"url": "https://x.test", "api_key_ttl": 60}}}, "providers.a.api_key_ttl",
+     "no api_key_command"),
+    ({"providers": {"a": {"url": "https://x.test", "api_key_command": "true", "api_key_ttl": 1e300}}},
+     "providers.a.api_key_ttl", "finite number of seconds"),
+    # A header the key replaces upstream.
+    ({"providers": {"a": {"url": "https://x.test", "api_key_env": "OPENAI_API_KEY",
+                          "headers": {"Authorization": "Bearer hdr-token"}}}},
+     "providers.a.headers.Authorization and providers.a.api_key_env", "would replace that header"),
+    ({"providers": {"a": {"url": "https://x.test", "api": "messages", "auth": "x-api-key", "api_key_command": "true",
+                          "headers": {"X-Api-Key": "hdr-token"}}}},
+     "providers.a.headers.X-Api-Key and providers.a.api_key_command", "would replace that header"),
 ]
 
 
@@ -189,6 +214,10 @@ BAD_SETTINGS = [
     ({"upstream": "ftp://x"}, "upstream", "http://"),
     ({"model_map": ["nope"]}, "model_map", "PATTERN=NAME"),
     ({"host": "0.0.0.0"}, "host", "refusing to listen on 0.0.0.0"),
+    ({"host": "127.0.0.1 "}, "host", "expected an IP address or a host name"),
+    # The flag is --allowed-host (the message named a --allowed-hosts that does not exist).
+    ({"allowed_host": ["a b"]}, "allowed_host", "expected a host name or host:port"),
+    ({"allowed-host": ["box.lan:99999"]}, "allowed-host", "from 1 to 65535"),
     ({"usage_log": "/nonexistent-claudeproxy/u.jsonl"}, "usage_log", "does not exist"),
     ({"metrics_file": "/nonexistent-claudeproxy/u.jsonl"}, "metrics_file", "does not exist"),
     ({"ca_bundle": "/nonexistent-claudeproxy/ca.pem"}, "ca_bundle", "no such file"),
@@ -196,11 +225,19 @@ BAD_SETTINGS = [
     ({"auth_key_env": "NOT_SET_ANYWHERE"}, "auth_key_env", "NOT_SET_ANYWHERE is not set"),
     ({"max_idle_per_host": -1}, "max_idle_per_host", "at least 0"),
     ({"max_concurrency": 0}, "max_concurrency", "at least 1"),
+    ({"max_output_tokens": 10 ** 10}, "max_output_tokens", "at most 1000000000"),
+    ({"max_body_bytes": 10 ** 20}, "max_body_bytes", "at most 1073741824"),
+    ({"upstream": "http://127.0.0.1:0/v1"}, "upstream", "port 0"),
     ({"connect_timeout": 1e300}, "connect_timeout", "finite number of seconds"),
     ({"header": ["X-A: \u0001"]}, "header", "control characters"),
     ({"proxy": "https://proxy.test:3128"}, "proxy", "only http://"),
     ({"api_key_env": ["NOT_SET_ANYWHERE"]}, "api_key_env", "NOT_SET_ANYWHERE is not set"),
     ({"api_key_command": '"unterminated'}, "api_key_command", "No closing quotation"),
+    ({"api_key_ttl": 5}, "api_key_ttl", "how long a key from --api-key-command is used"),
+    ({"api_key_env": ["OPENAI_API_KEY"], "api_key_ttl": 600}, "api_key_ttl", "how long a key"),
+    ({"api_key_command": "true", "api_key_ttl": 1e300}, "api_key_ttl", "finite number of seconds"),
+    ({"api_key_env": "OPENAI_API_KEY", "header": ["Authorization: Bearer hdr-token"]}, "header",
+     "'Authorization: ...' and api_key_env: the key is sent in Authorization"),
     ({"log-level": "debug", "api-key-command": "no-such-key-tool-xyz"}, "api-key-command", "command not found"),
     # Only the file's providers: the single upstream's flags would go nowhere.
     ({"providers": {"a": {"url": "https://x.test"}}, "routes": [{"match": "*", "provider": "a"}],
@@ -223,7 +260,8 @@ def test_bad_setting_in_a_file_exits_2_naming_the_file_and_key(tmp_path: Any, se
 @pytest.mark.parametrize("obj, first, second", [
     ({"usage_log": "/tmp/a.jsonl", "metrics_file": "/tmp/b.jsonl"}, "metrics_file", "usage_log"),
     ({"passthrough": True, "upstream_api": "responses"}, "passthrough", "upstream_api"),
-], ids=["usage_log", "passthrough"])
+    ({"api_key_env": "OPENAI_API_KEY", "api_key_command": "true"}, "api_key_env", "api_key_command"),
+], ids=["usage_log", "passthrough", "api_key"])
 def test_two_settings_of_one_file_name_the_file_once(tmp_path: Any, served: List[Any], obj: Any, first: str,
                                                       second: str) -> None:
     file = write(tmp_path, obj)
@@ -294,6 +332,7 @@ def test_relative_paths_in_a_file_start_from_its_folder(tmp_path: Any, served: L
     folder, elsewhere = tmp_path / "conf", tmp_path / "elsewhere"
     folder.mkdir()
     elsewhere.mkdir()
+    (folder / "logs").mkdir()  # the usage log is opened at start: the kernel walks logs/.. itself
     monkeypatch.chdir(str(elsewhere))
     file = write(folder, {"upstream": "http://127.0.0.1:9/v1", "usage_log": "logs/../u.jsonl"})
     assert run_main(["--config", file])[0] == 0
@@ -312,6 +351,10 @@ def test_relative_paths_in_a_file_start_from_its_folder(tmp_path: Any, served: L
     ({"metrics_file": "old.jsonl"}, ["--usage-log", "new.jsonl"]),
     ({"upstream_api": "responses"}, ["--passthrough"]),
     ({"passthrough": True}, ["--upstream-api", "responses"]),
+    # A key source on the command line sets aside the file's (and its key command's lifetime).
+    ({"api_key_env": "OPENAI_API_KEY"}, ["--api-key", "sk-flag"]),
+    ({"api_key_command": "true", "api_key_ttl": 60}, ["--api-key-env", "OPENAI_API_KEY"]),
+    ({"api_key_env": "OPENAI_API_KEY", "header": ["Authorization: Bearer hdr-token"]}, ["--api-key", ""]),
 ])
 def test_a_flag_sets_aside_the_files_twin(tmp_path: Any, served: List[Any], in_file: Dict[str, Any],
                                           flags: List[str]) -> None:
@@ -324,7 +367,8 @@ def test_a_flag_sets_aside_the_files_twin(tmp_path: Any, served: List[Any], in_f
 def test_providers_without_any_route_stop_the_start(tmp_path: Any) -> None:
     # It used to start, log no route at all and refuse every request with a 404.
     file = write(tmp_path, {"providers": {"a": {"url": "http://127.0.0.1:9/v1"}}})
-    assert_one_line_error(*run_main(["--config", file]), "routes: there are none")
+    # Named as every other config error is (the README's promise), not as a bare "routes".
+    assert_one_line_error(*run_main(["--config", file]), f"error: --config {file}: routes: there are none")
 
 
 @pytest.mark.parametrize("api", ["chat", "responses"])

@@ -6,7 +6,7 @@ What a user would notice: the command's status is run's (128+N for signal N),
 the proxy is gone afterwards (its port refuses connections), the variables
 Claude Code needs are set and the user's own values win where they should,
 the proxy's log goes to the file named on stderr and not over the terminal,
-bad input is one line with exit 2/127/1, Claude Code's state file gains only
+bad input is one line with exit 2 or 127, Claude Code's state file gains only
 what is missing, and the Windows paths (no SIGTERM, npm's claude.cmd shim)
 are the ones chosen when ``os.name`` is ``nt``. The variable table itself is
 claude-code-launch.md's (the research on Claude Code 2.1.331), written here by hand.
@@ -442,6 +442,8 @@ def assert_one_line(err: str, *parts: str) -> None:
     (["--upstream", NO_UPSTREAM, "--"], "no command after --"),
     (["--upstream", "nope", "--", "true"], "--upstream"),
     (["--host", "0.0.0.0", "--auth-key", "k", "--", "true"], "--host must be a loopback address"),
+    # A typo is said as one, not as an address that is not loopback.
+    (["--host", "127.0.0.1 ", "--", "true"], "--host: expected an IP address or a host name"),
     (["--no-such-flag", "--", "true"], "--no-such-flag"),
     (["--usage-log", "/nonexistent-dir/usage.jsonl", "--", "true"], "--usage-log"),
     (["--metrics-file", "/nonexistent-dir/usage.jsonl", "--", "true"], "--metrics-file"),
@@ -450,6 +452,15 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path: Any, argv: List[str], par
     code, out, err = run_main(argv, base_env(tmp_path))
     assert (code, out) == (2, ""), err
     assert_one_line(err, part)
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/version"), reason="Linux's /proc")
+def test_a_log_file_that_opens_but_takes_no_write_is_a_bad_option(tmp_path: Any) -> None:
+    """Root may open /proc/version for writing (os.access says yes); every line would then be lost."""
+    code, out, err = run_main(["--upstream", NO_UPSTREAM, "--log-file", "/proc/version", "--", "true"],
+                              base_env(tmp_path))
+    assert (code, out) == (2, ""), err
+    assert_one_line(err, "--log-file /proc/version: cannot be opened")
 
 
 def _free_port() -> int:
@@ -481,7 +492,8 @@ def test_a_file_that_cannot_be_run_is_126_and_the_proxy_stops(tmp_path: Any) -> 
     assert port_closed(port)
 
 
-def test_a_port_that_cannot_be_bound_is_one_line_and_exit_1(tmp_path: Any) -> None:
+def test_a_port_that_cannot_be_bound_is_one_line_and_exit_2(tmp_path: Any) -> None:
+    """A port in use is a bad setting like any other: exit 2, the line names --host and --port."""
     record = tmp_path / "record.json"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -489,8 +501,8 @@ def test_a_port_that_cannot_be_bound_is_one_line_and_exit_1(tmp_path: Any) -> No
         port = taken.getsockname()[1]
         code, out, err = run_main(["--upstream", NO_UPSTREAM, "--port", str(port), "--log-file",
                                    str(tmp_path / "p.log"), *standin(record, "--exit", "0")], base_env(tmp_path))
-    assert (code, out) == (1, ""), err
-    assert_one_line(err, f"cannot listen on 127.0.0.1:{port}")
+    assert (code, out) == (2, ""), err
+    assert_one_line(err, f"cannot listen on 127.0.0.1:{port} (--host, --port)")
     assert not record.exists()  # the command never ran
 
 
@@ -791,7 +803,8 @@ def test_help_ends_with_the_recipe() -> None:
     out, err = io.StringIO(), io.StringIO()
     assert cli.main(["--help"], environ={}, stdout=out, stderr=err) == 0
     assert out.getvalue().splitlines()[-3:] == [
-        "Run Claude Code through it in one step:  claudeproxy run --upstream URL --model NAME -- claude",
+        # From a checkout (the README's first line) there is no claudeproxy command, only python3 -m.
+        "Run Claude Code through it in one step:  python3 -m claudeproxy run --upstream URL --model NAME -- claude",
         "Or by hand:  ANTHROPIC_BASE_URL=http://127.0.0.1:8082 ANTHROPIC_AUTH_TOKEN=<--auth-key or any> "
         "CLAUDE_CODE_AUTO_MODE_SERVER=0 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_AUTOUPDATER=1 claude",
         "With HTTP(S)_PROXY set, also add 127.0.0.1,localhost to NO_PROXY and no_proxy (run does), or Claude Code "

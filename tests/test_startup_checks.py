@@ -20,6 +20,7 @@ import pytest
 import claudeproxy
 from claudeproxy import cli
 from claudeproxy.config import Provider, Route, RouteTarget
+from claudeproxy.model_facts import ModelFacts
 
 
 @pytest.fixture
@@ -84,22 +85,43 @@ START_CASES = [
     ({"shutdown_grace": -0.5}, "--shutdown-grace"),
     ({"finish_grace": NAN}, "--finish-grace"),
     ({"max_concurrency": 0}, "--max-concurrency"),
+    ({"max_concurrency": 10 ** 23}, "--max-concurrency: must be at most 1000000"),
+    ({"max_body_bytes": 1024 ** 3 + 1}, "--max-body-bytes: must be at most 1073741824"),
+    ({"max_line_bytes": 10 ** 12}, "--max-line-bytes"),
+    ({"max_body_readers": 10 ** 7}, "--max-body-readers: must be at most 1000000"),
+    ({"max_idle_per_host": 10 ** 23}, "--max-idle-per-host: must be at most 1000000"),
+    ({"upstream": "http://127.0.0.1:0/v1"}, "--upstream: port 0"),
+    ({"upstream": "http://-bad-/v1"}, "--upstream"),
+    ({"upstream": "http://compose_service:8080/v1"}, None),  # Docker's names have "_", and its DNS answers them
+    ({"upstream": "http://[fe80::1%25eth0]:8080/v1"}, None),
     ({"max_body_bytes": INF}, "--max-body-bytes"),
     ({"max_body_bytes": -1}, "--max-body-bytes"),
     ({"max_body_readers": 0}, "--max-body-readers"),
     ({"max_idle_per_host": -1}, "--max-idle-per-host"),
     ({"max_output_tokens": 0}, "--max-output-tokens"),
+    ({"max_output_tokens": 10 ** 10}, "--max-output-tokens: must be at most 1000000000"),
+    # A library caller's model facts are bounded as a config file's are.
+    ({"providers": (Provider("p", "http://example.test/v1", models=(("m", ModelFacts(input_price=1e308)),)),),
+      "routes": (Route("*", RouteTarget("p")),)}, "providers.p.models.m.input_price: must be at most 1000000"),
+    ({"providers": (Provider("p", "http://example.test/v1", models=(("m", ModelFacts(context_window=10 ** 30)),)),),
+      "routes": (Route("*", RouteTarget("p")),)}, "providers.p.models.m.context_window: must be at most"),
+    ({"providers": (Provider("p", "http://example.test/v1", max_output_tokens=10 ** 10),),
+      "routes": (Route("*", RouteTarget("p")),)}, "providers.p.max_output_tokens: must be from 1 to 1000000000"),
     ({"port": 70000}, "--port"),
     # What the command line refused already, start() refuses too (README: "start() alike").
     ({"host": "0.0.0.0"}, "without --auth-key"),
     ({"host": "::"}, "without --auth-key"),
     ({"host": "0.0.0.0", "auth_key": "client-key-0123456789"}, None),
+    ({"host": "127.0.0.1 "}, "--host: expected an IP address or a host name"),
+    ({"host": "not a host", "auth_key": "client-key-0123456789"}, "--host: expected an IP address or a host name"),
+    ({"host": 8082}, "--host"),
     ({"retries": "3"}, "--retries"),
     ({"retries": -1}, "--retries"),
     ({"retries": 1000}, "--retries"),
     ({"retry_max_wait": -5}, "--retry-max-wait"),
     ({"retry_max_wait": "x"}, "--retry-max-wait"),
-    ({"allowed_hosts": ("bad host",)}, "--allowed-host"),
+    ({"allowed_hosts": ("bad host",)}, "--allowed-host: expected a host name"),
+    ({"allowed_hosts": ("proxy.lan:99999",)}, "--allowed-host: the port must be from 1 to 65535"),
     ({"allowed_hosts": ("proxy.lan:8082", "[::1]:80")}, None),
     ({"max_concurrency": "4"}, "--max-concurrency"),
     ({"model_map": ("bad",)}, "--model-map"),
@@ -120,6 +142,8 @@ START_CASES = [
       "routes": (Route("*", RouteTarget("p")),)}, "providers.p.headers"),
     ({"providers": (Provider("p", "http://exa mple.test/v1"),), "routes": (Route("*", RouteTarget("p")),)},
      "providers.p.url"),
+    ({"providers": (Provider("p", "http://-bad-:8080/v1"),), "routes": (Route("*", RouteTarget("p")),)},
+     "providers.p.url: '-bad-' is not an IP address or a host name"),
 ]
 
 
@@ -157,10 +181,16 @@ CLI_CASES = [
     (["--ping-interval", "0"], "--ping-interval"),
     (["--body-timeout", "nan"], "--body-timeout"),
     (["--shutdown-grace", "-inf"], "--shutdown-grace"),
+    (["--shutdown-grace", "nan"], "--shutdown-grace must be a number of seconds from 0, got nan"),
     (["--max-concurrency", "-1"], "--max-concurrency"),
     (["--max-body-bytes", "0"], "--max-body-bytes"),
     (["--max-body-readers", "0"], "--max-body-readers"),
     (["--max-idle-per-host", "-2"], "--max-idle-per-host"),
+    (["--max-idle-per-host", "99999999999999999999999"], "--max-idle-per-host: must be at most 1000000"),
+    (["--max-concurrency", "99999999999999999999999"], "--max-concurrency: must be at most 1000000"),
+    (["--max-body-bytes", "99999999999999999999999"], "--max-body-bytes: must be at most 1073741824"),
+    (["--max-body-readers", "99999999999999999999999"], "--max-body-readers: must be at most 1000000"),
+    (["--max-output-tokens", "99999999999999999999"], "--max-output-tokens: must be at most 1000000000"),
     (["--header", "X-Title: caf\u00e9 \u2615"], "--header"),
     (["--header", "X-Title: a\x00b"], "--header"),
     (["--api-key", "sk-one\ntwo"], "--api-key"),
@@ -177,6 +207,9 @@ CLI_CASES = [
     (["--api-key-command", ""], "--api-key-command: the value is empty"),
     (["--config", ""], "--config: the value is empty"),
     (["--allowed-host", ""], "--allowed-host: the value is empty"),
+    (["--allowed-host", "a b"], "--allowed-host: expected a host name or host:port, got 'a b'"),
+    (["--allowed-host", "box.lan:99999"], "--allowed-host: the port must be from 1 to 65535"),
+    (["--allowed-host", "box.lan:0"], "--allowed-host: the port must be from 1 to 65535"),
     # A key command is split and looked up at start, not at the first request.
     (["--api-key-command", '"unterminated'], "--api-key-command"),
     (["--api-key-command", "no-such-key-tool-xyz get"], "--api-key-command: no-such-key-tool-xyz: command not found"),
@@ -189,6 +222,27 @@ CLI_CASES = [
     (["--allowed-origin", "https://app.example:70000"], "--allowed-origin"),
     # Flags that contradict each other.
     (["--passthrough", "--upstream-api", "responses"], "--passthrough"),
+    # Two sources of the upstream key: one of them was silently ignored.
+    (["--api-key", "flag-key", "--api-key-env", "MY_KEY"], "--api-key and --api-key-env both give the upstream key"),
+    (["--api-key", "flag-key", "--api-key-command", "true"], "--api-key and --api-key-command both give"),
+    (["--api-key", "", "--api-key-command", "true"], "--api-key and --api-key-command both give"),
+    (["--api-key-env", "MY_KEY", "--api-key-command", "true"], "--api-key-env and --api-key-command both give"),
+    # A key lifetime for a key that is not a command's.
+    (["--api-key-ttl", "5"], "--api-key-ttl is how long a key from --api-key-command is used"),
+    (["--api-key-ttl", "300", "--api-key", "flag-key"], "--api-key-ttl is how long a key from --api-key-command"),
+    # ... and bounded like every other duration.
+    (["--api-key-command", "true", "--api-key-ttl", "inf"], "--api-key-ttl: must be a finite number of seconds"),
+    (["--api-key-command", "true", "--api-key-ttl", "1e300"], "--api-key-ttl: must be a finite number of seconds"),
+    # A header the key replaces upstream (the auth style's): the user's header was dropped without a word.
+    (["--api-key", "flag-key", "--header", "Authorization: Bearer hdr-token"],
+     "--header 'Authorization: ...' and --api-key: the key is sent in Authorization"),
+    (["--api-key-command", "true", "--header", "Authorization: Bearer hdr-token"], "and --api-key-command"),
+    (["--passthrough", "--api-key", "flag-key", "--header", "x-api-key: hdr-token"],
+     "--header 'x-api-key: ...' and --api-key"),
+    (["--upstream-auth", "api-key", "--api-key", "flag-key", "--header", "Api-Key: hdr-token"],
+     "--header 'Api-Key: ...'"),
+    (["--upstream", "https://res.openai.azure.com/openai", "--api-key", "flag-key", "--header", "api-key: hdr-token"],
+     "--header 'api-key: ...' and --api-key"),
     (["--usage-log", "a.jsonl", "--metrics-file", "b.jsonl"], "--metrics-file"),
 ]
 
@@ -268,6 +322,11 @@ def test_command_line_refuses_a_bad_ca_bundle(served: List[Any], files: Dict[str
     assert served == []
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/null"), reason="no /dev/null")
+def test_a_ca_bundle_that_is_no_regular_file_is_not_called_missing(served: List[Any]) -> None:
+    assert_one_line(*run_main(["--ca-bundle", "/dev/null"]), "--ca-bundle /dev/null: not a regular file")
+
+
 @pytest.mark.parametrize("flag", ["--usage-log", "--metrics-file"])
 @pytest.mark.parametrize("kind", ["directory", "no_dir"])
 def test_command_line_refuses_a_usage_log_it_cannot_open(served: List[Any], files: Dict[str, str],
@@ -282,6 +341,29 @@ def test_command_line_refuses_an_unwritable_metrics_file(served: List[Any], tmp_
     locked.write_text("")
     locked.chmod(0o444)
     assert_one_line(*run_main(["--metrics-file", str(locked)]), "--metrics-file")
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/version"), reason="Linux's /proc")
+@pytest.mark.parametrize("path,said", [("/proc/version", "cannot be opened for appending"),
+                                       ("/proc/calls.jsonl", "cannot be opened for appending")])
+@pytest.mark.parametrize("flag", ["--usage-log", "--metrics-file"])
+def test_a_usage_log_that_cannot_be_appended_to_stops_the_start_even_for_root(
+        served: List[Any], flag: str, path: str, said: str) -> None:
+    """The file is opened for appending, not asked os.access: root may open /proc/version (every write
+    then fails with EIO) and os.access says yes to root for a new file in /proc. Either way every
+    call's record was lost with a warning, and the server ran on."""
+    assert_one_line(*run_main([flag, path]), f"{flag} {path}: {said}")
+    assert served == []
+
+
+def test_the_usage_log_check_leaves_no_file_behind_and_a_file_as_it_was(served: List[Any], tmp_path: Any) -> None:
+    new, old = tmp_path / "new.jsonl", tmp_path / "old.jsonl"
+    old.write_text('{"earlier": 1}\n')
+    assert run_main(["--usage-log", str(new)])[0] == 0
+    assert run_main(["--usage-log", str(old)])[0] == 0
+    assert len(served) == 2
+    assert not new.exists()  # the first record creates it
+    assert old.read_text() == '{"earlier": 1}\n'
 
 
 def test_a_good_metrics_file_is_not_created_by_the_check(served: List[Any], tmp_path: Any) -> None:

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import html.parser
 import json
+import math
 import re
 import threading
 import time
@@ -24,6 +25,7 @@ import pytest
 import claudeproxy
 from claudeproxy.config import Provider, Route, RouteTarget
 from claudeproxy.cost import call_cost
+from claudeproxy.counts import count_or_none
 from claudeproxy.metrics import CallRecord, Metrics, access_line
 from claudeproxy.model_facts import PRICES_CHECKED, ModelFacts, builtin_facts
 from claudeproxy.prometheus import render as prometheus_render
@@ -123,6 +125,39 @@ def test_cost_needs_a_price_for_every_kind_of_token_used() -> None:
     assert call_cost(ModelFacts(), 100, 10) is None  # a model without a price
     assert call_cost(None, 100, 10) is None
     assert call_cost(ModelFacts(output_price=3.0), 0, 1_000_000) == pytest.approx(3.0)
+
+
+def test_a_cost_too_large_for_a_float_is_no_cost() -> None:
+    """Defence in depth behind the bounds at start: an infinite cost made the page a 500."""
+    assert call_cost(ModelFacts(input_price=math.inf), 100, 0) is None
+    assert call_cost(ModelFacts(input_price=1e308, output_price=1e308), 10 ** 6, 10 ** 6) is None
+    assert call_cost(ModelFacts(input_price=1.0), 10 ** 400, 0) is None  # no float holds the count
+
+
+def test_a_count_too_large_to_be_one_is_no_count() -> None:
+    assert count_or_none(2 ** 53 - 1) == 2 ** 53 - 1
+    assert count_or_none(10 ** 400) is None and count_or_none(2 ** 53) is None
+
+
+@pytest.mark.parametrize("cost", [math.inf, math.nan, 1e300])
+def test_usage_json_page_and_metrics_stay_valid_with_a_cost_that_is_not_finite(proxy: Any, cost: float) -> None:
+    """/v1/usage wrote a bare Infinity (not JSON; strict parsers refuse it) and the page was a 500."""
+    now = time.time()
+    for _ in range(2):  # twice: 1e300 + 1e300 is still finite, inf + inf is not a number
+        proxy.server.metrics.record(CallRecord("/v1/messages", model="m", provider="openai", upstream_model="gpt-4o",
+                                               time=now, input_tokens=2 ** 53 - 1, output_tokens=1, cost_usd=cost))
+
+    def strict(text: str) -> Any:
+        return json.loads(text, parse_constant=lambda word: pytest.fail(f"not JSON: {word}"))
+
+    usage_json = request(proxy.url, "GET", "/v1/usage")
+    assert usage_json.status == 200
+    [row] = [r for r in strict(usage_json.body.decode("utf-8"))["models"] if r["model"] == "gpt-4o"]
+    assert row["cost_usd"] == (cost * 2 if math.isfinite(cost) else None)
+    assert request(proxy.url, "GET", "/").status == 200
+    assert request(proxy.url, "GET", "/metrics").status == 200
+    metrics_json = request(proxy.url, "GET", "/metrics?format=json")
+    assert metrics_json.status == 200 and strict(metrics_json.body.decode("utf-8"))["requests"] == 2
 
 
 def test_cost_and_tokens_of_a_known_session(proxy: Any, fake: FakeUpstream) -> None:

@@ -61,5 +61,19 @@ def main(argv: List[str]) -> int:
     return 1 if missing or failed else 0
 
 
+def quietly_piped(argv: List[str]) -> int:
+    """``main``, but a reader that stopped early (``report.py | head``) ends it without a traceback.
+
+    Python's own recipe (the signal module's docs, "Note on SIGPIPE"): stdout goes to devnull, or
+    the flush at exit would fail once more."""
+    try:
+        status = main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return status
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(quietly_piped(sys.argv))
