@@ -203,8 +203,8 @@ def test_a_headless_write_round_on_a_fresh_host(dirs: Dict[str, str], fake: Any)
     with open(target, encoding="utf-8") as fh:
         assert fh.read() == "written by the fake\n"
     start_line = proc.stderr.splitlines()[0]
-    assert re.match(r"^claudeproxy: proxy on http://127\.0\.0\.1:\d+, log in " + re.escape(dirs["log"]) + "$",
-                    start_line), proc.stderr
+    assert re.match(r"^claudeproxy: proxy on (http://127\.0\.0\.1:\d+) \(usage page \1/\?key=cp-[\w-]+\), log in "
+                    + re.escape(dirs["log"]) + "$", start_line), proc.stderr
     state_file = os.path.join(dirs["home"], ".claude.json")
     assert f"claudeproxy: added hasCompletedOnboarding to {state_file}" in proc.stderr
     assert read_json(state_file)["hasCompletedOnboarding"] is True
