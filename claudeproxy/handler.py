@@ -35,7 +35,7 @@ from .errors import (
     error_payload,
     error_type_for_status,
 )
-from .http_head import read_headers
+from .http_head import MAX_HEAD, HeadCutShort, HeadTooLarge, read_headers
 from .ids import new_request_id
 from .sse import encode_event
 
@@ -321,6 +321,13 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             return False
         try:
             self.headers = read_headers(self.rfile)
+        except HeadCutShort:
+            # The client closed inside the head: nobody to answer, and nothing of it is parsed.
+            self.close_connection = True
+            return False
+        except HeadTooLarge as err:
+            self.send_error(431, f"request header fields too large: more than {MAX_HEAD // 1024} KiB together", str(err))
+            return False
         except http.client.LineTooLong as err:
             self.send_error(431, "Line too long", str(err))
             return False

@@ -453,6 +453,29 @@ def test_header_line_too_long_is_431_json(url: str) -> None:
     assert_error(resp, 431, "invalid_request_error")
 
 
+def test_a_head_larger_than_the_cap_is_431_json(url: str) -> None:
+    """40 lines of 2 KB pass the stdlib's limits (100 lines, 64 KiB a line) and held 6 MB a
+    connection before any key was checked: all header lines together are capped at 64 KiB."""
+    headers = [("Host", "127.0.0.1")] + [(f"X-Pad-{i}", "a" * 2000) for i in range(40)]
+    with connect(url) as sock:
+        sock.sendall(http_bytes("GET", "/health", headers))
+        assert_error(read_response(sock), 431, "invalid_request_error", "too large")
+        assert peer_closed(sock)
+    fits = [("Host", "127.0.0.1")] + [(f"X-Pad-{i}", "a" * 2000) for i in range(30)]
+    assert raw_request(url, http_bytes("GET", "/health", fits)).status == 200
+
+
+def test_a_head_the_client_cut_short_gets_no_answer(url: str) -> None:
+    """A client that closes inside the head sent no request: it is neither parsed nor answered (the
+    stdlib parsed whatever had come, and the request ran)."""
+    with connect(url) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: b\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(2.0)
+        assert sock.recv(65536) == b""
+    assert healthy(url)
+
+
 def test_garbage_request_line_is_400_json(url: str) -> None:
     resp = raw_request(url, b"GARBAGE\r\n\r\n")
     assert_error(resp, 400, "invalid_request_error")
