@@ -337,11 +337,8 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         if any(isinstance(d, _BROKEN_HEADER_DEFECTS) for d in self.headers.defects):
             self.send_error(400, "malformed header line (no colon) in the request head")
             return False
-        if any("\n" in value or "\r" in value for value in self.headers.values()):
-            # A folded header (obs-fold) keeps its line break in the value: copied upstream (a
-            # client key in passthrough) it would be a second header line. RFC 9112 5.2 lets a
-            # server refuse such a message.
-            self.send_error(400, "folded header line (obs-fold) in the request head; send each header on one line")
+        if self.headers.has_controls:  # never for a plain head: no scan of the values per request
+            self.send_error(400, self._control_message())
             return False
         match = _ABSOLUTE_TARGET_RE.match(self.path)
         if match:
@@ -357,6 +354,18 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         if expect == "100-continue" and self.protocol_version >= "HTTP/1.1" and self.request_version >= "HTTP/1.1":
             return self.handle_expect_100()
         return True
+
+    def _control_message(self) -> str:
+        """Why a head whose values hold a control character is refused.
+
+        A folded header (obs-fold) keeps its line break in the value: copied upstream (a client
+        key in passthrough) it would be a second header line; RFC 9112 5.2 lets a server refuse
+        it. Any other control character (RFC 9110 5.5: NUL must be refused) would go upstream as
+        it is, and a server that cuts the value at a NUL reads another value than the proxy did.
+        """
+        if any("\n" in value or "\r" in value for value in self.headers.values()):
+            return "folded header line (obs-fold) in the request head; send each header on one line"
+        return "control character in a header value (only HTAB is allowed)"
 
     def _parse_request_line(self) -> bool:
         """Method, target and version, as the stdlib's ``parse_request`` takes them (3.13)."""

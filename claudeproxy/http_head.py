@@ -7,7 +7,7 @@ sends, and every ``headers.get`` then walks the list lowering each name (a Claud
 is asked about 20 of them). ``read_headers`` takes the lines the same way (the same limits, the same
 errors), and when each is a plain ``Name: value`` line builds the same ``HTTPMessage`` the
 feed parser would, in a few microseconds; a head with anything else in it (a line without a
-colon, a folded line, a stray CR) goes to the feed parser as
+colon, a folded line, a stray CR, a control character in a value) goes to the feed parser as
 before, so odd input gets exactly the stdlib's reading, defects included, which the handler
 then refuses.
 
@@ -39,8 +39,11 @@ MAX_RESPONSE_HEAD = 256 * 1024
 
 # What the feed parser reads as a header line (email.feedparser.headerRE: any printable but ":"
 # and space before the colon), without its line break; the value as compat32 stores it: the
-# blanks after the colon dropped, any others kept. A CR inside the line is no header line.
-_FIELD_LINE = re.compile(r"([\x21-\x39\x3b-\x7e]+):[ \t]*([^\r\n]*)\r?\n")
+# blanks after the colon dropped, any others kept. A CR inside the line is no header line, nor is
+# one whose value holds a control character (RFC 9110 5.5: none but HTAB): such a head takes the
+# feed parser's path, which notes it (``HeaderFields.has_controls``); a plain one cannot hold any.
+_FIELD_LINE = re.compile(r"([\x21-\x39\x3b-\x7e]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)\r?\n")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _END_OF_HEAD = (b"\r\n", b"\n")
 
 
@@ -61,6 +64,10 @@ class HeaderFields(http.client.HTTPMessage):
     """
 
     _index: Optional[Dict[str, List[str]]] = None
+    # A value holds a control character other than HTAB (a folded line's CR LF included). Only a
+    # head read by the feed parser can: the plain path's pattern admits none, so the check costs
+    # a request nothing unless its head was odd already.
+    has_controls = False
 
     def _names(self) -> Dict[str, List[str]]:
         index = self._index
@@ -145,4 +152,6 @@ def parse_lines(lines: List[bytes]) -> HeaderFields:
         return message
     # Not plain: the feed parser's reading, line for line what http.client.parse_headers does.
     text = b"".join(lines).decode("iso-8859-1")
-    return email.parser.Parser(_class=HeaderFields).parsestr(text)  # type: ignore[no-any-return]
+    message = email.parser.Parser(_class=HeaderFields).parsestr(text)  # type: ignore[assignment]
+    message.has_controls = any(_CONTROL.search(value) for value in message.values())
+    return message

@@ -91,6 +91,7 @@ def test_a_plain_head_never_reaches_the_email_feed_parser(monkeypatch):
     b"X-A: one\r\nx-a: two\r\nX-A: three\r\n\r\n",  # repeated, in order
     b"X-Latin: caf\xe9 \xff\r\n\r\n",  # obs-text: Latin-1, as the stdlib decodes it
     b"X-Nul: a\x00b\r\n\r\n",
+    b"X-Esc: a\x1b[0m\r\nX-Del: \x7f\r\n\r\n",
     b"X-(odd)@name: v\r\n\r\n",  # not an RFC token, still a header line to the feed parser
     b"X-A: v\r\n\r\nX-After: body\r\n",  # what follows the blank line is not read
 ])
@@ -185,6 +186,22 @@ def test_a_head_of_exactly_the_cap_is_read():
     # A caller's own cap (an upstream's answer gets 256 KiB).
     big = b"".join(b"X-%d: %s\r\n" % (i, b"v" * 4000) for i in range(40)) + b"\r\n"
     assert len(read_headers(io.BufferedReader(io.BytesIO(big)), http_head.MAX_RESPONSE_HEAD).items()) == 40
+
+
+@pytest.mark.parametrize("value,controls", [
+    (b"a\x00b", True), (b"a\x01", True), (b"\x1b[31m", True), (b"a\x7f", True), (b"x\x0bx", True),
+    (b"a\tb", False), (b"caf\xe9", False), (b"a b", False), (b"", False),
+])
+def test_control_characters_in_a_value_are_noted(value, controls):
+    """RFC 9110 5.5: a value holds no control character but HTAB. A plain head cannot hold one (its
+    pattern sends such a line to the feed parser), and the feed parser's reading is checked."""
+    head = b"Host: a\r\nX-V: " + value + b"\r\n\r\n"
+    headers = read_headers(io.BufferedReader(io.BytesIO(head)))
+    assert headers.has_controls is controls
+    assert headers["x-v"] == _stdlib(head)["x-v"]  # the value itself still read as the stdlib reads it
+    folded = read_headers(io.BufferedReader(io.BytesIO(b"Host: a\r\nX-A: b\r\n c\r\n\r\n")))
+    assert folded.has_controls  # a folded line's CR LF is one too
+    assert not read_headers(io.BufferedReader(io.BytesIO(CLAUDE_CODE_HEAD))).has_controls
 
 
 def test_changes_to_the_headers_are_seen_by_the_next_lookup():

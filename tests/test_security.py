@@ -37,6 +37,12 @@ UPSTREAM_HEADERS = {"host", "accept-encoding", "content-length", "content-type",
                     "authorization", "connection"}
 
 
+# An Anthropic-compatible upstream's answer (passthrough).
+ANTHROPIC_ANSWER = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test",
+                    "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn", "stop_sequence": None,
+                    "usage": {"input_tokens": 12, "output_tokens": 3}}
+
+
 # One fake and one proxy serve the whole module (starting and stopping a server
 # per test costs more than the tests); each test gets the fake reset.
 
@@ -297,6 +303,38 @@ def test_a_folded_client_key_never_reaches_a_passthrough_upstream(make_proxy: An
         sock.sendall(data)
         assert_error(read_response(sock), 400, "invalid_request_error")
     assert fake_upstream.requests == []
+
+
+@pytest.mark.parametrize("value", [b"plainclientkey0123456789\x00junk", b"plainclientkey0123456789\x01",
+                                   b"plainclientkey0123456789\x7f", b"\x1b[2Jplainclientkey0123456789"],
+                         ids=["nul", "soh", "del", "escape"])
+def test_a_control_character_in_a_header_value_is_400_and_never_forwarded(make_proxy: Any, fake_upstream: Any,
+                                                                            value: bytes) -> None:
+    """RFC 9110 5.5: a NUL in a value must be refused. A passthrough proxy without a key of its own
+    forwarded ``x-api-key: k\\x00junk`` as it was; a server that cuts values at NUL reads another key."""
+    through = make_proxy(passthrough=True, token=claudeproxy.static_token(""))
+    body = json.dumps(minimal_request()).encode()
+    data = (b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: " + value
+            + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+    with connect(through.url) as sock:
+        sock.sendall(data)
+        assert "control character" in assert_error(read_response(sock), 400, "invalid_request_error")
+        assert peer_closed(sock, 2.0)
+    assert fake_upstream.requests == []
+
+
+def test_a_tab_in_a_header_value_is_accepted(make_proxy: Any, fake_upstream: Any) -> None:
+    """HTAB is the one control character a value may hold (RFC 9110 5.5)."""
+    through = make_proxy(passthrough=True, token=claudeproxy.static_token(""))
+    fake_upstream.default = json_reply(ANTHROPIC_ANSWER)
+    body = json.dumps(minimal_request()).encode()
+    data = (b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: plainclientkey0123456789\r\n"
+            b"anthropic-beta: prompt-caching-2024-07-31,\tinterleaved-thinking-2025-05-14\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+    with connect(through.url) as sock:
+        sock.sendall(data + body)
+        assert read_response(sock).status == 200
+    assert len(fake_upstream.requests) == 1
 
 
 def test_expect_100_from_a_client_without_the_key_gets_401_not_continue(keyed: Any) -> None:
