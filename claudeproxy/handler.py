@@ -262,7 +262,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         writer = ResponseWriter(self, new_request_id())
         try:
             self._check_access(writer, preflight=False)
-            if self.headers.get_all("Content-Length") or self.headers.get("Transfer-Encoding"):
+            if self.headers.get_all("Content-Length") or "Transfer-Encoding" in self.headers:
                 limit = self.server.config.max_body_bytes  # type: ignore[attr-defined]
                 length = self._content_length()
                 if length > limit:
@@ -497,7 +497,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
 
     def _declares_body(self) -> bool:
         length = (self.headers.get("Content-Length") or "").strip()
-        return bool(self.headers.get("Transfer-Encoding")) or (length not in ("", "0"))
+        return "Transfer-Encoding" in self.headers or (length not in ("", "0"))
 
     def _answer_busy(self, writer: ResponseWriter) -> None:
         self.close_connection = True
@@ -683,7 +683,10 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             raise InvalidRequest(f"Content-Type must be application/json, not {ctype!r}")
 
     def _content_length(self) -> int:
-        if self.headers.get("Transfer-Encoding"):
+        # Present, not truthy: an empty Transfer-Encoding is one too, and RFC 9112 6.1 says a
+        # message with one is not framed by Content-Length; a front-end that reads it so frames
+        # the body otherwise than we would.
+        if "Transfer-Encoding" in self.headers:
             self.close_connection = True
             raise ProxyError("chunked request bodies are not supported; send Content-Length", status=411,
                              error_type="invalid_request_error")

@@ -321,6 +321,19 @@ def test_chunked_request_body_is_411(url: str) -> None:
         assert peer_closed(sock)
 
 
+@pytest.mark.parametrize("coding", ["", "   ", ", ,"], ids=["empty", "blanks", "commas"])
+def test_an_empty_transfer_encoding_is_411_too(url: str, fake_upstream: Any, coding: str) -> None:
+    """RFC 9112 6.1: with a Transfer-Encoding, Content-Length does not frame the body; an empty one
+    was ignored and the body read by its Content-Length, which a front-end may frame otherwise."""
+    body = json.dumps(quota_probe()).encode()
+    headers = [("Host", "127.0.0.1"), ("Content-Type", "application/json"), ("Transfer-Encoding", coding),
+               ("Content-Length", str(len(body)))]
+    with connect(url) as sock:
+        sock.sendall(http_bytes("POST", "/v1/messages", headers, body))
+        assert_error(read_response(sock, 1.0), 411, "invalid_request_error", "Content-Length")
+        assert peer_closed(sock)
+
+
 def test_missing_content_length_on_post_is_411(url: str) -> None:
     resp = raw_request(url, http_bytes("POST", "/v1/messages", [("Host", "127.0.0.1")]), timeout=1.0)
     assert_error(resp, 411, "invalid_request_error")
