@@ -54,6 +54,11 @@ Route = Callable[[Any, Any], None]
 _STDLIB_5XX = {501: 405, 505: 400}  # what send_error answers instead (bad input is a 4xx)
 _BROKEN_HEADER_DEFECTS = (email.errors.MissingHeaderBodySeparatorDefect, email.errors.FirstHeaderLineIsContinuationDefect)
 _ABSOLUTE_TARGET_RE = re.compile(r"^[hH][tT][tT][pP][sS]?://([^/?#]*)([/?].*)?$")
+# RFC 9112 2.2: a server SHOULD ignore at least one empty line before a request line (clients that
+# end a POST body with an extra CRLF). A few are passed over; a run longer than that is no request.
+_EMPTY_LINES = (b"\r\n", b"\n")
+_MAX_EMPTY_LINES = 8
+_MAX_REQUEST_LINE = 65536  # the stdlib's (handle_one_request): longer is a 414
 
 
 def _http_version(version: str) -> Optional[Tuple[int, int]]:
@@ -367,14 +372,31 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             return "folded header line (obs-fold) in the request head; send each header on one line"
         return "control character in a header value (only HTAB is allowed)"
 
+    def _skip_empty_lines(self) -> bool:
+        """Read past up to ``_MAX_EMPTY_LINES`` empty lines to the request line (the stdlib took the
+        first for the request line and closed the connection without a word). False, with the
+        answer given if one is due, when the input ends there or the next line is too long."""
+        for _ in range(_MAX_EMPTY_LINES):
+            if self.raw_requestline not in _EMPTY_LINES:
+                break
+            self.raw_requestline = self.rfile.readline(_MAX_REQUEST_LINE + 1)
+        if len(self.raw_requestline) > _MAX_REQUEST_LINE:
+            self.requestline = ""
+            self.send_error(414)
+            return False
+        return bool(self.raw_requestline)  # b"": the client left after its empty lines
+
     def _parse_request_line(self) -> bool:
         """Method, target and version, as the stdlib's ``parse_request`` takes them (3.13)."""
         self.command = None  # type: ignore[assignment]  # set in case of an error on the first line
         self.request_version = self.default_request_version
         self.close_connection = True
+        if not self._skip_empty_lines():
+            return False
         self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
         words = self.requestline.split()
-        if not words:
+        if not words:  # blanks only, or more empty lines than are passed over
+            self.send_error(400, "Bad request syntax (no request line)")
             return False
         if len(words) >= 3:
             version = words[-1]

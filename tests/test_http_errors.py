@@ -446,6 +446,27 @@ def test_keep_alive_continues_after_an_error_whose_body_was_read(url: str) -> No
         assert read_response(sock).status == 200
 
 
+@pytest.mark.parametrize("stray", [b"\r\n", b"\n", b"\r\n\r\n\r\n"], ids=["crlf", "lf", "three"])
+def test_empty_lines_before_a_request_line_are_passed_over(url: str, stray: bytes) -> None:
+    """RFC 9112 2.2: a server SHOULD ignore at least one empty line before a request line. Some
+    clients end a POST body with an extra CRLF; the next request on the connection went unanswered."""
+    with connect(url) as sock:
+        sock.sendall(json_post(json.dumps(quota_probe()).encode()) + stray)
+        assert read_response(sock).status == 200
+        time.sleep(0.2)  # the stray line alone in the buffer: the proxy waits at it for the request line
+        sock.sendall(stray + http_bytes("GET", "/health", [("Host", "127.0.0.1")]))
+        assert read_response(sock).status == 200
+
+
+def test_a_request_line_of_blanks_or_endless_empty_lines_is_400(url: str) -> None:
+    for data in (b"   \r\nGET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                 b"\r\n" * 9 + b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"):
+        with connect(url) as sock:
+            sock.sendall(data)
+            assert_error(read_response(sock), 400, "invalid_request_error", "request line")
+            assert peer_closed(sock)
+
+
 # ---------------------------------------------------------------------------
 # S4: the stdlib's own refusals come back as Anthropic JSON too.
 
