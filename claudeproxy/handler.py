@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from .dialects import client_key
 from .door import loads_request
@@ -71,6 +71,12 @@ def _http_version(version: str) -> Optional[Tuple[int, int]]:
     return int(parts[0]), int(parts[1])
 
 
+def _connection_options(values: Optional[List[str]]) -> Set[str]:
+    """The options of all ``Connection`` field lines: RFC 9110 7.6.1 makes it a comma-separated
+    list of case-insensitive tokens, so ``TE, close`` (or a second line saying ``close``) closes."""
+    return {option.strip().lower() for value in values or () for option in value.split(",")}
+
+
 def _clean_header_value(value: str) -> str:
     """No CR, LF or NUL ever reaches a response header (RELIABILITY.md S5)."""
     return re.sub(r"[\r\n\x00]", " ", str(value))
@@ -109,6 +115,13 @@ class ResponseWriter:
             base.append(("request-id", self.request_id))
         if self._handler.close_connection or self._handler.body_left_unread:
             base.append(("Connection", "close"))  # an unread body ends the connection (_dispatch)
+        elif self._handler.request_version != "HTTP/1.1":
+            # An HTTP/1.0 connection is kept only when its client asked (Connection: keep-alive),
+            # and such a client reuses it only if the answer says so (RFC 9112 C.2.2); one not
+            # told waits for the close (30 s idle). Announcing, rather than closing, keeps the
+            # reuse that client asked for (ab -k, curl -0); HTTP/1.1 readers (http.client, the
+            # SDKs) ignore the token, as the status line says HTTP/1.1.
+            base.append(("Connection", "keep-alive"))
         lines += [f"{k}: {_clean_header_value(v)}" for k, v in base + self.extra_headers + headers]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace")
 
@@ -350,10 +363,10 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             rest = match.group(2) or "/"
             self.path = rest if rest.startswith("/") else "/" + rest
             self.target_host = match.group(1)
-        connection = self.headers.get("Connection", "").lower()
-        if connection == "close":
+        options = _connection_options(self.headers.get_all("Connection"))
+        if "close" in options:
             self.close_connection = True
-        elif connection == "keep-alive" and self.protocol_version >= "HTTP/1.1":
+        elif "keep-alive" in options and self.protocol_version >= "HTTP/1.1":
             self.close_connection = False
         expect = self.headers.get("Expect", "").lower()
         if expect == "100-continue" and self.protocol_version >= "HTTP/1.1" and self.request_version >= "HTTP/1.1":

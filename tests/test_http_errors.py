@@ -458,6 +458,35 @@ def test_empty_lines_before_a_request_line_are_passed_over(url: str, stray: byte
         assert read_response(sock).status == 200
 
 
+@pytest.mark.parametrize("lines", [["TE, close"], ["close, TE"], ["  CLOSE  "], ["keep-alive", "Close"],
+                                   ["keep-alive,close"]],
+                         ids=["te-close", "close-te", "case-and-blanks", "two-lines", "no-space"])
+def test_connection_close_among_other_options_closes(url: str, lines: List[str]) -> None:
+    """RFC 9110 7.6.1: Connection is a list of case-insensitive options on any number of lines; a
+    client saying ``TE, close`` was kept open, unanswered about it, until the idle timeout."""
+    headers = [("Host", "127.0.0.1")] + [("Connection", line) for line in lines]
+    with connect(url) as sock:
+        sock.sendall(http_bytes("GET", "/health", headers))
+        resp = read_response(sock)
+        assert resp.status == 200 and resp.headers.get("connection") == "close", resp.headers
+        assert peer_closed(sock)
+
+
+def test_an_http_1_0_keep_alive_is_announced_and_kept(url: str) -> None:
+    """An HTTP/1.0 client reuses a connection only if the answer says ``Connection: keep-alive``;
+    without it, one that reads to the end of the connection waited 30 s for each answer."""
+    ask = b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: Keep-Alive\r\n\r\n"
+    with connect(url) as sock:
+        for _ in range(2):
+            sock.sendall(ask)
+            resp = read_response(sock)
+            assert resp.status == 200 and resp.headers.get("connection") == "keep-alive", resp.headers
+        sock.sendall(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")  # not asked: closed, and said
+        resp = read_response(sock)
+        assert resp.status == 200 and resp.headers.get("connection") == "close", resp.headers
+        assert peer_closed(sock)
+
+
 def test_a_request_line_of_blanks_or_endless_empty_lines_is_400(url: str) -> None:
     for data in (b"   \r\nGET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
                  b"\r\n" * 9 + b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"):
