@@ -24,7 +24,7 @@ import pytest
 import claudeproxy
 from claudeproxy import cli
 
-from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
+from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, record_for, request
 from fakes import FakeUpstream, Reply, chunk, completion, json_reply, sse_reply
 from test_http_errors import assert_error, connect, http_bytes, peer_closed, read_response
 
@@ -461,6 +461,31 @@ def test_a_credential_header_value_is_masked_when_echoed(make_proxy: Any, fake_u
     records = [r.getMessage() for r in caplog.records]
     assert any("upstream POST" in r and "my-title-app" in r for r in records)  # a harmless header stays readable
     assert [t for t in texts + records if HEADER_SECRET in t] == []
+
+
+_ECHO_RECORDS: List[Any] = []  # the call records of the proxy below (one for the module)
+
+
+@pytest.mark.parametrize("status", [200, 429])
+def test_a_forwarded_key_echoed_in_relayed_headers_and_the_request_id_is_masked(make_proxy: Any, fake_upstream: Any,
+                                                                                status: int) -> None:
+    """Passthrough relays the upstream's anthropic-ratelimit-* headers and records its request-id
+    (usage log, /v1/usage); an upstream echoing the key it was sent put the key in both."""
+    key = "plainclientkey0123456789"  # not key-shaped: only the call's own secrets can mask it
+    proxy = make_proxy(passthrough=True, token=claudeproxy.static_token(""), metrics_sink=_ECHO_RECORDS.append)
+    echoes = (("anthropic-ratelimit-requests-limit", key), ("anthropic-ratelimit-tokens-reset", f"Bearer {key}"),
+              ("anthropic-ratelimit-requests-remaining", "99"), ("request-id", key))
+    error = {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
+    fake_upstream.push(json_reply(ANTHROPIC_ANSWER if status == 200 else error, status=status, headers=echoes))
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(), {"x-api-key": key})
+    assert resp.status == status, resp
+    assert fake_upstream.last.headers["x-api-key"] == key  # it was the key sent
+    assert resp.headers["anthropic-ratelimit-requests-limit"] == "***"
+    assert resp.headers["anthropic-ratelimit-tokens-reset"] == "Bearer ***"
+    assert resp.headers["anthropic-ratelimit-requests-remaining"] == "99"  # a value without a secret is as sent
+    assert [(k, v) for k, v in resp.header_list if key in v] == []
+    assert record_for(_ECHO_RECORDS, resp.headers["request-id"]).upstream_request_id == ""
+    assert key not in request(proxy.url, "GET", "/v1/usage").body.decode()
 
 
 def test_a_key_with_a_slash_echoed_json_escaped_is_masked(make_proxy: Any, fake_upstream: Any, caplog: Any) -> None:
