@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from .dialects import client_key
 from .door import loads_request
@@ -35,7 +35,7 @@ from .errors import (
     error_payload,
     error_type_for_status,
 )
-from .http_head import read_headers
+from .http_head import MAX_HEAD, HeadCutShort, HeadTooLarge, read_headers
 from .ids import new_request_id
 from .sse import encode_event
 
@@ -54,6 +54,11 @@ Route = Callable[[Any, Any], None]
 _STDLIB_5XX = {501: 405, 505: 400}  # what send_error answers instead (bad input is a 4xx)
 _BROKEN_HEADER_DEFECTS = (email.errors.MissingHeaderBodySeparatorDefect, email.errors.FirstHeaderLineIsContinuationDefect)
 _ABSOLUTE_TARGET_RE = re.compile(r"^[hH][tT][tT][pP][sS]?://([^/?#]*)([/?].*)?$")
+# RFC 9112 2.2: a server SHOULD ignore at least one empty line before a request line (clients that
+# end a POST body with an extra CRLF). A few are passed over; a run longer than that is no request.
+_EMPTY_LINES = (b"\r\n", b"\n")
+_MAX_EMPTY_LINES = 8
+_MAX_REQUEST_LINE = 65536  # the stdlib's (handle_one_request): longer is a 414
 
 
 def _http_version(version: str) -> Optional[Tuple[int, int]]:
@@ -64,6 +69,12 @@ def _http_version(version: str) -> Optional[Tuple[int, int]]:
     if len(parts) != 2 or not all(p.isascii() and p.isdigit() and len(p) <= 10 for p in parts):
         return None
     return int(parts[0]), int(parts[1])
+
+
+def _connection_options(values: Optional[List[str]]) -> Set[str]:
+    """The options of all ``Connection`` field lines: RFC 9110 7.6.1 makes it a comma-separated
+    list of case-insensitive tokens, so ``TE, close`` (or a second line saying ``close``) closes."""
+    return {option.strip().lower() for value in values or () for option in value.split(",")}
 
 
 def _clean_header_value(value: str) -> str:
@@ -104,6 +115,13 @@ class ResponseWriter:
             base.append(("request-id", self.request_id))
         if self._handler.close_connection or self._handler.body_left_unread:
             base.append(("Connection", "close"))  # an unread body ends the connection (_dispatch)
+        elif self._handler.request_version != "HTTP/1.1":
+            # An HTTP/1.0 connection is kept only when its client asked (Connection: keep-alive),
+            # and such a client reuses it only if the answer says so (RFC 9112 C.2.2); one not
+            # told waits for the close (30 s idle). Announcing, rather than closing, keeps the
+            # reuse that client asked for (ab -k, curl -0); HTTP/1.1 readers (http.client, the
+            # SDKs) ignore the token, as the status line says HTTP/1.1.
+            base.append(("Connection", "keep-alive"))
         lines += [f"{k}: {_clean_header_value(v)}" for k, v in base + self.extra_headers + headers]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace")
 
@@ -262,7 +280,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         writer = ResponseWriter(self, new_request_id())
         try:
             self._check_access(writer, preflight=False)
-            if self.headers.get_all("Content-Length") or self.headers.get("Transfer-Encoding"):
+            if self.headers.get_all("Content-Length") or "Transfer-Encoding" in self.headers:
                 limit = self.server.config.max_body_bytes  # type: ignore[attr-defined]
                 length = self._content_length()
                 if length > limit:
@@ -321,6 +339,13 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             return False
         try:
             self.headers = read_headers(self.rfile)
+        except HeadCutShort:
+            # The client closed inside the head: nobody to answer, and nothing of it is parsed.
+            self.close_connection = True
+            return False
+        except HeadTooLarge as err:
+            self.send_error(431, f"request header fields too large: more than {MAX_HEAD // 1024} KiB together", str(err))
+            return False
         except http.client.LineTooLong as err:
             self.send_error(431, "Line too long", str(err))
             return False
@@ -330,35 +355,61 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         if any(isinstance(d, _BROKEN_HEADER_DEFECTS) for d in self.headers.defects):
             self.send_error(400, "malformed header line (no colon) in the request head")
             return False
-        if any("\n" in value or "\r" in value for value in self.headers.values()):
-            # A folded header (obs-fold) keeps its line break in the value: copied upstream (a
-            # client key in passthrough) it would be a second header line. RFC 9112 5.2 lets a
-            # server refuse such a message.
-            self.send_error(400, "folded header line (obs-fold) in the request head; send each header on one line")
+        if self.headers.has_controls:  # never for a plain head: no scan of the values per request
+            self.send_error(400, self._control_message())
             return False
         match = _ABSOLUTE_TARGET_RE.match(self.path)
         if match:
             rest = match.group(2) or "/"
             self.path = rest if rest.startswith("/") else "/" + rest
             self.target_host = match.group(1)
-        connection = self.headers.get("Connection", "").lower()
-        if connection == "close":
+        options = _connection_options(self.headers.get_all("Connection"))
+        if "close" in options:
             self.close_connection = True
-        elif connection == "keep-alive" and self.protocol_version >= "HTTP/1.1":
+        elif "keep-alive" in options and self.protocol_version >= "HTTP/1.1":
             self.close_connection = False
         expect = self.headers.get("Expect", "").lower()
         if expect == "100-continue" and self.protocol_version >= "HTTP/1.1" and self.request_version >= "HTTP/1.1":
             return self.handle_expect_100()
         return True
 
+    def _control_message(self) -> str:
+        """Why a head whose values hold a control character is refused.
+
+        A folded header (obs-fold) keeps its line break in the value: copied upstream (a client
+        key in passthrough) it would be a second header line; RFC 9112 5.2 lets a server refuse
+        it. Any other control character (RFC 9110 5.5: NUL must be refused) would go upstream as
+        it is, and a server that cuts the value at a NUL reads another value than the proxy did.
+        """
+        if any("\n" in value or "\r" in value for value in self.headers.values()):
+            return "folded header line (obs-fold) in the request head; send each header on one line"
+        return "control character in a header value (only HTAB is allowed)"
+
+    def _skip_empty_lines(self) -> bool:
+        """Read past up to ``_MAX_EMPTY_LINES`` empty lines to the request line (the stdlib took the
+        first for the request line and closed the connection without a word). False, with the
+        answer given if one is due, when the input ends there or the next line is too long."""
+        for _ in range(_MAX_EMPTY_LINES):
+            if self.raw_requestline not in _EMPTY_LINES:
+                break
+            self.raw_requestline = self.rfile.readline(_MAX_REQUEST_LINE + 1)
+        if len(self.raw_requestline) > _MAX_REQUEST_LINE:
+            self.requestline = ""
+            self.send_error(414)
+            return False
+        return bool(self.raw_requestline)  # b"": the client left after its empty lines
+
     def _parse_request_line(self) -> bool:
         """Method, target and version, as the stdlib's ``parse_request`` takes them (3.13)."""
         self.command = None  # type: ignore[assignment]  # set in case of an error on the first line
         self.request_version = self.default_request_version
         self.close_connection = True
+        if not self._skip_empty_lines():
+            return False
         self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
         words = self.requestline.split()
-        if not words:
+        if not words:  # blanks only, or more empty lines than are passed over
+            self.send_error(400, "Bad request syntax (no request line)")
             return False
         if len(words) >= 3:
             version = words[-1]
@@ -481,7 +532,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
 
     def _declares_body(self) -> bool:
         length = (self.headers.get("Content-Length") or "").strip()
-        return bool(self.headers.get("Transfer-Encoding")) or (length not in ("", "0"))
+        return "Transfer-Encoding" in self.headers or (length not in ("", "0"))
 
     def _answer_busy(self, writer: ResponseWriter) -> None:
         self.close_connection = True
@@ -667,7 +718,10 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             raise InvalidRequest(f"Content-Type must be application/json, not {ctype!r}")
 
     def _content_length(self) -> int:
-        if self.headers.get("Transfer-Encoding"):
+        # Present, not truthy: an empty Transfer-Encoding is one too, and RFC 9112 6.1 says a
+        # message with one is not framed by Content-Length; a front-end that reads it so frames
+        # the body otherwise than we would.
+        if "Transfer-Encoding" in self.headers:
             self.close_connection = True
             raise ProxyError("chunked request bodies are not supported; send Content-Length", status=411,
                              error_type="invalid_request_error")

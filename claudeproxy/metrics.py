@@ -40,6 +40,7 @@ from typing import (
     Tuple,
 )
 
+from .anthropic_types import MAX_MODEL_NAME
 from .cost import cache_hit_ratio
 
 log = logging.getLogger(__name__)
@@ -302,6 +303,7 @@ class Metrics:
     # Writing.
 
     def record(self, rec: CallRecord) -> None:
+        rec = _bounded_names(rec)
         with self._lock:
             key = self._bounded_key(model_key(rec))
             self._total.add(rec)
@@ -514,6 +516,15 @@ def _recent_row(rec: CallRecord) -> Dict[str, Any]:
     row["time_label"] = time.strftime("%H:%M:%S", time.localtime(rec.time)) if rec.time else ""
     row["cost_usd"] = round(rec.cost_usd, 6) if rec.cost_usd is not None else None
     return row
+
+
+def _bounded_names(rec: CallRecord) -> CallRecord:
+    """``rec`` with its model names cut to ``MAX_MODEL_NAME``: the door refuses longer ones, and the
+    records (500 kept, the usage log, the usage page) must stay small should one get past it."""
+    if len(rec.model) <= MAX_MODEL_NAME and len(rec.upstream_model) <= MAX_MODEL_NAME:
+        return rec
+    return dataclasses.replace(rec, model=rec.model[:MAX_MODEL_NAME],
+                               upstream_model=rec.upstream_model[:MAX_MODEL_NAME])
 
 
 def access_line(rec: CallRecord) -> str:

@@ -43,7 +43,7 @@ from .metrics import CallRecord, Metrics, access_line, finite
 from .model_facts import PRICES_CHECKED, ModelFacts
 from .observe import ObservedFold, bodies_logged, log_body
 from .prompt_cache import session_cache_key
-from .redact import configured_secrets
+from .redact import configured_secrets, redact_text
 from .relay import Relay
 from .replies import events_for_message, is_quota_probe, local_message
 from .routing import Routed, Target, build_router
@@ -484,8 +484,8 @@ class Proxy:
         try:
             resp, ex = self._send(api, req, target, call, None if streamed else watch.deadline)
         except UpstreamHTTPError as exc:
-            exc.headers += _relayed(api, exc.upstream_headers)  # a 429's rate limits too
-            record["upstream_request_id"] = _upstream_request_id(exc.upstream_headers)
+            exc.headers += _relayed(api, exc.upstream_headers, call.secrets)  # a 429's rate limits too
+            record["upstream_request_id"] = _upstream_request_id(exc.upstream_headers, call.secrets)
             raise
         except BaseException:
             # Left, aborted or timed out while the upstream had the whole prompt: what it spent is
@@ -496,9 +496,9 @@ class Proxy:
             if streamed:
                 watch.deadline = None
                 watch.deadline_reason = "deadline"
-        record["upstream_request_id"] = _upstream_request_id(resp.headers)
+        record["upstream_request_id"] = _upstream_request_id(resp.headers, call.secrets)
         record["awaiting"] = True  # until the answer's usage (or a refusal as a stream's first event) is in
-        relayed = _relayed(api, resp.headers)
+        relayed = _relayed(api, resp.headers, call.secrets)
         if req.stream and ex.stream:
             return self._stream(api, req, ex, resp, writer, call, watch, record, relayed)
         self._json(api, req, ex, resp, writer, call, record, relayed)
@@ -796,21 +796,26 @@ def _failure(exc: BaseException) -> Dict[str, Any]:
     return {"status": 500, "error_type": "api_error"}
 
 
-def _relayed(api: Any, headers: Any) -> Tuple[Tuple[str, str], ...]:
-    """The upstream response headers ``api`` passes on to the client (none for most)."""
+def _relayed(api: Any, headers: Any, secrets: Tuple[str, ...]) -> Tuple[Tuple[str, str], ...]:
+    """The upstream response headers ``api`` passes on to the client (none for most), the call's
+    secrets masked in their values: an upstream that echoes the key it was sent (a forwarded
+    client key, in passthrough) must not hand it to whoever reads the answer's head."""
     relayed = getattr(api, "relayed_headers", None)
-    return relayed(headers) if relayed is not None and headers is not None else ()
+    if relayed is None or headers is None:
+        return ()
+    return tuple((name, redact_text(value, secrets)) for name, value in relayed(headers))
 
 
 _UPSTREAM_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")
 
 
-def _upstream_request_id(headers: Any) -> str:
+def _upstream_request_id(headers: Any, secrets: Tuple[str, ...]) -> str:
     """The upstream's id for the call (Anthropic's request-id, OpenAI's x-request-id), if it is one
-    printable token: it goes on a log line."""
+    printable token: it goes on a log line, in the usage log and on /v1/usage. One that holds a
+    secret (an upstream echoing its key) is no id: dropped, not masked."""
     for name in ("request-id", "x-request-id"):
         value = (headers.get(name) or "").strip() if headers is not None else ""
-        if _UPSTREAM_ID_RE.fullmatch(value):
+        if _UPSTREAM_ID_RE.fullmatch(value) and redact_text(value, secrets) == value:
             return value
     return ""
 

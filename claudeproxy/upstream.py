@@ -48,7 +48,7 @@ from . import __version__
 from .config import Config, env_proxies, is_loopback_host, unused_proxy_hint, unused_proxy_variables
 from .ending import abort_error
 from .errors import NO_RETRY, UpstreamNotJson, UpstreamTimeout, UpstreamUnavailable, error_from_status
-from .http_head import read_headers
+from .http_head import MAX_RESPONSE_HEAD, HeadCutShort, read_headers
 from .redact import redact_headers, redact_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -359,7 +359,10 @@ class _Response(http.client.HTTPResponse):
             self.version = 11
         else:
             raise http.client.UnknownProtocol(version)
-        self.headers = self.msg = read_headers(self.fp)
+        try:
+            self.headers = self.msg = read_headers(self.fp, MAX_RESPONSE_HEAD)
+        except HeadCutShort:  # as begin says of it (_HeadWatch): an answer lost, not a server that is no HTTP
+            raise HeadCutOff("the connection closed inside the response head") from None
         coding = self.headers.get("transfer-encoding")
         self.chunked = bool(coding) and coding.lower() == "chunked"
         if self.chunked:

@@ -79,6 +79,8 @@ BODIES = [
     ("tools is an object", body(',"tools":{}'), "tools", "/v1/messages"),
     ("tools is a string", body(',"tools":"all"'), "tools", "/v1/messages"),
     ("tools is an object (count_tokens)", body(',"tools":{}'), "tools", "/v1/messages/count_tokens"),
+    ("model name of 257 characters", body(model="m" * 257), "model", "/v1/messages"),
+    ("model name of 30000 characters (count_tokens)", body(model="m" * 30000), "model", "/v1/messages/count_tokens"),
 ]
 
 

@@ -321,6 +321,19 @@ def test_chunked_request_body_is_411(url: str) -> None:
         assert peer_closed(sock)
 
 
+@pytest.mark.parametrize("coding", ["", "   ", ", ,"], ids=["empty", "blanks", "commas"])
+def test_an_empty_transfer_encoding_is_411_too(url: str, fake_upstream: Any, coding: str) -> None:
+    """RFC 9112 6.1: with a Transfer-Encoding, Content-Length does not frame the body; an empty one
+    was ignored and the body read by its Content-Length, which a front-end may frame otherwise."""
+    body = json.dumps(quota_probe()).encode()
+    headers = [("Host", "127.0.0.1"), ("Content-Type", "application/json"), ("Transfer-Encoding", coding),
+               ("Content-Length", str(len(body)))]
+    with connect(url) as sock:
+        sock.sendall(http_bytes("POST", "/v1/messages", headers, body))
+        assert_error(read_response(sock, 1.0), 411, "invalid_request_error", "Content-Length")
+        assert peer_closed(sock)
+
+
 def test_missing_content_length_on_post_is_411(url: str) -> None:
     resp = raw_request(url, http_bytes("POST", "/v1/messages", [("Host", "127.0.0.1")]), timeout=1.0)
     assert_error(resp, 411, "invalid_request_error")
@@ -433,6 +446,56 @@ def test_keep_alive_continues_after_an_error_whose_body_was_read(url: str) -> No
         assert read_response(sock).status == 200
 
 
+@pytest.mark.parametrize("stray", [b"\r\n", b"\n", b"\r\n\r\n\r\n"], ids=["crlf", "lf", "three"])
+def test_empty_lines_before_a_request_line_are_passed_over(url: str, stray: bytes) -> None:
+    """RFC 9112 2.2: a server SHOULD ignore at least one empty line before a request line. Some
+    clients end a POST body with an extra CRLF; the next request on the connection went unanswered."""
+    with connect(url) as sock:
+        sock.sendall(json_post(json.dumps(quota_probe()).encode()) + stray)
+        assert read_response(sock).status == 200
+        time.sleep(0.2)  # the stray line alone in the buffer: the proxy waits at it for the request line
+        sock.sendall(stray + http_bytes("GET", "/health", [("Host", "127.0.0.1")]))
+        assert read_response(sock).status == 200
+
+
+@pytest.mark.parametrize("lines", [["TE, close"], ["close, TE"], ["  CLOSE  "], ["keep-alive", "Close"],
+                                   ["keep-alive,close"]],
+                         ids=["te-close", "close-te", "case-and-blanks", "two-lines", "no-space"])
+def test_connection_close_among_other_options_closes(url: str, lines: List[str]) -> None:
+    """RFC 9110 7.6.1: Connection is a list of case-insensitive options on any number of lines; a
+    client saying ``TE, close`` was kept open, unanswered about it, until the idle timeout."""
+    headers = [("Host", "127.0.0.1")] + [("Connection", line) for line in lines]
+    with connect(url) as sock:
+        sock.sendall(http_bytes("GET", "/health", headers))
+        resp = read_response(sock)
+        assert resp.status == 200 and resp.headers.get("connection") == "close", resp.headers
+        assert peer_closed(sock)
+
+
+def test_an_http_1_0_keep_alive_is_announced_and_kept(url: str) -> None:
+    """An HTTP/1.0 client reuses a connection only if the answer says ``Connection: keep-alive``;
+    without it, one that reads to the end of the connection waited 30 s for each answer."""
+    ask = b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: Keep-Alive\r\n\r\n"
+    with connect(url) as sock:
+        for _ in range(2):
+            sock.sendall(ask)
+            resp = read_response(sock)
+            assert resp.status == 200 and resp.headers.get("connection") == "keep-alive", resp.headers
+        sock.sendall(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")  # not asked: closed, and said
+        resp = read_response(sock)
+        assert resp.status == 200 and resp.headers.get("connection") == "close", resp.headers
+        assert peer_closed(sock)
+
+
+def test_a_request_line_of_blanks_or_endless_empty_lines_is_400(url: str) -> None:
+    for data in (b"   \r\nGET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                 b"\r\n" * 9 + b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"):
+        with connect(url) as sock:
+            sock.sendall(data)
+            assert_error(read_response(sock), 400, "invalid_request_error", "request line")
+            assert peer_closed(sock)
+
+
 # ---------------------------------------------------------------------------
 # S4: the stdlib's own refusals come back as Anthropic JSON too.
 
@@ -451,6 +514,29 @@ def test_too_many_headers_is_431_json(url: str) -> None:
 def test_header_line_too_long_is_431_json(url: str) -> None:
     resp = raw_request(url, http_bytes("GET", "/health", [("Host", "127.0.0.1"), ("X-Long", "a" * 70000)]))
     assert_error(resp, 431, "invalid_request_error")
+
+
+def test_a_head_larger_than_the_cap_is_431_json(url: str) -> None:
+    """40 lines of 2 KB pass the stdlib's limits (100 lines, 64 KiB a line) and held 6 MB a
+    connection before any key was checked: all header lines together are capped at 64 KiB."""
+    headers = [("Host", "127.0.0.1")] + [(f"X-Pad-{i}", "a" * 2000) for i in range(40)]
+    with connect(url) as sock:
+        sock.sendall(http_bytes("GET", "/health", headers))
+        assert_error(read_response(sock), 431, "invalid_request_error", "too large")
+        assert peer_closed(sock)
+    fits = [("Host", "127.0.0.1")] + [(f"X-Pad-{i}", "a" * 2000) for i in range(30)]
+    assert raw_request(url, http_bytes("GET", "/health", fits)).status == 200
+
+
+def test_a_head_the_client_cut_short_gets_no_answer(url: str) -> None:
+    """A client that closes inside the head sent no request: it is neither parsed nor answered (the
+    stdlib parsed whatever had come, and the request ran)."""
+    with connect(url) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: b\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(2.0)
+        assert sock.recv(65536) == b""
+    assert healthy(url)
 
 
 def test_garbage_request_line_is_400_json(url: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any, List
 import pytest
 
 from claudeproxy import http_head
-from claudeproxy.http_head import HeaderFields, parse_lines, read_headers
+from claudeproxy.http_head import HeadCutShort, HeaderFields, HeadTooLarge, parse_lines, read_headers
 
 CLAUDE_CODE_HEAD = (
     b"Host: 127.0.0.1:8082\r\nAccept: application/json\r\nX-Stainless-Retry-Count: 0\r\n"
@@ -36,7 +36,17 @@ def _stdlib(head: bytes) -> Any:
     return http.client.parse_headers(io.BufferedReader(io.BytesIO(head)), _class=http.client.HTTPMessage)
 
 
+def _cut_short(head: bytes) -> bool:
+    """No blank line ends the head: the stdlib would read it up to the end of input."""
+    return not any(line in (b"\r\n", b"\n") for line in io.BytesIO(head).readlines())
+
+
 def _same(head: bytes) -> None:
+    """The stdlib's message, for every head that ends; for one cut short, none at all."""
+    if _cut_short(head):
+        with pytest.raises(HeadCutShort):
+            read_headers(io.BufferedReader(io.BytesIO(head)))
+        return
     ours = read_headers(io.BufferedReader(io.BytesIO(head)))
     theirs = _stdlib(head)
     assert ours.items() == theirs.items(), head
@@ -69,11 +79,8 @@ def test_a_plain_head_never_reaches_the_email_feed_parser(monkeypatch):
 
 @pytest.mark.parametrize("head", [
     b"\r\n",
-    b"",  # the end of input before any line
     b"Host: a\r\nX-Empty:\r\nX-Blank:   \r\nX-Tabs:\t v \t\r\n\r\n",  # blanks after the value stay, as in compat32
     b"Host: a\nX-A: b\n\n",  # bare LF line ends
-    b"Host: a\r\nX-A: b\r\n",  # the end of input inside the head
-    b"Host: a\r\nX-A: b",  # ... inside a line
     b"Host: a\r\nbroken line\r\nContent-Length: 5\r\n\r\n",  # no colon: a defect, the rest body
     b" folded-first: x\r\nHost: a\r\n\r\n",
     b"Host: a\r\nX-A: b\r\n  continued\r\n\r\n",  # obs-fold
@@ -84,6 +91,7 @@ def test_a_plain_head_never_reaches_the_email_feed_parser(monkeypatch):
     b"X-A: one\r\nx-a: two\r\nX-A: three\r\n\r\n",  # repeated, in order
     b"X-Latin: caf\xe9 \xff\r\n\r\n",  # obs-text: Latin-1, as the stdlib decodes it
     b"X-Nul: a\x00b\r\n\r\n",
+    b"X-Esc: a\x1b[0m\r\nX-Del: \x7f\r\n\r\n",
     b"X-(odd)@name: v\r\n\r\n",  # not an RFC token, still a header line to the feed parser
     b"X-A: v\r\n\r\nX-After: body\r\n",  # what follows the blank line is not read
 ])
@@ -120,6 +128,80 @@ def test_the_stdlib_limits_hold():
         read_headers(io.BufferedReader(io.BytesIO(many)))
     assert len(read_headers(io.BufferedReader(io.BytesIO(many[8:]))).items()) == http_head.MAX_HEADERS - 1
     assert (http_head.MAX_LINE, http_head.MAX_HEADERS) == (http.client._MAXLINE, http.client._MAXHEADERS)
+
+
+@pytest.mark.parametrize("head", [
+    b"",  # the end of input before any line
+    b"Host: a\r\nX-A: b\r\n",  # ... inside the head
+    b"Host: a\r\nX-A: b",  # ... inside a line
+    b"Host: a\r\nbroken line\r\n",  # an odd head cut short: not even that one goes to the feed parser
+])
+def test_a_head_cut_short_is_refused_and_never_parsed(monkeypatch, head):
+    """A connection that closed inside the head has sent no request: the feed parser, which made
+    a message of whatever had come (at many times its size in memory), never sees it."""
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the feed parser was used")
+
+    monkeypatch.setattr(email.parser.Parser, "parsestr", refuse)
+    with pytest.raises(HeadCutShort):
+        read_headers(io.BufferedReader(io.BytesIO(head)))
+
+
+class _EndlessHead(io.RawIOBase):
+    """A head that never ends, in lines of ``size`` bytes, counting what was read of it."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.line = b"X-Pad: " + b"a" * (size - 9) + b"\r\n"
+        self.served = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        offset = self.served % len(self.line)
+        piece = (self.line[offset:] + self.line)[:len(buffer)]
+        buffer[:len(piece)] = piece
+        self.served += len(piece)
+        return len(piece)
+
+
+@pytest.mark.parametrize("size", [60000, 2000, 700])
+def test_the_whole_head_is_capped_and_read_no_further(size):
+    """Lines each under the line limit and fewer than the stdlib's 100 add up to 6 MB a connection,
+    held before any key is checked: past MAX_HEAD together the head is refused, read no further
+    than the line that crossed it."""
+    raw = _EndlessHead(size)
+    with pytest.raises(HeadTooLarge, match=f"longer than {http_head.MAX_HEAD} bytes"):
+        read_headers(io.BufferedReader(raw))
+    assert raw.served <= http_head.MAX_HEAD + size + io.DEFAULT_BUFFER_SIZE
+
+
+def test_a_head_of_exactly_the_cap_is_read():
+    pad = http_head.MAX_HEAD - len(b"Host: a\r\nX-Pad: \r\n\r\n")
+    head = b"Host: a\r\nX-Pad: " + b"a" * pad + b"\r\n\r\n"
+    assert len(read_headers(io.BufferedReader(io.BytesIO(head)))["x-pad"]) == pad
+    with pytest.raises(HeadTooLarge):
+        read_headers(io.BufferedReader(io.BytesIO(head.replace(b"X-Pad: ", b"X-Pad: a"))))
+    # A caller's own cap (an upstream's answer gets 256 KiB).
+    big = b"".join(b"X-%d: %s\r\n" % (i, b"v" * 4000) for i in range(40)) + b"\r\n"
+    assert len(read_headers(io.BufferedReader(io.BytesIO(big)), http_head.MAX_RESPONSE_HEAD).items()) == 40
+
+
+@pytest.mark.parametrize("value,controls", [
+    (b"a\x00b", True), (b"a\x01", True), (b"\x1b[31m", True), (b"a\x7f", True), (b"x\x0bx", True),
+    (b"a\tb", False), (b"caf\xe9", False), (b"a b", False), (b"", False),
+])
+def test_control_characters_in_a_value_are_noted(value, controls):
+    """RFC 9110 5.5: a value holds no control character but HTAB. A plain head cannot hold one (its
+    pattern sends such a line to the feed parser), and the feed parser's reading is checked."""
+    head = b"Host: a\r\nX-V: " + value + b"\r\n\r\n"
+    headers = read_headers(io.BufferedReader(io.BytesIO(head)))
+    assert headers.has_controls is controls
+    assert headers["x-v"] == _stdlib(head)["x-v"]  # the value itself still read as the stdlib reads it
+    folded = read_headers(io.BufferedReader(io.BytesIO(b"Host: a\r\nX-A: b\r\n c\r\n\r\n")))
+    assert folded.has_controls  # a folded line's CR LF is one too
+    assert not read_headers(io.BufferedReader(io.BytesIO(CLAUDE_CODE_HEAD))).has_controls
 
 
 def test_changes_to_the_headers_are_seen_by_the_next_lookup():

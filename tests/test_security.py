@@ -25,7 +25,7 @@ import pytest
 import claudeproxy
 from claudeproxy import cli
 
-from conftest import CLIENT_KEY, ROOT, UPSTREAM_KEY, minimal_request, request
+from conftest import CLIENT_KEY, ROOT, UPSTREAM_KEY, minimal_request, record_for, request
 from fakes import FakeUpstream, Reply, chunk, completion, json_reply, sse_reply
 from test_http_errors import assert_error, connect, http_bytes, peer_closed, read_response
 
@@ -36,6 +36,12 @@ SENTINELS = (CLIENT_KEY, UPSTREAM_KEY)
 # What the proxy may send upstream; anything else came from the client.
 UPSTREAM_HEADERS = {"host", "accept-encoding", "content-length", "content-type", "accept", "user-agent",
                     "authorization", "connection"}
+
+
+# An Anthropic-compatible upstream's answer (passthrough).
+ANTHROPIC_ANSWER = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test",
+                    "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn", "stop_sequence": None,
+                    "usage": {"input_tokens": 12, "output_tokens": 3}}
 
 
 # One fake and one proxy serve the whole module (starting and stopping a server
@@ -300,6 +306,38 @@ def test_a_folded_client_key_never_reaches_a_passthrough_upstream(make_proxy: An
     assert fake_upstream.requests == []
 
 
+@pytest.mark.parametrize("value", [b"plainclientkey0123456789\x00junk", b"plainclientkey0123456789\x01",
+                                   b"plainclientkey0123456789\x7f", b"\x1b[2Jplainclientkey0123456789"],
+                         ids=["nul", "soh", "del", "escape"])
+def test_a_control_character_in_a_header_value_is_400_and_never_forwarded(make_proxy: Any, fake_upstream: Any,
+                                                                            value: bytes) -> None:
+    """RFC 9110 5.5: a NUL in a value must be refused. A passthrough proxy without a key of its own
+    forwarded ``x-api-key: k\\x00junk`` as it was; a server that cuts values at NUL reads another key."""
+    through = make_proxy(passthrough=True, token=claudeproxy.static_token(""))
+    body = json.dumps(minimal_request()).encode()
+    data = (b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: " + value
+            + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+    with connect(through.url) as sock:
+        sock.sendall(data)
+        assert "control character" in assert_error(read_response(sock), 400, "invalid_request_error")
+        assert peer_closed(sock, 2.0)
+    assert fake_upstream.requests == []
+
+
+def test_a_tab_in_a_header_value_is_accepted(make_proxy: Any, fake_upstream: Any) -> None:
+    """HTAB is the one control character a value may hold (RFC 9110 5.5)."""
+    through = make_proxy(passthrough=True, token=claudeproxy.static_token(""))
+    fake_upstream.default = json_reply(ANTHROPIC_ANSWER)
+    body = json.dumps(minimal_request()).encode()
+    data = (b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: plainclientkey0123456789\r\n"
+            b"anthropic-beta: prompt-caching-2024-07-31,\tinterleaved-thinking-2025-05-14\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+    with connect(through.url) as sock:
+        sock.sendall(data + body)
+        assert read_response(sock).status == 200
+    assert len(fake_upstream.requests) == 1
+
+
 def test_expect_100_from_a_client_without_the_key_gets_401_not_continue(keyed: Any) -> None:
     data = (b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Content-Length: 30000000\r\nExpect: 100-continue\r\n\r\n")
@@ -424,6 +462,31 @@ def test_a_credential_header_value_is_masked_when_echoed(make_proxy: Any, fake_u
     records = [r.getMessage() for r in caplog.records]
     assert any("upstream POST" in r and "my-title-app" in r for r in records)  # a harmless header stays readable
     assert [t for t in texts + records if HEADER_SECRET in t] == []
+
+
+_ECHO_RECORDS: List[Any] = []  # the call records of the proxy below (one for the module)
+
+
+@pytest.mark.parametrize("status", [200, 429])
+def test_a_forwarded_key_echoed_in_relayed_headers_and_the_request_id_is_masked(make_proxy: Any, fake_upstream: Any,
+                                                                                status: int) -> None:
+    """Passthrough relays the upstream's anthropic-ratelimit-* headers and records its request-id
+    (usage log, /v1/usage); an upstream echoing the key it was sent put the key in both."""
+    key = "plainclientkey0123456789"  # not key-shaped: only the call's own secrets can mask it
+    proxy = make_proxy(passthrough=True, token=claudeproxy.static_token(""), metrics_sink=_ECHO_RECORDS.append)
+    echoes = (("anthropic-ratelimit-requests-limit", key), ("anthropic-ratelimit-tokens-reset", f"Bearer {key}"),
+              ("anthropic-ratelimit-requests-remaining", "99"), ("request-id", key))
+    error = {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
+    fake_upstream.push(json_reply(ANTHROPIC_ANSWER if status == 200 else error, status=status, headers=echoes))
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(), {"x-api-key": key})
+    assert resp.status == status, resp
+    assert fake_upstream.last.headers["x-api-key"] == key  # it was the key sent
+    assert resp.headers["anthropic-ratelimit-requests-limit"] == "***"
+    assert resp.headers["anthropic-ratelimit-tokens-reset"] == "Bearer ***"
+    assert resp.headers["anthropic-ratelimit-requests-remaining"] == "99"  # a value without a secret is as sent
+    assert [(k, v) for k, v in resp.header_list if key in v] == []
+    assert record_for(_ECHO_RECORDS, resp.headers["request-id"]).upstream_request_id == ""
+    assert key not in request(proxy.url, "GET", "/v1/usage").body.decode()
 
 
 def test_a_key_with_a_slash_echoed_json_escaped_is_masked(make_proxy: Any, fake_upstream: Any, caplog: Any) -> None:

@@ -352,6 +352,19 @@ def test_eight_mib_first_line_is_a_plain_502(proxy, fake_upstream):
     assert_plain_error(send(proxy, True), 502, "api_error")
 
 
+def test_an_upstream_head_has_its_own_cap_of_256_kib(proxy, fake_upstream):
+    """The client's 64 KiB head cap is not the upstream's: 120 KB of response headers (tracing,
+    cookies) are read; past 256 KiB the answer is a 502 naming the cap, not a head held whole."""
+    answer = [json.dumps(completion()).encode()]
+    big = tuple((f"X-Trace-{i}", "t" * 60000) for i in range(2))
+    fake_upstream.push(Reply(200, (("Content-Type", "application/json"), *big), answer))
+    assert send(proxy, False).status == 200
+    huge = tuple((f"X-Trace-{i}", "t" * 60000) for i in range(5))
+    fake_upstream.push(Reply(200, (("Content-Type", "application/json"), *huge), answer))
+    body = assert_plain_error(send(proxy, False), 502, "api_error")
+    assert "longer than 262144 bytes" in body["error"]["message"], body
+
+
 def test_malformed_and_odd_sse_lines_are_tolerated(proxy, fake_upstream):
     """F12: bad JSON skipped; data: without a space, event: lines, comments, CRLF, blank lines, empty choices."""
     fake_upstream.push(sse_reply(

@@ -288,6 +288,35 @@ def test_a_record_the_disk_took_only_part_of_is_cut_off_again(tmp_path: Any, mon
         assert [json.loads(line)["model"] for line in fh] == ["first", "after"]
 
 
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+def test_a_model_name_past_the_cap_is_refused_before_it_is_recorded(proxy: Any, fake: FakeUpstream,
+                                                                   path: str) -> None:
+    """Model names of any length were kept in 500 records, the usage log and /v1/usage (ten 30 MB
+    names: +340 MB, and a 113 MB /v1/usage in 44 s); count_tokens answered them at no upstream cost."""
+    long_name = "claude-" + "q" * 300
+    resp = post(proxy, minimal_request(model=long_name), path)
+    assert resp.status == 400 and resp.json["error"]["type"] == "invalid_request_error", resp.body
+    assert resp.json["error"]["message"].startswith("model: must be at most 256 characters")
+    assert long_name not in resp.body.decode()
+    rec = wait_records(proxy, 1)[0]
+    assert (rec.status, rec.model) == (400, "")
+    assert "qqqq" not in request(proxy.url, "GET", "/v1/usage").body.decode()
+    assert fake.requests == []
+    assert post(proxy, minimal_request(model="claude-" + "q" * 249), path).status == 200  # 256: still a name
+
+
+def test_the_metrics_keep_at_most_256_characters_of_a_model_name() -> None:
+    """Defence in depth behind the door's 400: a record's names are cut before they are kept."""
+    sunk: List[CallRecord] = []
+    store = Metrics(sink=sunk.append)
+    store.record(CallRecord(endpoint="/v1/messages", model="m" * 5000, upstream_model="u" * 5000, provider="p",
+                            status=200, time=time.time(), request_id="req_1"))
+    usage = store.usage(time.time())
+    assert [(len(r["model"]), len(r["upstream_model"])) for r in usage["recent"]] == [(256, 256)]
+    assert [len(r["model"]) for r in usage["models"]] == [256]
+    assert (len(sunk[0].model), len(sunk[0].upstream_model)) == (256, 256)
+
+
 def test_access_line_counts_the_attempts_a_call_took() -> None:
     # README, Reliability settings: the access log names what answered and how many calls it took.
     retried = access_line(CallRecord("/v1/messages", model="m", provider="p2", upstream_model="m2", status=200,
