@@ -25,6 +25,11 @@ _SCHEMA_MAPS = frozenset({"properties", "$defs", "definitions", "patternProperti
 _SCHEMA_LISTS = frozenset({"anyOf", "oneOf", "allOf", "prefixItems"})
 _MAX_REF_REPEAT = 2  # times one definition is inlined along one path
 _MAX_INLINED_NODES = 20000  # nodes all inlined definitions may add to one schema
+_MAX_REF_CHAIN = 16  # definitions inlined one inside another
+# Levels of objects and lists in the result: each definition may be nested as deep as the door lets
+# a request be (door.MAX_NESTING), and 16 of them inside one another would reach the recursion limit
+# of the walks after this one.
+_MAX_OUTPUT_DEPTH = 200
 
 
 def strip_meta(schema: Dict[str, Any]) -> Dict[str, Any]:
@@ -65,27 +70,30 @@ class _RefInliner:
         self.budget = _MAX_INLINED_NODES
         self.sizes: Dict[str, int] = {}  # each definition counted once, however often it is named
 
-    def inline(self, node: Any, path: Tuple[str, ...] = ()) -> Any:
+    def inline(self, node: Any, path: Tuple[str, ...] = (), depth: int = 0) -> Any:
+        if depth > _MAX_OUTPUT_DEPTH:
+            return {"type": "object"}  # what is deeper than the translators may walk: the loosest schema
         if isinstance(node, list):
-            return [self.inline(item, path) for item in node]
+            return [self.inline(item, path, depth + 1) for item in node]
         if not isinstance(node, dict):
             return node
         ref = node.get("$ref")
         if isinstance(ref, str):
-            return self._resolved(node, ref, path)
-        return {k: self.inline(v, path) for k, v in node.items()}
+            return self._resolved(node, ref, path, depth)
+        return {k: self.inline(v, path, depth + 1) for k, v in node.items()}
 
-    def _resolved(self, node: Dict[str, Any], ref: str, path: Tuple[str, ...]) -> Any:
+    def _resolved(self, node: Dict[str, Any], ref: str, path: Tuple[str, ...], depth: int) -> Any:
         name = ref.rsplit("/", 1)[-1]
         target = self.defs.get(name)
         if name not in self.sizes:
             self.sizes[name] = _nodes(target) if isinstance(target, dict) else 0
         size = self.sizes[name]
-        if not size or path.count(name) >= _MAX_REF_REPEAT or size > self.budget:
-            return {"type": "object"}  # unresolvable, recursive or past the budget: the loosest schema Gemini takes
+        if not size or path.count(name) >= _MAX_REF_REPEAT or len(path) >= _MAX_REF_CHAIN or size > self.budget:
+            # Unresolvable, recursive, a chain too long or past the budget: the loosest schema Gemini takes.
+            return {"type": "object"}
         self.budget -= size
         merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}  # type: ignore[dict-item]
-        return self.inline(merged, path + (name,))
+        return self.inline(merged, path + (name,), depth)
 
 
 def _nodes(value: Any, most: int = _MAX_INLINED_NODES + 1) -> int:
@@ -120,7 +128,9 @@ def sanitize_gemini(schema: Dict[str, Any]) -> Dict[str, Any]:
     for key in ("$defs", "definitions"):
         if isinstance(schema.get(key), dict):
             defs.update(schema[key])
-    inlined = _RefInliner(defs).inline(schema)
+    # The definitions themselves go (Gemini refuses $defs): inlined where they are, they would only
+    # spend the budget.
+    inlined = _RefInliner(defs).inline({k: v for k, v in schema.items() if k not in ("$defs", "definitions")})
     return _walk(inlined, _gemini_fix)  # type: ignore[no-any-return]
 
 

@@ -229,6 +229,24 @@ def test_gemini_ref_expansion_is_bounded_by_size_not_only_depth(schema: Dict[str
     assert "$ref" not in text and len(text) < 1_000_000, len(text)
 
 
+def _deep(levels: int, leaf: Dict[str, Any]) -> Dict[str, Any]:
+    for _ in range(levels):
+        leaf = {"type": "object", "properties": {"a": leaf}}
+    return leaf
+
+
+@pytest.mark.parametrize("schema", [
+    _fan_out(1, 300),  # 300 distinct definitions, each inside the last
+    {"type": "object", "properties": {"x": {"$ref": "#/$defs/A"}},  # two definitions nested 60 deep, naming each other
+     "$defs": {"A": _deep(60, {"$ref": "#/$defs/B"}), "B": _deep(60, {"$ref": "#/$defs/A"})}},
+], ids=["chain-of-300", "two-deep-definitions"])
+def test_gemini_ref_expansion_stays_within_what_the_walks_after_it_can_take(schema: Dict[str, Any]) -> None:
+    # Bounded by size alone, a long chain or deep definitions nested in one another went past the
+    # recursion limit: a 500 for a 22 KB tool.
+    text = json.dumps(sanitize_gemini(schema))
+    assert "$ref" not in text and len(text) < 1_000_000
+
+
 def test_gemini_recursive_ref_keeps_one_level_of_itself() -> None:
     cleaned = sanitize_gemini(_FILTER)
     inner = cleaned["properties"]["filter"]["anyOf"][0]["properties"]
