@@ -68,7 +68,7 @@ from .errors import UpstreamUnavailable
 from .metrics import CallRecord
 from .observe import BODIES_LOGGER
 from .redact import configured_secrets, redact_text, redact_url
-from .routing import Router, build_router, header_the_key_replaces
+from .routing import Router, build_router, header_the_key_replaces, provider_dialect
 from .server import ProxyServer, drain_and_close
 from .settings_view import describe_config
 from .upstream import proxy_urls, tls_context
@@ -783,7 +783,7 @@ def keyless_upstreams(server: ProxyServer) -> List[str]:
     for provider in server.proxy.router.providers.values():
         host = urlsplit(provider.url).hostname or ""
         if provider.api != "messages" and gives_no_key(provider.token) and _on_the_internet(host):
-            own = default_key_variables(provider.dialect or detect_provider(provider.url), False)[0]
+            own = default_key_variables(provider_dialect(provider), False)[0]
             how = (f"set {own}, or give --api-key-env" if provider.name == SHORTHAND_PROVIDER else
                    "give it api_key_env or api_key_command in the config file")
             lines.append(f"the upstream {provider.name} ({host}) gets no API key: expect 401s ({how})")
@@ -793,10 +793,10 @@ def keyless_upstreams(server: ProxyServer) -> List[str]:
 def unused_proxies(server: ProxyServer, environ: Mapping[str, str]) -> List[str]:
     """One line when the environment names a proxy that no setting lets the proxy use (HTTPS_PROXY
     without --use-env-proxy): its upstream calls would fail as if the network were down. Nothing
-    when every upstream is on this machine, which no proxy is needed for."""
+    when no upstream is on the internet (this machine, a LAN address or name), which no proxy is needed for."""
     names = unused_proxy_variables(server.config, environ)
     hosts = [urlsplit(p.url).hostname or "" for p in server.proxy.router.providers.values()]
-    return [unused_proxy_hint(names)] if names and not all(is_loopback_host(h) for h in hosts) else []
+    return [unused_proxy_hint(names)] if names and any(map(_on_the_internet, hosts)) else []
 
 
 def _on_the_internet(host: str) -> bool:

@@ -153,5 +153,12 @@ def parse_lines(lines: List[bytes]) -> HeaderFields:
     # Not plain: the feed parser's reading, line for line what http.client.parse_headers does.
     text = b"".join(lines).decode("iso-8859-1")
     message = email.parser.Parser(_class=HeaderFields).parsestr(text)  # type: ignore[assignment]
-    message.has_controls = any(_CONTROL.search(value) for value in message.values())
+    message.has_controls = any(_CONTROL.search(value) for value in message.values()) or any(map(_inner_cr, lines))
     return message
+
+
+def _inner_cr(raw: bytes) -> bool:
+    """A CR inside a line, before its end: a line break to the feed parser, so "X-Note: a\\rx-api-key: K"
+    would be two fields, the second hidden from whoever reads the line as one."""
+    end = 2 if raw.endswith(b"\r\n") else 1 if raw.endswith(b"\n") else 0
+    return b"\r" in raw[:len(raw) - end]

@@ -480,6 +480,10 @@ class Proxy:
             # its head a byte at a time would hold the client forever, before any ping can go out.
             watch.deadline_reason = "head"  # first: the watchdog thread may look at any moment
             watch.deadline = time.monotonic() + self.config.connect_timeout + self.config.idle_timeout
+        # A retry starts afresh: an earlier attempt's counts (a refused stream's 0s) are not this one's.
+        # Only that an earlier attempt may have spent tokens nobody reported stays (``lost``).
+        for key in USAGE_KEYS:
+            record.pop(key, None)
         record["awaiting"] = False
         try:
             resp, ex = self._send(api, req, target, call, None if streamed else watch.deadline)
@@ -490,7 +494,7 @@ class Proxy:
         except BaseException:
             # Left, aborted or timed out while the upstream had the whole prompt: what it spent is
             # not known. A refusal (above) or a request that never went out spent nothing.
-            record["awaiting"] = call.sent
+            record["lost"] = record.get("lost", False) or call.sent
             raise
         finally:
             if streamed:
@@ -726,8 +730,10 @@ class Proxy:
         first = fields.get("first_content_at")
         # Set from the answer by _usage_fields (None: not known); 0 for a call without one (a 4xx, a
         # local answer), unless the upstream had the prompt and the call ended before its answer.
-        unknown = None if fields.get("awaiting") else 0
+        unknown = None if fields.get("awaiting") or fields.get("lost") else 0
         usage = {k: fields.get(k, unknown) for k in USAGE_KEYS}
+        if fields.get("lost") and not any(usage.values()):
+            usage = dict.fromkeys(USAGE_KEYS)  # a refusal's 0s after an attempt that spent what nobody said
         fields.update(usage)
         rec = CallRecord(
             duration_ms=int((now - started) * 1000),

@@ -702,6 +702,8 @@ class _PooledOpen:
             try:
                 return self._exchange(conn, key, req, headers, call, reused=True)
             except _Stale:
+                if call is not None:
+                    call.sent = False  # the request died with the stale connection; the fresh one sends it
                 log.debug("reused upstream connection to %s was closed; opening a new one", req.host)
         conn = factory(req.host, timeout=req.timeout, call=call, read_timeout=read_timeout, pool=self.pool)
         if req._tunnel_host:  # type: ignore[attr-defined]
@@ -984,7 +986,7 @@ class Upstream:
         call.idle_timeout = read_timeout or self.config.idle_timeout
         call.secrets = secrets
         # This attempt's: a connect timeout is no read timeout, a refusal before the tunnel the proxy's.
-        call.connected = call.reached = call.tunnelled = False
+        call.connected = call.reached = call.tunnelled = call.sent = False
         if log.isEnabledFor(logging.DEBUG):
             sent = redact_headers(req.header_items(), secrets)
             log.debug("upstream %s %s headers=%s", method, redact_url(url), sent)

@@ -623,6 +623,8 @@ UNUSED = ("are set in the environment but not used: pass --use-env-proxy to go t
     ({"use_env_proxy": True}, {"HTTPS_PROXY": "http://127.0.0.1:3128", "ALL_PROXY": "http://127.0.0.1:3128"}, []),
     ({"proxy": "http://127.0.0.1:3128"}, {"HTTPS_PROXY": "http://127.0.0.1:3128"}, []),
     ({"upstream": "http://localhost:11434/v1"}, {"HTTPS_PROXY": "http://127.0.0.1:3128"}, []),  # no proxy needed
+    ({"upstream": "http://192.168.1.20:8000/v1"}, {"HTTPS_PROXY": "http://127.0.0.1:3128"}, []),  # a LAN server
+    ({"upstream": "http://gpu.lan:8000/v1"}, {"HTTPS_PROXY": "http://127.0.0.1:3128"}, []),
 ])
 def test_an_unused_environment_proxy_is_said_once_at_start(make_proxy: Any, clean_env: Any, caplog: Any,
                                                            settings: Dict[str, Any], environ: Dict[str, str],

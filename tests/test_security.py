@@ -307,8 +307,11 @@ def test_a_folded_client_key_never_reaches_a_passthrough_upstream(make_proxy: An
 
 
 @pytest.mark.parametrize("value", [b"plainclientkey0123456789\x00junk", b"plainclientkey0123456789\x01",
-                                   b"plainclientkey0123456789\x7f", b"\x1b[2Jplainclientkey0123456789"],
-                         ids=["nul", "soh", "del", "escape"])
+                                   b"plainclientkey0123456789\x7f", b"\x1b[2Jplainclientkey0123456789",
+                                   # A bare CR is a line break to the feed parser: a second, hidden field.
+                                   b"a\rx-api-key: plainclientkey0123456789",
+                                   b"plainclientkey0123456789\r\rX-Smuggled: 1"],
+                         ids=["nul", "soh", "del", "escape", "bare-cr-hides-a-field", "bare-cr-before-crlf"])
 def test_a_control_character_in_a_header_value_is_400_and_never_forwarded(make_proxy: Any, fake_upstream: Any,
                                                                             value: bytes) -> None:
     """RFC 9110 5.5: a NUL in a value must be refused. A passthrough proxy without a key of its own

@@ -869,6 +869,41 @@ def test_a_call_abandoned_while_the_upstream_thinks_has_unknown_tokens(
     assert (row["cost_usd"], row["unpriced_requests"]) == (None, 1)
 
 
+def test_a_retry_does_not_hide_what_an_earlier_attempt_may_have_spent(fake: FakeUpstream) -> None:
+    """Attempt 1 took the whole prompt and the connection dropped (the upstream may bill it), attempt 2
+    was refused (429): not known, never 0 at $0. And a stream refused at its first event (0 tokens),
+    then a retry the client leaves while the upstream thinks: not known either, not the first one's 0s."""
+    priced = ModelFacts(input_price=1.0, output_price=2.0)
+    records: List[CallRecord] = []
+    server = claudeproxy.start(providers=(Provider("priced", fake.url, token=KEY, models=(("house-*", priced),)),),
+                               routes=(Route("*", RouteTarget("priced", "house-model")),),
+                               metrics_sink=records.append, retries=1)
+    proxy = types.SimpleNamespace(url=server.url, records=records)
+    try:
+        fake.push(Reply(drop="close"), json_reply({"error": {"message": "slow down", "type": "rate_limit_error"}},
+                                                  status=429))
+        resp = post(proxy, minimal_request())
+        assert resp.status == 429
+        rec = record_for(records, resp.headers["request-id"])
+        assert (rec.attempts, rec.input_tokens, rec.cost_usd) == (2, None, None)
+        gate = Gate()
+        fake.push(sse_reply({"error": {"message": "slow down", "type": "rate_limit_error", "code": 429}}, done=False),
+                  sse_reply(gate, chunk({"role": "assistant", "content": "hi"}), chunk({}, "stop")))
+        try:
+            body = json.dumps(minimal_request(stream=True)).encode()
+            with connect(server.url) as sock:
+                sock.sendall(json_post(body))
+                assert wait_for(lambda: len(fake.requests) == 4, 5), "the retry never reached the upstream"
+                time.sleep(0.1)
+            assert wait_for(lambda: len(records) == 2, 5)
+        finally:
+            gate.release()
+        rec = records[-1]
+        assert (rec.attempts, rec.error_type, rec.input_tokens, rec.cost_usd) == (2, "client_closed", None, None)
+    finally:
+        server.shutdown(grace=1.0)
+
+
 def test_a_call_that_never_reached_the_upstream_counts_no_tokens(make_proxy: Any) -> None:
     """Nothing listens at the upstream's address: no prompt went out, so 0 tokens at $0 is the truth."""
     records: List[CallRecord] = []
