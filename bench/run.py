@@ -161,6 +161,8 @@ class Bench:
             lambda: {t: [] for t in TARGETS})
         self.warnings: List[str] = []
         self.templates: Dict[bool, bytes] = {}
+        self.answers: Dict[bool, bytes] = {}    # claudeproxy's answers to the captured requests
+        self.floors: Dict[str, List[float]] = collections.defaultdict(list)
         self.files: Dict[Any, str] = {}
         self.upstream: Optional[procs.Server] = None
         self.foreign_cores: Optional[float] = None
@@ -244,6 +246,7 @@ class Bench:
                 if captured.count(f'"{CAPTURE_MODEL}"'.encode()) != 1:
                     raise RuntimeError("cannot find the model name in claudeproxy's upstream request")
                 self.templates[stream] = captured
+                self.answers[stream] = answer
         finally:
             procs.stop(server.proc)
 
@@ -404,6 +407,24 @@ class Bench:
                 procs.stop(server.proc)
         self.pad(r + 1)
 
+    def measure_floor(self) -> None:
+        """The JSON work alone (bench/floor.py), on the targets' core."""
+        event = next((line for line in self.answers[True].split(b"\n")
+                      if line.startswith(b'data: {"type":"content_block_delta"')), None)
+        if event is None:
+            self.warnings.append("floor: no content_block_delta in claudeproxy's captured stream")
+            return
+        files = []
+        for name, data in (("answer", self.answers[False]), ("event", event)):
+            files.append(os.path.join(self.tmp, f"floor-{name}.json"))
+            with open(files[-1], "wb") as fh:
+                fh.write(data)
+        cmd = [self.args.python, os.path.join(procs.BENCH, "floor.py"),
+               self.body_file("claudeproxy", model((0, 0)), False), self.body_file("direct", model((0, 0)), False),
+               *files]
+        for key, value in json.loads(procs.run_to_end(cmd, self.cores.target, self.log("floor"))).items():
+            self.floors[key].append(value)
+
     def measure_all(self, r: int, targets: List[Target]) -> None:
         """Every figure, the targets in turn for each; the order rotates with the repeat and the figure."""
         for t in targets:
@@ -423,6 +444,7 @@ class Bench:
         for i, measure in enumerate((self.measure_ttft, self.measure_long_stream, self.measure_cpu_per_chunk)):
             for t in rotated(targets, r + i):
                 measure(t)
+        self.measure_floor()
 
     def record_totals(self, target: Target, acc: Dict[str, List[float]]) -> None:
         for kind in ("json", "stream"):
@@ -519,6 +541,36 @@ def header(bench: Bench, info: Dict[str, Any], command: str, load: Tuple[float, 
     ])
 
 
+def _median(xs: List[Optional[float]]) -> Optional[float]:
+    known = [x for x in xs if x is not None]
+    return statistics.median(known) if known else None
+
+
+def floor_summary(bench: Bench) -> Dict[str, Optional[float]]:
+    """The JSON floor (bench/floor.py) beside the ceiling's CPU, and the best ratios they allow."""
+    request, chunk = _median(bench.floors["request_ms"]), _median(bench.floors["chunk_us"])
+    ceiling_request = _median(bench.values["json_cpu"]["ceiling"])
+    ceiling_chunk = _median(bench.values["cpu_per_1k_chunks"]["ceiling"])  # ms per 1,000 = µs per chunk
+    best_rate = (ceiling_request / (ceiling_request + request)
+                 if request is not None and ceiling_request else None)
+    least_chunk = (ceiling_chunk + chunk) / ceiling_chunk if chunk is not None and ceiling_chunk else None
+    return {"request_ms": request, "chunk_us": chunk, "ceiling_request_ms": ceiling_request,
+            "ceiling_chunk_us": ceiling_chunk, "best_nonstream_vs_ceiling": best_rate,
+            "least_chunk_cpu_vs_ceiling": least_chunk}
+
+
+def floor_text(f: Dict[str, Optional[float]]) -> str:
+    if f["best_nonstream_vs_ceiling"] is None or f["least_chunk_cpu_vs_ceiling"] is None:
+        return "Floor: not measured."
+    return (f"Floor (bench/floor.py, on the targets' core): the JSON work alone, decoding the client's request "
+            f"and the upstream's answer and encoding the upstream's request and the client's answer, is "
+            f"{f['request_ms']:.3f} ms of CPU a non-stream request; on top of the ceiling's "
+            f"{f['ceiling_request_ms']:.3f} ms, a translating proxy that spent nothing else would serve at most "
+            f"{f['best_nonstream_vs_ceiling']:.2f}× the ceiling's CPU-bound rate. A chunk's JSON (decode the "
+            f"upstream's, encode one event) is {f['chunk_us']:.1f} µs against the ceiling's "
+            f"{f['ceiling_chunk_us']:.1f} µs a chunk: at least {f['least_chunk_cpu_vs_ceiling']:.2f}× its CPU.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small run, for a smoke test (seconds)")
@@ -546,6 +598,9 @@ def main() -> None:
         print(header(bench, info, command.strip(), (load0, load1)))
         print()
         print(table.markdown(rows, bench.values))
+        floor = floor_summary(bench)
+        print()
+        print(floor_text(floor))
         for warning in bench.warnings:
             print(f"warning: {warning}")
         print(f"\n({time.perf_counter() - began:.0f} s)")
@@ -554,7 +609,8 @@ def main() -> None:
                 json.dump({"command": command, "machine": info, "plan": plan._asdict(), "tls": bool(bench.cert),
                            "load_average": [load0, load1],
                            "foreign_cores": bench.foreign_cores, "warnings": bench.warnings,
-                           "figures": table.as_json(rows, bench.values)}, fh, indent=1)
+                           "figures": table.as_json(rows, bench.values), "floor": floor,
+                           "floor_values": bench.floors}, fh, indent=1)
 
 
 if __name__ == "__main__":
