@@ -722,9 +722,9 @@ def test_passthrough_input_count_of_message_start_outlives_a_zero_in_message_del
     assert rec.cost_usd == pytest.approx((100 * 1.0 + 2000 * 0.5 + 300 * 2.0) / 1e6)
 
 
-def _usage_chunk(prompt: int, completion_tokens: int) -> Dict[str, Any]:
+def _usage_chunk(prompt: int, completion_tokens: int, cached: int = 0) -> Dict[str, Any]:
     return {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
-            "usage": usage(prompt, completion_tokens)}
+            "usage": usage(prompt, completion_tokens, cached)}
 
 
 def _cut_stream(proxy: Any, fake: FakeUpstream, *chunks: Any) -> CallRecord:
@@ -994,3 +994,62 @@ def test_an_answer_without_usage_gives_the_client_an_estimate_and_records_none(p
     [rec] = wait_records(proxy, 1)
     assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (None, None, None)
     assert rec.status == 200 and rec.error_type is None
+
+
+def _graced_proxy(fake: FakeUpstream, records: List[CallRecord]) -> Any:
+    """A proxy to a config-priced model with a short finish grace (the wait after finish_reason)."""
+    priced = ModelFacts(input_price=1.0, output_price=2.0, cache_read_price=0.5)
+    return claudeproxy.start(providers=(Provider("priced", fake.url, token=KEY, models=(("*", priced),)),),
+                             routes=(Route("*", RouteTarget("priced", "house-model")),),
+                             metrics_sink=records.append, finish_grace=0.5)
+
+
+def test_a_running_usage_on_the_finish_chunk_gives_way_to_the_final_usage_chunk(fake: FakeUpstream) -> None:
+    """vLLM's continuous usage stats: a running usage on every chunk (no cached tokens), the finish chunk
+    too, then the include_usage chunk with the full count, and the upstream stays open. The client's
+    message_delta and the record carry the full count, and the stream ends at that chunk, not at the
+    finish grace."""
+    records: List[CallRecord] = []
+    server = _graced_proxy(fake, records)
+    try:
+        fake.push(sse_reply(chunk({"role": "assistant", "content": "hi"}, usage=usage(1000, 1)),
+                            chunk({}, "stop", usage={"prompt_tokens": 1000, "completion_tokens": 150}),
+                            Sleep(0.1), _usage_chunk(1000, 200, cached=800), Fault("hang"), done=False))
+        with StreamClient(server.url, minimal_request(stream=True)) as client:
+            begun = time.monotonic()
+            events = client.read_all(timeout=5)
+            took = time.monotonic() - begun
+            request_id = client.headers["request-id"]
+        delta = [e for e in events if e["type"] == "message_delta"][0]
+        want = {"input_tokens": 200, "cache_read_input_tokens": 800, "output_tokens": 200}
+        assert {k: delta["usage"][k] for k in want} == want
+        rec = record_for(records, request_id)
+        assert (rec.input_tokens, rec.cache_read_input_tokens, rec.output_tokens) == (200, 800, 200)
+        assert rec.cost_usd == pytest.approx((200 * 1.0 + 800 * 0.5 + 200 * 2.0) / 1e6)
+        assert took < 0.45, f"waited {took:.2f} s: the final usage chunk should end the stream"
+    finally:
+        server.shutdown(grace=1.0)
+
+
+def test_a_running_usage_on_the_finish_chunk_then_silence_ends_at_the_finish_grace(fake: FakeUpstream) -> None:
+    """The same stream without the final usage chunk, and the upstream never ends its body: the stream
+    ends after the finish grace (0.5 s here), no later, with the finish chunk's count."""
+    records: List[CallRecord] = []
+    server = _graced_proxy(fake, records)
+    try:
+        fake.push(sse_reply(chunk({"role": "assistant", "content": "hi"}, usage=usage(1000, 1)),
+                            chunk({}, "stop", usage={"prompt_tokens": 1000, "completion_tokens": 150}),
+                            Fault("hang"), done=False))
+        with StreamClient(server.url, minimal_request(stream=True)) as client:
+            client.read_until("content_block_delta", timeout=5)
+            begun = time.monotonic()
+            events = client.read_all(timeout=5)
+            took = time.monotonic() - begun
+            request_id = client.headers["request-id"]
+        assert [e["type"] for e in events][-2:] == ["message_delta", "message_stop"]
+        assert events[-2]["usage"]["output_tokens"] == 150
+        assert 0.3 <= took < 2.5, f"ended after {took:.2f} s, grace 0.5 s"
+        rec = record_for(records, request_id)
+        assert rec.error_type is None and (rec.input_tokens, rec.output_tokens) == (1000, 150)
+    finally:
+        server.shutdown(grace=1.0)
