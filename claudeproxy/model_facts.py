@@ -80,6 +80,10 @@ class ModelFacts:
     cache_write_price: Optional[float] = None  # USD per 1M tokens written to the cache (None: no charge/unknown)
     responses_only: bool = False              # OpenAI serves it only on /v1/responses
     text_only: bool = False                   # takes no images: each goes as a text placeholder
+    # USD per 1M tokens written to Anthropic's 1-hour cache; None: twice input_price where the model
+    # has a cache_write_price (cost.cache_write_1h_price), as Anthropic bills them. Last, so the rows
+    # and tests that give the fields above by position keep their meaning.
+    cache_write_1h_price: Optional[float] = None
 
     def merged(self, override: "ModelFacts") -> "ModelFacts":
         """These facts with every field ``override`` sets (not None, or True) taking its place."""
@@ -377,7 +381,7 @@ def _shortenings(base: str, tag_pieces: Sequence[str]) -> Iterator[str]:
 _INT_KEYS: Mapping[str, str] = types.MappingProxyType(
     {"context_window": "context_window", "max_output_tokens": "max_output", "max_output": "max_output"}
 )
-_PRICE_KEYS = ("input_price", "output_price", "cache_read_price", "cache_write_price")
+_PRICE_KEYS = ("input_price", "output_price", "cache_read_price", "cache_write_price", "cache_write_1h_price")
 _BOOL_KEYS = ("responses_only", "text_only")
 _ALL_KEYS = tuple(_INT_KEYS) + _PRICE_KEYS + _BOOL_KEYS
 # Bounds far above any real model (the dearest list price is a few hundred USD per million tokens, the

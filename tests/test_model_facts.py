@@ -319,3 +319,10 @@ def test_only_openai_models_are_responses_only() -> None:
 
 def test_prices_checked_is_an_iso_date() -> None:
     assert datetime.date.fromisoformat(PRICES_CHECKED) <= datetime.date(2030, 1, 1)
+
+
+def test_facts_from_dict_reads_the_one_hour_cache_write_price() -> None:
+    facts = facts_from_dict({"input_price": 3, "cache_write_price": 3.75, "cache_write_1h_price": 6}, "p.models.m")
+    assert facts.cache_write_1h_price == 6.0 and isinstance(facts.cache_write_1h_price, float)
+    with pytest.raises(ValueError, match="p.models.m.cache_write_1h_price: must not be negative"):
+        facts_from_dict({"cache_write_1h_price": -1}, "p.models.m")

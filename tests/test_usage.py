@@ -1053,3 +1053,66 @@ def test_a_running_usage_on_the_finish_chunk_then_silence_ends_at_the_finish_gra
         assert rec.error_type is None and (rec.input_tokens, rec.output_tokens) == (1000, 150)
     finally:
         server.shutdown(grace=1.0)
+
+
+# --- Anthropic's 1-hour cache writes ------------------------------------------------------------
+
+def test_one_hour_cache_writes_cost_twice_the_input_price() -> None:
+    """Anthropic bills a 5-minute cache write at 1.25x input and a 1-hour one at 2x: a model priced with
+    the 5-minute rate only gets 2x input for its 1-hour writes; an explicit 1-hour price wins."""
+    facts = ModelFacts(input_price=3.0, output_price=15.0, cache_read_price=0.3, cache_write_price=3.75)
+    # 500 writes of which 300 for an hour: 200 x 3.75 + 300 x 6.00
+    assert call_cost(facts, 0, 0, 0, 500, 300) == pytest.approx(0.00255)
+    assert call_cost(facts, 0, 0, 0, 500) == pytest.approx(500 * 3.75 / 1e6)  # no split: all 5-minute
+    explicit = ModelFacts(input_price=3.0, cache_write_price=3.75, cache_write_1h_price=7.0)
+    assert call_cost(explicit, 0, 0, 0, 500, 300) == pytest.approx((200 * 3.75 + 300 * 7.0) / 1e6)
+    assert call_cost(facts, 0, 0, 0, 500, 900) == pytest.approx(500 * 6.0 / 1e6)  # never more than all writes
+    # No cache-write price at all: 1-hour writes have none either (no cost, not a partial one).
+    assert call_cost(ModelFacts(input_price=3.0, output_price=15.0), 10, 0, 0, 300, 300) is None
+
+
+def _anthropic_usage() -> Dict[str, Any]:
+    return {"input_tokens": 100, "output_tokens": 30, "cache_read_input_tokens": 1000,
+            "cache_creation_input_tokens": 500,
+            "cache_creation": {"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 300}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_forwarded_answer_prices_its_one_hour_cache_writes(fake: FakeUpstream, stream: bool) -> None:
+    """Passthrough: the upstream's usage.cache_creation split reaches the record, which prices the
+    300 one-hour writes at 2x input (the config gives the 5-minute write price only)."""
+    priced = ModelFacts(input_price=3.0, output_price=15.0, cache_read_price=0.3, cache_write_price=3.75)
+    records: List[CallRecord] = []
+    server = claudeproxy.start(providers=(Provider("native", fake.url, api="messages", token=KEY,
+                                                   models=(("*", priced),)),),
+                               routes=(Route("*", RouteTarget("native", "house-model")),), metrics_sink=records.append)
+    try:
+        usage_ = _anthropic_usage()
+        message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "house-model",
+                   "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn", "stop_sequence": None,
+                   "usage": usage_}
+        if stream:
+            ev = lambda o: f"event: {o['type']}\ndata: {json.dumps(o)}\n\n".encode("utf-8")  # noqa: E731
+            start = {**message, "content": [], "stop_reason": None, "usage": {**usage_, "output_tokens": 1}}
+            fake.push(sse_reply(ev({"type": "message_start", "message": start}),
+                                ev({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                                ev({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}}),
+                                ev({"type": "content_block_stop", "index": 0}),
+                                ev({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                    "usage": {"output_tokens": 30}}),
+                                ev({"type": "message_stop"}), done=False))
+            with StreamClient(server.url, minimal_request(stream=True)) as client:
+                client.read_all(timeout=5)
+                request_id = client.headers["request-id"]
+        else:
+            fake.push(json_reply(message))
+            resp = request(server.url, "POST", "/v1/messages", minimal_request())
+            assert resp.status == 200, resp
+            request_id = resp.headers["request-id"]
+        rec = record_for(records, request_id)
+        assert (rec.cache_creation_input_tokens, rec.cache_creation_1h_input_tokens) == (500, 300)
+        want = (100 * 3.0 + 30 * 15.0 + 1000 * 0.3 + 200 * 3.75 + 300 * 6.0) / 1e6
+        assert rec.cost_usd == pytest.approx(want)
+        assert rec.to_dict()["cache_creation_1h_input_tokens"] == 300  # the usage log's line has it
+    finally:
+        server.shutdown(grace=1.0)
