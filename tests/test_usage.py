@@ -1116,3 +1116,20 @@ def test_a_forwarded_answer_prices_its_one_hour_cache_writes(fake: FakeUpstream,
         assert rec.to_dict()["cache_creation_1h_input_tokens"] == 300  # the usage log's line has it
     finally:
         server.shutdown(grace=1.0)
+
+
+def test_a_claude_model_through_passthrough_has_its_list_price(fake: FakeUpstream) -> None:
+    """--passthrough to a Claude model: the built-in table prices it (Sonnet 4.5: $3 in, $15 out,
+    $0.30 cache read, $3.75 5-minute and $6 1-hour writes), where it showed tokens and no cost."""
+    records: List[CallRecord] = []
+    server = claudeproxy.start(upstream=fake.url, passthrough=True, token=KEY, metrics_sink=records.append)
+    try:
+        fake.push(json_reply({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+                              "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+                              "stop_sequence": None, "usage": _anthropic_usage()}))
+        resp = request(server.url, "POST", "/v1/messages", minimal_request(model="claude-sonnet-4-5-20250929"))
+        assert resp.status == 200, resp
+        rec = record_for(records, resp.headers["request-id"])
+        assert rec.cost_usd == pytest.approx((100 * 3 + 30 * 15 + 1000 * 0.3 + 200 * 3.75 + 300 * 6) / 1e6)
+    finally:
+        server.shutdown(grace=1.0)
