@@ -76,6 +76,21 @@ def call_cost(facts: Any, input_tokens: Optional[int] = 0, output_tokens: Option
     return total if math.isfinite(total) else None
 
 
+MAX_BILLED_COST = 1_000_000.0  # USD for one call: above it a reported cost is no cost anyone billed
+
+
+def billed_cost(usage: Any, field: Optional[str]) -> Optional[float]:
+    """What the upstream says it billed for the call (the number in ``usage[field]``), or None: no
+    such field (``field`` None: the upstream reports none), or not a finite, non-negative number of
+    USD (a string, a bool, NaN, a negative or absurd amount is no bill)."""
+    if field is None or not isinstance(usage, dict):
+        return None
+    value = usage.get(field)
+    if type(value) not in (int, float) or not math.isfinite(value) or not 0 <= value <= MAX_BILLED_COST:
+        return None
+    return float(value)
+
+
 def cache_hit_ratio(input_tokens: int, cache_read_input_tokens: int, cache_creation_input_tokens: int) -> Optional[float]:
     """The share of the prompt read from the upstream's cache; None for a call without input."""
     prompt = input_tokens + cache_read_input_tokens + cache_creation_input_tokens

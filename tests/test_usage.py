@@ -1133,3 +1133,51 @@ def test_a_claude_model_through_passthrough_has_its_list_price(fake: FakeUpstrea
         assert rec.cost_usd == pytest.approx((100 * 3 + 30 * 15 + 1000 * 0.3 + 200 * 3.75 + 300 * 6) / 1e6)
     finally:
         server.shutdown(grace=1.0)
+
+
+# --- An upstream's own bill (OpenRouter's usage.cost) -------------------------------------------
+
+def test_billed_cost_takes_only_a_finite_non_negative_number() -> None:
+    from claudeproxy.cost import billed_cost
+
+    assert billed_cost({"cost": 0.0123}, "cost") == 0.0123 and billed_cost({"cost": 0}, "cost") == 0.0
+    for bad in ("0.01", True, -1, math.nan, math.inf, 1e300, None, [1]):
+        assert billed_cost({"cost": bad}, "cost") is None, bad
+    assert billed_cost({"cost": 0.5}, None) is None  # a dialect that reports no bill
+    assert billed_cost(None, "cost") is None
+
+
+def _or_usage(cost: Any) -> Dict[str, Any]:
+    return {**usage(1000, 50, cached=200), "cost": cost, "cost_details": {"upstream_inference_cost": None}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("dialect, expected", [("openrouter", 0.00421), ("generic", None)])
+def test_openrouters_usage_cost_is_the_calls_cost(fake: FakeUpstream, stream: bool, dialect: str,
+                                                   expected: Optional[float]) -> None:
+    """OpenRouter reports what it billed in usage.cost (USD credits); its host-prefixed names have no
+    built-in price. The record's cost is that bill, for a JSON answer and a stream; a server of
+    another dialect that sends a "cost" is not believed (its model has no price: no cost)."""
+    records: List[CallRecord] = []
+    server = claudeproxy.start(providers=(Provider("or", fake.url, token=KEY, dialect=dialect),),
+                               routes=(Route("*", RouteTarget("or", "anthropic/claude-sonnet-4")),),
+                               metrics_sink=records.append)
+    try:
+        if stream:
+            fake.push(sse_reply(chunk({"role": "assistant", "content": "hi"}), chunk({}, "stop"),
+                                {"id": "x", "object": "chat.completion.chunk", "choices": [],
+                                 "usage": _or_usage(0.00421)}))
+            with StreamClient(server.url, minimal_request(stream=True)) as client:
+                events = client.read_all(timeout=5)
+                request_id = client.headers["request-id"]
+            assert events[-1]["type"] == "message_stop"
+        else:
+            fake.push(json_reply(completion("hi", usage=_or_usage(0.00421))))
+            resp = request(server.url, "POST", "/v1/messages", minimal_request())
+            assert resp.status == 200, resp
+            request_id = resp.headers["request-id"]
+        rec = record_for(records, request_id)
+        assert (rec.input_tokens, rec.cache_read_input_tokens, rec.output_tokens) == (800, 200, 50)
+        assert rec.cost_usd == expected
+    finally:
+        server.shutdown(grace=1.0)

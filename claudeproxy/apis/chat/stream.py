@@ -20,6 +20,7 @@ import math
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
+from ...cost import billed_cost
 from ...errors import (
     ProxyError,
     UpstreamUnavailable,
@@ -722,8 +723,12 @@ class ChatFold(SSEFold):
     Error objects raise ``ProxyError``.
     """
 
-    def __init__(self, translator: StreamTranslator) -> None:
+    def __init__(self, translator: StreamTranslator, cost_field: Optional[str] = None) -> None:
         self.translator = translator
+        # The usage field where the upstream reports what it billed (``Dialect.billed_cost_field``),
+        # and the amount its last usage gave: the call's cost for the record.
+        self.cost_field = cost_field
+        self.billed_cost: Optional[float] = None
         self.decoder = SSEDecoder()
         self.complete = False
         self.bad_events = 0
@@ -780,6 +785,7 @@ class ChatFold(SSEFold):
         )
         t.stop_reason, t.final_usage = message["stop_reason"], message["usage"]
         t.usage_in_json = isinstance(obj, dict) and isinstance(obj.get("usage"), dict)
+        self._take_cost(obj)
         events = events_for_message(message)
         if t.started:
             events = events[1:]  # the relay already sent message_start while the body was slow
@@ -807,6 +813,8 @@ class ChatFold(SSEFold):
             return self.translator.plain_text(text)
         chunk = parse_chat_chunk(obj)
         self.chunks += chunk.choice is not None
+        if chunk.usage is not None:
+            self._take_cost(obj)
         if event.event == "error" and chunk.error is None:
             chunk = dataclasses.replace(chunk, error=obj if isinstance(obj, dict) else {"message": event.data})
         events = self.translator.feed(chunk)
@@ -815,6 +823,12 @@ class ChatFold(SSEFold):
     def _finish(self) -> List[Event]:
         self.complete = True
         return self.translator.finish()
+
+    def _take_cost(self, obj: Any) -> None:
+        if self.cost_field is not None and isinstance(obj, dict):
+            cost = billed_cost(obj.get("usage"), self.cost_field)
+            if cost is not None:
+                self.billed_cost = cost
 
 
 class LocalStopFold(ChatFold):
