@@ -1181,3 +1181,27 @@ def test_openrouters_usage_cost_is_the_calls_cost(fake: FakeUpstream, stream: bo
         assert rec.cost_usd == expected
     finally:
         server.shutdown(grace=1.0)
+
+
+def test_a_first_line_over_the_cap_is_no_refusal_and_its_cost_is_not_known(fake: FakeUpstream) -> None:
+    """The upstream answered 200 and its first line is over --max-line-bytes: it had the prompt and
+    was answering, so what it spent is not known (None, counted as a call without a known cost),
+    not a refusal's 0 tokens at $0. An error event as the first event still is a refusal."""
+    records: List[CallRecord] = []
+    priced = ModelFacts(input_price=1.0, output_price=2.0)
+    server = claudeproxy.start(providers=(Provider("priced", fake.url, token=KEY, models=(("*", priced),)),),
+                               routes=(Route("*", RouteTarget("priced", "house-model")),),
+                               metrics_sink=records.append, max_line_bytes=4096)
+    try:
+        fake.push(sse_reply(b"data: " + b"x" * 10_000, done=False))
+        resp = request(server.url, "POST", "/v1/messages", minimal_request(stream=True))
+        assert resp.status == 502, resp
+        rec = record_for(records, resp.headers["request-id"])
+        assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (None, None, None)
+        fake.push(sse_reply({"error": {"message": "slow down", "type": "rate_limit_error"}}, done=False))
+        resp = request(server.url, "POST", "/v1/messages", minimal_request(stream=True))
+        assert resp.status >= 400, resp  # the upstream's error as a plain HTTP error
+        rec = record_for(records, resp.headers["request-id"])
+        assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (0, 0, 0.0)
+    finally:
+        server.shutdown(grace=1.0)
