@@ -15,6 +15,10 @@ from typing import Any, Dict, Optional
 
 # Anthropic's usage keys, as the call records keep them.
 USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+# The record's count of those cache_creation_input_tokens written to Anthropic's 1-hour cache, which
+# bills them at another rate than 5-minute writes (cost.py). Anthropic reports the split as
+# usage.cache_creation {ephemeral_5m_input_tokens, ephemeral_1h_input_tokens}.
+ONE_HOUR_WRITES = "cache_creation_1h_input_tokens"
 # The largest count taken: every integer up to it is exact as a float (the cost, the usage page, a
 # JavaScript reader of /v1/usage); 10**400 could not even be made a float, and the page failed.
 MAX_COUNT = 2 ** 53 - 1
@@ -32,6 +36,13 @@ def token_count(value: Any) -> int:
     counted = count_or_none(value)
     return 0 if counted is None else counted
 
+
+
+def one_hour_writes(usage: Any) -> Optional[int]:
+    """The 1-hour cache writes of an Anthropic usage object (``cache_creation.ephemeral_1h_input_tokens``);
+    None when it gives no such count (no breakdown: all its cache writes are taken for 5-minute ones)."""
+    breakdown = usage.get("cache_creation") if isinstance(usage, dict) else None
+    return count_or_none(breakdown.get("ephemeral_1h_input_tokens")) if isinstance(breakdown, dict) else None
 
 
 def usage_counts(usage: Any) -> Optional[Dict[str, int]]:

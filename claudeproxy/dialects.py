@@ -93,6 +93,9 @@ class Dialect:
     # default one: o-series and gpt-5 deployments answer 400 "enabled only for api versions
     # 2024-12-01-preview and later" to the GA 2024-10-21.
     azure_api_version: Optional[str] = None
+    # The usage field in which the upstream reports what it billed for the call, in USD: the call
+    # record takes it as the call's cost instead of pricing the tokens (``cost.billed_cost``).
+    billed_cost_field: Optional[str] = None
 
 
 _BASE = Dialect()
@@ -111,11 +114,14 @@ DIALECTS: Dict[str, Dialect] = {
     "azure": dataclasses.replace(_BASE, name="azure", supports_file_parts=True, auth="azure", reasoning="none",
                                  key_env="AZURE_OPENAI_API_KEY"),
     # session_id: openrouter.ai/docs/guides/best-practices/prompt-caching ("Using session_id for
-    # sticky sessions": a top-level body field of at most 256 characters).
+    # sticky sessions": a top-level body field of at most 256 characters). usage.cost:
+    # openrouter.ai/docs/use-cases/usage-accounting ("Cost in credits", in every response and in a
+    # stream's last chunk without any request parameter: usage.include is deprecated). Its
+    # credits are USD, and the host-prefixed names it serves have no built-in price.
     "openrouter": dataclasses.replace(
         _BASE, name="openrouter", reasoning="openrouter", reasoning_history="reasoning",
         supports_file_parts=True, pass_top_k=True, max_stop=None, cache_key_field="session_id",
-        key_env="OPENROUTER_API_KEY",
+        key_env="OPENROUTER_API_KEY", billed_cost_field="cost",
     ),
     "deepseek": dataclasses.replace(
         _BASE, name="deepseek", reasoning="deepseek", reasoning_history="reasoning_content_all",

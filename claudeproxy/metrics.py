@@ -81,6 +81,8 @@ class CallRecord:
     output_tokens: Optional[int] = 0
     cache_read_input_tokens: Optional[int] = 0
     cache_creation_input_tokens: Optional[int] = 0
+    # Of cache_creation_input_tokens, those written to Anthropic's 1-hour cache (priced apart).
+    cache_creation_1h_input_tokens: Optional[int] = 0
     # None: the model has no price for a kind of token it used, or the tokens are not known.
     cost_usd: Optional[float] = None
     stop_reason: Optional[str] = None

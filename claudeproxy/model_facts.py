@@ -80,6 +80,10 @@ class ModelFacts:
     cache_write_price: Optional[float] = None  # USD per 1M tokens written to the cache (None: no charge/unknown)
     responses_only: bool = False              # OpenAI serves it only on /v1/responses
     text_only: bool = False                   # takes no images: each goes as a text placeholder
+    # USD per 1M tokens written to Anthropic's 1-hour cache; None: twice input_price where the model
+    # has a cache_write_price (cost.cache_write_1h_price), as Anthropic bills them. Last, so the rows
+    # and tests that give the fields above by position keep their meaning.
+    cache_write_1h_price: Optional[float] = None
 
     def merged(self, override: "ModelFacts") -> "ModelFacts":
         """These facts with every field ``override`` sets (not None, or True) taking its place."""
@@ -105,8 +109,9 @@ def _is_set(value: Any) -> bool:
 # names (not live pages). The newest of those copies: OpenAI pricing and model pages as
 # quoted up to September 2026 (GPT-6 Astra, the 2026-07-30 GPT-5.6 cuts), BerriAI LiteLLM's
 # model_prices_and_context_window.json as synced 2026-07-24, DeepSeek's pricing page of
-# May 2026, Mistral's of June 2026. A price changed after those is not reflected.
-PRICES_CHECKED = "2026-12-02"
+# May 2026, Mistral's of June 2026, Anthropic's pricing page as stored on 2026-12-04 (its newest
+# copy lists Claude Fable 5.1). A price changed after those is not reflected.
+PRICES_CHECKED = "2026-12-04"
 
 _F = ModelFacts
 
@@ -253,6 +258,45 @@ _GROQ: Tuple[Tuple[str, ModelFacts], ...] = (
     ("kimi-k2-instruct-0905", _F(262_144, 16_384)),
 )
 
+# --- Anthropic Claude (passthrough, api "messages", and any host serving these names). Source:
+# platform.claude.com/docs/en/about-claude/pricing, "Model pricing" (stored copies of the table from
+# Opus 5 down to Opus 4.1, and of the one from Opus 4.6 down to Haiku 3), and its docs.anthropic.com
+# copy for Sonnet 3.5. Per model: base input, output, cache hits (0.1x input), 5-minute cache writes
+# (1.25x; Haiku 3 $0.30) and 1-hour writes (2x). Sonnet 4 and 4.5 cost more above 200K input
+# ($6 / $22.50): the base tier here. Prices only: windows and output caps stay unknown, so nothing a
+# client asks for is clamped. There is no bare claude-opus-4 / claude-sonnet-4 row: "claude-opus-4-9"
+# would shorten to it (matching rule 4) and take another model's price; the 4.0 releases match by
+# their dated ids and -0 aliases. Opus 5 is left out for the same reason ("claude-opus-5-5" would
+# take its price), and later models (Opus 5.5, Sonnet and Haiku 5.5, Fable, Mythos) because their
+# cache rates or price bands could not be checked from that table.
+def _claude(inp: float, out: float, read: float, write_5m: float, write_1h: float) -> ModelFacts:
+    return _F(input_price=inp, output_price=out, cache_read_price=read, cache_write_price=write_5m,
+              cache_write_1h_price=write_1h)
+
+
+_OPUS_45 = _claude(5.00, 25.00, 0.50, 6.25, 10.00)
+_OPUS_4 = _claude(15.00, 75.00, 1.50, 18.75, 30.00)
+_SONNET = _claude(3.00, 15.00, 0.30, 3.75, 6.00)
+_ANTHROPIC: Tuple[Tuple[str, ModelFacts], ...] = (
+    ("claude-opus-4-8", _OPUS_45),
+    ("claude-opus-4-7", _OPUS_45),
+    ("claude-opus-4-6", _OPUS_45),
+    ("claude-opus-4-5", _OPUS_45),
+    ("claude-opus-4-1", _OPUS_4),
+    ("claude-opus-4-0", _OPUS_4),
+    ("claude-opus-4-20250514", _OPUS_4),
+    ("claude-sonnet-4-6", _SONNET),
+    ("claude-sonnet-4-5", _SONNET),
+    ("claude-sonnet-4-0", _SONNET),
+    ("claude-sonnet-4-20250514", _SONNET),
+    ("claude-3-7-sonnet", _SONNET),
+    ("claude-3-5-sonnet", _SONNET),
+    ("claude-haiku-4-5", _claude(1.00, 5.00, 0.10, 1.25, 2.00)),
+    ("claude-3-5-haiku", _claude(0.80, 4.00, 0.08, 1.00, 1.60)),
+    ("claude-3-opus", _OPUS_4),
+    ("claude-3-haiku", _claude(0.25, 1.25, 0.03, 0.30, 0.50)),
+)
+
 # --- Moonshot Kimi K2 (open weights; Moonshot retired its kimi-k2-*-preview ids on 2026-05-25).
 # Source: Moonshot model cards and platform.kimi.ai/docs/models as quoted by promptfoo and
 # openclaw: K2-0711 128K, K2-0905 / K2-Thinking / K2.5 / K2.6 256K.
@@ -306,7 +350,7 @@ _LOCAL: Tuple[Tuple[str, ModelFacts], ...] = (
 )
 
 BUILTIN_FACTS: Tuple[Tuple[str, ModelFacts], ...] = (
-    _OPENAI + _DEEPSEEK + _GEMINI + _MISTRAL + _GROQ + _OTHER_VENDORS + _LOCAL
+    _OPENAI + _ANTHROPIC + _DEEPSEEK + _GEMINI + _MISTRAL + _GROQ + _OTHER_VENDORS + _LOCAL
 )
 
 # Read-only index over the table (a MappingProxyType cannot be changed through it).
@@ -377,7 +421,7 @@ def _shortenings(base: str, tag_pieces: Sequence[str]) -> Iterator[str]:
 _INT_KEYS: Mapping[str, str] = types.MappingProxyType(
     {"context_window": "context_window", "max_output_tokens": "max_output", "max_output": "max_output"}
 )
-_PRICE_KEYS = ("input_price", "output_price", "cache_read_price", "cache_write_price")
+_PRICE_KEYS = ("input_price", "output_price", "cache_read_price", "cache_write_price", "cache_write_1h_price")
 _BOOL_KEYS = ("responses_only", "text_only")
 _ALL_KEYS = tuple(_INT_KEYS) + _PRICE_KEYS + _BOOL_KEYS
 # Bounds far above any real model (the dearest list price is a few hundred USD per million tokens, the

@@ -24,7 +24,7 @@ from .apis.base import ClientRequest, Exchange, remember
 from .calibration import TokenCalibration
 from .config import Config, Provider
 from .cost import call_cost
-from .counts import USAGE_KEYS, count_or_none, usage_counts
+from .counts import ONE_HOUR_WRITES, USAGE_KEYS, count_or_none, one_hour_writes, usage_counts
 from .credentials import alternatives, current_secrets, refused
 from .dialects import auth_header, auth_style, client_key
 from .ending import StreamFold, abort_error
@@ -482,7 +482,7 @@ class Proxy:
             watch.deadline = time.monotonic() + self.config.connect_timeout + self.config.idle_timeout
         # A retry starts afresh: an earlier attempt's counts (a refused stream's 0s) are not this one's.
         # Only that an earlier attempt may have spent tokens nobody reported stays (``lost``).
-        for key in USAGE_KEYS:
+        for key in USAGE_KEYS + (ONE_HOUR_WRITES, "billed_cost"):
             record.pop(key, None)
         record["awaiting"] = False
         try:
@@ -642,6 +642,8 @@ class Proxy:
                                             "output_tokens": estimate_output_tokens(message["content"])}}
             reported = {}
         record.update(stop_reason=message.get("stop_reason"), **_usage_fields(reported.get("usage")))
+        billed = getattr(api, "billed_cost", None)  # only APIs whose upstreams may report a bill
+        record["billed_cost"] = billed(ex, obj) if billed is not None else None
         self._reply(req, writer, message, call.secrets, relayed)
         self._estimate(req, record)  # only to learn from the upstream's count (calibration.py): after the answer
 
@@ -689,7 +691,7 @@ class Proxy:
             # The client saw a 200 and then event: error; the metrics must count it as the error it was.
             record.update(error_type=relay.failure.error_type)
         record.update(stop_reason=fold.stop_reason, first_content_at=relay.first_content_at,
-                      **_stream_usage_fields(fold.usage, relay.refused))
+                      billed_cost=getattr(fold, "billed_cost", None), **_stream_usage_fields(fold.usage, relay.refused))
 
     def _estimate(self, req: ClientRequest, record: Dict[str, Any]) -> int:
         """message_start's input tokens: the local estimate, calibrated for the target; 0 when forwarded.
@@ -734,11 +736,16 @@ class Proxy:
         usage = {k: fields.get(k, unknown) for k in USAGE_KEYS}
         if fields.get("lost") and not any(usage.values()):
             usage = dict.fromkeys(USAGE_KEYS)  # a refusal's 0s after an attempt that spent what nobody said
+        # Of the cache writes, the 1-hour ones (priced apart); not known when the writes are not.
+        usage[ONE_HOUR_WRITES] = None if usage["cache_creation_input_tokens"] is None else fields.get(ONE_HOUR_WRITES) or 0
         fields.update(usage)
+        # What the upstream billed, where it says (OpenRouter's usage.cost), is the cost; else the
+        # tokens at the model's prices. Not when the counts are not known: the bill came with them.
+        billed = fields.get("billed_cost") if usage["input_tokens"] is not None else None
         rec = CallRecord(
             duration_ms=int((now - started) * 1000),
             ttft_ms=int((first - started) * 1000) if first is not None else None,
-            cost_usd=call_cost(_facts_used(fields, routed), **usage),
+            cost_usd=billed if billed is not None else call_cost(_facts_used(fields, routed), **usage),
             time=time.time() - (now - started),
             request_id=request_id,
             **{k: v for k, v in fields.items() if k in _RECORD_FIELDS},
@@ -847,10 +854,12 @@ def _usage_fields(usage: Any) -> Dict[str, Optional[int]]:
     had none, its message_delta only output_tokens): the call used input tokens, so 0 is no count."""
     counts = usage_counts(usage)
     if counts is None:
-        return dict.fromkeys(USAGE_KEYS)
+        return dict.fromkeys(USAGE_KEYS + (ONE_HOUR_WRITES,))
     fields: Dict[str, Optional[int]] = dict(counts)
     if usage.get("input_tokens") is None:  # translated usage always has it: only a forwarded one lacks it
         fields["input_tokens"] = None
+    # Anthropic's split of the cache writes: the 1-hour ones, never more than all of them.
+    fields[ONE_HOUR_WRITES] = min(one_hour_writes(usage) or 0, counts["cache_creation_input_tokens"])
     return fields
 
 
@@ -864,5 +873,5 @@ def _stream_usage_fields(usage: Any, refused: bool) -> Dict[str, Optional[int]]:
     """
     fields = _usage_fields(usage)
     if fields["input_tokens"] is None and refused:
-        return dict.fromkeys(USAGE_KEYS, 0)
+        return dict.fromkeys(USAGE_KEYS + (ONE_HOUR_WRITES,), 0)
     return fields

@@ -115,13 +115,17 @@ class Relay:
     def _relay(self, until_committed: bool) -> bool:
         """Lines to events until the stream ends (False) or, with ``until_committed``, commits (True)."""
         failure: Optional[ProxyError] = None
+        folding = False  # a ProxyError now is the fold's (an upstream error event), not the read's
         try:
             for raw in self._lines:
                 # Fold and write under the lock, so the watchdog cannot slip a ping
                 # (or a second message_start) between translating a line and writing it.
                 with self.lock:
                     self.last_upstream = time.monotonic()
-                    self._write(self.fold.feed_line(raw))
+                    folding = True
+                    events = self.fold.feed_line(raw)
+                    folding = False
+                    self._write(events)
                     if self.fold.complete:
                         return False
                     if until_committed and self.committed:
@@ -130,7 +134,9 @@ class Relay:
             self.call.abort("client")
             raise
         except ProxyError as exc:  # an error event from the upstream, or a line over the cap
-            self.refused = not self.committed and not exc.events_before
+            # Only the upstream's error as its first event is a refusal. A line over the cap is an
+            # answer under way, whatever it cost: its tokens are not known, not 0.
+            self.refused = folding and not self.committed and not exc.events_before
             self._fail(exc)
             return False
         except (OSError, http.client.HTTPException, ValueError) as exc:

@@ -147,7 +147,10 @@ def test_specificity_traps_carry_the_right_facts() -> None:
     "/",
     "models/",
     "my-azure-deployment",
-    "claude-sonnet-4-5-20250929",          # Anthropic upstreams are not this table's business
+    "claude-opus-4-9",                     # no bare claude-opus-4 row for it to shorten to
+    "claude-sonnet-4-7",
+    "claude-opus-5-5",                     # Opus 5.5 is not Opus 5 (neither is in the table)
+    "claude-fable-5-1",
     "gpt-4o-audio-preview",                # a different model, not gpt-4o with a suffix
     "gpt-4o-mini-search-preview",
     "gemini-2.0-flash-exp",                # free experimental: must not get the release's price
@@ -319,3 +322,40 @@ def test_only_openai_models_are_responses_only() -> None:
 
 def test_prices_checked_is_an_iso_date() -> None:
     assert datetime.date.fromisoformat(PRICES_CHECKED) <= datetime.date(2030, 1, 1)
+
+
+def test_facts_from_dict_reads_the_one_hour_cache_write_price() -> None:
+    facts = facts_from_dict({"input_price": 3, "cache_write_price": 3.75, "cache_write_1h_price": 6}, "p.models.m")
+    assert facts.cache_write_1h_price == 6.0 and isinstance(facts.cache_write_1h_price, float)
+    with pytest.raises(ValueError, match="p.models.m.cache_write_1h_price: must not be negative"):
+        facts_from_dict({"cache_write_1h_price": -1}, "p.models.m")
+
+
+@pytest.mark.parametrize("name, prices", [
+    # (input, output, cache read, 5-minute write, 1-hour write): platform.claude.com pricing table
+    ("claude-opus-4-8", (5.0, 25.0, 0.5, 6.25, 10.0)),
+    ("claude-opus-4-6", (5.0, 25.0, 0.5, 6.25, 10.0)),
+    ("claude-opus-4-5-20251101", (5.0, 25.0, 0.5, 6.25, 10.0)),
+    ("claude-opus-4-1-20250805", (15.0, 75.0, 1.5, 18.75, 30.0)),
+    ("claude-opus-4-20250514", (15.0, 75.0, 1.5, 18.75, 30.0)),
+    ("claude-opus-4-0", (15.0, 75.0, 1.5, 18.75, 30.0)),
+    ("claude-sonnet-4-6", (3.0, 15.0, 0.3, 3.75, 6.0)),
+    ("claude-sonnet-4-5-20250929", (3.0, 15.0, 0.3, 3.75, 6.0)),
+    ("claude-sonnet-4-20250514", (3.0, 15.0, 0.3, 3.75, 6.0)),
+    ("claude-3-7-sonnet-latest", (3.0, 15.0, 0.3, 3.75, 6.0)),
+    ("claude-haiku-4-5-20251001", (1.0, 5.0, 0.1, 1.25, 2.0)),
+    ("claude-3-5-haiku-20241022", (0.8, 4.0, 0.08, 1.0, 1.6)),
+    ("claude-3-haiku-20240307", (0.25, 1.25, 0.03, 0.30, 0.50)),
+])
+def test_claude_list_prices(name: str, prices: Any) -> None:
+    facts = builtin_facts(name)
+    assert (facts.input_price, facts.output_price, facts.cache_read_price, facts.cache_write_price,
+            facts.cache_write_1h_price) == prices
+    # Prices only: nothing a passthrough client asks for is clamped.
+    assert facts.max_output is None and facts.context_window is None
+
+
+def test_claude_names_of_other_hosts_get_no_price() -> None:
+    """Matching rule 6: OpenRouter's anthropic/... and an Ollama-style tag bill their own rates."""
+    assert builtin_facts("anthropic/claude-sonnet-4-5").input_price is None
+    assert builtin_facts("claude-sonnet-4-5:latest").input_price is None

@@ -228,6 +228,44 @@ def test_finish_reason_alone_waits_for_usage_or_done() -> None:
     assert pb.feed(chunk({"content": "after the end"})) == []  # nothing after message_stop
 
 
+def test_a_running_usage_on_the_finish_chunk_waits_for_the_final_usage_chunk() -> None:
+    """vLLM's continuous usage stats: every chunk carries a running usage without the cached tokens,
+    the finish chunk too; the include_usage chunk after it has the full count. The stream ends at that
+    chunk, and the client's message_delta (and the record) carry its counts, not the finish chunk's."""
+    pb = Playbook()
+    pb.feed(chunk({"content": "hi"}, usage={"prompt_tokens": 1000, "completion_tokens": 1}))
+    got = pb.feed(chunk(finish="stop", usage={"prompt_tokens": 1000, "completion_tokens": 150}))
+    assert [e["type"] for e in got] == [] and not pb.complete and pb.translator.has_finish_reason
+    got = pb.feed({"choices": [], "usage": {"prompt_tokens": 1000, "completion_tokens": 200,
+                                            "prompt_tokens_details": {"cached_tokens": 800}}})
+    assert [e["type"] for e in got] == ["content_block_stop", "message_delta", "message_stop"] and pb.complete
+    want = {"input_tokens": 200, "cache_read_input_tokens": 800, "output_tokens": 200}
+    assert {k: got[1]["usage"][k] for k in want} == want
+    assert {k: pb.stream.usage[k] for k in want} == want
+
+
+def test_a_running_usage_ends_at_done_or_the_body_end_when_no_final_chunk_comes() -> None:
+    """No usage-only chunk after the running count: [DONE] (or the body's end, or the relay's finish
+    grace: ``end``) ends the stream with the last count read."""
+    for ending in ("done", "eof"):
+        pb = Playbook()
+        pb.feed(chunk({"content": "hi"}, usage={"prompt_tokens": 10, "completion_tokens": 1}))
+        pb.feed(chunk(finish="stop", usage={"prompt_tokens": 10, "completion_tokens": 2}))
+        assert not pb.complete
+        got = pb.done() if ending == "done" else pb.eof()[0]
+        assert [e["type"] for e in got] == ["content_block_stop", "message_delta", "message_stop"]
+        assert got[1]["usage"]["output_tokens"] == 2
+
+
+def test_the_only_usage_on_the_finish_chunk_ends_the_stream_at_once() -> None:
+    """Mistral, Moonshot: the finish chunk carries the stream's one usage. Nothing more is awaited
+    (PROTOCOL.md case 57: such a server may never send [DONE] nor close)."""
+    pb = Playbook()
+    pb.feed(chunk({"content": "hi"}))
+    got = pb.feed(chunk(finish="stop", usage={"prompt_tokens": 10, "completion_tokens": 2}))
+    assert [e["type"] for e in got][-2:] == ["message_delta", "message_stop"] and pb.complete
+
+
 def test_usage_fallback_estimates_when_upstream_sends_none() -> None:
     pb = Playbook(input_tokens=321)
     text = "x" * 37

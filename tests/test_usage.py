@@ -722,9 +722,9 @@ def test_passthrough_input_count_of_message_start_outlives_a_zero_in_message_del
     assert rec.cost_usd == pytest.approx((100 * 1.0 + 2000 * 0.5 + 300 * 2.0) / 1e6)
 
 
-def _usage_chunk(prompt: int, completion_tokens: int) -> Dict[str, Any]:
+def _usage_chunk(prompt: int, completion_tokens: int, cached: int = 0) -> Dict[str, Any]:
     return {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
-            "usage": usage(prompt, completion_tokens)}
+            "usage": usage(prompt, completion_tokens, cached)}
 
 
 def _cut_stream(proxy: Any, fake: FakeUpstream, *chunks: Any) -> CallRecord:
@@ -994,3 +994,214 @@ def test_an_answer_without_usage_gives_the_client_an_estimate_and_records_none(p
     [rec] = wait_records(proxy, 1)
     assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (None, None, None)
     assert rec.status == 200 and rec.error_type is None
+
+
+def _graced_proxy(fake: FakeUpstream, records: List[CallRecord]) -> Any:
+    """A proxy to a config-priced model with a short finish grace (the wait after finish_reason)."""
+    priced = ModelFacts(input_price=1.0, output_price=2.0, cache_read_price=0.5)
+    return claudeproxy.start(providers=(Provider("priced", fake.url, token=KEY, models=(("*", priced),)),),
+                             routes=(Route("*", RouteTarget("priced", "house-model")),),
+                             metrics_sink=records.append, finish_grace=0.5)
+
+
+def test_a_running_usage_on_the_finish_chunk_gives_way_to_the_final_usage_chunk(fake: FakeUpstream) -> None:
+    """vLLM's continuous usage stats: a running usage on every chunk (no cached tokens), the finish chunk
+    too, then the include_usage chunk with the full count, and the upstream stays open. The client's
+    message_delta and the record carry the full count, and the stream ends at that chunk, not at the
+    finish grace."""
+    records: List[CallRecord] = []
+    server = _graced_proxy(fake, records)
+    try:
+        fake.push(sse_reply(chunk({"role": "assistant", "content": "hi"}, usage=usage(1000, 1)),
+                            chunk({}, "stop", usage={"prompt_tokens": 1000, "completion_tokens": 150}),
+                            Sleep(0.1), _usage_chunk(1000, 200, cached=800), Fault("hang"), done=False))
+        with StreamClient(server.url, minimal_request(stream=True)) as client:
+            begun = time.monotonic()
+            events = client.read_all(timeout=5)
+            took = time.monotonic() - begun
+            request_id = client.headers["request-id"]
+        delta = [e for e in events if e["type"] == "message_delta"][0]
+        want = {"input_tokens": 200, "cache_read_input_tokens": 800, "output_tokens": 200}
+        assert {k: delta["usage"][k] for k in want} == want
+        rec = record_for(records, request_id)
+        assert (rec.input_tokens, rec.cache_read_input_tokens, rec.output_tokens) == (200, 800, 200)
+        assert rec.cost_usd == pytest.approx((200 * 1.0 + 800 * 0.5 + 200 * 2.0) / 1e6)
+        assert took < 0.45, f"waited {took:.2f} s: the final usage chunk should end the stream"
+    finally:
+        server.shutdown(grace=1.0)
+
+
+def test_a_running_usage_on_the_finish_chunk_then_silence_ends_at_the_finish_grace(fake: FakeUpstream) -> None:
+    """The same stream without the final usage chunk, and the upstream never ends its body: the stream
+    ends after the finish grace (0.5 s here), no later, with the finish chunk's count."""
+    records: List[CallRecord] = []
+    server = _graced_proxy(fake, records)
+    try:
+        fake.push(sse_reply(chunk({"role": "assistant", "content": "hi"}, usage=usage(1000, 1)),
+                            chunk({}, "stop", usage={"prompt_tokens": 1000, "completion_tokens": 150}),
+                            Fault("hang"), done=False))
+        with StreamClient(server.url, minimal_request(stream=True)) as client:
+            client.read_until("content_block_delta", timeout=5)
+            begun = time.monotonic()
+            events = client.read_all(timeout=5)
+            took = time.monotonic() - begun
+            request_id = client.headers["request-id"]
+        assert [e["type"] for e in events][-2:] == ["message_delta", "message_stop"]
+        assert events[-2]["usage"]["output_tokens"] == 150
+        assert 0.3 <= took < 2.5, f"ended after {took:.2f} s, grace 0.5 s"
+        rec = record_for(records, request_id)
+        assert rec.error_type is None and (rec.input_tokens, rec.output_tokens) == (1000, 150)
+    finally:
+        server.shutdown(grace=1.0)
+
+
+# --- Anthropic's 1-hour cache writes ------------------------------------------------------------
+
+def test_one_hour_cache_writes_cost_twice_the_input_price() -> None:
+    """Anthropic bills a 5-minute cache write at 1.25x input and a 1-hour one at 2x: a model priced with
+    the 5-minute rate only gets 2x input for its 1-hour writes; an explicit 1-hour price wins."""
+    facts = ModelFacts(input_price=3.0, output_price=15.0, cache_read_price=0.3, cache_write_price=3.75)
+    # 500 writes of which 300 for an hour: 200 x 3.75 + 300 x 6.00
+    assert call_cost(facts, 0, 0, 0, 500, 300) == pytest.approx(0.00255)
+    assert call_cost(facts, 0, 0, 0, 500) == pytest.approx(500 * 3.75 / 1e6)  # no split: all 5-minute
+    explicit = ModelFacts(input_price=3.0, cache_write_price=3.75, cache_write_1h_price=7.0)
+    assert call_cost(explicit, 0, 0, 0, 500, 300) == pytest.approx((200 * 3.75 + 300 * 7.0) / 1e6)
+    assert call_cost(facts, 0, 0, 0, 500, 900) == pytest.approx(500 * 6.0 / 1e6)  # never more than all writes
+    # No cache-write price at all: 1-hour writes have none either (no cost, not a partial one).
+    assert call_cost(ModelFacts(input_price=3.0, output_price=15.0), 10, 0, 0, 300, 300) is None
+
+
+def _anthropic_usage() -> Dict[str, Any]:
+    return {"input_tokens": 100, "output_tokens": 30, "cache_read_input_tokens": 1000,
+            "cache_creation_input_tokens": 500,
+            "cache_creation": {"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 300}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_forwarded_answer_prices_its_one_hour_cache_writes(fake: FakeUpstream, stream: bool) -> None:
+    """Passthrough: the upstream's usage.cache_creation split reaches the record, which prices the
+    300 one-hour writes at 2x input (the config gives the 5-minute write price only)."""
+    priced = ModelFacts(input_price=3.0, output_price=15.0, cache_read_price=0.3, cache_write_price=3.75)
+    records: List[CallRecord] = []
+    server = claudeproxy.start(providers=(Provider("native", fake.url, api="messages", token=KEY,
+                                                   models=(("*", priced),)),),
+                               routes=(Route("*", RouteTarget("native", "house-model")),), metrics_sink=records.append)
+    try:
+        usage_ = _anthropic_usage()
+        message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "house-model",
+                   "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn", "stop_sequence": None,
+                   "usage": usage_}
+        if stream:
+            ev = lambda o: f"event: {o['type']}\ndata: {json.dumps(o)}\n\n".encode("utf-8")  # noqa: E731
+            start = {**message, "content": [], "stop_reason": None, "usage": {**usage_, "output_tokens": 1}}
+            fake.push(sse_reply(ev({"type": "message_start", "message": start}),
+                                ev({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                                ev({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}}),
+                                ev({"type": "content_block_stop", "index": 0}),
+                                ev({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                    "usage": {"output_tokens": 30}}),
+                                ev({"type": "message_stop"}), done=False))
+            with StreamClient(server.url, minimal_request(stream=True)) as client:
+                client.read_all(timeout=5)
+                request_id = client.headers["request-id"]
+        else:
+            fake.push(json_reply(message))
+            resp = request(server.url, "POST", "/v1/messages", minimal_request())
+            assert resp.status == 200, resp
+            request_id = resp.headers["request-id"]
+        rec = record_for(records, request_id)
+        assert (rec.cache_creation_input_tokens, rec.cache_creation_1h_input_tokens) == (500, 300)
+        want = (100 * 3.0 + 30 * 15.0 + 1000 * 0.3 + 200 * 3.75 + 300 * 6.0) / 1e6
+        assert rec.cost_usd == pytest.approx(want)
+        assert rec.to_dict()["cache_creation_1h_input_tokens"] == 300  # the usage log's line has it
+    finally:
+        server.shutdown(grace=1.0)
+
+
+def test_a_claude_model_through_passthrough_has_its_list_price(fake: FakeUpstream) -> None:
+    """--passthrough to a Claude model: the built-in table prices it (Sonnet 4.5: $3 in, $15 out,
+    $0.30 cache read, $3.75 5-minute and $6 1-hour writes), where it showed tokens and no cost."""
+    records: List[CallRecord] = []
+    server = claudeproxy.start(upstream=fake.url, passthrough=True, token=KEY, metrics_sink=records.append)
+    try:
+        fake.push(json_reply({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+                              "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+                              "stop_sequence": None, "usage": _anthropic_usage()}))
+        resp = request(server.url, "POST", "/v1/messages", minimal_request(model="claude-sonnet-4-5-20250929"))
+        assert resp.status == 200, resp
+        rec = record_for(records, resp.headers["request-id"])
+        assert rec.cost_usd == pytest.approx((100 * 3 + 30 * 15 + 1000 * 0.3 + 200 * 3.75 + 300 * 6) / 1e6)
+    finally:
+        server.shutdown(grace=1.0)
+
+
+# --- An upstream's own bill (OpenRouter's usage.cost) -------------------------------------------
+
+def test_billed_cost_takes_only_a_finite_non_negative_number() -> None:
+    from claudeproxy.cost import billed_cost
+
+    assert billed_cost({"cost": 0.0123}, "cost") == 0.0123 and billed_cost({"cost": 0}, "cost") == 0.0
+    for bad in ("0.01", True, -1, math.nan, math.inf, 1e300, None, [1]):
+        assert billed_cost({"cost": bad}, "cost") is None, bad
+    assert billed_cost({"cost": 0.5}, None) is None  # a dialect that reports no bill
+    assert billed_cost(None, "cost") is None
+
+
+def _or_usage(cost: Any) -> Dict[str, Any]:
+    return {**usage(1000, 50, cached=200), "cost": cost, "cost_details": {"upstream_inference_cost": None}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("dialect, expected", [("openrouter", 0.00421), ("generic", None)])
+def test_openrouters_usage_cost_is_the_calls_cost(fake: FakeUpstream, stream: bool, dialect: str,
+                                                   expected: Optional[float]) -> None:
+    """OpenRouter reports what it billed in usage.cost (USD credits); its host-prefixed names have no
+    built-in price. The record's cost is that bill, for a JSON answer and a stream; a server of
+    another dialect that sends a "cost" is not believed (its model has no price: no cost)."""
+    records: List[CallRecord] = []
+    server = claudeproxy.start(providers=(Provider("or", fake.url, token=KEY, dialect=dialect),),
+                               routes=(Route("*", RouteTarget("or", "anthropic/claude-sonnet-4")),),
+                               metrics_sink=records.append)
+    try:
+        if stream:
+            fake.push(sse_reply(chunk({"role": "assistant", "content": "hi"}), chunk({}, "stop"),
+                                {"id": "x", "object": "chat.completion.chunk", "choices": [],
+                                 "usage": _or_usage(0.00421)}))
+            with StreamClient(server.url, minimal_request(stream=True)) as client:
+                events = client.read_all(timeout=5)
+                request_id = client.headers["request-id"]
+            assert events[-1]["type"] == "message_stop"
+        else:
+            fake.push(json_reply(completion("hi", usage=_or_usage(0.00421))))
+            resp = request(server.url, "POST", "/v1/messages", minimal_request())
+            assert resp.status == 200, resp
+            request_id = resp.headers["request-id"]
+        rec = record_for(records, request_id)
+        assert (rec.input_tokens, rec.cache_read_input_tokens, rec.output_tokens) == (800, 200, 50)
+        assert rec.cost_usd == expected
+    finally:
+        server.shutdown(grace=1.0)
+
+
+def test_a_first_line_over_the_cap_is_no_refusal_and_its_cost_is_not_known(fake: FakeUpstream) -> None:
+    """The upstream answered 200 and its first line is over --max-line-bytes: it had the prompt and
+    was answering, so what it spent is not known (None, counted as a call without a known cost),
+    not a refusal's 0 tokens at $0. An error event as the first event still is a refusal."""
+    records: List[CallRecord] = []
+    priced = ModelFacts(input_price=1.0, output_price=2.0)
+    server = claudeproxy.start(providers=(Provider("priced", fake.url, token=KEY, models=(("*", priced),)),),
+                               routes=(Route("*", RouteTarget("priced", "house-model")),),
+                               metrics_sink=records.append, max_line_bytes=4096)
+    try:
+        fake.push(sse_reply(b"data: " + b"x" * 10_000, done=False))
+        resp = request(server.url, "POST", "/v1/messages", minimal_request(stream=True))
+        assert resp.status == 502, resp
+        rec = record_for(records, resp.headers["request-id"])
+        assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (None, None, None)
+        fake.push(sse_reply({"error": {"message": "slow down", "type": "rate_limit_error"}}, done=False))
+        resp = request(server.url, "POST", "/v1/messages", minimal_request(stream=True))
+        assert resp.status >= 400, resp  # the upstream's error as a plain HTTP error
+        rec = record_for(records, resp.headers["request-id"])
+        assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (0, 0, 0.0)
+    finally:
+        server.shutdown(grace=1.0)

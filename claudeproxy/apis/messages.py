@@ -20,7 +20,7 @@ import json
 import re
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from ..counts import count_or_none
+from ..counts import count_or_none, one_hour_writes
 from ..dialects import forwards_betas, is_anthropic_host
 from ..errors import (
     ProxyError,
@@ -330,7 +330,7 @@ class MessagesFold(SSEFold):
         self.done = False  # message_stop or error went out
         self.finishing = False  # message_delta seen: the answer is whole but for message_stop
         self.stop_reason: Optional[str] = None
-        self.usage: Dict[str, int] = {}
+        self.usage: Dict[str, Any] = {}  # the counts, and the 1-hour cache writes as cache_creation
         # The usage of an upstream message_start that came after ours (sent for early pings): the
         # client has not seen it, so the message_delta carries it.
         self.late_usage: Dict[str, int] = {}
@@ -544,6 +544,9 @@ class MessagesFold(SSEFold):
         # servers send the input count in message_start and then input_tokens 0 in message_delta.
         for key, value in _counts(usage, _USAGE_KEYS).items():
             self.usage[key] = max(value, self.usage.get(key, 0))
+        one_hour = one_hour_writes(usage)
+        if one_hour is not None:  # kept in Anthropic's own shape, which the record reads (pipeline._usage_fields)
+            self.usage["cache_creation"] = {"ephemeral_1h_input_tokens": max(one_hour, one_hour_writes(self.usage) or 0)}
 
 
 def _counts(usage: Any, keys: Tuple[str, ...]) -> Dict[str, int]:

@@ -12,6 +12,7 @@ import threading
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 from ...anthropic_types import MessagesRequest, parse_messages_request, wants_thinking
+from ...cost import billed_cost
 from ...dialects import Dialect, azure_api_version
 from ...errors import ProxyError
 from ...ids import new_id
@@ -188,8 +189,13 @@ class ChatApi:
             thinking=wants_thinking(parsed),
         )
         if local:  # only then a fold that matches stop strings: nothing added per chunk otherwise
-            return LocalStopFold(LocalStopTranslator(local_stops=local, **kwargs))
-        return ChatFold(StreamTranslator(**kwargs))
+            return LocalStopFold(LocalStopTranslator(local_stops=local, **kwargs), dialect.billed_cost_field)
+        return ChatFold(StreamTranslator(**kwargs), dialect.billed_cost_field)
+
+    def billed_cost(self, ex: Exchange, obj: Any) -> Optional[float]:
+        """What the upstream billed for a JSON answer, where its dialect says it reports that."""
+        _, dialect, _ = _context(ex)
+        return billed_cost(obj.get("usage"), dialect.billed_cost_field) if isinstance(obj, dict) else None
 
 
 def _context(ex: Exchange) -> Tuple[Dict[str, str], Dialect, Tuple[str, ...]]:

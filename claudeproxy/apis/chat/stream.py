@@ -20,6 +20,7 @@ import math
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
+from ...cost import billed_cost
 from ...errors import (
     ProxyError,
     UpstreamUnavailable,
@@ -227,6 +228,11 @@ class StreamTranslator:
         self.finish_reason: Optional[str] = None
         self.matched_stop: Optional[str] = None
         self.usage: Optional[ChatUsage] = None
+        self.usage_on_content = False  # a content chunk carried a usage (vLLM's continuous usage stats)
+        # The usage known came on the finish chunk of such a stream: a running count, which may still
+        # lack what the stream's last, usage-only chunk adds (the cached tokens), so it does not end
+        # the stream by itself (``ready_to_finish``).
+        self.usage_running = False
         self.out_chars = 0
         self.held_text = ""  # may be a stop sequence left in the text (2.4 rule 5b): finish strips it
         self.stop_match: Optional[str] = None
@@ -262,8 +268,13 @@ class StreamTranslator:
 
     @property
     def ready_to_finish(self) -> bool:
-        """finish_reason and usage are both known: no need to wait for ``[DONE]``."""
-        return self.finish_reason is not None and self.usage is not None
+        """finish_reason and the final usage are both known: no need to wait for ``[DONE]``.
+
+        A running count (``usage_running``) is not the final usage: the stream then ends as one
+        whose finish came without usage does -- at the usage-only chunk, ``[DONE]``, the body's end
+        or the relay's finish grace, whichever comes first -- and with the last usage read. A
+        finish chunk carrying the stream's only usage (Mistral, Moonshot) still ends it at once."""
+        return self.finish_reason is not None and self.usage is not None and not self.usage_running
 
     @property
     def has_finish_reason(self) -> bool:
@@ -292,9 +303,14 @@ class StreamTranslator:
         """Events for one upstream chunk. Raises ``ProxyError`` for an error object."""
         if chunk.error is not None:
             raise error_from_object(chunk.error, self.secrets)
+        choice = chunk.choice
         if chunk.usage is not None:
             self.usage = chunk.usage
-        choice = chunk.choice
+            # After the finish, or alone (the include_usage chunk: choices []), a usage is the final one.
+            on_finish = choice is not None and choice.finish_reason is not None and self.finish_reason is None
+            self.usage_running = on_finish and self.usage_on_content
+            if choice is not None and choice.finish_reason is None and self.finish_reason is None:
+                self.usage_on_content = True
         if choice is None:
             return []
         if choice.finish_reason == "error":
@@ -696,7 +712,7 @@ class ChatFold(SSEFold):
     """Upstream SSE body lines in, Anthropic events out: the Chat Completions ``StreamFold``.
 
     ``feed_line`` takes each ``readline()`` result; ``complete`` turns true at
-    ``[DONE]`` or once finish_reason and usage are both in (no need to wait for
+    ``[DONE]`` or once finish_reason and the final usage are both in (no need to wait for
     more). ``end`` is called when the body ends or breaks: a stream that saw a
     finish_reason is finished normally; so is one whose body ended the way HTTP
     says a body ends (``clean``: the chunked terminator or the full
@@ -707,8 +723,12 @@ class ChatFold(SSEFold):
     Error objects raise ``ProxyError``.
     """
 
-    def __init__(self, translator: StreamTranslator) -> None:
+    def __init__(self, translator: StreamTranslator, cost_field: Optional[str] = None) -> None:
         self.translator = translator
+        # The usage field where the upstream reports what it billed (``Dialect.billed_cost_field``),
+        # and the amount its last usage gave: the call's cost for the record.
+        self.cost_field = cost_field
+        self.billed_cost: Optional[float] = None
         self.decoder = SSEDecoder()
         self.complete = False
         self.bad_events = 0
@@ -765,6 +785,7 @@ class ChatFold(SSEFold):
         )
         t.stop_reason, t.final_usage = message["stop_reason"], message["usage"]
         t.usage_in_json = isinstance(obj, dict) and isinstance(obj.get("usage"), dict)
+        self._take_cost(obj)
         events = events_for_message(message)
         if t.started:
             events = events[1:]  # the relay already sent message_start while the body was slow
@@ -792,6 +813,8 @@ class ChatFold(SSEFold):
             return self.translator.plain_text(text)
         chunk = parse_chat_chunk(obj)
         self.chunks += chunk.choice is not None
+        if chunk.usage is not None:
+            self._take_cost(obj)
         if event.event == "error" and chunk.error is None:
             chunk = dataclasses.replace(chunk, error=obj if isinstance(obj, dict) else {"message": event.data})
         events = self.translator.feed(chunk)
@@ -800,6 +823,12 @@ class ChatFold(SSEFold):
     def _finish(self) -> List[Event]:
         self.complete = True
         return self.translator.finish()
+
+    def _take_cost(self, obj: Any) -> None:
+        if self.cost_field is not None and isinstance(obj, dict):
+            cost = billed_cost(obj.get("usage"), self.cost_field)
+            if cost is not None:
+                self.billed_cost = cost
 
 
 class LocalStopFold(ChatFold):
