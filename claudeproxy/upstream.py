@@ -864,8 +864,8 @@ def bypasses_proxy(host: str, no_proxy: str, default_port: Optional[int] = None)
     """Does ``NO_PROXY`` send ``host`` (``name[:port]``, ``[v6]:port``) past the proxy?
 
     Read as curl reads it: ``*`` alone matches everything; a name matches itself and its
-    subdomains (``corp.example`` and ``.corp.example`` match ``llm.corp.example``, not
-    ``xcorp.example``), without case, a trailing dot ignored on either side; an address
+    subdomains (``corp.example``, ``.corp.example`` and ``*.corp.example`` match
+    ``llm.corp.example``, not ``xcorp.example``), without case, a trailing dot ignored on either side; an address
     (``127.0.0.1``, ``::1`` with or without brackets) or a range (``10.0.0.0/8``, ``fd00::/8``)
     matches an upstream given as an address, compared as addresses (no name is looked up, as in
     curl); ``:port`` on an entry must be the URL's own (``default_port`` when it names none).
@@ -903,6 +903,9 @@ def _no_proxy_match(entry: str, name: str, port: Optional[int], address: Optiona
         except ValueError:
             return False  # a name never matches an address
         return network.version == address.version and address in network
+    # "*.corp.example" is the suffix ".corp.example", as Go, Node's proxy-from-env and many tools
+    # read it (curl matched it against nothing: a corporate list of them went unheeded).
+    entry = entry[1:] if entry.startswith("*.") else entry
     entry = entry.lstrip(".")
     return bool(entry) and (name == entry or name.endswith("." + entry))
 

@@ -208,10 +208,20 @@ def test_no_proxy_address_ranges(host: str, no_proxy: str, bypassed: bool) -> No
     # A trailing dot (the fully qualified form) on either side.
     ("api.corp.test", "api.corp.test.", True),
     ("api.corp.test.:443", "corp.test", True),
-    # What stays as before: suffixes on a dot boundary, no wildcard but "*" alone, ports, case.
+    # What stays as before: suffixes on a dot boundary, ports, case.
     ("api.corp.test", "orp.test", False),
-    ("api.corp.test", "*.corp.test", False),
     ("api.corp.test", "*", True),
+    # A leading "*." is a domain suffix, as ".corp.test" (Go, Node's proxy-from-env); "*" elsewhere
+    # is no wildcard.
+    ("api.corp.test", "*.corp.test", True),
+    ("API.Corp.Test:8443", "*.CORP.test:8443", True),
+    ("api.corp.test", "*.corp.test:8443", False),
+    ("corp.test", "*.corp.test", True),  # as ".corp.test" matches it (curl)
+    ("xcorp.test", "*.corp.test", False),
+    ("api.corp.test", "*corp.test", False),
+    ("api.corp.test", "api.*.test", False),
+    ("api.corp.test", "*.", False),
+    ("10.1.2.3", "*.2.3", False),  # an address is no name
     ("API.Corp.Test:8443", ".CORP.test:8443", True),
     ("api.corp.test:8443", "api.corp.test:443", False),
     ("api.corp.test", "api.corp.test:8443", False),
