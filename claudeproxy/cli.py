@@ -68,7 +68,7 @@ from .errors import UpstreamUnavailable
 from .metrics import CallRecord
 from .observe import BODIES_LOGGER
 from .redact import configured_secrets, redact_text, redact_url
-from .routing import Router, build_router, header_the_key_replaces, provider_dialect
+from .routing import Router, build_router, header_the_key_replaces, provider_dialect, unmatched_route
 from .server import ProxyServer, drain_and_close
 from .settings_view import describe_config
 from .upstream import proxy_urls, tls_context
@@ -778,7 +778,20 @@ def _warn_about(server: ProxyServer, environ: Mapping[str, str]) -> None:
 def start_warnings(server: ProxyServer, environ: Mapping[str, str]) -> List[str]:
     """The settings that add up to something the operator did not mean: logged at start, and
     ``run`` prints them on the terminal too."""
-    return keyless_upstreams(server) + passed_over_keys(server, environ) + unused_proxies(server, environ)
+    return (unmatched_routes(server) + keyless_upstreams(server) + passed_over_keys(server, environ)
+            + unused_proxies(server, environ))
+
+
+def unmatched_routes(server: ProxyServer) -> List[str]:
+    """A line for each route meant for Claude Code that none of its names can reach (``Opus``... is
+    a family now, but ``claude-sonet*`` or ``Claude-Opus-4-1`` is not): those requests went to the
+    default route, or a 404, without a word."""
+    lines = []
+    for i, route in enumerate(server.proxy.router.routes):
+        why = unmatched_route(route.match)
+        if why:
+            lines.append(f"{route.origin or f'routes[{i}]'}: {why}")
+    return lines
 
 
 def keyless_upstreams(server: ProxyServer) -> List[str]:

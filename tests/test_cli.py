@@ -201,6 +201,35 @@ def test_every_default_key_variable_is_masked() -> None:
     assert {"GOOGLE_API_KEY", "GEMINI_API_KEY", "GROQ_API_KEY", "OPENAI_API_KEY"} <= set(key_variables())
 
 
+def test_a_route_claude_code_can_never_reach_is_warned_about_at_start(served: List[Any], caplog: Any) -> None:
+    argv = ["--upstream", "http://127.0.0.1:9/v1", "--model", "small", "--model-map", "claude-sonet*=big",
+            "--model-map", "Opus=huge", "--model-map", "gpt-4o=other"]
+    assert run_main(argv, {})[0] == 0
+    server = claudeproxy.start(served[0], port=0)
+    try:
+        with caplog.at_level("WARNING", logger="claudeproxy"):
+            cli._warn_about(server.server, {})  # noqa: SLF001  # what serve and run log at start
+        assert cli.start_warnings(server.server, {}) == [  # what run prints on the terminal too
+            "--model-map claude-sonet*=big: pattern 'claude-sonet*' matches none of the model names Claude Code "
+            "sends (lower case, like claude-sonnet-4-5-20250929): did you mean 'claude-sonnet*'?"]
+        routed = server.server.proxy.router.resolve("claude-opus-4-1")  # "Opus" is the family
+        assert routed is not None and routed.target.model == "huge"
+    finally:
+        server.shutdown(grace=0.1)
+    assert [r.getMessage() for r in caplog.records if "matches none" in r.getMessage()] == \
+        cli.start_warnings(server.server, {})
+
+
+def test_a_library_route_without_an_origin_is_named_by_its_place() -> None:
+    server = claudeproxy.start(providers=(Provider("p", "http://127.0.0.1:9/v1"),),
+                               routes=(Route("sonet", RouteTarget("p", "n")), Route("*", RouteTarget("p", "m"))),
+                               port=0)
+    try:
+        assert [line.split(":")[0] for line in cli.unmatched_routes(server.server)] == ["routes[0]"]
+    finally:
+        server.shutdown(grace=0.1)
+
+
 def test_empty_api_key_flag_overrides_the_environment(served: List[Any]) -> None:
     assert run_main(["--api-key", ""], {"OPENAI_API_KEY": ENV_KEY})[0] == 0
     assert served[0].token() == ""
