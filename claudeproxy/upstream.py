@@ -47,7 +47,14 @@ from urllib.parse import unquote, urlsplit
 from . import __version__
 from .config import Config, env_proxies, is_loopback_host, unused_proxy_hint, unused_proxy_variables
 from .ending import abort_error
-from .errors import NO_RETRY, UpstreamNotJson, UpstreamTimeout, UpstreamUnavailable, error_from_status
+from .errors import (
+    NO_RETRY,
+    UpstreamNotJson,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    UpstreamUnreachable,
+    error_from_status,
+)
 from .http_head import MAX_RESPONSE_HEAD, HeadCutShort, read_headers
 from .redact import redact_headers, redact_text, redact_url
 
@@ -1091,7 +1098,21 @@ def _transport_error(exc: BaseException, call: UpstreamCall, req: urllib.request
     hint = ""
     if unused_proxies and not is_loopback_host(parts.hostname or ""):
         hint = f"; {unused_proxy_hint(unused_proxies)}"
-    return UpstreamUnavailable(f"could not reach the upstream at {host} ({detail}){hint}", headers=(_RETRY,))
+    said = f"could not reach the upstream at {host} ({detail})"
+    nobody = _nobody_there(reason, redact_text(redact_url(req.full_url), secrets))
+    if nobody is not None:
+        return UpstreamUnreachable(f"{said}: {nobody}{hint}", headers=(NO_RETRY,))
+    return UpstreamUnavailable(f"{said}{hint}", headers=(_RETRY,))
+
+
+def _nobody_there(reason: BaseException, url: str) -> Optional[str]:
+    """What to check when no connection could be made at all (UpstreamUnreachable); None for a
+    failure a retry may get past (a timeout, a reset, a network that is down for a moment)."""
+    if isinstance(reason, ConnectionRefusedError):
+        return f"nothing accepts connections for {url} (is the server running?)"
+    if isinstance(reason, socket.gaierror):
+        return f"the host name of {url} does not resolve (a typo in the URL, or no network?)"
+    return None
 
 
 def _lasting_failure(reason: BaseException, where: str, detail: str,
