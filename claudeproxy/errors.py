@@ -165,6 +165,12 @@ def _parse_body(body: bytes) -> Tuple[str, Any]:
     return text, _unwrap(_loads(text))
 
 
+def is_json_answer(body: bytes) -> bool:
+    """Does an error body read as an API's JSON (an object, or Gemini's list of one)? A proxy's or a
+    gateway's own page (HTML, plain text, nothing) does not."""
+    return isinstance(_parse_body(body)[1], dict)
+
+
 def _error_dict(obj: Any) -> Dict[str, Any]:
     """The object holding ``code``/``type`` (and llama.cpp's ``n_prompt_tokens``/``n_ctx``)."""
     err = obj.get("error") if isinstance(obj, dict) else None

@@ -54,6 +54,7 @@ from .errors import (
     UpstreamUnavailable,
     UpstreamUnreachable,
     error_from_status,
+    is_json_answer,
 )
 from .http_head import MAX_RESPONSE_HEAD, HeadCutShort, read_headers
 from .redact import redact_headers, redact_text, redact_url
@@ -1008,6 +1009,8 @@ class Upstream:
             proxy = _proxy_of(req)
             if exc.code == 407 and proxy is not None:
                 raise _proxy_auth_refused(proxy) from None
+            if _maybe_the_proxys(exc.code, body_bytes, req):
+                raise _proxys_answer(exc.code, body_bytes, req, secrets) from None
             raise error_from_status(exc.code, body_bytes, exc.headers, secrets) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
             raise _transport_error(exc, call, req, secrets, self.unused_proxies) from None
@@ -1075,6 +1078,32 @@ def _proxy_auth_refused(proxy: str) -> UpstreamUnavailable:
     return UpstreamUnavailable(
         f"the outbound proxy at {proxy} refused authentication (407); check the user and password "
         "in the proxy URL (http://USER:PASSWORD@HOST:PORT)", headers=(NO_RETRY,))
+
+
+# What a forwarding proxy answers itself: its policy (403), or its own way on failing (502 to 504).
+_PROXY_STATUSES = frozenset({403, 502, 503, 504})
+
+
+def _maybe_the_proxys(status: int, body: bytes, req: urllib.request.Request) -> bool:
+    """Might this error answer be the outbound proxy's own, not the upstream's? Only for an http://
+    upstream, whose request the proxy forwards and answers for (through an https:// tunnel every
+    answer is the upstream's), and only when the body is not an API's JSON error: "403 Blocked by
+    policy" in HTML passed for the upstream's, and blamed the key."""
+    forwarded = _proxy_of(req) is not None and not req._tunnel_host  # type: ignore[attr-defined]
+    return forwarded and status in _PROXY_STATUSES and not is_json_answer(body)
+
+
+def _proxys_answer(status: int, body: bytes, req: urllib.request.Request,
+                   secrets: Tuple[str, ...]) -> UpstreamUnavailable:
+    """A 502 naming the proxy (host:port, never its credentials) as the likely author. A 403 is its
+    policy, the same on every try (no retry, as its refusal of a tunnel); a 5xx is worth another."""
+    proxy, host = _proxy_of(req), urlsplit(req.full_url).netloc.rpartition("@")[2]
+    text = " ".join(body.decode("utf-8", errors="replace").split())[:200]
+    said = f"{status} {http.client.responses.get(status, '')}".strip() + (f": {text}" if text else "")
+    why = (f"its policy may not allow {host}" if status == 403 else f"it may not have reached {host}")
+    return UpstreamUnavailable(redact_text(f"the outbound proxy at {proxy} may have answered for the upstream at "
+                                           f"{host} ({said}), not the upstream's API: {why}", secrets),
+                               headers=(NO_RETRY if status == 403 else _RETRY,))
 
 
 def _transport_error(exc: BaseException, call: UpstreamCall, req: urllib.request.Request,

@@ -30,7 +30,7 @@ import pytest
 import claudeproxy
 from claudeproxy import cli
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
-from fakes import ConnectProxy, FakeUpstream, LoopbackListener, closing_listener, completion, json_reply
+from fakes import ConnectProxy, FakeUpstream, LoopbackListener, Reply, closing_listener, completion, json_reply
 
 HEADERS = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
 PASSWORD = "proxy-PASS-4711"
@@ -404,6 +404,54 @@ def test_a_refused_tunnel_names_the_proxy_and_the_host(make_proxy: Any, refusing
     assert error_of(resp)["message"] == (f"the outbound proxy at 127.0.0.1:{outbound.port} refused the tunnel "
                                          f"to api.example.test ({status})")
     assert resp.headers.get("x-should-retry") == retry
+
+
+@pytest.mark.parametrize("status,retry", [("403 Forbidden", "false"), ("502 Bad Gateway", "true"),
+                                          ("503 Service Unavailable", "true"), ("504 Gateway Timeout", "true")])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_forwarding_proxys_own_answer_names_the_proxy_not_the_key(make_proxy: Any, refusing: Any, caplog: Any,
+                                                                   status: str, retry: str, stream: bool) -> None:
+    # An http:// upstream: the proxy forwards the request itself, and its refusal ("403 Blocked by
+    # policy" in HTML) passed for the upstream's, blaming the API key.
+    outbound = refusing(status, b"<html>\n<body>Blocked by  policy</body></html>")
+    server = make_proxy(upstream=NAMED_UPSTREAM["http"], proxy=f"http://bob:{PASSWORD}@127.0.0.1:{outbound.port}",
+                        retries=1)
+    with caplog.at_level("WARNING", logger="claudeproxy"):
+        resp = send(server, stream)
+    assert resp.status == 502, resp
+    error = error_of(resp)
+    assert error["type"] == "api_error"
+    assert error["message"] == (f"the outbound proxy at 127.0.0.1:{outbound.port} may have answered for the upstream "
+                                f"at api.example.test ({status}: <html> <body>Blocked by policy</body></html>), not "
+                                "the upstream's API: " + ("its policy may not allow api.example.test"
+                                                          if retry == "false" else
+                                                          "it may not have reached api.example.test"))
+    assert resp.headers.get("x-should-retry") == retry
+    assert len(outbound.seen()) == (1 if retry == "false" else 2)  # a policy refuses again: not retried
+    assert PASSWORD not in resp.body.decode() and "bob" not in error["message"]
+    assert not [r for r in caplog.records if "key" in r.getMessage()]  # the key is not blamed
+
+
+def test_an_api_error_through_a_forwarding_proxy_is_the_upstreams(make_proxy: Any, clean_env: Any) -> None:
+    # JSON is the API's own answer, passed on as before: a refused key is the key.
+    outbound = FakeUpstream()
+    try:
+        outbound.default = json_reply({"error": {"message": "Invalid API key", "type": "invalid_request_error"}},
+                                      status=403)
+        server = make_proxy(upstream=NAMED_UPSTREAM["http"], proxy=f"http://127.0.0.1:{outbound.port}")
+        resp = send(server)
+        assert resp.status == 403 and error_of(resp)["type"] == "permission_error", resp
+        assert error_of(resp)["message"] == ("upstream 403: Invalid API key (the key claudeproxy sends to provider "
+                                             "'upstream')")
+    finally:
+        outbound.close()
+
+
+def test_a_page_from_an_upstream_reached_directly_is_still_the_upstreams(make_proxy: Any, clean_env: Any,
+                                                                         fake_upstream: FakeUpstream) -> None:
+    fake_upstream.push(Reply(403, (("Content-Type", "text/html"),), [b"<html>Forbidden</html>"]))
+    resp = send(make_proxy())
+    assert resp.status == 403 and error_of(resp)["message"].startswith("upstream 403: <html>Forbidden</html>"), resp
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
