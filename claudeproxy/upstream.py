@@ -1134,11 +1134,11 @@ def _transport_error(exc: BaseException, call: UpstreamCall, req: urllib.request
     return UpstreamUnavailable(f"{said}{hint}", headers=(_RETRY,))
 
 
-def _nobody_there(reason: BaseException, url: str) -> Optional[str]:
+def _nobody_there(reason: BaseException, url: str, what: str = "server") -> Optional[str]:
     """What to check when no connection could be made at all (UpstreamUnreachable); None for a
     failure a retry may get past (a timeout, a reset, a network that is down for a moment)."""
     if isinstance(reason, ConnectionRefusedError):
-        return f"nothing accepts connections for {url} (is the server running?)"
+        return f"nothing accepts connections for {url} (is the {what} running?)"
     if isinstance(reason, socket.gaierror):
         return f"the host name of {url} does not resolve (a typo in the URL, or no network?)"
     return None
@@ -1180,7 +1180,11 @@ def _proxy_failure(reason: BaseException, call: UpstreamCall, req: urllib.reques
         return UpstreamUnavailable(f"the outbound proxy at {proxy} refused the tunnel to {host} ({said})",
                                    headers=(retry,))
     if not call.reached:
-        return UpstreamUnavailable(f"could not reach the outbound proxy at {proxy} ({detail})", headers=(_RETRY,))
+        said = f"could not reach the outbound proxy at {proxy} ({detail})"
+        nobody = _nobody_there(reason, f"http://{proxy}", "proxy")
+        if nobody is not None:  # as an upstream nothing answers at: the client is told not to retry
+            return UpstreamUnreachable(f"{said}: {nobody}", headers=(NO_RETRY,))
+        return UpstreamUnavailable(said, headers=(_RETRY,))
     # Before the tunnel is up, what answered is the proxy (its answer to CONNECT); after, the upstream.
     its_connect = bool(req._tunnel_host) and not call.tunnelled  # type: ignore[attr-defined]
     where = (f"the outbound proxy at {proxy}" if its_connect

@@ -461,8 +461,11 @@ def test_a_proxy_that_is_down_is_named_not_the_upstream(make_proxy: Any, refused
     assert resp.status == 502, resp
     message = error_of(resp)["message"]
     assert message.startswith(f"could not reach the outbound proxy at 127.0.0.1:{refused_port} ("), message
+    assert message.endswith(f": nothing accepts connections for http://127.0.0.1:{refused_port} (is the proxy "
+                            "running?)"), message
     assert "api.example.test" not in message and PASSWORD not in message and "bob" not in message
-    assert resp.headers.get("x-should-retry") == "true"
+    # Nothing listens: as for an upstream that is down, the client is told not to retry for minutes.
+    assert resp.headers.get("x-should-retry") == "false"
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
