@@ -91,6 +91,11 @@ class UpstreamCall:
         # The whole request went out: from then on the upstream has the prompt, and may bill for it
         # whatever becomes of the answer.
         self.sent = False
+        # The client has its whole answer (a stream's end went out): the client leaving now aborts
+        # nothing. A one-shot client closes at once, and its abort cut the short drain of the
+        # upstream's last bytes that gives the connection back to the pool (a new CONNECT and TLS
+        # handshake for every stream). The drain is bounded by DRAIN_SECONDS all the same.
+        self.answered = False
 
     def hold(self, sock: socket.socket) -> None:
         """Take ``sock`` while its connection is set up (the proxy's CONNECT, the TLS handshake):
@@ -119,6 +124,8 @@ class UpstreamCall:
     def abort(self, reason: str) -> None:
         """Unblock any read on the upstream socket at once; the first reason sticks."""
         with self._lock:
+            if reason == "client" and self.answered:
+                return
             if self.abort_reason is None:
                 self.abort_reason = reason
             if self._sock is not None:
