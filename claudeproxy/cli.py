@@ -154,8 +154,8 @@ def _upstream_flags(up: Any) -> None:
                     "(Anthropic Messages, forwarded), responses (OpenAI Responses) (default: %(default)s)")
     up.add_argument("--passthrough", action="store_true", help="short for --upstream-api messages")
     up.add_argument("--api-key", metavar="KEY", help="upstream API key (default for chat and responses: the "
-                    "provider's own variable, $GROQ_API_KEY, $GOOGLE_API_KEY or $GEMINI_API_KEY..., else $OPENAI_API_KEY; none: no auth "
-                    "header, and a messages upstream gets the client's own key)")
+                    "provider's own variable, $GROQ_API_KEY, $GOOGLE_API_KEY or $GEMINI_API_KEY..., else "
+                    "$OPENAI_API_KEY; none: no auth header, and a messages upstream gets the client's own key)")
     up.add_argument("--api-key-env", metavar="VAR", action="append", default=[],
                     help="read the upstream key from this environment variable; repeat it for several keys, "
                     "used in turn (a key refused with 401/429 rests and the next serves)")

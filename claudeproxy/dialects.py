@@ -239,9 +239,8 @@ def default_key_variables(provider: str, paired_with_openai_url: bool) -> Tuple[
     """The environment variables an upstream's key is taken from when no key flag says (in order).
 
     A provider with variables of its own (Groq's GROQ_API_KEY, Google's GOOGLE_API_KEY and
-    GEMINI_API_KEY...) gets only those: with
-    $OPENAI_API_KEY exported for OpenAI, as it so often is, an upstream at Groq or Google would
-    otherwise get the OpenAI key. $OPENAI_API_KEY is the OpenAI-compatible convention for the rest
+    GEMINI_API_KEY...) gets only those: with $OPENAI_API_KEY exported for OpenAI, as it so often
+    is, an upstream at Groq or Google would otherwise get the OpenAI key. $OPENAI_API_KEY is the OpenAI-compatible convention for the rest
     (a gateway, a local server), and for any upstream that came from $OPENAI_BASE_URL, its pair.
     """
     own = DIALECTS[provider].key_env if provider in DIALECTS else ()
