@@ -68,7 +68,7 @@ from .errors import UpstreamUnavailable
 from .metrics import CallRecord
 from .observe import BODIES_LOGGER
 from .redact import configured_secrets, redact_text, redact_url
-from .routing import Router, build_router, header_the_key_replaces, provider_dialect
+from .routing import Router, build_router, header_the_key_replaces, provider_dialect, unmatched_route
 from .server import ProxyServer, drain_and_close
 from .settings_view import describe_config
 from .upstream import proxy_urls, tls_context
@@ -154,8 +154,8 @@ def _upstream_flags(up: Any) -> None:
                     "(Anthropic Messages, forwarded), responses (OpenAI Responses) (default: %(default)s)")
     up.add_argument("--passthrough", action="store_true", help="short for --upstream-api messages")
     up.add_argument("--api-key", metavar="KEY", help="upstream API key (default for chat and responses: the "
-                    "provider's own variable, $GROQ_API_KEY, $GEMINI_API_KEY..., else $OPENAI_API_KEY; none: no auth "
-                    "header, and a messages upstream gets the client's own key)")
+                    "provider's own variable, $GROQ_API_KEY, $GOOGLE_API_KEY or $GEMINI_API_KEY..., else "
+                    "$OPENAI_API_KEY; none: no auth header, and a messages upstream gets the client's own key)")
     up.add_argument("--api-key-env", metavar="VAR", action="append", default=[],
                     help="read the upstream key from this environment variable; repeat it for several keys, "
                     "used in turn (a key refused with 401/429 rests and the next serves)")
@@ -769,10 +769,29 @@ def _warn_about(server: ProxyServer, environ: Mapping[str, str]) -> None:
         parts = urlsplit(provider.url)
         if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
             log.warning("the upstream %s uses plain http: the API key travels unencrypted", provider.name)
-    for line in keyless_upstreams(server) + unused_proxies(server, environ):
+    for line in start_warnings(server, environ):
         log.warning("%s", line)
     for route in server.proxy.router.routes:
         log.info("route %s -> %s/%s", route.match, route.target.provider, route.target.model or "(client's model)")
+
+
+def start_warnings(server: ProxyServer, environ: Mapping[str, str]) -> List[str]:
+    """The settings that add up to something the operator did not mean: logged at start, and
+    ``run`` prints them on the terminal too."""
+    return (unmatched_routes(server) + keyless_upstreams(server) + passed_over_keys(server, environ)
+            + unused_proxies(server, environ))
+
+
+def unmatched_routes(server: ProxyServer) -> List[str]:
+    """A line for each route meant for Claude Code that none of its names can reach (``Opus``... is
+    a family now, but ``claude-sonet*`` or ``Claude-Opus-4-1`` is not): those requests went to the
+    default route, or a 404, without a word."""
+    lines = []
+    for i, route in enumerate(server.proxy.router.routes):
+        why = unmatched_route(route.match)
+        if why:
+            lines.append(f"{route.origin or f'routes[{i}]'}: {why}")
+    return lines
 
 
 def keyless_upstreams(server: ProxyServer) -> List[str]:
@@ -783,11 +802,29 @@ def keyless_upstreams(server: ProxyServer) -> List[str]:
     for provider in server.proxy.router.providers.values():
         host = urlsplit(provider.url).hostname or ""
         if provider.api != "messages" and gives_no_key(provider.token) and _on_the_internet(host):
-            own = default_key_variables(provider_dialect(provider), False)[0]
+            own = " or ".join(default_key_variables(provider_dialect(provider), False))
             how = (f"set {own}, or give --api-key-env" if provider.name == SHORTHAND_PROVIDER else
                    "give it api_key_env or api_key_command in the config file")
             lines.append(f"the upstream {provider.name} ({host}) gets no API key: expect 401s ({how})")
     return lines
+
+
+def passed_over_keys(server: ProxyServer, environ: Mapping[str, str]) -> List[str]:
+    """A line when the single upstream's key came from one of its provider's variables while a later
+    one holds another key (Gemini: GOOGLE_API_KEY over GEMINI_API_KEY, google-genai's order): a
+    user who exported GEMINI_API_KEY for Gemini and GOOGLE_API_KEY for another Google API would
+    otherwise see 401s or 403s and look at the wrong key."""
+    provider = server.proxy.router.providers.get(SHORTHAND_PROVIDER)
+    if provider is None or provider.api == "messages":
+        return []
+    own = default_key_variables(provider_dialect(provider), False)
+    used = next((var for var in own if environ.get(var, "").strip()), None)
+    if used is None or provider.key_source != f"${used}":  # a key flag or another variable
+        return []
+    key = environ[used].strip()
+    others = [var for var in own[own.index(used) + 1:] if environ.get(var, "").strip() not in ("", key)]
+    return [f"${used} and ${var} hold different keys: the upstream gets ${used}'s, as the provider's own "
+            f"SDK would (unset one, or choose with --api-key-env)" for var in others]
 
 
 def unused_proxies(server: ProxyServer, environ: Mapping[str, str]) -> List[str]:

@@ -65,9 +65,10 @@ class Dialect:
     think_tags: bool = False
     # Authorization header style: bearer or azure (api-key header).
     auth: str = "bearer"
-    # The environment variable the provider's own SDKs and docs keep its key in: the default key
-    # of an upstream recognised as this provider (``default_key_variables``).
-    key_env: Optional[str] = None
+    # The environment variables the provider's own SDKs and docs keep its key in, in the order
+    # those SDKs read them: the default key of an upstream recognised as this provider
+    # (``default_key_variables``), the first one set.
+    key_env: Tuple[str, ...] = ()
     # Structured output: json_schema (response_format with the schema), or json_object (only
     # JSON mode exists; the schema goes into the system prompt as an instruction).
     structured_output: str = "json_schema"
@@ -106,13 +107,13 @@ DIALECTS: Dict[str, Dialect] = {
     # prompt_cache_key: developers.openai.com/api/docs/guides/prompt-caching.
     "openai": dataclasses.replace(
         _BASE, name="openai", supports_file_parts=True, reasoning="none", merge_user_turns=False,
-        cache_key_field="prompt_cache_key", hosted_web_search=True, key_env="OPENAI_API_KEY",
+        cache_key_field="prompt_cache_key", hosted_web_search=True, key_env=("OPENAI_API_KEY",),
     ),
     # Azure also hosts other vendors' models (Foundry), which answer 400 "Unrecognized request
     # argument supplied: prompt_cache_key" (vectorize-io/hindsight#3518, zed-industries/zed#52000):
     # only OpenAI model names get OpenAI's key and message rules (MODEL_RULES).
     "azure": dataclasses.replace(_BASE, name="azure", supports_file_parts=True, auth="azure", reasoning="none",
-                                 key_env="AZURE_OPENAI_API_KEY"),
+                                 key_env=("AZURE_OPENAI_API_KEY",)),
     # session_id: openrouter.ai/docs/guides/best-practices/prompt-caching ("Using session_id for
     # sticky sessions": a top-level body field of at most 256 characters). usage.cost:
     # openrouter.ai/docs/use-cases/usage-accounting ("Cost in credits", in every response and in a
@@ -121,22 +122,22 @@ DIALECTS: Dict[str, Dialect] = {
     "openrouter": dataclasses.replace(
         _BASE, name="openrouter", reasoning="openrouter", reasoning_history="reasoning",
         supports_file_parts=True, pass_top_k=True, max_stop=None, cache_key_field="session_id",
-        key_env="OPENROUTER_API_KEY", billed_cost_field="cost",
+        key_env=("OPENROUTER_API_KEY",), billed_cost_field="cost",
     ),
     "deepseek": dataclasses.replace(
         _BASE, name="deepseek", reasoning="deepseek", reasoning_history="reasoning_content_all",
         assistant_empty_content="", string_content_only=True, max_stop=16,
         # DeepSeek answers 400 "This response_format type is unavailable now" to json_schema.
-        structured_output="json_object", key_env="DEEPSEEK_API_KEY",
+        structured_output="json_object", key_env=("DEEPSEEK_API_KEY",),
     ),
-    "groq": dataclasses.replace(_BASE, name="groq", reasoning="groq", send_user=False, key_env="GROQ_API_KEY"),
+    "groq": dataclasses.replace(_BASE, name="groq", reasoning="groq", send_user=False, key_env=("GROQ_API_KEY",)),
     # prompt_cache_key: docs.mistral.ai/studio-api/conversations/advanced/prompt-caching.
     # Mistral answers 422 extra_forbidden to stream_options and always puts the usage in the last
     # chunk (docs.mistral.ai, 2024-01-16 release note; openai/openai-agents-python#442).
     "mistral": dataclasses.replace(
         _BASE, name="mistral", short_tool_ids=True, bridge_tool_to_user=True, prefill_prefix=True,
         late_system_role="user", stream_usage=False,
-        reasoning="none", cache_key_field="prompt_cache_key", key_env="MISTRAL_API_KEY",
+        reasoning="none", cache_key_field="prompt_cache_key", key_env=("MISTRAL_API_KEY",),
     ),
     # Moonshot (Kimi): thinking is switched by {"thinking": {"type": "enabled"|"disabled"}}, on by
     # default (platform.kimi.ai/docs/api/models-overview); reasoning comes as reasoning_content and,
@@ -149,11 +150,12 @@ DIALECTS: Dict[str, Dialect] = {
     # where we could check it: the default 4 stays, and the proxy matches the rest.
     "moonshot": dataclasses.replace(
         _BASE, name="moonshot", reasoning="switch", reasoning_history="reasoning_content",
-        reasoning_placeholder=" ", key_env="MOONSHOT_API_KEY",
+        reasoning_placeholder=" ", key_env=("MOONSHOT_API_KEY",),
     ),
     "gemini": dataclasses.replace(
         _BASE, name="gemini", schema_sanitizer="gemini", send_user=False, reasoning="gemini", thought_signatures=True,
-        key_env="GEMINI_API_KEY",
+        # google-genai reads both, GOOGLE_API_KEY first when both are set (_api_client.get_env_api_key).
+        key_env=("GOOGLE_API_KEY", "GEMINI_API_KEY"),
     ),
     # Ollama answers 400 when a non-thinking model is asked to think: only explicit budgets map.
     "ollama": dataclasses.replace(_BASE, name="ollama", reasoning="explicit", max_stop=None),
@@ -242,22 +244,22 @@ def detect_provider(upstream_url: str) -> str:
 def default_key_variables(provider: str, paired_with_openai_url: bool) -> Tuple[str, ...]:
     """The environment variables an upstream's key is taken from when no key flag says (in order).
 
-    A provider with a variable of its own (Groq's GROQ_API_KEY...) gets only that one: with
-    $OPENAI_API_KEY exported for OpenAI, as it so often is, an upstream at Groq or Google would
-    otherwise get the OpenAI key. $OPENAI_API_KEY is the OpenAI-compatible convention for the rest
+    A provider with variables of its own (Groq's GROQ_API_KEY, Google's GOOGLE_API_KEY and
+    GEMINI_API_KEY...) gets only those: with $OPENAI_API_KEY exported for OpenAI, as it so often
+    is, an upstream at Groq or Google would otherwise get the OpenAI key. $OPENAI_API_KEY is the OpenAI-compatible convention for the rest
     (a gateway, a local server), and for any upstream that came from $OPENAI_BASE_URL, its pair.
     """
-    own = DIALECTS[provider].key_env if provider in DIALECTS else None
-    if own is None:
+    own = DIALECTS[provider].key_env if provider in DIALECTS else ()
+    if not own:
         return ("OPENAI_API_KEY",)
-    if paired_with_openai_url and own != "OPENAI_API_KEY":
-        return own, "OPENAI_API_KEY"
-    return (own,)
+    if paired_with_openai_url and "OPENAI_API_KEY" not in own:
+        return (*own, "OPENAI_API_KEY")
+    return own
 
 
 def key_variables() -> Tuple[str, ...]:
     """Every variable a default upstream key may come from: masked in what start-up errors print."""
-    return tuple(sorted({"OPENAI_API_KEY"} | {d.key_env for d in DIALECTS.values() if d.key_env}))
+    return tuple(sorted({"OPENAI_API_KEY"}.union(*(d.key_env for d in DIALECTS.values()))))
 
 
 def azure_api_version(setting: str, dialect: Dialect) -> str:

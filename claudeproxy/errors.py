@@ -111,6 +111,15 @@ class UpstreamUnavailable(ProxyError):
     error_type = "api_error"
 
 
+class UpstreamUnreachable(UpstreamUnavailable):
+    """Nothing took the connection: refused (no server listens), or a name that does not resolve.
+
+    The client is told not to retry (x-should-retry: false): Claude Code retried such 502s for
+    minutes, and ``claude -p`` hung until killed, against a server that was not there. The proxy's
+    own --retries still run (``says_no_retry``): seconds apart, they see a restarting server back.
+    """
+
+
 class UpstreamTimeout(UpstreamUnavailable):
     status = 504
     error_type = "timeout_error"
@@ -154,6 +163,12 @@ def _parse_body(body: bytes) -> Tuple[str, Any]:
     """(body text, its JSON value or None)."""
     text = body.decode("utf-8", errors="replace").strip()
     return text, _unwrap(_loads(text))
+
+
+def is_json_answer(body: bytes) -> bool:
+    """Does an error body read as an API's JSON (an object, or Gemini's list of one)? A proxy's or a
+    gateway's own page (HTML, plain text, nothing) does not."""
+    return isinstance(_parse_body(body)[1], dict)
 
 
 def _error_dict(obj: Any) -> Dict[str, Any]:
@@ -219,8 +234,9 @@ def _waits_long(headers: Tuple[Tuple[str, str], ...]) -> bool:
 
 
 def says_no_retry(exc: ProxyError) -> bool:
-    """The upstream's answer says another try of the same call cannot succeed."""
-    return NO_RETRY in exc.headers
+    """The upstream's answer says another try of the same call cannot succeed (the proxy's own
+    retries stop). An unreachable upstream's no is for the client alone: see UpstreamUnreachable."""
+    return NO_RETRY in exc.headers and not isinstance(exc, UpstreamUnreachable)
 
 
 def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], headers: Any) -> ProxyError:

@@ -428,7 +428,7 @@ def _session(ns: argparse.Namespace, config: Config, typed: str, argv: List[str]
             log.warning("%s", line)
             print(f"claudeproxy: warning: {line}", file=stderr, flush=True)
         # Logged already (_warn_about): the terminal too.
-        for line in cli.keyless_upstreams(running.server) + cli.unused_proxies(running.server, environ):
+        for line in cli.start_warnings(running.server, environ):
             print(f"claudeproxy: warning: {line}", file=stderr, flush=True)
         if looks_like_claude(typed) or looks_like_claude(argv[0]):
             seed_first_run_state(env, ns.trust, windows, stderr)

@@ -170,6 +170,7 @@ class Relay:
             if first:
                 self._close_upstream()
             self._send(events, end=True)
+            self.call.answered = True  # a client closing now leaves the drain below alone
             if not first:
                 self._close_upstream()
 

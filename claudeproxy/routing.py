@@ -7,14 +7,17 @@ and returns the route's target and fallbacks as ``Target`` values: provider,
 upstream API, upstream model, its dialect and its model facts.
 
 A route's ``match`` is ``*`` (everything), a Claude family (``opus``,
-``sonnet``, ``haiku``: every generation, dated or not, and the aliases), a
-glob, or an exact name. The single-upstream flags are shorthand for a
+``sonnet``, ``haiku``, in any case: every generation, dated or not, and the
+aliases), a glob, or an exact name (globs and names compared as written).
+``unmatched_route`` says at start when a pattern meant for Claude Code can
+match none of its names. The single-upstream flags are shorthand for a
 provider named ``upstream`` and routes to it (``_shorthand``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import fnmatch
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -41,6 +44,10 @@ from .dialects import DIALECTS, Dialect, auth_style, detect_provider, dialect_fo
 from .model_facts import MAX_TOKENS, ModelFacts, builtin_facts, facts_from_dict
 
 FAMILIES = ("opus", "sonnet", "haiku")
+# Names Claude Code sends (CLAUDE-CODE.md), across generations: --print-config shows where each goes,
+# and a route meant for Claude Code that matches none of them is warned about (unmatched_route).
+SAMPLE_MODELS = ("claude-opus-4-1", "claude-sonnet-4-5-20250929", "claude-haiku-4-5", "claude-3-5-haiku-latest",
+                 "claude-opus-5-5", "claude-haiku-5-5")
 # Claude Code's own aliases beyond the plain family names.
 _ALIASES = {"opusplan": "opus"}
 # A family word as one segment of a Claude model id, in every naming Anthropic and the
@@ -74,7 +81,7 @@ def pattern_kind(pattern: str) -> str:
     """all, family, glob or exact."""
     if pattern == "*":
         return "all"
-    if pattern in FAMILIES:
+    if pattern.lower() in FAMILIES:  # "Opus", as the product is spelt: no model is named so
         return "family"
     return "glob" if _GLOB_CHARS & set(pattern) else "exact"
 
@@ -84,10 +91,54 @@ def route_matches(pattern: str, name: str) -> bool:
     if kind == "all":
         return True
     if kind == "family":
-        return claude_family(name) == pattern
+        return claude_family(name) == pattern.lower()
     if kind == "glob":
         return fnmatch.fnmatchcase(name, pattern)
     return name == pattern
+
+
+def canonical(pattern: str) -> str:
+    """The pattern as the router reads it: a family in lower case, anything else as written."""
+    return pattern.lower() if pattern_kind(pattern) == "family" else pattern
+
+
+# One segment of a model name, as _FAMILY_RE separates them (glob characters too).
+_SEGMENT_RE = re.compile(r"[^-_.@/:*?\[\]]+")
+
+
+def unmatched_route(pattern: str) -> Optional[str]:
+    """Why ``pattern``, meant for Claude Code's names, can match none of them; None when it can,
+    or when it is not about Claude models at all.
+
+    Claude Code sends lower-case ids with a family segment (claude-sonnet-4-5, claude-3-5-haiku-latest).
+    A pattern is taken as meant for them when it names ``claude`` or a family, or comes close to
+    one of those words (``claude-sonet*``). It is fine when it matches a name of ``SAMPLE_MODELS``,
+    or is written in lower case, without a misspelling, and names a Claude model once its wildcards
+    are left out (``claude-3-7-sonnet*``, a dated ``claude-sonnet-4-20250514``). Anything else
+    (``gpt-4o``, ``deepseek-*``) is left alone: another client of the proxy may send it.
+    """
+    if pattern_kind(pattern) in ("all", "family") or any(route_matches(pattern, n) for n in SAMPLE_MODELS):
+        return None
+    mended = _mended(pattern.lower())
+    if "claude" not in mended and not _FAMILY_RE.search(mended):
+        return None  # not about Claude models
+    literal = re.sub(r"\[[^\]]*\]|[*?]", "", pattern)
+    if mended == pattern and claude_family(literal) is not None:
+        return None
+    hint = (f"did you mean {mended!r}?" if mended != pattern else
+            f"a family name ({', '.join(FAMILIES)}) matches every generation of it")
+    return (f"pattern {pattern!r} matches none of the model names Claude Code sends (lower case, like "
+            f"{SAMPLE_MODELS[1]}): {hint}")
+
+
+def _mended(pattern: str) -> str:
+    """``pattern`` with each segment that comes close to a family word or ``claude`` spelt as that word."""
+    def mend(segment: "re.Match[str]") -> str:
+        word = segment.group(0)
+        close = difflib.get_close_matches(word, (*FAMILIES, "claude"), n=1, cutoff=0.75)
+        return close[0] if close else word
+
+    return _SEGMENT_RE.sub(mend, pattern)
 
 
 def _literal_prefix(pattern: str) -> str:
@@ -97,7 +148,7 @@ def _literal_prefix(pattern: str) -> str:
 
 def covers(earlier: str, later: str) -> bool:
     """Every name ``later`` matches is already taken by ``earlier`` (so ``later`` can never match)."""
-    if earlier == later or pattern_kind(earlier) == "all":
+    if canonical(earlier) == canonical(later) or pattern_kind(earlier) == "all":
         return True
     kind = pattern_kind(later)
     if kind == "exact":
@@ -251,10 +302,10 @@ def _merged(flags: List[Route], file_routes: Sequence[Route]) -> List[Route]:
     (``--model``, ``--model-map '*=NAME'``) is the default for "every request not routed
     otherwise", so it goes after the file's own routes instead of hiding them all.
     """
-    named = {r.match for r in flags}
+    named = {canonical(r.match) for r in flags}
     first = [r for r in flags if r.match != "*"]
     last = [r for r in flags if r.match == "*"]
-    return first + [r for r in file_routes if r.match not in named] + last
+    return first + [r for r in file_routes if canonical(r.match) not in named] + last
 
 
 def effective_providers_and_routes(config: Config) -> Tuple[Tuple[Provider, ...], Tuple[Route, ...]]:
@@ -350,10 +401,11 @@ class Router:
         """
         out: Dict[str, Target] = {}
         for route in self.routes:
-            if pattern_kind(route.match) in ("exact", "family") and route.match not in out:
-                routed = self.resolve(route.match)
+            name = canonical(route.match)  # "opus" for a route written "Opus"
+            if pattern_kind(name) in ("exact", "family") and name not in out:
+                routed = self.resolve(name)
                 if routed is not None and routed.route is route:
-                    out[route.match] = routed.target
+                    out[name] = routed.target
             model = route.target.model
             if model and model not in out:
                 routed = self.resolve(model)

@@ -14,11 +14,8 @@ from .config import Config, Provider, Route
 from .dialects import auth_style, detect_provider, forwards_betas
 from .model_facts import facts_as_config
 from .redact import MASK, is_secret_header, redact_text, redact_url
-from .routing import Router, Target, build_router
+from .routing import SAMPLE_MODELS, Router, Target, build_router
 
-# Names Claude Code sends (CLAUDE-CODE.md), across generations, to show where each goes.
-SAMPLE_MODELS = ("claude-opus-4-1", "claude-sonnet-4-5-20250929", "claude-haiku-4-5", "claude-3-5-haiku-latest",
-                 "claude-opus-5-5", "claude-haiku-5-5")
 # Shown under the names a config file (and, with dashes, the command line) takes, so that what is
 # printed can be written back into a file: key -> Config field.
 _SETTINGS = {name: name for name in (

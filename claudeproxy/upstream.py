@@ -47,7 +47,15 @@ from urllib.parse import unquote, urlsplit
 from . import __version__
 from .config import Config, env_proxies, is_loopback_host, unused_proxy_hint, unused_proxy_variables
 from .ending import abort_error
-from .errors import NO_RETRY, UpstreamNotJson, UpstreamTimeout, UpstreamUnavailable, error_from_status
+from .errors import (
+    NO_RETRY,
+    UpstreamNotJson,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    UpstreamUnreachable,
+    error_from_status,
+    is_json_answer,
+)
 from .http_head import MAX_RESPONSE_HEAD, HeadCutShort, read_headers
 from .redact import redact_headers, redact_text, redact_url
 
@@ -83,6 +91,11 @@ class UpstreamCall:
         # The whole request went out: from then on the upstream has the prompt, and may bill for it
         # whatever becomes of the answer.
         self.sent = False
+        # The client has its whole answer (a stream's end went out): the client leaving now aborts
+        # nothing. A one-shot client closes at once, and its abort cut the short drain of the
+        # upstream's last bytes that gives the connection back to the pool (a new CONNECT and TLS
+        # handshake for every stream). The drain is bounded by DRAIN_SECONDS all the same.
+        self.answered = False
 
     def hold(self, sock: socket.socket) -> None:
         """Take ``sock`` while its connection is set up (the proxy's CONNECT, the TLS handshake):
@@ -111,6 +124,8 @@ class UpstreamCall:
     def abort(self, reason: str) -> None:
         """Unblock any read on the upstream socket at once; the first reason sticks."""
         with self._lock:
+            if reason == "client" and self.answered:
+                return
             if self.abort_reason is None:
                 self.abort_reason = reason
             if self._sock is not None:
@@ -864,8 +879,8 @@ def bypasses_proxy(host: str, no_proxy: str, default_port: Optional[int] = None)
     """Does ``NO_PROXY`` send ``host`` (``name[:port]``, ``[v6]:port``) past the proxy?
 
     Read as curl reads it: ``*`` alone matches everything; a name matches itself and its
-    subdomains (``corp.example`` and ``.corp.example`` match ``llm.corp.example``, not
-    ``xcorp.example``), without case, a trailing dot ignored on either side; an address
+    subdomains (``corp.example``, ``.corp.example`` and ``*.corp.example`` match
+    ``llm.corp.example``, not ``xcorp.example``), without case, a trailing dot ignored on either side; an address
     (``127.0.0.1``, ``::1`` with or without brackets) or a range (``10.0.0.0/8``, ``fd00::/8``)
     matches an upstream given as an address, compared as addresses (no name is looked up, as in
     curl); ``:port`` on an entry must be the URL's own (``default_port`` when it names none).
@@ -903,6 +918,9 @@ def _no_proxy_match(entry: str, name: str, port: Optional[int], address: Optiona
         except ValueError:
             return False  # a name never matches an address
         return network.version == address.version and address in network
+    # "*.corp.example" is the suffix ".corp.example", as Go, Node's proxy-from-env and many tools
+    # read it (curl matched it against nothing: a corporate list of them went unheeded).
+    entry = entry[1:] if entry.startswith("*.") else entry
     entry = entry.lstrip(".")
     return bool(entry) and (name == entry or name.endswith("." + entry))
 
@@ -998,6 +1016,8 @@ class Upstream:
             proxy = _proxy_of(req)
             if exc.code == 407 and proxy is not None:
                 raise _proxy_auth_refused(proxy) from None
+            if _maybe_the_proxys(exc.code, body_bytes, req):
+                raise _proxys_answer(exc.code, body_bytes, req, secrets) from None
             raise error_from_status(exc.code, body_bytes, exc.headers, secrets) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
             raise _transport_error(exc, call, req, secrets, self.unused_proxies) from None
@@ -1067,6 +1087,32 @@ def _proxy_auth_refused(proxy: str) -> UpstreamUnavailable:
         "in the proxy URL (http://USER:PASSWORD@HOST:PORT)", headers=(NO_RETRY,))
 
 
+# What a forwarding proxy answers itself: its policy (403), or its own way on failing (502 to 504).
+_PROXY_STATUSES = frozenset({403, 502, 503, 504})
+
+
+def _maybe_the_proxys(status: int, body: bytes, req: urllib.request.Request) -> bool:
+    """Might this error answer be the outbound proxy's own, not the upstream's? Only for an http://
+    upstream, whose request the proxy forwards and answers for (through an https:// tunnel every
+    answer is the upstream's), and only when the body is not an API's JSON error: "403 Blocked by
+    policy" in HTML passed for the upstream's, and blamed the key."""
+    forwarded = _proxy_of(req) is not None and not req._tunnel_host  # type: ignore[attr-defined]
+    return forwarded and status in _PROXY_STATUSES and not is_json_answer(body)
+
+
+def _proxys_answer(status: int, body: bytes, req: urllib.request.Request,
+                   secrets: Tuple[str, ...]) -> UpstreamUnavailable:
+    """A 502 naming the proxy (host:port, never its credentials) as the likely author. A 403 is its
+    policy, the same on every try (no retry, as its refusal of a tunnel); a 5xx is worth another."""
+    proxy, host = _proxy_of(req), urlsplit(req.full_url).netloc.rpartition("@")[2]
+    text = " ".join(body.decode("utf-8", errors="replace").split())[:200]
+    said = f"{status} {http.client.responses.get(status, '')}".strip() + (f": {text}" if text else "")
+    why = (f"its policy may not allow {host}" if status == 403 else f"it may not have reached {host}")
+    return UpstreamUnavailable(redact_text(f"the outbound proxy at {proxy} may have answered for the upstream at "
+                                           f"{host} ({said}), not the upstream's API: {why}", secrets),
+                               headers=(NO_RETRY if status == 403 else _RETRY,))
+
+
 def _transport_error(exc: BaseException, call: UpstreamCall, req: urllib.request.Request,
                      secrets: Tuple[str, ...], unused_proxies: List[str]) -> Exception:
     aborted = abort_error(call.abort_reason)
@@ -1088,7 +1134,21 @@ def _transport_error(exc: BaseException, call: UpstreamCall, req: urllib.request
     hint = ""
     if unused_proxies and not is_loopback_host(parts.hostname or ""):
         hint = f"; {unused_proxy_hint(unused_proxies)}"
-    return UpstreamUnavailable(f"could not reach the upstream at {host} ({detail}){hint}", headers=(_RETRY,))
+    said = f"could not reach the upstream at {host} ({detail})"
+    nobody = _nobody_there(reason, redact_text(redact_url(req.full_url), secrets))
+    if nobody is not None:
+        return UpstreamUnreachable(f"{said}: {nobody}{hint}", headers=(NO_RETRY,))
+    return UpstreamUnavailable(f"{said}{hint}", headers=(_RETRY,))
+
+
+def _nobody_there(reason: BaseException, url: str, what: str = "server") -> Optional[str]:
+    """What to check when no connection could be made at all (UpstreamUnreachable); None for a
+    failure a retry may get past (a timeout, a reset, a network that is down for a moment)."""
+    if isinstance(reason, ConnectionRefusedError):
+        return f"nothing accepts connections for {url} (is the {what} running?)"
+    if isinstance(reason, socket.gaierror):
+        return f"the host name of {url} does not resolve (a typo in the URL, or no network?)"
+    return None
 
 
 def _lasting_failure(reason: BaseException, where: str, detail: str,
@@ -1127,7 +1187,11 @@ def _proxy_failure(reason: BaseException, call: UpstreamCall, req: urllib.reques
         return UpstreamUnavailable(f"the outbound proxy at {proxy} refused the tunnel to {host} ({said})",
                                    headers=(retry,))
     if not call.reached:
-        return UpstreamUnavailable(f"could not reach the outbound proxy at {proxy} ({detail})", headers=(_RETRY,))
+        said = f"could not reach the outbound proxy at {proxy} ({detail})"
+        nobody = _nobody_there(reason, f"http://{proxy}", "proxy")
+        if nobody is not None:  # as an upstream nothing answers at: the client is told not to retry
+            return UpstreamUnreachable(f"{said}: {nobody}", headers=(NO_RETRY,))
+        return UpstreamUnavailable(said, headers=(_RETRY,))
     # Before the tunnel is up, what answered is the proxy (its answer to CONNECT); after, the upstream.
     its_connect = bool(req._tunnel_host) and not call.tunnelled  # type: ignore[attr-defined]
     where = (f"the outbound proxy at {proxy}" if its_connect

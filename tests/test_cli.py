@@ -107,6 +107,7 @@ def test_flags_win_over_environment(served: List[Any]) -> None:
 @pytest.mark.parametrize("upstream, variable", [
     ("https://api.groq.com/openai/v1", "GROQ_API_KEY"),
     ("https://generativelanguage.googleapis.com/v1beta/openai", "GEMINI_API_KEY"),
+    ("https://generativelanguage.googleapis.com/v1beta/openai", "GOOGLE_API_KEY"),  # google-genai reads both
     ("https://api.mistral.ai/v1", "MISTRAL_API_KEY"),
     ("https://api.moonshot.ai/v1", "MOONSHOT_API_KEY"),
     ("https://api.deepseek.com/v1", "DEEPSEEK_API_KEY"),
@@ -142,6 +143,91 @@ def test_a_keyless_known_provider_is_told_its_own_variable() -> None:
     finally:
         server.shutdown(grace=0.1)
     assert len(lines) == 1 and "set GROQ_API_KEY" in lines[0], lines
+
+
+GEMINI_URL = "https://generativelanguage.googleapis.com/v1beta/openai"
+
+
+def _start_warnings(config: Any, environ: Dict[str, str]) -> List[str]:
+    server = claudeproxy.start(config, port=0)
+    try:
+        return cli.start_warnings(server.server, environ)
+    finally:
+        server.shutdown(grace=0.1)
+
+
+@pytest.mark.parametrize("env, used, warned", [
+    ({"GEMINI_API_KEY": "sk-gemini-1234567"}, "GEMINI_API_KEY", False),
+    ({"GOOGLE_API_KEY": "sk-google-1234567"}, "GOOGLE_API_KEY", False),
+    # Both set: google-genai's order, GOOGLE_API_KEY first, and a word at start when they differ.
+    ({"GOOGLE_API_KEY": "sk-google-1234567", "GEMINI_API_KEY": "sk-gemini-1234567"}, "GOOGLE_API_KEY", True),
+    ({"GOOGLE_API_KEY": "sk-same-12345678", "GEMINI_API_KEY": "sk-same-12345678"}, "GOOGLE_API_KEY", False),
+    ({"GOOGLE_API_KEY": " ", "GEMINI_API_KEY": "sk-gemini-1234567"}, "GEMINI_API_KEY", False),  # blank: unset
+])
+def test_gemini_reads_google_api_key_before_gemini_api_key(served: List[Any], env: Dict[str, str], used: str,
+                                                          warned: bool) -> None:
+    assert run_main(["--upstream", GEMINI_URL], env)[0] == 0
+    config = served[0]
+    assert config.token() == env[used].strip() and config.key_source == f"${used}"
+    lines = [line for line in _start_warnings(config, env) if "hold different keys" in line]
+    if warned:
+        assert lines == ["$GOOGLE_API_KEY and $GEMINI_API_KEY hold different keys: the upstream gets "
+                         "$GOOGLE_API_KEY's, as the provider's own SDK would (unset one, or choose with "
+                         "--api-key-env)"], lines
+        assert all(value not in lines[0] for value in env.values())  # the names, never the keys
+    else:
+        assert lines == []
+
+
+def test_a_chosen_gemini_key_variable_is_not_second_guessed(served: List[Any]) -> None:
+    env = {"GOOGLE_API_KEY": "sk-google-1234567", "GEMINI_API_KEY": "sk-gemini-1234567"}
+    assert run_main(["--upstream", GEMINI_URL, "--api-key-env", "GEMINI_API_KEY"], env)[0] == 0
+    assert served[0].token() == "sk-gemini-1234567"
+    assert [line for line in _start_warnings(served[0], env) if "hold different keys" in line] == []
+
+
+def test_a_keyless_gemini_upstream_is_told_both_variables() -> None:
+    server = claudeproxy.start(upstream=GEMINI_URL)
+    try:
+        lines = cli.keyless_upstreams(server.server)
+    finally:
+        server.shutdown(grace=0.1)
+    assert len(lines) == 1 and "set GOOGLE_API_KEY or GEMINI_API_KEY," in lines[0], lines
+
+
+def test_every_default_key_variable_is_masked() -> None:
+    from claudeproxy.dialects import key_variables
+
+    assert {"GOOGLE_API_KEY", "GEMINI_API_KEY", "GROQ_API_KEY", "OPENAI_API_KEY"} <= set(key_variables())
+
+
+def test_a_route_claude_code_can_never_reach_is_warned_about_at_start(served: List[Any], caplog: Any) -> None:
+    argv = ["--upstream", "http://127.0.0.1:9/v1", "--model", "small", "--model-map", "claude-sonet*=big",
+            "--model-map", "Opus=huge", "--model-map", "gpt-4o=other"]
+    assert run_main(argv, {})[0] == 0
+    server = claudeproxy.start(served[0], port=0)
+    try:
+        with caplog.at_level("WARNING", logger="claudeproxy"):
+            cli._warn_about(server.server, {})  # noqa: SLF001  # what serve and run log at start
+        assert cli.start_warnings(server.server, {}) == [  # what run prints on the terminal too
+            "--model-map claude-sonet*=big: pattern 'claude-sonet*' matches none of the model names Claude Code "
+            "sends (lower case, like claude-sonnet-4-5-20250929): did you mean 'claude-sonnet*'?"]
+        routed = server.server.proxy.router.resolve("claude-opus-4-1")  # "Opus" is the family
+        assert routed is not None and routed.target.model == "huge"
+    finally:
+        server.shutdown(grace=0.1)
+    assert [r.getMessage() for r in caplog.records if "matches none" in r.getMessage()] == \
+        cli.start_warnings(server.server, {})
+
+
+def test_a_library_route_without_an_origin_is_named_by_its_place() -> None:
+    server = claudeproxy.start(providers=(Provider("p", "http://127.0.0.1:9/v1"),),
+                               routes=(Route("sonet", RouteTarget("p", "n")), Route("*", RouteTarget("p", "m"))),
+                               port=0)
+    try:
+        assert [line.split(":")[0] for line in cli.unmatched_routes(server.server)] == ["routes[0]"]
+    finally:
+        server.shutdown(grace=0.1)
 
 
 def test_empty_api_key_flag_overrides_the_environment(served: List[Any]) -> None:

@@ -30,7 +30,7 @@ import pytest
 import claudeproxy
 from claudeproxy import cli
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
-from fakes import ConnectProxy, FakeUpstream, LoopbackListener, closing_listener, completion, json_reply
+from fakes import ConnectProxy, FakeUpstream, LoopbackListener, Reply, closing_listener, completion, json_reply
 
 HEADERS = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
 PASSWORD = "proxy-PASS-4711"
@@ -208,10 +208,20 @@ def test_no_proxy_address_ranges(host: str, no_proxy: str, bypassed: bool) -> No
     # A trailing dot (the fully qualified form) on either side.
     ("api.corp.test", "api.corp.test.", True),
     ("api.corp.test.:443", "corp.test", True),
-    # What stays as before: suffixes on a dot boundary, no wildcard but "*" alone, ports, case.
+    # What stays as before: suffixes on a dot boundary, ports, case.
     ("api.corp.test", "orp.test", False),
-    ("api.corp.test", "*.corp.test", False),
     ("api.corp.test", "*", True),
+    # A leading "*." is a domain suffix, as ".corp.test" (Go, Node's proxy-from-env); "*" elsewhere
+    # is no wildcard.
+    ("api.corp.test", "*.corp.test", True),
+    ("API.Corp.Test:8443", "*.CORP.test:8443", True),
+    ("api.corp.test", "*.corp.test:8443", False),
+    ("corp.test", "*.corp.test", True),  # as ".corp.test" matches it (curl)
+    ("xcorp.test", "*.corp.test", False),
+    ("api.corp.test", "*corp.test", False),
+    ("api.corp.test", "api.*.test", False),
+    ("api.corp.test", "*.", False),
+    ("10.1.2.3", "*.2.3", False),  # an address is no name
     ("API.Corp.Test:8443", ".CORP.test:8443", True),
     ("api.corp.test:8443", "api.corp.test:443", False),
     ("api.corp.test", "api.corp.test:8443", False),
@@ -396,6 +406,54 @@ def test_a_refused_tunnel_names_the_proxy_and_the_host(make_proxy: Any, refusing
     assert resp.headers.get("x-should-retry") == retry
 
 
+@pytest.mark.parametrize("status,retry", [("403 Forbidden", "false"), ("502 Bad Gateway", "true"),
+                                          ("503 Service Unavailable", "true"), ("504 Gateway Timeout", "true")])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_forwarding_proxys_own_answer_names_the_proxy_not_the_key(make_proxy: Any, refusing: Any, caplog: Any,
+                                                                   status: str, retry: str, stream: bool) -> None:
+    # An http:// upstream: the proxy forwards the request itself, and its refusal ("403 Blocked by
+    # policy" in HTML) passed for the upstream's, blaming the API key.
+    outbound = refusing(status, b"<html>\n<body>Blocked by  policy</body></html>")
+    server = make_proxy(upstream=NAMED_UPSTREAM["http"], proxy=f"http://bob:{PASSWORD}@127.0.0.1:{outbound.port}",
+                        retries=1)
+    with caplog.at_level("WARNING", logger="claudeproxy"):
+        resp = send(server, stream)
+    assert resp.status == 502, resp
+    error = error_of(resp)
+    assert error["type"] == "api_error"
+    assert error["message"] == (f"the outbound proxy at 127.0.0.1:{outbound.port} may have answered for the upstream "
+                                f"at api.example.test ({status}: <html> <body>Blocked by policy</body></html>), not "
+                                "the upstream's API: " + ("its policy may not allow api.example.test"
+                                                          if retry == "false" else
+                                                          "it may not have reached api.example.test"))
+    assert resp.headers.get("x-should-retry") == retry
+    assert len(outbound.seen()) == (1 if retry == "false" else 2)  # a policy refuses again: not retried
+    assert PASSWORD not in resp.body.decode() and "bob" not in error["message"]
+    assert not [r for r in caplog.records if "key" in r.getMessage()]  # the key is not blamed
+
+
+def test_an_api_error_through_a_forwarding_proxy_is_the_upstreams(make_proxy: Any, clean_env: Any) -> None:
+    # JSON is the API's own answer, passed on as before: a refused key is the key.
+    outbound = FakeUpstream()
+    try:
+        outbound.default = json_reply({"error": {"message": "Invalid API key", "type": "invalid_request_error"}},
+                                      status=403)
+        server = make_proxy(upstream=NAMED_UPSTREAM["http"], proxy=f"http://127.0.0.1:{outbound.port}")
+        resp = send(server)
+        assert resp.status == 403 and error_of(resp)["type"] == "permission_error", resp
+        assert error_of(resp)["message"] == ("upstream 403: Invalid API key (the key claudeproxy sends to provider "
+                                             "'upstream')")
+    finally:
+        outbound.close()
+
+
+def test_a_page_from_an_upstream_reached_directly_is_still_the_upstreams(make_proxy: Any, clean_env: Any,
+                                                                         fake_upstream: FakeUpstream) -> None:
+    fake_upstream.push(Reply(403, (("Content-Type", "text/html"),), [b"<html>Forbidden</html>"]))
+    resp = send(make_proxy())
+    assert resp.status == 403 and error_of(resp)["message"].startswith("upstream 403: <html>Forbidden</html>"), resp
+
+
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_a_proxy_that_is_down_is_named_not_the_upstream(make_proxy: Any, refused_port: int, scheme: str) -> None:
     server = make_proxy(upstream=NAMED_UPSTREAM[scheme], proxy=f"http://bob:{PASSWORD}@127.0.0.1:{refused_port}")
@@ -403,8 +461,11 @@ def test_a_proxy_that_is_down_is_named_not_the_upstream(make_proxy: Any, refused
     assert resp.status == 502, resp
     message = error_of(resp)["message"]
     assert message.startswith(f"could not reach the outbound proxy at 127.0.0.1:{refused_port} ("), message
+    assert message.endswith(f": nothing accepts connections for http://127.0.0.1:{refused_port} (is the proxy "
+                            "running?)"), message
     assert "api.example.test" not in message and PASSWORD not in message and "bob" not in message
-    assert resp.headers.get("x-should-retry") == "true"
+    # Nothing listens: as for an upstream that is down, the client is told not to retry for minutes.
+    assert resp.headers.get("x-should-retry") == "false"
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
@@ -671,7 +732,7 @@ def test_the_proxy_password_is_masked_wherever_it_came_from(make_proxy: Any, cle
         clean_env.setenv("HTTP_PROXY", url)
         server = make_proxy(upstream=NAMED_UPSTREAM["http"], use_env_proxy=True)
     resp = send(server)
-    assert len(outbound.seen()) == 1 and resp.status == 403, resp  # the refusal came, through the proxy
+    assert len(outbound.seen()) == 1 and resp.status == 502, resp  # the proxy's refusal came, said as its own
     assert PASSWORD not in resp.body.decode() and "bob / ***" in resp.body.decode(), resp
 
 

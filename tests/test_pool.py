@@ -392,3 +392,30 @@ def test_a_slow_end_of_body_does_not_hold_the_streams_end(keep_alive: FakeUpstre
         time.sleep(0.01)
     assert _messages(server).status == 200
     assert keep_alive.connections == 1  # the late terminator was still read: the connection was reused
+
+
+def test_a_client_that_closes_right_after_the_stream_leaves_the_connection_reusable(keep_alive: FakeUpstream,
+                                                                                   start: Any,
+                                                                                   monkeypatch: Any) -> None:
+    """A one-shot client closes as soon as it has message_stop, while the upstream's terminating
+    chunk is still on its way: the watchdog saw the client gone and aborted the call, cutting the
+    drain, and every stream cost a new connection (through a proxy, a CONNECT and a TLS handshake)."""
+    from claudeproxy import upstream as upstream_module
+
+    monkeypatch.setattr(upstream_module, "DRAIN_SECONDS", 3.0)  # room for several watchdog ticks
+    gate = Gate()
+    keep_alive.push(sse_reply(chunk({"role": "assistant", "content": "hi"}), chunk({}, "stop"),
+                              {"id": "c", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}},
+                              "data: [DONE]\n\n", gate, done=False))
+    keep_alive.push(json_reply(completion("again")))
+    server = start(keep_alive.url)
+    with StreamClient(server.url, minimal_request(stream=True), headers={"x-api-key": "x"}, timeout=8) as client:
+        client.read_until("message_stop", timeout=4)
+        assert gate.reached.wait(5)
+    time.sleep(0.5)  # the client is gone, and the watchdog (every 0.1 s) has seen it
+    gate.release()
+    deadline = time.monotonic() + 5
+    while server.server.proxy.upstream.pool.idle_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _messages(server).status == 200
+    assert keep_alive.connections == 1  # the terminator was read after the client left: reused

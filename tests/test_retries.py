@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import email.utils
 import os
+import socket
 import sys
 import time
+import urllib.error
+import urllib.request
 from typing import Any, Iterator, List, Tuple
 
 import pytest
@@ -230,12 +233,59 @@ def test_backoff_without_retry_after_is_jittered_and_short(make_proxy: Any, fake
     assert 0.2 <= time.monotonic() - started < 1.5  # the first backoff is 0.5 s, jittered into [0.25, 0.5]
 
 
-def test_connect_failures_are_retried(make_proxy: Any, refused_port: int) -> None:
-    server = make_proxy(upstream=f"http://127.0.0.1:{refused_port}/v1", retries=1, connect_timeout=0.5)
+@pytest.mark.parametrize("stream", [False, True])
+def test_connect_failures_are_retried_by_the_proxy_and_not_by_the_client(make_proxy: Any, refused_port: int,
+                                                                         stream: bool) -> None:
+    # A refused connection: the proxy's own --retries run (a restarting server may be back), then the
+    # client is told not to retry. With "true", Claude Code retried for minutes and claude -p hung.
+    records: List[Any] = []
+    server = make_proxy(upstream=f"http://127.0.0.1:{refused_port}/v1", retries=1, connect_timeout=0.5,
+                        metrics_sink=records.append)
     started = time.monotonic()
-    resp = ask(server)
-    assert resp.status == 502 and resp.headers.get("x-should-retry") == "true"
+    resp = ask(server, stream=stream)
+    assert resp.status == 502 and resp.headers.get("x-should-retry") == "false"
     assert time.monotonic() - started >= 0.2  # it did wait before the second try
+    assert record_for(records, resp.headers["request-id"]).attempts == 2
+    message = resp.json["error"]["message"]
+    assert message.startswith(f"could not reach the upstream at 127.0.0.1:{refused_port} (ConnectionRefusedError")
+    assert message.endswith(f"nothing accepts connections for http://127.0.0.1:{refused_port}/v1/chat/completions "
+                            "(is the server running?)"), message
+
+
+def test_an_upstream_that_is_down_gives_way_to_the_fallback_at_once(refused_port: int,
+                                                                    second_fake: FakeUpstream) -> None:
+    providers = (Provider("primary", f"http://127.0.0.1:{refused_port}/v1"), Provider("backup", second_fake.url))
+    routes = (Route("*", RouteTarget("primary", "model-a"), fallbacks=(RouteTarget("backup", "model-b"),)),)
+    server = claudeproxy.start(providers=providers, routes=routes, retries=0)
+    try:
+        second_fake.push(json_reply(completion("from backup")))
+        resp = ask(server)
+        assert resp.status == 200 and resp.json["content"] == [{"type": "text", "text": "from backup"}]
+    finally:
+        server.shutdown(grace=1.0)
+
+
+@pytest.mark.parametrize("reason, unreachable", [
+    (ConnectionRefusedError(111, "Connection refused"), True),
+    (socket.gaierror(-2, "Name or service not known"), True),
+    (socket.gaierror(-3, "Temporary failure in name resolution"), True),
+    # A retry may get past these: the client keeps its own retries.
+    (ConnectionResetError(104, "Connection reset by peer"), False),
+    (socket.timeout("timed out"), False),
+    (OSError(101, "Network is unreachable"), False),
+])
+def test_only_a_connection_nothing_took_is_not_retried_by_the_client(reason: BaseException, unreachable: bool) -> None:
+    from claudeproxy.errors import UpstreamUnreachable, says_no_retry
+    from claudeproxy.upstream import UpstreamCall, _transport_error
+
+    req = urllib.request.Request("http://llm.example.invalid:8000/v1/chat/completions?key=sk-secret-in-url-0000")
+    exc = _transport_error(urllib.error.URLError(reason), UpstreamCall(), req, ("sk-secret-in-url-0000",), [])
+    assert isinstance(exc, UpstreamUnreachable) is unreachable, exc
+    assert dict(exc.headers)["x-should-retry"] == ("false" if unreachable else "true")  # type: ignore[attr-defined]
+    assert not says_no_retry(exc)  # type: ignore[arg-type]  # the proxy's own retries still run
+    assert "sk-secret-in-url" not in str(exc)
+    if isinstance(reason, socket.gaierror):
+        assert "the host name of http://llm.example.invalid:8000/v1/chat/completions" in str(exc), exc
 
 
 def test_no_retry_once_the_stream_began(make_proxy: Any, fake_upstream: FakeUpstream) -> None:

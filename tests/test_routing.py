@@ -9,7 +9,7 @@ import pytest
 
 from claudeproxy.config import Config, Provider, Route, RouteTarget
 from claudeproxy.model_facts import ModelFacts
-from claudeproxy.routing import build_router, claude_family, covers, route_matches
+from claudeproxy.routing import build_router, claude_family, covers, route_matches, unmatched_route
 
 OPENAI = Provider("openai", "https://api.openai.com/v1")
 LOCAL = Provider("local", "http://localhost:11434/v1")
@@ -52,6 +52,11 @@ def test_claude_family_of_every_generation(name: str, family: Optional[str]) -> 
     ("opus", "claude-sonnet-4-5", False), ("claude-haiku*", "claude-haiku-4-5", True),
     ("claude-haiku*", "claude-3-5-haiku-latest", False), ("gpt-4o", "gpt-4o", True), ("gpt-4o", "gpt-4o-mini", False),
     ("gpt-?o", "gpt-4o", True), ("[ab]-model", "a-model", True),
+    # A family in any case, as the product is spelt ("Opus"): no model is named so.
+    ("Opus", "claude-opus-4-1", True), ("SONNET", "claude-3-7-sonnet-20250219", True), ("Haiku", "haiku", True),
+    ("Opus", "claude-sonnet-4-5", False),
+    # Exact names and globs stay as written: an upstream's own name may differ by case alone.
+    ("GPT-4o", "gpt-4o", False), ("Claude-Opus-*", "claude-opus-4-1", False),
 ])
 def test_route_patterns(pattern: str, name: str, hit: bool) -> None:
     assert route_matches(pattern, name) is hit
@@ -62,6 +67,7 @@ def test_route_patterns(pattern: str, name: str, hit: bool) -> None:
     ("claude-*", "claude-opus-*", True), ("claude-*", "claude-opus-4-1", True), ("claude-*", "opus", False),
     ("claude-opus-*", "claude-*", False), ("opus", "sonnet", False), ("gpt-4o", "gpt-4o-mini", False),
     ("gpt-?o", "gpt-4o", True), ("haiku", "claude-3-5-haiku-latest", True),
+    ("opus", "Opus", True), ("Sonnet", "claude-sonnet-4-5", True), ("gpt-4o", "GPT-4o", False),
 ])
 def test_unreachable_routes_are_recognised(earlier: str, later: str, shadowed: bool) -> None:
     assert covers(earlier, later) is shadowed
@@ -121,6 +127,63 @@ def test_config_routes_first_match_wins_with_fallbacks() -> None:
     assert where(config, "claude-opus-4-1") == ("openai", "o3-pro")
     assert where(config, "claude-3-5-haiku-latest") == ("local", "qwen3:8b")
     assert where(config, "claude-sonnet-4-5") == ("openai", "gpt-4.1")
+
+
+@pytest.mark.parametrize("routes", [
+    (Route("Opus", RouteTarget("openai", "o3")), Route("*", RouteTarget("local", "qwen3:8b"))),
+    (Route("opus", RouteTarget("openai", "o3")), Route("*", RouteTarget("local", "qwen3:8b"))),
+])
+def test_a_capitalised_family_route_serves_that_family(routes: Tuple[Route, ...]) -> None:
+    config = Config(providers=(OPENAI, LOCAL), routes=routes)
+    assert where(config, "claude-opus-4-1") == ("openai", "o3")
+    assert where(config, "claude-sonnet-4-5") == ("local", "qwen3:8b")
+    # /v1/models lists the family as Claude Code names it, not a model called "Opus".
+    assert [name for name, _ in build_router(config).served()][:1] == ["opus"]
+
+
+def test_a_capitalised_family_in_model_map_serves_that_family() -> None:
+    config = Config(upstream=OPENAI.url, model="gpt-4.1", model_map=(("Sonnet", "big"),))
+    assert where(config, "claude-sonnet-4-5-20250929") == ("upstream", "big")
+    assert where(config, "claude-opus-4-1") == ("upstream", "gpt-4.1")
+
+
+def test_a_family_flag_replaces_the_files_route_of_that_family_in_any_case() -> None:
+    config = Config(providers=(OPENAI,), routes=(Route("Sonnet", RouteTarget("openai", "file")),
+                                                 Route("*", RouteTarget("openai", "rest"))),
+                    model_map=(("sonnet", "flag"),))
+    assert where(config, "claude-sonnet-4-5") == ("openai", "flag")
+    assert [r.match for r in build_router(config).routes] == ["sonnet", "*"]
+
+
+@pytest.mark.parametrize("pattern, warned, hint", [
+    # Meant for Claude Code, and no name it sends can match: said at start, with a mended spelling.
+    ("claude-sonet*", True, "did you mean 'claude-sonnet*'?"),
+    ("claud-opus-*", True, "did you mean 'claude-opus-*'?"),
+    ("Claude-Opus-4-1", True, "did you mean 'claude-opus-4-1'?"),
+    ("sonet", True, "did you mean 'sonnet'?"),
+    ("sonnet-4.5", True, "a family name (opus, sonnet, haiku)"),
+    ("claude-instant-1", True, "a family name"),
+    # Reachable: a family in any case, names and globs Claude Code's names can match, other generations.
+    ("Opus", False, ""), ("haiku", False, ""), ("*", False, ""), ("claude-*", False, ""), ("*sonnet*", False, ""),
+    ("claude-sonnet*", False, ""), ("claude-3-7-sonnet*", False, ""), ("claude-sonnet-4-20250514", False, ""),
+    ("anthropic.claude-3-5-sonnet-20240620-v1:0", False, ""), ("claude-opus-4-1", False, ""),
+    # Not about Claude at all: another client's names (o3, llama) are not second-guessed.
+    ("gpt-4o", False, ""), ("GPT-4o", False, ""), ("deepseek-*", False, ""), ("sonar", False, ""),
+    ("llama3.1:8b", False, ""), ("o3", False, ""),
+])
+def test_a_route_no_claude_code_name_can_reach_is_told(pattern: str, warned: bool, hint: str) -> None:
+    why = unmatched_route(pattern)
+    assert bool(why) == warned, why
+    if warned:
+        assert why is not None and why.startswith(f"pattern {pattern!r} matches none of the model names Claude Code")
+        assert hint in why, why
+
+
+def test_a_route_written_twice_in_two_cases_can_never_match() -> None:
+    config = Config(providers=(OPENAI,), routes=(Route("opus", RouteTarget("openai", "a")),
+                                                 Route("OPUS", RouteTarget("openai", "b"))))
+    with pytest.raises(ValueError, match="pattern 'OPUS' can never match"):
+        build_router(config)
 
 
 def test_no_match_and_no_default_resolves_to_none() -> None:

@@ -34,7 +34,7 @@ PACKAGE = os.path.join(ROOT, "claudeproxy")
 # added here on purpose, after checking it exists on Python 3.8.
 STDLIB_ALLOWLIST = {
     "__future__", "argparse", "ast", "base64", "binascii", "calendar", "collections", "contextlib", "copy", "dataclasses",
-    "datetime", "email", "enum", "errno", "fnmatch", "functools", "hashlib", "hmac", "html", "http", "io", "ipaddress",
+    "datetime", "difflib", "email", "enum", "errno", "fnmatch", "functools", "hashlib", "hmac", "html", "http", "io", "ipaddress",
     "itertools", "json", "logging", "marshal", "math", "os", "platform", "queue", "random", "re", "secrets", "select",
     "selectors", "shlex", "shutil", "signal", "socket", "ssl", "stat", "statistics", "string", "struct", "subprocess",
     "sys", "tempfile", "textwrap", "threading", "time", "types", "typing", "unicodedata", "urllib", "uuid", "warnings",
