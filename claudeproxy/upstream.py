@@ -1141,13 +1141,18 @@ def _transport_error(exc: BaseException, call: UpstreamCall, req: urllib.request
     return UpstreamUnavailable(f"{said}{hint}", headers=(_RETRY,))
 
 
+# getaddrinfo's answers that the name does not exist. Not EAI_AGAIN ("Temporary failure in name
+# resolution"), what a laptop between two networks gets: the client's own retries ride that out.
+_NO_SUCH_NAME = frozenset(getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name))
+
+
 def _nobody_there(reason: BaseException, url: str, what: str = "server") -> Optional[str]:
     """What to check when no connection could be made at all (UpstreamUnreachable); None for a
     failure a retry may get past (a timeout, a reset, a network that is down for a moment)."""
     if isinstance(reason, ConnectionRefusedError):
         return f"nothing accepts connections for {url} (is the {what} running?)"
-    if isinstance(reason, socket.gaierror):
-        return f"the host name of {url} does not resolve (a typo in the URL, or no network?)"
+    if isinstance(reason, socket.gaierror) and reason.errno in _NO_SUCH_NAME:
+        return f"the host name of {url} does not resolve (a typo in the URL?)"
     return None
 
 
