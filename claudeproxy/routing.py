@@ -17,7 +17,6 @@ provider named ``upstream`` and routes to it (``_shorthand``).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fnmatch
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -133,6 +132,8 @@ def unmatched_route(pattern: str) -> Optional[str]:
 
 def _mended(pattern: str) -> str:
     """``pattern`` with each segment that comes close to a family word or ``claude`` spelt as that word."""
+    import difflib  # here: only a start-up warning reads it, and every server would hold it
+
     def mend(segment: "re.Match[str]") -> str:
         word = segment.group(0)
         close = difflib.get_close_matches(word, (*FAMILIES, "claude"), n=1, cutoff=0.75)
