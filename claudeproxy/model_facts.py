@@ -258,7 +258,8 @@ _GROQ: Tuple[Tuple[str, ModelFacts], ...] = (
     ("kimi-k2-instruct-0905", _F(262_144, 16_384)),
 )
 
-# --- Anthropic Claude (passthrough, api "messages", and any host serving these names). Source:
+# --- Anthropic Claude (passthrough to Anthropic's own API: routing drops these prices for any other
+# host, which serves models of its own under these names). Source:
 # platform.claude.com/docs/en/about-claude/pricing, "Model pricing" (stored copies of the table from
 # Opus 5 down to Opus 4.1, and of the one from Opus 4.6 down to Haiku 3), and its docs.anthropic.com
 # copy for Sonnet 3.5. Per model: base input, output, cache hits (0.1x input), 5-minute cache writes
@@ -389,6 +390,16 @@ def builtin_facts(model: str) -> ModelFacts:
         # Matching rule 6: another host's name keeps the limits, not the vendor's prices.
         return ModelFacts(facts.context_window, facts.max_output)
     return facts
+
+
+def is_claude_name(model: str) -> bool:
+    """Is this one of Anthropic's model names (Claude Code's ``claude-sonnet-4-5``...)?"""
+    return isinstance(model, str) and model.strip().lower().startswith("claude")
+
+
+def without_prices(facts: ModelFacts) -> ModelFacts:
+    """``facts`` with its limits and no price: a host that bills its own rates."""
+    return dataclasses.replace(facts, **dict.fromkeys(_PRICE_KEYS))
 
 
 def _probe(base: str, tag_pieces: Sequence[str]) -> Optional[ModelFacts]:

@@ -39,8 +39,8 @@ from .config import (
     flag_name,
     named_once,
 )
-from .dialects import DIALECTS, Dialect, auth_style, detect_provider, dialect_for
-from .model_facts import MAX_TOKENS, ModelFacts, builtin_facts, facts_from_dict
+from .dialects import DIALECTS, Dialect, auth_style, detect_provider, dialect_for, is_anthropic_host
+from .model_facts import MAX_TOKENS, ModelFacts, builtin_facts, facts_from_dict, is_claude_name, without_prices
 
 FAMILIES = ("opus", "sonnet", "haiku")
 # Names Claude Code sends (CLAUDE-CODE.md), across generations: --print-config shows where each goes,
@@ -374,6 +374,11 @@ class Router:
 
     def _make_target(self, provider: Provider, model: str) -> Target:
         facts = builtin_facts(model)
+        if is_claude_name(model) and not is_anthropic_host(provider.url):
+            # Anthropic's list prices are for Anthropic's API. The other hosts that speak its
+            # Messages API (DeepSeek, Moonshot, Z.ai, MiniMax) take Claude Code's names for models
+            # of their own, at their own rates: priced as Claude, their calls looked 10-50x dearer.
+            facts = without_prices(facts)
         for pattern, override in provider.models:
             if fnmatch.fnmatchcase(model, pattern):
                 facts = facts.merged(override)

@@ -299,3 +299,22 @@ def test_start_refuses_bad_routes() -> None:
 
     with pytest.raises(ValueError, match="unknown provider"):
         claudeproxy.start(providers=(OPENAI,), routes=(Route("*", RouteTarget("missing")),))
+
+
+@pytest.mark.parametrize("url, priced", [
+    ("https://api.anthropic.com", True),
+    ("https://api.deepseek.com/anthropic", False),   # serves deepseek-v4 under Claude Code's names
+    ("https://api.moonshot.ai/anthropic", False),
+    ("http://127.0.0.1:8080", False),
+])
+def test_claude_list_prices_only_on_anthropics_own_api(url: str, priced: bool) -> None:
+    """Sonnet 4.5 at $3/$15 where Anthropic bills it; elsewhere the host's own rates, which the
+    table does not know: no price (a config price for the provider still applies)."""
+    provider = Provider("up", url, api="messages")
+    config = Config(providers=(provider,), routes=(Route("*", RouteTarget("up")),))
+    facts = build_router(config).resolve("claude-sonnet-4-5-20250929").target.facts  # type: ignore[union-attr]
+    assert (facts.input_price, facts.output_price, facts.cache_write_1h_price) == \
+        ((3.0, 15.0, 6.0) if priced else (None, None, None))
+    overridden = Provider("up", url, api="messages", models=(("claude-*", ModelFacts(input_price=0.5)),))
+    config = Config(providers=(overridden,), routes=(Route("*", RouteTarget("up")),))
+    assert build_router(config).resolve("claude-sonnet-4-5").target.facts.input_price == 0.5  # type: ignore[union-attr]

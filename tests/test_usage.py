@@ -1118,9 +1118,11 @@ def test_a_forwarded_answer_prices_its_one_hour_cache_writes(fake: FakeUpstream,
         server.shutdown(grace=1.0)
 
 
-def test_a_claude_model_through_passthrough_has_its_list_price(fake: FakeUpstream) -> None:
-    """--passthrough to a Claude model: the built-in table prices it (Sonnet 4.5: $3 in, $15 out,
-    $0.30 cache read, $3.75 5-minute and $6 1-hour writes), where it showed tokens and no cost."""
+def test_a_claude_name_on_a_host_not_anthropics_has_no_list_price(fake: FakeUpstream) -> None:
+    """--passthrough to a host that is not Anthropic's (here a fake on the loopback; in the world
+    DeepSeek's, Moonshot's, Z.ai's Anthropic endpoints, which serve their own models under Claude
+    Code's names): Anthropic's list prices are not its rates, so tokens and no cost, not a Sonnet bill.
+    (routing tests check that api.anthropic.com does get the list price.)"""
     records: List[CallRecord] = []
     server = claudeproxy.start(upstream=fake.url, passthrough=True, token=KEY, metrics_sink=records.append)
     try:
@@ -1130,9 +1132,10 @@ def test_a_claude_model_through_passthrough_has_its_list_price(fake: FakeUpstrea
         resp = request(server.url, "POST", "/v1/messages", minimal_request(model="claude-sonnet-4-5-20250929"))
         assert resp.status == 200, resp
         rec = record_for(records, resp.headers["request-id"])
-        assert rec.cost_usd == pytest.approx((100 * 3 + 30 * 15 + 1000 * 0.3 + 200 * 3.75 + 300 * 6) / 1e6)
+        assert (rec.input_tokens, rec.output_tokens) == (100, 30)
+        assert rec.cost_usd is None
     finally:
-        server.shutdown(grace=1.0)
+        server.shutdown()
 
 
 # --- An upstream's own bill (OpenRouter's usage.cost) -------------------------------------------
