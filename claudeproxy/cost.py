@@ -82,10 +82,22 @@ MAX_BILLED_COST = 1_000_000.0  # USD for one call: above it a reported cost is n
 def billed_cost(usage: Any, field: Optional[str]) -> Optional[float]:
     """What the upstream says it billed for the call (the number in ``usage[field]``), or None: no
     such field (``field`` None: the upstream reports none), or not a finite, non-negative number of
-    USD (a string, a bool, NaN, a negative or absurd amount is no bill)."""
+    USD (a string, a bool, NaN, a negative or absurd amount is no bill).
+
+    With the user's own provider key (OpenRouter's BYOK, ``usage.is_byok``) that number is only the
+    router's fee, often 0: the provider billed ``cost_details.upstream_inference_cost`` on top, which
+    is added; without it the whole is not known (None: the tokens are priced instead)."""
     if field is None or not isinstance(usage, dict):
         return None
-    value = usage.get(field)
+    value = _usd(usage.get(field))
+    if value is None or usage.get("is_byok") is not True:
+        return value
+    details = usage.get("cost_details")
+    upstream = _usd(details.get("upstream_inference_cost")) if isinstance(details, dict) else None
+    return None if upstream is None else value + upstream
+
+
+def _usd(value: Any) -> Optional[float]:
     if type(value) not in (int, float) or not math.isfinite(value) or not 0 <= value <= MAX_BILLED_COST:
         return None
     return float(value)

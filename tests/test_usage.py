@@ -1150,6 +1150,21 @@ def test_billed_cost_takes_only_a_finite_non_negative_number() -> None:
     assert billed_cost(None, "cost") is None
 
 
+def test_a_byok_bill_adds_what_the_provider_charged() -> None:
+    """OpenRouter with the user's own provider key: usage.cost is only OpenRouter's fee (0 within
+    its free allowance); the provider's charge is cost_details.upstream_inference_cost, billed too."""
+    from claudeproxy.cost import billed_cost
+    byok = {"cost": 0.0, "is_byok": True, "cost_details": {"upstream_inference_cost": 0.33}}
+    assert billed_cost(byok, "cost") == pytest.approx(0.33)
+    assert billed_cost({**byok, "cost": 0.0165}, "cost") == pytest.approx(0.3465)
+    # The provider's part not given (or not a number): the whole bill is not known.
+    assert billed_cost({"cost": 0.0, "is_byok": True}, "cost") is None
+    assert billed_cost({**byok, "cost_details": {"upstream_inference_cost": "0.33"}}, "cost") is None
+    # Not BYOK: the field equals cost and is not added twice.
+    assert billed_cost({"cost": 0.33, "is_byok": False, "cost_details": {"upstream_inference_cost": 0.33}},
+                       "cost") == pytest.approx(0.33)
+
+
 def _or_usage(cost: Any) -> Dict[str, Any]:
     return {**usage(1000, 50, cached=200), "cost": cost, "cost_details": {"upstream_inference_cost": None}}
 
