@@ -257,6 +257,19 @@ def test_a_running_usage_ends_at_done_or_the_body_end_when_no_final_chunk_comes(
         assert got[1]["usage"]["output_tokens"] == 2
 
 
+def test_a_running_usage_and_a_finish_chunk_without_one_wait_for_the_final_usage_chunk() -> None:
+    """Running usages on the content chunks and none on the finish chunk: the last running count
+    (no cached tokens, the output one chunk short) is not the final one either."""
+    pb = Playbook()
+    pb.feed(chunk({"content": "hi"}, usage={"prompt_tokens": 1000, "completion_tokens": 2}))
+    assert pb.feed(chunk(finish="stop")) == [] and not pb.complete
+    got = pb.feed({"choices": [], "usage": {"prompt_tokens": 1000, "completion_tokens": 3,
+                                            "prompt_tokens_details": {"cached_tokens": 800}}})
+    assert pb.complete
+    assert {k: got[1]["usage"][k] for k in ("input_tokens", "cache_read_input_tokens", "output_tokens")} == \
+        {"input_tokens": 200, "cache_read_input_tokens": 800, "output_tokens": 3}
+
+
 def test_the_only_usage_on_the_finish_chunk_ends_the_stream_at_once() -> None:
     """Mistral, Moonshot: the finish chunk carries the stream's one usage. Nothing more is awaited
     (PROTOCOL.md case 57: such a server may never send [DONE] nor close)."""
@@ -306,6 +319,9 @@ def test_usage_inside_the_final_choice_is_the_upstreams_moonshot() -> None:
     pb.feed({"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None,
                           "usage": {"prompt_tokens": 900, "completion_tokens": 7}}]})
     pb.feed(chunk(finish="stop"))
+    # A usage on a content chunk makes it a running count: the stream ends at [DONE], with it.
+    assert not pb.complete
+    pb.done()
     assert pb.complete and final_message(pb.events)["usage"]["output_tokens"] == 7
 
 

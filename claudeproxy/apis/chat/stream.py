@@ -306,11 +306,13 @@ class StreamTranslator:
         choice = chunk.choice
         if chunk.usage is not None:
             self.usage = chunk.usage
-            # After the finish, or alone (the include_usage chunk: choices []), a usage is the final one.
-            on_finish = choice is not None and choice.finish_reason is not None and self.finish_reason is None
-            self.usage_running = on_finish and self.usage_on_content
-            if choice is not None and choice.finish_reason is None and self.finish_reason is None:
+            in_answer = choice is not None and self.finish_reason is None
+            if in_answer and choice.finish_reason is None:  # type: ignore[union-attr]
                 self.usage_on_content = True
+            # Once a chunk before the finish carried a usage, a usage in the answer's chunks (the finish
+            # one too) is a running count, and it stays so while the finish chunk brings none; after
+            # the finish, or alone (the include_usage chunk: choices []), a usage is the final one.
+            self.usage_running = in_answer and self.usage_on_content
         if choice is None:
             return []
         if choice.finish_reason == "error":
