@@ -116,18 +116,27 @@ def unmatched_route(pattern: str) -> Optional[str]:
     are left out (``claude-3-7-sonnet*``, a dated ``claude-sonnet-4-20250514``). Anything else
     (``gpt-4o``, ``deepseek-*``) is left alone: another client of the proxy may send it.
     """
-    if pattern_kind(pattern) in ("all", "family") or any(route_matches(pattern, n) for n in SAMPLE_MODELS):
+    if pattern_kind(pattern) in ("all", "family") or _reaches_a_sample(pattern):
         return None
     mended = _mended(pattern.lower())
-    if "claude" not in mended and not _FAMILY_RE.search(mended):
+    if "claude" not in mended and not _FAMILY_RE.search(mended.replace("*", "-").replace("?", "-")):
         return None  # not about Claude models
     literal = re.sub(r"\[[^\]]*\]|[*?]", "", pattern)
-    if mended == pattern and claude_family(literal) is not None:
-        return None
-    hint = (f"did you mean {mended!r}?" if mended != pattern else
-            f"a family name ({', '.join(FAMILIES)}) matches every generation of it")
+    if mended == pattern and "claude" in literal and claude_family(literal) is not None:
+        return None  # a name of a generation the samples do not have (claude-3-7-sonnet*, a dated id)
+    family = _FAMILY_RE.search(mended.replace("*", "-").replace("?", "-"))
+    if _reaches_a_sample(mended) and mended != pattern:
+        hint = f"did you mean {mended!r}?"
+    elif family:  # "sonnet*", "Opus*": Claude Code's names begin with "claude-"
+        hint = f"did you mean {family.group(1)!r}? (a family name matches every generation of it)"
+    else:
+        hint = f"a family name ({', '.join(FAMILIES)}) matches every generation of it"
     return (f"pattern {pattern!r} matches none of the model names Claude Code sends (lower case, like "
             f"{SAMPLE_MODELS[1]}): {hint}")
+
+
+def _reaches_a_sample(pattern: str) -> bool:
+    return any(route_matches(pattern, name) for name in SAMPLE_MODELS)
 
 
 def _mended(pattern: str) -> str:

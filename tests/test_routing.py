@@ -153,6 +153,12 @@ def test_a_family_flag_replaces_the_files_route_of_that_family_in_any_case() -> 
                     model_map=(("sonnet", "flag"),))
     assert where(config, "claude-sonnet-4-5") == ("openai", "flag")
     assert [r.match for r in build_router(config).routes] == ["sonnet", "*"]
+    # And the other way round: --model-map Opus=flag over the file's "opus" route.
+    config = Config(providers=(OPENAI,), routes=(Route("opus", RouteTarget("openai", "file")),
+                                                 Route("*", RouteTarget("openai", "rest"))),
+                    model_map=(("Opus", "flag"),))
+    assert where(config, "claude-opus-4-1") == ("openai", "flag")
+    assert [r.match for r in build_router(config).routes] == ["Opus", "*"]
 
 
 @pytest.mark.parametrize("pattern, warned, hint", [
@@ -161,7 +167,10 @@ def test_a_family_flag_replaces_the_files_route_of_that_family_in_any_case() -> 
     ("claud-opus-*", True, "did you mean 'claude-opus-*'?"),
     ("Claude-Opus-4-1", True, "did you mean 'claude-opus-4-1'?"),
     ("sonet", True, "did you mean 'sonnet'?"),
-    ("sonnet-4.5", True, "a family name (opus, sonnet, haiku)"),
+    ("sonnet-4.5", True, "did you mean 'sonnet'? (a family name matches every generation of it)"),
+    # A glob in the wrong case, or without Claude Code's "claude-": the family, or the mended glob.
+    ("Opus*", True, "did you mean 'opus'?"), ("OPUS*", True, "did you mean 'opus'?"),
+    ("sonnet*", True, "did you mean 'sonnet'?"), ("*Sonnet*", True, "did you mean '*sonnet*'?"),
     ("claude-instant-1", True, "a family name"),
     # Reachable: a family in any case, names and globs Claude Code's names can match, other generations.
     ("Opus", False, ""), ("haiku", False, ""), ("*", False, ""), ("claude-*", False, ""), ("*sonnet*", False, ""),
