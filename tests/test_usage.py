@@ -1055,6 +1055,31 @@ def test_a_running_usage_on_the_finish_chunk_then_silence_ends_at_the_finish_gra
         server.shutdown(grace=1.0)
 
 
+def test_a_usage_on_every_chunk_ends_at_the_finish_where_no_usage_chunk_was_asked_for(fake: FakeUpstream) -> None:
+    """Mistral gets no stream_options (it refuses them) and so sends no usage-only chunk: its usage on
+    the finish chunk is the last there is, even after usages on earlier chunks, and a server that
+    then holds the connection (PROTOCOL.md case 57) must not cost the client the finish grace."""
+    records: List[CallRecord] = []
+    server = claudeproxy.start(providers=(Provider("m", fake.url, token=KEY, dialect="mistral"),),
+                               routes=(Route("*", RouteTarget("m", "mistral-large-latest")),),
+                               metrics_sink=records.append, finish_grace=2.0)
+    try:
+        fake.push(sse_reply(chunk({"role": "assistant", "content": "hi"}, usage=usage(1000, 1)),
+                            chunk({}, "stop", usage={"prompt_tokens": 1000, "completion_tokens": 150}),
+                            Fault("hang"), done=False))
+        with StreamClient(server.url, minimal_request(stream=True)) as client:
+            client.read_until("content_block_delta", timeout=5)
+            begun = time.monotonic()
+            events = client.read_all(timeout=5)
+            took = time.monotonic() - begun
+        assert b"stream_options" not in fake.requests[-1].body
+        assert [e["type"] for e in events][-2:] == ["message_delta", "message_stop"]
+        assert events[-2]["usage"]["output_tokens"] == 150
+        assert took < 1.0, f"waited {took:.2f} s for a usage chunk nobody asked for (grace 2 s)"
+    finally:
+        server.shutdown(grace=1.0)
+
+
 # --- Anthropic's 1-hour cache writes ------------------------------------------------------------
 
 def test_one_hour_cache_writes_cost_twice_the_input_price() -> None:

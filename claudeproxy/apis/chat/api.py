@@ -136,7 +136,8 @@ class ChatApi:
         # The context keeps the tool names only: the request's dataclasses (~25 KiB for a Claude
         # Code turn) would otherwise stay alive for as long as the upstream takes to answer.
         return Exchange(chat_url(target.provider.url, target.model, azure), body, headers, chat.stream,
-                        chat.max_tokens, translation.warnings, (translation.tool_names, target, local))
+                        chat.max_tokens, translation.warnings,
+                        (translation.tool_names, target, local, "stream_options" in payload))
 
     def recover(self, exc: ProxyError, req: ClientRequest, target: Target, ex: Exchange,
                 cap: Optional[int]) -> Optional[Exchange]:
@@ -186,7 +187,7 @@ class ChatApi:
             message_id=message_id, model=req.model, input_tokens=input_tokens, new_id=new_id,
             tool_names=tool_names, stop_sequences=parsed.stop_sequences,
             dialect_name=dialect.name, think_tags=dialect.think_tags, secrets=secrets,
-            thinking=wants_thinking(parsed),
+            thinking=wants_thinking(parsed), usage_chunk_asked=ex.context[3],
         )
         if local:  # only then a fold that matches stop strings: nothing added per chunk otherwise
             return LocalStopFold(LocalStopTranslator(local_stops=local, **kwargs), dialect.billed_cost_field)
@@ -200,6 +201,6 @@ class ChatApi:
 
 def _context(ex: Exchange) -> Tuple[Dict[str, str], Dialect, Tuple[str, ...]]:
     """Tool names, dialect and the stop strings the proxy matches itself (``prepare``)."""
-    tool_names, target, local = ex.context
+    tool_names, target, local, _ = ex.context
     assert target.dialect is not None, "a chat target always has a dialect"
     return tool_names, target.dialect, local

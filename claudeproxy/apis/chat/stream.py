@@ -205,6 +205,7 @@ class StreamTranslator:
         think_tags: bool = False,
         secrets: Tuple[str, ...] = (),
         thinking: bool = True,
+        usage_chunk_asked: bool = True,
     ) -> None:
         self.message_id = message_id
         self.model = model
@@ -233,6 +234,10 @@ class StreamTranslator:
         # lack what the stream's last, usage-only chunk adds (the cached tokens), so it does not end
         # the stream by itself (``ready_to_finish``).
         self.usage_running = False
+        # The request asked for a usage-only chunk at the end (stream_options.include_usage). Only then
+        # is one worth waiting for: a server asked for none (Mistral) may hold the connection after its
+        # finish chunk, and its client would wait the whole finish grace (PROTOCOL.md case 57).
+        self.usage_chunk_asked = usage_chunk_asked
         self.out_chars = 0
         self.held_text = ""  # may be a stop sequence left in the text (2.4 rule 5b): finish strips it
         self.stop_match: Optional[str] = None
@@ -312,7 +317,7 @@ class StreamTranslator:
             # Once a chunk before the finish carried a usage, a usage in the answer's chunks (the finish
             # one too) is a running count, and it stays so while the finish chunk brings none; after
             # the finish, or alone (the include_usage chunk: choices []), a usage is the final one.
-            self.usage_running = in_answer and self.usage_on_content
+            self.usage_running = in_answer and self.usage_on_content and self.usage_chunk_asked
         if choice is None:
             return []
         if choice.finish_reason == "error":
