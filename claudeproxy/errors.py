@@ -189,7 +189,7 @@ def _error_message(text: str, obj: Any) -> str:
     return text[:500]
 
 
-def _retry_headers(headers: Any) -> Tuple[Tuple[str, str], ...]:
+def retry_headers(headers: Any) -> Tuple[Tuple[str, str], ...]:
     """The upstream's word on retrying, passed on: when (retry-after) and whether (an Anthropic-
     compatible upstream's x-should-retry, which the SDKs obey over the status)."""
     out = []
@@ -248,7 +248,7 @@ def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], he
         shown = status or 502
         exc = UpstreamHTTPError(
             f"upstream {shown}: {message}", status=shown, error_type=error_type_for_status(shown),
-            headers=_retry_headers(headers),
+            headers=retry_headers(headers),
         )
     # A refused key (401, 403) is refused again on every retry: Claude Code would retry ten times
     # over minutes and then ask for /login, which is not what is wrong.

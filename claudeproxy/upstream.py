@@ -55,6 +55,7 @@ from .errors import (
     UpstreamUnreachable,
     error_from_status,
     is_json_answer,
+    retry_headers,
 )
 from .http_head import MAX_RESPONSE_HEAD, HeadCutShort, read_headers
 from .redact import redact_headers, redact_text, redact_url
@@ -1017,7 +1018,7 @@ class Upstream:
             if exc.code == 407 and proxy is not None:
                 raise _proxy_auth_refused(proxy) from None
             if _maybe_the_proxys(exc.code, body_bytes, req):
-                raise _proxys_answer(exc.code, body_bytes, req, secrets) from None
+                raise _proxys_answer(exc.code, body_bytes, exc.headers, req, secrets) from None
             raise error_from_status(exc.code, body_bytes, exc.headers, secrets) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
             raise _transport_error(exc, call, req, secrets, self.unused_proxies) from None
@@ -1100,17 +1101,19 @@ def _maybe_the_proxys(status: int, body: bytes, req: urllib.request.Request) -> 
     return forwarded and status in _PROXY_STATUSES and not is_json_answer(body)
 
 
-def _proxys_answer(status: int, body: bytes, req: urllib.request.Request,
+def _proxys_answer(status: int, body: bytes, headers: Any, req: urllib.request.Request,
                    secrets: Tuple[str, ...]) -> UpstreamUnavailable:
     """A 502 naming the proxy (host:port, never its credentials) as the likely author. A 403 is its
-    policy, the same on every try (no retry, as its refusal of a tunnel); a 5xx is worth another."""
+    policy, the same on every try (no retry, as its refusal of a tunnel); a 5xx is worth another,
+    when its Retry-After says (whoever wrote the page, the wait it asks for is passed on)."""
     proxy, host = _proxy_of(req), urlsplit(req.full_url).netloc.rpartition("@")[2]
     text = " ".join(body.decode("utf-8", errors="replace").split())[:200]
     said = f"{status} {http.client.responses.get(status, '')}".strip() + (f": {text}" if text else "")
     why = (f"its policy may not allow {host}" if status == 403 else f"it may not have reached {host}")
     return UpstreamUnavailable(redact_text(f"the outbound proxy at {proxy} may have answered for the upstream at "
                                            f"{host} ({said}), not the upstream's API: {why}", secrets),
-                               headers=(NO_RETRY if status == 403 else _RETRY,))
+                               headers=(NO_RETRY,) if status == 403 else
+                               (_RETRY, *(h for h in retry_headers(headers) if h[0] != _RETRY[0])))
 
 
 def _transport_error(exc: BaseException, call: UpstreamCall, req: urllib.request.Request,

@@ -432,6 +432,17 @@ def test_a_forwarding_proxys_own_answer_names_the_proxy_not_the_key(make_proxy: 
     assert not [r for r in caplog.records if "key" in r.getMessage()]  # the key is not blamed
 
 
+def test_a_forwarding_proxys_own_5xx_keeps_its_retry_after(make_proxy: Any, refusing: Any) -> None:
+    # Whoever wrote the page, the wait it asks for reaches the client, as the upstream's own would.
+    outbound = refusing("503 Service Unavailable", b"busy")
+    outbound.answer = outbound.answer.replace(b"\r\n\r\n", b"\r\nRetry-After: 30\r\n\r\n", 1)
+    server = make_proxy(upstream=NAMED_UPSTREAM["http"], proxy=f"http://127.0.0.1:{outbound.port}")
+    resp = send(server)
+    assert resp.status == 502, resp
+    assert "may have answered for the upstream" in error_of(resp)["message"]
+    assert (resp.headers.get("retry-after"), resp.headers.get("x-should-retry")) == ("30", "true")
+
+
 def test_an_api_error_through_a_forwarding_proxy_is_the_upstreams(make_proxy: Any, clean_env: Any) -> None:
     # JSON is the API's own answer, passed on as before: a refused key is the key.
     outbound = FakeUpstream()
