@@ -116,8 +116,8 @@ def unmatched_route(pattern: str) -> Optional[str]:
     are left out (``claude-3-7-sonnet*``, a dated ``claude-sonnet-4-20250514``). Anything else
     (``gpt-4o``, ``deepseek-*``) is left alone: another client of the proxy may send it.
     """
-    if pattern_kind(pattern) in ("all", "family") or _reaches_a_sample(pattern):
-        return None
+    if pattern_kind(pattern) in ("all", "family") or _reaches_a_sample(pattern) or "/" in pattern:
+        return None  # reachable, or a host's path-like name (Helsinki-NLP/opus-mt-en-de), not Claude Code's
     mended = _mended(pattern.lower())
     if "claude" not in mended and not _FAMILY_RE.search(mended.replace("*", "-").replace("?", "-")):
         return None  # not about Claude models

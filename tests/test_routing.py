@@ -178,7 +178,8 @@ def test_a_family_flag_replaces_the_files_route_of_that_family_in_any_case() -> 
     ("anthropic.claude-3-5-sonnet-20240620-v1:0", False, ""), ("claude-opus-4-1", False, ""),
     # Not about Claude at all: another client's names (o3, llama) are not second-guessed.
     ("gpt-4o", False, ""), ("GPT-4o", False, ""), ("deepseek-*", False, ""), ("sonar", False, ""),
-    ("llama3.1:8b", False, ""), ("o3", False, ""),
+    ("llama3.1:8b", False, ""), ("o3", False, ""), ("Helsinki-NLP/opus-mt-en-de", False, ""),
+    ("haiku*", True, "did you mean 'haiku'?"),
 ])
 def test_a_route_no_claude_code_name_can_reach_is_told(pattern: str, warned: bool, hint: str) -> None:
     why = unmatched_route(pattern)
