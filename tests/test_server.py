@@ -386,6 +386,29 @@ def test_a_client_that_stops_reading_a_stream_is_cut_off_at_the_write_timeout(
     assert request(server.url, "POST", "/v1/messages", minimal_request(), timeout=5).status == 200
 
 
+def test_a_connection_kept_alive_after_a_stream_is_timed_again(servers: Any, fake_upstream: FakeUpstream) -> None:
+    # A stream's sends are bounded by the kernel's send timeout, with the socket otherwise
+    # blocking; the next request's reads must still be timed, or an idle client holds a thread.
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": "hi"}), chunk({}, "stop")))
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": "again"}), chunk({}, "stop")))
+    server = servers(**SLOW)
+    with connect(server.url) as sock:
+        for text in ("hi", "again"):
+            sock.sendall(json_post(json.dumps(minimal_request(stream=True)).encode()))
+            answer, deadline = b"", time.monotonic() + 5
+            while not answer.endswith(b"\r\n0\r\n\r\n"):
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                piece = sock.recv(65536)
+                assert piece and time.monotonic() < deadline, f"the stream did not end: {answer[-200:]!r}"
+                answer += piece
+            events = events_of(dechunk(answer.partition(b"\r\n\r\n")[2]))
+            assert final_message(events)["content"] == [{"type": "text", "text": text}]
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n")  # half a head, then nothing
+        started = time.monotonic()
+        assert peer_closed(sock, 4.0), "the connection was not closed after the stream"
+        assert time.monotonic() - started < 3.0
+
+
 # ---------------------------------------------------------------------------
 # The library entry point.
 
