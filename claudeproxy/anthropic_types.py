@@ -575,12 +575,18 @@ def _parse_common(obj: Dict[str, Any], tools_parser: ToolsParser) -> Dict[str, A
         schema = _parse_format(obj["output_format"], "output_format")
     parsed = tuple(_parse_message(m, f"messages[{i}]") for i, m in enumerate(messages))
     _require_content(parsed)
+    parsed_tools = tools_parser(tools) if tools is not None else ()
+    choice = _parse_tool_choice(obj.get("tool_choice"))
+    if choice is not None and choice.kind == "tool" and all(t.name != choice.name for t in parsed_tools):
+        # Sent on as "auto", the model would answer in text where the
+        # client forces a call (and reads no tool_use), or call some other tool.
+        raise InvalidRequest(f"tool {choice.name!r} is not among the request's tools", "tool_choice.name")
     return {
         "model": model,
         "messages": parsed,
         "system": parse_system(obj.get("system")),
-        "tools": tools_parser(tools) if tools is not None else (),
-        "tool_choice": _parse_tool_choice(obj.get("tool_choice")),
+        "tools": parsed_tools,
+        "tool_choice": choice,
         "thinking": _parse_thinking_config(obj.get("thinking")),
         "effort": effort,
         "output_schema": schema,

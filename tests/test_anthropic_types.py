@@ -99,6 +99,8 @@ PATH_CASES = [
     (["tools"], {"name": "f"}, "tools: "),
     (["tool_choice"], {"type": "tool"}, "tool_choice.name: "),
     (["tool_choice"], {"type": "tool", "name": 3}, "tool_choice.name: "),
+    # A forced tool the request does not define: refused, not sent on as "auto".
+    (["tool_choice"], {"type": "tool", "name": "no_such_tool"}, "tool_choice.name: "),
     (["tool_choice"], {"type": "sometimes"}, "tool_choice.type: "),
     (["tool_choice"], "auto", "tool_choice: "),
     (["tool_choice"], {"type": "auto", "disable_parallel_tool_use": "yes"}, "tool_choice.disable_parallel_tool_use: "),

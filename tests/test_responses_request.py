@@ -20,6 +20,7 @@ from typing import Any, Dict, List
 import pytest
 
 from claudeproxy.anthropic_types import parse_messages_request
+from claudeproxy.errors import InvalidRequest
 from claudeproxy.apis.responses.request import (
     Translation,
     call_id,
@@ -297,13 +298,15 @@ def test_tool_choice_mapping() -> None:
     tools = [{"name": "Read", "input_schema": {"type": "object"}}]
     msgs = [{"role": "user", "content": "hi"}]
     for choice, expected in [({"type": "auto"}, "auto"), ({"type": "none"}, "none"), ({"type": "any"}, "required"),
-                             ({"type": "tool", "name": "Read"}, {"type": "function", "name": "Read"}),
-                             ({"type": "tool", "name": "Gone"}, "auto")]:
+                             ({"type": "tool", "name": "Read"}, {"type": "function", "name": "Read"})]:
         out = translate(body(msgs, tools=tools, tool_choice=choice)).body
         assert out["tool_choice"] == expected and "parallel_tool_calls" not in out
     out = translate(body(msgs, tools=tools, tool_choice={"type": "auto", "disable_parallel_tool_use": True})).body
     assert out["parallel_tool_calls"] is False
     assert "tool_choice" not in translate(body(msgs, tool_choice={"type": "any"})).body
+    # A forced tool the request does not define is refused at the door, not sent on as "auto".
+    with pytest.raises(InvalidRequest, match="tool_choice.name"):
+        translate(body(msgs, tools=tools, tool_choice={"type": "tool", "name": "Gone"}))
 
 
 def test_tool_names_are_aliased_and_mapped_back() -> None:
