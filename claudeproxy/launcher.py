@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -28,6 +29,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.parse
 from typing import Any, Callable, Dict, List, Mapping, Optional, TextIO, Tuple
 
@@ -51,6 +53,9 @@ log = logging.getLogger("claudeproxy")
 
 NOT_FOUND = 127  # the shell's statuses for a command that is missing / cannot be executed
 CANNOT_RUN = 126
+# The default logs in the temp folder (open_log), and how long one nobody writes to is kept.
+_TEMP_LOG_NAME = re.compile(r"claudeproxy-[0-9]+(-[A-Za-z0-9_]+)?\.log")
+TEMP_LOG_DAYS = 7
 # Flags that are complete without a command.
 _ALONE = ("-h", "--help", "--version", "--print-config")
 _USAGE = "claudeproxy run [proxy options] -- COMMAND [ARGS...]"
@@ -72,7 +77,8 @@ def run_parser(stdout: Optional[TextIO] = None) -> argparse.ArgumentParser:
     group = parser.add_argument_group("run")
     if "--log-file" not in parser._option_string_actions:  # noqa: SLF001 - the proxy may have its own one day
         group.add_argument("--log-file", metavar="PATH", help="where the proxy logs (default: "
-                           "claudeproxy-<pid>.log in the temp folder); its name is printed on stderr at the start")
+                           "claudeproxy-<pid>.log in the temp folder, deleted after a week unused); its name is printed on "
+                           "stderr at the start")
     group.add_argument("--trust", action="store_true", help="also mark the current folder as trusted in Claude "
                        "Code's state (skips its \"trust this folder?\" question); never done without this flag")
     return parser
@@ -322,7 +328,34 @@ def open_log(path: Optional[str], pid: int) -> Tuple[TextIO, str]:
         path = os.path.abspath(path)
         return FollowedLog(path), path
     fd, path = _new_temp_log(pid)
+    prune_temp_logs(tempfile.gettempdir(), time.time())
     return os.fdopen(fd, "a", encoding="utf-8", buffering=1), path
+
+
+def prune_temp_logs(folder: str, now: float, keep_seconds: float = TEMP_LOG_DAYS * 86400) -> int:
+    """Delete this user's default logs (``claudeproxy-<pid>[-x].log``) that no session has written
+    to for ``keep_seconds``: one a session, for a user who starts several a day, would otherwise
+    pile up where nobody clears them (Windows never does, macOS after days). Only regular files
+    of the user's own, never a link, are touched. Returns how many went."""
+    gone = 0
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        if not _TEMP_LOG_NAME.fullmatch(name):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            info = os.lstat(path)
+            if stat.S_ISREG(info.st_mode) and (uid is None or info.st_uid == uid) \
+                    and now - info.st_mtime > keep_seconds:
+                os.unlink(path)
+                gone += 1
+        except OSError:
+            continue  # gone already, or not ours to delete
+    return gone
 
 
 class FollowedLog(io.TextIOBase):

@@ -902,6 +902,40 @@ def test_the_default_log_file_is_new_and_private(tmp_path: Any, monkeypatch: Any
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
+@pytest.mark.skipif(not hasattr(os, "symlink") or os.name == "nt", reason="POSIX temp-folder semantics")
+def test_a_start_deletes_only_its_users_own_default_logs_left_for_a_week(tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    week_ago = time.time() - 8 * 86400
+
+    def file(name: str, old: bool = True) -> Any:
+        path = tmp_path / name
+        path.write_text("a session's lines\n")
+        if old:
+            os.utime(str(path), (week_ago, week_ago))
+        return path
+
+    stale = [file("claudeproxy-100.log"), file("claudeproxy-101-k2j_x9q.log")]
+    kept = [file("claudeproxy-102.log", old=False), file("claudeproxy-103.log.1"), file("claudeproxy-notes.log"),
+            file("my-claudeproxy-104.log"), file("victim.txt")]
+    os.symlink(str(tmp_path / "victim.txt"), str(tmp_path / "claudeproxy-105.log"))
+    os.utime(str(tmp_path / "claudeproxy-105.log"), (week_ago, week_ago), follow_symlinks=False)
+    stream, path = launcher.open_log(None, 4245)
+    stream.close()
+    assert [p.exists() for p in stale] == [False, False]
+    assert all(p.exists() for p in kept) and os.path.exists(path)
+    assert os.path.islink(str(tmp_path / "claudeproxy-105.log")), "a link is never followed nor removed"
+    assert (tmp_path / "victim.txt").read_text() == "a session's lines\n"
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root to make another user's file")
+def test_another_users_old_log_is_left_alone(tmp_path: Any) -> None:
+    other = tmp_path / "claudeproxy-200.log"
+    other.write_text("theirs\n")
+    os.chown(str(other), 65534, 65534)
+    os.utime(str(other), (0, 0))
+    assert launcher.prune_temp_logs(str(tmp_path), time.time()) == 0 and other.exists()
+
+
 def test_a_log_file_moved_away_goes_on_under_its_name(tmp_path: Any) -> None:
     """logrotate moves the log (or a user deletes it): the lines after that go to a new file under
     the name, private as the first; nothing more goes into the rotated one."""
