@@ -119,7 +119,7 @@ def unmatched_route(pattern: str) -> Optional[str]:
     if pattern_kind(pattern) in ("all", "family") or _reaches_a_sample(pattern) or "/" in pattern:
         return None  # reachable, or a host's path-like name (Helsinki-NLP/opus-mt-en-de), not Claude Code's
     mended = _mended(pattern.lower())
-    if "claude" not in mended and not _FAMILY_RE.search(mended.replace("*", "-").replace("?", "-")):
+    if not _about_claude(mended):
         return None  # not about Claude models
     literal = re.sub(r"\[[^\]]*\]|[*?]", "", pattern)
     if mended == pattern and "claude" in literal and claude_family(literal) is not None:
@@ -133,6 +133,14 @@ def unmatched_route(pattern: str) -> Optional[str]:
         hint = f"a family name ({', '.join(FAMILIES)}) matches every generation of it"
     return (f"pattern {pattern!r} matches none of the model names Claude Code sends (lower case, like "
             f"{SAMPLE_MODELS[1]}): {hint}")
+
+
+def _about_claude(mended: str) -> bool:
+    """Does a pattern (its misspellings mended) name Claude models: ``claude`` in it, or a family
+    word as its first segment (``sonnet-4.5``, ``*Sonnet*``)? A family word further on names
+    something else (``my-haiku-poet``)."""
+    first = _SEGMENT_RE.search(mended)
+    return "claude" in mended or (first is not None and first.group(0) in FAMILIES)
 
 
 def _reaches_a_sample(pattern: str) -> bool:

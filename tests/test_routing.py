@@ -179,6 +179,8 @@ def test_a_family_flag_replaces_the_files_route_of_that_family_in_any_case() -> 
     # Not about Claude at all: another client's names (o3, llama) are not second-guessed.
     ("gpt-4o", False, ""), ("GPT-4o", False, ""), ("deepseek-*", False, ""), ("sonar", False, ""),
     ("llama3.1:8b", False, ""), ("o3", False, ""), ("Helsinki-NLP/opus-mt-en-de", False, ""),
+    # A family word inside another name is that name's, not Claude's.
+    ("my-haiku-poet", False, ""), ("gpt-sonnet-*", False, ""), ("team_opus", False, ""),
     ("haiku*", True, "did you mean 'haiku'?"),
 ])
 def test_a_route_no_claude_code_name_can_reach_is_told(pattern: str, warned: bool, hint: str) -> None:
