@@ -12,18 +12,17 @@ import threading
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 from ...anthropic_types import MessagesRequest, parse_messages_request, wants_thinking
-from ...cost import billed_cost
 from ...dialects import Dialect, azure_api_version
 from ...errors import ProxyError
 from ...ids import new_id
 from ...routing import Target
 from ...tool_memo import ToolMemo
 from ...urls import chat_url
-from ..base import ClientRequest, Exchange, RefusedFields, encode_body, remember, with_json
+from ..base import ClientRequest, Exchange, RefusedFields, UpstreamApi, encode_body, remember, with_json
 from ..stops import unsent_stops
 from .request import chat_tools, to_chat_request
 from .response import message_from_body
-from .stream import ChatFold, LocalStopFold, LocalStopTranslator, StreamTranslator
+from .stream import ChatFold, LocalStopFold, LocalStopTranslator, StreamTranslator, reported_cost
 
 
 log = logging.getLogger(__name__)
@@ -93,7 +92,7 @@ def lower_effort(message: str, sent: Any) -> Optional[str]:
     return _EFFORT_ORDER[max(below) if below else rank - 1]
 
 
-class ChatApi:
+class ChatApi(UpstreamApi):
     name = "chat"
     translates = True  # the request is parsed and rewritten: local answers and local token counts apply
 
@@ -196,7 +195,7 @@ class ChatApi:
     def billed_cost(self, ex: Exchange, obj: Any) -> Optional[float]:
         """What the upstream billed for a JSON answer, where its dialect says it reports that."""
         _, dialect, _ = _context(ex)
-        return billed_cost(obj.get("usage"), dialect.billed_cost_field) if isinstance(obj, dict) else None
+        return reported_cost(obj, dialect.billed_cost_field)
 
 
 def _context(ex: Exchange) -> Tuple[Dict[str, str], Dialect, Tuple[str, ...]]:
