@@ -435,7 +435,9 @@ def _shorthand_key(ns: argparse.Namespace, environ: Mapping[str, str], api: str,
             if not environ.get(var, "").strip():
                 raise UsageError(f"{name_of(ns, 'api_key_env')}: {unset_variable(environ, var)}")
             keys.append(environ[var].strip())
-        return key_source(keys), ", ".join(f"${var}" for var in ns.api_key_env)
+        # Named with its setting: a variable the user chose is not one picked from the provider's
+        # own (``passed_over_keys`` second-guesses only those).
+        return key_source(keys), f"{name_of(ns, 'api_key_env')} " + ", ".join(f"${var}" for var in ns.api_key_env)
     if ns.api_key_command:
         try:
             argv = command_argv(ns.api_key_command, name_of(ns, "api_key_command"))
@@ -819,7 +821,7 @@ def passed_over_keys(server: ProxyServer, environ: Mapping[str, str]) -> List[st
         return []
     own = default_key_variables(provider_dialect(provider), False)
     used = next((var for var in own if environ.get(var, "").strip()), None)
-    if used is None or provider.key_source != f"${used}":  # a key flag or another variable
+    if used is None or provider.key_source != f"${used}":  # a key setting (--api-key-env too), or another variable
         return []
     key = environ[used].strip()
     others = [var for var in own[own.index(used) + 1:] if environ.get(var, "").strip() not in ("", key)]

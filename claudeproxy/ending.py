@@ -30,6 +30,9 @@ class StreamFold(Protocol):
     # Anthropic usage keys for the call record: the upstream's as soon as it was read, whatever the
     # ending (a stream cut after its usage still cost that); {} while nothing is known.
     usage: Dict[str, int]
+    # What the upstream said it billed for the call (OpenRouter's usage.cost), the record's cost;
+    # None where it does not say (the tokens are priced).
+    billed_cost: Optional[float]
 
     @property
     def finishing(self) -> bool:

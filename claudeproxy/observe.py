@@ -72,6 +72,10 @@ class ObservedFold:
     def usage(self) -> Dict[str, int]:
         return self._fold.usage  # type: ignore[no-any-return]
 
+    @property
+    def billed_cost(self) -> Optional[float]:
+        return self._fold.billed_cost  # type: ignore[no-any-return]
+
     def feed_line(self, raw: bytes) -> List[Event]:
         for line in raw.splitlines():  # the relay feeds the whole lines of one read
             if line.strip():

@@ -642,8 +642,7 @@ class Proxy:
                                             "output_tokens": estimate_output_tokens(message["content"])}}
             reported = {}
         record.update(stop_reason=message.get("stop_reason"), **_usage_fields(reported.get("usage")))
-        billed = getattr(api, "billed_cost", None)  # only APIs whose upstreams may report a bill
-        record["billed_cost"] = billed(ex, obj) if billed is not None else None
+        record["billed_cost"] = api.billed_cost(ex, obj)
         self._reply(req, writer, message, call.secrets, relayed)
         self._estimate(req, record)  # only to learn from the upstream's count (calibration.py): after the answer
 
@@ -691,7 +690,7 @@ class Proxy:
             # The client saw a 200 and then event: error; the metrics must count it as the error it was.
             record.update(error_type=relay.failure.error_type)
         record.update(stop_reason=fold.stop_reason, first_content_at=relay.first_content_at,
-                      billed_cost=getattr(fold, "billed_cost", None), **_stream_usage_fields(fold.usage, relay.refused))
+                      billed_cost=fold.billed_cost, **_stream_usage_fields(fold.usage, relay.refused))
 
     def _estimate(self, req: ClientRequest, record: Dict[str, Any]) -> int:
         """message_start's input tokens: the local estimate, calibrated for the target; 0 when forwarded.

@@ -186,6 +186,23 @@ def test_a_chosen_gemini_key_variable_is_not_second_guessed(served: List[Any]) -
     assert [line for line in _start_warnings(served[0], env) if "hold different keys" in line] == []
 
 
+@pytest.mark.parametrize("how", ["flag", "file"])
+def test_a_gemini_key_variable_chosen_by_name_is_not_second_guessed(served: List[Any], tmp_path: Any,
+                                                                     how: str) -> None:
+    """--api-key-env GOOGLE_API_KEY (or the config file's api_key_env) names the variable the
+    default would pick too: the user chose it, and no warning says that GEMINI_API_KEY differs."""
+    env = {"GOOGLE_API_KEY": "sk-google-1234567", "GEMINI_API_KEY": "sk-gemini-1234567"}
+    if how == "flag":
+        argv = ["--upstream", GEMINI_URL, "--api-key-env", "GOOGLE_API_KEY"]
+    else:
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps({"upstream": GEMINI_URL, "api_key_env": "GOOGLE_API_KEY"}))
+        argv = ["--config", str(path)]
+    assert run_main(argv, env)[0] == 0
+    assert served[0].token() == "sk-google-1234567", served[0].key_source
+    assert [line for line in _start_warnings(served[0], env) if "hold different keys" in line] == []
+
+
 def test_a_keyless_gemini_upstream_is_told_both_variables() -> None:
     server = claudeproxy.start(upstream=GEMINI_URL)
     try:

@@ -315,3 +315,28 @@ def test_what_is_learned_per_model_stays_bounded_whatever_names_clients_send() -
         payload = {"top_k": 5}
         memory.drop(payload, ("p", f"model-{i}"))
         assert ("top_k" in payload) is kept
+
+
+@pytest.mark.parametrize("provider, asked", [("openai", True), ("mistral", False)])
+def test_the_exchange_context_says_by_name_whether_a_usage_chunk_was_asked(provider: str, asked: bool) -> None:
+    """``ChatApi.prepare`` leaves what reading the answer needs in a ``ChatContext``; the fold waits
+    for a usage chunk (``usage_chunk_asked``) only where stream_options was sent."""
+    from claudeproxy.apis.base import ClientRequest
+    from claudeproxy.apis.chat.api import ChatApi, ChatContext
+    from claudeproxy.config import Provider
+    from claudeproxy.dialects import dialect_for
+    from claudeproxy.model_facts import ModelFacts
+    from claudeproxy.routing import Target
+    from claudeproxy.tool_memo import ToolMemo
+
+    api = ChatApi(ToolMemo())
+    target = Target(Provider(provider, "http://127.0.0.1:9"), "m", ModelFacts(), None, dialect_for(provider, "m"))
+    body = minimal_request(stream=True, tools=[TOOL], stop_sequences=["END"])
+    req = ClientRequest(body, "claude-sonnet-4", True, {}, parsed=api.parse(body))
+    ex = api.prepare(req, target, None)
+    ctx = ex.context
+    assert isinstance(ctx, ChatContext) and ctx.target is target and ctx.dialect is target.dialect
+    assert ctx.usage_chunk_asked is asked and ("stream_options" in json.loads(ex.body)) is asked
+    assert ctx.local_stops == ()  # the stop string was sent: the upstream matches it
+    fold = api.fold(req, ex, message_id="msg_1", input_tokens=1)
+    assert fold.translator.usage_chunk_asked is asked

@@ -534,6 +534,46 @@ def test_series_switch_from_seconds_to_minutes() -> None:
     assert sum(p["requests"] for p in coarse["points"]) == 41
 
 
+def test_usage_is_built_outside_the_lock_calls_record_under(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in a soak run: /v1/usage merged a day of minute slices (52-134 ms) holding the lock that
+    every call's record and stream count takes. Now a call is recorded while the answer is merged,
+    and into a copy of the minute it shares with the answer: the answer's parts still agree."""
+    import claudeproxy.metrics as metrics_module
+
+    metrics = Metrics()
+    start = 1_700_000_000.0
+    for i in range(3 * 60):
+        metrics.record(_rec("m", start + i * 60))
+    late = start + 179 * 60 + 5  # in the last minute kept: that slice is in the answer being built
+    recorded = threading.Event()
+
+    def record_meanwhile() -> None:
+        metrics.stream_began()
+        metrics.record(_rec("m", late))
+        metrics.stream_ended()
+        recorded.set()
+
+    merged = metrics_module._merged
+    waited: List[bool] = []
+
+    def merging(histograms: Any) -> Any:
+        if not waited:  # the first merge: the answer is being built
+            other = threading.Thread(target=record_meanwhile, daemon=True)
+            other.start()
+            waited.append(recorded.wait(2.0))
+        return merged(histograms)
+
+    monkeypatch.setattr(metrics_module, "_merged", merging)
+    answer = metrics.usage(start + 180 * 60)
+    assert waited == [True], "record() waited for usage() to build its answer"
+    assert answer["totals"]["requests"] == 180 and answer["streams_in_flight"] == 0
+    assert sum(p["requests"] for p in answer["series"]["points"]) == 180  # the late call is not in it
+    assert sum(d["requests"] for d in answer["days"]) == 180
+    assert recorded.wait(5.0)
+    after = metrics.usage(start + 180 * 60)
+    assert after["totals"]["requests"] == 181 and sum(p["requests"] for p in after["series"]["points"]) == 181
+
+
 # ---------------------------------------------------------------------------
 # The usage page.
 

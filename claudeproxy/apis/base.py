@@ -9,6 +9,8 @@ needs to read the answer. Each API (``apis/chat``, ``apis/messages``,
 - ``prepare(req, target, cap)``: the ``Exchange`` to send, ``max_tokens`` within ``cap``;
 - ``from_json(req, exchange, obj)``: the client's JSON reply and warnings to log;
 - ``fold(req, exchange, message_id=, input_tokens=, secrets=)``: the ``StreamFold``.
+
+Each derives from ``UpstreamApi``, which holds the defaults of what only some APIs do.
 """
 
 from __future__ import annotations
@@ -48,6 +50,15 @@ class Exchange:
     max_tokens: Optional[int]  # as sent (the max_tokens retry reads it)
     warnings: Tuple[str, ...] = ()
     context: Any = None  # what the API needs to read the answer (tool names, ...), nothing bigger
+
+
+class UpstreamApi:
+    """The defaults an API overrides where its upstream does more (no state: each API keeps its own)."""
+
+    def billed_cost(self, ex: Exchange, obj: Any) -> Optional[float]:
+        """What the upstream says it billed for the JSON answer ``obj``; None where it does not say
+        (the record prices the tokens instead)."""
+        return None
 
 
 ToolsT = TypeVar("ToolsT", bound=Tuple[Any, ...])

@@ -35,7 +35,7 @@ from ..routing import Target
 from ..signatures import PREFIX as SIGNATURE_PREFIX
 from ..sse import ServerSentEvent, SSEDecoder, SSEFold
 from ..urls import messages_url
-from .base import ClientRequest, Exchange
+from .base import ClientRequest, Exchange, UpstreamApi
 
 Event = Dict[str, Any]
 DEFAULT_VERSION = "2023-06-01"
@@ -270,7 +270,7 @@ def _streamable(message: Dict[str, Any]) -> bool:
         isinstance(b, dict) and isinstance(b.get("citations") or [], list) for b in message["content"])
 
 
-class MessagesApi:
+class MessagesApi(UpstreamApi):
     """The Messages API as the pipeline sees it (``apis/base.py``)."""
 
     name = "messages"

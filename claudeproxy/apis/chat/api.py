@@ -9,21 +9,20 @@ import json
 import logging
 import re
 import threading
-from typing import Any, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Tuple
 
 from ...anthropic_types import MessagesRequest, parse_messages_request, wants_thinking
-from ...cost import billed_cost
 from ...dialects import Dialect, azure_api_version
 from ...errors import ProxyError
 from ...ids import new_id
 from ...routing import Target
 from ...tool_memo import ToolMemo
 from ...urls import chat_url
-from ..base import ClientRequest, Exchange, RefusedFields, encode_body, remember, with_json
+from ..base import ClientRequest, Exchange, RefusedFields, UpstreamApi, encode_body, remember, with_json
 from ..stops import unsent_stops
 from .request import chat_tools, to_chat_request
 from .response import message_from_body
-from .stream import ChatFold, LocalStopFold, LocalStopTranslator, StreamTranslator
+from .stream import ChatFold, LocalStopFold, LocalStopTranslator, StreamTranslator, reported_cost
 
 
 log = logging.getLogger(__name__)
@@ -93,7 +92,21 @@ def lower_effort(message: str, sent: Any) -> Optional[str]:
     return _EFFORT_ORDER[max(below) if below else rank - 1]
 
 
-class ChatApi:
+class ChatContext(NamedTuple):
+    """What reading a Chat answer needs of its request (``Exchange.context``, set by ``prepare``)."""
+
+    tool_names: Dict[str, str]  # the names sent upstream, back to the client's
+    target: Target
+    local_stops: Tuple[str, ...]  # the client's stop strings the proxy matches itself (not sent)
+    usage_chunk_asked: bool  # stream_options was sent: the upstream was asked for a usage chunk
+
+    @property
+    def dialect(self) -> Dialect:
+        assert self.target.dialect is not None, "a chat target always has a dialect"
+        return self.target.dialect
+
+
+class ChatApi(UpstreamApi):
     name = "chat"
     translates = True  # the request is parsed and rewritten: local answers and local token counts apply
 
@@ -137,7 +150,7 @@ class ChatApi:
         # Code turn) would otherwise stay alive for as long as the upstream takes to answer.
         return Exchange(chat_url(target.provider.url, target.model, azure), body, headers, chat.stream,
                         chat.max_tokens, translation.warnings,
-                        (translation.tool_names, target, local, "stream_options" in payload))
+                        ChatContext(translation.tool_names, target, local, "stream_options" in payload))
 
     def recover(self, exc: ProxyError, req: ClientRequest, target: Target, ex: Exchange,
                 cap: Optional[int]) -> Optional[Exchange]:
@@ -169,38 +182,39 @@ class ChatApi:
 
     def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
                   ) -> Tuple[Dict[str, Any], List[str]]:
-        tool_names, dialect, local = _context(ex)
+        ctx = _context(ex)
+        dialect = ctx.dialect
         parsed = req.parsed
         assert parsed is not None
         return message_from_body(
-            obj, model=req.model, new_id=new_id, tool_names=tool_names,
+            obj, model=req.model, new_id=new_id, tool_names=ctx.tool_names,
             stop_sequences=parsed.stop_sequences, dialect_name=dialect.name, think_tags=dialect.think_tags,
-            secrets=secrets, local_stops=local, thinking=wants_thinking(parsed),
+            secrets=secrets, local_stops=ctx.local_stops, thinking=wants_thinking(parsed),
         )
 
     def fold(self, req: ClientRequest, ex: Exchange, *, message_id: str, input_tokens: int,
              secrets: Tuple[str, ...] = ()) -> ChatFold:
-        tool_names, dialect, local = _context(ex)
+        ctx = _context(ex)
+        dialect = ctx.dialect
         parsed = req.parsed
         assert parsed is not None
         kwargs: Dict[str, Any] = dict(
             message_id=message_id, model=req.model, input_tokens=input_tokens, new_id=new_id,
-            tool_names=tool_names, stop_sequences=parsed.stop_sequences,
+            tool_names=ctx.tool_names, stop_sequences=parsed.stop_sequences,
             dialect_name=dialect.name, think_tags=dialect.think_tags, secrets=secrets,
-            thinking=wants_thinking(parsed), usage_chunk_asked=ex.context[3],
+            thinking=wants_thinking(parsed), usage_chunk_asked=ctx.usage_chunk_asked,
         )
-        if local:  # only then a fold that matches stop strings: nothing added per chunk otherwise
-            return LocalStopFold(LocalStopTranslator(local_stops=local, **kwargs), dialect.billed_cost_field)
+        if ctx.local_stops:  # only then a fold that matches stop strings: nothing added per chunk otherwise
+            return LocalStopFold(LocalStopTranslator(local_stops=ctx.local_stops, **kwargs),
+                                 dialect.billed_cost_field)
         return ChatFold(StreamTranslator(**kwargs), dialect.billed_cost_field)
 
     def billed_cost(self, ex: Exchange, obj: Any) -> Optional[float]:
         """What the upstream billed for a JSON answer, where its dialect says it reports that."""
-        _, dialect, _ = _context(ex)
-        return billed_cost(obj.get("usage"), dialect.billed_cost_field) if isinstance(obj, dict) else None
+        return reported_cost(obj, _context(ex).dialect.billed_cost_field)
 
 
-def _context(ex: Exchange) -> Tuple[Dict[str, str], Dialect, Tuple[str, ...]]:
-    """Tool names, dialect and the stop strings the proxy matches itself (``prepare``)."""
-    tool_names, target, local, _ = ex.context
-    assert target.dialect is not None, "a chat target always has a dialect"
-    return tool_names, target.dialect, local
+def _context(ex: Exchange) -> ChatContext:
+    """The exchange's context, as ``prepare`` made it."""
+    assert isinstance(ex.context, ChatContext), "a Chat exchange is prepared by ChatApi"
+    return ex.context

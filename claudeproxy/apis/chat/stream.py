@@ -715,6 +715,12 @@ def plain_text_delta(obj: Any) -> Optional[str]:
     return text
 
 
+def reported_cost(obj: Any, field: Optional[str]) -> Optional[float]:
+    """What a ChatCompletion or chunk says the upstream billed (``cost.billed_cost`` of its usage,
+    ``field`` being ``Dialect.billed_cost_field``); None where it says nothing believable."""
+    return billed_cost(obj.get("usage"), field) if isinstance(obj, dict) else None
+
+
 class ChatFold(SSEFold):
     """Upstream SSE body lines in, Anthropic events out: the Chat Completions ``StreamFold``.
 
@@ -735,7 +741,7 @@ class ChatFold(SSEFold):
         # The usage field where the upstream reports what it billed (``Dialect.billed_cost_field``),
         # and the amount its last usage gave: the call's cost for the record.
         self.cost_field = cost_field
-        self.billed_cost: Optional[float] = None
+        self.billed_cost = None
         self.decoder = SSEDecoder()
         self.complete = False
         self.bad_events = 0
@@ -832,10 +838,9 @@ class ChatFold(SSEFold):
         return self.translator.finish()
 
     def _take_cost(self, obj: Any) -> None:
-        if self.cost_field is not None and isinstance(obj, dict):
-            cost = billed_cost(obj.get("usage"), self.cost_field)
-            if cost is not None:
-                self.billed_cost = cost
+        cost = reported_cost(obj, self.cost_field)
+        if cost is not None:
+            self.billed_cost = cost
 
 
 class LocalStopFold(ChatFold):

@@ -21,7 +21,7 @@ from ...ids import new_id
 from ...routing import Target
 from ...tool_memo import ToolMemo
 from ...urls import join_path
-from ..base import ClientRequest, Exchange, RefusedFields, encode_body, with_json
+from ..base import ClientRequest, Exchange, RefusedFields, UpstreamApi, encode_body, with_json
 from ..chat.api import refused_fields
 from ..stops import unsent_stops
 from .request import responses_tools, to_responses_request
@@ -41,7 +41,7 @@ def responses_url(base: str) -> str:
     return join_path(base, "/responses")
 
 
-class ResponsesApi:
+class ResponsesApi(UpstreamApi):
     name = "responses"
     translates = True  # parsed and rewritten: local answers and local token counts apply
 
