@@ -728,7 +728,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
                                        struct.pack("@ll", int(seconds), int(seconds % 1 * 1_000_000)))
             self.connection.settimeout(None)
         except OSError:
-            pass  # the client is gone already: the first write says so
+            pass  # the client is gone already, or the option is refused: the Python timeout stays
 
     def _page_key(self) -> str:
         """The client key of a page a browser opens, from ``?key=``: a browser sends no header of
