@@ -112,6 +112,10 @@ class Proxy:
         # proxy's password, from --proxy or the environment): fixed, found once.
         self._fixed_secrets = configured_secrets([(p.url, p.headers) for p in self.router.providers.values()]
                                                  + [(url, ()) for url in self.upstream.proxy_urls])
+        if self.config.auth_key:
+            # The clients' key too: an upstream error that echoes what it was sent (a gateway
+            # given the key by a client, a misrouted header) must not hand it on to the client.
+            self._fixed_secrets += (self.config.auth_key,)
         self.routes: Dict[Tuple[str, str], Route] = {
             ("POST", "/v1/messages"): self.messages,
             ("POST", "/v1/messages/count_tokens"): self.count_tokens,

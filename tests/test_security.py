@@ -411,6 +411,19 @@ def test_sentinels_never_logged_or_returned(make_proxy: Any, fake_upstream: Any,
     assert _leaks([captured.out, captured.err]) == []
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_clients_auth_key_echoed_by_an_upstream_error_is_masked(make_proxy: Any, fake_upstream: Any,
+                                                                    stream: bool) -> None:
+    # The client's --auth-key never goes upstream, but an upstream error may still name it (a gateway
+    # a client talked to directly, a misrouted header): the answer must not hand it on.
+    proxy = make_proxy(auth_key=AUTH_KEY)
+    echo = f"key {AUTH_KEY} is not valid here; Bearer {AUTH_KEY}"
+    fake_upstream.push(json_reply({"error": {"message": echo}}, status=400))
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(stream=stream), {"x-api-key": AUTH_KEY})
+    message = assert_error(resp, 400, "invalid_request_error")
+    assert "is not valid here" in message and AUTH_KEY not in resp.body.decode("utf-8", "replace")
+
+
 def test_upstream_url_query_secret_stays_out_of_errors_and_logs(make_proxy: Any, caplog: Any) -> None:
     caplog.set_level(logging.DEBUG)
     with socket.socket() as closed:  # a port with no listener: connection refused
