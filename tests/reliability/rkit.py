@@ -122,6 +122,11 @@ def rss_kb(pid: Any = "self") -> int:
     return _status(pid, "VmRSS")
 
 
+def peak_rss_kb(pid: Any = "self") -> int:
+    """The process's peak RSS since it started (``VmHWM``)."""
+    return _status(pid, "VmHWM")
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:

@@ -1,4 +1,4 @@
-"""G1: SIGTERM to a running proxy with 20 streams in flight (RELIABILITY.md F24), several runs.
+"""G1: SIGTERM to a running proxy with 20 streams in flight (RELIABILITY.md F24), 10 runs (section 6).
 
 ``python -m claudeproxy --shutdown-grace 1`` in a subprocess. Ten streams end
 0.4 s after their first words (inside the grace), ten never end (the upstream
@@ -25,7 +25,7 @@ from sse_checks import assert_valid_event_sequence
 
 pytestmark = pytest.mark.slow
 
-RUNS = 3
+RUNS = 10
 STREAMS = 20
 GRACE = 1.0
 
