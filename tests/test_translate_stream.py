@@ -190,6 +190,57 @@ def test_huge_tool_arguments_stream_in_linear_time() -> None:
     assert json.loads(end[-4]["delta"]["partial_json"])["content"] == "x" * 200 * (5 * 1024 * 1024 // len(piece))
 
 
+def _live_tool_arguments(pb: Playbook, fragments: List[str]) -> str:
+    sent = ""
+    for piece in fragments:
+        for event in pb.feed(chunk(tool_delta(0, "call_1" if not sent else "", "write", piece))):
+            if event.get("delta", {}).get("type") == "input_json_delta":
+                sent += event["delta"]["partial_json"]
+    return sent
+
+
+def test_a_large_live_call_keeps_a_digest_not_its_text_and_still_knows_repeats() -> None:
+    # RELIABILITY.md F10 / M2: a live call's arguments went out as they came, but all of them were
+    # kept too (20 calls of 5 MB: 100 MB). Past a small size a digest stands in for the text; a
+    # final chunk repeating the whole arguments is still known for one and sends nothing.
+    args = json.dumps({"content": "line of a file\n" * 20000})  # ~300 KB
+    pb = Playbook()
+    sent = _live_tool_arguments(pb, [args[i:i + 1024] for i in range(0, len(args), 1024)])
+    tool = pb.stream.translator.tools[0]
+    assert sent == args and tool.live and tool.parts == [] and tool.digest is not None
+    counted = pb.stream.translator.out_chars
+    assert _live_tool_arguments(pb, [args]) == ""  # the whole arguments again: a repeat
+    assert pb.stream.translator.out_chars == counted  # not counted twice in the output estimate
+    pb.feed(chunk(finish="tool_calls", usage={"prompt_tokens": 3, "completion_tokens": 4}))
+    assert_valid_event_sequence(pb.events, allow_error=False)
+    assert final_message(pb.events)["content"][0]["input"] == json.loads(args)
+
+
+def test_cumulative_snapshots_of_a_large_live_call_send_each_new_suffix_once() -> None:
+    # FIELD-NOTES 19: servers that send the arguments so far in every fragment. Past the kept size
+    # the snapshot is still recognised (by its digest) and only what is new goes out.
+    args = json.dumps({"content": "abcdefghij" * 20000})  # ~200 KB
+    cuts = list(range(4096, len(args), 4096)) + [len(args)]
+    pb = Playbook()
+    sent = _live_tool_arguments(pb, [args[:cut] for cut in cuts])
+    assert sent == args and pb.stream.translator.tools[0].digest is not None
+    pb.feed(chunk(finish="tool_calls", usage={"prompt_tokens": 3, "completion_tokens": 4}))
+    assert final_message(pb.events)["content"][0]["input"] == json.loads(args)
+
+
+def test_a_reformatted_repeat_of_a_large_live_call_changes_nothing_the_client_sees() -> None:
+    # Its text was let go, so the repeat cannot be compared; the object had closed, so the scan
+    # passes nothing more on: the client's input is the arguments, once.
+    args = json.dumps({"content": "z" * 100000})
+    pb = Playbook()
+    _live_tool_arguments(pb, [args[i:i + 1024] for i in range(0, len(args), 1024)])
+    assert _live_tool_arguments(pb, [json.dumps(json.loads(args), indent=1)]) == ""
+    pb.feed(chunk(finish="tool_calls", usage={"prompt_tokens": 3, "completion_tokens": 4}))
+    assert_valid_event_sequence(pb.events, allow_error=False)
+    assert final_message(pb.events)["content"] == [
+        {"type": "tool_use", "id": "call_1", "name": "write", "input": json.loads(args)}]
+
+
 def test_text_waits_to_the_end_for_a_tool_call_that_never_closes() -> None:
     pb = Playbook()
     pb.feed(chunk(tool_delta(0, "c", "f", '{"a": [1, 2')))

@@ -14,6 +14,7 @@ exactly one ``error`` and nothing more.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -58,6 +59,15 @@ def _parses(text: str) -> bool:
 
 
 _OBJECT_START_RE = re.compile(r"\s*\{")
+# A live call's arguments go to the client as they come; what came is kept as text only up to
+# this size, for the repeat checks of ``_Tool.add_fragment``. Past it a digest stands in for the
+# text: 20 calls each writing a 5 MB file held 100 MB (RELIABILITY.md F10, figure M2).
+_KEEP_LIVE_TEXT = 64 * 1024
+
+
+def _digest(text: str) -> Any:
+    # surrogatepass: a lone surrogate from the upstream's JSON has no UTF-8 form of its own.
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass"))
 
 
 @dataclasses.dataclass
@@ -74,12 +84,15 @@ class _Tool:
     # The arguments as fragments, joined only when needed (a str += per fragment is quadratic).
     parts: List[str] = dataclasses.field(default_factory=list)
     size: int = 0
+    # Instead of ``parts`` once a live call's arguments passed _KEEP_LIVE_TEXT: their SHA-256.
+    digest: Any = None
     # Whether the arguments closed, and what of them may be streamed (``_parses`` on the growing
     # buffer after every fragment would be quadratic: RELIABILITY.md F10).
     scan: ArgsScan = dataclasses.field(default_factory=ArgsScan)
 
     @property
     def args(self) -> str:
+        """The arguments' text (never asked of a live call, which may have let it go)."""
         if len(self.parts) > 1:
             self.parts = ["".join(self.parts)]
         return self.parts[0] if self.parts else ""
@@ -89,25 +102,45 @@ class _Tool:
         if not fragment:
             return ""
         if self.size:
-            if len(fragment) == self.size and fragment == self.args:
+            if len(fragment) == self.size and self._repeats(fragment):
                 return ""  # a final chunk repeating the whole arguments
             if _OBJECT_START_RE.match(fragment) and self._same_object(fragment):
                 return ""  # the same, reformatted
             # Cumulative snapshots (FIELD-NOTES 19): keep only the new suffix. A fragment that
             # repeats a buffer of 2+ characters, or a lone "{" ("{{" is never JSON), is one.
             old = self.size
-            if len(fragment) > old and fragment.startswith(self.args) and (
-                old >= 2 or self.args == "{" or _parses(fragment)
+            if len(fragment) > old and self._repeats(fragment) and (
+                old >= 2 or fragment[0] == "{" or _parses(fragment)
             ):
-                self.parts, self.size = [fragment], len(fragment)
+                self.parts, self.size, self.digest = [fragment], len(fragment), None
+                self._bound()
                 return self._scanned(fragment[old:])
-        self.parts.append(fragment)
         self.size += len(fragment)
+        if self.digest is not None:
+            self.digest.update(fragment.encode("utf-8", "surrogatepass"))
+        else:
+            self.parts.append(fragment)
+            self._bound()
         return self._scanned(fragment)
+
+    def _repeats(self, fragment: str) -> bool:
+        """``fragment`` begins with all the arguments so far."""
+        if self.digest is None:
+            return fragment.startswith(self.args)
+        return len(fragment) >= self.size and _digest(fragment[:self.size]).digest() == self.digest.digest()
+
+    def _bound(self) -> None:
+        """A live call's text past _KEEP_LIVE_TEXT: only its digest is kept."""
+        if self.live and self.size > _KEEP_LIVE_TEXT:
+            self.digest, self.parts = _digest(self.args), []
 
     def _same_object(self, fragment: str) -> bool:
         if not self.scan.closed:
             return False  # the buffer is not a complete object yet: nothing to repeat
+        if self.digest is not None:
+            # The text was let go. Its object closed, so its scan passes nothing more on: a
+            # reformatted repeat taken for new text changes only the output-size estimate.
+            return False
         if not _parses(fragment):
             return False
         buf = self.args
@@ -120,6 +153,8 @@ class _Tool:
     @property
     def starts_object(self) -> bool:
         """The first non-blank argument character is ``{``."""
+        if self.digest is not None:
+            return True  # only a live call lets its text go, and a call goes live on a "{"
         for part in self.parts:
             stripped = part.lstrip()
             if stripped:
