@@ -21,8 +21,6 @@ import json
 import logging
 import re
 import socket
-import struct
-import sys
 import threading
 import time
 import urllib.parse
@@ -53,8 +51,6 @@ _TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 _BODY_PIECE = 256 * 1024
 Route = Callable[[Any, Any], None]
-# SO_SNDTIMEO with a struct timeval of two C longs: Linux's layout (stream_sends).
-_KERNEL_SEND_TIMEOUT = sys.platform.startswith("linux") and hasattr(socket, "SO_SNDTIMEO")
 _STDLIB_5XX = {501: 405, 505: 400}  # what send_error answers instead (bad input is a 4xx)
 _BROKEN_HEADER_DEFECTS = (email.errors.MissingHeaderBodySeparatorDefect, email.errors.FirstHeaderLineIsContinuationDefect)
 _ABSOLUTE_TARGET_RE = re.compile(r"^[hH][tT][tT][pP][sS]?://([^/?#]*)([/?].*)?$")
@@ -187,7 +183,6 @@ class ResponseWriter:
                 self._handler.close_connection = True  # HTTP/1.0: the body ends when we close
             self.status, self.streaming = 200, True
             self._pending = self._head(200, head)  # every caller writes its first events next
-            self._handler.stream_sends()
         self._handler.log_request(200, "-")
 
     def events(self, events: List[Dict[str, Any]], end: bool = False) -> None:
@@ -709,26 +704,6 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         """The request is in: no deadline for writing a long response."""
         self._reader.deadline = None
         self.connection.settimeout(self.server.config.client_timeout)  # type: ignore[attr-defined]
-
-    def stream_sends(self) -> None:
-        """Sends for a stream's many small writes: bounded by the kernel, not by a poll each.
-
-        A socket with a Python timeout polls before every send: one more system call and
-        one more hand-over of the GIL for each event, about 5 % of a streamed chunk's CPU.
-        On Linux the kernel's send timeout (``SO_SNDTIMEO``) bounds a client that stopped
-        reading just as well: a send that can place nothing for that long fails with
-        EAGAIN, which the writer takes for a client gone. Every read sets its own timeout
-        again (``_DeadlineReader``), so the next request on the connection is timed as before.
-        """
-        if not _KERNEL_SEND_TIMEOUT:
-            return
-        seconds = self.server.config.client_timeout  # type: ignore[attr-defined]
-        try:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                                       struct.pack("@ll", int(seconds), int(seconds % 1 * 1_000_000)))
-            self.connection.settimeout(None)
-        except OSError:
-            pass  # the client is gone already, or the option is refused: the Python timeout stays
 
     def _page_key(self) -> str:
         """The client key of a page a browser opens, from ``?key=``: a browser sends no header of

@@ -91,8 +91,8 @@ def _readable(socks: List[socket.socket]) -> List[socket.socket]:
 def client_gone(sock: socket.socket) -> Optional[bool]:
     """For a readable socket: True if the peer closed, None if data is waiting."""
     try:
-        # Readable, so this returns at once; MSG_DONTWAIT too on a blocking socket (a stream's).
-        data = sock.recv(1, socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0))
+        # Readable, so this returns at once even on a socket with a timeout.
+        data = sock.recv(1, socket.MSG_PEEK)
     except (BlockingIOError, InterruptedError, socket.timeout):
         return False
     except OSError:

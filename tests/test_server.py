@@ -387,8 +387,8 @@ def test_a_client_that_stops_reading_a_stream_is_cut_off_at_the_write_timeout(
 
 
 def test_a_connection_kept_alive_after_a_stream_is_timed_again(servers: Any, fake_upstream: FakeUpstream) -> None:
-    # A stream's sends are bounded by the kernel's send timeout, with the socket otherwise
-    # blocking; the next request's reads must still be timed, or an idle client holds a thread.
+    # After a stream on a kept-alive connection the next request's reads are timed as the first's:
+    # an idle client, or one that sends half a head, must not hold a thread.
     fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": "hi"}), chunk({}, "stop")))
     fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": "again"}), chunk({}, "stop")))
     server = servers(**SLOW)

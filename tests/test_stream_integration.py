@@ -606,9 +606,6 @@ class _Wire:
     def log_request(self, *args: Any) -> None:
         pass
 
-    def stream_sends(self) -> None:
-        pass
-
 
 def test_a_stream_goes_out_in_as_few_writes_as_it_has_reads() -> None:
     """The head goes with the first events, the terminating chunk with the last ones."""
