@@ -54,7 +54,7 @@ log = logging.getLogger("claudeproxy")
 NOT_FOUND = 127  # the shell's statuses for a command that is missing / cannot be executed
 CANNOT_RUN = 126
 # The default logs in the temp folder (open_log), and how long one nobody writes to is kept.
-_TEMP_LOG_NAME = re.compile(r"claudeproxy-[0-9]+(-[A-Za-z0-9_]+)?\.log")
+_TEMP_LOG_NAME = re.compile(r"claudeproxy-([0-9]{1,9})(-[A-Za-z0-9_]+)?\.log")
 TEMP_LOG_DAYS = 7
 # Flags that are complete without a command.
 _ALONE = ("-h", "--help", "--version", "--print-config")
@@ -77,8 +77,8 @@ def run_parser(stdout: Optional[TextIO] = None) -> argparse.ArgumentParser:
     group = parser.add_argument_group("run")
     if "--log-file" not in parser._option_string_actions:  # noqa: SLF001 - the proxy may have its own one day
         group.add_argument("--log-file", metavar="PATH", help="where the proxy logs (default: "
-                           "claudeproxy-<pid>.log in the temp folder, deleted after a week unused); its name is printed on "
-                           "stderr at the start")
+                           "claudeproxy-<pid>.log in the temp folder, deleted by a later start once its session ended and "
+                           "it is a week old); its name is printed on stderr at the start")
     group.add_argument("--trust", action="store_true", help="also mark the current folder as trusted in Claude "
                        "Code's state (skips its \"trust this folder?\" question); never done without this flag")
     return parser
@@ -333,10 +333,10 @@ def open_log(path: Optional[str], pid: int) -> Tuple[TextIO, str]:
 
 
 def prune_temp_logs(folder: str, now: float, keep_seconds: float = TEMP_LOG_DAYS * 86400) -> int:
-    """Delete this user's default logs (``claudeproxy-<pid>[-x].log``) that no session has written
-    to for ``keep_seconds``: one a session, for a user who starts several a day, would otherwise
-    pile up where nobody clears them (Windows never does, macOS after days). Only regular files
-    of the user's own, never a link, are touched. Returns how many went."""
+    """Delete this user's default logs (``claudeproxy-<pid>[-x].log``) of sessions that have ended
+    and that nothing wrote to for ``keep_seconds``: one a session, for a user who starts several a
+    day, would otherwise pile up where nobody clears them (Windows never does, macOS after days).
+    Only regular files of the user's own, never a link, are touched. Returns how many went."""
     gone = 0
     uid = os.getuid() if hasattr(os, "getuid") else None
     try:
@@ -344,8 +344,9 @@ def prune_temp_logs(folder: str, now: float, keep_seconds: float = TEMP_LOG_DAYS
     except OSError:
         return 0
     for name in names:
-        if not _TEMP_LOG_NAME.fullmatch(name):
-            continue
+        found = _TEMP_LOG_NAME.fullmatch(name)
+        if not found or _running(int(found.group(1))):
+            continue  # another name, or the log of a session still running (idle for a week)
         path = os.path.join(folder, name)
         try:
             info = os.lstat(path)
@@ -421,6 +422,19 @@ def _new_temp_log(pid: int) -> Tuple[int, str]:
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600), path
     except FileExistsError:
         return tempfile.mkstemp(prefix=f"claudeproxy-{pid}-", suffix=".log")  # O_EXCL and 0600 too
+
+
+def _running(pid: int) -> bool:
+    """Is process ``pid`` alive (a reused pid too: its log is then kept, the safe way)?"""
+    if os.name == "nt":
+        return False  # os.kill would end it; and a file a process holds open cannot be deleted there
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # alive, another user's
+    return True
 
 
 def command_env(running: RunningServer, config: Config, environ: Mapping[str, str]) -> Dict[str, str]:

@@ -902,6 +902,13 @@ def test_the_default_log_file_is_new_and_private(tmp_path: Any, monkeypatch: Any
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has ended (and not been reused within this test)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(30)
+    return child.pid
+
+
 @pytest.mark.skipif(not hasattr(os, "symlink") or os.name == "nt", reason="POSIX temp-folder semantics")
 def test_a_start_deletes_only_its_users_own_default_logs_left_for_a_week(tmp_path: Any, monkeypatch: Any) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -914,9 +921,11 @@ def test_a_start_deletes_only_its_users_own_default_logs_left_for_a_week(tmp_pat
             os.utime(str(path), (week_ago, week_ago))
         return path
 
-    stale = [file("claudeproxy-100.log"), file("claudeproxy-101-k2j_x9q.log")]
+    dead = [_dead_pid(), _dead_pid()]
+    stale = [file(f"claudeproxy-{dead[0]}.log"), file(f"claudeproxy-{dead[1]}-k2j_x9q.log")]
     kept = [file("claudeproxy-102.log", old=False), file("claudeproxy-103.log.1"), file("claudeproxy-notes.log"),
-            file("my-claudeproxy-104.log"), file("victim.txt")]
+            file("my-claudeproxy-104.log"), file("victim.txt"),
+            file(f"claudeproxy-{os.getpid()}-idle.log")]  # a session still running, idle for a week
     os.symlink(str(tmp_path / "victim.txt"), str(tmp_path / "claudeproxy-105.log"))
     os.utime(str(tmp_path / "claudeproxy-105.log"), (week_ago, week_ago), follow_symlinks=False)
     stream, path = launcher.open_log(None, 4245)
@@ -929,7 +938,7 @@ def test_a_start_deletes_only_its_users_own_default_logs_left_for_a_week(tmp_pat
 
 @pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root to make another user's file")
 def test_another_users_old_log_is_left_alone(tmp_path: Any) -> None:
-    other = tmp_path / "claudeproxy-200.log"
+    other = tmp_path / f"claudeproxy-{_dead_pid()}.log"
     other.write_text("theirs\n")
     os.chown(str(other), 65534, 65534)
     os.utime(str(other), (0, 0))
