@@ -101,6 +101,8 @@ def canonical(pattern: str) -> str:
     return pattern.lower() if pattern_kind(pattern) == "family" else pattern
 
 
+# Words that come before a family word in the clouds' names for Claude (and "latest").
+_CLOUD_WORDS = frozenset({"anthropic", "bedrock", "vertex", "us", "eu", "apac", "global", "latest"})
 # One segment of a model name, as _FAMILY_RE separates them (glob characters too).
 _SEGMENT_RE = re.compile(r"[^-_.@/:*?\[\]]+")
 
@@ -137,10 +139,17 @@ def unmatched_route(pattern: str) -> Optional[str]:
 
 def _about_claude(mended: str) -> bool:
     """Does a pattern (its misspellings mended) name Claude models: ``claude`` in it, or a family
-    word as its first segment (``sonnet-4.5``, ``*Sonnet*``)? A family word further on names
-    something else (``my-haiku-poet``)."""
-    first = _SEGMENT_RE.search(mended)
-    return "claude" in mended or (first is not None and first.group(0) in FAMILIES)
+    word after nothing but versions and the clouds' words (``sonnet-4.5``, ``*Sonnet*``,
+    ``3-5-sonnet*``, ``bedrock:sonnet*``)? After another word it names something else
+    (``my-haiku-poet``, ``gpt-sonnet-*``)."""
+    if "claude" in mended:
+        return True
+    for segment in _SEGMENT_RE.findall(mended):
+        if segment in FAMILIES:
+            return True
+        if not (segment.isdigit() or segment in _CLOUD_WORDS):
+            return False
+    return False
 
 
 def _reaches_a_sample(pattern: str) -> bool:

@@ -172,6 +172,9 @@ def test_a_family_flag_replaces_the_files_route_of_that_family_in_any_case() -> 
     ("Opus*", True, "did you mean 'opus'?"), ("OPUS*", True, "did you mean 'opus'?"),
     ("sonnet*", True, "did you mean 'sonnet'?"), ("*Sonnet*", True, "did you mean '*sonnet*'?"),
     ("claude-instant-1", True, "a family name"),
+    # A family word after versions or the clouds' words is still Claude's.
+    ("3-5-sonnet*", True, "did you mean 'sonnet'?"), ("latest-sonnet", True, "did you mean 'sonnet'?"),
+    ("bedrock:sonnet*", True, "did you mean 'sonnet'?"), ("anthropic.haiku*", True, "did you mean 'haiku'?"),
     # Reachable: a family in any case, names and globs Claude Code's names can match, other generations.
     ("Opus", False, ""), ("haiku", False, ""), ("*", False, ""), ("claude-*", False, ""), ("*sonnet*", False, ""),
     ("claude-sonnet*", False, ""), ("claude-3-7-sonnet*", False, ""), ("claude-sonnet-4-20250514", False, ""),
