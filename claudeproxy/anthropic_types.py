@@ -577,7 +577,8 @@ def _parse_common(obj: Dict[str, Any], tools_parser: ToolsParser) -> Dict[str, A
     _require_content(parsed)
     parsed_tools = tools_parser(tools) if tools is not None else ()
     choice = _parse_tool_choice(obj.get("tool_choice"))
-    if choice is not None and choice.kind == "tool" and all(t.name != choice.name for t in parsed_tools):
+    if choice is not None and choice.kind == "tool" and all(t.name != choice.name for t in parsed_tools) \
+            and not obj.get("mcp_servers"):  # an MCP server's tools are named by the server, not here
         # Sent on as "auto", the model would answer in text where the
         # client forces a call (and reads no tool_use), or call some other tool.
         raise InvalidRequest(f"tool {choice.name!r} is not among the request's tools", "tool_choice.name")

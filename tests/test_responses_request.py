@@ -307,6 +307,10 @@ def test_tool_choice_mapping() -> None:
     # A forced tool the request does not define is refused at the door, not sent on as "auto".
     with pytest.raises(InvalidRequest, match="tool_choice.name"):
         translate(body(msgs, tools=tools, tool_choice={"type": "tool", "name": "Gone"}))
+    # Unless an MCP server (the connector's) may name it: dropped here, so "auto" as before.
+    mcp = [{"type": "url", "url": "https://mcp.example/sse", "name": "docs"}]
+    assert translate(body(msgs, tools=tools, mcp_servers=mcp,
+                          tool_choice={"type": "tool", "name": "search_docs"})).body["tool_choice"] == "auto"
 
 
 def test_tool_names_are_aliased_and_mapped_back() -> None:
