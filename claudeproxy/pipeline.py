@@ -43,7 +43,7 @@ from .metrics import CallRecord, Metrics, access_line, finite
 from .model_facts import PRICES_CHECKED, ModelFacts
 from .observe import ObservedFold, bodies_logged, log_body
 from .prompt_cache import session_cache_key
-from .redact import configured_secrets, redact_text
+from .redact import MIN_FREE_TEXT_SECRET, configured_secrets, redact_text
 from .relay import Relay
 from .replies import events_for_message, is_quota_probe, local_message
 from .routing import Routed, Target, build_router
@@ -112,10 +112,12 @@ class Proxy:
         # proxy's password, from --proxy or the environment): fixed, found once.
         self._fixed_secrets = configured_secrets([(p.url, p.headers) for p in self.router.providers.values()]
                                                  + [(url, ()) for url in self.upstream.proxy_urls])
-        if self.config.auth_key:
+        if len(self.config.auth_key or "") >= MIN_FREE_TEXT_SECRET:
             # The clients' key too: an upstream error that echoes what it was sent (a gateway
             # given the key by a client, a misrouted header) must not hand it on to the client.
-            self._fixed_secrets += (self.config.auth_key,)
+            # Not a short one ("test", "claude"): masking it in free text would shred the message
+            # ("claude-***-model"), and every client that sees the message sent the key itself.
+            self._fixed_secrets += (self.config.auth_key or "",)
         self.routes: Dict[Tuple[str, str], Route] = {
             ("POST", "/v1/messages"): self.messages,
             ("POST", "/v1/messages/count_tokens"): self.count_tokens,

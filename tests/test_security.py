@@ -424,6 +424,15 @@ def test_the_clients_auth_key_echoed_by_an_upstream_error_is_masked(make_proxy: 
     assert "is not valid here" in message and AUTH_KEY not in resp.body.decode("utf-8", "replace")
 
 
+def test_a_short_auth_key_does_not_shred_upstream_messages(make_proxy: Any, fake_upstream: Any) -> None:
+    # A placeholder key such as "claude" (shorter than 8) is not masked in free text: every client
+    # that sees the message sent it, and masking would turn claude-x-model into claude-***-model.
+    proxy = make_proxy(auth_key="claude")
+    fake_upstream.push(json_reply({"error": {"message": "model `claude-x-model` does not exist"}}, status=404))
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(), {"x-api-key": "claude"})
+    assert "claude-x-model" in assert_error(resp, 404, "not_found_error")
+
+
 def test_upstream_url_query_secret_stays_out_of_errors_and_logs(make_proxy: Any, caplog: Any) -> None:
     caplog.set_level(logging.DEBUG)
     with socket.socket() as closed:  # a port with no listener: connection refused
