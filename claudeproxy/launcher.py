@@ -426,8 +426,11 @@ def _new_temp_log(pid: int) -> Tuple[int, str]:
 
 def _running(pid: int) -> bool:
     """Is process ``pid`` alive (a reused pid too: its log is then kept, the safe way)?"""
-    if os.name == "nt":
-        return False  # os.kill would end it; and a file a process holds open cannot be deleted there
+    if os.name == "nt" or pid == os.getpid():
+        # Windows: os.kill would end it, and a file a process holds open cannot be deleted there.
+        # This process: its own log is new; an old one of the same pid is an earlier process's
+        # (pids repeat in containers), which the age test alone decides.
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -922,15 +922,16 @@ def test_a_start_deletes_only_its_users_own_default_logs_left_for_a_week(tmp_pat
         return path
 
     dead = [_dead_pid(), _dead_pid()]
-    stale = [file(f"claudeproxy-{dead[0]}.log"), file(f"claudeproxy-{dead[1]}-k2j_x9q.log")]
+    stale = [file(f"claudeproxy-{dead[0]}.log"), file(f"claudeproxy-{dead[1]}-k2j_x9q.log"),
+             file(f"claudeproxy-{os.getpid()}-old.log")]  # an earlier process's, with the same pid
     kept = [file("claudeproxy-102.log", old=False), file("claudeproxy-103.log.1"), file("claudeproxy-notes.log"),
             file("my-claudeproxy-104.log"), file("victim.txt"),
-            file(f"claudeproxy-{os.getpid()}-idle.log")]  # a session still running, idle for a week
+            file(f"claudeproxy-{os.getppid()}-idle.log")]  # a session still running, idle for a week
     os.symlink(str(tmp_path / "victim.txt"), str(tmp_path / "claudeproxy-105.log"))
     os.utime(str(tmp_path / "claudeproxy-105.log"), (week_ago, week_ago), follow_symlinks=False)
     stream, path = launcher.open_log(None, 4245)
     stream.close()
-    assert [p.exists() for p in stale] == [False, False]
+    assert [p.exists() for p in stale] == [False, False, False]
     assert all(p.exists() for p in kept) and os.path.exists(path)
     assert os.path.islink(str(tmp_path / "claudeproxy-105.log")), "a link is never followed nor removed"
     assert (tmp_path / "victim.txt").read_text() == "a session's lines\n"
