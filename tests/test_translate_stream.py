@@ -216,6 +216,13 @@ def test_a_large_live_call_keeps_a_digest_not_its_text_and_still_knows_repeats()
     assert final_message(pb.events)["content"][0]["input"] == json.loads(args)
 
 
+def test_a_large_first_fragment_is_not_kept_either() -> None:
+    args = json.dumps({"content": "y" * 200000})
+    pb = Playbook()
+    assert _live_tool_arguments(pb, [args]) == args
+    assert pb.stream.translator.tools[0].parts == [] and pb.stream.translator.tools[0].digest is not None
+
+
 def test_cumulative_snapshots_of_a_large_live_call_send_each_new_suffix_once() -> None:
     # FIELD-NOTES 19: servers that send the arguments so far in every fragment. Past the kept size
     # the snapshot is still recognised (by its digest) and only what is new goes out.
@@ -234,7 +241,9 @@ def test_a_reformatted_repeat_of_a_large_live_call_changes_nothing_the_client_se
     args = json.dumps({"content": "z" * 100000})
     pb = Playbook()
     _live_tool_arguments(pb, [args[i:i + 1024] for i in range(0, len(args), 1024)])
+    counted = pb.stream.translator.out_chars
     assert _live_tool_arguments(pb, [json.dumps(json.loads(args), indent=1)]) == ""
+    assert pb.stream.translator.out_chars == counted  # a repeat, not output: the estimate stays
     pb.feed(chunk(finish="tool_calls", usage={"prompt_tokens": 3, "completion_tokens": 4}))
     assert_valid_event_sequence(pb.events, allow_error=False)
     assert final_message(pb.events)["content"] == [

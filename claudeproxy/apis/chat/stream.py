@@ -113,14 +113,14 @@ class _Tool:
                 old >= 2 or fragment[0] == "{" or _parses(fragment)
             ):
                 self.parts, self.size, self.digest = [fragment], len(fragment), None
-                self._bound()
+                self.bound()
                 return self._scanned(fragment[old:])
         self.size += len(fragment)
         if self.digest is not None:
             self.digest.update(fragment.encode("utf-8", "surrogatepass"))
         else:
             self.parts.append(fragment)
-            self._bound()
+            self.bound()
         return self._scanned(fragment)
 
     def _repeats(self, fragment: str) -> bool:
@@ -129,7 +129,7 @@ class _Tool:
             return fragment.startswith(self.args)
         return len(fragment) >= self.size and _digest(fragment[:self.size]).digest() == self.digest.digest()
 
-    def _bound(self) -> None:
+    def bound(self) -> None:
         """A live call's text past _KEEP_LIVE_TEXT: only its digest is kept."""
         if self.live and self.size > _KEEP_LIVE_TEXT:
             self.digest, self.parts = _digest(self.args), []
@@ -138,9 +138,10 @@ class _Tool:
         if not self.scan.closed:
             return False  # the buffer is not a complete object yet: nothing to repeat
         if self.digest is not None:
-            # The text was let go. Its object closed, so its scan passes nothing more on: a
-            # reformatted repeat taken for new text changes only the output-size estimate.
-            return False
+            # The text was let go and cannot be compared; the object closed, so nothing after it
+            # is the call's: a whole object now is taken for the repeat it almost surely is (not
+            # counted as output), and its scan passes nothing more on either way.
+            return _parses(fragment)
         if not _parses(fragment):
             return False
         buf = self.args
@@ -605,6 +606,7 @@ class StreamTranslator:
 
     def _go_live(self, tool: _Tool) -> List[Event]:
         tool.live = True
+        tool.bound()  # a large first fragment too
         tool.id = tool.id or "toolu_" + self.new_id()
         events = self._open("tool", self._tool_start(tool))
         tool.block = self.open_index
