@@ -309,3 +309,24 @@ def test_h_haiku_trailing_system_message(run_claude: Any, tmp_path: Any) -> None
     assert roles[-2:] == ["tool", "system"], roles
     assert "tokens left" in json.dumps(run.bodies[1]["messages"][-1]["content"])
     assert_valid_upstream_bodies(run)
+
+
+def test_i_a_large_write_in_small_fragments_with_a_final_repeat(run_claude: Any, tmp_path: Any) -> None:
+    """Past 64 KiB the proxy keeps a digest of a live call's arguments, not their text (M2): a 300 KB
+    file in 1 KB fragments must still reach the disk byte for byte, and a final chunk repeating the
+    whole arguments (as some servers send) must not add them twice."""
+    target = tmp_path / "work" / "big.py"
+    content = "".join(f"line {i}: print('x' * {i % 80})  # \u00e9 \\ \"q\"\n" for i in range(7000))
+    args = json.dumps({"file_path": str(target), "content": content})
+    assert len(args) > 256 * 1024
+    chunks = [chunk({"role": "assistant", "content": ""}),
+              chunk({"tool_calls": [{"index": 0, "id": "call_big", "type": "function",
+                                     "function": {"name": "Write", "arguments": args[:1024]}}]})]
+    chunks += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": args[i:i + 1024]}}]})
+               for i in range(1024, len(args), 1024)]
+    chunks += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": args}}]}),  # the whole again
+               chunk({}, "tool_calls"), {"choices": [], "usage": {"prompt_tokens": 900, "completion_tokens": 40}}]
+    run = run_claude(FakeModel(chunks, final="BIG-WRITTEN"), prompt="Write big.py.")
+    assert (run.result["is_error"], run.result["result"]) == (False, "BIG-WRITTEN"), run
+    assert target.read_text(encoding="utf-8") == content
+    assert tool_calls_before(run.bodies[1], "call_big") == {"name": "Write", "input": json.loads(args)}
