@@ -39,18 +39,22 @@ def parse_sse(raw: bytes) -> List[Tuple[str, Event]]:
     out: List[Tuple[str, Event]] = []
     text = raw.decode("utf-8").replace("\r\n", "\n")
     for block in text.split("\n\n"):
-        if not block.strip():
-            continue
-        name, data = "", []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].lstrip(" "))
-        assert name, f"event without an event: line: {block!r}"
-        assert data, f"event without data: {block!r}"
-        out.append((name, json.loads("\n".join(data))))
+        if block.strip():
+            out.append(parse_event_block(block))
     return out
+
+
+def parse_event_block(block: str) -> Tuple[str, Event]:
+    """(event name, payload) of one SSE event's lines; both lines must be there."""
+    name, data = "", []
+    for line in block.split("\n"):
+        if line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip(" "))
+    assert name, f"event without an event: line: {block!r}"
+    assert data, f"event without data: {block!r}"
+    return name, json.loads("\n".join(data))
 
 
 def events_of(raw: bytes) -> List[Event]:

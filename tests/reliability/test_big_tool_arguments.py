@@ -33,7 +33,7 @@ import pytest
 from conftest import CLIENT_KEY
 from fakes import FakeUpstream, Reply
 from rkit import HAVE_PROC, ProxyProcess, peak_rss_kb, record, rss_kb
-from sse_checks import assert_valid_event_sequence
+from sse_checks import assert_valid_event_sequence, parse_event_block
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not HAVE_PROC, reason="needs /proc (Linux)")]
 
@@ -216,14 +216,7 @@ def _events(sse: bytearray, out: Outcome, expected: Arguments) -> None:
             break
         block = bytes(sse[at:end]).decode("utf-8")
         at = end + 2
-        name, data = "", []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].lstrip(" "))
-        assert name and data, f"an event without its event: or data: line: {block[:200]!r}"
-        event = json.loads("\n".join(data))
+        name, event = parse_event_block(block)
         assert event.get("type") == name, f"event {name!r} with type {event.get('type')!r}"
         if event["type"] == "content_block_delta" and event["delta"].get("type") == "input_json_delta":
             piece = event["delta"]["partial_json"]
