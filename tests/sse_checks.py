@@ -115,9 +115,12 @@ def assert_valid_event_sequence(events: Iterable[Event], *, allow_error: bool = 
 
 
 def final_message(events: List[Event]) -> Dict[str, Any]:
-    """Accumulate a stream into the message it describes (like the SDK's accumulate_event)."""
+    """Accumulate a stream into the message it describes (like the SDK's accumulate_event).
+
+    Deltas are collected per block and joined once: ``+=`` per delta is quadratic, and a long
+    stream's check would take longer than the stream."""
     message: Dict[str, Any] = {}
-    json_parts: Dict[int, str] = {}
+    pieces: Dict[Tuple[int, str], List[str]] = {}  # (block index, field) -> its deltas
     for event in events:
         kind = event["type"]
         if kind == "message_start":
@@ -126,20 +129,33 @@ def final_message(events: List[Event]) -> Dict[str, Any]:
             message["content"].append(json.loads(json.dumps(event["content_block"])))
         elif kind == "content_block_delta":
             block, delta = message["content"][event["index"]], event["delta"]
-            if delta["type"] == "text_delta":
-                block["text"] += delta["text"]
-            elif delta["type"] == "thinking_delta":
-                block["thinking"] += delta["thinking"]
+            field = _DELTA_FIELDS.get(delta["type"])
+            if field is not None:
+                pieces.setdefault((event["index"], field), []).append(delta[_DELTA_KEYS[delta["type"]]])
             elif delta["type"] == "signature_delta":
                 block["signature"] = delta["signature"]
             elif delta["type"] == "citations_delta":
                 block.setdefault("citations", []).append(delta["citation"])
-            elif delta["type"] == "input_json_delta":
-                json_parts[event["index"]] = json_parts.get(event["index"], "") + delta["partial_json"]
-        elif kind == "content_block_stop" and event["index"] in json_parts:
-            message["content"][event["index"]]["input"] = json.loads(json_parts[event["index"]])
+        elif kind == "content_block_stop":
+            _join_block(message["content"][event["index"]], event["index"], pieces)
         elif kind == "message_delta":
             message["stop_reason"] = event["delta"]["stop_reason"]
             message["stop_sequence"] = event["delta"].get("stop_sequence")
             message["usage"].update({k: v for k, v in event["usage"].items() if v is not None})
+    for index, block in enumerate(message.get("content", [])):
+        _join_block(block, index, pieces, parse=False)  # blocks a cut stream never stopped
     return message
+
+
+_DELTA_FIELDS = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "input"}
+_DELTA_KEYS = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
+
+
+def _join_block(block: Dict[str, Any], index: int, pieces: Dict[Tuple[int, str], List[str]], parse: bool = True) -> None:
+    for field in ("text", "thinking"):
+        if (index, field) in pieces:
+            block[field] += "".join(pieces.pop((index, field)))
+    if (index, "input") in pieces:
+        text = "".join(pieces.pop((index, "input")))
+        if parse:
+            block["input"] = json.loads(text)

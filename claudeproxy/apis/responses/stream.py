@@ -41,6 +41,7 @@ from ...errors import ProxyError, UpstreamUnavailable, stream_error_event
 from ...replies import block_events, events_for_message, message_start
 from ...signatures import encode_signature
 from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done
+from ..growing import Growing
 from ..stops import first_stop, stop_prefix_len
 from ..toolargs import ArgsScan
 from . import API_NAME
@@ -81,13 +82,13 @@ class _Item:
     id: str = ""
     kinds: Set[str] = dataclasses.field(default_factory=set)  # of all events about it (slot -1: several items)
     # reasoning: all text sent (separators included), per-part text, the part that spoke last
-    text: str = ""
-    parts: Dict[Key, str] = dataclasses.field(default_factory=dict)
+    text: Growing = dataclasses.field(default_factory=Growing)
+    parts: Dict[Key, Growing] = dataclasses.field(default_factory=dict)
     last_part: Optional[Key] = None
     # function_call
     call_id: str = ""
     name: str = ""
-    args: str = ""
+    args: Growing = dataclasses.field(default_factory=Growing)
     scanned: int = 0  # characters of args fed to scan
     scan: ArgsScan = dataclasses.field(default_factory=ArgsScan)  # what of args may be streamed
     blob: Optional[str] = None  # reasoning: encrypted_content, from .done
@@ -141,7 +142,7 @@ class ResponsesFold(SSEFold):
         self.waiting: Dict[Any, Deque[Tuple[int, str, Dict[str, Any], int]]] = {}
         self.arrivals = 0
         self.held_bytes = 0  # the size of the events that wait now (MAX_HELD_BYTES)
-        self.text_sent: Dict[Key, str] = {}  # text per (slot, content_index) part
+        self.text_sent: Dict[Key, Growing] = {}  # text per (slot, content_index) part
         self.annotations: Dict[Key, List[Any]] = {}
         self.cited: Dict[Key, int] = {}  # citations already sent per part
         self.closed: Set[Key] = set()  # keys whose block was stopped
@@ -403,7 +404,8 @@ class ResponsesFold(SSEFold):
             return []
         item.call_id = item.call_id or _str(raw, "call_id")
         item.name = item.name or _str(raw, "name")
-        item.args = item.args or _str(raw, "arguments")
+        if not item.args:
+            item.args = Growing(_str(raw, "arguments"))
         return self._maybe_live(slot, item)
 
     def _item_done(self, obj: Dict[str, Any]) -> List[Event]:
@@ -434,7 +436,7 @@ class ResponsesFold(SSEFold):
         item = self._item_at(index, "reasoning")
         if not text or item.complete or not self.thinking:
             return []  # after its .done the block has its whole text and its signature: a late delta repeats it
-        item.parts[part] = item.parts.get(part, "") + text
+        item.parts.setdefault(part, Growing()).add(text)
         if item.text and item.last_part != part:
             text = "\n\n" + text
         item.last_part = part
@@ -445,7 +447,7 @@ class ResponsesFold(SSEFold):
         key = ("r", index)
         if not self._is_open(key):
             events += self._open(key, "thinking", dict(_THINKING_START))
-        item.text += text
+        item.text.add(text)
         self.out_chars += len(text)
         return events + [self._delta({"type": "thinking_delta", "thinking": text})]
 
@@ -465,7 +467,7 @@ class ResponsesFold(SSEFold):
         """A part's ``.done`` text: send what its deltas missed."""
         slot = self._slot(obj)
         item = self._item_at(slot, "reasoning")
-        sent, full = item.parts.get(part, ""), _str(obj, "text")
+        sent, full = item.parts.get(part, Growing()).text(), _str(obj, "text")
         if len(full) > len(sent) and full.startswith(sent):
             return self._thinking_text(slot, part, full[len(sent):])
         return []
@@ -482,8 +484,9 @@ class ResponsesFold(SSEFold):
         item.blob = _str(raw, "encrypted_content") or None
         full = reasoning_text(raw)
         events: List[Event] = []
-        if len(full) > len(item.text) and full.startswith(item.text):
-            events += self._emit_thinking(index, item, full[len(item.text):])
+        sent = item.text.text()
+        if len(full) > len(sent) and full.startswith(sent):
+            events += self._emit_thinking(index, item, full[len(sent):])
         key = ("r", index)
         if not self._is_open(key) and item.blob and key not in self.closed:
             # Text-less reasoning still needs its block, or the blob is lost (RESPONSES.md 6).
@@ -520,7 +523,7 @@ class ResponsesFold(SSEFold):
         events: List[Event] = []
         if not self._is_open(key):
             events += self._open(key, "text", {"type": "text", "text": ""})
-        self.text_sent[key] = self.text_sent.get(key, "") + text
+        self.text_sent.setdefault(key, Growing()).add(text)
         self.out_chars += len(text)
         self.refusal = self.refusal or refusal
         return events + [self._delta({"type": "text_delta", "text": text})]
@@ -528,7 +531,7 @@ class ResponsesFold(SSEFold):
     def _fill_text(self, key: Key, full: str, refusal: bool) -> List[Event]:
         """What ``full`` has beyond the text sent for the part; after its block closed (another
         item's block came between) in a block of its own, as a late delta goes, not lost."""
-        sent = self.text_sent.get(key, "")
+        sent = self._sent(key)
         if len(full) > len(sent) and full.startswith(sent):
             return self._emit_text(key, full[len(sent):], refusal)
         return []
@@ -561,8 +564,13 @@ class ResponsesFold(SSEFold):
         self.finished.add(key)
         return events + (self._close() if self._is_open(key) else [])
 
+    def _sent(self, key: Key) -> str:
+        """The text received for a part (and sent, or held at a stop string's start)."""
+        sent = self.text_sent.get(key)
+        return sent.text() if sent is not None else ""
+
     def _citations(self, key: Key) -> List[Event]:
-        block = text_block(self.text_sent.get(key, ""), self.annotations.get(key))
+        block = text_block(self._sent(key), self.annotations.get(key))
         cites = block.get("citations", []) if block else []
         events = [self._delta({"type": "citations_delta", "citation": c}) for c in cites[self.cited.get(key, 0):]]
         self.cited[key] = len(cites)
@@ -598,7 +606,7 @@ class ResponsesFold(SSEFold):
         if not opened and (not (item.call_id and item.name) or self._held_back(key)):
             return []  # one block at a time (RESPONSES.md 7 pitfall 8): it waits for that call's end
         if len(item.args) > item.scanned:
-            item.scan.feed(item.args[item.scanned:])
+            item.scan.feed(item.args.since(item.scanned))
             item.scanned = len(item.args)
         events: List[Event] = []
         if not opened:
@@ -660,7 +668,7 @@ class ResponsesFold(SSEFold):
     def _args_delta(self, obj: Dict[str, Any]) -> List[Event]:
         slot = self._slot(obj)
         item = self._item_at(slot, "function_call")
-        item.args += _str(obj, "delta")
+        item.args.add(_str(obj, "delta"))
         return self._maybe_live(slot, item)
 
     def _args_done(self, obj: Dict[str, Any]) -> List[Event]:
@@ -668,8 +676,8 @@ class ResponsesFold(SSEFold):
         item = self._item_at(slot, "function_call")
         item.name = item.name or _str(obj, "name")
         full = _str(obj, "arguments")
-        if len(full) > len(item.args) and full.startswith(item.args):
-            item.args = full  # deltas may be missing: arguments only here
+        if len(full) > len(item.args) and full.startswith(item.args.text()):
+            item.args = Growing(full)  # deltas may be missing: arguments only here
         events = self._maybe_live(slot, item)
         if self._is_open(("f", slot)):
             # The arguments are whole: the block ends here, and the items waiting behind it go on.
@@ -680,8 +688,8 @@ class ResponsesFold(SSEFold):
         item.call_id = item.call_id or _str(raw, "call_id")
         item.name = item.name or _str(raw, "name")
         full = _str(raw, "arguments")
-        if len(full) > len(item.args) and full.startswith(item.args):
-            item.args = full
+        if len(full) > len(item.args) and full.startswith(item.args.text()):
+            item.args = Growing(full)
         key = ("f", index)
         if key not in self.closed and not self._is_open(key) and self._held_back(key):
             item.done = raw  # calls interleaved by the server: placed when the open one ends
@@ -693,7 +701,7 @@ class ResponsesFold(SSEFold):
             return events  # cut off by another block: nothing more can be placed
         # Not live (arguments not an object, or no id/name until now): the whole call at once.
         start = self._tool_start(item)
-        obj = tool_input(item.args, self.incomplete)
+        obj = tool_input(item.args.text(), self.incomplete)
         self.out_chars += len(item.args)
         self.closed.add(key)
         return events + self._whole_block({**start, "input": obj})
@@ -877,7 +885,7 @@ class LocalStopResponsesFold(ResponsesFold):
         if refusal or not text:  # a refusal is not answer text: not searched
             return super()._emit_text(key, text, refusal)
         events = self._flush_held() if self.held and key != self.held_key else []  # no match across parts
-        self.text_sent[key] = self.text_sent.get(key, "") + text  # as received: .done fills in the rest only
+        self.text_sent.setdefault(key, Growing()).add(text)  # as received: .done fills in the rest only
         self.out_chars += len(text)
         buffered, self.held = self.held + text, ""
         hit = first_stop(buffered, self.stops)
@@ -905,8 +913,9 @@ class LocalStopResponsesFold(ResponsesFold):
 
     def _stop_at(self, key: Key, unsent: int, sequence: str) -> List[Event]:
         """End the message at ``sequence``; the last ``unsent`` characters received for ``key`` are not sent."""
-        sent = self.text_sent[key][: len(self.text_sent[key]) - unsent]
-        self.text_sent[key] = sent  # the block's citations are those of the text sent
+        whole = self._sent(key)
+        sent = whole[: len(whole) - unsent]
+        self.text_sent[key] = Growing(sent)  # the block's citations are those of the text sent
         self.annotations[key] = cited_before(self.annotations.get(key), len(sent))
         return self._end_at_stop(sequence, None)
 
