@@ -817,8 +817,9 @@ def passed_over_keys(server: ProxyServer, environ: Mapping[str, str]) -> List[st
     user who exported GEMINI_API_KEY for Gemini and GOOGLE_API_KEY for another Google API would
     otherwise see 401s or 403s and look at the wrong key."""
     provider = server.proxy.router.providers.get(SHORTHAND_PROVIDER)
-    if provider is None or provider.api == "messages":
-        return []
+    from_file = any(p.name == SHORTHAND_PROVIDER for p in server.config.providers)
+    if provider is None or provider.api == "messages" or from_file:
+        return []  # a config file's provider of that name takes its key from variables it names
     own = default_key_variables(provider_dialect(provider), False)
     used = next((var for var in own if environ.get(var, "").strip()), None)
     if used is None or provider.key_source != f"${used}":  # a key setting (--api-key-env too), or another variable

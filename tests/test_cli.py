@@ -203,6 +203,18 @@ def test_a_gemini_key_variable_chosen_by_name_is_not_second_guessed(served: List
     assert [line for line in _start_warnings(served[0], env) if "hold different keys" in line] == []
 
 
+def test_a_config_file_provider_named_upstream_is_not_second_guessed(served: List[Any], tmp_path: Any) -> None:
+    """A provider of the config file may be named ``upstream``, like the shorthand's, and take
+    $GOOGLE_API_KEY by name: the user chose that variable, and no warning second-guesses it."""
+    env = {"GOOGLE_API_KEY": "sk-google-1234567", "GEMINI_API_KEY": "sk-gemini-1234567"}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"providers": {"upstream": {"url": GEMINI_URL, "api_key_env": "GOOGLE_API_KEY"}},
+                                "routes": [{"match": "*", "provider": "upstream"}]}))
+    assert run_main(["--config", str(path)], env)[0] == 0
+    assert served[0].providers[0].token() == "sk-google-1234567"
+    assert [line for line in _start_warnings(served[0], env) if "hold different keys" in line] == []
+
+
 def test_a_keyless_gemini_upstream_is_told_both_variables() -> None:
     server = claudeproxy.start(upstream=GEMINI_URL)
     try:
