@@ -127,6 +127,33 @@ def peak_rss_kb(pid: Any = "self") -> int:
     return _status(pid, "VmHWM")
 
 
+class PeakSampler:
+    """The highest values ``readers`` give (``{"rss": rss_kb, ...}``, each given the pid), read every
+    ``every`` seconds on a thread between ``with`` and its end; ``peak`` starts at ``start``."""
+
+    def __init__(self, pid: int, every: float, readers: Dict[str, Callable[[Any], int]], start: Dict[str, int]) -> None:
+        self.pid, self.every, self.readers = pid, every, readers
+        self.peak = dict(start)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                for name, read in self.readers.items():
+                    self.peak[name] = max(self.peak.get(name, 0), read(self.pid))
+            except (OSError, KeyError):
+                return  # the process is gone
+
+    def __enter__(self) -> "PeakSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:

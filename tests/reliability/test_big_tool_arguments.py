@@ -32,7 +32,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import pytest
 from conftest import CLIENT_KEY
 from fakes import FakeUpstream, Reply
-from rkit import HAVE_PROC, ProxyProcess, peak_rss_kb, record, rss_kb
+from rkit import HAVE_PROC, PeakSampler, ProxyProcess, peak_rss_kb, record, rss_kb
 from sse_checks import assert_valid_event_sequence, parse_event_block
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not HAVE_PROC, reason="needs /proc (Linux)")]
@@ -243,28 +243,16 @@ def run_load(proxy: ProxyProcess) -> Dict[str, Any]:
     small = _verdict(None, warm)
     rss0 = rss_kb(proxy.pid)
     outcomes = [Outcome() for _ in range(STREAMS)]
-    peak = {"rss": rss0}
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.02):
-            try:
-                peak["rss"] = max(peak["rss"], rss_kb(proxy.pid))
-            except (OSError, KeyError):
-                return
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    started = time.monotonic()
-    readers = [threading.Thread(target=read_stream, args=(proxy.port, i, outcomes[i]), daemon=True)
-               for i in range(STREAMS)]
-    for t in readers:
-        t.start()
-    for t in readers:
-        t.join(READ_TIMEOUT + 5)
-    took = time.monotonic() - started
-    stop.set()
-    sampler.join(2)
+    with PeakSampler(proxy.pid, 0.02, {"rss": rss_kb}, {"rss": rss0}) as sampler:
+        started = time.monotonic()
+        readers = [threading.Thread(target=read_stream, args=(proxy.port, i, outcomes[i]), daemon=True)
+                   for i in range(STREAMS)]
+        for t in readers:
+            t.start()
+        for t in readers:
+            t.join(READ_TIMEOUT + 5)
+        took = time.monotonic() - started
+    peak = sampler.peak
     hwm = peak_rss_kb(proxy.pid)
     rss1 = rss_kb(proxy.pid)
     problems = [_verdict(t, out) for t, out in zip(readers, outcomes)]

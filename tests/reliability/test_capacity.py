@@ -25,7 +25,6 @@ import http.client
 import json
 import selectors
 import socket
-import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -35,6 +34,7 @@ from fakes import FakeUpstream, Gate, Hold, Reply, StreamClient, chunk, sse_repl
 from rkit import (
     HAVE_PROC,
     FdLimit,
+    PeakSampler,
     ProxyProcess,
     check_answer,
     check_error_body,
@@ -244,24 +244,12 @@ def test_1000_concurrent_connections(fd_room: int) -> None:
                       b"data: " + json.dumps(chunk({}, "stop")).encode() + b"\n\n", b"data: [DONE]\n\n"],
                      chunked=True)
         fake.default = held
-        peak = {"rss": rss0, "threads": 0}
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.wait(0.05):
-                try:
-                    peak["rss"] = max(peak["rss"], rss_kb(proxy.pid))
-                    peak["threads"] = max(peak["threads"], thread_count(proxy.pid))
-                except (OSError, KeyError):
-                    return
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        started = time.monotonic()
-        conns = burst(proxy.port, BURST, deadline=10.0)
-        took = time.monotonic() - started
-        stop.set()
-        sampler.join(2)
+        with PeakSampler(proxy.pid, 0.05, {"rss": rss_kb, "threads": thread_count},
+                         {"rss": rss0, "threads": 0}) as sampler:
+            started = time.monotonic()
+            conns = burst(proxy.port, BURST, deadline=10.0)
+            took = time.monotonic() - started
+        peak = sampler.peak
         after = quiet(proxy, base["threads"], base["fds"])
         rss1 = rss_kb(proxy.pid)
     finally:
