@@ -33,6 +33,9 @@ class StreamFold(Protocol):
     # What the upstream said it billed for the call (OpenRouter's usage.cost), the record's cost;
     # None where it does not say (the tokens are priced).
     billed_cost: Optional[float]
+    # Bytes an SSE line may have beyond the cap per byte of body before it (``iter_lines``): 0
+    # but where the API's closing events repeat what its deltas sent.
+    line_allowance: float
 
     @property
     def finishing(self) -> bool:

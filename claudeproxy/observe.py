@@ -76,6 +76,10 @@ class ObservedFold:
     def billed_cost(self) -> Optional[float]:
         return self._fold.billed_cost  # type: ignore[no-any-return]
 
+    @property
+    def line_allowance(self) -> float:
+        return float(self._fold.line_allowance)
+
     def feed_line(self, raw: bytes) -> List[Event]:
         for line in raw.splitlines():  # the relay feeds the whole lines of one read
             if line.strip():

@@ -144,6 +144,7 @@ class SSEFold:
     decoder: SSEDecoder
     complete: bool
     billed_cost: Optional[float] = None  # ``StreamFold.billed_cost``: only Chat upstreams report one
+    line_allowance = 0.0  # ``StreamFold.line_allowance``: no line repeats the deltas before it
 
     def feed_line(self, raw: bytes) -> List[Dict[str, Any]]:
         """Events for one or more whole lines; raises ``ProxyError`` for an upstream error event,

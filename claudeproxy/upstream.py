@@ -1226,16 +1226,24 @@ def read_error(exc: BaseException, call: UpstreamCall, idle: Optional[float] = N
     return UpstreamUnavailable(f"upstream connection broke off ({type(exc).__name__})")
 
 
-def iter_lines(resp: Any, limit: int) -> Iterator[bytes]:
+def iter_lines(resp: Any, limit: int, allowance: float = 0.0) -> Iterator[bytes]:
     """The body's whole lines as they arrive, all those of one read as one bytes; a line over
     ``limit`` bytes is an error, not a buffer.
 
     One ``read1`` takes what the network delivered (an upstream often sends several
     SSE lines in one packet, and each event is two lines: ``data:`` and the blank one)
     and the fold takes them in one call, so the Python work per event stays per
-    event, not per line. Nothing is held back but the unfinished last line.
+    event, not per line. Nothing is held back but the unfinished last line, kept in
+    pieces while it spans reads (joined once at its end: ``+`` per read was quadratic).
+
+    ``allowance``: bytes a line may have beyond ``limit`` per byte of body before it, for an
+    API whose closing events repeat what its deltas sent (the Responses API's ``.done``
+    events and ``response.completed`` carry a call's whole arguments again). A line that
+    comes first is still held to ``limit``, and memory stays in proportion to the answer.
     """
-    pending = b""
+    spill: List[bytes] = []  # the unfinished last line, in pieces
+    spilled = 0
+    before = 0  # bytes of the lines already given
     read = getattr(resp, "read_available", resp.read1)
     decoder = getattr(resp, "cp_decoder", None)
     if decoder is not None:
@@ -1243,18 +1251,28 @@ def iter_lines(resp: Any, limit: int) -> Iterator[bytes]:
     while True:
         data = read(_READ_SIZE)
         if not data:
-            if pending:
-                yield pending  # the last line of a body without a final newline
+            if spill:
+                yield b"".join(spill)  # the last line of a body without a final newline
             return
-        if pending:
-            data = pending + data
         cut = data.rfind(b"\n") + 1
-        run, pending = data[:cut], data[cut:]
+        if not cut:  # no line ends in this read
+            spill.append(data)
+            spilled += len(data)
+            if spilled > limit + allowance * before:
+                raise UpstreamUnavailable(f"upstream sent an SSE line longer than {limit} bytes")
+            continue
+        if spill:
+            spill.append(data)
+            data, cut = b"".join(spill), cut + spilled
+        run, rest = data[:cut], data[cut:]
+        spill, spilled = ([rest], len(rest)) if rest else ([], 0)
         if len(run) > limit:
-            run = yield from _lines_below(run, limit)  # rare: a run this long may hide a line over the cap
+            # rare: a run this long may hide a line over the cap
+            run = yield from _lines_below(run, limit, allowance, before)
         if run:
             yield run
-        if len(pending) > limit:
+            before += len(run)
+        if spilled > limit + allowance * before:
             raise UpstreamUnavailable(f"upstream sent an SSE line longer than {limit} bytes")
 
 
@@ -1275,15 +1293,17 @@ def _decoding(read: Callable[[int], bytes], decoder: Any) -> Callable[[int], byt
     return read_decoded
 
 
-def _lines_below(run: bytes, limit: int) -> Generator[bytes, None, bytes]:
-    """``run`` back if no line in it is over ``limit``; else the lines before the first that is
-    go out (as in a stream read line by line) and the stream fails."""
+def _lines_below(run: bytes, limit: int, allowance: float, before: int) -> Generator[bytes, None, bytes]:
+    """``run`` back if no line in it is over its cap (``iter_lines``); else the lines before the
+    first that is go out (as in a stream read line by line) and the stream fails."""
     lines = run.split(b"\n")
+    offset = before
     for i, line in enumerate(lines):
-        if len(line) > limit:
+        if len(line) > limit + allowance * offset:
             if i:
                 yield b"\n".join(lines[:i]) + b"\n"
             raise UpstreamUnavailable(f"upstream sent an SSE line longer than {limit} bytes")
+        offset += len(line) + 1
     return run
 
 

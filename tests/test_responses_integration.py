@@ -314,3 +314,38 @@ def test_a_refused_temperature_is_dropped_and_remembered_for_the_model(make_prox
     assert resp.status == 200, resp
     assert request(server.url, "POST", "/v1/messages", turn, HEADERS).status == 200
     assert [r.json.get("temperature") for r in fake_upstream.requests[-3:]] == [0.7, None, None]
+
+
+def test_a_two_mb_write_survives_the_done_events_that_repeat_its_arguments(proxy: Any, fake_upstream: Any) -> None:
+    """OpenAI repeats a call's whole arguments in ``function_call_arguments.done``,
+    ``output_item.done`` and ``response.completed``, one SSE line each. Past the 1 MiB line
+    cap, a 2 MB Write failed with an error event after all its deltas had gone out; the cap
+    now grows with the body before a line, so the call ends whole and nothing else changes."""
+    content = "".join(f"line {i}: \"quoted\" \\ path\n" for i in range(70000))  # ~2 MB, escapes included
+    args = json.dumps({"file_path": "/tmp/big.txt", "content": content})
+    call = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "Write", "status": "completed"}
+
+    def event(obj: Dict[str, Any]) -> bytes:
+        return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+    steps = [event({"type": "response.created", "response": {"id": "resp_1", "status": "in_progress", "output": []}}),
+             event({"type": "response.output_item.added", "output_index": 0, "item": {**call, "arguments": ""}})]
+    steps += [event({"type": "response.function_call_arguments.delta", "item_id": "fc_1", "output_index": 0,
+                     "delta": args[i:i + 1024]}) for i in range(0, len(args), 1024)]
+    steps += [event({"type": "response.function_call_arguments.done", "item_id": "fc_1", "output_index": 0,
+                     "arguments": args}),
+              event({"type": "response.output_item.done", "output_index": 0, "item": {**call, "arguments": args}}),
+              event({"type": "response.completed", "response": {
+                  "id": "resp_1", "status": "completed", "output": [{**call, "arguments": args}],
+                  "usage": {"input_tokens": 40, "output_tokens": 520000}}})]
+    assert len(steps[-1]) > 2 * 1024 * 1024  # each repeat is over the cap
+    fake_upstream.push(Reply(200, (("Content-Type", "text/event-stream"),), steps, chunked=True))
+    write = {"name": "Write", "description": "Write a file", "input_schema": {"type": "object", "properties": {
+        "file_path": {"type": "string"}, "content": {"type": "string"}}, "required": ["file_path", "content"]}}
+    with StreamClient(proxy.url, ask(stream=True, tools=[write]), headers=HEADERS) as client:
+        events = client.read_all(timeout=30)
+    assert_valid_event_sequence(events, allow_error=False)
+    message = final_message(events)
+    assert [b["type"] for b in message["content"]] == ["tool_use"]
+    assert message["content"][0]["input"] == {"file_path": "/tmp/big.txt", "content": content}
+    assert message["stop_reason"] == "tool_use" and message["usage"]["output_tokens"] == 520000

@@ -21,11 +21,13 @@ import io
 import json
 import os
 import random
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
 from claudeproxy import upstream
+from claudeproxy.errors import UpstreamUnavailable
 from claudeproxy.upstream import iter_lines
 from sse_checks import assert_valid_event_sequence, final_message
 from stream_playbook import (
@@ -245,3 +247,60 @@ def test_cumulative_argument_snapshots_reassemble(seed: int) -> None:
     pb.feed(chunk(finish="tool_calls"))
     pb.done()
     assert tool_inputs(pb) == [("snap", obj)], f"seed={seed} snapshots={snapshots[:3]}"
+
+
+# ---------------------------------------------------------------------------
+# iter_lines: a line that spans many reads, and the allowance for lines that repeat what came before.
+
+
+class _Slices:
+    """A body read ``size`` bytes at a time (``read1``)."""
+
+    def __init__(self, body: bytes, size: int) -> None:
+        self.body, self.size, self.pos = body, size, 0
+
+    def read1(self, n: int) -> bytes:
+        piece = self.body[self.pos:self.pos + min(n, self.size)]
+        self.pos += len(piece)
+        return piece
+
+
+def _lines(body: bytes, size: int, limit: int, allowance: float = 0.0) -> List[bytes]:
+    return b"".join(iter_lines(_Slices(body, size), limit, allowance)).splitlines(keepends=True)
+
+
+@pytest.mark.parametrize("size", [1, 7, 1024, 1 << 20])
+def test_lines_come_whole_however_the_body_is_read(size: int) -> None:
+    body = b"data: a\n\n" + b"data: " + b"b" * 5000 + b"\n\n" + b"data: c\n\ndata: last-without-newline"
+    assert _lines(body, size, 6000) == body.splitlines(keepends=True)
+
+
+def test_a_line_over_the_cap_fails_without_an_allowance() -> None:
+    body = b"data: " + b"x" * 300 + b"\n\n" + b"data: " + b"y" * 1200 + b"\n\n"
+    with pytest.raises(UpstreamUnavailable, match="longer than 1000 bytes"):
+        _lines(body, 64, 1000)
+    with pytest.raises(UpstreamUnavailable, match="longer than 1000 bytes"):
+        _lines(body, 5000, 1000)  # the same when one read holds it whole
+
+
+@pytest.mark.parametrize("size", [64, 5000])
+def test_the_allowance_grows_with_the_body_before_the_line(size: int) -> None:
+    """With allowance 2 a line may have 2 bytes beyond the cap per byte before it: a Responses
+    call's ``.done`` repeats its arguments; a first line, or one longer than the allowance, fails."""
+    deltas = b"".join(b"data: " + b"d" * 90 + b"\n\n" for _ in range(10))  # 980 bytes
+    repeat = b"data: " + b"r" * 2800 + b"\n\n"  # over the 1000-byte cap, within 1000 + 2 * 980
+    assert _lines(deltas + repeat, size, 1000, 2.0) == (deltas + repeat).splitlines(keepends=True)
+    with pytest.raises(UpstreamUnavailable, match="longer than"):
+        _lines(deltas + b"data: " + b"r" * 3100 + b"\n\n", size, 1000, 2.0)
+    with pytest.raises(UpstreamUnavailable, match="longer than"):
+        _lines(repeat + deltas, size, 1000, 2.0)  # nothing before it to repeat
+    with pytest.raises(UpstreamUnavailable, match="longer than"):
+        _lines(deltas + b"data: " + b"e" * 100000, size, 1000, 2.0)  # an endless line stops at the cap
+
+
+def test_a_line_of_many_reads_is_joined_once() -> None:
+    """The unfinished line was grown with ``+`` per read: 8 MB in 1 KB reads copied 32 GB."""
+    body = b"data: " + b"z" * (8 * 1024 * 1024) + b"\n\n"
+    started = time.monotonic()
+    lines = _lines(body, 1024, 9 * 1024 * 1024)
+    assert lines == [body[:-1], b"\n"] and time.monotonic() - started < 5.0

@@ -106,6 +106,12 @@ class _Open:
 class ResponsesFold(SSEFold):
     """Responses SSE lines in, Anthropic events out. See the module docstring."""
 
+    # A call's ``.done`` events and ``response.completed`` repeat its whole arguments (a text's
+    # ``.done`` its text) on one line each: a 2 MB Write must not end at the 1 MiB line cap
+    # after its deltas went out. The final object holds every item once, each as long as
+    # its deltas, plus what came back of the request (its tools, its instructions).
+    line_allowance = 2.0
+
     def __init__(
         self,
         *,
