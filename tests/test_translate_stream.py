@@ -769,3 +769,32 @@ COMPLETE_CASES = [s for s in CASES if load_case(s).expected[-1]["type"] == "mess
 def test_events_for_message_of_each_golden_result(stem: str) -> None:
     message = final_message(load_case(stem).expected)
     assert final_message(events_for_message(message)) == message
+
+
+def test_openrouter_reasoning_details_of_every_delta_take_linear_time() -> None:
+    """OpenRouter sends a ``reasoning_details`` entry with each reasoning delta; they were kept in a
+    new list per chunk (80,000 chunks: 12 s). All of them still reach the thinking block's signature,
+    and details that come after it closed still get a block of their own."""
+    from claudeproxy.signatures import decode_signature
+
+    pb = Playbook(dialect="openrouter")
+    feed = lambda c: pb.stream.translator.feed(parse_chat_chunk(c))  # noqa: E731  (skip JSON round trips)
+    n = 80000
+    events = feed(chunk({"role": "assistant", "content": ""}))
+    started = time.monotonic()
+    for i in range(n):
+        detail = {"type": "reasoning.text", "text": f"s{i} ", "format": "anthropic-claude-v1", "index": 0}
+        events += feed(chunk({"reasoning": f"s{i} ", "reasoning_details": [detail]}))
+    took = time.monotonic() - started
+    events += feed(chunk({"content": "Done"}))
+    late = {"type": "reasoning.encrypted", "data": "ZW5j", "format": "anthropic-claude-v1", "index": 1}
+    events += feed(chunk({"reasoning_details": [late]}))  # after the thinking block closed
+    events += feed(chunk({}, "stop")) + pb.stream.translator.finish()
+    assert_valid_event_sequence(events, allow_error=False)
+    blocks = final_message(events)["content"]
+    assert [b["type"] for b in blocks] == ["thinking", "text", "thinking"]
+    assert blocks[0]["thinking"] == "".join(f"s{i} " for i in range(n))
+    first = decode_signature(blocks[0]["signature"], "openrouter")["reasoning_details"]
+    assert len(first) == n and first[-1]["text"] == f"s{n - 1} "
+    assert decode_signature(blocks[2]["signature"], "openrouter")["reasoning_details"][-1] == late
+    assert took < 6.0, f"{n} chunks took {took:.1f} s"
