@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from typing import Any, Dict, List
 
@@ -666,6 +667,28 @@ def test_think_tags_matching_the_non_streaming_split() -> None:
         ("thinking", "deep thought"), ("text", "Answer")]
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_think_tags_stream_as_the_json_answer_splits_them(seed: int) -> None:
+    """PROTOCOL.md case 67 on random content cut at random places: the stream's thinking and text
+    are the JSON answer's. Two ways they differed: a reasoning cut short (no ``</think>``, the
+    output limit) lost any run of 8 blanks inside it, and a bare ``<think>`` came out as text."""
+    from claudeproxy.apis.chat.response import split_think_tags
+
+    rng = random.Random(seed)
+    pieces = ["<think>", "</think>", "<", "</", "think", ">", "<th", "ink>", " ", "\n", " \n\t", "\n" * 9,
+              "a", "b c", " x ", ""]
+    for _ in range(300):
+        parts = [rng.choice(pieces) for _ in range(rng.randint(1, 20))]
+        pb = Playbook(think_tags=True)
+        for part in parts:
+            pb.feed(chunk({"content": part}))
+        pb.feed(chunk(finish="stop"))
+        pb.done()
+        blocks = final_message(pb.events)["content"]
+        got = ("".join(b.get("thinking", "") for b in blocks), "".join(b.get("text", "") for b in blocks))
+        assert got == split_think_tags("".join(parts)), parts
+
+
 def test_think_tags_off_leaves_tags_in_the_text() -> None:
     pb = Playbook()
     pb.feed(chunk({"content": "<think>x</think>y"}, "stop"))
@@ -798,3 +821,25 @@ def test_openrouter_reasoning_details_of_every_delta_take_linear_time() -> None:
     assert len(first) == n and first[-1]["text"] == f"s{n - 1} "
     assert decode_signature(blocks[2]["signature"], "openrouter")["reasoning_details"][-1] == late
     assert took < 6.0, f"{n} chunks took {took:.1f} s"
+
+
+@pytest.mark.parametrize("where", ["inside <think>", "before any tag"])
+def test_a_model_looping_on_newlines_costs_linear_time(where: str) -> None:
+    """think_tags: blank deltas are held (they may end the reasoning, or come before ``<think>``)
+    and were re-stripped whole at every delta: 80,000 newlines took 11 to 23 s."""
+    pb = Playbook(think_tags=True)
+    feed = lambda c: pb.stream.translator.feed(parse_chat_chunk(c))  # noqa: E731  (skip JSON round trips)
+    n = 80000
+    events = feed(chunk({"role": "assistant", "content": "<think>Plan" if where == "inside <think>" else ""}))
+    started = time.monotonic()
+    for _ in range(n):
+        events += feed(chunk({"content": "\n"}))
+    took = time.monotonic() - started
+    events += feed(chunk({"content": "step"})) + feed(chunk({}, "stop")) + pb.stream.translator.finish()
+    assert_valid_event_sequence(events, allow_error=False)
+    blocks = final_message(events)["content"]
+    if where == "inside <think>":  # the newlines were reasoning after all, and reach the client
+        assert [b["type"] for b in blocks] == ["thinking"] and blocks[0]["thinking"] == "Plan" + "\n" * n + "step"
+    else:  # no tag came: all of it is text
+        assert [b["type"] for b in blocks] == ["text"] and blocks[0]["text"] == "\n" * n + "step"
+    assert took < 6.0, f"{n} deltas took {took:.1f} s"
