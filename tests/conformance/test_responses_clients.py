@@ -182,3 +182,62 @@ def test_claude_code_with_a_tool_round_keeps_its_reasoning(make_proxy: Any, tmp_
         assert call["call_id"] == output["call_id"] == "call_cc1"
     finally:
         fake.close()
+
+
+def big_write_turn(path: str, content: str) -> Reply:
+    """A Write whose arguments stream in 1 KB deltas; as OpenAI does, ``.done``, ``output_item.done``
+    and ``response.completed`` each repeat the whole arguments on one line."""
+    args = json.dumps({"file_path": path, "content": content})
+    call = {"type": "function_call", "id": "fc_big", "call_id": "call_big", "name": "Write", "arguments": args,
+            "status": "completed"}
+    done = {"id": "resp_big", "object": "response", "status": "completed", "model": "gpt-5", "output": [call],
+            "usage": {"input_tokens": 900, "output_tokens": len(args) // 4}}
+    deltas = [{"type": "response.function_call_arguments.delta", "item_id": "fc_big", "output_index": 0,
+               "delta": args[i:i + 1024]} for i in range(0, len(args), 1024)]
+    return events(
+        {"type": "response.created", "response": {**done, "status": "in_progress", "output": [], "usage": None}},
+        {"type": "response.output_item.added", "output_index": 0, "item": {**call, "arguments": "",
+                                                                           "status": "in_progress"}},
+        *deltas,
+        {"type": "response.function_call_arguments.done", "item_id": "fc_big", "output_index": 0, "arguments": args},
+        {"type": "response.output_item.done", "output_index": 0, "item": call},
+        {"type": "response.completed", "response": done},
+    )
+
+
+@pytest.mark.skipif(CLAUDE is None, reason="Claude Code CLI not found (set CLAUDEPROXY_CLAUDE_BIN or run .ci/run)")
+def test_claude_code_writes_a_file_whose_arguments_repeat_past_the_line_cap(make_proxy: Any, tmp_path: Any) -> None:
+    """1.2 MB of arguments: each repeating line is over the 1 MiB SSE line cap, which used to end
+    the stream with an error after every delta had gone out (Claude Code then retried the turn)."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    target = work / "big.txt"
+    content = "".join(f"row {i}: {'x' * (i % 40)} \"value\" \\ end\n" for i in range(22000))
+    assert len(json.dumps(content)) > 1024 * 1024
+
+    def model(rec: Any) -> Reply:
+        body = rec.json
+        if not body.get("tools"):
+            return final_turn('{"title": "Fake"}')
+        kinds = [item.get("type") for item in body["input"]]
+        return final_turn("BIG-DONE") if "function_call_output" in kinds else big_write_turn(str(target), content)
+
+    fake = ScriptedUpstream(model)
+    try:
+        server = make_proxy(upstream=fake.url, upstream_api="responses", model="gpt-5", provider="openai")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C.UTF-8",
+               "ANTHROPIC_BASE_URL": server.url, "ANTHROPIC_API_KEY": "dummy", "DISABLE_AUTOUPDATER": "1",
+               "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1", "IS_SANDBOX": "1"}
+        cmd = [str(CLAUDE), "-p", "Create big.txt.", "--output-format", "stream-json", "--verbose",
+               "--dangerously-skip-permissions", "--max-turns", "6"]
+        proc = subprocess.run(cmd, cwd=str(work), env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=120)
+        lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        result = [line for line in lines if line.get("type") == "result"]
+        assert result and result[-1]["result"] == "BIG-DONE", (proc.stdout[-2000:], proc.stderr[-2000:])
+        assert target.read_text(encoding="utf-8") == content
+        main_turns = [r.json for r in fake.requests if r.json.get("tools")]
+        assert len(main_turns) == 2  # no retry of the first turn
+    finally:
+        fake.close()
