@@ -138,6 +138,20 @@ def final_turn(text: str) -> Reply:
     )
 
 
+def run_claude_code(url: str, home: Any, work: Any, prompt: str, final: str, timeout: float) -> None:
+    """Claude Code headless against the proxy at ``url``; its run must end with the text ``final``."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C.UTF-8",
+           "ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "dummy", "DISABLE_AUTOUPDATER": "1",
+           "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1", "IS_SANDBOX": "1"}
+    cmd = [str(CLAUDE), "-p", prompt, "--output-format", "stream-json", "--verbose",
+           "--dangerously-skip-permissions", "--max-turns", "6"]
+    proc = subprocess.run(cmd, cwd=str(work), env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=timeout)
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    result = [line for line in lines if line.get("type") == "result"]
+    assert result and result[-1]["result"] == final, (proc.stdout[-2000:], proc.stderr[-2000:])
+
+
 @pytest.mark.skipif(CLAUDE is None, reason="Claude Code CLI not found (set CLAUDEPROXY_CLAUDE_BIN or run .ci/run)")
 def test_claude_code_with_a_tool_round_keeps_its_reasoning(make_proxy: Any, tmp_path: Any) -> None:
     home, work = tmp_path / "home", tmp_path / "work"
@@ -155,17 +169,8 @@ def test_claude_code_with_a_tool_round_keeps_its_reasoning(make_proxy: Any, tmp_
     fake = ScriptedUpstream(model)
     try:
         server = make_proxy(upstream=fake.url, upstream_api="responses", model="gpt-5", provider="openai")
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C.UTF-8",
-               "ANTHROPIC_BASE_URL": server.url, "ANTHROPIC_API_KEY": "dummy", "DISABLE_AUTOUPDATER": "1",
-               "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1", "IS_SANDBOX": "1"}
-        cmd = [str(CLAUDE), "-p", "Create r.txt.", "--output-format", "stream-json", "--verbose",
-               "--dangerously-skip-permissions", "--max-turns", "6"]
         started = time.monotonic()
-        proc = subprocess.run(cmd, cwd=str(work), env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=90)
-        lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-        result = [line for line in lines if line.get("type") == "result"]
-        assert result and result[-1]["result"] == "RESPONSES-DONE", (proc.stdout[-2000:], proc.stderr[-2000:])
+        run_claude_code(server.url, home, work, "Create r.txt.", "RESPONSES-DONE", timeout=90)
         assert time.monotonic() - started < 60
         with open(target, encoding="utf-8") as fh:
             assert fh.read() == "from responses\n"
@@ -226,16 +231,7 @@ def test_claude_code_writes_a_file_whose_arguments_repeat_past_the_line_cap(make
     fake = ScriptedUpstream(model)
     try:
         server = make_proxy(upstream=fake.url, upstream_api="responses", model="gpt-5", provider="openai")
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C.UTF-8",
-               "ANTHROPIC_BASE_URL": server.url, "ANTHROPIC_API_KEY": "dummy", "DISABLE_AUTOUPDATER": "1",
-               "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1", "IS_SANDBOX": "1"}
-        cmd = [str(CLAUDE), "-p", "Create big.txt.", "--output-format", "stream-json", "--verbose",
-               "--dangerously-skip-permissions", "--max-turns", "6"]
-        proc = subprocess.run(cmd, cwd=str(work), env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=120)
-        lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-        result = [line for line in lines if line.get("type") == "result"]
-        assert result and result[-1]["result"] == "BIG-DONE", (proc.stdout[-2000:], proc.stderr[-2000:])
+        run_claude_code(server.url, home, work, "Create big.txt.", "BIG-DONE", timeout=120)
         assert target.read_text(encoding="utf-8") == content
         main_turns = [r.json for r in fake.requests if r.json.get("tools")]
         assert len(main_turns) == 2  # no retry of the first turn
