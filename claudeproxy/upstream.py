@@ -64,6 +64,10 @@ log = logging.getLogger(__name__)
 
 MAX_ERROR_BODY = 64 * 1024
 _READ_SIZE = 64 * 1024  # one read of a streamed body: what one or a few packets bring
+# The most a line may grow to with an allowance (``iter_lines``). No model's answer comes near
+# it (128k output tokens are about 0.5 MB); an upstream that sends megabytes of blank lines first,
+# or a compressed body that decodes to them, gets no further than this.
+MAX_REPEAT_LINE = 16 * 1024 * 1024
 _READ_SLICE = 256 * 1024  # one read of a JSON answer (see _read_capped)
 
 
@@ -1228,7 +1232,7 @@ def read_error(exc: BaseException, call: UpstreamCall, idle: Optional[float] = N
 
 def iter_lines(resp: Any, limit: int, allowance: float = 0.0) -> Iterator[bytes]:
     """The body's whole lines as they arrive, all those of one read as one bytes; a line over
-    ``limit`` bytes is an error, not a buffer.
+    its cap is an error, not a buffer.
 
     One ``read1`` takes what the network delivered (an upstream often sends several
     SSE lines in one packet, and each event is two lines: ``data:`` and the blank one)
@@ -1236,10 +1240,11 @@ def iter_lines(resp: Any, limit: int, allowance: float = 0.0) -> Iterator[bytes]
     event, not per line. Nothing is held back but the unfinished last line, kept in
     pieces while it spans reads (joined once at its end: ``+`` per read was quadratic).
 
-    ``allowance``: bytes a line may have beyond ``limit`` per byte of body before it, for an
+    A line's cap is ``limit``, plus ``allowance`` bytes per byte of body before it, for an
     API whose closing events repeat what its deltas sent (the Responses API's ``.done``
-    events and ``response.completed`` carry a call's whole arguments again). A line that
-    comes first is still held to ``limit``, and memory stays in proportion to the answer.
+    events and ``response.completed`` carry a call's whole arguments again); never more
+    than ``MAX_REPEAT_LINE`` (or ``limit``, when that is larger). A line that comes first
+    is held to ``limit``.
     """
     spill: List[bytes] = []  # the unfinished last line, in pieces
     spilled = 0
@@ -1258,8 +1263,8 @@ def iter_lines(resp: Any, limit: int, allowance: float = 0.0) -> Iterator[bytes]
         if not cut:  # no line ends in this read
             spill.append(data)
             spilled += len(data)
-            if spilled > limit + allowance * before:
-                raise UpstreamUnavailable(f"upstream sent an SSE line longer than {limit} bytes")
+            if spilled > limit and spilled > _line_cap(limit, allowance, before):
+                raise _too_long(_line_cap(limit, allowance, before))
             continue
         if spill:
             spill.append(data)
@@ -1272,8 +1277,17 @@ def iter_lines(resp: Any, limit: int, allowance: float = 0.0) -> Iterator[bytes]
         if run:
             yield run
             before += len(run)
-        if spilled > limit + allowance * before:
-            raise UpstreamUnavailable(f"upstream sent an SSE line longer than {limit} bytes")
+        if spilled > limit and spilled > _line_cap(limit, allowance, before):
+            raise _too_long(_line_cap(limit, allowance, before))
+
+
+def _line_cap(limit: int, allowance: float, before: int) -> int:
+    """The cap of a line after ``before`` bytes of body (``iter_lines``)."""
+    return max(limit, min(limit + int(allowance * before), MAX_REPEAT_LINE))
+
+
+def _too_long(cap: int) -> UpstreamUnavailable:
+    return UpstreamUnavailable(f"upstream sent an SSE line longer than {cap} bytes")
 
 
 def _decoding(read: Callable[[int], bytes], decoder: Any) -> Callable[[int], bytes]:
@@ -1299,10 +1313,11 @@ def _lines_below(run: bytes, limit: int, allowance: float, before: int) -> Gener
     lines = run.split(b"\n")
     offset = before
     for i, line in enumerate(lines):
-        if len(line) > limit + allowance * offset:
+        cap = _line_cap(limit, allowance, offset)
+        if len(line) > cap:
             if i:
                 yield b"\n".join(lines[:i]) + b"\n"
-            raise UpstreamUnavailable(f"upstream sent an SSE line longer than {limit} bytes")
+            raise _too_long(cap)
         offset += len(line) + 1
     return run
 

@@ -137,13 +137,13 @@ def final_message(events: List[Event]) -> Dict[str, Any]:
             elif delta["type"] == "citations_delta":
                 block.setdefault("citations", []).append(delta["citation"])
         elif kind == "content_block_stop":
-            _join_block(message["content"][event["index"]], event["index"], pieces)
+            _join_block(message, event["index"], pieces)
         elif kind == "message_delta":
             message["stop_reason"] = event["delta"]["stop_reason"]
             message["stop_sequence"] = event["delta"].get("stop_sequence")
             message["usage"].update({k: v for k, v in event["usage"].items() if v is not None})
-    for index, block in enumerate(message.get("content", [])):
-        _join_block(block, index, pieces, parse=False)  # blocks a cut stream never stopped
+    for index in range(len(message.get("content", []))):
+        _join_block(message, index, pieces, parse=False)  # blocks a cut stream never stopped
     return message
 
 
@@ -151,11 +151,13 @@ _DELTA_FIELDS = {"text_delta": "text", "thinking_delta": "thinking", "input_json
 _DELTA_KEYS = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
 
 
-def _join_block(block: Dict[str, Any], index: int, pieces: Dict[Tuple[int, str], List[str]], parse: bool = True) -> None:
+def _join_block(message: Dict[str, Any], index: int, pieces: Dict[Tuple[int, str], List[str]],
+                parse: bool = True) -> None:
+    """The deltas of block ``index`` so far into the block (a stop of a block never started: nothing)."""
     for field in ("text", "thinking"):
         if (index, field) in pieces:
-            block[field] += "".join(pieces.pop((index, field)))
+            message["content"][index][field] += "".join(pieces.pop((index, field)))
     if (index, "input") in pieces:
         text = "".join(pieces.pop((index, "input")))
-        if parse:
-            block["input"] = json.loads(text)
+        if parse:  # an unstopped block keeps the input it started with, as before
+            message["content"][index]["input"] = json.loads(text)

@@ -290,12 +290,25 @@ def test_the_allowance_grows_with_the_body_before_the_line(size: int) -> None:
     deltas = b"".join(b"data: " + b"d" * 90 + b"\n\n" for _ in range(10))  # 980 bytes
     repeat = b"data: " + b"r" * 2800 + b"\n\n"  # over the 1000-byte cap, within 1000 + 2 * 980
     assert _lines(deltas + repeat, size, 1000, 2.0) == (deltas + repeat).splitlines(keepends=True)
-    with pytest.raises(UpstreamUnavailable, match="longer than"):
+    with pytest.raises(UpstreamUnavailable, match="longer than 2960 bytes"):  # the cap it was held to
         _lines(deltas + b"data: " + b"r" * 3100 + b"\n\n", size, 1000, 2.0)
     with pytest.raises(UpstreamUnavailable, match="longer than"):
         _lines(repeat + deltas, size, 1000, 2.0)  # nothing before it to repeat
     with pytest.raises(UpstreamUnavailable, match="longer than"):
         _lines(deltas + b"data: " + b"e" * 100000, size, 1000, 2.0)  # an endless line stops at the cap
+
+
+@pytest.mark.parametrize("size", [64, 1 << 20])
+def test_the_allowance_stops_at_max_repeat_line(monkeypatch: Any, size: int) -> None:
+    """Blank lines count as body too: megabytes of them (cheap to send compressed) would otherwise
+    let the next line be twice as long. The cap never passes MAX_REPEAT_LINE."""
+    monkeypatch.setattr(upstream, "MAX_REPEAT_LINE", 5000)
+    blanks = b"\n" * 100000
+    assert _lines(blanks + b"data: " + b"x" * 4900 + b"\n", size, 1000, 2.0)[-1].startswith(b"data: x")
+    with pytest.raises(UpstreamUnavailable, match="longer than 5000 bytes"):
+        _lines(blanks + b"data: " + b"x" * 6000 + b"\n", size, 1000, 2.0)
+    with pytest.raises(UpstreamUnavailable, match="longer than 5000 bytes"):
+        _lines(blanks + b"data: " + b"x" * 60000, size, 1000, 2.0)  # without an end
 
 
 def test_a_line_of_many_reads_is_joined_once() -> None:
