@@ -843,3 +843,34 @@ def test_a_model_looping_on_newlines_costs_linear_time(where: str) -> None:
     else:  # no tag came: all of it is text
         assert [b["type"] for b in blocks] == ["text"] and blocks[0]["text"] == "\n" * n + "step"
     assert took < 6.0, f"{n} deltas took {took:.1f} s"
+
+
+def _calls_of(fragments: List[Dict[str, Any]]) -> List[Any]:
+    pb = Playbook()
+    pb.feed(chunk({"role": "assistant", "content": ""}))
+    for fragment in fragments:
+        pb.feed(chunk({"tool_calls": [{"index": 0, "type": "function", **fragment}]}))
+    pb.feed(chunk(finish="tool_calls"))
+    pb.done()
+    assert_valid_event_sequence(pb.events, allow_error=False)
+    return [(b["name"], b["input"]) for b in final_message(pb.events)["content"]]
+
+
+@pytest.mark.parametrize("second, calls", [
+    # Every call at index 0 and no id for the next (FIELD-NOTES 1): a new name or a new object
+    # after the first closed is the next call; it was dropped as text after a closed object.
+    ({"function": {"name": "Read", "arguments": '{"path": "b"}'}}, [("Read", {"path": "a"}), ("Read", {"path": "b"})]),
+    ({"function": {"name": "Bash", "arguments": '{"cmd": "ls"}'}}, [("Read", {"path": "a"}), ("Bash", {"cmd": "ls"})]),
+    # Not a new call: the whole arguments again (with or without the name), reformatted, or no name.
+    ({"function": {"name": "Read", "arguments": '{"path": "a"}'}}, [("Read", {"path": "a"})]),
+    ({"function": {"name": "Read", "arguments": '{ "path" : "a" }'}}, [("Read", {"path": "a"})]),
+    ({"function": {"arguments": '{"path": "a"}'}}, [("Read", {"path": "a"})]),
+])
+def test_a_call_at_a_reused_index_without_an_id(second: Dict[str, Any], calls: List[Any]) -> None:
+    first = {"id": "call_1", "function": {"name": "Read", "arguments": '{"path": "a"}'}}
+    assert _calls_of([first, second]) == calls
+
+
+def test_a_server_naming_the_call_in_every_fragment_makes_one_call() -> None:
+    frags = [{"function": {"name": "Read", "arguments": piece}} for piece in ('{"pa', 'th": ', '"a"}', '{"path": "a"}')]
+    assert _calls_of([{"id": "call_1", **frags[0]}] + frags[1:]) == [("Read", {"path": "a"})]
