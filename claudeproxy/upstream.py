@@ -1283,7 +1283,10 @@ def iter_lines(resp: Any, limit: int, allowance: float = 0.0) -> Iterator[bytes]
 
 def _line_cap(limit: int, allowance: float, before: int) -> int:
     """The cap of a line after ``before`` bytes of body (``iter_lines``)."""
-    return max(limit, min(limit + int(allowance * before), MAX_REPEAT_LINE))
+    extra = allowance * before
+    if not extra < MAX_REPEAT_LINE:  # so too a NaN or an infinite allowance, which int() refuses
+        return max(limit, MAX_REPEAT_LINE)
+    return max(limit, min(limit + int(extra), MAX_REPEAT_LINE))
 
 
 def _too_long(cap: int) -> UpstreamUnavailable:

@@ -856,19 +856,32 @@ def _calls_of(fragments: List[Dict[str, Any]]) -> List[Any]:
     return [(b["name"], b["input"]) for b in final_message(pb.events)["content"]]
 
 
-@pytest.mark.parametrize("second, calls", [
-    # Every call at index 0 and no id for the next (FIELD-NOTES 1): a new name or a new object
-    # after the first closed is the next call; it was dropped as text after a closed object.
-    ({"function": {"name": "Read", "arguments": '{"path": "b"}'}}, [("Read", {"path": "a"}), ("Read", {"path": "b"})]),
-    ({"function": {"name": "Bash", "arguments": '{"cmd": "ls"}'}}, [("Read", {"path": "a"}), ("Bash", {"cmd": "ls"})]),
-    # Not a new call: the whole arguments again (with or without the name), reformatted, or no name.
-    ({"function": {"name": "Read", "arguments": '{"path": "a"}'}}, [("Read", {"path": "a"})]),
-    ({"function": {"name": "Read", "arguments": '{ "path" : "a" }'}}, [("Read", {"path": "a"})]),
-    ({"function": {"arguments": '{"path": "a"}'}}, [("Read", {"path": "a"})]),
+@pytest.mark.parametrize("rest, calls", [
+    # Every call at index 0 and no id for the next (FIELD-NOTES 1): another tool's name after the
+    # first call closed is the next call, whether its arguments come with it or after it. It was
+    # dropped as text after a closed object.
+    ([{"function": {"name": "Bash", "arguments": '{"cmd": "ls"}'}}], [("Read", {"path": "a"}), ("Bash", {"cmd": "ls"})]),
+    ([{"function": {"name": "Bash", "arguments": ""}}, {"function": {"arguments": '{"cmd": '}},
+      {"function": {"arguments": '"ls"}'}}], [("Read", {"path": "a"}), ("Bash", {"cmd": "ls"})]),
+    # The same tool's name stays the first call's: a repeat, reformatted, after junk, or a second
+    # call to the same tool, which cannot be told from the first sent twice (running one twice is worse).
+    ([{"function": {"name": "Read", "arguments": '{"path": "a"}'}}], [("Read", {"path": "a"})]),
+    ([{"function": {"name": "Read", "arguments": '{ "path" : "a" }'}}], [("Read", {"path": "a"})]),
+    ([{"function": {"arguments": " <|call|>"}}, {"function": {"name": "Read", "arguments": '{"path": "a"}'}}],
+     [("Read", {"path": "a"})]),
+    ([{"function": {"name": "Read", "arguments": '{"path": "b"}'}}], [("Read", {"path": "a"})]),
+    ([{"function": {"arguments": '{"path": "a"}'}}], [("Read", {"path": "a"})]),
 ])
-def test_a_call_at_a_reused_index_without_an_id(second: Dict[str, Any], calls: List[Any]) -> None:
+def test_a_call_at_a_reused_index_without_an_id(rest: List[Dict[str, Any]], calls: List[Any]) -> None:
     first = {"id": "call_1", "function": {"name": "Read", "arguments": '{"path": "a"}'}}
-    assert _calls_of([first, second]) == calls
+    assert _calls_of([first] + rest) == calls
+
+
+def test_another_tool_named_before_the_first_call_closed_stays_in_it() -> None:
+    """Not closed yet: the fragment is the first call's, whatever name it repeats (as before)."""
+    frags = [{"id": "call_1", "function": {"name": "Read", "arguments": '{"path": '}},
+             {"function": {"name": "Bash", "arguments": '"a"}'}}]
+    assert _calls_of(frags) == [("Read", {"path": "a"})]
 
 
 def test_a_server_naming_the_call_in_every_fragment_makes_one_call() -> None:

@@ -123,14 +123,14 @@ class _Tool:
             self.bound()
         return self._scanned(fragment)
 
-    def ended_before(self, name: Optional[str], fragment: Optional[str]) -> bool:
-        """Does a fragment with ``name`` and no id, at this call's index, begin another call? Yes
-        when these arguments closed as a whole object and the fragment starts a new one that
-        neither repeats them nor extends them (a server that sends every call at index 0 and no
-        ids: FIELD-NOTES 1). The second call was dropped as text after a closed object."""
-        if not (name and self.name and self.scan.closed and fragment and _OBJECT_START_RE.match(fragment)):
-            return False
-        return name != self.name or not (self._repeats(fragment) or self._same_object(fragment))
+    def ended_before(self, name: Optional[str]) -> bool:
+        """Does a fragment naming ``name``, with no id, at this call's index, begin another call?
+        Yes when it names another tool and these arguments closed as a whole object (a server
+        that sends every call at index 0 without ids: FIELD-NOTES 1); the next call was dropped
+        as text after a closed object. A fragment naming the same tool stays this call's (a
+        repeat, a snapshot, trailing junk): one call sent twice cannot be told from two calls to
+        one tool, and running a tool twice is worse than missing a call."""
+        return bool(name and self.name and name != self.name and self.scan.closed)
 
     def _repeats(self, fragment: str) -> bool:
         """``fragment`` begins with all the arguments so far."""
@@ -578,8 +578,8 @@ class StreamTranslator:
                 if tool.index == call.index:
                     if call.id and tool.id:
                         break  # same index, new id: a distinct call
-                    if not call.id and tool.ended_before(call.name, call.arguments):
-                        break  # no id, but a name and a new object after this one closed: the next call
+                    if not call.id and tool.ended_before(call.name):
+                        break  # no id, but another tool's name after this call closed: the next call
                     return tool
             return self._new_tool(call.index)
         last = self.tools[-1] if self.tools else None
