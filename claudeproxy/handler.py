@@ -129,7 +129,8 @@ class ResponseWriter:
         if self._pending:
             data, self._pending = self._pending + data, b""
         try:
-            self._handler.wfile.write(data)
+            # The socket's own sendall: wfile.write wraps it in a Python call and a memoryview per write.
+            self._handler.connection.sendall(data)
         except (OSError, ValueError) as exc:  # BrokenPipe, reset, timeout, closed file
             self._handler.close_connection = True
             raise ClientGone() from exc
@@ -187,7 +188,9 @@ class ResponseWriter:
 
     def events(self, events: List[Dict[str, Any]], end: bool = False) -> None:
         """Write events in one write, at once (never buffered); ``end``: the stream's last write."""
-        self.raw_chunk(b"".join(encode_event(e) for e in events), end)
+        # Most writes of a stream are one event: no join.
+        data = encode_event(events[0]) if len(events) == 1 else b"".join([encode_event(e) for e in events])
+        self.raw_chunk(data, end)
 
     def raw_chunk(self, data: bytes, end: bool = False) -> None:
         """One piece of a stream; with ``end`` the stream ends in the same write (no write of its own

@@ -153,26 +153,26 @@ class Relay:
         return False
 
     def _write(self, events: List[Dict[str, Any]]) -> None:
+        """Write what the fold gave (every caller holds the lock)."""
         if not events:
             return
-        with self.lock:
-            if not self.fold.complete or self.finished:
-                self._send(events)
-                return
-            # The last events: the stream's end goes in the same write. The upstream response goes
-            # back to the pool first, ready for the client's next request (the rest of a finished
-            # body, such as its terminating chunk, is drained at once) -- when that rest is here.
-            # When a stop string matched here the upstream is still generating, and an upstream
-            # may be slow to end its body: the drain may then wait its whole
-            # upstream.DRAIN_SECONDS, so it comes after the client has its end.
-            self.finished = True
-            first = not getattr(self.fold, "cut_short", False) and self._rest_is_here()
-            if first:
-                self._close_upstream()
-            self._send(events, end=True)
-            self.call.answered = True  # a client closing now leaves the drain below alone
-            if not first:
-                self._close_upstream()
+        if not self.fold.complete or self.finished:
+            self._send(events)
+            return
+        # The last events: the stream's end goes in the same write. The upstream response goes
+        # back to the pool first, ready for the client's next request (the rest of a finished
+        # body, such as its terminating chunk, is drained at once) -- when that rest is here.
+        # When a stop string matched here the upstream is still generating, and an upstream
+        # may be slow to end its body: the drain may then wait its whole
+        # upstream.DRAIN_SECONDS, so it comes after the client has its end.
+        self.finished = True
+        first = not getattr(self.fold, "cut_short", False) and self._rest_is_here()
+        if first:
+            self._close_upstream()
+        self._send(events, end=True)
+        self.call.answered = True  # a client closing now leaves the drain below alone
+        if not first:
+            self._close_upstream()
 
     def _send(self, events: List[Dict[str, Any]], end: bool = False) -> None:
         """Commit the stream if need be and write ``events`` at once, in one write (under the lock)."""

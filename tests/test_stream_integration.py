@@ -595,9 +595,9 @@ class _Wire:
 
     def __init__(self) -> None:
         self.writes: List[bytes] = []
-        self.wfile = self
+        self.connection = self
 
-    def write(self, data: bytes) -> None:
+    def sendall(self, data: bytes) -> None:
         self.writes.append(bytes(data))
 
     def date_time_string(self) -> str:
