@@ -208,7 +208,7 @@ def test_a_large_live_call_keeps_a_digest_not_its_text_and_still_knows_repeats()
     pb = Playbook()
     sent = _live_tool_arguments(pb, [args[i:i + 1024] for i in range(0, len(args), 1024)])
     tool = pb.stream.translator.tools[0]
-    assert sent == args and tool.live and tool.parts == [] and tool.digest is not None
+    assert sent == args and tool.live and len(tool.text) == 0 and tool.digest is not None
     counted = pb.stream.translator.out_chars
     assert _live_tool_arguments(pb, [args]) == ""  # the whole arguments again: a repeat
     assert pb.stream.translator.out_chars == counted  # not counted twice in the output estimate
@@ -221,7 +221,7 @@ def test_a_large_first_fragment_is_not_kept_either() -> None:
     args = json.dumps({"content": "y" * 200000})
     pb = Playbook()
     assert _live_tool_arguments(pb, [args]) == args
-    assert pb.stream.translator.tools[0].parts == [] and pb.stream.translator.tools[0].digest is not None
+    assert len(pb.stream.translator.tools[0].text) == 0 and pb.stream.translator.tools[0].digest is not None
 
 
 def test_cumulative_snapshots_of_a_large_live_call_send_each_new_suffix_once() -> None:
@@ -875,6 +875,24 @@ def _calls_of(fragments: List[Dict[str, Any]]) -> List[Any]:
 def test_a_call_at_a_reused_index_without_an_id(rest: List[Dict[str, Any]], calls: List[Any]) -> None:
     first = {"id": "call_1", "function": {"name": "Read", "arguments": '{"path": "a"}'}}
     assert _calls_of([first] + rest) == calls
+
+
+def test_calls_without_index_or_id_each_whole_stay_apart_even_to_one_tool() -> None:
+    """No index, no id (servers that send each call whole in one fragment): two reads in one turn
+    are two calls, unlike the same name at a reused index; a name before the last call's arguments
+    closed is still that call's."""
+    pb = Playbook()
+    pb.feed(chunk({"role": "assistant", "content": ""}))
+    for fragment in ({"function": {"name": "Read", "arguments": '{"path": "a"}'}},
+                     {"function": {"name": "Read", "arguments": '{"path": "b"}'}},
+                     {"function": {"name": "Bash", "arguments": '{"cmd": '}},
+                     {"function": {"name": "Bash", "arguments": '"ls"}'}}):
+        pb.feed(chunk({"tool_calls": [{"type": "function", **fragment}]}))
+    pb.feed(chunk(finish="tool_calls"))
+    pb.done()
+    assert_valid_event_sequence(pb.events, allow_error=False)
+    assert [(b["name"], b["input"]) for b in final_message(pb.events)["content"]] == [
+        ("Read", {"path": "a"}), ("Read", {"path": "b"}), ("Bash", {"cmd": "ls"})]
 
 
 def test_another_tool_named_before_the_first_call_closed_stays_in_it() -> None:

@@ -29,6 +29,9 @@ class Growing:
     def __len__(self) -> int:
         return self._size
 
+    def __repr__(self) -> str:  # a debugger's view of a call or an item: not a megabyte of text
+        return f"<Growing: {self._size} characters in {len(self._pieces)} pieces>"
+
     def text(self) -> str:
         """The whole text; joined once, free to read again until the next ``add``."""
         if len(self._pieces) > 1:

@@ -31,6 +31,7 @@ from ...errors import (
 from ...replies import events_for_message, message_start
 from ...signatures import encode_signature
 from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done
+from ..growing import Growing
 from ..stops import first_stop, stop_prefix_len
 from ..toolargs import ArgsScan
 from .response import (
@@ -81,10 +82,11 @@ class _Tool:
     live: bool = False  # its block was started and its fragments are streamed
     block: Optional[int] = None
     thought_signature: Optional[str] = None
-    # The arguments as fragments, joined only when needed (a str += per fragment is quadratic).
-    parts: List[str] = dataclasses.field(default_factory=list)
+    # The arguments as they grew (a str += per fragment is quadratic), and their length.
+    text: Growing = dataclasses.field(default_factory=Growing)
     size: int = 0
-    # Instead of ``parts`` once a live call's arguments passed _KEEP_LIVE_TEXT: their SHA-256.
+    # Instead of ``text`` (then emptied) once a live call's arguments passed _KEEP_LIVE_TEXT:
+    # their SHA-256; ``size`` still counts them all.
     digest: Any = None
     # Whether the arguments closed, and what of them may be streamed (``_parses`` on the growing
     # buffer after every fragment would be quadratic: RELIABILITY.md F10).
@@ -93,9 +95,7 @@ class _Tool:
     @property
     def args(self) -> str:
         """The arguments' text (never asked of a live call, which may have let it go)."""
-        if len(self.parts) > 1:
-            self.parts = ["".join(self.parts)]
-        return self.parts[0] if self.parts else ""
+        return self.text.text()
 
     def add_fragment(self, fragment: Optional[str]) -> str:
         """Merge one arguments fragment; return the text newly appended."""
@@ -112,14 +112,14 @@ class _Tool:
             if len(fragment) > old and self._repeats(fragment) and (
                 old >= 2 or fragment[0] == "{" or _parses(fragment)
             ):
-                self.parts, self.size, self.digest = [fragment], len(fragment), None
+                self.text, self.size, self.digest = Growing(fragment), len(fragment), None
                 self.bound()
                 return self._scanned(fragment[old:])
         self.size += len(fragment)
         if self.digest is not None:
             self.digest.update(fragment.encode("utf-8", "surrogatepass"))
         else:
-            self.parts.append(fragment)
+            self.text.add(fragment)
             self.bound()
         return self._scanned(fragment)
 
@@ -141,7 +141,7 @@ class _Tool:
     def bound(self) -> None:
         """A live call's text past _KEEP_LIVE_TEXT: only its digest is kept."""
         if self.live and self.size > _KEEP_LIVE_TEXT:
-            self.digest, self.parts = _digest(self.args), []
+            self.digest, self.text = _digest(self.args), Growing()
 
     def _same_object(self, fragment: str) -> bool:
         if not self.scan.closed:
@@ -165,11 +165,7 @@ class _Tool:
         """The first non-blank argument character is ``{``."""
         if self.digest is not None:
             return True  # only a live call lets its text go, and a call goes live on a "{"
-        for part in self.parts:
-            stripped = part.lstrip()
-            if stripped:
-                return stripped[0] == "{"
-        return False
+        return _OBJECT_START_RE.match(self.args) is not None
 
     @property
     def whole(self) -> bool:
@@ -585,6 +581,10 @@ class StreamTranslator:
         last = self.tools[-1] if self.tools else None
         if call.id or last is None:
             return self._new_tool(None)
+        # No index and no id: a name starts a call when it is another tool's, or when the last
+        # call's arguments closed. Unlike a reused index (``ended_before``), the same tool's name
+        # counts too: servers that send no index send each call whole in one fragment, and two
+        # reads in one turn are two calls to one tool.
         if call.name and last.name and (call.name != last.name or last.scan.closed):
             return self._new_tool(None)
         return last
