@@ -453,8 +453,8 @@ class _Response(http.client.HTTPResponse):
             return bool(buffered)
         start = 0
         if self.chunk_left == 0:  # the CRLF ending the chunk just read comes first
-            if not buffered.startswith(b"\r\n"):
-                return False
+            if len(buffered) <= 2 or not buffered.startswith(b"\r\n"):
+                return False  # most reads of a stream: that CRLF is all there is
             start = 2
         line = _size_line(buffered, start)  # None when incomplete or bad: read1 reports a bad one
         return line is not None and line[0] > 0 and len(buffered) > line[1]

@@ -80,6 +80,9 @@ class FakeSocket:
         assert "r" in mode
         return io.BufferedReader(self.raw)
 
+    def recv_into(self, buf: Any) -> int:  # what the pooled response reads a socket with
+        return self.raw.readinto(buf)
+
     def close(self) -> None:
         pass
 
