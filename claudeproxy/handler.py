@@ -131,7 +131,7 @@ class ResponseWriter:
         try:
             # The socket's own sendall: wfile.write wraps it in a Python call and a memoryview per write.
             self._handler.connection.sendall(data)
-        except (OSError, ValueError) as exc:  # BrokenPipe, reset, timeout, closed file
+        except (OSError, ValueError) as exc:  # BrokenPipe, reset, timeout, a closed socket
             self._handler.close_connection = True
             raise ClientGone() from exc
         self.last_write = time.monotonic()

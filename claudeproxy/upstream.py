@@ -267,20 +267,35 @@ class _NoWait(io.RawIOBase):
     """The socket's raw reader, which can be told not to wait: while ``hold`` is set it reads
     nothing (as a non-blocking socket with nothing to read would), without a system call.
 
-    It reads from the socket itself: the stdlib's reader (``raw``, kept for ``close``) adds two
-    Python calls and three checks to every read, one read per streamed chunk."""
+    It reads from the socket itself: the stdlib's reader adds two Python calls and three checks
+    to every read, one read per streamed chunk. That reader (``raw``) is kept all the same: its
+    ``close`` is what lets the connection's close leave an open response's socket alone.
+
+    A read that timed out ends the reading, as the stdlib's reader does: the buffered reader
+    above loses what it had taken of a line when a read times out, so a later read (the pool's
+    drain) would take the rest of the body out of step and might hand back a connection whose
+    body it misread as complete."""
 
     def __init__(self, raw: Any, sock: Any) -> None:
         super().__init__()
         self.raw = raw
         self.recv_into = sock.recv_into
         self.hold = False
+        self.timed_out = False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> Optional[int]:
-        return None if self.hold else self.recv_into(buffer)  # type: ignore[no-any-return]
+        if self.hold:
+            return None
+        if self.timed_out:
+            raise OSError("cannot read from timed out object")
+        try:
+            return self.recv_into(buffer)  # type: ignore[no-any-return]
+        except socket.timeout:
+            self.timed_out = True
+            raise
 
     def fileno(self) -> int:
         return self.raw.fileno()  # type: ignore[no-any-return]

@@ -419,3 +419,38 @@ def test_a_client_that_closes_right_after_the_stream_leaves_the_connection_reusa
         time.sleep(0.01)
     assert _messages(server).status == 200
     assert keep_alive.connections == 1  # the terminator was read after the client left: reused
+
+
+def test_a_response_whose_read_timed_out_is_read_no_more_and_not_pooled() -> None:
+    """After an idle timeout the buffered reader has lost what it had taken of a line: the pool's
+    drain read on out of step, took ``0`` of the next chunk's size ``100`` for the last chunk and
+    gave the connection back as complete (review of the direct socket reads). Now the response
+    reads nothing more after a timeout, as the stdlib's socket reader does, and is not pooled."""
+    import socket
+
+    from claudeproxy.upstream import _Response
+
+    ours, theirs = socket.socketpair()
+    try:
+        event = b"data: x\n\n"
+        theirs.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n"
+                       + b"%x\r\n%s\r\n" % (len(event), event))
+        resp = _Response(ours, method="POST")
+        resp.begin()
+        ours.settimeout(0.3)
+        assert resp.read_available(65536) == event
+        with pytest.raises(socket.timeout):
+            resp.read_available(65536)  # the upstream is silent past the idle timeout
+        padded = b'data: {"pad": "' + b"y" * 237 + b'"}\n\n'
+        assert len(padded) == 0x100
+        later = threading.Timer(0.05, theirs.sendall, [b"100\r\n" + padded + b"\r\n0\r\n\r\n"])
+        later.start()  # then it goes on, within the drain's wait
+        released: List[bool] = []
+        resp.cp_sock = ours  # type: ignore[attr-defined]
+        resp.cp_release = released.append
+        resp.close()
+        later.join(5)
+        assert released == [False]
+    finally:
+        ours.close()
+        theirs.close()
