@@ -451,6 +451,28 @@ def _require_content(messages: Tuple[Message, ...]) -> None:
                                  "assistant message", f"messages[{i}]")
 
 
+# Blocks a translator drops from a user turn (PROTOCOL.md 2: only an assistant writes the first
+# three; the upstream has no equivalent for a DroppedBlock anywhere).
+_USER_TURN_DROPS = {ToolUseBlock: "tool_use", ThinkingBlock: "thinking", RedactedThinkingBlock: "redacted_thinking"}
+
+
+def _require_user_content(messages: Tuple[Message, ...]) -> None:
+    """A user message must keep something once translated: one holding only blocks a translator
+    drops vanished, and the upstream answered another conversation (maybe one ending in the
+    assistant's turn). Only for a translated ``/v1/messages``: the Messages API forwards them all,
+    and a local token count sends nothing."""
+    for i, message in enumerate(messages):
+        if message.role == "user" and all(_dropped_from_user_turn(b) for b in message.content):
+            kinds = ", ".join(sorted({_USER_TURN_DROPS.get(type(b)) or getattr(b, "type", "text") for b in message.content}))
+            raise InvalidRequest(f"a user message needs content of its own: its blocks ({kinds}) are ones only an "
+                                 "assistant message holds, or the upstream has no equivalent for", f"messages[{i}].content")
+
+
+def _dropped_from_user_turn(block: Block) -> bool:
+    return type(block) in _USER_TURN_DROPS or isinstance(block, DroppedBlock) \
+        or (isinstance(block, TextBlock) and not block.text)
+
+
 def _require_text_only(blocks: Tuple[Block, ...], path: str) -> None:
     for i, block in enumerate(blocks):
         if not isinstance(block, TextBlock):
@@ -608,6 +630,7 @@ def parse_messages_request(obj: Any, tools_parser: ToolsParser = parse_tools) ->
     if obj.get("thread") is not None:
         raise thread_unsupported()  # a translated request holds the whole conversation or nothing
     fields = _parse_common(obj, tools_parser)
+    _require_user_content(fields["messages"])
     max_tokens = _int(obj, "max_tokens", "", required=True)
     if max_tokens is not None and max_tokens < 0:
         raise InvalidRequest("must be greater than or equal to 0", "max_tokens")

@@ -431,6 +431,38 @@ def test_an_empty_message_is_refused_as_anthropic_does(messages: Any, where: str
                                "assistant message")
 
 
+_TOOL_USE = {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}
+_THINKING = {"type": "thinking", "thinking": "stray", "signature": "sig"}
+_SERVER_USE = {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}}
+
+
+@pytest.mark.parametrize("messages, where, kinds", [
+    ([{"role": "user", "content": [_TOOL_USE]}], "messages[0]", "tool_use"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
+      {"role": "user", "content": [_THINKING, _SERVER_USE, {"type": "text", "text": ""}]}],
+     "messages[2]", "server_tool_use, text, thinking"),
+    ([{"role": "user", "content": [{"type": "redacted_thinking", "data": "x"}]}, {"role": "assistant", "content": "yo"}],
+     "messages[0]", "redacted_thinking"),
+])
+def test_a_user_message_holding_only_blocks_a_translator_drops_is_refused(messages: Any, where: str, kinds: str) -> None:
+    """PROTOCOL.md 2 drops a user turn's tool_use and thinking blocks, and every server tool block:
+    a user message of nothing else vanished, and the upstream was asked another conversation (here
+    one ending in the assistant's "yo"). A count sends nothing, so it still counts such a message."""
+    body = {"model": "m", "max_tokens": 5, "messages": messages}
+    with pytest.raises(InvalidRequest) as info:
+        parse_messages_request(body)
+    assert str(info.value) == (f"{where}.content: a user message needs content of its own: its blocks ({kinds}) are "
+                               "ones only an assistant message holds, or the upstream has no equivalent for")
+    assert parse_count_tokens_request(body).messages
+
+
+def test_a_user_message_with_content_besides_dropped_blocks_keeps_it() -> None:
+    parsed = parse_messages_request({"model": "m", "max_tokens": 5, "messages": [
+        {"role": "user", "content": [_THINKING, _TOOL_USE, {"type": "text", "text": "hi"}]}]})
+    sent = to_chat_request(parsed, model="m", dialect=DIALECTS["generic"]).request.to_dict()
+    assert sent["messages"] == [{"role": "user", "content": "hi"}]
+
+
 @pytest.mark.parametrize("messages", [
     [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}],  # a final assistant: a prefill
     [{"role": "user", "content": "hi"}, {"role": "assistant", "content": []}],
