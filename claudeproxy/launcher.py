@@ -463,11 +463,9 @@ def _session(ns: argparse.Namespace, config: Config, typed: str, argv: List[str]
     try:
         running = start(config, sink)
     except OSError as exc:  # the port is taken, or the address cannot be had: a bad setting
-        print(f"claudeproxy: error: {cli.cannot_listen(ns, config, exc)}", file=stderr)
-        return 2
+        raise _NotStarted(cli.cannot_listen(ns, config, exc)) from None
     except ValueError as exc:  # a setting the server itself refuses
-        print(f"claudeproxy: error: {' '.join(str(exc).split())}", file=stderr)
-        return 2
+        raise _NotStarted(" ".join(str(exc).split())) from None
     try:
         log.info("%s", cli._describe(running.server))  # noqa: SLF001
         cli._warn_about(running.server, environ)  # noqa: SLF001
@@ -488,6 +486,20 @@ def _session(ns: argparse.Namespace, config: Config, typed: str, argv: List[str]
         return status
     finally:
         running.shutdown()
+
+
+class _NotStarted(Exception):
+    """The proxy could not start (a bad setting found only then): one line, exit 2."""
+
+
+def _drop_if_empty(path: str) -> None:
+    """A default log nothing was written to, of a session that never started: not left behind
+    (the cleanup of old logs waits a week)."""
+    try:
+        if os.path.getsize(path) == 0:
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 def _fail(message: str, environ: Mapping[str, str], stderr: TextIO, status: int) -> int:
@@ -533,8 +545,13 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
     logger = logging.getLogger("claudeproxy")
     saved = (logger.level, logger.propagate)
     handler = cli.setup_logging(ns.log_level, cli.secrets_source(config), stream, ns.log_format, ns.log_bodies)
+    started = True
     try:
         return _session(ns, config, command[0], [exe] + command[1:], environ, log_path, stderr, page_key)
+    except _NotStarted as exc:
+        started = False
+        print(f"claudeproxy: error: {exc}", file=stderr)
+        return 2
     except KeyboardInterrupt:  # Ctrl-C before the command started (or after it ended): the proxy has stopped
         return 128 + int(signal.SIGINT)
     finally:
@@ -542,3 +559,5 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
         stream.close()
+        if not started and not ns.log_file:
+            _drop_if_empty(log_path)

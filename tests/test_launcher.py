@@ -508,6 +508,25 @@ def test_a_port_that_cannot_be_bound_is_one_line_and_exit_2(tmp_path: Any) -> No
     assert not record.exists()  # the command never ran
 
 
+def test_a_start_that_fails_leaves_no_default_log_behind(tmp_path: Any, monkeypatch: Any) -> None:
+    """The default log of a session that never started, empty, was left in the temp folder for a
+    week (a new user's probe); a log the user named is the user's, and stays."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code, _, err = run_main(["--upstream", NO_UPSTREAM, "--port", str(port), "--", sys.executable, "-c", "pass"],
+                                base_env(tmp_path))
+        assert code == 2, err
+        assert os.listdir(str(tmp_path / "tmp")) == []
+        named = tmp_path / "mine.log"
+        code, _, err = run_main(["--upstream", NO_UPSTREAM, "--port", str(port), "--log-file", str(named),
+                                 "--", sys.executable, "-c", "pass"], base_env(tmp_path))
+        assert code == 2 and named.exists(), err
+
+
 @pytest.mark.parametrize("where", ["no/dir/p.log", "."], ids=["no-dir", "a-directory"])
 def test_a_log_file_that_cannot_be_written_is_a_bad_option(tmp_path: Any, where: str) -> None:
     port = _free_port()
