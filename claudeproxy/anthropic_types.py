@@ -451,26 +451,44 @@ def _require_content(messages: Tuple[Message, ...]) -> None:
                                  "assistant message", f"messages[{i}]")
 
 
-# Blocks a translator drops from a user turn (PROTOCOL.md 2: only an assistant writes the first
-# three; the upstream has no equivalent for a DroppedBlock anywhere).
+# Blocks a translator drops from a user turn (PROTOCOL.md 2: only an assistant writes these three;
+# the upstream has no equivalent for a DroppedBlock anywhere).
 _USER_TURN_DROPS = {ToolUseBlock: "tool_use", ThinkingBlock: "thinking", RedactedThinkingBlock: "redacted_thinking"}
 
 
 def _require_user_content(messages: Tuple[Message, ...]) -> None:
-    """A user message must keep something once translated: one holding only blocks a translator
-    drops vanished, and the upstream answered another conversation (maybe one ending in the
-    assistant's turn). Only for a translated ``/v1/messages``: the Messages API forwards them all,
-    and a local token count sends nothing."""
-    for i, message in enumerate(messages):
-        if message.role == "user" and all(_dropped_from_user_turn(b) for b in message.content):
-            kinds = ", ".join(sorted({_USER_TURN_DROPS.get(type(b)) or getattr(b, "type", "text") for b in message.content}))
-            raise InvalidRequest(f"a user message needs content of its own: its blocks ({kinds}) are ones only an "
-                                 "assistant message holds, or the upstream has no equivalent for", f"messages[{i}].content")
+    """User messages must keep something once translated: a run of them holding only blocks a
+    translator drops vanished, and the upstream answered another conversation (maybe one ending
+    in the assistant's turn). A run, as translators merge adjacent user messages. Only for a
+    translated ``/v1/messages``: the Messages API forwards every block, and a token count sends
+    nothing."""
+    i = 0
+    while i < len(messages):
+        end = i
+        while end < len(messages) and messages[end].role == "user":
+            end += 1
+        run = [b for m in messages[i:end] for b in m.content]
+        if run and all(_dropped_from_user_turn(b) for b in run):
+            kinds = ", ".join(sorted({_kind(b) for b in run}))
+            raise InvalidRequest(f"a user message needs content the upstream can be sent: its blocks ({kinds}) "
+                                 "are all dropped in translation", f"messages[{i}].content")
+        i = max(end, i + 1)
 
 
 def _dropped_from_user_turn(block: Block) -> bool:
+    if isinstance(block, DocumentBlock) and block.source in ("content", "text") and not (block.title or block.context):
+        # Its text or blocks become the message's text: none, or only what is dropped, is nothing.
+        return not block.data if block.source == "text" else all(_dropped_from_user_turn(b) for b in block.content)
     return type(block) in _USER_TURN_DROPS or isinstance(block, DroppedBlock) \
         or (isinstance(block, TextBlock) and not block.text)
+
+
+def _kind(block: Block) -> str:
+    if isinstance(block, TextBlock):
+        return "empty text"
+    if isinstance(block, DocumentBlock):
+        return "document of no content"
+    return _USER_TURN_DROPS.get(type(block)) or getattr(block, "type", "")
 
 
 def _require_text_only(blocks: Tuple[Block, ...], path: str) -> None:

@@ -492,14 +492,15 @@ class _NotStarted(Exception):
     """The proxy could not start (a bad setting found only then): one line, exit 2."""
 
 
-def _drop_if_empty(path: str) -> None:
-    """A default log nothing was written to, of a session that never started: not left behind
-    (the cleanup of old logs waits a week)."""
+def _unwritten(stream: TextIO, path: str) -> bool:
+    """Is the default log this run opened still empty, and still the regular file at that name (a
+    temp folder without the sticky bit lets another user swap the name)?"""
     try:
-        if os.path.getsize(path) == 0:
-            os.unlink(path)
-    except OSError:
-        pass
+        stream.flush()
+        mine, there = os.fstat(stream.fileno()), os.lstat(path)
+    except (OSError, ValueError):
+        return False
+    return mine.st_size == 0 and stat.S_ISREG(there.st_mode) and (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _fail(message: str, environ: Mapping[str, str], stderr: TextIO, status: int) -> int:
@@ -550,14 +551,19 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
         return _session(ns, config, command[0], [exe] + command[1:], environ, log_path, stderr, page_key)
     except _NotStarted as exc:
         started = False
-        print(f"claudeproxy: error: {exc}", file=stderr)
-        return 2
+        return _fail(str(exc), environ, stderr, 2)
     except KeyboardInterrupt:  # Ctrl-C before the command started (or after it ended): the proxy has stopped
         return 128 + int(signal.SIGINT)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
+        # The default log of a session that never started, empty: not left behind for the cleanup
+        # of old logs, which waits a week. Removed once closed (Windows keeps an open file).
+        drop = not started and not ns.log_file and _unwritten(stream, log_path)
         stream.close()
-        if not started and not ns.log_file:
-            _drop_if_empty(log_path)
+        if drop:
+            try:
+                os.unlink(log_path)
+            except OSError:
+                pass

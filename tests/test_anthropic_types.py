@@ -440,9 +440,19 @@ _SERVER_USE = {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_searc
     ([{"role": "user", "content": [_TOOL_USE]}], "messages[0]", "tool_use"),
     ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
       {"role": "user", "content": [_THINKING, _SERVER_USE, {"type": "text", "text": ""}]}],
-     "messages[2]", "server_tool_use, text, thinking"),
+     "messages[2]", "empty text, server_tool_use, thinking"),
     ([{"role": "user", "content": [{"type": "redacted_thinking", "data": "x"}]}, {"role": "assistant", "content": "yo"}],
      "messages[0]", "redacted_thinking"),
+    # A document whose content is nothing (or only dropped blocks) becomes nothing too (review).
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
+      {"role": "user", "content": [{"type": "document", "source": {"type": "content", "content": [_THINKING]}}]}],
+     "messages[2]", "document of no content"),
+    ([{"role": "user", "content": [{"type": "document", "source": {"type": "text", "media_type": "text/plain",
+                                                                   "data": ""}}]}],
+     "messages[0]", "document of no content"),
+    # Adjacent user messages are merged: the run is checked as one, and named by its first message.
+    ([{"role": "user", "content": [_TOOL_USE]}, {"role": "user", "content": [_THINKING]}], "messages[0]",
+     "thinking, tool_use"),
 ])
 def test_a_user_message_holding_only_blocks_a_translator_drops_is_refused(messages: Any, where: str, kinds: str) -> None:
     """PROTOCOL.md 2 drops a user turn's tool_use and thinking blocks, and every server tool block:
@@ -451,16 +461,21 @@ def test_a_user_message_holding_only_blocks_a_translator_drops_is_refused(messag
     body = {"model": "m", "max_tokens": 5, "messages": messages}
     with pytest.raises(InvalidRequest) as info:
         parse_messages_request(body)
-    assert str(info.value) == (f"{where}.content: a user message needs content of its own: its blocks ({kinds}) are "
-                               "ones only an assistant message holds, or the upstream has no equivalent for")
+    assert str(info.value) == (f"{where}.content: a user message needs content the upstream can be sent: its blocks "
+                               f"({kinds}) are all dropped in translation")
     assert parse_count_tokens_request(body).messages
 
 
-def test_a_user_message_with_content_besides_dropped_blocks_keeps_it() -> None:
-    parsed = parse_messages_request({"model": "m", "max_tokens": 5, "messages": [
-        {"role": "user", "content": [_THINKING, _TOOL_USE, {"type": "text", "text": "hi"}]}]})
-    sent = to_chat_request(parsed, model="m", dialect=DIALECTS["generic"]).request.to_dict()
-    assert sent["messages"] == [{"role": "user", "content": "hi"}]
+@pytest.mark.parametrize("messages, sent", [
+    ([{"role": "user", "content": [_THINKING, _TOOL_USE, {"type": "text", "text": "hi"}]}], ["hi"]),
+    # A user message of dropped blocks next to one with text: merged, nothing vanishes.
+    ([{"role": "user", "content": "hi"}, {"role": "user", "content": [_THINKING]}], ["hi"]),
+    ([{"role": "user", "content": [_TOOL_USE]}, {"role": "user", "content": "hi"}], ["hi"]),
+])
+def test_a_user_message_with_content_besides_dropped_blocks_keeps_it(messages: Any, sent: List[str]) -> None:
+    parsed = parse_messages_request({"model": "m", "max_tokens": 5, "messages": messages})
+    out = to_chat_request(parsed, model="m", dialect=DIALECTS["generic"]).request.to_dict()
+    assert [m["content"] for m in out["messages"]] == sent
 
 
 @pytest.mark.parametrize("messages", [
