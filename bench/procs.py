@@ -51,11 +51,11 @@ def pin_self(cpus: Optional[Set[int]]) -> None:
 
 
 def popen(cmd: List[str], cpus: Optional[Set[int]], stderr_path: str,
-          stdout: int = subprocess.PIPE) -> "subprocess.Popen[str]":
-    """Start ``cmd`` in the project root, pinned to ``cpus`` from its first instruction."""
+          stdout: int = subprocess.PIPE, cwd: str = ROOT) -> "subprocess.Popen[str]":
+    """Start ``cmd`` in the project root (or ``cwd``), pinned to ``cpus`` from its first instruction."""
     err = open(stderr_path, "ab")
     try:
-        return subprocess.Popen(cmd, cwd=ROOT, stdout=stdout, stderr=err, stdin=subprocess.DEVNULL, text=True,
+        return subprocess.Popen(cmd, cwd=cwd, stdout=stdout, stderr=err, stdin=subprocess.DEVNULL, text=True,
                                 preexec_fn=(lambda: pin_self(cpus)) if cpus else None)
     finally:
         err.close()
@@ -67,10 +67,11 @@ class Server(NamedTuple):
     start_seconds: float   # from spawning to the "listening on" line
 
 
-def start_server(cmd: List[str], cpus: Optional[Set[int]], stderr_path: str, timeout: float = 30) -> Server:
-    """Spawn a server and wait for its first stdout line, ``... listening on http(s)://HOST:PORT ...``."""
+def start_server(cmd: List[str], cpus: Optional[Set[int]], stderr_path: str, timeout: float = 30,
+                 cwd: str = ROOT) -> Server:
+    """Spawn a server (in ``cwd``) and wait for its first stdout line, ``... listening on http(s)://HOST:PORT ...``."""
     began = time.perf_counter()
-    proc = popen(cmd, cpus, stderr_path)
+    proc = popen(cmd, cpus, stderr_path, cwd=cwd)
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     line = proc.stdout.readline() if ready else ""
