@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from typing import Dict, List
@@ -48,13 +47,13 @@ def main() -> None:
     chunks, pause = (int(x) for x in args.shape.split(","))
     plan = DEFAULT._replace(cpu_shape=(chunks, pause), cpu_streams=args.streams)
     bench_args = argparse.Namespace(client="stdlib", quick=False, tls=False, python=args.python, proxy_arg=[])
-    for root in (procs.ROOT, other):  # both start from bytecode, as a user's second start does
-        subprocess.run([args.python, "-m", "compileall", "-q", os.path.join(root, "claudeproxy")], check=True)
     cpu: Dict[str, List[float]] = {n: [] for n in NAMES}
     ttft: Dict[str, List[float]] = {n: [] for n in NAMES}
     with tempfile.TemporaryDirectory(prefix="claudeproxy-pair-") as tmp:
         bench = Bench(bench_args, plan, tmp)
         procs.pin_self(bench.cores.client)
+        for root in (procs.ROOT, other):  # both start from bytecode, as a user's second start does
+            bench.compile_bytecode(root)
         bench.start_upstream()
         servers = []
         try:

@@ -1282,8 +1282,7 @@ def iter_lines(resp: Any, limit: int, allowance: float = 0.0) -> Iterator[bytes]
         if not cut:  # no line ends in this read
             spill.append(data)
             spilled += len(data)
-            if spilled > limit and spilled > _line_cap(limit, allowance, before):
-                raise _too_long(_line_cap(limit, allowance, before))
+            _check_unfinished(spilled, limit, allowance, before)
             continue
         if spill:
             spill.append(data)
@@ -1296,8 +1295,7 @@ def iter_lines(resp: Any, limit: int, allowance: float = 0.0) -> Iterator[bytes]
         if run:
             yield run
             before += len(run)
-        if spilled > limit and spilled > _line_cap(limit, allowance, before):
-            raise _too_long(_line_cap(limit, allowance, before))
+        _check_unfinished(spilled, limit, allowance, before)
 
 
 def _line_cap(limit: int, allowance: float, before: int) -> int:
@@ -1306,6 +1304,14 @@ def _line_cap(limit: int, allowance: float, before: int) -> int:
     if not extra < MAX_REPEAT_LINE:  # so too a NaN or an infinite allowance, which int() refuses
         return max(limit, MAX_REPEAT_LINE)
     return max(limit, min(limit + int(extra), MAX_REPEAT_LINE))
+
+
+def _check_unfinished(size: int, limit: int, allowance: float, before: int) -> None:
+    """An unfinished line already over its cap is an error (``iter_lines``): no need to wait for its end."""
+    if size > limit:  # the cap is never below the limit: most reads stop here
+        cap = _line_cap(limit, allowance, before)
+        if size > cap:
+            raise _too_long(cap)
 
 
 def _too_long(cap: int) -> UpstreamUnavailable:
