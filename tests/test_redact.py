@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from conftest import CLIENT_KEY, UPSTREAM_KEY
 
+from claudeproxy import redact
 from claudeproxy.redact import (
     MASK,
     header_secrets,
@@ -139,6 +142,64 @@ def test_redact_text_is_idempotent() -> None:
     text = f"Bearer {UPSTREAM_KEY} https://u:p@h/?key=k1234 {CLIENT_KEY}"
     once = redact_text(text, (UPSTREAM_KEY,))
     assert redact_text(once, (UPSTREAM_KEY,)) == once
+
+
+def _every_scan(text: str) -> str:
+    """redact_text's scans run on every text, none skipped: what the skipping must equal."""
+    for pattern, replace, _clues, _any_case in redact._SCANS:
+        text = pattern.sub(replace, text)
+    return text
+
+
+# What the scans look for, in several cases ("\u212a", the Kelvin sign, and "\u017f", long s, match
+# "k" and "s" under IGNORECASE but are not their lowercase), and harmless filler around it.
+_PREFIXES = ("sk-", "sk_", "rk_", "gsk_", "csk-", "xai-", "hf_", "r8_", "pplx-", "nvapi-", "fw_", "tgp_v1_", "ghp_",
+             "gho_", "ghu_", "ghs_", "github_pat_", "AIza", "aiza", "eyJ", "EYJ")
+_NAMES = ("api_key", "API-KEY", "Api Key", "access token", "Refresh_Token", "auth-token", "bearer token",
+          "client secret", "CLIENT_SECRET", "PASSWORD", "secret key", "api key provided", "api_\u212aey",
+          "\u017fecret key", "pa\u017f\u017fword", "Bearer", "BEARER", "bearer\t", "Basic", "basic")
+_SEPARATORS = ("=", ": ", " = '", ":", " ", "\t", "\": \"")
+_VALUES = ("abcdefgh", "12345678", "A1b2C3d4e5F6g7H8", "ABCDEFabcdef.xyz", "****abcd", "dXNlcjpwYXNz",
+           "Sy0123456789ABCDEFxyz", "hbGciOiJI.eyJzdWIiOiIx.c2lnbmF0dXJl")
+_URLS = ("https://user:pw@host/p", "HTTP://a@b", "ftp://x:y@", "https://h/x?key=", "https://h/x?a=1&sig=",
+         "?token=", "&code=", "?alt=json&api_key=", "http://h/#frag")
+_FILLER = (" ", ".", "-", "_", "'", "\"", "é", "ü", "#", "@", "?", "&", "word", "The model", "in=259")
+
+
+def _shaped(rng: random.Random) -> str:
+    """One thing a scan looks for (or nearly: the parts are mixed freely), inside filler."""
+    kind = rng.randrange(3)
+    if kind == 0:
+        core = rng.choice(_PREFIXES) + rng.choice(_VALUES) + rng.choice(("", rng.choice(_VALUES)))
+    elif kind == 1:
+        core = rng.choice(_NAMES) + rng.choice(_SEPARATORS) + rng.choice(_VALUES)
+    else:
+        core = rng.choice(_URLS) + rng.choice(_VALUES)
+    around = [rng.choice(_FILLER) for _ in range(rng.randint(0, 4))]
+    return "".join(around[: len(around) // 2]) + core + "".join(around[len(around) // 2:])
+
+
+def test_redact_text_skips_only_scans_that_cannot_match() -> None:
+    """A scan is skipped when the text holds none of what its matches contain; the answer must be
+    what running every scan gives, on ASCII text and on text where IGNORECASE goes past ASCII."""
+    rng = random.Random(20261204)
+    checked = masked = 0
+    for _ in range(10000):
+        text = "".join(_shaped(rng) for _ in range(rng.randint(1, 2)))
+        expected = _every_scan(text)
+        assert redact_text(text) == expected, text
+        checked += 1
+        masked += expected != text
+    assert masked > checked // 3  # the corpus reaches the scans, not only harmless text
+
+
+def test_an_access_line_needs_no_scan() -> None:
+    """The line logged for every call holds nothing a scan looks for; none runs, nothing changes."""
+    line = ("req_lqb4rs4fJ5zFZX6JRAAelWMe /v1/messages claude-sonnet-4-5 -> upstream/claude-sonnet-4-5 200 "
+            "in=259 out=64 cached=4864 cache_write=0 cost=- ttft=- 0ms")
+    assert not any(any(clue in (line.lower() if any_case else line) for clue in clues)
+                   for _pattern, _replace, clues, any_case in redact._SCANS)
+    assert redact_text(line) == line
 
 
 # --------------------------------------------------------------------------
