@@ -39,7 +39,7 @@ from .errors import (
     says_no_retry,
 )
 from .ids import new_id
-from .metrics import CallRecord, Metrics, access_line, finite
+from .metrics import LOCAL, CallRecord, Metrics, access_line, finite
 from .model_facts import PRICES_CHECKED, ModelFacts
 from .observe import ObservedFold, bodies_logged, log_body
 from .prompt_cache import session_cache_key
@@ -231,7 +231,7 @@ class Proxy:
 
     def count_tokens(self, handler: Any, writer: Any) -> None:
         started = time.monotonic()
-        record: Dict[str, Any] = {"endpoint": "/v1/messages/count_tokens", "local": True}
+        record: Dict[str, Any] = {"endpoint": "/v1/messages/count_tokens"}  # local once counted here
         routed: Optional[Routed] = None
         try:
             body = handler.read_json_body()
@@ -244,8 +244,9 @@ class Proxy:
                               upstream_host=urlsplit(routed.target.provider.url).hostname or "")
                 counted = self._upstream_count(handler, body, routed.target)
             if counted is None:
-                record.update(local=True, upstream_model="", upstream_host="")
+                # Set after the count: a body it refuses is refused before any upstream, "(none)".
                 counted = self._local_count(body, routed)
+                record.update(local=True, upstream_model="", upstream_host="")
             writer.json(200, {"input_tokens": counted})
         except Exception as exc:
             record.update(_failure(exc))
@@ -733,7 +734,8 @@ class Proxy:
         now = time.monotonic()
         if routed is not None:
             fields.setdefault("route", routed.route.match)
-            fields.setdefault("provider", routed.target.provider.name)
+            # An answer of the proxy's own names no provider but "(local)", as /metrics counts it.
+            fields.setdefault("provider", LOCAL if fields.get("local") else routed.target.provider.name)
         first = fields.get("first_content_at")
         # Set from the answer by _usage_fields (None: not known); 0 for a call without one (a 4xx, a
         # local answer), unless the upstream had the prompt and the call ended before its answer.

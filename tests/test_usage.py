@@ -192,7 +192,9 @@ def test_every_call_is_recorded_also_4xx_local_and_failures(proxy: Any, fake: Fa
     assert recs[5].error_type == "rate_limit_error" and recs[5].upstream_model == "qwen3-coder"
     assert recs[6].error_type == "invalid_request_error" and recs[6].model == ""
     assert recs[7].cost_usd == 0.0 and recs[7].upstream_model == ""
-    assert recs[8].model == "claude-sonnet-4-5" and recs[8].provider == "priced"
+    # Answers of the proxy's own name "(local)" as their provider, as /metrics and /v1/usage count them.
+    assert recs[8].model == "claude-sonnet-4-5" and recs[8].provider == "(local)" and recs[8].route
+    assert recs[7].provider == "(local)"
     for rec in recs:
         assert rec.time == pytest.approx(time.time(), abs=30) and rec.request_id.startswith("req_")
     stream = recs[3]
@@ -206,6 +208,16 @@ def test_a_bad_request_is_not_counted_against_the_model_it_was_routed_to(proxy: 
     assert (rec.provider, rec.route, rec.upstream_model, rec.error_type) == ("openai", "opus", "", "invalid_request_error")
     models = {(m["provider"], m["model"]) for m in request(proxy.url, "GET", "/v1/usage").json["models"]}
     assert models == {("(none)", "(none)")} and fake.requests == []
+
+
+def test_a_count_tokens_call_refused_for_its_body_is_counted_before_any_upstream(proxy: Any) -> None:
+    """A count_tokens body the local count refuses is a bad request, "(none)", not an answer of the proxy."""
+    bad = {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": [{"type": "nope"}]}]}
+    assert post(proxy, bad, path="/v1/messages/count_tokens").status == 400
+    rec = wait_records(proxy, 1)[0]
+    assert (rec.status, rec.local, rec.error_type) == (400, False, "invalid_request_error")
+    providers = {p["provider"]: p["requests"] for p in request(proxy.url, "GET", "/v1/usage").json["providers"]}
+    assert providers == {"(none)": 1}
 
 
 def test_time_to_first_token_is_when_content_went_out(proxy: Any, fake: FakeUpstream) -> None:
