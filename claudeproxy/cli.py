@@ -805,8 +805,12 @@ def keyless_upstreams(server: ProxyServer) -> List[str]:
         host = urlsplit(provider.url).hostname or ""
         if provider.api != "messages" and gives_no_key(provider.token) and _on_the_internet(host):
             own = " or ".join(default_key_variables(provider_dialect(provider), False))
-            how = (f"set {own}, or give --api-key-env" if provider.name == SHORTHAND_PROVIDER else
-                   "give it api_key_env or api_key_command in the config file")
+            if provider.name != SHORTHAND_PROVIDER:
+                how = "give it api_key_env or api_key_command in the config file"
+            elif provider.key_source == "--api-key":  # --api-key '': no key on purpose, whatever is exported
+                how = f"--api-key is empty: give a key, or leave it out to use {own}"
+            else:
+                how = f"set {own}, or give --api-key-env"
             lines.append(f"the upstream {provider.name} ({host}) gets no API key: expect 401s ({how})")
     return lines
 

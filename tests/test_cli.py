@@ -148,6 +148,16 @@ def test_a_keyless_known_provider_is_told_its_own_variable() -> None:
 GEMINI_URL = "https://generativelanguage.googleapis.com/v1beta/openai"
 
 
+def test_an_empty_api_key_flag_is_named_in_the_keyless_warning(served: List[Any]) -> None:
+    """``--api-key ''`` sends no key although $OPENAI_API_KEY is set: "set OPENAI_API_KEY" would be
+    advice the user already followed; the warning names the flag that wins."""
+    env = {"OPENAI_API_KEY": "sk-openai-1234567"}
+    assert run_main(["--upstream", "https://api.openai.com/v1", "--api-key", ""], env)[0] == 0
+    lines = [line for line in _start_warnings(served[0], env) if "gets no API key" in line]
+    assert lines == ["the upstream upstream (api.openai.com) gets no API key: expect 401s "
+                     "(--api-key is empty: give a key, or leave it out to use OPENAI_API_KEY)"], lines
+
+
 def _start_warnings(config: Any, environ: Dict[str, str]) -> List[str]:
     server = claudeproxy.start(config, port=0)
     try:
