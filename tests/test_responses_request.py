@@ -394,3 +394,19 @@ def test_summaries_can_be_left_out_for_unverified_organisations() -> None:
     out = translate(req, reasoning_summary=False).body
     assert out["reasoning"] == {"effort": "high"}
     assert out["include"] == ["reasoning.encrypted_content"]  # the blob still round-trips
+
+
+def test_a_document_of_no_text_next_to_a_tool_result_sends_no_empty_user_message() -> None:
+    """As an empty text block: nothing; an input message without content is refused."""
+    doc = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": ""}}
+    items = translate(body([
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Read", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}, doc]}])).body["input"]
+    assert [item.get("type", item.get("role")) for item in items] == ["message", "function_call", "function_call_output"]
+    titled = dict(doc, title="notes.txt")
+    items = translate(body([
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Read", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}, titled]}])).body["input"]
+    assert items[-1]["role"] == "user" and items[-1]["content"] == [{"type": "input_text", "text": "notes.txt"}]

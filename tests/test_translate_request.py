@@ -349,3 +349,21 @@ def test_very_large_schema_translates() -> None:
         tools = translate(request, provider=provider, model="m").request.to_dict()["tools"]
         assert len(tools) == 5
         assert tools[4]["function"]["parameters"]["properties"]["field_2999"]["enum"][-1] == "19"
+
+
+@pytest.mark.parametrize("extra", [
+    {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": ""}},
+    {"type": "text", "text": ""},
+])
+def test_a_document_of_no_text_next_to_a_tool_result_sends_no_empty_user_message(extra: Dict[str, Any]) -> None:
+    """The tool result is the turn's content; an empty text document beside it is nothing, as an
+    empty text block is (an empty user message is refused by strict servers)."""
+    messages = translate(body([
+        user("hi"), assistant([{"type": "tool_use", "id": "t1", "name": "Read", "input": {}}]),
+        user([{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}, extra])])).request.to_dict()["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool"]
+    titled = dict(extra, title="notes.txt") if extra["type"] == "document" else {"type": "text", "text": "notes.txt"}
+    messages = translate(body([
+        user("hi"), assistant([{"type": "tool_use", "id": "t1", "name": "Read", "input": {}}]),
+        user([{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}, titled])])).request.to_dict()["messages"]
+    assert messages[-1] == {"role": "user", "content": "notes.txt"}  # a title alone is content

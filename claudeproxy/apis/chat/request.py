@@ -121,7 +121,7 @@ def _document_parts(block: DocumentBlock, dialect: Dialect) -> List[Part]:
         return [_text_part(f"[PDF document omitted: {title}]")]
     if block.source == "text":
         lines = [line for line in (block.title, block.context, block.data) if line]
-        return [_text_part("\n".join(lines))]
+        return [_text_part("\n".join(lines))] if lines else []  # nothing, as an empty text block
     if block.source == "content":
         head = [_text_part(line) for line in (block.title, block.context) if line]
         return head + _user_parts(block.content, dialect)

@@ -129,7 +129,8 @@ def _document_parts(block: DocumentBlock) -> List[Part]:
     if block.source == "url":
         return [{"type": "input_file", "file_url": block.url}]
     if block.source == "text":
-        return [_text("\n".join(line for line in (block.title, block.context, block.data) if line))]
+        lines = [line for line in (block.title, block.context, block.data) if line]
+        return [_text("\n".join(lines))] if lines else []  # nothing, as an empty text block
     if block.source == "content":
         head = [_text(line) for line in (block.title, block.context) if line]
         return head + [p for b in block.content for p in _block_parts(b)]
