@@ -455,17 +455,20 @@ def unreachable_upstreams(running: RunningServer, config: Config,
     return reachability.unreachable_upstreams(urls, config, cli.config_secrets(config), connect)
 
 
-def _session(ns: argparse.Namespace, config: Config, typed: str, argv: List[str], environ: Mapping[str, str],
-             log_path: str, stderr: TextIO, page_key: Optional[str] = None) -> int:
-    windows = on_windows()
+def _start_proxy(ns: argparse.Namespace, config: Config) -> RunningServer:
     path = cli.usage_log_path(ns)
     sink = cli.usage_writer(path) if path else None
     try:
-        running = start(config, sink)
+        return start(config, sink)
     except OSError as exc:  # the port is taken, or the address cannot be had: a bad setting
         raise _NotStarted(cli.cannot_listen(ns, config, exc)) from None
     except ValueError as exc:  # a setting the server itself refuses
         raise _NotStarted(" ".join(str(exc).split())) from None
+
+
+def _session(running: RunningServer, ns: argparse.Namespace, config: Config, typed: str, argv: List[str],
+             environ: Mapping[str, str], log_path: str, stderr: TextIO, page_key: Optional[str] = None) -> int:
+    windows = on_windows()
     try:
         log.info("%s", cli._describe(running.server))  # noqa: SLF001
         cli._warn_about(running.server, environ)  # noqa: SLF001
@@ -546,11 +549,12 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
     logger = logging.getLogger("claudeproxy")
     saved = (logger.level, logger.propagate)
     handler = cli.setup_logging(ns.log_level, cli.secrets_source(config), stream, ns.log_format, ns.log_bodies)
-    started = True
+    started = False
     try:
-        return _session(ns, config, command[0], [exe] + command[1:], environ, log_path, stderr, page_key)
+        running = _start_proxy(ns, config)
+        started = True
+        return _session(running, ns, config, command[0], [exe] + command[1:], environ, log_path, stderr, page_key)
     except _NotStarted as exc:
-        started = False
         return _fail(str(exc), environ, stderr, 2)
     except KeyboardInterrupt:  # Ctrl-C before the command started (or after it ended): the proxy has stopped
         return 128 + int(signal.SIGINT)
@@ -558,8 +562,9 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
-        # The default log of a session that never started, empty: not left behind for the cleanup
-        # of old logs, which waits a week. Removed once closed (Windows keeps an open file).
+        # The default log of a proxy that never started (a bad setting, Ctrl-C, a failure), empty:
+        # not left behind for the cleanup of old logs, which waits a week; nothing named it yet.
+        # Removed once closed (Windows keeps an open file).
         drop = not started and not ns.log_file and _unwritten(stream, log_path)
         stream.close()
         if drop:

@@ -527,6 +527,28 @@ def test_a_start_that_fails_leaves_no_default_log_behind(tmp_path: Any, monkeypa
         assert code == 2 and named.exists(), err
 
 
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, RuntimeError])
+def test_a_start_interrupted_or_failing_leaves_no_default_log_behind(tmp_path: Any, monkeypatch: Any,
+                                                                     failure: type) -> None:
+    """Ctrl-C while the proxy starts is exit 130, and an unexpected failure of the start goes on up;
+    neither leaves the empty default log that nothing named for the week-long cleanup."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+
+    def start(*args: Any, **kwargs: Any) -> Any:
+        raise failure()
+
+    monkeypatch.setattr(launcher, "start", start)
+    record = tmp_path / "record.json"
+    argv = ["--upstream", NO_UPSTREAM, "--port", str(_free_port()), *standin(record, "--exit", "0")]
+    if failure is KeyboardInterrupt:
+        assert run_main(argv, base_env(tmp_path))[0] == 130
+    else:
+        with pytest.raises(failure):
+            run_main(argv, base_env(tmp_path))
+    assert os.listdir(str(tmp_path / "tmp")) == [] and not record.exists()
+
+
 @pytest.mark.parametrize("where", ["no/dir/p.log", "."], ids=["no-dir", "a-directory"])
 def test_a_log_file_that_cannot_be_written_is_a_bad_option(tmp_path: Any, where: str) -> None:
     port = _free_port()
