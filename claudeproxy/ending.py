@@ -37,6 +37,10 @@ class StreamFold(Protocol):
     # but where the API's closing events repeat what its deltas sent.
     line_allowance: float
 
+    def line_skimmer(self) -> Any:
+        """A ``skim.LineSkimmer`` for a line grown past ``skim.SKIM_AFTER`` (``iter_lines``), or None
+        to read it whole: an API whose closing events repeat long texts its deltas sent."""
+
     @property
     def finishing(self) -> bool:
         """The upstream said it is done; only trailing data (usage, [DONE]) may follow."""

@@ -80,6 +80,9 @@ class ObservedFold:
     def line_allowance(self) -> float:
         return float(self._fold.line_allowance)
 
+    def line_skimmer(self) -> Any:
+        return self._fold.line_skimmer()
+
     def feed_line(self, raw: bytes) -> List[Event]:
         for line in raw.splitlines():  # the relay feeds the whole lines of one read
             if line.strip():

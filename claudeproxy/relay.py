@@ -90,7 +90,8 @@ class Relay:
                 ctype = resp.headers.get("Content-Type")
                 self._fail(UpstreamUnavailable(f"upstream returned non-SSE content ({ctype}) to a stream request"))
             else:
-                self._lines = iter_lines(resp, self.config.max_line_bytes, self.fold.line_allowance)
+                self._lines = iter_lines(resp, self.config.max_line_bytes, self.fold.line_allowance,
+                                         self.fold.line_skimmer)
                 if self._relay(until_committed=True):
                     return True
         except BaseException:

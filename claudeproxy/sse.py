@@ -146,6 +146,10 @@ class SSEFold:
     billed_cost: Optional[float] = None  # ``StreamFold.billed_cost``: only Chat upstreams report one
     line_allowance = 0.0  # ``StreamFold.line_allowance``: no line repeats the deltas before it
 
+    def line_skimmer(self) -> Any:
+        """``StreamFold.line_skimmer``: None, a long line is read whole."""
+        return None
+
     def feed_line(self, raw: bytes) -> List[Dict[str, Any]]:
         """Events for one or more whole lines; raises ``ProxyError`` for an upstream error event,
         carrying the events of the lines before it (``events_before``) that must go out first."""

@@ -59,6 +59,7 @@ from .errors import (
 )
 from .http_head import MAX_RESPONSE_HEAD, HeadCutShort, read_headers
 from .redact import redact_headers, redact_text, redact_url
+from .skim import SKIM_AFTER, LineSkimmer
 
 log = logging.getLogger(__name__)
 
@@ -1249,7 +1250,8 @@ def read_error(exc: BaseException, call: UpstreamCall, idle: Optional[float] = N
     return UpstreamUnavailable(f"upstream connection broke off ({type(exc).__name__})")
 
 
-def iter_lines(resp: Any, limit: int, allowance: float = 0.0) -> Iterator[bytes]:
+def iter_lines(resp: Any, limit: int, allowance: float = 0.0,
+               skimmer: Optional[Callable[[], Optional[LineSkimmer]]] = None) -> Iterator[bytes]:
     """The body's whole lines as they arrive, all those of one read as one bytes; a line over
     its cap is an error, not a buffer.
 
@@ -1264,10 +1266,14 @@ def iter_lines(resp: Any, limit: int, allowance: float = 0.0) -> Iterator[bytes]
     events and ``response.completed`` carry a call's whole arguments again); never more
     than ``MAX_REPEAT_LINE`` (or ``limit``, when that is larger). A line that comes first
     is held to ``limit``.
+
+    A line past ``skim.SKIM_AFTER`` goes, as it arrives, to the ``LineSkimmer`` that ``skimmer``
+    gives (if it gives one): the line given is the short one it makes (``skim``).
     """
     spill: List[bytes] = []  # the unfinished last line, in pieces
     spilled = 0
     before = 0  # bytes of the lines already given
+    skim: Optional[LineSkimmer] = None  # taking the unfinished line instead of spill
     read = getattr(resp, "read_available", resp.read1)
     decoder = getattr(resp, "cp_decoder", None)
     if decoder is not None:
@@ -1275,14 +1281,34 @@ def iter_lines(resp: Any, limit: int, allowance: float = 0.0) -> Iterator[bytes]
     while True:
         data = read(_READ_SIZE)
         if not data:
-            if spill:
-                yield b"".join(spill)  # the last line of a body without a final newline
+            if skim is not None:
+                yield skim.finish()  # the last line of a body without a final newline
+            elif spill:
+                yield b"".join(spill)
             return
+        if skim is not None:
+            end = data.find(b"\n")
+            skim.feed(data if end < 0 else data[:end])
+            spilled += len(data) if end < 0 else end + 1
+            _check_unfinished(spilled, limit, allowance, before)
+            if end < 0:
+                continue
+            yield skim.finish(b"\n")
+            before += spilled
+            skim, spilled, data = None, 0, data[end + 1:]
+            if not data:
+                continue
         cut = data.rfind(b"\n") + 1
         if not cut:  # no line ends in this read
             spill.append(data)
             spilled += len(data)
             _check_unfinished(spilled, limit, allowance, before)
+            if spilled > SKIM_AFTER and skimmer is not None:
+                skim = skimmer()
+                if skim is not None:
+                    for piece in spill:
+                        skim.feed(piece)
+                    spill = []
             continue
         if spill:
             spill.append(data)

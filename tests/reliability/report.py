@@ -16,8 +16,8 @@ import os
 import sys
 from typing import Any, Dict, List
 
-ORDER = ["R1", "R2-folds", "R2-server", "R2-matrix", "R3", "R4", "R5", "M1", "M2", "M2-passthrough", "C1", "C2",
-         "G1", "S1", "S2", "S3", "S4", "L1"]
+ORDER = ["R1", "R2-folds", "R2-server", "R2-matrix", "R3", "R4", "R5", "M1", "M2", "M2-responses", "M2-passthrough",
+         "C1", "C2", "G1", "S1", "S2", "S3", "S4", "L1"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 

@@ -118,11 +118,44 @@ def messages_steps(args: Arguments) -> Iterator[bytes]:
     yield _sse(b'{"type":"message_stop"}', "message_stop")
 
 
+def _escaped(args: Arguments) -> Iterator[bytes]:
+    """The arguments as the inside of a JSON string, in pieces (escaping is per character)."""
+    for piece in args.fragments():
+        yield json.dumps(piece).encode()[1:-1]
+
+
+def responses_steps(args: Arguments) -> Iterator[bytes]:
+    """The Responses events of one function call, made as they are sent: its deltas, then OpenAI's
+    three closing events, each repeating the whole arguments on one line (sent in pieces)."""
+    call = b'{"type":"function_call","id":"fc_m2","call_id":"call_m2","name":"Write","status":"%s","arguments":"'
+    response = b'{"id":"resp_m2","object":"response","model":"gpt-test","status":"%s","output":%s,"usage":%s}'
+    yield _sse(response.replace(b"%s", b"in_progress", 1) % (b"[]", b"null"), "response.created")
+    yield _sse(b'{"type":"response.output_item.added","output_index":0,"item":' + call % b"in_progress"
+               + b'"}}', "response.output_item.added")
+    for piece in _escaped(args):
+        yield _sse(b'{"type":"response.function_call_arguments.delta","item_id":"fc_m2","output_index":0,'
+                   b'"delta":"' + piece + b'"}', "response.function_call_arguments.delta")
+    closing = [
+        (b"response.function_call_arguments.done",
+         b'{"type":"response.function_call_arguments.done","item_id":"fc_m2","output_index":0,"arguments":"', b'"}'),
+        (b"response.output_item.done",
+         b'{"type":"response.output_item.done","output_index":0,"item":' + call % b"completed", b'"}}'),
+        (b"response.completed",
+         b'{"type":"response.completed","response":{"id":"resp_m2","object":"response","model":"gpt-test",'
+         b'"status":"completed","output":[' + call % b"completed",
+         b'"}],"usage":{"input_tokens":20,"output_tokens":%d}}}' % (args.length // 4)),
+    ]
+    for name, head, tail in closing:
+        yield b"event: " + name + b"\ndata: " + head
+        yield from _escaped(args)
+        yield tail + b"\n\n"
+
+
 def responder(api: str) -> Any:
     def respond(rec: Any) -> Reply:
         tail = json.loads(rec.body.decode("utf-8"))["model"].rsplit("-", 1)[1]
         args = Arguments(0, WARM_BYTES) if tail == "warm" else Arguments(int(tail))
-        steps = chat_steps(args) if api == "chat" else messages_steps(args)
+        steps = {"chat": chat_steps, "messages": messages_steps, "responses": responses_steps}[api](args)
         # A generator: the fake sends each step as one HTTP chunk as it is made.
         return Reply(200, (("Content-Type", "text/event-stream"),), steps, chunked=True)  # type: ignore[arg-type]
     return respond
@@ -290,6 +323,8 @@ def measure(api: str) -> Tuple[Dict[str, Any], int, str]:
     fake.server.socket.listen(64)
     if api == "chat":
         proxy = ProxyProcess(fake.url, "--log-level", "warning")
+    elif api == "responses":
+        proxy = ProxyProcess(fake.url, "--upstream-api", "responses", "--log-level", "warning")
     else:
         proxy = ProxyProcess(fake.url.rsplit("/v1", 1)[0], "--passthrough", "--api-key",
                              "sk-ant-UPSTREAM-0123456789", "--log-level", "warning")
@@ -303,7 +338,7 @@ def measure(api: str) -> Tuple[Dict[str, Any], int, str]:
     return figures, code if code is not None else -1, err
 
 
-@pytest.mark.parametrize("api", ["chat", "messages"])
+@pytest.mark.parametrize("api", ["chat", "responses", "messages"])
 def test_5mb_tool_arguments_20_in_parallel(api: str) -> None:
     figures, code, err = measure(api)
     growth_mb = (figures["hwm"] - figures["rss0"]) / 1024
@@ -313,8 +348,10 @@ def test_5mb_tool_arguments_20_in_parallel(api: str) -> None:
     if "Traceback" in err:
         bad.append(f"traceback: {err[-1500:]}")
     ok = not bad and growth_mb < TARGET_MB
-    fid, how = (("M2", "Chat Completions upstream") if api == "chat"
-                else ("M2-passthrough", "Anthropic upstream, --passthrough"))
+    fid, how = {"chat": ("M2", "Chat Completions upstream"),
+                "responses": ("M2-responses", "Responses upstream: each call's closing events repeat its "
+                              "whole arguments three times, one line each"),
+                "messages": ("M2-passthrough", "Anthropic upstream, --passthrough")}[api]
     same = "; input_json_delta joined = the upstream's arguments" if figures["valid"] == STREAMS else ""
     record(fid, f"{STREAMS} parallel streams, each one tool call with {ARGS_BYTES / 2**20:g} MB of arguments in "
            f"{DELTA} B deltas (F10; {how}; subprocess proxy)",

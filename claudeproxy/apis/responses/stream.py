@@ -34,14 +34,16 @@ import dataclasses
 import json
 import logging
 import math
-from typing import Any, Deque, Dict, List, Optional, Set, Tuple
+import os
+from typing import Any, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from ...counts import count_or_none
 from ...errors import ProxyError, UpstreamUnavailable, stream_error_event
 from ...replies import block_events, events_for_message, message_start
 from ...signatures import encode_signature
+from ...skim import LineSkimmer, Repeat, holds_repeat, restore, text_digest
 from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done
-from ..growing import Growing
+from ..growing import Growing, LiveText
 from ..stops import first_stop, stop_prefix_len
 from ..toolargs import ArgsScan
 from . import API_NAME
@@ -72,6 +74,9 @@ MAX_HEAD = 64 * 1024  # bytes of a body kept until its first event: a bare JSON 
 _INDEX_FIELDS = ("output_index", "content_index", "summary_index")  # used in dict keys
 _THINKING_START = {"type": "thinking", "thinking": "", "signature": ""}
 _USAGE_COUNTS = ("input_tokens", "output_tokens")  # a Response's usage says something only with one of them
+# A live call's arguments are held as text up to this size; past it, once sent on, only their
+# digest (``LiveText.let_go``), which the closing events that repeat them are checked against.
+_KEEP_LIVE_TEXT = 64 * 1024
 
 
 @dataclasses.dataclass
@@ -88,7 +93,7 @@ class _Item:
     # function_call
     call_id: str = ""
     name: str = ""
-    args: Growing = dataclasses.field(default_factory=Growing)
+    args: LiveText = dataclasses.field(default_factory=LiveText)  # let go past _KEEP_LIVE_TEXT once live
     scanned: int = 0  # characters of args fed to scan
     scan: ArgsScan = dataclasses.field(default_factory=ArgsScan)  # what of args may be streamed
     blob: Optional[str] = None  # reasoning: encrypted_content, from .done
@@ -162,6 +167,9 @@ class ResponsesFold(SSEFold):
         # For metrics: the stop reason at the end; the usage as soon as the upstream gives it ({}: unknown).
         self.stop_reason: Optional[str] = None
         self.usage: Dict[str, Any] = {}
+        # Long strings of skimmed lines (``skim``), by marker, until their event is parsed.
+        self.skimmed: Dict[str, Union[str, Repeat]] = {}
+        self.nonce = os.urandom(8).hex()  # in the markers: no upstream text can name one
 
     # ------------------------------------------------------------------
     # The relay's interface.
@@ -174,7 +182,16 @@ class ResponsesFold(SSEFold):
     def feed_line(self, raw: bytes) -> List[Event]:
         if not self.seen_event and len(self.head) < MAX_HEAD:
             self.head += raw[: MAX_HEAD - len(self.head)]
+        strings = getattr(raw, "strings", None)  # a skimmed line's (LineSkimmer)
+        if strings:
+            self.skimmed.update(strings)
         return super().feed_line(raw)
+
+    def line_skimmer(self) -> LineSkimmer:
+        """A long line (the closing events repeat each call's whole arguments) is read in pieces;
+        the arguments of live calls, which it holds as digests only, are let go from it too."""
+        known = [item.args.known() for item in self.items.values() if not item.args.whole]
+        return LineSkimmer(known, self.nonce)
 
     def end(self, clean: bool = False) -> Tuple[List[Event], Optional[ProxyError]]:
         """The body ended: the events that finish the message, or the error it ended with.
@@ -248,10 +265,13 @@ class ResponsesFold(SSEFold):
         if is_done(event.data):
             self.saw_done_marker = True  # not OpenAI's; some compatible servers add it
             return []
+        strings, self.skimmed = self.skimmed, {}
         try:
             obj = json.loads(event.data)
         except (ValueError, RecursionError):
             return self._bad_event(event)
+        if strings:
+            obj = restore(obj, strings)
         self.bad_events = 0
         if not isinstance(obj, dict):
             return []
@@ -411,7 +431,7 @@ class ResponsesFold(SSEFold):
         item.call_id = item.call_id or _str(raw, "call_id")
         item.name = item.name or _str(raw, "name")
         if not item.args:
-            item.args = Growing(_str(raw, "arguments"))
+            item.args = LiveText(_str(raw, "arguments"))
         return self._maybe_live(slot, item)
 
     def _item_done(self, obj: Dict[str, Any]) -> List[Event]:
@@ -619,6 +639,8 @@ class ResponsesFold(SSEFold):
             if not item.scan.started or item.scan.bad:
                 return []
             events = self._open(key, "tool_use", self._tool_start(item))
+        if len(item.args) > _KEEP_LIVE_TEXT:
+            item.args.let_go()  # scanned, and the block is open: what is held went on or stays in the scan
         text = item.scan.take()
         if not text:
             return events
@@ -681,21 +703,39 @@ class ResponsesFold(SSEFold):
         slot = self._slot(obj)
         item = self._item_at(slot, "function_call")
         item.name = item.name or _str(obj, "name")
-        full = _str(obj, "arguments")
-        if len(full) > len(item.args) and full.startswith(item.args.text()):
-            item.args = Growing(full)  # deltas may be missing: arguments only here
+        self._take_whole(item, obj.get("arguments"))  # deltas may be missing: arguments only here
         events = self._maybe_live(slot, item)
         if self._is_open(("f", slot)):
             # The arguments are whole: the block ends here, and the items waiting behind it go on.
             events += self._close() + self._waiting_calls()
         return events
 
+    @staticmethod
+    def _take_whole(item: _Item, full: Any) -> None:
+        """A closing event's whole arguments: what they say past the deltas' is added, when they
+        begin with those. Arguments let go (``LiveText``) are compared by digest; a skimmed repeat
+        (``skim.Repeat``) by the digest of its known start, which must be these arguments."""
+        have = len(item.args)
+        if isinstance(full, Repeat):
+            if full.known == have and full.digest == item.args.digest():
+                item.args.add(full.tail)
+            elif full.known < have and item.args.mark(full.known) == full.digest:
+                pass  # began as these arguments, then went its own way (or ended): it does not begin with them
+            elif full.size > have:
+                # More than the deltas gave, after a start known as another call's text, let go:
+                # what this call's arguments are cannot be told, and a guess would run the tool wrong.
+                raise UpstreamUnavailable("upstream's closing event gives a call arguments that begin with "
+                                          "another call's; they cannot be completed")
+        elif isinstance(full, str) and len(full) > have:
+            begins = full.startswith(item.args.text()) if item.args.whole else \
+                text_digest(full[:have]) == item.args.digest()
+            if begins:
+                item.args.add(full[have:])
+
     def _call_done(self, index: Any, item: _Item, raw: Dict[str, Any]) -> List[Event]:
         item.call_id = item.call_id or _str(raw, "call_id")
         item.name = item.name or _str(raw, "name")
-        full = _str(raw, "arguments")
-        if len(full) > len(item.args) and full.startswith(item.args.text()):
-            item.args = Growing(full)
+        self._take_whole(item, raw.get("arguments"))
         key = ("f", index)
         if key not in self.closed and not self._is_open(key) and self._held_back(key):
             item.done = raw  # calls interleaved by the server: placed when the open one ends
@@ -705,7 +745,8 @@ class ResponsesFold(SSEFold):
             return events + self._close() + self._waiting_calls()
         if key in self.closed:
             return events  # cut off by another block: nothing more can be placed
-        # Not live (arguments not an object, or no id/name until now): the whole call at once.
+        # Not live (arguments not an object, or no id/name until now): the whole call at once. Its
+        # text is all held: only an open block lets go of it (_maybe_live).
         start = self._tool_start(item)
         obj = tool_input(item.args.text(), self.incomplete)
         self.out_chars += len(item.args)
@@ -799,6 +840,11 @@ class ResponsesFold(SSEFold):
 
     def _place_whole(self, raw: Dict[str, Any]) -> List[Event]:
         """An item only the final object has, as the JSON answer gives it."""
+        if holds_repeat(raw):
+            # A long text of it began with a streamed call's arguments, which were let go: it cannot
+            # be placed, and placing it without that text would be a call with the wrong input.
+            raise UpstreamUnavailable("upstream's final object holds an item it never streamed whose text "
+                                      "repeats a streamed call's arguments; it cannot be placed")
         events: List[Event] = []
         blocks, refusal = item_blocks(raw, self.tool_names, self.new_id, self.incomplete, self.thinking)
         self.refusal = self.refusal or refusal

@@ -1,0 +1,286 @@
+"""Long SSE lines skimmed as they arrive (claudeproxy/skim.py), and the Responses fold that uses it.
+
+A skimmed line, parsed and restored, must be what the whole line parses to (or fail as it
+does); a long string repeating a call's arguments the fold let go is checked by digest and
+held a block at a time; and a Responses stream gives the client the same events skimmed or
+read whole, for every golden stream.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import random
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import pytest
+from test_responses_stream import CASES, STREAMS, make_fold, read, run_lines
+from test_stream_rechunk import FakeSocket, _Raw, chunked
+
+from claudeproxy import skim, upstream
+from claudeproxy.apis import growing
+from claudeproxy.apis.growing import LiveText
+from claudeproxy.apis.responses import stream as responses_stream
+from claudeproxy.errors import ProxyError, UpstreamUnavailable
+from claudeproxy.skim import LineSkimmer, Repeat, SkimmedLine, restore, text_digest
+from claudeproxy.upstream import iter_lines
+
+MAX_LINE = 1 << 20
+
+
+def whole(line: bytes) -> Tuple[str, Any]:
+    """What the fold makes of the line read whole: ``SSEFold.feed_line``'s decode, then JSON."""
+    try:
+        return "ok", json.loads(line.decode("utf-8", errors="replace"))
+    except ValueError:
+        return "bad", None
+
+
+def skimmed(line: bytes, cuts: Sequence[int], known: Sequence[skim.KnownText] = ()) -> Tuple[Tuple[str, Any], SkimmedLine]:
+    sk = LineSkimmer(known, "test")
+    at = 0
+    for size in cuts:
+        sk.feed(line[at:at + size])
+        at += size
+    sk.feed(line[at:])
+    short = sk.finish()
+    try:
+        obj = json.loads(short.decode("utf-8", errors="replace"))
+    except ValueError:
+        return ("bad", None), short
+    return ("ok", restore(obj, short.strings)), short
+
+
+_ATOMS = ("a", "é", "😀", "\\", '"', "\n", "\t", "\x01", "\ud83d", "\ude00", "/", "x" * 50, "\u2028", "\\u00")
+
+
+def _text(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(_ATOMS) for _ in range(n))
+
+
+def test_a_skimmed_line_parses_to_what_the_whole_line_does(monkeypatch: Any) -> None:
+    """Any string, cut anywhere (inside escapes, surrogate pairs, UTF-8 sequences), written with
+    or without ASCII escapes, sometimes with a byte broken: equal, or invalid both ways."""
+    rng = random.Random(20261204)
+    bad = 0
+    for trial in range(1500):
+        monkeypatch.setattr(skim, "LONG", rng.choice([10, 300, 70000]))
+        value = _text(rng, rng.randint(1, 2500))
+        obj = {"type": "response.output_item.done", "item": {"arguments": value, "n": [1, 2.5, None, value[:9]]}}
+        line = json.dumps(obj, ensure_ascii=rng.random() < 0.5).encode("utf-8", "surrogatepass")
+        if rng.random() < 0.3:
+            i = rng.randrange(len(line))
+            line = line[:i] + bytes([rng.randrange(256)]) + line[i + 1:]
+        cuts = [rng.randint(1, rng.choice([3, 20, 5000])) for _ in range(rng.randint(0, 200))]
+        got, short = skimmed(line, cuts)
+        assert got == whole(line), (trial, line[:120], short[:120])
+        bad += got[0] == "bad"
+    assert 100 < bad < 1000  # the corpus has both kinds
+
+
+def test_only_long_strings_are_replaced_and_the_line_becomes_short() -> None:
+    text = "é" * 100_000
+    line = json.dumps({"type": "t", "short": "s" * 100, "long": text}).encode()
+    (kind, obj), short = skimmed(line, [4096] * 200)
+    assert kind == "ok" and obj == {"type": "t", "short": "s" * 100, "long": text}
+    assert len(short) < 400 and short.count(b"claudeproxy-skimmed") == 1
+
+
+def _known(text: str) -> skim.KnownText:
+    args = LiveText(text)
+    args.let_go()
+    return args.known()
+
+
+ARGS = json.dumps({"content": "line of a file: print(\"hi\")\n" * 40_000})  # about 1.1 MB
+
+
+@pytest.mark.parametrize("piece", [1000, 65536, 300_000])
+def test_a_repeat_of_a_known_text_is_let_go_a_block_at_a_time(piece: int) -> None:
+    line = json.dumps({"type": "response.function_call_arguments.done", "arguments": ARGS}).encode()
+    sk = LineSkimmer([_known(ARGS)], "test")
+    held = 0
+    for at in range(0, len(line), piece):
+        sk.feed(line[at:at + piece])
+        if sk.long is not None:
+            held = max(held, sum(map(len, sk.long.kept)))
+    short = sk.finish()
+    value = restore(json.loads(short), short.strings)["arguments"]
+    assert isinstance(value, Repeat)
+    assert (value.size, value.known, value.digest, value.tail) == (len(ARGS), len(ARGS), text_digest(ARGS), "")
+    assert held <= skim.MARK_EVERY + piece  # never the whole text
+
+
+@pytest.mark.parametrize("string, known, tail", [
+    (ARGS + "more", len(ARGS), "more"),  # the deltas missed the end: only what follows is kept
+    (ARGS[:500_000] + "X" + ARGS[500_001:], 7 * skim.MARK_EVERY, ARGS[7 * skim.MARK_EVERY:500_000] + "X" + ARGS[500_001:]),
+    (ARGS[:-10], 18 * skim.MARK_EVERY, ARGS[18 * skim.MARK_EVERY:-10]),  # shorter: the blocks it shares
+], ids=["longer", "differs", "shorter"])
+def test_a_string_that_begins_as_a_known_text_keeps_the_rest(string: str, known: int, tail: str) -> None:
+    assert len(ARGS) // skim.MARK_EVERY == 18
+    (_, obj), _ = skimmed(json.dumps({"a": string}).encode(), [8192] * 400, [_known(ARGS)])
+    value = obj["a"]
+    assert isinstance(value, Repeat) and (value.size, value.known) == (len(string), known)
+    assert value.tail == tail and value.digest == text_digest(string[:known])
+
+
+def test_a_string_unlike_any_known_text_is_kept_whole() -> None:
+    other = ARGS.replace("hi", "ho")
+    (_, obj), _ = skimmed(json.dumps({"a": other}).encode(), [8192] * 400, [_known(ARGS)])
+    assert obj["a"] == other
+
+
+def test_live_text_keeps_digests_of_its_start_once_let_go() -> None:
+    text = "ab\ud83dc" * 50_000  # a lone surrogate too
+    live = LiveText()
+    for at in range(0, len(text), 777):
+        live.add(text[at:at + 777])
+        if at % 7 == 0:
+            live.let_go()
+    assert len(live) == len(text) and not live.whole and live.digest() == text_digest(text)
+    for at in (skim.MARK_EVERY, 2 * skim.MARK_EVERY, len(text)):
+        assert live.mark(at) == text_digest(text[:at])
+    with pytest.raises(ValueError):
+        live.text()
+    whole_text = LiveText(text)
+    assert whole_text.whole and whole_text.mark(12345) == text_digest(text[:12345])
+
+
+# --------------------------------------------------------------------------
+# iter_lines
+
+
+class _Reads:
+    """A response whose read1 gives the body in the given sizes."""
+
+    def __init__(self, body: bytes, sizes: List[int]) -> None:
+        self.body, self.sizes, self.at = body, sizes, 0
+
+    def read1(self, most: int) -> bytes:
+        size = min(most, self.sizes[0] if self.sizes else most)
+        self.sizes = self.sizes[1:]
+        out = self.body[self.at:self.at + size]
+        self.at += len(out)
+        return out
+
+
+def test_iter_lines_skims_a_long_line_and_still_holds_it_to_its_cap() -> None:
+    long_value = "v" * 400_000
+    body = b"event: x\ndata: " + json.dumps({"a": long_value}).encode() + b"\n\ndata: {}\n\n"
+    lines = list(iter_lines(_Reads(body, [10_000] * 100), MAX_LINE, 0.0, lambda: LineSkimmer((), "n")))
+    skimmed_lines = [line for line in lines if isinstance(line, SkimmedLine)]
+    assert len(skimmed_lines) == 1 and skimmed_lines[0].endswith(b"\n") and len(skimmed_lines[0]) < 200
+    data = json.loads(skimmed_lines[0][len(b"data: "):])
+    assert restore(data, skimmed_lines[0].strings) == {"a": long_value}
+    assert b"".join(line for line in lines if not isinstance(line, SkimmedLine)) == b"event: x\n\ndata: {}\n\n"
+    # The cap is the line's as sent, not as skimmed.
+    with pytest.raises(UpstreamUnavailable, match="longer than"):
+        list(iter_lines(_Reads(body, [10_000] * 100), 300_000, 0.0, lambda: LineSkimmer((), "n")))
+
+
+def test_iter_lines_reads_a_long_line_whole_when_the_fold_skims_none() -> None:
+    body = b"data: " + json.dumps({"a": "v" * 400_000}).encode() + b"\n\n"
+    lines = list(iter_lines(_Reads(body, [10_000] * 100), MAX_LINE, 0.0, lambda: None))
+    assert b"".join(lines) == body and not any(isinstance(line, SkimmedLine) for line in lines)
+
+
+# --------------------------------------------------------------------------
+# The Responses fold, skimming.
+
+
+def _small_thresholds(monkeypatch: Any) -> None:
+    """Everything skimmed that can be: strings of 24 characters on, lines past 64 bytes, calls let
+    go past 16 characters, a digest every 8."""
+    monkeypatch.setattr(skim, "LONG", 24)
+    monkeypatch.setattr(upstream, "SKIM_AFTER", 64)
+    monkeypatch.setattr(responses_stream, "_KEEP_LIVE_TEXT", 16)
+    monkeypatch.setattr(skim, "MARK_EVERY", 8)
+    monkeypatch.setattr(growing, "MARK_EVERY", 8)
+
+
+def _events(body: bytes, seed: int, skimming: bool, **kw: Any) -> List[Dict[str, Any]]:
+    """The body in HTTP chunks cut at random, read back as the relay reads it."""
+    rng = random.Random(seed)
+    resp = http.client.HTTPResponse(FakeSocket(_Raw(chunked(body, rng, terminate=True), rng, None, strict=False)))  # type: ignore[arg-type]
+    fold = make_fold(**kw)
+    try:
+        resp.begin()
+        return run_lines(iter_lines(resp, MAX_LINE, fold.line_allowance, fold.line_skimmer if skimming else None), fold)
+    except ProxyError as exc:  # before any event: a plain HTTP error
+        return [{"raised": type(exc).__name__, "message": exc.message}]
+    finally:
+        resp.close()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_golden_stream_gives_the_same_events_skimmed(case: str, monkeypatch: Any) -> None:
+    body = read(STREAMS, f"{case}.upstream.sse")
+    expected = _events(body, 1, skimming=False)
+    _small_thresholds(monkeypatch)
+    for seed in range(6):
+        assert _events(body, seed, skimming=True) == expected, seed
+
+
+def _sse(kind: str, **fields: Any) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + json.dumps({"type": kind, **fields}).encode() + b"\n\n"
+
+
+def _call_stream(deltas: List[str], done_args: Optional[str], final_args: Optional[str] = None,
+                 unseen_args: Optional[str] = None) -> bytes:
+    item = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "Write", "arguments": ""}
+    out = _sse("response.output_item.added", output_index=0, item=dict(item, status="in_progress"))
+    for piece in deltas:
+        out += _sse("response.function_call_arguments.delta", item_id="fc_1", output_index=0, delta=piece)
+    args = done_args if done_args is not None else "".join(deltas)
+    out += _sse("response.function_call_arguments.done", item_id="fc_1", output_index=0, arguments=args)
+    out += _sse("response.output_item.done", output_index=0, item=dict(item, arguments=args, status="completed"))
+    output = [dict(item, arguments=final_args if final_args is not None else args, status="completed")]
+    if unseen_args is not None:
+        output.append(dict(item, id="fc_2", call_id="call_2", arguments=unseen_args, status="completed"))
+    response = {"id": "resp_1", "object": "response", "status": "completed", "output": output,
+                "usage": {"input_tokens": 5, "output_tokens": 9}}
+    return out + _sse("response.completed", response=response)
+
+
+def _input_of(events: List[Dict[str, Any]]) -> List[str]:
+    """Each tool block's input as the client assembles it."""
+    blocks: Dict[int, List[str]] = {}
+    for e in events:
+        if e.get("type") == "content_block_start" and e["content_block"]["type"] == "tool_use":
+            blocks[e["index"]] = [json.dumps(e["content_block"]["input"])] if e["content_block"]["input"] else []
+        elif e.get("type") == "content_block_delta" and e["delta"]["type"] == "input_json_delta":
+            blocks[e["index"]].append(e["delta"]["partial_json"])
+    return ["".join(parts) for _, parts in sorted(blocks.items())]
+
+
+WRITE = json.dumps({"file_path": "a.txt", "content": "0123456789 " * 30})
+
+
+@pytest.mark.parametrize("deltas, done_args", [
+    ([WRITE[i:i + 7] for i in range(0, len(WRITE), 7)], None),  # the closing events repeat the deltas
+    ([WRITE[i:i + 7] for i in range(0, 200, 7)], WRITE),  # the deltas missed the end: the closing events have it
+    ([WRITE[i:i + 7] for i in range(0, len(WRITE), 7)], WRITE[:150] + "Z" + WRITE[151:]),  # they say otherwise: the deltas stand
+    ([WRITE[i:i + 7] for i in range(0, len(WRITE), 7)], WRITE[:150] + "Z" + WRITE[151:] + "more"),  # and more: still
+], ids=["repeat", "deltas-missed-the-end", "differs", "differs-and-longer"])
+def test_a_live_call_let_go_is_completed_from_its_closing_events_as_when_read_whole(
+        deltas: List[str], done_args: Optional[str], monkeypatch: Any) -> None:
+    body = _call_stream(deltas, done_args)
+    expected = _events(body, 1, skimming=False)
+    assert _input_of(expected) == [WRITE if done_args in (None, WRITE) else "".join(deltas)]
+    _small_thresholds(monkeypatch)
+    for seed in range(8):
+        assert _events(body, seed, skimming=True) == expected, seed
+
+
+def test_an_unseen_call_repeating_a_let_go_call_is_an_error_not_a_wrong_input(monkeypatch: Any) -> None:
+    """The final object's extra call began with the streamed call's arguments, which were let go:
+    its input cannot be known, and a call with {} or half an input would run the tool wrong."""
+    deltas = [WRITE[i:i + 7] for i in range(0, len(WRITE), 7)]
+    body = _call_stream(deltas, None, unseen_args=WRITE)
+    read_whole = _events(body, 1, skimming=False)
+    assert _input_of(read_whole) == [WRITE, WRITE]  # read whole, both calls
+    _small_thresholds(monkeypatch)
+    events = _events(body, 1, skimming=True)
+    assert events[-1]["type"] == "error" and "never streamed" in events[-1]["error"]["message"]
+    assert _input_of(events) == [WRITE]
