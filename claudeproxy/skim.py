@@ -16,7 +16,8 @@ Decoding a long string in pieces gives exactly what decoding the line whole does
 as UTF-8 with errors replaced (as ``SSEFold.feed_line`` decodes a line), and JSON's escapes
 decoded by ``json.loads`` on pieces cut between escapes (and never inside a surrogate pair).
 A string that is not valid JSON leaves an invalid escape in its place, so the line fails to
-parse as the whole line would have.
+parse as the whole line would have. What differs: an error message that quotes a line that is
+not JSON (``event: error`` with such data) shows the placeholders, not the long strings.
 """
 
 from __future__ import annotations
