@@ -260,6 +260,29 @@ def test_pings_in_the_middle_of_a_stream(make_proxy, fake_upstream):
     assert between.index("ping") < len(between) - 1 - between[::-1].index("content_block_delta")
 
 
+def test_every_write_of_a_stream_holds_the_relays_lock(make_proxy, fake_upstream, monkeypatch):
+    """The handler thread and the watchdog (pings, the idle timeout) both act on a stream: every
+    ``Relay._write`` (the events, the timeout's error) happens under the relay's lock, which it
+    does not take itself."""
+    from claudeproxy import relay as relay_module
+
+    owned: List[bool] = []
+    write = relay_module.Relay._write
+
+    def checked(self: Any, events: List[Dict[str, Any]]) -> None:
+        owned.append(self.lock._is_owned())  # noqa: SLF001 - RLock's own check, as Condition uses it
+        write(self, events)
+
+    monkeypatch.setattr(relay_module.Relay, "_write", checked)
+    proxy = make_proxy(ping_interval=0.2, idle_timeout=1.2)
+    fake_upstream.push(sse_reply(chunk({"content": "thinking about it"}), Sleep(0.7), chunk({"content": "."}),
+                                 Sleep(2.0), chunk({}, "stop")))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=6)
+    assert "ping" in kinds(events) and kinds(events)[-1] == "error", kinds(events)  # pings, then the idle timeout
+    assert len(owned) >= 3 and all(owned), owned  # two reads' events and the error
+
+
 def test_no_ping_when_events_flow(make_proxy, fake_upstream):
     proxy = make_proxy(ping_interval=0.3)
     steps = [step for i in range(8) for step in (chunk({"content": f"{i} "}), Sleep(0.1))]
