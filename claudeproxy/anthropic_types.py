@@ -11,6 +11,8 @@ ignored, so new client features never turn into 400s.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .anthropic_tools import client_tool, fixed_name
@@ -76,11 +78,19 @@ class SearchResultBlock:
     texts: Tuple[str, ...]
 
 
+_INPUT_JSON = json.JSONEncoder(ensure_ascii=False)  # UTF-8 text as it is: CJK is 3 bytes a character, not 6
+
+
 @dataclasses.dataclass(frozen=True)
 class ToolUseBlock:
     id: str
     name: str
     input: Dict[str, Any]
+
+    @functools.cached_property
+    def input_json(self) -> str:
+        """``input`` as JSON, encoded once: the token estimate measures it, Chat's translation sends it."""
+        return _INPUT_JSON.encode(self.input)
 
 
 @dataclasses.dataclass(frozen=True)

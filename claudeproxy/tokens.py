@@ -38,8 +38,6 @@ PDF_PAGE_TOKENS = 2000
 PDF_BYTES_PER_PAGE = 50_000  # the page count's guess when no page object can be seen (object streams)
 MESSAGE_OVERHEAD = 4
 TOOL_OVERHEAD = 8
-# One encoder for every tool input: json.dumps with arguments builds a new one per call.
-_JSON = json.JSONEncoder(ensure_ascii=False)
 # A PDF's page objects ("/Type /Page", not the tree's "/Type /Pages"): compressed object streams
 # hide them, and then the size guesses.
 _PDF_PAGE = re.compile(rb"/Type\s*/Page(?![A-Za-z])")
@@ -60,7 +58,7 @@ def _block_cost(block: Block) -> Tuple[int, int, int]:
     if isinstance(block, ThinkingBlock):
         return len(block.thinking), 0, 0
     if isinstance(block, ToolUseBlock):
-        return len(block.name) + len(_JSON.encode(block.input)), TOOL_OVERHEAD, 0
+        return len(block.name) + len(block.input_json), TOOL_OVERHEAD, 0
     if isinstance(block, ToolResultBlock):
         return _sum_blocks(block.content)
     if isinstance(block, ImageBlock):

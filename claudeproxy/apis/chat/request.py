@@ -37,8 +37,6 @@ from ...schemas import clean_schema
 from ...signatures import decode_signature
 from .wire import ChatMessage, ChatRequest, ToolCall, upstream_tool_id
 
-# One encoder for every tool call's arguments: json.dumps with arguments builds a new one per call.
-_JSON = json.JSONEncoder(ensure_ascii=False)
 
 MISSING_RESULT = "Error: tool call was not completed"
 MISTRAL_BRIDGE = "(tool results received)"
@@ -226,7 +224,7 @@ def _reasoning_for(blocks: Tuple[Block, ...], has_tools: bool, dialect: Dialect)
 
 
 def _tool_call(block: ToolUseBlock, dialect: Dialect, signatures: Dict[str, Any]) -> ToolCall:
-    args = _JSON.encode(block.input)
+    args = block.input_json
     return ToolCall(call_id(block.id, dialect), tool_alias(block.name), args, signatures.get(block.id))
 
 
