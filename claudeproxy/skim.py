@@ -293,10 +293,11 @@ def holds_repeat(value: Any) -> bool:
 
 
 def restore(value: Any, strings: Dict[str, Union[str, Repeat]]) -> Any:
-    """``value`` (a parsed short line) with each marker string replaced by what it stands for.
-    Object keys stay as they are: no event names a key that long."""
+    """``value`` (a parsed short line) with each marker string replaced by what it stands for,
+    taken out of ``strings`` (a line may hold several events: the others' stay). Object keys
+    stay as they are: no event names a key that long."""
     if isinstance(value, str):
-        return strings.get(value, value)
+        return strings.pop(value, value)
     stack = [value]
     while stack:
         node = stack.pop()
@@ -304,7 +305,7 @@ def restore(value: Any, strings: Dict[str, Union[str, Repeat]]) -> Any:
         for key, item in pairs:
             if isinstance(item, str):
                 if item.startswith(MARKER) and item in strings:
-                    node[key] = strings[item]
+                    node[key] = strings.pop(item)
             elif isinstance(item, (dict, list)):
                 stack.append(item)
     return value

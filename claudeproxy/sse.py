@@ -81,6 +81,11 @@ class SSEDecoder:
             return None
         return text[6:-2]
 
+    @property
+    def pending(self) -> bool:
+        """Are data lines waiting for the blank line that ends their event?"""
+        return bool(self._data)
+
     def flush(self) -> Optional[ServerSentEvent]:
         """The last event of a stream that ended without a blank line."""
         return self._dispatch()

@@ -213,9 +213,14 @@ def _events(body: bytes, seed: int, skimming: bool, **kw: Any) -> List[Dict[str,
         resp.close()
 
 
+@pytest.mark.parametrize("ends", ["LF", "CR"])
 @pytest.mark.parametrize("case", CASES)
-def test_every_golden_stream_gives_the_same_events_skimmed(case: str, monkeypatch: Any) -> None:
+def test_every_golden_stream_gives_the_same_events_skimmed(case: str, ends: str, monkeypatch: Any) -> None:
+    """Also with CR line ends (SSE allows them): then the lines the reader splits at LF are the
+    whole stream, and one skimmed line holds the long strings of many events."""
     body = read(STREAMS, f"{case}.upstream.sse")
+    if ends == "CR":
+        body = body.replace(b"\r\n", b"\n").replace(b"\n", b"\r")
     expected = _events(body, 1, skimming=False)
     _small_thresholds(monkeypatch)
     for seed in range(6):
@@ -330,3 +335,19 @@ def test_mutated_streams_give_the_same_events_skimmed(monkeypatch: Any) -> None:
     differ = [i for i, got in enumerate(skimmed_events) if _errors_by_type(got) != _errors_by_type(expected[i])]
     assert differ == [], differ[:5]
     assert sum(got != expected[i] for i, got in enumerate(skimmed_events)) < 40  # messages: a few
+
+
+def test_the_fold_lets_go_of_long_strings_no_event_took() -> None:
+    """A long comment line or an ``event:`` line is skimmed like any other; no event takes its
+    strings, and the fold does not keep them for the rest of the stream."""
+    fold = make_fold()
+    for line in (b': ' + json.dumps("c" * 100_000).encode() + b"\n", b"event: " + json.dumps("e" * 100_000).encode() + b"\n"):
+        sk = LineSkimmer((), fold.nonce)
+        sk.feed(line[:-1])
+        assert fold.feed_line(sk.finish(b"\n")) == [] and fold.skimmed == {}
+    sk = LineSkimmer((), fold.nonce)
+    sk.feed(b"data: " + json.dumps({"type": "response.created", "response": {"x": "d" * 100_000}}).encode())
+    fold.feed_line(sk.finish(b"\n"))
+    assert len(fold.skimmed) == 1  # its event is not over: the blank line is still to come
+    fold.feed_line(b"\n")
+    assert fold.skimmed == {}

@@ -185,7 +185,11 @@ class ResponsesFold(SSEFold):
         strings = getattr(raw, "strings", None)  # a skimmed line's (LineSkimmer)
         if strings:
             self.skimmed.update(strings)
-        return super().feed_line(raw)
+        try:
+            return super().feed_line(raw)
+        finally:
+            if self.skimmed and not self.decoder.pending:
+                self.skimmed = {}  # what no event took (a comment, an event: line, a bad event): let go
 
     def line_skimmer(self) -> LineSkimmer:
         """A long line (the closing events repeat each call's whole arguments) is read in pieces;
@@ -265,13 +269,12 @@ class ResponsesFold(SSEFold):
         if is_done(event.data):
             self.saw_done_marker = True  # not OpenAI's; some compatible servers add it
             return []
-        strings, self.skimmed = self.skimmed, {}
         try:
             obj = json.loads(event.data)
         except (ValueError, RecursionError):
             return self._bad_event(event)
-        if strings:
-            obj = restore(obj, strings)
+        if self.skimmed:
+            obj = restore(obj, self.skimmed)  # takes each marker's string out of the table
         self.bad_events = 0
         if not isinstance(obj, dict):
             return []
