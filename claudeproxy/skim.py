@@ -6,18 +6,22 @@ Read whole, a 5 MB call's line was 5 MB of bytes, its decoded text, the event's 
 parsed object: 20 such streams at once took 500 MB (RELIABILITY.md M2). ``LineSkimmer``
 takes such a line as it arrives instead: the JSON around the strings passes through, a string
 under ``LONG`` stays as it is written, and a longer one is decoded piece by piece and replaced
-in the line by a marker. Where the fold already has the string's start (a live call's
-arguments, of which it keeps only the SHA-256: ``known``), that start is checked by digest
-and let go; what follows it is kept. The fold parses the short line and puts each marker's
-string back (``restore``): a ``str`` for a string it did not know, a ``Repeat`` for one that
-begins with a text it has.
+in the line by a marker. An ``arguments`` member's value is checked as it comes against the
+arguments of the calls the fold has (``known``: their SHA-256, and one every ``MARK_EVERY``
+characters; of live calls the fold keeps only those): the blocks that equal a call's start are
+let go, and so is all of a call's text the string begins with, whole; what follows is kept.
+The fold parses the short line and puts each marker's string back (``restore``): a ``str``
+for a string it did not know, a ``Repeat`` for one that began with a text it has.
 
 Decoding a long string in pieces gives exactly what decoding the line whole does: its bytes
 as UTF-8 with errors replaced (as ``SSEFold.feed_line`` decodes a line), and JSON's escapes
 decoded by ``json.loads`` on pieces cut between escapes (and never inside a surrogate pair).
 A string that is not valid JSON leaves an invalid escape in its place, so the line fails to
 parse as the whole line would have. What differs: an error message that quotes a line that is
-not JSON (``event: error`` with such data) shows the placeholders, not the long strings.
+not JSON (``event: error`` with such data) shows the placeholders, not the long strings; and
+the fold cannot place a call whose arguments began with another's but that it did not know when
+the line was read (one only the final object has, one first named by its closing event): an
+error instead of a call with the wrong input (``ResponsesFold._take_whole``, ``_place_whole``).
 """
 
 from __future__ import annotations
@@ -60,32 +64,40 @@ def text_digest(text: str) -> bytes:
 
 
 class Repeat:
-    """A skimmed string that begins with a text the fold has: its first ``known`` characters
-    (of SHA-256 ``digest``) were let go, ``tail`` is the rest; ``size`` counts them all."""
+    """A skimmed ``arguments`` string that begins with a text the fold has (every such text it
+    is whole at is in ``matches``: its length and digest); what follows the first of them is
+    ``rest``, the start was let go. ``size`` counts all the characters. With no ``matches`` it
+    only shared blocks with such a text and then went its own way: its start is lost."""
 
-    __slots__ = ("size", "known", "digest", "tail")
+    __slots__ = ("size", "matches", "first", "rest")
 
-    def __init__(self, size: int, known: int, digest: bytes, tail: str) -> None:
-        self.size, self.known, self.digest, self.tail = size, known, digest, tail
+    def __init__(self, size: int, matches: Dict[int, bytes], first: int, rest: str) -> None:
+        self.size, self.matches, self.first, self.rest = size, matches, first, rest
+
+    def after(self, known: int) -> str:
+        """The characters after the first ``known`` (one of ``matches``)."""
+        return self.rest[known - self.first:]
 
     def __repr__(self) -> str:
-        return f"<Repeat of {self.known} known characters and {len(self.tail)} more>"
+        return f"<Repeat of {self.size} characters, {len(self.rest)} kept>"
 
 
 class SkimmedLine(bytes):
-    """A line ``LineSkimmer`` shortened; ``strings``: what its markers stand for (``restore``)."""
+    """A line ``LineSkimmer`` shortened; ``strings``: what its markers stand for (``restore``),
+    each with the characters it had in the line beyond its marker's."""
 
-    strings: Dict[str, Union[str, Repeat]]
+    strings: Dict[str, Tuple[Union[str, Repeat], int]]
 
 
 class _LongString:
     """One long string's content, decoded as it comes, checked against the known texts on the way.
 
     While it is the start of some known text (each block's digest equals that text's mark) what
-    came is let go; where it is one whole (its digest at that text's end) it is a ``Repeat`` of
-    it, and what follows is kept. A string that began as a known text and then went its own way
-    keeps the position and digest of the last block they shared (a ``Repeat`` the fold finds
-    begins as no text of its, or not whole); one that never matched is kept whole, a ``str``.
+    came is let go. Where it is one whole (its digest at that text's end) the string is a
+    ``Repeat``: from the first such place on, all that follows is kept (a known text may be the
+    start of another, and the fold wants what follows the one it holds). A string that only
+    shared blocks with known texts keeps what followed the last (a ``Repeat`` without matches);
+    one that never matched is kept whole, a ``str``.
     """
 
     def __init__(self, known: Sequence[KnownText]) -> None:
@@ -93,17 +105,23 @@ class _LongString:
         self.next_check = self._next_check(0)
         self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         self.carry = ""  # decoded text not yet unescaped: an escape (or a surrogate pair) cut in two
+        self.written = 0  # characters as written in the line (escapes not decoded)
         self.sha = hashlib.sha256()
         self.size = 0
         self.kept: List[str] = []  # what came since the last position it let go of
-        self.match: Optional[Repeat] = None  # a whole known text it begins with
-        self.shared: Optional[Repeat] = None  # the last block it shares with a known text
+        self.matches: Dict[int, bytes] = {}  # the known texts it begins with whole: length -> digest
+        self.first: Optional[int] = None  # the first of them: all that follows is kept
+        self.shared = 0  # the end of the last block it shares with a known text (let go)
+        if any(k.size == 0 for k in known):  # every string begins with the empty one: nothing is let go
+            self.matches[0], self.first = hashlib.sha256().digest(), 0
         self.broken = False  # not valid JSON string content (a control character, a bad escape)
 
     def feed(self, raw: bytes) -> None:
         if self.broken:
             return
-        text = self.carry + self.utf8.decode(raw)
+        decoded = self.utf8.decode(raw)
+        self.written += len(decoded)
+        text = self.carry + decoded
         cut = _escape_boundary(text)
         self.carry = text[cut:]
         if cut:
@@ -116,14 +134,15 @@ class _LongString:
         """The string (``ValueError`` if it is not valid JSON string content)."""
         if self.broken:
             raise ValueError("not a JSON string")
-        rest = self.carry + self.utf8.decode(b"", final=True)
+        rest = self.utf8.decode(b"", final=True)
+        self.written += len(rest)
+        rest = self.carry + rest
         if rest:
             self._add(json.loads('"' + rest + '"'))
-        tail = "".join(self.kept)
-        found = self.match or self.shared
-        if found is None:
-            return tail
-        return Repeat(self.size, found.known, found.digest, tail)
+        rest = "".join(self.kept)
+        if self.first is not None:
+            return Repeat(self.size, self.matches, self.first, rest)
+        return Repeat(self.size, {}, self.shared, rest) if self.shared else rest
 
     def _next_check(self, after: int) -> Optional[int]:
         """The next position past ``after`` where a digest is compared: a block's end, a text's end."""
@@ -145,14 +164,15 @@ class _LongString:
     def _check(self, at: int) -> None:
         digest = self.sha.digest()
         if any(k.size == at and k.digest == digest for k in self.alive):
-            self.match, self.kept = Repeat(at, at, digest, ""), []
+            self.matches[at] = digest
+            if self.first is None:
+                self.first, self.kept = at, []
         marks = [(k, k.mark(at)) for k in self.alive if k.size > at]
         # Still alive: the longer texts it equals here, and those that keep no digest here (at
         # another text's end); only an equal digest lets what came go.
         self.alive = [k for k, mark in marks if mark is None or mark == digest]
-        if self.match is None and any(mark == digest for _, mark in marks):
-            # The start of a known text so far: let go (after a whole one, what follows it is kept).
-            self.shared, self.kept = Repeat(at, at, digest, ""), []
+        if self.first is None and any(mark == digest for _, mark in marks):
+            self.shared, self.kept = at, []  # the start of a known text so far: let go
 
     def _take(self, text: str) -> None:
         if text:
@@ -191,38 +211,58 @@ def _starts_escape(text: str, at: int) -> bool:
 
 class LineSkimmer:
     """One long SSE line in pieces (``feed``), then the line with its long strings replaced by
-    markers (``finish``) and what each marker stands for (``strings``)."""
+    markers (``finish``) and what each marker stands for (``strings``).
+
+    Only the value of an ``arguments`` member is checked against the known texts (the closing
+    events' copies of a call's arguments, which the fold compares): any other long string, a
+    delta that happens to begin like a call, is kept whole. A lone CR ends an SSE line, so it
+    also ends a string in progress (which then will not parse, as the line read whole would not).
+    ``nonce`` makes the markers of one stream's lines unlike each other and any upstream text.
+    """
 
     def __init__(self, known: Sequence[KnownText], nonce: str) -> None:
         self.known = known
         self.nonce = nonce
         self.out: List[bytes] = []  # the short line
-        self.strings: Dict[str, Union[str, Repeat]] = {}
+        self.strings: Dict[str, Tuple[Union[str, Repeat], int]] = {}
         self.in_string = False
         self.raw: List[bytes] = []  # the current string as written, while it is short
         self.raw_size = 0
         self.backslashes = 0  # the current string's trailing backslashes so far
         self.long: Optional[_LongString] = None
+        self.arguments = False  # the current string is an "arguments" member's value
+        self.last = b""  # the last string, when short: a member's name if ":" follows
+        self.gap = b""  # what stands between it and the current position, blanks left out
 
     def feed(self, piece: bytes) -> None:
         at = 0
         while at < len(piece):
             if not self.in_string:
                 quote = piece.find(_QUOTE, at)
+                outside = piece[at:] if quote < 0 else piece[at:quote]
+                self.out.append(outside)
+                self.gap = (self.gap + outside.strip())[:8]
                 if quote < 0:
-                    self.out.append(piece[at:])
                     return
-                self.out.append(piece[at:quote + 1])
+                self.out.append(_QUOTE)
                 self.in_string, self.raw, self.raw_size, self.backslashes = True, [], 0, 0
+                self.arguments = self.last == b"arguments" and self.gap == b":"
                 at = quote + 1
                 continue
             quote = self._closing_quote(piece, at)
-            if quote < 0:
-                self._content(piece[at:])
+            end = len(piece) if quote < 0 else quote
+            cr = piece.find(b"\r", at, end)
+            self._content(piece[at:end if cr < 0 else cr])
+            if cr >= 0:
+                self._end_string(closed=False)
+                self.out.append(b"\r")
+                self.last = self.gap = b""
+                at = cr + 1
+            elif quote >= 0:
+                self._end_string()
+                at = quote + 1
+            else:
                 return
-            self._content(piece[at:quote])
-            self._end_string()
-            at = quote + 1
 
     def finish(self, ending: bytes = b"") -> SkimmedLine:
         """The short line, then ``ending`` (its newline). A line that ends inside a string ends so
@@ -257,24 +297,27 @@ class LineSkimmer:
         self.raw.append(chunk)
         self.raw_size += len(chunk)
         if self.raw_size >= LONG:
-            self.long = _LongString(self.known)
+            self.long = _LongString(self.known if self.arguments else ())
             self.long.feed(b"".join(self.raw))
             self.raw = []
 
     def _end_string(self, closed: bool = True) -> None:
-        self.in_string = False
+        self.in_string, self.gap = False, b""
         quote = b'"' if closed else b""
         if self.long is None:
-            self.out.append(b"".join(self.raw) + quote)
+            self.last = b"".join(self.raw)
+            self.out.append(self.last + quote)
             return
+        self.last = b""
         try:
             value = self.long.finish()
         except ValueError:  # not valid JSON string content: the line must not parse, as whole it would not
             self.out.append(b"\\x" + quote)
         else:
             marker = f"{MARKER}{self.nonce}:{len(self.strings)}"
-            self.strings[marker] = value
-            self.out.append(json.dumps(marker).encode()[1:] if closed else json.dumps(marker).encode()[1:-1])
+            written = json.dumps(marker).encode()
+            self.strings[marker] = (value, self.long.written - (len(written) - 2))
+            self.out.append(written[1:] if closed else written[1:-1])
         self.long, self.raw = None, []
 
 
@@ -292,12 +335,21 @@ def holds_repeat(value: Any) -> bool:
     return False
 
 
-def restore(value: Any, strings: Dict[str, Union[str, Repeat]]) -> Any:
+def restore(value: Any, strings: Dict[str, Tuple[Union[str, Repeat], int]]) -> Tuple[Any, int]:
     """``value`` (a parsed short line) with each marker string replaced by what it stands for,
-    taken out of ``strings`` (a line may hold several events: the others' stay). Object keys
-    stay as they are: no event names a key that long."""
+    taken out of ``strings`` (a line may hold several events: the others' stay), and how many
+    characters more the line had with those strings in it. Object keys stay as they are: no
+    event names a key that long."""
+    more = 0
+
+    def put(marker: str) -> Union[str, Repeat]:
+        nonlocal more
+        found, extra = strings.pop(marker)
+        more += extra
+        return found
+
     if isinstance(value, str):
-        return strings.pop(value, value)
+        return (put(value) if value in strings else value), more
     stack = [value]
     while stack:
         node = stack.pop()
@@ -305,7 +357,7 @@ def restore(value: Any, strings: Dict[str, Union[str, Repeat]]) -> Any:
         for key, item in pairs:
             if isinstance(item, str):
                 if item.startswith(MARKER) and item in strings:
-                    node[key] = strings.pop(item)
+                    node[key] = put(item)
             elif isinstance(item, (dict, list)):
                 stack.append(item)
-    return value
+    return value, more

@@ -49,7 +49,7 @@ def skimmed(line: bytes, cuts: Sequence[int], known: Sequence[skim.KnownText] = 
         obj = json.loads(short.decode("utf-8", errors="replace"))
     except ValueError:
         return ("bad", None), short
-    return ("ok", restore(obj, short.strings)), short
+    return ("ok", restore(obj, short.strings)[0]), short
 
 
 _ATOMS = ("a", "é", "😀", "\\", '"', "\n", "\t", "\x01", "\ud83d", "\ude00", "/", "x" * 50, "\u2028", "\\u00")
@@ -106,29 +106,50 @@ def test_a_repeat_of_a_known_text_is_let_go_a_block_at_a_time(piece: int) -> Non
         if sk.long is not None:
             held = max(held, sum(map(len, sk.long.kept)))
     short = sk.finish()
-    value = restore(json.loads(short), short.strings)["arguments"]
+    value = restore(json.loads(short), short.strings)[0]["arguments"]
     assert isinstance(value, Repeat)
-    assert (value.size, value.known, value.digest, value.tail) == (len(ARGS), len(ARGS), text_digest(ARGS), "")
+    assert (value.size, value.matches, value.first, value.rest) == (len(ARGS), {len(ARGS): text_digest(ARGS)}, len(ARGS), "")
     assert held <= skim.MARK_EVERY + piece  # never the whole text
 
 
-@pytest.mark.parametrize("string, known, tail", [
-    (ARGS + "more", len(ARGS), "more"),  # the deltas missed the end: only what follows is kept
-    (ARGS[:500_000] + "X" + ARGS[500_001:], 7 * skim.MARK_EVERY, ARGS[7 * skim.MARK_EVERY:500_000] + "X" + ARGS[500_001:]),
-    (ARGS[:-10], 18 * skim.MARK_EVERY, ARGS[18 * skim.MARK_EVERY:-10]),  # shorter: the blocks it shares
+@pytest.mark.parametrize("string, first, whole, rest", [
+    (ARGS + "more", len(ARGS), True, "more"),  # the deltas missed the end: only what follows is kept
+    (ARGS[:500_000] + "X" + ARGS[500_001:], 7 * skim.MARK_EVERY, False, ARGS[7 * skim.MARK_EVERY:500_000] + "X" + ARGS[500_001:]),
+    (ARGS[:-10], 18 * skim.MARK_EVERY, False, ARGS[18 * skim.MARK_EVERY:-10]),  # shorter: the blocks it shares
 ], ids=["longer", "differs", "shorter"])
-def test_a_string_that_begins_as_a_known_text_keeps_the_rest(string: str, known: int, tail: str) -> None:
+def test_arguments_that_begin_as_a_known_text_keep_the_rest(string: str, first: int, whole: bool, rest: str) -> None:
     assert len(ARGS) // skim.MARK_EVERY == 18
-    (_, obj), _ = skimmed(json.dumps({"a": string}).encode(), [8192] * 400, [_known(ARGS)])
-    value = obj["a"]
-    assert isinstance(value, Repeat) and (value.size, value.known) == (len(string), known)
-    assert value.tail == tail and value.digest == text_digest(string[:known])
+    (_, obj), _ = skimmed(json.dumps({"arguments": string}).encode(), [8192] * 400, [_known(ARGS)])
+    value = obj["arguments"]
+    assert isinstance(value, Repeat) and (value.size, value.first, value.rest) == (len(string), first, rest)
+    # Whole: it begins with all of the known text, whose digest it names; else it only shared blocks.
+    assert value.matches == ({len(ARGS): text_digest(ARGS)} if whole else {})
+    if whole:
+        assert value.after(len(ARGS)) == "more"
+
+
+def test_a_known_text_that_begins_another_keeps_what_follows_the_first() -> None:
+    """Two calls, one's arguments the start of the other's: a string equal to the longer matches
+    both, and keeps what follows the shorter, which the fold holding that one wants."""
+    short, long_ = ARGS[:300_000], ARGS
+    (_, obj), _ = skimmed(json.dumps({"arguments": long_}).encode(), [8192] * 400, [_known(short), _known(long_)])
+    value = obj["arguments"]
+    assert value.matches == {300_000: text_digest(short), len(long_): text_digest(long_)}
+    assert value.after(300_000) == long_[300_000:] and value.after(len(long_)) == ""
+
+
+def test_only_arguments_are_checked_against_known_texts() -> None:
+    """A delta (or any other member) that happens to begin like a call's arguments is kept whole:
+    only a closing event's arguments are compared with what the fold let go."""
+    for key in ("delta", "text", "argument", "arguments_x"):
+        (_, obj), _ = skimmed(json.dumps({key: ARGS}).encode(), [8192] * 400, [_known(ARGS)])
+        assert obj[key] == ARGS, key
 
 
 def test_a_string_unlike_any_known_text_is_kept_whole() -> None:
     other = ARGS.replace("hi", "ho")
-    (_, obj), _ = skimmed(json.dumps({"a": other}).encode(), [8192] * 400, [_known(ARGS)])
-    assert obj["a"] == other
+    (_, obj), _ = skimmed(json.dumps({"arguments": other}).encode(), [8192] * 400, [_known(ARGS)])
+    assert obj["arguments"] == other
 
 
 def test_live_text_keeps_digests_of_its_start_once_let_go() -> None:
@@ -139,12 +160,12 @@ def test_live_text_keeps_digests_of_its_start_once_let_go() -> None:
         if at % 7 == 0:
             live.let_go()
     assert len(live) == len(text) and not live.whole and live.digest() == text_digest(text)
+    known = live.known()
     for at in (skim.MARK_EVERY, 2 * skim.MARK_EVERY, len(text)):
-        assert live.mark(at) == text_digest(text[:at])
+        assert known.mark(at) == text_digest(text[:at])
     with pytest.raises(ValueError):
         live.text()
-    whole_text = LiveText(text)
-    assert whole_text.whole and whole_text.mark(12345) == text_digest(text[:12345])
+    assert LiveText(text).known() == known  # held whole, the same digests
 
 
 # --------------------------------------------------------------------------
@@ -172,7 +193,7 @@ def test_iter_lines_skims_a_long_line_and_still_holds_it_to_its_cap() -> None:
     skimmed_lines = [line for line in lines if isinstance(line, SkimmedLine)]
     assert len(skimmed_lines) == 1 and skimmed_lines[0].endswith(b"\n") and len(skimmed_lines[0]) < 200
     data = json.loads(skimmed_lines[0][len(b"data: "):])
-    assert restore(data, skimmed_lines[0].strings) == {"a": long_value}
+    assert restore(data, skimmed_lines[0].strings)[0] == {"a": long_value}
     assert b"".join(line for line in lines if not isinstance(line, SkimmedLine)) == b"event: x\n\ndata: {}\n\n"
     # The cap is the line's as sent, not as skimmed.
     with pytest.raises(UpstreamUnavailable, match="longer than"):
@@ -351,3 +372,105 @@ def test_the_fold_lets_go_of_long_strings_no_event_took() -> None:
     assert len(fold.skimmed) == 1  # its event is not over: the blank line is still to come
     fold.feed_line(b"\n")
     assert fold.skimmed == {}
+
+
+# Found by review: each of these gave other events skimmed than read whole.
+
+def _compare(body: bytes, monkeypatch: Any, seeds: int = 4) -> List[Dict[str, Any]]:
+    expected = _events(body, 1, skimming=False)
+    _small_thresholds(monkeypatch)
+    for seed in range(seeds):
+        assert _events(body, seed, skimming=True) == expected, seed
+    return expected
+
+
+def _added(i: int, **item: Any) -> bytes:
+    return _sse("response.output_item.added", output_index=i,
+                item={"type": "function_call", "id": f"fc_{i}", "name": "Write", "arguments": "", **item})
+
+
+def _deltas(i: int, text: str, step: int = 9) -> bytes:
+    return b"".join(_sse("response.function_call_arguments.delta", item_id=f"fc_{i}", output_index=i,
+                         delta=text[at:at + step]) for at in range(0, len(text), step))
+
+
+def _closing(i: int, args: str, call_id: str) -> bytes:
+    item = {"type": "function_call", "id": f"fc_{i}", "call_id": call_id, "name": "Write", "arguments": args,
+            "status": "completed"}
+    return (_sse("response.function_call_arguments.done", item_id=f"fc_{i}", output_index=i, arguments=args)
+            + _sse("response.output_item.done", output_index=i, item=item))
+
+
+_END = _sse("response.completed", response={"id": "r", "status": "completed", "output": [],
+                                             "usage": {"input_tokens": 1, "output_tokens": 1}})
+
+
+def test_a_call_sent_in_one_delta_like_an_earlier_one_keeps_its_input(monkeypatch: Any) -> None:
+    body = (_added(0, call_id="c0") + _deltas(0, WRITE) + _closing(0, WRITE, "c0")
+            + _added(1, call_id="c1") + _deltas(1, WRITE, step=len(WRITE)) + _closing(1, WRITE, "c1") + _END)
+    assert _input_of(_compare(body, monkeypatch)) == [WRITE, WRITE]
+
+
+def test_a_call_whose_arguments_begin_like_another_is_completed_from_its_closing_event(monkeypatch: Any) -> None:
+    """Y shares X's start; Y is not live (its call_id comes only at the end) and its deltas miss
+    its last characters: the closing event has them."""
+    x = json.dumps({"file_path": "a.py", "content": "0123456789 " * 30 + "tail of a"})
+    y = json.dumps({"file_path": "a.py", "content": "0123456789 " * 30 + "tail of b, longer"})
+    body = (_added(0, call_id="c0") + _deltas(0, x) + _closing(0, x, "c0")
+            + _added(1) + _deltas(1, y[:-12]) + _closing(1, y, "c1") + _END)
+    assert _input_of(_compare(body, monkeypatch)) == [x, y]
+
+
+def test_a_call_with_no_deltas_repeating_another_gets_its_arguments(monkeypatch: Any) -> None:
+    body = (_added(0, call_id="c0") + _deltas(0, WRITE) + _closing(0, WRITE, "c0")
+            + _added(1, call_id="c1") + _closing(1, WRITE, "c1") + _END)
+    assert _input_of(_compare(body, monkeypatch)) == [WRITE, WRITE]
+
+
+def test_one_event_over_two_long_data_lines(monkeypatch: Any) -> None:
+    """Each skimmed line numbers its markers apart: the second line's must not stand for the first's."""
+    event = (b'data: {"type":"response.output_text.delta","output_index":0,"content_index":0,"item_id":"m","delta":"'
+             + b"A" * 300 + b'",\ndata: "obfuscation":"' + b"Z" * 300 + b'"}\n\n'
+             + b'data: {"type":"response.output_text.delta","output_index":0,"content_index":0,"item_id":"m","delta":"'
+             + b"B" * 300 + b'"}\n: "' + b"C" * 300 + b'"\n\n')
+    events = _compare(_sse("response.created", response={"id": "r"}) + event + _END, monkeypatch)
+    assert "".join(e["delta"]["text"] for e in events if e.get("type") == "content_block_delta") == "A" * 300 + "B" * 300
+
+
+def test_a_cr_inside_a_long_string_ends_its_line(monkeypatch: Any) -> None:
+    """A lone CR ends an SSE line: what follows it is an event of its own, skimmed or not."""
+    line = (b'data: {"type":"response.output_text.delta","output_index":0,"content_index":0,"item_id":"m","delta":"'
+            + b"L" * 400 + b'\r\rdata: {"type":"response.output_text.delta","output_index":0,"content_index":0,'
+            b'"item_id":"m","delta":"after CR"}\n\n')
+    events = _compare(_sse("response.created", response={"id": "r"}) + line + _END, monkeypatch)
+    assert [e["delta"]["text"] for e in events if e.get("type") == "content_block_delta"] == ["after CR"]
+
+
+def test_events_held_behind_an_open_call_count_their_long_strings(monkeypatch: Any) -> None:
+    """What waits behind an open call is bounded by MAX_HELD_BYTES: skimmed, its long strings still count."""
+    monkeypatch.setattr(responses_stream, "MAX_HELD_BYTES", 2000)
+    body = _added(0, call_id="c0") + _sse("response.function_call_arguments.delta", item_id="fc_0", output_index=0,
+                                          delta='{"file_path":"a","content":"')
+    for i in range(8):
+        body += _sse("response.output_text.delta", output_index=1, content_index=0, item_id="m", delta=chr(97 + i) * 400)
+    events = _compare(body + _END, monkeypatch)
+    assert events[-1]["type"] == "error" and "open while" in events[-1]["error"]["message"]
+
+
+def test_a_long_bare_json_error_body_is_not_taken_for_one(monkeypatch: Any) -> None:
+    """A body that is one JSON error longer than MAX_HEAD is no bare error read whole (its head does
+    not parse); skimmed, its short line must not make it one."""
+    monkeypatch.setattr(responses_stream, "MAX_HEAD", 200)
+    body = json.dumps({"error": {"message": "x" * 400, "type": "invalid_request_error"}}).encode() + b"\n"
+    assert _compare(body, monkeypatch)[0]["raised"] == "UpstreamUnavailable"
+
+
+def test_a_call_first_named_by_a_closing_event_repeating_another_is_an_error(monkeypatch: Any) -> None:
+    """Its arguments began with a let-go call's, and the skimmer did not know it then: they cannot be
+    told, and a call with none would run the tool wrong (read whole, it is placed)."""
+    body = _added(0, call_id="c0") + _deltas(0, WRITE) + _closing(0, WRITE, "c0") + _closing(1, WRITE, "c1") + _END
+    assert _input_of(_events(body, 1, skimming=False)) == [WRITE, WRITE]
+    _small_thresholds(monkeypatch)
+    events = _events(body, 1, skimming=True)
+    assert events[-1]["type"] == "error" and "had not named" in events[-1]["error"]["message"]
+    assert _input_of(events) == [WRITE]

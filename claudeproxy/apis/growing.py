@@ -117,12 +117,11 @@ class LiveText:
         return sha.digest()
 
     def known(self) -> KnownText:
-        """What a ``skim.LineSkimmer`` checks a long string against (only once let go)."""
+        """What a ``skim.LineSkimmer`` checks a long string against."""
+        if self._sha is None:  # held whole: its digests are made now
+            text = self._held.text()
+            marks = tuple(text_digest(text[:at]) for at in range(MARK_EVERY, self._size, MARK_EVERY))
+            return KnownText(self._size, text_digest(text), marks)
         marks = tuple(m for i, m in enumerate(self._marks) if (i + 1) * MARK_EVERY < self._size)
         return KnownText(self._size, self.digest(), marks)
 
-    def mark(self, at: int) -> Optional[bytes]:
-        """The digest of the first ``at`` characters, where one is kept (``KnownText.mark``)."""
-        if self._sha is None:
-            return text_digest(self._held.text()[:at]) if 0 < at <= self._size else None
-        return self.known().mark(at)

@@ -41,7 +41,7 @@ from ...counts import count_or_none
 from ...errors import ProxyError, UpstreamUnavailable, stream_error_event
 from ...replies import block_events, events_for_message, message_start
 from ...signatures import encode_signature
-from ...skim import LineSkimmer, Repeat, holds_repeat, restore, text_digest
+from ...skim import LineSkimmer, Repeat, SkimmedLine, holds_repeat, restore, text_digest
 from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done
 from ..growing import Growing, LiveText
 from ..stops import first_stop, stop_prefix_len
@@ -168,8 +168,10 @@ class ResponsesFold(SSEFold):
         self.stop_reason: Optional[str] = None
         self.usage: Dict[str, Any] = {}
         # Long strings of skimmed lines (``skim``), by marker, until their event is parsed.
-        self.skimmed: Dict[str, Union[str, Repeat]] = {}
+        self.skimmed: Dict[str, Tuple[Union[str, Repeat], int]] = {}
         self.nonce = os.urandom(8).hex()  # in the markers: no upstream text can name one
+        self.skims = 0  # lines skimmed: each numbers its markers apart
+        self.head_skimmed = False  # the body began with a line too long for a bare JSON error
 
     # ------------------------------------------------------------------
     # The relay's interface.
@@ -182,6 +184,7 @@ class ResponsesFold(SSEFold):
     def feed_line(self, raw: bytes) -> List[Event]:
         if not self.seen_event and len(self.head) < MAX_HEAD:
             self.head += raw[: MAX_HEAD - len(self.head)]
+            self.head_skimmed = self.head_skimmed or isinstance(raw, SkimmedLine)
         strings = getattr(raw, "strings", None)  # a skimmed line's (LineSkimmer)
         if strings:
             self.skimmed.update(strings)
@@ -193,9 +196,12 @@ class ResponsesFold(SSEFold):
 
     def line_skimmer(self) -> LineSkimmer:
         """A long line (the closing events repeat each call's whole arguments) is read in pieces;
-        the arguments of live calls, which it holds as digests only, are let go from it too."""
-        known = [item.args.known() for item in self.items.values() if not item.args.whole]
-        return LineSkimmer(known, self.nonce)
+        what repeats the arguments of the calls so far (of live ones the fold holds only digests)
+        is let go from it too. Every call is known to it, so that a closing event's arguments say
+        of each call whether they begin with its arguments (``_take_whole``)."""
+        self.skims += 1
+        known = [item.args.known() for item in self.items.values() if item.kind == "function_call"]
+        return LineSkimmer(known, f"{self.nonce}.{self.skims}")
 
     def end(self, clean: bool = False) -> Tuple[List[Event], Optional[ProxyError]]:
         """The body ended: the events that finish the message, or the error it ended with.
@@ -221,8 +227,8 @@ class ResponsesFold(SSEFold):
         """A 200 event-stream whose whole body is an error object (``{"error": {...}}``, no event
         lines; some gateways do this): the error it says, mapped as the same body in a JSON answer
         is, instead of "ended early"."""
-        if self.seen_event or not self.head.lstrip().startswith(b"{"):
-            return None
+        if self.seen_event or self.head_skimmed or not self.head.lstrip().startswith(b"{"):
+            return None  # a skimmed line is past MAX_HEAD: no error object whole in the head
         try:
             obj = json.loads(self.head.decode("utf-8", errors="replace"))
         except (ValueError, RecursionError):
@@ -273,8 +279,9 @@ class ResponsesFold(SSEFold):
             obj = json.loads(event.data)
         except (ValueError, RecursionError):
             return self._bad_event(event)
+        skimmed = 0  # the characters its long strings had beyond their markers: the size is the line's
         if self.skimmed:
-            obj = restore(obj, self.skimmed)  # takes each marker's string out of the table
+            obj, skimmed = restore(obj, self.skimmed)  # takes each marker's string out of the table
         self.bad_events = 0
         if not isinstance(obj, dict):
             return []
@@ -287,7 +294,7 @@ class ResponsesFold(SSEFold):
         if handler is None:
             return []
         if handler in _ITEM_HANDLERS:
-            return self._item_event(handler, obj, len(event.data))
+            return self._item_event(handler, obj, len(event.data) + skimmed)
         return getattr(self, handler)(obj)
 
     # ------------------------------------------------------------------
@@ -716,19 +723,18 @@ class ResponsesFold(SSEFold):
     @staticmethod
     def _take_whole(item: _Item, full: Any) -> None:
         """A closing event's whole arguments: what they say past the deltas' is added, when they
-        begin with those. Arguments let go (``LiveText``) are compared by digest; a skimmed repeat
-        (``skim.Repeat``) by the digest of its known start, which must be these arguments."""
+        begin with those. Arguments let go (``LiveText``) are compared by digest. A skimmed repeat
+        (``skim.Repeat``) was checked against every call's arguments where they end: it begins
+        with these exactly when it matched at their length."""
         have = len(item.args)
         if isinstance(full, Repeat):
-            if full.known == have and full.digest == item.args.digest():
-                item.args.add(full.tail)
-            elif full.known < have and item.args.mark(full.known) == full.digest:
-                pass  # began as these arguments, then went its own way (or ended): it does not begin with them
-            elif full.size > have:
-                # More than the deltas gave, after a start known as another call's text, let go:
-                # what this call's arguments are cannot be told, and a guess would run the tool wrong.
-                raise UpstreamUnavailable("upstream's closing event gives a call arguments that begin with "
-                                          "another call's; they cannot be completed")
+            if full.matches.get(have) == item.args.digest():
+                item.args.add(full.after(have))
+            elif not have:
+                # A call first named by this event (the skimmer did not know it), whose arguments
+                # began with another call's, let go: they cannot be told, and a guess runs the tool wrong.
+                raise UpstreamUnavailable("upstream's closing event gives a call it had not named arguments that "
+                                          "repeat another call's; they cannot be placed")
         elif isinstance(full, str) and len(full) > have:
             begins = full.startswith(item.args.text()) if item.args.whole else \
                 text_digest(full[:have]) == item.args.digest()
