@@ -6,12 +6,12 @@ Read whole, a 5 MB call's line was 5 MB of bytes, its decoded text, the event's 
 parsed object: 20 such streams at once took 500 MB (RELIABILITY.md M2). ``LineSkimmer``
 takes such a line as it arrives instead: the JSON around the strings passes through, a string
 under ``LONG`` stays as it is written, and a longer one is decoded piece by piece and replaced
-in the line by a marker. An ``arguments`` member's value is checked as it comes against the
-arguments of the calls the fold has (``known``: their SHA-256, and one every ``MARK_EVERY``
-characters; of live calls the fold keeps only those): the blocks that equal a call's start are
-let go, and so is all of a call's text the string begins with, whole; what follows is kept.
-The fold parses the short line and puts each marker's string back (``restore``): a ``str``
-for a string it did not know, a ``Repeat`` for one that began with a text it has.
+in the line by a marker. A closing event's ``arguments`` are checked as they come against the
+arguments of the live calls, of which the fold keeps only digests (``known``: SHA-256, and one
+every ``MARK_EVERY`` characters): the blocks equal to a call's start are let go, and all of a
+call's text the string begins with, whole; what follows is kept. The fold parses the short line
+and puts each marker's string back (``restore``): a ``str`` for a string it did not know, a
+``Repeat`` for one that began with a text it has.
 
 Decoding a long string in pieces gives exactly what decoding the line whole does: its bytes
 as UTF-8 with errors replaced (as ``SSEFold.feed_line`` decodes a line), and JSON's escapes
@@ -19,9 +19,10 @@ decoded by ``json.loads`` on pieces cut between escapes (and never inside a surr
 A string that is not valid JSON leaves an invalid escape in its place, so the line fails to
 parse as the whole line would have. What differs: an error message that quotes a line that is
 not JSON (``event: error`` with such data) shows the placeholders, not the long strings; and
-the fold cannot place a call whose arguments began with another's but that it did not know when
-the line was read (one only the final object has, one first named by its closing event): an
-error instead of a call with the wrong input (``ResponsesFold._take_whole``, ``_place_whole``).
+a call whose arguments repeat a live call's but that the fold did not have open when the line
+was read (one only the final object has, one first named by its closing event) cannot be
+placed: an error instead of a call with the wrong input (``ResponsesFold._take_whole``,
+``_place_whole``, ``line_skimmer``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 LONG = 64 * 1024  # a string this long (bytes as written) is skimmed; shorter ones pass as they are
 SKIM_AFTER = 256 * 1024  # an unfinished line is skimmed from this length on (``iter_lines``)
 MARKER = "\x00claudeproxy-skimmed:"  # the start of the text standing in for a skimmed string
+# The events whose ``arguments`` repeat what a call's deltas sent: only there is a long string
+# checked against the known texts (``LineSkimmer``), as only there does the fold compare them.
+CLOSING = frozenset({b"response.function_call_arguments.done", b"response.output_item.done",
+                     b"response.completed", b"response.incomplete"})
 _QUOTE, _BACKSLASH = b'"', b"\\"[0]
 
 MARK_EVERY = 64 * 1024  # characters between the digests a let-go text keeps of its start (``KnownText``)
@@ -64,19 +69,18 @@ def text_digest(text: str) -> bytes:
 
 
 class Repeat:
-    """A skimmed ``arguments`` string that begins with a text the fold has (every such text it
-    is whole at is in ``matches``: its length and digest); what follows the first of them is
-    ``rest``, the start was let go. ``size`` counts all the characters. With no ``matches`` it
-    only shared blocks with such a text and then went its own way: its start is lost."""
+    """A skimmed ``arguments`` string whose start was let go, as the start of a text the fold
+    has: its first ``start`` characters; ``rest`` is all that follows them. ``matches``: each
+    known text it begins with whole, its length and digest. ``size`` counts all the characters."""
 
-    __slots__ = ("size", "matches", "first", "rest")
+    __slots__ = ("size", "matches", "start", "rest")
 
-    def __init__(self, size: int, matches: Dict[int, bytes], first: int, rest: str) -> None:
-        self.size, self.matches, self.first, self.rest = size, matches, first, rest
+    def __init__(self, size: int, matches: Dict[int, bytes], start: int, rest: str) -> None:
+        self.size, self.matches, self.start, self.rest = size, matches, start, rest
 
     def after(self, known: int) -> str:
         """The characters after the first ``known`` (one of ``matches``)."""
-        return self.rest[known - self.first:]
+        return self.rest[known - self.start:]
 
     def __repr__(self) -> str:
         return f"<Repeat of {self.size} characters, {len(self.rest)} kept>"
@@ -93,11 +97,10 @@ class _LongString:
     """One long string's content, decoded as it comes, checked against the known texts on the way.
 
     While it is the start of some known text (each block's digest equals that text's mark) what
-    came is let go. Where it is one whole (its digest at that text's end) the string is a
-    ``Repeat``: from the first such place on, all that follows is kept (a known text may be the
-    start of another, and the fold wants what follows the one it holds). A string that only
-    shared blocks with known texts keeps what followed the last (a ``Repeat`` without matches);
-    one that never matched is kept whole, a ``str``.
+    came is let go. Where it is one whole (its digest at that text's end) that is recorded in
+    ``matches``, and from the first such place on all that follows is kept (a known text may be
+    the start of another, and the fold wants what follows the one it holds). What it let go is
+    its ``start``; one that let go of nothing is kept whole, a ``str``.
     """
 
     def __init__(self, known: Sequence[KnownText]) -> None:
@@ -110,10 +113,7 @@ class _LongString:
         self.size = 0
         self.kept: List[str] = []  # what came since the last position it let go of
         self.matches: Dict[int, bytes] = {}  # the known texts it begins with whole: length -> digest
-        self.first: Optional[int] = None  # the first of them: all that follows is kept
-        self.shared = 0  # the end of the last block it shares with a known text (let go)
-        if any(k.size == 0 for k in known):  # every string begins with the empty one: nothing is let go
-            self.matches[0], self.first = hashlib.sha256().digest(), 0
+        self.start = 0  # the characters let go: a known text's start (or all of one)
         self.broken = False  # not valid JSON string content (a control character, a bad escape)
 
     def feed(self, raw: bytes) -> None:
@@ -140,9 +140,7 @@ class _LongString:
         if rest:
             self._add(json.loads('"' + rest + '"'))
         rest = "".join(self.kept)
-        if self.first is not None:
-            return Repeat(self.size, self.matches, self.first, rest)
-        return Repeat(self.size, {}, self.shared, rest) if self.shared else rest
+        return Repeat(self.size, self.matches, self.start, rest) if self.start else rest
 
     def _next_check(self, after: int) -> Optional[int]:
         """The next position past ``after`` where a digest is compared: a block's end, a text's end."""
@@ -163,16 +161,18 @@ class _LongString:
 
     def _check(self, at: int) -> None:
         digest = self.sha.digest()
-        if any(k.size == at and k.digest == digest for k in self.alive):
+        matched_before = bool(self.matches)
+        whole = any(k.size == at and k.digest == digest for k in self.alive)
+        if whole:
             self.matches[at] = digest
-            if self.first is None:
-                self.first, self.kept = at, []
         marks = [(k, k.mark(at)) for k in self.alive if k.size > at]
         # Still alive: the longer texts it equals here, and those that keep no digest here (at
-        # another text's end); only an equal digest lets what came go.
+        # another text's end).
         self.alive = [k for k, mark in marks if mark is None or mark == digest]
-        if self.first is None and any(mark == digest for _, mark in marks):
-            self.shared, self.kept = at, []  # the start of a known text so far: let go
+        # What came is let go where it equals a known text's start, up to the first whole match:
+        # what follows that is kept.
+        if not matched_before and (whole or any(mark == digest for _, mark in marks)):
+            self.start, self.kept = at, []
 
     def _take(self, text: str) -> None:
         if text:
@@ -213,9 +213,10 @@ class LineSkimmer:
     """One long SSE line in pieces (``feed``), then the line with its long strings replaced by
     markers (``finish``) and what each marker stands for (``strings``).
 
-    Only the value of an ``arguments`` member is checked against the known texts (the closing
-    events' copies of a call's arguments, which the fold compares): any other long string, a
-    delta that happens to begin like a call, is kept whole. A lone CR ends an SSE line, so it
+    Only the value of an ``arguments`` member in a closing event (``CLOSING``, the line's first
+    ``type``) is checked against the known texts: the fold compares those with what the deltas
+    sent. Any other long string (a delta, an ``.added`` item's arguments) is kept whole, as is one
+    in a line whose ``type`` comes after it. A lone CR ends an SSE line, so it
     also ends a string in progress (which then will not parse, as the line read whole would not).
     ``nonce`` makes the markers of one stream's lines unlike each other and any upstream text.
     """
@@ -230,9 +231,11 @@ class LineSkimmer:
         self.raw_size = 0
         self.backslashes = 0  # the current string's trailing backslashes so far
         self.long: Optional[_LongString] = None
-        self.arguments = False  # the current string is an "arguments" member's value
+        self.checked = False  # the current string is a closing event's arguments: checked
         self.last = b""  # the last string, when short: a member's name if ":" follows
         self.gap = b""  # what stands between it and the current position, blanks left out
+        self.member = b""  # the member the current string is the value of
+        self.kind: Optional[bytes] = None  # the line's first "type" value
 
     def feed(self, piece: bytes) -> None:
         at = 0
@@ -246,7 +249,8 @@ class LineSkimmer:
                     return
                 self.out.append(_QUOTE)
                 self.in_string, self.raw, self.raw_size, self.backslashes = True, [], 0, 0
-                self.arguments = self.last == b"arguments" and self.gap == b":"
+                self.member = self.last if self.gap == b":" else b""
+                self.checked = self.member == b"arguments" and self.kind in CLOSING
                 at = quote + 1
                 continue
             quote = self._closing_quote(piece, at)
@@ -297,7 +301,7 @@ class LineSkimmer:
         self.raw.append(chunk)
         self.raw_size += len(chunk)
         if self.raw_size >= LONG:
-            self.long = _LongString(self.known if self.arguments else ())
+            self.long = _LongString(self.known if self.checked else ())
             self.long.feed(b"".join(self.raw))
             self.raw = []
 
@@ -307,6 +311,8 @@ class LineSkimmer:
         if self.long is None:
             self.last = b"".join(self.raw)
             self.out.append(self.last + quote)
+            if self.kind is None and self.member == b"type" and closed:
+                self.kind = self.last
             return
         self.last = b""
         try:
@@ -314,6 +320,8 @@ class LineSkimmer:
         except ValueError:  # not valid JSON string content: the line must not parse, as whole it would not
             self.out.append(b"\\x" + quote)
         else:
+            if self.kind is None and self.member == b"type" and closed and isinstance(value, str):
+                self.kind = value.encode("utf-8", "surrogatepass")  # a type this long is no closing event's
             marker = f"{MARKER}{self.nonce}:{len(self.strings)}"
             written = json.dumps(marker).encode()
             self.strings[marker] = (value, self.long.written - (len(written) - 2))

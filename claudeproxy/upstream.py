@@ -1289,12 +1289,12 @@ def iter_lines(resp: Any, limit: int, allowance: float = 0.0,
         if skim is not None:
             end = data.find(b"\n")
             skim.feed(data if end < 0 else data[:end])
-            spilled += len(data) if end < 0 else end + 1
+            spilled += len(data) if end < 0 else end  # the line without its newline, as a whole one is held
             _check_unfinished(spilled, limit, allowance, before)
             if end < 0:
                 continue
             yield skim.finish(b"\n")
-            before += spilled
+            before += spilled + 1
             skim, spilled, data = None, 0, data[end + 1:]
             if not data:
                 continue

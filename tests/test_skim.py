@@ -108,20 +108,24 @@ def test_a_repeat_of_a_known_text_is_let_go_a_block_at_a_time(piece: int) -> Non
     short = sk.finish()
     value = restore(json.loads(short), short.strings)[0]["arguments"]
     assert isinstance(value, Repeat)
-    assert (value.size, value.matches, value.first, value.rest) == (len(ARGS), {len(ARGS): text_digest(ARGS)}, len(ARGS), "")
+    assert (value.size, value.matches, value.start, value.rest) == (len(ARGS), {len(ARGS): text_digest(ARGS)}, len(ARGS), "")
     assert held <= skim.MARK_EVERY + piece  # never the whole text
 
 
-@pytest.mark.parametrize("string, first, whole, rest", [
+def _closing_line(string: str, kind: str = "response.function_call_arguments.done", key: str = "arguments") -> bytes:
+    return json.dumps({"type": kind, "item_id": "fc_1", key: string}).encode()
+
+
+@pytest.mark.parametrize("string, start, whole, rest", [
     (ARGS + "more", len(ARGS), True, "more"),  # the deltas missed the end: only what follows is kept
     (ARGS[:500_000] + "X" + ARGS[500_001:], 7 * skim.MARK_EVERY, False, ARGS[7 * skim.MARK_EVERY:500_000] + "X" + ARGS[500_001:]),
     (ARGS[:-10], 18 * skim.MARK_EVERY, False, ARGS[18 * skim.MARK_EVERY:-10]),  # shorter: the blocks it shares
 ], ids=["longer", "differs", "shorter"])
-def test_arguments_that_begin_as_a_known_text_keep_the_rest(string: str, first: int, whole: bool, rest: str) -> None:
+def test_arguments_that_begin_as_a_known_text_keep_the_rest(string: str, start: int, whole: bool, rest: str) -> None:
     assert len(ARGS) // skim.MARK_EVERY == 18
-    (_, obj), _ = skimmed(json.dumps({"arguments": string}).encode(), [8192] * 400, [_known(ARGS)])
+    (_, obj), _ = skimmed(_closing_line(string), [8192] * 400, [_known(ARGS)])
     value = obj["arguments"]
-    assert isinstance(value, Repeat) and (value.size, value.first, value.rest) == (len(string), first, rest)
+    assert isinstance(value, Repeat) and (value.size, value.start, value.rest) == (len(string), start, rest)
     # Whole: it begins with all of the known text, whose digest it names; else it only shared blocks.
     assert value.matches == ({len(ARGS): text_digest(ARGS)} if whole else {})
     if whole:
@@ -132,23 +136,33 @@ def test_a_known_text_that_begins_another_keeps_what_follows_the_first() -> None
     """Two calls, one's arguments the start of the other's: a string equal to the longer matches
     both, and keeps what follows the shorter, which the fold holding that one wants."""
     short, long_ = ARGS[:300_000], ARGS
-    (_, obj), _ = skimmed(json.dumps({"arguments": long_}).encode(), [8192] * 400, [_known(short), _known(long_)])
+    (_, obj), _ = skimmed(_closing_line(long_), [8192] * 400, [_known(short), _known(long_)])
     value = obj["arguments"]
     assert value.matches == {300_000: text_digest(short), len(long_): text_digest(long_)}
     assert value.after(300_000) == long_[300_000:] and value.after(len(long_)) == ""
 
 
-def test_only_arguments_are_checked_against_known_texts() -> None:
-    """A delta (or any other member) that happens to begin like a call's arguments is kept whole:
-    only a closing event's arguments are compared with what the fold let go."""
-    for key in ("delta", "text", "argument", "arguments_x"):
-        (_, obj), _ = skimmed(json.dumps({key: ARGS}).encode(), [8192] * 400, [_known(ARGS)])
-        assert obj[key] == ARGS, key
+@pytest.mark.parametrize("kind, key", [
+    ("response.function_call_arguments.delta", "delta"),  # a delta that happens to begin like a call
+    ("response.output_item.added", "arguments"),  # an .added item's: not a closing event
+    ("response.output_text.done", "text"),
+    ("response.function_call_arguments.done", "argument"),
+    ("response.function_call_arguments.done", "arguments_x"),
+])
+def test_only_closing_events_arguments_are_checked_against_known_texts(kind: str, key: str) -> None:
+    (_, obj), _ = skimmed(_closing_line(ARGS, kind, key), [8192] * 400, [_known(ARGS)])
+    assert obj[key] == ARGS
+
+
+def test_a_line_whose_type_comes_after_its_arguments_is_kept_whole() -> None:
+    line = json.dumps({"arguments": ARGS, "type": "response.function_call_arguments.done"}).encode()
+    (_, obj), _ = skimmed(line, [8192] * 400, [_known(ARGS)])
+    assert obj["arguments"] == ARGS
 
 
 def test_a_string_unlike_any_known_text_is_kept_whole() -> None:
     other = ARGS.replace("hi", "ho")
-    (_, obj), _ = skimmed(json.dumps({"arguments": other}).encode(), [8192] * 400, [_known(ARGS)])
+    (_, obj), _ = skimmed(_closing_line(other), [8192] * 400, [_known(ARGS)])
     assert obj["arguments"] == other
 
 
@@ -165,7 +179,7 @@ def test_live_text_keeps_digests_of_its_start_once_let_go() -> None:
         assert known.mark(at) == text_digest(text[:at])
     with pytest.raises(ValueError):
         live.text()
-    assert LiveText(text).known() == known  # held whole, the same digests
+    assert known.size == len(text) and known.digest == text_digest(text)
 
 
 # --------------------------------------------------------------------------
@@ -295,8 +309,17 @@ def test_a_live_call_let_go_is_completed_from_its_closing_events_as_when_read_wh
     expected = _events(body, 1, skimming=False)
     assert _input_of(expected) == [WRITE if done_args in (None, WRITE) else "".join(deltas)]
     _small_thresholds(monkeypatch)
+    repeats: List[Any] = []
+    take_whole = responses_stream.ResponsesFold._take_whole
+
+    def seen(item: Any, full: Any) -> None:
+        repeats.append(isinstance(full, Repeat))
+        take_whole(item, full)
+
+    monkeypatch.setattr(responses_stream.ResponsesFold, "_take_whole", staticmethod(seen))
     for seed in range(8):
         assert _events(body, seed, skimming=True) == expected, seed
+    assert any(repeats)  # the closing events' arguments were let go, not read whole
 
 
 def test_an_unseen_call_repeating_a_let_go_call_is_an_error_not_a_wrong_input(monkeypatch: Any) -> None:
@@ -472,5 +495,29 @@ def test_a_call_first_named_by_a_closing_event_repeating_another_is_an_error(mon
     assert _input_of(_events(body, 1, skimming=False)) == [WRITE, WRITE]
     _small_thresholds(monkeypatch)
     events = _events(body, 1, skimming=True)
-    assert events[-1]["type"] == "error" and "had not named" in events[-1]["error"]["message"]
+    assert events[-1]["type"] == "error" and "cannot be told" in events[-1]["error"]["message"]
     assert _input_of(events) == [WRITE]
+
+
+def test_an_unseen_item_of_another_kind_repeating_a_call_places_nothing_and_fails_nothing(monkeypatch: Any) -> None:
+    """Only a function call of the final object is placed; an mcp_call there repeating a streamed
+    call's arguments was never anything to place, skimmed or not."""
+    deltas = [WRITE[i:i + 7] for i in range(0, len(WRITE), 7)]
+    body = _call_stream(deltas, None).replace(b'"usage"', b'"usage_"')  # keep the shape, end below
+    mcp = {"type": "mcp_call", "id": "mcp_1", "name": "x", "server_label": "s", "arguments": WRITE}
+    response = {"id": "resp_1", "object": "response", "status": "completed", "usage": {"input_tokens": 5, "output_tokens": 9},
+                "output": [{"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "Write", "arguments": WRITE,
+                            "status": "completed"}, mcp]}
+    body = body[:body.rindex(b"event: response.completed")] + _sse("response.completed", response=response)
+    assert _compare(body, monkeypatch)[-1]["type"] == "message_stop"
+
+
+def test_the_line_cap_is_the_same_skimmed() -> None:
+    """A line of exactly the cap is accepted read whole, and skimmed."""
+    line = b"data: " + json.dumps({"a": "v" * 399_980}).encode()
+    body = line + b"\n\n"
+    for skimmer in (None, lambda: LineSkimmer((), "n")):
+        lines = list(iter_lines(_Reads(body, [10_000] * 100), len(line), 0.0, skimmer))
+        assert sum(map(len, lines)) <= len(body)
+    with pytest.raises(UpstreamUnavailable):
+        list(iter_lines(_Reads(body, [10_000] * 100), len(line) - 1, 0.0, lambda: LineSkimmer((), "n")))

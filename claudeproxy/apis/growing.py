@@ -117,11 +117,7 @@ class LiveText:
         return sha.digest()
 
     def known(self) -> KnownText:
-        """What a ``skim.LineSkimmer`` checks a long string against."""
-        if self._sha is None:  # held whole: its digests are made now
-            text = self._held.text()
-            marks = tuple(text_digest(text[:at]) for at in range(MARK_EVERY, self._size, MARK_EVERY))
-            return KnownText(self._size, text_digest(text), marks)
+        """What a ``skim.LineSkimmer`` checks a long string against (once let go)."""
         marks = tuple(m for i, m in enumerate(self._marks) if (i + 1) * MARK_EVERY < self._size)
         return KnownText(self._size, self.digest(), marks)
 

@@ -196,12 +196,18 @@ class ResponsesFold(SSEFold):
 
     def line_skimmer(self) -> LineSkimmer:
         """A long line (the closing events repeat each call's whole arguments) is read in pieces;
-        what repeats the arguments of the calls so far (of live ones the fold holds only digests)
-        is let go from it too. Every call is known to it, so that a closing event's arguments say
-        of each call whether they begin with its arguments (``_take_whole``)."""
+        what repeats the arguments of a live call, which the fold holds only as digests, is let go
+        from it too (``_take_whole`` compares the rest). Calls with the same arguments are one text.
+
+        Only while every call not yet done is such a live call: one still held whole (not live,
+        its events waiting behind another call, its arguments only in its closing events) may
+        take any string of this line whole, and what it is compared with must be there."""
         self.skims += 1
-        known = [item.args.known() for item in self.items.values() if item.kind == "function_call"]
-        return LineSkimmer(known, f"{self.nonce}.{self.skims}")
+        calls = [item for item in self.items.values() if item.kind == "function_call"]
+        if any(item.args.whole and not item.complete for item in calls):
+            return LineSkimmer((), f"{self.nonce}.{self.skims}")
+        known = {item.args.known() for item in calls if not item.args.whole}
+        return LineSkimmer(sorted(known), f"{self.nonce}.{self.skims}")
 
     def end(self, clean: bool = False) -> Tuple[List[Event], Optional[ProxyError]]:
         """The body ended: the events that finish the message, or the error it ended with.
@@ -723,18 +729,20 @@ class ResponsesFold(SSEFold):
     @staticmethod
     def _take_whole(item: _Item, full: Any) -> None:
         """A closing event's whole arguments: what they say past the deltas' is added, when they
-        begin with those. Arguments let go (``LiveText``) are compared by digest. A skimmed repeat
-        (``skim.Repeat``) was checked against every call's arguments where they end: it begins
-        with these exactly when it matched at their length."""
+        begin with those. Arguments let go (``LiveText``) are compared by digest.
+
+        A skimmed repeat (``skim.Repeat``) let its start go as a live call's. It begins with these
+        arguments when it matched whole at their length; a live call's are known at their length,
+        so no match is no beginning. Any other call was not open when the line was read
+        (``line_skimmer``): one it first names, whose arguments repeat a live call's, cannot be
+        told, and an error is better than a call run with the wrong input."""
         have = len(item.args)
         if isinstance(full, Repeat):
             if full.matches.get(have) == item.args.digest():
                 item.args.add(full.after(have))
-            elif not have:
-                # A call first named by this event (the skimmer did not know it), whose arguments
-                # began with another call's, let go: they cannot be told, and a guess runs the tool wrong.
-                raise UpstreamUnavailable("upstream's closing event gives a call it had not named arguments that "
-                                          "repeat another call's; they cannot be placed")
+            elif item.args.whole:
+                raise UpstreamUnavailable("upstream's closing event names a call whose arguments repeat another "
+                                          "call's; they cannot be told")
         elif isinstance(full, str) and len(full) > have:
             begins = full.startswith(item.args.text()) if item.args.whole else \
                 text_digest(full[:have]) == item.args.digest()
@@ -849,9 +857,9 @@ class ResponsesFold(SSEFold):
 
     def _place_whole(self, raw: Dict[str, Any]) -> List[Event]:
         """An item only the final object has, as the JSON answer gives it."""
-        if holds_repeat(raw):
-            # A long text of it began with a streamed call's arguments, which were let go: it cannot
-            # be placed, and placing it without that text would be a call with the wrong input.
+        if raw.get("type") == "function_call" and holds_repeat(raw):
+            # Its arguments began with a streamed call's, which were let go: it cannot be placed,
+            # and placing it without them would be a call with the wrong input.
             raise UpstreamUnavailable("upstream's final object holds an item it never streamed whose text "
                                       "repeats a streamed call's arguments; it cannot be placed")
         events: List[Event] = []
