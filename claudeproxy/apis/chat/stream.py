@@ -30,6 +30,7 @@ from ...errors import (
 )
 from ...replies import events_for_message, message_start
 from ...signatures import encode_signature
+from ...skim import text_digest
 from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done
 from ..growing import Growing
 from ..stops import first_stop, stop_prefix_len
@@ -67,7 +68,7 @@ _KEEP_LIVE_TEXT = 64 * 1024
 
 
 def _digest(text: str) -> Any:
-    # surrogatepass: a lone surrogate from the upstream's JSON has no UTF-8 form of its own.
+    """A running SHA-256 of ``text``, which later fragments update (``skim.text_digest``'s encoding)."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass"))
 
 
@@ -136,7 +137,7 @@ class _Tool:
         """``fragment`` begins with all the arguments so far."""
         if self.digest is None:
             return fragment.startswith(self.args)
-        return len(fragment) >= self.size and _digest(fragment[:self.size]).digest() == self.digest.digest()
+        return len(fragment) >= self.size and text_digest(fragment[:self.size]) == self.digest.digest()
 
     def bound(self) -> None:
         """A live call's text past _KEEP_LIVE_TEXT: only its digest is kept."""
