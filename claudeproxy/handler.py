@@ -37,6 +37,7 @@ from .errors import (
 )
 from .http_head import MAX_HEAD, HeadCutShort, HeadTooLarge, read_headers
 from .ids import new_request_id
+from .kernel_timeout import bound_by_kernel
 from .sse import encode_event
 
 log = logging.getLogger(__name__)
@@ -259,6 +260,8 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         self.timeout = config.client_timeout
         super().setup()
         self._reader = _DeadlineReader(self.connection, config.client_timeout)
+        # Set once a connection: the reads set their own timeouts, _done_reading the sends'.
+        self._sends_bounded = bound_by_kernel(self.connection, socket.SO_SNDTIMEO, config.client_timeout)
         # The default 8 KiB buffer: headers come a line at a time and a large body is read past
         # the buffer; 64 KiB cost 56 KiB more heap per open connection.
         self.rfile = io.BufferedReader(self._reader)
@@ -704,9 +707,11 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         return b"".join(parts)
 
     def _done_reading(self) -> None:
-        """The request is in: no deadline for writing a long response."""
+        """The request is in: no deadline for writing a long response, each send bounded by the
+        client timeout (the kernel's, where it can: no poll before each send). The next request's
+        reads set their own timeouts (_DeadlineReader)."""
         self._reader.deadline = None
-        self.connection.settimeout(self.server.config.client_timeout)  # type: ignore[attr-defined]
+        self.connection.settimeout(None if self._sends_bounded else self.server.config.client_timeout)  # type: ignore[attr-defined]
 
     def _page_key(self) -> str:
         """The client key of a page a browser opens, from ``?key=``: a browser sends no header of

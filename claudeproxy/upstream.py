@@ -58,6 +58,7 @@ from .errors import (
     retry_headers,
 )
 from .http_head import MAX_RESPONSE_HEAD, HeadCutShort, read_headers
+from .kernel_timeout import bound_by_kernel
 from .redact import redact_headers, redact_text, redact_url
 from .skim import SKIM_AFTER, LineSkimmer
 
@@ -280,9 +281,17 @@ class _NoWait(io.RawIOBase):
     def __init__(self, raw: Any, sock: Any) -> None:
         super().__init__()
         self.raw = raw
+        self.sock = sock
         self.recv_into = sock.recv_into
         self.hold = False
         self.timed_out = False
+
+    def read_often(self) -> None:
+        """A body that comes in pieces: its reads wait as long, without a poll before each (kernel_timeout)."""
+        if type(self.sock) is socket.socket:  # (not TLS: kernel_timeout)
+            timeout = self.sock.gettimeout()
+            if timeout:
+                bound_by_kernel(self.sock, socket.SO_RCVTIMEO, timeout)
 
     def readable(self) -> bool:
         return True
@@ -297,6 +306,9 @@ class _NoWait(io.RawIOBase):
         except socket.timeout:
             self.timed_out = True
             raise
+        except BlockingIOError:  # the kernel's bound passed (read_often)
+            self.timed_out = True
+            raise socket.timeout("timed out") from None
 
     def fileno(self) -> int:
         return self.raw.fileno()  # type: ignore[no-any-return]
@@ -386,6 +398,8 @@ class _Response(http.client.HTTPResponse):
             raise HeadCutOff("the connection closed inside the response head")
         if self.status < 200:
             self.will_close = True  # a final 1xx (101): whatever follows is no HTTP/1.1 response
+        elif self.chunked:
+            reader.raw.read_often()
 
     def _begin(self) -> None:
         """http.client's ``begin`` (the same from 3.8 to 3.13), the header lines read by ``http_head``
@@ -444,15 +458,17 @@ class _Response(http.client.HTTPResponse):
         Only bytes already buffered (one socket read fills up to 8 KiB) are added; the wait is
         ``read1``'s alone.
         """
-        data = self.read1(most)
-        if not self.chunked or not data:
+        if not self.chunked or self.fp is None or self._method == "HEAD":  # type: ignore[attr-defined]
+            return self.read1(most)
+        data = self._read1_chunked(most)  # type: ignore[attr-defined]  # what read1 does then, a call less
+        if not data:
             return data
         parts, total = [data], len(data)
         nowait: _NoWait = self.fp.raw  # type: ignore[assignment]
         nowait.hold = True
         try:
             while total < most and self._next_chunk_buffered():
-                piece = self.read1(most - total)
+                piece = self._read1_chunked(most - total)  # type: ignore[attr-defined]
                 parts.append(piece)
                 total += len(piece)
         finally:
@@ -1321,7 +1337,8 @@ def iter_lines(resp: Any, limit: int, allowance: float = 0.0,
         if run:
             yield run
             before += len(run)
-        _check_unfinished(spilled, limit, allowance, before)
+        if spilled > limit:  # (as _check_unfinished begins: most reads leave nothing, or little, unfinished)
+            _check_unfinished(spilled, limit, allowance, before)
 
 
 def _line_cap(limit: int, allowance: float, before: int) -> int:

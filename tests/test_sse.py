@@ -237,3 +237,32 @@ def test_a_complete_fold_takes_no_more_events_in_the_shortcut() -> None:
     fold.complete = True
     fold.feed_line(b"data: y\n\n")
     assert [e.data for e in fold.seen] == ["x"]
+
+
+def test_loads_data_gives_what_json_loads_gives() -> None:
+    # The scanner's fast path must never differ from json.loads: the same value, or an error
+    # where json.loads raises one (a chunk that is not JSON counts as a bad event).
+    import json
+    import random
+
+    from claudeproxy.sse import loads_data
+
+    rng = random.Random(7)
+    samples = ['{"a":1}', ' {"a":1}', '{"a":1} ', '{"a":1}\n', '\ufeff{"a":1}', '{"a":1}{"b":2}', '{"a":1} x',
+               '[1,2]', '"s"', '3', '3.5e2', 'NaN', '-Infinity', 'true', 'null', '', ' ', '{', '{"a":}', '[DONE]',
+               '{"a":"\\ud83d"}', '{"a":"\x01"}', '{"a":1,"a":2}', '1 2', "'a'", '{"a":[' * 5 + ']' * 5 + '}']
+    alphabet = '{}[]":,0123456789.eE+- \t\nabtrunlfs\\\ufeff'
+    samples += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(3000)]
+    for text in samples:
+        try:
+            want: object = ("value", json.loads(text))
+        except ValueError as exc:
+            want = ("error", type(exc), str(exc))
+        try:
+            got: object = ("value", loads_data(text))
+        except ValueError as exc:
+            got = ("error", type(exc), str(exc))
+        if want[0] == "value" and want[1] != want[1]:  # NaN is not equal to itself
+            assert got[0] == "value" and got[1] != got[1], text
+            continue
+        assert got == want, text

@@ -33,7 +33,7 @@ from ..prompt_cache import strip_billing_header
 from ..replies import events_for_message, message_start
 from ..routing import Target
 from ..signatures import PREFIX as SIGNATURE_PREFIX
-from ..sse import ServerSentEvent, SSEDecoder, SSEFold
+from ..sse import ServerSentEvent, SSEDecoder, SSEFold, loads_data
 from ..urls import messages_url
 from .base import ClientRequest, Exchange, UpstreamApi
 
@@ -388,7 +388,7 @@ class MessagesFold(SSEFold):
 
     def _on_event(self, event: ServerSentEvent) -> List[Event]:
         try:
-            obj = json.loads(event.data)
+            obj = loads_data(event.data)
         except (ValueError, RecursionError):
             obj = None
         if not isinstance(obj, dict):

@@ -31,7 +31,7 @@ from ...errors import (
 from ...replies import events_for_message, message_start
 from ...signatures import encode_signature
 from ...skim import text_digest
-from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done
+from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done, loads_data
 from ..growing import Growing
 from ..stops import first_stop, stop_prefix_len
 from ..toolargs import ArgsScan
@@ -872,7 +872,7 @@ class ChatFold(SSEFold):
         if is_done(event.data):
             return self._finish()
         try:
-            obj = json.loads(event.data)
+            obj = loads_data(event.data)
         except (ValueError, RecursionError):
             if event.event == "error":  # "event: error" with a plain-text message is still an error (3.4 step 1)
                 raise error_from_object({"message": event.data[:1000]}, self.translator.secrets) from None

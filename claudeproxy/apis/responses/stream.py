@@ -42,7 +42,7 @@ from ...errors import ProxyError, UpstreamUnavailable, stream_error_event
 from ...replies import block_events, events_for_message, message_start
 from ...signatures import encode_signature
 from ...skim import LineSkimmer, Repeat, SkimmedLine, holds_repeat, restore, text_digest
-from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done
+from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done, loads_data
 from ..growing import Growing, LiveText
 from ..stops import first_stop, stop_prefix_len
 from ..toolargs import ArgsScan
@@ -282,7 +282,7 @@ class ResponsesFold(SSEFold):
             self.saw_done_marker = True  # not OpenAI's; some compatible servers add it
             return []
         try:
-            obj = json.loads(event.data)
+            obj = loads_data(event.data)
         except (ValueError, RecursionError):
             return self._bad_event(event)
         skimmed = 0  # the characters its long strings had beyond their markers: the size is the line's
