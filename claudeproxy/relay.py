@@ -126,9 +126,11 @@ class Relay:
                     folding = True
                     events = self.fold.feed_line(raw)
                     folding = False
-                    self._write(events)
                     if self.fold.complete:
+                        self._write(events)  # the last events, and the stream's end
                         return False
+                    if events:
+                        self._send(events)
                     if until_committed and self.committed:
                         return True
         except ClientGone:

@@ -262,18 +262,18 @@ def test_pings_in_the_middle_of_a_stream(make_proxy, fake_upstream):
 
 def test_every_write_of_a_stream_holds_the_relays_lock(make_proxy, fake_upstream, monkeypatch):
     """The handler thread and the watchdog (pings, the idle timeout) both act on a stream: every
-    ``Relay._write`` (the events, the timeout's error) happens under the relay's lock, which it
-    does not take itself."""
+    ``Relay._send`` (the events of a read, the timeout's error, the end) happens under the relay's
+    lock, which it does not take itself."""
     from claudeproxy import relay as relay_module
 
     owned: List[bool] = []
-    write = relay_module.Relay._write
+    send = relay_module.Relay._send
 
-    def checked(self: Any, events: List[Dict[str, Any]]) -> None:
+    def checked(self: Any, events: List[Dict[str, Any]], end: bool = False) -> None:
         owned.append(self.lock._is_owned())  # noqa: SLF001 - RLock's own check, as Condition uses it
-        write(self, events)
+        send(self, events, end)
 
-    monkeypatch.setattr(relay_module.Relay, "_write", checked)
+    monkeypatch.setattr(relay_module.Relay, "_send", checked)
     proxy = make_proxy(ping_interval=0.2, idle_timeout=1.2)
     fake_upstream.push(sse_reply(chunk({"content": "thinking about it"}), Sleep(0.7), chunk({"content": "."}),
                                  Sleep(2.0), chunk({}, "stop")))

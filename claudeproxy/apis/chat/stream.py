@@ -354,7 +354,7 @@ class StreamTranslator:
             # Most chunks of an answer: its text block is open and nothing is held back, so
             # the chunk is one delta (what _emit_text gives then, without its steps).
             self.out_chars += len(text)
-            return [self._delta({"type": "text_delta", "text": text})]
+            return [{"type": "content_block_delta", "index": self.open_index, "delta": {"type": "text_delta", "text": text}}]
         return self._emit_text(text)
 
     def feed(self, chunk: ChatResponse) -> List[Event]:
