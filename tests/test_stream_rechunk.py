@@ -320,3 +320,48 @@ def test_a_line_of_many_reads_is_joined_once() -> None:
     started = time.monotonic()
     lines = _lines(body, 1024, 9 * 1024 * 1024)
     assert lines == [body[:-1], b"\n"] and time.monotonic() - started < 5.0
+
+
+FRAMINGS = [
+    b"5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\n\r\n",       # extensions
+    b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n",            # a trailer
+    b" 5 \r\nhello\r\n0\r\n\r\n",                           # spaces around the size
+    b"5\r\nhelloXX3\r\nabc\r\n0\r\n\r\n",                   # no CRLF after the data: two bytes tossed all the same
+    b"zz\r\nhello\r\n",                                     # a size that is no number
+    b"5\r\nhello\r\n",                                      # the body ends after a chunk
+    b"5\r\nhel",                                            # ... inside a chunk
+    b"5\r\nhello\r",                                        # ... inside the CRLF after it
+    b"5\r\nhello\r\n" + b"1" * 70000 + b"\r\n",             # a size line over http.client's cap
+    b"-3\r\nabc\r\n0\r\n\r\n",                              # a negative size
+    b"0x3\r\nabc\r\n0\r\n\r\n",                             # what int(..., 16) takes too
+    b"",                                                    # no chunk at all
+]
+
+
+@pytest.mark.parametrize("framing", FRAMINGS, ids=range(len(FRAMINGS)))
+@pytest.mark.parametrize("seed", range(5))
+def test_a_chunk_is_read_as_http_client_reads_it(framing: bytes, seed: int) -> None:
+    # _Response reads a chunk's end and the next size line itself (_get_chunk_left): the same
+    # bytes and the same error as http.client, however the socket hands the bytes over.
+    def read_all(cls: Any) -> Tuple[bytes, Optional[str], int]:
+        """What the reads gave, the error (with what it says) and how far the socket was read."""
+        rng = random.Random(seed)
+        raw = _Raw(HEAD + framing, rng, None, strict=False)
+        resp = cls(FakeSocket(raw))
+        got: List[bytes] = []
+        error: Optional[str] = "did not end"
+        try:
+            resp.begin()
+            for _ in range(100):
+                piece = resp.read1(rng.randint(1, 8))
+                if not piece:
+                    error = None
+                    break
+                got.append(piece)
+        except (http.client.HTTPException, ValueError) as exc:
+            error = repr(exc)
+        finally:
+            resp.close()
+        return b"".join(got), error, raw.pos  # (a trailer left unread would be the next answer's start)
+
+    assert read_all(upstream._Response) == read_all(http.client.HTTPResponse)
