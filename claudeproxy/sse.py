@@ -77,6 +77,7 @@ class SSEDecoder:
         self._data: List[str] = []
         self._event = ""
         self._first = True
+        self._cr_ended = False  # the last run of lines ended with a CR, whose LF may begin the next
 
     def decode(self, line: str) -> Optional[ServerSentEvent]:
         if self._first:
@@ -96,6 +97,15 @@ class SSEDecoder:
             self._event = value
         return None  # id, retry and unknown fields carry nothing we use
 
+    def lines(self, text: str) -> List[str]:
+        """The lines of a run of whole lines (one read's: ``upstream.iter_lines``). A run may end
+        with a CR whose LF begins the next run (a CRLF the reads cut in two): that LF ends the line
+        the CR ended, not one more (an empty line, which would end an event early)."""
+        if self._cr_ended and text.startswith("\n"):
+            text = text[1:]
+        self._cr_ended = text.endswith("\r")
+        return _lines_of(text) if text else []
+
     def lone_event(self, text: str) -> Optional[str]:
         """The data of ``text`` when it is one whole event of a single ``data: `` line read between
         two events (what ``decode`` would make of its lines), else None.
@@ -103,7 +113,7 @@ class SSEDecoder:
         Most reads of a stream bring just that: one chunk of the answer. Such a read then needs
         no line splitting and no decoder state; any other shape goes line by line.
         """
-        if self._first or self._data or self._event or not text.startswith("data: ") \
+        if self._first or self._data or self._event or self._cr_ended or not text.startswith("data: ") \
                 or not text.endswith("\n\n") or text.count("\n") != 2 or "\r" in text:
             return None
         return text[6:-2]
@@ -191,7 +201,7 @@ class SSEFold:
         if data is not None:
             return [] if self.complete else self._on_event(ServerSentEvent(data))
         events: List[Dict[str, Any]] = []
-        for line in _lines_of(text):
+        for line in self.decoder.lines(text):
             event = self.decoder.decode(line)
             if event is not None and not self.complete:
                 try:

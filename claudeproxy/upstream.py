@@ -1345,6 +1345,11 @@ def iter_lines(resp: Any, limit: int, allowance: float = 0.0,
             if not data:
                 continue
         cut = data.rfind(b"\n") + 1
+        if not cut:
+            # No LF: a server may end its lines with a CR alone (SSE allows CR, LF and CRLF). A CR
+            # last in the read may be half a CRLF: the decoder knows to take an LF beginning the
+            # next run as its end (SSEDecoder.lines).
+            cut = data.rfind(b"\r") + 1
         if not cut:  # no line ends in this read
             spill.append(data)
             spilled += len(data)
@@ -1411,13 +1416,14 @@ def _decoding(read: Callable[[int], bytes], decoder: Any) -> Callable[[int], byt
 def _lines_below(run: bytes, limit: int, allowance: float, before: int) -> Generator[bytes, None, bytes]:
     """``run`` back if no line in it is over its cap (``iter_lines``); else the lines before the
     first that is go out (as in a stream read line by line) and the stream fails."""
-    lines = run.split(b"\n")
+    end = b"\n" if b"\n" in run else b"\r"  # (a server ending its lines with CR alone: iter_lines)
+    lines = run.split(end)
     offset = before
     for i, line in enumerate(lines):
         cap = _line_cap(limit, allowance, offset)
         if len(line) > cap:
             if i:
-                yield b"\n".join(lines[:i]) + b"\n"
+                yield end.join(lines[:i]) + end
             raise _too_long(cap)
         offset += len(line) + 1
     return run

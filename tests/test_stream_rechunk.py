@@ -365,3 +365,39 @@ def test_a_chunk_is_read_as_http_client_reads_it(framing: bytes, seed: int) -> N
         return b"".join(got), error, raw.pos  # (a trailer left unread would be the next answer's start)
 
     assert read_all(upstream._Response) == read_all(http.client.HTTPResponse)
+
+
+@pytest.mark.parametrize("size", [1, 7, 1024])
+def test_a_server_ending_lines_with_cr_alone_is_read_line_by_line(size: int) -> None:
+    # SSE allows CR alone as a line end. Such a body is read as it arrives, in whole lines, not
+    # held as one line until its end (or until the line cap failed the stream).
+    body = b"data: a\r\r" + b"data: " + b"b" * 5000 + b"\r\r" + b"data: c\r\rdata: last-without-end"
+    runs = list(iter_lines(_Slices(body, size), 6000))
+    assert b"".join(runs) == body
+    assert all(run.endswith(b"\r") for run in runs[:-1]) and runs[-1].endswith(b"data: last-without-end")
+    assert len(runs) >= 4 if size < 1024 else len(runs) >= 2  # a read of whole lines goes at once
+    given: List[bytes] = []
+    with pytest.raises(UpstreamUnavailable, match="longer than 3000 bytes"):
+        given.extend(iter_lines(_Slices(body, size), 3000))  # the cap holds for CR-ended lines too
+    assert b"".join(given) == b"data: a\r\r"  # the lines before the long one went out first
+
+
+def test_a_read_of_many_cr_ended_lines_over_the_cap_gives_those_before_the_long_one() -> None:
+    body = b"data: a\r\r" + b"data: " + b"b" * 5000 + b"\r\r"
+    given: List[bytes] = []
+    with pytest.raises(UpstreamUnavailable, match="longer than 3000 bytes"):
+        given.extend(iter_lines(_Slices(body, 1 << 20), 3000))  # one read holds every line
+    assert b"".join(given) == b"data: a\r\r"
+
+
+@pytest.mark.parametrize("stem", case_stems())
+def test_cr_and_crlf_line_ends_give_the_events_of_lf(stem: str) -> None:
+    # Every golden stream, its line ends rewritten to CR alone and to CRLF (a CRLF may be cut
+    # between its CR and LF by the chunking): the same events as with LF.
+    case = load_case(stem)
+    reference = run_transcript(case.upstream, **case.meta)
+    for ending in (b"\r", b"\r\n"):
+        body = case.upstream.replace(b"\n", ending)
+        for seed in range(8):
+            got = http_events(body, case.meta, seed)
+            assert got == reference, f"{stem} seed={seed} ending={ending!r}\n" + diff_text(got, reference)
