@@ -301,3 +301,35 @@ def test_gemini_thought_signatures_still_round_trip_without_thinking(make_proxy:
     assert ask(proxy, minimal_request(tools=tools, messages=history)).status == 200
     echoed = [m for m in fake_upstream.last.json["messages"] if m.get("tool_calls")][0]["tool_calls"][0]
     assert echoed["extra_content"] == {"google": {"thought_signature": "sigA=="}}
+
+
+@pytest.mark.parametrize("usage", [None, {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}])
+def test_a_json_answer_to_a_stream_request_gets_an_id_and_usage_as_a_json_request_would(
+        make_proxy: Any, fake_upstream: FakeUpstream, usage: Any) -> None:
+    # A server that ignores "stream" and repeats its id: each streamed answer still gets an id of its
+    # own (Claude Code merges answers that share one), and with no usage in the answer the client
+    # gets the input estimate, not 0 (Claude Code sizes its context by it) -- as a JSON request does.
+    proxy = make_proxy()
+    starts, deltas = [], []
+    for stream in (True, True, False):
+        body = completion("Hello!")
+        if usage is None:
+            del body["usage"]
+        fake_upstream.push(json_reply(body))
+        resp = request(proxy.url, "POST", "/v1/messages", minimal_request(stream=stream),
+                       {"x-api-key": CLIENT_KEY})
+        assert resp.status == 200, resp
+        if stream:
+            events = events_of(resp.body)
+            assert_valid_event_sequence(events, allow_error=False)
+            starts.append(events[0]["message"])
+            deltas.append(next(e for e in events if e["type"] == "message_delta")["usage"])
+        else:
+            answer = resp.json
+    ids = [m["id"] for m in starts]
+    assert len(set(ids)) == 2 and all(i.startswith("msg_") and "abc123" not in i for i in ids), ids
+    if usage is None:
+        assert starts[0]["usage"]["input_tokens"] == answer["usage"]["input_tokens"] > 0
+        assert deltas[0]["input_tokens"] == answer["usage"]["input_tokens"] and deltas[0]["output_tokens"] > 0
+    else:
+        assert deltas[0]["input_tokens"] == 10 and deltas[0]["output_tokens"] == 5

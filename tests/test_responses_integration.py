@@ -17,7 +17,7 @@ import pytest
 
 from conftest import CLIENT_KEY, UPSTREAM_KEY, request
 from fakes import Reply, StreamClient, json_reply
-from sse_checks import assert_valid_event_sequence, final_message, parse_sse
+from sse_checks import assert_valid_event_sequence, events_of, final_message, parse_sse
 
 SHARED_SERVERS = True
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -349,3 +349,23 @@ def test_a_two_mb_write_survives_the_done_events_that_repeat_its_arguments(proxy
     assert [b["type"] for b in message["content"]] == ["tool_use"]
     assert message["content"][0]["input"] == {"file_path": "/tmp/big.txt", "content": content}
     assert message["stop_reason"] == "tool_use" and message["usage"]["output_tokens"] == 520000
+
+
+def test_a_json_response_to_a_stream_request_gets_an_id_of_its_own_and_the_estimate(
+        proxy: Any, fake_upstream: Any) -> None:
+    # As the Chat path: never the upstream's id (msg_ + resp_...), the estimate where no usage came.
+    body = json.loads(read("responses", "text.response.json"))
+    body.pop("usage", None)
+    starts, deltas = [], []
+    for _ in range(2):
+        fake_upstream.push(json_reply(body))
+        resp = request(proxy.url, "POST", "/v1/messages",
+                       {"model": "claude-x", "max_tokens": 100, "stream": True,
+                        "messages": [{"role": "user", "content": "hi"}]}, HEADERS)
+        assert resp.status == 200, resp
+        events = events_of(resp.body)
+        starts.append(events[0]["message"])
+        deltas.append(next(e for e in events if e["type"] == "message_delta")["usage"])
+    assert starts[0]["id"] != starts[1]["id"] and body["id"] not in starts[0]["id"]
+    assert starts[0]["usage"]["input_tokens"] > 0 and deltas[0]["input_tokens"] == starts[0]["usage"]["input_tokens"]
+    assert deltas[0]["output_tokens"] > 0

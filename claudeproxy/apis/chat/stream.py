@@ -32,6 +32,7 @@ from ...replies import events_for_message, message_start
 from ...signatures import encode_signature
 from ...skim import text_digest
 from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done, loads_data
+from ...tokens import estimate_output_tokens
 from ..growing import Growing
 from ..stops import first_stop, stop_prefix_len
 from ..toolargs import ArgsScan
@@ -859,8 +860,15 @@ class ChatFold(SSEFold):
             dialect_name=t.dialect_name, think_tags=t.think is not None, secrets=t.secrets,
             local_stops=t.local_stops, thinking=t.thinking,
         )
-        t.stop_reason, t.final_usage = message["stop_reason"], message["usage"]
         t.usage_in_json = isinstance(obj, dict) and isinstance(obj.get("usage"), dict)
+        # As a JSON answer gets (pipeline's _json): the stream's own id, never the upstream's (which
+        # servers repeat, and Claude Code merges answers sharing one), and where the answer reported
+        # no usage the estimate, not 0s; the record's usage stays unknown then (usage_so_far).
+        message["id"] = t.message_id
+        if not t.usage_in_json:
+            message["usage"] = {**message["usage"], "input_tokens": t.input_tokens,
+                                "output_tokens": estimate_output_tokens(message["content"])}
+        t.stop_reason, t.final_usage = message["stop_reason"], message["usage"]
         self._take_cost(obj)
         events = events_for_message(message)
         if t.started:

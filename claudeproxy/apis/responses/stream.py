@@ -43,6 +43,7 @@ from ...replies import block_events, events_for_message, message_start
 from ...signatures import encode_signature
 from ...skim import LineSkimmer, Repeat, SkimmedLine, holds_repeat, restore, text_digest
 from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done, loads_data
+from ...tokens import estimate_output_tokens
 from ..growing import Growing, LiveText
 from ..stops import first_stop, stop_prefix_len
 from ..toolargs import ArgsScan
@@ -263,13 +264,19 @@ class ResponsesFold(SSEFold):
             obj, model=self.model, new_id=self.new_id, tool_names=self.tool_names, secrets=self.secrets,
             stop_sequences=self.stops, thinking=self.thinking,
         )
+        reported = isinstance(obj, dict) and isinstance(obj.get("usage"), dict)
+        # As a JSON answer gets (pipeline's _json): the stream's own id, never the upstream's, and
+        # where the answer reported no usage the estimate, not 0s (the record's usage stays {}).
+        message["id"] = self.message_id
+        if not reported:
+            message["usage"] = {**message["usage"], "input_tokens": self.input_tokens,
+                                "output_tokens": estimate_output_tokens(message["content"])}
         events: List[Event] = []
         if not self.started:  # else start() already sent one (pings while the body was slow)
             self.started = True
             events = events_for_message(message)[:1]
         for block in message["content"]:
             events += self._whole_block(block)
-        reported = isinstance(obj, dict) and isinstance(obj.get("usage"), dict)
         self.stop_reason, self.usage = message["stop_reason"], message["usage"] if reported else {}
         return events + self._ending(message["stop_reason"], message["usage"], message["stop_sequence"])
 
