@@ -842,6 +842,13 @@ class _PooledOpen:
         self.pool.give(key, conn)
 
 
+def _where_not_found(message: str, method: str, url: str, secrets: Tuple[str, ...]) -> str:
+    """A 404's message with the URL that gave it: "Not Found" alone reads like an unknown model,
+    where most often the upstream URL lacks the ``/v1`` its server serves under (Ollama's)."""
+    hint = "" if "/v1" in urlsplit(url).path else "; does the upstream URL need /v1?"
+    return f"{message} ({method} {redact_url(url, secrets)}{hint})"
+
+
 def _headers(req: urllib.request.Request) -> Tuple[Dict[str, str], Dict[str, str]]:
     """The request's headers as urllib's ``do_open`` builds them, minus its ``Connection: close``;
     and the headers of a CONNECT through a proxy (Proxy-Authorization, never sent to the origin)."""
@@ -1089,7 +1096,10 @@ class Upstream:
                 raise _proxy_auth_refused(proxy) from None
             if _maybe_the_proxys(exc.code, body_bytes, req):
                 raise _proxys_answer(exc.code, body_bytes, exc.headers, req, secrets) from None
-            raise error_from_status(exc.code, body_bytes, exc.headers, secrets) from None
+            error = error_from_status(exc.code, body_bytes, exc.headers, secrets)
+            if exc.code == 404:
+                error.message = _where_not_found(error.message, method, url, secrets)
+            raise error from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
             raise _transport_error(exc, call, req, secrets, self.unused_proxies) from None
         try:

@@ -553,3 +553,18 @@ def test_no_handler_is_left_hanging(pool):
     """R2: after every fault above (this runs last), no request is still in flight in any proxy."""
     for server in pool.servers or [pool.get()]:
         assert server.server.wait_idle(2.0), "a handler is still busy after its fault ended"
+
+
+@pytest.mark.parametrize("base, hint", [("", True), ("/v1", False)])
+def test_an_upstream_404_names_the_url_that_gave_it(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                   base: str, hint: bool) -> None:
+    # "upstream 404: Not Found" alone reads like an unknown model; a base URL without the /v1 its
+    # server serves under (Ollama's) is the likelier cause: the message says where, and asks.
+    origin = fake_upstream.url.rsplit("/v1", 1)[0]
+    proxy = make_proxy(upstream=origin + base)
+    fake_upstream.push(json_reply({"error": "404 page not found"}, status=404))
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request())
+    assert resp.status == 404 and resp.json["error"]["type"] == "not_found_error", resp
+    message = resp.json["error"]["message"]
+    assert f"POST {origin}{base}/chat/completions" in message, message
+    assert ("does the upstream URL need /v1?" in message) is hint, message
