@@ -10,6 +10,14 @@ project as it is. ``start()`` runs a server in the background for library use;
 ``python -m claudeproxy`` runs one from the command line.
 """
 
+import sys as _sys
+
+if _sys.version_info < (3, 8):  # the modules are 3.8's (typing.Protocol...): one line, not a traceback
+    _TOO_OLD = f"claudeproxy needs Python 3.8 or newer; this is Python {_sys.version.split()[0]}"
+    if _sys.argv[:1] == ["-m"]:  # python -m claudeproxy, while the package is imported
+        raise SystemExit(f"claudeproxy: error: {_TOO_OLD}")
+    raise ImportError(_TOO_OLD)
+
 __version__ = "0.1.0"
 
 from .config import Config, static_token  # noqa: E402  (after __version__, which upstream.py reads)

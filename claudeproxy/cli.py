@@ -26,6 +26,7 @@ from typing import (
     Any,
     Callable,
     Dict,
+    Iterable,
     List,
     Mapping,
     NoReturn,
@@ -45,6 +46,7 @@ from .config import (
     SHORTHAND_PROVIDER,
     UPSTREAM_APIS,
     Config,
+    Provider,
     check_header,
     check_host,
     check_proxy_url,
@@ -797,22 +799,32 @@ def unmatched_routes(server: ProxyServer) -> List[str]:
 
 
 def keyless_upstreams(server: ProxyServer) -> List[str]:
-    """A line for each provider on the internet that gets no key: its 401s would come one per request,
-    and Claude Code reads a 401 as its own login gone. Local servers (Ollama, vLLM) need none, and a
-    Messages API upstream gets the client's own key."""
-    lines = []
-    for provider in server.proxy.router.providers.values():
+    """A line for each provider on the internet that gets no key and is not known to need one (a
+    gateway may let callers in by address): its 401s would come one per request, and Claude Code
+    reads a 401 as its own login gone. One known to need a key stops the start (check_keys)."""
+    return [line for needed, line in _keyless(server.proxy.router.providers.values()) if not needed]
+
+
+def _keyless(providers: Iterable[Provider]) -> List[Tuple[bool, str]]:
+    """(known to need a key, what to say) for each provider on the internet that gets no key.
+    Local servers (Ollama, vLLM) need none, and a Messages API upstream gets the client's own key."""
+    said = []
+    for provider in providers:
         host = urlsplit(provider.url).hostname or ""
-        if provider.api != "messages" and gives_no_key(provider.token) and _on_the_internet(host):
-            own = " or ".join(default_key_variables(provider_dialect(provider), False))
+        if provider.api != "messages" and gives_no_key(provider.token) and _on_the_internet(host) \
+                and header_the_key_replaces(provider) is None:  # (a --header may carry the credential)
+            dialect = provider_dialect(provider)
+            own = " or ".join(default_key_variables(dialect, False))
             if provider.name != SHORTHAND_PROVIDER:
-                how = "give it api_key_env or api_key_command in the config file"
+                who, how = f"provider {provider.name}", "give it api_key_env or api_key_command in the config file"
             elif provider.key_source == "--api-key":  # --api-key '': no key on purpose, whatever is exported
-                how = f"--api-key is empty: give a key, or leave it out to use {own}"
+                who, how = "the upstream", f"--api-key is empty: give a key, or leave it out to use {own}"
             else:
-                how = f"set {own}, or give --api-key-env"
-            lines.append(f"the upstream {provider.name} ({host}) gets no API key: expect 401s ({how})")
-    return lines
+                who, how = "the upstream", f"set {own}, or give --api-key-env"
+            needed = dialect in DIALECTS and bool(DIALECTS[dialect].key_env)
+            said.append((needed, f"{who} ({host}) gets no API key"
+                                 + (f", which it needs ({how})" if needed else f": expect 401s ({how})")))
+    return said
 
 
 def passed_over_keys(server: ProxyServer, environ: Mapping[str, str]) -> List[str]:
@@ -927,16 +939,20 @@ def _no_special_file(path: str, setting: str) -> None:
         raise ValueError(f"{setting} {path}: not a regular file; give a PEM file of CA certificates")
 
 
-def check_key_commands(config: Config) -> None:
-    """Each key command run once before anything listens (its key is then cached for the first
-    calls): one that fails or prints no key is a ValueError that names it. Not in check_settings:
-    --print-config runs no command."""
+def check_keys(config: Config) -> None:
+    """Before anything listens: each key command run once (its key is then cached for the first
+    calls), one that fails or prints no key a ValueError that names it; and a provider known to
+    need a key (OpenAI, Groq...) that would get none a ValueError too, not a server whose every
+    answer is a 401. Not in check_settings: --print-config runs no command, and shows such a setting."""
     for token in [p.token for p in config.providers] + [config.token]:
         if isinstance(token, CommandToken):
             try:
                 token()
             except UpstreamUnavailable as exc:
                 raise ValueError(exc.message) from None
+    for needed, line in _keyless(build_router(config).providers.values()):
+        if needed:
+            raise ValueError(line)
 
 
 def usage_log_path(ns: argparse.Namespace) -> Optional[str]:
@@ -1023,7 +1039,7 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
     saved = (logger.level, logger.propagate, bodies.level)
     handler = setup_logging(ns.log_level, secrets_source(config), stderr, ns.log_format, ns.log_bodies)
     try:
-        check_key_commands(config)
+        check_keys(config)
         return serve(config, stdout, usage_log_path(ns))
     except ValueError as exc:  # a setting only the server could check (start() raises the same)
         print(f"claudeproxy: error: {' '.join(str(exc).split())}", file=stderr)

@@ -238,6 +238,10 @@ def _setting(key: str, value: Any, spec: FlagSpec, folder: Optional[str] = None)
     if spec.kind == "float":
         return float(_want(value, (int, float), key, "a number"))
     if spec.kind == "list":
+        if isinstance(value, dict) and key.replace("-", "_") == "model_map":  # {"PATTERN": "NAME", ...}
+            return [f"{_text(pattern, key)}={_text(name, f'{key}.{pattern}')}" for pattern, name in value.items()]
+        if not isinstance(value, (list, str)):
+            raise ConfigError(f"{key}: expected a string or an array of strings, got {_type_name(value)}")
         items = _strings(value, key) if isinstance(value, list) else [_text(value, key)]
         if not items and key.replace("-", "_") == "api_key_env":
             raise ConfigError(f"{key}: must name at least one variable")

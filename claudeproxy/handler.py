@@ -637,11 +637,14 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
 
     def _check_key(self, expected: str) -> None:
         # Compared exactly (no strip): a key with trailing junk is a different key.
-        given = client_key(self.headers)[1] or self._page_key()
+        header, given = client_key(self.headers)
+        given = given or self._page_key()
         if not given:  # Anthropic's words for a request without a key
             raise ProxyError("x-api-key header is required", status=401)
         if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8")):
-            raise ProxyError("invalid x-api-key", status=401)
+            # The header it came in: Claude Code's ANTHROPIC_AUTH_TOKEN is sent as a bearer token.
+            raise ProxyError("invalid bearer token (Authorization)" if header == "Authorization" else "invalid x-api-key",
+                             status=401)
 
     # ------------------------------------------------------------------
     # Request bodies (RELIABILITY.md S3, F5-F7), read in ``_admit`` before a slot is taken.

@@ -530,13 +530,14 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
             pass
         return 0
     try:
-        cli.check_key_commands(config)
+        cli.check_keys(config)
     except ValueError as exc:
         return _fail(str(exc), environ, stderr, 2)
     windows = on_windows()
     exe = find_command(command[0], environ.get("PATH"), windows)
     if exe is None:
-        print(f"claudeproxy: error: {command[0]}: command not found", file=stderr)
+        hint = " (Claude Code installs with: npm install -g @anthropic-ai/claude-code)" if looks_like_claude(command[0]) else ""
+        print(f"claudeproxy: error: {command[0]}: command not found{hint}", file=stderr)
         return NOT_FOUND
     users_own = bool(config.auth_key or environ.get("ANTHROPIC_AUTH_TOKEN", "").strip())
     config = config.replace(auth_key=client_key(config, environ))

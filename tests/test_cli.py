@@ -70,11 +70,17 @@ def assert_usage_error(code: int, out: str, err: str, *parts: str) -> None:
 
 
 def test_defaults_without_environment(served: List[Any]) -> None:
+    # The default upstream is OpenAI's, which needs a key: without one the start stops (exit 2)
+    # instead of serving 401s, which Claude Code reads as its own login gone.
     code, out, err = run_main([])
+    assert (code, out) == (2, "") and served == []
+    assert err == ("claudeproxy: error: the upstream (api.openai.com) gets no API key, which it needs "
+                   "(set OPENAI_API_KEY, or give --api-key-env)\n"), err
+    code, out, err = run_main([], {"OPENAI_API_KEY": ENV_KEY})
     assert (code, out, err) == (0, "", "")
     config = served[0]
     assert config.upstream == "https://api.openai.com/v1"
-    assert config.token() == ""
+    assert config.token() == ENV_KEY
     assert (config.host, config.port) == ("127.0.0.1", 8082)
     assert config.model is None and config.proxy is None and config.headers == ()
     assert config.auth_key is None
@@ -117,12 +123,12 @@ def test_flags_win_over_environment(served: List[Any]) -> None:
 def test_an_openai_key_in_the_environment_never_goes_to_another_providers_host(
         served: List[Any], upstream: str, variable: str) -> None:
     # $OPENAI_API_KEY exported for OpenAI, then --upstream at Groq or Google as the README's examples
-    # show: that provider's own variable is the key, and without it none (a warning at start says
-    # which variable), never the OpenAI key handed to another company.
-    assert run_main(["--upstream", upstream], {"OPENAI_API_KEY": ENV_KEY})[0] == 0
-    assert served[0].token() == ""
+    # show: that provider's own variable is the key, and without it none (the start stops, naming
+    # that variable), never the OpenAI key handed to another company.
+    code, _, err = run_main(["--upstream", upstream], {"OPENAI_API_KEY": ENV_KEY})
+    assert code == 2 and served == [] and variable in err and not re.search(r"(?<![A-Z_])OPENAI_API_KEY", err), err
     assert run_main(["--upstream", upstream], {"OPENAI_API_KEY": ENV_KEY, variable: "sk-own-key-1234567"})[0] == 0
-    assert served[1].token() == "sk-own-key-1234567" and served[1].key_source == f"${variable}"
+    assert served[0].token() == "sk-own-key-1234567" and served[0].key_source == f"${variable}"
 
 
 def test_openai_key_still_serves_openai_gateways_and_its_own_base_url(served: List[Any]) -> None:
@@ -136,13 +142,9 @@ def test_openai_key_still_serves_openai_gateways_and_its_own_base_url(served: Li
     assert served[-1].token() == ENV_KEY
 
 
-def test_a_keyless_known_provider_is_told_its_own_variable() -> None:
-    server = claudeproxy.start(upstream="https://api.groq.com/openai/v1")
-    try:
-        lines = cli.keyless_upstreams(server.server)
-    finally:
-        server.shutdown(grace=0.1)
-    assert len(lines) == 1 and "set GROQ_API_KEY" in lines[0], lines
+def test_a_keyless_known_provider_is_told_its_own_variable(served: List[Any]) -> None:
+    code, out, err = run_main(["--upstream", "https://api.groq.com/openai/v1"])
+    assert_usage_error(code, out, err, "the upstream (api.groq.com) gets no API key, which it needs (set GROQ_API_KEY,")
 
 
 GEMINI_URL = "https://generativelanguage.googleapis.com/v1beta/openai"
@@ -152,9 +154,13 @@ def test_an_empty_api_key_flag_is_named_in_the_keyless_warning(served: List[Any]
     """``--api-key ''`` sends no key although $OPENAI_API_KEY is set: "set OPENAI_API_KEY" would be
     advice the user already followed; the warning names the flag that wins."""
     env = {"OPENAI_API_KEY": "sk-openai-1234567"}
-    assert run_main(["--upstream", "https://api.openai.com/v1", "--api-key", ""], env)[0] == 0
+    code, out, err = run_main(["--upstream", "https://api.openai.com/v1", "--api-key", ""], env)
+    assert (code, out, err) == (2, "", "claudeproxy: error: the upstream (api.openai.com) gets no API key, which it "
+                                       "needs (--api-key is empty: give a key, or leave it out to use OPENAI_API_KEY)\n")
+    # At a host not known to need one (a gateway may let callers in by address), a warning at start.
+    assert run_main(["--upstream", "https://gateway.corp.example/v1", "--api-key", ""], env)[0] == 0
     lines = [line for line in _start_warnings(served[0], env) if "gets no API key" in line]
-    assert lines == ["the upstream upstream (api.openai.com) gets no API key: expect 401s "
+    assert lines == ["the upstream (gateway.corp.example) gets no API key: expect 401s "
                      "(--api-key is empty: give a key, or leave it out to use OPENAI_API_KEY)"], lines
 
 
@@ -225,13 +231,8 @@ def test_a_config_file_provider_named_upstream_is_not_second_guessed(served: Lis
     assert [line for line in _start_warnings(served[0], env) if "hold different keys" in line] == []
 
 
-def test_a_keyless_gemini_upstream_is_told_both_variables() -> None:
-    server = claudeproxy.start(upstream=GEMINI_URL)
-    try:
-        lines = cli.keyless_upstreams(server.server)
-    finally:
-        server.shutdown(grace=0.1)
-    assert len(lines) == 1 and "set GOOGLE_API_KEY or GEMINI_API_KEY," in lines[0], lines
+def test_a_keyless_gemini_upstream_is_told_both_variables(served: List[Any]) -> None:
+    assert_usage_error(*run_main(["--upstream", GEMINI_URL]), "set GOOGLE_API_KEY or GEMINI_API_KEY,")
 
 
 def test_every_default_key_variable_is_masked() -> None:
@@ -270,7 +271,7 @@ def test_a_library_route_without_an_origin_is_named_by_its_place() -> None:
 
 
 def test_empty_api_key_flag_overrides_the_environment(served: List[Any]) -> None:
-    assert run_main(["--api-key", ""], {"OPENAI_API_KEY": ENV_KEY})[0] == 0
+    assert run_main(["--upstream", "http://127.0.0.1:9/v1", "--api-key", ""], {"OPENAI_API_KEY": ENV_KEY})[0] == 0
     assert served[0].token() == ""
 
 
@@ -294,7 +295,7 @@ def test_a_header_a_key_variable_replaces_is_refused_and_not_echoed(served: List
 
 
 def test_auth_key_from_environment_allows_a_wildcard_host(served: List[Any]) -> None:
-    assert run_main(["--host", "0.0.0.0"], {"CLAUDEPROXY_AUTH_KEY": "local-key-123"})[0] == 0
+    assert run_main(["--host", "0.0.0.0"], {"CLAUDEPROXY_AUTH_KEY": "local-key-123", "OPENAI_API_KEY": ENV_KEY})[0] == 0
     assert served[0].auth_key == "local-key-123"
 
 
@@ -399,12 +400,12 @@ def test_a_host_that_is_no_address_nor_name_exits_2_naming_host(served: List[Any
 @pytest.mark.parametrize("host", ["example.test", "box.lan.", "compose_service", "[::]", "10.0.0.1"])
 def test_any_address_or_host_name_may_be_listened_on_with_an_auth_key(served: List[Any], host: str) -> None:
     """Nothing is resolved at the check: a name that does not resolve is found by the bind (exit 2)."""
-    assert run_main(["--host", host, "--auth-key", "client-key-0123456789"])[0] == 0
+    assert run_main(["--host", host, "--auth-key", "client-key-0123456789"], {"OPENAI_API_KEY": ENV_KEY})[0] == 0
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
 def test_loopback_hosts_need_no_auth_key(served: List[Any], host: str) -> None:
-    assert run_main(["--host", host])[0] == 0
+    assert run_main(["--host", host], {"OPENAI_API_KEY": ENV_KEY})[0] == 0
 
 
 @pytest.mark.parametrize("argv, part", [
@@ -554,7 +555,7 @@ def test_an_upstream_that_refuses_is_said_once_listening(refused_port: int) -> N
 
 
 @pytest.mark.parametrize("settings, warned", [
-    ({"upstream": "https://api.openai.com/v1"}, True),
+    ({"upstream": "https://api.openai.com/v1"}, False),  # known to need a key: the start stops (check_keys)
     ({"upstream": "https://8.8.8.8/v1"}, True),
     ({"upstream": "https://api.openai.com/v1", "token": claudeproxy.static_token(UPSTREAM_KEY)}, False),
     ({"upstream": "http://localhost:11434/v1"}, False),
@@ -577,13 +578,13 @@ def test_a_provider_on_the_internet_without_a_key_is_said_at_start(settings: Dic
 
 def test_a_keyless_provider_of_a_config_file_is_told_where_its_key_goes() -> None:
     provider = Provider("deepseek", "https://api.deepseek.com/v1")
-    server = claudeproxy.start(providers=(provider,), routes=(Route("*", RouteTarget("deepseek", "deepseek-chat")),))
-    try:
-        lines = cli.keyless_upstreams(server.server)
-    finally:
-        server.shutdown(grace=0.1)
-    assert len(lines) == 1 and "deepseek (api.deepseek.com)" in lines[0] and "api_key_env" in lines[0], lines
-    assert "OPENAI_API_KEY" not in lines[0]  # not the variable of the single-upstream flags
+    config = claudeproxy.Config(providers=(provider,), routes=(Route("*", RouteTarget("deepseek", "deepseek-chat")),))
+    with pytest.raises(ValueError) as refused:
+        cli.check_keys(config)  # what serve and run do before anything listens
+    line = str(refused.value)
+    assert line == ("provider deepseek (api.deepseek.com) gets no API key, which it needs "
+                    "(give it api_key_env or api_key_command in the config file)"), line
+    assert "OPENAI_API_KEY" not in line  # not the variable of the single-upstream flags
 
 
 def test_the_stop_signal_handler_only_marks_the_stop() -> None:

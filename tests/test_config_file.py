@@ -104,6 +104,16 @@ def test_every_flag_has_a_key_with_dashes_or_underscores(tmp_path: Any, served: 
     assert config.upstream == "http://127.0.0.1:9/v1" and config.log_bodies is True
 
 
+def test_a_model_map_may_be_an_object_as_json_writes_a_map(tmp_path: Any, served: List[Any]) -> None:
+    settings = {"upstream": "http://127.0.0.1:9/v1", "model_map": {"claude-haiku*": "small", "claude-opus*": "big"}}
+    code, _, err = run_main(["--config", write(tmp_path, settings)])
+    assert code == 0, err
+    assert served[0].model_map == (("claude-haiku*", "small"), ("claude-opus*", "big"))
+    # Another setting that takes several values says what it takes.
+    code, out, err = run_main(["--config", write(tmp_path, {"header": {"X-Title": "a"}})])
+    assert_one_line_error(code, out, err, "header: expected a string or an array of strings, got an object")
+
+
 def test_every_flag_is_a_known_file_key() -> None:
     specs = cli.flag_specs(cli.build_parser())
     flags = {a.dest for a in cli.build_parser()._actions if a.option_strings}
@@ -213,6 +223,7 @@ BAD_SETTINGS = [
     ({"port": -1}, "port", "between 0 and 65535"),
     ({"upstream": "ftp://x"}, "upstream", "http://"),
     ({"model_map": ["nope"]}, "model_map", "PATTERN=NAME"),
+    ({"model_map": {"claude-haiku*": ""}}, "model_map.claude-haiku*", "must not be empty"),
     ({"host": "0.0.0.0"}, "host", "refusing to listen on 0.0.0.0"),
     ({"host": "127.0.0.1 "}, "host", "expected an IP address or a host name"),
     # The flag is --allowed-host (the message named a --allowed-hosts that does not exist).

@@ -449,6 +449,8 @@ def assert_one_line(err: str, *parts: str) -> None:
     (["--no-such-flag", "--", "true"], "--no-such-flag"),
     (["--usage-log", "/nonexistent-dir/usage.jsonl", "--", "true"], "--usage-log"),
     (["--metrics-file", "/nonexistent-dir/usage.jsonl", "--", "true"], "--metrics-file"),
+    # A provider that needs a key and would get none: the command never starts against 401s.
+    (["--upstream", "https://api.groq.com/openai/v1", "--", "true"], "gets no API key, which it needs (set GROQ_API_KEY"),
 ])
 def test_bad_options_are_one_line_and_exit_2(tmp_path: Any, argv: List[str], part: str) -> None:
     code, out, err = run_main(argv, base_env(tmp_path))
@@ -469,6 +471,13 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_claude_not_installed_is_told_how_to_install_it(tmp_path: Any) -> None:
+    env = {**base_env(tmp_path), "PATH": str(tmp_path)}  # nothing on it
+    code, out, err = run_main(["--upstream", NO_UPSTREAM, "--", "claude"], env)
+    assert (code, out) == (127, ""), err
+    assert_one_line(err, "claude: command not found", "npm install -g @anthropic-ai/claude-code")
 
 
 def test_a_command_that_cannot_be_found_is_127_and_one_line(tmp_path: Any) -> None:

@@ -273,7 +273,9 @@ def test_wrong_client_key_is_401_with_a_fixed_message(keyed: Any, fake_upstream:
     message = assert_error(resp, 401, "authentication_error")
     sent = headers.get("x-api-key") or headers.get("Authorization", "")[:7].lower() == "bearer " and \
         headers["Authorization"][7:]
-    assert message == ("invalid x-api-key" if sent else "x-api-key header is required")  # Anthropic's words
+    # Anthropic's words, naming the header the key came in (Claude Code's ANTHROPIC_AUTH_TOKEN is a bearer token)
+    wrong = "invalid x-api-key" if headers.get("x-api-key") else "invalid bearer token (Authorization)"
+    assert message == (wrong if sent else "x-api-key header is required")
     assert AUTH_KEY not in resp.body.decode()
     assert fake_upstream.requests == []
 

@@ -1,6 +1,6 @@
 """The shortest path through the whole proxy: one JSON and one streamed answer."""
 
-from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request
+from conftest import CLIENT_KEY, ROOT, UPSTREAM_KEY, minimal_request
 from fakes import chunk, sse_reply
 from sse_checks import assert_valid_event_sequence, events_of, final_message
 
@@ -27,3 +27,21 @@ def test_streaming_round_trip(post, fake_upstream):
     message = final_message(events)
     assert message["content"] == [{"type": "text", "text": "Hi"}]
     assert message["usage"]["output_tokens"] == 1
+
+
+def test_an_older_python_is_told_in_one_line() -> None:
+    # Python 3.7 (Debian 10's) failed with a traceback about typing.Protocol; the version is checked
+    # first. Simulated here (any interpreter): the check reads sys.version_info and, for
+    # ``python -m``, sys.argv[0], which is "-m" while the package is imported.
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.version_info = (3, 7, 16, 'final', 0); sys.version = '3.7.16 (x)'; "
+            "sys.argv[:] = ['-m']; import claudeproxy")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == "claudeproxy: error: claudeproxy needs Python 3.8 or newer; this is Python 3.7.16\n"
+    code = code.replace("sys.argv[:] = ['-m']; ", "")  # imported by another program: an ImportError
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stderr.rstrip().endswith(
+        "ImportError: claudeproxy needs Python 3.8 or newer; this is Python 3.7.16")

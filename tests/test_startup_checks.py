@@ -359,8 +359,8 @@ def test_a_usage_log_that_cannot_be_appended_to_stops_the_start_even_for_root(
 def test_the_usage_log_check_leaves_no_file_behind_and_a_file_as_it_was(served: List[Any], tmp_path: Any) -> None:
     new, old = tmp_path / "new.jsonl", tmp_path / "old.jsonl"
     old.write_text('{"earlier": 1}\n')
-    assert run_main(["--usage-log", str(new)])[0] == 0
-    assert run_main(["--usage-log", str(old)])[0] == 0
+    assert run_main(["--usage-log", str(new), "--upstream", "http://127.0.0.1:9/v1"])[0] == 0
+    assert run_main(["--usage-log", str(old), "--upstream", "http://127.0.0.1:9/v1"])[0] == 0
     assert len(served) == 2
     assert not new.exists()  # the first record creates it
     assert old.read_text() == '{"earlier": 1}\n'
@@ -378,7 +378,7 @@ def test_a_setting_only_the_server_checks_exits_2(monkeypatch: Any) -> None:
         raise ValueError("--some-setting: bad")
 
     monkeypatch.setattr(cli, "ProxyServer", refuse)
-    assert_one_line(*run_main(["--port", "0"]), "--some-setting")
+    assert_one_line(*run_main(["--port", "0", "--upstream", "http://127.0.0.1:9/v1"]), "--some-setting")
 
 
 # ---------------------------------------------------------------------------
