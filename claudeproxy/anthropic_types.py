@@ -275,8 +275,8 @@ def _int(obj: Dict[str, Any], key: str, path: str, required: bool = False) -> Op
             raise InvalidRequest("field required", _join(path, key))
         return None
     value = obj[key]
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        value = int(value)  # 1024.0 is 1024; 1e30 is no count anyone meant (it went up as 31 digits)
     return _expect(value, int, _join(path, key), "an integer")  # type: ignore[no-any-return]
 
 

@@ -486,3 +486,16 @@ def test_a_user_message_with_content_besides_dropped_blocks_keeps_it(messages: A
 ])
 def test_empty_messages_anthropic_allows_stay_allowed(messages: Any) -> None:
     assert parse_messages_request({"model": "m", "max_tokens": 5, "messages": messages}).messages
+
+
+@pytest.mark.parametrize("value, ok", [(1024, True), (1024.0, True), (2.0 ** 53, True), (1e30, False), (1.5, False),
+                                       (-1e300, False)])
+def test_max_tokens_written_as_a_float_counts_only_when_it_is_a_whole_number_a_float_holds(value: Any, ok: bool) -> None:
+    # 1e30 passed as an integer and went up as a 31-digit max_tokens; it is refused as 1.5 is.
+    body = {"model": "m", "max_tokens": value, "messages": [{"role": "user", "content": "hi"}]}
+    if ok:
+        parsed = parse_messages_request(body)
+        assert parsed.max_tokens == int(value) and type(parsed.max_tokens) is int
+    else:
+        with pytest.raises(InvalidRequest, match="expected an integer"):
+            parse_messages_request(body)
