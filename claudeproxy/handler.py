@@ -185,6 +185,12 @@ class ResponseWriter:
                 self._handler.close_connection = True  # HTTP/1.0: the body ends when we close
             self.status, self.streaming = 200, True
             self._pending = self._head(200, head)  # every caller writes its first events next
+            if getattr(self._handler, "sends_bounded", False):
+                # A stream's many small writes: a blocking socket, whose sends the kernel bounds by the
+                # client timeout (setup), sends without a poll before each (kernel_timeout). Not for a
+                # single write (a JSON answer): there the Python timeout bounds all of sendall, not
+                # each part of it, and the poll is one.
+                self._handler.connection.settimeout(None)
         self._handler.log_request(200, "-")
 
     def events(self, events: List[Dict[str, Any]], end: bool = False) -> None:
@@ -260,8 +266,9 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         self.timeout = config.client_timeout
         super().setup()
         self._reader = _DeadlineReader(self.connection, config.client_timeout)
-        # Set once a connection: the reads set their own timeouts, _done_reading the sends'.
-        self._sends_bounded = bound_by_kernel(self.connection, socket.SO_SNDTIMEO, config.client_timeout)
+        # Set once a connection, used by streams (ResponseWriter.start_raw_stream); every read sets its own timeout.
+        self.sends_bounded = bound_by_kernel(self.connection, socket.SO_SNDTIMEO, config.client_timeout)
+        self.connection.settimeout(config.client_timeout)
         # The default 8 KiB buffer: headers come a line at a time and a large body is read past
         # the buffer; 64 KiB cost 56 KiB more heap per open connection.
         self.rfile = io.BufferedReader(self._reader)
@@ -710,11 +717,10 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         return b"".join(parts)
 
     def _done_reading(self) -> None:
-        """The request is in: no deadline for writing a long response, each send bounded by the
-        client timeout (the kernel's, where it can: no poll before each send). The next request's
-        reads set their own timeouts (_DeadlineReader)."""
+        """The request is in: no deadline for writing a long response, each write bounded by the
+        client timeout (a stream's writes by the kernel's, where it can: ResponseWriter.start_raw_stream)."""
         self._reader.deadline = None
-        self.connection.settimeout(None if self._sends_bounded else self.server.config.client_timeout)  # type: ignore[attr-defined]
+        self.connection.settimeout(self.server.config.client_timeout)  # type: ignore[attr-defined]
 
     def _page_key(self) -> str:
         """The client key of a page a browser opens, from ``?key=``: a browser sends no header of
