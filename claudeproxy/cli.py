@@ -821,7 +821,9 @@ def _keyless(providers: Iterable[Provider]) -> List[Tuple[bool, str]]:
                 who, how = "the upstream", f"--api-key is empty: give a key, or leave it out to use {own}"
             else:
                 who, how = "the upstream", f"set {own}, or give --api-key-env"
-            needed = dialect in DIALECTS and bool(DIALECTS[dialect].key_env)
+            # Known by its host (--provider openai may name a gateway that admits by address).
+            known = detect_provider(provider.url)
+            needed = known in DIALECTS and bool(DIALECTS[known].key_env)
             said.append((needed, f"{who} ({host}) gets no API key"
                                  + (f", which it needs ({how})" if needed else f": expect 401s ({how})")))
     return said

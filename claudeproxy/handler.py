@@ -83,6 +83,20 @@ def _clean_header_value(value: str) -> str:
     return re.sub(r"[\r\n\x00]", " ", str(value))
 
 
+# A stream's write this large (a whole tool input in one event) goes under the Python timeout,
+# which bounds all of it: the kernel's bounds each part, which a client reading a little now and
+# then could stretch. Smaller ones go at once into the socket's buffer.
+_LARGE_WRITE = 256 * 1024
+
+
+def _sendall_by(sock: socket.socket, data: bytes, seconds: float) -> None:
+    sock.settimeout(seconds)
+    try:
+        sock.sendall(data)
+    finally:
+        sock.settimeout(None)
+
+
 class ResponseWriter:
     """Writes the response to one request; thread-safe so pings can interleave."""
 
@@ -129,9 +143,13 @@ class ResponseWriter:
     def _write(self, data: bytes) -> None:
         if self._pending:
             data, self._pending = self._pending + data, b""
+        sock = self._handler.connection
         try:
-            # The socket's own sendall: wfile.write wraps it in a Python call and a memoryview per write.
-            self._handler.connection.sendall(data)
+            if len(data) > _LARGE_WRITE and sock.gettimeout() is None:  # a stream's socket (start_raw_stream)
+                _sendall_by(sock, data, self._handler.timeout)
+            else:
+                # The socket's own sendall: wfile.write wraps it in a Python call and a memoryview per write.
+                sock.sendall(data)
         except (OSError, ValueError) as exc:  # BrokenPipe, reset, timeout, a closed socket
             self._handler.close_connection = True
             raise ClientGone() from exc

@@ -23,8 +23,8 @@ _TIMEVAL = "@ll"  # struct timeval on Linux: two C longs
 def bound_by_kernel(sock: socket.socket, option: int, seconds: float) -> bool:
     """Make ``sock`` blocking with ``option`` (``SO_SNDTIMEO`` or ``SO_RCVTIMEO``) set to
     ``seconds``; False, the socket untouched, where that cannot be done."""
-    if not sys.platform.startswith("linux") or type(sock) is not socket.socket or not 0 < seconds < 2**31:
-        return False  # (a TLS socket reads a whole record before it polls: nothing to save there)
+    if not sys.platform.startswith("linux") or type(sock) is not socket.socket or not 0.001 <= seconds < 2**31:
+        return False  # (a TLS socket reads a whole record before it polls; below a millisecond the kernel's is 0, no bound)
     whole = int(seconds)
     value = struct.pack(_TIMEVAL, whole, int((seconds - whole) * 1_000_000))
     try:

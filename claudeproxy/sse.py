@@ -30,6 +30,9 @@ class ServerSentEvent:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ServerSentEvent) and (self.data, self.event) == (other.data, other.event)
 
+    def __hash__(self) -> int:
+        return hash((self.data, self.event))
+
     def __repr__(self) -> str:
         return f"ServerSentEvent(data={self.data!r}, event={self.event!r})"
 
@@ -140,7 +143,7 @@ def iter_events(lines: Iterator[bytes]) -> Iterator[ServerSentEvent]:
     """All events of a byte-line iterator (for tools and tests; the relay feeds ``SSEDecoder`` itself)."""
     decoder = SSEDecoder()
     for raw in lines:
-        for line in split_lines(raw):
+        for line in decoder.lines(raw.decode("utf-8", errors="replace")):
             event = decoder.decode(line)
             if event is not None:
                 yield event

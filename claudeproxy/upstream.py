@@ -65,6 +65,7 @@ from .skim import SKIM_AFTER, LineSkimmer
 log = logging.getLogger(__name__)
 
 MAX_ERROR_BODY = 64 * 1024
+_LINE_END = re.compile(rb"[\r\n]")  # what ends an SSE line (a CRLF: the CR, then an empty line the decoder drops)
 _READ_SIZE = 64 * 1024  # one read of a streamed body: what one or a few packets bring
 # The most a line may grow to with an allowance (``iter_lines``). No model's answer comes near
 # it (128k output tokens are about 0.5 MB); an upstream that sends megabytes of blank lines first,
@@ -1343,23 +1344,20 @@ def iter_lines(resp: Any, limit: int, allowance: float = 0.0,
                 yield b"".join(spill)
             return
         if skim is not None:
-            end = data.find(b"\n")
+            end = _first_line_end(data)
             skim.feed(data if end < 0 else data[:end])
             spilled += len(data) if end < 0 else end  # the line without its newline, as a whole one is held
             _check_unfinished(spilled, limit, allowance, before)
             if end < 0:
                 continue
-            yield skim.finish(b"\n")
+            yield skim.finish(data[end:end + 1])
             before += spilled + 1
             skim, spilled, data = None, 0, data[end + 1:]
             if not data:
                 continue
-        cut = data.rfind(b"\n") + 1
-        if not cut:
-            # No LF: a server may end its lines with a CR alone (SSE allows CR, LF and CRLF). A CR
-            # last in the read may be half a CRLF: the decoder knows to take an LF beginning the
-            # next run as its end (SSEDecoder.lines).
-            cut = data.rfind(b"\r") + 1
+        # A line ends at LF, CRLF or CR alone (SSE allows each). A CR last in the read may be half
+        # a CRLF: the decoder takes an LF beginning the next run as its end (SSEDecoder.lines).
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
         if not cut:  # no line ends in this read
             spill.append(data)
             spilled += len(data)
@@ -1384,6 +1382,12 @@ def iter_lines(resp: Any, limit: int, allowance: float = 0.0,
             before += len(run)
         if spilled > limit:  # (as _check_unfinished begins: most reads leave nothing, or little, unfinished)
             _check_unfinished(spilled, limit, allowance, before)
+
+
+def _first_line_end(data: bytes) -> int:
+    """Where the first line of ``data`` ends (its LF or CR), or -1."""
+    ends = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
+    return min(ends) if ends else -1
 
 
 def _line_cap(limit: int, allowance: float, before: int) -> int:
@@ -1426,16 +1430,16 @@ def _decoding(read: Callable[[int], bytes], decoder: Any) -> Callable[[int], byt
 def _lines_below(run: bytes, limit: int, allowance: float, before: int) -> Generator[bytes, None, bytes]:
     """``run`` back if no line in it is over its cap (``iter_lines``); else the lines before the
     first that is go out (as in a stream read line by line) and the stream fails."""
-    end = b"\n" if b"\n" in run else b"\r"  # (a server ending its lines with CR alone: iter_lines)
-    lines = run.split(end)
     offset = before
-    for i, line in enumerate(lines):
+    given = 0  # the bytes of the lines below their caps
+    for line in _LINE_END.split(run):  # (a CRLF is two ends, the line between them empty)
         cap = _line_cap(limit, allowance, offset)
         if len(line) > cap:
-            if i:
-                yield end.join(lines[:i]) + end
+            if given:
+                yield run[:given]
             raise _too_long(cap)
         offset += len(line) + 1
+        given += len(line) + 1
     return run
 
 

@@ -686,3 +686,12 @@ def test_plain_http_to_a_remote_upstream_is_warned_about(tmp_path: Any) -> None:
     assert proc.returncode == 0
     assert "plain http" in err
     assert UPSTREAM_KEY not in first + out + err and "QUERY-SECRET-123" not in first + out + err
+
+
+def test_a_gateway_given_a_known_dialect_still_starts_without_a_key(served: List[Any]) -> None:
+    # "Known to need a key" is the host's (api.openai.com), not the dialect's: --provider openai in
+    # front of a gateway that admits callers by address starts, with the warning.
+    code, _, err = run_main(["--upstream", "https://gateway.corp.example/v1", "--provider", "openai"])
+    assert code == 0, err
+    lines = [line for line in _start_warnings(served[0], {}) if "gets no API key" in line]
+    assert lines and "expect 401s" in lines[0], lines

@@ -251,8 +251,7 @@ def _events(body: bytes, seed: int, skimming: bool, **kw: Any) -> List[Dict[str,
 @pytest.mark.parametrize("ends", ["LF", "CR"])
 @pytest.mark.parametrize("case", CASES)
 def test_every_golden_stream_gives_the_same_events_skimmed(case: str, ends: str, monkeypatch: Any) -> None:
-    """Also with CR line ends (SSE allows them): then the lines the reader splits at LF are the
-    whole stream, and one skimmed line holds the long strings of many events."""
+    """Also with CR line ends (SSE allows them), which end a skimmed line as an LF does."""
     body = read(STREAMS, f"{case}.upstream.sse")
     if ends == "CR":
         body = body.replace(b"\r\n", b"\n").replace(b"\n", b"\r")
@@ -521,3 +520,15 @@ def test_the_line_cap_is_the_same_skimmed() -> None:
         assert sum(map(len, lines)) <= len(body)
     with pytest.raises(UpstreamUnavailable):
         list(iter_lines(_Reads(body, [10_000] * 100), len(line) - 1, 0.0, lambda: LineSkimmer((), "n")))
+
+
+@pytest.mark.parametrize("end", [b"\r", b"\r\n"])
+def test_a_skimmed_line_ended_by_cr_lets_the_events_after_it_go_as_they_come(end: bytes) -> None:
+    # A server ending its lines with CR alone: the CR ends the skimmed line too, and the small events
+    # after it are lines of their own, not more of that line until the cap failed the stream.
+    long = b'data: {"type":"x","arguments":"' + b"a" * 400_000 + b'"}' + end + end
+    small = b"".join(b'data: {"i":%d}' % i + end + end for i in range(70_000))  # 1.3 MB: past the line cap
+    runs = list(iter_lines(_Reads(long + small, [65_536] * 200), MAX_LINE, 0.0, lambda: LineSkimmer((), "n")))
+    assert len(runs[0]) < 1000 and runs[0].endswith(end[:1])  # the skimmed line, with its own line end
+    assert b"".join(runs[1:]).replace(b"\n", b"").replace(b"\r", b"") == small.replace(b"\n", b"").replace(b"\r", b"")
+    assert len(runs) > 15  # read by read, not held to the end

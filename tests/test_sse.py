@@ -266,3 +266,13 @@ def test_loads_data_gives_what_json_loads_gives() -> None:
             assert got[0] == "value" and got[1] != got[1], text
             continue
         assert got == want, text
+
+
+def test_iter_events_takes_a_crlf_cut_between_two_runs_as_one_line_end() -> None:
+    # As the relay's fold does (SSEDecoder.lines): the LF beginning a run ends the CR's line.
+    assert list(iter_events(iter([b"data: a\r", b"\ndata: b\r\n\r\n"]))) == [ServerSentEvent("a\nb")]
+
+
+def test_an_event_is_a_value_equal_and_hashable_by_its_fields() -> None:
+    assert ServerSentEvent("a", "x") == ServerSentEvent("a", "x") != ServerSentEvent("a")
+    assert len({ServerSentEvent("a"), ServerSentEvent("a"), ServerSentEvent("b")}) == 2

@@ -401,3 +401,15 @@ def test_cr_and_crlf_line_ends_give_the_events_of_lf(stem: str) -> None:
         for seed in range(8):
             got = http_events(body, case.meta, seed)
             assert got == reference, f"{stem} seed={seed} ending={ending!r}\n" + diff_text(got, reference)
+
+
+def test_lines_ended_by_cr_after_an_lf_in_the_same_read_are_lines_of_their_own() -> None:
+    # A read may hold LF-ended lines and then CR-ended ones (SSE allows any mix): those are whole
+    # lines too, not one unfinished line held to the cap.
+    event = b"data: 0123456789\r\r"  # 18 bytes
+    body = b"data: first\n\n" + event * 20
+    runs = list(iter_lines(_Slices(body, 1 << 20), 100))
+    assert b"".join(runs) == body
+    first = event * 10 + b"data: x\r"  # then a CRLF cut between two reads
+    body = first + b"\n\r\n" + event * 10
+    assert b"".join(iter_lines(_Slices(body, len(first)), 100)) == body
