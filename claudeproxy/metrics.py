@@ -22,8 +22,10 @@ clients send:
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
+import functools
 import logging
 import math
 import threading
@@ -38,12 +40,14 @@ from typing import (
     Optional,
     Set,
     Tuple,
+    TypeVar,
 )
 
 from .anthropic_types import MAX_MODEL_NAME
 from .cost import cache_hit_ratio
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Labels in parentheses, which no provider name can have (routing.check_provider): a provider named
 # "local" (an Ollama, say) is never mixed up with the proxy's own answers.
@@ -106,9 +110,10 @@ class CallRecord:
         return cache_hit_ratio(self.input_tokens or 0, self.cache_read_input_tokens or 0,
                                self.cache_creation_input_tokens or 0)
 
-    @property
+    @functools.cached_property
     def tokens(self) -> int:
-        """The tokens known to be used (0 when the usage is not known)."""
+        """The tokens known to be used (0 when the usage is not known); once per record, which a
+        call's several tallies (totals, model, provider, minute, day) each ask."""
         return sum(n or 0 for n in (self.input_tokens, self.output_tokens, self.cache_read_input_tokens,
                                     self.cache_creation_input_tokens))
 
@@ -215,10 +220,7 @@ class Histogram:
         self.max = 0.0
 
     def observe(self, value: float) -> None:
-        i = 0
-        while i < len(HISTOGRAM_BOUNDS) and value > HISTOGRAM_BOUNDS[i]:
-            i += 1
-        self.counts[i] += 1
+        self.counts[bisect.bisect_left(HISTOGRAM_BOUNDS, value)] += 1  # the first bound >= value
         self.sum += value
         self.count += 1
         self.max = max(self.max, value)
@@ -269,7 +271,7 @@ class _Slice:
 
     def add(self, rec: CallRecord, key: ModelKey) -> None:
         self.tally.add(rec)
-        self.models.setdefault(key, Tally()).add(rec)
+        _entry(self.models, key, Tally).add(rec)
 
     def copy(self, generation: int) -> "_Slice":
         twin = _Slice(generation)
@@ -348,8 +350,8 @@ class Metrics:
             _bump(self._by_status, str(rec.status))
             if rec.error_type:
                 _bump(self._by_error, rec.error_type)
-            self._models.setdefault(key, Tally()).add(rec)
-            self._providers.setdefault(key[0], Tally()).add(rec)
+            _entry(self._models, key, Tally).add(rec)
+            _entry(self._providers, key[0], Tally).add(rec)
             _bump(self._requests, (self._endpoint(rec.endpoint), key[0], key[1], str(rec.status)))
             self._timed(rec, key)
             self._recent.append(rec)
@@ -382,9 +384,9 @@ class Metrics:
         if not _reached_upstream(rec):
             return
         seconds = rec.duration_ms / 1000
-        self._durations.setdefault(key, Histogram()).observe(seconds)
+        _entry(self._durations, key, Histogram).observe(seconds)
         if rec.ttft_ms is not None:
-            self._ttfts.setdefault(key, Histogram()).observe(rec.ttft_ms / 1000)
+            _entry(self._ttfts, key, Histogram).observe(rec.ttft_ms / 1000)
         for piece in slices:
             piece.latency.observe(seconds)
             if rec.ttft_ms is not None:
@@ -537,6 +539,14 @@ def _fine_window(seconds: Dict[int, _Slice], when: float) -> bool:
     """Per-second buckets are kept only while every call so far is in them (the first minutes)."""
     first = min(seconds) if seconds else int(when)
     return int(when) - first <= _FINE_SECONDS and len(seconds) <= _FINE_SECONDS
+
+
+def _entry(table: Dict[Any, T], key: Any, make: Callable[[], T]) -> T:
+    """``table[key]``, made first if missing (``setdefault`` would build one every call)."""
+    found = table.get(key)
+    if found is None:
+        found = table[key] = make()
+    return found
 
 
 def _bump(counts: Dict[Any, int], key: Any) -> None:

@@ -52,16 +52,6 @@ def loads_data(data: str) -> Any:
     return value if end == len(data) else json.loads(data)
 
 
-def split_lines(raw: bytes) -> List[str]:
-    """The logical lines in one ``readline()`` result (or any run of whole lines).
-
-    A lone CR also ends a line in SSE, so a chunk from a CR-only server may
-    hold several lines. The final terminator is not a line of its own; the
-    last piece of a body without one is.
-    """
-    return _lines_of(raw.decode("utf-8", errors="replace"))
-
-
 def _lines_of(text: str) -> List[str]:
     if text.endswith("\n"):
         text = text[:-1]

@@ -7,12 +7,12 @@ from typing import List, Optional
 
 import pytest
 
-from claudeproxy.sse import ServerSentEvent, SSEDecoder, SSEFold, encode_event, is_done, iter_events, split_lines
+from claudeproxy.sse import ServerSentEvent, SSEDecoder, SSEFold, encode_event, is_done, iter_events
 from sse_checks import events_of, parse_sse
 
 
 def decode_all(text: str) -> List[ServerSentEvent]:
-    """Feed a body through split_lines + SSEDecoder like the relay: readline() splits at LF only."""
+    """Feed a body through iter_events line by line, as readline() splits it (at LF only)."""
     parts = text.encode("utf-8").split(b"\n")
     lines = [p + b"\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
     return list(iter_events(iter(lines)))
@@ -107,12 +107,12 @@ def test_a_leading_byte_order_mark_is_dropped() -> None:
     (b"data: a\rdata: b\r\r", ["data: a", "data: b", ""]),  # CR-only servers: one readline holds it all
     (b"data: a\r\r\n", ["data: a", ""]),
 ], ids=["lf", "crlf", "blank-crlf", "blank-lf", "eof", "cr-only", "cr-then-crlf"])
-def test_split_lines(raw: bytes, lines: List[str]) -> None:
-    assert split_lines(raw) == lines
+def test_lines_of_one_read(raw: bytes, lines: List[str]) -> None:
+    assert SSEDecoder().lines(raw.decode("utf-8")) == lines
 
 
-def test_split_lines_replaces_invalid_utf8() -> None:
-    assert split_lines(b"data: \xff\n") == ["data: \ufffd"]
+def test_invalid_utf8_becomes_the_replacement_character() -> None:
+    assert list(iter_events(iter([b"data: \xff\n", b"\n"]))) == [ServerSentEvent("\ufffd")]
 
 
 @pytest.mark.parametrize("sep", ["\n", "\r\n", "\r"], ids=["lf", "crlf", "cr"])
@@ -183,10 +183,10 @@ def test_encode_event_name_equals_type_and_round_trips(payload: dict) -> None:
         ServerSentEvent(json.dumps(payload, separators=(",", ":")), payload["type"])]
 
 
-def test_split_lines_takes_several_whole_lines() -> None:
-    # Callers that hand over more than one readline() result at once still get every line.
-    assert split_lines(b"data: a\n\ndata: b\r\n\r\n") == ["data: a", "", "data: b", ""]
-    assert split_lines(b"data: a\x0bb\x0cc\xe2\x80\xa8d\n") == ["data: a\x0bb\x0cc\u2028d"]  # not line ends in SSE
+def test_one_read_of_several_whole_lines() -> None:
+    # A read (upstream.iter_lines) usually holds several lines: every one comes out.
+    assert SSEDecoder().lines("data: a\n\ndata: b\r\n\r\n") == ["data: a", "", "data: b", ""]
+    assert SSEDecoder().lines("data: a\x0bb\x0cc\u2028d\n") == ["data: a\x0bb\x0cc\u2028d"]  # not line ends in SSE
 
 
 @pytest.mark.parametrize("text", ["hi", "", "é\n\"quoted\"\t\\", "\u2028\u2029 emoji \U0001f600", "</script>"])

@@ -26,7 +26,7 @@ import claudeproxy
 from claudeproxy.config import Provider, Route, RouteTarget
 from claudeproxy.cost import call_cost
 from claudeproxy.counts import count_or_none
-from claudeproxy.metrics import CallRecord, Metrics, access_line
+from claudeproxy.metrics import HISTOGRAM_BOUNDS, CallRecord, Histogram, Metrics, access_line
 from claudeproxy.model_facts import PRICES_CHECKED, ModelFacts, builtin_facts
 from claudeproxy.prometheus import render as prometheus_render
 from claudeproxy.usage_page import page_headers, render
@@ -1300,3 +1300,14 @@ def test_a_first_line_over_the_cap_is_no_refusal_and_its_cost_is_not_known(fake:
         assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (0, 0, 0.0)
     finally:
         server.shutdown(grace=1.0)
+
+
+def test_histogram_counts_a_value_in_the_first_bucket_whose_bound_is_not_below_it() -> None:
+    # Prometheus buckets are "le": a duration equal to a bound is in that bound's bucket.
+    h = Histogram()
+    for value in (0.0, 0.05, 0.050001, 0.1, 600.0, 600.5, 10_000.0):
+        h.observe(value)
+    last = len(HISTOGRAM_BOUNDS)
+    assert h.counts[0] == 2 and h.counts[1] == 2 and h.counts[last - 1] == 1 and h.counts[last] == 2
+    assert sum(h.counts) == h.count == 7 and h.max == 10_000.0
+
