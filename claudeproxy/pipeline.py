@@ -39,6 +39,7 @@ from .errors import (
     says_no_retry,
 )
 from .ids import new_id
+from .message_memo import MessageMemo
 from .metrics import LOCAL, CallRecord, Metrics, access_line, finite
 from .model_facts import PRICES_CHECKED, ModelFacts
 from .observe import ObservedFold, bodies_logged, log_body
@@ -100,8 +101,9 @@ class Proxy:
         self.upstream = Upstream(config)
         watchdog.add_chore(POOL_IDLE_SECONDS / 3, self.upstream.pool.prune)  # idle ones go within 40 s
         self.tools = ToolMemo()  # the tool sets clients send, parsed, counted and translated once
+        self.message_memo = MessageMemo()  # the messages they send again each turn, parsed once
         # The APIs the providers speak; another (Responses for a Responses-only model) on first use.
-        self.apis: Dict[str, Any] = {name: _load_api(name, self.tools) for name in
+        self.apis: Dict[str, Any] = {name: _load_api(name, self.tools, self.message_memo) for name in
                                      sorted({p.api for p in self.router.providers.values()})}
         self._caps: Dict[Tuple[str, str], int] = {}
         self._lock = threading.Lock()
@@ -180,7 +182,7 @@ class Proxy:
         api = self.apis.get(name)
         if api is None:
             with self._lock:
-                api = self.apis.setdefault(name, _load_api(name, self.tools))
+                api = self.apis.setdefault(name, _load_api(name, self.tools, self.message_memo))
         return api
 
     def _log_body(self, what: str, body: Any, secrets: Optional[Tuple[str, ...]] = None) -> None:
@@ -257,7 +259,7 @@ class Proxy:
 
     def _local_count(self, body: Dict[str, Any], routed: Routed) -> int:
         """The local estimate, scaled by what the routed model's own counts taught (``calibration.py``)."""
-        raw = self._raw_estimate(parse_count_tokens_request(body, self.tools.parse)).tokens
+        raw = self._raw_estimate(parse_count_tokens_request(body, self.tools.parse, self.message_memo.parse)).tokens
         return self.calibration.estimate((routed.target.provider.name, routed.target.model), raw)
 
     def _upstream_count(self, handler: Any, body: Dict[str, Any], target: Target) -> Optional[int]:
@@ -782,18 +784,18 @@ class Proxy:
         self.calibration.learn((rec.provider, rec.upstream_model), raw, reported)
 
 
-def _load_api(name: str, tools: ToolMemo) -> Any:
+def _load_api(name: str, tools: ToolMemo, messages: MessageMemo) -> Any:
     """The upstream API ``name`` (config.UPSTREAM_APIS), its modules imported now: a server
     whose providers all speak Chat Completions never loads the other two."""
     if name == "chat":
         from .apis.chat.api import ChatApi
-        return ChatApi(tools)
+        return ChatApi(tools, messages)
     if name == "messages":
         from .apis.messages import MessagesApi
         return MessagesApi()
     from .apis.responses.api import ResponsesApi
     assert name == "responses", name
-    return ResponsesApi(tools)
+    return ResponsesApi(tools, messages)
 
 
 _RECORD_FIELDS = frozenset(CallRecord.__dataclass_fields__) - {"duration_ms", "ttft_ms", "cost_usd", "time", "request_id"}
