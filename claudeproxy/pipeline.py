@@ -100,6 +100,9 @@ class Proxy:
         self.router = build_router(config)
         self.upstream = Upstream(config)
         watchdog.add_chore(POOL_IDLE_SECONDS / 3, self.upstream.pool.prune)  # idle ones go within 40 s
+        # How each provider takes its key, found once (from its URL when not configured: ten regexes).
+        self._auth_styles = {name: (p, auth_style(p.api, p.url, p.dialect, p.auth))
+                             for name, p in self.router.providers.items()}
         self.tools = ToolMemo()  # the tool sets clients send, parsed, counted and translated once
         self.message_memo = MessageMemo()  # the messages they send again each turn, parsed once
         # The APIs the providers speak; another (Responses for a Responses-only model) on first use.
@@ -199,7 +202,7 @@ class Proxy:
     def _auth(self, provider: Provider, client: Any, token: Optional[str] = None) -> Tuple[Tuple[str, str], ...]:
         token = provider.token() if token is None else token
         if token:
-            return auth_header(auth_style(provider.api, provider.url, provider.dialect, provider.auth), token)
+            return auth_header(self._auth_style(provider), token)
         if provider.api == "messages" and client is not None and not self.config.auth_key:
             # No key configured for an Anthropic-compatible upstream: the client's own key goes
             # (RELIABILITY.md 5 #3: the documented switch). Never the proxy's own --auth-key.
@@ -209,6 +212,10 @@ class Proxy:
                 # that checks only Bearer).
                 return auth_header(provider.auth, key) if provider.auth else ((name, client[name]),)
         return ()
+
+    def _auth_style(self, provider: Provider) -> str:
+        known, style = self._auth_styles.get(provider.name, (None, ""))
+        return style if known is provider else auth_style(provider.api, provider.url, provider.dialect, provider.auth)
 
     def _open(self, url: str, provider: Provider, call: UpstreamCall, *, body: Optional[bytes] = None,
               headers: Tuple[Tuple[str, str], ...] = (), method: str = "POST", client: Any = None,

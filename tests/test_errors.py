@@ -399,3 +399,15 @@ def test_proxy_error_classes(exc: ProxyError, status: int, error_type: str) -> N
 
 def test_invalid_request_message_starts_with_path() -> None:
     assert InvalidRequest("field required", path="messages.0.role").message == "messages.0.role: field required"
+
+
+def test_ids_are_alphanumeric_of_the_length_asked_and_do_not_repeat() -> None:
+    from claudeproxy.ids import new_id, new_request_id
+
+    ids = [new_id() for _ in range(5000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 24 and i.isascii() and i.isalnum() for i in ids)
+    assert len(set("".join(ids))) == 62  # every character of the alphabet turns up
+    assert len(new_id(40)) == 40
+    request_id = new_request_id()
+    assert request_id.startswith("req_") and len(request_id) == 28
