@@ -651,7 +651,7 @@ class Proxy:
         # A forwarded answer's usage is the upstream's own: the client's copy has 0 filled in where
         # it gave none (the SDKs need the fields), and those are no counts it reported.
         reported = message if api.translates else obj
-        if api.translates and not isinstance(obj.get("usage"), dict):
+        if api.translates and not api.reports_usage(obj):
             # No usage in the answer: the client gets the estimate a stream would give (Claude Code
             # sizes its context by it; 0 would say an empty one), the record no count at all.
             message = {**message, "usage": {**message["usage"], "input_tokens": self._estimate(req, record),

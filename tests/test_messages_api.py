@@ -832,6 +832,12 @@ def test_a_block_event_out_of_order_ends_the_stream_with_one_error(through, fake
     body, passed, words = BROKEN_ORDERS[case]
     fake_upstream.push(sse(events_bytes([MESSAGE_START] + body + TOOL_USE_END)))
     with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        if not passed:
+            # Broken before any block went out: nothing had reached the client (message_start waits
+            # for the next event), so the error is a plain HTTP one.
+            assert client.status == 502
+            assert client.json["error"] == {"type": "api_error", "message": f"upstream stream broke the event order: {words}"}
+            return
         events = client.read_all(timeout=5)
     assert_valid_event_sequence(events)
     assert [e["type"] for e in events] == ["message_start"] + [e["type"] for e in body[:passed]] + ["error"]
@@ -1077,3 +1083,18 @@ def test_count_tokens_says_whose_key_the_upstream_refused(through, fake_upstream
     assert resp.status == status and resp.headers.get("x-should-retry") == "false"
     assert "the key claudeproxy sends to provider" in resp.json["error"]["message"]
     assert UPSTREAM_KEY not in resp.body.decode()
+
+
+def test_an_overload_right_after_message_start_is_retried(make_proxy, fake_upstream):
+    """Anthropic may send message_start and then an overloaded_error event: nothing the client needs
+    went out yet, so the proxy asks again (the upstream's message_start waits for the next event)."""
+    server = make_proxy(passthrough=True, retries=1)
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    fake_upstream.push(sse(events_bytes([MESSAGE_START, {"type": "ping"}, overloaded])),
+                       sse(events_bytes(HEAD_EVENTS + TAIL_EVENTS)))
+    with StreamClient(server.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert [e["type"] for e in events][:3] == ["message_start", "ping", "content_block_start"]
+    assert final_message(events)["content"] == [{"type": "text", "text": "Hello there"}]
+    assert len(fake_upstream.requests) == 2

@@ -20,6 +20,7 @@ from claudeproxy.apis.chat.wire import (
     parse_chat_chunk,
     parse_chat_response,
     parse_usage,
+    reports_usage,
 )
 
 
@@ -271,11 +272,22 @@ def test_reasoning_tokens_of_the_wrong_type_are_absent(value: Any) -> None:
 def test_counts_that_are_no_counts_read_as_zero_or_absent() -> None:
     """One rule for every count an upstream reports (counts.py): negative, bool, float and string
     counts are 0, and a reasoning count that is none is absent (it was 0 when negative)."""
-    usage = parse_usage({"prompt_tokens": -100, "completion_tokens": True, "prompt_tokens_details":
+    usage = parse_usage({"prompt_tokens": 12, "completion_tokens": True, "prompt_tokens_details":
                          {"cached_tokens": 1.5, "cache_write_tokens": "7"},
                          "completion_tokens_details": {"reasoning_tokens": -3}})
-    assert usage == ChatUsage(prompt_tokens=0, completion_tokens=0, cached_tokens=0, cache_write_tokens=0,
+    assert usage == ChatUsage(prompt_tokens=12, completion_tokens=0, cached_tokens=0, cache_write_tokens=0,
                               reasoning_tokens=None)
+
+
+@pytest.mark.parametrize("usage", [{}, {"total_tokens": 150}, {"prompt_tokens": None, "completion_tokens": None},
+                                   {"prompt_tokens": -100, "completion_tokens": True}, {"prompt_tokens": "12"},
+                                   {"input_tokens": 100, "output_tokens": 5}])
+def test_a_usage_without_a_count_is_no_usage(usage: Dict[str, Any]) -> None:
+    # Not 0 tokens: the client then gets the estimate (Claude Code sizes its context by it), the
+    # record no count (not a call at $0).
+    assert parse_usage(usage) is None
+    assert not reports_usage({"choices": [], "usage": usage})
+    assert reports_usage({"choices": [], "usage": {"prompt_tokens": 0, "completion_tokens": 0}})
 
 
 def test_reasoning_tokens_zero_is_present() -> None:

@@ -311,6 +311,32 @@ def test_a_stream_that_fails_before_its_first_byte_is_retried(make_proxy: Any, f
     assert len(fake_upstream.requests) == 2
 
 
+def test_an_error_after_a_role_only_first_chunk_is_still_retried(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    # OpenAI and most servers open a stream with {"role": "assistant", "content": ""}: it carries
+    # nothing, so nothing has gone to the client when an error follows it.
+    server = make_proxy(retries=1)
+    fake_upstream.push(
+        sse_reply(chunk({"role": "assistant", "content": ""}), {"error": {"message": "busy", "code": 503}}, done=False),
+        sse_reply(chunk({"role": "assistant", "content": ""}), chunk({"content": "ok"}), chunk({}, "stop")),
+    )
+    with StreamClient(server.url, minimal_request(stream=True), headers=HEADERS) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert [e["type"] for e in events].count("message_start") == 1
+    assert final_message(events)["content"] == [{"type": "text", "text": "ok"}]
+    assert len(fake_upstream.requests) == 2
+
+
+def test_an_error_after_a_role_only_first_chunk_is_a_plain_http_error(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    server = make_proxy()
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": ""}),
+                                 {"error": {"message": "The server is overloaded", "code": 503}}, done=False))
+    with StreamClient(server.url, minimal_request(stream=True), headers=HEADERS) as client:
+        # What the same error as the first event gives (PROTOCOL.md 4.3): a status the SDKs retry.
+        assert client.status == 503 and client.json["type"] == "error"
+        assert "The server is overloaded" in client.json["error"]["message"]
+
+
 def test_client_leaving_during_the_backoff_ends_it(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
     import json
     import socket
@@ -370,6 +396,24 @@ def test_a_fallback_answers_when_the_first_provider_fails(fake_upstream: FakeUps
         assert sent_keys(second_fake) == ["sk-backup-0000000000"]
         rec = records[-1]
         assert (rec.provider, rec.upstream_model, rec.attempts, rec.status) == ("backup", "model-b", 2, 200)
+    finally:
+        server.shutdown(grace=1.0)
+
+
+@pytest.mark.parametrize("then", ["error", "silence"])
+def test_a_stream_failing_after_its_role_only_chunk_goes_to_the_fallback(fake_upstream: FakeUpstream,
+                                                                        second_fake: FakeUpstream, then: str) -> None:
+    server = chain(fake_upstream, second_fake, idle_timeout=0.5)
+    try:
+        role = chunk({"role": "assistant", "content": ""})
+        failure = {"error": {"message": "The server is overloaded", "code": 503}} if then == "error" else Fault("hang")
+        fake_upstream.push(sse_reply(role, failure, done=False))
+        second_fake.push(sse_reply(role, chunk({"content": "from backup"}), chunk({}, "stop")))
+        with StreamClient(server.url, minimal_request(stream=True), headers=HEADERS) as client:
+            events = client.read_all(timeout=5)
+        assert_valid_event_sequence(events, allow_error=False)
+        assert final_message(events)["content"] == [{"type": "text", "text": "from backup"}]
+        assert len(second_fake.requests) == 1
     finally:
         server.shutdown(grace=1.0)
 

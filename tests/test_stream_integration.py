@@ -167,12 +167,14 @@ def test_first_delta_reaches_client_while_upstream_holds_its_second_chunk(proxy,
 
 
 def test_every_event_goes_out_as_it_is_translated(proxy, fake_upstream):
-    """Three gates: message_start, the text block's start and each delta arrive one step at a time."""
+    """Three gates: message_start with the first text, then each delta, arrive one step at a time."""
     gates = [Gate(), Gate(), Gate()]
-    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": ""}), gates[0], chunk({"content": "a"}),
-                                 gates[1], chunk({"content": "b"}), gates[2], chunk({}, "stop"), usage_chunk(3, 2)))
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": ""}), chunk({"content": "0"}), gates[0],
+                                 chunk({"content": "a"}), gates[1], chunk({"content": "b"}), gates[2],
+                                 chunk({}, "stop"), usage_chunk(3, 2)))
     with open_stream(proxy) as client:
         assert client.read_until("message_start", timeout=3)
+        assert client.read_until("content_block_delta", timeout=3)["delta"]["text"] == "0"
         for gate, text in zip(gates, ("a", "b")):
             gate.release()
             assert client.read_until("content_block_delta", timeout=3)["delta"]["text"] == text
@@ -370,6 +372,13 @@ def test_clean_end_inside_tool_arguments_is_an_error(proxy, fake_upstream, case)
     whole JSON object: the body was cut inside them. Never a tool_use answer with a cut or empty input."""
     fake_upstream.push(sse_reply(*CUT_TOOL_CALLS[case], done=False))
     with open_stream(proxy) as client:
+        if case == "none":
+            # Nothing had gone to the client (a call's name alone opens no block until its first
+            # argument decides how it streams): a plain HTTP error, which the SDKs may retry.
+            assert client.status == 502
+            error = client.json["error"]
+            assert error["type"] == "api_error" and "ended early inside a tool call's arguments" in error["message"]
+            return
         events = client.read_all(timeout=4)
     assert_valid_event_sequence(events)
     names = kinds(events)

@@ -146,10 +146,11 @@ def test_second_tool_call_arrives_whole_at_the_end() -> None:
 
 def test_tool_call_is_not_started_before_its_name_is_known() -> None:
     pb = Playbook()
-    assert [e["type"] for e in pb.feed(chunk(tool_delta(0, "c", arguments='{"a"')))] == ["message_start"]
+    assert pb.feed(chunk(tool_delta(0, "c", arguments='{"a"'))) == []  # nothing to say yet, not even message_start
     got = pb.feed(chunk(tool_delta(0, name="late_name", arguments=": 2}")))
-    assert got[0]["content_block"]["name"] == "late_name"
-    assert got[1]["delta"]["partial_json"] == '{"a": 2}'
+    assert got[0]["type"] == "message_start"
+    assert got[1]["content_block"]["name"] == "late_name"
+    assert got[2]["delta"]["partial_json"] == '{"a": 2}'
 
 
 def test_text_inside_incomplete_tool_arguments_does_not_cut_the_tool() -> None:
@@ -399,9 +400,9 @@ def test_streamed_output_includes_reasoning_that_completion_tokens_left_out() ->
 def test_message_start_usage_is_the_estimate_and_message_delta_the_real_numbers() -> None:
     # PROTOCOL.md case 65 and FIELD-NOTES 8: message_delta overwrites the placeholder.
     pb = Playbook(input_tokens=1234)
-    start = pb.feed(chunk({"role": "assistant", "content": ""}))[0]
+    assert pb.feed(chunk({"role": "assistant", "content": ""})) == []  # message_start waits for content
+    start = pb.feed(chunk({"content": "ok"}, "stop"))[0]
     assert start["message"]["usage"] == {"input_tokens": 1234, "output_tokens": 1}
-    pb.feed(chunk({"content": "ok"}, "stop"))
     pb.feed({"choices": [], "usage": {"prompt_tokens": 900, "completion_tokens": 2,
                                       "prompt_tokens_details": {"cached_tokens": 400}}})
     message = final_message(pb.events)

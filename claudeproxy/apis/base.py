@@ -55,6 +55,11 @@ class Exchange:
 class UpstreamApi:
     """The defaults an API overrides where its upstream does more (no state: each API keeps its own)."""
 
+    def reports_usage(self, obj: Any) -> bool:
+        """Does the JSON answer ``obj`` say what it used? Not: the client gets the estimate a stream
+        would give, the call record no count (never 0 tokens at $0)."""
+        return isinstance(obj, dict) and isinstance(obj.get("usage"), dict)
+
     def billed_cost(self, ex: Exchange, obj: Any) -> Optional[float]:
         """What the upstream says it billed for the JSON answer ``obj``; None where it does not say
         (the record prices the tokens instead)."""

@@ -326,6 +326,11 @@ class MessagesFold(SSEFold):
         self.secrets = secrets
         self.decoder = SSEDecoder()
         self.started = False  # a message_start went out (the upstream's, or ours for early pings)
+        # The upstream's message_start and the pings after it, held until the next event goes out with
+        # them: alone they tell the client nothing, and while nothing went out an error or a silence
+        # right after them is still a plain HTTP error the proxy may retry or fall back from. A slow
+        # first block commits at the proxy's first ping (relay.tick), which sends them.
+        self.held: List[Event] = []
         self.complete = False
         self.done = False  # message_stop or error went out
         self.finishing = False  # message_delta seen: the answer is whole but for message_stop
@@ -357,11 +362,12 @@ class MessagesFold(SSEFold):
         return events, UpstreamUnavailable("upstream stream ended early (no message_stop)")
 
     def start(self) -> List[Event]:
-        """``message_start`` (once)."""
+        """``message_start`` (once): the upstream's if it came, else ours."""
         if self.started:
             return []
         self.started = True
-        return [message_start(self.message_id, self.model, self.input_tokens)]
+        held, self.held = self.held, []
+        return held or [message_start(self.message_id, self.model, self.input_tokens)]
 
     def fail(self, exc: ProxyError) -> List[Event]:
         if self.done:
@@ -408,6 +414,8 @@ class MessagesFold(SSEFold):
         if kind == "message_start":
             return self._message_start(obj)
         if kind == "ping":
+            if self.held:
+                self.held.append(obj)
             return [obj] if self.started else []
         if kind == "content_block_delta":
             self._check_delta(obj)
@@ -527,13 +535,14 @@ class MessagesFold(SSEFold):
     def _message_start(self, obj: Dict[str, Any]) -> List[Event]:
         message: Dict[str, Any] = obj["message"] if isinstance(obj.get("message"), dict) else {}
         self._take_usage(message.get("usage"))
-        if self.started:
-            # Ours went out while the upstream was slow: its usage goes with the message_delta.
+        if self.started or self.held:
+            # Ours went out while the upstream was slow (or this is a second one): its usage goes with
+            # the message_delta.
             usage = message.get("usage")
             self.late_usage = _counts(usage, _START_USAGE_KEYS)
             return []
-        self.started = True
-        return [{**obj, "message": _full_message(message, self.message_id, self.model)}]
+        self.held = [{**obj, "message": _full_message(message, self.message_id, self.model)}]
+        return []
 
     def _stop(self) -> List[Event]:
         self.complete = self.done = True

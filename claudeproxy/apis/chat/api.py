@@ -24,6 +24,7 @@ from ..stops import unsent_stops
 from .request import chat_tools, to_chat_request
 from .response import message_from_body
 from .stream import ChatFold, LocalStopFold, LocalStopTranslator, StreamTranslator, reported_cost
+from .wire import reports_usage
 
 
 log = logging.getLogger(__name__)
@@ -210,6 +211,9 @@ class ChatApi(UpstreamApi):
             return LocalStopFold(LocalStopTranslator(local_stops=ctx.local_stops, **kwargs),
                                  dialect.billed_cost_field)
         return ChatFold(StreamTranslator(**kwargs), dialect.billed_cost_field)
+
+    def reports_usage(self, obj: Any) -> bool:
+        return reports_usage(obj)  # a count where the streams have one (also Groq's and Moonshot's places)
 
     def billed_cost(self, ex: Exchange, obj: Any) -> Optional[float]:
         """What the upstream billed for a JSON answer, where its dialect says it reports that."""

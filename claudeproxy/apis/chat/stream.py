@@ -45,7 +45,7 @@ from .response import (
     stop_reason_for,
     usage_from,
 )
-from .wire import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta, client_tool_id, parse_chat_chunk
+from .wire import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta, client_tool_id, parse_chat_chunk, reports_usage
 
 log = logging.getLogger(__name__)
 Event = Dict[str, Any]
@@ -377,16 +377,21 @@ class StreamTranslator:
         if choice.finish_reason == "error":
             raise error_from_object({"message": "upstream reported an error during generation"}, self.secrets)
         was_started = self.started
-        events = self.start()
-        events += self._reasoning(choice)
+        events = self._reasoning(choice)
         events += self._content(choice)
         for call in choice.tool_calls:
             events += self._tool_fragment(call)
+        if events and not was_started:
+            # message_start comes with the first content, not with a chunk that carries none (the
+            # role-only chunk OpenAI and most servers send first): until then nothing has gone to the
+            # client, and an error or a silence that follows is still a plain HTTP error the proxy
+            # may retry or fall back from. A slow first token commits at the first ping (relay.tick).
+            events = self.start() + events
         overload = overload_error(choice.finish_reason)
         if overload is not None:
-            # What came so far goes out, then the error. Nothing at all (only our message_start):
-            # a plain 529 before the stream began, which the proxy can still retry.
-            overload.events_before = tuple(events) if was_started or len(events) > 1 else ()
+            # What came so far goes out, then the error. Nothing at all: a plain 529 before the
+            # stream began, which the proxy can still retry.
+            overload.events_before = tuple(events) if was_started or events else ()
             raise overload
         if choice.finish_reason is not None:
             self.finish_reason = choice.finish_reason
@@ -757,7 +762,8 @@ class LocalStopTranslator(StreamTranslator):
         self.tools = [t for t in self.tools if t.live]  # calls not shown yet came after the stop
         self.finish_reason, self.matched_stop, self.stop_match = "stop", None, self.cut
         self._update_state_from_tools()
-        events = self._close_open() + self._carrier_block()
+        # message_start first if nothing went out yet (the stop string was all the text there was).
+        events = self.start() + self._close_open() + self._carrier_block()
         self.done = True
         return events + [self._message_delta(), {"type": "message_stop"}]
 
@@ -860,7 +866,7 @@ class ChatFold(SSEFold):
             dialect_name=t.dialect_name, think_tags=t.think is not None, secrets=t.secrets,
             local_stops=t.local_stops, thinking=t.thinking,
         )
-        t.usage_in_json = isinstance(obj, dict) and isinstance(obj.get("usage"), dict)
+        t.usage_in_json = reports_usage(obj)
         # As a JSON answer gets (pipeline's _json): the stream's own id, never the upstream's (which
         # servers repeat, and Claude Code merges answers sharing one), and where the answer reported
         # no usage the estimate, not 0s; the record's usage stays unknown then (usage_so_far).

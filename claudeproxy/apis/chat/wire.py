@@ -203,8 +203,9 @@ def _as_str(value: Any) -> str:
 
 def parse_usage(raw: Any) -> Optional[ChatUsage]:
     """Usage from an OpenAI ``usage`` object, with the DeepSeek and detail variants."""
-    if not isinstance(raw, dict) or not ("prompt_tokens" in raw or "completion_tokens" in raw):
-        return None
+    if not isinstance(raw, dict) or (count_or_none(raw.get("prompt_tokens")) is None
+                                     and count_or_none(raw.get("completion_tokens")) is None):
+        return None  # {}, nulls or strings say nothing: the usage is not known, which is not 0 tokens
     prompt_details = raw.get("prompt_tokens_details") if isinstance(raw.get("prompt_tokens_details"), dict) else {}
     completion_details = raw.get("completion_tokens_details")
     # A count that may be unreported: null or a wrong type is None, which is not 0 (2.5).
@@ -363,6 +364,11 @@ def _usage_of(raw: Dict[str, Any], choice: Any) -> Optional[ChatUsage]:
     if usage is None and isinstance(choice, dict):
         usage = parse_usage(choice.get("usage"))
     return usage
+
+
+def reports_usage(raw: Any) -> bool:
+    """Does a ChatCompletion report its usage, where ``_usage_of`` looks for it?"""
+    return isinstance(raw, dict) and _usage_of(raw, _first_choice_raw(raw)) is not None
 
 
 def _parse(raw: Dict[str, Any], body_key: str) -> ChatResponse:

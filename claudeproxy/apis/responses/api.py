@@ -26,7 +26,7 @@ from ..base import ClientRequest, Exchange, RefusedFields, UpstreamApi, encode_b
 from ..chat.api import refused_fields
 from ..stops import unsent_stops
 from .request import responses_tools, to_responses_request
-from .response import to_messages_response
+from .response import reports_usage, to_messages_response
 from .stream import LocalStopResponsesFold, ResponsesFold
 
 # Fields the proxy sends on its own judgement that a model's upstream may refuse as such ("Unsupported
@@ -107,6 +107,9 @@ class ResponsesApi(UpstreamApi):
         key = (target.provider.name, target.model)
         return self.prepare(req, target, cap) if self._refused.learn(refused, json.loads(ex.body), key,
                                                                      target.label) else None
+
+    def reports_usage(self, obj: Any) -> bool:
+        return isinstance(obj, dict) and reports_usage(obj.get("usage"))
 
     def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
                   ) -> Tuple[Dict[str, Any], List[str]]:

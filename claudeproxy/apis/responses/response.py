@@ -268,6 +268,16 @@ def _int(obj: Any, key: str) -> int:
     return token_count(obj.get(key)) if isinstance(obj, dict) else 0
 
 
+USAGE_COUNTS = ("input_tokens", "output_tokens")
+
+
+def reports_usage(usage: Any) -> bool:
+    """Does a Response's ``usage`` say anything: an object with ``input_tokens`` or ``output_tokens``
+    a count? ``{}``, ``{"total_tokens": 150}`` or Chat's names say nothing: the usage is not known
+    (the client gets the estimate, the record no count), not 0 tokens at $0."""
+    return isinstance(usage, dict) and any(count_or_none(usage.get(k)) is not None for k in USAGE_COUNTS)
+
+
 def usage_from(usage: Any, searches: int = 0) -> Dict[str, Any]:
     """Anthropic usage: ``input_tokens`` excludes the cached part OpenAI counts in."""
     details = usage.get("input_tokens_details") if isinstance(usage, dict) else None

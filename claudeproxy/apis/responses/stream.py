@@ -37,7 +37,6 @@ import math
 import os
 from typing import Any, Deque, Dict, List, Optional, Set, Tuple, Union
 
-from ...counts import count_or_none
 from ...errors import ProxyError, UpstreamUnavailable, stream_error_event
 from ...replies import block_events, events_for_message, message_start
 from ...signatures import encode_signature
@@ -61,6 +60,7 @@ from .response import (
     search_blocks,
     searched,
     stop_reason_for,
+    reports_usage,
     text_block,
     to_messages_response,
     tool_input,
@@ -74,7 +74,6 @@ MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as bro
 MAX_HEAD = 64 * 1024  # bytes of a body kept until its first event: a bare JSON error fits in it
 _INDEX_FIELDS = ("output_index", "content_index", "summary_index")  # used in dict keys
 _THINKING_START = {"type": "thinking", "thinking": "", "signature": ""}
-_USAGE_COUNTS = ("input_tokens", "output_tokens")  # a Response's usage says something only with one of them
 # A live call's arguments are held as text up to this size; past it, once sent on, only their
 # digest (``LiveText.let_go``), which the closing events that repeat them are checked against.
 _KEEP_LIVE_TEXT = 64 * 1024
@@ -264,7 +263,7 @@ class ResponsesFold(SSEFold):
             obj, model=self.model, new_id=self.new_id, tool_names=self.tool_names, secrets=self.secrets,
             stop_sequences=self.stops, thinking=self.thinking,
         )
-        reported = isinstance(obj, dict) and isinstance(obj.get("usage"), dict)
+        reported = isinstance(obj, dict) and reports_usage(obj.get("usage"))
         # As a JSON answer gets (pipeline's _json): the stream's own id, never the upstream's, and
         # where the answer reported no usage the estimate, not 0s (the record's usage stays {}).
         message["id"] = self.message_id
@@ -805,12 +804,13 @@ class ResponsesFold(SSEFold):
             placed = self._waiting_calls()
         reason = stop_reason_for(status, response.get("incomplete_details"), self.has_tools, self.refusal)
         usage = response.get("usage")
-        if isinstance(usage, dict):
+        reported = reports_usage(usage)
+        if reported:
             final = usage_from(usage, self.searches)
         else:  # a compatible server without usage: the estimate, like on Chat Completions
             final = usage_from({"input_tokens": self.input_tokens, "output_tokens": math.ceil(self.out_chars / 4)}, self.searches)
         # The record's usage: an estimate is no count to bill by ({}: not known).
-        self.stop_reason, self.usage = reason, final if isinstance(usage, dict) else {}
+        self.stop_reason, self.usage = reason, final if reported else {}
         return events + self._ending(reason, final)
 
     def _terminal_status(self, obj: Dict[str, Any], response: Dict[str, Any]) -> Any:
@@ -917,7 +917,7 @@ class ResponsesFold(SSEFold):
         """The call record's usage from a response snapshot that carries one, as soon as it comes: the
         stream may yet be cut short (usage is null until the end on OpenAI; a failure may carry it)."""
         usage = response.get("usage")
-        if isinstance(usage, dict) and any(count_or_none(usage.get(k)) is not None for k in _USAGE_COUNTS):
+        if reports_usage(usage):
             self.usage = usage_from(usage, self.searches)  # {} or no count at all says nothing: still unknown
 
     def _error(self, obj: Dict[str, Any]) -> List[Event]:
@@ -998,7 +998,7 @@ class LocalStopResponsesFold(ResponsesFold):
     def _end_at_stop(self, sequence: str, usage: Any) -> List[Event]:
         """message_delta and message_stop for an answer ended at ``sequence``; usage as far as known."""
         self.cut = sequence
-        reported = isinstance(usage, dict)
+        reported = reports_usage(usage)
         if not reported:
             usage = {"input_tokens": self.input_tokens, "output_tokens": math.ceil(self.out_chars / 4)}
         reason = cut_stop_reason(self.has_tools, self.refusal)
