@@ -1019,18 +1019,24 @@ def test_the_upstreams_own_request_id_is_recorded(proxy: Any, fake: FakeUpstream
     assert "upstream_id" not in access_line(odd)
 
 
+@pytest.mark.parametrize("given", [None, {}, {"total_tokens": 150}, {"prompt_tokens": None, "completion_tokens": "5"}],
+                         ids=["none", "empty", "total-only", "no-counts"])
 @pytest.mark.parametrize("stream", [False, True])
 def test_an_answer_without_usage_gives_the_client_an_estimate_and_records_none(proxy: Any, fake: FakeUpstream,
-                                                                             stream: bool) -> None:
-    """An upstream that reports no usage (one refusing stream_options, a server that never counts):
-    the client still gets token numbers to size its context by (the proxy's estimate), but the call
-    record says the count is not known, never the estimate priced as if the upstream had billed it."""
+                                                                             stream: bool, given: Any) -> None:
+    """An upstream that reports no usage (one refusing stream_options, a server that never counts, a
+    usage object without a count): the client still gets token numbers to size its context by (the
+    proxy's estimate), but the call record says the count is not known, never the estimate priced as
+    if the upstream had billed it, nor 0 tokens at $0."""
     text = "a finished answer of some length " * 20
     if stream:
-        fake.push(sse_reply(chunk({"role": "assistant", "content": text}), chunk({}, "stop")))
+        last = [{"id": "x", "object": "chat.completion.chunk", "choices": [], "usage": given}] if given is not None else []
+        fake.push(sse_reply(chunk({"role": "assistant", "content": text}), chunk({}, "stop"), *last))
     else:
         body = completion(text)
         del body["usage"]
+        if given is not None:
+            body["usage"] = given
         fake.push(json_reply(body))
     question = minimal_request(model="claude-sonnet-4-5", stream=stream,
                                messages=[{"role": "user", "content": "tell me something " * 100}])
@@ -1311,3 +1317,32 @@ def test_histogram_counts_a_value_in_the_first_bucket_whose_bound_is_not_below_i
     assert h.counts[0] == 2 and h.counts[1] == 2 and h.counts[last - 1] == 1 and h.counts[last] == 2
     assert sum(h.counts) == h.count == 7 and h.max == 10_000.0
 
+
+
+@pytest.mark.parametrize("given", [{}, {"total_tokens": 150}, {"prompt_tokens": 100, "completion_tokens": 5}])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_responses_usage_without_a_count_is_the_estimate_not_zero(fake: FakeUpstream, stream: bool, given: Any) -> None:
+    records: List[CallRecord] = []
+    server = claudeproxy.start(providers=(Provider("resp", fake.url, api="responses", token=KEY),),
+                               routes=(Route("*", RouteTarget("resp", "gpt-5")),), metrics_sink=records.append)
+    text = "a finished answer of some length " * 20
+    done = {"id": "resp_1", "object": "response", "status": "completed", "usage": given, "output": [
+        {"type": "message", "id": "m1", "role": "assistant", "status": "completed",
+         "content": [{"type": "output_text", "text": text, "annotations": []}]}]}
+    try:
+        if stream:
+            ev = lambda o: f"event: {o['type']}\ndata: {json.dumps(o)}\n\n".encode("utf-8")  # noqa: E731
+            fake.push(sse_reply(ev({"type": "response.output_text.delta", "output_index": 0, "content_index": 0,
+                                    "delta": text}), ev({"type": "response.completed", "response": done}), done=False))
+        else:
+            fake.push(json_reply(done))
+        question = minimal_request(stream=stream, messages=[{"role": "user", "content": "tell me something " * 100}])
+        resp = post(server, question)
+        assert resp.status == 200, resp
+        usage = ([e for e in events_of(resp.body) if e["type"] == "message_delta"][0]["usage"] if stream
+                 else resp.json["usage"])
+        assert usage["input_tokens"] > 400 and usage["output_tokens"] == len(text) // 4 + (len(text) % 4 > 0)
+        rec = record_for(records, resp.headers["request-id"])
+        assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (None, None, None)
+    finally:
+        server.shutdown(grace=1.0)
