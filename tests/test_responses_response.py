@@ -164,6 +164,12 @@ def test_function_calls() -> None:
     ]
 
 
+def test_arguments_sent_as_an_object_are_that_object() -> None:
+    calls = [{"type": "function_call", "call_id": "c1", "name": "f", "arguments": {"path": "/obj", "n": [1]}}]
+    blocks = convert(response(calls))["content"]
+    assert blocks == [{"type": "tool_use", "id": "c1", "name": "f", "input": {"path": "/obj", "n": [1]}}]
+
+
 def test_empty_and_unknown_output_is_skipped() -> None:
     output = [message_item(text_part(""), {"type": "output_audio"}), {"type": "file_search_call", "id": "fs_1"},
               "garbage", {"type": "image_generation_call"}]
@@ -226,6 +232,8 @@ def test_quota_is_not_retried_and_secrets_never_leak() -> None:
     {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}},
     {"id": "resp_1", "status": "cancelled", "output": []},
     {"id": "resp_1", "status": "failed", "error": None, "output": []},
+    {"id": "resp_1", "status": "queued", "output": []},  # no answer yet: not an empty one
+    {"id": "resp_1", "status": "in_progress", "output": [], "usage": None},
     ["not", "a", "response"],
     None,
 ])

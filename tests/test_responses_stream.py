@@ -432,6 +432,19 @@ def test_non_object_arguments_wait_for_done_and_are_normalised() -> None:
     assert final_message(events)["content"] == [{"type": "tool_use", "id": "c1", "name": "f", "input": {"a": 1}}]
 
 
+@pytest.mark.parametrize("closing", ["response.function_call_arguments.done", "response.output_item.done"])
+def test_arguments_sent_as_an_object_are_the_input(closing: str) -> None:
+    args = {"path": "/obj", "tags": ["é", 2]}
+    call = {"type": "function_call", "call_id": "c1", "name": "f"}
+    done = ({"type": closing, "output_index": 0, "arguments": args} if closing.endswith("arguments.done")
+            else {"type": closing, "output_index": 0, "item": {**call, "arguments": args}})
+    events = feed(make_fold(), CREATED,
+                  {"type": "response.output_item.added", "output_index": 0, "item": {**call, "arguments": ""}},
+                  done, completed())
+    assert_valid_event_sequence(events, allow_error=False)
+    assert final_message(events)["content"] == [{"type": "tool_use", "id": "c1", "name": "f", "input": args}]
+
+
 def test_tool_names_map_back_and_duplicate_call_ids_are_suffixed() -> None:
     fold = make_fold(tool_names={"mcp_x_1a2b": "mcp.x"})
     item = {"type": "function_call", "call_id": "c1", "name": "mcp_x_1a2b", "arguments": "{}"}
@@ -719,8 +732,9 @@ def _cut_call(args: str) -> Dict[str, Any]:
 
 def test_arguments_cut_by_the_output_limit_invent_nothing() -> None:
     """response.incomplete (max_output_tokens) inside a call's arguments: the stream passes on what
-    came ('{"path":"a', which the SDKs read as {}), and the JSON answer and a call placed whole give
-    {} too; closing the string would have made a call for a file 'a' nobody named."""
+    came ('{"path":"a', of which the SDKs' partial parsers keep the whole members, as of Anthropic's
+    own stream cut by max_tokens), and the JSON answer and a call placed whole give {}; closing the
+    string would have made a call for a file 'a' nobody named."""
     incomplete = {"type": "response.incomplete", "response": {
         "id": "resp_x", "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"},
         "output": [_cut_call('{"path":"a')], "usage": {"input_tokens": 3, "output_tokens": 2}}}

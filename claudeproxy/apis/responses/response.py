@@ -133,17 +133,25 @@ def part_text(part: Dict[str, Any]) -> Tuple[str, bool]:
     return "", False
 
 
+def arguments_text(value: Any) -> str:
+    """A call's ``arguments`` as the text the API defines them to be. A server that sends them as
+    a JSON object (a wire variant) means that object: it is the input, not ``{}``."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else ""
+
+
 def tool_input(arguments: Any, incomplete: bool = False) -> Dict[str, Any]:
     """The ``tool_use`` input for a call's arguments string.
 
     In an incomplete answer (the output limit, a content filter) arguments that are not
-    whole JSON were cut mid-value: they give ``{}``, as the SDKs make of the same cut
-    stream, not a repair that would close the string and invent a value (``{"path":"a``
-    is not a call for file ``a``). The stop reason says the answer was cut.
+    whole JSON were cut mid-value: they give ``{}``, not a repair that would close the string
+    and invent a value (``{"path":"a`` is not a call for file ``a``). The stop reason says the
+    answer was cut. (A stream has passed on what came, of which the SDKs keep the whole members.)
     Arguments that closed their object, or turned invalid, were not cut: they give what
     ``normalize_arguments`` gives, as a stream of them does.
     """
-    text = arguments if isinstance(arguments, str) else None
+    text = arguments_text(arguments) if arguments is not None else None
     if incomplete and text is not None and not _is_json(text) and streamed_object(text) is None:
         return {}
     obj, _ = normalize_arguments(text)
@@ -378,6 +386,9 @@ def to_messages_response(
     failure = failure_of(obj, secrets)
     if failure is not None:
         raise failure
+    if obj.get("status") in ("queued", "in_progress"):
+        # No answer yet (a background response): not an empty one that ended its turn.
+        raise error_for({}, secrets, default=f"upstream returned a response that is still {obj['status']}, with no answer")
     output, match = cut_output(obj.get("output"), stop_sequences) if stop_sequences else (obj.get("output"), None)
     blocks, refusal = content_blocks(output, tool_names, new_id, obj.get("status") == "incomplete", thinking)
     has_tools = any(b["type"] == "tool_use" for b in blocks)

@@ -49,6 +49,7 @@ from ..toolargs import ArgsScan
 from . import API_NAME
 from .response import (
     IdFactory,
+    arguments_text,
     cited_before,
     cut_output,
     cut_stop_reason,
@@ -453,7 +454,7 @@ class ResponsesFold(SSEFold):
         item.call_id = item.call_id or _str(raw, "call_id")
         item.name = item.name or _str(raw, "name")
         if not item.args:
-            item.args = LiveText(_str(raw, "arguments"))
+            item.args = LiveText(arguments_text(raw.get("arguments")))
         return self._maybe_live(slot, item)
 
     def _item_done(self, obj: Dict[str, Any]) -> List[Event]:
@@ -743,6 +744,8 @@ class ResponsesFold(SSEFold):
         (``line_skimmer``): one it first names, whose arguments repeat a live call's, cannot be
         told, and an error is better than a call run with the wrong input."""
         have = len(item.args)
+        if isinstance(full, dict):
+            full = arguments_text(full)
         if isinstance(full, Repeat):
             if full.matches.get(have) == item.args.digest():
                 item.args.add(full.after(have))
