@@ -369,3 +369,29 @@ def test_a_json_response_to_a_stream_request_gets_an_id_of_its_own_and_the_estim
     assert starts[0]["id"] != starts[1]["id"] and body["id"] not in starts[0]["id"]
     assert starts[0]["usage"]["input_tokens"] > 0 and deltas[0]["input_tokens"] == starts[0]["usage"]["input_tokens"]
     assert deltas[0]["output_tokens"] > 0
+
+
+@pytest.mark.parametrize("upstream_id", ["functions.Read:0", "call id/é+", "c" * 105])
+def test_a_call_id_outside_anthropics_id_form_reaches_the_client_in_it_and_goes_back_as_it_came(
+        proxy: Any, fake_upstream: Any, upstream_id: str) -> None:
+    """Anthropic's tool_use ids match ^[a-zA-Z0-9_-]+$: a session that later goes to Claude (or a strict
+    client) refuses others. The upstream gets its own id back with the call's output."""
+    call = {"type": "function_call", "id": "fc_1", "call_id": upstream_id, "name": "Read", "status": "completed",
+            "arguments": '{"path": "/a"}'}
+    fake_upstream.push(json_reply({"id": "resp_1", "object": "response", "status": "completed", "output": [call],
+                                   "usage": {"input_tokens": 5, "output_tokens": 3}}))
+    first = ask(tools=[TOOL])
+    resp = request(proxy.url, "POST", "/v1/messages", first, HEADERS)
+    assert resp.status == 200, resp
+    [block] = resp.json["content"]
+    assert block["type"] == "tool_use" and block["input"] == {"path": "/a"}
+    assert all(c.isascii() and (c.isalnum() or c in "_-") for c in block["id"])
+    history = first["messages"] + [
+        {"role": "assistant", "content": resp.json["content"]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": block["id"], "content": "text"}]}]
+    fake_upstream.push(json_reply(json.loads(read("responses", "text.response.json"))))
+    assert request(proxy.url, "POST", "/v1/messages", {**first, "messages": history}, HEADERS).status == 200
+    sent = {item["type"]: item for item in fake_upstream.last.json["input"] if isinstance(item, dict) and "call_id" in item}
+    assert sent["function_call"]["call_id"] == sent["function_call_output"]["call_id"]
+    if len(upstream_id) <= 64:  # a longer one is clamped to the API's 64 characters, the same for both
+        assert sent["function_call"]["call_id"] == upstream_id

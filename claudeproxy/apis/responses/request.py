@@ -36,6 +36,7 @@ from ...dialects import effort_for_budget
 from ...schemas import clean_schema
 from ...signatures import decode_signature
 from ..chat.request import tool_alias
+from ..chat.wire import upstream_tool_id
 from . import API_NAME
 
 Item = Dict[str, Any]
@@ -84,7 +85,9 @@ def takes_reasoning(model: str) -> bool:
 
 
 def call_id(tool_use_id: str) -> str:
-    """A ``call_id`` the API accepts (<= 64 chars), the same for a call and its output."""
+    """A ``call_id`` the API accepts (<= 64 chars), the same for a call and its output: the
+    upstream's own where the client got it in Anthropic's id form (``client_tool_id``)."""
+    tool_use_id = upstream_tool_id(tool_use_id)
     if len(tool_use_id) <= MAX_ID_LEN:
         return tool_use_id
     digest = hashlib.sha256(tool_use_id.encode("utf-8")).hexdigest()[:8]

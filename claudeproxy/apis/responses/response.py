@@ -15,6 +15,7 @@ from ...counts import count_or_none, token_count
 from ...errors import ProxyError, error_from_object
 from ...signatures import encode_signature
 from ..chat.response import message_id, normalize_arguments
+from ..chat.wire import client_tool_id
 from ..toolargs import streamed_object
 from ..stops import first_stop
 from . import API_NAME
@@ -168,10 +169,11 @@ def _is_json(text: str) -> bool:
 
 def tool_use_block(item: Dict[str, Any], tool_names: Dict[str, str], new_id: IdFactory,
                    incomplete: bool = False) -> Block:
-    """A function call as ``tool_use``: its ``call_id`` is the id the client echoes back."""
+    """A function call as ``tool_use``: its ``call_id`` is the id the client echoes back (in Anthropic's
+    id form: ``client_tool_id``; ``request.call_id`` turns it back)."""
     name = _text_field(item, "name")
     obj = tool_input(item.get("arguments"), incomplete)
-    tool_id = _text_field(item, "call_id") or "toolu_" + new_id()
+    tool_id = client_tool_id(_text_field(item, "call_id")) or "toolu_" + new_id()
     return {"type": "tool_use", "id": tool_id, "name": tool_names.get(name, name), "input": obj}
 
 

@@ -43,6 +43,7 @@ from ...signatures import encode_signature
 from ...skim import LineSkimmer, Repeat, SkimmedLine, holds_repeat, restore, text_digest
 from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done, loads_data
 from ...tokens import estimate_output_tokens
+from ..chat.wire import client_tool_id
 from ..growing import Growing, LiveText
 from ..stops import first_stop, stop_prefix_len
 from ..toolargs import ArgsScan
@@ -674,7 +675,7 @@ class ResponsesFold(SSEFold):
         return events + [self._delta({"type": "input_json_delta", "partial_json": text})]
 
     def _tool_start(self, item: _Item) -> Dict[str, Any]:
-        tool_id = self._claim_tool_id(item.call_id or "toolu_" + self.new_id())
+        tool_id = self._claim_tool_id(client_tool_id(item.call_id) or "toolu_" + self.new_id())
         return {"type": "tool_use", "id": tool_id, "name": self.tool_names.get(item.name, item.name), "input": {}}
 
     def _held_back(self, key: Key) -> bool:
