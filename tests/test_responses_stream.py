@@ -34,6 +34,7 @@ from stream_playbook import (
 from test_stream_rechunk import FakeSocket, _Raw, chunked
 
 from claudeproxy.anthropic_types import parse_messages_request
+from claudeproxy.apis.chat.wire import upstream_tool_id
 from claudeproxy.apis.responses.request import to_responses_request
 from claudeproxy.apis.responses.response import to_messages_response
 from claudeproxy.apis.responses.stream import LocalStopResponsesFold, ResponsesFold
@@ -1267,3 +1268,12 @@ def test_growing_text_reads_whole_and_from_any_point() -> None:
     assert grown.text() == "abcdefghij" and grown.text() == "abcdefghij"
     grown.add("k")
     assert grown.since(9) == "jk" and grown.text() == "abcdefghijk" and Growing().text() == ""
+
+
+def test_a_call_id_outside_anthropics_id_form_is_given_in_it() -> None:
+    item = {"type": "function_call", "call_id": "functions.Read:0", "name": "Read", "arguments": '{"p": 1}'}
+    events = feed(make_fold(), CREATED, {"type": "response.output_item.added", "output_index": 0, "item": item},
+                  {"type": "response.output_item.done", "output_index": 0, "item": item}, completed())
+    [block] = final_message(events)["content"]
+    assert block["id"].startswith("toolu_b64_") and block["id"].replace("_", "").replace("-", "").isalnum()
+    assert upstream_tool_id(block["id"]) == "functions.Read:0"
