@@ -184,7 +184,19 @@ def covers(earlier: str, later: str) -> bool:
         # "claude-*" takes everything "claude-opus-*" could match.
         head = earlier[:-1]
         return earlier.endswith("*") and not (_GLOB_CHARS & set(head)) and _literal_prefix(later).startswith(head)
+    if kind == "glob" and pattern_kind(earlier) == "family":
+        # "sonnet" takes everything "claude-sonnet-4-5*" could match: its fixed start names the family.
+        return _family_of_every_name_starting(_literal_prefix(later)) == canonical(earlier)
     return False
+
+
+def _family_of_every_name_starting(prefix: str) -> Optional[str]:
+    """The family ``claude_family`` gives every name that starts with ``prefix``, or None if that
+    depends on the rest: the first family word must be whole within the prefix, its end too
+    ("claude-sonnet-" yes; "claude-sonnet" no: "claude-sonnetx" is no Sonnet)."""
+    low = prefix.lower()
+    match = _FAMILY_RE.search(low) if "claude" in low else None
+    return match.group(1) if match is not None and match.end() < len(low) else None
 
 
 @dataclasses.dataclass(frozen=True)

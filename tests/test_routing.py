@@ -68,6 +68,12 @@ def test_route_patterns(pattern: str, name: str, hit: bool) -> None:
     ("claude-opus-*", "claude-*", False), ("opus", "sonnet", False), ("gpt-4o", "gpt-4o-mini", False),
     ("gpt-?o", "gpt-4o", True), ("haiku", "claude-3-5-haiku-latest", True),
     ("opus", "Opus", True), ("Sonnet", "claude-sonnet-4-5", True), ("gpt-4o", "GPT-4o", False),
+    # A glob whose fixed start names the family: every name it matches is the family's.
+    ("sonnet", "claude-sonnet-4-5*", True), ("haiku", "claude-haiku-4-5*", True), ("opus", "claude-opus-4*", True),
+    ("Sonnet", "Claude-Sonnet-4-?", True), ("sonnet", "claude-3-5-sonnet-*", True),
+    ("sonnet", "claude-sonnet*", False),  # claude-sonnetx is no Sonnet
+    ("sonnet", "claude-*", False), ("sonnet", "claude-opus-4*", False), ("sonnet", "sonnet-*", False),
+    ("sonnet", "claude-sonnet-4-5[12]", True), ("opus", "anthropic.claude-opus-4-1*", True),
 ])
 def test_unreachable_routes_are_recognised(earlier: str, later: str, shadowed: bool) -> None:
     assert covers(earlier, later) is shadowed
