@@ -108,6 +108,15 @@ class _Parser(argparse.ArgumentParser):
         raise _Exit(status)
 
 
+class _Once(argparse.Action):
+    """A flag that may be given once: a second ``--config`` reads as layered files, which it is not."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None) -> None:
+        if getattr(namespace, self.dest, None) not in (None, _UNSET):  # _UNSET: parse_flags' second parse
+            parser.error(f"{option} given twice: one file is read, and its flags are overridden by the command line's")
+        setattr(namespace, self.dest, values)
+
+
 class _Version(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
         print(f"claudeproxy {__version__}", file=getattr(parser, "out", None) or sys.stdout)
@@ -192,7 +201,7 @@ def _model_flags(models: Any) -> None:
 
 
 def _config_flags(group: Any) -> None:
-    group.add_argument("--config", metavar="FILE", help="JSON file with providers, routes, model facts and any "
+    group.add_argument("--config", metavar="FILE", action=_Once, help="JSON file with providers, routes, model facts and any "
                        "flag (flags given here win)")
     group.add_argument("--print-config", action="store_true", help="print the effective configuration "
                        "(keys masked, routes resolved) as JSON and exit")

@@ -614,3 +614,17 @@ def test_every_flag_is_in_the_readme_table() -> None:
     flags = {s for a in cli.build_parser()._actions for s in a.option_strings if s.startswith("--")} - {"--help"}
     missing = sorted(f for f in flags if f"`{f}" not in table and f"{f}`" not in table)
     assert missing == [], missing
+
+
+
+@pytest.mark.parametrize("mode", [[], ["run"]], ids=["server", "run"])
+def test_config_given_twice_stops_the_start(tmp_path: Any, mode: List[str]) -> None:
+    # Read as layered files it is not: the first would be dropped without a word.
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text('{"retries": 3}')
+    second.write_text('{"upstream": "http://127.0.0.1:9/v1", "retries": 1}')
+    code, out, err = run_main([*mode, "--config", str(first), "--config", str(second), "--print-config",
+                               *(["--", "true"] if mode else [])])
+    assert code == 2 and not out
+    assert err.strip().splitlines() == [
+        "claudeproxy: error: --config given twice: one file is read, and its flags are overridden by the command line's"]
