@@ -474,7 +474,10 @@ class Proxy:
                     delay, why = self._retry_delay(exc, attempt + 1) if again else (None, "")
                     then = (f"retrying in {delay:.1f} s" if delay is not None else
                             "trying the next target" if target is not last else "no target left")
-                    log.warning("%s answered %s (%s)%s; %s", target.label, exc.status, exc.message, why, then)
+                    # The status the client would get: the upstream's own for an HTTP error, else what
+                    # the failure maps to (a body that is no JSON came with a 200, which is not said).
+                    said = f"answered {exc.status}" if isinstance(exc, UpstreamHTTPError) else "failed"
+                    log.warning("%s %s (%s)%s; %s", target.label, said, exc.message, why, then)
                     if delay is None:
                         break
                     self._pause(delay, watch)

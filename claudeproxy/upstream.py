@@ -1467,7 +1467,8 @@ def read_json_body(resp: Any, call: UpstreamCall, limit: int) -> Any:
         raise read_error(OSError("aborted"), call)
     if len(raw) > limit:
         raise UpstreamUnavailable(f"upstream response is larger than {limit} bytes")
-    if (getattr(resp, "chunked", False) or getattr(resp, "length", None) is not None) and not clean_eof(resp):
+    framed = getattr(resp, "chunked", False) or getattr(resp, "length", None) is not None
+    if framed and not clean_eof(resp):
         # The connection dropped inside a framed body: what came may parse, but it is not the answer.
         raise UpstreamUnavailable("upstream response body was cut short")
     decoder = getattr(resp, "cp_decoder", None)
@@ -1477,7 +1478,11 @@ def read_json_body(resp: Any, call: UpstreamCall, limit: int) -> Any:
         return json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):
         ctype = resp.headers.get("Content-Type", "?") if resp.headers else "?"
-        raise UpstreamNotJson(f"upstream returned a body that is not JSON (Content-Type {ctype})") from None
+        # A whole answer (its framing says so) that does not parse: asking again gets the same, and
+        # the upstream may have billed it; a fallback may do better. A body ended by the connection's
+        # close may have been cut: that one may be asked again.
+        raise UpstreamNotJson(f"upstream returned a body that is not JSON (Content-Type {ctype})",
+                              headers=(NO_RETRY,) if framed else ()) from None
 
 
 def content_kind(resp: Any) -> str:

@@ -26,6 +26,7 @@ from fakes import (
     FakeUpstream,
     Fault,
     LoopbackListener,
+    Reply,
     StreamClient,
     chunk,
     completion,
@@ -689,6 +690,33 @@ def test_an_answer_that_is_no_http_is_a_502_not_worth_retrying(banner: bytes, st
     finally:
         server.shutdown(grace=1.0)
         other.close()
+
+
+def test_a_whole_answer_that_is_no_json_is_not_asked_again(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                           caplog: Any) -> None:
+    """A 200 whose framed body does not parse gets the same on every try, and may have been billed:
+    neither the proxy nor the SDK asks again, and the log does not call it a 502 the upstream sent."""
+    server = make_proxy(retries=2)
+    fake_upstream.push(Reply(200, (("Content-Type", "application/json"),), [b'{"id": "c1", "choices": [{"message": ']))
+    with caplog.at_level("WARNING", logger="claudeproxy"):
+        resp = ask(server)
+    assert resp.status == 502 and resp.headers.get("x-should-retry") == "false"
+    assert "not JSON" in resp.json["error"]["message"]
+    assert len(fake_upstream.requests) == 1
+    assert not any("answered 502" in r.getMessage() for r in caplog.records)
+
+
+def test_a_whole_answer_that_is_no_json_gives_way_to_the_fallback(fake_upstream: FakeUpstream,
+                                                                 second_fake: FakeUpstream) -> None:
+    server = chain(fake_upstream, second_fake, retries=2)
+    try:
+        fake_upstream.push(Reply(200, (("Content-Type", "application/json"),), [b"<html>maintenance</html>"]))
+        second_fake.push(json_reply(completion("from backup")))
+        resp = ask(server)
+        assert resp.status == 200 and resp.json["content"] == [{"type": "text", "text": "from backup"}]
+        assert len(fake_upstream.requests) == 1
+    finally:
+        server.shutdown(grace=1.0)
 
 
 def test_an_upstream_that_is_no_http_server_gives_way_to_the_fallback(second_fake: FakeUpstream) -> None:
