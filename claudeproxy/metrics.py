@@ -211,28 +211,32 @@ class Tally:
 class Histogram:
     """Observations in fixed buckets (``HISTOGRAM_BOUNDS``, seconds), as Prometheus keeps them."""
 
-    __slots__ = ("counts", "sum", "count", "max")
+    __slots__ = ("counts", "sum", "count", "max", "min")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(HISTOGRAM_BOUNDS) + 1)  # the last one is +Inf
         self.sum = 0.0
         self.count = 0
         self.max = 0.0
+        self.min = math.inf
 
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(HISTOGRAM_BOUNDS, value)] += 1  # the first bound >= value
         self.sum += value
         self.count += 1
         self.max = max(self.max, value)
+        self.min = min(self.min, value)
 
     def merge(self, other: "Histogram") -> None:
         self.counts = [a + b for a, b in zip(self.counts, other.counts)]
         self.sum += other.sum
         self.count += other.count
         self.max = max(self.max, other.max)
+        self.min = min(self.min, other.min)
 
     def quantile(self, q: float) -> Optional[float]:
-        """Linear within the bucket holding rank q (Prometheus' histogram_quantile), never above the max seen."""
+        """Linear within the bucket holding rank q (Prometheus' histogram_quantile), never outside
+        the values seen: one call of 45 ms has a p50 of 45 ms, not the 0-50 ms bucket's middle."""
         if not self.count:
             return None
         rank, seen = q * self.count, 0
@@ -240,7 +244,7 @@ class Histogram:
             if n and seen + n >= rank:
                 low = HISTOGRAM_BOUNDS[i - 1] if i > 0 else 0.0
                 high = HISTOGRAM_BOUNDS[i] if i < len(HISTOGRAM_BOUNDS) else self.max
-                return min(self.max, low + (high - low) * (rank - seen) / n)
+                return max(self.min, min(self.max, low + (high - low) * (rank - seen) / n))
             seen += n
         return self.max
 

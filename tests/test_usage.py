@@ -1318,6 +1318,17 @@ def test_histogram_counts_a_value_in_the_first_bucket_whose_bound_is_not_below_i
     assert sum(h.counts) == h.count == 7 and h.max == 10_000.0
 
 
+@pytest.mark.parametrize("values, p50", [([0.045], 45), ([14.0], 14000), ([59.0], 59000), ([0.045, 0.046], 45),
+                                         ([0.01, 0.02, 0.03, 0.04], 25)])
+def test_a_percentile_lies_among_the_values_seen(values: List[float], p50: int) -> None:
+    # Interpolated in a bucket, one 45 ms call had a p50 of 25 ms and one 14 s call 12.5 s (a probe).
+    h = Histogram()
+    for value in values:
+        h.observe(value)
+    assert h.percentiles()["p50"] == p50
+    merged = Histogram()
+    merged.merge(h)
+    assert merged.percentiles() == h.percentiles() and Histogram().percentiles()["p50"] is None
 
 @pytest.mark.parametrize("given", [{}, {"total_tokens": 150}, {"prompt_tokens": 100, "completion_tokens": 5}])
 @pytest.mark.parametrize("stream", [False, True])
