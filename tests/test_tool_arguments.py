@@ -154,11 +154,11 @@ def test_invalid_json_is_never_live() -> None:
     or none, after the text that came meanwhile (which waited one fragment for the decision)."""
     pb = Playbook()
     first = pb.feed(chunk(tool_delta(0, "call_1", "read", "{")))
-    assert [e["type"] for e in first] == ["message_start"]  # "{" alone does not decide
+    assert first == []  # "{" alone does not decide (nor begins the message: nothing to say yet)
     assert pb.feed(chunk({"content": "note"})) == []  # text waits for the decision, as behind a live call
     out = pb.feed(chunk(tool_delta(0, arguments="bad json}")))
-    assert [e["type"] for e in out] == ["content_block_start", "content_block_delta"]  # the text
-    assert out[1]["delta"] == {"type": "text_delta", "text": "note"}
+    assert [e["type"] for e in out] == ["message_start", "content_block_start", "content_block_delta"]  # the text
+    assert out[2]["delta"] == {"type": "text_delta", "text": "note"}
     end = pb.feed(chunk(finish="tool_calls", usage={"prompt_tokens": 1, "completion_tokens": 1}))
     assert [e["type"] for e in end][:3] == ["content_block_stop", "content_block_start", "content_block_stop"]
     assert end[1]["content_block"]["input"] == {}
@@ -171,8 +171,8 @@ def test_text_that_waited_for_the_first_key_follows_the_live_call() -> None:
     pb.feed(chunk(tool_delta(0, "call_1", "read", "{")))
     assert pb.feed(chunk({"content": "note"})) == []
     live = pb.feed(chunk(tool_delta(0, arguments='"path": "a"')))
-    assert [e["type"] for e in live] == ["content_block_start", "content_block_delta"]
-    assert live[1]["delta"]["partial_json"] == '{"path": "a"'
+    assert [e["type"] for e in live] == ["message_start", "content_block_start", "content_block_delta"]
+    assert live[2]["delta"]["partial_json"] == '{"path": "a"'
     pb.feed(chunk(tool_delta(0, arguments="}")))
     pb.feed(chunk(finish="tool_calls", usage={"prompt_tokens": 1, "completion_tokens": 1}))
     assert final_message(pb.events)["content"] == [
