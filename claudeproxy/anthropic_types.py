@@ -605,21 +605,9 @@ def parse_tools(value: Any, path: str = "tools") -> Tuple[Tool, ...]:
 
 
 ToolsParser = Callable[[Any], Tuple[Tool, ...]]
-MessagesParser = Callable[[List[Any]], Tuple[Message, ...]]
 
 
-def parse_message(raw: Any, index: int) -> Message:
-    """The ``messages[index]`` of a body, checked on its own (what it is does not depend on the
-    other messages: ``message_memo`` keeps it by its JSON value)."""
-    return _parse_message(raw, f"messages[{index}]")
-
-
-def parse_messages(items: List[Any]) -> Tuple[Message, ...]:
-    """The ``messages`` list, each message checked."""
-    return tuple(_parse_message(m, f"messages[{i}]") for i, m in enumerate(items))
-
-
-def _parse_common(obj: Dict[str, Any], tools_parser: ToolsParser, messages_parser: MessagesParser) -> Dict[str, Any]:
+def _parse_common(obj: Dict[str, Any], tools_parser: ToolsParser) -> Dict[str, Any]:
     """The fields shared by /v1/messages and /v1/messages/count_tokens."""
     model = _str(obj, "model", "", required=True)
     if not model:
@@ -635,7 +623,7 @@ def _parse_common(obj: Dict[str, Any], tools_parser: ToolsParser, messages_parse
         # The structured-outputs beta's first form (structured-outputs-2025-11-13), still sent by
         # clients built on it: the same format, at the top level.
         schema = _parse_format(obj["output_format"], "output_format")
-    parsed = messages_parser(messages)
+    parsed = tuple(_parse_message(m, f"messages[{i}]") for i, m in enumerate(messages))
     _require_content(parsed)
     parsed_tools = tools_parser(tools) if tools is not None else ()
     choice = _parse_tool_choice(obj.get("tool_choice"))
@@ -656,23 +644,20 @@ def _parse_common(obj: Dict[str, Any], tools_parser: ToolsParser, messages_parse
     }
 
 
-def parse_count_tokens_request(obj: Any, tools_parser: ToolsParser = parse_tools,
-                               messages_parser: MessagesParser = parse_messages) -> MessagesRequest:
+def parse_count_tokens_request(obj: Any, tools_parser: ToolsParser = parse_tools) -> MessagesRequest:
     """Validate a count_tokens body (no ``max_tokens``).
 
-    ``tools_parser`` parses the ``tools`` list, ``messages_parser`` the ``messages``: a server
-    passes its ``ToolMemo.parse`` and ``MessageMemo.parse``.
+    ``tools_parser`` parses the ``tools`` list: a server passes its ``ToolMemo.parse``.
     """
-    return MessagesRequest(**_parse_common(_obj(obj, "body"), tools_parser, messages_parser))
+    return MessagesRequest(**_parse_common(_obj(obj, "body"), tools_parser))
 
 
-def parse_messages_request(obj: Any, tools_parser: ToolsParser = parse_tools,
-                           messages_parser: MessagesParser = parse_messages) -> MessagesRequest:
-    """Validate a decoded ``POST /v1/messages`` body into a ``MessagesRequest`` (the parsers: as above)."""
+def parse_messages_request(obj: Any, tools_parser: ToolsParser = parse_tools) -> MessagesRequest:
+    """Validate a decoded ``POST /v1/messages`` body into a ``MessagesRequest`` (``tools_parser``: as above)."""
     obj = _obj(obj, "body")
     if obj.get("thread") is not None:
         raise thread_unsupported()  # a translated request holds the whole conversation or nothing
-    fields = _parse_common(obj, tools_parser, messages_parser)
+    fields = _parse_common(obj, tools_parser)
     _require_user_content(fields["messages"])
     max_tokens = _int(obj, "max_tokens", "", required=True)
     if max_tokens is not None and max_tokens < 0:

@@ -39,7 +39,6 @@ from .errors import (
     says_no_retry,
 )
 from .ids import new_id
-from .message_memo import MessageMemo
 from .metrics import LOCAL, CallRecord, Metrics, access_line, finite
 from .model_facts import PRICES_CHECKED, ModelFacts
 from .observe import ObservedFold, bodies_logged, log_body
@@ -104,9 +103,8 @@ class Proxy:
         self._auth_styles = {name: (p, auth_style(p.api, p.url, p.dialect, p.auth))
                              for name, p in self.router.providers.items()}
         self.tools = ToolMemo()  # the tool sets clients send, parsed, counted and translated once
-        self.message_memo = MessageMemo()  # the messages they send again each turn, parsed once
         # The APIs the providers speak; another (Responses for a Responses-only model) on first use.
-        self.apis: Dict[str, Any] = {name: _load_api(name, self.tools, self.message_memo) for name in
+        self.apis: Dict[str, Any] = {name: _load_api(name, self.tools) for name in
                                      sorted({p.api for p in self.router.providers.values()})}
         self._caps: Dict[Tuple[str, str], int] = {}
         self._lock = threading.Lock()
@@ -185,7 +183,7 @@ class Proxy:
         api = self.apis.get(name)
         if api is None:
             with self._lock:
-                api = self.apis.setdefault(name, _load_api(name, self.tools, self.message_memo))
+                api = self.apis.setdefault(name, _load_api(name, self.tools))
         return api
 
     def _log_body(self, what: str, body: Any, secrets: Optional[Tuple[str, ...]] = None) -> None:
@@ -266,7 +264,7 @@ class Proxy:
 
     def _local_count(self, body: Dict[str, Any], routed: Routed) -> int:
         """The local estimate, scaled by what the routed model's own counts taught (``calibration.py``)."""
-        raw = self._raw_estimate(parse_count_tokens_request(body, self.tools.parse, self.message_memo.parse)).tokens
+        raw = self._raw_estimate(parse_count_tokens_request(body, self.tools.parse)).tokens
         return self.calibration.estimate((routed.target.provider.name, routed.target.model), raw)
 
     def _upstream_count(self, handler: Any, body: Dict[str, Any], target: Target) -> Optional[int]:
@@ -474,8 +472,8 @@ class Proxy:
                     delay, why = self._retry_delay(exc, attempt + 1) if again else (None, "")
                     then = (f"retrying in {delay:.1f} s" if delay is not None else
                             "trying the next target" if target is not last else "no target left")
-                    # The status the client would get: the upstream's own for an HTTP error, else what
-                    # the failure maps to (a body that is no JSON came with a 200, which is not said).
+                    # An upstream's HTTP error by its status; anything else (no answer, a 200 whose
+                    # body is no JSON) as failed: the 502 the client would get is none the upstream sent.
                     said = f"answered {exc.status}" if isinstance(exc, UpstreamHTTPError) else "failed"
                     log.warning("%s %s (%s)%s; %s", target.label, said, exc.message, why, then)
                     if delay is None:
@@ -794,18 +792,18 @@ class Proxy:
         self.calibration.learn((rec.provider, rec.upstream_model), raw, reported)
 
 
-def _load_api(name: str, tools: ToolMemo, messages: MessageMemo) -> Any:
+def _load_api(name: str, tools: ToolMemo) -> Any:
     """The upstream API ``name`` (config.UPSTREAM_APIS), its modules imported now: a server
     whose providers all speak Chat Completions never loads the other two."""
     if name == "chat":
         from .apis.chat.api import ChatApi
-        return ChatApi(tools, messages)
+        return ChatApi(tools)
     if name == "messages":
         from .apis.messages import MessagesApi
         return MessagesApi()
     from .apis.responses.api import ResponsesApi
     assert name == "responses", name
-    return ResponsesApi(tools, messages)
+    return ResponsesApi(tools)
 
 
 _RECORD_FIELDS = frozenset(CallRecord.__dataclass_fields__) - {"duration_ms", "ttft_ms", "cost_usd", "time", "request_id"}

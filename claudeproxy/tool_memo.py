@@ -28,25 +28,20 @@ KEPT_BYTES = 1 << 20  # the keys of every set kept, together (a few MiB as objec
 _MISSING = object()
 
 
-def exact_key(value: Any) -> Optional[bytes]:
-    """A JSON value's exact value as bytes, or None for what is no JSON value.
+def _key(definitions: Any) -> Optional[bytes]:
+    """The set's exact value as bytes, or None for no set.
 
     ``marshal`` format 0 writes every value in full (no back-references, no interning flags):
     identical JSON (the same key order and number types) gives equal bytes, and equal bytes
-    mean identical JSON. A value sent with its keys reordered is only a miss, never a wrong hit.
+    mean identical JSON. A set sent with its keys reordered is only a miss, never a wrong hit.
     It is 3-4x faster than ``json.dumps`` (a real Claude Code set, 36 KB: 92 us against 300-430).
     """
-    try:
-        return marshal.dumps(value, 0)
-    except ValueError:  # not a JSON value (the door lets none through): no sharing then
-        return None
-
-
-def _key(definitions: Any) -> Optional[bytes]:
-    """The set's exact value (``exact_key``), or None for no set."""
     if not isinstance(definitions, list) or not definitions:
         return None
-    return exact_key(definitions)
+    try:
+        return marshal.dumps(definitions, 0)
+    except ValueError:  # not a JSON value (the door lets none through): no sharing then
+        return None
 
 
 class _Entry:

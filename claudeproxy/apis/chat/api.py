@@ -15,7 +15,6 @@ from ...anthropic_types import MessagesRequest, parse_messages_request, wants_th
 from ...dialects import Dialect, azure_api_version
 from ...errors import ProxyError
 from ...ids import new_id
-from ...message_memo import MessageMemo
 from ...routing import Target
 from ...tool_memo import ToolMemo
 from ...urls import chat_url
@@ -112,9 +111,8 @@ class ChatApi(UpstreamApi):
     name = "chat"
     translates = True  # the request is parsed and rewritten: local answers and local token counts apply
 
-    def __init__(self, tools: ToolMemo, messages: Optional[MessageMemo] = None) -> None:
+    def __init__(self, tools: ToolMemo) -> None:
         self.tools = tools  # the server's: a tool set is parsed and translated once per dialect
-        self.messages = messages if messages is not None else MessageMemo()  # the server's, as the tools
         self._refused = RefusedFields(DROPPABLE_FIELDS)
         # The models whose upstream refused max_tokens for max_completion_tokens (a reasoning model
         # behind a URL the dialects do not know: FIELD-NOTES 6).
@@ -123,7 +121,7 @@ class ChatApi(UpstreamApi):
         self._lock = threading.Lock()
 
     def parse(self, body: Dict[str, Any]) -> MessagesRequest:
-        return parse_messages_request(body, self.tools.parse, self.messages.parse)
+        return parse_messages_request(body, self.tools.parse)
 
     def prepare(self, req: ClientRequest, target: Target, cap: Optional[int]) -> Exchange:
         parsed, dialect = req.parsed, target.dialect

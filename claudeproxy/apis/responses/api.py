@@ -18,7 +18,6 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 from ...anthropic_types import MessagesRequest, parse_messages_request, wants_thinking
 from ...errors import ProxyError
 from ...ids import new_id
-from ...message_memo import MessageMemo
 from ...routing import Target
 from ...tool_memo import ToolMemo
 from ...urls import join_path
@@ -46,15 +45,14 @@ class ResponsesApi(UpstreamApi):
     name = "responses"
     translates = True  # parsed and rewritten: local answers and local token counts apply
 
-    def __init__(self, tools: ToolMemo, messages: Optional[MessageMemo] = None) -> None:
+    def __init__(self, tools: ToolMemo) -> None:
         self.tools = tools  # the server's: a tool set is parsed and translated once
-        self.messages = messages if messages is not None else MessageMemo()  # the server's, as the tools
         self._lock = threading.Lock()
         self._no_summaries: Set[str] = set()  # providers whose organisation refused reasoning summaries
         self._refused = RefusedFields(DROPPABLE_FIELDS)
 
     def parse(self, body: Dict[str, Any]) -> MessagesRequest:
-        return parse_messages_request(body, self.tools.parse, self.messages.parse)
+        return parse_messages_request(body, self.tools.parse)
 
     def prepare(self, req: ClientRequest, target: Target, cap: Optional[int], *, replay: bool = True) -> Exchange:
         parsed = req.parsed
