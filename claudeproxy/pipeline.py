@@ -695,6 +695,10 @@ class Proxy:
             return None
         finally:
             if rest is None:
+                # Ended or failed here. A failed one's tick must not outlive it: in the backoff before
+                # a retry it would begin the client's stream with this attempt's message_start (at
+                # the first ping), and the retry would send a second.
+                watch.tick = None
                 self.stream_ended(relay, record)
 
     def stream_ended(self, relay: Relay, record: Dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ from fakes import (
     Fault,
     LoopbackListener,
     Reply,
+    Sleep,
     StreamClient,
     chunk,
     completion,
@@ -336,6 +337,24 @@ def test_an_error_after_a_role_only_first_chunk_is_a_plain_http_error(make_proxy
         # What the same error as the first event gives (PROTOCOL.md 4.3): a status the SDKs retry.
         assert client.status == 503 and client.json["type"] == "error"
         assert "The server is overloaded" in client.json["error"]["message"]
+
+
+def test_a_failed_attempts_ping_does_not_begin_the_stream_during_the_backoff(fake_upstream: FakeUpstream) -> None:
+    # The first attempt fails 0.85 s after its role-only chunk; the backoff crosses the 1 s ping.
+    # Its tick, left in place, began the client's stream with its own message_start (a review).
+    server = claudeproxy.start(upstream=fake_upstream.url, token=claudeproxy.static_token(UPSTREAM_KEY), retries=1,
+                               ping_interval=1.0)
+    try:
+        role = chunk({"role": "assistant", "content": ""})
+        fake_upstream.push(sse_reply(role, Sleep(0.85), {"error": {"message": "busy", "code": 503}}, done=False),
+                           sse_reply(role, chunk({"content": "ok"}), chunk({}, "stop")))
+        with StreamClient(server.url, minimal_request(stream=True), headers=HEADERS) as client:
+            events = client.read_all(timeout=10)
+        assert_valid_event_sequence(events, allow_error=False)
+        assert [e["type"] for e in events].count("message_start") == 1
+        assert final_message(events)["content"] == [{"type": "text", "text": "ok"}]
+    finally:
+        server.shutdown(grace=1.0)
 
 
 def test_client_leaving_during_the_backoff_ends_it(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
