@@ -1277,3 +1277,14 @@ def test_a_call_id_outside_anthropics_id_form_is_given_in_it() -> None:
     [block] = final_message(events)["content"]
     assert block["id"].startswith("toolu_b64_") and block["id"].replace("_", "").replace("-", "").isalnum()
     assert upstream_tool_id(block["id"]) == "functions.Read:0"
+
+
+def test_an_object_placeholder_when_a_call_is_added_is_not_its_arguments() -> None:
+    call = {"type": "function_call", "call_id": "c1", "name": "f"}
+    events = feed(make_fold(), CREATED,
+                  {"type": "response.output_item.added", "output_index": 0, "item": {**call, "arguments": {}}},
+                  {"type": "response.function_call_arguments.delta", "output_index": 0, "delta": '{"path": "/a"}'},
+                  {"type": "response.output_item.done", "output_index": 0, "item": {**call, "arguments": '{"path": "/a"}'}},
+                  completed())
+    assert_valid_event_sequence(events, allow_error=False)
+    assert final_message(events)["content"] == [{"type": "tool_use", "id": "c1", "name": "f", "input": {"path": "/a"}}]

@@ -455,7 +455,9 @@ class ResponsesFold(SSEFold):
         item.call_id = item.call_id or _str(raw, "call_id")
         item.name = item.name or _str(raw, "name")
         if not item.args:
-            item.args = LiveText(arguments_text(raw.get("arguments")))
+            # Only text: an object here is a placeholder ({}) the deltas then fill, not the arguments
+            # (those come whole with the closing events, which take an object: _take_whole).
+            item.args = LiveText(_str(raw, "arguments"))
         return self._maybe_live(slot, item)
 
     def _item_done(self, obj: Dict[str, Any]) -> List[Event]:
