@@ -80,6 +80,10 @@ class ObservedFold:
     def line_allowance(self) -> float:
         return float(self._fold.line_allowance)
 
+    @property
+    def began(self) -> bool:
+        return bool(self._fold.began)
+
     def line_skimmer(self) -> Any:
         return self._fold.line_skimmer()
 

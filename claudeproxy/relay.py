@@ -137,9 +137,10 @@ class Relay:
             self.call.abort("client")
             raise
         except ProxyError as exc:  # an error event from the upstream, or a line over the cap
-            # Only the upstream's error as its first event is a refusal. A line over the cap is an
-            # answer under way, whatever it cost: its tokens are not known, not 0.
-            self.refused = folding and not self.committed and not exc.events_before
+            # Only the upstream's error as its first event is a refusal (not after a role-only chunk or
+            # a held message_start: the answer had begun). A line over the cap is an answer under
+            # way, whatever it cost: its tokens are not known, not 0.
+            self.refused = folding and not self.committed and not exc.events_before and not self.fold.began
             self._fail(exc)
             return False
         except (OSError, http.client.HTTPException, ValueError) as exc:

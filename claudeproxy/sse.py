@@ -181,6 +181,7 @@ class SSEFold:
     complete: bool
     billed_cost: Optional[float] = None  # ``StreamFold.billed_cost``: only Chat upstreams report one
     line_allowance = 0.0  # ``StreamFold.line_allowance``: no line repeats the deltas before it
+    began = False  # ``StreamFold.began``: where the API's first events say nothing of the answer
 
     def line_skimmer(self) -> Any:
         """``StreamFold.line_skimmer``: None, a long line is read whole."""

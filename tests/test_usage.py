@@ -1357,3 +1357,17 @@ def test_a_responses_usage_without_a_count_is_the_estimate_not_zero(fake: FakeUp
         assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (None, None, None)
     finally:
         server.shutdown(grace=1.0)
+
+
+@pytest.mark.parametrize("first", ["role-chunk", "none"])
+def test_an_error_after_the_role_chunk_spent_what_nobody_said(proxy: Any, fake: FakeUpstream, first: str) -> None:
+    """The role-only chunk says the upstream began generating: an error after it is no refusal (0 at $0)
+    but a call whose cost is not known. As its first event, the error is a refusal."""
+    steps = ([chunk({"role": "assistant", "content": ""})] if first == "role-chunk" else []) + [
+        {"error": {"message": "server had an error", "code": 500}}]
+    fake.push(sse_reply(*steps, done=False))
+    resp = post(proxy, minimal_request(model="claude-sonnet-4-5", stream=True))
+    assert resp.status == 500  # nothing had gone out: a plain HTTP error either way
+    [rec] = wait_records(proxy, 1)
+    expected = (None, None, None) if first == "role-chunk" else (0, 0, 0.0)
+    assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == expected

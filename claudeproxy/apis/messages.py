@@ -361,6 +361,10 @@ class MessagesFold(SSEFold):
             return events + self._stop(), None
         return events, UpstreamUnavailable("upstream stream ended early (no message_stop)")
 
+    @property
+    def began(self) -> bool:  # ``StreamFold.began``: the upstream's message_start came
+        return self.started or bool(self.held)
+
     def start(self) -> List[Event]:
         """``message_start`` (once): the upstream's if it came, else ours."""
         if self.started:

@@ -910,6 +910,10 @@ class ChatFold(SSEFold):
         events = self.translator.feed(chunk)
         return events + self._finish() if self.translator.ready_to_finish else events
 
+    @property
+    def began(self) -> bool:  # ``StreamFold.began``: the role-only chunk is one (generation began)
+        return self.chunks > 0
+
     def _finish(self) -> List[Event]:
         self.complete = True
         return self.translator.finish()
