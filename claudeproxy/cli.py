@@ -201,8 +201,8 @@ def _model_flags(models: Any) -> None:
 
 
 def _config_flags(group: Any) -> None:
-    group.add_argument("--config", metavar="FILE", action=_Once, help="JSON file with providers, routes, model facts and any "
-                       "flag (flags given here win)")
+    group.add_argument("--config", metavar="FILE", action=_Once, help="JSON file with providers, routes, model facts "
+                       "and any flag (flags given here win)")
     group.add_argument("--print-config", action="store_true", help="print the effective configuration "
                        "(keys masked, routes resolved) as JSON and exit")
 

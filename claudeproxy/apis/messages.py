@@ -327,9 +327,9 @@ class MessagesFold(SSEFold):
         self.decoder = SSEDecoder()
         self.started = False  # a message_start went out (the upstream's, or ours for early pings)
         # The upstream's message_start and the pings after it, held until the next event goes out with
-        # them: alone they tell the client nothing, and while nothing went out an error or a silence
-        # right after them is still a plain HTTP error the proxy may retry or fall back from. A slow
-        # first block commits at the proxy's first ping (relay.tick), which sends them.
+        # them: alone they tell the client nothing, and while nothing went out an error right after
+        # them is still a plain HTTP error the proxy may retry or fall back from. A slow first block
+        # commits at the proxy's first ping (relay.tick), which sends them.
         self.held: List[Event] = []
         self.complete = False
         self.done = False  # message_stop or error went out

@@ -384,8 +384,8 @@ class StreamTranslator:
         if events and not was_started:
             # message_start comes with the first content, not with a chunk that carries none (the
             # role-only chunk OpenAI and most servers send first): until then nothing has gone to the
-            # client, and an error or a silence that follows is still a plain HTTP error the proxy
-            # may retry or fall back from. A slow first token commits at the first ping (relay.tick).
+            # client, and an error that follows is still a plain HTTP error the proxy may retry or
+            # fall back from. A slow first token commits at the first ping (relay.tick).
             events = self.start() + events
         overload = overload_error(choice.finish_reason)
         if overload is not None:

@@ -278,14 +278,14 @@ def _int(obj: Any, key: str) -> int:
     return token_count(obj.get(key)) if isinstance(obj, dict) else 0
 
 
-USAGE_COUNTS = ("input_tokens", "output_tokens")
+_USAGE_COUNTS = ("input_tokens", "output_tokens")
 
 
 def reports_usage(usage: Any) -> bool:
     """Does a Response's ``usage`` say anything: an object with ``input_tokens`` or ``output_tokens``
     a count? ``{}``, ``{"total_tokens": 150}`` or Chat's names say nothing: the usage is not known
     (the client gets the estimate, the record no count), not 0 tokens at $0."""
-    return isinstance(usage, dict) and any(count_or_none(usage.get(k)) is not None for k in USAGE_COUNTS)
+    return isinstance(usage, dict) and any(count_or_none(usage.get(k)) is not None for k in _USAGE_COUNTS)
 
 
 def usage_from(usage: Any, searches: int = 0) -> Dict[str, Any]:
@@ -390,7 +390,7 @@ def to_messages_response(
         raise failure
     if obj.get("status") in ("queued", "in_progress"):
         # No answer yet (a background response): not an empty one that ended its turn.
-        raise error_for({}, secrets, default=f"upstream returned a response that is still {obj['status']}, with no answer")
+        raise error_for({}, secrets, default=f"upstream returned a response still {obj['status']}, with no answer")
     output, match = cut_output(obj.get("output"), stop_sequences) if stop_sequences else (obj.get("output"), None)
     blocks, refusal = content_blocks(output, tool_names, new_id, obj.get("status") == "incomplete", thinking)
     has_tools = any(b["type"] == "tool_use" for b in blocks)
