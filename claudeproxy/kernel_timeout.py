@@ -24,7 +24,8 @@ def bound_by_kernel(sock: socket.socket, option: int, seconds: float) -> bool:
     """Make ``sock`` blocking with ``option`` (``SO_SNDTIMEO`` or ``SO_RCVTIMEO``) set to
     ``seconds``; False, the socket untouched, where that cannot be done."""
     if not sys.platform.startswith("linux") or type(sock) is not socket.socket or not 0.001 <= seconds < 2**31:
-        return False  # (a TLS socket reads a whole record before it polls; below a millisecond the kernel's is 0, no bound)
+        # (A TLS socket reads a whole record before it polls; below a millisecond the kernel's is 0, no bound.)
+        return False
     whole = int(seconds)
     value = struct.pack(_TIMEVAL, whole, int((seconds - whole) * 1_000_000))
     try:

@@ -1344,7 +1344,8 @@ def iter_lines(resp: Any, limit: int, allowance: float = 0.0,
                 yield b"".join(spill)
             return
         if skim is not None:
-            end = _first_line_end(data)
+            found = _LINE_END.search(data)  # the line's end: its LF or CR
+            end = found.start() if found else -1
             skim.feed(data if end < 0 else data[:end])
             spilled += len(data) if end < 0 else end  # the line without its newline, as a whole one is held
             _check_unfinished(spilled, limit, allowance, before)
@@ -1382,12 +1383,6 @@ def iter_lines(resp: Any, limit: int, allowance: float = 0.0,
             before += len(run)
         if spilled > limit:  # (as _check_unfinished begins: most reads leave nothing, or little, unfinished)
             _check_unfinished(spilled, limit, allowance, before)
-
-
-def _first_line_end(data: bytes) -> int:
-    """Where the first line of ``data`` ends (its LF or CR), or -1."""
-    ends = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
-    return min(ends) if ends else -1
 
 
 def _line_cap(limit: int, allowance: float, before: int) -> int:
