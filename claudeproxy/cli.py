@@ -70,7 +70,7 @@ from .errors import UpstreamUnavailable
 from .metrics import CallRecord
 from .observe import BODIES_LOGGER
 from .redact import configured_secrets, redact_text, redact_url
-from .routing import Router, build_router, header_the_key_replaces, provider_dialect, unmatched_route
+from .routing import Router, build_router, covers, header_the_key_replaces, provider_dialect, unmatched_route
 from .server import ProxyServer, drain_and_close
 from .settings_view import describe_config
 from .upstream import proxy_urls, tls_context
@@ -791,8 +791,8 @@ def _warn_about(server: ProxyServer, environ: Mapping[str, str]) -> None:
 def start_warnings(server: ProxyServer, environ: Mapping[str, str]) -> List[str]:
     """The settings that add up to something the operator did not mean: logged at start, and
     ``run`` prints them on the terminal too."""
-    return (unmatched_routes(server) + keyless_upstreams(server) + passed_over_keys(server, environ)
-            + unused_proxies(server, environ))
+    return (unmatched_routes(server) + shadowed_routes(server) + keyless_upstreams(server)
+            + passed_over_keys(server, environ) + unused_proxies(server, environ))
 
 
 def unmatched_routes(server: ProxyServer) -> List[str]:
@@ -805,6 +805,17 @@ def unmatched_routes(server: ProxyServer) -> List[str]:
         if why:
             lines.append(f"{route.origin or f'routes[{i}]'}: {why}")
     return lines
+
+
+def shadowed_routes(server: ProxyServer) -> List[str]:
+    """A line for each config file route that a model flag tried before it leaves nothing to match
+    (``--sonnet-model`` and the file's ``claude-sonnet-4-5*``): the flag wins, as flags do, but the
+    file's route is dead while the flag is given, which a user editing the file would not guess.
+    Routes of one source that shadow each other stop the start (``_check_routes``)."""
+    routes = server.proxy.router.routes
+    return [f"{later.origin or f'routes[{j}]'} ({later.match!r}) is never used while {earlier.origin} "
+            f"({earlier.match!r}) is given: the flag takes every name the route would"
+            for j, later in enumerate(routes) for earlier in routes[:j] if covers(earlier.match, later.match)]
 
 
 def keyless_upstreams(server: ProxyServer) -> List[str]:

@@ -260,6 +260,33 @@ def test_a_route_claude_code_can_never_reach_is_warned_about_at_start(served: Li
         cli.start_warnings(server.server, {})
 
 
+def test_a_file_route_a_model_flag_shadows_is_warned_about_at_start(served: List[Any], tmp_path: Any) -> None:
+    """--sonnet-model wins over the file's Sonnet routes, as flags win over the file; a more specific
+    route of the file below it is then dead, and the start says so (a route of the same source
+    behind another stops the start instead)."""
+    path = tmp_path / "routes.json"
+    path.write_text(json.dumps({"providers": {"p": {"url": "http://127.0.0.1:9/v1"}},
+                                "routes": [{"match": "claude-sonnet-4-5*", "provider": "p", "model": "file-sonnet"},
+                                           {"match": "claude-haiku*", "provider": "p", "model": "file-haiku"},
+                                           {"match": "*", "provider": "p", "model": "file-default"}]}))
+    assert run_main(["--config", str(path), "--sonnet-model", "flag-sonnet"], {})[0] == 0
+    server = claudeproxy.start(served[0], port=0)
+    try:
+        assert cli.shadowed_routes(server.server) == [
+            f"--config {path}: routes[0] ('claude-sonnet-4-5*') is never used while --sonnet-model ('sonnet') "
+            "is given: the flag takes every name the route would"]
+        routed = server.server.proxy.router.resolve("claude-sonnet-4-5-20250929")
+        assert routed is not None and routed.target.model == "flag-sonnet"
+    finally:
+        server.shutdown(grace=0.1)
+    assert run_main(["--config", str(path), "--opus-model", "flag-opus"], {})[0] == 0  # nothing of the file's
+    server = claudeproxy.start(served[-1], port=0)
+    try:
+        assert cli.shadowed_routes(server.server) == []
+    finally:
+        server.shutdown(grace=0.1)
+
+
 def test_a_library_route_without_an_origin_is_named_by_its_place() -> None:
     server = claudeproxy.start(providers=(Provider("p", "http://127.0.0.1:9/v1"),),
                                routes=(Route("sonet", RouteTarget("p", "n")), Route("*", RouteTarget("p", "m"))),
