@@ -30,6 +30,7 @@ from ...anthropic_types import (
     ToolReferenceBlock,
     ToolResultBlock,
     ToolUseBlock,
+    merge_turns,
 )
 from ...dialects import Dialect, effort_for_budget
 from ...prompt_cache import strip_billing_header
@@ -265,14 +266,7 @@ def _merge_same_role(messages: Tuple[Message, ...], merge_users: bool) -> List[M
     results always joins the one before, because its results must come right
     after the assistant's calls (PROTOCOL.md 1.2 step 3).
     """
-    merged: List[Message] = []
-    for message in messages:
-        joins = merge_users or message.role != "user" or _has_tool_result(message)
-        if merged and message.role != "system" and merged[-1].role == message.role and joins:
-            merged[-1] = Message(message.role, merged[-1].content + message.content)
-        else:
-            merged.append(message)
-    return merged
+    return merge_turns(messages, lambda message: merge_users or message.role != "user" or _has_tool_result(message))
 
 
 def _has_tool_result(message: Message) -> bool:
@@ -303,7 +297,9 @@ class _MessageBuilder:
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         self.out: List[ChatMessage] = []
-        self.pending: List[str] = []  # ids of the last assistant turn's tool calls (client form)
+        # The ids of the last assistant turn's tool calls (client form), in order; a dict, so that
+        # finding the call of each of 10,000 parallel results costs no scan of the list.
+        self.pending: Dict[str, None] = {}
         self.deferred: List[ChatMessage] = []  # system turns that arrived between a call and its result
 
     def add_system(self, message: Message) -> None:
@@ -319,7 +315,7 @@ class _MessageBuilder:
         self.close_turn()
         chat = _assistant_message(message, self.dialect, is_last)
         self.out.append(chat)
-        self.pending = [b.id for b in message.content if isinstance(b, ToolUseBlock)]
+        self.pending = dict.fromkeys(b.id for b in message.content if isinstance(b, ToolUseBlock))
 
     def add_user(self, message: Message) -> None:
         """Tool messages, then the parts moved out of them, then the turn's own content.
@@ -356,7 +352,7 @@ class _MessageBuilder:
         for tool_id in self.pending:
             if tool_id not in answered:
                 self._tool_message(tool_id, MISSING_RESULT)
-        self.pending = []
+        self.pending = {}
         self.out.extend(self.deferred)
         self.deferred = []
 

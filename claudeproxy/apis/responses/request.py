@@ -30,6 +30,7 @@ from ...anthropic_types import (
     ToolReferenceBlock,
     ToolResultBlock,
     ToolUseBlock,
+    merge_turns,
     wants_thinking,
 )
 from ...dialects import effort_for_budget
@@ -248,13 +249,7 @@ def _drop_unfollowed_reasoning(items: List[Item]) -> List[Item]:
 
 def _merge_same_role(messages: Tuple[Message, ...]) -> List[Message]:
     """Anthropic treats consecutive user (or assistant) turns as one; so do we."""
-    merged: List[Message] = []
-    for message in messages:
-        if merged and message.role != "system" and merged[-1].role == message.role:
-            merged[-1] = Message(message.role, merged[-1].content + message.content)
-        else:
-            merged.append(message)
-    return merged
+    return merge_turns(messages, lambda message: True)
 
 
 class _InputBuilder:
@@ -264,7 +259,7 @@ class _InputBuilder:
         self.system_role = system_role
         self.replay = replay
         self.out: List[Item] = []
-        self.pending: List[str] = []  # call_ids of the last assistant turn still without output
+        self.pending: Dict[str, None] = {}  # call_ids of the last assistant turn still without output, in order
         self.seen: Set[str] = set()  # every call_id sent so far
         self.deferred: List[Item] = []  # system turns that came between a call and its output
 
@@ -277,7 +272,7 @@ class _InputBuilder:
         self.close_turn()
         items = _assistant_items(message, self.replay, self.seen)
         self.out.extend(items)
-        self.pending = [item["call_id"] for item in items if item["type"] == "function_call"]
+        self.pending = dict.fromkeys(item["call_id"] for item in items if item["type"] == "function_call")
 
     def add_user(self, message: Message) -> None:
         parts: List[Part] = []
@@ -287,7 +282,7 @@ class _InputBuilder:
             elif call_id(block.tool_use_id) in self.pending:
                 cid = call_id(block.tool_use_id)
                 self.out.append({"type": "function_call_output", "call_id": cid, "output": _tool_output(block)})
-                self.pending.remove(cid)
+                del self.pending[cid]
             else:
                 parts.extend(_orphan_parts(block))
         self.close_turn()
@@ -298,7 +293,7 @@ class _InputBuilder:
         """Answer every call still open (a call without output is a 400), then release system turns."""
         for cid in self.pending:
             self.out.append({"type": "function_call_output", "call_id": cid, "output": MISSING_RESULT})
-        self.pending = []
+        self.pending = {}
         self.out.extend(self.deferred)
         self.deferred = []
 
