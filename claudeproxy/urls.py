@@ -11,6 +11,8 @@ import re
 from typing import Dict, Optional
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from .errors import InvalidRequest
+
 _QUERY_SAFE = "!$%&'()*+,/:;=?@~-._"  # kept as they are in a forwarded query (escapes stay escapes)
 
 
@@ -38,6 +40,8 @@ def chat_url(base: str, model: str, azure_api_version: Optional[str] = None) -> 
     parts = urlsplit(base)
     path = parts.path.rstrip("/")
     if "/openai/deployments/" not in path and not path.endswith("/openai/v1"):
+        if not model.strip("."):  # "..": the request, and its key, would go one level up the path
+            raise InvalidRequest(f"{model!r} is not an Azure deployment name", "model")
         path += "/openai/deployments/" + quote(model, safe="")
     url = urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
     url = join_path(url, "/chat/completions")

@@ -58,6 +58,20 @@ def test_azure_deployment_name_is_quoted():
     assert "/openai/deployments/my%20dep%2F1/chat/completions?" in url
 
 
+def test_a_deployment_of_dots_is_refused_not_sent_up_the_path(make_proxy, fake_upstream):
+    """A client's model ".." (no --model) would send the keyed request to /openai/chat/completions
+    wherever the path is normalised: a 400 that names the model, and nothing upstream."""
+    proxy = make_proxy(upstream=f"http://127.0.0.1:{fake_upstream.port}", provider="azure")
+    for name in ("..", ".", "..."):
+        resp = request(proxy.url, "POST", "/v1/messages", minimal_request(model=name), HEADERS)
+        assert resp.status == 400, resp
+        assert resp.json["error"] == {"type": "invalid_request_error",
+                                      "message": f"model: {name!r} is not an Azure deployment name"}
+    assert fake_upstream.requests == []
+    assert request(proxy.url, "POST", "/v1/messages", minimal_request(model="v1.2"), HEADERS).status == 200
+    assert fake_upstream.last.path.startswith("/openai/deployments/v1.2/chat/completions?")
+
+
 @pytest.mark.parametrize("base,expected", [
     ("https://api.openai.com/v1", "https://api.openai.com/v1/models"),
     ("https://api.openai.com/v1/chat/completions", "https://api.openai.com/v1/models"),
