@@ -55,6 +55,8 @@ Route = Callable[[Any, Any], None]
 _STDLIB_5XX = {501: 405, 505: 400}  # what send_error answers instead (bad input is a 4xx)
 _BROKEN_HEADER_DEFECTS = (email.errors.MissingHeaderBodySeparatorDefect, email.errors.FirstHeaderLineIsContinuationDefect)
 _ABSOLUTE_TARGET_RE = re.compile(r"^[hH][tT][tT][pP][sS]?://([^/?#]*)([/?].*)?$")
+# The blanks that may part the words of a request line (RFC 9112 3: SP, HTAB, VT, FF, a bare CR).
+_BLANKS = re.compile(r"[ \t\x0b\x0c\r]+")
 # RFC 9112 2.2: a server SHOULD ignore at least one empty line before a request line (clients that
 # end a POST body with an extra CRLF). A few are passed over; a run longer than that is no request.
 _EMPTY_LINES = (b"\r\n", b"\n")
@@ -306,20 +308,24 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             self._reader.deadline = None
 
     def handle_expect_100(self) -> bool:
-        """Refuse a request the client may not send, or a bad or oversized body, before the client
-        sends it: no ``100 Continue`` for a body that would never be read."""
+        """Refuse a request the client may not send (no access, no such path or method, no length, a
+        body over the limit) before the client sends its body: no ``100 Continue`` for a body that
+        would never be read."""
         writer = ResponseWriter(self, new_request_id())
         try:
             self._check_access(writer, preflight=False)
-            if self.headers.get_all("Content-Length") or "Transfer-Encoding" in self.headers:
+            self._find_route(self.command)  # an unknown path or method: the 404 or 405 at once
+            if self.command in _BODY_METHODS or self.headers.get_all("Content-Length") or "Transfer-Encoding" in self.headers:
                 limit = self.server.config.max_body_bytes  # type: ignore[attr-defined]
-                length = self._content_length()
+                length = self._content_length()  # none: the 411 at once
                 if length > limit:
                     raise ProxyError(f"request body of {length} bytes exceeds the {limit}-byte limit", status=413)
         except ProxyError as exc:
             self.close_connection = True
             self._fail(writer, exc)
             return False
+        if not self._declares_body():
+            return True  # nothing to ask for (a GET): no 100 Continue
         return super().handle_expect_100()
 
     def date_time_string(self, timestamp: Optional[float] = None) -> str:
@@ -386,6 +392,10 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         if any(isinstance(d, _BROKEN_HEADER_DEFECTS) for d in self.headers.defects):
             self.send_error(400, "malformed header line (no colon) in the request head")
             return False
+        if any(isinstance(d, email.errors.InvalidHeaderDefect) for d in self.headers.defects):
+            # ": value": the feed parser drops the line, where a front-end may have read it otherwise.
+            self.send_error(400, "malformed header line (no name before the colon) in the request head")
+            return False
         if self.headers.has_controls:  # never for a plain head: no scan of the values per request
             self.send_error(400, self._control_message())
             return False
@@ -438,7 +448,9 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         if not self._skip_empty_lines():
             return False
         self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
-        words = self.requestline.split()
+        # Split at HTTP's blanks only (RFC 9112 3): str.split() also splits at "\xa0", "\x85" or
+        # "\x1c", where a front-end sees one word and would route and frame the request otherwise.
+        words = [word for word in _BLANKS.split(self.requestline) if word]
         if not words:  # blanks only, or more empty lines than are passed over
             self.send_error(400, "Bad request syntax (no request line)")
             return False
@@ -459,10 +471,10 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             return False
         command, path = words[:2]
         if len(words) == 2:
-            self.close_connection = True
-            if command != "GET":
-                self.send_error(400, f"Bad HTTP/0.9 request type ({command!r})")
-                return False
+            # HTTP/0.9 has no head: the stdlib went on to read one, and the client, which sends
+            # none, waited for the read timeout (30 s) to get nothing.
+            self.send_error(400, f"Bad request syntax ({self.requestline!r}): HTTP/0.9 is not supported")
+            return False
         self.command, self.path = command, path
         if self.path.startswith("//"):
             self.path = "/" + self.path.lstrip("/")  # gh-87389: //host/path would read as another host
@@ -760,7 +772,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             raise ProxyError("chunked request bodies are not supported; send Content-Length", status=411,
                              error_type="invalid_request_error")
-        values = {v.strip() for v in self.headers.get_all("Content-Length") or []}
+        values = {v.strip(" \t") for v in self.headers.get_all("Content-Length") or []}  # HTTP's blanks, not "\xa0"
         if not values:
             self.close_connection = True
             raise ProxyError("Content-Length is required", status=411, error_type="invalid_request_error")
@@ -769,4 +781,5 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         if len(values) > 1 or not (value.isascii() and value.isdigit()):
             self.close_connection = True
             raise InvalidRequest("invalid Content-Length header")
-        return int(value) if len(value) <= 15 else 10**15  # any such length is over the limit
+        digits = value.lstrip("0") or "0"  # "0090" is 90 (RFC 9110 8.6: 1*DIGIT)
+        return int(digits) if len(digits) <= 15 else 10**15  # any such length is over the limit

@@ -311,6 +311,57 @@ def test_bad_content_length_is_400_within_a_second(url: str, lengths: List[str])
         assert peer_closed(sock)
 
 
+def test_a_content_length_with_leading_zeros_is_its_number(url: str) -> None:
+    """RFC 9110 8.6: 1*DIGIT; "0002" is 2 (it was read as 10**15 and refused as a 40-digit body)."""
+    with connect(url) as sock:
+        sock.sendall(json_post(b"{}").replace(b"Content-Length: 2", b"Content-Length: 0000000000000000002"))
+        assert_error(read_response(sock, 2.0), 400, "invalid_request_error", "model")  # the body was read: {}
+
+
+@pytest.mark.parametrize("blank", ["\xa0", "\x85", "\x1c"], ids=["nbsp", "nel", "fs"])
+def test_unicode_blanks_are_not_http_blanks(url: str, fake_upstream: Any, blank: str) -> None:
+    """A front-end reads "90\xa0" as no valid length and "GET\xa0/health" as one word: read
+    otherwise here, the two frame and route the same bytes differently (request smuggling)."""
+    body = json.dumps(quota_probe()).encode()
+    sent = json_post(body).replace(f"Content-Length: {len(body)}".encode(),
+                                   f"Content-Length: {len(body)}{blank}".encode("latin-1"))  # one byte
+    with connect(url) as sock:
+        sock.sendall(sent)
+        assert_error(read_response(sock, 2.0), 400, "invalid_request_error")  # the length, or a control
+    resp = raw_request(url, f"GET{blank}/health{blank}HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode("latin-1"), 2.0)
+    assert resp.status in (400, 404), resp  # one word, or a target that is no path of ours: never /health
+    assert fake_upstream.requests == []
+
+
+def test_a_header_without_a_name_is_400(url: str) -> None:
+    resp = raw_request(url, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n: x\r\n\r\n", 2.0)
+    assert_error(resp, 400, "invalid_request_error", "no name")
+
+
+def test_an_http_0_9_request_is_refused_at_once(url: str) -> None:
+    """HTTP/0.9 has no head; the stdlib waited for one until its read timeout (30 s)."""
+    with connect(url) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /health\r\n")
+        assert_error(read_response(sock, 2.0, started), 400, "invalid_request_error", "HTTP/0.9")
+        assert peer_closed(sock)
+
+
+@pytest.mark.parametrize("method, path, status", [("POST", "/v1/nothing-here", 404), ("DELETE", "/v1/messages", 405),
+                                                  ("POST", "/v1/messages", 411)], ids=["unknown-path", "method", "no-length"])
+def test_expect_100_gets_the_refusal_not_continue(url: str, method: str, path: str, status: int) -> None:
+    """The client would upload its body for nothing after a 100 Continue."""
+    headers = [("Host", "127.0.0.1"), ("Content-Type", "application/json"), ("Expect", "100-continue")]
+    headers += [("Content-Length", "5000")] if status != 411 else []
+    resp = raw_request(url, http_bytes(method, path, headers), timeout=2.0)
+    assert resp.status == status, resp  # the first answer, not 100
+
+
+def test_expect_100_on_a_get_without_a_body_is_answered_without_continue(url: str) -> None:
+    resp = raw_request(url, http_bytes("GET", "/health", [("Host", "127.0.0.1"), ("Expect", "100-continue")]), 2.0)
+    assert resp.status == 200 and resp.json == {"status": "ok"}, resp
+
+
 def test_chunked_request_body_is_411(url: str) -> None:
     headers = [("Host", "127.0.0.1"), ("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")]
     with connect(url) as sock:
