@@ -159,6 +159,19 @@ def test_http_error_status_maps_as_on_chat(proxy: Any, fake_upstream: Any) -> No
     assert resp.headers["retry-after"] == "2"
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("body", [{}, {"id": "chatcmpl-1", "object": "chat.completion", "choices": []}],
+                         ids=["empty", "chat-completion"])
+def test_a_200_that_is_no_response_object_is_a_502_not_an_empty_answer(proxy: Any, fake_upstream: Any,
+                                                                     body: Dict[str, Any], stream: bool) -> None:
+    """Chat answers such a body 502; here it was an empty end_turn (streamed: an empty answer)."""
+    for _ in range(3):  # the retries see the same
+        fake_upstream.push(json_reply(body))
+    resp = request(proxy.url, "POST", "/v1/messages", ask(stream=stream), HEADERS)
+    assert resp.status == 502 and resp.json["error"]["type"] == "api_error", resp
+    assert "not a Response object" in resp.json["error"]["message"]
+
+
 def test_reasoning_is_carried_across_three_turns(proxy: Any, fake_upstream: Any) -> None:
     """Turn 1 thinks and calls a tool; its reasoning item goes back upstream, in place, on turns 2 and 3."""
     fake_upstream.push(sse(read("streams", "parallel_calls.upstream.sse")))

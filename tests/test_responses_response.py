@@ -236,10 +236,15 @@ def test_quota_is_not_retried_and_secrets_never_leak() -> None:
     {"id": "resp_1", "status": "in_progress", "output": [], "usage": None},
     ["not", "a", "response"],
     None,
+    {},  # no output list: no answer, not an empty one that ended its turn
+    {"id": "chatcmpl-1", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant",
+                                                                                        "content": "hi"}}]},
+    {"id": "resp_1", "status": "completed", "output": None},
 ])
 def test_error_bodies_raise(body: Any) -> None:
-    with pytest.raises(ProxyError):
+    with pytest.raises(ProxyError) as caught:
         convert(body)
+    assert caught.value.status != 200 and caught.value.status >= 400
 
 
 def test_message_envelope() -> None:

@@ -391,6 +391,9 @@ def to_messages_response(
     if obj.get("status") in ("queued", "in_progress"):
         # No answer yet (a background response): not an empty one that ended its turn.
         raise error_for({}, secrets, default=f"upstream returned a response still {obj['status']}, with no answer")
+    if not isinstance(obj.get("output"), list):
+        # {} or a Chat Completion: no answer at all, not an empty one that ended its turn (Chat's 502).
+        raise error_for({}, secrets, default="upstream returned a body that is not a Response object (no output list)")
     output, match = cut_output(obj.get("output"), stop_sequences) if stop_sequences else (obj.get("output"), None)
     blocks, refusal = content_blocks(output, tool_names, new_id, obj.get("status") == "incomplete", thinking)
     has_tools = any(b["type"] == "tool_use" for b in blocks)
