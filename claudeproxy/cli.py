@@ -69,7 +69,7 @@ from .dialects import DIALECTS, default_key_variables, detect_provider, key_vari
 from .errors import UpstreamUnavailable
 from .metrics import CallRecord
 from .observe import BODIES_LOGGER
-from .redact import configured_secrets, redact_text, redact_url
+from .redact import SecretForms, configured_secrets, redact_text, redact_url, secret_forms
 from .routing import Router, build_router, covers, header_the_key_replaces, provider_dialect, unmatched_route
 from .server import ProxyServer, drain_and_close
 from .settings_view import describe_config
@@ -704,9 +704,15 @@ class _RedactingFilter(logging.Filter):
     def __init__(self, secrets: Callable[[], Sequence[str]]) -> None:
         super().__init__()
         self._secrets = secrets
+        # The forms of the secrets last seen (a key, its other cases, its base64): worked out
+        # again only when a key changes, not for every line.
+        self._forms: Tuple[Tuple[str, ...], SecretForms] = ((), secret_forms(()))
 
     def filter(self, record: logging.LogRecord) -> bool:
-        secrets = tuple(s for s in self._secrets() if s)
+        keys = tuple(s for s in self._secrets() if s)
+        if keys != self._forms[0]:
+            self._forms = (keys, secret_forms(keys))
+        secrets = self._forms[1]
         message = record.getMessage()
         record.msg, record.args = redact_text(message, secrets), None
         if record.exc_info:

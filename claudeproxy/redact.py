@@ -55,11 +55,20 @@ _QUERY_PAIR_RE = re.compile(r"([?&]([A-Za-z0-9_.\-]+)=)([^&\s\"'#]+)")
 _MIN_SECRET_LEN = 4
 
 
-def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with known secrets, key-shaped strings and URL credentials masked."""
+class SecretForms(tuple):  # type: ignore[type-arg]
+    """The written forms of some secrets (``secret_forms``), to pass to ``redact_text`` in their
+    place where the same secrets mask many texts: a log filter's, every line."""
+
+
+def secret_forms(secrets: Iterable[str]) -> SecretForms:
     # Longest first: a secret that is a prefix of another must not leave the other's tail.
-    for secret in sorted(_written_forms(secrets), key=len, reverse=True):
-        text = text.replace(secret, MASK)
+    return SecretForms(sorted(set(_written_forms(secrets)), key=len, reverse=True))
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with known secrets (or their ``SecretForms``), key-shaped strings and URL credentials masked."""
+    for form in secrets if isinstance(secrets, SecretForms) else secret_forms(secrets):
+        text = text.replace(form, MASK)
     every = not text.isascii()
     for pattern, replace, clues, any_case in _SCANS:
         seen = text.lower() if any_case else text
@@ -69,14 +78,33 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
 
 
 def _written_forms(secrets: Iterable[str]) -> List[str]:
-    """Each secret long enough to mask, and as a JSON encoder may have written it: upstreams that
-    escape "/" as "\\/" echo "Ab\\/cd" for the key "Ab/cd", which raw lines and text bodies keep."""
+    """Each secret long enough to mask, and as an upstream may echo it: JSON-escaped (an encoder
+    that escapes "/" echoes "Ab\\/cd" for the key "Ab/cd"), in upper or lower case (a gateway that
+    normalises what it quotes), and base64-encoded (a header quoted as it was sent, the key inside
+    "user:key" of Basic credentials, with no "Basic" before it)."""
     forms = []
     for secret in secrets:
         if secret and len(secret) >= _MIN_SECRET_LEN:
-            forms.append(secret)
+            forms += (secret, secret.upper(), secret.lower())
             if "/" in secret:
                 forms.append(secret.replace("/", "\\/"))
+            if len(secret) >= MIN_FREE_TEXT_SECRET:
+                forms += _base64_forms(secret)
+    return forms
+
+
+def _base64_forms(secret: str) -> List[str]:
+    """The base64 characters that encode ``secret``'s bytes alone, at each of the three places its
+    first byte can take in a group: wherever it sits in an encoded string, one of them is there.
+    Characters that also hold bits of the bytes around it are left out (they vary)."""
+    data = secret.encode("utf-8", "surrogatepass")
+    forms = []
+    for shift in range(3):
+        padded = b"\0" * shift + data
+        start, end = (8 * shift + 5) // 6, 8 * len(padded) // 6  # characters wholly within the secret's bits
+        core = base64.b64encode(padded).decode("ascii")[start:end]
+        if len(core) >= MIN_FREE_TEXT_SECRET:
+            forms += (core, core.replace("+", "-").replace("/", "_"))  # and the URL-safe alphabet
     return forms
 
 

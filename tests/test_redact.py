@@ -100,6 +100,29 @@ def test_redact_text_masks_a_secret_written_json_escaped() -> None:
     assert redact_text(f"bad key {key}", (key,)) == "bad key ***"
 
 
+@pytest.mark.parametrize("shape", ["upper", "lower", "base64", "base64-in-basic-pair", "urlsafe-shifted"])
+def test_redact_text_masks_a_secret_an_upstream_echoes_recased_or_base64_encoded(shape: str) -> None:
+    """A gateway that upper-cases what it quotes, or quotes a header as sent (base64, the key inside
+    "user:key" with no "Basic" before it), gave the key back to the client unmasked (a probe)."""
+    import base64
+    key = "gw-Key0123456789abcdEF"  # no known key shape: only the configured value finds it
+    echoed = {"upper": key.upper(), "lower": key.lower(),
+              "base64": base64.b64encode(key.encode()).decode(),
+              "base64-in-basic-pair": base64.b64encode(b"user:" + key.encode()).decode(),
+              "urlsafe-shifted": base64.urlsafe_b64encode(b"ab:" + key.encode() + b"\xff\xfe").decode()}[shape]
+    out = redact_text(f"401 from gateway: credential {echoed} rejected", (key,))
+    assert MASK in out and out.startswith("401 from gateway: credential ") and out.endswith(" rejected")
+    # What is left around the mask is at most the few characters that also encode the bytes around it.
+    assert len(out) - len("401 from gateway: credential  rejected") - len(MASK) <= 8, out
+    for probe in (key, key.upper(), key.lower(), base64.b64encode(key.encode()).decode()[:16]):
+        assert probe not in out
+
+
+def test_a_short_secret_is_not_masked_in_its_base64_forms() -> None:
+    """Base64 of a key under 8 characters is a few letters that ordinary text holds: not masked."""
+    assert redact_text("abcdXYZ0 stays", ("i\xb7",)) == "abcdXYZ0 stays"
+
+
 @pytest.mark.parametrize("text, secret", [
     ("url https://h/x?code=azfunc-0123456789", "azfunc-0123456789"),
     ("url https://h/x?auth=abcdef99&z=1", "abcdef99"),
