@@ -55,6 +55,7 @@ Route = Callable[[Any, Any], None]
 _STDLIB_5XX = {501: 405, 505: 400}  # what send_error answers instead (bad input is a 4xx)
 _BROKEN_HEADER_DEFECTS = (email.errors.MissingHeaderBodySeparatorDefect, email.errors.FirstHeaderLineIsContinuationDefect)
 _ABSOLUTE_TARGET_RE = re.compile(r"^[hH][tT][tT][pP][sS]?://([^/?#]*)([/?].*)?$")
+_CHARSET_RE = re.compile(r"(?i)\bcharset\s*=\s*\"?([^\";\s]*)")
 # The blanks that may part the words of a request line (RFC 9112 3: SP, HTAB, VT, FF, a bare CR).
 _BLANKS = re.compile(r"[ \t\x0b\x0c\r]+")
 # RFC 9112 2.2: a server SHOULD ignore at least one empty line before a request line (clients that
@@ -760,9 +761,17 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         return urllib.parse.parse_qs(self.query).get("key", [""])[0]
 
     def _check_content_type(self) -> None:
-        ctype = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        ctype, _, params = (self.headers.get("Content-Type") or "").partition(";")
+        ctype = ctype.strip().lower()
         if ctype and ctype not in _JSON_TYPES:
             raise InvalidRequest(f"Content-Type must be application/json, not {ctype!r}")
+        # What else would read as "not valid JSON: body is not UTF-8", naming neither cause.
+        coding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
+        if coding != "identity":
+            raise InvalidRequest(f"Content-Encoding {coding!r} is not supported: send the body uncompressed")
+        charset = _CHARSET_RE.search(params)
+        if charset and charset.group(1).lower() not in ("utf-8", "utf8", "us-ascii", "ascii"):
+            raise InvalidRequest(f"charset {charset.group(1)!r} is not supported: send the body as UTF-8")
 
     def _content_length(self) -> int:
         # Present, not truthy: an empty Transfer-Encoding is one too, and RFC 9112 6.1 says a

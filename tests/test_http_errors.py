@@ -266,7 +266,25 @@ def test_non_json_content_type_is_400(url: str, ctype: str) -> None:
     assert_error(resp, 400, "invalid_request_error", "Content-Type")
 
 
-@pytest.mark.parametrize("ctype", ["application/json; charset=utf-8", "Application/JSON", None])
+@pytest.mark.parametrize("header, value, said", [
+    ("Content-Encoding", "gzip", "Content-Encoding 'gzip' is not supported: send the body uncompressed"),
+    ("Content-Type", "application/json; charset=utf-16", "charset 'utf-16' is not supported: send the body as UTF-8"),
+    ("Content-Type", 'application/json; charset="ISO-8859-1"', "charset 'ISO-8859-1' is not supported"),
+], ids=["gzip", "utf-16", "latin-1"])
+def test_a_compressed_or_non_utf8_body_is_told_why(url: str, fake_upstream: Any, header: str, value: str,
+                                                   said: str) -> None:
+    """Both read as "not valid JSON: body is not UTF-8" before, naming neither cause."""
+    import gzip
+    data = json.dumps(minimal_request()).encode()
+    body = gzip.compress(data) if value == "gzip" else data.decode().encode("utf-16" if "16" in value else "latin-1")
+    headers = [("Host", "127.0.0.1"), ("Content-Length", str(len(body)))]
+    headers += [(header, value)] if header == "Content-Type" else [("Content-Type", "application/json"), (header, value)]
+    assert_error(raw_request(url, http_bytes("POST", "/v1/messages", headers, body)), 400, "invalid_request_error", said)
+    assert fake_upstream.requests == []
+
+
+@pytest.mark.parametrize("ctype", ["application/json; charset=utf-8", "application/json;charset=UTF8",
+                                   "Application/JSON", None])
 def test_json_content_type_variants_and_none_are_accepted(url: str, fake_upstream: Any, ctype: Optional[str]) -> None:
     resp = raw_request(url, json_post(json.dumps(minimal_request()).encode(), ctype))
     assert resp.status == 200, resp
