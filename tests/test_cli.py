@@ -614,6 +614,26 @@ def test_a_keyless_provider_of_a_config_file_is_told_where_its_key_goes() -> Non
     assert "OPENAI_API_KEY" not in line  # not the variable of the single-upstream flags
 
 
+def test_a_keyless_provider_read_from_a_config_file_is_checked_like_the_flags(served: List[Any], tmp_path: Any) -> None:
+    """The file's reader gave a keyless provider a token source the checks could not read: the
+    start went on without a word, and every request got a 401 (a probe)."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"providers": {"oa": {"url": "https://api.openai.com/v1"},
+                                              "gw": {"url": "https://gateway.corp.example/v1"}},
+                                "routes": [{"match": "opus", "provider": "gw", "model": "x"},
+                                           {"match": "*", "provider": "oa", "model": "gpt-4.1"}]}))
+    code, out, err = run_main(["--config", str(path)], {})
+    assert (code, out) == (2, ""), err
+    assert err == ("claudeproxy: error: provider oa (api.openai.com) gets no API key, which it needs "
+                   "(give it api_key_env or api_key_command in the config file)\n"), err
+    path.write_text(json.dumps({"providers": {"gw": {"url": "https://gateway.corp.example/v1"}},
+                                "routes": [{"match": "*", "provider": "gw", "model": "x"}]}))
+    assert run_main(["--config", str(path)], {})[0] == 0  # a host not known to need one: a warning
+    assert [line for line in _start_warnings(served[-1], {}) if "gets no API key" in line] == [
+        "provider gw (gateway.corp.example) gets no API key: expect 401s "
+        "(give it api_key_env or api_key_command in the config file)"]
+
+
 def test_the_stop_signal_handler_only_marks_the_stop() -> None:
     # It runs in the main thread between two bytecodes, maybe inside a lock the main thread holds:
     # one that set a threading.Event deadlocked inside that event's wait (SIGTERM ignored, CI on 3.8).
