@@ -138,6 +138,28 @@ def command_token(argv: Sequence[str], ttl: float = DEFAULT_TTL, label: str = ""
     return CommandToken(argv, ttl, label)
 
 
+def key_of(source: TokenSource, provider: str) -> str:
+    """The key ``source`` gives now; a 502 that names ``provider`` when it fails or gives a key no
+    header can carry. A library caller's own ``token=`` may raise anything (and its text may hold
+    the key), or return a line break: it was a 500 and a traceback, or "could not reach the upstream".
+    """
+    try:
+        key = source()
+    except UpstreamUnavailable:
+        raise  # a key command's own account, already worded for the client
+    except Exception as exc:  # the type only: the text is the caller's, and may hold the key
+        raise UpstreamUnavailable(f"the key source of provider {provider} failed ({type(exc).__name__})") from None
+    if not isinstance(key, str):
+        raise UpstreamUnavailable(f"the key source of provider {provider} gave a {type(key).__name__}, not a string")
+    if key:
+        try:
+            check_secret(key, "key")
+        except ValueError:
+            raise UpstreamUnavailable(f"the key source of provider {provider} gave a key no HTTP header can "
+                                      "carry (several lines, control characters, or not Latin-1)") from None
+    return key
+
+
 def current_secrets(source: TokenSource) -> Tuple[str, ...]:
     """The keys a source holds now, without running a command or turning a ring (for masking)."""
     if isinstance(source, KeyRing):

@@ -25,7 +25,7 @@ from .calibration import TokenCalibration
 from .config import Config, Provider
 from .cost import call_cost
 from .counts import ONE_HOUR_WRITES, USAGE_KEYS, count_or_none, one_hour_writes, usage_counts
-from .credentials import alternatives, current_secrets, refused
+from .credentials import alternatives, current_secrets, key_of, refused
 from .dialects import auth_header, auth_style, client_key
 from .ending import StreamFold, abort_error
 from .errors import (
@@ -198,7 +198,7 @@ class Proxy:
         return self._fixed_secrets + keys
 
     def _auth(self, provider: Provider, client: Any, token: Optional[str] = None) -> Tuple[Tuple[str, str], ...]:
-        token = provider.token() if token is None else token
+        token = key_of(provider.token, provider.name) if token is None else token
         if token:
             return auth_header(self._auth_style(provider), token)
         if provider.api == "messages" and client is not None and not self.config.auth_key:
@@ -281,7 +281,7 @@ class Proxy:
         try:
             answer = self._bounded(handler, ask)
         except UpstreamHTTPError as exc:
-            if exc.status in (401, 403) and target.provider.token():
+            if exc.status in (401, 403) and key_of(target.provider.token, target.provider.name):
                 raise self._refused_key(exc, target) from None  # the proxy's key, not the client's login
             if exc.status not in _NO_COUNT_STATUSES:
                 raise  # a forwarded key refused, or a passing failure (429, 5xx: the client retries)
@@ -566,7 +566,7 @@ class Proxy:
         changes = key_changes = 0
         while True:
             self._log_body("upstream request body", ex.body)
-            key = target.provider.token()
+            key = key_of(target.provider.token, target.provider.name)
             try:
                 return self._open(ex.url, target.provider, call, body=ex.body, headers=ex.headers,
                                   client=req.headers, key=key, read_timeout=_answer_wait(ex, deadline)), ex
