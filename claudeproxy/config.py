@@ -521,12 +521,22 @@ def check_allowed_host(host: object, setting: str) -> None:
         raise ValueError(f"{setting}: the port must be from 1 to 65535, got {host!r}")
 
 
+# The settings a blank value of is a mistake, whoever gave it (``start(model="")`` started and
+# then routed nothing by it; ``auth_key=""`` let every client in).
+_NOT_EMPTY = ("upstream", "provider", "upstream_auth", "model", "opus_model", "sonnet_model", "haiku_model",
+              "ca_bundle", "auth_key")
+
+
 def check_config(config: Config) -> None:
     """The server-wide settings (timeouts, limits, proxy, client key); providers are checked by routing.
 
     The command line checks the same first, in its own words; this is what ``start()`` gets.
     """
     name = config.setting_name
+    for dest in _NOT_EMPTY:  # as the command line refuses --model '' (None is "not given")
+        value = getattr(config, dest)
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(f"{name(dest)}: the value is empty")
     for dest, zero_ok in _SECONDS:
         check_seconds(getattr(config, dest), name(dest), zero_ok)
     for dest, low, high in _COUNTS:

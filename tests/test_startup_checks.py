@@ -136,6 +136,11 @@ START_CASES = [
     ({"auth_key": " client-key-0123456789"}, "--auth-key"),
     ({"auth_key": "client-key-0123456789\t"}, "--auth-key"),
     ({"auth_key": "client-k\u00e9y-0123456789"}, "--auth-key"),
+    # Blank where the command line refuses blank: routed nothing by it, or let every client in.
+    ({"model": ""}, "--model: the value is empty"),
+    ({"sonnet_model": " "}, "--sonnet-model: the value is empty"),
+    ({"auth_key": ""}, "--auth-key: the value is empty"),
+    ({"upstream": ""}, "--upstream: the value is empty"),
     ({"allowed_origins": ("*",)}, "--allowed-origin"),
     ({"allowed_origins": ("https://App.example/",)}, "'https://app.example'"),  # never sent so: never matched
     ({"providers": (Provider("p", "http://example.test/v1", headers=(("X-A", "\u2603"),)),),
