@@ -1093,10 +1093,12 @@ class Upstream:
             with exc:
                 body_bytes = _error_body(exc) if exc.fp is not None else b""
             proxy = _proxy_of(req)
-            if exc.code == 407 and proxy is not None:
-                raise _proxy_auth_refused(proxy) from None
-            if _maybe_the_proxys(exc.code, body_bytes, req):
-                raise _proxys_answer(exc.code, body_bytes, exc.headers, req, secrets) from None
+            if exc.code == 407 and proxy is not None or _maybe_the_proxys(exc.code, body_bytes, req):
+                # An answer, as the upstream's own error status is: not a prompt sent and then lost
+                # (what it cost is known, nothing), though the whole request went to the proxy.
+                call.sent = False
+                raise (_proxy_auth_refused(proxy) if exc.code == 407 and proxy is not None else
+                       _proxys_answer(exc.code, body_bytes, exc.headers, req, secrets)) from None
             error = error_from_status(exc.code, body_bytes, exc.headers, secrets)
             if exc.code == 404:
                 error.message = _where_not_found(error.message, method, url, secrets)

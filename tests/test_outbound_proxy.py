@@ -392,6 +392,8 @@ def test_proxy_407_is_a_502_without_retry(make_proxy: Any, refusing: Any, scheme
     assert "proxy-authenticate" not in resp.headers
     assert len(outbound.seen()) == 1  # not retried: the same credentials would be refused again
     assert PASSWORD not in resp.body.decode()
+    # The upstream never had the prompt: a call of 0 tokens at $0, not one whose cost is unknown.
+    assert request(server.url, "GET", "/v1/usage").json["totals"]["unpriced_requests"] == 0
 
 
 @pytest.mark.parametrize("status,retry", [("403 Forbidden", "false"), ("502 Bad Gateway", "true")])
@@ -430,6 +432,8 @@ def test_a_forwarding_proxys_own_answer_names_the_proxy_not_the_key(make_proxy: 
     assert len(outbound.seen()) == (1 if retry == "false" else 2)  # a policy refuses again: not retried
     assert PASSWORD not in resp.body.decode() and "bob" not in error["message"]
     assert not [r for r in caplog.records if "key" in r.getMessage()]  # the key is not blamed
+    # An answer, as the upstream's own error status is: its cost is known (nothing), not lost.
+    assert request(server.url, "GET", "/v1/usage").json["totals"]["unpriced_requests"] == 0
 
 
 def test_a_forwarding_proxys_own_5xx_keeps_its_retry_after(make_proxy: Any, refusing: Any) -> None:
