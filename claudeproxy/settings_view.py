@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from .config import Config, Provider, Route
+from .config import Config, Provider, Route, gives_no_key
 from .dialects import auth_style, detect_provider, forwards_betas
 from .model_facts import facts_as_config
 from .redact import MASK, is_secret_header, redact_text, redact_url
@@ -32,7 +32,10 @@ def _provider(p: Provider) -> Dict[str, Any]:
     if p.api != "messages":
         out["dialect"] = p.dialect or f"{detect_provider(p.url)} (detected from the URL)"
     out["auth"] = auth_style(p.api, p.url, p.dialect, p.auth) + ("" if p.auth else " (default)")
-    out["key"] = f"{MASK} (from {p.key_source})" if p.key_source else "none"
+    if gives_no_key(p.token):  # --api-key '': no key sent, whatever the environment holds
+        out["key"] = f"none ({p.key_source} is empty)" if p.key_source else "none"
+    else:
+        out["key"] = f"{MASK} (from {p.key_source})" if p.key_source else "none"
     if p.api == "messages":
         out["anthropic_beta"] = "forwarded" if forwards_betas(p.url, p.anthropic_beta) else "dropped"
         if p.allowed_betas:

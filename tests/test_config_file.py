@@ -509,6 +509,12 @@ def test_print_config_for_each_dialect_masks_the_key(url: str, dialect: str) -> 
         "provider": "upstream", "api": "chat", "model": "m1", "dialect": dialect}}]
 
 
+def test_print_config_of_an_empty_api_key_says_none_is_sent() -> None:
+    """--api-key '' sends no key, whatever the environment holds: not "*** (from --api-key)"."""
+    shown = print_config(["--upstream", "http://127.0.0.1:8000/v1", "--api-key", ""], {"OPENAI_API_KEY": OPENAI_KEY})
+    assert shown["providers"]["upstream"]["key"] == "none (--api-key is empty)"
+
+
 @pytest.mark.parametrize("dialect", ["vllm", "llamacpp", "mistral"])
 def test_print_config_with_an_explicit_dialect(dialect: str) -> None:
     shown = print_config(["--upstream", "http://127.0.0.1:8000/v1", "--provider", dialect])
