@@ -417,9 +417,11 @@ class Router:
             # Messages API (DeepSeek, Moonshot, Z.ai, MiniMax) take Claude Code's names for models
             # of their own, at their own rates: priced as Claude, their calls looked 10-50x dearer.
             facts = without_prices(facts)
+        said_responses = False  # the provider's own models table says so: on any host, as told
         for pattern, override in provider.models:
             if fnmatch.fnmatchcase(model, pattern):
                 facts = facts.merged(override)
+                said_responses = override.responses_only
                 break
         dialect, api = None, provider.api
         if api != "messages":
@@ -427,8 +429,10 @@ class Router:
             dialect = dialect_for(name, model)
             if facts.text_only:  # FIELD-NOTES 14: a text-only model 400s on an image part
                 dialect = dataclasses.replace(dialect, string_content_only=True)
-            if api == "chat" and facts.responses_only and name in _RESPONSES_HOSTS:
-                api = "responses"  # OpenAI serves this model only on /v1/responses (RESPONSES.md 5)
+            if api == "chat" and facts.responses_only and (name in _RESPONSES_HOSTS or said_responses):
+                # OpenAI serves this model only on /v1/responses (RESPONSES.md 5); the built-in facts
+                # say so of OpenAI's names, which a gateway may serve on Chat only.
+                api = "responses"
         cap = _output_cap(facts.max_output, provider.max_output_tokens, self.max_output_tokens)
         return Target(provider, model, facts, cap, dialect, api)
 
