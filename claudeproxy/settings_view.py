@@ -82,11 +82,12 @@ def describe_config(config: Config, config_file: Optional[str] = None) -> Dict[s
     router = build_router(config)
     settings = {key: getattr(config, field) for key, field in _SETTINGS.items()}
     settings["proxy"] = redact_url(config.proxy) if config.proxy else None
-    # Never in a file (auth_key_env names its variable there); where it came from, as a provider's key.
-    settings["auth_key"] = f"{MASK} (from {config.setting_name('auth_key')})" if config.auth_key else None
-    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+    # What is written back must be a file the proxy takes: no nulls (an unset setting is left out).
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items() if v is not None}
     return {
         "config_file": config_file,
+        # Never in a file (auth_key_env names its variable there): where it came from, as a provider's key.
+        "client_key": f"{MASK} (from {config.setting_name('auth_key')})" if config.auth_key else "none",
         "providers": {p.name: _provider(p) for p in router.providers.values()},
         "routes": [_route(router, r) for r in router.routes],
         "examples": {name: _where(router, name) or "404: no route" for name in SAMPLE_MODELS},

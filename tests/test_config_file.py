@@ -465,11 +465,12 @@ def test_print_config_uses_the_names_a_config_file_takes(tmp_path: Any, served: 
     assert shown["providers"]["ollama"]["models"] == EXAMPLE["providers"]["ollama"]["models"]
     assert shown["routes"][2]["target"]["facts"] == {"context_window": 40960, "max_output_tokens": 8192}
     specs = cli.flag_specs(cli.build_parser())
-    assert set(shown["settings"]) - set(specs) == {"auth_key"}  # a key never goes in a file
-    assert shown["settings"]["auth_key"] == "*** (from --auth-key)"
+    assert set(shown["settings"]) <= set(specs)
+    assert shown["client_key"] == "*** (from --auth-key)"  # a key never goes in a file: apart
     assert {"finish_grace", "max_line_bytes"} <= set(shown["fixed"]) and not set(shown["fixed"]) & set(specs)
-    # Written back, the settings are a file the proxy accepts, with the same values.
-    again = {k: v for k, v in shown["settings"].items() if v is not None and k != "auth_key"}
+    # Written back as they are, the settings are a file the proxy accepts, with the same values.
+    again = shown["settings"]
+    assert None not in again.values()  # a null is refused in a file
     code, _, err = run_main(["--config", write(tmp_path, {**again, "upstream": "http://127.0.0.1:9/v1"}, "again.json"),
                              "--auth-key", "sk-flag-key-0001"])
     assert code == 0, err
