@@ -252,8 +252,13 @@ def check_provider(p: Provider, where: str) -> None:
         raise ValueError(f"{where}.max_output_tokens: must be from 1 to {MAX_TOKENS}, got {p.max_output_tokens}")
     for pattern, facts in p.models:  # a library caller's ModelFacts: the bounds a config file's have
         facts_from_dict(facts.to_dict(), f"{where}.models.{pattern}")
+    seen: Dict[str, str] = {}
     for name, value in p.headers:
-        check_header(name, value, "--header" if shorthand else f"{where}.headers")
+        setting = "--header" if shorthand else f"{where}.headers"
+        check_header(name, value, setting)
+        if name.strip().lower() in seen:  # one value went, the other was dropped without a word
+            raise ValueError(f"{setting}: {name.strip()} is given twice (as {seen[name.strip().lower()]} too): give it once")
+        seen[name.strip().lower()] = name.strip()
     check_token(p.token, f"{where} key ({p.key_source})" if p.key_source else f"{where} key")
 
 

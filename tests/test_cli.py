@@ -395,6 +395,20 @@ def test_bad_header_exits_2(served: List[Any], header: str) -> None:
     assert served == []
 
 
+def test_a_header_given_twice_exits_2_naming_it(served: List[Any], tmp_path: Any) -> None:
+    """Only the last of two went upstream, without a word (a probe)."""
+    code, out, err = run_main(["--header", "X-Title: one", "--header", "x-title: two"])
+    assert (code, out, err) == (2, "", "claudeproxy: error: --header: x-title is given twice (as X-Title too): "
+                                       "give it once\n")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"providers": {"p": {"url": "http://127.0.0.1:9/v1",
+                                                    "headers": {"X-Title": "a", "x-title": "b"}}},
+                                "routes": [{"match": "*", "provider": "p", "model": "m"}]}))
+    code, out, err = run_main(["--config", str(path)])
+    assert_usage_error(code, out, err, "providers.p.headers: x-title is given twice")
+    assert served == []
+
+
 def test_a_header_without_colon_is_not_echoed(served: List[Any]) -> None:
     """A forgotten colon leaves the credential in the value: the message says what is wrong only."""
     code, out, err = run_main(["--header", "X-Token sk-HEADER-SECRET-123"])
