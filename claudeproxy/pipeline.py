@@ -56,7 +56,11 @@ from .watchdog import Pause, Watch, Watchdog
 log = logging.getLogger(__name__)
 
 Route = Callable[[Any, Any], None]
-_MAX_TOKENS_RETRIES = 2  # changed requests per attempt (a named max_tokens limit, an API's own recovery)
+# Changed requests per attempt (a named max_tokens limit, an API's own recovery: a refused optional
+# field dropped). A strict server refuses one field per answer, and a Claude Code turn may carry four
+# or five it does not know (reasoning_effort, parallel_tool_calls, prompt_cache_key, stream_options):
+# at 2 the first turn failed with the third refusal. Each is a 400 that costs no tokens.
+_MAX_TOKENS_RETRIES = 6
 _WARNINGS_REMEMBERED = 1024  # distinct warnings logged at WARNING before the memory starts over
 # Worth another attempt (issue 7): rate limits, overload, server errors, connect failures (502).
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})

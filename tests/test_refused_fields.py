@@ -74,6 +74,25 @@ def test_a_strict_servers_422_names_the_field_too(make_proxy: Any, fake_upstream
     assert bodies[1]["tools"] == bodies[0]["tools"]
 
 
+def test_a_server_refusing_fields_one_by_one_still_answers_the_first_turn(make_proxy: Any,
+                                                                           fake_upstream: FakeUpstream) -> None:
+    """A strict server names one field per 422; the first turn failed at the third (a probe)."""
+    proxy = make_proxy(upstream=fake_upstream.url, model="local-model")
+    body = claude_code_turn(stream=True, metadata={"user_id": "user_1"})
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": "ok"}), chunk({}, finish="stop")))
+    assert ask(proxy, body).status == 200
+    fields = [f for f in DROPPABLE_FIELDS if f in sent(fake_upstream)[0]]
+    assert len(fields) >= 3, fields  # what a Claude Code turn carries to a server the proxy does not know
+    fake_upstream.requests.clear()
+    refusals = [json_reply({"detail": [{"type": "extra_forbidden", "loc": ["body", f], "msg": "Extra inputs are not "
+                                        "permitted"}]}, status=422) for f in fields]
+    fake_upstream.push(*refusals, sse_reply(chunk({"role": "assistant", "content": "ok"}), chunk({}, finish="stop")))
+    resp = ask(proxy, {**body, "model": "claude-other"})  # the same upstream model: nothing learned yet
+    assert resp.status == 200 and events_of(resp.body), resp
+    bodies = sent(fake_upstream)
+    assert len(bodies) == len(fields) + 1 and not set(fields) & set(bodies[-1])
+
+
 def test_what_is_remembered_is_per_model(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
     proxy = make_proxy(upstream=fake_upstream.url, model_map=(("claude-a*", "plain-model"),
                                                               ("claude-b*", "reasoning-model")))
