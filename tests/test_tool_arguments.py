@@ -244,3 +244,49 @@ def test_a_cut_call_keeps_what_it_said() -> None:
         joined = "".join(e["delta"]["partial_json"] for e in events
                          if e["type"] == "content_block_delta" and e["delta"]["type"] == "input_json_delta")
         assert joined == '{"path": "a", "co', stream
+
+
+CUT_CASES = [  # (arguments cut by the output limit, the members that were whole)
+    ('{"path": "a.py", "content": "print(1', {"path": "a.py"}),  # never a Write of the cut content
+    ('{"a": 1, "b": 12', {"a": 1}),  # "12" may have been "125"
+    ('{"a": {"b": 1}, "c": [1, 2', {"a": {"b": 1}}),
+    ('{"a": true, "b": nul', {"a": True}),
+    ('{"a": "x", ', {"a": "x"}),
+    ('{"a": "x", "b"', {"a": "x"}),
+    ('  {"a": false', {"a": False}),  # a literal at the cut is whole: no longer literal begins so
+    ("{", {}),
+]
+
+
+def chat_json_cut(arguments: str) -> Dict[str, Any]:
+    body = {"id": "x", "choices": [{"index": 0, "finish_reason": "length", "message": {
+        "role": "assistant", "content": None,
+        "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "read", "arguments": arguments}}]}}]}
+    message, warnings = message_from_body(body, model="m", new_id=counter_ids())
+    assert message["stop_reason"] == "max_tokens" and warnings, warnings
+    [block] = [b for b in message["content"] if b["type"] == "tool_use"]
+    return block["input"]
+
+
+@pytest.mark.parametrize("arguments, whole", CUT_CASES, ids=[c[0] for c in CUT_CASES])
+def test_a_call_cut_by_the_output_limit_keeps_its_whole_members_in_a_json_answer(arguments: str,
+                                                                                 whole: Dict[str, Any]) -> None:
+    """The stream passes on what came and the SDKs keep the whole members of it; the JSON answer
+    closed the cut string instead (Chat), so a cut Write looked whole, or gave {} (Responses)."""
+    assert chat_json_cut(arguments) == whole
+    assert tool_input(arguments, incomplete=True) == whole
+    # What the stream passed on begins the same members: every whole one is in it as it came.
+    joined = "".join(e["delta"]["partial_json"] for e in chat_stream([arguments])
+                     if e["type"] == "content_block_delta" and e["delta"]["type"] == "input_json_delta")
+    assert joined.strip() == arguments.strip()[:len(joined.strip())] and all(json.dumps(k) in joined for k in whole)
+
+
+def test_a_number_past_the_float_range_is_the_largest_float_not_infinity() -> None:
+    """1e400 is JSON, which Python reads as inf and wrote back as Infinity: no JSON, and the
+    JavaScript SDK (Claude Code's) could not parse the answer."""
+    import sys
+    for arguments in ('{"timeout": 1e400, "n": -1e999}', '{"timeout": 1e400, "n": -1e999} trailing'):
+        got = chat_json(arguments)
+        assert got == {"timeout": sys.float_info.max, "n": -sys.float_info.max}
+        json.dumps(got, allow_nan=False)
+        assert responses_json(arguments) == got

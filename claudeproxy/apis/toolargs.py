@@ -42,7 +42,9 @@ in 1 KB fragments (RELIABILITY.md F10) takes a fraction of a second.
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
 from typing import Any, Dict, List, Optional
 
 # Inside a string: a run of characters that need no care, and valid escapes.
@@ -314,6 +316,29 @@ class ArgsScan:
                     return
 
 
+def finite_float(text: str) -> float:
+    """A JSON number as a float, the largest finite one for a number past the float range (1e400).
+
+    Python reads 1e400 as inf, which ``json.dumps`` then writes as ``Infinity``: no JSON, and
+    the JavaScript SDK (Claude Code's) cannot parse the answer. The stream passes the number on
+    as it came, which JavaScript reads as a number too large to matter; so is this one.
+    """
+    value = float(text)
+    return value if math.isfinite(value) else math.copysign(sys.float_info.max, value)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: Python reads them, JSON has none
+
+
+_DECODER = json.JSONDecoder(parse_float=finite_float, parse_constant=_no_constant)
+
+
+def loads_finite(text: str) -> Any:
+    """``json.loads`` with ``finite_float`` and without NaN: what is read can be written back as JSON."""
+    return _DECODER.decode(text)
+
+
 def streamed_object(raw: str) -> Optional[Dict[str, Any]]:
     """The input a live stream of the arguments ``raw`` gives, for arguments that began as a
     JSON object and then closed with more after it, or turned invalid (``ArgsScan``). None for
@@ -323,7 +348,45 @@ def streamed_object(raw: str) -> Optional[Dict[str, Any]]:
     if not (scan.started and scan.ended):
         return None
     try:
-        value = json.loads(scan.take())
+        value = loads_finite(scan.take())
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def whole_members(raw: str) -> Optional[Dict[str, Any]]:
+    """For arguments cut short inside their object (the output limit): the members whose values
+    ended, as the SDKs make of the same stream; None when no object began.
+
+    A cut string, object or array is left out with its key, and so is a number running to the
+    cut ("12" may have been "125"): nothing is completed, so the input never holds a value the
+    model did not write whole (``{"path":"a`` is no call for the file "a").
+    """
+    text = raw.lstrip(" \t\n\r")
+    if not text.startswith("{"):
+        return None
+    out: Dict[str, Any] = {}
+    at, end = 1, len(text)
+    while True:
+        at = _WHITESPACE.match(text, at).end()  # type: ignore[union-attr]
+        if at >= end or text[at] != '"':
+            return out
+        try:
+            key, at = json.decoder.scanstring(text, at + 1)  # type: ignore[attr-defined]
+        except ValueError:
+            return out
+        at = _WHITESPACE.match(text, at).end()  # type: ignore[union-attr]
+        if at >= end or text[at] != ":":
+            return out
+        at = _WHITESPACE.match(text, at + 1).end()  # type: ignore[union-attr]
+        try:
+            value, at = _DECODER.raw_decode(text, at)
+        except (ValueError, RecursionError):
+            return out  # cut inside it (or invalid from there: the stream ended the object there too)
+        after = _WHITESPACE.match(text, at).end()  # type: ignore[union-attr]
+        if after >= end and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return out
+        out[key] = value
+        if after >= end or text[after] != ",":
+            return out
+        at = after + 1

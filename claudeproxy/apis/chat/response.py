@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from ...errors import ProxyError, UpstreamHTTPError, UpstreamUnavailable, error_from_object
 from ...signatures import encode_signature
 from ..stops import first_stop
-from ..toolargs import streamed_object
+from ..toolargs import loads_finite, streamed_object, whole_members
 from .wire import (
     ChatChoice,
     ChatResponse,
@@ -72,16 +72,13 @@ def _repair(text: str) -> Optional[Dict[str, Any]]:
     return None
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _loads(text: str) -> Tuple[bool, Any]:
     """(parsed?, value) without raising: deep nesting and bad JSON both read as unparsed. So do
     ``NaN`` and ``Infinity``, which Python's json reads but JSON has not (an answer holding them
-    is no JSON for the client; a stream ends the object before them, ``ArgsScan``)."""
+    is no JSON for the client; a stream ends the object before them, ``ArgsScan``); a number past
+    the float range (1e400) is the largest float (``finite_float``), not ``Infinity``."""
     try:
-        return True, json.loads(text, parse_constant=_no_constant)
+        return True, loads_finite(text)
     except (ValueError, RecursionError):
         return False, None
 
@@ -92,19 +89,25 @@ def _double_encoded(value: str) -> Optional[Dict[str, Any]]:
     return inner if ok and isinstance(inner, dict) else None
 
 
-def normalize_arguments(raw: Optional[str]) -> Tuple[Dict[str, Any], Optional[str]]:
+def normalize_arguments(raw: Optional[str], cut: bool = False) -> Tuple[Dict[str, Any], Optional[str]]:
     """The tool input object for an arguments string, and a warning if it needed help.
 
     Arguments that began as a JSON object and then closed with more after it (``}}``, a code
     fence, prose, a second object), or turned invalid, give what a live stream of them gives
     (``toolargs.streamed_object``): the object as it closed, or its members up to the invalid
     one. The stream is the reference, because what it sent cannot be taken back.
+
+    ``cut``: the answer was cut (the output limit, a content filter), so arguments that are not
+    whole JSON end mid-value: the members that were whole (``whole_members``), as the SDKs make
+    of the same stream, never a repair that closes the string and invents the value.
     """
     if raw is None or not raw.strip():
         return {}, None
     ok, value = _loads(raw)
     if not ok:
         repaired = streamed_object(raw)
+        if repaired is None and cut:
+            return whole_members(raw) or {}, f"tool arguments cut short; kept the members that were whole: {raw[:200]!r}"
         if repaired is None:
             repaired = _repair(raw.strip())
         if repaired is not None:
@@ -214,8 +217,9 @@ def provider_state(choice: ChatChoice, ids: Dict[int, str]) -> Optional[Dict[str
     return state or None
 
 
-def tool_use_block(tool_id: str, name: str, arguments: Optional[str], tool_names: Dict[str, str]) -> Tuple[Dict[str, Any], Optional[str]]:
-    obj, warning = normalize_arguments(arguments)
+def tool_use_block(tool_id: str, name: str, arguments: Optional[str], tool_names: Dict[str, str],
+                   cut: bool = False) -> Tuple[Dict[str, Any], Optional[str]]:
+    obj, warning = normalize_arguments(arguments, cut)
     return {"type": "tool_use", "id": tool_id, "name": tool_names.get(name, name), "input": obj}, warning
 
 
@@ -237,6 +241,10 @@ def unique_tool_ids(calls: Tuple[ToolCallDelta, ...], new_id: IdFactory) -> Dict
         used.add(block_id)
         ids[i] = client_tool_id(block_id)
     return ids
+
+
+# Finish reasons of an answer cut mid-generation, maybe inside a call's arguments.
+_CUT_FINISH_REASONS = ("length", "max_tokens", "content_filter")
 
 
 def content_blocks(
@@ -266,7 +274,8 @@ def content_blocks(
     warnings = []
     for i, call in enumerate(choice.tool_calls):
         if i in ids:
-            block, warning = tool_use_block(ids[i], call.name, call.arguments, tool_names)
+            block, warning = tool_use_block(ids[i], call.name, call.arguments, tool_names,
+                                            cut=choice.finish_reason in _CUT_FINISH_REASONS)
             blocks.append(block)
             warnings.extend([warning] if warning else [])
     return blocks, warnings

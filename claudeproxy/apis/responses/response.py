@@ -16,7 +16,6 @@ from ...errors import ProxyError, error_from_object
 from ...signatures import encode_signature
 from ..chat.response import message_id, normalize_arguments
 from ..chat.wire import client_tool_id
-from ..toolargs import streamed_object
 from ..stops import first_stop
 from . import API_NAME
 
@@ -146,25 +145,15 @@ def tool_input(arguments: Any, incomplete: bool = False) -> Dict[str, Any]:
     """The ``tool_use`` input for a call's arguments string.
 
     In an incomplete answer (the output limit, a content filter) arguments that are not
-    whole JSON were cut mid-value: they give ``{}``, not a repair that would close the string
-    and invent a value (``{"path":"a`` is not a call for file ``a``). The stop reason says the
-    answer was cut. (A stream has passed on what came, of which the SDKs keep the whole members.)
+    whole JSON were cut mid-value: they give the members that were whole, as the SDKs make of
+    the same stream, not a repair that would close the string and invent a value
+    (``{"path":"a`` is not a call for file ``a``); the stop reason says the answer was cut.
     Arguments that closed their object, or turned invalid, were not cut: they give what
-    ``normalize_arguments`` gives, as a stream of them does.
+    ``normalize_arguments`` gives, as a stream of them does (``normalize_arguments``, ``cut``).
     """
     text = arguments_text(arguments) if arguments is not None else None
-    if incomplete and text is not None and not _is_json(text) and streamed_object(text) is None:
-        return {}
-    obj, _ = normalize_arguments(text)
+    obj, _ = normalize_arguments(text, cut=incomplete)
     return obj
-
-
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-    except (ValueError, RecursionError):
-        return False
-    return True
 
 
 def tool_use_block(item: Dict[str, Any], tool_names: Dict[str, str], new_id: IdFactory,
