@@ -290,3 +290,33 @@ def test_a_number_past_the_float_range_is_the_largest_float_not_infinity() -> No
         assert got == {"timeout": sys.float_info.max, "n": -sys.float_info.max}
         json.dumps(got, allow_nan=False)
         assert responses_json(arguments) == got
+
+
+@pytest.mark.parametrize("first_args", ["[1]", "{'command': 'x'}", '  {"command": "x"}'],
+                         ids=["array", "python-dict", "leading-blanks"])
+def test_parallel_calls_keep_their_order_when_the_first_is_held_whole(first_args: str) -> None:
+    """A call whose arguments are no streamable object waits for its end; the next call streamed
+    ahead of it meanwhile, so the stream put call_2 first and the JSON answer call_1 (a probe)."""
+    calls = [{"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "bash"},
+             {"type": "function_call", "id": "fc_2", "call_id": "call_2", "name": "read"}]
+    second_args = '{"file_path": "b"}'
+    objs: List[Dict[str, Any]] = [{"type": "response.output_item.added", "output_index": i,
+                                   "item": {**c, "arguments": ""}} for i, c in enumerate(calls)]
+    half = len(first_args) // 2
+    for i, piece in [(0, first_args[:half]), (1, second_args), (0, first_args[half:])]:
+        objs.append({"type": "response.function_call_arguments.delta", "item_id": calls[i]["id"], "output_index": i,
+                     "delta": piece})
+    for i, args in [(0, first_args), (1, second_args)]:
+        objs += [{"type": "response.function_call_arguments.done", "item_id": calls[i]["id"], "output_index": i,
+                  "arguments": args},
+                 {"type": "response.output_item.done", "output_index": i, "item": {**calls[i], "arguments": args}}]
+    objs.append({"type": "response.completed", "response": {"id": "r", "status": "completed", "output": [],
+                                                             "usage": {"input_tokens": 3, "output_tokens": 2}}})
+    fold = ResponsesFold(message_id="msg_test", model="m", input_tokens=3, new_id=counter_ids())
+    events = drive(fold, io.BytesIO(b"".join(_sse(o) for o in objs)).readlines(), clean=True)
+    streamed = [(b["id"], b["input"]) for b in final_message(events)["content"]]
+    answer = to_messages_response({"id": "r", "status": "completed", "output": [
+        {**c, "arguments": a} for c, a in zip(calls, (first_args, second_args))]},
+        model="m", new_id=counter_ids(), tool_names={})
+    assert [b["id"] for b in answer["content"]] == ["call_1", "call_2"]
+    assert streamed == [(b["id"], b["input"]) for b in answer["content"]]

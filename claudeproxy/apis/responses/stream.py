@@ -689,8 +689,19 @@ class ResponsesFold(SSEFold):
         gets it in a block after the call (blocks cannot reopen, and holding calls back
         behind text that may never finish would put them out of place or lose them at a
         stop string); the JSON answer has that text whole, before the call.
+
+        Nor ahead of an earlier call still held whole (arguments not yet a streamable object,
+        RESPONSES.md 7.8): the calls keep the upstream's order, as in the JSON answer.
         """
-        return self.open is not None and self.open.kind == "tool_use" and self.open.key != key
+        if self.open is not None and self.open.kind == "tool_use" and self.open.key != key:
+            return True
+        for index in self._call_order():
+            earlier = ("f", index)
+            if earlier == key:
+                return False
+            if self.items[index].kind == "function_call" and earlier not in self.closed:
+                return True
+        return False
 
     def _call_order(self) -> List[Any]:
         """The slots in output order: indexes sorted, then item ids as first mentioned; not -1,
@@ -780,7 +791,7 @@ class ResponsesFold(SSEFold):
         obj = tool_input(item.args.text(), self.incomplete)
         self.out_chars += len(item.args)
         self.closed.add(key)
-        return events + self._whole_block({**start, "input": obj})
+        return events + self._whole_block({**start, "input": obj}) + self._waiting_calls()  # the calls after it
 
     # ------------------------------------------------------------------
     # Web search: the call, then its results, once the item is done.
