@@ -320,3 +320,23 @@ def test_parallel_calls_keep_their_order_when_the_first_is_held_whole(first_args
         model="m", new_id=counter_ids(), tool_names={})
     assert [b["id"] for b in answer["content"]] == ["call_1", "call_2"]
     assert streamed == [(b["id"], b["input"]) for b in answer["content"]]
+
+
+def test_a_responses_call_without_a_name_is_dropped_streamed_or_not() -> None:
+    """No tool can answer it (PROTOCOL.md 2.2, as on Chat); it became a tool_use named "" (a probe)."""
+    calls = [{"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": ""},
+             {"type": "function_call", "id": "fc_2", "call_id": "call_2", "name": "read"}]
+    objs: List[Dict[str, Any]] = []
+    for i, c in enumerate(calls):
+        objs += [{"type": "response.output_item.added", "output_index": i, "item": {**c, "arguments": ""}},
+                 {"type": "response.function_call_arguments.delta", "item_id": c["id"], "output_index": i,
+                  "delta": '{"a": 1}'},
+                 {"type": "response.output_item.done", "output_index": i, "item": {**c, "arguments": '{"a": 1}'}}]
+    objs.append({"type": "response.completed", "response": {"id": "r", "status": "completed", "output": [],
+                                                             "usage": {"input_tokens": 3, "output_tokens": 2}}})
+    fold = ResponsesFold(message_id="msg_test", model="m", input_tokens=3, new_id=counter_ids())
+    events = drive(fold, io.BytesIO(b"".join(_sse(o) for o in objs)).readlines(), clean=True)
+    assert [(b["id"], b["name"]) for b in final_message(events)["content"]] == [("call_2", "read")]
+    answer = to_messages_response({"id": "r", "status": "completed", "output": [
+        {**c, "arguments": '{"a": 1}'} for c in calls]}, model="m", new_id=counter_ids(), tool_names={})
+    assert [(b["id"], b["name"]) for b in answer["content"]] == [("call_2", "read")]

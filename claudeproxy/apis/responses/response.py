@@ -226,8 +226,8 @@ def item_blocks(item: Dict[str, Any], tool_names: Dict[str, str], new_id: IdFact
             blocks.extend([block] if block else [])
             refusal = refusal or (is_refusal and bool(text))
         return blocks, refusal
-    if kind == "function_call":
-        return [tool_use_block(item, tool_names, new_id, incomplete)], False
+    if kind == "function_call":  # without a name no tool can answer it (PROTOCOL.md 2.2, as on Chat)
+        return ([tool_use_block(item, tool_names, new_id, incomplete)] if _text_field(item, "name") else []), False
     if kind == "web_search_call":
         return search_blocks(item, new_id), False
     return [], False

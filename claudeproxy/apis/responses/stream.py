@@ -785,6 +785,9 @@ class ResponsesFold(SSEFold):
             return events + self._close() + self._waiting_calls()
         if key in self.closed:
             return events  # cut off by another block: nothing more can be placed
+        if not item.name:  # no tool can answer it (PROTOCOL.md 2.2): dropped, as in the JSON answer
+            self.closed.add(key)
+            return events + self._waiting_calls()
         # Not live (arguments not an object, or no id/name until now): the whole call at once. Its
         # text is all held: only an open block lets go of it (_maybe_live).
         start = self._tool_start(item)
