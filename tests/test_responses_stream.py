@@ -1288,3 +1288,14 @@ def test_an_object_placeholder_when_a_call_is_added_is_not_its_arguments() -> No
                   completed())
     assert_valid_event_sequence(events, allow_error=False)
     assert final_message(events)["content"] == [{"type": "tool_use", "id": "c1", "name": "f", "input": {"path": "/a"}}]
+
+
+def test_a_data_line_that_is_only_an_error_object_is_that_error() -> None:
+    """``data: {"error": {...}}`` without a type: the error it says (401 here), as on Chat; it was
+    "upstream stream ended early", a 502 with the upstream's status and message lost (a probe)."""
+    fold = make_fold()
+    line = b'data: {"error": {"message": "bad key", "type": "invalid_request_error", "code": "invalid_api_key"}}\n\n'
+    with pytest.raises(ProxyError) as info:
+        fold.feed_line(line)
+    assert (info.value.status, info.value.error_type) == (401, "authentication_error")
+    assert "bad key" in info.value.message

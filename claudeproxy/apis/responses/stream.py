@@ -302,8 +302,9 @@ class ResponsesFold(SSEFold):
         for name in _INDEX_FIELDS:
             if isinstance(obj.get(name), (list, dict)):
                 obj = {**obj, name: None}  # indices become dict keys: an array or object there is no index
-        # Dispatch on data.type: some compatible servers send no "event:" line.
-        kind = _str(obj, "type") or event.event
+        # Dispatch on data.type: some compatible servers send no "event:" line; a line that is only
+        # an error object ({"error": {...}}, no type) is that error, as on Chat.
+        kind = _str(obj, "type") or event.event or ("error" if isinstance(obj.get("error"), dict) else "")
         handler = _HANDLERS.get(kind)
         if handler is None:
             return []
