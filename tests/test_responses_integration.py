@@ -242,11 +242,11 @@ def test_web_search_is_dropped_where_the_provider_cannot_search(proxy: Any, fake
     assert [t["type"] for t in fake_upstream.last.json["tools"]] == ["function"]
 
 
-def test_responses_only_models_switch_api_on_their_own(make_proxy: Any, fake_upstream: Any) -> None:
-    server = make_proxy(provider="openai", opus_model="gpt-5-codex", model="gpt-4.1")
+def _opus_on_responses_and_sonnet_on_chat(server: Any, fake_upstream: Any, opus_model: str) -> None:
+    """Opus's model goes to /v1/responses, Sonnet's (the other route) to /v1/chat/completions."""
     fake_upstream.push(json_reply(json.loads(read("responses", "text.response.json"))))
     assert request(server.url, "POST", "/v1/messages", ask(model="claude-opus-4-1"), HEADERS).status == 200
-    assert fake_upstream.last.path == "/v1/responses" and fake_upstream.last.json["model"] == "gpt-5-codex"
+    assert fake_upstream.last.path == "/v1/responses" and fake_upstream.last.json["model"] == opus_model
     fake_upstream.push(json_reply({"id": "c", "choices": [{"index": 0, "message": {"role": "assistant",
                                                                                    "content": "hi"},
                                                            "finish_reason": "stop"}]}))
@@ -254,23 +254,22 @@ def test_responses_only_models_switch_api_on_their_own(make_proxy: Any, fake_ups
     assert fake_upstream.last.path == "/v1/chat/completions"
 
 
+def test_responses_only_models_switch_api_on_their_own(make_proxy: Any, fake_upstream: Any) -> None:
+    server = make_proxy(provider="openai", opus_model="gpt-5-codex", model="gpt-4.1")
+    _opus_on_responses_and_sonnet_on_chat(server, fake_upstream, "gpt-5-codex")
+
+
 def test_responses_only_from_a_models_table_switches_the_api_on_any_host(make_proxy: Any, fake_upstream: Any) -> None:
     """The built-in facts switch only OpenAI's and Azure's hosts (a gateway may serve OpenAI's names on
-    Chat); a provider's own models table saying so is obeyed anywhere (it was ignored without a word)."""
+    Chat: gpt-5-codex stays on Chat here); a provider's own models table saying so is obeyed anywhere
+    (it was ignored without a word)."""
     from claudeproxy.config import Provider, Route, RouteTarget
     from claudeproxy.model_facts import ModelFacts
     gateway = Provider("gw", f"http://127.0.0.1:{fake_upstream.port}/v1",
                        models=(("house-reasoner*", ModelFacts(responses_only=True)),))
     server = make_proxy(providers=(gateway,), routes=(Route("opus", RouteTarget("gw", "house-reasoner-1")),
                                                       Route("*", RouteTarget("gw", "gpt-5-codex"))))
-    fake_upstream.push(json_reply(json.loads(read("responses", "text.response.json"))))
-    assert request(server.url, "POST", "/v1/messages", ask(model="claude-opus-4-1"), HEADERS).status == 200
-    assert fake_upstream.last.path == "/v1/responses" and fake_upstream.last.json["model"] == "house-reasoner-1"
-    fake_upstream.push(json_reply({"id": "c", "choices": [{"index": 0, "message": {"role": "assistant",
-                                                                                   "content": "hi"},
-                                                           "finish_reason": "stop"}]}))
-    assert request(server.url, "POST", "/v1/messages", ask(model="claude-sonnet-4-5"), HEADERS).status == 200
-    assert fake_upstream.last.path == "/v1/chat/completions"  # the built-in fact: not on a gateway
+    _opus_on_responses_and_sonnet_on_chat(server, fake_upstream, "house-reasoner-1")
 
 
 def test_an_unverified_organisation_gets_no_summaries_again(make_proxy: Any, fake_upstream: Any) -> None:
