@@ -150,14 +150,17 @@ def merge_turns(messages: Tuple[Message, ...], joins: Callable[[Message], bool])
     Each run is joined once: appending message by message copied the growing content each time,
     and 100,000 one-word user turns (a 3 MB body) then took minutes of CPU.
     """
-    runs: List[List[Message]] = []
+    merged: List[Message] = []
+    joined: Dict[int, List[Message]] = {}  # a place in ``merged`` -> the messages that join it
     for message in messages:
-        if runs and message.role != "system" and runs[-1][0].role == message.role and joins(message):
-            runs[-1].append(message)
+        if merged and message.role != "system" and merged[-1].role == message.role and joins(message):
+            joined.setdefault(len(merged) - 1, []).append(message)
         else:
-            runs.append([message])
-    return [run[0] if len(run) == 1 else Message(run[0].role, tuple(b for m in run for b in m.content))
-            for run in runs]
+            merged.append(message)
+    for at, more in joined.items():
+        first = merged[at]
+        merged[at] = Message(first.role, first.content + tuple(b for m in more for b in m.content))
+    return merged
 
 
 @dataclasses.dataclass(frozen=True)
