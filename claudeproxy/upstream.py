@@ -160,6 +160,12 @@ POOL_IDLE_SECONDS = 30.0
 # chunk) keeps its connection reusable; anything longer or slower closes it instead.
 DRAIN_BYTES = 64 * 1024
 MAX_INTERIM_RESPONSES = 16  # 1xx answers skipped before the final one; more is an upstream looping
+ERROR_BODY_SECONDS = 5.0  # the most an error answer's body is waited for: its status is the answer
+# A reused connection that fails this soon after the request went out, before any byte of an
+# answer, was closed by the upstream while idle (its FIN crossed the request): the request is
+# sent again on a fresh one. Later, the upstream had it (a worker that crashed, a balancer's cut
+# after seconds of work): sent again, a request that costs tokens would be paid twice.
+STALE_WINDOW = 1.0
 DRAIN_SECONDS = 0.25
 
 PoolKey = Tuple[str, str, Optional[str]]  # scheme, host[:port] connected to, tunnel target through a proxy
@@ -352,6 +358,11 @@ class _ReadsBy(io.RawIOBase):
         super().close()
 
 
+# What a status line cut short can be: a beginning of "HTTP/1.1 200 OK" (a TLS alert or an SSH
+# banner that ends without a newline is no HTTP, cut or not).
+_STATUS_LINE_START = re.compile(rb"H(?:T(?:T(?:P(?:/(?:\d(?:\.(?:\d(?: \d{0,3}(?: [^\r\n]*)?)?)?)?)?)?)?)?)?\r?\Z")
+
+
 class HeadCutOff(http.client.HTTPException):
     """The connection ended inside a response head: the answer is lost, not an empty one."""
 
@@ -366,11 +377,12 @@ class _HeadWatch:
     def __init__(self, fp: Any) -> None:
         self.fp = fp
         self.cut = False
+        self.cut_line = b""  # the line the end cut short
 
     def readline(self, limit: int = -1) -> bytes:
         line: bytes = self.fp.readline(limit)
         if not line.endswith(b"\n") and len(line) != limit:  # a line over the limit fails in http.client
-            self.cut = True
+            self.cut, self.cut_line = True, line
         return line
 
     def close(self) -> None:
@@ -395,6 +407,14 @@ class _Response(http.client.HTTPResponse):
         self.fp = watch  # type: ignore[assignment]
         try:
             self._begin()
+        except ConnectionError as exc:  # RemoteDisconnected too: no status line at all, a stale connection maybe
+            exc.cp_answered = self._interim > 0  # type: ignore[attr-defined]  # a 1xx came: the upstream had it
+            raise
+        except (http.client.HTTPException, ValueError):
+            if watch.cut and _STATUS_LINE_START.match(watch.cut_line):
+                # "HTTP/1.1 2" and the end: an answer cut short (retried), not one that is no HTTP
+                raise HeadCutOff("the connection closed inside the response head") from None
+            raise
         finally:
             if self.fp is watch:  # else http.client closed it (a status line that is no HTTP): stays None
                 self.fp = reader
@@ -800,22 +820,32 @@ class _PooledOpen:
     def _exchange(self, conn: Any, key: PoolKey, req: urllib.request.Request, headers: Dict[str, str],
                   call: Optional[UpstreamCall], reused: bool) -> http.client.HTTPResponse:
         try:
+            sent_at = time.monotonic()
+            early = None
             try:
                 conn.request(req.get_method(), req.selector, req.data, headers,
                              encode_chunked=req.has_header("Transfer-encoding"))
+                sent_at = time.monotonic()
             except OSError as err:
-                if self._stale(err, call, reused):
+                early = _early_answer(conn, err)
+                if early is None and self._stale(err, call, reused, sent_at):
                     raise _Stale() from err
-                raise urllib.error.URLError(err) from None
+                if early is None:
+                    raise urllib.error.URLError(err) from None
             if call is not None:
                 call.sent = True
             if call is not None and call.meanwhile is not None:
                 work, call.meanwhile = call.meanwhile, None
                 work()
-            resp = conn.getresponse()
+            resp = early or conn.getresponse()
+            if reused and resp.status == 408 and early is None and time.monotonic() - sent_at < STALE_WINDOW:
+                # The upstream's word that the idle connection timed out, sent as it closed it,
+                # not an answer to this request (which it never read): a fresh connection, as for a FIN.
+                resp.close()
+                raise _Stale()
         except _STALE_ERRORS as err:
             conn.close()
-            if self._stale(err, call, reused):
+            if self._stale(err, call, reused, sent_at):
                 raise _Stale() from err
             raise
         except BaseException:
@@ -829,9 +859,12 @@ class _PooledOpen:
         return resp  # type: ignore[no-any-return]
 
     @staticmethod
-    def _stale(err: BaseException, call: Optional[UpstreamCall], reused: bool) -> bool:
+    def _stale(err: BaseException, call: Optional[UpstreamCall], reused: bool, sent_at: float) -> bool:
+        """Did a reused connection fail because the upstream had closed it while idle? Only if it
+        failed soon after the request went out (``STALE_WINDOW``) and before any answer (a 1xx)."""
         aborted = call is not None and call.abort_reason is not None
-        return reused and not aborted and isinstance(err, _STALE_ERRORS) and not isinstance(err, socket.timeout)
+        return (reused and not aborted and isinstance(err, _STALE_ERRORS) and not isinstance(err, socket.timeout)
+                and not getattr(err, "cp_answered", False) and time.monotonic() - sent_at < STALE_WINDOW)
 
     def _release(self, key: PoolKey, conn: Any, call: Optional[UpstreamCall], complete: bool) -> None:
         sock = conn.sock
@@ -841,6 +874,19 @@ class _PooledOpen:
             return
         sock.settimeout(self.read_timeout)
         self.pool.give(key, conn)
+
+
+def _early_answer(conn: Any, err: OSError) -> Optional[http.client.HTTPResponse]:
+    """The answer an upstream sent before it read the whole request, then closed (nginx's 413
+    for a body over ``client_max_body_size``): the send fails, yet the answer is there to read.
+    It was "could not reach the upstream", retried with the whole body each time. None when
+    there is none (an idle connection the upstream had closed, a send that timed out)."""
+    if not isinstance(err, ConnectionError) or getattr(conn, "sock", None) is None:
+        return None  # a timeout (a read now would wait as long again), or no connection made
+    try:
+        return conn.getresponse()  # type: ignore[no-any-return]
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
 
 
 def _where_not_found(message: str, method: str, url: str, secrets: Tuple[str, ...]) -> str:
@@ -1143,8 +1189,26 @@ def _decoded(data: bytes, decoder: Any, limit: int) -> bytes:
 
 
 def _error_body(exc: urllib.error.HTTPError) -> bytes:
-    """An error answer's body, decoded if a gateway compressed it; empty if it cannot be read."""
-    body = exc.read(MAX_ERROR_BODY)
+    """An error answer's body, decoded if a gateway compressed it; empty if it cannot be read.
+
+    The status is the answer: a body cut by a reset or a bad chunk, or one that never ends on a
+    connection held open, leaves the message empty, within ``ERROR_BODY_SECONDS``. (A read that
+    failed here was a 500; a body held open held the call until its whole deadline.)
+    """
+    sock = getattr(getattr(getattr(exc.fp, "fp", None), "raw", None), "sock", None)  # _Response's _NoWait
+    if sock is not None:
+        try:
+            current = sock.gettimeout()
+            if current is None:  # blocking, its reads bounded by the kernel (read_often)
+                bound_by_kernel(sock, socket.SO_RCVTIMEO, ERROR_BODY_SECONDS)
+            else:
+                sock.settimeout(min(current, ERROR_BODY_SECONDS))
+        except OSError:
+            return b""
+    try:
+        body = exc.read(MAX_ERROR_BODY)
+    except (OSError, http.client.HTTPException, ValueError):
+        return b""
     try:
         decoder = content_decoder(exc.headers)
         return _decoded(body, decoder, MAX_ERROR_BODY) if decoder is not None else body

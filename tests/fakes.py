@@ -69,8 +69,8 @@ class Reply:
     chunked: bool = False
     delay: float = 0.0  # before the status line
     close_delimited: bool = False  # neither chunked nor Content-Length: the body ends when the socket closes
-    # Before the status line: "close" (close the connection without a byte), "partial" (half a status line, close),
-    # "head" (a status line and half a header line, close).
+    # Before the status line (after ``delay``): "close" (close the connection without a byte), "partial" (half a
+    # status line, close), "head" (a status line and half a header line, close), "interim" (a 103, close).
     drop: str = ""
     interim: Tuple[int, ...] = ()  # 1xx answers sent before the final one (103 Early Hints)
 
@@ -137,7 +137,8 @@ class Recorded:
         return json.loads(self.body.decode("utf-8"))
 
 
-_DROPPED = {"partial": b"HTTP/1.1 2", "head": b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Enc"}
+_DROPPED = {"partial": b"HTTP/1.1 2", "head": b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Enc",
+            "interim": b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -174,15 +175,15 @@ class _Handler(BaseHTTPRequestHandler):
         fake.received.set()
         reply = fake.responder(rec) if fake.responder is not None else fake.next_reply()
         self.close_connection = not fake.keep_alive
+        if reply.delay:
+            if fake.wait_or_closed(self.connection, reply.delay, self.generation):
+                return
         if reply.drop:
             if reply.drop in _DROPPED:
                 self.wfile.write(_DROPPED[reply.drop])
                 self.wfile.flush()
             self.close_connection = True
             return
-        if reply.delay:
-            if fake.wait_or_closed(self.connection, reply.delay, self.generation):
-                return
         self._send(reply, fake)
 
     def _send(self, reply: Reply, fake: "FakeUpstream") -> None:

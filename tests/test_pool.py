@@ -155,6 +155,21 @@ def test_stale_pooled_connection_is_retried_invisibly(start: Any, keep_alive: Fa
     assert keep_alive.connections == 2
 
 
+@pytest.mark.parametrize("drop, delay", [("close", 1.5), ("interim", 0.0)], ids=["after-seconds-of-work", "after-a-1xx"])
+def test_a_request_the_upstream_had_is_not_sent_again(start: Any, keep_alive: FakeUpstream, drop: str,
+                                                      delay: float) -> None:
+    """A reused connection that drops seconds after the request went out (a worker that crashed, a
+    balancer's cut), or after a 1xx, dropped a request the upstream had: sent again, a call that
+    costs tokens was paid twice, with --retries 0 (a probe). Only a drop within STALE_WINDOW of
+    the send, before any answer, is an idle connection the upstream had closed."""
+    proxy = start(keep_alive.url)
+    assert _messages(proxy).status == 200
+    keep_alive.push(Reply(drop=drop, delay=delay))
+    resp = _messages(proxy)
+    assert resp.status == 502, resp
+    assert len(keep_alive.requests) == 2  # the first, and the dropped one: not again
+
+
 def test_no_retry_once_a_response_byte_came(start: Any, keep_alive: FakeUpstream) -> None:
     proxy = start(keep_alive.url)
     assert _messages(proxy).status == 200
