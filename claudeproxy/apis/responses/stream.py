@@ -159,6 +159,12 @@ class ResponsesFold(SSEFold):
         self.annotations: Dict[Key, List[Any]] = {}
         self.cited: Dict[Key, int] = {}  # citations already sent per part
         self.closed: Set[Key] = set()  # keys whose block was stopped
+        # The calls in output order (_call_order, kept until an item is added) and how far along
+        # it every call is closed: a call waits behind the first one that is not (_held_back).
+        self.order: Optional[List[Any]] = None
+        self.order_closed = 0
+        self.ending = False  # the terminal event came: what waits is placed, whatever never ended
+        self.draining = False  # _waiting_calls is placing calls (a call it places does not start it again)
         self.finished: Set[Key] = set()  # text parts whose .done came: their text is final
         self.tool_ids: Set[str] = set()
         self.has_tools = False
@@ -441,6 +447,7 @@ class ResponsesFold(SSEFold):
         item = self.items.get(slot)
         if item is None:
             item = self.items[slot] = _Item(kind)
+            self.order = None  # (an index below one already seen may come: the order is made again)
         item.kind = item.kind or kind
         if kind:
             item.kinds.add(kind)
@@ -696,13 +703,21 @@ class ResponsesFold(SSEFold):
         """
         if self.open is not None and self.open.kind == "tool_use" and self.open.key != key:
             return True
-        for index in self._call_order():
-            earlier = ("f", index)
-            if earlier == key:
-                return False
-            if self.items[index].kind == "function_call" and earlier not in self.closed:
-                return True
-        return False
+        if self.ending or key[1] == -1:  # the end places what waits; slot -1 has no place in the order
+            return False
+        first = self._first_unclosed_call()
+        return first is not None and first != key[1]
+
+    def _first_unclosed_call(self) -> Any:
+        """The slot of the first call in output order whose block is not closed, or None."""
+        if self.order is None:
+            self.order, self.order_closed = self._call_order(), 0
+        while self.order_closed < len(self.order):
+            slot = self.order[self.order_closed]
+            if self.items[slot].kind == "function_call" and ("f", slot) not in self.closed:
+                return slot
+            self.order_closed += 1  # closed for good (or no call): never looked at again
+        return None
 
     def _call_order(self) -> List[Any]:
         """The slots in output order: indexes sorted, then item ids as first mentioned; not -1,
@@ -712,13 +727,20 @@ class ResponsesFold(SSEFold):
 
     def _waiting_calls(self) -> List[Event]:
         """The calls that waited for another call's block, in their order, once it ended: done ones
-        whole, the first still streaming live."""
+        whole, the first still streaming live. One pass: a call it places does not start another
+        (which, call after call, went as deep as there were calls)."""
+        if self.draining:
+            return []
         events: List[Event] = []
-        for index in self._call_order():
-            item, key = self.items[index], ("f", index)
-            if item.kind != "function_call" or key in self.closed or self.open is not None:
-                continue
-            events += self._call_done(index, item, item.done) if item.done is not None else self._maybe_live(index, item)
+        self.draining = True
+        try:
+            for index in self._call_order():
+                item, key = self.items[index], ("f", index)
+                if item.kind != "function_call" or key in self.closed or self.open is not None:
+                    continue
+                events += self._call_done(index, item, item.done) if item.done is not None else self._maybe_live(index, item)
+        finally:
+            self.draining = False
         return events
 
     def _claim_tool_id(self, base: str) -> str:
@@ -819,6 +841,7 @@ class ResponsesFold(SSEFold):
         if self.done:
             return events  # ended at a client stop string in text only the final object had
         events += self._close()
+        self.ending = True  # a call that never ended holds no later one back any more
         placed = self._waiting_calls()
         while placed:  # each call left waiting, in turn: the last one live is closed before the next
             events += placed + self._close()
