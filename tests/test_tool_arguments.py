@@ -254,6 +254,8 @@ CUT_CASES = [  # (arguments cut by the output limit, the members that were whole
     ('{"a": "x", ', {"a": "x"}),
     ('{"a": "x", "b"', {"a": "x"}),
     ('  {"a": false', {"a": False}),  # a literal at the cut is whole: no longer literal begins so
+    ('{"a": 1, "b": 1.', {"a": 1}),  # "1." is no number yet: not read as 1
+    ('{"a": 1.5e', {}),
     ("{", {}),
 ]
 
@@ -387,3 +389,36 @@ def test_many_parallel_calls_behind_one_held_whole_neither_recurse_nor_slow_down
     objs.append(_completed([]))
     events = _responses_events(objs)
     assert [b["id"] for b in final_message(events)["content"]] == [f"call_{i}" for i in range(n)]
+
+
+def test_only_the_last_call_of_a_cut_answer_is_cut() -> None:
+    """The calls before the last were whole when the next began: a fenced one keeps its repaired
+    input, and only the last gives its whole members (a review: the fence gave {})."""
+    fenced, cut = '```json\n{"path": "a.py"}\n```', '{"path": "b.py", "content": "half'
+    body = {"id": "x", "choices": [{"index": 0, "finish_reason": "length", "message": {
+        "role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "read", "arguments": fenced}},
+            {"id": "c2", "type": "function", "function": {"name": "write", "arguments": cut}}]}}]}
+    message, _ = message_from_body(body, model="m", new_id=counter_ids())
+    assert [b["input"] for b in message["content"]] == [{"path": "a.py"}, {"path": "b.py"}]
+    output = [{"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "read", "arguments": fenced},
+              {"type": "function_call", "id": "fc_2", "call_id": "c2", "name": "write", "arguments": cut}]
+    answer = to_messages_response({"id": "r", "status": "incomplete", "output": output,
+                                   "incomplete_details": {"reason": "max_output_tokens"}},
+                                  model="m", new_id=counter_ids(), tool_names={})
+    assert [b["input"] for b in answer["content"]] == [{"path": "a.py"}, {"path": "b.py"}]
+
+
+def test_a_chat_stream_places_a_cut_call_held_whole_as_the_json_answer_does() -> None:
+    """A second call waits whole while the first streams live, and is placed at the end; cut by
+    the output limit, it was a repaired guess (the cut string closed) where the JSON answer now
+    gives its whole members (a review)."""
+    cut = '{"file_path": "/a", "content": "line one\\nline tw'
+    pb = Playbook()
+    pb.feed(chunk(tool_delta(0, "call_1", "read", '{"path": "x"}')))
+    pb.feed(chunk(tool_delta(1, "call_2", "write", cut[:20])))
+    pb.feed(chunk(tool_delta(1, arguments=cut[20:])))
+    pb.feed(chunk(finish="length", usage={"prompt_tokens": 3, "completion_tokens": 4}))
+    streamed = [b["input"] for b in final_message(pb.events)["content"] if b["type"] == "tool_use"]
+    assert streamed == [{"path": "x"}, {"file_path": "/a"}]
+    assert chat_json_cut(cut) == {"file_path": "/a"}

@@ -321,7 +321,8 @@ def finite_float(text: str) -> float:
 
     Python reads 1e400 as inf, which ``json.dumps`` then writes as ``Infinity``: no JSON, and
     the JavaScript SDK (Claude Code's) cannot parse the answer. The stream passes the number on
-    as it came, which JavaScript reads as a number too large to matter; so is this one.
+    as it came, which JavaScript's parser reads as Infinity; the largest float is the nearest
+    value JSON can carry.
     """
     value = float(text)
     return value if math.isfinite(value) else math.copysign(sys.float_info.max, value)
@@ -384,9 +385,13 @@ def whole_members(raw: str) -> Optional[Dict[str, Any]]:
         except (ValueError, RecursionError):
             return out  # cut inside it (or invalid from there: the stream ended the object there too)
         after = _WHITESPACE.match(text, at).end()  # type: ignore[union-attr]
-        if after >= end and isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if after >= end and not number:
+            out[key] = value  # a string, object, array or literal that ended: whole
             return out
+        if after >= end or text[after] not in ",}":
+            return out  # a number at the cut ("12" of "125"), or one read short of it ("1" of "1.")
         out[key] = value
-        if after >= end or text[after] != ",":
+        if text[after] == "}":
             return out
         at = after + 1

@@ -106,9 +106,10 @@ def normalize_arguments(raw: Optional[str], cut: bool = False) -> Tuple[Dict[str
     ok, value = _loads(raw)
     if not ok:
         repaired = streamed_object(raw)
-        if repaired is None and cut:
-            return whole_members(raw) or {}, f"tool arguments cut short; kept the members that were whole: {raw[:200]!r}"
-        if repaired is None:
+        members = whole_members(raw) if repaired is None and cut else None
+        if members is not None:
+            return members, f"tool arguments cut short; kept the members that were whole: {raw[:200]!r}"
+        if repaired is None:  # (and arguments that began as no object: a code fence, prose)
             repaired = _repair(raw.strip())
         if repaired is not None:
             return repaired, f"repaired invalid tool arguments: {raw[:200]!r}"
@@ -243,8 +244,8 @@ def unique_tool_ids(calls: Tuple[ToolCallDelta, ...], new_id: IdFactory) -> Dict
     return ids
 
 
-# Finish reasons of an answer cut mid-generation, maybe inside a call's arguments.
-_CUT_FINISH_REASONS = ("length", "max_tokens", "content_filter")
+# Finish reasons of an answer cut mid-generation, maybe inside a call's arguments (its last).
+CUT_FINISH_REASONS = ("length", "max_tokens", "content_filter")
 
 
 def content_blocks(
@@ -272,10 +273,11 @@ def content_blocks(
         blocks.append(thinking_block(reasoning, dialect_name, state))
     blocks.extend({"type": "text", "text": t} for t in (text, choice.refusal) if t)
     warnings = []
+    # Only the last call can have been cut: the ones before it were whole when the next began.
+    cut_at = max(ids) if ids and choice.finish_reason in CUT_FINISH_REASONS else None
     for i, call in enumerate(choice.tool_calls):
         if i in ids:
-            block, warning = tool_use_block(ids[i], call.name, call.arguments, tool_names,
-                                            cut=choice.finish_reason in _CUT_FINISH_REASONS)
+            block, warning = tool_use_block(ids[i], call.name, call.arguments, tool_names, cut=i == cut_at)
             blocks.append(block)
             warnings.extend([warning] if warning else [])
     return blocks, warnings

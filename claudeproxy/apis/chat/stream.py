@@ -37,6 +37,7 @@ from ..growing import Growing
 from ..stops import first_stop, stop_prefix_len
 from ..toolargs import ArgsScan
 from .response import (
+    CUT_FINISH_REASONS,
     IdFactory,
     match_stop_sequence,
     message_from_body,
@@ -421,8 +422,9 @@ class StreamTranslator:
         self._update_state_from_tools()
         events += self._close_open()
         events += self._carrier_block()
+        cut = buffered[-1] if buffered and self.finish_reason in CUT_FINISH_REASONS else None
         for tool in buffered:
-            events += self._whole_tool(tool)
+            events += self._whole_tool(tool, cut=tool is cut and tool is max(self.tools, key=lambda t: t.order))
         events += [self._message_delta(), {"type": "message_stop"}]
         self.done = True
         return events
@@ -661,8 +663,10 @@ class StreamTranslator:
         # tool.id stays the upstream's: later fragments are matched by it.
         return {"type": "tool_use", "id": client_tool_id(tool.id), "name": name, "input": {}}
 
-    def _whole_tool(self, tool: _Tool) -> List[Event]:
-        obj, _ = normalize_arguments(tool.args)
+    def _whole_tool(self, tool: _Tool, cut: bool = False) -> List[Event]:
+        """A call placed whole at the end; ``cut``: the answer's last, which the output limit cut
+        (its whole members, as in the JSON answer: ``normalize_arguments``)."""
+        obj, _ = normalize_arguments(tool.args, cut)
         events = self._open("tool", self._tool_start(tool))
         if obj:
             events.append(self._delta({"type": "input_json_delta", "partial_json": json.dumps(obj, ensure_ascii=False)}))

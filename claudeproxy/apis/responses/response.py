@@ -315,8 +315,12 @@ def content_blocks(output: Any, tool_names: Dict[str, str], new_id: IdFactory,
     """All blocks of a Response's ``output`` in order, and whether a refusal was among them."""
     blocks: List[Block] = []
     refusal = False
-    for item in _list(output):
-        found, refused = item_blocks(item, tool_names, new_id, incomplete, thinking)
+    items = _list(output)
+    # Only the last call can have been cut: the ones before it were whole when the next began.
+    calls = [i for i, item in enumerate(items) if item.get("type") == "function_call"]
+    cut_at = calls[-1] if calls and incomplete else None
+    for i, item in enumerate(items):
+        found, refused = item_blocks(item, tool_names, new_id, i == cut_at, thinking)
         blocks.extend(found)
         refusal = refusal or refused
     unique_tool_ids(blocks)
