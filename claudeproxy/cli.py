@@ -710,9 +710,10 @@ class _RedactingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         keys = tuple(s for s in self._secrets() if s)
-        if keys != self._forms[0]:
-            self._forms = (keys, secret_forms(keys))
-        secrets = self._forms[1]
+        known, secrets = self._forms  # one read: another thread may replace it meanwhile
+        if keys != known:
+            secrets = secret_forms(keys)
+            self._forms = (keys, secrets)
         message = record.getMessage()
         record.msg, record.args = redact_text(message, secrets), None
         if record.exc_info:
@@ -818,9 +819,9 @@ def shadowed_routes(server: ProxyServer) -> List[str]:
     (``--sonnet-model`` and the file's ``claude-sonnet-4-5*``): the flag wins, as flags do, but the
     file's route is dead while the flag is given, which a user editing the file would not guess.
     Routes of one source that shadow each other stop the start (``_check_routes``)."""
-    routes = server.proxy.router.routes
-    return [f"{later.origin or f'routes[{j}]'} ({later.match!r}) is never used while {earlier.origin} "
-            f"({earlier.match!r}) is given: the flag takes every name the route would"
+    routes, given = server.proxy.router.routes, server.config.routes
+    return [f"{later.origin or f'routes[{given.index(later)}]'} ({later.match!r}) is never used while "
+            f"{earlier.origin} ({earlier.match!r}) is given: the flag takes every name the route would"
             for j, later in enumerate(routes) for earlier in routes[:j] if covers(earlier.match, later.match)]
 
 

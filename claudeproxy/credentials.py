@@ -149,6 +149,8 @@ def key_of(source: TokenSource, provider: str) -> str:
         raise  # a key command's own account, already worded for the client
     except Exception as exc:  # the type only: the text is the caller's, and may hold the key
         raise UpstreamUnavailable(f"the key source of provider {provider} failed ({type(exc).__name__})") from None
+    if key is None:
+        return ""  # no key, as an empty one (what None meant before this check)
     if not isinstance(key, str):
         raise UpstreamUnavailable(f"the key source of provider {provider} gave a {type(key).__name__}, not a string")
     if key:
@@ -171,7 +173,7 @@ def current_secrets(source: TokenSource) -> Tuple[str, ...]:
         key = source()
     except Exception:  # a caller's refresher that fails: nothing to mask
         return ()
-    return (key,) if key else ()
+    return (key,) if isinstance(key, str) and key else ()  # (one that gives no string is refused: key_of)
 
 
 class KeyRing:

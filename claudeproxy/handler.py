@@ -55,7 +55,8 @@ Route = Callable[[Any, Any], None]
 _STDLIB_5XX = {501: 405, 505: 400}  # what send_error answers instead (bad input is a 4xx)
 _BROKEN_HEADER_DEFECTS = (email.errors.MissingHeaderBodySeparatorDefect, email.errors.FirstHeaderLineIsContinuationDefect)
 _ABSOLUTE_TARGET_RE = re.compile(r"^[hH][tT][tT][pP][sS]?://([^/?#]*)([/?].*)?$")
-_CHARSET_RE = re.compile(r"(?i)\bcharset\s*=\s*\"?([^\";\s]*)")
+_CHARSET_RE = re.compile(r"(?i);\s*charset\s*=\s*\"?([^\";\s]*)")  # a parameter of its own (not x-charset)
+_WIDE_CHARSETS = ("utf-16", "utf16", "utf-32", "utf32", "ucs-2", "ucs2", "ucs-4", "ucs4")
 # The blanks that may part the words of a request line (RFC 9112 3: SP, HTAB, VT, FF, a bare CR).
 _BLANKS = re.compile(r"[ \t\x0b\x0c\r]+")
 # RFC 9112 2.2: a server SHOULD ignore at least one empty line before a request line (clients that
@@ -575,8 +576,8 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         return route
 
     def _declares_body(self) -> bool:
-        length = (self.headers.get("Content-Length") or "").strip()
-        return "Transfer-Encoding" in self.headers or (length not in ("", "0"))
+        length = (self.headers.get("Content-Length") or "").strip(" \t")
+        return "Transfer-Encoding" in self.headers or bool(length.lstrip("0"))  # "00" is no body either
 
     def _answer_busy(self, writer: ResponseWriter) -> None:
         self.close_connection = True
@@ -769,8 +770,9 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         coding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
         if coding != "identity":
             raise InvalidRequest(f"Content-Encoding {coding!r} is not supported: send the body uncompressed")
-        charset = _CHARSET_RE.search(params)
-        if charset and charset.group(1).lower() not in ("utf-8", "utf8", "us-ascii", "ascii"):
+        charset = _CHARSET_RE.search(";" + params)
+        if charset and charset.group(1).lower().replace("_", "-").startswith(_WIDE_CHARSETS):
+            # A wide encoding is never UTF-8 JSON (a Latin-1 body of ASCII is: it is left alone).
             raise InvalidRequest(f"charset {charset.group(1)!r} is not supported: send the body as UTF-8")
 
     def _content_length(self) -> int:

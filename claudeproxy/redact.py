@@ -85,11 +85,11 @@ def _written_forms(secrets: Iterable[str]) -> List[str]:
     forms = []
     for secret in secrets:
         if secret and len(secret) >= _MIN_SECRET_LEN:
-            forms += (secret, secret.upper(), secret.lower())
+            forms.append(secret)
             if "/" in secret:
                 forms.append(secret.replace("/", "\\/"))
-            if len(secret) >= MIN_FREE_TEXT_SECRET:
-                forms += _base64_forms(secret)
+            if len(secret) >= MIN_FREE_TEXT_SECRET:  # (vLLM's key "EMPTY" in any case would mask "empty")
+                forms += (secret.upper(), secret.lower(), *_base64_forms(secret))
     return forms
 
 

@@ -756,3 +756,14 @@ def test_a_gateway_given_a_known_dialect_still_starts_without_a_key(served: List
     assert code == 0, err
     lines = [line for line in _start_warnings(served[0], {}) if "gets no API key" in line]
     assert lines and "expect 401s" in lines[0], lines
+
+
+def test_a_library_route_a_flag_shadows_is_named_by_its_place_in_the_routes_given() -> None:
+    """Counted in the merged list, the warning named routes[1] for the caller's routes[0] (a review)."""
+    server = claudeproxy.start(providers=(Provider("p", "http://127.0.0.1:9/v1"),), sonnet_model="flag-sonnet",
+                               routes=(Route("claude-sonnet-4-5*", RouteTarget("p", "n")), Route("*", RouteTarget("p", "m"))),
+                               port=0)
+    try:
+        assert [line.split(" ")[0] for line in cli.shadowed_routes(server.server)] == ["routes[0]"]
+    finally:
+        server.shutdown(grace=0.1)

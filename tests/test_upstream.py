@@ -114,7 +114,7 @@ def test_no_token_means_no_auth_header(make_proxy, fake_upstream):
 @pytest.mark.parametrize("token, said", [
     (lambda: (_ for _ in ()).throw(RuntimeError("vault said: sk-live-SECRET-0123456789")), "failed (RuntimeError)"),
     (lambda: "sk-abc\r\nX-Injected: 1", "gave a key no HTTP header can carry"),
-    (lambda: None, "gave a NoneType, not a string"),
+    (lambda: 42, "gave a int, not a string"),
 ], ids=["raises", "line-break", "not-a-string"])
 def test_a_library_key_source_that_fails_is_a_502_naming_it(make_proxy, fake_upstream, caplog, token, said):
     """start(token=f): f raising was a 500 with its text (which may hold the key) in the log; a key
@@ -127,6 +127,12 @@ def test_a_library_key_source_that_fails_is_a_502_naming_it(make_proxy, fake_ups
     assert fake_upstream.requests == []
     logged = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
     assert "SECRET" not in logged + resp.body.decode() and "Traceback" not in logged
+
+
+def test_a_library_key_source_that_gives_none_sends_no_key(make_proxy, fake_upstream):
+    proxy = make_proxy(token=lambda: None)
+    assert request(proxy.url, "POST", "/v1/messages", minimal_request(), HEADERS).status == 200
+    assert "authorization" not in fake_upstream.last.headers
 
 
 def test_extra_headers_are_sent(make_proxy, fake_upstream):

@@ -301,15 +301,25 @@ class _MessageBuilder:
         # finding the call of each of 10,000 parallel results costs no scan of the list.
         self.pending: Dict[str, None] = {}
         self.deferred: List[ChatMessage] = []  # system turns that arrived between a call and its result
+        self.past_start, self.looked_at = False, 0  # _past_the_start
 
     def add_system(self, message: Message) -> None:
         text = _system_text(message)
         if not text:
             return
         role = self.dialect.system_role
-        if self.dialect.late_system_role and any(m.role != role for m in self.out):
+        if self.dialect.late_system_role and self._past_the_start(role):
             role = self.dialect.late_system_role
         (self.deferred if self.pending else self.out).append(ChatMessage(role, text))
+
+    def _past_the_start(self, system_role: str) -> bool:
+        """Has a message other than a system one gone out? Each message is looked at once: a scan
+        of them all for each system turn made 40,000 leading system turns take 23 s (mistral)."""
+        if not self.past_start:
+            out = self.out
+            self.past_start = any(out[i].role != system_role for i in range(self.looked_at, len(out)))
+            self.looked_at = len(self.out)
+        return self.past_start
 
     def add_assistant(self, message: Message, is_last: bool) -> None:
         self.close_turn()
