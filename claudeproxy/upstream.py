@@ -838,7 +838,7 @@ class _PooledOpen:
                 work, call.meanwhile = call.meanwhile, None
                 work()
             resp = early or conn.getresponse()
-            if reused and resp.status == 408 and early is None and time.monotonic() - sent_at < STALE_WINDOW:
+            if reused and resp.status == 408 and time.monotonic() - sent_at < STALE_WINDOW:
                 # The upstream's word that the idle connection timed out, sent as it closed it,
                 # not an answer to this request (which it never read): a fresh connection, as for a FIN.
                 resp.close()
