@@ -158,6 +158,15 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
 
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except ConnectionError:
+            # The proxy reset a connection it had pooled (closed with bytes unread, such as a fuzzed
+            # answer's trailing junk) while this handler waited for the next request: the
+            # connection's end, not the fake's failure (socketserver printed a traceback on stderr).
+            self.close_connection = True
+
     def do_GET(self) -> None:
         self._serve()
 

@@ -423,8 +423,14 @@ def test_streams_in_flight_gauge(proxy: Any, fake: FakeUpstream) -> None:
     thread.start()
     try:
         assert gate.reached.wait(5)
-        s = prom.parse(request(proxy.url, "GET", "/metrics").body.decode("utf-8"))
-        assert prom.value(s, "claudeproxy_streams_in_flight") == 1
+        # The gate is reached once the fake has sent its first chunks, maybe before the proxy has
+        # read the answer's head (where the stream begins): the gauge is asked until it says so.
+        deadline, in_flight = time.monotonic() + 5, 0.0
+        while in_flight != 1 and time.monotonic() < deadline:
+            s = prom.parse(request(proxy.url, "GET", "/metrics").body.decode("utf-8"))
+            in_flight = prom.value(s, "claudeproxy_streams_in_flight")
+            time.sleep(0.01)
+        assert in_flight == 1
     finally:
         gate.release()
         thread.join(5)
