@@ -273,6 +273,8 @@ def _close_all(conns: List[http.client.HTTPConnection]) -> None:
 
 
 _MAX_SIZE_LINE = 65536  # http.client's _MAXLINE, which caps a chunk's size line
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
+_DIGITS = "0123456789"
 
 
 class _NoWait(io.RawIOBase):
@@ -441,21 +443,11 @@ class _Response(http.client.HTTPResponse):
             self.headers = self.msg = read_headers(self.fp, MAX_RESPONSE_HEAD)
         except HeadCutShort:  # as begin says of it (_HeadWatch): an answer lost, not a server that is no HTTP
             raise HeadCutOff("the connection closed inside the response head") from None
-        coding = self.headers.get("transfer-encoding")
-        self.chunked = bool(coding) and coding.lower() == "chunked"
+        self.chunked = _chunked(self.headers.get_all("transfer-encoding"))
         if self.chunked:
             self.chunk_left = None
         self.will_close = self._check_close()  # type: ignore[attr-defined]
-        self.length = None
-        length = self.headers.get("content-length")
-        if length and not self.chunked:
-            try:
-                self.length = int(length)
-            except ValueError:
-                self.length = None
-            else:
-                if self.length < 0:  # a nonsensical negative length is ignored
-                    self.length = None
+        self.length = None if self.chunked else _content_length(self.headers.get_all("content-length"))
         if status in (204, 304) or 100 <= status < 200 or self._method == "HEAD":  # type: ignore[attr-defined]
             self.length = 0  # a body of fixed length 0
         if not self.will_close and not self.chunked and self.length is None:
@@ -490,7 +482,7 @@ class _Response(http.client.HTTPResponse):
         if len(line) > _MAX_SIZE_LINE:
             raise http.client.LineTooLong("chunk size")
         try:
-            chunk_left = int(line.split(b";", 1)[0], 16)  # without chunk extensions
+            chunk_left = _chunk_size(line)
         except ValueError:
             self._close_conn()  # type: ignore[attr-defined]  # in step no more
             raise http.client.IncompleteRead(b"") from None
@@ -656,9 +648,48 @@ def _size_line(data: bytes, pos: int) -> Optional[Tuple[int, int]]:
     if end < 0:
         return None
     try:
-        return int(data[pos:end].split(b";", 1)[0], 16), end + 1
+        return _chunk_size(data[pos:end]), end + 1
     except ValueError:
         return None
+
+
+def _chunk_size(line: bytes) -> int:
+    """The size a chunk's size line gives (its extensions after ``;`` left out); ValueError unless
+    it is hex digits alone (RFC 9112 7.1): ``int`` also reads ``-1``, ``+5``, ``0x10`` and ``1_0``,
+    and a size of -1 read the body to its close, a JSON answer waiting out its whole deadline."""
+    size = line.split(b";", 1)[0].strip(b" \t\r\n")
+    if not size or size.strip(_HEX_DIGITS) or len(size) > 16:
+        raise ValueError(f"bad chunk size {size[:20]!r}")
+    return int(size, 16)
+
+
+def _chunked(codings: Optional[List[str]]) -> bool:
+    """Is the body chunked (``Transfer-Encoding: chunked``)? None of it: a close ends it. Another
+    coding (``gzip, chunked``) is refused: read as no transfer coding, its body was the raw chunks."""
+    if not codings:
+        return False
+    names = [name.strip().lower() for value in codings for name in value.split(",") if name.strip()]
+    names = [name for name in names if name != "identity"]  # RFC 2616's no-coding, still sent by a few
+    if not names:
+        return False
+    if names == ["chunked"]:
+        return True
+    raise http.client.HTTPException(f"Transfer-Encoding {', '.join(names)[:100]!r} is not supported (only chunked)")
+
+
+def _content_length(values: Optional[List[str]]) -> Optional[int]:
+    """The body's length from its Content-Length lines, None without one. Lines that disagree
+    (``5`` and ``7``), or one that is not digits, leave the body's end unknown, and a connection
+    read to the wrong end gives the next answer's bytes to this one (RFC 9112 6.3): an error."""
+    if not values:
+        return None
+    lengths = {part.strip() for value in values for part in value.split(",")}
+    if len(lengths) != 1:
+        raise http.client.HTTPException(f"Content-Length lines disagree ({', '.join(sorted(lengths))[:100]})")
+    length = lengths.pop()
+    if not length or length.strip(_DIGITS) or len(length) > 18:
+        raise http.client.HTTPException(f"Content-Length {length[:20]!r} is not a length")
+    return int(length)
 
 
 def _blank_line_follows(data: bytes, pos: int) -> bool:

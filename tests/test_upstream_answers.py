@@ -201,3 +201,55 @@ def test_a_status_line_cut_short_is_a_cut_answer_not_one_that_is_no_http(upstrea
         server.shutdown(grace=0.1)
     assert resp.status == 200, resp
     assert upstream.requests == 2
+
+
+@pytest.mark.parametrize("body_head, body", [
+    ("Transfer-Encoding: chunked", b"-1\r\n" + OK + b"\r\n0\r\n\r\n"),  # int() reads -1: to the close
+    ("Transfer-Encoding: chunked", b"+" + b"%x\r\n" % len(OK) + OK + b"\r\n0\r\n\r\n"),
+    ("Transfer-Encoding: chunked", b"0x%x\r\n" % len(OK) + OK + b"\r\n0\r\n\r\n"),
+    ("Transfer-Encoding: gzip, chunked", b"%x\r\n" % len(OK) + OK + b"\r\n0\r\n\r\n"),
+    ("Content-Length: %d\r\nContent-Length: %d" % (len(OK), len(OK) + 5), OK),
+    ("Content-Length: +%d" % len(OK), OK),
+], ids=["size-minus-1", "size-plus", "size-0x", "gzip-chunked", "two-lengths", "length-plus"])
+def test_an_answer_whose_framing_is_bad_is_a_502_at_once(upstreams: List[RawUpstream], body_head: str, body: bytes) -> None:
+    """A chunk size of -1 kept a JSON answer until its whole deadline; ``gzip, chunked`` was read as
+    no transfer coding (the raw chunks as the body); two Content-Lengths that disagree were read by
+    the first. Each is a body whose end is not known: a 502 now, and the connection is not kept
+    (a probe of the transport)."""
+    def script(number: int, on_it: int, conn: socket.socket, head: bytes) -> bool:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + body_head.encode() + b"\r\n\r\n" + body)
+        time.sleep(8)  # held open: only the framing can end the body
+        return False
+
+    upstream = RawUpstream(script)
+    upstreams.append(upstream)
+    server = proxy_for(upstream, retries=0)
+    try:
+        started = time.monotonic()
+        resp = ask(server)
+        took = time.monotonic() - started
+    finally:
+        server.shutdown(grace=0.1)
+    assert resp.status == 502 and resp.json["type"] == "error", resp
+    assert took < 5, f"answered after {took:.1f} s"
+
+
+@pytest.mark.parametrize("body_head", ["Transfer-Encoding: identity, chunked", "Content-Length: %d, %d" % (len(OK), len(OK)),
+                                       "Content-Length: 00%d" % len(OK)], ids=["identity-chunked", "length-list", "length-zeros"])
+def test_framing_that_is_odd_but_clear_is_read(upstreams: List[RawUpstream], body_head: str) -> None:
+    """What RFC 9112 lets a client read: a list of one length repeated, leading zeros, ``identity``."""
+    chunked = "chunked" in body_head
+    payload = (b"%x\r\n" % len(OK) + OK + b"\r\n0\r\n\r\n") if chunked else OK
+
+    def script(number: int, on_it: int, conn: socket.socket, head: bytes) -> bool:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + body_head.encode() + b"\r\n\r\n" + payload)
+        return True
+
+    upstream = RawUpstream(script)
+    upstreams.append(upstream)
+    server = proxy_for(upstream, retries=0)
+    try:
+        resp = ask(server)
+    finally:
+        server.shutdown(grace=0.1)
+    assert resp.status == 200 and resp.json["content"] == [{"type": "text", "text": "fine"}], resp
