@@ -631,4 +631,5 @@ def _count(tokens: Optional[int]) -> str:
 
 def _clean(text: str) -> str:
     """A client's model name on one log line: no line breaks or control characters, not too long."""
-    return "".join(c if c.isprintable() else "?" for c in text[:200])
+    text = text[:200]
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
