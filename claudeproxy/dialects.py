@@ -130,13 +130,18 @@ DIALECTS: Dict[str, Dialect] = {
         # DeepSeek answers 400 "This response_format type is unavailable now" to json_schema.
         structured_output="json_object", key_env=("DEEPSEEK_API_KEY",),
     ),
-    "groq": dataclasses.replace(_BASE, name="groq", reasoning="groq", send_user=False, key_env=("GROQ_API_KEY",)),
+    # Groq's reasoning fields differ per model (console.groq.com/docs/reasoning): its chat models
+    # refuse both ("reasoning_format is not supported with this model"), gpt-oss takes
+    # reasoning_effort low/medium/high and no reasoning_format, qwen3 takes reasoning_format and
+    # an effort of none or default only (MODEL_RULES).
+    "groq": dataclasses.replace(_BASE, name="groq", reasoning="none", send_user=False, key_env=("GROQ_API_KEY",)),
     # prompt_cache_key: docs.mistral.ai/studio-api/conversations/advanced/prompt-caching.
     # Mistral answers 422 extra_forbidden to stream_options and always puts the usage in the last
     # chunk (docs.mistral.ai, 2024-01-16 release note; openai/openai-agents-python#442).
     "mistral": dataclasses.replace(
         _BASE, name="mistral", short_tool_ids=True, bridge_tool_to_user=True, prefill_prefix=True,
-        late_system_role="user", stream_usage=False,
+        # Mistral refuses fields it does not know (422 extra_forbidden), user among them.
+        late_system_role="user", stream_usage=False, send_user=False,
         reasoning="none", cache_key_field="prompt_cache_key", key_env=("MISTRAL_API_KEY",),
     ),
     # Moonshot (Kimi): thinking is switched by {"thinking": {"type": "enabled"|"disabled"}}, on by
@@ -149,7 +154,7 @@ DIALECTS: Dict[str, Dialect] = {
     # final choice is read for every server (apis/chat/wire.py). Its stop limit is not documented
     # where we could check it: the default 4 stays, and the proxy matches the rest.
     "moonshot": dataclasses.replace(
-        _BASE, name="moonshot", reasoning="switch", reasoning_history="reasoning_content",
+        _BASE, name="moonshot", reasoning="none", reasoning_history="reasoning_content",
         reasoning_placeholder=" ", key_env=("MOONSHOT_API_KEY",),
     ),
     "gemini": dataclasses.replace(
@@ -184,8 +189,11 @@ _OPENAI_REASONING = {
 }
 # What an OpenAI model gets on Azure too (learn.microsoft.com azure/foundry/openai/how-to/prompt-caching).
 _OPENAI_MODEL = {"cache_key_field": "prompt_cache_key", "merge_user_turns": False}
+# The first rule that matches a model applies, alone.
 MODEL_RULES: Tuple[Tuple[Tuple[str, ...], str, Dict[str, object]], ...] = (
-    (("openai", "azure"), r"^(o1-mini|o1-preview)", {**_OPENAI_REASONING, "system_role": "user", **_OPENAI_MODEL}),
+    # reasoning_effort came with o1 and o3-mini: o1-mini and o1-preview refuse it.
+    (("openai", "azure"), r"^(o1-mini|o1-preview)", {**_OPENAI_REASONING, "system_role": "user", "reasoning": "none",
+                                                      **_OPENAI_MODEL}),
     (("openai", "azure"), r"^(o\d|gpt-5|codex)", {**_OPENAI_REASONING, **_OPENAI_MODEL}),
     (("azure",), r"^(gpt-|chatgpt-)", _OPENAI_MODEL),
     (("openrouter",), r"^openai/(o\d|gpt-5)", {"drop_sampling": True}),
@@ -193,7 +201,16 @@ MODEL_RULES: Tuple[Tuple[Tuple[str, ...], str, Dict[str, object]], ...] = (
     # reasoning_effort as on OpenAI: each session would pay a refused round trip to learn it.
     (("generic",), r"^(openai/)?(gpt-4|gpt-3\.5|chatgpt-)", {"reasoning": "none"}),
     # Kimi's thinking models (kimi-k2-thinking, kimi-k2.5, kimi-k2.6...); moonshot-v1 models never think.
+    # The thinking switch is Kimi K2.5's and later's (platform.kimi.ai/docs/api/models-overview), and
+    # they take only temperature 1 ("invalid temperature: only 1 is allowed for this model").
+    (("moonshot",), r"^kimi-k(2\.[5-9]|[3-9])",
+     {"reasoning_history": "reasoning_content_all", "reasoning": "switch", "drop_sampling": True}),
     (("moonshot",), r"^kimi-", {"reasoning_history": "reasoning_content_all"}),
+    (("groq",), r"^(openai/)?gpt-oss", {"reasoning": "explicit"}),
+    (("groq",), r"^(qwen/)?qwen3", {"reasoning": "groq", "think_tags": True}),
+    # Gemini 2.5 Pro and 3 cannot stop thinking: "none" (a budget of 0) is a 400 there, so a client's
+    # thinking "disabled" sends nothing (PROTOCOL.md 1.7: "none" where supported, else omit).
+    (("gemini",), r"^(models/)?gemini-(2\.5-pro|[3-9])", {"reasoning": "explicit"}),
 )
 
 # Upstream host -> dialect (first match wins).

@@ -480,6 +480,8 @@ class Proxy:
                     # body is no JSON) as failed: the 502 the client would get is none the upstream sent.
                     said = f"answered {exc.status}" if isinstance(exc, UpstreamHTTPError) else "failed"
                     log.warning("%s %s (%s)%s; %s", target.label, said, exc.message, why, then)
+                    if delay is not None or target is not last:
+                        _carry_spend(record, target.facts)  # another attempt follows, and starts afresh
                     if delay is None:
                         break
                     self._pause(delay, watch)
@@ -646,7 +648,14 @@ class Proxy:
         with resp:
             obj = read_json_body(resp, call, self.config.max_body_bytes * 2)
         self._log_body("upstream response body", obj, call.secrets)
-        message, warnings = api.from_json(req, ex, obj, call.secrets)
+        try:
+            message, warnings = api.from_json(req, ex, obj, call.secrets)
+        except ProxyError:
+            # A 200 that is a failure (DeepSeek's overload, a failed Response) may say what it used:
+            # the upstream bills that, whatever comes next (a retry carries it: _carry_spend).
+            if api.translates and api.reports_usage(obj):
+                record.update(**_usage_fields(api.usage_of(obj)), billed_cost=api.billed_cost(ex, obj))
+            raise
         for warning in warnings:
             log.warning("%s", warning)
         if api.translates:
@@ -757,20 +766,20 @@ class Proxy:
         first = fields.get("first_content_at")
         # Set from the answer by _usage_fields (None: not known); 0 for a call without one (a 4xx, a
         # local answer), unless the upstream had the prompt and the call ended before its answer.
-        unknown = None if fields.get("awaiting") or fields.get("lost") else 0
-        usage = {k: fields.get(k, unknown) for k in USAGE_KEYS}
-        if fields.get("lost") and not any(usage.values()):
-            usage = dict.fromkeys(USAGE_KEYS)  # a refusal's 0s after an attempt that spent what nobody said
-        # Of the cache writes, the 1-hour ones (priced apart); not known when the writes are not.
-        usage[ONE_HOUR_WRITES] = None if usage["cache_creation_input_tokens"] is None else fields.get(ONE_HOUR_WRITES) or 0
+        usage, cost = _attempt_spend(fields, _facts_used(fields, routed))
+        for spent, spent_cost in fields.get("earlier", ()):  # attempts before, which the upstream billed too
+            usage = {k: None if v is None else v + spent[k] for k, v in usage.items()}
+            cost = None if cost is None or spent_cost is None else cost + spent_cost
+        lost = fields.get("lost")
+        if lost and not any(usage.values()):
+            usage = dict.fromkeys(usage)  # a refusal's 0s after an attempt that spent what nobody said
+        elif lost:
+            cost = None  # what was reported is a part: an attempt the upstream had spent what nobody said
         fields.update(usage)
-        # What the upstream billed, where it says (OpenRouter's usage.cost), is the cost; else the
-        # tokens at the model's prices. Not when the counts are not known: the bill came with them.
-        billed = fields.get("billed_cost") if usage["input_tokens"] is not None else None
         rec = CallRecord(
             duration_ms=int((now - started) * 1000),
             ttft_ms=int((first - started) * 1000) if first is not None else None,
-            cost_usd=billed if billed is not None else call_cost(_facts_used(fields, routed), **usage),
+            cost_usd=cost,
             time=time.time() - (now - started),
             request_id=request_id,
             **{k: v for k, v in fields.items() if k in _RECORD_FIELDS},
@@ -787,8 +796,8 @@ class Proxy:
     def _learn(self, fields: Dict[str, Any], rec: CallRecord) -> None:
         """Teach the calibration the upstream's prompt count, when the upstream really reported one."""
         raw = fields.get("estimate_raw")
-        if raw is None or rec.error_type or rec.local or not rec.usage_known:
-            return
+        if raw is None or rec.error_type or rec.local or not rec.usage_known or fields.get("earlier"):
+            return  # (after a billed failed attempt the counts are of two prompts)
         if fields.get("estimate_media", 0) * 4 > raw:
             # Mostly images and documents: a guess per image or page, far rougher than the text's
             # count. Learned, one PDF turn set the ratio for every later text-only prompt.
@@ -815,6 +824,39 @@ def _load_api(name: str, tools: ToolMemo) -> Any:
 
 
 _RECORD_FIELDS = frozenset(CallRecord.__dataclass_fields__) - {"duration_ms", "ttft_ms", "cost_usd", "time", "request_id"}
+
+
+def _attempt_spend(fields: Dict[str, Any], facts: Optional[ModelFacts]) -> Tuple[Dict[str, Optional[int]], Optional[float]]:
+    """The counts (USAGE_KEYS and the 1-hour writes) and cost of the record's current attempt.
+
+    Set from the answer by _usage_fields (None: not known); 0 for a call without one (a 4xx, a
+    local answer), unless the upstream had the prompt and the call ended before its answer.
+    What the upstream billed, where it says (OpenRouter's usage.cost), is the cost; else the
+    tokens at the model's prices. Not when the counts are not known: the bill came with them.
+    """
+    unknown = None if fields.get("awaiting") or fields.get("lost") else 0
+    usage = {k: fields.get(k, unknown) for k in USAGE_KEYS}
+    # Of the cache writes, the 1-hour ones (priced apart); not known when the writes are not.
+    usage[ONE_HOUR_WRITES] = None if usage["cache_creation_input_tokens"] is None else fields.get(ONE_HOUR_WRITES) or 0
+    billed = fields.get("billed_cost") if usage["input_tokens"] is not None else None
+    return usage, billed if billed is not None else call_cost(facts, **usage)
+
+
+def _carry_spend(record: Dict[str, Any], facts: Optional[ModelFacts]) -> None:
+    """Keep what a failed attempt's answer said it spent before the next attempt starts afresh: a
+    200 that is an overload (DeepSeek's insufficient_system_resource) or a failed Response reports
+    its usage, and the upstream bills it, whatever the retry costs after it. Priced now, at this
+    attempt's target (a fallback's prices differ). An attempt that reported nothing carries nothing:
+    a refusal spent nothing, and one whose spend is not known says so (``lost``)."""
+    spent: Dict[str, int] = {}
+    for key in USAGE_KEYS + (ONE_HOUR_WRITES,):
+        value = record.pop(key, None)
+        spent[key] = value if isinstance(value, int) else 0
+    billed = record.pop("billed_cost", None)
+    if not any(spent.values()):
+        return
+    cost = billed if billed is not None else call_cost(facts, **spent)
+    record.setdefault("earlier", []).append((spent, cost))
 
 
 def _facts_used(fields: Dict[str, Any], routed: Optional[Routed]) -> Optional[ModelFacts]:
@@ -875,14 +917,16 @@ def _usage_fields(usage: Any) -> Dict[str, Optional[int]]:
     not checked on its way to the client, so each count is read by the one rule here (``counts.py``):
     a negative, fractional or string count is 0, never a counter going backwards. All None when the
     usage holds no count at all (a forwarded answer without one): not known, so no cost either.
-    Nor is the input count of a usage that leaves it out (a forwarded stream whose message_start
-    had none, its message_delta only output_tokens): the call used input tokens, so 0 is no count."""
+    Nor is the input or output count of a usage that leaves it out (a forwarded stream whose
+    message_start had no input count; one cut before its message_delta, whose output count the
+    Messages fold leaves out): the call used such tokens, so 0 is no count."""
     counts = usage_counts(usage)
     if counts is None:
         return dict.fromkeys(USAGE_KEYS + (ONE_HOUR_WRITES,))
     fields: Dict[str, Optional[int]] = dict(counts)
-    if usage.get("input_tokens") is None:  # translated usage always has it: only a forwarded one lacks it
-        fields["input_tokens"] = None
+    for key in ("input_tokens", "output_tokens"):  # translated usage always has both: a forwarded one may not
+        if usage.get(key) is None:
+            fields[key] = None
     # Anthropic's split of the cache writes: the 1-hour ones, never more than all of them.
     fields[ONE_HOUR_WRITES] = min(one_hour_writes(usage) or 0, counts["cache_creation_input_tokens"])
     return fields

@@ -28,11 +28,22 @@ _TOKEN_KINDS = (
 
 def escape_label(value: str) -> str:
     text = str(value)
-    if not text.isprintable():
+    if "\\" in text or not text.isprintable():
         # A client's model name may hold a CR, a NUL or U+2028: the format escapes only \\, " and \n,
-        # and a scraper reading lines would split the sample there. They become "?".
-        text = "".join(c if c.isprintable() or c == "\n" else "?" for c in text)
+        # and a scraper reading lines would split the sample there. They are written as escapes
+        # (\x0d, \u2028) after each backslash is doubled, so no two names share a label: "a?b" and
+        # "a\rb" were one series twice, and Prometheus drops a duplicate's samples.
+        text = "".join(_label_char(c) for c in text)
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _label_char(c: str) -> str:
+    if c == "\\":
+        return "\\\\"
+    if c.isprintable() or c == "\n":
+        return c
+    code = ord(c)
+    return "\\x%02x" % code if code < 0x100 else "\\u%04x" % code if code < 0x10000 else "\\U%08x" % code
 
 
 def _help(text: str) -> str:

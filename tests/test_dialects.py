@@ -6,6 +6,7 @@ import pytest
 
 from claudeproxy.dialects import DIALECTS, Dialect, azure_api_version, detect_provider, dialect_for, effort_for_budget
 from claudeproxy.apis.chat.request import REASONING_STYLES
+from claudeproxy.anthropic_types import Thinking
 
 DETECT_CASES = [
     ("https://api.openai.com/v1", "openai"),
@@ -230,3 +231,45 @@ def test_only_kimi_models_get_reasoning_back_on_every_tool_turn() -> None:
 def test_openai_chat_models_behind_an_unknown_url_are_not_asked_for_effort(model: str, reasoning: str) -> None:
     """They refuse reasoning_effort as on OpenAI; each session behind a gateway paid a refused round trip."""
     assert dialect_for("generic", model).reasoning == reasoning
+
+
+@pytest.mark.parametrize("model,reasoning,think_tags", [
+    ("llama-3.3-70b-versatile", "none", False),  # "reasoning_format is not supported with this model"
+    ("llama-3.1-8b-instant", "none", False),
+    ("openai/gpt-oss-120b", "explicit", False),  # reasoning_effort; reasoning_format is refused
+    ("openai/gpt-oss-20b", "explicit", False),
+    ("qwen/qwen3-32b", "groq", True),  # reasoning_format; "raw" (the default) puts <think> in the text
+])
+def test_groq_reasoning_fields_follow_the_model(model: str, reasoning: str, think_tags: bool) -> None:
+    """A probe: every Groq model got reasoning_format and a low/medium/high effort for a thinking
+    budget, and each refused one of them (console.groq.com/docs/reasoning)."""
+    dialect = dialect_for("groq", model)
+    assert (dialect.reasoning, dialect.think_tags) == (reasoning, think_tags)
+
+
+@pytest.mark.parametrize("model,reasoning", [("gemini-2.5-flash", "gemini"), ("gemini-2.5-flash-lite", "gemini"),
+                                             ("gemini-2.5-pro", "explicit"), ("models/gemini-2.5-pro", "explicit"),
+                                             ("gemini-3-pro-preview", "explicit"), ("gemini-3-flash", "explicit")])
+def test_gemini_models_that_cannot_stop_thinking_get_no_none(model: str, reasoning: str) -> None:
+    """2.5 Pro and 3 answer reasoning_effort "none" with 400 "Budget 0 is invalid. This model only
+    works in thinking mode." (a probe); PROTOCOL.md 1.7: "none" where supported, else omit."""
+    dialect = dialect_for("gemini", model)
+    assert dialect.reasoning == reasoning
+    disabled = REASONING_STYLES[dialect.reasoning](Thinking("disabled"), None)
+    assert disabled == (("none", ()) if reasoning == "gemini" else (None, ()))
+
+
+@pytest.mark.parametrize("model,switch,sampling", [("kimi-k2.5", True, False), ("kimi-k2.6", True, False),
+                                                   ("kimi-k2-thinking", False, True), ("kimi-k2-0905-preview", False, True),
+                                                   ("moonshot-v1-8k", False, True)])
+def test_moonshot_thinking_switch_and_sampling_follow_the_model(model: str, switch: bool, sampling: bool) -> None:
+    """Kimi K2.5 and later have the thinking switch and take temperature 1 only ("invalid
+    temperature: only 1 is allowed for this model"); the others have no switch."""
+    dialect = dialect_for("moonshot", model)
+    assert (dialect.reasoning == "switch", not dialect.drop_sampling) == (switch, sampling)
+
+
+def test_mistral_gets_no_user_field() -> None:
+    """Mistral refuses fields it does not know (422 extra_forbidden), ``user`` among them: a round
+    trip lost per model and process before the proxy learned it (a probe)."""
+    assert DIALECTS["mistral"].send_user is False

@@ -689,7 +689,8 @@ def test_count_tokens_refuses_an_upstream_count_that_is_no_count(through, fake_u
 
 
 def test_stream_usage_that_is_no_count_leaves_message_starts_counts():
-    """A bad count in a message_delta (negative, a string, a float) is ignored: message_start's stands."""
+    """A bad count in a message_delta (negative, a string, a float) is ignored: message_start's stands,
+    but for the output count, which message_start only holds a placeholder of: not known then."""
     from claudeproxy.apis.messages import MessagesFold
 
     fold = MessagesFold(message_id="msg_1", model="claude-x", input_tokens=0)
@@ -697,7 +698,8 @@ def test_stream_usage_that_is_no_count_leaves_message_starts_counts():
            "usage": {"input_tokens": -100000, "output_tokens": "70", "cache_read_input_tokens": 1.9,
                      "cache_creation_input_tokens": True}}
     fold.feed_line(events_bytes(HEAD_EVENTS + [bad]))
-    assert fold.usage == {"input_tokens": 25, "output_tokens": 1, "cache_read_input_tokens": 7}
+    assert fold.counts == {"input_tokens": 25, "output_tokens": 1, "cache_read_input_tokens": 7}
+    assert fold.usage == {"input_tokens": 25, "cache_read_input_tokens": 7}
 
 
 # ---------------------------------------------------------------------------

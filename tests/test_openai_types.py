@@ -252,9 +252,16 @@ def test_usage_absent(raw: Any) -> None:
 
 @pytest.mark.parametrize("value", ["10", -3, True, None, [1], 2.5])
 def test_usage_wrong_numbers_read_as_zero(value: Any) -> None:
-    usage = parse_usage({"prompt_tokens": value, "completion_tokens": 4,
+    usage = parse_usage({"prompt_tokens": 7, "completion_tokens": value,
                          "prompt_tokens_details": {"cached_tokens": value}})
-    assert usage == ChatUsage(prompt_tokens=0, completion_tokens=4, cached_tokens=0)
+    assert usage == ChatUsage(prompt_tokens=7, completion_tokens=0, cached_tokens=0)
+
+
+@pytest.mark.parametrize("value", ["10", -3, True, None, [1], 2.5])
+def test_usage_without_a_prompt_count_is_not_known(value: Any) -> None:
+    """{"completion_tokens": 4} said the prompt was 0 tokens, and the client sized its context by
+    that (a probe): without the prompt's count the usage is not known, as with none at all."""
+    assert parse_usage({"prompt_tokens": value, "completion_tokens": 4}) is None
 
 
 def test_usage_null_details() -> None:

@@ -235,6 +235,13 @@ MESSAGES = [
     ("Unsupported value: 'reasoning_effort' does not support 'max' with this model. Supported values are: "
      "'low', 'medium', and 'high'.", set()),
     ("Unsupported value: 'temperature' does not support 0.7 with this model.", set()),
+    # Groq names the field alone, first ("reasoning_format is not supported with this model").
+    ("reasoning_format is not supported with this model", {"reasoning_format"}),
+    ("`reasoning_effort` is not supported with this model", {"reasoning_effort"}),
+    # Values the proxy chose that a model refuses and no other value would do for: the field goes.
+    ("Budget 0 is invalid. This model only works in thinking mode.", {"reasoning_effort"}),  # Gemini 2.5 Pro
+    ("invalid temperature: only 1 is allowed for this model", {"temperature"}),  # Kimi K2.5
+    ("`reasoning_effort` must be one of `none` or `default`", {"reasoning_effort"}),  # Groq's qwen3
     # Errors about a message that only mention a field's name.
     ('{"detail":[{"type":"extra_forbidden","loc":["body","messages",1,"user","cache_control"],'
      '"msg":"Extra inputs are not permitted"}]}', set()),

@@ -399,20 +399,27 @@ def test_prometheus_escapes_a_hostile_model_name(proxy: Any, fake: FakeUpstream)
     assert post(proxy, minimal_request(model=EVIL)).status == 200
     wait_records(proxy, 1)
     s = prom.parse(request(proxy.url, "GET", "/metrics").body.decode("utf-8"))
-    assert prom.value(s, "claudeproxy_requests_total", endpoint="/v1/messages", provider="ollama", model=EVIL,
-                      status="200") == 1
+    # (Its backslash doubled: a name with one stays apart from a name with a control character.)
+    assert prom.value(s, "claudeproxy_requests_total", endpoint="/v1/messages", provider="ollama",
+                      model=EVIL.replace("\\", "\\\\"), status="200") == 1
 
 
 def test_prometheus_keeps_a_model_name_with_line_breaks_on_its_line(proxy: Any, fake: FakeUpstream) -> None:
     # The format escapes \\, " and \n only; a CR, NUL or U+2028 left raw splits the sample for a
-    # scraper that reads lines (tests/prom.py does). They become "?".
-    assert post(proxy, minimal_request(model="cr\rnul\x00ls\u2028end")).status == 200
-    wait_records(proxy, 1)
+    # scraper that reads lines (tests/prom.py does). They are written as escapes, each backslash
+    # doubled first: "a?b" and "a\rb" were one series twice (a probe), and a scraper drops a
+    # duplicate's samples (tests/prom.py refuses one).
+    names = ("cr\rnul\x00ls\u2028end", "cr?nul?ls?end", "cr\\x0dnul\\x00ls\\u2028end")
+    for name in names:
+        assert post(proxy, minimal_request(model=name)).status == 200
+    wait_records(proxy, len(names))
     text = request(proxy.url, "GET", "/metrics").body.decode("utf-8")
     assert not any(c in text for c in "\r\x00\u2028")
     s = prom.parse(text)
-    assert prom.value(s, "claudeproxy_requests_total", endpoint="/v1/messages", provider="ollama",
-                      model="cr?nul?ls?end", status="200") == 1
+    shown = ("cr\\x0dnul\\x00ls\\u2028end", "cr?nul?ls?end", "cr\\\\x0dnul\\\\x00ls\\\\u2028end")
+    for label in shown:
+        assert prom.value(s, "claudeproxy_requests_total", endpoint="/v1/messages", provider="ollama",
+                          model=label, status="200") == 1
 
 
 def test_streams_in_flight_gauge(proxy: Any, fake: FakeUpstream) -> None:
@@ -749,7 +756,8 @@ def test_passthrough_usage_that_is_no_count_lowers_no_counter(make_proxy: Any, f
     resp = request(server.url, "POST", "/v1/messages", minimal_request(stream=True), headers)
     assert resp.status == 200
     rec = record_for(records, resp.headers["request-id"])
-    assert (rec.input_tokens, rec.output_tokens) == (300, 1) and rec.cost_usd >= 0
+    # message_start's output_tokens is a placeholder: without a count of message_delta's, not known.
+    assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (300, None, None)
     after = _counters(server)
     assert after.keys() == before.keys()
     assert [k for k in before if after[k] < before[k]] == []
@@ -973,8 +981,11 @@ def test_a_call_that_never_reached_the_upstream_counts_no_tokens(make_proxy: Any
     assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (0, 0, 0.0)
 
 
-def test_a_passthrough_stream_cut_keeps_message_starts_counts(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
-    """The passthrough fold keeps message_start's counts on a cut: known, not unknown."""
+def test_a_passthrough_stream_cut_keeps_message_starts_counts_but_not_its_output(make_proxy: Any,
+                                                                                 fake_upstream: FakeUpstream) -> None:
+    """The passthrough fold keeps message_start's counts on a cut: known, not unknown. Its
+    output_tokens is Anthropic's placeholder (1), not what was generated before the cut (a probe: a
+    Claude Code Esc was recorded as 1 output token at an exact cost): not known, so no cost."""
     records: List[CallRecord] = []
     server = make_proxy(passthrough=True, metrics_sink=records.append)
     start = {"type": "message_start", "message": {**_message({"input_tokens": 25, "output_tokens": 1,
@@ -989,7 +1000,8 @@ def test_a_passthrough_stream_cut_keeps_message_starts_counts(make_proxy: Any, f
         request_id = client.headers["request-id"]
     assert events[-1]["type"] == "error"
     rec = record_for(records, request_id)
-    assert (rec.input_tokens, rec.output_tokens, rec.cache_read_input_tokens) == (25, 1, 7)
+    assert (rec.input_tokens, rec.output_tokens, rec.cache_read_input_tokens) == (25, None, 7)
+    assert rec.cost_usd is None
 
 
 def test_a_record_of_unknown_usage_in_the_totals() -> None:
@@ -1377,3 +1389,111 @@ def test_an_error_after_the_role_chunk_spent_what_nobody_said(proxy: Any, fake: 
     [rec] = wait_records(proxy, 1)
     expected = (None, None, None) if first == "role-chunk" else (0, 0, 0.0)
     assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == expected
+
+
+def _priced_proxy(fake: FakeUpstream, records: List[CallRecord], **settings: Any) -> Any:
+    priced = ModelFacts(input_price=1.0, output_price=2.0)
+    return claudeproxy.start(providers=(Provider("priced", fake.url, token=KEY, models=(("house-*", priced),)),),
+                             routes=(Route("*", RouteTarget("priced", "house-model")),),
+                             metrics_sink=records.append, **settings)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_retried_attempt_that_reported_its_usage_is_in_the_calls_cost(fake: FakeUpstream, stream: bool) -> None:
+    """DeepSeek's overload is a 200 with finish_reason insufficient_system_resource and its usage: the
+    upstream bills it, and the retry after it is billed too. The record kept only the last attempt's
+    counts (a probe: $0.0027 where the upstream charged $0.0054); alone, the same answer counted."""
+    records: List[CallRecord] = []
+    server = _priced_proxy(fake, records, retries=1, retry_max_wait=0.1)
+    spent = usage(1000, 200)
+    overloaded = completion("", finish="insufficient_system_resource", usage=spent)
+    try:
+        if stream:
+            fake.push(sse_reply(chunk({"role": "assistant"}), chunk({}, "insufficient_system_resource", usage=spent)),
+                      sse_reply(chunk({"role": "assistant", "content": "ok"}), chunk({}, "stop"),
+                                {**chunk(), "choices": [], "usage": usage(1000, 50)}))
+        else:
+            fake.push(json_reply(overloaded), json_reply(completion("ok", usage=usage(1000, 50))))
+        resp = post(types.SimpleNamespace(url=server.url), minimal_request(stream=stream))
+        assert resp.status == 200, resp
+        rec = record_for(records, resp.headers["request-id"])
+    finally:
+        server.shutdown(grace=0.1)
+    assert len(fake.requests) == 2
+    assert (rec.attempts, rec.input_tokens, rec.output_tokens) == (2, 2000, 250)
+    assert rec.cost_usd == pytest.approx((2000 * 1.0 + 250 * 2.0) / 1e6)
+
+
+def test_a_fallback_prices_each_attempt_at_its_own_target(fake: FakeUpstream) -> None:
+    """The spend of the attempt before a fallback is priced at that target's prices, not the next's."""
+    records: List[CallRecord] = []
+    cheap, dear = ModelFacts(input_price=1.0, output_price=2.0), ModelFacts(input_price=10.0, output_price=20.0)
+    server = claudeproxy.start(
+        providers=(Provider("a", fake.url, token=KEY, models=(("house-*", cheap),)),
+                   Provider("b", fake.url, token=KEY, models=(("dear-*", dear),))),
+        routes=(Route("*", RouteTarget("a", "house-model"), fallbacks=(RouteTarget("b", "dear-model"),)),),
+        metrics_sink=records.append, retries=0)
+    try:
+        fake.push(json_reply(completion("", finish="insufficient_system_resource", usage=usage(100, 10))),
+                  json_reply(completion("ok", usage=usage(100, 10))))
+        resp = post(types.SimpleNamespace(url=server.url), minimal_request())
+        assert resp.status == 200, resp
+        rec = record_for(records, resp.headers["request-id"])
+    finally:
+        server.shutdown(grace=0.1)
+    assert (rec.provider, rec.input_tokens, rec.output_tokens) == ("b", 200, 20)
+    assert rec.cost_usd == pytest.approx((100 * 1.0 + 10 * 2.0 + 100 * 10.0 + 10 * 20.0) / 1e6)
+
+
+def test_a_retry_after_an_attempt_of_unknown_spend_has_no_cost(fake: FakeUpstream) -> None:
+    """Attempt 1 had the whole prompt and the connection dropped: what it spent is not known. A retry
+    that then answers gave a cost that looked whole (a probe); the call is now unpriced, its counts kept."""
+    records: List[CallRecord] = []
+    server = _priced_proxy(fake, records, retries=1, retry_max_wait=0.1)
+    try:
+        fake.push(Reply(drop="close"), json_reply(completion("ok", usage=usage(1000, 50))))
+        resp = post(types.SimpleNamespace(url=server.url), minimal_request())
+        assert resp.status == 200, resp
+        rec = record_for(records, resp.headers["request-id"])
+    finally:
+        server.shutdown(grace=0.1)
+    assert (rec.attempts, rec.input_tokens, rec.output_tokens, rec.cost_usd) == (2, 1000, 50, None)
+
+
+def test_a_usage_without_the_prompts_count_is_not_a_prompt_of_0(fake: FakeUpstream) -> None:
+    """{"completion_tokens": 20} gave the client input_tokens 0 (Claude Code sizes its context by it)
+    and the record a priced prompt of 0 tokens (a probe): the estimate and no count, as with no usage."""
+    records: List[CallRecord] = []
+    server = _priced_proxy(fake, records)
+    try:
+        fake.push(json_reply(completion("ok", usage={"completion_tokens": 20})))
+        resp = post(types.SimpleNamespace(url=server.url), minimal_request(messages=[{"role": "user", "content": "x " * 400}]))
+        assert resp.status == 200, resp
+        rec = record_for(records, resp.headers["request-id"])
+    finally:
+        server.shutdown(grace=0.1)
+    assert resp.json["usage"]["input_tokens"] > 100
+    assert (rec.input_tokens, rec.cost_usd) == (None, None)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_failed_response_that_reports_its_usage_counts_it_streamed_or_not(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                                            stream: bool) -> None:
+    """A Response with status failed and its usage was a call of unknown cost as JSON and a priced one
+    as a stream (a probe): the upstream said what it used, both ways."""
+    records: List[CallRecord] = []
+    server = make_proxy(upstream_api="responses", model="gpt-4.1", retries=0, metrics_sink=records.append)
+    failed = {"id": "resp_1", "object": "response", "status": "failed", "output": [],
+              "error": {"code": "server_error", "message": "boom"},
+              "usage": {"input_tokens": 1000, "output_tokens": 200, "input_tokens_details": {"cached_tokens": 600}}}
+    if stream:
+        lines = [{"type": "response.created", "response": {**failed, "status": "in_progress", "usage": None, "error": None}},
+                 {"type": "response.failed", "response": failed}]
+        fake_upstream.push(sse_reply(*lines, done=False))
+    else:
+        fake_upstream.push(json_reply(failed))
+    resp = post(types.SimpleNamespace(url=server.url), minimal_request(stream=stream))
+    assert resp.status == 500, resp
+    rec = record_for(records, resp.headers["request-id"])
+    assert (rec.input_tokens, rec.cache_read_input_tokens, rec.output_tokens) == (400, 600, 200)
+    assert rec.cost_usd is not None and rec.cost_usd > 0

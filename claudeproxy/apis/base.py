@@ -60,6 +60,12 @@ class UpstreamApi:
         would give, the call record no count (never 0 tokens at $0)."""
         return isinstance(obj, dict) and isinstance(obj.get("usage"), dict)
 
+    def usage_of(self, obj: Any) -> Any:
+        """The Anthropic usage a JSON answer ``obj`` reports (``reports_usage``), for the record of
+        an answer that is a failure all the same (an overload, a failed Response): the upstream
+        bills what it says it used. A forwarded answer's is its own."""
+        return obj.get("usage") if isinstance(obj, dict) else None
+
     def billed_cost(self, ex: Exchange, obj: Any) -> Optional[float]:
         """What the upstream says it billed for the JSON answer ``obj``; None where it does not say
         (the record prices the tokens instead)."""

@@ -335,7 +335,10 @@ class MessagesFold(SSEFold):
         self.done = False  # message_stop or error went out
         self.finishing = False  # message_delta seen: the answer is whole but for message_stop
         self.stop_reason: Optional[str] = None
-        self.usage: Dict[str, Any] = {}  # the counts, and the 1-hour cache writes as cache_creation
+        self.counts: Dict[str, Any] = {}  # the usage's counts, and the 1-hour cache writes as cache_creation
+        # message_start's output_tokens is a placeholder (1): the count is message_delta's, or a
+        # whole message's. A stream cut before it (Esc in Claude Code) generated what nobody counted.
+        self.output_counted = False
         # The usage of an upstream message_start that came after ours (sent for early pings): the
         # client has not seen it, so the message_delta carries it.
         self.late_usage: Dict[str, int] = {}
@@ -346,6 +349,13 @@ class MessagesFold(SSEFold):
         self.open_blocks: Dict[int, Optional[str]] = {}
         self.stopped_blocks: Set[int] = set()
         self.called_tool = False  # a tool_use block came: the client is to run it
+
+    @property
+    def usage(self) -> Dict[str, Any]:
+        """The counts the record takes: the output count only once the upstream gave it."""
+        if self.output_counted:
+            return self.counts
+        return {k: v for k, v in self.counts.items() if k != "output_tokens"}
 
     def end(self, clean: bool) -> Tuple[List[Event], Optional[ProxyError]]:
         if self.complete:
@@ -387,6 +397,7 @@ class MessagesFold(SSEFold):
         if not _streamable(message):
             raise UpstreamUnavailable("upstream returned a message whose content or usage is malformed")
         self._take_usage(obj.get("usage"))  # the upstream's, not the filled one
+        self.output_counted = bool(_counts(obj.get("usage"), ("output_tokens",)))
         self.stop_reason = message.get("stop_reason")
         events = events_for_message(message)
         if self.started:
@@ -445,6 +456,7 @@ class MessagesFold(SSEFold):
         closing = self._close_open_blocks()
         self.finishing = True
         self._take_usage(obj.get("usage"))  # before anything is filled: only what the upstream counted
+        self.output_counted = self.output_counted or bool(_counts(obj.get("usage"), ("output_tokens",)))
         delta = obj.get("delta")
         if not isinstance(delta, dict):
             delta = self._made_up_end()
@@ -454,7 +466,7 @@ class MessagesFold(SSEFold):
         given = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
         # A late message_start's counts ride along: the SDKs take a message_delta's input and cache
         # counts over message_start's, and the client never saw that message_start.
-        usage = _filled({**self.late_usage, **given}, ("output_tokens",), self.usage.get("output_tokens", 0))
+        usage = _filled({**self.late_usage, **given}, ("output_tokens",), self.counts.get("output_tokens", 0))
         return closing + [{**obj, "usage": usage}]
 
     def _made_up_end(self) -> Dict[str, Any]:
@@ -556,10 +568,10 @@ class MessagesFold(SSEFold):
         # The counts are cumulative (message_delta repeats message_start's): none goes down. Some
         # servers send the input count in message_start and then input_tokens 0 in message_delta.
         for key, value in _counts(usage, _USAGE_KEYS).items():
-            self.usage[key] = max(value, self.usage.get(key, 0))
+            self.counts[key] = max(value, self.counts.get(key, 0))
         one_hour = one_hour_writes(usage)
         if one_hour is not None:  # kept in Anthropic's own shape, which the record reads (pipeline._usage_fields)
-            self.usage["cache_creation"] = {"ephemeral_1h_input_tokens": max(one_hour, one_hour_writes(self.usage) or 0)}
+            self.counts["cache_creation"] = {"ephemeral_1h_input_tokens": max(one_hour, one_hour_writes(self.counts) or 0)}
 
 
 def _counts(usage: Any, keys: Tuple[str, ...]) -> Dict[str, int]:

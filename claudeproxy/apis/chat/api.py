@@ -21,9 +21,9 @@ from ...urls import chat_url
 from ..base import ClientRequest, Exchange, RefusedFields, UpstreamApi, encode_body, remember, with_json
 from ..stops import unsent_stops
 from .request import chat_tools, to_chat_request
-from .response import message_from_body
+from .response import message_from_body, usage_from
 from .stream import ChatFold, LocalStopFold, LocalStopTranslator, StreamTranslator, reported_cost
-from .wire import reports_usage
+from .wire import reports_usage, usage_of
 
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,18 @@ _FIELD_REFUSALS = (
                r"(?:not\s+(?:supported|allowed|permitted|recogni[sz]ed)|unsupported|unknown)", re.I),
     re.compile(r"does\s+not\s+support\s+(?:the\s+)?(?:parameter|argument|field)\s+['\"`]?([A-Za-z_]\w*)", re.I),
     re.compile(r"unknown\s+name\s+['\"`]([A-Za-z_]\w*)['\"`]\s*:\s*cannot\s+find\s+field", re.I),
+    # Groq: "reasoning_format is not supported with this model" (the field's name alone, first).
+    re.compile(r"(?:^|[:.]\s*)['\"`]?([a-z][a-z_]*)['\"`]?\s+is\s+not\s+supported\s+(?:with|by|for)\s+this\s+model", re.I),
+)
+# Refusals of a value the proxy chose, which name no field: the field goes, and the model's default
+# stays. Gemini 2.5 Pro and 3 cannot stop thinking: reasoning_effort "none" is 'Budget 0 is invalid.
+# This model only works in thinking mode.'; Kimi K2.5 takes only temperature 1 ("invalid
+# temperature: only 1 is allowed for this model"); Groq's qwen3 takes no effort level ("`reasoning_effort`
+# must be one of `none` or `default`").
+_VALUE_REFUSALS = (
+    (re.compile(r"only\s+works\s+in\s+thinking\s+mode", re.I), "reasoning_effort"),
+    (re.compile(r"invalid\s+temperature", re.I), "temperature"),
+    (re.compile(r"reasoning_effort['\"`]?\s+must\s+be\s+one\s+of", re.I), "reasoning_effort"),
 )
 _CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _EXTRA_BODY_FIELD = re.compile(r'"loc"\s*:\s*\[\s*"body"\s*,\s*"([A-Za-z_]\w*)"\s*[\],]')
@@ -61,6 +73,7 @@ _EXTRA_BODY_FIELD = re.compile(r'"loc"\s*:\s*\[\s*"body"\s*,\s*"([A-Za-z_]\w*)"\
 def refused_fields(message: str) -> FrozenSet[str]:
     """The request fields an upstream's error message refuses as such (not for a value)."""
     names = {m.group(1) for pattern in _FIELD_REFUSALS for m in pattern.finditer(message)}
+    names.update(field for pattern, field in _VALUE_REFUSALS if pattern.search(message))
     if "extra" in message.lower():  # pydantic: {"type": "extra_forbidden", "loc": ["body", "x", ...], ...}
         names.update(m.group(1) for m in _EXTRA_BODY_FIELD.finditer(message))
     # A server written in Go or JS may name the field as its own struct does: reasoningEffort is
@@ -212,6 +225,10 @@ class ChatApi(UpstreamApi):
 
     def reports_usage(self, obj: Any) -> bool:
         return reports_usage(obj)  # a count where the streams have one (also Groq's and Moonshot's places)
+
+    def usage_of(self, obj: Any) -> Any:
+        usage = usage_of(obj)
+        return usage_from(usage) if usage is not None else None
 
     def billed_cost(self, ex: Exchange, obj: Any) -> Optional[float]:
         """What the upstream billed for a JSON answer, where its dialect says it reports that."""

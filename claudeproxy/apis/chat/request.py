@@ -494,6 +494,9 @@ def _reasoning_gemini(t: Optional[Thinking], effort: Optional[str]) -> Reasoning
 
 
 def _reasoning_openrouter(t: Optional[Thinking], effort: Optional[str]) -> Reasoning:
+    # Its efforts go up to xhigh (openrouter.ai/docs/use-cases/reasoning-tokens); Claude Code's
+    # /effort max is the most there is.
+    effort = "xhigh" if effort == "max" else effort
     if t is None:
         return None, ((("reasoning", {"effort": effort}),) if effort else ())
     if t.kind == "enabled" and t.budget_tokens is not None:
@@ -519,8 +522,13 @@ def _reasoning_switch(t: Optional[Thinking], effort: Optional[str]) -> Reasoning
 
 
 def _reasoning_groq(t: Optional[Thinking], effort: Optional[str]) -> Reasoning:
+    """Groq's qwen3 (PROTOCOL.md 1.7): reasoning_format "parsed" puts the reasoning in a field of its
+    own. Left out, it is "raw" without tools (the ``<think>`` text inside the answer's, which the
+    dialect's think_tags reads). Its effort is "none" or "default" only, so "none" is the off switch."""
+    if t is not None and t.kind == "disabled":
+        return "none", ()
     if t is not None and t.kind == "enabled":
-        return _wanted_effort(t, None), (("reasoning_format", "parsed"),)
+        return None, (("reasoning_format", "parsed"),)
     return None, ()
 
 

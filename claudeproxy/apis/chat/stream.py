@@ -642,7 +642,13 @@ class StreamTranslator:
         tool.live = True
         tool.bound()  # a large first fragment too
         tool.id = tool.id or "toolu_" + self.new_id()
-        events = self._open("tool", self._tool_start(tool))
+        events: List[Event] = []
+        if tool.thought_signature:
+            # Gemini signs a turn's first call: the block that carries the signature goes before the
+            # call, as in the JSON answer (an open thinking block carries it as it closes).
+            self._update_state_from_tools()
+            events = self._carrier_block() if self.open_kind != "thinking" else []
+        events += self._open("tool", self._tool_start(tool))
         tool.block = self.open_index
         self.live = tool
         return events + [self._delta({"type": "input_json_delta", "partial_json": tool.scan.take()})]

@@ -203,9 +203,11 @@ def _as_str(value: Any) -> str:
 
 def parse_usage(raw: Any) -> Optional[ChatUsage]:
     """Usage from an OpenAI ``usage`` object, with the DeepSeek and detail variants."""
-    if not isinstance(raw, dict) or (count_or_none(raw.get("prompt_tokens")) is None
-                                     and count_or_none(raw.get("completion_tokens")) is None):
-        return None  # {}, nulls or strings say nothing: the usage is not known, which is not 0 tokens
+    if not isinstance(raw, dict) or count_or_none(raw.get("prompt_tokens")) is None:
+        # {}, nulls or strings say nothing: the usage is not known, which is not 0 tokens. Nor does a
+        # usage without the prompt's count ({"completion_tokens": 20}): the prompt was not 0 tokens,
+        # and the client sizes its context by it (the estimate stands in, as for no usage at all).
+        return None
     prompt_details = raw.get("prompt_tokens_details") if isinstance(raw.get("prompt_tokens_details"), dict) else {}
     completion_details = raw.get("completion_tokens_details")
     # A count that may be unreported: null or a wrong type is None, which is not 0 (2.5).
@@ -368,7 +370,12 @@ def _usage_of(raw: Dict[str, Any], choice: Any) -> Optional[ChatUsage]:
 
 def reports_usage(raw: Any) -> bool:
     """Does a ChatCompletion report its usage, where ``_usage_of`` looks for it?"""
-    return isinstance(raw, dict) and _usage_of(raw, _first_choice_raw(raw)) is not None
+    return usage_of(raw) is not None
+
+
+def usage_of(raw: Any) -> Optional[ChatUsage]:
+    """A ChatCompletion's usage, where ``_usage_of`` looks for it; None without one."""
+    return _usage_of(raw, _first_choice_raw(raw)) if isinstance(raw, dict) else None
 
 
 def _parse(raw: Dict[str, Any], body_key: str) -> ChatResponse:

@@ -25,7 +25,7 @@ from ..base import ClientRequest, Exchange, RefusedFields, UpstreamApi, encode_b
 from ..chat.api import refused_fields
 from ..stops import unsent_stops
 from .request import responses_tools, to_responses_request
-from .response import reports_usage, to_messages_response
+from .response import reports_usage, to_messages_response, usage_from
 from .stream import LocalStopResponsesFold, ResponsesFold
 
 # Fields the proxy sends on its own judgement that a model's upstream may refuse as such ("Unsupported
@@ -108,6 +108,9 @@ class ResponsesApi(UpstreamApi):
 
     def reports_usage(self, obj: Any) -> bool:
         return isinstance(obj, dict) and reports_usage(obj.get("usage"))
+
+    def usage_of(self, obj: Any) -> Any:
+        return usage_from(obj["usage"]) if self.reports_usage(obj) else None
 
     def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
                   ) -> Tuple[Dict[str, Any], List[str]]:

@@ -267,14 +267,11 @@ def _int(obj: Any, key: str) -> int:
     return token_count(obj.get(key)) if isinstance(obj, dict) else 0
 
 
-_USAGE_COUNTS = ("input_tokens", "output_tokens")
-
-
 def reports_usage(usage: Any) -> bool:
-    """Does a Response's ``usage`` say anything: an object with ``input_tokens`` or ``output_tokens``
-    a count? ``{}``, ``{"total_tokens": 150}`` or Chat's names say nothing: the usage is not known
-    (the client gets the estimate, the record no count), not 0 tokens at $0."""
-    return isinstance(usage, dict) and any(count_or_none(usage.get(k)) is not None for k in _USAGE_COUNTS)
+    """Does a Response's ``usage`` say what the prompt cost: an object with ``input_tokens`` a count?
+    ``{}``, ``{"total_tokens": 150}``, Chat's names or ``{"output_tokens": 20}`` do not: the usage is
+    not known (the client gets the estimate, the record no count), not a prompt of 0 tokens at $0."""
+    return isinstance(usage, dict) and count_or_none(usage.get("input_tokens")) is not None
 
 
 def usage_from(usage: Any, searches: int = 0) -> Dict[str, Any]:
