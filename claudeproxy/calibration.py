@@ -49,11 +49,14 @@ class TokenCalibration:
             return False  # tiny prompts are mostly chat-template overhead: their ratio says little
         ratio = reported / estimate
         with self._lock:
-            ratios = self._ratios.get(key)
+            ratios = self._ratios.pop(key, None)  # put back last: the table's order is last use
             if ratios is None:
                 if len(self._ratios) >= self.max_models:
-                    del self._ratios[next(iter(self._ratios))]  # the model first seen longest ago
-                ratios = self._ratios[key] = collections.deque(maxlen=self.window)
+                    # The model used longest ago: many names a client made up once must not push
+                    # out the one in use (the first seen went first).
+                    del self._ratios[next(iter(self._ratios))]
+                ratios = collections.deque(maxlen=self.window)
+            self._ratios[key] = ratios
             ratios.append(ratio)
         return True
 

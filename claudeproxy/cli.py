@@ -68,14 +68,14 @@ from .credentials import DEFAULT_TTL, CommandToken, command_argv, command_token,
 from .dialects import DIALECTS, default_key_variables, detect_provider, key_variables
 from .errors import UpstreamUnavailable
 from .metrics import CallRecord
-from .observe import BODIES_LOGGER
+from .observe import BODIES_LOGGER, PACKAGE_LOGGER
 from .redact import SecretForms, configured_secrets, redact_text, redact_url, secret_forms
 from .routing import Router, build_router, covers, header_the_key_replaces, provider_dialect, unmatched_route
 from .server import ProxyServer, drain_and_close
 from .settings_view import describe_config
 from .upstream import proxy_urls, tls_context
 
-log = logging.getLogger("claudeproxy")
+log = logging.getLogger(PACKAGE_LOGGER)
 
 _UNSET = object()  # marks flags not given on the command line (the file may set them)
 
@@ -612,7 +612,7 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
         shutdown_grace=ns.shutdown_grace,
         retries=ns.retries,
         retry_max_wait=ns.retry_max_wait,
-        log_bodies=ns.log_bodies,
+        log_bodies=ns.log_bodies or str(ns.log_level).lower() == "debug",  # --log-level debug shows the bodies too
         setting_names=tuple(sorted(names.items())),
     )
 
@@ -732,7 +732,7 @@ def setup_logging(level: str, secrets: Callable[[], Sequence[str]], stream: Text
     else:
         handler.setFormatter(_OneLineFormatter())
     handler.addFilter(_RedactingFilter(secrets))
-    root = logging.getLogger("claudeproxy")
+    root = logging.getLogger(PACKAGE_LOGGER)
     root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = False
@@ -1064,7 +1064,7 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
         except BrokenPipeError:  # piped into head: the reader has what it wanted
             pass
         return 0
-    logger, bodies = logging.getLogger("claudeproxy"), logging.getLogger(BODIES_LOGGER)
+    logger, bodies = logging.getLogger(PACKAGE_LOGGER), logging.getLogger(BODIES_LOGGER)
     saved = (logger.level, logger.propagate, bodies.level)
     handler = setup_logging(ns.log_level, secrets_source(config), stderr, ns.log_format, ns.log_bodies)
     try:

@@ -45,11 +45,12 @@ from .claude_code import (
 )
 from .config import Config, check_host, is_loopback_host
 from .dialects import key_variables
+from .observe import PACKAGE_LOGGER
 from .redact import redact_text
 from .server import RunningServer, start
 from .settings_view import describe_config
 
-log = logging.getLogger("claudeproxy")
+log = logging.getLogger(PACKAGE_LOGGER)
 
 NOT_FOUND = 127  # the shell's statuses for a command that is missing / cannot be executed
 CANNOT_RUN = 126
@@ -229,6 +230,15 @@ class SignalRelay:
             self.proc.send_signal(signum)
         except OSError:  # it has just exited
             pass
+
+
+def stop_outliving_signals(running: Any, windows: bool) -> None:
+    """Stop the proxy with the command's signals outlived until it has: its calls in flight drain
+    first (up to the shutdown grace), and a second SIGTERM or SIGHUP meanwhile killed run, the
+    streams cut with no error event and no call record."""
+    plan = signal_plan(windows)
+    with SignalRelay(SignalPlan((), plan.forward + plan.outlive)):
+        running.shutdown()
 
 
 def wait_for(proc: Any) -> int:
@@ -488,7 +498,7 @@ def _session(running: RunningServer, ns: argparse.Namespace, config: Config, typ
         log.info("%s exited with status %d; stopping", os.path.basename(argv[0]), status)
         return status
     finally:
-        running.shutdown()
+        stop_outliving_signals(running, windows)
 
 
 class _NotStarted(Exception):
@@ -547,7 +557,7 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
         stream, log_path = open_log(ns.log_file, os.getpid())
     except OSError as exc:
         return _fail(f"cannot open the log file {ns.log_file or ''}: {exc.strerror or exc}", environ, stderr, 1)
-    logger = logging.getLogger("claudeproxy")
+    logger = logging.getLogger(PACKAGE_LOGGER)
     saved = (logger.level, logger.propagate)
     handler = cli.setup_logging(ns.log_level, cli.secrets_source(config), stream, ns.log_format, ns.log_bodies)
     started = False

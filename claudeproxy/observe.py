@@ -20,7 +20,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .errors import ProxyError
 from .redact import redact_text
 
-BODIES_LOGGER = "claudeproxy.bodies"
+# The package's own logger, whatever the package is called: a copy vendored as myapp.vendor.cp logs
+# under myapp.vendor.cp.* (every module's getLogger(__name__)), and its log setup must be there too.
+PACKAGE_LOGGER = __name__.rpartition(".")[0]
+BODIES_LOGGER = PACKAGE_LOGGER + ".bodies"
 _MAX_LOGGED = 1024 * 1024  # one body line in the log at most this long: a 30 MB image is no use there
 
 Event = Dict[str, Any]

@@ -192,7 +192,9 @@ class Proxy:
 
     def _log_body(self, what: str, body: Any, secrets: Optional[Tuple[str, ...]] = None) -> None:
         """``secrets``: the call's (``UpstreamCall.secrets``) for what came from or goes with its answer."""
-        if bodies_logged():  # the secrets are gathered only for a body that is logged
+        # Only where this server was told to (--log-bodies, log_bodies=True): a host application's
+        # DEBUG logging must not get every prompt of a server started without it.
+        if self.config.log_bodies and bodies_logged():  # the secrets are gathered only for a body that is logged
             log_body(what, body, self.secrets() if secrets is None else secrets)
 
     def secrets(self) -> Tuple[str, ...]:
@@ -695,7 +697,7 @@ class Proxy:
         # error event, the relay's warning and the logged lines as in a plain error answer.
         fold: StreamFold = api.fold(req, ex, message_id="msg_" + new_id(), input_tokens=estimate,
                                     secrets=call.secrets)
-        if bodies_logged():
+        if self.config.log_bodies and bodies_logged():
             fold = cast(StreamFold, ObservedFold(fold, call.secrets))  # every line and event at DEBUG
         relay = Relay(writer, fold, call, self.config, relayed)
         watch.tick = relay.tick

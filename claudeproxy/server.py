@@ -22,6 +22,7 @@ from typing import Any, Callable, List, Optional, Set, Tuple
 from .config import Config
 from .handler import MessagesHandler
 from .metrics import Metrics, Sink
+from .observe import PACKAGE_LOGGER
 from .pipeline import Proxy
 from .watchdog import Watchdog
 
@@ -196,6 +197,15 @@ def _url_for(address: Tuple[Any, ...]) -> str:
     return f"http://[{host}]:{address[1]}" if ":" in host else f"http://{host}:{address[1]}"
 
 
+def _quiet_without_logging() -> None:
+    """A library's package logger gets a NullHandler (the logging HOWTO's advice): an application
+    that set up no logging gets no warnings on its stderr from Python's last-resort handler, and
+    one that did gets every record as before (they propagate). Done at the first start, not at import."""
+    package = logging.getLogger(PACKAGE_LOGGER)
+    if not any(isinstance(h, logging.NullHandler) for h in package.handlers):
+        package.addHandler(logging.NullHandler())
+
+
 def start(config: Optional[Config] = None, metrics_sink: Optional[Sink] = None, **overrides: Any) -> RunningServer:
     """Listen (default 127.0.0.1:0) and serve in a background thread.
 
@@ -203,6 +213,7 @@ def start(config: Optional[Config] = None, metrics_sink: Optional[Sink] = None, 
     server's metrics. Every server is independent.
     """
     config = (config or Config()).replace(**overrides)
+    _quiet_without_logging()
     server = ProxyServer(config, metrics_sink)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True,
                               name="claudeproxy-server")

@@ -171,6 +171,18 @@ def test_window_and_models_are_bounded() -> None:
     assert cal.ratio("d") == 2.0 and len(cal.snapshot()) == 3
 
 
+def test_the_model_in_use_outlives_names_used_once() -> None:
+    """The table forgot the model first seen, even while it was in use: a client making up model
+    names pushed out the learned ratio of the real one (a probe). The one used longest ago goes."""
+    cal = TokenCalibration(window=5, max_models=3, margin=0.0)
+    for _ in range(3):
+        cal.learn("real", 1000, 1500)
+    for name in ("made-up-1", "made-up-2", "made-up-3", "made-up-4"):
+        cal.learn(name, 1000, 2000)
+        cal.learn("real", 1000, 1500)  # in use all along
+    assert cal.ratio("real") == 1.5 and len(cal.snapshot()) == 3
+
+
 def test_calls_mostly_of_pdf_pages_teach_nothing(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
     """A guess per page or image is far rougher than the text's count: six PDF turns once set the
     ratio to its 4x cap, and every later text-only count was four times too high."""

@@ -1016,3 +1016,24 @@ def test_a_log_file_moved_away_goes_on_under_its_name(tmp_path: Any) -> None:
     with open(name, encoding="utf-8") as fh:
         assert fh.read() == "after the delete\nand on\n"
     assert stat.S_IMODE(os.stat(name).st_mode) == 0o600
+
+
+STOP_UNDER_FIRE = """
+import os, signal, sys, types
+from claudeproxy import launcher
+def shutdown():  # a drain that a second SIGTERM and SIGHUP reach
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGHUP)
+    print("drained", flush=True)
+launcher.stop_outliving_signals(types.SimpleNamespace(shutdown=shutdown), False)
+print("stopped", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, flush=True)
+"""
+
+
+def test_a_second_signal_while_the_proxy_drains_does_not_kill_run() -> None:
+    """After the command exited, run put the default handlers back and then drained the calls in
+    flight: a second SIGTERM or SIGHUP then killed it, the streams cut with no error event and no
+    record (a probe). The drain outlives them; the handlers are put back after it."""
+    done = subprocess.run([sys.executable, "-c", STOP_UNDER_FIRE], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stdout.split()) == (0, ["drained", "stopped", "True"]), done.stderr

@@ -54,7 +54,7 @@ def _bodies_records(caplog: Any) -> List[str]:
 
 def test_debug_shows_raw_bodies_in_both_directions(make_proxy: Any, fake_upstream: FakeUpstream, caplog: Any) -> None:
     caplog.set_level(logging.DEBUG, logger="claudeproxy")
-    proxy = make_proxy()
+    proxy = make_proxy(log_bodies=True)  # what --log-level debug sets
     fake_upstream.push(json_reply(completion("json answer")),
                        sse_reply(chunk({"role": "assistant", "content": ""}), chunk({"content": "streamed"}),
                                  chunk({}, "stop")))
@@ -76,7 +76,7 @@ def test_debug_shows_raw_bodies_in_both_directions(make_proxy: Any, fake_upstrea
 def test_debug_logs_the_events_that_went_out_before_an_error_in_the_same_read(
         make_proxy: Any, fake_upstream: FakeUpstream, caplog: Any) -> None:
     caplog.set_level(logging.DEBUG, logger="claudeproxy")
-    proxy = make_proxy()
+    proxy = make_proxy(log_bodies=True)
     packet = b"".join(b"data: " + json.dumps(obj).encode() + b"\n\n" for obj in (
         chunk({"role": "assistant", "content": ""}), chunk({"content": "before the error"}),
         {"error": {"message": "overloaded", "code": 503}}))
@@ -97,10 +97,23 @@ def test_bodies_are_not_built_above_debug(make_proxy: Any, caplog: Any) -> None:
     assert any("-> upstream/claude-test 200" in r.getMessage() for r in caplog.records)  # the access line
 
 
+def test_a_server_not_told_to_log_bodies_logs_none_at_a_hosts_debug(make_proxy: Any, caplog: Any) -> None:
+    """A library server started without log_bodies logged every prompt and answer once the host
+    application's logging was at DEBUG, and two servers could not differ (a probe)."""
+    caplog.set_level(logging.DEBUG)
+    quiet, loud = make_proxy(), make_proxy(log_bodies=True)
+    for proxy, words in ((quiet, "quiet words"), (loud, "loud words")):
+        body = minimal_request(messages=[{"role": "user", "content": words}])
+        assert request(proxy.url, "POST", "/v1/messages", body, {"x-api-key": CLIENT_KEY}).status == 200
+        assert proxy.server.wait_idle(2)
+    lines = _bodies_records(caplog)
+    assert any("loud words" in line for line in lines) and not any("quiet words" in line for line in lines)
+
+
 def test_log_bodies_turns_on_bodies_at_info(make_proxy: Any) -> None:
     """--log-bodies: the bodies logger on its own, while everything else stays at INFO."""
     with logged("info", "text", (UPSTREAM_KEY,), bodies=True) as stream:
-        proxy = make_proxy()
+        proxy = make_proxy(log_bodies=True)
         assert request(proxy.url, "POST", "/v1/messages", minimal_request()).status == 200
         assert proxy.server.wait_idle(2)
     text = stream.getvalue()
@@ -164,7 +177,7 @@ def everything(fake_upstream: FakeUpstream) -> Iterator[Any]:
     )
     routes = (Route("opus", RouteTarget("anthropic", "claude-opus-4-1")), Route("haiku", RouteTarget("resp", "gpt-5")),
               Route("*", RouteTarget("chat", "gpt-4o")))
-    proxy = claudeproxy.start(providers=providers, routes=routes)
+    proxy = claudeproxy.start(providers=providers, routes=routes, log_bodies=True)
     yield proxy
     proxy.shutdown(grace=1.0)
 

@@ -16,6 +16,7 @@ import ast
 import json
 import os
 import shutil
+import re
 import subprocess
 import sys
 import threading
@@ -123,6 +124,61 @@ def test_vendored_copy_serves_and_runs_its_cli(vendored: str) -> None:
     version = _run("import sys, vendor_x._cp.cli as c; sys.exit(c.main(['--version']))", vendored)
     assert version.returncode == 0, version.stderr
     assert version.stdout == f"claudeproxy {claudeproxy.__version__}\n"
+
+
+def test_a_vendored_copys_command_line_logs_what_its_modules_log(vendored: str) -> None:
+    """The command line set its log up on the logger "claudeproxy", and a copy's modules log under
+    vendor_x._cp.*: no access lines, and warnings raw on stderr, unredacted, past --log-format json
+    (a probe). The copy's own package logger carries its log."""
+    proc = subprocess.Popen([sys.executable, "-m", "vendor_x._cp", "--upstream", "http://127.0.0.1:9/v1", "--port", "0",
+                             "--log-format", "json"], cwd=vendored, env=_clean_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(re.search(r"listening on http://[^:]+:(\d+)", proc.stdout.readline()).group(1))
+        body = {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "quota"}]}
+        resp = request(f"http://127.0.0.1:{port}", "POST", "/v1/messages", body)
+        assert resp.status == 200, resp
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    lines = [json.loads(line) for line in err.splitlines()]  # every line in the format asked for
+    calls = [line for line in lines if "call" in line]
+    assert [c["call"]["endpoint"] for c in calls] == ["/v1/messages"], err
+    assert calls[0]["logger"].startswith("vendor_x._cp."), calls
+
+
+QUIET = """
+import http.client, json, logging, sys
+import vendor_x._cp as cp
+server = cp.start(upstream="http://127.0.0.1:9/v1", retries=0)
+try:
+    conn = http.client.HTTPConnection(*server.address, timeout=10)
+    body = {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+    conn.request("POST", "/v1/messages", json.dumps(body), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    print(resp.status, len(resp.read()) > 0)
+    if sys.argv[1] == "configured":
+        logging.basicConfig(level=logging.WARNING, format="host: %(name)s %(message)s")
+        conn.request("POST", "/v1/messages", json.dumps(body), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        print(resp.status, len(resp.read()) > 0)
+    conn.close()
+finally:
+    server.shutdown(grace=1)
+"""
+
+
+@pytest.mark.parametrize("host", ["bare", "configured"])
+def test_a_library_server_writes_on_stderr_only_through_the_hosts_logging(vendored: str, host: str) -> None:
+    """With no logging set up, a failed call's warning went to the host's stderr through Python's
+    last-resort handler (a probe); set up, the host gets every record under the copy's name."""
+    done = _run(QUIET, vendored, host)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["502", "True"] * (1 if host == "bare" else 2)
+    if host == "bare":
+        assert done.stderr == ""
+    else:
+        assert done.stderr.startswith("host: vendor_x._cp.pipeline ") and "could not reach" in done.stderr, done.stderr
 
 
 # ---------------------------------------------------------------------------
