@@ -798,7 +798,7 @@ def test_events_for_message_of_each_golden_result(stem: str) -> None:
 def test_openrouter_reasoning_details_of_every_delta_take_linear_time() -> None:
     """OpenRouter sends a ``reasoning_details`` entry with each reasoning delta; they were kept in a
     new list per chunk (80,000 chunks: 12 s). All of them still reach the thinking block's signature,
-    and details that come after it closed still get a block of their own."""
+    joined in one pass, and details that come after it closed still get a block of their own."""
     from claudeproxy.signatures import decode_signature
 
     pb = Playbook(dialect="openrouter")
@@ -819,7 +819,8 @@ def test_openrouter_reasoning_details_of_every_delta_take_linear_time() -> None:
     assert [b["type"] for b in blocks] == ["thinking", "text", "thinking"]
     assert blocks[0]["thinking"] == "".join(f"s{i} " for i in range(n))
     first = decode_signature(blocks[0]["signature"], "openrouter")["reasoning_details"]
-    assert len(first) == n and first[-1]["text"] == f"s{n - 1} "
+    # One detail again, its text whole: the pieces of one index (whole_details).
+    assert len(first) == 1 and first[0]["text"] == blocks[0]["thinking"]
     assert decode_signature(blocks[2]["signature"], "openrouter")["reasoning_details"][-1] == late
     assert took < 6.0, f"{n} chunks took {took:.1f} s"
 
@@ -906,3 +907,25 @@ def test_another_tool_named_before_the_first_call_closed_stays_in_it() -> None:
 def test_a_server_naming_the_call_in_every_fragment_makes_one_call() -> None:
     frags = [{"function": {"name": "Read", "arguments": piece}} for piece in ('{"pa', 'th": ', '"a"}', '{"path": "a"}')]
     assert _calls_of([{"id": "call_1", **frags[0]}] + frags[1:]) == [("Read", {"path": "a"})]
+
+
+def test_openrouter_reasoning_detail_pieces_are_one_detail_again() -> None:
+    """A stream sends one detail's text in pieces and its signature in a piece after them, all of one
+    index; echoed as they came, the next turn carried the text without its signature (a probe)."""
+    from claudeproxy.apis.chat.stream import whole_details
+
+    pieces = [{"type": "reasoning.text", "text": "Step 1", "format": "f", "index": 0},
+              {"type": "reasoning.text", "text": ". Step 2", "format": "f", "index": 0},
+              {"type": "reasoning.text", "text": None, "signature": "c2ln", "format": "f", "index": 0},
+              {"type": "reasoning.encrypted", "data": "ZW5j", "index": 1},
+              {"type": "reasoning.summary", "summary": "a", "index": 2},
+              {"type": "reasoning.summary", "summary": "b", "index": 2},
+              {"type": "reasoning.text", "text": "no index"}, {"type": "reasoning.text", "text": "no index either"},
+              "not a detail"]
+    assert whole_details(pieces) == [
+        {"type": "reasoning.text", "text": "Step 1. Step 2", "signature": "c2ln", "format": "f", "index": 0},
+        {"type": "reasoning.encrypted", "data": "ZW5j", "index": 1},
+        {"type": "reasoning.summary", "summary": "ab", "index": 2},
+        {"type": "reasoning.text", "text": "no index"}, {"type": "reasoning.text", "text": "no index either"},
+        "not a detail"]
+    assert pieces[0]["text"] == "Step 1"  # what came stays as it came

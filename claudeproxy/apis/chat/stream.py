@@ -459,7 +459,7 @@ class StreamTranslator:
             if rest:
                 events.append(self._delta({"type": "input_json_delta", "partial_json": rest}))
         elif self.open_kind == "thinking":
-            signature = encode_signature(self.dialect_name, dict(self.state) or None)
+            signature = encode_signature(self.dialect_name, _with_details_whole(self.state) or None)
             # A copy of the lists too: the state's grow in place, and must differ from what was carried.
             self.carried = {k: list(v) if isinstance(v, list) else v for k, v in self.state.items()}
             events.append(self._delta({"type": "signature_delta", "signature": signature}))
@@ -776,6 +776,44 @@ class LocalStopTranslator(StreamTranslator):
         events = self.start() + self._close_open() + self._carrier_block()
         self.done = True
         return events + [self._message_delta(), {"type": "message_stop"}]
+
+
+def _with_details_whole(state: Dict[str, Any]) -> Dict[str, Any]:
+    """The state to carry, OpenRouter's streamed reasoning_details made whole again (a copy)."""
+    pieces = state.get("reasoning_details")
+    return {**state, "reasoning_details": whole_details(pieces)} if pieces else dict(state)
+
+
+def whole_details(pieces: List[Any]) -> List[Any]:
+    """OpenRouter's reasoning_details as its JSON answer gives them, and as it wants them back.
+
+    A stream sends a piece with each delta, numbered by ``index``: one detail's text comes in
+    fragments and its signature in a piece after them (Roo Code and OpenRouter's own SDK put them
+    together the same way). Echoed as they came, the text and its signature were apart. Pieces
+    of one index and type in a row are one detail: its text and summary joined, its other fields
+    the last ones given. One pass, the fragments joined once (a long reasoning is 80,000 pieces).
+    """
+    whole: List[Any] = []
+    fragments: List[Dict[str, List[str]]] = []  # per detail: its text pieces so far
+    for piece in pieces:
+        last = whole[-1] if whole else None
+        if not (isinstance(piece, dict) and isinstance(last, dict) and type(piece.get("index")) is int
+                and piece.get("index") == last.get("index") and piece.get("type") == last.get("type")):
+            whole.append(dict(piece) if isinstance(piece, dict) else piece)
+            fragments.append({k: [piece[k]] for k in _JOINED if isinstance(piece, dict) and isinstance(piece.get(k), str)})
+            continue
+        for key, value in piece.items():
+            if key in _JOINED and isinstance(value, str):
+                fragments[-1].setdefault(key, []).append(value)
+            elif value is not None:
+                last[key] = value
+    for detail, parts in zip(whole, fragments):
+        for key, texts in parts.items():
+            detail[key] = "".join(texts)
+    return whole
+
+
+_JOINED = ("text", "summary")
 
 
 def plain_text_delta(obj: Any) -> Optional[str]:
