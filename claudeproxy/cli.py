@@ -341,6 +341,28 @@ def _unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
     return out
 
 
+class _Pairs(list):  # type: ignore[type-arg]
+    """An object's (key, value) pairs as they came, duplicates kept (``_duplicate_at``)."""
+
+
+def _duplicate_at(text: str) -> Optional[Tuple[str, str]]:
+    """Where an object holds a key twice (``providers.corp``; "" for the top level), and the key:
+    read again only for the message, the pairs kept as they came."""
+    stack: List[Tuple[str, Any]] = [("", json.loads(text, object_pairs_hook=_Pairs))]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, _Pairs):
+            seen: Set[str] = set()
+            for key, _ in node:
+                if key in seen:
+                    return where, key
+                seen.add(key)
+            stack += [(f"{where}.{key}" if where else key, value) for key, value in node]
+        elif isinstance(node, list):
+            stack += [(f"{where}[{i}]", item) for i, item in enumerate(node)]
+    return None
+
+
 def load_config_file(path: str, environ: Mapping[str, str], specs: Mapping[str, FlagSpec]) -> FileConfig:
     try:
         with open(path, "rb") as fh:
@@ -353,7 +375,9 @@ def load_config_file(path: str, environ: Mapping[str, str], specs: Mapping[str, 
         # utf-8-sig: Windows editors (Notepad, PowerShell's Out-File) start a UTF-8 file with a BOM.
         obj = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_unique_keys)
     except _DuplicateKey as exc:
-        raise UsageError(f"--config {path}: the key {exc.args[0]!r} appears twice in one object") from None
+        where, key = _duplicate_at(raw.decode("utf-8-sig")) or ("", exc.args[0])
+        raise UsageError(f"--config {path}: {where + ': ' if where else ''}the key {key!r} appears twice "
+                         "in one object") from None
     except (ValueError, RecursionError) as exc:
         where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
         raise UsageError(f"--config {path}: not valid JSON{where}: {getattr(exc, 'msg', 'cannot decode')}") from None

@@ -405,7 +405,10 @@ def test_runs_own_options_are_the_ones_run_adds() -> None:
 
 @pytest.mark.parametrize("text, what", [
     ('{"port": 1,}', "line 1"),
-    ('{"providers": {"a": {"url": "https://x.test"}, "a": {"url": "https://y.test"}}}', "'a' appears twice"),
+    ('{"providers": {"a": {"url": "https://x.test"}, "a": {"url": "https://y.test"}}}', ": the key 'a' appears twice"),
+    # Where, not only which key: a file has many objects (a probe).
+    ('{"providers": {"a": {"url": "https://x.test", "url": "https://y.test"}}}', ": providers.a: the key 'url' appears"),
+    ('{"routes": [{"match": "*", "match": "claude-*"}]}', ": routes[0]: the key 'match' appears twice"),
     ("", "not valid JSON"),
     ("\xff\xfe", "not valid JSON"),
 ])
