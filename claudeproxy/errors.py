@@ -34,6 +34,11 @@ _TYPE_BY_STATUS = {
     529: "overloaded_error",
 }
 
+# An upstream error's own type is kept when it is one of Anthropic's (an Anthropic-compatible
+# upstream's billing_error on a 400): the status's would name another failure.
+_ANTHROPIC_TYPES = frozenset(_TYPE_BY_STATUS.values())
+_MOST_DETAILS = 4096  # an upstream's error.details passed on, as JSON, at most this long
+
 
 def error_type_for_status(status: int) -> str:
     """The Anthropic ``error.type`` for a client-facing HTTP status."""
@@ -212,7 +217,7 @@ def error_from_status(status: int, body: bytes, headers: Any = None, secrets: Tu
         # credentials. Passed on as 407 it would tell the client that its own proxy does.
         return UpstreamUnavailable(f"upstream 407: a proxy on the way to the upstream asks for credentials: {message}"
                                    [:1000], headers=(NO_RETRY,))
-    return _upstream_error(status, message, _error_dict(obj), headers)
+    return _upstream_error(status, message, _error_dict(obj), headers, secrets)
 
 
 # An exhausted quota comes as a 429 like a rate limit, but no wait gets past it (RESPONSES.md 4):
@@ -239,16 +244,19 @@ def says_no_retry(exc: ProxyError) -> bool:
     return NO_RETRY in exc.headers and not isinstance(exc, UpstreamUnreachable)
 
 
-def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], headers: Any) -> ProxyError:
+def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], headers: Any,
+                    secrets: Tuple[str, ...] = ()) -> ProxyError:
     """``status`` is None for an error object that named no HTTP status."""
     if says_prompt_too_long(status, message, err):
         # Claude Code compacts the conversation when it reads this (FIELD-NOTES 16).
         exc = UpstreamHTTPError(prompt_too_long(status, message, err), status=400)
     else:
         shown = status or 502
+        own = err.get("type")
         exc = UpstreamHTTPError(
-            f"upstream {shown}: {message}", status=shown, error_type=error_type_for_status(shown),
-            headers=retry_headers(headers),
+            f"upstream {shown}: {message}", status=shown,
+            error_type=own if own in _ANTHROPIC_TYPES else error_type_for_status(shown),
+            headers=retry_headers(headers), details=_details(err, secrets),
         )
     # A refused key (401, 403) is refused again on every retry: Claude Code would retry ten times
     # over minutes and then ask for /login, which is not what is wrong.
@@ -258,6 +266,23 @@ def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], he
     exc.upstream_message = message
     exc.upstream_headers = headers
     return exc
+
+
+def _details(err: Dict[str, Any], secrets: Tuple[str, ...]) -> Optional[Dict[str, Any]]:
+    """An Anthropic-compatible upstream's ``error.details``, redacted, for the client: the SDKs pick
+    an error's class by its ``error_code`` and recover from some (a message thread the upstream
+    lost is replayed). None when there is none, or it is no small object."""
+    details = err.get("details")
+    if not isinstance(details, dict) or not details:
+        return None
+    text = json.dumps(details)
+    if len(text) > _MOST_DETAILS:
+        return None
+    masked = redact_text(text, secrets)
+    try:
+        return json.loads(masked) if masked != text else details
+    except ValueError:
+        return None
 
 
 def error_from_object(err: Dict[str, Any], secrets: Tuple[str, ...] = ()) -> ProxyError:
@@ -274,7 +299,7 @@ def error_from_object(err: Dict[str, Any], secrets: Tuple[str, ...] = ()) -> Pro
     obj = _unwrap({"error": err})
     text = json.dumps(obj)
     message = redact_text(_error_message(text, obj), secrets) or "(empty error object)"
-    return _upstream_error(status, message, _error_dict(obj), None)
+    return _upstream_error(status, message, _error_dict(obj), None, secrets)
 
 
 _NUMBER_RE = re.compile(r"\d+")

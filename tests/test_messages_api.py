@@ -340,6 +340,25 @@ def test_upstream_error_keeps_status_and_type(through, fake_upstream, records, s
     assert (rec.status, rec.error_type) == (status, error_type)
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_an_upstream_errors_type_and_error_code_reach_the_sdk(through, fake_upstream, stream):
+    """The SDKs pick an error's class by error.details.error_code (about 90 of them) and recover from
+    some: a message thread Anthropic lost is replayed under a new one. The proxy dropped the details
+    and named the type by the status (a billing_error on a 400 became invalid_request_error): the
+    SDK raised a plain BadRequestError and its thread recovery failed (a probe of the SDKs)."""
+    lost = {"type": "error", "error": {"type": "invalid_request_error", "message": "thread not found",
+                                       "details": {"error_code": "thread_not_found"}}, "request_id": "req_up"}
+    billing = {"type": "error", "error": {"type": "billing_error", "message": f"no credit for {UPSTREAM_KEY}",
+                                          "details": {"error_code": "credit_exhausted", "key": UPSTREAM_KEY}}}
+    fake_upstream.push(json_reply(lost, status=400), json_reply(billing, status=400))
+    first, second = post(through, minimal_request(stream=stream)), post(through, minimal_request(stream=stream))
+    assert (first.status, first.json["error"]["type"]) == (400, "invalid_request_error")
+    assert first.json["error"]["details"] == {"error_code": "thread_not_found"}
+    assert (second.status, second.json["error"]["type"]) == (400, "billing_error")
+    assert second.json["error"]["details"]["error_code"] == "credit_exhausted"
+    assert UPSTREAM_KEY not in second.body.decode("utf-8")
+
+
 def test_prompt_too_long_stays_what_claude_code_compacts_on(through, fake_upstream):
     body = {"type": "error", "error": {"type": "invalid_request_error",
                                        "message": "prompt is too long: 208310 tokens > 200000 maximum"}}
