@@ -210,7 +210,7 @@ MODEL_RULES: Tuple[Tuple[Tuple[str, ...], str, Dict[str, object]], ...] = (
     (("groq",), r"^(qwen/)?qwen3", {"reasoning": "groq", "think_tags": True}),
     # Gemini 2.5 Pro and 3 cannot stop thinking: "none" (a budget of 0) is a 400 there, so a client's
     # thinking "disabled" sends nothing (PROTOCOL.md 1.7: "none" where supported, else omit).
-    (("gemini",), r"^(models/)?gemini-(2\.5-pro|[3-9])", {"reasoning": "explicit"}),
+    (("gemini",), r"^(models/)?gemini-(2\.5-pro|[3-9]|pro-latest)", {"reasoning": "explicit"}),
 )
 
 # Upstream host -> dialect (first match wins).

@@ -34,9 +34,10 @@ _TYPE_BY_STATUS = {
     529: "overloaded_error",
 }
 
-# An upstream error's own type is kept when it is one of Anthropic's (an Anthropic-compatible
-# upstream's billing_error on a 400): the status's would name another failure.
-_ANTHROPIC_TYPES = frozenset(_TYPE_BY_STATUS.values())
+# An upstream error's own type is kept when it is one of Anthropic's that says more than the status
+# (an Anthropic-compatible upstream's billing_error on a 400). Not the generic two: OpenAI calls a
+# refused key (401) an invalid_request_error, which the status's authentication_error says better.
+_ANTHROPIC_TYPES = frozenset(_TYPE_BY_STATUS.values()) - {"invalid_request_error", "api_error"}
 _MOST_DETAILS = 4096  # an upstream's error.details passed on, as JSON, at most this long
 
 
@@ -255,7 +256,7 @@ def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], he
         own = err.get("type")
         exc = UpstreamHTTPError(
             f"upstream {shown}: {message}", status=shown,
-            error_type=own if own in _ANTHROPIC_TYPES else error_type_for_status(shown),
+            error_type=own if isinstance(own, str) and own in _ANTHROPIC_TYPES else error_type_for_status(shown),
             headers=retry_headers(headers), details=_details(err, secrets),
         )
     # A refused key (401, 403) is refused again on every retry: Claude Code would retry ten times
@@ -273,8 +274,8 @@ def _details(err: Dict[str, Any], secrets: Tuple[str, ...]) -> Optional[Dict[str
     an error's class by its ``error_code`` and recover from some (a message thread the upstream
     lost is replayed). None when there is none, or it is no small object."""
     details = err.get("details")
-    if not isinstance(details, dict) or not details:
-        return None
+    if not isinstance(details, dict) or not details or not isinstance(details.get("error_code", ""), str):
+        return None  # (an error_code that is no string would break the SDKs' lookup of its class)
     text = json.dumps(details)
     if len(text) > _MOST_DETAILS:
         return None

@@ -233,11 +233,10 @@ class SignalRelay:
 
 
 def stop_outliving_signals(running: Any, windows: bool) -> None:
-    """Stop the proxy with the command's signals outlived until it has: its calls in flight drain
-    first (up to the shutdown grace), and a second SIGTERM or SIGHUP meanwhile killed run, the
-    streams cut with no error event and no call record."""
-    plan = signal_plan(windows)
-    with SignalRelay(SignalPlan((), plan.forward + plan.outlive)):
+    """Stop the proxy with SIGTERM and SIGHUP outlived until it has: its calls in flight drain first
+    (up to the shutdown grace), and a second one meanwhile killed run, the streams cut with no error
+    event and no call record. Ctrl-C still ends the wait (KeyboardInterrupt): a user's way out."""
+    with SignalRelay(SignalPlan((), signal_plan(windows).forward)):
         running.shutdown()
 
 

@@ -769,9 +769,13 @@ class Proxy:
         # Set from the answer by _usage_fields (None: not known); 0 for a call without one (a 4xx, a
         # local answer), unless the upstream had the prompt and the call ended before its answer.
         usage, cost = _attempt_spend(fields, _facts_used(fields, routed))
-        for spent, spent_cost in fields.get("earlier", ()):  # attempts before, which the upstream billed too
-            usage = {k: None if v is None else v + spent[k] for k, v in usage.items()}
-            cost = None if cost is None or spent_cost is None else cost + spent_cost
+        earlier = fields.get("earlier", ())  # attempts before, which the upstream billed too
+        if earlier:
+            # Their counts stay whatever this attempt's are: not known, the known part is a part.
+            unknown_now = any(v is None for v in usage.values())
+            usage = {k: (v or 0) + sum(spent[k] for spent, _ in earlier) for k, v in usage.items()}
+            costs = [cost] + [spent_cost for _, spent_cost in earlier]
+            cost = None if unknown_now or None in costs else sum(costs)  # type: ignore[arg-type]
         lost = fields.get("lost")
         if lost and not any(usage.values()):
             usage = dict.fromkeys(usage)  # a refusal's 0s after an attempt that spent what nobody said
@@ -848,12 +852,16 @@ def _carry_spend(record: Dict[str, Any], facts: Optional[ModelFacts]) -> None:
     """Keep what a failed attempt's answer said it spent before the next attempt starts afresh: a
     200 that is an overload (DeepSeek's insufficient_system_resource) or a failed Response reports
     its usage, and the upstream bills it, whatever the retry costs after it. Priced now, at this
-    attempt's target (a fallback's prices differ). An attempt that reported nothing carries nothing:
-    a refusal spent nothing, and one whose spend is not known says so (``lost``)."""
-    spent: Dict[str, int] = {}
-    for key in USAGE_KEYS + (ONE_HOUR_WRITES,):
-        value = record.pop(key, None)
-        spent[key] = value if isinstance(value, int) else 0
+    attempt's target (a fallback's prices differ). A refusal carries nothing (it spent nothing);
+    an answer whose counts are not all known (a stream that failed after it began, a body cut
+    short, a forwarded stream's output before its message_delta) marks the call ``lost``: what the
+    upstream spent is more than was reported, and the call's cost is not known."""
+    answered = record.get("awaiting", False)  # the answer began: its usage, or what it lacks, is this attempt's
+    record["awaiting"] = False  # settled here: what follows is the next attempt's, or nobody's
+    counts = {key: record.pop(key, None) for key in USAGE_KEYS + (ONE_HOUR_WRITES,)}
+    if answered and any(counts[key] is None for key in USAGE_KEYS):
+        record["lost"] = True
+    spent = {key: value if isinstance(value, int) else 0 for key, value in counts.items()}
     billed = record.pop("billed_cost", None)
     if not any(spent.values()):
         return

@@ -443,13 +443,19 @@ class _Response(http.client.HTTPResponse):
             self.headers = self.msg = read_headers(self.fp, MAX_RESPONSE_HEAD)
         except HeadCutShort:  # as begin says of it (_HeadWatch): an answer lost, not a server that is no HTTP
             raise HeadCutOff("the connection closed inside the response head") from None
-        self.chunked = _chunked(self.headers.get_all("transfer-encoding"))
+        bodiless = status in (204, 304) or 100 <= status < 200 or self._method == "HEAD"  # type: ignore[attr-defined]
+        codings = self.headers.get_all("transfer-encoding")
+        self.chunked = not bodiless and _chunked(codings)
         if self.chunked:
             self.chunk_left = None
         self.will_close = self._check_close()  # type: ignore[attr-defined]
-        self.length = None if self.chunked else _content_length(self.headers.get_all("content-length"))
-        if status in (204, 304) or 100 <= status < 200 or self._method == "HEAD":  # type: ignore[attr-defined]
-            self.length = 0  # a body of fixed length 0
+        # Transfer-Encoding beside a Content-Length, or in an HTTP/1.0 answer, is framing RFC 9112 6.1
+        # calls faulty: the body is read as chunked, and the connection is not used again.
+        if codings and (self.version == 10 or "content-length" in self.headers):
+            self.will_close = True
+        self.length = None if self.chunked or bodiless else _content_length(self.headers.get_all("content-length"))
+        if bodiless:
+            self.length = 0  # a body of fixed length 0, whatever its head says
         if not self.will_close and not self.chunked and self.length is None:
             self.will_close = True  # an open connection with no way to tell the body's end: its close
 
@@ -658,7 +664,7 @@ def _chunk_size(line: bytes) -> int:
     it is hex digits alone (RFC 9112 7.1): ``int`` also reads ``-1``, ``+5``, ``0x10`` and ``1_0``,
     and a size of -1 read the body to its close, a JSON answer waiting out its whole deadline."""
     size = line.split(b";", 1)[0].strip(b" \t\r\n")
-    if not size or size.strip(_HEX_DIGITS) or len(size) > 16:
+    if not size or size.strip(_HEX_DIGITS) or len(size.lstrip(b"0")) > 16:  # leading zeros are allowed
         raise ValueError(f"bad chunk size {size[:20]!r}")
     return int(size, 16)
 
@@ -687,7 +693,7 @@ def _content_length(values: Optional[List[str]]) -> Optional[int]:
     if len(lengths) != 1:
         raise http.client.HTTPException(f"Content-Length lines disagree ({', '.join(sorted(lengths))[:100]})")
     length = lengths.pop()
-    if not length or length.strip(_DIGITS) or len(length) > 18:
+    if not length or length.strip(_DIGITS) or len(length.lstrip("0")) > 18:
         raise http.client.HTTPException(f"Content-Length {length[:20]!r} is not a length")
     return int(length)
 

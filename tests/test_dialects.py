@@ -249,7 +249,8 @@ def test_groq_reasoning_fields_follow_the_model(model: str, reasoning: str, thin
 
 @pytest.mark.parametrize("model,reasoning", [("gemini-2.5-flash", "gemini"), ("gemini-2.5-flash-lite", "gemini"),
                                              ("gemini-2.5-pro", "explicit"), ("models/gemini-2.5-pro", "explicit"),
-                                             ("gemini-3-pro-preview", "explicit"), ("gemini-3-flash", "explicit")])
+                                             ("gemini-3-pro-preview", "explicit"), ("gemini-3-flash", "explicit"),
+                                             ("gemini-pro-latest", "explicit"), ("gemini-flash-latest", "gemini")])
 def test_gemini_models_that_cannot_stop_thinking_get_no_none(model: str, reasoning: str) -> None:
     """2.5 Pro and 3 answer reasoning_effort "none" with 400 "Budget 0 is invalid. This model only
     works in thinking mode." (a probe); PROTOCOL.md 1.7: "none" where supported, else omit."""

@@ -411,3 +411,20 @@ def test_ids_are_alphanumeric_of_the_length_asked_and_do_not_repeat() -> None:
     assert len(new_id(40)) == 40
     request_id = new_request_id()
     assert request_id.startswith("req_") and len(request_id) == 28
+
+
+@pytest.mark.parametrize("kind, code, shown_type, details", [
+    ("billing_error", "credit_exhausted", "billing_error", {"error_code": "credit_exhausted"}),
+    ([1], "thread_not_found", "invalid_request_error", {"error_code": "thread_not_found"}),  # no type: the status's
+    ({"a": 1}, [1, 2], "invalid_request_error", None),  # an error_code that is no string: no details
+    ("requests", None, "invalid_request_error", None),  # OpenAI's own types: the status's
+])
+def test_an_upstream_errors_own_type_and_details_are_kept_only_when_sane(kind: Any, code: Any, shown_type: str,
+                                                                         details: Any) -> None:
+    """A fuzzed upstream stream with a list as error.type raised TypeError (unhashable) when the
+    type began to be kept; an error_code that is no string would break the SDKs' class lookup."""
+    err: Dict[str, Any] = {"type": kind, "message": "m"}
+    if code is not None:
+        err["details"] = {"error_code": code}
+    exc = error_from_status(400, json.dumps({"error": err}).encode())
+    assert (exc.status, exc.error_type, exc.details) == (400, shown_type, details)

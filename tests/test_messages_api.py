@@ -1119,3 +1119,21 @@ def test_an_overload_right_after_message_start_is_retried(make_proxy, fake_upstr
     assert [e["type"] for e in events][:3] == ["message_start", "ping", "content_block_start"]
     assert final_message(events)["content"] == [{"type": "text", "text": "Hello there"}]
     assert len(fake_upstream.requests) == 2
+
+
+@pytest.mark.parametrize("delta_output", [9, 0])
+def test_a_passthrough_json_answer_to_a_stream_request_counts_its_output(make_proxy, fake_upstream, delta_output):
+    """A forwarded answer in JSON to a stream request carries the whole count; a message_delta's count
+    stands even below message_start's placeholder (0 recorded as 1: a review)."""
+    records: List[Any] = []
+    server = make_proxy(passthrough=True, metrics_sink=records.append)
+    fake_upstream.push(json_reply({**ANSWER, "usage": {"input_tokens": 25, "output_tokens": 9}}))
+    first = post(server, minimal_request(stream=True))
+    start = {"type": "message_start", "message": {**ANSWER, "content": [], "stop_reason": None,
+                                                   "usage": {"input_tokens": 25, "output_tokens": 1}}}
+    fake_upstream.push(sse(events_bytes([start, {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                                                 "usage": {"output_tokens": delta_output}}, {"type": "message_stop"}])))
+    second = post(server, minimal_request(stream=True))
+    assert (first.status, second.status) == (200, 200)
+    assert record_for(records, first.headers["request-id"]).output_tokens == 9
+    assert record_for(records, second.headers["request-id"]).output_tokens == delta_output

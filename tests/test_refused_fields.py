@@ -238,10 +238,10 @@ MESSAGES = [
     # Groq names the field alone, first ("reasoning_format is not supported with this model").
     ("reasoning_format is not supported with this model", {"reasoning_format"}),
     ("`reasoning_effort` is not supported with this model", {"reasoning_effort"}),
-    # Values the proxy chose that a model refuses and no other value would do for: the field goes.
-    ("Budget 0 is invalid. This model only works in thinking mode.", {"reasoning_effort"}),  # Gemini 2.5 Pro
-    ("invalid temperature: only 1 is allowed for this model", {"temperature"}),  # Kimi K2.5
-    ("`reasoning_effort` must be one of `none` or `default`", {"reasoning_effort"}),  # Groq's qwen3
+    # Refused values: the field stays (another value works; a review found the whole field dropped).
+    ("Budget 0 is invalid. This model only works in thinking mode.", set()),  # Gemini 2.5 Pro: "none" only
+    ("invalid temperature: only 1 is allowed for this model", set()),  # Kimi K2.5: the client's value
+    ("`reasoning_effort` must be one of `none` or `default`", set()),  # Groq's qwen3
     # Errors about a message that only mention a field's name.
     ('{"detail":[{"type":"extra_forbidden","loc":["body","messages",1,"user","cache_control"],'
      '"msg":"Extra inputs are not permitted"}]}', set()),
@@ -319,6 +319,11 @@ def test_an_effort_above_the_models_is_lowered_to_its_most_and_remembered(make_p
     (EFFORT_VALUE_REFUSAL["error"]["message"], "high", None),    # about another value
     ("Unsupported parameter: 'reasoning_effort' is not supported with this model.", "max", None),  # the field
     ("reasoning_effort must be one of low, high", "max", None),  # names no value it refused: not guessed
+    # Only the ones it takes, quoted (Groq's wording): the most of those below (a review: the field was dropped).
+    ("`reasoning_effort` must be one of `low`, `medium`, or `high`", "max", "high"),
+    ("`reasoning_effort` must be one of `low`, `medium`, or `high`", "xhigh", "high"),
+    ("`reasoning_effort` must be one of `none` or `default`", "high", None),  # no effort of ours below
+    ("Unsupported value: 'reasoning_effort' does not support 'xhigh'. Supported values are: 'low', 'high'.", "max", None),
     ("Unsupported value: 'temperature' does not support 0.2", "max", None),
 ])
 def test_lower_effort_reads_the_refused_value_first(message: str, sent: str, lowered: Any) -> None:
@@ -366,3 +371,20 @@ def test_the_exchange_context_says_by_name_whether_a_usage_chunk_was_asked(provi
     assert ctx.local_stops == ()  # the stop string was sent: the upstream matches it
     fold = api.fold(req, ex, message_id="msg_1", input_tokens=1)
     assert fold.translator.usage_chunk_asked is asked
+
+
+GEMINI_NO_OFF = [{"error": {"code": 400, "message": "Budget 0 is invalid. This model only works in thinking mode.",
+                            "status": "INVALID_ARGUMENT"}}]
+
+
+def test_a_model_that_cannot_stop_thinking_loses_effort_none_only(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """A model the Gemini rule does not know (gemini-2.0-pro-exp) refused thinking "disabled"'s effort
+    "none". Only "none" goes from then on: a thinking budget still sends its effort (a review found
+    every later effort dropped)."""
+    proxy = make_proxy(upstream=fake_upstream.url, provider="gemini", model="gemini-2.0-pro-exp")
+    fake_upstream.push(json_reply(GEMINI_NO_OFF, status=400), json_reply(completion("a")), json_reply(completion("b")),
+                       json_reply(completion("c")))
+    assert ask(proxy, minimal_request(thinking={"type": "disabled"})).status == 200
+    assert ask(proxy, minimal_request(thinking={"type": "disabled"})).status == 200
+    assert ask(proxy, minimal_request(max_tokens=8000, thinking={"type": "enabled", "budget_tokens": 2000})).status == 200
+    assert [b.get("reasoning_effort") for b in sent(fake_upstream)] == ["none", None, None, "low"]

@@ -235,11 +235,15 @@ def test_an_answer_whose_framing_is_bad_is_a_502_at_once(upstreams: List[RawUpst
 
 
 @pytest.mark.parametrize("body_head", ["Transfer-Encoding: identity, chunked", "Content-Length: %d, %d" % (len(OK), len(OK)),
-                                       "Content-Length: 00%d" % len(OK)], ids=["identity-chunked", "length-list", "length-zeros"])
+                                       "Content-Length: 00%d" % len(OK), "Transfer-Encoding: chunked; zeros"],
+                         ids=["identity-chunked", "length-list", "length-zeros", "size-zeros"])
 def test_framing_that_is_odd_but_clear_is_read(upstreams: List[RawUpstream], body_head: str) -> None:
-    """What RFC 9112 lets a client read: a list of one length repeated, leading zeros, ``identity``."""
+    """What RFC 9112 lets a client read: a list of one length repeated, leading zeros (in a chunk
+    size too: 1*HEXDIG, any number of them), ``identity``."""
     chunked = "chunked" in body_head
-    payload = (b"%x\r\n" % len(OK) + OK + b"\r\n0\r\n\r\n") if chunked else OK
+    size = (b"0" * 20 if body_head.endswith("; zeros") else b"") + b"%x" % len(OK)
+    body_head = body_head.replace("; zeros", "")
+    payload = (size + b"\r\n" + OK + b"\r\n0\r\n\r\n") if chunked else OK
 
     def script(number: int, on_it: int, conn: socket.socket, head: bytes) -> bool:
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + body_head.encode() + b"\r\n\r\n" + payload)
@@ -253,3 +257,49 @@ def test_framing_that_is_odd_but_clear_is_read(upstreams: List[RawUpstream], bod
     finally:
         server.shutdown(grace=0.1)
     assert resp.status == 200 and resp.json["content"] == [{"type": "text", "text": "fine"}], resp
+
+
+@pytest.mark.parametrize("head", ["Transfer-Encoding: chunked\r\nContent-Length: 5", "HTTP/1.0 Transfer-Encoding: chunked"],
+                         ids=["chunked-and-length", "chunked-in-http-1.0"])
+def test_an_answer_with_faulty_framing_is_read_and_its_connection_not_used_again(upstreams: List[RawUpstream],
+                                                                                  head: str) -> None:
+    """Transfer-Encoding beside a Content-Length, or in an HTTP/1.0 answer: RFC 9112 6.1 calls the
+    framing faulty (a way to smuggle a second answer). It is read as chunked, and the connection
+    went back to the pool (a review); it is closed now."""
+    version = "HTTP/1.0" if head.startswith("HTTP/1.0") else "HTTP/1.1"
+    fields = head.replace("HTTP/1.0 ", "")
+
+    def script(number: int, on_it: int, conn: socket.socket, raw: bytes) -> bool:
+        conn.sendall(f"{version} 200 OK\r\nContent-Type: application/json\r\n{fields}\r\n\r\n".encode()
+                     + b"%x\r\n" % len(OK) + OK + b"\r\n0\r\n\r\n")
+        return True
+
+    upstream = RawUpstream(script)
+    upstreams.append(upstream)
+    server = proxy_for(upstream, retries=0)
+    try:
+        first, second = ask(server), ask(server)
+    finally:
+        server.shutdown(grace=0.1)
+    assert (first.status, second.status) == (200, 200), (first, second)
+    assert upstream.connections == 2
+
+
+def test_a_bodiless_answers_length_is_not_read(upstreams: List[RawUpstream]) -> None:
+    """A 304 or 204 has no body whatever its head says: a junk Content-Length there was a 502 (a review)."""
+    def script(number: int, on_it: int, conn: socket.socket, raw: bytes) -> bool:
+        if on_it == 1:
+            conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: junk\r\n\r\n")
+        else:
+            conn.sendall(answer("200 OK", OK))
+        return True
+
+    upstream = RawUpstream(script)
+    upstreams.append(upstream)
+    server = proxy_for(upstream, retries=0)
+    try:
+        resp = ask(server)
+    finally:
+        server.shutdown(grace=0.1)
+    assert resp.status == 502 and "could not" not in resp.json["error"]["message"], resp  # a 204 is no answer
+    assert "Content-Length" not in resp.json["error"]["message"], resp

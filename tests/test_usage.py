@@ -1497,3 +1497,53 @@ def test_a_failed_response_that_reports_its_usage_counts_it_streamed_or_not(make
     rec = record_for(records, resp.headers["request-id"])
     assert (rec.input_tokens, rec.cache_read_input_tokens, rec.output_tokens) == (400, 600, 200)
     assert rec.cost_usd is not None and rec.cost_usd > 0
+
+
+def test_a_retry_after_a_stream_that_failed_once_begun_has_no_cost(fake: FakeUpstream) -> None:
+    """Attempt 1 began its answer (a role chunk) and failed before the client saw anything: what it
+    spent is not known, as it is without a retry. After the retry the cost looked exact (a review)."""
+    records: List[CallRecord] = []
+    server = _priced_proxy(fake, records, retries=1, retry_max_wait=0.1)
+    try:
+        fake.push(sse_reply(chunk({"role": "assistant", "content": ""}), {"error": {"message": "boom", "code": 500}},
+                            done=False),
+                  sse_reply(chunk({"role": "assistant", "content": "ok"}), chunk({}, "stop"),
+                            {**chunk(), "choices": [], "usage": usage(1000, 50)}))
+        resp = post(types.SimpleNamespace(url=server.url), minimal_request(stream=True))
+        assert resp.status == 200, resp
+        rec = record_for(records, resp.headers["request-id"])
+    finally:
+        server.shutdown(grace=0.1)
+    assert (rec.attempts, rec.input_tokens, rec.output_tokens, rec.cost_usd) == (2, 1000, 50, None)
+
+
+def test_a_billed_attempt_stays_counted_when_the_last_one_is_lost(fake: FakeUpstream) -> None:
+    """Attempt 1 is an overload with its usage (billed); attempt 2 drops after the request went out.
+    The carried counts were wiped by the unknown last attempt (a review): they stay, with no cost."""
+    records: List[CallRecord] = []
+    server = _priced_proxy(fake, records, retries=1, retry_max_wait=0.1)
+    try:
+        fake.push(json_reply(completion("", finish="insufficient_system_resource", usage=usage(1000, 200))),
+                  Reply(drop="close"))
+        resp = post(types.SimpleNamespace(url=server.url), minimal_request())
+        assert resp.status >= 500, resp
+        rec = record_for(records, resp.headers["request-id"])
+    finally:
+        server.shutdown(grace=0.1)
+    assert (rec.attempts, rec.input_tokens, rec.output_tokens, rec.cost_usd) == (2, 1000, 200, None)
+
+
+def test_a_call_with_a_billed_attempt_before_it_teaches_the_calibration_nothing(fake: FakeUpstream) -> None:
+    """The record's counts then hold two prompts: learned, they would double the next estimates."""
+    records: List[CallRecord] = []
+    server = _priced_proxy(fake, records, retries=1, retry_max_wait=0.1)
+    body = minimal_request(messages=[{"role": "user", "content": "word " * 2000}])
+    try:
+        for _ in range(4):  # enough calls to teach a ratio (calibration.min_samples)
+            fake.push(json_reply(completion("", finish="insufficient_system_resource", usage=usage(1000, 5))),
+                      json_reply(completion("ok", usage=usage(1000, 5))))
+            assert post(types.SimpleNamespace(url=server.url), body).status == 200
+        learned = server.server.proxy.calibration.snapshot()
+    finally:
+        server.shutdown(grace=0.1)
+    assert learned == {}, learned

@@ -456,7 +456,10 @@ class MessagesFold(SSEFold):
         closing = self._close_open_blocks()
         self.finishing = True
         self._take_usage(obj.get("usage"))  # before anything is filled: only what the upstream counted
-        self.output_counted = self.output_counted or bool(_counts(obj.get("usage"), ("output_tokens",)))
+        counted = _counts(obj.get("usage"), ("output_tokens",))
+        if counted:  # the count itself, even below message_start's placeholder (0 below 1)
+            self.counts["output_tokens"] = counted["output_tokens"]
+            self.output_counted = True
         delta = obj.get("delta")
         if not isinstance(delta, dict):
             delta = self._made_up_end()

@@ -56,16 +56,10 @@ _FIELD_REFUSALS = (
     # Groq: "reasoning_format is not supported with this model" (the field's name alone, first).
     re.compile(r"(?:^|[:.]\s*)['\"`]?([a-z][a-z_]*)['\"`]?\s+is\s+not\s+supported\s+(?:with|by|for)\s+this\s+model", re.I),
 )
-# Refusals of a value the proxy chose, which name no field: the field goes, and the model's default
-# stays. Gemini 2.5 Pro and 3 cannot stop thinking: reasoning_effort "none" is 'Budget 0 is invalid.
-# This model only works in thinking mode.'; Kimi K2.5 takes only temperature 1 ("invalid
-# temperature: only 1 is allowed for this model"); Groq's qwen3 takes no effort level ("`reasoning_effort`
-# must be one of `none` or `default`").
-_VALUE_REFUSALS = (
-    (re.compile(r"only\s+works\s+in\s+thinking\s+mode", re.I), "reasoning_effort"),
-    (re.compile(r"invalid\s+temperature", re.I), "temperature"),
-    (re.compile(r"reasoning_effort['\"`]?\s+must\s+be\s+one\s+of", re.I), "reasoning_effort"),
-)
+# Gemini 2.5 Pro and 3 (and an alias of them) cannot stop thinking: reasoning_effort "none" is 'Budget 0
+# is invalid. This model only works in thinking mode.' Only that value goes for the model; the others
+# (a thinking budget's low, medium, high) still say what the client asked for.
+_NO_OFF_SWITCH = re.compile(r"only\s+works\s+in\s+thinking\s+mode", re.I)
 _CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _EXTRA_BODY_FIELD = re.compile(r'"loc"\s*:\s*\[\s*"body"\s*,\s*"([A-Za-z_]\w*)"\s*[\],]')
 
@@ -73,7 +67,6 @@ _EXTRA_BODY_FIELD = re.compile(r'"loc"\s*:\s*\[\s*"body"\s*,\s*"([A-Za-z_]\w*)"\
 def refused_fields(message: str) -> FrozenSet[str]:
     """The request fields an upstream's error message refuses as such (not for a value)."""
     names = {m.group(1) for pattern in _FIELD_REFUSALS for m in pattern.finditer(message)}
-    names.update(field for pattern, field in _VALUE_REFUSALS if pattern.search(message))
     if "extra" in message.lower():  # pydantic: {"type": "extra_forbidden", "loc": ["body", "x", ...], ...}
         names.update(m.group(1) for m in _EXTRA_BODY_FIELD.finditer(message))
     # A server written in Go or JS may name the field as its own struct does: reasoningEffort is
@@ -88,6 +81,8 @@ def refused_fields(message: str) -> FrozenSet[str]:
 _EFFORT_ORDER = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 _EFFORT_FIELD = re.compile(r"reasoning[_.]?effort", re.I)
 _QUOTED_WORD = re.compile(r"['\"`](\w+)['\"`]")
+_ONE_OF = re.compile(r"one\s+of|supported\s+values|allowed\s+values", re.I)
+_REFUSES_ONE = re.compile(r"not\s+support|unsupported", re.I)  # names a refused value: not a list alone
 
 
 def lower_effort(message: str, sent: Any) -> Optional[str]:
@@ -98,10 +93,17 @@ def lower_effort(message: str, sent: Any) -> Optional[str]:
     """
     if sent not in _EFFORT_ORDER or sent in ("none", "minimal", "low") or not _EFFORT_FIELD.search(message):
         return None
-    named = [w for w in _QUOTED_WORD.findall(message) if w in _EFFORT_ORDER]
+    quoted = _QUOTED_WORD.findall(message)
+    named = [w for w in quoted if w in _EFFORT_ORDER]
+    rank = _EFFORT_ORDER.index(sent)
+    if named and sent not in quoted and len(named) == len(quoted) - quoted.count("reasoning_effort") \
+            and _ONE_OF.search(message) and not _REFUSES_ONE.search(message):
+        # Only the ones it takes ("`reasoning_effort` must be one of `low`, `medium`, or `high`"):
+        # the most of those below.
+        below = [_EFFORT_ORDER.index(w) for w in named if _EFFORT_ORDER.index(w) < rank]
+        return _EFFORT_ORDER[max(below)] if below else None
     if not named or named[0] != sent:
         return None  # the refused value comes first: this is about another one, or about the field
-    rank = _EFFORT_ORDER.index(sent)
     below = [_EFFORT_ORDER.index(w) for w in named[1:] if _EFFORT_ORDER.index(w) < rank]
     return _EFFORT_ORDER[max(below) if below else rank - 1]
 
@@ -131,6 +133,7 @@ class ChatApi(UpstreamApi):
         # behind a URL the dialects do not know: FIELD-NOTES 6).
         self._completion_tokens: Dict[Tuple[str, str], bool] = {}
         self._most_effort: Dict[Tuple[str, str], str] = {}  # the most effort a model took (lower_effort)
+        self._thinks_always: Dict[Tuple[str, str], bool] = {}  # the models that refused effort "none"
         self._lock = threading.Lock()
 
     def parse(self, body: Dict[str, Any]) -> MessagesRequest:
@@ -151,6 +154,9 @@ class ChatApi(UpstreamApi):
         self._refused.drop(payload, key)
         with self._lock:
             renamed, most = key in self._completion_tokens, self._most_effort.get(key)
+            thinks_always = key in self._thinks_always
+        if thinks_always and payload.get("reasoning_effort") == "none":
+            del payload["reasoning_effort"]  # the model's own default: it cannot stop thinking
         if renamed and "max_tokens" in payload:
             payload["max_completion_tokens"] = payload.pop("max_tokens")
         if most is not None and _EFFORT_ORDER.index(payload.get("reasoning_effort", "none")) > _EFFORT_ORDER.index(most):
@@ -178,6 +184,11 @@ class ChatApi(UpstreamApi):
             return None
         sent = json.loads(ex.body)
         key = (target.provider.name, target.model)
+        if sent.get("reasoning_effort") == "none" and _NO_OFF_SWITCH.search(text):
+            with self._lock:
+                remember(self._thinks_always, key, True)
+            log.warning("%s cannot stop thinking: no reasoning_effort \"none\" from now on", target.label)
+            return self.prepare(req, target, cap)
         lower = lower_effort(text, sent.get("reasoning_effort"))
         if lower is not None:
             with self._lock:
