@@ -766,8 +766,6 @@ class Proxy:
             # An answer of the proxy's own names no provider but "(local)", as /metrics counts it.
             fields.setdefault("provider", LOCAL if fields.get("local") else routed.target.provider.name)
         first = fields.get("first_content_at")
-        # Set from the answer by _usage_fields (None: not known); 0 for a call without one (a 4xx, a
-        # local answer), unless the upstream had the prompt and the call ended before its answer.
         usage, cost = _attempt_spend(fields, _facts_used(fields, routed))
         earlier = fields.get("earlier", ())  # attempts before, which the upstream billed too
         if earlier:

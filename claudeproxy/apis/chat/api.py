@@ -89,7 +89,8 @@ def lower_effort(message: str, sent: Any) -> Optional[str]:
     """The effort to send instead of ``sent`` when ``message`` refuses that value, or None.
 
     The message names the refused value first, then maybe the ones the model takes: the most of
-    those below ``sent``; when it lists none, the next below.
+    those below ``sent``; when it lists none, the next below. Or it lists only the ones the model
+    takes ("must be one of `low`, `medium`, or `high`"): the most of those below ``sent``.
     """
     if sent not in _EFFORT_ORDER or sent in ("none", "minimal", "low") or not _EFFORT_FIELD.search(message):
         return None
