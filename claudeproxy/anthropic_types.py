@@ -202,6 +202,7 @@ class ToolChoice:
 class Thinking:
     kind: str  # enabled, disabled, adaptive, between_tools
     budget_tokens: Optional[int] = None
+    display: Optional[str] = None  # "omitted": thinking blocks with their signature and no text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -582,7 +583,7 @@ def _parse_thinking_config(value: Any, path: str = "thinking") -> Optional[Think
     if kind not in THINKING_TYPES:
         raise InvalidRequest(f"unknown thinking type {kind!r}", _join(path, "type"))
     budget = _int(raw, "budget_tokens", path, required=(kind == "enabled"))
-    return Thinking(kind or "", budget)
+    return Thinking(kind or "", budget, _str(raw, "display", path))
 
 
 def _parse_output_config(value: Any, path: str = "output_config") -> Tuple[Optional[str], Optional[Dict[str, Any]]]:

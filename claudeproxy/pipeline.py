@@ -675,6 +675,8 @@ class Proxy:
             reported = {}
         record.update(stop_reason=message.get("stop_reason"), **_usage_fields(reported.get("usage")))
         record["billed_cost"] = api.billed_cost(ex, obj)
+        if _thinking_omitted(req):
+            message = {**message, "content": [_without_text(b) for b in message["content"]]}
         self._reply(req, writer, message, call.secrets, relayed)
         self._estimate(req, record)  # only to learn from the upstream's count (calibration.py): after the answer
 
@@ -699,7 +701,7 @@ class Proxy:
                                     secrets=call.secrets)
         if self.config.log_bodies and bodies_logged():
             fold = cast(StreamFold, ObservedFold(fold, call.secrets))  # every line and event at DEBUG
-        relay = Relay(writer, fold, call, self.config, relayed)
+        relay = Relay(_ThinkingOmitted(writer) if _thinking_omitted(req) else writer, fold, call, self.config, relayed)
         watch.tick = relay.tick
         self.metrics.stream_began()
         rest = None
@@ -828,6 +830,40 @@ def _load_api(name: str, tools: ToolMemo) -> Any:
 
 
 _RECORD_FIELDS = frozenset(CallRecord.__dataclass_fields__) - {"duration_ms", "ttft_ms", "cost_usd", "time", "request_id"}
+
+
+def _thinking_omitted(req: ClientRequest) -> bool:
+    """Did the client ask for thinking blocks without their text (``thinking.display: "omitted"``)?
+    A translated answer drops it here; an Anthropic upstream, which gets the field, does it itself."""
+    thinking = req.parsed.thinking if req.parsed is not None else None
+    return thinking is not None and thinking.display == "omitted"
+
+
+def _without_text(block: Dict[str, Any]) -> Dict[str, Any]:
+    return {**block, "thinking": ""} if block.get("type") == "thinking" else block
+
+
+class _ThinkingOmitted:
+    """A client writer that leaves out the thinking text of a stream (``thinking_delta`` events):
+    each thinking block still starts, carries its signature and stops, as Anthropic's do then."""
+
+    def __init__(self, writer: Any) -> None:
+        self._writer = writer
+
+    def events(self, events: List[Dict[str, Any]], end: bool = False) -> None:
+        kept = [e for e in events if not _is_thinking_text(e)]
+        if kept:
+            self._writer.events(kept, end)
+        elif end:
+            self._writer.raw_chunk(b"", end=True)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._writer, name)  # start_stream, last_write...
+
+
+def _is_thinking_text(event: Dict[str, Any]) -> bool:
+    delta = event.get("delta") if event.get("type") == "content_block_delta" else None
+    return isinstance(delta, dict) and delta.get("type") == "thinking_delta"
 
 
 def _attempt_spend(fields: Dict[str, Any], facts: Optional[ModelFacts]) -> Tuple[Dict[str, Optional[int]], Optional[float]]:

@@ -333,3 +333,55 @@ def test_a_json_answer_to_a_stream_request_gets_an_id_and_usage_as_a_json_reques
         assert deltas[0]["input_tokens"] == answer["usage"]["input_tokens"] and deltas[0]["output_tokens"] > 0
     else:
         assert deltas[0]["input_tokens"] == 10 and deltas[0]["output_tokens"] == 5
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_thinking_display_omitted_gives_blocks_without_their_text(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                                 stream: bool, api: str) -> None:
+    """``thinking.display: "omitted"``: thinking blocks with an empty text and their signature, as
+    Anthropic gives them; the whole reasoning came back (an SDK probe)."""
+    if api == "chat":
+        proxy = make_proxy(upstream=fake_upstream.url, provider="deepseek", model="deepseek-reasoner")
+        if stream:
+            fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": ""}),
+                                         chunk({"reasoning_content": "secret chain"}), chunk({"reasoning_content": " of thought"}),
+                                         chunk({"content": "Hello!"}),
+                                         chunk({}, "stop", usage={"prompt_tokens": 5, "completion_tokens": 9})))
+        else:
+            fake_upstream.push(json_reply(completion("Hello!", reasoning_content="secret chain of thought")))
+    else:
+        proxy = make_proxy(upstream=fake_upstream.url, upstream_api="responses", model="gpt-5")
+        reasoning = {"type": "reasoning", "id": "rs_1", "encrypted_content": "ENC",
+                     "summary": [{"type": "summary_text", "text": "secret chain of thought"}]}
+        message = {"type": "message", "id": "m_1", "role": "assistant", "status": "completed",
+                   "content": [{"type": "output_text", "text": "Hello!", "annotations": []}]}
+        done = {"id": "resp_1", "object": "response", "status": "completed", "output": [reasoning, message],
+                "usage": {"input_tokens": 5, "output_tokens": 9}}
+        if stream:
+            fake_upstream.push(sse_reply(
+                {"type": "response.created", "response": {**done, "status": "in_progress", "output": [], "usage": None}},
+                {"type": "response.output_item.added", "output_index": 0, "item": {**reasoning, "summary": []}},
+                {"type": "response.reasoning_summary_text.delta", "output_index": 0, "item_id": "rs_1",
+                 "summary_index": 0, "delta": "secret chain of thought"},
+                {"type": "response.output_item.done", "output_index": 0, "item": reasoning},
+                {"type": "response.output_item.added", "output_index": 1, "item": {**message, "content": []}},
+                {"type": "response.output_text.delta", "output_index": 1, "item_id": "m_1", "content_index": 0,
+                 "delta": "Hello!"},
+                {"type": "response.output_item.done", "output_index": 1, "item": message},
+                {"type": "response.completed", "response": done}, done=False))
+        else:
+            fake_upstream.push(json_reply(done))
+    body = minimal_request(stream=stream, max_tokens=4096,
+                           thinking={"type": "enabled", "budget_tokens": 2048, "display": "omitted"})
+    resp = ask(proxy, body)
+    assert resp.status == 200, resp
+    if stream:
+        events = events_of(resp.body)
+        assert_valid_event_sequence(events, allow_error=False)
+        content = final_message(events)["content"]
+    else:
+        content = resp.json["content"]
+    assert [b["type"] for b in content] == ["thinking", "text"], content
+    assert content[0]["thinking"] == "" and content[0]["signature"], content
+    assert "secret" not in resp.body.decode("utf-8")
