@@ -26,7 +26,7 @@ from .config import Config, Provider
 from .cost import call_cost
 from .counts import ONE_HOUR_WRITES, USAGE_KEYS, count_or_none, one_hour_writes, usage_counts
 from .credentials import alternatives, current_secrets, key_of, refused
-from .dialects import auth_header, auth_style, client_key
+from .dialects import auth_header, auth_style, client_key, is_anthropic_host
 from .ending import StreamFold, abort_error
 from .errors import (
     ClientGone,
@@ -289,8 +289,10 @@ class Proxy:
         except UpstreamHTTPError as exc:
             if exc.status in (401, 403) and key_of(target.provider.token, target.provider.name):
                 raise self._refused_key(exc, target) from None  # the proxy's key, not the client's login
-            if exc.status not in _NO_COUNT_STATUSES:
-                raise  # a forwarded key refused, or a passing failure (429, 5xx: the client retries)
+            if exc.status not in _NO_COUNT_STATUSES or is_anthropic_host(target.provider.url):
+                # A forwarded key refused, or a passing failure (429, 5xx: the client retries); or
+                # Anthropic's own answer, which has a counter: its 404 is a model it does not have.
+                raise
             self._warn_once(f"{target.label} answered count_tokens with {exc.status}; the local estimate serves")
             return None
         except UpstreamNotJson:

@@ -1137,3 +1137,17 @@ def test_a_passthrough_json_answer_to_a_stream_request_counts_its_output(make_pr
     assert (first.status, second.status) == (200, 200)
     assert record_for(records, first.headers["request-id"]).output_tokens == 9
     assert record_for(records, second.headers["request-id"]).output_tokens == delta_output
+
+
+@pytest.mark.parametrize("status", [400, 404])
+def test_anthropics_own_count_tokens_error_reaches_the_client(make_proxy, fake_upstream, status):
+    """The local estimate stands in for a server without a counter; Anthropic has one, and its 404 is a
+    model it does not have: a 200 estimate hid it (an SDK probe). Reached through a forwarding proxy."""
+    server = make_proxy(passthrough=True, upstream="http://api.anthropic.com",
+                        proxy=f"http://127.0.0.1:{fake_upstream.port}")
+    kind = "not_found_error" if status == 404 else "invalid_request_error"
+    fake_upstream.push(json_reply({"type": "error", "error": {"type": kind, "message": "model: nope"}}, status=status))
+    resp = post(server, {"model": "claude-nope", "messages": [{"role": "user", "content": "hi"}]},
+                path="/v1/messages/count_tokens")
+    assert (resp.status, resp.json["error"]["type"]) == (status, kind), resp
+    assert fake_upstream.requests[-1].path.endswith("/v1/messages/count_tokens")
