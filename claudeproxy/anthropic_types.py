@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple, Union
 
 from .anthropic_tools import client_tool, fixed_name
 from .errors import InvalidRequest, thread_unsupported
@@ -223,6 +223,14 @@ class MessagesRequest:
     output_schema: Optional[Dict[str, Any]] = None
     user_id: Optional[str] = None
     mcp_servers: Tuple[str, ...] = ()  # the names of the MCP connector's servers: no upstream reaches them
+
+
+def tool_use_ids(req: MessagesRequest) -> FrozenSet[str]:
+    """The ids of the conversation's tool calls so far. An answer's calls must not reuse one:
+    Anthropic's are unique within a conversation, and Claude Code leaves a call whose id its history
+    holds out of its next request, with its result (a server that numbers each answer's calls from
+    call_0 lost every call after the first turn's)."""
+    return frozenset(b.id for m in req.messages if m.role == "assistant" for b in m.content if type(b) is ToolUseBlock)
 
 
 def wants_thinking(req: MessagesRequest) -> bool:

@@ -11,7 +11,7 @@ import re
 import threading
 from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Tuple
 
-from ...anthropic_types import MessagesRequest, parse_messages_request, wants_thinking
+from ...anthropic_types import MessagesRequest, parse_messages_request, tool_use_ids, wants_thinking
 from ...dialects import Dialect, azure_api_version
 from ...errors import ProxyError
 from ...ids import new_id
@@ -216,6 +216,7 @@ class ChatApi(UpstreamApi):
             obj, model=req.model, new_id=new_id, tool_names=ctx.tool_names,
             stop_sequences=parsed.stop_sequences, dialect_name=dialect.name, think_tags=dialect.think_tags,
             secrets=secrets, local_stops=ctx.local_stops, thinking=wants_thinking(parsed),
+            history=tool_use_ids(parsed),
         )
 
     def fold(self, req: ClientRequest, ex: Exchange, *, message_id: str, input_tokens: int,
@@ -228,7 +229,7 @@ class ChatApi(UpstreamApi):
             message_id=message_id, model=req.model, input_tokens=input_tokens, new_id=new_id,
             tool_names=ctx.tool_names, stop_sequences=parsed.stop_sequences,
             dialect_name=dialect.name, think_tags=dialect.think_tags, secrets=secrets,
-            thinking=wants_thinking(parsed), usage_chunk_asked=ctx.usage_chunk_asked,
+            thinking=wants_thinking(parsed), usage_chunk_asked=ctx.usage_chunk_asked, history=tool_use_ids(parsed),
         )
         if ctx.local_stops:  # only then a fold that matches stop strings: nothing added per chunk otherwise
             return LocalStopFold(LocalStopTranslator(local_stops=ctx.local_stops, **kwargs),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from ...errors import ProxyError, UpstreamHTTPError, UpstreamUnavailable, error_from_object
 from ...signatures import encode_signature
@@ -224,9 +224,11 @@ def tool_use_block(tool_id: str, name: str, arguments: Optional[str], tool_names
     return {"type": "tool_use", "id": tool_id, "name": tool_names.get(name, name), "input": obj}, warning
 
 
-def unique_tool_ids(calls: Tuple[ToolCallDelta, ...], new_id: IdFactory) -> Dict[int, str]:
+def unique_tool_ids(calls: Tuple[ToolCallDelta, ...], new_id: IdFactory,
+                    history: FrozenSet[str] = frozenset()) -> Dict[int, str]:
     """Block id for each usable call (by position): upstream id, deduplicated, or a fresh one; in the
-    form Anthropic's ids take (``client_tool_id``)."""
+    form Anthropic's ids take (``client_tool_id``). ``history``: the conversation's ids so far
+    (``tool_use_ids``), which an answer's must not repeat either."""
     ids: Dict[int, str] = {}
     taken = {call.id for call in calls if call.name and call.id}
     used: Set[str] = set()
@@ -236,7 +238,7 @@ def unique_tool_ids(calls: Tuple[ToolCallDelta, ...], new_id: IdFactory) -> Dict
         base = call.id or "toolu_" + new_id()
         block_id, n = base, 1
         # A suffix must not collide with another call's real id ("c", "c_2", "c").
-        while block_id in used or (block_id != base and block_id in taken):
+        while block_id in used or (block_id != base and block_id in taken) or client_tool_id(block_id) in history:
             n += 1
             block_id = f"{base}_{n}"
         used.add(block_id)
@@ -256,6 +258,7 @@ def content_blocks(
     think_tags: bool,
     new_id: IdFactory,
     thinking: bool = True,
+    history: FrozenSet[str] = frozenset(),
 ) -> Tuple[List[Dict[str, Any]], List[str]]:
     """thinking, text, refusal, tool_use blocks in that order, plus warnings.
 
@@ -264,7 +267,7 @@ def content_blocks(
     reasoning, text = choice.reasoning, choice.content
     if think_tags and not reasoning:
         reasoning, text = split_think_tags(text)
-    ids = unique_tool_ids(choice.tool_calls, new_id)
+    ids = unique_tool_ids(choice.tool_calls, new_id, history)
     state = provider_state(choice, ids)
     blocks: List[Dict[str, Any]] = []
     if not thinking:
@@ -331,6 +334,7 @@ def to_messages_response(
     think_tags: bool = False,
     local_stops: Tuple[str, ...] = (),
     thinking: bool = True,
+    history: FrozenSet[str] = frozenset(),
 ) -> Tuple[Dict[str, Any], List[str]]:
     """The Anthropic ``Message`` for a ChatCompletion that has a choice, plus warnings.
 
@@ -340,7 +344,7 @@ def to_messages_response(
     blocks, warnings = content_blocks(
         choice, tool_names=tool_names or {}, dialect_name=dialect_name,
         think_tags=think_tags and local_match is None, new_id=new_id,  # a cut choice is split already
-        thinking=thinking,
+        thinking=thinking, history=history,
     )
     has_tools = any(b["type"] == "tool_use" for b in blocks)
     stop_match = local_match
@@ -372,6 +376,7 @@ def message_from_body(
     secrets: Tuple[str, ...] = (),
     local_stops: Tuple[str, ...] = (),
     thinking: bool = True,
+    history: FrozenSet[str] = frozenset(),
 ) -> Tuple[Dict[str, Any], List[str]]:
     """The Anthropic message for a JSON body from the upstream; error objects and empty answers raise."""
     chat = parse_chat_response(obj)
@@ -385,4 +390,5 @@ def message_from_body(
     return to_messages_response(
         chat, model=model, new_id=new_id, tool_names=tool_names, stop_sequences=stop_sequences,
         dialect_name=dialect_name, think_tags=think_tags, local_stops=local_stops, thinking=thinking,
+        history=history,
     )

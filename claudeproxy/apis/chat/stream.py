@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 from ...cost import billed_cost
 from ...errors import (
@@ -84,6 +84,7 @@ class _Tool:
     name: str = ""
     live: bool = False  # its block was started and its fragments are streamed
     block: Optional[int] = None
+    shown: str = ""  # the id the client sees, once its block starts (``id`` stays the upstream's)
     thought_signature: Optional[str] = None
     # The arguments as they grew (a str += per fragment is quadratic), and their length.
     text: Growing = dataclasses.field(default_factory=Growing)
@@ -261,8 +262,10 @@ class StreamTranslator:
         secrets: Tuple[str, ...] = (),
         thinking: bool = True,
         usage_chunk_asked: bool = True,
+        history: FrozenSet[str] = frozenset(),
     ) -> None:
         self.message_id = message_id
+        self.history = history  # the conversation's tool ids (``tool_use_ids``): no call may repeat one
         self.model = model
         self.input_tokens = input_tokens
         self.new_id = new_id
@@ -418,7 +421,7 @@ class StreamTranslator:
         buffered = [t for t in self.tools if not t.live and t.name]
         events += self._settle_stop(last_is_text=not buffered)
         for tool in buffered:
-            tool.id = self._unique_id(tool)
+            tool.shown = self._unique_id(tool)
         self._update_state_from_tools()
         events += self._close_open()
         events += self._carrier_block()
@@ -642,6 +645,7 @@ class StreamTranslator:
         tool.live = True
         tool.bound()  # a large first fragment too
         tool.id = tool.id or "toolu_" + self.new_id()
+        tool.shown = self._unique_id(tool)
         events: List[Event] = []
         if tool.thought_signature:
             # Gemini signs a turn's first call: the block that carries the signature goes before the
@@ -661,13 +665,13 @@ class StreamTranslator:
             return []  # nothing new, or its block was closed by later text: the rest cannot be placed
         if tool.scan.bad:
             log.warning("tool call %s (%s): its streamed arguments turned invalid JSON; its input was closed "
-                        "after the last whole member and the rest dropped", tool.name, client_tool_id(tool.id))
+                        "after the last whole member and the rest dropped", tool.name, tool.shown)
         return [self._delta({"type": "input_json_delta", "partial_json": text})]
 
     def _tool_start(self, tool: _Tool) -> Dict[str, Any]:
         name = self.tool_names.get(tool.name, tool.name)
         # tool.id stays the upstream's: later fragments are matched by it.
-        return {"type": "tool_use", "id": client_tool_id(tool.id), "name": name, "input": {}}
+        return {"type": "tool_use", "id": tool.shown, "name": name, "input": {}}
 
     def _whole_tool(self, tool: _Tool, cut: bool = False) -> List[Event]:
         """A call placed whole at the end; ``cut``: the answer's last, which the output limit cut
@@ -679,13 +683,15 @@ class StreamTranslator:
         return events + self._close_open()
 
     def _unique_id(self, tool: _Tool) -> str:
-        taken = {t.id for t in self.tools if t is not tool and (t.live or t.order < tool.order)}
+        """The id the client sees for ``tool``: the upstream's (``client_tool_id``), suffixed when
+        a call of this answer shown already, or of the conversation so far (``history``), has it."""
+        taken = {t.shown for t in self.tools if t is not tool and t.shown} | self.history
         base = tool.id or "toolu_" + self.new_id()
         candidate, n = base, 1
-        while candidate in taken:
+        while client_tool_id(candidate) in taken:
             n += 1
             candidate = f"{base}_{n}"
-        return candidate
+        return client_tool_id(candidate)
 
     # ------------------------------------------------------------------
     # The end.
@@ -708,7 +714,7 @@ class StreamTranslator:
         }
 
     def _update_state_from_tools(self) -> None:
-        sigs = {client_tool_id(t.id): t.thought_signature for t in self.tools if t.thought_signature and t.id}
+        sigs = {t.shown: t.thought_signature for t in self.tools if t.thought_signature and t.shown}
         if sigs:
             self.state["ts"] = sigs
 
@@ -912,7 +918,7 @@ class ChatFold(SSEFold):
         message, self.warnings = message_from_body(
             obj, model=t.model, new_id=t.new_id, tool_names=t.tool_names, stop_sequences=t.stop_sequences,
             dialect_name=t.dialect_name, think_tags=t.think is not None, secrets=t.secrets,
-            local_stops=t.local_stops, thinking=t.thinking,
+            local_stops=t.local_stops, thinking=t.thinking, history=t.history,
         )
         t.usage_in_json = reports_usage(obj)
         # As a JSON answer gets (pipeline's _json): the stream's own id, never the upstream's (which

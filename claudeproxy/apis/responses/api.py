@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
 
-from ...anthropic_types import MessagesRequest, parse_messages_request, wants_thinking
+from ...anthropic_types import MessagesRequest, parse_messages_request, tool_use_ids, wants_thinking
 from ...errors import ProxyError
 from ...ids import new_id
 from ...routing import Target
@@ -116,7 +116,8 @@ class ResponsesApi(UpstreamApi):
                   ) -> Tuple[Dict[str, Any], List[str]]:
         tool_names, stops = ex.context
         message = to_messages_response(obj, model=req.model, new_id=new_id, tool_names=tool_names,
-                                       secrets=secrets, stop_sequences=stops, thinking=_thinking(req))
+                                       secrets=secrets, stop_sequences=stops, thinking=_thinking(req),
+                                       history=_history(req))
         return message, []
 
     def fold(self, req: ClientRequest, ex: Exchange, *, message_id: str, input_tokens: int,
@@ -124,10 +125,15 @@ class ResponsesApi(UpstreamApi):
         tool_names, stops = ex.context
         kwargs: Dict[str, Any] = dict(message_id=message_id, model=req.model, input_tokens=input_tokens,
                                       new_id=new_id, tool_names=tool_names, secrets=secrets,
-                                      thinking=_thinking(req))
+                                      thinking=_thinking(req), history=_history(req))
         if stops:  # only then a fold that matches stop strings: nothing added per event otherwise
             return LocalStopResponsesFold(stop_sequences=stops, **kwargs)
         return ResponsesFold(**kwargs)
+
+
+def _history(req: ClientRequest) -> FrozenSet[str]:
+    """The conversation's tool ids, which an answer's calls must not repeat (``tool_use_ids``)."""
+    return tool_use_ids(req.parsed) if req.parsed is not None else frozenset()
 
 
 def _thinking(req: ClientRequest) -> bool:

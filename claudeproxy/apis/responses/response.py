@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from ...counts import count_or_none, token_count
 from ...errors import ProxyError, error_from_object
@@ -233,9 +233,10 @@ def item_blocks(item: Dict[str, Any], tool_names: Dict[str, str], new_id: IdFact
     return [], False
 
 
-def unique_tool_ids(blocks: List[Block]) -> None:
-    """Two calls with one id would pair two results with one call: suffix the later ones."""
-    used = set()
+def unique_tool_ids(blocks: List[Block], history: FrozenSet[str] = frozenset()) -> None:
+    """Two calls with one id would pair two results with one call: suffix the later ones, and one
+    that repeats an id of the conversation so far (``tool_use_ids``)."""
+    used = set(history)
     for block in blocks:
         if block["type"] != "tool_use":
             continue
@@ -307,8 +308,8 @@ def count_searches(output: List[Dict[str, Any]]) -> int:
 # The whole message.
 
 
-def content_blocks(output: Any, tool_names: Dict[str, str], new_id: IdFactory,
-                   incomplete: bool = False, thinking: bool = True) -> Tuple[List[Block], bool]:
+def content_blocks(output: Any, tool_names: Dict[str, str], new_id: IdFactory, incomplete: bool = False,
+                   thinking: bool = True, history: FrozenSet[str] = frozenset()) -> Tuple[List[Block], bool]:
     """All blocks of a Response's ``output`` in order, and whether a refusal was among them."""
     blocks: List[Block] = []
     refusal = False
@@ -320,7 +321,7 @@ def content_blocks(output: Any, tool_names: Dict[str, str], new_id: IdFactory,
         found, refused = item_blocks(item, tool_names, new_id, i == cut_at, thinking)
         blocks.extend(found)
         refusal = refusal or refused
-    unique_tool_ids(blocks)
+    unique_tool_ids(blocks, history)
     return blocks, refusal
 
 
@@ -367,6 +368,7 @@ def to_messages_response(
     secrets: Tuple[str, ...] = (),
     stop_sequences: Tuple[str, ...] = (),
     thinking: bool = True,
+    history: FrozenSet[str] = frozenset(),
 ) -> Dict[str, Any]:
     """The Anthropic ``Message`` for a Response object; ``ProxyError`` for a failed one or an error body.
 
@@ -385,7 +387,7 @@ def to_messages_response(
         # {} or a Chat Completion: no answer at all, not an empty one that ended its turn (Chat's 502).
         raise error_for({}, secrets, default="upstream returned a body that is not a Response object (no output list)")
     output, match = cut_output(obj.get("output"), stop_sequences) if stop_sequences else (obj.get("output"), None)
-    blocks, refusal = content_blocks(output, tool_names, new_id, obj.get("status") == "incomplete", thinking)
+    blocks, refusal = content_blocks(output, tool_names, new_id, obj.get("status") == "incomplete", thinking, history)
     has_tools = any(b["type"] == "tool_use" for b in blocks)
     if match is None:
         reason = stop_reason_for(obj.get("status"), obj.get("incomplete_details"), has_tools, refusal)

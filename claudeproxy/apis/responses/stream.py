@@ -35,7 +35,7 @@ import json
 import logging
 import math
 import os
-from typing import Any, Deque, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Deque, Dict, FrozenSet, List, Optional, Set, Tuple, Union
 
 from ...errors import ProxyError, UpstreamUnavailable, stream_error_event
 from ...replies import block_events, events_for_message, message_start
@@ -129,9 +129,11 @@ class ResponsesFold(SSEFold):
         tool_names: Optional[Dict[str, str]] = None,
         secrets: Tuple[str, ...] = (),
         thinking: bool = True,
+        history: FrozenSet[str] = frozenset(),
     ) -> None:
         self.message_id = message_id
         self.model = model
+        self.history = history  # the conversation's tool ids (``tool_use_ids``): no call may repeat one
         self.input_tokens = input_tokens
         self.new_id = new_id
         self.tool_names = tool_names or {}
@@ -166,7 +168,7 @@ class ResponsesFold(SSEFold):
         self.ending = False  # the terminal event came: what waits is placed, whatever never ended
         self.draining = False  # _waiting_calls is placing calls (a call it places does not start it again)
         self.finished: Set[Key] = set()  # text parts whose .done came: their text is final
-        self.tool_ids: Set[str] = set()
+        self.tool_ids: Set[str] = set(history)  # taken: this answer's calls', and the conversation's
         self.has_tools = False
         self.refusal = False
         self.incomplete = False  # the terminal event said incomplete: a call's arguments may be cut
@@ -269,7 +271,7 @@ class ResponsesFold(SSEFold):
         """The whole stream for a JSON Response given to a stream request."""
         message = to_messages_response(
             obj, model=self.model, new_id=self.new_id, tool_names=self.tool_names, secrets=self.secrets,
-            stop_sequences=self.stops, thinking=self.thinking,
+            stop_sequences=self.stops, thinking=self.thinking, history=self.history,
         )
         reported = isinstance(obj, dict) and reports_usage(obj.get("usage"))
         # As a JSON answer gets (pipeline's _json): the stream's own id, never the upstream's, and
@@ -744,7 +746,7 @@ class ResponsesFold(SSEFold):
         return events
 
     def _claim_tool_id(self, base: str) -> str:
-        """A tool id not used in this message yet, suffixed as ``response.unique_tool_ids`` does."""
+        """A tool id not used in this message or conversation yet, suffixed as ``response.unique_tool_ids`` does."""
         tool_id, n = base, 1
         while tool_id in self.tool_ids:
             n += 1

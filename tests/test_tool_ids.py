@@ -1,0 +1,105 @@
+"""Tool-call ids are unique within a conversation, as Anthropic's are.
+
+Some OpenAI-compatible servers number each answer's calls from ``call_0``. The proxy passed them on,
+so an answer's call could carry an id the conversation already held, and Claude Code left that
+call and its result out of its next request: the model never saw them (a probe with the real
+Claude Code CLI). All traffic on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List
+
+import pytest
+
+from conftest import CLIENT_KEY, minimal_request, request
+from fakes import FakeUpstream, chunk, completion, json_reply, sse_reply
+from sse_checks import assert_valid_event_sequence, events_of, final_message
+
+TOOLS = [{"name": "Read", "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}}]
+# Turn 1 of the conversation: the upstream's first answer was a call numbered call_0.
+HISTORY = [
+    {"role": "user", "content": "read a, then b"},
+    {"role": "assistant", "content": [{"type": "tool_use", "id": "call_0", "name": "Read", "input": {"path": "a"}}]},
+    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_0", "content": "A"}]},
+]
+
+
+def _answer(api: str, stream: bool) -> Any:
+    """Turn 2's answer: again a call numbered call_0, reading b."""
+    if api == "chat":
+        call = {"id": "call_0", "type": "function", "function": {"name": "Read", "arguments": '{"path": "b"}'}}
+        if stream:
+            return sse_reply(chunk({"role": "assistant", "tool_calls": [{**call, "index": 0}]}),
+                             chunk({}, "tool_calls", usage={"prompt_tokens": 5, "completion_tokens": 5}))
+        return json_reply(completion(None, finish="tool_calls", tool_calls=[call]))
+    item = {"type": "function_call", "id": "fc_2", "call_id": "call_0", "name": "Read", "arguments": '{"path": "b"}',
+            "status": "completed"}
+    done = {"id": "resp_2", "object": "response", "status": "completed", "output": [item],
+            "usage": {"input_tokens": 5, "output_tokens": 5}}
+    if not stream:
+        return json_reply(done)
+    return sse_reply({"type": "response.created", "response": {**done, "status": "in_progress", "output": [], "usage": None}},
+                     {"type": "response.output_item.added", "output_index": 0, "item": {**item, "arguments": ""}},
+                     {"type": "response.function_call_arguments.delta", "output_index": 0, "item_id": "fc_2",
+                      "delta": '{"path": "b"}'},
+                     {"type": "response.output_item.done", "output_index": 0, "item": item},
+                     {"type": "response.completed", "response": done}, done=False)
+
+
+def _ask(proxy: Any, body: Dict[str, Any]) -> Any:
+    return request(proxy.url, "POST", "/v1/messages", body, {"x-api-key": CLIENT_KEY})
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_an_answers_call_never_repeats_an_id_of_the_conversation(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                                 api: str, stream: bool) -> None:
+    settings: Dict[str, Any] = {"upstream_api": "responses", "model": "gpt-5"} if api == "responses" else {}
+    proxy = make_proxy(**settings)
+    fake_upstream.push(_answer(api, stream))
+    resp = _ask(proxy, minimal_request(messages=HISTORY, tools=TOOLS, stream=stream))
+    assert resp.status == 200, resp
+    if stream:
+        events = events_of(resp.body)
+        assert_valid_event_sequence(events, allow_error=False)
+        content = final_message(events)["content"]
+    else:
+        content = resp.json["content"]
+    [call] = [b for b in content if b["type"] == "tool_use"]
+    assert call["id"] != "call_0" and call["input"] == {"path": "b"}, call
+    # Turn 3: both calls and both results go up, each result with its own call.
+    fake_upstream.push(json_reply(completion("done")) if api == "chat" else json_reply(
+        {"id": "resp_3", "object": "response", "status": "completed", "usage": {"input_tokens": 5, "output_tokens": 1},
+         "output": [{"type": "message", "id": "m", "role": "assistant", "status": "completed",
+                     "content": [{"type": "output_text", "text": "done", "annotations": []}]}]}))
+    history = HISTORY + [{"role": "assistant", "content": content},
+                         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call["id"], "content": "B"}]}]
+    assert _ask(proxy, minimal_request(messages=history, tools=TOOLS)).status == 200
+    body = json.loads(fake_upstream.requests[-1].body)
+    if api == "chat":
+        calls = [c["id"] for m in body["messages"] for c in m.get("tool_calls") or ()]
+        results = [m["tool_call_id"] for m in body["messages"] if m["role"] == "tool"]
+    else:
+        calls = [i["call_id"] for i in body["input"] if i.get("type") == "function_call"]
+        results = [i["call_id"] for i in body["input"] if i.get("type") == "function_call_output"]
+    assert len(set(calls)) == 2 and calls == results, (calls, results)
+
+
+def test_the_answers_own_calls_stay_apart_from_the_conversations(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """Two calls of one streamed answer, call_0 live and call_1 whole at the end, beside a history
+    holding both names: each gets an id of its own."""
+    proxy = make_proxy()
+    history: List[Any] = HISTORY[:-1] + [{"role": "assistant", "content": [
+        {"type": "tool_use", "id": "call_0", "name": "Read", "input": {"path": "a"}},
+        {"type": "tool_use", "id": "call_0_2", "name": "Read", "input": {"path": "c"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_0", "content": "A"},
+                                     {"type": "tool_result", "tool_use_id": "call_0_2", "content": "C"}]}]
+    calls = [{"index": i, "id": f"call_{i}", "type": "function",
+              "function": {"name": "Read", "arguments": json.dumps({"path": p})}} for i, p in enumerate("bd")]
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "tool_calls": calls}), chunk({}, "tool_calls")))
+    resp = _ask(proxy, minimal_request(messages=history, tools=TOOLS, stream=True))
+    content = final_message(events_of(resp.body))["content"]
+    ids = [b["id"] for b in content if b["type"] == "tool_use"]
+    assert len(ids) == 2 and len(set(ids) | {"call_0", "call_0_2"}) == 4, ids
