@@ -103,3 +103,20 @@ def test_the_answers_own_calls_stay_apart_from_the_conversations(make_proxy: Any
     content = final_message(events_of(resp.body))["content"]
     ids = [b["id"] for b in content if b["type"] == "tool_use"]
     assert len(ids) == 2 and len(set(ids) | {"call_0", "call_0_2"}) == 4, ids
+
+
+@pytest.mark.parametrize("pieces, name", [(["Re", "ad"], "Read"), (["Read", "Read"], "Read"), (["Read"], "Read")])
+def test_a_tool_name_sent_in_pieces_is_joined(make_proxy: Any, fake_upstream: FakeUpstream, pieces: List[str],
+                                              name: str) -> None:
+    """A server that splits a call's name over deltas gave Claude Code a tool "Re" ("No such tool
+    available": a probe); one that repeats the whole name in every fragment keeps it whole."""
+    proxy = make_proxy()
+    first = {"index": 0, "id": "call_x", "type": "function", "function": {"name": pieces[0], "arguments": ""}}
+    rest = [{"index": 0, "function": {"name": piece}} for piece in pieces[1:]]
+    args = {"index": 0, "function": {"arguments": '{"path": "b"}'}}
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "tool_calls": [first]}),
+                                 *[chunk({"tool_calls": [piece]}) for piece in rest],
+                                 chunk({"tool_calls": [args]}), chunk({}, "tool_calls")))
+    resp = _ask(proxy, minimal_request(messages=[{"role": "user", "content": "read b"}], tools=TOOLS, stream=True))
+    [call] = [b for b in final_message(events_of(resp.body))["content"] if b["type"] == "tool_use"]
+    assert (call["name"], call["input"]) == (name, {"path": "b"})

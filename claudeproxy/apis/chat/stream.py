@@ -610,7 +610,10 @@ class StreamTranslator:
     def _tool_fragment(self, call: ToolCallDelta) -> List[Event]:
         tool = self._find_tool(call)
         tool.id = tool.id or call.id
-        tool.name = tool.name or call.name
+        if call.name and tool.name and call.name != tool.name and not tool.live and not tool.size:
+            tool.name += call.name  # a name sent in pieces ("Wr", "ite"), as openai-python joins them
+        else:
+            tool.name = tool.name or call.name  # (most servers repeat the whole name in every fragment)
         if call.thought_signature and tool.thought_signature is None:
             tool.thought_signature = call.thought_signature
         added = tool.add_fragment(call.arguments)
