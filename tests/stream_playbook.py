@@ -49,6 +49,7 @@ import socket
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from claudeproxy.apis.chat.stream import ChatFold, LocalStopFold, LocalStopTranslator, StreamTranslator
+from claudeproxy.dialects import DIALECTS
 from claudeproxy.ending import stream_end
 from claudeproxy.errors import ProxyError
 from claudeproxy.upstream import UpstreamCall, iter_lines, read_error
@@ -79,6 +80,7 @@ def make_translator(**meta: Any) -> StreamTranslator:
     kwargs.update((k, meta[k]) for k in _TRANSLATOR_KEYS if k in meta)
     kwargs["stop_sequences"] = tuple(kwargs.get("stop_sequences", ()))
     kwargs["dialect_name"] = meta.get("dialect", "generic")
+    kwargs["hold_calls"] = DIALECTS[kwargs["dialect_name"]].thought_signatures  # as ChatApi.fold sets it
     kwargs["new_id"] = meta.get("new_id") or counter_ids()
     if meta.get("local_stops"):  # stop strings the upstream was not sent: the proxy matches them
         return LocalStopTranslator(local_stops=tuple(meta["local_stops"]), **kwargs)

@@ -228,7 +228,7 @@ class ChatApi(UpstreamApi):
         kwargs: Dict[str, Any] = dict(
             message_id=message_id, model=req.model, input_tokens=input_tokens, new_id=new_id,
             tool_names=ctx.tool_names, stop_sequences=parsed.stop_sequences,
-            dialect_name=dialect.name, think_tags=dialect.think_tags, secrets=secrets,
+            dialect_name=dialect.name, think_tags=dialect.think_tags, secrets=secrets, hold_calls=dialect.thought_signatures,
             thinking=wants_thinking(parsed), usage_chunk_asked=ctx.usage_chunk_asked, history=tool_use_ids(parsed),
         )
         if ctx.local_stops:  # only then a fold that matches stop strings: nothing added per chunk otherwise

@@ -263,9 +263,11 @@ class StreamTranslator:
         thinking: bool = True,
         usage_chunk_asked: bool = True,
         history: FrozenSet[str] = frozenset(),
+        hold_calls: bool = False,
     ) -> None:
         self.message_id = message_id
         self.history = history  # the conversation's tool ids (``tool_use_ids``): no call may repeat one
+        self.hold_calls = hold_calls  # every call whole at the end, after the block carrying their state
         self.model = model
         self.input_tokens = input_tokens
         self.new_id = new_id
@@ -641,21 +643,17 @@ class StreamTranslator:
 
     def _may_go_live(self, tool: _Tool) -> bool:
         """Only the turn's first call streams live, and only once its arguments show they are a
-        JSON object (``{`` then ``"`` or ``}``) and nothing invalid came yet (``ArgsScan``)."""
-        return bool(tool.name) and tool.scan.started and not tool.scan.bad
+        JSON object (``{`` then ``"`` or ``}``) and nothing invalid came yet (``ArgsScan``). Not
+        with ``hold_calls`` (Gemini): its calls' thought signatures, which a thinking block before
+        them carries, are known only once every call came (Gemini sends each call whole anyway)."""
+        return not self.hold_calls and bool(tool.name) and tool.scan.started and not tool.scan.bad
 
     def _go_live(self, tool: _Tool) -> List[Event]:
         tool.live = True
         tool.bound()  # a large first fragment too
         tool.id = tool.id or "toolu_" + self.new_id()
         tool.shown = self._unique_id(tool)
-        events: List[Event] = []
-        if tool.thought_signature:
-            # Gemini signs a turn's first call: the block that carries the signature goes before the
-            # call, as in the JSON answer (an open thinking block carries it as it closes).
-            self._update_state_from_tools()
-            events = self._carrier_block() if self.open_kind != "thinking" else []
-        events += self._open("tool", self._tool_start(tool))
+        events = self._open("tool", self._tool_start(tool))
         tool.block = self.open_index
         self.live = tool
         return events + [self._delta({"type": "input_json_delta", "partial_json": tool.scan.take()})]
