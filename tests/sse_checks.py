@@ -114,6 +114,15 @@ def assert_valid_event_sequence(events: Iterable[Event], *, allow_error: bool = 
     assert ended is not None, "stream ended without message_stop or error"
 
 
+def answer_content(resp: Any, stream: bool) -> List[Dict[str, Any]]:
+    """The content blocks of a 200 answer: a JSON message's, or a stream's (held to the event grammar)."""
+    if not stream:
+        return resp.json["content"]  # type: ignore[no-any-return]
+    events = events_of(resp.body)
+    assert_valid_event_sequence(events, allow_error=False)
+    return final_message(events)["content"]  # type: ignore[no-any-return]
+
+
 def final_message(events: List[Event]) -> Dict[str, Any]:
     """Accumulate a stream into the message it describes (like the SDK's accumulate_event).
 

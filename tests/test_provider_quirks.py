@@ -14,7 +14,7 @@ import pytest
 
 from conftest import CLIENT_KEY, minimal_request, request
 from fakes import FakeUpstream, chunk, completion, json_reply, sse_reply
-from sse_checks import assert_valid_event_sequence, events_of, final_message
+from sse_checks import answer_content, assert_valid_event_sequence, events_of, final_message
 
 from claudeproxy.apis.chat.wire import client_tool_id, upstream_tool_id
 
@@ -256,12 +256,7 @@ def test_reasoning_comes_back_only_to_a_client_that_asked_for_thinking(make_prox
     body = minimal_request(stream=stream, max_tokens=2048, **({"thinking": thinking} if thinking else {}))
     resp = ask(proxy, body)
     assert resp.status == 200, resp
-    if stream:
-        events = events_of(resp.body)
-        assert_valid_event_sequence(events, allow_error=False)
-        content = final_message(events)["content"]
-    else:
-        content = resp.json["content"]
+    content = answer_content(resp, stream)
     if shown:
         assert [b["type"] for b in content] == ["thinking", "text"]
         assert content[0]["thinking"] == "The user says hi."
@@ -376,12 +371,7 @@ def test_thinking_display_omitted_gives_blocks_without_their_text(make_proxy: An
                            thinking={"type": "enabled", "budget_tokens": 2048, "display": "omitted"})
     resp = ask(proxy, body)
     assert resp.status == 200, resp
-    if stream:
-        events = events_of(resp.body)
-        assert_valid_event_sequence(events, allow_error=False)
-        content = final_message(events)["content"]
-    else:
-        content = resp.json["content"]
+    content = answer_content(resp, stream)
     assert [b["type"] for b in content] == ["thinking", "text"], content
     assert content[0]["thinking"] == "" and content[0]["signature"], content
     assert "secret" not in resp.body.decode("utf-8")

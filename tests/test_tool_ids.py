@@ -15,7 +15,7 @@ import pytest
 
 from conftest import CLIENT_KEY, minimal_request, request
 from fakes import FakeUpstream, chunk, completion, json_reply, sse_reply
-from sse_checks import assert_valid_event_sequence, events_of, final_message
+from sse_checks import answer_content, events_of, final_message
 
 TOOLS = [{"name": "Read", "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}}]
 # Turn 1 of the conversation: the upstream's first answer was a call numbered call_0.
@@ -61,12 +61,7 @@ def test_an_answers_call_never_repeats_an_id_of_the_conversation(make_proxy: Any
     fake_upstream.push(_answer(api, stream))
     resp = _ask(proxy, minimal_request(messages=HISTORY, tools=TOOLS, stream=stream))
     assert resp.status == 200, resp
-    if stream:
-        events = events_of(resp.body)
-        assert_valid_event_sequence(events, allow_error=False)
-        content = final_message(events)["content"]
-    else:
-        content = resp.json["content"]
+    content = answer_content(resp, stream)
     [call] = [b for b in content if b["type"] == "tool_use"]
     assert call["id"] != "call_0" and call["input"] == {"path": "b"}, call
     # Turn 3: both calls and both results go up, each result with its own call.
