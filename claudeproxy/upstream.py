@@ -689,13 +689,15 @@ def _content_length(values: Optional[List[str]]) -> Optional[int]:
     read to the wrong end gives the next answer's bytes to this one (RFC 9112 6.3): an error."""
     if not values:
         return None
-    lengths = {part.strip() for value in values for part in value.split(",")}
+    parts = [part.strip() for value in values for part in value.split(",")]
+    lengths = set()
+    for part in [part for part in parts if part] or [""]:  # a list's empty elements are none (RFC 9110 5.6.1)
+        if not part or part.strip(_DIGITS) or len(part.lstrip("0")) > 18:
+            raise http.client.HTTPException(f"Content-Length {part[:20]!r} is not a length")
+        lengths.add(int(part))  # "5" and "05" agree
     if len(lengths) != 1:
-        raise http.client.HTTPException(f"Content-Length lines disagree ({', '.join(sorted(lengths))[:100]})")
-    length = lengths.pop()
-    if not length or length.strip(_DIGITS) or len(length.lstrip("0")) > 18:
-        raise http.client.HTTPException(f"Content-Length {length[:20]!r} is not a length")
-    return int(length)
+        raise http.client.HTTPException(f"Content-Length lines disagree ({', '.join(map(str, sorted(lengths)))[:100]})")
+    return lengths.pop()
 
 
 def _blank_line_follows(data: bytes, pos: int) -> bool:

@@ -235,8 +235,9 @@ def test_an_answer_whose_framing_is_bad_is_a_502_at_once(upstreams: List[RawUpst
 
 
 @pytest.mark.parametrize("body_head", ["Transfer-Encoding: identity, chunked", "Content-Length: %d, %d" % (len(OK), len(OK)),
-                                       "Content-Length: 00%d" % len(OK), "Transfer-Encoding: chunked; zeros"],
-                         ids=["identity-chunked", "length-list", "length-zeros", "size-zeros"])
+                                       "Content-Length: 00%d" % len(OK), "Transfer-Encoding: chunked; zeros",
+                                       "Content-Length: %d\r\nContent-Length: 0%d" % (len(OK), len(OK))],
+                         ids=["identity-chunked", "length-list", "length-zeros", "size-zeros", "lengths-equal"])
 def test_framing_that_is_odd_but_clear_is_read(upstreams: List[RawUpstream], body_head: str) -> None:
     """What RFC 9112 lets a client read: a list of one length repeated, leading zeros (in a chunk
     size too: 1*HEXDIG, any number of them), ``identity``."""
