@@ -795,8 +795,8 @@ def whole_details(pieces: List[Any]) -> List[Any]:
     """OpenRouter's reasoning_details as its JSON answer gives them, and as it wants them back.
 
     A stream sends a piece with each delta, numbered by ``index``: one detail's text comes in
-    fragments and its signature in a piece after them (Roo Code and OpenRouter's own SDK put them
-    together the same way). Echoed as they came, the text and its signature were apart. Pieces
+    fragments and its signature in a piece after them (its clients, Roo Code among them, put them
+    together by index the same way). Echoed as they came, the text and its signature were apart. Pieces
     of one index and type in a row are one detail: its text and summary joined, its other fields
     the last ones given. One pass, the fragments joined once (a long reasoning is 80,000 pieces).
     """
