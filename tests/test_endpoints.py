@@ -386,10 +386,15 @@ def test_accepted_sockets_have_nodelay_and_requests_are_not_delayed(proxy: Any) 
             resp.read()
         # Nagle + delayed ACK costs ~40 ms a round trip; 10 requests stay far below 10 x 40 ms.
         assert time.monotonic() - started < 0.3
-        served = proxy.server.open_connections()
-        assert served, "the kept-alive connection is not tracked"
-        for sock in served:
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        checked = 0
+        for sock in proxy.server.open_connections():
+            try:
+                nodelay = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            except OSError:  # one that closed since it was listed (CI on 3.13 once: EBADF), not ours
+                continue
+            assert nodelay != 0
+            checked += 1
+        assert checked, "the kept-alive connection is not tracked"
     finally:
         conn.close()
 
