@@ -10,7 +10,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Iterator, List, Tuple
 
 import pytest
 
@@ -98,6 +98,17 @@ def proxy_for(upstream: RawUpstream, **settings: Any) -> Any:
 def ask(server: Any, **overrides: Any) -> Any:
     return request(f"http://127.0.0.1:{server.server.server_address[1]}", "POST", "/v1/messages",
                    minimal_request(**overrides), timeout=30)
+
+
+def asked(upstreams: List[RawUpstream], script: Script, times: int = 1, **settings: Any) -> Tuple[RawUpstream, List[Any]]:
+    """An upstream that ``script`` writes, a proxy in front of it asked ``times`` times, stopped after."""
+    upstream = RawUpstream(script)
+    upstreams.append(upstream)
+    server = proxy_for(upstream, **settings)
+    try:
+        return upstream, [ask(server) for _ in range(times)]
+    finally:
+        server.shutdown(grace=0.1)
 
 
 def reset(conn: socket.socket) -> None:
@@ -221,15 +232,9 @@ def test_an_answer_whose_framing_is_bad_is_a_502_at_once(upstreams: List[RawUpst
         time.sleep(8)  # held open: only the framing can end the body
         return False
 
-    upstream = RawUpstream(script)
-    upstreams.append(upstream)
-    server = proxy_for(upstream, retries=0)
-    try:
-        started = time.monotonic()
-        resp = ask(server)
-        took = time.monotonic() - started
-    finally:
-        server.shutdown(grace=0.1)
+    started = time.monotonic()
+    _, [resp] = asked(upstreams, script, retries=0)
+    took = time.monotonic() - started
     assert resp.status == 502 and resp.json["type"] == "error", resp
     assert took < 5, f"answered after {took:.1f} s"
 
@@ -250,13 +255,7 @@ def test_framing_that_is_odd_but_clear_is_read(upstreams: List[RawUpstream], bod
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + body_head.encode() + b"\r\n\r\n" + payload)
         return True
 
-    upstream = RawUpstream(script)
-    upstreams.append(upstream)
-    server = proxy_for(upstream, retries=0)
-    try:
-        resp = ask(server)
-    finally:
-        server.shutdown(grace=0.1)
+    _, [resp] = asked(upstreams, script, retries=0)
     assert resp.status == 200 and resp.json["content"] == [{"type": "text", "text": "fine"}], resp
 
 
@@ -275,13 +274,7 @@ def test_an_answer_with_faulty_framing_is_read_and_its_connection_not_used_again
                      + b"%x\r\n" % len(OK) + OK + b"\r\n0\r\n\r\n")
         return True
 
-    upstream = RawUpstream(script)
-    upstreams.append(upstream)
-    server = proxy_for(upstream, retries=0)
-    try:
-        first, second = ask(server), ask(server)
-    finally:
-        server.shutdown(grace=0.1)
+    upstream, (first, second) = asked(upstreams, script, times=2, retries=0)
     assert (first.status, second.status) == (200, 200), (first, second)
     assert upstream.connections == 2
 
@@ -295,12 +288,6 @@ def test_a_bodiless_answers_length_is_not_read(upstreams: List[RawUpstream]) -> 
             conn.sendall(answer("200 OK", OK))
         return True
 
-    upstream = RawUpstream(script)
-    upstreams.append(upstream)
-    server = proxy_for(upstream, retries=0)
-    try:
-        resp = ask(server)
-    finally:
-        server.shutdown(grace=0.1)
+    _, [resp] = asked(upstreams, script, retries=0)
     assert resp.status == 502 and "could not" not in resp.json["error"]["message"], resp  # a 204 is no answer
     assert "Content-Length" not in resp.json["error"]["message"], resp

@@ -1398,27 +1398,33 @@ def _priced_proxy(fake: FakeUpstream, records: List[CallRecord], **settings: Any
                              metrics_sink=records.append, **settings)
 
 
+def _priced_call(fake: FakeUpstream, replies: List[Any], body: Any, **settings: Any) -> Tuple[Any, CallRecord]:
+    """One call through a priced proxy (``_priced_proxy``) to ``replies``: the answer and its record."""
+    records: List[CallRecord] = []
+    server = _priced_proxy(fake, records, **settings)
+    try:
+        fake.push(*replies)
+        resp = post(types.SimpleNamespace(url=server.url), body)
+        return resp, record_for(records, resp.headers["request-id"])
+    finally:
+        server.shutdown(grace=0.1)
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_a_retried_attempt_that_reported_its_usage_is_in_the_calls_cost(fake: FakeUpstream, stream: bool) -> None:
     """DeepSeek's overload is a 200 with finish_reason insufficient_system_resource and its usage: the
     upstream bills it, and the retry after it is billed too. The record kept only the last attempt's
     counts (a probe: $0.0027 where the upstream charged $0.0054); alone, the same answer counted."""
-    records: List[CallRecord] = []
-    server = _priced_proxy(fake, records, retries=1, retry_max_wait=0.1)
     spent = usage(1000, 200)
-    overloaded = completion("", finish="insufficient_system_resource", usage=spent)
-    try:
-        if stream:
-            fake.push(sse_reply(chunk({"role": "assistant"}), chunk({}, "insufficient_system_resource", usage=spent)),
-                      sse_reply(chunk({"role": "assistant", "content": "ok"}), chunk({}, "stop"),
-                                {**chunk(), "choices": [], "usage": usage(1000, 50)}))
-        else:
-            fake.push(json_reply(overloaded), json_reply(completion("ok", usage=usage(1000, 50))))
-        resp = post(types.SimpleNamespace(url=server.url), minimal_request(stream=stream))
-        assert resp.status == 200, resp
-        rec = record_for(records, resp.headers["request-id"])
-    finally:
-        server.shutdown(grace=0.1)
+    if stream:
+        replies = [sse_reply(chunk({"role": "assistant"}), chunk({}, "insufficient_system_resource", usage=spent)),
+                   sse_reply(chunk({"role": "assistant", "content": "ok"}), chunk({}, "stop"),
+                             {**chunk(), "choices": [], "usage": usage(1000, 50)})]
+    else:
+        replies = [json_reply(completion("", finish="insufficient_system_resource", usage=spent)),
+                   json_reply(completion("ok", usage=usage(1000, 50)))]
+    resp, rec = _priced_call(fake, replies, minimal_request(stream=stream), retries=1, retry_max_wait=0.1)
+    assert resp.status == 200, resp
     assert len(fake.requests) == 2
     assert (rec.attempts, rec.input_tokens, rec.output_tokens) == (2, 2000, 250)
     assert rec.cost_usd == pytest.approx((2000 * 1.0 + 250 * 2.0) / 1e6)
@@ -1448,30 +1454,18 @@ def test_a_fallback_prices_each_attempt_at_its_own_target(fake: FakeUpstream) ->
 def test_a_retry_after_an_attempt_of_unknown_spend_has_no_cost(fake: FakeUpstream) -> None:
     """Attempt 1 had the whole prompt and the connection dropped: what it spent is not known. A retry
     that then answers gave a cost that looked whole (a probe); the call is now unpriced, its counts kept."""
-    records: List[CallRecord] = []
-    server = _priced_proxy(fake, records, retries=1, retry_max_wait=0.1)
-    try:
-        fake.push(Reply(drop="close"), json_reply(completion("ok", usage=usage(1000, 50))))
-        resp = post(types.SimpleNamespace(url=server.url), minimal_request())
-        assert resp.status == 200, resp
-        rec = record_for(records, resp.headers["request-id"])
-    finally:
-        server.shutdown(grace=0.1)
+    resp, rec = _priced_call(fake, [Reply(drop="close"), json_reply(completion("ok", usage=usage(1000, 50)))],
+                             minimal_request(), retries=1, retry_max_wait=0.1)
+    assert resp.status == 200, resp
     assert (rec.attempts, rec.input_tokens, rec.output_tokens, rec.cost_usd) == (2, 1000, 50, None)
 
 
 def test_a_usage_without_the_prompts_count_is_not_a_prompt_of_0(fake: FakeUpstream) -> None:
     """{"completion_tokens": 20} gave the client input_tokens 0 (Claude Code sizes its context by it)
     and the record a priced prompt of 0 tokens (a probe): the estimate and no count, as with no usage."""
-    records: List[CallRecord] = []
-    server = _priced_proxy(fake, records)
-    try:
-        fake.push(json_reply(completion("ok", usage={"completion_tokens": 20})))
-        resp = post(types.SimpleNamespace(url=server.url), minimal_request(messages=[{"role": "user", "content": "x " * 400}]))
-        assert resp.status == 200, resp
-        rec = record_for(records, resp.headers["request-id"])
-    finally:
-        server.shutdown(grace=0.1)
+    resp, rec = _priced_call(fake, [json_reply(completion("ok", usage={"completion_tokens": 20}))],
+                             minimal_request(messages=[{"role": "user", "content": "x " * 400}]))
+    assert resp.status == 200, resp
     assert resp.json["usage"]["input_tokens"] > 100
     assert (rec.input_tokens, rec.cost_usd) == (None, None)
 
@@ -1502,34 +1496,21 @@ def test_a_failed_response_that_reports_its_usage_counts_it_streamed_or_not(make
 def test_a_retry_after_a_stream_that_failed_once_begun_has_no_cost(fake: FakeUpstream) -> None:
     """Attempt 1 began its answer (a role chunk) and failed before the client saw anything: what it
     spent is not known, as it is without a retry. After the retry the cost looked exact (a review)."""
-    records: List[CallRecord] = []
-    server = _priced_proxy(fake, records, retries=1, retry_max_wait=0.1)
-    try:
-        fake.push(sse_reply(chunk({"role": "assistant", "content": ""}), {"error": {"message": "boom", "code": 500}},
-                            done=False),
-                  sse_reply(chunk({"role": "assistant", "content": "ok"}), chunk({}, "stop"),
-                            {**chunk(), "choices": [], "usage": usage(1000, 50)}))
-        resp = post(types.SimpleNamespace(url=server.url), minimal_request(stream=True))
-        assert resp.status == 200, resp
-        rec = record_for(records, resp.headers["request-id"])
-    finally:
-        server.shutdown(grace=0.1)
+    failed = sse_reply(chunk({"role": "assistant", "content": ""}), {"error": {"message": "boom", "code": 500}},
+                       done=False)
+    ok = sse_reply(chunk({"role": "assistant", "content": "ok"}), chunk({}, "stop"),
+                   {**chunk(), "choices": [], "usage": usage(1000, 50)})
+    resp, rec = _priced_call(fake, [failed, ok], minimal_request(stream=True), retries=1, retry_max_wait=0.1)
+    assert resp.status == 200, resp
     assert (rec.attempts, rec.input_tokens, rec.output_tokens, rec.cost_usd) == (2, 1000, 50, None)
 
 
 def test_a_billed_attempt_stays_counted_when_the_last_one_is_lost(fake: FakeUpstream) -> None:
     """Attempt 1 is an overload with its usage (billed); attempt 2 drops after the request went out.
     The carried counts were wiped by the unknown last attempt (a review): they stay, with no cost."""
-    records: List[CallRecord] = []
-    server = _priced_proxy(fake, records, retries=1, retry_max_wait=0.1)
-    try:
-        fake.push(json_reply(completion("", finish="insufficient_system_resource", usage=usage(1000, 200))),
-                  Reply(drop="close"))
-        resp = post(types.SimpleNamespace(url=server.url), minimal_request())
-        assert resp.status >= 500, resp
-        rec = record_for(records, resp.headers["request-id"])
-    finally:
-        server.shutdown(grace=0.1)
+    overloaded = json_reply(completion("", finish="insufficient_system_resource", usage=usage(1000, 200)))
+    resp, rec = _priced_call(fake, [overloaded, Reply(drop="close")], minimal_request(), retries=1, retry_max_wait=0.1)
+    assert resp.status >= 500, resp
     assert (rec.attempts, rec.input_tokens, rec.output_tokens, rec.cost_usd) == (2, 1000, 200, None)
 
 
