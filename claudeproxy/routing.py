@@ -38,6 +38,7 @@ from .config import (
     check_url,
     flag_name,
     named_once,
+    static_token,
 )
 from .dialects import DIALECTS, Dialect, auth_style, detect_provider, dialect_for, is_anthropic_host
 from .model_facts import MAX_TOKENS, ModelFacts, builtin_facts, facts_from_dict, is_claude_name, without_prices
@@ -300,11 +301,18 @@ def _shorthand_provider(config: Config) -> Optional[Provider]:
         return None
     api = config.shorthand_api
     default_url = DEFAULT_MESSAGES_UPSTREAM if api == "messages" else DEFAULT_UPSTREAM
-    return Provider(
+    provider = Provider(
         name=SHORTHAND_PROVIDER, url=config.upstream or default_url, api=api, dialect=config.provider,
         token=config.token, key_source=config.key_source, headers=config.headers, auth=config.upstream_auth,
         azure_api_version=config.azure_api_version,
     )
+    if config.key_source.startswith("$") and header_the_key_replaces(provider):
+        # The key was only found in the provider's variable ($OPENAI_API_KEY), and the user's own
+        # --header carries the credential in the header that key would go in: the header the user
+        # wrote is sent, not replaced by a key nobody gave for this. (A key flag with such a
+        # header stops the start: one of the two was meant.)
+        provider = dataclasses.replace(provider, token=static_token(""), key_source="")
+    return provider
 
 
 def _default_provider(config: Config) -> str:

@@ -29,7 +29,7 @@ import claudeproxy
 from claudeproxy import cli
 from claudeproxy.config import Provider, Route, RouteTarget
 from conftest import ROOT, UPSTREAM_KEY, minimal_request, request
-from fakes import Gate, chunk, sse_reply
+from fakes import Gate, chunk, completion, json_reply, sse_reply
 from sse_checks import assert_valid_event_sequence, dechunk, events_of
 
 ENV_KEY = "sk-ENV-SENTINEL-abcdef012345"
@@ -311,6 +311,23 @@ def test_empty_api_key_flag_overrides_the_environment(served: List[Any]) -> None
 def test_a_header_the_key_does_not_replace_is_accepted(served: List[Any], argv: List[str]) -> None:
     code, _, err = run_main(argv, {"OPENAI_API_KEY": ENV_KEY})
     assert code == 0, err
+
+
+def test_the_users_header_is_sent_not_replaced_by_a_key_only_found_in_the_environment(
+        served: List[Any], fake_upstream: Any) -> None:
+    # --header 'Authorization: ...' with no key flag: the header is the credential the user gave. A key
+    # exported for other tools ($OPENAI_API_KEY) went in its place, and the header was dropped unsaid.
+    code, _, err = run_main(["--upstream", fake_upstream.url, "--model", "gpt-4o", "--header",
+                             "Authorization: Bearer hdr-token"], {"OPENAI_API_KEY": ENV_KEY})
+    assert code == 0, err
+    server = claudeproxy.start(served[-1], port=0)
+    try:
+        fake_upstream.push(json_reply(completion("ok")))
+        resp = request(server.url, "POST", "/v1/messages", minimal_request(), {})
+        assert resp.status == 200, resp
+    finally:
+        server.shutdown(grace=0.1)
+    assert [v for k, v in fake_upstream.last.raw_headers if k.lower() == "authorization"] == ["Bearer hdr-token"]
 
 
 def test_a_header_a_key_variable_replaces_is_refused_and_not_echoed(served: List[Any]) -> None:
