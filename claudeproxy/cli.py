@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import ipaddress
 import json
 import logging
 import os
@@ -26,7 +25,6 @@ from typing import (
     Any,
     Callable,
     Dict,
-    Iterable,
     List,
     Mapping,
     NoReturn,
@@ -46,14 +44,12 @@ from .config import (
     SHORTHAND_PROVIDER,
     UPSTREAM_APIS,
     Config,
-    Provider,
     check_header,
     check_host,
     check_proxy_url,
     check_seconds,
     check_url,
     env_proxies,
-    gives_no_key,
     is_loopback_host,
     named_once,
     origin_as_sent,
@@ -64,9 +60,9 @@ from .config import (
     unused_proxy_variables,
 )
 from .config_file import ConfigError, FileConfig, FlagSpec, file_setting, parse_config
-from .credentials import DEFAULT_TTL, CommandToken, command_argv, command_token, current_secrets, key_source
+from .credentials import DEFAULT_TTL, command_argv, command_token, current_secrets, key_source
 from .dialects import DIALECTS, default_key_variables, detect_provider, key_variables
-from .errors import UpstreamUnavailable
+from .keyless import check_keys, keyless, on_the_internet
 from .metrics import CallRecord
 from .observe import BODIES_LOGGER, PACKAGE_LOGGER
 from .redact import SecretForms, configured_secrets, redact_text, redact_url, secret_forms
@@ -822,8 +818,26 @@ def _warn_about(server: ProxyServer, environ: Mapping[str, str]) -> None:
 def start_warnings(server: ProxyServer, environ: Mapping[str, str]) -> List[str]:
     """The settings that add up to something the operator did not mean: logged at start, and
     ``run`` prints them on the terminal too."""
-    return (unmatched_routes(server) + shadowed_routes(server) + keyless_upstreams(server)
+    return (unmatched_routes(server) + shadowed_routes(server) + unserved_families(server) + keyless_upstreams(server)
             + passed_over_keys(server, environ) + unused_proxies(server, environ))
+
+
+# Claude Code's models, one a family: its main model and its background one (titles, summaries).
+_CLAUDE_CODE_FAMILIES = (("opus", "claude-opus-4-5"), ("sonnet", "claude-sonnet-4-5"), ("haiku", "claude-haiku-4-5"))
+
+
+def unserved_families(server: ProxyServer) -> List[str]:
+    """A line when routes serve some of Claude Code's model families and no route takes another (a
+    config file routing opus and sonnet only): Claude Code's background calls go to its haiku model,
+    and each got a 404 that nothing at start had said. Routes serving none of them say nothing:
+    such a proxy is not for Claude Code."""
+    router = server.proxy.router
+    missing = [name for name, sample in _CLAUDE_CODE_FAMILIES if router.resolve(sample) is None]
+    if not missing or len(missing) == len(_CLAUDE_CODE_FAMILIES):
+        return []
+    return [f"no route serves Claude Code's {' or '.join(missing)} models (such as "
+            f"{dict(_CLAUDE_CODE_FAMILIES)[missing[0]]}): their requests get a 404; add a route for them, "
+            "or one matching '*'"]
 
 
 def unmatched_routes(server: ProxyServer) -> List[str]:
@@ -853,31 +867,7 @@ def keyless_upstreams(server: ProxyServer) -> List[str]:
     """A line for each provider on the internet that gets no key and is not known to need one (a
     gateway may let callers in by address): its 401s would come one per request, and Claude Code
     reads a 401 as its own login gone. One known to need a key stops the start (check_keys)."""
-    return [line for needed, line in _keyless(server.proxy.router.providers.values()) if not needed]
-
-
-def _keyless(providers: Iterable[Provider]) -> List[Tuple[bool, str]]:
-    """(known to need a key, what to say) for each provider on the internet that gets no key.
-    Local servers (Ollama, vLLM) need none, and a Messages API upstream gets the client's own key."""
-    said = []
-    for provider in providers:
-        host = urlsplit(provider.url).hostname or ""
-        if provider.api != "messages" and gives_no_key(provider.token) and _on_the_internet(host) \
-                and header_the_key_replaces(provider) is None:  # (a --header may carry the credential)
-            dialect = provider_dialect(provider)
-            own = " or ".join(default_key_variables(dialect, False))
-            if provider.name != SHORTHAND_PROVIDER:
-                who, how = f"provider {provider.name}", "give it api_key_env or api_key_command in the config file"
-            elif provider.key_source == "--api-key":  # --api-key '': no key on purpose, whatever is exported
-                who, how = "the upstream", f"--api-key is empty: give a key, or leave it out to use {own}"
-            else:
-                who, how = "the upstream", f"set {own}, or give --api-key-env"
-            # Known by its host (--provider openai may name a gateway that admits by address).
-            known = detect_provider(provider.url)
-            needed = known in DIALECTS and bool(DIALECTS[known].key_env)
-            said.append((needed, f"{who} ({host}) gets no API key"
-                                 + (f", which it needs ({how})" if needed else f": expect 401s ({how})")))
-    return said
+    return [line for needed, line in keyless(server.proxy.router.providers.values()) if not needed]
 
 
 def passed_over_keys(server: ProxyServer, environ: Mapping[str, str]) -> List[str]:
@@ -905,14 +895,7 @@ def unused_proxies(server: ProxyServer, environ: Mapping[str, str]) -> List[str]
     when no upstream is on the internet (this machine, a LAN address or name), which no proxy is needed for."""
     names = unused_proxy_variables(server.config, environ)
     hosts = [urlsplit(p.url).hostname or "" for p in server.proxy.router.providers.values()]
-    return [unused_proxy_hint(names)] if names and any(map(_on_the_internet, hosts)) else []
-
-
-def _on_the_internet(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_global
-    except ValueError:  # a name: a dotted one that is not a local network's
-        return "." in host and not host.endswith((".local", ".internal", ".lan", ".localhost", ".home.arpa"))
+    return [unused_proxy_hint(names)] if names and any(map(on_the_internet, hosts)) else []
 
 
 def _warn_unreachable(server: ProxyServer, config: Config) -> None:
@@ -990,22 +973,6 @@ def _no_special_file(path: str, setting: str) -> None:
     would call it "no such file"."""
     if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
         raise ValueError(f"{setting} {path}: not a regular file; give a PEM file of CA certificates")
-
-
-def check_keys(config: Config) -> None:
-    """Before anything listens: each key command run once (its key is then cached for the first
-    calls), one that fails or prints no key a ValueError that names it; and a provider known to
-    need a key (OpenAI, Groq...) that would get none a ValueError too, not a server whose every
-    answer is a 401. Not in check_settings: --print-config runs no command, and shows such a setting."""
-    for token in [p.token for p in config.providers] + [config.token]:
-        if isinstance(token, CommandToken):
-            try:
-                token()
-            except UpstreamUnavailable as exc:
-                raise ValueError(exc.message) from None
-    for needed, line in _keyless(build_router(config).providers.values()):
-        if needed:
-            raise ValueError(line)
 
 
 def usage_log_path(ns: argparse.Namespace) -> Optional[str]:

@@ -312,8 +312,16 @@ def _env_var(environ: Mapping[str, str], key: str) -> Tuple[str, str]:
 
 
 def unset_variable(environ: Mapping[str, str], var: str) -> str:
-    """What is wrong with a setting's environment variable that gave no value."""
+    """What is wrong with a setting's environment variable that gave no value; a name that is no
+    variable's (a key pasted in its place, ``$OPENAI_API_KEY`` as the shell left it quoted) is told so."""
+    if var.startswith("$") and _VARIABLE_NAME.match(var[1:]):
+        return f"give the variable's name without the $ ({var[1:]}), not {var}"
+    if not _VARIABLE_NAME.match(var):
+        return "takes the name of an environment variable (such as OPENAI_API_KEY), not a value: this is no name"
     return f"the environment variable {var} is " + ("empty" if var in environ else "not set")
+
+
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def env_proxies(environ: Mapping[str, str]) -> Tuple[Dict[str, str], str]:

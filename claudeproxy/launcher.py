@@ -46,7 +46,7 @@ from .claude_code import (
 from .config import Config, check_host, is_loopback_host
 from .dialects import key_variables
 from .observe import PACKAGE_LOGGER
-from .redact import redact_text
+from .redact import MASK, redact_text
 from .server import RunningServer, start
 from .settings_view import describe_config
 
@@ -533,8 +533,12 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
     except cli.UsageError as exc:
         return _fail(str(exc), environ, stderr, 2)
     if ns.print_config:
+        described = describe_config(config, ns.config)
+        if not config.auth_key:  # the session's key (client_key): "none" would say any client gets in
+            described["client_key"] = (f"{MASK} (from ANTHROPIC_AUTH_TOKEN)" if environ.get("ANTHROPIC_AUTH_TOKEN", "").strip()
+                                       else "a new random key each run, given to COMMAND as ANTHROPIC_AUTH_TOKEN")
         try:
-            print(json.dumps(describe_config(config, ns.config), indent=2), file=stdout)
+            print(json.dumps(described, indent=2), file=stdout)
         except BrokenPipeError:  # piped into head: the reader has what it wanted
             pass
         return 0

@@ -21,6 +21,7 @@ from typing import Any, Callable, List, Optional, Set, Tuple
 
 from .config import Config
 from .handler import MessagesHandler
+from .keyless import check_keys
 from .metrics import Metrics, Sink
 from .observe import PACKAGE_LOGGER
 from .pipeline import Proxy
@@ -214,7 +215,12 @@ def start(config: Optional[Config] = None, metrics_sink: Optional[Sink] = None, 
     """
     config = (config or Config()).replace(**overrides)
     _quiet_without_logging()
-    server = ProxyServer(config, metrics_sink)
+    server = ProxyServer(config, metrics_sink)  # a bad setting raises here, naming it
+    try:
+        check_keys(config, library=True)  # as the command line: OpenAI, Groq... with no key would 401 every call
+    except ValueError:
+        server.server_close()
+        raise
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True,
                               name="claudeproxy-server")
     thread.start()

@@ -930,8 +930,10 @@ def _early_answer(conn: Any, err: OSError) -> Optional[http.client.HTTPResponse]
 
 def _where_not_found(message: str, method: str, url: str, secrets: Tuple[str, ...]) -> str:
     """A 404's message with the URL that gave it: "Not Found" alone reads like an unknown model,
-    where most often the upstream URL lacks the ``/v1`` its server serves under (Ollama's)."""
-    hint = "" if "/v1" in urlsplit(url).path else "; does the upstream URL need /v1?"
+    where most often the upstream URL lacks the ``/v1`` its server serves under (Ollama's). Not for
+    an Azure deployment's URL, which has no /v1 (a wrong deployment name is its usual 404)."""
+    path = urlsplit(url).path
+    hint = "" if "/v1" in path or "/openai/deployments/" in path else "; does the upstream URL need /v1?"
     return f"{message} ({method} {redact_url(url, secrets)}{hint})"
 
 

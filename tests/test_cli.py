@@ -172,6 +172,24 @@ def _start_warnings(config: Any, environ: Dict[str, str]) -> List[str]:
         server.shutdown(grace=0.1)
 
 
+@pytest.mark.parametrize("matches, told", [
+    (("*opus*", "*sonnet*"), "no route serves Claude Code's haiku models (such as claude-haiku-4-5): their requests "
+                             "get a 404; add a route for them, or one matching '*'"),
+    (("*sonnet*",), "no route serves Claude Code's opus or haiku models (such as claude-opus-4-5): their requests "
+                    "get a 404; add a route for them, or one matching '*'"),
+    (("*opus*", "*sonnet*", "*haiku*"), None),
+    (("*sonnet*", "*"), None),
+    (("gpt-*",), None),  # no Claude model at all: a proxy for another client
+])
+def test_a_claude_code_family_no_route_serves_is_said_at_start(matches: Tuple[str, ...], told: Optional[str]) -> None:
+    # Claude Code's background calls (titles, summaries) use its haiku model: a file routing opus and
+    # sonnet only gave them 404s, with nothing said at start.
+    provider = Provider("local", "http://127.0.0.1:9/v1")
+    config = claudeproxy.Config(providers=(provider,), routes=tuple(Route(m, RouteTarget("local", "m")) for m in matches))
+    lines = [line for line in _start_warnings(config, {}) if "no route serves" in line]
+    assert lines == ([told] if told else []), lines
+
+
 @pytest.mark.parametrize("env, used, warned", [
     ({"GEMINI_API_KEY": "sk-gemini-1234567"}, "GEMINI_API_KEY", False),
     ({"GOOGLE_API_KEY": "sk-google-1234567"}, "GOOGLE_API_KEY", False),
@@ -336,6 +354,19 @@ def test_a_header_a_key_variable_replaces_is_refused_and_not_echoed(served: List
     assert_usage_error(code, out, err, "--header 'authorization: ...' and --api-key-env", "give one of them")
     assert "hdr-token" not in err and ENV_KEY not in err
     assert served == []
+
+
+@pytest.mark.parametrize("value, told", [
+    ("sk-proj-abcdefghijklmnop1234", "--api-key-env: takes the name of an environment variable (such as "
+                                     "OPENAI_API_KEY), not a value: this is no name"),
+    ("$OPENAI_API_KEY", "--api-key-env: give the variable's name without the $ (OPENAI_API_KEY), not $OPENAI_API_KEY"),
+    ("MY_UNSET_KEY", "--api-key-env: the environment variable MY_UNSET_KEY is not set"),
+])
+def test_a_key_or_a_dollar_where_a_variable_name_belongs_is_told_so(served: List[Any], value: str, told: str) -> None:
+    # "the environment variable *** is not set" sent a user who pasted the key itself looking for a variable.
+    code, out, err = run_main(["--api-key-env", value], {"OPENAI_API_KEY": ENV_KEY})
+    assert_usage_error(code, out, err, told)
+    assert "abcdefghijklmnop" not in err
 
 
 def test_auth_key_from_environment_allows_a_wildcard_host(served: List[Any]) -> None:
@@ -614,7 +645,6 @@ def test_an_upstream_that_refuses_is_said_once_listening(refused_port: int) -> N
 
 
 @pytest.mark.parametrize("settings, warned", [
-    ({"upstream": "https://api.openai.com/v1"}, False),  # known to need a key: the start stops (check_keys)
     ({"upstream": "https://8.8.8.8/v1"}, True),
     ({"upstream": "https://api.openai.com/v1", "token": claudeproxy.static_token(UPSTREAM_KEY)}, False),
     ({"upstream": "http://localhost:11434/v1"}, False),
@@ -633,6 +663,21 @@ def test_a_provider_on_the_internet_without_a_key_is_said_at_start(settings: Dic
     assert bool(lines) == warned, lines
     if warned:
         assert "gets no API key" in lines[0] and "OPENAI_API_KEY" in lines[0]
+
+
+@pytest.mark.parametrize("settings, told", [
+    ({}, "the upstream (api.openai.com) gets no API key, which it needs (give start() token=claudeproxy.static_token(key))"),
+    ({"upstream": "https://api.groq.com/openai/v1", "token": claudeproxy.static_token("")},
+     "the upstream (api.groq.com) gets no API key, which it needs (give start() token=claudeproxy.static_token(key))"),
+    ({"providers": (Provider("ds", "https://api.deepseek.com/v1"),), "routes": (Route("*", RouteTarget("ds", "m")),)},
+     "provider ds (api.deepseek.com) gets no API key, which it needs (give its Provider a token)"),
+])
+def test_start_refuses_a_provider_known_to_need_a_key_that_gets_none(settings: Dict[str, Any], told: str) -> None:
+    # As the command line does: a library server whose every answer would be a 401 does not start,
+    # and the line says what start() takes, not a flag or a variable it never reads.
+    with pytest.raises(ValueError) as refused:
+        claudeproxy.start(**settings)
+    assert str(refused.value) == told
 
 
 def test_a_keyless_provider_of_a_config_file_is_told_where_its_key_goes() -> None:

@@ -581,6 +581,18 @@ def test_print_config_into_a_closed_pipe_is_quiet(tmp_path: Any, mode: List[str]
     assert err.getvalue() == ""
 
 
+@pytest.mark.parametrize("extra, told", [
+    ({}, "a new random key each run, given to COMMAND as ANTHROPIC_AUTH_TOKEN"),
+    ({"ANTHROPIC_AUTH_TOKEN": "users-own-token-0001"}, "*** (from ANTHROPIC_AUTH_TOKEN)"),
+], ids=["new-key", "users-token"])
+def test_runs_print_config_shows_the_key_the_session_requires(tmp_path: Any, extra: Dict[str, str], told: str) -> None:
+    # "client_key": "none" said any client gets in, where run makes a key and refuses every other.
+    code, out, err = run_main(["--upstream", NO_UPSTREAM, "--print-config", "--", "true"], base_env(tmp_path, **extra))
+    assert code == 0, err
+    assert json.loads(out)["client_key"] == told
+    assert "users-own-token" not in out
+
+
 def test_a_config_file_may_hold_runs_own_options(tmp_path: Any) -> None:
     log = tmp_path / "from-file.log"
     config = tmp_path / "run.json"

@@ -414,7 +414,7 @@ def test_a_connection_kept_alive_after_a_stream_is_timed_again(servers: Any, fak
 
 
 def test_start_defaults_to_an_ephemeral_loopback_port() -> None:
-    server = claudeproxy.start()
+    server = claudeproxy.start(token=claudeproxy.static_token("sk-test-key-0001"))  # (OpenAI needs a key)
     try:
         host, port = server.address
         assert host == "127.0.0.1" and port > 0

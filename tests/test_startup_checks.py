@@ -154,8 +154,8 @@ START_CASES = [
 
 @pytest.mark.parametrize("settings,setting", START_CASES, ids=[repr(c[0])[:60] for c in START_CASES])
 def test_start_refuses_bad_settings(settings: Dict[str, Any], setting: Optional[str]) -> None:
-    if setting is None:
-        server = claudeproxy.start(**settings)
+    if setting is None:  # accepted (with a key: OpenAI, the default upstream, gets one or start refuses)
+        server = claudeproxy.start(**{"token": claudeproxy.static_token("test-key-0001"), **settings})
         server.shutdown(grace=0.1)
         return
     with pytest.raises(ValueError) as info:

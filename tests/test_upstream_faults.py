@@ -568,3 +568,16 @@ def test_an_upstream_404_names_the_url_that_gave_it(make_proxy: Any, fake_upstre
     message = resp.json["error"]["message"]
     assert f"POST {origin}{base}/chat/completions" in message, message
     assert ("does the upstream URL need /v1?" in message) is hint, message
+
+
+def test_an_azure_deployments_404_does_not_ask_for_v1(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    # Azure's deployment URLs have no /v1: a wrong deployment name is its usual 404, and following the
+    # hint (an upstream URL ending in /v1) posted to /v1/openai/deployments/..., another 404.
+    origin = fake_upstream.url.rsplit("/v1", 1)[0]
+    proxy = make_proxy(upstream=origin, provider="azure", model="my-gpt-4o-deployment")
+    fake_upstream.push(json_reply({"error": {"code": "DeploymentNotFound", "message": "not found"}}, status=404))
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request())
+    assert resp.status == 404, resp
+    message = resp.json["error"]["message"]
+    assert "/openai/deployments/my-gpt-4o-deployment/chat/completions" in message, message
+    assert "/v1?" not in message, message

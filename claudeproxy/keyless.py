@@ -1,0 +1,66 @@
+"""Upstreams that would get no key, found before anything listens (the command line, ``run`` and
+``start()`` alike). No I/O but running a provider's key command once."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable, List, Tuple
+from urllib.parse import urlsplit
+
+from .config import SHORTHAND_PROVIDER, Config, Provider, gives_no_key
+from .credentials import CommandToken
+from .dialects import DIALECTS, default_key_variables, detect_provider
+from .errors import UpstreamUnavailable
+from .routing import build_router, header_the_key_replaces, provider_dialect
+
+
+def check_keys(config: Config, library: bool = False) -> None:
+    """Before anything listens: each key command run once (its key is then cached for the first
+    calls), one that fails or prints no key a ValueError that names it; and a provider known to
+    need a key (OpenAI, Groq...) that would get none a ValueError too, not a server whose every
+    answer is a 401. Not in check_settings: --print-config runs no command, and shows such a setting.
+    ``library``: for ``start()``, whose settings are arguments (the command line's read variables too),
+    and whose key command runs when a request first needs it, as it always did."""
+    for token in [p.token for p in config.providers] + [config.token]:
+        if isinstance(token, CommandToken) and not library:  # a library's runs when a request needs it
+            try:
+                token()
+            except UpstreamUnavailable as exc:
+                raise ValueError(exc.message) from None
+    for needed, line in keyless(build_router(config).providers.values(), library):
+        if needed:
+            raise ValueError(line)
+
+
+def keyless(providers: Iterable[Provider], library: bool = False) -> List[Tuple[bool, str]]:
+    """(known to need a key, what to say) for each provider on the internet that gets no key.
+    Local servers (Ollama, vLLM) need none, and a Messages API upstream gets the client's own key."""
+    said = []
+    for provider in providers:
+        host = urlsplit(provider.url).hostname or ""
+        if provider.api != "messages" and gives_no_key(provider.token) and on_the_internet(host) \
+                and header_the_key_replaces(provider) is None:  # (a --header may carry the credential)
+            dialect = provider_dialect(provider)
+            own = " or ".join(default_key_variables(dialect, False))
+            if provider.name != SHORTHAND_PROVIDER:
+                who = f"provider {provider.name}"
+                how = "give its Provider a token" if library else "give it api_key_env or api_key_command in the config file"
+            elif library:
+                who, how = "the upstream", "give start() token=claudeproxy.static_token(key)"
+            elif provider.key_source == "--api-key":  # --api-key '': no key on purpose, whatever is exported
+                who, how = "the upstream", f"--api-key is empty: give a key, or leave it out to use {own}"
+            else:
+                who, how = "the upstream", f"set {own}, or give --api-key-env"
+            # Known by its host (--provider openai may name a gateway that admits by address).
+            known = detect_provider(provider.url)
+            needed = known in DIALECTS and bool(DIALECTS[known].key_env)
+            said.append((needed, f"{who} ({host}) gets no API key"
+                                 + (f", which it needs ({how})" if needed else f": expect 401s ({how})")))
+    return said
+
+
+def on_the_internet(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_global
+    except ValueError:  # a name: a dotted one that is not a local network's
+        return "." in host and not host.endswith((".local", ".internal", ".lan", ".localhost", ".home.arpa"))
