@@ -138,9 +138,13 @@ def test_each_turn_of_a_session_parses_and_translates_as_without_the_memo() -> N
         for name in ("openai", "gemini", "deepseek", "mistral", "ollama"):
             dialect = DIALECTS[name]
             chat = to_chat_request(req, model="m", dialect=dialect).request
-            assert chat == to_chat_request(plain, model="m", dialect=dialect).request
+            # Against objects no dialect has translated before (what is kept on a message must be
+            # kept per dialect: Mistral's call ids, DeepSeek's reasoning differ).
+            alone = parse_messages_request(fresh_copy(body))
+            assert chat == to_chat_request(alone, model="m", dialect=dialect).request, name
             json.dumps(chat.to_dict())
-        assert to_responses_request(req, model="gpt-5").body == to_responses_request(plain, model="gpt-5").body
+        alone = parse_messages_request(fresh_copy(body))
+        assert to_responses_request(req, model="gpt-5").body == to_responses_request(alone, model="gpt-5").body
         assert estimate_input_tokens(req) == estimate_input_tokens(plain)
         assert req.messages == before  # no translation changed a message the next turn shares
     # Every turn after the first repeats most of the history: those messages were parsed once.
