@@ -44,7 +44,8 @@ def keyless(providers: Iterable[Provider], library: bool = False) -> List[Tuple[
             own = " or ".join(default_key_variables(dialect, False))
             if provider.name != SHORTHAND_PROVIDER:
                 who = f"provider {provider.name}"
-                how = "give its Provider a token" if library else "give it api_key_env or api_key_command in the config file"
+                how = ("give its Provider a token" if library
+                       else "give it api_key_env or api_key_command in the config file")
             elif library:
                 who, how = "the upstream", "give start() token=claudeproxy.static_token(key)"
             elif provider.key_source == "--api-key":  # --api-key '': no key on purpose, whatever is exported

@@ -535,7 +535,8 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
     if ns.print_config:
         described = describe_config(config, ns.config)
         if not config.auth_key:  # the session's key (client_key): "none" would say any client gets in
-            described["client_key"] = (f"{MASK} (from ANTHROPIC_AUTH_TOKEN)" if environ.get("ANTHROPIC_AUTH_TOKEN", "").strip()
+            users_own = environ.get("ANTHROPIC_AUTH_TOKEN", "").strip()
+            described["client_key"] = (f"{MASK} (from ANTHROPIC_AUTH_TOKEN)" if users_own
                                        else "a new random key each run, given to COMMAND as ANTHROPIC_AUTH_TOKEN")
         try:
             print(json.dumps(described, indent=2), file=stdout)
