@@ -462,8 +462,7 @@ def _parse_content(value: Any, path: str) -> Tuple[Block, ...]:
 # Messages, system, tools and the remaining top-level fields.
 
 
-def parse_message(raw: Any, path: str) -> Message:
-    """One message of ``messages``; ``path`` (``messages[3]``) names its place in an error."""
+def _parse_message(raw: Any, path: str) -> Message:
     raw = _obj(raw, path)
     role = _str(raw, "role", path, required=True)
     if role not in ("user", "assistant", "system"):
@@ -635,10 +634,9 @@ def parse_tools(value: Any, path: str = "tools") -> Tuple[Tool, ...]:
 
 
 ToolsParser = Callable[[Any], Tuple[Tool, ...]]
-MessageParser = Callable[[Any, str], Message]
 
 
-def _parse_common(obj: Dict[str, Any], tools_parser: ToolsParser, message_parser: MessageParser) -> Dict[str, Any]:
+def _parse_common(obj: Dict[str, Any], tools_parser: ToolsParser) -> Dict[str, Any]:
     """The fields shared by /v1/messages and /v1/messages/count_tokens."""
     model = _str(obj, "model", "", required=True)
     if not model:
@@ -654,7 +652,7 @@ def _parse_common(obj: Dict[str, Any], tools_parser: ToolsParser, message_parser
         # The structured-outputs beta's first form (structured-outputs-2025-11-13), still sent by
         # clients built on it: the same format, at the top level.
         schema = _parse_format(obj["output_format"], "output_format")
-    parsed = tuple(message_parser(m, f"messages[{i}]") for i, m in enumerate(messages))
+    parsed = tuple(_parse_message(m, f"messages[{i}]") for i, m in enumerate(messages))
     _require_content(parsed)
     parsed_tools = tools_parser(tools) if tools is not None else ()
     choice = _parse_tool_choice(obj.get("tool_choice"))
@@ -675,23 +673,20 @@ def _parse_common(obj: Dict[str, Any], tools_parser: ToolsParser, message_parser
     }
 
 
-def parse_count_tokens_request(obj: Any, tools_parser: ToolsParser = parse_tools,
-                               message_parser: MessageParser = parse_message) -> MessagesRequest:
+def parse_count_tokens_request(obj: Any, tools_parser: ToolsParser = parse_tools) -> MessagesRequest:
     """Validate a count_tokens body (no ``max_tokens``).
 
-    ``tools_parser`` parses the ``tools`` list and ``message_parser`` each message: a server
-    passes its ``ToolMemo.parse`` and ``MessageMemo.parse``.
+    ``tools_parser`` parses the ``tools`` list: a server passes its ``ToolMemo.parse``.
     """
-    return MessagesRequest(**_parse_common(_obj(obj, "body"), tools_parser, message_parser))
+    return MessagesRequest(**_parse_common(_obj(obj, "body"), tools_parser))
 
 
-def parse_messages_request(obj: Any, tools_parser: ToolsParser = parse_tools,
-                           message_parser: MessageParser = parse_message) -> MessagesRequest:
-    """Validate a decoded ``POST /v1/messages`` body into a ``MessagesRequest`` (the parsers: as above)."""
+def parse_messages_request(obj: Any, tools_parser: ToolsParser = parse_tools) -> MessagesRequest:
+    """Validate a decoded ``POST /v1/messages`` body into a ``MessagesRequest`` (``tools_parser``: as above)."""
     obj = _obj(obj, "body")
     if obj.get("thread") is not None:
         raise thread_unsupported()  # a translated request holds the whole conversation or nothing
-    fields = _parse_common(obj, tools_parser, message_parser)
+    fields = _parse_common(obj, tools_parser)
     _require_user_content(fields["messages"])
     max_tokens = _int(obj, "max_tokens", "", required=True)
     if max_tokens is not None and max_tokens < 0:

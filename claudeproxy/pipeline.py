@@ -48,7 +48,6 @@ from .relay import Relay
 from .replies import events_for_message, is_quota_probe, local_message
 from .routing import Routed, Target, build_router
 from .tokens import Estimate, estimate_input, estimate_output_tokens, tools_chars
-from .message_memo import MessageMemo
 from .tool_memo import ToolMemo
 from .upstream import POOL_IDLE_SECONDS, Upstream, UpstreamCall, read_json_body
 from .urls import messages_url, models_url
@@ -108,9 +107,8 @@ class Proxy:
         self._auth_styles = {name: (p, auth_style(p.api, p.url, p.dialect, p.auth))
                              for name, p in self.router.providers.items()}
         self.tools = ToolMemo()  # the tool sets clients send, parsed, counted and translated once
-        self.message_memo = MessageMemo()  # the messages clients send again each turn, parsed once
         # The APIs the providers speak; another (Responses for a Responses-only model) on first use.
-        self.apis: Dict[str, Any] = {name: _load_api(name, self.tools, self.message_memo) for name in
+        self.apis: Dict[str, Any] = {name: _load_api(name, self.tools) for name in
                                      sorted({p.api for p in self.router.providers.values()})}
         self._caps: Dict[Tuple[str, str], int] = {}
         self._lock = threading.Lock()
@@ -189,7 +187,7 @@ class Proxy:
         api = self.apis.get(name)
         if api is None:
             with self._lock:
-                api = self.apis.setdefault(name, _load_api(name, self.tools, self.message_memo))
+                api = self.apis.setdefault(name, _load_api(name, self.tools))
         return api
 
     def _log_body(self, what: str, body: Any, secrets: Optional[Tuple[str, ...]] = None) -> None:
@@ -272,7 +270,7 @@ class Proxy:
 
     def _local_count(self, body: Dict[str, Any], routed: Routed) -> int:
         """The local estimate, scaled by what the routed model's own counts taught (``calibration.py``)."""
-        raw = self._raw_estimate(parse_count_tokens_request(body, self.tools.parse, self.message_memo.parse)).tokens
+        raw = self._raw_estimate(parse_count_tokens_request(body, self.tools.parse)).tokens
         return self.calibration.estimate((routed.target.provider.name, routed.target.model), raw)
 
     def _upstream_count(self, handler: Any, body: Dict[str, Any], target: Target) -> Optional[int]:
@@ -819,18 +817,18 @@ class Proxy:
         self.calibration.learn((rec.provider, rec.upstream_model), raw, reported)
 
 
-def _load_api(name: str, tools: ToolMemo, messages: MessageMemo) -> Any:
+def _load_api(name: str, tools: ToolMemo) -> Any:
     """The upstream API ``name`` (config.UPSTREAM_APIS), its modules imported now: a server
     whose providers all speak Chat Completions never loads the other two."""
     if name == "chat":
         from .apis.chat.api import ChatApi
-        return ChatApi(tools, messages)
+        return ChatApi(tools)
     if name == "messages":
         from .apis.messages import MessagesApi
         return MessagesApi()
     from .apis.responses.api import ResponsesApi
     assert name == "responses", name
-    return ResponsesApi(tools, messages)
+    return ResponsesApi(tools)
 
 
 _RECORD_FIELDS = frozenset(CallRecord.__dataclass_fields__) - {"duration_ms", "ttft_ms", "cost_usd", "time", "request_id"}

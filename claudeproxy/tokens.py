@@ -19,7 +19,6 @@ from .anthropic_types import (
     Block,
     DocumentBlock,
     ImageBlock,
-    Message,
     MessagesRequest,
     SearchResultBlock,
     TextBlock,
@@ -89,18 +88,6 @@ def _sum_blocks(blocks: Iterable[Block]) -> Tuple[int, int, int]:
     return chars, fixed, media
 
 
-def _message_cost(message: Message) -> Tuple[int, int, int]:
-    """``_sum_blocks`` of the message's content, worked out once per message object: a message a
-    client sends again each turn is one shared object (``MessageMemo``), and the history of a long
-    session is most of what an estimate walks. Kept on the frozen message as ``cached_property``
-    keeps a value (its ``__dict__``); the value depends on the message alone."""
-    known = message.__dict__.get("_cost")
-    if known is None:
-        known = _sum_blocks(message.content)
-        object.__setattr__(message, "_cost", known)
-    return known  # type: ignore[no-any-return]
-
-
 def pdf_tokens(data: str) -> int:
     """A base64 PDF's tokens: its pages, counted by their page objects (or guessed from its size),
     at ``PDF_PAGE_TOKENS`` each. A flat 1,600 made a 100-page PDF 1,605 tokens: the client's
@@ -135,7 +122,7 @@ def estimate_input(req: MessagesRequest, tool_chars: Optional[int] = None) -> Es
     chars = len(req.system)
     fixed = media = 0
     for message in req.messages:
-        c, f, m = _message_cost(message)
+        c, f, m = _sum_blocks(message.content)
         chars += c
         fixed += f + MESSAGE_OVERHEAD
         media += m

@@ -16,7 +16,6 @@ from ...dialects import Dialect, azure_api_version
 from ...errors import ProxyError
 from ...ids import new_id
 from ...routing import Target
-from ...message_memo import MessageMemo
 from ...tool_memo import ToolMemo
 from ...urls import chat_url
 from ..base import ClientRequest, Exchange, RefusedFields, UpstreamApi, encode_body, remember, with_json
@@ -128,9 +127,8 @@ class ChatApi(UpstreamApi):
     name = "chat"
     translates = True  # the request is parsed and rewritten: local answers and local token counts apply
 
-    def __init__(self, tools: ToolMemo, messages: Optional[MessageMemo] = None) -> None:
+    def __init__(self, tools: ToolMemo) -> None:
         self.tools = tools  # the server's: a tool set is parsed and translated once per dialect
-        self.messages = messages or MessageMemo()  # the server's: a message sent again is parsed once
         self._refused = RefusedFields(DROPPABLE_FIELDS)
         # The models whose upstream refused max_tokens for max_completion_tokens (a reasoning model
         # behind a URL the dialects do not know: FIELD-NOTES 6).
@@ -140,7 +138,7 @@ class ChatApi(UpstreamApi):
         self._lock = threading.Lock()
 
     def parse(self, body: Dict[str, Any]) -> MessagesRequest:
-        return parse_messages_request(body, self.tools.parse, self.messages.parse)
+        return parse_messages_request(body, self.tools.parse)
 
     def prepare(self, req: ClientRequest, target: Target, cap: Optional[int]) -> Exchange:
         parsed, dialect = req.parsed, target.dialect

@@ -230,18 +230,6 @@ def _tool_call(block: ToolUseBlock, dialect: Dialect, signatures: Dict[str, Any]
 
 
 def _assistant_message(message: Message, dialect: Dialect, is_last: bool) -> ChatMessage:
-    """The assistant turn as Chat sends it: a pure function of the turn (the message object the
-    ``MessageMemo`` shares across a session's requests), the dialect and whether it is last, so
-    it is made once per message for each of those and kept on the frozen message (as
-    ``cached_property`` keeps a value): a long session's history is mostly assistant turns."""
-    made: Dict[Tuple[Dialect, bool], ChatMessage] = message.__dict__.setdefault("_chat", {})
-    chat = made.get((dialect, is_last))
-    if chat is None:
-        chat = made[(dialect, is_last)] = _translated_assistant(message, dialect, is_last)
-    return chat
-
-
-def _translated_assistant(message: Message, dialect: Dialect, is_last: bool) -> ChatMessage:
     blocks = message.content
     state = _restore_state(blocks)
     texts = [b.text for b in blocks if isinstance(b, TextBlock) and b.text]
