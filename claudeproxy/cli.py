@@ -544,7 +544,8 @@ def _one_key_source(ns: argparse.Namespace) -> None:
 def _no_header_the_key_replaces(ns: argparse.Namespace, router: Router) -> None:
     """--header 'Authorization: ...' (or x-api-key, api-key: the auth style's header) with a key
     from --api-key*: the key goes in that header, and the user's was dropped without a word.
-    With no key flag the header is left to do its work (the key may come from $OPENAI_API_KEY)."""
+    With no key flag the header is the credential: it is sent, and a key in the provider's variable
+    ($OPENAI_API_KEY) is not (routing._shorthand_provider)."""
     shorthand = router.providers.get(SHORTHAND_PROVIDER)
     sources = [dest for dest in _KEY_SOURCES if getattr(ns, dest) and str(getattr(ns, dest)).strip()]
     header = header_the_key_replaces(shorthand) if shorthand is not None and sources else None

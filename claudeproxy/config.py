@@ -316,12 +316,16 @@ def unset_variable(environ: Mapping[str, str], var: str) -> str:
     variable's (a key pasted in its place, ``$OPENAI_API_KEY`` as the shell left it quoted) is told so."""
     if var.startswith("$") and _VARIABLE_NAME.match(var[1:]):
         return f"give the variable's name without the $ ({var[1:]}), not {var}"
-    if not _VARIABLE_NAME.match(var):
-        return "takes the name of an environment variable (such as OPENAI_API_KEY), not a value: this is no name"
+    if not _VARIABLE_NAME.match(var) or _LOOKS_LIKE_A_KEY.match(var) and var not in environ:
+        # Not echoed: a key pasted where the name belongs is a secret nothing else knows to mask.
+        return "takes the name of the environment variable that holds the key, not the key itself"
     return f"the environment variable {var} is " + ("empty" if var in environ else "not set")
 
 
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# A name no one would give a variable: 20 characters or more with digits and without the underscores
+# a variable's words have (a Mistral key, a hex one, Google's AIza...).
+_LOOKS_LIKE_A_KEY = re.compile(r"(?=.*[0-9])[A-Za-z0-9]{20,}\Z")
 
 
 def env_proxies(environ: Mapping[str, str]) -> Tuple[Dict[str, str], str]:

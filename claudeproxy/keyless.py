@@ -39,7 +39,7 @@ def keyless(providers: Iterable[Provider], library: bool = False) -> List[Tuple[
     for provider in providers:
         host = urlsplit(provider.url).hostname or ""
         if provider.api != "messages" and gives_no_key(provider.token) and on_the_internet(host) \
-                and header_the_key_replaces(provider) is None:  # (a --header may carry the credential)
+                and not _carries_a_credential(provider):
             dialect = provider_dialect(provider)
             own = " or ".join(default_key_variables(dialect, False))
             if provider.name != SHORTHAND_PROVIDER:
@@ -58,6 +58,17 @@ def keyless(providers: Iterable[Provider], library: bool = False) -> List[Tuple[
             said.append((needed, f"{who} ({host}) gets no API key"
                                  + (f", which it needs ({how})" if needed else f": expect 401s ({how})")))
     return said
+
+
+def _carries_a_credential(provider: Provider) -> bool:
+    """A header of the provider's own that may hold the credential (a --header): the key's header, or
+    any of the three an upstream takes one in (Azure with an Entra ID token sends Authorization, not
+    its api-key)."""
+    return header_the_key_replaces(provider) is not None or \
+        any(name.lower() in _CREDENTIAL_HEADERS for name, _ in provider.headers)
+
+
+_CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key")
 
 
 def on_the_internet(host: str) -> bool:

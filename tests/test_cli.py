@@ -357,8 +357,10 @@ def test_a_header_a_key_variable_replaces_is_refused_and_not_echoed(served: List
 
 
 @pytest.mark.parametrize("value, told", [
-    ("sk-proj-abcdefghijklmnop1234", "--api-key-env: takes the name of an environment variable (such as "
-                                     "OPENAI_API_KEY), not a value: this is no name"),
+    ("sk-proj-abcdefghijklmnop1234", "--api-key-env: takes the name of the environment variable that holds the "
+                                     "key, not the key itself"),
+    ("aBcD1234EfGh5678IjKl9012MnOp3456", "--api-key-env: takes the name of the environment variable that holds "
+                                         "the key, not the key itself"),  # a Mistral key: a valid name's letters
     ("$OPENAI_API_KEY", "--api-key-env: give the variable's name without the $ (OPENAI_API_KEY), not $OPENAI_API_KEY"),
     ("MY_UNSET_KEY", "--api-key-env: the environment variable MY_UNSET_KEY is not set"),
 ])
@@ -366,7 +368,7 @@ def test_a_key_or_a_dollar_where_a_variable_name_belongs_is_told_so(served: List
     # "the environment variable *** is not set" sent a user who pasted the key itself looking for a variable.
     code, out, err = run_main(["--api-key-env", value], {"OPENAI_API_KEY": ENV_KEY})
     assert_usage_error(code, out, err, told)
-    assert "abcdefghijklmnop" not in err
+    assert "abcdefghijklmnop" not in err and "1234EfGh" not in err  # a key pasted there is not echoed
 
 
 def test_auth_key_from_environment_allows_a_wildcard_host(served: List[Any]) -> None:
@@ -663,6 +665,18 @@ def test_a_provider_on_the_internet_without_a_key_is_said_at_start(settings: Dic
     assert bool(lines) == warned, lines
     if warned:
         assert "gets no API key" in lines[0] and "OPENAI_API_KEY" in lines[0]
+
+
+def test_start_takes_a_credential_header_as_the_key(served: List[Any]) -> None:
+    # Azure with an Entra ID token: the token goes in Authorization, and Azure's key header (api-key)
+    # stays empty. The check for a keyless provider took that for no credential at all.
+    server = claudeproxy.start(upstream="https://res.openai.azure.com", provider="azure", model="dep",
+                               headers=(("Authorization", "Bearer entra-token-0001"),))
+    server.shutdown(grace=0.1)
+    code, _, err = run_main(["--provider", "azure", "--upstream", "https://res.openai.azure.com", "--model", "dep",
+                             "--header", "Authorization: Bearer entra-token-0001"], {})
+    assert code == 0, err
+    assert served[-1].headers == (("Authorization", "Bearer entra-token-0001"),)
 
 
 @pytest.mark.parametrize("settings, told", [
