@@ -833,12 +833,11 @@ def unserved_families(server: ProxyServer) -> List[str]:
     and each got a 404 that nothing at start had said. Routes serving none of them say nothing:
     such a proxy is not for Claude Code."""
     router = server.proxy.router
-    missing = [name for name, sample in _CLAUDE_CODE_FAMILIES if router.resolve(sample) is None]
+    missing = [(family, sample) for family, sample in _CLAUDE_CODE_FAMILIES if router.resolve(sample) is None]
     if not missing or len(missing) == len(_CLAUDE_CODE_FAMILIES):
         return []
-    return [f"no route serves Claude Code's {' or '.join(missing)} models (such as "
-            f"{dict(_CLAUDE_CODE_FAMILIES)[missing[0]]}): their requests get a 404; add a route for them, "
-            "or one matching '*'"]
+    return [f"no route serves Claude Code's {' or '.join(family for family, _ in missing)} models (such as "
+            f"{missing[0][1]}): their requests get a 404; add a route for them, or one matching '*'"]
 
 
 def unmatched_routes(server: ProxyServer) -> List[str]:

@@ -1,5 +1,5 @@
 """Upstreams that would get no key, found before anything listens (the command line, ``run`` and
-``start()`` alike). No I/O but running a provider's key command once."""
+``start()`` alike). No I/O but running a provider's key command once (``check_keys``)."""
 
 from __future__ import annotations
 
@@ -14,20 +14,25 @@ from .errors import UpstreamUnavailable
 from .routing import build_router, header_the_key_replaces, provider_dialect
 
 
-def check_keys(config: Config, library: bool = False) -> None:
+def check_keys(config: Config) -> None:
     """Before anything listens: each key command run once (its key is then cached for the first
     calls), one that fails or prints no key a ValueError that names it; and a provider known to
     need a key (OpenAI, Groq...) that would get none a ValueError too, not a server whose every
-    answer is a 401. Not in check_settings: --print-config runs no command, and shows such a setting.
-    ``library``: for ``start()``, whose settings are arguments (the command line's read variables too),
-    and whose key command runs when a request first needs it, as it always did."""
+    answer is a 401. Not in check_settings: --print-config runs no command, and shows such a setting."""
     for token in [p.token for p in config.providers] + [config.token]:
-        if isinstance(token, CommandToken) and not library:  # a library's runs when a request needs it
+        if isinstance(token, CommandToken):
             try:
                 token()
             except UpstreamUnavailable as exc:
                 raise ValueError(exc.message) from None
-    for needed, line in keyless(build_router(config).providers.values(), library):
+    refuse_keyless(build_router(config).providers.values())
+
+
+def refuse_keyless(providers: Iterable[Provider], library: bool = False) -> None:
+    """A ValueError for the first provider known to need a key that gets none. ``library``: for
+    ``start()``, whose settings are arguments, and which reads no key from the environment (its key
+    command runs when a request first needs it, as it always did)."""
+    for needed, line in keyless(providers, library):
         if needed:
             raise ValueError(line)
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, List, Optional, Set, Tuple
 
 from .config import Config
 from .handler import MessagesHandler
-from .keyless import check_keys
+from .keyless import refuse_keyless
 from .metrics import Metrics, Sink
 from .observe import PACKAGE_LOGGER
 from .pipeline import Proxy
@@ -217,7 +217,8 @@ def start(config: Optional[Config] = None, metrics_sink: Optional[Sink] = None, 
     _quiet_without_logging()
     server = ProxyServer(config, metrics_sink)  # a bad setting raises here, naming it
     try:
-        check_keys(config, library=True)  # as the command line: OpenAI, Groq... with no key would 401 every call
+        # As the command line: OpenAI, Groq... with no key would 401 every call. (The server's router.)
+        refuse_keyless(server.proxy.router.providers.values(), library=True)
     except ValueError:
         server.server_close()
         raise
