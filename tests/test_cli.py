@@ -785,6 +785,54 @@ def test_sigterm_with_a_stream_in_flight(spawn: Any, fake_upstream: Any) -> None
     assert "Traceback" not in err
 
 
+def _glibc() -> bool:
+    try:
+        return sys.platform.startswith("linux") and bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (ValueError, OSError):
+        return False
+
+
+def _arena_reserves(pid: int) -> int:
+    """glibc's malloc arenas besides the main one: each reserves 64 MiB, most of it PROT_NONE."""
+    with open(f"/proc/{pid}/maps", encoding="ascii") as fh:
+        spans = [line.split()[:2] for line in fh]
+    return sum(1 for span, perms in spans if perms == "---p"
+               and int(span.split("-")[1], 16) - int(span.split("-")[0], 16) >= 16 << 20)
+
+
+@pytest.mark.skipif(not _glibc(), reason="glibc's malloc arenas (Linux with glibc)")
+def test_the_command_line_keeps_malloc_arenas_few_with_many_streams(spawn: Any, fake_upstream: Any) -> None:
+    # A thread per connection: glibc would give each of them an arena of its own (up to 8 a core),
+    # each holding freed memory; python -m claudeproxy asks for two (malloc.py).
+    gates = [Gate() for _ in range(6)]
+    for gate in gates:
+        reply = sse_reply(chunk({"role": "assistant", "content": ""}), chunk({"content": "Hel"}), done=False)
+        reply.body.append(gate)
+        fake_upstream.push(reply)
+    proc, port = spawn()
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in gates]
+    try:
+        body = json.dumps(minimal_request(stream=True)).encode()
+        for sock in socks:
+            sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        for sock in socks:
+            _read_until(sock, b"Hel", 10)
+        assert all(gate.reached.is_set() for gate in gates)
+        assert _arena_reserves(proc.pid) <= 1
+    finally:
+        for gate in gates:
+            gate.release()
+        for sock in socks:
+            sock.close()
+
+
+def test_an_arena_limit_in_the_environment_is_left_to_rule() -> None:
+    from claudeproxy.malloc import fewer_arenas
+
+    assert fewer_arenas({"MALLOC_ARENA_MAX": "8"}) is False
+
+
 def _read_until(sock: socket.socket, marker: bytes, timeout: float) -> bytes:
     data = b""
     deadline = time.monotonic() + timeout
