@@ -18,9 +18,8 @@ if _sys.version_info < (3, 8):  # the modules are 3.8's (typing.Protocol...): on
         raise SystemExit(f"claudeproxy: error: {_TOO_OLD}")
     raise ImportError(_TOO_OLD)
 
-__version__ = "0.1.0"
-
-from .config import Config, static_token  # noqa: E402  (after __version__, which upstream.py reads)
+from .config import Config, static_token  # noqa: E402  (after the version check)
 from .server import RunningServer, start  # noqa: E402
+from .version import __version__  # noqa: E402
 
 __all__ = ["Config", "RunningServer", "__version__", "start", "static_token"]

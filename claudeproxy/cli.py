@@ -36,7 +36,7 @@ from typing import (
 )
 from urllib.parse import urlsplit
 
-from . import __version__, reachability
+from . import reachability
 from .claude_code import help_footer, port_given
 from .config import (
     DEFAULT_MESSAGES_UPSTREAM,
@@ -70,6 +70,7 @@ from .routing import Router, build_router, covers, header_the_key_replaces, prov
 from .server import ProxyServer, drain_and_close
 from .settings_view import describe_config
 from .upstream import proxy_urls, tls_context
+from .version import __version__
 
 log = logging.getLogger(PACKAGE_LOGGER)
 

@@ -44,7 +44,6 @@ import zlib
 from typing import Any, Callable, Dict, Generator, Iterator, List, Mapping, Optional, Tuple, Union
 from urllib.parse import unquote, urlsplit
 
-from . import __version__
 from .config import Config, env_proxies, is_loopback_host, unused_proxy_hint, unused_proxy_variables
 from .ending import abort_error
 from .errors import (
@@ -61,6 +60,7 @@ from .http_head import MAX_RESPONSE_HEAD, HeadCutShort, read_headers
 from .kernel_timeout import bound_by_kernel
 from .redact import redact_headers, redact_text, redact_url
 from .skim import SKIM_AFTER, LineSkimmer
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
