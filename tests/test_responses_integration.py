@@ -426,3 +426,21 @@ def test_a_call_id_outside_anthropics_id_form_reaches_the_client_in_it_and_goes_
     assert sent["function_call"]["call_id"] == sent["function_call_output"]["call_id"]
     if len(upstream_id) <= 64:  # a longer one is clamped to the API's 64 characters, the same for both
         assert sent["function_call"]["call_id"] == upstream_id
+
+
+@pytest.mark.parametrize("base, provider, path, key_header", [
+    # Azure (its dialect, as its key goes in api-key): the resource's v1 surface.
+    ("", "azure", "/openai/v1/responses", "api-key"),
+    ("/openai/v1", "azure", "/openai/v1/responses", "api-key"),
+    # A gateway whose query happens to name an Azure host is no Azure resource.
+    ("/v1?target=r.openai.azure.com", None, "/v1/responses?target=r.openai.azure.com", "authorization"),
+])
+def test_the_responses_url_follows_the_providers_dialect(make_proxy: Any, fake_upstream: Any, base: str,
+                                                          provider: Any, path: str, key_header: str) -> None:
+    origin = fake_upstream.url[: -len("/v1")]
+    proxy = make_proxy(upstream=origin + base, upstream_api="responses", model="gpt-5", provider=provider)
+    fake_upstream.push(Reply(200, (("Content-Type", "application/json"),), [read("responses", "text.response.json")]))
+    resp = request(proxy.url, "POST", "/v1/messages", ask(), HEADERS)
+    assert resp.status == 200, resp
+    sent = fake_upstream.last
+    assert sent.path == path and key_header in sent.headers

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import threading
 from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
+from urllib.parse import urlsplit
 
 from ...anthropic_types import MessagesRequest, parse_messages_request, tool_use_ids, wants_thinking
 from ...errors import ProxyError
@@ -34,9 +35,13 @@ from .stream import LocalStopResponsesFold, ResponsesFold
 DROPPABLE_FIELDS = ("temperature", "top_p", "reasoning", "parallel_tool_calls", "prompt_cache_key")
 
 
-def responses_url(base: str) -> str:
-    """``{base}/responses``; an Azure resource URL gets its v1 surface (``/openai/v1/responses``)."""
-    if ".azure.com" in base and "/openai/" not in base + "/":
+def responses_url(base: str, azure: bool) -> str:
+    """``{base}/responses``; an Azure resource URL gets its v1 surface (``/openai/v1/responses``).
+
+    ``azure``: the provider's dialect is Azure's (its host, or ``dialect: azure``), the same
+    judgement that sends its key as ``api-key``: not a guess from the URL's text, whose query may
+    name anything."""
+    if azure and "/openai/" not in urlsplit(base).path + "/":
         base = join_path(base, "/openai/v1")
     return join_path(base, "/responses")
 
@@ -75,7 +80,8 @@ class ResponsesApi(UpstreamApi):
                    ("Accept", "text/event-stream" if parsed.stream else "application/json"))
         # The API has no stop parameter: the proxy matches all of the client's stop strings.
         stops = unsent_stops(parsed.stop_sequences, ())
-        return Exchange(responses_url(target.provider.url), body, headers, parsed.stream,
+        azure = bool(dialect and dialect.auth == "azure")
+        return Exchange(responses_url(target.provider.url, azure), body, headers, parsed.stream,
                         translation.body.get("max_output_tokens"), translation.warnings,
                         (translation.tool_names, stops))
 
