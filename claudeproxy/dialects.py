@@ -187,6 +187,10 @@ _OPENAI_REASONING = {
     "reasoning": "effort",
     "azure_api_version": "2025-04-01-preview",
 }
+# OpenAI's reasoning models by name, for both of its APIs (RESPONSES.md 5): o1, o3-mini,
+# o4-mini-deep-research...; gpt-5*, but not gpt-5-chat-latest or gpt-5.1-chat (chat models); codex-mini.
+# Any case: an Azure deployment may be named GPT-5.
+OPENAI_REASONING_NAME = r"(?i)^(?:o\d|gpt-5(?!.*-chat)|codex)"
 # What an OpenAI model gets on Azure too (learn.microsoft.com azure/foundry/openai/how-to/prompt-caching).
 _OPENAI_MODEL = {"cache_key_field": "prompt_cache_key", "merge_user_turns": False}
 # The first rule that matches a model applies, alone.
@@ -194,7 +198,9 @@ MODEL_RULES: Tuple[Tuple[Tuple[str, ...], str, Dict[str, object]], ...] = (
     # reasoning_effort came with o1 and o3-mini: o1-mini and o1-preview refuse it.
     (("openai", "azure"), r"^(o1-mini|o1-preview)", {**_OPENAI_REASONING, "system_role": "user", "reasoning": "none",
                                                       **_OPENAI_MODEL}),
-    (("openai", "azure"), r"^(o\d|gpt-5|codex)", {**_OPENAI_REASONING, **_OPENAI_MODEL}),
+    (("openai", "azure"), OPENAI_REASONING_NAME, {**_OPENAI_REASONING, **_OPENAI_MODEL}),
+    # gpt-5-chat on Azure: no reasoning model, but of the GPT-5 series the GA api-version predates.
+    (("azure",), r"(?i)^gpt-5.*-chat", {"azure_api_version": "2025-04-01-preview", **_OPENAI_MODEL}),
     (("azure",), r"^(gpt-|chatgpt-)", _OPENAI_MODEL),
     (("openrouter",), r"^openai/(o\d|gpt-5)", {"drop_sampling": True}),
     # OpenAI's chat models behind a URL the dialects do not know (a gateway, a local relay) refuse

@@ -83,6 +83,17 @@ def test_openai_reasoning_models(provider: str, model: str) -> None:
     assert dialect.system_role == "developer"
 
 
+@pytest.mark.parametrize("model", REASONING_MODELS + CHAT_MODELS + [
+    "gpt-5-chat-latest", "gpt-5.1-chat", "GPT-5", "GPT-5-mini", "O3", "codex-mini-latest", "my-deployment"])
+def test_both_openai_apis_agree_on_which_models_reason(model: str) -> None:
+    # gpt-5-chat-latest reasons on neither (Chat sent it reasoning_effort and dropped its
+    # temperature); an Azure deployment named GPT-5 reasons on both (Chat sent it max_tokens).
+    from claudeproxy.apis.responses.request import is_reasoning_model
+
+    for provider in ("openai", "azure"):
+        assert (dialect_for(provider, model).reasoning == "effort") == is_reasoning_model(model), (provider, model)
+
+
 @pytest.mark.parametrize("model", ["o1-mini", "o1-mini-2024-09-12", "o1-preview"])
 def test_o1_mini_and_preview_take_no_system_role(model: str) -> None:
     """They reject both system and developer (FIELD-NOTES 13): the system text goes as a user message."""
@@ -124,6 +135,7 @@ def test_deepseek_thinking_mode_gets_its_reasoning_back() -> None:
 @pytest.mark.parametrize("model,setting,sent", [
     ("o3", "2024-10-21", "2025-04-01-preview"),      # the GA default cannot serve o-series
     ("gpt-5-mini", "2024-10-21", "2025-04-01-preview"),
+    ("gpt-5-chat", "2024-10-21", "2025-04-01-preview"),  # of the GPT-5 series, though no reasoning model
     ("o3", "2025-03-01-preview", "2025-03-01-preview"),  # a version the user chose stays
     ("gpt-4.1", "2024-10-21", "2024-10-21"),
 ])

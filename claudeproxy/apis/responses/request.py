@@ -33,7 +33,7 @@ from ...anthropic_types import (
     merge_turns,
     wants_thinking,
 )
-from ...dialects import effort_for_budget
+from ...dialects import OPENAI_REASONING_NAME, effort_for_budget
 from ...schemas import clean_schema
 from ...signatures import decode_signature
 from ..chat.request import tool_alias
@@ -51,8 +51,7 @@ SOURCES_INCLUDE = "web_search_call.action.sources"
 REASONING_INCLUDE = "reasoning.encrypted_content"
 # Anthropic effort -> Responses effort; "max" is the newest models' "xhigh".
 _EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
-# o1, o3-mini, o4-mini-deep-research...; gpt-5*, but not gpt-5-chat-latest; codex-mini-latest.
-_REASONING_RE = re.compile(r"^(?:o\d|gpt-5(?!.*-chat)|codex)")
+_REASONING_RE = re.compile(OPENAI_REASONING_NAME)  # the Chat API's rule for these models too
 # Open-weight reasoning models (gpt-oss on vLLM, Ollama, LM Studio, Groq: effort low/medium/high, raw
 # reasoning as reasoning_text): they take ``reasoning`` but also temperature/top_p, and their
 # servers keep no encrypted reasoning to replay.
