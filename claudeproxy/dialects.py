@@ -80,6 +80,9 @@ class Dialect:
     # The Responses API here runs OpenAI's hosted web_search tool (Azure refuses it:
     # "Hosted tool 'web_search_preview' is not supported", RESPONSES.md 7.10).
     hosted_web_search: bool = False
+    # OpenAI's Responses API is served here too: a chat route to a model served only there
+    # (gpt-5-codex, o3-pro) switches to it (routing; RESPONSES.md 5). A gateway may not.
+    serves_responses: bool = False
     # Merge consecutive user messages into one. DeepSeek reasoner and Mistral-family chat
     # templates reject two in a row (PROTOCOL.md 1.2 step 4), and an unknown server may too.
     # A merge rewrites the last user message when the next request adds another user turn
@@ -107,13 +110,13 @@ DIALECTS: Dict[str, Dialect] = {
     # prompt_cache_key: developers.openai.com/api/docs/guides/prompt-caching.
     "openai": dataclasses.replace(
         _BASE, name="openai", supports_file_parts=True, reasoning="none", merge_user_turns=False,
-        cache_key_field="prompt_cache_key", hosted_web_search=True, key_env=("OPENAI_API_KEY",),
+        cache_key_field="prompt_cache_key", hosted_web_search=True, serves_responses=True, key_env=("OPENAI_API_KEY",),
     ),
     # Azure also hosts other vendors' models (Foundry), which answer 400 "Unrecognized request
     # argument supplied: prompt_cache_key" (vectorize-io/hindsight#3518, zed-industries/zed#52000):
     # only OpenAI model names get OpenAI's key and message rules (MODEL_RULES).
     "azure": dataclasses.replace(_BASE, name="azure", supports_file_parts=True, auth="azure", reasoning="none",
-                                 key_env=("AZURE_OPENAI_API_KEY",)),
+                                 serves_responses=True, key_env=("AZURE_OPENAI_API_KEY",)),
     # session_id: openrouter.ai/docs/guides/best-practices/prompt-caching ("Using session_id for
     # sticky sessions": a top-level body field of at most 256 characters). usage.cost:
     # openrouter.ai/docs/use-cases/usage-accounting ("Cost in credits", in every response and in a
@@ -343,11 +346,13 @@ def client_key(headers: Any) -> Tuple[str, str]:
     return "", ""
 
 
+# The header each auth style sends the key in (lower case, as compared with a provider's own headers).
+KEY_HEADERS = {"bearer": "authorization", "x-api-key": "x-api-key", "api-key": "api-key"}
+
+
 def auth_header(style: str, token: str) -> Tuple[Tuple[str, str], ...]:
     if not token:
         return ()
-    if style == "x-api-key":
-        return (("x-api-key", token),)
-    if style == "api-key":
-        return (("api-key", token),)
-    return (("Authorization", f"Bearer {token}"),)
+    if style == "bearer":
+        return (("Authorization", f"Bearer {token}"),)
+    return ((KEY_HEADERS[style], token),)

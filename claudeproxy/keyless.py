@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from .config import SHORTHAND_PROVIDER, Config, Provider, gives_no_key
 from .credentials import CommandToken
-from .dialects import DIALECTS, default_key_variables, detect_provider
+from .dialects import DIALECTS, KEY_HEADERS, default_key_variables, detect_provider
 from .errors import UpstreamUnavailable
 from .routing import build_router, header_the_key_replaces, provider_dialect
 
@@ -70,10 +70,7 @@ def _carries_a_credential(provider: Provider) -> bool:
     any of the three an upstream takes one in (Azure with an Entra ID token sends Authorization, not
     its api-key)."""
     return header_the_key_replaces(provider) is not None or \
-        any(name.lower() in _CREDENTIAL_HEADERS for name, _ in provider.headers)
-
-
-_CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key")
+        any(name.lower() in KEY_HEADERS.values() for name, _ in provider.headers)
 
 
 def on_the_internet(host: str) -> bool:

@@ -40,7 +40,7 @@ from .config import (
     named_once,
     static_token,
 )
-from .dialects import DIALECTS, Dialect, auth_style, detect_provider, dialect_for, is_anthropic_host
+from .dialects import DIALECTS, KEY_HEADERS, Dialect, auth_style, detect_provider, dialect_for, is_anthropic_host
 from .model_facts import MAX_TOKENS, ModelFacts, builtin_facts, facts_from_dict, is_claude_name, without_prices
 
 FAMILIES = ("opus", "sonnet", "haiku")
@@ -59,8 +59,6 @@ _GLOB_CHARS = frozenset("*?[")
 # so Claude Code's hard-coded names never fail.
 _NEAREST = {"opus": ("sonnet", "haiku"), "sonnet": ("opus", "haiku"), "haiku": ("sonnet", "opus")}
 _TARGET_CACHE_LIMIT = 512  # distinct (provider, model) pairs remembered per router
-# Providers whose chat routes switch to the Responses API for models served only there.
-_RESPONSES_HOSTS = ("openai", "azure")
 
 
 def claude_family(name: str) -> Optional[str]:
@@ -263,14 +261,10 @@ def check_provider(p: Provider, where: str) -> None:
     check_token(p.token, f"{where} key ({p.key_source})" if p.key_source else f"{where} key")
 
 
-# The header each auth style sends the key in (dialects.auth_header).
-_KEY_HEADERS = {"bearer": "authorization", "x-api-key": "x-api-key", "api-key": "api-key"}
-
-
 def header_the_key_replaces(p: Provider) -> Optional[str]:
     """The header of ``p.headers``, as written, that ``p``'s key replaces upstream (the key goes in
     the same header, and wins): one of the two settings was meant, and the other was dropped."""
-    wanted = _KEY_HEADERS[auth_style(p.api, p.url, p.dialect, p.auth)]
+    wanted = KEY_HEADERS[auth_style(p.api, p.url, p.dialect, p.auth)]
     return next((name for name, _ in p.headers if name.lower() == wanted), None)
 
 
@@ -442,7 +436,7 @@ class Router:
             dialect = dialect_for(name, model)
             if facts.text_only:  # FIELD-NOTES 14: a text-only model 400s on an image part
                 dialect = dataclasses.replace(dialect, string_content_only=True)
-            if api == "chat" and facts.responses_only and (name in _RESPONSES_HOSTS or said_responses):
+            if api == "chat" and facts.responses_only and (dialect.serves_responses or said_responses):
                 # OpenAI serves this model only on /v1/responses (RESPONSES.md 5); the built-in facts
                 # say so of OpenAI's names, which a gateway may serve on Chat only.
                 api = "responses"
