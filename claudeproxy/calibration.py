@@ -1,6 +1,6 @@
 """Token estimates that learn from the upstream's own counts, one ``TokenCalibration`` per server.
 
-No I/O and no clock. ``tokens.estimate_input_tokens`` counts characters and
+No I/O and no clock. ``tokens.estimate_input`` counts characters and
 leans high (3.5 a token), because Claude Code compacts on count_tokens and
 message_start and an estimate that is too low overflows the context. Every
 upstream tokenizer differs from that guess, by 20 % or more. So for each

@@ -290,13 +290,3 @@ def parse_config(obj: Any, environ: Mapping[str, str], specs: Mapping[str, FlagS
     settings, spelled = _settings(obj, specs, folder)
     return FileConfig(*parsed, settings=settings,
                       names={dest: file_setting(source, key) for dest, key in spelled.items()})
-
-
-def env_key(environ: Mapping[str, str], var: Optional[str], setting: str) -> Optional[str]:
-    """The value of the environment variable a setting names (``api_key_env``), checked."""
-    if var is None:
-        return None
-    value = environ.get(var, "").strip()
-    if not value:
-        raise ConfigError(f"{setting}: {unset_variable(environ, var)}")
-    return value

@@ -210,7 +210,7 @@ class KeyRing:
             # Every key rests: the one that has rested longest is the best bet.
             return min(self._resting, key=lambda i: self._resting[i])
 
-    def refused(self, key: str, status: int) -> bool:
+    def refused(self, key: str) -> bool:
         """Rest the key that was refused; True when another key can serve now."""
         with self._lock:
             index = self._given.get(key)
@@ -235,7 +235,7 @@ def refused(source: TokenSource, key: str, status: int) -> bool:
     (the key may have rotated under us); a fixed key has nothing else to offer.
     """
     if isinstance(source, KeyRing):
-        return source.refused(key, status) or (status == 401 and any(
+        return source.refused(key) or (status == 401 and any(
             isinstance(s, CommandToken) and s.expire(key) for s in source.sources))
     if isinstance(source, CommandToken):
         return status == 401 and source.expire(key)

@@ -122,7 +122,6 @@ _F = ModelFacts
 # against LiteLLM's table (mode "responses", supported_endpoints). GPT-5.6 Luna/Terra carry the
 # 2026-07-30 cuts; GPT-5.6 and GPT-6 bill cache writes at 1.25x input (OpenAI, via Simon
 # Willison and the LiteLLM GPT-6 Astra notes).
-_O_SERIES = _F(200_000, 100_000)
 _GPT5_400K = _F(272_000, 128_000)
 _GPT5_1M = _F(922_000, 128_000)
 _GPT5_CHAT = _F(128_000, 16_384)

@@ -569,8 +569,8 @@ class Proxy:
 
         "max_tokens too large" teaches the named limit (PROTOCOL.md 1.1, remembered per
         model); a refused key (401, 429) gives way to the provider's next key or a fresh
-        one from its key command; an API may know refusals of its own (``recover``:
-        Responses reasoning).
+        one from its key command; an API may know refusals of its own (``recover``: a refused
+        optional field, Responses reasoning another key cannot read).
         """
         ex = self._prepare(api, req, target, None)
         changes = key_changes = 0
@@ -608,8 +608,7 @@ class Proxy:
             if max_tokens_limit_lasts(exc.upstream_message):
                 self._learn_cap(target, limit)  # the model's: later requests need not be refused first
             return self._prepare(api, req, target, limit)
-        recover = getattr(api, "recover", None)
-        return recover(exc, req, target, ex, self._cap(target)) if recover is not None else None
+        return api.recover(exc, req, target, ex, self._cap(target))
 
     def _cap(self, target: Target, limit: Optional[int] = None) -> Optional[int]:
         caps = [c for c in (target.output_cap, self._learned_cap(target), limit) if c]
@@ -857,7 +856,7 @@ class _ThinkingOmitted:
         if kept:
             self._writer.events(kept, end)
         elif end:
-            self._writer.raw_chunk(b"", end=True)
+            self._writer.end_stream()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._writer, name)  # start_stream, last_write...
@@ -926,10 +925,9 @@ def _relayed(api: Any, headers: Any, secrets: Tuple[str, ...]) -> Tuple[Tuple[st
     """The upstream response headers ``api`` passes on to the client (none for most), the call's
     secrets masked in their values: an upstream that echoes the key it was sent (a forwarded
     client key, in passthrough) must not hand it to whoever reads the answer's head."""
-    relayed = getattr(api, "relayed_headers", None)
-    if relayed is None or headers is None:
+    if headers is None:
         return ()
-    return tuple((name, redact_text(value, secrets)) for name, value in relayed(headers))
+    return tuple((name, redact_text(value, secrets)) for name, value in api.relayed_headers(headers))
 
 
 _UPSTREAM_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")

@@ -11,7 +11,7 @@ A route's ``match`` is ``*`` (everything), a Claude family (``opus``,
 aliases), a glob, or an exact name (globs and names compared as written).
 ``unmatched_route`` says at start when a pattern meant for Claude Code can
 match none of its names. The single-upstream flags are shorthand for a
-provider named ``upstream`` and routes to it (``_shorthand``).
+provider named ``upstream`` and routes to it (``_shorthand_provider``, ``_shorthand_routes``).
 """
 
 from __future__ import annotations

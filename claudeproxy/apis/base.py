@@ -1,4 +1,4 @@
-"""What every upstream API module works with. Pure.
+"""What every upstream API module works with. Pure but for one log line (a field a model refused).
 
 ``ClientRequest`` is one client request as the pipeline read it; ``Exchange``
 is that request prepared for one target (URL, body, headers) plus what the API
@@ -10,7 +10,8 @@ needs to read the answer. Each API (``apis/chat``, ``apis/messages``,
 - ``from_json(req, exchange, obj)``: the client's JSON reply and warnings to log;
 - ``fold(req, exchange, message_id=, input_tokens=, secrets=)``: the ``StreamFold``.
 
-Each derives from ``UpstreamApi``, which holds the defaults of what only some APIs do.
+Each derives from ``UpstreamApi``, which holds the defaults of what only some APIs do
+(``recover``, ``relayed_headers``, the usage and cost of a JSON answer).
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ import dataclasses
 import json
 import logging
 import threading
-from typing import Any, Dict, FrozenSet, Optional, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Optional, Tuple, TypeVar
 
 from ..anthropic_types import MessagesRequest
+
+if TYPE_CHECKING:  # for annotations only: routing imports nothing of the APIs, and must not start to
+    from ..errors import ProxyError
+    from ..routing import Target
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +75,18 @@ class UpstreamApi:
         """What the upstream says it billed for the JSON answer ``obj``; None where it does not say
         (the record prices the tokens instead)."""
         return None
+
+    def recover(self, exc: "ProxyError", req: ClientRequest, target: "Target", ex: Exchange,
+                cap: Optional[int]) -> Optional[Exchange]:
+        """The request changed for a refusal this API knows how to meet (an optional field the
+        model refused, encrypted reasoning another key cannot read), within ``cap``; None: no change
+        would help, the refusal stands."""
+        return None
+
+    def relayed_headers(self, headers: Any) -> Tuple[Tuple[str, str], ...]:
+        """The upstream's response headers the client gets too: none, but where the upstream speaks
+        the client's API and its headers mean what they say (Anthropic's rate limits)."""
+        return ()
 
 
 ToolsT = TypeVar("ToolsT", bound=Tuple[Any, ...])

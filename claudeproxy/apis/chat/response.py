@@ -9,7 +9,6 @@ output.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
