@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 from .dialects import DEFAULT_AZURE_API_VERSION
+from .http_head import CONTROL_RE, TOKEN_RE
 from .model_facts import MAX_TOKENS, ModelFacts
 from .redact import MASK, redact_url
 
@@ -220,9 +221,7 @@ def named_once(name: str, after: str) -> str:
 # Checks shared by the command line, the config file and start() (RELIABILITY.md S6, S9).
 # Each raises ValueError with one line that names the setting.
 
-_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _FORBIDDEN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer"})
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _URL_CONTROL_RE = re.compile(r"[\x00-\x20\x7f]")
 
 
@@ -388,11 +387,11 @@ def origin_as_sent(value: str, setting: str) -> str:
 def check_header(name: str, value: str, setting: str) -> Tuple[str, str]:
     """A header the proxy may add upstream: a token name, not one it sets itself, no control characters."""
     name, value = name.strip(), value.strip()
-    if not _TOKEN_RE.match(name):
+    if not TOKEN_RE.match(name):
         raise ValueError(f"{setting}: {name!r} is not a valid header name")
     if name.lower() in _FORBIDDEN_HEADERS:
         raise ValueError(f"{setting}: {name} is set by the proxy and cannot be overridden")
-    if _CONTROL_RE.search(value):
+    if CONTROL_RE.search(value):
         raise ValueError(f"{setting}: the value of {name} contains control characters")
     if not _latin1(value):
         raise ValueError(f"{setting}: the value of {name} has characters outside Latin-1 "
@@ -413,7 +412,7 @@ def check_secret(value: str, setting: str) -> None:
 
     The message never quotes the key.
     """
-    if _CONTROL_RE.search(value) or "\t" in value:
+    if CONTROL_RE.search(value) or "\t" in value:
         raise ValueError(f"{setting}: the key contains CR, LF, NUL or another control character")
     if not _latin1(value):
         raise ValueError(f"{setting}: the key has characters outside Latin-1 (HTTP headers cannot carry them)")

@@ -35,7 +35,7 @@ from .errors import (
     error_payload,
     error_type_for_status,
 )
-from .http_head import MAX_HEAD, HeadCutShort, HeadTooLarge, read_headers
+from .http_head import MAX_HEAD, TOKEN_RE, HeadCutShort, HeadTooLarge, read_headers
 from .ids import new_request_id
 from .kernel_timeout import bound_by_kernel
 from .sse import encode_event
@@ -48,7 +48,6 @@ _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 # What a browser opens: the usage page and what it reads. Only these take the key as ?key=.
 _PAGES = frozenset(("/", "/v1/usage", "/metrics", "/health"))
 _HOST_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-_]+)(?::(\d{1,5}))?$")
-_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 _BODY_PIECE = 256 * 1024
 Route = Callable[[Any, Any], None]
@@ -660,7 +659,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         asked = self.headers.get("Access-Control-Request-Headers") or ""
         names = [n.strip() for n in asked.split(",") if n.strip()]
         headers = [("Access-Control-Allow-Methods", ", ".join(allowed)), ("Access-Control-Max-Age", "600")]
-        if names and all(_TOKEN_RE.match(n) for n in names):
+        if names and all(TOKEN_RE.match(n) for n in names):
             headers.append(("Access-Control-Allow-Headers", ", ".join(names)))
         writer.empty(204, headers)
 

@@ -43,7 +43,10 @@ MAX_RESPONSE_HEAD = 256 * 1024
 # one whose value holds a control character (RFC 9110 5.5: none but HTAB): such a head takes the
 # feed parser's path, which notes it (``HeaderFields.has_controls``); a plain one cannot hold any.
 _FIELD_LINE = re.compile(r"([\x21-\x39\x3b-\x7e]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)\r?\n")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# A control character a field value may not hold (RFC 9110 5.5: none but HTAB), and a field
+# name's or option's syntax (RFC 9110 5.6.2 token); for the proxy's own checks of headers too.
+CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _END_OF_HEAD = (b"\r\n", b"\n")
 
 
@@ -153,7 +156,7 @@ def parse_lines(lines: List[bytes]) -> HeaderFields:
     # Not plain: the feed parser's reading, line for line what http.client.parse_headers does.
     text = b"".join(lines).decode("iso-8859-1")
     message = email.parser.Parser(_class=HeaderFields).parsestr(text)  # type: ignore[assignment]
-    message.has_controls = any(_CONTROL.search(value) for value in message.values()) or any(map(_inner_cr, lines))
+    message.has_controls = any(CONTROL_RE.search(value) for value in message.values()) or any(map(_inner_cr, lines))
     return message
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 _ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 # Each byte value to the character of its value modulo 62, for bytes.translate.
@@ -22,3 +23,14 @@ def new_id(length: int = 24) -> str:
 def new_request_id() -> str:
     """The ``request-id`` header value (Anthropic's form: ``req_`` + 24 alphanumerics)."""
     return "req_" + new_id()
+
+
+def first_free(base: str, taken: Callable[[str], bool]) -> str:
+    """``base``, else ``base_2``, ``base_3``...: the first that ``taken`` does not claim. Tool ids
+    are made unique so (within an answer and its conversation): two calls with one id would pair
+    two results with one call."""
+    candidate, n = base, 1
+    while taken(candidate):
+        n += 1
+        candidate = f"{base}_{n}"
+    return candidate

@@ -20,7 +20,7 @@ import json
 import re
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from ..counts import count_or_none, one_hour_writes
+from ..counts import USAGE_KEYS, count_or_none, one_hour_writes
 from ..dialects import forwards_betas, is_anthropic_host
 from ..errors import (
     ProxyError,
@@ -50,7 +50,6 @@ _RATELIMIT_PREFIX = "anthropic-ratelimit-"
 _RATELIMIT_NAME_RE = re.compile(r"^[a-z0-9-]{1,100}$")
 _RATELIMIT_VALUE_RE = re.compile(r"^[\x20-\x7e]{1,200}$")
 MAX_RATELIMIT_HEADERS = 32
-_USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 _START_USAGE_KEYS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 MIN_THINKING_BUDGET = 1024  # Anthropic's smallest budget_tokens
 # The deltas each block type takes (as the SDKs' accumulators apply them). A delta of a type named
@@ -570,7 +569,7 @@ class MessagesFold(SSEFold):
     def _take_usage(self, usage: Any) -> None:
         # The counts are cumulative (message_delta repeats message_start's): none goes down. Some
         # servers send the input count in message_start and then input_tokens 0 in message_delta.
-        for key, value in _counts(usage, _USAGE_KEYS).items():
+        for key, value in _counts(usage, USAGE_KEYS).items():
             self.counts[key] = max(value, self.counts.get(key, 0))
         one_hour = one_hour_writes(usage)
         if one_hour is not None:  # kept in Anthropic's own shape, which the record reads (pipeline._usage_fields)

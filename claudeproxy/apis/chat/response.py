@@ -13,6 +13,7 @@ import re
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from ...errors import ProxyError, UpstreamHTTPError, UpstreamUnavailable, error_from_object
+from ...ids import first_free
 from ...signatures import encode_signature
 from ..stops import first_stop
 from ..toolargs import loads_finite, streamed_object, whole_members
@@ -235,11 +236,8 @@ def unique_tool_ids(calls: Tuple[ToolCallDelta, ...], new_id: IdFactory,
         if not call.name:
             continue
         base = call.id or "toolu_" + new_id()
-        block_id, n = base, 1
         # A suffix must not collide with another call's real id ("c", "c_2", "c").
-        while block_id in used or (block_id != base and block_id in taken) or client_tool_id(block_id) in history:
-            n += 1
-            block_id = f"{base}_{n}"
+        block_id = first_free(base, lambda c: c in used or (c != base and c in taken) or client_tool_id(c) in history)
         used.add(block_id)
         ids[i] = client_tool_id(block_id)
     return ids

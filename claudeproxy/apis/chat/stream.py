@@ -28,6 +28,7 @@ from ...errors import (
     error_from_object,
     stream_error_event,
 )
+from ...ids import first_free
 from ...replies import events_for_message, message_start
 from ...signatures import encode_signature
 from ...skim import text_digest
@@ -687,12 +688,7 @@ class StreamTranslator:
         """The id the client sees for ``tool``: the upstream's (``client_tool_id``), suffixed when
         a call of this answer shown already, or of the conversation so far (``history``), has it."""
         taken = {t.shown for t in self.tools if t is not tool and t.shown} | self.history
-        base = tool.id or "toolu_" + self.new_id()
-        candidate, n = base, 1
-        while client_tool_id(candidate) in taken:
-            n += 1
-            candidate = f"{base}_{n}"
-        return client_tool_id(candidate)
+        return client_tool_id(first_free(tool.id or "toolu_" + self.new_id(), lambda c: client_tool_id(c) in taken))
 
     # ------------------------------------------------------------------
     # The end.

@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from ...counts import count_or_none, token_count
 from ...errors import ProxyError, error_from_object
+from ...ids import first_free
 from ...signatures import encode_signature
 from ..chat.response import message_id, normalize_arguments
 from ..chat.wire import client_tool_id
@@ -41,7 +42,7 @@ _STATUS_BY_CODE = {
 # Errors (RESPONSES.md 4): response.failed, the error event, error bodies.
 
 
-def _text_field(obj: Dict[str, Any], key: str) -> str:
+def text_field(obj: Dict[str, Any], key: str) -> str:
     value = obj.get(key)
     return value if isinstance(value, str) else ""
 
@@ -56,11 +57,11 @@ def error_for(err: Any, secrets: Tuple[str, ...] = (), default: str = "upstream 
     if isinstance(err, dict) and isinstance(err.get("error"), dict):
         err = err["error"]
     err = err if isinstance(err, dict) else {}
-    code = _text_field(err, "code") or _text_field(err, "type")
+    code = text_field(err, "code") or text_field(err, "type")
     status = _STATUS_BY_CODE.get(code)
     if status is None and code.startswith("invalid_"):
         status = 400
-    message = _text_field(err, "message") or (f"{default} ({code})" if code else default)
+    message = text_field(err, "message") or (f"{default} ({code})" if code else default)
     # error_from_object reads the status from "code" and matches overflow codes in "type".
     # error_from_object adds x-should-retry: false for a code no retry gets past (insufficient_quota).
     return error_from_object({"message": message, "code": status or 502, "type": code}, secrets)
@@ -108,8 +109,8 @@ def citation(annotation: Any, text: str) -> Optional[Dict[str, Any]]:
     cited = text[start:end] if isinstance(start, int) and isinstance(end, int) else ""
     return {
         "type": "web_search_result_location",
-        "url": _text_field(annotation, "url"),
-        "title": _text_field(annotation, "title"),
+        "url": text_field(annotation, "url"),
+        "title": text_field(annotation, "title"),
         "cited_text": cited,
     }
 
@@ -127,9 +128,9 @@ def text_block(text: str, annotations: Any) -> Optional[Block]:
 def part_text(part: Dict[str, Any]) -> Tuple[str, bool]:
     """(text, is_refusal) of a message content part."""
     if part.get("type") == "refusal":
-        return _text_field(part, "refusal"), True
+        return text_field(part, "refusal"), True
     if part.get("type") == "output_text":
-        return _text_field(part, "text"), False
+        return text_field(part, "text"), False
     return "", False
 
 
@@ -160,9 +161,9 @@ def tool_use_block(item: Dict[str, Any], tool_names: Dict[str, str], new_id: IdF
                    incomplete: bool = False) -> Block:
     """A function call as ``tool_use``: its ``call_id`` is the id the client echoes back (in Anthropic's
     id form: ``client_tool_id``; ``request.call_id`` turns it back)."""
-    name = _text_field(item, "name")
+    name = text_field(item, "name")
     obj = tool_input(item.get("arguments"), incomplete)
-    tool_id = client_tool_id(_text_field(item, "call_id")) or "toolu_" + new_id()
+    tool_id = client_tool_id(text_field(item, "call_id")) or "toolu_" + new_id()
     return {"type": "tool_use", "id": tool_id, "name": tool_names.get(name, name), "input": obj}
 
 
@@ -176,12 +177,12 @@ def search_blocks(item: Dict[str, Any], new_id: IdFactory) -> List[Block]:
         return []
     action = item["action"] if isinstance(item.get("action"), dict) else {}
     queries = [q for q in _list(action.get("queries"), str) if q]
-    query = _text_field(action, "query") or (queries[0] if queries else "")
-    tool_id = "srvtoolu_" + (_ID_CHARS_RE.sub("", _text_field(item, "id")) or new_id())
+    query = text_field(action, "query") or (queries[0] if queries else "")
+    tool_id = "srvtoolu_" + (_ID_CHARS_RE.sub("", text_field(item, "id")) or new_id())
     content: Any = [
-        {"type": "web_search_result", "url": _text_field(s, "url"), "title": _text_field(s, "title")}
+        {"type": "web_search_result", "url": text_field(s, "url"), "title": text_field(s, "title")}
         for s in _list(action.get("sources"))
-        if _text_field(s, "url")
+        if text_field(s, "url")
     ]
     if item.get("status") == "failed":
         content = {"type": "web_search_tool_result_error", "error_code": "unavailable"}
@@ -227,7 +228,7 @@ def item_blocks(item: Dict[str, Any], tool_names: Dict[str, str], new_id: IdFact
             refusal = refusal or (is_refusal and bool(text))
         return blocks, refusal
     if kind == "function_call":  # without a name no tool can answer it (PROTOCOL.md 2.2, as on Chat)
-        return ([tool_use_block(item, tool_names, new_id, incomplete)] if _text_field(item, "name") else []), False
+        return ([tool_use_block(item, tool_names, new_id, incomplete)] if text_field(item, "name") else []), False
     if kind == "web_search_call":
         return search_blocks(item, new_id), False
     return [], False
@@ -240,10 +241,7 @@ def unique_tool_ids(blocks: List[Block], history: FrozenSet[str] = frozenset()) 
     for block in blocks:
         if block["type"] != "tool_use":
             continue
-        base, n = block["id"], 1
-        while block["id"] in used:
-            n += 1
-            block["id"] = f"{base}_{n}"
+        block["id"] = first_free(block["id"], used.__contains__)
         used.add(block["id"])
 
 
@@ -393,7 +391,7 @@ def to_messages_response(
         reason = stop_reason_for(obj.get("status"), obj.get("incomplete_details"), has_tools, refusal)
     else:
         reason = cut_stop_reason(has_tools, refusal)
-    upstream_id = _text_field(obj, "id")
+    upstream_id = text_field(obj, "id")
     return {
         "id": message_id(upstream_id, new_id),
         "type": "message",

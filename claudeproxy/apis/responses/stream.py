@@ -38,6 +38,7 @@ import os
 from typing import Any, Deque, Dict, FrozenSet, List, Optional, Set, Tuple, Union
 
 from ...errors import ProxyError, UpstreamUnavailable, stream_error_event
+from ...ids import first_free
 from ...replies import block_events, events_for_message, message_start
 from ...signatures import encode_signature
 from ...skim import LineSkimmer, Repeat, SkimmedLine, holds_repeat, restore, text_digest
@@ -64,6 +65,7 @@ from .response import (
     searched,
     stop_reason_for,
     text_block,
+    text_field,
     to_messages_response,
     tool_input,
     usage_from,
@@ -312,7 +314,7 @@ class ResponsesFold(SSEFold):
                 obj = {**obj, name: None}  # indices become dict keys: an array or object there is no index
         # Dispatch on data.type: some compatible servers send no "event:" line; a line that is only
         # an error object ({"error": {...}}, no type) is that error, as on Chat.
-        kind = _str(obj, "type") or event.event or ("error" if isinstance(obj.get("error"), dict) else "")
+        kind = text_field(obj, "type") or event.event or ("error" if isinstance(obj.get("error"), dict) else "")
         handler = _HANDLERS.get(kind)
         if handler is None:
             return []
@@ -437,7 +439,7 @@ class ResponsesFold(SSEFold):
         servers omit it), the item id it names, so parallel calls stay apart (RESPONSES.md 7
         pitfall 8); -1 when it names neither (all such events are one item)."""
         index = obj.get("output_index")
-        item_id = _str(obj, "item_id") or _str(_dict(obj.get("item")), "id")
+        item_id = text_field(obj, "item_id") or text_field(_dict(obj.get("item")), "id")
         if isinstance(index, int) and not isinstance(index, bool):
             if item_id:
                 self.slots.setdefault(item_id, index)
@@ -459,15 +461,15 @@ class ResponsesFold(SSEFold):
         raw = _dict(obj.get("item"))
         slot = self._slot(obj)
         item = self._item_at(slot, str(raw.get("type") or ""))
-        item.id = item.id or _str(raw, "id")
+        item.id = item.id or text_field(raw, "id")
         if item.kind != "function_call":
             return []
-        item.call_id = item.call_id or _str(raw, "call_id")
-        item.name = item.name or _str(raw, "name")
+        item.call_id = item.call_id or text_field(raw, "call_id")
+        item.name = item.name or text_field(raw, "name")
         if not item.args:
             # Only text: an object here is a placeholder ({}) the deltas then fill, not the arguments
             # (those come whole with the closing events, which take an object: _take_whole).
-            item.args = LiveText(_str(raw, "arguments"))
+            item.args = LiveText(text_field(raw, "arguments"))
         return self._maybe_live(slot, item)
 
     def _item_done(self, obj: Dict[str, Any]) -> List[Event]:
@@ -514,10 +516,10 @@ class ResponsesFold(SSEFold):
         return events + [self._delta({"type": "thinking_delta", "thinking": text})]
 
     def _summary_delta(self, obj: Dict[str, Any]) -> List[Event]:
-        return self._thinking_text(self._slot(obj), ("s", _index(obj, "summary_index")), _str(obj, "delta"))
+        return self._thinking_text(self._slot(obj), ("s", _index(obj, "summary_index")), text_field(obj, "delta"))
 
     def _reasoning_text_delta(self, obj: Dict[str, Any]) -> List[Event]:
-        return self._thinking_text(self._slot(obj), ("c", _index(obj, "content_index")), _str(obj, "delta"))
+        return self._thinking_text(self._slot(obj), ("c", _index(obj, "content_index")), text_field(obj, "delta"))
 
     def _summary_done(self, obj: Dict[str, Any]) -> List[Event]:
         return self._fill_part(obj, ("s", _index(obj, "summary_index")))
@@ -529,7 +531,7 @@ class ResponsesFold(SSEFold):
         """A part's ``.done`` text: send what its deltas missed."""
         slot = self._slot(obj)
         item = self._item_at(slot, "reasoning")
-        sent, full = item.parts.get(part, Growing()).text(), _str(obj, "text")
+        sent, full = item.parts.get(part, Growing()).text(), text_field(obj, "text")
         if len(full) > len(sent) and full.startswith(sent):
             return self._thinking_text(slot, part, full[len(sent):])
         return []
@@ -542,8 +544,8 @@ class ResponsesFold(SSEFold):
         """
         if not self.thinking:
             return []  # not asked for: no thinking block, and without include no blob to carry
-        item.id = _str(raw, "id") or item.id
-        item.blob = _str(raw, "encrypted_content") or None
+        item.id = text_field(raw, "id") or item.id
+        item.blob = text_field(raw, "encrypted_content") or None
         full = reasoning_text(raw)
         events: List[Event] = []
         sent = item.text.text()
@@ -574,7 +576,7 @@ class ResponsesFold(SSEFold):
         key = self._text_key(obj)
         if key in self.finished or self._item_at(key[1], "message").complete:
             return []  # a late delta for a finished part: its text went out whole at .done, once is enough
-        return self._emit_text(key, _str(obj, "delta"), refusal)
+        return self._emit_text(key, text_field(obj, "delta"), refusal)
 
     def _refusal_delta(self, obj: Dict[str, Any]) -> List[Event]:
         return self._text_delta(obj, refusal=True)
@@ -600,13 +602,13 @@ class ResponsesFold(SSEFold):
 
     def _text_done(self, obj: Dict[str, Any]) -> List[Event]:
         key = self._text_key(obj)
-        events = self._fill_text(key, _str(obj, "text"), False)
+        events = self._fill_text(key, text_field(obj, "text"), False)
         self.finished.add(key)
         return events
 
     def _refusal_done(self, obj: Dict[str, Any]) -> List[Event]:
         key = self._text_key(obj)
-        events = self._fill_text(key, _str(obj, "refusal"), True)
+        events = self._fill_text(key, text_field(obj, "refusal"), True)
         self.finished.add(key)
         return events
 
@@ -747,10 +749,7 @@ class ResponsesFold(SSEFold):
 
     def _claim_tool_id(self, base: str) -> str:
         """A tool id not used in this message or conversation yet, suffixed as ``response.unique_tool_ids`` does."""
-        tool_id, n = base, 1
-        while tool_id in self.tool_ids:
-            n += 1
-            tool_id = f"{base}_{n}"
+        tool_id = first_free(base, self.tool_ids.__contains__)
         self.tool_ids.add(tool_id)
         self.has_tools = True
         return tool_id
@@ -758,13 +757,13 @@ class ResponsesFold(SSEFold):
     def _args_delta(self, obj: Dict[str, Any]) -> List[Event]:
         slot = self._slot(obj)
         item = self._item_at(slot, "function_call")
-        item.args.add(_str(obj, "delta"))
+        item.args.add(text_field(obj, "delta"))
         return self._maybe_live(slot, item)
 
     def _args_done(self, obj: Dict[str, Any]) -> List[Event]:
         slot = self._slot(obj)
         item = self._item_at(slot, "function_call")
-        item.name = item.name or _str(obj, "name")
+        item.name = item.name or text_field(obj, "name")
         self._take_whole(item, obj.get("arguments"))  # deltas may be missing: arguments only here
         events = self._maybe_live(slot, item)
         if self._is_open(("f", slot)):
@@ -798,8 +797,8 @@ class ResponsesFold(SSEFold):
                 item.args.add(full[have:])
 
     def _call_done(self, index: Any, item: _Item, raw: Dict[str, Any]) -> List[Event]:
-        item.call_id = item.call_id or _str(raw, "call_id")
-        item.name = item.name or _str(raw, "name")
+        item.call_id = item.call_id or text_field(raw, "call_id")
+        item.name = item.name or text_field(raw, "name")
         self._take_whole(item, raw.get("arguments"))
         key = ("f", index)
         if key not in self.closed and not self._is_open(key) and self._held_back(key):
@@ -929,12 +928,12 @@ class ResponsesFold(SSEFold):
         """The slot under which the stream spoke of the final object's item at ``position``, or
         None: by its id, else by its position (events with ``output_index``), else a call by its
         ``call_id``."""
-        item_id = _str(raw, "id")
+        item_id = text_field(raw, "id")
         if item_id in self.slots:
             return self.slots[item_id]
         if position in self.items:
             return position
-        call_id = _str(raw, "call_id")
+        call_id = text_field(raw, "call_id")
         return next((slot for slot, item in self.items.items() if call_id and item.call_id == call_id), None)
 
     def _unfinished(self, slot: Any, raw: Dict[str, Any]) -> List[Event]:
@@ -1109,6 +1108,3 @@ def _dict(value: Any) -> Dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _str(obj: Dict[str, Any], key: str) -> str:
-    value = obj.get(key)
-    return value if isinstance(value, str) else ""
