@@ -238,7 +238,7 @@ _HOST_RULES: Tuple[Tuple[str, str], ...] = (
 # grok-code-fast-1 answer 400 "Model grok-4 does not support parameter reasoningEffort"
 # (BerriAI/litellm#16265, NousResearch/hermes-agent#23435, vercel/ai @ai-sdk/xai 4.0.0-canary.61).
 # A table of them would be wrong within months, either way round. The refusal itself is
-# recognised (apis/chat/api.py refused_fields): a model that refuses costs one round trip per
+# recognised (apis/base.py refused_fields): a model that refuses costs one round trip per
 # server, and never gets the field again.
 _PORT_RULES = {11434: "ollama", 1234: "lmstudio"}
 

@@ -16,7 +16,7 @@ from conftest import CLIENT_KEY, minimal_request, request
 from fakes import FakeUpstream, chunk, completion, json_reply, sse_reply
 from sse_checks import answer_content, assert_valid_event_sequence, events_of, final_message
 
-from claudeproxy.apis.chat.wire import client_tool_id, upstream_tool_id
+from claudeproxy.apis.names import client_tool_id, upstream_tool_id
 
 # Anthropic's tool_use id pattern (the API refuses other ids in a request).
 ANTHROPIC_TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")

@@ -18,7 +18,8 @@ from conftest import CLIENT_KEY, minimal_request, request
 from fakes import FakeUpstream, chunk, completion, json_reply, sse_reply
 from sse_checks import assert_valid_event_sequence, events_of
 
-from claudeproxy.apis.chat.api import DROPPABLE_FIELDS, refused_fields
+from claudeproxy.apis.base import refused_fields
+from claudeproxy.apis.chat.api import DROPPABLE_FIELDS
 
 # OpenAI's answer for gpt-4.1 (the body as its API sends it).
 OPENAI_REFUSAL = {"error": {"message": "Unsupported parameter: 'reasoning_effort' is not supported with this model.",

@@ -34,7 +34,7 @@ from stream_playbook import (
 from test_stream_rechunk import FakeSocket, _Raw, chunked
 
 from claudeproxy.anthropic_types import parse_messages_request
-from claudeproxy.apis.chat.wire import upstream_tool_id
+from claudeproxy.apis.names import upstream_tool_id
 from claudeproxy.apis.responses.request import to_responses_request
 from claudeproxy.apis.responses.response import to_messages_response
 from claudeproxy.apis.responses.stream import LocalStopResponsesFold, ResponsesFold

@@ -21,7 +21,8 @@ import pytest
 from claudeproxy.anthropic_types import parse_messages_request
 from claudeproxy.dialects import DIALECTS, dialect_for
 from claudeproxy.apis.chat.wire import parse_chat_response
-from claudeproxy.apis.chat.request import Translation, mistral_id, to_chat_request, tool_alias
+from claudeproxy.apis.chat.request import Translation, mistral_id, to_chat_request
+from claudeproxy.apis.names import tool_alias
 from claudeproxy.apis.chat.response import to_messages_response
 
 HERE = os.path.dirname(os.path.abspath(__file__))

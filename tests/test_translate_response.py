@@ -25,9 +25,9 @@ from conftest import FIXTURES, load_json
 from claudeproxy.apis.chat.wire import ChatUsage, parse_chat_response
 from claudeproxy.signatures import PREFIX, decode_signature
 from claudeproxy.apis.stops import first_stop, unsent_stops
+from claudeproxy.apis.toolargs import normalize_arguments
 from claudeproxy.apis.chat.response import (
     match_stop_sequence,
-    normalize_arguments,
     stop_reason_for,
     to_messages_response,
     usage_from,

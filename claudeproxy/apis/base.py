@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import threading
 from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Optional, Tuple, TypeVar
 
@@ -127,6 +128,40 @@ def remember(table: Dict[K, V], key: K, value: V) -> None:
     table[key] = value
     while len(table) > MODELS_REMEMBERED:
         del table[next(iter(table))]
+
+
+# Refusals of a field as such, each capturing the field's name: OpenAI's "Unsupported parameter:
+# 'x' is not supported with this model" and "Unrecognized request argument supplied: x", others'
+# "Unknown parameter: 'x'" and "property 'x' is unsupported", and a strict server's 422 (pydantic's
+# extra_forbidden at ["body", "x"], or deeper: Mistral refuses stream_options at ["body",
+# "stream_options", "include_usage"], and what was sent is the top-level field), xAI's "Model
+# grok-4 does not support parameter reasoningEffort" (the name in camelCase: BerriAI/litellm#16265)
+# and Gemini's 'Unknown name "parallel_tool_calls": Cannot find field' (a name followed by " at
+# 'messages[0]'" is inside a message, not a top-level field). A refused value ("Unsupported value:
+# 'x' does not support 'max'") names the field too, but the field itself is fine there: it
+# matches none of these.
+_FIELD_REFUSALS = (
+    re.compile(r"(?:unsupported|unrecogni[sz]ed|unknown|extra)\s+(?:request\s+)?"
+               r"(?:parameter|argument|field|key|property)s?(?:\s+supplied)?\s*:?\s*['\"`]?([A-Za-z_]\w*)", re.I),
+    re.compile(r"(?:parameter|argument|field|key|property)\s+['\"`]?([A-Za-z_]\w*)['\"`]?\s+is\s+"
+               r"(?:not\s+(?:supported|allowed|permitted|recogni[sz]ed)|unsupported|unknown)", re.I),
+    re.compile(r"does\s+not\s+support\s+(?:the\s+)?(?:parameter|argument|field)\s+['\"`]?([A-Za-z_]\w*)", re.I),
+    re.compile(r"unknown\s+name\s+['\"`]([A-Za-z_]\w*)['\"`]\s*:\s*cannot\s+find\s+field", re.I),
+    # Groq: "reasoning_format is not supported with this model" (the field's name alone, first).
+    re.compile(r"(?:^|[:.]\s*)['\"`]?([a-z][a-z_]*)['\"`]?\s+is\s+not\s+supported\s+(?:with|by|for)\s+this\s+model", re.I),
+)
+_CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_EXTRA_BODY_FIELD = re.compile(r'"loc"\s*:\s*\[\s*"body"\s*,\s*"([A-Za-z_]\w*)"\s*[\],]')
+
+
+def refused_fields(message: str) -> FrozenSet[str]:
+    """The request fields an upstream's error message refuses as such (not for a value)."""
+    names = {m.group(1) for pattern in _FIELD_REFUSALS for m in pattern.finditer(message)}
+    if "extra" in message.lower():  # pydantic: {"type": "extra_forbidden", "loc": ["body", "x", ...], ...}
+        names.update(m.group(1) for m in _EXTRA_BODY_FIELD.finditer(message))
+    # A server written in Go or JS may name the field as its own struct does: reasoningEffort is
+    # the reasoning_effort the proxy sent.
+    return frozenset(names | {_CAMEL_HUMP.sub("_", name).lower() for name in names})
 
 
 class RefusedFields:

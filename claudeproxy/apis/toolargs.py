@@ -45,7 +45,7 @@ import json
 import math
 import re
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 # Inside a string: a run of characters that need no care, and valid escapes.
 _STRING_RUN = re.compile(r'[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*')
@@ -395,3 +395,99 @@ def whole_members(raw: str) -> Optional[Dict[str, Any]]:
         if text[after] == "}":
             return out
         at = after + 1
+
+
+# --------------------------------------------------------------------------
+# A whole arguments string, as the JSON answer has it (PROTOCOL.md 2.2 step 3).
+
+_TRAILING_FENCE_RE = re.compile(r"\s*```\s*$")
+
+
+def _close_unbalanced(text: str) -> str:
+    """Close an unterminated string and any open ``{``/``[`` (cut-off generations)."""
+    stack: List[str] = []
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            stack.append("}" if ch == "{" else "]")
+        elif ch in "}]" and stack:
+            stack.pop()
+    return text + ('"' if in_string else "") + "".join(reversed(stack))
+
+
+def _repair(text: str) -> Optional[Dict[str, Any]]:
+    """One repair attempt: drop a code fence or trailing prose, close what is open."""
+    text = _TRAILING_FENCE_RE.sub("", text)
+    if text.startswith("```"):
+        text = text.split("\n", 1)[-1]
+    candidates = [text]
+    if "}" in text:
+        candidates.append(text[: text.rindex("}") + 1])
+    candidates.append(_close_unbalanced(text))
+    for candidate in candidates:
+        ok, value = _loads(candidate)
+        if ok and isinstance(value, dict):
+            return value
+    return None
+
+
+def _loads(text: str) -> Tuple[bool, Any]:
+    """(parsed?, value) without raising: deep nesting and bad JSON both read as unparsed. So do
+    ``NaN`` and ``Infinity``, which Python's json reads but JSON has not (an answer holding them
+    is no JSON for the client; a stream ends the object before them, ``ArgsScan``); a number past
+    the float range (1e400) is the largest float (``finite_float``), not ``Infinity``."""
+    try:
+        return True, loads_finite(text)
+    except (ValueError, RecursionError):
+        return False, None
+
+
+def _double_encoded(value: str) -> Optional[Dict[str, Any]]:
+    """The object inside a JSON string that holds a JSON object (some models encode twice)."""
+    ok, inner = _loads(value)
+    return inner if ok and isinstance(inner, dict) else None
+
+
+def normalize_arguments(raw: Optional[str], cut: bool = False) -> Tuple[Dict[str, Any], Optional[str]]:
+    """The tool input object for an arguments string, and a warning if it needed help.
+
+    Arguments that began as a JSON object and then closed with more after it (``}}``, a code
+    fence, prose, a second object), or turned invalid, give what a live stream of them gives
+    (``toolargs.streamed_object``): the object as it closed, or its members up to the invalid
+    one. The stream is the reference, because what it sent cannot be taken back.
+
+    ``cut``: the answer was cut (the output limit, a content filter), so arguments that are not
+    whole JSON end mid-value: the members that were whole (``whole_members``), as the SDKs make
+    of the same stream, never a repair that closes the string and invents the value.
+    """
+    if raw is None or not raw.strip():
+        return {}, None
+    ok, value = _loads(raw)
+    if not ok:
+        repaired = streamed_object(raw)
+        members = whole_members(raw) if repaired is None and cut else None
+        if members is not None:
+            return members, f"tool arguments cut short; kept the members that were whole: {raw[:200]!r}"
+        if repaired is None:  # (and arguments that began as no object: a code fence, prose)
+            repaired = _repair(raw.strip())
+        if repaired is not None:
+            return repaired, f"repaired invalid tool arguments: {raw[:200]!r}"
+        return {}, f"unparseable tool arguments replaced by {{}}: {raw[:200]!r}"
+    if isinstance(value, dict):
+        return value, None
+    if value is None:  # JSON null: no arguments, as with an empty string
+        return {}, None
+    if isinstance(value, str):
+        inner = _double_encoded(value)
+        if inner is not None:
+            return inner, "tool arguments were double-encoded"
+    return {"value": value}, "tool arguments were not an object; wrapped as {'value': ...}"

@@ -9,7 +9,7 @@ import json
 import logging
 import re
 import threading
-from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from ...anthropic_types import MessagesRequest, parse_messages_request, tool_use_ids, wants_thinking
 from ...dialects import Dialect, azure_api_version
@@ -18,7 +18,8 @@ from ...ids import new_id
 from ...routing import Target
 from ...tool_memo import ToolMemo
 from ...urls import chat_url
-from ..base import ClientRequest, Exchange, RefusedFields, UpstreamApi, encode_body, remember, with_json
+from ..base import (ClientRequest, Exchange, RefusedFields, UpstreamApi, encode_body, refused_fields, remember,
+                    with_json)
 from ..stops import unsent_stops
 from .request import chat_tools, to_chat_request
 from .response import message_from_body, usage_from
@@ -36,43 +37,10 @@ log = logging.getLogger(__name__)
 DROPPABLE_FIELDS = ("reasoning_effort", "reasoning", "thinking", "reasoning_format", "chat_template_kwargs",
                     "parallel_tool_calls", "prompt_cache_key", "session_id", "user", "stream_options", "top_k",
                     "temperature", "top_p", "stop")
-# Refusals of a field as such, each capturing the field's name: OpenAI's "Unsupported parameter:
-# 'x' is not supported with this model" and "Unrecognized request argument supplied: x", others'
-# "Unknown parameter: 'x'" and "property 'x' is unsupported", and a strict server's 422 (pydantic's
-# extra_forbidden at ["body", "x"], or deeper: Mistral refuses stream_options at ["body",
-# "stream_options", "include_usage"], and what was sent is the top-level field), xAI's "Model
-# grok-4 does not support parameter reasoningEffort" (the name in camelCase: BerriAI/litellm#16265)
-# and Gemini's 'Unknown name "parallel_tool_calls": Cannot find field' (a name followed by " at
-# 'messages[0]'" is inside a message, not a top-level field). A refused value ("Unsupported value:
-# 'x' does not support 'max'") names the field too, but the field itself is fine there: it
-# matches none of these.
-_FIELD_REFUSALS = (
-    re.compile(r"(?:unsupported|unrecogni[sz]ed|unknown|extra)\s+(?:request\s+)?"
-               r"(?:parameter|argument|field|key|property)s?(?:\s+supplied)?\s*:?\s*['\"`]?([A-Za-z_]\w*)", re.I),
-    re.compile(r"(?:parameter|argument|field|key|property)\s+['\"`]?([A-Za-z_]\w*)['\"`]?\s+is\s+"
-               r"(?:not\s+(?:supported|allowed|permitted|recogni[sz]ed)|unsupported|unknown)", re.I),
-    re.compile(r"does\s+not\s+support\s+(?:the\s+)?(?:parameter|argument|field)\s+['\"`]?([A-Za-z_]\w*)", re.I),
-    re.compile(r"unknown\s+name\s+['\"`]([A-Za-z_]\w*)['\"`]\s*:\s*cannot\s+find\s+field", re.I),
-    # Groq: "reasoning_format is not supported with this model" (the field's name alone, first).
-    re.compile(r"(?:^|[:.]\s*)['\"`]?([a-z][a-z_]*)['\"`]?\s+is\s+not\s+supported\s+(?:with|by|for)\s+this\s+model", re.I),
-)
 # Gemini 2.5 Pro and 3 (and an alias of them) cannot stop thinking: reasoning_effort "none" is 'Budget 0
 # is invalid. This model only works in thinking mode.' Only that value goes for the model; the others
 # (a thinking budget's low, medium, high) still say what the client asked for.
 _NO_OFF_SWITCH = re.compile(r"only\s+works\s+in\s+thinking\s+mode", re.I)
-_CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
-_EXTRA_BODY_FIELD = re.compile(r'"loc"\s*:\s*\[\s*"body"\s*,\s*"([A-Za-z_]\w*)"\s*[\],]')
-
-
-def refused_fields(message: str) -> FrozenSet[str]:
-    """The request fields an upstream's error message refuses as such (not for a value)."""
-    names = {m.group(1) for pattern in _FIELD_REFUSALS for m in pattern.finditer(message)}
-    if "extra" in message.lower():  # pydantic: {"type": "extra_forbidden", "loc": ["body", "x", ...], ...}
-        names.update(m.group(1) for m in _EXTRA_BODY_FIELD.finditer(message))
-    # A server written in Go or JS may name the field as its own struct does: reasoningEffort is
-    # the reasoning_effort the proxy sent.
-    return frozenset(names | {_CAMEL_HUMP.sub("_", name).lower() for name in names})
-
 
 # Efforts from least to most. A model takes a range of them, and the client's top ones ("max",
 # "xhigh": Claude Code's /effort) are new: gpt-5 answers "Unsupported value: 'reasoning_effort'

@@ -36,12 +36,12 @@ from ...dialects import Dialect, effort_for_budget
 from ...prompt_cache import strip_billing_header
 from ...schemas import clean_schema
 from ...signatures import decode_signature
-from .wire import ChatMessage, ChatRequest, ToolCall, upstream_tool_id
+from ..names import tool_alias, upstream_tool_id
+from .wire import ChatMessage, ChatRequest, ToolCall
 
 
 MISSING_RESULT = "Error: tool call was not completed"
 MISTRAL_BRIDGE = "(tool results received)"
-_TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _MISTRAL_ID_RE = re.compile(r"^[a-zA-Z0-9]{9}$")
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # OpenAI rejects a longer ``user`` (Claude Code sends a ~200-char JSON string).
@@ -60,14 +60,6 @@ class Translation:
 
 # --------------------------------------------------------------------------
 # Names and ids.
-
-
-def tool_alias(name: str) -> str:
-    """A name OpenAI accepts (``[a-zA-Z0-9_-]{1,64}``), stable for the same input."""
-    if _TOOL_NAME_RE.match(name):
-        return name
-    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
-    return re.sub(r"[^a-zA-Z0-9_-]", "_", name)[:55] + "_" + digest
 
 
 def mistral_id(tool_id: str) -> str:

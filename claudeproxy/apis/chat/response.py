@@ -1,128 +1,31 @@
 """OpenAI ``ChatResponse`` -> Anthropic Messages response (PROTOCOL.md section 2).
 
 Pure: ids come in as arguments or from an id factory the caller passes. The
-helpers here (argument normalisation, stop reason, usage) are shared with the
-stream translator so both paths give the same answer for the same upstream
-output.
+helpers here (stop reason, usage) and those of ``apis/toolargs.py`` (a call's
+arguments) and ``apis/names.py`` (ids) are shared with the stream translator, so
+both paths give the same answer for the same upstream output.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from ...errors import ProxyError, UpstreamHTTPError, UpstreamUnavailable, error_from_object
 from ...ids import first_free
 from ...signatures import encode_signature
 from ..stops import first_stop
-from ..toolargs import loads_finite, streamed_object, whole_members
+from ..names import client_tool_id, message_id
+from ..toolargs import normalize_arguments
 from .wire import (
     ChatChoice,
     ChatResponse,
     ChatUsage,
     ToolCallDelta,
-    client_tool_id,
     parse_chat_response,
 )
 
 IdFactory = Callable[[], str]
-_ID_CHARS_RE = re.compile(r"[^A-Za-z0-9_-]")
-_TRAILING_FENCE_RE = re.compile(r"\s*```\s*$")
-
-
-# --------------------------------------------------------------------------
-# Tool arguments (PROTOCOL.md 2.2 step 3).
-
-
-def _close_unbalanced(text: str) -> str:
-    """Close an unterminated string and any open ``{``/``[`` (cut-off generations)."""
-    stack: List[str] = []
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "{[":
-            stack.append("}" if ch == "{" else "]")
-        elif ch in "}]" and stack:
-            stack.pop()
-    return text + ('"' if in_string else "") + "".join(reversed(stack))
-
-
-def _repair(text: str) -> Optional[Dict[str, Any]]:
-    """One repair attempt: drop a code fence or trailing prose, close what is open."""
-    text = _TRAILING_FENCE_RE.sub("", text)
-    if text.startswith("```"):
-        text = text.split("\n", 1)[-1]
-    candidates = [text]
-    if "}" in text:
-        candidates.append(text[: text.rindex("}") + 1])
-    candidates.append(_close_unbalanced(text))
-    for candidate in candidates:
-        ok, value = _loads(candidate)
-        if ok and isinstance(value, dict):
-            return value
-    return None
-
-
-def _loads(text: str) -> Tuple[bool, Any]:
-    """(parsed?, value) without raising: deep nesting and bad JSON both read as unparsed. So do
-    ``NaN`` and ``Infinity``, which Python's json reads but JSON has not (an answer holding them
-    is no JSON for the client; a stream ends the object before them, ``ArgsScan``); a number past
-    the float range (1e400) is the largest float (``finite_float``), not ``Infinity``."""
-    try:
-        return True, loads_finite(text)
-    except (ValueError, RecursionError):
-        return False, None
-
-
-def _double_encoded(value: str) -> Optional[Dict[str, Any]]:
-    """The object inside a JSON string that holds a JSON object (some models encode twice)."""
-    ok, inner = _loads(value)
-    return inner if ok and isinstance(inner, dict) else None
-
-
-def normalize_arguments(raw: Optional[str], cut: bool = False) -> Tuple[Dict[str, Any], Optional[str]]:
-    """The tool input object for an arguments string, and a warning if it needed help.
-
-    Arguments that began as a JSON object and then closed with more after it (``}}``, a code
-    fence, prose, a second object), or turned invalid, give what a live stream of them gives
-    (``toolargs.streamed_object``): the object as it closed, or its members up to the invalid
-    one. The stream is the reference, because what it sent cannot be taken back.
-
-    ``cut``: the answer was cut (the output limit, a content filter), so arguments that are not
-    whole JSON end mid-value: the members that were whole (``whole_members``), as the SDKs make
-    of the same stream, never a repair that closes the string and invents the value.
-    """
-    if raw is None or not raw.strip():
-        return {}, None
-    ok, value = _loads(raw)
-    if not ok:
-        repaired = streamed_object(raw)
-        members = whole_members(raw) if repaired is None and cut else None
-        if members is not None:
-            return members, f"tool arguments cut short; kept the members that were whole: {raw[:200]!r}"
-        if repaired is None:  # (and arguments that began as no object: a code fence, prose)
-            repaired = _repair(raw.strip())
-        if repaired is not None:
-            return repaired, f"repaired invalid tool arguments: {raw[:200]!r}"
-        return {}, f"unparseable tool arguments replaced by {{}}: {raw[:200]!r}"
-    if isinstance(value, dict):
-        return value, None
-    if value is None:  # JSON null: no arguments, as with an empty string
-        return {}, None
-    if isinstance(value, str):
-        inner = _double_encoded(value)
-        if inner is not None:
-            return inner, "tool arguments were double-encoded"
-    return {"value": value}, "tool arguments were not an object; wrapped as {'value': ...}"
 
 
 # --------------------------------------------------------------------------
@@ -313,11 +216,6 @@ def cut_at_stop(choice: ChatChoice, stops: Tuple[str, ...], think_tags: bool) ->
     cut = dataclasses.replace(choice, reasoning=reasoning, content=text[:start], refusal="", tool_calls=(),
                               finish_reason="stop", matched_stop=None)
     return cut, seq
-
-
-def message_id(upstream_id: str, new_id: IdFactory) -> str:
-    cleaned = _ID_CHARS_RE.sub("", upstream_id)
-    return "msg_" + (cleaned or new_id())
 
 
 def to_messages_response(

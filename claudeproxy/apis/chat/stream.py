@@ -36,18 +36,18 @@ from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done, loads_data
 from ...tokens import estimate_output_tokens
 from ..growing import Growing
 from ..stops import first_stop, stop_prefix_len
-from ..toolargs import ArgsScan
+from ..names import client_tool_id
+from ..toolargs import ArgsScan, normalize_arguments
 from .response import (
     CUT_FINISH_REASONS,
     IdFactory,
     match_stop_sequence,
     message_from_body,
-    normalize_arguments,
     overload_error,
     stop_reason_for,
     usage_from,
 )
-from .wire import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta, client_tool_id, parse_chat_chunk, reports_usage
+from .wire import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta, parse_chat_chunk, reports_usage
 
 log = logging.getLogger(__name__)
 Event = Dict[str, Any]

@@ -9,44 +9,13 @@ Reasoning is read from every field providers use for it.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
-import re
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ...counts import count_or_none, token_count
 
 Content = Union[str, List[Dict[str, Any]], None]
-
-# Anthropic's tool_use ids match ^[a-zA-Z0-9_-]+$ (a session that later reaches Anthropic, or a
-# strict client, refuses others); Kimi names its calls "functions.Bash:0". Such an id reaches the
-# client as its URL-safe base64 behind a marker, and goes back upstream as it came: Kimi's
-# models are trained on their own id form.
-_CLIENT_TOOL_ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-_ENCODED_TOOL_ID = "toolu_b64_"
-
-
-def client_tool_id(upstream_id: str) -> str:
-    """The id the client sees for an upstream tool-call id (``upstream_tool_id`` reverses it)."""
-    if not upstream_id or _CLIENT_TOOL_ID_RE.match(upstream_id):
-        return upstream_id
-    encoded = base64.urlsafe_b64encode(upstream_id.encode("utf-8", "surrogatepass")).decode("ascii")
-    return _ENCODED_TOOL_ID + encoded.rstrip("=")
-
-
-def upstream_tool_id(client_id: str) -> str:
-    """The upstream's own id for a tool_use id the client sends back; other ids are unchanged."""
-    if not client_id.startswith(_ENCODED_TOOL_ID):
-        return client_id
-    data = client_id[len(_ENCODED_TOOL_ID):]
-    try:
-        decoded = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)).decode("utf-8", "surrogatepass")
-    except ValueError:  # not base64, not UTF-8: an id of the client's own that looks like ours
-        return client_id
-    # Only what client_tool_id makes is decoded (a suffixed duplicate "..._2" stays as it is).
-    return decoded if client_tool_id(decoded) == client_id else client_id
-
 
 @dataclasses.dataclass(frozen=True)
 class ToolCall:

@@ -22,8 +22,7 @@ from ...ids import new_id
 from ...routing import Target
 from ...tool_memo import ToolMemo
 from ...urls import join_path
-from ..base import ClientRequest, Exchange, RefusedFields, UpstreamApi, encode_body, with_json
-from ..chat.api import refused_fields
+from ..base import ClientRequest, Exchange, RefusedFields, UpstreamApi, encode_body, refused_fields, with_json
 from ..stops import unsent_stops
 from .request import responses_tools, to_responses_request
 from .response import reports_usage, to_messages_response, usage_from

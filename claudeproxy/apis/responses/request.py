@@ -36,8 +36,7 @@ from ...anthropic_types import (
 from ...dialects import OPENAI_REASONING_NAME, effort_for_budget
 from ...schemas import clean_schema
 from ...signatures import decode_signature
-from ..chat.request import tool_alias
-from ..chat.wire import upstream_tool_id
+from ..names import tool_alias, upstream_tool_id
 from . import API_NAME
 
 Item = Dict[str, Any]

@@ -8,21 +8,19 @@ stream fold, so a streamed answer and a JSON answer give the same message.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from ...counts import count_or_none, token_count
 from ...errors import ProxyError, error_from_object
 from ...ids import first_free
 from ...signatures import encode_signature
-from ..chat.response import message_id, normalize_arguments
-from ..chat.wire import client_tool_id
+from ..names import client_tool_id, id_chars, message_id
+from ..toolargs import normalize_arguments
 from ..stops import first_stop
 from . import API_NAME
 
 IdFactory = Callable[[], str]
 Block = Dict[str, Any]
-_ID_CHARS_RE = re.compile(r"[^A-Za-z0-9_-]")
 # Responses error codes (strings) -> the HTTP status the same failure gets as a plain error.
 _STATUS_BY_CODE = {
     "context_length_exceeded": 400,
@@ -178,7 +176,7 @@ def search_blocks(item: Dict[str, Any], new_id: IdFactory) -> List[Block]:
     action = item["action"] if isinstance(item.get("action"), dict) else {}
     queries = [q for q in _list(action.get("queries"), str) if q]
     query = text_field(action, "query") or (queries[0] if queries else "")
-    tool_id = "srvtoolu_" + (_ID_CHARS_RE.sub("", text_field(item, "id")) or new_id())
+    tool_id = "srvtoolu_" + (id_chars(text_field(item, "id")) or new_id())
     content: Any = [
         {"type": "web_search_result", "url": text_field(s, "url"), "title": text_field(s, "title")}
         for s in _list(action.get("sources"))

@@ -44,7 +44,7 @@ from ...signatures import encode_signature
 from ...skim import LineSkimmer, Repeat, SkimmedLine, holds_repeat, restore, text_digest
 from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done, loads_data
 from ...tokens import estimate_output_tokens
-from ..chat.wire import client_tool_id
+from ..names import client_tool_id
 from ..growing import Growing, LiveText
 from ..stops import first_stop, stop_prefix_len
 from ..toolargs import ArgsScan

@@ -1,0 +1,63 @@
+"""Names and ids that both OpenAI APIs (Chat Completions, Responses) map the same way. Pure.
+
+A tool's name as OpenAI takes it (``tool_alias``), a tool call's id as the client sees it and as
+it goes back upstream (``client_tool_id``, ``upstream_tool_id``), a message's id from the
+upstream's (``message_id``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from typing import Callable
+
+_TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_ID_CHARS_RE = re.compile(r"[^A-Za-z0-9_-]")  # what an Anthropic id may not hold
+
+
+def tool_alias(name: str) -> str:
+    """A name OpenAI accepts (``[a-zA-Z0-9_-]{1,64}``), stable for the same input."""
+    if _TOOL_NAME_RE.match(name):
+        return name
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", name)[:55] + "_" + digest
+
+
+# Anthropic's tool_use ids match ^[a-zA-Z0-9_-]+$ (a session that later reaches Anthropic, or a
+# strict client, refuses others); Kimi names its calls "functions.Bash:0". Such an id reaches the
+# client as its URL-safe base64 behind a marker, and goes back upstream as it came: Kimi's
+# models are trained on their own id form.
+_CLIENT_TOOL_ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+_ENCODED_TOOL_ID = "toolu_b64_"
+
+
+def client_tool_id(upstream_id: str) -> str:
+    """The id the client sees for an upstream tool-call id (``upstream_tool_id`` reverses it)."""
+    if not upstream_id or _CLIENT_TOOL_ID_RE.match(upstream_id):
+        return upstream_id
+    encoded = base64.urlsafe_b64encode(upstream_id.encode("utf-8", "surrogatepass")).decode("ascii")
+    return _ENCODED_TOOL_ID + encoded.rstrip("=")
+
+
+def upstream_tool_id(client_id: str) -> str:
+    """The upstream's own id for a tool_use id the client sends back; other ids are unchanged."""
+    if not client_id.startswith(_ENCODED_TOOL_ID):
+        return client_id
+    data = client_id[len(_ENCODED_TOOL_ID):]
+    try:
+        decoded = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)).decode("utf-8", "surrogatepass")
+    except ValueError:  # not base64, not UTF-8: an id of the client's own that looks like ours
+        return client_id
+    # Only what client_tool_id makes is decoded (a suffixed duplicate "..._2" stays as it is).
+    return decoded if client_tool_id(decoded) == client_id else client_id
+
+
+def id_chars(upstream_id: str) -> str:
+    """``upstream_id`` without what an Anthropic id may not hold (may be empty)."""
+    return _ID_CHARS_RE.sub("", upstream_id)
+
+
+def message_id(upstream_id: str, new_id: Callable[[], str]) -> str:
+    """``msg_`` and the upstream's id as an Anthropic id may hold it, or a fresh one."""
+    return "msg_" + (id_chars(upstream_id) or new_id())
