@@ -54,3 +54,19 @@ def usage_counts(usage: Any) -> Optional[Dict[str, int]]:
     if all(v is None for v in found.values()):
         return None
     return {k: 0 if v is None else v for k, v in found.items()}
+
+
+def openai_usage(prompt: int, completion: int, cache_read: int, cache_write: int,
+                 reasoning: Optional[int]) -> Dict[str, Any]:
+    """Anthropic's usage from what both OpenAI APIs report: their prompt count includes the cached
+    part, Anthropic's ``input_tokens`` does not; reasoning (inside the output count on both) as
+    ``output_tokens_details.thinking_tokens`` when reported (PROTOCOL.md 2.5)."""
+    out: Dict[str, Any] = {
+        "input_tokens": max(0, prompt - cache_read - cache_write),
+        "cache_creation_input_tokens": cache_write,
+        "cache_read_input_tokens": cache_read,
+        "output_tokens": completion,
+    }
+    if reasoning is not None:
+        out["output_tokens_details"] = {"thinking_tokens": reasoning}
+    return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from typing import Callable
+from typing import Callable, Dict, Iterable
 
 _TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _ID_CHARS_RE = re.compile(r"[^A-Za-z0-9_-]")  # what an Anthropic id may not hold
@@ -22,6 +22,12 @@ def tool_alias(name: str) -> str:
         return name
     digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
     return re.sub(r"[^a-zA-Z0-9_-]", "_", name)[:55] + "_" + digest
+
+
+def aliased(names: Iterable[str]) -> Dict[str, str]:
+    """Upstream name -> the client's, for the names ``tool_alias`` changes (the answer's calls
+    are named back with it)."""
+    return {tool_alias(n): n for n in names if tool_alias(n) != n}
 
 
 # Anthropic's tool_use ids match ^[a-zA-Z0-9_-]+$ (a session that later reaches Anthropic, or a

@@ -36,7 +36,7 @@ from ...dialects import Dialect, effort_for_budget
 from ...prompt_cache import strip_billing_header
 from ...schemas import clean_schema
 from ...signatures import decode_signature
-from ..names import tool_alias, upstream_tool_id
+from ..names import aliased, tool_alias, upstream_tool_id
 from .wire import ChatMessage, ChatRequest, ToolCall
 
 
@@ -587,7 +587,7 @@ def _stop(req: MessagesRequest, dialect: Dialect) -> Tuple[str, ...]:
 def _tool_names(req: MessagesRequest) -> Dict[str, str]:
     names = {t.name for t in req.tools}
     names.update(b.name for m in req.messages for b in m.content if isinstance(b, ToolUseBlock))
-    return {tool_alias(n): n for n in names if tool_alias(n) != n}
+    return aliased(names)
 
 
 def to_chat_request(

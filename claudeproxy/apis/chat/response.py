@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
+from ...counts import openai_usage
 from ...errors import ProxyError, UpstreamHTTPError, UpstreamUnavailable, error_from_object
 from ...ids import first_free
 from ...signatures import encode_signature
@@ -78,17 +79,8 @@ def usage_from(usage: Optional[ChatUsage]) -> Dict[str, Any]:
     """Anthropic usage: ``input_tokens`` excludes the cached part OpenAI counts in."""
     if usage is None:
         usage = ChatUsage()
-    cache_read = usage.cached_tokens
-    cache_write = usage.cache_write_tokens
-    out: Dict[str, Any] = {
-        "input_tokens": max(0, usage.prompt_tokens - cache_read - cache_write),
-        "cache_creation_input_tokens": cache_write,
-        "cache_read_input_tokens": cache_read,
-        "output_tokens": usage.completion_tokens,
-    }
-    if usage.reasoning_tokens is not None:
-        out["output_tokens_details"] = {"thinking_tokens": usage.reasoning_tokens}
-    return out
+    return openai_usage(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.cache_write_tokens,
+                        usage.reasoning_tokens)
 
 
 # --------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from ...anthropic_types import (
 from ...dialects import OPENAI_REASONING_NAME, effort_for_budget
 from ...schemas import clean_schema
 from ...signatures import decode_signature
-from ..names import tool_alias, upstream_tool_id
+from ..names import aliased, tool_alias, upstream_tool_id
 from . import API_NAME
 
 Item = Dict[str, Any]
@@ -396,7 +396,7 @@ def _named_choice(req: MessagesRequest, name: str, tools: Sequence[Dict[str, Any
 def _tool_names(req: MessagesRequest) -> Dict[str, str]:
     names = {t.name for t in req.tools if t.is_function}
     names.update(b.name for m in req.messages for b in m.content if isinstance(b, ToolUseBlock))
-    return {tool_alias(n): n for n in names if tool_alias(n) != n}
+    return aliased(names)
 
 
 # --------------------------------------------------------------------------

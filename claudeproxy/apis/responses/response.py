@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
-from ...counts import count_or_none, token_count
+from ...counts import count_or_none, openai_usage, token_count
 from ...errors import ProxyError, error_from_object
 from ...ids import first_free
 from ...signatures import encode_signature
@@ -276,15 +276,8 @@ def usage_from(usage: Any, searches: int = 0) -> Dict[str, Any]:
     details = usage.get("input_tokens_details") if isinstance(usage, dict) else None
     cache_read = _int(details, "cached_tokens")
     cache_write = _int(details, "cache_write_tokens") or _int(usage, "cache_write_tokens")
-    out: Dict[str, Any] = {
-        "input_tokens": max(0, _int(usage, "input_tokens") - cache_read - cache_write),
-        "cache_creation_input_tokens": cache_write,
-        "cache_read_input_tokens": cache_read,
-        "output_tokens": _int(usage, "output_tokens"),
-    }
-    thinking = _reasoning_tokens(usage)
-    if thinking is not None:  # as the chat API maps completion_tokens_details.reasoning_tokens (2.5)
-        out["output_tokens_details"] = {"thinking_tokens": thinking}
+    out = openai_usage(_int(usage, "input_tokens"), _int(usage, "output_tokens"), cache_read, cache_write,
+                       _reasoning_tokens(usage))
     if searches:
         out["server_tool_use"] = {"web_search_requests": searches}
     return out
