@@ -711,103 +711,106 @@ def _blank_line_follows(data: bytes, pos: int) -> bool:
         pos = end + 1
 
 
-def _tracked(base: Any) -> Any:
-    """An ``http.client`` connection class whose ``connect`` reports its socket."""
+class _Tracked:
+    """What the proxy adds to an ``http.client`` connection (``_TrackedHTTP``, ``_TrackedHTTPS``): its
+    ``connect`` reports the socket to the call, one connect timeout covers TCP, a proxy's tunnel
+    and TLS, and a request goes out in one send."""
 
-    class Tracked(base):  # type: ignore[misc,valid-type]
-        response_class = _Response
+    response_class = _Response
 
-        def __init__(self, *args: Any, call: Optional[UpstreamCall], read_timeout: float,
-                     pool: Optional[ConnectionPool] = None, **kw: Any) -> None:
-            super().__init__(*args, **kw)
-            self.cp_call = call
-            self._read_timeout = read_timeout
-            self._pool = pool
-            self._tcp = self._create_connection  # type: ignore[has-type]
-            self._create_connection = self._first_hop
-            self._set_up_by = 0.0  # when the connect timeout ends (monotonic), set by connect()
+    def __init__(self, *args: Any, call: Optional[UpstreamCall], read_timeout: float,
+                 pool: Optional[ConnectionPool] = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.cp_call = call
+        self._read_timeout = read_timeout
+        self._pool = pool
+        self._tcp = self._create_connection  # type: ignore[has-type]
+        self._create_connection = self._first_hop
+        self._set_up_by = 0.0  # when the connect timeout ends (monotonic), set by connect()
 
-        def _first_hop(self, *args: Any, **kw: Any) -> socket.socket:
-            sock = self._tcp(*args, **kw)
+    def _first_hop(self, *args: Any, **kw: Any) -> socket.socket:
+        sock = self._tcp(*args, **kw)
+        if self.cp_call is not None:
+            # What fails from now on is past the proxy's door; and the call can end the set-up
+            # (CONNECT, TLS) from another thread: the client left, the deadline passed.
+            self.cp_call.hold(sock)
+        return sock  # type: ignore[no-any-return]
+
+    def _time_left(self) -> float:
+        left = self._set_up_by - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("the connection was not set up within the connect timeout")
+        return left
+
+    def _tunnel(self) -> None:
+        # Before 3.12 http.client leaves the CONNECT's response open, and a refusal's
+        # traceback keeps it alive: its reader holds the socket's fd until the next GC.
+        made: List[http.client.HTTPResponse] = []
+
+        def response(*args: Any, **kw: Any) -> http.client.HTTPResponse:
+            made.append(_Response(*args, **kw))
+            made[-1].fp = io.BufferedReader(_ReadsBy(made[-1].fp.detach(), self.sock, self._set_up_by))
+            return made[-1]
+
+        self.response_class = response  # type: ignore[assignment]
+        try:
+            super()._tunnel()
             if self.cp_call is not None:
-                # What fails from now on is past the proxy's door; and the call can end the set-up
-                # (CONNECT, TLS) from another thread: the client left, the deadline passed.
-                self.cp_call.hold(sock)
-            return sock  # type: ignore[no-any-return]
+                self.cp_call.tunnelled = True  # the proxy said 200: what follows is the upstream's
+        finally:
+            del self.response_class  # the class's own again, for the real response
+            for resp in made:
+                resp.close()
 
-        def _time_left(self) -> float:
-            left = self._set_up_by - time.monotonic()
-            if left <= 0:
-                raise socket.timeout("the connection was not set up within the connect timeout")
-            return left
+    def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
+        # http.client sends the head and a bytes body in two sends: two segments, and the
+        # upstream wakes twice, for every request. The proxy's bodies are bytes it just encoded
+        # (a Claude Code turn, tens of KB): one send. (_buffer holds the head's lines, 3.8-3.13.)
+        if isinstance(message_body, bytes) and not encode_chunked:
+            self._buffer.extend((b"", b""))
+            head = b"\r\n".join(self._buffer)
+            del self._buffer[:]
+            self.send(head + message_body)
+            return
+        super()._send_output(message_body, encode_chunked)
 
-        def _tunnel(self) -> None:
-            # Before 3.12 http.client leaves the CONNECT's response open, and a refusal's
-            # traceback keeps it alive: its reader holds the socket's fd until the next GC.
-            made: List[http.client.HTTPResponse] = []
+    def connect(self) -> None:
+        # One connect timeout for TCP, the proxy's tunnel and TLS together.
+        self._set_up_by = time.monotonic() + self.timeout
+        if isinstance(self, http.client.HTTPSConnection):
+            http.client.HTTPConnection.connect(self)  # TCP (+ the proxy's tunnel)
+            self.sock = self._handshake()
+        else:
+            super().connect()  # TCP
+        if self._pool is not None:
+            self._pool.counted()
+        self.sock.settimeout(self._read_timeout)
+        if self.cp_call is not None:
+            self.cp_call.attach(self.sock)
 
-            def response(*args: Any, **kw: Any) -> http.client.HTTPResponse:
-                made.append(_Response(*args, **kw))
-                made[-1].fp = io.BufferedReader(_ReadsBy(made[-1].fp.detach(), self.sock, self._set_up_by))
-                return made[-1]
-
-            self.response_class = response  # type: ignore[assignment]
-            try:
-                super()._tunnel()
-                if self.cp_call is not None:
-                    self.cp_call.tunnelled = True  # the proxy said 200: what follows is the upstream's
-            finally:
-                del self.response_class  # the class's own again, for the real response
-                for resp in made:
-                    resp.close()
-
-        def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
-            # http.client sends the head and a bytes body in two sends: two segments, and the
-            # upstream wakes twice, for every request. The proxy's bodies are bytes it just encoded
-            # (a Claude Code turn, tens of KB): one send. (_buffer holds the head's lines, 3.8-3.13.)
-            if isinstance(message_body, bytes) and not encode_chunked:
-                self._buffer.extend((b"", b""))
-                head = b"\r\n".join(self._buffer)
-                del self._buffer[:]
-                self.send(head + message_body)
-                return
-            super()._send_output(message_body, encode_chunked)
-
-        def connect(self) -> None:
-            # One connect timeout for TCP, the proxy's tunnel and TLS together.
-            self._set_up_by = time.monotonic() + self.timeout
-            if isinstance(self, http.client.HTTPSConnection):
-                http.client.HTTPConnection.connect(self)  # TCP (+ the proxy's tunnel)
-                self.sock = self._handshake()
-            else:
-                super().connect()  # TCP
-            if self._pool is not None:
-                self._pool.counted()
-            self.sock.settimeout(self._read_timeout)
+    def _handshake(self) -> ssl.SSLSocket:
+        """``HTTPSConnection.connect``'s TLS step (the same from 3.8 to 3.13), but the TLS socket is
+        the call's before the handshake starts, so that an abort ends a handshake that stalls,
+        and the handshake has what is left of the connect timeout."""
+        tls = self._context.wrap_socket(self.sock, server_hostname=self._tunnel_host or self.host,
+                                        do_handshake_on_connect=False)
+        try:
             if self.cp_call is not None:
-                self.cp_call.attach(self.sock)
-
-        def _handshake(self) -> ssl.SSLSocket:
-            """``HTTPSConnection.connect``'s TLS step (the same from 3.8 to 3.13), but the TLS socket is
-            the call's before the handshake starts, so that an abort ends a handshake that stalls,
-            and the handshake has what is left of the connect timeout."""
-            tls = self._context.wrap_socket(self.sock, server_hostname=self._tunnel_host or self.host,
-                                            do_handshake_on_connect=False)
-            try:
-                if self.cp_call is not None:
-                    self.cp_call.hold(tls)
-                tls.settimeout(self._time_left())
-                tls.do_handshake()
-            except BaseException:
-                tls.close()
-                raise
-            return tls
-
-    return Tracked
+                self.cp_call.hold(tls)
+            tls.settimeout(self._time_left())
+            tls.do_handshake()
+        except BaseException:
+            tls.close()
+            raise
+        return tls
 
 
-_TrackedHTTP = _tracked(http.client.HTTPConnection)
-_TrackedHTTPS = _tracked(http.client.HTTPSConnection)
+class _TrackedHTTP(_Tracked, http.client.HTTPConnection):
+    pass
+
+
+class _TrackedHTTPS(_Tracked, http.client.HTTPSConnection):
+    pass
 
 
 class _Stale(Exception):
