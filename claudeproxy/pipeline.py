@@ -51,7 +51,7 @@ from .tokens import Estimate, estimate_input, estimate_output_tokens, tools_char
 from .tool_memo import ToolMemo
 from .upstream import POOL_IDLE_SECONDS, Upstream, UpstreamCall, read_json_body
 from .urls import messages_url, models_url
-from .watchdog import Pause, Watch, Watchdog
+from .watchdog import Pause, Watch, Watchdog, client_left
 
 log = logging.getLogger(__name__)
 
@@ -467,6 +467,8 @@ class Proxy:
             api = self._api(target.api)
             req = self._parsed(api, req)
             for attempt in range(self.config.retries + 1):
+                if failure is not None and client_left(watch):
+                    raise ClientGone()  # left during the failed attempt or the wait after it
                 record.update(provider=target.provider.name, upstream_model=target.model,
                               upstream_host=urlsplit(target.provider.url).hostname or "",
                               attempts=record.get("attempts", 0) + 1)

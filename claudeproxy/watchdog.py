@@ -100,6 +100,15 @@ def client_gone(sock: socket.socket) -> Optional[bool]:
     return None if data else True
 
 
+def client_left(watch: Watch) -> bool:
+    """Whether the watched call's client has closed its connection, looked at now: the watchdog
+    looks once a tick (0.1 s), and a retry or a fallback must not go upstream for nobody."""
+    sock = watch.client
+    if sock is None or not watch.client_checked:  # (not checked: a pipelined request is waiting)
+        return False
+    return bool(_readable([sock])) and client_gone(sock) is True
+
+
 class Watchdog:
     def __init__(self, tick_seconds: float = TICK_SECONDS) -> None:
         self._tick_seconds = tick_seconds

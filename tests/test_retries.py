@@ -392,6 +392,30 @@ def chain(first: FakeUpstream, second: FakeUpstream, **settings: Any) -> Any:
     return claudeproxy.start(providers=providers, routes=routes, **settings)
 
 
+def test_no_fallback_goes_upstream_for_a_client_that_left(fake_upstream: FakeUpstream,
+                                                          second_fake: FakeUpstream) -> None:
+    # The watchdog looks at clients once a tick (0.1 s): one that left during the failed attempt,
+    # less than a tick before it failed, got the fallback (and more attempts) sent for nobody.
+    import json
+
+    server = chain(fake_upstream, second_fake)
+    try:
+        server.server.watchdog._tick_seconds = 30  # its next look is far off: only the attempt loop's own can see it
+        time.sleep(0.25)
+        reply = json_reply(BUSY, status=503)
+        reply.delay = 0.6  # the refusal comes after the client has left
+        fake_upstream.push(reply)
+        body = json.dumps(minimal_request()).encode()
+        with socket.create_connection(server.address, timeout=5) as sock:
+            sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            assert fake_upstream.received.wait(3)
+        time.sleep(1.2)
+        assert len(fake_upstream.requests) == 1 and second_fake.requests == []
+    finally:
+        server.shutdown(grace=1.0)
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_fallback_answers_when_the_first_provider_fails(fake_upstream: FakeUpstream, second_fake: FakeUpstream,
                                                           stream: bool) -> None:
