@@ -160,12 +160,14 @@ def test_an_error_event_cut_off_by_the_end_of_the_body_is_returned_not_raised(ap
 
 
 def test_after_message_delta_an_error_cut_off_by_the_end_still_ends_with_message_stop() -> None:
-    """The Messages API forwards message_delta as it comes: only message_stop may follow it."""
+    """The Messages API holds message_delta until message_stop (a second one would merge into it);
+    once it came, the answer is whole: an error after it still ends the message with both."""
     fold, head, done = _messages()
     events = fold.feed_line(head) + fold.feed_line(done)
-    assert events[-1]["type"] == "message_delta"
+    assert events[-1]["type"] == "content_block_stop" and fold.finishing
     for line in LAST_ERRORS["messages"].split(b"\n"):
         fold.feed_line(line + b"\n")
     tail, error = stream_end(fold, clean=True)
     assert tail == [] and isinstance(error, ProxyError)
-    assert fold.fail(error) == [{"type": "message_stop"}]
+    ended = fold.fail(error)
+    assert [e["type"] for e in ended] == ["message_delta", "message_stop"] and ended[0]["delta"]["stop_reason"]

@@ -1151,3 +1151,52 @@ def test_anthropics_own_count_tokens_error_reaches_the_client(make_proxy, fake_u
                 path="/v1/messages/count_tokens")
     assert (resp.status, resp.json["error"]["type"]) == (status, kind), resp
     assert fake_upstream.requests[-1].path.endswith("/v1/messages/count_tokens")
+
+
+# ---------------------------------------------------------------------------
+# An upstream that breaks the grammar in ways the client need not see (probe R, a chaos soak).
+
+
+def _passed_on(events: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    from claudeproxy.apis.messages import MessagesFold
+
+    fold = MessagesFold(message_id="msg_1", model="claude-x", input_tokens=0)
+    out = fold.feed_line(events_bytes(events))
+    tail, error = fold.end(clean=True)
+    assert error is None
+    return out + tail
+
+
+def test_a_second_message_delta_merges_into_the_first() -> None:
+    # Two went out as they came: the SDKs' grammar has one, with the stop reason and the final counts.
+    second = {"type": "message_delta", "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
+              "usage": {"output_tokens": 9}}
+    first = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+             "usage": {"output_tokens": 4, "input_tokens": 30}}
+    out = _passed_on([MESSAGE_START] + _TEXT + [first, second, {"type": "message_stop"}])
+    assert_valid_event_sequence(out)
+    deltas = [e for e in out if e["type"] == "message_delta"]
+    assert len(deltas) == 1 and out[-2:] == [deltas[0], {"type": "message_stop"}]
+    assert deltas[0]["delta"]["stop_reason"] == "max_tokens"
+    assert deltas[0]["usage"]["output_tokens"] == 9 and deltas[0]["usage"]["input_tokens"] == 30
+
+
+def test_a_text_block_left_open_is_stopped_when_the_next_begins() -> None:
+    # Block 1 started on top of block 0: the client got two open blocks, and block 0's stop last.
+    events = [MESSAGE_START, _start(0, "text"), _delta(0, "text_delta", text="a"), _start(1, "text"),
+              _delta(1, "text_delta", text="b"), _stop(1), _stop(0)] + TAIL_EVENTS[2:]
+    out = _passed_on(events)
+    assert_valid_event_sequence(out)
+    blocks = [(e["type"], e.get("index")) for e in out if e["type"].startswith("content_block_s")]
+    assert blocks == [("content_block_start", 0), ("content_block_stop", 0), ("content_block_start", 1),
+                      ("content_block_stop", 1)]
+
+
+def test_a_delta_for_a_block_the_proxy_stopped_ends_the_stream_with_an_error() -> None:
+    from claudeproxy.apis.messages import MessagesFold
+    from claudeproxy.errors import ProxyError
+
+    fold = MessagesFold(message_id="msg_1", model="claude-x", input_tokens=0)
+    fold.feed_line(events_bytes([MESSAGE_START, _start(0, "text"), _start(1, "text")]))
+    with pytest.raises(ProxyError, match="after its content_block_stop"):
+        fold.feed_line(events_bytes([_delta(0, "text_delta", text="late")]))

@@ -65,6 +65,9 @@ _BLOCK_DELTAS = {
     "compaction": frozenset({"compaction_delta"}),
 }
 _KNOWN_DELTAS = frozenset().union(*_BLOCK_DELTAS.values())
+# Blocks a new block's start stops when the upstream left them open: nothing of theirs can be
+# cut (a tool call's input can: it stays open, and a message that ends with it open fails).
+_CLOSED_BY_NEXT = frozenset({"text", "thinking", "redacted_thinking"})
 _NOT_OPEN = object()  # the open-block lookup's default: ``None`` is an open block of a type not given
 # An Anthropic error type back to the status it comes with (PROTOCOL.md 4.1), for in-band errors.
 _STATUS_BY_TYPE = {
@@ -347,6 +350,10 @@ class MessagesFold(SSEFold):
         # block type, None if it names none) and the stopped ones.
         self.open_blocks: Dict[int, Optional[str]] = {}
         self.stopped_blocks: Set[int] = set()
+        self.stopped_here: Set[int] = set()  # stopped by the proxy when the next began: their own stop is dropped
+        # The message_delta, held until message_stop (or the stream's end): a second one merges into it,
+        # so the client gets one, with the last stop reason and the highest counts (the grammar's).
+        self.final_delta: Optional[Event] = None
         self.called_tool = False  # a tool_use block came: the client is to run it
 
     @property
@@ -431,14 +438,15 @@ class MessagesFold(SSEFold):
             if self.held:
                 self.held.append(obj)
             return [obj] if self.started else []
+        closing: List[Event] = []
         if kind == "content_block_delta":
             self._check_delta(obj)
         elif kind == "content_block_start":
-            self._open_block(obj)
+            closing = self._open_block(obj)
             obj = _full_block_start(obj)
-        elif kind == "content_block_stop":
-            self._stop_block(obj)
-        events = self.start()  # content before any message_start still needs one (the grammar)
+        elif kind == "content_block_stop" and not self._stop_block(obj):
+            return []  # the proxy stopped that block already, when the next one began
+        events = self.start() + closing  # content before any message_start still needs one (the grammar)
         if kind == "message_delta":
             return events + self._message_delta(obj)
         if kind == "message_stop":
@@ -446,12 +454,13 @@ class MessagesFold(SSEFold):
                 # The SDKs take the stop reason and output count from message_delta alone: without
                 # one the answer ends with stop_reason None. A plain end is what the upstream meant.
                 events += self._message_delta({"type": "message_delta", "delta": self._made_up_end()})
-            self.complete = self.done = True
+            return events + self._stop(obj)
         return events + [obj]
 
     def _message_delta(self, obj: Dict[str, Any]) -> List[Event]:
-        """The open blocks closed (or the stream failed, see ``_close_open_blocks``), then ``obj`` with
-        what the SDKs need: a ``delta`` and a usage with ``output_tokens`` (the last count known)."""
+        """The open blocks closed (or the stream failed, see ``_close_open_blocks``); ``obj``, with
+        what the SDKs need (a ``delta``, a usage with ``output_tokens``: the last count known), is held
+        for ``_stop``: a second message_delta (an upstream sent two) merges into it."""
         closing = self._close_open_blocks()
         self.finishing = True
         self._take_usage(obj.get("usage"))  # before anything is filled: only what the upstream counted
@@ -469,7 +478,12 @@ class MessagesFold(SSEFold):
         # A late message_start's counts ride along: the SDKs take a message_delta's input and cache
         # counts over message_start's, and the client never saw that message_start.
         usage = _filled({**self.late_usage, **given}, ("output_tokens",), self.counts.get("output_tokens", 0))
-        return closing + [{**obj, "usage": usage}]
+        if self.final_delta is not None:  # a second one: the last stop reason, the highest counts
+            held = self.final_delta["usage"]
+            usage = {**held, **usage, **{k: max(v, held[k]) for k, v in usage.items()
+                                         if type(v) is int and type(held.get(k)) is int}}
+        self.final_delta = {**obj, "usage": usage}
+        return closing
 
     def _made_up_end(self) -> Dict[str, Any]:
         """The end an upstream did not say (no message_delta, or one without a delta): what its
@@ -507,7 +521,10 @@ class MessagesFold(SSEFold):
         if type(kind) is str and kind not in takes and kind in _KNOWN_DELTAS:
             raise _broken_order(f"{kind} for block {index}, which is a {block} block")
 
-    def _open_block(self, obj: Dict[str, Any]) -> None:
+    def _open_block(self, obj: Dict[str, Any]) -> List[Event]:
+        """Check a block's start; the stops of text and thinking blocks it leaves open (one block
+        open at a time, as Anthropic streams them). An open tool call stays open: its input may not
+        be whole, and the SDKs place interleaved deltas by index."""
         index = obj.get("index")
         if type(index) is not int:
             raise _broken_order(f"content_block_start without a block index ({_shown(index)})")
@@ -522,15 +539,26 @@ class MessagesFold(SSEFold):
             # the client's stream crashes (a Python error, not an API error).
             raise _broken_order(f"content_block_start for block {index} without a content_block")
         kind = block.get("type")
+        closing = [i for i, open_kind in sorted(self.open_blocks.items()) if open_kind in _CLOSED_BY_NEXT]
+        for i in closing:
+            del self.open_blocks[i]
+            self.stopped_blocks.add(i)
+            self.stopped_here.add(i)
         self.open_blocks[index] = kind if type(kind) is str else None
         self.called_tool = self.called_tool or kind == "tool_use"  # a server tool's use is not the client's to run
+        return [{"type": "content_block_stop", "index": i} for i in closing]
 
-    def _stop_block(self, obj: Dict[str, Any]) -> None:
+    def _stop_block(self, obj: Dict[str, Any]) -> bool:
+        """Check a block's stop; False for one the proxy stopped already (``_open_block``)."""
         index = obj.get("index")
+        if type(index) is int and index in self.stopped_here:
+            self.stopped_here.discard(index)  # once: a second stop is one too many
+            return False
         if type(index) is not int or index not in self.open_blocks:
             raise self._not_open("content_block_stop", index)
         del self.open_blocks[index]
         self.stopped_blocks.add(index)
+        return True
 
     def _not_open(self, kind: str, index: Any) -> ProxyError:
         if type(index) is not int:
@@ -562,9 +590,11 @@ class MessagesFold(SSEFold):
         self.held = [{**obj, "message": _full_message(message, self.message_id, self.model)}]
         return []
 
-    def _stop(self) -> List[Event]:
+    def _stop(self, obj: Optional[Event] = None) -> List[Event]:
+        """The held message_delta, then message_stop (the upstream's ``obj``, or one of the proxy's)."""
         self.complete = self.done = True
-        return [{"type": "message_stop"}]
+        held, self.final_delta = self.final_delta, None
+        return ([held] if held is not None else []) + [obj if obj is not None else {"type": "message_stop"}]
 
     def _take_usage(self, usage: Any) -> None:
         # The counts are cumulative (message_delta repeats message_start's): none goes down. Some
