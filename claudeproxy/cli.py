@@ -825,7 +825,8 @@ def start_warnings(server: ProxyServer, environ: Mapping[str, str]) -> List[str]
 
 
 # Claude Code's models, one a family: its main model and its background one (titles, summaries).
-_CLAUDE_CODE_FAMILIES = (("opus", "claude-opus-4-5"), ("sonnet", "claude-sonnet-4-5"), ("haiku", "claude-haiku-4-5"))
+# Each family's names: Claude Code 2.1.331's (CLAUDE-CODE.md), then the generation before.
+_CLAUDE_CODE_FAMILIES = tuple((f, (f"claude-{f}-5-5", f"claude-{f}-4-5")) for f in ("opus", "sonnet", "haiku"))
 
 
 def unserved_families(server: ProxyServer) -> List[str]:
@@ -834,7 +835,8 @@ def unserved_families(server: ProxyServer) -> List[str]:
     and each got a 404 that nothing at start had said. Routes serving none of them say nothing:
     such a proxy is not for Claude Code."""
     router = server.proxy.router
-    missing = [(family, sample) for family, sample in _CLAUDE_CODE_FAMILIES if router.resolve(sample) is None]
+    missing = [(family, names[0]) for family, names in _CLAUDE_CODE_FAMILIES
+               if all(router.resolve(name) is None for name in names)]
     if not missing or len(missing) == len(_CLAUDE_CODE_FAMILIES):
         return []
     return [f"no route serves Claude Code's {' or '.join(family for family, _ in missing)} models (such as "

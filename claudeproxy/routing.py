@@ -317,41 +317,40 @@ def _default_provider(config: Config) -> str:
     return config.providers[0].name
 
 
-def _shorthand_routes(config: Config, provider: str) -> List[Route]:
-    """The routes the model flags mean; a missing family borrows another only when nothing else is the default."""
+def _shorthand_routes(config: Config, provider: str) -> Tuple[List[Route], List[Route]]:
+    """The routes the model flags mean, and those of the families no flag names, which borrow
+    another's model only when nothing else is the default (``--model``)."""
     name = config.setting_name  # the flag, or the config file's key that stood for it
     routes = [Route(p, RouteTarget(provider, m), origin=f"{name('model_map')} {p}={m}") for p, m in config.model_map]
     given = {f: getattr(config, f"{f}_model") for f in FAMILIES}
     for family in FAMILIES:
         if given[family]:
             routes.append(Route(family, RouteTarget(provider, given[family]), origin=name(f"{family}_model")))
+    borrowed = []
     if config.model:
         routes.append(Route("*", RouteTarget(provider, config.model), origin=name("model")))
     elif any(given.values()):
-        # Not a family a config file routes itself (by name, a pattern, or "*").
-        for family in (f for f in FAMILIES if not given[f] and not _routed(config.routes, f)):
+        # Not a family a config file routes whole itself (by its name, or "*").
+        for family in (f for f in FAMILIES if not given[f] and not any(covers(r.match, f) for r in config.routes)):
             other = next(o for o in _NEAREST[family] if given[o])
-            routes.append(Route(family, RouteTarget(provider, given[other]),
-                                origin=f"{name(other + '_model')} (no {flag_name(family + '_model')})"))
-    return routes
+            borrowed.append(Route(family, RouteTarget(provider, given[other]),
+                                  origin=f"{name(other + '_model')} (no {flag_name(family + '_model')})"))
+    return routes, borrowed
 
 
-def _routed(routes: Sequence[Route], family: str) -> bool:
-    """Does one of ``routes`` serve Claude Code's model of ``family``?"""
-    return any(route_matches(r.match, f"claude-{family}-4-5") for r in routes)
-
-
-def _merged(flags: List[Route], file_routes: Sequence[Route]) -> List[Route]:
+def _merged(flags: List[Route], file_routes: Sequence[Route], borrowed: Sequence[Route] = ()) -> List[Route]:
     """The command line's routes and a config file's, in the order they are tried.
 
     A flag wins where it names the same match (its route replaces the file's); a catch-all flag
     (``--model``, ``--model-map '*=NAME'``) is the default for "every request not routed
-    otherwise", so it goes after the file's own routes instead of hiding them all.
+    otherwise", so it goes after the file's own routes instead of hiding them all. So do the
+    families that borrow another flag's model: a file's route for one of their names
+    (``claude-opus-5-5``) is the user's own choice for it.
     """
     named = {canonical(r.match) for r in flags}
     first = [r for r in flags if r.match != "*"]
     last = [r for r in flags if r.match == "*"]
-    return first + [r for r in file_routes if canonical(r.match) not in named] + last
+    return first + [r for r in file_routes if canonical(r.match) not in named] + list(borrowed) + last
 
 
 def effective_providers_and_routes(config: Config) -> Tuple[Tuple[Provider, ...], Tuple[Route, ...]]:
@@ -366,10 +365,10 @@ def effective_providers_and_routes(config: Config) -> Tuple[Tuple[Provider, ...]
             raise ValueError(f"{where}: two providers are named {p.name!r}")
         by_name[p.name] = p
     target = shorthand.name if shorthand else _default_provider(config)
-    flags = _shorthand_routes(config, target)
-    _check_routes(flags, by_name, "flags")
+    flags, borrowed = _shorthand_routes(config, target)
+    _check_routes(flags + borrowed, by_name, "flags")
     _check_routes(config.routes, by_name, "routes")
-    routes = _merged(flags, config.routes)
+    routes = _merged(flags, config.routes, borrowed)
     if shorthand is not None and not any(r.match == "*" for r in routes):
         routes.append(Route("*", RouteTarget(shorthand.name, None), origin="--upstream (the client's model name)"))
     if not routes:

@@ -173,11 +173,14 @@ def _start_warnings(config: Any, environ: Dict[str, str]) -> List[str]:
 
 
 @pytest.mark.parametrize("matches, told", [
-    (("*opus*", "*sonnet*"), "no route serves Claude Code's haiku models (such as claude-haiku-4-5): their requests "
+    (("*opus*", "*sonnet*"), "no route serves Claude Code's haiku models (such as claude-haiku-5-5): their requests "
                              "get a 404; add a route for them, or one matching '*'"),
-    (("*sonnet*",), "no route serves Claude Code's opus or haiku models (such as claude-opus-4-5): their requests "
+    (("*sonnet*",), "no route serves Claude Code's opus or haiku models (such as claude-opus-5-5): their requests "
                     "get a 404; add a route for them, or one matching '*'"),
     (("*opus*", "*sonnet*", "*haiku*"), None),
+    # The names Claude Code 2.1.331 sends, or the generation before's: each serves its family.
+    (("claude-opus-5-5", "claude-sonnet-5-5", "*haiku*"), None),
+    (("claude-opus-4-5", "claude-sonnet-4-5", "*haiku*"), None),
     (("*sonnet*", "*"), None),
     (("gpt-*",), None),  # no Claude model at all: a proxy for another client
 ])

@@ -104,6 +104,17 @@ def test_a_missing_family_borrows_the_nearest_so_claude_code_never_fails() -> No
     assert where(config, "claude-opus-4-1") == ("upstream", "gpt-4.1")
 
 
+def test_a_borrowing_family_leaves_a_config_files_own_name_to_its_route() -> None:
+    # The file routes the name Claude Code 2.1.331 sends for opus; --sonnet-model alone made opus
+    # borrow sonnet's model ahead of it (the check asked about claude-opus-4-5), so the file's
+    # route was dead. The borrowed route is a default now: after the file's, before the catch-all.
+    config = Config(providers=(LOCAL,), routes=(Route("claude-opus-5-5", RouteTarget("local", "qwen3:32b")),),
+                    upstream=OPENAI.url, sonnet_model="gpt-4.1")
+    assert where(config, "claude-opus-5-5") == ("local", "qwen3:32b")
+    assert where(config, "claude-opus-4-1") == ("upstream", "gpt-4.1")  # the family's other names borrow
+    assert where(config, "claude-haiku-5-5") == ("upstream", "gpt-4.1")
+
+
 def test_model_flag_is_the_default_and_model_map_comes_first() -> None:
     config = Config(upstream=OPENAI.url, model="gpt-4.1", haiku_model="gpt-4o-mini",
                     model_map=(("claude-3-5-haiku*", "gpt-4.1-nano"), ("my-alias", "o3")))
