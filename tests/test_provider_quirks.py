@@ -331,6 +331,25 @@ def test_a_json_answer_to_a_stream_request_gets_an_id_and_usage_as_a_json_reques
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_thinking_display_updates_is_taken_as_summarized(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                         stream: bool) -> None:
+    """Claude Code 2.1.331 sends ``display: "updates"`` (Anthropic's newest models then write short
+    notes between tool calls, which no other upstream does): the reasoning comes as it is."""
+    proxy = make_proxy(upstream=fake_upstream.url, provider="deepseek", model="deepseek-reasoner")
+    if stream:
+        fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": ""}), chunk({"reasoning_content": "a plan"}),
+                                     chunk({"content": "Hello!"}),
+                                     chunk({}, "stop", usage={"prompt_tokens": 5, "completion_tokens": 9})))
+    else:
+        fake_upstream.push(json_reply(completion("Hello!", reasoning_content="a plan")))
+    body = minimal_request(stream=stream, max_tokens=4096, thinking={"type": "adaptive", "display": "updates"})
+    resp = ask(proxy, body)
+    assert resp.status == 200, resp
+    content = answer_content(resp, stream)
+    assert [(b["type"], b.get("thinking")) for b in content] == [("thinking", "a plan"), ("text", None)], content
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 @pytest.mark.parametrize("api", ["chat", "responses"])
 def test_thinking_display_omitted_gives_blocks_without_their_text(make_proxy: Any, fake_upstream: FakeUpstream,
                                                                  stream: bool, api: str) -> None:
