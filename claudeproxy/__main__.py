@@ -1,8 +1,6 @@
 """``python -m claudeproxy``: run the proxy from the command line."""
 
-from .commands import main
-from .malloc import fewer_arenas
+from .commands import process_main
 
 if __name__ == "__main__":
-    fewer_arenas()  # the process is the proxy's own: a thread per connection, fewer arenas (malloc.py)
-    raise SystemExit(main())
+    raise SystemExit(process_main())

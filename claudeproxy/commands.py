@@ -11,6 +11,7 @@ import sys
 from typing import List, Mapping, Optional, TextIO
 
 from . import cli
+from .malloc import fewer_arenas
 
 
 def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] = None,
@@ -23,3 +24,11 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
         return launcher.run_main(args[1:], os.environ if environ is None else environ,
                                  stdout or sys.stdout, stderr or sys.stderr)
     return cli.main(args, environ, stdout, stderr)
+
+
+def process_main() -> int:
+    """The entry point of a process that is the proxy's own: ``python -m claudeproxy``, the zipapp,
+    the installed ``claudeproxy`` command. It has a thread per connection, so it asks for fewer
+    malloc arenas (``malloc.py``) before ``main``; a program calling ``main`` keeps its allocator."""
+    fewer_arenas()
+    return main()

@@ -199,7 +199,7 @@ _OPENAI_MODEL = {"cache_key_field": "prompt_cache_key", "merge_user_turns": Fals
 # The first rule that matches a model applies, alone.
 MODEL_RULES: Tuple[Tuple[Tuple[str, ...], str, Dict[str, object]], ...] = (
     # reasoning_effort came with o1 and o3-mini: o1-mini and o1-preview refuse it.
-    (("openai", "azure"), r"^(o1-mini|o1-preview)", {**_OPENAI_REASONING, "system_role": "user", "reasoning": "none",
+    (("openai", "azure"), r"(?i)^(o1-mini|o1-preview)", {**_OPENAI_REASONING, "system_role": "user", "reasoning": "none",
                                                       **_OPENAI_MODEL}),
     (("openai", "azure"), OPENAI_REASONING_NAME, {**_OPENAI_REASONING, **_OPENAI_MODEL}),
     # gpt-5-chat on Azure: no reasoning model, but of the GPT-5 series the GA api-version predates.

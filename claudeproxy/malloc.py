@@ -7,9 +7,10 @@ extra arenas buy no speed: they only hold memory. Measured with 32 streams held 
 (``/proc/self/smaps``, two runs each): about 98 KiB of resident memory a stream with glibc's
 default, about 79 with two arenas, the same with one.
 
-Only ``python -m claudeproxy`` (and the zipapp) does this: a program that imports the package
-owns its process and its allocator. A ``MALLOC_ARENA_MAX`` in the environment, which glibc reads
-itself, is left to rule.
+Only a process that is the proxy's own does this (``commands.process_main``: ``python -m
+claudeproxy``, the zipapp, the installed command): a program that imports the package owns its
+process and its allocator. An arena limit in the environment, which glibc reads itself
+(``MALLOC_ARENA_MAX``, or ``glibc.malloc.arena_max`` in ``GLIBC_TUNABLES``), is left to rule.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ ARENAS = 2
 def fewer_arenas(environ: Mapping[str, str] = os.environ) -> bool:
     """Set glibc's arena limit for this process; True when it was set. Elsewhere (macOS, musl,
     Windows, a Python without ctypes) nothing happens."""
-    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in environ:
+    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in environ \
+            or "glibc.malloc.arena_max" in environ.get("GLIBC_TUNABLES", ""):
         return False
     try:
         if not os.confstr("CS_GNU_LIBC_VERSION"):  # musl answers with None or an error

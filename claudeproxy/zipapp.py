@@ -21,10 +21,9 @@ import tempfile
 import zipapp
 from typing import List, Optional
 
-# The archive's entry point: what ``python -m claudeproxy`` runs (the allocator's arenas, main()), its status the exit status
+# The archive's entry point: what ``python -m claudeproxy`` runs (``process_main``), its status the exit status
 # (zipapp's own ``-m pkg.mod:fn`` template drops the return value).
-_MAIN = ("import sys\n\nfrom {package}.commands import main\nfrom {package}.malloc import fewer_arenas\n\n"
-         "fewer_arenas()\nsys.exit(main())\n")
+_MAIN = "import sys\n\nfrom {package}.commands import process_main\n\nsys.exit(process_main())\n"
 DEFAULT_INTERPRETER = "/usr/bin/env python3"
 
 

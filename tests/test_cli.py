@@ -830,10 +830,26 @@ def test_the_command_line_keeps_malloc_arenas_few_with_many_streams(spawn: Any, 
             sock.close()
 
 
-def test_an_arena_limit_in_the_environment_is_left_to_rule() -> None:
+@pytest.mark.parametrize("environ", [{"MALLOC_ARENA_MAX": "8"}, {"GLIBC_TUNABLES": "glibc.malloc.arena_max=8"},
+                                     {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0:glibc.malloc.arena_max=4"}])
+def test_an_arena_limit_in_the_environment_is_left_to_rule(environ: Dict[str, str]) -> None:
     from claudeproxy.malloc import fewer_arenas
 
-    assert fewer_arenas({"MALLOC_ARENA_MAX": "8"}) is False
+    assert fewer_arenas(environ) is False
+
+
+def test_the_installed_command_is_the_proxys_own_process_too() -> None:
+    # pip install . makes a claudeproxy command of setup.cfg's entry point: it must set up the
+    # process as python -m claudeproxy does (the arenas), not call main() alone.
+    import configparser
+
+    from claudeproxy import commands
+
+    parser = configparser.ConfigParser()
+    parser.read(os.path.join(ROOT, "setup.cfg"), encoding="utf-8")
+    line = parser["options.entry_points"]["console_scripts"].strip()
+    module, _, function = line.split("=", 1)[1].strip().partition(":")
+    assert (module, getattr(commands, function, None)) == ("claudeproxy.commands", commands.process_main)
 
 
 def _read_until(sock: socket.socket, marker: bytes, timeout: float) -> bytes:

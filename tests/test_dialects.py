@@ -94,7 +94,7 @@ def test_both_openai_apis_agree_on_which_models_reason(model: str) -> None:
         assert (dialect_for(provider, model).reasoning == "effort") == is_reasoning_model(model), (provider, model)
 
 
-@pytest.mark.parametrize("model", ["o1-mini", "o1-mini-2024-09-12", "o1-preview"])
+@pytest.mark.parametrize("model", ["o1-mini", "o1-mini-2024-09-12", "o1-preview", "O1-mini"])  # any case: an Azure name
 def test_o1_mini_and_preview_take_no_system_role(model: str) -> None:
     """They reject both system and developer (FIELD-NOTES 13): the system text goes as a user message."""
     dialect = dialect_for("openai", model)

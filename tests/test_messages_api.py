@@ -1181,22 +1181,33 @@ def test_a_second_message_delta_merges_into_the_first() -> None:
     assert deltas[0]["usage"]["output_tokens"] == 9 and deltas[0]["usage"]["input_tokens"] == 30
 
 
-def test_a_text_block_left_open_is_stopped_when_the_next_begins() -> None:
-    # Block 1 started on top of block 0: the client got two open blocks, and block 0's stop last.
-    events = [MESSAGE_START, _start(0, "text"), _delta(0, "text_delta", text="a"), _start(1, "text"),
-              _delta(1, "text_delta", text="b"), _stop(1), _stop(0)] + TAIL_EVENTS[2:]
-    out = _passed_on(events)
+@pytest.mark.parametrize("second", [
+    {"type": "message_delta", "usage": {"output_tokens": 3, "input_tokens": None}},  # no delta, a null count
+    {"type": "message_delta", "delta": {"stop_reason": None}, "usage": {"output_tokens": "9"}},
+])
+def test_a_second_message_delta_that_says_less_takes_nothing_from_the_first(second: Dict[str, Any]) -> None:
+    from claudeproxy.apis.messages import MessagesFold
+
+    first = {"type": "message_delta", "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
+             "usage": {"output_tokens": 7, "input_tokens": 30}}
+    fold = MessagesFold(message_id="msg_1", model="claude-x", input_tokens=0)
+    out = fold.feed_line(events_bytes([MESSAGE_START] + _TEXT + [first, second, {"type": "message_stop"}]))
     assert_valid_event_sequence(out)
-    blocks = [(e["type"], e.get("index")) for e in out if e["type"].startswith("content_block_s")]
-    assert blocks == [("content_block_start", 0), ("content_block_stop", 0), ("content_block_start", 1),
-                      ("content_block_stop", 1)]
+    delta = next(e for e in out if e["type"] == "message_delta")
+    assert delta["delta"]["stop_reason"] == "max_tokens" and fold.stop_reason == "max_tokens"
+    assert delta["usage"]["output_tokens"] == 7 and delta["usage"]["input_tokens"] == 30
+    assert fold.usage["output_tokens"] == 7  # the record counts what the client was told
 
 
-def test_a_delta_for_a_block_the_proxy_stopped_ends_the_stream_with_an_error() -> None:
+def test_content_after_message_delta_ends_the_answer_as_it_was() -> None:
+    # The answer was whole at message_delta: a block begun after it would never be stopped.
     from claudeproxy.apis.messages import MessagesFold
     from claudeproxy.errors import ProxyError
 
     fold = MessagesFold(message_id="msg_1", model="claude-x", input_tokens=0)
-    fold.feed_line(events_bytes([MESSAGE_START, _start(0, "text"), _start(1, "text")]))
-    with pytest.raises(ProxyError, match="after its content_block_stop"):
-        fold.feed_line(events_bytes([_delta(0, "text_delta", text="late")]))
+    out = fold.feed_line(events_bytes([MESSAGE_START] + _TEXT + TAIL_EVENTS[2:3]))
+    with pytest.raises(ProxyError, match="content_block_start after message_delta") as caught:
+        fold.feed_line(events_bytes([_start(1, "text")]))
+    out += fold.fail(caught.value)
+    assert_valid_event_sequence(out)
+    assert [e["type"] for e in out[-2:]] == ["message_delta", "message_stop"]

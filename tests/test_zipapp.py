@@ -68,7 +68,8 @@ def test_the_archive_holds_the_package_and_a_main(pyz: Dict[str, str]) -> None:
                      for d, _, files in os.walk(os.path.join(ROOT, "claudeproxy")) for f in files if f.endswith(".py"))
     assert sorted(n for n in names if n.endswith(".py") and n != "__main__.py") == package
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
-    assert "from claudeproxy.commands import main" in main and "sys.exit(main())" in main
+    # The proxy's own process, as python -m claudeproxy runs it (fewer malloc arenas, then main()).
+    assert "from claudeproxy.commands import process_main" in main and "sys.exit(process_main())" in main
     with open(pyz["path"], "rb") as fh:
         assert fh.readline() == b"#!/usr/bin/env python3\n"
 

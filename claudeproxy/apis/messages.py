@@ -65,9 +65,6 @@ _BLOCK_DELTAS = {
     "compaction": frozenset({"compaction_delta"}),
 }
 _KNOWN_DELTAS = frozenset().union(*_BLOCK_DELTAS.values())
-# Blocks a new block's start stops when the upstream left them open: nothing of theirs can be
-# cut (a tool call's input can: it stays open, and a message that ends with it open fails).
-_CLOSED_BY_NEXT = frozenset({"text", "thinking", "redacted_thinking"})
 _NOT_OPEN = object()  # the open-block lookup's default: ``None`` is an open block of a type not given
 # An Anthropic error type back to the status it comes with (PROTOCOL.md 4.1), for in-band errors.
 _STATUS_BY_TYPE = {
@@ -350,7 +347,6 @@ class MessagesFold(SSEFold):
         # block type, None if it names none) and the stopped ones.
         self.open_blocks: Dict[int, Optional[str]] = {}
         self.stopped_blocks: Set[int] = set()
-        self.stopped_here: Set[int] = set()  # stopped by the proxy when the next began: their own stop is dropped
         # The message_delta, held until message_stop (or the stream's end): a second one merges into it,
         # so the client gets one, with the last stop reason and the highest counts (the grammar's).
         self.final_delta: Optional[Event] = None
@@ -438,15 +434,17 @@ class MessagesFold(SSEFold):
             if self.held:
                 self.held.append(obj)
             return [obj] if self.started else []
-        closing: List[Event] = []
+        if self.finishing and kind.startswith("content_block_"):
+            # After message_delta the answer is whole: the relay ends it with message_stop (``fail``).
+            raise _broken_order(f"{kind} after message_delta")
         if kind == "content_block_delta":
             self._check_delta(obj)
         elif kind == "content_block_start":
-            closing = self._open_block(obj)
+            self._open_block(obj)
             obj = _full_block_start(obj)
-        elif kind == "content_block_stop" and not self._stop_block(obj):
-            return []  # the proxy stopped that block already, when the next one began
-        events = self.start() + closing  # content before any message_start still needs one (the grammar)
+        elif kind == "content_block_stop":
+            self._stop_block(obj)
+        events = self.start()  # content before any message_start still needs one (the grammar)
         if kind == "message_delta":
             return events + self._message_delta(obj)
         if kind == "message_stop":
@@ -463,26 +461,27 @@ class MessagesFold(SSEFold):
         for ``_stop``: a second message_delta (an upstream sent two) merges into it."""
         closing = self._close_open_blocks()
         self.finishing = True
+        held = self.final_delta  # a message_delta before this one (an upstream sent two)
         self._take_usage(obj.get("usage"))  # before anything is filled: only what the upstream counted
         counted = _counts(obj.get("usage"), ("output_tokens",))
         if counted:  # the count itself, even below message_start's placeholder (0 below 1)
-            self.counts["output_tokens"] = counted["output_tokens"]
+            before = self.counts.get("output_tokens", 0) if held is not None else 0
+            self.counts["output_tokens"] = max(counted["output_tokens"], before)
             self.output_counted = True
         delta = obj.get("delta")
-        if not isinstance(delta, dict):
+        said = isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str)
+        if held is not None and not said:
+            delta = held["delta"]  # a second one that says no stop reason leaves the first's
+        elif not isinstance(delta, dict):
             delta = self._made_up_end()
-            obj = {**obj, "delta": delta}
-        if isinstance(delta.get("stop_reason"), str):
+        obj = {**obj, "delta": delta}
+        if said or held is None and isinstance(delta.get("stop_reason"), str):
             self.stop_reason = delta["stop_reason"]
         given = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
         # A late message_start's counts ride along: the SDKs take a message_delta's input and cache
         # counts over message_start's, and the client never saw that message_start.
         usage = _filled({**self.late_usage, **given}, ("output_tokens",), self.counts.get("output_tokens", 0))
-        if self.final_delta is not None:  # a second one: the last stop reason, the highest counts
-            held = self.final_delta["usage"]
-            usage = {**held, **usage, **{k: max(v, held[k]) for k, v in usage.items()
-                                         if type(v) is int and type(held.get(k)) is int}}
-        self.final_delta = {**obj, "usage": usage}
+        self.final_delta = {**obj, "usage": _merged_usage(held["usage"], usage) if held is not None else usage}
         return closing
 
     def _made_up_end(self) -> Dict[str, Any]:
@@ -521,10 +520,7 @@ class MessagesFold(SSEFold):
         if type(kind) is str and kind not in takes and kind in _KNOWN_DELTAS:
             raise _broken_order(f"{kind} for block {index}, which is a {block} block")
 
-    def _open_block(self, obj: Dict[str, Any]) -> List[Event]:
-        """Check a block's start; the stops of text and thinking blocks it leaves open (one block
-        open at a time, as Anthropic streams them). An open tool call stays open: its input may not
-        be whole, and the SDKs place interleaved deltas by index."""
+    def _open_block(self, obj: Dict[str, Any]) -> None:
         index = obj.get("index")
         if type(index) is not int:
             raise _broken_order(f"content_block_start without a block index ({_shown(index)})")
@@ -539,26 +535,15 @@ class MessagesFold(SSEFold):
             # the client's stream crashes (a Python error, not an API error).
             raise _broken_order(f"content_block_start for block {index} without a content_block")
         kind = block.get("type")
-        closing = [i for i, open_kind in sorted(self.open_blocks.items()) if open_kind in _CLOSED_BY_NEXT]
-        for i in closing:
-            del self.open_blocks[i]
-            self.stopped_blocks.add(i)
-            self.stopped_here.add(i)
         self.open_blocks[index] = kind if type(kind) is str else None
         self.called_tool = self.called_tool or kind == "tool_use"  # a server tool's use is not the client's to run
-        return [{"type": "content_block_stop", "index": i} for i in closing]
 
-    def _stop_block(self, obj: Dict[str, Any]) -> bool:
-        """Check a block's stop; False for one the proxy stopped already (``_open_block``)."""
+    def _stop_block(self, obj: Dict[str, Any]) -> None:
         index = obj.get("index")
-        if type(index) is int and index in self.stopped_here:
-            self.stopped_here.discard(index)  # once: a second stop is one too many
-            return False
         if type(index) is not int or index not in self.open_blocks:
             raise self._not_open("content_block_stop", index)
         del self.open_blocks[index]
         self.stopped_blocks.add(index)
-        return True
 
     def _not_open(self, kind: str, index: Any) -> ProxyError:
         if type(index) is not int:
@@ -613,6 +598,19 @@ def _counts(usage: Any, keys: Tuple[str, ...]) -> Dict[str, int]:
         return {}
     found = {k: count_or_none(usage.get(k)) for k in keys}
     return {k: v for k, v in found.items() if v is not None}
+
+
+def _merged_usage(held: Dict[str, Any], later: Dict[str, Any]) -> Dict[str, Any]:
+    """Two message_deltas' usage as one: the higher of two counts, a count over what is none (null,
+    a string), and nothing a later one leaves out or nulls (the SDKs skip a null there)."""
+    out = dict(held)
+    for key, value in later.items():
+        old = out.get(key)
+        if type(value) is int and type(old) is int:
+            out[key] = max(value, old)
+        elif key not in out or old is None or type(value) is int and type(old) is not int:
+            out[key] = value
+    return out
 
 
 def _broken_order(what: str) -> ProxyError:
