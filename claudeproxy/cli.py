@@ -66,7 +66,8 @@ from .keyless import check_keys, keyless, on_the_internet
 from .metrics import CallRecord
 from .observe import BODIES_LOGGER, PACKAGE_LOGGER
 from .redact import SecretForms, configured_secrets, redact_text, redact_url, secret_forms
-from .routing import Router, build_router, covers, header_the_key_replaces, provider_dialect, unmatched_route
+from .routing import (CLAUDE_CODE_NAMES, Router, build_router, covers, header_the_key_replaces, provider_dialect,
+                      unmatched_route)
 from .server import ProxyServer, drain_and_close
 from .settings_view import describe_config
 from .upstream import proxy_urls, tls_context
@@ -824,20 +825,15 @@ def start_warnings(server: ProxyServer, environ: Mapping[str, str]) -> List[str]
             + passed_over_keys(server, environ) + unused_proxies(server, environ))
 
 
-# Claude Code's models, one a family: its main model and its background one (titles, summaries).
-# Each family's names: Claude Code 2.1.331's (CLAUDE-CODE.md), then the generation before.
-_CLAUDE_CODE_FAMILIES = tuple((f, (f"claude-{f}-5-5", f"claude-{f}-4-5")) for f in ("opus", "sonnet", "haiku"))
-
-
 def unserved_families(server: ProxyServer) -> List[str]:
     """A line when routes serve some of Claude Code's model families and no route takes another (a
     config file routing opus and sonnet only): Claude Code's background calls go to its haiku model,
     and each got a 404 that nothing at start had said. Routes serving none of them say nothing:
     such a proxy is not for Claude Code."""
     router = server.proxy.router
-    missing = [(family, names[0]) for family, names in _CLAUDE_CODE_FAMILIES
+    missing = [(family, names[0]) for family, names in CLAUDE_CODE_NAMES.items()
                if all(router.resolve(name) is None for name in names)]
-    if not missing or len(missing) == len(_CLAUDE_CODE_FAMILIES):
+    if not missing or len(missing) == len(CLAUDE_CODE_NAMES):
         return []
     return [f"no route serves Claude Code's {' or '.join(family for family, _ in missing)} models (such as "
             f"{missing[0][1]}): their requests get a 404; add a route for them, or one matching '*'"]

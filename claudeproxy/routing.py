@@ -48,6 +48,8 @@ FAMILIES = ("opus", "sonnet", "haiku")
 # and a route meant for Claude Code that matches none of them is warned about (unmatched_route).
 SAMPLE_MODELS = ("claude-opus-4-1", "claude-sonnet-4-5-20250929", "claude-haiku-4-5", "claude-3-5-haiku-latest",
                  "claude-opus-5-5", "claude-haiku-5-5")
+# Each family's names as Claude Code sends them: 2.1.331's (CLAUDE-CODE.md), then the generation before.
+CLAUDE_CODE_NAMES = {f: (f"claude-{f}-5-5", f"claude-{f}-4-5") for f in FAMILIES}
 # Claude Code's own aliases beyond the plain family names.
 _ALIASES = {"opusplan": "opus"}
 # A family word as one segment of a Claude model id, in every naming Anthropic and the
@@ -330,12 +332,19 @@ def _shorthand_routes(config: Config, provider: str) -> Tuple[List[Route], List[
     if config.model:
         routes.append(Route("*", RouteTarget(provider, config.model), origin=name("model")))
     elif any(given.values()):
-        # Not a family a config file routes whole itself (by its name, or "*").
-        for family in (f for f in FAMILIES if not given[f] and not any(covers(r.match, f) for r in config.routes)):
+        for family in (f for f in FAMILIES if not given[f] and not _routes_whole(config.routes, f)):
             other = next(o for o in _NEAREST[family] if given[o])
             borrowed.append(Route(family, RouteTarget(provider, given[other]),
                                   origin=f"{name(other + '_model')} (no {flag_name(family + '_model')})"))
     return routes, borrowed
+
+
+def _routes_whole(routes: Sequence[Route], family: str) -> bool:
+    """Does a config file route ``family`` itself, whole: by its name, ``*``, or patterns that take
+    each of Claude Code's names for it? Then no flag's model is borrowed for it; a route for one
+    name (``claude-opus-5-5``) leaves the others to the borrowed one, which comes after it."""
+    return any(covers(r.match, family) for r in routes) or \
+        all(any(route_matches(r.match, name) for r in routes) for name in CLAUDE_CODE_NAMES[family])
 
 
 def _merged(flags: List[Route], file_routes: Sequence[Route], borrowed: Sequence[Route] = ()) -> List[Route]:

@@ -113,6 +113,10 @@ def test_a_borrowing_family_leaves_a_config_files_own_name_to_its_route() -> Non
     assert where(config, "claude-opus-5-5") == ("local", "qwen3:32b")
     assert where(config, "claude-opus-4-1") == ("upstream", "gpt-4.1")  # the family's other names borrow
     assert where(config, "claude-haiku-5-5") == ("upstream", "gpt-4.1")
+    # A file pattern taking every name of the family routes it whole: nothing is borrowed for it.
+    config = Config(providers=(LOCAL,), routes=(Route("claude-opus-*", RouteTarget("local", "qwen3:32b")),),
+                    upstream=OPENAI.url, sonnet_model="gpt-4.1")
+    assert [r.match for r in build_router(config).routes].count("opus") == 0
 
 
 def test_model_flag_is_the_default_and_model_map_comes_first() -> None:
