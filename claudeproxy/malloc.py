@@ -1,4 +1,4 @@
-"""The command line's process asks glibc for two malloc arenas instead of up to eight a core.
+"""The proxy's own process asks glibc for two malloc arenas instead of up to eight a core.
 
 glibc gives each new thread that allocates an arena of its own until there are eight per core
 (``M_ARENA_MAX``), and each arena keeps the memory freed in it. The proxy runs a thread per
@@ -32,7 +32,7 @@ def fewer_arenas(environ: Mapping[str, str] = os.environ) -> bool:
     try:
         if not os.confstr("CS_GNU_LIBC_VERSION"):  # musl answers with None or an error
             return False
-        import ctypes  # here, not at the top: only the command line's process pays for it
+        import ctypes  # here, not at the top: only the proxy's own process pays for it
 
         return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, ARENAS))
     except (ValueError, OSError, ImportError, AttributeError):

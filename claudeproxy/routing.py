@@ -347,7 +347,7 @@ def _routes_whole(routes: Sequence[Route], family: str) -> bool:
         all(any(route_matches(r.match, name) for r in routes) for name in CLAUDE_CODE_NAMES[family])
 
 
-def _merged(flags: List[Route], file_routes: Sequence[Route], borrowed: Sequence[Route] = ()) -> List[Route]:
+def _merged(flags: List[Route], file_routes: Sequence[Route], borrowed: Sequence[Route]) -> List[Route]:
     """The command line's routes and a config file's, in the order they are tried.
 
     A flag wins where it names the same match (its route replaces the file's); a catch-all flag
