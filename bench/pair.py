@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--shape", default="250,20", help="chunks per stream, ms between them (default 250,20)")
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--no-ttft", action="store_true", help="CPU per chunk only")
+    parser.add_argument("--no-cpu", action="store_true", help="first text delta only (a round takes ~6 s)")
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args()
     other = os.path.abspath(args.other)
@@ -70,31 +71,41 @@ def main() -> None:
                 order = [(r + i) % 3 for i in range(3)]
                 for i in (order if r % 2 == 0 else order[::-1]):
                     bench.values.clear()
-                    bench.measure_cpu_per_chunk(targets[i])
-                    cpu[NAMES[i]].append(bench.values["cpu_per_1k_chunks"][targets[i].name][-1])
+                    if not args.no_cpu:
+                        bench.measure_cpu_per_chunk(targets[i])
+                        cpu[NAMES[i]].append(bench.values["cpu_per_1k_chunks"][targets[i].name][-1])
                     if not args.no_ttft:
                         bench.measure_ttft(targets[i])
                         ttft[NAMES[i]].append(bench.values["ttft"][targets[i].name][-1])
-                print(f"round {r + 1}: " + ", ".join(f"{n} {cpu[n][-1]:.1f}" for n in NAMES), file=sys.stderr, flush=True)
+                last = cpu if not args.no_cpu else ttft
+                print(f"round {r + 1}: " + ", ".join(f"{n} {last[n][-1]:.2f}" for n in NAMES if last[n]),
+                      file=sys.stderr, flush=True)
         finally:
             for server in servers:
                 procs.stop(server.proc)
             assert bench.upstream is not None
             procs.stop(bench.upstream.proc)
+    if not args.no_cpu:
+        _print_cpu(cpu, args.rounds, args.streams, chunks, pause)
+    if not args.no_ttft:
+        ratios = [a / b for a, b in zip(ttft["this"], ttft["other"]) if b]
+        print("first text delta (ms), median of each round's 20 samples:")
+        for n in NAMES:
+            print(f"  {n:8} median {_median(ttft[n]):5.2f}   {' '.join(f'{x:.2f}' for x in ttft[n])}")
+        print(f"  this/other median {_median(ratios):.3f} ({sum(x < 1 for x in ratios)} of {len(ratios)} rounds sooner)")
+    for warning in bench.warnings:
+        print(f"warning: {warning}")
+
+
+def _print_cpu(cpu: Dict[str, List[float]], rounds: int, streams: int, chunks: int, pause: int) -> None:
     ratios = [a / b for a, b in zip(cpu["this"], cpu["other"]) if b]
-    print(f"CPU per 1,000 chunks (ms), {args.rounds} rounds of {args.streams} streams x {chunks} chunks {pause} ms apart:")
+    print(f"CPU per 1,000 chunks (ms), {rounds} rounds of {streams} streams x {chunks} chunks {pause} ms apart:")
     for n in NAMES:
         print(f"  {n:8} median {_median(cpu[n]):6.1f}   {' '.join(f'{x:.1f}' for x in cpu[n])}")
     print(f"  this/other per round: {' '.join(f'{x:.3f}' for x in ratios)}")
     print(f"  this/other median {_median(ratios):.3f} ({sum(x < 1 for x in ratios)} of {len(ratios)} rounds cheaper); "
           f"x ceiling: this {_median(cpu['this']) / _median(cpu['ceiling']):.2f}, "
           f"other {_median(cpu['other']) / _median(cpu['ceiling']):.2f}")
-    if not args.no_ttft:
-        print("first text delta (ms), median of each round's 20 samples:")
-        for n in NAMES:
-            print(f"  {n:8} median {_median(ttft[n]):5.2f}   {' '.join(f'{x:.2f}' for x in ttft[n])}")
-    for warning in bench.warnings:
-        print(f"warning: {warning}")
 
 
 if __name__ == "__main__":
