@@ -218,7 +218,8 @@ def _network_flags(net: Any) -> None:
                      "byte (default: %(default)s)")
     net.add_argument("--request-timeout", type=float, default=Config.request_timeout, metavar="S",
                      help="total time for a non-streaming upstream call, whose answer is waited for this "
-                     "long (default: %(default)s)")
+                     "long; also the longest a stream's upstream may send nothing but keep-alives, or "
+                     "--idle-timeout where that is longer (default: %(default)s)")
     net.add_argument("--ping-interval", type=float, default=Config.ping_interval, metavar="S",
                      help="send an SSE ping after this much silence (default: %(default)s)")
     net.add_argument("--retries", type=int, default=Config.retries, metavar="N",

@@ -39,6 +39,9 @@ class StreamFold(Protocol):
     # The upstream began its answer before anything went to the client (a Chat chunk with a choice,
     # a passthrough message_start): an error now is no refusal, and what it spent is not known.
     began: bool
+    # How many of the upstream's events said something (keep-alives do not: SSE comments, pings).
+    # The relay's bound on a stream of nothing but keep-alives reads it.
+    heard: int
 
     def line_skimmer(self) -> Any:
         """A ``skim.LineSkimmer`` for a line grown past ``skim.SKIM_AFTER`` (``iter_lines``), or None
@@ -72,6 +75,9 @@ def abort_error(reason: Optional[str]) -> Optional[Exception]:
         return ProxyError("the proxy is shutting down", status=529)
     if reason == "deadline":
         return UpstreamTimeout("upstream did not finish in time")
+    if reason == "keep-alives":
+        return UpstreamTimeout("upstream sent nothing but keep-alives (pings, SSE comments) for longer than "
+                               "--request-timeout (or --idle-timeout, where that is longer)")
     if reason == "head":
         return UpstreamTimeout("upstream did not send its response head within --idle-timeout")
     return None

@@ -7,6 +7,7 @@ the right exception class and retry policy.
 
 from __future__ import annotations
 
+import codecs
 import http.client
 import json
 import re
@@ -79,6 +80,13 @@ class ProxyError(Exception):
             self.error_type = error_type
         self.headers = headers
 
+    def mask(self, secrets: Tuple[str, ...]) -> None:
+        """Mask ``secrets`` in all the client and the log get of it: an upstream's values quoted in
+        the message (a header, a field, a body) and its header values, whichever step quoted them."""
+        self.message = redact_text(self.message, secrets)
+        self.args = (self.message,)
+        self.headers = tuple((name, redact_text(value, secrets)) for name, value in self.headers)
+
 
 class InvalidRequest(ProxyError):
     """The client sent something we cannot accept; ``path`` names the field."""
@@ -139,7 +147,15 @@ class ClientGone(Exception):
     """The client closed its connection; nothing more can be written."""
 
 
-_HEADER_VALUE_RE = re.compile(r"^[\x20-\x7e]{1,128}$")
+# What each retry header may say (RFC 9110 10.2.3: seconds or an HTTP date; the SDKs' milliseconds
+# and true/false): only such a value is passed on. A check for safe characters alone passed an upstream
+# echoing the key it was sent back in Retry-After, since keys are made of such characters.
+_RETRY_VALUES = {
+    "retry-after": re.compile(r"\d{1,10}(?:\.\d{1,6})?|(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d "
+                              r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d\d:\d\d:\d\d GMT"),
+    "retry-after-ms": re.compile(r"\d{1,12}(?:\.\d{1,6})?"),
+    "x-should-retry": re.compile(r"true|false", re.IGNORECASE),
+}
 
 
 def _loads(text: str) -> Any:
@@ -165,10 +181,29 @@ def _unwrap(obj: Any) -> Any:
     return obj
 
 
-def _parse_body(body: bytes) -> Tuple[str, Any]:
+def _parse_body(body: bytes, headers: Any = None) -> Tuple[str, Any]:
     """(body text, its JSON value or None)."""
-    text = body.decode("utf-8", errors="replace").strip()
+    text = body_text(body, headers).strip()
     return text, _unwrap(_loads(text))
+
+
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+_CHARSET_RE = re.compile(r";\s*charset=\"?([A-Za-z0-9._:-]{1,40})", re.IGNORECASE)
+
+
+def body_text(body: bytes, headers: Any = None) -> str:
+    """An upstream's body as text: by its byte-order mark or declared charset, else UTF-8. A body
+    in UTF-16 read as UTF-8 is every character with a NUL after it, which no masking recognises:
+    an error message quoting the key would reach the client readable."""
+    encoding = next((name for bom, name in _BOMS if body.startswith(bom)), None)
+    if encoding is None and headers is not None:
+        found = _CHARSET_RE.search(headers.get("Content-Type") or "")
+        encoding = found.group(1) if found else None
+    try:
+        return body.decode(encoding or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return body.decode("utf-8", errors="replace")
 
 
 def is_json_answer(body: bytes) -> bool:
@@ -183,33 +218,35 @@ def _error_dict(obj: Any) -> Dict[str, Any]:
     return err if isinstance(err, dict) else obj if isinstance(obj, dict) else {}
 
 
-def _error_message(text: str, obj: Any) -> str:
-    """The upstream's own message: ``error.message``, a string ``error``, a top-level ``message`` (vLLM)."""
+def _error_message(text: str, obj: Any, secrets: Tuple[str, ...]) -> str:
+    """The upstream's own message: ``error.message``, a string ``error``, a top-level ``message``
+    (vLLM); else the body's text. Masked first, then cut: a key the cut went through would no
+    longer be a secret masking knows, and its first half would go out."""
     err = obj.get("error") if isinstance(obj, dict) else None
     if isinstance(err, dict) and isinstance(err.get("message"), str) and err["message"]:
-        return err["message"][:2000]
+        return redact_text(err["message"], secrets)[:2000]
     if isinstance(err, str) and err:
-        return err[:2000]
+        return redact_text(err, secrets)[:2000]
     if isinstance(obj, dict) and isinstance(obj.get("message"), str) and obj["message"]:
-        return obj["message"][:2000]
-    return text[:500]
+        return redact_text(obj["message"], secrets)[:2000]
+    return redact_text(text, secrets)[:500]
 
 
 def retry_headers(headers: Any) -> Tuple[Tuple[str, str], ...]:
     """The upstream's word on retrying, passed on: when (retry-after) and whether (an Anthropic-
     compatible upstream's x-should-retry, which the SDKs obey over the status)."""
     out = []
-    for name in ("retry-after", "retry-after-ms", "x-should-retry"):
-        value = headers.get(name) if headers is not None else None
-        if value and _HEADER_VALUE_RE.match(value.strip()):  # no CR/LF can reach our response (S5)
-            out.append((name, value.strip()))
+    for name, form in _RETRY_VALUES.items():
+        value = (headers.get(name) or "").strip() if headers is not None else ""
+        if form.fullmatch(value):  # nor can a CR or LF reach our response this way (S5)
+            out.append((name, value.lower() if name == "x-should-retry" else value))
     return tuple(out)
 
 
 def error_from_status(status: int, body: bytes, headers: Any = None, secrets: Tuple[str, ...] = ()) -> ProxyError:
     """The client-facing error for an upstream error status and body."""
-    text, obj = _parse_body(body)
-    message = redact_text(_error_message(text, obj), secrets) or http.client.responses.get(status, "") or "(empty body)"
+    text, obj = _parse_body(body, headers)
+    message = _error_message(text, obj, secrets) or http.client.responses.get(status, "") or "(empty body)"
     if not 400 <= status <= 599:
         # 1xx/3xx (redirects are never followed) or garbage: the upstream is broken.
         return UpstreamUnavailable(f"upstream {status}: {message}"[:1000])
@@ -299,7 +336,7 @@ def error_from_object(err: Dict[str, Any], secrets: Tuple[str, ...] = ()) -> Pro
     status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else None
     obj = _unwrap({"error": err})
     text = json.dumps(obj)
-    message = redact_text(_error_message(text, obj), secrets) or "(empty error object)"
+    message = _error_message(text, obj, secrets) or "(empty error object)"
     return _upstream_error(status, message, _error_dict(obj), None, secrets)
 
 

@@ -87,6 +87,10 @@ class ObservedFold:
     def began(self) -> bool:
         return bool(self._fold.began)
 
+    @property
+    def heard(self) -> int:
+        return int(self._fold.heard)
+
     def line_skimmer(self) -> Any:
         return self._fold.line_skimmer()
 

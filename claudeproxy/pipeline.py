@@ -236,6 +236,9 @@ class Proxy:
         self.watchdog.add(watch)
         try:
             return work(call)
+        except ProxyError as exc:
+            exc.mask(call.secrets)  # an upstream's values, whichever step quoted them
+            raise
         finally:
             self.watchdog.remove(watch)
 
@@ -327,7 +330,10 @@ class Proxy:
                 # the one the upstream knows (without it every model list was a 401).
                 with self._open(url, provider, call, method="GET", headers=headers, client=handler.headers) as resp:
                     body = read_json_body(resp, call, self.config.max_body_bytes)
-                found += catalog.upstream_models(body)
+                # A model named with a key in it (a gateway listing what it was sent) is left out:
+                # masked, its name would be no model's.
+                found += [m for m in catalog.upstream_models(body)
+                          if redact_text(m[0] + " " + m[2], call.secrets) == m[0] + " " + m[2]]
                 after = catalog.next_page(body) if api_messages else None
                 if after is None:
                     break
@@ -475,6 +481,7 @@ class Proxy:
                 try:
                     return self._attempt(api, req, target, writer, watch, record)
                 except ProxyError as exc:
+                    exc.mask(watch.call.secrets)  # an upstream's values, whichever step quoted them
                     if writer.started or not self._retryable(exc, watch):
                         raise
                     failure = exc

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import re
 from typing import Any, Iterable, List, Mapping, Tuple, Union
-from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, unquote_plus, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
 
@@ -67,6 +67,10 @@ def secret_forms(secrets: Iterable[str]) -> SecretForms:
 
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with known secrets (or their ``SecretForms``), key-shaped strings and URL credentials masked."""
+    if "\x00" in text:
+        # A body in UTF-16 read as bytes: every character with a NUL beside it, where no form matches.
+        # A NUL says nothing in a message or a log line.
+        text = text.replace("\x00", "")
     for form in secrets if isinstance(secrets, SecretForms) else secret_forms(secrets):
         text = text.replace(form, MASK)
     every = not text.isascii()
@@ -79,18 +83,31 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
 
 def _written_forms(secrets: Iterable[str]) -> List[str]:
     """Each secret long enough to mask, and as an upstream may echo it: JSON-escaped (an encoder
-    that escapes "/" echoes "Ab\\/cd" for the key "Ab/cd"), in upper or lower case (a gateway that
-    normalises what it quotes), and base64-encoded (a header quoted as it was sent, the key inside
-    "user:key" of Basic credentials, with no "Basic" before it)."""
+    that escapes "/" echoes "Ab\\/cd" for the key "Ab/cd"), URL-encoded (a request line or query
+    quoted back), in upper or lower case (a gateway that normalises what it quotes), and
+    base64-encoded (a header quoted as it was sent, the key inside "user:key" of Basic credentials,
+    with no "Basic" before it)."""
     forms = []
     for secret in secrets:
         if secret and len(secret) >= _MIN_SECRET_LEN:
             forms.append(secret)
             if "/" in secret:
                 forms.append(secret.replace("/", "\\/"))
+            forms += _url_forms(secret)
             if len(secret) >= MIN_FREE_TEXT_SECRET:  # (vLLM's key "EMPTY" in any case would mask "empty")
                 forms += (secret.upper(), secret.lower(), *_base64_forms(secret))
     return forms
+
+
+_PERCENT_RE = re.compile(r"%[0-9A-F]{2}")
+
+
+def _url_forms(secret: str) -> List[str]:
+    """``secret`` percent-encoded as encoders write it ("/" kept or not, "+" for a space), with the
+    hex digits in either case; none when it has nothing to encode."""
+    encoded = {quote(secret, safe=""), quote(secret), quote_plus(secret)} - {secret}
+    lower = {_PERCENT_RE.sub(lambda m: m.group().lower(), form) for form in encoded}
+    return sorted(encoded | lower)
 
 
 def _base64_forms(secret: str) -> List[str]:
@@ -142,6 +159,12 @@ _SCANS: Tuple[Tuple["re.Pattern[str]", Any, Tuple[str, ...], bool], ...] = (
     (_USERINFO_RE, lambda m: m.group(1) + MASK + "@", ("@",), False),
     (_QUERY_PAIR_RE, _mask_query_value, ("?", "&"), False),
 )
+
+
+def quoted(value: Union[str, bytes], most: int = 40) -> str:
+    """An upstream's value for a message, quoted whole or not at all: cut short, a key in it would
+    no longer be the secret masking finds, and its first characters would go out."""
+    return repr(value) if len(value) <= most else f"({len(value)} characters)"
 
 
 def redact_url(url: str, secrets: Iterable[str] = ()) -> str:

@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from .config import Config
 from .ending import StreamFold, stream_end
 from .errors import ClientGone, ProxyError, UpstreamUnavailable
-from .redact import redact_text
+from .redact import quoted
 from .upstream import (
     UpstreamCall,
     clean_eof,
@@ -60,7 +60,7 @@ class Relay:
         self.refused = False
         # When the first content went out: the time to first token the client saw.
         self.first_content_at: Optional[float] = None
-        self.opened_at = self.last_upstream = time.monotonic()
+        self.opened_at = self.last_upstream = self.last_content = time.monotonic()
         self._resp: Any = None  # the open upstream response, until the fold completes
         self._opened: Any = None  # the same response, closed when the relay ends
         self._lines: Iterator[bytes] = iter(())  # its lines, read by begin() and then by finish()
@@ -76,7 +76,7 @@ class Relay:
         back); once it has gone out nothing can be retried, so the caller can let go of
         the request before ``finish`` relays the rest.
         """
-        self.opened_at = self.last_upstream = time.monotonic()
+        self.opened_at = self.last_upstream = self.last_content = time.monotonic()
         self.response_open = True
         self._resp = self._opened = resp
         try:
@@ -88,7 +88,7 @@ class Relay:
                 self._from_json(resp)
             elif kind == "other":
                 ctype = resp.headers.get("Content-Type")
-                self._fail(UpstreamUnavailable(f"upstream returned non-SSE content ({ctype}) to a stream request"))
+                self._fail(UpstreamUnavailable(f"upstream returned non-SSE content ({quoted(ctype, 100)}) to a stream request"))
             else:
                 self._lines = iter_lines(resp, self.config.max_line_bytes, self.fold.line_allowance,
                                          self.fold.line_skimmer)
@@ -117,6 +117,7 @@ class Relay:
         """Lines to events until the stream ends (False) or, with ``until_committed``, commits (True)."""
         failure: Optional[ProxyError] = None
         folding = False  # a ProxyError now is the fold's (an upstream error event), not the read's
+        heard = self.fold.heard  # the upstream's events that were no keep-alive, so far
         try:
             for raw in self._lines:
                 # Fold and write under the lock, so the watchdog cannot slip a ping
@@ -129,6 +130,8 @@ class Relay:
                     if self.fold.complete:
                         self._write(events)  # the last events, and the stream's end
                         return False
+                    if self.fold.heard != heard:
+                        heard, self.last_content = self.fold.heard, self.last_upstream
                     if events:
                         self._send(events)
                     if until_committed and self.committed:
@@ -210,8 +213,10 @@ class Relay:
                 return
             self.finished = True
             self.failure = exc
-            # Redacted here too: not every failure is made by the fold (which masks the call's secrets).
-            log.warning("stream failed after it began: %s", redact_text(exc.message, self.call.secrets))
+            # Masked here too: not every failure is made by the fold (which masks the call's secrets);
+            # an upstream's value quoted in a message of the relay's or the reader's is not.
+            exc.mask(self.call.secrets)
+            log.warning("stream failed after it began: %s", exc.message)
             self._send(before + self.fold.fail(exc), end=True)
 
     # ------------------------------------------------------------------
@@ -232,6 +237,12 @@ class Relay:
     # ------------------------------------------------------------------
     # The watchdog thread.
 
+    @property
+    def _longest_quiet(self) -> float:
+        """How long an upstream may send nothing but keep-alives: the request timeout, or the idle
+        timeout where that is longer (a user who waits that long for a first byte waits for this)."""
+        return max(self.config.request_timeout, self.config.idle_timeout)
+
     def tick(self, now: float) -> None:
         """Pings while quiet; commit when the first event is slow; end after a silent finish."""
         if self.deadline is not None and now >= self.deadline and not self.finished:
@@ -248,6 +259,10 @@ class Relay:
                 self.writer.events([{"type": "ping"}])
             if self.fold.finishing and now - self.last_upstream >= self.config.finish_grace:
                 self.call.abort("finished")
+            elif now - self.last_content >= self._longest_quiet:
+                # Pings and SSE comments keep a stream alive through a long think, but not forever:
+                # an upstream that sends nothing else held the client, its thread and a slot.
+                self.call.abort("keep-alives")
         except ClientGone:
             self.call.abort("client")
         finally:

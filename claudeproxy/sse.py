@@ -182,6 +182,7 @@ class SSEFold:
     billed_cost: Optional[float] = None  # ``StreamFold.billed_cost``: only Chat upstreams report one
     line_allowance = 0.0  # ``StreamFold.line_allowance``: no line repeats the deltas before it
     began = False  # ``StreamFold.began``: where the API's first events say nothing of the answer
+    heard = 0  # ``StreamFold.heard``: events with data so far; comments are none, and pings take theirs back
 
     def line_skimmer(self) -> Any:
         """``StreamFold.line_skimmer``: None, a long line is read whole."""
@@ -193,11 +194,15 @@ class SSEFold:
         text = raw.decode("utf-8", errors="replace")
         data = self.decoder.lone_event(text)
         if data is not None:
-            return [] if self.complete else self._on_event(ServerSentEvent(data))
+            if self.complete:
+                return []
+            self.heard += 1
+            return self._on_event(ServerSentEvent(data))
         events: List[Dict[str, Any]] = []
         for line in self.decoder.lines(text):
             event = self.decoder.decode(line)
             if event is not None and not self.complete:
+                self.heard += 1
                 try:
                     events += self._on_event(event)
                 except ProxyError as exc:

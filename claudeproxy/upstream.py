@@ -52,13 +52,14 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
     UpstreamUnreachable,
+    body_text,
     error_from_status,
     is_json_answer,
     retry_headers,
 )
 from .http_head import MAX_RESPONSE_HEAD, HeadCutShort, read_headers
 from .kernel_timeout import bound_by_kernel
-from .redact import redact_headers, redact_text, redact_url
+from .redact import quoted, redact_headers, redact_text, redact_url
 from .skim import SKIM_AFTER, LineSkimmer
 from .version import __version__
 
@@ -665,7 +666,7 @@ def _chunk_size(line: bytes) -> int:
     and a size of -1 read the body to its close, a JSON answer waiting out its whole deadline."""
     size = line.split(b";", 1)[0].strip(b" \t\r\n")
     if not size or size.strip(_HEX_DIGITS) or len(size.lstrip(b"0")) > 16:  # leading zeros are allowed
-        raise ValueError(f"bad chunk size {size[:20]!r}")
+        raise ValueError(f"bad chunk size {quoted(size)}")
     return int(size, 16)
 
 
@@ -680,7 +681,7 @@ def _chunked(codings: Optional[List[str]]) -> bool:
         return False
     if names == ["chunked"]:
         return True
-    raise http.client.HTTPException(f"Transfer-Encoding {', '.join(names)[:100]!r} is not supported (only chunked)")
+    raise http.client.HTTPException(f"Transfer-Encoding {quoted(', '.join(names), 100)} is not supported (only chunked)")
 
 
 def _content_length(values: Optional[List[str]]) -> Optional[int]:
@@ -693,7 +694,7 @@ def _content_length(values: Optional[List[str]]) -> Optional[int]:
     lengths = set()
     for part in [part for part in parts if part] or [""]:  # a list's empty elements are none (RFC 9110 5.6.1)
         if not part or part.strip(_DIGITS) or len(part.lstrip("0")) > 18:
-            raise http.client.HTTPException(f"Content-Length {part[:20]!r} is not a length")
+            raise http.client.HTTPException(f"Content-Length {quoted(part)} is not a length")
         lengths.add(int(part))  # "5" and "05" agree
     if len(lengths) != 1:
         raise http.client.HTTPException(f"Content-Length lines disagree ({', '.join(map(str, sorted(lengths)))[:100]})")
@@ -1216,7 +1217,7 @@ def content_decoder(headers: Any) -> Any:
         return zlib.decompressobj(16 + zlib.MAX_WBITS)
     if coding == "deflate":
         return zlib.decompressobj()
-    raise UpstreamUnavailable(f"upstream answered with Content-Encoding {coding[:40]!r}, which the proxy cannot "
+    raise UpstreamUnavailable(f"upstream answered with Content-Encoding {quoted(coding)}, which the proxy cannot "
                               "read (it asks for identity; gzip and deflate are decoded)", headers=(NO_RETRY,))
 
 
@@ -1298,7 +1299,7 @@ def _proxys_answer(status: int, body: bytes, headers: Any, req: urllib.request.R
     policy, the same on every try (no retry, as its refusal of a tunnel); a 5xx is worth another,
     when its Retry-After says (whoever wrote the page, the wait it asks for is passed on)."""
     proxy, host = _proxy_of(req), urlsplit(req.full_url).netloc.rpartition("@")[2]
-    text = " ".join(body.decode("utf-8", errors="replace").split())[:200]
+    text = redact_text(" ".join(body_text(body, headers).split()), secrets)[:200]  # masked, then cut
     said = f"{status} {http.client.responses.get(status, '')}".strip() + (f": {text}" if text else "")
     why = (f"its policy may not allow {host}" if status == 403 else f"it may not have reached {host}")
     return UpstreamUnavailable(redact_text(f"the outbound proxy at {proxy} may have answered for the upstream at "
@@ -1586,7 +1587,7 @@ def read_json_body(resp: Any, call: UpstreamCall, limit: int) -> Any:
         # A whole answer (its framing says so) that does not parse: asking again gets the same, and
         # the upstream may have billed it; a fallback may do better. A body ended by the connection's
         # close may have been cut: that one may be asked again.
-        raise UpstreamNotJson(f"upstream returned a body that is not JSON (Content-Type {ctype})",
+        raise UpstreamNotJson(f"upstream returned a body that is not JSON (Content-Type {quoted(ctype, 100)})",
                               headers=(NO_RETRY,) if framed else ()) from None
 
 

@@ -1199,6 +1199,27 @@ def test_a_second_message_delta_that_says_less_takes_nothing_from_the_first(seco
     assert fold.usage["output_tokens"] == 7  # the record counts what the client was told
 
 
+@pytest.mark.parametrize("start_count, delta_count, recorded", [
+    (36, 12, 12),  # message_start's was an estimate (another claudeproxy in front of a Chat upstream)
+    (12, 0, 12),  # a server that says input_tokens 0 at the end: the count stands
+    (12, 30, 30),
+])
+def test_the_record_takes_the_input_count_message_delta_gives(start_count: int, delta_count: int,
+                                                              recorded: int) -> None:
+    """The record counts what the client is told (the SDKs take message_delta's counts over
+    message_start's); it kept the higher, and billed an estimate above the real count."""
+    from claudeproxy.apis.messages import MessagesFold
+
+    start = {**MESSAGE_START, "message": {**MESSAGE_START["message"],
+                                          "usage": {"input_tokens": start_count, "output_tokens": 1}}}
+    end = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+           "usage": {"output_tokens": 5, "input_tokens": delta_count}}
+    fold = MessagesFold(message_id="msg_1", model="claude-x", input_tokens=0)
+    out = fold.feed_line(events_bytes([start] + _TEXT + [end, {"type": "message_stop"}]))
+    assert_valid_event_sequence(out)
+    assert fold.usage["input_tokens"] == recorded and fold.usage["output_tokens"] == 5
+
+
 def test_content_after_message_delta_ends_the_answer_as_it_was() -> None:
     # The answer was whole at message_delta: a block begun after it would never be stopped.
     from claudeproxy.apis.messages import MessagesFold

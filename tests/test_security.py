@@ -534,6 +534,137 @@ def test_a_key_with_a_slash_echoed_json_escaped_is_masked(make_proxy: Any, fake_
     assert [t for t in texts + records if "SECRET99" in t] == []
 
 
+# Values of the upstream's own making, quoted or relayed: a key an upstream echoes there is masked or
+# left out too (an outside probe put it in each of these; none is key-shaped, so only the call's own
+# secrets can mask it).
+PLAIN_KEY = "Qx7UPSTREAMsentinel42zz"
+FORWARDED = "FWDclientSENTINEL99ab"
+
+
+def _no_key_in(resp: Any, key: str) -> str:
+    text = resp.body.decode("utf-8", "replace") + json.dumps(resp.header_list)
+    assert key not in text and key not in text.replace("\x00", "") and key[:11] not in text, text[:400]
+    return text
+
+
+def test_retry_headers_pass_on_only_what_they_may_say(make_proxy: Any, fake_upstream: Any) -> None:
+    proxy = make_proxy(token=claudeproxy.static_token(PLAIN_KEY), retries=0)
+    echoed = (("retry-after", PLAIN_KEY), ("retry-after-ms", PLAIN_KEY), ("x-should-retry", PLAIN_KEY))
+    fake_upstream.push(json_reply({"error": {"message": "slow down"}}, status=429, headers=echoed))
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(), client_headers())
+    assert_error(resp, 429, "rate_limit_error")
+    _no_key_in(resp, PLAIN_KEY)
+    said = (("retry-after", "7"), ("retry-after-ms", "6500.5"), ("x-should-retry", "False"))
+    fake_upstream.push(json_reply({"error": {"message": "slow down"}}, status=429, headers=said))
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(), client_headers())
+    assert (resp.headers.get("retry-after"), resp.headers.get("retry-after-ms"),
+            resp.headers.get("x-should-retry")) == ("7", "6500.5", "false")
+    date = (("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT"),)
+    fake_upstream.push(json_reply({"error": {"message": "down"}}, status=503, headers=date))
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(), client_headers())
+    assert resp.headers.get("retry-after") == "Wed, 21 Oct 2015 07:28:00 GMT"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstreams_head_quoted_in_an_error_is_masked(make_proxy: Any, fake_upstream: Any, caplog: Any,
+                                                        stream: bool) -> None:
+    caplog.set_level(logging.INFO)
+    proxy = make_proxy(token=claudeproxy.static_token(PLAIN_KEY), retries=0)
+    fake_upstream.push(Reply(200, (("Content-Type", f"text/html; k={PLAIN_KEY}"),), [b"<html>hi</html>"]),
+                       Reply(200, (("Content-Type", "application/json"), ("Content-Encoding", PLAIN_KEY)), [b"{}"]))
+    for _ in range(2):
+        resp = request(proxy.url, "POST", "/v1/messages", minimal_request(stream=stream), client_headers())
+        assert "***" in assert_error(resp, 502, "api_error")
+        _no_key_in(resp, PLAIN_KEY)
+    assert proxy.server.wait_idle(2)
+    assert [r.getMessage() for r in caplog.records if PLAIN_KEY.lower() in r.getMessage().lower()] == []
+
+
+def test_a_forwarded_key_quoted_by_a_broken_passthrough_stream_is_masked(make_proxy: Any, fake_upstream: Any,
+                                                                        caplog: Any) -> None:
+    """The forwarded key is known to the call only (no log filter knows it): the message it is
+    quoted in is masked before the client or the log gets it."""
+    caplog.set_level(logging.INFO)
+    proxy = make_proxy(passthrough=True, token=claudeproxy.static_token(""), retries=0)
+    start = {"type": "message_start", "message": {**ANTHROPIC_ANSWER, "content": [], "stop_reason": None}}
+    broken = {"type": "content_block_start", "index": FORWARDED, "content_block": {"type": "text", "text": ""}}
+    fake_upstream.push(sse_reply(start, broken, done=False))
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(stream=True), {"x-api-key": FORWARDED})
+    assert "broke the event order" in assert_error(resp, 502, "api_error")
+    _no_key_in(resp, FORWARDED)
+    assert proxy.server.wait_idle(2)
+    assert [r.getMessage() for r in caplog.records if FORWARDED in r.getMessage()] == []
+
+
+def test_an_upstream_message_is_masked_before_it_is_cut(make_proxy: Any, fake_upstream: Any) -> None:
+    # Cut first, the key across the cut was no longer the secret, and its first half went out.
+    proxy = make_proxy(token=claudeproxy.static_token(PLAIN_KEY), retries=0)
+    for cut_at in (2000, 500):  # an error object's message; a body that is only text
+        text = "A" * (cut_at - 15) + " is " + PLAIN_KEY
+        fake_upstream.push(json_reply({"error": {"message": text}}, status=400) if cut_at == 2000 else
+                           Reply(400, (("Content-Type", "text/plain"),), [text.encode()]))
+        resp = request(proxy.url, "POST", "/v1/messages", minimal_request(), client_headers())
+        assert "AAAA is ***" in assert_error(resp, 400, "invalid_request_error")
+        _no_key_in(resp, PLAIN_KEY)
+
+
+def test_a_header_value_is_quoted_whole_or_not_at_all() -> None:
+    from claudeproxy import upstream
+
+    for value in (PLAIN_KEY, "x" * 60):
+        with pytest.raises(Exception) as raised:
+            upstream._content_length([value])
+        message = str(raised.value)
+        assert (repr(value) in message) if len(value) <= 40 else ("60 characters" in message and "x" * 20 not in message)
+
+
+@pytest.mark.parametrize("encoding, charset", [("utf-16", "; charset=utf-16"), ("utf-16-le", ""),
+                                               ("utf-16-be", "; charset=UTF-16BE"), ("utf-32", "")])
+def test_an_error_body_in_utf16_is_read_as_text_and_masked(make_proxy: Any, fake_upstream: Any, encoding: str,
+                                                           charset: str) -> None:
+    proxy = make_proxy(token=claudeproxy.static_token(PLAIN_KEY), retries=0)
+    body = json.dumps({"error": {"message": f"invalid key {PLAIN_KEY}"}}).encode(encoding)
+    fake_upstream.push(Reply(401, (("Content-Type", "application/json" + charset),), [body]))
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(), client_headers())
+    message = assert_error(resp, 401, "authentication_error")
+    assert "invalid key ***" in message or "***" in message.replace("\x00", ""), message
+    _no_key_in(resp, PLAIN_KEY)
+
+
+def test_a_url_encoded_key_is_masked() -> None:
+    from claudeproxy.redact import redact_text
+
+    key = "Ab+cd/EF=gh12345678zz"
+    # as urllib.parse.quote writes it ("/" kept, and not), with the hex in lower case, and a request line's
+    echoed = "Bearer%20Ab%2Bcd/EF%3Dgh12345678zz, Ab%2Bcd%2FEF%3Dgh12345678zz, Ab%2bcd%2fEF%3dgh12345678zz, " \
+             "GET /v1?key=Ab%2Bcd%2FEF%3Dgh12345678zz"
+    masked = redact_text(echoed, (key,))
+    assert "gh12345678zz" not in masked and masked.count("***") == 4, masked
+
+
+def test_a_listed_model_holding_the_key_is_left_out(make_proxy: Any, fake_upstream: Any) -> None:
+    proxy = make_proxy(passthrough=True, token=claudeproxy.static_token(""))
+    fake_upstream.push(json_reply({"data": [{"type": "model", "id": "claude-a"}, {"type": "model", "id": FORWARDED},
+                                            {"type": "model", "id": "claude-b", "display_name": f"B {FORWARDED}"}],
+                                   "has_more": False}))
+    resp = request(proxy.url, "GET", "/v1/models", headers={"x-api-key": FORWARDED})
+    assert resp.status == 200 and [m["id"] for m in resp.json["data"]] == ["claude-a"]
+
+
+def test_an_unknown_passthrough_event_holding_the_key_goes_nowhere(make_proxy: Any, fake_upstream: Any) -> None:
+    proxy = make_proxy(passthrough=True, token=claudeproxy.static_token(""))
+    start = {"type": "message_start", "message": {**ANTHROPIC_ANSWER, "content": [], "stop_reason": None}}
+    fake_upstream.push(sse_reply(start, {"type": FORWARDED}, {"type": "server_note", "note": f"key {FORWARDED}"},
+                                 {"type": "server_note", "note": "kept"},
+                                 {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                                  "usage": {"output_tokens": 1}},
+                                 {"type": "message_stop"}, done=False))
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(stream=True), {"x-api-key": FORWARDED})
+    assert resp.status == 200 and "event: message_stop" in resp.body.decode()
+    assert '"note": "kept"' in resp.body.decode() or '"note":"kept"' in resp.body.decode()
+    _no_key_in(resp, FORWARDED)
+
+
 # ---------------------------------------------------------------------------
 # 9. Outbound proxy only when asked for (S8).
 

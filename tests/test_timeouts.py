@@ -88,6 +88,63 @@ def test_idle_timeout_before_the_first_byte_names_the_seconds(make_proxy: Any, f
     assert resp.status == 504 and resp.json["error"]["message"] == "upstream sent nothing for 0.5 s", resp
 
 
+def _keep_alives(first: bytes, every: float, seconds: float, ping: bytes = b": keep-alive\n\n") -> Reply:
+    """A stream that begins with ``first`` and then sends nothing but ``ping`` every ``every`` s."""
+    steps: list = [first]
+    for _ in range(int(seconds / every)):
+        steps += [Sleep(every), ping]
+    return Reply(200, (("Content-Type", "text/event-stream"),), steps, chunked=True)
+
+
+ROLE_CHUNK = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n'
+
+
+@pytest.mark.parametrize("committed", [False, True])
+def test_a_stream_of_nothing_but_keep_alives_ends_at_the_request_timeout(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                                        committed: bool) -> None:
+    """SSE comments keep a long think alive (the idle timeout counts silence), but not forever: a
+    probe's upstream held the client, its thread and a slot with one every 50 ms."""
+    proxy = make_proxy(request_timeout=1.0, idle_timeout=0.6, ping_interval=0.3 if committed else 30)
+    fake_upstream.push(_keep_alives(ROLE_CHUNK, 0.1, 8))
+    resp, took = _timed(proxy, body=minimal_request(stream=True))
+    assert took < 3.5, took  # not the upstream's 8 s
+    if committed:  # pings went out: the stream ends with its error event
+        assert resp.status == 200 and events_of(resp.body)[-1]["type"] == "error", resp.body[-300:]
+        assert "nothing but keep-alives" in resp.body.decode()
+    else:
+        assert resp.status == 504 and "nothing but keep-alives" in resp.json["error"]["message"], resp
+
+
+def test_keep_alives_between_content_do_not_end_a_stream(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy(request_timeout=0.8, idle_timeout=0.5, ping_interval=30)
+    text = b'data: {"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}]}\n\n'
+    steps: list = [ROLE_CHUNK]
+    for _ in range(6):  # 2.4 s in all, content every 0.4 s between keep-alives
+        steps += [Sleep(0.2), b": keep-alive\n\n", Sleep(0.2), text]
+    steps += [b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n']
+    fake_upstream.push(Reply(200, (("Content-Type", "text/event-stream"),), steps, chunked=True))
+    resp, took = _timed(proxy, body=minimal_request(stream=True))
+    assert resp.status == 200 and events_of(resp.body)[-1]["type"] == "message_stop", resp.body[-300:]
+    assert took > 2.0
+
+
+def test_passthrough_pings_alone_end_at_the_request_timeout(fake_upstream: FakeUpstream) -> None:
+    provider = Provider("native", fake_upstream.url.rsplit("/v1", 1)[0], api="messages",
+                        token=claudeproxy.static_token(UPSTREAM_KEY))
+    server = claudeproxy.start(providers=(provider,), routes=(Route("*", RouteTarget("native")),),
+                               request_timeout=1.0, idle_timeout=0.5, ping_interval=30)
+    try:
+        start = (b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","type":"message",'
+                 b'"role":"assistant","model":"m","content":[],"stop_reason":null,"stop_sequence":null,'
+                 b'"usage":{"input_tokens":3,"output_tokens":1}}}\n\n')
+        fake_upstream.push(_keep_alives(start, 0.1, 8, b'event: ping\ndata: {"type": "ping"}\n\n'))
+        resp, took = _timed(server, body=minimal_request(stream=True))
+    finally:
+        server.shutdown(grace=1.0)
+    assert took < 3.5, took
+    assert "nothing but keep-alives" in resp.body.decode(), resp
+
+
 @pytest.fixture
 def native(fake_upstream: FakeUpstream) -> Iterator[Any]:
     """A proxy whose only provider speaks the Messages API (upstream count_tokens and model list)."""

@@ -30,6 +30,7 @@ from ..errors import (
     thread_unsupported,
 )
 from ..prompt_cache import strip_billing_header
+from ..redact import redact_text
 from ..replies import events_for_message, message_start
 from ..routing import Target
 from ..signatures import PREFIX as SIGNATURE_PREFIX
@@ -65,6 +66,8 @@ _BLOCK_DELTAS = {
     "compaction": frozenset({"compaction_delta"}),
 }
 _KNOWN_DELTAS = frozenset().union(*_BLOCK_DELTAS.values())
+_KNOWN_EVENTS = frozenset({"message_start", "message_delta", "message_stop", "content_block_start",
+                           "content_block_delta", "content_block_stop", "ping", "error"})
 _NOT_OPEN = object()  # the open-block lookup's default: ``None`` is an open block of a type not given
 # An Anthropic error type back to the status it comes with (PROTOCOL.md 4.1), for in-band errors.
 _STATUS_BY_TYPE = {
@@ -201,7 +204,7 @@ def error_from_event(obj: Any, secrets: Tuple[str, ...]) -> ProxyError:
     err = obj.get("error") if isinstance(obj, dict) else None
     kind = err.get("type") if isinstance(err, dict) else None
     status = _STATUS_BY_TYPE.get(kind, 502) if isinstance(kind, str) else 502
-    body = obj if isinstance(obj, dict) else {"error": {"message": str(obj)[:1000]}}
+    body = obj if isinstance(obj, dict) else {"error": {"message": str(obj)}}  # masked, then cut
     return error_from_status(status, json.dumps(body).encode("utf-8"), None, secrets)
 
 
@@ -431,6 +434,7 @@ class MessagesFold(SSEFold):
         if kind == "message_start":
             return self._message_start(obj)
         if kind == "ping":
+            self.heard -= 1  # a keep-alive, whatever else it is
             if self.held:
                 self.held.append(obj)
             return [obj] if self.started else []
@@ -453,6 +457,10 @@ class MessagesFold(SSEFold):
                 # one the answer ends with stop_reason None. A plain end is what the upstream meant.
                 events += self._message_delta({"type": "message_delta", "delta": self._made_up_end()})
             return events + self._stop(obj)
+        if kind not in _KNOWN_EVENTS and redact_text(json.dumps(obj), self.secrets) != json.dumps(obj):
+            # An event of a kind no client reads, holding a secret (named by it, even): it goes
+            # nowhere, as a masked one would tell nobody anything.
+            return events
         return events + [obj]
 
     def _message_delta(self, obj: Dict[str, Any]) -> List[Event]:
@@ -462,11 +470,9 @@ class MessagesFold(SSEFold):
         closing = self._close_open_blocks()
         self.finishing = True
         held = self.final_delta  # a message_delta before this one (an upstream sent two)
-        self._take_usage(obj.get("usage"))  # before anything is filled: only what the upstream counted
-        counted = _counts(obj.get("usage"), ("output_tokens",))
-        if counted:  # the count itself, even below message_start's placeholder (0 below 1)
-            before = self.counts.get("output_tokens", 0) if held is not None else 0
-            self.counts["output_tokens"] = max(counted["output_tokens"], before)
+        # Before anything is filled: only what the upstream counted.
+        self._take_usage(obj.get("usage"), final=held is None)
+        if _counts(obj.get("usage"), ("output_tokens",)):
             self.output_counted = True
         delta = obj.get("delta")
         said = isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str)
@@ -556,7 +562,7 @@ class MessagesFold(SSEFold):
 
     def _bad_event(self, event: ServerSentEvent) -> List[Event]:
         if event.event == "error":  # "event: error" with a plain-text message is still an error
-            raise error_from_event({"error": {"type": "api_error", "message": event.data[:1000]}}, self.secrets)
+            raise error_from_event({"error": {"type": "api_error", "message": event.data}}, self.secrets)
         self.bad_events += 1
         self.skipped_events += 1
         if self.bad_events >= MAX_BAD_EVENTS:
@@ -581,11 +587,16 @@ class MessagesFold(SSEFold):
         held, self.final_delta = self.final_delta, None
         return ([held] if held is not None else []) + [obj if obj is not None else {"type": "message_stop"}]
 
-    def _take_usage(self, usage: Any) -> None:
-        # The counts are cumulative (message_delta repeats message_start's): none goes down. Some
-        # servers send the input count in message_start and then input_tokens 0 in message_delta.
+    def _take_usage(self, usage: Any, final: bool = False) -> None:
+        """The counts are cumulative (message_delta repeats message_start's). The first message_delta's
+        are the answer's own (``final``) and replace message_start's, which a server may have
+        estimated (another claudeproxy in front of a Chat upstream said 36 input tokens there, 12 at
+        the end, as the client is told), even the output count below its placeholder; but not by a
+        0 after an input count (servers that send input_tokens 0 there). Otherwise none goes down:
+        a second message_delta takes nothing away."""
         for key, value in _counts(usage, USAGE_KEYS).items():
-            self.counts[key] = max(value, self.counts.get(key, 0))
+            replaces = final and (value > 0 or key == "output_tokens")
+            self.counts[key] = value if replaces else max(value, self.counts.get(key, 0))
         one_hour = one_hour_writes(usage)
         if one_hour is not None:  # kept in Anthropic's own shape, which the record reads (pipeline._usage_fields)
             self.counts["cache_creation"] = {"ephemeral_1h_input_tokens": max(one_hour, one_hour_writes(self.counts) or 0)}
@@ -618,5 +629,7 @@ def _broken_order(what: str) -> ProxyError:
 
 
 def _shown(value: Any) -> str:
-    return "none" if value is None else json.dumps(value)[:40]
+    """The upstream's value in a message, whole or not at all (``redact.quoted``)."""
+    shown = json.dumps(value)
+    return "none" if value is None else shown if len(shown) <= 40 else f"a {type(value).__name__}"
 

@@ -940,7 +940,7 @@ class ChatFold(SSEFold):
             obj = loads_data(event.data)
         except (ValueError, RecursionError):
             if event.event == "error":  # "event: error" with a plain-text message is still an error (3.4 step 1)
-                raise error_from_object({"message": event.data[:1000]}, self.translator.secrets) from None
+                raise error_from_object({"message": event.data}, self.translator.secrets) from None
             self.bad_events += 1
             self.skipped_events += 1
             if self.bad_events >= MAX_BAD_EVENTS:

@@ -382,7 +382,7 @@ class ResponsesFold(SSEFold):
     def _bad_event(self, event: ServerSentEvent) -> List[Event]:
         if event.event == "error":  # "event: error" with a plain-text message is still an error
             self.complete = True
-            raise error_for({"message": event.data[:1000]}, self.secrets)
+            raise error_for({"message": event.data}, self.secrets)
         self.bad_events += 1
         self.skipped_events += 1
         if self.bad_events >= MAX_BAD_EVENTS:
