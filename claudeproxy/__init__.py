@@ -18,8 +18,15 @@ if _sys.version_info < (3, 8):  # the modules are 3.8's (typing.Protocol...): on
         raise SystemExit(f"claudeproxy: error: {_TOO_OLD}")
     raise ImportError(_TOO_OLD)
 
-from .config import Config, static_token  # noqa: E402  (after the version check)
-from .server import RunningServer, start  # noqa: E402
-from .version import __version__  # noqa: E402
+try:
+    from .config import Config, static_token  # noqa: E402  (after the version check)
+    from .server import RunningServer, start  # noqa: E402
+    from .version import __version__  # noqa: E402
+except KeyboardInterrupt:
+    if _sys.argv[:1] != ["-m"]:
+        raise  # a program importing the package decides what its Ctrl-C means
+    # Ctrl-C while python -m claudeproxy loads (its first tenth of a second): stopped, as after it,
+    # with the shell's status for an interrupt and no traceback.
+    raise SystemExit(130) from None
 
 __all__ = ["Config", "RunningServer", "__version__", "start", "static_token"]

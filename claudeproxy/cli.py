@@ -812,7 +812,8 @@ def _warn_about(server: ProxyServer, environ: Mapping[str, str]) -> None:
     for provider in server.proxy.router.providers.values():
         parts = urlsplit(provider.url)
         if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
-            log.warning("the upstream %s uses plain http: the API key travels unencrypted", provider.name)
+            who = "the upstream" if provider.name == "upstream" else f"the upstream {provider.name}"
+            log.warning("%s uses plain http: the API key travels unencrypted", who)
     for line in start_warnings(server, environ):
         log.warning("%s", line)
     for route in server.proxy.router.routes:

@@ -30,5 +30,10 @@ def process_main() -> int:
     """The entry point of a process that is the proxy's own: ``python -m claudeproxy``, the zipapp,
     the installed ``claudeproxy`` command. It has a thread per connection, so it asks for fewer
     malloc arenas (``malloc.py``) before ``main``; a program calling ``main`` keeps its allocator."""
-    fewer_arenas()
-    return main()
+    try:
+        fewer_arenas()
+        return main()
+    except KeyboardInterrupt:
+        # Ctrl-C before the signal handlers are in place (the first tenth of a second): stopped,
+        # as after it, but with the shell's status for an interrupt, not a traceback.
+        return 130

@@ -627,6 +627,10 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
                 f"method {method} not allowed for {path}", status=405, error_type="invalid_request_error",
                 headers=(("Allow", ", ".join(allowed)),),
             )
+        if path.startswith("/v1/v1/") and proxy.route(method, path[3:]) is not None:
+            # The SDKs add /v1 themselves: a base URL that ends in it doubles it.
+            return ProxyError(f"not found: {path} (the client's base URL should not end in /v1: "
+                              f"ANTHROPIC_BASE_URL=http://HOST:PORT)", status=404)
         return ProxyError(f"not found: {path}", status=404)
 
     # ------------------------------------------------------------------

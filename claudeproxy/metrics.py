@@ -122,6 +122,10 @@ class CallRecord:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         ratio = self.cache_hit_ratio
         out["cache_hit_ratio"] = round(ratio, 4) if ratio is not None else None
+        if self.cost_usd is not None:
+            # A price times a count is a binary float: 8e-05 came out as 7.999999999999999e-05.
+            # Twelve decimals are far finer than any token's price (the cheapest cost about 1e-8 USD).
+            out["cost_usd"] = round(self.cost_usd, 12)
         return out
 
 

@@ -853,6 +853,46 @@ def test_the_installed_command_is_the_proxys_own_process_too() -> None:
     assert (module, getattr(commands, function, None)) == ("claudeproxy.commands", commands.process_main)
 
 
+_INTERRUPTED_IMPORT = """
+import sys
+
+class Interrupt:  # Ctrl-C as a module of the package loads
+    def find_spec(self, name, path=None, target=None):
+        if name == "claudeproxy.server":
+            raise KeyboardInterrupt
+        return None
+
+sys.meta_path.insert(0, Interrupt())
+"""
+
+
+def test_ctrl_c_while_the_modules_load_stops_without_a_traceback(tmp_path: Any) -> None:
+    # A new user's probe: Ctrl-C in the first tenth of a second printed a traceback.
+    (tmp_path / "sitecustomize.py").write_text(_INTERRUPTED_IMPORT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT])}
+    done = subprocess.run([sys.executable, "-m", "claudeproxy", "--version"], env=env, cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", "")
+    # A program importing the package keeps its KeyboardInterrupt.
+    done = subprocess.run([sys.executable, "-c", "import claudeproxy"], env=env, cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "KeyboardInterrupt" in done.stderr
+
+
+def test_ctrl_c_before_the_signal_handlers_stops_without_a_traceback(monkeypatch: Any) -> None:
+    from claudeproxy import commands
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "main", interrupted)
+    try:
+        status = commands.process_main()
+    except KeyboardInterrupt:  # (not raised on: it would stop the whole test run)
+        pytest.fail("the KeyboardInterrupt got out of process_main")
+    assert status == 130
+
+
 def _read_until(sock: socket.socket, marker: bytes, timeout: float) -> bytes:
     data = b""
     deadline = time.monotonic() + timeout

@@ -471,6 +471,13 @@ def test_unknown_path_is_404_not_found(url: str, method: str, path: str) -> None
     assert_error(resp, 404, "not_found_error", path)
 
 
+@pytest.mark.parametrize("method, path", [("POST", "/v1/v1/messages"), ("GET", "/v1/v1/models")])
+def test_a_base_url_ending_in_v1_is_told_so(url: str, method: str, path: str) -> None:
+    # ANTHROPIC_BASE_URL=http://127.0.0.1:8082/v1: the SDKs add /v1 again (a new user's probe).
+    resp = request(url, method, path, body=b"{}" if method == "POST" else None)
+    assert "should not end in /v1" in assert_error(resp, 404, "not_found_error", path)
+
+
 @pytest.mark.parametrize("method, path, allow", [
     ("GET", "/v1/messages", "POST"),
     ("PUT", "/v1/messages", "POST"),

@@ -1528,3 +1528,12 @@ def test_a_call_with_a_billed_attempt_before_it_teaches_the_calibration_nothing(
     finally:
         server.shutdown(grace=0.1)
     assert learned == {}, learned
+
+
+def test_a_records_cost_is_written_without_float_noise() -> None:
+    # A new user's probe found 7.999999999999999e-05 in the log; 0.3 USD per million tokens times 100:
+    from claudeproxy.metrics import CallRecord
+
+    cost = 0.3 / 1_000_000 * 100
+    assert cost != 3e-05  # the noise is real
+    assert json.dumps(CallRecord(endpoint="/v1/messages", cost_usd=cost).to_dict()["cost_usd"]) == "3e-05"
