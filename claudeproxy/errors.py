@@ -39,6 +39,9 @@ _TYPE_BY_STATUS = {
 # (an Anthropic-compatible upstream's billing_error on a 400). Not the generic two: OpenAI calls a
 # refused key (401) an invalid_request_error, which the status's authentication_error says better.
 _ANTHROPIC_TYPES = frozenset(_TYPE_BY_STATUS.values()) - {"invalid_request_error", "api_error"}
+# The status classes (4 or 5) each type is said with: a type is kept only with a status of its own
+# class, where it says more; an upstream's 500 calling itself an authentication_error is an api_error.
+_TYPE_CLASSES = {kind: {s // 100 for s, k in _TYPE_BY_STATUS.items() if k == kind} for kind in _ANTHROPIC_TYPES}
 _MOST_DETAILS = 4096  # an upstream's error.details passed on, as JSON, at most this long
 
 
@@ -293,7 +296,8 @@ def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], he
         own = err.get("type")
         exc = UpstreamHTTPError(
             f"upstream {shown}: {message}", status=shown,
-            error_type=own if isinstance(own, str) and own in _ANTHROPIC_TYPES else error_type_for_status(shown),
+            error_type=own if isinstance(own, str) and shown // 100 in _TYPE_CLASSES.get(own, ()) else
+            error_type_for_status(shown),
             headers=retry_headers(headers), details=_details(err, secrets),
         )
     # A refused key (401, 403) is refused again on every retry: Claude Code would retry ten times

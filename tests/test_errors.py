@@ -428,3 +428,16 @@ def test_an_upstream_errors_own_type_and_details_are_kept_only_when_sane(kind: A
         err["details"] = {"error_code": code}
     exc = error_from_status(400, json.dumps({"error": err}).encode())
     assert (exc.status, exc.error_type, exc.details) == (400, shown_type, details)
+
+
+@pytest.mark.parametrize("status, kind, shown", [
+    (500, "authentication_error", "api_error"),  # a type of the other class: the status's (a probe's /v1/models)
+    (429, "overloaded_error", "rate_limit_error"),
+    (500, "overloaded_error", "overloaded_error"),  # of its own class it says more than the status
+    (400, "billing_error", "billing_error"),
+    (408, "timeout_error", "timeout_error"),
+])
+def test_an_upstream_errors_own_type_is_kept_only_with_a_status_of_its_class(status: int, kind: str,
+                                                                             shown: str) -> None:
+    exc = error_from_status(status, json.dumps({"error": {"type": kind, "message": "m"}}).encode())
+    assert (exc.status, exc.error_type) == (status, shown)
