@@ -23,9 +23,13 @@ try:
     from .server import RunningServer, start  # noqa: E402
     from .version import __version__  # noqa: E402
 except KeyboardInterrupt:
-    if _sys.argv[:1] != ["-m"]:
+    import os as _os
+
+    # python -m claudeproxy (argv[0] is "-m" while the package loads), the installed command, the zipapp
+    _OWN = _sys.argv[:1] == ["-m"] or _os.path.basename(_sys.argv[0] if _sys.argv else "").split(".")[0] == "claudeproxy"
+    if not _OWN:
         raise  # a program importing the package decides what its Ctrl-C means
-    # Ctrl-C while python -m claudeproxy loads (its first tenth of a second): stopped, as after it,
+    # Ctrl-C while the proxy's own process loads (its first tenth of a second): stopped, as after it,
     # with the shell's status for an interrupt and no traceback.
     raise SystemExit(130) from None
 

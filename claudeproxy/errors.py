@@ -196,16 +196,23 @@ _CHARSET_RE = re.compile(r";\s*charset=\"?([A-Za-z0-9._:-]{1,40})", re.IGNORECAS
 
 
 def body_text(body: bytes, headers: Any = None) -> str:
-    """An upstream's body as text: by its byte-order mark or declared charset, else UTF-8. A body
-    in UTF-16 read as UTF-8 is every character with a NUL after it, which no masking recognises:
-    an error message quoting the key would reach the client readable."""
+    """An upstream's body as text: UTF-8 when it is that (what APIs send, whatever a label says),
+    else by its byte-order mark or declared charset. A body in UTF-16 read as UTF-8 is every
+    character with a NUL beside it, which no masking recognises: an error message quoting the key
+    would reach the client readable."""
+    try:
+        text = body.decode("utf-8")
+        if "\x00" not in text:
+            return text
+    except UnicodeDecodeError:
+        pass
     encoding = next((name for bom, name in _BOMS if body.startswith(bom)), None)
     if encoding is None and headers is not None:
         found = _CHARSET_RE.search(headers.get("Content-Type") or "")
         encoding = found.group(1) if found else None
     try:
         return body.decode(encoding or "utf-8", errors="replace")
-    except LookupError:  # a charset Python does not know
+    except (LookupError, UnicodeError):  # a charset Python does not know, or one that refuses (undefined, idna)
         return body.decode("utf-8", errors="replace")
 
 

@@ -161,6 +161,12 @@ _SCANS: Tuple[Tuple["re.Pattern[str]", Any, Tuple[str, ...], bool], ...] = (
 )
 
 
+def holds_secret(text: str, secrets: Iterable[str]) -> bool:
+    """Does ``text`` hold one of ``secrets`` (one long enough to mean one: ``MIN_FREE_TEXT_SECRET``)
+    in any written form? Not the key-shaped patterns: a name is not a key for looking like one."""
+    return any(form in text for form in secret_forms(s for s in secrets if len(s) >= MIN_FREE_TEXT_SECRET))
+
+
 def quoted(value: Union[str, bytes], most: int = 40) -> str:
     """An upstream's value for a message, quoted whole or not at all: cut short, a key in it would
     no longer be the secret masking finds, and its first characters would go out."""

@@ -23,7 +23,10 @@ from typing import List, Optional
 
 # The archive's entry point: what ``python -m claudeproxy`` runs (``process_main``), its status the exit status
 # (zipapp's own ``-m pkg.mod:fn`` template drops the return value).
-_MAIN = "import sys\n\nfrom {package}.commands import process_main\n\nsys.exit(process_main())\n"
+# Ctrl-C while the modules load (a renamed archive, which the package's own check does not know):
+# stopped with the shell's status for an interrupt, no traceback.
+_MAIN = ("import sys\n\ntry:\n    from {package}.commands import process_main\nexcept KeyboardInterrupt:\n"
+         "    sys.exit(130)\n\nsys.exit(process_main())\n")
 DEFAULT_INTERPRETER = "/usr/bin/env python3"
 
 

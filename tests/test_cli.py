@@ -873,6 +873,17 @@ def test_ctrl_c_while_the_modules_load_stops_without_a_traceback(tmp_path: Any) 
     done = subprocess.run([sys.executable, "-m", "claudeproxy", "--version"], env=env, cwd=str(tmp_path),
                           capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (130, "", "")
+    # The command pip installs (a script of its own making, named claudeproxy) and the zipapp's entry.
+    script = tmp_path / "claudeproxy"
+    script.write_text("import sys\nfrom claudeproxy.commands import process_main\nsys.exit(process_main())\n")
+    from claudeproxy.zipapp import _MAIN
+
+    renamed = tmp_path / "proxy_main.py"
+    renamed.write_text(_MAIN.format(package="claudeproxy"))
+    for program in (script, renamed):
+        done = subprocess.run([sys.executable, str(program), "--version"], env=env, cwd=str(tmp_path),
+                              capture_output=True, text=True, timeout=60)
+        assert (done.returncode, done.stdout, done.stderr) == (130, "", ""), program
     # A program importing the package keeps its KeyboardInterrupt.
     done = subprocess.run([sys.executable, "-c", "import claudeproxy"], env=env, cwd=str(tmp_path),
                           capture_output=True, text=True, timeout=60)

@@ -116,7 +116,7 @@ def test_a_stream_of_nothing_but_keep_alives_ends_at_the_request_timeout(make_pr
 
 
 def test_keep_alives_between_content_do_not_end_a_stream(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
-    proxy = make_proxy(request_timeout=0.8, idle_timeout=0.5, ping_interval=30)
+    proxy = make_proxy(request_timeout=1.6, idle_timeout=1.0, ping_interval=30)  # 4x the time between content
     text = b'data: {"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}]}\n\n'
     steps: list = [ROLE_CHUNK]
     for _ in range(6):  # 2.4 s in all, content every 0.4 s between keep-alives

@@ -30,7 +30,7 @@ from ..errors import (
     thread_unsupported,
 )
 from ..prompt_cache import strip_billing_header
-from ..redact import redact_text
+from ..redact import holds_secret
 from ..replies import events_for_message, message_start
 from ..routing import Target
 from ..signatures import PREFIX as SIGNATURE_PREFIX
@@ -457,7 +457,7 @@ class MessagesFold(SSEFold):
                 # one the answer ends with stop_reason None. A plain end is what the upstream meant.
                 events += self._message_delta({"type": "message_delta", "delta": self._made_up_end()})
             return events + self._stop(obj)
-        if kind not in _KNOWN_EVENTS and redact_text(json.dumps(obj), self.secrets) != json.dumps(obj):
+        if kind not in _KNOWN_EVENTS and holds_secret(json.dumps(obj), self.secrets):
             # An event of a kind no client reads, holding a secret (named by it, even): it goes
             # nowhere, as a masked one would tell nobody anything.
             return events
