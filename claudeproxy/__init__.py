@@ -26,8 +26,8 @@ except KeyboardInterrupt:
     import os as _os
 
     # python -m claudeproxy (argv[0] is "-m" while the package loads), the installed command, the zipapp
-    _OWN = _sys.argv[:1] == ["-m"] or _os.path.basename(_sys.argv[0] if _sys.argv else "").split(".")[0] == "claudeproxy"
-    if not _OWN:
+    _PROGRAM = _os.path.basename(_sys.argv[0]) if _sys.argv else ""
+    if _sys.argv[:1] != ["-m"] and _PROGRAM.split(".")[0] != "claudeproxy":
         raise  # a program importing the package decides what its Ctrl-C means
     # Ctrl-C while the proxy's own process loads (its first tenth of a second): stopped, as after it,
     # with the shell's status for an interrupt and no traceback.

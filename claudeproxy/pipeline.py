@@ -43,7 +43,7 @@ from .metrics import LOCAL, CallRecord, Metrics, access_line, finite
 from .model_facts import PRICES_CHECKED, ModelFacts
 from .observe import ObservedFold, bodies_logged, log_body
 from .prompt_cache import session_cache_key
-from .redact import MIN_FREE_TEXT_SECRET, configured_secrets, holds_secret, redact_text
+from .redact import MIN_FREE_TEXT_SECRET, configured_secrets, holds_secret, redact_text, secret_forms
 from .relay import Relay
 from .replies import events_for_message, is_quota_probe, local_message
 from .routing import Routed, Target, build_router
@@ -933,9 +933,11 @@ def _relayed(api: Any, headers: Any, secrets: Tuple[str, ...]) -> Tuple[Tuple[st
     """The upstream response headers ``api`` passes on to the client (none for most), the call's
     secrets masked in their values: an upstream that echoes the key it was sent (a forwarded
     client key, in passthrough) must not hand it to whoever reads the answer's head."""
-    if headers is None:
+    relayed = api.relayed_headers(headers) if headers is not None else ()
+    if not relayed:
         return ()
-    return tuple((name, redact_text(value, secrets)) for name, value in api.relayed_headers(headers))
+    forms = secret_forms(secrets)  # once, not per header: a passthrough answer relays a dozen
+    return tuple((name, redact_text(value, forms)) for name, value in relayed)
 
 
 _UPSTREAM_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")

@@ -100,11 +100,14 @@ def _written_forms(secrets: Iterable[str]) -> List[str]:
 
 
 _PERCENT_RE = re.compile(r"%[0-9A-F]{2}")
+_URL_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]*")  # what percent-encoding leaves as it is
 
 
 def _url_forms(secret: str) -> List[str]:
     """``secret`` percent-encoded as encoders write it ("/" kept or not, "+" for a space), with the
-    hex digits in either case; none when it has nothing to encode."""
+    hex digits in either case; none when it has nothing to encode (most keys)."""
+    if _URL_UNRESERVED.fullmatch(secret):
+        return []
     encoded = {quote(secret, safe=""), quote(secret), quote_plus(secret)} - {secret}
     lower = {_PERCENT_RE.sub(lambda m: m.group().lower(), form) for form in encoded}
     return sorted(encoded | lower)
