@@ -201,7 +201,7 @@ def body_text(body: bytes, headers: Any = None) -> str:
     character with a NUL beside it, which no masking recognises: an error message quoting the key
     would reach the client readable."""
     try:
-        text = body.decode("utf-8")
+        text = body.decode("utf-8-sig")  # (a BOM before JSON is no JSON to json.loads)
         if "\x00" not in text:
             return text
     except UnicodeDecodeError:
@@ -229,17 +229,20 @@ def _error_dict(obj: Any) -> Dict[str, Any]:
 
 
 def _error_message(text: str, obj: Any, secrets: Tuple[str, ...]) -> str:
-    """The upstream's own message: ``error.message``, a string ``error``, a top-level ``message``
-    (vLLM); else the body's text. Masked first, then cut: a key the cut went through would no
-    longer be a secret masking knows, and its first half would go out."""
+    """The upstream's own message (``_own_message``), else the body's text. Masked first, then cut:
+    a key the cut went through would no longer be a secret masking knows, and its first half would go out."""
+    own = _own_message(obj)
+    return redact_text(own, secrets)[:2000] if own else redact_text(text, secrets)[:500]
+
+
+def _own_message(obj: Any) -> Optional[str]:
+    """``error.message``, a string ``error``, a top-level ``message`` (vLLM): the first not empty."""
     err = obj.get("error") if isinstance(obj, dict) else None
-    if isinstance(err, dict) and isinstance(err.get("message"), str) and err["message"]:
-        return redact_text(err["message"], secrets)[:2000]
-    if isinstance(err, str) and err:
-        return redact_text(err, secrets)[:2000]
-    if isinstance(obj, dict) and isinstance(obj.get("message"), str) and obj["message"]:
-        return redact_text(obj["message"], secrets)[:2000]
-    return redact_text(text, secrets)[:500]
+    for message in (err.get("message") if isinstance(err, dict) else None, err,
+                    obj.get("message") if isinstance(obj, dict) else None):
+        if isinstance(message, str) and message:
+            return message
+    return None
 
 
 def retry_headers(headers: Any) -> Tuple[Tuple[str, str], ...]:

@@ -43,7 +43,14 @@ from .metrics import LOCAL, CallRecord, Metrics, access_line, finite
 from .model_facts import PRICES_CHECKED, ModelFacts
 from .observe import ObservedFold, bodies_logged, log_body
 from .prompt_cache import session_cache_key
-from .redact import MIN_FREE_TEXT_SECRET, configured_secrets, holds_secret, redact_text, secret_forms
+from .redact import (
+    MIN_FREE_TEXT_SECRET,
+    configured_secrets,
+    free_text_forms,
+    holds_secret,
+    redact_text,
+    secret_forms,
+)
 from .relay import Relay
 from .replies import events_for_message, is_quota_probe, local_message
 from .routing import Routed, Target, build_router
@@ -332,7 +339,8 @@ class Proxy:
                     body = read_json_body(resp, call, self.config.max_body_bytes)
                 # A model named with a key in it (a gateway listing what it was sent) is left out:
                 # masked, its name would be no model's.
-                found += [m for m in catalog.upstream_models(body) if not holds_secret(m[0] + " " + m[2], call.secrets)]
+                forms = free_text_forms(call.secrets)  # once a page, not once a model (OpenRouter lists hundreds)
+                found += [m for m in catalog.upstream_models(body) if not holds_secret(m[0] + " " + m[2], forms)]
                 after = catalog.next_page(body) if api_messages else None
                 if after is None:
                     break

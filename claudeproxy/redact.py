@@ -164,10 +164,16 @@ _SCANS: Tuple[Tuple["re.Pattern[str]", Any, Tuple[str, ...], bool], ...] = (
 )
 
 
+def free_text_forms(secrets: Iterable[str]) -> SecretForms:
+    """The written forms of those ``secrets`` long enough to mean one in free text (``MIN_FREE_TEXT_SECRET``)."""
+    return secret_forms(s for s in secrets if len(s) >= MIN_FREE_TEXT_SECRET)
+
+
 def holds_secret(text: str, secrets: Iterable[str]) -> bool:
-    """Does ``text`` hold one of ``secrets`` (one long enough to mean one: ``MIN_FREE_TEXT_SECRET``)
+    """Does ``text`` hold one of ``secrets`` (``free_text_forms``, or those forms already worked out)
     in any written form? Not the key-shaped patterns: a name is not a key for looking like one."""
-    return any(form in text for form in secret_forms(s for s in secrets if len(s) >= MIN_FREE_TEXT_SECRET))
+    forms = secrets if isinstance(secrets, SecretForms) else free_text_forms(secrets)
+    return any(form in text for form in forms)
 
 
 def quoted(value: Union[str, bytes], most: int = 40) -> str:

@@ -441,3 +441,10 @@ def test_an_upstream_errors_own_type_is_kept_only_with_a_status_of_its_class(sta
                                                                              shown: str) -> None:
     exc = error_from_status(status, json.dumps({"error": {"type": kind, "message": "m"}}).encode())
     assert (exc.status, exc.error_type) == (status, shown)
+
+
+def test_an_error_body_with_a_utf8_bom_is_read_as_its_json() -> None:
+    # json.loads refuses a text that begins with U+FEFF: the message was the raw body.
+    body = b"\xef\xbb\xbf" + json.dumps({"error": {"message": "model overloaded"}}).encode()
+    exc = error_from_status(503, body)
+    assert exc.message == "upstream 503: model overloaded", exc.message
