@@ -1,6 +1,6 @@
 """Names and ids that both OpenAI APIs (Chat Completions, Responses) map the same way. Pure.
 
-A tool's name as OpenAI takes it (``tool_alias``), a tool call's id as the client sees it and as
+A tool's name as OpenAI takes it (``tool_alias``, ``tool_names``), a tool call's id as the client sees it and as
 it goes back upstream (``client_tool_id``, ``upstream_tool_id``), a message's id from the
 upstream's (``message_id``).
 """
@@ -11,6 +11,8 @@ import base64
 import hashlib
 import re
 from typing import Callable, Dict, Iterable
+
+from ..anthropic_types import MessagesRequest, ToolUseBlock
 
 _TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _ID_CHARS_RE = re.compile(r"[^A-Za-z0-9_-]")  # what an Anthropic id may not hold
@@ -28,6 +30,14 @@ def aliased(names: Iterable[str]) -> Dict[str, str]:
     """Upstream name -> the client's, for the names ``tool_alias`` changes (the answer's calls
     are named back with it)."""
     return {tool_alias(n): n for n in names if tool_alias(n) != n}
+
+
+def tool_names(req: MessagesRequest, functions_only: bool = False) -> Dict[str, str]:
+    """``aliased`` for the request's tools (its function tools alone, with ``functions_only``) and
+    the calls its history holds."""
+    names = {t.name for t in req.tools if t.is_function or not functions_only}
+    names.update(b.name for m in req.messages for b in m.content if isinstance(b, ToolUseBlock))
+    return aliased(names)
 
 
 # Anthropic's tool_use ids match ^[a-zA-Z0-9_-]+$ (a session that later reaches Anthropic, or a

@@ -36,7 +36,8 @@ from ...dialects import Dialect, effort_for_budget
 from ...prompt_cache import strip_billing_header
 from ...schemas import clean_schema
 from ...signatures import decode_signature
-from ..names import aliased, tool_alias, upstream_tool_id
+from ..names import tool_alias, tool_names, upstream_tool_id
+from ..user_text import document_text, file_omitted, search_result_text, tool_reference_text
 from .wire import ChatMessage, ChatRequest, ToolCall
 
 
@@ -100,7 +101,7 @@ def _image_part(block: ImageBlock, dialect: Dialect) -> Part:
         return {"type": "image_url", "image_url": {"url": f"data:{block.media_type};base64,{block.data}"}}
     if block.source == "url":
         return {"type": "image_url", "image_url": {"url": block.url}}
-    return _text_part(f"[image file {block.data} omitted]")
+    return _text_part(file_omitted("image", block.data))
 
 
 def _document_parts(block: DocumentBlock, dialect: Dialect) -> List[Part]:
@@ -111,18 +112,14 @@ def _document_parts(block: DocumentBlock, dialect: Dialect) -> List[Part]:
             return [{"type": "file", "file": {"filename": title, "file_data": data}}]
         return [_text_part(f"[PDF document omitted: {title}]")]
     if block.source == "text":
-        lines = [line for line in (block.title, block.context, block.data) if line]
-        return [_text_part("\n".join(lines))] if lines else []  # nothing, as an empty text block
+        text = document_text(block)
+        return [_text_part(text)] if text else []  # nothing, as an empty text block
     if block.source == "content":
         head = [_text_part(line) for line in (block.title, block.context) if line]
         return head + _user_parts(block.content, dialect)
     if block.source == "url":
         return [_text_part(f"[document: {block.url}]")]
-    return [_text_part(f"[document file {block.data} omitted]")]
-
-
-def _search_result_text(block: SearchResultBlock) -> str:
-    return "\n".join([block.title, block.source, *block.texts])
+    return [_text_part(file_omitted("document", block.data))]
 
 
 def _block_parts(block: Block, dialect: Dialect) -> List[Part]:
@@ -134,9 +131,9 @@ def _block_parts(block: Block, dialect: Dialect) -> List[Part]:
     if isinstance(block, DocumentBlock):
         return _document_parts(block, dialect)
     if isinstance(block, SearchResultBlock):
-        return [_text_part(_search_result_text(block))]
+        return [_text_part(search_result_text(block))]
     if isinstance(block, ToolReferenceBlock):
-        return [_text_part(f"[tool_reference: {block.tool_name}]")]
+        return [_text_part(tool_reference_text(block))]
     return []  # thinking, tool_use, server-tool blocks in a user turn
 
 
@@ -584,12 +581,6 @@ def _stop(req: MessagesRequest, dialect: Dialect) -> Tuple[str, ...]:
     return stops[: dialect.max_stop] if dialect.max_stop is not None else stops
 
 
-def _tool_names(req: MessagesRequest) -> Dict[str, str]:
-    names = {t.name for t in req.tools}
-    names.update(b.name for m in req.messages for b in m.content if isinstance(b, ToolUseBlock))
-    return aliased(names)
-
-
 def to_chat_request(
     req: MessagesRequest,
     *,
@@ -631,4 +622,4 @@ def to_chat_request(
         cache_key=cache_key if dialect.cache_key_field else None,
         cache_key_field=dialect.cache_key_field or "prompt_cache_key",
     )
-    return Translation(chat, _tool_names(req), warnings)
+    return Translation(chat, tool_names(req), warnings)

@@ -36,7 +36,8 @@ from ...anthropic_types import (
 from ...dialects import OPENAI_REASONING_NAME, effort_for_budget
 from ...schemas import clean_schema
 from ...signatures import decode_signature
-from ..names import aliased, tool_alias, upstream_tool_id
+from ..names import tool_alias, tool_names, upstream_tool_id
+from ..user_text import document_text, file_omitted, search_result_text, tool_reference_text
 from . import API_NAME
 
 Item = Dict[str, Any]
@@ -121,7 +122,7 @@ def _image_part(block: ImageBlock) -> Part:
         return {"type": "input_image", "image_url": f"data:{block.media_type};base64,{block.data}", "detail": "auto"}
     if block.source == "url":
         return {"type": "input_image", "image_url": block.url, "detail": "auto"}
-    return _text(f"[image file {block.data} omitted]")  # an Anthropic file id means nothing to OpenAI
+    return _text(file_omitted("image", block.data))
 
 
 def _document_parts(block: DocumentBlock) -> List[Part]:
@@ -131,12 +132,12 @@ def _document_parts(block: DocumentBlock) -> List[Part]:
     if block.source == "url":
         return [{"type": "input_file", "file_url": block.url}]
     if block.source == "text":
-        lines = [line for line in (block.title, block.context, block.data) if line]
-        return [_text("\n".join(lines))] if lines else []  # nothing, as an empty text block
+        text = document_text(block)
+        return [_text(text)] if text else []  # nothing, as an empty text block
     if block.source == "content":
         head = [_text(line) for line in (block.title, block.context) if line]
         return head + [p for b in block.content for p in _block_parts(b)]
-    return [_text(f"[document file {block.data} omitted]")]
+    return [_text(file_omitted("document", block.data))]
 
 
 def _block_parts(block: Block) -> List[Part]:
@@ -148,9 +149,9 @@ def _block_parts(block: Block) -> List[Part]:
     if isinstance(block, DocumentBlock):
         return _document_parts(block)
     if isinstance(block, SearchResultBlock):
-        return [_text("\n".join([block.title, block.source, *block.texts]))]
+        return [_text(search_result_text(block))]
     if isinstance(block, ToolReferenceBlock):
-        return [_text(f"[tool_reference: {block.tool_name}]")]
+        return [_text(tool_reference_text(block))]
     return []  # thinking, tool_use, server-tool blocks in a user turn
 
 
@@ -393,12 +394,6 @@ def _named_choice(req: MessagesRequest, name: str, tools: Sequence[Dict[str, Any
     return "auto"
 
 
-def _tool_names(req: MessagesRequest) -> Dict[str, str]:
-    names = {t.name for t in req.tools if t.is_function}
-    names.update(b.name for m in req.messages for b in m.content if isinstance(b, ToolUseBlock))
-    return aliased(names)
-
-
 # --------------------------------------------------------------------------
 # Sampling, reasoning, output format.
 
@@ -525,4 +520,4 @@ def to_responses_request(
         body["prompt_cache_key"] = _short_key(cache_key)
     body["stream"] = stream
     # No stop_sequences: the API has no stop parameter; the proxy matches them itself (apis/stops.py).
-    return Translation(body, _tool_names(req), warnings)
+    return Translation(body, tool_names(req, functions_only=True), warnings)
