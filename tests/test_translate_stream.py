@@ -865,18 +865,37 @@ def _calls_of(fragments: List[Dict[str, Any]]) -> List[Any]:
     ([{"function": {"name": "Bash", "arguments": '{"cmd": "ls"}'}}], [("Read", {"path": "a"}), ("Bash", {"cmd": "ls"})]),
     ([{"function": {"name": "Bash", "arguments": ""}}, {"function": {"arguments": '{"cmd": '}},
       {"function": {"arguments": '"ls"}'}}], [("Read", {"path": "a"}), ("Bash", {"cmd": "ls"})]),
-    # The same tool's name stays the first call's: a repeat, reformatted, after junk, or a second
-    # call to the same tool, which cannot be told from the first sent twice (running one twice is worse).
+    # The same tool's name with the same object stays the first call's: a repeat, reformatted,
+    # after junk, a snapshot; a second call alike cannot be told from the first sent twice
+    # (running one twice is worse).
     ([{"function": {"name": "Read", "arguments": '{"path": "a"}'}}], [("Read", {"path": "a"})]),
     ([{"function": {"name": "Read", "arguments": '{ "path" : "a" }'}}], [("Read", {"path": "a"})]),
     ([{"function": {"arguments": " <|call|>"}}, {"function": {"name": "Read", "arguments": '{"path": "a"}'}}],
      [("Read", {"path": "a"})]),
-    ([{"function": {"name": "Read", "arguments": '{"path": "b"}'}}], [("Read", {"path": "a"})]),
+    ([{"function": {"name": "Read", "arguments": '{"path": "a"} '}}], [("Read", {"path": "a"})]),
     ([{"function": {"arguments": '{"path": "a"}'}}], [("Read", {"path": "a"})]),
+    ([{"function": {"name": "Read", "arguments": ""}}, {"function": {"arguments": '{"path": "a"}'}}],
+     [("Read", {"path": "a"})]),
+    # The same tool with another object is the next call (two reads, every call at index 0 without
+    # ids: a probe's upstream lost the second): named with it, or in a fragment of its own just
+    # before, whole or in pieces. An object with no name before it stays (junk, as before).
+    ([{"function": {"name": "Read", "arguments": '{"path": "b"}'}}], [("Read", {"path": "a"}), ("Read", {"path": "b"})]),
+    ([{"function": {"name": "Read", "arguments": ""}}, {"function": {"arguments": "{"}},
+      {"function": {"arguments": '"path": "b"}'}}], [("Read", {"path": "a"}), ("Read", {"path": "b"})]),
+    ([{"function": {"name": "Read", "arguments": '{"pa'}}, {"function": {"arguments": 'th": "b"}'}}],
+     [("Read", {"path": "a"}), ("Read", {"path": "b"})]),
+    ([{"function": {"arguments": '{"path": "b"}'}}], [("Read", {"path": "a"})]),
 ])
 def test_a_call_at_a_reused_index_without_an_id(rest: List[Dict[str, Any]], calls: List[Any]) -> None:
     first = {"id": "call_1", "function": {"name": "Read", "arguments": '{"path": "a"}'}}
     assert _calls_of([first] + rest) == calls
+
+
+def test_parallel_reads_at_index_0_without_any_id_are_each_a_call() -> None:
+    """A probe's upstream: every call at index 0, none with an id, each whole in one chunk; the
+    second read was dropped without a word, and Claude Code fans out parallel reads."""
+    frags = [{"function": {"name": "Read", "arguments": '{"path": "%s"}' % p}} for p in "abc"]
+    assert _calls_of(frags) == [("Read", {"path": "a"}), ("Read", {"path": "b"}), ("Read", {"path": "c"})]
 
 
 def test_calls_without_index_or_id_each_whole_stay_apart_even_to_one_tool() -> None:

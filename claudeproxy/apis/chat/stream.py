@@ -63,6 +63,14 @@ def _parses(text: str) -> bool:
     return True
 
 
+def _first_object(text: str) -> Any:
+    """The JSON object ``text`` begins with (whatever follows it), or None."""
+    try:
+        return json.JSONDecoder().raw_decode(text, len(text) - len(text.lstrip()))[0]
+    except (ValueError, RecursionError):
+        return None
+
+
 _OBJECT_START_RE = re.compile(r"\s*\{")
 # A live call's arguments go to the client as they come; what came is kept as text only up to
 # this size, for the repeat checks of ``_Tool.add_fragment``. Past it a digest stands in for the
@@ -96,6 +104,9 @@ class _Tool:
     # Whether the arguments closed, and what of them may be streamed (``_parses`` on the growing
     # buffer after every fragment would be quadratic: RELIABILITY.md F10).
     scan: ArgsScan = dataclasses.field(default_factory=ArgsScan)
+    # A fragment named this tool again, with no arguments, after they closed: the head of another
+    # call to the same tool, or a repeat; the arguments that follow tell (``ended_before``).
+    named_again: bool = False
 
     @property
     def args(self) -> str:
@@ -128,14 +139,30 @@ class _Tool:
             self.bound()
         return self._scanned(fragment)
 
-    def ended_before(self, name: Optional[str]) -> bool:
-        """Does a fragment naming ``name``, with no id, at this call's index, begin another call?
-        Yes when it names another tool and these arguments closed as a whole object (a server
-        that sends every call at index 0 without ids: FIELD-NOTES 1); the next call was dropped
-        as text after a closed object. A fragment naming the same tool stays this call's (a
-        repeat, a snapshot, trailing junk): one call sent twice cannot be told from two calls to
-        one tool, and running a tool twice is worse than missing a call."""
-        return bool(name and self.name and name != self.name and self.scan.closed)
+    def ended_before(self, name: Optional[str], arguments: Optional[str]) -> bool:
+        """Does a fragment with no id, at this call's index, begin another call? Only once these
+        arguments closed as a whole object (a server that sends every call at index 0 without
+        ids: FIELD-NOTES 1; the next call was dropped as text after a closed object), and then
+        when it names another tool, or begins another object for this tool, named in it or in a
+        fragment of its own just before (``named_again``): two reads of two files. The same
+        object again (a repeat, reformatted, a snapshot, trailing junk) stays this call's: one
+        call sent twice cannot be told from two calls alike, and running a tool twice is worse
+        than missing a call."""
+        if not (self.scan.closed and self.name):
+            return False
+        if name and name != self.name:
+            return True
+        return bool((name or self.named_again) and arguments and _OBJECT_START_RE.match(arguments)
+                    and self._another_object(arguments))
+
+    def _another_object(self, fragment: str) -> bool:
+        """``fragment`` begins an object that is not these arguments again (``add_fragment``'s repeats)."""
+        if self.digest is not None:
+            return False  # the text was let go and cannot be compared: taken for a repeat, as before
+        args = self.args
+        if fragment.startswith(args):
+            return False  # a snapshot of the arguments, or junk after them
+        return not (_parses(fragment) and json.loads(fragment) == _first_object(args))
 
     def _repeats(self, fragment: str) -> bool:
         """``fragment`` begins with all the arguments so far."""
@@ -589,8 +616,11 @@ class StreamTranslator:
                 if tool.index == call.index:
                     if call.id and tool.id:
                         break  # same index, new id: a distinct call
-                    if not call.id and tool.ended_before(call.name):
-                        break  # no id, but another tool's name after this call closed: the next call
+                    if not call.id and tool.ended_before(call.name, call.arguments):
+                        # No id, but another tool's name, or another object, after this call closed.
+                        return self._new_tool(call.index, tool.name if not call.name else "")
+                    if not call.id and call.name == tool.name and not call.arguments and tool.scan.closed:
+                        tool.named_again = True
                     return tool
             return self._new_tool(call.index)
         last = self.tools[-1] if self.tools else None
@@ -604,9 +634,9 @@ class StreamTranslator:
             return self._new_tool(None)
         return last
 
-    def _new_tool(self, index: Optional[int]) -> _Tool:
+    def _new_tool(self, index: Optional[int], name: str = "") -> _Tool:
         # Only the first call can go live: the others' scans need not collect the text to send.
-        tool = _Tool(order=len(self.tools), index=index, scan=ArgsScan(keep=not self.tools))
+        tool = _Tool(order=len(self.tools), index=index, name=name, scan=ArgsScan(keep=not self.tools))
         self.tools.append(tool)
         return tool
 
