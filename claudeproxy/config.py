@@ -154,7 +154,9 @@ class Config:
     allowed_origins: Tuple[str, ...] = ()
     # Timeouts in seconds.
     connect_timeout: float = 10.0
-    idle_timeout: float = 300.0
+    # As long as Claude Code waits itself (its API timeout, 600 s): a reasoning backend may hold its
+    # answer's head that long, and the client would give up first anyway (FIELD-NOTES 15).
+    idle_timeout: float = 600.0
     request_timeout: float = 600.0
     client_timeout: float = 30.0
     client_request_deadline: float = 60.0

@@ -198,3 +198,13 @@ def test_a_stream_head_sent_a_byte_at_a_time_is_cut_at_the_idle_timeout() -> Non
     finally:
         proxy.shutdown(grace=1.0)
         upstream.close()
+
+
+def test_by_default_a_silent_upstream_is_waited_for_as_long_as_claude_code_waits() -> None:
+    """FIELD-NOTES 15: reasoning backends hold their answer's head for minutes, and Claude Code gives
+    up itself after 600 s (its API timeout): the proxy must not give up first (it did at 300 s)."""
+    from claudeproxy import cli
+
+    ns = cli.build_parser().parse_args(["--upstream", "http://127.0.0.1:9/v1"])
+    config = cli.config_from_args(ns, {})
+    assert config.idle_timeout >= 600 and config.request_timeout >= 600
