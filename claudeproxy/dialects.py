@@ -74,8 +74,10 @@ class Dialect:
     structured_output: str = "json_schema"
     # Stream requests that carry tools; False = call non-streaming and synthesise the stream.
     stream_with_tools: bool = True
-    # Echo Gemini's thought_signature on assistant tool calls (extra_content.google). Other
-    # servers may reject the unknown field, e.g. after a session moves from Gemini to OpenAI.
+    # Echo Gemini's thought_signature on assistant tool calls (extra_content.google), whichever
+    # dialect's answer carried it; without this, a dialect echoes only those its own answers
+    # carried (a Gemini behind a gateway): others may reject the unknown field, e.g. after a
+    # session moves from Gemini to OpenAI.
     thought_signatures: bool = False
     # The Responses API here runs OpenAI's hosted web_search tool (Azure refuses it:
     # "Hosted tool 'web_search_preview' is not supported", RESPONSES.md 7.10).

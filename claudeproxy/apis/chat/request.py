@@ -201,6 +201,25 @@ def _restore_state(blocks: Tuple[Block, ...]) -> Dict[str, Any]:
     return state
 
 
+def _thought_signatures(blocks: Tuple[Block, ...], dialect: Dialect) -> Dict[str, Any]:
+    """Gemini's thought signatures of the turn's calls, by call id: for Gemini, whoever's answer
+    carried them; for another dialect, only those an answer under that same dialect carried. A
+    Gemini behind a gateway, or Vertex AI's OpenAI endpoint, is detected as generic, and Gemini 3
+    refuses a call sent back without its signature; a dialect that never sent one never gets one
+    (OpenAI refuses the unknown field, after a session moved there from Gemini)."""
+    if not any(isinstance(b, ToolUseBlock) for b in blocks):
+        return {}
+    minted_by = None if dialect.thought_signatures else dialect.name
+    signatures: Dict[str, Any] = {}
+    for block in blocks:
+        sig = block.signature if isinstance(block, ThinkingBlock) else None
+        sig = block.data if isinstance(block, RedactedThinkingBlock) else sig
+        state = decode_signature(sig, minted_by) if sig else None
+        if state and isinstance(state.get("ts"), dict):
+            signatures.update(state["ts"])
+    return signatures
+
+
 def _reasoning_for(blocks: Tuple[Block, ...], has_tools: bool, dialect: Dialect) -> Tuple[Optional[str], Optional[str]]:
     """(field name, text) of the reasoning echoed back, per ``reasoning_history``."""
     style = dialect.reasoning_history
@@ -222,8 +241,8 @@ def _assistant_message(message: Message, dialect: Dialect, is_last: bool) -> Cha
     blocks = message.content
     state = _restore_state(blocks)
     texts = [b.text for b in blocks if isinstance(b, TextBlock) and b.text]
-    thought_signatures = state.get("ts", {}) if dialect.thought_signatures else {}
-    calls = tuple(_tool_call(b, dialect, thought_signatures) for b in blocks if isinstance(b, ToolUseBlock))
+    signatures = _thought_signatures(blocks, dialect)
+    calls = tuple(_tool_call(b, dialect, signatures) for b in blocks if isinstance(b, ToolUseBlock))
     content: Any = "\n\n".join(texts) if texts else None
     if content is None and not calls:
         content = ""
