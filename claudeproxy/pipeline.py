@@ -631,9 +631,15 @@ class Proxy:
         return min(caps) if caps else None
 
     def _prepare(self, api: Any, req: ClientRequest, target: Target, limit: Optional[int]) -> Exchange:
-        ex: Exchange = api.prepare(req, target, self._cap(target, limit))
+        cap = self._cap(target, limit)
+        ex: Exchange = api.prepare(req, target, cap)
         for warning in ex.warnings:
             self._warn_once(warning)
+        asked = req.parsed.max_tokens if req.parsed is not None else req.body.get("max_tokens")
+        if cap is not None and type(asked) is int and asked > cap:
+            # Claude Code asks for 128000 every time: said once a model and cap (FIELD-NOTES 5).
+            self._say_once(logging.INFO, f"max_tokens is capped at {cap} for {target.label}, its output limit "
+                                         f"(asked for {asked}; said once)", once=f"cap {cap} {target.label}")
         if req.parsed is not None and req.parsed.mcp_servers:  # translated: no API of ours can carry them
             self._warn_once(f"dropped MCP servers the upstream cannot connect to (mcp_servers): "
                             f"{', '.join(req.parsed.mcp_servers)}")
@@ -652,12 +658,17 @@ class Proxy:
     def _warn_once(self, warning: str) -> None:
         """A warning that every request would repeat (Claude Code sends web_search each time) is
         logged once at WARNING, then at DEBUG."""
+        self._say_once(logging.WARNING, warning)
+
+    def _say_once(self, level: int, warning: str, once: str = "") -> None:
+        """``warning`` at ``level`` the first time (of ``once``, where given), then at DEBUG."""
+        once = once or warning
         with self._lock:
-            first = warning not in self._warned
+            first = once not in self._warned
             if len(self._warned) >= _WARNINGS_REMEMBERED:
                 self._warned.clear()  # they name client-chosen models and tools: once more each, then
-            self._warned.add(warning)
-        log.log(logging.WARNING if first else logging.DEBUG, "%s", warning)
+            self._warned.add(once)
+        log.log(level if first else logging.DEBUG, "%s", warning)
 
     # ------------------------------------------------------------------
     # Answers.

@@ -152,14 +152,21 @@ def test_the_upstreams_word_on_retrying_is_passed_on(through, fake_upstream):
     assert resp.status == 500 and resp.headers["x-should-retry"] == "false"
 
 
-def test_max_tokens_is_capped_at_the_models_output_cap(make_proxy, fake_upstream):
+def test_max_tokens_is_capped_at_the_models_output_cap(make_proxy, fake_upstream, caplog):
+    """FIELD-NOTES 5: clamp down to the model's cap, and say so (a probe found no line about it):
+    once a model, at INFO; Claude Code asks for 128000 every time."""
     from claudeproxy.model_facts import ModelFacts
 
     provider = Provider("native", fake_upstream.url, api="messages", models=(("small-*", ModelFacts(max_output=4096)),))
     server = make_proxy(providers=(provider,), routes=(Route("*", RouteTarget("native", "small-one")),), upstream=None)
-    fake_upstream.push(json_reply(ANSWER))
-    assert post(server, minimal_request(max_tokens=128000)).status == 200
-    assert fake_upstream.last.json["max_tokens"] == 4096
+    with caplog.at_level(logging.DEBUG, logger="claudeproxy"):
+        for max_tokens in (128000, 64000, 1000):
+            fake_upstream.push(json_reply(ANSWER))
+            assert post(server, minimal_request(max_tokens=max_tokens)).status == 200
+            assert fake_upstream.last.json["max_tokens"] == min(max_tokens, 4096)
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "capped at 4096" in r.getMessage()]
+    assert [level for level, _ in said] == [logging.INFO, logging.DEBUG], said
+    assert "small-one" in said[0][1] and "128000" in said[0][1]
 
 
 @pytest.mark.parametrize("base,expected", [
