@@ -239,6 +239,8 @@ MESSAGES = [
     # Groq names the field alone, first ("reasoning_format is not supported with this model").
     ("reasoning_format is not supported with this model", {"reasoning_format"}),
     ("`reasoning_effort` is not supported with this model", {"reasoning_effort"}),
+    ("Invalid parameter: tool_choice is not supported in thinking mode", {"tool_choice"}),  # DeepSeek
+    ("Unsupported parameter: 'tool_choice'", {"tool_choice"}),
     # Refused values: the field stays (another value works; a review found the whole field dropped).
     ("Budget 0 is invalid. This model only works in thinking mode.", set()),  # Gemini 2.5 Pro: "none" only
     ("invalid temperature: only 1 is allowed for this model", set()),  # Kimi K2.5: the client's value
@@ -389,3 +391,30 @@ def test_a_model_that_cannot_stop_thinking_loses_effort_none_only(make_proxy: An
     assert ask(proxy, minimal_request(thinking={"type": "disabled"})).status == 200
     assert ask(proxy, minimal_request(max_tokens=8000, thinking={"type": "enabled", "budget_tokens": 2000})).status == 200
     assert [b.get("reasoning_effort") for b in sent(fake_upstream)] == ["none", None, None, "low"]
+
+
+@pytest.mark.parametrize("choice, dropped", [({"type": "auto"}, True), ({"type": "any"}, False),
+                                             ({"type": "tool", "name": "read"}, False)])
+def test_a_refused_tool_choice_is_dropped_only_where_it_meant_the_default(
+        make_proxy: Any, fake_upstream: FakeUpstream, choice: Any, dropped: bool) -> None:
+    """deepseek-reasoner refuses tool_choice in thinking mode (FIELD-NOTES 10; a probe's client got
+    the 400 every time). "auto" is what no tool_choice means: sent again without it, and never again
+    to that model. A forced tool is the client's: dropping it would answer another question."""
+    proxy = make_proxy(upstream=fake_upstream.url, model="deepseek-reasoner")
+    refusal = {"error": {"message": "Invalid parameter: tool_choice is not supported in thinking mode",
+                         "type": "invalid_request_error"}}
+    fake_upstream.push(json_reply(refusal, status=400), json_reply(completion()), json_reply(completion()))
+    turn = claude_code_turn(tool_choice=choice)
+    first = ask(proxy, turn)
+    if not dropped:
+        assert first.status == 400 and "tool_choice" in first.json["error"]["message"]
+        assert len(fake_upstream.requests) == 1
+        return
+    assert first.status == 200, first
+    assert ask(proxy, turn).status == 200
+    bodies = sent(fake_upstream)
+    assert bodies[0]["tool_choice"] == "auto" and "tool_choice" not in bodies[1] and "tool_choice" not in bodies[2]
+    assert {k: v for k, v in bodies[0].items() if k != "tool_choice"} == bodies[1]
+    fake_upstream.push(json_reply(completion()))
+    forced = ask(proxy, claude_code_turn(tool_choice={"type": "any"}))  # the model refused "auto" only
+    assert forced.status == 200 and sent(fake_upstream)[-1]["tool_choice"] == "required"

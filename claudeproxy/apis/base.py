@@ -148,7 +148,9 @@ _FIELD_REFUSALS = (
     re.compile(r"does\s+not\s+support\s+(?:the\s+)?(?:parameter|argument|field)\s+['\"`]?([A-Za-z_]\w*)", re.I),
     re.compile(r"unknown\s+name\s+['\"`]([A-Za-z_]\w*)['\"`]\s*:\s*cannot\s+find\s+field", re.I),
     # Groq: "reasoning_format is not supported with this model" (the field's name alone, first).
-    re.compile(r"(?:^|[:.]\s*)['\"`]?([a-z][a-z_]*)['\"`]?\s+is\s+not\s+supported\s+(?:with|by|for)\s+this\s+model", re.I),
+    # DeepSeek: "Invalid parameter: tool_choice is not supported in thinking mode".
+    re.compile(r"(?:^|[:.]\s*)['\"`]?([a-z][a-z_]*)['\"`]?\s+is\s+not\s+supported\s+"
+               r"(?:(?:with|by|for)\s+this\s+model|in\s+thinking\s+mode)", re.I),
 )
 _CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _EXTRA_BODY_FIELD = re.compile(r'"loc"\s*:\s*\[\s*"body"\s*,\s*"([A-Za-z_]\w*)"\s*[\],]')
@@ -169,22 +171,29 @@ class RefusedFields:
     request means the same without them); for every API that sends fields on its own judgement.
     Kept per server, by (provider, model); thread-safe."""
 
-    def __init__(self, droppable: Tuple[str, ...]) -> None:
+    def __init__(self, droppable: Tuple[str, ...], only_as: Optional[Dict[str, Any]] = None) -> None:
         self._droppable = droppable  # the fields a request may go without, in the order named in the log
+        # Fields the request means the same without only at one value, their default (tool_choice
+        # "auto"): at another they carry the client's meaning and stay, refused or not.
+        self._only_as = only_as or {}
         self._by_model: Dict[Tuple[str, str], FrozenSet[str]] = {}
         self._lock = threading.Lock()
+
+    def _droppable_in(self, payload: Dict[str, Any], name: str) -> bool:
+        return name in payload and (name not in self._only_as or payload[name] == self._only_as[name])
 
     def drop(self, payload: Dict[str, Any], key: Tuple[str, str]) -> None:
         """Take from ``payload`` the fields the model ``key`` refused before."""
         with self._lock:
             refused = self._by_model.get(key, frozenset())
         for name in refused:
-            payload.pop(name, None)
+            if self._droppable_in(payload, name):
+                del payload[name]
 
     def learn(self, refused: FrozenSet[str], sent: Dict[str, Any], key: Tuple[str, str], label: str) -> bool:
         """Remember the droppable fields among ``refused`` that the request ``sent`` carried; False
         when there is none (then another send would be refused the same)."""
-        named = [f for f in self._droppable if f in refused and f in sent]
+        named = [f for f in self._droppable if f in refused and self._droppable_in(sent, f)]
         if not named:
             return False
         with self._lock:

@@ -36,7 +36,10 @@ log = logging.getLogger(__name__)
 # the client's too, but the proxy matches the stop strings it did not send itself (apis/stops.py).
 DROPPABLE_FIELDS = ("reasoning_effort", "reasoning", "thinking", "reasoning_format", "chat_template_kwargs",
                     "parallel_tool_calls", "prompt_cache_key", "session_id", "user", "stream_options", "top_k",
-                    "temperature", "top_p", "stop")
+                    "temperature", "top_p", "stop", "tool_choice")
+# tool_choice means the same without it only as "auto" (deepseek-reasoner refuses it in thinking
+# mode); "required", "none" or a named tool are the client's and stay, refused or not.
+DROPPABLE_ONLY_AS = {"tool_choice": "auto"}
 # Gemini 2.5 Pro and 3 (and an alias of them) cannot stop thinking: reasoning_effort "none" is 'Budget 0
 # is invalid. This model only works in thinking mode.' Only that value goes for the model; the others
 # (a thinking budget's low, medium, high) still say what the client asked for.
@@ -97,7 +100,7 @@ class ChatApi(UpstreamApi):
 
     def __init__(self, tools: ToolMemo) -> None:
         self.tools = tools  # the server's: a tool set is parsed and translated once per dialect
-        self._refused = RefusedFields(DROPPABLE_FIELDS)
+        self._refused = RefusedFields(DROPPABLE_FIELDS, DROPPABLE_ONLY_AS)
         # The models whose upstream refused max_tokens for max_completion_tokens (a reasoning model
         # behind a URL the dialects do not know: FIELD-NOTES 6).
         self._completion_tokens: Dict[Tuple[str, str], bool] = {}

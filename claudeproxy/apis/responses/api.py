@@ -31,7 +31,8 @@ from .stream import LocalStopResponsesFold, ResponsesFold
 # Fields the proxy sends on its own judgement that a model's upstream may refuse as such ("Unsupported
 # parameter: 'temperature' is not supported with this model" from a reasoning model the name did not
 # reveal; 'reasoning' from a model that does not reason). Without them the request means the same.
-DROPPABLE_FIELDS = ("temperature", "top_p", "reasoning", "parallel_tool_calls", "prompt_cache_key")
+DROPPABLE_FIELDS = ("temperature", "top_p", "reasoning", "parallel_tool_calls", "prompt_cache_key", "tool_choice")
+DROPPABLE_ONLY_AS = {"tool_choice": "auto"}  # another tool_choice is the client's (as on Chat)
 
 
 def responses_url(base: str, azure: bool) -> str:
@@ -53,7 +54,7 @@ class ResponsesApi(UpstreamApi):
         self.tools = tools  # the server's: a tool set is parsed and translated once
         self._lock = threading.Lock()
         self._no_summaries: Set[str] = set()  # providers whose organisation refused reasoning summaries
-        self._refused = RefusedFields(DROPPABLE_FIELDS)
+        self._refused = RefusedFields(DROPPABLE_FIELDS, DROPPABLE_ONLY_AS)
 
     def parse(self, body: Dict[str, Any]) -> MessagesRequest:
         return parse_messages_request(body, self.tools.parse)
