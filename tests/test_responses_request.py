@@ -24,7 +24,6 @@ from claudeproxy.errors import InvalidRequest
 from claudeproxy.apis.responses.request import (
     Translation,
     call_id,
-    instructions_for,
     is_reasoning_model,
     to_responses_request,
 )
@@ -120,7 +119,23 @@ def test_billing_line_is_stripped_whatever_its_suffix() -> None:
     only = [{"type": "text", "text": "x-anthropic-billing-header: cc_version=1;"}]
     assert "instructions" not in translate(body([{"role": "user", "content": "hi"}], system=only)).body
     # The same words elsewhere are the client's text and stay.
-    assert instructions_for("Note: x-anthropic-billing-header: y") == "Note: x-anthropic-billing-header: y"
+    note = [{"type": "text", "text": "Note: x-anthropic-billing-header: y"}]
+    assert translate(body([{"role": "user", "content": "hi"}], system=note)).body["instructions"] == note[0]["text"]
+
+
+def test_billing_line_is_stripped_wherever_it_stands_as_on_chat() -> None:
+    """Only a first line in exactly that case went (a review): as the second system block, or in a
+    system turn later in the conversation, its per-session suffix voided the upstream's prompt cache
+    from there on. Chat and passthrough took it out anywhere."""
+    line = "x-anthropic-billing-header: cc_version=2.1.331.4f2; cc_entrypoint=cli;"
+    system = [{"type": "text", "text": "You are helpful."}, {"type": "text", "text": line}]
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+            {"role": "system", "content": [{"type": "text", "text": line + "\nMind the tests."}]},
+            {"role": "user", "content": "go on"}]
+    sent = translate(body(msgs, system=system)).body
+    assert sent["instructions"] == "You are helpful."
+    assert "x-anthropic-billing-header" not in json.dumps(sent)
+    assert any("Mind the tests." in json.dumps(item) for item in sent["input"])
 
 
 # --------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from ...anthropic_types import (
     wants_thinking,
 )
 from ...dialects import OPENAI_REASONING_NAME, effort_for_budget
+from ...prompt_cache import strip_billing_header
 from ...schemas import clean_schema
 from ...signatures import decode_signature
 from ..names import tool_alias, tool_names, upstream_tool_id
@@ -46,7 +47,6 @@ Part = Dict[str, Any]
 MISSING_RESULT = "Error: tool call was not completed"
 MIN_OUTPUT_TOKENS = 16  # the API rejects less (integer_below_min_value)
 MAX_ID_LEN = 64  # call_id and prompt_cache_key: string_above_max_length beyond (RESPONSES.md 7.5)
-BILLING_PREFIX = "x-anthropic-billing-header:"
 SOURCES_INCLUDE = "web_search_call.action.sources"
 REASONING_INCLUDE = "reasoning.encrypted_content"
 # Anthropic effort -> Responses effort; "max" is the newest models' "xhigh".
@@ -96,17 +96,6 @@ def call_id(tool_use_id: str) -> str:
 
 def _short_key(key: str) -> str:
     return key if len(key) <= MAX_ID_LEN else hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def instructions_for(system: str) -> str:
-    """The system prompt without Claude Code's billing line.
-
-    Its suffix changes per session and at compaction, and as the very first
-    text it would void the upstream's prompt cache for everything after it.
-    """
-    if system.startswith(BILLING_PREFIX):
-        system = system.partition("\n")[2].lstrip("\n")
-    return system
 
 
 # --------------------------------------------------------------------------
@@ -263,7 +252,8 @@ class _InputBuilder:
         self.deferred: List[Item] = []  # system turns that came between a call and its output
 
     def add_system(self, message: Message) -> None:
-        text = "\n\n".join(b.text for b in message.content if isinstance(b, TextBlock) and b.text)
+        texts = (strip_billing_header(b.text) for b in message.content if isinstance(b, TextBlock))
+        text = "\n\n".join(t for t in texts if t)
         if text:
             (self.deferred if self.pending else self.out).append(_message(self.system_role, text))
 
@@ -469,7 +459,7 @@ def _generation(req: MessagesRequest, model: str, reasoning: bool, cap: Optional
 def _prompt(req: MessagesRequest, model: str, reasoning: bool, replay: bool) -> Dict[str, Any]:
     """model, instructions and input: reasoning models take system turns as ``developer``."""
     body: Dict[str, Any] = {"model": model}
-    instructions = instructions_for(req.system)
+    instructions = strip_billing_header(req.system)  # its suffix changes per session: it would void the cache
     if instructions:
         body["instructions"] = instructions
     body["input"] = to_input(req.messages, system_role="developer" if reasoning else "system", replay=replay)
