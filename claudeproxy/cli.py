@@ -1,6 +1,8 @@
 """Command line: flags, the config file and environment -> ``Config``, logging, signals, serve.
 
-I/O. The only module that reads ``os.environ``. ``main(argv)`` returns the
+I/O. Settings come from ``os.environ``, or the mapping ``main`` is given; the outbound proxy
+variables (``HTTPS_PROXY``...) are always the process's own, the ones its upstream calls see
+(``upstream.py`` reads them there too; ``malloc.py`` reads one for the allocator). ``main(argv)`` returns the
 exit status: 0 after a clean shutdown (or ``--help``, ``--version``,
 ``--print-config``), 2 for a bad flag, file or URL, or an address and port that
 cannot be bound (one line on stderr saying what is wrong).

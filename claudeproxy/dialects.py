@@ -1,7 +1,10 @@
 """Every provider quirk, in one declarative table (PROTOCOL.md section 5).
 
 No I/O. A ``Dialect`` is a set of flags the translators consult; nothing else
-in the package tests a provider's name. ``detect_provider`` guesses the
+in the package tests a provider's name for what it sends. What comes back is read
+the same from every server, whatever shape any of them uses (usage inside the
+choice, Groq's ``x_groq``: ``apis/chat/wire.py``; error messages: ``errors.py``,
+``overflow.py``, ``apis/base.py``). ``detect_provider`` guesses the
 dialect from the upstream URL, ``dialect_for(provider, model)`` applies the
 model-specific overrides (OpenAI reasoning models), and ``REASONING_BUCKETS``
 turns an Anthropic thinking budget into an OpenAI effort.

@@ -1,8 +1,8 @@
 """Per-call records and what they add up to, one ``Metrics`` per server.
 
 No I/O of its own (records go to an optional sink callable: the CLI's
-``--usage-log`` writer, a test's list.append); it reads only the local time
-zone, to name days and chart labels. Everything is kept in memory, behind one
+``--usage-log`` writer, a test's list.append; a failing sink is logged); it reads
+the clock and the local time zone, to place calls in minutes and days. Everything is kept in memory, behind one
 lock, and bounded however long the server runs and whatever model names
 clients send:
 

@@ -1,4 +1,5 @@
-"""HTTP calls to the upstream through ``urllib.request``: the only outbound I/O.
+"""HTTP calls to the upstream through ``urllib.request``: all the outbound I/O of a call (the start's
+reachability check, ``reachability.py``, is the only other).
 
 ``Upstream`` owns one opener and one ``ConnectionPool`` per instance (per
 server), the opener built with:

@@ -1,4 +1,5 @@
-"""What every upstream API module works with. Pure but for one log line (a field a model refused).
+"""What every upstream API module works with. Pure but for what a server learns as it runs (the
+fields each model refused, behind a lock) and the log line that says so.
 
 ``ClientRequest`` is one client request as the pipeline read it; ``Exchange``
 is that request prepared for one target (URL, body, headers) plus what the API
@@ -7,7 +8,7 @@ needs to read the answer. Each API (``apis/chat``, ``apis/messages``,
 
 - ``parse(body)``: the parsed request the API needs (None when it forwards);
 - ``prepare(req, target, cap)``: the ``Exchange`` to send, ``max_tokens`` within ``cap``;
-- ``from_json(req, exchange, obj)``: the client's JSON reply and warnings to log;
+- ``from_json(req, exchange, obj, secrets)``: the client's JSON reply and warnings to log;
 - ``fold(req, exchange, message_id=, input_tokens=, secrets=)``: the ``StreamFold``.
 
 Each derives from ``UpstreamApi``, which holds the defaults of what only some APIs do

@@ -3,8 +3,9 @@
 For backends that speak Anthropic's API themselves (Anthropic, Ollama >= 0.14,
 llama.cpp, vLLM, LM Studio, DeepSeek, OpenRouter, Moonshot, Zhipu, MiniMax).
 The body goes upstream unchanged except for the model name (the route's
-upstream model), a ``max_tokens`` above the model's cap and, for anyone but
-Anthropic, Claude Code's billing line; the client's query string goes to
+upstream model), a ``max_tokens`` above the model's cap (and a thinking budget
+below it), the thinking blocks this proxy made for another upstream and, for
+anyone but Anthropic, Claude Code's billing line; the client's query string goes to
 Anthropic only. Headers follow the
 provider's rules: ``anthropic-version`` passed on, ``anthropic-beta`` forwarded
 or dropped (several native endpoints reject betas they do not know), the key

@@ -875,7 +875,7 @@ def reported_cost(obj: Any, field: Optional[str]) -> Optional[float]:
 class ChatFold(SSEFold):
     """Upstream SSE body lines in, Anthropic events out: the Chat Completions ``StreamFold``.
 
-    ``feed_line`` takes each ``readline()`` result; ``complete`` turns true at
+    ``feed_line`` takes the whole lines of one read (``upstream.iter_lines``); ``complete`` turns true at
     ``[DONE]`` or once finish_reason and the final usage are both in (no need to wait for
     more). ``end`` is called when the body ends or breaks: a stream that saw a
     finish_reason is finished normally; so is one whose body ended the way HTTP

@@ -1,8 +1,9 @@
 """OpenAI Responses stream events -> Anthropic stream events (RESPONSES.md sections 3, 6).
 
-Sans-io: ``ResponsesFold`` takes the upstream body one ``readline()`` result
-at a time and returns the exact Anthropic event payloads to write, in order;
-it never reads a socket or a clock. All state of one stream lives in one
+Sans-io: ``ResponsesFold`` takes the upstream body's whole lines as they are read
+(``upstream.iter_lines``: those of one read together) and returns the exact Anthropic
+event payloads to write, in order; it never reads a socket or a clock (the ids it makes
+are random). All state of one stream lives in one
 instance.
 
 Text, refusal, reasoning-summary and function-argument deltas go out as they
