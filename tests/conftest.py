@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -104,6 +105,29 @@ def _no_sentinel_in_log_records(caplog: Any) -> Iterator[None]:
     leaked = [r.getMessage()[:200] for r in records
               if any(k in r.getMessage() or k in (r.exc_text or "") for k in SENTINEL_KEYS)]
     assert leaked == [], f"sentinel keys in log records: {leaked}"
+
+
+# RFC 6761's reserved top-level names: the tests' upstreams "on the internet" are named under them.
+_NEVER_RESOLVED = (".test", ".example", ".invalid")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _reserved_names_resolve_without_dns() -> Iterator[None]:
+    """Suite-wide: a name under a reserved TLD fails as an unknown name does, without a DNS query.
+    A resolver that answers NXDOMAIN with an address of its own would send a test's connection
+    off the machine (all test traffic stays on loopback), and one out of reach makes each lookup
+    wait for its timeout (a review found four tests looking up api.example.test)."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode("ascii", "replace") if isinstance(host, bytes) else host
+        if isinstance(name, str) and name.rstrip(".").lower().endswith(_NEVER_RESOLVED):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket, "getaddrinfo", getaddrinfo)
+        yield
 
 
 @pytest.fixture(autouse=True, scope="module")
