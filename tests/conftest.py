@@ -160,6 +160,29 @@ def certificate(tmp_path_factory: Any) -> Tuple[str, str]:
     return cert, key
 
 
+@pytest.fixture(scope="session")
+def corporate_ca(tmp_path_factory: Any) -> Tuple[str, str, str]:
+    """(CA, cert, key) PEM files: a CA made as TLS-inspecting proxies' often are, with no keyUsage
+    extension, and a certificate for 127.0.0.1 it signed."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed: cannot make a test certificate")
+    where = tmp_path_factory.mktemp("corp-ca")
+    ca, ca_key, cert, key, csr, ext = (str(where / name) for name in
+                                       ("ca.pem", "ca.key", "cert.pem", "key.pem", "cert.csr", "ext.cnf"))
+    with open(ext, "w", encoding="ascii") as fh:
+        fh.write("subjectAltName=IP:127.0.0.1\n")
+    steps = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "1",
+         "-subj", "/CN=Corp Inspection CA", "-addext", "basicConstraints=CA:TRUE"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "1",
+         "-extfile", ext],
+    ]
+    for step in steps:
+        subprocess.run(["openssl", *step], check=True, capture_output=True, timeout=60)
+    return ca, cert, key
+
+
 @pytest.fixture(name="refused_port")
 def refused_port_fixture() -> Iterator[int]:
     """A loopback port that refuses connections for the whole test (see ``fakes.refused_port``)."""

@@ -756,3 +756,22 @@ def test_the_log_masks_the_environments_proxy_password(clean_env: Any) -> None:
     config = claudeproxy.Config(upstream="https://api.example.test/v1", use_env_proxy=True)
     assert PASSWORD in cli.fixed_secrets(config) and PASSWORD in cli.secrets_source(config)()
     assert PASSWORD not in cli.fixed_secrets(config.replace(use_env_proxy=False))
+
+
+def test_a_corporate_ca_without_key_usage_is_taken_on_every_python(make_proxy: Any, clean_env: Any,
+                                                                   corporate_ca: Tuple[str, str, str],
+                                                                   tunnels: Any) -> None:
+    """Python 3.13's default strict X.509 checks refused such a CA ("CA cert does not include key
+    usage extension") on every call, through the proxy or not, while 3.8 to 3.12 took it (a probe)."""
+    ca, cert, key = corporate_ca
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    upstream = FakeUpstream(tls=context)
+    try:
+        for proxy in (None, f"http://127.0.0.1:{tunnels().port}"):
+            upstream.push(json_reply(completion("through")))
+            server = make_proxy(upstream=upstream.url, proxy=proxy, ca_bundle=ca)
+            resp = send(server)
+            assert resp.status == 200, resp
+    finally:
+        upstream.close()
