@@ -290,12 +290,24 @@ def check_proxy_url(value: str, setting: str) -> str:
     if scheme.group(1).lower() != "http":
         raise ValueError(f"{setting}: only http:// proxies are supported (HTTPS upstreams still go through "
                          f"one, tunnelled with CONNECT), got {shown_url(url)!r}")
+    try:
+        hostless = not urlsplit(url).hostname
+    except ValueError:
+        hostless = False  # check_url says what is wrong
+    if hostless:
+        raise ValueError(f"{setting}: the proxy URL has no host (got {shown_url(url)!r}); "
+                         "it is written as http://proxy.corp.example:3128")
     checked = check_url(url, setting, credentials=True)
     rest = urlsplit(checked)
     if "@" in rest.path + rest.query + rest.fragment:
         # http://user:12/pass@host parses as the host "user" on port 12, the password in the path.
         raise ValueError(f"{setting}: an \"@\" after the proxy's host (got {shown_url(url)!r}): percent-encode "
                          "\"/\", \"?\", \"#\" and \"@\" in the user and password")
+    if rest.port is None:
+        # urllib would take the upstream's default port: the CONNECT for an https upstream, password
+        # and all, in clear text to the proxy host's port 443, and an http one to its port 80.
+        raise ValueError(f"{setting}: the proxy URL has no port (got {shown_url(url)!r}); "
+                         "give the proxy's, as in http://proxy.corp.example:3128 (3128 and 8080 are common)")
     return checked
 
 

@@ -1042,8 +1042,8 @@ class _ProxyHandler(urllib.request.ProxyHandler):
         if self._no_proxy and req.host and bypasses_proxy(req.host, self._no_proxy, port):
             return  # straight to the upstream
         parts = urlsplit(proxy)
-        if parts.username and parts.password:  # as urllib: a user alone sends no Proxy-Authorization
-            pair = f"{unquote(parts.username)}:{unquote(parts.password)}".encode("utf-8")
+        if parts.username or parts.password:  # as curl: a user alone is sent with an empty password
+            pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode("utf-8")
             req.add_header("Proxy-authorization", "Basic " + base64.b64encode(pair).decode("ascii"))
         req.set_proxy(unquote(parts.netloc.rpartition("@")[2]), "http")
         # None: the http/https handlers go on, to the proxy (a CONNECT tunnel for https).
@@ -1287,11 +1287,14 @@ def _proxy_auth_refused(proxy: str) -> UpstreamUnavailable:
     # credentials. And no retry: the same credentials will be refused again.
     return UpstreamUnavailable(
         f"the outbound proxy at {proxy} refused authentication (407); check the user and password "
-        "in the proxy URL (http://USER:PASSWORD@HOST:PORT)", headers=(NO_RETRY,))
+        "in the proxy URL (http://USER:PASSWORD@HOST:PORT). They go as Basic credentials, the only kind "
+        "claudeproxy sends: a proxy that takes only NTLM or Negotiate (Kerberos) needs a local relay "
+        "that speaks it (cntlm, px) as --proxy", headers=(NO_RETRY,))
 
 
-# What a forwarding proxy answers itself: its policy (403), or its own way on failing (502 to 504).
-_PROXY_STATUSES = frozenset({403, 502, 503, 504})
+# What a forwarding proxy answers itself: its policy (403), its login page (a 3xx to it), or its own
+# way on failing (502 to 504).
+_PROXY_STATUSES = frozenset({301, 302, 303, 307, 308, 403, 502, 503, 504})
 
 
 def _maybe_the_proxys(status: int, body: bytes, req: urllib.request.Request) -> bool:
@@ -1306,15 +1309,18 @@ def _maybe_the_proxys(status: int, body: bytes, req: urllib.request.Request) -> 
 def _proxys_answer(status: int, body: bytes, headers: Any, req: urllib.request.Request,
                    secrets: Tuple[str, ...]) -> UpstreamUnavailable:
     """A 502 naming the proxy (host:port, never its credentials) as the likely author. A 403 is its
-    policy, the same on every try (no retry, as its refusal of a tunnel); a 5xx is worth another,
+    policy and a 3xx its login page, the same on every try (no retry, as its refusal of a tunnel);
+    a 5xx is worth another,
     when its Retry-After says (whoever wrote the page, the wait it asks for is passed on)."""
     proxy, host = _proxy_of(req), urlsplit(req.full_url).netloc.rpartition("@")[2]
     text = redact_text(" ".join(body_text(body, headers).split()), secrets)[:200]  # masked, then cut
     said = f"{status} {http.client.responses.get(status, '')}".strip() + (f": {text}" if text else "")
-    why = (f"its policy may not allow {host}" if status == 403 else f"it may not have reached {host}")
+    policy = status == 403 or status < 400  # the same on every try: its rule, its login page
+    why = (f"its policy may not allow {host}" if status == 403 else
+           "it may want a login first (a portal's redirect)" if status < 400 else f"it may not have reached {host}")
     return UpstreamUnavailable(redact_text(f"the outbound proxy at {proxy} may have answered for the upstream at "
                                            f"{host} ({said}), not the upstream's API: {why}", secrets),
-                               headers=(NO_RETRY,) if status == 403 else
+                               headers=(NO_RETRY,) if policy else
                                (_RETRY, *(h for h in retry_headers(headers) if h[0] != _RETRY[0])))
 
 
@@ -1391,8 +1397,9 @@ def _proxy_failure(reason: BaseException, call: UpstreamCall, req: urllib.reques
         return _proxy_auth_refused(proxy)
     if refused:
         status = refused.group(1)
-        # A 4xx is the proxy's policy (this host is not allowed): the same again is refused again.
-        retry = NO_RETRY if status.startswith("4") else _RETRY
+        # A 4xx is the proxy's policy (this host is not allowed), a 3xx its login page: the same
+        # again is refused again.
+        retry = NO_RETRY if status.startswith(("3", "4")) else _RETRY
         said = f"{status} {refused.group(2)[:200]}".strip()
         return UpstreamUnavailable(f"the outbound proxy at {proxy} refused the tunnel to {host} ({said})",
                                    headers=(retry,))

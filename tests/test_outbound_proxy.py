@@ -325,10 +325,24 @@ def test_a_proxy_url_without_a_scheme_is_said_so_and_shows_no_password(url: str,
     assert PASSWORD not in str(caught.value)
 
 
+@pytest.mark.parametrize("url", [f"http://bob:{PASSWORD}@127.0.0.1", "http://127.0.0.1:", "http://proxy.corp.test"])
+def test_a_proxy_url_without_a_port_stops_the_start(url: str, tmp_path: Any) -> None:
+    """urllib would take the upstream's default port: an https upstream's CONNECT, password and all,
+    in clear text to the proxy host's port 443 (a probe); the same from the config file, the
+    environment and a library caller."""
+    said = "the proxy URL has no port (got '"
+    one_error_line(*run_main(["--proxy", url]), f"--proxy: {said}", "as in http://proxy.corp.example:3128")
+    path = write_config(tmp_path, {"proxy": url})
+    one_error_line(*run_main(["--config", path]), f"--config {path}: proxy: {said}")
+    one_error_line(*run_main(["--use-env-proxy"], {"HTTPS_PROXY": url}), said)
+    with pytest.raises(ValueError, match="the proxy URL has no port"):
+        claudeproxy.start(upstream="http://127.0.0.1:9/v1", proxy=url)
+
+
 @pytest.mark.parametrize("url,part", [
     (f"http://bob:{PASSWORD}/x@127.0.0.1:3128", "not a valid URL"),  # the password read as the port
     (f"http://bob:{PASSWORD}#x@127.0.0.1:3128", "not a valid URL"),
-    (f"http:///bob:{PASSWORD}@127.0.0.1:3128", "expected an http:// or https:// URL with a host"),
+    (f"http:///bob:{PASSWORD}@127.0.0.1:3128", "the proxy URL has no host"),
     (f"http://bob:12/{PASSWORD}@127.0.0.1:3128", "an \"@\" after the proxy's host"),  # host bob, port 12
 ])
 def test_a_malformed_proxy_url_shows_no_part_of_the_password(url: str, part: str) -> None:
@@ -388,6 +402,7 @@ def test_proxy_407_is_a_502_without_retry(make_proxy: Any, refusing: Any, scheme
     error = error_of(resp)
     assert error["type"] == "api_error"
     assert error["message"].startswith(f"the outbound proxy at 127.0.0.1:{outbound.port} refused authentication")
+    assert "the only kind claudeproxy sends: a proxy that takes only NTLM or Negotiate" in error["message"]
     assert resp.headers.get("x-should-retry") == "false"
     assert "proxy-authenticate" not in resp.headers
     assert len(outbound.seen()) == 1  # not retried: the same credentials would be refused again
@@ -396,7 +411,22 @@ def test_proxy_407_is_a_502_without_retry(make_proxy: Any, refusing: Any, scheme
     assert request(server.url, "GET", "/v1/usage").json["totals"]["unpriced_requests"] == 0
 
 
-@pytest.mark.parametrize("status,retry", [("403 Forbidden", "false"), ("502 Bad Gateway", "true")])
+@pytest.mark.parametrize("userinfo,sent", [("bob@", "bob:"), ("bob:@", "bob:"), (":pw@", ":pw"), ("", None)])
+def test_a_user_without_a_password_is_sent_as_curl_sends_it(make_proxy: Any, refusing: Any, userinfo: str,
+                                                            sent: Any) -> None:
+    """A user alone (or a password alone) went as no credentials at all, and the 407 then said to
+    check them (a probe); curl sends the user with an empty password."""
+    outbound = refusing("407 Proxy Authentication Required")
+    server = make_proxy(upstream=NAMED_UPSTREAM["https"], proxy=f"http://{userinfo}127.0.0.1:{outbound.port}")
+    assert send(server).status == 502
+    [head] = outbound.heads
+    auth = [line.split(":", 1)[1].strip() for line in head.split("\r\n")
+            if line.lower().startswith("proxy-authorization:")]
+    assert auth == ([] if sent is None else ["Basic " + base64.b64encode(sent.encode()).decode()])
+
+
+@pytest.mark.parametrize("status,retry", [("403 Forbidden", "false"), ("502 Bad Gateway", "true"),
+                                          ("302 Found", "false")])  # its login page: no retry (a probe)
 def test_a_refused_tunnel_names_the_proxy_and_the_host(make_proxy: Any, refusing: Any, status: str,
                                                        retry: str) -> None:
     outbound = refusing(status)
@@ -409,7 +439,8 @@ def test_a_refused_tunnel_names_the_proxy_and_the_host(make_proxy: Any, refusing
 
 
 @pytest.mark.parametrize("status,retry", [("403 Forbidden", "false"), ("502 Bad Gateway", "true"),
-                                          ("503 Service Unavailable", "true"), ("504 Gateway Timeout", "true")])
+                                          ("503 Service Unavailable", "true"), ("504 Gateway Timeout", "true"),
+                                          ("302 Found", "false")])
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_forwarding_proxys_own_answer_names_the_proxy_not_the_key(make_proxy: Any, refusing: Any, caplog: Any,
                                                                    status: str, retry: str, stream: bool) -> None:
@@ -426,7 +457,9 @@ def test_a_forwarding_proxys_own_answer_names_the_proxy_not_the_key(make_proxy: 
     assert error["message"] == (f"the outbound proxy at 127.0.0.1:{outbound.port} may have answered for the upstream "
                                 f"at api.example.test ({status}: <html> <body>Blocked by policy</body></html>), not "
                                 "the upstream's API: " + ("its policy may not allow api.example.test"
-                                                          if retry == "false" else
+                                                          if status.startswith("403") else
+                                                          "it may want a login first (a portal's redirect)"
+                                                          if status.startswith("3") else
                                                           "it may not have reached api.example.test"))
     assert resp.headers.get("x-should-retry") == retry
     assert len(outbound.seen()) == (1 if retry == "false" else 2)  # a policy refuses again: not retried
