@@ -10,9 +10,11 @@ string so it can go out in a single write.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from .errors import ProxyError
+from .errors import ProxyError, UpstreamUnavailable
+
+MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as broken
 
 
 class ServerSentEvent:
@@ -213,3 +215,28 @@ class SSEFold:
 
     def _on_event(self, event: ServerSentEvent) -> List[Dict[str, Any]]:
         raise NotImplementedError
+
+    # For the subclasses: what every API does with an event that is no JSON, and with the body's end.
+
+    bad_events = 0  # non-JSON events in a row (a JSON one resets it)
+    skipped_events = 0  # all of them, for the relay's log line
+
+    def _not_json(self) -> List[Dict[str, Any]]:
+        """An event whose data is no JSON (and no error): skipped, unless it is the
+        ``MAX_BAD_EVENTS``-th in a row, which means the stream is something else."""
+        self.bad_events += 1
+        self.skipped_events += 1
+        if self.bad_events >= MAX_BAD_EVENTS:
+            raise UpstreamUnavailable("upstream stream is not JSON")
+        return []
+
+    def _last_event(self) -> Tuple[List[Dict[str, Any]], Optional[ProxyError]]:
+        """``end``'s first step: the events of the body's last event, which its end cut off before
+        the blank line that ends it, or the upstream error it was; nothing once ``complete``."""
+        last = self.decoder.flush()
+        if last is None or self.complete:
+            return [], None
+        try:
+            return self._on_event(last), None
+        except ProxyError as exc:
+            return [], exc

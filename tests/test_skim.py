@@ -229,7 +229,7 @@ def _small_thresholds(monkeypatch: Any) -> None:
     go past 16 characters, a digest every 8."""
     monkeypatch.setattr(skim, "LONG", 24)
     monkeypatch.setattr(upstream, "SKIM_AFTER", 64)
-    monkeypatch.setattr(responses_stream, "_KEEP_LIVE_TEXT", 16)
+    monkeypatch.setattr(responses_stream, "KEEP_LIVE_TEXT", 16)
     monkeypatch.setattr(skim, "MARK_EVERY", 8)
     monkeypatch.setattr(growing, "MARK_EVERY", 8)
 

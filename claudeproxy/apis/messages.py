@@ -41,7 +41,6 @@ from .base import ClientRequest, Exchange, UpstreamApi
 
 Event = Dict[str, Any]
 DEFAULT_VERSION = "2023-06-01"
-MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as broken
 # What an event type passed on may be: Anthropic's are lower-case words joined by "_".
 _EVENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}\Z")
 # Header values copied from the client: version strings and beta names, nothing that could smuggle.
@@ -345,8 +344,6 @@ class MessagesFold(SSEFold):
         # The usage of an upstream message_start that came after ours (sent for early pings): the
         # client has not seen it, so the message_delta carries it.
         self.late_usage: Dict[str, int] = {}
-        self.bad_events = 0
-        self.skipped_events = 0
         # The upstream's blocks, to hold it to the grammar it is forwarded in: the open ones (index ->
         # block type, None if it names none) and the stopped ones.
         self.open_blocks: Dict[int, Optional[str]] = {}
@@ -366,13 +363,11 @@ class MessagesFold(SSEFold):
     def end(self, clean: bool) -> Tuple[List[Event], Optional[ProxyError]]:
         if self.complete:
             return [], None
-        last = self.decoder.flush()
-        try:
-            events = self._on_event(last) if last is not None else []
-        except ProxyError as exc:  # the body's last event, cut off by its end, was an upstream error:
-            return [], exc  # the relay fails the stream with it (``fail``: only message_stop after message_delta)
-        if self.complete:
-            return events, None
+        # The body's last event, cut off by its end, may be an upstream error: the relay fails the
+        # stream with it (``fail``: only message_stop after message_delta).
+        events, error = self._last_event()
+        if error is not None or self.complete:
+            return events, error
         if self.finishing:  # everything but message_stop arrived: the answer is whole
             return events + self._stop(), None
         return events, UpstreamUnavailable("upstream stream ended early (no message_stop)")
@@ -564,11 +559,7 @@ class MessagesFold(SSEFold):
     def _bad_event(self, event: ServerSentEvent) -> List[Event]:
         if event.event == "error":  # "event: error" with a plain-text message is still an error
             raise error_from_event({"error": {"type": "api_error", "message": event.data}}, self.secrets)
-        self.bad_events += 1
-        self.skipped_events += 1
-        if self.bad_events >= MAX_BAD_EVENTS:
-            raise UpstreamUnavailable("upstream stream is not JSON")
-        return []
+        return self._not_json()
 
     def _message_start(self, obj: Dict[str, Any]) -> List[Event]:
         message: Dict[str, Any] = obj["message"] if isinstance(obj.get("message"), dict) else {}

@@ -60,6 +60,14 @@ _MAX_WORD = 1000  # a longer number is no tool argument; the cap keeps a held wo
 # The regular expressions that repeat a group look at most this much text at a time: the
 # matcher keeps state per repetition, which for one 10 MB fragment of escapes was 800 MB.
 _WINDOW = 8192
+
+# A live call's arguments go to the client as they come; what came is kept as text only up to this
+# size, for the checks of what repeats them (a resent call, Responses' closing events). Past it a
+# digest stands in: 20 calls each writing a 5 MB file held 100 MB (RELIABILITY.md F10, figure M2).
+KEEP_LIVE_TEXT = 64 * 1024
+# What the folds log when a live call's arguments turn invalid JSON (``ArgsScan.bad``): name, id.
+TURNED_BAD = ("tool call %s (%s): its streamed arguments turned invalid JSON; its input was closed "
+              "after the last whole member and the rest dropped")
 _STRUCTURAL_RE = re.compile(r'[\\"{}\[\]]')
 
 # Where the scan stands: what may come next.

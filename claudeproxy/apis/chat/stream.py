@@ -37,7 +37,7 @@ from ...tokens import estimate_output_tokens
 from ..growing import Growing
 from ..stops import first_stop, stop_prefix_len
 from ..names import client_tool_id
-from ..toolargs import ArgsScan, normalize_arguments
+from ..toolargs import KEEP_LIVE_TEXT, TURNED_BAD, ArgsScan, normalize_arguments
 from .response import (
     CUT_FINISH_REASONS,
     IdFactory,
@@ -51,7 +51,6 @@ from .wire import ChatChoice, ChatResponse, ChatUsage, ToolCallDelta, parse_chat
 
 log = logging.getLogger(__name__)
 Event = Dict[str, Any]
-MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as broken
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 
 
@@ -72,10 +71,6 @@ def _first_object(text: str) -> Any:
 
 
 _OBJECT_START_RE = re.compile(r"\s*\{")
-# A live call's arguments go to the client as they come; what came is kept as text only up to
-# this size, for the repeat checks of ``_Tool.add_fragment``. Past it a digest stands in for the
-# text: 20 calls each writing a 5 MB file held 100 MB (RELIABILITY.md F10, figure M2).
-_KEEP_LIVE_TEXT = 64 * 1024
 
 
 def _digest(text: str) -> Any:
@@ -98,7 +93,7 @@ class _Tool:
     # The arguments as they grew (a str += per fragment is quadratic), and their length.
     text: Growing = dataclasses.field(default_factory=Growing)
     size: int = 0
-    # Instead of ``text`` (then emptied) once a live call's arguments passed _KEEP_LIVE_TEXT:
+    # Instead of ``text`` (then emptied) once a live call's arguments passed KEEP_LIVE_TEXT:
     # their SHA-256; ``size`` still counts them all.
     digest: Any = None
     # Whether the arguments closed, and what of them may be streamed (``_parses`` on the growing
@@ -171,8 +166,8 @@ class _Tool:
         return len(fragment) >= self.size and text_digest(fragment[:self.size]) == self.digest.digest()
 
     def bound(self) -> None:
-        """A live call's text past _KEEP_LIVE_TEXT: only its digest is kept."""
-        if self.live and self.size > _KEEP_LIVE_TEXT:
+        """A live call's text past KEEP_LIVE_TEXT: only its digest is kept."""
+        if self.live and self.size > KEEP_LIVE_TEXT:
             self.digest, self.text = _digest(self.args), Growing()
 
     def _same_object(self, fragment: str) -> bool:
@@ -696,8 +691,7 @@ class StreamTranslator:
         if not text or self.open_kind != "tool" or self.live is not tool:
             return []  # nothing new, or its block was closed by later text: the rest cannot be placed
         if tool.scan.bad:
-            log.warning("tool call %s (%s): its streamed arguments turned invalid JSON; its input was closed "
-                        "after the last whole member and the rest dropped", tool.name, tool.shown)
+            log.warning(TURNED_BAD, tool.name, tool.shown)
         return [self._delta({"type": "input_json_delta", "partial_json": text})]
 
     def _tool_start(self, tool: _Tool) -> Dict[str, Any]:
@@ -895,8 +889,6 @@ class ChatFold(SSEFold):
         self.billed_cost = None
         self.decoder = SSEDecoder()
         self.complete = False
-        self.bad_events = 0
-        self.skipped_events = 0
         self.chunks = 0  # upstream chunks with a choice so far
         self.warnings: List[str] = []  # from a JSON answer's translation, for the caller to log
 
@@ -922,13 +914,9 @@ class ChatFold(SSEFold):
         """Events that end the stream, or the error it ended with."""
         if self.complete:
             return [], None
-        last = self.decoder.flush()
-        try:
-            events = self._on_event(last) if last is not None else []
-        except ProxyError as exc:  # the body's last event, cut off by its end, was an upstream error
-            return [], exc
-        if self.complete:
-            return events, None
+        events, error = self._last_event()
+        if error is not None or self.complete:
+            return events, error
         if self.translator.has_finish_reason:
             return events + self._finish(), None
         if clean and self.chunks:
@@ -971,11 +959,7 @@ class ChatFold(SSEFold):
         except (ValueError, RecursionError):
             if event.event == "error":  # "event: error" with a plain-text message is still an error (3.4 step 1)
                 raise error_from_object({"message": event.data}, self.translator.secrets) from None
-            self.bad_events += 1
-            self.skipped_events += 1
-            if self.bad_events >= MAX_BAD_EVENTS:
-                raise UpstreamUnavailable("upstream stream is not JSON") from None
-            return []
+            return self._not_json()
         self.bad_events = 0
         text = plain_text_delta(obj) if event.event != "error" else None
         if text is not None and self.translator.takes_plain_text:

@@ -48,7 +48,7 @@ from ...tokens import estimate_output_tokens
 from ..names import client_tool_id
 from ..growing import Growing, LiveText
 from ..stops import first_stop, stop_prefix_len
-from ..toolargs import ArgsScan
+from ..toolargs import KEEP_LIVE_TEXT, TURNED_BAD, ArgsScan
 from . import API_NAME
 from .response import (
     IdFactory,
@@ -75,13 +75,9 @@ from .response import (
 log = logging.getLogger(__name__)
 Event = Dict[str, Any]
 Key = Tuple[Any, ...]
-MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as broken
 MAX_HEAD = 64 * 1024  # bytes of a body kept until its first event: a bare JSON error fits in it
 _INDEX_FIELDS = ("output_index", "content_index", "summary_index")  # used in dict keys
 _THINKING_START = {"type": "thinking", "thinking": "", "signature": ""}
-# A live call's arguments are held as text up to this size; past it, once sent on, only their
-# digest (``LiveText.let_go``), which the closing events that repeat them are checked against.
-_KEEP_LIVE_TEXT = 64 * 1024
 
 
 @dataclasses.dataclass
@@ -98,7 +94,7 @@ class _Item:
     # function_call
     call_id: str = ""
     name: str = ""
-    args: LiveText = dataclasses.field(default_factory=LiveText)  # let go past _KEEP_LIVE_TEXT once live
+    args: LiveText = dataclasses.field(default_factory=LiveText)  # let go past KEEP_LIVE_TEXT once live
     scanned: int = 0  # characters of args fed to scan
     scan: ArgsScan = dataclasses.field(default_factory=ArgsScan)  # what of args may be streamed
     blob: Optional[str] = None  # reasoning: encrypted_content, from .done
@@ -148,8 +144,6 @@ class ResponsesFold(SSEFold):
         self.done = False  # message_stop or error written
         self.complete = False  # the upstream's terminal event was read
         self.saw_done_marker = False
-        self.bad_events = 0
-        self.skipped_events = 0
         self.head = b""  # the body up to its first event, for a bare JSON error (``_bare_error``)
         self.seen_event = False
         self.next_index = 0
@@ -228,13 +222,9 @@ class ResponsesFold(SSEFold):
         Without ``response.completed``/``incomplete`` the answer is cut short,
         whatever the HTTP framing says (RESPONSES.md 3).
         """
-        events: List[Event] = []
-        last = self.decoder.flush()
-        if last is not None and not self.complete:
-            try:
-                events = self._on_event(last)
-            except ProxyError as exc:
-                return [], exc
+        events, error = self._last_event()
+        if error is not None:
+            return [], error
         if self.complete:
             return events, None
         bare = self._bare_error()
@@ -384,11 +374,7 @@ class ResponsesFold(SSEFold):
         if event.event == "error":  # "event: error" with a plain-text message is still an error
             self.complete = True
             raise error_for({"message": event.data}, self.secrets)
-        self.bad_events += 1
-        self.skipped_events += 1
-        if self.bad_events >= MAX_BAD_EVENTS:
-            raise UpstreamUnavailable("upstream stream is not JSON")
-        return []
+        return self._not_json()
 
     # ------------------------------------------------------------------
     # Blocks.
@@ -678,14 +664,13 @@ class ResponsesFold(SSEFold):
             if not item.scan.started or item.scan.bad:
                 return []
             events = self._open(key, "tool_use", self._tool_start(item))
-        if len(item.args) > _KEEP_LIVE_TEXT:
+        if len(item.args) > KEEP_LIVE_TEXT:
             item.args.let_go()  # scanned, and the block is open: what is held went on or stays in the scan
         text = item.scan.take()
         if not text:
             return events
         if item.scan.bad:
-            log.warning("tool call %s (%s): its streamed arguments turned invalid JSON; its input was closed "
-                        "after the last whole member and the rest dropped", item.name, item.call_id)
+            log.warning(TURNED_BAD, item.name, item.call_id)
         self.out_chars += len(text)
         return events + [self._delta({"type": "input_json_delta", "partial_json": text})]
 
