@@ -1,8 +1,9 @@
-"""The words both OpenAI APIs use for a user-side block they have no part for. Pure.
+"""The words both OpenAI APIs use where they have no part for what a user turn holds. Pure.
 
 Chat Completions and Responses shape their parts differently (``text`` against
-``input_text``), but a search result, a tool reference, a plain-text document or a file
-only Anthropic can open reads the same to either model: the words are written here once.
+``input_text``), but a search result, a tool reference, a plain-text document, a file
+only Anthropic can open, a failed tool's result, a result without its call or a call
+without its result reads the same to either model: the words are written here once.
 """
 
 from __future__ import annotations
@@ -26,3 +27,19 @@ def document_text(block: DocumentBlock) -> str:
 def file_omitted(kind: str, file_id: str) -> str:
     """An Anthropic file id (``source: file``) means nothing to OpenAI: the model is told one was left out."""
     return f"[{kind} file {file_id} omitted]"
+
+
+# A call of the last assistant turn that no tool result answers: OpenAI refuses the turn without one.
+MISSING_RESULT = "Error: tool call was not completed"
+
+
+def error_text(text: str) -> str:
+    """A failed tool's result, said to be one (neither API has an error flag on a result)."""
+    if text.startswith("Error"):
+        return text
+    return f"Error: {text}" if text else "Error"
+
+
+def orphan_result(tool_use_id: str, text: str = "") -> str:
+    """A result with no call before it, as user text (a result without its call is a 400)."""
+    return f"[tool_result {tool_use_id}] {text}".rstrip()

@@ -37,11 +37,11 @@ from ...prompt_cache import strip_billing_header
 from ...schemas import clean_schema
 from ...signatures import decode_signature
 from ..names import tool_alias, tool_names, upstream_tool_id
-from ..user_text import document_text, file_omitted, search_result_text, tool_reference_text
+from ..user_text import (MISSING_RESULT, document_text, error_text, file_omitted, orphan_result, search_result_text,
+                         tool_reference_text)
 from .wire import ChatMessage, ChatRequest, ToolCall
 
 
-MISSING_RESULT = "Error: tool call was not completed"
 MISTRAL_BRIDGE = "(tool results received)"
 _MISTRAL_ID_RE = re.compile(r"^[a-zA-Z0-9]{9}$")
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -174,15 +174,13 @@ def _tool_result_content(block: ToolResultBlock, dialect: Dialect) -> Tuple[str,
                 texts.append("[file]" if part["type"] == "file" else "[image]")
                 moved.append(part)
     text = "\n".join(texts)
-    if block.is_error and not text.startswith("Error"):
-        text = f"Error: {text}" if text else "Error"
-    return text, moved
+    return (error_text(text) if block.is_error else text), moved
 
 
 def _orphan_parts(block: ToolResultBlock, dialect: Dialect) -> List[Part]:
     """A result with no matching call: user text, with its images kept next to it."""
     text, moved = _tool_result_content(block, dialect)
-    return [_text_part(f"[tool_result {block.tool_use_id}] {text}".rstrip())] + moved
+    return [_text_part(orphan_result(block.tool_use_id, text))] + moved
 
 
 # --------------------------------------------------------------------------

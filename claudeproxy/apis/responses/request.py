@@ -38,13 +38,13 @@ from ...prompt_cache import strip_billing_header
 from ...schemas import clean_schema
 from ...signatures import decode_signature
 from ..names import tool_alias, tool_names, upstream_tool_id
-from ..user_text import document_text, file_omitted, search_result_text, tool_reference_text
+from ..user_text import (MISSING_RESULT, document_text, error_text, file_omitted, orphan_result, search_result_text,
+                         tool_reference_text)
 from . import API_NAME
 
 Item = Dict[str, Any]
 Part = Dict[str, Any]
 
-MISSING_RESULT = "Error: tool call was not completed"
 MIN_OUTPUT_TOKENS = 16  # the API rejects less (integer_below_min_value)
 MAX_ID_LEN = 64  # call_id and prompt_cache_key: string_above_max_length beyond (RESPONSES.md 7.5)
 SOURCES_INCLUDE = "web_search_call.action.sources"
@@ -153,9 +153,9 @@ def _tool_output(block: ToolResultBlock) -> Any:
     if block.is_error:
         first = parts[0] if parts and parts[0]["type"] == "input_text" else None
         if first is None:
-            parts.insert(0, _text("Error"))
-        elif not first["text"].startswith("Error"):
-            parts[0] = _text(f"Error: {first['text']}")
+            parts.insert(0, _text(error_text("")))
+        else:
+            parts[0] = _text(error_text(first["text"]))
     if all(p["type"] == "input_text" for p in parts):
         return "\n".join(p["text"] for p in parts)
     return parts
@@ -165,8 +165,8 @@ def _orphan_parts(block: ToolResultBlock) -> List[Part]:
     """A result with no call before it: user text (an output without its call is a 400)."""
     output = _tool_output(block)
     if isinstance(output, str):
-        return [_text(f"[tool_result {block.tool_use_id}] {output}".rstrip())]
-    parts: List[Part] = [_text(f"[tool_result {block.tool_use_id}]")]
+        return [_text(orphan_result(block.tool_use_id, output))]
+    parts: List[Part] = [_text(orphan_result(block.tool_use_id))]
     parts.extend(output)
     return parts
 
