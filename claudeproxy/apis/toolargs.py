@@ -187,25 +187,11 @@ class ArgsScan:
                     else:
                         state, safe = _AFTER, i
                     continue
-                if ch == "\\":
-                    if _PARTIAL_ESCAPE.match(buf, j).end() == n:  # type: ignore[union-attr]
-                        self.pending = buf[j:]  # it may still become a valid escape
-                        i = j
-                        break
-                    mended = "\\\\"  # an escape JSON does not know: its backslash as a character
-                else:
-                    mended = _control_escape(ch)  # a raw control character
-                if state == _IN_VALUE:
-                    self._pass(buf, mark, j)
-                    if self.keep:
-                        self.out.append(mended)
-                else:
-                    if safe > mark:
-                        self._pass(buf, mark, safe)
-                        mark = safe
-                    if self.keep:
-                        self.held += (buf[mark:j], mended)
-                mark = i = safe = j + 1
+                if ch == "\\" and _PARTIAL_ESCAPE.match(buf, j).end() == n:  # type: ignore[union-attr]
+                    self.pending = buf[j:]  # it may still become a valid escape
+                    i = j
+                    break
+                mark = i = safe = self._mend(buf, j, state == _IN_VALUE, mark, safe)
                 continue
             ch = buf[i]
             if ch in " \t\n\r":
@@ -278,6 +264,22 @@ class ArgsScan:
             mark = safe
         if self.keep and i > mark:
             self.held.append(buf[mark:i])
+
+    def _mend(self, buf: str, j: int, in_value: bool, mark: int, safe: int) -> int:
+        """``buf[j]`` inside a string, mended as it passes: an escape JSON does not know keeps its
+        backslash as a character, a raw control character is escaped. Returns where scanning goes on."""
+        mended = "\\\\" if buf[j] == "\\" else _control_escape(buf[j])
+        if in_value:
+            self._pass(buf, mark, j)
+            if self.keep:
+                self.out.append(mended)
+        else:
+            if safe > mark:
+                self._pass(buf, mark, safe)
+                mark = safe
+            if self.keep:
+                self.held += (buf[mark:j], mended)
+        return j + 1
 
     def _pass(self, buf: str, mark: int, end: int) -> None:
         """What is held and ``buf[mark:end]`` may be sent."""
