@@ -409,22 +409,11 @@ class MessagesFold(SSEFold):
     # ------------------------------------------------------------------
 
     def _on_event(self, event: ServerSentEvent) -> List[Event]:
-        try:
-            obj = loads_data(event.data)
-        except (ValueError, RecursionError):
-            obj = None
-        if not isinstance(obj, dict):
+        named = _named(event)
+        if named is None:
             return self._bad_event(event)
-        kind = obj.get("type") if isinstance(obj.get("type"), str) else event.event
-        if not _EVENT_NAME.match(kind):
-            # No type, or one that is no event name: it goes out as the "event:" line, where a
-            # line break would let the upstream write events the fold never checked or counted.
-            return self._bad_event(event)
+        kind, obj = named
         self.bad_events = 0
-        if obj.get("type") != kind:
-            # Named only by its "event:" line (or "type" is not a string): the payload carries the
-            # name it is handled by, so the client sees the same end the proxy counted.
-            obj = {**obj, "type": kind}
         if kind == "error" or event.event == "error":
             raise error_from_event(obj, self.secrets)
         if kind == "message_start":
@@ -614,6 +603,27 @@ def _merged_usage(held: Dict[str, Any], later: Dict[str, Any]) -> Dict[str, Any]
         elif key not in out or old is None or type(value) is int and type(old) is not int:
             out[key] = value
     return out
+
+
+def _named(event: ServerSentEvent) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """The event's kind and its object, whose "type" says that kind; None for one that is no JSON
+    object or has no kind fit to be an event name."""
+    try:
+        obj = loads_data(event.data)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    kind = obj.get("type") if isinstance(obj.get("type"), str) else event.event
+    if not _EVENT_NAME.match(kind):
+        # No type, or one that is no event name: it goes out as the "event:" line, where a
+        # line break would let the upstream write events the fold never checked or counted.
+        return None
+    if obj.get("type") != kind:
+        # Named only by its "event:" line (or "type" is not a string): the payload carries the
+        # name it is handled by, so the client sees the same end the proxy counted.
+        obj = {**obj, "type": kind}
+    return kind, obj
 
 
 def _broken_order(what: str) -> ProxyError:
