@@ -52,9 +52,9 @@ from .redact import (
     secret_forms,
 )
 from .relay import Relay
-from .replies import events_for_message, is_quota_probe, local_message
+from .replies import as_answered, events_for_message, is_quota_probe, local_message
 from .routing import Routed, Target, build_router
-from .tokens import Estimate, estimate_input, estimate_output_tokens, tools_chars
+from .tokens import Estimate, estimate_input, tools_chars
 from .tool_memo import ToolMemo
 from .upstream import POOL_IDLE_SECONDS, Upstream, UpstreamCall, read_json_body
 from .urls import messages_url, models_url
@@ -688,19 +688,13 @@ class Proxy:
             raise
         for warning in warnings:
             log.warning("%s", warning)
-        if api.translates:
-            # An id of its own, as a stream's (``_stream``): servers repeat theirs (Ollama's are
-            # chatcmpl-0 to -998), and Claude Code merges the answers that share one into one turn.
-            message = {**message, "id": "msg_" + new_id()}
         # A forwarded answer's usage is the upstream's own: the client's copy has 0 filled in where
         # it gave none (the SDKs need the fields), and those are no counts it reported.
         reported = message if api.translates else obj
-        if api.translates and not api.reports_usage(obj):
-            # No usage in the answer: the client gets the estimate a stream would give (Claude Code
-            # sizes its context by it; 0 would say an empty one), the record no count at all.
-            message = {**message, "usage": {**message["usage"], "input_tokens": self._estimate(req, record),
-                                            "output_tokens": estimate_output_tokens(message["content"])}}
-            reported = {}
+        if api.translates:
+            said = api.reports_usage(obj)
+            message = as_answered(message, "msg_" + new_id(), 0 if said else self._estimate(req, record), said)
+            reported = message if said else {}  # no usage in the answer: the record gets no count at all
         record.update(stop_reason=message.get("stop_reason"), **_usage_fields(reported.get("usage")))
         record["billed_cost"] = api.billed_cost(ex, obj)
         if _thinking_omitted(req):

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Tuple
 
 from .anthropic_types import MessagesRequest, TextBlock
 from .ids import new_id
+from .tokens import estimate_output_tokens
 
 Event = Dict[str, Any]
 
@@ -45,6 +46,18 @@ def local_message(model: str, text: str, stop_reason: str, usage: Tuple[int, int
             "output_tokens": usage[1],
         },
     }
+
+
+def as_answered(message: Dict[str, Any], message_id: str, input_tokens: int, reported: bool) -> Dict[str, Any]:
+    """A translated answer as the client gets it, whole or as a stream: with the proxy's own id, never
+    the upstream's (servers repeat theirs: Ollama's are chatcmpl-0 to -998, and Claude Code merges the
+    answers that share one into one turn); where the upstream reported no usage, with the estimate
+    (Claude Code sizes its context by it; 0s would say an empty one)."""
+    message = {**message, "id": message_id}
+    if not reported:
+        message["usage"] = {**message["usage"], "input_tokens": input_tokens,
+                            "output_tokens": estimate_output_tokens(message["content"])}
+    return message
 
 
 def message_start(message_id: str, model: str, input_tokens: int) -> Event:

@@ -29,11 +29,10 @@ from ...errors import (
     stream_error_event,
 )
 from ...ids import first_free
-from ...replies import events_for_message, message_start
+from ...replies import as_answered, events_for_message, message_start
 from ...signatures import encode_signature
 from ...skim import text_digest
 from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done, loads_data
-from ...tokens import estimate_output_tokens
 from ..growing import Growing
 from ..stops import first_stop, stop_prefix_len
 from ..names import client_tool_id
@@ -936,13 +935,8 @@ class ChatFold(SSEFold):
             local_stops=t.local_stops, thinking=t.thinking, history=t.history,
         )
         t.usage_in_json = reports_usage(obj)
-        # As a JSON answer gets (pipeline's _json): the stream's own id, never the upstream's (which
-        # servers repeat, and Claude Code merges answers sharing one), and where the answer reported
-        # no usage the estimate, not 0s; the record's usage stays unknown then (usage_so_far).
-        message["id"] = t.message_id
-        if not t.usage_in_json:
-            message["usage"] = {**message["usage"], "input_tokens": t.input_tokens,
-                                "output_tokens": estimate_output_tokens(message["content"])}
+        # As pipeline's _json; without usage in the answer the record's stays unknown (usage_so_far).
+        message = as_answered(message, t.message_id, t.input_tokens, t.usage_in_json)
         t.stop_reason, t.final_usage = message["stop_reason"], message["usage"]
         self._take_cost(obj)
         events = events_for_message(message)

@@ -40,11 +40,10 @@ from typing import Any, Deque, Dict, FrozenSet, List, Optional, Set, Tuple, Unio
 
 from ...errors import ProxyError, UpstreamUnavailable, stream_error_event
 from ...ids import first_free
-from ...replies import block_events, events_for_message, message_start
+from ...replies import as_answered, block_events, events_for_message, message_start
 from ...signatures import encode_signature
 from ...skim import LineSkimmer, Repeat, SkimmedLine, holds_repeat, restore, text_digest
 from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done, loads_data
-from ...tokens import estimate_output_tokens
 from ..names import client_tool_id
 from ..growing import Growing, LiveText
 from ..stops import first_stop, stop_prefix_len
@@ -267,12 +266,7 @@ class ResponsesFold(SSEFold):
             stop_sequences=self.stops, thinking=self.thinking, history=self.history,
         )
         reported = isinstance(obj, dict) and reports_usage(obj.get("usage"))
-        # As a JSON answer gets (pipeline's _json): the stream's own id, never the upstream's, and
-        # where the answer reported no usage the estimate, not 0s (the record's usage stays {}).
-        message["id"] = self.message_id
-        if not reported:
-            message["usage"] = {**message["usage"], "input_tokens": self.input_tokens,
-                                "output_tokens": estimate_output_tokens(message["content"])}
+        message = as_answered(message, self.message_id, self.input_tokens, bool(reported))  # as pipeline's _json
         events: List[Event] = []
         if not self.started:  # else start() already sent one (pings while the body was slow)
             self.started = True
