@@ -522,6 +522,20 @@ def _fail(message: str, environ: Mapping[str, str], stderr: TextIO, status: int)
     return status
 
 
+def _print_config(config: Config, path: Optional[str], environ: Mapping[str, str], stdout: TextIO) -> int:
+    """``run --print-config``: the proxy's settings, and the key the session's client would get."""
+    described = describe_config(config, path)
+    if not config.auth_key:  # the session's key (client_key): "none" would say any client gets in
+        users_own = environ.get("ANTHROPIC_AUTH_TOKEN", "").strip()
+        described["client_key"] = (f"{MASK} (from ANTHROPIC_AUTH_TOKEN)" if users_own
+                                   else "a new random key each run, given to COMMAND as ANTHROPIC_AUTH_TOKEN")
+    try:
+        print(json.dumps(described, indent=2), file=stdout)
+    except BrokenPipeError:  # piped into head: the reader has what it wanted
+        pass
+    return 0
+
+
 def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr: TextIO) -> int:
     """``claudeproxy run ...``: the command's exit status, or 2/127 for bad input (one line on stderr).
 
@@ -533,16 +547,7 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
     except cli.UsageError as exc:
         return _fail(str(exc), environ, stderr, 2)
     if ns.print_config:
-        described = describe_config(config, ns.config)
-        if not config.auth_key:  # the session's key (client_key): "none" would say any client gets in
-            users_own = environ.get("ANTHROPIC_AUTH_TOKEN", "").strip()
-            described["client_key"] = (f"{MASK} (from ANTHROPIC_AUTH_TOKEN)" if users_own
-                                       else "a new random key each run, given to COMMAND as ANTHROPIC_AUTH_TOKEN")
-        try:
-            print(json.dumps(described, indent=2), file=stdout)
-        except BrokenPipeError:  # piped into head: the reader has what it wanted
-            pass
-        return 0
+        return _print_config(config, ns.config, environ, stdout)
     try:
         cli.check_keys(config)
     except ValueError as exc:
