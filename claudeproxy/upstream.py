@@ -755,11 +755,17 @@ class _Tracked:
             return made[-1]
 
         self.response_class = response  # type: ignore[assignment]
+        host = self._tunnel_host  # type: ignore[has-type]
+        if ":" in host and not host.startswith("["):
+            # An IPv6 address goes in brackets (RFC 9110's authority form: "CONNECT [::1]:443"); before
+            # 3.12 http.client wrote it bare, which a strict proxy cannot tell from the port.
+            self._tunnel_host = f"[{host}]"
         try:
             super()._tunnel()
             if self.cp_call is not None:
                 self.cp_call.tunnelled = True  # the proxy said 200: what follows is the upstream's
         finally:
+            self._tunnel_host = host  # bare again, for the TLS handshake
             del self.response_class  # the class's own again, for the real response
             for resp in made:
                 resp.close()

@@ -808,3 +808,13 @@ def test_a_corporate_ca_without_key_usage_is_taken_on_every_python(make_proxy: A
             assert resp.status == 200, resp
     finally:
         upstream.close()
+
+
+def test_an_ipv6_upstream_is_named_in_brackets_in_connect(make_proxy: Any, refusing: Any) -> None:
+    """RFC 9110's authority form: "CONNECT [::1]:8443". Before 3.12 http.client wrote "CONNECT ::1:8443",
+    which a strict proxy cannot split into host and port (a probe)."""
+    outbound = refusing("403 Forbidden")
+    server = make_proxy(upstream="https://[::1]:8443/v1", proxy=f"http://127.0.0.1:{outbound.port}")
+    assert send(server).status == 502
+    [head] = outbound.heads
+    assert head.split("\r\n")[0] in ("CONNECT [::1]:8443 HTTP/1.0", "CONNECT [::1]:8443 HTTP/1.1"), head
