@@ -968,7 +968,20 @@ def check_settings(ns: argparse.Namespace, config: Config) -> None:
     if config.ca_bundle is not None:
         _no_special_file(config.ca_bundle, config.setting_name("ca_bundle"))
         tls_context(config.ca_bundle, config.setting_name("ca_bundle"))
+    elif any(p.url.lower().startswith("https:") for p in router.providers.values()):
+        _cert_file_exists(os.environ)
     check_usage_log(ns)
+
+
+def _cert_file_exists(environ: Mapping[str, str]) -> None:
+    """Where no --ca-bundle is given, Python's TLS reads CA certificates from the file SSL_CERT_FILE
+    names, when set (the process's own variable, as the calls see it): one that names nothing is a
+    CA the user meant to trust and is not, and every call to an https upstream it signs failed with
+    a hint at --ca-bundle alone."""
+    path = environ.get("SSL_CERT_FILE", "")
+    if path and not os.path.isfile(path):
+        raise ValueError(f"SSL_CERT_FILE {path}: no such file (Python's TLS reads the CA certificates for https "
+                         "upstreams there); correct or unset it, or give --ca-bundle")
 
 
 def _no_special_file(path: str, setting: str) -> None:
