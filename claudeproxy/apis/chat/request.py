@@ -35,7 +35,7 @@ from ...anthropic_types import (
 from ...dialects import Dialect, effort_for_budget
 from ...prompt_cache import strip_billing_header
 from ...schemas import clean_schema
-from ...signatures import decode_signature
+from ...signatures import decode_minted
 from ..names import tool_alias, tool_names, upstream_tool_id
 from ..user_text import (MISSING_RESULT, document_text, error_text, file_omitted, orphan_result, search_result_text,
                          tool_reference_text)
@@ -187,35 +187,26 @@ def _orphan_parts(block: ToolResultBlock, dialect: Dialect) -> List[Part]:
 # Assistant turns.
 
 
-def _restore_state(blocks: Tuple[Block, ...]) -> Dict[str, Any]:
-    """Provider state packed into the signatures of proxy-made thinking blocks."""
+def _restore_state(blocks: Tuple[Block, ...], dialect: Dialect) -> Dict[str, Any]:
+    """Provider state packed into the signatures of proxy-made thinking blocks.
+
+    Gemini's thought signatures of the turn's calls ("ts", by call id) come back to Gemini whoever's
+    answer carried them, to another dialect only when an answer under that same dialect did: a
+    Gemini behind a gateway, or Vertex AI's OpenAI endpoint, is detected as generic, and Gemini 3
+    refuses a call sent back without its signature; a dialect that never sent one never gets one
+    (OpenAI refuses the unknown field, after a session moved there from Gemini)."""
     state: Dict[str, Any] = {}
     for block in blocks:
         sig = block.signature if isinstance(block, ThinkingBlock) else None
         sig = block.data if isinstance(block, RedactedThinkingBlock) else sig
-        decoded = decode_signature(sig) if sig else None
-        if decoded:
-            state.update(decoded)
+        minted = decode_minted(sig) if sig else None
+        if minted is None:
+            continue
+        origin, decoded = minted
+        if "ts" in decoded and not (dialect.thought_signatures or origin == dialect.name):
+            decoded = {k: v for k, v in decoded.items() if k != "ts"}
+        state.update(decoded)
     return state
-
-
-def _thought_signatures(blocks: Tuple[Block, ...], dialect: Dialect) -> Dict[str, Any]:
-    """Gemini's thought signatures of the turn's calls, by call id: for Gemini, whoever's answer
-    carried them; for another dialect, only those an answer under that same dialect carried. A
-    Gemini behind a gateway, or Vertex AI's OpenAI endpoint, is detected as generic, and Gemini 3
-    refuses a call sent back without its signature; a dialect that never sent one never gets one
-    (OpenAI refuses the unknown field, after a session moved there from Gemini)."""
-    if not any(isinstance(b, ToolUseBlock) for b in blocks):
-        return {}
-    minted_by = None if dialect.thought_signatures else dialect.name
-    signatures: Dict[str, Any] = {}
-    for block in blocks:
-        sig = block.signature if isinstance(block, ThinkingBlock) else None
-        sig = block.data if isinstance(block, RedactedThinkingBlock) else sig
-        state = decode_signature(sig, minted_by) if sig else None
-        if state and isinstance(state.get("ts"), dict):
-            signatures.update(state["ts"])
-    return signatures
 
 
 def _reasoning_for(blocks: Tuple[Block, ...], has_tools: bool, dialect: Dialect) -> Tuple[Optional[str], Optional[str]]:
@@ -237,9 +228,9 @@ def _tool_call(block: ToolUseBlock, dialect: Dialect, signatures: Dict[str, Any]
 
 def _assistant_message(message: Message, dialect: Dialect, is_last: bool) -> ChatMessage:
     blocks = message.content
-    state = _restore_state(blocks)
+    state = _restore_state(blocks, dialect)
     texts = [b.text for b in blocks if isinstance(b, TextBlock) and b.text]
-    signatures = _thought_signatures(blocks, dialect)
+    signatures = state.get("ts") if isinstance(state.get("ts"), dict) else {}
     calls = tuple(_tool_call(b, dialect, signatures) for b in blocks if isinstance(b, ToolUseBlock))
     content: Any = "\n\n".join(texts) if texts else None
     if content is None and not calls:
