@@ -77,10 +77,8 @@ class Dialect:
     structured_output: str = "json_schema"
     # Stream requests that carry tools; False = call non-streaming and synthesise the stream.
     stream_with_tools: bool = True
-    # Echo Gemini's thought_signature on assistant tool calls (extra_content.google), whichever
-    # dialect's answer carried it; without this, a dialect echoes only those its own answers
-    # carried (a Gemini behind a gateway): others may reject the unknown field, e.g. after a
-    # session moves from Gemini to OpenAI.
+    # Echo Gemini's thought_signature on assistant tool calls (extra_content.google). Other
+    # servers may reject the unknown field, e.g. after a session moves from Gemini to OpenAI.
     thought_signatures: bool = False
     # The Responses API here runs OpenAI's hosted web_search tool (Azure refuses it:
     # "Hosted tool 'web_search_preview' is not supported", RESPONSES.md 7.10).
@@ -214,6 +212,10 @@ MODEL_RULES: Tuple[Tuple[Tuple[str, ...], str, Dict[str, object]], ...] = (
     # OpenAI's chat models behind a URL the dialects do not know (a gateway, a local relay) refuse
     # reasoning_effort as on OpenAI: each session would pay a refused round trip to learn it.
     (("generic",), r"^(openai/)?(gpt-4|gpt-3\.5|chatgpt-)", {"reasoning": "none"}),
+    # Gemini behind a gateway (LiteLLM, Vertex AI's OpenAI endpoint: google/gemini-3-pro) sends its
+    # calls' thought signatures as Google's own endpoint does, and Gemini 3 refuses a call sent back
+    # without its own; the gateway's other models (gpt-4.1) must not get them (OpenAI refuses the field).
+    (("generic",), r"(?i)(^|/)gemini-", {"thought_signatures": True}),
     # Kimi's thinking models (kimi-k2-thinking, kimi-k2.5, kimi-k2.6...); moonshot-v1 models never think.
     # The thinking switch is Kimi K2.5's and later's (platform.kimi.ai/docs/api/models-overview), and
     # they take only temperature 1 ("invalid temperature: only 1 is allowed for this model").

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 PREFIX = "cpx1."
 
@@ -30,14 +30,6 @@ def decode_signature(signature: Any, api: Optional[str] = None) -> Optional[Dict
     upstream API) is foreign too: an OpenAI Responses blob must never be sent
     as if it came from elsewhere, nor the other way round (RESPONSES.md 7.2).
     """
-    minted = decode_minted(signature)
-    if minted is None or (api is not None and minted[0] != api):
-        return None
-    return minted[1]
-
-
-def decode_minted(signature: Any) -> Optional[Tuple[Any, Dict[str, Any]]]:
-    """(the name it was minted under, the provider state) of a proxy signature; None for foreign or broken ones."""
     # The value comes from client JSON: anything but a string is foreign too.
     if not isinstance(signature, str) or not signature.startswith(PREFIX):
         return None
@@ -47,7 +39,7 @@ def decode_minted(signature: Any) -> Optional[Tuple[Any, Dict[str, Any]]]:
         obj = json.loads(raw.decode("ascii"))
     except (ValueError, binascii.Error, RecursionError):
         return None
-    if not isinstance(obj, dict):
+    if not isinstance(obj, dict) or (api is not None and obj.get("p") != api):
         return None
     state = obj.get("d")
-    return obj.get("p"), state if isinstance(state, dict) else {}
+    return state if isinstance(state, dict) else {}

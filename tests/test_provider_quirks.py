@@ -397,12 +397,13 @@ def test_thinking_display_omitted_gives_blocks_without_their_text(make_proxy: An
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-def test_a_thought_signature_goes_back_to_the_dialect_that_sent_it(make_proxy: Any, fake_upstream: FakeUpstream,
-                                                                   stream: bool) -> None:
+def test_a_gemini_behind_a_gateway_gets_its_thought_signatures_back(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                                    stream: bool) -> None:
     """Gemini behind a gateway, or Vertex AI's OpenAI endpoint, is detected as generic: its calls'
     thought signatures were kept in the carrier block but never sent back, and Gemini 3 refuses a
-    call without its own (a probe). They go back to the dialect whose answer carried them, and to
-    Gemini's; not to OpenAI, which refuses the unknown field."""
+    call without its own (a probe). A Gemini model gets them under any dialect, its carrier block
+    before its calls, streamed or not; the gateway's GPT model does not (OpenAI refuses the field,
+    a review found one gateway serving both)."""
     call = {"id": "function-call-1", "type": "function", "function": {"name": "get_weather", "arguments": '{"c":1}'},
             "extra_content": {"google": {"thought_signature": "sigG=="}}}
     if stream:
@@ -412,19 +413,22 @@ def test_a_thought_signature_goes_back_to_the_dialect_that_sent_it(make_proxy: A
         fake_upstream.push(json_reply(completion(None, finish="stop", tool_calls=[call])))
     tools = [{"name": "get_weather", "input_schema": {"type": "object"}}]
     first = minimal_request(stream=stream, tools=tools)
-    resp = ask(make_proxy(upstream=fake_upstream.url, model="gemini-3-pro-preview"), first)
+    resp = ask(make_proxy(upstream=fake_upstream.url, model="google/gemini-3-pro-preview"), first)
     assert resp.status == 200, resp
     content = final_message(events_of(resp.body))["content"] if stream else resp.json["content"]
+    assert [b["type"] for b in content] == ["thinking", "tool_use"]
     call_id = next(b["id"] for b in content if b["type"] == "tool_use")
     history = first["messages"] + [{"role": "assistant", "content": content},
                                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call_id,
                                                                  "content": "sunny"}]}]
     echoed = {}
-    for provider in ("generic", "gemini", "openai"):
+    for provider, model in (("generic", "gemini-3-pro-preview"), ("generic", "gpt-4.1"), ("gemini", "gemini-3-pro"),
+                            ("openai", "gpt-4.1")):
         fake_upstream.push(json_reply(completion("Sunny.")))
-        proxy = make_proxy(upstream=fake_upstream.url, provider=provider, model="gemini-3-pro-preview")
+        proxy = make_proxy(upstream=fake_upstream.url, provider=provider, model=model)
         assert ask(proxy, minimal_request(tools=tools, messages=history)).status == 200
         sent_call = [m for m in fake_upstream.last.json["messages"] if m.get("tool_calls")][0]["tool_calls"][0]
-        echoed[provider] = sent_call.get("extra_content")
+        echoed[provider, model] = sent_call.get("extra_content")
     signature = {"google": {"thought_signature": "sigG=="}}
-    assert echoed == {"generic": signature, "gemini": signature, "openai": None}
+    assert echoed == {("generic", "gemini-3-pro-preview"): signature, ("generic", "gpt-4.1"): None,
+                      ("gemini", "gemini-3-pro"): signature, ("openai", "gpt-4.1"): None}

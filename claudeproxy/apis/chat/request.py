@@ -35,7 +35,7 @@ from ...anthropic_types import (
 from ...dialects import Dialect, effort_for_budget
 from ...prompt_cache import strip_billing_header
 from ...schemas import clean_schema
-from ...signatures import decode_minted
+from ...signatures import decode_signature
 from ..names import tool_alias, tool_names, upstream_tool_id
 from ..user_text import (MISSING_RESULT, document_text, error_text, file_omitted, orphan_result, search_result_text,
                          tool_reference_text)
@@ -187,25 +187,15 @@ def _orphan_parts(block: ToolResultBlock, dialect: Dialect) -> List[Part]:
 # Assistant turns.
 
 
-def _restore_state(blocks: Tuple[Block, ...], dialect: Dialect) -> Dict[str, Any]:
-    """Provider state packed into the signatures of proxy-made thinking blocks.
-
-    Gemini's thought signatures of the turn's calls ("ts", by call id) come back to Gemini whoever's
-    answer carried them, to another dialect only when an answer under that same dialect did: a
-    Gemini behind a gateway, or Vertex AI's OpenAI endpoint, is detected as generic, and Gemini 3
-    refuses a call sent back without its signature; a dialect that never sent one never gets one
-    (OpenAI refuses the unknown field, after a session moved there from Gemini)."""
+def _restore_state(blocks: Tuple[Block, ...]) -> Dict[str, Any]:
+    """Provider state packed into the signatures of proxy-made thinking blocks."""
     state: Dict[str, Any] = {}
     for block in blocks:
         sig = block.signature if isinstance(block, ThinkingBlock) else None
         sig = block.data if isinstance(block, RedactedThinkingBlock) else sig
-        minted = decode_minted(sig) if sig else None
-        if minted is None:
-            continue
-        origin, decoded = minted
-        if "ts" in decoded and not (dialect.thought_signatures or origin == dialect.name):
-            decoded = {k: v for k, v in decoded.items() if k != "ts"}
-        state.update(decoded)
+        decoded = decode_signature(sig) if sig else None
+        if decoded:
+            state.update(decoded)
     return state
 
 
@@ -228,10 +218,10 @@ def _tool_call(block: ToolUseBlock, dialect: Dialect, signatures: Dict[str, Any]
 
 def _assistant_message(message: Message, dialect: Dialect, is_last: bool) -> ChatMessage:
     blocks = message.content
-    state = _restore_state(blocks, dialect)
+    state = _restore_state(blocks)
     texts = [b.text for b in blocks if isinstance(b, TextBlock) and b.text]
-    signatures = state.get("ts") if isinstance(state.get("ts"), dict) else {}
-    calls = tuple(_tool_call(b, dialect, signatures) for b in blocks if isinstance(b, ToolUseBlock))
+    thought_signatures = state.get("ts", {}) if dialect.thought_signatures else {}
+    calls = tuple(_tool_call(b, dialect, thought_signatures) for b in blocks if isinstance(b, ToolUseBlock))
     content: Any = "\n\n".join(texts) if texts else None
     if content is None and not calls:
         content = ""
