@@ -885,6 +885,17 @@ def _calls_of(fragments: List[Dict[str, Any]]) -> List[Any]:
     ([{"function": {"name": "Read", "arguments": '{"pa'}}, {"function": {"arguments": 'th": "b"}'}}],
      [("Read", {"path": "a"}), ("Read", {"path": "b"})]),
     ([{"function": {"arguments": '{"path": "b"}'}}], [("Read", {"path": "a"})]),
+    # The same call resent in pieces looks like another object at first: one that closes as the same
+    # object is that call again (a review found each of these made two calls, the tool run twice).
+    ([{"function": {"name": "Read", "arguments": ""}}, {"function": {"arguments": '{"path": '}},
+      {"function": {"arguments": '"a"}'}}], [("Read", {"path": "a"})]),
+    ([{"function": {"name": "Read", "arguments": '{"path": '}}, {"function": {"name": "Read", "arguments": '"a"}'}}],
+     [("Read", {"path": "a"})]),
+    ([{"function": {"name": "Read", "arguments": "{"}}, {"function": {"name": "Read", "arguments": '"path": "a"}'}}],
+     [("Read", {"path": "a"})]),
+    ([{"function": {"name": "Read", "arguments": '{ "path": "a" }<|call|>'}}], [("Read", {"path": "a"})]),
+    ([{"function": {"name": "Read", "arguments": '{"path": '}}, {"function": {"name": "Read", "arguments": '"b"}'}}],
+     [("Read", {"path": "a"}), ("Read", {"path": "b"})]),
 ])
 def test_a_call_at_a_reused_index_without_an_id(rest: List[Dict[str, Any]], calls: List[Any]) -> None:
     first = {"id": "call_1", "function": {"name": "Read", "arguments": '{"path": "a"}'}}

@@ -101,6 +101,9 @@ class _Tool:
     # A fragment named this tool again, with no arguments, after they closed: the head of another
     # call to the same tool, or a repeat; the arguments that follow tell (``ended_before``).
     named_again: bool = False
+    # The call of the same tool this one was split from (``ended_before``): a resend of it in pieces
+    # looks like another object at first; one that closes as the same object is dropped (``repeats``).
+    split_from: Optional["_Tool"] = None
 
     @property
     def args(self) -> str:
@@ -148,6 +151,18 @@ class _Tool:
             return True
         return bool((name or self.named_again) and arguments and _OBJECT_START_RE.match(arguments)
                     and self._another_object(arguments))
+
+    @property
+    def repeats(self) -> bool:
+        """Split off from a call of the same tool, and closed as the same object after all: that
+        call resent in pieces, not another (running a tool twice is worse than missing a call)."""
+        first = self.split_from
+        if first is None or not self.whole or first.name != self.name:
+            return False
+        if first.digest is not None:  # its text was let go: the same text is the same object
+            return self.size == first.size and text_digest(self.args) == first.digest.digest()
+        mine = _first_object(self.args)
+        return mine is not None and mine == _first_object(first.args)
 
     def _another_object(self, fragment: str) -> bool:
         """``fragment`` begins an object that is not these arguments again (``add_fragment``'s repeats)."""
@@ -442,7 +457,7 @@ class StreamTranslator:
         if self.done:
             return []
         events = self._flush_pending()
-        buffered = [t for t in self.tools if not t.live and t.name]
+        buffered = [t for t in self.tools if not t.live and t.name and not t.repeats]
         events += self._settle_stop(last_is_text=not buffered)
         for tool in buffered:
             tool.shown = self._unique_id(tool)
@@ -612,9 +627,13 @@ class StreamTranslator:
                         break  # same index, new id: a distinct call
                     if not call.id and tool.ended_before(call.name, call.arguments):
                         # No id, but another tool's name, or another object, after this call closed.
-                        return self._new_tool(call.index, tool.name if not call.name else "")
-                    if not call.id and call.name == tool.name and not call.arguments and tool.scan.closed:
-                        tool.named_again = True
+                        new = self._new_tool(call.index, tool.name if not call.name else "")
+                        new.split_from = tool if new.name == tool.name or call.name == tool.name else None
+                        return new
+                    if not call.id and tool.scan.closed:
+                        # A name alone after the arguments closed may head another call to this tool:
+                        # the next fragment's arguments tell.
+                        tool.named_again = call.name == tool.name and not call.arguments
                     return tool
             return self._new_tool(call.index)
         last = self.tools[-1] if self.tools else None
