@@ -826,7 +826,7 @@ def start_warnings(server: ProxyServer, environ: Mapping[str, str]) -> List[str]
     """The settings that add up to something the operator did not mean: logged at start, and
     ``run`` prints them on the terminal too."""
     return (unmatched_routes(server) + shadowed_routes(server) + unserved_families(server) + keyless_upstreams(server)
-            + passed_over_keys(server, environ) + unused_proxies(server, environ))
+            + passed_over_keys(server, environ) + unused_proxies(server, environ) + missing_cert_file(server, os.environ))
 
 
 def unserved_families(server: ProxyServer) -> List[str]:
@@ -968,20 +968,20 @@ def check_settings(ns: argparse.Namespace, config: Config) -> None:
     if config.ca_bundle is not None:
         _no_special_file(config.ca_bundle, config.setting_name("ca_bundle"))
         tls_context(config.ca_bundle, config.setting_name("ca_bundle"))
-    elif any(p.url.lower().startswith("https:") for p in router.providers.values()):
-        _cert_file_exists(os.environ)
     check_usage_log(ns)
 
 
-def _cert_file_exists(environ: Mapping[str, str]) -> None:
-    """Where no --ca-bundle is given, Python's TLS reads CA certificates from the file SSL_CERT_FILE
-    names, when set (the process's own variable, as the calls see it): one that names nothing is a
-    CA the user meant to trust and is not, and every call to an https upstream it signs failed with
-    a hint at --ca-bundle alone."""
+def missing_cert_file(server: ProxyServer, environ: Mapping[str, str]) -> List[str]:
+    """A line when SSL_CERT_FILE names no file, where an upstream is https and no --ca-bundle is
+    given: Python's TLS reads the CA file there, so a CA the user meant to trust is not (every call
+    to an upstream it signs failed, with a hint at --ca-bundle alone). Not a refusal to start: the
+    system's CA folder is still read, and may hold what the upstream needs."""
     path = environ.get("SSL_CERT_FILE", "")
-    if path and not os.path.isfile(path):
-        raise ValueError(f"SSL_CERT_FILE {path}: no such file (Python's TLS reads the CA certificates for https "
-                         "upstreams there); correct or unset it, or give --ca-bundle")
+    https = any(p.url.lower().startswith("https:") for p in server.proxy.router.providers.values())
+    if not path or os.path.isfile(path) or not https or server.config.ca_bundle is not None:
+        return []
+    return [f"SSL_CERT_FILE {path} names no file: the CA certificates meant to be read there are not "
+            "(Python's TLS reads them there for https upstreams); correct or unset it, or give --ca-bundle"]
 
 
 def _no_special_file(path: str, setting: str) -> None:
