@@ -276,7 +276,7 @@ def shown_url(url: str) -> str:
     return redact_url(url)
 
 
-def check_proxy_url(value: str, setting: str) -> str:
+def check_proxy_url(value: str, setting: str, port_needed: bool = True) -> str:
     """An outbound proxy's URL: http:// only; ``user:password@`` allowed, the only way to give them.
 
     urllib cannot speak TLS to a proxy: with https:// the CONNECT, credentials and all, would go
@@ -303,9 +303,9 @@ def check_proxy_url(value: str, setting: str) -> str:
         # http://user:12/pass@host parses as the host "user" on port 12, the password in the path.
         raise ValueError(f"{setting}: an \"@\" after the proxy's host (got {shown_url(url)!r}): percent-encode "
                          "\"/\", \"?\", \"#\" and \"@\" in the user and password")
-    if rest.port is None:
+    if rest.port is None and port_needed:
         # urllib would take the upstream's default port: the CONNECT for an https upstream, password
-        # and all, in clear text to the proxy host's port 443, and an http one to its port 80.
+        # and all, in clear text to the proxy host's port 443 (an http one's to port 80, as intended).
         raise ValueError(f"{setting}: the proxy URL has no port (got {shown_url(url)!r}); "
                          "give the proxy's, as in http://proxy.corp.example:3128 (3128 and 8080 are common)")
     return checked
@@ -351,7 +351,9 @@ def env_proxies(environ: Mapping[str, str]) -> Tuple[Dict[str, str], str]:
     for scheme in ("http", "https"):
         name, value = _env_var(environ, f"{scheme}_proxy")
         if value:
-            proxies[scheme] = check_proxy_url(value if "://" in value else "http://" + value, name)
+            # HTTP_PROXY serves http upstreams alone: without a port it is port 80, as urllib reads it.
+            proxies[scheme] = check_proxy_url(value if "://" in value else "http://" + value, name,
+                                              port_needed=scheme == "https")
     return proxies, _env_var(environ, "no_proxy")[1]
 
 

@@ -335,6 +335,8 @@ def test_a_proxy_url_without_a_port_stops_the_start(url: str, tmp_path: Any) -> 
     path = write_config(tmp_path, {"proxy": url})
     one_error_line(*run_main(["--config", path]), f"--config {path}: proxy: {said}")
     one_error_line(*run_main(["--use-env-proxy"], {"HTTPS_PROXY": url}), said)
+    # HTTP_PROXY serves http upstreams alone: port 80, as urllib reads it (a review).
+    assert run_main(["--use-env-proxy"], {"HTTP_PROXY": url})[0] == 0
     with pytest.raises(ValueError, match="the proxy URL has no port"):
         claudeproxy.start(upstream="http://127.0.0.1:9/v1", proxy=url)
 
