@@ -347,6 +347,19 @@ def test_a_refused_temperature_is_dropped_and_remembered_for_the_model(make_prox
     assert [r.json.get("temperature") for r in fake_upstream.requests[-3:]] == [0.7, None, None]
 
 
+@pytest.mark.parametrize("choice, sent", [({"type": "auto"}, ["auto", None]), ({"type": "any"}, ["required"])])
+def test_a_refused_tool_choice_is_dropped_only_as_auto(make_proxy: Any, fake_upstream: Any, choice: Any,
+                                                      sent: Any) -> None:
+    """As on Chat Completions: auto means what none means, a forced choice is the client's."""
+    server = make_proxy(upstream_api="responses", model="prod-deploy")
+    refusal = {"error": {"message": "Unsupported parameter: 'tool_choice'.", "type": "invalid_request_error"}}
+    fake_upstream.push(json_reply(refusal, status=400), json_reply(json.loads(read("responses", "text.response.json"))))
+    tools = [{"name": "read", "description": "read a file", "input_schema": {"type": "object", "properties": {}}}]
+    resp = request(server.url, "POST", "/v1/messages", ask(tools=tools, tool_choice=choice), HEADERS)
+    assert resp.status == (200 if len(sent) == 2 else 400), resp
+    assert [r.json.get("tool_choice") for r in fake_upstream.requests] == sent
+
+
 def test_a_two_mb_write_survives_the_done_events_that_repeat_its_arguments(proxy: Any, fake_upstream: Any) -> None:
     """OpenAI repeats a call's whole arguments in ``function_call_arguments.done``,
     ``output_item.done`` and ``response.completed``, one SSE line each. Past the 1 MiB line

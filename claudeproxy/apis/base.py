@@ -199,5 +199,6 @@ class RefusedFields:
             return False
         with self._lock:
             remember(self._by_model, key, self._by_model.get(key, frozenset()) | frozenset(named))
-        log.warning("%s refused %s: sent without from now on", label, ", ".join(named))
+        shown = [f"{f} {self._only_as[f]!r}" if f in self._only_as else f for f in named]  # tool_choice 'auto'
+        log.warning("%s refused %s: sent without from now on", label, ", ".join(shown))
         return True
