@@ -896,6 +896,17 @@ def _calls_of(fragments: List[Dict[str, Any]]) -> List[Any]:
     ([{"function": {"name": "Read", "arguments": '{ "path": "a" }<|call|>'}}], [("Read", {"path": "a"})]),
     ([{"function": {"name": "Read", "arguments": '{"path": '}}, {"function": {"name": "Read", "arguments": '"b"}'}}],
      [("Read", {"path": "a"}), ("Read", {"path": "b"})]),
+    # A call resent after another (the whole list resent), or resent and cut off: still one each
+    # (a second review). Objects are told apart as JSON: true is no 1.
+    ([{"function": {"name": "Read", "arguments": '{"path": "b"}'}}, {"function": {"name": "Read", "arguments": '{"path": "a"}'}}],
+     [("Read", {"path": "a"}), ("Read", {"path": "b"})]),
+    ([{"function": {"name": "Bash", "arguments": '{"cmd": "ls"}'}}, {"function": {"name": "Read", "arguments": '{"path": "a"}'}},
+      {"function": {"name": "Bash", "arguments": '{"cmd": "ls"}'}}], [("Read", {"path": "a"}), ("Bash", {"cmd": "ls"})]),
+    ([{"function": {"name": "Read", "arguments": '{"path": '}}, {"function": {"arguments": '"a"'}}], [("Read", {"path": "a"})]),
+    ([{"function": {"name": "Read", "arguments": '{"path": true}'}}], [("Read", {"path": "a"}), ("Read", {"path": True})]),
+    # A blank fragment between a name alone and the next call's arguments leaves the name standing.
+    ([{"function": {"name": "Read", "arguments": ""}}, {"function": {"arguments": " "}}, {"function": {}},
+      {"function": {"arguments": '{"path": "b"}'}}], [("Read", {"path": "a"}), ("Read", {"path": "b"})]),
 ])
 def test_a_call_at_a_reused_index_without_an_id(rest: List[Dict[str, Any]], calls: List[Any]) -> None:
     first = {"id": "call_1", "function": {"name": "Read", "arguments": '{"path": "a"}'}}

@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import re
-from typing import Any, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from ...cost import billed_cost
 from ...errors import (
@@ -101,9 +101,9 @@ class _Tool:
     # A fragment named this tool again, with no arguments, after they closed: the head of another
     # call to the same tool, or a repeat; the arguments that follow tell (``ended_before``).
     named_again: bool = False
-    # The call of the same tool this one was split from (``ended_before``): a resend of it in pieces
-    # looks like another object at first; one that closes as the same object is dropped (``repeats``).
-    split_from: Optional["_Tool"] = None
+    # Split off at a reused index without an id (``ended_before``): a call resent in pieces looks
+    # like another at first; one that repeats an earlier call is dropped at the end (``_kept_calls``).
+    split_off: bool = False
 
     @property
     def args(self) -> str:
@@ -152,17 +152,19 @@ class _Tool:
         return bool((name or self.named_again) and arguments and _OBJECT_START_RE.match(arguments)
                     and self._another_object(arguments))
 
-    @property
-    def repeats(self) -> bool:
-        """Split off from a call of the same tool, and closed as the same object after all: that
-        call resent in pieces, not another (running a tool twice is worse than missing a call)."""
-        first = self.split_from
-        if first is None or not self.whole or first.name != self.name:
-            return False
-        if first.digest is not None:  # its text was let go: the same text is the same object
-            return self.size == first.size and text_digest(self.args) == first.digest.digest()
-        mine = _first_object(self.args)
-        return mine is not None and mine == _first_object(first.args)
+    def key(self) -> Any:
+        """What tells this call from another of its tool: its arguments' object as canonical JSON
+        (``true`` is no ``1``), repaired as the client would get it where they were cut; past
+        KEEP_LIVE_TEXT their digest (a live call's text is let go there). None without a name."""
+        if not self.name:
+            return None
+        if self.digest is not None:
+            return self.name, self.size, self.digest.digest()
+        text = self.args
+        if self.size > KEEP_LIVE_TEXT:
+            return self.name, self.size, text_digest(text)
+        obj = _first_object(text) if self.whole else normalize_arguments(text, True)[0]
+        return self.name, json.dumps(obj, sort_keys=True, ensure_ascii=False)
 
     def _another_object(self, fragment: str) -> bool:
         """``fragment`` begins an object that is not these arguments again (``add_fragment``'s repeats)."""
@@ -457,7 +459,7 @@ class StreamTranslator:
         if self.done:
             return []
         events = self._flush_pending()
-        buffered = [t for t in self.tools if not t.live and t.name and not t.repeats]
+        buffered = self._kept_calls()
         events += self._settle_stop(last_is_text=not buffered)
         for tool in buffered:
             tool.shown = self._unique_id(tool)
@@ -628,12 +630,13 @@ class StreamTranslator:
                     if not call.id and tool.ended_before(call.name, call.arguments):
                         # No id, but another tool's name, or another object, after this call closed.
                         new = self._new_tool(call.index, tool.name if not call.name else "")
-                        new.split_from = tool if new.name == tool.name or call.name == tool.name else None
+                        new.split_off = True
                         return new
-                    if not call.id and tool.scan.closed:
+                    blank = not (call.arguments or "").strip()
+                    if not call.id and tool.scan.closed and (call.name or not blank):
                         # A name alone after the arguments closed may head another call to this tool:
-                        # the next fragment's arguments tell.
-                        tool.named_again = call.name == tool.name and not call.arguments
+                        # the next fragment with arguments tells.
+                        tool.named_again = call.name == tool.name and blank
                     return tool
             return self._new_tool(call.index)
         last = self.tools[-1] if self.tools else None
@@ -646,6 +649,21 @@ class StreamTranslator:
         if call.name and last.name and (call.name != last.name or last.scan.closed):
             return self._new_tool(None)
         return last
+
+    def _kept_calls(self) -> List[_Tool]:
+        """The calls still to place, at the end: named, not live, and not a call split off at a
+        reused index without an id that repeats an earlier one (``_Tool.key``): that call resent,
+        whole or in pieces, after other calls too. Running a tool twice is worse than missing a call."""
+        seen: Set[Any] = set()
+        kept: List[_Tool] = []
+        for tool in self.tools:
+            key = tool.key() if tool.name else None
+            if tool.split_off and key in seen:
+                continue
+            seen.add(key)
+            if not tool.live and tool.name:
+                kept.append(tool)
+        return kept
 
     def _new_tool(self, index: Optional[int], name: str = "") -> _Tool:
         # Only the first call can go live: the others' scans need not collect the text to send.
