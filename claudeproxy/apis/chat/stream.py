@@ -654,6 +654,8 @@ class StreamTranslator:
         """The calls still to place, at the end: named, not live, and not a call split off at a
         reused index without an id that repeats an earlier one (``_Tool.key``): that call resent,
         whole or in pieces, after other calls too. Running a tool twice is worse than missing a call."""
+        if not any(tool.split_off for tool in self.tools):  # most turns: no call's object is read again
+            return [tool for tool in self.tools if not tool.live and tool.name]
         seen: Set[Any] = set()
         kept: List[_Tool] = []
         for tool in self.tools:
