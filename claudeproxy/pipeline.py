@@ -690,7 +690,7 @@ class Proxy:
             log.warning("%s", warning)
         # A forwarded answer's usage is the upstream's own: the client's copy has 0 filled in where
         # it gave none (the SDKs need the fields), and those are no counts it reported.
-        reported = message if api.translates else obj
+        reported = obj
         if api.translates:
             said = api.reports_usage(obj)
             message = as_answered(message, "msg_" + new_id(), 0 if said else self._estimate(req, record), said)
