@@ -1322,6 +1322,9 @@ def _proxys_answer(status: int, body: bytes, headers: Any, req: urllib.request.R
     text = redact_text(" ".join(body_text(body, headers).split()), secrets)[:200]  # masked, then cut
     said = f"{status} {http.client.responses.get(status, '')}".strip() + (f": {text}" if text else "")
     policy = status == 403 or status < 400  # the same on every try: its rule, its login page
+    location = headers.get("Location") if status < 400 and headers is not None else None
+    if location:  # a portal's page, or the upstream's own move to https: the address tells which
+        said += f", to {quoted(redact_url(location, secrets), 200)}"
     why = (f"its policy may not allow {host}" if status == 403 else
            "it may want a login first (a portal's redirect)" if status < 400 else f"it may not have reached {host}")
     return UpstreamUnavailable(redact_text(f"the outbound proxy at {proxy} may have answered for the upstream at "

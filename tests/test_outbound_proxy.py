@@ -471,6 +471,20 @@ def test_a_forwarding_proxys_own_answer_names_the_proxy_not_the_key(make_proxy: 
     assert request(server.url, "GET", "/v1/usage").json["totals"]["unpriced_requests"] == 0
 
 
+def test_a_redirect_through_a_forwarding_proxy_says_where_it_goes(make_proxy: Any, refusing: Any) -> None:
+    """A portal's login page or the upstream's own move to https: the address tells which (a review:
+    "may want a login first" alone blamed the proxy for an upstream that moved)."""
+    outbound = refusing("301 Moved Permanently", b"<html>moved</html>")
+    moved = b"Location: https://api.example.test/v1/chat/completions?key=" + PASSWORD.encode()
+    outbound.answer = outbound.answer.replace(b"\r\n\r\n", b"\r\n" + moved + b"\r\n\r\n", 1)
+    server = make_proxy(upstream=NAMED_UPSTREAM["http"], proxy=f"http://bob:{PASSWORD}@127.0.0.1:{outbound.port}")
+    resp = send(server)
+    assert resp.status == 502 and resp.headers.get("x-should-retry") == "false", resp
+    message = error_of(resp)["message"]
+    assert "(301 Moved Permanently: <html>moved</html>, to 'https://api.example.test/v1/chat/completions?key=" in message
+    assert PASSWORD not in message
+
+
 def test_a_forwarding_proxys_own_5xx_keeps_its_retry_after(make_proxy: Any, refusing: Any) -> None:
     # Whoever wrote the page, the wait it asks for reaches the client, as the upstream's own would.
     outbound = refusing("503 Service Unavailable", b"busy")
