@@ -1343,7 +1343,9 @@ def _transport_error(exc: BaseException, call: UpstreamCall, req: urllib.request
         return UpstreamTimeout(f"upstream sent nothing for {call.idle_timeout or 0:g} s")
     detail = redact_text(f"{type(reason).__name__}: {reason}", secrets)
     parts = urlsplit(req.full_url)
-    host = (parts.hostname or "?") + (f":{parts.port}" if parts.port else "")  # which of several local servers
+    name = parts.hostname or "?"
+    name = f"[{name}]" if ":" in name else name  # an IPv6 address, told from its port
+    host = name + (f":{parts.port}" if parts.port else "")  # which of several local servers
     proxy = _proxy_of(req)
     if proxy is not None:
         return _proxy_failure(reason, call, req, proxy, host, detail)

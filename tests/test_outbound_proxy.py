@@ -853,3 +853,9 @@ def test_an_ssl_cert_file_that_names_nothing_is_said_at_start(make_proxy: Any, m
         server = make_proxy(**settings)
         warned[name] = [line for line in cli.start_warnings(server.server, {}) if "SSL_CERT_FILE" in line]
     assert warned == {"https": said, "http": [], "bundle": []}
+
+def test_an_unreachable_ipv6_upstream_is_named_in_brackets(make_proxy: Any, refused_port: int) -> None:
+    """"could not reach the upstream at ::1:PORT" could not be told from its port (a probe)."""
+    server = make_proxy(upstream=f"http://[::1]:{refused_port}/v1")
+    message = error_of(send(server))["message"]
+    assert f"the upstream at [::1]:{refused_port}" in message, message
