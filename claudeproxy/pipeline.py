@@ -119,7 +119,7 @@ class Proxy:
                                      sorted({p.api for p in self.router.providers.values()})}
         self._caps: Dict[Tuple[str, str], int] = {}
         self._lock = threading.Lock()
-        self._warned: Set[str] = set()  # translation warnings already logged at WARNING level
+        self._warned: Set[Any] = set()  # what was logged once already: warnings, or keys for them (a cap)
         self._random = random.Random()  # backoff jitter
         self.calibration = TokenCalibration()  # count_tokens and message_start learn per model
         # Credentials written into the configuration (a URL's ?key=, --header values, the outbound
@@ -637,9 +637,12 @@ class Proxy:
             self._warn_once(warning)
         asked = req.parsed.max_tokens if req.parsed is not None else req.body.get("max_tokens")
         if cap is not None and type(asked) is int and asked > cap:
-            # Claude Code asks for 128000 every time: said once a model and cap (FIELD-NOTES 5).
-            self._say_once(logging.INFO, f"max_tokens is capped at {cap} for {target.label}, its output limit "
-                                         f"(asked for {asked}; said once)", once=f"cap {cap} {target.label}")
+            # Claude Code asks for 128000 every time: said once a model and cap (FIELD-NOTES 5), and the
+            # line is not even made again unless DEBUG wants it.
+            first = self._first_time(("cap", cap, target.label))
+            if first or log.isEnabledFor(logging.DEBUG):
+                log.log(logging.INFO if first else logging.DEBUG, "max_tokens is capped at %d for %s, its output "
+                        "limit (asked for %d; said once)", cap, target.label, asked)
         if req.parsed is not None and req.parsed.mcp_servers:  # translated: no API of ours can carry them
             self._warn_once(f"dropped MCP servers the upstream cannot connect to (mcp_servers): "
                             f"{', '.join(req.parsed.mcp_servers)}")
@@ -658,17 +661,16 @@ class Proxy:
     def _warn_once(self, warning: str) -> None:
         """A warning that every request would repeat (Claude Code sends web_search each time) is
         logged once at WARNING, then at DEBUG."""
-        self._say_once(logging.WARNING, warning)
+        log.log(logging.WARNING if self._first_time(warning) else logging.DEBUG, "%s", warning)
 
-    def _say_once(self, level: int, warning: str, once: str = "") -> None:
-        """``warning`` at ``level`` the first time (of ``once``, where given), then at DEBUG."""
-        once = once or warning
+    def _first_time(self, said: Any) -> bool:
+        """Is this the first time ``said`` (a warning, or a key for one) comes up on this server?"""
         with self._lock:
-            first = once not in self._warned
+            first = said not in self._warned
             if len(self._warned) >= _WARNINGS_REMEMBERED:
                 self._warned.clear()  # they name client-chosen models and tools: once more each, then
-            self._warned.add(once)
-        log.log(level if first else logging.DEBUG, "%s", warning)
+            self._warned.add(said)
+        return first
 
     # ------------------------------------------------------------------
     # Answers.

@@ -61,10 +61,13 @@ def _parses(text: str) -> bool:
     return True
 
 
+_DECODER = json.JSONDecoder()  # raw_decode: a value and where it ends (no state between calls)
+
+
 def _first_object(text: str) -> Any:
     """The JSON object ``text`` begins with (whatever follows it), or None."""
     try:
-        return json.JSONDecoder().raw_decode(text, len(text) - len(text.lstrip()))[0]
+        return _DECODER.raw_decode(text, len(text) - len(text.lstrip()))[0]
     except (ValueError, RecursionError):
         return None
 
