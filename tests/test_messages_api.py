@@ -503,6 +503,50 @@ def test_failure_after_message_delta_still_ends_with_message_stop(through, fake_
     assert events[-1] == {"type": "message_stop"}
 
 
+_COUNT_ALONG_THE_WAY = {"type": "message_delta", "delta": {"stop_reason": None, "stop_sequence": None},
+                        "usage": {"output_tokens": 7}}
+
+
+@pytest.mark.parametrize("after", ["error event", "rst", "fin"])
+def test_a_message_delta_without_a_stop_reason_does_not_end_the_answer(through, fake_upstream, records, after):
+    """A usage update along the way (a message_delta whose stop reason is null) was taken for the
+    end: an error or a cut after it reached the client as a whole answer with stop_reason None
+    (probe C). It is the client's error, and the record's."""
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    tail = {"error event": (anthropic_event(error),), "rst": (Fault("rst"),), "fin": (Fault("fin"),)}[after]
+    fake_upstream.push(sse(events_bytes(HEAD_EVENTS + [_COUNT_ALONG_THE_WAY]), *tail))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+        request_id = client.headers["request-id"]
+    assert_valid_event_sequence(events, allow_error=True)
+    kinds = [e["type"] for e in events]
+    assert kinds[-1] == "error" and "message_stop" not in kinds and "message_delta" not in kinds, kinds
+    if after == "error event":
+        assert events[-1]["error"]["type"] == "overloaded_error"
+    assert record_for(records, request_id).error_type is not None
+
+
+def test_a_message_delta_without_a_stop_reason_then_the_rest_of_the_answer(through, fake_upstream):
+    """Counted along the way, then more text and the real end: one message_delta, the last counts."""
+    fake_upstream.push(sse(events_bytes(HEAD_EVENTS + [_COUNT_ALONG_THE_WAY] + TAIL_EVENTS)))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    deltas = [e for e in events if e["type"] == "message_delta"]
+    assert len(deltas) == 1 and deltas[0]["delta"]["stop_reason"] == "end_turn"
+    assert deltas[0]["usage"]["output_tokens"] == 15
+    assert final_message(events)["content"] == [{"type": "text", "text": "Hello there"}]
+
+
+def test_a_message_delta_without_a_stop_reason_then_message_stop_gets_one(through, fake_upstream):
+    fake_upstream.push(sse(events_bytes(HEAD_EVENTS + [_COUNT_ALONG_THE_WAY, {"type": "message_stop"}])))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    delta = next(e for e in events if e["type"] == "message_delta")
+    assert delta["delta"]["stop_reason"] == "end_turn" and delta["usage"]["output_tokens"] == 7
+
+
 def test_event_whose_type_is_not_a_string_is_named_by_its_event_line(through, fake_upstream):
     """Found by the upstream fuzz: "type": 5 under "event: message_stop" ended the stream for the proxy,
     but the client got an event named 5 and never a message_stop."""

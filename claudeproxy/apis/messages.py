@@ -449,25 +449,26 @@ class MessagesFold(SSEFold):
         return events + [obj]
 
     def _message_delta(self, obj: Dict[str, Any]) -> List[Event]:
-        """The open blocks closed (or the stream failed, see ``_close_open_blocks``); ``obj``, with
-        what the SDKs need (a ``delta``, a usage with ``output_tokens``: the last count known), is held
-        for ``_stop``: a second message_delta (an upstream sent two) merges into it."""
-        closing = self._close_open_blocks()
-        self.finishing = True
+        """``obj``, with what the SDKs need (a ``delta``, a usage with ``output_tokens``: the last
+        count known), held for ``_stop``: a second message_delta (an upstream sent two) merges into
+        it. One that says a stop reason ends the answer: the open blocks are closed (or the stream
+        fails, see ``_close_open_blocks``). One that says none is a count along the way (some servers
+        send them before the end): its usage is kept, and the answer stays open, so a cut or an error
+        after it is still the client's error, not an answer that ends with no stop reason."""
+        delta = obj.get("delta")
+        said = isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str)
+        closing = self._close_open_blocks() if said else []
         held = self.final_delta  # a message_delta before this one (an upstream sent two)
         # Before anything is filled: only what the upstream counted.
         self._take_usage(obj.get("usage"), final=held is None)
         if _counts(obj.get("usage"), ("output_tokens",)):
             self.output_counted = True
-        delta = obj.get("delta")
-        said = isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str)
-        if held is not None and not said:
-            delta = held["delta"]  # a second one that says no stop reason leaves the first's
-        elif not isinstance(delta, dict):
-            delta = self._made_up_end()
-        obj = {**obj, "delta": delta}
-        if said or held is None and isinstance(delta.get("stop_reason"), str):
+        if said:
+            self.finishing = True
             self.stop_reason = delta["stop_reason"]
+        elif held is not None:
+            delta = held["delta"]  # a count alone leaves the stop reason said before it
+        obj = {**obj, "delta": delta if isinstance(delta, dict) else {}}
         given = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
         # A late message_start's counts ride along: the SDKs take a message_delta's input and cache
         # counts over message_start's, and the client never saw that message_start.
