@@ -37,14 +37,17 @@ from typing import (
     Dict,
     Iterable,
     List,
+    NamedTuple,
     Optional,
     Set,
     Tuple,
     TypeVar,
+    Union,
 )
 
 from .anthropic_types import MAX_MODEL_NAME
 from .cost import cache_hit_ratio
+from .counts import USAGE_KEYS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,6 +66,28 @@ _FINE_STEPS = (1, 2, 5, 10)  # chart steps over per-second buckets, seconds
 _MINUTE_STEPS = (60, 120, 300, 600, 900, 1800, 3600, 7200, 14400)  # over per-minute buckets
 _SERIES_POINTS = 60  # at most this many bars per chart
 ModelKey = Tuple[str, str]  # (provider, upstream model)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spend:
+    """What a target other than the one a call is recorded under spent on it: an attempt before a
+    fallback that its upstream billed (a failed Response, DeepSeek's overload: 200s with a usage).
+    The call's own counts include it; the per-model and per-provider totals file it under its own
+    target, at its own prices."""
+
+    provider: str
+    upstream_model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cost_usd: Optional[float] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if self.cost_usd is not None:
+            out["cost_usd"] = round(self.cost_usd, 12)  # as ``CallRecord.to_dict``
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +123,8 @@ class CallRecord:
     upstream_request_id: str = ""
     attempts: int = 0  # upstream calls made for it (retries and fallbacks included)
     time: float = 0.0  # when the call began, seconds since the epoch
+    # Of the counts and cost above, what other targets spent (``Spend``): none but after a fallback.
+    spent_elsewhere: Tuple[Spend, ...] = ()
 
     @property
     def usage_known(self) -> bool:
@@ -118,8 +145,12 @@ class CallRecord:
                                     self.cache_creation_input_tokens))
 
     def to_dict(self) -> Dict[str, Any]:
-        # Every field is a scalar: no need for dataclasses.asdict's recursive deep copy.
+        # Every field but spent_elsewhere is a scalar: no need for dataclasses.asdict's recursive deep copy.
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.spent_elsewhere:
+            out["spent_elsewhere"] = [spend.to_dict() for spend in self.spent_elsewhere]
+        else:
+            del out["spent_elsewhere"]  # the rule: the usage log's line says it only where there is one
         ratio = self.cache_hit_ratio
         out["cache_hit_ratio"] = round(ratio, 4) if ratio is not None else None
         if self.cost_usd is not None:
@@ -178,11 +209,18 @@ class Tally:
         self.requests += 1
         self.errors += 1 if rec.error_type else 0
         self.local += 1 if rec.local else 0
+        self._add_spend(rec)
+
+    def add_spend(self, spend: Spend) -> None:
+        """What a target spent on a call recorded under another (``Spend``): tokens and cost, no call."""
+        self._add_spend(spend)
+
+    def _add_spend(self, rec: Union[CallRecord, Spend]) -> None:
         self.input_tokens += rec.input_tokens or 0  # an unknown count adds nothing
         self.output_tokens += rec.output_tokens or 0
         self.cache_read_input_tokens += rec.cache_read_input_tokens or 0
         self.cache_creation_input_tokens += rec.cache_creation_input_tokens or 0
-        if rec.tokens or not rec.usage_known:
+        if not isinstance(rec, CallRecord) or rec.tokens or not rec.usage_known:
             if rec.cost_usd is None:
                 self.unpriced += 1
             else:
@@ -277,9 +315,11 @@ class _Slice:
         self.ttft = Histogram()
         self.generation = generation  # the store's count of usage views when made (``Metrics._slice``)
 
-    def add(self, rec: CallRecord, key: ModelKey) -> None:
+    def add(self, rec: CallRecord, key: ModelKey, shares: "_Shares") -> None:
         self.tally.add(rec)
-        _entry(self.models, key, Tally).add(rec)
+        _entry(self.models, key, Tally).add(shares.own)
+        for spend_key, spend in shares.elsewhere:
+            _entry(self.models, spend_key, Tally).add_spend(spend)
 
     def copy(self, generation: int) -> "_Slice":
         twin = _Slice(generation)
@@ -354,14 +394,18 @@ class Metrics:
         rec = _bounded_names(rec)
         with self._lock:
             key = self._bounded_key(model_key(rec))
+            shares = self._shares(rec)
             self._total.add(rec)
             _bump(self._by_status, str(rec.status))
             if rec.error_type:
                 _bump(self._by_error, rec.error_type)
-            _entry(self._models, key, Tally).add(rec)
-            _entry(self._providers, key[0], Tally).add(rec)
+            _entry(self._models, key, Tally).add(shares.own)
+            _entry(self._providers, key[0], Tally).add(shares.own)
+            for spend_key, spend in shares.elsewhere:
+                _entry(self._models, spend_key, Tally).add_spend(spend)
+                _entry(self._providers, spend_key[0], Tally).add_spend(spend)
             _bump(self._requests, (self._endpoint(rec.endpoint), key[0], key[1], str(rec.status)))
-            self._timed(rec, key)
+            self._timed(rec, key, shares)
             self._recent.append(rec)
         if self._sink is not None:
             self._write(rec)
@@ -381,14 +425,23 @@ class Metrics:
                 log.warning("the usage record is written again")
             self._sink_failing = False
 
-    def _timed(self, rec: CallRecord, key: ModelKey) -> None:
+    def _shares(self, rec: CallRecord) -> "_Shares":
+        """The call's counts and cost by the target that spent them (``Spend``): the record's own
+        less what others spent, and each other's under its own model (bounded as any is)."""
+        if not rec.spent_elsewhere:
+            return _Shares(rec, ())
+        elsewhere = tuple((self._bounded_key((s.provider, s.upstream_model[:MAX_MODEL_NAME])), s)
+                          for s in rec.spent_elsewhere)
+        return _Shares(_less(rec, rec.spent_elsewhere), elsewhere)
+
+    def _timed(self, rec: CallRecord, key: ModelKey, shares: "_Shares") -> None:
         when = rec.time or time.time()
         slices = [self._slice(self._minutes, int(when // 60) * 60, self._limits[1])]
         if self._fine_window(when):
             slices.append(self._slice(self._seconds, int(when), _FINE_SECONDS + 1))
         for piece in slices:
-            piece.add(rec, key)
-        self._slice(self._days, _day(when), self._limits[2]).add(rec, key)
+            piece.add(rec, key, shares)
+        self._slice(self._days, _day(when), self._limits[2]).add(rec, key, shares)
         if not _reached_upstream(rec):
             return
         seconds = rec.duration_ms / 1000
@@ -604,6 +657,26 @@ def _recent_row(rec: CallRecord) -> Dict[str, Any]:
     row["time_label"] = time.strftime("%H:%M:%S", time.localtime(rec.time)) if rec.time else ""
     row["cost_usd"] = round(rec.cost_usd, 6) if rec.cost_usd is not None else None
     return row
+
+
+class _Shares(NamedTuple):
+    own: CallRecord  # the record with only what its own target spent
+    elsewhere: Tuple[Tuple[ModelKey, Spend], ...]
+
+
+def _less(rec: CallRecord, spends: Tuple[Spend, ...]) -> CallRecord:
+    """``rec`` without what ``spends`` counted: the part its own target spent. Its cost is known
+    only where the call's is (then every part's is: the call's is their sum)."""
+    counts = {name: _minus(getattr(rec, name), sum(getattr(s, name) for s in spends)) for name in USAGE_KEYS}
+    others = [s.cost_usd for s in spends]
+    cost = None
+    if rec.cost_usd is not None and None not in others:
+        cost = max(0.0, round(rec.cost_usd - sum(others), 12))  # type: ignore[arg-type]
+    return dataclasses.replace(rec, cost_usd=cost, spent_elsewhere=(), **counts)
+
+
+def _minus(total: Optional[int], part: int) -> Optional[int]:
+    return None if total is None else max(0, total - part)
 
 
 def _bounded_names(rec: CallRecord) -> CallRecord:

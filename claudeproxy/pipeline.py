@@ -10,6 +10,7 @@ questions, and the one relay (``relay.py``) streams them all.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import re
@@ -39,7 +40,7 @@ from .errors import (
     says_no_retry,
 )
 from .ids import new_id
-from .metrics import LOCAL, CallRecord, Metrics, access_line, finite
+from .metrics import LOCAL, CallRecord, Metrics, Spend, access_line, finite
 from .model_facts import PRICES_CHECKED, ModelFacts
 from .observe import ObservedFold, bodies_logged, log_body
 from .prompt_cache import session_cache_key
@@ -797,9 +798,10 @@ class Proxy:
         if earlier:
             # Their counts stay whatever this attempt's are: not known, the known part is a part.
             unknown_now = any(v is None for v in usage.values())
-            usage = {k: (v or 0) + sum(spent[k] for spent, _ in earlier) for k, v in usage.items()}
-            costs = [cost] + [spent_cost for _, spent_cost in earlier]
+            usage = {k: (v or 0) + sum(spent[k] for spent, _, _ in earlier) for k, v in usage.items()}
+            costs = [cost] + [spent_cost for _, spent_cost, _ in earlier]
             cost = None if unknown_now or None in costs else sum(costs)  # type: ignore[arg-type]
+            fields["spent_elsewhere"] = _spent_elsewhere(earlier, (fields.get("provider"), fields.get("upstream_model")))
         lost = fields.get("lost")
         if lost and not any(usage.values()):
             usage = dict.fromkeys(usage)  # a refusal's 0s after an attempt that spent what nobody said
@@ -924,7 +926,23 @@ def _carry_spend(record: Dict[str, Any], facts: Optional[ModelFacts]) -> None:
     if not any(spent.values()):
         return
     cost = billed if billed is not None else call_cost(facts, **spent)
-    record.setdefault("earlier", []).append((spent, cost))
+    record.setdefault("earlier", []).append((spent, cost, (record.get("provider"), record.get("upstream_model"))))
+
+
+def _spent_elsewhere(earlier: List[Tuple[Dict[str, int], Optional[float], Tuple[Any, Any]]],
+                     answered: Tuple[Any, Any]) -> Tuple[Spend, ...]:
+    """What the earlier attempts at other targets than ``answered`` (the call's provider and upstream
+    model) spent, one ``Spend`` a target: the totals per model file it there, not under the fallback."""
+    by_target: Dict[Tuple[Any, Any], Spend] = {}
+    for spent, cost, target in earlier:
+        if target == answered:
+            continue  # a retry of the target the call is recorded under: its own
+        was = by_target.get(target) or Spend(str(target[0] or ""), str(target[1] or ""), cost_usd=0.0)
+        counts = {k: getattr(was, k) + spent[k] for k in USAGE_KEYS}
+        total = None if was.cost_usd is None or cost is None else was.cost_usd + cost
+        by_target[target] = dataclasses.replace(was, cost_usd=total, **counts)
+    return tuple(by_target.values())
+
 
 
 def _facts_used(fields: Dict[str, Any], routed: Optional[Routed]) -> Optional[ModelFacts]:

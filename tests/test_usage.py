@@ -1451,6 +1451,56 @@ def test_a_fallback_prices_each_attempt_at_its_own_target(fake: FakeUpstream) ->
     assert rec.cost_usd == pytest.approx((100 * 1.0 + 10 * 2.0 + 100 * 10.0 + 10 * 20.0) / 1e6)
 
 
+def test_a_fallback_files_each_attempts_spend_under_its_own_model(fake: FakeUpstream, tmp_path: Any) -> None:
+    """The call's total was right, but all of it was filed under the model that answered: the first
+    target's billed attempt vanished from its model's and provider's rows, and the fallback's row no
+    longer matched its own prices (probe C). Each attempt's spend is now under its own target; the
+    call itself is counted once, under the one that answered."""
+    records: List[CallRecord] = []
+    cheap, dear = ModelFacts(input_price=1.0, output_price=2.0), ModelFacts(input_price=10.0, output_price=20.0)
+    from claudeproxy.cli import usage_writer
+
+    log_file = tmp_path / "usage.jsonl"
+    write_line = usage_writer(str(log_file))
+
+    def sink(rec: CallRecord) -> None:
+        records.append(rec)
+        write_line(rec)
+
+    server = claudeproxy.start(
+        providers=(Provider("a", fake.url, token=KEY, models=(("house-*", cheap),)),
+                   Provider("b", fake.url, token=KEY, models=(("dear-*", dear),))),
+        routes=(Route("*", RouteTarget("a", "house-model"), fallbacks=(RouteTarget("b", "dear-model"),)),),
+        metrics_sink=sink, retries=1, retry_max_wait=0.1)
+    try:
+        overloaded = json_reply(completion("", finish="insufficient_system_resource", usage=usage(100, 10)))
+        fake.push(overloaded, overloaded, json_reply(completion("ok", usage=usage(300, 30))))
+        resp = post(types.SimpleNamespace(url=server.url), minimal_request())
+        assert resp.status == 200, resp
+        page = request(server.url, "GET", "/v1/usage").json
+        metrics = request(server.url, "GET", "/metrics").body.decode()
+    finally:
+        server.shutdown(grace=0.1)
+    models = {(m["provider"], m["model"]): m for m in page["models"]}
+    first, fallback = models[("a", "house-model")], models[("b", "dear-model")]
+    assert (first["requests"], first["input_tokens"], first["output_tokens"]) == (0, 200, 20)
+    assert first["cost_usd"] == pytest.approx((200 * 1.0 + 20 * 2.0) / 1e6)
+    assert (fallback["requests"], fallback["input_tokens"], fallback["output_tokens"]) == (1, 300, 30)
+    assert fallback["cost_usd"] == pytest.approx((300 * 10.0 + 30 * 20.0) / 1e6)
+    providers = {p["provider"]: p for p in page["providers"]}
+    assert (providers["a"]["input_tokens"], providers["b"]["input_tokens"]) == (200, 300)
+    assert (page["totals"]["requests"], page["totals"]["input_tokens"]) == (1, 500)
+    assert page["totals"]["cost_usd"] == pytest.approx(first["cost_usd"] + fallback["cost_usd"])
+    assert 'claudeproxy_tokens_total{provider="a",model="house-model",kind="input"} 200' in metrics
+    assert 'claudeproxy_tokens_total{provider="b",model="dear-model",kind="input"} 300' in metrics
+    # The usage log's line is the call's: its totals, and what the other target spent of them.
+    line = json.loads(log_file.read_text().splitlines()[-1])
+    assert (line["provider"], line["input_tokens"], line["attempts"]) == ("b", 500, 3)
+    assert line["spent_elsewhere"] == [{"provider": "a", "upstream_model": "house-model", "input_tokens": 200,
+                                        "output_tokens": 20, "cache_read_input_tokens": 0,
+                                        "cache_creation_input_tokens": 0, "cost_usd": pytest.approx(240e-6)}]
+
+
 def test_a_retry_after_an_attempt_of_unknown_spend_has_no_cost(fake: FakeUpstream) -> None:
     """Attempt 1 had the whole prompt and the connection dropped: what it spent is not known. A retry
     that then answers gave a cost that looked whole (a probe); the call is now unpriced, its counts kept."""
