@@ -337,17 +337,44 @@ def _details(err: Dict[str, Any], secrets: Tuple[str, ...]) -> Optional[Dict[str
         return None
 
 
+# OpenAI's error codes (strings, in both its APIs' error objects: ``code``, else ``type``) -> the
+# HTTP status the same failure gets as a plain error.
+_STATUS_BY_CODE = {
+    "context_length_exceeded": 400,
+    "invalid_prompt": 400,
+    "invalid_encrypted_content": 400,
+    "invalid_request_error": 400,
+    "invalid_api_key": 401,
+    "rate_limit_exceeded": 429,
+    "insufficient_quota": 429,
+    "server_error": 500,
+    "overloaded": 503,
+    "server_is_overloaded": 503,
+}
+
+
+def status_for_code(code: Any) -> Optional[int]:
+    """The HTTP status an OpenAI error code stands for (``invalid_...``: 400); None for none known."""
+    if not isinstance(code, str):
+        return None
+    return _STATUS_BY_CODE.get(code) or (400 if code.startswith("invalid_") else None)
+
+
 def error_from_object(err: Dict[str, Any], secrets: Tuple[str, ...] = ()) -> ProxyError:
     """An error object inside a 200 body or a stream (OpenRouter puts the HTTP code in ``code``).
 
     Also what a Responses ``error`` event or ``response.failed`` carries
     (``{"code": "context_length_exceeded", "message": ...}``); a code that is
-    no HTTP status leaves the status to the message, else 502.
+    no HTTP status is read as OpenAI's (``status_for_code``: a Chat stream's
+    ``rate_limit_exceeded`` is a 429, as the Responses API's is), else the status
+    is left to the message, else 502.
     """
     code = err.get("code", err.get("status"))
     if isinstance(code, str) and code.isdigit():
         code = int(code)
     status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else None
+    if status is None:
+        status = status_for_code(code) or status_for_code(err.get("type"))
     obj = _unwrap({"error": err})
     text = json.dumps(obj)
     message = _error_message(text, obj, secrets) or "(empty error object)"

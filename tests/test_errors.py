@@ -217,7 +217,13 @@ def test_case_47_error_object_in_200_body() -> None:
         ({"code": 600, "message": "x"}, 502, "api_error"),
         ({"code": 399, "message": "x"}, 502, "api_error"),
         ({"code": 200, "message": "x"}, 502, "api_error"),
-        ({"code": "rate_limit_exceeded", "message": "x"}, 502, "api_error"),
+        # OpenAI's string codes mean in a Chat stream what they mean in the Responses API (probe C:
+        # a Chat rate limit was "upstream 502", an api_error, where Responses' was a 429).
+        ({"code": "rate_limit_exceeded", "message": "x"}, 429, "rate_limit_error"),
+        ({"message": "x", "type": "server_error", "code": None}, 500, "api_error"),
+        ({"message": "x", "type": "invalid_request_error", "code": "invalid_value"}, 400, "invalid_request_error"),
+        ({"message": "x", "code": "insufficient_quota"}, 429, "rate_limit_error"),
+        ({"message": "x", "code": "some_new_code"}, 502, "api_error"),
         ({"code": "4o4", "message": "x"}, 502, "api_error"),
         ({"code": True, "message": "x"}, 502, "api_error"),
         ({"code": None, "message": "x"}, 502, "api_error"),

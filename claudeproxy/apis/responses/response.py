@@ -11,7 +11,7 @@ import json
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from ...counts import count_or_none, openai_usage, token_count
-from ...errors import ProxyError, error_from_object
+from ...errors import ProxyError, error_from_object, status_for_code
 from ...ids import first_free
 from ...signatures import encode_signature
 from ..names import client_tool_id, id_chars, message_id
@@ -21,19 +21,6 @@ from . import API_NAME
 
 IdFactory = Callable[[], str]
 Block = Dict[str, Any]
-# Responses error codes (strings) -> the HTTP status the same failure gets as a plain error.
-_STATUS_BY_CODE = {
-    "context_length_exceeded": 400,
-    "invalid_prompt": 400,
-    "invalid_encrypted_content": 400,
-    "invalid_request_error": 400,
-    "invalid_api_key": 401,
-    "rate_limit_exceeded": 429,
-    "insufficient_quota": 429,
-    "server_error": 500,
-    "overloaded": 503,
-    "server_is_overloaded": 503,
-}
 
 
 # --------------------------------------------------------------------------
@@ -56,9 +43,7 @@ def error_for(err: Any, secrets: Tuple[str, ...] = (), default: str = "upstream 
         err = err["error"]
     err = err if isinstance(err, dict) else {}
     code = text_field(err, "code") or text_field(err, "type")
-    status = _STATUS_BY_CODE.get(code)
-    if status is None and code.startswith("invalid_"):
-        status = 400
+    status = status_for_code(code)
     message = text_field(err, "message") or (f"{default} ({code})" if code else default)
     # error_from_object reads the status from "code" and matches overflow codes in "type".
     # error_from_object adds x-should-retry: false for a code no retry gets past (insufficient_quota).
