@@ -18,9 +18,11 @@ before it ends with one error event -- and the usage is read for metrics.
 from __future__ import annotations
 
 import json
+import math
 import re
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+from ..anthropic_types import parse_messages_request
 from ..counts import USAGE_KEYS, count_or_none, one_hour_writes
 from ..dialects import forwards_betas, is_anthropic_host
 from ..errors import (
@@ -35,6 +37,7 @@ from ..redact import holds_secret
 from ..replies import events_for_message, message_start
 from ..routing import Target
 from ..signatures import PREFIX as SIGNATURE_PREFIX
+from ..tokens import estimate_input, estimate_output_tokens
 from ..sse import ServerSentEvent, SSEDecoder, SSEFold, loads_data
 from ..urls import messages_url
 from .base import ClientRequest, Exchange, UpstreamApi
@@ -208,9 +211,14 @@ def error_from_event(obj: Any, secrets: Tuple[str, ...]) -> ProxyError:
     return error_from_status(status, json.dumps(body).encode("utf-8"), None, secrets)
 
 
-def message_reply(obj: Any, model: str, secrets: Tuple[str, ...]) -> Dict[str, Any]:
+def message_reply(obj: Any, model: str, secrets: Tuple[str, ...], estimate: Optional[Callable[[], int]] = None
+                  ) -> Dict[str, Any]:
     """A JSON message from the upstream with the client's model name and a usage the SDKs can read;
-    error bodies raise. The record reads the upstream's own usage (``obj``), not the filled one."""
+    error bodies raise. The record reads the upstream's own usage (``obj``), not the filled one.
+
+    Counts the upstream left out are filled: the input with ``estimate()`` (the request's, asked
+    only then), the output with a quarter of the answer's characters, as for a translated answer
+    (Claude Code sizes its context by them: 0s would say an empty one); 0 without ``estimate``."""
     if isinstance(obj, dict) and obj.get("type") == "error":
         raise error_from_event(obj, secrets)
     if not isinstance(obj, dict) or not isinstance(obj.get("content"), list):
@@ -218,7 +226,23 @@ def message_reply(obj: Any, model: str, secrets: Tuple[str, ...]) -> Dict[str, A
     usage = obj.get("usage")
     if usage is not None and not isinstance(usage, dict):
         return {**obj, "model": model}  # malformed, not missing: ``_streamable`` refuses it for a stream
-    return {**obj, "model": model, "usage": _filled(usage or {}, _MESSAGE_USAGE)}
+    usage = usage or {}
+    if estimate is not None and usage.get("input_tokens") is None:  # missing; an odd value goes on as given
+        usage = {**usage, "input_tokens": estimate()}
+    if estimate is not None and usage.get("output_tokens") is None:
+        blocks = [b for b in obj["content"] if isinstance(b, dict)]
+        usage = {**usage, "output_tokens": estimate_output_tokens(blocks)}
+    return {**obj, "model": model, "usage": _filled(usage, _MESSAGE_USAGE)}
+
+
+def input_estimate(body: Dict[str, Any]) -> int:
+    """The proxy's estimate of a forwarded request's input tokens (``tokens.estimate_input``), for an
+    answer whose upstream counted none: parsed only then, and 0 for a body the parser refuses (the
+    upstream judged it, and took it)."""
+    try:
+        return estimate_input(parse_messages_request(body)).tokens
+    except (ProxyError, ValueError, TypeError, RecursionError):
+        return 0
 
 
 # What the SDKs' types require (``Usage``: input and output tokens; ``MessageDeltaUsage``: output
@@ -234,10 +258,14 @@ def _filled(usage: Dict[str, Any], keys: Tuple[str, ...], default: int = 0) -> D
     return {**usage, **dict.fromkeys(missing, default)} if missing else usage
 
 
-def _full_message(message: Dict[str, Any], message_id: str, model: str) -> Dict[str, Any]:
+def _full_message(message: Dict[str, Any], message_id: str, model: str, estimate: Callable[[], int]
+                  ) -> Dict[str, Any]:
     """An upstream's ``message_start`` message with every field the SDKs' ``Message`` requires: the
-    accumulators start from it and append to its ``content``, so a missing one crashes the client."""
+    accumulators start from it and append to its ``content``, so a missing one crashes the client.
+    An input count it lacks is the proxy's ``estimate()``, as a translated stream's."""
     usage = message.get("usage") if isinstance(message.get("usage"), dict) else {}
+    if usage.get("input_tokens") is None:  # missing; an odd value goes on as given
+        usage = {**usage, "input_tokens": estimate()}
     content = message.get("content") if isinstance(message.get("content"), list) else []
     return {"id": message_id, "type": "message", "role": "assistant", "stop_reason": None, "stop_sequence": None,
             **message, "model": model, "content": content, "usage": _filled(usage, _MESSAGE_USAGE)}
@@ -305,7 +333,7 @@ class MessagesApi(UpstreamApi):
 
     def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
                   ) -> Tuple[Dict[str, Any], List[str]]:
-        return message_reply(obj, req.model, secrets), []
+        return message_reply(obj, req.model, secrets, lambda: input_estimate(req.body)), []
 
     def relayed_headers(self, headers: Any) -> Tuple[Tuple[str, str], ...]:
         """What of the upstream's response head the client gets: its rate limits (the only API
@@ -314,18 +342,23 @@ class MessagesApi(UpstreamApi):
 
     def fold(self, req: ClientRequest, ex: Exchange, *, message_id: str, input_tokens: int,
              secrets: Tuple[str, ...] = ()) -> "MessagesFold":
-        return MessagesFold(message_id=message_id, model=req.model, input_tokens=input_tokens, secrets=secrets)
+        return MessagesFold(message_id=message_id, model=req.model, input_tokens=input_tokens, secrets=secrets,
+                            estimate=lambda: input_estimate(req.body))
 
 
 class MessagesFold(SSEFold):
     """An Anthropic event stream passed on event by event (``ending.StreamFold``), held to the block
     grammar it is forwarded in: a block event out of order ends the stream with one error."""
 
-    def __init__(self, *, message_id: str, model: str, input_tokens: int, secrets: Tuple[str, ...] = ()) -> None:
+    def __init__(self, *, message_id: str, model: str, input_tokens: int, secrets: Tuple[str, ...] = (),
+                 estimate: Optional[Callable[[], int]] = None) -> None:
         self.message_id = message_id
         self.model = model
         self.input_tokens = input_tokens
         self.secrets = secrets
+        # The request's input estimate, for an upstream that counts none (asked only then).
+        self.estimate: Callable[[], int] = estimate or (lambda: input_tokens)
+        self.out_chars = 0  # the answer's characters, for an output count the upstream never gave
         self.decoder = SSEDecoder()
         self.started = False  # a message_start went out (the upstream's, or ours for early pings)
         # The upstream's message_start and the pings after it, held until the next event goes out with
@@ -394,7 +427,7 @@ class MessagesFold(SSEFold):
         return [stream_error_event(exc.error_type, exc.message)]
 
     def from_json(self, obj: Any) -> List[Event]:
-        message = message_reply(obj, self.model, self.secrets)
+        message = message_reply(obj, self.model, self.secrets, self.estimate)
         if not _streamable(message):
             raise UpstreamUnavailable("upstream returned a message whose content or usage is malformed")
         self._take_usage(obj.get("usage"))  # the upstream's, not the filled one
@@ -472,7 +505,10 @@ class MessagesFold(SSEFold):
         given = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
         # A late message_start's counts ride along: the SDKs take a message_delta's input and cache
         # counts over message_start's, and the client never saw that message_start.
-        usage = _filled({**self.late_usage, **given}, ("output_tokens",), self.counts.get("output_tokens", 0))
+        # No count of the output yet: a quarter of the characters relayed, as for a translated answer,
+        # not message_start's placeholder (1).
+        guess = self.counts.get("output_tokens", 0) if self.output_counted else math.ceil(self.out_chars / 4)
+        usage = _filled({**self.late_usage, **given}, ("output_tokens",), guess)
         self.final_delta = {**obj, "usage": _merged_usage(held["usage"], usage) if held is not None else usage}
         return closing
 
@@ -504,10 +540,13 @@ class MessagesFold(SSEFold):
         block = self.open_blocks.get(index, _NOT_OPEN) if type(index) is int else _NOT_OPEN
         if block is _NOT_OPEN:
             raise self._not_open("content_block_delta", index)
+        delta = obj.get("delta")
+        if type(delta) is dict:
+            said = delta.get("text") or delta.get("thinking") or delta.get("partial_json")
+            self.out_chars += len(said) if type(said) is str else 0
         takes = _BLOCK_DELTAS.get(block)  # type: ignore[arg-type]
         if takes is None:
             return
-        delta = obj.get("delta")
         kind = delta.get("type") if type(delta) is dict else None
         if type(kind) is str and kind not in takes and kind in _KNOWN_DELTAS:
             raise _broken_order(f"{kind} for block {index}, which is a {block} block")
@@ -560,7 +599,7 @@ class MessagesFold(SSEFold):
             usage = message.get("usage")
             self.late_usage = _counts(usage, _START_USAGE_KEYS)
             return []
-        self.held = [{**obj, "message": _full_message(message, self.message_id, self.model)}]
+        self.held = [{**obj, "message": _full_message(message, self.message_id, self.model, self.estimate)}]
         return []
 
     def _stop(self, obj: Optional[Event] = None) -> List[Event]:
