@@ -63,6 +63,11 @@ GEMINI_KEY = "AIzaSyD-FAKE-0123456789abcdefghijklmnop"
         ('{"refresh_token":"rt_0011223344"}', "rt_00112233"),
         ('"password": "hunter2hunter2"', "hunter2hunt"),
         ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "dXNlcjpwYXNz"),
+        # After "_": an upstream's request id, a name in an error message (a word boundary missed
+        # both: probe B).
+        ("upstream_id=req_sk-proj-OTHERKEYabcdefghijklmnop", "OTHERKEYabcd"),
+        ("project_sk-proj-OTHERKEYabcdefghijklmnop is disabled", "OTHERKEYabcd"),
+        ("gateway_gsk_AbCdEfGhIjKlMnOpQrStUvWx rejected", "AbCdEfGhIjKl"),
     ],
 )
 def test_redact_text_masks_key_shapes(text: str, secret: str) -> None:

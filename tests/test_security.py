@@ -516,6 +516,19 @@ def test_a_forwarded_key_echoed_in_relayed_headers_and_the_request_id_is_masked(
     assert key not in request(proxy.url, "GET", "/v1/usage").body.decode()
 
 
+def test_a_request_id_holding_a_key_of_no_known_name_is_not_recorded(make_proxy: Any, fake_upstream: Any) -> None:
+    """An upstream's request id "req_sk-proj-...": a key the proxy does not know (the upstream's own
+    backend key), after "_", which the redactor missed (probe B): the id reached the log line, the
+    usage log and /v1/usage. It is no id now, as one holding a known key is not."""
+    other = "sk-proj-OTHERKEYabcdefghijklmnopqrstuvwxyz0123456789"
+    proxy = make_proxy(passthrough=True, metrics_sink=_ECHO_RECORDS.append)
+    fake_upstream.push(json_reply(ANTHROPIC_ANSWER, headers=(("request-id", "req_" + other),)))
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(), {"x-api-key": CLIENT_KEY})
+    assert resp.status == 200, resp
+    assert record_for(_ECHO_RECORDS, resp.headers["request-id"]).upstream_request_id == ""
+    assert other not in request(proxy.url, "GET", "/v1/usage").body.decode()
+
+
 def test_a_key_with_a_slash_echoed_json_escaped_is_masked(make_proxy: Any, fake_upstream: Any, caplog: Any) -> None:
     caplog.set_level(logging.DEBUG)
     key = "Ab/cd+efSECRET99/xyz"
