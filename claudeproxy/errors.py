@@ -119,6 +119,9 @@ class UpstreamHTTPError(ProxyError):
     upstream_message = ""
     # The upstream's response headers (an API may pass some on: ``MessagesApi.relayed_headers``).
     upstream_headers: Any = None
+    # The status the upstream's answer gave (its HTTP status, or an error object's numeric code);
+    # False where the status is this proxy's reading of an error object (its string code, or none).
+    status_said = True
 
 
 class UpstreamUnavailable(ProxyError):
@@ -296,8 +299,9 @@ def says_no_retry(exc: ProxyError) -> bool:
 
 
 def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], headers: Any,
-                    secrets: Tuple[str, ...] = ()) -> ProxyError:
-    """``status`` is None for an error object that named no HTTP status."""
+                    secrets: Tuple[str, ...] = (), said: bool = True) -> ProxyError:
+    """``status`` is None for an error object that named no HTTP status; ``said``: the upstream gave
+    it (not so for an error object's string code: the message then names no status nobody sent)."""
     if says_prompt_too_long(status, message, err):
         # Claude Code compacts the conversation when it reads this (FIELD-NOTES 16).
         exc = UpstreamHTTPError(prompt_too_long(status, message, err), status=400)
@@ -305,7 +309,7 @@ def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], he
         shown = status or 502
         own = err.get("type")
         exc = UpstreamHTTPError(
-            f"upstream {shown}: {message}", status=shown,
+            f"upstream {shown}: {message}" if said else f"upstream error: {message}", status=shown,
             error_type=own if isinstance(own, str) and shown // 100 in _TYPE_CLASSES.get(own, ()) else
             error_type_for_status(shown),
             headers=retry_headers(headers), details=_details(err, secrets),
@@ -317,6 +321,7 @@ def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], he
         exc.headers = tuple(h for h in exc.headers if h[0] != NO_RETRY[0]) + (NO_RETRY,)
     exc.upstream_message = message
     exc.upstream_headers = headers
+    exc.status_said = said
     return exc
 
 
@@ -373,12 +378,13 @@ def error_from_object(err: Dict[str, Any], secrets: Tuple[str, ...] = ()) -> Pro
     if isinstance(code, str) and code.isdigit():
         code = int(code)
     status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else None
+    said = status is not None
     if status is None:
         status = status_for_code(code) or status_for_code(err.get("type"))
     obj = _unwrap({"error": err})
     text = json.dumps(obj)
     message = _error_message(text, obj, secrets) or "(empty error object)"
-    return _upstream_error(status, message, _error_dict(obj), None, secrets)
+    return _upstream_error(status, message, _error_dict(obj), None, secrets, said)
 
 
 _NUMBER_RE = re.compile(r"\d+")

@@ -499,7 +499,9 @@ class Proxy:
                             "trying the next target" if target is not last else "no target left")
                     # An upstream's HTTP error by its status; anything else (no answer, a 200 whose
                     # body is no JSON) as failed: the 502 the client would get is none the upstream sent.
-                    said = f"answered {exc.status}" if isinstance(exc, UpstreamHTTPError) else "failed"
+                    said = "failed"
+                    if isinstance(exc, UpstreamHTTPError):
+                        said = f"answered {exc.status}" if exc.status_said else f"sent an error ({exc.status} here)"
                     log.warning("%s %s (%s)%s; %s", target.label, said, exc.message, why, then)
                     if delay is not None or target is not last:
                         _carry_spend(record, target.facts)  # another attempt follows, and starts afresh

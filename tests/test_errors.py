@@ -237,6 +237,17 @@ def test_error_from_object_status(err: Dict[str, Any], status: int, error_type: 
     assert (exc.status, exc.error_type) == (status, error_type)
 
 
+@pytest.mark.parametrize("err, message", [
+    ({"code": 503, "message": "No provider"}, "upstream 503: No provider"),  # the upstream's own status
+    ({"code": "rate_limit_exceeded", "message": "slow"}, "upstream error: slow"),
+    ({"message": "model overloaded", "type": "server_error"}, "upstream error: model overloaded"),
+])
+def test_an_error_objects_message_names_no_status_nobody_sent(err: Dict[str, Any], message: str) -> None:
+    """An error object in a 200 stream read "upstream 502: model overloaded": an operator looks for a
+    gateway's failure where the upstream answered 200 (probe A)."""
+    assert error_from_object(err).message == message
+
+
 def test_error_from_object_keeps_the_message_and_redacts() -> None:
     exc = error_from_object({"code": 502, "message": f"provider said key {UPSTREAM_KEY} is bad"}, (UPSTREAM_KEY,))
     assert exc.message.startswith("upstream 502: provider said key ")

@@ -208,7 +208,7 @@ def test_citations_name_the_cited_span() -> None:
     ({"error": {"type": "invalid_request_error", "code": "context_length_exceeded", "message": "Input too long."}}, 400,
      "invalid_request_error", "prompt is too long"),
     ({"code": "rate_limit_exceeded", "message": "Please try again in 1.2s."}, 429, "rate_limit_error", "try again in 1.2s"),
-    ({"code": "server_error", "message": "boom"}, 500, "api_error", "upstream 500: boom"),
+    ({"code": "server_error", "message": "boom"}, 500, "api_error", "upstream error: boom"),
     ({"code": "invalid_encrypted_content", "message": "could not be verified"}, 400, "invalid_request_error", "could not be verified"),
     ({"code": "invalid_prompt", "message": "flagged"}, 400, "invalid_request_error", "flagged"),
     ({"code": "vector_store_timeout", "message": "slow"}, 502, "api_error", "slow"),

@@ -11,7 +11,7 @@ import json
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from ...counts import count_or_none, openai_usage, token_count
-from ...errors import ProxyError, error_from_object, status_for_code
+from ...errors import ProxyError, error_from_object
 from ...ids import first_free
 from ...signatures import encode_signature
 from ..names import client_tool_id, id_chars, message_id
@@ -43,11 +43,10 @@ def error_for(err: Any, secrets: Tuple[str, ...] = (), default: str = "upstream 
         err = err["error"]
     err = err if isinstance(err, dict) else {}
     code = text_field(err, "code") or text_field(err, "type")
-    status = status_for_code(code)
     message = text_field(err, "message") or (f"{default} ({code})" if code else default)
     # error_from_object reads the status from "code" and matches overflow codes in "type".
     # error_from_object adds x-should-retry: false for a code no retry gets past (insufficient_quota).
-    return error_from_object({"message": message, "code": status or 502, "type": code}, secrets)
+    return error_from_object({"message": message, "code": code or None, "type": code}, secrets)
 
 
 def failure_of(obj: Dict[str, Any], secrets: Tuple[str, ...] = ()) -> Optional[ProxyError]:
