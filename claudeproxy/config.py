@@ -560,6 +560,13 @@ def check_config(config: Config) -> None:
     The command line checks the same first, in its own words; this is what ``start()`` gets.
     """
     name = config.setting_name
+    for field in dataclasses.fields(config):
+        # A list's setting given one string (start(allowed_hosts="x.example")) would be read a
+        # character at a time: "x" and "." allowed as Host names, the one meant refused. Only a
+        # program's start() can do that (the command line and config files make lists): named as its
+        # keyword.
+        if str(field.type).startswith("Tuple") and isinstance(getattr(config, field.name), (str, bytes)):
+            raise ValueError(f"{field.name}=: expected a list, got the string {getattr(config, field.name)!r}")
     for dest in _NOT_EMPTY:  # as the command line refuses --model '' (None is "not given")
         value = getattr(config, dest)
         if isinstance(value, str) and not value.strip():

@@ -123,6 +123,11 @@ START_CASES = [
     ({"allowed_hosts": ("bad host",)}, "--allowed-host: expected a host name"),
     ({"allowed_hosts": ("proxy.lan:99999",)}, "--allowed-host: the port must be from 1 to 65535"),
     ({"allowed_hosts": ("proxy.lan:8082", "[::1]:80")}, None),
+    # One string where a list belongs was read a character at a time ("x" and "." allowed Hosts: probe A).
+    ({"allowed_hosts": "x.example"}, "allowed_hosts=: expected a list, got the string 'x.example'"),
+    ({"allowed_origins": "https://app.example"}, "allowed_origins=: expected a list"),
+    ({"model_map": "claude-haiku*=x"}, "model_map=: expected a list"),
+    ({"allowed_hosts": ["proxy.lan"]}, None),  # a list is one
     ({"max_concurrency": "4"}, "--max-concurrency"),
     ({"model_map": ("bad",)}, "--model-map"),
     ({"headers": (("X-Title", "a\r\nX-Evil: 1"),)}, "--header"),
