@@ -20,6 +20,7 @@ if _sys.version_info < (3, 8):  # the modules are 3.8's (typing.Protocol...): on
 
 try:
     from .config import Config, static_token  # noqa: E402  (after the version check)
+    from .credentials import command_token  # noqa: E402
     from .server import RunningServer, start  # noqa: E402
     from .version import __version__  # noqa: E402
 except KeyboardInterrupt:
@@ -33,4 +34,4 @@ except KeyboardInterrupt:
     # with the shell's status for an interrupt and no traceback.
     raise SystemExit(130) from None
 
-__all__ = ["Config", "RunningServer", "__version__", "start", "static_token"]
+__all__ = ["Config", "RunningServer", "__version__", "command_token", "start", "static_token"]

@@ -36,7 +36,7 @@ class CommandToken:
             raise ValueError("a key command is a non-empty list of non-empty strings")
         self.argv: Tuple[str, ...] = tuple(argv)
         self.ttl = ttl
-        self.label = label or argv[0]
+        self.label = label  # what the key is for (a provider's name), where a message says so
         self._lock = threading.Lock()
         self._key: Optional[str] = None
         self._fetched = 0.0
@@ -85,7 +85,7 @@ class CommandToken:
         return True
 
     def _run(self) -> str:
-        what = f"the key command {self.argv[0]!r} of {self.label}"
+        what = f"the key command {self.argv[0]!r}" + (f" of {self.label}" if self.label else "")
         try:
             done = subprocess.run(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                   timeout=COMMAND_TIMEOUT, check=False)

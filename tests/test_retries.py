@@ -616,6 +616,22 @@ def test_a_failing_key_command_is_a_502_naming_its_exit_status(fake_upstream: Fa
         server.shutdown(grace=1.0)
 
 
+def test_a_programs_key_command_through_the_package(fake_upstream: FakeUpstream, key_command: Any) -> None:
+    """README's library use: ``token=claudeproxy.command_token([...])`` (it was not exported, and
+    its failure read "the key command 'x' of x failed": probe A)."""
+    argv, counter = key_command
+    server = claudeproxy.start(upstream=fake_upstream.url, token=claudeproxy.command_token(argv))
+    failing = claudeproxy.start(upstream=fake_upstream.url, token=claudeproxy.command_token(argv + ["3"]))
+    try:
+        assert ask(server).status == 200 and runs(counter) == 1
+        assert sent_keys(fake_upstream) == ["sk-cmd-0001-abcdefgh"]
+        message = ask(failing).json["error"]["message"]
+        assert message.endswith(f"the key command {argv[0]!r} failed with exit status 3"), message
+    finally:
+        server.shutdown(grace=1.0)
+        failing.shutdown(grace=1.0)
+
+
 def test_a_key_commands_earlier_key_stays_masked(fake_upstream: FakeUpstream, tmp_path: Any) -> None:
     """After the command printed a new key, a late echo of the old one is masked all the same
     (keys of no known shape: only the list of known secrets can mask them)."""
