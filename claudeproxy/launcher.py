@@ -492,6 +492,11 @@ def _session(running: RunningServer, ns: argparse.Namespace, config: Config, typ
             print(f"claudeproxy: warning: {line}", file=stderr, flush=True)
         if looks_like_claude(typed) or looks_like_claude(argv[0]):
             seed_first_run_state(env, ns.trust, windows, stderr)
+        elif ns.trust:
+            # Claude Code's state is touched only for Claude Code itself (a wrapper script may run
+            # anything): said, not silently skipped.
+            print(f"claudeproxy: --trust left alone: {os.path.basename(argv[0])!r} is not Claude Code's "
+                  "`claude` (nothing was marked trusted)", file=stderr, flush=True)
         stderr.flush()
         status = run_command(argv, env, windows, stderr)
         log.info("%s exited with status %d; stopping", os.path.basename(argv[0]), status)

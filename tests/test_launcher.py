@@ -751,6 +751,14 @@ def test_other_commands_get_no_state_file(run_standin: Any, tmp_path: Any) -> No
     assert os.listdir(rec["env"]["HOME"]) == []
 
 
+def test_trust_for_another_command_is_said_to_be_left_alone(run_standin: Any) -> None:
+    """--trust with a command that is not Claude Code (a wrapper script) did nothing, silently (probe A)."""
+    code, err, rec = run_standin("--exit", "0", options=("--upstream", NO_UPSTREAM, "--model", "gpt-4o", "--trust"))
+    assert code == 0, err
+    assert "--trust left alone" in err and "nothing was marked trusted" in err, err
+    assert os.listdir(rec["env"]["HOME"]) == []
+
+
 def test_add_first_run_state_adds_only_what_is_missing() -> None:
     state: Dict[str, Any] = {"projects": {"/p": {"hasTrustDialogAccepted": False}}}
     assert claude_code.add_first_run_state(state, "/p") == ["hasCompletedOnboarding"]
