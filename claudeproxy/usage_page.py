@@ -14,6 +14,7 @@ import base64
 import hashlib
 import html
 import math
+import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 REFRESH_MS = 5000
@@ -100,8 +101,13 @@ def render(usage: Dict[str, Any]) -> str:
 # Formatting.
 
 
+# Control characters a client's model name may carry: no text a page shows (a NUL went into the
+# HTML raw; browsers each do their own thing with them), shown as the replacement character.
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    return html.escape(_CONTROL_RE.sub("\ufffd", str(value)), quote=True)
 
 
 def fmt_tokens(n: Optional[float]) -> str:

@@ -683,6 +683,16 @@ def test_usage_page_renders_with_no_calls_and_headers_are_strict() -> None:
     assert headers["Cache-Control"] == "no-store" and headers["X-Content-Type-Options"] == "nosniff"
 
 
+def test_a_control_character_in_a_model_name_never_reaches_the_page_raw() -> None:
+    """A client's model "m\x00n" put a NUL into the page's HTML (probe B); it shows as U+FFFD."""
+    metrics = Metrics()
+    metrics.record(CallRecord(endpoint="/v1/messages", model="m\x00n\x1bx", provider="p", upstream_model="u\x07v",
+                              time=time.time()))
+    text = render({**metrics.usage(time.time()), "prices_checked": PRICES_CHECKED})
+    parse_page(text)
+    assert not any(c in text for c in "\x00\x1b\x07") and "m\ufffdn\ufffdx" in text
+
+
 def test_usage_page_obeys_the_client_key(make_proxy: Any) -> None:
     keyed = make_proxy(auth_key="sk-ant-page-key-0000000000")
     assert request(keyed.url, "GET", "/").status == 401
