@@ -37,8 +37,8 @@ from ..redact import holds_secret
 from ..replies import events_for_message, message_start
 from ..routing import Target
 from ..signatures import PREFIX as SIGNATURE_PREFIX
-from ..tokens import estimate_input, estimate_output_tokens
 from ..sse import ServerSentEvent, SSEDecoder, SSEFold, loads_data
+from ..tokens import estimate_input, estimate_output_tokens
 from ..urls import messages_url
 from .base import ClientRequest, Exchange, UpstreamApi
 
