@@ -342,8 +342,9 @@ def _details(err: Dict[str, Any], secrets: Tuple[str, ...]) -> Optional[Dict[str
         return None
 
 
-# OpenAI's error codes (strings, in both its APIs' error objects: ``code``, else ``type``) -> the
-# HTTP status the same failure gets as a plain error.
+# OpenAI's error codes (strings, in both its APIs' error objects' ``code``; a Responses error
+# without one is read by its ``type``, ``responses.response.error_for``) -> the HTTP status the
+# same failure gets as a plain error.
 _STATUS_BY_CODE = {
     "context_length_exceeded": 400,
     "invalid_prompt": 400,
@@ -380,7 +381,9 @@ def error_from_object(err: Dict[str, Any], secrets: Tuple[str, ...] = ()) -> Pro
     status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else None
     said = status is not None
     if status is None:
-        status = status_for_code(code) or status_for_code(err.get("type"))
+        # By the code alone: a Chat error's "type" is a class (Groq's mid-stream tool_use_failed is
+        # an invalid_request_error, which another try usually gets past: a 502, retried).
+        status = status_for_code(code)
     obj = _unwrap({"error": err})
     text = json.dumps(obj)
     message = _error_message(text, obj, secrets) or "(empty error object)"

@@ -394,18 +394,22 @@ class Metrics:
         rec = _bounded_names(rec)
         with self._lock:
             key = self._bounded_key(model_key(rec))
-            shares = self._shares(rec)
             self._total.add(rec)
             _bump(self._by_status, str(rec.status))
             if rec.error_type:
                 _bump(self._by_error, rec.error_type)
-            _entry(self._models, key, Tally).add(shares.own)
-            _entry(self._providers, key[0], Tally).add(shares.own)
-            for spend_key, spend in shares.elsewhere:
+            own = _less(rec, rec.spent_elsewhere) if rec.spent_elsewhere else rec
+            _entry(self._models, key, Tally).add(own)
+            _entry(self._providers, key[0], Tally).add(own)
+            elsewhere: List[Tuple[ModelKey, Spend]] = []
+            for spend in rec.spent_elsewhere:
+                # Bounded as any model is, each after the rows before it are in.
+                spend_key = self._bounded_key((spend.provider, spend.upstream_model[:MAX_MODEL_NAME]))
                 _entry(self._models, spend_key, Tally).add_spend(spend)
                 _entry(self._providers, spend_key[0], Tally).add_spend(spend)
+                elsewhere.append((spend_key, spend))
             _bump(self._requests, (self._endpoint(rec.endpoint), key[0], key[1], str(rec.status)))
-            self._timed(rec, key, shares)
+            self._timed(rec, key, _Shares(own, tuple(elsewhere)))
             self._recent.append(rec)
         if self._sink is not None:
             self._write(rec)
@@ -424,15 +428,6 @@ class Metrics:
             if self._sink_failing:
                 log.warning("the usage record is written again")
             self._sink_failing = False
-
-    def _shares(self, rec: CallRecord) -> "_Shares":
-        """The call's counts and cost by the target that spent them (``Spend``): the record's own
-        less what others spent, and each other's under its own model (bounded as any is)."""
-        if not rec.spent_elsewhere:
-            return _Shares(rec, ())
-        elsewhere = tuple((self._bounded_key((s.provider, s.upstream_model[:MAX_MODEL_NAME])), s)
-                          for s in rec.spent_elsewhere)
-        return _Shares(_less(rec, rec.spent_elsewhere), elsewhere)
 
     def _timed(self, rec: CallRecord, key: ModelKey, shares: "_Shares") -> None:
         when = rec.time or time.time()
@@ -660,8 +655,10 @@ def _recent_row(rec: CallRecord) -> Dict[str, Any]:
 
 
 class _Shares(NamedTuple):
+    """A call's counts and cost by the target that spent them (``Spend``)."""
+
     own: CallRecord  # the record with only what its own target spent
-    elsewhere: Tuple[Tuple[ModelKey, Spend], ...]
+    elsewhere: Tuple[Tuple[ModelKey, Spend], ...]  # each other target's, under its (bounded) row
 
 
 def _less(rec: CallRecord, spends: Tuple[Spend, ...]) -> CallRecord:

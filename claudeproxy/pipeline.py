@@ -921,13 +921,15 @@ def _carry_spend(record: Dict[str, Any], facts: Optional[ModelFacts]) -> None:
     answered = record.get("awaiting", False)  # the answer began: its usage, or what it lacks, is this attempt's
     record["awaiting"] = False  # settled here: what follows is the next attempt's, or nobody's
     counts = {key: record.pop(key, None) for key in USAGE_KEYS + (ONE_HOUR_WRITES,)}
-    if answered and any(counts[key] is None for key in USAGE_KEYS):
-        record["lost"] = True
+    lost = answered and any(counts[key] is None for key in USAGE_KEYS)
+    record["lost"] = record.get("lost", False) or lost
     spent = {key: value if isinstance(value, int) else 0 for key, value in counts.items()}
     billed = record.pop("billed_cost", None)
     if not any(spent.values()):
         return
-    cost = billed if billed is not None else call_cost(facts, **spent)
+    # The counts known of an attempt that spent more are a part: no cost (its model's row would
+    # show a part as the whole).
+    cost = None if lost else billed if billed is not None else call_cost(facts, **spent)
     record.setdefault("earlier", []).append((spent, cost, (record.get("provider"), record.get("upstream_model"))))
 
 

@@ -34,14 +34,18 @@ MIN_FREE_TEXT_SECRET = 8
 # 401): OpenAI/Anthropic/OpenRouter (sk-), Stripe-style (sk_, rk_), Groq (gsk_), xAI (xai-), Google
 # (AIza), Hugging Face (hf_), Replicate (r8_), Perplexity (pplx-), NVIDIA (nvapi-), Cerebras (csk-),
 # Fireworks (fw_), Together (tgp_v1_), GitHub tokens (GitHub Models), and JWTs (Azure AD, Vertex).
-# Each shape begins where no letter or digit comes before it: "_" may ("req_sk-proj-..." as an
-# upstream's request id, "project_sk-..." in an error message: a word boundary let both through).
+# A shape with a dash, or Google's and JWTs', begins where no letter or digit comes before it:
+# "_" may ("req_sk-proj-..." as an upstream's request id, "project_sk-..." in an error message,
+# which a word boundary let through). One with an underscore keeps the word boundary: after "_" it
+# is a part of an identifier far more often ("load_hf_tokenizer_config", "use_sk_learn").
 _KEY_RE = re.compile(
     r"(?<![A-Za-z0-9])(?:"
-    r"(?:sk-|sk_|rk_)[A-Za-z0-9_\-*]{8,}"
-    r"|(?:gsk_|xai-|hf_|r8_|pplx-|nvapi-|csk-|fw_|tgp_v1_|ghp_|gho_|ghu_|ghs_|github_pat_)[A-Za-z0-9_\-*]{12,}"
+    r"sk-[A-Za-z0-9_\-*]{8,}"
+    r"|(?:xai-|pplx-|nvapi-|csk-)[A-Za-z0-9_\-*]{12,}"
     r"|AIza[0-9A-Za-z_\-*]{20,}"
     r"|eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,})"
+    r"|\b(?:sk_|rk_)[A-Za-z0-9_\-*]{8,}"
+    r"|\b(?:gsk_|hf_|r8_|fw_|tgp_v1_|ghp_|gho_|ghu_|ghs_|github_pat_)[A-Za-z0-9_\-*]{12,}"
 )
 # A value right after a name that says it is a key ("Incorrect API key provided: 3f9c...", "api_key=...",
 # "x-api-key: ..."), whatever its shape, when it looks like a token (a digit or a mask in it).

@@ -103,7 +103,7 @@ def render(usage: Dict[str, Any]) -> str:
 
 # Control characters a client's model name may carry: no text a page shows (a NUL went into the
 # HTML raw; browsers each do their own thing with them), shown as the replacement character.
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def esc(value: Any) -> str:

@@ -527,6 +527,29 @@ def test_a_message_delta_without_a_stop_reason_does_not_end_the_answer(through, 
     assert record_for(records, request_id).error_type is not None
 
 
+def test_a_cut_after_a_count_along_the_way_leaves_the_output_unknown(through, fake_upstream, records):
+    """The count of a message_delta without a stop reason is the output so far: cut after it, more was
+    generated than it says, so the record's output and cost are unknown, as for any forwarded stream
+    cut before its end (a review: the partial count was billed as the whole)."""
+    fake_upstream.push(sse(events_bytes(HEAD_EVENTS + [_COUNT_ALONG_THE_WAY]), Fault("rst")))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        client.read_all(timeout=5)
+        request_id = client.headers["request-id"]
+    rec = record_for(records, request_id)
+    assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (25, None, None)
+
+
+def test_a_count_along_the_way_is_the_output_of_an_answer_that_ends_whole(through, fake_upstream, records):
+    end = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}}  # no usage
+    fake_upstream.push(sse(events_bytes(HEAD_EVENTS + [_COUNT_ALONG_THE_WAY, end, {"type": "message_stop"}])))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+        request_id = client.headers["request-id"]
+    assert_valid_event_sequence(events, allow_error=False)
+    assert next(e for e in events if e["type"] == "message_delta")["usage"]["output_tokens"] == 7
+    assert record_for(records, request_id).output_tokens == 7
+
+
 def test_a_message_delta_without_a_stop_reason_then_the_rest_of_the_answer(through, fake_upstream):
     """Counted along the way, then more text and the real end: one message_delta, the last counts."""
     fake_upstream.push(sse(events_bytes(HEAD_EVENTS + [_COUNT_ALONG_THE_WAY] + TAIL_EVENTS)))
@@ -676,6 +699,10 @@ def test_slow_first_byte_gets_pings_and_one_message_start(make_proxy, fake_upstr
     [delta] = [e for e in events if e["type"] == "message_delta"]
     assert delta["usage"] == {"input_tokens": 25, "cache_read_input_tokens": 7, "output_tokens": 15}
     assert final_message(events)["usage"]["input_tokens"] == 25
+    # Ours, before the upstream said anything: the proxy's estimate, not 0 (a review: Claude Code
+    # sizes its context by it until the message_delta).
+    estimate = input_estimate(minimal_request(stream=True, model="claude-x"))
+    assert estimate > 0 and events[0]["message"]["usage"]["input_tokens"] == estimate
 
 
 def test_json_answer_to_a_stream_request_becomes_a_stream(through, fake_upstream):

@@ -686,11 +686,11 @@ def test_usage_page_renders_with_no_calls_and_headers_are_strict() -> None:
 def test_a_control_character_in_a_model_name_never_reaches_the_page_raw() -> None:
     """A client's model "m\x00n" put a NUL into the page's HTML (probe B); it shows as U+FFFD."""
     metrics = Metrics()
-    metrics.record(CallRecord(endpoint="/v1/messages", model="m\x00n\x1bx", provider="p", upstream_model="u\x07v",
-                              time=time.time()))
+    metrics.record(CallRecord(endpoint="/v1/messages", model="m\x00n\x1bx\x85y", provider="p",
+                              upstream_model="u\x07v", time=time.time()))
     text = render({**metrics.usage(time.time()), "prices_checked": PRICES_CHECKED})
     parse_page(text)
-    assert not any(c in text for c in "\x00\x1b\x07") and "m\ufffdn\ufffdx" in text
+    assert not any(c in text for c in "\x00\x1b\x07\x85") and "m\ufffdn\ufffdx\ufffdy" in text
 
 
 def test_usage_page_obeys_the_client_key(make_proxy: Any) -> None:
@@ -1509,6 +1509,32 @@ def test_a_fallback_files_each_attempts_spend_under_its_own_model(fake: FakeUpst
     assert line["spent_elsewhere"] == [{"provider": "a", "upstream_model": "house-model", "input_tokens": 200,
                                         "output_tokens": 20, "cache_read_input_tokens": 0,
                                         "cache_creation_input_tokens": 0, "cost_usd": pytest.approx(240e-6)}]
+
+
+def test_an_attempt_whose_counts_did_not_all_come_carries_no_cost() -> None:
+    """Its answer began and its output count never came: the known counts are a part of what it spent.
+    Priced, the part went into its model's row as a measured cost (a review)."""
+    from claudeproxy.pipeline import _carry_spend, _spent_elsewhere
+
+    record: Dict[str, Any] = {"provider": "a", "upstream_model": "am", "awaiting": True, "input_tokens": 100,
+                              "output_tokens": None, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
+    _carry_spend(record, ModelFacts(input_price=3.0, output_price=15.0))
+    assert record["lost"] is True
+    [spend] = _spent_elsewhere(record["earlier"], ("b", "bm"))
+    assert (spend.provider, spend.input_tokens, spend.cost_usd) == ("a", 100, None)
+
+
+def test_the_rows_of_other_targets_stay_within_the_models_kept() -> None:
+    """max_models bounds the per-model rows; a call's spends elsewhere added rows past it (a review)."""
+    from claudeproxy.metrics import Spend
+
+    metrics = Metrics(max_models=1)
+    metrics.record(CallRecord(endpoint="/v1/messages", provider="b", upstream_model="bm", input_tokens=115,
+                              cost_usd=0.3, spent_elsewhere=(Spend("a", "am", input_tokens=100, cost_usd=0.1),
+                                                             Spend("c", "cm", input_tokens=5, cost_usd=0.1))))
+    rows = {(m["provider"], m["model"]): m for m in metrics.usage(time.time())["models"]}
+    assert set(rows) == {("b", "bm"), ("(other)", "(other)")}
+    assert rows[("(other)", "(other)")]["input_tokens"] == 105 and rows[("b", "bm")]["input_tokens"] == 10
 
 
 def test_a_retry_after_an_attempt_of_unknown_spend_has_no_cost(fake: FakeUpstream) -> None:

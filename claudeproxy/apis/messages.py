@@ -374,6 +374,7 @@ class MessagesFold(SSEFold):
         # message_start's output_tokens is a placeholder (1): the count is message_delta's, or a
         # whole message's. A stream cut before it (Esc in Claude Code) generated what nobody counted.
         self.output_counted = False
+        self.output_seen = False  # a message_delta without a stop reason counted it (``_message_delta``)
         # The usage of an upstream message_start that came after ours (sent for early pings): the
         # client has not seen it, so the message_delta carries it.
         self.late_usage: Dict[str, int] = {}
@@ -415,7 +416,8 @@ class MessagesFold(SSEFold):
             return []
         self.started = True
         held, self.held = self.held, []
-        return held or [message_start(self.message_id, self.model, self.input_tokens)]
+        # Ours (the upstream is slow): the estimate, as the upstream's would get where it says none.
+        return held or [message_start(self.message_id, self.model, self.estimate())]
 
     def fail(self, exc: ProxyError) -> List[Event]:
         if self.done:
@@ -495,7 +497,10 @@ class MessagesFold(SSEFold):
         # Before anything is filled: only what the upstream counted.
         self._take_usage(obj.get("usage"), final=held is None)
         if _counts(obj.get("usage"), ("output_tokens",)):
-            self.output_counted = True
+            # A count along the way is the output's only once the answer ends whole (``_stop``): cut
+            # after it, more was generated than it says.
+            self.output_counted = self.output_counted or said
+            self.output_seen = True
         if said:
             self.finishing = True
             self.stop_reason = delta["stop_reason"]
@@ -507,7 +512,7 @@ class MessagesFold(SSEFold):
         # counts over message_start's, and the client never saw that message_start.
         # No count of the output yet: a quarter of the characters relayed, as for a translated answer,
         # not message_start's placeholder (1).
-        guess = self.counts.get("output_tokens", 0) if self.output_counted else math.ceil(self.out_chars / 4)
+        guess = self.counts.get("output_tokens", 0) if self.output_seen else math.ceil(self.out_chars / 4)
         usage = _filled({**self.late_usage, **given}, ("output_tokens",), guess)
         self.final_delta = {**obj, "usage": _merged_usage(held["usage"], usage) if held is not None else usage}
         return closing
@@ -605,6 +610,7 @@ class MessagesFold(SSEFold):
     def _stop(self, obj: Optional[Event] = None) -> List[Event]:
         """The held message_delta, then message_stop (the upstream's ``obj``, or one of the proxy's)."""
         self.complete = self.done = True
+        self.output_counted = self.output_counted or self.output_seen
         held, self.final_delta = self.final_delta, None
         return ([held] if held is not None else []) + [obj if obj is not None else {"type": "message_stop"}]
 
