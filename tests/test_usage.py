@@ -1487,6 +1487,8 @@ def test_a_fallback_files_each_attempts_spend_under_its_own_model(fake: FakeUpst
         fake.push(overloaded, overloaded, json_reply(completion("ok", usage=usage(300, 30))))
         resp = post(types.SimpleNamespace(url=server.url), minimal_request())
         assert resp.status == 200, resp
+        # The call is recorded just after its answer is written: the client may be quicker (CI on 3.12).
+        assert wait_for(lambda: len(records) == 1, 5), "the call was not recorded"
         page = request(server.url, "GET", "/v1/usage").json
         metrics = request(server.url, "GET", "/metrics").body.decode()
     finally:
