@@ -948,7 +948,6 @@ def _spent_elsewhere(earlier: List[Tuple[Dict[str, int], Optional[float], Tuple[
     return tuple(by_target.values())
 
 
-
 def _facts_used(fields: Dict[str, Any], routed: Optional[Routed]) -> Optional[ModelFacts]:
     """The prices of the target that served the call (a fallback's, if one did)."""
     for target in routed.targets if routed is not None else ():

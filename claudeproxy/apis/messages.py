@@ -546,9 +546,9 @@ class MessagesFold(SSEFold):
         if block is _NOT_OPEN:
             raise self._not_open("content_block_delta", index)
         delta = obj.get("delta")
-        if type(delta) is dict:
-            said = delta.get("text") or delta.get("thinking") or delta.get("partial_json")
-            self.out_chars += len(said) if type(said) is str else 0
+        if type(delta) is dict:  # the characters the answer grew by, for an output count never given
+            text = delta.get("text") or delta.get("thinking") or delta.get("partial_json")
+            self.out_chars += len(text) if type(text) is str else 0
         takes = _BLOCK_DELTAS.get(block)  # type: ignore[arg-type]
         if takes is None:
             return
