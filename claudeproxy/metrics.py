@@ -209,13 +209,11 @@ class Tally:
         self.requests += 1
         self.errors += 1 if rec.error_type else 0
         self.local += 1 if rec.local else 0
-        self._add_spend(rec)
+        self.add_spend(rec)
 
-    def add_spend(self, spend: Spend) -> None:
-        """What a target spent on a call recorded under another (``Spend``): tokens and cost, no call."""
-        self._add_spend(spend)
-
-    def _add_spend(self, rec: Union[CallRecord, Spend]) -> None:
+    def add_spend(self, rec: Union[CallRecord, Spend]) -> None:
+        """Tokens and cost, no call: a record's (``add``), or what a target spent on a call recorded
+        under another (``Spend``)."""
         self.input_tokens += rec.input_tokens or 0  # an unknown count adds nothing
         self.output_tokens += rec.output_tokens or 0
         self.cache_read_input_tokens += rec.cache_read_input_tokens or 0
