@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -407,3 +408,39 @@ def claude_binary() -> Optional[str]:
         return found
     local = os.path.join(ROOT, ".ci", "node", "node_modules", ".bin", "claude")
     return local if os.access(local, os.X_OK) else None
+
+
+# ----------------------------------------------------------------------
+# A headless Claude Code run (CLAUDE-CODE.md's recipe).
+
+
+class Run:
+    def __init__(self, proc: "subprocess.CompletedProcess[str]", elapsed: float, bodies: List[Dict[str, Any]]) -> None:
+        self.proc = proc
+        self.elapsed = elapsed
+        self.bodies = bodies
+        self.lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+    @property
+    def result(self) -> Dict[str, Any]:
+        results = [line for line in self.lines if line.get("type") == "result"]
+        assert results, f"no result line; stdout tail: {self.proc.stdout[-2000:]!r} stderr: {self.proc.stderr[-2000:]!r}"
+        return results[-1]
+
+    def __repr__(self) -> str:
+        return f"Run(rc={self.proc.returncode}, stdout={self.proc.stdout[-1500:]!r}, stderr={self.proc.stderr[-1500:]!r})"
+
+
+def claude_env(proxy_url: str, home: str) -> Dict[str, str]:
+    """A clean environment: nothing from the machine's Anthropic or proxy settings leaks in."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": home,
+        "LANG": "C.UTF-8",
+        "ANTHROPIC_BASE_URL": proxy_url,
+        "ANTHROPIC_API_KEY": "dummy",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "IS_SANDBOX": "1",  # root may use --dangerously-skip-permissions only in a sandbox
+    }
