@@ -117,6 +117,126 @@ def test_a_thinking_budget_stays_below_the_capped_max_tokens(make_proxy, fake_up
     assert fake_upstream.last.json.get("thinking") == thinking
 
 
+ADAPTIVE_REFUSED = {"type": "error", "error": {"type": "invalid_request_error", "message": (
+    "thinking: Input tag 'adaptive' found using 'type' does not match any of the expected tags: "
+    "'disabled', 'enabled'")}}  # a gateway validating an older schema (anthropics/claude-code#33506)
+
+
+def _fresh_model(name: str) -> str:
+    """A model of its own for a test: the module's proxy remembers what each model refused."""
+    return f"refusing-{name}-{time.monotonic_ns()}"
+
+
+def _extra_forbidden(*loc: str) -> Reply:
+    """A pydantic server's 422 for a field its schema does not have."""
+    return json_reply({"detail": [{"type": "extra_forbidden", "loc": ["body", *loc],
+                                   "msg": "Extra inputs are not permitted", "input": {}}]}, status=422)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_adaptive_thinking_a_server_refuses_goes_as_a_budget_from_then_on(through, fake_upstream, caplog, stream):
+    """Claude Code asks for adaptive thinking with an effort; a server that knows only the older
+    form refuses every turn with the same 400, and Claude Code stops there. The proxy asks again
+    with a budget in the effort's bucket (below max_tokens), and that model gets the older form
+    from then on: one refused round trip, said once in the log."""
+    caplog.set_level(logging.WARNING, logger="claudeproxy")
+    body = minimal_request(model=_fresh_model("adaptive"), max_tokens=32000, stream=stream,
+                           thinking={"type": "adaptive", "display": "summarized"}, output_config={"effort": "high"})
+    fake_upstream.push(json_reply(ADAPTIVE_REFUSED, status=400), json_reply(ANSWER), json_reply(ANSWER))
+    before = fake_upstream.request_count
+    first = post(through, body)
+    assert first.status == 200
+    refused, accepted = fake_upstream.requests[-2:]
+    assert refused.json["thinking"] == {"type": "adaptive", "display": "summarized"}
+    assert accepted.json["thinking"] == {"type": "enabled", "display": "summarized", "budget_tokens": 16384}
+    assert accepted.json["output_config"] == {"effort": "high"}  # only what was refused changes
+    assert post(through, body).status == 200
+    assert fake_upstream.request_count - before == 3  # the next turn goes in the older form at once
+    assert fake_upstream.last.json["thinking"]["type"] == "enabled"
+    said = [r.getMessage() for r in caplog.records if "adaptive thinking" in r.getMessage()]
+    assert len(said) == 1 and "thinking with a budget" in said[0]
+
+
+@pytest.mark.parametrize("max_tokens,effort,thinking", [
+    (32000, None, {"type": "enabled", "budget_tokens": 8192}),     # no effort: Claude Code's default, medium
+    (32000, "low", {"type": "enabled", "budget_tokens": 2048}),
+    (32000, "max", {"type": "enabled", "budget_tokens": 32000 - 1}),  # below max_tokens
+    (1000, "high", None),                                           # no budget fits (Anthropic's least is 1024)
+])
+def test_the_budget_for_a_refused_adaptive_thinking(through, fake_upstream, max_tokens, effort, thinking):
+    extra = {"output_config": {"effort": effort}} if effort else {}
+    fake_upstream.push(json_reply(ADAPTIVE_REFUSED, status=400), json_reply(ANSWER))
+    body = minimal_request(model=_fresh_model("budget"), max_tokens=max_tokens, thinking={"type": "adaptive"}, **extra)
+    assert post(through, body).status == 200
+    assert fake_upstream.last.json.get("thinking") == thinking
+
+
+def test_newer_fields_a_server_refuses_are_left_out_from_then_on(through, fake_upstream):
+    """A strict server refuses one field an answer (a 422 each, which costs nothing): Claude Code's
+    context_management, output_config and thinking's display go, one by one, and stay gone."""
+    body = minimal_request(model=_fresh_model("fields"), thinking={"type": "enabled", "budget_tokens": 2000, "display": "updates"},
+                           context_management={"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+                           output_config={"effort": "medium"})
+    fake_upstream.push(_extra_forbidden("context_management"), _extra_forbidden("thinking", "display"),
+                       _extra_forbidden("output_config"), json_reply(ANSWER), json_reply(ANSWER))
+    before = fake_upstream.request_count
+    assert post(through, body).status == 200
+    assert fake_upstream.request_count - before == 4
+    last = fake_upstream.last.json
+    assert "context_management" not in last and "output_config" not in last
+    assert last["thinking"] == {"type": "enabled", "budget_tokens": 2000}
+    assert last["messages"] == body["messages"] and last["max_tokens"] == body["max_tokens"]
+    assert post(through, body).status == 200
+    assert fake_upstream.request_count - before == 5 and fake_upstream.last.json == last
+
+
+def test_thinking_a_server_does_not_offer_is_not_asked_for_again(through, fake_upstream):
+    refusal = {"type": "error", "error": {"type": "invalid_request_error",
+                                          "message": "thinking is not supported for this model"}}
+    fake_upstream.push(json_reply(refusal, status=400), json_reply(ANSWER), json_reply(ANSWER))
+    body = minimal_request(model=_fresh_model("off"), thinking={"type": "enabled", "budget_tokens": 2000})
+    before = fake_upstream.request_count
+    assert post(through, body).status == 200 and "thinking" not in fake_upstream.last.json
+    assert post(through, body).status == 200 and "thinking" not in fake_upstream.last.json
+    assert fake_upstream.request_count - before == 3
+
+
+@pytest.mark.parametrize("message", [
+    "messages.1.content.0.thinking.signature: Field required",  # about the history's thinking blocks
+    "tools.0.input_schema: Field required",                     # about a field the request needs
+])
+def test_a_refusal_the_older_form_cannot_meet_reaches_the_client(through, fake_upstream, message):
+    """Nothing is left out for an error that is not about the form of the request (asking for
+    thinking, or an optional field): the client gets the server's 400 after one round trip."""
+    fake_upstream.push(json_reply({"type": "error", "error": {"type": "invalid_request_error", "message": message}},
+                                  status=400))
+    before = fake_upstream.request_count
+    resp = post(through, minimal_request(model=_fresh_model("other"), thinking={"type": "adaptive"},
+                                         tools=[{"name": "f", "input_schema": {"type": "object"}}]))
+    assert resp.status == 400 and message in resp.json["error"]["message"]
+    assert fake_upstream.request_count - before == 1
+
+
+def test_anthropic_itself_gets_the_request_as_sent_after_a_refusal():
+    """Anthropic's own 400 is the client's to read: its models' rules are the client's business."""
+    from claudeproxy.apis.base import ClientRequest
+    from claudeproxy.apis.messages import MessagesApi
+    from claudeproxy.errors import UpstreamHTTPError
+    from claudeproxy.routing import Target
+
+    from claudeproxy.model_facts import ModelFacts
+
+    api = MessagesApi()
+    target = Target(Provider("anthropic", "https://api.anthropic.com", api="messages"), "claude-opus-4-1",
+                    ModelFacts(), None, None, "messages")
+    req = ClientRequest(minimal_request(thinking={"type": "adaptive"}), "claude-x", False, {}, "")
+    ex = api.prepare(req, target, None)
+    exc = UpstreamHTTPError(ADAPTIVE_REFUSED["error"]["message"], status=400)
+    exc.upstream_message = ADAPTIVE_REFUSED["error"]["message"]
+    assert api.recover(exc, req, target, ex, None) is None
+    assert json.loads(api.prepare(req, target, None).body)["thinking"] == {"type": "adaptive"}
+
+
 def test_thinking_this_proxy_signed_for_another_upstream_is_not_forwarded(through, fake_upstream):
     """After a fallback to a chat upstream, the history holds thinking signed "cpx1." by the proxy:
     a native upstream cannot check it and would refuse the request. Real signatures go on."""

@@ -9,7 +9,11 @@ anyone but Anthropic, Claude Code's billing line; the client's query string goes
 Anthropic only. Headers follow the
 provider's rules: ``anthropic-version`` passed on, ``anthropic-beta`` forwarded
 or dropped (several native endpoints reject betas they do not know), the key
-sent the way the provider wants it (by the pipeline). Answers come back with
+sent the way the provider wants it (by the pipeline). A server that refuses
+what Claude Code sends of Anthropic's newer request (adaptive thinking, ``context_management``,
+``output_config``: several native endpoints validate an older schema) gets the request again in
+the older form, and that model never gets the refused form again (``MessagesApi.recover``); Anthropic
+itself always gets the body as sent. Answers come back with
 the client's model name. Streams are read event by event so the relay's one
 ending rule applies -- a close after ``message_stop`` is the end, a stream cut
 before it ends with one error event -- and the usage is read for metrics.
@@ -18,9 +22,11 @@ before it ends with one error event -- and the usage is read for metrics.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+import threading
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from ..anthropic_types import parse_messages_request
 from ..counts import USAGE_KEYS, count_or_none, one_hour_writes
@@ -40,10 +46,27 @@ from ..signatures import PREFIX as SIGNATURE_PREFIX
 from ..sse import ServerSentEvent, SSEDecoder, SSEFold, loads_data
 from ..tokens import estimate_input, estimate_output_tokens
 from ..urls import messages_url
-from .base import ClientRequest, Exchange, UpstreamApi
+from .base import ClientRequest, Exchange, RefusedFields, UpstreamApi, refused_fields, remember
 
 Event = Dict[str, Any]
+log = logging.getLogger(__name__)
 DEFAULT_VERSION = "2023-06-01"
+# Claude Code's optional fields that a server speaking an older Messages schema may refuse as such
+# (apis/base.py refused_fields: "context_management: Extra inputs are not permitted"): hints the
+# answer does not need, sent without once refused.
+_DROPPABLE = ("context_management", "output_config", "metadata", "service_tier")
+# A budget for each effort, for a server that refuses adaptive thinking and takes the older
+# {"type": "enabled", "budget_tokens": N}: inside the effort's bucket of dialects.REASONING_BUCKETS,
+# the same mapping the translated APIs use the other way. Claude Code's default effort is medium.
+_BUDGET_FOR_EFFORT = {"low": 2048, "medium": 8192, "high": 16384, "xhigh": 32000, "max": 32000}
+_THINKING_WORD = re.compile(r"\bthinking\b", re.I)
+_DISPLAY_WORD = re.compile(r"\bdisplay\b", re.I)
+_THINKING_REFUSED = re.compile(
+    r"\bthinking\b[^.\n]{0,80}?\b(?:not\s+supported|unsupported|not\s+(?:allowed|permitted))", re.I)
+# The steps to an older thinking, as the log names them: what the model refused, what it gets instead.
+_STEP_WORDS = {"enabled": ("adaptive thinking", "thinking with a budget (type enabled)"),
+               "plain": ("thinking.display", "thinking without it"),
+               "off": ("thinking", "no thinking asked")}
 # What an event type passed on may be: Anthropic's are lower-case words joined by "_".
 _EVENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}\Z")
 # Header values copied from the client: version strings and beta names, nothing that could smuggle.
@@ -161,6 +184,48 @@ def _without_proxy_thinking(messages: List[Any]) -> List[Any]:
             message = {**message, "content": kept or [{"type": "text", "text": _thinking_text(content)}]}
         out.append(message)
     return out
+
+
+def _thinking_refused(text: str, thinking: Any, refused: FrozenSet[str]) -> Optional[str]:
+    """The step (``_STEP_WORDS``) a refusal of the request's ``thinking`` calls for, or None.
+
+    Only what the message says of the thinking sent: an error about thinking blocks in the
+    history ("must have a signature") is no refusal of asking for thinking, and leaving thinking
+    out for it would cost every later answer its reasoning.
+    """
+    if not isinstance(thinking, dict) or not ("thinking" in refused or _THINKING_WORD.search(text)):
+        return None
+    if thinking.get("type") == "adaptive" and "adaptive" in text.lower():
+        return "enabled"  # pydantic: "thinking: Input tag 'adaptive' found using 'type' does not match ..."
+    if "display" in thinking and _DISPLAY_WORD.search(text):
+        return "plain"
+    if "thinking" in refused or _THINKING_REFUSED.search(text):
+        return "off"
+    return None
+
+
+def _older_thinking(body: Dict[str, Any], steps: FrozenSet[str]) -> None:
+    """``body``'s thinking in the form a model that refused ``steps`` of the newer one takes."""
+    thinking = body.get("thinking")
+    if not steps or not isinstance(thinking, dict):
+        return
+    if "off" in steps:
+        del body["thinking"]
+        return
+    if "plain" in steps:
+        thinking = {k: v for k, v in thinking.items() if k != "display"}
+    if "enabled" in steps and thinking.get("type") == "adaptive":
+        config = body.get("output_config")
+        effort = config.get("effort") if isinstance(config, dict) else None
+        budget = _BUDGET_FOR_EFFORT.get(effort if isinstance(effort, str) else "", _BUDGET_FOR_EFFORT["medium"])
+        asked = body.get("max_tokens")
+        if isinstance(asked, int) and not isinstance(asked, bool):
+            budget = min(budget, asked - 1)  # a budget must stay below max_tokens
+        if budget < MIN_THINKING_BUDGET:
+            del body["thinking"]
+            return
+        thinking = {**thinking, "type": "enabled", "budget_tokens": budget}
+    body["thinking"] = thinking
 
 
 def _thinking_text(blocks: List[Any]) -> str:
@@ -306,6 +371,14 @@ class MessagesApi(UpstreamApi):
     name = "messages"
     translates = False  # forwarded: no local answers, count_tokens asked upstream
 
+    def __init__(self) -> None:
+        # What each model of a server that is not Anthropic refused of the newer request: fields
+        # (_DROPPABLE) and forms of thinking ("enabled": adaptive refused; "plain": its display;
+        # "off": thinking itself). Per server, by (provider, model), as the Chat API's refusals.
+        self._refused = RefusedFields(_DROPPABLE)
+        self._thinking: Dict[Tuple[str, str], FrozenSet[str]] = {}
+        self._lock = threading.Lock()
+
     def parse(self, body: Dict[str, Any]) -> None:
         return None  # the upstream validates what it is sent
 
@@ -315,11 +388,43 @@ class MessagesApi(UpstreamApi):
             # would answer the turn's new messages alone.
             raise thread_unsupported()
         body = _forwarded_body(req.body, target, cap)
+        if not is_anthropic_host(target.provider.url):
+            key = (target.provider.name, target.model)
+            with self._lock:
+                steps = self._thinking.get(key, frozenset())
+            _older_thinking(body, steps)  # first: the effort it reads may be a refused field
+            self._refused.drop(body, key)
         headers = _headers(req, target, "text/event-stream" if req.stream else "application/json")
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")
         max_tokens = body.get("max_tokens") if isinstance(body.get("max_tokens"), int) else None
         url = messages_url(target.provider.url, "/v1/messages", _forwarded_query(req, target))
         return Exchange(url, data, headers, req.stream, max_tokens)
+
+    def recover(self, exc: ProxyError, req: ClientRequest, target: Target, ex: Exchange,
+                cap: Optional[int]) -> Optional[Exchange]:
+        """The request again in the older form a server refused the newer one for (adaptive thinking
+        as a budget, a thinking display or field left out, a refused optional field left out), or None.
+
+        Claude Code sends Anthropic's newest request whatever the server; one that validates an
+        older schema answers every turn with the same 400, and Claude Code stops there. Remembered
+        for the model: one refused round trip per server. Anthropic itself is not second-guessed.
+        """
+        if exc.status not in (400, 422) or is_anthropic_host(target.provider.url):
+            return None
+        text = getattr(exc, "upstream_message", "") or ""
+        sent = json.loads(ex.body)
+        key = (target.provider.name, target.model)
+        refused = refused_fields(text)
+        step = _thinking_refused(text, sent.get("thinking"), refused)
+        with self._lock:
+            steps = self._thinking.get(key, frozenset())
+            learned = step is not None and step not in steps  # else it was sent so and refused all the same
+            if learned:
+                remember(self._thinking, key, steps | {step})
+        if learned:
+            log.warning("%s refused %s: %s from now on", target.label, *_STEP_WORDS[step])  # type: ignore[index]
+            return self.prepare(req, target, cap)
+        return self.prepare(req, target, cap) if self._refused.learn(refused, sent, key, target.label) else None
 
     def count_tokens(self, req: ClientRequest, target: Target) -> Exchange:
         """The upstream's own token count (exact where the local estimate only guesses), asked with

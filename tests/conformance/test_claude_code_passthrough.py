@@ -209,3 +209,60 @@ def test_b_a_stream_broken_after_text_is_retried_and_answered(native: FakeUpstre
         assert "HALF-AN-ANSWER" not in run.result["result"]
     finally:
         server.shutdown(grace=1.0)
+
+
+class OlderSchemaModel(NativeModel):
+    """A server that validates an older Messages schema, as several gateways and native endpoints do:
+    a 422 for each field it does not have (context_management, output_config, thinking.display) and
+    a 400 for adaptive thinking (anthropics/claude-code#33506's words); else ``NativeModel``."""
+
+    def __call__(self, rec: Recorded) -> Reply:
+        if rec.path.endswith("/v1/messages"):
+            body = rec.json
+            thinking = body.get("thinking") if isinstance(body.get("thinking"), dict) else {}
+            for field in ("context_management", "output_config"):
+                if field in body:
+                    return _unknown(field)
+            if "display" in thinking:
+                return _unknown("thinking", "display")
+            if thinking.get("type") == "adaptive":
+                return json_reply({"type": "error", "error": {"type": "invalid_request_error", "message": (
+                    "thinking: Input tag 'adaptive' found using 'type' does not match any of the expected "
+                    "tags: 'disabled', 'enabled'")}}, status=400)
+        return super().__call__(rec)
+
+
+def _unknown(*loc: str) -> Reply:
+    return json_reply({"detail": [{"type": "extra_forbidden", "loc": ["body", *loc],
+                                   "msg": "Extra inputs are not permitted", "input": {}}]}, status=422)
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "claude-opus-4-6"])
+def test_c_a_server_of_an_older_schema_gets_the_older_form(native: FakeUpstream, tmp_path: Any, model: str) -> None:
+    """Claude Code sends Anthropic's newest request (context_management, thinking with a display;
+    adaptive thinking and an effort for newer models) to any server; one that validates an older
+    schema refuses every turn, and Claude Code stops with its 400. The proxy sends the older form,
+    and the Write round trip completes."""
+    target = tmp_path / "work" / "older.txt"
+    native.responder = OlderSchemaModel(str(target), "older schema\n", "OLDER-DONE-3308")
+    server = _start(native)
+    try:
+        home, work = tmp_path / "home", tmp_path / "work"
+        home.mkdir()
+        work.mkdir()
+        cmd = [str(CLAUDE), "-p", "Create older.txt.", "--output-format", "stream-json", "--verbose",
+               "--dangerously-skip-permissions", "--max-turns", "6", "--model", model]
+        proc = subprocess.run(cmd, cwd=str(work), env=claude_env(server.url, str(home)), stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=RUN_TIMEOUT)
+        run = Run(proc, 0.0, [])
+        assert (run.result["is_error"], run.result["result"]) == (False, "OLDER-DONE-3308"), run
+        assert target.read_text(encoding="utf-8") == "older schema\n"
+        sent = [r.json for r in list(native.requests) if r.path.endswith("/v1/messages")]
+        asked = [b.get("thinking") for b in sent]
+        assert any(isinstance(t, dict) for t in asked), asked  # Claude Code asked for thinking: the test means something
+        accepted = [b for b in sent if "context_management" not in b and "output_config" not in b
+                    and "display" not in (b.get("thinking") or {}) and (b.get("thinking") or {}).get("type") != "adaptive"]
+        assert len(accepted) >= 2  # the turn with the call and the one with its result
+        assert all((b.get("thinking") or {}).get("type") in (None, "enabled") for b in accepted)
+    finally:
+        server.shutdown(grace=1.0)
