@@ -127,6 +127,13 @@ def _fresh_model(name: str) -> str:
     return f"refusing-{name}-{time.monotonic_ns()}"
 
 
+def _without(value: Any, key: str) -> Any:
+    """``value`` with ``key`` taken out of every object in it."""
+    if isinstance(value, dict):
+        return {k: _without(v, key) for k, v in value.items() if k != key}
+    return [_without(v, key) for v in value] if isinstance(value, list) else value
+
+
 def _extra_forbidden(*loc: str) -> Reply:
     """A pydantic server's 422 for a field its schema does not have."""
     return json_reply({"detail": [{"type": "extra_forbidden", "loc": ["body", *loc],
@@ -174,7 +181,8 @@ def test_the_budget_for_a_refused_adaptive_thinking(through, fake_upstream, max_
 def test_newer_fields_a_server_refuses_are_left_out_from_then_on(through, fake_upstream):
     """A strict server refuses one field an answer (a 422 each, which costs nothing): Claude Code's
     context_management, output_config and thinking's display go, one by one, and stay gone."""
-    body = minimal_request(model=_fresh_model("fields"), thinking={"type": "enabled", "budget_tokens": 2000, "display": "updates"},
+    body = minimal_request(model=_fresh_model("fields"),
+                           thinking={"type": "enabled", "budget_tokens": 2000, "display": "updates"},
                            context_management={"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
                            output_config={"effort": "medium"})
     fake_upstream.push(_extra_forbidden("context_management"), _extra_forbidden("thinking", "display"),
@@ -188,6 +196,35 @@ def test_newer_fields_a_server_refuses_are_left_out_from_then_on(through, fake_u
     assert last["messages"] == body["messages"] and last["max_tokens"] == body["max_tokens"]
     assert post(through, body).status == 200
     assert fake_upstream.request_count - before == 5 and fake_upstream.last.json == last
+
+
+@pytest.mark.parametrize("message", [
+    "messages.0.content.0.text.cache_control: Extra inputs are not permitted",  # Vertex through a gateway
+    "tools.0.cache_control: Extra inputs are not permitted",
+])
+def test_prompt_cache_marks_a_server_refuses_are_left_out_from_then_on(through, fake_upstream, message):
+    """A server without Anthropic's prompt cache (an older model behind a gateway) may refuse the
+    cache_control marks Claude Code puts on its system, tools and last message: they all go, in
+    every place they sit (a tool result's own blocks too), the client's JSON left as it was."""
+    marked = {"type": "ephemeral"}
+    body = minimal_request(
+        model=_fresh_model("uncached"),
+        system=[{"type": "text", "text": "You are terse.", "cache_control": marked}],
+        tools=[{"name": "f", "input_schema": {"type": "object"}, "cache_control": {**marked, "ttl": "1h"}}],
+        messages=[{"role": "user", "content": [{"type": "text", "text": "Hello", "cache_control": marked}]},
+                  {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}]},
+                  {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+                      {"type": "text", "text": "done", "cache_control": marked}]}]}])
+    sent_before = json.dumps(body)
+    fake_upstream.push(json_reply({"type": "error", "error": {"type": "invalid_request_error", "message": message}},
+                                  status=400), json_reply(ANSWER), json_reply(ANSWER))
+    before = fake_upstream.request_count
+    assert post(through, body).status == 200
+    last = fake_upstream.last.json
+    assert "cache_control" not in json.dumps(last)
+    assert {**last, "model": body["model"]} == _without(json.loads(sent_before), "cache_control")  # nothing else
+    assert post(through, body).status == 200
+    assert fake_upstream.request_count - before == 3 and "cache_control" not in json.dumps(fake_upstream.last.json)
 
 
 def test_thinking_a_server_does_not_offer_is_not_asked_for_again(through, fake_upstream):

@@ -11,7 +11,8 @@ provider's rules: ``anthropic-version`` passed on, ``anthropic-beta`` forwarded
 or dropped (several native endpoints reject betas they do not know), the key
 sent the way the provider wants it (by the pipeline). A server that refuses
 what Claude Code sends of Anthropic's newer request (adaptive thinking, ``context_management``,
-``output_config``: several native endpoints validate an older schema) gets the request again in
+``output_config``, ``cache_control`` marks: several native endpoints and gateways validate an
+older schema) gets the request again in
 the older form, and that model never gets the refused form again (``MessagesApi.recover``); Anthropic
 itself always gets the body as sent. Answers come back with
 the client's model name. Streams are read event by event so the relay's one
@@ -63,10 +64,16 @@ _THINKING_WORD = re.compile(r"\bthinking\b", re.I)
 _DISPLAY_WORD = re.compile(r"\bdisplay\b", re.I)
 _THINKING_REFUSED = re.compile(
     r"\bthinking\b[^.\n]{0,80}?\b(?:not\s+supported|unsupported|not\s+(?:allowed|permitted))", re.I)
-# The steps to an older thinking, as the log names them: what the model refused, what it gets instead.
+# A refusal of the prompt-cache marks ("tools.3.cache_control: Extra inputs are not permitted",
+# "*.cache_control: ..."): a gateway to an older model, a server without a prompt cache.
+_CACHE_CONTROL_REFUSED = re.compile(
+    r"\bcache_control\b.{0,80}?\b(?:extra|not\s+(?:supported|allowed|permitted)|unsupported|unknown|unrecogni[sz]ed)",
+    re.I | re.S)
+# The steps to an older form, as the log names them: what the model refused, what it gets instead.
 _STEP_WORDS = {"enabled": ("adaptive thinking", "thinking with a budget (type enabled)"),
                "plain": ("thinking.display", "thinking without it"),
-               "off": ("thinking", "no thinking asked")}
+               "off": ("thinking", "no thinking asked"),
+               "uncached": ("cache_control", "no cache_control marks")}
 # What an event type passed on may be: Anthropic's are lower-case words joined by "_".
 _EVENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}\Z")
 # Header values copied from the client: version strings and beta names, nothing that could smuggle.
@@ -186,13 +193,16 @@ def _without_proxy_thinking(messages: List[Any]) -> List[Any]:
     return out
 
 
-def _thinking_refused(text: str, thinking: Any, refused: FrozenSet[str]) -> Optional[str]:
-    """The step (``_STEP_WORDS``) a refusal of the request's ``thinking`` calls for, or None.
+def _older_step(text: str, sent: Dict[str, Any], refused: FrozenSet[str]) -> Optional[str]:
+    """The step (``_STEP_WORDS``) a refusal of what was ``sent`` calls for, or None.
 
-    Only what the message says of the thinking sent: an error about thinking blocks in the
+    Only what the message says of the thinking asked for: an error about thinking blocks in the
     history ("must have a signature") is no refusal of asking for thinking, and leaving thinking
     out for it would cost every later answer its reasoning.
     """
+    if _CACHE_CONTROL_REFUSED.search(text) and _has_cache_control(sent):
+        return "uncached"
+    thinking = sent.get("thinking")
     if not isinstance(thinking, dict) or not ("thinking" in refused or _THINKING_WORD.search(text)):
         return None
     if thinking.get("type") == "adaptive" and "adaptive" in text.lower():
@@ -204,8 +214,10 @@ def _thinking_refused(text: str, thinking: Any, refused: FrozenSet[str]) -> Opti
     return None
 
 
-def _older_thinking(body: Dict[str, Any], steps: FrozenSet[str]) -> None:
-    """``body``'s thinking in the form a model that refused ``steps`` of the newer one takes."""
+def _older_form(body: Dict[str, Any], steps: FrozenSet[str]) -> None:
+    """``body`` in the form a model that refused ``steps`` of the newer one takes."""
+    if "uncached" in steps:
+        _drop_cache_control(body)
     thinking = body.get("thinking")
     if not steps or not isinstance(thinking, dict):
         return
@@ -226,6 +238,40 @@ def _older_thinking(body: Dict[str, Any], steps: FrozenSet[str]) -> None:
             return
         thinking = {**thinking, "type": "enabled", "budget_tokens": budget}
     body["thinking"] = thinking
+
+
+def _has_cache_control(body: Dict[str, Any]) -> bool:
+    return any("cache_control" in block for block in _markable(body))
+
+
+def _markable(body: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The objects a cache_control mark may sit on: system blocks, tools, content blocks (also
+    those inside a tool result)."""
+    found = [b for key in ("system", "tools") for b in _dicts(body.get(key))]
+    for message in _dicts(body.get("messages")):
+        for block in _dicts(message.get("content")):
+            found += [block, *_dicts(block.get("content"))]
+    return found
+
+
+def _dicts(items: Any) -> List[Dict[str, Any]]:
+    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
+
+def _drop_cache_control(body: Dict[str, Any]) -> None:
+    """``body`` without cache_control marks (the client's objects are copied, never changed)."""
+    for key in ("system", "tools", "messages"):
+        if isinstance(body.get(key), list):
+            body[key] = [_unmarked(item) for item in body[key]]
+
+
+def _unmarked(block: Any) -> Any:
+    if not isinstance(block, dict):
+        return block
+    out = {k: v for k, v in block.items() if k != "cache_control"}
+    if isinstance(out.get("content"), list):  # a message's blocks, a tool result's own (the door bounds the depth)
+        out["content"] = [_unmarked(b) for b in out["content"]]
+    return out
 
 
 def _thinking_text(blocks: List[Any]) -> str:
@@ -373,10 +419,11 @@ class MessagesApi(UpstreamApi):
 
     def __init__(self) -> None:
         # What each model of a server that is not Anthropic refused of the newer request: fields
-        # (_DROPPABLE) and forms of thinking ("enabled": adaptive refused; "plain": its display;
-        # "off": thinking itself). Per server, by (provider, model), as the Chat API's refusals.
+        # (_DROPPABLE) and forms (_STEP_WORDS: "enabled", adaptive thinking refused; "plain", its
+        # display; "off", thinking itself; "uncached", the cache marks). Per server, by (provider,
+        # model), as the Chat API's refusals.
         self._refused = RefusedFields(_DROPPABLE)
-        self._thinking: Dict[Tuple[str, str], FrozenSet[str]] = {}
+        self._older: Dict[Tuple[str, str], FrozenSet[str]] = {}
         self._lock = threading.Lock()
 
     def parse(self, body: Dict[str, Any]) -> None:
@@ -391,8 +438,8 @@ class MessagesApi(UpstreamApi):
         if not is_anthropic_host(target.provider.url):
             key = (target.provider.name, target.model)
             with self._lock:
-                steps = self._thinking.get(key, frozenset())
-            _older_thinking(body, steps)  # first: the effort it reads may be a refused field
+                steps = self._older.get(key, frozenset())
+            _older_form(body, steps)  # first: the effort it reads may be a refused field
             self._refused.drop(body, key)
         headers = _headers(req, target, "text/event-stream" if req.stream else "application/json")
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")
@@ -415,12 +462,12 @@ class MessagesApi(UpstreamApi):
         sent = json.loads(ex.body)
         key = (target.provider.name, target.model)
         refused = refused_fields(text)
-        step = _thinking_refused(text, sent.get("thinking"), refused)
+        step = _older_step(text, sent, refused)
         with self._lock:
-            steps = self._thinking.get(key, frozenset())
+            steps = self._older.get(key, frozenset())
             learned = step is not None and step not in steps  # else it was sent so and refused all the same
             if learned:
-                remember(self._thinking, key, steps | {step})
+                remember(self._older, key, steps | {step})
         if learned:
             log.warning("%s refused %s: %s from now on", target.label, *_STEP_WORDS[step])  # type: ignore[index]
             return self.prepare(req, target, cap)

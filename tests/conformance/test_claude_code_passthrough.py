@@ -132,7 +132,8 @@ def _claude(server: Any, tmp_path: Any, fake: FakeUpstream, prompt: str) -> Run:
     started = time.monotonic()
     proc = subprocess.run(cmd, cwd=str(work), env=claude_env(server.url, str(home)), stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=RUN_TIMEOUT)
-    return Run(proc, time.monotonic() - started, [r.json for r in list(fake.requests) if r.path.endswith("/v1/messages")])
+    sent = [r.json for r in list(fake.requests) if r.path.endswith("/v1/messages")]
+    return Run(proc, time.monotonic() - started, sent)
 
 
 def test_a_write_round_through_a_native_anthropic_server(native: FakeUpstream, tmp_path: Any) -> None:
@@ -213,8 +214,9 @@ def test_b_a_stream_broken_after_text_is_retried_and_answered(native: FakeUpstre
 
 class OlderSchemaModel(NativeModel):
     """A server that validates an older Messages schema, as several gateways and native endpoints do:
-    a 422 for each field it does not have (context_management, output_config, thinking.display) and
-    a 400 for adaptive thinking (anthropics/claude-code#33506's words); else ``NativeModel``."""
+    a 422 for each field it does not have (context_management, output_config, thinking.display), a
+    400 for cache_control marks and for adaptive thinking (anthropics/claude-code#33506's words);
+    else ``NativeModel``."""
 
     def __call__(self, rec: Recorded) -> Reply:
         if rec.path.endswith("/v1/messages"):
@@ -223,6 +225,9 @@ class OlderSchemaModel(NativeModel):
             for field in ("context_management", "output_config"):
                 if field in body:
                     return _unknown(field)
+            if "cache_control" in json.dumps(body):  # no prompt cache here
+                refusal = {"type": "invalid_request_error", "message": "*.cache_control: Extra inputs are not permitted"}
+                return json_reply({"type": "error", "error": refusal}, status=400)
             if "display" in thinking:
                 return _unknown("thinking", "display")
             if thinking.get("type") == "adaptive":
@@ -239,8 +244,8 @@ def _unknown(*loc: str) -> Reply:
 
 @pytest.mark.parametrize("model", ["claude-sonnet-4-5", "claude-opus-4-6"])
 def test_c_a_server_of_an_older_schema_gets_the_older_form(native: FakeUpstream, tmp_path: Any, model: str) -> None:
-    """Claude Code sends Anthropic's newest request (context_management, thinking with a display;
-    adaptive thinking and an effort for newer models) to any server; one that validates an older
+    """Claude Code sends Anthropic's newest request (context_management, thinking with a display,
+    cache marks; adaptive thinking and an effort for newer models) to any server; one that validates an older
     schema refuses every turn, and Claude Code stops with its 400. The proxy sends the older form,
     and the Write round trip completes."""
     target = tmp_path / "work" / "older.txt"
@@ -259,9 +264,10 @@ def test_c_a_server_of_an_older_schema_gets_the_older_form(native: FakeUpstream,
         assert target.read_text(encoding="utf-8") == "older schema\n"
         sent = [r.json for r in list(native.requests) if r.path.endswith("/v1/messages")]
         asked = [b.get("thinking") for b in sent]
-        assert any(isinstance(t, dict) for t in asked), asked  # Claude Code asked for thinking: the test means something
+        assert any(isinstance(t, dict) for t in asked), asked  # Claude Code asked for thinking: the test is one
         accepted = [b for b in sent if "context_management" not in b and "output_config" not in b
-                    and "display" not in (b.get("thinking") or {}) and (b.get("thinking") or {}).get("type") != "adaptive"]
+                    and "display" not in (b.get("thinking") or {}) and (b.get("thinking") or {}).get("type") != "adaptive"
+                    and "cache_control" not in json.dumps(b)]  # what the server took
         assert len(accepted) >= 2  # the turn with the call and the one with its result
         assert all((b.get("thinking") or {}).get("type") in (None, "enabled") for b in accepted)
     finally:
