@@ -227,6 +227,38 @@ def test_prompt_cache_marks_a_server_refuses_are_left_out_from_then_on(through, 
     assert fake_upstream.request_count - before == 3 and "cache_control" not in json.dumps(fake_upstream.last.json)
 
 
+# How servers word a refusal of the newer request (pydantic, Go's encoding/json, Rust's serde),
+# and what the retry leaves out or changes.
+WORDINGS = [
+    ("unknown variant `adaptive`, expected `enabled` or `disabled` at line 1 column 412", "thinking",
+     {"type": "enabled", "budget_tokens": 8192}),
+    ("thinking.type: unknown variant `adaptive`, expected `enabled` or `disabled`", "thinking",
+     {"type": "enabled", "budget_tokens": 8192}),
+    ('json: unknown field "context_management"', "context_management", None),
+    ("context_management: Extra inputs are not permitted", "context_management", None),
+    ("Failed to deserialize the JSON body into the target type: unknown field `context_management`, expected "
+     "one of `model`, `messages`", "context_management", None),
+    ("unknown field `cache_control`, expected `type` or `text` at line 1 column 90", "cache_control", None),
+]
+
+
+@pytest.mark.parametrize("message,what,after", WORDINGS, ids=[w[0][:40] for w in WORDINGS])
+def test_refusals_as_servers_word_them(through, fake_upstream, message, what, after):
+    body = minimal_request(model=_fresh_model("wording"), max_tokens=32000, thinking={"type": "adaptive"},
+                           context_management={"edits": []},
+                           system=[{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}])
+    fake_upstream.push(json_reply({"type": "error", "error": {"type": "invalid_request_error", "message": message}},
+                                  status=400), json_reply(ANSWER))
+    assert post(through, body).status == 200
+    last = fake_upstream.last.json
+    if what == "cache_control":
+        assert "cache_control" not in json.dumps(last) and last["system"][0]["text"] == "Be brief."
+    elif what == "thinking":
+        assert last["thinking"] == after and "context_management" in last
+    else:
+        assert what not in last and last["thinking"] == {"type": "adaptive"}
+
+
 def test_thinking_a_server_does_not_offer_is_not_asked_for_again(through, fake_upstream):
     refusal = {"type": "error", "error": {"type": "invalid_request_error",
                                           "message": "thinking is not supported for this model"}}

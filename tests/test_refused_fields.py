@@ -245,6 +245,11 @@ MESSAGES = [
     ("Budget 0 is invalid. This model only works in thinking mode.", set()),  # Gemini 2.5 Pro: "none" only
     ("invalid temperature: only 1 is allowed for this model", set()),  # Kimi K2.5: the client's value
     ("`reasoning_effort` must be one of `none` or `default`", set()),  # Groq's qwen3
+    # pydantic's words with the path in front, as Anthropic-style servers print them: a top-level
+    # name is the field; a dotted path is a key inside one.
+    ("stream_options: Extra inputs are not permitted", {"stream_options"}),
+    ("1 validation error for ChatRequest\nstream_options: Extra inputs are not permitted", {"stream_options"}),
+    ("messages.0.stream_options: Extra inputs are not permitted", set()),
     # Errors about a message that only mention a field's name.
     ('{"detail":[{"type":"extra_forbidden","loc":["body","messages",1,"user","cache_control"],'
      '"msg":"Extra inputs are not permitted"}]}', set()),

@@ -152,6 +152,10 @@ _FIELD_REFUSALS = (
     # DeepSeek: "Invalid parameter: tool_choice is not supported in thinking mode".
     re.compile(r"(?:^|[:.]\s*)['\"`]?([a-z][a-z_]*)['\"`]?\s+is\s+not\s+supported\s+"
                r"(?:(?:with|by|for)\s+this\s+model|in\s+thinking\s+mode)", re.I),
+    # pydantic's message with its path in front, as Anthropic-style servers word it:
+    # "context_management: Extra inputs are not permitted". A top-level name only: a dotted path
+    # ("tools.3.cache_control: ...") is a key inside a field, not the field.
+    re.compile(r"(?:^|[\s,;(\[])([A-Za-z_]\w*):\s*extra\s+inputs?\s+(?:are|is)\s+not\s+permitted", re.I),
 )
 _CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _EXTRA_BODY_FIELD = re.compile(r'"loc"\s*:\s*\[\s*"body"\s*,\s*"([A-Za-z_]\w*)"\s*[\],]')

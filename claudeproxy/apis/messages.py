@@ -200,13 +200,18 @@ def _older_step(text: str, sent: Dict[str, Any], refused: FrozenSet[str]) -> Opt
     history ("must have a signature") is no refusal of asking for thinking, and leaving thinking
     out for it would cost every later answer its reasoning.
     """
-    if _CACHE_CONTROL_REFUSED.search(text) and _has_cache_control(sent):
+    if ("cache_control" in refused or _CACHE_CONTROL_REFUSED.search(text)) and _has_cache_control(sent):
         return "uncached"
     thinking = sent.get("thinking")
-    if not isinstance(thinking, dict) or not ("thinking" in refused or _THINKING_WORD.search(text)):
+    if not isinstance(thinking, dict):
         return None
     if thinking.get("type") == "adaptive" and "adaptive" in text.lower():
-        return "enabled"  # pydantic: "thinking: Input tag 'adaptive' found using 'type' does not match ..."
+        # pydantic's "thinking: Input tag 'adaptive' found using 'type' does not match ...", serde's
+        # "unknown variant `adaptive`, expected `enabled` or `disabled`" (no path): the request's
+        # one value of that name.
+        return "enabled"
+    if not ("thinking" in refused or _THINKING_WORD.search(text)):
+        return None
     if "display" in thinking and _DISPLAY_WORD.search(text):
         return "plain"
     if "thinking" in refused or _THINKING_REFUSED.search(text):
