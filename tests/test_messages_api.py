@@ -196,6 +196,13 @@ def test_newer_fields_a_server_refuses_are_left_out_from_then_on(through, fake_u
     assert last["messages"] == body["messages"] and last["max_tokens"] == body["max_tokens"]
     assert post(through, body).status == 200
     assert fake_upstream.request_count - before == 5 and fake_upstream.last.json == last
+    # Claude Code's count_tokens carries the same fields: the server gets them as it took them.
+    fake_upstream.push(json_reply({"input_tokens": 21}))
+    counted = {k: v for k, v in body.items() if k != "max_tokens"}
+    assert post(through, counted, path="/v1/messages/count_tokens").json == {"input_tokens": 21}
+    sent = fake_upstream.last
+    assert sent.path.endswith("/count_tokens") and "context_management" not in sent.json
+    assert "output_config" not in sent.json and sent.json["thinking"] == {"type": "enabled", "budget_tokens": 2000}
 
 
 @pytest.mark.parametrize("message", [

@@ -439,18 +439,23 @@ class MessagesApi(UpstreamApi):
             # Only Anthropic keeps threads (and only it gets the beta naming them): another server
             # would answer the turn's new messages alone.
             raise thread_unsupported()
-        body = _forwarded_body(req.body, target, cap)
+        body = self._as_taken(_forwarded_body(req.body, target, cap), target)
+        headers = _headers(req, target, "text/event-stream" if req.stream else "application/json")
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        max_tokens = body.get("max_tokens") if isinstance(body.get("max_tokens"), int) else None
+        url = messages_url(target.provider.url, "/v1/messages", _forwarded_query(req, target))
+        return Exchange(url, data, headers, req.stream, max_tokens)
+
+    def _as_taken(self, body: Dict[str, Any], target: Target) -> Dict[str, Any]:
+        """``body`` (the proxy's copy) in the form ``target``'s model takes: what it refused of the
+        newer request left out or made older (``recover``). Anthropic gets it as it is."""
         if not is_anthropic_host(target.provider.url):
             key = (target.provider.name, target.model)
             with self._lock:
                 steps = self._older.get(key, frozenset())
             _older_form(body, steps)  # first: the effort it reads may be a refused field
             self._refused.drop(body, key)
-        headers = _headers(req, target, "text/event-stream" if req.stream else "application/json")
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
-        max_tokens = body.get("max_tokens") if isinstance(body.get("max_tokens"), int) else None
-        url = messages_url(target.provider.url, "/v1/messages", _forwarded_query(req, target))
-        return Exchange(url, data, headers, req.stream, max_tokens)
+        return body
 
     def recover(self, exc: ProxyError, req: ClientRequest, target: Target, ex: Exchange,
                 cap: Optional[int]) -> Optional[Exchange]:
@@ -484,6 +489,7 @@ class MessagesApi(UpstreamApi):
         counted = {**req.body, "model": target.model}
         if isinstance(counted.get("messages"), list):
             counted["messages"] = _without_proxy_thinking(counted["messages"])  # as the messages call sends them
+        counted = self._as_taken(counted, target)  # a server refuses what it refused there here too
         body = json.dumps(counted, ensure_ascii=False).encode("utf-8")
         url = messages_url(target.provider.url, "/v1/messages/count_tokens", _forwarded_query(req, target))
         return Exchange(url, body, _headers(req, target, "application/json"), False, None)
