@@ -293,6 +293,157 @@ def test_a_refusal_the_older_form_cannot_meet_reaches_the_client(through, fake_u
     assert fake_upstream.request_count - before == 1
 
 
+def _refusal(message: str, status: int = 400) -> Reply:
+    return json_reply({"type": "error", "error": {"type": "invalid_request_error", "message": message}}, status=status)
+
+
+def test_a_cache_marks_ttl_a_server_refuses_goes_and_the_marks_stay(through, fake_upstream):
+    """Bedrock's "...cache_control.ephemeral.ttl: Extra inputs are not permitted": the 1-hour ttl goes,
+    the 5-minute marks stay (without them every later turn is a full-price cache miss)."""
+    body = minimal_request(model=_fresh_model("ttl"), system=[
+        {"type": "text", "text": "a", "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+        {"type": "text", "text": "b", "cache_control": {"type": "ephemeral"}}])
+    fake_upstream.push(_refusal("system.0.cache_control.ephemeral.ttl: Extra inputs are not permitted"),
+                       json_reply(ANSWER))
+    assert post(through, body).status == 200
+    assert [b["cache_control"] for b in fake_upstream.last.json["system"]] == [{"type": "ephemeral"}] * 2
+
+
+def test_a_refused_top_level_cache_control_goes_alone(through, fake_upstream):
+    """Automatic caching's top-level cache_control refused as a field: the block marks stay."""
+    mark = {"type": "ephemeral"}
+    body = minimal_request(model=_fresh_model("top"), cache_control=mark,
+                           system=[{"type": "text", "text": "a", "cache_control": mark}])
+    fake_upstream.push(_refusal("cache_control: Extra inputs are not permitted"), json_reply(ANSWER))
+    assert post(through, body).status == 200
+    last = fake_upstream.last.json
+    assert "cache_control" not in last and last["system"][0]["cache_control"] == mark
+
+
+@pytest.mark.parametrize("message", [
+    "Thinking is not supported when tool_choice forces tool use",        # together with something
+    "thinking budget_tokens above 32000 not supported for this model",   # a value
+    "thinking blocks in previous assistant turns are not supported",     # the history
+    "output_config.effort: 'xhigh' is not supported; adaptive thinking supports low, medium, high",
+])
+def test_a_refusal_of_thinking_with_something_else_changes_nothing(through, fake_upstream, message):
+    """Such a refusal is the client's to read, and later requests of the model keep their thinking."""
+    model = _fresh_model("conditional")
+    body = minimal_request(model=model, max_tokens=32000, thinking={"type": "adaptive"}, output_config={"effort": "xhigh"})
+    fake_upstream.push(_refusal(message), json_reply(ANSWER))
+    before = fake_upstream.request_count
+    assert post(through, body).status == 400 and fake_upstream.request_count - before == 1
+    assert post(through, minimal_request(model=model, max_tokens=32000, thinking={"type": "adaptive"})).status == 200
+    assert fake_upstream.last.json["thinking"] == {"type": "adaptive"}
+
+
+def test_one_422_refusing_several_things_is_met_at_once(through, fake_upstream):
+    """pydantic lists every error of a body: an extra output_config beside an adaptive thinking it does
+    not know, and a budget value error it does not refuse as a field. One retry meets both refusals,
+    and the budget comes from the effort the refused output_config carried."""
+    detail = [{"type": "extra_forbidden", "loc": ["body", "output_config"], "msg": "Extra inputs are not permitted",
+               "input": {"effort": "high"}},
+              {"type": "union_tag_invalid", "loc": ["body", "thinking"], "input": {"type": "adaptive"},
+               "msg": "Input tag 'adaptive' found using 'type' does not match any of the expected tags: "
+                      "'disabled', 'enabled'"},
+              {"type": "less_than", "loc": ["body", "max_tokens"], "msg": "Input should be less than 64001"}]
+    fake_upstream.push(json_reply({"detail": detail}, status=422), json_reply(ANSWER))
+    body = minimal_request(model=_fresh_model("several"), max_tokens=32000, thinking={"type": "adaptive"},
+                           output_config={"effort": "high"})
+    before = fake_upstream.request_count
+    assert post(through, body).status == 200 and fake_upstream.request_count - before == 2
+    last = fake_upstream.last.json
+    assert "output_config" not in last and last["thinking"] == {"type": "enabled", "budget_tokens": 16384}
+    assert last["max_tokens"] == 32000
+
+
+def test_a_display_refused_inside_adaptive_thinking_costs_only_the_display(through, fake_upstream):
+    fake_upstream.push(_extra_forbidden("thinking", "adaptive", "display"), json_reply(ANSWER))
+    body = minimal_request(model=_fresh_model("display"), max_tokens=32000,
+                           thinking={"type": "adaptive", "display": "summarized"})
+    assert post(through, body).status == 200
+    assert fake_upstream.last.json["thinking"] == {"type": "adaptive"}
+
+
+def test_an_output_config_with_a_format_is_never_left_out(through, fake_upstream):
+    """Its format is structured output, the client's meaning: the refusal stands; an effort alone goes."""
+    model = _fresh_model("format")
+    fake_upstream.push(_refusal("output_config: Extra inputs are not permitted"))
+    schema = {"type": "json_schema", "schema": {"type": "object"}}
+    assert post(through, minimal_request(model=model, output_config={"format": schema})).status == 400
+    fake_upstream.push(_refusal("output_config: Extra inputs are not permitted"), json_reply(ANSWER))
+    assert post(through, minimal_request(model=model, output_config={"effort": "low"})).status == 200
+    assert "output_config" not in fake_upstream.last.json
+    fake_upstream.push(_refusal("output_config: Extra inputs are not permitted"))
+    assert post(through, minimal_request(model=model, output_config={"format": schema})).status == 400
+    assert fake_upstream.last.json["output_config"] == {"format": schema}  # learned or not, it went
+
+
+def _native_api_and_target() -> Any:
+    from claudeproxy.apis.messages import MessagesApi
+    from claudeproxy.model_facts import ModelFacts
+    from claudeproxy.routing import Target
+
+    target = Target(Provider("native", "http://127.0.0.1:9/anthropic", api="messages"), "house",
+                    ModelFacts(), None, None, "messages")
+    return MessagesApi(), target
+
+
+def test_requests_prepared_before_a_refusal_was_learned_are_retried_too():
+    """Claude Code sends requests in parallel (subagents, side requests): each refused in the newer
+    form is retried in the older one, not only the first to come back."""
+    from claudeproxy.apis.base import ClientRequest
+    from claudeproxy.errors import UpstreamHTTPError
+
+    api, target = _native_api_and_target()
+    req = ClientRequest(minimal_request(max_tokens=32000, thinking={"type": "adaptive"}), "claude-x", False, {}, "")
+    first, second = api.prepare(req, target, None), api.prepare(req, target, None)
+    exc = UpstreamHTTPError(ADAPTIVE_REFUSED["error"]["message"], status=400)
+    exc.upstream_message = ADAPTIVE_REFUSED["error"]["message"]
+    for ex in (first, second):
+        again = api.recover(exc, req, target, ex, None)
+        assert again is not None and json.loads(again.body)["thinking"]["type"] == "enabled"
+    older = api.prepare(req, target, None)
+    assert api.recover(exc, req, target, older, None) is None  # the older form refused too: no loop
+
+
+def test_the_clients_json_is_never_changed():
+    """A fallback target and a retry read the same body: the older form is the proxy's copy."""
+    import copy
+
+    from claudeproxy.apis.base import ClientRequest
+    from claudeproxy.errors import UpstreamHTTPError
+
+    api, target = _native_api_and_target()
+    mark = {"type": "ephemeral", "ttl": "1h"}
+    body = minimal_request(max_tokens=32000, thinking={"type": "adaptive", "display": "summarized"},
+                           context_management={"edits": []}, output_config={"effort": "low"},
+                           system=[{"type": "text", "text": "s", "cache_control": mark}],
+                           messages=[{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [
+                               {"type": "text", "text": "r", "cache_control": mark}]}]}])
+    kept = copy.deepcopy(body)
+    req = ClientRequest(body, "claude-x", False, {}, "")
+    for message in ("system.0.cache_control.ttl: Extra inputs are not permitted", "thinking.display: Extra inputs "
+                    "are not permitted", ADAPTIVE_REFUSED["error"]["message"], "context_management: Extra inputs "
+                    "are not permitted", "tools.0.cache_control: Extra inputs are not permitted"):
+        exc = UpstreamHTTPError(message, status=400)
+        exc.upstream_message = message
+        assert api.recover(exc, req, target, api.prepare(req, target, None), None) is not None, message
+    sent = json.loads(api.prepare(req, target, None).body)
+    assert "cache_control" not in json.dumps(sent) and "context_management" not in sent
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert body == kept
+
+
+def test_each_efforts_budget_is_in_that_efforts_bucket():
+    """The same mapping the translated APIs use the other way (a budget to an effort)."""
+    from claudeproxy.apis.older_form import BUDGET_FOR_EFFORT
+    from claudeproxy.dialects import effort_for_budget
+
+    assert {e: effort_for_budget(b) for e, b in BUDGET_FOR_EFFORT.items()} == {
+        "low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
+
+
 def test_anthropic_itself_gets_the_request_as_sent_after_a_refusal():
     """Anthropic's own 400 is the client's to read: its models' rules are the client's business."""
     from claudeproxy.apis.base import ClientRequest

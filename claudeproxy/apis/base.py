@@ -22,7 +22,7 @@ import json
 import logging
 import re
 import threading
-from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Optional, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Optional, Set, Tuple, TypeVar
 
 from ..anthropic_types import MessagesRequest
 
@@ -159,16 +159,33 @@ _FIELD_REFUSALS = (
 )
 _CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _EXTRA_BODY_FIELD = re.compile(r'"loc"\s*:\s*\[\s*"body"\s*,\s*"([A-Za-z_]\w*)"\s*[\],]')
+# A pydantic error entry's type with the field its loc names: a 422 may list a value error (a
+# budget too large) beside the one extra field, and only the extra one is refused as such.
+_PYDANTIC_ENTRIES = (
+    (re.compile(r'"type"\s*:\s*"([^"]*)"\s*,\s*"loc"\s*:\s*\[\s*"body"\s*,\s*"([A-Za-z_]\w*)"'), 1, 2),  # v2
+    (re.compile(r'"loc"\s*:\s*\[\s*"body"\s*,\s*"([A-Za-z_]\w*)"[^\]]*\]\s*,\s*"msg"\s*:\s*"[^"]*"\s*,'
+                r'\s*"type"\s*:\s*"([^"]*)"'), 2, 1),  # v1: loc, msg, type
+)
 
 
 def refused_fields(message: str) -> FrozenSet[str]:
     """The request fields an upstream's error message refuses as such (not for a value)."""
     names = {m.group(1) for pattern in _FIELD_REFUSALS for m in pattern.finditer(message)}
     if "extra" in message.lower():  # pydantic: {"type": "extra_forbidden", "loc": ["body", "x", ...], ...}
-        names.update(m.group(1) for m in _EXTRA_BODY_FIELD.finditer(message))
+        names.update(_extra_body_fields(message))
     # A server written in Go or JS may name the field as its own struct does: reasoningEffort is
     # the reasoning_effort the proxy sent.
     return frozenset(names | {_CAMEL_HUMP.sub("_", name).lower() for name in names})
+
+
+def _extra_body_fields(message: str) -> Set[str]:
+    """The top-level fields of a pydantic 422's entries that are extra (not every entry's field);
+    every field a body loc names where the entries are in an order not known here."""
+    entries = [(m.group(kind), m.group(field)) for pattern, kind, field in _PYDANTIC_ENTRIES
+               for m in pattern.finditer(message)]
+    if entries:
+        return {field for kind, field in entries if "extra" in kind.lower()}
+    return {m.group(1) for m in _EXTRA_BODY_FIELD.finditer(message)}
 
 
 class RefusedFields:
@@ -179,13 +196,17 @@ class RefusedFields:
     def __init__(self, droppable: Tuple[str, ...], only_as: Optional[Dict[str, Any]] = None) -> None:
         self._droppable = droppable  # the fields a request may go without, in the order named in the log
         # Fields the request means the same without only at one value, their default (tool_choice
-        # "auto"): at another they carry the client's meaning and stay, refused or not.
+        # "auto"), or where a test of the value says so: else they carry the client's meaning and
+        # stay, refused or not.
         self._only_as = only_as or {}
         self._by_model: Dict[Tuple[str, str], FrozenSet[str]] = {}
         self._lock = threading.Lock()
 
     def _droppable_in(self, payload: Dict[str, Any], name: str) -> bool:
-        return name in payload and (name not in self._only_as or payload[name] == self._only_as[name])
+        if name not in payload or name not in self._only_as:
+            return name in payload
+        rule = self._only_as[name]
+        return bool(rule(payload[name])) if callable(rule) else payload[name] == rule
 
     def drop(self, payload: Dict[str, Any], key: Tuple[str, str]) -> None:
         """Take from ``payload`` the fields the model ``key`` refused before."""
@@ -203,6 +224,7 @@ class RefusedFields:
             return False
         with self._lock:
             remember(self._by_model, key, self._by_model.get(key, frozenset()) | frozenset(named))
-        shown = [f"{f} {self._only_as[f]!r}" if f in self._only_as else f for f in named]  # tool_choice 'auto'
+        shown = [f"{f} {self._only_as[f]!r}" if f in self._only_as and not callable(self._only_as[f]) else f
+                 for f in named]  # tool_choice 'auto'
         log.warning("%s refused %s: sent without from now on", label, ", ".join(shown))
         return True

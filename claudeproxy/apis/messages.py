@@ -48,32 +48,11 @@ from ..sse import ServerSentEvent, SSEDecoder, SSEFold, loads_data
 from ..tokens import estimate_input, estimate_output_tokens
 from ..urls import messages_url
 from .base import ClientRequest, Exchange, RefusedFields, UpstreamApi, refused_fields, remember
+from .older_form import DROPPABLE, STEPS, budget_below, effort_only, older_form, older_step
 
 Event = Dict[str, Any]
 log = logging.getLogger(__name__)
 DEFAULT_VERSION = "2023-06-01"
-# Claude Code's optional fields that a server speaking an older Messages schema may refuse as such
-# (apis/base.py refused_fields: "context_management: Extra inputs are not permitted"): hints the
-# answer does not need, sent without once refused.
-_DROPPABLE = ("context_management", "output_config", "metadata", "service_tier")
-# A budget for each effort, for a server that refuses adaptive thinking and takes the older
-# {"type": "enabled", "budget_tokens": N}: inside the effort's bucket of dialects.REASONING_BUCKETS,
-# the same mapping the translated APIs use the other way. Claude Code's default effort is medium.
-_BUDGET_FOR_EFFORT = {"low": 2048, "medium": 8192, "high": 16384, "xhigh": 32000, "max": 32000}
-_THINKING_WORD = re.compile(r"\bthinking\b", re.I)
-_DISPLAY_WORD = re.compile(r"\bdisplay\b", re.I)
-_THINKING_REFUSED = re.compile(
-    r"\bthinking\b[^.\n]{0,80}?\b(?:not\s+supported|unsupported|not\s+(?:allowed|permitted))", re.I)
-# A refusal of the prompt-cache marks ("tools.3.cache_control: Extra inputs are not permitted",
-# "*.cache_control: ..."): a gateway to an older model, a server without a prompt cache.
-_CACHE_CONTROL_REFUSED = re.compile(
-    r"\bcache_control\b.{0,80}?\b(?:extra|not\s+(?:supported|allowed|permitted)|unsupported|unknown|unrecogni[sz]ed)",
-    re.I | re.S)
-# The steps to an older form, as the log names them: what the model refused, what it gets instead.
-_STEP_WORDS = {"enabled": ("adaptive thinking", "thinking with a budget (type enabled)"),
-               "plain": ("thinking.display", "thinking without it"),
-               "off": ("thinking", "no thinking asked"),
-               "uncached": ("cache_control", "no cache_control marks")}
 # What an event type passed on may be: Anthropic's are lower-case words joined by "_".
 _EVENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}\Z")
 # Header values copied from the client: version strings and beta names, nothing that could smuggle.
@@ -85,7 +64,6 @@ _RATELIMIT_NAME_RE = re.compile(r"^[a-z0-9-]{1,100}$")
 _RATELIMIT_VALUE_RE = re.compile(r"^[\x20-\x7e]{1,200}$")
 MAX_RATELIMIT_HEADERS = 32
 _START_USAGE_KEYS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
-MIN_THINKING_BUDGET = 1024  # Anthropic's smallest budget_tokens
 # The deltas each block type takes (as the SDKs' accumulators apply them). A delta of a type named
 # here in a block of a type named here that does not take it breaks the grammar; block and delta
 # types not named here (newer ones) are passed on unjudged.
@@ -154,25 +132,12 @@ def _forwarded_body(body: Dict[str, Any], target: Target, cap: Optional[int]) ->
     asked = out.get("max_tokens")
     if cap and isinstance(asked, int) and not isinstance(asked, bool) and asked > cap:
         out["max_tokens"] = cap
-        _budget_below(out, cap)
+        budget_below(out, cap)
     if "system" in out and not is_anthropic_host(target.provider.url):
         out["system"] = _without_billing_line(out["system"])
     if isinstance(out.get("messages"), list):
         out["messages"] = _without_proxy_thinking(out["messages"])
     return out
-
-
-def _budget_below(body: Dict[str, Any], cap: int) -> None:
-    """A thinking budget must stay below ``max_tokens`` (a 400 otherwise): lowered with the cap,
-    and thinking left out where the cap is below Anthropic's smallest budget."""
-    thinking = body.get("thinking")
-    budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
-    if not isinstance(budget, int) or isinstance(budget, bool) or budget < cap:
-        return
-    if cap - 1 >= MIN_THINKING_BUDGET:
-        body["thinking"] = {**thinking, "budget_tokens": cap - 1}  # type: ignore[dict-item]
-    else:
-        del body["thinking"]
 
 
 def _without_proxy_thinking(messages: List[Any]) -> List[Any]:
@@ -190,92 +155,6 @@ def _without_proxy_thinking(messages: List[Any]) -> List[Any]:
             # A turn that was only thinking keeps its text as text: an empty message is refused too.
             message = {**message, "content": kept or [{"type": "text", "text": _thinking_text(content)}]}
         out.append(message)
-    return out
-
-
-def _older_step(text: str, sent: Dict[str, Any], refused: FrozenSet[str]) -> Optional[str]:
-    """The step (``_STEP_WORDS``) a refusal of what was ``sent`` calls for, or None.
-
-    Only what the message says of the thinking asked for: an error about thinking blocks in the
-    history ("must have a signature") is no refusal of asking for thinking, and leaving thinking
-    out for it would cost every later answer its reasoning.
-    """
-    if ("cache_control" in refused or _CACHE_CONTROL_REFUSED.search(text)) and _has_cache_control(sent):
-        return "uncached"
-    thinking = sent.get("thinking")
-    if not isinstance(thinking, dict):
-        return None
-    if thinking.get("type") == "adaptive" and "adaptive" in text.lower():
-        # pydantic's "thinking: Input tag 'adaptive' found using 'type' does not match ...", serde's
-        # "unknown variant `adaptive`, expected `enabled` or `disabled`" (no path): the request's
-        # one value of that name.
-        return "enabled"
-    if not ("thinking" in refused or _THINKING_WORD.search(text)):
-        return None
-    if "display" in thinking and _DISPLAY_WORD.search(text):
-        return "plain"
-    if "thinking" in refused or _THINKING_REFUSED.search(text):
-        return "off"
-    return None
-
-
-def _older_form(body: Dict[str, Any], steps: FrozenSet[str]) -> None:
-    """``body`` in the form a model that refused ``steps`` of the newer one takes."""
-    if "uncached" in steps:
-        _drop_cache_control(body)
-    thinking = body.get("thinking")
-    if not steps or not isinstance(thinking, dict):
-        return
-    if "off" in steps:
-        del body["thinking"]
-        return
-    if "plain" in steps:
-        thinking = {k: v for k, v in thinking.items() if k != "display"}
-    if "enabled" in steps and thinking.get("type") == "adaptive":
-        config = body.get("output_config")
-        effort = config.get("effort") if isinstance(config, dict) else None
-        budget = _BUDGET_FOR_EFFORT.get(effort if isinstance(effort, str) else "", _BUDGET_FOR_EFFORT["medium"])
-        asked = body.get("max_tokens")
-        if isinstance(asked, int) and not isinstance(asked, bool):
-            budget = min(budget, asked - 1)  # a budget must stay below max_tokens
-        if budget < MIN_THINKING_BUDGET:
-            del body["thinking"]
-            return
-        thinking = {**thinking, "type": "enabled", "budget_tokens": budget}
-    body["thinking"] = thinking
-
-
-def _has_cache_control(body: Dict[str, Any]) -> bool:
-    return any("cache_control" in block for block in _markable(body))
-
-
-def _markable(body: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """The objects a cache_control mark may sit on: system blocks, tools, content blocks (also
-    those inside a tool result)."""
-    found = [b for key in ("system", "tools") for b in _dicts(body.get(key))]
-    for message in _dicts(body.get("messages")):
-        for block in _dicts(message.get("content")):
-            found += [block, *_dicts(block.get("content"))]
-    return found
-
-
-def _dicts(items: Any) -> List[Dict[str, Any]]:
-    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
-
-
-def _drop_cache_control(body: Dict[str, Any]) -> None:
-    """``body`` without cache_control marks (the client's objects are copied, never changed)."""
-    for key in ("system", "tools", "messages"):
-        if isinstance(body.get(key), list):
-            body[key] = [_unmarked(item) for item in body[key]]
-
-
-def _unmarked(block: Any) -> Any:
-    if not isinstance(block, dict):
-        return block
-    out = {k: v for k, v in block.items() if k != "cache_control"}
-    if isinstance(out.get("content"), list):  # a message's blocks, a tool result's own (the door bounds the depth)
-        out["content"] = [_unmarked(b) for b in out["content"]]
     return out
 
 
@@ -423,11 +302,10 @@ class MessagesApi(UpstreamApi):
     translates = False  # forwarded: no local answers, count_tokens asked upstream
 
     def __init__(self) -> None:
-        # What each model of a server that is not Anthropic refused of the newer request: fields
-        # (_DROPPABLE) and forms (_STEP_WORDS: "enabled", adaptive thinking refused; "plain", its
-        # display; "off", thinking itself; "uncached", the cache marks). Per server, by (provider,
+        # What each model of a server that is not Anthropic refused of the newer request: optional
+        # fields (older_form.DROPPABLE) and forms (older_form.STEPS). Per server, by (provider,
         # model), as the Chat API's refusals.
-        self._refused = RefusedFields(_DROPPABLE)
+        self._refused = RefusedFields(DROPPABLE, only_as={"output_config": effort_only})
         self._older: Dict[Tuple[str, str], FrozenSet[str]] = {}
         self._lock = threading.Lock()
 
@@ -453,18 +331,19 @@ class MessagesApi(UpstreamApi):
             key = (target.provider.name, target.model)
             with self._lock:
                 steps = self._older.get(key, frozenset())
-            _older_form(body, steps)  # first: the effort it reads may be a refused field
+            older_form(body, steps)  # first: the effort it reads may be a refused field
             self._refused.drop(body, key)
         return body
 
     def recover(self, exc: ProxyError, req: ClientRequest, target: Target, ex: Exchange,
                 cap: Optional[int]) -> Optional[Exchange]:
-        """The request again in the older form a server refused the newer one for (adaptive thinking
-        as a budget, a thinking display or field left out, a refused optional field left out), or None.
+        """The request again in the older form a server refused the newer one for (``older_form``),
+        or None: the refusal is about something else, and the client gets it.
 
         Claude Code sends Anthropic's newest request whatever the server; one that validates an
-        older schema answers every turn with the same 400, and Claude Code stops there. Remembered
-        for the model: one refused round trip per server. Anthropic itself is not second-guessed.
+        older schema answers every turn with the same 400, and Claude Code stops there. What was
+        refused is remembered for the model (one refused round trip per server), and all of it at
+        once where one 422 lists several. Anthropic itself is not second-guessed.
         """
         if exc.status not in (400, 422) or is_anthropic_host(target.provider.url):
             return None
@@ -472,16 +351,17 @@ class MessagesApi(UpstreamApi):
         sent = json.loads(ex.body)
         key = (target.provider.name, target.model)
         refused = refused_fields(text)
-        step = _older_step(text, sent, refused)
-        with self._lock:
-            steps = self._older.get(key, frozenset())
-            learned = step is not None and step not in steps  # else it was sent so and refused all the same
-            if learned:
+        step = older_step(text, sent, refused)
+        fields = self._refused.learn(refused, sent, key, target.label)
+        if step is not None:
+            # Taken whenever what was sent had the form refused: a request prepared before another
+            # learned the step is retried as well (older_step finds no step in the older form).
+            with self._lock:
+                steps = self._older.get(key, frozenset())
                 remember(self._older, key, steps | {step})
-        if learned:
-            log.warning("%s refused %s: %s from now on", target.label, *_STEP_WORDS[step])  # type: ignore[index]
-            return self.prepare(req, target, cap)
-        return self.prepare(req, target, cap) if self._refused.learn(refused, sent, key, target.label) else None
+            if step not in steps:
+                log.warning("%s refused %s: %s from now on", target.label, *STEPS[step])
+        return self.prepare(req, target, cap) if step is not None or fields else None
 
     def count_tokens(self, req: ClientRequest, target: Target) -> Exchange:
         """The upstream's own token count (exact where the local estimate only guesses), asked with

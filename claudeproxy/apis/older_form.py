@@ -1,0 +1,172 @@
+"""The older form of a Messages request, for a server that refused the newer one. Pure.
+
+Claude Code sends Anthropic's newest request to whatever ``ANTHROPIC_BASE_URL`` names: adaptive
+thinking (``{"type": "adaptive"}`` with ``output_config.effort``), ``thinking.display``,
+``context_management``, prompt-cache marks with a ``ttl``. A server that validates an older
+schema (a gateway's pydantic models, a native endpoint written against an earlier API) refuses
+every turn with the same 400 or 422, and Claude Code stops there (anthropics/claude-code#33506).
+
+``older_step(message, sent, refused)`` reads such a refusal: the one step (``STEPS``) that meets
+it, or None when the message is about something else -- the history's thinking blocks, a required
+field, a thinking that is refused only together with something (a forced ``tool_choice``), a
+value. A step is taken only where what was sent still has the newer form, so a request prepared
+before another learned the step is retried too, and a retry never repeats the form refused.
+``older_form(body, steps)`` applies what a model refused, to the proxy's own copy of the body:
+the client's objects are copied where changed, never changed in place.
+
+Optional top-level fields refused as such (``DROPPABLE``) go through ``RefusedFields``, as on the
+translated APIs. Anthropic itself is never second-guessed (``apis/messages.py``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, FrozenSet, List, Optional
+
+# Optional fields a server of an older schema may refuse as such: hints the answer does not need
+# (a top-level cache_control: automatic caching). output_config only with nothing but an effort in
+# it (``effort_only``): its format (structured output) is the client's meaning, and a refusal stands.
+DROPPABLE = ("context_management", "output_config", "metadata", "service_tier", "cache_control")
+# What each step changes, as the log says it: what the model refused, what it gets instead.
+STEPS = {
+    "plain": ("thinking.display", "thinking without it"),
+    "budget": ("adaptive thinking", "thinking with a budget (type enabled)"),
+    "off": ("thinking", "no thinking asked"),
+    "no_ttl": ("a cache mark's ttl", "the 5-minute cache marks"),
+    "uncached": ("cache_control marks", "no cache marks"),
+}
+# A budget for each effort, for a server that takes only the older {"type": "enabled",
+# "budget_tokens": N}: in the effort's bucket of dialects.REASONING_BUCKETS (xhigh and max in the
+# top one). Claude Code's default effort is medium.
+BUDGET_FOR_EFFORT = {"low": 2048, "medium": 8192, "high": 16384, "xhigh": 32000, "max": 32000}
+MIN_THINKING_BUDGET = 1024  # Anthropic's smallest budget_tokens
+
+# "adaptive" as the refused value of thinking.type: pydantic's "Input tag 'adaptive' found using
+# 'type' does not match any of the expected tags", serde's "unknown variant `adaptive`, expected
+# `enabled` or `disabled`", "Invalid value for 'thinking.type': 'adaptive'", and pydantic's
+# "thinking.type: Input should be 'enabled' or 'disabled'". Not "adaptive thinking supports low,
+# medium, high" (an effort refused, which costs adaptive thinking nothing).
+_ADAPTIVE_REFUSED = re.compile(
+    r"""['"`]adaptive['"`]|thinking\.type\b[^\n]{0,120}?['"`]enabled['"`]""", re.I)
+_DISPLAY = re.compile(r"\bdisplay\b", re.I)
+# Thinking refused as such: "thinking is not supported for this model", "... does not support
+# thinking", or the field refused as a field (apis/base.py refused_fields).
+_THINKING_UNSUPPORTED = re.compile(
+    r"does\s+not\s+support\s+(?:extended\s+)?thinking\b|\bthinking\s+is\s+not\s+supported\s*(?:$|[.,;]|(?:for|by|on|with)\s+this\s+model)",
+    re.I)
+# ... but not where it is refused with something else, for a value, or about blocks in the history:
+# "Thinking is not supported when tool_choice forces tool use", "thinking budget_tokens above 32000".
+_THINKING_CONDITIONAL = re.compile(
+    r"\b(?:when|tool_choice|together|temperature|blocks?|budget(?:_tokens)?|messages\.\d)\b", re.I)
+# The marks refused: "tools.3.cache_control: Extra inputs are not permitted", "*.cache_control: ...",
+# serde's "unknown field `cache_control`". The ttl alone where the path or words name it (Bedrock:
+# "...cache_control.ephemeral.ttl: Extra inputs are not permitted"): 5-minute marks still work there.
+_MARKS_REFUSED = re.compile(
+    r"\bcache_control\b.{0,80}?\b(?:extra|not\s+(?:supported|allowed|permitted)|unsupported|unknown|unrecogni[sz]ed)"
+    r"|\b(?:unknown|unsupported|unrecogni[sz]ed)\s+(?:field|parameter|key)\s*:?\s*['\"`]?cache_control\b",
+    re.I | re.S)
+_TTL_REFUSED = re.compile(r"cache_control(?:\.ephemeral)?\.ttl\b|\bttl\b", re.I)
+_NESTED_MARK = re.compile(r"[.*\]]\s*cache_control\b|\bcache_control\.")
+
+
+def older_step(message: str, sent: Dict[str, Any], refused: FrozenSet[str]) -> Optional[str]:
+    """The step (``STEPS``) that meets a refusal ``message`` of the body ``sent``, or None."""
+    marks = _marks_step(message, sent, refused)
+    if marks is not None:
+        return marks
+    thinking = sent.get("thinking")
+    if not isinstance(thinking, dict):
+        return None
+    if "display" in thinking and ("display" in refused or _DISPLAY.search(message)):
+        return "plain"  # first: pydantic names the union's tag in the path ("thinking.adaptive.display")
+    if thinking.get("type") == "adaptive" and _ADAPTIVE_REFUSED.search(message):
+        return "budget"
+    if ("thinking" in refused or _THINKING_UNSUPPORTED.search(message)) and not _THINKING_CONDITIONAL.search(message):
+        return "off"
+    return None
+
+
+def _marks_step(message: str, sent: Dict[str, Any], refused: FrozenSet[str]) -> Optional[str]:
+    if not ("cache_control" in refused or _MARKS_REFUSED.search(message)):
+        return None
+    if "cache_control" in sent and not _NESTED_MARK.search(message):
+        return None  # the top-level mark (automatic caching), a field: DROPPABLE
+    marks = [block["cache_control"] for block in _markable(sent) if "cache_control" in block]
+    if _TTL_REFUSED.search(message) and any(isinstance(m, dict) and "ttl" in m for m in marks):
+        return "no_ttl"
+    return "uncached" if marks else None
+
+
+def older_form(body: Dict[str, Any], steps: FrozenSet[str]) -> None:
+    """``body`` (the proxy's copy) in the form a model that refused ``steps`` takes."""
+    if "uncached" in steps or "no_ttl" in steps:
+        _unmark(body, whole="uncached" in steps)
+    thinking = body.get("thinking")
+    if not isinstance(thinking, dict) or not steps & {"off", "plain", "budget"}:
+        return
+    if "off" in steps:
+        del body["thinking"]
+        return
+    if "plain" in steps:
+        body["thinking"] = thinking = {k: v for k, v in thinking.items() if k != "display"}
+    if "budget" in steps and thinking.get("type") == "adaptive":
+        config = body.get("output_config")
+        effort = config.get("effort") if isinstance(config, dict) else None
+        budget = BUDGET_FOR_EFFORT.get(effort if isinstance(effort, str) else "", BUDGET_FOR_EFFORT["medium"])
+        body["thinking"] = {**thinking, "type": "enabled", "budget_tokens": budget}
+        asked = body.get("max_tokens")
+        if isinstance(asked, int) and not isinstance(asked, bool):
+            budget_below(body, asked)  # the client's max_tokens, which an adaptive thinking never had to fit
+
+
+def effort_only(output_config: Any) -> bool:
+    """Is ``output_config`` an effort and nothing more (no format: structured output), so that a
+    server that refuses the field may get the request without it?"""
+    return isinstance(output_config, dict) and set(output_config) <= {"effort"}
+
+
+def budget_below(body: Dict[str, Any], cap: int) -> None:
+    """A thinking budget must stay below ``max_tokens`` (a 400 otherwise): lowered to the cap, and
+    thinking left out where the cap is below Anthropic's smallest budget."""
+    thinking = body.get("thinking")
+    budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < cap:
+        return
+    if cap - 1 >= MIN_THINKING_BUDGET:
+        body["thinking"] = {**thinking, "budget_tokens": cap - 1}  # type: ignore[dict-item]
+    else:
+        del body["thinking"]
+
+
+def _markable(body: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The objects a cache mark sits on: system blocks, tools, content blocks (a tool result's too)."""
+    found = [b for key in ("system", "tools") for b in _dicts(body.get(key))]
+    for message in _dicts(body.get("messages")):
+        for block in _dicts(message.get("content")):
+            found += [block, *_dicts(block.get("content"))]
+    return found
+
+
+def _dicts(items: Any) -> List[Dict[str, Any]]:
+    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
+
+def _unmark(body: Dict[str, Any], whole: bool) -> None:
+    """``body`` without its cache marks (``whole``) or their ttl; the client's objects are copied."""
+    for key in ("system", "tools", "messages"):
+        if isinstance(body.get(key), list):
+            body[key] = [_unmarked(item, whole) for item in body[key]]
+
+
+def _unmarked(block: Any, whole: bool) -> Any:
+    if not isinstance(block, dict):
+        return block
+    out = {k: v for k, v in block.items() if k != "cache_control"}
+    mark = block.get("cache_control")
+    if not whole and isinstance(mark, dict):
+        out["cache_control"] = {k: v for k, v in mark.items() if k != "ttl"}
+    elif not whole and "cache_control" in block:
+        out["cache_control"] = mark
+    if isinstance(out.get("content"), list):  # a message's blocks, a tool result's own (the door bounds the depth)
+        out["content"] = [_unmarked(b, whole) for b in out["content"]]
+    return out
