@@ -246,12 +246,19 @@ WORDINGS = [
     ("Failed to deserialize the JSON body into the target type: unknown field `context_management`, expected "
      "one of `model`, `messages`", "context_management", None),
     ("unknown field `cache_control`, expected `type` or `text` at line 1 column 90", "cache_control", None),
+    ("adaptive thinking is not supported on this model", "thinking", {"type": "enabled", "budget_tokens": 8192}),
+    ("Invalid value for thinking.type: adaptive", "thinking", {"type": "enabled", "budget_tokens": 8192}),
+    ("thinking.type: Input should be 'enabled' or 'disabled'", "thinking", {"type": "enabled", "budget_tokens": 8192}),
+    ('json: unknown field "display"', "display", None),
+    ("Failed to deserialize the JSON body into the target type: thinking: unknown field `display`, expected `type`",
+     "display", None),
 ]
 
 
 @pytest.mark.parametrize("message,what,after", WORDINGS, ids=[w[0][:40] for w in WORDINGS])
 def test_refusals_as_servers_word_them(through, fake_upstream, message, what, after):
-    body = minimal_request(model=_fresh_model("wording"), max_tokens=32000, thinking={"type": "adaptive"},
+    thinking = {"type": "adaptive", "display": "summarized"} if what == "display" else {"type": "adaptive"}
+    body = minimal_request(model=_fresh_model("wording"), max_tokens=32000, thinking=thinking,
                            context_management={"edits": []},
                            system=[{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}])
     fake_upstream.push(json_reply({"type": "error", "error": {"type": "invalid_request_error", "message": message}},
@@ -262,6 +269,8 @@ def test_refusals_as_servers_word_them(through, fake_upstream, message, what, af
         assert "cache_control" not in json.dumps(last) and last["system"][0]["text"] == "Be brief."
     elif what == "thinking":
         assert last["thinking"] == after and "context_management" in last
+    elif what == "display":
+        assert last["thinking"] == {"type": "adaptive"} and "context_management" in last
     else:
         assert what not in last and last["thinking"] == {"type": "adaptive"}
 
@@ -307,6 +316,16 @@ def test_a_cache_marks_ttl_a_server_refuses_goes_and_the_marks_stay(through, fak
                        json_reply(ANSWER))
     assert post(through, body).status == 200
     assert [b["cache_control"] for b in fake_upstream.last.json["system"]] == [{"type": "ephemeral"}] * 2
+
+
+@pytest.mark.parametrize("message", ["messages.2.content.0.cache_control.ttl: Extra inputs are not permitted",
+                                     "cache_control.ttl '1h' is not supported for this model"])
+def test_a_ttl_refused_where_none_was_sent_changes_nothing(through, fake_upstream, message):
+    body = minimal_request(model=_fresh_model("no-ttl"), system=[
+        {"type": "text", "text": "a", "cache_control": {"type": "ephemeral"}}])
+    fake_upstream.push(_refusal(message))
+    before = fake_upstream.request_count
+    assert post(through, body).status == 400 and fake_upstream.request_count - before == 1
 
 
 def test_a_refused_top_level_cache_control_goes_alone(through, fake_upstream):

@@ -47,8 +47,11 @@ MIN_THINKING_BUDGET = 1024  # Anthropic's smallest budget_tokens
 # "thinking.type: Input should be 'enabled' or 'disabled'". Not "adaptive thinking supports low,
 # medium, high" (an effort refused, which costs adaptive thinking nothing).
 _ADAPTIVE_REFUSED = re.compile(
-    r"""['"`]adaptive['"`]|thinking\.type\b[^\n]{0,120}?['"`]enabled['"`]""", re.I)
-_DISPLAY = re.compile(r"\bdisplay\b", re.I)
+    r"""['"`]adaptive['"`]|thinking\.type\b[^\n]{0,120}?['"`]enabled['"`]|thinking\.type\W{1,4}adaptive\b"""
+    r"""|\badaptive\s+thinking\s+is\s+not\s+supported|\btype\s+adaptive\s+is\s+not\s+supported""", re.I)
+# The display named as a field: in a path ("thinking.display", "thinking.adaptive.display") or a
+# pydantic loc ("display" in quotes); serde's and Go's "unknown field" come through refused_fields.
+_DISPLAY = re.compile(r"""thinking(?:\.\w+)?\.display\b|['"`]display['"`]""", re.I)
 # Thinking refused as such: "thinking is not supported for this model", "... does not support
 # thinking", or the field refused as a field (apis/base.py refused_fields).
 _THINKING_UNSUPPORTED = re.compile(
@@ -92,8 +95,9 @@ def _marks_step(message: str, sent: Dict[str, Any], refused: FrozenSet[str]) -> 
     if "cache_control" in sent and not _NESTED_MARK.search(message):
         return None  # the top-level mark (automatic caching), a field: DROPPABLE
     marks = [block["cache_control"] for block in _markable(sent) if "cache_control" in block]
-    if _TTL_REFUSED.search(message) and any(isinstance(m, dict) and "ttl" in m for m in marks):
-        return "no_ttl"
+    if _TTL_REFUSED.search(message):
+        # A ttl refused where none was sent is about something else.
+        return "no_ttl" if any(isinstance(m, dict) and "ttl" in m for m in marks) else None
     return "uncached" if marks else None
 
 
