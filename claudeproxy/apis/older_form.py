@@ -55,8 +55,8 @@ _DISPLAY = re.compile(r"""thinking(?:\.\w+)?\.display\b|['"`]display['"`]""", re
 # Thinking refused as such: "thinking is not supported for this model", "... does not support
 # thinking", or the field refused as a field (apis/base.py refused_fields).
 _THINKING_UNSUPPORTED = re.compile(
-    r"does\s+not\s+support\s+(?:extended\s+)?thinking\b|\bthinking\s+is\s+not\s+supported\s*(?:$|[.,;]|(?:for|by|on|with)\s+this\s+model)",
-    re.I)
+    r"does\s+not\s+support\s+(?:extended\s+)?thinking\b"
+    r"|\bthinking\s+is\s+not\s+supported\s*(?:$|[.,;]|(?:for|by|on|with)\s+this\s+model)", re.I)
 # ... but not where it is refused with something else, for a value, or about blocks in the history:
 # "Thinking is not supported when tool_choice forces tool use", "thinking budget_tokens above 32000".
 _THINKING_CONDITIONAL = re.compile(
@@ -84,9 +84,8 @@ def older_step(message: str, sent: Dict[str, Any], refused: FrozenSet[str]) -> O
         return "plain"  # first: pydantic names the union's tag in the path ("thinking.adaptive.display")
     if thinking.get("type") == "adaptive" and _ADAPTIVE_REFUSED.search(message):
         return "budget"
-    if ("thinking" in refused or _THINKING_UNSUPPORTED.search(message)) and not _THINKING_CONDITIONAL.search(message):
-        return "off"
-    return None
+    as_such = "thinking" in refused or _THINKING_UNSUPPORTED.search(message)
+    return "off" if as_such and not _THINKING_CONDITIONAL.search(message) else None
 
 
 def _marks_step(message: str, sent: Dict[str, Any], refused: FrozenSet[str]) -> Optional[str]:
