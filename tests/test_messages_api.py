@@ -398,6 +398,75 @@ def test_an_output_config_with_a_format_is_never_left_out(through, fake_upstream
     assert fake_upstream.last.json["output_config"] == {"format": schema}  # learned or not, it went
 
 
+@pytest.mark.parametrize("thinking", [{"type": "enabled", "budget_tokens": 4000}, {"type": "adaptive"}])
+def test_a_pydantic_server_without_thinking_gets_none(through, fake_upstream, thinking):
+    """FastAPI's 422 echoes the refused value ("input"): its words (budget_tokens, 'adaptive') are the
+    body's, not the refusal's, and must not read as a budget refused or adaptive refused."""
+    model = _fresh_model("no-thinking")
+    fake_upstream.push(json_reply({"detail": [{"type": "extra_forbidden", "loc": ["body", "thinking"],
+                                               "msg": "Extra inputs are not permitted", "input": thinking}]},
+                                  status=422), json_reply(ANSWER), json_reply(ANSWER))
+    body = minimal_request(model=model, max_tokens=32000, thinking=thinking)
+    before = fake_upstream.request_count
+    assert post(through, body).status == 200 and "thinking" not in fake_upstream.last.json
+    assert post(through, body).status == 200 and "thinking" not in fake_upstream.last.json
+    assert fake_upstream.request_count - before == 3
+
+
+def test_a_step_the_server_refuses_as_well_is_forgotten(through, fake_upstream, caplog):
+    """A refusal read as adaptive refused, then the budget form refused for something no form
+    changes: the step taught nothing, and the model's next request goes as the client sent it."""
+    caplog.set_level(logging.WARNING, logger="claudeproxy")
+    model = _fresh_model("forgotten")
+    body = minimal_request(model=model, max_tokens=32000, thinking={"type": "adaptive"})
+    fake_upstream.push(_refusal("Invalid value for thinking.type: adaptive"),
+                       _refusal("messages.0.content: Field required"))
+    assert post(through, body).status == 400
+    fake_upstream.push(json_reply(ANSWER))
+    assert post(through, body).status == 200 and fake_upstream.last.json["thinking"] == {"type": "adaptive"}
+    assert any("refused the older form too" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("message", [
+    "Unrecognized key(s) in object: 'context_management'",                            # zod
+    '{"error": {"message": "litellm.BadRequestError: {\\"message\\": \\"context_management: Extra inputs are '
+    'not permitted\\"}"}}',                                                           # a wrapper's JSON in a string
+    "body.context_management: Extra inputs are not permitted",                          # FastAPI's path
+])
+def test_more_wrappers_of_a_refused_field(through, fake_upstream, message):
+    body = minimal_request(model=_fresh_model("wrapped"), context_management={"edits": []})
+    fake_upstream.push(_refusal(message), json_reply(ANSWER))
+    assert post(through, body).status == 200 and "context_management" not in fake_upstream.last.json
+
+
+def test_one_entrys_echo_is_not_read_as_anothers_refusal(through, fake_upstream):
+    """A 422 listing an extra context_management after an entry whose echo holds the cache marks:
+    the marks were not refused, and stay."""
+    mark = {"type": "ephemeral"}
+    system = [{"type": "text", "text": "a", "cache_control": mark}]
+    detail = [{"type": "string_too_long", "loc": ["body", "system", 0, "text"], "msg": "String should have at most "
+               "100000 characters", "input": system[0]},
+              {"type": "extra_forbidden", "loc": ["body", "context_management"], "msg": "Extra inputs are not permitted",
+               "input": {}}]
+    fake_upstream.push(json_reply({"detail": detail}, status=422), json_reply(ANSWER))
+    body = minimal_request(model=_fresh_model("echo"), system=system, context_management={"edits": []})
+    assert post(through, body).status == 200
+    last = fake_upstream.last.json
+    assert "context_management" not in last and last["system"] == system
+
+
+@pytest.mark.parametrize("message", ["claude-x does not support thinking with top_k set",
+                                     "claude-x does not support thinking in streaming mode",
+                                     "temperature may only be set to 1 when thinking.type is 'adaptive'"])
+def test_thinking_refused_only_in_some_case_stays(through, fake_upstream, message):
+    model = _fresh_model("some-case")
+    fake_upstream.push(_refusal(message), json_reply(ANSWER))
+    before = fake_upstream.request_count
+    body = minimal_request(model=model, max_tokens=32000, thinking={"type": "adaptive"})
+    assert post(through, body).status == 400 and fake_upstream.request_count - before == 1
+    assert post(through, body).status == 200 and fake_upstream.last.json["thinking"] == {"type": "adaptive"}
+
+
 def _native_api_and_target() -> Any:
     from claudeproxy.apis.messages import MessagesApi
     from claudeproxy.model_facts import ModelFacts

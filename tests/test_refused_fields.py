@@ -250,6 +250,11 @@ MESSAGES = [
     ("stream_options: Extra inputs are not permitted", {"stream_options"}),
     ("1 validation error for ChatRequest\nstream_options: Extra inputs are not permitted", {"stream_options"}),
     ("messages.0.stream_options: Extra inputs are not permitted", set()),
+    # Entries read one by one, whatever the order of their keys, a value error beside them ignored.
+    ('{"detail":[{"type":"value_error","loc":["body","messages",0],"msg":"bad"},'
+     '{"loc":["body","stream_options"],"type":"extra_forbidden","msg":"Extra inputs are not permitted"}]}',
+     {"stream_options"}),
+    ("Unrecognized key(s) in object: 'stream_options', 'reasoning_effort'", {"stream_options", "reasoning_effort"}),
     # Errors about a message that only mention a field's name.
     ('{"detail":[{"type":"extra_forbidden","loc":["body","messages",1,"user","cache_control"],'
      '"msg":"Extra inputs are not permitted"}]}', set()),

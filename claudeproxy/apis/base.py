@@ -22,7 +22,7 @@ import json
 import logging
 import re
 import threading
-from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Optional, Set, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Optional, Set, Tuple, TypeVar
 
 from ..anthropic_types import MessagesRequest
 
@@ -155,22 +155,21 @@ _FIELD_REFUSALS = (
     # pydantic's message with its path in front, as Anthropic-style servers word it:
     # "context_management: Extra inputs are not permitted". A top-level name only: a dotted path
     # ("tools.3.cache_control: ...") is a key inside a field, not the field.
-    re.compile(r"(?:^|[\s,;(\[])([A-Za-z_]\w*):\s*extra\s+inputs?\s+(?:are|is)\s+not\s+permitted", re.I),
+    # (Also quoted inside a wrapper's JSON string, or as FastAPI's "body.x".)
+    re.compile(r"(?:^|[\s,;(\[\"'])(?:body\.)?([A-Za-z_]\w*):\s*extra\s+inputs?\s+(?:are|is)\s+not\s+permitted",
+               re.I),
 )
+# zod (TypeScript servers): "Unrecognized key(s) in object: 'context_management', 'output_config'".
+_UNRECOGNIZED_KEYS = re.compile(r"unrecogni[sz]ed\s+key\(?s?\)?\s+in\s+object\s*:\s*((?:['\"`]\w+['\"`]\s*,?\s*)+)", re.I)
 _CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _EXTRA_BODY_FIELD = re.compile(r'"loc"\s*:\s*\[\s*"body"\s*,\s*"([A-Za-z_]\w*)"\s*[\],]')
-# A pydantic error entry's type with the field its loc names: a 422 may list a value error (a
-# budget too large) beside the one extra field, and only the extra one is refused as such.
-_PYDANTIC_ENTRIES = (
-    (re.compile(r'"type"\s*:\s*"([^"]*)"\s*,\s*"loc"\s*:\s*\[\s*"body"\s*,\s*"([A-Za-z_]\w*)"'), 1, 2),  # v2
-    (re.compile(r'"loc"\s*:\s*\[\s*"body"\s*,\s*"([A-Za-z_]\w*)"[^\]]*\]\s*,\s*"msg"\s*:\s*"[^"]*"\s*,'
-                r'\s*"type"\s*:\s*"([^"]*)"'), 2, 1),  # v1: loc, msg, type
-)
 
 
 def refused_fields(message: str) -> FrozenSet[str]:
     """The request fields an upstream's error message refuses as such (not for a value)."""
     names = {m.group(1) for pattern in _FIELD_REFUSALS for m in pattern.finditer(message)}
+    for keys in _UNRECOGNIZED_KEYS.finditer(message):
+        names.update(re.findall(r"\w+", keys.group(1)))
     if "extra" in message.lower():  # pydantic: {"type": "extra_forbidden", "loc": ["body", "x", ...], ...}
         names.update(_extra_body_fields(message))
     # A server written in Go or JS may name the field as its own struct does: reasoningEffort is
@@ -178,14 +177,57 @@ def refused_fields(message: str) -> FrozenSet[str]:
     return frozenset(names | {_CAMEL_HUMP.sub("_", name).lower() for name in names})
 
 
+def pydantic_errors(message: str) -> Optional[List[Dict[str, Any]]]:
+    """The entries of a pydantic 422 (FastAPI's ``{"detail": [...]}``) in ``message``, also where a
+    wrapper put that body under "message" or "error", or as a string in them; None where there is none."""
+    start = message.find("{")
+    try:
+        obj: Any = json.JSONDecoder().raw_decode(message, start)[0] if start >= 0 else None
+    except ValueError:
+        return None
+    for _ in range(4):  # a wrapper or two around it (LiteLLM, OpenRouter, Mistral)
+        if not isinstance(obj, dict):
+            return None
+        if isinstance(obj.get("detail"), list):
+            return [e for e in obj["detail"] if isinstance(e, dict)]
+        inner = obj.get("message", obj.get("error"))
+        if isinstance(inner, str) and "{" in inner:
+            try:
+                inner = json.JSONDecoder().raw_decode(inner, inner.find("{"))[0]
+            except ValueError:
+                return None
+        obj = inner
+    return None
+
+
+def pydantic_lines(message: str) -> str:
+    """A pydantic 422 as the lines Anthropic-style servers print ("thinking.display: Extra inputs are
+    not permitted"), without the values each entry echoes (a refused body's own words, which would
+    read as more refusals); ``message`` itself where it holds no such body."""
+    entries = pydantic_errors(message)
+    if not entries:
+        return message
+    lines = []
+    for entry in entries:
+        loc = entry.get("loc") if isinstance(entry.get("loc"), list) else []
+        path = [str(p) for p in (loc[1:] if loc[:1] == ["body"] else loc)]
+        lines.append(f"{'.'.join(path) or 'body'}: {entry.get('msg', '')} ({entry.get('type', '')})")
+    return "\n".join(lines)
+
+
 def _extra_body_fields(message: str) -> Set[str]:
-    """The top-level fields of a pydantic 422's entries that are extra (not every entry's field);
-    every field a body loc names where the entries are in an order not known here."""
-    entries = [(m.group(kind), m.group(field)) for pattern, kind, field in _PYDANTIC_ENTRIES
-               for m in pattern.finditer(message)]
-    if entries:
-        return {field for kind, field in entries if "extra" in kind.lower()}
-    return {m.group(1) for m in _EXTRA_BODY_FIELD.finditer(message)}
+    """The top-level fields of a pydantic 422's entries that are extra (not every entry's field: a
+    value error may sit beside them); every field a body loc names where the body is not JSON."""
+    entries = pydantic_errors(message)
+    if entries is None:
+        return {m.group(1) for m in _EXTRA_BODY_FIELD.finditer(message)}
+    fields = set()
+    for entry in entries:
+        loc = entry.get("loc")
+        said = f"{entry.get('type', '')} {entry.get('msg', '')}".lower()
+        if isinstance(loc, list) and len(loc) > 1 and loc[0] == "body" and isinstance(loc[1], str) and "extra" in said:
+            fields.add(loc[1])
+    return fields
 
 
 class RefusedFields:

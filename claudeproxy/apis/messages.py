@@ -22,6 +22,7 @@ before it ends with one error event -- and the usage is read for metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -47,7 +48,7 @@ from ..signatures import PREFIX as SIGNATURE_PREFIX
 from ..sse import ServerSentEvent, SSEDecoder, SSEFold, loads_data
 from ..tokens import estimate_input, estimate_output_tokens
 from ..urls import messages_url
-from .base import ClientRequest, Exchange, RefusedFields, UpstreamApi, refused_fields, remember
+from .base import ClientRequest, Exchange, RefusedFields, UpstreamApi, pydantic_lines, refused_fields, remember
 from .older_form import DROPPABLE, STEPS, budget_below, effort_only, older_form, older_step
 
 Event = Dict[str, Any]
@@ -347,12 +348,16 @@ class MessagesApi(UpstreamApi):
         """
         if exc.status not in (400, 422) or is_anthropic_host(target.provider.url):
             return None
-        text = getattr(exc, "upstream_message", "") or ""
+        text = pydantic_lines(getattr(exc, "upstream_message", "") or "")
         sent = json.loads(ex.body)
         key = (target.provider.name, target.model)
         refused = refused_fields(text)
         step = older_step(text, sent, refused)
         fields = self._refused.learn(refused, sent, key, target.label)
+        tried: FrozenSet[str] = ex.context or frozenset()  # the steps this request's earlier refusals taught
+        if step is None and not fields:
+            self._forget(key, tried, target.label)
+            return None
         if step is not None:
             # Taken whenever what was sent had the form refused: a request prepared before another
             # learned the step is retried as well (older_step finds no step in the older form).
@@ -361,7 +366,22 @@ class MessagesApi(UpstreamApi):
                 remember(self._older, key, steps | {step})
             if step not in steps:
                 log.warning("%s refused %s: %s from now on", target.label, *STEPS[step])
-        return self.prepare(req, target, cap) if step is not None or fields else None
+            tried |= {step}
+        return dataclasses.replace(self.prepare(req, target, cap), context=tried)
+
+    def _forget(self, key: Tuple[str, str], tried: FrozenSet[str], label: str) -> None:
+        """The older form was refused as well, for nothing it could change: the steps this request
+        taught were no help (a refusal read wrong), and the model's later requests go as before."""
+        if not tried:
+            return
+        with self._lock:
+            kept = self._older.get(key, frozenset()) - tried
+            if kept:
+                remember(self._older, key, kept)
+            else:
+                self._older.pop(key, None)
+        log.warning("%s refused the older form too (%s): its requests go as sent again", label,
+                    ", ".join(STEPS[s][1] for s in sorted(tried)))
 
     def count_tokens(self, req: ClientRequest, target: Target) -> Exchange:
         """The upstream's own token count (exact where the local estimate only guesses), asked with

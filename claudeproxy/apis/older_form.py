@@ -55,37 +55,42 @@ _DISPLAY = re.compile(r"""thinking(?:\.\w+)?\.display\b|['"`]display['"`]""", re
 # Thinking refused as such: "thinking is not supported for this model", "... does not support
 # thinking", or the field refused as a field (apis/base.py refused_fields).
 _THINKING_UNSUPPORTED = re.compile(
-    r"does\s+not\s+support\s+(?:extended\s+)?thinking\b"
-    r"|\bthinking\s+is\s+not\s+supported\s*(?:$|[.,;]|(?:for|by|on|with)\s+this\s+model)", re.I)
-# ... but not where it is refused with something else, for a value, or about blocks in the history:
-# "Thinking is not supported when tool_choice forces tool use", "thinking budget_tokens above 32000".
+    r"does\s+not\s+support\s+(?:extended\s+)?thinking\s*(?:$|[.,;])"
+    r"|\bthinking\s+is\s+not\s+supported\s*(?:$|[.,;]|(?:for|by|on|with)\s+this\s+model)", re.I | re.M)
+# No step where thinking is refused with something else, for a value, or for blocks in the history:
+# "Thinking is not supported when tool_choice forces tool use", "thinking budget_tokens above 32000",
+# "temperature may only be set to 1 when thinking.type is 'adaptive'".
 _THINKING_CONDITIONAL = re.compile(
-    r"\b(?:when|tool_choice|together|temperature|blocks?|budget(?:_tokens)?|messages\.\d)\b", re.I)
+    r"\b(?:when|if|unless|tool_choice|together|temperature|top_[kp]|blocks?|budget(?:_tokens)?|messages\.\d)\b", re.I)
 # The marks refused: "tools.3.cache_control: Extra inputs are not permitted", "*.cache_control: ...",
 # serde's "unknown field `cache_control`". The ttl alone where the path or words name it (Bedrock:
 # "...cache_control.ephemeral.ttl: Extra inputs are not permitted"): 5-minute marks still work there.
 _MARKS_REFUSED = re.compile(
-    r"\bcache_control\b.{0,80}?\b(?:extra|not\s+(?:supported|allowed|permitted)|unsupported|unknown|unrecogni[sz]ed)"
+    r"\bcache_control\b[^\n]{0,80}?\b(?:extra|not\s+(?:supported|allowed|permitted)|unsupported|unknown|unrecogni[sz]ed)"
     r"|\b(?:unknown|unsupported|unrecogni[sz]ed)\s+(?:field|parameter|key)\s*:?\s*['\"`]?cache_control\b",
-    re.I | re.S)
-_TTL_REFUSED = re.compile(r"cache_control(?:\.ephemeral)?\.ttl\b|\bttl\b", re.I)
+    re.I)
+_TTL_REFUSED = re.compile(r"\bttl\b", re.I)
 _NESTED_MARK = re.compile(r"[.*\]]\s*cache_control\b|\bcache_control\.")
 
 
 def older_step(message: str, sent: Dict[str, Any], refused: FrozenSet[str]) -> Optional[str]:
-    """The step (``STEPS``) that meets a refusal ``message`` of the body ``sent``, or None."""
+    """The step (``STEPS``) that meets a refusal ``message`` of the body ``sent``, or None.
+
+    ``message`` as ``base.pydantic_lines`` gives it (a pydantic 422's echoes of the body would read
+    as refusals); ``refused``, the fields ``base.refused_fields`` finds in it."""
     marks = _marks_step(message, sent, refused)
     if marks is not None:
         return marks
     thinking = sent.get("thinking")
-    if not isinstance(thinking, dict):
+    if not isinstance(thinking, dict) or _THINKING_CONDITIONAL.search(message):
         return None
+    if "thinking" in refused:
+        return "off"  # the field itself (a top-level "thinking: Extra inputs ..."): nothing in it helps
     if "display" in thinking and ("display" in refused or _DISPLAY.search(message)):
-        return "plain"  # first: pydantic names the union's tag in the path ("thinking.adaptive.display")
+        return "plain"  # before adaptive: pydantic names the union's tag in the path ("thinking.adaptive.display")
     if thinking.get("type") == "adaptive" and _ADAPTIVE_REFUSED.search(message):
         return "budget"
-    as_such = "thinking" in refused or _THINKING_UNSUPPORTED.search(message)
-    return "off" if as_such and not _THINKING_CONDITIONAL.search(message) else None
+    return "off" if _THINKING_UNSUPPORTED.search(message) else None
 
 
 def _marks_step(message: str, sent: Dict[str, Any], refused: FrozenSet[str]) -> Optional[str]:
