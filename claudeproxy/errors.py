@@ -298,6 +298,9 @@ def says_no_retry(exc: ProxyError) -> bool:
     return NO_RETRY in exc.headers and not isinstance(exc, UpstreamUnreachable)
 
 
+_RAW_READ = 4000  # of a provider's own error body that OpenRouter relays: its message, not a megabyte
+
+
 def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], headers: Any,
                     secrets: Tuple[str, ...] = (), said: bool = True) -> ProxyError:
     """``status`` is None for an error object that named no HTTP status; ``said``: the upstream gave
@@ -319,7 +322,11 @@ def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], he
     if status in (401, 403) or any(isinstance(v, str) and v in _NO_RETRY_CODES for v in (err.get("code"), err.get("type"))) \
             or _waits_long(exc.headers):
         exc.headers = tuple(h for h in exc.headers if h[0] != NO_RETRY[0]) + (NO_RETRY,)
-    exc.upstream_message = message
+    # OpenRouter's "Provider returned error" keeps the provider's own words in metadata.raw: the
+    # refusal a retry can meet (a field refused, a max_tokens limit) is read there too.
+    meta = err.get("metadata")
+    raw = meta.get("raw") if isinstance(meta, dict) else None
+    exc.upstream_message = f"{message}\n{raw[:_RAW_READ]}" if isinstance(raw, str) and raw.strip() else message
     exc.upstream_headers = headers
     exc.status_said = said
     return exc

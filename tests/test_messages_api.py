@@ -439,6 +439,17 @@ def test_more_wrappers_of_a_refused_field(through, fake_upstream, message):
     assert post(through, body).status == 200 and "context_management" not in fake_upstream.last.json
 
 
+def test_a_refusal_openrouter_relays_in_its_metadata_is_read(through, fake_upstream):
+    """OpenRouter answers "Provider returned error" and keeps the provider's own body in metadata.raw."""
+    raw = json.dumps({"type": "error", "error": {"type": "invalid_request_error",
+                                                 "message": "context_management: Extra inputs are not permitted"}})
+    fake_upstream.push(json_reply({"error": {"message": "Provider returned error", "code": 400,
+                                             "metadata": {"raw": raw, "provider_name": "Google"}}}, status=400),
+                       json_reply(ANSWER))
+    body = minimal_request(model=_fresh_model("openrouter"), context_management={"edits": []})
+    assert post(through, body).status == 200 and "context_management" not in fake_upstream.last.json
+
+
 def test_one_entrys_echo_is_not_read_as_anothers_refusal(through, fake_upstream):
     """A 422 listing an extra context_management after an entry whose echo holds the cache marks:
     the marks were not refused, and stay."""

@@ -197,6 +197,19 @@ def test_an_unknown_server_refusing_a_field_deeper_down_recovers(make_proxy: Any
     assert "stream_options" not in sent(fake_upstream)[2] and len(fake_upstream.requests) == 3
 
 
+def test_a_refusal_in_openrouters_metadata_is_met(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """OpenRouter answers "Provider returned error" and keeps the provider's words in metadata.raw:
+    the field refused there goes, as if the provider had answered itself."""
+    proxy = make_proxy(upstream=fake_upstream.url, model="some/model")
+    raw = json.dumps({"error": {"message": "Unsupported parameter: 'reasoning_effort' is not supported with this model."}})
+    fake_upstream.push(json_reply({"error": {"message": "Provider returned error", "code": 400,
+                                             "metadata": {"raw": raw, "provider_name": "Azure"}}}, status=400),
+                       json_reply(completion("ok")))
+    assert ask(proxy, claude_code_turn()).status == 200
+    bodies = sent(fake_upstream)
+    assert "reasoning_effort" in bodies[0] and "reasoning_effort" not in bodies[1]
+
+
 # xAI's answer for grok-4 (and grok-3, grok-4-fast, grok-code-fast-1) to reasoning_effort.
 XAI_REFUSAL = {"code": "Client specified an invalid argument",
                "error": "Model grok-4 does not support parameter reasoningEffort."}
