@@ -450,6 +450,20 @@ def test_a_refusal_openrouter_relays_in_its_metadata_is_read(through, fake_upstr
     assert post(through, body).status == 200 and "context_management" not in fake_upstream.last.json
 
 
+@pytest.mark.parametrize("api", ["messages", "chat"])
+def test_a_refusal_nesting_json_deeply_is_passed_on(make_proxy, fake_upstream, api):
+    """An upstream's words holding JSON nested deeper than Python's recursion limit (the proxy reads
+    a 422's entries from them): the client gets the upstream's 400, never a 500 from a RecursionError."""
+    provider = Provider("deep", fake_upstream.url, api=api, token=claudeproxy.static_token(UPSTREAM_KEY))
+    server = make_proxy(providers=(provider,), routes=(Route("*", RouteTarget("deep", "deep-model")),),
+                        upstream=None)
+    deep = 'extra {"detail": ' + "[" * 3000  # the message is cut at 500 characters; metadata.raw at 4,000
+    fake_upstream.push(json_reply({"error": {"message": "Provider returned error", "code": 400,
+                                             "metadata": {"raw": deep}}}, status=400))
+    resp = post(server, minimal_request(model=_fresh_model("deep"), context_management={"edits": []}))
+    assert resp.status == 400 and resp.json["error"]["type"] == "invalid_request_error", resp.json
+
+
 def test_one_entrys_echo_is_not_read_as_anothers_refusal(through, fake_upstream):
     """A 422 listing an extra context_management after an entry whose echo holds the cache marks:
     the marks were not refused, and stay."""

@@ -160,7 +160,8 @@ _FIELD_REFUSALS = (
                re.I),
 )
 # zod (TypeScript servers): "Unrecognized key(s) in object: 'context_management', 'output_config'".
-_UNRECOGNIZED_KEYS = re.compile(r"unrecogni[sz]ed\s+key\(?s?\)?\s+in\s+object\s*:\s*((?:['\"`]\w+['\"`]\s*,?\s*)+)", re.I)
+_UNRECOGNIZED_KEYS = re.compile(
+    r"unrecogni[sz]ed\s+key\(?s?\)?\s+in\s+object\s*:\s*((?:['\"`]\w+['\"`]\s*,?\s*)+)", re.I)
 _CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _EXTRA_BODY_FIELD = re.compile(r'"loc"\s*:\s*\[\s*"body"\s*,\s*"([A-Za-z_]\w*)"\s*[\],]')
 
@@ -183,7 +184,7 @@ def pydantic_errors(message: str) -> Optional[List[Dict[str, Any]]]:
     start = message.find("{")
     try:
         obj: Any = json.JSONDecoder().raw_decode(message, start)[0] if start >= 0 else None
-    except ValueError:
+    except (ValueError, RecursionError):  # an upstream's words, nested as deep as it likes
         return None
     for _ in range(4):  # a wrapper or two around it (LiteLLM, OpenRouter, Mistral)
         if not isinstance(obj, dict):
@@ -194,7 +195,7 @@ def pydantic_errors(message: str) -> Optional[List[Dict[str, Any]]]:
         if isinstance(inner, str) and "{" in inner:
             try:
                 inner = json.JSONDecoder().raw_decode(inner, inner.find("{"))[0]
-            except ValueError:
+            except (ValueError, RecursionError):
                 return None
         obj = inner
     return None

@@ -11,11 +11,10 @@ provider's rules: ``anthropic-version`` passed on, ``anthropic-beta`` forwarded
 or dropped (several native endpoints reject betas they do not know), the key
 sent the way the provider wants it (by the pipeline). A server that refuses
 what Claude Code sends of Anthropic's newer request (adaptive thinking, ``context_management``,
-``output_config``, ``cache_control`` marks: several native endpoints and gateways validate an
-older schema) gets the request again in
-the older form, and that model never gets the refused form again (``MessagesApi.recover``); Anthropic
-itself always gets the body as sent. Answers come back with
-the client's model name. Streams are read event by event so the relay's one
+``output_config``, cache marks: several native endpoints and gateways validate an older schema)
+gets the request again in the older form, and that model gets the older form from then on
+(``older_form.py``, ``MessagesApi.recover``); Anthropic itself always gets the body as sent.
+Answers come back with the client's model name. Streams are read event by event so the relay's one
 ending rule applies -- a close after ``message_stop`` is the end, a stream cut
 before it ends with one error event -- and the usage is read for metrics.
 """

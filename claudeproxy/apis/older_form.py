@@ -66,7 +66,8 @@ _THINKING_CONDITIONAL = re.compile(
 # serde's "unknown field `cache_control`". The ttl alone where the path or words name it (Bedrock:
 # "...cache_control.ephemeral.ttl: Extra inputs are not permitted"): 5-minute marks still work there.
 _MARKS_REFUSED = re.compile(
-    r"\bcache_control\b[^\n]{0,80}?\b(?:extra|not\s+(?:supported|allowed|permitted)|unsupported|unknown|unrecogni[sz]ed)"
+    r"\bcache_control\b[^\n]{0,80}?"
+    r"\b(?:extra|not\s+(?:supported|allowed|permitted)|unsupported|unknown|unrecogni[sz]ed)"
     r"|\b(?:unknown|unsupported|unrecogni[sz]ed)\s+(?:field|parameter|key)\s*:?\s*['\"`]?cache_control\b",
     re.I)
 _TTL_REFUSED = re.compile(r"\bttl\b", re.I)
