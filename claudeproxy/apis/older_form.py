@@ -30,7 +30,7 @@ DROPPABLE = ("context_management", "output_config", "metadata", "service_tier", 
 # What each step changes, as the log says it: what the model refused, what it gets instead.
 STEPS = {
     "plain": ("thinking.display", "thinking without it"),
-    "budget": ("adaptive thinking", "thinking with a budget (type enabled)"),
+    "budget": ("adaptive thinking", "thinking with a budget (type enabled; none where no budget fits max_tokens)"),
     "off": ("thinking", "no thinking asked"),
     "no_ttl": ("a cache mark's ttl", "the 5-minute cache marks"),
     "uncached": ("cache_control marks", "no cache marks"),
