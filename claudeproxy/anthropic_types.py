@@ -40,6 +40,10 @@ EFFORTS = ("low", "medium", "high", "xhigh", "max")
 # org/ prefix, a :tag) under 128; the name is kept in the call records, the usage log and the
 # usage page, and a 30 MB one cost the proxy 35 MB a request and /v1/usage 44 s.
 MAX_MODEL_NAME = 256
+# Anthropic's documented limit ("There is a limit of 100,000 messages in a single request"). Checked
+# before any message is parsed: a 32 MiB body of a million tiny messages cost 28 s of CPU and
+# 800 MB of memory on its way to an upstream that refuses it anyway.
+MAX_MESSAGES = 100_000
 THINKING_TYPES = ("enabled", "disabled", "adaptive", "between_tools")
 
 
@@ -646,6 +650,9 @@ def _parse_common(obj: Dict[str, Any], tools_parser: ToolsParser) -> Dict[str, A
         raise InvalidRequest("field required", "messages")
     if not messages:
         raise InvalidRequest("at least one message is required", "messages")
+    if len(messages) > MAX_MESSAGES:
+        raise InvalidRequest(f"at most {MAX_MESSAGES:,} messages are allowed in a single request, "
+                             f"not {len(messages):,}", "messages")
     tools = _list(obj["tools"], "tools") if obj.get("tools") is not None else None
     effort, schema = _parse_output_config(obj.get("output_config"))
     if schema is None and obj.get("output_format") is not None:

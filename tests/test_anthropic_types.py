@@ -499,3 +499,16 @@ def test_max_tokens_written_as_a_float_counts_only_when_it_is_a_whole_number_a_f
     else:
         with pytest.raises(InvalidRequest, match="expected an integer"):
             parse_messages_request(body)
+
+
+@pytest.mark.parametrize("parse", [parse_messages_request, parse_count_tokens_request])
+def test_more_messages_than_anthropic_allows_are_refused_before_any_is_parsed(parse: Any) -> None:
+    """Anthropic's documented limit: 100,000 messages a request. A 32 MiB body of a million tiny
+    messages took 28 s of CPU and 800 MB to reach an upstream that refuses it anyway."""
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}] * 50_000
+    assert len(parse({"model": "m", "max_tokens": 5, "messages": turns}).messages) == 100_000
+    with pytest.raises(InvalidRequest) as info:
+        # The extra message is not even a message: the count is refused before any is read.
+        parse({"model": "m", "max_tokens": 5, "messages": turns + ["not a message"]})
+    assert info.value.message == ("messages: at most 100,000 messages are allowed in a single request, "
+                                  "not 100,001")
