@@ -259,6 +259,45 @@ def retry_headers(headers: Any) -> Tuple[Tuple[str, str], ...]:
     return tuple(out)
 
 
+# OpenAI's and Groq's rate-limit headers say when each limit resets ("2.5s", "120ms", "6m0s",
+# "1h2m3.5s"); their 429 usually has no Retry-After. The messages say it too: "Please try again in
+# 2.5s." (OpenAI, Groq, the Responses API's response.failed), "Please retry in 25.37s." (Gemini).
+_DURATION = r"(?:\d{1,9}(?:\.\d{1,9})?(?:ms|h|m|s))+"
+_DURATION_PART = re.compile(r"(\d{1,9}(?:\.\d{1,9})?)(ms|h|m|s)")
+_WAIT_IN_MESSAGE = re.compile(r"\b(?:try again|retry) in (" + _DURATION + r")\b", re.IGNORECASE)
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_LIMITS = ("tokens", "requests")
+
+
+def _duration(text: str) -> Optional[float]:
+    """Seconds in a Go-style duration ("1m30.5s", "120ms"); None for anything else."""
+    text = text.strip().lower()
+    if not re.fullmatch(_DURATION, text):
+        return None
+    return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+def _said_wait(headers: Any, message: str) -> Optional[float]:
+    """How long a 429 without Retry-After says to wait: the reset of the limit its headers show
+    spent (``x-ratelimit-remaining-X: 0``, then ``x-ratelimit-reset-X``), else the message's
+    "try again in 2.5s". Not a reset of a limit that is not spent: Groq's requests limit is a
+    day's, and its reset hours away while a minute's tokens are what ran out."""
+    for limit in _LIMITS:
+        remaining = headers.get(f"x-ratelimit-remaining-{limit}") if headers is not None else None
+        if remaining is not None and remaining.strip() == "0":
+            wait = _duration(headers.get(f"x-ratelimit-reset-{limit}") or "")
+            if wait is not None:
+                return wait
+    found = _WAIT_IN_MESSAGE.search(message)
+    return _duration(found.group(1)) if found else None
+
+
+def _wait_headers(seconds: float) -> Tuple[Tuple[str, str], ...]:
+    """Retry-After as Anthropic sends it (whole seconds, rounded up: never earlier than asked), and
+    retry-after-ms, which the SDKs read first, as asked."""
+    return (("retry-after", str(max(1, -int(-seconds // 1)))), ("retry-after-ms", str(max(1, round(seconds * 1000)))))
+
+
 def error_from_status(status: int, body: bytes, headers: Any = None, secrets: Tuple[str, ...] = ()) -> ProxyError:
     """The client-facing error for an upstream error status and body."""
     text, obj = _parse_body(body, headers)
@@ -317,6 +356,10 @@ def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], he
             error_type_for_status(shown),
             headers=retry_headers(headers), details=_details(err, secrets),
         )
+        if shown == 429 and retry_after(exc.headers, time.time()) is None:
+            wait = _said_wait(headers, message)
+            if wait is not None:  # the client's SDK backs off 0.5-8 s on its own, and runs out of tries
+                exc.headers += _wait_headers(wait)
     # A refused key (401, 403) is refused again on every retry: Claude Code would retry ten times
     # over minutes and then ask for /login, which is not what is wrong.
     if status in (401, 403) or any(isinstance(v, str) and v in _NO_RETRY_CODES for v in (err.get("code"), err.get("type"))) \

@@ -20,6 +20,7 @@ from claudeproxy.errors import (
     error_payload,
     error_type_for_status,
     max_tokens_limit,
+    retry_after,
     stream_error_event,
 )
 from claudeproxy.apis.chat.wire import parse_chat_response
@@ -184,6 +185,41 @@ def test_retry_after_http_date_copied() -> None:
 def test_no_retry_headers_when_absent() -> None:
     assert error_from_status(429, _body("slow"), _headers()).headers == ()
     assert error_from_status(429, _body("slow"), None).headers == ()
+
+
+# OpenAI's and Groq's 429 comes without Retry-After: the wait is in x-ratelimit-reset-* and in the
+# message. Passed on without one, the SDK's own backoff (0.5-8 s) spent its tries in 1.4 s (probe B).
+@pytest.mark.parametrize("headers, message, wait", [
+    # The spent limit's reset, not the other's: Groq's requests limit is a day's.
+    ({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "2.5s",
+      "x-ratelimit-remaining-requests": "14", "x-ratelimit-reset-requests": "2h59m56.4s"}, "Rate limit reached", 2.5),
+    ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "120ms",
+      "x-ratelimit-remaining-tokens": "900", "x-ratelimit-reset-tokens": "6m0s"}, "Rate limit reached", 0.12),
+    ({}, "Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Used 29000, "
+         "Requested 2000. Please try again in 1m2.5s. Visit https://platform.openai.com/account/rate-limits", 62.5),
+    ({}, "Resource has been exhausted. Please retry in 25.372249938s.", 25.372249938),
+    ({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "soon"}, "Please try again in 20ms.", 0.02),
+])
+def test_a_429_without_retry_after_gets_the_wait_its_headers_or_message_say(
+        headers: Dict[str, str], message: str, wait: float) -> None:
+    exc = error_from_status(429, _body(message), headers)
+    assert retry_after(exc.headers, 0) == pytest.approx(wait, abs=0.001)
+    assert int(dict(exc.headers)["retry-after"]) >= wait  # whole seconds, never earlier than asked
+    assert ("x-should-retry", "false") in exc.headers if wait > 60 else "x-should-retry" not in dict(exc.headers)
+
+
+def test_a_said_wait_never_replaces_the_upstreams_own_retry_after_nor_comes_without_a_429() -> None:
+    own = error_from_status(429, _body("Please try again in 20s."), {"retry-after": "3"})
+    assert dict(own.headers) == {"retry-after": "3"}
+    # Spent limits that name no reset, resets of limits not spent, "in" phrases with no unit: nothing said.
+    for headers, message in [({"x-ratelimit-remaining-tokens": "0"}, "slow"),
+                             ({"x-ratelimit-remaining-tokens": "5", "x-ratelimit-reset-tokens": "3s"}, "slow"),
+                             ({}, "Please try again in a while."), ({}, "try again in 5 minutes")]:
+        assert error_from_status(429, _body(message), headers).headers == (), (headers, message)
+    assert error_from_status(400, _body("Please try again in 2s."), None).headers == ()
+    # A Responses stream's response.failed names no status: its code makes it a 429, and the message the wait.
+    failed = error_from_object({"code": "rate_limit_exceeded", "message": "Rate limit reached. Please try again in 1.2s."})
+    assert failed.status == 429 and retry_after(failed.headers, 0) == pytest.approx(1.2)
 
 
 @pytest.mark.parametrize("value", ["3\r\nSet-Cookie: evil=1", "3\nX-Injected: 1", "3\rX: 1", "3\x00", "9" * 500])

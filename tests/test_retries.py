@@ -184,6 +184,27 @@ def test_retry_after_is_honoured(make_proxy: Any, fake_upstream: FakeUpstream) -
     assert 0.28 <= time.monotonic() - started < 0.95
 
 
+def test_an_openai_429_without_retry_after_is_waited_out_as_its_message_says(make_proxy: Any,
+                                                                              fake_upstream: FakeUpstream) -> None:
+    """OpenAI's 429 names its wait in x-ratelimit-reset-* and "try again in 2.5s", not Retry-After:
+    the proxy's retry waits that long, and a client told of the 429 gets it as Retry-After."""
+    limited = {"error": {"message": "Rate limit reached for gpt-4o on tokens per min. Please try again in 700ms.",
+                         "type": "tokens", "code": "rate_limit_exceeded"}}
+    server = make_proxy(retries=1)
+    fake_upstream.push(json_reply(limited, status=429), json_reply(completion()))
+    started = time.monotonic()
+    assert ask(server).status == 200
+    assert time.monotonic() - started >= 0.68  # the backoff of a first retry is 0.25-0.5 s
+    told = make_proxy(retries=0)
+    fake_upstream.push(json_reply(limited, status=429, headers=(("x-ratelimit-remaining-tokens", "0"),
+                                                                 ("x-ratelimit-reset-tokens", "1m30s"))))
+    resp = ask(told)
+    assert resp.status == 429 and resp.json["error"]["type"] == "rate_limit_error"
+    # The spent limit's reset comes first; more than a minute is said as no retry, the wait still told.
+    assert (resp.headers["retry-after"], resp.headers["retry-after-ms"]) == ("90", "90000")
+    assert resp.headers["x-should-retry"] == "false"
+
+
 def test_a_retry_after_beyond_the_cap_is_not_waited_for(make_proxy: Any, fake_upstream: FakeUpstream,
                                                         caplog: Any) -> None:
     server = make_proxy(retries=3, retry_max_wait=1.0)
