@@ -195,7 +195,7 @@ def test_citations_name_the_cited_span() -> None:
                                                  {"type": "file_citation", "file_id": "f", "index": 0}])
     block = convert(response([message_item(part)]))["content"][0]
     assert block["citations"] == [{"type": "web_search_result_location", "url": "https://x.org", "title": "X",
-                                   "cited_text": "[x](https://x.org)"}]
+                                   "encrypted_index": "", "cited_text": "[x](https://x.org)"}]
 
 
 # --------------------------------------------------------------------------

@@ -93,6 +93,8 @@ def citation(annotation: Any, text: str) -> Optional[Dict[str, Any]]:
         "type": "web_search_result_location",
         "url": text_field(annotation, "url"),
         "title": text_field(annotation, "title"),
+        # Anthropic's opaque reference to the result, which the SDKs' types require: OpenAI gives none.
+        "encrypted_index": "",
         "cited_text": cited,
     }
 
@@ -162,7 +164,10 @@ def search_blocks(item: Dict[str, Any], new_id: IdFactory) -> List[Block]:
     query = text_field(action, "query") or (queries[0] if queries else "")
     tool_id = "srvtoolu_" + (id_chars(text_field(item, "id")) or new_id())
     content: Any = [
-        {"type": "web_search_result", "url": text_field(s, "url"), "title": text_field(s, "title")}
+        # encrypted_content and page_age as Anthropic's results have them (the SDKs' types require
+        # the one): OpenAI's sources carry neither.
+        {"type": "web_search_result", "url": text_field(s, "url"), "title": text_field(s, "title"),
+         "encrypted_content": "", "page_age": None}
         for s in _list(action.get("sources"))
         if text_field(s, "url")
     ]
