@@ -302,6 +302,15 @@ def _number(obj: Dict[str, Any], key: str, path: str) -> Optional[float]:
     return _expect(obj[key], (int, float), _join(path, key), "a number")  # type: ignore[no-any-return]
 
 
+def _unit_interval(obj: Dict[str, Any], key: str) -> Optional[float]:
+    """``temperature`` or ``top_p``: from 0 to 1 on Anthropic, which refuses more. OpenAI's go to 2
+    (temperature), so 1.5 passed on would mean a far more random answer than any Claude gives."""
+    value = _number(obj, key, "")
+    if value is not None and not 0 <= value <= 1:
+        raise InvalidRequest(f"must be from 0 to 1, not {value!r}", key)
+    return value
+
+
 def _int(obj: Dict[str, Any], key: str, path: str, required: bool = False) -> Optional[int]:
     if obj.get(key) is None:
         if required:
@@ -633,8 +642,15 @@ def _parse_user_id(value: Any) -> Optional[str]:
 
 
 def parse_tools(value: Any, path: str = "tools") -> Tuple[Tool, ...]:
-    """The ``tools`` list, each definition checked."""
-    return tuple(_parse_tool(t, f"{path}[{i}]") for i, t in enumerate(_list(value, path)))
+    """The ``tools`` list, each definition checked, no name twice (Anthropic refuses that too: the
+    model's call could not say which was meant, and most upstreams take the first or the last)."""
+    tools = tuple(_parse_tool(t, f"{path}[{i}]") for i, t in enumerate(_list(value, path)))
+    seen = set()
+    for i, tool in enumerate(tools):
+        if tool.name in seen:
+            raise InvalidRequest(f"tool names must be unique: {tool.name!r} is given twice", f"{path}[{i}].name")
+        seen.add(tool.name)
+    return tools
 
 
 ToolsParser = Callable[[Any], Tuple[Tool, ...]]
@@ -702,8 +718,8 @@ def parse_messages_request(obj: Any, tools_parser: ToolsParser = parse_tools) ->
     return MessagesRequest(
         max_tokens=max_tokens,
         stream=bool(_expect(stream, bool, "stream", "a boolean")) if stream is not None else False,
-        temperature=_number(obj, "temperature", ""),
-        top_p=_number(obj, "top_p", ""),
+        temperature=_unit_interval(obj, "temperature"),
+        top_p=_unit_interval(obj, "top_p"),
         top_k=_int(obj, "top_k", ""),
         stop_sequences=_parse_stop_sequences(obj.get("stop_sequences")),
         user_id=_parse_user_id(obj.get("metadata")),

@@ -512,3 +512,29 @@ def test_more_messages_than_anthropic_allows_are_refused_before_any_is_parsed(pa
         parse({"model": "m", "max_tokens": 5, "messages": turns + ["not a message"]})
     assert info.value.message == ("messages: at most 100,000 messages are allowed in a single request, "
                                   "not 100,001")
+
+
+@pytest.mark.parametrize("field, value, ok", [
+    ("temperature", 0, True), ("temperature", 1, True), ("temperature", 0.7, True), ("top_p", 1.0, True),
+    ("temperature", 1.5, False), ("temperature", 2, False), ("temperature", -0.1, False), ("top_p", 1.01, False),
+])
+def test_temperature_and_top_p_take_anthropics_range(field: str, value: Any, ok: bool) -> None:
+    """From 0 to 1, as on Anthropic (probe B: temperature 5 was answered 200). Sent on, OpenAI's
+    scale (to 2) would make 1.5 an answer far more random than the client could get from Claude."""
+    body = dict(valid(), **{field: value})
+    if ok:
+        assert getattr(parse_messages_request(body), field) == value
+        return
+    with pytest.raises(InvalidRequest) as info:
+        parse_messages_request(body)
+    assert info.value.message == f"{field}: must be from 0 to 1, not {value!r}"
+
+
+def test_two_tools_of_one_name_are_refused_as_anthropic_does() -> None:
+    tools = [{"name": "Read", "input_schema": {"type": "object"}}, {"name": "Write", "input_schema": {"type": "object"}},
+             {"name": "Read", "description": "again", "input_schema": {"type": "object"}}]
+    for parse in (parse_messages_request, parse_count_tokens_request):
+        with pytest.raises(InvalidRequest) as info:
+            parse(dict(valid(), tools=tools))
+        assert info.value.message == "tools[2].name: tool names must be unique: 'Read' is given twice"
+    assert len(parse_messages_request(dict(valid(), tools=tools[:2])).tools) == 2
