@@ -422,3 +422,41 @@ def test_a_chat_stream_places_a_cut_call_held_whole_as_the_json_answer_does() ->
     streamed = [b["input"] for b in final_message(pb.events)["content"] if b["type"] == "tool_use"]
     assert streamed == [{"path": "x"}, {"file_path": "/a"}]
     assert chat_json_cut(cut) == {"file_path": "/a"}
+
+
+SAID_WHOLE_CASES = [  # (arguments under finish_reason "tool_calls" or "stop", input, stop_reason)
+    # Cut inside a value: older Ollama and llama.cpp builds say "tool_calls" at their token limit.
+    # Closed up, this was a Write of half a file with stop_reason tool_use (probe A).
+    ('{"path": "a.py", "content": "print(1', {"path": "a.py"}, "max_tokens"),
+    ('{"path": "a.py", "n": 12', {"path": "a.py"}, "max_tokens"),
+    ('{"a": [1, 2', {}, "max_tokens"),
+    ('{"command": "ls", ', {"command": "ls"}, "max_tokens"),
+    # Only the closing brace missing after a whole value, a small model's habit: closing invents nothing.
+    ('{"command": "ls"', {"command": "ls"}, "tool_use"),
+    ('{"a": {"b": true}', {"a": {"b": True}}, "tool_use"),
+    # Invalid, not cut: repaired as before (PROTOCOL.md case 42).
+    ("{bad json", {}, "tool_use"),
+]
+
+
+@pytest.mark.parametrize("finish", ["tool_calls", "stop"])
+@pytest.mark.parametrize("arguments, expected, reason", SAID_WHOLE_CASES, ids=[c[0] for c in SAID_WHOLE_CASES])
+def test_a_call_cut_inside_a_value_is_a_cut_answer_whatever_the_finish_reason_says(
+        arguments: str, expected: Dict[str, Any], reason: str, finish: str, caplog: Any) -> None:
+    body = {"id": "x", "choices": [{"index": 0, "finish_reason": finish, "message": {
+        "role": "assistant", "content": None,
+        "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "Write", "arguments": arguments}}]}}]}
+    message, warnings = message_from_body(body, model="m", new_id=counter_ids())
+    [block] = [b for b in message["content"] if b["type"] == "tool_use"]
+    assert (block["input"], message["stop_reason"]) == (expected, reason)
+    assert any("answered as max_tokens" in w for w in warnings) == (reason == "max_tokens")
+    # The stream ends the same way: the same stop_reason, no error, and a warning in the log.
+    pb = Playbook()
+    pb.feed(chunk(tool_delta(0, "call_1", "Write", arguments)))
+    with caplog.at_level(logging.WARNING, logger="claudeproxy"):
+        pb.feed(chunk(finish=finish, usage={"prompt_tokens": 3, "completion_tokens": 4}))
+    assert pb.complete
+    assert_valid_event_sequence(pb.events, allow_error=False)
+    [delta] = [e for e in pb.events if e["type"] == "message_delta"]
+    assert delta["delta"]["stop_reason"] == reason
+    assert any("answered as max_tokens" in r.getMessage() for r in caplog.records) == (reason == "max_tokens")

@@ -17,7 +17,7 @@ from ...ids import first_free
 from ...signatures import encode_signature
 from ..stops import first_stop
 from ..names import client_tool_id, message_id
-from ..toolargs import normalize_arguments
+from ..toolargs import cut_short, normalize_arguments
 from .wire import (
     ChatChoice,
     ChatResponse,
@@ -142,6 +142,23 @@ def unique_tool_ids(calls: Tuple[ToolCallDelta, ...], new_id: IdFactory,
 CUT_FINISH_REASONS = ("length", "max_tokens", "content_filter")
 
 
+def said_whole_but_cut(finish_reason: Optional[str], name: str) -> str:
+    return (f"upstream ended with finish_reason {finish_reason!r} inside the arguments of tool call {name!r}: "
+            "answered as max_tokens, with the call's whole members only")
+
+
+def cut_where_said_whole(choice: ChatChoice) -> Tuple[ChatChoice, Optional[str]]:
+    """A choice whose last call's arguments stop inside their object (``cut_short``) though the
+    upstream called it done, as the cut answer it is: finish_reason "length", so the call keeps its
+    whole members only and the client hears max_tokens. Closed up by the repair instead, a Write
+    ran with half a file and no error (probe A)."""
+    calls = [call for call in choice.tool_calls if call.name]
+    if choice.finish_reason in CUT_FINISH_REASONS or not calls or not cut_short(calls[-1].arguments):
+        return choice, None
+    warning = said_whole_but_cut(choice.finish_reason, calls[-1].name)
+    return dataclasses.replace(choice, finish_reason="length"), warning
+
+
 def content_blocks(
     choice: ChatChoice,
     *,
@@ -228,6 +245,7 @@ def to_messages_response(
     ``local_stops``: the stop strings the upstream was not sent; the text ends at the first.
     """
     choice, local_match = cut_at_stop(chat.choice or ChatChoice(), local_stops, think_tags)
+    choice, cut_warning = cut_where_said_whole(choice)
     blocks, warnings = content_blocks(
         choice, tool_names=tool_names or {}, dialect_name=dialect_name,
         think_tags=think_tags and local_match is None, new_id=new_id,  # a cut choice is split already
@@ -238,6 +256,7 @@ def to_messages_response(
     if not (has_tools or choice.refusal or local_match):  # rules 2 and 4 win: leave the text as generated
         stop_match = apply_stop_sequence(blocks, choice, stop_sequences)
     reason = stop_reason_for(choice.finish_reason, has_tools, bool(choice.refusal), stop_match)
+    warnings += [cut_warning] if cut_warning else []
     message = {
         "id": message_id(chat.id, new_id),
         "type": "message",

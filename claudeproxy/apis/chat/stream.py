@@ -36,13 +36,14 @@ from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done, loads_data
 from ..growing import Growing
 from ..stops import first_stop, stop_prefix_len
 from ..names import client_tool_id
-from ..toolargs import KEEP_LIVE_TEXT, TURNED_BAD, ArgsScan, normalize_arguments
+from ..toolargs import KEEP_LIVE_TEXT, TURNED_BAD, ArgsScan, cut_short, normalize_arguments
 from .response import (
     CUT_FINISH_REASONS,
     IdFactory,
     match_stop_sequence,
     message_from_body,
     overload_error,
+    said_whole_but_cut,
     stop_reason_for,
     usage_from,
 )
@@ -218,6 +219,16 @@ class _Tool:
         """The arguments are one JSON object that has closed (the scan kept per fragment says so:
         nothing is parsed again). False for none at all, or an object the stream cut off."""
         return self.scan.closed and self.starts_object
+
+    @property
+    def cut_short(self) -> bool:
+        """The arguments stop inside a value, valid so far (``toolargs.cut_short``). A live call
+        past KEEP_LIVE_TEXT let its text go: still open then, it was cut (no small model's missing
+        brace comes after 64 KB of arguments)."""
+        if self.digest is None:
+            return cut_short(self.args)
+        scan = self.scan
+        return bool(scan.stack) and not scan.bad and not scan.closed
 
 
 class _ThinkTags:
@@ -462,6 +473,12 @@ class StreamTranslator:
         if self.done:
             return []
         events = self._flush_pending()
+        cut_call = next((t for t in self.tools if t.name and t.cut_short), None)
+        if cut_call is not None and self.finish_reason not in CUT_FINISH_REASONS:
+            # As the JSON answer (cut_where_said_whole): the client hears max_tokens, as it would
+            # from Anthropic for a call its limit cut, not tool_use for input that is half a file.
+            log.warning("%s", said_whole_but_cut(self.finish_reason, cut_call.name))
+            self.finish_reason = "length"
         buffered = self._kept_calls()
         events += self._settle_stop(last_is_text=not buffered)
         for tool in buffered:
