@@ -15,6 +15,9 @@ import binascii
 import json
 from typing import Any, Dict, Optional
 
+from .door import loads_request
+from .errors import InvalidRequest
+
 PREFIX = "cpx1."
 
 
@@ -36,8 +39,11 @@ def decode_signature(signature: Any, api: Optional[str] = None) -> Optional[Dict
     data = signature[len(PREFIX):]
     try:
         raw = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
-        obj = json.loads(raw.decode("ascii"))
-    except (ValueError, binascii.Error, RecursionError):
+        raw.decode("ascii")  # the proxy's own are ASCII (ensure_ascii)
+        # The door's checks, as for a request body: the state goes upstream in the next request,
+        # where a NaN is no JSON and a lone surrogate cannot be encoded (a 500 here: probe A).
+        obj = loads_request(raw)
+    except (ValueError, binascii.Error, InvalidRequest):
         return None
     if not isinstance(obj, dict) or (api is not None and obj.get("p") != api):
         return None

@@ -101,3 +101,37 @@ def test_non_string_decodes_to_none(value: Any) -> None:
 def test_state_that_is_not_an_object_reads_as_no_state() -> None:
     assert decode_signature(PREFIX + _b64(b'{"p":"x","d":[1]}')) == {}
     assert decode_signature(PREFIX + _b64(b'{"p":"x"}')) == {}
+
+
+@pytest.mark.parametrize("payload", [
+    '{"p":"openrouter","d":{"reasoning_details":NaN}}',
+    '{"p":"gemini","d":{"ts":{"toolu_1":Infinity}}}',
+    '{"p":"gemini","d":{"ts":{"toolu_1":"\\udc00"}}}',
+    '{"p":"openrouter","d":{"reasoning_details":[{"text":"\\ud800"}]}}',
+    '{"p":"openrouter","d":{"x":' + "[" * 900 + "]" * 900 + "}}",
+])
+def test_a_crafted_signature_the_door_would_refuse_as_a_body_is_foreign(payload: str) -> None:
+    """The client sends signatures back, so their state is client input: what goes upstream in the
+    next request must pass the door's checks (a lone surrogate made a 500, NaN reached the upstream
+    as invalid JSON, 900 levels passed the door's 128: probe A). A signature that fails them is
+    ignored, as a broken one is."""
+    assert decode_signature(PREFIX + _b64(payload.encode("ascii"))) is None
+
+
+@pytest.mark.parametrize("state", [{"ts": "abc"}, {"ts": [1, 2]}, {"ts": {"toolu_1": 5}},
+                                   {"reasoning_details": "x"}, {"reasoning_details": [1]}])
+@pytest.mark.parametrize("dialect", ["gemini", "openrouter"])
+def test_a_crafted_state_of_the_wrong_shape_is_left_out_not_a_crash(state: Dict[str, Any], dialect: str) -> None:
+    from claudeproxy.anthropic_types import parse_messages_request
+    from claudeproxy.apis.chat.request import to_chat_request
+    from claudeproxy.dialects import DIALECTS
+    req = parse_messages_request({"model": "m", "max_tokens": 100, "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+                                  "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": [
+                                      {"type": "thinking", "thinking": "t", "signature": encode_signature(dialect, state)},
+                                      {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}]},
+                                      {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}]}]})
+    body = to_chat_request(req, model="m", dialect=DIALECTS[dialect]).request.to_dict()
+    [assistant] = [m for m in body["messages"] if m["role"] == "assistant"]
+    json.dumps(body, allow_nan=False).encode("utf-8")
+    assert "reasoning_details" not in assistant
+    assert all("thought_signature" not in json.dumps(call) for call in assistant["tool_calls"])

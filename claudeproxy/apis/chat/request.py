@@ -188,7 +188,9 @@ def _orphan_parts(block: ToolResultBlock, dialect: Dialect) -> List[Part]:
 
 
 def _restore_state(blocks: Tuple[Block, ...]) -> Dict[str, Any]:
-    """Provider state packed into the signatures of proxy-made thinking blocks."""
+    """Provider state packed into the signatures of proxy-made thinking blocks. The client sends
+    them back, so they are client input: a part of the wrong shape is left out (``{"ts": "abc"}``
+    was a 500), as a signature that does not decode is."""
     state: Dict[str, Any] = {}
     for block in blocks:
         sig = block.signature if isinstance(block, ThinkingBlock) else None
@@ -196,6 +198,11 @@ def _restore_state(blocks: Tuple[Block, ...]) -> Dict[str, Any]:
         decoded = decode_signature(sig) if sig else None
         if decoded:
             state.update(decoded)
+    ts, details = state.get("ts"), state.get("reasoning_details")
+    if ts is not None:
+        state["ts"] = {k: v for k, v in ts.items() if isinstance(v, str)} if isinstance(ts, dict) else {}
+    if details is not None and not (isinstance(details, list) and all(isinstance(d, dict) for d in details)):
+        del state["reasoning_details"]
     return state
 
 
