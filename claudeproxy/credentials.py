@@ -13,6 +13,7 @@ pipeline calls after a refusal: True when a retry with another key makes sense.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -105,6 +106,10 @@ class CommandToken:
         return key
 
 
+# Words of a command line that only a shell gives a meaning: its operators, and a variable.
+_SHELL_WORD = re.compile(r"\|\|?|&&?|.*;|[0-9]?>>?.*|<.*|\$[A-Za-z_{(]\S*|`.*")
+
+
 def command_argv(command: Any, setting: str) -> List[str]:
     """A key command's argv, checked at start: a string is split as a shell would (no shell runs it).
 
@@ -121,6 +126,11 @@ def command_argv(command: Any, setting: str) -> List[str]:
         argv = list(command)
     if not argv:
         raise ValueError(f"{setting}: the command is empty")
+    if isinstance(command, str) and any(_SHELL_WORD.fullmatch(word) for word in argv):
+        # Run as it is, 'echo sk-abc | tr a b' printed its words, and the key went as "sk-abc | tr a b"
+        # (a $VAR as "$VAR"): every request a 401. Nothing quoted back: a word may hold a key.
+        raise ValueError(f"{setting}: the command has shell syntax (a pipe, a redirection, ';', '&&', a $variable "
+                         "or `...`), and it runs without a shell; give sh -c '...' for that")
     if not _runnable(argv[0]):
         raise ValueError(f"{setting}: {argv[0]}: command not found (or not executable)")
     return argv

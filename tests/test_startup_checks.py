@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import pytest
 
 import claudeproxy
-from claudeproxy import cli
+from claudeproxy import cli, credentials
 from claudeproxy.config import Provider, Route, RouteTarget
 from claudeproxy.model_facts import ModelFacts
 
@@ -268,6 +268,24 @@ def test_a_key_command_that_cannot_be_split_is_not_quoted_back(served: List[Any]
     line = assert_one_line(*run_main(["--api-key-command", '"print-key --token sk-inline-000000']),
                            "--api-key-command: cannot split the command into words")
     assert "sk-inline" not in line
+
+
+@pytest.mark.parametrize("command", ["echo sk-inline-000000 | tr a b", "echo $OPENAI_API_KEY", "echo ${KEY}",
+                                     "cat key > /dev/null", "echo sk-inline-000000; true", "echo `cat key`",
+                                     "true && echo sk-inline-000000", "print-key 2>/dev/null"])
+def test_a_key_command_written_for_a_shell_stops_the_start(served: List[Any], command: str) -> None:
+    """Run without a shell, 'echo sk-abc | tr a b' printed its words and the key went upstream as
+    "sk-abc | tr a b" ($VAR as "$VAR"): a server whose every request was a 401 (probe C)."""
+    line = assert_one_line(*run_main(["--api-key-command", command]),
+                           "--api-key-command: the command has shell syntax")
+    assert "sk-inline" not in line and "sh -c" in line
+    assert served == []
+
+
+def test_a_shell_command_given_to_sh_is_a_command_like_any() -> None:
+    assert credentials.command_argv("sh -c 'echo $KEY | tr a b; true'", "s") == ["sh", "-c", "echo $KEY | tr a b; true"]
+    assert credentials.command_argv("echo price$5", "s") == ["echo", "price$5"]  # no variable a shell would read
+    assert credentials.command_argv(["echo", "|", "$X"], "s") == ["echo", "|", "$X"]  # an argv list is run as it is
 
 
 def test_a_key_variable_that_is_set_but_empty_is_said_so(served: List[Any]) -> None:
