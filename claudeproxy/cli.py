@@ -589,6 +589,10 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
         _no_shorthand_flags(ns)
     elif upstream is None:
         upstream = environ.get("OPENAI_BASE_URL") if api != "messages" else None
+        if upstream == "":  # (blanks are said by check_url)
+            # export OPENAI_BASE_URL=$GATEWAY with GATEWAY unset: its key would go to api.openai.com.
+            raise UsageError("OPENAI_BASE_URL: the variable is set but empty; unset it for the default upstream "
+                             f"({DEFAULT_UPSTREAM}), or give --upstream")
         if upstream:
             names["upstream"] = "OPENAI_BASE_URL"
         upstream = upstream or (DEFAULT_MESSAGES_UPSTREAM if api == "messages" else DEFAULT_UPSTREAM)

@@ -249,6 +249,29 @@ _HOST_RULES: Tuple[Tuple[str, str], ...] = (
 # server, and never gets the field again.
 _PORT_RULES = {11434: "ollama", 1234: "lmstudio"}
 
+# The path an OpenAI-compatible API lives under on the hosts that serve it under one path only:
+# a URL that names the host alone gets 404 for every request ("/chat/completions" is added to it).
+# Not DeepSeek's, which answers with /v1 and without.
+_API_PATHS: Tuple[Tuple[str, str], ...] = (
+    (r"^api\.openai\.com$", "/v1"),
+    (r"^openrouter\.ai$", "/api/v1"),
+    (r"^api\.groq\.com$", "/openai/v1"),
+    (r"^api\.mistral\.ai$", "/v1"),
+    (r"^api\.x\.ai$", "/v1"),
+    (r"^api\.moonshot\.(ai|cn)$", "/v1"),
+    (r"^generativelanguage\.googleapis\.com$", "/v1beta/openai"),
+)
+
+
+def missing_api_path(url: str) -> Optional[str]:
+    """The path an OpenAI-compatible URL naming a known host alone lacks (``/v1`` for
+    api.openai.com), or None."""
+    parts = urlsplit(url)
+    if parts.path.strip("/"):
+        return None
+    host = (parts.hostname or "").lower()
+    return next((path for pattern, path in _API_PATHS if re.search(pattern, host)), None)
+
 # Anthropic thinking budget -> OpenAI reasoning_effort (PROTOCOL.md 1.7).
 REASONING_BUCKETS: Tuple[Tuple[int, str], ...] = ((4096, "low"), (16384, "medium"))
 

@@ -20,6 +20,7 @@ import dataclasses
 import fnmatch
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
 
 from .config import (
     AUTH_STYLES,
@@ -37,10 +38,21 @@ from .config import (
     check_token,
     check_url,
     flag_name,
+    is_loopback_host,
     named_once,
     static_token,
 )
-from .dialects import DIALECTS, KEY_HEADERS, Dialect, auth_style, detect_provider, dialect_for, is_anthropic_host
+from .dialects import (
+    DIALECTS,
+    KEY_HEADERS,
+    Dialect,
+    auth_style,
+    detect_provider,
+    dialect_for,
+    is_anthropic_host,
+    missing_api_path,
+)
+from .redact import redact_url
 from .model_facts import MAX_TOKENS, ModelFacts, builtin_facts, facts_from_dict, is_claude_name, without_prices
 
 FAMILIES = ("opus", "sonnet", "haiku")
@@ -236,11 +248,14 @@ class Routed:
 # Checks (one line naming the setting, raised as ValueError).
 
 
-def check_provider(p: Provider, where: str) -> None:
+def check_provider(p: Provider, where: str, shorthand: bool = False) -> None:
+    """ValueError naming what is wrong with ``p``; ``shorthand``: the flags' provider, ``where``
+    the setting its URL came from (``--upstream``, ``OPENAI_BASE_URL``), which names the rest too."""
     if not p.name or not re.match(r"^[A-Za-z0-9_.-]{1,64}$", p.name):
         raise ValueError(f"{where}: a provider name is 1-64 letters, digits, '.', '_' or '-', got {p.name!r}")
-    shorthand = where == "--upstream"  # the flags, not a file's provider: name the flags
     check_url(p.url, where if shorthand else f"{where}.url")
+    if p.api != "messages":  # (a messages URL's /v1 and /v1/messages are its own: upstream.py reads them)
+        _check_api_path(p.url, where if shorthand else f"{where}.url")
     if p.api not in UPSTREAM_APIS:
         raise ValueError(f"{where}.api: unknown upstream API {p.api!r} (expected one of {', '.join(UPSTREAM_APIS)})")
     if p.dialect is not None and p.dialect not in DIALECTS:
@@ -261,6 +276,35 @@ def check_provider(p: Provider, where: str) -> None:
             raise ValueError(f"{setting}: {name.strip()} is given twice (as {seen[name.strip().lower()]} too): give it once")
         seen[name.strip().lower()] = name.strip()
     check_token(p.token, f"{where} key ({p.key_source})" if p.key_source else f"{where} key")
+
+
+def _check_api_path(url: str, setting: str) -> None:
+    """A URL that could only ever get 404s: a doubled /v1, or a known host without its API's path.
+    Found now, the start stops; else every request failed, with the hint in the 404 at best."""
+    path = urlsplit(url).path.rstrip("/")
+    if re.search(r"/v1/v1(/|$)", path):
+        raise ValueError(f"{setting}: the URL has /v1 twice ({redact_url(url)}); the proxy adds /chat/completions "
+                         "(or /responses) to it as it is")
+    missing = missing_api_path(url)
+    if missing is not None:
+        raise ValueError(f"{setting}: the URL names the host alone, where the API is under {missing}: "
+                         f"give {redact_url(url).rstrip('/')}{missing}")
+
+
+def _is_this_proxy(url: str, host: str, port: int) -> bool:
+    """Does ``url`` point at the proxy's own listening address? Every request would come back to it:
+    a passthrough request went round until the 256 slots were full, a Chat one was a 404."""
+    if not port:
+        return False  # a port the system picks: no URL can name it before
+    parts = urlsplit(url)
+    try:
+        upstream_port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return False
+    upstream_host, own = (parts.hostname or "").lower(), host.strip("[]").lower()
+    if own in ("0.0.0.0", "::", "") or is_loopback_host(own):  # reached at any loopback name too
+        return upstream_port == port and upstream_host in ("localhost", "127.0.0.1", "::1", "0.0.0.0", "::", own)
+    return upstream_port == port and upstream_host == own
 
 
 def header_the_key_replaces(p: Provider) -> Optional[str]:
@@ -368,8 +412,13 @@ def effective_providers_and_routes(config: Config) -> Tuple[Tuple[Provider, ...]
     providers = list(config.providers) + ([shorthand] if shorthand else [])
     by_name: Dict[str, Provider] = {}
     for i, p in enumerate(providers):
-        where = "--upstream" if p is shorthand else f"providers.{p.name}" if p.name else f"providers[{i}]"
-        check_provider(p, where)
+        where = f"providers.{p.name}" if p.name else f"providers[{i}]"
+        where = config.setting_name("upstream") if p is shorthand else where
+        check_provider(p, where, p is shorthand)
+        if _is_this_proxy(p.url, config.host, config.port):
+            setting = where if p is shorthand else f"{where}.url"
+            raise ValueError(f"{setting}: {redact_url(p.url)} is this proxy itself (it listens on port {config.port}): "
+                             "every request would come back to it")
         if p.name in by_name:
             raise ValueError(f"{where}: two providers are named {p.name!r}")
         by_name[p.name] = p

@@ -288,6 +288,44 @@ def test_a_shell_command_given_to_sh_is_a_command_like_any() -> None:
     assert credentials.command_argv(["echo", "|", "$X"], "s") == ["echo", "|", "$X"]  # an argv list is run as it is
 
 
+@pytest.mark.parametrize("argv, environ, said", [
+    # Every request would come back to the proxy: a passthrough request went round until the 256
+    # slots were full and ended in a retryable 529; a Chat one was a 404 (probe C).
+    (["--passthrough", "--upstream", "http://127.0.0.1:8093", "--port", "8093"], {},
+     "--upstream: http://127.0.0.1:8093 is this proxy itself (it listens on port 8093)"),
+    (["--upstream", "http://localhost:8094/v1", "--port", "8094"], {}, "--upstream: http://localhost:8094/v1 is this proxy"),
+    (["--upstream", "http://[::1]:8094/v1", "--host", "0.0.0.0", "--auth-key", "client-key-0123456789", "--port", "8094"],
+     {}, "is this proxy itself"),
+    (["--port", "8095"], {"OPENAI_BASE_URL": "http://127.0.0.1:8095/v1"}, "OPENAI_BASE_URL: http://127.0.0.1:8095/v1 is this proxy"),
+    # URLs that could only get 404s, said at once instead of in every request's error.
+    (["--upstream", "https://api.openai.com"], {}, "--upstream: the URL names the host alone, where the API is under /v1: "
+                                                   "give https://api.openai.com/v1"),
+    (["--upstream", "https://openrouter.ai/"], {}, "give https://openrouter.ai/api/v1"),
+    ([], {"OPENAI_BASE_URL": "https://api.groq.com"}, "OPENAI_BASE_URL: the URL names the host alone, where the API is "
+                                                      "under /openai/v1"),
+    (["--upstream", "http://127.0.0.1:9/v1/v1"], {}, "--upstream: the URL has /v1 twice"),
+    (["--upstream", "https://api.openai.com/v1/v1/", "--upstream-api", "responses"], {}, "the URL has /v1 twice"),
+    # export OPENAI_BASE_URL=$GATEWAY with GATEWAY unset: the gateway's key went to api.openai.com.
+    ([], {"OPENAI_BASE_URL": ""}, "OPENAI_BASE_URL: the variable is set but empty"),
+])
+def test_an_upstream_url_that_could_only_fail_stops_the_start(served: List[Any], argv: List[str],
+                                                             environ: Dict[str, str], said: str) -> None:
+    assert_one_line(*run_main(argv, {"OPENAI_API_KEY": "sk-test-0001", **environ}), said)
+    assert served == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["--upstream", "http://127.0.0.1:8095/v1", "--port", "8096"],  # another port on this machine
+    ["--upstream", "https://api.deepseek.com", "--api-key", "sk-test-0001"],  # DeepSeek answers without /v1 too
+    ["--upstream", "http://localhost:11434/v1"],  # Ollama
+    ["--passthrough", "--upstream", "https://api.anthropic.com"],  # a messages URL's path is its own
+    ["--upstream", "https://gateway.example/v1/openai/v1"],  # /v1 twice, but not in a row
+])
+def test_upstream_urls_that_can_work_start(served: List[Any], argv: List[str]) -> None:
+    code, out, err = run_main(argv + ["--print-config"], {"OPENAI_API_KEY": "sk-test-0001", "ANTHROPIC_API_KEY": "sk-ant-0001"})
+    assert code == 0, err
+
+
 def test_a_key_variable_that_is_set_but_empty_is_said_so(served: List[Any]) -> None:
     """The message said "not set" and sent the user looking for a variable that is there, empty."""
     assert_one_line(*run_main(["--api-key-env", "MY_KEY"], {"MY_KEY": " "}),
