@@ -44,6 +44,8 @@ MAX_MODEL_NAME = 256
 # before any message is parsed: a 32 MiB body of a million tiny messages cost 28 s of CPU and
 # 800 MB of memory on its way to an upstream that refuses it anyway.
 MAX_MESSAGES = 100_000
+MAX_STOP_SEQUENCES = 8191
+MAX_STOP_CHARACTERS = 65_536
 THINKING_TYPES = ("enabled", "disabled", "adaptive", "between_tools")
 
 
@@ -627,11 +629,20 @@ def _parse_format(value: Any, path: str) -> Dict[str, Any]:
 
 
 def _parse_stop_sequences(value: Any, path: str = "stop_sequences") -> Tuple[str, ...]:
+    """The stop strings: at most 8,191 (the limit Anthropic's models have on Bedrock) and 65,536
+    characters together (the proxy's: it matches those an upstream is not sent, and an automaton of
+    32 MiB of them would take gigabytes); none empty, as on Anthropic."""
     if value is None:
         return ()
     items = _list(value, path)
+    if len(items) > MAX_STOP_SEQUENCES:
+        raise InvalidRequest(f"at most {MAX_STOP_SEQUENCES:,} stop sequences are allowed, not {len(items):,}", path)
     for i, item in enumerate(items):
-        _expect(item, str, f"{path}[{i}]", "a string")
+        if not _expect(item, str, f"{path}[{i}]", "a string"):
+            raise InvalidRequest("each stop sequence must be non-empty", path)
+    if sum(len(item) for item in items) > MAX_STOP_CHARACTERS:
+        raise InvalidRequest(f"the stop sequences may have {MAX_STOP_CHARACTERS:,} characters together, "
+                             f"not {sum(len(item) for item in items):,}", path)
     return tuple(items)
 
 

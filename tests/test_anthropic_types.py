@@ -538,3 +538,22 @@ def test_two_tools_of_one_name_are_refused_as_anthropic_does() -> None:
             parse(dict(valid(), tools=tools))
         assert info.value.message == "tools[2].name: tool names must be unique: 'Read' is given twice"
     assert len(parse_messages_request(dict(valid(), tools=tools[:2])).tools) == 2
+
+
+@pytest.mark.parametrize("stops, said", [
+    ([""], "stop_sequences: each stop sequence must be non-empty"),  # Anthropic's own words
+    (["END", ""], "stop_sequences: each stop sequence must be non-empty"),
+    (["s%d" % i for i in range(8192)], "stop_sequences: at most 8,191 stop sequences are allowed, not 8,192"),
+    (["x" * 40_000, "y" * 30_000], "stop_sequences: the stop sequences may have 65,536 characters together, not 70,000"),
+])
+def test_stop_sequences_past_what_can_be_matched_are_refused(stops: List[str], said: str) -> None:
+    """The proxy matches the stop strings an upstream is not sent, with an automaton over all of
+    them: 32 MiB of stop strings would have made one of gigabytes (probe A)."""
+    with pytest.raises(InvalidRequest) as info:
+        parse_messages_request(dict(valid(), stop_sequences=stops))
+    assert info.value.message == said
+    assert parse_messages_request(dict(valid(), stop_sequences=["s%d" % i for i in range(8191)])).stop_sequences
+
+
+def test_an_empty_list_of_stop_sequences_is_none() -> None:
+    assert parse_messages_request(dict(valid(), stop_sequences=[])).stop_sequences == ()

@@ -34,7 +34,7 @@ from ...signatures import encode_signature
 from ...skim import text_digest
 from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done, loads_data
 from ..growing import Growing
-from ..stops import first_stop, stop_prefix_len
+from ..stops import StopScan
 from ..names import client_tool_id
 from ..toolargs import KEEP_LIVE_TEXT, TURNED_BAD, ArgsScan, cut_short, normalize_arguments
 from .response import (
@@ -327,6 +327,8 @@ class StreamTranslator:
         self.tool_names = tool_names or {}
         self.stop_sequences = stop_sequences
         self.local_stops: Tuple[str, ...] = ()  # matched by the proxy: LocalStopTranslator
+        # Text that may begin a stop string is held back (2.4 rule 5b); LocalStopTranslator's ends the answer.
+        self.stop_scan = StopScan(stop_sequences) if stop_sequences else None
         self.dialect_name = dialect_name
         self.secrets = secrets
         self.think = _ThinkTags() if think_tags else None
@@ -582,13 +584,19 @@ class StreamTranslator:
         if self._blocked():
             self.deferred.append(("text", text))
             return []
-        if self.stop_sequences:
+        if self.stop_scan is not None:
             self.out_chars += len(text)
+            hit, keep = self.stop_scan.scan(self.held_text, text)
             text = self.held_text + text
-            keep = stop_prefix_len(text, self.stop_sequences)
+            if hit is not None:
+                return self._at_stop(text, hit)
             text, self.held_text = text[: len(text) - keep], text[len(text) - keep:]
             return self._text_delta(text, count=False)
         return self._text_delta(text)
+
+    def _at_stop(self, text: str, hit: Tuple[int, str]) -> List[Event]:
+        """``text`` completed a stop string the proxy matches itself (LocalStopTranslator's only)."""
+        raise AssertionError("no stop string is matched here")
 
     def _text_delta(self, text: str, count: bool = True) -> List[Event]:
         if not text:
@@ -812,6 +820,7 @@ class LocalStopTranslator(StreamTranslator):
     def __init__(self, *, local_stops: Tuple[str, ...], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.local_stops = local_stops
+        self.stop_scan = StopScan(self.stop_sequences + local_stops, ending=local_stops)
         self.cut: Optional[str] = None  # the local stop string the answer ended at
 
     def feed(self, chunk: ChatResponse) -> List[Event]:
@@ -829,18 +838,12 @@ class LocalStopTranslator(StreamTranslator):
         return events + (self._stop_events() if self.cut is not None else super().finish())
 
     def _emit_text(self, text: str) -> List[Event]:
-        if self.cut is not None:
-            return []
-        if not text or self._blocked():
-            return super()._emit_text(text)
-        buffered = self.held_text + text
-        hit = first_stop(buffered, self.local_stops)
-        if hit is None:
-            return super()._emit_text(text)
+        return [] if self.cut is not None else super()._emit_text(text)
+
+    def _at_stop(self, text: str, hit: Tuple[int, str]) -> List[Event]:
         start, self.cut = hit
         self.held_text = ""
-        self.out_chars += len(text)  # generated, so counted as the plain path counts it
-        return self._text_delta(buffered[:start], count=False)
+        return self._text_delta(text[:start], count=False)
 
     def _emit_reasoning(self, text: str) -> List[Event]:
         return [] if self.cut is not None else super()._emit_reasoning(text)

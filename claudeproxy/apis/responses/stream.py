@@ -46,7 +46,7 @@ from ...skim import LineSkimmer, Repeat, SkimmedLine, holds_repeat, restore, tex
 from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done, loads_data
 from ..names import client_tool_id
 from ..growing import Growing, LiveText
-from ..stops import first_stop, stop_prefix_len
+from ..stops import StopScan
 from ..toolargs import KEEP_LIVE_TEXT, TURNED_BAD, ArgsScan
 from . import API_NAME
 from .response import (
@@ -969,6 +969,7 @@ class LocalStopResponsesFold(ResponsesFold):
     def __init__(self, *, stop_sequences: Tuple[str, ...], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.stops = stop_sequences
+        self.stop_scan = StopScan(stop_sequences, ending=stop_sequences)
         self.held = ""
         self.held_key: Key = ()
         self.cut: Optional[str] = None  # the stop string the answer ended at
@@ -988,11 +989,10 @@ class LocalStopResponsesFold(ResponsesFold):
         events = self._flush_held() if self.held and key != self.held_key else []  # no match across parts
         self.text_sent.setdefault(key, Growing()).add(text)  # as received: .done fills in the rest only
         self.out_chars += len(text)
+        hit, keep = self.stop_scan.scan(self.held, text)
         buffered, self.held = self.held + text, ""
-        hit = first_stop(buffered, self.stops)
         if hit is not None:
             return events + self._send_text(key, buffered[: hit[0]]) + self._stop_at(key, len(buffered) - hit[0], hit[1])
-        keep = stop_prefix_len(buffered, self.stops)
         events += self._send_text(key, buffered[: len(buffered) - keep])
         self.held, self.held_key = buffered[len(buffered) - keep:], key
         return events
