@@ -7,6 +7,7 @@ and every upstream-derived error message, goes through these functions.
 from __future__ import annotations
 
 import base64
+import json
 import re
 from typing import Any, Iterable, List, Mapping, Tuple, Union
 from urllib.parse import parse_qsl, quote, quote_plus, unquote_plus, urlencode, urlsplit, urlunsplit
@@ -181,6 +182,17 @@ def holds_secret(text: str, secrets: Iterable[str]) -> bool:
     in any written form? Not the key-shaped patterns: a name is not a key for looking like one."""
     forms = secrets if isinstance(secrets, SecretForms) else free_text_forms(secrets)
     return any(form in text for form in forms)
+
+
+def masked_json(obj: Any, forms: SecretForms) -> Any:
+    """``obj`` (decoded JSON) with every written form of the secrets in its strings masked, keys too.
+    Through its JSON text, where each form sits inside a string (a key has nothing JSON escapes in
+    a way that would end one), so no walk of a nesting the upstream chose. ValueError if it would
+    not decode again."""
+    text = json.dumps(obj, ensure_ascii=False)
+    for form in forms:
+        text = text.replace(form, MASK)
+    return json.loads(text)
 
 
 def quoted(value: Union[str, bytes], most: int = 40) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Dict, List
 import pytest
 from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, quota_probe, record_for, request
 from fakes import Fault, Gate, Reply, Sleep, StreamClient, json_reply
-from sse_checks import assert_valid_event_sequence, final_message
+from sse_checks import assert_valid_event_sequence, events_of, final_message
 
 import claudeproxy
 from claudeproxy.apis.messages import input_estimate
@@ -825,6 +825,23 @@ def test_an_upstream_errors_type_and_error_code_reach_the_sdk(through, fake_upst
     assert (second.status, second.json["error"]["type"]) == (400, "billing_error")
     assert second.json["error"]["details"]["error_code"] == "credit_exhausted"
     assert UPSTREAM_KEY not in second.body.decode("utf-8")
+
+
+def test_an_answer_echoing_the_key_in_any_field_is_masked(through, fake_upstream):
+    """An upstream that echoes the key it was sent in an extra field of a JSON answer, or of a known
+    stream event: it reached the client (only unknown event kinds and errors were checked: probe A)."""
+    answer = {**ANSWER, "debug": {"sent_key": UPSTREAM_KEY}}
+    start = {**MESSAGE_START, "message": {**MESSAGE_START["message"], "debug": UPSTREAM_KEY}}
+    events = [start, HEAD_EVENTS[2], {**HEAD_EVENTS[3], "echo": f"Bearer {UPSTREAM_KEY}"}, *TAIL_EVENTS[:2],
+              {**TAIL_EVENTS[2], "debug": [UPSTREAM_KEY]}, TAIL_EVENTS[3]]
+    fake_upstream.push(json_reply(answer), sse(events_bytes(events)))
+    plain, streamed = post(through, minimal_request()), post(through, minimal_request(stream=True))
+    assert plain.status == 200 and UPSTREAM_KEY not in plain.body.decode("utf-8")
+    assert plain.json["debug"] == {"sent_key": "***"} and plain.json["content"] == ANSWER["content"]
+    assert streamed.status == 200 and UPSTREAM_KEY not in streamed.body.decode("utf-8")
+    got = events_of(streamed.body)
+    assert_valid_event_sequence(got, allow_error=False)
+    assert final_message(got)["content"][0]["text"] == "Hello there"
 
 
 def test_prompt_too_long_stays_what_claude_code_compacts_on(through, fake_upstream):

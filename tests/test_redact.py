@@ -334,3 +334,19 @@ def test_header_secrets_are_the_values_of_credential_headers() -> None:
     headers = [("X-Auth", "HdrSECRET12345"), ("Content-Type", "application/json"),
                ("cf-aig-authorization", "Bearer cf-token-98765"), ("X-Api-Key", "short"), ("X-Title", "my-app-title")]
     assert header_secrets(headers) == ("HdrSECRET12345", "Bearer cf-token-98765", "cf-token-98765")
+
+
+def test_a_passthrough_event_is_masked_but_for_what_the_model_wrote() -> None:
+    """README, Security: what a model writes passes as written (it may quote a key the user pasted);
+    a field the upstream added around it does not."""
+    from claudeproxy.apis.messages import _masked
+    from claudeproxy.redact import free_text_forms
+
+    key = "sk-test-passthrough-0123456789"
+    forms = free_text_forms([key])
+    delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": f"use {key}"},
+             "debug": key}
+    assert _masked(delta, forms) == {**delta, "debug": "***"}
+    answer = {"type": "message", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"k": key}}],
+              "usage": {"input_tokens": 1, "note": key}}
+    assert _masked(answer, forms) == {**answer, "usage": {"input_tokens": 1, "note": "***"}}

@@ -40,7 +40,7 @@ from ..errors import (
     thread_unsupported,
 )
 from ..prompt_cache import strip_billing_header
-from ..redact import holds_secret
+from ..redact import free_text_forms, holds_secret, masked_json
 from ..replies import events_for_message, message_start
 from ..routing import Target
 from ..signatures import PREFIX as SIGNATURE_PREFIX
@@ -395,6 +395,9 @@ class MessagesApi(UpstreamApi):
 
     def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
                   ) -> Tuple[Dict[str, Any], List[str]]:
+        forms = free_text_forms(secrets)
+        if forms and holds_secret(json.dumps(obj, ensure_ascii=False), forms):
+            obj = _masked(obj, forms)  # an upstream that echoes the key it was sent (probe A)
         return message_reply(obj, req.model, secrets, lambda: input_estimate(req.body)), []
 
     def relayed_headers(self, headers: Any) -> Tuple[Tuple[str, str], ...]:
@@ -418,6 +421,7 @@ class MessagesFold(SSEFold):
         self.model = model
         self.input_tokens = input_tokens
         self.secrets = secrets
+        self.secret_forms = free_text_forms(secrets)  # once, not per event
         # The request's input estimate, for an upstream that counts none (asked only then).
         self.estimate: Callable[[], int] = estimate or (lambda: input_tokens)
         self.out_chars = 0  # the answer's characters, for an output count the upstream never gave
@@ -511,6 +515,11 @@ class MessagesFold(SSEFold):
             return self._bad_event(event)
         kind, obj = named
         self.bad_events = 0
+        # An upstream that echoes the key it was sent, in any field of any event (probe A): masked,
+        # and an event of a kind no client reads is dropped (below).
+        secret = bool(self.secret_forms) and holds_secret(event.data, self.secret_forms)
+        if secret and kind in _KNOWN_EVENTS:
+            obj = _masked(obj, self.secret_forms)
         if kind == "error" or event.event == "error":
             raise error_from_event(obj, self.secrets)
         if kind == "message_start":
@@ -539,7 +548,7 @@ class MessagesFold(SSEFold):
                 # one the answer ends with stop_reason None. A plain end is what the upstream meant.
                 events += self._message_delta({"type": "message_delta", "delta": self._made_up_end()})
             return events + self._stop(obj)
-        if kind not in _KNOWN_EVENTS and holds_secret(json.dumps(obj), self.secrets):
+        if kind not in _KNOWN_EVENTS and secret:
             # An event of a kind no client reads, holding a secret (named by it, even): it goes
             # nowhere, as a masked one would tell nobody anything.
             return events
@@ -710,6 +719,44 @@ def _merged_usage(held: Dict[str, Any], later: Dict[str, Any]) -> Dict[str, Any]
             out[key] = max(value, old)
         elif key not in out or old is None or type(value) is int and type(old) is not int:
             out[key] = value
+    return out
+
+
+# What a model wrote, which passes as written (README, Security: masking could change an answer that
+# quotes a key the user pasted): a block's text, thinking and input, in an answer and in events.
+_MODEL_TEXT = ("text", "thinking", "partial_json", "input")
+
+
+def _model_text_paths(obj: Dict[str, Any]) -> List[Tuple[Any, ...]]:
+    blocks: List[Tuple[Any, ...]] = []
+    if isinstance(obj.get("content"), list):  # a JSON answer
+        blocks = [("content", i) for i, b in enumerate(obj["content"]) if isinstance(b, dict)]
+    for key in ("delta", "content_block"):  # content_block_delta, content_block_start
+        if isinstance(obj.get(key), dict):
+            blocks.append((key,))
+    return [path + (name,) for path in blocks for name in _MODEL_TEXT if name in _at(obj, path)]
+
+
+def _at(obj: Any, path: Tuple[Any, ...]) -> Any:
+    for key in path:
+        obj = obj[key]
+    return obj
+
+
+def _masked(obj: Dict[str, Any], forms: Any) -> Any:
+    """``obj`` with the secrets masked wherever the upstream put them but in what the model wrote."""
+    spared = [(path, _at(obj, path)) for path in _model_text_paths(obj)]
+    for path, _ in spared:
+        _at(obj, path[:-1])[path[-1]] = None
+    try:
+        out = masked_json(obj, forms)
+    except ValueError:
+        raise UpstreamUnavailable("upstream sent the proxy's key where it could not be masked") from None
+    finally:
+        for path, value in spared:
+            _at(obj, path[:-1])[path[-1]] = value  # the upstream's object as it came
+    for path, value in spared:
+        _at(out, path[:-1])[path[-1]] = value
     return out
 
 
