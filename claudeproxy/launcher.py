@@ -104,8 +104,9 @@ def parse_run(argv: List[str], environ: Mapping[str, str],
     if command is not None and not command:
         raise cli.UsageError(f"run: no command after --: {_USAGE}")
     file = cli.load_config_file(ns.config, environ, cli.flag_specs(parser)) if ns.config else None
-    # A file's port is for the standing server; run takes a free one unless told on the command line.
-    cli.merge_file(ns, given, file, skip={"port"})
+    # A file's port and host are for the standing server (a LAN one's 0.0.0.0 was refused here): run
+    # takes a free port on loopback unless told on the command line.
+    cli.merge_file(ns, given, file, skip={"port", "host"})
     try:  # a typo ('127.0.0.1 ') is said as such, not as an address that is not loopback
         check_host(ns.host, cli.name_of(ns, "host"))
     except ValueError as exc:

@@ -602,10 +602,24 @@ def test_a_config_file_may_hold_runs_own_options(tmp_path: Any) -> None:
     assert started(err)[2] == str(log) and log.exists()
 
 
+def test_a_standing_servers_host_and_port_in_the_file_are_left_to_it(tmp_path: Any) -> None:
+    """One file serves both modes: a LAN server's 0.0.0.0 stopped run, which serves only its command
+    (probe C). run listens on loopback, on a port of its own."""
+    config = tmp_path / "lan.json"
+    config.write_text(json.dumps({"upstream": NO_UPSTREAM, "host": "0.0.0.0", "port": 8095, "auth_key_env": "HOME"}))
+    code, out, err = run_main(["--config", str(config), "--", sys.executable, "-c", "pass"], base_env(tmp_path))
+    assert code == 0, err
+    url = started(err)[0]
+    assert url.startswith("http://127.0.0.1:") and not url.endswith(":8095"), url
+    # On the command line, a host that is not loopback is still refused.
+    code, out, err = run_main(["--host", "0.0.0.0", "--auth-key", "client-key-0123456789", "--upstream", NO_UPSTREAM,
+                               "--", "true"], base_env(tmp_path))
+    assert code == 2 and "must be a loopback address" in err
+
+
 @pytest.mark.parametrize("setting, what", [
-    ({"host": "0.0.0.0", "auth_key_env": "HOME"}, "host must be a loopback address"),
     ({"log_file": "/nonexistent-claudeproxy/p.log"}, "log_file /nonexistent-claudeproxy/p.log"),
-], ids=["host", "log_file"])
+], ids=["log_file"])
 def test_a_bad_setting_in_the_file_names_the_file_and_key(tmp_path: Any, setting: Dict[str, Any], what: str) -> None:
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"upstream": NO_UPSTREAM, **setting}))
