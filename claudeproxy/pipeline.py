@@ -53,7 +53,7 @@ from .redact import (
     secret_forms,
 )
 from .relay import Relay
-from .replies import as_answered, events_for_message, is_quota_probe, local_message
+from .replies import as_answered, events_for_message, is_quota_probe, local_message, message_from_events
 from .routing import Routed, Target, build_router
 from .tokens import Estimate, estimate_input, tools_chars
 from .tool_memo import ToolMemo
@@ -680,6 +680,12 @@ class Proxy:
 
     def _json(self, api: Any, req: ClientRequest, ex: Exchange, resp: Any, writer: Any, call: UpstreamCall,
               record: Dict[str, Any], relayed: Tuple[Tuple[str, str], ...] = ()) -> None:
+        if _event_stream(resp):
+            message = self._streamed_whole(api, req, ex, resp, call, record)
+            if _thinking_omitted(req):
+                message = {**message, "content": [_without_text(b) for b in message["content"]]}
+            self._reply(req, writer, message, call.secrets, relayed)
+            return
         with resp:
             obj = read_json_body(resp, call, self.config.max_body_bytes * 2)
         self._log_body("upstream response body", obj, call.secrets)
@@ -706,6 +712,25 @@ class Proxy:
             message = {**message, "content": [_without_text(b) for b in message["content"]]}
         self._reply(req, writer, message, call.secrets, relayed)
         self._estimate(req, record)  # only to learn from the upstream's count (calibration.py): after the answer
+
+    def _streamed_whole(self, api: Any, req: ClientRequest, ex: Exchange, resp: Any, call: UpstreamCall,
+                        record: Dict[str, Any]) -> Dict[str, Any]:
+        """The message of an event stream the upstream sent for a request that asked for none (a
+        gateway or server that streams whatever it is asked): relayed through the API's fold, as
+        for a stream request, into a list, and made whole. It was a 502, "not JSON"."""
+        collected = _Collected()
+        fold: StreamFold = api.fold(req, ex, message_id="msg_" + new_id(), input_tokens=self._estimate(req, record),
+                                    secrets=call.secrets)
+        relay = Relay(collected, fold, call, self.config)
+        if relay.begin(resp):  # a failure before the first event raises (a retry may follow)
+            relay.finish()
+        for warning in getattr(fold, "warnings", ()):
+            log.warning("%s", warning)
+        if relay.failure is not None:
+            raise relay.failure  # after the first event, the stream's event: error: nothing went out yet
+        record.update(stop_reason=fold.stop_reason, billed_cost=fold.billed_cost,
+                      **_stream_usage_fields(fold.usage, relay.refused))
+        return message_from_events(collected.kept)
 
     def _reply(self, req: ClientRequest, writer: Any, message: Dict[str, Any],
                secrets: Optional[Tuple[str, ...]] = None, headers: Tuple[Tuple[str, str], ...] = ()) -> None:
@@ -869,6 +894,30 @@ def _thinking_omitted(req: ClientRequest) -> bool:
 
 def _without_text(block: Dict[str, Any]) -> Dict[str, Any]:
     return {**block, "thinking": ""} if block.get("type") == "thinking" else block
+
+
+def _event_stream(resp: Any) -> bool:
+    """Did the upstream answer with an event stream? Said so by its Content-Type only: a JSON
+    answer without one is still read as JSON."""
+    ctype = (resp.headers.get("Content-Type") or "") if resp.headers is not None else ""
+    return ctype.split(";", 1)[0].strip().lower() == "text/event-stream"
+
+
+class _Collected:
+    """A client writer that keeps the events (``_streamed_whole``); pings and the head are no answer."""
+
+    def __init__(self) -> None:
+        self.kept: List[Dict[str, Any]] = []
+        self.last_write = time.monotonic()
+
+    def start_stream(self, headers: Any = ()) -> None:
+        pass
+
+    def events(self, events: List[Dict[str, Any]], end: bool = False) -> None:
+        self.kept += [e for e in events if e.get("type") != "ping"]
+
+    def end_stream(self) -> None:
+        pass
 
 
 class _ThinkingOmitted:

@@ -81,6 +81,48 @@ def events_for_message(message: Dict[str, Any]) -> List[Event]:
     return events
 
 
+def message_from_events(events: List[Event]) -> Dict[str, Any]:
+    """The message a complete stream of events describes, as the SDKs accumulate one: the inverse of
+    ``events_for_message`` (an upstream that streams an answer the client asked for whole)."""
+    message: Dict[str, Any] = {}
+    blocks: Dict[int, Dict[str, Any]] = {}
+    pieces: Dict[int, List[str]] = {}  # each block's text, thinking or input JSON, joined once at its end
+    for event in events:
+        kind = event.get("type")
+        if kind == "message_start":
+            message = {**event["message"], "content": []}
+        elif kind == "content_block_start":
+            blocks[event["index"]] = dict(event["content_block"])
+            pieces[event["index"]] = []
+        elif kind == "content_block_delta":
+            _add_delta(blocks[event["index"]], pieces[event["index"]], event["delta"])
+        elif kind == "content_block_stop":
+            _close_block(blocks[event["index"]], pieces.pop(event["index"]))
+        elif kind == "message_delta":
+            message.update(event.get("delta") or {})
+            message["usage"] = {**(message.get("usage") or {}), **(event.get("usage") or {})}
+    message["content"] = [blocks[index] for index in sorted(blocks)]
+    return message
+
+
+def _add_delta(block: Dict[str, Any], pieces: List[str], delta: Dict[str, Any]) -> None:
+    kind = delta.get("type")
+    if kind in ("text_delta", "thinking_delta", "input_json_delta"):
+        pieces.append(delta[{"text_delta": "text", "thinking_delta": "thinking"}.get(kind, "partial_json")])
+    elif kind == "signature_delta":
+        block["signature"] = delta.get("signature", "")
+    elif kind == "citations_delta":
+        block.setdefault("citations", []).append(delta.get("citation"))
+
+
+def _close_block(block: Dict[str, Any], pieces: List[str]) -> None:
+    joined = "".join(pieces)
+    if block.get("type") in ("text", "thinking"):
+        block[block["type"]] = block.get(block["type"], "") + joined
+    elif joined:  # a tool call's input, whole JSON by the time its block stops (apis/toolargs.py)
+        block["input"] = json.loads(joined)
+
+
 def block_events(index: int, block: Dict[str, Any]) -> List[Event]:
     """One whole block as the start, deltas and stop a stream carries for it."""
     kind = block.get("type")

@@ -432,3 +432,37 @@ def test_a_gemini_behind_a_gateway_gets_its_thought_signatures_back(make_proxy: 
     signature = {"google": {"thought_signature": "sigG=="}}
     assert echoed == {("generic", "gemini-3-pro-preview"): signature, ("generic", "gpt-4.1"): None,
                       ("gemini", "gemini-3-pro"): signature, ("openai", "gpt-4.1"): None}
+
+
+def test_an_event_stream_answer_to_a_json_request_is_made_whole(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """A gateway or server that streams whatever it is asked: the JSON request got a 502, "not JSON",
+    though the proxy translates the same stream for a stream request (probe B). Now the answer is
+    the stream made whole: what the stream request's final message is, text, tool call and usage."""
+    proxy = make_proxy()
+    tools = [{"name": "get_weather", "input_schema": {"type": "object"}}]
+    stream = [chunk({"role": "assistant", "content": "Let me "}), chunk({"content": "check."}),
+              chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                     "function": {"name": "get_weather", "arguments": '{"city": '}}]}),
+              chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
+              chunk(finish="tool_calls"), chunk(choices=[], usage={"prompt_tokens": 30, "completion_tokens": 9})]
+    fake_upstream.push(sse_reply(*stream), sse_reply(*stream))
+    whole = ask(proxy, minimal_request(tools=tools))
+    streamed = ask(proxy, minimal_request(tools=tools, stream=True))
+    assert whole.status == 200, whole
+    assert whole.json["type"] == "message" and whole.json["id"].startswith("msg_")
+    assert whole.json["content"] == [{"type": "text", "text": "Let me check."},
+                                     {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}}]
+    assert whole.json["stop_reason"] == "tool_use" and whole.json["usage"]["input_tokens"] == 30
+    assert whole.json["usage"]["output_tokens"] == 9
+    final = final_message(events_of(streamed.body))
+    assert [whole.json[k] for k in ("content", "stop_reason", "usage")] == [final[k] for k in ("content", "stop_reason", "usage")]
+
+
+def test_an_event_stream_answer_to_a_json_request_that_fails_is_an_error_not_half_an_answer(
+        make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy()
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": "Hal"}),
+                                 {"error": {"message": "model overloaded", "type": "server_error"}}, done=False))
+    resp = ask(proxy, minimal_request())
+    assert resp.status >= 500 and resp.json["type"] == "error", resp
+    assert "Hal" not in resp.body.decode("utf-8")
