@@ -466,3 +466,32 @@ def test_an_event_stream_answer_to_a_json_request_that_fails_is_an_error_not_hal
     resp = ask(proxy, minimal_request())
     assert resp.status >= 500 and resp.json["type"] == "error", resp
     assert "Hal" not in resp.body.decode("utf-8")
+
+
+@pytest.mark.parametrize("message, finish, said", [
+    ({"role": "assistant", "content": 5}, "stop", "its content is int, not text"),
+    ({"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function",
+                                                             "function": {"name": None, "arguments": "{}"}}]},
+     "tool_calls", "finish_reason 'tool_calls' without a tool call that has a name"),
+])
+def test_a_malformed_answer_is_a_502_not_an_empty_success(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                          message: Dict[str, Any], finish: str, said: str) -> None:
+    """Read as an empty answer, it was a 200 end_turn the client could not tell from a model that
+    chose to say nothing (probe A). An empty answer that says nothing else stays one."""
+    proxy = make_proxy()
+    fake_upstream.push(json_reply({"id": "x", "choices": [{"index": 0, "message": message, "finish_reason": finish}]}),
+                       json_reply({"id": "y", "choices": [{"index": 0, "message": {"role": "assistant", "content": ""},
+                                                          "finish_reason": "stop"}]}))
+    bad = ask(proxy, minimal_request())
+    assert bad.status == 502 and bad.json["error"]["message"] == f"upstream answer is malformed: {said}"
+    empty = ask(proxy, minimal_request())
+    assert empty.status == 200 and empty.json["content"] == [] and empty.json["stop_reason"] == "end_turn"
+
+
+def test_a_stream_that_says_tool_calls_with_no_call_is_an_error(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy()
+    fake_upstream.push(sse_reply(chunk({"role": "assistant"}),
+                                 chunk({"tool_calls": [{"index": 0, "id": "c", "function": {"name": 5, "arguments": 7}}]}),
+                                 chunk(finish="tool_calls")))
+    resp = ask(proxy, minimal_request(stream=True))
+    assert resp.status == 502 and "without a tool call that has a name" in resp.json["error"]["message"], resp

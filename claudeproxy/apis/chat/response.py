@@ -270,6 +270,28 @@ def to_messages_response(
     return message, warnings
 
 
+def _malformed_answer(obj: Any, choice: ChatChoice) -> Optional[str]:
+    """What makes an answer no answer, though the reader took what it could: a ``content`` that is
+    no text (``5``), or a finish that says a tool was called with no call that names one. Read as
+    an empty answer, it was a 200 ``end_turn`` the client could not tell from a model that chose
+    to say nothing (probe A)."""
+    choices = obj.get("choices") if isinstance(obj, dict) else None
+    first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = first.get("message") if isinstance(first.get("message"), dict) else {}
+    content = message.get("content")
+    if content is not None and not isinstance(content, (str, list)):
+        return f"its content is {type(content).__name__}, not text"
+    return called_nothing(choice.finish_reason, any(call.name for call in choice.tool_calls),
+                          bool(choice.content or choice.reasoning or choice.refusal))
+
+
+def called_nothing(finish_reason: Optional[str], named_call: bool, said_something: bool) -> Optional[str]:
+    """An answer that ended for a tool call it does not have, and holds nothing else."""
+    if finish_reason in ("tool_calls", "function_call") and not named_call and not said_something:
+        return f"finish_reason {finish_reason!r} without a tool call that has a name"
+    return None
+
+
 def message_from_body(
     obj: Any,
     *,
@@ -293,6 +315,9 @@ def message_from_body(
     overload = overload_error(chat.choice.finish_reason)
     if overload is not None:
         raise overload
+    malformed = _malformed_answer(obj, chat.choice)
+    if malformed is not None:
+        raise UpstreamUnavailable(f"upstream answer is malformed: {malformed}")
     return to_messages_response(
         chat, model=model, new_id=new_id, tool_names=tool_names, stop_sequences=stop_sequences,
         dialect_name=dialect_name, think_tags=think_tags, local_stops=local_stops, thinking=thinking,

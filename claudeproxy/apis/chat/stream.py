@@ -40,6 +40,7 @@ from ..toolargs import KEEP_LIVE_TEXT, TURNED_BAD, ArgsScan, cut_short, normaliz
 from .response import (
     CUT_FINISH_REASONS,
     IdFactory,
+    called_nothing,
     match_stop_sequence,
     message_from_body,
     overload_error,
@@ -475,6 +476,9 @@ class StreamTranslator:
         if self.done:
             return []
         events = self._flush_pending()
+        nothing = called_nothing(self.finish_reason, any(t.name for t in self.tools), self.next_index > 0)
+        if nothing is not None:  # as the JSON answer (_malformed_answer): no 200 with nothing in it
+            raise UpstreamUnavailable(f"upstream answer is malformed: {nothing}")
         cut_call = next((t for t in self.tools if t.name and t.cut_short), None)
         if cut_call is not None and self.finish_reason not in CUT_FINISH_REASONS:
             # As the JSON answer (cut_where_said_whole): the client hears max_tokens, as it would
