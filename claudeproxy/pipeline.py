@@ -34,6 +34,7 @@ from .errors import (
     ProxyError,
     UpstreamHTTPError,
     UpstreamNotJson,
+    UpstreamUnavailable,
     max_tokens_limit,
     max_tokens_limit_lasts,
     retry_after,
@@ -730,7 +731,10 @@ class Proxy:
             raise relay.failure  # after the first event, the stream's event: error: nothing went out yet
         record.update(stop_reason=fold.stop_reason, billed_cost=fold.billed_cost,
                       **_stream_usage_fields(fold.usage, relay.refused))
-        return message_from_events(collected.kept)
+        try:
+            return message_from_events(collected.kept)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a forwarded upstream's events
+            raise UpstreamUnavailable(f"upstream's event stream makes no message ({exc})") from None
 
     def _reply(self, req: ClientRequest, writer: Any, message: Dict[str, Any],
                secrets: Optional[Tuple[str, ...]] = None, headers: Tuple[Tuple[str, str], ...] = ()) -> None:

@@ -83,7 +83,10 @@ def events_for_message(message: Dict[str, Any]) -> List[Event]:
 
 def message_from_events(events: List[Event]) -> Dict[str, Any]:
     """The message a complete stream of events describes, as the SDKs accumulate one: the inverse of
-    ``events_for_message`` (an upstream that streams an answer the client asked for whole)."""
+    ``events_for_message`` (an upstream that streams an answer the client asked for whole).
+
+    ValueError for events that make no message (a forwarded upstream's text that is no string,
+    input that is no JSON): the translating folds never give such, a forwarding one may."""
     message: Dict[str, Any] = {}
     blocks: Dict[int, Dict[str, Any]] = {}
     pieces: Dict[int, List[str]] = {}  # each block's text, thinking or input JSON, joined once at its end
@@ -108,7 +111,10 @@ def message_from_events(events: List[Event]) -> Dict[str, Any]:
 def _add_delta(block: Dict[str, Any], pieces: List[str], delta: Dict[str, Any]) -> None:
     kind = delta.get("type")
     if kind in ("text_delta", "thinking_delta", "input_json_delta"):
-        pieces.append(delta[{"text_delta": "text", "thinking_delta": "thinking"}.get(kind, "partial_json")])
+        piece = delta.get({"text_delta": "text", "thinking_delta": "thinking"}.get(kind, "partial_json"))
+        if not isinstance(piece, str):
+            raise ValueError(f"a {kind} without its text")
+        pieces.append(piece)
     elif kind == "signature_delta":
         block["signature"] = delta.get("signature", "")
     elif kind == "citations_delta":
@@ -118,7 +124,8 @@ def _add_delta(block: Dict[str, Any], pieces: List[str], delta: Dict[str, Any]) 
 def _close_block(block: Dict[str, Any], pieces: List[str]) -> None:
     joined = "".join(pieces)
     if block.get("type") in ("text", "thinking"):
-        block[block["type"]] = block.get(block["type"], "") + joined
+        start = block.get(block["type"])
+        block[block["type"]] = (start if isinstance(start, str) else "") + joined
     elif joined:  # a tool call's input, whole JSON by the time its block stops (apis/toolargs.py)
         block["input"] = json.loads(joined)
 
