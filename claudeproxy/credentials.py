@@ -13,7 +13,6 @@ pipeline calls after a refusal: True when a retry with another key makes sense.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -106,8 +105,31 @@ class CommandToken:
         return key
 
 
-# Words of a command line that only a shell gives a meaning: its operators, and a variable.
-_SHELL_WORD = re.compile(r"\|\|?|&&?|.*;|[0-9]?>>?.*|<.*|\$[A-Za-z_{(]\S*|`.*")
+def _shell_syntax(command: str) -> bool:
+    """Does ``command`` hold, outside quotes, what only a shell gives a meaning: a pipe, ``;``,
+    ``&``, a redirection, a backtick, a ``$`` that expands? Quoted text is an argument, as in
+    ``sh -c '$HOME/bin/key | tr -d x'``, where the inner shell reads it."""
+    quote, escaped = "", False
+    for i, ch in enumerate(command):
+        if escaped:
+            escaped = False
+        elif quote == "'":  # nothing is special inside single quotes, a backslash neither
+            quote = "" if ch == "'" else quote
+        elif ch == "\\":
+            escaped = True
+        elif quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "|&;<>`" or ch == "$" and _expands(command, i):
+            return True
+    return False
+
+
+def _expands(command: str, at: int) -> bool:
+    """A ``$`` a shell would expand: before a name, ``{`` or ``(``."""
+    after = command[at + 1:at + 2]
+    return bool(after) and (after.isalpha() or after in "_{(")
 
 
 def command_argv(command: Any, setting: str) -> List[str]:
@@ -126,7 +148,7 @@ def command_argv(command: Any, setting: str) -> List[str]:
         argv = list(command)
     if not argv:
         raise ValueError(f"{setting}: the command is empty")
-    if isinstance(command, str) and any(_SHELL_WORD.fullmatch(word) for word in argv):
+    if isinstance(command, str) and _shell_syntax(command):
         # Run as it is, 'echo sk-abc | tr a b' printed its words, and the key went as "sk-abc | tr a b"
         # (a $VAR as "$VAR"): every request a 401. Nothing quoted back: a word may hold a key.
         raise ValueError(f"{setting}: the command has shell syntax (a pipe, a redirection, ';', '&&', a $variable "

@@ -844,6 +844,14 @@ def test_an_answer_echoing_the_key_in_any_field_is_masked(through, fake_upstream
     assert final_message(got)["content"][0]["text"] == "Hello there"
 
 
+@pytest.mark.parametrize("answer", [[UPSTREAM_KEY], UPSTREAM_KEY, {"content": "x", "k": UPSTREAM_KEY}])
+def test_an_answer_that_is_no_message_and_echoes_the_key_is_a_502(through, fake_upstream, answer):
+    """Not an object: the masking read it as one, a 500 (review F); refused as before, unquoted."""
+    fake_upstream.push(json_reply(answer))
+    resp = post(through, minimal_request())
+    assert resp.status == 502 and resp.json["error"]["message"] == "upstream returned a body that is not an Anthropic message"
+
+
 def test_prompt_too_long_stays_what_claude_code_compacts_on(through, fake_upstream):
     body = {"type": "error", "error": {"type": "invalid_request_error",
                                        "message": "prompt is too long: 208310 tokens > 200000 maximum"}}

@@ -282,8 +282,18 @@ def test_a_key_command_written_for_a_shell_stops_the_start(served: List[Any], co
     assert served == []
 
 
+@pytest.mark.parametrize("command", ["echo --key=$KEY", "echo x>/tmp/claudeproxy-out"])
+def test_shell_syntax_inside_a_word_stops_the_start_too(served: List[Any], command: str) -> None:
+    assert_one_line(*run_main(["--api-key-command", command]), "--api-key-command: the command has shell syntax")
+
+
 def test_a_shell_command_given_to_sh_is_a_command_like_any() -> None:
     assert credentials.command_argv("sh -c 'echo $KEY | tr a b; true'", "s") == ["sh", "-c", "echo $KEY | tr a b; true"]
+    # Quoted text is an argument, as the message's own advice has it (review F).
+    assert credentials.command_argv("sh -c '$HOME/bin/get-key'", "s") == ["sh", "-c", "$HOME/bin/get-key"]
+    assert credentials.command_argv('sh -c "$HOME/bin/get-key"', "s") == ["sh", "-c", "$HOME/bin/get-key"]
+    assert credentials.command_argv("python3 -c 'print(1);'", "s") == ["python3", "-c", "print(1);"]
+    assert credentials.command_argv("echo '<key>' a\\|b", "s") == ["echo", "<key>", "a|b"]
     assert credentials.command_argv("echo price$5", "s") == ["echo", "price$5"]  # no variable a shell would read
     assert credentials.command_argv(["echo", "|", "$X"], "s") == ["echo", "|", "$X"]  # an argv list is run as it is
 

@@ -428,12 +428,15 @@ SAID_WHOLE_CASES = [  # (arguments under finish_reason "tool_calls" or "stop", i
     # Cut inside a value: older Ollama and llama.cpp builds say "tool_calls" at their token limit.
     # Closed up, this was a Write of half a file with stop_reason tool_use (probe A).
     ('{"path": "a.py", "content": "print(1', {"path": "a.py"}, "max_tokens"),
-    ('{"path": "a.py", "n": 12', {"path": "a.py"}, "max_tokens"),
-    ('{"a": [1, 2', {}, "max_tokens"),
+    ('{"path": "a.py", "content": "x\\', {"path": "a.py"}, "max_tokens"),  # inside an escape
     ('{"command": "ls", ', {"command": "ls"}, "max_tokens"),
-    # Only the closing brace missing after a whole value, a small model's habit: closing invents nothing.
+    ('{"command": "ls", "timeout"', {"command": "ls"}, "max_tokens"),
+    ('{"a": tr', {}, "max_tokens"),
+    # Only closing brackets missing after a value, a small model's habit: closed as before.
     ('{"command": "ls"', {"command": "ls"}, "tool_use"),
     ('{"a": {"b": true}', {"a": {"b": True}}, "tool_use"),
+    ('{"file_path": "/a", "limit": 100', {"file_path": "/a", "limit": 100}, "tool_use"),
+    ('{"a": [1, 2', {"a": [1, 2]}, "tool_use"),
     # Invalid, not cut: repaired as before (PROTOCOL.md case 42).
     ("{bad json", {}, "tool_use"),
 ]
@@ -460,3 +463,20 @@ def test_a_call_cut_inside_a_value_is_a_cut_answer_whatever_the_finish_reason_sa
     [delta] = [e for e in pb.events if e["type"] == "message_delta"]
     assert delta["delta"]["stop_reason"] == reason
     assert any("answered as max_tokens" in r.getMessage() for r in caplog.records) == (reason == "max_tokens")
+
+
+def test_only_the_last_call_decides_whether_the_answer_was_cut_streamed_or_not(caplog: Any) -> None:
+    """A limit cuts the last call; an earlier call's odd arguments are that call's (review F: the
+    stream looked at any call and the JSON answer at the last)."""
+    calls = [("Read", '{"file_path": "/a", "note": "x'), ("Bash", '{"command": "ls"}')]
+    body = {"id": "x", "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": None, "tool_calls": [
+            {"id": f"call_{i}", "type": "function", "function": {"name": n, "arguments": a}}
+            for i, (n, a) in enumerate(calls)]}}]}
+    message, _ = message_from_body(body, model="m", new_id=counter_ids())
+    pb = Playbook()
+    for i, (name, args) in enumerate(calls):
+        pb.feed(chunk(tool_delta(i, f"call_{i}", name, args)))
+    pb.feed(chunk(finish="tool_calls", usage={"prompt_tokens": 3, "completion_tokens": 4}))
+    [delta] = [e for e in pb.events if e["type"] == "message_delta"]
+    assert message["stop_reason"] == delta["delta"]["stop_reason"] == "tool_use"

@@ -396,8 +396,9 @@ class MessagesApi(UpstreamApi):
     def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
                   ) -> Tuple[Dict[str, Any], List[str]]:
         forms = free_text_forms(secrets)
-        if forms and holds_secret(json.dumps(obj, ensure_ascii=False), forms):
+        if isinstance(obj, dict) and forms and holds_secret(_text_of(obj), forms):
             obj = _masked(obj, forms)  # an upstream that echoes the key it was sent (probe A)
+        # (Anything but an object is refused below, its words not quoted.)
         return message_reply(obj, req.model, secrets, lambda: input_estimate(req.body)), []
 
     def relayed_headers(self, headers: Any) -> Tuple[Tuple[str, str], ...]:
@@ -743,6 +744,14 @@ def _at(obj: Any, path: Tuple[Any, ...]) -> Any:
     return obj
 
 
+def _text_of(obj: Any) -> str:
+    """An answer's JSON text, for the secret search; "" where it cannot be written again."""
+    try:
+        return json.dumps(obj, ensure_ascii=False)
+    except (ValueError, RecursionError):
+        return ""
+
+
 def _masked(obj: Dict[str, Any], forms: Any) -> Any:
     """``obj`` with the secrets masked wherever the upstream put them but in what the model wrote."""
     spared = [(path, _at(obj, path)) for path in _model_text_paths(obj)]
@@ -750,7 +759,7 @@ def _masked(obj: Dict[str, Any], forms: Any) -> Any:
         _at(obj, path[:-1])[path[-1]] = None
     try:
         out = masked_json(obj, forms)
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested just short of the decoder's limit: no re-encoding)
         raise UpstreamUnavailable("upstream sent the proxy's key where it could not be masked") from None
     finally:
         for path, value in spared:

@@ -9,6 +9,7 @@ the first of them ends, as it would on Anthropic's API.
 from __future__ import annotations
 
 import collections
+import re
 from typing import Dict, Iterable, List, Optional, Tuple
 
 
@@ -25,8 +26,6 @@ def first_stop(text: str, stops: Tuple[str, ...]) -> Optional[Tuple[int, str]]:
     at the same end the longest string (so "THE END" rather than "END"), as
     ``match_stop_sequence`` prefers.
     """
-    if len(stops) > FEW_STOPS:
-        return StopScan(stops, ending=stops).scan("", text)[0]
     best: Optional[Tuple[int, int, str]] = None  # (end, start, string)
     for seq in stops:
         start = text.find(seq) if seq else -1
@@ -38,9 +37,21 @@ def first_stop(text: str, stops: Tuple[str, ...]) -> Optional[Tuple[int, str]]:
     return None if best is None else (best[1], best[2])
 
 
-# Above this many stop strings the answer's text is searched by the automaton, in one pass, not once
+# Above this many stop strings a whole answer is searched by the automaton, in one pass, not once
 # for each string (text.find each, C-fast for a few, 55 s of CPU for 10,000: probe A).
 FEW_STOPS = 16
+
+
+class StopFinder:
+    """``first_stop`` for one answer's stop strings, in any number of texts (a Response's parts):
+    built once, since building the automaton costs as much as reading its strings."""
+
+    def __init__(self, stops: Tuple[str, ...]) -> None:
+        self.stops = stops
+        self._scan = StopScan(stops, ending=stops) if len(stops) > FEW_STOPS else None
+
+    def first(self, text: str) -> Optional[Tuple[int, str]]:
+        return first_stop(text, self.stops) if self._scan is None else self._scan.scan("", text)[0]
 
 
 class StopScan:
@@ -62,7 +73,11 @@ class StopScan:
         self._depth = [0]
         self._ends = [""]  # the longest ending string that ends at this node ("" for none)
         wanted = set(ending)
-        for seq in dict.fromkeys(s for s in stops if s):
+        strings = tuple(dict.fromkeys(s for s in stops if s))
+        # Where nothing is held (the root), the next character that can begin a stop string is
+        # found at C speed: most text of a big delta is never walked character by character.
+        self._begins = re.compile("[" + "".join(sorted({re.escape(seq[0]) for seq in strings})) + "]")
+        for seq in strings:
             node = 0
             for ch in seq:
                 node = self._child(node, ch)
@@ -109,13 +124,20 @@ class StopScan:
         first ending string it completes -- the earliest end, at one end the longest, as
         ``first_stop`` -- or None; and the length of its end that is, or begins, a stop string."""
         state = self._state if held == self._held else self._walk(held)
-        step, ends = self._step, self._ends
-        for i, ch in enumerate(text):
-            state = step(state, ch)
+        step, ends, begins = self._step, self._ends, self._begins.search
+        i, size = 0, len(text)
+        while i < size:
+            if not state:
+                found = begins(text, i)
+                if found is None:
+                    break
+                i = found.start()
+            state = step(state, text[i])
             if ends[state]:
                 seq = ends[state]
                 self._held, self._state = "", 0
                 return (len(held) + i + 1 - len(seq), seq), 0
+            i += 1
         keep = self._depth[state]
         whole = held + text
         self._held, self._state = whole[len(whole) - keep:], state

@@ -366,20 +366,21 @@ def streamed_object(raw: str) -> Optional[Dict[str, Any]]:
 
 
 def cut_short(raw: Optional[str]) -> bool:
-    """Arguments that began as a JSON object and stop inside a value, valid so far: an answer cut
-    by an output limit, whatever its finish_reason says (older Ollama and llama.cpp builds say
-    "stop" or "tool_calls" there). Closing them would invent the value's end (``"content":
-    "print(1`` made a whole file of half of one). Not arguments that only lack their closing
-    brackets after a whole value (``{"command": "ls"``, a small model's habit), which closing
-    completes without inventing anything, nor ones that turned invalid (``{bad json``)."""
+    """Arguments that began as a JSON object and stop inside a string, or where no value could
+    end (after a key, a colon, a comma, in a literal), valid so far: an answer cut by an output
+    limit, whatever its finish_reason says (older Ollama and llama.cpp builds say "stop" or
+    "tool_calls" there). Closing them would invent an end (``"content": "print(1`` made a whole
+    file of half of one). Not arguments that only lack their closing brackets after a value
+    (``{"command": "ls"``, ``{"limit": 100``: a small model's habit), nor ones that turned
+    invalid (``{bad json``)."""
     if not raw:
         return False
     scan = ArgsScan(keep=False)
     scan.feed(raw)
     if not scan.stack or scan.bad or scan.closed:
         return False
-    ok, closed = _loads(_close_unbalanced(raw))
-    return not ok or closed != whole_members(raw)
+    closed = _close_unbalanced(raw)
+    return closed[len(raw):].startswith('"') or not _loads(closed)[0]
 
 
 def whole_members(raw: str) -> Optional[Dict[str, Any]]:

@@ -15,7 +15,7 @@ from ...counts import openai_usage
 from ...errors import ProxyError, UpstreamHTTPError, UpstreamUnavailable, error_from_object
 from ...ids import first_free
 from ...signatures import encode_signature
-from ..stops import first_stop
+from ..stops import StopFinder
 from ..names import client_tool_id, message_id
 from ..toolargs import cut_short, normalize_arguments
 from .wire import (
@@ -144,7 +144,7 @@ CUT_FINISH_REASONS = ("length", "max_tokens", "content_filter")
 
 def said_whole_but_cut(finish_reason: Optional[str], name: str) -> str:
     return (f"upstream ended with finish_reason {finish_reason!r} inside the arguments of tool call {name!r}: "
-            "answered as max_tokens, with the call's whole members only")
+            "answered as max_tokens, as a call the output limit cut")
 
 
 def cut_where_said_whole(choice: ChatChoice) -> Tuple[ChatChoice, Optional[str]]:
@@ -218,7 +218,7 @@ def cut_at_stop(choice: ChatChoice, stops: Tuple[str, ...], think_tags: bool) ->
     reasoning, text = choice.reasoning, choice.content
     if think_tags and not reasoning:
         reasoning, text = split_think_tags(text)  # the <think> part is reasoning, not text
-    hit = first_stop(text, stops)
+    hit = StopFinder(stops).first(text)
     if hit is None:
         return choice, None
     start, seq = hit

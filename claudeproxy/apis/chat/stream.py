@@ -328,8 +328,9 @@ class StreamTranslator:
         self.tool_names = tool_names or {}
         self.stop_sequences = stop_sequences
         self.local_stops: Tuple[str, ...] = ()  # matched by the proxy: LocalStopTranslator
-        # Text that may begin a stop string is held back (2.4 rule 5b); LocalStopTranslator's ends the answer.
-        self.stop_scan = StopScan(stop_sequences) if stop_sequences else None
+        # Text that may begin a stop string is held back (2.4 rule 5b); a local one ends the answer
+        # (LocalStopTranslator). Built at the first text that needs it, once.
+        self.stop_scan: Optional[StopScan] = None
         self.dialect_name = dialect_name
         self.secrets = secrets
         self.think = _ThinkTags() if think_tags else None
@@ -479,11 +480,13 @@ class StreamTranslator:
         nothing = called_nothing(self.finish_reason, any(t.name for t in self.tools), self.next_index > 0)
         if nothing is not None:  # as the JSON answer (_malformed_answer): no 200 with nothing in it
             raise UpstreamUnavailable(f"upstream answer is malformed: {nothing}")
-        cut_call = next((t for t in self.tools if t.name and t.cut_short), None)
-        if cut_call is not None and self.finish_reason not in CUT_FINISH_REASONS:
-            # As the JSON answer (cut_where_said_whole): the client hears max_tokens, as it would
-            # from Anthropic for a call its limit cut, not tool_use for input that is half a file.
-            log.warning("%s", said_whole_but_cut(self.finish_reason, cut_call.name))
+        named = [t for t in self.tools if t.name]
+        last = max(named, key=lambda t: t.order) if named else None
+        if self.finish_reason not in CUT_FINISH_REASONS and last is not None and last.cut_short:
+            # As the JSON answer (cut_where_said_whole), by the last call, the one a limit cuts: the
+            # client hears max_tokens, as from Anthropic for a call its limit cut, not tool_use for
+            # input that is half a file.
+            log.warning("%s", said_whole_but_cut(self.finish_reason, last.name))
             self.finish_reason = "length"
         buffered = self._kept_calls()
         events += self._settle_stop(last_is_text=not buffered)
@@ -588,15 +591,20 @@ class StreamTranslator:
         if self._blocked():
             self.deferred.append(("text", text))
             return []
-        if self.stop_scan is not None:
+        if self.stop_sequences:
             self.out_chars += len(text)
-            hit, keep = self.stop_scan.scan(self.held_text, text)
+            scan = self.stop_scan or self._build_stop_scan()
+            hit, keep = scan.scan(self.held_text, text)
             text = self.held_text + text
             if hit is not None:
                 return self._at_stop(text, hit)
             text, self.held_text = text[: len(text) - keep], text[len(text) - keep:]
             return self._text_delta(text, count=False)
         return self._text_delta(text)
+
+    def _build_stop_scan(self) -> StopScan:
+        self.stop_scan = StopScan(self.stop_sequences + self.local_stops, ending=self.local_stops)
+        return self.stop_scan
 
     def _at_stop(self, text: str, hit: Tuple[int, str]) -> List[Event]:
         """``text`` completed a stop string the proxy matches itself (LocalStopTranslator's only)."""
@@ -824,7 +832,6 @@ class LocalStopTranslator(StreamTranslator):
     def __init__(self, *, local_stops: Tuple[str, ...], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.local_stops = local_stops
-        self.stop_scan = StopScan(self.stop_sequences + local_stops, ending=local_stops)
         self.cut: Optional[str] = None  # the local stop string the answer ended at
 
     def feed(self, chunk: ChatResponse) -> List[Event]:

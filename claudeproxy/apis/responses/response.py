@@ -16,7 +16,7 @@ from ...ids import first_free
 from ...signatures import encode_signature
 from ..names import client_tool_id, id_chars, message_id
 from ..toolargs import normalize_arguments
-from ..stops import first_stop
+from ..stops import StopFinder
 from . import API_NAME
 
 IdFactory = Callable[[], str]
@@ -310,11 +310,12 @@ def cut_output(output: Any, stops: Tuple[str, ...]) -> Tuple[List[Any], Optional
     text, not reasoning or a refusal. Items after the match (text, calls) are not the answer.
     """
     items = output if isinstance(output, list) else []  # positions kept: they are output_index
+    finder = StopFinder(stops)  # once for every part (built, it reads every stop string)
     for i, item in enumerate(items):
         parts = _list(item.get("content")) if isinstance(item, dict) and item.get("type") == "message" else []
         for j, part in enumerate(parts):
             text, is_refusal = part_text(part)
-            hit = None if is_refusal else first_stop(text, stops)
+            hit = None if is_refusal else finder.first(text)
             if hit is not None:
                 cut = {**part, "text": text[: hit[0]], "annotations": cited_before(part.get("annotations"), hit[0])}
                 return items[:i] + [{**item, "content": parts[:j] + [cut]}], hit[1]
