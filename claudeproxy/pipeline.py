@@ -58,7 +58,7 @@ from .replies import as_answered, events_for_message, is_quota_probe, local_mess
 from .routing import Routed, Target, build_router
 from .tokens import Estimate, estimate_input, tools_chars
 from .tool_memo import ToolMemo
-from .upstream import POOL_IDLE_SECONDS, Upstream, UpstreamCall, read_json_body
+from .upstream import POOL_IDLE_SECONDS, Upstream, UpstreamCall, json_body, read_json_body, read_whole_body
 from .urls import messages_url, models_url
 from .watchdog import Pause, Watch, Watchdog, client_left
 
@@ -681,14 +681,20 @@ class Proxy:
 
     def _json(self, api: Any, req: ClientRequest, ex: Exchange, resp: Any, writer: Any, call: UpstreamCall,
               record: Dict[str, Any], relayed: Tuple[Tuple[str, str], ...] = ()) -> None:
-        if _event_stream(resp):
-            message = self._streamed_whole(api, req, ex, resp, call, record)
+        with resp:
+            raw = read_whole_body(resp, call, self.config.max_body_bytes * 2)
+        try:
+            obj = json_body(raw, resp)
+        except UpstreamNotJson:
+            if not _event_stream(resp):
+                raise
+            # A gateway that streams whatever it is asked (it was a 502, "not JSON"); a JSON body
+            # it labels as a stream is still read as JSON (above).
+            message = self._streamed_whole(api, req, ex, raw, call, record)
             if _thinking_omitted(req):
                 message = {**message, "content": [_without_text(b) for b in message["content"]]}
             self._reply(req, writer, message, call.secrets, relayed)
             return
-        with resp:
-            obj = read_json_body(resp, call, self.config.max_body_bytes * 2)
         self._log_body("upstream response body", obj, call.secrets)
         try:
             message, warnings = api.from_json(req, ex, obj, call.secrets)
@@ -714,25 +720,25 @@ class Proxy:
         self._reply(req, writer, message, call.secrets, relayed)
         self._estimate(req, record)  # only to learn from the upstream's count (calibration.py): after the answer
 
-    def _streamed_whole(self, api: Any, req: ClientRequest, ex: Exchange, resp: Any, call: UpstreamCall,
+    def _streamed_whole(self, api: Any, req: ClientRequest, ex: Exchange, raw: bytes, call: UpstreamCall,
                         record: Dict[str, Any]) -> Dict[str, Any]:
-        """The message of an event stream the upstream sent for a request that asked for none (a
-        gateway or server that streams whatever it is asked): relayed through the API's fold, as
-        for a stream request, into a list, and made whole. It was a 502, "not JSON"."""
-        collected = _Collected()
+        """The message of a whole event stream (``raw``) for a request that asked for none: the
+        API's fold, as for a stream request, its events made whole as the SDKs accumulate them.
+        An upstream error event, or a stream that ends without its end, is the error."""
         fold: StreamFold = api.fold(req, ex, message_id="msg_" + new_id(), input_tokens=self._estimate(req, record),
                                     secrets=call.secrets)
-        relay = Relay(collected, fold, call, self.config)
-        if relay.begin(resp):  # a failure before the first event raises (a retry may follow)
-            relay.finish()
+        events = fold.feed_line(raw)  # one or more whole lines: all of them (an error event raises)
+        if not fold.complete:
+            rest, failure = fold.end(True)  # the body ended as HTTP says (read_whole_body checked)
+            if failure is not None:
+                raise failure
+            events += rest
         for warning in getattr(fold, "warnings", ()):
             log.warning("%s", warning)
-        if relay.failure is not None:
-            raise relay.failure  # after the first event, the stream's event: error: nothing went out yet
         record.update(stop_reason=fold.stop_reason, billed_cost=fold.billed_cost,
-                      **_stream_usage_fields(fold.usage, relay.refused))
+                      **_stream_usage_fields(fold.usage, False))
         try:
-            return message_from_events(collected.kept)
+            return message_from_events([e for e in events if e.get("type") != "ping"])
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a forwarded upstream's events
             raise UpstreamUnavailable(f"upstream's event stream makes no message ({exc})") from None
 
@@ -905,23 +911,6 @@ def _event_stream(resp: Any) -> bool:
     answer without one is still read as JSON."""
     ctype = (resp.headers.get("Content-Type") or "") if resp.headers is not None else ""
     return ctype.split(";", 1)[0].strip().lower() == "text/event-stream"
-
-
-class _Collected:
-    """A client writer that keeps the events (``_streamed_whole``); pings and the head are no answer."""
-
-    def __init__(self) -> None:
-        self.kept: List[Dict[str, Any]] = []
-        self.last_write = time.monotonic()
-
-    def start_stream(self, headers: Any = ()) -> None:
-        pass
-
-    def events(self, events: List[Dict[str, Any]], end: bool = False) -> None:
-        self.kept += [e for e in events if e.get("type") != "ping"]
-
-    def end_stream(self) -> None:
-        pass
 
 
 class _ThinkingOmitted:

@@ -1593,6 +1593,11 @@ def _read_capped(resp: Any, most: int) -> bytes:
 
 def read_json_body(resp: Any, call: UpstreamCall, limit: int) -> Any:
     """A whole JSON response body (non-streaming answers), size-capped."""
+    return json_body(read_whole_body(resp, call, limit), resp)
+
+
+def read_whole_body(resp: Any, call: UpstreamCall, limit: int) -> bytes:
+    """A whole response body, size-capped, decoded if a gateway compressed it."""
     try:
         raw = _read_capped(resp, limit + 1)
     except (OSError, http.client.HTTPException) as exc:
@@ -1606,11 +1611,15 @@ def read_json_body(resp: Any, call: UpstreamCall, limit: int) -> Any:
         # The connection dropped inside a framed body: what came may parse, but it is not the answer.
         raise UpstreamUnavailable("upstream response body was cut short")
     decoder = getattr(resp, "cp_decoder", None)
-    if decoder is not None:
-        raw = _decoded(raw, decoder, limit)
+    return _decoded(raw, decoder, limit) if decoder is not None else raw
+
+
+def json_body(raw: bytes, resp: Any) -> Any:
+    """A whole body (``read_whole_body``) as JSON; ``UpstreamNotJson`` if it is none."""
     try:
         return json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):
+        framed = getattr(resp, "chunked", False) or getattr(resp, "length", None) is not None
         ctype = resp.headers.get("Content-Type", "?") if resp.headers else "?"
         # A whole answer (its framing says so) that does not parse: asking again gets the same, and
         # the upstream may have billed it; a fallback may do better. A body ended by the connection's

@@ -7,6 +7,7 @@ does, and asserts what the client gets and what the upstream is sent on the next
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Dict, List
 
@@ -456,6 +457,16 @@ def test_an_event_stream_answer_to_a_json_request_is_made_whole(make_proxy: Any,
     assert whole.json["usage"]["output_tokens"] == 9
     final = final_message(events_of(streamed.body))
     assert [whole.json[k] for k in ("content", "stop_reason", "usage")] == [final[k] for k in ("content", "stop_reason", "usage")]
+
+
+def test_a_json_answer_labelled_as_an_event_stream_is_still_read_as_json(make_proxy: Any,
+                                                                        fake_upstream: FakeUpstream) -> None:
+    from fakes import Reply
+
+    proxy = make_proxy()
+    fake_upstream.push(Reply(200, (("Content-Type", "text/event-stream"),), [json.dumps(completion("Hi!")).encode()]))
+    resp = ask(proxy, minimal_request())
+    assert resp.status == 200 and resp.json["content"] == [{"type": "text", "text": "Hi!"}], resp
 
 
 def test_an_event_stream_answer_to_a_json_request_that_fails_is_an_error_not_half_an_answer(
