@@ -272,6 +272,7 @@ def missing_api_path(url: str) -> Optional[str]:
     host = (parts.hostname or "").lower()
     return next((path for pattern, path in _API_PATHS if re.search(pattern, host)), None)
 
+
 # Anthropic thinking budget -> OpenAI reasoning_effort (PROTOCOL.md 1.7).
 REASONING_BUCKETS: Tuple[Tuple[int, str], ...] = ((4096, "low"), (16384, "medium"))
 

@@ -52,8 +52,8 @@ from .dialects import (
     is_anthropic_host,
     missing_api_path,
 )
-from .redact import redact_url
 from .model_facts import MAX_TOKENS, ModelFacts, builtin_facts, facts_from_dict, is_claude_name, without_prices
+from .redact import redact_url
 
 FAMILIES = ("opus", "sonnet", "haiku")
 # Names Claude Code sends (CLAUDE-CODE.md), across generations: --print-config shows where each goes,

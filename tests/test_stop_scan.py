@@ -121,3 +121,8 @@ def test_a_big_delta_without_a_stop_strings_first_character_is_not_walked_by_cha
     big = ["lorem ipsum dolor sit amet " * 150] * 200  # 200 deltas of 4 KB
     ratio = _stream_cpu(["\n\nHuman:"], big) / _stream_cpu([], big)
     assert ratio < 4, ratio  # a walk of every character was 11-14x (review F)
+
+
+def test_an_automaton_of_no_stop_string_holds_nothing_back() -> None:
+    assert StopScan([""], ending=[""]).scan("", "any text") == (None, 0)
+    assert StopScan([]).scan("", "") == (None, 0)

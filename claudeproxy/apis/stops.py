@@ -76,7 +76,8 @@ class StopScan:
         strings = tuple(dict.fromkeys(s for s in stops if s))
         # Where nothing is held (the root), the next character that can begin a stop string is
         # found at C speed: most text of a big delta is never walked character by character.
-        self._begins = re.compile("[" + "".join(sorted({re.escape(seq[0]) for seq in strings})) + "]")
+        firsts = "".join(sorted({re.escape(seq[0]) for seq in strings}))
+        self._begins = re.compile(f"[{firsts}]" if firsts else "(?!)")  # (none: nothing ever begins one)
         for seq in strings:
             node = 0
             for ch in seq:
