@@ -23,6 +23,10 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
 
         return launcher.run_main(args[1:], os.environ if environ is None else environ,
                                  stdout or sys.stdout, stderr or sys.stderr)
+    if "run" in args and args[args.index("run") + 1:][:1] == ["--"]:
+        # "claudeproxy --upstream URL run -- claude": argparse said "unrecognized arguments: run -- claude".
+        print("claudeproxy: error: run comes first: claudeproxy run [options] -- COMMAND", file=stderr or sys.stderr)
+        return 2
     return cli.main(args, environ, stdout, stderr)
 
 

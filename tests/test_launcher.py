@@ -1071,3 +1071,11 @@ def test_a_second_signal_while_the_proxy_drains_does_not_kill_run() -> None:
     done = subprocess.run([sys.executable, "-c", STOP_UNDER_FIRE], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
     assert (done.returncode, done.stdout.split()) == (0, ["drained", "stopped", "True"]), done.stderr
+
+
+def test_options_before_run_are_said_to_go_after_it(tmp_path: Any) -> None:
+    """argparse said "unrecognized arguments: run -- true" (probe C)."""
+    out, err = io.StringIO(), io.StringIO()
+    code = commands.main(["--upstream", NO_UPSTREAM, "run", "--", "true"], environ=base_env(tmp_path), stdout=out, stderr=err)
+    assert (code, out.getvalue()) == (2, "")
+    assert err.getvalue() == "claudeproxy: error: run comes first: claudeproxy run [options] -- COMMAND\n"
