@@ -11,6 +11,7 @@ import json
 from typing import Any, Dict, List, Tuple
 
 from .anthropic_types import MessagesRequest, TextBlock
+from .apis.toolargs import whole_members
 from .ids import new_id
 from .tokens import estimate_output_tokens
 
@@ -126,8 +127,14 @@ def _close_block(block: Dict[str, Any], pieces: List[str]) -> None:
     if block.get("type") in ("text", "thinking"):
         start = block.get(block["type"])
         block[block["type"]] = (start if isinstance(start, str) else "") + joined
-    elif joined:  # a tool call's input, whole JSON by the time its block stops (apis/toolargs.py)
-        block["input"] = json.loads(joined)
+    elif joined:  # a tool call's input: whole JSON (apis/toolargs.py), unless the output limit cut it
+        try:
+            block["input"] = json.loads(joined)
+        except ValueError:
+            members = whole_members(joined)  # as the SDKs make of a cut stream, and the JSON answer
+            if members is None:
+                raise
+            block["input"] = members
 
 
 def block_events(index: int, block: Dict[str, Any]) -> List[Event]:

@@ -459,6 +459,22 @@ def test_an_event_stream_answer_to_a_json_request_is_made_whole(make_proxy: Any,
     assert [whole.json[k] for k in ("content", "stop_reason", "usage")] == [final[k] for k in ("content", "stop_reason", "usage")]
 
 
+def test_an_event_stream_cut_by_the_output_limit_inside_a_call_is_made_whole_as_a_cut_answer(
+        make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """The stream passed the cut arguments on as they came; made whole, the call keeps its whole
+    members, as the JSON answer of a cut call does (it was a 502: the joined input was no JSON)."""
+    proxy = make_proxy()
+    tools = [{"name": "Write", "input_schema": {"type": "object"}}]
+    fake_upstream.push(sse_reply(
+        chunk({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {
+            "name": "Write", "arguments": '{"path": "a.py", "content": "print(1'}}]}),
+        chunk(finish="length"), chunk(choices=[], usage={"prompt_tokens": 30, "completion_tokens": 9})))
+    resp = ask(proxy, minimal_request(tools=tools))
+    assert resp.status == 200, resp
+    assert resp.json["content"] == [{"type": "tool_use", "id": "call_1", "name": "Write", "input": {"path": "a.py"}}]
+    assert resp.json["stop_reason"] == "max_tokens"
+
+
 def test_a_json_answer_labelled_as_an_event_stream_is_still_read_as_json(make_proxy: Any,
                                                                         fake_upstream: FakeUpstream) -> None:
     from fakes import Reply
