@@ -640,9 +640,10 @@ def _parse_stop_sequences(value: Any, path: str = "stop_sequences") -> Tuple[str
     for i, item in enumerate(items):
         if not _expect(item, str, f"{path}[{i}]", "a string"):
             raise InvalidRequest("each stop sequence must be non-empty", path)
-    if sum(len(item) for item in items) > MAX_STOP_CHARACTERS:
+    characters = sum(len(item) for item in items)
+    if characters > MAX_STOP_CHARACTERS:
         raise InvalidRequest(f"the stop sequences may have {MAX_STOP_CHARACTERS:,} characters together, "
-                             f"not {sum(len(item) for item in items):,}", path)
+                             f"not {characters:,}", path)
     return tuple(items)
 
 

@@ -148,10 +148,10 @@ def said_whole_but_cut(finish_reason: Optional[str], name: str) -> str:
 
 
 def cut_where_said_whole(choice: ChatChoice) -> Tuple[ChatChoice, Optional[str]]:
-    """A choice whose last call's arguments stop inside their object (``cut_short``) though the
-    upstream called it done, as the cut answer it is: finish_reason "length", so the call keeps its
-    whole members only and the client hears max_tokens. Closed up by the repair instead, a Write
-    ran with half a file and no error (probe A)."""
+    """A choice whose last call's arguments stop inside a string, or where no value could end
+    (``cut_short``), though the upstream called it done, as the cut answer it is: finish_reason
+    "length", so the call keeps its whole members only and the client hears max_tokens. Closed up
+    by the repair instead, a Write ran with half a file and no error (probe A)."""
     calls = [call for call in choice.tool_calls if call.name]
     if choice.finish_reason in CUT_FINISH_REASONS or not calls or not cut_short(calls[-1].arguments):
         return choice, None

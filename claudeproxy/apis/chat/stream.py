@@ -223,9 +223,9 @@ class _Tool:
 
     @property
     def cut_short(self) -> bool:
-        """The arguments stop inside a value, valid so far (``toolargs.cut_short``). A live call
-        past KEEP_LIVE_TEXT let its text go: still open then, it was cut (no small model's missing
-        brace comes after 64 KB of arguments)."""
+        """The arguments stop inside a string, or where no value could end (``toolargs.cut_short``).
+        A live call past KEEP_LIVE_TEXT let its text go: still open then, it was cut (no small
+        model's missing brace comes after 64 KB of arguments)."""
         if self.digest is None:
             return cut_short(self.args)
         scan = self.scan
