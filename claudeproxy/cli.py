@@ -126,6 +126,8 @@ class _Version(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="claudeproxy",
+        # argparse's own line lists every option (twenty lines) and cannot show the run command.
+        usage="%(prog)s [OPTIONS]\n       %(prog)s run [OPTIONS] -- COMMAND [ARGS...]   (see: %(prog)s run --help)",
         description="Serve the Anthropic Messages API (for Claude Code and the anthropic SDKs) on top of "
         "OpenAI-compatible Chat Completions backends or OpenAI's Responses API, or forward it to "
         "Anthropic-compatible ones, routing each model to a provider.",
@@ -143,10 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _logging_flags(out: Any) -> None:
-    out.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+    # Upper case too (DEBUG, as Python's logging spells the levels), on the command line and in a file.
+    out.add_argument("--log-level", default="info", type=str.lower, choices=["debug", "info", "warning", "error"],
                      help="info: one access-log line per call; debug: also raw requests and responses in both "
                      "directions, redacted (default: %(default)s)")
-    out.add_argument("--log-format", default="text", choices=["text", "json"],
+    out.add_argument("--log-format", default="text", type=str.lower, choices=["text", "json"],
                      help="json: one JSON object per line, the access log's fields under \"call\" "
                      "(default: %(default)s)")
     out.add_argument("--log-bodies", action="store_true", help="log the raw bodies (redacted) even when "
@@ -284,7 +287,7 @@ def flag_specs(parser: argparse.ArgumentParser) -> Dict[str, FlagSpec]:
             kind = "path"
         else:
             kind = "int" if action.type is int else "float" if action.type is float else "str"
-        specs[action.dest] = FlagSpec(kind, tuple(action.choices or ()))
+        specs[action.dest] = FlagSpec(kind, tuple(action.choices or ()), action.type is str.lower)
     return specs
 
 

@@ -32,6 +32,7 @@ class FlagSpec:
 
     kind: str  # str, int, float, bool, list or path (a str; relative ones are from the file's folder)
     choices: Tuple[str, ...] = ()
+    any_case: bool = False  # a choice matches in upper case too (the flag's type is str.lower)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,9 +250,10 @@ def _setting(key: str, value: Any, spec: FlagSpec, folder: Optional[str] = None)
     text = _want(value, str, key, "a string")
     if not text.strip():
         raise ConfigError(f"{key}: must not be empty")
-    if spec.choices and text not in spec.choices:
+    chosen = text.lower() if spec.any_case else text
+    if spec.choices and chosen not in spec.choices:
         raise ConfigError(f"{key}: expected one of {', '.join(spec.choices)}, got {text!r}")
-    return text
+    return chosen
 
 
 def _settings(obj: Mapping[str, Any], specs: Mapping[str, FlagSpec], folder: Optional[str]

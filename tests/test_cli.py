@@ -551,6 +551,8 @@ def test_help_lists_every_flag() -> None:
     known = {s for a in cli.build_parser()._actions for s in a.option_strings if s.startswith("--")}
     assert known <= flags, known - flags
     assert "OPENAI_BASE_URL" in out and "OPENAI_API_KEY" in out
+    # The usage lines name both ways to start it: the proxy alone, and run with a command after it.
+    assert out.startswith("usage: claudeproxy [OPTIONS]\n       claudeproxy run [OPTIONS] -- COMMAND"), out[:200]
 
 
 def test_version() -> None:

@@ -638,3 +638,25 @@ def test_config_given_twice_stops_the_start(tmp_path: Any, mode: List[str]) -> N
     assert code == 2 and not out
     assert err.strip().splitlines() == [
         "claudeproxy: error: --config given twice: one file is read, and its flags are overridden by the command line's"]
+
+
+@pytest.mark.parametrize("where", ["flag", "file"])
+def test_log_level_and_format_are_taken_in_upper_case_too(tmp_path: Any, served: List[Any], monkeypatch: Any,
+                                                          where: str) -> None:
+    # Python's logging spells the levels DEBUG, WARNING: a file written that way must not stop the start.
+    seen: List[Tuple[str, str]] = []
+    real = cli.setup_logging
+    monkeypatch.setattr(cli, "setup_logging", lambda level, secrets, stream, fmt="text", bodies=False:
+                        seen.append((level, fmt)) or real(level, secrets, stream, fmt, bodies))
+    settings = {"upstream": "http://127.0.0.1:9/v1", "log-level": "WARNING", "log-format": "JSON"}
+    argv = (["--upstream", "http://127.0.0.1:9/v1", "--log-level", "WARNING", "--log-format", "JSON"]
+            if where == "flag" else ["--config", write(tmp_path, settings)])
+    code, _, err = run_main(argv)
+    assert (code, err) == (0, "")
+    assert seen == [("warning", "json")]
+
+
+def test_a_log_level_that_is_none_in_any_case_still_stops_the_start(tmp_path: Any, served: List[Any]) -> None:
+    assert_one_line_error(*run_main(["--config", write(tmp_path, {"upstream": "http://127.0.0.1:9/v1",
+                                                                  "log-level": "VERBOSE"})]),
+                          "log-level", "'VERBOSE'")

@@ -123,3 +123,17 @@ def test_run_works_through_the_archive(pyz: Dict[str, str], tmp_path: Any) -> No
     assert got["with_token"]["status"] == 200
     assert got["env"]["CLAUDE_CODE_AUTO_COMPACT_WINDOW"] == "128000"
     assert "route * -> upstream/gpt-4o" in log.read_text()
+
+
+# Pythons below the supported range, where this machine has them (pyenv keeps 3.6 and 3.7 here).
+TOO_OLD = [p for p in ("/root/.pyenv/versions/3.7.16/bin/python", "/root/.pyenv/versions/3.6.15/bin/python")
+           if os.access(p, os.X_OK)]
+
+
+@pytest.mark.skipif(not TOO_OLD, reason="no Python older than 3.8 is installed here")
+@pytest.mark.parametrize("old", TOO_OLD)
+def test_an_older_python_gets_one_line_not_a_traceback(pyz: Dict[str, str], old: str) -> None:
+    ran = run_pyz(dict(pyz, python=old), "--version")
+    assert ran.returncode == 1 and ran.stdout == ""
+    assert ran.stderr.startswith("claudeproxy: error: claudeproxy needs Python 3.8 or newer; this is Python 3.")
+    assert len(ran.stderr.splitlines()) == 1, ran.stderr
