@@ -434,6 +434,10 @@ def check_secret(value: str, setting: str) -> None:
         raise ValueError(f"{setting}: the key has characters outside Latin-1 (HTTP headers cannot carry them)")
 
 
+# The shortest client key a server listening beyond loopback takes (on loopback any key will do).
+MIN_LAN_KEY = 16
+
+
 def check_client_key(value: str, setting: str) -> None:
     """The key clients must send: a header value (``check_secret``) that every client can send
     as it is. A header loses its leading and trailing blanks on the way, and a client writes a
@@ -585,6 +589,10 @@ def check_config(config: Config) -> None:
     if not is_loopback_host(config.host) and not config.auth_key:
         raise ValueError(f"{name('host')}: refusing to listen on {config.host!r} without --auth-key (anyone could "
                          "use your upstream key)")
+    if not is_loopback_host(config.host) and len(config.auth_key or "") < MIN_LAN_KEY:
+        # Anyone on the network can try keys there, as fast as the proxy answers 401s.
+        raise ValueError(f"{name('auth_key')}: a key guarding {config.host} (not loopback) must be at least "
+                         f"{MIN_LAN_KEY} characters, got {len(config.auth_key or '')}")
     for host in config.allowed_hosts:
         check_allowed_host(host, name("allowed_host"))  # the flag's dest: a config file's key is named by it
     for pair in config.model_map:

@@ -375,8 +375,18 @@ def test_a_key_or_a_dollar_where_a_variable_name_belongs_is_told_so(served: List
 
 
 def test_auth_key_from_environment_allows_a_wildcard_host(served: List[Any]) -> None:
-    assert run_main(["--host", "0.0.0.0"], {"CLAUDEPROXY_AUTH_KEY": "local-key-123", "OPENAI_API_KEY": ENV_KEY})[0] == 0
-    assert served[0].auth_key == "local-key-123"
+    key = "local-key-0123456"
+    assert run_main(["--host", "0.0.0.0"], {"CLAUDEPROXY_AUTH_KEY": key, "OPENAI_API_KEY": ENV_KEY})[0] == 0
+    assert served[0].auth_key == key
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10"])
+def test_a_short_client_key_beyond_loopback_exits_2(served: List[Any], host: str) -> None:
+    # Anyone on the network may try keys there: "secret" would fall to a word list.
+    code, out, err = run_main(["--host", host, "--auth-key", "secret"], {"OPENAI_API_KEY": ENV_KEY})
+    assert_usage_error(code, out, err, "--auth-key", "at least 16 characters, got 6", host)
+    assert "secret" not in err and served == []
+    assert run_main(["--auth-key", "secret"], {"OPENAI_API_KEY": ENV_KEY})[0] == 0  # on loopback any key will do
 
 
 # ---------------------------------------------------------------------------
