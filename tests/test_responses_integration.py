@@ -10,6 +10,7 @@ themselves; web search is offered only where the provider can search.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, Dict, List
 
@@ -457,3 +458,19 @@ def test_the_responses_url_follows_the_providers_dialect(make_proxy: Any, fake_u
     assert resp.status == 200, resp
     sent = fake_upstream.last
     assert sent.path == path and key_header in sent.headers
+
+
+def test_a_call_cut_though_said_completed_is_max_tokens_through_the_server(proxy: Any, fake_upstream: Any,
+                                                                           caplog: Any) -> None:
+    """A compatible Responses server at its output limit says completed with half a Write's content:
+    the client hears max_tokens with the call's whole members, and the log says why."""
+    caplog.set_level(logging.WARNING, logger="claudeproxy")
+    call = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "Write",
+            "arguments": '{"file_path": "a.py", "content": "print(1'}
+    fake_upstream.push(json_reply({"id": "resp_1", "object": "response", "status": "completed", "output": [call],
+                                   "usage": {"input_tokens": 10, "output_tokens": 5}}))
+    resp = request(proxy.url, "POST", "/v1/messages", ask(), HEADERS)
+    assert resp.status == 200, resp
+    assert resp.json["stop_reason"] == "max_tokens"
+    assert [b["input"] for b in resp.json["content"]] == [{"file_path": "a.py"}]
+    assert any("inside the arguments of function call 'Write'" in r.getMessage() for r in caplog.records)

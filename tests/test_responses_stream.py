@@ -760,6 +760,47 @@ def test_arguments_cut_by_the_output_limit_invent_nothing() -> None:
         == {"path": "abc"}
 
 
+@pytest.mark.parametrize("args, cut, kept", [
+    ('{"file_path": "a.py", "content": "print(1', True, {"file_path": "a.py"}),  # inside a string
+    ('{"file_path": "a.py", "content": ', True, {"file_path": "a.py"}),  # where no value could end
+    ('{"command": "ls"', False, {"command": "ls"}),  # only the closing brace missing: closed, as before
+    ('{"command": "ls"}', False, {"command": "ls"}),
+])
+def test_a_call_cut_short_though_the_server_said_completed_is_max_tokens(args: str, cut: bool,
+                                                                          kept: Dict[str, Any]) -> None:
+    """A compatible Responses server at its output limit that says completed (OpenAI's own says
+    incomplete): a call whose arguments stop inside a value is a cut call, streamed or not, live
+    or placed whole, as on Chat. Closed up, a Write ran with half a file and no error."""
+    call = {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "Write", "arguments": args}
+    done = {"type": "response.completed", "response": {
+        "id": "resp_x", "status": "completed", "output": [call], "usage": {"input_tokens": 3, "output_tokens": 2}}}
+    reason = "max_tokens" if cut else "tool_use"
+    answer = to_messages_response(done["response"], model="m", new_id=counter_ids(), tool_names={}, warnings=[])
+    assert (answer["stop_reason"], answer["content"][0]["input"]) == (reason, kept)
+    only_final = final_message(feed(make_fold(), CREATED, done))
+    assert (only_final["stop_reason"], only_final["content"][0]["input"]) == (reason, kept)
+    # Live: the deltas went out as they came (the SDKs keep the whole members of a cut input; a
+    # missing closing brace stays missing in a live call, on Chat too: PROTOCOL.md 3.4 step 7).
+    live = feed(make_fold(), CREATED, {"type": "response.output_item.added", "output_index": 0, "item": {**call, "arguments": ""}},
+                {"type": "response.function_call_arguments.delta", "output_index": 0, "delta": args},
+                {"type": "response.function_call_arguments.done", "output_index": 0, "arguments": args},
+                {"type": "response.output_item.done", "output_index": 0, "item": call},
+                {**done, "response": {**done["response"], "output": []}})  # a server whose final object lists nothing
+    assert_valid_event_sequence(live, allow_error=False)
+    assert [e["delta"]["stop_reason"] for e in live if e["type"] == "message_delta"] == [reason]
+    assert "".join(e["delta"]["partial_json"] for e in live if e.get("delta", {}).get("type") == "input_json_delta") \
+        .startswith(args[:10])
+
+
+def test_a_cut_call_said_completed_warns_on_the_json_answer() -> None:
+    call = {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "Write", "arguments": '{"content": "x'}
+    warnings: List[str] = []
+    to_messages_response({"status": "completed", "output": [call]}, model="m", new_id=counter_ids(), tool_names={},
+                         warnings=warnings)
+    assert warnings == ["upstream ended with status 'completed' inside the arguments of function call 'Write': "
+                        "answered as max_tokens, as a call the output limit cut"]
+
+
 def test_a_reasoning_blob_only_in_the_final_object_reaches_the_signature() -> None:
     """A reasoning item whose output_item.done never came: its blob is in response.completed's
     output, and its still open thinking block's signature carries it (was null: lost on replay)."""

@@ -121,10 +121,11 @@ class ResponsesApi(UpstreamApi):
     def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
                   ) -> Tuple[Dict[str, Any], List[str]]:
         tool_names, stops = ex.context
+        warnings: List[str] = []
         message = to_messages_response(obj, model=req.model, new_id=new_id, tool_names=tool_names,
                                        secrets=secrets, stop_sequences=stops, thinking=_thinking(req),
-                                       history=_history(req))
-        return message, []
+                                       history=_history(req), warnings=warnings)
+        return message, warnings
 
     def fold(self, req: ClientRequest, ex: Exchange, *, message_id: str, input_tokens: int,
              secrets: Tuple[str, ...] = ()) -> ResponsesFold:

@@ -15,7 +15,7 @@ from ...errors import ProxyError, error_from_object
 from ...ids import first_free
 from ...signatures import encode_signature
 from ..names import client_tool_id, id_chars, message_id
-from ..toolargs import normalize_arguments
+from ..toolargs import cut_short, normalize_arguments
 from ..stops import StopFinder
 from . import API_NAME
 
@@ -286,6 +286,22 @@ def count_searches(output: List[Dict[str, Any]]) -> int:
 # The whole message.
 
 
+def said_complete_but_cut(status: Any, name: str) -> str:
+    return (f"upstream ended with status {status!r} inside the arguments of function call {name!r}: "
+            "answered as max_tokens, as a call the output limit cut")
+
+
+def last_call_cut(output: Any) -> Optional[str]:
+    """The name of the last named function call when its arguments stop inside a string, or where
+    no value could end (``toolargs.cut_short``): an answer cut by its output limit, though a
+    compatible server called it completed (OpenAI's own says incomplete there). As on Chat
+    (``cut_where_said_whole``): a Write must not run with half a file."""
+    calls = [item for item in _list(output) if item.get("type") == "function_call" and text_field(item, "name")]
+    if calls and cut_short(arguments_text(calls[-1].get("arguments"))):
+        return text_field(calls[-1], "name")
+    return None
+
+
 def content_blocks(output: Any, tool_names: Dict[str, str], new_id: IdFactory, incomplete: bool = False,
                    thinking: bool = True, history: FrozenSet[str] = frozenset()) -> Tuple[List[Block], bool]:
     """All blocks of a Response's ``output`` in order, and whether a refusal was among them."""
@@ -348,11 +364,13 @@ def to_messages_response(
     stop_sequences: Tuple[str, ...] = (),
     thinking: bool = True,
     history: FrozenSet[str] = frozenset(),
+    warnings: Optional[List[str]] = None,
 ) -> Dict[str, Any]:
     """The Anthropic ``Message`` for a Response object; ``ProxyError`` for a failed one or an error body.
 
     ``stop_sequences``: the client's; the text ends at the first (``cut_output``).
     ``thinking``: the client asked for thinking blocks (``item_blocks``).
+    ``warnings``: what the translation had to decide is added to it (a call cut though completed).
     """
     if not isinstance(obj, dict):
         raise error_for({}, secrets, default="upstream returned a body that is not a Response object")
@@ -366,9 +384,15 @@ def to_messages_response(
         # {} or a Chat Completion: no answer at all, not an empty one that ended its turn (Chat's 502).
         raise error_for({}, secrets, default="upstream returned a body that is not a Response object (no output list)")
     output, match = cut_output(obj.get("output"), stop_sequences) if stop_sequences else (obj.get("output"), None)
-    blocks, refusal = content_blocks(output, tool_names, new_id, obj.get("status") == "incomplete", thinking, history)
+    incomplete = obj.get("status") == "incomplete"
+    cut_call = None if incomplete else last_call_cut(output)
+    blocks, refusal = content_blocks(output, tool_names, new_id, incomplete or cut_call is not None, thinking, history)
     has_tools = any(b["type"] == "tool_use" for b in blocks)
-    if match is None:
+    if match is None and cut_call is not None:
+        reason = "max_tokens"
+        if warnings is not None:
+            warnings.append(said_complete_but_cut(obj.get("status"), cut_call))
+    elif match is None:
         reason = stop_reason_for(obj.get("status"), obj.get("incomplete_details"), has_tools, refusal)
     else:
         reason = cut_stop_reason(has_tools, refusal)

@@ -47,7 +47,7 @@ from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done, loads_data
 from ..names import client_tool_id
 from ..growing import Growing, LiveText
 from ..stops import StopScan
-from ..toolargs import KEEP_LIVE_TEXT, TURNED_BAD, ArgsScan
+from ..toolargs import KEEP_LIVE_TEXT, TURNED_BAD, ArgsScan, cut_short
 from . import API_NAME
 from .response import (
     IdFactory,
@@ -58,9 +58,11 @@ from .response import (
     error_for,
     failure_of,
     item_blocks,
+    last_call_cut,
     part_text,
     reasoning_text,
     reports_usage,
+    said_complete_but_cut,
     search_blocks,
     searched,
     stop_reason_for,
@@ -99,6 +101,14 @@ class _Item:
     blob: Optional[str] = None  # reasoning: encrypted_content, from .done
     done: Optional[Dict[str, Any]] = None  # function_call: its .done item, while another call's block is open
     complete: bool = False  # its output_item.done came: what it said is final, later deltas are repeats
+
+    @property
+    def cut_short(self) -> bool:
+        """A call's arguments stop inside a string, or where no value could end (``toolargs.cut_short``).
+        A live call past KEEP_LIVE_TEXT let its text go: still open then, it was cut (as on Chat)."""
+        if self.args.whole:
+            return cut_short(self.args.text())
+        return bool(self.scan.stack) and not self.scan.bad and not self.scan.closed
 
 
 @dataclasses.dataclass
@@ -795,7 +805,7 @@ class ResponsesFold(SSEFold):
         # Not live (arguments not an object, or no id/name until now): the whole call at once. Its
         # text is all held: only an open block lets go of it (_maybe_live).
         start = self._tool_start(item)
-        obj = tool_input(item.args.text(), self.incomplete)
+        obj = tool_input(item.args.text(), self.incomplete or item.cut_short)  # whole members of a cut call
         self.out_chars += len(item.args)
         self.closed.add(key)
         return events + self._whole_block({**start, "input": obj}) + self._waiting_calls()  # the calls after it
@@ -817,6 +827,14 @@ class ResponsesFold(SSEFold):
         response = _dict(obj.get("response"))
         status = self._terminal_status(obj, response)
         output = response.get("output")
+        details = response.get("incomplete_details")
+        # A call cut by the output limit though the server said completed: by the final object's
+        # last call where it lists calls (before anything is placed from it), else by the stream's.
+        final_calls = isinstance(output, list) and any(isinstance(i, dict) and i.get("type") == "function_call"
+                                                       for i in output)
+        cut_call = last_call_cut(output) if final_calls and not self.incomplete else None
+        if cut_call is not None:
+            self.incomplete = True  # what is placed from here on keeps a cut call's whole members
         events = self._finish_holders(output)
         events += self._unseen_items(output)
         if self.done:
@@ -827,7 +845,12 @@ class ResponsesFold(SSEFold):
         while placed:  # each call left waiting, in turn: the last one live is closed before the next
             events += placed + self._close()
             placed = self._waiting_calls()
-        reason = stop_reason_for(status, response.get("incomplete_details"), self.has_tools, self.refusal)
+        if not final_calls and not self.incomplete:
+            cut_call = self._last_call_cut()
+        if cut_call is not None:
+            log.warning("%s", said_complete_but_cut(status, cut_call))
+            status, details = "incomplete", {"reason": "max_output_tokens"}
+        reason = stop_reason_for(status, details, self.has_tools, self.refusal)
         usage = response.get("usage")
         reported = reports_usage(usage)
         if reported:
@@ -837,6 +860,12 @@ class ResponsesFold(SSEFold):
         # The record's usage: an estimate is no count to bill by ({}: not known).
         self.stop_reason, self.usage = reason, final if reported else {}
         return events + self._ending(reason, final)
+
+    def _last_call_cut(self) -> Optional[str]:
+        """The name of the stream's last named call, in output order, when it was cut short."""
+        calls = [self.items[slot] for slot in self._call_order()
+                 if self.items[slot].kind == "function_call" and self.items[slot].name]
+        return calls[-1].name if calls and calls[-1].cut_short else None
 
     def _terminal_status(self, obj: Dict[str, Any], response: Dict[str, Any]) -> Any:
         status = response.get("status") or ("incomplete" if obj.get("type") == "response.incomplete" else "completed")
