@@ -844,6 +844,49 @@ def test_an_answer_echoing_the_key_in_any_field_is_masked(through, fake_upstream
     assert final_message(got)["content"][0]["text"] == "Hello there"
 
 
+def _escaped(text: str, every: int = 1) -> str:
+    """``text`` with every ``every``-th character written as a JSON \\u escape (one is enough)."""
+    return "".join(f"\\u{ord(c):04x}" if i % every == 0 else c for i, c in enumerate(text))
+
+
+def test_a_key_echoed_with_json_escapes_or_as_an_event_name_is_masked_or_dropped(through, fake_upstream):
+    """The check read the event's raw text, the proxy writes it out decoded: a key spelled with one
+    \\u escape reached the client plain, in a known event's field and in an event of a kind no
+    client reads; an event named by the key went out under that name (probe E)."""
+    raw = (anthropic_event(MESSAGE_START)
+           + b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+             b'"content_block":{"type":"text","text":""}}\n\n'
+           + ('event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":'
+              '{"type":"text_delta","text":"Hello","debug":"%s"}}\n\n' % _escaped(UPSTREAM_KEY, 7)).encode()
+           + ('event: my_debug\ndata: {"type":"my_debug","echo":"%s"}\n\n' % _escaped(UPSTREAM_KEY)).encode()
+           + ('event: %s\ndata: {"note":"x"}\n\n' % UPSTREAM_KEY).encode()
+           + events_bytes(TAIL_EVENTS))
+    fake_upstream.push(sse(raw))
+    resp = post(through, minimal_request(stream=True))
+    body = resp.body.decode("utf-8")
+    assert resp.status == 200 and UPSTREAM_KEY not in body
+    got = events_of(resp.body)
+    assert_valid_event_sequence(got, allow_error=False)
+    assert [e["type"] for e in got if e["type"] not in ("ping",)].count("my_debug") == 0
+    assert '"debug":"***"' in body and final_message(got)["content"][0]["text"] == "Hello there"
+
+
+def test_a_field_named_like_model_text_is_spared_only_where_it_is_model_text(through, fake_upstream):
+    """text/thinking/input/partial_json pass as written only in a block (or delta) of the type that
+    holds them: in a message_delta, a ping or a text block's stray "input" they are the upstream's
+    own fields, and were passed on with the key in them (probe E)."""
+    answer = {**ANSWER, "content": [{"type": "text", "text": "you pasted it", "input": UPSTREAM_KEY}]}
+    events = [*HEAD_EVENTS[:3], {**HEAD_EVENTS[3], "delta": {"type": "text_delta", "text": "Hi",
+                                                              "partial_json": UPSTREAM_KEY}},
+              TAIL_EVENTS[1], {**TAIL_EVENTS[2], "delta": {**TAIL_EVENTS[2]["delta"], "text": UPSTREAM_KEY}},
+              {"type": "ping", "delta": {"text": UPSTREAM_KEY}}, TAIL_EVENTS[3]]
+    fake_upstream.push(json_reply(answer), sse(events_bytes(events)))
+    plain, streamed = post(through, minimal_request()), post(through, minimal_request(stream=True))
+    assert plain.json["content"] == [{"type": "text", "text": "you pasted it", "input": "***"}]
+    assert streamed.status == 200 and UPSTREAM_KEY not in streamed.body.decode("utf-8")
+    assert_valid_event_sequence(events_of(streamed.body), allow_error=False)
+
+
 @pytest.mark.parametrize("answer", [[UPSTREAM_KEY], UPSTREAM_KEY, {"content": "x", "k": UPSTREAM_KEY}])
 def test_an_answer_that_is_no_message_and_echoes_the_key_is_a_502(through, fake_upstream, answer):
     """Not an object: the masking read it as one, a 500 (review F); refused as before, unquoted."""

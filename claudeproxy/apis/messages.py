@@ -397,7 +397,7 @@ class MessagesApi(UpstreamApi):
                   ) -> Tuple[Dict[str, Any], List[str]]:
         forms = free_text_forms(secrets)
         if isinstance(obj, dict) and forms and holds_secret(_text_of(obj), forms):
-            obj = _masked(obj, forms)  # an upstream that echoes the key it was sent (probe A)
+            obj = _masked(obj, forms, "message")  # an upstream that echoes the key it was sent (probe A)
         # (Anything but an object is refused below, its words not quoted.)
         return message_reply(obj, req.model, secrets, lambda: input_estimate(req.body)), []
 
@@ -518,9 +518,9 @@ class MessagesFold(SSEFold):
         self.bad_events = 0
         # An upstream that echoes the key it was sent, in any field of any event (probe A): masked,
         # and an event of a kind no client reads is dropped (below).
-        secret = bool(self.secret_forms) and holds_secret(event.data, self.secret_forms)
+        secret = bool(self.secret_forms) and _holds_secret(event.data, obj, kind, self.secret_forms)
         if secret and kind in _KNOWN_EVENTS:
-            obj = _masked(obj, self.secret_forms)
+            obj = _masked(obj, self.secret_forms, kind)
         if kind == "error" or event.event == "error":
             raise error_from_event(obj, self.secrets)
         if kind == "message_start":
@@ -723,19 +723,37 @@ def _merged_usage(held: Dict[str, Any], later: Dict[str, Any]) -> Dict[str, Any]
     return out
 
 
+def _holds_secret(data: str, obj: Dict[str, Any], kind: str, forms: Any) -> bool:
+    """Does the event hold a key, in its data or as its name? The data as the client gets it: the
+    object is written out again, so a key the upstream spelled with JSON escapes (one ``\\u004b``
+    is enough) would reach the client plain though its raw text never showed it."""
+    text = data if "\\u" not in data else _text_of(obj)
+    return holds_secret(text, forms) or holds_secret(kind, forms)
+
+
 # What a model wrote, which passes as written (README, Security: masking could change an answer that
-# quotes a key the user pasted): a block's text, thinking and input, in an answer and in events.
-_MODEL_TEXT = ("text", "thinking", "partial_json", "input")
+# quotes a key the user pasted): a block's text, thinking and input, by the block's or delta's type,
+# in an answer's content and in the two events that carry blocks. Elsewhere a field of that name is
+# the upstream's own (a "text" in message_delta: no client reads it), and masked.
+_MODEL_TEXT = {"text": "text", "thinking": "thinking", "tool_use": "input", "server_tool_use": "input",
+               "text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
+_BLOCKS_IN = {"content_block_start": "content_block", "content_block_delta": "delta"}
 
 
-def _model_text_paths(obj: Dict[str, Any]) -> List[Tuple[Any, ...]]:
+def _model_text_paths(obj: Dict[str, Any], kind: str) -> List[Tuple[Any, ...]]:
+    """``kind``: the event's, or "message" for a JSON answer."""
     blocks: List[Tuple[Any, ...]] = []
-    if isinstance(obj.get("content"), list):  # a JSON answer
+    if kind == "message" and isinstance(obj.get("content"), list):
         blocks = [("content", i) for i, b in enumerate(obj["content"]) if isinstance(b, dict)]
-    for key in ("delta", "content_block"):  # content_block_delta, content_block_start
-        if isinstance(obj.get(key), dict):
-            blocks.append((key,))
-    return [path + (name,) for path in blocks for name in _MODEL_TEXT if name in _at(obj, path)]
+    elif kind in _BLOCKS_IN and isinstance(obj.get(_BLOCKS_IN[kind]), dict):
+        blocks = [(_BLOCKS_IN[kind],)]
+    paths = []
+    for path in blocks:
+        block = _at(obj, path)
+        name = _MODEL_TEXT.get(block.get("type")) if isinstance(block.get("type"), str) else None
+        if name is not None and name in block:
+            paths.append(path + (name,))
+    return paths
 
 
 def _at(obj: Any, path: Tuple[Any, ...]) -> Any:
@@ -752,9 +770,9 @@ def _text_of(obj: Any) -> str:
         return ""
 
 
-def _masked(obj: Dict[str, Any], forms: Any) -> Any:
+def _masked(obj: Dict[str, Any], forms: Any, kind: str) -> Any:
     """``obj`` with the secrets masked wherever the upstream put them but in what the model wrote."""
-    spared = [(path, _at(obj, path)) for path in _model_text_paths(obj)]
+    spared = [(path, _at(obj, path)) for path in _model_text_paths(obj, kind)]
     for path, _ in spared:
         _at(obj, path[:-1])[path[-1]] = None
     try:
