@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from typing import Any, Iterable, List, Mapping, Tuple, Union
+from typing import Any, Iterable, List, Mapping, Sequence, Tuple, Union
 from urllib.parse import parse_qsl, quote, quote_plus, unquote_plus, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
@@ -79,7 +79,10 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
         # A body in UTF-16 read as bytes: every character with a NUL beside it, where no form matches.
         # A NUL says nothing in a message or a log line.
         text = text.replace("\x00", "")
-    for form in secrets if isinstance(secrets, SecretForms) else secret_forms(secrets):
+    forms = secrets if isinstance(secrets, SecretForms) else secret_forms(secrets)
+    if "\\u" in text:
+        text = _unescaped_if_secret(text, forms)
+    for form in forms:
         text = text.replace(form, MASK)
     every = not text.isascii()
     for pattern, replace, clues, any_case in _SCANS:
@@ -87,6 +90,23 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
         if every or any(clue in seen for clue in clues):
             text = pattern.sub(replace, text)
     return text
+
+
+# A JSON escape of a printable ASCII character but the quote and the backslash (which would end or
+# change the string it sits in).
+_ASCII_ESCAPE = re.compile(r"\\u00([2-7][0-9a-fA-F])")
+
+
+def _unescaped_if_secret(text: str, forms: Sequence[str]) -> str:
+    """``text`` with its JSON escapes of ASCII characters written out, when that shows a secret: an
+    upstream's line logged as it came, its key spelled ``\\u0050\\u0052...`` (one escape is
+    enough to hide it from a search of the raw text)."""
+    def plain(match: "re.Match[str]") -> str:
+        char = chr(int(match.group(1), 16))
+        return match.group(0) if char in '"\\' else char
+
+    view = _ASCII_ESCAPE.sub(plain, text)
+    return view if view != text and any(form in view for form in forms) else text
 
 
 def _written_forms(secrets: Iterable[str]) -> List[str]:

@@ -346,7 +346,22 @@ def test_a_passthrough_event_is_masked_but_for_what_the_model_wrote() -> None:
     forms = free_text_forms([key])
     delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": f"use {key}"},
              "debug": key}
-    assert _masked(delta, forms) == {**delta, "debug": "***"}
+    assert _masked(delta, forms, "content_block_delta") == {**delta, "debug": "***"}
     answer = {"type": "message", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"k": key}}],
               "usage": {"input_tokens": 1, "note": key}}
-    assert _masked(answer, forms) == {**answer, "usage": {"input_tokens": 1, "note": "***"}}
+    assert _masked(answer, forms, "message") == {**answer, "usage": {"input_tokens": 1, "note": "***"}}
+
+
+def test_a_key_spelled_with_json_escapes_is_masked_in_a_logged_line() -> None:
+    """An upstream's line is logged as it came (--log-bodies): a key it echoes with \\u escapes of
+    its letters (one is enough) was written to the log, where anyone reading it decodes it (probe E)."""
+    key = "PROBEKEY9f3a7c2e1d"
+    one = "PROBE\\u004bEY9f3a7c2e1d"
+    every = "".join(f"\\u{ord(c):04x}" for c in key)
+    for spelled in (one, every, every.upper().replace("\\U", "\\u")):
+        line = 'data: {"error": {"message": "bad key %s", "quote": "\\u0022"}}' % spelled
+        out = redact_text(line, [key])
+        assert key not in out and "bad key ***" in out, out
+        assert '\\u0022' in out  # an escaped quote stays escaped: the line is still the JSON it was
+    plain = 'data: {"text": "caf\\u00e9 \\u0041"}'
+    assert redact_text(plain, [key]) == plain  # no key: the line as it came
