@@ -41,11 +41,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import zlib
 from typing import Any, Callable, Dict, Generator, Iterator, List, Mapping, Optional, Tuple, Union
 from urllib.parse import unquote, urlsplit
 
 from .config import Config, env_proxies, is_loopback_host, unused_proxy_hint, unused_proxy_variables
+from .content_coding import ContentDecoder, decoder_for
 from .ending import abort_error
 from .errors import (
     NO_RETRY,
@@ -1222,29 +1222,20 @@ class Upstream:
         return resp
 
 
-def content_decoder(headers: Any) -> Any:
-    """A zlib decoder for a body the upstream compressed although it was asked for ``identity``
+def content_decoder(headers: Any) -> Optional[ContentDecoder]:
+    """A decoder for a body the upstream compressed although it was asked for ``identity``
     (gateways that compress anyway); None for a plain one. Other codings are refused: no retry,
     the same upstream will send the same."""
     coding = (headers.get("Content-Encoding") or "").strip().lower() if headers is not None else ""
-    if coding in ("", "identity"):
-        return None
-    if coding in ("gzip", "x-gzip"):
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
-    if coding == "deflate":
-        return zlib.decompressobj()
-    raise UpstreamUnavailable(f"upstream answered with Content-Encoding {quoted(coding)}, which the proxy cannot "
-                              "read (it asks for identity; gzip and deflate are decoded)", headers=(NO_RETRY,))
+    return decoder_for(coding)
 
 
-def _decoded(data: bytes, decoder: Any, limit: int) -> bytes:
+def _decoded(data: bytes, decoder: ContentDecoder, limit: int) -> bytes:
     """A whole compressed body, decoded; at most ``limit`` bytes of it (more is an error, not a buffer)."""
-    try:
-        out = decoder.decompress(data, limit + 1)
-        out += decoder.flush() if not decoder.unconsumed_tail else b""
-    except zlib.error:
-        raise UpstreamUnavailable("upstream sent a compressed body that does not decode") from None
-    if len(out) > limit or decoder.unconsumed_tail:
+    out = decoder.decompress(data, limit + 1)
+    if len(out) <= limit and not decoder.has_more:
+        out += decoder.finish()
+    if len(out) > limit or decoder.has_more:
         raise UpstreamUnavailable(f"upstream response is larger than {limit} bytes")
     return out
 
@@ -1550,12 +1541,11 @@ def _decoding(read: Callable[[int], bytes], decoder: Any) -> Callable[[int], byt
 
     def read_decoded(most: int) -> bytes:
         while True:
-            data = decoder.unconsumed_tail or read(_READ_SIZE)
-            try:
-                out = decoder.decompress(data, most) if data else decoder.flush()
-            except zlib.error:
-                raise UpstreamUnavailable("upstream sent a compressed stream that does not decode") from None
-            if out or not data:
+            data = b"" if decoder.has_more else read(_READ_SIZE)
+            if not data and not decoder.has_more:
+                return decoder.finish()
+            out = decoder.decompress(data, most)
+            if out:
                 return out
 
     return read_decoded

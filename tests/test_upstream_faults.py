@@ -280,10 +280,54 @@ def test_a_coding_the_proxy_cannot_read_is_a_clear_502(proxy, fake_upstream, str
     assert resp.headers.get("x-should-retry") == "false"
 
 
-def test_a_compressed_body_that_does_not_decode_is_a_502(proxy, fake_upstream):
-    fake_upstream.push(Reply(200, (("Content-Type", "application/json"), ("Content-Encoding", "gzip")), [b"not gzip"]))
-    body = assert_plain_error(send(proxy, False), 502, "api_error")
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_compressed_body_that_does_not_decode_is_a_502_not_retried(make_proxy, fake_upstream, stream):
+    """The same gateway compresses the same way again, and each try is a paid generation: no retry
+    by the proxy, and none by the client (it was retried three times, then ten by Claude Code: probe D)."""
+    server = make_proxy(retries=2)
+    for _ in range(3):
+        fake_upstream.push(Reply(200, (("Content-Type", "application/json"), ("Content-Encoding", "gzip")),
+                                 [b"not gzip"]))
+    body = assert_plain_error(send(server, stream), 502, "api_error")
     assert "does not decode" in body["error"]["message"]
+    assert len(fake_upstream.requests) == 1
+
+
+def _members(sse: bytes) -> bytes:
+    """One gzip member per event, as a gateway compressing each flush on its own sends them."""
+    return b"".join(gzip.compress(event + b"\n\n") for event in sse.split(b"\n\n") if event)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_gzip_body_of_many_members_is_read_to_its_end(proxy, fake_upstream, stream):
+    """RFC 1952 allows a series of members; the decoder stopped after the first, and the stream was
+    a 200 with an empty answer (end_turn, no content: probe D)."""
+    if stream:
+        sse = b"".join(b"data: " + json.dumps(chunk({"content": w})).encode() + b"\n\n" for w in ("one ", "two"))
+        sse += b"data: " + json.dumps(chunk({}, finish="stop")).encode() + b"\n\ndata: [DONE]\n\n"
+        packed = _members(sse)
+        fake_upstream.push(Reply(200, (("Content-Type", "text/event-stream"), ("Content-Encoding", "gzip")),
+                                 [packed[i:i + 13] for i in range(0, len(packed), 13)], chunked=True))
+        with open_stream(proxy) as client:
+            events = client.read_all(timeout=5)
+        assert_valid_event_sequence(events, allow_error=False)
+        assert final_message(events)["content"] == [{"type": "text", "text": "one two"}]
+    else:
+        text = json.dumps(completion("two members")).encode()
+        packed = gzip.compress(text[:10]) + gzip.compress(text[10:])
+        fake_upstream.push(Reply(200, (("Content-Type", "application/json"), ("Content-Encoding", "gzip")), [packed]))
+        resp = send(proxy, False)
+        assert resp.status == 200 and resp.json["content"] == [{"type": "text", "text": "two members"}], resp
+
+
+def test_raw_deflate_is_read_as_deflate(proxy, fake_upstream):
+    """Content-Encoding: deflate without the zlib wrapper (IIS, some Java gateways), as curl and
+    browsers read it; it was a 502."""
+    squeeze = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    raw = squeeze.compress(json.dumps(completion("raw deflate")).encode()) + squeeze.flush()
+    fake_upstream.push(Reply(200, (("Content-Type", "application/json"), ("Content-Encoding", "deflate")), [raw]))
+    resp = send(proxy, False)
+    assert resp.status == 200 and resp.json["content"] == [{"type": "text", "text": "raw deflate"}], resp
 
 
 # ---------------------------------------------------------------------------
