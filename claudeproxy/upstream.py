@@ -1605,9 +1605,16 @@ def read_whole_body(resp: Any, call: UpstreamCall, limit: int) -> bytes:
 
 
 def json_body(raw: bytes, resp: Any) -> Any:
-    """A whole body (``read_whole_body``) as JSON; ``UpstreamNotJson`` if it is none."""
+    """A whole body (``read_whole_body``) as JSON; ``UpstreamNotJson`` if it is none. Read as a
+    stream's lines are: a UTF-8 BOM is no part of it, bytes that are no UTF-8 are U+FFFD, and a
+    body in another charset is read by its label (``body_text``: it was a 502 where the same
+    answer streamed was read)."""
     try:
-        return json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = body_text(raw, resp.headers)
+    try:
+        return json.loads(text[1:] if text.startswith("\ufeff") else text)
     except (ValueError, RecursionError):
         framed = getattr(resp, "chunked", False) or getattr(resp, "length", None) is not None
         ctype = resp.headers.get("Content-Type", "?") if resp.headers else "?"

@@ -320,6 +320,20 @@ def test_a_gzip_body_of_many_members_is_read_to_its_end(proxy, fake_upstream, st
         assert resp.status == 200 and resp.json["content"] == [{"type": "text", "text": "two members"}], resp
 
 
+@pytest.mark.parametrize("body, ctype, text", [
+    (b"\xef\xbb\xbf" + json.dumps(completion("with a BOM")).encode(), "application/json", "with a BOM"),
+    (json.dumps(completion("He@@lo")).encode().replace(b"@@", b"\xff\xfe"), "application/json", "He\ufffd\ufffdlo"),
+    (json.dumps(completion("caf\u00e9"), ensure_ascii=False).encode("latin-1"), "application/json; charset=iso-8859-1",
+     "caf\u00e9"),
+], ids=["bom", "not-utf8", "latin-1"])
+def test_a_json_answer_is_read_as_its_stream_would_be(proxy, fake_upstream, body, ctype, text):
+    """A BOM, a stray byte, a declared charset: the stream of the same answer was read, the JSON
+    answer was a 502 'not JSON' with no retry (probe D 3)."""
+    fake_upstream.push(Reply(200, (("Content-Type", ctype),), [body]))
+    resp = send(proxy, False)
+    assert resp.status == 200 and resp.json["content"] == [{"type": "text", "text": text}], resp
+
+
 def test_raw_deflate_is_read_as_deflate(proxy, fake_upstream):
     """Content-Encoding: deflate without the zlib wrapper (IIS, some Java gateways), as curl and
     browsers read it; it was a 502."""
