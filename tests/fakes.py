@@ -70,7 +70,8 @@ class Reply:
     delay: float = 0.0  # before the status line
     close_delimited: bool = False  # neither chunked nor Content-Length: the body ends when the socket closes
     # Before the status line (after ``delay``): "close" (close the connection without a byte), "partial" (half a
-    # status line, close), "head" (a status line and half a header line, close), "interim" (a 103, close).
+    # status line, close), "head" (a status line and half a header line, close), "interim" (a 103, close),
+    # "junk" (a line that is no HTTP, close).
     drop: str = ""
     interim: Tuple[int, ...] = ()  # 1xx answers sent before the final one (103 Early Hints)
 
@@ -137,7 +138,7 @@ class Recorded:
         return json.loads(self.body.decode("utf-8"))
 
 
-_DROPPED = {"partial": b"HTTP/1.1 2", "head": b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Enc",
+_DROPPED = {"partial": b"HTTP/1.1 2", "junk": b"SSH-2.0-OpenSSH_9.2\r\n", "head": b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Enc",
             "interim": b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"}
 
 

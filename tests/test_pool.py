@@ -179,6 +179,24 @@ def test_no_retry_once_a_response_byte_came(start: Any, keep_alive: FakeUpstream
     assert len(keep_alive.requests) == 2
 
 
+def test_junk_on_a_reused_connection_is_a_broken_keep_alive_not_an_upstream_that_is_no_http(
+        start: Any, keep_alive: FakeUpstream) -> None:
+    """A line that is no HTTP where a reused connection's answer should begin: a fresh connection,
+    as for a FIN (it was a 502 'not HTTP/1.1' with x-should-retry: false, even with --retries 3:
+    probe D). On a fresh connection the same line still says the upstream is no HTTP server."""
+    proxy = start(keep_alive.url)
+    assert _messages(proxy).status == 200
+    keep_alive.push(Reply(drop="junk"))
+    resp = _messages(proxy)
+    assert resp.status == 200, resp
+    assert len(keep_alive.requests) == 3 and keep_alive.connections == 2
+    fresh = start(keep_alive.url, max_idle_per_host=0)
+    keep_alive.push(Reply(drop="junk"))
+    refused = _messages(fresh)
+    assert refused.status == 502 and "not HTTP/1.1" in refused.json["error"]["message"], refused
+    assert refused.headers.get("x-should-retry") == "false"
+
+
 def test_interim_answers_are_skipped_and_never_taken_for_the_next_requests(start: Any,
                                                                            keep_alive: FakeUpstream) -> None:
     # A 103 Early Hints taken for the final answer would leave this answer on the pooled
