@@ -73,6 +73,9 @@ _MAX_TOKENS_RETRIES = 6
 _WARNINGS_REMEMBERED = 1024  # distinct warnings logged at WARNING before the memory starts over
 # Worth another attempt (issue 7): rate limits, overload, server errors, connect failures (502).
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
+# A refusal of the provider's key or account (refused, unpaid, not permitted): the same target again
+# gets the same, another provider's key may well be taken, so a route's fallbacks are tried.
+_NEXT_TARGET_STATUSES = frozenset({401, 402, 403})
 _BACKOFF_BASE = 0.5
 _BACKOFF_CAP = 8.0
 _LIST_TIMEOUT = 30.0  # an upstream model list or token count is small: do not wait for it forever
@@ -494,7 +497,9 @@ class Proxy:
                     if writer.started or not self._retryable(exc, watch):
                         raise
                     failure = exc
-                    again = attempt < self.config.retries and not says_no_retry(exc)  # not for a spent quota
+                    # Not for a spent quota, nor a refused key: those go to the next target at once.
+                    again = (attempt < self.config.retries and not says_no_retry(exc)
+                             and exc.status not in _NEXT_TARGET_STATUSES)
                     delay, why = self._retry_delay(exc, attempt + 1) if again else (None, "")
                     then = (f"retrying in {delay:.1f} s" if delay is not None else
                             "trying the next target" if target is not last else "no target left")
@@ -558,7 +563,7 @@ class Proxy:
     def _retryable(self, exc: ProxyError, watch: Watch) -> bool:
         if watch.call.abort_reason is not None:
             return False  # our own abort (the client left, shutdown, the deadline): nothing to retry
-        return exc.status in _RETRY_STATUSES
+        return exc.status in _RETRY_STATUSES or exc.status in _NEXT_TARGET_STATUSES
 
     def _retry_delay(self, failure: ProxyError, attempt: int) -> Tuple[Optional[float], str]:
         """The wait before retry ``attempt``: the upstream's Retry-After, else jittered exponential

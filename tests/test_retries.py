@@ -495,6 +495,26 @@ def test_a_spent_quota_goes_to_the_fallback_at_once(fake_upstream: FakeUpstream,
         server.shutdown(grace=1.0)
 
 
+@pytest.mark.parametrize("status", [401, 402, 403])
+def test_a_refused_key_or_account_goes_to_the_fallback_at_once(fake_upstream: FakeUpstream, second_fake: FakeUpstream,
+                                                               status: int) -> None:
+    """The key belongs to the provider, not the route: one provider's revoked key, spent credit or
+    refused permission stopped every turn though the fallback could answer (probe D)."""
+    server = chain(fake_upstream, second_fake, retries=2)
+    try:
+        fake_upstream.push(json_reply({"error": {"message": "no", "code": "invalid_api_key"}}, status=status))
+        second_fake.push(json_reply(completion("from backup")))
+        resp = ask(server)
+        assert resp.status == 200 and resp.json["content"] == [{"type": "text", "text": "from backup"}]
+        assert len(fake_upstream.requests) == 1  # the same key is refused again: no retry of the primary
+        fake_upstream.push(json_reply({"error": {"message": "no"}}, status=status))
+        second_fake.push(json_reply({"error": {"message": "no"}}, status=status))
+        both = ask(server)  # refused everywhere: the client hears the last refusal
+        assert both.status == status and len(second_fake.requests) == 2
+    finally:
+        server.shutdown(grace=1.0)
+
+
 def test_a_fallback_that_forwards_gets_the_whole_body_the_client_sent(fake_upstream: FakeUpstream,
                                                                      second_fake: FakeUpstream) -> None:
     # The first target translates, so the request is parsed; the backup speaks /v1/messages and
