@@ -188,9 +188,19 @@ def _unwrap(obj: Any) -> Any:
 
 
 def _parse_body(body: bytes, headers: Any = None) -> Tuple[str, Any]:
-    """(body text, its JSON value or None)."""
+    """(body text, its JSON value or None). An error status whose body is an event stream (an
+    ``event: error`` and its data, as some servers send a stream request's refusal) is read by its
+    first data line that is JSON: the raw event was the client's message."""
     text = body_text(body, headers).strip()
-    return text, _unwrap(_loads(text))
+    obj = _loads(text)
+    if obj is None and text.startswith(("event:", "data:")):
+        for line in text.splitlines():
+            data = line[5:].strip() if line.startswith("data:") else ""
+            obj = _loads(data) if data.startswith("{") else None
+            if obj is not None:
+                text = data
+                break
+    return text, _unwrap(obj)
 
 
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),

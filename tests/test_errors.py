@@ -504,3 +504,15 @@ def test_an_error_body_with_a_utf8_bom_is_read_as_its_json() -> None:
     body = b"\xef\xbb\xbf" + json.dumps({"error": {"message": "model overloaded"}}).encode()
     exc = error_from_status(503, body)
     assert exc.message == "upstream 503: model overloaded", exc.message
+
+
+def test_an_error_status_whose_body_is_an_event_stream_gives_the_events_message() -> None:
+    """A 529 answered as text/event-stream with an error event: the client's message was the raw
+    'event: error\\ndata: {...}' text (probe D); the type and status were right already."""
+    body = (b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
+            b'"message":"Overloaded sse"}}\n\n')
+    exc = error_from_status(529, body)
+    assert exc.status == 529 and exc.error_type == "overloaded_error"
+    assert exc.message == "upstream 529: Overloaded sse"
+    plain = error_from_status(500, b"event: nothing useful\n")
+    assert plain.message == "upstream 500: event: nothing useful"  # no JSON in it: the text as it came
