@@ -780,7 +780,8 @@ def usage_writer(path: str) -> Any:
     def write(rec: CallRecord) -> None:
         data = (json.dumps(rec.to_dict(), sort_keys=True) + "\n").encode("utf-8")
         with lock:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            # Made for the owner alone: the records name models, costs and the upstream's ids.
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 _append_whole(fd, data)
             finally:
@@ -1043,7 +1044,7 @@ def _append_nothing(path: str) -> None:
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
         created = True
     try:
         os.write(fd, b"")

@@ -775,6 +775,7 @@ def test_usage_log_and_json_log_format(spawn: Any, fake_upstream: Any, tmp_path:
     # gpt-4o's built-in prices: 10 input and 5 output tokens from the fake's usage.
     assert records[0]["cost_usd"] == pytest.approx((10 * 2.5 + 5 * 10.0) / 1e6)
     assert records[1]["error_type"] == "invalid_request_error" and records[2]["local"] is True
+    assert usage.stat().st_mode & 0o077 == 0  # made for its owner alone (probe E), whatever the umask
 
 
 def test_sigterm_with_a_stream_in_flight(spawn: Any, fake_upstream: Any) -> None:
