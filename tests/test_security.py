@@ -213,6 +213,20 @@ def test_origin_is_403_unless_allowed(make_proxy: Any, fake_upstream: Any) -> No
     assert "request-id" in resp.headers["access-control-expose-headers"]
 
 
+@pytest.mark.parametrize("site", ["cross-site", "same-site"])
+def test_another_sites_image_or_script_load_is_403(make_proxy: Any, fake_upstream: Any, site: str) -> None:
+    """A page's <img src="http://127.0.0.1:PORT/v1/models"> carries no Origin: the proxy called the
+    upstream's model list with its key for it (probe E). The SDKs' fetch says mode cors, no site."""
+    proxy = make_proxy()
+    loaded = {"Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Site": site, "Sec-Fetch-Dest": "image"}
+    assert_error(request(proxy.url, "GET", "/v1/models", headers=loaded), 403, "permission_error")
+    assert fake_upstream.requests == []
+    sdk = {"Sec-Fetch-Mode": "cors"}  # what Claude Code's fetch sends (tests/test_http_head.py)
+    assert request(proxy.url, "POST", "/v1/messages", minimal_request(), sdk).status == 200
+    typed = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Site": "none"}  # the usage page's address typed in
+    assert request(proxy.url, "GET", "/health", headers=typed).status == 200
+
+
 def test_an_origin_flag_is_written_as_browsers_send_it() -> None:
     """``--allowed-origin HTTPS://App.Example:8443/`` is kept as the Origin header a browser sends."""
     out, err = io.StringIO(), io.StringIO()
