@@ -73,8 +73,9 @@ _MAX_TOKENS_RETRIES = 6
 _WARNINGS_REMEMBERED = 1024  # distinct warnings logged at WARNING before the memory starts over
 # Worth another attempt (issue 7): rate limits, overload, server errors, connect failures (502).
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
-# A refusal of the provider's key or account (refused, unpaid, not permitted): the same target again
-# gets the same, another provider's key may well be taken, so a route's fallbacks are tried.
+# A refusal of the key the proxy sends a provider, or of its account (refused, unpaid, not permitted):
+# the same target again gets the same, another provider's key may well be taken, so a route's
+# fallbacks are tried.
 _NEXT_TARGET_STATUSES = frozenset({401, 402, 403})
 _BACKOFF_BASE = 0.5
 _BACKOFF_CAP = 8.0
@@ -563,7 +564,9 @@ class Proxy:
     def _retryable(self, exc: ProxyError, watch: Watch) -> bool:
         if watch.call.abort_reason is not None:
             return False  # our own abort (the client left, shutdown, the deadline): nothing to retry
-        return exc.status in _RETRY_STATUSES or exc.status in _NEXT_TARGET_STATUSES
+        # A refused forwarded key is the client's login to fix (Claude Code renews it on a 401): a
+        # fallback would hide it, and bill another provider for every turn.
+        return exc.status in _RETRY_STATUSES or (exc.status in _NEXT_TARGET_STATUSES and getattr(exc, "own_key", False))
 
     def _retry_delay(self, failure: ProxyError, attempt: int) -> Tuple[Optional[float], str]:
         """The wait before retry ``attempt``: the upstream's Retry-After, else jittered exponential
@@ -612,6 +615,7 @@ class Proxy:
                     continue
                 changed = self._changed_request(exc, api, req, target, ex) if changes < _MAX_TOKENS_RETRIES else None
                 if changed is None:
+                    exc.own_key = bool(key)  # a refusal of the proxy's key may go to a fallback; the client's, never
                     if exc.status in (401, 403) and key:
                         raise self._refused_key(exc, target) from None
                     raise

@@ -515,6 +515,26 @@ def test_a_refused_key_or_account_goes_to_the_fallback_at_once(fake_upstream: Fa
         server.shutdown(grace=1.0)
 
 
+@pytest.mark.parametrize("status", [401, 402, 403])
+def test_a_refused_forwarded_client_key_does_not_go_to_the_fallback(fake_upstream: FakeUpstream,
+                                                                    second_fake: FakeUpstream, status: int) -> None:
+    """With no key of its own the provider gets the client's (Claude Code's login): its refusal is
+    the client's to fix, and Claude Code renews a login on a 401. A fallback would hide it and bill
+    another provider for every turn (review G)."""
+    providers = (Provider("anthropic", fake_upstream.url, api="messages"),  # no key: the client's goes
+                 Provider("backup", second_fake.url, token=claudeproxy.static_token("sk-backup-0000000000")))
+    routes = (Route("*", RouteTarget("anthropic", "claude-x"), fallbacks=(RouteTarget("backup", "model-b"),)),)
+    server = claudeproxy.start(providers=providers, routes=routes, retries=2)
+    try:
+        fake_upstream.push(json_reply({"type": "error", "error": {"type": "authentication_error",
+                                                                  "message": "invalid x-api-key"}}, status=status))
+        resp = ask(server)
+        assert resp.status == status and second_fake.requests == [], resp
+        assert len(fake_upstream.requests) == 1
+    finally:
+        server.shutdown(grace=1.0)
+
+
 def test_a_fallback_that_forwards_gets_the_whole_body_the_client_sent(fake_upstream: FakeUpstream,
                                                                      second_fake: FakeUpstream) -> None:
     # The first target translates, so the request is parsed; the backup speaks /v1/messages and
