@@ -20,6 +20,7 @@ from .redact import quoted
 _GZIP = 16 + zlib.MAX_WBITS
 _ZLIB = zlib.MAX_WBITS
 _RAW = -zlib.MAX_WBITS
+_GZIP_MAGIC = b"\x1f\x8b"  # how a gzip member begins
 
 
 def decoder_for(coding: str) -> Optional["ContentDecoder"]:
@@ -53,6 +54,7 @@ class ContentDecoder:
         self._z: Any = zlib.decompressobj(_GZIP) if gzip else None
         self._head = b""  # deflate: a first byte alone, until the second comes
         self._carry = b""  # input not decoded yet because a piece reached ``most``
+        self._next = b""  # a gzip member's end was followed by one byte that may begin another
         self._fed = False
 
     @property
@@ -62,8 +64,8 @@ class ContentDecoder:
 
     def decompress(self, data: bytes, most: int) -> bytes:
         """What the input left from before and ``data`` decode to, at most ``most`` (> 0) bytes."""
-        data = self._carry + data if self._carry else data
-        self._carry = b""
+        data = self._carry + self._next + data if self._carry or self._next else data
+        self._carry = self._next = b""
         self._fed = self._fed or bool(data)
         if self._z is None:
             data = self._head + data
@@ -79,11 +81,12 @@ class ContentDecoder:
                 self._carry = data
                 break
             if self._z.eof:
-                if not data.strip(b"\x00"):
-                    break  # zeros after the last member: padding, as gzip's own reader allows
-                if not self.gzip:
-                    raise _undecodable()  # bytes after the end of the deflate stream
-                self._z = zlib.decompressobj(_GZIP)  # the next member
+                if not self.gzip or not _GZIP_MAGIC.startswith(data[:2]):
+                    break  # after the stream: a framework's newline, padding; ignored, as GNU gzip does
+                if len(data) < 2:
+                    self._next = data  # one byte of what may begin the next member: wait for the second
+                    break
+                self._z = zlib.decompressobj(_GZIP)  # the next member (RFC 1952 2.2)
             try:
                 piece = self._z.decompress(data, most - size)
             except zlib.error:
@@ -94,7 +97,8 @@ class ContentDecoder:
         return b"".join(out)
 
     def finish(self) -> bytes:
-        """The end of the input: what is still held, or an error for a body cut inside its coding."""
+        """The end of the input: what is still held, or an error for a body cut inside its coding.
+        (A lone byte after the last member began nothing: ignored, as any other trailing byte.)"""
         if not self._fed:
             return b""  # an empty body, compressed or not
         if self._z is None:
