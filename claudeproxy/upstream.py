@@ -826,17 +826,8 @@ class _Stale(Exception):
 
 
 # ConnectionError covers RemoteDisconnected (EOF where the status line should be),
-# resets and broken pipes; a timeout is not staleness and is never retried. A status line that
-# is no HTTP on a connection that carried an HTTP answer before is a broken keep-alive, not an
-# upstream that is no HTTP server (which a fresh connection then shows, and is told so).
-_STALE_ERRORS = (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError, http.client.BadStatusLine)
-
-
-def _began_an_answer(err: BaseException) -> bool:
-    """A bad status line that begins as HTTP's: the upstream began answering this request (and
-    may have run it), not junk left on a broken keep-alive."""
-    line = getattr(err, "line", "")
-    return isinstance(err, http.client.BadStatusLine) and isinstance(line, str) and line.startswith("HTTP/")
+# resets and broken pipes; a timeout is not staleness and is never retried.
+_STALE_ERRORS = (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
 
 
 class _PooledOpen:
@@ -907,6 +898,15 @@ class _PooledOpen:
             if self._stale(err, call, reused, sent_at):
                 raise _Stale() from err
             raise
+        except http.client.BadStatusLine as err:
+            conn.close()
+            if reused:
+                # A connection that carried an HTTP answer before: a broken keep-alive, worth another
+                # try (on a fresh one), not an upstream that is no HTTP server (told so, no retry).
+                # Not sent again here: the upstream had the request, and may have run it.
+                raise ConnectionResetError(f"a reused connection's answer began with {quoted(err.line)}, "
+                                           "not a status line") from err
+            raise
         except BaseException:
             conn.close()
             raise
@@ -923,8 +923,7 @@ class _PooledOpen:
         failed soon after the request went out (``STALE_WINDOW``) and before any answer (a 1xx)."""
         aborted = call is not None and call.abort_reason is not None
         return (reused and not aborted and isinstance(err, _STALE_ERRORS) and not isinstance(err, socket.timeout)
-                and not getattr(err, "cp_answered", False) and not _began_an_answer(err)
-                and time.monotonic() - sent_at < STALE_WINDOW)
+                and not getattr(err, "cp_answered", False) and time.monotonic() - sent_at < STALE_WINDOW)
 
     def _release(self, key: PoolKey, conn: Any, call: Optional[UpstreamCall], complete: bool) -> None:
         sock = conn.sock

@@ -181,15 +181,21 @@ def test_no_retry_once_a_response_byte_came(start: Any, keep_alive: FakeUpstream
 
 def test_junk_on_a_reused_connection_is_a_broken_keep_alive_not_an_upstream_that_is_no_http(
         start: Any, keep_alive: FakeUpstream) -> None:
-    """A line that is no HTTP where a reused connection's answer should begin: a fresh connection,
-    as for a FIN (it was a 502 'not HTTP/1.1' with x-should-retry: false, even with --retries 3:
-    probe D). On a fresh connection the same line still says the upstream is no HTTP server."""
+    """A line that is no HTTP where a reused connection's answer should begin: a 502 worth another
+    try (it was 'not HTTP/1.1' with x-should-retry: false, even with --retries 3: probe D), never
+    sent again by the pool itself (the upstream had it: review G). On a fresh connection the same
+    line still says the upstream is no HTTP server."""
     proxy = start(keep_alive.url)
     assert _messages(proxy).status == 200
     keep_alive.push(Reply(drop="junk"))
     resp = _messages(proxy)
-    assert resp.status == 200, resp
-    assert len(keep_alive.requests) == 3 and keep_alive.connections == 2
+    assert resp.status == 502 and resp.headers.get("x-should-retry") == "true", resp
+    assert len(keep_alive.requests) == 2  # the first, and the one answered with junk: not again
+    assert _messages(proxy).status == 200  # the client's retry, on a fresh connection
+    retrying = start(keep_alive.url, retries=1)
+    assert _messages(retrying).status == 200
+    keep_alive.push(Reply(drop="junk"))
+    assert _messages(retrying).status == 200  # --retries: the proxy's next attempt gets past it
     fresh = start(keep_alive.url, max_idle_per_host=0)
     keep_alive.push(Reply(drop="junk"))
     refused = _messages(fresh)
