@@ -792,6 +792,25 @@ def test_a_call_cut_short_though_the_server_said_completed_is_max_tokens(args: s
         .startswith(args[:10])
 
 
+@pytest.mark.parametrize("final_item", [
+    {"arguments": ""}, {"name": ""}, {}, None,
+], ids=["final-args-empty", "final-no-name", "final-same", "final-lists-nothing"])
+def test_a_streamed_cut_is_not_undone_by_what_the_final_object_lists(final_item: Any) -> None:
+    """The live call's half a file went out: a final object whose call has no arguments or no name
+    (or lists nothing) does not make it a tool_use (review G)."""
+    args = '{"file_path": "a.py", "content": "print(1'
+    call = {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "Write", "arguments": args}
+    output = [] if final_item is None else [{**call, **final_item}]
+    events = feed(make_fold(), CREATED,
+                  {"type": "response.output_item.added", "output_index": 0, "item": {**call, "arguments": ""}},
+                  {"type": "response.function_call_arguments.delta", "output_index": 0, "delta": args},
+                  {"type": "response.output_item.done", "output_index": 0, "item": call},
+                  {"type": "response.completed", "response": {"id": "r", "status": "completed", "output": output,
+                                                              "usage": {"input_tokens": 3, "output_tokens": 2}}})
+    assert_valid_event_sequence(events, allow_error=False)
+    assert [e["delta"]["stop_reason"] for e in events if e["type"] == "message_delta"] == ["max_tokens"]
+
+
 def test_a_cut_call_said_completed_warns_on_the_json_answer() -> None:
     call = {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "Write", "arguments": '{"content": "x'}
     warnings: List[str] = []

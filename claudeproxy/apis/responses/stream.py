@@ -830,9 +830,10 @@ class ResponsesFold(SSEFold):
         details = response.get("incomplete_details")
         # A call cut by the output limit though the server said completed: by the final object's
         # last call where it lists calls (before anything is placed from it), else by the stream's.
+        said_incomplete = self.incomplete
         final_calls = isinstance(output, list) and any(isinstance(i, dict) and i.get("type") == "function_call"
                                                        for i in output)
-        cut_call = last_call_cut(output) if final_calls and not self.incomplete else None
+        cut_call = last_call_cut(output) if final_calls and not said_incomplete else None
         if cut_call is not None:
             self.incomplete = True  # what is placed from here on keeps a cut call's whole members
         events = self._finish_holders(output)
@@ -845,7 +846,9 @@ class ResponsesFold(SSEFold):
         while placed:  # each call left waiting, in turn: the last one live is closed before the next
             events += placed + self._close()
             placed = self._waiting_calls()
-        if not final_calls and not self.incomplete:
+        if cut_call is None and not said_incomplete:
+            # (A final object whose last call has no arguments or name does not undo a cut the
+            # stream showed: that call's half a file went out already.)
             cut_call = self._last_call_cut()
         if cut_call is not None:
             log.warning("%s", said_complete_but_cut(status, cut_call))
