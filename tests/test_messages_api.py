@@ -871,6 +871,18 @@ def test_a_key_echoed_with_json_escapes_or_as_an_event_name_is_masked_or_dropped
     assert '"debug":"***"' in body and final_message(got)["content"][0]["text"] == "Hello there"
 
 
+def test_a_json_answer_to_a_stream_request_is_masked_as_a_json_answer_is(through, fake_upstream):
+    """A passthrough upstream that answers a stream request with JSON: its events are made from it,
+    and a key it echoed went out in message_start (review G); masked now, model text as written."""
+    answer = {**ANSWER, "content": [{"type": "text", "text": "hi", "debug": UPSTREAM_KEY}], "note": UPSTREAM_KEY}
+    fake_upstream.push(json_reply(answer))
+    streamed = post(through, minimal_request(stream=True))
+    assert streamed.status == 200 and UPSTREAM_KEY not in streamed.body.decode("utf-8")
+    got = events_of(streamed.body)
+    assert_valid_event_sequence(got, allow_error=False)
+    assert final_message(got)["content"][0]["text"] == "hi"
+
+
 def test_a_field_named_like_model_text_is_spared_only_where_it_is_model_text(through, fake_upstream):
     """text/thinking/input/partial_json pass as written only in a block (or delta) of the type that
     holds them: in a message_delta, a ping or a text block's stray "input" they are the upstream's

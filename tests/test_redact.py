@@ -350,6 +350,9 @@ def test_a_passthrough_event_is_masked_but_for_what_the_model_wrote() -> None:
     answer = {"type": "message", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"k": key}}],
               "usage": {"input_tokens": 1, "note": key}}
     assert _masked(answer, forms, "message") == {**answer, "usage": {"input_tokens": 1, "note": "***"}}
+    mcp = {"type": "message", "content": [{"type": "mcp_tool_use", "id": "m", "name": "f", "server_name": "s",
+                                           "input": {"k": key}}], "note": key}
+    assert _masked(mcp, forms, "message") == {**mcp, "note": "***"}  # an MCP call's input is the model's too
 
 
 def test_a_key_spelled_with_json_escapes_is_masked_in_a_logged_line() -> None:

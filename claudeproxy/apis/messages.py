@@ -395,9 +395,7 @@ class MessagesApi(UpstreamApi):
 
     def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
                   ) -> Tuple[Dict[str, Any], List[str]]:
-        forms = free_text_forms(secrets)
-        if isinstance(obj, dict) and forms and holds_secret(_text_of(obj), forms):
-            obj = _masked(obj, forms, "message")  # an upstream that echoes the key it was sent (probe A)
+        obj = masked_answer(obj, free_text_forms(secrets))
         # (Anything but an object is refused below, its words not quoted.)
         return message_reply(obj, req.model, secrets, lambda: input_estimate(req.body)), []
 
@@ -496,6 +494,8 @@ class MessagesFold(SSEFold):
         return [stream_error_event(exc.error_type, exc.message)]
 
     def from_json(self, obj: Any) -> List[Event]:
+        """A JSON answer to a stream request, as the events it makes (masked as a JSON answer is)."""
+        obj = masked_answer(obj, self.secret_forms)
         message = message_reply(obj, self.model, self.secrets, self.estimate)
         if not _streamable(message):
             raise UpstreamUnavailable("upstream returned a message whose content or usage is malformed")
@@ -723,6 +723,13 @@ def _merged_usage(held: Dict[str, Any], later: Dict[str, Any]) -> Dict[str, Any]
     return out
 
 
+def masked_answer(obj: Any, forms: Any) -> Any:
+    """A JSON answer with a key the upstream echoes in it masked, but in what the model wrote."""
+    if isinstance(obj, dict) and forms and holds_secret(_text_of(obj), forms):
+        return _masked(obj, forms, "message")  # an upstream that echoes the key it was sent (probe A)
+    return obj
+
+
 def _holds_secret(data: str, obj: Dict[str, Any], kind: str, forms: Any) -> bool:
     """Does the event hold a key, in its data or as its name? The data as the client gets it: the
     object is written out again, so a key the upstream spelled with JSON escapes (one ``\\u004b``
@@ -736,6 +743,7 @@ def _holds_secret(data: str, obj: Dict[str, Any], kind: str, forms: Any) -> bool
 # in an answer's content and in the two events that carry blocks. Elsewhere a field of that name is
 # the upstream's own (a "text" in message_delta: no client reads it), and masked.
 _MODEL_TEXT = {"text": "text", "thinking": "thinking", "tool_use": "input", "server_tool_use": "input",
+               "mcp_tool_use": "input",
                "text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
 _BLOCKS_IN = {"content_block_start": "content_block", "content_block_delta": "delta"}
 
