@@ -645,11 +645,10 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             # Only an origin the operator listed may read responses from a browser.
             writer.extra_headers += [("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
                                      ("Access-Control-Expose-Headers", "request-id")]
-        elif self.headers.get("Sec-Fetch-Mode") == "no-cors" and \
-                self.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
-            # An image or a script another site's page loads: browsers send no Origin with it, and
-            # a GET of /v1/models made the proxy call the upstream with its key (probe E). No API
-            # client sends it (the SDKs' fetch is "cors", and sends no Sec-Fetch-Site).
+        elif self.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
+            # What another site's page loads or opens (an image, a script, an iframe, a link): browsers
+            # send no Origin with it, and a GET of /v1/models made the proxy call the upstream with
+            # its key (probe E, review G). No API client sends it (the SDKs' fetch sends no site).
             raise ProxyError("cross-origin requests are not allowed", status=403)
         # With a client key the Host check is redundant (a rebinding page cannot
         # present the key, and its Origin is refused above) and would refuse the

@@ -214,11 +214,15 @@ def test_origin_is_403_unless_allowed(make_proxy: Any, fake_upstream: Any) -> No
 
 
 @pytest.mark.parametrize("site", ["cross-site", "same-site"])
-def test_another_sites_image_or_script_load_is_403(make_proxy: Any, fake_upstream: Any, site: str) -> None:
-    """A page's <img src="http://127.0.0.1:PORT/v1/models"> carries no Origin: the proxy called the
-    upstream's model list with its key for it (probe E). The SDKs' fetch says mode cors, no site."""
+@pytest.mark.parametrize("mode, dest", [("no-cors", "image"), ("no-cors", "script"), ("navigate", "iframe"),
+                                        ("navigate", "document")])
+def test_what_another_site_loads_or_opens_is_403(make_proxy: Any, fake_upstream: Any, site: str, mode: str,
+                                                 dest: str) -> None:
+    """A page's <img src="http://127.0.0.1:PORT/v1/models"> (or iframe, or link) carries no Origin:
+    the proxy called the upstream's model list with its key for it (probe E, review G). The SDKs'
+    fetch says mode cors, no site."""
     proxy = make_proxy()
-    loaded = {"Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Site": site, "Sec-Fetch-Dest": "image"}
+    loaded = {"Sec-Fetch-Mode": mode, "Sec-Fetch-Site": site, "Sec-Fetch-Dest": dest}
     assert_error(request(proxy.url, "GET", "/v1/models", headers=loaded), 403, "permission_error")
     assert fake_upstream.requests == []
     sdk = {"Sec-Fetch-Mode": "cors"}  # what Claude Code's fetch sends (tests/test_http_head.py)
