@@ -13,7 +13,7 @@ import json
 import re
 import time
 from email.utils import parsedate_to_datetime
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .overflow import headroom, prompt_too_long, read_sizes, says_prompt_too_long
 from .redact import redact_text
@@ -193,14 +193,22 @@ def _parse_body(body: bytes, headers: Any = None) -> Tuple[str, Any]:
     first data line that is JSON: the raw event was the client's message."""
     text = body_text(body, headers).strip()
     obj = _loads(text)
-    if obj is None and text.startswith(("event:", "data:")):
-        for line in text.splitlines():
-            data = line[5:].strip() if line.startswith("data:") else ""
-            obj = _loads(data) if data.startswith("{") else None
-            if obj is not None:
-                text = data
-                break
+    if obj is None and text.startswith(("event:", "data:", ":", "id:", "retry:")):
+        data = _first_event_data(text)
+        obj = _loads(data) if data.startswith(("{", "[")) else None
+        text = data if obj is not None else text
     return text, _unwrap(obj)
+
+
+def _first_event_data(text: str) -> str:
+    """The data of the first event in an event stream that has any (its data lines joined)."""
+    lines: List[str] = []
+    for line in text.splitlines():
+        if not line.strip() and lines:
+            break
+        if line.startswith("data:"):
+            lines.append(line[5:][1:] if line[5:6] == " " else line[5:])
+    return "\n".join(lines).strip()
 
 
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),

@@ -514,5 +514,10 @@ def test_an_error_status_whose_body_is_an_event_stream_gives_the_events_message(
     exc = error_from_status(529, body)
     assert exc.status == 529 and exc.error_type == "overloaded_error"
     assert exc.message == "upstream 529: Overloaded sse"
+    for variant in (b': keep-alive\nid: 7\n' + body,  # a comment and an id before it
+                    b'event: error\ndata: {"type":"error",\ndata: "error":{"type":"overloaded_error",'
+                    b'"message":"Overloaded sse"}}\n\n',  # its JSON over two data lines
+                    b'data: [{"error": {"code": 529, "message": "Overloaded sse", "status": "UNAVAILABLE"}}]\n\n'):
+        assert error_from_status(529, variant).message == "upstream 529: Overloaded sse", variant
     plain = error_from_status(500, b"event: nothing useful\n")
     assert plain.message == "upstream 500: event: nothing useful"  # no JSON in it: the text as it came
