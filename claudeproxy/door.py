@@ -26,6 +26,10 @@ from typing import Any, Iterator, List, Optional, Tuple, Union
 from .errors import InvalidRequest
 
 MAX_NESTING = 128
+# The most JSON objects and arrays a body may hold: far past any real request (Claude Code's
+# longest sessions hold tens of thousands), and a bound on what decoding a hostile one costs.
+MAX_CONTAINERS = 1_000_000
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # (unrolled: a run at a time)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # Only a \uD800-\uDFFF escape can put a surrogate into a decoded string
 # (strict UTF-8 decoding refuses encoded ones), so bodies without one skip that walk.
@@ -140,6 +144,10 @@ def loads_request(raw: bytes) -> Any:
             flags.append(True)
         return value
 
+    containers = _containers_past_cap(raw)
+    if containers is not None:
+        raise InvalidRequest(f"request body holds {containers:,} JSON objects and arrays; at most "
+                             f"{MAX_CONTAINERS:,} are taken")
     try:
         value = json.loads(raw.decode("utf-8"), parse_constant=constant, parse_float=number)
     except (ValueError, RecursionError) as exc:
@@ -152,6 +160,21 @@ def loads_request(raw: bytes) -> Any:
         if found is not None:
             raise InvalidRequest(found[1], json_path(found[0]))
     return value
+
+
+def _containers_past_cap(raw: bytes) -> Optional[int]:
+    """How many objects and arrays ``raw`` holds, when that is more than ``MAX_CONTAINERS``; else None.
+
+    Decoded, each costs about 70 bytes for its 2 (a 32 MiB body of ``{}`` took 888 MB, a million
+    tiny text blocks 464 MB: probe A), and the cap must come before the decoding to lower that
+    peak. The brackets are counted in C; only a body with more of them than the cap (none that
+    Claude Code sends: a base64 image has none) is counted again outside its strings, whose text
+    may hold any number of them."""
+    if raw.count(b"{") + raw.count(b"[") <= MAX_CONTAINERS:
+        return None
+    outside = _JSON_STRING.sub(b"", raw)
+    found = outside.count(b"{") + outside.count(b"[")
+    return found if found > MAX_CONTAINERS else None
 
 
 def _json_reason(exc: BaseException) -> str:

@@ -9,6 +9,7 @@ to a translating and to a forwarding (Messages API) proxy.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterator, List, Tuple
 
 import pytest
@@ -187,3 +188,21 @@ def test_lone_surrogate_escapes_are_told_from_pairs_as_the_decoder_does() -> Non
         assert _lone_surrogate_escape(text.encode("ascii")) == lone, text
         checked += 1
     assert checked > 1500
+
+
+def test_a_body_of_more_than_a_million_objects_and_arrays_is_refused_before_decoding() -> None:
+    """A 32 MiB body of `{}` took 888 MB to decode, a million tiny text blocks 464 MB (probe A):
+    refused by counting, never decoded; brackets inside strings are text and do not count."""
+    from claudeproxy import door
+    from claudeproxy.errors import InvalidRequest
+
+    hostile = b'{"model":"m","max_tokens":1,"messages":[' + b"{}," * 2_000_000 + b'{}]}'
+    began = time.process_time()
+    with pytest.raises(InvalidRequest) as caught:
+        door.loads_request(hostile)
+    assert "2,000,003 JSON objects and arrays; at most 1,000,000" in str(caught.value)  # with the body and its list
+    assert time.process_time() - began < 2.0  # counted, not decoded (decoding took several seconds)
+    quoted = b'{"model":"m","messages":[{"role":"user","content":"\\"{[' + b"{[" * 1_000_000 + b'"}]}'
+    assert door.loads_request(quoted)["messages"][0]["content"].startswith('"{[{[')
+    near = b'{"a":[' + b"[]," * 999_997 + b'[]]}'  # the cap itself is taken
+    assert len(door.loads_request(near)["a"]) == 999_998
