@@ -122,6 +122,9 @@ class UpstreamHTTPError(ProxyError):
     # The status the upstream's answer gave (its HTTP status, or an error object's numeric code);
     # False where the status is this proxy's reading of an error object (its string code, or none).
     status_said = True
+    # The key the upstream refused was the proxy's own, not a client's it forwarded (pipeline._send):
+    # a route's fallbacks may take the call then.
+    own_key = False
 
 
 class UpstreamUnavailable(ProxyError):

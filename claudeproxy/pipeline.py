@@ -566,7 +566,8 @@ class Proxy:
             return False  # our own abort (the client left, shutdown, the deadline): nothing to retry
         # A refused forwarded key is the client's login to fix (Claude Code renews it on a 401): a
         # fallback would hide it, and bill another provider for every turn.
-        return exc.status in _RETRY_STATUSES or (exc.status in _NEXT_TARGET_STATUSES and getattr(exc, "own_key", False))
+        return exc.status in _RETRY_STATUSES or (exc.status in _NEXT_TARGET_STATUSES
+                                                 and isinstance(exc, UpstreamHTTPError) and exc.own_key)
 
     def _retry_delay(self, failure: ProxyError, attempt: int) -> Tuple[Optional[float], str]:
         """The wait before retry ``attempt``: the upstream's Retry-After, else jittered exponential
