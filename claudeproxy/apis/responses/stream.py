@@ -829,7 +829,8 @@ class ResponsesFold(SSEFold):
         output = response.get("output")
         details = response.get("incomplete_details")
         # A call cut by the output limit though the server said completed: by the final object's
-        # last call where it lists calls (before anything is placed from it), else by the stream's.
+        # last call where it lists calls (before anything is placed from it); where it does not, or
+        # its last call shows no cut, by the stream's own last call once everything is placed.
         said_incomplete = self.incomplete
         final_calls = isinstance(output, list) and any(isinstance(i, dict) and i.get("type") == "function_call"
                                                        for i in output)
