@@ -167,11 +167,11 @@ def _containers_past_cap(raw: bytes) -> Optional[int]:
 
     Decoded, each costs about 70 bytes for its 2 (a 32 MiB body of ``{}`` took 888 MB, a million
     tiny text blocks 464 MB: probe A), and the cap must come before the decoding to lower that
-    peak. The brackets are counted in C; only a body with more of them than the cap (none that
-    Claude Code sends: a base64 image has none) is counted again outside its strings, whose text
-    may hold any number of them."""
-    if raw.count(b"{") + raw.count(b"[") <= MAX_CONTAINERS:
-        return None
+    peak. A body's brackets are counted in C (20 KB: about 10 us, so only past 2 MB); only one
+    with more of them than the cap (none that Claude Code sends: a base64 image has none) is
+    counted again outside its strings, whose text may hold any number of them."""
+    if len(raw) <= 2 * MAX_CONTAINERS or raw.count(b"{") + raw.count(b"[") <= MAX_CONTAINERS:
+        return None  # (each takes two bytes at least: a body under 2 MB is not even scanned)
     outside = _JSON_STRING.sub(b"", raw)
     found = outside.count(b"{") + outside.count(b"[")
     return found if found > MAX_CONTAINERS else None
