@@ -473,4 +473,4 @@ def test_a_call_cut_though_said_completed_is_max_tokens_through_the_server(proxy
     assert resp.status == 200, resp
     assert resp.json["stop_reason"] == "max_tokens"
     assert [b["input"] for b in resp.json["content"]] == [{"file_path": "a.py"}]
-    assert any("inside the arguments of function call 'Write'" in r.getMessage() for r in caplog.records)
+    assert any("inside the arguments of tool call 'Write'" in r.getMessage() for r in caplog.records)

@@ -816,7 +816,7 @@ def test_a_cut_call_said_completed_warns_on_the_json_answer() -> None:
     warnings: List[str] = []
     to_messages_response({"status": "completed", "output": [call]}, model="m", new_id=counter_ids(), tool_names={},
                          warnings=warnings)
-    assert warnings == ["upstream ended with status 'completed' inside the arguments of function call 'Write': "
+    assert warnings == ["upstream ended with status 'completed' inside the arguments of tool call 'Write': "
                         "answered as max_tokens, as a call the output limit cut"]
 
 

@@ -116,6 +116,12 @@ class ArgsScan:
         self.escaped = False
 
     @property
+    def left_open(self) -> bool:
+        """The object began, is valid so far, and never closed: where a stream stopped, a cut call
+        (the arguments themselves may be let go by then: ``cut_short`` reads text)."""
+        return bool(self.stack) and not self.bad and not self.closed
+
+    @property
     def undecided(self) -> bool:
         """The object's ``{`` came, and its next character decides whether it goes live."""
         return bool(self.stack) and not self.started and not self.bad
@@ -363,6 +369,13 @@ def streamed_object(raw: str) -> Optional[Dict[str, Any]]:
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def said_done_but_cut(said: str, name: str) -> str:
+    """The warning for a call cut inside its arguments though the upstream called the answer done
+    (``said``: "finish_reason 'stop'", "status 'completed'"), whatever the API."""
+    return (f"upstream ended with {said} inside the arguments of tool call {name!r}: answered as max_tokens, "
+            "as a call the output limit cut")
 
 
 def cut_short(raw: Optional[str]) -> bool:

@@ -17,7 +17,7 @@ from ...ids import first_free
 from ...signatures import encode_signature
 from ..stops import StopFinder
 from ..names import client_tool_id, message_id
-from ..toolargs import cut_short, normalize_arguments
+from ..toolargs import cut_short, normalize_arguments, said_done_but_cut
 from .wire import (
     ChatChoice,
     ChatResponse,
@@ -142,11 +142,6 @@ def unique_tool_ids(calls: Tuple[ToolCallDelta, ...], new_id: IdFactory,
 CUT_FINISH_REASONS = ("length", "max_tokens", "content_filter")
 
 
-def said_whole_but_cut(finish_reason: Optional[str], name: str) -> str:
-    return (f"upstream ended with finish_reason {finish_reason!r} inside the arguments of tool call {name!r}: "
-            "answered as max_tokens, as a call the output limit cut")
-
-
 def cut_where_said_whole(choice: ChatChoice) -> Tuple[ChatChoice, Optional[str]]:
     """A choice whose last call's arguments stop inside a string, or where no value could end
     (``cut_short``), though the upstream called it done, as the cut answer it is: finish_reason
@@ -155,7 +150,7 @@ def cut_where_said_whole(choice: ChatChoice) -> Tuple[ChatChoice, Optional[str]]
     calls = [call for call in choice.tool_calls if call.name]
     if choice.finish_reason in CUT_FINISH_REASONS or not calls or not cut_short(calls[-1].arguments):
         return choice, None
-    warning = said_whole_but_cut(choice.finish_reason, calls[-1].name)
+    warning = said_done_but_cut(f"finish_reason {choice.finish_reason!r}", calls[-1].name)
     return dataclasses.replace(choice, finish_reason="length"), warning
 
 

@@ -36,7 +36,7 @@ from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done, loads_data
 from ..growing import Growing
 from ..stops import StopScan
 from ..names import client_tool_id
-from ..toolargs import KEEP_LIVE_TEXT, TURNED_BAD, ArgsScan, cut_short, normalize_arguments
+from ..toolargs import KEEP_LIVE_TEXT, TURNED_BAD, ArgsScan, cut_short, normalize_arguments, said_done_but_cut
 from .response import (
     CUT_FINISH_REASONS,
     IdFactory,
@@ -44,7 +44,6 @@ from .response import (
     match_stop_sequence,
     message_from_body,
     overload_error,
-    said_whole_but_cut,
     stop_reason_for,
     usage_from,
 )
@@ -228,8 +227,7 @@ class _Tool:
         model's missing brace comes after 64 KB of arguments)."""
         if self.digest is None:
             return cut_short(self.args)
-        scan = self.scan
-        return bool(scan.stack) and not scan.bad and not scan.closed
+        return self.scan.left_open
 
 
 class _ThinkTags:
@@ -486,7 +484,7 @@ class StreamTranslator:
             # As the JSON answer (cut_where_said_whole), by the last call, the one a limit cuts: the
             # client hears max_tokens, as from Anthropic for a call its limit cut, not tool_use for
             # input that is half a file.
-            log.warning("%s", said_whole_but_cut(self.finish_reason, last.name))
+            log.warning("%s", said_done_but_cut(f"finish_reason {self.finish_reason!r}", last.name))
             self.finish_reason = "length"
         buffered = self._kept_calls()
         events += self._settle_stop(last_is_text=not buffered)

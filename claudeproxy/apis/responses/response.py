@@ -15,7 +15,7 @@ from ...errors import ProxyError, error_from_object
 from ...ids import first_free
 from ...signatures import encode_signature
 from ..names import client_tool_id, id_chars, message_id
-from ..toolargs import cut_short, normalize_arguments
+from ..toolargs import cut_short, normalize_arguments, said_done_but_cut
 from ..stops import StopFinder
 from . import API_NAME
 
@@ -286,11 +286,6 @@ def count_searches(output: List[Dict[str, Any]]) -> int:
 # The whole message.
 
 
-def said_complete_but_cut(status: Any, name: str) -> str:
-    return (f"upstream ended with status {status!r} inside the arguments of function call {name!r}: "
-            "answered as max_tokens, as a call the output limit cut")
-
-
 def last_call_cut(output: Any) -> Optional[str]:
     """The name of the last named function call when its arguments stop inside a string, or where
     no value could end (``toolargs.cut_short``): an answer cut by its output limit, though a
@@ -391,7 +386,7 @@ def to_messages_response(
     if match is None and cut_call is not None:
         reason = "max_tokens"
         if warnings is not None:
-            warnings.append(said_complete_but_cut(obj.get("status"), cut_call))
+            warnings.append(said_done_but_cut(f"status {obj.get('status')!r}", cut_call))
     elif match is None:
         reason = stop_reason_for(obj.get("status"), obj.get("incomplete_details"), has_tools, refusal)
     else:

@@ -47,7 +47,7 @@ from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done, loads_data
 from ..names import client_tool_id
 from ..growing import Growing, LiveText
 from ..stops import StopScan
-from ..toolargs import KEEP_LIVE_TEXT, TURNED_BAD, ArgsScan, cut_short
+from ..toolargs import KEEP_LIVE_TEXT, TURNED_BAD, ArgsScan, cut_short, said_done_but_cut
 from . import API_NAME
 from .response import (
     IdFactory,
@@ -62,7 +62,6 @@ from .response import (
     part_text,
     reasoning_text,
     reports_usage,
-    said_complete_but_cut,
     search_blocks,
     searched,
     stop_reason_for,
@@ -108,7 +107,7 @@ class _Item:
         A live call past KEEP_LIVE_TEXT let its text go: still open then, it was cut (as on Chat)."""
         if self.args.whole:
             return cut_short(self.args.text())
-        return bool(self.scan.stack) and not self.scan.bad and not self.scan.closed
+        return self.scan.left_open
 
 
 @dataclasses.dataclass
@@ -852,7 +851,7 @@ class ResponsesFold(SSEFold):
             # stream showed: that call's half a file went out already.)
             cut_call = self._last_call_cut()
         if cut_call is not None:
-            log.warning("%s", said_complete_but_cut(status, cut_call))
+            log.warning("%s", said_done_but_cut(f"status {status!r}", cut_call))
             status, details = "incomplete", {"reason": "max_output_tokens"}
         reason = stop_reason_for(status, details, self.has_tools, self.refusal)
         usage = response.get("usage")
