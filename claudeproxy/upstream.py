@@ -1356,7 +1356,9 @@ def _transport_error(exc: BaseException, call: UpstreamCall, req: urllib.request
     hint = ""
     if unused_proxies and not is_loopback_host(parts.hostname or ""):
         hint = f"; {unused_proxy_hint(unused_proxies)}"
-    said = f"could not reach the upstream at {host} ({detail})"
+    # Once a connection was made, the upstream was reached: a reset then broke its answer.
+    said = (f"the connection to the upstream at {host} broke before its answer ({detail})" if call.connected
+            else f"could not reach the upstream at {host} ({detail})")
     nobody = _nobody_there(reason, redact_text(redact_url(req.full_url), secrets))
     if nobody is not None:
         return UpstreamUnreachable(f"{said}: {nobody}{hint}", headers=(NO_RETRY,))

@@ -190,6 +190,9 @@ def test_junk_on_a_reused_connection_is_a_broken_keep_alive_not_an_upstream_that
     keep_alive.push(Reply(drop="junk"))
     resp = _messages(proxy)
     assert resp.status == 502 and resp.headers.get("x-should-retry") == "true", resp
+    # The upstream was reached (it had the request): not "could not reach the upstream".
+    message = resp.json["error"]["message"]
+    assert message.startswith("the connection to the upstream at 127.0.0.1:") and "SSH-2.0" in message, message
     assert len(keep_alive.requests) == 2  # the first, and the one answered with junk: not again
     assert _messages(proxy).status == 200  # the client's retry, on a fresh connection
     retrying = start(keep_alive.url, retries=1)
