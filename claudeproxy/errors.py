@@ -481,10 +481,11 @@ def max_tokens_limit(message: str, requested: int) -> Optional[int]:
     or equal to `32768`" (Groq), "Expected a value <= 32768" (OpenAI's range check,
     ``max_output_tokens`` on the Responses API), "(128000 > 32768 - 500)" (vLLM), "(500 in
     the messages, 32500 in the completion)" (OpenAI), "(10535 of text input,
-    131072 in the output)" (OpenRouter). None when the message is about
+    131072 in the output)" (OpenRouter), "model token limit: 262144 (requested: 269030)" (Moonshot:
+    the prompt and ``requested`` together). None when the message is about
     something else (a prompt that does not fit, say) or names no smaller number.
     """
-    room = headroom(message)
+    room = headroom(message, requested)
     if room is not None:
         return room if 0 < room < requested else None
     # Only a message about the output limit may lend its numbers: a prompt-overflow
@@ -508,7 +509,7 @@ def max_tokens_limit_lasts(message: str) -> bool:
     prompt, and remembered it cut every later answer of the model short (a session near its
     window once, then compacted, got a few hundred output tokens a turn from then on)."""
     sizes = read_sizes(message)
-    return sizes.limit is None or sizes.prompt is None
+    return sizes.limit is None or (sizes.prompt is None and sizes.together is None)
 
 
 def error_payload(error_type: str, message: str, request_id: Optional[str] = None,

@@ -45,7 +45,7 @@ Matching rules
    dated releases).
 5. Unknown names give ``ModelFacts()``.
 6. A name that came with a host prefix or an Ollama tag and matched a row
-   without one keeps the limits but loses the prices and ``responses_only``:
+   without one keeps the limits and ``text_only`` but loses the prices and ``responses_only``:
    hosts bill their own rates, and only OpenAI's own API is Responses-only. Set
    such prices per provider in the config.
 
@@ -173,7 +173,7 @@ _OPENAI: Tuple[Tuple[str, ModelFacts], ...] = (
     ("gpt-5.6-luna", _F(272_000, 128_000, 0.20, 1.20, 0.02, 0.25)),
     ("gpt-6-astra", _F(922_000, 128_000, 10.00, 50.00, 1.00, 12.50)),
     # Open weights: OpenAI's model page gives 131,072 / 131,072; hosts bill their own rates.
-    ("gpt-oss", _F(131_072, 131_072)),
+    ("gpt-oss", _F(131_072, 131_072, text_only=True)),  # text in, text out
 )
 
 # --- DeepSeek. Source: api-docs.deepseek.com/quick_start/pricing (stored copies of April-May
@@ -246,15 +246,16 @@ _MISTRAL: Tuple[Tuple[str, ModelFacts], ...] = (
 # tokens; copies in phsang198/LLM_API_Using and braintrustdata/braintrust-proxy#925) and
 # groq.com/pricing as quoted by LiteLLM's groq/* rows and the aicost crate. Prices only on the
 # names no other host uses. Together serves moonshotai/Kimi-K2-Instruct under the same name and
-# so gets Groq's 16,384 cap: lower than it may allow, never higher.
+# so gets Groq's 16,384 cap: lower than it may allow, never higher. None of these takes images (Groq
+# refuses a content list on them: "messages[1].content must be a string").
 _GROQ: Tuple[Tuple[str, ModelFacts], ...] = (
-    ("llama-3.3-70b-versatile", _F(131_072, 32_768, 0.59, 0.79)),
-    ("llama-3.1-8b-instant", _F(131_072, 8_192, 0.05, 0.08)),
-    ("openai/gpt-oss-120b", _F(131_072, 65_536)),
-    ("openai/gpt-oss-20b", _F(131_072, 32_768)),
-    ("qwen/qwen3-32b", _F(131_072, 40_960)),
-    ("kimi-k2-instruct", _F(131_072, 16_384)),
-    ("kimi-k2-instruct-0905", _F(262_144, 16_384)),
+    ("llama-3.3-70b-versatile", _F(131_072, 32_768, 0.59, 0.79, text_only=True)),
+    ("llama-3.1-8b-instant", _F(131_072, 8_192, 0.05, 0.08, text_only=True)),
+    ("openai/gpt-oss-120b", _F(131_072, 65_536, text_only=True)),
+    ("openai/gpt-oss-20b", _F(131_072, 32_768, text_only=True)),
+    ("qwen/qwen3-32b", _F(131_072, 40_960, text_only=True)),
+    ("kimi-k2-instruct", _F(131_072, 16_384, text_only=True)),
+    ("kimi-k2-instruct-0905", _F(262_144, 16_384, text_only=True)),
 )
 
 # --- Anthropic Claude (passthrough to Anthropic's own API: routing drops these prices for any other
@@ -299,20 +300,24 @@ _ANTHROPIC: Tuple[Tuple[str, ModelFacts], ...] = (
 
 # --- Moonshot Kimi K2 (open weights; Moonshot retired its kimi-k2-*-preview ids on 2026-05-25).
 # Source: Moonshot model cards and platform.kimi.ai/docs/models as quoted by promptfoo and
-# openclaw: K2-0711 128K, K2-0905 / K2-Thinking / K2.5 / K2.6 256K.
+# openclaw: K2-0711 128K, K2-0905 / K2-Thinking / K2.5 / K2.6 256K. K2 takes text only, K2.5 and
+# later images too. Moonshot counts max_tokens into the window (the prompt and Claude Code's 128000
+# would leave a 262K window 134K of prompt): K2.5 and K2.6 are capped at 32,768, the default of
+# platform.kimi.ai's K2.6 quickstart and the limit Gitlawb/openclaude#1796 checked against the API. GLM-4.5 and 4.6 and MiniMax-M2 take text only (their vision models are others:
+# GLM-4.5V).
 # --- Zhipu GLM. Source: docs.z.ai (GLM-4.5 128K; GLM-4.6 200K context, 128K output), cross-checked
 # with LiteLLM's zai/* rows and Vercel's model page.
 # --- MiniMax. Source: MiniMax platform docs via Vercel's AI Gateway provider table and LiteLLM's
 # minimax/MiniMax-M2 row: 204,800 context; $0.30 / $1.20, cache read $0.03, cache write $0.375.
 _OTHER_VENDORS: Tuple[Tuple[str, ModelFacts], ...] = (
-    ("kimi-k2", _F(131_072)),
-    ("kimi-k2-0905", _F(262_144)),
-    ("kimi-k2-thinking", _F(262_144)),
-    ("kimi-k2.5", _F(262_144)),
-    ("kimi-k2.6", _F(262_144)),
-    ("glm-4.5", _F(128_000)),
-    ("glm-4.6", _F(200_000, 128_000)),
-    ("minimax-m2", _F(204_800, None, 0.30, 1.20, 0.03, 0.375)),
+    ("kimi-k2", _F(131_072, text_only=True)),
+    ("kimi-k2-0905", _F(262_144, text_only=True)),
+    ("kimi-k2-thinking", _F(262_144, text_only=True)),
+    ("kimi-k2.5", _F(262_144, 32_768)),
+    ("kimi-k2.6", _F(262_144, 32_768)),
+    ("glm-4.5", _F(128_000, text_only=True)),
+    ("glm-4.6", _F(200_000, 128_000, text_only=True)),
+    ("minimax-m2", _F(204_800, None, 0.30, 1.20, 0.03, 0.375, text_only=True)),
 )
 
 # --- Open-weight models as Ollama, LM Studio and Hugging Face name them. Source: each model card
@@ -386,8 +391,9 @@ def builtin_facts(model: str) -> ModelFacts:
     if facts is None:
         return ModelFacts()
     if len(path) > 1 or tag:
-        # Matching rule 6: another host's name keeps the limits, not the vendor's prices.
-        return ModelFacts(facts.context_window, facts.max_output)
+        # Matching rule 6: another host's name keeps the limits (and that the model takes text only),
+        # not the vendor's prices.
+        return ModelFacts(facts.context_window, facts.max_output, text_only=facts.text_only)
     return facts
 
 

@@ -33,6 +33,9 @@ class Sizes(NamedTuple):
     prompt: Optional[int] = None
     limit: Optional[int] = None  # the context window (or input cap)
     output: Optional[int] = None  # the output budget the request asked for, when named
+    # The prompt and the output budget together, where only their sum is named (Moonshot's
+    # "requested"): the prompt is that less the max_tokens sent.
+    together: Optional[int] = None
 
 
 def _rx(pattern: str) -> Pattern[str]:
@@ -69,6 +72,9 @@ _LOOSE = (
     r"you passed <N> input (?:tokens|characters) and requested <O> output tokens\. "
     r"However, the model'?s context length is only <L> tokens",
 )
+# Moonshot counts max_tokens into its window: "Your request exceeded model token limit: 262144
+# (requested: 269030)", the prompt and max_tokens together (MoonshotAI/kimi-cli#2011).
+_SUM = r"model token limit:?\s*<L>\s*\(\s*requested:?\s*(?P<t>\d+)\s*\)"
 # OpenAI, DeepSeek, vLLM <= 0.9, OpenRouter: "... you requested [about] T tokens (<parts>)".
 _TOTAL = (r"maximum context length is <L> tokens[.,]? however,? you requested (?:about )?<N> tokens "
           r"\((?P<parts>[^)]*)\)")
@@ -96,6 +102,7 @@ _NOT_OVERFLOW = r"rate.?limit|throttl|too many requests|per min(?:ute)?\b|\(TPM\
 class _Compiled(NamedTuple):
     exact: Tuple[Pattern[str], ...]
     loose: Tuple[Pattern[str], ...]
+    sum: Pattern[str]
     total: Pattern[str]
     part: Pattern[str]
     code: Pattern[str]
@@ -109,7 +116,7 @@ def _rx_all() -> _Compiled:
     """The patterns above, compiled on the first upstream error: compiling them
     takes about 10 ms, which every start would otherwise pay."""
     flat = functools.partial(re.compile, flags=re.IGNORECASE)
-    return _Compiled(tuple(map(_rx, _EXACT)), tuple(map(_rx, _LOOSE)), _rx(_TOTAL), _rx(_PART),
+    return _Compiled(tuple(map(_rx, _EXACT)), tuple(map(_rx, _LOOSE)), _rx(_SUM), _rx(_TOTAL), _rx(_PART),
                      flat(_CODE), flat(_CONTEXT), flat(_TITLE), flat(_NOT_OVERFLOW))
 
 
@@ -160,18 +167,24 @@ def read_sizes(message: str, err: Optional[Mapping[str, Any]] = None) -> Sizes:
         match = pattern.search(message)
         if match:
             return Sizes(None, _group(match, "l"), _group(match, "o"))
+    match = _rx_all().sum.search(message)
+    if match:
+        return Sizes(None, _group(match, "l"), together=_group(match, "t"))
     return Sizes()
 
 
-def headroom(message: str) -> Optional[int]:
+def headroom(message: str, asked: Optional[int] = None) -> Optional[int]:
     """The output budget that fits, when the message tells: window minus an exactly
-    counted prompt; or half the window when the asked budget alone fills it (vLLM then
-    counts the prompt no further, so half is a guess that leaves the prompt room)."""
+    counted prompt (or the prompt a sum names, less ``asked``: the max_tokens sent); or half
+    the window when the asked budget alone fills it (vLLM then counts the prompt no further,
+    so half is a guess that leaves the prompt room)."""
     sizes = read_sizes(message)
     if sizes.limit is None:
         return None
     if sizes.prompt is not None:
         return sizes.limit - sizes.prompt
+    if sizes.together is not None and asked:
+        return sizes.limit - (sizes.together - asked)
     if sizes.output is not None and sizes.output >= sizes.limit:
         return sizes.limit // 2
     return None

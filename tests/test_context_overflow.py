@@ -280,6 +280,7 @@ LASTING_LIMITS = {
     "openai-completion-overflows-not-overflow": False,
     "openai-functions-not-overflow": False,
     "openrouter-output-overflows-not-overflow": False,  # (10535 of text input, 131072 in the output)
+    "kimi-model-token-limit": False,  # 262144 (requested: 300000), the prompt and max_tokens together
     "vllm-max-tokens-too-large-not-overflow": False,  # (8000 > 4096 - 2778)
     "vllm-old-completion-overflows-not-overflow": False,
 }

@@ -389,6 +389,8 @@ def test_other_errors_are_not_prompt_too_long(status: int, body: bytes) -> None:
          128000, 32768),
         ("Invalid 'max_tokens': integer above maximum value. Expected a value <= 4096, but got 8192 instead.",
          8192, 4096),
+        # Moonshot counts max_tokens into the window: a 13,942-token prompt with Claude Code's 128000.
+        ("Invalid request: Your request exceeded model token limit: 131072 (requested: 141942)", 128000, 117130),
     ],
 )
 def test_max_tokens_limit_reads_real_provider_messages(message: str, requested: int, expected: int) -> None:
@@ -408,6 +410,8 @@ def test_max_tokens_limit_reads_real_provider_messages(message: str, requested: 
          "tokens and your request has 40000 input tokens (4000 > 32768 - 40000).", 4000),
         # The named cap is not below what was asked: nothing to retry with.
         ("max_tokens is too large: 8000. This model supports at most 16384 completion tokens", 8000),
+        # Moonshot's sum, where the prompt alone (300000 - 32768) is over the window: compacting helps.
+        ("Invalid request: Your request exceeded model token limit: 262144 (requested: 300000)", 32768),
         # Below the minimum, not above a cap: learning 16 as the cap would shrink every answer.
         ("Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, but got 1 instead.", 128000),
         ("Invalid 'max_tokens': integer below minimum value. Expected a value >= 16, but got 1 instead.", 128000),

@@ -441,3 +441,81 @@ def test_a_refused_tool_choice_is_dropped_only_where_it_meant_the_default(
     fake_upstream.push(json_reply(completion()))
     forced = ask(proxy, claude_code_turn(tool_choice={"type": "any"}))  # the model refused "auto" only
     assert forced.status == 200 and sent(fake_upstream)[-1]["tool_choice"] == "required"
+
+
+PNG = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+
+
+def read_image_turns() -> Any:
+    """Claude Code's Read of an image: the picture comes back in a tool_result."""
+    return [{"role": "user", "content": "look at pic.png"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "read",
+                                               "input": {"file_path": "pic.png"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [PNG]}]}]
+
+
+# Each server's own words that the model takes no images, with the status it says them with.
+NO_IMAGE_REFUSALS = [
+    (400, {"error": {"message": "messages[3].content must be a string", "type": "invalid_request_error",
+                     "param": "messages[3].content"}}),  # Groq (sam3gp8/jarvis-aio#17)
+    (400, {"error": {"message": "'messages.3' : for 'role:user' the following must be satisfied"
+                                "[('messages.3.content' : value must be a string)]",
+                     "type": "invalid_request_error"}}),  # Groq, the older form (OpenHands#4643)
+    (500, {"error": {"code": 500, "message": "image input is not supported - hint: if this is unexpected, you may "
+                                             "need to provide the mmproj", "type": "server_error"}}),  # llama.cpp
+    (404, {"error": {"code": 404, "message": "No endpoints found that support image input"}}),  # OpenRouter
+    (400, {"object": "error", "message": "Qwen3-8B is not a multimodal model", "type": "BadRequestError",
+           "code": 400}),  # vLLM (vllm#19144)
+    (400, {"error": {"message": "Invalid content type. image_url is only supported by certain models.",
+                     "type": "invalid_request_error", "param": "messages.[3].content.[0].type"}}),  # OpenAI
+    (422, {"error": {"message": "Failed to deserialize the JSON body into the target type: messages[3]: unknown "
+                                "variant `image_url`, expected `text`", "type": "invalid_request_error"}}),  # DeepSeek
+]
+
+
+@pytest.mark.parametrize("status,refusal", NO_IMAGE_REFUSALS)
+def test_a_model_that_takes_no_images_gets_placeholders_from_its_first_refusal_on(
+        make_proxy: Any, fake_upstream: FakeUpstream, caplog: Any, status: int, refusal: Any) -> None:
+    """probe J: after Claude Code read one image, a text-only model (Groq's gpt-oss, llama.cpp without
+    its projector) refused every later turn, /compact too, since the image stays in the history."""
+    proxy = make_proxy(upstream=fake_upstream.url, model="text-model")
+    fake_upstream.push(json_reply(refusal, status=status), json_reply(completion("a picture I cannot see")),
+                       json_reply(completion("next")))
+    with caplog.at_level("WARNING", logger="claudeproxy"):
+        first = ask(proxy, minimal_request(messages=read_image_turns()))
+    assert first.status == 200, first
+    assert first.json["content"] == [{"type": "text", "text": "a picture I cannot see"}]
+    refused, again = sent(fake_upstream)
+    assert any(isinstance(m["content"], list) and any(p.get("type") == "image_url" for p in m["content"])
+               for m in refused["messages"])
+    assert "image_url" not in json.dumps(again)
+    assert all(isinstance(m.get("content"), (str, type(None))) for m in again["messages"])
+    assert "[image omitted: this model takes text only]" in json.dumps(again["messages"])
+    assert [m["role"] for m in again["messages"]][-1] == "tool"  # nothing moved out of the tool message
+    assert sum("takes no images" in r.getMessage() for r in caplog.records) == 1
+    # The next turn goes with placeholders at once: one upstream call.
+    assert ask(proxy, minimal_request(messages=read_image_turns())).status == 200
+    assert len(fake_upstream.requests) == 3 and "image_url" not in json.dumps(sent(fake_upstream)[2])
+
+
+def test_an_image_refusal_changes_nothing_for_a_request_without_images_or_another_model(
+        make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy(upstream=fake_upstream.url, model="text-model")
+    status, refusal = NO_IMAGE_REFUSALS[0]
+    fake_upstream.push(json_reply(refusal, status=status))
+    resp = ask(proxy, minimal_request())  # no image sent: the refusal is about something else
+    assert resp.status == 400 and "must be a string" in resp.json["error"]["message"], resp
+    assert len(fake_upstream.requests) == 1
+    # A refusal that names no image is not taken for one.
+    fake_upstream.push(json_reply({"error": {"message": "tools param requires --jinja flag", "code": 500}}, status=500))
+    resp = ask(proxy, minimal_request(messages=read_image_turns()))
+    assert resp.status == 500 and len(fake_upstream.requests) == 2, resp
+
+
+def test_an_image_refused_again_with_placeholders_is_not_asked_a_third_time(make_proxy: Any,
+                                                                           fake_upstream: FakeUpstream) -> None:
+    proxy = make_proxy(upstream=fake_upstream.url, model="text-model")
+    status, refusal = NO_IMAGE_REFUSALS[0]
+    fake_upstream.push(json_reply(refusal, status=status), json_reply(refusal, status=status))
+    resp = ask(proxy, minimal_request(messages=read_image_turns()))
+    assert resp.status == 400 and len(fake_upstream.requests) == 2, resp

@@ -5,6 +5,7 @@ Pure but for what ``recover`` learns: the optional fields each model's upstream 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -54,6 +55,36 @@ _EFFORT_FIELD = re.compile(r"reasoning[_.]?effort", re.I)
 _QUOTED_WORD = re.compile(r"['\"`](\w+)['\"`]")
 _ONE_OF = re.compile(r"one\s+of|supported\s+values|allowed\s+values", re.I)
 _REFUSES_ONE = re.compile(r"not\s+support|unsupported", re.I)  # names a refused value: not a list alone
+
+# A model (or a server) that takes no images says so in its own words, and then refuses every later
+# turn too: the image stays in the history that Claude Code sends again, /compact included. The
+# request goes again with a text placeholder for each image, and the model gets placeholders from
+# then on. Groq: "messages[1].content must be a string"; llama.cpp without its projector: "image input
+# is not supported" (a 500); vLLM: "... is not a multimodal model"; OpenRouter: "No endpoints found
+# that support image input" (a 404); OpenAI's older models: "image_url is only supported by certain
+# models"; DeepSeek: "unknown variant `image_url`"; Ollama: "missing data required for image input";
+# the wordings "does not support images/vision", "only text content type is supported".
+_NO_IMAGES = re.compile(
+    r"image(?:\s+input)?\s+is\s+not\s+supported|image_url\s+is\s+(?:only|not)\s+supported|"
+    r"(?:does\s+not|doesn't|cannot)\s+(?:support|accept|take)\s+(?:images?|image\s+input|vision|multimodal)|"
+    r"(?:vision|multimodal)(?:\s+(?:input|content))?\s+is\s+not\s+supported|not\s+a\s+multimodal\s+model|"
+    r"no\s+endpoints\s+found\s+that\s+support\s+image|unknown\s+variant\s+`?image_url|"
+    r"missing\s+data\s+required\s+for\s+image|only\s+'?text'?\s+content\s+type|not\s+compiled\s+for\s+multimodal|"
+    r"content\W{0,4}(?:\s*:\s*value)?\s+must\s+be\s+a\s+string",
+    re.I)
+_NO_IMAGE_STATUSES = (400, 404, 422, 500, 501)  # OpenRouter's 404, llama.cpp's 500 and 501
+
+
+def sends_images(body: Dict[str, Any]) -> bool:
+    """Does this Chat request carry an image part (in any message's content list)?"""
+    return any(isinstance(part, dict) and part.get("type") == "image_url"
+               for message in body.get("messages") or () if isinstance(message, dict)
+               for part in (message.get("content") if isinstance(message.get("content"), list) else ()))
+
+
+def refuses_images(status: int, message: str) -> bool:
+    """Does an upstream's error say that the model takes no images?"""
+    return status in _NO_IMAGE_STATUSES and bool(_NO_IMAGES.search(message))
 
 
 def lower_effort(message: str, sent: Any) -> Optional[str]:
@@ -106,6 +137,7 @@ class ChatApi(UpstreamApi):
         self._completion_tokens: Dict[Tuple[str, str], bool] = {}
         self._most_effort: Dict[Tuple[str, str], str] = {}  # the most effort a model took (lower_effort)
         self._thinks_always: Dict[Tuple[str, str], bool] = {}  # the models that refused effort "none"
+        self._no_images: Dict[Tuple[str, str], bool] = {}  # the models that refused an image (refuses_images)
         self._lock = threading.Lock()
 
     def parse(self, body: Dict[str, Any]) -> MessagesRequest:
@@ -114,6 +146,9 @@ class ChatApi(UpstreamApi):
     def prepare(self, req: ClientRequest, target: Target, cap: Optional[int]) -> Exchange:
         parsed, dialect = req.parsed, target.dialect
         assert parsed is not None and dialect is not None, "parse() runs before prepare()"
+        key = (target.provider.name, target.model)
+        if not dialect.string_content_only and key in self._no_images:
+            dialect = dataclasses.replace(dialect, string_content_only=True)  # as a text_only model's
         # Some servers lose tool calls when streaming (PROTOCOL.md 5.6): ask them for JSON instead.
         wants_stream = parsed.stream and (dialect.stream_with_tools or not parsed.tools)
         tools, encoded = self.tools.derived(parsed.tools, ("chat", dialect),
@@ -122,7 +157,6 @@ class ChatApi(UpstreamApi):
                                       stream=wants_stream, cache_key=req.cache_key, tools=tools)
         chat = translation.request
         payload = chat.to_dict()
-        key = (target.provider.name, target.model)
         self._refused.drop(payload, key)
         with self._lock:
             renamed, most = key in self._completion_tokens, self._most_effort.get(key)
@@ -152,10 +186,15 @@ class ChatApi(UpstreamApi):
         The refusal is remembered for the model, so later requests do not pay a round trip for it.
         """
         text = getattr(exc, "upstream_message", "") or ""
+        key = (target.provider.name, target.model)
+        if refuses_images(exc.status, text) and key not in self._no_images and sends_images(json.loads(ex.body)):
+            with self._lock:
+                remember(self._no_images, key, True)
+            log.warning("%s takes no images: each goes as a text placeholder from now on", target.label)
+            return self.prepare(req, target, cap)
         if exc.status not in (400, 422):
             return None
         sent = json.loads(ex.body)
-        key = (target.provider.name, target.model)
         if sent.get("reasoning_effort") == "none" and _NO_OFF_SWITCH.search(text):
             with self._lock:
                 remember(self._thinks_always, key, True)
