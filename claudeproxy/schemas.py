@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
-# Keys Gemini's OpenAI endpoint answers "Unknown name" for.
-_GEMINI_DROP = frozenset(
+# What a schema object may hold for Gemini: the fields of its Schema message, which its OpenAI endpoint
+# parses tool parameters into, answering "Unknown name X ... Cannot find field" for any other key
+# (oneOf, allOf, uniqueItems, multipleOf, prefixItems, ...) and "Proto field is not repeating" for a
+# type list (zed#44875, zed#53919, kilocode#5333). Not title and default, which it has but older
+# versions refused, and which tell the model little.
+_GEMINI_KEYS = frozenset(
     {
-        "$schema", "$id", "$ref", "$defs", "definitions", "$comment", "additionalProperties",
-        "default", "examples", "title", "patternProperties", "if", "then", "else", "not",
-        "propertyNames", "unevaluatedProperties", "dependentRequired", "dependentSchemas",
+        "type", "format", "description", "nullable", "enum", "maxItems", "minItems", "properties", "required",
+        "minProperties", "maxProperties", "minLength", "maxLength", "pattern", "example", "anyOf",
+        "propertyOrdering", "items", "minimum", "maximum",
     }
 )
 _GEMINI_FORMATS = frozenset({"enum", "date-time"})
@@ -110,7 +114,9 @@ def _nodes(value: Any, most: int = _MAX_INLINED_NODES + 1) -> int:
 
 
 def _gemini_fix(node: Dict[str, Any]) -> Dict[str, Any]:
-    out = {k: v for k, v in node.items() if k not in _GEMINI_DROP}
+    """One schema object in Gemini's terms (its children are already): what JSON Schema says with
+    keywords Gemini lacks is said with the ones it has where that keeps the meaning, else left out."""
+    out = dict(node)
     if "const" in out:
         out["enum"] = [out.pop("const")]
     for exclusive, inclusive in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
@@ -120,7 +126,80 @@ def _gemini_fix(node: Dict[str, Any]) -> Dict[str, Any]:
                 out.setdefault(inclusive, value)
     if "format" in out and out["format"] not in _GEMINI_FORMATS:
         del out["format"]
-    return out
+    _merge_all_of(out)
+    _one_of_as_any_of(out)
+    _tuple_as_items(out)
+    _type_list_as_nullable(out)
+    _null_member_as_nullable(out)
+    fixed = {k: v for k, v in out.items() if k in _GEMINI_KEYS}
+    if isinstance(fixed.get("required"), list) and isinstance(fixed.get("properties"), dict):
+        # Gemini refuses a required name that is no property (one an allOf or a dropped key left).
+        fixed["required"] = [name for name in fixed["required"] if name in fixed["properties"]]
+        if not fixed["required"]:
+            del fixed["required"]
+    return fixed
+
+
+def _merge_all_of(out: Dict[str, Any]) -> None:
+    """allOf: every member's constraints on the one object (pydantic's wrapped $ref, zod's .and())."""
+    members = out.pop("allOf", None)
+    for member in members if isinstance(members, list) else ():
+        if not isinstance(member, dict):
+            continue
+        for key, value in member.items():
+            if key == "properties" and isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = {**value, **out[key]}
+            elif key == "required" and isinstance(value, list) and isinstance(out.get(key), list):
+                out[key] = out[key] + [name for name in value if name not in out[key]]
+            else:
+                out.setdefault(key, value)
+
+
+def _one_of_as_any_of(out: Dict[str, Any]) -> None:
+    """oneOf as anyOf: "exactly one" is "at least one" wherever the members exclude each other,
+    as a tool's alternatives do."""
+    members = out.pop("oneOf", None)
+    if isinstance(members, list):
+        out["anyOf"] = (out["anyOf"] if isinstance(out.get("anyOf"), list) else []) + members
+
+
+def _tuple_as_items(out: Dict[str, Any]) -> None:
+    """A tuple (prefixItems, or draft 4's list of items) as one item schema any of its members fits."""
+    listed = out.pop("items") if isinstance(out.get("items"), list) else None
+    tuple_ = out.pop("prefixItems", None)
+    members = [m for m in (tuple_ if isinstance(tuple_, list) else listed) or () if isinstance(m, dict)]
+    if members and "items" not in out:
+        out["items"] = members[0] if len(members) == 1 else {"anyOf": members}
+
+
+def _type_list_as_nullable(out: Dict[str, Any]) -> None:
+    """"type": ["string", "null"] as "type": "string" with nullable; several types as anyOf."""
+    kinds = out.get("type")
+    if not isinstance(kinds, list):
+        return
+    named = [k for k in kinds if isinstance(k, str) and k != "null"]
+    if "null" in kinds:
+        out["nullable"] = True
+    del out["type"]
+    if len(named) == 1:
+        out["type"] = named[0]
+    elif named and "anyOf" not in out:
+        out["anyOf"] = [{"type": kind} for kind in named]
+
+
+def _null_member_as_nullable(out: Dict[str, Any]) -> None:
+    """anyOf [X, {"type": "null"}] (pydantic's Optional[X]) as X with nullable."""
+    members = out.get("anyOf")
+    if not isinstance(members, list) or not any(isinstance(m, dict) and m.get("type") == "null" for m in members):
+        return
+    rest = [m for m in members if not (isinstance(m, dict) and m.get("type") == "null")]
+    out["nullable"] = True
+    del out["anyOf"]
+    if len(rest) == 1 and isinstance(rest[0], dict):
+        for key, value in rest[0].items():
+            out.setdefault(key, value)
+    elif rest:
+        out["anyOf"] = rest
 
 
 def sanitize_gemini(schema: Dict[str, Any]) -> Dict[str, Any]:

@@ -19,6 +19,12 @@ GEMINI_FORBIDDEN = ("$schema", "$id", "$ref", "$defs", "definitions", "additiona
                     "exclusiveMaximum", "default", "examples", "title", "patternProperties", "if", "then", "else", "not")
 
 
+# The fields of Gemini's Schema message (ai.google.dev/api/caching#Schema), less title and default.
+GEMINI_SCHEMA_FIELDS = {"type", "format", "description", "nullable", "enum", "maxItems", "minItems", "properties",
+                        "required", "minProperties", "maxProperties", "minLength", "maxLength", "pattern", "example",
+                        "anyOf", "propertyOrdering", "items", "minimum", "maximum"}
+
+
 def schema_nodes(node: Any, path: str = "#") -> Iterator[Tuple[str, Dict[str, Any]]]:
     """Every schema object in ``node`` (property maps are maps of schemas, not schemas)."""
     if not isinstance(node, dict):
@@ -113,13 +119,15 @@ def test_gemini_removes_forbidden_keywords_at_every_depth() -> None:
     for path, node in nodes:
         for key in GEMINI_FORBIDDEN:
             assert key not in node, f"{key} at {path}"
-    # The structure Gemini understands survives.
+        assert set(node) <= GEMINI_SCHEMA_FIELDS, f"{set(node) - GEMINI_SCHEMA_FIELDS} at {path}"
+    # The structure Gemini understands survives; what it cannot say is said with what it has.
     props = cleaned["properties"]
     assert props["list"]["items"]["type"] == "integer"
-    assert [s["type"] for s in props["tuple"]["prefixItems"]] == ["string", "number"]
-    assert props["either"]["anyOf"][1]["oneOf"][1]["allOf"][0]["type"] == "number"
+    assert props["tuple"] == {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "number"}]}}
+    assert props["either"] == {"anyOf": [{"type": "string"}, {"anyOf": [{"type": "integer"}, {"type": "number"}]}]}
     assert props["nested"]["properties"]["deeper"]["properties"]["deepest"]["type"] == "string"
     assert props["cond"] == {"type": "string"}
+    assert props["has"] == {"type": "array"}
 
 
 def test_gemini_keeps_property_names_that_look_like_keywords() -> None:
@@ -151,6 +159,43 @@ def test_gemini_keyword_rewrites(given: Dict[str, Any], expected: Dict[str, Any]
     assert sanitize_gemini({"type": "object", "properties": {"p": given}})["properties"]["p"] == expected
 
 
+@pytest.mark.parametrize("given,expected", [
+    # A type list: "Proto field is not repeating, cannot start list" (zed#53919, kilocode#5333).
+    ({"type": ["string", "null"], "description": "d"}, {"type": "string", "nullable": True, "description": "d"}),
+    ({"type": ["null", "integer"]}, {"type": "integer", "nullable": True}),
+    ({"type": ["string", "number"]}, {"anyOf": [{"type": "string"}, {"type": "number"}]}),
+    ({"type": ["string"]}, {"type": "string"}),
+    # pydantic's Optional[X]: X, nullable.
+    ({"anyOf": [{"type": "string", "maxLength": 5}, {"type": "null"}], "description": "d"},
+     {"type": "string", "maxLength": 5, "nullable": True, "description": "d"}),
+    ({"anyOf": [{"type": "string"}, {"type": "integer"}, {"type": "null"}]},
+     {"anyOf": [{"type": "string"}, {"type": "integer"}], "nullable": True}),
+    # oneOf as anyOf; allOf merged into the object.
+    ({"oneOf": [{"type": "string"}, {"type": "integer"}]}, {"anyOf": [{"type": "string"}, {"type": "integer"}]}),
+    ({"allOf": [{"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
+                {"properties": {"b": {"type": "integer"}}, "required": ["b"]}], "description": "both"},
+     {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}, "required": ["a", "b"],
+      "description": "both"}),
+    # Keywords Gemini has no field for: "Unknown name ... Cannot find field".
+    ({"type": "array", "items": {"type": "string"}, "uniqueItems": True, "minItems": 1, "maxContains": 2},
+     {"type": "array", "items": {"type": "string"}, "minItems": 1}),
+    ({"type": "number", "multipleOf": 0.5, "deprecated": True, "readOnly": True}, {"type": "number"}),
+    ({"type": "string", "contentMediaType": "text/plain", "$anchor": "a", "x-extension": 1}, {"type": "string"}),
+    # Draft 4's tuple form (items as a list), prefixItems alone.
+    ({"type": "array", "items": [{"type": "string"}]}, {"type": "array", "items": {"type": "string"}}),
+    ({"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}]},
+     {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}}),
+    # A required name that is no property is refused too: it goes.
+    ({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a", "b"]},
+     {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}),
+    ({"type": "object", "properties": {}, "required": ["b"]}, {"type": "object", "properties": {}}),
+])
+def test_gemini_says_what_its_schema_lacks_with_what_it_has(given: Dict[str, Any], expected: Dict[str, Any]) -> None:
+    """probe J F4: an MCP tool's schema (zod-to-json-schema, pydantic) failed every Gemini turn."""
+    assert sanitize_gemini(given) == expected
+    assert sanitize_gemini({"type": "object", "properties": {"p": given}})["properties"]["p"] == expected
+
+
 def test_gemini_inlines_local_refs() -> None:
     schema = {
         "type": "object",
@@ -169,7 +214,7 @@ def test_gemini_inlines_local_refs() -> None:
         "at": dict(point, description="where"),
         "route": {"type": "array", "items": point},
         "color": {"type": "string", "enum": ["red", "blue"]},
-        "maybe": {"anyOf": [point, {"type": "null"}]},
+        "maybe": dict(point, nullable=True),
     }}
 
 
