@@ -338,6 +338,9 @@ def error_from_status(status: int, body: bytes, headers: Any = None, secrets: Tu
 # the client is told not to retry, and the proxy tries the next target instead of the same again.
 _NO_RETRY_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "billing_not_active"})
 NO_RETRY = ("x-should-retry", "false")
+# A server error that says how the server was started, which no retry changes: llama.cpp's 500 "tools
+# param requires --jinja flag" to every request with tools (all of Claude Code's).
+_SERVER_SETUP = re.compile(r"requires\s+--jinja", re.I)
 
 
 # The longest Retry-After passed on as a wait. The SDKs used to honour one up to 60 s and back off
@@ -384,7 +387,7 @@ def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], he
     # A refused key (401, 403) is refused again on every retry: Claude Code would retry ten times
     # over minutes and then ask for /login, which is not what is wrong.
     if status in (401, 403) or any(isinstance(v, str) and v in _NO_RETRY_CODES for v in (err.get("code"), err.get("type"))) \
-            or _waits_long(exc.headers):
+            or _waits_long(exc.headers) or _SERVER_SETUP.search(message):
         exc.headers = tuple(h for h in exc.headers if h[0] != NO_RETRY[0]) + (NO_RETRY,)
     # OpenRouter's "Provider returned error" keeps the provider's own words in metadata.raw: the
     # refusal a retry can meet (a field refused, a max_tokens limit) is read there too.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from claudeproxy.dialects import DIALECTS, Dialect, azure_api_version, detect_provider, dialect_for, effort_for_budget
-from claudeproxy.apis.chat.request import REASONING_STYLES
-from claudeproxy.anthropic_types import Thinking
+from claudeproxy.apis.chat.request import REASONING_STYLES, to_chat_request
+from claudeproxy.anthropic_types import Thinking, parse_messages_request
 
 DETECT_CASES = [
     ("https://api.openai.com/v1", "openai"),
@@ -280,6 +282,31 @@ def test_moonshot_thinking_switch_and_sampling_follow_the_model(model: str, swit
     temperature: only 1 is allowed for this model"); the others have no switch."""
     dialect = dialect_for("moonshot", model)
     assert (dialect.reasoning == "switch", not dialect.drop_sampling) == (switch, sampling)
+
+
+READ = {"name": "read", "description": "read a file", "input_schema": {"type": "object", "properties": {}}}
+
+
+@pytest.mark.parametrize("choice,thinking,sent", [
+    ({"type": "any"}, None, {"type": "disabled"}),
+    ({"type": "tool", "name": "read"}, None, {"type": "disabled"}),
+    ({"type": "auto"}, None, None),  # Kimi's own default: it thinks
+    (None, None, None),
+    ({"type": "auto"}, {"type": "enabled", "budget_tokens": 2048}, {"type": "enabled"}),
+    ({"type": "any"}, {"type": "disabled"}, {"type": "disabled"}),
+])
+def test_kimi_forced_to_a_tool_is_told_not_to_think(choice: Any, thinking: Any, sent: Any) -> None:
+    """probe J F3: Kimi K2.5 and later think unless told not to, and refuse a forced tool then
+    ("tool_choice 'required' is incompatible with thinking enabled"); Anthropic's models do not
+    think with a forced tool either."""
+    body = {"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "read it"}], "tools": [READ]}
+    body.update({k: v for k, v in (("tool_choice", choice), ("thinking", thinking)) if v is not None})
+    chat = to_chat_request(parse_messages_request(body), model="kimi-k2.6",
+                           dialect=dialect_for("moonshot", "kimi-k2.6")).request.to_dict()
+    assert chat.get("thinking") == sent
+    other = to_chat_request(parse_messages_request(body), model="moonshot-v1-8k",
+                            dialect=dialect_for("moonshot", "moonshot-v1-8k")).request.to_dict()
+    assert "thinking" not in other  # no switch on a model without one
 
 
 def test_mistral_gets_no_user_field() -> None:

@@ -90,6 +90,18 @@ def test_an_upstream_407_is_no_407_to_the_client() -> None:
     assert "proxy on the way to the upstream" in exc.message and ("x-should-retry", "false") in exc.headers
 
 
+def test_a_server_started_without_what_tools_need_is_told_not_to_retry() -> None:
+    """probe J F6: llama-server without --jinja answers every request with tools (all of Claude
+    Code's) with a 500, which Claude Code and the SDKs retried with backoff; an ordinary 500 stays
+    worth another try."""
+    body = b'{"error":{"code":500,"message":"tools param requires --jinja flag","type":"server_error"}}'
+    exc = error_from_status(500, body)
+    assert (exc.status, exc.error_type) == (500, "api_error")
+    assert "--jinja" in exc.message and ("x-should-retry", "false") in exc.headers
+    other = error_from_status(500, b'{"error":{"code":500,"message":"failed to decode","type":"server_error"}}')
+    assert ("x-should-retry", "false") not in other.headers
+
+
 def test_upstream_413_of_any_kind_becomes_prompt_is_too_long() -> None:
     """An upstream 413 means the request is too big: Claude Code only recovers (compacts) on a 400
     "prompt is too long" (FIELD-NOTES 16); a 413 request_too_large just ends the turn."""

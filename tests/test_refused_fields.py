@@ -351,6 +351,10 @@ def test_an_effort_above_the_models_is_lowered_to_its_most_and_remembered(make_p
     ("`reasoning_effort` must be one of `none` or `default`", "high", None),  # no effort of ours below
     ("Unsupported value: 'reasoning_effort' does not support 'xhigh'. Supported values are: 'low', 'high'.", "max", None),
     ("Unsupported value: 'temperature' does not support 0.2", "max", None),
+    # Gemini 3 Pro (low and high only), of its thinking level (probe J F5): the next below.
+    ("Thinking level MEDIUM is not supported for this model. Please retry with other thinking level", "medium", "low"),
+    ("Thinking level HIGH is not supported for this model. Please retry with other thinking level", "high", "medium"),
+    ("Thinking level LOW is not supported for this model. Please retry with other thinking level", "medium", None),
 ])
 def test_lower_effort_reads_the_refused_value_first(message: str, sent: str, lowered: Any) -> None:
     from claudeproxy.apis.chat.api import lower_effort
@@ -519,3 +523,18 @@ def test_an_image_refused_again_with_placeholders_is_not_asked_a_third_time(make
     fake_upstream.push(json_reply(refusal, status=status), json_reply(refusal, status=status))
     resp = ask(proxy, minimal_request(messages=read_image_turns()))
     assert resp.status == 400 and len(fake_upstream.requests) == 2, resp
+
+
+def test_gemini_refusing_a_thinking_level_gets_the_next_below_from_then_on(make_proxy: Any,
+                                                                          fake_upstream: FakeUpstream) -> None:
+    """probe J F5: a thinking budget of 4,096-16,383 is effort medium, which Gemini 3 Pro refuses."""
+    refusal = [{"error": {"code": 400, "message": "Thinking level MEDIUM is not supported for this model. Please "
+                                                  "retry with other thinking level", "status": "INVALID_ARGUMENT"}}]
+    proxy = make_proxy(upstream=fake_upstream.url, model="gemini-3-pro-preview", provider="gemini")
+    fake_upstream.push(json_reply(refusal, status=400), json_reply(completion("thought")), json_reply(completion("again")))
+    body = minimal_request(thinking={"type": "enabled", "budget_tokens": 10000}, max_tokens=20000)
+    first = ask(proxy, body)
+    assert first.status == 200, first
+    assert [b.get("reasoning_effort") for b in sent(fake_upstream)] == ["medium", "low"]
+    assert ask(proxy, body).status == 200
+    assert sent(fake_upstream)[2].get("reasoning_effort") == "low"  # at once: one call

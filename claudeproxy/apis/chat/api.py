@@ -55,6 +55,9 @@ _EFFORT_FIELD = re.compile(r"reasoning[_.]?effort", re.I)
 _QUOTED_WORD = re.compile(r"['\"`](\w+)['\"`]")
 _ONE_OF = re.compile(r"one\s+of|supported\s+values|allowed\s+values", re.I)
 _REFUSES_ONE = re.compile(r"not\s+support|unsupported", re.I)  # names a refused value: not a list alone
+# Gemini says it of its thinking level: "Thinking level MEDIUM is not supported for this model. Please
+# retry with other thinking level" (Gemini 3 Pro takes low and high: discuss.ai.google.dev/t/112648).
+_LEVEL_REFUSED = re.compile(r"thinking\s+level\s+['\"`]?(\w+)['\"`]?\s+is\s+not\s+supported", re.I)
 
 # A model (or a server) that takes no images says so in its own words, and then refuses every later
 # turn too: the image stays in the history that Claude Code sends again, /compact included. The
@@ -94,7 +97,12 @@ def lower_effort(message: str, sent: Any) -> Optional[str]:
     those below ``sent``; when it lists none, the next below. Or it lists only the ones the model
     takes ("must be one of `low`, `medium`, or `high`"): the most of those below ``sent``.
     """
-    if sent not in _EFFORT_ORDER or sent in ("none", "minimal", "low") or not _EFFORT_FIELD.search(message):
+    if sent not in _EFFORT_ORDER or sent in ("none", "minimal", "low"):
+        return None
+    level = _LEVEL_REFUSED.search(message)
+    if level is not None:
+        return _EFFORT_ORDER[_EFFORT_ORDER.index(sent) - 1] if level.group(1).lower() == sent else None
+    if not _EFFORT_FIELD.search(message):
         return None
     quoted = _QUOTED_WORD.findall(message)
     named = [w for w in quoted if w in _EFFORT_ORDER]

@@ -508,6 +508,17 @@ def _reasoning_deepseek(t: Optional[Thinking], effort: Optional[str]) -> Reasoni
     return _wanted_effort(t, effort), (("thinking", {"type": "enabled"}),)
 
 
+def _thinking_with(req: MessagesRequest, tool_choice: Any, dialect: Dialect) -> Optional[Thinking]:
+    """The client's thinking; for a model that thinks unless switched off (Kimi K2.5 and later), off
+    where the client forces a tool and said nothing of thinking, as Anthropic's own models do not
+    think then. Kimi refuses a forced tool with thinking on ("tool_choice 'required' is incompatible
+    with thinking enabled": UKGovernmentBEIS/inspect_ai#5152, can1357/oh-my-pi#1077)."""
+    forced = tool_choice == "required" or isinstance(tool_choice, dict)
+    if forced and req.thinking is None and dialect.reasoning == "switch":
+        return Thinking("disabled")
+    return req.thinking
+
+
 def _reasoning_switch(t: Optional[Thinking], effort: Optional[str]) -> Reasoning:
     """Moonshot's thinking switch alone: it documents no effort for its thinking models."""
     if t is None:
@@ -604,7 +615,7 @@ def to_chat_request(
     """
     functions, warnings = tools if tools is not None else chat_tools(req.tools, dialect)
     tool_choice, parallel = _tool_choice(req, functions)
-    effort, extra = REASONING_STYLES[dialect.reasoning](req.thinking, req.effort)
+    effort, extra = REASONING_STYLES[dialect.reasoning](_thinking_with(req, tool_choice, dialect), req.effort)
     sampling = not dialect.drop_sampling
     chat = ChatRequest(
         model=model,
