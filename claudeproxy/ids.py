@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Callable
 
 _ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -25,12 +26,23 @@ def new_request_id() -> str:
     return "req_" + new_id()
 
 
+# Claude Code's id for the n-th call of a batch tool's call X is X_n (its batch_tools: it finds the
+# batch again by taking "_<digits>" off): a call named so beside a call X was taken for a piece of
+# X, and its result left out of the next request ("[Tool result missing due to internal error]").
+_PIECE_OF = re.compile(r"_[0-9]+$")
+
+
 def first_free(base: str, taken: Callable[[str], bool]) -> str:
-    """``base``, else ``base_2``, ``base_3``...: the first that ``taken`` does not claim. Tool ids
-    are made unique so (within an answer and its conversation): two calls with one id would pair
+    """``base``, else ``base-2``, ``base-3``...: the first that ``taken`` does not claim, and that
+    is not ``X_<digits>`` for an ``X`` it claims (Claude Code's form of a batch call's piece). Tool
+    ids are made unique so (within an answer and its conversation): two calls with one id would pair
     two results with one call."""
+    def clashes(candidate: str) -> bool:
+        piece = _PIECE_OF.search(candidate)
+        return taken(candidate) or (piece is not None and taken(candidate[:piece.start()]))
+
     candidate, n = base, 1
-    while taken(candidate):
+    while clashes(candidate):
         n += 1
-        candidate = f"{base}_{n}"
+        candidate = f"{base}-{n}"
     return candidate

@@ -159,7 +159,7 @@ def test_function_calls() -> None:
     blocks = convert(response(calls), tool_names={"mcp_x_1a2b": "mcp.x"})["content"]
     assert blocks == [
         {"type": "tool_use", "id": "c1", "name": "mcp.x", "input": {"a": 1}},
-        {"type": "tool_use", "id": "c1_2", "name": "g", "input": {}},
+        {"type": "tool_use", "id": "c1-2", "name": "g", "input": {}},
         {"type": "tool_use", "id": "toolu_gen1", "name": "h", "input": {"value": [1]}},
     ]
 

@@ -456,7 +456,7 @@ def test_tool_names_map_back_and_duplicate_call_ids_are_suffixed() -> None:
                   {"type": "response.output_item.done", "output_index": 1, "item": item},
                   completed())
     starts = [e["content_block"] for e in events if e["type"] == "content_block_start"]
-    assert [(b["id"], b["name"]) for b in starts] == [("c1", "mcp.x"), ("c1_2", "mcp.x")]
+    assert [(b["id"], b["name"]) for b in starts] == [("c1", "mcp.x"), ("c1-2", "mcp.x")]
 
 
 @pytest.mark.parametrize("field", ["output_index", "content_index"])

@@ -9,6 +9,7 @@ Claude Code CLI). All traffic on loopback.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Dict, List
 
 import pytest
@@ -88,16 +89,16 @@ def test_the_answers_own_calls_stay_apart_from_the_conversations(make_proxy: Any
     proxy = make_proxy()
     history: List[Any] = HISTORY[:-1] + [{"role": "assistant", "content": [
         {"type": "tool_use", "id": "call_0", "name": "Read", "input": {"path": "a"}},
-        {"type": "tool_use", "id": "call_0_2", "name": "Read", "input": {"path": "c"}}]},
+        {"type": "tool_use", "id": "call_0-2", "name": "Read", "input": {"path": "c"}}]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_0", "content": "A"},
-                                     {"type": "tool_result", "tool_use_id": "call_0_2", "content": "C"}]}]
+                                     {"type": "tool_result", "tool_use_id": "call_0-2", "content": "C"}]}]
     calls = [{"index": i, "id": f"call_{i}", "type": "function",
               "function": {"name": "Read", "arguments": json.dumps({"path": p})}} for i, p in enumerate("bd")]
     fake_upstream.push(sse_reply(chunk({"role": "assistant", "tool_calls": calls}), chunk({}, "tool_calls")))
     resp = _ask(proxy, minimal_request(messages=history, tools=TOOLS, stream=True))
     content = final_message(events_of(resp.body))["content"]
     ids = [b["id"] for b in content if b["type"] == "tool_use"]
-    assert len(ids) == 2 and len(set(ids) | {"call_0", "call_0_2"}) == 4, ids
+    assert len(ids) == 2 and len(set(ids) | {"call_0", "call_0-2"}) == 4, ids
 
 
 @pytest.mark.parametrize("pieces, name", [(["Re", "ad"], "Read"), (["Read", "Read"], "Read"), (["Read"], "Read")])
@@ -115,3 +116,33 @@ def test_a_tool_name_sent_in_pieces_is_joined(make_proxy: Any, fake_upstream: Fa
     resp = _ask(proxy, minimal_request(messages=[{"role": "user", "content": "read b"}], tools=TOOLS, stream=True))
     [call] = [b for b in final_message(events_of(resp.body))["content"] if b["type"] == "tool_use"]
     assert (call["name"], call["input"]) == (name, {"path": "b"})
+
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_no_id_is_made_in_the_form_claude_code_gives_a_batch_calls_pieces(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                                          stream: bool) -> None:
+    """probe H: Claude Code names the n-th piece of a batch call X "X_n" and takes "_n" off again to
+    find X; a call_0_2 beside call_0 was taken for a piece of call_0, and its result was left out of
+    the next request ("[Tool result missing due to internal error]"). A server that numbers each
+    answer's calls from call_0 met that on its second tool turn."""
+    proxy = make_proxy()
+    history: List[Any] = HISTORY[:-1] + [{"role": "assistant", "content": [
+        {"type": "tool_use", "id": "call_0", "name": "Read", "input": {"path": "a"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_0", "content": "A"}]}]
+    # This answer's own: call_0 again, twice, and call_0_1, which reads as a piece of call_0.
+    calls = [{"index": i, "id": cid, "type": "function", "function": {"name": "Read", "arguments": json.dumps({"path": p})}}
+             for i, (cid, p) in enumerate([("call_0", "b"), ("call_0", "c"), ("call_0_1", "d")])]
+    message = {"role": "assistant", "content": None, "tool_calls": calls}
+    if stream:
+        fake_upstream.push(sse_reply(chunk({"role": "assistant", "tool_calls": calls}), chunk({}, "tool_calls")))
+    else:
+        fake_upstream.push(json_reply({"id": "x", "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]}))
+    resp = _ask(proxy, minimal_request(messages=history, tools=TOOLS, stream=stream))
+    content = final_message(events_of(resp.body))["content"] if stream else resp.json["content"]
+    ids = [b["id"] for b in content if b["type"] == "tool_use"]
+    seen = ["call_0"] + ids
+    assert len(set(seen)) == 4, ids
+    for one in seen:
+        parent = re.sub(r"_[0-9]+$", "", one)
+        assert parent == one or parent not in seen, (one, seen)

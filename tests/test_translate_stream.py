@@ -752,7 +752,7 @@ def test_generated_tool_ids_are_unique() -> None:
     pb.feed(chunk(finish="tool_calls"))
     pb.done()
     ids = [b["id"] for b in final_message(pb.events)["content"]]
-    assert ids == ["dup", "dup_2", "toolu_gen1"]
+    assert ids == ["dup", "dup-2", "toolu_gen1"]
 
 
 MESSAGE: Dict[str, Any] = {

@@ -65,7 +65,7 @@ def upstream_tool_id(client_id: str) -> str:
         decoded = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)).decode("utf-8", "surrogatepass")
     except ValueError:  # not base64, not UTF-8: an id of the client's own that looks like ours
         return client_id
-    # Only what client_tool_id makes is decoded (a suffixed duplicate "..._2" stays as it is).
+    # Only what client_tool_id makes is decoded (a suffixed duplicate "...-2" stays as it is).
     return decoded if client_tool_id(decoded) == client_id else client_id
 
 
