@@ -16,7 +16,8 @@ thinking survives Claude Code's round trip (DeepSeek ``reasoning_content``);
 (f) a stream that breaks after some text (error object, connection reset):
 Claude Code retries without streaming and the proxy serves that; (g) finish
 and usage but no [DONE] and no EOF: the run still ends at once; (h) haiku's
-trailing system message after the tool result reaches the upstream in place.
+trailing system message after the tool result reaches the upstream in place; (i) a 300 KB Write in
+1 KB fragments; (j) a server that numbers every answer's calls from call_0: every result reaches it.
 
 The binary: $CLAUDEPROXY_CLAUDE_BIN (set by .ci/run), else ``claude`` on
 PATH, else .ci/node's copy; the module skips when there is none.
@@ -305,3 +306,34 @@ def test_i_a_large_write_in_small_fragments_with_a_final_repeat(run_claude: Any,
     assert (run.result["is_error"], run.result["result"]) == (False, "BIG-WRITTEN"), run
     assert target.read_text(encoding="utf-8") == content
     assert tool_calls_before(run.bodies[1], "call_big") == {"name": "Write", "input": json.loads(args)}
+
+
+def test_j_a_server_that_numbers_each_answers_calls_from_call_0(run_claude: Any, tmp_path: Any) -> None:
+    """Every answer's calls are call_0, call_0 (as some servers number them, and as two parallel calls
+    of one id come): the proxy makes them unique, and every result reaches the model. Ids of the form
+    call_0_2 were taken by Claude Code for pieces of a batch call call_0, and their results came back
+    as "[Tool result missing due to internal error]" (an outside probe with this CLI)."""
+    work = tmp_path / "work"
+
+    def bash(name: str) -> ToolCall:
+        return ("call_0", "Bash", {"command": f"printf {name} > {name}.txt", "description": f"Write {name}.txt"})
+
+    def model(rec: Any) -> Reply:
+        body = rec.json
+        if not body.get("tools"):
+            return answer(body, text_chunks('{"title": "Fake session"}'))
+        done = len(tool_messages(body))
+        if last_turn(body) != "tool":
+            return answer(body, tool_chunks([bash("one")]))
+        if done == 1:
+            return answer(body, tool_chunks([bash("two"), bash("three")]))
+        return answer(body, text_chunks("ALL-THREE"))
+
+    run = run_claude(model, prompt="Write the three files.")
+    assert (run.result["is_error"], run.result["result"]) == (False, "ALL-THREE"), run
+    assert sorted(p.name for p in work.iterdir()) == ["one.txt", "three.txt", "two.txt"]
+    results = tool_messages(run.bodies[-1])
+    assert len(results) == 3, results
+    for tool_id, content in results.items():
+        assert "missing" not in content and "error" not in content.lower(), (tool_id, content)
+    assert_valid_upstream_bodies(run)
