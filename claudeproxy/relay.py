@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .config import Config
 from .ending import StreamFold, stream_end
-from .errors import ClientGone, ProxyError, UpstreamUnavailable
+from .errors import ClientGone, ProxyError, UpstreamUnavailable, says_no_retry
 from .redact import quoted
 from .upstream import (
     UpstreamCall,
@@ -217,7 +217,7 @@ class Relay:
             # an upstream's value quoted in a message of the relay's or the reader's is not.
             exc.mask(self.call.secrets)
             log.warning("stream failed after it began: %s", exc.message)
-            self._send(before + self.fold.fail(exc), end=True)
+            self._send(before + self.fold.fail(_resumable(exc)), end=True)
 
     # ------------------------------------------------------------------
     # A JSON answer to a stream request (upstreams that ignore "stream").
@@ -267,3 +267,13 @@ class Relay:
             self.call.abort("client")
         finally:
             self.lock.release()
+
+
+def _resumable(exc: ProxyError) -> ProxyError:
+    """The error event for a stream that began. A rate limit met mid-stream (OpenRouter's provider
+    at its limit) goes as an overload: Claude Code ends the turn on a rate_limit_error event, but
+    asks again after an overloaded_error one, as the client of a 429 before the stream would have.
+    Not a limit no wait gets past (an exhausted quota): that one stops the client as it is."""
+    if exc.error_type != "rate_limit_error" or says_no_retry(exc):
+        return exc
+    return ProxyError(exc.message, status=529, error_type="overloaded_error")

@@ -503,6 +503,21 @@ def test_mid_stream_error_keeps_its_type(proxy, fake_upstream):
     assert_ends_with_one_error(events, "overloaded_error")
 
 
+@pytest.mark.parametrize("error,error_type", [
+    ({"message": "Rate limit exceeded upstream", "code": 429, "type": "rate_limit_exceeded"}, "overloaded_error"),
+    ({"message": "You exceeded your current quota", "code": "insufficient_quota"}, "rate_limit_error"),
+])
+def test_a_rate_limit_mid_stream_is_an_overload_the_client_asks_again_after(proxy, fake_upstream, error, error_type):
+    """probe H: Claude Code ends the turn on a rate_limit_error event and asks again after an
+    overloaded_error one (a 429 before the stream is retried); an exhausted quota, which no wait
+    gets past, still stops it."""
+    fake_upstream.push(sse_reply(*three_events(), {"error": error}))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=5)
+    err = assert_ends_with_one_error(events, error_type)
+    assert error["message"] in err["error"]["message"]
+
+
 def test_sse_event_named_error_mid_stream(proxy, fake_upstream):
     fake_upstream.push(sse_reply(*three_events(), b"event: error\ndata: {\"message\":\"named boom\"}\n\n"))
     with open_stream(proxy) as client:
