@@ -275,16 +275,17 @@ class Histogram:
         self.min = min(self.min, other.min)
 
     def quantile(self, q: float) -> Optional[float]:
-        """Linear within the bucket holding rank q (Prometheus' histogram_quantile), never outside
-        the values seen: one call of 45 ms has a p50 of 45 ms, not the 0-50 ms bucket's middle."""
+        """Linear within the bucket holding rank q (Prometheus' histogram_quantile), the bucket
+        narrowed to the values seen: one call of 45 ms has a p50 of 45 ms, not the 0-50 ms bucket's
+        middle, and calls of 4 to 17 ms a p50 of about 10, not 17 (the middle, 25 ms, cut to the most)."""
         if not self.count:
             return None
         rank, seen = q * self.count, 0
         for i, n in enumerate(self.counts):
             if n and seen + n >= rank:
-                low = HISTOGRAM_BOUNDS[i - 1] if i > 0 else 0.0
-                high = HISTOGRAM_BOUNDS[i] if i < len(HISTOGRAM_BOUNDS) else self.max
-                return max(self.min, min(self.max, low + (high - low) * (rank - seen) / n))
+                low = max(self.min, HISTOGRAM_BOUNDS[i - 1] if i > 0 else 0.0)
+                high = min(self.max, HISTOGRAM_BOUNDS[i] if i < len(HISTOGRAM_BOUNDS) else self.max)
+                return low + max(0.0, high - low) * (rank - seen) / n
             seen += n
         return self.max
 
