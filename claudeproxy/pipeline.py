@@ -85,6 +85,9 @@ _LIST_TIMEOUT = 30.0  # an upstream model list or token count is small: do not w
 # takes the path for a bad request). The local estimate serves; a 401/403 (the key) and a 429/5xx
 # (passing: the client retries) are passed on.
 _NO_COUNT_STATUSES = frozenset({400, 404, 405, 422, 501})
+# A 403 about the model asked for, not the key: OpenAI's "Project `proj_x` does not have access to
+# model `gpt-4.1`" (code model_not_found), "not allowed to use model ...".
+_NAMES_A_MODEL = re.compile(r"\bmodel\b", re.I)
 _NO_LIST_STATUSES = frozenset({404, 405, 501})  # an upstream's answer for a model list it does not have
 
 
@@ -625,7 +628,12 @@ class Proxy:
 
     def _refused_key(self, exc: UpstreamHTTPError, target: Target) -> UpstreamHTTPError:
         """The upstream refused the proxy's own key: the client is told whose key it was (Claude
-        Code would take a bare 401 for its own login gone), the log says it once."""
+        Code would take a bare 401 for its own login gone), the log says it once. A 403 that names
+        the model ("Project ... does not have access to model gpt-4.1") is the model's, not the key's."""
+        if exc.status == 403 and _NAMES_A_MODEL.search(exc.upstream_message):
+            self._warn_once(f"{target.provider.name} does not let the key claudeproxy sends use {target.model!r} "
+                            "(upstream 403); check the route's model or the account's access to it")
+            return exc
         self._warn_once(f"{target.provider.name} refused the key claudeproxy sends it (upstream {exc.status}); "
                         "check the provider's key setting")
         exc.message = f"{exc.message} (the key claudeproxy sends to provider {target.provider.name!r})"

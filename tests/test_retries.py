@@ -162,6 +162,24 @@ def test_a_refused_proxy_key_tells_the_client_not_to_retry_and_whose_key_it_was(
     assert len(fake_upstream.requests) == 2
 
 
+def test_a_403_about_the_model_is_not_said_to_be_the_keys(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                          caplog: Any) -> None:
+    """probe H F5: OpenAI's 403 for a model the project may not use read "Failed to authenticate ...
+    (the key claudeproxy sends ...)", and the log said to check the key, which was fine."""
+    server = make_proxy(retries=3)
+    refusal = {"error": {"message": "Project `proj_abc` does not have access to model `gpt-4.1`",
+                         "type": "invalid_request_error", "code": "model_not_found"}}
+    fake_upstream.push(json_reply(refusal, status=403))
+    with caplog.at_level("WARNING", logger="claudeproxy"):
+        resp = ask(server)
+    assert resp.status == 403 and resp.headers.get("x-should-retry") == "false", resp
+    assert "does not have access to model" in resp.json["error"]["message"]
+    assert "the key claudeproxy sends" not in resp.json["error"]["message"]
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("does not let the key claudeproxy sends use" in m for m in said), said
+    assert not any("refused the key" in m for m in said), said
+
+
 def test_a_refused_forwarded_client_key_is_the_clients_own(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
     """Without a key of its own the proxy forwards the client's: then the 401 is the client's to fix."""
     server = make_proxy(passthrough=True, token=claudeproxy.static_token(""))
