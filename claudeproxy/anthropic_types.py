@@ -186,6 +186,9 @@ class Tool:
     description: Optional[str] = None
     input_schema: Optional[Dict[str, Any]] = None
     options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    # defer_loading: the model is offered it once a tool search has found it (a tool_reference in
+    # the conversation), as Anthropic does.
+    deferred: bool = False
 
     @property
     def is_custom(self) -> bool:
@@ -237,6 +240,28 @@ def tool_use_ids(req: MessagesRequest) -> FrozenSet[str]:
     holds out of its next request, with its result (a server that numbers each answer's calls from
     call_0 lost every call after the first turn's)."""
     return frozenset(b.id for m in req.messages if m.role == "assistant" for b in m.content if type(b) is ToolUseBlock)
+
+
+def found_tools(req: MessagesRequest) -> FrozenSet[str]:
+    """The deferred tools (``defer_loading``) the model may be offered: those a tool search found
+    (a ``tool_reference`` in a tool result, or in a user turn), and one ``tool_choice`` names.
+    Only deferred tools' names; empty at once when no tool is deferred."""
+    if not any(t.deferred for t in req.tools):
+        return frozenset()
+    found = {b.tool_name for m in req.messages if m.role == "user" for b in m.content if type(b) is ToolReferenceBlock}
+    found.update(c.tool_name for m in req.messages if m.role == "user" for b in m.content
+                 if type(b) is ToolResultBlock for c in b.content if type(c) is ToolReferenceBlock)
+    if req.tool_choice is not None and req.tool_choice.name:
+        found.add(req.tool_choice.name)
+    return frozenset(t.name for t in req.tools if t.deferred and t.name in found)
+
+
+def offered_tools(req: MessagesRequest, found: FrozenSet[str]) -> Tuple[Tool, ...]:
+    """The request's tools less the deferred ones no tool search has found (``found_tools``): Claude
+    Code's DeferredToolPlaceholder ("never call this tool") and the MCP tools it defers."""
+    if not any(t.deferred for t in req.tools):
+        return req.tools
+    return tuple(t for t in req.tools if not t.deferred or t.name in found)
 
 
 def wants_thinking(req: MessagesRequest) -> bool:
@@ -566,11 +591,13 @@ def _parse_tool(raw: Any, path: str) -> Tool:
     name = _str(raw, "name", path, required=True) or ""
     if not name:
         raise InvalidRequest("must not be empty", _join(path, "name"))
+    deferred = _bool(raw, "defer_loading", path)
     if kind != "custom" and "input_schema" not in raw:
-        options = {k: v for k, v in raw.items() if k not in ("type", "name", "cache_control")}
-        return _anthropic_defined_tool(kind, name, options, path)
+        options = {k: v for k, v in raw.items() if k not in ("type", "name", "cache_control", "defer_loading")}
+        return dataclasses.replace(_anthropic_defined_tool(kind, name, options, path), deferred=deferred)
     schema = _obj(raw.get("input_schema"), _join(path, "input_schema"))
-    return Tool(name=name, kind="custom", description=_str(raw, "description", path), input_schema=schema)
+    return Tool(name=name, kind="custom", description=_str(raw, "description", path), input_schema=schema,
+                deferred=deferred)
 
 
 def _anthropic_defined_tool(kind: str, name: str, options: Dict[str, Any], path: str) -> Tool:

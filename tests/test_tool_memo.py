@@ -21,7 +21,7 @@ from fakes import FakeUpstream, Gate, Reply, StreamClient, chunk, completion, js
 
 import claudeproxy
 from claudeproxy.anthropic_types import parse_messages_request, parse_tools
-from claudeproxy.apis.base import encode_body
+from claudeproxy.apis.base import encode_body, offered_translated
 from claudeproxy.apis.chat.request import chat_tools, to_chat_request
 from claudeproxy.apis.responses.request import responses_tools, to_responses_request
 from claudeproxy.config import Provider, Route, RouteTarget
@@ -171,7 +171,7 @@ def test_translators_leave_shared_tools_and_their_translations_as_they_were() ->
     made: List[Any] = []
     for name in ("openai", "gemini", "deepseek", "mistral"):
         dialect = DIALECTS[name]
-        tools = memo.derived(req.tools, ("chat", dialect), lambda: chat_tools(req.tools, dialect))
+        tools = offered_translated(memo, req, ("chat", dialect), lambda offered: chat_tools(offered, dialect))[0]
         snapshot = copy.deepcopy(tools)
         chat = to_chat_request(req, model="m", dialect=dialect, tools=tools).request
         json.dumps(chat.to_dict())
@@ -179,7 +179,7 @@ def test_translators_leave_shared_tools_and_their_translations_as_they_were() ->
         assert to_chat_request(req, model="m", dialect=dialect).request == chat  # as without the memo
         made.append(tools)
     for search in (False, True):
-        tools = memo.derived(req.tools, ("responses", search), lambda: responses_tools(req.tools, search))
+        tools = offered_translated(memo, req, ("responses", search), lambda offered: responses_tools(offered, search))[0]
         snapshot = copy.deepcopy(tools)
         out = to_responses_request(req, model="gpt-5", web_search=search, tools=tools).body
         assert out == to_responses_request(req, model="gpt-5", web_search=search).body
@@ -235,7 +235,8 @@ def test_each_request_gets_its_own_tools_in_its_own_dialect(server: Any, upstrea
                 body = {**fresh_copy(CLAUDE_CODE), "tools": fresh_copy(tools), "model": model, "stream": False}
                 resp = request(server.url, "POST", "/v1/messages", body, {"x-api-key": CLIENT_KEY})
                 assert resp.status == 200, resp
-                expected, _ = chat_tools(parse_tools(tools), DIALECTS[dialect])
+                offered = tuple(t for t in parse_tools(tools) if not t.deferred)  # none found by a search
+                expected, _ = chat_tools(offered, DIALECTS[dialect])
                 assert fake.last.json["tools"] == json.loads(json.dumps(list(expected))), (round_no, i, model)
             count = request(server.url, "POST", "/v1/messages/count_tokens",
                             {"model": "claude-opus-4-1", "messages": CLAUDE_CODE["messages"], "tools": tools},

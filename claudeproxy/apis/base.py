@@ -22,13 +22,14 @@ import json
 import logging
 import re
 import threading
-from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Optional, Set, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Hashable, List, Optional, Set, Tuple, TypeVar
 
-from ..anthropic_types import MessagesRequest
+from ..anthropic_types import MessagesRequest, Tool, found_tools, offered_tools
 
 if TYPE_CHECKING:  # for annotations only: routing imports nothing of the APIs, and must not start to
     from ..errors import ProxyError
     from ..routing import Target
+    from ..tool_memo import ToolMemo
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,18 @@ ToolsT = TypeVar("ToolsT", bound=Tuple[Any, ...])
 def with_json(tools: ToolsT) -> Tuple[ToolsT, bytes]:
     """An API's translated tools (their list first) and that list's JSON, for ``encode_body``."""
     return tools, json.dumps(list(tools[0]), ensure_ascii=False).encode("utf-8")
+
+
+def offered_translated(memo: "ToolMemo", parsed: MessagesRequest, name: Hashable,
+                       translate: Callable[[Tuple[Tool, ...]], ToolsT]) -> Tuple[ToolsT, bytes]:
+    """An API's translation of the tools the model is offered (``offered_tools``) and its JSON:
+    once per tool set for a server (``ToolMemo``), and afresh each turn for a conversation whose
+    tool search found deferred tools (kept, the sets of found tools a client may send have no end)."""
+    found = found_tools(parsed)
+    shown = offered_tools(parsed, found)
+    if found:
+        return with_json(translate(shown))
+    return memo.derived(parsed.tools, name, lambda: with_json(translate(shown)))
 
 
 def encode_body(payload: Dict[str, Any], key: str = "", encoded: Optional[bytes] = None) -> bytes:

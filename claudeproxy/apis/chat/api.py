@@ -19,8 +19,8 @@ from ...ids import new_id
 from ...routing import Target
 from ...tool_memo import ToolMemo
 from ...urls import chat_url
-from ..base import (ClientRequest, Exchange, RefusedFields, UpstreamApi, encode_body, refused_fields, remember,
-                    with_json)
+from ..base import (ClientRequest, Exchange, RefusedFields, UpstreamApi, encode_body, offered_translated,
+                    refused_fields, remember)
 from ..stops import unsent_stops
 from .request import chat_tools, to_chat_request
 from .response import message_from_body, usage_from
@@ -159,8 +159,8 @@ class ChatApi(UpstreamApi):
             dialect = dataclasses.replace(dialect, string_content_only=True)  # as a text_only model's
         # Some servers lose tool calls when streaming (PROTOCOL.md 5.6): ask them for JSON instead.
         wants_stream = parsed.stream and (dialect.stream_with_tools or not parsed.tools)
-        tools, encoded = self.tools.derived(parsed.tools, ("chat", dialect),
-                                            lambda: with_json(chat_tools(parsed.tools, dialect)))
+        tools, encoded = offered_translated(self.tools, parsed, ("chat", dialect),
+                                            lambda offered: chat_tools(offered, dialect))
         translation = to_chat_request(parsed, model=target.model, dialect=dialect, max_output_tokens=cap,
                                       stream=wants_stream, cache_key=req.cache_key, tools=tools)
         chat = translation.request

@@ -17,6 +17,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from ...anthropic_tools import dropped_tool_warnings
 from ...anthropic_types import (
     Block,
+    found_tools,
+    offered_tools,
     DocumentBlock,
     ImageBlock,
     Message,
@@ -610,10 +612,11 @@ def to_chat_request(
     """Translate ``req`` for ``model`` on an upstream speaking ``dialect``.
 
     ``cache_key`` is the session's prompt-cache key (``prompt_cache.session_cache_key``);
-    it is sent only where the dialect names a field for it. ``tools``: ``chat_tools(req.tools,
-    dialect)`` if the caller has it already (``ToolMemo``); never changed here.
+    it is sent only where the dialect names a field for it. ``tools``: ``chat_tools`` of the
+    tools the model is offered (``offered_tools``) if the caller has it already (``ToolMemo``); never
+    changed here.
     """
-    functions, warnings = tools if tools is not None else chat_tools(req.tools, dialect)
+    functions, warnings = tools if tools is not None else chat_tools(offered_tools(req, found_tools(req)), dialect)
     tool_choice, parallel = _tool_choice(req, functions)
     effort, extra = REASONING_STYLES[dialect.reasoning](_thinking_with(req, tool_choice, dialect), req.effort)
     sampling = not dialect.drop_sampling

@@ -22,7 +22,8 @@ from ...ids import new_id
 from ...routing import Target
 from ...tool_memo import ToolMemo
 from ...urls import join_path
-from ..base import ClientRequest, Exchange, RefusedFields, UpstreamApi, encode_body, refused_fields, with_json
+from ..base import (ClientRequest, Exchange, RefusedFields, UpstreamApi, encode_body, offered_translated,
+                    refused_fields)
 from ..stops import unsent_stops
 from .request import responses_tools, to_responses_request
 from .response import reports_usage, to_messages_response, usage_from
@@ -66,8 +67,8 @@ class ResponsesApi(UpstreamApi):
             summaries = target.provider.name not in self._no_summaries
         dialect = target.dialect
         web_search = bool(dialect and dialect.hosted_web_search)
-        tools, encoded = self.tools.derived(parsed.tools, ("responses", web_search),
-                                            lambda: with_json(responses_tools(parsed.tools, web_search)))
+        tools, encoded = offered_translated(self.tools, parsed, ("responses", web_search),
+                                            lambda offered: responses_tools(offered, web_search))
         translation = to_responses_request(
             parsed, model=target.model, max_output_tokens=cap, stream=parsed.stream,
             web_search=web_search, cache_key=req.cache_key,

@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 from ...anthropic_tools import dropped_tool_warnings
 from ...anthropic_types import (
     Block,
+    found_tools,
+    offered_tools,
     DocumentBlock,
     ImageBlock,
     Message,
@@ -489,12 +491,13 @@ def to_responses_request(
     ``reasoning`` overrides ``is_reasoning_model(model)`` (an Azure deployment
     name says nothing about the model behind it); ``reasoning_summary=False``
     asks for no summaries (an unverified organisation gets 400
-    ``unsupported_value`` for them, RESPONSES.md 5). ``tools``: ``responses_tools(req.tools,
-    web_search)`` if the caller has it already (``ToolMemo``); never changed here.
+    ``unsupported_value`` for them, RESPONSES.md 5). ``tools``: ``responses_tools`` of the tools the
+    model is offered (``offered_tools``) if the caller has it already (``ToolMemo``); never changed here.
     """
     effort_too = takes_reasoning(model) if reasoning is None else reasoning
     reasoning = is_reasoning_model(model) if reasoning is None else reasoning
-    functions, max_calls, warnings = tools if tools is not None else responses_tools(req.tools, web_search)
+    functions, max_calls, warnings = (tools if tools is not None else
+                                      responses_tools(offered_tools(req, found_tools(req)), web_search))
     body = _prompt(req, model, reasoning, replay_reasoning and reasoning)
     if functions:
         body["tools"] = list(functions)
