@@ -58,7 +58,8 @@ Event = Dict[str, Any]
 STREAMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "streams")
 MAX_LINE = 1 << 20  # the relay's default line cap (RELIABILITY.md S13)
 IDLE_TIMEOUT = 600.0  # only named in the timeout message
-_TRANSLATOR_KEYS = ("message_id", "model", "input_tokens", "tool_names", "stop_sequences", "think_tags", "secrets")
+_TRANSLATOR_KEYS = ("message_id", "model", "input_tokens", "tool_names", "stop_sequences", "think_tags", "secrets",
+                    "thinking")
 _RUN_KEYS = ("end", "coalesce", "max_line_bytes")
 
 

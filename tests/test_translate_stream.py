@@ -970,3 +970,25 @@ def test_openrouter_reasoning_detail_pieces_are_one_detail_again() -> None:
         {"type": "reasoning.text", "text": "no index"}, {"type": "reasoning.text", "text": "no index either"},
         "not a detail"]
     assert pieces[0]["text"] == "Step 1"  # what came stays as it came
+
+
+def test_openrouter_state_that_came_before_the_text_goes_in_a_block_before_it() -> None:
+    """probe J F7: a client that asked for no thinking got OpenRouter's reasoning_details in a block
+    after the text, or between two tool calls; Anthropic's thinking comes first. The state still
+    goes back whole (the last block that carries it wins)."""
+    from claudeproxy.signatures import decode_signature
+
+    pb = Playbook(dialect="openrouter", thinking=False)
+    detail = {"type": "reasoning.text", "text": "plan", "signature": "c2ln", "format": "anthropic-claude-v1", "index": 0}
+    pb.feed(chunk({"role": "assistant", "content": "", "reasoning": "plan", "reasoning_details": [detail]}))
+    pb.feed(chunk({"content": "Reading both."}))
+    calls = [{"index": i, "id": f"call_{i}", "type": "function", "function": {"name": "Read", "arguments": '{"p": 1}'}}
+             for i in range(2)]
+    pb.feed(chunk({"tool_calls": calls}))
+    pb.feed(chunk({}, "tool_calls"))
+    pb.done()
+    assert_valid_event_sequence(pb.events, allow_error=False)
+    blocks = final_message(pb.events)["content"]
+    assert [b["type"] for b in blocks] == ["thinking", "text", "tool_use", "tool_use"]
+    assert blocks[0]["thinking"] == ""  # not asked for: the state alone
+    assert decode_signature(blocks[0]["signature"], "openrouter")["reasoning_details"] == [detail]

@@ -516,6 +516,11 @@ class StreamTranslator:
     def _open(self, kind: str, content_block: Dict[str, Any]) -> List[Event]:
         events = self._flush_held() if kind != "text" else []
         events += self._close_open()
+        if kind != "thinking":
+            # Provider state that came before this block and no thinking block carried (OpenRouter's
+            # reasoning_details ahead of the text, unasked) goes in a block before it, as Anthropic's
+            # thinking comes first: not after the text and between the calls.
+            events += self._carrier_block()
         self.open_kind, self.open_index = kind, self.next_index
         self.next_index += 1
         return events + [{"type": "content_block_start", "index": self.open_index, "content_block": content_block}]
