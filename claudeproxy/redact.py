@@ -57,7 +57,7 @@ _NAMED_KEY_RE = re.compile(
     re.IGNORECASE,
 )
 _BASIC_RE = re.compile(r"(\bBasic\s+)([A-Za-z0-9+/]{8,}={0,2})")
-_BEARER_RE = re.compile(r"(Bearer\s+)[^\s\"',;]+", re.IGNORECASE)
+_BEARER_RE = re.compile(r"(Bearer\s+)[^\s\"',;)\]}>]+", re.IGNORECASE)  # a bracket after it is the text's
 _USERINFO_RE = re.compile(r"(\b[a-z][a-z0-9+.\-]*://)[^/@\s]+@", re.IGNORECASE)
 _QUERY_PAIR_RE = re.compile(r"([?&]([A-Za-z0-9_.\-]+)=)([^&\s\"'#]+)")
 _MIN_SECRET_LEN = 4

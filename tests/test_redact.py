@@ -368,3 +368,13 @@ def test_a_key_spelled_with_json_escapes_is_masked_in_a_logged_line() -> None:
         assert '\\u0022' in out  # an escaped quote stays escaped: the line is still the JSON it was
     plain = 'data: {"text": "caf\\u00e9 \\u0041"}'
     assert redact_text(plain, [key]) == plain  # no key: the line as it came
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("(upstream 500: boom Bearer abcdef123456); retrying", "(upstream 500: boom Bearer ***); retrying"),
+    ("[Bearer abcdef123456] and {Bearer zyxwvu987654} <Bearer qwerty555555>",
+     "[Bearer ***] and {Bearer ***} <Bearer ***>"),
+])
+def test_a_bearer_token_is_masked_without_the_bracket_after_it(text: str, shown: str) -> None:
+    """probe I: the mask took the ')' after the token too, and left log lines unbalanced."""
+    assert redact_text(text) == shown
