@@ -38,7 +38,7 @@ from typing import (
 )
 from urllib.parse import urlsplit
 
-from . import reachability
+from . import reachability, usage_replay
 from .claude_code import help_footer, port_given
 from .config import (
     DEFAULT_MESSAGES_UPSTREAM,
@@ -933,6 +933,7 @@ def _install_signals(stopping: List[int]) -> Dict[int, Any]:
 
 def serve(config: Config, stdout: TextIO, metrics_path: Optional[str] = None) -> int:
     sink = usage_writer(metrics_path) if metrics_path else None
+    logged = usage_replay.log_size(metrics_path)  # before this server writes a line of its own
     server = ProxyServer(config, sink)
     stopping: List[int] = []
     # Signals first: a script that reads the line below may send SIGTERM at once.
@@ -941,6 +942,7 @@ def serve(config: Config, stdout: TextIO, metrics_path: Optional[str] = None) ->
     _warn_about(server, os.environ)  # the environment the server's upstream calls see
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
     thread.start()
+    usage_replay.replay_in_background(server.metrics, metrics_path, logged)  # today's totals so far
     # After listening, not before: the probe may take its whole bound and must not delay the start.
     threading.Thread(target=_warn_unreachable, args=(server, config), daemon=True).start()
     try:

@@ -33,7 +33,7 @@ import time
 import urllib.parse
 from typing import Any, Callable, Dict, List, Mapping, Optional, TextIO, Tuple
 
-from . import cli, reachability
+from . import cli, reachability, usage_replay
 from .claude_code import (
     add_first_run_state,
     child_env,
@@ -468,12 +468,15 @@ def unreachable_upstreams(running: RunningServer, config: Config,
 def _start_proxy(ns: argparse.Namespace, config: Config) -> RunningServer:
     path = cli.usage_log_path(ns)
     sink = cli.usage_writer(path) if path else None
+    logged = usage_replay.log_size(path)  # before this server writes a line of its own
     try:
-        return start(config, sink)
+        running = start(config, sink)
     except OSError as exc:  # the port is taken, or the address cannot be had: a bad setting
         raise _NotStarted(cli.cannot_listen(ns, config, exc)) from None
     except ValueError as exc:  # a setting the server itself refuses
         raise _NotStarted(" ".join(str(exc).split())) from None
+    usage_replay.replay_in_background(running.metrics, path, logged)  # today's totals so far
+    return running
 
 
 def _session(running: RunningServer, ns: argparse.Namespace, config: Config, typed: str, argv: List[str],

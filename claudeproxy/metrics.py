@@ -162,6 +162,60 @@ class CallRecord:
 
 Sink = Callable[[CallRecord], None]
 
+# A usage-log line's fields by kind, for reading one back (``record_from_dict``).
+_TEXT_FIELDS = ("endpoint", "model", "route", "upstream_model", "provider", "upstream_host", "request_id",
+                "upstream_request_id")
+_MAYBE_TEXT = ("stop_reason", "error_type")
+_WHOLE = ("status", "duration_ms", "attempts")
+_MAYBE_WHOLE = ("ttft_ms", "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens",
+                "cache_creation_1h_input_tokens")
+_SPEND_WHOLE = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+
+
+def record_from_dict(data: Any) -> Optional[CallRecord]:
+    """A usage-log line (``CallRecord.to_dict``) read back; None for anything else (a hand edit, a
+    line of another version's that lacks a field): all of it or nothing, never a record half made up."""
+    try:
+        fields = _fields_of(data)
+        spent = tuple(_spend_of(item) for item in data.get("spent_elsewhere") or ())
+    except (TypeError, ValueError, AttributeError, KeyError):
+        return None
+    return CallRecord(**fields, spent_elsewhere=spent)
+
+
+def _fields_of(data: Dict[str, Any]) -> Dict[str, Any]:
+    fields: Dict[str, Any] = {name: _typed(data[name], str) for name in _TEXT_FIELDS}
+    fields.update((name, _typed(data[name], str, None)) for name in _MAYBE_TEXT)
+    fields.update((name, _typed(data[name], int)) for name in _WHOLE)
+    fields.update((name, _typed(data[name], int, None)) for name in _MAYBE_WHOLE)
+    fields.update(stream=_typed(data["stream"], bool), local=_typed(data["local"], bool),
+                  time=float(_typed(data["time"], (int, float))),
+                  cost_usd=_number_or_none(data["cost_usd"]))
+    return fields
+
+
+def _spend_of(item: Dict[str, Any]) -> Spend:
+    return Spend(_typed(item["provider"], str), _typed(item["upstream_model"], str),
+                 *(_typed(item[name], int) for name in _SPEND_WHOLE), cost_usd=_number_or_none(item["cost_usd"]))
+
+
+def _typed(value: Any, kind: Any, *none: None) -> Any:
+    """``value`` if it is of ``kind`` (a bool is no number), or None where ``none`` allows it."""
+    if value is None and none:
+        return None
+    if isinstance(value, bool) and kind is not bool:
+        raise ValueError("a boolean where a number or text belongs")
+    if not isinstance(value, kind):
+        raise ValueError(f"not {kind}")
+    return value
+
+
+def _number_or_none(value: Any) -> Optional[float]:
+    number = _typed(value, (int, float), None)
+    if number is not None and not (math.isfinite(number) and number >= 0):
+        raise ValueError("not a cost")
+    return None if number is None else float(number)
+
 
 def finite(value: Any) -> Any:
     """``value`` (JSON-like) with every float that is not finite replaced by None: json.dumps would
@@ -392,26 +446,44 @@ class Metrics:
     def record(self, rec: CallRecord) -> None:
         rec = _bounded_names(rec)
         with self._lock:
-            key = self._bounded_key(model_key(rec))
-            self._total.add(rec)
-            _bump(self._by_status, str(rec.status))
-            if rec.error_type:
-                _bump(self._by_error, rec.error_type)
-            own = _less(rec, rec.spent_elsewhere) if rec.spent_elsewhere else rec
-            _entry(self._models, key, Tally).add(own)
-            _entry(self._providers, key[0], Tally).add(own)
-            elsewhere: List[Tuple[ModelKey, Spend]] = []
-            for spend in rec.spent_elsewhere:
-                # Bounded as any model is, each after the rows before it are in.
-                spend_key = self._bounded_key((spend.provider, spend.upstream_model[:MAX_MODEL_NAME]))
-                _entry(self._models, spend_key, Tally).add_spend(spend)
-                _entry(self._providers, spend_key[0], Tally).add_spend(spend)
-                elsewhere.append((spend_key, spend))
-            _bump(self._requests, (self._endpoint(rec.endpoint), key[0], key[1], str(rec.status)))
-            self._timed(rec, key, _Shares(own, tuple(elsewhere)))
-            self._recent.append(rec)
+            self._add(rec)
         if self._sink is not None:
             self._write(rec)
+
+    def replay(self, records: Iterable[CallRecord]) -> int:
+        """Calls an earlier server wrote to the usage log today (``usage_replay``), oldest first:
+        counted as if recorded here, before this server's own, and not written again. How many."""
+        count = 0
+        with self._lock:
+            mine = list(self._recent)
+            self._recent.clear()
+            for rec in records:
+                self._add(_bounded_names(rec), fine=False)
+                count += 1
+            self._recent.extend(mine)  # the newest last, as recorded
+        return count
+
+    def _add(self, rec: CallRecord, fine: bool = True) -> None:
+        """``rec`` into every total (the lock held); ``fine``: into the first minutes' per-second
+        buckets too, which are this server's own."""
+        key = self._bounded_key(model_key(rec))
+        self._total.add(rec)
+        _bump(self._by_status, str(rec.status))
+        if rec.error_type:
+            _bump(self._by_error, rec.error_type)
+        own = _less(rec, rec.spent_elsewhere) if rec.spent_elsewhere else rec
+        _entry(self._models, key, Tally).add(own)
+        _entry(self._providers, key[0], Tally).add(own)
+        elsewhere: List[Tuple[ModelKey, Spend]] = []
+        for spend in rec.spent_elsewhere:
+            # Bounded as any model is, each after the rows before it are in.
+            spend_key = self._bounded_key((spend.provider, spend.upstream_model[:MAX_MODEL_NAME]))
+            _entry(self._models, spend_key, Tally).add_spend(spend)
+            _entry(self._providers, spend_key[0], Tally).add_spend(spend)
+            elsewhere.append((spend_key, spend))
+        _bump(self._requests, (self._endpoint(rec.endpoint), key[0], key[1], str(rec.status)))
+        self._timed(rec, key, _Shares(own, tuple(elsewhere)), fine)
+        self._recent.append(rec)
 
     def _write(self, rec: CallRecord) -> None:
         """The record to the sink (the usage log), best effort: a full disk or a file swapped for a
@@ -428,10 +500,10 @@ class Metrics:
                 log.warning("the usage record is written again")
             self._sink_failing = False
 
-    def _timed(self, rec: CallRecord, key: ModelKey, shares: "_Shares") -> None:
+    def _timed(self, rec: CallRecord, key: ModelKey, shares: "_Shares", fine: bool = True) -> None:
         when = rec.time or time.time()
         slices = [self._slice(self._minutes, int(when // 60) * 60, self._limits[1])]
-        if self._fine_window(when):
+        if fine and self._fine_window(when):
             slices.append(self._slice(self._seconds, int(when), _FINE_SECONDS + 1))
         for piece in slices:
             piece.add(rec, key, shares)
