@@ -517,7 +517,7 @@ class Proxy:
                         _carry_spend(record, target.facts)  # another attempt follows, and starts afresh
                     if delay is None:
                         break
-                    self._pause(delay, watch)
+                    self._pause(delay, watch, exc)
         assert failure is not None
         raise failure
 
@@ -584,12 +584,15 @@ class Proxy:
         delay = min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (attempt - 1))
         return delay * (0.5 + self._random.random() / 2), ""  # jitter: clients that failed together retry apart
 
-    def _pause(self, delay: float, watch: Watch) -> None:
+    def _pause(self, delay: float, watch: Watch, last: ProxyError) -> None:
         """Wait before a retry; the wait ends early (with the matching error) when the client
-        leaves, the proxy shuts down or the deadline passes."""
+        leaves or the deadline passes, and with ``last``, the answer that led to it, when the proxy
+        shuts down: the client hears what the upstream said, not that the proxy is going."""
         pause = Pause()
         watch.call = pause
         if pause.wait(delay):
+            if pause.abort_reason == "shutdown":
+                raise last
             raise abort_error(pause.abort_reason) or ProxyError("aborted")
 
     # ------------------------------------------------------------------

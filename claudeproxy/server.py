@@ -176,6 +176,8 @@ def drain_and_close(server: ProxyServer, grace: float) -> None:
     # Close the listening socket now: new clients are refused at once instead of
     # waiting in the backlog through the grace period.
     server.socket.close()
+    # No retry starts now: a request waiting to try again gets its last answer at once.
+    server.watchdog.end_pauses("shutdown")
     if not server.wait_idle(grace):
         log.warning("ending the requests still in flight after %.1f s", grace)
         server.watchdog.abort_all("shutdown")

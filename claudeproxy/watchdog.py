@@ -145,6 +145,14 @@ class Watchdog:
         for watch in watches:
             watch.call.abort(reason)
 
+    def end_pauses(self, reason: str) -> None:
+        """End every wait between two attempts now (the calls in flight go on)."""
+        with self._lock:
+            watches = list(self._watches.values())
+        for watch in watches:
+            if isinstance(watch.call, Pause):
+                watch.call.abort(reason)
+
     def _run(self) -> None:
         while not self._stop.wait(self._tick_seconds):
             with self._lock:

@@ -88,6 +88,32 @@ def test_retries_get_past_transient_failures(make_proxy: Any, fake_upstream: Fak
     assert rec.attempts == 3 and rec.status == 200
 
 
+def test_shutting_down_ends_a_retry_wait_with_the_upstreams_answer(make_proxy: Any,
+                                                                    fake_upstream: FakeUpstream) -> None:
+    """probe I: a request waiting to try again after a 503 held the client through the whole grace
+    (5 s), made 2 more attempts after SIGTERM, and then got 529 "the proxy is shutting down"
+    instead of the upstream's own answer."""
+    import threading
+
+    server = make_proxy(retries=2)
+    busy = json_reply(BUSY, status=503)
+    busy.headers = tuple(busy.headers) + (("Retry-After", "3"),)
+    fake_upstream.push(busy, *[json_reply(completion("never"))] * 2)
+    got: List[Any] = []
+    client = threading.Thread(target=lambda: got.append(ask(server)), daemon=True)
+    client.start()
+    deadline = time.monotonic() + 5
+    while not fake_upstream.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # the 503 read, the 3-second wait begun
+    started = time.monotonic()
+    server.shutdown(grace=5.0)
+    client.join(5)
+    assert got and time.monotonic() - started < 2.0, time.monotonic() - started
+    assert got[0].status == 503 and got[0].json["error"]["type"] == "overloaded_error", got[0]
+    assert len(fake_upstream.requests) == 1  # no retry began after the shutdown
+
+
 def test_retries_stop_after_n(make_proxy: Any, fake_upstream: FakeUpstream, caplog: Any) -> None:
     server = make_proxy(retries=2)
     fake_upstream.push(*[json_reply(BUSY, status=503)] * 4)
