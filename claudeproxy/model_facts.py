@@ -302,7 +302,7 @@ _ANTHROPIC: Tuple[Tuple[str, ModelFacts], ...] = (
 # Source: Moonshot model cards and platform.kimi.ai/docs/models as quoted by promptfoo and
 # openclaw: K2-0711 128K, K2-0905 / K2-Thinking / K2.5 / K2.6 256K. K2 takes text only, K2.5 and
 # later images too. Moonshot counts max_tokens into the window (the prompt and Claude Code's 128000
-# would leave a 262K window 134K of prompt): K2.5 and K2.6 are capped at 32,768, the default of
+# would leave a 262K window 134K of prompt): every Kimi is capped at 32,768, the default of
 # platform.kimi.ai's K2.6 quickstart and the limit Gitlawb/openclaude#1796 checked against the API. GLM-4.5 and 4.6 and MiniMax-M2 take text only (their vision models are others:
 # GLM-4.5V).
 # --- Zhipu GLM. Source: docs.z.ai (GLM-4.5 128K; GLM-4.6 200K context, 128K output), cross-checked
@@ -310,9 +310,9 @@ _ANTHROPIC: Tuple[Tuple[str, ModelFacts], ...] = (
 # --- MiniMax. Source: MiniMax platform docs via Vercel's AI Gateway provider table and LiteLLM's
 # minimax/MiniMax-M2 row: 204,800 context; $0.30 / $1.20, cache read $0.03, cache write $0.375.
 _OTHER_VENDORS: Tuple[Tuple[str, ModelFacts], ...] = (
-    ("kimi-k2", _F(131_072, text_only=True)),
-    ("kimi-k2-0905", _F(262_144, text_only=True)),
-    ("kimi-k2-thinking", _F(262_144, text_only=True)),
+    ("kimi-k2", _F(131_072, 32_768, text_only=True)),
+    ("kimi-k2-0905", _F(262_144, 32_768, text_only=True)),
+    ("kimi-k2-thinking", _F(262_144, 32_768, text_only=True)),
     ("kimi-k2.5", _F(262_144, 32_768)),
     ("kimi-k2.6", _F(262_144, 32_768)),
     ("glm-4.5", _F(128_000, text_only=True)),

@@ -124,7 +124,7 @@ def _gemini_fix(node: Dict[str, Any]) -> Dict[str, Any]:
             value = out.pop(exclusive)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 out.setdefault(inclusive, value)
-    if "format" in out and out["format"] not in _GEMINI_FORMATS:
+    if "format" in out and not (isinstance(out["format"], str) and out["format"] in _GEMINI_FORMATS):
         del out["format"]
     _merge_all_of(out)
     _one_of_as_any_of(out)
@@ -134,7 +134,7 @@ def _gemini_fix(node: Dict[str, Any]) -> Dict[str, Any]:
     fixed = {k: v for k, v in out.items() if k in _GEMINI_KEYS}
     if isinstance(fixed.get("required"), list) and isinstance(fixed.get("properties"), dict):
         # Gemini refuses a required name that is no property (one an allOf or a dropped key left).
-        fixed["required"] = [name for name in fixed["required"] if name in fixed["properties"]]
+        fixed["required"] = [name for name in fixed["required"] if isinstance(name, str) and name in fixed["properties"]]
         if not fixed["required"]:
             del fixed["required"]
     return fixed

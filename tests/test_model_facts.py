@@ -75,7 +75,7 @@ LOOKUP_CASES = [
                               "output_price": 0.08, "text_only": True}),
     # Kimi K2.5 and later take images, and Moonshot counts max_tokens into the window
     ("kimi-k2.5", {"context_window": 262_144, "max_output": 32_768}),
-    ("moonshotai/kimi-k2-thinking", {"context_window": 262_144, "text_only": True}),
+    ("moonshotai/kimi-k2-thinking", {"context_window": 262_144, "max_output": 32_768, "text_only": True}),
     # Ollama tags resolve to the family, never priced
     ("qwen3:8b", {"context_window": 40_960}),
     ("qwen3:latest", {"context_window": 40_960}),

@@ -351,10 +351,8 @@ def test_an_effort_above_the_models_is_lowered_to_its_most_and_remembered(make_p
     ("`reasoning_effort` must be one of `none` or `default`", "high", None),  # no effort of ours below
     ("Unsupported value: 'reasoning_effort' does not support 'xhigh'. Supported values are: 'low', 'high'.", "max", None),
     ("Unsupported value: 'temperature' does not support 0.2", "max", None),
-    # Gemini 3 Pro (low and high only), of its thinking level (probe J F5): the next below.
-    ("Thinking level MEDIUM is not supported for this model. Please retry with other thinking level", "medium", "low"),
-    ("Thinking level HIGH is not supported for this model. Please retry with other thinking level", "high", "medium"),
-    ("Thinking level LOW is not supported for this model. Please retry with other thinking level", "medium", None),
+    # Gemini's words of its thinking level are refused_level's, not a range's top.
+    ("Thinking level MEDIUM is not supported for this model. Please retry with other thinking level", "medium", None),
 ])
 def test_lower_effort_reads_the_refused_value_first(message: str, sent: str, lowered: Any) -> None:
     from claudeproxy.apis.chat.api import lower_effort
@@ -525,16 +523,82 @@ def test_an_image_refused_again_with_placeholders_is_not_asked_a_third_time(make
     assert resp.status == 400 and len(fake_upstream.requests) == 2, resp
 
 
-def test_gemini_refusing_a_thinking_level_gets_the_next_below_from_then_on(make_proxy: Any,
-                                                                          fake_upstream: FakeUpstream) -> None:
-    """probe J F5: a thinking budget of 4,096-16,383 is effort medium, which Gemini 3 Pro refuses."""
+@pytest.mark.parametrize("message,sent_effort,refused", [
+    ("Thinking level MEDIUM is not supported for this model. Please retry with other thinking level", "medium", "medium"),
+    ("Thinking level HIGH is not supported for this model.", "high", "high"),
+    ("Thinking level LOW is not supported for this model.", "medium", None),  # another level than the one sent
+    ("Unsupported value: 'reasoning_effort' does not support 'max' with this model.", "max", None),
+])
+def test_refused_level_names_the_level_sent_alone(message: str, sent_effort: str, refused: Any) -> None:
+    from claudeproxy.apis.chat.api import refused_level
+
+    assert refused_level(message, sent_effort) == refused
+
+
+def test_gemini_refusing_a_thinking_level_gets_the_next_below_for_that_level_alone(make_proxy: Any,
+                                                                                   fake_upstream: FakeUpstream) -> None:
+    """probe J F5: a thinking budget of 4,096-16,383 is effort medium, which Gemini 3 Pro refuses (it
+    takes low and high). Review H: remembered as the most it takes, it sent every high as low."""
     refusal = [{"error": {"code": 400, "message": "Thinking level MEDIUM is not supported for this model. Please "
                                                   "retry with other thinking level", "status": "INVALID_ARGUMENT"}}]
     proxy = make_proxy(upstream=fake_upstream.url, model="gemini-3-pro-preview", provider="gemini")
-    fake_upstream.push(json_reply(refusal, status=400), json_reply(completion("thought")), json_reply(completion("again")))
-    body = minimal_request(thinking={"type": "enabled", "budget_tokens": 10000}, max_tokens=20000)
-    first = ask(proxy, body)
-    assert first.status == 200, first
+    fake_upstream.push(json_reply(refusal, status=400), *[json_reply(completion("thought"))] * 3)
+    medium = minimal_request(thinking={"type": "enabled", "budget_tokens": 10000}, max_tokens=40000)
+    high = minimal_request(thinking={"type": "enabled", "budget_tokens": 30000}, max_tokens=40000)
+    assert ask(proxy, medium).status == 200
     assert [b.get("reasoning_effort") for b in sent(fake_upstream)] == ["medium", "low"]
-    assert ask(proxy, body).status == 200
-    assert sent(fake_upstream)[2].get("reasoning_effort") == "low"  # at once: one call
+    assert ask(proxy, medium).status == 200 and ask(proxy, high).status == 200
+    assert [b.get("reasoning_effort") for b in sent(fake_upstream)][2:] == ["low", "high"]  # at once: one call each
+
+
+
+@pytest.mark.parametrize("message", [
+    "This model does not support images larger than 20MB",
+    "The model does not support images in this format: image/tiff",
+    "does not support images from URLs; send base64",
+    "Invalid image: could not decode",
+])
+def test_a_refusal_of_one_image_is_no_refusal_of_images(message: str) -> None:
+    """Review H: a size or format refusal taken for "no images" would give a vision model
+    placeholders for every image until a restart."""
+    from claudeproxy.apis.chat.api import refuses_images
+
+    assert not refuses_images(400, message)
+
+
+def test_a_request_with_images_refused_after_another_taught_it_goes_again_with_placeholders(
+        make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """Review H: two requests with images in flight; the second's refusal came after the first had
+    taught "no images", and reached the client."""
+    proxy = make_proxy(upstream=fake_upstream.url, model="text-model")
+    status, refusal = NO_IMAGE_REFUSALS[0]
+    fake_upstream.push(json_reply(refusal, status=status), json_reply(completion("one")))
+    assert ask(proxy, minimal_request(messages=read_image_turns())).status == 200  # taught
+    # The second was prepared before the lesson: sent with its image, refused, and sent again.
+    fake_upstream.push(json_reply(refusal, status=status), json_reply(completion("two")))
+    from claudeproxy.apis.chat.api import ChatApi
+
+    original = ChatApi.prepare
+    calls = []
+
+    def prepare_as_before(self: Any, req: Any, target: Any, cap: Any) -> Any:
+        key = (target.provider.name, target.model)
+        if not calls:  # the first preparation of this request: as if the lesson had not come yet
+            calls.append(1)
+            with self._lock:
+                learned = self._no_images.pop(key, None)
+            try:
+                return original(self, req, target, cap)
+            finally:
+                with self._lock:
+                    if learned is not None:
+                        self._no_images[key] = learned
+        return original(self, req, target, cap)
+
+    ChatApi.prepare = prepare_as_before  # type: ignore[assignment]
+    try:
+        resp = ask(proxy, minimal_request(messages=read_image_turns()))
+    finally:
+        ChatApi.prepare = original  # type: ignore[assignment]
+    assert resp.status == 200 and resp.json["content"] == [{"type": "text", "text": "two"}], resp
+    assert "image_url" in json.dumps(sent(fake_upstream)[2]) and "image_url" not in json.dumps(sent(fake_upstream)[3])

@@ -189,6 +189,11 @@ def test_gemini_keyword_rewrites(given: Dict[str, Any], expected: Dict[str, Any]
     ({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a", "b"]},
      {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}),
     ({"type": "object", "properties": {}, "required": ["b"]}, {"type": "object", "properties": {}}),
+    # A client's odd values are no 500 (review H): a name that is no text, a format that is none.
+    ({"type": "object", "properties": {"a": {"type": "string"}}, "required": [["a"], {"a": 1}, "a"]},
+     {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}),
+    ({"type": "string", "format": ["date-time"]}, {"type": "string"}),
+    ({"type": "string", "format": {"x": 1}}, {"type": "string"}),
 ])
 def test_gemini_says_what_its_schema_lacks_with_what_it_has(given: Dict[str, Any], expected: Dict[str, Any]) -> None:
     """probe J F4: an MCP tool's schema (zod-to-json-schema, pydantic) failed every Gemini turn."""

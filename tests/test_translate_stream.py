@@ -992,3 +992,18 @@ def test_openrouter_state_that_came_before_the_text_goes_in_a_block_before_it() 
     assert [b["type"] for b in blocks] == ["thinking", "text", "tool_use", "tool_use"]
     assert blocks[0]["thinking"] == ""  # not asked for: the state alone
     assert decode_signature(blocks[0]["signature"], "openrouter")["reasoning_details"] == [detail]
+
+
+def test_a_state_block_before_the_text_leaves_text_held_for_a_stop_string_in_its_place() -> None:
+    """Review H: the block carrying OpenRouter's state, opened as the text began, sent the text held
+    back for a stop string first: "Hello STILL here." came out as "ST", then "Hello ILL here."."""
+    pb = Playbook(dialect="openrouter", thinking=False, stop_sequences=["STOP!"])
+    detail = {"type": "reasoning.text", "text": "plan", "signature": "c2ln", "format": "anthropic-claude-v1", "index": 0}
+    pb.feed(chunk({"role": "assistant", "content": "", "reasoning": "plan", "reasoning_details": [detail]}))
+    pb.feed(chunk({"content": "Hello ST"}))  # "ST" may begin STOP!: held back
+    pb.feed(chunk({"content": "ILL here."}))
+    pb.feed(chunk({}, "stop"))
+    pb.done()
+    assert_valid_event_sequence(pb.events, allow_error=False)
+    blocks = final_message(pb.events)["content"]
+    assert [(b["type"], b.get("text")) for b in blocks] == [("thinking", None), ("text", "Hello STILL here.")]

@@ -10,7 +10,7 @@ import json
 import logging
 import re
 import threading
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Tuple
 
 from ...anthropic_types import MessagesRequest, parse_messages_request, tool_use_ids, wants_thinking
 from ...dialects import Dialect, azure_api_version
@@ -69,7 +69,8 @@ _LEVEL_REFUSED = re.compile(r"thinking\s+level\s+['\"`]?(\w+)['\"`]?\s+is\s+not\
 # the wordings "does not support images/vision", "only text content type is supported".
 _NO_IMAGES = re.compile(
     r"image(?:\s+input)?\s+is\s+not\s+supported|image_url\s+is\s+(?:only|not)\s+supported|"
-    r"(?:does\s+not|doesn't|cannot)\s+(?:support|accept|take)\s+(?:images?|image\s+input|vision|multimodal)|"
+    r"(?:does\s+not|doesn't|cannot)\s+(?:support|accept|take)\s+(?:images|image\s+input|image|vision|multimodal)\b"
+    r"(?!\s+(?:larger|bigger|over|above|exceeding|of\s+(?:size|type|format)|in\s+(?:this|that|the)|with|from|by\s+url))|"
     r"(?:vision|multimodal)(?:\s+(?:input|content))?\s+is\s+not\s+supported|not\s+a\s+multimodal\s+model|"
     r"no\s+endpoints\s+found\s+that\s+support\s+image|unknown\s+variant\s+`?image_url|"
     r"missing\s+data\s+required\s+for\s+image|only\s+'?text'?\s+content\s+type|not\s+compiled\s+for\s+multimodal|"
@@ -97,12 +98,7 @@ def lower_effort(message: str, sent: Any) -> Optional[str]:
     those below ``sent``; when it lists none, the next below. Or it lists only the ones the model
     takes ("must be one of `low`, `medium`, or `high`"): the most of those below ``sent``.
     """
-    if sent not in _EFFORT_ORDER or sent in ("none", "minimal", "low"):
-        return None
-    level = _LEVEL_REFUSED.search(message)
-    if level is not None:
-        return _EFFORT_ORDER[_EFFORT_ORDER.index(sent) - 1] if level.group(1).lower() == sent else None
-    if not _EFFORT_FIELD.search(message):
+    if sent not in _EFFORT_ORDER or sent in ("none", "minimal", "low") or not _EFFORT_FIELD.search(message):
         return None
     quoted = _QUOTED_WORD.findall(message)
     named = [w for w in quoted if w in _EFFORT_ORDER]
@@ -117,6 +113,23 @@ def lower_effort(message: str, sent: Any) -> Optional[str]:
         return None  # the refused value comes first: this is about another one, or about the field
     below = [_EFFORT_ORDER.index(w) for w in named[1:] if _EFFORT_ORDER.index(w) < rank]
     return _EFFORT_ORDER[max(below) if below else rank - 1]
+
+
+def refused_level(message: str, sent: Any) -> Optional[str]:
+    """The effort ``message`` refuses as a thinking level the model does not have (Gemini 3 Pro's
+    "Thinking level MEDIUM is not supported"), when it is the one sent. That level alone: Gemini 3
+    Pro takes low and high, so a refused medium says nothing of high."""
+    level = _LEVEL_REFUSED.search(message)
+    return sent if level is not None and sent in _EFFORT_ORDER and level.group(1).lower() == sent else None
+
+
+def _below_refused(effort: str, refused: FrozenSet[str]) -> Optional[str]:
+    """The first effort below ``effort`` the model did not refuse as a level; None below low (the
+    model's own default then, never "none", which switches thinking off)."""
+    rank = _EFFORT_ORDER.index(effort)
+    while rank > _EFFORT_ORDER.index("low") and _EFFORT_ORDER[rank] in refused:
+        rank -= 1
+    return None if _EFFORT_ORDER[rank] in refused else _EFFORT_ORDER[rank]
 
 
 class ChatContext(NamedTuple):
@@ -146,6 +159,7 @@ class ChatApi(UpstreamApi):
         self._most_effort: Dict[Tuple[str, str], str] = {}  # the most effort a model took (lower_effort)
         self._thinks_always: Dict[Tuple[str, str], bool] = {}  # the models that refused effort "none"
         self._no_images: Dict[Tuple[str, str], bool] = {}  # the models that refused an image (refuses_images)
+        self._refused_levels: Dict[Tuple[str, str], FrozenSet[str]] = {}  # thinking levels refused (refused_level)
         self._lock = threading.Lock()
 
     def parse(self, body: Dict[str, Any]) -> MessagesRequest:
@@ -168,13 +182,19 @@ class ChatApi(UpstreamApi):
         self._refused.drop(payload, key)
         with self._lock:
             renamed, most = key in self._completion_tokens, self._most_effort.get(key)
-            thinks_always = key in self._thinks_always
+            thinks_always, refused_levels = key in self._thinks_always, self._refused_levels.get(key)
         if thinks_always and payload.get("reasoning_effort") == "none":
             del payload["reasoning_effort"]  # the model's own default: it cannot stop thinking
         if renamed and "max_tokens" in payload:
             payload["max_completion_tokens"] = payload.pop("max_tokens")
         if most is not None and _EFFORT_ORDER.index(payload.get("reasoning_effort", "none")) > _EFFORT_ORDER.index(most):
             payload["reasoning_effort"] = most
+        if refused_levels and payload.get("reasoning_effort") in refused_levels:
+            lower = _below_refused(payload["reasoning_effort"], refused_levels)
+            if lower is None:
+                del payload["reasoning_effort"]
+            else:
+                payload["reasoning_effort"] = lower
         body = encode_body(payload, "tools", encoded if chat.tools is tools[0] else None)
         azure = azure_api_version(target.provider.azure_api_version, dialect) if dialect.auth == "azure" else None
         headers = (("Content-Type", "application/json"),
@@ -195,10 +215,14 @@ class ChatApi(UpstreamApi):
         """
         text = getattr(exc, "upstream_message", "") or ""
         key = (target.provider.name, target.model)
-        if refuses_images(exc.status, text) and key not in self._no_images and sends_images(json.loads(ex.body)):
+        if refuses_images(exc.status, text) and sends_images(json.loads(ex.body)):
+            # Sent with images (also when another request taught it meanwhile): again without them,
+            # which is never refused so a second time.
             with self._lock:
+                first = key not in self._no_images
                 remember(self._no_images, key, True)
-            log.warning("%s takes no images: each goes as a text placeholder from now on", target.label)
+            if first:
+                log.warning("%s takes no images: each goes as a text placeholder from now on", target.label)
             return self.prepare(req, target, cap)
         if exc.status not in (400, 422):
             return None
@@ -207,6 +231,12 @@ class ChatApi(UpstreamApi):
             with self._lock:
                 remember(self._thinks_always, key, True)
             log.warning("%s cannot stop thinking: no reasoning_effort \"none\" from now on", target.label)
+            return self.prepare(req, target, cap)
+        level = refused_level(text, sent.get("reasoning_effort"))
+        if level is not None:
+            with self._lock:
+                remember(self._refused_levels, key, self._refused_levels.get(key, frozenset()) | {level})
+            log.warning("%s refused thinking level %r: the next below from now on", target.label, level)
             return self.prepare(req, target, cap)
         lower = lower_effort(text, sent.get("reasoning_effort"))
         if lower is not None:

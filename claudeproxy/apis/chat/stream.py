@@ -513,8 +513,10 @@ class StreamTranslator:
     # ------------------------------------------------------------------
     # Blocks.
 
-    def _open(self, kind: str, content_block: Dict[str, Any]) -> List[Event]:
-        events = self._flush_held() if kind != "text" else []
+    def _open(self, kind: str, content_block: Dict[str, Any], flush: bool = True) -> List[Event]:
+        """A new block, after the open one. ``flush``: send text held back for a stop string first
+        (not for the block carrying provider state: the held text belongs after it)."""
+        events = self._flush_held() if kind != "text" and flush else []
         events += self._close_open()
         if kind != "thinking":
             # Provider state that came before this block and no thinking block carried (OpenRouter's
@@ -550,7 +552,7 @@ class StreamTranslator:
         """Provider state that arrived after the last thinking block closed gets a block of its own."""
         if not self.state or self.state == self.carried:
             return []
-        events = self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+        events = self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""}, flush=False)
         return events + self._close_open()
 
     # ------------------------------------------------------------------
