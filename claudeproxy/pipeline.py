@@ -556,6 +556,9 @@ class Proxy:
             if streamed:
                 watch.deadline = None
                 watch.deadline_reason = "deadline"
+            # This attempt counts once already; a request sent again within it (changed after a
+            # refusal, or on a fresh connection) is another call the upstream may have had.
+            record["attempts"] = record.get("attempts", 0) + max(0, call.requests - 1)
         record["upstream_request_id"] = _upstream_request_id(resp.headers, call.secrets)
         record["awaiting"] = True  # until the answer's usage (or a refusal as a stream's first event) is in
         relayed = _relayed(api, resp.headers, call.secrets)

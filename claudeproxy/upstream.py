@@ -106,6 +106,9 @@ class UpstreamCall:
         # upstream's last bytes that gives the connection back to the pool (a new CONNECT and TLS
         # handshake for every stream). The drain is bounded by DRAIN_SECONDS all the same.
         self.answered = False
+        # Requests made for this call (a changed request after a refusal, a fresh connection for a
+        # pooled one that failed): the record's ``attempts`` counts them all.
+        self.requests = 0
 
     def hold(self, sock: socket.socket) -> None:
         """Take ``sock`` while its connection is set up (the proxy's CONNECT, the TLS handshake):
@@ -861,6 +864,7 @@ class _PooledOpen:
             except _Stale:
                 if call is not None:
                     call.sent = False  # the request died with the stale connection; the fresh one sends it
+                    call.requests += 1  # it may have reached the upstream all the same (one that crashed)
                 log.debug("reused upstream connection to %s was closed; opening a new one", req.host)
         conn = factory(req.host, timeout=req.timeout, call=call, read_timeout=read_timeout, pool=self.pool)
         if req._tunnel_host:  # type: ignore[attr-defined]
@@ -1200,6 +1204,7 @@ class Upstream:
         call.secrets = secrets
         # This attempt's: a connect timeout is no read timeout, a refusal before the tunnel the proxy's.
         call.connected = call.reached = call.tunnelled = call.sent = False
+        call.requests += 1
         if log.isEnabledFor(logging.DEBUG):
             sent = redact_headers(req.header_items(), secrets)
             log.debug("upstream %s %s headers=%s", method, redact_url(url), sent)

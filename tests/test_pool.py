@@ -145,7 +145,8 @@ def test_connection_close_answers_are_not_pooled(start: Any, keep_alive: FakeUps
 
 
 def test_stale_pooled_connection_is_retried_invisibly(start: Any, keep_alive: FakeUpstream) -> None:
-    proxy = start(keep_alive.url)
+    records: List[Any] = []
+    proxy = start(keep_alive.url, metrics_sink=records.append)
     assert _messages(proxy).status == 200
     keep_alive.push(Reply(drop="close"))  # takes the request on the pooled connection, closes without a byte
     resp = _messages(proxy)
@@ -153,6 +154,11 @@ def test_stale_pooled_connection_is_retried_invisibly(start: Any, keep_alive: Fa
     assert resp.json["content"] == [{"type": "text", "text": "Hello!"}]
     assert len(keep_alive.requests) == 3  # the first, the dropped one, its retry
     assert keep_alive.connections == 2
+    # Invisible to the client, not to the record: the upstream had the request twice (probe I).
+    deadline = time.monotonic() + 5
+    while len(records) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)  # a call is recorded just after its answer's last write
+    assert [r.attempts for r in records] == [1, 2]
 
 
 @pytest.mark.parametrize("drop, delay", [("close", 1.5), ("interim", 0.0)], ids=["after-seconds-of-work", "after-a-1xx"])

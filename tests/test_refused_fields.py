@@ -14,7 +14,7 @@ from typing import Any, List, Set
 
 import pytest
 
-from conftest import CLIENT_KEY, minimal_request, request
+from conftest import CLIENT_KEY, minimal_request, record_for, request
 from fakes import FakeUpstream, chunk, completion, json_reply, sse_reply
 from sse_checks import assert_valid_event_sequence, events_of
 
@@ -66,13 +66,16 @@ def test_a_refused_reasoning_effort_is_dropped_and_remembered(make_proxy: Any, f
 
 
 def test_a_strict_servers_422_names_the_field_too(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
-    proxy = make_proxy(upstream=fake_upstream.url, model="local-model")
+    records: List[Any] = []
+    proxy = make_proxy(upstream=fake_upstream.url, model="local-model", metrics_sink=records.append)
     fake_upstream.push(json_reply(PYDANTIC_REFUSAL, status=422), json_reply(completion("ok")))
     resp = ask(proxy, claude_code_turn())
     assert resp.status == 200, resp
     bodies = sent(fake_upstream)
     assert bodies[0]["parallel_tool_calls"] is False and "parallel_tool_calls" not in bodies[1]
     assert bodies[1]["tools"] == bodies[0]["tools"]
+    # Two calls to the upstream (probe I: attempts counts them all).
+    assert record_for(records, resp.headers["request-id"]).attempts == 2
 
 
 def test_a_server_refusing_fields_one_by_one_still_answers_the_first_turn(make_proxy: Any,
