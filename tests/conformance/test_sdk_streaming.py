@@ -270,7 +270,8 @@ def test_stream_grammar_on_the_wire(make_proxy: Any, fake_upstream: Any, raw: by
 
 MID_STREAM_ERRORS = {
     "error_object_code_502": ({"error": {"message": "boom", "code": 502}}, "api_error"),
-    "error_object_code_429": ({"error": {"message": "boom: rate limited", "code": 429}}, "rate_limit_error"),
+    # A rate limit after the stream began is said as an overload, which Claude Code asks again after.
+    "error_object_code_429": ({"error": {"message": "boom: rate limited", "code": 429}}, "overloaded_error"),
     "openrouter_finish_error": ({"error": {"message": "boom: provider disconnected", "code": "server_error"},
                                  "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]},
                                 "api_error"),
