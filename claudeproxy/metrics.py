@@ -162,6 +162,8 @@ class CallRecord:
 
 Sink = Callable[[CallRecord], None]
 
+_REPLAY_BATCH = 500  # records read back from the usage log added under one hold of the lock
+
 # A usage-log line's fields by kind, for reading one back (``record_from_dict``).
 _TEXT_FIELDS = ("endpoint", "model", "route", "upstream_model", "provider", "upstream_host", "request_id",
                 "upstream_request_id")
@@ -453,15 +455,25 @@ class Metrics:
     def replay(self, records: Iterable[CallRecord]) -> int:
         """Calls an earlier server wrote to the usage log today (``usage_replay``), oldest first:
         counted as if recorded here, before this server's own, and not written again. How many."""
-        count = 0
-        with self._lock:
-            mine = list(self._recent)
+        count, batch = 0, []
+        for rec in records:
+            batch.append(_bounded_names(rec))
+            if len(batch) == _REPLAY_BATCH:
+                count += self._replay_batch(batch)
+                batch = []
+        count += self._replay_batch(batch)
+        with self._lock:  # the last calls by when they began, this server's own among them
+            ordered = sorted(self._recent, key=lambda rec: rec.time)
             self._recent.clear()
-            for rec in records:
-                self._add(_bounded_names(rec), fine=False)
-                count += 1
-            self._recent.extend(mine)  # the newest last, as recorded
+            self._recent.extend(ordered)
         return count
+
+    def _replay_batch(self, batch: List[CallRecord]) -> int:
+        # A batch at a time: a day's 100,000 calls must not hold the lock (and every call's record) for seconds.
+        with self._lock:
+            for rec in batch:
+                self._add(rec, fine=False)
+        return len(batch)
 
     def _add(self, rec: CallRecord, fine: bool = True) -> None:
         """``rec`` into every total (the lock held); ``fine``: into the first minutes' per-second

@@ -593,6 +593,8 @@ class Proxy:
         shuts down: the client hears what the upstream said, not that the proxy is going."""
         pause = Pause()
         watch.call = pause
+        if self.watchdog.pauses_ended is not None:  # the shutdown began as the attempt failed
+            pause.abort(self.watchdog.pauses_ended)
         if pause.wait(delay):
             if pause.abort_reason == "shutdown":
                 raise last

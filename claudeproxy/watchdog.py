@@ -117,6 +117,7 @@ class Watchdog:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._chores: List[List[Any]] = []  # [every (s), due (monotonic), fn]: housekeeping on this thread
+        self.pauses_ended: Optional[str] = None  # why no wait between attempts may begin (shutdown)
 
     def add_chore(self, every: float, chore: Callable[[], Any]) -> None:
         """Run ``chore`` every ``every`` seconds on the watchdog's thread (before ``start``)."""
@@ -146,8 +147,10 @@ class Watchdog:
             watch.call.abort(reason)
 
     def end_pauses(self, reason: str) -> None:
-        """End every wait between two attempts now (the calls in flight go on)."""
+        """End every wait between two attempts now, and any begun later at once (``pauses_ended``);
+        the calls in flight go on."""
         with self._lock:
+            self.pauses_ended = reason
             watches = list(self._watches.values())
         for watch in watches:
             if isinstance(watch.call, Pause):
