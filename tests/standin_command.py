@@ -1,6 +1,6 @@
 """A stand-in for the command ``claudeproxy run`` starts: it records what it was given, then ends as told.
 
-    python standin_command.py OUT [--probe] [--probe-env] (--exit N | --signal NAME | --wait)
+    python standin_command.py OUT [--probe] [--probe-env] [--usage N] (--exit N | --signal NAME | --wait)
 
 It writes OUT (JSON, atomically: a poller never sees half a file) with its
 environment, argv and pid. ``--probe`` first sends Claude Code's quota probe
@@ -8,7 +8,8 @@ environment, argv and pid. ``--probe`` first sends Claude Code's quota probe
 ``$ANTHROPIC_BASE_URL`` once with ``$ANTHROPIC_AUTH_TOKEN`` as a Bearer token and
 once without a key, and records both statuses. ``--probe-env`` sends it as most clients
 would, through the environment's ``HTTP_PROXY`` unless ``NO_PROXY`` says otherwise (urllib
-reads them, as curl and Node do), and records the status or the error. Then it exits with status N,
+reads them, as curl and Node do), and records the status or the error. ``--usage N`` records the
+proxy's ``today_totals`` once they count N requests (at most 5 s). Then it exits with status N,
 kills itself with signal NAME, or waits (at most 30 s) for a signal to end it.
 Standard library only, so it also runs on Python 3.8.
 """
@@ -56,6 +57,23 @@ def probe_env() -> Dict[str, Any]:
         return {"error": repr(exc)}
 
 
+def usage(at_least: int) -> Dict[str, Any]:
+    """The proxy's ``today_totals`` once they count ``at_least`` requests (at most 5 s)."""
+    url = urlsplit(os.environ["ANTHROPIC_BASE_URL"])
+    headers = {"Authorization": f"Bearer {os.environ.get('ANTHROPIC_AUTH_TOKEN')}"}
+    deadline = time.monotonic() + 5
+    while True:
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+        try:
+            conn.request("GET", "/v1/usage", headers=headers)
+            today = json.loads(conn.getresponse().read().decode("utf-8"))["today_totals"]
+        finally:
+            conn.close()
+        if today["requests"] >= at_least or time.monotonic() > deadline:
+            return today
+        time.sleep(0.05)
+
+
 def record(path: str, extra: Dict[str, Any]) -> None:
     data = {"env": dict(os.environ), "argv": sys.argv, "pid": os.getpid(), "cwd": os.getcwd(), **extra}
     with open(path + ".tmp", "w", encoding="utf-8") as fh:
@@ -71,6 +89,8 @@ def main(argv: list) -> int:
         extra["without_key"] = probe(None)
     if "--probe-env" in rest:
         extra["through_env"] = probe_env()
+    if "--usage" in rest:
+        extra["today"] = usage(int(rest[rest.index("--usage") + 1]))
     record(out, extra)
     if "--exit" in rest:
         return int(rest[rest.index("--exit") + 1])

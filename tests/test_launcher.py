@@ -145,6 +145,20 @@ def test_the_usage_log_gets_the_sessions_calls(run_standin: Any, tmp_path: Any, 
         ("/v1/messages", 200, True), ("/v1/messages", 401, False)]
 
 
+def test_a_session_begins_with_the_days_calls_the_usage_log_holds(run_standin: Any, tmp_path: Any) -> None:
+    """Every run session is a new server: its usage page said the day had cost nothing so far while
+    the usage log held the day's calls (probe I). The next session reads them back, and writes none again."""
+    usage = tmp_path / "usage.jsonl"
+    options = ("--upstream", NO_UPSTREAM, "--model", "gpt-4o", "--usage-log", str(usage))
+    code, err, rec = run_standin("--probe", "--exit", "0", options=options)
+    assert code == 0, err
+    assert len(read_text(usage).splitlines()) == 2
+    code, err, rec = run_standin("--usage", "2", "--exit", "0", options=options)
+    assert code == 0, err
+    assert rec["today"]["requests"] == 2 and rec["today"]["errors"] == 1, rec["today"]
+    assert len(read_text(usage).splitlines()) == 2  # the second session's GET /v1/usage is no call
+
+
 # ---------------------------------------------------------------------------
 # The command's environment.
 
