@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable
+from typing import Callable, Collection
 
 _ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 # Each byte value to the character of its value modulo 62, for bytes.translate.
@@ -32,14 +32,18 @@ def new_request_id() -> str:
 _PIECE_OF = re.compile(r"_[0-9]+$")
 
 
-def first_free(base: str, taken: Callable[[str], bool]) -> str:
-    """``base``, else ``base-2``, ``base-3``...: the first that ``taken`` does not claim, and that
-    is not ``X_<digits>`` for an ``X`` it claims (Claude Code's form of a batch call's piece). Tool
-    ids are made unique so (within an answer and its conversation): two calls with one id would pair
-    two results with one call."""
+def first_free(base: str, taken: Callable[[str], bool], among: Collection[str] = ()) -> str:
+    """``base``, else ``base-2``, ``base-3``...: the first that ``taken`` does not claim, and that is
+    no piece of another in Claude Code's eyes: not ``X_<digits>`` for an ``X`` that ``taken`` claims,
+    nor an ``X`` that an id in ``among`` (the ids there are so far) is ``X_<digits>`` of. Tool ids are
+    made unique so (within an answer and its conversation): two calls with one id would pair two
+    results with one call."""
     def clashes(candidate: str) -> bool:
         piece = _PIECE_OF.search(candidate)
-        return taken(candidate) or (piece is not None and taken(candidate[:piece.start()]))
+        if taken(candidate) or (piece is not None and taken(candidate[:piece.start()])):
+            return True
+        prefix = candidate + "_"
+        return any(other.startswith(prefix) and other[len(prefix):].isdigit() for other in among)
 
     candidate, n = base, 1
     while clashes(candidate):

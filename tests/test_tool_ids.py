@@ -146,3 +146,66 @@ def test_no_id_is_made_in_the_form_claude_code_gives_a_batch_calls_pieces(make_p
     for one in seen:
         parent = re.sub(r"_[0-9]+$", "", one)
         assert parent == one or parent not in seen, (one, seen)
+
+
+READ_TOOL = [{"name": "Read", "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}}]
+
+
+def _item(cid: str, p: str, i: int) -> Any:
+    return {"type": "function_call", "id": f"fc_{i}", "call_id": cid, "name": "Read",
+            "arguments": json.dumps({"path": p}), "status": "completed"}
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_piece_that_comes_before_its_parent_is_renamed_too(make_proxy: Any, fake_upstream: FakeUpstream, stream: bool, api: str) -> None:
+    """Review H: an upstream's call_0_1 before its call_0 in one answer kept both names on the Chat
+    stream and on both Responses paths, a pair Claude Code drops a result of."""
+    order = [("call_0_1", "d"), ("call_0", "b")]
+    if api == "chat":
+        proxy = make_proxy()
+        calls = [{"index": i, "id": cid, "type": "function", "function": {"name": "Read", "arguments": json.dumps({"path": p})}}
+                 for i, (cid, p) in enumerate(order)]
+        if stream:
+            fake_upstream.push(sse_reply(chunk({"role": "assistant", "tool_calls": calls[:1]}),
+                                         chunk({"tool_calls": calls[1:]}), chunk({}, "tool_calls")))
+        else:
+            fake_upstream.push(json_reply({"id": "x", "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": calls}, "finish_reason": "tool_calls"}]}))
+    else:
+        proxy = make_proxy(upstream_api="responses", model="gpt-5")
+        items = [_item(cid, p, i) for i, (cid, p) in enumerate(order)]
+        done = {"id": "resp_2", "object": "response", "status": "completed", "output": items,
+                "usage": {"input_tokens": 5, "output_tokens": 5}}
+        if not stream:
+            fake_upstream.push(json_reply(done))
+        else:
+            evs: List[Any] = [{"type": "response.created", "response": {**done, "status": "in_progress", "output": [], "usage": None}}]
+            for i, it in enumerate(items):
+                evs += [{"type": "response.output_item.added", "output_index": i, "item": {**it, "arguments": ""}},
+                        {"type": "response.function_call_arguments.delta", "output_index": i, "item_id": it["id"], "delta": it["arguments"]},
+                        {"type": "response.output_item.done", "output_index": i, "item": it}]
+            evs.append({"type": "response.completed", "response": done})
+            fake_upstream.push(sse_reply(*evs, done=False))
+    resp = request(proxy.url, "POST", "/v1/messages",
+                   minimal_request(messages=[{"role": "user", "content": "read"}], tools=READ_TOOL, stream=stream),
+                   {"x-api-key": CLIENT_KEY})
+    content = final_message(events_of(resp.body))["content"] if stream else resp.json["content"]
+    ids = [b["id"] for b in content if b["type"] == "tool_use"]
+    for one in ids:
+        parent = re.sub(r"_[0-9]+$", "", one)
+        assert parent == one or parent not in ids, (one, ids)
+
+
+def test_a_call_whose_piece_the_history_holds_is_renamed(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """The history holds call_0_1 (kept: no call_0 then); this answer's call_0 would make it a piece."""
+    proxy = make_proxy()
+    history: List[Any] = [{"role": "user", "content": "read"},
+                          {"role": "assistant", "content": [{"type": "tool_use", "id": "call_0_1", "name": "Read",
+                                                             "input": {"path": "a"}}]},
+                          {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_0_1", "content": "A"}]}]
+    calls = [{"index": 0, "id": "call_0", "type": "function", "function": {"name": "Read", "arguments": '{"path": "b"}'}}]
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "tool_calls": calls}), chunk({}, "tool_calls")))
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(messages=history, tools=READ_TOOL, stream=True),
+                   {"x-api-key": CLIENT_KEY})
+    ids = [b["id"] for b in final_message(events_of(resp.body))["content"] if b["type"] == "tool_use"]
+    assert ids == ["call_0-2"], ids

@@ -132,7 +132,8 @@ def unique_tool_ids(calls: Tuple[ToolCallDelta, ...], new_id: IdFactory,
             continue
         base = call.id or "toolu_" + new_id()
         # A suffix must not collide with another call's real id ("c", "c_2", "c").
-        block_id = first_free(base, lambda c: c in used or (c != base and c in taken) or client_tool_id(c) in history)
+        block_id = first_free(base, lambda c: c in used or (c != base and c in taken) or client_tool_id(c) in history,
+                              used | history)
         used.add(block_id)
         ids[i] = client_tool_id(block_id)
     return ids

@@ -795,7 +795,8 @@ class StreamTranslator:
         """The id the client sees for ``tool``: the upstream's (``client_tool_id``), suffixed when
         a call of this answer shown already, or of the conversation so far (``history``), has it."""
         taken = {t.shown for t in self.tools if t is not tool and t.shown} | self.history
-        return client_tool_id(first_free(tool.id or "toolu_" + self.new_id(), lambda c: client_tool_id(c) in taken))
+        return client_tool_id(first_free(tool.id or "toolu_" + self.new_id(), lambda c: client_tool_id(c) in taken,
+                                         taken))
 
     # ------------------------------------------------------------------
     # The end.

@@ -228,7 +228,7 @@ def unique_tool_ids(blocks: List[Block], history: FrozenSet[str] = frozenset()) 
     for block in blocks:
         if block["type"] != "tool_use":
             continue
-        block["id"] = first_free(block["id"], used.__contains__)
+        block["id"] = first_free(block["id"], used.__contains__, used)
         used.add(block["id"])
 
 

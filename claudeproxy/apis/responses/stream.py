@@ -738,7 +738,7 @@ class ResponsesFold(SSEFold):
 
     def _claim_tool_id(self, base: str) -> str:
         """A tool id not used in this message or conversation yet, suffixed as ``response.unique_tool_ids`` does."""
-        tool_id = first_free(base, self.tool_ids.__contains__)
+        tool_id = first_free(base, self.tool_ids.__contains__, self.tool_ids)
         self.tool_ids.add(tool_id)
         self.has_tools = True
         return tool_id
