@@ -79,7 +79,9 @@ class ModelFacts:
     cache_read_price: Optional[float] = None  # USD per 1M cached input tokens read
     cache_write_price: Optional[float] = None  # USD per 1M tokens written to the cache (None: no charge/unknown)
     responses_only: bool = False              # OpenAI serves it only on /v1/responses
-    text_only: bool = False                   # takes no images: each goes as a text placeholder
+    # Takes no images: each goes as a text placeholder. None: not said (a provider's table may say
+    # false of a model the built-in rows call text-only: a host serving a vision build of it).
+    text_only: Optional[bool] = None
     # USD per 1M tokens written to Anthropic's 1-hour cache; None: twice input_price where the model
     # has a cache_write_price (cost.cache_write_1h_price), as Anthropic bills them. Last, so the rows
     # and tests that give the fields above by position keep their meaning.
@@ -88,17 +90,22 @@ class ModelFacts:
     def merged(self, override: "ModelFacts") -> "ModelFacts":
         """These facts with every field ``override`` sets (not None, or True) taking its place."""
         changes = {f.name: getattr(override, f.name) for f in dataclasses.fields(self)}
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if _is_set(v)})
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if _is_said(k, v)})
 
     def to_dict(self) -> Dict[str, Any]:
         """Only the fields that are set, under their field names (``facts_from_dict`` reads them back)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return {k: v for k, v in values.items() if _is_set(v)}
+        return {k: v for k, v in values.items() if _is_said(k, v)}
 
 
 def _is_set(value: Any) -> bool:
-    # responses_only and text_only are "set" only when True: False is the default and cannot override a True.
+    # responses_only is "set" only when True: False is its default and cannot override a True.
+    # text_only's default is None, so a provider's false overrides a built-in true.
     return value is not None and value is not False
+
+
+def _is_said(name: str, value: Any) -> bool:
+    return value is not None if name == "text_only" else _is_set(value)
 
 
 # ---------------------------------------------------------------------------------------------

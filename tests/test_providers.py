@@ -202,3 +202,18 @@ def test_a_text_only_model_gets_placeholders_for_images(make_proxy: Any, fake_up
     text_only, vision = (r.json["messages"][-1]["content"] for r in fake_upstream.requests)
     assert text_only == "[image omitted: this model takes text only]\n\nWhat is this?"
     assert [p["type"] for p in vision] == ["image_url", "text"]
+
+
+def test_a_providers_table_may_say_a_model_the_built_in_facts_call_text_only_takes_images(
+        make_proxy: Any, fake_upstream: Any) -> None:
+    """gpt-oss is text-only in the built-in facts; a host serving a vision build under the name says
+    ``"text_only": false`` (review H: it could not be switched off)."""
+    provider = Provider("local", fake_upstream.url, models=(("gpt-oss*", ModelFacts(text_only=False)),))
+    proxy = make_proxy(upstream=None, providers=(provider,), routes=(Route("*", RouteTarget("local", "gpt-oss:20b")),
+                                                                     ))
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 50,
+            "messages": [{"role": "user", "content": [image, {"type": "text", "text": "What is this?"}]}]}
+    fake_upstream.push(json_reply(completion("a cat")))
+    assert request(proxy.url, "POST", "/v1/messages", body, {"x-api-key": CLIENT_KEY}).status == 200
+    assert [p["type"] for p in fake_upstream.requests[-1].json["messages"][-1]["content"]] == ["image_url", "text"]
