@@ -60,6 +60,16 @@ def test_a_deferred_tool_is_offered_once_a_search_found_it(names: Any) -> None:
     assert names(minimal_request(tools=TOOLS, messages=searched("Read", "mcp__gone"))) == ["Read", "ToolSearch"]
 
 
+def test_a_deferred_tool_the_history_calls_stays_offered() -> None:
+    """Its reference gone (a compaction kept the call), a strict server would refuse a call to a
+    tool the request does not define."""
+    history = [{"role": "user", "content": "list the issues"},
+               {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_2", "name": "mcp__github__issues",
+                                                  "input": {"repo": "x"}}]},
+               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_2", "content": "none"}]}]
+    assert chat_names(minimal_request(tools=TOOLS, messages=history)) == ["Read", "ToolSearch", "mcp__github__issues"]
+
+
 def test_a_deferred_tool_that_tool_choice_names_is_offered() -> None:
     body = minimal_request(tools=TOOLS, tool_choice={"type": "tool", "name": "mcp__github__issues"})
     assert chat_names(body) == ["Read", "ToolSearch", "mcp__github__issues"]
