@@ -86,8 +86,11 @@ _LIST_TIMEOUT = 30.0  # an upstream model list or token count is small: do not w
 # (passing: the client retries) are passed on.
 _NO_COUNT_STATUSES = frozenset({400, 404, 405, 422, 501})
 # A 403 about the model asked for, not the key: OpenAI's "Project `proj_x` does not have access to
-# model `gpt-4.1`" (code model_not_found), "not allowed to use model ...".
-_NAMES_A_MODEL = re.compile(r"\bmodel\b", re.I)
+# model `gpt-4.1`" (code model_not_found), "not allowed to use model ...". Not any 403 that says
+# "model" ("Invalid API key for model access" is the key's).
+_NAMES_A_MODEL = re.compile(r"access to (?:the )?model\b|model_not_found|not (?:allowed|permitted|authori[sz]ed|entitled) "
+                            r"to (?:use|access) (?:the |this )?model\b|\bmodel \S+ is not (?:available|enabled|allowed)",
+                            re.I)
 _NO_LIST_STATUSES = frozenset({404, 405, 501})  # an upstream's answer for a model list it does not have
 
 

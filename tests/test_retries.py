@@ -206,6 +206,18 @@ def test_a_403_about_the_model_is_not_said_to_be_the_keys(make_proxy: Any, fake_
     assert not any("refused the key" in m for m in said), said
 
 
+@pytest.mark.parametrize("message, about_the_model", [
+    ("Project `proj_abc` does not have access to model `gpt-4.1`", True),
+    ("You are not allowed to use this model", True),
+    ("Invalid API key for model access", False),  # the key's, though it says "model"
+    ("Your key is not valid", False),
+])
+def test_which_403s_are_the_models(message: str, about_the_model: bool) -> None:
+    from claudeproxy.pipeline import _NAMES_A_MODEL
+
+    assert bool(_NAMES_A_MODEL.search(message)) is about_the_model
+
+
 def test_a_refused_forwarded_client_key_is_the_clients_own(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
     """Without a key of its own the proxy forwards the client's: then the 401 is the client's to fix."""
     server = make_proxy(passthrough=True, token=claudeproxy.static_token(""))
