@@ -25,6 +25,7 @@ PHRASE = "prompt is too long"
 _MAX_MESSAGE = 1000  # the whole client message
 _MAX_UPSTREAM = 800  # the upstream's own words inside it
 _NUM = r"\d{1,3}(?:,\d{3})+|\d+"  # DS4 writes "300,000 tokens"
+_LEAST_ROOM = 1024  # of output worth a retry with a smaller max_tokens, where the prompt's size is a sum's part
 
 
 class Sizes(NamedTuple):
@@ -184,7 +185,10 @@ def headroom(message: str, asked: Optional[int] = None) -> Optional[int]:
     if sizes.prompt is not None:
         return sizes.limit - sizes.prompt
     if sizes.together is not None and asked:
-        return sizes.limit - (sizes.together - asked)
+        room = sizes.limit - (sizes.together - asked)
+        # A few tokens of answer is no answer: under a quarter of what was asked and under 1,024,
+        # the prompt is what does not fit (Moonshot's refusal then reads "prompt is too long").
+        return room if room >= min(_LEAST_ROOM, asked // 4) else None
     if sizes.output is not None and sizes.output >= sizes.limit:
         return sizes.limit // 2
     return None

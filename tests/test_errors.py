@@ -424,6 +424,8 @@ def test_max_tokens_limit_reads_real_provider_messages(message: str, requested: 
         ("max_tokens is too large: 8000. This model supports at most 16384 completion tokens", 8000),
         # Moonshot's sum, where the prompt alone (300000 - 32768) is over the window: compacting helps.
         ("Invalid request: Your request exceeded model token limit: 262144 (requested: 300000)", 32768),
+        # ... or leaves 12 tokens of the 32768 asked (262144 - (294900 - 32768)): no answer, compact.
+        ("Invalid request: Your request exceeded model token limit: 262144 (requested: 294900)", 32768),
         # Below the minimum, not above a cap: learning 16 as the cap would shrink every answer.
         ("Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, but got 1 instead.", 128000),
         ("Invalid 'max_tokens': integer below minimum value. Expected a value >= 16, but got 1 instead.", 128000),
