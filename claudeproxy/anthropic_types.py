@@ -246,17 +246,22 @@ def found_tools(req: MessagesRequest) -> FrozenSet[str]:
     """The deferred tools (``defer_loading``) the model may be offered: those a tool search found
     (a ``tool_reference`` in a tool result, or in a user turn), one the history calls, and one
     ``tool_choice`` names. Only deferred tools' names; empty at once when no tool is deferred."""
-    if not any(t.deferred for t in req.tools):
+    deferred = {t.name for t in req.tools if t.deferred}
+    if not deferred:
         return frozenset()
-    found = {b.tool_name for m in req.messages if m.role == "user" for b in m.content if type(b) is ToolReferenceBlock}
-    found.update(c.tool_name for m in req.messages if m.role == "user" for b in m.content
-                 if type(b) is ToolResultBlock for c in b.content if type(c) is ToolReferenceBlock)
-    # One the history calls stays offered: a call to a tool the request does not define is refused
-    # by strict servers (its reference may have gone in a compaction that kept the call).
-    found.update(b.name for m in req.messages if m.role == "assistant" for b in m.content if type(b) is ToolUseBlock)
-    if req.tool_choice is not None and req.tool_choice.name:
-        found.add(req.tool_choice.name)
-    return frozenset(t.name for t in req.tools if t.deferred and t.name in found)
+    found = {req.tool_choice.name} if req.tool_choice is not None and req.tool_choice.name else set()
+    for message in req.messages:  # one pass over the conversation
+        for block in message.content:
+            kind = type(block)
+            if kind is ToolReferenceBlock:
+                found.add(block.tool_name)  # type: ignore[union-attr]
+            elif kind is ToolResultBlock:
+                found.update(c.tool_name for c in block.content if type(c) is ToolReferenceBlock)  # type: ignore[union-attr]
+            elif kind is ToolUseBlock:
+                # One the history calls stays offered: a call to a tool the request does not define
+                # is refused by strict servers (its reference may have gone in a compaction).
+                found.add(block.name)  # type: ignore[union-attr]
+    return frozenset(deferred & found)
 
 
 def offered_tools(req: MessagesRequest, found: FrozenSet[str]) -> Tuple[Tool, ...]:

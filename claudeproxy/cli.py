@@ -155,7 +155,7 @@ def _logging_flags(out: Any) -> None:
     out.add_argument("--log-bodies", action="store_true", help="log the raw bodies (redacted) even when "
                      "--log-level is above debug")
     out.add_argument("--usage-log", metavar="FILE", help="append one JSON line per call (tokens, cost, "
-                     "timings) to this file")
+                     "timings) to this file; today's lines are read back at start for the usage totals")
     out.add_argument("--metrics-file", metavar="FILE", help="the former name of --usage-log")
 
 
