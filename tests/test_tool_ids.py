@@ -209,3 +209,47 @@ def test_a_call_whose_piece_the_history_holds_is_renamed(make_proxy: Any, fake_u
                    {"x-api-key": CLIENT_KEY})
     ids = [b["id"] for b in final_message(events_of(resp.body))["content"] if b["type"] == "tool_use"]
     assert ids == ["call_0-2"], ids
+
+
+# Passthrough: a server that speaks Anthropic's API itself (a local one translating from its own
+# chat format, say) may number its calls anew in every answer too; the forwarded answer is held to
+# the same rule. Anthropic's own ids are unique and pass as they are.
+
+def _anthropic_answer(calls: List[Dict[str, Any]], stream: bool) -> Any:
+    blocks = [{"type": "tool_use", "name": "Read", "input": {"path": p}, **({} if i is None else {"id": i})}
+              for i, p in calls]
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": blocks,
+               "stop_reason": "tool_use", "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 5}}
+    if not stream:
+        return json_reply(message)
+    events: List[Any] = [{"type": "message_start", "message": {**message, "content": [], "stop_reason": None}}]
+    for n, block in enumerate(blocks):
+        events += [{"type": "content_block_start", "index": n, "content_block": {**block, "input": {}}},
+                   {"type": "content_block_delta", "index": n,
+                    "delta": {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}},
+                   {"type": "content_block_stop", "index": n}]
+    events += [{"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                "usage": {"output_tokens": 5}}, {"type": "message_stop"}]
+    return sse_reply(*(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events), done=False)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_passthrough_makes_a_repeated_call_id_unique(make_proxy: Any, fake_upstream: FakeUpstream, stream: bool) -> None:
+    """History holds call_0; the answer calls call_0 twice and one call without an id."""
+    proxy = make_proxy(passthrough=True)
+    fake_upstream.push(_anthropic_answer([("call_0", "b"), ("call_0", "c"), (None, "d")], stream))
+    resp = _ask(proxy, minimal_request(messages=HISTORY, tools=TOOLS, stream=stream))
+    assert resp.status == 200, resp
+    calls = [b for b in answer_content(resp, stream) if b["type"] == "tool_use"]
+    ids = [c["id"] for c in calls]
+    assert ids[:2] == ["call_0-2", "call_0-3"], ids
+    assert re.fullmatch(r"toolu_[A-Za-z0-9]{24}", ids[2]), ids
+    assert [c["input"] for c in calls] == [{"path": p} for p in "bcd"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_passthrough_keeps_ids_that_are_already_unique(make_proxy: Any, fake_upstream: FakeUpstream, stream: bool) -> None:
+    proxy = make_proxy(passthrough=True)
+    fake_upstream.push(_anthropic_answer([("toolu_01A", "b"), ("toolu_01B", "c")], stream))
+    resp = _ask(proxy, minimal_request(messages=HISTORY, tools=TOOLS, stream=stream))
+    assert [b["id"] for b in answer_content(resp, stream)] == ["toolu_01A", "toolu_01B"]

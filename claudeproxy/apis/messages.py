@@ -39,6 +39,7 @@ from ..errors import (
     stream_error_event,
     thread_unsupported,
 )
+from ..ids import first_free, new_id
 from ..prompt_cache import strip_billing_header
 from ..redact import free_text_forms, holds_secret, masked_json
 from ..replies import events_for_message, message_start
@@ -206,10 +207,11 @@ def error_from_event(obj: Any, secrets: Tuple[str, ...]) -> ProxyError:
     return error_from_status(status, json.dumps(body).encode("utf-8"), None, secrets)
 
 
-def message_reply(obj: Any, model: str, secrets: Tuple[str, ...], estimate: Optional[Callable[[], int]] = None
-                  ) -> Dict[str, Any]:
+def message_reply(obj: Any, model: str, secrets: Tuple[str, ...], estimate: Optional[Callable[[], int]] = None,
+                  tool_ids: Optional["ToolIds"] = None) -> Dict[str, Any]:
     """A JSON message from the upstream with the client's model name and a usage the SDKs can read;
     error bodies raise. The record reads the upstream's own usage (``obj``), not the filled one.
+    With ``tool_ids``, a tool call's id the conversation already holds is made unique.
 
     Counts the upstream left out are filled: the input with ``estimate()`` (the request's, asked
     only then), the output with a quarter of the answer's characters, as for a translated answer
@@ -218,6 +220,8 @@ def message_reply(obj: Any, model: str, secrets: Tuple[str, ...], estimate: Opti
         raise error_from_event(obj, secrets)
     if not isinstance(obj, dict) or not isinstance(obj.get("content"), list):
         raise UpstreamUnavailable("upstream returned a body that is not an Anthropic message")
+    if tool_ids is not None:
+        obj = {**obj, "content": [tool_ids.block(b) for b in obj["content"]]}
     usage = obj.get("usage")
     if usage is not None and not isinstance(usage, dict):
         return {**obj, "model": model}  # malformed, not missing: ``_streamable`` refuses it for a stream
@@ -238,6 +242,44 @@ def input_estimate(body: Dict[str, Any]) -> int:
         return estimate_input(parse_messages_request(body)).tokens
     except (ProxyError, ValueError, TypeError, RecursionError):
         return 0
+
+
+class ToolIds:
+    """The client tool calls' ids of one answer, each made unique within it and its conversation.
+
+    A server behind passthrough may number its calls anew in every answer (as Chat servers do:
+    ``call_0`` each turn) or repeat one: Claude Code pairs each result with its call by id, so a
+    second call of a known id took the first one's result, or lost its own. Anthropic's own ids
+    are unique and pass as they are. The conversation's ids are gathered only when an answer
+    calls a tool (most answers call none)."""
+
+    def __init__(self, body: Dict[str, Any]) -> None:
+        self.body = body
+        self.taken: Optional[Set[str]] = None
+
+    def block(self, block: Any) -> Any:
+        """``block``, with an id no earlier call has if it is a client tool call."""
+        if type(block) is not dict or block.get("type") != "tool_use":
+            return block  # a server tool's id is the server's business (its results carry it)
+        if self.taken is None:
+            self.taken = _conversation_tool_ids(self.body)
+        given = block.get("id")
+        base = given if type(given) is str and given else "toolu_" + new_id()
+        tool_id = first_free(base, self.taken.__contains__, self.taken)
+        self.taken.add(tool_id)
+        return block if tool_id == given else {**block, "id": tool_id}
+
+
+def _conversation_tool_ids(body: Dict[str, Any]) -> Set[str]:
+    """The ids of the tool calls in the request's history (the body as the client sent it)."""
+    ids: Set[str] = set()
+    messages = body.get("messages")
+    for message in messages if type(messages) is list else ():
+        content = message.get("content") if type(message) is dict else None
+        for block in content if type(content) is list else ():
+            if type(block) is dict and block.get("type") == "tool_use" and type(block.get("id")) is str:
+                ids.add(block["id"])
+    return ids
 
 
 # What the SDKs' types require (``Usage``: input and output tokens; ``MessageDeltaUsage``: output
@@ -397,7 +439,7 @@ class MessagesApi(UpstreamApi):
                   ) -> Tuple[Dict[str, Any], List[str]]:
         obj = masked_answer(obj, free_text_forms(secrets))
         # (Anything but an object is refused below, its words not quoted.)
-        return message_reply(obj, req.model, secrets, lambda: input_estimate(req.body)), []
+        return message_reply(obj, req.model, secrets, lambda: input_estimate(req.body), ToolIds(req.body)), []
 
     def relayed_headers(self, headers: Any) -> Tuple[Tuple[str, str], ...]:
         """What of the upstream's response head the client gets: its rate limits (the only API
@@ -407,7 +449,7 @@ class MessagesApi(UpstreamApi):
     def fold(self, req: ClientRequest, ex: Exchange, *, message_id: str, input_tokens: int,
              secrets: Tuple[str, ...] = ()) -> "MessagesFold":
         return MessagesFold(message_id=message_id, model=req.model, input_tokens=input_tokens, secrets=secrets,
-                            estimate=lambda: input_estimate(req.body))
+                            estimate=lambda: input_estimate(req.body), tool_ids=ToolIds(req.body))
 
 
 class MessagesFold(SSEFold):
@@ -415,7 +457,7 @@ class MessagesFold(SSEFold):
     grammar it is forwarded in: a block event out of order ends the stream with one error."""
 
     def __init__(self, *, message_id: str, model: str, input_tokens: int, secrets: Tuple[str, ...] = (),
-                 estimate: Optional[Callable[[], int]] = None) -> None:
+                 estimate: Optional[Callable[[], int]] = None, tool_ids: Optional[ToolIds] = None) -> None:
         self.message_id = message_id
         self.model = model
         self.input_tokens = input_tokens
@@ -451,6 +493,7 @@ class MessagesFold(SSEFold):
         # so the client gets one, with the last stop reason and the highest counts (the grammar's).
         self.final_delta: Optional[Event] = None
         self.called_tool = False  # a tool_use block came: the client is to run it
+        self.tool_ids = tool_ids or ToolIds({})  # the calls' ids, made unique in the conversation
 
     @property
     def usage(self) -> Dict[str, Any]:
@@ -496,7 +539,7 @@ class MessagesFold(SSEFold):
     def from_json(self, obj: Any) -> List[Event]:
         """A JSON answer to a stream request, as the events it makes (masked as a JSON answer is)."""
         obj = masked_answer(obj, self.secret_forms)
-        message = message_reply(obj, self.model, self.secrets, self.estimate)
+        message = message_reply(obj, self.model, self.secrets, self.estimate, self.tool_ids)
         if not _streamable(message):
             raise UpstreamUnavailable("upstream returned a message whose content or usage is malformed")
         self._take_usage(obj.get("usage"))  # the upstream's, not the filled one
@@ -538,6 +581,10 @@ class MessagesFold(SSEFold):
         elif kind == "content_block_start":
             self._open_block(obj)
             obj = _full_block_start(obj)
+            block = obj["content_block"]
+            unique = self.tool_ids.block(block)
+            if unique is not block:
+                obj = {**obj, "content_block": unique}
         elif kind == "content_block_stop":
             self._stop_block(obj)
         events = self.start()  # content before any message_start still needs one (the grammar)
