@@ -776,11 +776,12 @@ def test_the_model_list_is_asked_with_the_forwarded_client_key(make_proxy, fake_
 
 
 def test_json_answer_is_relayed_with_usage_in_metrics(through, fake_upstream, records):
-    raw = json.dumps(ANSWER, indent=1).encode("utf-8")
+    answer = {**ANSWER, "id": "msg_relayed_json"}  # the module's proxy gives none twice (test_tool_ids)
+    raw = json.dumps(answer, indent=1).encode("utf-8")
     fake_upstream.push(Reply(200, (("Content-Type", "application/json"),), [raw]))
     resp = post(through, minimal_request(model="claude-haiku-4-5"))
     assert resp.status == 200
-    assert resp.json == {**ANSWER, "model": "claude-haiku-4-5"}
+    assert resp.json == {**answer, "model": "claude-haiku-4-5"}
     rec = record_for(records, resp.headers["request-id"])
     assert (rec.input_tokens, rec.output_tokens, rec.stop_reason) == (12, 3, "end_turn")
     assert (rec.model, rec.provider, rec.route) == ("claude-haiku-4-5", "upstream", "*")
@@ -977,7 +978,8 @@ def test_redirect_is_not_followed(through, fake_upstream):
 def test_stream_is_relayed_as_it_arrives(through, fake_upstream, records):
     """Gate proof: the first text delta reaches the client while the upstream holds the rest."""
     gate = Gate()
-    fake_upstream.push(sse(events_bytes(HEAD_EVENTS), gate, events_bytes(TAIL_EVENTS)))
+    first = {**MESSAGE_START, "message": {**MESSAGE_START["message"], "id": "msg_relayed_stream"}}
+    fake_upstream.push(sse(events_bytes([first] + HEAD_EVENTS[1:]), gate, events_bytes(TAIL_EVENTS)))
     before = request(through.url, "GET", "/metrics?format=json").json
     body = minimal_request(stream=True, model="claude-sonnet-4-5")
     with StreamClient(through.url, body, headers={"x-api-key": CLIENT_KEY}) as client:
@@ -990,7 +992,7 @@ def test_stream_is_relayed_as_it_arrives(through, fake_upstream, records):
         request_id = client.headers["request-id"]
     assert_valid_event_sequence(events, allow_error=False)
     # Every event as the upstream sent it, but the model name is the client's.
-    start = {**MESSAGE_START, "message": {**MESSAGE_START["message"], "model": "claude-sonnet-4-5"}}
+    start = {**first, "message": {**first["message"], "model": "claude-sonnet-4-5"}}
     assert events == [start] + HEAD_EVENTS[1:] + TAIL_EVENTS
     assert final_message(events)["content"] == [{"type": "text", "text": "Hello there"}]
     rec = record_for(records, request_id)
@@ -1435,11 +1437,12 @@ THREE_BLOCKS = [
 
 
 def test_a_thinking_text_and_tool_use_stream_is_forwarded_unchanged(through, fake_upstream):
-    fake_upstream.push(sse(events_bytes(THREE_BLOCKS)))
+    first = {**MESSAGE_START, "message": {**MESSAGE_START["message"], "id": "msg_three_blocks"}}
+    fake_upstream.push(sse(events_bytes([first] + THREE_BLOCKS[1:])))
     with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
         events = client.read_all(timeout=5)
     assert_valid_event_sequence(events, allow_error=False)
-    start = {**MESSAGE_START, "message": {**MESSAGE_START["message"], "model": "claude-test"}}
+    start = {**first, "message": {**first["message"], "model": "claude-test"}}
     assert events == [start] + THREE_BLOCKS[1:]
     assert [b["type"] for b in final_message(events)["content"]] == ["thinking", "text", "tool_use"]
 

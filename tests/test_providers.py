@@ -104,11 +104,12 @@ def test_big_models_go_to_chat_completions(two_providers: Any, fakes: Any, model
 @pytest.mark.parametrize("model", ["claude-haiku-5-5", "claude-3-5-haiku-latest", "haiku"])
 def test_small_models_go_to_the_native_server_unchanged(two_providers: Any, fakes: Any, model: str) -> None:
     openai, native = fakes
-    native.push(json_reply(NATIVE_ANSWER))
+    answer = {**NATIVE_ANSWER, "id": f"msg_native_{model}"}  # the proxy gives no message id twice
+    native.push(json_reply(answer))
     body = {**CLAUDE_CODE, "model": model, "stream": False}
     resp = post(two_providers, body)
     assert resp.status == 200, resp
-    assert resp.json == {**NATIVE_ANSWER, "model": model}
+    assert resp.json == {**answer, "model": model}
     sent = native.last
     assert sent.path == "/v1/messages"  # Claude Code's ?beta=true is for Anthropic itself
     # Unchanged but for the model, max_tokens capped at the model table's limit, and Claude Code's

@@ -253,3 +253,21 @@ def test_passthrough_keeps_ids_that_are_already_unique(make_proxy: Any, fake_ups
     fake_upstream.push(_anthropic_answer([("toolu_01A", "b"), ("toolu_01B", "c")], stream))
     resp = _ask(proxy, minimal_request(messages=HISTORY, tools=TOOLS, stream=stream))
     assert [b["id"] for b in answer_content(resp, stream)] == ["toolu_01A", "toolu_01B"]
+
+
+def test_passthrough_gives_no_message_id_twice(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """A server that answers every turn as msg_1 (Claude Code merges two answers of one id into
+    one message): the first keeps it, a later one (streamed or not) gets the proxy's own; an
+    answer without an id gets one too."""
+    proxy = make_proxy(passthrough=True)
+    ids = []
+    for stream in (False, True, False):
+        fake_upstream.push(_anthropic_answer([("toolu_01A", "b")], stream))
+        resp = _ask(proxy, minimal_request(stream=stream))
+        ids.append(final_message(events_of(resp.body))["id"] if stream else resp.json["id"])
+    without = {"type": "message", "role": "assistant", "content": [{"type": "text", "text": "hi"}],
+               "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 1}}
+    fake_upstream.push(json_reply(without))
+    ids.append(_ask(proxy, minimal_request()).json["id"])
+    assert ids[0] == "msg_1", ids
+    assert len(set(ids)) == 4 and all(re.fullmatch(r"msg_[A-Za-z0-9]{24}", i) for i in ids[1:]), ids

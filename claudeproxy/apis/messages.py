@@ -208,10 +208,10 @@ def error_from_event(obj: Any, secrets: Tuple[str, ...]) -> ProxyError:
 
 
 def message_reply(obj: Any, model: str, secrets: Tuple[str, ...], estimate: Optional[Callable[[], int]] = None,
-                  tool_ids: Optional["ToolIds"] = None) -> Dict[str, Any]:
+                  ids: Optional[AnswerIds] = None) -> Dict[str, Any]:
     """A JSON message from the upstream with the client's model name and a usage the SDKs can read;
     error bodies raise. The record reads the upstream's own usage (``obj``), not the filled one.
-    With ``tool_ids``, a tool call's id the conversation already holds is made unique.
+    With ``ids``, the message's id and its tool calls' are made unique (``AnswerIds``).
 
     Counts the upstream left out are filled: the input with ``estimate()`` (the request's, asked
     only then), the output with a quarter of the answer's characters, as for a translated answer
@@ -220,8 +220,8 @@ def message_reply(obj: Any, model: str, secrets: Tuple[str, ...], estimate: Opti
         raise error_from_event(obj, secrets)
     if not isinstance(obj, dict) or not isinstance(obj.get("content"), list):
         raise UpstreamUnavailable("upstream returned a body that is not an Anthropic message")
-    if tool_ids is not None:
-        obj = {**obj, "content": [tool_ids.block(b) for b in obj["content"]]}
+    if ids is not None:
+        obj = {**obj, "id": ids.message(obj.get("id")), "content": [ids.block(b) for b in obj["content"]]}
     usage = obj.get("usage")
     if usage is not None and not isinstance(usage, dict):
         return {**obj, "model": model}  # malformed, not missing: ``_streamable`` refuses it for a stream
@@ -244,18 +244,51 @@ def input_estimate(body: Dict[str, Any]) -> int:
         return 0
 
 
-class ToolIds:
-    """The client tool calls' ids of one answer, each made unique within it and its conversation.
+# How many of the message ids given out a passthrough API remembers, to give none twice.
+MESSAGE_IDS_REMEMBERED = 1024
+
+
+class MessageIds:
+    """The upstream message ids one server's passthrough gave out lately (thread-safe).
+
+    Claude Code takes two answers with one message id for one message and merges them (the
+    translated routes make their own ids for that reason); a server behind passthrough may repeat
+    one (a fixed id, a counter that began again). Anthropic's own are unique and pass as they are."""
+
+    def __init__(self) -> None:
+        self._given: Dict[str, None] = {}
+        self._lock = threading.Lock()
+
+    def unique(self, given: Any, ours: str) -> str:
+        """``given`` if it is an id not given out lately, else ``ours``."""
+        if type(given) is not str or not given:
+            return ours
+        with self._lock:
+            if given in self._given:
+                return ours
+            self._given[given] = None
+            if len(self._given) > MESSAGE_IDS_REMEMBERED:
+                del self._given[next(iter(self._given))]
+        return given
+
+
+class AnswerIds:
+    """One answer's ids as the client gets them: the message's unique among the answers lately
+    (``MessageIds``), each client tool call's within the answer and its conversation.
 
     A server behind passthrough may number its calls anew in every answer (as Chat servers do:
     ``call_0`` each turn) or repeat one: Claude Code pairs each result with its call by id, so a
-    second call of a known id took the first one's result, or lost its own. Anthropic's own ids
-    are unique and pass as they are. The conversation's ids are gathered only when an answer
-    calls a tool (most answers call none)."""
+    second call of a known id took the first one's result, or lost its own. The conversation's ids
+    are gathered only when an answer calls a tool (most answers call none)."""
 
-    def __init__(self, body: Dict[str, Any]) -> None:
+    def __init__(self, body: Dict[str, Any], message_ids: Optional[MessageIds] = None, ours: str = "") -> None:
         self.body = body
+        self.message_ids = message_ids
+        self.ours = ours or "msg_" + new_id()  # the proxy's id, for an upstream's that will not do
         self.taken: Optional[Set[str]] = None
+
+    def message(self, given: Any) -> str:
+        return self.message_ids.unique(given, self.ours) if self.message_ids is not None else self.ours
 
     def block(self, block: Any) -> Any:
         """``block``, with an id no earlier call has if it is a client tool call."""
@@ -304,8 +337,8 @@ def _full_message(message: Dict[str, Any], message_id: str, model: str, estimate
     if usage.get("input_tokens") is None:  # missing; an odd value goes on as given
         usage = {**usage, "input_tokens": estimate()}
     content = message.get("content") if isinstance(message.get("content"), list) else []
-    return {"id": message_id, "type": "message", "role": "assistant", "stop_reason": None, "stop_sequence": None,
-            **message, "model": model, "content": content, "usage": _filled(usage, _MESSAGE_USAGE)}
+    return {"type": "message", "role": "assistant", "stop_reason": None, "stop_sequence": None,
+            **message, "id": message_id, "model": model, "content": content, "usage": _filled(usage, _MESSAGE_USAGE)}
 
 
 def _block_defaults(kind: Any) -> Dict[str, Any]:
@@ -350,6 +383,7 @@ class MessagesApi(UpstreamApi):
         self._refused = RefusedFields(DROPPABLE, only_as={"output_config": effort_only})
         self._older: Dict[Tuple[str, str], FrozenSet[str]] = {}
         self._lock = threading.Lock()
+        self._message_ids = MessageIds()  # the upstream's message ids given out lately
 
     def parse(self, body: Dict[str, Any]) -> None:
         return None  # the upstream validates what it is sent
@@ -439,7 +473,8 @@ class MessagesApi(UpstreamApi):
                   ) -> Tuple[Dict[str, Any], List[str]]:
         obj = masked_answer(obj, free_text_forms(secrets))
         # (Anything but an object is refused below, its words not quoted.)
-        return message_reply(obj, req.model, secrets, lambda: input_estimate(req.body), ToolIds(req.body)), []
+        return message_reply(obj, req.model, secrets, lambda: input_estimate(req.body),
+                             AnswerIds(req.body, self._message_ids)), []
 
     def relayed_headers(self, headers: Any) -> Tuple[Tuple[str, str], ...]:
         """What of the upstream's response head the client gets: its rate limits (the only API
@@ -449,7 +484,8 @@ class MessagesApi(UpstreamApi):
     def fold(self, req: ClientRequest, ex: Exchange, *, message_id: str, input_tokens: int,
              secrets: Tuple[str, ...] = ()) -> "MessagesFold":
         return MessagesFold(message_id=message_id, model=req.model, input_tokens=input_tokens, secrets=secrets,
-                            estimate=lambda: input_estimate(req.body), tool_ids=ToolIds(req.body))
+                            estimate=lambda: input_estimate(req.body),
+                            ids=AnswerIds(req.body, self._message_ids, message_id))
 
 
 class MessagesFold(SSEFold):
@@ -457,7 +493,7 @@ class MessagesFold(SSEFold):
     grammar it is forwarded in: a block event out of order ends the stream with one error."""
 
     def __init__(self, *, message_id: str, model: str, input_tokens: int, secrets: Tuple[str, ...] = (),
-                 estimate: Optional[Callable[[], int]] = None, tool_ids: Optional[ToolIds] = None) -> None:
+                 estimate: Optional[Callable[[], int]] = None, ids: Optional[AnswerIds] = None) -> None:
         self.message_id = message_id
         self.model = model
         self.input_tokens = input_tokens
@@ -493,7 +529,7 @@ class MessagesFold(SSEFold):
         # so the client gets one, with the last stop reason and the highest counts (the grammar's).
         self.final_delta: Optional[Event] = None
         self.called_tool = False  # a tool_use block came: the client is to run it
-        self.tool_ids = tool_ids or ToolIds({})  # the calls' ids, made unique in the conversation
+        self.ids = ids or AnswerIds({}, None, message_id)  # the message's and the calls' ids, made unique
 
     @property
     def usage(self) -> Dict[str, Any]:
@@ -539,7 +575,7 @@ class MessagesFold(SSEFold):
     def from_json(self, obj: Any) -> List[Event]:
         """A JSON answer to a stream request, as the events it makes (masked as a JSON answer is)."""
         obj = masked_answer(obj, self.secret_forms)
-        message = message_reply(obj, self.model, self.secrets, self.estimate, self.tool_ids)
+        message = message_reply(obj, self.model, self.secrets, self.estimate, self.ids)
         if not _streamable(message):
             raise UpstreamUnavailable("upstream returned a message whose content or usage is malformed")
         self._take_usage(obj.get("usage"))  # the upstream's, not the filled one
@@ -582,7 +618,7 @@ class MessagesFold(SSEFold):
             self._open_block(obj)
             obj = _full_block_start(obj)
             block = obj["content_block"]
-            unique = self.tool_ids.block(block)
+            unique = self.ids.block(block)
             if unique is not block:
                 obj = {**obj, "content_block": unique}
         elif kind == "content_block_stop":
@@ -723,7 +759,8 @@ class MessagesFold(SSEFold):
             usage = message.get("usage")
             self.late_usage = _counts(usage, _START_USAGE_KEYS)
             return []
-        self.held = [{**obj, "message": _full_message(message, self.message_id, self.model, self.estimate)}]
+        self.held = [{**obj, "message": _full_message(message, self.ids.message(message.get("id")), self.model,
+                                                           self.estimate)}]
         return []
 
     def _stop(self, obj: Optional[Event] = None) -> List[Event]:
