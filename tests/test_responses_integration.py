@@ -9,6 +9,7 @@ themselves; web search is offered only where the provider can search.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -346,6 +347,25 @@ def test_a_refused_temperature_is_dropped_and_remembered_for_the_model(make_prox
     assert resp.status == 200, resp
     assert request(server.url, "POST", "/v1/messages", turn, HEADERS).status == 200
     assert [r.json.get("temperature") for r in fake_upstream.requests[-3:]] == [0.7, None, None]
+
+
+def test_the_end_user_goes_as_safety_identifier_and_a_server_refusing_it_gets_none(make_proxy: Any,
+                                                                                  fake_upstream: Any) -> None:
+    """metadata.user_id is the Responses API's safety_identifier (Chat's ``user``; 64 characters at
+    most, so a longer one as its digest); a server that does not know the field is asked again
+    without it, and its model never gets it again."""
+    server = make_proxy(upstream_api="responses", model="local-model")
+    refusal = {"error": {"message": "Unknown parameter: 'safety_identifier'.", "type": "invalid_request_error"}}
+    answer = json.loads(read("responses", "text.response.json"))
+    fake_upstream.push(json_reply(refusal, status=400), json_reply(answer), json_reply(answer))
+    long_id = '{"device_id":"' + "d" * 64 + '","session_id":"s"}'
+    assert request(server.url, "POST", "/v1/messages", ask(metadata={"user_id": "user-7"}), HEADERS).status == 200
+    assert request(server.url, "POST", "/v1/messages", ask(metadata={"user_id": long_id}), HEADERS).status == 200
+    assert [r.json.get("safety_identifier") for r in fake_upstream.requests[-3:]] == ["user-7", None, None]
+    other = make_proxy(upstream_api="responses", model="gpt-5")
+    fake_upstream.push(json_reply(answer))
+    assert request(other.url, "POST", "/v1/messages", ask(metadata={"user_id": long_id}), HEADERS).status == 200
+    assert fake_upstream.requests[-1].json["safety_identifier"] == hashlib.sha256(long_id.encode()).hexdigest()
 
 
 @pytest.mark.parametrize("choice, sent", [({"type": "auto"}, ["auto", None]), ({"type": "any"}, ["required"])])

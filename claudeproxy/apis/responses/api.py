@@ -32,7 +32,8 @@ from .stream import LocalStopResponsesFold, ResponsesFold
 # Fields the proxy sends on its own judgement that a model's upstream may refuse as such ("Unsupported
 # parameter: 'temperature' is not supported with this model" from a reasoning model the name did not
 # reveal; 'reasoning' from a model that does not reason). Without them the request means the same.
-DROPPABLE_FIELDS = ("temperature", "top_p", "reasoning", "parallel_tool_calls", "prompt_cache_key", "tool_choice")
+DROPPABLE_FIELDS = ("temperature", "top_p", "reasoning", "parallel_tool_calls", "prompt_cache_key", "tool_choice",
+                    "safety_identifier")
 DROPPABLE_ONLY_AS = {"tool_choice": "auto"}  # another tool_choice is the client's (as on Chat)
 
 

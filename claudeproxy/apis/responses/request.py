@@ -511,6 +511,10 @@ def to_responses_request(
         body["include"] = include
     if cache_key:
         body["prompt_cache_key"] = _short_key(cache_key)
+    if req.user_id:
+        # The end user, for OpenAI's abuse checks (the Responses API's word for Chat's ``user``): 64
+        # characters at most, and Claude Code's JSON user id is longer, so its digest (stable per user).
+        body["safety_identifier"] = _short_key(req.user_id)
     body["stream"] = stream
     # No stop_sequences: the API has no stop parameter; the proxy matches them itself (apis/stops.py).
     return Translation(body, tool_names(req, functions_only=True), warnings)
