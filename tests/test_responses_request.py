@@ -246,6 +246,21 @@ def test_foreign_or_broken_thinking_is_never_forged_into_an_item(signature: str)
     assert _types(out) == ["message", "function_call", "function_call_output"]
 
 
+def test_a_reasoning_item_goes_up_once_when_its_block_comes_twice() -> None:
+    """A client that carries a thinking block into a later turn: the item went up twice, and OpenAI
+    answers 400 "Duplicate item found with id rs_1" (vercel/ai#7883). Its first place keeps it."""
+    signature = encode_signature("responses", {"id": "rs_1", "encrypted_content": "gAAA"})
+    thinking = {"type": "thinking", "thinking": "plan", "signature": signature}
+    msgs = [{"role": "user", "content": "one"},
+            {"role": "assistant", "content": [thinking, {"type": "text", "text": "first"}]},
+            {"role": "user", "content": "two"},
+            {"role": "assistant", "content": [thinking, {"type": "text", "text": "second"}]},
+            {"role": "user", "content": "three"}]
+    out = translate(body(msgs, thinking={"type": "adaptive"})).body
+    assert _types(out) == ["message", "reasoning", "message", "message", "message", "message"]
+    assert [i["content"][0]["text"] for i in out["input"] if i["type"] == "message"][1:4] == ["first", "two", "second"]
+
+
 def test_reasoning_is_not_replayed_when_asked_not_to_or_to_a_plain_model() -> None:
     signature = encode_signature("responses", {"id": "rs_1", "encrypted_content": "gAAA"})
     assert "reasoning" not in _types(translate(body(_turn(signature)), replay_reasoning=False).body)

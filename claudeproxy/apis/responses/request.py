@@ -203,13 +203,15 @@ def _function_call(block: ToolUseBlock) -> Item:
     return {"type": "function_call", "call_id": call_id(block.id), "name": tool_alias(block.name), "arguments": arguments}
 
 
-def _assistant_items(message: Message, replay: bool, seen: Set[str]) -> List[Item]:
+def _assistant_items(message: Message, replay: bool, seen: Set[str], seen_reasoning: Set[str]) -> List[Item]:
     """Items in block order: each reasoning item stays right before the item it preceded."""
     items: List[Item] = []
     for block in message.content:
         if isinstance(block, ThinkingBlock) and replay:
             item = reasoning_item(block)
-            items.extend([item] if item else [])
+            if item and item["id"] not in seen_reasoning:  # twice is a 400 ("Duplicate item found with id")
+                seen_reasoning.add(item["id"])
+                items.append(item)
         elif isinstance(block, TextBlock) and block.text:
             part = {"type": "output_text", "text": block.text}
             if items and items[-1]["type"] == "message":
@@ -251,6 +253,7 @@ class _InputBuilder:
         self.out: List[Item] = []
         self.pending: Dict[str, None] = {}  # call_ids of the last assistant turn still without output, in order
         self.seen: Set[str] = set()  # every call_id sent so far
+        self.seen_reasoning: Set[str] = set()  # every reasoning item's id sent so far
         self.deferred: List[Item] = []  # system turns that came between a call and its output
 
     def add_system(self, message: Message) -> None:
@@ -261,7 +264,7 @@ class _InputBuilder:
 
     def add_assistant(self, message: Message) -> None:
         self.close_turn()
-        items = _assistant_items(message, self.replay, self.seen)
+        items = _assistant_items(message, self.replay, self.seen, self.seen_reasoning)
         self.out.extend(items)
         self.pending = dict.fromkeys(item["call_id"] for item in items if item["type"] == "function_call")
 
