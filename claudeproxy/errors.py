@@ -336,7 +336,11 @@ def error_from_status(status: int, body: bytes, headers: Any = None, secrets: Tu
 
 # An exhausted quota comes as a 429 like a rate limit, but no wait gets past it (RESPONSES.md 4):
 # the client is told not to retry, and the proxy tries the next target instead of the same again.
-_NO_RETRY_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "billing_not_active"})
+# OpenAI's codes; Moonshot's type (its 429 "You exceeded your current quota": forum.moonshot.ai/t/244);
+# Zhipu's (Z.ai, bigmodel.cn) 429s "Insufficient balance" (1113), "coding plan expired" (1309) and
+# "Weekly/Monthly Limit Exhausted" (1310, reset days away): docs.bigmodel.cn/cn/api/api-code.
+_NO_RETRY_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "billing_not_active",
+                             "exceeded_current_quota_error", "1113", "1309", "1310"})
 NO_RETRY = ("x-should-retry", "false")
 # A server error that says how the server was started, which no retry changes: llama.cpp's 500 "tools
 # param requires --jinja flag" to every request with tools (all of Claude Code's).
@@ -353,6 +357,13 @@ LONGEST_RETRY_WAIT = 60.0
 def _waits_long(headers: Tuple[Tuple[str, str], ...]) -> bool:
     wait = retry_after(headers, time.time())
     return wait is not None and wait > LONGEST_RETRY_WAIT
+
+
+def _code(value: Any) -> Optional[str]:
+    """An error's code or type as text (Zhipu's codes come as "1113" or 1113)."""
+    if isinstance(value, str):
+        return value
+    return str(value) if type(value) is int else None
 
 
 def says_no_retry(exc: ProxyError) -> bool:
@@ -386,7 +397,7 @@ def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], he
                 exc.headers += _wait_headers(wait)
     # A refused key (401, 403) is refused again on every retry: Claude Code would retry ten times
     # over minutes and then ask for /login, which is not what is wrong.
-    if status in (401, 403) or any(isinstance(v, str) and v in _NO_RETRY_CODES for v in (err.get("code"), err.get("type"))) \
+    if status in (401, 403) or any(_code(v) in _NO_RETRY_CODES for v in (err.get("code"), err.get("type"))) \
             or _waits_long(exc.headers) or _SERVER_SETUP.search(message):
         exc.headers = tuple(h for h in exc.headers if h[0] != NO_RETRY[0]) + (NO_RETRY,)
     # OpenRouter's "Provider returned error" keeps the provider's own words in metadata.raw: the

@@ -131,12 +131,26 @@ QUOTA = {"error": {"message": "You exceeded your current quota, please check you
                    "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}}
 
 
+# Moonshot's (forum.moonshot.ai/t/244) and Zhipu's (docs.bigmodel.cn/cn/api/api-code: balance, limit).
+QUOTAS = {
+    "openai": QUOTA,
+    "moonshot": {"error": {"message": "You exceeded your current quota, please check your plan and billing details",
+                           "type": "exceeded_current_quota_error"}},
+    "zhipu-balance": {"error": {"code": "1113", "message": "Insufficient balance or no resource package. Please recharge."}},
+    "zhipu-limit": {"error": {"code": 1310, "message": "Weekly/Monthly Limit Exhausted. Your limit will reset at "
+                                                       "2026-12-10 08:00:00"}},
+}
+
+
+@pytest.mark.parametrize("quota", sorted(QUOTAS))
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-def test_a_spent_quota_is_not_retried_by_anyone(make_proxy: Any, fake_upstream: FakeUpstream, stream: bool) -> None:
-    """OpenAI's 429 insufficient_quota: no wait gets past it, so neither the proxy nor the client
-    (x-should-retry: false, which the SDKs and Claude Code obey) tries again."""
+def test_a_spent_quota_is_not_retried_by_anyone(make_proxy: Any, fake_upstream: FakeUpstream, stream: bool,
+                                                quota: str) -> None:
+    """A 429 for a spent quota (OpenAI's insufficient_quota, Moonshot's and Zhipu's own): no wait
+    gets past it, so neither the proxy nor the client (x-should-retry: false, which the SDKs and
+    Claude Code obey) tries again."""
     server = make_proxy(retries=2)
-    fake_upstream.push(json_reply(QUOTA, status=429))
+    fake_upstream.push(json_reply(QUOTAS[quota], status=429))
     resp = ask(server, stream=stream)
     assert resp.status == 429 and resp.json["error"]["type"] == "rate_limit_error"
     assert resp.headers.get("x-should-retry") == "false"
