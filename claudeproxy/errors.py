@@ -319,8 +319,10 @@ def _wait_headers(seconds: float) -> Tuple[Tuple[str, str], ...]:
     return (("retry-after", str(max(1, -int(-seconds // 1)))), ("retry-after-ms", str(max(1, round(seconds * 1000)))))
 
 
-def error_from_status(status: int, body: bytes, headers: Any = None, secrets: Tuple[str, ...] = ()) -> ProxyError:
-    """The client-facing error for an upstream error status and body."""
+def error_from_status(status: int, body: bytes, headers: Any = None, secrets: Tuple[str, ...] = (),
+                      said: bool = True) -> ProxyError:
+    """The client-facing error for an upstream error status and body (``said``: the upstream sent
+    that status; not so for an error event in a 200 stream, whose type gave the status)."""
     text, obj = _parse_body(body, headers)
     message = _error_message(text, obj, secrets) or http.client.responses.get(status, "") or "(empty body)"
     if not 400 <= status <= 599:
@@ -331,7 +333,7 @@ def error_from_status(status: int, body: bytes, headers: Any = None, secrets: Tu
         # credentials. Passed on as 407 it would tell the client that its own proxy does.
         return UpstreamUnavailable(f"upstream 407: a proxy on the way to the upstream asks for credentials: {message}"
                                    [:1000], headers=(NO_RETRY,))
-    return _upstream_error(status, message, _error_dict(obj), headers, secrets)
+    return _upstream_error(status, message, _error_dict(obj), headers, secrets, said)
 
 
 # An exhausted quota comes as a 429 like a rate limit, but no wait gets past it (RESPONSES.md 4):

@@ -204,7 +204,7 @@ def error_from_event(obj: Any, secrets: Tuple[str, ...]) -> ProxyError:
     kind = err.get("type") if isinstance(err, dict) else None
     status = _STATUS_BY_TYPE.get(kind, 502) if isinstance(kind, str) else 502
     body = obj if isinstance(obj, dict) else {"error": {"message": str(obj)}}  # masked, then cut
-    return error_from_status(status, json.dumps(body).encode("utf-8"), None, secrets)
+    return error_from_status(status, json.dumps(body).encode("utf-8"), None, secrets, said=False)
 
 
 def message_reply(obj: Any, model: str, secrets: Tuple[str, ...], estimate: Optional[Callable[[], int]] = None,
