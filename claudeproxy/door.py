@@ -26,9 +26,11 @@ from typing import Any, Iterator, List, Optional, Tuple, Union
 from .errors import InvalidRequest
 
 MAX_NESTING = 128
-# The most JSON objects and arrays a body may hold: far past any real request (Claude Code's
-# longest sessions hold tens of thousands), and a bound on what decoding a hostile one costs.
+# The most JSON objects and arrays a body may hold, and the most values in them (told by the commas
+# between them): far past any real request (Claude Code's longest sessions hold tens of thousands),
+# and a bound on what decoding a hostile one costs.
 MAX_CONTAINERS = 1_000_000
+MAX_VALUES = 1_000_000
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # (unrolled: a run at a time)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # Only a \uD800-\uDFFF escape can put a surrogate into a decoded string
@@ -144,10 +146,7 @@ def loads_request(raw: bytes) -> Any:
             flags.append(True)
         return value
 
-    containers = _containers_past_cap(raw)
-    if containers is not None:
-        raise InvalidRequest(f"request body holds {containers:,} JSON objects and arrays; at most "
-                             f"{MAX_CONTAINERS:,} are taken")
+    _check_counts(raw)
     try:
         value = json.loads(raw.decode("utf-8"), parse_constant=constant, parse_float=number)
     except (ValueError, RecursionError) as exc:
@@ -162,19 +161,30 @@ def loads_request(raw: bytes) -> Any:
     return value
 
 
-def _containers_past_cap(raw: bytes) -> Optional[int]:
-    """How many objects and arrays ``raw`` holds, when that is more than ``MAX_CONTAINERS``; else None.
+def _check_counts(raw: bytes) -> None:
+    """Refuses a body with more objects and arrays than ``MAX_CONTAINERS``, or more values in them
+    than ``MAX_VALUES``, before it is decoded.
 
-    Decoded, each costs about 70 bytes for its 2 (a 32 MiB body of ``{}`` took 888 MB, a million
-    tiny text blocks 464 MB: probe A), and the cap must come before the decoding to lower that
-    peak. A body's brackets are counted in C (20 KB: about 10 us, so only past 2 MB); only one
-    with more of them than the cap (none that Claude Code sends: a base64 image has none) is
-    counted again outside its strings, whose text may hold any number of them."""
-    if len(raw) <= 2 * MAX_CONTAINERS or raw.count(b"{") + raw.count(b"[") <= MAX_CONTAINERS:
-        return None  # (each takes two bytes at least: a body under 2 MB is not even scanned)
+    Decoded, each container costs about 70 bytes for its 2 (a 32 MiB body of ``{}`` took 888 MB, a
+    million tiny text blocks 464 MB: probe A), each short string about 60 for its 5 (``"ab",``: 554
+    MB: probe N), and the cap must come before the decoding to lower that peak. A body's marks are
+    counted in C (20 KB: about 10 us, so only past 2 MB); only one with more of them than a cap
+    (none that Claude Code sends: a base64 image has none) is counted again outside its strings,
+    whose text may hold any number of them."""
+    if len(raw) <= 2 * min(MAX_CONTAINERS, MAX_VALUES):
+        return  # (each takes two bytes at least: a body under 2 MB is not even scanned)
+    containers, values = raw.count(b"{") + raw.count(b"["), raw.count(b",") + 1
+    if containers <= MAX_CONTAINERS and values <= MAX_VALUES:
+        return
     outside = _JSON_STRING.sub(b"", raw)
-    found = outside.count(b"{") + outside.count(b"[")
-    return found if found > MAX_CONTAINERS else None
+    containers = outside.count(b"{") + outside.count(b"[")
+    if containers > MAX_CONTAINERS:
+        raise InvalidRequest(f"request body holds {containers:,} JSON objects and arrays; at most "
+                             f"{MAX_CONTAINERS:,} are taken")
+    values = outside.count(b",") + 1
+    if values > MAX_VALUES:
+        raise InvalidRequest(f"request body holds {values:,} JSON values in its objects and arrays; at most "
+                             f"{MAX_VALUES:,} are taken")
 
 
 def _json_reason(exc: BaseException) -> str:

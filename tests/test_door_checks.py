@@ -206,3 +206,21 @@ def test_a_body_of_more_than_a_million_objects_and_arrays_is_refused_before_deco
     assert door.loads_request(quoted)["messages"][0]["content"].startswith('"{[{[')
     near = b'{"a":[' + b"[]," * 999_997 + b'[]]}'  # the cap itself is taken
     assert len(door.loads_request(near)["a"]) == 999_998
+
+
+def test_a_body_of_more_than_a_million_values_is_refused_before_decoding() -> None:
+    """A 32 MiB body of 6.7 million strings "ab" took 554 MB to decode (probe N): the values are
+    counted by the commas between them, outside strings; commas in text are text."""
+    from claudeproxy import door
+    from claudeproxy.errors import InvalidRequest
+
+    hostile = b'{"model":"m","metadata":{"x":[' + b'"ab",' * 1_500_000 + b'"ab"]}}'
+    began = time.process_time()
+    with pytest.raises(InvalidRequest) as caught:
+        door.loads_request(hostile)
+    assert "1,500,002 JSON values in its objects and arrays; at most 1,000,000" in str(caught.value)
+    assert time.process_time() - began < 2.0  # counted, not decoded
+    text = b'{"model":"m","messages":[{"role":"user","content":"' + b"a,b," * 1_500_000 + b'"}]}'
+    assert door.loads_request(text)["messages"][0]["content"].startswith("a,b,a,b")
+    near = b'{"a":[' + b"1," * 999_999 + b'1]}'  # the cap itself is taken
+    assert len(door.loads_request(near)["a"]) == 1_000_000
