@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .config import Config
 from .ending import StreamFold, stream_end
-from .errors import ClientGone, ProxyError, UpstreamUnavailable, says_no_retry
+from .errors import NO_RETRY, ClientGone, ProxyError, UpstreamNotJson, says_no_retry
 from .redact import quoted
 from .upstream import (
     UpstreamCall,
@@ -87,8 +87,11 @@ class Relay:
                 self.deadline = self.opened_at + self.config.request_timeout
                 self._from_json(resp)
             elif kind == "other":
+                # A web page or a file, not events: the same on every try (a URL that names no API),
+                # so neither the proxy nor the client asks again, as for a JSON request's answer.
                 ctype = resp.headers.get("Content-Type")
-                self._fail(UpstreamUnavailable(f"upstream returned non-SSE content ({quoted(ctype, 100)}) to a stream request"))
+                self._fail(UpstreamNotJson(f"upstream returned non-SSE content ({quoted(ctype, 100)}) to a stream "
+                                           "request", headers=(NO_RETRY,)))
             else:
                 self._lines = iter_lines(resp, self.config.max_line_bytes, self.fold.line_allowance,
                                          self.fold.line_skimmer)

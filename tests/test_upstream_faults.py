@@ -127,6 +127,19 @@ def test_html_200_to_a_stream_request_is_502_without_message_start(proxy, fake_u
     assert b"message_start" not in resp.body
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_web_page_for_an_answer_is_asked_for_once(make_proxy, fake_upstream, stream):
+    """A base URL that names a web server, not the API (nginx's welcome page): the same on every
+    try, so neither the proxy's retries nor the client (Claude Code, which always streams, retried
+    the stream's 502 for minutes) ask again."""
+    server = make_proxy(retries=2)
+    fake_upstream.push(*[Reply(200, (("Content-Type", "text/html"),), [b"<html>Welcome to nginx!</html>"])] * 3)
+    resp = send(server, stream)
+    assert_plain_error(resp, 502, "api_error")
+    assert resp.headers.get("x-should-retry") == "false"
+    assert len(fake_upstream.requests) == 1
+
+
 def test_non_json_200_to_a_plain_request_is_502(proxy, fake_upstream):
     fake_upstream.push(Reply(200, (("Content-Type", "text/html"),), [b"<html>captive portal</html>"]))
     assert_plain_error(send(proxy, False), 502, "api_error")
