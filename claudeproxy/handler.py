@@ -628,9 +628,12 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
                 headers=(("Allow", ", ".join(allowed)),),
             )
         if path.startswith("/v1/v1/") and proxy.route(method, path[3:]) is not None:
-            # The SDKs add /v1 themselves: a base URL that ends in it doubles it.
-            return ProxyError(f"not found: {path} (the client's base URL should not end in /v1: "
-                              f"ANTHROPIC_BASE_URL=http://HOST:PORT)", status=404)
+            # The SDKs add /v1 themselves: a base URL that ends in it doubles it. Claude Code shows
+            # the 404 only as "an issue with the selected model": the log says it (once).
+            exc = ProxyError(f"not found: {path} (the client's base URL should not end in /v1: "
+                             f"ANTHROPIC_BASE_URL=http://HOST:PORT)", status=404)
+            proxy.warn_once(f"a client asked for {exc.message}")
+            return exc
         return ProxyError(f"not found: {path}", status=404)
 
     # ------------------------------------------------------------------

@@ -502,11 +502,51 @@ def _session(running: RunningServer, ns: argparse.Namespace, config: Config, typ
             print(f"claudeproxy: --trust left alone: {os.path.basename(argv[0])!r} is not Claude Code's "
                   "`claude` (nothing was marked trusted)", file=stderr, flush=True)
         stderr.flush()
-        status = run_command(argv, env, windows, stderr)
+        warnings = _SessionWarnings(cli.secrets_source(config))
+        logging.getLogger(PACKAGE_LOGGER).addHandler(warnings)
+        try:
+            status = run_command(argv, env, windows, stderr)
+        finally:
+            logging.getLogger(PACKAGE_LOGGER).removeHandler(warnings)
         log.info("%s exited with status %d; stopping", os.path.basename(argv[0]), status)
+        if status != 0:
+            warnings.say(os.path.basename(argv[0]), status, log_path, stderr)
         return status
     finally:
         stop_outliving_signals(running, windows)
+
+
+class _SessionWarnings(logging.Handler):
+    """The first few distinct warnings the proxy logged while COMMAND ran, said on the terminal when
+    COMMAND fails: Claude Code shows an upstream's 404 (a base URL without its /v1, a model name
+    the upstream lacks) only as "an issue with the selected model", and the reason is in a log file
+    nobody was told to read."""
+
+    MOST = 5
+
+    def __init__(self, secrets: Callable[[], Any]) -> None:
+        super().__init__(logging.WARNING)
+        self.addFilter(cli._RedactingFilter(secrets))  # noqa: SLF001 - as every handler of the log's
+        self.lines: Dict[str, None] = {}
+        self.more = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = " ".join(record.getMessage().split())[:500]
+        if line not in self.lines:
+            if len(self.lines) < self.MOST:
+                self.lines[line] = None
+            else:
+                self.more += 1
+
+    def say(self, name: str, status: int, log_path: str, stderr: TextIO) -> None:
+        if not self.lines:
+            return
+        more = f", {self.more} more" if self.more else ""
+        print(f"claudeproxy: {name} exited with status {status}; the proxy's warnings while it ran{more} "
+              f"(all in {log_path}):", file=stderr)
+        for line in self.lines:
+            print(f"claudeproxy: warning: {line}", file=stderr)
+        stderr.flush()
 
 
 class _NotStarted(Exception):

@@ -315,10 +315,10 @@ class Proxy:
                 # A forwarded key refused, or a passing failure (429, 5xx: the client retries); or
                 # Anthropic's own answer, which has a counter: its 404 is a model it does not have.
                 raise
-            self._warn_once(f"{target.label} answered count_tokens with {exc.status}; the local estimate serves")
+            self.warn_once(f"{target.label} answered count_tokens with {exc.status}; the local estimate serves")
             return None
         except UpstreamNotJson:
-            self._warn_once(f"{target.label} answered count_tokens with a body that is not JSON; "
+            self.warn_once(f"{target.label} answered count_tokens with a body that is not JSON; "
                             "the local estimate serves")
             return None
         counted = count_or_none(answer.get("input_tokens")) if isinstance(answer, dict) else None
@@ -326,7 +326,7 @@ class Proxy:
             # A count that is none (negative, fractional, missing): the local estimate serves, as for
             # an upstream without count_tokens. Claude Code only plans compaction on it; a 502 would
             # fail the client over a number the proxy can estimate itself.
-            self._warn_once(f"{target.label} answered count_tokens without a usable input_tokens; "
+            self.warn_once(f"{target.label} answered count_tokens without a usable input_tokens; "
                             "the local estimate serves")
         return counted
 
@@ -369,7 +369,7 @@ class Proxy:
                 if exc.status in _NO_LIST_STATUSES:
                     # No model list there (llama.cpp, gateways): an empty one, as Anthropic's never
                     # 404s; a 404 on the list would read as a wrong base URL to the client.
-                    self._warn_once(f"{provider.name} has no model list (upstream {exc.status}); "
+                    self.warn_once(f"{provider.name} has no model list (upstream {exc.status}); "
                                     "its models are not listed")
                     continue
                 if listed:
@@ -633,6 +633,10 @@ class Proxy:
                     exc.own_key = bool(key)  # a refusal of the proxy's key may go to a fallback; the client's, never
                     if exc.status in (401, 403) and key:
                         raise self._refused_key(exc, target) from None
+                    if exc.status == 404:
+                        # A base URL without its /v1, a model name the upstream lacks: Claude Code
+                        # shows a 404 only as "an issue with the selected model", so the log says it.
+                        self.warn_once(f"{target.label}: {exc.message}")
                     raise
                 changes += 1
                 ex = changed
@@ -642,10 +646,10 @@ class Proxy:
         Code would take a bare 401 for its own login gone), the log says it once. A 403 that names
         the model ("Project ... does not have access to model gpt-4.1") is the model's, not the key's."""
         if exc.status == 403 and _NAMES_A_MODEL.search(exc.upstream_message):
-            self._warn_once(f"{target.provider.name} does not let the key claudeproxy sends use {target.model!r} "
+            self.warn_once(f"{target.provider.name} does not let the key claudeproxy sends use {target.model!r} "
                             "(upstream 403); check the route's model or the account's access to it")
             return exc
-        self._warn_once(f"{target.provider.name} refused the key claudeproxy sends it (upstream {exc.status}); "
+        self.warn_once(f"{target.provider.name} refused the key claudeproxy sends it (upstream {exc.status}); "
                         "check the provider's key setting")
         exc.message = f"{exc.message} (the key claudeproxy sends to provider {target.provider.name!r})"
         return exc
@@ -667,7 +671,7 @@ class Proxy:
         cap = self._cap(target, limit)
         ex: Exchange = api.prepare(req, target, cap)
         for warning in ex.warnings:
-            self._warn_once(warning)
+            self.warn_once(warning)
         asked = req.parsed.max_tokens if req.parsed is not None else req.body.get("max_tokens")
         if cap is not None and type(asked) is int and asked > cap:
             # Claude Code asks for 128000 every time: said once a model and cap (FIELD-NOTES 5), and the
@@ -677,7 +681,7 @@ class Proxy:
                 log.log(logging.INFO if first else logging.DEBUG, "max_tokens is capped at %d for %s, its output "
                         "limit (asked for %d; said once)", cap, target.label, asked)
         if req.parsed is not None and req.parsed.mcp_servers:  # translated: no API of ours can carry them
-            self._warn_once(f"dropped MCP servers the upstream cannot connect to (mcp_servers): "
+            self.warn_once(f"dropped MCP servers the upstream cannot connect to (mcp_servers): "
                             f"{', '.join(req.parsed.mcp_servers)}")
         return ex
 
@@ -691,7 +695,7 @@ class Proxy:
             remember(self._caps, key, min(cap, self._caps.get(key, cap)))
         log.warning("upstream limits %s to %d output tokens; max_tokens is capped from now on", target.label, cap)
 
-    def _warn_once(self, warning: str) -> None:
+    def warn_once(self, warning: str) -> None:
         """A warning that every request would repeat (Claude Code sends web_search each time) is
         logged once at WARNING, then at DEBUG."""
         log.log(logging.WARNING if self._first_time(warning) else logging.DEBUG, "%s", warning)

@@ -1,6 +1,6 @@
 """A stand-in for the command ``claudeproxy run`` starts: it records what it was given, then ends as told.
 
-    python standin_command.py OUT [--probe] [--probe-env] [--usage N] (--exit N | --signal NAME | --wait)
+    python standin_command.py OUT [--probe] [--probe-env] [--ask PATH] [--usage N] (--exit N | --signal NAME | --wait)
 
 It writes OUT (JSON, atomically: a poller never sees half a file) with its
 environment, argv and pid. ``--probe`` first sends Claude Code's quota probe
@@ -9,7 +9,8 @@ environment, argv and pid. ``--probe`` first sends Claude Code's quota probe
 once without a key, and records both statuses. ``--probe-env`` sends it as most clients
 would, through the environment's ``HTTP_PROXY`` unless ``NO_PROXY`` says otherwise (urllib
 reads them, as curl and Node do), and records the status or the error. ``--usage N`` records the
-proxy's ``today_totals`` once they count N requests (at most 5 s). Then it exits with status N,
+proxy's ``today_totals`` once they count N requests (at most 5 s). ``--ask PATH`` sends a request
+that goes upstream to PATH (``/v1/messages``) and records its status. Then it exits with status N,
 kills itself with signal NAME, or waits (at most 30 s) for a signal to end it.
 Standard library only, so it also runs on Python 3.8.
 """
@@ -57,6 +58,20 @@ def probe_env() -> Dict[str, Any]:
         return {"error": repr(exc)}
 
 
+def ask(path: str) -> Dict[str, Any]:
+    """A request the proxy sends upstream (not the quota probe), with the session's key, at ``path``."""
+    url = urlsplit(os.environ["ANTHROPIC_BASE_URL"])
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    headers = {"Content-Type": "application/json", "anthropic-version": "2023-06-01",
+               "Authorization": f"Bearer {os.environ.get('ANTHROPIC_AUTH_TOKEN')}"}
+    body = {"model": "claude-opus-5-5", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+    try:
+        conn.request("POST", path, json.dumps(body), headers)
+        return {"status": conn.getresponse().status}
+    finally:
+        conn.close()
+
+
 def usage(at_least: int) -> Dict[str, Any]:
     """The proxy's ``today_totals`` once they count ``at_least`` requests (at most 5 s)."""
     url = urlsplit(os.environ["ANTHROPIC_BASE_URL"])
@@ -89,6 +104,8 @@ def main(argv: list) -> int:
         extra["without_key"] = probe(None)
     if "--probe-env" in rest:
         extra["through_env"] = probe_env()
+    if "--ask" in rest:
+        extra["asked"] = ask(rest[rest.index("--ask") + 1])
     if "--usage" in rest:
         extra["today"] = usage(int(rest[rest.index("--usage") + 1]))
     record(out, extra)

@@ -33,7 +33,7 @@ import pytest
 from claudeproxy import claude_code, cli, commands, launcher
 from claudeproxy.config import Config
 from conftest import ROOT, request
-from fakes import closing_listener
+from fakes import Reply, closing_listener
 
 STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standin_command.py")
 
@@ -337,6 +337,32 @@ def test_an_upstream_that_refuses_connections_is_said_on_the_terminal(run_standi
     assert lines[1] == (f"claudeproxy: warning: cannot connect to the upstream {DEAD_UPSTREAM} "
                         "(Connection refused): requests to it will fail")
     assert rec["with_token"]["status"] == 200
+
+
+@pytest.mark.parametrize("status", [1, 0])
+def test_a_failed_commands_session_warnings_are_said_on_the_terminal(run_standin: Any, fake_upstream: Any,
+                                                                     status: int) -> None:
+    """Claude Code shows an upstream's 404 only as "an issue with the selected model" (claude -p
+    exits 1): the proxy's warnings of the session follow on the terminal, the reason among them;
+    nothing when the command succeeded."""
+    fake_upstream.push(Reply(404, (("Content-Type", "text/plain"),), [b"404 page not found"]))
+    code, err, rec = run_standin("--ask", "/v1/messages", "--exit", str(status),
+                                 options=("--upstream", fake_upstream.url.rsplit("/v1", 1)[0], "--model", "qwen3:8b"))
+    assert code == status and rec["asked"] == {"status": 404}, err
+    told = [line for line in err.splitlines() if "does the upstream URL need /v1?" in line]
+    if status:
+        assert "python exited with status 1; the proxy's warnings while it ran" in err.replace(
+            os.path.basename(sys.executable), "python"), err
+        assert len(told) == 1 and told[0].startswith("claudeproxy: warning: upstream/qwen3:8b: upstream 404: "), err
+    else:
+        assert told == [], err
+
+
+def test_a_client_base_url_ending_in_v1_is_said_after_a_failed_command(run_standin: Any) -> None:
+    code, err, rec = run_standin("--ask", "/v1/v1/messages", "--exit", "1")
+    assert code == 1 and rec["asked"] == {"status": 404}, err
+    assert "claudeproxy: warning: a client asked for not found: /v1/v1/messages (the client's base URL should " \
+           "not end in /v1" in err, err
 
 
 def test_an_unused_environment_proxy_is_said_on_the_terminal(run_standin: Any, tmp_path: Any) -> None:
