@@ -4,10 +4,11 @@ Token counts are Anthropic's (the proxy translates every upstream's usage into
 them): ``input_tokens`` excludes cached input, ``cache_read_input_tokens`` and
 ``cache_creation_input_tokens`` are counted apart, and of the cache writes
 those to Anthropic's 1-hour cache (``cache_creation_1h_input_tokens``) are
-priced apart too. Prices are USD per million tokens (``model_facts.ModelFacts``). A cost is shown only when every kind of
-token the call used has a price: a call to a model without a price has tokens
-and no cost, never a partial sum that looks like a whole one. A call whose
-tokens are not known (None) has no cost either.
+priced apart too. Prices are USD per million tokens (``model_facts.ModelFacts``); the upstream's own
+web searches (Anthropic's web search tool: $10 per 1,000) are priced per 1,000. A cost is shown only
+when every kind of token the call used, and its searches, have a price: a call to a model without a
+price has tokens and no cost, never a partial sum that looks like a whole one. A call whose tokens
+are not known (None) has no cost either.
 """
 
 from __future__ import annotations
@@ -43,12 +44,14 @@ def cache_write_1h_price(facts: Any) -> Optional[float]:
 
 def call_cost(facts: Any, input_tokens: Optional[int] = 0, output_tokens: Optional[int] = 0,
               cache_read_input_tokens: Optional[int] = 0, cache_creation_input_tokens: Optional[int] = 0,
-              cache_creation_1h_input_tokens: Optional[int] = 0) -> Optional[float]:
+              cache_creation_1h_input_tokens: Optional[int] = 0, web_search_requests: Optional[int] = 0
+              ) -> Optional[float]:
     """USD for one call; 0.0 when it used no tokens; None when a kind it used has no price, or when
     its tokens are not known (None: a stream cut before the upstream reported its usage).
 
     ``facts`` is a ``ModelFacts`` (or None: nothing is priced). ``cache_creation_1h_input_tokens``
-    is the part of ``cache_creation_input_tokens`` written to the 1-hour cache.
+    is the part of ``cache_creation_input_tokens`` written to the 1-hour cache; ``web_search_requests``
+    the searches the upstream ran itself, priced per 1,000 (``web_search_price``).
     """
     one_hour = min(cache_creation_1h_input_tokens or 0, cache_creation_input_tokens or 0)
     counts = {"input_tokens": input_tokens, "output_tokens": output_tokens,
@@ -71,6 +74,11 @@ def call_cost(facts: Any, input_tokens: Optional[int] = 0, output_tokens: Option
             total += tokens * price / 1_000_000
         except OverflowError:  # a count too large for a float
             return None
+    if web_search_requests:
+        price = getattr(facts, "web_search_price", None) if facts is not None else None
+        if price is None:
+            return None  # searches the model has no price for: the tokens alone would be a part
+        total += web_search_requests * price / 1_000
     # Prices and counts are bounded at start and at the door; an infinite cost would still make
     # the usage page fail and /v1/usage write Infinity, which is not JSON: no cost rather than that.
     return total if math.isfinite(total) else None

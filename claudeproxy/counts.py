@@ -19,6 +19,9 @@ USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache
 # bills them at another rate than 5-minute writes (cost.py). Anthropic reports the split as
 # usage.cache_creation {ephemeral_5m_input_tokens, ephemeral_1h_input_tokens}.
 ONE_HOUR_WRITES = "cache_creation_1h_input_tokens"
+# The record's count of the upstream's own web searches (Anthropic's ``server_tool_use.web_search_requests``,
+# which the Responses API's searches are translated into): billed per search, not per token (cost.py).
+WEB_SEARCHES = "web_search_requests"
 # The largest count taken: every integer up to it is exact as a float (the cost, the usage page, a
 # JavaScript reader of /v1/usage); 10**400 could not even be made a float, and the page failed.
 MAX_COUNT = 2 ** 53 - 1
@@ -43,6 +46,12 @@ def one_hour_writes(usage: Any) -> Optional[int]:
     None when it gives no such count (no breakdown: all its cache writes are taken for 5-minute ones)."""
     breakdown = usage.get("cache_creation") if isinstance(usage, dict) else None
     return count_or_none(breakdown.get("ephemeral_1h_input_tokens")) if isinstance(breakdown, dict) else None
+
+
+def web_searches(usage: Any) -> int:
+    """The searches a usage object says the upstream ran (``server_tool_use.web_search_requests``); 0 if none."""
+    tools = usage.get("server_tool_use") if isinstance(usage, dict) else None
+    return token_count(tools.get("web_search_requests")) if isinstance(tools, dict) else 0
 
 
 def usage_counts(usage: Any) -> Optional[Dict[str, int]]:

@@ -112,6 +112,7 @@ class CallRecord:
     cache_creation_input_tokens: Optional[int] = 0
     # Of cache_creation_input_tokens, those written to Anthropic's 1-hour cache (priced apart).
     cache_creation_1h_input_tokens: Optional[int] = 0
+    web_search_requests: int = 0  # searches the upstream ran itself (billed per search)
     # None: the model has no price for a kind of token it used, or the tokens are not known.
     cost_usd: Optional[float] = None
     stop_reason: Optional[str] = None
@@ -192,7 +193,9 @@ def _fields_of(data: Dict[str, Any]) -> Dict[str, Any]:
     fields.update((name, _typed(data[name], int, None)) for name in _MAYBE_WHOLE)
     fields.update(stream=_typed(data["stream"], bool), local=_typed(data["local"], bool),
                   time=float(_typed(data["time"], (int, float))),
-                  cost_usd=_number_or_none(data["cost_usd"]))
+                  cost_usd=_number_or_none(data["cost_usd"]),
+                  # (not in the lines of versions before it: 0 then)
+                  web_search_requests=_typed(data.get("web_search_requests", 0), int))
     return fields
 
 

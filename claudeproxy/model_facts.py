@@ -86,6 +86,9 @@ class ModelFacts:
     # has a cache_write_price (cost.cache_write_1h_price), as Anthropic bills them. Last, so the rows
     # and tests that give the fields above by position keep their meaning.
     cache_write_1h_price: Optional[float] = None
+    # USD per 1,000 web searches the upstream runs itself (Anthropic's web search tool, a Responses
+    # model's hosted web_search); None: not known, and a call that searched has no cost.
+    web_search_price: Optional[float] = None
 
     def merged(self, override: "ModelFacts") -> "ModelFacts":
         """These facts with every field ``override`` sets (not None, or True) taking its place."""
@@ -277,9 +280,14 @@ _GROQ: Tuple[Tuple[str, ModelFacts], ...] = (
 # their dated ids and -0 aliases. Opus 5 is left out for the same reason ("claude-opus-5-5" would
 # take its price), and later models (Opus 5.5, Sonnet and Haiku 5.5, Fable, Mythos) because their
 # cache rates or price bands could not be checked from that table.
+# Anthropic's web search tool: $10 per 1,000 searches, on top of the tokens (the same pricing page,
+# "Web search tool"); Claude Code's WebSearch runs it when the upstream is Anthropic itself.
+ANTHROPIC_WEB_SEARCH_PRICE = 10.0
+
+
 def _claude(inp: float, out: float, read: float, write_5m: float, write_1h: float) -> ModelFacts:
     return _F(input_price=inp, output_price=out, cache_read_price=read, cache_write_price=write_5m,
-              cache_write_1h_price=write_1h)
+              cache_write_1h_price=write_1h, web_search_price=ANTHROPIC_WEB_SEARCH_PRICE)
 
 
 _OPUS_45 = _claude(5.00, 25.00, 0.50, 6.25, 10.00)
@@ -444,7 +452,8 @@ def _shortenings(base: str, tag_pieces: Sequence[str]) -> Iterator[str]:
 _INT_KEYS: Mapping[str, str] = types.MappingProxyType(
     {"context_window": "context_window", "max_output_tokens": "max_output", "max_output": "max_output"}
 )
-_PRICE_KEYS = ("input_price", "output_price", "cache_read_price", "cache_write_price", "cache_write_1h_price")
+_PRICE_KEYS = ("input_price", "output_price", "cache_read_price", "cache_write_price", "cache_write_1h_price",
+               "web_search_price")
 _BOOL_KEYS = ("responses_only", "text_only")
 _ALL_KEYS = tuple(_INT_KEYS) + _PRICE_KEYS + _BOOL_KEYS
 # Bounds far above any real model (the dearest list price is a few hundred USD per million tokens, the

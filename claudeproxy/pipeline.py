@@ -25,7 +25,7 @@ from .apis.base import ClientRequest, Exchange, remember
 from .calibration import TokenCalibration
 from .config import Config, Provider
 from .cost import call_cost
-from .counts import ONE_HOUR_WRITES, USAGE_KEYS, count_or_none, one_hour_writes, usage_counts
+from .counts import ONE_HOUR_WRITES, USAGE_KEYS, WEB_SEARCHES, count_or_none, one_hour_writes, usage_counts, web_searches
 from .credentials import alternatives, current_secrets, key_of, refused
 from .dialects import auth_header, auth_style, client_key, is_anthropic_host
 from .ending import StreamFold, abort_error
@@ -541,7 +541,7 @@ class Proxy:
             watch.deadline = time.monotonic() + self.config.connect_timeout + self.config.idle_timeout
         # A retry starts afresh: an earlier attempt's counts (a refused stream's 0s) are not this one's.
         # Only that an earlier attempt may have spent tokens nobody reported stays (``lost``).
-        for key in USAGE_KEYS + (ONE_HOUR_WRITES, "billed_cost"):
+        for key in USAGE_KEYS + (ONE_HOUR_WRITES, WEB_SEARCHES, "billed_cost"):
             record.pop(key, None)
         record["awaiting"] = False
         try:
@@ -981,6 +981,7 @@ def _attempt_spend(fields: Dict[str, Any], facts: Optional[ModelFacts]) -> Tuple
     usage = {k: fields.get(k, unknown) for k in USAGE_KEYS}
     # Of the cache writes, the 1-hour ones (priced apart); not known when the writes are not.
     usage[ONE_HOUR_WRITES] = None if usage["cache_creation_input_tokens"] is None else fields.get(ONE_HOUR_WRITES) or 0
+    usage[WEB_SEARCHES] = fields.get(WEB_SEARCHES) or 0
     billed = fields.get("billed_cost") if usage["input_tokens"] is not None else None
     return usage, billed if billed is not None else call_cost(facts, **usage)
 
@@ -995,7 +996,7 @@ def _carry_spend(record: Dict[str, Any], facts: Optional[ModelFacts]) -> None:
     upstream spent is more than was reported, and the call's cost is not known."""
     answered = record.get("awaiting", False)  # the answer began: its usage, or what it lacks, is this attempt's
     record["awaiting"] = False  # settled here: what follows is the next attempt's, or nobody's
-    counts = {key: record.pop(key, None) for key in USAGE_KEYS + (ONE_HOUR_WRITES,)}
+    counts = {key: record.pop(key, None) for key in USAGE_KEYS + (ONE_HOUR_WRITES, WEB_SEARCHES)}
     lost = answered and any(counts[key] is None for key in USAGE_KEYS)
     record["lost"] = record.get("lost", False) or lost
     spent = {key: value if isinstance(value, int) else 0 for key, value in counts.items()}
@@ -1087,13 +1088,14 @@ def _usage_fields(usage: Any) -> Dict[str, Optional[int]]:
     Messages fold leaves out): the call used such tokens, so 0 is no count."""
     counts = usage_counts(usage)
     if counts is None:
-        return dict.fromkeys(USAGE_KEYS + (ONE_HOUR_WRITES,))
+        return {**dict.fromkeys(USAGE_KEYS + (ONE_HOUR_WRITES,)), WEB_SEARCHES: web_searches(usage)}
     fields: Dict[str, Optional[int]] = dict(counts)
     for key in ("input_tokens", "output_tokens"):  # translated usage always has both: a forwarded one may not
         if usage.get(key) is None:
             fields[key] = None
     # Anthropic's split of the cache writes: the 1-hour ones, never more than all of them.
     fields[ONE_HOUR_WRITES] = min(one_hour_writes(usage) or 0, counts["cache_creation_input_tokens"])
+    fields[WEB_SEARCHES] = web_searches(usage)
     return fields
 
 
@@ -1107,5 +1109,5 @@ def _stream_usage_fields(usage: Any, refused: bool) -> Dict[str, Optional[int]]:
     """
     fields = _usage_fields(usage)
     if fields["input_tokens"] is None and refused:
-        return dict.fromkeys(USAGE_KEYS + (ONE_HOUR_WRITES,), 0)
+        return dict.fromkeys(USAGE_KEYS + (ONE_HOUR_WRITES, WEB_SEARCHES), 0)
     return fields

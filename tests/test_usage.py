@@ -9,6 +9,7 @@ would: the Prometheus text (parsed by ``prom.py``), the usage JSON, the page.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import html.parser
 import json
@@ -26,7 +27,7 @@ import claudeproxy
 from claudeproxy.config import Provider, Route, RouteTarget
 from claudeproxy.cost import call_cost
 from claudeproxy.counts import count_or_none
-from claudeproxy.metrics import HISTOGRAM_BOUNDS, CallRecord, Histogram, Metrics, access_line
+from claudeproxy.metrics import HISTOGRAM_BOUNDS, CallRecord, Histogram, Metrics, access_line, record_from_dict
 from claudeproxy.model_facts import PRICES_CHECKED, ModelFacts, builtin_facts
 from claudeproxy.prometheus import render as prometheus_render
 from claudeproxy.usage_page import page_headers, render
@@ -1225,6 +1226,67 @@ def test_a_forwarded_answer_prices_its_one_hour_cache_writes(fake: FakeUpstream,
         want = (100 * 3.0 + 30 * 15.0 + 1000 * 0.3 + 200 * 3.75 + 300 * 6.0) / 1e6
         assert rec.cost_usd == pytest.approx(want)
         assert rec.to_dict()["cache_creation_1h_input_tokens"] == 300  # the usage log's line has it
+    finally:
+        server.shutdown(grace=1.0)
+
+
+def test_web_searches_are_priced_per_thousand_or_the_call_has_no_cost() -> None:
+    """Anthropic bills its web search tool at $10 per 1,000 searches on top of the tokens: its
+    models' list prices say so; a model without a search price that searched has no cost, not
+    the tokens' part of it."""
+    sonnet = builtin_facts("claude-sonnet-4-5")
+    assert sonnet.web_search_price == 10.0
+    assert call_cost(sonnet, 100, 30, web_search_requests=2) == pytest.approx((100 * 3 + 30 * 15) / 1e6 + 0.02)
+    assert call_cost(sonnet, 100, 30) == pytest.approx((100 * 3 + 30 * 15) / 1e6)
+    assert call_cost(ModelFacts(input_price=1.0, output_price=2.0), 100, 30, web_search_requests=1) is None
+    assert builtin_facts("gpt-5").web_search_price is None
+
+
+@pytest.mark.parametrize("priced", [True, False], ids=["priced", "unpriced"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_forwarded_answers_web_searches_are_in_its_cost(fake: FakeUpstream, stream: bool, priced: bool) -> None:
+    """Passthrough (Claude Code's WebSearch runs as Anthropic's server tool): the searches the
+    usage reports are counted in the record and priced; without a search price, no cost (probe L:
+    a call that searched showed the tokens' $0.0001 of its $0.0101)."""
+    facts = ModelFacts(input_price=3.0, output_price=15.0, web_search_price=10.0 if priced else None)
+    records: List[CallRecord] = []
+    server = claudeproxy.start(providers=(Provider("native", fake.url, api="messages", token=KEY,
+                                                   models=(("*", facts),)),),
+                               routes=(Route("*", RouteTarget("native", "house-model")),), metrics_sink=records.append)
+    try:
+        usage_ = {"input_tokens": 100, "output_tokens": 30, "server_tool_use": {"web_search_requests": 3}}
+        message = {"id": "msg_ws", "type": "message", "role": "assistant", "model": "house-model",
+                   "content": [{"type": "text", "text": "found"}], "stop_reason": "end_turn", "stop_sequence": None,
+                   "usage": usage_}
+        if stream:
+            ev = lambda o: f"event: {o['type']}\ndata: {json.dumps(o)}\n\n".encode("utf-8")  # noqa: E731
+            start = {**message, "content": [], "stop_reason": None,
+                     "usage": {"input_tokens": 100, "output_tokens": 1}}
+            fake.push(sse_reply(ev({"type": "message_start", "message": start}),
+                                ev({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                                ev({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "found"}}),
+                                ev({"type": "content_block_stop", "index": 0}),
+                                ev({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                    "usage": {"output_tokens": 30, "server_tool_use": {"web_search_requests": 3}}}),
+                                ev({"type": "message_stop"}), done=False))
+            with StreamClient(server.url, minimal_request(stream=True)) as client:
+                client.read_all(timeout=5)
+                request_id = client.headers["request-id"]
+        else:
+            fake.push(json_reply(message))
+            resp = request(server.url, "POST", "/v1/messages", minimal_request())
+            assert resp.status == 200, resp
+            request_id = resp.headers["request-id"]
+        rec = record_for(records, request_id)
+        assert rec.web_search_requests == 3
+        if priced:
+            assert rec.cost_usd == pytest.approx((100 * 3.0 + 30 * 15.0) / 1e6 + 0.03)
+        else:
+            assert rec.cost_usd is None and rec.input_tokens == 100
+        line = rec.to_dict()
+        assert line["web_search_requests"] == 3 and record_from_dict(line) == rec  # the usage log keeps it
+        del line["web_search_requests"]  # a line of the version before: read back with none
+        assert record_from_dict(line) == dataclasses.replace(rec, web_search_requests=0)
     finally:
         server.shutdown(grace=1.0)
 

@@ -30,7 +30,7 @@ import threading
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from ..anthropic_types import parse_messages_request
-from ..counts import USAGE_KEYS, count_or_none, one_hour_writes
+from ..counts import USAGE_KEYS, count_or_none, one_hour_writes, web_searches
 from ..dialects import forwards_betas, is_anthropic_host
 from ..errors import (
     ProxyError,
@@ -780,6 +780,9 @@ class MessagesFold(SSEFold):
         for key, value in _counts(usage, USAGE_KEYS).items():
             replaces = final and (value > 0 or key == "output_tokens")
             self.counts[key] = value if replaces else max(value, self.counts.get(key, 0))
+        searches = web_searches(usage)
+        if searches:  # kept in Anthropic's own shape too: billed per search (cost.py)
+            self.counts["server_tool_use"] = {"web_search_requests": max(searches, web_searches(self.counts))}
         one_hour = one_hour_writes(usage)
         if one_hour is not None:  # kept in Anthropic's own shape, which the record reads (pipeline._usage_fields)
             self.counts["cache_creation"] = {"ephemeral_1h_input_tokens": max(one_hour, one_hour_writes(self.counts) or 0)}
