@@ -65,6 +65,12 @@ _MAX_EMPTY_LINES = 8
 _MAX_REQUEST_LINE = 65536  # the stdlib's (handle_one_request): longer is a 414
 
 
+# What a browser client may read of a response's head: the SDKs' retry decisions (x-should-retry,
+# retry-after-ms, retry-after) and the request id; "*" the rest (the rate limits' anthropic-ratelimit-*)
+# for requests without credentials, where it means every header (with credentials it names none).
+_EXPOSED = "request-id, x-should-retry, retry-after, retry-after-ms, *"
+
+
 def _http_version(version: str) -> Optional[Tuple[int, int]]:
     """(major, minor) of ``HTTP/x.y`` (RFC 2145: two decimal numbers, leading zeros ignored), or None."""
     if not version.startswith("HTTP/"):
@@ -647,7 +653,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
                 raise ProxyError("cross-origin requests are not allowed", status=403)
             # Only an origin the operator listed may read responses from a browser.
             writer.extra_headers += [("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
-                                     ("Access-Control-Expose-Headers", "request-id")]
+                                     ("Access-Control-Expose-Headers", _EXPOSED)]
         elif self.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
             # What another site's page loads or opens (an image, a script, an iframe, a link): browsers
             # send no Origin with it, and a GET of /v1/models made the proxy call the upstream with
