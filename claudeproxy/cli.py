@@ -46,6 +46,7 @@ from .config import (
     SHORTHAND_PROVIDER,
     UPSTREAM_APIS,
     Config,
+    check_config,
     check_header,
     check_host,
     check_proxy_url,
@@ -412,6 +413,24 @@ def merge_file(ns: argparse.Namespace, given: Set[str], file: Optional[FileConfi
         if dest not in given and not given.intersection(_TWINS.get(dest, ())) and dest not in skip:
             setattr(ns, dest, value)
             names[dest] = file.names.get(dest, dest)
+
+
+def check_overridden(ns: argparse.Namespace, given: Set[str], file: Optional[FileConfig],
+                     environ: Mapping[str, str], skip: Set[str]) -> None:
+    """The file's values the command line overrode, checked as if it had not: they go unchecked
+    otherwise, and the file that started with its flags stops, named, once started without them
+    ("retries": 99 beside --retries 1). ``skip``: the file's settings this mode never takes."""
+    if file is None:
+        return
+    overridden = {dest for dest in file.settings if dest in given and dest not in skip}
+    if not overridden:
+        return
+    shadow = argparse.Namespace(**vars(ns))
+    shadow.setting_names = dict(getattr(ns, "setting_names", {}))
+    for dest in overridden:
+        setattr(shadow, dest, file.settings[dest])
+        shadow.setting_names[dest] = file.names.get(dest, dest)
+    check_config(config_from_args(shadow, environ, file))
 
 
 def parse_model_map(values: Sequence[str], setting: str = "--model-map") -> Tuple[Tuple[str, str], ...]:
@@ -966,6 +985,7 @@ def _settings(argv: Optional[List[str]], environ: Mapping[str, str], stdout: Tex
     config = config_from_args(ns, environ, file)
     try:
         check_settings(ns, config)
+        check_overridden(ns, given, file, environ, skip=set(RUN_ONLY))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return ns, config

@@ -531,7 +531,7 @@ def check_host(value: object, setting: str) -> str:
 
 def is_loopback_host(host: str) -> bool:
     host = host.strip("[]")
-    if host == "localhost":
+    if host.lower() == "localhost":  # host names are case-insensitive (LOCALHOST was "not loopback")
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

@@ -117,6 +117,7 @@ def parse_run(argv: List[str], environ: Mapping[str, str],
     config = cli.config_from_args(ns, environ, file)
     try:
         cli.check_settings(ns, config)  # what the server checks, before anything listens or is written
+        cli.check_overridden(ns, given, file, environ, skip={"port", "host"})
         if ns.log_file:
             cli.check_appendable(ns.log_file, cli.name_of(ns, "log_file"), try_it=not ns.print_config)
     except ValueError as exc:

@@ -20,7 +20,7 @@ import dataclasses
 import fnmatch
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from .config import (
     AUTH_STYLES,
@@ -43,6 +43,7 @@ from .config import (
     static_token,
 )
 from .dialects import (
+    DEFAULT_AZURE_API_VERSION,
     DIALECTS,
     KEY_HEADERS,
     Dialect,
@@ -275,7 +276,19 @@ def check_provider(p: Provider, where: str, shorthand: bool = False) -> None:
         if name.strip().lower() in seen:  # one value went, the other was dropped without a word
             raise ValueError(f"{setting}: {name.strip()} is given twice (as {seen[name.strip().lower()]} too): give it once")
         seen[name.strip().lower()] = name.strip()
+    _check_api_version(p, where, shorthand)
     check_token(p.token, f"{where} key ({p.key_source})" if p.key_source else f"{where} key")
+
+
+def _check_api_version(p: Provider, where: str, shorthand: bool) -> None:
+    """An Azure api-version said twice, differently: in the URL's query and as the setting (not its
+    default). The URL's went and the setting was dropped without a word (o-series deployments
+    refuse the older versions)."""
+    in_url = parse_qs(urlsplit(p.url).query).get("api-version")
+    if in_url and p.azure_api_version not in (DEFAULT_AZURE_API_VERSION, in_url[0]):
+        setting = "--azure-api-version" if shorthand else f"{where}.azure_api_version"
+        raise ValueError(f"{setting}: {p.azure_api_version!r} contradicts the api-version={in_url[0]} of the URL; "
+                         "give one of them")
 
 
 def _check_api_path(url: str, setting: str) -> None:

@@ -507,9 +507,20 @@ def test_any_address_or_host_name_may_be_listened_on_with_an_auth_key(served: Li
     assert run_main(["--host", host, "--auth-key", "client-key-0123456789"], {"OPENAI_API_KEY": ENV_KEY})[0] == 0
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "LOCALHOST", "::1", "127.0.0.2"])
 def test_loopback_hosts_need_no_auth_key(served: List[Any], host: str) -> None:
     assert run_main(["--host", host], {"OPENAI_API_KEY": ENV_KEY})[0] == 0
+
+
+def test_an_api_version_in_the_url_and_another_in_the_flag_stop_the_start(served: List[Any]) -> None:
+    """The URL's went and the flag's was dropped without a word (probe M); the same one twice, or the
+    flag left at its default, is no contradiction."""
+    url = "https://r.openai.azure.com?api-version=2024-06-01"
+    code, out, err = run_main(["--provider", "azure", "--upstream", url, "--azure-api-version", "2025-04-01-preview"],
+                              {"AZURE_OPENAI_API_KEY": ENV_KEY})
+    assert code == 2 and "--azure-api-version: '2025-04-01-preview' contradicts the api-version=2024-06-01" in err, err
+    for more in (["--azure-api-version", "2024-06-01"], []):
+        assert run_main(["--provider", "azure", "--upstream", url, *more], {"AZURE_OPENAI_API_KEY": ENV_KEY})[0] == 0
 
 
 @pytest.mark.parametrize("argv, part", [

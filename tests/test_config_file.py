@@ -93,6 +93,24 @@ def test_flags_win_over_the_file(tmp_path: Any, served: List[Any]) -> None:
     assert (served[0].port, served[0].idle_timeout) == (0, 5.0)
 
 
+@pytest.mark.parametrize("in_file, flags, key", [
+    ({"retries": 99}, ["--retries", "1"], "retries"),
+    ({"idle_timeout": -1}, ["--idle-timeout", "5"], "idle_timeout"),
+    ({"port": -1}, ["--port", "0"], "port"),
+    ({"proxy": "https://proxy.example:1"}, ["--proxy", ""], "proxy"),
+])
+def test_a_bad_value_a_flag_overrides_still_stops_the_start(tmp_path: Any, served: List[Any], in_file: Dict[str, Any],
+                                                            flags: List[str], key: str) -> None:
+    """Unchecked while a flag overrode it, the file's bad value stopped the start only once the flag
+    was left off (probe M): it is named now, as without the flag."""
+    file = write(tmp_path, {"upstream": "http://127.0.0.1:9/v1", **in_file})
+    assert_one_line_error(*run_main(["--config", file, *flags]), f"--config {file}: {key}")
+    assert served == []
+    good = write(tmp_path, {"upstream": "http://127.0.0.1:9/v1", "retries": 3, "port": 9099}, "good.json")
+    assert run_main(["--config", good, "--retries", "1", "--port", "0"])[0] == 0
+    assert (served[0].retries, served[0].port) == (1, 0)
+
+
 def test_every_flag_has_a_key_with_dashes_or_underscores(tmp_path: Any, served: List[Any]) -> None:
     settings = {"max-concurrency": 7, "allowed_host": ["box.lan"], "header": ["X-Title: claudeproxy"],
                 "model_map": ["claude-haiku*=gpt-4o-mini"], "upstream": "http://127.0.0.1:9/v1", "log_bodies": True}
