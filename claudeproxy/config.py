@@ -9,6 +9,7 @@ single-upstream shorthand fields below) into the router a server uses.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import math
 import re
@@ -186,6 +187,14 @@ class Config:
     setting_names: Tuple[Tuple[str, str], ...] = ()
 
     def replace(self, **changes: object) -> "Config":
+        """These settings with ``changes``; ValueError naming a keyword that is no setting (and the
+        nearest one), not a TypeError (start(usage_log=...), a flag's name that is no field)."""
+        fields = [f.name for f in dataclasses.fields(self)]
+        for name in changes:
+            if name not in fields:
+                near = difflib.get_close_matches(name, fields, n=1)
+                hint = f" (did you mean {near[0]}=?)" if near else ""
+                raise ValueError(f"{name}=: no such setting{hint}; the settings are the fields of claudeproxy.Config")
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     def setting_name(self, dest: str) -> str:

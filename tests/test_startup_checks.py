@@ -154,6 +154,9 @@ START_CASES = [
      "providers.p.url"),
     ({"providers": (Provider("p", "http://-bad-:8080/v1"),), "routes": (Route("*", RouteTarget("p")),)},
      "providers.p.url: '-bad-' is not an IP address or a host name"),
+    # A keyword that is no setting (a flag's name: probe O) was a TypeError traceback.
+    ({"allowed_host": ["box.lan"]}, "allowed_host=: no such setting (did you mean allowed_hosts=?)"),
+    ({"usage_log": "/tmp/usage.jsonl"}, "usage_log=: no such setting"),
 ]
 
 
