@@ -405,6 +405,7 @@ class _UsageView:
     minutes: Dict[int, _Slice]
     days: Dict[str, _Slice]
     recent: List[CallRecord]
+    read_back: int = 0
 
 
 def _reached_upstream(rec: CallRecord) -> bool:
@@ -441,6 +442,7 @@ class Metrics:
         self._minutes: Dict[int, _Slice] = {}
         self._days: Dict[str, _Slice] = {}
         self._streams = 0
+        self._read_back = 0  # of the totals, the calls read back from the usage log (``replay``)
         # Usage views taken so far: a slice made before the last one may be in a view, which merges
         # it outside the lock, so a call is added to a copy of it instead (``_slice``).
         self._views = 0
@@ -476,6 +478,7 @@ class Metrics:
         with self._lock:
             for rec in batch:
                 self._add(rec, fine=False)
+            self._read_back += len(batch)
         return len(batch)
 
     def _add(self, rec: CallRecord, fine: bool = True) -> None:
@@ -623,7 +626,7 @@ class Metrics:
             ttfts={k: h.copy() for k, h in self._ttfts.items()},
             providers={p: t.copy() for p, t in self._providers.items()},
             seconds=dict(self._seconds), minutes=dict(self._minutes), days=dict(self._days),
-            recent=list(self._recent)[-recent:],
+            recent=list(self._recent)[-recent:], read_back=self._read_back,
         )
 
 
@@ -635,6 +638,7 @@ def _usage_answer(view: _UsageView, now: float) -> Dict[str, Any]:
         "now": now,
         "time_zone": time.strftime("%Z", time.localtime(now)),
         "started_at": view.started_at,
+        "read_back": view.read_back,  # of the totals, calls an earlier server wrote to the usage log
         "today": _day(now),
         "totals": {**view.total.to_dict(), "by_status": view.by_status, "by_error_type": view.by_error},
         "today_totals": (today.tally if today else Tally()).to_dict(),

@@ -198,8 +198,7 @@ def _cards(usage: Dict[str, Any]) -> str:
               f"{esc(today.get('errors', 0))} errors · {esc(today.get('local', 0))} answered locally"),
         _card("Latency p50", esc(fmt_ms(latency.get("p50"))),
               f"p90 {esc(fmt_ms(latency.get('p90')))} · TTFT p50 {esc(fmt_ms(ttft.get('p50')))}"),
-        _card("Streams now", esc(usage.get("streams_in_flight", 0)),
-              f"{esc(usage.get('totals', {}).get('requests', 0))} calls since start"),
+        _card("Streams now", esc(usage.get("streams_in_flight", 0)), _calls_counted(usage)),
     ]) + "</section>"
 
 
@@ -421,12 +420,21 @@ def _models_table(usage: Dict[str, Any], colors: Dict[str, str]) -> str:
             + _table(head, rows, "No calls today.") + "</section>")
 
 
+def _calls_counted(usage: Dict[str, Any]) -> str:
+    """The calls the totals hold: this server's since its start, and those read back from the usage log."""
+    calls, read_back = usage.get("totals", {}).get("requests", 0), usage.get("read_back", 0)
+    if not read_back:
+        return f"{esc(calls)} calls since start"
+    return f"{esc(calls - read_back)} calls since start, {esc(read_back)} read back from the usage log"
+
+
 def _error_types(usage: Dict[str, Any]) -> str:
     by_type = usage.get("totals", {}).get("by_error_type", {})
     by_status = usage.get("totals", {}).get("by_status", {})
     rows = [[esc(t), esc(n)] for t, n in sorted(by_type.items(), key=lambda kv: -kv[1])]
     statuses = " · ".join(f"{esc(s)}: {esc(n)}" for s, n in sorted(by_status.items()))
-    return ("<div class=\"panel\"><h2>Errors since start</h2>" + _table(["Type", "Calls"], rows, "No errors.")
+    title = "Errors since start" if not usage.get("read_back") else "Errors (with the usage log's of today)"
+    return (f"<div class=\"panel\"><h2>{title}</h2>" + _table(["Type", "Calls"], rows, "No errors.")
             + f"<p class=\"meta\">By status: {statuses or '–'}</p></div>")
 
 

@@ -105,5 +105,9 @@ def test_a_restarted_server_begins_the_day_where_the_log_left_it(spawn: Any, fak
         time.sleep(0.05)
     assert today["requests"] == 3, today
     assert today["cost_usd"] == pytest.approx(3 * (10 * 2.5 + 5 * 10.0) / 1e6)
+    assert request(url, "GET", "/v1/usage").json["read_back"] == 2
+    # The page tells this server's calls from those read back (it said "3 calls since start": probe O).
+    page = request(url, "GET", "/").body.decode("utf-8")
+    assert "1 calls since start, 2 read back from the usage log" in page, page
     _stop(proc, signal.SIGTERM, 5 + 1)
     assert len(usage.read_text().splitlines()) == 3  # nothing written twice
