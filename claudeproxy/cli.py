@@ -15,6 +15,7 @@ then the defaults.
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import json
 import logging
@@ -98,7 +99,18 @@ class _Parser(argparse.ArgumentParser):
     out: Optional[TextIO] = None
 
     def error(self, message: str) -> NoReturn:  # one clear line, not the usage block
-        raise UsageError(message)
+        raise UsageError(message + self._nearest_flag(message))
+
+    def _nearest_flag(self, message: str) -> str:
+        """" (did you mean --upstream?)" for an unrecognised flag near one of ours (--upstrem)."""
+        if not message.startswith("unrecognized arguments: "):
+            return ""
+        flags = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+        for word in message[len("unrecognized arguments: "):].split():
+            near = difflib.get_close_matches(word.split("=", 1)[0], flags, n=1, cutoff=0.75)
+            if word.startswith("--") and near:
+                return f" (did you mean {near[0]}?)"
+        return ""
 
     def print_help(self, file: Optional[TextIO] = None) -> None:
         super().print_help(file or self.out)
@@ -1080,8 +1092,12 @@ def cannot_listen(ns: argparse.Namespace, config: Config, exc: OSError) -> str:
     """The line for a bind that failed: the port is taken, the address is not this machine's, the
     name does not resolve. A bad setting like any other (exit 2), so it names the two as given."""
     host = name_of(ns, "host")
+    hint = ""
+    if exc.errno == errno.EADDRINUSE:
+        hint = (f"; another program (a claudeproxy already running?) has the port: stop it, or give another "
+                f"{name_of(ns, 'port')} (0: any free one)")
     return (f"cannot listen on {config.host}:{config.port} ({host}, {named_once(name_of(ns, 'port'), host)}): "
-            f"{exc.strerror or exc}")
+            f"{exc.strerror or exc}{hint}")
 
 
 def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] = None,

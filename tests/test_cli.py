@@ -530,6 +530,8 @@ def test_an_api_version_in_the_url_and_another_in_the_flag_stop_the_start(served
     (["--max-concurrency", "0"], "--max-concurrency"),
     (["--model-map", "no-equals"], "--model-map"),
     (["--provider", "nope"], "--provider"),
+    (["--upstrem", "http://127.0.0.1:9/v1"], "unrecognized arguments: --upstrem http://127.0.0.1:9/v1 (did you mean --upstream?)"),
+    (["--prot=3"], "(did you mean --port?)"),
 ])
 def test_other_bad_flags_exit_2(served: List[Any], argv: List[str], part: str) -> None:
     assert_usage_error(*run_main(argv), part)

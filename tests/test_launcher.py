@@ -553,7 +553,8 @@ def test_a_port_that_cannot_be_bound_is_one_line_and_exit_2(tmp_path: Any) -> No
         code, out, err = run_main(["--upstream", NO_UPSTREAM, "--port", str(port), "--log-file",
                                    str(tmp_path / "p.log"), *standin(record, "--exit", "0")], base_env(tmp_path))
     assert (code, out) == (2, ""), err
-    assert_one_line(err, f"cannot listen on 127.0.0.1:{port} (--host, --port)")
+    assert_one_line(err, f"cannot listen on 127.0.0.1:{port} (--host, --port)",
+                    "a claudeproxy already running?", "give another --port (0: any free one)")
     assert not record.exists()  # the command never ran
 
 
