@@ -36,6 +36,8 @@ class StreamFold(Protocol):
     # Bytes an SSE line may have beyond the cap per byte of body before it (``iter_lines``): 0
     # but where the API's closing events repeat what its deltas sent.
     line_allowance: float
+    # The longest line the API may send whole where --max-line-bytes' cap would cut an answer (0: none).
+    longest_line: int
     # The upstream began its answer before anything went to the client (a Chat chunk with a choice,
     # a passthrough message_start): an error now is no refusal, and what it spent is not known.
     began: bool

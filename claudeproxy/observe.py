@@ -84,6 +84,10 @@ class ObservedFold:
         return float(self._fold.line_allowance)
 
     @property
+    def longest_line(self) -> int:
+        return int(self._fold.longest_line)
+
+    @property
     def began(self) -> bool:
         return bool(self._fold.began)
 

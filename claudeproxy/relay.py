@@ -93,7 +93,8 @@ class Relay:
                 self._fail(UpstreamNotJson(f"upstream returned non-SSE content ({quoted(ctype, 100)}) to a stream "
                                            "request", headers=(NO_RETRY,)))
             else:
-                self._lines = iter_lines(resp, self.config.max_line_bytes, self.fold.line_allowance,
+                limit = max(self.config.max_line_bytes, self.fold.longest_line)
+                self._lines = iter_lines(resp, limit, self.fold.line_allowance,
                                          self.fold.line_skimmer)
                 if self._relay(until_committed=True):
                     return True

@@ -183,6 +183,7 @@ class SSEFold:
     complete: bool
     billed_cost: Optional[float] = None  # ``StreamFold.billed_cost``: only Chat upstreams report one
     line_allowance = 0.0  # ``StreamFold.line_allowance``: no line repeats the deltas before it
+    longest_line = 0  # ``StreamFold.longest_line``: no line longer than the cap
     began = False  # ``StreamFold.began``: where the API's first events say nothing of the answer
     heard = 0  # ``StreamFold.heard``: events with data so far; comments are none, and pings take theirs back
 

@@ -1218,6 +1218,33 @@ def test_upstream_error_event_first_is_a_plain_http_error(through, fake_upstream
     assert resp.json["error"]["message"] == "upstream error: Overloaded"  # a 200 came, not a 529
 
 
+def test_an_event_of_a_few_megabytes_goes_through(through, fake_upstream):
+    """A web fetch's PDF (base64) in its block's start, Ollama's whole tool input in one delta: a
+    1.2 MB event ended the stream at the 1 MiB line cap (probe L), where the JSON answer went through.
+    A line past 16 MiB still ends it."""
+    blob = "JVBERi0xLjcK" + "A" * 1_200_000  # (as large a server tool result, in the block kind the checks know)
+    fetched = {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": [
+        {"type": "web_search_result", "url": "https://example.com/a.pdf", "title": "a", "encrypted_content": blob}]}
+    text = "x" * 1_200_000
+    events = [MESSAGE_START, {"type": "content_block_start", "index": 0, "content_block": fetched},
+              _stop(0), _start(1, "tool_use", id="toolu_big", name="Write", input={}),
+              _delta(1, "input_json_delta", partial_json=json.dumps({"content": text})), _stop(1),
+              {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+               "usage": {"output_tokens": 9}}, {"type": "message_stop"}]
+    fake_upstream.push(sse(events_bytes(events)))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        got = client.read_all(timeout=10)
+    assert_valid_event_sequence(got, allow_error=False)
+    content = final_message(got)["content"]
+    assert content[0]["content"][0]["encrypted_content"] == blob
+    assert content[1]["input"] == {"content": text}
+    endless = b"event: content_block_delta\ndata: " + b"x" * (17 * 1024 * 1024)
+    fake_upstream.push(sse(events_bytes(HEAD_EVENTS), endless))
+    with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        got = client.read_all(timeout=10)
+    assert got[-1]["type"] == "error" and "longer than" in got[-1]["error"]["message"]
+
+
 def test_idle_stream_times_out_with_an_error_event(make_proxy, fake_upstream):
     server = make_proxy(passthrough=True, idle_timeout=0.5)
     fake_upstream.push(sse(events_bytes(HEAD_EVENTS), Fault("hang")))

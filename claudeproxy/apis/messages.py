@@ -492,6 +492,11 @@ class MessagesFold(SSEFold):
     """An Anthropic event stream passed on event by event (``ending.StreamFold``), held to the block
     grammar it is forwarded in: a block event out of order ends the stream with one error."""
 
+    # One event may hold a server tool's whole result (web fetch's PDF, in base64) or, Ollama, a
+    # call's whole input: a 1.2 MB one ended the stream at the 1 MiB line cap, where the same answer
+    # as JSON (up to twice --max-body-bytes) went through. An endless line still stops here.
+    longest_line = 16 * 1024 * 1024
+
     def __init__(self, *, message_id: str, model: str, input_tokens: int, secrets: Tuple[str, ...] = (),
                  estimate: Optional[Callable[[], int]] = None, ids: Optional[AnswerIds] = None) -> None:
         self.message_id = message_id

@@ -4,7 +4,7 @@ Every fault runs 3 times on each API (F13: each status with a JSON, an HTML
 and an empty body, for stream and JSON requests). Expected, as RELIABILITY.md
 section 4 and PROTOCOL.md 4.2-4.3 say:
 
-- F11 an 8 MiB SSE line: the events so far, then one ``api_error`` event; the upstream is closed.
+- F11 an 8 MiB SSE line (17 MiB forwarded): the events so far, then one ``api_error`` event; the upstream is closed.
 - F12 malformed SSE (bad JSON, comments, ``event:`` lines, CRLF, blank lines): tolerated, complete.
 - F13 upstream 4xx/5xx: a plain Anthropic error with the upstream's status and its type
   (``retry-after`` copied for 429/503).
@@ -107,8 +107,10 @@ def plain_error(resp: Any, status: int, error_type: str) -> None:
 
 def f11_huge_line(api: str, proxy: Any, fake: FakeUpstream, run: int) -> None:
     # The fake notices a close only when a write fails or while it waits: loopback buffers can swallow
-    # the whole 8 MiB, so it waits (and watches) after the line.
-    fake.push(stream_reply(head_events(api) + [b"data: {\"x\": \"" + b"y" * (8 * 1024 * 1024), Sleep(3)]))
+    # the whole line, so it waits (and watches) after it. Past each API's cap: 1 MiB, and 16 MiB for
+    # a forwarded Anthropic stream (whose one event may hold a server tool's whole result).
+    size = (17 if api == "messages" else 8) * 1024 * 1024
+    fake.push(stream_reply(head_events(api) + [b"data: {\"x\": \"" + b"y" * size, Sleep(3)]))
     with open_stream(proxy) as client:
         events = client.read_all(timeout=10)
     ends_with_one_error(events, "api_error")
