@@ -320,8 +320,11 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         would never be read."""
         writer = ResponseWriter(self, new_request_id())
         try:
+            self._check_hosts()
             self._check_access(writer, preflight=False)
             self._find_route(self.command)  # an unknown path or method: the 404 or 405 at once
+            if self.command in _BODY_METHODS:
+                self._check_content_type()  # a body it would refuse unread (probe N: 32 MiB uploaded first)
             if self.command in _BODY_METHODS or self.headers.get_all("Content-Length") or "Transfer-Encoding" in self.headers:
                 limit = self.server.config.max_body_bytes  # type: ignore[attr-defined]
                 length = self._content_length()  # none: the 411 at once
@@ -564,10 +567,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
 
     def _admit(self, method: str, writer: ResponseWriter) -> Optional[Route]:
         """The route to run, once the head is sane, access is granted and the body is read; None if answered."""
-        hosts = self.headers.get_all("Host") or []
-        if len(hosts) > 1 or not hosts and self.request_version == "HTTP/1.1":
-            self.close_connection = True  # RFC 9112 3.2: exactly one Host in HTTP/1.1, else a 400
-            raise InvalidRequest("an HTTP/1.1 request carries exactly one Host header")
+        self._check_hosts()
         preflight = method == "OPTIONS" and "Origin" in self.headers and "Access-Control-Request-Method" in self.headers
         self._check_access(writer, preflight)
         if preflight:
@@ -579,6 +579,12 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         else:
             self._done_reading()
         return route
+
+    def _check_hosts(self) -> None:
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1 or not hosts and self.request_version == "HTTP/1.1":
+            self.close_connection = True  # RFC 9112 3.2: exactly one Host in HTTP/1.1, else a 400
+            raise InvalidRequest("an HTTP/1.1 request carries exactly one Host header")
 
     def _declares_body(self) -> bool:
         length = (self.headers.get("Content-Length") or "").strip(" \t")
@@ -779,6 +785,9 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         return urllib.parse.parse_qs(self.query).get("key", [""])[0]
 
     def _check_content_type(self) -> None:
+        for name in ("Content-Type", "Content-Encoding"):
+            if len(self.headers.get_all(name) or ()) > 1:  # one was read, the other not: say it
+                raise InvalidRequest(f"{name} is given twice; give it once")
         ctype, _, params = (self.headers.get("Content-Type") or "").partition(";")
         ctype = ctype.strip().lower()
         if ctype and ctype not in _JSON_TYPES:

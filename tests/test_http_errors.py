@@ -377,6 +377,20 @@ def test_expect_100_gets_the_refusal_not_continue(url: str, method: str, path: s
     assert resp.status == status, resp  # the first answer, not 100
 
 
+@pytest.mark.parametrize("extra, status, words", [
+    ([("Content-Type", "text/plain")], 400, "Content-Type must be application/json"),
+    ([("Content-Type", "application/json"), ("Content-Encoding", "gzip")], 400, "Content-Encoding 'gzip'"),
+    ([("Content-Type", "application/json"), ("Host", "other")], 400, "exactly one Host"),
+    ([("Content-Type", "application/json"), ("Content-Type", "text/plain")], 400, "Content-Type is given twice"),
+], ids=["type", "encoding", "two-hosts", "two-types"])
+def test_a_head_the_proxy_refuses_gets_its_refusal_before_the_body(url: str, extra: Any, status: int,
+                                                                   words: str) -> None:
+    """These were answered after a 100 Continue: the client uploaded up to 32 MiB for a 400 (probe N)."""
+    headers = [("Host", "127.0.0.1"), *extra, ("Expect", "100-continue"), ("Content-Length", "5000")]
+    resp = raw_request(url, http_bytes("POST", "/v1/messages", headers), timeout=2.0)
+    assert resp.status == status and words in resp.body.decode(), resp  # the first answer, not 100
+
+
 @pytest.mark.parametrize("length", [None, "0", "00"])
 def test_expect_100_on_a_get_without_a_body_is_answered_without_continue(url: str, length: Optional[str]) -> None:
     headers = [("Host", "127.0.0.1"), ("Expect", "100-continue")] + ([("Content-Length", length)] if length else [])
