@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -1021,10 +1022,18 @@ def missing_cert_file(server: ProxyServer, environ: Mapping[str, str]) -> List[s
     system's CA folder is still read, and may hold what the upstream needs."""
     path = environ.get("SSL_CERT_FILE", "")
     https = any(p.url.lower().startswith("https:") for p in server.proxy.router.providers.values())
-    if not path or os.path.isfile(path) or not https or server.config.ca_bundle is not None:
+    if not path or not https or server.config.ca_bundle is not None:
         return []
-    return [f"SSL_CERT_FILE {path} names no file: the CA certificates meant to be read there are not "
-            "(Python's TLS reads them there for https upstreams); correct or unset it, or give --ca-bundle"]
+    if not os.path.isfile(path):
+        return [f"SSL_CERT_FILE {path} names no file: the CA certificates meant to be read there are not "
+                "(Python's TLS reads them there for https upstreams); correct or unset it, or give --ca-bundle"]
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, OSError, ValueError) as exc:  # junk, a DER file, no certificate in it, unreadable
+        return [f"SSL_CERT_FILE {path} holds no CA certificates Python's TLS can read "
+                f"({' '.join(str(exc).split())[:120]}): every https call will refuse its certificate; "
+                "correct or unset it, or give --ca-bundle"]
+    return []
 
 
 def _no_special_file(path: str, setting: str) -> None:

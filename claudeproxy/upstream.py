@@ -1385,6 +1385,9 @@ def _nobody_there(reason: BaseException, url: str, what: str = "server") -> Opti
     return None
 
 
+_NAME_MISMATCH = 62  # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH ("Hostname mismatch")
+
+
 def _lasting_failure(reason: BaseException, where: str, detail: str,
                      through_proxy: bool = False) -> Optional[UpstreamUnavailable]:
     """A failure the same call meets again every time (a refused certificate, a server that does
@@ -1392,7 +1395,10 @@ def _lasting_failure(reason: BaseException, where: str, detail: str,
     at once. A break in the connection is no such thing: that one is worth another try.
     ``where`` names who failed; ``through_proxy``: the call went through an outbound proxy, whose
     TLS inspection is the usual reason for a refused certificate there."""
-    if isinstance(reason, ssl.SSLCertVerificationError):
+    if isinstance(reason, ssl.SSLCertVerificationError) and getattr(reason, "verify_code", None) == _NAME_MISMATCH:
+        # A CA bundle cannot help: the certificate is for another name than the URL's.
+        why = f"its TLS certificate is for another host name ({detail}); use the name it was issued for in the URL"
+    elif isinstance(reason, ssl.SSLCertVerificationError):
         inspecting = " (a TLS-inspecting proxy needs its CA there)" if through_proxy else ""
         why = f"its TLS certificate was refused ({detail}); see --ca-bundle{inspecting}"
     elif isinstance(reason, ssl.SSLError) and reason.reason == "WRONG_VERSION_NUMBER":

@@ -854,6 +854,21 @@ def test_an_ssl_cert_file_that_names_nothing_is_said_at_start(make_proxy: Any, m
         warned[name] = [line for line in cli.start_warnings(server.server, {}) if "SSL_CERT_FILE" in line]
     assert warned == {"https": said, "http": [], "bundle": []}
 
+
+def test_an_ssl_cert_file_that_holds_no_certificates_is_said_at_start(make_proxy: Any, monkeypatch: Any,
+                                                                      tmp_path: Any, certificate: Tuple[str, str]) -> None:
+    """A file of junk there failed every https call with a hint at --ca-bundle alone (probe M); a
+    good one says nothing."""
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    server = make_proxy(upstream="https://127.0.0.1:9/v1")
+    monkeypatch.setenv("SSL_CERT_FILE", str(junk))
+    [line] = [line for line in cli.start_warnings(server.server, {}) if "SSL_CERT_FILE" in line]
+    assert line.startswith(f"SSL_CERT_FILE {junk} holds no CA certificates Python's TLS can read") and \
+        line.endswith("every https call will refuse its certificate; correct or unset it, or give --ca-bundle"), line
+    monkeypatch.setenv("SSL_CERT_FILE", certificate[0])
+    assert [line for line in cli.start_warnings(server.server, {}) if "SSL_CERT_FILE" in line] == []
+
 def test_an_unreachable_ipv6_upstream_is_named_in_brackets(make_proxy: Any, refused_port: int) -> None:
     """"could not reach the upstream at ::1:PORT" could not be told from its port (a probe)."""
     server = make_proxy(upstream=f"http://[::1]:{refused_port}/v1")

@@ -310,6 +310,17 @@ def test_a_refused_certificate_is_said_and_not_retried(start: Any, tls_upstream:
     assert "--ca-bundle" in resp.json["error"]["message"]
 
 
+def test_a_certificate_for_another_name_says_so_not_ca_bundle(start: Any, tls_upstream: FakeUpstream,
+                                                                 certificate: Tuple[str, str]) -> None:
+    """The certificate is for 127.0.0.1, the URL says localhost: a CA bundle cannot fix that (probe M)."""
+    proxy = start(tls_upstream.url.replace("127.0.0.1", "localhost"), ca_bundle=certificate[0], retries=2)
+    resp = _messages(proxy)
+    assert resp.status == 502 and resp.headers.get("x-should-retry") == "false", resp
+    message = resp.json["error"]["message"]
+    assert "its TLS certificate is for another host name" in message and "--ca-bundle" not in message, message
+    assert tls_upstream.connections == 1
+
+
 def test_https_to_a_plain_http_server_is_said_and_not_retried(start: Any, keep_alive: FakeUpstream) -> None:
     proxy = start(keep_alive.url.replace("http://", "https://"), retries=2)
     resp = _messages(proxy)
