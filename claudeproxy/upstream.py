@@ -1364,6 +1364,10 @@ def _transport_error(exc: BaseException, call: UpstreamCall, req: urllib.request
     # Once a connection was made, the upstream was reached: a reset then broke its answer.
     said = (f"the connection to the upstream at {host} broke before its answer ({detail})" if call.connected
             else f"could not reach the upstream at {host} ({detail})")
+    if call.connected and parts.scheme == "http" and isinstance(reason, (http.client.RemoteDisconnected,
+                                                                         ConnectionResetError)):
+        # OpenSSL's and Python's TLS servers close a plain-HTTP request without a word (probe M).
+        hint += "; an http:// URL for an https:// server?"
     nobody = _nobody_there(reason, redact_text(redact_url(req.full_url), secrets))
     if nobody is not None:
         return UpstreamUnreachable(f"{said}: {nobody}{hint}", headers=(NO_RETRY,))

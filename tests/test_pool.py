@@ -321,6 +321,15 @@ def test_a_certificate_for_another_name_says_so_not_ca_bundle(start: Any, tls_up
     assert tls_upstream.connections == 1
 
 
+def test_http_to_a_tls_server_asks_whether_the_url_should_be_https(start: Any, tls_upstream: FakeUpstream) -> None:
+    """A TLS server closes a plain request without a word: "broke before its answer" alone did
+    not point at the URL's scheme (probe M)."""
+    proxy = start(tls_upstream.url.replace("https://", "http://"))
+    resp = _messages(proxy)
+    assert resp.status == 502, resp
+    assert resp.json["error"]["message"].endswith("; an http:// URL for an https:// server?"), resp.json
+
+
 def test_https_to_a_plain_http_server_is_said_and_not_retried(start: Any, keep_alive: FakeUpstream) -> None:
     proxy = start(keep_alive.url.replace("http://", "https://"), retries=2)
     resp = _messages(proxy)
