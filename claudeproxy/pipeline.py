@@ -616,6 +616,7 @@ class Proxy:
         optional field, Responses reasoning another key cannot read).
         """
         ex = self._prepare(api, req, target, None)
+        call.deadline = deadline
         changes = key_changes = 0
         while True:
             self._log_body("upstream request body", ex.body)

@@ -109,6 +109,8 @@ class UpstreamCall:
         # Requests made for this call (a changed request after a refusal, a fresh connection for a
         # pooled one that failed): the record's ``attempts`` counts them all.
         self.requests = 0
+        # When a non-streaming call must be done (``time.monotonic()``; None: a stream): connecting too.
+        self.deadline: Optional[float] = None
 
     def hold(self, sock: socket.socket) -> None:
         """Take ``sock`` while its connection is set up (the proxy's CONNECT, the TLS handshake):
@@ -1208,8 +1210,13 @@ class Upstream:
         if log.isEnabledFor(logging.DEBUG):
             sent = redact_headers(req.header_items(), secrets)
             log.debug("upstream %s %s headers=%s", method, redact_url(url), sent)
+        connect = self.config.connect_timeout
+        if call.deadline is not None:
+            # Within the call's deadline too: the watchdog can end a call only once it holds a
+            # socket, and a connect held the deadline off (8 s of --connect-timeout past a 2 s one).
+            connect = max(0.05, min(connect, call.deadline - time.monotonic()))
         try:
-            resp = self.opener.open(req, timeout=self.config.connect_timeout)
+            resp = self.opener.open(req, timeout=connect)
         except urllib.error.HTTPError as exc:
             with exc:
                 body_bytes = _error_body(exc) if exc.fp is not None else b""

@@ -208,3 +208,32 @@ def test_by_default_a_silent_upstream_is_waited_for_as_long_as_claude_code_waits
     ns = cli.build_parser().parse_args(["--upstream", "http://127.0.0.1:9/v1"])
     config = cli.config_from_args(ns, {})
     assert config.idle_timeout >= 600 and config.request_timeout >= 600
+
+
+def test_the_request_timeout_bounds_a_connect_that_hangs(make_proxy: Any) -> None:
+    """A listener whose backlog is full drops the connect's SYNs: the call ended at --connect-timeout
+    (8 s), past a --request-timeout of 1 s (probe M). A stream is not held to the request timeout."""
+    import socket
+
+    listener = socket.socket()
+    held = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(4):  # fill the backlog: later SYNs go unanswered
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            held.append(sock)
+        time.sleep(0.2)
+        server = make_proxy(upstream=f"http://127.0.0.1:{port}/v1", connect_timeout=8.0, request_timeout=1.0)
+        began = time.monotonic()
+        resp = request(server.url, "POST", "/v1/messages", minimal_request(), {"x-api-key": "k"}, timeout=15)
+        took = time.monotonic() - began
+        assert resp.status == 504 and resp.json["error"]["type"] == "timeout_error", resp
+        assert took < 3.0, took
+    finally:
+        for sock in held:
+            sock.close()
+        listener.close()
