@@ -761,7 +761,14 @@ class Proxy:
         An upstream error event, or a stream that ends without its end, is the error."""
         fold: StreamFold = api.fold(req, ex, message_id="msg_" + new_id(), input_tokens=self._estimate(req, record),
                                     secrets=call.secrets)
-        events = fold.feed_line(raw)  # one or more whole lines: all of them (an error event raises)
+        try:
+            events = fold.feed_line(raw)  # one or more whole lines: all of them (an error event raises)
+        except ProxyError as exc:
+            if not exc.events_before and not fold.began:
+                # The upstream's error as its first event: a refusal, which spent nothing (as for a
+                # stream, ``relay.refused``); a fallback's cost is then the call's whole cost.
+                record.update(**_stream_usage_fields(fold.usage, True))
+            raise
         if not fold.complete:
             rest, failure = fold.end(True)  # the body ended as HTTP says (read_whole_body checked)
             if failure is not None:

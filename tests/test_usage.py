@@ -1291,6 +1291,34 @@ def test_a_forwarded_answers_web_searches_are_in_its_cost(fake: FakeUpstream, st
         server.shutdown(grace=1.0)
 
 
+def test_a_fallback_after_an_error_event_first_keeps_the_calls_cost(fake: FakeUpstream) -> None:
+    """A gateway that streams whatever it is asked refuses a non-stream request with an error as
+    its stream's first event (a refusal: 0 tokens), and the fallback answers: the call's cost is the
+    fallback's, as for a stream request; it was unknown (probe L)."""
+    other = FakeUpstream()
+    priced = ModelFacts(input_price=10.0, output_price=20.0)
+    records: List[CallRecord] = []
+    server = claudeproxy.start(
+        providers=(Provider("a", fake.url, api="messages", token=KEY), Provider("b", other.url, api="messages", token=KEY,
+                                                                            models=(("*", priced),))),
+        routes=(Route("*", RouteTarget("a", "model-a"), fallbacks=(RouteTarget("b", "model-b"),)),),
+        metrics_sink=records.append)
+    try:
+        error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+        fake.push(sse_reply(f"event: error\ndata: {json.dumps(error)}\n\n", done=False))
+        other.push(json_reply({"id": "msg_b", "type": "message", "role": "assistant", "model": "model-b",
+                               "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+                               "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 42}}))
+        resp = request(server.url, "POST", "/v1/messages", minimal_request())
+        assert resp.status == 200, resp
+        rec = record_for(records, resp.headers["request-id"])
+        assert (rec.provider, rec.attempts, rec.input_tokens, rec.output_tokens) == ("b", 2, 10, 42)
+        assert rec.cost_usd == pytest.approx((10 * 10.0 + 42 * 20.0) / 1e6)
+    finally:
+        server.shutdown(grace=1.0)
+        other.close()
+
+
 def test_a_claude_name_on_a_host_not_anthropics_has_no_list_price(fake: FakeUpstream) -> None:
     """--passthrough to a host that is not Anthropic's (here a fake on the loopback; in the world
     DeepSeek's, Moonshot's, Z.ai's Anthropic endpoints, which serve their own models under Claude
