@@ -52,7 +52,7 @@ h2{font-size:13px;font-weight:600;margin:0 0 10px;color:var(--muted);text-transf
 .card .v{font-size:24px;font-weight:650;margin:2px 0;font-variant-numeric:tabular-nums;white-space:nowrap}
 .card .s{color:var(--muted);font-size:12px}
 .grid{display:grid;grid-template-columns:1fr 1fr;gap:14px;margin-bottom:14px}
-.panel{padding:14px 16px;min-width:0}
+.panel{padding:14px 16px;min-width:0;overflow-x:auto}
 svg{display:block;width:100%;height:auto}
 svg text{fill:var(--muted);font-size:11px;font-family:inherit}
 svg .gl{stroke:var(--grid);stroke-width:1}svg .ax{stroke:var(--line);stroke-width:1}
