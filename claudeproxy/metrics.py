@@ -194,8 +194,9 @@ def _fields_of(data: Dict[str, Any]) -> Dict[str, Any]:
     fields.update(stream=_typed(data["stream"], bool), local=_typed(data["local"], bool),
                   time=float(_typed(data["time"], (int, float))),
                   cost_usd=_number_or_none(data["cost_usd"]),
-                  # (not in the lines of versions before it: 0 then)
-                  web_search_requests=_typed(data.get("web_search_requests", 0), int))
+                  # (not in the lines of versions before it, null in some of the version that
+                  # added it: 0 then)
+                  web_search_requests=_typed(data.get("web_search_requests") or 0, int))
     return fields
 
 

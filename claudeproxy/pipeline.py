@@ -882,7 +882,9 @@ class Proxy:
             fields["spent_elsewhere"] = _spent_elsewhere(earlier, (fields.get("provider"), fields.get("upstream_model")))
         lost = fields.get("lost")
         if lost and not any(usage.values()):
-            usage = dict.fromkeys(usage)  # a refusal's 0s after an attempt that spent what nobody said
+            # A refusal's 0s after an attempt that spent what nobody said: not known (the searches
+            # stay a count: those said, 0 here; a None there made the usage log's line unreadable).
+            usage = {**dict.fromkeys(usage), WEB_SEARCHES: usage.get(WEB_SEARCHES) or 0}
         elif lost:
             cost = None  # what was reported is a part: an attempt the upstream had spent what nobody said
         fields.update(usage)

@@ -1319,6 +1319,18 @@ def test_a_fallback_after_an_error_event_first_keeps_the_calls_cost(fake: FakeUp
         other.close()
 
 
+def test_a_lost_call_reads_back_from_the_usage_log(fake: FakeUpstream) -> None:
+    """A call whose upstream dropped after it had the request (its tokens not known) was written
+    with web_search_requests null, and its line was dropped on read-back (review I); such lines,
+    written already, read back with 0 searches."""
+    resp, rec = _priced_call(fake, [Reply(drop="close")], minimal_request(), retries=0)
+    assert resp.status >= 500 and rec.input_tokens is None, resp
+    assert rec.web_search_requests == 0
+    line = rec.to_dict()
+    assert record_from_dict(line) == rec
+    assert record_from_dict({**line, "web_search_requests": None}) == rec
+
+
 def test_a_claude_name_on_a_host_not_anthropics_has_no_list_price(fake: FakeUpstream) -> None:
     """--passthrough to a host that is not Anthropic's (here a fake on the loopback; in the world
     DeepSeek's, Moonshot's, Z.ai's Anthropic endpoints, which serve their own models under Claude
