@@ -428,6 +428,14 @@ def merge_file(ns: argparse.Namespace, given: Set[str], file: Optional[FileConfi
             names[dest] = file.names.get(dest, dest)
 
 
+# The settings whose value is checked on its own (``check_overridden``).
+_CHECKED_ALONE = frozenset({"connect_timeout", "idle_timeout", "request_timeout", "client_timeout",
+                            "client_request_deadline", "body_timeout", "ping_interval", "finish_grace",
+                            "shutdown_grace", "max_body_bytes", "max_concurrency", "max_body_readers",
+                            "max_idle_per_host", "retries", "retry_max_wait", "port", "proxy", "max_output_tokens",
+                            "api_key_ttl", "upstream", "allowed_host", "allowed_origin", "model_map", "header"})
+
+
 def check_overridden(ns: argparse.Namespace, given: Set[str], file: Optional[FileConfig],
                      environ: Mapping[str, str], skip: Set[str]) -> None:
     """The file's values the command line overrode, checked as if it had not: they go unchecked
@@ -435,7 +443,10 @@ def check_overridden(ns: argparse.Namespace, given: Set[str], file: Optional[Fil
     ("retries": 99 beside --retries 1). ``skip``: the file's settings this mode never takes."""
     if file is None:
         return
-    overridden = {dest for dest in file.settings if dest in given and dest not in skip}
+    # Only a value good or bad on its own (a range, a URL's form): a file's host, key variable or key
+    # command is checked with the key and environment of the machine it runs on, which the flag
+    # that overrides it here may be there for (a LAN host, a team's key variable: review I).
+    overridden = {dest for dest in file.settings if dest in given and dest not in skip and dest in _CHECKED_ALONE}
     if not overridden:
         return
     shadow = argparse.Namespace(**vars(ns))

@@ -111,6 +111,19 @@ def test_a_bad_value_a_flag_overrides_still_stops_the_start(tmp_path: Any, serve
     assert (served[0].retries, served[0].port) == (1, 0)
 
 
+@pytest.mark.parametrize("in_file, flags, env", [
+    ({"upstream": "https://api.openai.com/v1", "api_key_env": "TEAM_KEY"}, ["--api-key-env", "MY_KEY"],
+     {"MY_KEY": "sk-mine-0123456789"}),
+    ({"upstream": "http://127.0.0.1:9/v1", "host": "0.0.0.0"}, ["--host", "127.0.0.1"], {}),
+], ids=["key-variable", "lan-host"])
+def test_a_files_machine_bound_setting_a_flag_overrides_is_not_checked_here(tmp_path: Any, served: List[Any],
+                                                                           in_file: Dict[str, Any], flags: List[str],
+                                                                           env: Dict[str, str]) -> None:
+    """A shared file's key variable, a LAN server's host: checked with the key and environment of
+    the machine they are for, not where a flag overrides them (review I)."""
+    assert run_main(["--config", write(tmp_path, in_file), *flags], env)[0] == 0
+
+
 def test_every_flag_has_a_key_with_dashes_or_underscores(tmp_path: Any, served: List[Any]) -> None:
     settings = {"max-concurrency": 7, "allowed_host": ["box.lan"], "header": ["X-Title: claudeproxy"],
                 "model_map": ["claude-haiku*=gpt-4o-mini"], "upstream": "http://127.0.0.1:9/v1", "log_bodies": True}
