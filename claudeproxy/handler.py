@@ -644,7 +644,8 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             # the 404 only as "an issue with the selected model": the log says it (once).
             exc = ProxyError(f"not found: {path} (the client's base URL should not end in /v1: "
                              f"ANTHROPIC_BASE_URL=http://HOST:PORT)", status=404)
-            proxy.warn_once(f"a client asked for {exc.message}")
+            proxy.warn_once("a client asked for a path under /v1/v1/: its base URL should not end in /v1 "
+                            "(ANTHROPIC_BASE_URL=http://HOST:PORT)")  # not the path: the client's, any length
             return exc
         return ProxyError(f"not found: {path}", status=404)
 

@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Dict, List, Mapping, Optional, TextIO, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, TextIO, Tuple
 
 from . import cli, reachability, usage_replay
 from .claude_code import (
@@ -524,20 +524,26 @@ class _SessionWarnings(logging.Handler):
     nobody was told to read."""
 
     MOST = 5
+    COUNTED = 1000  # distinct warnings past the first five counted as "more", at most
 
     def __init__(self, secrets: Callable[[], Any]) -> None:
         super().__init__(logging.WARNING)
         self.addFilter(cli._RedactingFilter(secrets))  # noqa: SLF001 - as every handler of the log's
         self.lines: Dict[str, None] = {}
-        self.more = 0
+        self.others: Set[str] = set()  # the distinct ones past MOST, for their count
+
+    @property
+    def more(self) -> int:
+        return len(self.others)
 
     def emit(self, record: logging.LogRecord) -> None:
         line = " ".join(record.getMessage().split())[:500]
-        if line not in self.lines:
-            if len(self.lines) < self.MOST:
-                self.lines[line] = None
-            else:
-                self.more += 1
+        if line in self.lines:
+            return
+        if len(self.lines) < self.MOST:
+            self.lines[line] = None
+        elif len(self.others) < self.COUNTED:
+            self.others.add(line)
 
     def say(self, name: str, status: int, log_path: str, stderr: TextIO) -> None:
         if not self.lines:

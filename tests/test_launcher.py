@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import signal
@@ -361,8 +362,22 @@ def test_a_failed_commands_session_warnings_are_said_on_the_terminal(run_standin
 def test_a_client_base_url_ending_in_v1_is_said_after_a_failed_command(run_standin: Any) -> None:
     code, err, rec = run_standin("--ask", "/v1/v1/messages", "--exit", "1")
     assert code == 1 and rec["asked"] == {"status": 404}, err
-    assert "claudeproxy: warning: a client asked for not found: /v1/v1/messages (the client's base URL should " \
-           "not end in /v1" in err, err
+    assert "claudeproxy: warning: a client asked for a path under /v1/v1/: its base URL should not end in /v1" \
+        in err, err
+
+
+def test_the_session_warnings_count_distinct_ones_past_the_first_five() -> None:
+    """One warning repeated seven times is one (review I: "7 more")."""
+    from claudeproxy import launcher
+
+    said = launcher._SessionWarnings(lambda: ())
+    for text in ["a", "b", "c", "d", "e", "f", "f", "f", "g", "a"]:
+        said.handle(logging.LogRecord("claudeproxy", logging.WARNING, __file__, 1, text, None, None))
+    out = io.StringIO()
+    said.say("claude", 1, "/tmp/p.log", out)
+    assert out.getvalue().splitlines()[0] == ("claudeproxy: claude exited with status 1; the proxy's warnings while "
+                                              "it ran, 2 more (all in /tmp/p.log):")
+    assert out.getvalue().splitlines()[1:] == [f"claudeproxy: warning: {c}" for c in "abcde"]
 
 
 def test_an_unused_environment_proxy_is_said_on_the_terminal(run_standin: Any, tmp_path: Any) -> None:
