@@ -63,6 +63,24 @@ def _session_from_user_id(user_id: Optional[str]) -> Optional[str]:
     return session.strip() if isinstance(session, str) and session.strip() else None
 
 
+def end_user(user_id: Optional[str]) -> Optional[str]:
+    """Claude Code's ``metadata.user_id`` without its session, so one user is one end user in every
+    session (what OpenAI's ``user`` and ``safety_identifier`` tell apart; review I: it changed every
+    session): its JSON's other fields that say something, sorted, or the legacy form before
+    ``_session_``. Any other user id as it is."""
+    if not user_id:
+        return None
+    try:
+        parsed: Any = json.loads(user_id)
+    except (ValueError, RecursionError):
+        match = _LEGACY_SESSION_RE.search(user_id)
+        return user_id[:match.start()] if match and match.start() else user_id
+    if not isinstance(parsed, dict) or "session_id" not in parsed:
+        return user_id
+    rest = {k: v for k, v in parsed.items() if k != "session_id" and v not in ("", None)}
+    return json.dumps(rest, sort_keys=True, separators=(",", ":")) if rest else user_id
+
+
 def session_cache_key(headers: Mapping[str, str], user_id: Optional[str]) -> Optional[str]:
     """A stable prompt-cache key for the client's session, or None when no session is known.
 

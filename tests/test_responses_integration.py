@@ -352,8 +352,8 @@ def test_a_refused_temperature_is_dropped_and_remembered_for_the_model(make_prox
 def test_the_end_user_goes_as_safety_identifier_and_a_server_refusing_it_gets_none(make_proxy: Any,
                                                                                   fake_upstream: Any) -> None:
     """metadata.user_id is the Responses API's safety_identifier (Chat's ``user``; 64 characters at
-    most, so a longer one as its digest); a server that does not know the field is asked again
-    without it, and its model never gets it again."""
+    most, so a longer one as its digest; Claude Code's without its session); a server that does not
+    know the field is asked again without it, and its model never gets it again."""
     server = make_proxy(upstream_api="responses", model="local-model")
     refusal = {"error": {"message": "Unknown parameter: 'safety_identifier'.", "type": "invalid_request_error"}}
     answer = json.loads(read("responses", "text.response.json"))
@@ -365,7 +365,9 @@ def test_the_end_user_goes_as_safety_identifier_and_a_server_refusing_it_gets_no
     other = make_proxy(upstream_api="responses", model="gpt-5")
     fake_upstream.push(json_reply(answer))
     assert request(other.url, "POST", "/v1/messages", ask(metadata={"user_id": long_id}), HEADERS).status == 200
-    assert fake_upstream.requests[-1].json["safety_identifier"] == hashlib.sha256(long_id.encode()).hexdigest()
+    # The user without the session (the same in every session of one user), as its digest: 78 characters.
+    user = '{"device_id":"' + "d" * 64 + '"}'
+    assert fake_upstream.requests[-1].json["safety_identifier"] == hashlib.sha256(user.encode()).hexdigest()
 
 
 @pytest.mark.parametrize("choice, sent", [({"type": "auto"}, ["auto", None]), ({"type": "any"}, ["required"])])

@@ -220,8 +220,11 @@ def test_long_user_id_is_shortened_for_openai() -> None:
     sent = _user_sent(CLAUDE_CODE_USER_ID, "openai")
     assert isinstance(sent, str) and 0 < len(sent) <= 64
     assert sent == _user_sent(CLAUDE_CODE_USER_ID, "openai")
-    other = CLAUDE_CODE_USER_ID.replace("3b1d6f2a", "3b1d6f2b")
-    assert _user_sent(other, "openai") != sent
+    # One user in every session (its session id changed the digest: review I); another device is another.
+    assert _user_sent(CLAUDE_CODE_USER_ID.replace("3b1d6f2a", "3b1d6f2b"), "openai") == sent
+    assert _user_sent(CLAUDE_CODE_USER_ID.replace("5f0c9a7e", "5f0c9a7f"), "openai") != sent
+    legacy = "user_" + "ab" * 32 + "_account_1c2d_session_3b1d6f2a-9c4e-4a8b-b7d5-0e2f1c9a6b3d"
+    assert _user_sent(legacy, "openai") == _user_sent(legacy.replace("3b1d6f2a", "00000000"), "openai")
 
 
 @pytest.mark.parametrize("user_id", ["u1", "x" * 64])

@@ -35,7 +35,7 @@ from ...anthropic_types import (
     merge_turns,
 )
 from ...dialects import Dialect, effort_for_budget
-from ...prompt_cache import strip_billing_header
+from ...prompt_cache import end_user, strip_billing_header
 from ...schemas import clean_schema
 from ...signatures import decode_signature
 from ..names import tool_alias, tool_names, upstream_tool_id
@@ -634,7 +634,7 @@ def to_chat_request(
         tools=functions,
         tool_choice=tool_choice,
         parallel_tool_calls=parallel,
-        user=_user_field(req.user_id) if dialect.send_user else None,
+        user=_user_field(end_user(req.user_id)) if dialect.send_user else None,
         response_format=_response_format(req.output_schema, dialect),
         reasoning_effort=effort,
         extra=extra,

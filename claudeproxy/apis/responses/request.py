@@ -36,7 +36,7 @@ from ...anthropic_types import (
     wants_thinking,
 )
 from ...dialects import OPENAI_REASONING_NAME, effort_for_budget
-from ...prompt_cache import strip_billing_header
+from ...prompt_cache import end_user, strip_billing_header
 from ...schemas import clean_schema
 from ...signatures import decode_signature
 from ..names import tool_alias, tool_names, upstream_tool_id
@@ -514,10 +514,11 @@ def to_responses_request(
         body["include"] = include
     if cache_key:
         body["prompt_cache_key"] = _short_key(cache_key)
-    if req.user_id:
+    user = end_user(req.user_id)
+    if user:
         # The end user, for OpenAI's abuse checks (the Responses API's word for Chat's ``user``): 64
-        # characters at most, and Claude Code's JSON user id is longer, so its digest (stable per user).
-        body["safety_identifier"] = _short_key(req.user_id)
+        # characters at most, and Claude Code's is longer, so its digest (the same in every session).
+        body["safety_identifier"] = _short_key(user)
     body["stream"] = stream
     # No stop_sequences: the API has no stop parameter; the proxy matches them itself (apis/stops.py).
     return Translation(body, tool_names(req, functions_only=True), warnings)
