@@ -1183,6 +1183,30 @@ def test_one_hour_cache_writes_cost_twice_the_input_price() -> None:
     assert call_cost(ModelFacts(input_price=3.0, output_price=15.0), 10, 0, 0, 300, 300) is None
 
 
+def _forwarded(server: Any, fake: FakeUpstream, message: Dict[str, Any], stream: bool, start_usage: Dict[str, Any],
+               end_usage: Dict[str, Any]) -> str:
+    """A passthrough upstream's answer ``message`` (its one text block), as JSON or as its events
+    (message_start's usage ``start_usage``, message_delta's ``end_usage``), asked for: the call's request id."""
+    if not stream:
+        fake.push(json_reply(message))
+        resp = request(server.url, "POST", "/v1/messages", minimal_request())
+        assert resp.status == 200, resp
+        return str(resp.headers["request-id"])
+    ev = lambda o: f"event: {o['type']}\ndata: {json.dumps(o)}\n\n".encode("utf-8")  # noqa: E731
+    start = {**message, "content": [], "stop_reason": None, "usage": start_usage}
+    text = message["content"][0]["text"]
+    fake.push(sse_reply(ev({"type": "message_start", "message": start}),
+                        ev({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                        ev({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+                        ev({"type": "content_block_stop", "index": 0}),
+                        ev({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                            "usage": end_usage}),
+                        ev({"type": "message_stop"}), done=False))
+    with StreamClient(server.url, minimal_request(stream=True)) as client:
+        client.read_all(timeout=5)
+        return str(client.headers["request-id"])
+
+
 def _anthropic_usage() -> Dict[str, Any]:
     return {"input_tokens": 100, "output_tokens": 30, "cache_read_input_tokens": 1000,
             "cache_creation_input_tokens": 500,
@@ -1203,24 +1227,7 @@ def test_a_forwarded_answer_prices_its_one_hour_cache_writes(fake: FakeUpstream,
         message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "house-model",
                    "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn", "stop_sequence": None,
                    "usage": usage_}
-        if stream:
-            ev = lambda o: f"event: {o['type']}\ndata: {json.dumps(o)}\n\n".encode("utf-8")  # noqa: E731
-            start = {**message, "content": [], "stop_reason": None, "usage": {**usage_, "output_tokens": 1}}
-            fake.push(sse_reply(ev({"type": "message_start", "message": start}),
-                                ev({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-                                ev({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}}),
-                                ev({"type": "content_block_stop", "index": 0}),
-                                ev({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                    "usage": {"output_tokens": 30}}),
-                                ev({"type": "message_stop"}), done=False))
-            with StreamClient(server.url, minimal_request(stream=True)) as client:
-                client.read_all(timeout=5)
-                request_id = client.headers["request-id"]
-        else:
-            fake.push(json_reply(message))
-            resp = request(server.url, "POST", "/v1/messages", minimal_request())
-            assert resp.status == 200, resp
-            request_id = resp.headers["request-id"]
+        request_id = _forwarded(server, fake, message, stream, {**usage_, "output_tokens": 1}, {"output_tokens": 30})
         rec = record_for(records, request_id)
         assert (rec.cache_creation_input_tokens, rec.cache_creation_1h_input_tokens) == (500, 300)
         want = (100 * 3.0 + 30 * 15.0 + 1000 * 0.3 + 200 * 3.75 + 300 * 6.0) / 1e6
@@ -1258,25 +1265,8 @@ def test_a_forwarded_answers_web_searches_are_in_its_cost(fake: FakeUpstream, st
         message = {"id": "msg_ws", "type": "message", "role": "assistant", "model": "house-model",
                    "content": [{"type": "text", "text": "found"}], "stop_reason": "end_turn", "stop_sequence": None,
                    "usage": usage_}
-        if stream:
-            ev = lambda o: f"event: {o['type']}\ndata: {json.dumps(o)}\n\n".encode("utf-8")  # noqa: E731
-            start = {**message, "content": [], "stop_reason": None,
-                     "usage": {"input_tokens": 100, "output_tokens": 1}}
-            fake.push(sse_reply(ev({"type": "message_start", "message": start}),
-                                ev({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-                                ev({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "found"}}),
-                                ev({"type": "content_block_stop", "index": 0}),
-                                ev({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                    "usage": {"output_tokens": 30, "server_tool_use": {"web_search_requests": 3}}}),
-                                ev({"type": "message_stop"}), done=False))
-            with StreamClient(server.url, minimal_request(stream=True)) as client:
-                client.read_all(timeout=5)
-                request_id = client.headers["request-id"]
-        else:
-            fake.push(json_reply(message))
-            resp = request(server.url, "POST", "/v1/messages", minimal_request())
-            assert resp.status == 200, resp
-            request_id = resp.headers["request-id"]
+        request_id = _forwarded(server, fake, message, stream, {"input_tokens": 100, "output_tokens": 1},
+                                {"output_tokens": 30, "server_tool_use": {"web_search_requests": 3}})
         rec = record_for(records, request_id)
         assert rec.web_search_requests == 3
         if priced:
