@@ -319,7 +319,7 @@ class Proxy:
             return None
         except UpstreamNotJson:
             self.warn_once(f"{target.label} answered count_tokens with a body that is not JSON; "
-                            "the local estimate serves")
+                           "the local estimate serves")
             return None
         counted = count_or_none(answer.get("input_tokens")) if isinstance(answer, dict) else None
         if counted is None:
@@ -327,7 +327,7 @@ class Proxy:
             # an upstream without count_tokens. Claude Code only plans compaction on it; a 502 would
             # fail the client over a number the proxy can estimate itself.
             self.warn_once(f"{target.label} answered count_tokens without a usable input_tokens; "
-                            "the local estimate serves")
+                           "the local estimate serves")
         return counted
 
     # ------------------------------------------------------------------
@@ -370,7 +370,7 @@ class Proxy:
                     # No model list there (llama.cpp, gateways): an empty one, as Anthropic's never
                     # 404s; a 404 on the list would read as a wrong base URL to the client.
                     self.warn_once(f"{provider.name} has no model list (upstream {exc.status}); "
-                                    "its models are not listed")
+                                   "its models are not listed")
                     continue
                 if listed:
                     log.info("could not list the models of %s (%s); listing the routed ones", provider.name, exc.message)
@@ -648,10 +648,10 @@ class Proxy:
         the model ("Project ... does not have access to model gpt-4.1") is the model's, not the key's."""
         if exc.status == 403 and _NAMES_A_MODEL.search(exc.upstream_message):
             self.warn_once(f"{target.provider.name} does not let the key claudeproxy sends use {target.model!r} "
-                            "(upstream 403); check the route's model or the account's access to it")
+                           "(upstream 403); check the route's model or the account's access to it")
             return exc
         self.warn_once(f"{target.provider.name} refused the key claudeproxy sends it (upstream {exc.status}); "
-                        "check the provider's key setting")
+                       "check the provider's key setting")
         exc.message = f"{exc.message} (the key claudeproxy sends to provider {target.provider.name!r})"
         return exc
 
@@ -683,7 +683,7 @@ class Proxy:
                         "limit (asked for %d; said once)", cap, target.label, asked)
         if req.parsed is not None and req.parsed.mcp_servers:  # translated: no API of ours can carry them
             self.warn_once(f"dropped MCP servers the upstream cannot connect to (mcp_servers): "
-                            f"{', '.join(req.parsed.mcp_servers)}")
+                           f"{', '.join(req.parsed.mcp_servers)}")
         return ex
 
     def _learned_cap(self, target: Target) -> Optional[int]:

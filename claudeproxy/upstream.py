@@ -1214,7 +1214,9 @@ class Upstream:
         if call.deadline is not None:
             # Within the call's deadline too: the watchdog can end a call only once it holds a
             # socket, and a connect held the deadline off (8 s of --connect-timeout past a 2 s one).
-            connect = max(0.05, min(connect, call.deadline - time.monotonic()))
+            # A moment past it, so that the watchdog has marked the call ended by its deadline (the
+            # client's 504) when the connect gives up, not a "could not reach" the client retries.
+            connect = max(0.05, min(connect, call.deadline - time.monotonic() + _PAST_THE_DEADLINE))
         try:
             resp = self.opener.open(req, timeout=connect)
         except urllib.error.HTTPError as exc:
@@ -1397,6 +1399,7 @@ def _nobody_there(reason: BaseException, url: str, what: str = "server") -> Opti
 
 
 _NAME_MISMATCH = 62  # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH ("Hostname mismatch")
+_PAST_THE_DEADLINE = 0.3  # s: three of the watchdog's ticks (watchdog.TICK_SECONDS)
 
 
 def _lasting_failure(reason: BaseException, where: str, detail: str,
