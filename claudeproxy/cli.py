@@ -774,7 +774,7 @@ class _OneLineFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-class _RedactingFilter(logging.Filter):
+class RedactingFilter(logging.Filter):
     """Masks secrets in every record, whatever logger produced it."""
 
     def __init__(self, secrets: Callable[[], Sequence[str]]) -> None:
@@ -807,7 +807,7 @@ def setup_logging(level: str, secrets: Callable[[], Sequence[str]], stream: Text
         handler.setFormatter(_JsonFormatter(secrets))
     else:
         handler.setFormatter(_OneLineFormatter())
-    handler.addFilter(_RedactingFilter(secrets))
+    handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger(PACKAGE_LOGGER)
     root.addHandler(handler)
     root.setLevel(level.upper())

@@ -528,7 +528,7 @@ class _SessionWarnings(logging.Handler):
 
     def __init__(self, secrets: Callable[[], Any]) -> None:
         super().__init__(logging.WARNING)
-        self.addFilter(cli._RedactingFilter(secrets))  # noqa: SLF001 - as every handler of the log's
+        self.addFilter(cli.RedactingFilter(secrets))  # as every handler of the log's
         self.lines: Dict[str, None] = {}
         self.others: Set[str] = set()  # the distinct ones past MOST, for their count
 
