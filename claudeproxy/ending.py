@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Protocol, Tuple
 
-from .errors import ClientGone, ProxyError, UpstreamTimeout
+from .errors import NO_RETRY, ClientGone, ProxyError, UpstreamNotJson, UpstreamTimeout
+from .redact import quoted
 
 Event = Dict[str, Any]
 
@@ -102,4 +103,17 @@ def stream_end(
     events, error = fold.end(clean and failure is None and abort_reason is None)
     if error is not None and failure is not None:
         error = failure
+    elif error is not None and clean and not fold.heard:
+        error = _no_event_stream(fold) or error
     return events, error
+
+
+def _no_event_stream(fold: StreamFold) -> Optional[ProxyError]:
+    """A whole body without one event but with lines that are none (a page or a plain-text error
+    served as text/plain, which passes for SSE): the same on every try, so neither the proxy nor
+    the client asks again, as for a web page's Content-Type. None for an empty body, which may pass."""
+    stray = getattr(getattr(fold, "decoder", None), "stray", None)
+    if stray is None:
+        return None
+    return UpstreamNotJson("upstream answered a stream request with a body that is no event stream "
+                           f"(its first line: {quoted(stray.strip(), 200)})", headers=(NO_RETRY,))

@@ -73,6 +73,9 @@ class SSEDecoder:
         self._event = ""
         self._first = True
         self._cr_ended = False  # the last run of lines ended with a CR, whose LF may begin the next
+        # The first line that is no SSE field at all (a web page's or a plain-text error's): what a
+        # body with no events was instead, for the stream's error.
+        self.stray: Optional[str] = None
 
     def decode(self, line: str) -> Optional[ServerSentEvent]:
         if self._first:
@@ -90,6 +93,8 @@ class SSEDecoder:
             self._data.append(value)
         elif name == "event":
             self._event = value
+        elif self.stray is None and name not in ("id", "retry"):
+            self.stray = line
         return None  # id, retry and unknown fields carry nothing we use
 
     def lines(self, text: str) -> List[str]:

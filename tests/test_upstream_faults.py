@@ -140,6 +140,32 @@ def test_a_web_page_for_an_answer_is_asked_for_once(make_proxy, fake_upstream, s
     assert len(fake_upstream.requests) == 1
 
 
+@pytest.mark.parametrize("settings", [{}, {"upstream_api": "responses", "model": "gpt-5"}, {"passthrough": True}],
+                         ids=["chat", "responses", "passthrough"])
+def test_a_plain_text_page_for_a_stream_is_asked_for_once_and_named(make_proxy, fake_upstream, settings):
+    """text/plain passes for an event stream (servers label SSE so), but a body of lines that are
+    no SSE field at all is a page or a plain error, the same on every try: named, not 'ended early',
+    and not asked for again."""
+    server = make_proxy(retries=2, **settings)
+    page = Reply(200, (("Content-Type", "text/plain; charset=utf-8"),), [b"404 page not found\nsee the docs\n"])
+    fake_upstream.push(page, page, page)
+    resp = send(server, True)
+    assert_plain_error(resp, 502, "api_error")
+    assert resp.headers.get("x-should-retry") == "false"
+    assert "'404 page not found'" in resp.json["error"]["message"]
+    assert len(fake_upstream.requests) == 1
+
+
+def test_an_empty_plain_text_body_to_a_stream_is_still_retried(make_proxy, fake_upstream):
+    """No line at all is a body cut before it began, which another try may not be."""
+    server = make_proxy(retries=1)
+    fake_upstream.push(Reply(200, (("Content-Type", "text/plain"),), [b""]), sse_reply(*three_events()))
+    with open_stream(server) as client:
+        events = client.read_all(timeout=5)
+    assert final_message(events)["content"] == [{"type": "text", "text": "one two"}]
+    assert len(fake_upstream.requests) == 2
+
+
 def test_non_json_200_to_a_plain_request_is_502(proxy, fake_upstream):
     fake_upstream.push(Reply(200, (("Content-Type", "text/html"),), [b"<html>captive portal</html>"]))
     assert_plain_error(send(proxy, False), 502, "api_error")
