@@ -1448,8 +1448,10 @@ def _proxy_failure(reason: BaseException, call: UpstreamCall, req: urllib.reques
             return UpstreamUnreachable(f"{said}: {nobody}", headers=(NO_RETRY,))
         return UpstreamUnavailable(said, headers=(_RETRY,))
     # Before the tunnel is up, what answered is the proxy (its answer to CONNECT); after, the upstream.
-    its_connect = bool(req._tunnel_host) and not call.tunnelled  # type: ignore[attr-defined]
-    where = (f"the outbound proxy at {proxy}" if its_connect
+    # Without a tunnel (a plain-http upstream) every byte of the answer is the proxy's: a forward
+    # proxy speaks HTTP to us whatever the upstream said to it.
+    its_answer = not req._tunnel_host or not call.tunnelled  # type: ignore[attr-defined]
+    where = (f"the outbound proxy at {proxy}" if its_answer
              else f"the upstream at {host} (through the outbound proxy at {proxy})")
     lasting = _lasting_failure(reason, where, detail, through_proxy=True)
     if lasting is not None:

@@ -612,10 +612,13 @@ def test_no_tls_where_tls_is_due_through_the_proxy_is_said_and_not_retried(make_
     assert tunnel.tunnels == 1
 
 
-def test_a_proxy_whose_answer_to_connect_is_no_http_is_named_and_not_retried(make_proxy: Any, clean_env: Any,
-                                                                             tunnels: Any) -> None:
+@pytest.mark.parametrize("scheme", ["https", "http"])
+def test_a_proxy_whose_answer_is_no_http_is_named_and_not_retried(make_proxy: Any, clean_env: Any,
+                                                                  tunnels: Any, scheme: str) -> None:
+    """Its answer to CONNECT, or to a plain-http request it forwards: either is the proxy's own
+    (a plain-http upstream's answer reaches the proxy, never the client, as bytes)."""
     tunnel = tunnels(BannerProxy)
-    server = make_proxy(upstream=NAMED_UPSTREAM["https"], proxy=f"http://127.0.0.1:{tunnel.port}", retries=2)
+    server = make_proxy(upstream=NAMED_UPSTREAM[scheme], proxy=f"http://127.0.0.1:{tunnel.port}", retries=2)
     resp = send(server)
     assert resp.status == 502, resp
     assert resp.headers.get("x-should-retry") == "false"
