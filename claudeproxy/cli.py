@@ -49,9 +49,12 @@ from .config import (
     UPSTREAM_APIS,
     Config,
     check_config,
+    check_count,
     check_header,
     check_host,
+    check_port,
     check_proxy_url,
+    check_retries,
     check_seconds,
     check_url,
     env_proxies,
@@ -479,30 +482,19 @@ def parse_header(value: str, setting: str = "--header") -> Tuple[str, str]:
 
 
 def _positive(ns: argparse.Namespace) -> None:
-    for dest in ("connect_timeout", "idle_timeout", "request_timeout", "ping_interval", "api_key_ttl"):
-        value = getattr(ns, dest)
-        if value != value:  # NaN
-            raise UsageError(f"{name_of(ns, dest)} must be a number of seconds greater than 0, got nan")
-        if not value > 0:
-            raise UsageError(f"{name_of(ns, dest)} must be greater than 0")
-    try:  # not in Config, whose durations check_config bounds: a key command's token holds it
-        check_seconds(ns.api_key_ttl, name_of(ns, "api_key_ttl"))
+    """The command line's numbers, checked before anything is built from them, by start()'s own
+    checks of the same settings: one wording on either way in ("NAME: must be ..., got V")."""
+    try:
+        for dest in ("connect_timeout", "idle_timeout", "request_timeout", "ping_interval", "api_key_ttl"):
+            check_seconds(getattr(ns, dest), name_of(ns, dest))
+        check_seconds(ns.shutdown_grace, name_of(ns, "shutdown_grace"), zero_ok=True)
+        for dest in ("max_concurrency", "max_body_bytes", "max_output_tokens"):
+            if getattr(ns, dest) is not None:
+                check_count(getattr(ns, dest), name_of(ns, dest), 1)
+        check_retries(ns.retries, ns.retry_max_wait, lambda dest: name_of(ns, dest))
+        check_port(ns.port, name_of(ns, "port"))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    for dest in ("max_concurrency", "max_body_bytes", "max_output_tokens"):
-        value = getattr(ns, dest)
-        if value is not None and value < 1:
-            raise UsageError(f"{name_of(ns, dest)} must be at least 1")
-    if ns.shutdown_grace != ns.shutdown_grace:  # NaN: "must not be negative" sent the user looking for a minus
-        raise UsageError(f"{name_of(ns, 'shutdown_grace')} must be a number of seconds from 0, got nan")
-    if not ns.shutdown_grace >= 0:
-        raise UsageError(f"{name_of(ns, 'shutdown_grace')} must not be negative")
-    if not 0 <= ns.retries <= 10:
-        raise UsageError(f"{name_of(ns, 'retries')} must be between 0 and 10")
-    if not 0 <= ns.retry_max_wait <= 600:
-        raise UsageError(f"{name_of(ns, 'retry_max_wait')} must be between 0 and 600")
-    if not 0 <= ns.port <= 65535:
-        raise UsageError(f"{name_of(ns, 'port')} must be between 0 and 65535")
 
 
 def _shorthand_key(ns: argparse.Namespace, environ: Mapping[str, str], api: str,

@@ -501,6 +501,25 @@ def check_count(value: object, setting: str, low: int, high: Optional[int] = Non
         raise ValueError(f"{setting}: must be at most {high}, got {value}")
 
 
+def check_retries(retries: object, max_wait: object, name: Callable[[str], str]) -> None:
+    """--retries and --retry-max-wait (``name`` names a setting as the user gave it)."""
+    _check_range(retries, name("retries"), 10)
+    check_seconds(max_wait, name("retry_max_wait"), zero_ok=True)
+    if max_wait > 600:  # type: ignore[operator]
+        raise ValueError(f"{name('retry_max_wait')}: must be from 0 to 600 seconds, got {max_wait!r}")
+
+
+def check_port(port: object, setting: str) -> None:
+    _check_range(port, setting, 65535)
+
+
+def _check_range(value: object, setting: str, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{setting}: expected a whole number, got {value!r}")
+    if not 0 <= value <= high:
+        raise ValueError(f"{setting}: must be from 0 to {high}, got {value}")
+
+
 # One label of a host name (RFC 1123): letters, digits and '-', not at either end; '_' too, as
 # Docker's and Compose's service names have it and their DNS answers them.
 _LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
@@ -570,7 +589,8 @@ _NOT_EMPTY = ("upstream", "provider", "upstream_auth", "model", "opus_model", "s
 def check_config(config: Config) -> None:
     """The server-wide settings (timeouts, limits, proxy, client key); providers are checked by routing.
 
-    The command line checks the same first, in its own words; this is what ``start()`` gets.
+    The command line checks its numbers first with the same checks (``cli._positive``); this is
+    what ``start()`` gets.
     """
     name = config.setting_name
     for field in dataclasses.fields(config):
@@ -588,12 +608,7 @@ def check_config(config: Config) -> None:
         check_seconds(getattr(config, dest), name(dest), zero_ok)
     for dest, low, high in _COUNTS:
         check_count(getattr(config, dest), name(dest), low, high)
-    check_count(config.retries, name("retries"), 0)
-    if config.retries > 10:
-        raise ValueError(f"{name('retries')}: must be from 0 to 10, got {config.retries}")
-    check_seconds(config.retry_max_wait, name("retry_max_wait"), zero_ok=True)
-    if config.retry_max_wait > 600:
-        raise ValueError(f"{name('retry_max_wait')}: must be at most 600 seconds, got {config.retry_max_wait!r}")
+    check_retries(config.retries, config.retry_max_wait, name)
     check_host(config.host, name("host"))
     if not is_loopback_host(config.host) and not config.auth_key:
         raise ValueError(f"{name('host')}: refusing to listen on {config.host!r} without --auth-key (anyone could "
@@ -609,9 +624,7 @@ def check_config(config: Config) -> None:
             raise ValueError(f"{name('model_map')}: expected (pattern, name) pairs of strings, got {pair!r}")
     if config.max_output_tokens is not None:
         check_count(config.max_output_tokens, name("max_output_tokens"), 1, MAX_TOKENS)
-    check_count(config.port, name("port"), 0)
-    if config.port > 65535:
-        raise ValueError(f"{name('port')}: must be from 0 to 65535, got {config.port}")
+    check_port(config.port, name("port"))
     if config.proxy is not None:
         check_proxy_url(config.proxy, name("proxy"))
     if config.auth_key:

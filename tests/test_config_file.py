@@ -249,9 +249,9 @@ def test_bad_file_exits_2_naming_file_path_and_problem(tmp_path: Any, served: Li
 # Settings a flag could also give are checked as the flag is, after the file is merged with the
 # flags, and named as the file's key: the user never typed the flag.
 BAD_SETTINGS = [
-    ({"retries": 50}, "retries", "between 0 and 10"),
+    ({"retries": 50}, "retries", "from 0 to 10, got 50"),
     ({"idle_timeout": -1}, "idle_timeout", "greater than 0"),
-    ({"port": -1}, "port", "between 0 and 65535"),
+    ({"port": -1}, "port", "from 0 to 65535, got -1"),
     ({"upstream": "ftp://x"}, "upstream", "http://"),
     ({"model_map": ["nope"]}, "model_map", "PATTERN=NAME"),
     ({"model_map": {"claude-haiku*": ""}}, "model_map.claude-haiku*", "must not be empty"),
@@ -336,9 +336,9 @@ def test_a_route_from_a_files_model_map_names_the_file(tmp_path: Any, served: Li
 
 
 def test_the_same_settings_on_the_command_line_keep_their_messages(served: List[Any]) -> None:
-    """The command line's wording is unchanged: it names the flag the user typed."""
-    for argv, line in [(["--retries", "50"], "--retries must be between 0 and 10"),
-                       (["--port", "-1"], "--port must be between 0 and 65535"),
+    """The command line names the flag the user typed, worded as start()'s checks of the same setting."""
+    for argv, line in [(["--retries", "50"], "--retries: must be from 0 to 10, got 50"),
+                       (["--port", "-1"], "--port: must be from 0 to 65535, got -1"),
                        (["--host", "0.0.0.0"], "refusing to listen on 0.0.0.0 without --auth-key"),
                        (["--usage-log", "a", "--metrics-file", "b"],
                         "--metrics-file is the former name of --usage-log: give one of them")]:

@@ -187,14 +187,14 @@ CLI_CASES = [
     (["--upstream", "http://example.test/my models"], "--upstream"),
     (["--upstream", "http://example.test/v1\x01"], "--upstream"),
     (["--proxy", "http://proxy.test:3128/\x7f"], "--proxy"),
-    (["--connect-timeout", "nan"], "--connect-timeout must be a number of seconds greater than 0, got nan"),
+    (["--connect-timeout", "nan"], "--connect-timeout: must be a finite number of seconds greater than 0 and at most 10000000, got nan"),
     (["--connect-timeout", "inf"], "--connect-timeout"),
     (["--idle-timeout", "-3"], "--idle-timeout"),
     (["--request-timeout", "infinity"], "--request-timeout"),
     (["--ping-interval", "0"], "--ping-interval"),
     (["--body-timeout", "nan"], "--body-timeout"),
     (["--shutdown-grace", "-inf"], "--shutdown-grace"),
-    (["--shutdown-grace", "nan"], "--shutdown-grace must be a number of seconds from 0, got nan"),
+    (["--shutdown-grace", "nan"], "--shutdown-grace: must be a finite number of seconds from 0 at most 10000000, got nan"),
     (["--max-concurrency", "-1"], "--max-concurrency"),
     (["--max-body-bytes", "0"], "--max-body-bytes"),
     (["--max-body-readers", "0"], "--max-body-readers"),
@@ -265,6 +265,26 @@ def test_command_line_refuses_bad_settings(served: List[Any], argv: List[str], s
     line = assert_one_line(*run_main(argv), setting)
     assert "sk-" not in line
     assert served == []
+
+
+# The same bad number said the same way from the command line and from start() (a user moving from
+# one to the other, or reading the README's examples of either, finds one wording).
+SAME_WORDS = [("--retries", "retries", 50), ("--retries", "retries", -1), ("--port", "port", 70000),
+              ("--port", "port", -1), ("--retry-max-wait", "retry_max_wait", 700.0),
+              ("--idle-timeout", "idle_timeout", -3.0), ("--connect-timeout", "connect_timeout", math.nan),
+              ("--shutdown-grace", "shutdown_grace", -1.0), ("--max-concurrency", "max_concurrency", 0),
+              ("--max-body-bytes", "max_body_bytes", 0)]
+
+
+@pytest.mark.parametrize("flag,keyword,value", SAME_WORDS, ids=[f"{c[0]} {c[2]}" for c in SAME_WORDS])
+def test_a_number_out_of_range_is_worded_alike_on_the_command_line_and_by_start(
+        served: List[Any], flag: str, keyword: str, value: Any) -> None:
+    with pytest.raises(ValueError) as raised:
+        claudeproxy.start(upstream="http://127.0.0.1:9/v1", **{keyword: value}).shutdown(grace=0.1)
+    line = assert_one_line(*run_main(["--upstream", "http://127.0.0.1:9/v1", "--api-key", "k", flag, str(value)]),
+                           flag)
+    assert line == "claudeproxy: error: " + str(raised.value)
+    assert str(raised.value).startswith(f"{flag}: must be ")
 
 
 def test_a_key_command_that_cannot_be_split_is_not_quoted_back(served: List[Any]) -> None:
