@@ -433,6 +433,57 @@ def test_sentinels_never_logged_or_returned(make_proxy: Any, fake_upstream: Any,
     assert _leaks([captured.out, captured.err]) == []
 
 
+def _chat_call_with_id(tool_id: str, stream: bool) -> Reply:
+    call = {"id": tool_id, "type": "function", "function": {"name": "Read", "arguments": '{"path":"a"}'}}
+    if not stream:
+        return json_reply(completion(None, finish="tool_calls", tool_calls=[call]))
+    return sse_reply(chunk({"role": "assistant", "tool_calls": [{"index": 0, **call}]}), chunk({}, "tool_calls"))
+
+
+def _responses_fixture(kind: str, case: str, old: str, new: str) -> Reply:
+    name = f"{case}.upstream.sse" if kind == "streams" else f"{case}.response.json"
+    with open(os.path.join(ROOT, "tests", "fixtures", "responses_api", kind, name), "rb") as fh:
+        body = fh.read()
+    assert old.encode() in body
+    body = body.replace(old.encode(), new.encode())
+    if kind == "responses":
+        return Reply(200, (("Content-Type", "application/json"),), [body])
+    steps = [part + b"\n\n" for part in body.split(b"\n\n") if part.strip()]
+    return Reply(200, (("Content-Type", "text/event-stream"),), steps, chunked=True)
+
+
+ECHOES = [("chat", "", "call_7", f"call_{UPSTREAM_KEY}"),
+          ("responses", "parallel_calls", "call_Qe4Ua1", f"call_{UPSTREAM_KEY}"),
+          ("responses", "web_search_citations", '"url": "https://peps.python.org/pep-0745/"',
+           f'"url": "https://peps.python.org/pep-0745/?k={UPSTREAM_KEY}"'),
+          ("responses", "web_search_citations", "Python Release Python 3.14.0", f"Python 3.14.0 {UPSTREAM_KEY}")]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("api,case,old,new", ECHOES, ids=["chat-call-id", "responses-call-id", "citation-url",
+                                                          "citation-title"])
+def test_an_upstream_key_in_a_field_the_upstream_chose_is_not_relayed(make_proxy: Any, fake_upstream: Any,
+                                                                      api: str, case: str, old: str, new: str,
+                                                                      stream: bool) -> None:
+    """A tool call's id, a citation's URL or title come from the provider, not the model: one that
+    echoes the key would hand it to the client (passthrough masks them; so do the translations).
+    A call keeps working: its id is a fresh one, which the next turn sends back."""
+    if api == "chat":
+        proxy, reply = make_proxy(), _chat_call_with_id(new, stream)
+    else:
+        proxy = make_proxy(upstream_api="responses", model="gpt-5")
+        reply = _responses_fixture("streams" if stream else "responses", case, old, new)
+    fake_upstream.push(reply)
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(stream=stream), client_headers())
+    assert resp.status == 200, resp
+    text = resp.body.decode("utf-8")
+    assert UPSTREAM_KEY not in text
+    if "call" in old:
+        assert '"tool_use","id":"toolu_' in text.replace(", ", ",").replace('": "', '":"')
+    else:
+        assert "peps.python.org" in text and "***" in text  # the rest of the citation stays
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_the_clients_auth_key_echoed_by_an_upstream_error_is_masked(make_proxy: Any, fake_upstream: Any,
                                                                     stream: bool) -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from typing import Callable, Dict, Iterable
+from typing import Callable, Dict, Iterable, Tuple
 
 from ..anthropic_types import MessagesRequest, ToolUseBlock
+from ..redact import MASK, free_text_forms, holds_secret
 
 _TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _ID_CHARS_RE = re.compile(r"[^A-Za-z0-9_-]")  # what an Anthropic id may not hold
@@ -54,6 +55,21 @@ def client_tool_id(upstream_id: str) -> str:
         return upstream_id
     encoded = base64.urlsafe_b64encode(upstream_id.encode("utf-8", "surrogatepass")).decode("ascii")
     return _ENCODED_TOOL_ID + encoded.rstrip("=")
+
+
+def own_tool_id(upstream_id: str, secrets: Tuple[str, ...]) -> str:
+    """The upstream's id for a tool call, or "" (a fresh one is made) when it holds one of the call's
+    secrets: an upstream that echoes its key in an id it chose would hand the key to the client
+    (passthrough masks such ids as well). Checked once a call."""
+    return "" if upstream_id and secrets and holds_secret(upstream_id, secrets) else upstream_id
+
+
+def without_secrets(text: str, secrets: Tuple[str, ...]) -> str:
+    """An upstream's field that is neither the model's words nor an id (a citation's URL or title)
+    with the call's secrets masked."""
+    for form in free_text_forms(secrets) if secrets else ():
+        text = text.replace(form, MASK)
+    return text
 
 
 def upstream_tool_id(client_id: str) -> str:

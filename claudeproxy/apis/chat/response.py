@@ -16,7 +16,7 @@ from ...errors import ProxyError, UpstreamHTTPError, UpstreamUnavailable, error_
 from ...ids import first_free
 from ...signatures import encode_signature
 from ..stops import StopFinder
-from ..names import client_tool_id, message_id
+from ..names import client_tool_id, message_id, own_tool_id
 from ..toolargs import cut_short, normalize_arguments, said_done_but_cut
 from .wire import (
     ChatChoice,
@@ -120,7 +120,7 @@ def tool_use_block(tool_id: str, name: str, arguments: Optional[str], tool_names
 
 
 def unique_tool_ids(calls: Tuple[ToolCallDelta, ...], new_id: IdFactory,
-                    history: FrozenSet[str] = frozenset()) -> Dict[int, str]:
+                    history: FrozenSet[str] = frozenset(), secrets: Tuple[str, ...] = ()) -> Dict[int, str]:
     """Block id for each usable call (by position): upstream id, deduplicated, or a fresh one; in the
     form Anthropic's ids take (``client_tool_id``). ``history``: the conversation's ids so far
     (``tool_use_ids``), which an answer's must not repeat either."""
@@ -130,7 +130,7 @@ def unique_tool_ids(calls: Tuple[ToolCallDelta, ...], new_id: IdFactory,
     for i, call in enumerate(calls):
         if not call.name:
             continue
-        base = call.id or "toolu_" + new_id()
+        base = own_tool_id(call.id, secrets) or "toolu_" + new_id()
         # A suffix must not collide with another call's real id ("c", "c_2", "c").
         block_id = first_free(base, lambda c: c in used or (c != base and c in taken) or client_tool_id(c) in history,
                               used | history)
@@ -164,6 +164,7 @@ def content_blocks(
     new_id: IdFactory,
     thinking: bool = True,
     history: FrozenSet[str] = frozenset(),
+    secrets: Tuple[str, ...] = (),
 ) -> Tuple[List[Dict[str, Any]], List[str]]:
     """thinking, text, refusal, tool_use blocks in that order, plus warnings.
 
@@ -172,7 +173,7 @@ def content_blocks(
     reasoning, text = choice.reasoning, choice.content
     if think_tags and not reasoning:
         reasoning, text = split_think_tags(text)
-    ids = unique_tool_ids(choice.tool_calls, new_id, history)
+    ids = unique_tool_ids(choice.tool_calls, new_id, history, secrets)
     state = provider_state(choice, ids)
     blocks: List[Dict[str, Any]] = []
     if not thinking:
@@ -235,6 +236,7 @@ def to_messages_response(
     local_stops: Tuple[str, ...] = (),
     thinking: bool = True,
     history: FrozenSet[str] = frozenset(),
+    secrets: Tuple[str, ...] = (),
 ) -> Tuple[Dict[str, Any], List[str]]:
     """The Anthropic ``Message`` for a ChatCompletion that has a choice, plus warnings.
 
@@ -245,7 +247,7 @@ def to_messages_response(
     blocks, warnings = content_blocks(
         choice, tool_names=tool_names or {}, dialect_name=dialect_name,
         think_tags=think_tags and local_match is None, new_id=new_id,  # a cut choice is split already
-        thinking=thinking, history=history,
+        thinking=thinking, history=history, secrets=secrets,
     )
     has_tools = any(b["type"] == "tool_use" for b in blocks)
     stop_match = local_match
@@ -317,5 +319,5 @@ def message_from_body(
     return to_messages_response(
         chat, model=model, new_id=new_id, tool_names=tool_names, stop_sequences=stop_sequences,
         dialect_name=dialect_name, think_tags=think_tags, local_stops=local_stops, thinking=thinking,
-        history=history,
+        history=history, secrets=secrets,
     )

@@ -35,7 +35,7 @@ from ...skim import text_digest
 from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done, loads_data
 from ..growing import Growing
 from ..stops import StopScan
-from ..names import client_tool_id
+from ..names import client_tool_id, own_tool_id
 from ..toolargs import KEEP_LIVE_TEXT, TURNED_BAD, ArgsScan, cut_short, normalize_arguments, said_done_but_cut
 from .response import (
     CUT_FINISH_REASONS,
@@ -795,8 +795,8 @@ class StreamTranslator:
         """The id the client sees for ``tool``: the upstream's (``client_tool_id``), suffixed when
         a call of this answer shown already, or of the conversation so far (``history``), has it."""
         taken = {t.shown for t in self.tools if t is not tool and t.shown} | self.history
-        return client_tool_id(first_free(tool.id or "toolu_" + self.new_id(), lambda c: client_tool_id(c) in taken,
-                                         taken))
+        base = own_tool_id(tool.id, self.secrets) or "toolu_" + self.new_id()
+        return client_tool_id(first_free(base, lambda c: client_tool_id(c) in taken, taken))
 
     # ------------------------------------------------------------------
     # The end.

@@ -14,7 +14,7 @@ from ...counts import count_or_none, openai_usage, token_count
 from ...errors import ProxyError, error_from_object
 from ...ids import first_free
 from ...signatures import encode_signature
-from ..names import client_tool_id, id_chars, message_id
+from ..names import client_tool_id, id_chars, message_id, own_tool_id, without_secrets
 from ..toolargs import cut_short, normalize_arguments, said_done_but_cut
 from ..stops import StopFinder
 from . import API_NAME
@@ -83,27 +83,28 @@ def reasoning_text(item: Dict[str, Any]) -> str:
     return "\n\n".join(t for t in texts if isinstance(t, str) and t)
 
 
-def citation(annotation: Any, text: str) -> Optional[Dict[str, Any]]:
-    """A ``url_citation`` as an Anthropic ``web_search_result_location`` (cited_text: the span it marks)."""
+def citation(annotation: Any, text: str, secrets: Tuple[str, ...] = ()) -> Optional[Dict[str, Any]]:
+    """A ``url_citation`` as an Anthropic ``web_search_result_location`` (cited_text: the span it marks;
+    the call's ``secrets`` masked in the URL and title the upstream gave)."""
     if not isinstance(annotation, dict) or annotation.get("type") != "url_citation":
         return None
     start, end = annotation.get("start_index"), annotation.get("end_index")
     cited = text[start:end] if isinstance(start, int) and isinstance(end, int) else ""
     return {
         "type": "web_search_result_location",
-        "url": text_field(annotation, "url"),
-        "title": text_field(annotation, "title"),
+        "url": without_secrets(text_field(annotation, "url"), secrets),
+        "title": without_secrets(text_field(annotation, "title"), secrets),
         # Anthropic's opaque reference to the result, which the SDKs' types require: OpenAI gives none.
         "encrypted_index": "",
         "cited_text": cited,
     }
 
 
-def text_block(text: str, annotations: Any) -> Optional[Block]:
+def text_block(text: str, annotations: Any, secrets: Tuple[str, ...] = ()) -> Optional[Block]:
     if not text:
         return None  # no empty text blocks (FIELD-NOTES 12)
     block: Block = {"type": "text", "text": text}
-    cites = [c for c in (citation(a, text) for a in _list(annotations)) if c]
+    cites = [c for c in (citation(a, text, secrets) for a in _list(annotations)) if c]
     if cites:
         block["citations"] = cites
     return block
@@ -142,31 +143,33 @@ def tool_input(arguments: Any, incomplete: bool = False) -> Dict[str, Any]:
 
 
 def tool_use_block(item: Dict[str, Any], tool_names: Dict[str, str], new_id: IdFactory,
-                   incomplete: bool = False) -> Block:
+                   incomplete: bool = False, secrets: Tuple[str, ...] = ()) -> Block:
     """A function call as ``tool_use``: its ``call_id`` is the id the client echoes back (in Anthropic's
     id form: ``client_tool_id``; ``request.call_id`` turns it back)."""
     name = text_field(item, "name")
     obj = tool_input(item.get("arguments"), incomplete)
-    tool_id = client_tool_id(text_field(item, "call_id")) or "toolu_" + new_id()
+    tool_id = client_tool_id(own_tool_id(text_field(item, "call_id"), secrets)) or "toolu_" + new_id()
     return {"type": "tool_use", "id": tool_id, "name": tool_names.get(name, name), "input": obj}
 
 
-def search_blocks(item: Dict[str, Any], new_id: IdFactory) -> List[Block]:
+def search_blocks(item: Dict[str, Any], new_id: IdFactory, secrets: Tuple[str, ...] = ()) -> List[Block]:
     """A ``web_search_call`` searching: ``server_tool_use`` + ``web_search_tool_result``.
 
     The sources carry URLs only (titles come with the text's citations);
-    ``open_page``/``find`` actions have no Anthropic counterpart.
+    ``open_page``/``find`` actions have no Anthropic counterpart. The upstream's id and sources are
+    the upstream's words, not the model's: the call's ``secrets`` are kept out of them.
     """
     if not is_search(item):
         return []
     action = item["action"] if isinstance(item.get("action"), dict) else {}
     queries = [q for q in _list(action.get("queries"), str) if q]
     query = text_field(action, "query") or (queries[0] if queries else "")
-    tool_id = "srvtoolu_" + (id_chars(text_field(item, "id")) or new_id())
+    tool_id = "srvtoolu_" + (id_chars(own_tool_id(text_field(item, "id"), secrets)) or new_id())
     content: Any = [
         # encrypted_content and page_age as Anthropic's results have them (the SDKs' types require
         # the one): OpenAI's sources carry neither.
-        {"type": "web_search_result", "url": text_field(s, "url"), "title": text_field(s, "title"),
+        {"type": "web_search_result", "url": without_secrets(text_field(s, "url"), secrets),
+         "title": without_secrets(text_field(s, "title"), secrets),
          "encrypted_content": "", "page_age": None}
         for s in _list(action.get("sources"))
         if text_field(s, "url")
@@ -194,7 +197,8 @@ def _list(value: Any, kind: type = dict) -> List[Any]:
 
 
 def item_blocks(item: Dict[str, Any], tool_names: Dict[str, str], new_id: IdFactory,
-                incomplete: bool = False, thinking: bool = True) -> Tuple[List[Block], bool]:
+                incomplete: bool = False, thinking: bool = True, secrets: Tuple[str, ...] = ()
+                ) -> Tuple[List[Block], bool]:
     """(blocks, refusal seen) for one output item; unknown hosted-tool items give none.
 
     ``incomplete``: the Response is (``tool_input``). ``thinking``: the client asked for it
@@ -210,14 +214,14 @@ def item_blocks(item: Dict[str, Any], tool_names: Dict[str, str], new_id: IdFact
         blocks, refusal = [], False
         for part in _list(item.get("content")):
             text, is_refusal = part_text(part)
-            block = text_block(text, part.get("annotations"))
+            block = text_block(text, part.get("annotations"), secrets)
             blocks.extend([block] if block else [])
             refusal = refusal or (is_refusal and bool(text))
         return blocks, refusal
     if kind == "function_call":  # without a name no tool can answer it (PROTOCOL.md 2.2, as on Chat)
-        return ([tool_use_block(item, tool_names, new_id, incomplete)] if text_field(item, "name") else []), False
+        return ([tool_use_block(item, tool_names, new_id, incomplete, secrets)] if text_field(item, "name") else []), False
     if kind == "web_search_call":
-        return search_blocks(item, new_id), False
+        return search_blocks(item, new_id, secrets), False
     return [], False
 
 
@@ -298,7 +302,8 @@ def last_call_cut(output: Any) -> Optional[str]:
 
 
 def content_blocks(output: Any, tool_names: Dict[str, str], new_id: IdFactory, incomplete: bool = False,
-                   thinking: bool = True, history: FrozenSet[str] = frozenset()) -> Tuple[List[Block], bool]:
+                   thinking: bool = True, history: FrozenSet[str] = frozenset(), secrets: Tuple[str, ...] = ()
+                   ) -> Tuple[List[Block], bool]:
     """All blocks of a Response's ``output`` in order, and whether a refusal was among them."""
     blocks: List[Block] = []
     refusal = False
@@ -307,7 +312,7 @@ def content_blocks(output: Any, tool_names: Dict[str, str], new_id: IdFactory, i
     calls = [i for i, item in enumerate(items) if item.get("type") == "function_call"]
     cut_at = calls[-1] if calls and incomplete else None
     for i, item in enumerate(items):
-        found, refused = item_blocks(item, tool_names, new_id, i == cut_at, thinking)
+        found, refused = item_blocks(item, tool_names, new_id, i == cut_at, thinking, secrets)
         blocks.extend(found)
         refusal = refusal or refused
     unique_tool_ids(blocks, history)
@@ -381,7 +386,8 @@ def to_messages_response(
     output, match = cut_output(obj.get("output"), stop_sequences) if stop_sequences else (obj.get("output"), None)
     incomplete = obj.get("status") == "incomplete"
     cut_call = None if incomplete else last_call_cut(output)
-    blocks, refusal = content_blocks(output, tool_names, new_id, incomplete or cut_call is not None, thinking, history)
+    blocks, refusal = content_blocks(output, tool_names, new_id, incomplete or cut_call is not None, thinking, history,
+                                     secrets)
     has_tools = any(b["type"] == "tool_use" for b in blocks)
     if match is None and cut_call is not None:
         reason = "max_tokens"

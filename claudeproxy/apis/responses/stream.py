@@ -44,7 +44,7 @@ from ...replies import as_answered, block_events, events_for_message, message_st
 from ...signatures import encode_signature
 from ...skim import LineSkimmer, Repeat, SkimmedLine, holds_repeat, restore, text_digest
 from ...sse import ServerSentEvent, SSEDecoder, SSEFold, is_done, loads_data
-from ..names import client_tool_id
+from ..names import client_tool_id, own_tool_id
 from ..growing import Growing, LiveText
 from ..stops import StopScan
 from ..toolargs import KEEP_LIVE_TEXT, TURNED_BAD, ArgsScan, cut_short, said_done_but_cut
@@ -624,7 +624,7 @@ class ResponsesFold(SSEFold):
         return sent.text() if sent is not None else ""
 
     def _citations(self, key: Key) -> List[Event]:
-        block = text_block(self._sent(key), self.annotations.get(key))
+        block = text_block(self._sent(key), self.annotations.get(key), self.secrets)
         cites = block.get("citations", []) if block else []
         events = [self._delta({"type": "citations_delta", "citation": c}) for c in cites[self.cited.get(key, 0):]]
         self.cited[key] = len(cites)
@@ -678,7 +678,7 @@ class ResponsesFold(SSEFold):
         return events + [self._delta({"type": "input_json_delta", "partial_json": text})]
 
     def _tool_start(self, item: _Item) -> Dict[str, Any]:
-        tool_id = self._claim_tool_id(client_tool_id(item.call_id) or "toolu_" + self.new_id())
+        tool_id = self._claim_tool_id(client_tool_id(own_tool_id(item.call_id, self.secrets)) or "toolu_" + self.new_id())
         return {"type": "tool_use", "id": tool_id, "name": self.tool_names.get(item.name, item.name), "input": {}}
 
     def _held_back(self, key: Key) -> bool:
@@ -815,7 +815,7 @@ class ResponsesFold(SSEFold):
     def _search_done(self, index: Any, item: _Item, raw: Dict[str, Any]) -> List[Event]:
         events: List[Event] = []
         self.searches += searched(raw)
-        for block in search_blocks(raw, self.new_id):
+        for block in search_blocks(raw, self.new_id, self.secrets):
             events += self._whole_block(block)
         return events
 
@@ -927,7 +927,7 @@ class ResponsesFold(SSEFold):
             raise UpstreamUnavailable("upstream's final object holds an item it never streamed whose text "
                                       "repeats a streamed call's arguments; it cannot be placed")
         events: List[Event] = []
-        blocks, refusal = item_blocks(raw, self.tool_names, self.new_id, self.incomplete, self.thinking)
+        blocks, refusal = item_blocks(raw, self.tool_names, self.new_id, self.incomplete, self.thinking, self.secrets)
         self.refusal = self.refusal or refusal
         self.searches += searched(raw)
         for block in blocks:
