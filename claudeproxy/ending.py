@@ -111,9 +111,10 @@ def stream_end(
 def _no_event_stream(fold: StreamFold) -> Optional[ProxyError]:
     """A whole body without one event but with lines that are none (a page or a plain-text error
     served as text/plain, which passes for SSE): the same on every try, so neither the proxy nor
-    the client asks again, as for a web page's Content-Type. None for an empty body, which may pass."""
+    the client asks again, as for a web page's Content-Type. None for an empty body, which may pass,
+    and for a bare JSON body (an error object without SSE framing): the fold has read it as the API's."""
     stray = getattr(getattr(fold, "decoder", None), "stray", None)
-    if stray is None:
+    if stray is None or stray.lstrip().startswith(("{", "[")):
         return None
     return UpstreamNotJson("upstream answered a stream request with a body that is no event stream "
                            f"(its first line: {quoted(stray.strip(), 200)})", headers=(NO_RETRY,))
