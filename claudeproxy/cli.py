@@ -883,7 +883,9 @@ def unserved_families(server: ProxyServer) -> List[str]:
                if all(router.resolve(name) is None for name in names)]
     if not missing or len(missing) == len(CLAUDE_CODE_NAMES):
         return []
-    return [f"no route serves Claude Code's {' or '.join(family for family, _ in missing)} models (such as "
+    families = [family for family, _ in missing]
+    named = " or ".join(families) if len(families) < 3 else ", ".join(families[:-1]) + " or " + families[-1]
+    return [f"no route serves Claude Code's {named} models (such as "
             f"{missing[0][1]}): their requests get a 404; add a route for them, or one matching '*'"]
 
 

@@ -56,31 +56,38 @@ from .dialects import (
 from .model_facts import MAX_TOKENS, ModelFacts, builtin_facts, facts_from_dict, is_claude_name, without_prices
 from .redact import redact_url
 
-FAMILIES = ("opus", "sonnet", "haiku")
+FAMILIES = ("opus", "sonnet", "haiku")  # each with its flag (--opus-model ...)
+# Families Claude Code 2.1.331 names beyond those, without a flag of their own: its /model offers
+# Fable ("most capable for your hardest and longest-running tasks", claude-fable-5-2), and its
+# tables hold Mythos. With family flags only they borrow the nearest given one, Opus first.
+LATER_FAMILIES = ("fable", "mythos")
+ALL_FAMILIES = FAMILIES + LATER_FAMILIES
 # Names Claude Code sends (CLAUDE-CODE.md), across generations: --print-config shows where each goes,
 # and a route meant for Claude Code that matches none of them is warned about (unmatched_route).
 SAMPLE_MODELS = ("claude-opus-4-1", "claude-sonnet-4-5-20250929", "claude-haiku-4-5", "claude-3-5-haiku-latest",
-                 "claude-opus-5-5", "claude-haiku-5-5")
+                 "claude-opus-5-5", "claude-haiku-5-5", "claude-fable-5-2")
 # Each family's names as Claude Code sends them: 2.1.331's (CLAUDE-CODE.md), then the generation before.
-CLAUDE_CODE_NAMES = {f: (f"claude-{f}-5-5", f"claude-{f}-4-5") for f in FAMILIES}
+CLAUDE_CODE_NAMES = {**{f: (f"claude-{f}-5-5", f"claude-{f}-4-5") for f in FAMILIES},
+                     **{f: (f"claude-{f}-5-2", f"claude-{f}-5") for f in LATER_FAMILIES}}
 # Claude Code's own aliases beyond the plain family names.
 _ALIASES = {"opusplan": "opus"}
 # A family word as one segment of a Claude model id, in every naming Anthropic and the
 # clouds used: claude-opus-4-1, claude-3-5-haiku-latest, claude-sonnet-4@20250514,
 # anthropic.claude-3-5-sonnet-20240620-v1:0, claude-sonnet-4-5[1m].
-_FAMILY_RE = re.compile(r"(?:^|[-_.@/:])(opus|sonnet|haiku)(?=$|[-_.@/:\[])")
+_FAMILY_RE = re.compile(r"(?:^|[-_.@/:])(opus|sonnet|haiku|fable|mythos)(?=$|[-_.@/:\[])")
 _GLOB_CHARS = frozenset("*?[")
 # When only some family flags are given, a missing family borrows the nearest one,
 # so Claude Code's hard-coded names never fail.
-_NEAREST = {"opus": ("sonnet", "haiku"), "sonnet": ("opus", "haiku"), "haiku": ("sonnet", "opus")}
+_NEAREST = {"opus": ("sonnet", "haiku"), "sonnet": ("opus", "haiku"), "haiku": ("sonnet", "opus"),
+            **{f: ("opus", "sonnet", "haiku") for f in LATER_FAMILIES}}
 _TARGET_CACHE_LIMIT = 512  # distinct (provider, model) pairs remembered per router
 
 
 def claude_family(name: str) -> Optional[str]:
-    """``opus``, ``sonnet`` or ``haiku`` for a Claude model name or alias; None for anything else."""
+    """``opus``, ``sonnet``, ``haiku`` (or a later family) for a Claude model name or alias; None for anything else."""
     low = name.strip().lower()
     base = low.split("[", 1)[0]
-    if base in FAMILIES:
+    if base in ALL_FAMILIES:
         return base
     if base in _ALIASES:
         return _ALIASES[base]
@@ -94,7 +101,7 @@ def pattern_kind(pattern: str) -> str:
     """all, family, glob or exact."""
     if pattern == "*":
         return "all"
-    if pattern.lower() in FAMILIES:  # "Opus", as the product is spelt: no model is named so
+    if pattern.lower() in ALL_FAMILIES:  # "Opus", as the product is spelt: no model is named so
         return "family"
     return "glob" if _GLOB_CHARS & set(pattern) else "exact"
 
@@ -146,7 +153,7 @@ def unmatched_route(pattern: str) -> Optional[str]:
     elif family:  # "sonnet*", "Opus*": Claude Code's names begin with "claude-"
         hint = f"did you mean {family.group(1)!r}? (a family name matches every generation of it)"
     else:
-        hint = f"a family name ({', '.join(FAMILIES)}) matches every generation of it"
+        hint = f"a family name ({', '.join(ALL_FAMILIES)}) matches every generation of it"
     return (f"pattern {pattern!r} matches none of the model names Claude Code sends (lower case, like "
             f"{SAMPLE_MODELS[1]}): {hint}")
 
@@ -159,7 +166,7 @@ def _about_claude(mended: str) -> bool:
     if "claude" in mended:
         return True
     for segment in _SEGMENT_RE.findall(mended):
-        if segment in FAMILIES:
+        if segment in ALL_FAMILIES:
             return True
         if not (segment.isdigit() or segment in _CLOUD_WORDS):
             return False
@@ -176,7 +183,7 @@ def _mended(pattern: str) -> str:
 
     def mend(segment: "re.Match[str]") -> str:
         word = segment.group(0)
-        close = difflib.get_close_matches(word, (*FAMILIES, "claude"), n=1, cutoff=0.75)
+        close = difflib.get_close_matches(word, (*ALL_FAMILIES, "claude"), n=1, cutoff=0.75)
         return close[0] if close else word
 
     return _SEGMENT_RE.sub(mend, pattern)
@@ -389,10 +396,13 @@ def _shorthand_routes(config: Config, provider: str) -> Tuple[List[Route], List[
     if config.model:
         routes.append(Route("*", RouteTarget(provider, config.model), origin=name("model")))
     elif any(given.values()):
-        for family in (f for f in FAMILIES if not given[f] and not _routes_whole(config.routes, f)):
+        # Not one that --model-map or the file routes whole: its own route would shadow the borrowed one.
+        mapped = routes + list(config.routes)
+        for family in (f for f in ALL_FAMILIES if not given.get(f) and not _routes_whole(mapped, f)):
             other = next(o for o in _NEAREST[family] if given[o])
+            lacking = flag_name(family + "_model") if family in FAMILIES else f"--model-map '{family}=NAME'"
             borrowed.append(Route(family, RouteTarget(provider, given[other]),
-                                  origin=f"{name(other + '_model')} (no {flag_name(family + '_model')})"))
+                                  origin=f"{name(other + '_model')} (no {lacking})"))
     return routes, borrowed
 
 

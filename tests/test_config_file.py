@@ -567,10 +567,13 @@ def test_print_config_for_a_messages_provider() -> None:
 
 def test_print_config_of_family_flags_shows_the_borrowed_families() -> None:
     shown = print_config(["--upstream", "https://api.openai.com/v1", "--opus-model", "o3"])
-    assert [(r["match"], r["target"]["model"], r["from"]) for r in shown["routes"][:3]] == [
+    assert [(r["match"], r["target"]["model"], r["from"]) for r in shown["routes"][:5]] == [
         ("opus", "o3", "--opus-model"), ("sonnet", "o3", "--opus-model (no --sonnet-model)"),
-        ("haiku", "o3", "--opus-model (no --haiku-model)")]
-    assert shown["routes"][3]["target"]["model"] == "(the client's model name)"
+        ("haiku", "o3", "--opus-model (no --haiku-model)"),
+        # Claude Code 2.1.331's /model offers Fable, a family with no flag of its own.
+        ("fable", "o3", "--opus-model (no --model-map 'fable=NAME')"),
+        ("mythos", "o3", "--opus-model (no --model-map 'mythos=NAME')")]
+    assert shown["routes"][5]["target"]["model"] == "(the client's model name)"
     assert shown["examples"] == {name: "upstream/o3" for name in shown["examples"]}
 
 

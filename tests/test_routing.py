@@ -104,6 +104,35 @@ def test_a_missing_family_borrows_the_nearest_so_claude_code_never_fails() -> No
     assert where(config, "claude-opus-4-1") == ("upstream", "gpt-4.1")
 
 
+LATER_NAMES = ["claude-fable-5-2", "claude-fable-5", "claude-mythos-5-2", "fable", "claude-fable-5-2[1m]"]
+
+
+def test_the_later_families_claude_code_offers_borrow_the_most_capable_given() -> None:
+    """Claude Code 2.1.331's /model offers Fable (claude-fable-5-2) beside Opus, Sonnet and Haiku: with
+    family flags only it went upstream under its Claude name, a 404 on every real upstream."""
+    config = Config(upstream=OPENAI.url, opus_model="o3", sonnet_model="gpt-4.1", haiku_model="gpt-4o-mini")
+    assert [where(config, n) for n in LATER_NAMES] == [("upstream", "o3")] * len(LATER_NAMES)
+    config = Config(upstream=OPENAI.url, haiku_model="gpt-4o-mini")
+    assert where(config, "claude-fable-5-2") == ("upstream", "gpt-4o-mini")
+    # --model-map names them as it names the others, and its route is not shadowed by a borrowed one.
+    config = Config(upstream=OPENAI.url, opus_model="o3", model_map=(("fable", "gpt-5.5"),))
+    assert where(config, "claude-fable-5-2") == ("upstream", "gpt-5.5")
+    assert where(config, "claude-mythos-5") == ("upstream", "o3")
+    assert where(config, "claude-opus-5-5") == ("upstream", "o3")  # Opus is not Fable, nor the reverse
+    # --model is the default for them too.
+    assert where(Config(upstream=OPENAI.url, model="gpt-4.1"), "claude-fable-5-2") == ("upstream", "gpt-4.1")
+
+
+def test_a_family_mapped_by_model_map_borrows_nothing_that_would_shadow_it() -> None:
+    # --model-map 'opus=...' beside --sonnet-model: the borrowed opus route came after the mapped one,
+    # which took every name it would, and the start stopped ("can never match").
+    config = Config(upstream=OPENAI.url, sonnet_model="gpt-4.1", model_map=(("opus", "gpt-5"),))
+    routes = build_router(config).routes
+    assert [r.match for r in routes].count("opus") == 1
+    assert where(config, "claude-opus-5-5") == ("upstream", "gpt-5")
+    assert where(config, "claude-haiku-5-5") == ("upstream", "gpt-4.1")
+
+
 def test_a_borrowing_family_leaves_a_config_files_own_name_to_its_route() -> None:
     # The file routes the name Claude Code 2.1.331 sends for opus; --sonnet-model alone made opus
     # borrow sonnet's model ahead of it (the check asked about claude-opus-4-5), so the file's
