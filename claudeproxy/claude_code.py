@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 import textwrap
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 # The model Claude Code 2.1.331 asks for when ANTHROPIC_MODEL is not set.
@@ -114,12 +114,20 @@ def with_entries(no_proxy: str, entries: Tuple[str, ...]) -> str:
     return ",".join(([kept] if kept else []) + missing)
 
 
-def default_model(env: Mapping[str, str]) -> str:
-    """The model Claude Code's main loop asks for: ``ANTHROPIC_MODEL``, else its built-in default.
+def default_model(env: Mapping[str, str], args: Sequence[str] = ()) -> str:
+    """The model Claude Code's main loop asks for: its ``--model`` among ``args`` (its command line;
+    the last one given, as its option parser takes it), else ``ANTHROPIC_MODEL``, else its built-in default.
 
     A ``[1m]`` suffix is Claude Code's own marker and never goes on the wire.
     """
     name = env.get("ANTHROPIC_MODEL", "").strip()
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--model" and i + 1 < len(args):
+            name = args[i + 1].strip()
+        elif arg.startswith("--model="):
+            name = arg[len("--model="):].strip()
     return re.sub(r"\[[^\]]*\]$", "", name) or DEFAULT_MODEL
 
 
@@ -207,7 +215,8 @@ def run_epilog() -> str:
     for names, why in DROPPED:
         lines += [_wrap(", ".join(names), "  "), _wrap(why, " " * 6)]
     lines += [_wrap(text) for text in (
-        "The model whose window and cap are used is the one Claude Code asks for first: $ANTHROPIC_MODEL, else "
+        "The model whose window and cap are used is the one Claude Code asks for first: its --model in COMMAND, "
+        "else $ANTHROPIC_MODEL, else "
         f"{DEFAULT_MODEL}, routed like any request; nothing is set when the model facts do not know them.",
         "When COMMAND is Claude Code (claude, claude.exe, claude.cmd), run adds hasCompletedOnboarding: true to "
         "$CLAUDE_CONFIG_DIR/.claude.json (else ~/.claude.json) when it is absent, so a fresh host skips the theme "

@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Dict, List, Mapping, Optional, Set, TextIO, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, TextIO, Tuple
 
 from . import cli, reachability, usage_replay
 from .claude_code import (
@@ -451,9 +451,11 @@ def _running(pid: int) -> bool:
     return True
 
 
-def command_env(running: RunningServer, config: Config, environ: Mapping[str, str]) -> Dict[str, str]:
-    """``claude_code.child_env`` for the model Claude Code's main loop will ask for."""
-    routed = running.server.proxy.router.resolve(default_model(environ))
+def command_env(running: RunningServer, config: Config, environ: Mapping[str, str],
+                claude_args: Sequence[str] = ()) -> Dict[str, str]:
+    """``claude_code.child_env`` for the model Claude Code's main loop will ask for (``claude_args``:
+    Claude Code's own command line, whose --model wins; none for another COMMAND)."""
+    routed = running.server.proxy.router.resolve(default_model(environ, claude_args))
     window = routed.target.facts.context_window if routed else None
     cap = routed.target.output_cap if routed else None
     return child_env(environ, running.url, config.auth_key or "", window, cap)
@@ -486,7 +488,8 @@ def _session(running: RunningServer, ns: argparse.Namespace, config: Config, typ
     try:
         log.info("%s", cli._describe(running.server))  # noqa: SLF001
         cli._warn_about(running.server, environ)  # noqa: SLF001
-        env = command_env(running, config, environ)
+        claude = looks_like_claude(typed) or looks_like_claude(argv[0])
+        env = command_env(running, config, environ, argv[1:] if claude else ())
         print(f"claudeproxy: proxy on {running.url} (usage page {page_address(running.url, page_key)}), "
               f"log in {log_path}", file=stderr, flush=True)
         for line in unreachable_upstreams(running, config):
@@ -495,7 +498,7 @@ def _session(running: RunningServer, ns: argparse.Namespace, config: Config, typ
         # Logged already (_warn_about): the terminal too.
         for line in cli.start_warnings(running.server, environ):
             print(f"claudeproxy: warning: {line}", file=stderr, flush=True)
-        if looks_like_claude(typed) or looks_like_claude(argv[0]):
+        if claude:
             seed_first_run_state(env, ns.trust, windows, stderr)
         elif ns.trust:
             # Claude Code's state is touched only for Claude Code itself (a wrapper script may run

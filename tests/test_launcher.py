@@ -729,6 +729,32 @@ def _run_claude(tmp_path: Any, env: Dict[str, str], *options: str) -> Tuple[int,
     return code, err, recorded(record)
 
 
+@pytest.mark.parametrize("args, window, cap", [
+    # Claude Code's --model wins over ANTHROPIC_MODEL: the session asks for haiku, whose route is gpt-4o.
+    (("--model", "haiku"), "128000", "16384"),
+    (("--model=claude-haiku-4-5",), "128000", "16384"),
+    (("--model", "sonnet", "-p", "hi", "--model", "haiku"), "128000", "16384"),  # the last one, as Claude Code takes it
+    ((), "200000", "100000"),  # none: ANTHROPIC_MODEL (sonnet: o3)
+    (("-p", "--", "--model", "haiku"), "200000", "100000"),  # after --, a prompt's words
+])
+def test_the_window_and_cap_follow_claude_codes_own_model_flag(tmp_path: Any, fake_claude: Dict[str, str],
+                                                               args: Tuple[str, ...], window: str, cap: str) -> None:
+    env = {**fake_claude, "ANTHROPIC_MODEL": "sonnet"}
+    record = tmp_path / "record.json"
+    code, out, err = run_main(["--upstream", NO_UPSTREAM, "--log-file", str(tmp_path / "p.log"), "--sonnet-model",
+                               "o3", "--haiku-model", "gpt-4o", "--", "claude", str(record), "--exit", "0", *args], env)
+    assert code == 0, err
+    got = recorded(record)["env"]
+    assert (got["CLAUDE_CODE_AUTO_COMPACT_WINDOW"], got.get("CLAUDE_CODE_MAX_OUTPUT_TOKENS")) == (window, cap)
+
+
+def test_another_commands_model_flag_is_not_claude_codes(run_standin: Any) -> None:
+    code, err, rec = run_standin("--exit", "0", "--model", "haiku",
+                                 options=("--upstream", NO_UPSTREAM, "--opus-model", "o3", "--haiku-model", "gpt-4o"))
+    assert code == 0, err
+    assert rec["env"]["CLAUDE_CODE_AUTO_COMPACT_WINDOW"] == "200000"  # claude-opus-5-5's route: o3
+
+
 def test_a_fresh_home_gets_has_completed_onboarding(tmp_path: Any, fake_claude: Dict[str, str]) -> None:
     code, err, rec = _run_claude(tmp_path, fake_claude)
     assert code == 0, err
