@@ -124,11 +124,11 @@ def default_model(env: Mapping[str, str], args: Sequence[str] = ()) -> str:
     for i, arg in enumerate(args):
         if arg == "--":
             break
-        if arg == "--model" and i + 1 < len(args):
-            name = args[i + 1].strip()
-        elif arg.startswith("--model="):
-            name = arg[len("--model="):].strip()
-    return re.sub(r"\[[^\]]*\]$", "", name) or DEFAULT_MODEL
+        given = args[i + 1] if arg == "--model" and i + 1 < len(args) else \
+            arg[len("--model="):] if arg.startswith("--model=") else ""
+        name = given.strip() or name  # an empty one leaves Claude Code on the model it had
+    name = re.sub(r"\[[^\]]*\]$", "", name)
+    return DEFAULT_MODEL if name.lower() in ("", "default") else name  # "default": Claude Code's own alias
 
 
 def looks_like_claude(path: str) -> bool:

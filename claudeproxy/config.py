@@ -487,7 +487,7 @@ def check_seconds(value: object, setting: str, zero_ok: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{setting}: expected a number of seconds, got {type(value).__name__}")
     if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok) or value > MAX_SECONDS:
-        low = "from 0" if zero_ok else "greater than 0 and"
+        low = "from 0 and" if zero_ok else "greater than 0 and"
         raise ValueError(f"{setting}: must be a finite number of seconds {low} at most {MAX_SECONDS:.0f}, "
                          f"got {value!r}")
 
@@ -504,8 +504,9 @@ def check_count(value: object, setting: str, low: int, high: Optional[int] = Non
 def check_retries(retries: object, max_wait: object, name: Callable[[str], str]) -> None:
     """--retries and --retry-max-wait (``name`` names a setting as the user gave it)."""
     _check_range(retries, name("retries"), 10)
-    check_seconds(max_wait, name("retry_max_wait"), zero_ok=True)
-    if max_wait > 600:  # type: ignore[operator]
+    if isinstance(max_wait, bool) or not isinstance(max_wait, (int, float)):
+        check_seconds(max_wait, name("retry_max_wait"))  # which says what it got instead
+    if not 0 <= max_wait <= 600:  # NaN and infinity too
         raise ValueError(f"{name('retry_max_wait')}: must be from 0 to 600 seconds, got {max_wait!r}")
 
 

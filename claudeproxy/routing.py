@@ -59,7 +59,7 @@ from .redact import redact_url
 FAMILIES = ("opus", "sonnet", "haiku")  # each with its flag (--opus-model ...)
 # Families Claude Code 2.1.331 names beyond those, without a flag of their own: its /model offers
 # Fable ("most capable for your hardest and longest-running tasks", claude-fable-5-2), and its
-# tables hold Mythos. With family flags only they borrow the nearest given one, Opus first.
+# tables hold Mythos. Where nothing routes them they take Opus's route (``_with_later_families``).
 LATER_FAMILIES = ("fable", "mythos")
 ALL_FAMILIES = FAMILIES + LATER_FAMILIES
 # Names Claude Code sends (CLAUDE-CODE.md), across generations: --print-config shows where each goes,
@@ -79,7 +79,7 @@ _GLOB_CHARS = frozenset("*?[")
 # When only some family flags are given, a missing family borrows the nearest one,
 # so Claude Code's hard-coded names never fail.
 _NEAREST = {"opus": ("sonnet", "haiku"), "sonnet": ("opus", "haiku"), "haiku": ("sonnet", "opus"),
-            **{f: ("opus", "sonnet", "haiku") for f in LATER_FAMILIES}}
+            **{f: ("opus", "sonnet", "haiku") for f in LATER_FAMILIES}}  # the most capable first
 _TARGET_CACHE_LIMIT = 512  # distinct (provider, model) pairs remembered per router
 
 
@@ -398,12 +398,31 @@ def _shorthand_routes(config: Config, provider: str) -> Tuple[List[Route], List[
     elif any(given.values()):
         # Not one that --model-map or the file routes whole: its own route would shadow the borrowed one.
         mapped = routes + list(config.routes)
-        for family in (f for f in ALL_FAMILIES if not given.get(f) and not _routes_whole(mapped, f)):
+        for family in (f for f in FAMILIES if not given[f] and not _routes_whole(mapped, f)):
             other = next(o for o in _NEAREST[family] if given[o])
-            lacking = flag_name(family + "_model") if family in FAMILIES else f"--model-map '{family}=NAME'"
             borrowed.append(Route(family, RouteTarget(provider, given[other]),
-                                  origin=f"{name(other + '_model')} (no {lacking})"))
+                                  origin=f"{name(other + '_model')} (no {flag_name(family + '_model')})"))
     return routes, borrowed
+
+
+def _with_later_families(routes: List[Route]) -> List[Route]:
+    """``routes`` with a route for each of ``LATER_FAMILIES`` that nothing routes to a model: the
+    route Opus's names take (else Sonnet's, else Haiku's), with its fallbacks, before the catch-all
+    that passes the client's name on (which would send a Claude name upstream: a 404). So a setup
+    written for the three families -- flags, --model-map or a config file -- serves what Claude
+    Code's /model offers beyond them. A catch-all with a model (--model) serves them already."""
+    out = list(routes)
+    for family in LATER_FAMILIES:
+        sample = CLAUDE_CODE_NAMES[family][0]
+        first = next((i for i, r in enumerate(out) if route_matches(r.match, sample)), len(out))
+        if first < len(out) and not (out[first].match == "*" and out[first].target.model is None):
+            continue  # routed, by a route of its own or a default model
+        donor = next((r for near in _NEAREST[family] for r in out[:first]
+                      if r.match != "*" and route_matches(r.match, CLAUDE_CODE_NAMES[near][0])), None)
+        if donor is not None:
+            origin = f"{donor.origin or donor.match} (for {family}, which nothing routes)"
+            out.insert(first, Route(family, donor.target, donor.fallbacks, origin=origin))
+    return out
 
 
 def _routes_whole(routes: Sequence[Route], family: str) -> bool:
@@ -452,6 +471,7 @@ def effective_providers_and_routes(config: Config) -> Tuple[Tuple[Provider, ...]
     routes = _merged(flags, config.routes, borrowed)
     if shorthand is not None and not any(r.match == "*" for r in routes):
         routes.append(Route("*", RouteTarget(shorthand.name, None), origin="--upstream (the client's model name)"))
+    routes = _with_later_families(routes)
     if not routes:
         where = dict(config.setting_names).get("routes", "routes")  # the config file's, when there is one
         raise ValueError(f"{where}: there are none, so every request would be refused: add routes to the config "

@@ -93,7 +93,7 @@ class SSEDecoder:
             self._data.append(value)
         elif name == "event":
             self._event = value
-        elif self.stray is None and name not in ("id", "retry"):
+        elif self.stray is None and name not in ("id", "retry") and not line.isspace():
             self.stray = line
         return None  # id, retry and unknown fields carry nothing we use
 
@@ -242,6 +242,7 @@ class SSEFold:
         last = self.decoder.flush()
         if last is None or self.complete:
             return [], None
+        self.heard += 1  # an event all the same (ending.stream_end: a body that had one is an event stream)
         try:
             return self._on_event(last), None
         except ProxyError as exc:

@@ -173,22 +173,17 @@ def _start_warnings(config: Any, environ: Dict[str, str]) -> List[str]:
 
 
 @pytest.mark.parametrize("matches, told", [
-    (("*opus*", "*sonnet*", "*fable*", "*mythos*"), "no route serves Claude Code's haiku models (such as "
-                                                     "claude-haiku-5-5): their requests get a 404; add a route for "
-                                                     "them, or one matching '*'"),
-    (("*sonnet*", "fable", "mythos"), "no route serves Claude Code's opus or haiku models (such as claude-opus-5-5): "
-                                      "their requests get a 404; add a route for them, or one matching '*'"),
-    # The later families, which Claude Code 2.1.331's /model offers (Fable) or knows (Mythos).
-    (("*opus*", "*sonnet*", "*haiku*"), "no route serves Claude Code's fable or mythos models (such as "
-                                        "claude-fable-5-2): their requests get a 404; add a route for them, or one "
-                                        "matching '*'"),
-    (("*opus*", "*haiku*"), "no route serves Claude Code's sonnet, fable or mythos models (such as claude-sonnet-5-5): "
-                            "their requests get a 404; add a route for them, or one matching '*'"),
-    (("*opus*", "*sonnet*", "*haiku*", "claude-fable*", "mythos"), None),
+    (("*opus*", "*sonnet*"), "no route serves Claude Code's haiku models (such as claude-haiku-5-5): their requests "
+                             "get a 404; add a route for them, or one matching '*'"),
+    (("*sonnet*",), "no route serves Claude Code's opus or haiku models (such as claude-opus-5-5): their requests "
+                    "get a 404; add a route for them, or one matching '*'"),
+    (("*opus*", "*haiku*"), "no route serves Claude Code's sonnet models (such as claude-sonnet-5-5): their requests "
+                            "get a 404; add a route for them, or one matching '*'"),
+    # Fable and Mythos (Claude Code 2.1.331's /model offers Fable) take Opus's route: nothing to say.
+    (("*opus*", "*sonnet*", "*haiku*"), None),
     # The names Claude Code 2.1.331 sends, or the generation before's: each serves its family.
-    (("claude-opus-5-5", "claude-sonnet-5-5", "*haiku*", "fable", "mythos"), None),
-    (("claude-opus-4-5", "claude-sonnet-4-5", "*haiku*", "claude-fable-5", "claude-fable-5-2", "claude-mythos-5-2",
-      "claude-mythos-5"), None),
+    (("claude-opus-5-5", "claude-sonnet-5-5", "*haiku*"), None),
+    (("claude-opus-4-5", "claude-sonnet-4-5", "*haiku*"), None),
     (("*sonnet*", "*"), None),
     (("gpt-*",), None),  # no Claude model at all: a proxy for another client
 ])

@@ -571,8 +571,8 @@ def test_print_config_of_family_flags_shows_the_borrowed_families() -> None:
         ("opus", "o3", "--opus-model"), ("sonnet", "o3", "--opus-model (no --sonnet-model)"),
         ("haiku", "o3", "--opus-model (no --haiku-model)"),
         # Claude Code 2.1.331's /model offers Fable, a family with no flag of its own.
-        ("fable", "o3", "--opus-model (no --model-map 'fable=NAME')"),
-        ("mythos", "o3", "--opus-model (no --model-map 'mythos=NAME')")]
+        ("fable", "o3", "--opus-model (for fable, which nothing routes)"),
+        ("mythos", "o3", "--opus-model (for mythos, which nothing routes)")]
     assert shown["routes"][5]["target"]["model"] == "(the client's model name)"
     assert shown["examples"] == {name: "upstream/o3" for name in shown["examples"]}
 

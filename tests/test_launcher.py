@@ -736,13 +736,16 @@ def _run_claude(tmp_path: Any, env: Dict[str, str], *options: str) -> Tuple[int,
     (("--model", "sonnet", "-p", "hi", "--model", "haiku"), "128000", "16384"),  # the last one, as Claude Code takes it
     ((), "200000", "100000"),  # none: ANTHROPIC_MODEL (sonnet: o3)
     (("-p", "--", "--model", "haiku"), "200000", "100000"),  # after --, a prompt's words
+    (("--model", ""), "200000", "100000"),  # empty: Claude Code stays on ANTHROPIC_MODEL's
+    (("--model", "default"), "1047576", "32768"),  # its alias for its default model: claude-opus-5-5 (gpt-4.1)
 ])
 def test_the_window_and_cap_follow_claude_codes_own_model_flag(tmp_path: Any, fake_claude: Dict[str, str],
                                                                args: Tuple[str, ...], window: str, cap: str) -> None:
     env = {**fake_claude, "ANTHROPIC_MODEL": "sonnet"}
     record = tmp_path / "record.json"
-    code, out, err = run_main(["--upstream", NO_UPSTREAM, "--log-file", str(tmp_path / "p.log"), "--sonnet-model",
-                               "o3", "--haiku-model", "gpt-4o", "--", "claude", str(record), "--exit", "0", *args], env)
+    code, out, err = run_main(["--upstream", NO_UPSTREAM, "--log-file", str(tmp_path / "p.log"), "--opus-model",
+                               "gpt-4.1", "--sonnet-model", "o3", "--haiku-model", "gpt-4o", "--", "claude",
+                               str(record), "--exit", "0", *args], env)
     assert code == 0, err
     got = recorded(record)["env"]
     assert (got["CLAUDE_CODE_AUTO_COMPACT_WINDOW"], got.get("CLAUDE_CODE_MAX_OUTPUT_TOKENS")) == (window, cap)

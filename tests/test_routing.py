@@ -121,6 +121,29 @@ def test_the_later_families_claude_code_offers_borrow_the_most_capable_given() -
     assert where(config, "claude-opus-5-5") == ("upstream", "o3")  # Opus is not Fable, nor the reverse
     # --model is the default for them too.
     assert where(Config(upstream=OPENAI.url, model="gpt-4.1"), "claude-fable-5-2") == ("upstream", "gpt-4.1")
+    # --model-map's families and globs (the README's own style) are served as the flags are.
+    config = Config(upstream=OPENAI.url, model_map=(("claude-opus*", "gpt-5"), ("claude-sonnet*", "gpt-4.1")))
+    assert where(config, "claude-fable-5-2") == ("upstream", "gpt-5")
+    config = Config(upstream=OPENAI.url, sonnet_model="gpt-4.1", model_map=(("opus", "gpt-5"),))
+    assert where(config, "claude-mythos-5") == ("upstream", "gpt-5")  # Opus's, not the flag's Sonnet
+
+
+def test_the_later_families_take_a_config_files_opus_route_with_its_fallbacks() -> None:
+    fallback = RouteTarget("openai", "gpt-4.1")
+    config = Config(providers=(LOCAL, OPENAI), routes=(
+        Route("sonnet", RouteTarget("local", "qwen3:32b")),
+        Route("claude-opus-*", RouteTarget("openai", "o3"), (fallback,)),
+        Route("claude-fable-5", RouteTarget("local", "fable-own"))))
+    routed = build_router(config).resolve("claude-fable-5-2")
+    assert routed is not None and [(t.provider.name, t.model) for t in routed.targets] == [
+        ("openai", "o3"), ("openai", "gpt-4.1")]
+    assert where(config, "claude-fable-5") == ("local", "fable-own")  # its own route stays first
+    # Without an Opus route, Sonnet's.
+    config = Config(providers=(LOCAL,), routes=(Route("sonnet", RouteTarget("local", "qwen3:32b")),))
+    assert where(config, "claude-mythos-5-2") == ("local", "qwen3:32b")
+    # A file that routes no Claude family lends nothing.
+    config = Config(providers=(LOCAL,), routes=(Route("gpt-*", RouteTarget("local", None)),))
+    assert where(config, "claude-fable-5-2") is None
 
 
 def test_a_family_mapped_by_model_map_borrows_nothing_that_would_shadow_it() -> None:

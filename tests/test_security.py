@@ -478,10 +478,29 @@ def test_an_upstream_key_in_a_field_the_upstream_chose_is_not_relayed(make_proxy
     assert resp.status == 200, resp
     text = resp.body.decode("utf-8")
     assert UPSTREAM_KEY not in text
-    if "call" in old:
-        assert '"tool_use","id":"toolu_' in text.replace(", ", ",").replace('": "', '":"')
-    else:
+    if "call" not in old:
         assert "peps.python.org" in text and "***" in text  # the rest of the citation stays
+        return
+    compact = text.replace(", ", ",").replace('": "', '":"')
+    assert '"tool_use","id":"toolu_' in compact
+    fresh = compact.split('"tool_use","id":"', 1)[1].split('"', 1)[0]
+    # The next turn sends the fresh id back with the result: the upstream gets a call and its result
+    # paired by it, and no key.
+    fake_upstream.push(json_reply(completion("done")) if api == "chat" else _responses_fixture(
+        "responses", "text", "", ""))
+    turn = minimal_request(messages=[
+        {"role": "user", "content": "read a"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": fresh, "name": "Read", "input": {"path": "a"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": fresh, "content": "A"}]}])
+    assert request(proxy.url, "POST", "/v1/messages", turn, client_headers()).status == 200
+    sent = fake_upstream.last.json
+    if api == "chat":
+        call_ids = [c["id"] for m in sent["messages"] for c in m.get("tool_calls") or ()]
+        result_ids = [m["tool_call_id"] for m in sent["messages"] if m["role"] == "tool"]
+    else:
+        call_ids = [i["call_id"] for i in sent["input"] if i.get("type") == "function_call"]
+        result_ids = [i["call_id"] for i in sent["input"] if i.get("type") == "function_call_output"]
+    assert call_ids == result_ids == [fresh]
 
 
 @pytest.mark.parametrize("stream", [False, True])

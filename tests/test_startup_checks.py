@@ -194,7 +194,7 @@ CLI_CASES = [
     (["--ping-interval", "0"], "--ping-interval"),
     (["--body-timeout", "nan"], "--body-timeout"),
     (["--shutdown-grace", "-inf"], "--shutdown-grace"),
-    (["--shutdown-grace", "nan"], "--shutdown-grace: must be a finite number of seconds from 0 at most 10000000, got nan"),
+    (["--shutdown-grace", "nan"], "--shutdown-grace: must be a finite number of seconds from 0 and at most 10000000, got nan"),
     (["--max-concurrency", "-1"], "--max-concurrency"),
     (["--max-body-bytes", "0"], "--max-body-bytes"),
     (["--max-body-readers", "0"], "--max-body-readers"),
@@ -271,6 +271,7 @@ def test_command_line_refuses_bad_settings(served: List[Any], argv: List[str], s
 # one to the other, or reading the README's examples of either, finds one wording).
 SAME_WORDS = [("--retries", "retries", 50), ("--retries", "retries", -1), ("--port", "port", 70000),
               ("--port", "port", -1), ("--retry-max-wait", "retry_max_wait", 700.0),
+              ("--retry-max-wait", "retry_max_wait", math.inf),
               ("--idle-timeout", "idle_timeout", -3.0), ("--connect-timeout", "connect_timeout", math.nan),
               ("--shutdown-grace", "shutdown_grace", -1.0), ("--max-concurrency", "max_concurrency", 0),
               ("--max-body-bytes", "max_body_bytes", 0)]

@@ -156,14 +156,26 @@ def test_a_plain_text_page_for_a_stream_is_asked_for_once_and_named(make_proxy, 
     assert len(fake_upstream.requests) == 1
 
 
-def test_an_empty_plain_text_body_to_a_stream_is_still_retried(make_proxy, fake_upstream):
+@pytest.mark.parametrize("body", [b"", b" \r\n\r\n"], ids=["empty", "blank-lines"])
+def test_an_empty_plain_text_body_to_a_stream_is_still_retried(make_proxy, fake_upstream, body):
     """No line at all is a body cut before it began, which another try may not be."""
     server = make_proxy(retries=1)
-    fake_upstream.push(Reply(200, (("Content-Type", "text/plain"),), [b""]), sse_reply(*three_events()))
+    fake_upstream.push(Reply(200, (("Content-Type", "text/plain"),), [body]), sse_reply(*three_events()))
     with open_stream(server) as client:
         events = client.read_all(timeout=5)
     assert final_message(events)["content"] == [{"type": "text", "text": "one two"}]
     assert len(fake_upstream.requests) == 2
+
+
+@pytest.mark.parametrize("before", [b"", b"retry-after: 20\n"], ids=["alone", "after-an-unknown-field"])
+def test_an_error_event_the_body_ends_on_is_the_upstreams_error(proxy, fake_upstream, before):
+    """Its last event, cut from the blank line that would end it, is an event all the same: an unknown
+    field before it (a field SSE lets a client ignore) does not make the body a page."""
+    error = b'data: {"error": {"message": "slow down", "type": "rate_limit_error", "code": 429}}'
+    fake_upstream.push(Reply(200, (("Content-Type", "text/event-stream"),), [before + error]))
+    resp = send(proxy, True)
+    assert_plain_error(resp, 429, "rate_limit_error")
+    assert "slow down" in resp.json["error"]["message"]
 
 
 def test_non_json_200_to_a_plain_request_is_502(proxy, fake_upstream):
