@@ -74,8 +74,8 @@ from .keyless import check_keys, keyless, on_the_internet
 from .metrics import CallRecord
 from .observe import BODIES_LOGGER, PACKAGE_LOGGER
 from .redact import SecretForms, configured_secrets, redact_text, redact_url, secret_forms
-from .routing import (CLAUDE_CODE_NAMES, Router, build_router, covers, header_the_key_replaces, provider_dialect,
-                      unmatched_route)
+from .routing import (CLAUDE_CODE_NAMES, FAMILIES, Router, build_router, covers, header_the_key_replaces,
+                      provider_dialect, unmatched_route)
 from .server import ProxyServer, drain_and_close
 from .settings_view import describe_config
 from .upstream import proxy_urls, tls_context
@@ -879,14 +879,33 @@ def unserved_families(server: ProxyServer) -> List[str]:
     and each got a 404 that nothing at start had said. Routes serving none of them say nothing:
     such a proxy is not for Claude Code."""
     router = server.proxy.router
-    missing = [(family, names[0]) for family, names in CLAUDE_CODE_NAMES.items()
-               if all(router.resolve(name) is None for name in names)]
-    if not missing or len(missing) == len(CLAUDE_CODE_NAMES):
-        return []
-    families = [family for family, _ in missing]
-    named = " or ".join(families) if len(families) < 3 else ", ".join(families[:-1]) + " or " + families[-1]
-    return [f"no route serves Claude Code's {named} models (such as "
-            f"{missing[0][1]}): their requests get a 404; add a route for them, or one matching '*'"]
+    routed = {family: [router.resolve(name) for name in names] for family, names in CLAUDE_CODE_NAMES.items()}
+    missing = [(family, CLAUDE_CODE_NAMES[family][0]) for family, found in routed.items() if not any(found)]
+    # A family that only the catch-all passing the client's name on takes (--model-map opus=... and
+    # nothing for sonnet), on an API that is not Anthropic's: Claude's name goes upstream as it is.
+    passed = [(family, CLAUDE_CODE_NAMES[family][0]) for family, found in routed.items()
+              if found and all(r is not None and _passes_the_name(r) for r in found)]
+    if len(missing) + len(passed) in (0, len(CLAUDE_CODE_NAMES)):
+        return []  # all served, or none: such a proxy is not for Claude Code
+    lines = []
+    if missing:
+        lines.append(f"no route serves Claude Code's {_listed(missing)} models (such as {missing[0][1]}): their "
+                     "requests get a 404; add a route for them, or one matching '*'")
+    if passed:
+        fix = f"--{passed[0][0]}-model or a route" if passed[0][0] in FAMILIES else "a route"
+        lines.append(f"no route names a model for Claude Code's {_listed(passed)} models (such as {passed[0][1]}): "
+                     "they go upstream under their Claude names, which an OpenAI-compatible server answers with a "
+                     f"404 unless it knows them; give {fix} for them")
+    return lines
+
+
+def _passes_the_name(routed: Any) -> bool:
+    return routed.route.match == "*" and routed.route.target.model is None and routed.target.api != "messages"
+
+
+def _listed(families: List[Tuple[str, str]]) -> str:
+    names = [family for family, _ in families]
+    return " or ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def unmatched_routes(server: ProxyServer) -> List[str]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 from .config import (
@@ -405,18 +405,20 @@ def _shorthand_routes(config: Config, provider: str) -> Tuple[List[Route], List[
     return routes, borrowed
 
 
-def _with_later_families(routes: List[Route]) -> List[Route]:
+def _with_later_families(routes: List[Route], providers: Mapping[str, Provider]) -> List[Route]:
     """``routes`` with a route for each of ``LATER_FAMILIES`` that nothing routes to a model: the
     route Opus's names take (else Sonnet's, else Haiku's), with its fallbacks, before the catch-all
-    that passes the client's name on (which would send a Claude name upstream: a 404). So a setup
-    written for the three families -- flags, --model-map or a config file -- serves what Claude
-    Code's /model offers beyond them. A catch-all with a model (--model) serves them already."""
+    that passes the client's name on (which would send a Claude name to an OpenAI-compatible
+    server: a 404). So a setup written for the three families -- flags, --model-map or a config
+    file -- serves what Claude Code's /model offers beyond them. A catch-all with a model (--model)
+    serves them already, and one passing the name to a server of Anthropic's API (which knows it)."""
     out = list(routes)
     for family in LATER_FAMILIES:
         sample = CLAUDE_CODE_NAMES[family][0]
         first = next((i for i, r in enumerate(out) if route_matches(r.match, sample)), len(out))
-        if first < len(out) and not (out[first].match == "*" and out[first].target.model is None):
-            continue  # routed, by a route of its own or a default model
+        if first < len(out) and not (out[first].match == "*" and out[first].target.model is None
+                                     and providers[out[first].target.provider].api != "messages"):
+            continue  # routed: by a route of its own, a default model, or under its name to Anthropic's API
         donor = next((r for near in _NEAREST[family] for r in out[:first]
                       if r.match != "*" and route_matches(r.match, CLAUDE_CODE_NAMES[near][0])), None)
         if donor is not None:
@@ -471,7 +473,7 @@ def effective_providers_and_routes(config: Config) -> Tuple[Tuple[Provider, ...]
     routes = _merged(flags, config.routes, borrowed)
     if shorthand is not None and not any(r.match == "*" for r in routes):
         routes.append(Route("*", RouteTarget(shorthand.name, None), origin="--upstream (the client's model name)"))
-    routes = _with_later_families(routes)
+    routes = _with_later_families(routes, by_name)
     if not routes:
         where = dict(config.setting_names).get("routes", "routes")  # the config file's, when there is one
         raise ValueError(f"{where}: there are none, so every request would be refused: add routes to the config "

@@ -172,6 +172,27 @@ def _start_warnings(config: Any, environ: Dict[str, str]) -> List[str]:
         server.shutdown(grace=0.1)
 
 
+@pytest.mark.parametrize("flags, told", [
+    (("--model-map", "opus=gpt-5"), "no route names a model for Claude Code's sonnet or haiku models (such as "
+     "claude-sonnet-5-5): they go upstream under their Claude names, which an OpenAI-compatible server answers "
+     "with a 404 unless it knows them; give --sonnet-model or a route for them"),
+    (("--model-map", "opus=gpt-5", "--model-map", "claude-sonnet*=x", "--model-map", "haiku=y"), None),
+    (("--opus-model", "gpt-5"), None),  # the others borrow it
+    (("--model", "gpt-5"), None),
+    ((), None),  # no family routed: a proxy passing every name on, which may be meant
+    (("--passthrough", "--model-map", "opus=x"), None),  # Anthropic's API knows Claude's names
+])
+def test_families_left_to_pass_their_claude_names_are_said_at_start(flags: Tuple[str, ...], told: Optional[str],
+                                                                      capsys: Any) -> None:
+    """--model-map for one family and nothing for the others sent Claude Code's background calls
+    (haiku) upstream as claude-haiku-5-5: a 404 from an OpenAI-compatible server, with nothing said."""
+    upstream = "http://127.0.0.1:9" if "--passthrough" in flags else "http://127.0.0.1:9/v1"
+    config = cli.config_from_args(cli.build_parser().parse_args(["--upstream", upstream, "--api-key", "k",
+                                                                 *flags]), {})
+    lines = [line for line in _start_warnings(config, {}) if "no route" in line]
+    assert lines == ([told] if told else []), lines
+
+
 @pytest.mark.parametrize("matches, told", [
     (("*opus*", "*sonnet*"), "no route serves Claude Code's haiku models (such as claude-haiku-5-5): their requests "
                              "get a 404; add a route for them, or one matching '*'"),

@@ -150,7 +150,8 @@ def test_models_list_what_the_routes_serve_with_context_windows(two_providers: A
     assert resp.status == 200, resp
     listed = {m["id"]: m for m in resp.json["data"]}
     # Only names a client can send and get served: no default route, so "gpt-4.1" itself would be a 404.
-    assert list(listed) == ["opus", "sonnet", "haiku"]
+    assert list(listed) == ["opus", "sonnet", "haiku", "fable", "mythos"]  # the last two take opus's route
+    assert listed["fable"]["max_input_tokens"] == listed["opus"]["max_input_tokens"]
     assert listed["haiku"]["max_input_tokens"] == 40960 and listed["haiku"]["max_tokens"] == 8192
     assert listed["haiku"]["display_name"] == "haiku (local/qwen3:8b)"
     assert listed["opus"]["max_input_tokens"] > 1_000_000  # gpt-4.1, from the built-in table

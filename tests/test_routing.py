@@ -141,6 +141,9 @@ def test_the_later_families_take_a_config_files_opus_route_with_its_fallbacks() 
     # Without an Opus route, Sonnet's.
     config = Config(providers=(LOCAL,), routes=(Route("sonnet", RouteTarget("local", "qwen3:32b")),))
     assert where(config, "claude-mythos-5-2") == ("local", "qwen3:32b")
+    # A name passed on to a server of Anthropic's API is one it knows: left so.
+    config = Config(upstream="http://127.0.0.1:9", upstream_api="messages", model_map=(("opus", "x"),))
+    assert where(config, "claude-fable-5-2") == ("upstream", "claude-fable-5-2")
     # A file that routes no Claude family lends nothing.
     config = Config(providers=(LOCAL,), routes=(Route("gpt-*", RouteTarget("local", None)),))
     assert where(config, "claude-fable-5-2") is None
