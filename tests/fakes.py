@@ -723,3 +723,12 @@ class StreamClient:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def upstream_tool_pairs(body: Dict[str, Any], api: str) -> Tuple[List[str], List[str]]:
+    """The tool-call ids of an upstream request body (Chat or Responses) and its results' ids, in order."""
+    if api == "chat":
+        calls = [c["id"] for m in body["messages"] for c in m.get("tool_calls") or ()]
+        return calls, [m["tool_call_id"] for m in body["messages"] if m["role"] == "tool"]
+    return ([i["call_id"] for i in body["input"] if i.get("type") == "function_call"],
+            [i["call_id"] for i in body["input"] if i.get("type") == "function_call_output"])

@@ -26,7 +26,7 @@ import claudeproxy
 from claudeproxy import cli
 
 from conftest import CLIENT_KEY, ROOT, UPSTREAM_KEY, minimal_request, record_for, request
-from fakes import FakeUpstream, Reply, chunk, completion, json_reply, sse_reply
+from fakes import FakeUpstream, Reply, chunk, completion, json_reply, sse_reply, upstream_tool_pairs
 from test_http_errors import assert_error, connect, http_bytes, peer_closed, read_response
 
 SHARED_SERVERS = True  # one fake upstream and its proxies serve the whole module (conftest)
@@ -493,13 +493,7 @@ def test_an_upstream_key_in_a_field_the_upstream_chose_is_not_relayed(make_proxy
         {"role": "assistant", "content": [{"type": "tool_use", "id": fresh, "name": "Read", "input": {"path": "a"}}]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": fresh, "content": "A"}]}])
     assert request(proxy.url, "POST", "/v1/messages", turn, client_headers()).status == 200
-    sent = fake_upstream.last.json
-    if api == "chat":
-        call_ids = [c["id"] for m in sent["messages"] for c in m.get("tool_calls") or ()]
-        result_ids = [m["tool_call_id"] for m in sent["messages"] if m["role"] == "tool"]
-    else:
-        call_ids = [i["call_id"] for i in sent["input"] if i.get("type") == "function_call"]
-        result_ids = [i["call_id"] for i in sent["input"] if i.get("type") == "function_call_output"]
+    call_ids, result_ids = upstream_tool_pairs(fake_upstream.last.json, api)
     assert call_ids == result_ids == [fresh]
 
 

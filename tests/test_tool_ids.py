@@ -15,7 +15,7 @@ from typing import Any, Dict, List
 import pytest
 
 from conftest import CLIENT_KEY, minimal_request, request
-from fakes import FakeUpstream, chunk, completion, json_reply, sse_reply
+from fakes import FakeUpstream, chunk, completion, json_reply, sse_reply, upstream_tool_pairs
 from sse_checks import answer_content, events_of, final_message
 
 TOOLS = [{"name": "Read", "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}}]
@@ -73,13 +73,7 @@ def test_an_answers_call_never_repeats_an_id_of_the_conversation(make_proxy: Any
     history = HISTORY + [{"role": "assistant", "content": content},
                          {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call["id"], "content": "B"}]}]
     assert _ask(proxy, minimal_request(messages=history, tools=TOOLS)).status == 200
-    body = json.loads(fake_upstream.requests[-1].body)
-    if api == "chat":
-        calls = [c["id"] for m in body["messages"] for c in m.get("tool_calls") or ()]
-        results = [m["tool_call_id"] for m in body["messages"] if m["role"] == "tool"]
-    else:
-        calls = [i["call_id"] for i in body["input"] if i.get("type") == "function_call"]
-        results = [i["call_id"] for i in body["input"] if i.get("type") == "function_call_output"]
+    calls, results = upstream_tool_pairs(json.loads(fake_upstream.requests[-1].body), api)
     assert len(set(calls)) == 2 and calls == results, (calls, results)
 
 
