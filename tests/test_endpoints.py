@@ -213,14 +213,15 @@ def test_an_upstream_without_a_model_list_gives_an_empty_one(proxy: Any, fake_up
 
 def test_models_routed_models_come_first_and_survive_an_upstream_failure(make_proxy: Any,
                                                                           fake_upstream: Any) -> None:
-    """A mapped model is listed; the upstream's own list is added because unmatched names pass through."""
+    """A mapped model is listed; the upstream's own list is added because unmatched names pass through.
+    Fable and Mythos, which nothing routes, take the one Claude family routed (routing.LATER_FAMILIES)."""
     proxy = make_proxy(model_map=(("claude-haiku*", "served-model"),))
     fake_upstream.push(json_reply(UPSTREAM_MODELS), json_reply({"error": {"message": "down"}}, status=500))
     ids = [m["id"] for m in get(proxy, "/v1/models").json["data"]]
-    assert ids == ["served-model", "gpt-4o", "gpt-4o-mini", "o3"]
+    assert ids == ["served-model", "fable", "mythos", "gpt-4o", "gpt-4o-mini", "o3"]
     resp = get(proxy, "/v1/models")
     assert resp.status == 200, resp
-    assert [m["id"] for m in resp.json["data"]] == ["served-model"]
+    assert [m["id"] for m in resp.json["data"]] == ["served-model", "fable", "mythos"]
 
 
 def test_models_with_one_model_for_everything_lists_only_it(make_proxy: Any, fake_upstream: Any) -> None:
