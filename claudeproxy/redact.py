@@ -82,8 +82,7 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     forms = secrets if isinstance(secrets, SecretForms) else secret_forms(secrets)
     if "\\u" in text:
         text = _unescaped_if_secret(text, forms)
-    for form in forms:
-        text = text.replace(form, MASK)
+    text = masked_forms(text, forms)
     every = not text.isascii()
     for pattern, replace, clues, any_case in _SCANS:
         seen = text.lower() if any_case else text
@@ -209,10 +208,15 @@ def masked_json(obj: Any, forms: SecretForms) -> Any:
     Through its JSON text, where each form sits inside a string (a key has nothing JSON escapes in
     a way that would end one), so no walk of a nesting the upstream chose. ValueError if it would
     not decode again."""
-    text = json.dumps(obj, ensure_ascii=False)
+    return json.loads(masked_forms(json.dumps(obj, ensure_ascii=False), forms))
+
+
+def masked_forms(text: str, forms: Iterable[str]) -> str:
+    """``text`` with each of ``forms`` (``secret_forms``, longest first) masked, and nothing else: no
+    key-shaped pattern, which would take a URL's query value or a title's word for a key."""
     for form in forms:
         text = text.replace(form, MASK)
-    return json.loads(text)
+    return text
 
 
 def quoted(value: Union[str, bytes], most: int = 40) -> str:

@@ -13,7 +13,7 @@ import re
 from typing import Callable, Dict, Iterable, Tuple
 
 from ..anthropic_types import MessagesRequest, ToolUseBlock
-from ..redact import MASK, free_text_forms, holds_secret
+from ..redact import free_text_forms, holds_secret, masked_forms
 
 _TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _ID_CHARS_RE = re.compile(r"[^A-Za-z0-9_-]")  # what an Anthropic id may not hold
@@ -67,9 +67,7 @@ def own_tool_id(upstream_id: str, secrets: Tuple[str, ...]) -> str:
 def without_secrets(text: str, secrets: Tuple[str, ...]) -> str:
     """An upstream's field that is neither the model's words nor an id (a citation's URL or title)
     with the call's secrets masked."""
-    for form in free_text_forms(secrets) if secrets else ():
-        text = text.replace(form, MASK)
-    return text
+    return masked_forms(text, free_text_forms(secrets)) if secrets else text
 
 
 def upstream_tool_id(client_id: str) -> str:
