@@ -533,6 +533,16 @@ def closing_listener() -> int:
     return int(listener.getsockname()[1])
 
 
+_PLAIN_DATA = (str, bytes, int, float, bool, type(None), tuple, list, dict, frozenset)
+
+
+def _pool_key(value: Any) -> Any:
+    """A setting's value as ``ServerPool`` tells servers apart: plain data by its repr, anything else
+    (a token function, a sink) by its identity. A token's repr hides its key (``StaticToken(***)``):
+    by repr, a test asking for a proxy with another key got the first one's."""
+    return repr(value) if isinstance(value, _PLAIN_DATA) else ("object", id(value))
+
+
 class ServerPool:
     """One fake upstream and the proxies started against it, kept for a whole test module.
 
@@ -546,13 +556,15 @@ class ServerPool:
         self.fake = FakeUpstream()
         self.defaults = defaults
         self._servers: Dict[str, Any] = {}
+        self._kept: List[Dict[str, Any]] = []
 
     def get(self, **overrides: Any) -> Any:
         import claudeproxy
 
-        key = repr(sorted(overrides.items()))
+        key = repr(sorted((name, _pool_key(value)) for name, value in overrides.items()))
         if key not in self._servers:
             self._servers[key] = claudeproxy.start(**{"upstream": self.fake.url, **self.defaults, **overrides})
+            self._kept.append(overrides)  # an object keyed by its id stays alive, so no other takes its id
         return self._servers[key]
 
     @property
