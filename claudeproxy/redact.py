@@ -123,7 +123,18 @@ def _written_forms(secrets: Iterable[str]) -> List[str]:
             forms += _url_forms(secret)
             if len(secret) >= MIN_FREE_TEXT_SECRET:  # (vLLM's key "EMPTY" in any case would mask "empty")
                 forms += (secret.upper(), secret.lower(), *_base64_forms(secret))
+            forms += _halves(secret)
     return forms
+
+
+def _halves(secret: str) -> List[str]:
+    """The first and the last half of a secret long enough that each is a secret of its own: a
+    gateway quoting the start of the key it got ("Invalid key PROBEKEY9...") gave away half of it.
+    Shorter runs are left: vendors quote 4 to 8 characters of a key themselves."""
+    if len(secret) < 2 * MIN_FREE_TEXT_SECRET:
+        return []
+    half = (len(secret) + 1) // 2
+    return [secret[:half], secret[-half:]]
 
 
 _PERCENT_RE = re.compile(r"%[0-9A-F]{2}")

@@ -131,6 +131,18 @@ def test_redact_text_masks_a_secret_an_upstream_echoes_recased_or_base64_encoded
         assert probe not in out
 
 
+@pytest.mark.parametrize("quoted, shown", [("PROBEKEY9", MASK), ("PROBEKEY9f", MASK + "f"),
+                                           ("f3a7c2e1d", MASK), ("9f3a7c2e1d", "9" + MASK)])
+def test_half_of_a_key_an_upstream_quotes_is_masked(quoted: str, shown: str) -> None:
+    """A gateway quoting the first or the last half of the key it got gave the client and the log
+    half of a key with no vendor shape (probe E F3); a few characters of it, as vendors quote, stay."""
+    key = "PROBEKEY9f3a7c2e1d"
+    out = redact_text(f"upstream 400: Invalid key {quoted}, check it", (key,))
+    assert out == f"upstream 400: Invalid key {shown}, check it"
+    assert redact_text("Invalid key PROBEKEY..., check it", (key,)) == "Invalid key PROBEKEY..., check it"
+    assert redact_text(f"error=part1={key[:9]}", ("short-key-12345",)) == f"error=part1={key[:9]}"  # 15: no halves
+
+
 def test_a_short_secret_is_masked_as_written_only() -> None:
     """A key under 8 characters is masked as written, not in its other cases or base64: those are
     a few letters ordinary text holds (vLLM's key "EMPTY" masked "empty" in every message)."""

@@ -631,6 +631,18 @@ def test_a_key_with_a_slash_echoed_json_escaped_is_masked(make_proxy: Any, fake_
     assert [t for t in texts + records if "SECRET99" in t] == []
 
 
+def test_half_of_the_provider_key_quoted_by_an_upstream_is_masked(make_proxy: Any, fake_upstream: Any,
+                                                                    caplog: Any) -> None:
+    """A gateway that quotes the start of the key it got ("API key not valid: Qx7UPSTREAMs") gave
+    the client and the log half of a key with no vendor shape (probe E F3)."""
+    caplog.set_level(logging.DEBUG)
+    proxy = make_proxy(token=claudeproxy.static_token(PLAIN_KEY), log_bodies=True)
+    half = PLAIN_KEY[:(len(PLAIN_KEY) + 1) // 2]
+    texts = _echoes_of(proxy, fake_upstream, half)
+    records = [r.getMessage() for r in caplog.records]
+    assert [t for t in texts + records if half in t or PLAIN_KEY[-12:] in t] == []
+
+
 # Values of the upstream's own making, quoted or relayed: a key an upstream echoes there is masked or
 # left out too (an outside probe put it in each of these; none is key-shaped, so only the call's own
 # secrets can mask it).
