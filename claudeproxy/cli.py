@@ -40,6 +40,11 @@ from typing import (
 )
 from urllib.parse import urlsplit
 
+try:
+    import fcntl
+except ImportError:  # Windows: the usage log's writes go unlocked
+    fcntl = None  # type: ignore[assignment]
+
 from . import reachability, usage_replay
 from .claude_code import help_footer, port_given
 from .config import (
@@ -816,7 +821,7 @@ def usage_writer(path: str) -> Any:
         data = (json.dumps(rec.to_dict(), sort_keys=True) + "\n").encode("utf-8")
         with lock:
             # Made for the owner alone: the records name models, costs and the upstream's ids.
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 _append_whole(fd, data)
             finally:
@@ -826,18 +831,30 @@ def usage_writer(path: str) -> Any:
 
 
 def _append_whole(fd: int, data: bytes) -> None:
-    """One write of ``data``; a part written (a full disk) is cut off again: the next record would
-    otherwise continue the half line, and both be lost to a reader of JSON lines."""
-    start = os.fstat(fd).st_size
+    """One write of ``data`` on a line of its own; a part written (a full disk) is cut off again:
+    the next record would otherwise continue the half line, and both be lost to a reader of JSON
+    lines. Under an advisory lock of the file where there is one: ``run`` sessions and servers
+    sharing one log append to it together, and a cut must not take another's record with it."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        if os.write(fd, data) != len(data):
-            raise OSError(errno.ENOSPC, "the usage log took only part of a record")
-    except OSError:
+        start = os.fstat(fd).st_size
+        if start and os.lseek(fd, start - 1, os.SEEK_SET) >= 0 and os.read(fd, 1) != b"\n":
+            # A line cut short before (a crash, a kill during a write): glued to it, this record
+            # would be lost with it.
+            data = b"\n" + data
         try:
-            os.ftruncate(fd, start)
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, "the usage log took only part of a record")
         except OSError:
-            pass
-        raise
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass
+            raise
+    finally:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------

@@ -301,6 +301,57 @@ def test_a_record_the_disk_took_only_part_of_is_cut_off_again(tmp_path: Any, mon
         assert [json.loads(line)["model"] for line in fh] == ["first", "after"]
 
 
+def test_a_record_after_a_line_cut_short_starts_a_line_of_its_own(tmp_path: Any) -> None:
+    """A log whose last line a crash cut short (no newline): the next record was glued to it, and
+    the read-back at the next start lost that call (probe Q)."""
+    from claudeproxy.cli import usage_writer
+    from claudeproxy.usage_replay import todays_records
+
+    path = tmp_path / "usage.jsonl"
+    write = usage_writer(str(path))
+    write(CallRecord("/v1/messages", model="before", status=200, time=time.time()))
+    with open(path, "ab") as fh:
+        fh.write(b'{"attempts": 1, "input_tokens": 5')
+    write(CallRecord("/v1/messages", model="after", status=200, time=time.time()))
+    write(CallRecord("/v1/messages", model="last", status=200, time=time.time()))
+    lines = path.read_bytes().split(b"\n")
+    assert lines[1] == b'{"attempts": 1, "input_tokens": 5' and lines[-1] == b""
+    read = todays_records(str(path), path.stat().st_size, time.time())
+    assert [r.model for r in read] == ["before", "after", "last"]
+
+
+def test_cutting_off_a_failed_record_leaves_another_servers_record_whole(tmp_path: Any, monkeypatch: Any) -> None:
+    """Two servers (two ``run`` sessions) on one usage log: one's cut of a record the disk took half
+    of came after the other had appended, and cut that record with it (probe Q)."""
+    import os
+
+    from claudeproxy.cli import usage_writer
+
+    path = str(tmp_path / "usage.jsonl")
+    first, second = usage_writer(path), usage_writer(path)  # two servers: two locks of their own
+    first(CallRecord("/v1/messages", model="start", status=200))
+    real_write = os.write
+    main = threading.get_ident()
+    other = threading.Thread(target=second, args=(CallRecord("/v1/messages", model="other", status=200),))
+
+    def half_then_full(fd: int, data: bytes) -> int:
+        if threading.get_ident() != main:
+            return real_write(fd, data)
+        other.start()
+        other.join(0.3)  # it appends now, unless the file is locked
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(OSError):
+        first(CallRecord("/v1/messages", model="lost", status=200))
+    monkeypatch.setattr(os, "write", real_write)
+    other.join(5)
+    assert not other.is_alive()
+    with open(path, encoding="utf-8") as fh:
+        assert [json.loads(line)["model"] for line in fh] == ["start", "other"]
+
+
 @pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
 def test_a_model_name_past_the_cap_is_refused_before_it_is_recorded(proxy: Any, fake: FakeUpstream,
                                                                    path: str) -> None:

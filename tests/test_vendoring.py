@@ -34,7 +34,7 @@ PACKAGE = os.path.join(ROOT, "claudeproxy")
 # Every standard-library module the package may import. A new import must be
 # added here on purpose, after checking it exists on Python 3.8.
 STDLIB_ALLOWLIST = {
-    "__future__", "argparse", "ast", "base64", "binascii", "bisect", "calendar", "codecs", "collections", "contextlib", "copy",
+    "__future__", "argparse", "ast", "base64", "binascii", "bisect", "calendar", "codecs", "collections", "contextlib", "copy", "fcntl",
     "ctypes", "dataclasses",
     "datetime", "difflib", "email", "enum", "errno", "fnmatch", "functools", "hashlib", "hmac", "html", "http", "io", "ipaddress",
     "itertools", "json", "logging", "marshal", "math", "os", "platform", "queue", "random", "re", "secrets", "select",
