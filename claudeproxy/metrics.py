@@ -47,7 +47,7 @@ from typing import (
 
 from .anthropic_types import MAX_MODEL_NAME
 from .cost import cache_hit_ratio
-from .counts import USAGE_KEYS
+from .counts import MAX_COUNT, USAGE_KEYS, count_or_none
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -189,20 +189,22 @@ def record_from_dict(data: Any) -> Optional[CallRecord]:
 def _fields_of(data: Dict[str, Any]) -> Dict[str, Any]:
     fields: Dict[str, Any] = {name: _typed(data[name], str) for name in _TEXT_FIELDS}
     fields.update((name, _typed(data[name], str, None)) for name in _MAYBE_TEXT)
-    fields.update((name, _typed(data[name], int)) for name in _WHOLE)
-    fields.update((name, _typed(data[name], int, None)) for name in _MAYBE_WHOLE)
+    fields.update((name, _whole(data[name])) for name in _WHOLE)
+    fields.update((name, _whole(data[name], None)) for name in _MAYBE_WHOLE)
     fields.update(stream=_typed(data["stream"], bool), local=_typed(data["local"], bool),
-                  time=float(_typed(data["time"], (int, float))),
+                  time=_number_or_none(data["time"]),
                   cost_usd=_number_or_none(data["cost_usd"]),
                   # (not in the lines of versions before it, null in some of the version that
                   # added it: 0 then)
-                  web_search_requests=_typed(data.get("web_search_requests") or 0, int))
+                  web_search_requests=_whole(data.get("web_search_requests") or 0))
+    if fields["time"] is None:
+        raise ValueError("no time")
     return fields
 
 
 def _spend_of(item: Dict[str, Any]) -> Spend:
     return Spend(_typed(item["provider"], str), _typed(item["upstream_model"], str),
-                 *(_typed(item[name], int) for name in _SPEND_WHOLE), cost_usd=_number_or_none(item["cost_usd"]))
+                 *(_whole(item[name]) for name in _SPEND_WHOLE), cost_usd=_number_or_none(item["cost_usd"]))
 
 
 def _typed(value: Any, kind: Any, *none: None) -> Any:
@@ -216,9 +218,19 @@ def _typed(value: Any, kind: Any, *none: None) -> Any:
     return value
 
 
+def _whole(value: Any, *none: None) -> Any:
+    """A count, as the upstream's are taken (``counts.count_or_none``), or None where ``none`` allows
+    it. A hand-edited line's -1000000 made /metrics' counters go down, its 10**400 the page a 500."""
+    number = _typed(value, int, *none)
+    if number is not None and count_or_none(number) is None:
+        raise ValueError("not a count")
+    return number
+
+
 def _number_or_none(value: Any) -> Optional[float]:
+    """A cost or a time: finite, not negative, at most ``MAX_COUNT`` (two 1.7e308 made +Inf)."""
     number = _typed(value, (int, float), None)
-    if number is not None and not (math.isfinite(number) and number >= 0):
+    if number is not None and not (0 <= number <= MAX_COUNT):  # NaN fails both
         raise ValueError("not a cost")
     return None if number is None else float(number)
 

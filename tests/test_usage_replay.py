@@ -52,6 +52,18 @@ def test_a_record_reads_back_as_it_was_written() -> None:
     {**call(NOW).to_dict(), "cost_usd": -1},
     {**call(NOW).to_dict(), "time": None},
     {**call(NOW).to_dict(), "spent_elsewhere": [{"provider": "p"}]},
+    # Numbers no upstream's usage is taken with (probe Q: a hand-edited or damaged line's -1000000
+    # made /metrics' counters go down, its 10**400 made the usage page a 500 for the rest of the
+    # day, two costs of 1.7e308 made /metrics' cost +Inf).
+    {**call(NOW).to_dict(), "input_tokens": -1000000},
+    {**call(NOW).to_dict(), "output_tokens": 10 ** 400},
+    {**call(NOW).to_dict(), "cost_usd": 1.7e308},
+    {**call(NOW).to_dict(), "duration_ms": -5},
+    {**call(NOW).to_dict(), "time": 10 ** 400},
+    {**call(NOW).to_dict(), "web_search_requests": -1},
+    {**call(NOW, spent_elsewhere=(Spend("other", "m2", 5, 1, 0, 0, 0.001),)).to_dict(),
+     "spent_elsewhere": [{"provider": "o", "upstream_model": "m", "input_tokens": -5, "output_tokens": 0,
+                          "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0, "cost_usd": 0}]},
     [1, 2], "text", None,
 ])
 def test_what_is_no_record_is_none(broken: Any) -> None:
