@@ -581,6 +581,97 @@ def check_allowed_host(host: object, setting: str) -> None:
         raise ValueError(f"{setting}: the port must be from 1 to 65535, got {host!r}")
 
 
+# --------------------------------------------------------------------------
+# What a program gives start(). The command line and config files make each setting of its type; a
+# program may give a list where a tuple belongs (which it may), or a value of another type, which
+# started a server that then failed every request (headers=[...]: a 500 each; token="sk-...": a 502
+# each) or raised an AttributeError naming no setting.
+
+_PAIRS = "Tuple[Tuple[str, str], ...]"
+_FACTS = "Tuple[Tuple[str, ModelFacts], ...]"
+# The flag a field's dest is named after, where the two differ.
+_FLAG_OF = {"headers": "header", "allowed_hosts": "allowed_host", "allowed_origins": "allowed_origin"}
+# Fields no flag sets: named as start()'s keywords.
+_KEYWORD_ONLY = ("providers", "routes", "token", "key_source", "setting_names")
+
+
+def with_tuples(config: Config) -> Config:
+    """``config`` with the lists a program gave made tuples: ``headers=[("X-A", "1")]`` or
+    ``[["X-A", "1"]]`` (as JSON has it), and the lists of its providers and routes."""
+    config = _tupled(config)
+    providers = tuple(_tupled(p) if isinstance(p, Provider) else p for p in config.providers)
+    routes = tuple(_tupled(r) if isinstance(r, Route) else r for r in config.routes)
+    return dataclasses.replace(config, providers=providers, routes=routes)
+
+
+def _tupled(obj: object) -> object:
+    changes: Dict[str, object] = {}
+    for field in dataclasses.fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, field.name)
+        if str(field.type).startswith("Tuple[") and isinstance(value, list):
+            pairs = field.type in (_PAIRS, _FACTS)
+            changes[field.name] = tuple(tuple(v) if pairs and isinstance(v, list) else v for v in value)
+    return dataclasses.replace(obj, **changes) if changes else obj  # type: ignore[type-var]
+
+
+def check_types(config: Config) -> None:
+    """Each setting of its type; ValueError naming the first that is not."""
+    def named(dest: str) -> str:
+        return f"{dest}=" if dest in _KEYWORD_ONLY else config.setting_name(_FLAG_OF.get(dest, dest))
+
+    _check_fields(config, named)
+    for i, provider in enumerate(config.providers):
+        label = f"providers[{i}]"
+        _check_instance(provider, Provider, label)
+        label = f"providers.{provider.name}" if isinstance(provider.name, str) else label
+        _check_fields(provider, lambda dest, label=label: f"{label}.{dest}")  # type: ignore[misc]
+    for i, route in enumerate(config.routes):
+        _check_instance(route, Route, f"routes[{i}]")
+        _check_fields(route, lambda dest, i=i: f"routes[{i}].{dest}")  # type: ignore[misc]
+        for j, target in enumerate((route.target, *route.fallbacks)):
+            where = f"routes[{i}].target" if j == 0 else f"routes[{i}].fallbacks[{j - 1}]"
+            _check_instance(target, RouteTarget, where)
+            _check_fields(target, lambda dest, where=where: f"{where}.{dest}")  # type: ignore[misc]
+
+
+def _check_instance(value: object, kind: type, name: str) -> None:
+    if not isinstance(value, kind):
+        raise ValueError(f"{name}: expected a claudeproxy.config.{kind.__name__}, got {type(value).__name__}")
+
+
+def _check_fields(obj: object, named: Callable[[str], str]) -> None:
+    for field in dataclasses.fields(obj):  # type: ignore[arg-type]
+        wrong = _type_error(getattr(obj, field.name), str(field.type))
+        if wrong:
+            raise ValueError(f"{named(field.name)}: {wrong}")
+
+
+def _type_error(value: object, kind: str) -> str:
+    """What is wrong with ``value`` for a field of type ``kind``; "" if nothing (or not checked
+    here: numbers have checks of their own, which name the range too). No value is quoted back
+    but a flag's: a string given as a token is a key."""
+    got = type(value).__name__
+    if kind == "str" and not isinstance(value, str) or kind == "Optional[str]" and not isinstance(value, (str, type(None))):
+        return f"expected text, got {got}"
+    if kind == "bool" and not isinstance(value, bool):
+        # log_bodies="false" logged every prompt: a non-empty string is true.
+        return f"expected True or False, got {got}" + (f" {value!r}" if isinstance(value, (str, int)) else "")
+    if kind == "TokenSource" and not callable(value):
+        return (f"expected a function that returns the key, got {got} (claudeproxy.static_token(key) for a fixed "
+                "one, claudeproxy.command_token([...]) for a command's)")
+    if kind.startswith("Tuple[") and not isinstance(value, tuple):
+        return f"expected a list, got {got}"
+    if kind == "Tuple[str, ...]" and not all(isinstance(v, str) for v in value):  # type: ignore[attr-defined]
+        return "expected a list of strings"
+    if kind == _PAIRS and not all(isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, str) for x in v)
+                                  for v in value):  # type: ignore[attr-defined]
+        return "expected (name, value) pairs of strings"
+    if kind == _FACTS and not all(isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str)
+                                  and isinstance(v[1], ModelFacts) for v in value):  # type: ignore[attr-defined]
+        return "expected (model name or pattern, ModelFacts) pairs"
+    return ""
+
+
 # The settings a blank value of is a mistake, whoever gave it (``start(model="")`` started and
 # then routed nothing by it; ``auth_key=""`` let every client in).
 _NOT_EMPTY = ("upstream", "provider", "upstream_auth", "model", "opus_model", "sonnet_model", "haiku_model",
@@ -601,6 +692,11 @@ def check_config(config: Config) -> None:
         # keyword.
         if str(field.type).startswith("Tuple") and isinstance(getattr(config, field.name), (str, bytes)):
             raise ValueError(f"{field.name}=: expected a list, got the string {getattr(config, field.name)!r}")
+    check_types(config)
+    if config.passthrough and config.upstream_api not in ("chat", "messages"):
+        # (the command line says so first: --upstream-api chat is its default, which it tells apart)
+        raise ValueError(f"{name('passthrough')} is short for {name('upstream_api')} messages: it cannot go with "
+                         f"{name('upstream_api')} {config.upstream_api}")
     for dest in _NOT_EMPTY:  # as the command line refuses --model '' (None is "not given")
         value = getattr(config, dest)
         if isinstance(value, str) and not value.strip():

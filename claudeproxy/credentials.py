@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .config import TokenSource, check_secret, static_token
+from .config import StaticToken, TokenSource, check_secret, static_token
 from .errors import UpstreamUnavailable
 
 DEFAULT_TTL = 300.0
@@ -167,7 +167,11 @@ def _runnable(program: str) -> bool:
 
 
 def command_token(argv: Sequence[str], ttl: float = DEFAULT_TTL, label: str = "") -> TokenSource:
-    return CommandToken(argv, ttl, label)
+    """A token source that runs ``argv`` when a request first needs the key, then every ``ttl``
+    seconds. A string is split as ``--api-key-command``'s is (it was run as a list of its letters:
+    the program "e" for "echo key"); a program that is not there is a ValueError now, not a 502 for
+    every request."""
+    return CommandToken(command_argv(argv, "command_token"), ttl, label)
 
 
 def key_of(source: TokenSource, provider: str) -> str:
@@ -201,11 +205,12 @@ def current_secrets(source: TokenSource) -> Tuple[str, ...]:
     if isinstance(source, CommandToken):
         cached = source._key  # noqa: SLF001 - the cached value, read under no lock: masking only
         return ((cached,) if cached else ()) + source.previous
-    try:
-        key = source()
-    except Exception:  # a caller's refresher that fails: nothing to mask
-        return ()
-    return (key,) if isinstance(key, str) and key else ()  # (one that gives no string is refused: key_of)
+    if isinstance(source, StaticToken):
+        return (source.key,) if source.key else ()
+    # A program's own function is not run for masking: it ran twice a request, and every provider's
+    # on every request (a slow vault behind a fallback provider held every call). The keys it gave
+    # are masked by the server that asked for them (pipeline.Proxy.secrets).
+    return ()
 
 
 class KeyRing:

@@ -144,6 +144,9 @@ class Proxy:
             # Not a short one ("test", "claude"): masking it in free text would shred the message
             # ("claude-***-model"), and every client that sees the message sent the key itself.
             self._fixed_secrets += (self.config.auth_key or "",)
+        # The last two keys each provider's token source gave this server: what a program's own
+        # function gave is masked without running it again (credentials.current_secrets).
+        self._keys_given: Dict[str, Tuple[str, ...]] = {}
         self.routes: Dict[Tuple[str, str], Route] = {
             ("POST", "/v1/messages"): self.messages,
             ("POST", "/v1/messages/count_tokens"): self.count_tokens,
@@ -220,10 +223,13 @@ class Proxy:
         """Every provider's current (and a key command's earlier) keys and the credentials in the
         configuration: masked in logs and in every upstream-derived message."""
         keys = tuple(k for p in self.router.providers.values() for k in current_secrets(p.token))
-        return self._fixed_secrets + keys
+        return self._fixed_secrets + keys + tuple(k for given in self._keys_given.values() for k in given)
 
     def _auth(self, provider: Provider, client: Any, token: Optional[str] = None) -> Tuple[Tuple[str, str], ...]:
         token = key_of(provider.token, provider.name) if token is None else token
+        given = self._keys_given.get(provider.name, ())
+        if token and given[:1] != (token,):
+            self._keys_given[provider.name] = (token,) + given[:1]  # one assignment: other threads read it
         if token:
             return auth_header(self._auth_style(provider), token)
         if provider.api == "messages" and client is not None and not self.config.auth_key:

@@ -38,6 +38,7 @@ from .config import (
     check_token,
     check_url,
     flag_name,
+    gives_no_key,
     is_loopback_host,
     named_once,
     static_token,
@@ -372,6 +373,12 @@ def _shorthand_provider(config: Config) -> Optional[Provider]:
         # wrote is sent, not replaced by a key nobody gave for this. (A key flag with such a
         # header stops the start: one of the two was meant.)
         provider = dataclasses.replace(provider, token=static_token(""), key_source="")
+    elif not config.key_source and not gives_no_key(config.token) and header_the_key_replaces(provider):
+        # A program's start(headers=..., token=...): the command line refuses its pair with the
+        # flags' names (cli._no_header_the_key_replaces), which give a key_source.
+        header = header_the_key_replaces(provider)
+        raise ValueError(f"{config.setting_name('header')} '{header}: ...' and token=: the key is sent in {header} "
+                         "and would replace that header: give one of them")
     return provider
 
 

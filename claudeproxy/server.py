@@ -19,7 +19,7 @@ import time
 from http.server import ThreadingHTTPServer
 from typing import Any, Callable, List, Optional, Set, Tuple
 
-from .config import Config
+from .config import Config, with_tuples
 from .handler import MessagesHandler
 from .keyless import refuse_keyless
 from .metrics import Metrics, Sink
@@ -215,7 +215,13 @@ def start(config: Optional[Config] = None, metrics_sink: Optional[Sink] = None, 
     Returns the address, base URL, a ``shutdown(grace=None)`` function and the
     server's metrics. Every server is independent.
     """
-    config = (config or Config()).replace(**overrides)
+    if config is not None and not isinstance(config, Config):
+        raise ValueError(f"config: expected a claudeproxy.Config (or its fields as keywords: start(**settings)), "
+                         f"got {type(config).__name__}")
+    if metrics_sink is not None and not callable(metrics_sink):
+        raise ValueError(f"metrics_sink=: expected a function called with each call's record, "
+                         f"got {type(metrics_sink).__name__}")
+    config = with_tuples((config or Config()).replace(**overrides))
     _quiet_without_logging()
     server = ProxyServer(config, metrics_sink)  # a bad setting raises here, naming it
     try:

@@ -763,6 +763,50 @@ def test_a_programs_key_command_through_the_package(fake_upstream: FakeUpstream,
         failing.shutdown(grace=1.0)
 
 
+def test_a_command_given_as_a_string_is_split_and_a_missing_program_stops_the_start(fake_upstream: FakeUpstream,
+                                                                                       key_command: Any) -> None:
+    """``command_token("echo key")`` ran the program "e" (a string is a sequence of letters), and a
+    program that is not there started a server whose every request was a 502 (probe R); the
+    command line splits the string and checks the program at start, and now the package does."""
+    argv, counter = key_command
+    server = claudeproxy.start(upstream=fake_upstream.url, token=claudeproxy.command_token(" ".join(argv)))
+    try:
+        assert ask(server).status == 200 and sent_keys(fake_upstream) == ["sk-cmd-0001-abcdefgh"]
+    finally:
+        server.shutdown(grace=1.0)
+    with pytest.raises(ValueError, match=r"^command_token: /nonexistent/keycmd: command not found"):
+        claudeproxy.command_token(["/nonexistent/keycmd"])
+
+
+def test_a_programs_token_function_runs_once_a_request_and_only_for_its_provider(fake_upstream: FakeUpstream) -> None:
+    """Every request ran each provider's token function, twice for the one it used (once for the key,
+    once for masking): a slow vault behind a fallback provider held every call (probe R). The keys
+    it gave are masked all the same."""
+    calls = {"used": 0, "unused": 0}
+
+    def used() -> str:
+        calls["used"] += 1
+        return f"FuncKEY{calls['used']}abcdefgh"  # a key of no known shape: only the server's list masks it
+
+    def unused() -> str:
+        calls["unused"] += 1
+        return "never-asked-0123456789"
+
+    server = claudeproxy.start(providers=[Provider("p1", fake_upstream.url, token=used),
+                                          Provider("p2", fake_upstream.url, token=unused)],
+                               routes=[Route("*", RouteTarget("p1"), fallbacks=(RouteTarget("p2"),))])
+    try:
+        fake_upstream.push(json_reply({"error": {"message": "bad key FuncKEY1abcdefgh"}}, status=400),
+                           json_reply({"error": {"message": "FuncKEY2abcdefgh, and FuncKEY1abcdefgh before"}},
+                                      status=400))
+        messages = [ask(server).json["error"]["message"] for _ in range(2)]
+        assert ask(server).status == 200
+        assert calls == {"used": 3, "unused": 0}
+        assert messages == ["upstream 400: bad key ***", "upstream 400: ***, and *** before"], messages
+    finally:
+        server.shutdown(grace=1.0)
+
+
 def test_a_key_commands_earlier_key_stays_masked(fake_upstream: FakeUpstream, tmp_path: Any) -> None:
     """After the command printed a new key, a late echo of the old one is masked all the same
     (keys of no known shape: only the list of known secrets can mask them)."""

@@ -16,6 +16,7 @@ import types
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
+from conftest import minimal_request, request
 
 import claudeproxy
 from claudeproxy import cli, credentials
@@ -154,6 +155,30 @@ START_CASES = [
      "providers.p.url"),
     ({"providers": (Provider("p", "http://-bad-:8080/v1"),), "routes": (Route("*", RouteTarget("p")),)},
      "providers.p.url: '-bad-' is not an IP address or a host name"),
+    # A program's value of another type started a server that failed every request, or raised an
+    # AttributeError naming nothing (probe R).
+    ({"token": "sk-abc-0123456789"}, "token=: expected a function that returns the key, got str"),
+    ({"token": None}, "token=: expected a function"),
+    ({"providers": (Provider("p", "http://example.test/v1", token="sk-abc-0123"),),  # type: ignore[arg-type]
+      "routes": (Route("*", RouteTarget("p")),)}, "providers.p.token: expected a function"),
+    ({"log_bodies": "false"}, "--log-bodies: expected True or False, got str 'false'"),  # it logged every prompt
+    ({"passthrough": "yes"}, "--passthrough: expected True or False"),
+    ({"use_env_proxy": 1}, "--use-env-proxy: expected True or False"),
+    ({"upstream": 123}, "--upstream: expected text, got int"),
+    ({"upstream": b"http://example.test/v1"}, "--upstream: expected text, got bytes"),
+    ({"model": ["a"]}, "--model: expected text, got list"),
+    ({"auth_key": 123}, "--auth-key: expected text, got int"),
+    ({"allowed_origins": None}, "--allowed-origin: expected a list, got NoneType"),
+    ({"headers": {"X-A": "1"}}, "--header: expected a list, got dict"),
+    ({"headers": [("X-A",)]}, "--header: expected (name, value) pairs of strings"),
+    ({"routes": [1]}, "routes[0]: expected a claudeproxy.config.Route, got int"),
+    ({"headers": [("X-A", "1")]}, None),  # a list, as JSON gives it too: it was a 500 for every request
+    ({"headers": [["X-A", "1"]]}, None),
+    # Pairs the command line refuses (probe R).
+    ({"passthrough": True, "upstream_api": "responses"},
+     "--passthrough is short for --upstream-api messages: it cannot go with --upstream-api responses"),
+    ({"headers": (("Authorization", "Bearer other-0123456789"),), "token": claudeproxy.static_token("test-key-0002")},
+     "--header 'Authorization: ...' and token=: the key is sent in Authorization and would replace that header"),
     # A keyword that is no setting (a flag's name: probe O) was a TypeError traceback.
     ({"allowed_host": ["box.lan"]}, "allowed_host=: no such setting (did you mean allowed_hosts=?)"),
     ({"usage_log": "/tmp/usage.jsonl"}, "usage_log=: no such setting"),
@@ -172,6 +197,31 @@ def test_start_refuses_bad_settings(settings: Dict[str, Any], setting: Optional[
     message = str(info.value)
     assert "\n" not in message and setting in message, message
     assert "sk-" not in message  # a key is never quoted back
+
+
+def test_start_refuses_what_is_no_config_and_a_sink_that_is_no_function() -> None:
+    with pytest.raises(ValueError, match=r"^config: expected a claudeproxy.Config .* got dict$"):
+        claudeproxy.start({"upstream": "http://127.0.0.1:9/v1"})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^metrics_sink=: expected a function .* got str$"):
+        claudeproxy.start(token=claudeproxy.static_token("test-key-0001"), metrics_sink="usage.jsonl")  # type: ignore[arg-type]
+
+
+def test_headers_given_as_lists_are_sent(fake_upstream: Any) -> None:
+    """``headers=[("X-A", "1")]`` (and ``[["X-A", "1"]]``, as JSON has it; a provider's too) started a
+    server that answered every request with a 500: the list was joined to a tuple (probe R)."""
+    routes = [Route("*", RouteTarget("p"))]
+    servers = [claudeproxy.start(upstream=fake_upstream.url, token=claudeproxy.static_token("test-key-0001"),
+                                 headers=[["X-A", "1"]]),
+               claudeproxy.start(providers=[Provider("p", fake_upstream.url, token=claudeproxy.static_token("k-0001"),
+                                                     headers=[("X-A", "1")])], routes=routes)]  # type: ignore[arg-type]
+    try:
+        for server in servers:
+            resp = request(server.url, "POST", "/v1/messages", minimal_request(), {"x-api-key": "k"})
+            assert resp.status == 200, resp.body
+            assert fake_upstream.last.headers.get("x-a") == "1"
+    finally:
+        for server in servers:
+            server.shutdown(grace=0.1)
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory", "not_pem", "empty"])
