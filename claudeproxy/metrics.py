@@ -126,6 +126,9 @@ class CallRecord:
     time: float = 0.0  # when the call began, seconds since the epoch
     # Of the counts and cost above, what other targets spent (``Spend``): none but after a fallback.
     spent_elsewhere: Tuple[Spend, ...] = ()
+    # With spent_elsewhere: what the answering target's own attempts cost, known where the call's
+    # total is not (an unpriced model before a fallback to a priced one); None: not known.
+    own_cost_usd: Optional[float] = None
 
     @property
     def usage_known(self) -> bool:
@@ -150,8 +153,13 @@ class CallRecord:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if self.spent_elsewhere:
             out["spent_elsewhere"] = [spend.to_dict() for spend in self.spent_elsewhere]
+            if self.own_cost_usd is not None:
+                out["own_cost_usd"] = round(self.own_cost_usd, 12)
+            else:
+                del out["own_cost_usd"]
         else:
-            del out["spent_elsewhere"]  # the rule: the usage log's line says it only where there is one
+            # the rule: the usage log's line says them only where there is one
+            del out["spent_elsewhere"], out["own_cost_usd"]
         ratio = self.cache_hit_ratio
         out["cache_hit_ratio"] = round(ratio, 4) if ratio is not None else None
         if self.cost_usd is not None:
@@ -183,7 +191,7 @@ def record_from_dict(data: Any) -> Optional[CallRecord]:
         spent = tuple(_spend_of(item) for item in data.get("spent_elsewhere") or ())
     except (TypeError, ValueError, AttributeError, KeyError):
         return None
-    return CallRecord(**fields, spent_elsewhere=spent)
+    return CallRecord(**fields, spent_elsewhere=spent, own_cost_usd=_number_or_none(data.get("own_cost_usd")))
 
 
 def _fields_of(data: Dict[str, Any]) -> Dict[str, Any]:
@@ -765,14 +773,15 @@ class _Shares(NamedTuple):
 
 
 def _less(rec: CallRecord, spends: Tuple[Spend, ...]) -> CallRecord:
-    """``rec`` without what ``spends`` counted: the part its own target spent. Its cost is known
-    only where the call's is (then every part's is: the call's is their sum)."""
+    """``rec`` without what ``spends`` counted: the part its own target spent, at the cost the
+    record says it had (``own_cost_usd``; a line of a version before it: the call's less the others',
+    known only where the call's is)."""
     counts = {name: _minus(getattr(rec, name), sum(getattr(s, name) for s in spends)) for name in USAGE_KEYS}
     others = [s.cost_usd for s in spends]
-    cost = None
-    if rec.cost_usd is not None and None not in others:
+    cost = rec.own_cost_usd
+    if cost is None and rec.cost_usd is not None and None not in others:
         cost = max(0.0, round(rec.cost_usd - sum(others), 12))  # type: ignore[arg-type]
-    return dataclasses.replace(rec, cost_usd=cost, spent_elsewhere=(), **counts)
+    return dataclasses.replace(rec, cost_usd=cost, spent_elsewhere=(), own_cost_usd=None, **counts)
 
 
 def _minus(total: Optional[int], part: int) -> Optional[int]:

@@ -883,10 +883,15 @@ class Proxy:
             # Their counts stay whatever this attempt's are: not known, the known part is a part.
             unknown_now = any(v is None for v in usage.values())
             usage = {k: (v or 0) + sum(spent[k] for spent, _, _ in earlier) for k, v in usage.items()}
+            answered = (fields.get("provider"), fields.get("upstream_model"))
             costs = [cost] + [spent_cost for _, spent_cost, _ in earlier]
+            own = [cost] + [spent_cost for _, spent_cost, target in earlier if target == answered]
+            fields["own_cost_usd"] = None if unknown_now or None in own else sum(own)  # type: ignore[arg-type]
             cost = None if unknown_now or None in costs else sum(costs)  # type: ignore[arg-type]
-            fields["spent_elsewhere"] = _spent_elsewhere(earlier, (fields.get("provider"), fields.get("upstream_model")))
+            fields["spent_elsewhere"] = _spent_elsewhere(earlier, answered)
         lost = fields.get("lost")
+        if lost:
+            fields["own_cost_usd"] = None  # which attempt spent what nobody said is not known
         if lost and not any(usage.values()):
             # A refusal's 0s after an attempt that spent what nobody said: not known (the searches
             # stay a count: those said, 0 here; a None there made the usage log's line unreadable).

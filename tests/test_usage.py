@@ -1666,6 +1666,48 @@ def test_a_fallback_files_each_attempts_spend_under_its_own_model(fake: FakeUpst
                                         "cache_creation_input_tokens": 0, "cost_usd": pytest.approx(240e-6)}]
 
 
+def test_a_fallback_from_an_unpriced_model_keeps_the_priced_ones_cost(fake: FakeUpstream, tmp_path: Any) -> None:
+    """The first target has no price and billed an attempt; the fallback's has one. The call's cost
+    is not known, but its own target's part is: its row said "unpriced" and showed no cost, also
+    after the usage log was read back (probe Q)."""
+    from claudeproxy.cli import usage_writer
+    from claudeproxy.usage_replay import replay_today
+
+    records: List[CallRecord] = []
+    log_file = tmp_path / "usage.jsonl"
+    write_line = usage_writer(str(log_file))
+
+    def sink(rec: CallRecord) -> None:
+        records.append(rec)
+        write_line(rec)
+
+    dear = ModelFacts(input_price=10.0, output_price=20.0)
+    server = claudeproxy.start(
+        providers=(Provider("a", fake.url, token=KEY), Provider("b", fake.url, token=KEY, models=(("dear-*", dear),))),
+        routes=(Route("*", RouteTarget("a", "mystery-model"), fallbacks=(RouteTarget("b", "dear-model"),)),),
+        metrics_sink=sink, retries=0)
+    try:
+        fake.push(json_reply(completion("", finish="insufficient_system_resource", usage=usage(100, 0))),
+                  json_reply(completion("ok", usage=usage(300, 30))))
+        resp = post(types.SimpleNamespace(url=server.url), minimal_request())
+        assert resp.status == 200, resp
+        assert wait_for(lambda: len(records) == 1, 5), "the call was not recorded"
+        page = request(server.url, "GET", "/v1/usage").json
+    finally:
+        server.shutdown(grace=0.1)
+    own = (300 * 10.0 + 30 * 20.0) / 1e6
+    [rec] = records
+    assert (rec.cost_usd, rec.own_cost_usd) == (None, pytest.approx(own))
+    read_back = Metrics()
+    assert replay_today(read_back, str(log_file), log_file.stat().st_size, time.time()) == 1
+    for usage_now in (page, read_back.usage(time.time())):
+        models = {(m["provider"], m["model"]): m for m in usage_now["models"]}
+        fallback, first = models[("b", "dear-model")], models[("a", "mystery-model")]
+        assert (fallback["cost_usd"], fallback["unpriced_requests"]) == (pytest.approx(own), 0)
+        assert (first["cost_usd"], first["unpriced_requests"], first["input_tokens"]) == (None, 1, 100)
+        assert usage_now["totals"]["unpriced_requests"] == 1
+
+
 def test_an_attempt_whose_counts_did_not_all_come_carries_no_cost() -> None:
     """Its answer began and its output count never came: the known counts are a part of what it spent.
     Priced, the part went into its model's row as a measured cost (a review)."""
