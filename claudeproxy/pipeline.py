@@ -1106,13 +1106,14 @@ def _usage_fields(usage: Any) -> Dict[str, Optional[int]]:
     usage holds no count at all (a forwarded answer without one): not known, so no cost either.
     Nor is the input or output count of a usage that leaves it out (a forwarded stream whose
     message_start had no input count; one cut before its message_delta, whose output count the
-    Messages fold leaves out): the call used such tokens, so 0 is no count."""
+    Messages fold leaves out) or gives no count there (-1000, "1000", 500.5: the stream's fold
+    leaves those out too): the call used such tokens, so 0 is no count."""
     counts = usage_counts(usage)
     if counts is None:
         return {**dict.fromkeys(USAGE_KEYS + (ONE_HOUR_WRITES,)), WEB_SEARCHES: web_searches(usage)}
     fields: Dict[str, Optional[int]] = dict(counts)
     for key in ("input_tokens", "output_tokens"):  # translated usage always has both: a forwarded one may not
-        if usage.get(key) is None:
+        if count_or_none(usage.get(key)) is None:
             fields[key] = None
     # Anthropic's split of the cache writes: the 1-hour ones, never more than all of them.
     fields[ONE_HOUR_WRITES] = min(one_hour_writes(usage) or 0, counts["cache_creation_input_tokens"])
