@@ -233,13 +233,18 @@ def start(config: Optional[Config] = None, metrics_sink: Optional[Sink] = None, 
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True,
                               name="claudeproxy-server")
     thread.start()
-    stopped = threading.Lock()
+    stopping = threading.Lock()
+    stopped: List[bool] = []
 
     def shutdown(grace: Optional[float] = None) -> None:
-        if not stopped.acquire(blocking=False):
-            return  # already shut down
-        drain_and_close(server, config.shutdown_grace if grace is None else grace)
-        thread.join(timeout=5)
+        # A second caller waits for the first one's drain (it returned at once, the server still
+        # draining), then returns: shut down already.
+        with stopping:
+            if stopped:
+                return
+            drain_and_close(server, config.shutdown_grace if grace is None else grace)
+            thread.join(timeout=5)
+            stopped.append(True)
 
     address = server.server_address[:2]
     return RunningServer((str(address[0]), int(address[1])), _url_for(address), shutdown, server.metrics, server)

@@ -153,6 +153,24 @@ def test_shutdown_lets_a_request_finish_within_the_grace(servers: Any, fake_upst
     assert took < 1.5, f"shutdown waited {took:.1f} s although the request was done"
 
 
+def test_a_second_shutdown_returns_when_the_first_is_done(servers: Any, fake_upstream: FakeUpstream) -> None:
+    """Two threads of a program shutting one server down: the second returned at once while the
+    first still drained a request in flight (probe R). It waits for the first one's drain now."""
+    slow = json_reply(completion("finished"))
+    slow.delay = 0.4
+    fake_upstream.push(slow)
+    server = servers()
+    box = in_thread(lambda: request(server.url, "POST", "/v1/messages", minimal_request()))
+    assert fake_upstream.received.wait(5)
+    first = in_thread(lambda: server.shutdown(grace=3))
+    time.sleep(0.05)  # the first one is draining
+    server.shutdown(grace=3)
+    assert server.server.wait_idle(0), "the second shutdown returned before the drain ended"
+    first["thread"].join(5)
+    box["thread"].join(5)
+    assert box["result"].status == 200
+
+
 def test_shutdown_stops_accepting_at_once_and_closes_the_port(servers: Any, fake_upstream: FakeUpstream) -> None:
     gate = Gate()
     reply = sse_reply(chunk({"content": "x"}), done=False)
