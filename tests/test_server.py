@@ -12,7 +12,7 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -137,13 +137,19 @@ def test_shutdown_ends_a_stream_in_flight_with_overloaded_error(servers: Any, fa
     assert "message_stop" not in [e["type"] for e in events]
 
 
-def test_shutdown_lets_a_request_finish_within_the_grace(servers: Any, fake_upstream: FakeUpstream) -> None:
+def _a_slow_request_in_flight(servers: Any, fake_upstream: FakeUpstream) -> Tuple[Any, Dict[str, Any]]:
+    """A server, and a request to it (``in_thread``'s box) whose answer the upstream gives in 0.4 s."""
     slow = json_reply(completion("finished"))
     slow.delay = 0.4
     fake_upstream.push(slow)
     server = servers()
     box = in_thread(lambda: request(server.url, "POST", "/v1/messages", minimal_request()))
     assert fake_upstream.received.wait(5)
+    return server, box
+
+
+def test_shutdown_lets_a_request_finish_within_the_grace(servers: Any, fake_upstream: FakeUpstream) -> None:
+    server, box = _a_slow_request_in_flight(servers, fake_upstream)
     started = time.monotonic()
     server.shutdown(grace=3)
     took = time.monotonic() - started
@@ -156,12 +162,7 @@ def test_shutdown_lets_a_request_finish_within_the_grace(servers: Any, fake_upst
 def test_a_second_shutdown_returns_when_the_first_is_done(servers: Any, fake_upstream: FakeUpstream) -> None:
     """Two threads of a program shutting one server down: the second returned at once while the
     first still drained a request in flight (probe R). It waits for the first one's drain now."""
-    slow = json_reply(completion("finished"))
-    slow.delay = 0.4
-    fake_upstream.push(slow)
-    server = servers()
-    box = in_thread(lambda: request(server.url, "POST", "/v1/messages", minimal_request()))
-    assert fake_upstream.received.wait(5)
+    server, box = _a_slow_request_in_flight(servers, fake_upstream)
     first = in_thread(lambda: server.shutdown(grace=3))
     time.sleep(0.05)  # the first one is draining
     server.shutdown(grace=3)
