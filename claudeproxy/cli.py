@@ -820,8 +820,7 @@ def usage_writer(path: str) -> Any:
     def write(rec: CallRecord) -> None:
         data = (json.dumps(rec.to_dict(), sort_keys=True) + "\n").encode("utf-8")
         with lock:
-            # Made for the owner alone: the records name models, costs and the upstream's ids.
-            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = _open_log(path)
             try:
                 _append_whole(fd, data)
             finally:
@@ -830,16 +829,32 @@ def usage_writer(path: str) -> Any:
     return write
 
 
+def _open_log(path: str) -> int:
+    """The log opened to append, and to read its last byte where the file allows it (a log another
+    user collects may be writable and not readable: it was written before, and must be still)."""
+    # Made for the owner alone: the records name models, costs and the upstream's ids.
+    try:
+        return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    except PermissionError:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+
+# How long a record waits for another writer's lock of the log: claudeproxy's own writers hold it
+# for one write; longer is someone else (a rotation script under flock(1)), whom the call's thread,
+# and the next request on its connection, must not wait for. Then the record goes unlocked.
+_LOCK_WAIT = 0.5
+
+
 def _append_whole(fd: int, data: bytes) -> None:
     """One write of ``data`` on a line of its own; a part written (a full disk) is cut off again:
     the next record would otherwise continue the half line, and both be lost to a reader of JSON
-    lines. Under an advisory lock of the file where there is one: ``run`` sessions and servers
-    sharing one log append to it together, and a cut must not take another's record with it."""
-    if fcntl is not None:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    lines. Under an advisory lock of the file where one can be had: ``run`` sessions and servers
+    sharing one log append to it together, and a cut must not take another's record with it (so
+    without the lock nothing is cut: the next record starts a line of its own)."""
+    locked = _lock(fd)
     try:
         start = os.fstat(fd).st_size
-        if start and os.lseek(fd, start - 1, os.SEEK_SET) >= 0 and os.read(fd, 1) != b"\n":
+        if start and not _ends_a_line(fd, start):
             # A line cut short before (a crash, a kill during a write): glued to it, this record
             # would be lost with it.
             data = b"\n" + data
@@ -847,14 +862,42 @@ def _append_whole(fd: int, data: bytes) -> None:
             if os.write(fd, data) != len(data):
                 raise OSError(errno.ENOSPC, "the usage log took only part of a record")
         except OSError:
-            try:
-                os.ftruncate(fd, start)
-            except OSError:
-                pass
+            if locked:
+                try:
+                    os.ftruncate(fd, start)
+                except OSError:
+                    pass
             raise
     finally:
-        if fcntl is not None:
+        if locked:
             fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _lock(fd: int) -> bool:
+    """Take the log's advisory lock within ``_LOCK_WAIT``; False where there is none (Windows, a
+    file system without locks) or another holds it longer."""
+    if fcntl is None:
+        return False
+    deadline = time.monotonic() + _LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        except OSError:  # ENOLCK: no locks on this file system
+            return False
+
+
+def _ends_a_line(fd: int, size: int) -> bool:
+    """Does the file's last byte end a line? Taken for yes where the file cannot be read."""
+    try:
+        os.lseek(fd, size - 1, os.SEEK_SET)
+        return os.read(fd, 1) == b"\n"
+    except OSError:  # opened write-only (EBADF)
+        return True
 
 
 # --------------------------------------------------------------------------

@@ -198,19 +198,27 @@ def key_of(source: TokenSource, provider: str) -> str:
     return key
 
 
-def current_secrets(source: TokenSource) -> Tuple[str, ...]:
-    """The keys a source holds now, without running a command or turning a ring (for masking)."""
+def current_secrets(source: TokenSource, run: bool = False) -> Tuple[str, ...]:
+    """The keys a source holds now, without running a command or turning a ring (for masking).
+
+    A program's own function is run only when ``run`` says so (a body about to be logged, which may
+    quote a key no request has used yet): run for every request, it ran twice a request and every
+    provider's (a slow vault behind a fallback provider held every call). The keys it gave are
+    masked by the server that asked for them (pipeline.Proxy.secrets), a ring's by the ring."""
     if isinstance(source, KeyRing):
-        return tuple(k for s in source.sources for k in current_secrets(s))
+        return tuple(k for s in source.sources for k in current_secrets(s, run)) + source.given()
     if isinstance(source, CommandToken):
         cached = source._key  # noqa: SLF001 - the cached value, read under no lock: masking only
         return ((cached,) if cached else ()) + source.previous
     if isinstance(source, StaticToken):
         return (source.key,) if source.key else ()
-    # A program's own function is not run for masking: it ran twice a request, and every provider's
-    # on every request (a slow vault behind a fallback provider held every call). The keys it gave
-    # are masked by the server that asked for them (pipeline.Proxy.secrets).
-    return ()
+    if not run:
+        return ()
+    try:
+        key = source()
+    except Exception:  # a caller's refresher that fails: nothing to mask
+        return ()
+    return (key,) if isinstance(key, str) and key else ()  # (one that gives no string is refused: key_of)
 
 
 class KeyRing:
@@ -234,6 +242,11 @@ class KeyRing:
                 self._given.clear()  # command keys change over time: keep the map small
             self._given[key] = index
         return key
+
+    def given(self) -> Tuple[str, ...]:
+        """The keys the ring's sources gave lately (at most 65), for masking."""
+        with self._lock:
+            return tuple(self._given)
 
     def _pick(self) -> int:
         with self._lock:

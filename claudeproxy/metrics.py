@@ -189,9 +189,10 @@ def record_from_dict(data: Any) -> Optional[CallRecord]:
     try:
         fields = _fields_of(data)
         spent = tuple(_spend_of(item) for item in data.get("spent_elsewhere") or ())
+        own = _number_or_none(data.get("own_cost_usd"))
     except (TypeError, ValueError, AttributeError, KeyError):
         return None
-    return CallRecord(**fields, spent_elsewhere=spent, own_cost_usd=_number_or_none(data.get("own_cost_usd")))
+    return CallRecord(**fields, spent_elsewhere=spent, own_cost_usd=own)
 
 
 def _fields_of(data: Dict[str, Any]) -> Dict[str, Any]:

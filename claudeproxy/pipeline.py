@@ -217,19 +217,21 @@ class Proxy:
         # Only where this server was told to (--log-bodies, log_bodies=True): a host application's
         # DEBUG logging must not get every prompt of a server started without it.
         if self.config.log_bodies and bodies_logged():  # the secrets are gathered only for a body that is logged
-            log_body(what, body, self.secrets() if secrets is None else secrets)
+            log_body(what, body, self.secrets(run=True) if secrets is None else secrets)
 
-    def secrets(self) -> Tuple[str, ...]:
+    def secrets(self, run: bool = False) -> Tuple[str, ...]:
         """Every provider's current (and a key command's earlier) keys and the credentials in the
-        configuration: masked in logs and in every upstream-derived message."""
-        keys = tuple(k for p in self.router.providers.values() for k in current_secrets(p.token))
+        configuration: masked in logs and in every upstream-derived message. ``run``: ask a
+        program's own token functions too (``credentials.current_secrets``)."""
+        keys = tuple(k for p in self.router.providers.values() for k in current_secrets(p.token, run))
         return self._fixed_secrets + keys + tuple(k for given in self._keys_given.values() for k in given)
 
     def _auth(self, provider: Provider, client: Any, token: Optional[str] = None) -> Tuple[Tuple[str, str], ...]:
         token = key_of(provider.token, provider.name) if token is None else token
-        given = self._keys_given.get(provider.name, ())
-        if token and given[:1] != (token,):
-            self._keys_given[provider.name] = (token,) + given[:1]  # one assignment: other threads read it
+        if token and self._keys_given.get(provider.name, ())[:1] != (token,):
+            with self._lock:  # two requests at once must not drop a key: read and write under it
+                given = self._keys_given.get(provider.name, ())
+                self._keys_given[provider.name] = (token,) + tuple(k for k in given if k != token)[:1]
         if token:
             return auth_header(self._auth_style(provider), token)
         if provider.api == "messages" and client is not None and not self.config.auth_key:

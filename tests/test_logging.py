@@ -169,6 +169,30 @@ def _echoes() -> List[str]:
     ]
 
 
+@pytest.mark.parametrize("kind", ["function", "ring of functions"])
+def test_a_programs_token_functions_keys_are_masked_in_the_body_log(fake_upstream: FakeUpstream, caplog: Any,
+                                                                      kind: str) -> None:
+    """A program's token function is not asked for masking on every request (it ran twice a request,
+    and every provider's); a body logged before a request used the key, or a ring's key used three
+    turns ago, logged the key a prompt quoted (a review). A server logging bodies asks it then."""
+    from claudeproxy.credentials import KeyRing
+
+    caplog.set_level(logging.DEBUG, logger="claudeproxy")
+    keys = ["RingKEYaaaaaaaa0001xyz", "RingKEYbbbbbbbb0002xyz", "RingKEYcccccccc0003xyz"]
+    token = (lambda: keys[0]) if kind == "function" else KeyRing([(lambda k=k: k) for k in keys])
+    proxy = claudeproxy.start(upstream=fake_upstream.url, token=token, log_bodies=True)
+    try:
+        for turn in range(4):
+            fake_upstream.push(json_reply(completion("ok")))
+            body = minimal_request(messages=[{"role": "user", "content": f"turn {turn}: the key {keys[0]}"}])
+            assert request(proxy.url, "POST", "/v1/messages", body, {"x-api-key": "k"}).status == 200
+        assert proxy.server.wait_idle(2)
+    finally:
+        proxy.shutdown(grace=1.0)
+    assert len([r for r in _bodies_records(caplog) if "turn 3: the key ***" in r]) >= 2  # the client's and ours
+    assert [r[:80] for r in _bodies_records(caplog) if keys[0] in r] == []
+
+
 @pytest.fixture
 def everything(fake_upstream: FakeUpstream) -> Iterator[Any]:
     providers = (

@@ -352,6 +352,42 @@ def test_cutting_off_a_failed_record_leaves_another_servers_record_whole(tmp_pat
         assert [json.loads(line)["model"] for line in fh] == ["start", "other"]
 
 
+def test_a_usage_log_held_locked_by_another_or_not_readable_is_written_all_the_same(tmp_path: Any,
+                                                                                       monkeypatch: Any) -> None:
+    """The writer's lock and its look at the last byte must cost no record: a log another program
+    holds locked (a rotation under flock(1)) held the call's thread as long as it did, and a log
+    the server may write but not read failed every record (a review)."""
+    import os
+
+    fcntl = pytest.importorskip("fcntl")
+    from claudeproxy.cli import usage_writer
+
+    path = str(tmp_path / "usage.jsonl")
+    write = usage_writer(path)
+    write(CallRecord("/v1/messages", model="first", status=200))
+    holder = os.open(path, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        writer = threading.Thread(target=write, args=(CallRecord("/v1/messages", model="while-held", status=200),))
+        writer.start()
+        writer.join(5)
+        assert not writer.is_alive(), "the record waited for another program's lock"
+    finally:
+        os.close(holder)
+    real_open = os.open
+
+    def no_reading(file: Any, flags: int, *args: Any) -> int:
+        if flags & os.O_RDWR:
+            raise PermissionError(13, "Permission denied")
+        return real_open(file, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_reading)
+    write(CallRecord("/v1/messages", model="write-only", status=200))
+    monkeypatch.setattr(os, "open", real_open)
+    with open(path, encoding="utf-8") as fh:
+        assert [json.loads(line)["model"] for line in fh] == ["first", "while-held", "write-only"]
+
+
 @pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
 def test_a_model_name_past_the_cap_is_refused_before_it_is_recorded(proxy: Any, fake: FakeUpstream,
                                                                    path: str) -> None:

@@ -64,6 +64,8 @@ def test_a_record_reads_back_as_it_was_written() -> None:
     {**call(NOW, spent_elsewhere=(Spend("other", "m2", 5, 1, 0, 0, 0.001),)).to_dict(),
      "spent_elsewhere": [{"provider": "o", "upstream_model": "m", "input_tokens": -5, "output_tokens": 0,
                           "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0, "cost_usd": 0}]},
+    {**call(NOW, spent_elsewhere=(Spend("other", "m2", 5, 1, 0, 0, 0.001),)).to_dict(), "own_cost_usd": -1},
+    {**call(NOW, spent_elsewhere=(Spend("other", "m2", 5, 1, 0, 0, 0.001),)).to_dict(), "own_cost_usd": "x"},
     [1, 2], "text", None,
 ])
 def test_what_is_no_record_is_none(broken: Any) -> None:
