@@ -78,7 +78,7 @@ from .dialects import DIALECTS, default_key_variables, detect_provider, key_vari
 from .keyless import check_keys, keyless, on_the_internet
 from .metrics import CallRecord
 from .observe import BODIES_LOGGER, PACKAGE_LOGGER
-from .redact import SecretForms, configured_secrets, redact_text, redact_url, secret_forms
+from .redact import SecretForms, configured_secrets, redact_text, redact_url, secret_forms, with_halves
 from .routing import (CLAUDE_CODE_NAMES, FAMILIES, Router, build_router, covers, header_the_key_replaces,
                       provider_dialect, unmatched_route)
 from .server import ProxyServer, drain_and_close
@@ -719,7 +719,8 @@ def secrets_source(config: Config) -> Callable[[], Tuple[str, ...]]:
 def key_secrets(config: Config) -> Tuple[str, ...]:
     """The client key and every provider key known so far: these change while the proxy runs."""
     sources = [p.token for p in config.providers] + [config.token]
-    return tuple(s for s in (config.auth_key or "",) + tuple(k for t in sources for k in current_secrets(t)) if s)
+    keys = with_halves(k for t in sources for k in current_secrets(t) if k)
+    return ((config.auth_key,) if config.auth_key else ()) + keys
 
 
 def fixed_secrets(config: Config) -> Tuple[str, ...]:

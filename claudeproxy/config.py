@@ -596,21 +596,26 @@ _KEYWORD_ONLY = ("providers", "routes", "token", "key_source", "setting_names")
 
 
 def with_tuples(config: Config) -> Config:
-    """``config`` with the lists a program gave made tuples: ``headers=[("X-A", "1")]`` or
-    ``[["X-A", "1"]]`` (as JSON has it), and the lists of its providers and routes."""
+    """``config`` with the lists (and sets) a program gave made tuples: ``headers=[("X-A", "1")]``,
+    ``[["X-A", "1"]]`` or ``(["X-A", "1"],)`` (as JSON has them), and those of its providers and
+    routes. Anything else is left for ``check_types`` to name."""
     config = _tupled(config)
-    providers = tuple(_tupled(p) if isinstance(p, Provider) else p for p in config.providers)
-    routes = tuple(_tupled(r) if isinstance(r, Route) else r for r in config.routes)
-    return dataclasses.replace(config, providers=providers, routes=routes)
+    changes = {name: tuple(_tupled(item) if isinstance(item, kind) else item for item in getattr(config, name))
+               for name, kind in (("providers", Provider), ("routes", Route))
+               if isinstance(getattr(config, name), tuple)}
+    return dataclasses.replace(config, **changes)
 
 
 def _tupled(obj: object) -> object:
     changes: Dict[str, object] = {}
     for field in dataclasses.fields(obj):  # type: ignore[arg-type]
         value = getattr(obj, field.name)
-        if str(field.type).startswith("Tuple[") and isinstance(value, list):
+        if str(field.type).startswith("Tuple[") and isinstance(value, (list, tuple, set, frozenset)):
             pairs = field.type in (_PAIRS, _FACTS)
-            changes[field.name] = tuple(tuple(v) if pairs and isinstance(v, list) else v for v in value)
+            items = sorted(value) if isinstance(value, (set, frozenset)) else value
+            tupled = tuple(tuple(v) if pairs and isinstance(v, list) else v for v in items)
+            if tupled != value or type(value) is not tuple:
+                changes[field.name] = tupled
     return dataclasses.replace(obj, **changes) if changes else obj  # type: ignore[type-var]
 
 
@@ -653,7 +658,9 @@ def _type_error(value: object, kind: str) -> str:
     got = type(value).__name__
     if kind == "str" and not isinstance(value, str) or kind == "Optional[str]" and not isinstance(value, (str, type(None))):
         return f"expected text, got {got}"
-    if kind == "bool" and not isinstance(value, bool):
+    if kind == "Optional[int]" and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        return f"expected a whole number, got {got} {value!r}"
+    if kind == "bool" and not isinstance(value, bool) and value not in (0, 1):  # 0 and 1 mean what they say
         # log_bodies="false" logged every prompt: a non-empty string is true.
         return f"expected True or False, got {got}" + (f" {value!r}" if isinstance(value, (str, int)) else "")
     if kind == "TokenSource" and not callable(value):

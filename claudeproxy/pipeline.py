@@ -52,6 +52,7 @@ from .redact import (
     holds_secret,
     redact_text,
     secret_forms,
+    with_halves,
 )
 from .relay import Relay
 from .replies import as_answered, events_for_message, is_quota_probe, local_message, message_from_events
@@ -224,7 +225,7 @@ class Proxy:
         configuration: masked in logs and in every upstream-derived message. ``run``: ask a
         program's own token functions too (``credentials.current_secrets``)."""
         keys = tuple(k for p in self.router.providers.values() for k in current_secrets(p.token, run))
-        return self._fixed_secrets + keys + tuple(k for given in self._keys_given.values() for k in given)
+        return self._fixed_secrets + with_halves(keys + tuple(k for given in self._keys_given.values() for k in given))
 
     def _auth(self, provider: Provider, client: Any, token: Optional[str] = None) -> Tuple[Tuple[str, str], ...]:
         token = key_of(provider.token, provider.name) if token is None else token
@@ -252,7 +253,7 @@ class Proxy:
               headers: Tuple[Tuple[str, str], ...] = (), method: str = "POST", client: Any = None,
               key: Optional[str] = None, read_timeout: Optional[float] = None) -> Any:
         auth = self._auth(provider, client, key)
-        secrets = self.secrets() + tuple(v.split(" ")[-1] for _, v in auth)  # a forwarded client key too
+        secrets = self.secrets() + with_halves(v.split(" ")[-1] for _, v in auth)  # a forwarded client key too
         return self.upstream.open(url, call=call, body=body, method=method, headers=headers + provider.headers,
                                   auth=auth, secrets=secrets, read_timeout=read_timeout)
 

@@ -123,18 +123,22 @@ def _written_forms(secrets: Iterable[str]) -> List[str]:
             forms += _url_forms(secret)
             if len(secret) >= MIN_FREE_TEXT_SECRET:  # (vLLM's key "EMPTY" in any case would mask "empty")
                 forms += (secret.upper(), secret.lower(), *_base64_forms(secret))
-            forms += _halves(secret)
     return forms
 
 
-def _halves(secret: str) -> List[str]:
-    """The first and the last half of a secret long enough that each is a secret of its own: a
-    gateway quoting the start of the key it got ("Invalid key PROBEKEY9...") gave away half of it.
-    Shorter runs are left: vendors quote 4 to 8 characters of a key themselves."""
-    if len(secret) < 2 * MIN_FREE_TEXT_SECRET:
-        return []
-    half = (len(secret) + 1) // 2
-    return [secret[:half], secret[-half:]]
+def with_halves(keys: Iterable[str]) -> Tuple[str, ...]:
+    """Upstream keys and, of each long enough that a half is a secret of its own (16 characters or
+    more), its first and its last half: a gateway quoting the start of the key it got ("Invalid key
+    PROBEKEY9...") gave away half of it. Shorter runs are left (vendors quote 4 to 8 characters of
+    a key themselves), and so are the halves of keys people choose (the clients' --auth-key,
+    header values): "claudeproxy-team-2024" would mask the word "claudeproxy" everywhere."""
+    out = []
+    for key in keys:
+        out.append(key)
+        if len(key) >= 2 * MIN_FREE_TEXT_SECRET:
+            half = (len(key) + 1) // 2
+            out += (key[:half], key[-half:])
+    return tuple(out)
 
 
 _PERCENT_RE = re.compile(r"%[0-9A-F]{2}")

@@ -538,8 +538,14 @@ _PLAIN_DATA = (str, bytes, int, float, bool, type(None), tuple, list, dict, froz
 
 def _pool_key(value: Any) -> Any:
     """A setting's value as ``ServerPool`` tells servers apart: plain data by its repr, anything else
-    (a token function, a sink) by its identity. A token's repr hides its key (``StaticToken(***)``):
-    by repr, a test asking for a proxy with another key got the first one's."""
+    (a token function, a sink) by its identity, also inside lists and settings' dataclasses (a
+    ``Provider``'s token). A token's repr hides its key (``StaticToken(***)``): by repr, a test
+    asking for a proxy with another key got the first one's."""
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__, tuple(_pool_key(v) for v in value))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (type(value).__name__, tuple((f.name, _pool_key(getattr(value, f.name)))
+                                            for f in dataclasses.fields(value)))
     return repr(value) if isinstance(value, _PLAIN_DATA) else ("object", id(value))
 
 

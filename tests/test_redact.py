@@ -16,6 +16,7 @@ from claudeproxy.redact import (
     redact_text,
     redact_url,
     url_secrets,
+    with_halves,
 )
 
 GEMINI_KEY = "AIzaSyD-FAKE-0123456789abcdefghijklmnop"
@@ -137,10 +138,12 @@ def test_half_of_a_key_an_upstream_quotes_is_masked(quoted: str, shown: str) -> 
     """A gateway quoting the first or the last half of the key it got gave the client and the log
     half of a key with no vendor shape (probe E F3); a few characters of it, as vendors quote, stay."""
     key = "PROBEKEY9f3a7c2e1d"
-    out = redact_text(f"upstream 400: Invalid key {quoted}, check it", (key,))
+    out = redact_text(f"upstream 400: Invalid key {quoted}, check it", with_halves((key,)))
     assert out == f"upstream 400: Invalid key {shown}, check it"
-    assert redact_text("Invalid key PROBEKEY..., check it", (key,)) == "Invalid key PROBEKEY..., check it"
-    assert redact_text(f"error=part1={key[:9]}", ("short-key-12345",)) == f"error=part1={key[:9]}"  # 15: no halves
+    assert redact_text("Invalid key PROBEKEY..., check it", with_halves((key,))) == "Invalid key PROBEKEY..., check it"
+    assert with_halves(("short-key-12345",)) == ("short-key-12345",)  # 15 characters: no halves
+    # Not of a key people choose (the clients' --auth-key, a header's value): its half is a word.
+    assert redact_text("claudeproxy.pipeline", ("claudeproxy-team-2024",)) == "claudeproxy.pipeline"
 
 
 def test_a_short_secret_is_masked_as_written_only() -> None:

@@ -163,7 +163,7 @@ START_CASES = [
       "routes": (Route("*", RouteTarget("p")),)}, "providers.p.token: expected a function"),
     ({"log_bodies": "false"}, "--log-bodies: expected True or False, got str 'false'"),  # it logged every prompt
     ({"passthrough": "yes"}, "--passthrough: expected True or False"),
-    ({"use_env_proxy": 1}, "--use-env-proxy: expected True or False"),
+    ({"use_env_proxy": "1"}, "--use-env-proxy: expected True or False"),
     ({"upstream": 123}, "--upstream: expected text, got int"),
     ({"upstream": b"http://example.test/v1"}, "--upstream: expected text, got bytes"),
     ({"model": ["a"]}, "--model: expected text, got list"),
@@ -174,6 +174,14 @@ START_CASES = [
     ({"routes": [1]}, "routes[0]: expected a claudeproxy.config.Route, got int"),
     ({"headers": [("X-A", "1")]}, None),  # a list, as JSON gives it too: it was a 500 for every request
     ({"headers": [["X-A", "1"]]}, None),
+    ({"headers": (["X-A", "1"],)}, None),  # and a tuple of lists (a review)
+    ({"allowed_hosts": {"proxy.lan", "box.lan"}}, None),
+    ({"log_bodies": 0, "use_env_proxy": 1}, None),  # 0 and 1 mean what they say
+    ({"log_bodies": 2}, "--log-bodies: expected True or False, got int 2"),
+    ({"providers": None}, "providers=: expected a list, got NoneType"),  # were TypeErrors naming nothing
+    ({"routes": 5}, "routes=: expected a list, got int"),
+    ({"providers": (Provider("p", "http://example.test/v1", max_output_tokens="9"),),  # type: ignore[arg-type]
+      "routes": (Route("*", RouteTarget("p")),)}, "providers.p.max_output_tokens: expected a whole number, got str"),
     # Pairs the command line refuses (probe R).
     ({"passthrough": True, "upstream_api": "responses"},
      "--passthrough is short for --upstream-api messages: it cannot go with --upstream-api responses"),
