@@ -656,7 +656,8 @@ def _type_error(value: object, kind: str) -> str:
     here: numbers have checks of their own, which name the range too). No value is quoted back
     but a flag's: a string given as a token is a key."""
     got = type(value).__name__
-    if kind == "str" and not isinstance(value, str) or kind == "Optional[str]" and not isinstance(value, (str, type(None))):
+    text = (str,) if kind == "str" else (str, type(None)) if kind == "Optional[str]" else None
+    if text and not isinstance(value, text):
         return f"expected text, got {got}"
     if kind == "Optional[int]" and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
         return f"expected a whole number, got {got} {value!r}"
