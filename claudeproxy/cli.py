@@ -817,13 +817,18 @@ def setup_logging(level: str, secrets: Callable[[], Sequence[str]], stream: Text
 def usage_writer(path: str) -> Any:
     """The usage log's sink: one JSON line per record, whole or not at all."""
     lock = threading.Lock()
+    # Seconds the next record may wait for the file's lock: none after a wait that did not get it
+    # (another program holds it: the records behind it would each wait too), until one gets it again.
+    patience = [_LOCK_WAIT]
 
     def write(rec: CallRecord) -> None:
         data = (json.dumps(rec.to_dict(), sort_keys=True) + "\n").encode("utf-8")
         with lock:
             fd = _open_log(path)
             try:
-                _append_whole(fd, data)
+                locked = _lock(fd, patience[0])
+                patience[0] = _LOCK_WAIT if locked else 0.0
+                _append_whole(fd, data, locked)
             finally:
                 os.close(fd)
 
@@ -846,13 +851,12 @@ def _open_log(path: str) -> int:
 _LOCK_WAIT = 0.5
 
 
-def _append_whole(fd: int, data: bytes) -> None:
+def _append_whole(fd: int, data: bytes, locked: bool) -> None:
     """One write of ``data`` on a line of its own; a part written (a full disk) is cut off again:
     the next record would otherwise continue the half line, and both be lost to a reader of JSON
-    lines. Under an advisory lock of the file where one can be had: ``run`` sessions and servers
-    sharing one log append to it together, and a cut must not take another's record with it (so
-    without the lock nothing is cut: the next record starts a line of its own)."""
-    locked = _lock(fd)
+    lines. ``locked``: under the file's advisory lock (``_lock``), which ``run`` sessions and servers
+    sharing one log take: a cut must not take another's record with it (so without the lock
+    nothing is cut: the next record starts a line of its own). The lock is let go here."""
     try:
         start = os.fstat(fd).st_size
         if start and not _ends_a_line(fd, start):
@@ -874,12 +878,12 @@ def _append_whole(fd: int, data: bytes) -> None:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def _lock(fd: int) -> bool:
-    """Take the log's advisory lock within ``_LOCK_WAIT``; False where there is none (Windows, a
+def _lock(fd: int, wait: float) -> bool:
+    """Take the log's advisory lock within ``wait`` seconds; False where there is none (Windows, a
     file system without locks) or another holds it longer."""
     if fcntl is None:
         return False
-    deadline = time.monotonic() + _LOCK_WAIT
+    deadline = time.monotonic() + wait
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

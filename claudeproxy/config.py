@@ -50,6 +50,8 @@ class StaticToken:
 
 def static_token(key: str) -> TokenSource:
     """A token source that always returns ``key`` (may be empty: no auth header)."""
+    if not isinstance(key, str):
+        raise ValueError(f"static_token: expected the key as text, got {type(key).__name__}")
     return StaticToken(key)
 
 
@@ -683,7 +685,7 @@ def _type_error(value: object, kind: str) -> str:
 # The settings a blank value of is a mistake, whoever gave it (``start(model="")`` started and
 # then routed nothing by it; ``auth_key=""`` let every client in).
 _NOT_EMPTY = ("upstream", "provider", "upstream_auth", "model", "opus_model", "sonnet_model", "haiku_model",
-              "ca_bundle", "auth_key")
+              "ca_bundle", "auth_key", "azure_api_version")
 
 
 def check_config(config: Config) -> None:

@@ -138,6 +138,8 @@ def command_argv(command: Any, setting: str) -> List[str]:
     ValueError naming ``setting`` for an unclosed quote, nothing to run, or a program that is not
     there: found now, the mistake stops the start instead of failing every request with a 502.
     """
+    if isinstance(command, (bytes, bytearray)):
+        raise ValueError(f"{setting}: expected the command as text or a list of words, got {type(command).__name__}")
     if isinstance(command, str):
         try:
             argv = shlex.split(command)

@@ -373,13 +373,17 @@ def _shorthand_provider(config: Config) -> Optional[Provider]:
         # wrote is sent, not replaced by a key nobody gave for this. (A key flag with such a
         # header stops the start: one of the two was meant.)
         provider = dataclasses.replace(provider, token=static_token(""), key_source="")
-    elif not config.key_source and not gives_no_key(config.token) and header_the_key_replaces(provider):
-        # A program's start(headers=..., token=...): the command line refuses its pair with the
-        # flags' names (cli._no_header_the_key_replaces), which give a key_source.
-        header = header_the_key_replaces(provider)
+    return provider
+
+
+def _no_header_the_token_replaces(config: Config, shorthand: Provider) -> None:
+    """A program's start(headers=..., token=...) whose key would replace a header it gives (checked
+    once the provider's settings are: the header depends on its auth style). The command line
+    refuses the pair with the flags' names (cli._no_header_the_key_replaces), which give a key_source."""
+    header = header_the_key_replaces(shorthand)
+    if header and not config.key_source and not gives_no_key(config.token):
         raise ValueError(f"{config.setting_name('header')} '{header}: ...' and token=: the key is sent in {header} "
                          "and would replace that header: give one of them")
-    return provider
 
 
 def _default_provider(config: Config) -> str:
@@ -473,6 +477,8 @@ def effective_providers_and_routes(config: Config) -> Tuple[Tuple[Provider, ...]
         if p.name in by_name:
             raise ValueError(f"{where}: two providers are named {p.name!r}")
         by_name[p.name] = p
+    if shorthand is not None:
+        _no_header_the_token_replaces(config, shorthand)
     target = shorthand.name if shorthand else _default_provider(config)
     flags, borrowed = _shorthand_routes(config, target)
     _check_routes(flags + borrowed, by_name, "flags")

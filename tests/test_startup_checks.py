@@ -182,6 +182,9 @@ START_CASES = [
     ({"routes": 5}, "routes=: expected a list, got int"),
     ({"providers": (Provider("p", "http://example.test/v1", max_output_tokens="9"),),  # type: ignore[arg-type]
       "routes": (Route("*", RouteTarget("p")),)}, "providers.p.max_output_tokens: expected a whole number, got str"),
+    ({"provider": "nope"}, "--upstream.dialect: unknown dialect 'nope'"),  # a KeyError once (a review)
+    ({"upstream_auth": "basic", "headers": (("Authorization", "Basic eA=="),)}, "--upstream.auth: unknown auth style"),
+    ({"azure_api_version": ""}, "--azure-api-version: the value is empty"),
     # Pairs the command line refuses (probe R).
     ({"passthrough": True, "upstream_api": "responses"},
      "--passthrough is short for --upstream-api messages: it cannot go with --upstream-api responses"),
@@ -212,6 +215,13 @@ def test_start_refuses_what_is_no_config_and_a_sink_that_is_no_function() -> Non
         claudeproxy.start({"upstream": "http://127.0.0.1:9/v1"})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^metrics_sink=: expected a function .* got str$"):
         claudeproxy.start(token=claudeproxy.static_token("test-key-0001"), metrics_sink="usage.jsonl")  # type: ignore[arg-type]
+
+
+def test_the_key_makers_refuse_what_is_no_text() -> None:
+    with pytest.raises(ValueError, match=r"^static_token: expected the key as text, got NoneType$"):
+        claudeproxy.static_token(None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^command_token: expected the command as text or a list of words, got bytes$"):
+        claudeproxy.command_token(b"echo key")  # type: ignore[arg-type]
 
 
 def test_headers_given_as_lists_are_sent(fake_upstream: Any) -> None:
