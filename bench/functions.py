@@ -40,7 +40,7 @@ DEFAULT = (
     "upstream:Upstream.open",  # urllib, the pooled connection, send and the response head
     "pipeline:Proxy._json",  # the answer: read, translate, write
     "pipeline:Proxy._record",  # metrics, usage log, access line
-    "cli:_RedactingFilter.filter",  # the secret scan of each log record (the access line)
+    "cli:RedactingFilter.filter",  # the secret scan of each log record (the access line)
 )
 CLIENT = r"""
 import http.client, json, sys
