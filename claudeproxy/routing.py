@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import re
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 from .config import (
@@ -81,7 +81,8 @@ _GLOB_CHARS = frozenset("*?[")
 # so Claude Code's hard-coded names never fail.
 _NEAREST = {"opus": ("sonnet", "haiku"), "sonnet": ("opus", "haiku"), "haiku": ("sonnet", "opus"),
             **{f: ("opus", "sonnet", "haiku") for f in LATER_FAMILIES}}  # the most capable first
-_TARGET_CACHE_LIMIT = 512  # distinct (provider, model) pairs remembered per router
+_TARGET_CACHE_LIMIT = 512  # distinct (provider, model) pairs, and client names, remembered per router
+_NOT_YET: Any = object()  # a client name the router has not resolved yet
 
 
 def claude_family(name: str) -> Optional[str]:
@@ -336,6 +337,11 @@ def header_the_key_replaces(p: Provider) -> Optional[str]:
 
 
 def _check_routes(routes: Sequence[Route], providers: Dict[str, Provider], where: str) -> None:
+    # An exact name is taken only by the same name or a pattern, and takes no pattern's names: so
+    # each route is compared with the patterns before it and looked up among the names, not
+    # compared with every route before it (8,000 routes of exact names did not start in 2 minutes).
+    exact_at: Dict[str, int] = {}
+    patterns_at: List[int] = []
     for i, route in enumerate(routes):
         label = route.origin or f"{where}[{i}]"
         if not route.match or route.match != route.match.strip():
@@ -346,11 +352,18 @@ def _check_routes(routes: Sequence[Route], providers: Dict[str, Provider], where
                 raise ValueError(f"{label}: unknown provider {target.provider!r} (configured: {known})")
             if target.model is not None and not target.model.strip():
                 raise ValueError(f"{label}: the upstream model name is empty")
-        for earlier in routes[:i]:
-            if covers(earlier.match, route.match):
-                first = named_once(earlier.origin or f"{where}[{routes.index(earlier)}]", label)
-                raise ValueError(f"{label}: pattern {route.match!r} can never match: {first} "
-                                 f"({earlier.match!r}) takes every name it would")
+        exact = pattern_kind(route.match) == "exact"
+        taken = [j for j in (next((j for j in patterns_at if covers(routes[j].match, route.match)), None),
+                             exact_at.get(route.match) if exact else None) if j is not None]
+        if taken:
+            earlier = routes[min(taken)]
+            first = named_once(earlier.origin or f"{where}[{min(taken)}]", label)
+            raise ValueError(f"{label}: pattern {route.match!r} can never match: {first} "
+                             f"({earlier.match!r}) takes every name it would")
+        if exact:
+            exact_at[route.match] = i
+        else:
+            patterns_at.append(i)
 
 
 # --------------------------------------------------------------------------
@@ -396,23 +409,36 @@ def _default_provider(config: Config) -> str:
 
 def _shorthand_routes(config: Config, provider: str) -> Tuple[List[Route], List[Route]]:
     """The routes the model flags mean, and those of the families no flag names, which borrow
-    another's model only when nothing else is the default (``--model``)."""
+    another's model (and where it goes) only when nothing else is the default (``--model``)."""
     name = config.setting_name  # the flag, or the config file's key that stood for it
-    routes = [Route(p, RouteTarget(provider, m), origin=f"{name('model_map')} {p}={m}") for p, m in config.model_map]
+    # Without --upstream, a flag names the model of the file's route of the same match: that route
+    # keeps its provider and fallbacks (--opus-model took the file's opus route to the provider of
+    # its '*' route, another API and key, without a word).
+    replaced = {canonical(r.match): r for r in reversed(config.routes)} if config.upstream is None else {}
+
+    def flagged(match: str, model: str, origin: str) -> Route:
+        route = replaced.get(canonical(match))
+        if route is None:
+            return Route(match, RouteTarget(provider, model), origin=origin)
+        return Route(match, RouteTarget(route.target.provider, model), route.fallbacks, origin=origin)
+
+    routes = [flagged(p, m, f"{name('model_map')} {p}={m}") for p, m in config.model_map]
     given = {f: getattr(config, f"{f}_model") for f in FAMILIES}
+    by_family = {}
     for family in FAMILIES:
         if given[family]:
-            routes.append(Route(family, RouteTarget(provider, given[family]), origin=name(f"{family}_model")))
+            by_family[family] = flagged(family, given[family], name(f"{family}_model"))
+            routes.append(by_family[family])
     borrowed = []
     if config.model:
-        routes.append(Route("*", RouteTarget(provider, config.model), origin=name("model")))
+        routes.append(flagged("*", config.model, name("model")))
     elif any(given.values()):
         # Not one that --model-map or the file routes whole: its own route would shadow the borrowed one.
         mapped = routes + list(config.routes)
         for family in (f for f in FAMILIES if not given[f] and not _routes_whole(mapped, f)):
-            other = next(o for o in _NEAREST[family] if given[o])
-            borrowed.append(Route(family, RouteTarget(provider, given[other]),
-                                  origin=f"{name(other + '_model')} (no {flag_name(family + '_model')})"))
+            lender = by_family[next(o for o in _NEAREST[family] if given[o])]
+            borrowed.append(dataclasses.replace(lender, match=family, origin=(
+                f"{lender.origin} (no {flag_name(family + '_model')})")))
     return routes, borrowed
 
 
@@ -512,14 +538,22 @@ class Router:
         self.max_output_tokens = max_output_tokens
         # Targets depend only on (provider, model); client names are unbounded, so the memo is capped.
         self._targets: Dict[Tuple[str, str], Target] = {}
+        # The route each client name takes, capped alike: a client asks for a few names, and a
+        # config file may hold thousands of routes, each a pattern match a request.
+        self._route_of: Dict[str, Optional[Route]] = {}
 
     def resolve(self, client_model: str) -> Optional[Routed]:
         """The first route matching ``client_model``, or None (the pipeline answers 404)."""
-        for route in self.routes:
-            if route_matches(route.match, client_model):
-                targets = tuple(self.target(t, client_model) for t in (route.target, *route.fallbacks))
-                return Routed(client_model, route, targets)
-        return None
+        route = self._route_of.get(client_model, _NOT_YET)
+        if route is _NOT_YET:
+            route = next((r for r in self.routes if route_matches(r.match, client_model)), None)
+            if len(self._route_of) >= _TARGET_CACHE_LIMIT:
+                self._route_of.clear()
+            self._route_of[client_model] = route
+        if route is None:
+            return None
+        targets = tuple(self.target(t, client_model) for t in (route.target, *route.fallbacks))
+        return Routed(client_model, route, targets)
 
     def target(self, where: RouteTarget, client_model: str) -> Target:
         model = where.model or client_model

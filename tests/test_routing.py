@@ -3,7 +3,7 @@ start-up checks (issue 6: routes; bad input at start)."""
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import pytest
 
@@ -305,11 +305,49 @@ def test_model_flag_is_the_default_after_the_file_routes_not_before_them() -> No
 
 
 def test_a_family_flag_replaces_the_file_route_of_that_family_only() -> None:
-    config = Config(providers=(OPENAI, LOCAL), routes=(Route("opus", RouteTarget("openai", "o3")),
+    """The flag names the model of the file's route for its family: that route keeps its provider
+    and fallbacks. It went to the provider of the file's '*' route (here a local server asked for
+    OpenAI's o4-mini), another API and key, without a word (probe T)."""
+    config = Config(providers=(OPENAI, LOCAL), routes=(Route("opus", RouteTarget("openai", "o3"),
+                                                             (RouteTarget("local", "qwen3:32b"),)),
                                                        Route("*", RouteTarget("local", "qwen3:8b"))),
                     opus_model="o4-mini")
-    assert where(config, "claude-opus-4-1") == ("local", "o4-mini")
+    router = build_router(config)
+    routed = router.resolve("claude-opus-4-1")
+    assert routed is not None
+    assert [(t.provider.name, t.model) for t in routed.targets] == [("openai", "o4-mini"), ("local", "qwen3:32b")]
     assert where(config, "claude-sonnet-4-5") == ("local", "qwen3:8b")
+
+
+def test_a_family_without_its_flag_borrows_where_the_lender_goes() -> None:
+    """A family the file does not route borrows a flag's model with its provider: the model on the
+    '*' route's provider was a model that provider does not have."""
+    config = Config(providers=(LOCAL, OPENAI), routes=(Route("opus", RouteTarget("openai", "o3")),
+                                                       Route("haiku", RouteTarget("local", "qwen3:8b"))),
+                    opus_model="o4-mini")
+    assert where(config, "claude-sonnet-4-5") == ("openai", "o4-mini")
+    assert where(config, "claude-haiku-4-5") == ("local", "qwen3:8b")
+
+
+def test_thousands_of_routes_are_checked_without_comparing_every_pair(monkeypatch: Any) -> None:
+    """Each route was compared with every route before it: 2,000 routes took 13 s to start and 8,000
+    more than 2 minutes (probe T). An exact name is looked up among the names before it and compared
+    with the patterns only; the shadowing is still found."""
+    from claudeproxy import routing
+
+    calls = []
+    real = routing.covers
+    monkeypatch.setattr(routing, "covers", lambda a, b: calls.append(1) or real(a, b))
+    many = tuple(Route(f"model-{i}", RouteTarget("openai", f"m{i}")) for i in range(3000))
+    config = Config(providers=(OPENAI,), routes=many + (Route("claude-*", RouteTarget("openai", "c")),
+                                                        Route("*", RouteTarget("openai", "d"))))
+    assert where(config, "model-2999") == ("openai", "m2999")
+    assert len(calls) < 10_000, len(calls)
+    with pytest.raises(ValueError, match=r"routes\[3000\]: pattern 'model-7' can never match: routes\[7\]"):
+        build_router(Config(providers=(OPENAI,), routes=many + (Route("model-7", RouteTarget("openai", "x")),)))
+    with pytest.raises(ValueError, match=r"routes\[1\]: pattern 'claude-opus-4' can never match: routes\[0\]"):
+        build_router(Config(providers=(OPENAI,), routes=(Route("claude-*", RouteTarget("openai", "c")),
+                                                         Route("claude-opus-4", RouteTarget("openai", "x")))))
 
 
 def test_a_missing_family_never_borrows_over_the_files_own_route() -> None:
