@@ -401,7 +401,10 @@ def load_config_file(path: str, environ: Mapping[str, str], specs: Mapping[str, 
         # utf-8-sig: Windows editors (Notepad, PowerShell's Out-File) start a UTF-8 file with a BOM.
         obj = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_unique_keys)
     except _DuplicateKey as exc:
-        where, key = _duplicate_at(raw.decode("utf-8-sig")) or ("", exc.args[0])
+        try:
+            where, key = _duplicate_at(raw.decode("utf-8-sig")) or ("", exc.args[0])
+        except RecursionError:  # nested deeper than the decoder goes, after the duplicate
+            raise UsageError(f"--config {path}: not valid JSON: nested too deeply") from None
         raise UsageError(f"--config {path}: {where + ': ' if where else ''}the key {key!r} appears twice "
                          "in one object") from None
     except (ValueError, RecursionError) as exc:

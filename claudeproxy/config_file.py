@@ -12,6 +12,7 @@ a key of the same name, with ``-`` or ``_``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os.path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -90,7 +91,14 @@ def _unknown(obj: Mapping[str, Any], known: Any, path: str) -> None:
         if key in _SECRET_KEYS:
             raise ConfigError(f"{_join(path, key)}: keys are never stored in the file; use {_SECRET_KEYS[key]}")
         if key not in known:
-            raise ConfigError(f"{_join(path, key)}: unknown key (expected one of {', '.join(sorted(known))})")
+            raise ConfigError(f"{_join(path, key)}: unknown key{_near(key, known)} (expected one of "
+                              f"{', '.join(sorted(known))})")
+
+
+def _near(key: str, known: Any) -> str:
+    """" (did you mean X?)" for the known key nearest a misspelt one ("retires"), else ""."""
+    near = difflib.get_close_matches(key.replace("-", "_"), [str(k) for k in known], n=1)
+    return f" (did you mean {near[0]}?)" if near else ""
 
 
 def _join(path: str, key: str) -> str:
@@ -268,7 +276,11 @@ def _settings(obj: Mapping[str, Any], specs: Mapping[str, FlagSpec], folder: Opt
         if dest in _SECRET_KEYS:
             raise ConfigError(f"{key}: keys are never stored in the file; use {_SECRET_KEYS[dest]}")
         if dest not in specs:
-            raise ConfigError(f"{key}: unknown key (not a flag, nor providers or routes)")
+            raise ConfigError(f"{key}: unknown key{_near(dest, list(specs) + ['providers', 'routes'])} "
+                              "(not a flag, nor providers or routes)")
+        if dest == "provider" and isinstance(value, dict):
+            # "provider" is --provider, a dialect's name: an object there was meant as one of "providers".
+            raise ConfigError(f"{key}: the --provider flag takes a dialect's name; providers go under \"providers\"")
         if dest in spelled:  # log-level and log_level: one would silently win
             raise ConfigError(f"{key}: the same setting as {spelled[dest]}, given twice")
         spelled[dest] = key

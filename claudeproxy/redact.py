@@ -19,7 +19,7 @@ MASK = "***"
 # passwords, session ids and request signatures. Matched anywhere in the name: a false positive only
 # hides a value in a log line or in --print-config.
 _SECRET_HEADER_RE = re.compile(
-    r"auth|token|key|secret|passw|pwd|cookie|credential|subscription|session|signature",
+    r"auth|token|key|secret|pass|pwd|bearer|cookie|credential|subscription|session|signature",
     re.IGNORECASE,
 )
 # Query parameters that carry a credential. Whole names, not parts of one: "monkey=1" or "tokens=5"
@@ -27,6 +27,7 @@ _SECRET_HEADER_RE = re.compile(
 _SECRET_QUERY = frozenset({
     "key", "api_key", "apikey", "api-key", "x-api-key", "subscription-key", "token", "access_token", "auth",
     "auth_token", "refresh_token", "id_token", "sig", "signature", "secret", "client_secret", "password", "code",
+    "private_token", "sas", "sas_token",  # GitLab's; a SAS token under a name of its own
 })
 # A configured value (a header's, a query parameter's) shorter than this is masked where it appears
 # by name (in a URL, in a header listing) but not in free text: "1" or "true" would shred messages.

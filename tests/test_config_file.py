@@ -196,6 +196,13 @@ BAD_FILES = [
     ({"idle_timeout": True}, "idle_timeout", "a number"),
     ({"log_level": "loud"}, "log_level", "loud"),
     ({"no_such_flag": 1}, "no_such_flag", "unknown key"),
+    # A misspelt key says which was meant; "provider" (the --provider flag) given an object was
+    # meant as "providers" (probe T).
+    ({"retires": 2}, "retires", "unknown key (did you mean retries?)"),
+    ({"route": []}, "route", "unknown key (did you mean routes?)"),
+    ({"providers": {"a": {"url": "https://x.test", "modles": {}}}}, "providers.a.modles",
+     "unknown key (did you mean models?)"),
+    ({"provider": {"url": "https://x.test"}}, "provider", 'providers go under "providers"'),
     ([1, 2], "(top level)", "an object"),
     # One setting spelled both ways: one of them would silently win.
     ({"log-level": "debug", "log_level": "error"}, "log_level", "the same setting as log-level"),
@@ -442,6 +449,9 @@ def test_runs_own_options_are_the_ones_run_adds() -> None:
     ('{"routes": [{"match": "*", "match": "claude-*"}]}', ": routes[0]: the key 'match' appears twice"),
     ("", "not valid JSON"),
     ("\xff\xfe", "not valid JSON"),
+    # A duplicate before a nesting deeper than the decoder goes: read again to say where, it was a
+    # traceback (probe T).
+    ('{"b": {"c": 1, "c": 2}, "a": ' + "[" * 5000 + "]" * 5000 + "}", "not valid JSON: nested too deeply"),
 ])
 def test_unreadable_json_exits_2(tmp_path: Any, served: List[Any], text: str, what: str) -> None:
     file = write(tmp_path, text)

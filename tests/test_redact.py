@@ -269,7 +269,7 @@ def test_redact_url_userinfo_and_query() -> None:
 
 @pytest.mark.parametrize("name", ["key", "api_key", "apikey", "token", "access_token", "api-key", "sig", "KEY",
                                   "auth", "signature", "secret", "client_secret", "password", "code",
-                                  "subscription-key"])
+                                  "subscription-key", "private_token", "sas"])  # (GitLab's; Azure's SAS: probe T)
 def test_redact_url_secret_query_names(name: str) -> None:
     out = redact_url(f"https://h/p?{name}=VALUE123&keep=yes")
     assert "VALUE123" not in out and "keep=yes" in out
@@ -312,7 +312,7 @@ def test_redact_url_unparseable_still_redacted() -> None:
      "set-cookie", "x-goog-api-key", "X-Auth-Token", "client-secret", "x-amz-security-token",
      # Gateways' and clouds' own names (a value without "Bearer" gives nothing away by its shape).
      "X-Auth", "cf-aig-authorization", "X-Password", "Ocp-Apim-Subscription-Key", "X-Session-Id",
-     "X-Signature", "X-Credential"],
+     "X-Signature", "X-Credential", "X-Gateway-Pass", "X-Bearer"],  # (the last two: probe T)
 )
 def test_secret_header_names(name: str) -> None:
     assert is_secret_header(name)
