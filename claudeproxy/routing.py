@@ -442,6 +442,18 @@ def _shorthand_routes(config: Config, provider: str) -> Tuple[List[Route], List[
     return routes, borrowed
 
 
+def _no_file_route_its_own_flag_replaces(flags: Sequence[Route], file_routes: Sequence[Route]) -> None:
+    """A file whose model key (``"model"``, ``"opus_model"``, ``model_map``) and one of its own routes
+    name the same match: the key's route replaces the route, as a flag on the command line does on
+    purpose; within one file one of the two was meant, and the route was dropped without a word."""
+    routes = {canonical(r.match): r for r in reversed(file_routes)}
+    for flag in flags:
+        route = routes.get(canonical(flag.match))
+        if route is not None and flag.origin.startswith("--config ") and route.origin.startswith("--config "):
+            raise ValueError(f"{flag.origin} and {named_once(route.origin, flag.origin)} both route "
+                             f"{flag.match!r}: give one of them")
+
+
 def _with_later_families(routes: List[Route], providers: Mapping[str, Provider]) -> List[Route]:
     """``routes`` with a route for each of ``LATER_FAMILIES`` that nothing routes to a model: the
     route Opus's names take (else Sonnet's, else Haiku's), with its fallbacks, before the catch-all
@@ -507,6 +519,7 @@ def effective_providers_and_routes(config: Config) -> Tuple[Tuple[Provider, ...]
         _no_header_the_token_replaces(config, shorthand)
     target = shorthand.name if shorthand else _default_provider(config)
     flags, borrowed = _shorthand_routes(config, target)
+    _no_file_route_its_own_flag_replaces(flags, config.routes)
     _check_routes(flags + borrowed, by_name, "flags")
     _check_routes(config.routes, by_name, "routes")
     routes = _merged(flags, config.routes, borrowed)

@@ -93,6 +93,27 @@ def test_flags_win_over_the_file(tmp_path: Any, served: List[Any]) -> None:
     assert (served[0].port, served[0].idle_timeout) == (0, 5.0)
 
 
+@pytest.mark.parametrize("key, value, match", [("model", "top-model", "*"), ("opus_model", "o4-mini", "opus"),
+                                              ("model_map", {"claude-haiku*": "h"}, "claude-haiku*")])
+def test_a_files_model_key_and_its_own_route_for_the_same_match_stop_the_start(tmp_path: Any, served: List[Any],
+                                                                                 key: str, value: Any,
+                                                                                 match: str) -> None:
+    """Within one file, "model" replaced the file's own '*' route without a word (probe T): one of the
+    two was meant. The command line's --model replacing it is the documented override."""
+    obj = {"providers": {"p": {"url": "http://127.0.0.1:9/v1"}}, key: value,
+           "routes": [{"match": match, "provider": "p", "model": "m"}, {"match": "*", "provider": "p", "model": "d"}]}
+    if match == "*":
+        obj["routes"] = obj["routes"][:1]
+    file = write(tmp_path, obj)
+    said = f"{key} claude-haiku*=h" if key == "model_map" else key
+    assert_one_line_error(*run_main(["--config", file]), file, f": {said} and routes[0] both route {match!r}")
+    flag = {"model": "--model", "opus_model": "--opus-model", "model_map": "--model-map"}[key]
+    argv = [flag, value if isinstance(value, str) else "claude-haiku*=h"]
+    obj.pop(key)
+    code, _, err = run_main(["--config", write(tmp_path, obj, "other.json")] + argv)
+    assert code == 0, err
+
+
 @pytest.mark.parametrize("in_file, flags, key", [
     ({"retries": 99}, ["--retries", "1"], "retries"),
     ({"idle_timeout": -1}, ["--idle-timeout", "5"], "idle_timeout"),
