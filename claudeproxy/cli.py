@@ -994,9 +994,16 @@ def shadowed_routes(server: ProxyServer) -> List[str]:
     file's route is dead while the flag is given, which a user editing the file would not guess.
     Routes of one source that shadow each other stop the start (``_check_routes``)."""
     routes, given = server.proxy.router.routes, server.config.routes
-    return [f"{later.origin or f'routes[{given.index(later)}]'} ({later.match!r}) is never used while "
-            f"{earlier.origin} ({earlier.match!r}) is given: the flag takes every name the route would"
-            for j, later in enumerate(routes) for earlier in routes[:j] if covers(earlier.match, later.match)]
+    file_routes = set(given)
+    lines, flags = [], []  # the flags' routes seen so far: only they can shadow a file's (thousands of them)
+    for later in routes:
+        if later not in file_routes:
+            flags.append(later)
+            continue
+        lines += [f"{later.origin or f'routes[{given.index(later)}]'} ({later.match!r}) is never used while "
+                  f"{earlier.origin} ({earlier.match!r}) is given: the flag takes every name the route would"
+                  for earlier in flags if covers(earlier.match, later.match)]
+    return lines
 
 
 def keyless_upstreams(server: ProxyServer) -> List[str]:

@@ -1013,3 +1013,22 @@ def test_a_library_route_a_flag_shadows_is_named_by_its_place_in_the_routes_give
         assert [line.split(" ")[0] for line in cli.shadowed_routes(server.server)] == ["routes[0]"]
     finally:
         server.shutdown(grace=0.1)
+
+
+def test_the_warning_about_routes_a_flag_shadows_compares_no_pair_of_file_routes(monkeypatch: Any) -> None:
+    """It compared every pair of routes: thousands of them in a config file took minutes to start
+    (probe T). Only a flag's route can shadow a file's: each file route is compared with those."""
+    from claudeproxy.config import Provider, Route, RouteTarget
+
+    calls = []
+    real = cli.covers
+    monkeypatch.setattr(cli, "covers", lambda a, b: calls.append(1) or real(a, b))
+    routes = tuple(Route(f"model-{i}", RouteTarget("local", f"m{i}")) for i in range(3000))
+    running = claudeproxy.start(providers=(Provider("local", "http://127.0.0.1:9/v1"),), routes=routes,
+                                model_map=(("model-1*", "flagged"),))
+    try:
+        shadowed = cli.shadowed_routes(running.server)
+    finally:
+        running.shutdown(grace=0.1)
+    assert len(shadowed) == 1111 and shadowed[0].startswith("routes[1] ('model-1') is never used while --model-map")
+    assert len(calls) < 10_000, len(calls)
