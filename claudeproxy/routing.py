@@ -400,7 +400,8 @@ def _no_header_the_token_replaces(config: Config, shorthand: Provider) -> None:
 
 
 def _default_provider(config: Config) -> str:
-    """The provider the model flags target when only a config file names providers."""
+    """The provider the model flags target when only a config file names providers and it has no
+    route of the flag's match (that route's provider is kept: ``_shorthand_routes``)."""
     for route in config.routes:
         if route.match == "*":
             return route.target.provider
@@ -449,6 +450,7 @@ def _no_file_route_its_own_flag_replaces(flags: Sequence[Route], file_routes: Se
     routes = {canonical(r.match): r for r in reversed(file_routes)}
     for flag in flags:
         route = routes.get(canonical(flag.match))
+        # Both named as config_file.file_setting names a place in the file (routing cannot import it).
         if route is not None and flag.origin.startswith("--config ") and route.origin.startswith("--config "):
             raise ValueError(f"{flag.origin} and {named_once(route.origin, flag.origin)} both route "
                              f"{flag.match!r}: give one of them")
