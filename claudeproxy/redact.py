@@ -27,7 +27,8 @@ _SECRET_HEADER_RE = re.compile(
 _SECRET_QUERY = frozenset({
     "key", "api_key", "apikey", "api-key", "x-api-key", "subscription-key", "token", "access_token", "auth",
     "auth_token", "refresh_token", "id_token", "sig", "signature", "secret", "client_secret", "password", "code",
-    "private_token", "sas", "sas_token",  # GitLab's; a SAS token under a name of its own
+    "private_token", "private-token", "sas", "sas_token", "sas-token",  # GitLab's; a SAS token by its own name
+    "access_key", "passwd", "x-amz-signature", "x-amz-security-token",  # and S3-style presigned URLs'
 })
 # A configured value (a header's, a query parameter's) shorter than this is masked where it appears
 # by name (in a URL, in a header listing) but not in free text: "1" or "true" would shred messages.

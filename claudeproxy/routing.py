@@ -418,7 +418,9 @@ def _shorthand_routes(config: Config, provider: str) -> Tuple[List[Route], List[
     replaced = {canonical(r.match): r for r in reversed(config.routes)} if config.upstream is None else {}
 
     def flagged(match: str, model: str, origin: str) -> Route:
-        route = replaced.get(canonical(match))
+        # Without a file route of its match, where the file's '*' route goes (``_default_provider``),
+        # with its fallbacks: they served these names until the flag was given.
+        route = replaced.get(canonical(match)) or replaced.get("*")
         if route is None:
             return Route(match, RouteTarget(provider, model), origin=origin)
         return Route(match, RouteTarget(route.target.provider, model), route.fallbacks, origin=origin)

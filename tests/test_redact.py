@@ -269,7 +269,8 @@ def test_redact_url_userinfo_and_query() -> None:
 
 @pytest.mark.parametrize("name", ["key", "api_key", "apikey", "token", "access_token", "api-key", "sig", "KEY",
                                   "auth", "signature", "secret", "client_secret", "password", "code",
-                                  "subscription-key", "private_token", "sas"])  # (GitLab's; Azure's SAS: probe T)
+                                  "subscription-key", "private_token", "sas", "sas-token", "X-Amz-Signature",
+                                  "access_key", "passwd"])  # (GitLab's; Azure's SAS: probe T)
 def test_redact_url_secret_query_names(name: str) -> None:
     out = redact_url(f"https://h/p?{name}=VALUE123&keep=yes")
     assert "VALUE123" not in out and "keep=yes" in out

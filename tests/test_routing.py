@@ -319,6 +319,17 @@ def test_a_family_flag_replaces_the_file_route_of_that_family_only() -> None:
     assert where(config, "claude-sonnet-4-5") == ("local", "qwen3:8b")
 
 
+def test_a_family_flag_without_a_file_route_goes_where_the_catch_all_goes_with_its_fallbacks() -> None:
+    """With no file route for Opus, --opus-model took the '*' route's provider but dropped its
+    fallbacks, which had served Opus until the flag was given (a verification)."""
+    config = Config(providers=(LOCAL, OPENAI), routes=(Route("*", RouteTarget("openai", "gpt-4.1"),
+                                                             (RouteTarget("local", "qwen3:8b"),)),),
+                    opus_model="o3")
+    routed = build_router(config).resolve("claude-opus-4-1")
+    assert routed is not None
+    assert [(t.provider.name, t.model) for t in routed.targets] == [("openai", "o3"), ("local", "qwen3:8b")]
+
+
 def test_a_family_without_its_flag_borrows_where_the_lender_goes() -> None:
     """A family the file does not route borrows a flag's model with its provider: the model on the
     '*' route's provider was a model that provider does not have."""
