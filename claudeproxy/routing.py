@@ -415,7 +415,7 @@ def _shorthand_routes(config: Config, provider: str) -> Tuple[List[Route], List[
     # Without --upstream, a flag names the model of the file's route of the same match: that route
     # keeps its provider and fallbacks (--opus-model took the file's opus route to the provider of
     # its '*' route, another API and key, without a word).
-    replaced = {canonical(r.match): r for r in reversed(config.routes)} if config.upstream is None else {}
+    replaced = _first_route_of_each_match(config.routes) if config.upstream is None else {}
 
     def flagged(match: str, model: str, origin: str) -> Route:
         # Without a file route of its match, where the file's '*' route goes (``_default_provider``),
@@ -445,11 +445,17 @@ def _shorthand_routes(config: Config, provider: str) -> Tuple[List[Route], List[
     return routes, borrowed
 
 
+def _first_route_of_each_match(routes: Sequence[Route]) -> Dict[str, Route]:
+    """The first route of each match, as the router reads it (``canonical``): the one a flag's route
+    of that match replaces."""
+    return {canonical(r.match): r for r in reversed(routes)}
+
+
 def _no_file_route_its_own_flag_replaces(flags: Sequence[Route], file_routes: Sequence[Route]) -> None:
     """A file whose model key (``"model"``, ``"opus_model"``, ``model_map``) and one of its own routes
     name the same match: the key's route replaces the route, as a flag on the command line does on
     purpose; within one file one of the two was meant, and the route was dropped without a word."""
-    routes = {canonical(r.match): r for r in reversed(file_routes)}
+    routes = _first_route_of_each_match(file_routes)
     for flag in flags:
         route = routes.get(canonical(flag.match))
         # Both named as config_file.file_setting names a place in the file (routing cannot import it).
