@@ -936,8 +936,8 @@ def _warn_about(server: ProxyServer, environ: Mapping[str, str]) -> None:
 def start_warnings(server: ProxyServer, environ: Mapping[str, str]) -> List[str]:
     """The settings that add up to something the operator did not mean: logged at start, and
     ``run`` prints them on the terminal too."""
-    return (unmatched_routes(server) + shadowed_routes(server) + unserved_families(server) + keyless_upstreams(server)
-            + passed_over_keys(server, environ) + unused_proxies(server, environ)
+    return (unmatched_routes(server) + shadowed_routes(server) + unserved_families(server) + unused_providers(server)
+            + keyless_upstreams(server) + passed_over_keys(server, environ) + unused_proxies(server, environ)
             + missing_cert_file(server, os.environ))  # the process's own: its TLS reads it, not the command's
 
 
@@ -974,6 +974,25 @@ def _passes_the_name(routed: Any) -> bool:
 def _listed(families: List[Tuple[str, str]]) -> str:
     names = [family for family, _ in families]
     return " or ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def unused_providers(server: ProxyServer) -> List[str]:
+    """A line for each provider no route or fallback names: it is never called. Above all
+    ``--upstream`` beside a config file whose routes take every model (its '*' route): the upstream
+    the command line names got no request, and nothing said so."""
+    router = server.proxy.router
+    named = {t.provider for r in router.routes for t in (r.target,) + r.fallbacks}
+    lines = []
+    for name in router.providers:
+        if name in named:
+            continue
+        if name == SHORTHAND_PROVIDER and server.config.upstream is not None:
+            lines.append(f"{server.config.setting_name('upstream')}: no route goes to it, as the config file's routes "
+                         "take every model (its '*' route): give a model flag (--model) to send requests there, "
+                         "or leave it out")
+        else:
+            lines.append(f"providers.{name}: no route or fallback names it, so it is never called")
+    return lines
 
 
 def unmatched_routes(server: ProxyServer) -> List[str]:

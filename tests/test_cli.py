@@ -332,6 +332,38 @@ def test_a_file_route_a_model_flag_shadows_is_warned_about_at_start(served: List
         server.shutdown(grace=0.1)
 
 
+def test_a_provider_no_route_names_is_said_at_start(served: List[Any], tmp_path: Any) -> None:
+    """--upstream beside a config file whose '*' route takes every model got no request, and a file
+    provider that no route or fallback names is never called: both were silent."""
+    path = tmp_path / "routes.json"
+    path.write_text(json.dumps({"providers": {"p": {"url": "http://127.0.0.1:9/v1"},
+                                              "spare": {"url": "http://127.0.0.1:10/v1"},
+                                              "backup": {"url": "http://127.0.0.1:11/v1"}},
+                                "routes": [{"match": "*", "provider": "p", "model": "m",
+                                            "fallbacks": [{"provider": "backup", "model": "b"}]}]}))
+    argvs = (["--config", str(path), "--upstream", "http://127.0.0.1:12/v1", "--api-key", "k"],
+             ["--config", str(path), "--upstream", "http://127.0.0.1:12/v1", "--api-key", "k", "--model", "x"])
+    for argv in argvs:
+        assert run_main(argv, {})[0] == 0
+    told = []
+    for config in served:
+        server = claudeproxy.start(config, port=0)
+        try:
+            told.append(cli.unused_providers(server.server))
+        finally:
+            server.shutdown(grace=0.1)
+    assert told == [
+        ["providers.spare: no route or fallback names it, so it is never called",
+         "--upstream: no route goes to it, as the config file's routes take every model (its '*' route): give a "
+         "model flag (--model) to send requests there, or leave it out"],
+        # --model replaces the file's '*' route and goes to --upstream: the route's provider and fallback
+        # serve nothing then.
+        ["providers.p: no route or fallback names it, so it is never called",
+         "providers.spare: no route or fallback names it, so it is never called",
+         "providers.backup: no route or fallback names it, so it is never called"],
+    ], told
+
+
 def test_a_library_route_without_an_origin_is_named_by_its_place() -> None:
     server = claudeproxy.start(providers=(Provider("p", "http://127.0.0.1:9/v1"),),
                                routes=(Route("sonet", RouteTarget("p", "n")), Route("*", RouteTarget("p", "m"))),
