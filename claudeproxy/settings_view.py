@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from .config import Config, Provider, Route, gives_no_key
+from .config import Config, Provider, Route, RouteTarget, gives_no_key
 from .dialects import auth_style, detect_provider, forwards_betas
 from .model_facts import facts_as_config
 from .redact import MASK, is_secret_header, redact_text, redact_url
@@ -65,12 +65,19 @@ def _target(t: Target) -> Dict[str, Any]:
 def _route(router: Router, route: Route) -> Dict[str, Any]:
     out: Dict[str, Any] = {"match": route.match, "from": route.origin or "config"}
     sample = route.match
-    target = router.target(route.target, sample)
-    out["target"] = _target(target) if route.target.model else {
-        "provider": target.provider.name, "api": target.api, "model": "(the client's model name)"}
+    out["target"] = _route_target(router, route.target, sample)
     if route.fallbacks:
-        out["fallbacks"] = [_target(router.target(f, sample)) for f in route.fallbacks]
+        out["fallbacks"] = [_route_target(router, f, sample) for f in route.fallbacks]
     return out
+
+
+def _route_target(router: Router, target: RouteTarget, sample: str) -> Dict[str, Any]:
+    """A route's target or fallback; one without a model passes the client's name on (the route's
+    pattern stood there as if it were a model)."""
+    resolved = router.target(target, sample)
+    if target.model:
+        return _target(resolved)
+    return {"provider": resolved.provider.name, "api": resolved.api, "model": "(the client's model name)"}
 
 
 def _where(router: Router, name: str) -> Optional[str]:

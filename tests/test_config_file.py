@@ -528,6 +528,20 @@ def test_print_config_shows_the_file_resolved(tmp_path: Any) -> None:
 
 
 
+def test_print_config_shows_a_fallback_without_a_model_as_the_clients_name(tmp_path: Any) -> None:
+    """A fallback with no model passes the client's name on, as such a route does; --print-config
+    showed the route's pattern there ("model": "claude-*"), a model name nobody had set."""
+    shown = print_config(["--config", write(tmp_path, {
+        "providers": {"p": {"url": "http://127.0.0.1:9/v1"}, "b": {"url": "http://127.0.0.1:10/v1"}},
+        "routes": [{"match": "claude-*", "provider": "p", "model": "m", "fallbacks": [{"provider": "b"}]},
+                   {"match": "*", "provider": "p", "fallbacks": [{"provider": "b", "model": "n"}]}]})])
+    first, catch_all = shown["routes"]
+    assert first["target"]["model"] == "m"
+    assert first["fallbacks"] == [{"provider": "b", "api": "chat", "model": "(the client's model name)"}]
+    assert catch_all["target"]["model"] == "(the client's model name)"
+    assert [f["model"] for f in catch_all["fallbacks"]] == ["n"]
+
+
 def test_print_config_uses_the_names_a_config_file_takes(tmp_path: Any, served: List[Any]) -> None:
     """What --print-config shows can be written back into a file: its settings and model facts
     go by the file's keys, and what no file can set is shown apart, as fixed."""
