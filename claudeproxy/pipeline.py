@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import catalog
 from .anthropic_types import MessagesRequest, parse_count_tokens_request, peek_request
-from .apis.base import ClientRequest, Exchange, remember
+from .apis.base import ClientRequest, Exchange, UpstreamApi, remember
 from .calibration import TokenCalibration
 from .config import Config, Provider
 from .cost import call_cost
@@ -206,7 +206,7 @@ class Proxy:
     # ------------------------------------------------------------------
     # Credentials.
 
-    def _api(self, name: str) -> Any:
+    def _api(self, name: str) -> UpstreamApi:
         api = self.apis.get(name)
         if api is None:
             with self._lock:
@@ -472,7 +472,7 @@ class Proxy:
             if rest is None:
                 self.watchdog.remove(watch)  # else the rest of the stream still needs it
 
-    def _parsed(self, api: Any, req: ClientRequest) -> ClientRequest:
+    def _parsed(self, api: UpstreamApi, req: ClientRequest) -> ClientRequest:
         """``req`` with what ``api`` needs parsed (once: Chat Completions and Responses parse alike)."""
         if req.parsed is not None or not api.translates:
             return req
@@ -533,7 +533,7 @@ class Proxy:
         assert failure is not None
         raise failure
 
-    def _attempt(self, api: Any, req: ClientRequest, target: Target, writer: Any, watch: Watch,
+    def _attempt(self, api: UpstreamApi, req: ClientRequest, target: Target, writer: Any, watch: Watch,
                  record: Dict[str, Any]) -> Optional["StreamRest"]:
         """One call to one target; a stream that has begun comes back as the rest to relay."""
         call = UpstreamCall()
@@ -615,7 +615,7 @@ class Proxy:
     # ------------------------------------------------------------------
     # Upstream round trip: a changed request for refusals it can get past.
 
-    def _send(self, api: Any, req: ClientRequest, target: Target, call: UpstreamCall,
+    def _send(self, api: UpstreamApi, req: ClientRequest, target: Target, call: UpstreamCall,
               deadline: Optional[float]) -> Tuple[Any, Exchange]:
         """Prepare and POST; a refusal the request can be changed for is tried again, a few times.
 
@@ -664,7 +664,7 @@ class Proxy:
         exc.message = f"{exc.message} (the key claudeproxy sends to provider {target.provider.name!r})"
         return exc
 
-    def _changed_request(self, exc: UpstreamHTTPError, api: Any, req: ClientRequest, target: Target,
+    def _changed_request(self, exc: UpstreamHTTPError, api: UpstreamApi, req: ClientRequest, target: Target,
                          ex: Exchange) -> Optional[Exchange]:
         limit = max_tokens_limit(exc.upstream_message, ex.max_tokens or 0) if exc.status == 400 else None
         if limit is not None:
@@ -677,7 +677,7 @@ class Proxy:
         caps = [c for c in (target.output_cap, self._learned_cap(target), limit) if c]
         return min(caps) if caps else None
 
-    def _prepare(self, api: Any, req: ClientRequest, target: Target, limit: Optional[int]) -> Exchange:
+    def _prepare(self, api: UpstreamApi, req: ClientRequest, target: Target, limit: Optional[int]) -> Exchange:
         cap = self._cap(target, limit)
         ex: Exchange = api.prepare(req, target, cap)
         for warning in ex.warnings:
@@ -722,7 +722,7 @@ class Proxy:
     # ------------------------------------------------------------------
     # Answers.
 
-    def _json(self, api: Any, req: ClientRequest, ex: Exchange, resp: Any, writer: Any, call: UpstreamCall,
+    def _json(self, api: UpstreamApi, req: ClientRequest, ex: Exchange, resp: Any, writer: Any, call: UpstreamCall,
               record: Dict[str, Any], relayed: Tuple[Tuple[str, str], ...] = ()) -> None:
         with resp:
             raw = read_whole_body(resp, call, self.config.max_body_bytes * 2)
@@ -763,7 +763,7 @@ class Proxy:
         self._reply(req, writer, message, call.secrets, relayed)
         self._estimate(req, record)  # only to learn from the upstream's count (calibration.py): after the answer
 
-    def _streamed_whole(self, api: Any, req: ClientRequest, ex: Exchange, raw: bytes, call: UpstreamCall,
+    def _streamed_whole(self, api: UpstreamApi, req: ClientRequest, ex: Exchange, raw: bytes, call: UpstreamCall,
                         record: Dict[str, Any]) -> Dict[str, Any]:
         """The message of a whole event stream (``raw``) for a request that asked for none: the
         API's fold, as for a stream request, its events made whole as the SDKs accumulate them.
@@ -801,7 +801,7 @@ class Proxy:
         else:
             writer.json(200, message, headers)
 
-    def _stream(self, api: Any, req: ClientRequest, ex: Exchange, resp: Any, writer: Any, call: UpstreamCall,
+    def _stream(self, api: UpstreamApi, req: ClientRequest, ex: Exchange, resp: Any, writer: Any, call: UpstreamCall,
                 watch: Watch, record: Dict[str, Any], relayed: Tuple[Tuple[str, str], ...] = ()
                 ) -> Optional["StreamRest"]:
         """Relay the stream until its first event went out (or it ended); the rest comes back."""
@@ -935,7 +935,7 @@ class Proxy:
         self.calibration.learn((rec.provider, rec.upstream_model), raw, reported)
 
 
-def _load_api(name: str, tools: ToolMemo) -> Any:
+def _load_api(name: str, tools: ToolMemo) -> UpstreamApi:
     """The upstream API ``name`` (config.UPSTREAM_APIS), its modules imported now: a server
     whose providers all speak Chat Completions never loads the other two."""
     if name == "chat":
@@ -1065,7 +1065,7 @@ def _failure(exc: BaseException) -> Dict[str, Any]:
     return {"status": 500, "error_type": "api_error"}
 
 
-def _relayed(api: Any, headers: Any, secrets: Tuple[str, ...]) -> Tuple[Tuple[str, str], ...]:
+def _relayed(api: UpstreamApi, headers: Any, secrets: Tuple[str, ...]) -> Tuple[Tuple[str, str], ...]:
     """The upstream response headers ``api`` passes on to the client (none for most), the call's
     secrets masked in their values: an upstream that echoes the key it was sent (a forwarded
     client key, in passthrough) must not hand it to whoever reads the answer's head."""

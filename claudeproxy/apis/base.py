@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Hashable, List
 from ..anthropic_types import MessagesRequest, Tool, found_tools, offered_tools
 
 if TYPE_CHECKING:  # for annotations only: routing imports nothing of the APIs, and must not start to
+    from ..ending import StreamFold
     from ..errors import ProxyError
     from ..routing import Target
     from ..tool_memo import ToolMemo
@@ -61,7 +62,31 @@ class Exchange:
 
 
 class UpstreamApi:
-    """The defaults an API overrides where its upstream does more (no state: each API keeps its own)."""
+    """What the pipeline asks of an upstream API (chat, responses, messages), in the order of a call:
+    ``parse`` the client's body, ``prepare`` the upstream request, then read the answer with
+    ``from_json`` or, streamed, with the events of a ``fold``. The four are each API's own; the
+    hooks after them are defaults an API overrides where its upstream does more (no state here:
+    each API keeps its own)."""
+
+    translates: bool  # the request is parsed and rewritten (local answers, local token counts apply)
+
+    def parse(self, body: Dict[str, Any]) -> Optional[MessagesRequest]:
+        """The client's decoded body, validated (None: an API that forwards it as it is)."""
+        raise NotImplementedError
+
+    def prepare(self, req: ClientRequest, target: "Target", cap: Optional[int]) -> Exchange:
+        """The upstream request for ``target``, its output within ``cap``."""
+        raise NotImplementedError
+
+    def from_json(self, req: ClientRequest, ex: Exchange, obj: Any,
+                  secrets: Tuple[str, ...] = ()) -> Tuple[Dict[str, Any], List[str]]:
+        """The client's message from the upstream's JSON answer, and warnings to log."""
+        raise NotImplementedError
+
+    def fold(self, req: ClientRequest, ex: Exchange, *, message_id: str, input_tokens: int,
+             secrets: Tuple[str, ...] = ()) -> "StreamFold":
+        """The fold from the upstream's stream to the client's events (``relay.Relay`` drives it)."""
+        raise NotImplementedError
 
     def reports_usage(self, obj: Any) -> bool:
         """Does the JSON answer ``obj`` say what it used? Not: the client gets the estimate a stream
