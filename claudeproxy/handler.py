@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from .dialects import client_key
 from .door import loads_request
@@ -40,6 +40,10 @@ from .ids import new_request_id
 from .kernel_timeout import bound_by_kernel
 from .sse import encode_event
 
+
+if TYPE_CHECKING:  # annotations only (the pipeline's endpoints, looked up by method and path)
+    from .pipeline import Endpoint
+
 log = logging.getLogger(__name__)
 
 Headers = Iterable[Tuple[str, str]]
@@ -50,7 +54,6 @@ _PAGES = frozenset(("/", "/v1/usage", "/metrics", "/health"))
 _HOST_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-_]+)(?::(\d{1,5}))?$")
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 _BODY_PIECE = 256 * 1024
-Route = Callable[[Any, Any], None]
 _STDLIB_5XX = {501: 405, 505: 400}  # what send_error answers instead (bad input is a 4xx)
 _BROKEN_HEADER_DEFECTS = (email.errors.MissingHeaderBodySeparatorDefect, email.errors.FirstHeaderLineIsContinuationDefect)
 _ABSOLUTE_TARGET_RE = re.compile(r"^[hH][tT][tT][pP][sS]?://([^/?#]*)([/?].*)?$")
@@ -565,7 +568,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             self.server.proxy.record_refusal(path, writer.status or 0, writer.error_type,  # type: ignore[attr-defined]
                                              writer.request_id, started)
 
-    def _admit(self, method: str, writer: ResponseWriter) -> Optional[Route]:
+    def _admit(self, method: str, writer: ResponseWriter) -> Optional[Endpoint]:
         """The route to run, once the head is sane, access is granted and the body is read; None if answered."""
         self._check_hosts()
         preflight = method == "OPTIONS" and "Origin" in self.headers and "Access-Control-Request-Method" in self.headers
@@ -623,7 +626,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         except ClientGone:
             self.close_connection = True
 
-    def _find_route(self, method: str) -> Route:
+    def _find_route(self, method: str) -> Endpoint:
         path = self.route_path
         proxy = self.server.proxy  # type: ignore[attr-defined]
         route = proxy.route(method, path)
