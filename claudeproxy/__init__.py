@@ -8,6 +8,31 @@ Standard library only; every import inside the package is relative, and
 importing it does nothing but define names, so it can be copied into another
 project as it is. ``start()`` runs a server in the background for library use;
 ``python -m claudeproxy`` runs one from the command line.
+
+A request's way through the package, one module a step:
+
+1. ``server`` listens (``ThreadingHTTPServer``); ``handler`` reads the request, checks the key,
+   Host and path, and ``door`` decodes the body and refuses what would break a later step (not
+   JSON, NaN, lone surrogates, nesting too deep).
+2. ``pipeline.Proxy.messages`` joins the steps: ``anthropic_types.peek_request`` reads the model,
+   ``routing.Router`` picks the provider, API and upstream model (``dialects`` holds every
+   provider quirk), and the API's ``parse`` and ``prepare`` (``apis/base.UpstreamApi``) turn the
+   body into the upstream request: ``apis/chat/request.py`` or ``apis/responses/request.py``,
+   or ``apis/messages.py``, which forwards it.
+3. ``upstream.Upstream.open`` sends it through ``urllib.request`` on a pooled connection.
+4. The answer comes back through the same API: whole, ``from_json`` (``apis/*/response.py``);
+   streamed, ``relay.Relay`` feeds each chunk to the API's fold (``apis/*/stream.py``) and
+   writes its events as they come, ``ending`` deciding how a stream ends for every API.
+5. ``handler.ResponseWriter`` writes the answer; ``pipeline`` files the call record
+   (``metrics``, ``cost``, the access line), where ``/metrics``, ``/v1/usage`` and the usage
+   page (``prometheus``, ``usage_page``) read it.
+
+Around it: ``cli`` and ``config_file`` turn flags, a config file and the environment into the
+frozen ``config.Config``; ``launcher`` (``claudeproxy run``) starts a proxy for one command;
+``credentials`` fetches upstream keys; ``redact`` masks secrets in everything logged or relayed;
+``watchdog`` ends calls whose client left or whose deadline passed, and pings held streams.
+Comments cite the design notes the project was built from (PROTOCOL.md, RESPONSES.md,
+RELIABILITY.md, FIELD-NOTES) by section; they are not part of the package or the repository.
 """
 
 import sys as _sys

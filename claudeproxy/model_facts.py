@@ -128,7 +128,7 @@ _F = ModelFacts
 # --- OpenAI. Sources: developers.openai.com/api/docs/models/<id> and /pricing (windows, caps,
 # prices, "available in the Responses API only"); the 272,000 input cap of the 400K models from
 # OpenAI's GPT-5 launch post and the API error quoted on community.openai.com; Responses-only per
-# the openai-python ResponsesModel list and /work/shared/RESPONSES.md section 5; cross-checked
+# the openai-python ResponsesModel list and RESPONSES.md section 5; cross-checked
 # against LiteLLM's table (mode "responses", supported_endpoints). GPT-5.6 Luna/Terra carry the
 # 2026-07-30 cuts; GPT-5.6 and GPT-6 bill cache writes at 1.25x input (OpenAI, via Simon
 # Willison and the LiteLLM GPT-6 Astra notes).

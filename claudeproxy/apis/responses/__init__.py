@@ -1,4 +1,4 @@
-"""OpenAI Responses (``POST {base}/responses``): /work/shared/RESPONSES.md.
+"""OpenAI Responses (``POST {base}/responses``): RESPONSES.md.
 
 No I/O. ``request`` turns an Anthropic request into a stateless Responses
 body (``store: false``, the whole history as ``input`` items, reasoning
