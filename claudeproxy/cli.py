@@ -456,7 +456,7 @@ def check_overridden(ns: argparse.Namespace, given: Set[str], file: Optional[Fil
         return
     # Only a value good or bad on its own (a range, a URL's form): a file's host, key variable or key
     # command is checked with the key and environment of the machine it runs on, which the flag
-    # that overrides it here may be there for (a LAN host, a team's key variable: review I).
+    # that overrides it here may be there for (a LAN host, a team's key variable).
     overridden = {dest for dest in file.settings if dest in given and dest not in skip and dest in _CHECKED_ALONE}
     if not overridden:
         return

@@ -166,8 +166,8 @@ def _check_counts(raw: bytes) -> None:
     than ``MAX_VALUES``, before it is decoded.
 
     Decoded, each container costs about 70 bytes for its 2 (a 32 MiB body of ``{}`` took 888 MB, a
-    million tiny text blocks 464 MB: probe A), each short string about 60 for its 5 (``"ab",``: 554
-    MB: probe N), and the cap must come before the decoding to lower that peak. A body's marks are
+    million tiny text blocks 464 MB), each short string about 60 for its 5 (``"ab",``: 554
+    MB), and the cap must come before the decoding to lower that peak. A body's marks are
     counted in C (20 KB: about 10 us, so only past 2 MB); only one with more of them than a cap
     (none that Claude Code sends: a base64 image has none) is looked at again: its strings counted
     by their quotes (in C: an escaped one is none), and, where they are not too many, the marks

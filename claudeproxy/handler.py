@@ -327,7 +327,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
             self._check_access(writer, preflight=False)
             self._find_route(self.command)  # an unknown path or method: the 404 or 405 at once
             if self.command in _BODY_METHODS:
-                self._check_content_type()  # a body it would refuse unread (probe N: 32 MiB uploaded first)
+                self._check_content_type()  # a body it would refuse unread (32 MiB were uploaded first)
             if self.command in _BODY_METHODS or self.headers.get_all("Content-Length") or "Transfer-Encoding" in self.headers:
                 limit = self.server.config.max_body_bytes  # type: ignore[attr-defined]
                 length = self._content_length()  # none: the 411 at once
@@ -667,7 +667,7 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         elif self.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
             # What another site's page loads or opens (an image, a script, an iframe, a link): browsers
             # send no Origin with it, and a GET of /v1/models made the proxy call the upstream with
-            # its key (probe E, review G). No API client sends it (the SDKs' fetch sends no site).
+            # its key. No API client sends it (the SDKs' fetch sends no site).
             raise ProxyError("cross-origin requests are not allowed", status=403)
         # With a client key the Host check is redundant (a rebinding page cannot
         # present the key, and its Origin is refused above) and would refuse the

@@ -65,7 +65,7 @@ def _session_from_user_id(user_id: Optional[str]) -> Optional[str]:
 
 def end_user(user_id: Optional[str]) -> Optional[str]:
     """Claude Code's ``metadata.user_id`` without its session, so one user is one end user in every
-    session (what OpenAI's ``user`` and ``safety_identifier`` tell apart; review I: it changed every
+    session (what OpenAI's ``user`` and ``safety_identifier`` tell apart; the whole id changed every
     session): its JSON's other fields that say something, sorted, or the legacy form before
     ``_session_``. Any other user id as it is."""
     if not user_id:

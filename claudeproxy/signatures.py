@@ -41,7 +41,7 @@ def decode_signature(signature: Any, api: Optional[str] = None) -> Optional[Dict
         raw = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
         raw.decode("ascii")  # the proxy's own are ASCII (ensure_ascii)
         # The door's checks, as for a request body: the state goes upstream in the next request,
-        # where a NaN is no JSON and a lone surrogate cannot be encoded (a 500 here: probe A).
+        # where a NaN is no JSON and a lone surrogate cannot be encoded (it was a 500 here).
         obj = loads_request(raw)
     except (ValueError, binascii.Error, InvalidRequest):
         return None

@@ -1375,7 +1375,7 @@ def _transport_error(exc: BaseException, call: UpstreamCall, req: urllib.request
             else f"could not reach the upstream at {host} ({detail})")
     if call.connected and parts.scheme == "http" and isinstance(reason, (http.client.RemoteDisconnected,
                                                                          ConnectionResetError)):
-        # OpenSSL's and Python's TLS servers close a plain-HTTP request without a word (probe M).
+        # OpenSSL's and Python's TLS servers close a plain-HTTP request without a word.
         hint += "; an http:// URL for an https:// server?"
     nobody = _nobody_there(reason, redact_text(redact_url(req.full_url), secrets))
     if nobody is not None:

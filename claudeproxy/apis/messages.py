@@ -600,7 +600,7 @@ class MessagesFold(SSEFold):
             return self._bad_event(event)
         kind, obj = named
         self.bad_events = 0
-        # An upstream that echoes the key it was sent, in any field of any event (probe A): masked,
+        # An upstream that echoes the key it was sent, in any field of any event: masked,
         # and an event of a kind no client reads is dropped (below).
         secret = bool(self.secret_forms) and _holds_secret(event.data, obj, kind, self.secret_forms)
         if secret and kind in _KNOWN_EVENTS:
@@ -818,7 +818,7 @@ def _merged_usage(held: Dict[str, Any], later: Dict[str, Any]) -> Dict[str, Any]
 def masked_answer(obj: Any, forms: Any) -> Any:
     """A JSON answer with a key the upstream echoes in it masked, but in what the model wrote."""
     if isinstance(obj, dict) and forms and holds_secret(_text_of(obj), forms):
-        return _masked(obj, forms, "message")  # an upstream that echoes the key it was sent (probe A)
+        return _masked(obj, forms, "message")  # an upstream that echoes the key it was sent
     return obj
 
 

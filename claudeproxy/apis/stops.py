@@ -38,7 +38,7 @@ def first_stop(text: str, stops: Tuple[str, ...]) -> Optional[Tuple[int, str]]:
 
 
 # Above this many stop strings a whole answer is searched by the automaton, in one pass, not once
-# for each string (text.find each, C-fast for a few, 55 s of CPU for 10,000: probe A).
+# for each string (text.find each, C-fast for a few, 55 s of CPU for 10,000).
 FEW_STOPS = 16
 
 
@@ -59,7 +59,7 @@ class StopScan:
 
     Each piece of text is read once, whatever the number of stop strings: the work per delta was
     each string times each of its prefix lengths, and text held back for a long stop string was
-    searched again with every delta (10,000 strings: 55 s of CPU for one answer; probe A).
+    searched again with every delta (10,000 strings: 55 s of CPU for one answer).
     ``scan`` tells the first of the ``ending`` strings that a piece completes, and how much of
     the text's end begins a stop string (held back: the next delta may complete it). The
     automaton's state after a scan stands for exactly that held end, so the next scan goes on

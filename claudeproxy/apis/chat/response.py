@@ -147,7 +147,7 @@ def cut_where_said_whole(choice: ChatChoice) -> Tuple[ChatChoice, Optional[str]]
     """A choice whose last call's arguments stop inside a string, or where no value could end
     (``cut_short``), though the upstream called it done, as the cut answer it is: finish_reason
     "length", so the call keeps its whole members only and the client hears max_tokens. Closed up
-    by the repair instead, a Write ran with half a file and no error (probe A)."""
+    by the repair instead, a Write ran with half a file and no error."""
     calls = [call for call in choice.tool_calls if call.name]
     if choice.finish_reason in CUT_FINISH_REASONS or not calls or not cut_short(calls[-1].arguments):
         return choice, None
@@ -272,7 +272,7 @@ def _malformed_answer(obj: Any, choice: ChatChoice) -> Optional[str]:
     """What makes an answer no answer, though the reader took what it could: a ``content`` that is
     no text (``5``), or a finish that says a tool was called with no call that names one. Read as
     an empty answer, it was a 200 ``end_turn`` the client could not tell from a model that chose
-    to say nothing (probe A)."""
+    to say nothing."""
     choices = obj.get("choices") if isinstance(obj, dict) else None
     first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
     message = first.get("message") if isinstance(first.get("message"), dict) else {}
