@@ -1142,8 +1142,9 @@ def proxy_urls(config: Config, environ: Mapping[str, str]) -> List[str]:
     return sorted(set(proxy_settings(config, environ)[0].values()))
 
 
-def build_opener(config: Config, pool: Optional[ConnectionPool] = None) -> urllib.request.OpenerDirector:
-    proxies, no_proxy = proxy_settings(config, os.environ)
+def build_opener(config: Config, pool: Optional[ConnectionPool] = None,
+                 environ: Optional[Mapping[str, str]] = None) -> urllib.request.OpenerDirector:
+    proxies, no_proxy = proxy_settings(config, os.environ if environ is None else environ)
     pooled = _PooledOpen(pool or ConnectionPool(config.max_idle_per_host), config.idle_timeout)
     return urllib.request.build_opener(
         _ProxyHandler(proxies, no_proxy),  # also keeps build_opener from adding urllib's own
@@ -1167,10 +1168,12 @@ class Upstream:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.pool = ConnectionPool(config.max_idle_per_host)
-        self.opener = build_opener(config, self.pool)
-        self.proxy_urls = proxy_urls(config, os.environ)  # their passwords: for the secrets to mask
+        # Read once: the proxies calls go through and the passwords masked come from the same values.
+        environ = dict(os.environ)
+        self.opener = build_opener(config, self.pool, environ)
+        self.proxy_urls = proxy_urls(config, environ)  # their passwords: for the secrets to mask
         # HTTPS_PROXY and the like that no setting lets us use, for the "could not reach" message.
-        self.unused_proxies = unused_proxy_variables(config, os.environ)
+        self.unused_proxies = unused_proxy_variables(config, environ)
 
     def close(self) -> None:
         self.pool.close()
