@@ -401,7 +401,7 @@ def _no_header_the_token_replaces(config: Config, shorthand: Provider) -> None:
 
 def _default_provider(config: Config) -> str:
     """The provider the model flags target when only a config file names providers and it has no
-    route of the flag's match (that route's provider is kept: ``_shorthand_routes``)."""
+    route that served the flag's names (that route's provider is kept: ``_shorthand_routes``)."""
     for route in config.routes:
         if route.match == "*":
             return route.target.provider
@@ -418,9 +418,12 @@ def _shorthand_routes(config: Config, provider: str) -> Tuple[List[Route], List[
     replaced = _first_route_of_each_match(config.routes) if config.upstream is None else {}
 
     def flagged(match: str, model: str, origin: str) -> Route:
-        # Without a file route of its match, where the file's '*' route goes (``_default_provider``),
-        # with its fallbacks: they served these names until the flag was given.
-        route = replaced.get(canonical(match)) or replaced.get("*")
+        # Without a file route of its match, where the file sent these names until the flag was
+        # given, with its fallbacks: a family's, its first route that takes Claude Code's name
+        # (--opus-model and the file's 'claude-opus-*'), any other's, the '*' route.
+        route = replaced.get(canonical(match))
+        if route is None and replaced:  # (with --upstream every flag goes there: nothing is replaced)
+            route = _serving(config.routes, match) or replaced.get("*")
         if route is None:
             return Route(match, RouteTarget(provider, model), origin=origin)
         return Route(match, RouteTarget(route.target.provider, model), route.fallbacks, origin=origin)
@@ -443,6 +446,16 @@ def _shorthand_routes(config: Config, provider: str) -> Tuple[List[Route], List[
             borrowed.append(dataclasses.replace(lender, match=family, origin=(
                 f"{lender.origin} (no {flag_name(family + '_model')})")))
     return routes, borrowed
+
+
+def _serving(routes: Sequence[Route], match: str) -> Optional[Route]:
+    """The first of ``routes`` that takes the name Claude Code sends for the family ``match``
+    (None for a pattern that is no family)."""
+    family = match.lower() if pattern_kind(match) == "family" else None
+    if family is None:
+        return None
+    name = CLAUDE_CODE_NAMES[family][0]
+    return next((r for r in routes if route_matches(r.match, name)), None)
 
 
 def _first_route_of_each_match(routes: Sequence[Route]) -> Dict[str, Route]:

@@ -3,6 +3,7 @@ start-up checks (issue 6: routes; bad input at start)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional, Tuple
 
 import pytest
@@ -328,6 +329,30 @@ def test_a_family_flag_without_a_file_route_goes_where_the_catch_all_goes_with_i
     routed = build_router(config).resolve("claude-opus-4-1")
     assert routed is not None
     assert [(t.provider.name, t.model) for t in routed.targets] == [("openai", "o3"), ("local", "qwen3:8b")]
+
+
+def test_a_family_flag_goes_where_the_file_sent_that_familys_names() -> None:
+    """A file routing Opus under a pattern of its own ('claude-opus-*') and --opus-model: the flag's
+    route went to the '*' route's provider (another API and key, a model it may not have), with
+    only a warning that the file's route was now unused. It keeps that route's provider and
+    fallbacks, as a flag does for a file route of its own match."""
+    config = Config(providers=(LOCAL, OPENAI), routes=(Route("claude-opus-*", RouteTarget("openai", "o3"),
+                                                             (RouteTarget("local", "qwen3:32b"),)),
+                                                       Route("*", RouteTarget("local", "qwen3:8b"))),
+                    opus_model="o4-mini")
+    router = build_router(config)
+    for name in ("claude-opus-5-5", "claude-opus-4-1", "opus"):
+        routed = router.resolve(name)
+        assert routed is not None
+        assert [(t.provider.name, t.model) for t in routed.targets] == [("openai", "o4-mini"), ("local", "qwen3:32b")]
+    assert where(config, "claude-sonnet-4-5") == ("local", "qwen3:8b")
+    # A route for an older generation only does not take Claude Code's names: the '*' route's provider.
+    older = dataclasses.replace(config, routes=(Route("claude-opus-4*", RouteTarget("openai", "o3")),
+                                                Route("*", RouteTarget("local", "qwen3:8b"))))
+    assert where(older, "claude-opus-5-5") == ("local", "o4-mini")
+    # With --upstream every flag goes to that upstream.
+    assert where(dataclasses.replace(config, upstream="http://127.0.0.1:9/v1"), "claude-opus-5-5") == \
+        ("upstream", "o4-mini")
 
 
 def test_a_family_without_its_flag_borrows_where_the_lender_goes() -> None:
