@@ -8,6 +8,7 @@ request nesting limit the handler enforces.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Dict, Optional, Tuple
 
 # What a schema object may hold for Gemini: the fields of its Schema message, which its OpenAI endpoint
@@ -23,6 +24,8 @@ _GEMINI_KEYS = frozenset(
     }
 )
 _GEMINI_FORMATS = frozenset({"enum", "date-time"})
+# The Gemini type of an enum's value, by its exact class (a bool is no integer here).
+_JSON_KIND = {str: "string", bool: "boolean", int: "integer", float: "number", dict: "object", list: "array"}
 # Keywords whose values are schemas, or maps / lists of schemas.
 _SCHEMA_VALUED = frozenset({"items", "additionalProperties", "not", "if", "then", "else", "contains"})
 _SCHEMA_MAPS = frozenset({"properties", "$defs", "definitions", "patternProperties"})
@@ -119,6 +122,7 @@ def _gemini_fix(node: Dict[str, Any]) -> Dict[str, Any]:
     out = dict(node)
     if "const" in out:
         out["enum"] = [out.pop("const")]
+    _enum_of_strings(out)
     for exclusive, inclusive in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
         if exclusive in out:
             value = out.pop(exclusive)
@@ -131,6 +135,9 @@ def _gemini_fix(node: Dict[str, Any]) -> Dict[str, Any]:
     _tuple_as_items(out)
     _type_list_as_nullable(out)
     _null_member_as_nullable(out)
+    if out.get("type") == "array" and not isinstance(out.get("items"), dict):
+        # "items: missing field" (cline#7339): any item was allowed, so text items are allowed.
+        out["items"] = {"type": "string"}
     fixed = {k: v for k, v in out.items() if k in _GEMINI_KEYS}
     if isinstance(fixed.get("required"), list) and isinstance(fixed.get("properties"), dict):
         # Gemini refuses a required name that is no property (one an allOf or a dropped key left).
@@ -138,6 +145,33 @@ def _gemini_fix(node: Dict[str, Any]) -> Dict[str, Any]:
         if not fixed["required"]:
             del fixed["required"]
     return fixed
+
+
+def _enum_of_strings(out: Dict[str, Any]) -> None:
+    """An enum as Gemini takes one: strings, on a string ("enum: only allowed for STRING type",
+    "Invalid value at '...enum[1]' (TYPE_STRING), 2": an MCP server's integer choices failed every
+    turn). A null member is ``nullable``; other values stay a number or a flag the model sends, the
+    enum said in the description instead (a string "2" would fail the tool's own check)."""
+    values = out.get("enum")
+    if not isinstance(values, list):
+        out.pop("enum", None)
+        return
+    if None in values:
+        out["nullable"] = True
+        values = [v for v in values if v is not None]
+    if values and all(isinstance(v, str) for v in values):
+        out["enum"], out["type"] = values, "string"
+        return
+    del out["enum"]
+    if not values:
+        return
+    kinds = {_JSON_KIND[type(v)] for v in values if type(v) in _JSON_KIND}
+    if "type" not in out and len(kinds) == 1:
+        out["type"] = kinds.pop()
+    listed = ", ".join(json.dumps(v, ensure_ascii=False) for v in values)
+    said = f"One of: {listed}." if len(values) > 1 else f"Always {listed}."
+    description = out.get("description")
+    out["description"] = f"{description} {said}" if isinstance(description, str) and description else said
 
 
 def _merge_all_of(out: Dict[str, Any]) -> None:

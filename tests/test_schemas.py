@@ -127,7 +127,7 @@ def test_gemini_removes_forbidden_keywords_at_every_depth() -> None:
     assert props["either"] == {"anyOf": [{"type": "string"}, {"anyOf": [{"type": "integer"}, {"type": "number"}]}]}
     assert props["nested"]["properties"]["deeper"]["properties"]["deepest"]["type"] == "string"
     assert props["cond"] == {"type": "string"}
-    assert props["has"] == {"type": "array"}
+    assert props["has"] == {"type": "array", "items": {"type": "string"}}  # an array has its items (see below)
 
 
 def test_gemini_keeps_property_names_that_look_like_keywords() -> None:
@@ -139,8 +139,8 @@ def test_gemini_keeps_property_names_that_look_like_keywords() -> None:
 
 
 @pytest.mark.parametrize("given,expected", [
-    ({"const": "fast"}, {"enum": ["fast"]}),
-    ({"type": "integer", "const": 3}, {"type": "integer", "enum": [3]}),
+    ({"const": "fast"}, {"type": "string", "enum": ["fast"]}),
+    ({"type": "integer", "const": 3}, {"type": "integer", "description": "Always 3."}),
     ({"type": "number", "exclusiveMinimum": 0}, {"type": "number", "minimum": 0}),
     ({"type": "number", "exclusiveMaximum": 1.5}, {"type": "number", "maximum": 1.5}),
     ({"type": "number", "minimum": 2, "exclusiveMinimum": 1}, {"type": "number", "minimum": 2}),
@@ -155,6 +155,32 @@ def test_gemini_keeps_property_names_that_look_like_keywords() -> None:
      {"type": "string", "minLength": 1, "maxLength": 9, "pattern": "^a", "description": "d", "nullable": True}),
 ])
 def test_gemini_keyword_rewrites(given: Dict[str, Any], expected: Dict[str, Any]) -> None:
+    assert sanitize_gemini(given) == expected
+    assert sanitize_gemini({"type": "object", "properties": {"p": given}})["properties"]["p"] == expected
+
+
+@pytest.mark.parametrize("given,expected", [
+    # "enum: only allowed for STRING type" and "Invalid value at '...enum[1]' (TYPE_STRING), 2": an MCP
+    # server's integer choices failed every turn (probe V). A number stays a number the model sends (a
+    # string "2" would fail the tool's own check); the choices are said in the description.
+    ({"type": "integer", "enum": [1, 2, 3]}, {"type": "integer", "description": "One of: 1, 2, 3."}),
+    ({"type": "integer", "enum": [1, 2], "description": "Level."}, {"type": "integer", "description": "Level. One of: 1, 2."}),
+    ({"enum": [0.5, 1.5]}, {"type": "number", "description": "One of: 0.5, 1.5."}),
+    ({"enum": [True]}, {"type": "boolean", "description": "Always true."}),
+    ({"const": False}, {"type": "boolean", "description": "Always false."}),
+    ({"enum": [1, "auto"]}, {"description": 'One of: 1, "auto".'}),  # no one type: none is said
+    # Strings: an enum on a string, its type said where the schema left it out (9router#380).
+    ({"enum": ["fast", "slow"]}, {"type": "string", "enum": ["fast", "slow"]}),
+    ({"enum": ["a", None]}, {"type": "string", "enum": ["a"], "nullable": True}),
+    ({"enum": []}, {}),
+    ({"enum": "fast"}, {}),
+    # An array with no items: "items: missing field" (cline#7339); any item was allowed, so text is.
+    ({"type": "array"}, {"type": "array", "items": {"type": "string"}}),
+    ({"type": ["array", "null"], "description": "d"},
+     {"type": "array", "items": {"type": "string"}, "nullable": True, "description": "d"}),
+    ({"type": "array", "items": True}, {"type": "array", "items": {"type": "string"}}),
+])
+def test_gemini_enums_are_strings_and_arrays_have_items(given: Dict[str, Any], expected: Dict[str, Any]) -> None:
     assert sanitize_gemini(given) == expected
     assert sanitize_gemini({"type": "object", "properties": {"p": given}})["properties"]["p"] == expected
 
