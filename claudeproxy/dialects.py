@@ -41,6 +41,9 @@ class Dialect:
     # How thinking/effort is requested (apis/chat/request.py REASONING_STYLES):
     # effort, explicit, gemini, openrouter, deepseek, switch, groq, template, none.
     reasoning: str = "effort"
+    # The model thinks unless told not to (DeepSeek V4: "Thinking mode is enabled by default"): a
+    # request that asks for no thinking switches it off, as no thinking means on Anthropic's API.
+    thinks_unless_told: bool = False
     # How assistant thinking goes back upstream: drop, reasoning_content, reasoning_content_all, reasoning.
     reasoning_history: str = "drop"
     # What reasoning_content_all sends on a tool-call turn that has no thinking (a turn from
@@ -131,7 +134,7 @@ DIALECTS: Dict[str, Dialect] = {
         key_env=("OPENROUTER_API_KEY",), billed_cost_field="cost",
     ),
     "deepseek": dataclasses.replace(
-        _BASE, name="deepseek", reasoning="deepseek", reasoning_history="reasoning_content_all",
+        _BASE, name="deepseek", reasoning="deepseek", thinks_unless_told=True, reasoning_history="reasoning_content_all",
         assistant_empty_content="", string_content_only=True, max_stop=16,
         # DeepSeek answers 400 "This response_format type is unavailable now" to json_schema.
         structured_output="json_object", key_env=("DEEPSEEK_API_KEY",),
@@ -222,6 +225,8 @@ MODEL_RULES: Tuple[Tuple[Tuple[str, ...], str, Dict[str, object]], ...] = (
     (("moonshot",), r"^kimi-k(2\.[5-9]|[3-9])",
      {"reasoning_history": "reasoning_content_all", "reasoning": "switch", "drop_sampling": True}),
     (("moonshot",), r"^kimi-", {"reasoning_history": "reasoning_content_all"}),
+    # deepseek-reasoner is the name of DeepSeek's thinking mode: a client naming it wants it on.
+    (("deepseek",), r"reasoner", {"thinks_unless_told": False}),
     (("groq",), r"^(openai/)?gpt-oss", {"reasoning": "explicit"}),
     (("groq",), r"^(qwen/)?qwen3", {"reasoning": "groq", "think_tags": True}),
     # Gemini 2.5 Pro and 3 cannot stop thinking: "none" (a budget of 0) is a 400 there, so a client's

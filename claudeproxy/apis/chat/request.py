@@ -511,12 +511,14 @@ def _reasoning_deepseek(t: Optional[Thinking], effort: Optional[str]) -> Reasoni
 
 
 def _thinking_with(req: MessagesRequest, tool_choice: Any, dialect: Dialect) -> Optional[Thinking]:
-    """The client's thinking; for a model that thinks unless switched off (Kimi K2.5 and later), off
-    where the client forces a tool and said nothing of thinking, as Anthropic's own models do not
-    think then. Kimi refuses a forced tool with thinking on ("tool_choice 'required' is incompatible
-    with thinking enabled": UKGovernmentBEIS/inspect_ai#5152, can1357/oh-my-pi#1077)."""
+    """The client's thinking; off where the client said nothing of it for a model that thinks unless
+    told not to (DeepSeek V4: its reasoning, billed, would be hidden from the client and lost to
+    the later tool turns that must send it back), and for Kimi K2.5 and later where the client
+    forces a tool, as Anthropic's own models do not think then. Kimi refuses a forced tool with
+    thinking on ("tool_choice 'required' is incompatible with thinking enabled":
+    UKGovernmentBEIS/inspect_ai#5152, can1357/oh-my-pi#1077)."""
     forced = tool_choice == "required" or isinstance(tool_choice, dict)
-    if forced and req.thinking is None and dialect.reasoning == "switch":
+    if req.thinking is None and (dialect.thinks_unless_told or forced and dialect.reasoning == "switch"):
         return Thinking("disabled")
     return req.thinking
 
