@@ -30,6 +30,7 @@ from .credentials import alternatives, current_secrets, key_of, refused
 from .dialects import auth_header, auth_style, client_key, is_anthropic_host
 from .ending import StreamFold, abort_error
 from .errors import (
+    NO_RETRY,
     ClientGone,
     ProxyError,
     UpstreamHTTPError,
@@ -498,11 +499,15 @@ class Proxy:
         """The route's target, then each fallback, each tried up to 1 + ``--retries`` times.
 
         The client hears nothing of a failure another attempt gets past; when all
-        fail it gets the last error, mapped as any upstream error is.
+        fail it gets the last error, mapped as any upstream error is -- unless that is one a client
+        would not try again and an earlier target's was (``_to_tell``).
         """
         failure: Optional[ProxyError] = None
+        passing: Optional[ProxyError] = None  # an earlier target's error a client tries again after
         last = routed.targets[-1]
         for target in routed.targets:
+            if failure is not None and _clients_retry(failure):
+                passing = failure
             api = self._api(target.api)
             req = self._parsed(api, req)
             for attempt in range(self.config.retries + 1):
@@ -515,8 +520,10 @@ class Proxy:
                     return self._attempt(api, req, target, writer, watch, record)
                 except ProxyError as exc:
                     exc.mask(watch.call.secrets)  # an upstream's values, whichever step quoted them
-                    if writer.started or not self._retryable(exc, watch):
-                        raise
+                    if writer.started or watch.call.abort_reason is not None:
+                        raise  # a stream's error event, or our own abort: as it is
+                    if not self._retryable(exc, watch):
+                        raise _to_tell(exc, passing) from None
                     failure = exc
                     # Not for a spent quota, nor a refused key: those go to the next target at once.
                     again = (attempt < self.config.retries and not says_no_retry(exc)
@@ -536,7 +543,7 @@ class Proxy:
                         break
                     self._pause(delay, watch, exc)
         assert failure is not None
-        raise failure
+        raise _to_tell(failure, passing)
 
     def _attempt(self, api: UpstreamApi, req: ClientRequest, target: Target, writer: ResponseWriter, watch: Watch,
                  record: Dict[str, Any]) -> Optional["StreamRest"]:
@@ -1059,6 +1066,24 @@ def _facts_used(fields: Dict[str, Any], routed: Optional[Routed]) -> Optional[Mo
         if (target.provider.name, target.model) == (fields.get("provider"), fields.get("upstream_model")):
             return target.facts
     return None
+
+
+def _clients_retry(exc: ProxyError) -> bool:
+    """Would a client try this error again (the SDKs' rule: 408, 409, 429 and 5xx, unless
+    ``x-should-retry: false``)?"""
+    return NO_RETRY not in exc.headers and (exc.status in (408, 409, 429) or exc.status >= 500)
+
+
+def _to_tell(last: ProxyError, passing: Optional[ProxyError]) -> ProxyError:
+    """The error the client gets when every target failed: the last, unless a fallback failed for a
+    reason of its own (a refused key, a 404, nothing listening) after an earlier target's rate limit
+    or overload. Then that one, with its Retry-After: the fallback's 401 told Claude Code its login
+    had gone, and its 502 "not reachable" stopped the client's retries, where a pause would do."""
+    if passing is None or _clients_retry(last):
+        return last
+    log.warning("the client gets the earlier %d (%s), which it may try again, not the last target's %d",
+                passing.status, passing.error_type, last.status)
+    return passing
 
 
 def _failure(exc: BaseException) -> Dict[str, Any]:

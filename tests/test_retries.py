@@ -585,6 +585,49 @@ def test_a_refused_key_or_account_goes_to_the_fallback_at_once(fake_upstream: Fa
         server.shutdown(grace=1.0)
 
 
+@pytest.mark.parametrize("fallback_says, fallback_status", [
+    ((json_reply({"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}, status=401)), 401),
+    ((json_reply({"error": {"message": "The model `model-b` does not exist"}}, status=404)), 404),
+    ((json_reply({"error": {"message": "bad request"}}, status=400)), 400),
+])
+def test_a_fallback_failing_on_its_own_account_leaves_the_client_the_earlier_rate_limit(
+        fake_upstream: FakeUpstream, second_fake: FakeUpstream, fallback_says: Any, fallback_status: int) -> None:
+    """The primary asked for a pause (429, Retry-After) and the fallback failed for a reason of its
+    own: the client got the fallback's 401 (to Claude Code: its login has gone) or 404, neither tried
+    again, where the primary's 429 with its Retry-After is what a client can wait out (probe U 1)."""
+    records: List[Any] = []
+    server = chain(fake_upstream, second_fake, retries=0, metrics_sink=records.append)
+    try:
+        fake_upstream.push(json_reply({"error": {"message": "Rate limit reached", "type": "requests"}}, status=429,
+                                      headers=(("Retry-After", "7"),)))
+        second_fake.push(fallback_says)
+        resp = ask(server)
+        assert resp.status == 429 and resp.json["error"]["type"] == "rate_limit_error", resp.json
+        assert resp.headers.get("retry-after") == "7" and resp.headers.get("x-should-retry") != "false"
+        assert len(second_fake.requests) == 1  # the fallback was asked
+        assert record_for(records, resp.headers["request-id"]).status == 429  # recorded as answered
+        # The fallback's own 429 or 5xx is a pause too: the last error stands.
+        fake_upstream.push(json_reply(BUSY, status=529))
+        second_fake.push(json_reply(BUSY, status=503))
+        assert ask(server).status == 503
+    finally:
+        server.shutdown(grace=1.0)
+
+
+def test_an_unreachable_fallback_leaves_the_client_the_earlier_overload(refused_port: int,
+                                                                       fake_upstream: FakeUpstream) -> None:
+    providers = (Provider("primary", fake_upstream.url), Provider("backup", f"http://127.0.0.1:{refused_port}/v1"))
+    routes = (Route("*", RouteTarget("primary", "model-a"), fallbacks=(RouteTarget("backup", "model-b"),)),)
+    server = claudeproxy.start(providers=providers, routes=routes, retries=0)
+    try:
+        fake_upstream.push(json_reply(BUSY, status=529))
+        resp = ask(server)
+        assert resp.status == 529 and resp.json["error"]["type"] == "overloaded_error", resp.json
+        assert resp.headers.get("x-should-retry") != "false"  # the 502 "nothing listens" said false
+    finally:
+        server.shutdown(grace=1.0)
+
+
 @pytest.mark.parametrize("status", [401, 402, 403])
 def test_a_refused_forwarded_client_key_does_not_go_to_the_fallback(fake_upstream: FakeUpstream,
                                                                     second_fake: FakeUpstream, status: int) -> None:
