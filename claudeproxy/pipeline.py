@@ -529,6 +529,10 @@ class Proxy:
                     again = (attempt < self.config.retries and not says_no_retry(exc)
                              and exc.status not in _NEXT_TARGET_STATUSES)
                     delay, why = self._retry_delay(exc, attempt + 1) if again else (None, "")
+                    if delay is not None and watch.deadline is not None and time.monotonic() + delay >= watch.deadline:
+                        # A pause the call's deadline would end: the client got a 504 "did not finish
+                        # in time" for an upstream that had answered, its 429 and Retry-After lost.
+                        delay, why = None, f", asks for a {delay:.1f} s rest (past --request-timeout)"
                     then = (f"retrying in {delay:.1f} s" if delay is not None else
                             "trying the next target" if target is not last else "no target left")
                     # An upstream's HTTP error by its status; anything else (no answer, a 200 whose

@@ -614,6 +614,22 @@ def test_a_fallback_failing_on_its_own_account_leaves_the_client_the_earlier_rat
         server.shutdown(grace=1.0)
 
 
+def test_a_retry_pause_the_deadline_would_cut_gives_the_client_the_upstreams_answer(fake_upstream: FakeUpstream) -> None:
+    """--request-timeout 2 and a 429 asking for 5 s: the proxy paused, the deadline ended the pause,
+    and the client got a 504 "did not finish in time" for an upstream that had answered (probe U 2)."""
+    server = claudeproxy.start(upstream=fake_upstream.url, token=claudeproxy.static_token("sk-x-000000000000"),
+                               retries=2, request_timeout=2)
+    try:
+        fake_upstream.push(json_reply({"error": {"message": "Rate limit reached"}}, status=429,
+                                      headers=(("Retry-After", "5"),)))
+        started = time.monotonic()
+        resp = ask(server)
+        assert resp.status == 429 and resp.headers.get("retry-after") == "5", resp.json
+        assert time.monotonic() - started < 1.5 and len(fake_upstream.requests) == 1
+    finally:
+        server.shutdown(grace=1.0)
+
+
 def test_an_unreachable_fallback_leaves_the_client_the_earlier_overload(refused_port: int,
                                                                        fake_upstream: FakeUpstream) -> None:
     providers = (Provider("primary", fake_upstream.url), Provider("backup", f"http://127.0.0.1:{refused_port}/v1"))
