@@ -82,7 +82,7 @@ def abort_error(reason: Optional[str]) -> Optional[Exception]:
         return UpstreamTimeout("upstream sent nothing but keep-alives (pings, SSE comments) for longer than "
                                "--request-timeout (or --idle-timeout, where that is longer)")
     if reason == "head":
-        return UpstreamTimeout("upstream did not send its response head within --idle-timeout")
+        return UpstreamTimeout("upstream did not send its response head within --connect-timeout + --idle-timeout")
     return None
 
 

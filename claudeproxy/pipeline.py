@@ -520,7 +520,7 @@ class Proxy:
                     return self._attempt(api, req, target, writer, watch, record)
                 except ProxyError as exc:
                     exc.mask(watch.call.secrets)  # an upstream's values, whichever step quoted them
-                    if writer.started or watch.call.abort_reason is not None:
+                    if writer.started or _own_abort(watch):
                         raise  # a stream's error event, or our own abort: as it is
                     if not self._retryable(exc, watch):
                         raise _to_tell(exc, passing) from None
@@ -596,7 +596,7 @@ class Proxy:
         return None
 
     def _retryable(self, exc: ProxyError, watch: Watch) -> bool:
-        if watch.call.abort_reason is not None:
+        if _own_abort(watch):
             return False  # our own abort (the client left, shutdown, the deadline): nothing to retry
         # A refused forwarded key is the client's login to fix (Claude Code renews it on a 401): a
         # fallback would hide it, and bill another provider for every turn.
@@ -1070,6 +1070,13 @@ def _facts_used(fields: Dict[str, Any], routed: Optional[Routed]) -> Optional[Mo
         if (target.provider.name, target.model) == (fields.get("provider"), fields.get("upstream_model")):
             return target.facts
     return None
+
+
+def _own_abort(watch: Watch) -> bool:
+    """Did the proxy end the attempt for a reason of its own (the client left, shutdown, the call's
+    deadline), not the upstream's? A stream's head cut for coming a byte at a time is the
+    upstream's fault, as silence is: retried, and the fallback tried (nothing reached the client)."""
+    return watch.call.abort_reason not in (None, "head")
 
 
 def _clients_retry(exc: ProxyError) -> bool:

@@ -17,7 +17,7 @@ import pytest
 import claudeproxy
 from claudeproxy.config import Provider, Route, RouteTarget
 from conftest import UPSTREAM_KEY, minimal_request, request
-from fakes import FakeUpstream, LoopbackListener, Reply, Sleep, completion
+from fakes import FakeUpstream, LoopbackListener, Reply, Sleep, chunk, completion, sse_reply
 from sse_checks import events_of
 
 JSON = (("Content-Type", "application/json"),)
@@ -193,8 +193,26 @@ def test_a_stream_head_sent_a_byte_at_a_time_is_cut_at_the_idle_timeout() -> Non
         resp, took = _timed(proxy, body=minimal_request(stream=True))
         assert took < 3.5, f"the client waited {took:.1f} s for a head that never ends"
         assert resp.status == 504, resp
-        assert resp.json["error"] == {"type": "timeout_error",
-                                      "message": "upstream did not send its response head within --idle-timeout"}
+        assert resp.json["error"] == {"type": "timeout_error", "message": "upstream did not send its response head "
+                                                                          "within --connect-timeout + --idle-timeout"}
+    finally:
+        proxy.shutdown(grace=1.0)
+        upstream.close()
+
+
+def test_a_stream_head_sent_a_byte_at_a_time_gives_way_to_the_fallback(fake_upstream: Any) -> None:
+    """A silent head was retried and then fallen back from; one that came a byte at a time ended in
+    a 504 after one attempt, the idle fallback never asked (probe U 3)."""
+    upstream = _TricklingHead()
+    providers = (Provider("slow", f"http://127.0.0.1:{upstream.port}/v1"), Provider("backup", fake_upstream.url))
+    routes = (Route("*", RouteTarget("slow", "m"), fallbacks=(RouteTarget("backup", "b"),)),)
+    proxy = claudeproxy.start(providers=providers, routes=routes, idle_timeout=1.0, connect_timeout=0.5,
+                              ping_interval=30)
+    try:
+        fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": "from backup"}), chunk({}, "stop")))
+        resp, took = _timed(proxy, body=minimal_request(stream=True))
+        assert resp.status == 200 and b"from backup" in resp.body, resp
+        assert took < 4, took
     finally:
         proxy.shutdown(grace=1.0)
         upstream.close()
