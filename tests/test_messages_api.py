@@ -1482,16 +1482,17 @@ BROKEN_ORDERS = {
                            "content_block_delta for block 0 before its content_block_start"),
     "stop before start": ([_stop(0), _start(0, "text"), _delta(0, "text_delta", text="Hi"), _stop(0)], 0,
                           "content_block_stop for block 0 before its content_block_start"),
-    "delta for a later block": ([_start(0, "text"), _delta(1, "text_delta", text="Hi"), _stop(0)], 1,
+    # An empty first block waits with the message_start for what follows it: nothing went out yet.
+    "delta for a later block": ([_start(0, "text"), _delta(1, "text_delta", text="Hi"), _stop(0)], 0,
                                 "content_block_delta for block 1 before its content_block_start"),
     "second start": ([_start(0, "text"), _delta(0, "text_delta", text="Hi"), _start(0, "tool_use"),
                       _delta(0, "input_json_delta", partial_json="{}"), _stop(0)], 2,
                      "a second content_block_start for block 0"),
     "delta after stop": ([_start(0, "text"), _stop(0), _delta(0, "text_delta", text="late")], 2,
                          "content_block_delta for block 0 after its content_block_stop"),
-    "delta of another block type": ([_start(0, "thinking"), _delta(0, "text_delta", text="Hi"), _stop(0)], 1,
+    "delta of another block type": ([_start(0, "thinking"), _delta(0, "text_delta", text="Hi"), _stop(0)], 0,
                                     "text_delta for block 0, which is a thinking block"),
-    "tool input in a text block": ([_start(0, "text"), _delta(0, "input_json_delta", partial_json="{}"), _stop(0)], 1,
+    "tool input in a text block": ([_start(0, "text"), _delta(0, "input_json_delta", partial_json="{}"), _stop(0)], 0,
                                    "input_json_delta for block 0, which is a text block"),
     "an index skipped": ([_start(0, "text"), _stop(0), _start(2, "text"), _stop(2)], 2,
                          "content_block_start for block 2 where block 1 comes next"),
@@ -1509,8 +1510,8 @@ def test_a_block_event_out_of_order_ends_the_stream_with_one_error(through, fake
     fake_upstream.push(sse(events_bytes([MESSAGE_START] + body + TOOL_USE_END)))
     with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
         if not passed:
-            # Broken before any block went out: nothing had reached the client (message_start waits
-            # for the next event), so the error is a plain HTTP one.
+            # Broken before any block went out: nothing had reached the client (message_start, and an
+            # empty first block, wait for the next event), so the error is a plain HTTP one.
             assert client.status == 502
             assert client.json["error"] == {"type": "api_error", "message": f"upstream stream broke the event order: {words}"}
             return
@@ -1788,6 +1789,32 @@ def test_an_overload_right_after_message_start_is_retried(make_proxy, fake_upstr
     assert [e["type"] for e in events][:3] == ["message_start", "ping", "content_block_start"]
     assert final_message(events)["content"] == [{"type": "text", "text": "Hello there"}]
     assert len(fake_upstream.requests) == 2
+
+
+@pytest.mark.parametrize("block", [{"type": "text", "text": ""}, {"type": "thinking", "thinking": "", "signature": ""}])
+def test_an_overload_right_after_the_first_empty_block_start_is_retried(make_proxy, fake_upstream, block):
+    """Anthropic opens its first block right after message_start: an overload said then went to the
+    client as an error mid-stream, where the same moment of a Chat or Responses stream is retried and
+    falls back (probe U 5). The empty block waits with the message_start for what follows it."""
+    server = make_proxy(passthrough=True, retries=1)
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    empty = {"type": "content_block_start", "index": 0, "content_block": block}
+    fake_upstream.push(sse(events_bytes([MESSAGE_START, empty, {"type": "ping"}, overloaded])),
+                       sse(events_bytes(HEAD_EVENTS + TAIL_EVENTS)))
+    with StreamClient(server.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert [e["type"] for e in events].count("message_start") == 1
+    assert final_message(events)["content"] == [{"type": "text", "text": "Hello there"}]
+    assert len(fake_upstream.requests) == 2
+    # A block that says something (a tool's name) goes out at once: an error after it is mid-stream.
+    tool = {"type": "content_block_start", "index": 0,
+            "content_block": {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {}}}
+    fake_upstream.push(sse(events_bytes([MESSAGE_START, tool, overloaded])))
+    with StreamClient(server.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+    assert [e["type"] for e in events] == ["message_start", "content_block_start", "error"]
+    assert len(fake_upstream.requests) == 3
 
 
 @pytest.mark.parametrize("delta_output", [9, 0])

@@ -355,6 +355,12 @@ def _block_defaults(kind: Any) -> Dict[str, Any]:
     return {}
 
 
+def _says_nothing(block: Any) -> bool:
+    """A text or thinking block that starts empty: what the client learns from it comes with its deltas."""
+    kind = block.get("type") if isinstance(block, dict) else None
+    return kind in ("text", "thinking") and not block.get(kind)
+
+
 def _full_block_start(obj: Dict[str, Any]) -> Dict[str, Any]:
     block = obj.get("content_block")
     if type(block) is not dict:
@@ -626,6 +632,12 @@ class MessagesFold(SSEFold):
             unique = self.ids.block(block)
             if unique is not block:
                 obj = {**obj, "content_block": unique}
+            if self.held and not self.started and _says_nothing(unique):
+                # Held with the message_start: Anthropic opens its first block at once, and an
+                # overload said right after it was an error mid-stream; as on the other two APIs,
+                # whose first events say nothing either, it is retried and falls back.
+                self.held.append(obj)
+                return []
         elif kind == "content_block_stop":
             self._stop_block(obj)
         events = self.start()  # content before any message_start still needs one (the grammar)
