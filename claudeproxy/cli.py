@@ -937,7 +937,7 @@ def start_warnings(server: ProxyServer, environ: Mapping[str, str]) -> List[str]
     """The settings that add up to something the operator did not mean: logged at start, and
     ``run`` prints them on the terminal too."""
     return (unmatched_routes(server) + shadowed_routes(server) + unserved_families(server) + unused_providers(server)
-            + keyless_upstreams(server) + passed_over_keys(server, environ) + unused_proxies(server, environ)
+            + repeated_targets(server) + keyless_upstreams(server) + passed_over_keys(server, environ) + unused_proxies(server, environ)
             + missing_cert_file(server, os.environ))  # the process's own: its TLS reads it, not the command's
 
 
@@ -992,6 +992,22 @@ def unused_providers(server: ProxyServer) -> List[str]:
                          "or leave it out")
         else:
             lines.append(f"providers.{name}: no route or fallback names it, so it is never called")
+    return lines
+
+
+def repeated_targets(server: ProxyServer) -> List[str]:
+    """A line for each fallback that is its route's target, or an earlier fallback, again: the same
+    call once more (each with its --retries), which --retries already does; a failing upstream
+    got nine identical calls a request from a route whose two fallbacks repeated its target."""
+    lines = []
+    for i, route in enumerate(server.proxy.router.routes):
+        seen = [route.target]
+        for n, fallback in enumerate(route.fallbacks, 1):
+            if fallback in seen:
+                where = f"{fallback.provider}/{fallback.model or '(the client model)'}"
+                lines.append(f"{route.origin or f'routes[{i}]'} ({route.match!r}): fallback {n} ({where}) repeats "
+                             "a target tried before it: the same call again, which --retries already makes")
+            seen.append(fallback)
     return lines
 
 

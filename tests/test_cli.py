@@ -364,6 +364,21 @@ def test_a_provider_no_route_names_is_said_at_start(served: List[Any], tmp_path:
     ], told
 
 
+def test_a_fallback_repeating_an_earlier_target_is_said_at_start() -> None:
+    """Fallbacks [A, A] behind target A: one request made nine identical calls to a failing
+    upstream (with --retries 2), and nothing said so (probe U 6)."""
+    provider = Provider("a", "http://127.0.0.1:9/v1")
+    routes = (Route("loop", RouteTarget("a", "m"), (RouteTarget("a", "m"), RouteTarget("a", "n"), RouteTarget("a", "n"))),
+              Route("*", RouteTarget("a", "m"), (RouteTarget("a", "n"),)))
+    server = claudeproxy.start(providers=(provider,), routes=routes, port=0)
+    try:
+        assert cli.repeated_targets(server.server) == [
+            "routes[0] ('loop'): fallback 1 (a/m) repeats a target tried before it: the same call again, which --retries already makes",
+            "routes[0] ('loop'): fallback 3 (a/n) repeats a target tried before it: the same call again, which --retries already makes"]
+    finally:
+        server.shutdown(grace=0.1)
+
+
 def test_a_library_route_without_an_origin_is_named_by_its_place() -> None:
     server = claudeproxy.start(providers=(Provider("p", "http://127.0.0.1:9/v1"),),
                                routes=(Route("sonet", RouteTarget("p", "n")), Route("*", RouteTarget("p", "m"))),
