@@ -111,6 +111,9 @@ class UpstreamCall:
         self.requests = 0
         # When a non-streaming call must be done (``time.monotonic()``; None: a stream): connecting too.
         self.deadline: Optional[float] = None
+        # The attempt took a pooled connection, one that had carried an answer: the server speaks
+        # the URL's scheme (a close is no TLS server refusing plain HTTP).
+        self.pooled = False
 
     def hold(self, sock: socket.socket) -> None:
         """Take ``sock`` while its connection is set up (the proxy's CONNECT, the TLS handshake):
@@ -857,6 +860,8 @@ class _PooledOpen:
         read_timeout = call.idle_timeout if call is not None and call.idle_timeout else self.read_timeout
         conn = self.pool.take(key)
         if conn is not None:
+            if call is not None:
+                call.pooled = True
             conn.cp_call = call  # type: ignore[attr-defined]
             conn.sock.settimeout(read_timeout)
             if call is not None:
@@ -1208,7 +1213,7 @@ class Upstream:
         call.idle_timeout = read_timeout or self.config.idle_timeout
         call.secrets = secrets
         # This attempt's: a connect timeout is no read timeout, a refusal before the tunnel the proxy's.
-        call.connected = call.reached = call.tunnelled = call.sent = False
+        call.connected = call.reached = call.tunnelled = call.sent = call.pooled = False
         call.requests += 1
         if log.isEnabledFor(logging.DEBUG):
             sent = redact_headers(req.header_items(), secrets)
@@ -1376,8 +1381,8 @@ def _transport_error(exc: BaseException, call: UpstreamCall, req: urllib.request
     # Once a connection was made, the upstream was reached: a reset then broke its answer.
     said = (f"the connection to the upstream at {host} broke before its answer ({detail})" if call.connected
             else f"could not reach the upstream at {host} ({detail})")
-    if call.connected and parts.scheme == "http" and isinstance(reason, (http.client.RemoteDisconnected,
-                                                                         ConnectionResetError)):
+    if call.connected and not call.pooled and parts.scheme == "http" and isinstance(
+            reason, (http.client.RemoteDisconnected, ConnectionResetError)):
         # OpenSSL's and Python's TLS servers close a plain-HTTP request without a word.
         hint += "; an http:// URL for an https:// server?"
     nobody = _nobody_there(reason, redact_text(redact_url(req.full_url), secrets))

@@ -173,6 +173,8 @@ def test_a_request_the_upstream_had_is_not_sent_again(start: Any, keep_alive: Fa
     keep_alive.push(Reply(drop=drop, delay=delay))
     resp = _messages(proxy)
     assert resp.status == 502, resp
+    # A connection that carried an answer over http: no TLS server refusing plain HTTP (probe U 7).
+    assert "https://" not in resp.json["error"]["message"], resp.json
     assert len(keep_alive.requests) == 2  # the first, and the dropped one: not again
 
 
