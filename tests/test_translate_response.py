@@ -357,6 +357,13 @@ def test_output_includes_reasoning_that_completion_tokens_left_out() -> None:
     assert (out["output_tokens"], out["output_tokens_details"]) == (250, {"thinking_tokens": 200})
 
 
+def test_output_includes_thinking_that_only_the_total_shows() -> None:
+    """Gemini behind a gateway that passes its thoughts on in total_tokens alone (no reasoning count):
+    the call recorded 15 output tokens where 55 were made (probe V 6)."""
+    usage = {"prompt_tokens": 12199, "completion_tokens": 15, "total_tokens": 12254}
+    assert usage_from(parse_chat_response(_completion(usage)).usage)["output_tokens"] == 55
+
+
 @pytest.mark.parametrize("total", [1050, None, 999])
 def test_output_is_completion_tokens_when_the_total_does_not_say_reasoning_is_apart(total: Optional[int]) -> None:
     """OpenAI's own shape (completion includes reasoning, total = prompt + completion), no total, or

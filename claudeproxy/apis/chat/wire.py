@@ -202,9 +202,13 @@ def _output_tokens(prompt: int, completion: int, reasoning: Optional[int], total
     Gemini's OpenAI-compatible endpoint leaves it out (total = prompt + completion + reasoning),
     which made the output smaller than the thinking inside it: then the reasoning is added. Only
     when the total says so; without a total nothing tells the two apart, and OpenAI's shape stands.
+    Where no reasoning count comes at all and the total is more than prompt and completion (Gemini
+    behind gateways that pass its thoughts on in the total alone), the rest is that output.
     """
     if reasoning and total is not None and total == prompt + completion + reasoning:
         return completion + reasoning
+    if not reasoning and total is not None and total > prompt + completion:
+        return total - prompt
     return completion
 
 
