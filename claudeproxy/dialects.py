@@ -180,7 +180,10 @@ DIALECTS: Dict[str, Dialect] = {
     "lmstudio": dataclasses.replace(
         _BASE, name="lmstudio", reasoning="none", reasoning_history="reasoning_content", max_stop=None
     ),
-    "llamacpp": dataclasses.replace(_BASE, name="llamacpp", reasoning="none", think_tags=True, max_stop=None),
+    # llama.cpp's server reads reasoning_content back from assistant messages (common/chat.cpp), and
+    # Qwen3's template shows it to the model for the turns since the last user message: the tool loop.
+    "llamacpp": dataclasses.replace(_BASE, name="llamacpp", reasoning="none", reasoning_history="reasoning_content",
+                                    think_tags=True, max_stop=None),
 }
 
 # Azure OpenAI's newest GA data-plane version (learn.microsoft.com azure/ai-foundry/openai/reference).
