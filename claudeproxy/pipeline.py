@@ -45,6 +45,7 @@ from .ids import new_id
 from .metrics import LOCAL, CallRecord, Metrics, Spend, access_line, finite
 from .model_facts import PRICES_CHECKED, ModelFacts
 from .observe import ObservedFold, bodies_logged, log_body
+from .overflow import read_sizes
 from .prompt_cache import session_cache_key
 from .redact import (
     MIN_FREE_TEXT_SECRET,
@@ -80,6 +81,8 @@ _MAX_TOKENS_RETRIES = 6
 _WARNINGS_REMEMBERED = 1024  # distinct warnings logged at WARNING before the memory starts over
 # Worth another attempt (issue 7): rate limits, overload, server errors, connect failures (502).
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
+# Tokens left between a prompt's estimate and a learned window's edge (or a twentieth of the prompt).
+_WINDOW_MARGIN = 256
 # A refusal of the key the proxy sends a provider, or of its account (refused, unpaid, not permitted):
 # the same target again gets the same, another provider's key may well be taken, so a route's
 # fallbacks are tried.
@@ -137,6 +140,9 @@ class Proxy:
         self.apis: Dict[str, Any] = {name: _load_api(name, self.tools) for name in
                                      sorted({p.api for p in self.router.providers.values()})}
         self._caps: Dict[Tuple[str, str], int] = {}
+        # The context windows refusals named (window minus the prompt was the room): each later
+        # prompt's max_tokens is kept within it, so a window-bound model is not refused every turn.
+        self._windows: Dict[Tuple[str, str], int] = {}
         self._lock = threading.Lock()
         self._warned: Set[Any] = set()  # what was logged once already: warnings, or keys for them (a cap)
         self._random = random.Random()  # backoff jitter
@@ -570,7 +576,8 @@ class Proxy:
             record.pop(key, None)
         record["awaiting"] = False
         try:
-            resp, ex = self._send(api, req, target, call, None if streamed else watch.deadline)
+            room = self._window_room(req, target, record)
+            resp, ex = self._send(api, req, target, call, None if streamed else watch.deadline, room)
         except UpstreamHTTPError as exc:
             exc.headers += _relayed(api, exc.upstream_headers, call.secrets)  # a 429's rate limits too
             record["upstream_request_id"] = _upstream_request_id(exc.upstream_headers, call.secrets)
@@ -632,7 +639,7 @@ class Proxy:
     # Upstream round trip: a changed request for refusals it can get past.
 
     def _send(self, api: UpstreamApi, req: ClientRequest, target: Target, call: UpstreamCall,
-              deadline: Optional[float]) -> Tuple[Any, Exchange]:
+              deadline: Optional[float], room: Optional[int] = None) -> Tuple[Any, Exchange]:
         """Prepare and POST; a refusal the request can be changed for is tried again, a few times.
 
         "max_tokens too large" teaches the named limit (PROTOCOL.md 1.1, remembered per
@@ -640,7 +647,7 @@ class Proxy:
         one from its key command; an API may know refusals of its own (``recover``: a refused
         optional field, Responses reasoning another key cannot read).
         """
-        ex = self._prepare(api, req, target, None)
+        ex = self._prepare(api, req, target, room)
         call.deadline = deadline
         changes = key_changes = 0
         while True:
@@ -686,6 +693,8 @@ class Proxy:
         if limit is not None:
             if max_tokens_limit_lasts(exc.upstream_message):
                 self._learn_cap(target, limit)  # the model's: later requests need not be refused first
+            else:
+                self._learn_window(target, read_sizes(exc.upstream_message).limit)
             return self._prepare(api, req, target, limit)
         return api.recover(exc, req, target, ex, self._cap(target))
 
@@ -710,6 +719,24 @@ class Proxy:
             self.warn_once(f"dropped MCP servers the upstream cannot connect to (mcp_servers): "
                            f"{', '.join(req.parsed.mcp_servers)}")
         return ex
+
+    def _learn_window(self, target: Target, window: Optional[int]) -> None:
+        if window:
+            with self._lock:
+                remember(self._windows, (target.provider.name, target.model), window)
+
+    def _window_room(self, req: ClientRequest, target: Target, record: Dict[str, Any]) -> Optional[int]:
+        """The output that fits beside this prompt in the window a refusal named for the model, from
+        the local estimate less a margin (an estimate short of the upstream's count is refused once
+        more, as before; one over it leaves the answer a little less room). None where no window is
+        known, or the prompt alone fills it (the upstream says so, better than a guess)."""
+        with self._lock:
+            window = self._windows.get((target.provider.name, target.model))
+        if window is None or req.parsed is None:
+            return None
+        prompt = self._estimate(req, record)
+        room = window - prompt - max(_WINDOW_MARGIN, prompt // 20)
+        return room if room > 0 else None
 
     def _learned_cap(self, target: Target) -> Optional[int]:
         with self._lock:

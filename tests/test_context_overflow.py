@@ -300,18 +300,22 @@ def test_a_limit_is_remembered_only_when_it_is_the_models(name: str) -> None:
     assert max_tokens_limit_lasts(exc.upstream_message) is LASTING_LIMITS[name]
 
 
-@pytest.mark.parametrize("name, requested, retried, lasts", [
-    ("openai-completion-overflows-not-overflow", 8192, 8128, False),
-    ("anthropic-max-tokens-overflows-not-overflow", 64000, 56347, False),
-    ("openai-max-tokens-too-large-not-overflow", 8192, 4096, True),
+@pytest.mark.parametrize("name, requested, retried, then", [
+    # The window (8192) is learned: the next prompt (a few tokens here) gets what fits beside it.
+    ("openai-completion-overflows-not-overflow", 8192, 8128, (8192 - 600, 8192 - 16)),
+    # 143653 + 64000 > 200000: the next, small, prompt fits its own 64000 again.
+    ("anthropic-max-tokens-overflows-not-overflow", 64000, 56347, (64000, 64000)),
+    ("openai-max-tokens-too-large-not-overflow", 8192, 4096, (4096, 4096)),  # the model's own maximum
 ])
 def test_the_room_one_prompt_left_does_not_cap_the_next_request(proxy, fake_upstream, name, requested, retried,
-                                                                 lasts):
+                                                                 then):
     """A turn near the window is retried with the room it leaves; the next turn (after Claude Code
-    compacted, say) asks for its own max_tokens again: only a model's own maximum is remembered."""
+    compacted, say) is not held to that room: a model's own maximum is remembered, and a window's
+    edge, beside which each prompt gets the room its own estimate leaves (vLLM's Qwen3-32B, whose
+    output maximum is its window, was refused once every turn: probe V 4)."""
     fake_upstream.push(http_reply(fixture(name)), json_reply(completion("fits now")), json_reply(completion("next")))
     model = f"cap-{name}"
     assert send(proxy, False, max_tokens=requested, model=model).status == 200
     assert send(proxy, False, max_tokens=requested, model=model).status == 200
     sent = [r.json["max_tokens"] for r in fake_upstream.requests]
-    assert sent == [requested, retried, retried if lasts else requested]
+    assert sent[:2] == [requested, retried] and then[0] <= sent[2] <= then[1], sent
