@@ -459,6 +459,7 @@ class Metrics:
         self._ttfts: Dict[ModelKey, Histogram] = {}
         self._providers: Dict[str, Tally] = {}
         self._requests: Dict[Tuple[str, str, str, str], int] = {}  # (endpoint, provider, model, status)
+        self._failed_attempts: Dict[Tuple[str, str, str], int] = {}  # (provider, model, status)
         self._endpoints: Set[str] = set()
         self._seconds: Dict[int, _Slice] = {}
         self._minutes: Dict[int, _Slice] = {}
@@ -585,6 +586,14 @@ class Metrics:
             found = slices[key] = found.copy(self._views)
         return found
 
+    def attempt_failed(self, provider: str, model: str, status: int) -> None:
+        """An upstream attempt that failed (a retry or the next target followed, or the call failed):
+        a provider failing every first try, hidden by its fallback, shows here."""
+        with self._lock:
+            provider, model = self._bounded_key((provider, model))
+            key = (provider, model, str(status))
+            self._failed_attempts[key] = self._failed_attempts.get(key, 0) + 1
+
     def stream_began(self) -> None:
         """A stream is in flight (the streams_in_flight gauge) until ``stream_ended``."""
         with self._lock:
@@ -619,6 +628,7 @@ class Metrics:
         with self._lock:
             return {
                 "requests": dict(self._requests),
+                "failed_attempts": dict(self._failed_attempts),
                 "errors": dict(self._by_error),
                 "models": {k: t.to_dict() for k, t in self._models.items()},
                 "durations": {k: h.copy() for k, h in self._durations.items()},

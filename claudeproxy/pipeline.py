@@ -526,6 +526,8 @@ class Proxy:
                     return self._attempt(api, req, target, writer, watch, record)
                 except ProxyError as exc:
                     exc.mask(watch.call.secrets)  # an upstream's values, whichever step quoted them
+                    if not _own_abort(watch):
+                        self.metrics.attempt_failed(target.provider.name, target.model, exc.status)
                     if writer.started or _own_abort(watch):
                         raise  # a stream's error event, or our own abort: as it is
                     if not self._retryable(exc, watch):

@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Iterator, List, Tuple
 
+import prom
 import pytest
 from conftest import CLIENT_KEY, UPSTREAM_KEY, load_json, minimal_request, record_for, request
 from fakes import (
@@ -531,6 +532,10 @@ def test_a_fallback_answers_when_the_first_provider_fails(fake_upstream: FakeUps
         assert sent_keys(second_fake) == ["sk-backup-0000000000"]
         rec = records[-1]
         assert (rec.provider, rec.upstream_model, rec.attempts, rec.status) == ("backup", "model-b", 2, 200)
+        # The primary's failure shows in /metrics, which counts the call under the fallback (probe U 8).
+        scraped = prom.parse(request(server.url, "GET", "/metrics").body.decode("utf-8"))
+        assert prom.value(scraped, "claudeproxy_upstream_failed_attempts_total", provider="primary", model="model-a",
+                          status="503") == 1
     finally:
         server.shutdown(grace=1.0)
 
