@@ -23,9 +23,9 @@ A request's way through the package, one module a step:
 4. The answer comes back through the same API: whole, ``from_json`` (``apis/*/response.py``);
    streamed, ``relay.Relay`` feeds each chunk to the API's fold (``apis/*/stream.py``) and
    writes its events as they come, ``ending`` deciding how a stream ends for every API.
-5. ``handler.ResponseWriter`` writes the answer; ``pipeline`` files the call record
-   (``metrics``, ``cost``, the access line), where ``/metrics``, ``/v1/usage`` and the usage
-   page (``prometheus``, ``usage_page``) read it.
+5. ``handler.ResponseWriter`` writes the answer; ``pipeline`` files the call record (``spend``
+   adds up what its attempts spent, ``cost`` prices it) in ``metrics`` and the access line,
+   where ``/metrics``, ``/v1/usage`` and the usage page (``prometheus``, ``usage_page``) read it.
 
 Around it: ``cli`` and ``config_file`` turn flags, a config file and the environment into the
 frozen ``config.Config``; ``launcher`` (``claudeproxy run``) starts a proxy for one command;

@@ -10,7 +10,6 @@ questions, and the one relay (``relay.py``) streams them all.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 import re
@@ -24,8 +23,7 @@ from .anthropic_types import MessagesRequest, parse_count_tokens_request, peek_r
 from .apis.base import ClientRequest, Exchange, UpstreamApi, remember
 from .calibration import TokenCalibration
 from .config import Config, Provider
-from .cost import call_cost
-from .counts import ONE_HOUR_WRITES, USAGE_KEYS, WEB_SEARCHES, count_or_none, one_hour_writes, usage_counts, web_searches
+from .counts import ONE_HOUR_WRITES, USAGE_KEYS, WEB_SEARCHES, count_or_none
 from .credentials import alternatives, current_secrets, key_of, refused
 from .dialects import auth_header, auth_style, client_key, is_anthropic_host
 from .ending import StreamFold, abort_error
@@ -42,7 +40,7 @@ from .errors import (
     says_no_retry,
 )
 from .ids import new_id
-from .metrics import LOCAL, CallRecord, Metrics, Spend, access_line, finite
+from .metrics import LOCAL, CallRecord, Metrics, access_line, finite
 from .model_facts import PRICES_CHECKED, ModelFacts
 from .observe import ObservedFold, bodies_logged, log_body
 from .overflow import read_sizes
@@ -59,6 +57,7 @@ from .redact import (
 from .relay import Relay
 from .replies import as_answered, events_for_message, is_quota_probe, local_message, message_from_events
 from .routing import Routed, Target, build_router
+from .spend import call_spend, carry_spend, stream_usage_fields, usage_fields
 from .tokens import Estimate, estimate_input, tools_chars
 from .tool_memo import ToolMemo
 from .upstream import POOL_IDLE_SECONDS, Upstream, UpstreamCall, json_body, read_json_body, read_whole_body
@@ -550,7 +549,7 @@ class Proxy:
                         said = f"answered {exc.status}" if exc.status_said else f"sent an error ({exc.status} here)"
                     log.warning("%s %s (%s)%s; %s", target.label, said, exc.message, why, then)
                     if delay is not None or target is not last:
-                        _carry_spend(record, target.facts)  # another attempt follows, and starts afresh
+                        carry_spend(record, target.facts)  # another attempt follows, and starts afresh
                     if delay is None:
                         break
                     self._pause(delay, watch, exc)
@@ -788,9 +787,9 @@ class Proxy:
             message, warnings = api.from_json(req, ex, obj, call.secrets)
         except ProxyError:
             # A 200 that is a failure (DeepSeek's overload, a failed Response) may say what it used:
-            # the upstream bills that, whatever comes next (a retry carries it: _carry_spend).
+            # the upstream bills that, whatever comes next (a retry carries it: spend.carry_spend).
             if api.translates and api.reports_usage(obj):
-                record.update(**_usage_fields(api.usage_of(obj)), billed_cost=api.billed_cost(ex, obj))
+                record.update(**usage_fields(api.usage_of(obj)), billed_cost=api.billed_cost(ex, obj))
             raise
         for warning in warnings:
             log.warning("%s", warning)
@@ -801,7 +800,7 @@ class Proxy:
             said = api.reports_usage(obj)
             message = as_answered(message, "msg_" + new_id(), 0 if said else self._estimate(req, record), said)
             reported = message if said else {}  # no usage in the answer: the record gets no count at all
-        record.update(stop_reason=message.get("stop_reason"), **_usage_fields(reported.get("usage")))
+        record.update(stop_reason=message.get("stop_reason"), **usage_fields(reported.get("usage")))
         record["billed_cost"] = api.billed_cost(ex, obj)
         if _thinking_omitted(req):
             message = {**message, "content": [_without_text(b) for b in message["content"]]}
@@ -821,7 +820,7 @@ class Proxy:
             if not exc.events_before and not fold.began:
                 # The upstream's error as its first event: a refusal, which spent nothing (as for a
                 # stream, ``relay.refused``); a fallback's cost is then the call's whole cost.
-                record.update(**_stream_usage_fields(fold.usage, True))
+                record.update(**stream_usage_fields(fold.usage, True))
             raise
         if not fold.complete:
             rest, failure = fold.end(True)  # the body ended as HTTP says (read_whole_body checked)
@@ -831,7 +830,7 @@ class Proxy:
         for warning in getattr(fold, "warnings", ()):
             log.warning("%s", warning)
         record.update(stop_reason=fold.stop_reason, billed_cost=fold.billed_cost,
-                      **_stream_usage_fields(fold.usage, False))
+                      **stream_usage_fields(fold.usage, False))
         try:
             return message_from_events([e for e in events if e.get("type") != "ping"])
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a forwarded upstream's events
@@ -885,7 +884,7 @@ class Proxy:
             # The client saw a 200 and then event: error; the metrics must count it as the error it was.
             record.update(error_type=relay.failure.error_type)
         record.update(stop_reason=fold.stop_reason, first_content_at=relay.first_content_at,
-                      billed_cost=fold.billed_cost, **_stream_usage_fields(fold.usage, relay.refused))
+                      billed_cost=fold.billed_cost, **stream_usage_fields(fold.usage, relay.refused))
 
     def _estimate(self, req: ClientRequest, record: Dict[str, Any]) -> int:
         """message_start's input tokens: the local estimate, calibrated for the target; 0 when forwarded.
@@ -925,28 +924,7 @@ class Proxy:
             # An answer of the proxy's own names no provider but "(local)", as /metrics counts it.
             fields.setdefault("provider", LOCAL if fields.get("local") else routed.target.provider.name)
         first = fields.get("first_content_at")
-        usage, cost = _attempt_spend(fields, _facts_used(fields, routed))
-        earlier = fields.get("earlier", ())  # attempts before, which the upstream billed too
-        if earlier:
-            # Their counts stay whatever this attempt's are: not known, the known part is a part.
-            unknown_now = any(v is None for v in usage.values())
-            usage = {k: (v or 0) + sum(spent[k] for spent, _, _ in earlier) for k, v in usage.items()}
-            answered = (fields.get("provider"), fields.get("upstream_model"))
-            costs = [cost] + [spent_cost for _, spent_cost, _ in earlier]
-            own = [cost] + [spent_cost for _, spent_cost, target in earlier if target == answered]
-            fields["own_cost_usd"] = None if unknown_now or None in own else sum(own)  # type: ignore[arg-type]
-            cost = None if unknown_now or None in costs else sum(costs)  # type: ignore[arg-type]
-            fields["spent_elsewhere"] = _spent_elsewhere(earlier, answered)
-        lost = fields.get("lost")
-        if lost:
-            fields["own_cost_usd"] = None  # which attempt spent what nobody said is not known
-        if lost and not any(usage.values()):
-            # A refusal's 0s after an attempt that spent what nobody said: not known (the searches
-            # stay a count: those said, 0 here; a None there made the usage log's line unreadable).
-            usage = {**dict.fromkeys(usage), WEB_SEARCHES: usage.get(WEB_SEARCHES) or 0}
-        elif lost:
-            cost = None  # what was reported is a part: an attempt the upstream had spent what nobody said
-        fields.update(usage)
+        cost = call_spend(fields, _facts_used(fields, routed))
         rec = CallRecord(
             duration_ms=int((now - started) * 1000),
             ttft_ms=int((first - started) * 1000) if first is not None else None,
@@ -1038,61 +1016,6 @@ def _is_thinking_text(event: Dict[str, Any]) -> bool:
     return isinstance(delta, dict) and delta.get("type") == "thinking_delta"
 
 
-def _attempt_spend(fields: Dict[str, Any], facts: Optional[ModelFacts]) -> Tuple[Dict[str, Optional[int]], Optional[float]]:
-    """The counts (USAGE_KEYS and the 1-hour writes) and cost of the record's current attempt.
-
-    Set from the answer by _usage_fields (None: not known); 0 for a call without one (a 4xx, a
-    local answer), unless the upstream had the prompt and the call ended before its answer.
-    What the upstream billed, where it says (OpenRouter's usage.cost), is the cost; else the
-    tokens at the model's prices. Not when the counts are not known: the bill came with them.
-    """
-    unknown = None if fields.get("awaiting") or fields.get("lost") else 0
-    usage = {k: fields.get(k, unknown) for k in USAGE_KEYS}
-    # Of the cache writes, the 1-hour ones (priced apart); not known when the writes are not.
-    usage[ONE_HOUR_WRITES] = None if usage["cache_creation_input_tokens"] is None else fields.get(ONE_HOUR_WRITES) or 0
-    usage[WEB_SEARCHES] = fields.get(WEB_SEARCHES) or 0
-    billed = fields.get("billed_cost") if usage["input_tokens"] is not None else None
-    return usage, billed if billed is not None else call_cost(facts, **usage)
-
-
-def _carry_spend(record: Dict[str, Any], facts: Optional[ModelFacts]) -> None:
-    """Keep what a failed attempt's answer said it spent before the next attempt starts afresh: a
-    200 that is an overload (DeepSeek's insufficient_system_resource) or a failed Response reports
-    its usage, and the upstream bills it, whatever the retry costs after it. Priced now, at this
-    attempt's target (a fallback's prices differ). A refusal carries nothing (it spent nothing);
-    an answer whose counts are not all known (a stream that failed after it began, a body cut
-    short, a forwarded stream's output before its message_delta) marks the call ``lost``: what the
-    upstream spent is more than was reported, and the call's cost is not known."""
-    answered = record.get("awaiting", False)  # the answer began: its usage, or what it lacks, is this attempt's
-    record["awaiting"] = False  # settled here: what follows is the next attempt's, or nobody's
-    counts = {key: record.pop(key, None) for key in USAGE_KEYS + (ONE_HOUR_WRITES, WEB_SEARCHES)}
-    lost = answered and any(counts[key] is None for key in USAGE_KEYS)
-    record["lost"] = record.get("lost", False) or lost
-    spent = {key: value if isinstance(value, int) else 0 for key, value in counts.items()}
-    billed = record.pop("billed_cost", None)
-    if not any(spent.values()):
-        return
-    # The counts known of an attempt that spent more are a part: no cost (its model's row would
-    # show a part as the whole).
-    cost = None if lost else billed if billed is not None else call_cost(facts, **spent)
-    record.setdefault("earlier", []).append((spent, cost, (record.get("provider"), record.get("upstream_model"))))
-
-
-def _spent_elsewhere(earlier: List[Tuple[Dict[str, int], Optional[float], Tuple[Any, Any]]],
-                     answered: Tuple[Any, Any]) -> Tuple[Spend, ...]:
-    """What the earlier attempts at other targets than ``answered`` (the call's provider and upstream
-    model) spent, one ``Spend`` a target: the totals per model file it there, not under the fallback."""
-    by_target: Dict[Tuple[Any, Any], Spend] = {}
-    for spent, cost, target in earlier:
-        if target == answered:
-            continue  # a retry of the target the call is recorded under: its own
-        was = by_target.get(target) or Spend(str(target[0] or ""), str(target[1] or ""), cost_usd=0.0)
-        counts = {k: getattr(was, k) + spent[k] for k in USAGE_KEYS}
-        total = None if was.cost_usd is None or cost is None else was.cost_usd + cost
-        by_target[target] = dataclasses.replace(was, cost_usd=total, **counts)
-    return tuple(by_target.values())
-
-
 def _facts_used(fields: Dict[str, Any], routed: Optional[Routed]) -> Optional[ModelFacts]:
     """The prices of the target that served the call (a fallback's, if one did)."""
     for target in routed.targets if routed is not None else ():
@@ -1170,39 +1093,3 @@ def _answer_wait(ex: Exchange, deadline: Optional[float]) -> Optional[float]:
     if ex.stream or deadline is None:
         return None
     return max(0.0, deadline - time.monotonic()) + 1.0
-
-
-def _usage_fields(usage: Any) -> Dict[str, Optional[int]]:
-    """The record's token counts from a (translated or forwarded) usage object. A forwarded body is
-    not checked on its way to the client, so each count is read by the one rule here (``counts.py``):
-    a negative, fractional or string count is 0, never a counter going backwards. All None when the
-    usage holds no count at all (a forwarded answer without one): not known, so no cost either.
-    Nor is the input or output count of a usage that leaves it out (a forwarded stream whose
-    message_start had no input count; one cut before its message_delta, whose output count the
-    Messages fold leaves out) or gives no count there (-1000, "1000", 500.5: the stream's fold
-    leaves those out too): the call used such tokens, so 0 is no count."""
-    counts = usage_counts(usage)
-    if counts is None:
-        return {**dict.fromkeys(USAGE_KEYS + (ONE_HOUR_WRITES,)), WEB_SEARCHES: web_searches(usage)}
-    fields: Dict[str, Optional[int]] = dict(counts)
-    for key in ("input_tokens", "output_tokens"):  # translated usage always has both: a forwarded one may not
-        if count_or_none(usage.get(key)) is None:
-            fields[key] = None
-    # Anthropic's split of the cache writes: the 1-hour ones, never more than all of them.
-    fields[ONE_HOUR_WRITES] = min(one_hour_writes(usage) or 0, counts["cache_creation_input_tokens"])
-    fields[WEB_SEARCHES] = web_searches(usage)
-    return fields
-
-
-def _stream_usage_fields(usage: Any, refused: bool) -> Dict[str, Optional[int]]:
-    """A stream's token counts: what the fold knows (the upstream's usage as soon as it came).
-
-    A stream the upstream refused at its start (a rate limit or context error as its first event)
-    counts 0 tokens, like the same refusal as an HTTP status. Any other stream without usage had
-    the upstream at work on the prompt -- generating, or thinking when the client left or a
-    timeout ended it -- so its tokens are not known (None), never 0 at $0.
-    """
-    fields = _usage_fields(usage)
-    if fields["input_tokens"] is None and refused:
-        return dict.fromkeys(USAGE_KEYS + (ONE_HOUR_WRITES, WEB_SEARCHES), 0)
-    return fields

@@ -1751,13 +1751,13 @@ def test_a_fallback_from_an_unpriced_model_keeps_the_priced_ones_cost(fake: Fake
 def test_an_attempt_whose_counts_did_not_all_come_carries_no_cost() -> None:
     """Its answer began and its output count never came: the known counts are a part of what it spent.
     Priced, the part went into its model's row as a measured cost (a review)."""
-    from claudeproxy.pipeline import _carry_spend, _spent_elsewhere
+    from claudeproxy.spend import carry_spend, spent_elsewhere
 
     record: Dict[str, Any] = {"provider": "a", "upstream_model": "am", "awaiting": True, "input_tokens": 100,
                               "output_tokens": None, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
-    _carry_spend(record, ModelFacts(input_price=3.0, output_price=15.0))
+    carry_spend(record, ModelFacts(input_price=3.0, output_price=15.0))
     assert record["lost"] is True
-    [spend] = _spent_elsewhere(record["earlier"], ("b", "bm"))
+    [spend] = spent_elsewhere(record["earlier"], ("b", "bm"))
     assert (spend.provider, spend.input_tokens, spend.cost_usd) == ("a", 100, None)
 
 
