@@ -80,8 +80,10 @@ _MAX_TOKENS_RETRIES = 6
 _WARNINGS_REMEMBERED = 1024  # distinct warnings logged at WARNING before the memory starts over
 # Worth another attempt (issue 7): rate limits, overload, server errors, connect failures (502).
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
-# Tokens left between a prompt's estimate and a learned window's edge (or a twentieth of the prompt).
+# Tokens left between a prompt's estimate and a learned window's edge (or a twentieth of the prompt),
+# and the least room it gives an answer (or a quarter of what was asked): below, the upstream says.
 _WINDOW_MARGIN = 256
+_LEAST_WINDOW_ROOM = 1024
 # A refusal of the key the proxy sends a provider, or of its account (refused, unpaid, not permitted):
 # the same target again gets the same, another provider's key may well be taken, so a route's
 # fallbacks are tried.
@@ -727,17 +729,22 @@ class Proxy:
                 remember(self._windows, (target.provider.name, target.model), window)
 
     def _window_room(self, req: ClientRequest, target: Target, record: Dict[str, Any]) -> Optional[int]:
-        """The output that fits beside this prompt in the window a refusal named for the model, from
-        the local estimate less a margin (an estimate short of the upstream's count is refused once
-        more, as before; one over it leaves the answer a little less room). None where no window is
-        known, or the prompt alone fills it (the upstream says so, better than a guess)."""
+        """The output that fits beside this prompt in the window a refusal named for the model: the
+        calibrated estimate of its text, less a margin. Only once the calibration knows the model
+        (the raw estimate leans high: 634 tokens of answer where 8,000 fit), without its images and
+        PDF pages (guessed wide), and not under ``_LEAST_WINDOW_ROOM``: the upstream's refusal then
+        names the room exactly, as it did before any window was known. None where it does not apply."""
+        key = (target.provider.name, target.model)
         with self._lock:
-            window = self._windows.get((target.provider.name, target.model))
-        if window is None or req.parsed is None:
+            window = self._windows.get(key)
+        parsed = req.parsed
+        if window is None or parsed is None or self.calibration.ratio(key) is None:
             return None
-        prompt = self._estimate(req, record)
+        self._count_into(record, parsed)
+        prompt = self.calibration.estimate(key, record["estimate_raw"] - record.get("estimate_media", 0))
         room = window - prompt - max(_WINDOW_MARGIN, prompt // 20)
-        return room if room > 0 else None
+        asked = parsed.max_tokens or 0
+        return room if room >= min(asked, max(_LEAST_WINDOW_ROOM, asked // 4)) else None
 
     def _learned_cap(self, target: Target) -> Optional[int]:
         with self._lock:
