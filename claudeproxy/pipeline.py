@@ -43,7 +43,7 @@ from .ids import new_id
 from .metrics import LOCAL, CallRecord, Metrics, access_line, finite
 from .model_facts import PRICES_CHECKED, ModelFacts
 from .observe import ObservedFold, bodies_logged, log_body
-from .overflow import read_sizes
+from .overflow import PHRASE as PROMPT_TOO_LONG, read_sizes
 from .prompt_cache import session_cache_key
 from .redact import (
     MIN_FREE_TEXT_SECRET,
@@ -88,6 +88,8 @@ _LEAST_WINDOW_ROOM = 1024
 # the same target again gets the same, another provider's key may well be taken, so a route's
 # fallbacks are tried.
 _NEXT_TARGET_STATUSES = frozenset({401, 402, 403})
+# The record's fields that say which target a call's answer (or error) came from.
+_WHERE_FROM = ("provider", "upstream_model", "upstream_host", "upstream_request_id")
 _BACKOFF_BASE = 0.5
 _BACKOFF_CAP = 8.0
 _LIST_TIMEOUT = 30.0  # an upstream model list or token count is small: do not wait for it forever
@@ -510,11 +512,13 @@ class Proxy:
         would not try again and an earlier target's was (``_to_tell``).
         """
         failure: Optional[ProxyError] = None
-        passing: Optional[ProxyError] = None  # an earlier target's error a client tries again after
+        # An earlier target's error a client tries again after, and the record's fields naming where
+        # it came from (the record names the target whose error the client gets).
+        passing: Optional[Tuple[ProxyError, Dict[str, Any]]] = None
         last = routed.targets[-1]
         for target in routed.targets:
             if failure is not None and _clients_retry(failure):
-                passing = failure
+                passing = failure, {k: record.get(k) for k in _WHERE_FROM}
             api = self._api(target.api)
             req = self._parsed(api, req)
             for attempt in range(self.config.retries + 1):
@@ -532,7 +536,10 @@ class Proxy:
                     if writer.started or _own_abort(watch):
                         raise  # a stream's error event, or our own abort: as it is
                     if not self._retryable(exc, watch):
-                        raise _to_tell(exc, passing) from None
+                        told = _to_tell(exc, passing, record)
+                        if told is exc:
+                            raise
+                        raise told from None
                     failure = exc
                     # Not for a spent quota, nor a refused key: those go to the next target at once.
                     again = (attempt < self.config.retries and not says_no_retry(exc)
@@ -556,7 +563,7 @@ class Proxy:
                         break
                     self._pause(delay, watch, exc)
         assert failure is not None
-        raise _to_tell(failure, passing)
+        raise _to_tell(failure, passing, record)
 
     def _attempt(self, api: UpstreamApi, req: ClientRequest, target: Target, writer: ResponseWriter, watch: Watch,
                  record: Dict[str, Any]) -> Optional["StreamRest"]:
@@ -699,7 +706,7 @@ class Proxy:
             else:
                 self._learn_window(target, read_sizes(exc.upstream_message).limit)
             return self._prepare(api, req, target, limit)
-        return api.recover(exc, req, target, ex, self._cap(target))
+        return api.recover(exc, req, target, ex, self._cap(target, ex.max_tokens))  # within the room it had
 
     def _cap(self, target: Target, limit: Optional[int] = None) -> Optional[int]:
         caps = [c for c in (target.output_cap, self._learned_cap(target), limit) if c]
@@ -1044,16 +1051,23 @@ def _clients_retry(exc: ProxyError) -> bool:
     return NO_RETRY not in exc.headers and (exc.status in (408, 409, 429) or exc.status >= 500)
 
 
-def _to_tell(last: ProxyError, passing: Optional[ProxyError]) -> ProxyError:
+def _to_tell(last: ProxyError, passing: Optional[Tuple[ProxyError, Dict[str, Any]]],
+             record: Dict[str, Any]) -> ProxyError:
     """The error the client gets when every target failed: the last, unless a fallback failed for a
     reason of its own (a refused key, a 404, nothing listening) after an earlier target's rate limit
-    or overload. Then that one, with its Retry-After: the fallback's 401 told Claude Code its login
-    had gone, and its 502 "not reachable" stopped the client's retries, where a pause would do."""
-    if passing is None or _clients_retry(last):
+    or overload. Then that one, with its Retry-After, and the record names its target: the
+    fallback's 401 told Claude Code its login had gone, and its 502 "not reachable" stopped the
+    client's retries, where a pause would do. Not a prompt too long for the fallback (the client
+    compacts on it, and the fallback may answer then), nor a refused forwarded client key (the
+    client's login to renew)."""
+    if passing is None or _clients_retry(last) or last.message.startswith(PROMPT_TOO_LONG) \
+            or isinstance(last, UpstreamHTTPError) and last.status in _NEXT_TARGET_STATUSES and not last.own_key:
         return last
-    log.warning("the client gets the earlier %d (%s), which it may try again, not the last target's %d",
-                passing.status, passing.error_type, last.status)
-    return passing
+    earlier, where = passing
+    log.warning("the client gets %s's earlier %d (%s), which it may try again, not %s's %d",
+                where.get("provider"), earlier.status, earlier.error_type, record.get("provider"), last.status)
+    record.update(where)
+    return earlier
 
 
 def _failure(exc: BaseException) -> Dict[str, Any]:

@@ -610,7 +610,8 @@ def test_a_fallback_failing_on_its_own_account_leaves_the_client_the_earlier_rat
         assert resp.status == 429 and resp.json["error"]["type"] == "rate_limit_error", resp.json
         assert resp.headers.get("retry-after") == "7" and resp.headers.get("x-should-retry") != "false"
         assert len(second_fake.requests) == 1  # the fallback was asked
-        assert record_for(records, resp.headers["request-id"]).status == 429  # recorded as answered
+        rec = record_for(records, resp.headers["request-id"])  # recorded as told, under the primary
+        assert (rec.status, rec.provider, rec.upstream_model) == (429, "primary", "model-a")
         # The fallback's own 429 or 5xx is a pause too: the last error stands.
         fake_upstream.push(json_reply(BUSY, status=529))
         second_fake.push(json_reply(BUSY, status=503))
@@ -631,6 +632,23 @@ def test_a_retry_pause_the_deadline_would_cut_gives_the_client_the_upstreams_ans
         resp = ask(server)
         assert resp.status == 429 and resp.headers.get("retry-after") == "5", resp.json
         assert time.monotonic() - started < 1.5 and len(fake_upstream.requests) == 1
+    finally:
+        server.shutdown(grace=1.0)
+
+
+def test_a_fallbacks_prompt_too_long_is_not_hidden_by_an_earlier_rate_limit(fake_upstream: FakeUpstream,
+                                                                           second_fake: FakeUpstream) -> None:
+    """A fallback with a smaller window: its "prompt is too long" is what makes Claude Code compact,
+    after which the fallback may answer; an earlier 429 in its place would leave the client retrying
+    a prompt that fits nowhere but the busy primary (review X)."""
+    server = chain(fake_upstream, second_fake, retries=0)
+    try:
+        fake_upstream.push(json_reply({"error": {"message": "Rate limit reached"}}, status=429))
+        second_fake.push(json_reply({"error": {"message": "This model's maximum context length is 8192 tokens. However, "
+                                               "your messages resulted in 9000 tokens.",
+                                    "code": "context_length_exceeded"}}, status=400))
+        resp = ask(server)
+        assert resp.status == 400 and resp.json["error"]["message"].startswith("prompt is too long"), resp.json
     finally:
         server.shutdown(grace=1.0)
 
