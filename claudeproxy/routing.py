@@ -449,13 +449,21 @@ def _shorthand_routes(config: Config, provider: str) -> Tuple[List[Route], List[
 
 
 def _serving(routes: Sequence[Route], match: str) -> Optional[Route]:
-    """The first of ``routes`` that takes the name Claude Code sends for the family ``match``
-    (None for a pattern that is no family)."""
+    """The first of ``routes`` meant for the family ``match`` (its pattern names the family, as
+    ``claude-opus-*`` does) that takes a name Claude Code sends for it; None for a pattern that is no
+    family. A broad pattern (``claude-*``) is no route for Opus: its provider may be another API that
+    has no such model (an Anthropic passthrough given --opus-model openai/gpt-5)."""
     family = match.lower() if pattern_kind(match) == "family" else None
     if family is None:
         return None
-    name = CLAUDE_CODE_NAMES[family][0]
-    return next((r for r in routes if route_matches(r.match, name)), None)
+    names = CLAUDE_CODE_NAMES[family]
+    return next((r for r in routes if _names_family(r.match, family) and any(route_matches(r.match, n) for n in names)),
+                None)
+
+
+def _names_family(pattern: str, family: str) -> bool:
+    """Does a route pattern name ``family`` as one segment (``claude-opus-*``, ``*opus*``, ``opus``)?"""
+    return re.search(rf"(?:^|[-_.@/:*?])({family})(?=$|[-_.@/:\[*?])", pattern.lower()) is not None
 
 
 def _first_route_of_each_match(routes: Sequence[Route]) -> Dict[str, Route]:

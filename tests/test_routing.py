@@ -346,13 +346,32 @@ def test_a_family_flag_goes_where_the_file_sent_that_familys_names() -> None:
         assert routed is not None
         assert [(t.provider.name, t.model) for t in routed.targets] == [("openai", "o4-mini"), ("local", "qwen3:32b")]
     assert where(config, "claude-sonnet-4-5") == ("local", "qwen3:8b")
-    # A route for an older generation only does not take Claude Code's names: the '*' route's provider.
+    # A route for the generation before takes a name Claude Code sent too (claude-opus-4-5): the family's.
     older = dataclasses.replace(config, routes=(Route("claude-opus-4*", RouteTarget("openai", "o3")),
                                                 Route("*", RouteTarget("local", "qwen3:8b"))))
-    assert where(older, "claude-opus-5-5") == ("local", "o4-mini")
+    assert where(older, "claude-opus-5-5") == ("openai", "o4-mini")
+    # One for a name Claude Code never sends is not: the '*' route's provider.
+    other = dataclasses.replace(config, routes=(Route("claude-opus-3*", RouteTarget("openai", "o3")),
+                                                Route("*", RouteTarget("local", "qwen3:8b"))))
+    assert where(other, "claude-opus-5-5") == ("local", "o4-mini")
     # With --upstream every flag goes to that upstream.
     assert where(dataclasses.replace(config, upstream="http://127.0.0.1:9/v1"), "claude-opus-5-5") == \
         ("upstream", "o4-mini")
+
+
+def test_a_family_flag_does_not_follow_a_broad_claude_route() -> None:
+    """'claude-*' to an Anthropic passthrough and '*' to OpenRouter: --opus-model openai/gpt-5 went to
+    Anthropic, which has no such model (review X). Only a route whose pattern names the family is
+    where the file sent that family; else the '*' route's provider, as before."""
+    native = Provider("anthropic", "https://api.anthropic.com", api="messages")
+    config = Config(providers=(native, OPENAI), routes=(Route("claude-*", RouteTarget("anthropic", None)),
+                                                        Route("*", RouteTarget("openai", "gpt-4.1"))),
+                    opus_model="o3")
+    assert where(config, "claude-opus-5-5") == ("openai", "o3")
+    # A route for the generation before takes Claude Code's older name: it is the family's.
+    older = dataclasses.replace(config, routes=(Route("*opus-4*", RouteTarget("anthropic", None)),
+                                                Route("*", RouteTarget("openai", "gpt-4.1"))))
+    assert where(older, "claude-opus-5-5") == ("anthropic", "o3")
 
 
 def test_a_family_without_its_flag_borrows_where_the_lender_goes() -> None:
