@@ -186,7 +186,17 @@ def _merge_all_of(out: Dict[str, Any]) -> None:
             elif key == "required" and isinstance(value, list) and isinstance(out.get(key), list):
                 out[key] = out[key] + [name for name in value if name not in out[key]]
             else:
-                out.setdefault(key, value)
+                _take(out, key, value)
+
+
+def _take(out: Dict[str, Any], key: str, value: Any) -> None:
+    """A merged member's keyword, where the object has none of its own; both descriptions are kept
+    (the member's may say its choices: pydantic's Optional[IntEnum] with a Field description lost them)."""
+    mine = out.get(key)
+    if key == "description" and isinstance(mine, str) and isinstance(value, str) and value not in mine:
+        out[key] = f"{mine} {value}" if mine else value
+    else:
+        out.setdefault(key, value)
 
 
 def _one_of_as_any_of(out: Dict[str, Any]) -> None:
@@ -231,7 +241,7 @@ def _null_member_as_nullable(out: Dict[str, Any]) -> None:
     del out["anyOf"]
     if len(rest) == 1 and isinstance(rest[0], dict):
         for key, value in rest[0].items():
-            out.setdefault(key, value)
+            _take(out, key, value)
     elif rest:
         out["anyOf"] = rest
 

@@ -185,6 +185,18 @@ def test_gemini_enums_are_strings_and_arrays_have_items(given: Dict[str, Any], e
     assert sanitize_gemini({"type": "object", "properties": {"p": given}})["properties"]["p"] == expected
 
 
+@pytest.mark.parametrize("given", [
+    # pydantic's Optional[IntEnum] = Field(None, description=...), and its allOf wrapper of a $ref.
+    {"anyOf": [{"$ref": "#/$defs/Level"}, {"type": "null"}], "description": "How loud",
+     "$defs": {"Level": {"type": "integer", "enum": [1, 2, 3], "title": "Level"}}},
+    {"allOf": [{"$ref": "#/$defs/Level"}], "description": "How loud", "$defs": {"Level": {"type": "integer", "enum": [1, 2, 3]}}},
+])
+def test_gemini_keeps_an_enums_choices_where_its_member_is_merged(given: Dict[str, Any]) -> None:
+    """The choices said in the member's description were lost to the wrapper's own (review X)."""
+    cleaned = sanitize_gemini(given)
+    assert cleaned["type"] == "integer" and cleaned["description"] == "How loud One of: 1, 2, 3.", cleaned
+
+
 @pytest.mark.parametrize("given,expected", [
     # A type list: "Proto field is not repeating, cannot start list" (zed#53919, kilocode#5333).
     ({"type": ["string", "null"], "description": "d"}, {"type": "string", "nullable": True, "description": "d"}),
