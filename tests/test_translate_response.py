@@ -364,6 +364,16 @@ def test_output_includes_thinking_that_only_the_total_shows() -> None:
     assert usage_from(parse_chat_response(_completion(usage)).usage)["output_tokens"] == 55
 
 
+@pytest.mark.parametrize("usage", [
+    # A reasoning count of 0 is a count: the total's rest is something else.
+    {"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1150, "completion_tokens_details": {"reasoning_tokens": 0}},
+    # Cached input some gateways add to the total outside prompt_tokens: 8,000 tokens of output recorded (review X).
+    {"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 9050, "prompt_tokens_details": {"cached_tokens": 8000}},
+])
+def test_a_total_above_prompt_and_completion_is_no_output_where_something_else_explains_it(usage: Dict[str, Any]) -> None:
+    assert usage_from(parse_chat_response(_completion(usage)).usage)["output_tokens"] == 50
+
+
 @pytest.mark.parametrize("total", [1050, None, 999])
 def test_output_is_completion_tokens_when_the_total_does_not_say_reasoning_is_apart(total: Optional[int]) -> None:
     """OpenAI's own shape (completion includes reasoning, total = prompt + completion), no total, or

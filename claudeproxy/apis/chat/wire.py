@@ -185,17 +185,19 @@ def parse_usage(raw: Any) -> Optional[ChatUsage]:
     cached = (token_count(prompt_details.get("cached_tokens")) or token_count(raw.get("prompt_cache_hit_tokens"))
               or token_count(raw.get("cached_tokens")))
     prompt = token_count(raw.get("prompt_tokens"))
+    written = token_count(prompt_details.get("cache_write_tokens"))
     return ChatUsage(
         prompt_tokens=prompt,
         completion_tokens=_output_tokens(prompt, token_count(raw.get("completion_tokens")), reasoning,
-                                         count_or_none(raw.get("total_tokens"))),
+                                         count_or_none(raw.get("total_tokens")), cached_apart=bool(cached or written)),
         cached_tokens=cached,
-        cache_write_tokens=token_count(prompt_details.get("cache_write_tokens")),
+        cache_write_tokens=written,
         reasoning_tokens=reasoning,
     )
 
 
-def _output_tokens(prompt: int, completion: int, reasoning: Optional[int], total: Optional[int]) -> int:
+def _output_tokens(prompt: int, completion: int, reasoning: Optional[int], total: Optional[int],
+                   cached_apart: bool = False) -> int:
     """The output count with the reasoning in it: Anthropic's output_tokens includes thinking.
 
     OpenAI's completion_tokens includes the reasoning already (total = prompt + completion).
@@ -203,11 +205,13 @@ def _output_tokens(prompt: int, completion: int, reasoning: Optional[int], total
     which made the output smaller than the thinking inside it: then the reasoning is added. Only
     when the total says so; without a total nothing tells the two apart, and OpenAI's shape stands.
     Where no reasoning count comes at all and the total is more than prompt and completion (Gemini
-    behind gateways that pass its thoughts on in the total alone), the rest is that output.
+    behind gateways that pass its thoughts on in the total alone), the rest is that output -- but not
+    where cached input is counted (``cached_apart``): some gateways add it to the total outside
+    prompt_tokens, and 8,000 cached tokens were then 8,000 tokens of output.
     """
     if reasoning and total is not None and total == prompt + completion + reasoning:
         return completion + reasoning
-    if not reasoning and total is not None and total > prompt + completion:
+    if reasoning is None and not cached_apart and total is not None and total > prompt + completion:
         return total - prompt
     return completion
 
