@@ -371,3 +371,18 @@ def test_a_document_of_no_text_next_to_a_tool_result_sends_no_empty_user_message
         user("hi"), assistant([{"type": "tool_use", "id": "t1", "name": "Read", "input": {}}]),
         user([{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}, titled])])).request.to_dict()["messages"]
     assert messages[-1] == {"role": "user", "content": "notes.txt"}  # a title alone is content
+
+
+@pytest.mark.parametrize("extra, model, thinking", [
+    ({}, "deepseek-v4-flash", {"type": "disabled"}),  # asked for none: V4 would think all the same
+    ({}, "deepseek-reasoner", None),  # its name asks for thinking
+    ({"output_config": {"effort": "max"}}, "deepseek-v4-flash", None),  # an effort asks for thinking of it
+    ({"thinking": {"type": "enabled", "budget_tokens": 2048}}, "deepseek-v4-flash", {"type": "enabled"}),
+])
+def test_deepseek_is_told_to_think_only_when_the_client_asks(extra: Dict[str, Any], model: str, thinking: Any) -> None:
+    """DeepSeek V4 thinks unless told not to: without thinking in the request its reasoning was billed,
+    hidden from the client and sent back as "" on tool turns (probe V); an effort alone is a request
+    for thinking of that effort, as DeepSeek reads output_config.effort (review X)."""
+    body = {"model": "x", "max_tokens": 4096, "messages": [{"role": "user", "content": "hi"}], **extra}
+    sent = to_chat_request(parse_messages_request(body), model=model, dialect=dialect_for("deepseek", model)).request.to_dict()
+    assert sent.get("thinking") == thinking, sent

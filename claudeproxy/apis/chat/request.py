@@ -518,7 +518,9 @@ def _thinking_with(req: MessagesRequest, tool_choice: Any, dialect: Dialect) -> 
     thinking on ("tool_choice 'required' is incompatible with thinking enabled":
     UKGovernmentBEIS/inspect_ai#5152, can1357/oh-my-pi#1077)."""
     forced = tool_choice == "required" or isinstance(tool_choice, dict)
-    if req.thinking is None and (dialect.thinks_unless_told or forced and dialect.reasoning == "switch"):
+    # (An effort without thinking asks for thinking of that effort, as DeepSeek reads output_config.effort.)
+    unasked = dialect.thinks_unless_told and req.effort is None
+    if req.thinking is None and (unasked or forced and dialect.reasoning == "switch"):
         return Thinking("disabled")
     return req.thinking
 
