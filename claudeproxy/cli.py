@@ -1013,7 +1013,7 @@ def repeated_targets(server: ProxyServer) -> List[str]:
 
 def uncached_claude(server: ProxyServer) -> List[str]:
     """A line for each OpenRouter Claude model a route sends through Chat Completions: OpenRouter
-    caches Anthropic's models only at cache_control marks, which Chat Completions does not carry,
+    caches Anthropic's models only at cache_control marks, which the translation does not carry,
     so every turn paid the whole prompt at the full input price (Claude Code's sessions are what
     the cache is for). Its Anthropic-compatible endpoint keeps them."""
     router = server.proxy.router
@@ -1024,9 +1024,9 @@ def uncached_claude(server: ProxyServer) -> List[str]:
             if target is not None and target.api == "chat" and target.dialect is not None \
                     and target.dialect.name == "openrouter" and target.model.startswith("anthropic/"):
                 lines.append(f"{target.label}: OpenRouter caches Claude models only at the prompt's cache marks, "
-                             "which Chat Completions drops, so every turn pays the whole prompt; its "
-                             "Anthropic-compatible endpoint keeps them (--passthrough --upstream "
-                             "https://openrouter.ai/api, or \"api\": \"messages\")")
+                             "which claudeproxy's translation to Chat Completions does not carry, so every turn "
+                             "pays the whole prompt; its Anthropic-compatible endpoint keeps them (--passthrough "
+                             "--upstream https://openrouter.ai/api, or \"api\": \"messages\")")
     return sorted(set(lines))
 
 

@@ -91,6 +91,7 @@ _NEXT_TARGET_STATUSES = frozenset({401, 402, 403})
 # The record's fields that say which target a call's answer (or error) came from.
 _WHERE_FROM = ("provider", "upstream_model", "upstream_host", "upstream_request_id")
 _BACKOFF_BASE = 0.5
+_LEAST_ATTEMPT = 2.0  # seconds a retry needs left before the call's deadline, else it is not waited for
 _BACKOFF_CAP = 8.0
 _LIST_TIMEOUT = 30.0  # an upstream model list or token count is small: do not wait for it forever
 # An upstream's count_tokens answers that will not change on a retry: no such endpoint (404, 405,
@@ -545,10 +546,11 @@ class Proxy:
                     again = (attempt < self.config.retries and not says_no_retry(exc)
                              and exc.status not in _NEXT_TARGET_STATUSES)
                     delay, why = self._retry_delay(exc, attempt + 1) if again else (None, "")
-                    if delay is not None and watch.deadline is not None and time.monotonic() + delay >= watch.deadline:
-                        # A pause the call's deadline would end: the client got a 504 "did not finish
-                        # in time" for an upstream that had answered, its 429 and Retry-After lost.
-                        delay, why = None, f", asks for a {delay:.1f} s rest (past --request-timeout)"
+                    if delay is not None and watch.deadline is not None \
+                            and time.monotonic() + delay + _LEAST_ATTEMPT >= watch.deadline:
+                        # A pause the call's deadline would end (or leave the retry no time): the client
+                        # got a 504 "did not finish in time" for an upstream that had answered.
+                        delay, why = None, f", a {delay:.1f} s wait would leave no time within --request-timeout"
                     then = (f"retrying in {delay:.1f} s" if delay is not None else
                             "trying the next target" if target is not last else "no target left")
                     # An upstream's HTTP error by its status; anything else (no answer, a 200 whose
@@ -871,7 +873,8 @@ class Proxy:
                                     secrets=call.secrets)
         if self.config.log_bodies and bodies_logged():
             fold = cast(StreamFold, ObservedFold(fold, call.secrets))  # every line and event at DEBUG
-        relay = Relay(_ThinkingOmitted(writer) if _thinking_omitted(req) else writer, fold, call, self.config, relayed)
+        shown = cast("ResponseWriter", _ThinkingOmitted(writer)) if _thinking_omitted(req) else writer
+        relay = Relay(shown, fold, call, self.config, relayed)
         watch.tick = relay.tick
         self.metrics.stream_began()
         rest = None

@@ -263,7 +263,11 @@ class Relay:
             if self.response_open and now - quiet_since >= self.config.ping_interval:
                 if not self.committed:
                     # Reasoning models can think for minutes before their first byte (PROTOCOL.md 3.7).
+                    # What starts the stream here says nothing yet (a passthrough's held empty block
+                    # start): the first content, timed, is still to come.
+                    began = self.first_content_at
                     self._write(self.fold.start())
+                    self.first_content_at = began
                 self.writer.events([{"type": "ping"}])
             if self.fold.finishing and now - self.last_upstream >= self.config.finish_grace:
                 self.call.abort("finished")

@@ -870,7 +870,7 @@ class _PooledOpen:
                 return self._exchange(conn, key, req, headers, call, reused=True)
             except _Stale:
                 if call is not None:
-                    call.sent = False  # the request died with the stale connection; the fresh one sends it
+                    call.sent = call.pooled = False  # the request died with the stale connection; the fresh one sends it
                     call.requests += 1  # it may have reached the upstream all the same (one that crashed)
                 log.debug("reused upstream connection to %s was closed; opening a new one", req.host)
         conn = factory(req.host, timeout=req.timeout, call=call, read_timeout=read_timeout, pool=self.pool)

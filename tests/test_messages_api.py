@@ -1817,6 +1817,19 @@ def test_an_overload_right_after_the_first_empty_block_start_is_retried(make_pro
     assert len(fake_upstream.requests) == 3
 
 
+def test_a_held_empty_block_the_ping_sends_is_not_the_first_token(make_proxy, fake_upstream):
+    """A first token slower than --ping-interval: the ping begins the stream with the held
+    message_start and empty block start, which timed the first token at the ping (review X)."""
+    records: List[Any] = []
+    server = make_proxy(passthrough=True, ping_interval=0.2, metrics_sink=records.append)
+    fake_upstream.push(sse(events_bytes(HEAD_EVENTS[:3]), Sleep(0.8), events_bytes(HEAD_EVENTS[3:] + TAIL_EVENTS)))
+    with StreamClient(server.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+        rec = record_for(records, client.headers["request-id"])
+    assert_valid_event_sequence(events, allow_error=False)
+    assert rec.ttft_ms is not None and rec.ttft_ms >= 700, rec.ttft_ms
+
+
 @pytest.mark.parametrize("delta_output", [9, 0])
 def test_a_passthrough_json_answer_to_a_stream_request_counts_its_output(make_proxy, fake_upstream, delta_output):
     """A forwarded answer in JSON to a stream request carries the whole count; a message_delta's count
