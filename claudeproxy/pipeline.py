@@ -81,7 +81,7 @@ _WARNINGS_REMEMBERED = 1024  # distinct warnings logged at WARNING before the me
 # Worth another attempt (issue 7): rate limits, overload, server errors, connect failures (502).
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
 # Tokens left between a prompt's estimate and a learned window's edge (or a twentieth of the prompt),
-# and the least room it gives an answer (or a quarter of what was asked): below, the upstream says.
+# and the least room it gives an answer: below, the upstream's refusal says the room exactly.
 _WINDOW_MARGIN = 256
 _LEAST_WINDOW_ROOM = 1024
 # A refusal of the key the proxy sends a provider, or of its account (refused, unpaid, not permitted):
@@ -722,8 +722,9 @@ class Proxy:
         asked = req.parsed.max_tokens if req.parsed is not None else req.body.get("max_tokens")
         if cap is not None and type(asked) is int and asked > cap:
             # Claude Code asks for 128000 every time: said once a model and cap (FIELD-NOTES 5), and the
-            # line is not even made again unless DEBUG wants it.
-            first = self._first_time(("cap", cap, target.label))
+            # line is not even made again unless DEBUG wants it. A prompt's room (``limit``) differs
+            # each request: at DEBUG only.
+            first = limit is None and self._first_time(("cap", cap, target.label))
             if first or log.isEnabledFor(logging.DEBUG):
                 log.log(logging.INFO if first else logging.DEBUG, "max_tokens is capped at %d for %s, its output "
                         "limit (asked for %d; said once)", cap, target.label, asked)
@@ -742,7 +743,9 @@ class Proxy:
         calibrated estimate of its text, less a margin. Only once the calibration knows the model
         (the raw estimate leans high: 634 tokens of answer where 8,000 fit), without its images and
         PDF pages (guessed wide), and not under ``_LEAST_WINDOW_ROOM``: the upstream's refusal then
-        names the room exactly, as it did before any window was known. None where it does not apply."""
+        names the room exactly, as it did before any window was known. (Not a quarter of what was
+        asked: Claude Code asks for 128,000, and a 40,960 window beside a 12,000-token prompt was
+        refused every turn again.) None where it does not apply."""
         key = (target.provider.name, target.model)
         with self._lock:
             window = self._windows.get(key)
@@ -752,8 +755,7 @@ class Proxy:
         self._count_into(record, parsed)
         prompt = self.calibration.estimate(key, record["estimate_raw"] - record.get("estimate_media", 0))
         room = window - prompt - max(_WINDOW_MARGIN, prompt // 20)
-        asked = parsed.max_tokens or 0
-        return room if room >= min(asked, max(_LEAST_WINDOW_ROOM, asked // 4)) else None
+        return room if room >= _LEAST_WINDOW_ROOM else None
 
     def _learned_cap(self, target: Target) -> Optional[int]:
         with self._lock:

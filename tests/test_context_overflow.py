@@ -289,9 +289,10 @@ LASTING_LIMITS = {
 def test_a_learned_window_keeps_max_tokens_within_it_once_the_model_is_calibrated(proxy, fake_upstream) -> None:
     """vLLM's Qwen3-32B, whose output limit is its window, was refused once every turn (probe V 4):
     the window a refusal names is remembered, and once the calibration knows the model's counts,
-    each prompt asks for the room its estimate leaves. Until then, and where that room would be
-    small, the upstream's refusal says the room exactly (an estimate leaning high cut an answer to
-    634 tokens where 8,000 fitted: review X)."""
+    each prompt asks for the room its estimate leaves, also where the client asks for far more
+    (Claude Code's 128,000: a floor of a quarter of that undid it, a verification). Until then, and
+    where that room would be under 1,024, the upstream's refusal says the room exactly (an estimate
+    leaning high cut an answer to 634 tokens where 8,000 fitted: review X)."""
     model, prompt = "window-bound", [{"role": "user", "content": "word " * 4000}]
     counted = {"prompt_tokens": 5000, "completion_tokens": 5, "total_tokens": 5005}
     fake_upstream.push(http_reply(fixture("openai-completion-overflows-not-overflow")),
@@ -301,9 +302,12 @@ def test_a_learned_window_keeps_max_tokens_within_it_once_the_model_is_calibrate
     sent = [r.json["max_tokens"] for r in fake_upstream.requests]
     assert sent[:4] == [8192, 8128, 8192, 8192], sent  # refused once; then three calls teach the counts
     assert 8192 - 5000 - 600 <= sent[4] <= 8192 - 5000, sent  # the room beside a 5,000-token prompt
-    # A prompt that leaves less than a quarter of what was asked: the upstream says (no 100-token answers).
+    fake_upstream.push(json_reply(completion("ok", usage=counted)))  # Claude Code's 128,000: the same room
+    assert send(proxy, False, max_tokens=128000, model=model, messages=prompt).status == 200
+    assert 8192 - 5000 - 600 <= fake_upstream.requests[-1].json["max_tokens"] <= 8192 - 5000
+    # A prompt that leaves less than 1,024 tokens: the upstream says (no 100-token answers).
     fake_upstream.push(json_reply(completion("ok", usage=counted)))
-    longer = [{"role": "user", "content": "word " * 5600}]
+    longer = [{"role": "user", "content": "word " * 6000}]
     assert send(proxy, False, max_tokens=8192, model=model, messages=longer).status == 200
     assert fake_upstream.requests[-1].json["max_tokens"] == 8192
 
