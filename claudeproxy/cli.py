@@ -74,7 +74,7 @@ from .config import (
 )
 from .config_file import ConfigError, FileConfig, FlagSpec, file_setting, parse_config
 from .credentials import DEFAULT_TTL, command_argv, command_token, current_secrets, key_source
-from .dialects import DIALECTS, default_key_variables, detect_provider, key_variables
+from .dialects import DIALECTS, PROVIDER_URLS, default_key_variables, detect_provider, key_variables
 from .keyless import check_keys, keyless, on_the_internet
 from .metrics import CallRecord
 from .observe import BODIES_LOGGER, PACKAGE_LOGGER
@@ -620,6 +620,24 @@ def _no_shorthand_flags(ns: argparse.Namespace) -> None:
                              "(no --upstream): set it on a provider in the --config file instead")
 
 
+def _provider_url(ns: argparse.Namespace, api: str) -> Optional[str]:
+    """The URL ``--provider NAME`` means where no URL is given: that provider's own. Its key went to
+    api.openai.com, the default, before (or, with --passthrough, to api.anthropic.com): a provider
+    whose URL is the user's own, or an Anthropic-compatible one, must be given its URL."""
+    if ns.provider in ("auto", "generic") or (ns.provider == "openai" and api != "messages"):
+        return None
+    flag = name_of(ns, "provider")
+    if api == "messages":
+        raise UsageError(f"{flag} {ns.provider} with {name_of(ns, 'passthrough')} names no URL: give --upstream "
+                         "(the provider's Anthropic-compatible URL); without it the requests, and the key, "
+                         f"would go to {DEFAULT_MESSAGES_UPSTREAM}")
+    url = PROVIDER_URLS.get(ns.provider)
+    if url is None:
+        raise UsageError(f"{flag} {ns.provider} names no URL: give --upstream (your resource's URL); without it "
+                         f"the requests, and the key, would go to {DEFAULT_UPSTREAM}")
+    return url
+
+
 def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: Optional[FileConfig] = None) -> Config:
     """The ``Config`` for parsed flags (file settings merged in), with environment fallbacks."""
     _positive(ns)
@@ -641,7 +659,7 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
                              f"({DEFAULT_UPSTREAM}), or give --upstream")
         if upstream:
             names["upstream"] = "OPENAI_BASE_URL"
-        upstream = upstream or (DEFAULT_MESSAGES_UPSTREAM if api == "messages" else DEFAULT_UPSTREAM)
+        upstream = upstream or _provider_url(ns, api) or (DEFAULT_MESSAGES_UPSTREAM if api == "messages" else DEFAULT_UPSTREAM)
     if file is not None:
         names["routes"] = file_setting(ns.config, "routes")  # not a flag: a message about none names the file
     auth_key, auth_from = _auth_key(ns, environ)

@@ -257,6 +257,23 @@ _HOST_RULES: Tuple[Tuple[str, str], ...] = (
 # server, and never gets the field again.
 _PORT_RULES = {11434: "ollama", 1234: "lmstudio"}
 
+# The Chat Completions base URL ``--provider NAME`` means without --upstream: each provider's own
+# (its key went to api.openai.com, the default, without a word), and the local servers' default
+# ports. Not Azure's, which is a resource of the user's own.
+PROVIDER_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "openrouter": "https://openrouter.ai/api/v1",
+    "deepseek": "https://api.deepseek.com",
+    "groq": "https://api.groq.com/openai/v1",
+    "mistral": "https://api.mistral.ai/v1",
+    "moonshot": "https://api.moonshot.ai/v1",
+    "gemini": "https://generativelanguage.googleapis.com/v1beta/openai",
+    "ollama": "http://localhost:11434/v1",
+    "lmstudio": "http://localhost:1234/v1",
+    "llamacpp": "http://localhost:8080/v1",
+    "vllm": "http://localhost:8000/v1",
+}
+
 # The path an OpenAI-compatible API lives under on the hosts that serve it under one path only:
 # a URL that names the host alone gets 404 for every request ("/chat/completions" is added to it).
 # Not DeepSeek's, which answers with /v1 and without.

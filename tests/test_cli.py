@@ -397,6 +397,36 @@ def test_an_openrouter_claude_model_on_chat_completions_is_said_to_go_uncached()
     assert "--passthrough --upstream https://openrouter.ai/api" in lines[0]
 
 
+@pytest.mark.parametrize("provider, url", [
+    ("deepseek", "https://api.deepseek.com"),
+    ("gemini", "https://generativelanguage.googleapis.com/v1beta/openai"),
+    ("openrouter", "https://openrouter.ai/api/v1"),
+    ("ollama", "http://localhost:11434/v1"),
+])
+def test_a_provider_without_upstream_goes_to_that_providers_url(served: List[Any], provider: str, url: str) -> None:
+    """--provider deepseek without --upstream sent DeepSeek's key to api.openai.com, the default,
+    without a word (a verification)."""
+    env = {"DEEPSEEK_API_KEY": "sk-ds-0000000000000000", "GEMINI_API_KEY": "g-00000000000000000000",
+           "OPENROUTER_API_KEY": "sk-or-00000000000000000", "OPENAI_API_KEY": "sk-openai-000000000000"}
+    assert run_main(["--provider", provider], env)[0] == 0
+    assert served[0].upstream == url
+    # $OPENAI_BASE_URL is a URL given: it stands.
+    assert run_main(["--provider", provider], {**env, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})[0] == 0
+    assert served[-1].upstream == "http://127.0.0.1:9/v1"
+
+
+@pytest.mark.parametrize("argv, told", [
+    (["--provider", "azure"], "--provider azure names no URL: give --upstream (your resource's URL); without it "
+                              "the requests, and the key, would go to https://api.openai.com/v1"),
+    (["--provider", "openrouter", "--passthrough"],
+     "--provider openrouter with --passthrough names no URL: give --upstream (the provider's Anthropic-compatible "
+     "URL); without it the requests, and the key, would go to https://api.anthropic.com"),
+])
+def test_a_provider_whose_url_is_not_known_stops_the_start(argv: List[str], told: str) -> None:
+    code, _, err = run_main(argv, {"OPENROUTER_API_KEY": "sk-or-00000000000000000", "AZURE_OPENAI_API_KEY": "k" * 20})
+    assert code == 2 and err.strip() == f"claudeproxy: error: {told}", err
+
+
 def test_a_library_route_without_an_origin_is_named_by_its_place() -> None:
     server = claudeproxy.start(providers=(Provider("p", "http://127.0.0.1:9/v1"),),
                                routes=(Route("sonet", RouteTarget("p", "n")), Route("*", RouteTarget("p", "m"))),
