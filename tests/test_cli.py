@@ -422,9 +422,10 @@ def test_a_provider_without_upstream_goes_to_that_providers_url(served: List[Any
      "--provider openrouter with --passthrough names no URL: give --upstream (the provider's Anthropic-compatible "
      "URL); without it the requests, and the key, would go to https://api.anthropic.com"),
 ])
-def test_a_provider_whose_url_is_not_known_stops_the_start(argv: List[str], told: str) -> None:
+def test_a_provider_whose_url_is_not_known_stops_the_start(served: List[Any], argv: List[str], told: str) -> None:
     code, _, err = run_main(argv, {"OPENROUTER_API_KEY": "sk-or-00000000000000000", "AZURE_OPENAI_API_KEY": "k" * 20})
     assert code == 2 and err.strip() == f"claudeproxy: error: {told}", err
+    assert served == []  # (the fixture keeps a start that went on from serving)
 
 
 def test_a_library_route_without_an_origin_is_named_by_its_place() -> None:
