@@ -88,6 +88,9 @@ _LEAST_WINDOW_ROOM = 1024
 # the same target again gets the same, another provider's key may well be taken, so a route's
 # fallbacks are tried.
 _NEXT_TARGET_STATUSES = frozenset({401, 402, 403})
+# Not found (the model, or the URL's path) is the target's own: the next target may have it, and the
+# same one would say it again. (A 400 is the request's: every target would refuse it.)
+_NOT_HERE_STATUSES = frozenset({404})
 # The record's fields that say which target a call's answer (or error) came from.
 _WHERE_FROM = ("provider", "upstream_model", "upstream_host", "upstream_request_id")
 _BACKOFF_BASE = 0.5
@@ -544,7 +547,7 @@ class Proxy:
                     failure = exc
                     # Not for a spent quota, nor a refused key: those go to the next target at once.
                     again = (attempt < self.config.retries and not says_no_retry(exc)
-                             and exc.status not in _NEXT_TARGET_STATUSES)
+                             and exc.status not in _NEXT_TARGET_STATUSES and exc.status not in _NOT_HERE_STATUSES)
                     delay, why = self._retry_delay(exc, attempt + 1) if again else (None, "")
                     if delay is not None and watch.deadline is not None \
                             and time.monotonic() + delay + _LEAST_ATTEMPT >= watch.deadline:
@@ -619,8 +622,8 @@ class Proxy:
             return False  # our own abort (the client left, shutdown, the deadline): nothing to retry
         # A refused forwarded key is the client's login to fix (Claude Code renews it on a 401): a
         # fallback would hide it, and bill another provider for every turn.
-        return exc.status in _RETRY_STATUSES or (exc.status in _NEXT_TARGET_STATUSES
-                                                 and isinstance(exc, UpstreamHTTPError) and exc.own_key)
+        return exc.status in _RETRY_STATUSES or exc.status in _NOT_HERE_STATUSES and isinstance(exc, UpstreamHTTPError) \
+            or (exc.status in _NEXT_TARGET_STATUSES and isinstance(exc, UpstreamHTTPError) and exc.own_key)
 
     def _retry_delay(self, failure: ProxyError, attempt: int) -> Tuple[Optional[float], str]:
         """The wait before retry ``attempt``: the upstream's Retry-After, else jittered exponential
@@ -900,8 +903,12 @@ class Proxy:
         for warning in getattr(fold, "warnings", ()):
             log.warning("%s", warning)
         if relay.failure is not None:
-            # The client saw a 200 and then event: error; the metrics must count it as the error it was.
+            # The client saw a 200 and then event: error; the metrics must count it as the error it was,
+            # and as a failed attempt of its target unless the proxy ended it (shutdown, a deadline).
             record.update(error_type=relay.failure.error_type)
+            if relay.call.abort_reason not in ("client", "shutdown", "deadline"):
+                self.metrics.attempt_failed(record.get("provider") or "", record.get("upstream_model") or "",
+                                            relay.failure.status)
         record.update(stop_reason=fold.stop_reason, first_content_at=relay.first_content_at,
                       billed_cost=fold.billed_cost, **stream_usage_fields(fold.usage, relay.refused))
 

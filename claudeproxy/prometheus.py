@@ -97,7 +97,8 @@ def render(view: Dict[str, Any], prices_checked: str) -> str:
                       for (e, p, m, s), n in sorted(view["requests"].items())])
     lines += _family("upstream_failed_attempts_total", "counter", "Upstream attempts that failed, by provider, "
                      "upstream model and HTTP status (the upstream's, or the one the client would get): each was "
-                     "followed by a retry, the next target of the route, or the call's error.",
+                     "followed by a retry, the next target of the route, or the call's error (a stream's "
+                     "error event too).",
                      [("", [("provider", p), ("model", m), ("status", s)], n)
                       for (p, m, s), n in sorted(view["failed_attempts"].items())])
     lines += _family("errors_total", "counter", "Calls that ended in an error (also after a stream began), by "

@@ -540,6 +540,24 @@ def test_a_fallback_answers_when_the_first_provider_fails(fake_upstream: FakeUps
         server.shutdown(grace=1.0)
 
 
+def test_a_stream_that_fails_after_it_began_counts_as_a_failed_attempt(fake_upstream: FakeUpstream,
+                                                                       second_fake: FakeUpstream) -> None:
+    """A provider whose streams broke mid-way looked healthy in /metrics: requests_total files the
+    call as a 200 (its head went out) and errors_total has no provider (a verification)."""
+    server = chain(fake_upstream, second_fake)
+    try:
+        fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": "half"}), Fault("rst"), done=False))
+        with StreamClient(server.url, minimal_request(stream=True), headers=HEADERS) as client:
+            events = client.read_all(timeout=5)
+        assert events[-1]["type"] == "error" and second_fake.requests == []
+        server.server.wait_idle(5)
+        scraped = prom.parse(request(server.url, "GET", "/metrics").body.decode("utf-8"))
+        assert prom.value(scraped, "claudeproxy_upstream_failed_attempts_total", provider="primary",
+                          model="model-a", status="502") == 1
+    finally:
+        server.shutdown(grace=1.0)
+
+
 @pytest.mark.parametrize("then", ["error", "silence"])
 def test_a_stream_failing_after_its_role_only_chunk_goes_to_the_fallback(fake_upstream: FakeUpstream,
                                                                         second_fake: FakeUpstream, then: str) -> None:
@@ -732,6 +750,25 @@ def test_a_client_error_does_not_go_to_the_fallback(fake_upstream: FakeUpstream,
         fake_upstream.push(json_reply({"error": {"message": "bad request"}}, status=400))
         assert ask(server).status == 400
         assert second_fake.requests == []
+    finally:
+        server.shutdown(grace=1.0)
+
+
+def test_a_model_the_target_does_not_have_goes_to_the_fallback_at_once(fake_upstream: FakeUpstream,
+                                                                      second_fake: FakeUpstream) -> None:
+    """A 404 (the model, or the URL's path) is the target's own: a healthy fallback after it was never
+    asked (a verification); the same target is not asked again either."""
+    server = chain(fake_upstream, second_fake, retries=2)
+    try:
+        fake_upstream.push(json_reply({"error": {"message": "The model `model-a` does not exist",
+                                                 "code": "model_not_found"}}, status=404))
+        second_fake.push(json_reply(completion("from backup")))
+        resp = ask(server)
+        assert resp.status == 200 and resp.json["content"] == [{"type": "text", "text": "from backup"}]
+        assert len(fake_upstream.requests) == 1
+        fake_upstream.push(json_reply({"error": {"message": "no such model"}}, status=404))
+        second_fake.push(json_reply({"error": {"message": "no such model"}}, status=404))
+        assert ask(server).status == 404  # nowhere: the client hears it
     finally:
         server.shutdown(grace=1.0)
 
