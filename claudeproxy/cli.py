@@ -955,7 +955,8 @@ def start_warnings(server: ProxyServer, environ: Mapping[str, str]) -> List[str]
     """The settings that add up to something the operator did not mean: logged at start, and
     ``run`` prints them on the terminal too."""
     return (unmatched_routes(server) + shadowed_routes(server) + unserved_families(server) + unused_providers(server)
-            + repeated_targets(server) + uncached_claude(server) + keyless_upstreams(server) + passed_over_keys(server, environ) + unused_proxies(server, environ)
+            + repeated_targets(server) + uncached_claude(server) + keyless_upstreams(server)
+            + passed_over_keys(server, environ) + unused_proxies(server, environ)
             + missing_cert_file(server, os.environ))  # the process's own: its TLS reads it, not the command's
 
 

@@ -419,8 +419,8 @@ def _shorthand_routes(config: Config, provider: str) -> Tuple[List[Route], List[
 
     def flagged(match: str, model: str, origin: str) -> Route:
         # Without a file route of its match, where the file sent these names until the flag was
-        # given, with its fallbacks: a family's, its first route that takes Claude Code's name
-        # (--opus-model and the file's 'claude-opus-*'), any other's, the '*' route.
+        # given, with its fallbacks: a family's, its first route whose pattern names the family
+        # (--opus-model and the file's 'claude-opus-*', ``_serving``); any other's, the '*' route.
         route = replaced.get(canonical(match))
         if route is None and replaced:  # (with --upstream every flag goes there: nothing is replaced)
             route = _serving(config.routes, match) or replaced.get("*")

@@ -511,8 +511,8 @@ def _reasoning_deepseek(t: Optional[Thinking], effort: Optional[str]) -> Reasoni
 
 
 def _thinking_with(req: MessagesRequest, tool_choice: Any, dialect: Dialect) -> Optional[Thinking]:
-    """The client's thinking; off where the client said nothing of it for a model that thinks unless
-    told not to (DeepSeek V4: its reasoning, billed, would be hidden from the client and lost to
+    """The client's thinking; off where the client said nothing of it (nor of an effort) for a model
+    that thinks unless told not to (DeepSeek V4: its reasoning, billed, would be hidden from the client and lost to
     the later tool turns that must send it back), and for Kimi K2.5 and later where the client
     forces a tool, as Anthropic's own models do not think then. Kimi refuses a forced tool with
     thinking on ("tool_choice 'required' is incompatible with thinking enabled":
