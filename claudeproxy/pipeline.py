@@ -561,7 +561,9 @@ class Proxy:
                     said = "failed"
                     if isinstance(exc, UpstreamHTTPError):
                         said = f"answered {exc.status}" if exc.status_said else f"sent an error ({exc.status} here)"
-                    log.warning("%s %s (%s)%s; %s", target.label, said, exc.message, why, then)
+                    if target is not last or exc.status not in _NOT_HERE_STATUSES:
+                        # (A 404 with no target left is the client's answer, logged as such: said once.)
+                        log.warning("%s %s (%s)%s; %s", target.label, said, exc.message, why, then)
                     if delay is not None or target is not last:
                         carry_spend(record, target.facts)  # another attempt follows, and starts afresh
                     if delay is None:
