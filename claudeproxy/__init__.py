@@ -23,7 +23,7 @@ A request's way through the package, one module a step:
 4. The answer comes back through the same API: whole, ``from_json`` (``apis/*/response.py``);
    streamed, ``relay.Relay`` feeds each chunk to the API's fold (``apis/*/stream.py``) and
    writes its events as they come, ``ending`` deciding how a stream ends for every API.
-5. ``handler.ResponseWriter`` writes the answer; ``pipeline`` files the call record (``spend``
+5. ``handler.ResponseWriter`` writes the answer (``sides`` names what the pipeline asks of it); ``pipeline`` files the call record (``spend``
    adds up what its attempts spent, ``cost`` prices it) in ``metrics`` and the access line,
    where ``/metrics``, ``/v1/usage`` and the usage page (``prometheus``, ``usage_page``) read it.
 

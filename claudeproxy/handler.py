@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from .dialects import client_key
 from .door import loads_request
@@ -38,11 +38,9 @@ from .errors import (
 from .http_head import MAX_HEAD, TOKEN_RE, HeadCutShort, HeadTooLarge, read_headers
 from .ids import new_request_id
 from .kernel_timeout import bound_by_kernel
+from .sides import Endpoint
 from .sse import encode_event
 
-
-if TYPE_CHECKING:  # annotations only (the pipeline's endpoints, looked up by method and path)
-    from .pipeline import Endpoint
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import random
 import re
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import catalog
@@ -57,6 +57,7 @@ from .redact import (
 from .relay import Relay
 from .replies import as_answered, events_for_message, is_quota_probe, local_message, message_from_events
 from .routing import Routed, Target, build_router
+from .sides import ClientRequestSide, Endpoint, Writer
 from .spend import call_spend, carry_spend, stream_usage_fields, usage_fields
 from .tokens import Estimate, estimate_input, tools_chars
 from .tool_memo import ToolMemo
@@ -64,14 +65,8 @@ from .upstream import POOL_IDLE_SECONDS, Upstream, UpstreamCall, json_body, read
 from .urls import messages_url, models_url
 from .watchdog import Pause, Watch, Watchdog, client_left
 
-
-if TYPE_CHECKING:  # annotations only: neither module imports the other when it runs
-    from .handler import MessagesHandler, ResponseWriter
-
 log = logging.getLogger(__name__)
 
-# An endpoint: what answers one method and path (health, messages, ...), given the handler and its writer.
-Endpoint = Callable[["MessagesHandler", "ResponseWriter"], None]
 # Changed requests per attempt (a named max_tokens limit, an API's own recovery: a refused optional
 # field dropped). A strict server refuses one field per answer, and a Claude Code turn may carry four
 # or five it does not know (reasoning_effort, parallel_tool_calls, prompt_cache_key, stream_options):
@@ -196,10 +191,10 @@ class Proxy:
     # ------------------------------------------------------------------
     # Small endpoints.
 
-    def health(self, handler: MessagesHandler, writer: ResponseWriter) -> None:
+    def health(self, handler: ClientRequestSide, writer: Writer) -> None:
         writer.json(200, {"status": "ok"})
 
-    def show_metrics(self, handler: MessagesHandler, writer: ResponseWriter) -> None:
+    def show_metrics(self, handler: ClientRequestSide, writer: Writer) -> None:
         """Prometheus text; ``?format=json`` gives the JSON summary served here before."""
         if parse_qs(handler.query).get("format") == ["json"]:
             writer.json(200, finite(self.metrics.snapshot()))
@@ -214,10 +209,10 @@ class Proxy:
         return finite({**self.metrics.usage(time.time()), "prices_checked": PRICES_CHECKED,
                        "token_calibration": self.calibration.snapshot()})
 
-    def show_usage(self, handler: MessagesHandler, writer: ResponseWriter) -> None:
+    def show_usage(self, handler: ClientRequestSide, writer: Writer) -> None:
         writer.json(200, self.usage(), (("Cache-Control", "no-store"),))
 
-    def show_usage_page(self, handler: MessagesHandler, writer: ResponseWriter) -> None:
+    def show_usage_page(self, handler: ClientRequestSide, writer: Writer) -> None:
         from . import usage_page  # imported on first use: a page for a person, not for the clients
 
         writer.raw(200, usage_page.page_headers(), usage_page.render(self.usage()).encode("utf-8"))
@@ -276,7 +271,7 @@ class Proxy:
         return self.upstream.open(url, call=call, body=body, method=method, headers=headers + provider.headers,
                                   auth=auth, secrets=secrets, read_timeout=read_timeout)
 
-    def _bounded(self, handler: MessagesHandler, work: Callable[[UpstreamCall], Any]) -> Any:
+    def _bounded(self, handler: ClientRequestSide, work: Callable[[UpstreamCall], Any]) -> Any:
         """Run ``work`` against the upstream under a short deadline, aborted if the client leaves."""
         call = UpstreamCall()
         watch = Watch(call, handler.connection, deadline=time.monotonic() + min(_LIST_TIMEOUT, self.config.request_timeout))
@@ -292,7 +287,7 @@ class Proxy:
     # ------------------------------------------------------------------
     # count_tokens: local, or the provider's own count where it speaks the Messages API.
 
-    def count_tokens(self, handler: MessagesHandler, writer: ResponseWriter) -> None:
+    def count_tokens(self, handler: ClientRequestSide, writer: Writer) -> None:
         started = time.monotonic()
         record: Dict[str, Any] = {"endpoint": "/v1/messages/count_tokens"}  # local once counted here
         routed: Optional[Routed] = None
@@ -323,7 +318,7 @@ class Proxy:
         raw = self._raw_estimate(parse_count_tokens_request(body, self.tools.parse)).tokens
         return self.calibration.estimate((routed.target.provider.name, routed.target.model), raw)
 
-    def _upstream_count(self, handler: MessagesHandler, body: Dict[str, Any], target: Target) -> Optional[int]:
+    def _upstream_count(self, handler: ClientRequestSide, body: Dict[str, Any], target: Target) -> Optional[int]:
         """The upstream's count; None when it does not offer one (``_NO_COUNT_STATUSES``, a page that is
         not JSON): the local estimate serves."""
         req = ClientRequest(body, target.model, False, handler.headers, handler.query)
@@ -361,7 +356,7 @@ class Proxy:
     # ------------------------------------------------------------------
     # Models (PROTOCOL.md 4.5): what the routes serve.
 
-    def _fetch_models(self, handler: MessagesHandler, provider: Provider) -> List[Tuple[str, int, str]]:
+    def _fetch_models(self, handler: ClientRequestSide, provider: Provider) -> List[Tuple[str, int, str]]:
         """The provider's models; an Anthropic API's list is paged (20 by default): every page,
         up to ``catalog.MAX_UPSTREAM_PAGES`` of 1,000, within the one deadline."""
         api_messages = provider.api == "messages"
@@ -388,7 +383,7 @@ class Proxy:
 
         return self._bounded(handler, ask)  # type: ignore[no-any-return]
 
-    def _models(self, handler: MessagesHandler) -> List[Dict[str, Any]]:
+    def _models(self, handler: ClientRequestSide) -> List[Dict[str, Any]]:
         listed = {name: catalog.model_info(name, target) for name, target in self.router.served()}
         for provider in self.router.passes_names_through():
             try:
@@ -410,11 +405,11 @@ class Proxy:
                     listed[name] = catalog.model_info(name, routed.target, created, display)
         return list(listed.values())
 
-    def list_models(self, handler: MessagesHandler, writer: ResponseWriter) -> None:
+    def list_models(self, handler: ClientRequestSide, writer: Writer) -> None:
         page = catalog.page_query(handler.path)  # a bad limit fails before any upstream call
         writer.json(200, catalog.paginate(self._models(handler), page))
 
-    def get_model(self, handler: MessagesHandler, writer: ResponseWriter) -> None:
+    def get_model(self, handler: ClientRequestSide, writer: Writer) -> None:
         wanted = unquote(handler.route_path[len("/v1/models/"):])
         routed = self.router.resolve(wanted)
         if routed is not None and routed.route.target.model is not None:
@@ -429,7 +424,7 @@ class Proxy:
     # ------------------------------------------------------------------
     # /v1/messages.
 
-    def messages(self, handler: MessagesHandler, writer: ResponseWriter) -> None:
+    def messages(self, handler: ClientRequestSide, writer: Writer) -> None:
         started = time.monotonic()
         record: Dict[str, Any] = {"endpoint": "/v1/messages"}
         routed: Optional[Routed] = None
@@ -451,7 +446,7 @@ class Proxy:
             record.setdefault("status", writer.status or 499)
             self._record(record, routed, started, writer.request_id)
 
-    def _client_request(self, handler: MessagesHandler) -> ClientRequest:
+    def _client_request(self, handler: ClientRequestSide) -> ClientRequest:
         body = handler.read_json_body()
         self._log_body("client request body", body)
         model, stream = peek_request(body)
@@ -464,7 +459,7 @@ class Proxy:
                              "(add a route matching '*', or start with --model)", status=404)
         return routed
 
-    def _messages(self, req: ClientRequest, routed: Routed, handler: MessagesHandler, writer: ResponseWriter,
+    def _messages(self, req: ClientRequest, routed: Routed, handler: ClientRequestSide, writer: Writer,
                   record: Dict[str, Any]) -> Optional["StreamRest"]:
         req = self._parsed(self._api(routed.target.api), req)
         if req.parsed is not None and all(self._api(t.api).translates for t in routed.targets):
@@ -507,7 +502,7 @@ class Proxy:
     # ------------------------------------------------------------------
     # Retries and fallbacks: only before the first byte reached the client.
 
-    def _attempts(self, req: ClientRequest, routed: Routed, writer: ResponseWriter, watch: Watch,
+    def _attempts(self, req: ClientRequest, routed: Routed, writer: Writer, watch: Watch,
                   record: Dict[str, Any]) -> Optional["StreamRest"]:
         """The route's target, then each fallback, each tried up to 1 + ``--retries`` times.
 
@@ -572,7 +567,7 @@ class Proxy:
         assert failure is not None
         raise _to_tell(failure, passing, record)
 
-    def _attempt(self, api: UpstreamApi, req: ClientRequest, target: Target, writer: ResponseWriter, watch: Watch,
+    def _attempt(self, api: UpstreamApi, req: ClientRequest, target: Target, writer: Writer, watch: Watch,
                  record: Dict[str, Any]) -> Optional["StreamRest"]:
         """One call to one target; a stream that has begun comes back as the rest to relay."""
         call = UpstreamCall()
@@ -789,7 +784,7 @@ class Proxy:
     # ------------------------------------------------------------------
     # Answers.
 
-    def _json(self, api: UpstreamApi, req: ClientRequest, ex: Exchange, resp: Any, writer: ResponseWriter, call: UpstreamCall,
+    def _json(self, api: UpstreamApi, req: ClientRequest, ex: Exchange, resp: Any, writer: Writer, call: UpstreamCall,
               record: Dict[str, Any], relayed: Tuple[Tuple[str, str], ...] = ()) -> None:
         with resp:
             raw = read_whole_body(resp, call, self.config.max_body_bytes * 2)
@@ -859,7 +854,7 @@ class Proxy:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a forwarded upstream's events
             raise UpstreamUnavailable(f"upstream's event stream makes no message ({exc})") from None
 
-    def _reply(self, req: ClientRequest, writer: ResponseWriter, message: Dict[str, Any],
+    def _reply(self, req: ClientRequest, writer: Writer, message: Dict[str, Any],
                secrets: Optional[Tuple[str, ...]] = None, headers: Tuple[Tuple[str, str], ...] = ()) -> None:
         self._log_body("client response body", message, secrets)
         if req.stream:
@@ -868,7 +863,7 @@ class Proxy:
         else:
             writer.json(200, message, headers)
 
-    def _stream(self, api: UpstreamApi, req: ClientRequest, ex: Exchange, resp: Any, writer: ResponseWriter, call: UpstreamCall,
+    def _stream(self, api: UpstreamApi, req: ClientRequest, ex: Exchange, resp: Any, writer: Writer, call: UpstreamCall,
                 watch: Watch, record: Dict[str, Any], relayed: Tuple[Tuple[str, str], ...] = ()
                 ) -> Optional["StreamRest"]:
         """Relay the stream until its first event went out (or it ended); the rest comes back."""
@@ -880,7 +875,7 @@ class Proxy:
                                     secrets=call.secrets)
         if self.config.log_bodies and bodies_logged():
             fold = cast(StreamFold, ObservedFold(fold, call.secrets))  # every line and event at DEBUG
-        shown = cast("ResponseWriter", _ThinkingOmitted(writer)) if _thinking_omitted(req) else writer
+        shown = cast(Writer, _ThinkingOmitted(writer)) if _thinking_omitted(req) else writer
         relay = Relay(shown, fold, call, self.config, relayed)
         watch.tick = relay.tick
         self.metrics.stream_began()
@@ -1025,7 +1020,7 @@ class _ThinkingOmitted:
     """A client writer that leaves out the thinking text of a stream (``thinking_delta`` events):
     each thinking block still starts, carries its signature and stops, as Anthropic's do then."""
 
-    def __init__(self, writer: ResponseWriter) -> None:
+    def __init__(self, writer: Writer) -> None:
         self._writer = writer
 
     def events(self, events: List[Dict[str, Any]], end: bool = False) -> None:

@@ -20,12 +20,13 @@ import http.client
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .config import Config
 from .ending import StreamFold, stream_end
 from .errors import NO_RETRY, ClientGone, ProxyError, UpstreamNotJson, says_no_retry
 from .redact import quoted
+from .sides import Writer
 from .upstream import (
     UpstreamCall,
     clean_eof,
@@ -35,10 +36,6 @@ from .upstream import (
     read_json_body,
 )
 
-
-if TYPE_CHECKING:  # annotations only: the handler's writer, which the relay writes to
-    from .handler import ResponseWriter
-
 log = logging.getLogger(__name__)
 _CONTENT_EVENTS = ("content_block_start", "content_block_delta")
 _REST_WAIT = 0.005  # how long the stream's end waits for the rest of the upstream body (the pool's gain)
@@ -47,7 +44,7 @@ _REST_WAIT = 0.005  # how long the stream's end waits for the rest of the upstre
 class Relay:
     """Relays one upstream stream to one client through one fold. See the module docstring."""
 
-    def __init__(self, writer: ResponseWriter, fold: StreamFold, call: UpstreamCall, config: Config,
+    def __init__(self, writer: Writer, fold: StreamFold, call: UpstreamCall, config: Config,
                  headers: Tuple[Tuple[str, str], ...] = ()) -> None:
         self.writer = writer
         self.headers = headers  # the upstream's headers the client gets with the stream's head
