@@ -52,6 +52,9 @@ THINKING_TYPES = ("enabled", "disabled", "adaptive", "between_tools")
 @dataclasses.dataclass(frozen=True)
 class TextBlock:
     text: str
+    # The block's prompt-cache mark (``cache_control``): None for none, else its ttl ("5m", "1h",
+    # or "" for the default). Only a dialect with ``cache_marks`` sends it on (``cache_mark``).
+    cache: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +112,7 @@ class ToolResultBlock:
     tool_use_id: str
     content: Tuple["Block", ...]
     is_error: bool = False
+    cache: Optional[str] = None  # as TextBlock's, of the block or of any text in its content
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +236,10 @@ class MessagesRequest:
     output_schema: Optional[Dict[str, Any]] = None
     user_id: Optional[str] = None
     mcp_servers: Tuple[str, ...] = ()  # the names of the MCP connector's servers: no upstream reaches them
+    # Prompt-cache marks (as TextBlock's): the last of the system blocks', and the top-level one
+    # (Anthropic's automatic caching: the mark on the last block, moving with the conversation).
+    system_cache: Optional[str] = None
+    cache: Optional[str] = None
 
 
 def tool_use_ids(req: MessagesRequest) -> FrozenSet[str]:
@@ -371,8 +379,19 @@ def _join(path: str, key: str) -> str:
 # Content blocks.
 
 
+def cache_mark(raw: Dict[str, Any]) -> Optional[str]:
+    """A block's (or the request's) ``cache_control`` as TextBlock.cache keeps it: None when there is
+    none, or none Anthropic takes (an ephemeral mark, a ttl of 5m or 1h): a mark is a price hint,
+    never a reason to refuse a request that parses."""
+    mark = raw.get("cache_control")
+    if type(mark) is not dict or mark.get("type") != "ephemeral":
+        return None
+    ttl = mark.get("ttl")
+    return ttl if ttl in ("5m", "1h") else ""
+
+
 def _parse_text(raw: Dict[str, Any], path: str) -> TextBlock:
-    return TextBlock(_str(raw, "text", path, required=True) or "")
+    return TextBlock(_str(raw, "text", path, required=True) or "", cache_mark(raw))
 
 
 # The image types the Messages API takes (docs.anthropic.com, vision: "Supported image formats").
@@ -461,10 +480,12 @@ def _parse_tool_result(raw: Dict[str, Any], path: str) -> ToolResultBlock:
         blocks = (TextBlock(content),) if content else ()
     else:
         blocks = _parse_blocks(_list(content, cpath), cpath)
+    marks = [cache_mark(raw)] + [b.cache for b in blocks if type(b) is TextBlock]
     return ToolResultBlock(
         tool_use_id=_str(raw, "tool_use_id", path, required=True) or "",
         content=blocks,
         is_error=_bool(raw, "is_error", path),
+        cache=next((m for m in reversed(marks) if m is not None), None),
     )
 
 
@@ -584,13 +605,17 @@ def _require_text_only(blocks: Tuple[Block, ...], path: str) -> None:
             raise InvalidRequest("only text blocks are allowed here", f"{path}[{i}].type")
 
 
-def parse_system(value: Any, path: str = "system") -> str:
-    """System prompt as one string: a list of text blocks is joined with blank lines."""
+def parse_system(value: Any, path: str = "system") -> Tuple[str, Optional[str]]:
+    """System prompt as one string (a list of text blocks is joined with blank lines), and the
+    cache mark of its last block. The one string can carry a mark only at its end: a mark on an
+    earlier block alone (a stable head, a changing tail) would there pay each request's cache write
+    for a prefix no later request shares, so it is not carried."""
     if value is None:
-        return ""
-    blocks = _parse_content(value, path)
-    _require_text_only(blocks, path)
-    return "\n\n".join(b.text for b in blocks if isinstance(b, TextBlock) and b.text)
+        return "", None
+    parsed = _parse_content(value, path)
+    _require_text_only(parsed, path)
+    blocks = [b for b in parsed if isinstance(b, TextBlock) and b.text]
+    return "\n\n".join(b.text for b in blocks), (blocks[-1].cache if blocks else None)
 
 
 def _parse_tool(raw: Any, path: str) -> Tool:
@@ -731,10 +756,13 @@ def _parse_common(obj: Dict[str, Any], tools_parser: ToolsParser) -> Dict[str, A
         # Sent on as "auto", the model would answer in text where the
         # client forces a call (and reads no tool_use), or call some other tool.
         raise InvalidRequest(f"tool {choice.name!r} is not among the request's tools", "tool_choice.name")
+    system, system_cache = parse_system(obj.get("system"))
     return {
         "model": model,
         "messages": parsed,
-        "system": parse_system(obj.get("system")),
+        "system": system,
+        "system_cache": system_cache,
+        "cache": cache_mark(obj),
         "tools": parsed_tools,
         "tool_choice": choice,
         "thinking": _parse_thinking_config(obj.get("thinking")),

@@ -955,7 +955,7 @@ def start_warnings(server: ProxyServer, environ: Mapping[str, str]) -> List[str]
     """The settings that add up to something the operator did not mean: logged at start, and
     ``run`` prints them on the terminal too."""
     return (unmatched_routes(server) + shadowed_routes(server) + unserved_families(server) + unused_providers(server)
-            + repeated_targets(server) + uncached_claude(server) + keyless_upstreams(server)
+            + repeated_targets(server) + keyless_upstreams(server)
             + passed_over_keys(server, environ) + unused_proxies(server, environ)
             + missing_cert_file(server, os.environ))  # the process's own: its TLS reads it, not the command's
 
@@ -1028,25 +1028,6 @@ def repeated_targets(server: ProxyServer) -> List[str]:
                              "a target tried before it: the same call again, which --retries already makes")
             seen.append(fallback)
     return lines
-
-
-def uncached_claude(server: ProxyServer) -> List[str]:
-    """A line for each OpenRouter Claude model a route sends through Chat Completions: OpenRouter
-    caches Anthropic's models only at cache_control marks, which the translation does not carry,
-    so every turn paid the whole prompt at the full input price (Claude Code's sessions are what
-    the cache is for). Its Anthropic-compatible endpoint keeps them."""
-    router = server.proxy.router
-    lines = []
-    for route in router.routes:
-        for where in (route.target,) + route.fallbacks:
-            target = router.target(where, route.match) if where.model else None
-            if target is not None and target.api == "chat" and target.dialect is not None \
-                    and target.dialect.name == "openrouter" and target.model.startswith("anthropic/"):
-                lines.append(f"{target.label}: OpenRouter caches Claude models only at the prompt's cache marks, "
-                             "which claudeproxy's translation to Chat Completions does not carry, so every turn "
-                             "pays the whole prompt; its Anthropic-compatible endpoint keeps them (--passthrough "
-                             "--upstream https://openrouter.ai/api, or \"api\": \"messages\")")
-    return sorted(set(lines))
 
 
 def unmatched_routes(server: ProxyServer) -> List[str]:

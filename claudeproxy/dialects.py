@@ -106,6 +106,10 @@ class Dialect:
     # The usage field in which the upstream reports what it billed for the call, in USD: the call
     # record takes it as the call's cost instead of pricing the tokens (``cost.billed_cost``).
     billed_cost_field: Optional[str] = None
+    # The client's prompt-cache marks (cache_control) go on with the text they mark: on the system
+    # prompt, a user text part, a tool message and at the top level (PROTOCOL.md 1.4 lets the
+    # openrouter dialect do it for Anthropic-served models, which cache only at marks).
+    cache_marks: bool = False
 
 
 _BASE = Dialect()
@@ -215,6 +219,10 @@ MODEL_RULES: Tuple[Tuple[Tuple[str, ...], str, Dict[str, object]], ...] = (
     (("azure",), r"(?i)^gpt-5.*-chat", {"azure_api_version": "2025-04-01-preview", **_OPENAI_MODEL}),
     (("azure",), r"^(gpt-|chatgpt-)", _OPENAI_MODEL),
     (("openrouter",), r"^openai/(o\d|gpt-5)", {"drop_sampling": True}),
+    # Claude on OpenRouter caches only where the request marks it (openrouter.ai/docs/guides/
+    # best-practices/prompt-caching: cache_control on text parts, or at the top level); without
+    # the marks every Claude Code turn paid its whole prompt at the full input price.
+    (("openrouter",), r"^anthropic/", {"cache_marks": True}),
     # OpenAI's chat models behind a URL the dialects do not know (a gateway, a local relay) refuse
     # reasoning_effort as on OpenAI: each session would pay a refused round trip to learn it.
     (("generic",), r"^(openai/)?(gpt-4|gpt-3\.5|chatgpt-)", {"reasoning": "none"}),

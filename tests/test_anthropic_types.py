@@ -248,7 +248,7 @@ def test_system_role_message_with_extra_keys_is_accepted() -> None:
         {"role": "system", "content": "<total_tokens>9 tokens left</total_tokens>"},
     ]}
     req = parse_messages_request(body)
-    assert req.messages[1] == Message("system", (TextBlock("# Environment"),))
+    assert req.messages[1] == Message("system", (TextBlock("# Environment", cache=""),))  # a mark with no ttl
     assert req.messages[3] == Message("system", (TextBlock("<total_tokens>9 tokens left</total_tokens>"),))
 
 

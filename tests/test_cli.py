@@ -379,24 +379,6 @@ def test_a_fallback_repeating_an_earlier_target_is_said_at_start() -> None:
         server.shutdown(grace=0.1)
 
 
-def test_an_openrouter_claude_model_on_chat_completions_is_said_to_go_uncached() -> None:
-    """OpenRouter caches Anthropic's models only at cache_control marks, which Chat Completions drops:
-    every Claude Code turn paid the whole prompt at the full price, and nothing said so (probe V 2)."""
-    chat = Provider("or", "https://openrouter.ai/api/v1", token=claudeproxy.static_token("sk-or-0000000000000000"))
-    native = Provider("orm", "https://openrouter.ai/api", api="messages",
-                      token=claudeproxy.static_token("sk-or-0000000000000000"))
-    routes = (Route("opus", RouteTarget("or", "anthropic/claude-opus-4.1"), (RouteTarget("orm", "anthropic/claude-x"),)),
-              Route("*", RouteTarget("or", "qwen/qwen3-coder")))
-    server = claudeproxy.start(providers=(chat, native), routes=routes, port=0)
-    try:
-        lines = cli.uncached_claude(server.server)
-    finally:
-        server.shutdown(grace=0.1)
-    assert len(lines) == 1 and lines[0].startswith("or/anthropic/claude-opus-4.1: OpenRouter caches Claude models "
-                                                   "only at the prompt's cache marks"), lines
-    assert "--passthrough --upstream https://openrouter.ai/api" in lines[0]
-
-
 @pytest.mark.parametrize("provider, url", [
     ("deepseek", "https://api.deepseek.com"),
     ("gemini", "https://generativelanguage.googleapis.com/v1beta/openai"),

@@ -522,3 +522,36 @@ def test_a_stream_that_says_tool_calls_with_no_call_is_an_error(make_proxy: Any,
                                  chunk(finish="tool_calls")))
     resp = ask(proxy, minimal_request(stream=True))
     assert resp.status == 502 and "without a tool call that has a name" in resp.json["error"]["message"], resp
+
+
+# --------------------------------------------------------------------------
+# OpenRouter's Claude models: cached only where the request marks it.
+
+def _recorded_turn(seq: int) -> Dict[str, Any]:
+    import os
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "claude_code_session", "requests.jsonl")
+    with open(path, encoding="utf-8") as fh:
+        return next(row["body"] for row in map(json.loads, fh) if row["seq"] == seq)
+
+
+def test_a_claude_code_turn_to_openrouters_claude_keeps_its_cache_marks(make_proxy: Any,
+                                                                        fake_upstream: FakeUpstream) -> None:
+    """The marks went nowhere on Chat Completions, and OpenRouter caches Anthropic's models only at
+    marks: each turn of a session paid its whole prompt at the full input price. Claude Code's second
+    turn (a tool result) keeps its mark on the system prompt and on the tool message, and what the
+    cache read and wrote reaches the client as Anthropic's cache counts."""
+    proxy = make_proxy(upstream=fake_upstream.url, provider="openrouter", model="anthropic/claude-sonnet-4.5")
+    usage = {"prompt_tokens": 9000, "completion_tokens": 20, "total_tokens": 9020,
+             "prompt_tokens_details": {"cached_tokens": 6000, "cache_write_tokens": 2900}}
+    fake_upstream.push(json_reply(completion("Done.", usage=usage)))
+    body = dict(_recorded_turn(2), stream=False)
+    resp = ask(proxy, body)
+    assert resp.status == 200, resp
+    messages = sent(fake_upstream)[0]["messages"]
+    assert messages[0]["role"] == "system" and messages[0]["content"][0]["cache_control"] == {"type": "ephemeral"}
+    assert messages[-1]["role"] == "tool"
+    assert messages[-1]["content"] == [{"type": "text", "text": body["messages"][-1]["content"][-1]["content"],
+                                        "cache_control": {"type": "ephemeral"}}]
+    assert sum(json.dumps(m).count("cache_control") for m in messages) == 2
+    got = json.loads(resp.body)["usage"]
+    assert (got["input_tokens"], got["cache_read_input_tokens"], got["cache_creation_input_tokens"]) == (100, 6000, 2900)

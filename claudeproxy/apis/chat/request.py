@@ -96,6 +96,19 @@ def _text_part(text: str) -> Part:
     return {"type": "text", "text": text}
 
 
+def _cache_control(ttl: str) -> Dict[str, str]:
+    """The Anthropic mark for a kept ``cache`` ttl (``anthropic_types.cache_mark``)."""
+    return {"type": "ephemeral", "ttl": ttl} if ttl else {"type": "ephemeral"}
+
+
+def _marked(text: str, mark: Optional[str], dialect: Dialect) -> Part:
+    """A text part with the client's cache mark, where the dialect carries marks (``cache_marks``)."""
+    part = _text_part(text)
+    if mark is not None and dialect.cache_marks:
+        part["cache_control"] = _cache_control(mark)
+    return part
+
+
 def _image_part(block: ImageBlock, dialect: Dialect) -> Part:
     if dialect.string_content_only:
         return _text_part("[image omitted: this model takes text only]")
@@ -127,7 +140,7 @@ def _document_parts(block: DocumentBlock, dialect: Dialect) -> List[Part]:
 def _block_parts(block: Block, dialect: Dialect) -> List[Part]:
     """Parts for one user-side block; blocks with no user meaning give none."""
     if isinstance(block, TextBlock):
-        return [_text_part(block.text)] if block.text else []
+        return [_marked(block.text, block.cache, dialect)] if block.text else []
     if isinstance(block, ImageBlock):
         return [_image_part(block, dialect)]
     if isinstance(block, DocumentBlock):
@@ -144,9 +157,11 @@ def _user_parts(blocks: Tuple[Block, ...], dialect: Dialect) -> List[Part]:
 
 
 def _user_content(parts: List[Part], dialect: Dialect) -> Any:
-    """A plain string when the parts are all text and one, or the dialect wants strings."""
+    """A plain string when the parts are all text and one, or the dialect wants strings. Not where
+    cache marks go on, which only a part carries: a message keeps its form whether the mark that
+    moves to the newest message each turn is on it or not."""
     texts = [p["text"] for p in parts if p["type"] == "text"]
-    if len(texts) == len(parts) and (len(parts) == 1 or dialect.string_content_only):
+    if len(texts) == len(parts) and ((len(parts) == 1 and not dialect.cache_marks) or dialect.string_content_only):
         return "\n\n".join(texts)
     return parts
 
@@ -182,7 +197,7 @@ def _tool_result_content(block: ToolResultBlock, dialect: Dialect) -> Tuple[str,
 def _orphan_parts(block: ToolResultBlock, dialect: Dialect) -> List[Part]:
     """A result with no matching call: user text, with its images kept next to it."""
     text, moved = _tool_result_content(block, dialect)
-    return [_text_part(orphan_result(block.tool_use_id, text))] + moved
+    return [_marked(orphan_result(block.tool_use_id, text), block.cache, dialect)] + moved
 
 
 # --------------------------------------------------------------------------
@@ -275,6 +290,12 @@ def _system_text(message: Message) -> str:
     return "\n\n".join(t for t in texts if t)
 
 
+def _system_content(text: str, mark: Optional[str], dialect: Dialect) -> Any:
+    """A system message's content: the string, or where cache marks go on one text part, with the
+    mark of the prompt's last block if it has one (``parse_system``)."""
+    return [_marked(text, mark, dialect)] if dialect.cache_marks else text
+
+
 class _MessageBuilder:
     """Builds the OpenAI message list in one pass, repairing tool-call pairing.
 
@@ -306,7 +327,9 @@ class _MessageBuilder:
         role = self.dialect.system_role
         if self.dialect.late_system_role and self._past_the_start(role):
             role = self.dialect.late_system_role
-        (self.deferred if self.pending else self.out).append(ChatMessage(role, text))
+        last = [b for b in message.content if isinstance(b, TextBlock) and b.text][-1]
+        content = _system_content(text, last.cache, self.dialect)
+        (self.deferred if self.pending else self.out).append(ChatMessage(role, content))
 
     def _past_the_start(self, system_role: str) -> bool:
         """Has a message other than a system one gone out? Each message is looked at once: a scan
@@ -338,7 +361,7 @@ class _MessageBuilder:
         for block in message.content:
             if isinstance(block, ToolResultBlock) and block.tool_use_id in self.pending and block.tool_use_id not in answered:
                 text, found = _tool_result_content(block, self.dialect)
-                self._tool_message(block.tool_use_id, text)
+                self._tool_message(block.tool_use_id, text, block.cache)
                 answered.add(block.tool_use_id)
                 images.extend(found)
             elif isinstance(block, ToolResultBlock):
@@ -350,8 +373,10 @@ class _MessageBuilder:
             if content:
                 self.out.append(ChatMessage("user", _user_content(content, self.dialect)))
 
-    def _tool_message(self, tool_use_id: str, text: str) -> None:
-        self.out.append(ChatMessage("tool", text, tool_call_id=call_id(tool_use_id, self.dialect)))
+    def _tool_message(self, tool_use_id: str, text: str, mark: Optional[str] = None) -> None:
+        # A tool message's content may be text parts (OpenAI's schema): one, for a cache mark.
+        content: Any = [_marked(text, mark, self.dialect)] if text and self.dialect.cache_marks else text
+        self.out.append(ChatMessage("tool", content, tool_call_id=call_id(tool_use_id, self.dialect)))
 
     def close_turn(self, answered: Any = ()) -> None:
         """Answer every still-open tool call, then release deferred system turns."""
@@ -405,11 +430,12 @@ def _bridge_tool_to_user(messages: List[ChatMessage]) -> List[ChatMessage]:
     return out
 
 
-def to_chat_messages(messages: Tuple[Message, ...], system: str, dialect: Dialect) -> List[ChatMessage]:
+def to_chat_messages(messages: Tuple[Message, ...], system: str, dialect: Dialect,
+                     system_cache: Optional[str] = None) -> List[ChatMessage]:
     """The whole OpenAI message list: system prompt, turns, and the repair passes."""
     builder = _MessageBuilder(dialect)
     if system:
-        builder.out.append(ChatMessage(dialect.system_role, system))
+        builder.out.append(ChatMessage(dialect.system_role, _system_content(system, system_cache, dialect)))
     merged = _merge_same_role(messages, dialect.merge_user_turns)
     for i, message in enumerate(merged):
         if message.role == "system":
@@ -589,6 +615,11 @@ def _system_prompt(req: MessagesRequest, dialect: Dialect) -> str:
     return f"{system}\n\n{instruction}" if system else instruction
 
 
+def _top_level_mark(req: MessagesRequest, dialect: Dialect) -> Tuple[Tuple[str, Any], ...]:
+    """The client's top-level cache_control (Anthropic's automatic caching), where marks go on."""
+    return (("cache_control", _cache_control(req.cache)),) if req.cache is not None and dialect.cache_marks else ()
+
+
 def _max_tokens(req: MessagesRequest, cap: Optional[int]) -> Optional[int]:
     if req.max_tokens is None:
         return None
@@ -626,7 +657,7 @@ def to_chat_request(
     sampling = not dialect.drop_sampling
     chat = ChatRequest(
         model=model,
-        messages=tuple(to_chat_messages(req.messages, _system_prompt(req, dialect), dialect)),
+        messages=tuple(to_chat_messages(req.messages, _system_prompt(req, dialect), dialect, req.system_cache)),
         max_tokens=_max_tokens(req, max_output_tokens),
         max_tokens_field=dialect.max_tokens_field,
         stream=req.stream if stream is None else stream,
@@ -641,7 +672,7 @@ def to_chat_request(
         user=_user_field(end_user(req.user_id)) if dialect.send_user else None,
         response_format=_response_format(req.output_schema, dialect),
         reasoning_effort=effort,
-        extra=extra,
+        extra=extra + _top_level_mark(req, dialect),
         cache_key=cache_key if dialect.cache_key_field else None,
         cache_key_field=dialect.cache_key_field or "prompt_cache_key",
     )
