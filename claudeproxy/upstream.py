@@ -411,6 +411,7 @@ class _Response(http.client.HTTPResponse):
         # Nothing is buffered yet: the same socket reader, behind one that can be held (read_available).
         self.fp = io.BufferedReader(_NoWait(self.fp.detach(), sock))
         self._interim = 0
+        self.terminated = False  # a chunked body's terminating chunk was read: it is whole
 
     def begin(self) -> None:
         if self.headers is not None:
@@ -500,11 +501,14 @@ class _Response(http.client.HTTPResponse):
         try:
             chunk_left = _chunk_size(line)
         except ValueError:
-            self._close_conn()  # type: ignore[attr-defined]  # in step no more
+            # Out of step with the upstream: what it sends next is no answer to a later request.
+            self.will_close = True
+            self._close_conn()  # type: ignore[attr-defined]
             raise http.client.IncompleteRead(b"") from None
         if chunk_left == 0:  # the last chunk: its trailer, and the body is read
             self._read_and_discard_trailer()  # type: ignore[attr-defined]
             self._close_conn()  # type: ignore[attr-defined]
+            self.terminated = True
             chunk_left = None
         self.chunk_left = chunk_left
         return chunk_left
@@ -625,7 +629,9 @@ class _Response(http.client.HTTPResponse):
 
     def _complete(self) -> bool:
         if self.chunked:
-            return self.fp is None and self.chunk_left is None  # past the terminating 0 chunk
+            # Past the terminating chunk; not merely closed (a bad size line closes the reader too,
+            # and that connection pooled gave the next request the rest of this answer).
+            return self.terminated
         return self.length == 0
 
     def _finish(self) -> bool:
@@ -1690,5 +1696,6 @@ def clean_eof(resp: Any) -> bool:
     A close-delimited body cannot tell a drop from an end, so it is never clean.
     """
     if getattr(resp, "chunked", False):
-        return getattr(resp, "chunk_left", 0) is None
+        terminated = getattr(resp, "terminated", None)  # ours (_Response): a bad size line leaves chunk_left None too
+        return terminated if terminated is not None else getattr(resp, "chunk_left", 0) is None
     return getattr(resp, "length", None) == 0

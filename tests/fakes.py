@@ -58,7 +58,14 @@ class Fault:
     kind: str
 
 
-Step = Union[bytes, Gate, Sleep, Hold, Fault]
+@dataclasses.dataclass
+class Raw:
+    """Bytes sent as they are, outside a chunked body's framing (a bad size line)."""
+
+    data: bytes
+
+
+Step = Union[bytes, Gate, Sleep, Hold, Fault, Raw]
 
 
 @dataclasses.dataclass
@@ -241,6 +248,10 @@ class _Handler(BaseHTTPRequestHandler):
             return fake.wait_or_closed(self.connection, step.seconds, self.generation)
         if isinstance(step, Hold):
             time.sleep(step.seconds)
+            return False
+        if isinstance(step, Raw):
+            self.wfile.write(step.data)
+            self.wfile.flush()
             return False
         return self._fault(step.kind, fake)
 

@@ -21,7 +21,7 @@ import pytest
 
 import claudeproxy
 from conftest import UPSTREAM_KEY, minimal_request, request
-from fakes import ConnectProxy, FakeUpstream, Gate, Reply, StreamClient, chunk, completion, json_reply, sse_reply
+from fakes import ConnectProxy, FakeUpstream, Gate, Raw, Reply, Sleep, StreamClient, chunk, completion, json_reply, sse_reply
 
 N = 20
 
@@ -275,6 +275,28 @@ def test_partly_read_answer_is_not_reused(start: Any, keep_alive: FakeUpstream) 
     resp = _messages(proxy, stream=True)
     assert resp.status == 200
     assert _messages(proxy).status == 200
+    assert keep_alive.connections == 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("size_line", [b"zz\r\n", b"1" * 17 + b"\r\n"])
+def test_an_answer_with_a_bad_chunk_size_line_never_answers_the_next_request(start: Any, keep_alive: FakeUpstream,
+                                                                             stream: bool, size_line: bytes) -> None:
+    """A bad first size line closed the reader, which read as a body past its terminating chunk: the
+    connection went back to the pool, and what the upstream sent after it was the next request's
+    answer, and so on, each client getting the answer of the one before (probe AA, F-1)."""
+    proxy = start(keep_alive.url, retries=0)
+    leftover = json.dumps(completion("LEFTOVER of the first answer")).encode()
+    late = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(leftover), leftover)
+    keep_alive.push(Reply(200, (("Content-Type", "text/event-stream" if stream else "application/json"),),
+                          [Raw(size_line), Sleep(0.6), Raw(late)], chunked=True),
+                    json_reply(completion("the second answer")))
+    first = _messages(proxy, stream=stream)
+    assert first.status in (200, 502), first  # a stream's head went out: it ends in an error event
+    second = _messages(proxy)
+    assert second.status == 200, second
+    assert json.loads(second.body)["content"][0]["text"] == "the second answer"
     assert keep_alive.connections == 2
 
 
