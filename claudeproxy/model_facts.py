@@ -131,7 +131,7 @@ _F = ModelFacts
 # the openai-python ResponsesModel list and RESPONSES.md section 5; cross-checked
 # against LiteLLM's table (mode "responses", supported_endpoints). GPT-5.6 Luna/Terra carry the
 # 2026-07-30 cuts; GPT-5.6 and GPT-6 bill cache writes at 1.25x input (OpenAI, via Simon
-# Willison and the LiteLLM GPT-6 Astra notes).
+# Willison and the LiteLLM GPT-6 Astra notes); the models before them bill cache writes as input.
 _GPT5_400K = _F(272_000, 128_000)
 _GPT5_1M = _F(922_000, 128_000)
 _GPT5_CHAT = _F(128_000, 16_384)
@@ -369,8 +369,19 @@ _LOCAL: Tuple[Tuple[str, ModelFacts], ...] = (
     ("phi-4-mini", _F(131_072)),
 )
 
+def _writes_at_input_price(rows: Tuple[Tuple[str, ModelFacts], ...]) -> Tuple[Tuple[str, ModelFacts], ...]:
+    """The rows with a cache-write price equal to their input price where they have none: vendors
+    that charge nothing more for the tokens a call writes to the cache bill them as input. Without
+    it a call that reported any (OpenAI's newer ``cache_write_tokens``, DeepSeek's Anthropic
+    endpoint's ``cache_creation_input_tokens``) had no cost at all."""
+    return tuple((name, dataclasses.replace(facts, cache_write_price=facts.input_price)
+                  if facts.cache_write_price is None and facts.input_price is not None else facts)
+                 for name, facts in rows)
+
+
 BUILTIN_FACTS: Tuple[Tuple[str, ModelFacts], ...] = (
-    _OPENAI + _ANTHROPIC + _DEEPSEEK + _GEMINI + _MISTRAL + _GROQ + _OTHER_VENDORS + _LOCAL
+    _writes_at_input_price(_OPENAI) + _ANTHROPIC + _writes_at_input_price(_DEEPSEEK) + _GEMINI + _MISTRAL + _GROQ
+    + _OTHER_VENDORS + _LOCAL
 )
 
 # Read-only index over the table (a MappingProxyType cannot be changed through it).

@@ -672,8 +672,13 @@ class Proxy:
                 if exc.status in (401, 429) and key and key_changes < alternatives(target.provider.token) and \
                         refused(target.provider.token, key, exc.status):
                     key_changes += 1
+                    self.metrics.attempt_failed(target.provider.name, target.model, exc.status)  # a round trip spent
                     continue
                 changed = self._changed_request(exc, api, req, target, ex) if changes < _MAX_TOKENS_RETRIES else None
+                if changed is not None:
+                    # Refused, and sent again changed: a round trip spent, which the call's result hides
+                    # (a refusal every turn is only seen here: reasoning another key cannot read).
+                    self.metrics.attempt_failed(target.provider.name, target.model, exc.status)
                 if changed is None:
                     exc.own_key = bool(key)  # a refusal of the proxy's key may go to a fallback; the client's, never
                     if exc.status in (401, 403) and key:

@@ -15,15 +15,16 @@ from claudeproxy.model_facts import (
 
 # (name as a user writes it, the facts the proxy must use). Written from the vendor pages the
 # module cites, not from the table.
+# OpenAI's models before GPT-5.6 and DeepSeek's bill a cache write as input: their write price is it.
 LOOKUP_CASES = [
     # exact names
-    ("gpt-4o", {"context_window": 128_000, "max_output": 16_384, "input_price": 2.5,
+    ("gpt-4o", {"context_window": 128_000, "max_output": 16_384, "input_price": 2.5, "cache_write_price": 2.5,
                 "output_price": 10.0, "cache_read_price": 1.25}),
-    ("o3", {"context_window": 200_000, "max_output": 100_000, "input_price": 2.0,
+    ("o3", {"context_window": 200_000, "max_output": 100_000, "input_price": 2.0, "cache_write_price": 2.0,
             "output_price": 8.0, "cache_read_price": 0.5}),
-    ("gpt-5", {"context_window": 272_000, "max_output": 128_000, "input_price": 1.25,
+    ("gpt-5", {"context_window": 272_000, "max_output": 128_000, "input_price": 1.25, "cache_write_price": 1.25,
                "output_price": 10.0, "cache_read_price": 0.125}),
-    ("deepseek-reasoner", {"context_window": 1_000_000, "max_output": 384_000, "input_price": 0.14,
+    ("deepseek-reasoner", {"context_window": 1_000_000, "max_output": 384_000, "input_price": 0.14, "cache_write_price": 0.14,
                            "output_price": 0.28, "cache_read_price": 0.0028}),
     ("llama-3.3-70b-versatile", {"context_window": 131_072, "max_output": 32_768,
                                  "input_price": 0.59, "output_price": 0.79, "text_only": True}),
@@ -32,14 +33,14 @@ LOOKUP_CASES = [
     ("gpt-5.6-luna", {"context_window": 272_000, "max_output": 128_000, "input_price": 0.2,
                       "output_price": 1.2, "cache_read_price": 0.02, "cache_write_price": 0.25}),
     # case does not matter
-    ("GPT-4o", {"context_window": 128_000, "max_output": 16_384, "input_price": 2.5,
+    ("GPT-4o", {"context_window": 128_000, "max_output": 16_384, "input_price": 2.5, "cache_write_price": 2.5,
                 "output_price": 10.0, "cache_read_price": 1.25}),
-    ("  O3  ", {"context_window": 200_000, "max_output": 100_000, "input_price": 2.0,
+    ("  O3  ", {"context_window": 200_000, "max_output": 100_000, "input_price": 2.0, "cache_write_price": 2.0,
                 "output_price": 8.0, "cache_read_price": 0.5}),
     # dated, -latest and -preview forms resolve to the family
-    ("gpt-4o-2024-08-06", {"context_window": 128_000, "max_output": 16_384, "input_price": 2.5,
+    ("gpt-4o-2024-08-06", {"context_window": 128_000, "max_output": 16_384, "input_price": 2.5, "cache_write_price": 2.5,
                            "output_price": 10.0, "cache_read_price": 1.25}),
-    ("o3-2025-04-16", {"context_window": 200_000, "max_output": 100_000, "input_price": 2.0,
+    ("o3-2025-04-16", {"context_window": 200_000, "max_output": 100_000, "input_price": 2.0, "cache_write_price": 2.0,
                        "output_price": 8.0, "cache_read_price": 0.5}),
     ("gemini-2.5-flash-preview-05-20", {"context_window": 1_048_576, "max_output": 65_536,
                                         "input_price": 0.3, "output_price": 2.5, "cache_read_price": 0.03}),
@@ -47,13 +48,13 @@ LOOKUP_CASES = [
                               "output_price": 0.4, "cache_read_price": 0.025}),
     ("gemini-3-pro-preview", {"context_window": 1_048_576, "max_output": 65_536, "input_price": 2.0,
                               "output_price": 12.0, "cache_read_price": 0.2}),
-    ("gpt-5-chat-latest", {"context_window": 128_000, "max_output": 16_384, "input_price": 1.25,
+    ("gpt-5-chat-latest", {"context_window": 128_000, "max_output": 16_384, "input_price": 1.25, "cache_write_price": 1.25,
                            "output_price": 10.0, "cache_read_price": 0.125}),
-    ("gpt-5.4-2026-03-05", {"context_window": 922_000, "max_output": 128_000, "input_price": 2.5,
+    ("gpt-5.4-2026-03-05", {"context_window": 922_000, "max_output": 128_000, "input_price": 2.5, "cache_write_price": 2.5,
                             "output_price": 15.0, "cache_read_price": 0.25}),
-    ("gpt-5-pro-2025-10-06", {"context_window": 272_000, "max_output": 128_000, "input_price": 15.0,
+    ("gpt-5-pro-2025-10-06", {"context_window": 272_000, "max_output": 128_000, "input_price": 15.0, "cache_write_price": 15.0,
                               "output_price": 120.0, "responses_only": True}),
-    ("codex-mini-latest", {"context_window": 200_000, "max_output": 100_000, "input_price": 1.5,
+    ("codex-mini-latest", {"context_window": 200_000, "max_output": 100_000, "input_price": 1.5, "cache_write_price": 1.5,
                            "output_price": 6.0, "cache_read_price": 0.375, "responses_only": True}),
     # Gemini's own models/ prefix keeps the vendor's prices
     ("models/gemini-2.5-pro", {"context_window": 1_048_576, "max_output": 65_536, "input_price": 1.25,

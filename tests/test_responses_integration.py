@@ -319,6 +319,49 @@ def test_unreadable_reasoning_is_left_out_once(make_proxy: Any, fake_upstream: A
     assert "reasoning" not in [i.get("type") for i in tries[1].json["input"]]
 
 
+def _reasoning_ids(recorded: Any) -> List[str]:
+    return [i["id"] for i in recorded.json["input"] if i.get("type") == "reasoning"]
+
+
+def test_unreadable_reasoning_is_never_sent_again_and_reasoning_made_since_still_goes(make_proxy: Any,
+                                                                                      fake_upstream: Any) -> None:
+    """Claude Code keeps the unreadable items in its history: each later turn sent them again, was
+    refused, and went again without any reasoning, the new turn's readable items too (probe Y, D1).
+    Now the refused items are left out from the start, and only they; the refusal counts in /metrics.
+    (A server of its own: a module's servers are shared, and what one learned stays.)"""
+    server = make_proxy(upstream_api="responses", model="o4-mini")
+    fake_upstream.push(sse(read("streams", "reasoning_summary.upstream.sse")))
+    first = ask(stream=True, thinking={"type": "enabled", "budget_tokens": 8000})
+    with StreamClient(server.url, first, headers=HEADERS) as client:
+        turn1 = final_message(client.read_all(timeout=10))
+    refusal = {"error": {"message": "The encrypted content could not be verified.",
+                         "type": "invalid_request_error", "code": "invalid_encrypted_content"}}
+    answer = json.loads(read("responses", "text.response.json"))
+    made_since = dict(answer, output=[{"type": "reasoning", "id": "rs_made_since", "encrypted_content": "gNEW",
+                                       "summary": [{"type": "summary_text", "text": "Fresh."}]}] + answer["output"])
+    fake_upstream.push(json_reply(refusal, status=400), json_reply(made_since), json_reply(answer), json_reply(refusal))
+    history = first["messages"] + [{"role": "assistant", "content": turn1["content"]},
+                                   {"role": "user", "content": "more"}]
+    second = {**first, "stream": False, "messages": history}
+    resp = request(server.url, "POST", "/v1/messages", second, HEADERS)
+    assert resp.status == 200, resp
+    turn2 = json.loads(resp.body)
+    old = _reasoning_ids(fake_upstream.requests[-2])
+    assert old and _reasoning_ids(fake_upstream.requests[-1]) == []
+    third = {**second, "messages": history + [{"role": "assistant", "content": turn2["content"]},
+                                              {"role": "user", "content": "and more"}]}
+    resp = request(server.url, "POST", "/v1/messages", third, HEADERS)
+    assert resp.status == 200, resp
+    assert _reasoning_ids(fake_upstream.requests[-1]) == ["rs_made_since"]  # in one request: no refusal first
+    assert len(fake_upstream.requests) == 4
+    metrics = request(server.url, "GET", "/metrics", None, HEADERS).body.decode()
+    assert 'claudeproxy_upstream_failed_attempts_total{provider="upstream",model="o4-mini",status="400"} 1' in metrics
+    # Refused again with nothing left to leave out: the client's error, not a loop.
+    resp = request(server.url, "POST", "/v1/messages", {**first, "stream": False, "messages": [
+        {"role": "user", "content": "hi"}]}, HEADERS)
+    assert resp.status == 400 and len(fake_upstream.requests) == 5
+
+
 def test_a_refused_max_output_tokens_is_learned_and_the_call_goes_again(make_proxy: Any, fake_upstream: Any) -> None:
     """OpenAI's 400 for max_output_tokens above the model's cap (Claude Code asks for 128000): the call
     goes again with the cap it names, and later calls start there; the client sees only the answer."""

@@ -120,9 +120,11 @@ def test_cost_is_tokens_times_prices_per_million() -> None:
 
 
 def test_cost_needs_a_price_for_every_kind_of_token_used() -> None:
-    facts = builtin_facts("gpt-4o")  # no cache-write price: OpenAI charges none, and reports no such tokens
+    facts = builtin_facts("gemini-2.5-pro")  # no cache-write price: Gemini bills cache storage by the hour
     assert call_cost(facts, 100, 10, 0, 0) is not None
     assert call_cost(facts, 100, 10, 0, 50) is None  # writes it cannot price: no cost, not a partial one
+    # OpenAI bills a cache write as input (probe Y, D3: a call that reported one had no cost at all).
+    assert call_cost(builtin_facts("gpt-4o"), 100, 10, 0, 50) == pytest.approx(150 * 2.5 / 1e6 + 10 * 10.0 / 1e6)
     assert call_cost(ModelFacts(), 100, 10) is None  # a model without a price
     assert call_cost(None, 100, 10) is None
     assert call_cost(ModelFacts(output_price=3.0), 0, 1_000_000) == pytest.approx(3.0)

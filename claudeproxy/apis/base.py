@@ -161,11 +161,11 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-def remember(table: Dict[K, V], key: K, value: V) -> None:
-    """``table[key] = value``, the oldest entries dropped beyond ``MODELS_REMEMBERED`` (caller holds its lock)."""
+def remember(table: Dict[K, V], key: K, value: V, most: int = MODELS_REMEMBERED) -> None:
+    """``table[key] = value``, the oldest entries dropped beyond ``most`` (caller holds its lock)."""
     table.pop(key, None)
     table[key] = value
-    while len(table) > MODELS_REMEMBERED:
+    while len(table) > most:
         del table[next(iter(table))]
 
 

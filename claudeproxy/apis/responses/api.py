@@ -2,7 +2,9 @@
 
 ``recover`` answers the refusals it can get past with a changed request instead
 of an error for the client (RESPONSES.md 5 and 7): encrypted reasoning the
-upstream cannot read any more (another key or organisation) is left out once;
+upstream cannot read any more (another key or organisation) is left out, then and
+in every later request (remembered per provider by the items' ids, so that reasoning
+minted since, which it can read, still goes);
 an organisation that may not have reasoning summaries is asked for none from
 then on (remembered per provider, on this server); an optional field refused as
 such (``temperature`` for a reasoning model behind a deployment name) is never
@@ -12,6 +14,7 @@ sent to that model again, as on Chat Completions (remembered per model).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
 from urllib.parse import urlsplit
@@ -23,7 +26,7 @@ from ...routing import Target
 from ...tool_memo import ToolMemo
 from ...urls import join_path
 from ..base import (ClientRequest, Exchange, RefusedFields, UpstreamApi, encode_body, offered_translated,
-                    refused_fields)
+                    refused_fields, remember)
 from ..stops import unsent_stops
 from .request import responses_tools, to_responses_request
 from .response import reports_usage, to_messages_response, usage_from
@@ -35,6 +38,11 @@ from .stream import LocalStopResponsesFold, ResponsesFold
 DROPPABLE_FIELDS = ("temperature", "top_p", "reasoning", "parallel_tool_calls", "prompt_cache_key", "tool_choice",
                     "safety_identifier")
 DROPPABLE_ONLY_AS = {"tool_choice": "auto"}  # another tool_choice is the client's (as on Chat)
+# The most reasoning item ids a provider's memory of unreadable ones holds; the oldest is forgotten
+# first, and one forgotten that comes back costs one refused round trip again.
+UNREADABLE_REMEMBERED = 4096
+
+log = logging.getLogger(__name__)
 
 
 def responses_url(base: str, azure: bool) -> str:
@@ -56,16 +64,20 @@ class ResponsesApi(UpstreamApi):
         self.tools = tools  # the server's: a tool set is parsed and translated once
         self._lock = threading.Lock()
         self._no_summaries: Set[str] = set()  # providers whose organisation refused reasoning summaries
+        # Per provider, the reasoning items (ids, in order) it refused as invalid_encrypted_content: Claude
+        # Code keeps them in its history, and each turn sent them again paid a refused round trip.
+        self._unreadable: Dict[str, Dict[str, None]] = {}
         self._refused = RefusedFields(DROPPABLE_FIELDS, DROPPABLE_ONLY_AS)
 
     def parse(self, body: Dict[str, Any]) -> MessagesRequest:
         return parse_messages_request(body, self.tools.parse)
 
-    def prepare(self, req: ClientRequest, target: Target, cap: Optional[int], *, replay: bool = True) -> Exchange:
+    def prepare(self, req: ClientRequest, target: Target, cap: Optional[int]) -> Exchange:
         parsed = req.parsed
         assert parsed is not None, "parse() runs before prepare()"
         with self._lock:
             summaries = target.provider.name not in self._no_summaries
+            unreadable = frozenset(self._unreadable.get(target.provider.name, ()))
         dialect = target.dialect
         web_search = bool(dialect and dialect.hosted_web_search)
         tools, encoded = offered_translated(self.tools, parsed, ("responses", web_search),
@@ -73,7 +85,7 @@ class ResponsesApi(UpstreamApi):
         translation = to_responses_request(
             parsed, model=target.model, max_output_tokens=cap, stream=parsed.stream,
             web_search=web_search, cache_key=req.cache_key,
-            replay_reasoning=replay, reasoning_summary=summaries, tools=tools,
+            unreadable=unreadable, reasoning_summary=summaries, tools=tools,
         )
         payload = translation.body
         self._refused.drop(payload, (target.provider.name, target.model))
@@ -93,8 +105,8 @@ class ResponsesApi(UpstreamApi):
         if exc.status != 400:
             return None
         text = (getattr(exc, "upstream_message", "") or exc.message).lower()
-        if "encrypted" in text and b'"reasoning"' in ex.body:
-            return self.prepare(req, target, cap, replay=False)
+        if "encrypted" in text:
+            return self.prepare(req, target, cap) if self._learn_unreadable(target, ex) else None
         # "Your organization must be verified to generate reasoning summaries" (param reasoning.summary).
         if "summar" in text and ("verified" in text or "unsupported" in text):
             with self._lock:
@@ -103,6 +115,23 @@ class ResponsesApi(UpstreamApi):
                 self._no_summaries.add(target.provider.name)
             return self.prepare(req, target, cap)
         return self._without_refused(exc, req, target, ex, cap)
+
+    def _learn_unreadable(self, target: Target, ex: Exchange) -> bool:
+        """Remember the reasoning items of a request refused as ``invalid_encrypted_content``: the
+        refusal names none, so all that were sent. False when there were none not known already (the
+        request again would be refused again)."""
+        sent = json.loads(ex.body).get("input") or []
+        ids = [item["id"] for item in sent if isinstance(item, dict) and item.get("type") == "reasoning"]
+        with self._lock:
+            known = self._unreadable.setdefault(target.provider.name, {})
+            first, new = not known, [i for i in ids if i not in known]
+            for item_id in new:
+                remember(known, item_id, None, UNREADABLE_REMEMBERED)
+        if new:
+            log.log(logging.WARNING if first else logging.DEBUG, "%s could not read %d reasoning items made "
+                    "before (invalid_encrypted_content: another key or organisation): they are left out of its "
+                    "requests from now on", target.label, len(new))
+        return bool(new)
 
     def _without_refused(self, exc: ProxyError, req: ClientRequest, target: Target, ex: Exchange,
                          cap: Optional[int]) -> Optional[Exchange]:

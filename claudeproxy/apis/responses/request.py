@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 from ...anthropic_tools import dropped_tool_warnings
 from ...anthropic_types import (
@@ -247,13 +247,14 @@ def _merge_same_role(messages: Tuple[Message, ...]) -> List[Message]:
 class _InputBuilder:
     """Builds ``input`` in one pass, repairing call/output pairing (RESPONSES.md 7.4)."""
 
-    def __init__(self, system_role: str, replay: bool) -> None:
+    def __init__(self, system_role: str, replay: bool, unreadable: FrozenSet[str] = frozenset()) -> None:
         self.system_role = system_role
         self.replay = replay
         self.out: List[Item] = []
         self.pending: Dict[str, None] = {}  # call_ids of the last assistant turn still without output, in order
         self.seen: Set[str] = set()  # every call_id sent so far
-        self.seen_reasoning: Set[str] = set()  # every reasoning item's id sent so far
+        # Every reasoning item's id sent so far, and those the upstream could not read: none goes again.
+        self.seen_reasoning: Set[str] = set(unreadable)
         self.deferred: List[Item] = []  # system turns that came between a call and its output
 
     def add_system(self, message: Message) -> None:
@@ -292,9 +293,11 @@ class _InputBuilder:
         self.deferred = []
 
 
-def to_input(messages: Tuple[Message, ...], *, system_role: str, replay: bool) -> List[Item]:
-    """The whole ``input`` list: turns in order, system turns in place, pairs repaired."""
-    builder = _InputBuilder(system_role, replay)
+def to_input(messages: Tuple[Message, ...], *, system_role: str, replay: bool,
+             unreadable: FrozenSet[str] = frozenset()) -> List[Item]:
+    """The whole ``input`` list: turns in order, system turns in place, pairs repaired; no reasoning
+    item whose id is in ``unreadable``."""
+    builder = _InputBuilder(system_role, replay, unreadable)
     for message in _merge_same_role(messages):
         if message.role == "system":
             builder.add_system(message)
@@ -461,13 +464,15 @@ def _generation(req: MessagesRequest, model: str, reasoning: bool, cap: Optional
     return out
 
 
-def _prompt(req: MessagesRequest, model: str, reasoning: bool, replay: bool) -> Dict[str, Any]:
+def _prompt(req: MessagesRequest, model: str, reasoning: bool, replay: bool,
+            unreadable: FrozenSet[str]) -> Dict[str, Any]:
     """model, instructions and input: reasoning models take system turns as ``developer``."""
     body: Dict[str, Any] = {"model": model}
     instructions = strip_billing_header(req.system)  # its suffix changes per session: it would void the cache
     if instructions:
         body["instructions"] = instructions
-    body["input"] = to_input(req.messages, system_role="developer" if reasoning else "system", replay=replay)
+    body["input"] = to_input(req.messages, system_role="developer" if reasoning else "system", replay=replay,
+                             unreadable=unreadable)
     return body
 
 
@@ -480,6 +485,7 @@ def to_responses_request(
     web_search: bool = False,
     cache_key: Optional[str] = None,
     replay_reasoning: bool = True,
+    unreadable: FrozenSet[str] = frozenset(),
     reasoning: Optional[bool] = None,
     reasoning_summary: bool = True,
     tools: Optional[ResponsesTools] = None,
@@ -489,8 +495,8 @@ def to_responses_request(
     ``max_output_tokens`` is the model's output cap (None: no cap);
     ``web_search``: the provider runs OpenAI's hosted ``web_search`` tool;
     ``cache_key``: sent as ``prompt_cache_key``; ``replay_reasoning=False``
-    leaves reasoning items out of the history (a retry after
-    ``invalid_encrypted_content``, when the key or org changed);
+    leaves reasoning items out of the history, ``unreadable`` those of these ids (which the
+    upstream refused as ``invalid_encrypted_content``, when the key or org changed);
     ``reasoning`` overrides ``is_reasoning_model(model)`` (an Azure deployment
     name says nothing about the model behind it); ``reasoning_summary=False``
     asks for no summaries (an unverified organisation gets 400
@@ -501,7 +507,7 @@ def to_responses_request(
     reasoning = is_reasoning_model(model) if reasoning is None else reasoning
     functions, max_calls, warnings = (tools if tools is not None else
                                       responses_tools(offered_tools(req, found_tools(req)), web_search))
-    body = _prompt(req, model, reasoning, replay_reasoning and reasoning)
+    body = _prompt(req, model, reasoning, replay_reasoning and reasoning, unreadable)
     if functions:
         body["tools"] = list(functions)
     body.update(_tool_choice(req, functions))
