@@ -1064,7 +1064,8 @@ def keyless_upstreams(server: ProxyServer) -> List[str]:
     """A line for each provider on the internet that gets no key and is not known to need one (a
     gateway may let callers in by address): its 401s would come one per request, and Claude Code
     reads a 401 as its own login gone. One known to need a key stops the start (check_keys)."""
-    return [line for needed, line in keyless(server.proxy.router.providers.values()) if not needed]
+    forwarded = not server.config.auth_key  # else a Messages API upstream gets no client key either
+    return [line for needed, line in keyless(server.proxy.router.providers.values(), forwarded=forwarded) if not needed]
 
 
 def passed_over_keys(server: ProxyServer, environ: Mapping[str, str]) -> List[str]:

@@ -9,42 +9,48 @@ from urllib.parse import urlsplit
 
 from .config import SHORTHAND_PROVIDER, Config, Provider, gives_no_key
 from .credentials import CommandToken
-from .dialects import DIALECTS, KEY_HEADERS, default_key_variables, detect_provider
+from .dialects import DIALECTS, KEY_HEADERS, default_key_variables, detect_provider, is_anthropic_host
 from .errors import UpstreamUnavailable
 from .routing import build_router, header_the_key_replaces, provider_dialect
 
 
-def check_keys(config: Config) -> None:
+def check_keys(config: Config, forwarded: bool = True) -> None:
     """Before anything listens: each key command run once (its key is then cached for the first
     calls), one that fails or prints no key a ValueError that names it; and a provider known to
     need a key (OpenAI, Groq...) that would get none a ValueError too, not a server whose every
-    answer is a 401. Not in check_settings: --print-config runs no command, and shows such a setting."""
+    answer is a 401. Not in check_settings: --print-config runs no command, and shows such a setting.
+    ``forwarded``: a Messages API upstream without a key may get the client's own (not under ``run``,
+    whose client key is the session's, nor with an --auth-key)."""
     for token in [p.token for p in config.providers] + [config.token]:
         if isinstance(token, CommandToken):
             try:
                 token()
             except UpstreamUnavailable as exc:
                 raise ValueError(exc.message) from None
-    refuse_keyless(build_router(config).providers.values())
+    refuse_keyless(build_router(config).providers.values(), forwarded=forwarded and not config.auth_key)
 
 
-def refuse_keyless(providers: Iterable[Provider], library: bool = False) -> None:
+def refuse_keyless(providers: Iterable[Provider], library: bool = False, forwarded: bool = True) -> None:
     """A ValueError for the first provider known to need a key that gets none. ``library``: for
     ``start()``, whose settings are arguments, and which reads no key from the environment (its key
-    command runs when a request first needs it, as it always did)."""
-    for needed, line in keyless(providers, library):
+    command runs when a request first needs it, as it always did); ``forwarded`` as check_keys'."""
+    for needed, line in keyless(providers, library, forwarded):
         if needed:
             raise ValueError(line)
 
 
-def keyless(providers: Iterable[Provider], library: bool = False) -> List[Tuple[bool, str]]:
+def keyless(providers: Iterable[Provider], library: bool = False, forwarded: bool = True) -> List[Tuple[bool, str]]:
     """(known to need a key, what to say) for each provider on the internet that gets no key.
-    Local servers (Ollama, vLLM) need none, and a Messages API upstream gets the client's own key."""
+    Local servers (Ollama, vLLM) need none, and a Messages API upstream gets the client's own key
+    where one is ``forwarded``."""
     said = []
     for provider in providers:
         host = urlsplit(provider.url).hostname or ""
-        if provider.api != "messages" and gives_no_key(provider.token) and on_the_internet(host) \
+        if (provider.api != "messages" or not forwarded) and gives_no_key(provider.token) and on_the_internet(host) \
                 and not _carries_a_credential(provider):
+            if provider.api == "messages":
+                said.append(_no_forwarded_key(provider, host, library))
+                continue
             dialect = provider_dialect(provider)
             own = " or ".join(default_key_variables(dialect, False))
             if provider.name != SHORTHAND_PROVIDER:
@@ -63,6 +69,25 @@ def keyless(providers: Iterable[Provider], library: bool = False) -> List[Tuple[
             said.append((needed, f"{who} ({host}) gets no API key"
                                  + (f", which it needs ({how})" if needed else f": expect 401s ({how})")))
     return said
+
+
+def _no_forwarded_key(provider: Provider, host: str, library: bool) -> Tuple[bool, str]:
+    """A Messages API upstream that gets no key of its own where the client's is not forwarded: under
+    ``run`` (its client key is the session's) or with an --auth-key (the client's key is the proxy's).
+    Anthropic and the providers known by their host need one; every call was a 401 ("Failed to
+    authenticate"), and nothing said why."""
+    known = detect_provider(provider.url)
+    own = ("ANTHROPIC_API_KEY",) if is_anthropic_host(provider.url) else DIALECTS[known].key_env if known in DIALECTS else ()
+    needed = bool(own)
+    if provider.name != SHORTHAND_PROVIDER:
+        who = f"provider {provider.name}"
+        how = "give its Provider a token" if library else "give it api_key_env or api_key_command in the config file"
+    else:
+        who = "the upstream"
+        how = "give start() token=claudeproxy.static_token(key)" if library else \
+            f"give --api-key-env {own[0]}" if own else "give --api-key-env the variable that holds its key"
+    why = "the client's key is not passed on where the proxy has a client key of its own: run's, --auth-key"
+    return needed, f"{who} ({host}) gets no API key{', which it needs' if needed else ': expect 401s'} ({why}); {how}"
 
 
 def _carries_a_credential(provider: Provider) -> bool:

@@ -608,7 +608,7 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
     if ns.print_config:
         return _print_config(config, ns.config, environ, stdout)
     try:
-        cli.check_keys(config)
+        cli.check_keys(config, forwarded=False)  # its client key is the session's: never passed on
     except ValueError as exc:
         return _fail(str(exc), environ, stderr, 2)
     windows = on_windows()

@@ -226,7 +226,7 @@ def start(config: Optional[Config] = None, metrics_sink: Optional[Sink] = None, 
     server = ProxyServer(config, metrics_sink)  # a bad setting raises here, naming it
     try:
         # As the command line: OpenAI, Groq... with no key would 401 every call. (The server's router.)
-        refuse_keyless(server.proxy.router.providers.values(), library=True)
+        refuse_keyless(server.proxy.router.providers.values(), library=True, forwarded=not config.auth_key)
     except ValueError:
         server.server_close()
         raise

@@ -164,6 +164,21 @@ def test_an_empty_api_key_flag_is_named_in_the_keyless_warning(served: List[Any]
                      "(--api-key is empty: give a key, or leave it out to use OPENAI_API_KEY)"], lines
 
 
+def test_a_keyless_messages_upstream_gets_the_clients_key_unless_the_proxy_has_its_own(served: List[Any]) -> None:
+    """Without --auth-key the client's own key goes to a Messages API upstream that has none (the
+    documented switch); with it, nothing would: every call a 401, and the start said nothing."""
+    assert run_main(["--passthrough"])[0] == 0
+    code, out, err = run_main(["--passthrough", "--auth-key", "a-long-client-key-0123"])
+    assert_usage_error(code, out, err, "the upstream (api.anthropic.com) gets no API key, which it needs",
+                       "give --api-key-env ANTHROPIC_API_KEY")
+    assert run_main(["--passthrough", "--auth-key", "a-long-client-key-0123", "--upstream",
+                     "https://gateway.corp.example/anthropic"])[0] == 0
+    lines = [line for line in _start_warnings(served[-1], {}) if "gets no API key" in line]
+    assert lines == ["the upstream (gateway.corp.example) gets no API key: expect 401s (the client's key is not "
+                     "passed on where the proxy has a client key of its own: run's, --auth-key); give --api-key-env "
+                     "the variable that holds its key"], lines
+
+
 def _start_warnings(config: Any, environ: Dict[str, str]) -> List[str]:
     server = claudeproxy.start(config, port=0)
     try:

@@ -506,6 +506,13 @@ def assert_one_line(err: str, *parts: str) -> None:
     (["--metrics-file", "/nonexistent-dir/usage.jsonl", "--", "true"], "--metrics-file"),
     # A provider that needs a key and would get none: the command never starts against 401s.
     (["--upstream", "https://api.groq.com/openai/v1", "--", "true"], "gets no API key, which it needs (set GROQ_API_KEY"),
+    # Nor Anthropic without one: run's client key is the session's, never passed on, and every
+    # prompt was "Failed to authenticate" with nothing said (probe Z, D1).
+    (["--passthrough", "--", "true"], "the upstream (api.anthropic.com) gets no API key, which it needs (the client's "
+                                      "key is not passed on where the proxy has a client key of its own: run's, "
+                                      "--auth-key); give --api-key-env ANTHROPIC_API_KEY"),
+    (["--passthrough", "--upstream", "https://api.deepseek.com/anthropic", "--", "true"],
+     "give --api-key-env DEEPSEEK_API_KEY"),
 ])
 def test_bad_options_are_one_line_and_exit_2(tmp_path: Any, argv: List[str], part: str) -> None:
     code, out, err = run_main(argv, base_env(tmp_path))
