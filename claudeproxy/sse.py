@@ -15,6 +15,10 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from .errors import ProxyError, UpstreamUnavailable
 
 MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as broken
+# The most characters of data one event may gather over its lines. Each line is capped as it is read
+# (``upstream.iter_lines``), but an event's data lines were gathered until a blank line came: an
+# upstream that sent none grew the proxy without end. As large as the largest line may grow.
+MAX_EVENT_CHARS = 16 * 1024 * 1024
 
 
 class ServerSentEvent:
@@ -68,8 +72,9 @@ def _lines_of(text: str) -> List[str]:
 class SSEDecoder:
     """Feed lines without their terminator; get an event at each blank line."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_event: int = MAX_EVENT_CHARS) -> None:
         self._data: List[str] = []
+        self._size, self._max_event = 0, max_event  # characters of data gathered for the event
         self._event = ""
         self._first = True
         self._cr_ended = False  # the last run of lines ended with a CR, whose LF may begin the next
@@ -91,6 +96,9 @@ class SSEDecoder:
             value = value[1:]
         if name == "data":
             self._data.append(value)
+            self._size += len(value) + 1
+            if self._size > self._max_event:
+                raise UpstreamUnavailable(f"upstream sent an SSE event of more than {self._max_event} characters")
         elif name == "event":
             self._event = value
         elif self.stray is None and name not in ("id", "retry") and not line.isspace():
@@ -132,7 +140,7 @@ class SSEDecoder:
             self._event = ""
             return None
         event = ServerSentEvent("\n".join(self._data), self._event)
-        self._data, self._event = [], ""
+        self._data, self._size, self._event = [], 0, ""
         return event
 
 

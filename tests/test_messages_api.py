@@ -1941,3 +1941,16 @@ def test_content_after_message_delta_ends_the_answer_as_it_was() -> None:
     out += fold.fail(caught.value)
     assert_valid_event_sequence(out)
     assert [e["type"] for e in out[-2:]] == ["message_delta", "message_stop"]
+
+
+def test_pings_before_the_first_block_are_held_as_one(make_proxy, fake_upstream):
+    """The pings after message_start are held with it until something is said: each was kept, and an
+    upstream sending nothing but (padded) pings grew the proxy without end (probe AA, F-4)."""
+    server = make_proxy(passthrough=True)
+    padded = {"type": "ping", "pad": "x" * 1000}
+    fake_upstream.push(sse(events_bytes([MESSAGE_START] + [padded] * 500 + HEAD_EVENTS[1:] + TAIL_EVENTS)))
+    with StreamClient(server.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+        events = client.read_all(timeout=5)
+    assert_valid_event_sequence(events, allow_error=False)
+    first_block = [e["type"] for e in events].index("content_block_start")
+    assert [e["type"] for e in events[:first_block]] == ["message_start", "ping"]

@@ -276,3 +276,19 @@ def test_iter_events_takes_a_crlf_cut_between_two_runs_as_one_line_end() -> None
 def test_an_event_is_a_value_equal_and_hashable_by_its_fields() -> None:
     assert ServerSentEvent("a", "x") == ServerSentEvent("a", "x") != ServerSentEvent("a")
     assert len({ServerSentEvent("a"), ServerSentEvent("a"), ServerSentEvent("b")}) == 2
+
+
+def test_an_event_is_held_to_a_size_whatever_its_lines() -> None:
+    """Each line is capped as it is read, but an event's data lines were gathered until a blank line:
+    an upstream that sent none grew the proxy by gigabytes (probe AA, F-4)."""
+    from claudeproxy.errors import UpstreamUnavailable
+    decoder = SSEDecoder(max_event=100)
+    for _ in range(4):
+        assert decoder.decode("data: " + "x" * 20) is None
+    with pytest.raises(UpstreamUnavailable) as refused:
+        decoder.decode("data: " + "x" * 20)
+    assert refused.value.message == "upstream sent an SSE event of more than 100 characters"
+    decoder = SSEDecoder(max_event=100)  # a blank line ends the event: its size starts again
+    for _ in range(20):
+        assert decoder.decode("data: " + "x" * 40) is None
+        assert decoder.decode("") == ServerSentEvent("x" * 40)

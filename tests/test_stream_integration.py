@@ -682,3 +682,16 @@ def test_answers_get_ids_of_their_own_though_the_upstream_repeats_its_own(proxy,
         ids.append(json.loads(body)["id"] if not stream else
                    json.loads(body.split("data: ", 1)[1].split("\n", 1)[0])["message"]["id"])
     assert len(set(ids)) == 4 and all(i.startswith("msg_") and "chatcmpl" not in i for i in ids), ids
+
+
+def test_an_event_that_never_ends_is_a_502_not_a_proxy_that_grows(make_proxy: Any, fake_upstream: Any) -> None:
+    """Data lines of just under the line cap and never the blank line that ends their event: the
+    proxy gathered them all (3 GB of memory for 1.5 GB sent, probe AA F-4). Now the event is held to
+    16 MiB, and the client gets the stream's failure."""
+    proxy = make_proxy()
+    line = b"data: " + b"x" * 1_000_000 + b"\n"
+    fake_upstream.push(Reply(200, (("Content-Type", "text/event-stream"),), [line] * 20, chunked=True))
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(stream=True), {"x-api-key": CLIENT_KEY},
+                   timeout=20)
+    assert resp.status == 502, resp
+    assert b"SSE event of more than 16777216 characters" in resp.body

@@ -617,7 +617,9 @@ class MessagesFold(SSEFold):
             return self._message_start(obj)
         if kind == "ping":
             self.heard -= 1  # a keep-alive, whatever else it is
-            if self.held:
+            if self.held and all(e.get("type") != "ping" for e in self.held):
+                # One: a held ping says no more than the first, and an upstream sending nothing but
+                # pings (of any size) would have grown the held list without end.
                 self.held.append(obj)
             return [obj] if self.started else []
         if self.finishing and kind.startswith("content_block_"):
