@@ -20,6 +20,9 @@ from .routing import Target
 DEFAULT_PAGE = 20  # Anthropic's default page size; the SDKs follow has_more/last_id
 MAX_PAGE = 1000
 MAX_UPSTREAM_PAGES = 5  # of an Anthropic API's own list, MAX_PAGE models each: a loop on a bad cursor stops
+# The most models taken from one upstream list (OpenRouter's has some hundreds): each is routed and
+# described, and a list of two million took 39 s and 950 MB to answer.
+MAX_LISTED = 5000
 Page = Tuple[int, Optional[str], Optional[str]]
 
 
@@ -47,7 +50,7 @@ def upstream_models(body: Any) -> List[Tuple[str, int, str]]:
     Anthropic's ``created_at``; the display name is Anthropic's, or ""."""
     items = body.get("data") if isinstance(body, dict) else None
     out = []
-    for item in items if isinstance(items, list) else []:
+    for item in items[:MAX_LISTED] if isinstance(items, list) else []:
         if isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"]:
             display = item.get("display_name")
             out.append((item["id"], _created(item), display if isinstance(display, str) else ""))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any, Dict, List
 
@@ -947,6 +948,23 @@ def test_body_over_the_limit_is_a_502(make_proxy, fake_upstream):
     fake_upstream.push(json_reply(big))
     resp = post(server, minimal_request())
     assert resp.status == 502 and "larger than" in resp.json["error"]["message"]
+
+
+@pytest.mark.parametrize("passthrough", [True, False])
+def test_an_answer_of_millions_of_tiny_values_is_a_502_before_it_is_decoded(make_proxy, fake_upstream, passthrough):
+    """Bounded in bytes only, an upstream answer of "{}"s took 28 times its size to decode (1.7 GB for
+    61 MB, probe AA F-3): it is held to the client's body's counts, and not asked for again."""
+    server = make_proxy(passthrough=passthrough)
+    pad = b"[" + b"{}," * 1_200_000 + b"{}]"
+    body = json.dumps(ANSWER if passthrough else {"choices": []}).encode()[:-1] + b', "pad": ' + pad + b"}"
+    fake_upstream.push(Reply(200, (("Content-Type", "application/json"),), [body]))
+    resp = post(server, minimal_request())
+    assert resp.status == 502, resp
+    message = resp.json["error"]["message"]
+    assert re.fullmatch(r"upstream response holds 1,200,0\d\d JSON objects and arrays; at most 1,000,000 are taken",
+                        message), message
+    assert resp.headers.get("x-should-retry") == "false"
+    assert len(fake_upstream.requests) == 1
 
 
 def test_not_a_message_is_a_502(through, fake_upstream):
