@@ -100,6 +100,7 @@ _NO_COUNT_STATUSES = frozenset({400, 404, 405, 422, 501})
 # A 403 about the model asked for, not the key: OpenAI's "Project `proj_x` does not have access to
 # model `gpt-4.1`" (code model_not_found), "not allowed to use model ...". Not any 403 that says
 # "model" ("Invalid API key for model access" is the key's).
+_X_API_KEY = re.compile(r"x-api-key", re.I)
 _NAMES_A_MODEL = re.compile(r"access to (?:the )?model\b|model_not_found|not (?:allowed|permitted|authori[sz]ed|entitled) "
                             r"to (?:use|access) (?:the |this )?model\b|\bmodel \S+ is not (?:available|enabled|allowed)",
                             re.I)
@@ -701,7 +702,10 @@ class Proxy:
             return exc
         self.warn_once(f"{target.provider.name} refused the key claudeproxy sends it (upstream {exc.status}); "
                        "check the provider's key setting")
-        exc.message = f"{exc.message} (the key claudeproxy sends to provider {target.provider.name!r})"
+        # Claude Code shows any message naming "x-api-key" (Anthropic's own 401 says "invalid x-api-key")
+        # as "Not logged in · Please run /login", which its user's login is not the cause of.
+        said = _X_API_KEY.sub("API key", exc.message)
+        exc.message = f"{said} (the key claudeproxy sends to provider {target.provider.name!r})"
         return exc
 
     def _changed_request(self, exc: UpstreamHTTPError, api: UpstreamApi, req: ClientRequest, target: Target,

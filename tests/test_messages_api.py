@@ -1794,6 +1794,19 @@ def test_count_tokens_says_whose_key_the_upstream_refused(through, fake_upstream
     assert UPSTREAM_KEY not in resp.body.decode()
 
 
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+def test_anthropics_own_401_for_the_proxys_key_does_not_send_claude_code_to_login(through, fake_upstream, path):
+    """Claude Code shows any error naming x-api-key as "Not logged in · Please run /login", and Anthropic's
+    own 401 says "invalid x-api-key": the user's login was fine, the key at fault the proxy's (probe Y, D4)."""
+    fake_upstream.push(json_reply({"type": "error", "error": {"type": "authentication_error",
+                                                              "message": "invalid x-api-key"}}, status=401))
+    resp = post(through, minimal_request(), path=path)
+    assert resp.status == 401
+    assert resp.json["error"]["message"] == ("upstream 401: invalid API key (the key claudeproxy sends to provider "
+                                             "'upstream')"), resp.json
+    assert "x-api-key" not in resp.json["error"]["message"].lower()
+
+
 def test_an_overload_right_after_message_start_is_retried(make_proxy, fake_upstream):
     """Anthropic may send message_start and then an overloaded_error event: nothing the client needs
     went out yet, so the proxy asks again (the upstream's message_start waits for the next event)."""
