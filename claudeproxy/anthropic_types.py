@@ -250,34 +250,42 @@ def tool_use_ids(req: MessagesRequest) -> FrozenSet[str]:
     return frozenset(b.id for m in req.messages if m.role == "assistant" for b in m.content if type(b) is ToolUseBlock)
 
 
-def found_tools(req: MessagesRequest) -> FrozenSet[str]:
-    """The deferred tools (``defer_loading``) the model may be offered: those a tool search found
-    (a ``tool_reference`` in a tool result, or in a user turn), one the history calls, and one
-    ``tool_choice`` names. Only deferred tools' names; empty at once when no tool is deferred."""
+def found_tools(req: MessagesRequest) -> Tuple[str, ...]:
+    """The deferred tools (``defer_loading``) the model may be offered, in the order the conversation
+    found them: those a tool search found (a ``tool_reference`` in a tool result, or in a user turn),
+    one the history calls, and last one ``tool_choice`` names. Only deferred tools' names; empty at
+    once when no tool is deferred."""
     deferred = {t.name for t in req.tools if t.deferred}
     if not deferred:
-        return frozenset()
-    found = {req.tool_choice.name} if req.tool_choice is not None and req.tool_choice.name else set()
+        return ()
+    found: Dict[str, None] = {}  # an ordered set
     for message in req.messages:  # one pass over the conversation
         for block in message.content:
             kind = type(block)
             if kind is ToolReferenceBlock:
-                found.add(block.tool_name)  # type: ignore[union-attr]
+                found[block.tool_name] = None  # type: ignore[union-attr]
             elif kind is ToolResultBlock:
-                found.update(c.tool_name for c in block.content if type(c) is ToolReferenceBlock)  # type: ignore[union-attr]
+                found.update(dict.fromkeys(c.tool_name for c in block.content  # type: ignore[union-attr]
+                                           if type(c) is ToolReferenceBlock))
             elif kind is ToolUseBlock:
                 # One the history calls stays offered: a call to a tool the request does not define
                 # is refused by strict servers (its reference may have gone in a compaction).
-                found.add(block.name)  # type: ignore[union-attr]
-    return frozenset(deferred & found)
+                found[block.name] = None  # type: ignore[union-attr]
+    if req.tool_choice is not None and req.tool_choice.name:
+        found[req.tool_choice.name] = None
+    return tuple(name for name in found if name in deferred)
 
 
-def offered_tools(req: MessagesRequest, found: FrozenSet[str]) -> Tuple[Tool, ...]:
+def offered_tools(req: MessagesRequest, found: Tuple[str, ...]) -> Tuple[Tool, ...]:
     """The request's tools less the deferred ones no tool search has found (``found_tools``): Claude
-    Code's DeferredToolPlaceholder ("never call this tool") and the MCP tools it defers."""
+    Code's DeferredToolPlaceholder ("never call this tool") and the MCP tools it defers. The tools
+    always offered come first, in the client's order, then the found ones in the order they were
+    found: Claude Code puts a found tool in its sorted place, and there it changed every tool
+    definition after it, which the upstream's prompt cache holds, once a tool found."""
     if not any(t.deferred for t in req.tools):
         return req.tools
-    return tuple(t for t in req.tools if not t.deferred or t.name in found)
+    by_name = {t.name: t for t in req.tools if t.deferred}
+    return tuple(t for t in req.tools if not t.deferred) + tuple(by_name[name] for name in found)
 
 
 def wants_thinking(req: MessagesRequest) -> bool:

@@ -60,6 +60,25 @@ def test_a_deferred_tool_is_offered_once_a_search_found_it(names: Any) -> None:
     assert names(minimal_request(tools=TOOLS, messages=searched("Read", "mcp__gone"))) == ["Read", "ToolSearch"]
 
 
+@pytest.mark.parametrize("names", [chat_names, responses_names])
+def test_found_tools_come_after_the_others_in_the_order_they_were_found(names: Any) -> None:
+    """Claude Code puts a found tool in its sorted place among the tools (CronList between Bash and
+    Edit): sent there, it changed every definition after it, and the upstream's cache of the prompt
+    from the third tool on was lost once a tool was found (probe Y, D2)."""
+    cron = {"name": "CronList", "description": "list jobs", "defer_loading": True,
+            "input_schema": {"type": "object", "properties": {}}}
+    zebra = {**cron, "name": "Zebra"}
+    tools = [{**READ, "name": "Bash"}, cron, {**READ, "name": "Edit"}, SEARCH, zebra, PLACEHOLDER]
+    assert names(minimal_request(tools=tools)) == ["Bash", "Edit", "ToolSearch"]
+    first = searched("Zebra")
+    assert names(minimal_request(tools=tools, messages=first)) == ["Bash", "Edit", "ToolSearch", "Zebra"]
+    later = first + [{"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_2", "name": "ToolSearch",
+                                                       "input": {"query": "cron"}}]},
+                     {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_2",
+                                                   "content": [{"type": "tool_reference", "tool_name": "CronList"}]}]}]
+    assert names(minimal_request(tools=tools, messages=later)) == ["Bash", "Edit", "ToolSearch", "Zebra", "CronList"]
+
+
 def test_a_deferred_tool_the_history_calls_stays_offered() -> None:
     """Its reference gone (a compaction kept the call), a strict server would refuse a call to a
     tool the request does not define."""
