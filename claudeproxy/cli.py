@@ -75,7 +75,7 @@ from .config import (
 from .config_file import ConfigError, FileConfig, FlagSpec, file_setting, parse_config
 from .credentials import DEFAULT_TTL, command_argv, command_token, current_secrets, key_source
 from .dialects import DIALECTS, PROVIDER_URLS, default_key_variables, detect_provider, key_variables
-from .keyless import check_keys, keyless, on_the_internet
+from .keyless import check_keys, keyless, on_the_internet, shared_client_keys
 from .metrics import CallRecord
 from .observe import BODIES_LOGGER, PACKAGE_LOGGER
 from .redact import SecretForms, configured_secrets, redact_text, redact_url, secret_forms, with_halves
@@ -956,6 +956,7 @@ def start_warnings(server: ProxyServer, environ: Mapping[str, str]) -> List[str]
     ``run`` prints them on the terminal too."""
     return (unmatched_routes(server) + shadowed_routes(server) + unserved_families(server) + unused_providers(server)
             + repeated_targets(server) + keyless_upstreams(server)
+            + shared_client_keys(server.proxy.router, forwarded=not server.config.auth_key)
             + passed_over_keys(server, environ) + unused_proxies(server, environ)
             + missing_cert_file(server, os.environ))  # the process's own: its TLS reads it, not the command's
 

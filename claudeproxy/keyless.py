@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Tuple
 from urllib.parse import urlsplit
 
 from .config import SHORTHAND_PROVIDER, Config, Provider, gives_no_key
@@ -88,6 +88,29 @@ def _no_forwarded_key(provider: Provider, host: str, library: bool) -> Tuple[boo
             f"give --api-key-env {own[0]}" if own else "give --api-key-env the variable that holds its key"
     why = "the client's key is not passed on where the proxy has a client key of its own: run's, --auth-key"
     return needed, f"{who} ({host}) gets no API key{', which it needs' if needed else ': expect 401s'} ({why}); {how}"
+
+
+def shared_client_keys(router: Any, forwarded: bool = True) -> List[str]:
+    """A line for each route whose targets include Messages API providers on different hosts that
+    have no key of their own: each gets the client's (where one is ``forwarded``), so the key a
+    client sends for the first goes to the next host when the first fails (an Anthropic login, to
+    a gateway that was meant to be open)."""
+    if not forwarded:
+        return []
+    lines = []
+    for i, route in enumerate(router.routes):
+        hosts: Dict[str, str] = {}  # host -> the first provider there that gets the client's key
+        for where in (route.target,) + tuple(route.fallbacks):
+            provider = router.providers.get(where.provider)
+            if provider is not None and provider.api == "messages" and gives_no_key(provider.token) \
+                    and not _carries_a_credential(provider):
+                hosts.setdefault(urlsplit(provider.url).hostname or "", provider.name)
+        if len(hosts) > 1:
+            named = " and ".join(f"{name} ({host})" for host, name in hosts.items())
+            lines.append(f"{route.origin or f'routes[{i}]'} ({route.match!r}): {named} have no key of their own "
+                         "and each gets the client's: the key a client sends for one goes to another host when "
+                         "it falls back (give them keys of their own if that is not meant)")
+    return lines
 
 
 def _carries_a_credential(provider: Provider) -> bool:

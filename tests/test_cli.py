@@ -394,6 +394,26 @@ def test_a_fallback_repeating_an_earlier_target_is_said_at_start() -> None:
         server.shutdown(grace=0.1)
 
 
+def test_a_clients_key_that_would_go_to_two_hosts_is_said_at_start() -> None:
+    """Two Messages API providers without keys on one route: each gets the client's own key, so an
+    Anthropic login went to the fallback's host when Anthropic failed, and nothing said so (probe AA F-2)."""
+    anthropic = Provider("anth", "https://api.anthropic.com", api="messages")
+    other = Provider("third", "https://gateway.corp.example/anthropic", api="messages")
+    keyed = Provider("keyed", "https://api.deepseek.com/anthropic", api="messages",
+                     token=claudeproxy.static_token("sk-0000000000000000"))
+    routes = (Route("opus", RouteTarget("anth", "claude-opus-4-5"), (RouteTarget("third", "x"),)),
+              Route("*", RouteTarget("anth"), (RouteTarget("keyed", "deepseek-chat"),)))
+    server = claudeproxy.start(providers=(anthropic, other, keyed), routes=routes, port=0)
+    try:
+        lines = cli.shared_client_keys(server.server.proxy.router)
+        assert cli.shared_client_keys(server.server.proxy.router, forwarded=False) == []  # run's, --auth-key
+    finally:
+        server.shutdown(grace=0.1)
+    assert lines == ["routes[0] ('opus'): anth (api.anthropic.com) and third (gateway.corp.example) have no key of "
+                     "their own and each gets the client's: the key a client sends for one goes to another host "
+                     "when it falls back (give them keys of their own if that is not meant)"], lines
+
+
 @pytest.mark.parametrize("provider, url", [
     ("deepseek", "https://api.deepseek.com"),
     ("gemini", "https://generativelanguage.googleapis.com/v1beta/openai"),
