@@ -89,6 +89,10 @@ class ModelFacts:
     # USD per 1,000 web searches the upstream runs itself (Anthropic's web search tool, a Responses
     # model's hosted web_search); None: not known, and a call that searched has no cost.
     web_search_price: Optional[float] = None
+    # A reasoning model (OpenAI's o-series and gpt-5 on the Responses API: its effort, its reasoning
+    # summaries and their encrypted replay). None: told by the name, which an Azure deployment's
+    # (``prod-coder``) does not say; only a config file's table sets it.
+    reasoning: Optional[bool] = None
 
     def merged(self, override: "ModelFacts") -> "ModelFacts":
         """These facts with every field ``override`` sets (not None, or True) taking its place."""
@@ -108,7 +112,7 @@ def _is_set(value: Any) -> bool:
 
 
 def _is_said(name: str, value: Any) -> bool:
-    return value is not None if name == "text_only" else _is_set(value)
+    return value is not None if name in ("text_only", "reasoning") else _is_set(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,7 +469,7 @@ _INT_KEYS: Mapping[str, str] = types.MappingProxyType(
 )
 _PRICE_KEYS = ("input_price", "output_price", "cache_read_price", "cache_write_price", "cache_write_1h_price",
                "web_search_price")
-_BOOL_KEYS = ("responses_only", "text_only")
+_BOOL_KEYS = ("responses_only", "text_only", "reasoning")
 _ALL_KEYS = tuple(_INT_KEYS) + _PRICE_KEYS + _BOOL_KEYS
 # Bounds far above any real model (the dearest list price is a few hundred USD per million tokens, the
 # largest window a few million tokens) and far below what breaks arithmetic: a price of 1e308 made

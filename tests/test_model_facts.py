@@ -243,6 +243,13 @@ def test_facts_from_dict_reads_every_key() -> None:
     assert isinstance(facts.input_price, float)
 
 
+def test_facts_from_dict_reads_whether_a_deployment_reasons() -> None:
+    """An Azure deployment's name does not say which model it runs: the table may (probe Y, D6)."""
+    assert facts_from_dict({"reasoning": True}, "p") == ModelFacts(reasoning=True)
+    assert facts_from_dict({"reasoning": False}, "p").to_dict() == {"reasoning": False}  # said, as text_only's false
+    assert ModelFacts(reasoning=True).merged(ModelFacts(reasoning=False)).reasoning is False
+
+
 def test_facts_from_dict_alias_and_empty() -> None:
     assert facts_from_dict({"max_output": 4_096}, "p") == ModelFacts(max_output=4_096)
     assert facts_from_dict({}, "p") == ModelFacts()
@@ -276,6 +283,7 @@ BAD_OVERRIDES = [
     ({"responses_only": "yes"}, "responses_only", "true or false"),
     ({"responses_only": 1}, "responses_only", "true or false"),
     ({"text_only": "no"}, "text_only", "true or false"),
+    ({"reasoning": "high"}, "reasoning", "true or false"),
 ]
 
 

@@ -274,6 +274,27 @@ def test_responses_only_from_a_models_table_switches_the_api_on_any_host(make_pr
     _opus_on_responses_and_sonnet_on_chat(server, fake_upstream, "house-reasoner-1")
 
 
+def test_a_deployment_whose_name_hides_a_reasoning_model_is_told_by_the_models_table(make_proxy: Any,
+                                                                                     fake_upstream: Any) -> None:
+    """An Azure deployment of gpt-5 named prod-coder got no effort, no reasoning summaries and no
+    encrypted reasoning to carry across tool rounds, and nothing could say it reasons (probe Y, D6)."""
+    from claudeproxy.config import Provider, Route, RouteTarget
+    from claudeproxy.model_facts import ModelFacts
+    azure = Provider("az", f"http://127.0.0.1:{fake_upstream.port}", api="responses", dialect="azure",
+                     models=(("prod-coder", ModelFacts(reasoning=True)), ("gpt-5-mini-deploy", ModelFacts(reasoning=False))))
+    server = make_proxy(providers=(azure,), routes=(Route("opus", RouteTarget("az", "prod-coder")),
+                                                    Route("*", RouteTarget("az", "gpt-5-mini-deploy"))))
+    answer = json.loads(read("responses", "text.response.json"))
+    fake_upstream.push(json_reply(answer), json_reply(answer))
+    turn = ask(model="claude-opus-4-5", thinking={"type": "adaptive"}, output_config={"effort": "high"})
+    assert request(server.url, "POST", "/v1/messages", turn, HEADERS).status == 200
+    sent = fake_upstream.last.json
+    assert sent["reasoning"] == {"effort": "high", "summary": "auto"}, sent
+    assert sent["include"] == ["reasoning.encrypted_content"]
+    assert request(server.url, "POST", "/v1/messages", {**turn, "model": "claude-sonnet-4-5"}, HEADERS).status == 200
+    assert "reasoning" not in fake_upstream.last.json and "include" not in fake_upstream.last.json
+
+
 def test_an_unverified_organisation_gets_no_summaries_again(make_proxy: Any, fake_upstream: Any) -> None:
     """OpenAI's own words (param reasoning.summary): the call goes again without summaries, and the
     provider's later calls never ask for them (RESPONSES.md 5)."""

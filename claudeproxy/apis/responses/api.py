@@ -84,7 +84,7 @@ class ResponsesApi(UpstreamApi):
                                             lambda offered: responses_tools(offered, web_search))
         translation = to_responses_request(
             parsed, model=target.model, max_output_tokens=cap, stream=parsed.stream,
-            web_search=web_search, cache_key=req.cache_key,
+            web_search=web_search, cache_key=req.cache_key, reasoning=target.facts.reasoning,
             unreadable=unreadable, reasoning_summary=summaries, tools=tools,
         )
         payload = translation.body
