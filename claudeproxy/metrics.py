@@ -827,6 +827,9 @@ def _count(tokens: Optional[int]) -> str:
 
 
 def _clean(text: str) -> str:
-    """A client's model name on one log line: no line breaks or control characters, not too long."""
+    """A client's model name on one log line: no line breaks, control characters or spaces (a name
+    "m -> x/y 200 in=1" forged the fields after it), not too long."""
     text = text[:200]
-    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
+    if text.isprintable() and " " not in text:
+        return text
+    return "".join(c if c.isprintable() and c != " " else "?" for c in text)

@@ -434,6 +434,13 @@ def test_access_line_keeps_a_hostile_model_name_on_one_line() -> None:
     assert "\n" not in line and "\r" not in line and "\x1b" not in line
 
 
+def test_access_line_keeps_a_model_name_with_spaces_in_its_field() -> None:
+    """A name "m -> openai/gpt-4o 200 stream in=1" made the fields after it look like the call's (probe AA)."""
+    line = access_line(CallRecord("/v1/messages", model="m -> x/y 200 in=1", provider="p", upstream_model="u",
+                                  status=400, error_type="invalid_request_error"))
+    assert line.split(" ")[2:5] == ["m?->?x/y?200?in=1", "->", "p/u"], line
+
+
 # ---------------------------------------------------------------------------
 # /metrics in the Prometheus text format.
 
