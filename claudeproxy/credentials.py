@@ -26,6 +26,10 @@ from .errors import UpstreamUnavailable
 DEFAULT_TTL = 300.0
 COMMAND_TIMEOUT = 30.0
 PREVIOUS_KEYS = 8  # a key command's earlier keys still masked
+# After the upstream refused a command's key and the command ran again for it, a refusal of its next
+# key within this many seconds runs it no more: a key store that hands out a key the upstream keeps
+# refusing ran once for every request (each a 401 all the same).
+REFUSED_RERUN_SECONDS = 10.0
 
 
 class CommandToken:
@@ -40,6 +44,7 @@ class CommandToken:
         self._lock = threading.Lock()
         self._key: Optional[str] = None
         self._fetched = 0.0
+        self._expired_at = -REFUSED_RERUN_SECONDS  # when a refusal last made the command run again
         self._failure: Optional[Tuple[float, str]] = None  # when the last run failed, and its message
         # Keys the command printed before the current one: an upstream may still echo one (a
         # late 401 for a request sent with it), so they stay masked. Bounded: a key rotated
@@ -76,9 +81,15 @@ class CommandToken:
         """Forget the cached key (the upstream refused it): the next call runs the command again.
 
         With ``key``, only if that is still the cached one: another request may have renewed
-        it already, and then the new one is worth a try all the same (so: always True).
+        it already, and then the new one is worth a try all the same (True). False when the cached
+        key was refused within ``REFUSED_RERUN_SECONDS`` of an earlier refusal's run.
         """
         with self._lock:
+            if key is not None and key == self._key:
+                now = time.monotonic()
+                if now - self._expired_at < REFUSED_RERUN_SECONDS:
+                    return False
+                self._expired_at = now
             if key is None or key == self._key:
                 self._retire(None)
                 self._key = None

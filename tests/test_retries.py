@@ -835,8 +835,29 @@ def test_key_command_runs_again_after_a_401_and_the_request_is_retried_once(fake
         assert resp.status == 200, resp
         assert sent_keys(fake_upstream) == ["sk-cmd-0001-abcdefgh", "sk-cmd-0002-abcdefgh"]
         fake_upstream.push(*[json_reply({"error": {"message": "still no"}}, status=401)] * 3)
-        assert ask(server).status == 401  # once, not forever
-        assert len(fake_upstream.requests) == 4
+        # The key the command gave for a refusal is refused at once too: no second run within
+        # REFUSED_RERUN_SECONDS (a key store handing out a refused key ran for every request).
+        assert ask(server).status == 401
+        assert len(fake_upstream.requests) == 3 and runs(counter) == 2
+    finally:
+        server.shutdown(grace=1.0)
+
+
+def test_a_refused_command_key_runs_the_command_again_once_the_pause_is_over(fake_upstream: FakeUpstream,
+                                                                              key_command: Any,
+                                                                              monkeypatch: Any) -> None:
+    from claudeproxy import credentials
+    monkeypatch.setattr(credentials, "REFUSED_RERUN_SECONDS", 0.3)
+    argv, counter = key_command
+    server = command_proxy(fake_upstream, argv)
+    try:
+        refusal = json_reply({"error": {"message": "expired"}}, status=401)
+        fake_upstream.push(refusal, json_reply(completion("ok")))
+        assert ask(server).status == 200 and runs(counter) == 2
+        time.sleep(0.4)  # the key rotates again, later
+        fake_upstream.push(refusal, json_reply(completion("ok")))
+        assert ask(server).status == 200 and runs(counter) == 3
+        assert sent_keys(fake_upstream)[-2:] == ["sk-cmd-0002-abcdefgh", "sk-cmd-0003-abcdefgh"]
     finally:
         server.shutdown(grace=1.0)
 
