@@ -809,8 +809,8 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         # the body otherwise than we would.
         if "Transfer-Encoding" in self.headers:
             self.close_connection = True
-            raise ProxyError("chunked request bodies are not supported; send Content-Length", status=411,
-                             error_type="invalid_request_error")
+            raise ProxyError("request bodies framed by Transfer-Encoding are not supported; send Content-Length",
+                             status=411, error_type="invalid_request_error")
         values = {v.strip(" \t") for v in self.headers.get_all("Content-Length") or []}  # HTTP's blanks, not "\xa0"
         if not values:
             self.close_connection = True
