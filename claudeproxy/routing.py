@@ -20,7 +20,7 @@ import dataclasses
 import fnmatch
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from .config import (
     AUTH_STYLES,
@@ -292,10 +292,15 @@ def check_provider(p: Provider, where: str, shorthand: bool = False) -> None:
 def _check_api_version(p: Provider, where: str, shorthand: bool) -> None:
     """An Azure api-version said twice, differently: in the URL's query and as the setting (not its
     default). The URL's went and the setting was dropped without a word (o-series deployments
-    refuse the older versions)."""
+    refuse the older versions). Or said for an upstream that is not Azure's, where nothing sends it:
+    Azure behind a domain of its own got OpenAI's paths and auth, and only 404s and 401s said so."""
+    setting = "--azure-api-version" if shorthand else f"{where}.azure_api_version"
+    if p.azure_api_version != DEFAULT_AZURE_API_VERSION and provider_dialect(p) != "azure":
+        raise ValueError(f"{setting}: an api-version is for Azure OpenAI, and this upstream is not taken for it "
+                         f"(its dialect is {provider_dialect(p)}): say so with "
+                         + ("--provider azure" if shorthand else f"{where}.dialect \"azure\""))
     in_url = parse_qs(urlsplit(p.url).query).get("api-version")
     if in_url and p.azure_api_version not in (DEFAULT_AZURE_API_VERSION, in_url[0]):
-        setting = "--azure-api-version" if shorthand else f"{where}.azure_api_version"
         raise ValueError(f"{setting}: {p.azure_api_version!r} contradicts the api-version={in_url[0]} of the URL; "
                          "give one of them")
 
@@ -364,6 +369,27 @@ def _check_routes(routes: Sequence[Route], providers: Dict[str, Provider], where
             exact_at[route.match] = i
         else:
             patterns_at.append(i)
+
+
+_DEPLOYMENT = re.compile(r"/openai/deployments/([^/]+)")
+
+
+def _check_deployment_urls(routes: Sequence[Route], providers: Dict[str, Provider]) -> None:
+    """A route whose target is an Azure provider whose URL names a deployment, with another model:
+    that deployment answers every call sent there, whatever the body's model, and the call was
+    recorded and priced as the route's model (and shaped for it: an o3's api-version and fields)."""
+    for i, route in enumerate(routes):
+        for target in (route.target, *route.fallbacks):
+            provider = providers[target.provider]
+            named = _DEPLOYMENT.search(urlsplit(provider.url).path) if provider_dialect(provider) == "azure" else None
+            if named is None or target.model == unquote(named.group(1)):
+                continue
+            dep = unquote(named.group(1))
+            model = repr(target.model) if target.model else "the client's model name"
+            raise ValueError(f"{route.origin or f'routes[{i}]'}: the URL of provider {provider.name} names the Azure "
+                             f"deployment {dep!r}, which answers every call sent there, so {model} would be "
+                             f"recorded for what {dep!r} answered: give the resource's URL and each deployment as "
+                             f"a model, or {dep!r} as the model")
 
 
 # --------------------------------------------------------------------------
@@ -557,6 +583,7 @@ def effective_providers_and_routes(config: Config) -> Tuple[Tuple[Provider, ...]
     if shorthand is not None and not any(r.match == "*" for r in routes):
         routes.append(Route("*", RouteTarget(shorthand.name, None), origin="--upstream (the client's model name)"))
     routes = _with_later_families(routes, by_name)
+    _check_deployment_urls(routes, by_name)
     if not routes:
         where = dict(config.setting_names).get("routes", "routes")  # the config file's, when there is one
         raise ValueError(f"{where}: there are none, so every request would be refused: add routes to the config "

@@ -24,12 +24,18 @@ def _with_query(url: str, extra: Dict[str, str]) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
 
 
+# The endpoints of the two OpenAI APIs, which a base URL pasted whole may end in.
+_ENDPOINT = re.compile(r"/(?:chat/completions|responses)$")
+
+
 def join_path(base: str, suffix: str) -> str:
-    """``base`` + ``suffix`` (once), keeping the base's query string."""
+    """``base`` + ``suffix`` (once), keeping the base's query string. A base that ends in the other
+    OpenAI API's endpoint (``/v1/chat/completions`` for a call to ``/responses``) is cut back to it
+    first: a provider's Responses-only model went to ``/v1/chat/completions/responses``."""
     parts = urlsplit(base)
     path = parts.path.rstrip("/")
     if not path.endswith(suffix):
-        path += suffix
+        path = _ENDPOINT.sub("", path) + suffix
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
@@ -52,7 +58,7 @@ def chat_url(base: str, model: str, azure_api_version: Optional[str] = None) -> 
 
 def models_url(base: str) -> str:
     parts = urlsplit(base)
-    path = re.sub(r"/chat/completions$", "", parts.path.rstrip("/"))
+    path = _ENDPOINT.sub("", parts.path.rstrip("/"))
     return urlunsplit((parts.scheme, parts.netloc, path + "/models", parts.query, ""))
 
 

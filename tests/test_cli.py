@@ -394,6 +394,36 @@ def test_a_fallback_repeating_an_earlier_target_is_said_at_start() -> None:
         server.shutdown(grace=0.1)
 
 
+def test_an_api_version_for_an_upstream_that_is_not_azure_stops_the_start(served: List[Any], tmp_path: Any) -> None:
+    """Azure behind a domain of its own without --provider azure got OpenAI's paths and auth, and the
+    api-version went nowhere, without a word (probe Z, D4)."""
+    code, out, err = run_main(["--azure-api-version", "2025-01-01", "--upstream", "http://127.0.0.1:9/v1"])
+    assert_usage_error(code, out, err, "--azure-api-version: an api-version is for Azure OpenAI",
+                       "its dialect is generic", "say so with --provider azure")
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"providers": {"o": {"url": "http://127.0.0.1:9/v1", "azure_api_version": "2025-01-01"}},
+                                "routes": [{"match": "*", "provider": "o", "model": "m"}]}))
+    code, out, err = run_main(["--config", str(path)])
+    assert_usage_error(code, out, err, "providers.o.azure_api_version: an api-version is for Azure OpenAI",
+                       'providers.o.dialect "azure"')
+    assert run_main(["--azure-api-version", "2025-01-01", "--upstream", "http://127.0.0.1:9/v1", "--provider", "azure",
+                     "--model", "dep"], {"AZURE_OPENAI_API_KEY": "k" * 20})[0] == 0
+
+
+def test_an_azure_url_that_names_a_deployment_takes_only_that_model(served: List[Any]) -> None:
+    """The deployment in the URL answered every call, and each was recorded and priced as the route's
+    model (an Opus route's o3-prod for what gpt-4o-mini answered: probe Z, D7)."""
+    env = {"AZURE_OPENAI_API_KEY": "k" * 20}
+    url = "https://r.openai.azure.com/openai/deployments/gpt-4o-mini"
+    code, out, err = run_main(["--provider", "azure", "--upstream", url, "--model", "gpt-4o-mini",
+                               "--opus-model", "o3-prod"], env)
+    assert_usage_error(code, out, err, "--opus-model: the URL of provider upstream names the Azure deployment "
+                       "'gpt-4o-mini', which answers every call sent there, so 'o3-prod' would be recorded")
+    code, out, err = run_main(["--provider", "azure", "--upstream", url], env)
+    assert_usage_error(code, out, err, "so the client's model name would be recorded")
+    assert run_main(["--provider", "azure", "--upstream", url, "--model", "gpt-4o-mini"], env)[0] == 0
+
+
 def test_a_clients_key_that_would_go_to_two_hosts_is_said_at_start() -> None:
     """Two Messages API providers without keys on one route: each gets the client's own key, so an
     Anthropic login went to the fallback's host when Anthropic failed, and nothing said so (probe AA F-2)."""

@@ -86,6 +86,18 @@ def test_join_path_does_not_double_a_suffix():
     assert join_path("http://h/v1", "/models") == "http://h/v1/models"
 
 
+@pytest.mark.parametrize("base, suffix, expected", [
+    ("http://h/v1/chat/completions", "/responses", "http://h/v1/responses"),
+    ("http://h/v1/responses/", "/chat/completions", "http://h/v1/chat/completions"),
+    ("http://h/v1/responses?key=k", "/responses", "http://h/v1/responses?key=k"),
+])
+def test_a_base_pasted_with_one_apis_endpoint_serves_the_other_api_too(base, suffix, expected):
+    """A Responses-only model of a provider whose URL was pasted with /chat/completions went to
+    /v1/chat/completions/responses, which no server has (probe Z, D8)."""
+    assert join_path(base, suffix) == expected
+    assert models_url(base) == "http://h/v1/models" + ("?key=k" if "key" in base else "")
+
+
 # ---------------------------------------------------------------------------
 # What reaches the upstream.
 
