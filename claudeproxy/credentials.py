@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .config import StaticToken, TokenSource, check_secret, static_token
+from .config import StaticToken, TokenSource, check_secret, gives_no_key, static_token
 from .errors import UpstreamUnavailable
 
 DEFAULT_TTL = 300.0
@@ -285,24 +285,32 @@ class KeyRing:
 
 
 def alternatives(source: TokenSource) -> int:
-    """How many other keys a request may try after refusals: the ring's other keys, or one fresh command key."""
+    """How many other keys a request may try after refusals: the ring's other keys, or one fresh key
+    from a command or a program's own function."""
     if isinstance(source, KeyRing):
-        return len(source.sources) - 1 + sum(isinstance(s, CommandToken) for s in source.sources)
-    return 1 if isinstance(source, CommandToken) else 0
+        return len(source.sources) - 1 + sum(_renews(s) for s in source.sources)
+    return 1 if _renews(source) else 0
+
+
+def _renews(source: TokenSource) -> bool:
+    """Asked again, may it give another key? A key command (run again) and a program's own function
+    (``start(token=...)``, for keys that rotate); a fixed key never."""
+    return isinstance(source, CommandToken) or not (isinstance(source, (StaticToken, KeyRing)) or gives_no_key(source))
 
 
 def refused(source: TokenSource, key: str, status: int) -> bool:
     """The upstream answered ``status`` (401 or 429) to ``key``: is a retry with another key worth it?
 
     A key ring rests the key and offers the next; a key command runs again after a 401
-    (the key may have rotated under us); a fixed key has nothing else to offer.
+    (the key may have rotated under us), and a program's own function is called again; a fixed
+    key has nothing else to offer.
     """
     if isinstance(source, KeyRing):
         return source.refused(key) or (status == 401 and any(
             isinstance(s, CommandToken) and s.expire(key) for s in source.sources))
     if isinstance(source, CommandToken):
         return status == 401 and source.expire(key)
-    return False
+    return status == 401 and _renews(source)
 
 
 def key_source(keys: Sequence[str]) -> TokenSource:

@@ -918,6 +918,27 @@ def test_a_command_given_as_a_string_is_split_and_a_missing_program_stops_the_st
         claudeproxy.command_token(["/nonexistent/keycmd"])
 
 
+def test_a_programs_token_function_is_asked_again_after_a_401_and_the_request_retried(fake_upstream: FakeUpstream) -> None:
+    """As the README says of it and as a key command does: the function was asked once and the client
+    got the 401 of a key that had rotated meanwhile (probe Z, D6). Once, not forever."""
+    calls: List[int] = []
+
+    def rotating() -> str:
+        calls.append(1)
+        return f"sk-rotating-{len(calls):04d}-abcdefgh"
+
+    server = claudeproxy.start(upstream=fake_upstream.url, token=rotating)
+    try:
+        refusal = json_reply({"error": {"message": "expired"}}, status=401)
+        fake_upstream.push(refusal, json_reply(completion("ok")))
+        assert ask(server).status == 200
+        assert sent_keys(fake_upstream) == ["sk-rotating-0001-abcdefgh", "sk-rotating-0002-abcdefgh"]
+        fake_upstream.push(refusal, refusal, refusal)
+        assert ask(server).status == 401 and len(fake_upstream.requests) == 4
+    finally:
+        server.shutdown(grace=1.0)
+
+
 def test_a_programs_token_function_runs_once_a_request_and_only_for_its_provider(fake_upstream: FakeUpstream) -> None:
     """Every request ran each provider's token function, twice for the one it used (once for the key,
     once for masking): a slow vault behind a fallback provider held every call (probe R). The keys
