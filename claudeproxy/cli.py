@@ -642,7 +642,9 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
     """The ``Config`` for parsed flags (file settings merged in), with environment fallbacks."""
     _positive(ns)
     names = dict(getattr(ns, "setting_names", {}))  # and the variables read below, for later checks
-    if ns.passthrough and ns.upstream_api not in ("chat", "messages"):
+    # An explicit "chat" is known only when a file gave it (parse_flags refuses the two flags).
+    said_chat = ns.upstream_api == "chat" and "upstream_api" in names
+    if ns.passthrough and (ns.upstream_api not in ("chat", "messages") or said_chat):
         # Twins: both from the command line or both from the file (merge_file), which is named once.
         short = name_of(ns, "passthrough")
         full = named_once(name_of(ns, "upstream_api"), short)

@@ -87,6 +87,20 @@ def test_the_example_file_configures_providers_routes_and_flags(tmp_path: Any, s
     assert config.upstream is None  # no single-upstream shorthand: the file names the providers
 
 
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_a_files_passthrough_beside_another_upstream_api_stops_the_start(tmp_path: Any, served: List[Any],
+                                                                        api: str) -> None:
+    """The command line refuses the pair; from a file, "chat" (the default's value) started as passthrough
+    without a word (probe Z, D3)."""
+    path = write(tmp_path, {"passthrough": True, "upstream_api": api})
+    code, out, err = run_main(["--config", path, "--upstream", "http://127.0.0.1:9/v1"])
+    assert (code, out, served) == (2, "", []), err
+    assert err == (f"claudeproxy: error: --config {path}: passthrough is short for upstream_api messages: it cannot "
+                   f"go with upstream_api {api}\n"), err
+    assert run_main(["--config", write(tmp_path, {"passthrough": True, "upstream_api": "messages"}),
+                     "--upstream", "http://127.0.0.1:9/v1"])[0] == 0
+
+
 def test_flags_win_over_the_file(tmp_path: Any, served: List[Any]) -> None:
     code, _, err = run_main(["--config", write(tmp_path, EXAMPLE), "--port", "0", "--idle-timeout", "5"])
     assert code == 0, err
