@@ -183,11 +183,23 @@ def port_given(argv: List[str], default: int) -> int:
     return default
 
 
-def help_footer(port: int) -> str:
-    """The recipe that ends ``claudeproxy --help``: in one step, and by hand; ``python3 -m``, which works
-    from a checkout too (the ``claudeproxy`` command exists only after ``pip install``)."""
+def invocation(argv0: str, package: str) -> str:
+    """How this copy was started, for the recipes ``--help`` gives: ``python3 claudeproxy.pyz`` (the one
+    file), ``claudeproxy`` (the installed command) or ``python3 -m PACKAGE`` (a checkout, or a copy
+    vendored under another name: ``python3 -m claudeproxy`` is no module there)."""
+    name = os.path.basename(argv0)
+    if name.endswith(".pyz"):
+        return f"python3 {argv0}"
+    if name in ("claudeproxy", "claudeproxy.exe"):
+        return "claudeproxy"
+    return f"python3 -m {package}"
+
+
+def help_footer(port: int, program: str = "python3 -m claudeproxy") -> str:
+    """The recipe that ends ``claudeproxy --help``: in one step, and by hand; ``program`` as this copy
+    was started (``invocation``)."""
     return ("Run Claude Code through it in one step:  "
-            "python3 -m claudeproxy run --upstream URL --model NAME -- claude\n"
+            f"{program} run --upstream URL --model NAME -- claude\n"
             f"Or by hand:  ANTHROPIC_BASE_URL=http://127.0.0.1:{port} ANTHROPIC_AUTH_TOKEN=<--auth-key or any> "
             "CLAUDE_CODE_AUTO_MODE_SERVER=0 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_AUTOUPDATER=1 claude\n"
             "With HTTP(S)_PROXY set, also add 127.0.0.1,localhost to NO_PROXY and no_proxy (run does), or Claude "
@@ -206,7 +218,7 @@ def run_description() -> str:
                  "defaults to 0 (a free port) and --host must be loopback.")
 
 
-def run_epilog() -> str:
+def run_epilog(program: str = "python3 -m claudeproxy") -> str:
     """What ``run`` sets and removes, and the state it adds (``claudeproxy run --help``)."""
     lines = ["Set in COMMAND's environment (your own value wins, except for the first two):"]
     for name, value, why in VARIABLES:
@@ -223,6 +235,6 @@ def run_epilog() -> str:
         "picker and the security notes; nothing present is changed. --trust also marks the current folder "
         "trusted.",
     )]
-    lines += ["Example:", "  python3 -m claudeproxy run --upstream https://api.openai.com/v1 "
+    lines += ["Example:", f"  {program} run --upstream https://api.openai.com/v1 "
               "--api-key-env OPENAI_API_KEY --model gpt-4.1 -- claude"]
     return "\n".join(lines)

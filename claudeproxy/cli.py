@@ -46,7 +46,7 @@ except ImportError:  # Windows: the usage log's writes go unlocked
     fcntl = None  # type: ignore[assignment]
 
 from . import reachability, usage_replay
-from .claude_code import help_footer, port_given
+from .claude_code import help_footer, invocation, port_given
 from .config import (
     DEFAULT_MESSAGES_UPSTREAM,
     DEFAULT_UPSTREAM,
@@ -1145,10 +1145,15 @@ def serve(config: Config, stdout: TextIO, metrics_path: Optional[str] = None) ->
     return 0
 
 
+def program() -> str:
+    """How this process was started, for the recipes of ``--help`` (``claude_code.invocation``)."""
+    return invocation(sys.argv[0] if sys.argv else "", __package__ or "claudeproxy")
+
+
 def _settings(argv: Optional[List[str]], environ: Mapping[str, str], stdout: TextIO) -> Tuple[argparse.Namespace, Config]:
     parser = build_parser()
     parser.out = stdout  # type: ignore[attr-defined]
-    parser.epilog = help_footer(port_given(sys.argv[1:] if argv is None else argv, 8082))
+    parser.epilog = help_footer(port_given(sys.argv[1:] if argv is None else argv, 8082), program())
     ns, given = parse_flags(parser, argv)
     file = load_config_file(ns.config, environ, {**flag_specs(parser), **RUN_ONLY}) if ns.config else None
     merge_file(ns, given, file, skip=set(RUN_ONLY))

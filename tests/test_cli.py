@@ -1175,3 +1175,21 @@ def test_the_warning_about_routes_a_flag_shadows_compares_no_pair_of_file_routes
         running.shutdown(grace=0.1)
     assert len(shadowed) == 1111 and shadowed[0].startswith("routes[1] ('model-1') is never used while --model-map")
     assert len(calls) < 10_000, len(calls)
+
+
+@pytest.mark.parametrize("argv0, package, said", [
+    ("/home/u/claudeproxy/claudeproxy/__main__.py", "claudeproxy", "python3 -m claudeproxy"),
+    ("/srv/app/myapp/vendor/cp/__main__.py", "myapp.vendor.cp", "python3 -m myapp.vendor.cp"),
+    ("claudeproxy.pyz", "claudeproxy", "python3 claudeproxy.pyz"),
+    ("/opt/tools/cp.pyz", "claudeproxy", "python3 /opt/tools/cp.pyz"),
+    ("/usr/local/bin/claudeproxy", "claudeproxy", "claudeproxy"),
+])
+def test_the_help_recipes_name_the_way_this_copy_was_started(argv0: str, package: str, said: str) -> None:
+    """The one file's and a vendored copy's --help told their users to run `python3 -m claudeproxy`,
+    which is no module there (probe Z, D5)."""
+    from claudeproxy.claude_code import help_footer, invocation, run_epilog
+    program = invocation(argv0, package)
+    assert program == said
+    assert f"in one step:  {said} run --upstream URL" in help_footer(8082, program)
+    assert run_epilog(program).endswith(f"\n  {said} run --upstream https://api.openai.com/v1 --api-key-env "
+                                        "OPENAI_API_KEY --model gpt-4.1 -- claude")

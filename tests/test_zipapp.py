@@ -81,7 +81,10 @@ def test_it_answers_like_the_package(pyz: Dict[str, str]) -> None:
     helped = run_pyz(pyz, "--help")
     from_package = subprocess.run([pyz["python"], "-m", "claudeproxy", "--help"], cwd=ROOT, env=clean_env(),
                                   capture_output=True, text=True, timeout=TIMEOUT)
-    assert helped.returncode == 0 and helped.stdout == from_package.stdout
+    # The same, but for how the recipe at the end says to start it (probe Z: "python3 -m claudeproxy" is
+    # no module where only the one file is).
+    mine = from_package.stdout.replace("python3 -m claudeproxy run", f"python3 {pyz['path']} run")
+    assert helped.returncode == 0 and helped.stdout == mine and mine != from_package.stdout
     bad = run_pyz(pyz, "--upstream", "nope")
     assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1
 
