@@ -956,7 +956,8 @@ def _warn_about(server: ProxyServer, environ: Mapping[str, str]) -> None:
 def start_warnings(server: ProxyServer, environ: Mapping[str, str]) -> List[str]:
     """The settings that add up to something the operator did not mean: logged at start, and
     ``run`` prints them on the terminal too."""
-    return (unmatched_routes(server) + shadowed_routes(server) + unserved_families(server) + unused_providers(server)
+    return (unmatched_routes(server) + shadowed_routes(server) + unreached_families(server) + unserved_families(server)
+            + unused_providers(server)
             + repeated_targets(server) + keyless_upstreams(server)
             + shared_client_keys(server.proxy.router, forwarded=not server.config.auth_key)
             + passed_over_keys(server, environ) + unused_proxies(server, environ)
@@ -1042,6 +1043,27 @@ def unmatched_routes(server: ProxyServer) -> List[str]:
         why = unmatched_route(route.match)
         if why:
             lines.append(f"{route.origin or f'routes[{i}]'}: {why}")
+    return lines
+
+
+def unreached_families(server: ProxyServer) -> List[str]:
+    """A line for each family route (``--haiku-model``, a file's ``"match": "haiku"``) that none of
+    Claude Code's names for the family reach, an earlier route taking them all (``--model-map
+    'claude-*=a'``): the flag did nothing, and the start said nothing."""
+    router = server.proxy.router
+    lines = []
+    for i, route in enumerate(router.routes):
+        names = CLAUDE_CODE_NAMES.get(route.match)
+        if names is None:
+            continue
+        reached = [router.resolve(name) for name in names]
+        if any(r is not None and r.route is route for r in reached):
+            continue
+        taker = next((r.route for r in reached if r is not None), None)
+        if taker is not None:
+            lines.append(f"{route.origin or f'routes[{i}]'} ({route.match!r}) gets none of Claude Code's "
+                         f"{route.match} names: {names[0]} goes to {taker.origin or 'the route'} ({taker.match!r}), "
+                         "tried before it")
     return lines
 
 

@@ -424,6 +424,17 @@ def test_an_azure_url_that_names_a_deployment_takes_only_that_model(served: List
     assert run_main(["--provider", "azure", "--upstream", url, "--model", "gpt-4o-mini"], env)[0] == 0
 
 
+def test_a_family_flag_an_earlier_route_leaves_no_name_is_said_at_start(served: List[Any]) -> None:
+    """--model-map 'claude-*=a' takes every haiku name Claude Code sends: --haiku-model b did nothing,
+    and the start said nothing (probe Z, D2)."""
+    assert run_main(["--upstream", "http://127.0.0.1:9/v1", "--model-map", "claude-*=a", "--haiku-model", "b"])[0] == 0
+    lines = [line for line in _start_warnings(served[-1], {}) if "gets none of" in line]
+    assert lines == ["--haiku-model ('haiku') gets none of Claude Code's haiku names: claude-haiku-5-5 goes to "
+                     "--model-map claude-*=a ('claude-*'), tried before it"], lines
+    assert run_main(["--upstream", "http://127.0.0.1:9/v1", "--model-map", "claude-sonnet-*=a", "--haiku-model", "b"])[0] == 0
+    assert not [line for line in _start_warnings(served[-1], {}) if "gets none of" in line]
+
+
 def test_a_clients_key_that_would_go_to_two_hosts_is_said_at_start() -> None:
     """Two Messages API providers without keys on one route: each gets the client's own key, so an
     Anthropic login went to the fallback's host when Anthropic failed, and nothing said so (probe AA F-2)."""
