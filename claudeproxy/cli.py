@@ -964,11 +964,12 @@ def start_warnings(server: ProxyServer, environ: Mapping[str, str]) -> List[str]
             + missing_cert_file(server, os.environ))  # the process's own: its TLS reads it, not the command's
 
 
-def unserved_families(server: ProxyServer) -> List[str]:
+def unserved_families(server: ProxyServer, for_claude_code: bool = False) -> List[str]:
     """A line when routes serve some of Claude Code's model families and no route takes another (a
     config file routing opus and sonnet only): Claude Code's background calls go to its haiku model,
-    and each got a 404 that nothing at start had said. Routes serving none of them say nothing:
-    such a proxy is not for Claude Code."""
+    and each got a 404 that nothing at start had said. Routes serving none of them say nothing,
+    such a proxy not being for Claude Code, unless it is (``for_claude_code``: ``run``'s command is
+    Claude Code, whose every call then went up under its Claude name)."""
     router = server.proxy.router
     routed = {family: [router.resolve(name) for name in names] for family, names in CLAUDE_CODE_NAMES.items()}
     missing = [(family, CLAUDE_CODE_NAMES[family][0]) for family, found in routed.items() if not any(found)]
@@ -976,7 +977,7 @@ def unserved_families(server: ProxyServer) -> List[str]:
     # nothing for sonnet), on an API that is not Anthropic's: Claude's name goes upstream as it is.
     passed = [(family, CLAUDE_CODE_NAMES[family][0]) for family, found in routed.items()
               if found and all(r is not None and _passes_the_name(r) for r in found)]
-    if len(missing) + len(passed) in (0, len(CLAUDE_CODE_NAMES)):
+    if len(missing) + len(passed) == 0 or (len(missing) + len(passed) == len(CLAUDE_CODE_NAMES) and not for_claude_code):
         return []  # all served, or none: such a proxy is not for Claude Code
     lines = []
     if missing:
@@ -984,6 +985,7 @@ def unserved_families(server: ProxyServer) -> List[str]:
                      "requests get a 404; add a route for them, or one matching '*'")
     if passed:
         fix = f"--{passed[0][0]}-model or a route" if passed[0][0] in FAMILIES else "a route"
+        fix = "--model, or routes" if len(passed) == len(CLAUDE_CODE_NAMES) else fix
         lines.append(f"no route names a model for Claude Code's {_listed(passed)} models (such as {passed[0][1]}): "
                      "they go upstream under their Claude names, which an OpenAI-compatible server answers with a "
                      f"404 unless it knows them; give {fix} for them")

@@ -496,8 +496,15 @@ def _session(running: RunningServer, ns: argparse.Namespace, config: Config, typ
             log.warning("%s", line)
             print(f"claudeproxy: warning: {line}", file=stderr, flush=True)
         # Logged already (_warn_about): the terminal too.
-        for line in cli.start_warnings(running.server, environ):
+        said = cli.start_warnings(running.server, environ)
+        for line in said:
             print(f"claudeproxy: warning: {line}", file=stderr, flush=True)
+        # A proxy that names no model for any of Claude Code's families is said to be for another
+        # client; before Claude Code, its every call would go up under its Claude name.
+        for line in cli.unserved_families(running.server, for_claude_code=True) if claude else ():
+            if line not in said:
+                log.warning("%s", line)
+                print(f"claudeproxy: warning: {line}", file=stderr, flush=True)
         if claude:
             seed_first_run_state(env, ns.trust, windows, stderr)
         elif ns.trust:

@@ -758,6 +758,18 @@ def test_the_window_and_cap_follow_claude_codes_own_model_flag(tmp_path: Any, fa
     assert (got["CLAUDE_CODE_AUTO_COMPACT_WINDOW"], got.get("CLAUDE_CODE_MAX_OUTPUT_TOKENS")) == (window, cap)
 
 
+def test_claude_code_before_a_proxy_that_names_it_no_model_is_told_on_the_terminal(tmp_path: Any,
+                                                                                   fake_claude: Dict[str, str]) -> None:
+    """`run --upstream OPENAI -- claude` without --model: every call went up as claude-sonnet-5-5 and
+    got the upstream's 404, and the start said nothing, as for a proxy meant for another client (probe Z, D9)."""
+    code, err, _ = _run_claude(tmp_path, fake_claude)
+    assert code == 0, err
+    told = [line for line in err.splitlines() if "no route names a model for Claude Code" in line]
+    assert len(told) == 1 and told[0].startswith("claudeproxy: warning: ") and "give --model, or routes" in told[0], err
+    code, err, _ = _run_claude(tmp_path, fake_claude, "--model", "gpt-4.1")
+    assert code == 0 and "no route names a model" not in err, err
+
+
 def test_another_commands_model_flag_is_not_claude_codes(run_standin: Any) -> None:
     code, err, rec = run_standin("--exit", "0", "--model", "haiku",
                                  options=("--upstream", NO_UPSTREAM, "--opus-model", "o3", "--haiku-model", "gpt-4o"))
