@@ -728,9 +728,11 @@ def fake_claude(tmp_path: Any) -> Dict[str, str]:
     return base_env(tmp_path, PATH=f"{folder}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}")
 
 
-def _run_claude(tmp_path: Any, env: Dict[str, str], *options: str) -> Tuple[int, str, Dict[str, Any]]:
+def _run_claude(tmp_path: Any, env: Dict[str, str], *options: str,
+                model: Optional[str] = "gpt-4.1") -> Tuple[int, str, Dict[str, Any]]:
     record = tmp_path / "record.json"
-    code, out, err = run_main(["--upstream", NO_UPSTREAM, "--log-file", str(tmp_path / "p.log"), *options,
+    named = ("--model", model) if model else ()  # without one, Claude Code's names go up as they are: a warning
+    code, out, err = run_main(["--upstream", NO_UPSTREAM, "--log-file", str(tmp_path / "p.log"), *named, *options,
                                "--", "claude", str(record), "--exit", "0"], env)
     assert out == ""
     return code, err, recorded(record)
@@ -762,11 +764,11 @@ def test_claude_code_before_a_proxy_that_names_it_no_model_is_told_on_the_termin
                                                                                    fake_claude: Dict[str, str]) -> None:
     """`run --upstream OPENAI -- claude` without --model: every call went up as claude-sonnet-5-5 and
     got the upstream's 404, and the start said nothing, as for a proxy meant for another client (probe Z, D9)."""
-    code, err, _ = _run_claude(tmp_path, fake_claude)
+    code, err, _ = _run_claude(tmp_path, fake_claude, model=None)
     assert code == 0, err
     told = [line for line in err.splitlines() if "no route names a model for Claude Code" in line]
     assert len(told) == 1 and told[0].startswith("claudeproxy: warning: ") and "give --model, or routes" in told[0], err
-    code, err, _ = _run_claude(tmp_path, fake_claude, "--model", "gpt-4.1")
+    code, err, _ = _run_claude(tmp_path, fake_claude)
     assert code == 0 and "no route names a model" not in err, err
 
 
