@@ -274,6 +274,10 @@ def check_provider(p: Provider, where: str, shorthand: bool = False) -> None:
         raise ValueError(f"{where}.auth: unknown auth style {p.auth!r} (expected one of {', '.join(AUTH_STYLES)})")
     if p.anthropic_beta not in BETA_POLICIES:
         raise ValueError(f"{where}.anthropic_beta: expected one of {', '.join(BETA_POLICIES)}, got {p.anthropic_beta!r}")
+    for key, said in (("anthropic_beta", p.anthropic_beta != "auto"), ("allowed_betas", bool(p.allowed_betas))):
+        if said and p.api != "messages":  # taken without a word, and nothing sends a beta there
+            raise ValueError(f"{where}.{key}: is for a provider whose api is messages (the client's anthropic-beta "
+                             f"goes to no other API), and this one's is {p.api}")
     if p.max_output_tokens is not None and not 1 <= p.max_output_tokens <= MAX_TOKENS:
         raise ValueError(f"{where}.max_output_tokens: must be from 1 to {MAX_TOKENS}, got {p.max_output_tokens}")
     for pattern, facts in p.models:  # a library caller's ModelFacts: the bounds a config file's have

@@ -101,6 +101,17 @@ def test_a_files_passthrough_beside_another_upstream_api_stops_the_start(tmp_pat
                      "--upstream", "http://127.0.0.1:9/v1"])[0] == 0
 
 
+@pytest.mark.parametrize("key, value", [("anthropic_beta", "forward"), ("allowed_betas", ["context-1m-2025-08-07"])])
+def test_a_beta_setting_of_a_provider_that_sends_none_stops_the_start(tmp_path: Any, served: List[Any], key: str,
+                                                                     value: Any) -> None:
+    """A Chat provider's anthropic_beta was taken without a word, and nothing sent a beta (probe Z, D4)."""
+    path = write(tmp_path, {"providers": {"o": {"url": "http://127.0.0.1:9/v1", key: value}},
+                            "routes": [{"match": "*", "provider": "o", "model": "m"}]})
+    code, out, err = run_main(["--config", path])
+    assert (code, out, served) == (2, "", []), err
+    assert f"providers.o.{key}: is for a provider whose api is messages" in err and "this one's is chat" in err, err
+
+
 def test_flags_win_over_the_file(tmp_path: Any, served: List[Any]) -> None:
     code, _, err = run_main(["--config", write(tmp_path, EXAMPLE), "--port", "0", "--idle-timeout", "5"])
     assert code == 0, err
