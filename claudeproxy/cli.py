@@ -115,8 +115,14 @@ class _Parser(argparse.ArgumentParser):
         if not message.startswith("unrecognized arguments: "):
             return ""
         flags = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
-        for word in message[len("unrecognized arguments: "):].split():
-            near = difflib.get_close_matches(word.split("=", 1)[0], flags, n=1, cutoff=0.75)
+        words = message[len("unrecognized arguments: "):].split()
+        for word in words:
+            flag = word.split("=", 1)[0]
+            if flag in ("--log-file", "--trust") and flag not in flags:  # RUN_ONLY's, given to the server
+                return f" ({flag} is claudeproxy run's" + ("; the server itself logs to stderr)" if flag == "--log-file" else ")")
+            if word == "--" and self.prog == "claudeproxy":
+                return " (to run a command with the proxy: claudeproxy run [OPTIONS] -- COMMAND)"
+            near = difflib.get_close_matches(flag, flags, n=1, cutoff=0.75)
             if word.startswith("--") and near:
                 return f" (did you mean {near[0]}?)"
         return ""
@@ -155,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Anthropic-compatible ones, routing each model to a provider.",
         epilog=help_footer(8082),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # A typo that is the start of a flag (--upstream-a, --log-fil) is said, not taken for the flag.
+        allow_abbrev=False,
     )
     _upstream_flags(p.add_argument_group("upstream (the single-provider shorthand)"))
     _model_flags(p.add_argument_group("models and routes"))
@@ -553,8 +561,12 @@ def _auth_key(ns: argparse.Namespace, environ: Mapping[str, str]) -> Tuple[Optio
         if not environ.get(var):
             raise UsageError(f"{name_of(ns, 'auth_key_env')}: {unset_variable(environ, var)}")
         return environ[var], f"{name_of(ns, 'auth_key_env')} (${var})"
-    key = environ.get("CLAUDEPROXY_AUTH_KEY") or None
-    return key, "CLAUDEPROXY_AUTH_KEY" if key else None
+    key = environ.get("CLAUDEPROXY_AUTH_KEY")
+    if key is not None and not key.strip():
+        # export CLAUDEPROXY_AUTH_KEY=$KEY with KEY unset: the proxy would take any client, without a word.
+        raise UsageError("CLAUDEPROXY_AUTH_KEY: the variable is set but empty; unset it for a proxy that takes "
+                         "any local client, or give the key")
+    return key or None, "CLAUDEPROXY_AUTH_KEY" if key else None
 
 
 def _checked(check: Callable[[str, str], str], value: str, setting: str) -> str:

@@ -1204,3 +1204,24 @@ def test_the_help_recipes_name_the_way_this_copy_was_started(argv0: str, package
     assert f"in one step:  {said} run --upstream URL" in help_footer(8082, program)
     assert run_epilog(program).endswith(f"\n  {said} run --upstream https://api.openai.com/v1 --api-key-env "
                                         "OPENAI_API_KEY --model gpt-4.1 -- claude")
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["--log-file", "x.log"], "(--log-file is claudeproxy run's; the server itself logs to stderr)"),
+    (["--trust"], "(--trust is claudeproxy run's)"),
+    (["--upstream", "http://127.0.0.1:9/v1", "--", "claude"],
+     "(to run a command with the proxy: claudeproxy run [OPTIONS] -- COMMAND)"),
+    (["--upstream-a", "responses"], "(did you mean --upstream-api?)"),  # a flag's start is no flag
+])
+def test_a_flag_of_run_or_a_flags_start_given_to_the_server_is_said_as_such(served: List[Any], argv: List[str],
+                                                                          hint: str) -> None:
+    """`--log-file` got "did you mean --log-level?", a forgotten `run` no hint, and `--upstream-a` was
+    taken for --upstream-api without a word (probe Z, N12, N9, N13)."""
+    code, out, err = run_main(argv, {"OPENAI_API_KEY": ENV_KEY})
+    assert_usage_error(code, out, err, hint)
+
+
+def test_an_empty_client_key_variable_stops_the_start(served: List[Any]) -> None:
+    """export CLAUDEPROXY_AUTH_KEY=$KEY with KEY unset started a proxy that took any client (probe Z, N5)."""
+    code, out, err = run_main([], {"OPENAI_API_KEY": ENV_KEY, "CLAUDEPROXY_AUTH_KEY": ""})
+    assert_usage_error(code, out, err, "CLAUDEPROXY_AUTH_KEY: the variable is set but empty")
