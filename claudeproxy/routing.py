@@ -361,6 +361,9 @@ def _check_routes(routes: Sequence[Route], providers: Dict[str, Provider], where
                 raise ValueError(f"{label}: unknown provider {target.provider!r} (configured: {known})")
             if target.model is not None and not target.model.strip():
                 raise ValueError(f"{label}: the upstream model name is empty")
+            if target.model is not None and target.model != target.model.strip():
+                # Sent as given, a blank in the name is a model no upstream has (a 404 every call).
+                raise ValueError(f"{label}: the upstream model name {target.model!r} has blanks around it")
         exact = pattern_kind(route.match) == "exact"
         taken = [j for j in (next((j for j in patterns_at if covers(routes[j].match, route.match)), None),
                              exact_at.get(route.match) if exact else None) if j is not None]

@@ -1225,3 +1225,9 @@ def test_an_empty_client_key_variable_stops_the_start(served: List[Any]) -> None
     """export CLAUDEPROXY_AUTH_KEY=$KEY with KEY unset started a proxy that took any client (probe Z, N5)."""
     code, out, err = run_main([], {"OPENAI_API_KEY": ENV_KEY, "CLAUDEPROXY_AUTH_KEY": ""})
     assert_usage_error(code, out, err, "CLAUDEPROXY_AUTH_KEY: the variable is set but empty")
+
+
+def test_a_model_name_with_blanks_around_it_stops_the_start(served: List[Any]) -> None:
+    """--model-map strips its names, and --model sent ' gpt-4.1' as it was: no upstream has it (probe Z)."""
+    code, out, err = run_main(["--model", " gpt-4.1"], {"OPENAI_API_KEY": ENV_KEY})
+    assert_usage_error(code, out, err, "--model: the upstream model name ' gpt-4.1' has blanks around it")
