@@ -674,6 +674,9 @@ class Proxy:
                         refused(target.provider.token, key, exc.status):
                     key_changes += 1
                     self.metrics.attempt_failed(target.provider.name, target.model, exc.status)  # a round trip spent
+                    if exc.status == 401:  # with several keys a bad one was never said: the next one served
+                        self.warn_once(f"{target.provider.name} refused a key claudeproxy sends it (upstream 401); "
+                                       "its next key serves meanwhile: check the provider's key setting")
                     continue
                 changed = self._changed_request(exc, api, req, target, ex) if changes < _MAX_TOKENS_RETRIES else None
                 if changed is not None:

@@ -12,6 +12,7 @@ are used in turn, and one answered 401 or 429 rests while the next serves.
 from __future__ import annotations
 
 import email.utils
+import logging
 import os
 import socket
 import sys
@@ -1021,6 +1022,18 @@ def test_a_429_on_one_key_makes_the_next_key_serve(make_proxy: Any, fake_upstrea
     assert ask(server).status == 200
     # The first key rests after its 429: the retry and the next request both use the second.
     assert sent_keys(fake_upstream) == ["sk-first-key-0000000", "sk-second-key-000000", "sk-second-key-000000"]
+
+
+def test_a_key_of_several_refused_with_a_401_is_said_in_the_log(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                                  caplog: Any) -> None:
+    """The next key served, and a bad key among several was never said anywhere (probe Z, N7)."""
+    server = make_proxy(token=KeyRing([lambda: "sk-first-key-0000000", lambda: "sk-second-key-000000"]))
+    fake_upstream.push(json_reply({"error": {"message": "bad key"}}, status=401), json_reply(completion("hi")))
+    with caplog.at_level(logging.WARNING, logger="claudeproxy"):
+        assert ask(server).status == 200
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "upstream refused a key claudeproxy sends it (upstream 401); its next key serves meanwhile: check the " \
+           "provider's key setting" in said, said
 
 
 def test_keys_from_several_environment_variables(monkeypatch: Any) -> None:
