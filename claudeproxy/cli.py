@@ -191,8 +191,8 @@ def _logging_flags(out: Any) -> None:
 
 def _upstream_flags(up: Any) -> None:
     up.add_argument("--upstream", metavar="URL", help="base URL, e.g. https://api.openai.com/v1 "
-                    f"(default: $OPENAI_BASE_URL, else {DEFAULT_UPSTREAM}; with --upstream-api messages "
-                    f"{DEFAULT_MESSAGES_UPSTREAM})")
+                    f"(default: $OPENAI_BASE_URL, else the URL of the --provider named, else {DEFAULT_UPSTREAM}; "
+                    f"with --upstream-api messages {DEFAULT_MESSAGES_UPSTREAM})")
     up.add_argument("--upstream-api", choices=list(UPSTREAM_APIS), default="chat",
                     help="what the upstream speaks: chat (OpenAI Chat Completions, translated), messages "
                     "(Anthropic Messages, forwarded), responses (OpenAI Responses) (default: %(default)s)")
