@@ -47,8 +47,14 @@ def compare(before: Dict[str, Any], after: Dict[str, Any]) -> str:
 def main() -> None:
     if len(sys.argv) != 3:
         sys.exit(__doc__)
-    with open(sys.argv[1], encoding="utf-8") as fa, open(sys.argv[2], encoding="utf-8") as fb:
-        print(compare(json.load(fa), json.load(fb)))
+    runs = []
+    for path in sys.argv[1:3]:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                runs.append(json.load(fh))
+        except (OSError, ValueError) as exc:  # a missing or broken file: one line, not a traceback
+            sys.exit(f"compare.py: {path}: {getattr(exc, 'strerror', None) or exc}")
+    print(compare(*runs))
 
 
 if __name__ == "__main__":
