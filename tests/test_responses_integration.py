@@ -560,3 +560,30 @@ def test_a_call_cut_though_said_completed_is_max_tokens_through_the_server(proxy
     assert resp.json["stop_reason"] == "max_tokens"
     assert [b["input"] for b in resp.json["content"]] == [{"file_path": "a.py"}]
     assert any("inside the arguments of tool call 'Write'" in r.getMessage() for r in caplog.records)
+
+
+def test_unreadable_reasoning_is_forgotten_an_hour_after_the_last_refusal() -> None:
+    """OpenAI refused blobs it could read during faults of its own (openai/codex#8119): what one such
+    refusal left out would have stayed out for good (review AB, F1)."""
+    from claudeproxy.apis.responses.api import UNREADABLE_FOR, _Unreadable
+    memory = _Unreadable()
+    assert memory.learn(["rs_1", "rs_2"], 100.0) == (True, ["rs_1", "rs_2"])
+    assert memory.ids(100.0 + UNREADABLE_FOR - 1) == frozenset({"rs_1", "rs_2"})
+    assert memory.learn(["rs_2", "rs_3"], 200.0) == (False, ["rs_3"])
+    assert memory.ids(200.0 + UNREADABLE_FOR + 1) == frozenset()  # healed: sent again
+    assert memory.learn(["rs_1"], 200.0 + UNREADABLE_FOR + 1) == (True, ["rs_1"])  # and learned afresh if refused
+
+
+def test_a_400_that_only_mentions_encrypted_content_is_not_taken_for_unreadable_reasoning(make_proxy: Any,
+                                                                                          fake_upstream: Any) -> None:
+    """Any 400 saying "encrypted" took that path, and a refused optional field (here summaries, named in
+    words that mention the encrypted include) was never left out (review AB, F6)."""
+    server = make_proxy(upstream_api="responses", model="gpt-5.1")
+    refusal = {"error": {"message": "Your organization must be verified to generate reasoning summaries (with "
+                                    "reasoning.encrypted_content)", "type": "invalid_request_error",
+                         "param": "reasoning.summary", "code": "unsupported_value"}}
+    answer = json.loads(read("responses", "text.response.json"))
+    fake_upstream.push(json_reply(refusal, status=400), json_reply(answer))
+    assert request(server.url, "POST", "/v1/messages", ask(thinking={"type": "adaptive"}), HEADERS).status == 200
+    asked = [r.json.get("reasoning", {}).get("summary") for r in fake_upstream.requests[-2:]]
+    assert asked == ["auto", None], asked

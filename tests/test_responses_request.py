@@ -261,9 +261,10 @@ def test_a_reasoning_item_goes_up_once_when_its_block_comes_twice() -> None:
     assert [i["content"][0]["text"] for i in out["input"] if i["type"] == "message"][1:4] == ["first", "two", "second"]
 
 
-def test_reasoning_is_not_replayed_when_asked_not_to_or_to_a_plain_model() -> None:
+def test_reasoning_is_not_replayed_when_unreadable_or_to_a_plain_model() -> None:
     signature = encode_signature("responses", {"id": "rs_1", "encrypted_content": "gAAA"})
-    assert "reasoning" not in _types(translate(body(_turn(signature)), replay_reasoning=False).body)
+    assert "reasoning" in _types(translate(body(_turn(signature)), unreadable=frozenset({"rs_2"})).body)
+    assert "reasoning" not in _types(translate(body(_turn(signature)), unreadable=frozenset({"rs_1"})).body)
     assert "reasoning" not in _types(translate(body(_turn(signature)), model="gpt-4.1").body)
 
 

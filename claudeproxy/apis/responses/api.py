@@ -1,10 +1,11 @@
-"""OpenAI Responses as the pipeline sees it: parse, prepare, from_json, fold, recover (``apis/base.py``). Pure.
+"""OpenAI Responses as the pipeline sees it: parse, prepare, from_json, fold, recover (``apis/base.py``). No
+I/O but the log lines of what it learns.
 
 ``recover`` answers the refusals it can get past with a changed request instead
 of an error for the client (RESPONSES.md 5 and 7): encrypted reasoning the
 upstream cannot read any more (another key or organisation) is left out, then and
-in every later request (remembered per provider by the items' ids, so that reasoning
-minted since, which it can read, still goes);
+in the provider's later requests for an hour (remembered by the items' ids, so that
+reasoning minted since, which it can read, still goes);
 an organisation that may not have reasoning summaries is asked for none from
 then on (remembered per provider, on this server); an optional field refused as
 such (``temperature`` for a reasoning model behind a deployment name) is never
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
+import time
 from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
 from urllib.parse import urlsplit
 
@@ -41,6 +44,9 @@ DROPPABLE_ONLY_AS = {"tool_choice": "auto"}  # another tool_choice is the client
 # The most reasoning item ids a provider's memory of unreadable ones holds; the oldest is forgotten
 # first, and one forgotten that comes back costs one refused round trip again.
 UNREADABLE_REMEMBERED = 4096
+# How long a provider's unreadable items stay left out after its last such refusal: OpenAI has refused
+# blobs it could read during faults of its own (openai/codex#8119), and those heal.
+UNREADABLE_FOR = 3600.0
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +70,9 @@ class ResponsesApi(UpstreamApi):
         self.tools = tools  # the server's: a tool set is parsed and translated once
         self._lock = threading.Lock()
         self._no_summaries: Set[str] = set()  # providers whose organisation refused reasoning summaries
-        # Per provider, the reasoning items (ids, in order) it refused as invalid_encrypted_content: Claude
-        # Code keeps them in its history, and each turn sent them again paid a refused round trip.
-        self._unreadable: Dict[str, Dict[str, None]] = {}
+        # Per provider, the reasoning items it refused as invalid_encrypted_content (``_Unreadable``):
+        # Claude Code keeps them in its history, and each turn sent them again paid a refused round trip.
+        self._unreadable: Dict[str, _Unreadable] = {}
         self._refused = RefusedFields(DROPPABLE_FIELDS, DROPPABLE_ONLY_AS)
 
     def parse(self, body: Dict[str, Any]) -> MessagesRequest:
@@ -77,7 +83,8 @@ class ResponsesApi(UpstreamApi):
         assert parsed is not None, "parse() runs before prepare()"
         with self._lock:
             summaries = target.provider.name not in self._no_summaries
-            unreadable = frozenset(self._unreadable.get(target.provider.name, ()))
+            memory = self._unreadable.get(target.provider.name)
+        unreadable = memory.ids(time.monotonic()) if memory is not None else frozenset()
         dialect = target.dialect
         web_search = bool(dialect and dialect.hosted_web_search)
         tools, encoded = offered_translated(self.tools, parsed, ("responses", web_search),
@@ -105,8 +112,8 @@ class ResponsesApi(UpstreamApi):
         if exc.status != 400:
             return None
         text = (getattr(exc, "upstream_message", "") or exc.message).lower()
-        if "encrypted" in text:
-            return self.prepare(req, target, cap) if self._learn_unreadable(target, ex) else None
+        if _UNREADABLE_REFUSAL.search(text) and self._learn_unreadable(target, ex):
+            return self.prepare(req, target, cap)
         # "Your organization must be verified to generate reasoning summaries" (param reasoning.summary).
         if "summar" in text and ("verified" in text or "unsupported" in text):
             with self._lock:
@@ -117,16 +124,15 @@ class ResponsesApi(UpstreamApi):
         return self._without_refused(exc, req, target, ex, cap)
 
     def _learn_unreadable(self, target: Target, ex: Exchange) -> bool:
-        """Remember the reasoning items of a request refused as ``invalid_encrypted_content``: the
-        refusal names none, so all that were sent. False when there were none not known already (the
-        request again would be refused again)."""
+        """Remember the reasoning items of a request refused as ``invalid_encrypted_content``: all that
+        were sent, as the refusal names one blob at most, and the others made under the same key are
+        as unreadable (one at a time, each a refused round trip). False when there were none not
+        known already (the request again would be refused again)."""
         sent = json.loads(ex.body).get("input") or []
         ids = [item["id"] for item in sent if isinstance(item, dict) and item.get("type") == "reasoning"]
         with self._lock:
-            known = self._unreadable.setdefault(target.provider.name, {})
-            first, new = not known, [i for i in ids if i not in known]
-            for item_id in new:
-                remember(known, item_id, None, UNREADABLE_REMEMBERED)
+            memory = self._unreadable.setdefault(target.provider.name, _Unreadable())
+            first, new = memory.learn(ids, time.monotonic())
         if new:
             log.log(logging.WARNING if first else logging.DEBUG, "%s could not read %d reasoning items made "
                     "before (invalid_encrypted_content: another key or organisation): they are left out of its "
@@ -167,6 +173,36 @@ class ResponsesApi(UpstreamApi):
         if stops:  # only then a fold that matches stop strings: nothing added per event otherwise
             return LocalStopResponsesFold(stop_sequences=stops, **kwargs)
         return ResponsesFold(**kwargs)
+
+
+# OpenAI's code, or its words ("The encrypted content gAAA...DQ== could not be verified"), not any 400
+# that says "encrypted" (a gateway refusing the include of reasoning.encrypted_content is a refused field).
+_UNREADABLE_REFUSAL = re.compile(r"invalid_encrypted_content|encrypted content .{0,80}could not be (?:verified|decrypted)")
+
+
+class _Unreadable:
+    """A provider's reasoning items it could not read: their ids (the oldest forgotten past
+    ``UNREADABLE_REMEMBERED``), all forgotten ``UNREADABLE_FOR`` after the last refusal. Its owner's
+    lock guards ``learn``; ``ids`` reads a snapshot made there, not a copy each request."""
+
+    def __init__(self) -> None:
+        self._ids: Dict[str, None] = {}
+        self._snapshot: FrozenSet[str] = frozenset()
+        self._learned_at = 0.0
+
+    def ids(self, now: float) -> FrozenSet[str]:
+        return self._snapshot if now - self._learned_at < UNREADABLE_FOR else frozenset()
+
+    def learn(self, ids: List[str], now: float) -> Tuple[bool, List[str]]:
+        """(no item was known before, the items new to it)."""
+        if now - self._learned_at >= UNREADABLE_FOR:
+            self._ids = {}  # healed since: what was refused then may be read now
+        first, new = not self._ids, [i for i in ids if i not in self._ids]
+        for item_id in new:
+            remember(self._ids, item_id, None, UNREADABLE_REMEMBERED)
+        if new:
+            self._snapshot, self._learned_at = frozenset(self._ids), now
+        return first, new
 
 
 def _history(req: ClientRequest) -> FrozenSet[str]:

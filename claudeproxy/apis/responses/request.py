@@ -484,7 +484,6 @@ def to_responses_request(
     stream: bool = False,
     web_search: bool = False,
     cache_key: Optional[str] = None,
-    replay_reasoning: bool = True,
     unreadable: FrozenSet[str] = frozenset(),
     reasoning: Optional[bool] = None,
     reasoning_summary: bool = True,
@@ -494,9 +493,8 @@ def to_responses_request(
 
     ``max_output_tokens`` is the model's output cap (None: no cap);
     ``web_search``: the provider runs OpenAI's hosted ``web_search`` tool;
-    ``cache_key``: sent as ``prompt_cache_key``; ``replay_reasoning=False``
-    leaves reasoning items out of the history, ``unreadable`` those of these ids (which the
-    upstream refused as ``invalid_encrypted_content``, when the key or org changed);
+    ``cache_key``: sent as ``prompt_cache_key``; ``unreadable``: the ids of reasoning items left out
+    of the history (the upstream refused them as ``invalid_encrypted_content``: the key or org changed);
     ``reasoning`` overrides ``is_reasoning_model(model)`` (an Azure deployment
     name says nothing about the model behind it); ``reasoning_summary=False``
     asks for no summaries (an unverified organisation gets 400
@@ -507,7 +505,7 @@ def to_responses_request(
     reasoning = is_reasoning_model(model) if reasoning is None else reasoning
     functions, max_calls, warnings = (tools if tools is not None else
                                       responses_tools(offered_tools(req, found_tools(req)), web_search))
-    body = _prompt(req, model, reasoning, replay_reasoning and reasoning, unreadable)
+    body = _prompt(req, model, reasoning, reasoning, unreadable)
     if functions:
         body["tools"] = list(functions)
     body.update(_tool_choice(req, functions))
