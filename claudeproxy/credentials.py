@@ -292,6 +292,11 @@ def alternatives(source: TokenSource) -> int:
     return 1 if _renews(source) else 0
 
 
+def several_keys(source: TokenSource) -> bool:
+    """Keys used in turn (``KeyRing``): a refusal of one is a bad key among good ones, worth saying."""
+    return isinstance(source, KeyRing)
+
+
 def _renews(source: TokenSource) -> bool:
     """Asked again, may it give another key? A key command (run again) and a program's own function
     (``start(token=...)``, for keys that rotate); a fixed key never."""

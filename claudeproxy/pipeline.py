@@ -24,7 +24,7 @@ from .apis.base import ClientRequest, Exchange, UpstreamApi, remember
 from .calibration import TokenCalibration
 from .config import Config, Provider
 from .counts import ONE_HOUR_WRITES, USAGE_KEYS, WEB_SEARCHES, count_or_none
-from .credentials import alternatives, current_secrets, key_of, refused
+from .credentials import alternatives, current_secrets, key_of, refused, several_keys
 from .dialects import auth_header, auth_style, client_key, is_anthropic_host
 from .ending import StreamFold, abort_error
 from .errors import (
@@ -663,20 +663,16 @@ class Proxy:
         ex = self._prepare(api, req, target, room)
         call.deadline = deadline
         changes = key_changes = 0
+        key = key_of(target.provider.token, target.provider.name)
         while True:
             self._log_body("upstream request body", ex.body)
-            key = key_of(target.provider.token, target.provider.name)
             try:
                 return self._open(ex.url, target.provider, call, body=ex.body, headers=ex.headers,
                                   client=req.headers, key=key, read_timeout=_answer_wait(ex, deadline)), ex
             except UpstreamHTTPError as exc:
-                if exc.status in (401, 429) and key and key_changes < alternatives(target.provider.token) and \
-                        refused(target.provider.token, key, exc.status):
-                    key_changes += 1
-                    self.metrics.attempt_failed(target.provider.name, target.model, exc.status)  # a round trip spent
-                    if exc.status == 401:  # with several keys a bad one was never said: the next one served
-                        self.warn_once(f"{target.provider.name} refused a key claudeproxy sends it (upstream 401); "
-                                       "its next key serves meanwhile: check the provider's key setting")
+                other = self._other_key(exc, target, key) if key_changes < alternatives(target.provider.token) else None
+                if other is not None:
+                    key, key_changes = other, key_changes + 1
                     continue
                 changed = self._changed_request(exc, api, req, target, ex) if changes < _MAX_TOKENS_RETRIES else None
                 if changed is not None:
@@ -694,6 +690,22 @@ class Proxy:
                     raise
                 changes += 1
                 ex = changed
+
+    def _other_key(self, exc: UpstreamHTTPError, target: Target, key: str) -> Optional[str]:
+        """After a 401 or 429 to ``key``, the provider's next key (a ring's next, a key command's or a
+        program's function's new one) if there is one that differs: the same key again would only be
+        refused again, a second round trip each request."""
+        token = target.provider.token
+        if exc.status not in (401, 429) or not key or not refused(token, key, exc.status):
+            return None
+        other = key_of(token, target.provider.name)
+        if not other or other == key:
+            return None
+        self.metrics.attempt_failed(target.provider.name, target.model, exc.status)  # a round trip spent
+        if exc.status == 401 and several_keys(token):  # the next one served, and a bad one was never said
+            self.warn_once(f"{target.provider.name} refused one of the keys claudeproxy sends it (upstream 401); "
+                           "the next one serves meanwhile: check the provider's key settings")
+        return other
 
     def _refused_key(self, exc: UpstreamHTTPError, target: Target) -> UpstreamHTTPError:
         """The upstream refused the proxy's own key: the client is told whose key it was (Claude

@@ -940,6 +940,21 @@ def test_a_programs_token_function_is_asked_again_after_a_401_and_the_request_re
         server.shutdown(grace=1.0)
 
 
+def test_a_token_function_that_gives_the_refused_key_again_costs_no_second_refusal(fake_upstream: FakeUpstream,
+                                                                                   caplog: Any) -> None:
+    """start(token=lambda: KEY) (or a cached vault read) gives the same key after a 401: sending it again
+    was a second refusal each request, and a warning of a "next key" there is none of (review AB F4, F13)."""
+    server = claudeproxy.start(upstream=fake_upstream.url, token=lambda: "sk-the-only-key-0000")
+    try:
+        fake_upstream.push(json_reply({"error": {"message": "bad key"}}, status=401))
+        with caplog.at_level(logging.WARNING, logger="claudeproxy"):
+            assert ask(server).status == 401
+        assert len(fake_upstream.requests) == 1
+        assert not [r for r in caplog.records if "next one serves" in r.getMessage()]
+    finally:
+        server.shutdown(grace=1.0)
+
+
 def test_a_programs_token_function_runs_once_a_request_and_only_for_its_provider(fake_upstream: FakeUpstream) -> None:
     """Every request ran each provider's token function, twice for the one it used (once for the key,
     once for masking): a slow vault behind a fallback provider held every call (probe R). The keys
@@ -1032,8 +1047,8 @@ def test_a_key_of_several_refused_with_a_401_is_said_in_the_log(make_proxy: Any,
     with caplog.at_level(logging.WARNING, logger="claudeproxy"):
         assert ask(server).status == 200
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert "upstream refused a key claudeproxy sends it (upstream 401); its next key serves meanwhile: check the " \
-           "provider's key setting" in said, said
+    assert "upstream refused one of the keys claudeproxy sends it (upstream 401); the next one serves meanwhile: " \
+           "check the provider's key settings" in said, said
 
 
 def test_keys_from_several_environment_variables(monkeypatch: Any) -> None:
