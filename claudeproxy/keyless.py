@@ -91,26 +91,23 @@ def _no_forwarded_key(provider: Provider, host: str, library: bool) -> Tuple[boo
 
 
 def shared_client_keys(router: Any, forwarded: bool = True) -> List[str]:
-    """A line for each route whose targets include Messages API providers on different hosts that
-    have no key of their own: each gets the client's (where one is ``forwarded``), so the key a
-    client sends for the first goes to the next host when the first fails (an Anthropic login, to
-    a gateway that was meant to be open)."""
+    """A line when routes send to Messages API providers on different hosts (or ports) that have no
+    key of their own: each gets the client's (where one is ``forwarded``), so the key a client sends
+    for one (an Anthropic login) goes to the other's host, by a fallback or by another model's route."""
     if not forwarded:
         return []
-    lines = []
-    for i, route in enumerate(router.routes):
-        hosts: Dict[str, str] = {}  # host -> the first provider there that gets the client's key
+    hosts: Dict[str, str] = {}  # host[:port] -> the first provider there that gets the client's key
+    for route in router.routes:
         for where in (route.target,) + tuple(route.fallbacks):
             provider = router.providers.get(where.provider)
             if provider is not None and provider.api == "messages" and gives_no_key(provider.token) \
                     and not _carries_a_credential(provider):
-                hosts.setdefault(urlsplit(provider.url).hostname or "", provider.name)
-        if len(hosts) > 1:
-            named = " and ".join(f"{name} ({host})" for host, name in hosts.items())
-            lines.append(f"{route.origin or f'routes[{i}]'} ({route.match!r}): {named} have no key of their own "
-                         "and each gets the client's: the key a client sends for one goes to another host when "
-                         "it falls back (give them keys of their own if that is not meant)")
-    return lines
+                hosts.setdefault(urlsplit(provider.url).netloc.rpartition("@")[2], provider.name)
+    if len(hosts) < 2:
+        return []
+    named = " and ".join(f"{name} ({host})" for host, name in hosts.items())
+    return [f"providers {named} have no key of their own and each gets the client's: the key a client sends "
+            "for one goes to the other's host (give them keys of their own if that is not meant)"]
 
 
 def _carries_a_credential(provider: Provider) -> bool:

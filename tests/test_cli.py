@@ -442,17 +442,25 @@ def test_a_clients_key_that_would_go_to_two_hosts_is_said_at_start() -> None:
     other = Provider("third", "https://gateway.corp.example/anthropic", api="messages")
     keyed = Provider("keyed", "https://api.deepseek.com/anthropic", api="messages",
                      token=claudeproxy.static_token("sk-0000000000000000"))
-    routes = (Route("opus", RouteTarget("anth", "claude-opus-4-5"), (RouteTarget("third", "x"),)),
-              Route("*", RouteTarget("anth"), (RouteTarget("keyed", "deepseek-chat"),)))
-    server = claudeproxy.start(providers=(anthropic, other, keyed), routes=routes, port=0)
+    said = ["providers anth (api.anthropic.com) and third (gateway.corp.example) have no key of their own and each "
+            "gets the client's: the key a client sends for one goes to the other's host (give them keys of their "
+            "own if that is not meant)"]
+    by_fallback = (Route("opus", RouteTarget("anth", "claude-opus-4-5"), (RouteTarget("third", "x"),)),
+                   Route("*", RouteTarget("anth"), (RouteTarget("keyed", "deepseek-chat"),)))
+    by_route = (Route("claude-opus*", RouteTarget("anth")), Route("*", RouteTarget("third", "x")))  # (verification)
+    for routes in (by_fallback, by_route):
+        server = claudeproxy.start(providers=(anthropic, other, keyed), routes=routes, port=0)
+        try:
+            assert cli.shared_client_keys(server.server.proxy.router) == said
+            assert cli.shared_client_keys(server.server.proxy.router, forwarded=False) == []  # run's, --auth-key
+        finally:
+            server.shutdown(grace=0.1)
+    ports = (Provider("a", "http://127.0.0.1:9301", api="messages"), Provider("b", "http://127.0.0.1:9302", api="messages"))
+    server = claudeproxy.start(providers=ports, routes=(Route("*", RouteTarget("a"), (RouteTarget("b"),)),), port=0)
     try:
-        lines = cli.shared_client_keys(server.server.proxy.router)
-        assert cli.shared_client_keys(server.server.proxy.router, forwarded=False) == []  # run's, --auth-key
+        assert len(cli.shared_client_keys(server.server.proxy.router)) == 1  # two servers on one host
     finally:
         server.shutdown(grace=0.1)
-    assert lines == ["routes[0] ('opus'): anth (api.anthropic.com) and third (gateway.corp.example) have no key of "
-                     "their own and each gets the client's: the key a client sends for one goes to another host "
-                     "when it falls back (give them keys of their own if that is not meant)"], lines
 
 
 @pytest.mark.parametrize("provider, url", [
