@@ -389,10 +389,12 @@ def _check_deployment_urls(routes: Sequence[Route], providers: Dict[str, Provide
         for target in (route.target, *route.fallbacks):
             provider = providers[target.provider]
             named = _DEPLOYMENT.search(urlsplit(provider.url).path) if provider_dialect(provider) == "azure" else None
-            if named is None or target.model == unquote(named.group(1)):
+            # Without a model, a route for one exact name sends that name; Azure's names take no case.
+            sent = target.model or (route.match if pattern_kind(route.match) == "exact" else None)
+            if named is None or (sent or "").casefold() == unquote(named.group(1)).casefold():
                 continue
             dep = unquote(named.group(1))
-            model = repr(target.model) if target.model else "the client's model name"
+            model = repr(sent) if sent else "the client's model name"
             raise ValueError(f"{route.origin or f'routes[{i}]'}: the URL of provider {provider.name} names the Azure "
                              f"deployment {dep!r}, which answers every call sent there, so {model} would be "
                              f"recorded for what {dep!r} answered: give the resource's URL and each deployment as "

@@ -422,6 +422,7 @@ def test_an_azure_url_that_names_a_deployment_takes_only_that_model(served: List
     code, out, err = run_main(["--provider", "azure", "--upstream", url], env)
     assert_usage_error(code, out, err, "so the client's model name would be recorded")
     assert run_main(["--provider", "azure", "--upstream", url, "--model", "gpt-4o-mini"], env)[0] == 0
+    assert run_main(["--provider", "azure", "--upstream", url, "--model", "GPT-4o-mini"], env)[0] == 0  # (review AB)
 
 
 def test_a_family_flag_an_earlier_route_leaves_no_name_is_said_at_start(served: List[Any]) -> None:
