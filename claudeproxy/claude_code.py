@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import textwrap
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
@@ -189,7 +190,7 @@ def invocation(argv0: str, package: str) -> str:
     vendored under another name: ``python3 -m claudeproxy`` is no module there)."""
     name = os.path.basename(argv0)
     if name.endswith(".pyz"):
-        return f"python3 {argv0}"
+        return f"python3 {shlex.quote(argv0)}"  # a path with blanks, as a shell takes it
     if name in ("claudeproxy", "claudeproxy.exe"):
         return "claudeproxy"
     return f"python3 -m {package}"

@@ -121,7 +121,7 @@ class _Parser(argparse.ArgumentParser):
             if flag in ("--log-file", "--trust") and flag not in flags:  # RUN_ONLY's, given to the server
                 return f" ({flag} is claudeproxy run's" + ("; the server itself logs to stderr)" if flag == "--log-file" else ")")
             if word == "--" and self.prog == "claudeproxy":
-                return " (to run a command with the proxy: claudeproxy run [OPTIONS] -- COMMAND)"
+                return f" (to run a command with the proxy: {program()} run [OPTIONS] -- COMMAND)"
             near = difflib.get_close_matches(flag, flags, n=1, cutoff=0.75)
             if word.startswith("--") and near:
                 return f" (did you mean {near[0]}?)"

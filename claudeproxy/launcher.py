@@ -606,6 +606,10 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
     """``claudeproxy run ...``: the command's exit status, or 2/127 for bad input (one line on stderr).
 
     1 only when the log file, checked already, cannot be opened after all."""
+    if "CLAUDEPROXY_AUTH_KEY" in environ and not environ["CLAUDEPROXY_AUTH_KEY"].strip():
+        # Set but empty (a template's .env): the server refuses it, as it would take any client; run
+        # makes a key of the session's own without one, so here it is as good as unset.
+        environ = {k: v for k, v in environ.items() if k != "CLAUDEPROXY_AUTH_KEY"}
     try:
         ns, config, command = parse_run(argv, environ, stdout)
     except cli._Exit as done:  # noqa: SLF001 - --help, --version

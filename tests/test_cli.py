@@ -1203,6 +1203,7 @@ def test_the_warning_about_routes_a_flag_shadows_compares_no_pair_of_file_routes
     ("claudeproxy.pyz", "claudeproxy", "python3 claudeproxy.pyz"),
     ("/opt/tools/cp.pyz", "claudeproxy", "python3 /opt/tools/cp.pyz"),
     ("/usr/local/bin/claudeproxy", "claudeproxy", "claudeproxy"),
+    ("/home/u/My Downloads/cp.pyz", "claudeproxy", "python3 '/home/u/My Downloads/cp.pyz'"),
 ])
 def test_the_help_recipes_name_the_way_this_copy_was_started(argv0: str, package: str, said: str) -> None:
     """The one file's and a vendored copy's --help told their users to run `python3 -m claudeproxy`,
@@ -1219,7 +1220,7 @@ def test_the_help_recipes_name_the_way_this_copy_was_started(argv0: str, package
     (["--log-file", "x.log"], "(--log-file is claudeproxy run's; the server itself logs to stderr)"),
     (["--trust"], "(--trust is claudeproxy run's)"),
     (["--upstream", "http://127.0.0.1:9/v1", "--", "claude"],
-     "(to run a command with the proxy: claudeproxy run [OPTIONS] -- COMMAND)"),
+     " run [OPTIONS] -- COMMAND)"),  # after the way it was started: python3 -m claudeproxy here
     (["--upstream-a", "responses"], "(did you mean --upstream-api?)"),  # a flag's start is no flag
 ])
 def test_a_flag_of_run_or_a_flags_start_given_to_the_server_is_said_as_such(served: List[Any], argv: List[str],

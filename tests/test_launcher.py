@@ -772,6 +772,17 @@ def test_claude_code_before_a_proxy_that_names_it_no_model_is_told_on_the_termin
     assert code == 0 and "no route names a model" not in err, err
 
 
+def test_an_empty_client_key_variable_is_as_good_as_unset_for_run(tmp_path: Any) -> None:
+    """The server refuses it (it would take any client); run makes a key of its own without one, and
+    refused to start over a template's empty variable (review AB F3)."""
+    record = tmp_path / "record.json"
+    code, out, err = run_main(["--upstream", NO_UPSTREAM, "--model", "m", "--log-file", str(tmp_path / "p.log"),
+                               "--", sys.executable, STANDIN, str(record), "--exit", "0"],
+                              base_env(tmp_path, CLAUDEPROXY_AUTH_KEY=""))
+    assert code == 0, err
+    assert recorded(record)["env"]["ANTHROPIC_AUTH_TOKEN"].startswith("cp-")
+
+
 def test_another_commands_model_flag_is_not_claude_codes(run_standin: Any) -> None:
     code, err, rec = run_standin("--exit", "0", "--model", "haiku",
                                  options=("--upstream", NO_UPSTREAM, "--opus-model", "o3", "--haiku-model", "gpt-4o"))
