@@ -303,6 +303,9 @@ def _check_api_version(p: Provider, where: str, shorthand: bool) -> None:
         raise ValueError(f"{setting}: an api-version is for Azure OpenAI, and this upstream is not taken for it "
                          f"(its dialect is {provider_dialect(p)}): say so with "
                          + ("--provider azure" if shorthand else f"{where}.dialect \"azure\""))
+    if p.azure_api_version != DEFAULT_AZURE_API_VERSION and urlsplit(p.url).path.rstrip("/").endswith("/openai/v1"):
+        raise ValueError(f"{setting}: Azure's /openai/v1 URL takes no api-version (it is versionless); "
+                         "leave the setting out, or give the resource's URL")
     in_url = parse_qs(urlsplit(p.url).query).get("api-version")
     if in_url and p.azure_api_version not in (DEFAULT_AZURE_API_VERSION, in_url[0]):
         raise ValueError(f"{setting}: {p.azure_api_version!r} contradicts the api-version={in_url[0]} of the URL; "

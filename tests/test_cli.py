@@ -408,6 +408,10 @@ def test_an_api_version_for_an_upstream_that_is_not_azure_stops_the_start(served
                        'providers.o.dialect "azure"')
     assert run_main(["--azure-api-version", "2025-01-01", "--upstream", "http://127.0.0.1:9/v1", "--provider", "azure",
                      "--model", "dep"], {"AZURE_OPENAI_API_KEY": "k" * 20})[0] == 0
+    # Azure's versionless surface sends none: the setting went nowhere (verification).
+    code, out, err = run_main(["--azure-api-version", "2025-01-01", "--upstream", "https://r.openai.azure.com/openai/v1",
+                               "--model", "gpt-4.1"], {"AZURE_OPENAI_API_KEY": "k" * 20})
+    assert_usage_error(code, out, err, "--azure-api-version: Azure's /openai/v1 URL takes no api-version")
 
 
 def test_an_azure_url_that_names_a_deployment_takes_only_that_model(served: List[Any]) -> None:

@@ -532,6 +532,9 @@ def test_a_call_id_outside_anthropics_id_form_reaches_the_client_in_it_and_goes_
     # Azure (its dialect, as its key goes in api-key): the resource's v1 surface.
     ("", "azure", "/openai/v1/responses", "api-key"),
     ("/openai/v1", "azure", "/openai/v1/responses", "api-key"),
+    # A deployment's URL pasted from the portal: Responses takes the model in the body (verification of probe Z D7).
+    ("/openai/deployments/gpt-5/chat/completions?api-version=2025-04-01-preview", "azure", "/openai/v1/responses",
+     "api-key"),
     # A gateway whose query happens to name an Azure host is no Azure resource.
     ("/v1?target=r.openai.azure.com", None, "/v1/responses?target=r.openai.azure.com", "authorization"),
 ])

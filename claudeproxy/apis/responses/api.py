@@ -20,7 +20,7 @@ import re
 import threading
 import time
 from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from ...anthropic_types import MessagesRequest, parse_messages_request, tool_use_ids, wants_thinking
 from ...errors import ProxyError
@@ -57,7 +57,13 @@ def responses_url(base: str, azure: bool) -> str:
     ``azure``: the provider's dialect is Azure's (its host, or ``dialect: azure``), the same
     judgement that sends its key as ``api-key``: not a guess from the URL's text, whose query may
     name anything."""
-    if azure and "/openai/" not in urlsplit(base).path + "/":
+    parts = urlsplit(base)
+    if azure and "/openai/deployments/" in parts.path:
+        # Responses has no deployment path: the model goes in the body (/openai/v1/responses).
+        path = parts.path[:parts.path.index("/openai/deployments/")] + "/openai/v1"
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "api-version"])  # v1 takes none
+        base = parts._replace(path=path, query=query).geturl()
+    elif azure and "/openai/" not in parts.path + "/":
         base = join_path(base, "/openai/v1")
     return join_path(base, "/responses")
 
