@@ -54,7 +54,10 @@ def main() -> None:
                 runs.append(json.load(fh))
         except (OSError, ValueError) as exc:  # a missing or broken file: one line, not a traceback
             sys.exit(f"compare.py: {path}: {getattr(exc, 'strerror', None) or exc}")
-    print(compare(*runs))
+    try:
+        print(compare(*runs))
+    except (KeyError, TypeError, AttributeError):  # JSON of another shape than bench/run.py --json writes
+        sys.exit(f"compare.py: {' or '.join(sys.argv[1:3])}: not a bench/run.py --json file")
 
 
 if __name__ == "__main__":

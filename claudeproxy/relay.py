@@ -95,6 +95,9 @@ class Relay:
                                            "request", headers=(NO_RETRY,)))
             else:
                 limit = max(self.config.max_line_bytes, self.fold.longest_line)
+                decoder = getattr(self.fold, "decoder", None)  # (every SSE fold's: sse.SSEFold)
+                if decoder is not None:
+                    decoder.allow(limit)  # an event may be as long as a line
                 self._lines = iter_lines(resp, limit, self.fold.line_allowance,
                                          self.fold.line_skimmer)
                 if self._relay(until_committed=True):

@@ -19,6 +19,7 @@ MAX_BAD_EVENTS = 50  # consecutive non-JSON events before a stream counts as bro
 # (``upstream.iter_lines``), but an event's data lines were gathered until a blank line came: an
 # upstream that sent none grew the proxy without end. As large as the largest line may grow.
 MAX_EVENT_CHARS = 16 * 1024 * 1024
+MAX_EVENT_LINES = 65536  # and as many data lines (empty ones cost a list slot each, and count no characters)
 
 
 class ServerSentEvent:
@@ -75,6 +76,7 @@ class SSEDecoder:
     def __init__(self, max_event: int = MAX_EVENT_CHARS) -> None:
         self._data: List[str] = []
         self._size, self._max_event = 0, max_event  # characters of data gathered for the event
+        self._lines = 0
         self._event = ""
         self._first = True
         self._cr_ended = False  # the last run of lines ended with a CR, whose LF may begin the next
@@ -97,8 +99,11 @@ class SSEDecoder:
         if name == "data":
             self._data.append(value)
             self._size += len(value) + 1
+            self._lines += 1
             if self._size > self._max_event:
                 raise UpstreamUnavailable(f"upstream sent an SSE event of more than {self._max_event} characters")
+            if self._lines > MAX_EVENT_LINES:
+                raise UpstreamUnavailable(f"upstream sent an SSE event of more than {MAX_EVENT_LINES} lines")
         elif name == "event":
             self._event = value
         elif self.stray is None and name not in ("id", "retry") and not line.isspace():
@@ -126,6 +131,11 @@ class SSEDecoder:
             return None
         return text[6:-2]
 
+    def allow(self, chars: int) -> None:
+        """Take events of up to ``chars`` characters of data: a line cap raised past the default
+        (``max_line_bytes``) is an event's too."""
+        self._max_event = max(self._max_event, chars)
+
     @property
     def pending(self) -> bool:
         """Are data lines waiting for the blank line that ends their event?"""
@@ -140,7 +150,7 @@ class SSEDecoder:
             self._event = ""
             return None
         event = ServerSentEvent("\n".join(self._data), self._event)
-        self._data, self._size, self._event = [], 0, ""
+        self._data, self._size, self._lines, self._event = [], 0, 0, ""
         return event
 
 

@@ -292,3 +292,23 @@ def test_an_event_is_held_to_a_size_whatever_its_lines() -> None:
     for _ in range(20):
         assert decoder.decode("data: " + "x" * 40) is None
         assert decoder.decode("") == ServerSentEvent("x" * 40)
+
+
+def test_an_event_of_empty_data_lines_is_held_to_a_count_of_lines() -> None:
+    """Empty data lines count no characters, and 16 million of them held 133 MB (verification of F-4)."""
+    from claudeproxy.errors import UpstreamUnavailable
+    from claudeproxy.sse import MAX_EVENT_LINES
+    decoder = SSEDecoder()
+    for _ in range(MAX_EVENT_LINES):
+        decoder.decode("data:")
+    with pytest.raises(UpstreamUnavailable, match="of more than 65536 lines"):
+        decoder.decode("data:")
+
+
+def test_a_raised_line_cap_is_an_events_too() -> None:
+    """max_line_bytes may be raised past 16 MiB for an upstream's long lines: an event that came as such
+    a line over several reads was refused at 16 MiB all the same (review AB, F9)."""
+    decoder = SSEDecoder(max_event=100)
+    decoder.allow(1000)
+    assert decoder.decode("data: " + "x" * 500) is None
+    assert decoder.decode("") == ServerSentEvent("x" * 500)
