@@ -953,22 +953,23 @@ def _describe(server: ProxyServer) -> str:
     return f"claudeproxy listening on http://{shown}:{port} -> {where}{mode}"
 
 
-def _warn_about(server: ProxyServer, environ: Mapping[str, str]) -> None:
+def _warn_about(server: ProxyServer, environ: Mapping[str, str], for_claude_code: bool = False) -> None:
     for provider in server.proxy.router.providers.values():
         parts = urlsplit(provider.url)
         if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
             who = "the upstream" if provider.name == "upstream" else f"the upstream {provider.name}"
             log.warning("%s uses plain http: the API key travels unencrypted", who)
-    for line in start_warnings(server, environ):
+    for line in start_warnings(server, environ, for_claude_code):
         log.warning("%s", line)
     for route in server.proxy.router.routes:
         log.info("route %s -> %s/%s", route.match, route.target.provider, route.target.model or "(client's model)")
 
 
-def start_warnings(server: ProxyServer, environ: Mapping[str, str]) -> List[str]:
+def start_warnings(server: ProxyServer, environ: Mapping[str, str], for_claude_code: bool = False) -> List[str]:
     """The settings that add up to something the operator did not mean: logged at start, and
-    ``run`` prints them on the terminal too."""
-    return (unmatched_routes(server) + shadowed_routes(server) + unreached_families(server) + unserved_families(server)
+    ``run`` prints them on the terminal too (``for_claude_code``: its command is Claude Code)."""
+    return (unmatched_routes(server) + shadowed_routes(server) + unreached_families(server)
+            + unserved_families(server, for_claude_code)
             + unused_providers(server)
             + repeated_targets(server) + keyless_upstreams(server)
             + shared_client_keys(server.proxy.router, forwarded=not server.config.auth_key)

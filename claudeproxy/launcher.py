@@ -487,8 +487,8 @@ def _session(running: RunningServer, ns: argparse.Namespace, config: Config, typ
     windows = on_windows()
     try:
         log.info("%s", cli._describe(running.server))  # noqa: SLF001
-        cli._warn_about(running.server, environ)  # noqa: SLF001
         claude = looks_like_claude(typed) or looks_like_claude(argv[0])
+        cli._warn_about(running.server, environ, claude)  # noqa: SLF001
         env = command_env(running, config, environ, argv[1:] if claude else ())
         print(f"claudeproxy: proxy on {running.url} (usage page {page_address(running.url, page_key)}), "
               f"log in {log_path}", file=stderr, flush=True)
@@ -496,15 +496,8 @@ def _session(running: RunningServer, ns: argparse.Namespace, config: Config, typ
             log.warning("%s", line)
             print(f"claudeproxy: warning: {line}", file=stderr, flush=True)
         # Logged already (_warn_about): the terminal too.
-        said = cli.start_warnings(running.server, environ)
-        for line in said:
+        for line in cli.start_warnings(running.server, environ, claude):
             print(f"claudeproxy: warning: {line}", file=stderr, flush=True)
-        # A proxy that names no model for any of Claude Code's families is said to be for another
-        # client; before Claude Code, its every call would go up under its Claude name.
-        for line in cli.unserved_families(running.server, for_claude_code=True) if claude else ():
-            if line not in said:
-                log.warning("%s", line)
-                print(f"claudeproxy: warning: {line}", file=stderr, flush=True)
         if claude:
             seed_first_run_state(env, ns.trust, windows, stderr)
         elif ns.trust:
