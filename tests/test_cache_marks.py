@@ -180,3 +180,23 @@ def test_a_claude_code_turn_is_cached_at_its_system_prompt_and_its_newest_messag
             assert len(found) == 1, (row["seq"], found)
         seen[row["seq"]] = len(found)
     assert seen[10] == 1 and sum(n == 2 for n in seen.values()) == 15
+
+
+def test_a_one_hour_mark_never_follows_a_shorter_one() -> None:
+    """A system turn between a tool call and its result goes after the tool message: its 1-hour mark then
+    followed the result's 5-minute one, which Anthropic refuses (review AB, F15)."""
+    body = {"model": "m", "max_tokens": 10, "tools": [{"name": "Read", "input_schema": {"type": "object"}}],
+            "messages": [
+                {"role": "user", "content": "go"},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {}}]},
+                {"role": "system", "content": [{"type": "text", "text": "# Environment",
+                                                "cache_control": {"type": "ephemeral", "ttl": "1h"}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "A",
+                                              "cache_control": EPHEMERAL}]}]}
+    found = marks(sent(body))
+    assert [(role, mark) for _, role, mark in found] == [("tool", EPHEMERAL), ("system", EPHEMERAL)], found
+    in_order = {**body, "messages": body["messages"][:2] + body["messages"][3:] + [
+        {"role": "system", "content": [{"type": "text", "text": "# later", "cache_control": EPHEMERAL}]}]}
+    in_order["system"] = [{"type": "text", "text": "S", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+    assert [mark for _, _, mark in marks(sent(in_order))] == [
+        {"type": "ephemeral", "ttl": "1h"}, EPHEMERAL, EPHEMERAL]  # the client's own order stands

@@ -446,7 +446,25 @@ def to_chat_messages(messages: Tuple[Message, ...], system: str, dialect: Dialec
             builder.add_user(message)
     builder.close_turn()
     out = _merge_users(builder.out) if dialect.merge_user_turns else builder.out
+    if dialect.cache_marks:
+        _longer_marks_first(out)
     return _bridge_tool_to_user(out) if dialect.bridge_tool_to_user else out
+
+
+def _longer_marks_first(messages: List[ChatMessage]) -> None:
+    """Anthropic refuses a 1-hour cache mark after a 5-minute one. The client's order is kept, but a
+    system turn held back behind a tool call's result (``close_turn``) may move a 1-hour mark after a
+    shorter one: that one is made a 5-minute mark. (The parts are this request's own.)"""
+    shorter_seen = False
+    for message in messages:
+        for part in message.content if isinstance(message.content, list) else ():
+            mark = part.get("cache_control")
+            if mark is None:
+                continue
+            if mark.get("ttl") != "1h":
+                shorter_seen = True
+            elif shorter_seen:
+                part["cache_control"] = _cache_control("")
 
 
 # --------------------------------------------------------------------------
