@@ -611,7 +611,15 @@ class Proxy:
         record["awaiting"] = True  # until the answer's usage (or a refusal as a stream's first event) is in
         relayed = _relayed(api, resp.headers, call.secrets)
         if req.stream and ex.stream:
-            return self._stream(api, req, ex, resp, writer, call, watch, record, relayed)
+            try:
+                return self._stream(api, req, ex, resp, writer, call, watch, record, relayed)
+            except ProxyError as exc:
+                if exc.status == 400 and not writer.started:
+                    # A refusal said as the stream's first event, not as an HTTP 400 (Responses'
+                    # reasoning another key cannot read): this one stands, the API learns from it
+                    # for the next request, as it would from the HTTP 400 (every turn failed alike).
+                    api.recover(exc, req, target, ex, ex.max_tokens)
+                raise
         self._json(api, req, ex, resp, writer, call, record, relayed)
         return None
 

@@ -590,3 +590,26 @@ def test_a_400_that_only_mentions_encrypted_content_is_not_taken_for_unreadable_
     assert request(server.url, "POST", "/v1/messages", ask(thinking={"type": "adaptive"}), HEADERS).status == 200
     asked = [r.json.get("reasoning", {}).get("summary") for r in fake_upstream.requests[-2:]]
     assert asked == ["auto", None], asked
+
+
+def test_unreadable_reasoning_refused_as_a_streams_first_event_is_left_out_next_time(make_proxy: Any,
+                                                                                    fake_upstream: Any) -> None:
+    """The refusal may come as the stream's first event rather than an HTTP 400: it reached the client,
+    and every later turn of the session failed the same way (probe Y, D7). That one still fails; the
+    next goes without the items."""
+    server = make_proxy(upstream_api="responses", model="o4-mini-2025-04-16")
+    fake_upstream.push(sse(read("streams", "reasoning_summary.upstream.sse")))
+    first = ask(stream=True, thinking={"type": "enabled", "budget_tokens": 8000})
+    with StreamClient(server.url, first, headers=HEADERS) as client:
+        turn1 = final_message(client.read_all(timeout=10))
+    refusal = (b'event: error\ndata: {"type": "error", "code": "invalid_encrypted_content", "message": "The encrypted '
+               b'content gAAA...==  could not be verified.", "param": null, "sequence_number": 0}\n\n')
+    fake_upstream.push(Reply(200, (("Content-Type", "text/event-stream"),), [refusal], chunked=True),
+                       sse(read("streams", "reasoning_summary.upstream.sse")))
+    second = {**first, "messages": first["messages"] + [{"role": "assistant", "content": turn1["content"]},
+                                                        {"role": "user", "content": "more"}]}
+    resp = request(server.url, "POST", "/v1/messages", second, HEADERS)
+    assert resp.status == 400, resp
+    with StreamClient(server.url, second, headers=HEADERS) as client:
+        assert final_message(client.read_all(timeout=10))["stop_reason"] == "end_turn"
+    assert _reasoning_ids(fake_upstream.requests[-2]) and not _reasoning_ids(fake_upstream.requests[-1])
