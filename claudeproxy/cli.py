@@ -527,7 +527,8 @@ def _shorthand_key(ns: argparse.Namespace, environ: Mapping[str, str], api: str,
             keys.append(environ[var].strip())
         # Named with its setting: a variable the user chose is not one picked from the provider's
         # own (``passed_over_keys`` second-guesses only those).
-        return key_source(keys), f"{name_of(ns, 'api_key_env')} " + ", ".join(f"${var}" for var in ns.api_key_env)
+        labels = [f"${var}" for var in ns.api_key_env]
+        return key_source(keys, labels), f"{name_of(ns, 'api_key_env')} " + ", ".join(labels)
     if ns.api_key_command:
         try:
             argv = command_argv(ns.api_key_command, name_of(ns, "api_key_command"))

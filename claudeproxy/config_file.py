@@ -121,7 +121,8 @@ def _token(obj: Mapping[str, Any], environ: Mapping[str, str], path: str, name: 
         if not names:
             raise ConfigError(f"{path}.api_key_env: must name at least one variable")
         keys = [_env_value(environ, var, f"{path}.api_key_env") for var in names]
-        return key_source(keys), ", ".join(f"${var}" for var in names)
+        labels = [f"${var}" for var in names]
+        return key_source(keys, labels), ", ".join(labels)
     if "api_key_command" in obj:
         raw = obj["api_key_command"]
         where = f"{path}.api_key_command"

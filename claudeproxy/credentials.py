@@ -237,10 +237,14 @@ def current_secrets(source: TokenSource, run: bool = False) -> Tuple[str, ...]:
 class KeyRing:
     """Several keys of one provider, used in turn; a key the upstream refused rests for a while."""
 
-    def __init__(self, sources: Sequence[TokenSource], rest_seconds: float = 60.0) -> None:
+    def __init__(self, sources: Sequence[TokenSource], rest_seconds: float = 60.0,
+                 labels: Sequence[str] = ()) -> None:
         if not sources:
             raise ValueError("a key ring needs at least one key")
         self.sources = tuple(sources)
+        # What each key is called where a message names it (its variable, "$OPENAI_KEY_2"); else its place.
+        self.labels = tuple(labels) if len(labels) == len(self.sources) else \
+            tuple(f"{i + 1} of {len(self.sources)}" for i in range(len(self.sources)))
         self.rest_seconds = rest_seconds
         self._lock = threading.Lock()
         self._next = 0
@@ -273,6 +277,12 @@ class KeyRing:
             # Every key rests: the one that has rested longest is the best bet.
             return min(self._resting, key=lambda i: self._resting[i])
 
+    def label_of(self, key: str) -> Optional[str]:
+        """The label of the source that gave ``key`` (None: not one of its keys lately)."""
+        with self._lock:
+            index = self._given.get(key)
+        return None if index is None else self.labels[index]
+
     def refused(self, key: str) -> bool:
         """Rest the key that was refused; True when another key can serve now."""
         with self._lock:
@@ -292,9 +302,10 @@ def alternatives(source: TokenSource) -> int:
     return 1 if _renews(source) else 0
 
 
-def several_keys(source: TokenSource) -> bool:
-    """Keys used in turn (``KeyRing``): a refusal of one is a bad key among good ones, worth saying."""
-    return isinstance(source, KeyRing)
+def ring_label(source: TokenSource, key: str) -> Optional[str]:
+    """Where a ring's ``key`` came from ("$OPENAI_KEY_2"): a refusal of one of several keys is a bad key
+    among good ones, worth naming. None for any other source (a command's or a function's renewal)."""
+    return source.label_of(key) if isinstance(source, KeyRing) else None
 
 
 def _renews(source: TokenSource) -> bool:
@@ -318,8 +329,8 @@ def refused(source: TokenSource, key: str, status: int) -> bool:
     return status == 401 and _renews(source)
 
 
-def key_source(keys: Sequence[str]) -> TokenSource:
-    """One key as it is, several as a ring used in turn."""
+def key_source(keys: Sequence[str], labels: Sequence[str] = ()) -> TokenSource:
+    """One key as it is, several as a ring used in turn (``labels``: the keys' variables, for messages)."""
     if len(keys) == 1:
         return static_token(keys[0])
-    return KeyRing([static_token(k) for k in keys])
+    return KeyRing([static_token(k) for k in keys], labels=labels)

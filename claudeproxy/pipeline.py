@@ -24,7 +24,7 @@ from .apis.base import ClientRequest, Exchange, UpstreamApi, remember
 from .calibration import TokenCalibration
 from .config import Config, Provider
 from .counts import ONE_HOUR_WRITES, USAGE_KEYS, WEB_SEARCHES, count_or_none
-from .credentials import alternatives, current_secrets, key_of, refused, several_keys
+from .credentials import alternatives, current_secrets, key_of, refused, ring_label
 from .dialects import auth_header, auth_style, client_key, is_anthropic_host
 from .ending import StreamFold, abort_error
 from .errors import (
@@ -710,9 +710,10 @@ class Proxy:
         if not other or other == key:
             return None
         self.metrics.attempt_failed(target.provider.name, target.model, exc.status)  # a round trip spent
-        if exc.status == 401 and several_keys(token):  # the next one served, and a bad one was never said
-            self.warn_once(f"{target.provider.name} refused one of the keys claudeproxy sends it (upstream 401); "
-                           "the next one serves meanwhile: check the provider's key settings")
+        label = ring_label(token, key) if exc.status == 401 else None
+        if label is not None:  # the next one served, and which of several keys was bad was never said
+            self.warn_once(f"{target.provider.name} refused its key {label} (upstream 401); the next one serves "
+                           "meanwhile: check that key")
         return other
 
     def _refused_key(self, exc: UpstreamHTTPError, target: Target) -> UpstreamHTTPError:

@@ -1047,8 +1047,18 @@ def test_a_key_of_several_refused_with_a_401_is_said_in_the_log(make_proxy: Any,
     with caplog.at_level(logging.WARNING, logger="claudeproxy"):
         assert ask(server).status == 200
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert "upstream refused one of the keys claudeproxy sends it (upstream 401); the next one serves meanwhile: " \
-           "check the provider's key settings" in said, said
+    assert "upstream refused its key 1 of 2 (upstream 401); the next one serves meanwhile: check that key" \
+        in said, said
+    # Keys from variables are named by them: with three, which one is bad (verification of probe Z N7).
+    from claudeproxy.credentials import key_source
+    server = make_proxy(token=key_source(["sk-a-000000000000", "sk-b-000000000000", "sk-c-000000000000"],
+                                         ["$K1", "$K2", "$K3"]))
+    fake_upstream.push(json_reply(completion("hi")), json_reply({"error": {"message": "bad"}}, status=401),
+                       json_reply(completion("hi")))
+    with caplog.at_level(logging.WARNING, logger="claudeproxy"):
+        assert ask(server).status == 200 and ask(server).status == 200
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("refused its key $K2 (upstream 401)" in m for m in said), said
 
 
 def test_keys_from_several_environment_variables(monkeypatch: Any) -> None:
