@@ -76,7 +76,6 @@ class SSEDecoder:
     def __init__(self, max_event: int = MAX_EVENT_CHARS) -> None:
         self._data: List[str] = []
         self._size, self._max_event = 0, max_event  # characters of data gathered for the event
-        self._lines = 0
         self._event = ""
         self._first = True
         self._cr_ended = False  # the last run of lines ended with a CR, whose LF may begin the next
@@ -99,10 +98,9 @@ class SSEDecoder:
         if name == "data":
             self._data.append(value)
             self._size += len(value) + 1
-            self._lines += 1
             if self._size > self._max_event:
                 raise UpstreamUnavailable(f"upstream sent an SSE event of more than {self._max_event} characters")
-            if self._lines > MAX_EVENT_LINES:
+            if len(self._data) > MAX_EVENT_LINES:
                 raise UpstreamUnavailable(f"upstream sent an SSE event of more than {MAX_EVENT_LINES} lines")
         elif name == "event":
             self._event = value
@@ -150,7 +148,7 @@ class SSEDecoder:
             self._event = ""
             return None
         event = ServerSentEvent("\n".join(self._data), self._event)
-        self._data, self._size, self._lines, self._event = [], 0, 0, ""
+        self._data, self._size, self._event = [], 0, ""
         return event
 
 

@@ -502,8 +502,8 @@ class _Response(http.client.HTTPResponse):
         try:
             chunk_left = _chunk_size(line)
         except ValueError:
-            # Out of step with the upstream: what it sends next is no answer to a later request.
-            self.will_close = True
+            # Out of step with the upstream: closed, and never whole (``terminated`` stays False), so
+            # what it sends next is no answer to a later request on a pooled connection.
             self._close_conn()  # type: ignore[attr-defined]
             raise http.client.IncompleteRead(b"") from None
         if chunk_left == 0:  # the last chunk: its trailer, and the body is read

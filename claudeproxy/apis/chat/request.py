@@ -327,9 +327,15 @@ class _MessageBuilder:
         role = self.dialect.system_role
         if self.dialect.late_system_role and self._past_the_start(role):
             role = self.dialect.late_system_role
-        last = [b for b in message.content if isinstance(b, TextBlock) and b.text][-1]
-        content = _system_content(text, last.cache, self.dialect)
-        (self.deferred if self.pending else self.out).append(ChatMessage(role, content))
+        (self.deferred if self.pending else self.out).append(ChatMessage(role, self._system_turn(message, text)))
+
+    def _system_turn(self, message: Message, text: str) -> Any:
+        """A system turn's content, with its last text block's cache mark where marks go on (only there
+        is that block looked for: every dialect translates system turns)."""
+        if not self.dialect.cache_marks:
+            return text
+        last = next(b for b in reversed(message.content) if isinstance(b, TextBlock) and b.text)
+        return _system_content(text, last.cache, self.dialect)
 
     def _past_the_start(self, system_role: str) -> bool:
         """Has a message other than a system one gone out? Each message is looked at once: a scan
