@@ -40,7 +40,8 @@ import sys as _sys
 if _sys.version_info < (3, 8):  # the modules are 3.8's (typing.Protocol...): one line, not a traceback
     _TOO_OLD = f"claudeproxy needs Python 3.8 or newer; this is Python {_sys.version.split()[0]}"
     if _sys.argv[:1] == ["-m"]:  # python -m claudeproxy, while the package is imported
-        raise SystemExit(f"claudeproxy: error: {_TOO_OLD}")
+        _sys.stderr.write(f"claudeproxy: error: {_TOO_OLD}\n")
+        raise SystemExit(2)  # the status of every other setting the start cannot work with
     raise ImportError(_TOO_OLD)
 
 try:

@@ -27,8 +27,8 @@ from typing import List, Optional
 # stopped with the shell's status for an interrupt, no traceback.
 # An older Python gets the package's one line, not the ImportError's traceback (argv[0] is the archive here).
 _MAIN = ("import sys\n\nif sys.version_info < (3, 8):\n"
-         "    sys.exit('claudeproxy: error: claudeproxy needs Python 3.8 or newer; this is Python '"
-         " + sys.version.split()[0])\n\ntry:\n    from {package}.commands import process_main\nexcept KeyboardInterrupt:\n"
+         "    sys.stderr.write('claudeproxy: error: claudeproxy needs Python 3.8 or newer; this is Python '"
+         " + sys.version.split()[0] + '\\n')\n    sys.exit(2)\n\ntry:\n    from {package}.commands import process_main\nexcept KeyboardInterrupt:\n"
          "    sys.exit(130)\n\nsys.exit(process_main())\n")
 DEFAULT_INTERPRETER = "/usr/bin/env python3"
 

@@ -39,7 +39,7 @@ def test_an_older_python_is_told_in_one_line() -> None:
     code = ("import sys; sys.version_info = (3, 7, 16, 'final', 0); sys.version = '3.7.16 (x)'; "
             "sys.argv[:] = ['-m']; import claudeproxy")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1 and done.stdout == ""
+    assert done.returncode == 2 and done.stdout == ""  # as a setting the start cannot work with
     assert done.stderr == "claudeproxy: error: claudeproxy needs Python 3.8 or newer; this is Python 3.7.16\n"
     code = code.replace("sys.argv[:] = ['-m']; ", "")  # imported by another program: an ImportError
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -137,6 +137,6 @@ TOO_OLD = [p for p in ("/root/.pyenv/versions/3.7.16/bin/python", "/root/.pyenv/
 @pytest.mark.parametrize("old", TOO_OLD)
 def test_an_older_python_gets_one_line_not_a_traceback(pyz: Dict[str, str], old: str) -> None:
     ran = run_pyz(dict(pyz, python=old), "--version")
-    assert ran.returncode == 1 and ran.stdout == ""
+    assert ran.returncode == 2 and ran.stdout == ""
     assert ran.stderr.startswith("claudeproxy: error: claudeproxy needs Python 3.8 or newer; this is Python 3.")
     assert len(ran.stderr.splitlines()) == 1, ran.stderr
