@@ -359,13 +359,26 @@ def azure_api_version(setting: str, dialect: Dialect) -> str:
     return setting
 
 
-def dialect_for(provider: str, model: str) -> Dialect:
-    """The dialect for ``provider`` with the overrides that apply to ``model``."""
-    dialect = DIALECTS[provider]
+def dialect_for(provider: str, model: str, reasoning: Optional[bool] = None) -> Dialect:
+    """The dialect for ``provider`` with the overrides that apply to ``model``.
+
+    ``reasoning``: a models table's word on whether an OpenAI model reasons, where its name does
+    not tell (an Azure deployment of gpt-5 named ``prod-coder`` was sent ``max_tokens`` and the
+    GA api-version, and every call failed); None: the name's rule.
+    """
+    changes = _rule_for(provider, model)
+    if reasoning is not None and provider in ("openai", "azure"):
+        if reasoning != (changes is not None and changes.get("max_tokens_field") == "max_completion_tokens"):
+            changes = {**_OPENAI_REASONING, **_OPENAI_MODEL} if reasoning else _OPENAI_MODEL
+    return dataclasses.replace(DIALECTS[provider], **changes) if changes else DIALECTS[provider]  # type: ignore[arg-type]
+
+
+def _rule_for(provider: str, model: str) -> Optional[Dict[str, object]]:
+    """The changes of the first model rule for ``provider`` that ``model`` matches, if any."""
     for names, pattern, changes in MODEL_RULES:
         if provider in names and re.search(pattern, model):
-            return dataclasses.replace(dialect, **changes)  # type: ignore[arg-type]
-    return dialect
+            return changes
+    return None
 
 
 # --------------------------------------------------------------------------

@@ -665,7 +665,7 @@ class Router:
         dialect, api = None, provider.api
         if api != "messages":
             name = provider.dialect or detect_provider(provider.url)
-            dialect = dialect_for(name, model)
+            dialect = dialect_for(name, model, facts.reasoning)
             if facts.text_only:  # FIELD-NOTES 14: a text-only model 400s on an image part
                 dialect = dataclasses.replace(dialect, string_content_only=True)
             if api == "chat" and facts.responses_only and (dialect.serves_responses or said_responses):

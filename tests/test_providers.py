@@ -219,3 +219,29 @@ def test_a_providers_table_may_say_a_model_the_built_in_facts_call_text_only_tak
     fake_upstream.push(json_reply(completion("a cat")))
     assert request(proxy.url, "POST", "/v1/messages", body, {"x-api-key": CLIENT_KEY}).status == 200
     assert [p["type"] for p in fake_upstream.requests[-1].json["messages"][-1]["content"]] == ["image_url", "text"]
+
+
+def test_a_models_table_tells_chat_which_azure_deployments_reason(make_proxy: Any, fake_upstream: Any) -> None:
+    """An Azure deployment of gpt-5 named prod-coder, on Chat Completions, was sent max_tokens,
+    temperature and the GA api-version, which Azure refuses for every call: the models table's
+    ``reasoning`` says what the name does not (verification of probe Y D6); ``false`` says the
+    reverse of a name that looks like a reasoning model's."""
+    provider = Provider("az", fake_upstream.url, dialect="azure",
+                        models=(("prod-coder", ModelFacts(reasoning=True)), ("o3-lookalike", ModelFacts(reasoning=False))))
+    routes = (Route("opus", RouteTarget("az", "prod-coder")), Route("*", RouteTarget("az", "o3-lookalike")))
+    proxy = make_proxy(upstream=None, providers=(provider,), routes=routes)
+    body = {"max_tokens": 1000, "temperature": 0.5, "system": "Be brief.", "stop_sequences": ["END"],
+            "thinking": {"type": "enabled", "budget_tokens": 4000},
+            "messages": [{"role": "user", "content": "Hello"}]}
+    for model in ("claude-opus-4-5", "claude-sonnet-4-5"):
+        fake_upstream.push(json_reply(completion("hi")))
+        resp = request(proxy.url, "POST", "/v1/messages", {**body, "model": model}, {"x-api-key": CLIENT_KEY})
+        assert resp.status == 200, resp
+    reasons, chats = fake_upstream.requests
+    assert reasons.path.endswith("?api-version=2025-04-01-preview"), reasons.path
+    assert reasons.json["max_completion_tokens"] == 1000 and "max_tokens" not in reasons.json
+    assert "temperature" not in reasons.json and "stop" not in reasons.json
+    assert reasons.json["messages"][0]["role"] == "developer" and "reasoning_effort" in reasons.json
+    assert chats.path.endswith("?api-version=2024-10-21"), chats.path
+    assert chats.json["max_tokens"] == 1000 and chats.json["temperature"] == 0.5 and chats.json["stop"] == ["END"]
+    assert chats.json["messages"][0]["role"] == "system" and "reasoning_effort" not in chats.json
