@@ -577,20 +577,41 @@ class Proxy:
         if parsed is not None and "estimate_raw" not in record:
             # Counted while the upstream reads the request, off the path to a stream's first byte.
             call.meanwhile = lambda: self._count_into(record, parsed)
+        _fresh_counts(record)
+        resp, ex = self._opened(api, req, target, call, watch, record)
+        if not (req.stream and ex.stream):
+            self._json(api, req, ex, resp, writer, call, record, _relayed(api, resp.headers, call.secrets))
+            return None
+        try:
+            return self._stream(api, req, ex, resp, writer, call, watch, record,
+                                _relayed(api, resp.headers, call.secrets))
+        except ProxyError as exc:
+            changed = None if exc.status != 400 or writer.started else api.recover(exc, req, target, ex, ex.max_tokens)
+            if changed is None:
+                raise
+        # A refusal said as the stream's first event, not as an HTTP 400 (Responses' reasoning another key
+        # cannot read): nothing reached the client, so the request goes again changed at once, as for the
+        # HTTP 400 (the client got the error). Once: a second such refusal is the client's answer.
+        self.metrics.attempt_failed(target.provider.name, target.model, 400)
+        record["attempts"] = record.get("attempts", 0) + 1
+        _fresh_counts(record)
+        resp, ex = self._opened(api, req, target, call, watch, record, changed)
+        return self._stream(api, req, ex, resp, writer, call, watch, record, _relayed(api, resp.headers, call.secrets))
+
+    def _opened(self, api: UpstreamApi, req: ClientRequest, target: Target, call: UpstreamCall, watch: Watch,
+                record: Dict[str, Any], changed: Optional[Exchange] = None) -> Tuple[Any, Exchange]:
+        """Send the request (``changed``: this one, made after a refusal) and read the answer's head."""
         streamed = watch.deadline is None
         if streamed:
             # A stream has no deadline, only the idle timeout between reads: an upstream sending
             # its head a byte at a time would hold the client forever, before any ping can go out.
             watch.deadline_reason = "head"  # first: the watchdog thread may look at any moment
             watch.deadline = time.monotonic() + self.config.connect_timeout + self.config.idle_timeout
-        # A retry starts afresh: an earlier attempt's counts (a refused stream's 0s) are not this one's.
-        # Only that an earlier attempt may have spent tokens nobody reported stays (``lost``).
-        for key in USAGE_KEYS + (ONE_HOUR_WRITES, WEB_SEARCHES, "billed_cost"):
-            record.pop(key, None)
         record["awaiting"] = False
+        sent_before = call.requests
         try:
-            room = self._window_room(req, target, record)
-            resp, ex = self._send(api, req, target, call, None if streamed else watch.deadline, room)
+            room = self._window_room(req, target, record) if changed is None else None
+            resp, ex = self._send(api, req, target, call, None if streamed else watch.deadline, room, changed)
         except UpstreamHTTPError as exc:
             exc.headers += _relayed(api, exc.upstream_headers, call.secrets)  # a 429's rate limits too
             record["upstream_request_id"] = _upstream_request_id(exc.upstream_headers, call.secrets)
@@ -606,22 +627,11 @@ class Proxy:
                 watch.deadline_reason = "deadline"
             # This attempt counts once already; a request sent again within it (changed after a
             # refusal, or on a fresh connection) is another call the upstream may have had.
-            record["attempts"] = record.get("attempts", 0) + max(0, call.requests - 1)
+            record["attempts"] = record.get("attempts", 0) + max(0, call.requests - sent_before - 1)
         record["upstream_request_id"] = _upstream_request_id(resp.headers, call.secrets)
         record["awaiting"] = True  # until the answer's usage (or a refusal as a stream's first event) is in
-        relayed = _relayed(api, resp.headers, call.secrets)
-        if req.stream and ex.stream:
-            try:
-                return self._stream(api, req, ex, resp, writer, call, watch, record, relayed)
-            except ProxyError as exc:
-                if exc.status == 400 and not writer.started:
-                    # A refusal said as the stream's first event, not as an HTTP 400 (Responses'
-                    # reasoning another key cannot read): this one stands, the API learns from it
-                    # for the next request, as it would from the HTTP 400 (every turn failed alike).
-                    api.recover(exc, req, target, ex, ex.max_tokens)
-                raise
-        self._json(api, req, ex, resp, writer, call, record, relayed)
-        return None
+        return resp, ex
+
 
     def _retryable(self, exc: ProxyError, watch: Watch) -> bool:
         if _own_abort(watch):
@@ -660,7 +670,8 @@ class Proxy:
     # Upstream round trip: a changed request for refusals it can get past.
 
     def _send(self, api: UpstreamApi, req: ClientRequest, target: Target, call: UpstreamCall,
-              deadline: Optional[float], room: Optional[int] = None) -> Tuple[Any, Exchange]:
+              deadline: Optional[float], room: Optional[int] = None,
+              ready: Optional[Exchange] = None) -> Tuple[Any, Exchange]:
         """Prepare and POST; a refusal the request can be changed for is tried again, a few times.
 
         "max_tokens too large" teaches the named limit (PROTOCOL.md 1.1, remembered per
@@ -668,7 +679,7 @@ class Proxy:
         one from its key command; an API may know refusals of its own (``recover``: a refused
         optional field, Responses reasoning another key cannot read).
         """
-        ex = self._prepare(api, req, target, room)
+        ex = ready or self._prepare(api, req, target, room)
         call.deadline = deadline
         changes = key_changes = 0
         key = key_of(target.provider.token, target.provider.name)
@@ -1119,6 +1130,13 @@ def _failure(exc: BaseException) -> Dict[str, Any]:
     if isinstance(exc, ClientGone):
         return {"error_type": "client_closed"}  # status: what was sent already, else 499
     return {"status": 500, "error_type": "api_error"}
+
+
+def _fresh_counts(record: Dict[str, Any]) -> None:
+    """A request sent again starts afresh: an earlier one's counts (a refused stream's 0s) are not its
+    own. Only that an earlier one may have spent tokens nobody reported stays (``lost``)."""
+    for key in USAGE_KEYS + (ONE_HOUR_WRITES, WEB_SEARCHES, "billed_cost"):
+        record.pop(key, None)
 
 
 def _relayed(api: UpstreamApi, headers: Any, secrets: Tuple[str, ...]) -> Tuple[Tuple[str, str], ...]:

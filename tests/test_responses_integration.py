@@ -592,11 +592,11 @@ def test_a_400_that_only_mentions_encrypted_content_is_not_taken_for_unreadable_
     assert asked == ["auto", None], asked
 
 
-def test_unreadable_reasoning_refused_as_a_streams_first_event_is_left_out_next_time(make_proxy: Any,
-                                                                                    fake_upstream: Any) -> None:
+def test_unreadable_reasoning_refused_as_a_streams_first_event_goes_again_without_it(make_proxy: Any,
+                                                                                     fake_upstream: Any) -> None:
     """The refusal may come as the stream's first event rather than an HTTP 400: it reached the client,
-    and every later turn of the session failed the same way (probe Y, D7). That one still fails; the
-    next goes without the items."""
+    and every later turn of the session failed the same way (probe Y, D7). Nothing had reached the
+    client, so the request goes again at once without the items, and so do the next ones."""
     server = make_proxy(upstream_api="responses", model="o4-mini-2025-04-16")
     fake_upstream.push(sse(read("streams", "reasoning_summary.upstream.sse")))
     first = ask(stream=True, thinking={"type": "enabled", "budget_tokens": 8000})
@@ -605,11 +605,41 @@ def test_unreadable_reasoning_refused_as_a_streams_first_event_is_left_out_next_
     refusal = (b'event: error\ndata: {"type": "error", "code": "invalid_encrypted_content", "message": "The encrypted '
                b'content gAAA...==  could not be verified.", "param": null, "sequence_number": 0}\n\n')
     fake_upstream.push(Reply(200, (("Content-Type", "text/event-stream"),), [refusal], chunked=True),
+                       sse(read("streams", "reasoning_summary.upstream.sse")),
                        sse(read("streams", "reasoning_summary.upstream.sse")))
     second = {**first, "messages": first["messages"] + [{"role": "assistant", "content": turn1["content"]},
                                                         {"role": "user", "content": "more"}]}
-    resp = request(server.url, "POST", "/v1/messages", second, HEADERS)
-    assert resp.status == 400, resp
+    with StreamClient(server.url, second, headers=HEADERS) as client:
+        events = client.read_all(timeout=10)
+    assert_valid_event_sequence(events, allow_error=False)
+    assert final_message(events)["stop_reason"] == "end_turn"
+    refused, again = fake_upstream.requests[-2:]
+    assert _reasoning_ids(refused) and not _reasoning_ids(again)
+    assert {k: v for k, v in again.json.items() if k != "input"} == {k: v for k, v in refused.json.items() if k != "input"}
     with StreamClient(server.url, second, headers=HEADERS) as client:
         assert final_message(client.read_all(timeout=10))["stop_reason"] == "end_turn"
-    assert _reasoning_ids(fake_upstream.requests[-2]) and not _reasoning_ids(fake_upstream.requests[-1])
+    assert not _reasoning_ids(fake_upstream.requests[-1]) and len(fake_upstream.requests) == 4
+    metrics = request(server.url, "GET", "/metrics", None, HEADERS).body.decode()
+    failed = [line for line in metrics.splitlines() if line.startswith("claudeproxy_upstream_failed_attempts_total{")]
+    assert len(failed) == 1 and 'status="400"' in failed[0] and failed[0].endswith(" 1"), failed
+
+
+def test_a_second_refusal_as_a_streams_first_event_is_the_clients_answer(make_proxy: Any, fake_upstream: Any) -> None:
+    """Sent again once: an upstream refusing the changed request too gives the client that refusal,
+    as a plain HTTP 400 (nothing had begun), not a loop."""
+    server = make_proxy(upstream_api="responses", model="o3-2025-04-16")  # a server of its own: nothing learned yet
+    fake_upstream.push(sse(read("streams", "reasoning_summary.upstream.sse")))
+    first = ask(stream=True, thinking={"type": "enabled", "budget_tokens": 8000})
+    with StreamClient(server.url, first, headers=HEADERS) as client:
+        turn1 = final_message(client.read_all(timeout=10))
+    unreadable = (b'event: error\ndata: {"type": "error", "code": "invalid_encrypted_content", "message": "The '
+                  b'encrypted content gAAA...== could not be verified.", "param": null, "sequence_number": 0}\n\n')
+    unknown = (b'event: error\ndata: {"type": "error", "code": "invalid_value", "message": "Invalid value: '
+               b"'frobnicate'.\", \"param\": \"input\", \"sequence_number\": 0}\n\n")
+    fake_upstream.push(*(Reply(200, (("Content-Type", "text/event-stream"),), [body], chunked=True)
+                         for body in (unreadable, unknown)))
+    second = {**first, "messages": first["messages"] + [{"role": "assistant", "content": turn1["content"]},
+                                                        {"role": "user", "content": "more"}]}
+    resp = request(server.url, "POST", "/v1/messages", second, HEADERS)
+    assert resp.status == 400 and b"frobnicate" in resp.body, resp
+    assert len(fake_upstream.requests) == 3
