@@ -258,6 +258,11 @@ def found_tools(req: MessagesRequest) -> Tuple[str, ...]:
     deferred = {t.name for t in req.tools if t.deferred}
     if not deferred:
         return ()
+    if any(t.kind.startswith("tool_search_tool_") for t in req.tools):
+        # Anthropic's own tool search (a server tool: tool_search_tool_regex_..., _bm25_) finds them on
+        # Anthropic's side, which no translated upstream can: every one is offered, losing only what
+        # deferring saved. Hidden, the model never saw them and answered as if it had no tools.
+        return tuple(t.name for t in req.tools if t.deferred)
     found: Dict[str, None] = {}  # an ordered set
     for message in req.messages:  # one pass over the conversation
         for block in message.content:

@@ -119,3 +119,15 @@ def test_through_the_proxy_turn_after_turn(make_proxy: Any, fake_upstream: FakeU
     sent = [[t["function"]["name"] for t in r.json["tools"]] for r in fake_upstream.requests]
     assert sent == [["Read", "ToolSearch"], ["Read", "ToolSearch", "mcp__github__issues"], ["Read", "ToolSearch"]]
     assert "DeferredToolPlaceholder" not in json.dumps([r.json for r in fake_upstream.requests])
+
+
+@pytest.mark.parametrize("names", [chat_names, responses_names])
+@pytest.mark.parametrize("search", ["tool_search_tool_regex_20251119", "tool_search_tool_bm25_20251119"])
+def test_deferred_tools_behind_anthropics_own_tool_search_are_all_offered(names: Any, search: str) -> None:
+    """Anthropic's server-side tool search finds deferred tools on Anthropic's side; no translated
+    upstream runs it (it is dropped), so the model never saw the deferred tools and answered "what's
+    the weather" as if it had no tools (probe AD, D1). Offered all, only what deferring saved is lost."""
+    weather = {**ISSUES, "name": "get_weather"}
+    tools = [{"type": search, "name": "tool_search_tool_regex"}, READ, weather, ISSUES]
+    assert names(minimal_request(tools=tools)) == ["Read", "get_weather", "mcp__github__issues"]
+    assert names(minimal_request(tools=[tools[0], weather])) == ["get_weather"]
