@@ -596,6 +596,22 @@ def _require_user_content(messages: Tuple[Message, ...]) -> None:
         i = max(end, i + 1)
 
 
+def _refuse_file_ids(messages: Tuple[Message, ...]) -> None:
+    """An image or document given by ``file_id`` names a file of Anthropic's Files API, which no
+    translated upstream can read: sent as a note that a file was left out, the model answered
+    about a file it never saw, and the client had a plausible wrong answer (a 400 tells it). Only for
+    a translated ``/v1/messages``: the Messages API forwards it, and a token count sends nothing."""
+    for i, message in enumerate(messages):
+        for j, block in enumerate(message.content):
+            nested = isinstance(block, ToolResultBlock)
+            for k, part in enumerate(block.content if nested else (block,)):  # type: ignore[union-attr]
+                if isinstance(part, (ImageBlock, DocumentBlock)) and part.source == "file":
+                    where = f"messages[{i}].content[{j}]" + (f".content[{k}]" if nested else "")
+                    raise InvalidRequest("a file_id names a file of Anthropic's Files API, which this upstream cannot "
+                                         "read: send the file's content (base64, text) or a URL instead",
+                                         f"{where}.source")
+
+
 def _dropped_from_user_turn(block: Block) -> bool:
     if isinstance(block, DocumentBlock) and block.source in ("content", "text") and not (block.title or block.context):
         # Its text or blocks become the message's text: none, or only what is dropped, is nothing.
@@ -799,6 +815,7 @@ def parse_messages_request(obj: Any, tools_parser: ToolsParser = parse_tools) ->
         raise thread_unsupported()  # a translated request holds the whole conversation or nothing
     fields = _parse_common(obj, tools_parser)
     _require_user_content(fields["messages"])
+    _refuse_file_ids(fields["messages"])
     max_tokens = _int(obj, "max_tokens", "", required=True)
     if max_tokens is not None and max_tokens < 0:
         raise InvalidRequest("must be greater than or equal to 0", "max_tokens")

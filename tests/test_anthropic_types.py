@@ -291,9 +291,28 @@ def test_every_documented_content_shape_parses() -> None:
         {"type": "thinking", "thinking": "x", "signature": "s"},
         {"type": "redacted_thinking", "data": "d"},
     ]
-    req = parse_messages_request({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": blocks}]})
+    # (A token count takes every shape; a translated request refuses a file_id: below.)
+    req = parse_count_tokens_request({"model": "m", "messages": [{"role": "user", "content": blocks}]})
     assert len(req.messages[0].content) == len(blocks)
     assert req.messages[0].content[1] == ImageBlock("base64", media_type="image/png", data="AAA")
+    assert req.messages[0].content[3] == ImageBlock("file", data="file_1")
+
+
+@pytest.mark.parametrize("block,path", [
+    ({"type": "image", "source": {"type": "file", "file_id": "file_1"}}, "messages[2].content[1].source"),
+    ({"type": "document", "source": {"type": "file", "file_id": "file_2"}}, "messages[2].content[1].source"),
+    ({"type": "tool_result", "tool_use_id": "t1", "content": [
+        {"type": "text", "text": "the chart:"}, {"type": "image", "source": {"type": "file", "file_id": "file_3"}}]},
+     "messages[2].content[1].content[1].source"),
+])
+def test_a_file_id_is_refused_naming_where_it_is(block: Dict[str, Any], path: str) -> None:
+    """Anthropic's Files API ids mean nothing to a translated upstream: the model was told a file
+    was left out and answered about a file it never saw, with a 200 (probe AD, D2)."""
+    body = valid()
+    body["messages"][2]["content"].append(block)
+    with pytest.raises(InvalidRequest) as info:
+        parse_messages_request(body)
+    assert info.value.message.startswith(path + ": a file_id names a file of Anthropic's Files API"), info.value.message
 
 
 def test_tool_kinds() -> None:
