@@ -58,6 +58,10 @@ class Dialect:
     supports_file_parts: bool = False
     # Tool-call ids must be 9 alphanumerics (Mistral).
     short_tool_ids: bool = False
+    # The longest tool-call id taken (OpenAI: 40, "string too long. Expected a string with maximum
+    # length 40"); a longer one, made elsewhere (another provider, a gateway), is shortened alike in
+    # the call and its result. None: no limit known.
+    tool_id_limit: Optional[int] = None
     # Insert an assistant message between a tool message and a user message (Mistral).
     bridge_tool_to_user: bool = False
     # Role for system turns after the conversation began; None keeps "system". Mistral wants
@@ -121,12 +125,13 @@ DIALECTS: Dict[str, Dialect] = {
     "openai": dataclasses.replace(
         _BASE, name="openai", supports_file_parts=True, reasoning="none", merge_user_turns=False,
         cache_key_field="prompt_cache_key", hosted_web_search=True, serves_responses=True, key_env=("OPENAI_API_KEY",),
+        tool_id_limit=40,
     ),
     # Azure also hosts other vendors' models (Foundry), which answer 400 "Unrecognized request
     # argument supplied: prompt_cache_key" (vectorize-io/hindsight#3518, zed-industries/zed#52000):
     # only OpenAI model names get OpenAI's key and message rules (MODEL_RULES).
     "azure": dataclasses.replace(_BASE, name="azure", supports_file_parts=True, auth="azure", reasoning="none",
-                                 serves_responses=True, key_env=("AZURE_OPENAI_API_KEY",)),
+                                 serves_responses=True, key_env=("AZURE_OPENAI_API_KEY",), tool_id_limit=40),
     # session_id: openrouter.ai/docs/guides/best-practices/prompt-caching ("Using session_id for
     # sticky sessions": a top-level body field of at most 256 characters). usage.cost:
     # openrouter.ai/docs/use-cases/usage-accounting ("Cost in credits", in every response and in a

@@ -205,6 +205,29 @@ def test_mistral_ids_match_between_call_and_result_across_requests() -> None:
     assert first["messages"][2] == {"role": "tool", "tool_call_id": call_id, "content": "r"}
 
 
+
+@pytest.mark.parametrize("provider,model", [("openai", "gpt-4.1"), ("azure", "gpt-4.1"), ("openai", "o3")])
+def test_a_long_tool_id_is_shortened_alike_in_call_and_result_for_openai(provider: str, model: str) -> None:
+    """OpenAI refuses a tool-call id over 40 characters ("string too long. Expected a string with
+    maximum length 40"), and the id stays in the history: every later turn failed. An id made elsewhere
+    (another provider, a gateway) is shortened the same way in the call, its result and every turn
+    (probe AD, D4); ids that differ only in their tails stay apart."""
+    ids = ["portkey-" + "0123456789abcdef" * 3 + "-A", "portkey-" + "0123456789abcdef" * 3 + "-B", "toolu_01ABC"]
+    request = body([
+        user("go"),
+        assistant([{"type": "tool_use", "id": i, "name": "f", "input": {}} for i in ids]),
+        user([{"type": "tool_result", "tool_use_id": i, "content": "r"} for i in ids]),
+    ], tools=[{"name": "f", "input_schema": {"type": "object", "properties": {}}}])
+    first = translate(request, provider=provider, model=model).request.to_dict()
+    calls = [c["id"] for c in first["messages"][1]["tool_calls"]]
+    results = [m["tool_call_id"] for m in first["messages"][2:]]
+    assert calls == results and all(len(c) <= 40 for c in calls) and len(set(calls)) == 3
+    assert calls[2] == "toolu_01ABC" and calls[0].startswith("portkey-0123")
+    assert translate(request, provider=provider, model=model).request.to_dict() == first
+    generic = translate(request, model="gpt-4.1").request.to_dict()  # no limit known: as sent
+    assert [c["id"] for c in generic["messages"][1]["tool_calls"]] == ids
+
+
 # --------------------------------------------------------------------------
 # The ``user`` field.
 

@@ -78,8 +78,16 @@ def mistral_id(tool_id: str) -> str:
 
 
 def call_id(tool_id: str, dialect: Dialect) -> str:
-    """The upstream id for a client tool_use id: Mistral's 9 alphanumerics, else the upstream's own."""
-    return mistral_id(tool_id) if dialect.short_tool_ids else upstream_tool_id(tool_id)
+    """The upstream id for a client tool_use id: Mistral's 9 alphanumerics, else the upstream's own,
+    within the dialect's length (a long one's head and a digest of the whole: the same in the call
+    and its result, and every turn)."""
+    if dialect.short_tool_ids:
+        return mistral_id(tool_id)
+    tool_id = upstream_tool_id(tool_id)
+    limit = dialect.tool_id_limit
+    if limit is None or len(tool_id) <= limit:
+        return tool_id
+    return tool_id[: limit - 9] + "_" + hashlib.sha256(tool_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
 def _user_field(user_id: Optional[str]) -> Optional[str]:
