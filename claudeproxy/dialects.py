@@ -268,7 +268,9 @@ _HOST_RULES: Tuple[Tuple[str, str], ...] = (
 # A table of them would be wrong within months, either way round. The refusal itself is
 # recognised (apis/base.py refused_fields): a model that refuses costs one round trip per
 # server, and never gets the field again.
-_PORT_RULES = {11434: "ollama", 1234: "lmstudio"}
+# The local servers' default ports: vLLM's 8000 (and SGLang's 30000, which takes vLLM's fields:
+# chat_template_kwargs, top_k, reasoning_content). Not 8080, llama.cpp's, which many others share.
+_PORT_RULES = {11434: "ollama", 1234: "lmstudio", 8000: "vllm", 30000: "vllm"}
 
 # The Chat Completions base URL ``--provider NAME`` means without --upstream: each provider's own
 # (its key went to api.openai.com, the default, without a word), and the local servers' default

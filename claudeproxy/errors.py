@@ -345,8 +345,10 @@ _NO_RETRY_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached",
                              "exceeded_current_quota_error", "1113", "1309", "1310"})
 NO_RETRY = ("x-should-retry", "false")
 # A server error that says how the server was started, which no retry changes: llama.cpp's 500 "tools
-# param requires --jinja flag" to every request with tools (all of Claude Code's).
-_SERVER_SETUP = re.compile(r"requires\s+--jinja", re.I)
+# param requires --jinja flag" to every request with tools (all of Claude Code's), and a chat
+# template's own refusal (llama.cpp's 500 "Jinja Exception: ...", LM Studio's "Error rendering prompt
+# with jinja template"): Claude Code retried the same prompt ten times over three minutes.
+_SERVER_SETUP = re.compile(r"requires\s+--jinja|jinja\s+exception|rendering\s+(?:the\s+)?prompt\s+with\s+jinja", re.I)
 
 
 # The longest Retry-After passed on as a wait. The SDKs used to honour one up to 60 s and back off

@@ -605,7 +605,7 @@ DIALECT_URLS = [
     ("https://api.groq.com/openai/v1", "groq"), ("https://api.mistral.ai/v1", "mistral"),
     ("https://generativelanguage.googleapis.com/v1beta/openai", "gemini"),
     ("http://localhost:11434/v1", "ollama"), ("http://localhost:1234/v1", "lmstudio"),
-    ("http://127.0.0.1:8000/v1", "generic"),
+    ("http://127.0.0.1:8000/v1", "vllm"), ("http://127.0.0.1:8001/v1", "generic"),
 ]
 
 

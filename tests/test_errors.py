@@ -102,6 +102,15 @@ def test_a_server_started_without_what_tools_need_is_told_not_to_retry() -> None
     assert ("x-should-retry", "false") not in other.headers
 
 
+@pytest.mark.parametrize("message", ["Jinja Exception: Conversation roles must alternate user/assistant",
+                                     "Error rendering prompt with jinja template: \"bad\""])
+def test_a_chat_templates_own_refusal_is_told_not_to_retry(message: str) -> None:
+    """llama.cpp's 500 "Jinja Exception: ..." comes again for the same prompt: Claude Code retried it
+    ten times over three minutes (probe AC, D1)."""
+    exc = error_from_status(500, json.dumps({"error": {"code": 500, "message": message}}).encode())
+    assert ("x-should-retry", "false") in exc.headers, exc.headers
+
+
 def test_upstream_413_of_any_kind_becomes_prompt_is_too_long() -> None:
     """An upstream 413 means the request is too big: Claude Code only recovers (compacts) on a 400
     "prompt is too long" (FIELD-NOTES 16); a 413 request_too_large just ends the turn."""

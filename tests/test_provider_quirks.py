@@ -13,7 +13,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from conftest import CLIENT_KEY, minimal_request, request
+from conftest import CLIENT_KEY, load_json, minimal_request, request
 from fakes import FakeUpstream, chunk, completion, json_reply, sse_reply
 from sse_checks import answer_content, assert_valid_event_sequence, events_of, final_message
 
@@ -555,3 +555,55 @@ def test_a_claude_code_turn_to_openrouters_claude_keeps_its_cache_marks(make_pro
     assert sum(json.dumps(m).count("cache_control") for m in messages) == 2
     got = json.loads(resp.body)["usage"]
     assert (got["input_tokens"], got["cache_read_input_tokens"], got["cache_creation_input_tokens"]) == (100, 6000, 2900)
+
+
+# --------------------------------------------------------------------------
+# Chat templates that take a system message only first (probe AC, D1).
+
+QWEN_TEMPLATE_REFUSALS = {
+    # llama.cpp renders the template itself: a 500 in its own error shape (server-common.cpp)
+    "llamacpp": (500, {"error": {"code": 500, "message": "Jinja Exception: System message must be at the beginning.",
+                                 "type": "server_error"}}),
+    "vllm": (400, {"error": {"message": "System message must be at the beginning.", "type": "BadRequestError",
+                             "param": None, "code": 400}}),
+    "lmstudio": (400, {"error": "Error rendering prompt with jinja template: \"System message must be at the beginning.\""}),
+}
+
+
+def template_refusing_late_system(status: int, error: Dict[str, Any]) -> Any:
+    def answer(rec: Any) -> Any:
+        roles = [m["role"] for m in rec.json["messages"]]
+        if "system" in roles[1:]:
+            return json_reply(error, status=status)
+        return json_reply(completion("done"))
+    return answer
+
+
+@pytest.mark.parametrize("provider", sorted(QWEN_TEMPLATE_REFUSALS))
+def test_a_template_that_takes_a_system_message_only_first_gets_later_ones_as_user_turns(
+        make_proxy: Any, fake_upstream: FakeUpstream, provider: str) -> None:
+    """Claude Code's "# Environment" turn is a system message after the first user turn; Qwen3.5's
+    and 3.6's official template raises "System message must be at the beginning.", so every Claude
+    Code request failed (llama.cpp's 500 was retried by Claude Code for three minutes). The request
+    goes again with later system turns as user turns, and the model gets them so from then on."""
+    status, error = QWEN_TEMPLATE_REFUSALS[provider]
+    fake_upstream.responder = template_refusing_late_system(status, error)
+    proxy = make_proxy(model="qwen3.6-27b", provider=provider)
+    turn = load_json("requests", "claude_code_2_1_331_followup.anthropic.json")
+    for _ in range(2):
+        resp = request(proxy.url, "POST", "/v1/messages", {**turn, "stream": False}, {"x-api-key": CLIENT_KEY})
+        assert resp.status == 200 and resp.json["content"] == [{"type": "text", "text": "done"}], resp
+    sent = [[m["role"] for m in r.json["messages"]] for r in fake_upstream.requests]
+    assert len(sent) == 3 and sent[0][2] == "system"  # refused once; the second request went so at once
+    assert sent[1] == sent[2] and "system" not in sent[1][1:] and sent[1][:2] == ["system", "user"]
+    assert "# Environment" in json.dumps(fake_upstream.requests[1].json["messages"][1]["content"])  # kept, as user text
+
+
+def test_a_system_message_first_only_is_not_taken_for_such_a_refusal(make_proxy: Any,
+                                                                    fake_upstream: FakeUpstream) -> None:
+    """Without a later system turn the words are about something else: the refusal stands."""
+    status, error = QWEN_TEMPLATE_REFUSALS["vllm"]
+    fake_upstream.push(json_reply(error, status=status))
+    proxy = make_proxy(model="qwen3.6-27b-other", provider="vllm")
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(system="Be brief."), {"x-api-key": CLIENT_KEY})
+    assert resp.status == 400 and len(fake_upstream.requests) == 1, resp

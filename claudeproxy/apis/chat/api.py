@@ -78,12 +78,29 @@ _NO_IMAGES = re.compile(
     re.I)
 _NO_IMAGE_STATUSES = (400, 404, 422, 500, 501)  # OpenRouter's 404, llama.cpp's 500 and 501
 
+# A chat template that takes a system message only first: Qwen3.5's and 3.6's official ones raise
+# "System message must be at the beginning." (llama.cpp's 500 "Jinja Exception: ...", vLLM's and LM
+# Studio's 400), others "Conversation roles must alternate user/assistant/...". Claude Code's
+# "# Environment" turn is a system message after the first user turn: every request failed. Later
+# system turns then go as user turns, joined to the user turn before them, for that model.
+_SYSTEM_FIRST = re.compile(
+    r"system\s+(?:message|prompt|role|turn)s?\s+(?:must|should|has\s+to|can\s+only)\s+(?:be\s+)?"
+    r"(?:at\s+the\s+(?:beginning|start)|(?:the\s+)?first)|roles\s+must\s+alternate", re.I)
+
 
 def sends_images(body: Dict[str, Any]) -> bool:
     """Does this Chat request carry an image part (in any message's content list)?"""
     return any(isinstance(part, dict) and part.get("type") == "image_url"
                for message in body.get("messages") or () if isinstance(message, dict)
                for part in (message.get("content") if isinstance(message.get("content"), list) else ()))
+
+
+def late_system(body: Dict[str, Any]) -> bool:
+    """Does a Chat request's body hold a system message after another kind of message?"""
+    messages = body.get("messages") or []
+    roles = [m.get("role") for m in messages if isinstance(m, dict)]
+    start = next((i for i, role in enumerate(roles) if role not in ("system", "developer")), len(roles))
+    return any(role in ("system", "developer") for role in roles[start:])
 
 
 def refuses_images(status: int, message: str) -> bool:
@@ -159,6 +176,7 @@ class ChatApi(UpstreamApi):
         self._most_effort: Dict[Tuple[str, str], str] = {}  # the most effort a model took (lower_effort)
         self._thinks_always: Dict[Tuple[str, str], bool] = {}  # the models that refused effort "none"
         self._no_images: Dict[Tuple[str, str], bool] = {}  # the models that refused an image (refuses_images)
+        self._system_first: Dict[Tuple[str, str], bool] = {}  # the models that refused a late system turn
         self._refused_levels: Dict[Tuple[str, str], FrozenSet[str]] = {}  # thinking levels refused (refused_level)
         self._lock = threading.Lock()
 
@@ -171,6 +189,8 @@ class ChatApi(UpstreamApi):
         key = (target.provider.name, target.model)
         if not dialect.string_content_only and key in self._no_images:
             dialect = dataclasses.replace(dialect, string_content_only=True)  # as a text_only model's
+        if not dialect.late_system_role and key in self._system_first:
+            dialect = dataclasses.replace(dialect, late_system_role="user")  # as Mistral's
         # Some servers lose tool calls when streaming (PROTOCOL.md 5.6): ask them for JSON instead.
         wants_stream = parsed.stream and (dialect.stream_with_tools or not parsed.tools)
         tools, encoded = offered_translated(self.tools, parsed, ("chat", dialect),
@@ -223,6 +243,14 @@ class ChatApi(UpstreamApi):
                 remember(self._no_images, key, True)
             if first:
                 log.warning("%s takes no images: each goes as a text placeholder from now on", target.label)
+            return self.prepare(req, target, cap)
+        if _SYSTEM_FIRST.search(text) and late_system(json.loads(ex.body)):
+            with self._lock:
+                first = key not in self._system_first
+                remember(self._system_first, key, True)
+            if first:
+                log.warning("%s takes a system message only at the start: later ones go as user turns from now on",
+                            target.label)
             return self.prepare(req, target, cap)
         if exc.status not in (400, 422):
             return None
