@@ -657,29 +657,68 @@ def _type_error(value: object, kind: str) -> str:
     """What is wrong with ``value`` for a field of type ``kind``; "" if nothing (or not checked
     here: numbers have checks of their own, which name the range too). No value is quoted back
     but a flag's: a string given as a token is a key."""
-    got = type(value).__name__
-    text = (str,) if kind == "str" else (str, type(None)) if kind == "Optional[str]" else None
-    if text and not isinstance(value, text):
-        return f"expected text, got {got}"
-    if kind == "Optional[int]" and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        return f"expected a whole number, got {got} {value!r}"
-    if kind == "bool" and not isinstance(value, bool) and value not in (0, 1):  # 0 and 1 mean what they say
-        # log_bodies="false" logged every prompt: a non-empty string is true.
-        return f"expected True or False, got {got}" + (f" {value!r}" if isinstance(value, (str, int)) else "")
-    if kind == "TokenSource" and not callable(value):
-        return (f"expected a function that returns the key, got {got} (claudeproxy.static_token(key) for a fixed "
-                "one, claudeproxy.command_token([...]) for a command's)")
-    if kind.startswith("Tuple[") and not isinstance(value, tuple):
-        return f"expected a list, got {got}"
-    if kind == "Tuple[str, ...]" and not all(isinstance(v, str) for v in value):  # type: ignore[attr-defined]
-        return "expected a list of strings"
-    if kind == _PAIRS and not all(isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, str) for x in v)
-                                  for v in value):  # type: ignore[attr-defined]
-        return "expected (name, value) pairs of strings"
-    if kind == _FACTS and not all(isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str)
-                                  and isinstance(v[1], ModelFacts) for v in value):  # type: ignore[attr-defined]
-        return "expected (model name or pattern, ModelFacts) pairs"
+    if kind in ("str", "Optional[str]"):
+        return _text_error(value, kind)
+    if kind == "Optional[int]":
+        return _whole_number_error(value)
+    if kind == "bool":
+        return _bool_error(value)
+    if kind == "TokenSource":
+        return _token_source_error(value)
+    if kind.startswith("Tuple["):
+        return _list_error(value, kind)
     return ""
+
+
+def _text_error(value: object, kind: str) -> str:
+    text = (str,) if kind == "str" else (str, type(None))
+    return "" if isinstance(value, text) else f"expected text, got {type(value).__name__}"
+
+
+def _whole_number_error(value: object) -> str:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        return f"expected a whole number, got {type(value).__name__} {value!r}"
+    return ""
+
+
+def _bool_error(value: object) -> str:
+    if not isinstance(value, bool) and value not in (0, 1):  # 0 and 1 mean what they say
+        # log_bodies="false" logged every prompt: a non-empty string is true.
+        return (f"expected True or False, got {type(value).__name__}"
+                + (f" {value!r}" if isinstance(value, (str, int)) else ""))
+    return ""
+
+
+def _token_source_error(value: object) -> str:
+    if not callable(value):
+        return (f"expected a function that returns the key, got {type(value).__name__} (claudeproxy.static_token(key) "
+                "for a fixed one, claudeproxy.command_token([...]) for a command's)")
+    return ""
+
+
+def _list_error(value: object, kind: str) -> str:
+    if not isinstance(value, tuple):
+        return f"expected a list, got {type(value).__name__}"
+    for item_kind, is_item, wrong in _LIST_ITEMS:
+        if kind == item_kind and not all(is_item(v) for v in value):
+            return wrong
+    return ""
+
+
+def _is_text_pair(item: object) -> bool:
+    return isinstance(item, tuple) and len(item) == 2 and all(isinstance(x, str) for x in item)
+
+
+def _is_facts_pair(item: object) -> bool:
+    return isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], ModelFacts)
+
+
+# What each item of a list field must be, and what is said when one is not.
+_LIST_ITEMS: Tuple[Tuple[str, Callable[[object], bool], str], ...] = (
+    ("Tuple[str, ...]", lambda item: isinstance(item, str), "expected a list of strings"),
+    (_PAIRS, _is_text_pair, "expected (name, value) pairs of strings"),
+    (_FACTS, _is_facts_pair, "expected (model name or pattern, ModelFacts) pairs"),
+)
 
 
 # The settings a blank value of is a mistake, whoever gave it (``start(model="")`` started and
