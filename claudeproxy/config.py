@@ -734,6 +734,26 @@ def check_config(config: Config) -> None:
     what ``start()`` gets.
     """
     name = config.setting_name
+    _check_no_string_lists(config)
+    check_types(config)
+    _check_passthrough(config, name)
+    _check_not_empty(config, name)
+    _check_numbers(config, name)
+    _check_listening(config, name)
+    for host in config.allowed_hosts:
+        check_allowed_host(host, name("allowed_host"))  # the flag's dest: a config file's key is named by it
+    _check_model_map(config, name)
+    if config.max_output_tokens is not None:
+        check_count(config.max_output_tokens, name("max_output_tokens"), 1, MAX_TOKENS)
+    check_port(config.port, name("port"))
+    if config.proxy is not None:
+        check_proxy_url(config.proxy, name("proxy"))
+    if config.auth_key:
+        check_client_key(config.auth_key, name("auth_key"))
+    _check_allowed_origins(config, name)
+
+
+def _check_no_string_lists(config: Config) -> None:
     for field in dataclasses.fields(config):
         # A list's setting given one string (start(allowed_hosts="x.example")) would be read a
         # character at a time: "x" and "." allowed as Host names, the one meant refused. Only a
@@ -741,20 +761,32 @@ def check_config(config: Config) -> None:
         # keyword.
         if str(field.type).startswith("Tuple") and isinstance(getattr(config, field.name), (str, bytes)):
             raise ValueError(f"{field.name}=: expected a list, got the string {getattr(config, field.name)!r}")
-    check_types(config)
+
+
+def _check_passthrough(config: Config, name: Callable[[str], str]) -> None:
     if config.passthrough and config.upstream_api not in ("chat", "messages"):
         # (the command line says so first: --upstream-api chat is its default, which it tells apart)
         raise ValueError(f"{name('passthrough')} is short for {name('upstream_api')} messages: it cannot go with "
                          f"{name('upstream_api')} {config.upstream_api}")
+
+
+def _check_not_empty(config: Config, name: Callable[[str], str]) -> None:
     for dest in _NOT_EMPTY:  # as the command line refuses --model '' (None is "not given")
         value = getattr(config, dest)
         if isinstance(value, str) and not value.strip():
             raise ValueError(f"{name(dest)}: the value is empty")
+
+
+def _check_numbers(config: Config, name: Callable[[str], str]) -> None:
     for dest, zero_ok in _SECONDS:
         check_seconds(getattr(config, dest), name(dest), zero_ok)
     for dest, low, high in _COUNTS:
         check_count(getattr(config, dest), name(dest), low, high)
     check_retries(config.retries, config.retry_max_wait, name)
+
+
+def _check_listening(config: Config, name: Callable[[str], str]) -> None:
+    """The address to listen on, and the client key it needs when that is not loopback."""
     check_host(config.host, name("host"))
     if not is_loopback_host(config.host) and not config.auth_key:
         raise ValueError(f"{name('host')}: refusing to listen on {config.host!r} without --auth-key (anyone could "
@@ -763,18 +795,15 @@ def check_config(config: Config) -> None:
         # Anyone on the network can try keys there, as fast as the proxy answers 401s.
         raise ValueError(f"{name('auth_key')}: a key guarding {config.host} (not loopback) must be at least "
                          f"{MIN_LAN_KEY} characters, got {len(config.auth_key or '')}")
-    for host in config.allowed_hosts:
-        check_allowed_host(host, name("allowed_host"))  # the flag's dest: a config file's key is named by it
+
+
+def _check_model_map(config: Config, name: Callable[[str], str]) -> None:
     for pair in config.model_map:
         if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(p, str) and p for p in pair)):
             raise ValueError(f"{name('model_map')}: expected (pattern, name) pairs of strings, got {pair!r}")
-    if config.max_output_tokens is not None:
-        check_count(config.max_output_tokens, name("max_output_tokens"), 1, MAX_TOKENS)
-    check_port(config.port, name("port"))
-    if config.proxy is not None:
-        check_proxy_url(config.proxy, name("proxy"))
-    if config.auth_key:
-        check_client_key(config.auth_key, name("auth_key"))
+
+
+def _check_allowed_origins(config: Config, name: Callable[[str], str]) -> None:
     for origin in config.allowed_origins:
         if origin_as_sent(origin, name("allowed_origin")) != origin:
             raise ValueError(f"{name('allowed_origin')}: write {origin_as_sent(origin, '')!r} as browsers send it, "
