@@ -398,6 +398,14 @@ def _duplicate_at(text: str) -> Optional[Tuple[str, str]]:
 
 
 def load_config_file(path: str, environ: Mapping[str, str], specs: Mapping[str, FlagSpec]) -> FileConfig:
+    obj = _decode_config_file(path, _read_config_file(path))
+    try:
+        return parse_config(obj, environ, specs, source=path, folder=os.path.dirname(os.path.abspath(path)))
+    except ConfigError as exc:
+        raise UsageError(f"--config {path}: {exc}") from None
+
+
+def _read_config_file(path: str) -> bytes:
     try:
         with open(path, "rb") as fh:
             raw = fh.read(4 * 1024 * 1024 + 1)
@@ -405,23 +413,27 @@ def load_config_file(path: str, environ: Mapping[str, str], specs: Mapping[str, 
         raise UsageError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
     if len(raw) > 4 * 1024 * 1024:
         raise UsageError(f"--config {path}: larger than 4 MiB")
+    return raw
+
+
+def _decode_config_file(path: str, raw: bytes) -> Any:
     try:
         # utf-8-sig: Windows editors (Notepad, PowerShell's Out-File) start a UTF-8 file with a BOM.
-        obj = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_unique_keys)
+        return json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_unique_keys)
     except _DuplicateKey as exc:
-        try:
-            where, key = _duplicate_at(raw.decode("utf-8-sig")) or ("", exc.args[0])
-        except RecursionError:  # nested deeper than the decoder goes, after the duplicate
-            raise UsageError(f"--config {path}: not valid JSON: nested too deeply") from None
-        raise UsageError(f"--config {path}: {where + ': ' if where else ''}the key {key!r} appears twice "
-                         "in one object") from None
+        raise _duplicate_key_error(path, raw, exc) from None
     except (ValueError, RecursionError) as exc:
         where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
         raise UsageError(f"--config {path}: not valid JSON{where}: {getattr(exc, 'msg', 'cannot decode')}") from None
+
+
+def _duplicate_key_error(path: str, raw: bytes, exc: _DuplicateKey) -> UsageError:
     try:
-        return parse_config(obj, environ, specs, source=path, folder=os.path.dirname(os.path.abspath(path)))
-    except ConfigError as exc:
-        raise UsageError(f"--config {path}: {exc}") from None
+        where, key = _duplicate_at(raw.decode("utf-8-sig")) or ("", exc.args[0])
+    except RecursionError:  # nested deeper than the decoder goes, after the duplicate
+        raise UsageError(f"--config {path}: not valid JSON: nested too deeply") from None
+    return UsageError(f"--config {path}: {where + ': ' if where else ''}the key {key!r} appears twice "
+                      "in one object")
 
 
 # Two flags for one setting: either one on the command line sets the file's other one aside too.
