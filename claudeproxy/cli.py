@@ -667,26 +667,8 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
     """The ``Config`` for parsed flags (file settings merged in), with environment fallbacks."""
     _positive(ns)
     names = dict(getattr(ns, "setting_names", {}))  # and the variables read below, for later checks
-    # An explicit "chat" is known only when a file gave it (parse_flags refuses the two flags).
-    said_chat = ns.upstream_api == "chat" and "upstream_api" in names
-    if ns.passthrough and (ns.upstream_api not in ("chat", "messages") or said_chat):
-        # Twins: both from the command line or both from the file (merge_file), which is named once.
-        short = name_of(ns, "passthrough")
-        full = named_once(name_of(ns, "upstream_api"), short)
-        raise UsageError(f"{short} is short for {full} messages: it cannot go with {full} {ns.upstream_api}")
-    api = "messages" if ns.passthrough else ns.upstream_api
-    upstream = ns.upstream
-    if upstream is None and file and file.providers:
-        _no_shorthand_flags(ns)
-    elif upstream is None:
-        upstream = environ.get("OPENAI_BASE_URL") if api != "messages" else None
-        if upstream == "":  # (blanks are said by check_url)
-            # export OPENAI_BASE_URL=$GATEWAY with GATEWAY unset: its key would go to api.openai.com.
-            raise UsageError("OPENAI_BASE_URL: the variable is set but empty; unset it for the default upstream "
-                             f"({DEFAULT_UPSTREAM}), or give --upstream")
-        if upstream:
-            names["upstream"] = "OPENAI_BASE_URL"
-        upstream = upstream or _provider_url(ns, api) or (DEFAULT_MESSAGES_UPSTREAM if api == "messages" else DEFAULT_UPSTREAM)
+    api = _upstream_api_of(ns, names)
+    upstream = _shorthand_upstream(ns, environ, file, api, names)
     if file is not None:
         names["routes"] = file_setting(ns.config, "routes")  # not a flag: a message about none names the file
     auth_key, auth_from = _auth_key(ns, environ)
@@ -696,6 +678,7 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
     _listens_safely(ns, auth_key)
     _one_key_source(ns)
     token, key_source = _shorthand_key(ns, environ, api, upstream, names.get("upstream") == "OPENAI_BASE_URL")
+    # The groups' values are worked out in this order, so the first wrong flag is the one named.
     return Config(
         providers=file.providers if file else (),
         routes=file.routes if file else (),
@@ -703,16 +686,76 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
         upstream_api=api,
         token=token,
         key_source=key_source,
+        **_shorthand_settings(ns),
+        **_model_settings(ns),
+        **_network_settings(ns, environ, auth_key),
+        **{dest: getattr(ns, dest) for dest in _LIMITS},
+        log_bodies=ns.log_bodies or str(ns.log_level).lower() == "debug",  # --log-level debug shows the bodies too
+        setting_names=tuple(sorted(names.items())),
+    )
+
+
+def _upstream_api_of(ns: argparse.Namespace, names: Mapping[str, str]) -> str:
+    """The upstream API the flags choose: --passthrough is short for --upstream-api messages."""
+    # An explicit "chat" is known only when a file gave it (parse_flags refuses the two flags).
+    said_chat = ns.upstream_api == "chat" and "upstream_api" in names
+    if ns.passthrough and (ns.upstream_api not in ("chat", "messages") or said_chat):
+        # Twins: both from the command line or both from the file (merge_file), which is named once.
+        short = name_of(ns, "passthrough")
+        full = named_once(name_of(ns, "upstream_api"), short)
+        raise UsageError(f"{short} is short for {full} messages: it cannot go with {full} {ns.upstream_api}")
+    return "messages" if ns.passthrough else ns.upstream_api
+
+
+def _shorthand_upstream(ns: argparse.Namespace, environ: Mapping[str, str], file: Optional[FileConfig], api: str,
+                        names: Dict[str, str]) -> Optional[str]:
+    """The single upstream's URL: --upstream, else $OPENAI_BASE_URL, else the provider's own or the
+    default; None where the file's providers are all there is."""
+    if ns.upstream is not None:
+        return ns.upstream
+    if file and file.providers:
+        _no_shorthand_flags(ns)
+        return None
+    upstream = _upstream_variable(environ, api, names)
+    return upstream or _provider_url(ns, api) or (DEFAULT_MESSAGES_UPSTREAM if api == "messages" else DEFAULT_UPSTREAM)
+
+
+def _upstream_variable(environ: Mapping[str, str], api: str, names: Dict[str, str]) -> Optional[str]:
+    """$OPENAI_BASE_URL (not for Messages), noted in ``names`` when it is set."""
+    upstream = environ.get("OPENAI_BASE_URL") if api != "messages" else None
+    if upstream == "":  # (blanks are said by check_url)
+        # export OPENAI_BASE_URL=$GATEWAY with GATEWAY unset: its key would go to api.openai.com.
+        raise UsageError("OPENAI_BASE_URL: the variable is set but empty; unset it for the default upstream "
+                         f"({DEFAULT_UPSTREAM}), or give --upstream")
+    if upstream:
+        names["upstream"] = "OPENAI_BASE_URL"
+    return upstream
+
+
+def _shorthand_settings(ns: argparse.Namespace) -> Dict[str, Any]:
+    """The single upstream's flags besides its URL and key."""
+    return dict(
         provider=None if ns.provider == "auto" else ns.provider,
         upstream_auth=ns.upstream_auth,
         headers=tuple(parse_header(h, name_of(ns, "header")) for h in ns.header),
         azure_api_version=ns.azure_api_version,
+    )
+
+
+def _model_settings(ns: argparse.Namespace) -> Dict[str, Any]:
+    return dict(
         model=ns.model,
         opus_model=ns.opus_model,
         sonnet_model=ns.sonnet_model,
         haiku_model=ns.haiku_model,
         model_map=parse_model_map(ns.model_map, name_of(ns, "model_map")),
         max_output_tokens=ns.max_output_tokens,
+    )
+
+
+def _network_settings(ns: argparse.Namespace, environ: Mapping[str, str], auth_key: Optional[str]) -> Dict[str, Any]:
+    """Where the proxy listens and whom it lets in; the outbound proxy and CA bundle."""
+    return dict(
         host=ns.host,
         port=ns.port,
         proxy=_checked(check_proxy_url, ns.proxy, name_of(ns, "proxy")) if ns.proxy else None,
@@ -721,21 +764,12 @@ def config_from_args(ns: argparse.Namespace, environ: Mapping[str, str], file: O
         auth_key=auth_key,
         allowed_hosts=tuple(h.lower() for h in ns.allowed_host),
         allowed_origins=tuple(_checked(origin_as_sent, o, name_of(ns, "allowed_origin")) for o in ns.allowed_origin),
-        connect_timeout=ns.connect_timeout,
-        idle_timeout=ns.idle_timeout,
-        request_timeout=ns.request_timeout,
-        ping_interval=ns.ping_interval,
-        max_body_bytes=ns.max_body_bytes,
-        max_concurrency=ns.max_concurrency,
-        max_idle_per_host=ns.max_idle_per_host,
-        body_timeout=ns.body_timeout,
-        max_body_readers=ns.max_body_readers,
-        shutdown_grace=ns.shutdown_grace,
-        retries=ns.retries,
-        retry_max_wait=ns.retry_max_wait,
-        log_bodies=ns.log_bodies or str(ns.log_level).lower() == "debug",  # --log-level debug shows the bodies too
-        setting_names=tuple(sorted(names.items())),
     )
+
+
+# The timeouts and limits: each flag's value as it is.
+_LIMITS = ("connect_timeout", "idle_timeout", "request_timeout", "ping_interval", "max_body_bytes", "max_concurrency",
+           "max_idle_per_host", "body_timeout", "max_body_readers", "shutdown_grace", "retries", "retry_max_wait")
 
 
 def _listens_safely(ns: argparse.Namespace, auth_key: Optional[str]) -> None:
