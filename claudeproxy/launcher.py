@@ -44,6 +44,7 @@ from .claude_code import (
     run_epilog,
 )
 from .config import Config, check_host, is_loopback_host
+from .config_file import FileConfig
 from .dialects import key_variables
 from .observe import PACKAGE_LOGGER
 from .redact import MASK, redact_text
@@ -107,6 +108,13 @@ def parse_run(argv: List[str], environ: Mapping[str, str],
     # A file's port and host are for the standing server (a LAN one's 0.0.0.0 was refused here): run
     # takes a free port on loopback unless told on the command line.
     cli.merge_file(ns, given, file, skip={"port", "host"})
+    _check_run_host(ns)
+    config = cli.config_from_args(ns, environ, file)
+    _check_run_settings(ns, given, file, environ, config)
+    return ns, config, command or []
+
+
+def _check_run_host(ns: argparse.Namespace) -> None:
     try:  # a typo ('127.0.0.1 ') is said as such, not as an address that is not loopback
         check_host(ns.host, cli.name_of(ns, "host"))
     except ValueError as exc:
@@ -114,7 +122,10 @@ def parse_run(argv: List[str], environ: Mapping[str, str],
     if not is_loopback_host(ns.host):  # the same rule as the server's
         raise cli.UsageError(f"run: {cli.name_of(ns, 'host')} must be a loopback address (the proxy serves only "
                              f"COMMAND), got {ns.host}")
-    config = cli.config_from_args(ns, environ, file)
+
+
+def _check_run_settings(ns: argparse.Namespace, given: Set[str], file: Optional[FileConfig],
+                        environ: Mapping[str, str], config: Config) -> None:
     try:
         cli.check_settings(ns, config)  # what the server checks, before anything listens or is written
         cli.check_overridden(ns, given, file, environ, skip={"port", "host"})
@@ -122,7 +133,6 @@ def parse_run(argv: List[str], environ: Mapping[str, str],
             cli.check_appendable(ns.log_file, cli.name_of(ns, "log_file"), try_it=not ns.print_config)
     except ValueError as exc:
         raise cli.UsageError(str(exc)) from None
-    return ns, config, command or []
 
 
 def client_key(config: Config, environ: Mapping[str, str]) -> str:
