@@ -609,10 +609,7 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
     """``claudeproxy run ...``: the command's exit status, or 2/127 for bad input (one line on stderr).
 
     1 only when the log file, checked already, cannot be opened after all."""
-    if "CLAUDEPROXY_AUTH_KEY" in environ and not environ["CLAUDEPROXY_AUTH_KEY"].strip():
-        # Set but empty (a template's .env): the server refuses it, as it would take any client; run
-        # makes a key of the session's own without one, so here it is as good as unset.
-        environ = {k: v for k, v in environ.items() if k != "CLAUDEPROXY_AUTH_KEY"}
+    environ = _without_blank_auth_key(environ)
     try:
         ns, config, command = parse_run(argv, environ, stdout)
     except cli._Exit as done:  # noqa: SLF001 - --help, --version
@@ -625,16 +622,44 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
         cli.check_keys(config, forwarded=False)  # its client key is the session's: never passed on
     except ValueError as exc:
         return _fail(str(exc), environ, stderr, 2)
-    windows = on_windows()
-    exe = find_command(command[0], environ.get("PATH"), windows)
+    exe = _command_path(command[0], environ, stderr)
     if exe is None:
-        hint = " (Claude Code installs with: npm install -g @anthropic-ai/claude-code)" if looks_like_claude(command[0]) else ""
-        print(f"claudeproxy: error: {command[0]}: command not found{hint}", file=stderr)
         return NOT_FOUND
+    config, page_key = _with_session_key(config, environ)
+    return _run_logged(ns, config, command[0], [exe] + command[1:], environ, stderr, page_key)
+
+
+def _without_blank_auth_key(environ: Mapping[str, str]) -> Mapping[str, str]:
+    if "CLAUDEPROXY_AUTH_KEY" in environ and not environ["CLAUDEPROXY_AUTH_KEY"].strip():
+        # Set but empty (a template's .env): the server refuses it, as it would take any client; run
+        # makes a key of the session's own without one, so here it is as good as unset.
+        environ = {k: v for k, v in environ.items() if k != "CLAUDEPROXY_AUTH_KEY"}
+    return environ
+
+
+def _command_path(typed: str, environ: Mapping[str, str], stderr: TextIO) -> Optional[str]:
+    """The command's executable; None once "command not found" is said."""
+    exe = find_command(typed, environ.get("PATH"), on_windows())
+    if exe is None:
+        hint = (" (Claude Code installs with: npm install -g @anthropic-ai/claude-code)"
+                if looks_like_claude(typed) else "")
+        print(f"claudeproxy: error: {typed}: command not found{hint}", file=stderr)
+    return exe
+
+
+def _with_session_key(config: Config, environ: Mapping[str, str]) -> Tuple[Config, Optional[str]]:
+    """``config`` with the key the command presents, and that key where it may be shown."""
     users_own = bool(config.auth_key or environ.get("ANTHROPIC_AUTH_TOKEN", "").strip())
     config = config.replace(auth_key=client_key(config, environ))
     # A key of the session's own may be shown (the usage page's address); the user's own never is.
     page_key = None if users_own else config.auth_key
+    return config, page_key
+
+
+def _run_logged(ns: argparse.Namespace, config: Config, typed: str, argv: List[str], environ: Mapping[str, str],
+                stderr: TextIO, page_key: Optional[str]) -> int:
+    """Opens the proxy's log, starts the proxy logging there and runs the session; the package
+    logger is left as it was."""
     try:
         stream, log_path = open_log(ns.log_file, os.getpid())
     except OSError as exc:
@@ -646,7 +671,7 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
     try:
         running = _start_proxy(ns, config)
         started = True
-        return _session(running, ns, config, command[0], [exe] + command[1:], environ, log_path, stderr, page_key)
+        return _session(running, ns, config, typed, argv, environ, log_path, stderr, page_key)
     except _NotStarted as exc:
         return _fail(str(exc), environ, stderr, 2)
     except KeyboardInterrupt:  # Ctrl-C before the command started (or after it ended): the proxy has stopped
@@ -655,13 +680,17 @@ def run_main(argv: List[str], environ: Mapping[str, str], stdout: TextIO, stderr
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
-        # The default log of a proxy that never started (a bad setting, Ctrl-C, a failure), empty:
-        # not left behind for the cleanup of old logs, which waits a week; nothing named it yet.
-        # Removed once closed (Windows keeps an open file).
-        drop = not started and not ns.log_file and _unwritten(stream, log_path)
-        stream.close()
-        if drop:
-            try:
-                os.unlink(log_path)
-            except OSError:
-                pass
+        _close_log(stream, log_path, unused=not started and not ns.log_file)
+
+
+def _close_log(stream: TextIO, log_path: str, unused: bool) -> None:
+    # The default log of a proxy that never started (a bad setting, Ctrl-C, a failure), empty:
+    # not left behind for the cleanup of old logs, which waits a week; nothing named it yet.
+    # Removed once closed (Windows keeps an open file).
+    drop = unused and _unwritten(stream, log_path)
+    stream.close()
+    if drop:
+        try:
+            os.unlink(log_path)
+        except OSError:
+            pass
