@@ -261,11 +261,25 @@ class Routed:
 def check_provider(p: Provider, where: str, shorthand: bool = False) -> None:
     """ValueError naming what is wrong with ``p``; ``shorthand``: the flags' provider, ``where``
     the setting its URL came from (``--upstream``, ``OPENAI_BASE_URL``), which names the rest too."""
+    _check_name_and_url(p, where, shorthand)
+    _check_choices(p, where)
+    _check_betas(p, where)
+    _check_model_bounds(p, where)
+    _check_headers(p, where, shorthand)
+    _check_api_version(p, where, shorthand)
+    check_token(p.token, f"{where} key ({p.key_source})" if p.key_source else f"{where} key")
+
+
+def _check_name_and_url(p: Provider, where: str, shorthand: bool) -> None:
     if not p.name or not re.match(r"^[A-Za-z0-9_.-]{1,64}$", p.name):
         raise ValueError(f"{where}: a provider name is 1-64 letters, digits, '.', '_' or '-', got {p.name!r}")
     check_url(p.url, where if shorthand else f"{where}.url")
     if p.api != "messages":  # (a messages URL's /v1 and /v1/messages are its own: upstream.py reads them)
         _check_api_path(p.url, where if shorthand else f"{where}.url")
+
+
+def _check_choices(p: Provider, where: str) -> None:
+    """The settings that name one of a few: the API, dialect, auth style and beta policy."""
     if p.api not in UPSTREAM_APIS:
         raise ValueError(f"{where}.api: unknown upstream API {p.api!r} (expected one of {', '.join(UPSTREAM_APIS)})")
     if p.dialect is not None and p.dialect not in DIALECTS:
@@ -274,14 +288,23 @@ def check_provider(p: Provider, where: str, shorthand: bool = False) -> None:
         raise ValueError(f"{where}.auth: unknown auth style {p.auth!r} (expected one of {', '.join(AUTH_STYLES)})")
     if p.anthropic_beta not in BETA_POLICIES:
         raise ValueError(f"{where}.anthropic_beta: expected one of {', '.join(BETA_POLICIES)}, got {p.anthropic_beta!r}")
+
+
+def _check_betas(p: Provider, where: str) -> None:
     for key, said in (("anthropic_beta", p.anthropic_beta != "auto"), ("allowed_betas", bool(p.allowed_betas))):
         if said and p.api != "messages":  # taken without a word, and nothing sends a beta there
             raise ValueError(f"{where}.{key}: is for a provider whose api is messages (the client's anthropic-beta "
                              f"goes to no other API), and this one's is {p.api}")
+
+
+def _check_model_bounds(p: Provider, where: str) -> None:
     if p.max_output_tokens is not None and not 1 <= p.max_output_tokens <= MAX_TOKENS:
         raise ValueError(f"{where}.max_output_tokens: must be from 1 to {MAX_TOKENS}, got {p.max_output_tokens}")
     for pattern, facts in p.models:  # a library caller's ModelFacts: the bounds a config file's have
         facts_from_dict(facts.to_dict(), f"{where}.models.{pattern}")
+
+
+def _check_headers(p: Provider, where: str, shorthand: bool) -> None:
     seen: Dict[str, str] = {}
     for name, value in p.headers:
         setting = "--header" if shorthand else f"{where}.headers"
@@ -289,8 +312,6 @@ def check_provider(p: Provider, where: str, shorthand: bool = False) -> None:
         if name.strip().lower() in seen:  # one value went, the other was dropped without a word
             raise ValueError(f"{setting}: {name.strip()} is given twice (as {seen[name.strip().lower()]} too): give it once")
         seen[name.strip().lower()] = name.strip()
-    _check_api_version(p, where, shorthand)
-    check_token(p.token, f"{where} key ({p.key_source})" if p.key_source else f"{where} key")
 
 
 def _check_api_version(p: Provider, where: str, shorthand: bool) -> None:
