@@ -379,27 +379,39 @@ def _check_routes(routes: Sequence[Route], providers: Dict[str, Provider], where
         label = route.origin or f"{where}[{i}]"
         if not route.match or route.match != route.match.strip():
             raise ValueError(f"{label}: a route needs a non-empty match pattern without surrounding blanks")
-        for target in (route.target, *route.fallbacks):
-            if target.provider not in providers:
-                known = ", ".join(sorted(providers)) or "none"
-                raise ValueError(f"{label}: unknown provider {target.provider!r} (configured: {known})")
-            if target.model is not None and not target.model.strip():
-                raise ValueError(f"{label}: the upstream model name is empty")
-            if target.model is not None and target.model != target.model.strip():
-                # Sent as given, a blank in the name is a model no upstream has (a 404 every call).
-                raise ValueError(f"{label}: the upstream model name {target.model!r} has blanks around it")
+        _check_targets(route, providers, label)
         exact = pattern_kind(route.match) == "exact"
-        taken = [j for j in (next((j for j in patterns_at if covers(routes[j].match, route.match)), None),
-                             exact_at.get(route.match) if exact else None) if j is not None]
-        if taken:
-            earlier = routes[min(taken)]
-            first = named_once(earlier.origin or f"{where}[{min(taken)}]", label)
+        taken = _first_taker(routes, route.match, patterns_at, exact_at.get(route.match) if exact else None)
+        if taken is not None:
+            earlier = routes[taken]
+            first = named_once(earlier.origin or f"{where}[{taken}]", label)
             raise ValueError(f"{label}: pattern {route.match!r} can never match: {first} "
                              f"({earlier.match!r}) takes every name it would")
         if exact:
             exact_at[route.match] = i
         else:
             patterns_at.append(i)
+
+
+def _check_targets(route: Route, providers: Dict[str, Provider], label: str) -> None:
+    for target in (route.target, *route.fallbacks):
+        if target.provider not in providers:
+            known = ", ".join(sorted(providers)) or "none"
+            raise ValueError(f"{label}: unknown provider {target.provider!r} (configured: {known})")
+        if target.model is not None and not target.model.strip():
+            raise ValueError(f"{label}: the upstream model name is empty")
+        if target.model is not None and target.model != target.model.strip():
+            # Sent as given, a blank in the name is a model no upstream has (a 404 every call).
+            raise ValueError(f"{label}: the upstream model name {target.model!r} has blanks around it")
+
+
+def _first_taker(routes: Sequence[Route], match: str, patterns_at: List[int],
+                 same_name_at: Optional[int]) -> Optional[int]:
+    """The index of the first earlier route that takes every name ``match`` would: a pattern before it
+    that covers it, or (``same_name_at``) the same exact name; None if there is none."""
+    taken = [j for j in (next((j for j in patterns_at if covers(routes[j].match, match)), None), same_name_at)
+             if j is not None]
+    return min(taken) if taken else None
 
 
 _DEPLOYMENT = re.compile(r"/openai/deployments/([^/]+)")
