@@ -489,15 +489,7 @@ def _shorthand_routes(config: Config, provider: str) -> Tuple[List[Route], List[
     replaced = _first_route_of_each_match(config.routes) if config.upstream is None else {}
 
     def flagged(match: str, model: str, origin: str) -> Route:
-        # Without a file route of its match, where the file sent these names until the flag was
-        # given, with its fallbacks: a family's, its first route whose pattern names the family
-        # (--opus-model and the file's 'claude-opus-*', ``_serving``); any other's, the '*' route.
-        route = replaced.get(canonical(match))
-        if route is None and replaced:  # (with --upstream every flag goes there: nothing is replaced)
-            route = _serving(config.routes, match) or replaced.get("*")
-        if route is None:
-            return Route(match, RouteTarget(provider, model), origin=origin)
-        return Route(match, RouteTarget(route.target.provider, model), route.fallbacks, origin=origin)
+        return _flagged_route(match, model, origin, provider, replaced, config.routes)
 
     routes = [flagged(p, m, f"{name('model_map')} {p}={m}") for p, m in config.model_map]
     given = {f: getattr(config, f"{f}_model") for f in FAMILIES}
@@ -506,17 +498,38 @@ def _shorthand_routes(config: Config, provider: str) -> Tuple[List[Route], List[
         if given[family]:
             by_family[family] = flagged(family, given[family], name(f"{family}_model"))
             routes.append(by_family[family])
-    borrowed = []
+    borrowed: List[Route] = []
     if config.model:
         routes.append(flagged("*", config.model, name("model")))
     elif any(given.values()):
-        # Not one that --model-map or the file routes whole: its own route would shadow the borrowed one.
-        mapped = routes + list(config.routes)
-        for family in (f for f in FAMILIES if not given[f] and not _routes_whole(mapped, f)):
-            lender = by_family[next(o for o in _NEAREST[family] if given[o])]
-            borrowed.append(dataclasses.replace(lender, match=family, origin=(
-                f"{lender.origin} (no {flag_name(family + '_model')})")))
+        borrowed = _borrowed_routes(routes + list(config.routes), given, by_family)
     return routes, borrowed
+
+
+def _flagged_route(match: str, model: str, origin: str, provider: str, replaced: Mapping[str, Route],
+                   file_routes: Sequence[Route]) -> Route:
+    """A model flag's route: to ``provider``, or where the file's route it replaces went."""
+    # Without a file route of its match, where the file sent these names until the flag was
+    # given, with its fallbacks: a family's, its first route whose pattern names the family
+    # (--opus-model and the file's 'claude-opus-*', ``_serving``); any other's, the '*' route.
+    route = replaced.get(canonical(match))
+    if route is None and replaced:  # (with --upstream every flag goes there: nothing is replaced)
+        route = _serving(file_routes, match) or replaced.get("*")
+    if route is None:
+        return Route(match, RouteTarget(provider, model), origin=origin)
+    return Route(match, RouteTarget(route.target.provider, model), route.fallbacks, origin=origin)
+
+
+def _borrowed_routes(mapped: List[Route], given: Mapping[str, Optional[str]],
+                     by_family: Mapping[str, Route]) -> List[Route]:
+    """A route for each family no flag names, borrowed from the nearest family one does."""
+    borrowed: List[Route] = []
+    # Not one that --model-map or the file routes whole: its own route would shadow the borrowed one.
+    for family in (f for f in FAMILIES if not given[f] and not _routes_whole(mapped, f)):
+        lender = by_family[next(o for o in _NEAREST[family] if given[o])]
+        borrowed.append(dataclasses.replace(lender, match=family, origin=(
+            f"{lender.origin} (no {flag_name(family + '_model')})")))
+    return borrowed
 
 
 def _serving(routes: Sequence[Route], match: str) -> Optional[Route]:
