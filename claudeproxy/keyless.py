@@ -46,29 +46,41 @@ def keyless(providers: Iterable[Provider], library: bool = False, forwarded: boo
     said = []
     for provider in providers:
         host = urlsplit(provider.url).hostname or ""
-        if (provider.api != "messages" or not forwarded) and gives_no_key(provider.token) and on_the_internet(host) \
-                and not _carries_a_credential(provider):
+        if _gets_no_key(provider, host, forwarded):
             if provider.api == "messages":
                 said.append(_no_forwarded_key(provider, host, library))
-                continue
-            dialect = provider_dialect(provider)
-            own = " or ".join(default_key_variables(dialect, False))
-            if provider.name != SHORTHAND_PROVIDER:
-                who = f"provider {provider.name}"
-                how = ("give its Provider a token" if library
-                       else "give it api_key_env or api_key_command in the config file")
-            elif library:
-                who, how = "the upstream", "give start() token=claudeproxy.static_token(key)"
-            elif provider.key_source == "--api-key":  # --api-key '': no key on purpose, whatever is exported
-                who, how = "the upstream", f"--api-key is empty: give a key, or leave it out to use {own}"
             else:
-                who, how = "the upstream", f"set {own}, or give --api-key-env"
-            # Known by its host (--provider openai may name a gateway that admits by address).
-            known = detect_provider(provider.url)
-            needed = known in DIALECTS and bool(DIALECTS[known].key_env)
-            said.append((needed, f"{who} ({host}) gets no API key"
-                                 + (f", which it needs ({how})" if needed else f": expect 401s ({how})")))
+                said.append(_no_api_key(provider, host, library))
     return said
+
+
+def _gets_no_key(provider: Provider, host: str, forwarded: bool) -> bool:
+    return ((provider.api != "messages" or not forwarded) and gives_no_key(provider.token) and on_the_internet(host)
+            and not _carries_a_credential(provider))
+
+
+def _no_api_key(provider: Provider, host: str, library: bool) -> Tuple[bool, str]:
+    """An upstream of another API than Messages that gets no key: needed where its host is known."""
+    who, how = _who_and_how(provider, library)
+    # Known by its host (--provider openai may name a gateway that admits by address).
+    known = detect_provider(provider.url)
+    needed = known in DIALECTS and bool(DIALECTS[known].key_env)
+    return (needed, f"{who} ({host}) gets no API key"
+                    + (f", which it needs ({how})" if needed else f": expect 401s ({how})"))
+
+
+def _who_and_how(provider: Provider, library: bool) -> Tuple[str, str]:
+    """Who gets no key (a provider of the file's, or the single upstream), and how to give it one."""
+    dialect = provider_dialect(provider)
+    own = " or ".join(default_key_variables(dialect, False))
+    if provider.name != SHORTHAND_PROVIDER:
+        return f"provider {provider.name}", ("give its Provider a token" if library
+                                             else "give it api_key_env or api_key_command in the config file")
+    if library:
+        return "the upstream", "give start() token=claudeproxy.static_token(key)"
+    if provider.key_source == "--api-key":  # --api-key '': no key on purpose, whatever is exported
+        return "the upstream", f"--api-key is empty: give a key, or leave it out to use {own}"
+    return "the upstream", f"set {own}, or give --api-key-env"
 
 
 def _no_forwarded_key(provider: Provider, host: str, library: bool) -> Tuple[bool, str]:
