@@ -116,29 +116,36 @@ def _token(obj: Mapping[str, Any], environ: Mapping[str, str], path: str, name: 
         raise ConfigError(f"{path}.api_key_ttl: says how long a key from api_key_command is used, and this "
                           "provider has no api_key_command")
     if "api_key_env" in obj:
-        raw = obj["api_key_env"]
-        names = _strings(raw, f"{path}.api_key_env") if isinstance(raw, list) else [_text(raw, f"{path}.api_key_env")]
-        if not names:
-            raise ConfigError(f"{path}.api_key_env: must name at least one variable")
-        keys = [_env_value(environ, var, f"{path}.api_key_env") for var in names]
-        labels = [f"${var}" for var in names]
-        return key_source(keys, labels), ", ".join(labels)
+        return _token_from_env(obj["api_key_env"], environ, path)
     if "api_key_command" in obj:
-        raw = obj["api_key_command"]
-        where = f"{path}.api_key_command"
-        try:
-            argv = command_argv(raw if isinstance(raw, str) else _strings(raw, where), where)
-        except ConfigError:
-            raise
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        ttl = _want(obj.get("api_key_ttl", DEFAULT_TTL), (int, float), f"{path}.api_key_ttl", "a number")
-        try:  # bounded like every duration: a key kept for 1e300 s is never renewed
-            check_seconds(ttl, f"{path}.api_key_ttl")
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        return command_token(argv, float(ttl), f"provider {name}"), f"command {argv[0]}"
+        return _token_from_command(obj, path, name)
     return static_token(""), ""  # known to give none: the start-up checks ask for a key where one is needed
+
+
+def _token_from_env(raw: Any, environ: Mapping[str, str], path: str) -> Tuple[Any, str]:
+    names = _strings(raw, f"{path}.api_key_env") if isinstance(raw, list) else [_text(raw, f"{path}.api_key_env")]
+    if not names:
+        raise ConfigError(f"{path}.api_key_env: must name at least one variable")
+    keys = [_env_value(environ, var, f"{path}.api_key_env") for var in names]
+    labels = [f"${var}" for var in names]
+    return key_source(keys, labels), ", ".join(labels)
+
+
+def _token_from_command(obj: Mapping[str, Any], path: str, name: str) -> Tuple[Any, str]:
+    raw = obj["api_key_command"]
+    where = f"{path}.api_key_command"
+    try:
+        argv = command_argv(raw if isinstance(raw, str) else _strings(raw, where), where)
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    ttl = _want(obj.get("api_key_ttl", DEFAULT_TTL), (int, float), f"{path}.api_key_ttl", "a number")
+    try:  # bounded like every duration: a key kept for 1e300 s is never renewed
+        check_seconds(ttl, f"{path}.api_key_ttl")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return command_token(argv, float(ttl), f"provider {name}"), f"command {argv[0]}"
 
 
 def _env_value(environ: Mapping[str, str], var: str, setting: str) -> str:
