@@ -255,14 +255,22 @@ def _setting(key: str, value: Any, spec: FlagSpec, folder: Optional[str] = None)
     if spec.kind == "float":
         return float(_want(value, (int, float), key, "a number"))
     if spec.kind == "list":
-        if isinstance(value, dict) and key.replace("-", "_") == "model_map":  # {"PATTERN": "NAME", ...}
-            return [f"{_text(pattern, key)}={_text(name, f'{key}.{pattern}')}" for pattern, name in value.items()]
-        if not isinstance(value, (list, str)):
-            raise ConfigError(f"{key}: expected a string or an array of strings, got {_type_name(value)}")
-        items = _strings(value, key) if isinstance(value, list) else [_text(value, key)]
-        if not items and key.replace("-", "_") == "api_key_env":
-            raise ConfigError(f"{key}: must name at least one variable")
-        return items
+        return _list_setting(key, value)
+    return _text_setting(key, value, spec)
+
+
+def _list_setting(key: str, value: Any) -> List[str]:
+    if isinstance(value, dict) and key.replace("-", "_") == "model_map":  # {"PATTERN": "NAME", ...}
+        return [f"{_text(pattern, key)}={_text(name, f'{key}.{pattern}')}" for pattern, name in value.items()]
+    if not isinstance(value, (list, str)):
+        raise ConfigError(f"{key}: expected a string or an array of strings, got {_type_name(value)}")
+    items = _strings(value, key) if isinstance(value, list) else [_text(value, key)]
+    if not items and key.replace("-", "_") == "api_key_env":
+        raise ConfigError(f"{key}: must name at least one variable")
+    return items
+
+
+def _text_setting(key: str, value: Any, spec: FlagSpec) -> str:
     text = _want(value, str, key, "a string")
     if not text.strip():
         raise ConfigError(f"{key}: must not be empty")
