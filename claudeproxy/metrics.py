@@ -35,6 +35,7 @@ from typing import (
     Callable,
     Deque,
     Dict,
+    FrozenSet,
     Iterable,
     List,
     NamedTuple,
@@ -54,7 +55,7 @@ T = TypeVar("T")
 
 # Labels in parentheses, which no provider name can have (routing.check_provider): a provider named
 # "local" (an Ollama, say) is never mixed up with the proxy's own answers.
-OTHER = "(other)"  # the models past the limit, and endpoints past theirs
+OTHER = "(other)"  # a provider's models past the limit, and endpoints past theirs
 LOCAL = "(local)"  # the provider label of calls the proxy answered itself
 NONE = "(none)"  # the provider and model label of calls refused before any upstream
 # Seconds. Fine enough below a few seconds for time to first token, wide enough for long streams.
@@ -461,6 +462,7 @@ class Metrics:
         self._requests: Dict[Tuple[str, str, str, str], int] = {}  # (endpoint, provider, model, status)
         self._failed_attempts: Dict[Tuple[str, str, str], int] = {}  # (provider, model, status)
         self._endpoints: Set[str] = set()
+        self._named: FrozenSet[ModelKey] = frozenset()  # rows kept past the limit (``keep_rows``)
         self._seconds: Dict[int, _Slice] = {}
         self._minutes: Dict[int, _Slice] = {}
         self._days: Dict[str, _Slice] = {}
@@ -563,11 +565,18 @@ class Metrics:
     def _fine_window(self, when: float) -> bool:
         return _fine_window(self._seconds, when)
 
+    def keep_rows(self, keys: Iterable[ModelKey]) -> None:
+        """The (provider, model) pairs the routes name: rows of their own past the limit too (a
+        fallback that first answered after clients had named 50 models was lost in another row)."""
+        with self._lock:
+            self._named = frozenset(keys)
+
     def _bounded_key(self, key: ModelKey) -> ModelKey:
-        # Client-chosen model names are unbounded: past the limit they share one row.
-        if key in self._models or len(self._models) < self._limits[0]:
+        # Client-chosen model names are unbounded: past the limit a provider's share one row. Its
+        # provider stays: providers are the configuration's (and "(local)", "(none)").
+        if key in self._models or len(self._models) < self._limits[0] or key in self._named:
             return key
-        return OTHER, OTHER
+        return key[0], OTHER
 
     def _endpoint(self, endpoint: str) -> str:
         if endpoint not in self._endpoints and len(self._endpoints) < _ENDPOINT_LIMIT:

@@ -721,6 +721,10 @@ class Router:
         cap = _output_cap(facts.max_output, provider.max_output_tokens, self.max_output_tokens)
         return Target(provider, model, facts, cap, dialect, api)
 
+    def named_targets(self) -> List[Tuple[str, str]]:
+        """(provider, model) of every route target and fallback that names its model."""
+        return [(t.provider, t.model) for r in self.routes for t in (r.target, *r.fallbacks) if t.model]
+
     def passes_names_through(self) -> List[Provider]:
         """Providers some route sends the client's own model name to (their model list is ours)."""
         return list({r.target.provider: self.providers[r.target.provider] for r in self.routes

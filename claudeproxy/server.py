@@ -103,6 +103,7 @@ class ProxyServer(ThreadingHTTPServer):
         self.metrics = Metrics(metrics_sink)
         self.watchdog = Watchdog()
         self.proxy = Proxy(config, self.metrics, self.watchdog)  # checks the settings: ValueError names a bad one
+        self.metrics.keep_rows(self.proxy.router.named_targets())
         self.slots = threading.BoundedSemaphore(config.max_concurrency)
         self.body_readers = BodyReaders(config.max_body_readers)
         self.http_date = HttpDate()

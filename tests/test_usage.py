@@ -1779,8 +1779,29 @@ def test_the_rows_of_other_targets_stay_within_the_models_kept() -> None:
                               cost_usd=0.3, spent_elsewhere=(Spend("a", "am", input_tokens=100, cost_usd=0.1),
                                                              Spend("c", "cm", input_tokens=5, cost_usd=0.1))))
     rows = {(m["provider"], m["model"]): m for m in metrics.usage(time.time())["models"]}
-    assert set(rows) == {("b", "bm"), ("(other)", "(other)")}
-    assert rows[("(other)", "(other)")]["input_tokens"] == 105 and rows[("b", "bm")]["input_tokens"] == 10
+    assert set(rows) == {("b", "bm"), ("a", "(other)"), ("c", "(other)")}  # a provider's row past the bound
+    assert rows[("a", "(other)")]["input_tokens"] == 100 and rows[("c", "(other)")]["input_tokens"] == 5
+    assert rows[("b", "bm")]["input_tokens"] == 10
+
+
+def test_past_the_models_kept_a_call_keeps_its_provider_and_a_routes_model_its_row() -> None:
+    """Past the 50 models kept, every new pair was counted under provider and model "(other)": a
+    configured fallback answering for the first time lost its provider in /metrics and /v1/usage,
+    and any client could fill the rows with made-up model names (probe AE, D1)."""
+    metrics = Metrics(max_models=3)
+    metrics.keep_rows([("backup", "gpt-4.1-mini")])
+    for i in range(5):
+        metrics.record(_rec(f"made-up-{i}", time.time()))
+    metrics.record(CallRecord("/v1/messages", model="claude-opus-4-5", provider="backup",
+                              upstream_model="gpt-4.1-mini", input_tokens=7, output_tokens=1))
+    metrics.record(CallRecord("/v1/messages", model="made-up-9", provider="other-provider",
+                              upstream_model="made-up-9", input_tokens=3, output_tokens=1))
+    metrics.attempt_failed("backup", "gpt-4.1-mini", 429)
+    rows = {(m["provider"], m["model"]): m["requests"] for m in metrics.usage(time.time())["models"]}
+    assert rows == {("p", "made-up-0"): 1, ("p", "made-up-1"): 1, ("p", "made-up-2"): 1, ("p", "(other)"): 2,
+                    ("backup", "gpt-4.1-mini"): 1, ("other-provider", "(other)"): 1}, rows
+    assert {p["provider"] for p in metrics.usage(time.time())["providers"]} >= {"backup", "other-provider", "p"}
+    assert metrics.prometheus_view()["failed_attempts"] == {("backup", "gpt-4.1-mini", "429"): 1}
 
 
 def test_a_retry_after_an_attempt_of_unknown_spend_has_no_cost(fake: FakeUpstream) -> None:
