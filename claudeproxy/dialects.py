@@ -39,7 +39,7 @@ class Dialect:
     # usage in the last chunk anyway (Mistral).
     stream_usage: bool = True
     # How thinking/effort is requested (apis/chat/request.py REASONING_STYLES):
-    # effort, explicit, gemini, openrouter, deepseek, switch, groq, template, none.
+    # effort, explicit, ollama, gemini, openrouter, deepseek, switch, groq, template, none.
     reasoning: str = "effort"
     # The model thinks unless told not to (DeepSeek V4: "Thinking mode is enabled by default"): a
     # request that asks for no thinking switches it off, as no thinking means on Anthropic's API.
@@ -180,19 +180,23 @@ DIALECTS: Dict[str, Dialect] = {
         # google-genai reads both, GOOGLE_API_KEY first when both are set (_api_client.get_env_api_key).
         key_env=("GOOGLE_API_KEY", "GEMINI_API_KEY"),
     ),
-    # Ollama answers 400 when a non-thinking model is asked to think: only explicit budgets map.
-    "ollama": dataclasses.replace(_BASE, name="ollama", reasoning="explicit", max_stop=None),
+    # Ollama answers 400 when a non-thinking model is asked to think: only explicit budgets map. A
+    # thinking model (Qwen3, DeepSeek-R1) thinks unless told not to (server/routes.go: an unset think
+    # is true): a request without thinking, hidden from the client, spent its max_tokens on it and
+    # came back empty; "none" is its off switch (openai/openai.go), taken by any model.
+    "ollama": dataclasses.replace(_BASE, name="ollama", reasoning="ollama", thinks_unless_told=True, max_stop=None),
+    # vLLM and llama.cpp take chat_template_kwargs.enable_thinking, on in Qwen3's templates by default.
     "vllm": dataclasses.replace(
-        _BASE, name="vllm", reasoning="template", reasoning_history="reasoning_content", pass_top_k=True,
-        max_stop=None,
+        _BASE, name="vllm", reasoning="template", thinks_unless_told=True, reasoning_history="reasoning_content",
+        pass_top_k=True, max_stop=None,
     ),
     "lmstudio": dataclasses.replace(
         _BASE, name="lmstudio", reasoning="none", reasoning_history="reasoning_content", max_stop=None
     ),
     # llama.cpp's server reads reasoning_content back from assistant messages (common/chat.cpp), and
     # Qwen3's template shows it to the model for the turns since the last user message: the tool loop.
-    "llamacpp": dataclasses.replace(_BASE, name="llamacpp", reasoning="none", reasoning_history="reasoning_content",
-                                    think_tags=True, max_stop=None),
+    "llamacpp": dataclasses.replace(_BASE, name="llamacpp", reasoning="template", thinks_unless_told=True,
+                                    reasoning_history="reasoning_content", think_tags=True, max_stop=None),
 }
 
 # Azure OpenAI's newest GA data-plane version (learn.microsoft.com azure/ai-foundry/openai/reference).

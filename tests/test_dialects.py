@@ -214,7 +214,8 @@ def test_mistral_and_gemini_and_deepseek_flags() -> None:
     assert mistral.short_tool_ids and mistral.bridge_tool_to_user and mistral.prefill_prefix
     assert DIALECTS["gemini"].schema_sanitizer == "gemini"
     assert DIALECTS["deepseek"].assistant_empty_content == ""
-    assert DIALECTS["ollama"].reasoning == "explicit"  # known decision: only explicit budgets
+    assert DIALECTS["ollama"].reasoning == "ollama"  # known decision: only explicit budgets, and "none" for off
+    assert DIALECTS["ollama"].thinks_unless_told and DIALECTS["vllm"].thinks_unless_told
     assert DIALECTS["azure"].auth == "azure"
 
 

@@ -607,3 +607,45 @@ def test_a_system_message_first_only_is_not_taken_for_such_a_refusal(make_proxy:
     proxy = make_proxy(model="qwen3.6-27b-other", provider="vllm")
     resp = request(proxy.url, "POST", "/v1/messages", minimal_request(system="Be brief."), {"x-api-key": CLIENT_KEY})
     assert resp.status == 400 and len(fake_upstream.requests) == 1, resp
+
+
+# --------------------------------------------------------------------------
+# Local thinking models think unless told not to (probe AC, D2, D6).
+
+
+@pytest.mark.parametrize("thinking,ollama,template", [
+    (None, {"reasoning_effort": "none"}, {"chat_template_kwargs": {"enable_thinking": False}}),
+    ({"type": "disabled"}, {"reasoning_effort": "none"}, {"chat_template_kwargs": {"enable_thinking": False}}),
+    ({"type": "adaptive"}, {}, {}),  # Claude Code's: the model's own default
+    ({"type": "enabled", "budget_tokens": 20000}, {"reasoning_effort": "high"},
+     {"chat_template_kwargs": {"enable_thinking": True}}),
+])
+def test_a_local_thinking_model_is_told_when_the_client_asked_for_no_thinking(
+        make_proxy: Any, fake_upstream: FakeUpstream, thinking: Any, ollama: Dict[str, Any],
+        template: Dict[str, Any]) -> None:
+    """Qwen3 on Ollama, llama.cpp and vLLM thinks unless told not to (Ollama: an unset think is true
+    for a thinking model): a request without thinking spent its max_tokens on reasoning the client
+    never sees and came back empty with stop_reason max_tokens."""
+    extra = {} if thinking is None else {"thinking": thinking}
+    for provider, wanted in (("ollama", ollama), ("llamacpp", template), ("vllm", template)):
+        proxy = make_proxy(model="qwen3:8b", provider=provider)
+        fake_upstream.push(json_reply(completion("hi")))
+        resp = request(proxy.url, "POST", "/v1/messages", minimal_request(max_tokens=30000, **extra),
+                       {"x-api-key": CLIENT_KEY})
+        assert resp.status == 200, resp
+        sent = fake_upstream.last.json
+        got = {k: sent[k] for k in ("reasoning_effort", "chat_template_kwargs") if k in sent}
+        assert got == wanted, (provider, got)
+
+
+def test_an_ollama_model_that_cannot_think_gets_no_effort_again(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """Ollama refuses a thinking budget for a model without thinking ('"llama3.2" does not support
+    thinking', naming no field): every such request failed; it goes again without the effort."""
+    proxy = make_proxy(model="llama3.2", provider="ollama")
+    fake_upstream.push(json_reply({"error": '"llama3.2" does not support thinking'}, status=400),
+                       json_reply(completion("one")), json_reply(completion("two")))
+    body = minimal_request(max_tokens=30000, thinking={"type": "enabled", "budget_tokens": 8000})
+    for answer in ("one", "two"):
+        resp = request(proxy.url, "POST", "/v1/messages", body, {"x-api-key": CLIENT_KEY})
+        assert resp.status == 200 and resp.json["content"][-1]["text"] == answer, resp
+    assert [r.json.get("reasoning_effort") for r in fake_upstream.requests] == ["medium", None, None]

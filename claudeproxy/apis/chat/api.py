@@ -78,6 +78,10 @@ _NO_IMAGES = re.compile(
     re.I)
 _NO_IMAGE_STATUSES = (400, 404, 422, 500, 501)  # OpenRouter's 404, llama.cpp's 500 and 501
 
+# Ollama's 400 to a thinking budget (an effort) for a model that cannot think: '"llama3.2" does not
+# support thinking' (server/routes.go), every request, naming no field: the effort goes.
+_CANNOT_THINK = re.compile(r"does\s+not\s+support\s+thinking", re.I)
+
 # A chat template that takes a system message only first: Qwen3.5's and 3.6's official ones raise
 # "System message must be at the beginning." (llama.cpp's 500 "Jinja Exception: ...", vLLM's and LM
 # Studio's 400), others "Conversation roles must alternate user/assistant/...". Claude Code's
@@ -273,6 +277,8 @@ class ChatApi(UpstreamApi):
             log.warning("%s refused reasoning_effort %r: %r from now on", target.label, sent["reasoning_effort"], lower)
             return self.prepare(req, target, cap)
         refused = refused_fields(text)
+        if sent.get("reasoning_effort") not in (None, "none") and _CANNOT_THINK.search(text):
+            refused |= frozenset({"reasoning_effort"})  # the effort is the thinking asked for
         if not refused:
             return None
         if "max_tokens" in refused and "max_tokens" in sent and "max_completion_tokens" in text:
