@@ -56,6 +56,11 @@ class Dialect:
     string_content_only: bool = False
     # PDF documents as OpenAI "file" parts; otherwise a text placeholder.
     supports_file_parts: bool = False
+    # The image media types the server decodes (None: Anthropic's four), and whether it fetches an
+    # image URL itself. Another image goes as a text placeholder: refused, it stayed in the history
+    # and failed every later turn.
+    image_types: Optional[Tuple[str, ...]] = None
+    image_urls: bool = True
     # Tool-call ids must be 9 alphanumerics (Mistral).
     short_tool_ids: bool = False
     # The longest tool-call id taken (OpenAI: 40, "string too long. Expected a string with maximum
@@ -184,7 +189,10 @@ DIALECTS: Dict[str, Dialect] = {
     # thinking model (Qwen3, DeepSeek-R1) thinks unless told not to (server/routes.go: an unset think
     # is true): a request without thinking, hidden from the client, spent its max_tokens on it and
     # came back empty; "none" is its off switch (openai/openai.go), taken by any model.
-    "ollama": dataclasses.replace(_BASE, name="ollama", reasoning="ollama", thinks_unless_told=True, max_stop=None),
+    # Its images are data URLs of JPEG, PNG or WebP only: a GIF is "invalid image input", an http(s)
+    # URL "image URLs are not currently supported" (openai/openai.go decodeImageURL).
+    "ollama": dataclasses.replace(_BASE, name="ollama", reasoning="ollama", thinks_unless_told=True, max_stop=None,
+                                  image_types=("image/jpeg", "image/png", "image/webp"), image_urls=False),
     # vLLM and llama.cpp take chat_template_kwargs.enable_thinking, on in Qwen3's templates by default.
     "vllm": dataclasses.replace(
         _BASE, name="vllm", reasoning="template", thinks_unless_told=True, reasoning_history="reasoning_content",

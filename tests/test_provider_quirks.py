@@ -649,3 +649,21 @@ def test_an_ollama_model_that_cannot_think_gets_no_effort_again(make_proxy: Any,
         resp = request(proxy.url, "POST", "/v1/messages", body, {"x-api-key": CLIENT_KEY})
         assert resp.status == 200 and resp.json["content"][-1]["text"] == answer, resp
     assert [r.json.get("reasoning_effort") for r in fake_upstream.requests] == ["medium", None, None]
+
+
+def test_ollama_gets_only_the_images_it_decodes(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """Ollama decodes JPEG, PNG and WebP data URLs only: a GIF is "invalid image input" and an image
+    URL "image URLs are not currently supported"; refused, the image stayed in the history and every
+    later turn failed (probe AC, D3). They go as text placeholders; a PNG still goes as an image."""
+    proxy = make_proxy(model="qwen2.5vl:7b", provider="ollama")
+    blocks = [{"type": "image", "source": {"type": "base64", "media_type": "image/gif", "data": "R0lGODlh"}},
+              {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}},
+              {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+              {"type": "text", "text": "What are these?"}]
+    fake_upstream.push(json_reply(completion("pictures")))
+    body = minimal_request(messages=[{"role": "user", "content": blocks}])
+    assert request(proxy.url, "POST", "/v1/messages", body, {"x-api-key": CLIENT_KEY}).status == 200
+    parts = fake_upstream.last.json["messages"][-1]["content"]
+    assert parts[:2] == [{"type": "text", "text": "[image omitted: this server takes no image/gif]"},
+                         {"type": "text", "text": "[image: https://example.com/a.png]"}]
+    assert parts[2] == {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}

@@ -121,8 +121,12 @@ def _image_part(block: ImageBlock, dialect: Dialect) -> Part:
     if dialect.string_content_only:
         return _text_part("[image omitted: this model takes text only]")
     if block.source == "base64":
+        if dialect.image_types is not None and block.media_type not in dialect.image_types:
+            return _text_part(f"[image omitted: this server takes no {block.media_type}]")
         return {"type": "image_url", "image_url": {"url": f"data:{block.media_type};base64,{block.data}"}}
     if block.source == "url":
+        if not dialect.image_urls:
+            return _text_part(f"[image: {block.url}]")  # as a document's URL: the model still sees where it is
         return {"type": "image_url", "image_url": {"url": block.url}}
     return _text_part(file_omitted("image", block.data))
 
