@@ -61,6 +61,9 @@ class Dialect:
     # and failed every later turn.
     image_types: Optional[Tuple[str, ...]] = None
     image_urls: bool = True
+    # Say parallel_tool_calls: true where the client did not forbid them: llama.cpp's default is
+    # false, and its tool grammar then lets the model make one call a turn (Anthropic's default: many).
+    asks_parallel_calls: bool = False
     # Tool-call ids must be 9 alphanumerics (Mistral).
     short_tool_ids: bool = False
     # The longest tool-call id taken (OpenAI: 40, "string too long. Expected a string with maximum
@@ -204,7 +207,8 @@ DIALECTS: Dict[str, Dialect] = {
     # llama.cpp's server reads reasoning_content back from assistant messages (common/chat.cpp), and
     # Qwen3's template shows it to the model for the turns since the last user message: the tool loop.
     "llamacpp": dataclasses.replace(_BASE, name="llamacpp", reasoning="template", thinks_unless_told=True,
-                                    reasoning_history="reasoning_content", think_tags=True, max_stop=None),
+                                    reasoning_history="reasoning_content", think_tags=True, max_stop=None,
+                                    asks_parallel_calls=True),
 }
 
 # Azure OpenAI's newest GA data-plane version (learn.microsoft.com azure/ai-foundry/openai/reference).

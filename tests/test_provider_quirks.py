@@ -667,3 +667,23 @@ def test_ollama_gets_only_the_images_it_decodes(make_proxy: Any, fake_upstream: 
     assert parts[:2] == [{"type": "text", "text": "[image omitted: this server takes no image/gif]"},
                          {"type": "text", "text": "[image: https://example.com/a.png]"}]
     assert parts[2] == {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+
+
+@pytest.mark.parametrize("choice,sent", [(None, True), ({"type": "auto"}, True), ({"type": "any"}, True),
+                                         ({"type": "auto", "disable_parallel_tool_use": True}, False),
+                                         ({"type": "none"}, None)])
+def test_llamacpp_is_asked_for_parallel_calls_unless_the_client_forbade_them(
+        make_proxy: Any, fake_upstream: FakeUpstream, choice: Any, sent: Any) -> None:
+    """llama.cpp's parallel_tool_calls defaults to false, and its tool grammar then allows one call a
+    turn: Claude Code's parallel Reads took a turn (a prompt evaluation) each (probe AC, D5)."""
+    proxy = make_proxy(model="qwen3-8b", provider="llamacpp")
+    tools = [{"name": "Read", "input_schema": {"type": "object", "properties": {}}}]
+    extra = {} if choice is None else {"tool_choice": choice}
+    fake_upstream.push(json_reply(completion("ok")))
+    body = minimal_request(tools=tools, **extra)
+    assert request(proxy.url, "POST", "/v1/messages", body, {"x-api-key": CLIENT_KEY}).status == 200
+    assert fake_upstream.last.json.get("parallel_tool_calls") is sent
+    proxy = make_proxy(model="qwen3-8b", provider="vllm")  # its default is parallel: nothing said
+    fake_upstream.push(json_reply(completion("ok")))
+    assert request(proxy.url, "POST", "/v1/messages", minimal_request(tools=tools), {"x-api-key": CLIENT_KEY}).status == 200
+    assert "parallel_tool_calls" not in fake_upstream.last.json

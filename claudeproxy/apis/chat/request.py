@@ -698,6 +698,8 @@ def to_chat_request(
     """
     functions, warnings = tools if tools is not None else chat_tools(offered_tools(req, found_tools(req)), dialect)
     tool_choice, parallel = _tool_choice(req, functions)
+    if parallel is None and functions and tool_choice != "none" and dialect.asks_parallel_calls:
+        parallel = True
     effort, extra = REASONING_STYLES[dialect.reasoning](_thinking_with(req, tool_choice, dialect), req.effort)
     sampling = not dialect.drop_sampling
     chat = ChatRequest(
