@@ -1022,6 +1022,16 @@ class Proxy:
         # A stream without usage reports the estimate it was given: learning from that would feed on itself.
         if reported == fields.get("estimate_sent"):
             return
+        if raw >= _CUT_PROMPT_MIN and reported < raw * _CUT_PROMPT_RATIO:
+            # No tokenizer counts text at under half of this estimate: the server kept part of the
+            # prompt. Ollama cuts one to its num_ctx without a word (the model sees its end only, and
+            # Claude Code, told the kept count, never compacts); learned, the estimates would follow.
+            first = self._first_time(("cut prompt", rec.provider, rec.upstream_model))  # once a model, whatever the counts
+            log.log(logging.WARNING if first else logging.DEBUG, "%s/%s counted %d prompt tokens where about %d were "
+                    "sent: the server seems to cut prompts to its context length (Ollama's num_ctx, OLLAMA_CONTEXT_LENGTH); "
+                    "give the model a larger context there (Claude Code needs about 100000) and the models table's "
+                    "context_window to match", rec.provider, rec.upstream_model, reported, raw)
+            return
         self.calibration.learn((rec.provider, rec.upstream_model), raw, reported)
 
 
@@ -1130,6 +1140,12 @@ def _failure(exc: BaseException) -> Dict[str, Any]:
     if isinstance(exc, ClientGone):
         return {"error_type": "client_closed"}  # status: what was sent already, else 499
     return {"status": 500, "error_type": "api_error"}
+
+
+# A prompt counted under this share of the proxy's estimate (which leans high, 3.5 characters a token)
+# was cut by the server; only for prompts big enough that the chat template's own tokens do not count.
+_CUT_PROMPT_RATIO = 0.4
+_CUT_PROMPT_MIN = 4000
 
 
 def _fresh_counts(record: Dict[str, Any]) -> None:

@@ -202,3 +202,24 @@ def test_calls_mostly_of_pdf_pages_teach_nothing(make_proxy: Any, fake_upstream:
     text_only = {"model": "m", "messages": [{"role": "user", "content": turn_text(0)}]}
     counted = request(proxy.url, "POST", "/v1/messages/count_tokens", text_only).json["input_tokens"]
     assert counted == estimate_input_tokens(parse_messages_request({**text_only, "max_tokens": 1}))
+
+
+def test_a_server_that_cuts_the_prompt_is_said_and_teaches_nothing(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                                   caplog: Any) -> None:
+    """Ollama cuts a prompt to its num_ctx without a word and counts what it kept (4095 of a 15k
+    prompt, every turn): the model saw only the end, and learned, the ratio took the estimates down
+    with it, so Claude Code, told 4k, never compacted (probe AC, D7). Said once; nothing learned."""
+    proxy = make_proxy(model="qwen3:8b", provider="ollama")
+    history: List[Dict[str, Any]] = []
+    for turn in range(5):
+        history.append({"role": "user", "content": turn_text(30) * 5})  # about 15,000 tokens the first turn
+        usage = {"prompt_tokens": 4095, "completion_tokens": 5, "total_tokens": 4100}
+        fake_upstream.push(json_reply(completion("ok", usage=usage)))
+        body = {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": list(history)}
+        assert request(proxy.url, "POST", "/v1/messages", body).status == 200
+        history.append({"role": "assistant", "content": "ok"})
+    assert proxy.server.wait_idle(2)
+    assert proxy.server.proxy.calibration.ratio(("upstream", "qwen3:8b")) is None
+    said = [r.getMessage() for r in caplog.records if "cut prompts to its context" in r.getMessage()
+            and r.levelname == "WARNING"]
+    assert len(said) == 1 and "counted 4095 prompt tokens" in said[0] and "num_ctx" in said[0], said
