@@ -66,6 +66,9 @@ VARIABLES: Tuple[Tuple[str, str, str], ...] = (
      "not know (ANTHROPIC_MODEL=<upstream model>)"),
     ("CLAUDE_CODE_MAX_OUTPUT_TOKENS", "the routed model's output cap", "max_tokens of every request, so none "
      "asks for more than the model can give"),
+    ("API_TIMEOUT_MS", "where --idle-timeout is over 600 s: what the proxy waits for an answer's start, and 30 s",
+     "Claude Code gives up on a request after 600 s, and sent again a long prompt a CPU model had been reading "
+     "for ten minutes"),
     ("NO_PROXY", "your NO_PROXY (or no_proxy) plus 127.0.0.1,localhost and the proxy's own address; no_proxy "
      "the same", "with HTTP(S)_PROXY set, the calls to this proxy would go to that proxy instead: in clear "
      "text, session token and prompts included, and mostly refused"),
@@ -79,12 +82,19 @@ def context_value(window: int) -> int:
     return max(window, MIN_CONTEXT)
 
 
+# Claude Code's own wait for an answer (API_TIMEOUT_MS's default), and what it is given beyond the
+# proxy's, so that the proxy's timeout error, not Claude Code's retry, ends a wait.
+CLAUDE_CODE_WAIT = 600.0
+_WAIT_MARGIN = 30.0
+
+
 def child_env(parent: Mapping[str, str], base_url: str, token: str, context_window: Optional[int] = None,
-              output_cap: Optional[int] = None) -> Dict[str, str]:
+              output_cap: Optional[int] = None, proxy_wait: float = 0.0) -> Dict[str, str]:
     """The command's environment: ``parent`` without ``DROPPED``, with ``VARIABLES``.
 
     ``ANTHROPIC_BASE_URL`` and ``ANTHROPIC_AUTH_TOKEN`` are always set (they are what
-    ``run`` is for); every other variable keeps a value the user already gave.
+    ``run`` is for); every other variable keeps a value the user already gave. ``proxy_wait``: the
+    longest the proxy waits for an answer's start (seconds).
     """
     dropped = {name for names, _ in DROPPED for name in names}
     env = {k: v for k, v in parent.items() if k not in dropped}
@@ -98,6 +108,8 @@ def child_env(parent: Mapping[str, str], base_url: str, token: str, context_wind
         env.setdefault("CLAUDE_CODE_MAX_CONTEXT_TOKENS", str(context_value(context_window)))
     if output_cap:
         env.setdefault("CLAUDE_CODE_MAX_OUTPUT_TOKENS", str(output_cap))
+    if proxy_wait > CLAUDE_CODE_WAIT:
+        env.setdefault("API_TIMEOUT_MS", str(int((proxy_wait + _WAIT_MARGIN) * 1000)))
     # Both spellings: tools differ in which one they read first (curl and Node's proxy-from-env:
     # no_proxy), so each keeps the user's entries, from the other spelling when it is unset.
     direct = LOOPBACK_NO_PROXY + ((urlsplit(base_url).hostname or "127.0.0.1"),)

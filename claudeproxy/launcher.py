@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, 
 
 from . import cli, reachability, usage_replay
 from .claude_code import (
+    CLAUDE_CODE_WAIT,
     add_first_run_state,
     child_env,
     config_file,
@@ -468,7 +469,9 @@ def command_env(running: RunningServer, config: Config, environ: Mapping[str, st
     routed = running.server.proxy.router.resolve(default_model(environ, claude_args))
     window = routed.target.facts.context_window if routed else None
     cap = routed.target.output_cap if routed else None
-    return child_env(environ, running.url, config.auth_key or "", window, cap)
+    # Only an --idle-timeout over Claude Code's 600 s says anything (the 10 s to connect come with any).
+    wait = config.idle_timeout + config.connect_timeout if config.idle_timeout > CLAUDE_CODE_WAIT else 0.0
+    return child_env(environ, running.url, config.auth_key or "", window, cap, wait)
 
 
 def unreachable_upstreams(running: RunningServer, config: Config,

@@ -269,6 +269,22 @@ def test_the_window_and_cap_are_the_routed_default_models(run_standin: Any, tmp_
     assert got.get("CLAUDE_CODE_MAX_OUTPUT_TOKENS") == cap
 
 
+@pytest.mark.parametrize("options, env, wanted", [
+    ((), {}, None),  # 600 s, as long as Claude Code waits: nothing to say
+    (("--idle-timeout", "1800"), {}, str((1800 + 10 + 30) * 1000)),  # with --connect-timeout's 10 s
+    (("--idle-timeout", "1800", "--connect-timeout", "5"), {}, str((1800 + 5 + 30) * 1000)),
+    (("--idle-timeout", "1800"), {"API_TIMEOUT_MS": "900000"}, "900000"),  # the user's own wins
+])
+def test_a_longer_idle_timeout_is_claude_codes_wait_too(run_standin: Any, tmp_path: Any, options: Tuple[str, ...],
+                                                        env: Dict[str, str], wanted: Optional[str]) -> None:
+    """A CPU model reading a long prompt may take more than ten minutes to its first token: Claude
+    Code gave up after its own 600 s whatever --idle-timeout said, and sent the prompt again (probe AC, D9)."""
+    code, err, rec = run_standin("--exit", "0", options=("--upstream", NO_UPSTREAM, "--model", "qwen3", *options),
+                                 env=base_env(tmp_path, **env))
+    assert code == 0, err
+    assert rec["env"].get("API_TIMEOUT_MS") == wanted
+
+
 def test_a_model_the_facts_do_not_know_sets_no_window(run_standin: Any) -> None:
     code, err, rec = run_standin("--exit", "0", options=("--upstream", NO_UPSTREAM, "--model", "my-local-model"))
     assert code == 0, err
