@@ -77,6 +77,10 @@ class Dialect:
     late_system_role: Optional[str] = None
     # Mark a final assistant message as a prefill with "prefix": true.
     prefill_prefix: bool = False
+    # Say a final assistant message is to be continued (vLLM's continue_final_message, without a
+    # generation prompt): otherwise a new assistant turn opens after it, and the answer does not
+    # continue the client's prefill, as Anthropic's does.
+    prefill_continue: bool = False
     # JSON-schema sanitizer for tool parameters: none or gemini.
     schema_sanitizer: str = "none"
     # Content that starts with <think> carries the reasoning (vLLM without a parser, Groq raw).
@@ -199,7 +203,7 @@ DIALECTS: Dict[str, Dialect] = {
     # vLLM and llama.cpp take chat_template_kwargs.enable_thinking, on in Qwen3's templates by default.
     "vllm": dataclasses.replace(
         _BASE, name="vllm", reasoning="template", thinks_unless_told=True, reasoning_history="reasoning_content",
-        pass_top_k=True, max_stop=None,
+        pass_top_k=True, max_stop=None, prefill_continue=True,
     ),
     "lmstudio": dataclasses.replace(
         _BASE, name="lmstudio", reasoning="none", reasoning_history="reasoning_content", max_stop=None

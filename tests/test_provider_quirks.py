@@ -687,3 +687,18 @@ def test_llamacpp_is_asked_for_parallel_calls_unless_the_client_forbade_them(
     fake_upstream.push(json_reply(completion("ok")))
     assert request(proxy.url, "POST", "/v1/messages", minimal_request(tools=tools), {"x-api-key": CLIENT_KEY}).status == 200
     assert "parallel_tool_calls" not in fake_upstream.last.json
+
+
+def test_vllm_continues_a_prefill(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """A last assistant turn is a prefill the answer continues (Anthropic); vLLM opened a new
+    assistant turn after it unless told continue_final_message (probe AC, D8)."""
+    proxy = make_proxy(model="Qwen/Qwen3-8B", provider="vllm")
+    messages = [{"role": "user", "content": "Name a colour as JSON."}, {"role": "assistant", "content": '{"colour": "'}]
+    fake_upstream.push(json_reply(completion('blue"}')), json_reply(completion("hi")))
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(messages=messages), {"x-api-key": CLIENT_KEY})
+    assert resp.status == 200, resp
+    sent = fake_upstream.last.json
+    assert (sent["continue_final_message"], sent["add_generation_prompt"]) == (True, False)
+    assert sent["messages"][-1] == {"role": "assistant", "content": '{"colour": "'}
+    assert request(proxy.url, "POST", "/v1/messages", minimal_request(), {"x-api-key": CLIENT_KEY}).status == 200
+    assert "continue_final_message" not in fake_upstream.last.json  # no prefill: nothing said

@@ -507,6 +507,15 @@ def chat_tools(tools: Tuple[Tool, ...], dialect: Dialect) -> ChatTools:
     return functions, dropped_tool_warnings([t for t in tools if not t.is_function])
 
 
+def _prefill_fields(req: MessagesRequest, dialect: Dialect) -> Tuple[Tuple[str, Any], ...]:
+    """vLLM's fields for a prefill (a last assistant turn of text) to be continued (``prefill_continue``)."""
+    last = req.messages[-1] if req.messages else None
+    if not dialect.prefill_continue or last is None or last.role != "assistant" \
+            or any(isinstance(b, ToolUseBlock) for b in last.content):
+        return ()
+    return (("continue_final_message", True), ("add_generation_prompt", False))
+
+
 def _tool_choice(req: MessagesRequest, sent: Tuple[Dict[str, Any], ...]) -> Tuple[Any, Optional[bool]]:
     choice = req.tool_choice
     if not sent or choice is None:
@@ -719,7 +728,7 @@ def to_chat_request(
         user=_user_field(end_user(req.user_id)) if dialect.send_user else None,
         response_format=_response_format(req.output_schema, dialect),
         reasoning_effort=effort,
-        extra=extra + _top_level_mark(req, dialect),
+        extra=extra + _top_level_mark(req, dialect) + _prefill_fields(req, dialect),
         cache_key=cache_key if dialect.cache_key_field else None,
         cache_key_field=dialect.cache_key_field or "prompt_cache_key",
     )
