@@ -64,6 +64,10 @@ class Dialect:
     # Say parallel_tool_calls: true where the client did not forbid them: llama.cpp's default is
     # false, and its tool grammar then lets the model make one call a turn (Anthropic's default: many).
     asks_parallel_calls: bool = False
+    # Takes tool_choice's object form (a named function). llama.cpp reads only a string there and
+    # took the object for "auto" ("Wrong type supplied for parameter 'tool_choice'"): a forced tool
+    # went unforced. Without it, the named tool alone is offered, "required".
+    names_a_tool: bool = True
     # Tool-call ids must be 9 alphanumerics (Mistral).
     short_tool_ids: bool = False
     # The longest tool-call id taken (OpenAI: 40, "string too long. Expected a string with maximum
@@ -212,7 +216,7 @@ DIALECTS: Dict[str, Dialect] = {
     # Qwen3's template shows it to the model for the turns since the last user message: the tool loop.
     "llamacpp": dataclasses.replace(_BASE, name="llamacpp", reasoning="template", thinks_unless_told=True,
                                     reasoning_history="reasoning_content", think_tags=True, max_stop=None,
-                                    asks_parallel_calls=True),
+                                    asks_parallel_calls=True, names_a_tool=False),
 }
 
 # Azure OpenAI's newest GA data-plane version (learn.microsoft.com azure/ai-foundry/openai/reference).

@@ -702,3 +702,25 @@ def test_vllm_continues_a_prefill(make_proxy: Any, fake_upstream: FakeUpstream) 
     assert sent["messages"][-1] == {"role": "assistant", "content": '{"colour": "'}
     assert request(proxy.url, "POST", "/v1/messages", minimal_request(), {"x-api-key": CLIENT_KEY}).status == 200
     assert "continue_final_message" not in fake_upstream.last.json  # no prefill: nothing said
+
+
+def test_llamacpp_gets_a_forced_tool_as_the_one_tool_required(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """llama.cpp reads tool_choice as a string only: the object naming a function was taken for
+    "auto" ("Wrong type supplied for parameter 'tool_choice'"), and a forced tool went unforced: a
+    text answer, end_turn (probe AC, D4). The named tool alone is offered, "required"."""
+    proxy = make_proxy(model="qwen3-8b", provider="llamacpp")
+    tools = [{"name": n, "input_schema": {"type": "object", "properties": {}}} for n in ("Read", "get_weather", "Bash")]
+    for choice, names, sent in (({"type": "tool", "name": "get_weather"}, ["get_weather"], "required"),
+                                ({"type": "any"}, ["Read", "get_weather", "Bash"], "required"),
+                                (None, ["Read", "get_weather", "Bash"], None)):
+        fake_upstream.push(json_reply(completion("ok")))
+        body = minimal_request(tools=tools, **({"tool_choice": choice} if choice else {}))
+        assert request(proxy.url, "POST", "/v1/messages", body, {"x-api-key": CLIENT_KEY}).status == 200
+        got = fake_upstream.last.json
+        assert [t["function"]["name"] for t in got["tools"]] == names and got.get("tool_choice") == sent, got
+    proxy = make_proxy(model="qwen3-8b", provider="vllm")  # the object form, as OpenAI's
+    fake_upstream.push(json_reply(completion("ok")))
+    body = minimal_request(tools=tools, tool_choice={"type": "tool", "name": "get_weather"})
+    assert request(proxy.url, "POST", "/v1/messages", body, {"x-api-key": CLIENT_KEY}).status == 200
+    assert fake_upstream.last.json["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert len(fake_upstream.last.json["tools"]) == 3

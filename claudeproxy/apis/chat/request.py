@@ -707,6 +707,9 @@ def to_chat_request(
     """
     functions, warnings = tools if tools is not None else chat_tools(offered_tools(req, found_tools(req)), dialect)
     tool_choice, parallel = _tool_choice(req, functions)
+    if isinstance(tool_choice, dict) and not dialect.names_a_tool:
+        named = tool_choice["function"]["name"]
+        functions, tool_choice = tuple(f for f in functions if f["function"]["name"] == named), "required"
     if parallel is None and functions and tool_choice != "none" and dialect.asks_parallel_calls:
         parallel = True
     effort, extra = REASONING_STYLES[dialect.reasoning](_thinking_with(req, tool_choice, dialect), req.effort)
