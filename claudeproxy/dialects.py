@@ -13,6 +13,7 @@ turns an Anthropic thinking budget into an OpenAI effort.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import urlsplit
@@ -292,9 +293,13 @@ _HOST_RULES: Tuple[Tuple[str, str], ...] = (
 # A table of them would be wrong within months, either way round. The refusal itself is
 # recognised (apis/base.py refused_fields): a model that refuses costs one round trip per
 # server, and never gets the field again.
-# The local servers' default ports: vLLM's 8000 (and SGLang's 30000, which takes vLLM's fields:
-# chat_template_kwargs, top_k, reasoning_content). Not 8080, llama.cpp's, which many others share.
-_PORT_RULES = {11434: "ollama", 1234: "lmstudio", 8000: "vllm", 30000: "vllm"}
+_PORT_RULES = {11434: "ollama", 1234: "lmstudio"}
+# vLLM's default port 8000 (and SGLang's 30000, which takes vLLM's fields: chat_template_kwargs,
+# top_k, reasoning_content), only on a machine of one's own (loopback, a private address, a
+# one-label name such as a compose service's): a team's gateway on :8000 serves other models,
+# Gemini's among them, whose thought signatures the vLLM dialect does not carry. Not 8080,
+# llama.cpp's, which many other servers share.
+_LOCAL_PORT_RULES = {8000: "vllm", 30000: "vllm"}
 
 # The Chat Completions base URL ``--provider NAME`` means without --upstream: each provider's own
 # (its key went to api.openai.com, the default, without a word), and the local servers' default
@@ -359,7 +364,20 @@ def detect_provider(upstream_url: str) -> str:
         port = parts.port
     except ValueError:
         port = None
+    if port in _LOCAL_PORT_RULES and _is_own_machine(host):
+        return _LOCAL_PORT_RULES[port]
     return _PORT_RULES.get(port or 0, "generic")
+
+
+def _is_own_machine(host: str) -> bool:
+    """Loopback, a private or link-local address, or a name of one label (``vllm``, ``gpu-box``)."""
+    if host == "localhost" or (host and "." not in host and ":" not in host):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_link_local
 
 
 def default_key_variables(provider: str, paired_with_openai_url: bool) -> Tuple[str, ...]:

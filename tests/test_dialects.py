@@ -27,8 +27,10 @@ DETECT_CASES = [
     ("http://127.0.0.1:11434", "ollama"),
     ("http://localhost:1234/v1", "lmstudio"),
     ("https://api.x.ai/v1", "generic"),  # on purpose: its refusals are recognised (dialects.py)
-    ("http://localhost:8000/v1", "vllm"),  # vLLM's default port
-    ("http://gpu.lan:30000/v1", "vllm"),  # SGLang's, which takes vLLM's fields
+    ("http://localhost:8000/v1", "vllm"),  # vLLM's default port, on a machine of one's own
+    ("http://192.168.1.20:30000/v1", "vllm"),  # SGLang's, which takes vLLM's fields
+    ("http://vllm:8000/v1", "vllm"),  # a compose service
+    ("https://gw.example.com:8000/v1", "generic"),  # a team's gateway serves other models too
     ("http://localhost:8080", "generic"),  # llama.cpp's, and many other servers'
     ("http://localhost:8001/v1", "generic"),
     ("https://llm.internal.example/v1", "generic"),
