@@ -69,6 +69,9 @@ class Dialect:
     # took the object for "auto" ("Wrong type supplied for parameter 'tool_choice'"): a forced tool
     # went unforced. Without it, the named tool alone is offered, "required".
     names_a_tool: bool = True
+    # Cuts a prompt longer than its context to fit, without a word (Ollama: to num_ctx, keeping the
+    # end), and counts only what it kept: such a count is said, and teaches the estimates nothing.
+    cuts_prompts: bool = False
     # Tool-call ids must be 9 alphanumerics (Mistral).
     short_tool_ids: bool = False
     # The longest tool-call id taken (OpenAI: 40, "string too long. Expected a string with maximum
@@ -204,7 +207,8 @@ DIALECTS: Dict[str, Dialect] = {
     # Its images are data URLs of JPEG, PNG or WebP only: a GIF is "invalid image input", an http(s)
     # URL "image URLs are not currently supported" (openai/openai.go decodeImageURL).
     "ollama": dataclasses.replace(_BASE, name="ollama", reasoning="ollama", thinks_unless_told=True, max_stop=None,
-                                  image_types=("image/jpeg", "image/png", "image/webp"), image_urls=False),
+                                  image_types=("image/jpeg", "image/png", "image/webp"), image_urls=False,
+                                  cuts_prompts=True),
     # vLLM and llama.cpp take chat_template_kwargs.enable_thinking, on in Qwen3's templates by default.
     "vllm": dataclasses.replace(
         _BASE, name="vllm", reasoning="template", thinks_unless_told=True, reasoning_history="reasoning_content",

@@ -1000,7 +1000,7 @@ class Proxy:
             request_id=request_id,
             **{k: v for k, v in fields.items() if k in _RECORD_FIELDS},
         )
-        self._learn(fields, rec)
+        self._learn(fields, rec, routed)
         self.metrics.record(rec)
         if log.isEnabledFor(logging.INFO):
             log.info("%s", access_line(rec), extra={"call": rec})  # the JSON log format adds its fields
@@ -1009,7 +1009,7 @@ class Proxy:
         """A call the handler refused before any endpoint ran (key, Host, path, busy, body)."""
         self._record({"endpoint": path, "status": status, "error_type": error_type}, None, started, request_id)
 
-    def _learn(self, fields: Dict[str, Any], rec: CallRecord) -> None:
+    def _learn(self, fields: Dict[str, Any], rec: CallRecord, routed: Optional[Routed]) -> None:
         """Teach the calibration the upstream's prompt count, when the upstream really reported one."""
         raw = fields.get("estimate_raw")
         if raw is None or rec.error_type or rec.local or not rec.usage_known or fields.get("earlier"):
@@ -1022,17 +1022,27 @@ class Proxy:
         # A stream without usage reports the estimate it was given: learning from that would feed on itself.
         if reported == fields.get("estimate_sent"):
             return
-        if raw >= _CUT_PROMPT_MIN and reported < raw * _CUT_PROMPT_RATIO:
-            # No tokenizer counts text at under half of this estimate: the server kept part of the
-            # prompt. Ollama cuts one to its num_ctx without a word (the model sees its end only, and
-            # Claude Code, told the kept count, never compacts); learned, the estimates would follow.
-            first = self._first_time(("cut prompt", rec.provider, rec.upstream_model))  # once a model, whatever the counts
-            log.log(logging.WARNING if first else logging.DEBUG, "%s/%s counted %d prompt tokens where about %d were "
-                    "sent: the server seems to cut prompts to its context length (Ollama's num_ctx, OLLAMA_CONTEXT_LENGTH); "
-                    "give the model a larger context there (Claude Code needs about 100000) and the models table's "
-                    "context_window to match", rec.provider, rec.upstream_model, reported, raw)
+        if self._cut_prompt(rec, routed, raw, reported):
             return
         self.calibration.learn((rec.provider, rec.upstream_model), raw, reported)
+
+    def _cut_prompt(self, rec: CallRecord, routed: Optional[Routed], raw: int, reported: int) -> bool:
+        """Did a server that cuts prompts to its context (Ollama: to num_ctx, without a word) cut this
+        one? Said once a model: the model saw only the prompt's end, and Claude Code, told the kept
+        count, never compacted; learned, the estimates would have fallen with it. Only such servers:
+        elsewhere an estimate may count what was not sent (deferred tools no search found)."""
+        if raw < _CUT_PROMPT_MIN or reported >= raw * _CUT_PROMPT_RATIO or routed is None:
+            return False
+        target = next((t for t in routed.targets
+                       if (t.provider.name, t.model) == (rec.provider, rec.upstream_model)), None)
+        if target is None or target.dialect is None or not target.dialect.cuts_prompts:
+            return False
+        first = self._first_time(("cut prompt", rec.provider, rec.upstream_model))  # once a model, whatever the counts
+        log.log(logging.WARNING if first else logging.DEBUG, "%s counted %d prompt tokens where about %d were sent: "
+                "the server seems to cut prompts to its context length (Ollama's num_ctx, OLLAMA_CONTEXT_LENGTH); give "
+                "the model a larger context there (Claude Code needs about 100000) and the models table's "
+                "context_window to match", target.label, reported, raw)
+        return True
 
 
 def _load_api(name: str, tools: ToolMemo) -> UpstreamApi:
@@ -1142,8 +1152,9 @@ def _failure(exc: BaseException) -> Dict[str, Any]:
     return {"status": 500, "error_type": "api_error"}
 
 
-# A prompt counted under this share of the proxy's estimate (which leans high, 3.5 characters a token)
-# was cut by the server; only for prompts big enough that the chat template's own tokens do not count.
+# A prompt counted under this share of the proxy's estimate (which leans high, 3.5 characters a token:
+# no tokenizer counts text at 0.4 of it) was cut by the server; only for prompts big enough that the
+# chat template's own tokens do not count.
 _CUT_PROMPT_RATIO = 0.4
 _CUT_PROMPT_MIN = 4000
 

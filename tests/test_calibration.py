@@ -223,3 +223,17 @@ def test_a_server_that_cuts_the_prompt_is_said_and_teaches_nothing(make_proxy: A
     said = [r.getMessage() for r in caplog.records if "cut prompts to its context" in r.getMessage()
             and r.levelname == "WARNING"]
     assert len(said) == 1 and "counted 4095 prompt tokens" in said[0] and "num_ctx" in said[0], said
+
+
+def test_a_low_count_elsewhere_is_no_cut_prompt(make_proxy: Any, fake_upstream: FakeUpstream, caplog: Any) -> None:
+    """Only a server that cuts prompts is suspected: elsewhere the estimate may count what was not sent
+    (deferred MCP tools no search found), and OpenAI's count of the prompt sent is the truth (review AG)."""
+    proxy = make_proxy(model="gpt-4.1", provider="openai")
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": turn_text(30) * 5}]}
+    for _ in range(3):
+        usage = {"prompt_tokens": 6100, "completion_tokens": 5, "total_tokens": 6105}
+        fake_upstream.push(json_reply(completion("ok", usage=usage)))
+        assert request(proxy.url, "POST", "/v1/messages", body).status == 200
+    assert proxy.server.wait_idle(2)
+    assert not [r for r in caplog.records if "cut prompts" in r.getMessage()]
+    assert proxy.server.proxy.calibration.ratio(("upstream", "gpt-4.1")) is not None
