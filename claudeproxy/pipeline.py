@@ -520,7 +520,7 @@ class Proxy:
             if failure is not None and _clients_retry(failure):
                 passing = failure, {k: record.get(k) for k in _WHERE_FROM}
             api = self._api(target.api)
-            req = self._parsed(api, req)
+            req = self._parsed_for(api, req, target, passing)
             for attempt in range(self.config.retries + 1):
                 if failure is not None and client_left(watch):
                     raise ClientGone()  # left during the failed attempt or the wait after it
@@ -567,6 +567,20 @@ class Proxy:
                     self._pause(delay, watch, exc)
         assert failure is not None
         raise _to_tell(failure, passing, record)
+
+    def _parsed_for(self, api: UpstreamApi, req: ClientRequest, target: Target,
+                    passing: Optional[Tuple[ProxyError, Dict[str, Any]]]) -> ClientRequest:
+        """The request parsed for ``api``. A fallback of another API that cannot take it (a file_id, on
+        a translated API) leaves the client the earlier target's error it may try again after (a 529),
+        not a 400 that stops it; the record names that target already."""
+        try:
+            return self._parsed(api, req)
+        except ProxyError as exc:
+            if passing is None or _clients_retry(exc):
+                raise
+            log.warning("%s cannot take this request (%s): the client gets the earlier %d", target.label,
+                        exc.message, passing[0].status)
+            raise passing[0] from None
 
     def _attempt(self, api: UpstreamApi, req: ClientRequest, target: Target, writer: Writer, watch: Watch,
                  record: Dict[str, Any]) -> Optional["StreamRest"]:

@@ -1193,3 +1193,25 @@ def test_requests_waiting_on_a_failing_key_command_share_its_failure(fake_upstre
         assert took < 2.5, f"{took:.1f} s: the waiting requests ran the command again"
     finally:
         server.shutdown(grace=1.0)
+
+
+def test_a_fallback_that_cannot_take_the_request_leaves_the_client_the_earlier_retryable_error(
+        fake_upstream: FakeUpstream, second_fake: FakeUpstream) -> None:
+    """An Anthropic primary answered 529; its Chat Completions fallback cannot take a file_id (a 400
+    before anything is sent): the client got that 400, which it does not retry, where the 529 tells it
+    to try again in a moment (review AG 3)."""
+    providers = (Provider("anthropic", fake_upstream.url, api="messages",
+                          token=claudeproxy.static_token("sk-primary-000000000")),
+                 Provider("backup", second_fake.url, token=claudeproxy.static_token("sk-backup-0000000000")))
+    routes = (Route("*", RouteTarget("anthropic", "claude-sonnet-4-5"), fallbacks=(RouteTarget("backup", "gpt-4.1"),)),)
+    server = claudeproxy.start(providers=providers, routes=routes)
+    try:
+        overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+        fake_upstream.push(json_reply(overloaded, status=529))
+        image = {"type": "image", "source": {"type": "file", "file_id": "file_011"}}
+        body = minimal_request(messages=[{"role": "user", "content": [image, {"type": "text", "text": "What is it?"}]}])
+        resp = request(server.url, "POST", "/v1/messages", body)
+        assert resp.status == 529 and resp.json["error"]["type"] == "overloaded_error", resp
+        assert len(second_fake.requests) == 0
+    finally:
+        server.shutdown(grace=1.0)
