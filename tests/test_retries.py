@@ -1215,3 +1215,24 @@ def test_a_fallback_that_cannot_take_the_request_leaves_the_client_the_earlier_r
         assert len(second_fake.requests) == 0
     finally:
         server.shutdown(grace=1.0)
+
+
+def test_a_fallback_answering_after_clients_named_fifty_models_keeps_its_row(fake_upstream: FakeUpstream,
+                                                                             second_fake: FakeUpstream) -> None:
+    """The server tells its metrics which models the routes name: a fallback that first answered after
+    clients had made up 50 model names was counted under "(other)" (probe AE D1, review AG 7)."""
+    from claudeproxy.metrics import CallRecord
+
+    server = chain(fake_upstream, second_fake, retries=0)
+    try:
+        for i in range(60):
+            server.metrics.record(CallRecord("/v1/messages", model=f"made-up-{i}", provider="primary",
+                                             upstream_model=f"made-up-{i}", input_tokens=1, output_tokens=1))
+        fake_upstream.push(json_reply(BUSY, status=503))
+        second_fake.push(json_reply(completion("from the fallback")))
+        assert request(server.url, "POST", "/v1/messages", minimal_request()).status == 200
+        assert server.server.wait_idle(2)
+        rows = {(m["provider"], m["model"]) for m in request(server.url, "GET", "/v1/usage").json["models"]}
+        assert ("backup", "model-b") in rows and ("primary", "(other)") in rows, rows
+    finally:
+        server.shutdown(grace=1.0)
