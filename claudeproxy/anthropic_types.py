@@ -258,7 +258,7 @@ def found_tools(req: MessagesRequest) -> Tuple[str, ...]:
     deferred = {t.name for t in req.tools if t.deferred}
     if not deferred:
         return ()
-    if any(t.kind.startswith("tool_search_tool_") for t in req.tools):
+    if _searched_by_anthropic(req.tools):
         # Anthropic's own tool search (a server tool: tool_search_tool_regex_..., _bm25_) finds them on
         # Anthropic's side, which no translated upstream can: every one is offered, losing only what
         # deferring saved. Hidden, the model never saw them and answered as if it had no tools.
@@ -266,19 +266,28 @@ def found_tools(req: MessagesRequest) -> Tuple[str, ...]:
     found: Dict[str, None] = {}  # an ordered set
     for message in req.messages:  # one pass over the conversation
         for block in message.content:
-            kind = type(block)
-            if kind is ToolReferenceBlock:
-                found[block.tool_name] = None  # type: ignore[union-attr]
-            elif kind is ToolResultBlock:
-                found.update(dict.fromkeys(c.tool_name for c in block.content  # type: ignore[union-attr]
-                                           if type(c) is ToolReferenceBlock))
-            elif kind is ToolUseBlock:
-                # One the history calls stays offered: a call to a tool the request does not define
-                # is refused by strict servers (its reference may have gone in a compaction).
-                found[block.name] = None  # type: ignore[union-attr]
+            _found_in(block, found)
     if req.tool_choice is not None and req.tool_choice.name:
         found[req.tool_choice.name] = None
     return tuple(name for name in found if name in deferred)
+
+
+def _searched_by_anthropic(tools: Tuple[Tool, ...]) -> bool:
+    return any(t.kind.startswith("tool_search_tool_") for t in tools)
+
+
+def _found_in(block: Block, found: Dict[str, None]) -> None:
+    """The tool names ``block`` finds, added to ``found`` in order: a search's references, and a call."""
+    kind = type(block)
+    if kind is ToolReferenceBlock:
+        found[block.tool_name] = None  # type: ignore[union-attr]
+    elif kind is ToolResultBlock:
+        found.update(dict.fromkeys(c.tool_name for c in block.content  # type: ignore[union-attr]
+                                   if type(c) is ToolReferenceBlock))
+    elif kind is ToolUseBlock:
+        # One the history calls stays offered: a call to a tool the request does not define is
+        # refused by strict servers (its reference may have gone in a compaction).
+        found[block.name] = None  # type: ignore[union-attr]
 
 
 def offered_tools(req: MessagesRequest, found: Tuple[str, ...]) -> Tuple[Tool, ...]:

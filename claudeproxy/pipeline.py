@@ -646,7 +646,6 @@ class Proxy:
         record["awaiting"] = True  # until the answer's usage (or a refusal as a stream's first event) is in
         return resp, ex
 
-
     def _retryable(self, exc: ProxyError, watch: Watch) -> bool:
         if _own_abort(watch):
             return False  # our own abort (the client left, shutdown, the deadline): nothing to retry
@@ -1026,19 +1025,12 @@ class Proxy:
     def _learn(self, fields: Dict[str, Any], rec: CallRecord, routed: Optional[Routed]) -> None:
         """Teach the calibration the upstream's prompt count, when the upstream really reported one."""
         raw = fields.get("estimate_raw")
-        if raw is None or rec.error_type or rec.local or not rec.usage_known or fields.get("earlier"):
-            return  # (after a billed failed attempt the counts are of two prompts)
-        if fields.get("estimate_media", 0) * 4 > raw:
-            # Mostly images and documents: a guess per image or page, far rougher than the text's
-            # count. Learned, one PDF turn set the ratio for every later text-only prompt.
+        if raw is None or _teaches_nothing(fields, rec, raw):
             return
         reported = sum(n or 0 for n in (rec.input_tokens, rec.cache_read_input_tokens, rec.cache_creation_input_tokens))
         # A stream without usage reports the estimate it was given: learning from that would feed on itself.
-        if reported == fields.get("estimate_sent"):
-            return
-        if self._cut_prompt(rec, routed, raw, reported):
-            return
-        self.calibration.learn((rec.provider, rec.upstream_model), raw, reported)
+        if reported != fields.get("estimate_sent") and not self._cut_prompt(rec, routed, raw, reported):
+            self.calibration.learn((rec.provider, rec.upstream_model), raw, reported)
 
     def _cut_prompt(self, rec: CallRecord, routed: Optional[Routed], raw: int, reported: int) -> bool:
         """Did a server that cuts prompts to its context (Ollama: to num_ctx, without a word) cut this
@@ -1171,6 +1163,15 @@ def _failure(exc: BaseException) -> Dict[str, Any]:
 # chat template's own tokens do not count.
 _CUT_PROMPT_RATIO = 0.4
 _CUT_PROMPT_MIN = 4000
+
+
+def _teaches_nothing(fields: Dict[str, Any], rec: CallRecord, raw: int) -> bool:
+    """A call whose prompt count says nothing of the estimate: no count the upstream reported, a
+    failure, a local answer, two prompts (after a billed failed attempt), or mostly images and
+    documents (a guess per image or page, far rougher than the text's count: learned, one PDF turn
+    set the ratio for every later text-only prompt)."""
+    return bool(rec.error_type or rec.local or not rec.usage_known or fields.get("earlier")
+                or fields.get("estimate_media", 0) * 4 > raw)
 
 
 def _fresh_counts(record: Dict[str, Any]) -> None:

@@ -99,6 +99,18 @@ def sends_images(body: Dict[str, Any]) -> bool:
                for part in (message.get("content") if isinstance(message.get("content"), list) else ()))
 
 
+def _effort_within(payload: Dict[str, Any], most: Optional[str], refused_levels: Optional[FrozenSet[str]]) -> None:
+    """``payload``'s effort at most ``most`` and none of ``refused_levels`` (the next below, or none)."""
+    if most is not None and _EFFORT_ORDER.index(payload.get("reasoning_effort", "none")) > _EFFORT_ORDER.index(most):
+        payload["reasoning_effort"] = most
+    if refused_levels and payload.get("reasoning_effort") in refused_levels:
+        lower = _below_refused(payload["reasoning_effort"], refused_levels)
+        if lower is None:
+            del payload["reasoning_effort"]
+        else:
+            payload["reasoning_effort"] = lower
+
+
 def late_system(body: Dict[str, Any]) -> bool:
     """Does a Chat request's body hold a system message after another kind of message?"""
     messages = body.get("messages") or []
@@ -191,10 +203,7 @@ class ChatApi(UpstreamApi):
         parsed, dialect = req.parsed, target.dialect
         assert parsed is not None and dialect is not None, "parse() runs before prepare()"
         key = (target.provider.name, target.model)
-        if not dialect.string_content_only and key in self._no_images:
-            dialect = dataclasses.replace(dialect, string_content_only=True)  # as a text_only model's
-        if not dialect.late_system_role and key in self._system_first:
-            dialect = dataclasses.replace(dialect, late_system_role="user")  # as Mistral's
+        dialect = self._learned_dialect(dialect, key)
         # Some servers lose tool calls when streaming (PROTOCOL.md 5.6): ask them for JSON instead.
         wants_stream = parsed.stream and (dialect.stream_with_tools or not parsed.tools)
         tools, encoded = offered_translated(self.tools, parsed, ("chat", dialect),
@@ -203,22 +212,7 @@ class ChatApi(UpstreamApi):
                                       stream=wants_stream, cache_key=req.cache_key, tools=tools)
         chat = translation.request
         payload = chat.to_dict()
-        self._refused.drop(payload, key)
-        with self._lock:
-            renamed, most = key in self._completion_tokens, self._most_effort.get(key)
-            thinks_always, refused_levels = key in self._thinks_always, self._refused_levels.get(key)
-        if thinks_always and payload.get("reasoning_effort") == "none":
-            del payload["reasoning_effort"]  # the model's own default: it cannot stop thinking
-        if renamed and "max_tokens" in payload:
-            payload["max_completion_tokens"] = payload.pop("max_tokens")
-        if most is not None and _EFFORT_ORDER.index(payload.get("reasoning_effort", "none")) > _EFFORT_ORDER.index(most):
-            payload["reasoning_effort"] = most
-        if refused_levels and payload.get("reasoning_effort") in refused_levels:
-            lower = _below_refused(payload["reasoning_effort"], refused_levels)
-            if lower is None:
-                del payload["reasoning_effort"]
-            else:
-                payload["reasoning_effort"] = lower
+        self._learned_payload(payload, key)
         body = encode_body(payload, "tools", encoded if chat.tools is tools[0] else None)
         azure = azure_api_version(target.provider.azure_api_version, dialect) if dialect.auth == "azure" else None
         headers = (("Content-Type", "application/json"),
@@ -230,63 +224,94 @@ class ChatApi(UpstreamApi):
                         chat.max_tokens, translation.warnings,
                         ChatContext(translation.tool_names, target, local, "stream_options" in payload))
 
+    def _learned_dialect(self, dialect: Dialect, key: Tuple[str, str]) -> Dialect:
+        """The dialect with what the model's refusals taught of its message forms."""
+        if not dialect.string_content_only and key in self._no_images:
+            dialect = dataclasses.replace(dialect, string_content_only=True)  # as a text_only model's
+        if not dialect.late_system_role and key in self._system_first:
+            dialect = dataclasses.replace(dialect, late_system_role="user")  # as Mistral's
+        return dialect
+
+    def _learned_payload(self, payload: Dict[str, Any], key: Tuple[str, str]) -> None:
+        """``payload`` without the fields the model refused, its effort within what it took."""
+        self._refused.drop(payload, key)
+        with self._lock:
+            renamed, most = key in self._completion_tokens, self._most_effort.get(key)
+            thinks_always, refused_levels = key in self._thinks_always, self._refused_levels.get(key)
+        if thinks_always and payload.get("reasoning_effort") == "none":
+            del payload["reasoning_effort"]  # the model's own default: it cannot stop thinking
+        if renamed and "max_tokens" in payload:
+            payload["max_completion_tokens"] = payload.pop("max_tokens")
+        _effort_within(payload, most, refused_levels)
+
     def recover(self, exc: ProxyError, req: ClientRequest, target: Target, ex: Exchange,
                 cap: Optional[int]) -> Optional[Exchange]:
         """The request again without an optional field the upstream refused as such (or with
-        max_completion_tokens for a refused max_tokens), or None.
+        max_completion_tokens for a refused max_tokens, an effort the model takes, images or late
+        system turns in a form it takes), or None.
 
         The refusal is remembered for the model, so later requests do not pay a round trip for it.
         """
         text = getattr(exc, "upstream_message", "") or ""
-        key = (target.provider.name, target.model)
-        if refuses_images(exc.status, text) and sends_images(json.loads(ex.body)):
-            # Sent with images (also when another request taught it meanwhile): again without them,
-            # which is never refused so a second time.
-            with self._lock:
-                first = key not in self._no_images
-                remember(self._no_images, key, True)
-            if first:
-                log.warning("%s takes no images: each goes as a text placeholder from now on", target.label)
-            return self.prepare(req, target, cap)
-        if _SYSTEM_FIRST.search(text) and late_system(json.loads(ex.body)):
-            with self._lock:
-                first = key not in self._system_first
-                remember(self._system_first, key, True)
-            if first:
-                log.warning("%s takes a system message only at the start: later ones go as user turns from now on",
-                            target.label)
-            return self.prepare(req, target, cap)
-        if exc.status not in (400, 422):
-            return None
+        key, label = (target.provider.name, target.model), target.label
         sent = json.loads(ex.body)
-        if sent.get("reasoning_effort") == "none" and _NO_OFF_SWITCH.search(text):
-            with self._lock:
-                remember(self._thinks_always, key, True)
-            log.warning("%s cannot stop thinking: no reasoning_effort \"none\" from now on", target.label)
-            return self.prepare(req, target, cap)
-        level = refused_level(text, sent.get("reasoning_effort"))
+        learned = self._learned_form(exc.status, text, sent, key, label) or exc.status in (400, 422) and (
+            self._learned_effort(text, sent, key, label) or self._learned_fields(text, sent, key, label))
+        return self.prepare(req, target, cap) if learned else None
+
+    def _learned_form(self, status: int, text: str, sent: Dict[str, Any], key: Tuple[str, str], label: str) -> bool:
+        """Images a model takes none of, system turns its template takes only first: the request was
+        sent with them (also when another request taught it meanwhile); again without, which is never
+        refused so a second time. Any status: llama.cpp says both with a 500."""
+        if refuses_images(status, text) and sends_images(sent):
+            if self._remember(self._no_images, key, True):
+                log.warning("%s takes no images: each goes as a text placeholder from now on", label)
+            return True
+        if _SYSTEM_FIRST.search(text) and late_system(sent):
+            if self._remember(self._system_first, key, True):
+                log.warning("%s takes a system message only at the start: later ones go as user turns from now on",
+                            label)
+            return True
+        return False
+
+    def _learned_effort(self, text: str, sent: Dict[str, Any], key: Tuple[str, str], label: str) -> bool:
+        """An effort the model refused: "none" from one that cannot stop thinking, a thinking level,
+        or one above the most it takes."""
+        effort = sent.get("reasoning_effort")
+        if effort == "none" and _NO_OFF_SWITCH.search(text):
+            self._remember(self._thinks_always, key, True)
+            log.warning("%s cannot stop thinking: no reasoning_effort \"none\" from now on", label)
+            return True
+        level = refused_level(text, effort)
         if level is not None:
-            with self._lock:
+            with self._lock:  # (read and written under one hold: two refusals at once keep both levels)
                 remember(self._refused_levels, key, self._refused_levels.get(key, frozenset()) | {level})
-            log.warning("%s refused thinking level %r: the next below from now on", target.label, level)
-            return self.prepare(req, target, cap)
-        lower = lower_effort(text, sent.get("reasoning_effort"))
+            log.warning("%s refused thinking level %r: the next below from now on", label, level)
+            return True
+        lower = lower_effort(text, effort)
         if lower is not None:
-            with self._lock:
-                remember(self._most_effort, key, lower)
-            log.warning("%s refused reasoning_effort %r: %r from now on", target.label, sent["reasoning_effort"], lower)
-            return self.prepare(req, target, cap)
+            self._remember(self._most_effort, key, lower)
+            log.warning("%s refused reasoning_effort %r: %r from now on", label, effort, lower)
+            return True
+        return False
+
+    def _learned_fields(self, text: str, sent: Dict[str, Any], key: Tuple[str, str], label: str) -> bool:
+        """Optional fields refused as such (max_tokens: for max_completion_tokens)."""
         refused = refused_fields(text)
         if sent.get("reasoning_effort") not in (None, "none") and _CANNOT_THINK.search(text):
             refused |= frozenset({"reasoning_effort"})  # the effort is the thinking asked for
-        if not refused:
-            return None
         if "max_tokens" in refused and "max_tokens" in sent and "max_completion_tokens" in text:
-            with self._lock:
-                remember(self._completion_tokens, key, True)
-            log.warning("%s refused max_tokens: max_completion_tokens from now on", target.label)
-            return self.prepare(req, target, cap)
-        return self.prepare(req, target, cap) if self._refused.learn(refused, sent, key, target.label) else None
+            self._remember(self._completion_tokens, key, True)
+            log.warning("%s refused max_tokens: max_completion_tokens from now on", label)
+            return True
+        return bool(refused) and self._refused.learn(refused, sent, key, label)
+
+    def _remember(self, table: Dict[Tuple[str, str], Any], key: Tuple[str, str], value: Any) -> bool:
+        """``table[key] = value`` (bounded, ``remember``); True the first time the key is taught."""
+        with self._lock:
+            first = key not in table
+            remember(table, key, value)
+        return first
 
     def from_json(self, req: ClientRequest, ex: Exchange, obj: Any, secrets: Tuple[str, ...] = ()
                   ) -> Tuple[Dict[str, Any], List[str]]:

@@ -516,6 +516,20 @@ def _prefill_fields(req: MessagesRequest, dialect: Dialect) -> Tuple[Tuple[str, 
     return (("continue_final_message", True), ("add_generation_prompt", False))
 
 
+def _tool_choice_for(req: MessagesRequest, functions: Tuple[Dict[str, Any], ...], dialect: Dialect
+                     ) -> Tuple[Tuple[Dict[str, Any], ...], Any, Optional[bool]]:
+    """(functions, tool_choice, parallel_tool_calls) as the dialect takes them: a named tool as the
+    one tool required where the object form is not read (``names_a_tool``), parallel calls asked
+    for where they are not the default (``asks_parallel_calls``)."""
+    tool_choice, parallel = _tool_choice(req, functions)
+    if isinstance(tool_choice, dict) and not dialect.names_a_tool:
+        named = tool_choice["function"]["name"]
+        functions, tool_choice = tuple(f for f in functions if f["function"]["name"] == named), "required"
+    if parallel is None and functions and tool_choice != "none" and dialect.asks_parallel_calls:
+        parallel = True
+    return functions, tool_choice, parallel
+
+
 def _tool_choice(req: MessagesRequest, sent: Tuple[Dict[str, Any], ...]) -> Tuple[Any, Optional[bool]]:
     choice = req.tool_choice
     if not sent or choice is None:
@@ -706,12 +720,7 @@ def to_chat_request(
     changed here.
     """
     functions, warnings = tools if tools is not None else chat_tools(offered_tools(req, found_tools(req)), dialect)
-    tool_choice, parallel = _tool_choice(req, functions)
-    if isinstance(tool_choice, dict) and not dialect.names_a_tool:
-        named = tool_choice["function"]["name"]
-        functions, tool_choice = tuple(f for f in functions if f["function"]["name"] == named), "required"
-    if parallel is None and functions and tool_choice != "none" and dialect.asks_parallel_calls:
-        parallel = True
+    functions, tool_choice, parallel = _tool_choice_for(req, functions, dialect)
     effort, extra = REASONING_STYLES[dialect.reasoning](_thinking_with(req, tool_choice, dialect), req.effort)
     sampling = not dialect.drop_sampling
     chat = ChatRequest(
