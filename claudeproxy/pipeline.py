@@ -593,14 +593,10 @@ class Proxy:
             call.meanwhile = lambda: self._count_into(record, parsed)
         _fresh_counts(record)
         resp, ex = self._opened(api, req, target, call, watch, record)
-        if not (req.stream and ex.stream):
-            self._json(api, req, ex, resp, writer, call, record, _relayed(api, resp.headers, call.secrets))
-            return None
         try:
-            return self._stream(api, req, ex, resp, writer, call, watch, record,
-                                _relayed(api, resp.headers, call.secrets))
+            return self._answer(api, req, ex, resp, writer, call, watch, record)
         except ProxyError as exc:
-            changed = None if exc.status != 400 or writer.started else api.recover(exc, req, target, ex, ex.max_tokens)
+            changed = self._refused_first(exc, api, req, target, ex, writer)
             if changed is None:
                 raise
         # A refusal said as the stream's first event, not as an HTTP 400 (Responses' reasoning another key
@@ -610,7 +606,28 @@ class Proxy:
         record["attempts"] = record.get("attempts", 0) + 1
         _fresh_counts(record)
         resp, ex = self._opened(api, req, target, call, watch, record, changed)
-        return self._stream(api, req, ex, resp, writer, call, watch, record, _relayed(api, resp.headers, call.secrets))
+        try:
+            return self._answer(api, req, ex, resp, writer, call, watch, record)
+        except ProxyError as exc:
+            self._refused_first(exc, api, req, target, ex, writer)  # for what it learns (or unlearns) only
+            raise
+
+    def _answer(self, api: UpstreamApi, req: ClientRequest, ex: Exchange, resp: Any, writer: Writer,
+                call: UpstreamCall, watch: Watch, record: Dict[str, Any]) -> Optional["StreamRest"]:
+        """The upstream's answer to the client: a JSON one whole, a stream's rest to relay once begun."""
+        relayed = _relayed(api, resp.headers, call.secrets)
+        if req.stream and ex.stream:
+            return self._stream(api, req, ex, resp, writer, call, watch, record, relayed)
+        self._json(api, req, ex, resp, writer, call, record, relayed)
+        return None
+
+    def _refused_first(self, exc: ProxyError, api: UpstreamApi, req: ClientRequest, target: Target, ex: Exchange,
+                       writer: Writer) -> Optional[Exchange]:
+        """For a refusal a stream said as its first event (nothing reached the client), what the API
+        learns from it, as from its HTTP 400: the request changed for it, or None."""
+        if exc.status != 400 or writer.started or not (req.stream and ex.stream):
+            return None
+        return api.recover(exc, req, target, ex, ex.max_tokens)
 
     def _opened(self, api: UpstreamApi, req: ClientRequest, target: Target, call: UpstreamCall, watch: Watch,
                 record: Dict[str, Any], changed: Optional[Exchange] = None) -> Tuple[Any, Exchange]:
