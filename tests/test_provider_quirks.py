@@ -651,6 +651,19 @@ def test_an_ollama_model_that_cannot_think_gets_no_effort_again(make_proxy: Any,
     assert [r.json.get("reasoning_effort") for r in fake_upstream.requests] == ["medium", None, None]
 
 
+def test_an_older_ollama_that_refuses_the_off_switch_gets_no_effort_again(make_proxy: Any,
+                                                                         fake_upstream: FakeUpstream) -> None:
+    """Ollama 0.11.5 to 0.12.3 passed reasoning_effort on as the think value, and refused "none" for all
+    but gpt-oss: every request without thinking would fail there (review of this round)."""
+    proxy = make_proxy(model="qwen3:8b-older", provider="ollama")
+    fake_upstream.push(json_reply({"error": 'think value "none" is not supported for this model'}, status=400),
+                       json_reply(completion("one")), json_reply(completion("two")))
+    for answer in ("one", "two"):
+        resp = request(proxy.url, "POST", "/v1/messages", minimal_request(), {"x-api-key": CLIENT_KEY})
+        assert resp.status == 200 and resp.json["content"][-1]["text"] == answer, resp
+    assert [r.json.get("reasoning_effort") for r in fake_upstream.requests] == ["none", None, None]
+
+
 def test_ollama_gets_only_the_images_it_decodes(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
     """Ollama decodes JPEG, PNG and WebP data URLs only: a GIF is "invalid image input" and an image
     URL "image URLs are not currently supported"; refused, the image stayed in the history and every

@@ -79,8 +79,10 @@ _NO_IMAGES = re.compile(
 _NO_IMAGE_STATUSES = (400, 404, 422, 500, 501)  # OpenRouter's 404, llama.cpp's 500 and 501
 
 # Ollama's 400 to a thinking budget (an effort) for a model that cannot think: '"llama3.2" does not
-# support thinking' (server/routes.go), every request, naming no field: the effort goes.
-_CANNOT_THINK = re.compile(r"does\s+not\s+support\s+thinking", re.I)
+# support thinking' (server/routes.go), every request, naming no field: the effort goes. Ollama
+# 0.11.5 to 0.12.3 passed the effort on as the think value and refused "none" (the off switch) for
+# all but gpt-oss: 'think value "none" is not supported for this model'.
+_CANNOT_THINK = re.compile(r"does\s+not\s+support\s+thinking|think\s+value\s+\S+\s+is\s+not\s+supported", re.I)
 
 # A chat template that takes a system message only first: Qwen3.5's and 3.6's official ones raise
 # "System message must be at the beginning." (llama.cpp's 500 "Jinja Exception: ...", vLLM's and LM
@@ -298,7 +300,7 @@ class ChatApi(UpstreamApi):
     def _learned_fields(self, text: str, sent: Dict[str, Any], key: Tuple[str, str], label: str) -> bool:
         """Optional fields refused as such (max_tokens: for max_completion_tokens)."""
         refused = refused_fields(text)
-        if sent.get("reasoning_effort") not in (None, "none") and _CANNOT_THINK.search(text):
+        if sent.get("reasoning_effort") is not None and _CANNOT_THINK.search(text):
             refused |= frozenset({"reasoning_effort"})  # the effort is the thinking asked for
         if "max_tokens" in refused and "max_tokens" in sent and "max_completion_tokens" in text:
             self._remember(self._completion_tokens, key, True)
