@@ -592,23 +592,36 @@ def test_a_400_that_only_mentions_encrypted_content_is_not_taken_for_unreadable_
     assert asked == ["auto", None], asked
 
 
+UNREADABLE_FIRST_EVENT = (b'event: error\ndata: {"type": "error", "code": "invalid_encrypted_content", "message": '
+                          b'"The encrypted content gAAA...== could not be verified.", "param": null, '
+                          b'"sequence_number": 0}\n\n')
+
+
+def first_event(body: bytes) -> Reply:
+    """A stream whose first (and only) event is ``body``: a refusal said after the 200."""
+    return Reply(200, (("Content-Type", "text/event-stream"),), [body], chunked=True)
+
+
+def reasoned_turn_and_the_next(server: Any, fake_upstream: Any) -> Dict[str, Any]:
+    """A stream turn answered with reasoning (its encrypted item kept by the client), and the next
+    turn's request, which sends that reasoning back."""
+    fake_upstream.push(sse(read("streams", "reasoning_summary.upstream.sse")))
+    first = ask(stream=True, thinking={"type": "enabled", "budget_tokens": 8000})
+    with StreamClient(server.url, first, headers=HEADERS) as client:
+        turn1 = final_message(client.read_all(timeout=10))
+    return {**first, "messages": first["messages"] + [{"role": "assistant", "content": turn1["content"]},
+                                                      {"role": "user", "content": "more"}]}
+
+
 def test_unreadable_reasoning_refused_as_a_streams_first_event_goes_again_without_it(make_proxy: Any,
                                                                                      fake_upstream: Any) -> None:
     """The refusal may come as the stream's first event rather than an HTTP 400: it reached the client,
     and every later turn of the session failed the same way (probe Y, D7). Nothing had reached the
     client, so the request goes again at once without the items, and so do the next ones."""
     server = make_proxy(upstream_api="responses", model="o4-mini-2025-04-16")
-    fake_upstream.push(sse(read("streams", "reasoning_summary.upstream.sse")))
-    first = ask(stream=True, thinking={"type": "enabled", "budget_tokens": 8000})
-    with StreamClient(server.url, first, headers=HEADERS) as client:
-        turn1 = final_message(client.read_all(timeout=10))
-    refusal = (b'event: error\ndata: {"type": "error", "code": "invalid_encrypted_content", "message": "The encrypted '
-               b'content gAAA...==  could not be verified.", "param": null, "sequence_number": 0}\n\n')
-    fake_upstream.push(Reply(200, (("Content-Type", "text/event-stream"),), [refusal], chunked=True),
-                       sse(read("streams", "reasoning_summary.upstream.sse")),
+    second = reasoned_turn_and_the_next(server, fake_upstream)
+    fake_upstream.push(first_event(UNREADABLE_FIRST_EVENT), sse(read("streams", "reasoning_summary.upstream.sse")),
                        sse(read("streams", "reasoning_summary.upstream.sse")))
-    second = {**first, "messages": first["messages"] + [{"role": "assistant", "content": turn1["content"]},
-                                                        {"role": "user", "content": "more"}]}
     with StreamClient(server.url, second, headers=HEADERS) as client:
         events = client.read_all(timeout=10)
     assert_valid_event_sequence(events, allow_error=False)
@@ -628,18 +641,10 @@ def test_a_second_refusal_as_a_streams_first_event_is_the_clients_answer(make_pr
     """Sent again once: an upstream refusing the changed request too gives the client that refusal,
     as a plain HTTP 400 (nothing had begun), not a loop."""
     server = make_proxy(upstream_api="responses", model="o3-2025-04-16")  # a server of its own: nothing learned yet
-    fake_upstream.push(sse(read("streams", "reasoning_summary.upstream.sse")))
-    first = ask(stream=True, thinking={"type": "enabled", "budget_tokens": 8000})
-    with StreamClient(server.url, first, headers=HEADERS) as client:
-        turn1 = final_message(client.read_all(timeout=10))
-    unreadable = (b'event: error\ndata: {"type": "error", "code": "invalid_encrypted_content", "message": "The '
-                  b'encrypted content gAAA...== could not be verified.", "param": null, "sequence_number": 0}\n\n')
+    second = reasoned_turn_and_the_next(server, fake_upstream)
     unknown = (b'event: error\ndata: {"type": "error", "code": "invalid_value", "message": "Invalid value: '
                b"'frobnicate'.\", \"param\": \"input\", \"sequence_number\": 0}\n\n")
-    fake_upstream.push(*(Reply(200, (("Content-Type", "text/event-stream"),), [body], chunked=True)
-                         for body in (unreadable, unknown)))
-    second = {**first, "messages": first["messages"] + [{"role": "assistant", "content": turn1["content"]},
-                                                        {"role": "user", "content": "more"}]}
+    fake_upstream.push(first_event(UNREADABLE_FIRST_EVENT), first_event(unknown))
     resp = request(server.url, "POST", "/v1/messages", second, HEADERS)
     assert resp.status == 400 and b"frobnicate" in resp.body, resp
     assert len(fake_upstream.requests) == 3

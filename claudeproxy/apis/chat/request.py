@@ -568,15 +568,9 @@ def _reasoning_explicit(t: Optional[Thinking], effort: Optional[str]) -> Reasoni
     return (_wanted_effort(t, None) if t is not None and t.kind == "enabled" else None), ()
 
 
-def _reasoning_ollama(t: Optional[Thinking], effort: Optional[str]) -> Reasoning:
-    """A budget's effort, or "none" for thinking off (Ollama's off switch, which a model that cannot
+def _reasoning_off_switch(t: Optional[Thinking], effort: Optional[str]) -> Reasoning:
+    """A budget's effort, or "none" for thinking off (Gemini's; Ollama's, which a model that cannot
     think takes too); adaptive thinking leaves the model to its default."""
-    if t is not None and t.kind == "disabled":
-        return "none", ()
-    return _reasoning_explicit(t, effort)
-
-
-def _reasoning_gemini(t: Optional[Thinking], effort: Optional[str]) -> Reasoning:
     if t is not None and t.kind == "disabled":
         return "none", ()
     return _reasoning_explicit(t, effort)
@@ -645,8 +639,8 @@ def _reasoning_template(t: Optional[Thinking], effort: Optional[str]) -> Reasoni
 REASONING_STYLES: Dict[str, Callable[[Optional[Thinking], Optional[str]], Reasoning]] = {
     "effort": _reasoning_effort,
     "explicit": _reasoning_explicit,
-    "ollama": _reasoning_ollama,
-    "gemini": _reasoning_gemini,
+    "ollama": _reasoning_off_switch,
+    "gemini": _reasoning_off_switch,
     "openrouter": _reasoning_openrouter,
     "deepseek": _reasoning_deepseek,
     "switch": _reasoning_switch,
