@@ -517,56 +517,66 @@ class Proxy:
         passing: Optional[Tuple[ProxyError, Dict[str, Any]]] = None
         last = routed.targets[-1]
         for target in routed.targets:
-            if failure is not None and _clients_retry(failure):
-                passing = failure, {k: record.get(k) for k in _WHERE_FROM}
+            passing = _passing(failure, record) or passing
             api = self._api(target.api)
             req = self._parsed_for(api, req, target, passing)
             for attempt in range(self.config.retries + 1):
                 if failure is not None and client_left(watch):
                     raise ClientGone()  # left during the failed attempt or the wait after it
-                record.update(provider=target.provider.name, upstream_model=target.model,
-                              upstream_host=urlsplit(target.provider.url).hostname or "",
-                              attempts=record.get("attempts", 0) + 1)
+                _count_attempt(record, target)
                 try:
                     return self._attempt(api, req, target, writer, watch, record)
                 except ProxyError as exc:
-                    exc.mask(watch.call.secrets)  # an upstream's values, whichever step quoted them
-                    if not _own_abort(watch):
-                        self.metrics.attempt_failed(target.provider.name, target.model, exc.status)
-                    if writer.started or _own_abort(watch):
-                        raise  # a stream's error event, or our own abort: as it is
-                    if not self._retryable(exc, watch):
-                        told = _to_tell(exc, passing, record)
-                        if told is exc:
-                            raise
-                        raise told from None
+                    self._failed(exc, target, writer, watch, passing, record)
                     failure = exc
-                    # Not for a spent quota, nor a refused key: those go to the next target at once.
-                    again = (attempt < self.config.retries and not says_no_retry(exc)
-                             and exc.status not in _NEXT_TARGET_STATUSES and exc.status not in _NOT_HERE_STATUSES)
-                    delay, why = self._retry_delay(exc, attempt + 1) if again else (None, "")
-                    if delay is not None and watch.deadline is not None \
-                            and time.monotonic() + delay + _LEAST_ATTEMPT >= watch.deadline:
-                        # A pause the call's deadline would end (or leave the retry no time): the client
-                        # got a 504 "did not finish in time" for an upstream that had answered.
-                        delay, why = None, f", a {delay:.1f} s wait would leave no time within --request-timeout"
-                    then = (f"retrying in {delay:.1f} s" if delay is not None else
-                            "trying the next target" if target is not last else "no target left")
-                    # An upstream's HTTP error by its status; anything else (no answer, a 200 whose
-                    # body is no JSON) as failed: the 502 the client would get is none the upstream sent.
-                    said = "failed"
-                    if isinstance(exc, UpstreamHTTPError):
-                        said = f"answered {exc.status}" if exc.status_said else f"sent an error ({exc.status} here)"
-                    if target is not last or exc.status not in _NOT_HERE_STATUSES:
-                        # (A 404 with no target left is the client's answer, logged as such: said once.)
-                        log.warning("%s %s (%s)%s; %s", target.label, said, exc.message, why, then)
-                    if delay is not None or target is not last:
-                        carry_spend(record, target.facts)  # another attempt follows, and starts afresh
+                    delay = self._next_step(exc, target, target is last, attempt, watch, record)
                     if delay is None:
                         break
                     self._pause(delay, watch, exc)
         assert failure is not None
         raise _to_tell(failure, passing, record)
+
+    def _failed(self, exc: ProxyError, target: Target, writer: Writer, watch: Watch,
+                passing: Optional[Tuple[ProxyError, Dict[str, Any]]], record: Dict[str, Any]) -> None:
+        """Count a failed attempt; raise what the client gets when no other attempt may follow."""
+        exc.mask(watch.call.secrets)  # an upstream's values, whichever step quoted them
+        if not _own_abort(watch):
+            self.metrics.attempt_failed(target.provider.name, target.model, exc.status)
+        if writer.started or _own_abort(watch):
+            raise exc  # a stream's error event, or our own abort: as it is
+        if not self._retryable(exc, watch):
+            told = _to_tell(exc, passing, record)
+            if told is exc:
+                raise exc
+            raise told from None
+
+    def _next_step(self, exc: ProxyError, target: Target, is_last: bool, attempt: int, watch: Watch,
+                   record: Dict[str, Any]) -> Optional[float]:
+        """After a failure another attempt may follow: the pause before this target's next try, or
+        None for the next target (or none left). Says which in the log."""
+        delay, why = self._retry_pause(exc, attempt, watch)
+        then = (f"retrying in {delay:.1f} s" if delay is not None else
+                "trying the next target" if not is_last else "no target left")
+        if not is_last or exc.status not in _NOT_HERE_STATUSES:
+            # (A 404 with no target left is the client's answer, logged as such: said once.)
+            log.warning("%s %s (%s)%s; %s", target.label, _what_it_did(exc), exc.message, why, then)
+        if delay is not None or not is_last:
+            carry_spend(record, target.facts)  # another attempt follows, and starts afresh
+        return delay
+
+    def _retry_pause(self, exc: ProxyError, attempt: int, watch: Watch) -> Tuple[Optional[float], str]:
+        """The pause before this target is tried again, or None and why not (the log's words)."""
+        # Not for a spent quota, nor a refused key: those go to the next target at once.
+        if (attempt >= self.config.retries or says_no_retry(exc)
+                or exc.status in _NEXT_TARGET_STATUSES or exc.status in _NOT_HERE_STATUSES):
+            return None, ""
+        delay, why = self._retry_delay(exc, attempt + 1)
+        if delay is not None and watch.deadline is not None \
+                and time.monotonic() + delay + _LEAST_ATTEMPT >= watch.deadline:
+            # A pause the call's deadline would end (or leave the retry no time): the client
+            # got a 504 "did not finish in time" for an upstream that had answered.
+            return None, f", a {delay:.1f} s wait would leave no time within --request-timeout"
+        return delay, why
 
     def _parsed_for(self, api: UpstreamApi, req: ClientRequest, target: Target,
                     passing: Optional[Tuple[ProxyError, Dict[str, Any]]]) -> ClientRequest:
@@ -1132,6 +1142,29 @@ def _facts_used(fields: Dict[str, Any], routed: Optional[Routed]) -> Optional[Mo
         if (target.provider.name, target.model) == (fields.get("provider"), fields.get("upstream_model")):
             return target.facts
     return None
+
+
+def _count_attempt(record: Dict[str, Any], target: Target) -> None:
+    """The record names the target of the attempt about to go (the one whose answer the client gets)."""
+    record.update(provider=target.provider.name, upstream_model=target.model,
+                  upstream_host=urlsplit(target.provider.url).hostname or "",
+                  attempts=record.get("attempts", 0) + 1)
+
+
+def _passing(failure: Optional[ProxyError], record: Dict[str, Any]) -> Optional[Tuple[ProxyError, Dict[str, Any]]]:
+    """The last target's error, if a client would try again after it, with the record's fields that
+    name its target: what the client gets should a later target's error be one it would not."""
+    if failure is None or not _clients_retry(failure):
+        return None
+    return failure, {k: record.get(k) for k in _WHERE_FROM}
+
+
+def _what_it_did(exc: ProxyError) -> str:
+    """An upstream's HTTP error by its status; anything else (no answer, a 200 whose body is no
+    JSON) as failed: the 502 the client would get is none the upstream sent."""
+    if isinstance(exc, UpstreamHTTPError):
+        return f"answered {exc.status}" if exc.status_said else f"sent an error ({exc.status} here)"
+    return "failed"
 
 
 def _own_abort(watch: Watch) -> bool:
