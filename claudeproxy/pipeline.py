@@ -734,21 +734,27 @@ class Proxy:
                     key, key_changes = other, key_changes + 1
                     continue
                 changed = self._changed_request(exc, api, req, target, ex) if changes < _MAX_TOKENS_RETRIES else None
-                if changed is not None:
-                    # Refused, and sent again changed: a round trip spent, which the call's result hides
-                    # (a refusal every turn is only seen here: reasoning another key cannot read).
-                    self.metrics.attempt_failed(target.provider.name, target.model, exc.status)
                 if changed is None:
-                    exc.own_key = bool(key)  # a refusal of the proxy's key may go to a fallback; the client's, never
-                    if exc.status in (401, 403) and key:
-                        raise self._refused_key(exc, target) from None
-                    if exc.status == 404:
-                        # A base URL without its /v1, a model name the upstream lacks: Claude Code
-                        # shows a 404 only as "an issue with the selected model", so the log says it.
-                        self.warn_once(f"{target.label}: {exc.message}")
-                    raise
+                    refusal = self._refusal(exc, target, key)
+                    if refusal is exc:
+                        raise
+                    raise refusal from None
+                # Refused, and sent again changed: a round trip spent, which the call's result hides
+                # (a refusal every turn is only seen here: reasoning another key cannot read).
+                self.metrics.attempt_failed(target.provider.name, target.model, exc.status)
                 changes += 1
                 ex = changed
+
+    def _refusal(self, exc: UpstreamHTTPError, target: Target, key: str) -> UpstreamHTTPError:
+        """An upstream's refusal no changed request gets past, as the attempt's error."""
+        exc.own_key = bool(key)  # a refusal of the proxy's key may go to a fallback; the client's, never
+        if exc.status in (401, 403) and key:
+            return self._refused_key(exc, target)
+        if exc.status == 404:
+            # A base URL without its /v1, a model name the upstream lacks: Claude Code
+            # shows a 404 only as "an issue with the selected model", so the log says it.
+            self.warn_once(f"{target.label}: {exc.message}")
+        return exc
 
     def _other_key(self, exc: UpstreamHTTPError, target: Target, key: str) -> Optional[str]:
         """After a 401 or 429 to ``key``, the provider's next key (a ring's next, a key command's or a
@@ -880,10 +886,15 @@ class Proxy:
             # A gateway that streams whatever it is asked (it was a 502, "not JSON"); a JSON body
             # it labels as a stream is still read as JSON (above).
             message = self._streamed_whole(api, req, ex, raw, call, record)
-            if _thinking_omitted(req):
-                message = {**message, "content": [_without_text(b) for b in message["content"]]}
-            self._reply(req, writer, message, call.secrets, relayed)
+            self._reply(req, writer, _as_shown(req, message), call.secrets, relayed)
             return
+        message = self._answer_of(api, req, ex, obj, call, record)
+        self._reply(req, writer, _as_shown(req, message), call.secrets, relayed)
+        self._estimate(req, record)  # only to learn from the upstream's count (calibration.py): after the answer
+
+    def _answer_of(self, api: UpstreamApi, req: ClientRequest, ex: Exchange, obj: Any, call: UpstreamCall,
+                   record: Dict[str, Any]) -> Dict[str, Any]:
+        """The client's message from an upstream's JSON answer, and its usage and cost in the record."""
         self._log_body("upstream response body", obj, call.secrets)
         try:
             message, warnings = api.from_json(req, ex, obj, call.secrets)
@@ -904,10 +915,7 @@ class Proxy:
             reported = message if said else {}  # no usage in the answer: the record gets no count at all
         record.update(stop_reason=message.get("stop_reason"), **usage_fields(reported.get("usage")))
         record["billed_cost"] = api.billed_cost(ex, obj)
-        if _thinking_omitted(req):
-            message = {**message, "content": [_without_text(b) for b in message["content"]]}
-        self._reply(req, writer, message, call.secrets, relayed)
-        self._estimate(req, record)  # only to learn from the upstream's count (calibration.py): after the answer
+        return message
 
     def _streamed_whole(self, api: UpstreamApi, req: ClientRequest, ex: Exchange, raw: bytes, call: UpstreamCall,
                         record: Dict[str, Any]) -> Dict[str, Any]:
@@ -1100,6 +1108,13 @@ def _thinking_omitted(req: ClientRequest) -> bool:
     A translated answer drops it here; an Anthropic upstream, which gets the field, does it itself."""
     thinking = req.parsed.thinking if req.parsed is not None else None
     return thinking is not None and thinking.display == "omitted"
+
+
+def _as_shown(req: ClientRequest, message: Dict[str, Any]) -> Dict[str, Any]:
+    """The answer as the client asked to see it: thinking text left out with ``display: omitted``."""
+    if not _thinking_omitted(req):
+        return message
+    return {**message, "content": [_without_text(b) for b in message["content"]]}
 
 
 def _without_text(block: Dict[str, Any]) -> Dict[str, Any]:
