@@ -706,12 +706,15 @@ def _model_rows(view: _UsageView) -> List[Dict[str, Any]]:
 def _series(view: _UsageView, now: float) -> Dict[str, Any]:
     """Buckets regrouped into at most ``_SERIES_POINTS`` equal steps, from the first call kept up to now.
 
-    Per second while every call is less than five minutes old, else per minute.
+    Per second while every call is less than five minutes old, else per minute. Calls read back
+    from the usage log after a restart are in the minutes only: while there are older ones than this
+    server's first, the day goes on per minute (per second, the charts held only the calls since).
     """
     if not view.minutes:
         return {"step_seconds": 60, "points": []}
     seconds = view.seconds
-    fine = bool(seconds) and int(now) - min(seconds) <= _FINE_SECONDS and _fine_window(seconds, now)
+    fine = (bool(seconds) and int(now) - min(seconds) <= _FINE_SECONDS and _fine_window(seconds, now)
+            and min(view.minutes) >= min(seconds) // 60 * 60)
     tier, unit, steps = (seconds, 1, _FINE_STEPS) if fine else (view.minutes, 60, _MINUTE_STEPS)
     first, last = min(tier), max(max(tier), int(now // unit) * unit)
     step = next((s for s in steps if (last - first) / s < _SERIES_POINTS), steps[-1])

@@ -658,6 +658,23 @@ def test_series_switch_from_seconds_to_minutes() -> None:
     assert sum(p["requests"] for p in coarse["points"]) == 41
 
 
+def test_series_after_a_restart_keep_the_day_read_back() -> None:
+    """Probe AE D3: after a restart the first new call switched the charts to per second, which held
+    only the calls since: the day read back from the usage log vanished from them for 5 minutes."""
+    metrics = Metrics()
+    start = 1_700_000_000.0
+    metrics.replay([_rec("m", start + i * 60) for i in range(30)])  # half an hour of an earlier server's
+    restart = start + 40 * 60
+    metrics.record(_rec("m", restart))
+    series = metrics.usage(restart + 5)["series"]
+    assert series["step_seconds"] >= 60
+    assert sum(p["requests"] for p in series["points"]) == 31
+    # A fresh server's own first minutes are still per second.
+    fresh = Metrics()
+    fresh.record(_rec("m", restart))
+    assert fresh.usage(restart + 5)["series"]["step_seconds"] == 1
+
+
 def test_usage_is_built_outside_the_lock_calls_record_under(monkeypatch: pytest.MonkeyPatch) -> None:
     """Found in a soak run: /v1/usage merged a day of minute slices (52-134 ms) holding the lock that
     every call's record and stream count takes. Now a call is recorded while the answer is merged,
