@@ -886,10 +886,10 @@ class Proxy:
             # A gateway that streams whatever it is asked (it was a 502, "not JSON"); a JSON body
             # it labels as a stream is still read as JSON (above).
             message = self._streamed_whole(api, req, ex, raw, call, record)
-            self._reply(req, writer, _as_shown(req, message), call.secrets, relayed)
+            self._reply(req, writer, _as_shown(api, req, message), call.secrets, relayed)
             return
         message = self._answer_of(api, req, ex, obj, call, record)
-        self._reply(req, writer, _as_shown(req, message), call.secrets, relayed)
+        self._reply(req, writer, _as_shown(api, req, message), call.secrets, relayed)
         self._estimate(req, record)  # only to learn from the upstream's count (calibration.py): after the answer
 
     def _answer_of(self, api: UpstreamApi, req: ClientRequest, ex: Exchange, obj: Any, call: UpstreamCall,
@@ -968,6 +968,8 @@ class Proxy:
         if self.config.log_bodies and bodies_logged():
             fold = cast(StreamFold, ObservedFold(fold, call.secrets))  # every line and event at DEBUG
         shown = cast(Writer, _ThinkingOmitted(writer)) if _thinking_omitted(req) else writer
+        if _one_call(api, req):
+            shown = cast(Writer, _FirstCallOnly(shown))
         relay = Relay(shown, fold, call, self.config, relayed)
         watch.tick = relay.tick
         self.metrics.stream_began()
@@ -1110,11 +1112,24 @@ def _thinking_omitted(req: ClientRequest) -> bool:
     return thinking is not None and thinking.display == "omitted"
 
 
-def _as_shown(req: ClientRequest, message: Dict[str, Any]) -> Dict[str, Any]:
-    """The answer as the client asked to see it: thinking text left out with ``display: omitted``."""
-    if not _thinking_omitted(req):
-        return message
-    return {**message, "content": [_without_text(b) for b in message["content"]]}
+def _as_shown(api: UpstreamApi, req: ClientRequest, message: Dict[str, Any]) -> Dict[str, Any]:
+    """The answer as the client asked to see it: thinking text left out with ``display: omitted``,
+    one tool call at most with ``disable_parallel_tool_use`` (``_one_call``)."""
+    if _thinking_omitted(req):
+        message = {**message, "content": [_without_text(b) for b in message["content"]]}
+    if _one_call(api, req):
+        calls = [i for i, b in enumerate(message["content"]) if b.get("type") == "tool_use"]
+        if len(calls) > 1:
+            message = {**message, "content": [b for i, b in enumerate(message["content"]) if i not in calls[1:]]}
+    return message
+
+
+def _one_call(api: UpstreamApi, req: ClientRequest) -> bool:
+    """Did the client ask for one tool call at most? Sent upstream as ``parallel_tool_calls: false``,
+    which a server may ignore, or refuse (then it is not sent again): the proxy keeps the promise
+    itself, as Anthropic's API does, by keeping the first call of a translated answer only."""
+    choice = req.parsed.tool_choice if api.translates and req.parsed is not None else None
+    return choice is not None and choice.disable_parallel and choice.kind != "none"
 
 
 def _without_text(block: Dict[str, Any]) -> Dict[str, Any]:
@@ -1141,6 +1156,40 @@ class _ThinkingOmitted:
             self._writer.events(kept, end)
         elif end:
             self._writer.end_stream()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._writer, name)  # start_stream, last_write...
+
+
+class _FirstCallOnly:
+    """A client writer that leaves out every ``tool_use`` block after a stream's first (``_one_call``),
+    and numbers the blocks after one left out on from the block before it: the SDKs place a delta by
+    its block's index, and a gap would put it on the wrong block."""
+
+    def __init__(self, writer: Writer) -> None:
+        self._writer = writer
+        self._called = False
+        self._left_out: Set[int] = set()
+
+    def events(self, events: List[Dict[str, Any]], end: bool = False) -> None:
+        kept = [e for e in map(self._renumbered, events) if e is not None]
+        if kept:
+            self._writer.events(kept, end)
+        elif end:
+            self._writer.end_stream()
+
+    def _renumbered(self, event: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        index = event.get("index")
+        if not isinstance(index, int):
+            return event  # message_start, message_delta, ping, error...
+        if event.get("type") == "content_block_start" and event["content_block"].get("type") == "tool_use":
+            if self._called:
+                self._left_out.add(index)
+            self._called = True
+        if index in self._left_out:
+            return None
+        before = sum(1 for i in self._left_out if i < index)
+        return {**event, "index": index - before} if before else event
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._writer, name)  # start_stream, last_write...

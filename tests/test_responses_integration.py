@@ -111,6 +111,31 @@ def test_json_fixtures_through_the_server(proxy: Any, fake_upstream: Any, case: 
 
 
 @pytest.mark.parametrize("stream", [False, True])
+def test_one_call_of_parallel_ones_when_the_client_forbids_them(proxy: Any, fake_upstream: Any, stream: bool) -> None:
+    """Probe AD D3: ``parallel_tool_calls: false`` is sent, but an upstream that makes two calls
+    anyway (the parallel_calls fixture) gives the client the first only, as Anthropic's API would."""
+    tools = [TOOL, {"name": "Grep", "input_schema": {"type": "object"}}]
+    body = ask(thinking=THINKING, tools=tools, tool_choice={"type": "auto", "disable_parallel_tool_use": True})
+    if stream:
+        fake_upstream.push(sse(read("streams", "parallel_calls.upstream.sse")))
+        with StreamClient(proxy.url, dict(body, stream=True), headers=HEADERS) as client:
+            events = client.read_all(timeout=10)
+        assert_valid_event_sequence(events, allow_error=False)
+        message = final_message(events)
+        golden = final_message([payload for _, payload in parse_sse(read("streams", "parallel_calls.anthropic.sse"))])
+    else:
+        fake_upstream.push(Reply(200, (("Content-Type", "application/json"),),
+                                 [read("responses", "parallel_calls.response.json")]))
+        message = request(proxy.url, "POST", "/v1/messages", body, HEADERS).json
+        golden = json.loads(read("responses", "parallel_calls.anthropic.json"))
+    assert fake_upstream.last.json["parallel_tool_calls"] is False
+    calls = [b for b in golden["content"] if b["type"] == "tool_use"]
+    assert len(calls) == 2  # the fixture's two calls
+    assert [b for b in message["content"] if b["type"] == "tool_use"] == calls[:1]
+    assert message["stop_reason"] == "tool_use"
+
+
+@pytest.mark.parametrize("stream", [False, True])
 def test_no_thinking_block_for_a_client_that_did_not_ask(proxy: Any, fake_upstream: Any, stream: bool) -> None:
     """gpt-oss-style servers send their reasoning unasked (reasoning_text): a client that asked for
     no thinking gets no thinking block, in the JSON answer and the stream (Anthropic returns none

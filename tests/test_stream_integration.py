@@ -497,6 +497,49 @@ def test_worked_example_parallel_tools_usage_chunk_no_done(proxy, fake_upstream)
                                    "cache_creation_input_tokens": 0, "output_tokens": 30}
 
 
+ONE_CALL_TOOLS = [{"name": n, "input_schema": {"type": "object"}} for n in ("read", "ls", "grep")]
+ONE_CALL = {"type": "auto", "disable_parallel_tool_use": True}
+
+
+def _three_calls_around_text() -> Reply:
+    """Three calls in one turn, text streamed while the first is open (it comes after its block)."""
+    return sse_reply(
+        chunk({"tool_calls": [{"index": 0, "id": "call_a", "function": {"name": "read", "arguments": "{\"p\":"}}]}),
+        chunk({"content": "Also listing."}),
+        chunk({"tool_calls": [{"index": 1, "id": "call_b", "function": {"name": "ls", "arguments": "{}"}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": "\"x\"}"}}]}),
+        chunk({"tool_calls": [{"index": 2, "id": "call_c", "function": {"name": "grep", "arguments": "{}"}}]}),
+        chunk({}, "tool_calls"), usage_chunk(50, 9))
+
+
+def test_one_tool_call_when_the_client_forbids_parallel_ones(proxy, fake_upstream, post):
+    """Probe AD D3: an upstream that ignores parallel_tool_calls: false (or refused it, and is no
+    longer sent it) gave the client several tool_use blocks though it asked for one at most."""
+    fake_upstream.push(_three_calls_around_text(), _three_calls_around_text())
+    with open_stream(proxy, tools=ONE_CALL_TOOLS, tool_choice=ONE_CALL) as client:
+        events = client.read_all(timeout=5)
+    assert fake_upstream.last.json["parallel_tool_calls"] is False
+    assert_valid_event_sequence(events, allow_error=False)
+    message = final_message(events)
+    assert [b["type"] for b in message["content"]] == ["tool_use", "text"]
+    assert message["content"][0] == {"type": "tool_use", "id": "call_a", "name": "read", "input": {"p": "x"}}
+    assert message["stop_reason"] == "tool_use"
+    starts = [e["index"] for e in events if e["type"] == "content_block_start"]
+    assert starts == list(range(len(starts)))  # no gap where a call was left out
+    with open_stream(proxy, tools=ONE_CALL_TOOLS) as client:  # parallel calls allowed: all three
+        assert [b["type"] for b in final_message(client.read_all(timeout=5))["content"]] == [
+            "tool_use", "text", "tool_use", "tool_use"]
+
+
+def test_one_tool_call_in_a_json_answer_when_the_client_forbids_parallel_ones(fake_upstream, post):
+    calls = [{"id": f"call_{n}", "type": "function", "function": {"name": n, "arguments": "{}"}}
+             for n in ("read", "ls")]
+    fake_upstream.push(json_reply(completion("Two.", finish="tool_calls", tool_calls=calls)))
+    answer = post(minimal_request(tools=ONE_CALL_TOOLS, tool_choice={"type": "any", "disable_parallel_tool_use": True}))
+    assert answer.status == 200, answer
+    assert [(b["type"], b.get("name")) for b in answer.json["content"]] == [("text", None), ("tool_use", "read")]
+
+
 # ---------------------------------------------------------------------------
 # Framing.
 
