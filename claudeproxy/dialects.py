@@ -206,9 +206,11 @@ DIALECTS: Dict[str, Dialect] = {
     # came back empty; "none" is its off switch (openai/openai.go), taken by any model.
     # Its images are data URLs of JPEG, PNG or WebP only: a GIF is "invalid image input", an http(s)
     # URL "image URLs are not currently supported" (openai/openai.go decodeImageURL).
+    # It reads an assistant turn's reasoning back from `reasoning` (FromChatRequest: Thinking:
+    # msg.Reasoning), which gpt-oss's template renders for a tool loop's turns.
     "ollama": dataclasses.replace(_BASE, name="ollama", reasoning="ollama", thinks_unless_told=True, max_stop=None,
                                   image_types=("image/jpeg", "image/png", "image/webp"), image_urls=False,
-                                  cuts_prompts=True),
+                                  cuts_prompts=True, reasoning_history="reasoning"),
     # vLLM and llama.cpp take chat_template_kwargs.enable_thinking, on in Qwen3's templates by default.
     "vllm": dataclasses.replace(
         _BASE, name="vllm", reasoning="template", thinks_unless_told=True, reasoning_history="reasoning_content",

@@ -664,6 +664,26 @@ def test_an_older_ollama_that_refuses_the_off_switch_gets_no_effort_again(make_p
     assert [r.json.get("reasoning_effort") for r in fake_upstream.requests] == ["none", None, None]
 
 
+def test_an_ollama_tool_loop_sends_its_reasoning_back(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """Ollama reads an assistant turn's reasoning from ``reasoning`` (openai/openai.go: Thinking:
+    msg.Reasoning), which gpt-oss needs across a tool loop; it was dropped (probe AC)."""
+    proxy = make_proxy(model="gpt-oss:20b", provider="ollama")
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "Bash", "arguments": '{"command": "ls"}'}}
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": ""}), chunk({"reasoning": "List them."}),
+                                 chunk({"tool_calls": [call]}), chunk({}, "tool_calls")),
+                       json_reply(completion("two files")))
+    first = {"model": "claude-sonnet-4-5", "max_tokens": 4096, "stream": True, "tools": [BASH],
+             "thinking": {"type": "adaptive"}, "messages": [{"role": "user", "content": "what is here?"}]}
+    thinking, tool_use = final_message(events_of(ask(proxy, first).body))["content"]
+    assert thinking["thinking"] == "List them."
+    second = dict(first, stream=False, messages=[
+        *first["messages"], {"role": "assistant", "content": [thinking, tool_use]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_use["id"], "content": "a b"}]}])
+    assert ask(proxy, second).status == 200
+    assistant = sent(fake_upstream)[1]["messages"][1]
+    assert assistant["reasoning"] == "List them." and "reasoning_content" not in assistant
+
+
 def test_ollama_gets_only_the_images_it_decodes(make_proxy: Any, fake_upstream: FakeUpstream) -> None:
     """Ollama decodes JPEG, PNG and WebP data URLs only: a GIF is "invalid image input" and an image
     URL "image URLs are not currently supported"; refused, the image stayed in the history and every
