@@ -491,7 +491,7 @@ _UPPER_BOUND_RE = re.compile(r"(?:<=|\u2264|less than or equal to)\s*`?(\d+)", r
 _LOWER_BOUND_RE = re.compile(r">=|\u2265|greater than or equal to|below minimum|at least", re.IGNORECASE)
 
 
-def max_tokens_limit(message: str, requested: int) -> Optional[int]:
+def max_tokens_limit(message: str, requested: int, prompt_guess: Optional[int] = None) -> Optional[int]:
     """The output limit an upstream names when it refuses ``max_tokens`` as too large.
 
     Examples it reads: "supports at most 16384 completion tokens" (OpenAI),
@@ -500,10 +500,12 @@ def max_tokens_limit(message: str, requested: int) -> Optional[int]:
     ``max_output_tokens`` on the Responses API), "(128000 > 32768 - 500)" (vLLM), "(500 in
     the messages, 32500 in the completion)" (OpenAI), "(10535 of text input,
     131072 in the output)" (OpenRouter), "model token limit: 262144 (requested: 269030)" (Moonshot:
-    the prompt and ``requested`` together). None when the message is about
+    the prompt and ``requested`` together), "you requested 32000 output tokens and your prompt
+    contains at least 230145 input tokens" (vLLM: the room beside ``prompt_guess``, the proxy's own
+    count of the prompt). None when the message is about
     something else (a prompt that does not fit, say) or names no smaller number.
     """
-    room = headroom(message, requested)
+    room = headroom(message, requested, prompt_guess)
     if room is not None:
         return room if 0 < room < requested else None
     # Only a message about the output limit may lend its numbers: a prompt-overflow
@@ -520,14 +522,19 @@ def max_tokens_limit(message: str, requested: int) -> Optional[int]:
     return max(smaller) if smaller else None
 
 
-def max_tokens_limit_lasts(message: str) -> bool:
-    """Is the limit ``max_tokens_limit`` reads in ``message`` the model's (its output maximum, or half
-    a window the asked budget alone filled), which may be remembered for the model? Not when it is
-    the room this prompt leaves (window minus an exactly counted prompt): that changes with every
-    prompt, and remembered it cut every later answer of the model short (a session near its
-    window once, then compacted, got a few hundred output tokens a turn from then on)."""
+def lasting_cap(message: str, limit: int) -> Optional[int]:
+    """The cap on a model's output that a refusal ``max_tokens_limit`` read ``limit`` in tells, to be
+    remembered for the model: its output maximum, named; or half a window the asked budget alone
+    filled (no prompt had room: a guess that leaves one some). None where the limit is the room this
+    prompt leaves (window minus a prompt, counted or estimated): that changes with every prompt, and
+    remembered it cut every later answer of the model short (a session near its window once, then
+    compacted, got a few hundred output tokens a turn from then on)."""
     sizes = read_sizes(message)
-    return sizes.limit is None or (sizes.prompt is None and sizes.together is None)
+    if sizes.limit is None:
+        return limit
+    if sizes.prompt is None and sizes.together is None and sizes.output is not None and sizes.output >= sizes.limit:
+        return sizes.limit // 2
+    return None
 
 
 def error_payload(error_type: str, message: str, request_id: Optional[str] = None,

@@ -26,6 +26,7 @@ _MAX_MESSAGE = 1000  # the whole client message
 _MAX_UPSTREAM = 800  # the upstream's own words inside it
 _NUM = r"\d{1,3}(?:,\d{3})+|\d+"  # DS4 writes "300,000 tokens"
 _LEAST_ROOM = 1024  # of output worth a retry with a smaller max_tokens, where the prompt's size is a sum's part
+_GUESS_MARGIN = 256  # tokens left between the estimate of a prompt the upstream did not count and the window
 
 
 class Sizes(NamedTuple):
@@ -52,6 +53,9 @@ _EXACT = (
     r"maximum context length is <L> tokens\. However, your messages resulted in <P> tokens",  # OpenAI, Azure
     r"configured limit of <L> tokens\. Your messages resulted in <P> tokens",  # Azure, gpt-5 family
     r"maximum context length is <L> tokens\. However, your request has <P> input tokens",  # vLLM 0.10-0.17
+    # vLLM's renderer where it counted the whole prompt (no "at least"): the exact form of _LOOSE's first.
+    r"maximum context length is <L> tokens\. However, you requested <O> output tokens and your prompt "
+    r"contains <P> input tokens",
     r"\(\s*<O>\s*>\s*<L>\s*-\s*<P>\s*\)",  # vLLM 0.10-0.17 max_tokens refusal: "(1000 > 32768 - 32000)"
     r"prompt (?:\(length |length of )<P>\)? is longer than the maximum model length of <L>",  # vLLM engine
     r"prompt \(total length <P>\) is too long to fit into the model \(context length <L>\)",  # vLLM engine
@@ -174,11 +178,11 @@ def read_sizes(message: str, err: Optional[Mapping[str, Any]] = None) -> Sizes:
     return Sizes()
 
 
-def headroom(message: str, asked: Optional[int] = None) -> Optional[int]:
+def headroom(message: str, asked: Optional[int] = None, prompt_guess: Optional[int] = None) -> Optional[int]:
     """The output budget that fits, when the message tells: window minus an exactly
-    counted prompt (or the prompt a sum names, less ``asked``: the max_tokens sent); or half
-    the window when the asked budget alone fills it (vLLM then counts the prompt no further,
-    so half is a guess that leaves the prompt room)."""
+    counted prompt (or the prompt a sum names, less ``asked``: the max_tokens sent); where the
+    upstream stopped counting the prompt (vLLM), what fits beside ``prompt_guess``, the proxy's own
+    estimate of it (``_beside_a_guess``)."""
     sizes = read_sizes(message)
     if sizes.limit is None:
         return None
@@ -189,9 +193,32 @@ def headroom(message: str, asked: Optional[int] = None) -> Optional[int]:
         # A few tokens of answer is no answer: under a quarter of what was asked and under 1,024,
         # the prompt is what does not fit (Moonshot's refusal then reads "prompt is too long").
         return room if room >= min(_LEAST_ROOM, asked // 4) else None
-    if sizes.output is not None and sizes.output >= sizes.limit:
-        return sizes.limit // 2
+    if sizes.output is not None:
+        return _beside_a_guess(sizes.limit, sizes.output, prompt_guess)
     return None
+
+
+def _beside_a_guess(limit: int, output: int, prompt_guess: Optional[int]) -> Optional[int]:
+    """vLLM counts a prompt only until it knows the request cannot fit ("your prompt contains at least
+    W - O + 1 input tokens"): the refusal says the prompt is over the window less the output asked,
+    not by how much. The room beside the proxy's estimate of the prompt, less a margin, where that is
+    less than was asked and still an answer; else half what was asked (half the window where the asked
+    output alone filled it: no prompt had room), while that is 1,024 tokens or more. Each refusal
+    after narrows it again (the caller's retries are bounded); None: the prompt is what does not fit
+    (``requested 0 output tokens``: the prompt alone is over the window)."""
+    asked = min(output, limit)
+    if prompt_guess is not None and asked > 0:
+        room = limit - prompt_guess - max(_GUESS_MARGIN, prompt_guess // 20)
+        if min(_LEAST_ROOM, asked // 4) <= room < asked:
+            return room
+    half = asked // 2
+    return half if half >= _LEAST_ROOM or (output >= limit and half > 0) else None
+
+
+def prompt_uncounted(message: str) -> bool:
+    """Does the refusal name the window and the output asked, but not the prompt (vLLM's "at least")?"""
+    sizes = read_sizes(message)
+    return sizes.limit is not None and sizes.output is not None and sizes.prompt is None and sizes.together is None
 
 
 def _fits(sizes: Sizes) -> bool:

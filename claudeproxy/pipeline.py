@@ -35,7 +35,7 @@ from .errors import (
     UpstreamNotJson,
     UpstreamUnavailable,
     max_tokens_limit,
-    max_tokens_limit_lasts,
+    lasting_cap,
     retry_after,
     says_no_retry,
 )
@@ -43,7 +43,7 @@ from .ids import new_id
 from .metrics import LOCAL, CallRecord, Metrics, access_line, finite
 from .model_facts import PRICES_CHECKED, ModelFacts
 from .observe import ObservedFold, bodies_logged, log_body
-from .overflow import PHRASE as PROMPT_TOO_LONG, read_sizes
+from .overflow import PHRASE as PROMPT_TOO_LONG, prompt_uncounted, read_sizes
 from .prompt_cache import session_cache_key
 from .redact import (
     MIN_FREE_TEXT_SECRET,
@@ -791,10 +791,14 @@ class Proxy:
 
     def _changed_request(self, exc: UpstreamHTTPError, api: UpstreamApi, req: ClientRequest, target: Target,
                          ex: Exchange) -> Optional[Exchange]:
-        limit = max_tokens_limit(exc.upstream_message, ex.max_tokens or 0) if exc.status == 400 else None
+        limit = None
+        if exc.status == 400:
+            guess = self._prompt_guess(req, target) if prompt_uncounted(exc.upstream_message) else None
+            limit = max_tokens_limit(exc.upstream_message, ex.max_tokens or 0, guess)
         if limit is not None:
-            if max_tokens_limit_lasts(exc.upstream_message):
-                self._learn_cap(target, limit)  # the model's: later requests need not be refused first
+            cap = lasting_cap(exc.upstream_message, limit)
+            if cap is not None:
+                self._learn_cap(target, cap)  # the model's: later requests need not be refused first
             else:
                 self._learn_window(target, read_sizes(exc.upstream_message).limit)
             return self._prepare(api, req, target, limit)
@@ -822,6 +826,20 @@ class Proxy:
             self.warn_once(f"dropped MCP servers the upstream cannot connect to (mcp_servers): "
                            f"{', '.join(req.parsed.mcp_servers)}")
         return ex
+
+    def _prompt_guess(self, req: ClientRequest, target: Target) -> Optional[int]:
+        """The prompt's tokens by the local estimate, calibrated for the model once its counts taught it,
+        without images and PDF pages (guessed wide); for a refusal that did not count the prompt.
+        A forwarded request is parsed for it here (on this refusal only); one the parser would refuse
+        gets none."""
+        parsed = req.parsed
+        if parsed is None:
+            try:
+                parsed = parse_count_tokens_request(req.body, self.tools.parse)
+            except ProxyError:
+                return None
+        estimate = self._raw_estimate(parsed)
+        return self.calibration.estimate((target.provider.name, target.model), estimate.tokens - estimate.media)
 
     def _learn_window(self, target: Target, window: Optional[int]) -> None:
         if window:

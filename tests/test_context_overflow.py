@@ -267,6 +267,55 @@ def test_output_budget_overflow_is_retried_not_compacted(proxy, fake_upstream, n
     assert [r.json["max_tokens"] for r in fake_upstream.requests] == [requested, retried]
 
 
+def vllm_uncounted(window: int, output: int) -> Reply:
+    """vLLM 0.18 on: it counts the prompt only up to the window less the output asked ("at least")."""
+    least = window - output + 1
+    message = (f"This model's maximum context length is {window} tokens. However, you requested {output} output "
+               f"tokens and your prompt contains at least {least} input tokens, for a total of at least "
+               f"{window + 1} tokens. Please reduce the length of the input prompt or the number of requested "
+               f"output tokens. (parameter=input_tokens, value={least})")
+    body = {"error": {"message": message, "type": "BadRequestError", "param": "input_tokens", "code": 400}}
+    return Reply(400, (("Content-Type", "application/json"),), [json.dumps(body).encode()])
+
+
+def test_a_prompt_vllm_did_not_count_gets_the_room_beside_its_estimate(proxy, fake_upstream):
+    """Probe AH 1: vLLM's refusal names no prompt size ("at least W - O + 1"), and the proxy called
+    every such prompt too long: a 12k prompt in a 24k window with 16,000 asked was told to compact
+    (and a first turn "cannot be compacted"). The retry asks for what fits beside the estimate; a
+    second refusal (the estimate was low) halves that; the room is not remembered as the model's cap."""
+    from claudeproxy.anthropic_types import parse_messages_request
+    from claudeproxy.tokens import estimate_input
+
+    prompt = [{"role": "user", "content": "word " * 8400}]
+    estimate = estimate_input(parse_messages_request(minimal_request(max_tokens=1, messages=prompt))).tokens
+    assert 11000 < estimate < 13000
+    fake_upstream.push(vllm_uncounted(24576, 16000), json_reply(completion("fits")))
+    model = "uncounted-prompt"
+    resp = send(proxy, False, max_tokens=16000, model=model, messages=prompt)
+    assert resp.status == 200, resp
+    first, retried = [r.json["max_tokens"] for r in fake_upstream.requests]
+    assert first == 16000 and 16000 // 2 < retried <= 24576 - estimate, retried
+    # Refused again (the real prompt was longer than the estimate): half of that, then an answer.
+    fake_upstream.requests.clear()
+    fake_upstream.push(vllm_uncounted(24576, 16000), vllm_uncounted(24576, retried), json_reply(completion("fits")))
+    assert send(proxy, False, max_tokens=16000, model=model, messages=prompt).status == 200
+    assert [r.json["max_tokens"] for r in fake_upstream.requests] == [16000, retried, retried // 2]
+
+
+def test_a_prompt_vllm_did_not_count_is_too_long_once_no_answer_would_fit(proxy, fake_upstream):
+    """Halving stops under 1,024 tokens of answer (bounded too by the retries): then the prompt is
+    what does not fit, said as Claude Code compacts on. ``requested 0 output tokens``: at once."""
+    fake_upstream.push(vllm_uncounted(24576, 0))
+    resp = send(proxy, False, max_tokens=4000, model="uncounted-zero")
+    assert resp.status == 400 and resp.json["error"]["message"].startswith("prompt is too long"), resp
+    assert len(fake_upstream.requests) == 1
+    fake_upstream.requests.clear()
+    fake_upstream.push(vllm_uncounted(24576, 4000), vllm_uncounted(24576, 2000))
+    resp = send(proxy, False, max_tokens=4000, model="uncounted-long")
+    assert resp.status == 400 and resp.json["error"]["message"].startswith("prompt is too long"), resp
+    assert [r.json["max_tokens"] for r in fake_upstream.requests] == [4000, 2000]  # 1,000 would be under
+
+
 # Read by hand from each message: a limit the model has (its output maximum, a range, a window the
 # asked budget alone fills) is remembered; the room one prompt leaves (window minus its tokens) is not.
 LASTING_LIMITS = {
@@ -320,10 +369,12 @@ def test_every_max_tokens_fixture_says_whether_its_limit_lasts() -> None:
 
 @pytest.mark.parametrize("name", sorted(LASTING_LIMITS))
 def test_a_limit_is_remembered_only_when_it_is_the_models(name: str) -> None:
-    from claudeproxy.errors import max_tokens_limit_lasts
+    from claudeproxy.errors import lasting_cap
 
-    exc = error_from_status(400, body_bytes(fixture(name)))
-    assert max_tokens_limit_lasts(exc.upstream_message) is LASTING_LIMITS[name]
+    fx = fixture(name)
+    exc = error_from_status(400, body_bytes(fx))
+    limit = fx["expect"]["max_tokens"]["limit"]
+    assert (lasting_cap(exc.upstream_message, limit) == limit) is LASTING_LIMITS[name]
 
 
 @pytest.mark.parametrize("name, requested, retried, then", [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import email.message
 import json
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import pytest
 from conftest import UPSTREAM_KEY
@@ -412,6 +412,9 @@ def test_other_errors_are_not_prompt_too_long(status: int, body: bytes) -> None:
          8192, 4096),
         # Moonshot counts max_tokens into the window: a 13,942-token prompt with Claude Code's 128000.
         ("Invalid request: Your request exceeded model token limit: 131072 (requested: 141942)", 128000, 117130),
+        # vLLM's renderer where it counted the whole prompt: the window less that prompt.
+        ("This model's maximum context length is 24576 tokens. However, you requested 16000 output tokens and your "
+         "prompt contains 10000 input tokens, for a total of 26000 tokens.", 16000, 14576),
     ],
 )
 def test_max_tokens_limit_reads_real_provider_messages(message: str, requested: int, expected: int) -> None:
@@ -439,10 +442,39 @@ def test_max_tokens_limit_reads_real_provider_messages(message: str, requested: 
         ("Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, but got 1 instead.", 128000),
         ("Invalid 'max_tokens': integer below minimum value. Expected a value >= 16, but got 1 instead.", 128000),
         ("", 32000),
+        # The same renderer's exact count, over the window by itself.
+        ("This model's maximum context length is 8192 tokens. However, you requested 64 output tokens and your "
+         "prompt contains 10000 input tokens, for a total of 10064 tokens.", 64),
     ],
 )
 def test_max_tokens_limit_none_for_unrelated_errors(message: str, requested: int) -> None:
     assert max_tokens_limit(message, requested) is None
+
+
+def _uncounted(window: int, output: int) -> str:
+    return (f"This model's maximum context length is {window} tokens. However, you requested {output} output "
+            f"tokens and your prompt contains at least {window - output + 1} input tokens, for a total of at least "
+            f"{window + 1} tokens.")
+
+
+@pytest.mark.parametrize("output, guess, expected", [
+    (16000, 12000, 24576 - 12000 - 600),  # the room beside the estimate, less a twentieth of it
+    (16000, 2000, 8000),  # an estimate the refusal proves low (the prompt is over 8,576): half
+    (16000, 30000, 8000),  # an estimate that leaves no answer: half too
+    (16000, None, 8000),
+    (24576, 12000, 24576 - 12000 - 600),  # the asked budget alone filled the window
+    (1500, None, None),  # half would be under 1,024 tokens of answer: the prompt does not fit
+    (0, 100, None),  # "requested 0 output tokens": the prompt alone is over the window
+])
+def test_max_tokens_limit_beside_a_prompt_the_upstream_did_not_count(output: int, guess: Optional[int],
+                                                                     expected: Optional[int]) -> None:
+    """vLLM 0.18 on counts a prompt only until it knows the request cannot fit (probe AH 1)."""
+    from claudeproxy.errors import lasting_cap
+
+    message = _uncounted(24576, output)
+    assert max_tokens_limit(message, max(output, 1), guess) == expected
+    if expected is not None:  # a room this prompt leaves is not the model's cap
+        assert lasting_cap(message, expected) is None or output >= 24576
 
 
 # --------------------------------------------------------------------------

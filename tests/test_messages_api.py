@@ -102,6 +102,24 @@ def test_body_goes_through_unchanged_but_for_the_model(make_proxy, fake_upstream
     assert resp.json["model"] == "claude-opus-4-1"  # the client sees its own model name
 
 
+def test_a_refusal_that_did_not_count_the_prompt_gets_the_room_beside_its_estimate(make_proxy, fake_upstream):
+    """Probe AH 1, on vLLM's /v1/messages: "you requested 12288 output tokens and your prompt contains
+    at least 12289 input tokens" was "prompt is too long" for a 12.5k prompt in a 24.5k window: the
+    request goes again with what fits beside the estimate of the prompt, parsed for it here."""
+    server = make_proxy(passthrough=True, model="Qwen/Qwen3-8B-uncounted")
+    message = ("This model's maximum context length is 24576 tokens. However, you requested 12288 output tokens "
+               "and your prompt contains at least 12289 input tokens, for a total of at least 24577 tokens.")
+    refusal = {"type": "error", "error": {"type": "BadRequestError", "message": message}}
+    fake_upstream.push(Reply(400, (("Content-Type", "application/json"),), [json.dumps(refusal).encode()]),
+                       json_reply(ANSWER))
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 12288, "messages": [{"role": "user", "content": "word " * 8800}]}
+    resp = post(server, body)
+    assert resp.status == 200, resp
+    first, retried = [r.json["max_tokens"] for r in fake_upstream.requests]
+    assert first == 12288 and 6144 < retried < 12288, retried
+    assert fake_upstream.last.json["messages"] == body["messages"]
+
+
 @pytest.mark.parametrize("cap,thinking", [
     (8192, {"type": "enabled", "budget_tokens": 8191}),  # lowered with the cap: budget < max_tokens
     (1000, None),                                        # no budget fits below this cap (min 1024)
