@@ -1074,8 +1074,18 @@ class Proxy:
             log.info("%s", access_line(rec), extra={"call": rec})  # the JSON log format adds its fields
 
     def record_refusal(self, path: str, status: int, error_type: str, request_id: str, started: float) -> None:
-        """A call the handler refused before any endpoint ran (key, Host, path, busy, body)."""
-        self._record({"endpoint": path, "status": status, "error_type": error_type}, None, started, request_id)
+        """A call the handler refused before any endpoint ran (key, Host, path, busy, body). Recorded by
+        the endpoint it asked for, never by its own path: that is anyone's text, before any key check
+        (a web page's too), and up to 64 KB of it filled the usage log, the access log and /metrics'
+        endpoint rows, where later real calls showed as (other)."""
+        self._record({"endpoint": self._endpoint_of(path), "status": status, "error_type": error_type}, None,
+                     started, request_id)
+
+    def _endpoint_of(self, path: str) -> str:
+        path = path.rstrip("/")
+        if path.startswith("/v1/models/"):
+            return "/v1/models/{id}"
+        return path if any(p == path for (_, p) in self.routes) else "(unknown path)"
 
     def _learn(self, fields: Dict[str, Any], rec: CallRecord, routed: Optional[Routed]) -> None:
         """Teach the calibration the upstream's prompt count, when the upstream really reported one."""

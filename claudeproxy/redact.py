@@ -41,12 +41,14 @@ MIN_FREE_TEXT_SECRET = 8
 # "_" may ("req_sk-proj-..." as an upstream's request id, "project_sk-..." in an error message,
 # which a word boundary let through). One with an underscore keeps the word boundary: after "_" it
 # is a part of an identifier far more often ("load_hf_tokenizer_config", "use_sk_learn").
+# A JWT's first segment may fail at its end (no "."): one begins only where no character of a segment
+# comes before it, else "-eyJ" repeated cost a scan to the end from each (quadratic: a client's text).
 _KEY_RE = re.compile(
     r"(?<![A-Za-z0-9])(?:"
     r"sk-[A-Za-z0-9_\-*]{8,}"
     r"|(?:xai-|pplx-|nvapi-|csk-)[A-Za-z0-9_\-*]{12,}"
     r"|AIza[0-9A-Za-z_\-*]{20,}"
-    r"|eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,})"
+    r"|(?<![_\-])eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,})"
     r"|\b(?:sk_|rk_)[A-Za-z0-9_\-*]{8,}"
     r"|\b(?:gsk_|hf_|r8_|fw_|tgp_v1_|ghp_|gho_|ghu_|ghs_|github_pat_)[A-Za-z0-9_\-*]{12,}"
 )
@@ -60,7 +62,9 @@ _NAMED_KEY_RE = re.compile(
 )
 _BASIC_RE = re.compile(r"(\bBasic\s+)([A-Za-z0-9+/]{8,}={0,2})")
 _BEARER_RE = re.compile(r"(Bearer\s+)[^\s\"',;)\]}>]+", re.IGNORECASE)  # a bracket after it is the text's
-_USERINFO_RE = re.compile(r"(\b[a-z][a-z0-9+.\-]*://)[^/@\s]+@", re.IGNORECASE)
+# A scheme is short (RFC 3986 sets no bound; "mongodb+srv" is 11): bounded, a scan from each word's
+# start is too, where "a.a.a...@" (a refused request's path, before any key check) took seconds.
+_USERINFO_RE = re.compile(r"(\b[a-z][a-z0-9+.\-]{0,31}://)[^/@\s]+@", re.IGNORECASE)
 _QUERY_PAIR_RE = re.compile(r"([?&]([A-Za-z0-9_.\-]+)=)([^&\s\"'#]+)")
 _MIN_SECRET_LEN = 4
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 from conftest import CLIENT_KEY, UPSTREAM_KEY
@@ -244,6 +245,19 @@ def test_redact_text_skips_only_scans_that_cannot_match() -> None:
         checked += 1
         masked += expected != text
     assert masked > checked // 3  # the corpus reaches the scans, not only harmless text
+
+
+@pytest.mark.parametrize("text", [
+    "/v1/" + "a." * 32000 + "@",  # a refused request's path, logged before any key check (probe AI 1)
+    "-eyJ" * 16000,  # a JWT's first segment that never ends in "."
+], ids=["refused-path", "jwt-start"])
+def test_no_text_makes_a_scan_quadratic(text: str) -> None:
+    """Each took seconds (11 s for the 64 KB path, holding the GIL: the whole proxy stalled; no
+    thread's timeout can end a scan that holds it). Now each start's scan is bounded: milliseconds,
+    and a bound a hundred times that still tells the two apart."""
+    started = time.monotonic()
+    assert redact_text(text) == text
+    assert time.monotonic() - started < 2.0
 
 
 def test_an_access_line_needs_no_scan() -> None:
