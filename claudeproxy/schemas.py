@@ -32,6 +32,9 @@ _SCHEMA_MAPS = frozenset({"properties", "$defs", "definitions", "patternProperti
 _SCHEMA_LISTS = frozenset({"anyOf", "oneOf", "allOf", "prefixItems"})
 _MAX_REF_REPEAT = 2  # times one definition is inlined along one path
 _MAX_INLINED_NODES = 20000  # nodes all inlined definitions may add to one schema
+# ... and to all the tools of one request together: 600 tools of 20,000 each made a 1.1 MB request a
+# 128 MB upstream body (22 s, 1.2 GB; the tool memo then kept 700 MB).
+MAX_REQUEST_INLINED_NODES = 100000
 _MAX_REF_CHAIN = 16  # definitions inlined one inside another
 # Levels of objects and lists in the result: each definition may be nested as deep as the door lets
 # a request be (door.MAX_NESTING), and 16 of them inside one another would reach the recursion limit
@@ -72,9 +75,9 @@ class _RefInliner:
     schema too. Without refs, the copy is as large as the input, whose size the door bounds.
     """
 
-    def __init__(self, defs: Dict[str, Any]) -> None:
+    def __init__(self, defs: Dict[str, Any], budget: int = _MAX_INLINED_NODES) -> None:
         self.defs = defs
-        self.budget = _MAX_INLINED_NODES
+        self.budget = min(budget, _MAX_INLINED_NODES)
         self.sizes: Dict[str, int] = {}  # each definition counted once, however often it is named
 
     def inline(self, node: Any, path: Tuple[str, ...] = (), depth: int = 0) -> Any:
@@ -246,22 +249,34 @@ def _null_member_as_nullable(out: Dict[str, Any]) -> None:
         out["anyOf"] = rest
 
 
-def sanitize_gemini(schema: Dict[str, Any]) -> Dict[str, Any]:
+class InlineBudget:
+    """Nodes the ``$ref`` inlining may still add, shared by the schemas of one request."""
+
+    def __init__(self, left: int = MAX_REQUEST_INLINED_NODES) -> None:
+        self.left = left
+
+
+def sanitize_gemini(schema: Dict[str, Any], shared: Optional[InlineBudget] = None) -> Dict[str, Any]:
     defs: Dict[str, Any] = {}
     for key in ("$defs", "definitions"):
         if isinstance(schema.get(key), dict):
             defs.update(schema[key])
     # The definitions themselves go (Gemini refuses $defs): inlined where they are, they would only
     # spend the budget.
-    inlined = _RefInliner(defs).inline({k: v for k, v in schema.items() if k not in ("$defs", "definitions")})
+    inliner = _RefInliner(defs, shared.left if shared is not None else _MAX_INLINED_NODES)
+    inlined = inliner.inline({k: v for k, v in schema.items() if k not in ("$defs", "definitions")})
+    if shared is not None:
+        shared.left -= min(shared.left, _MAX_INLINED_NODES) - inliner.budget
     return _walk(inlined, _gemini_fix)  # type: ignore[no-any-return]
 
 
-def clean_schema(schema: Optional[Dict[str, Any]], sanitizer: str) -> Dict[str, Any]:
-    """A tool's ``parameters``: meta keys stripped, an object schema given ``properties``."""
+def clean_schema(schema: Optional[Dict[str, Any]], sanitizer: str,
+                 shared: Optional[InlineBudget] = None) -> Dict[str, Any]:
+    """A tool's ``parameters``: meta keys stripped, an object schema given ``properties``
+    (``shared``: the inlining budget of the request's other schemas)."""
     cleaned = strip_meta(schema or {})
     if sanitizer == "gemini":
-        cleaned = sanitize_gemini(cleaned)
+        cleaned = sanitize_gemini(cleaned, shared)
     if cleaned.get("type", "object") == "object" and "properties" not in cleaned:
         cleaned["properties"] = {}
     cleaned.setdefault("type", "object")

@@ -317,6 +317,20 @@ def test_gemini_ref_expansion_is_bounded_by_size_not_only_depth(schema: Dict[str
     assert "$ref" not in text and len(text) < 1_000_000, len(text)
 
 
+def test_gemini_ref_expansion_is_bounded_for_the_whole_request_not_only_each_tool() -> None:
+    """Probe AI 3: the budget was per tool, so 600 tools of a 1.9 KB fan-out each made a 1.1 MB
+    request a 128 MB upstream body (22 s, 1.2 GB, and 700 MB kept by the tool memo). One budget
+    for all the tools of a request: the body stays a few MB, every $ref still resolved to a schema."""
+    tools = [{"name": f"t{i}", "input_schema": _fan_out(8, 6)} for i in range(200)]
+    req = parse_messages_request({"model": "m", "max_tokens": 9, "tools": tools,
+                                  "messages": [{"role": "user", "content": "hi"}]})
+    body = json.dumps(to_chat_request(req, model="gemini-2.5-pro", dialect=DIALECTS["gemini"]).request.to_dict())
+    assert len(body) < 4_000_000, len(body)
+    assert "$ref" not in body and body.count('"name": "t') == 200
+    one = json.dumps(sanitize_gemini(_fan_out(8, 6)))
+    assert len(one) > 100_000  # one tool alone still gets its own (per-schema) budget
+
+
 def _deep(levels: int, leaf: Dict[str, Any]) -> Dict[str, Any]:
     for _ in range(levels):
         leaf = {"type": "object", "properties": {"a": leaf}}

@@ -36,7 +36,7 @@ from ...anthropic_types import (
 )
 from ...dialects import Dialect, effort_for_budget
 from ...prompt_cache import end_user, strip_billing_header
-from ...schemas import clean_schema
+from ...schemas import InlineBudget, clean_schema
 from ...signatures import decode_signature
 from ..names import tool_alias, tool_names, upstream_tool_id
 from ..user_text import (MISSING_RESULT, document_text, error_text, file_omitted, orphan_result, search_result_text,
@@ -489,11 +489,11 @@ def _longer_marks_first(messages: List[ChatMessage]) -> None:
 # Tools and tool_choice (PROTOCOL.md 1.5, 1.6).
 
 
-def _function_tool(tool: Tool, dialect: Dialect) -> Dict[str, Any]:
+def _function_tool(tool: Tool, dialect: Dialect, shared: InlineBudget) -> Dict[str, Any]:
     function: Dict[str, Any] = {"name": tool_alias(tool.name)}
     if tool.description:
         function["description"] = tool.description
-    function["parameters"] = clean_schema(tool.input_schema, dialect.schema_sanitizer)
+    function["parameters"] = clean_schema(tool.input_schema, dialect.schema_sanitizer, shared)
     return {"type": "function", "function": function}
 
 
@@ -503,7 +503,8 @@ ChatTools = Tuple[Tuple[Dict[str, Any], ...], Tuple[str, ...]]  # (tools, warnin
 def chat_tools(tools: Tuple[Tool, ...], dialect: Dialect) -> ChatTools:
     """Custom tools and Anthropic's client tools (text editor, bash, memory) as functions; a
     warning names the server tools and computer use left out."""
-    functions = tuple(_function_tool(t, dialect) for t in tools if t.is_function)
+    shared = InlineBudget()  # one for all the tools (Gemini's $refs inlined)
+    functions = tuple(_function_tool(t, dialect, shared) for t in tools if t.is_function)
     return functions, dropped_tool_warnings([t for t in tools if not t.is_function])
 
 
