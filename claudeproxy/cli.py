@@ -902,11 +902,12 @@ def usage_writer(path: str) -> Any:
     # Seconds the next record may wait for the file's lock: none after a wait that did not get it
     # (another program holds it: the records behind it would each wait too), until one gets it again.
     patience = [_LOCK_WAIT]
+    nofollow = no_follow(path)
 
     def write(rec: CallRecord) -> None:
         data = (json.dumps(rec.to_dict(), sort_keys=True) + "\n").encode("utf-8")
         with lock:
-            fd = _open_log(path)
+            fd = _open_log(path, nofollow)
             try:
                 locked = _lock(fd, patience[0])
                 patience[0] = _LOCK_WAIT if locked else 0.0
@@ -917,14 +918,27 @@ def usage_writer(path: str) -> Any:
     return write
 
 
-def _open_log(path: str) -> int:
+def no_follow(path: str) -> int:
+    """``O_NOFOLLOW`` for a log opened by its name again and again, unless the name is a symbolic
+    link already (the user's own choice, at the start): a link put there later, by another user
+    who may write to the folder, would have had the records appended to any file the proxy's user
+    may write (a shell's rc file: a refused request's path is in its record)."""
+    return 0 if os.path.islink(path) else getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_log(path: str, nofollow: int = 0) -> int:
     """The log opened to append, and to read its last byte where the file allows it (a log another
     user collects may be writable and not readable: it was written before, and must be still)."""
     # Made for the owner alone: the records name models, costs and the upstream's ids.
     try:
-        return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-    except PermissionError:
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | nofollow, 0o600)
+        except PermissionError:
+            return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | nofollow, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and nofollow:
+            raise OSError(exc.errno, "it became a symbolic link after the start: not followed", path) from None
+        raise
 
 
 # How long a record waits for another writer's lock of the log: claudeproxy's own writers hold it

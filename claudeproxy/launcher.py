@@ -395,10 +395,11 @@ class FollowedLog(io.TextIOBase):
         super().__init__()
         self.path = path
         self._lock = threading.Lock()
+        self._nofollow = cli.no_follow(path)  # a link put under the name later is not followed
         self._stream, self._id = self._open()
 
     def _open(self) -> Tuple[TextIO, Tuple[int, int]]:
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | self._nofollow, 0o600)
         st = os.fstat(fd)
         return os.fdopen(fd, "a", encoding="utf-8", buffering=1), (st.st_dev, st.st_ino)
 

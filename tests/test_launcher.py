@@ -1185,6 +1185,25 @@ def test_a_log_file_moved_away_goes_on_under_its_name(tmp_path: Any) -> None:
     assert stat.S_IMODE(os.stat(name).st_mode) == 0o600
 
 
+@pytest.mark.skipif(not hasattr(os, "O_NOFOLLOW"), reason="a platform without O_NOFOLLOW")
+def test_a_link_put_under_the_log_files_name_is_not_followed(tmp_path: Any) -> None:
+    """Probe AI 4: after a rotation the name is opened again; a link another user put there was
+    followed. The lines go on into the file the log had (until the name is a file again)."""
+    name, victim = str(tmp_path / "proxy.log"), tmp_path / "bashrc"
+    victim.write_text("# mine\n")
+    stream, _ = launcher.open_log(name, 4245)
+    try:
+        stream.write("before\n")
+        os.rename(name, name + ".1")
+        os.symlink(str(victim), name)
+        stream.write("after the link\n")
+    finally:
+        stream.close()
+    assert victim.read_text() == "# mine\n"
+    with open(name + ".1", encoding="utf-8") as fh:
+        assert fh.read() == "before\nafter the link\n"
+
+
 STOP_UNDER_FIRE = """
 import os, signal, sys, types
 from claudeproxy import launcher

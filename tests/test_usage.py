@@ -303,6 +303,28 @@ def test_a_record_the_disk_took_only_part_of_is_cut_off_again(tmp_path: Any, mon
         assert [json.loads(line)["model"] for line in fh] == ["first", "after"]
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "O_NOFOLLOW"), reason="a platform without O_NOFOLLOW")
+def test_a_link_put_under_the_usage_logs_name_after_the_start_is_not_written_through(tmp_path: Any) -> None:
+    """Probe AI 4: the log is opened by its name for each record; another user who may write to its
+    folder put a link there (to the proxy user's shell rc file, say) and every record, a refused
+    request's path in it, went there. A link there at the start, the user's own, is still followed."""
+    import os
+
+    from claudeproxy.cli import usage_writer
+
+    path, victim = tmp_path / "usage.jsonl", tmp_path / "bashrc"
+    victim.write_text("# mine\n")
+    write = usage_writer(str(path))  # no file yet (the start's check leaves none)
+    os.symlink(victim, path)
+    with pytest.raises(OSError, match="became a symbolic link after the start"):
+        write(CallRecord("/v1/messages", model="planted", status=200))
+    assert victim.read_text() == "# mine\n"
+    chosen, target = tmp_path / "chosen.jsonl", tmp_path / "elsewhere.jsonl"
+    os.symlink(target, chosen)
+    usage_writer(str(chosen))(CallRecord("/v1/messages", model="followed", status=200))
+    assert json.loads(target.read_text())["model"] == "followed"
+
+
 def test_a_record_after_a_line_cut_short_starts_a_line_of_its_own(tmp_path: Any) -> None:
     """A log whose last line a crash cut short (no newline): the next record was glued to it, and
     the read-back at the next start lost that call (probe Q)."""
