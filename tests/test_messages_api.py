@@ -321,6 +321,55 @@ def test_a_refusal_the_older_form_cannot_meet_reaches_the_client(through, fake_u
     assert fake_upstream.request_count - before == 1
 
 
+CLAUDE_CODE_TURNS = [  # 2.1.331: its "# Environment" turn is a system message (with an effort of its own)
+    {"role": "user", "content": [{"type": "text", "text": "fix the bug"}]},
+    {"role": "system", "content": "# Environment\ncwd: /p", "output_config": {"effort": "medium"}},
+    {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {}}]},
+    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "x = 1"}]},
+    {"role": "system", "content": "<total_tokens>9000 tokens left</total_tokens>"},
+]
+
+
+@pytest.mark.parametrize("status, message", [
+    (500, "Jinja Exception: System message must be at the beginning."),  # llama.cpp, Qwen3.5's template
+    (400, "Only user and assistant roles are supported, with the exception of an initial optional system message!"),
+    (400, "Conversation roles must alternate user/assistant/user/assistant/..."),  # Gemma's
+], ids=["qwen-500", "mistral", "gemma"])
+def test_a_template_that_takes_no_late_system_turn_gets_them_as_user_turns(through, fake_upstream, status, message):
+    """Probe AH 4: Claude Code's system turns inside `messages`, forwarded to llama.cpp's own
+    /v1/messages, met a template that takes a system message only first: every request failed. The
+    request goes again with each one a user turn, its text at the end of the user turn beside it (after a
+    tool result, which must come first), and so for that model from then on."""
+    model = _fresh_model("late-system")
+    fake_upstream.push(_refusal(message, status), json_reply(ANSWER), json_reply(ANSWER))
+    body = minimal_request(model=model, messages=CLAUDE_CODE_TURNS)
+    assert post(through, body).status == 200
+    assert post(through, body).status == 200
+    first, again, later = [r.json["messages"] for r in fake_upstream.requests[-3:]]
+    assert first == CLAUDE_CODE_TURNS
+    assert again == later == [
+        {"role": "user", "content": [{"type": "text", "text": "fix the bug"},
+                                     {"type": "text", "text": "# Environment\ncwd: /p"}]},
+        CLAUDE_CODE_TURNS[2],
+        {"role": "user", "content": [CLAUDE_CODE_TURNS[3]["content"][0],
+                                     {"type": "text", "text": "<total_tokens>9000 tokens left</total_tokens>"}]},
+    ]
+    assert body["messages"] == CLAUDE_CODE_TURNS  # the client's objects untouched
+
+
+def test_a_system_turn_after_an_assistant_turn_joins_the_user_turn_after_it() -> None:
+    from claudeproxy.apis.older_form import system_as_user
+
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+             {"role": "system", "content": [{"type": "text", "text": "s"}]},
+             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "r"}]}]
+    assert system_as_user(turns) == [
+        turns[0], turns[1],
+        {"role": "user", "content": [turns[3]["content"][0], {"type": "text", "text": "s"}]}]
+    assert system_as_user([{"role": "system", "content": "only"}]) == [
+        {"role": "user", "content": [{"type": "text", "text": "only"}]}]
+
+
 def _refusal(message: str, status: int = 400) -> Reply:
     return json_reply({"type": "error", "error": {"type": "invalid_request_error", "message": message}}, status=status)
 

@@ -567,6 +567,9 @@ QWEN_TEMPLATE_REFUSALS = {
     "vllm": (400, {"error": {"message": "System message must be at the beginning.", "type": "BadRequestError",
                              "param": None, "code": 400}}),
     "lmstudio": (400, {"error": "Error rendering prompt with jinja template: \"System message must be at the beginning.\""}),
+    # Mistral's templates (probe AH 4), in llama.cpp's shape
+    "generic": (500, {"error": {"code": 500, "message": "Jinja Exception: Only user and assistant roles are supported, "
+                                "with the exception of an initial optional system message!", "type": "server_error"}}),
 }
 
 

@@ -49,7 +49,7 @@ from ..sse import ServerSentEvent, SSEDecoder, SSEFold, loads_data
 from ..tokens import estimate_input, estimate_output_tokens
 from ..urls import messages_url
 from .base import ClientRequest, Exchange, RefusedFields, UpstreamApi, pydantic_lines, refused_fields, remember
-from .older_form import DROPPABLE, STEPS, budget_below, effort_only, older_form, older_step
+from .older_form import DROPPABLE, STEPS, SYSTEM_FIRST, budget_below, effort_only, older_form, older_step
 
 Event = Dict[str, Any]
 log = logging.getLogger(__name__)
@@ -427,9 +427,11 @@ class MessagesApi(UpstreamApi):
         refused is remembered for the model (one refused round trip per server), and all of it at
         once where one 422 lists several. Anthropic itself is not second-guessed.
         """
-        if exc.status not in (400, 422) or is_anthropic_host(target.provider.url):
+        if is_anthropic_host(target.provider.url):
             return None
         text = pydantic_lines(getattr(exc, "upstream_message", "") or "")
+        if exc.status not in (400, 422) and not (exc.status == 500 and SYSTEM_FIRST.search(text)):
+            return None  # (llama.cpp says a chat template's refusal with a 500)
         sent = json.loads(ex.body)
         key = (target.provider.name, target.model)
         refused = refused_fields(text)

@@ -34,6 +34,7 @@ STEPS = {
     "off": ("thinking", "no thinking asked"),
     "no_ttl": ("a cache mark's ttl", "the 5-minute cache marks"),
     "uncached": ("cache_control marks", "no cache marks"),
+    "user_system": ("a system turn in the messages", "each as a user turn, joined to the user turn beside it"),
 }
 # A budget for each effort, for a server that takes only the older {"type": "enabled",
 # "budget_tokens": N}: in the effort's bucket of dialects.REASONING_BUCKETS (xhigh and max in the
@@ -71,6 +72,17 @@ _MARKS_REFUSED = re.compile(
     r"|\b(?:unknown|unsupported|unrecogni[sz]ed)\s+(?:field|parameter|key)\s*:?\s*['\"`]?cache_control\b",
     re.I)
 _TTL_REFUSED = re.compile(r"\bttl\b", re.I)
+# A chat template that takes a system message only first: Qwen3.5's and 3.6's official ones raise
+# "System message must be at the beginning." (llama.cpp's 500 "Jinja Exception: ...", vLLM's and LM
+# Studio's 400), Gemma's "Conversation roles must alternate user/assistant/...", Mistral's "Only user
+# and assistant roles are supported, with the exception of an initial optional system message!", an
+# older schema "Input should be 'user' or 'assistant'". Claude Code's "# Environment" turn is a system
+# message after the first user turn: every request failed. (Chat Completions' recover reads it too.)
+SYSTEM_FIRST = re.compile(
+    r"system\s+(?:message|prompt|role|turn)s?\s+(?:must|should|has\s+to|can\s+only)\s+(?:be\s+)?"
+    r"(?:at\s+the\s+(?:beginning|start)|(?:the\s+)?first)|roles\s+must\s+alternate"
+    r"|only\s+user\s+and\s+assistant\s+roles\s+are\s+supported"
+    r"|input\s+should\s+be\s+'user'\s+or\s+'assistant'", re.I)
 _NESTED_MARK = re.compile(r"[.*\]]\s*cache_control\b|\bcache_control\.")
 
 
@@ -82,6 +94,8 @@ def older_step(message: str, sent: Dict[str, Any], refused: FrozenSet[str]) -> O
     marks = _marks_step(message, sent, refused)
     if marks is not None:
         return marks
+    if SYSTEM_FIRST.search(message) and any(m.get("role") == "system" for m in _dicts(sent.get("messages"))):
+        return "user_system"
     thinking = sent.get("thinking")
     if not isinstance(thinking, dict) or _THINKING_CONDITIONAL.search(message):
         return None
@@ -110,6 +124,8 @@ def older_form(body: Dict[str, Any], steps: FrozenSet[str]) -> None:
     """``body`` (the proxy's copy) in the form a model that refused ``steps`` takes."""
     if "uncached" in steps or "no_ttl" in steps:
         _unmark(body, whole="uncached" in steps)
+    if "user_system" in steps and isinstance(body.get("messages"), list):
+        body["messages"] = system_as_user(body["messages"])
     thinking = body.get("thinking")
     if not isinstance(thinking, dict) or not steps & {"off", "plain", "budget"}:
         return
@@ -145,6 +161,41 @@ def budget_below(body: Dict[str, Any], cap: int) -> None:
         body["thinking"] = {**thinking, "budget_tokens": cap - 1}  # type: ignore[dict-item]
     else:
         del body["thinking"]
+
+
+def system_as_user(messages: List[Any]) -> List[Any]:
+    """``messages`` with each system turn a user turn, its text at the end of the user turn before it,
+    or else of the one after it (after a tool result's blocks, which must come first), or else a user
+    turn of its own: templates that take roles only in turn refuse two user turns in a row too."""
+    out: List[Any] = []
+    held: List[Any] = []  # a system turn's blocks waiting for the user turn after it
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") not in ("system", "user"):
+            if held:
+                out.append({"role": "user", "content": held})
+                held = []
+            out.append(message)
+        elif message.get("role") == "system" and out and _is_user(out[-1]):
+            out[-1] = {**out[-1], "content": _blocks(out[-1].get("content")) + _blocks(message.get("content"))}
+        elif message.get("role") == "system":
+            held += _blocks(message.get("content"))
+        else:
+            out.append({**message, "content": _blocks(message.get("content")) + held} if held else message)
+            held = []
+    if held:
+        out.append({"role": "user", "content": held})
+    return out
+
+
+def _is_user(message: Any) -> bool:
+    return isinstance(message, dict) and message.get("role") == "user"
+
+
+def _blocks(content: Any) -> List[Any]:
+    """A message's content as a list of blocks (a string is one text block)."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    return list(content) if isinstance(content, list) else []
 
 
 def _markable(body: Dict[str, Any]) -> List[Dict[str, Any]]:

@@ -21,6 +21,7 @@ from ...tool_memo import ToolMemo
 from ...urls import chat_url
 from ..base import (ClientRequest, Exchange, RefusedFields, UpstreamApi, encode_body, offered_translated,
                     refused_fields, remember)
+from ..older_form import SYSTEM_FIRST
 from ..stops import unsent_stops
 from .request import chat_tools, to_chat_request
 from .response import message_from_body, usage_from
@@ -83,15 +84,6 @@ _NO_IMAGE_STATUSES = (400, 404, 422, 500, 501)  # OpenRouter's 404, llama.cpp's 
 # 0.11.5 to 0.12.3 passed the effort on as the think value and refused "none" (the off switch) for
 # all but gpt-oss: 'think value "none" is not supported for this model'.
 _CANNOT_THINK = re.compile(r"does\s+not\s+support\s+thinking|think\s+value\s+\S+\s+is\s+not\s+supported", re.I)
-
-# A chat template that takes a system message only first: Qwen3.5's and 3.6's official ones raise
-# "System message must be at the beginning." (llama.cpp's 500 "Jinja Exception: ...", vLLM's and LM
-# Studio's 400), others "Conversation roles must alternate user/assistant/...". Claude Code's
-# "# Environment" turn is a system message after the first user turn: every request failed. Later
-# system turns then go as user turns, joined to the user turn before them, for that model.
-_SYSTEM_FIRST = re.compile(
-    r"system\s+(?:message|prompt|role|turn)s?\s+(?:must|should|has\s+to|can\s+only)\s+(?:be\s+)?"
-    r"(?:at\s+the\s+(?:beginning|start)|(?:the\s+)?first)|roles\s+must\s+alternate", re.I)
 
 
 def sends_images(body: Dict[str, Any]) -> bool:
@@ -269,7 +261,7 @@ class ChatApi(UpstreamApi):
             if self._remember(self._no_images, key, True):
                 log.warning("%s takes no images: each goes as a text placeholder from now on", label)
             return True
-        if _SYSTEM_FIRST.search(text) and late_system(sent):
+        if SYSTEM_FIRST.search(text) and late_system(sent):
             if self._remember(self._system_first, key, True):
                 log.warning("%s takes a system message only at the start: later ones go as user turns from now on",
                             label)
