@@ -1750,6 +1750,24 @@ def test_a_tool_call_still_open_when_the_message_ends_is_an_error(through, fake_
         assert "tool_use block 0 still open" in events[-1]["error"]["message"]
 
 
+def test_a_tool_call_whose_whole_input_came_is_closed_though_its_block_was_not(through, fake_upstream):
+    """Probe AH 3: a gateway's stream (the shape LiteLLM #34692 quotes) ends the message right after a
+    call's one delta, without its content_block_stop: the input is whole, and the stream failed, every
+    retry of Claude Code's too. The block is closed; a cut input still fails (above)."""
+    whole = [MESSAGE_START, _start(0, "tool_use"),
+             _delta(0, "input_json_delta", partial_json='{"command": "ls -la", "n": [1, {"x": "}"}]}')]
+    for end in (TOOL_USE_END, TOOL_USE_END[1:]):  # with and without message_delta
+        fake_upstream.push(sse(events_bytes(whole + end)))
+        with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+            events = client.read_all(timeout=5)
+        assert_valid_event_sequence(events, allow_error=False)
+        block = final_message(events)["content"][0]
+        assert block["type"] == "tool_use" and block["input"] == {"command": "ls -la", "n": [1, {"x": "}"}]}
+    fake_upstream.push(sse(events_bytes(whole + TOOL_USE_END)))  # a JSON request the upstream streamed
+    resp = post(through, minimal_request())
+    assert resp.status == 200 and resp.json["content"][0]["input"]["command"] == "ls -la", resp
+
+
 def test_a_text_block_still_open_when_the_message_ends_is_closed(through, fake_upstream):
     fake_upstream.push(sse(events_bytes([MESSAGE_START, _start(0, "text"), _delta(0, "text_delta", text="Hi")]
                                         + TAIL_EVENTS[2:])))

@@ -50,6 +50,7 @@ from ..tokens import estimate_input, estimate_output_tokens
 from ..urls import messages_url
 from .base import ClientRequest, Exchange, RefusedFields, UpstreamApi, pydantic_lines, refused_fields, remember
 from .older_form import DROPPABLE, STEPS, SYSTEM_FIRST, budget_below, effort_only, older_form, older_step
+from .toolargs import ArgsScan
 
 Event = Dict[str, Any]
 log = logging.getLogger(__name__)
@@ -537,6 +538,9 @@ class MessagesFold(SSEFold):
         # The upstream's blocks, to hold it to the grammar it is forwarded in: the open ones (index ->
         # block type, None if it names none) and the stopped ones.
         self.open_blocks: Dict[int, Optional[str]] = {}
+        # An open tool call's arguments as they came (``ArgsScan`` keeps only their state): whole, a
+        # call whose block an upstream never stopped is closed rather than failed (``_close_open_blocks``).
+        self.tool_args: Dict[int, ArgsScan] = {}
         self.stopped_blocks: Set[int] = set()
         # The message_delta, held until message_stop (or the stream's end): a second one merges into it,
         # so the client gets one, with the last stop reason and the highest counts (the grammar's).
@@ -704,12 +708,19 @@ class MessagesFold(SSEFold):
         would hand over a tool call with ``{}`` or half its arguments as a finished answer): the
         stream fails. A text or thinking block loses nothing: it is closed."""
         for index, kind in sorted(self.open_blocks.items()):
-            if isinstance(kind, str) and kind.endswith("tool_use"):
+            if isinstance(kind, str) and kind.endswith("tool_use") and not self._whole_input(index):
                 raise _broken_order(f"the message ended with {kind} block {index} still open (its input may be cut)")
         closing: List[Event] = [{"type": "content_block_stop", "index": i} for i in sorted(self.open_blocks)]
         self.stopped_blocks.update(self.open_blocks)
         self.open_blocks.clear()
         return closing
+
+    def _whole_input(self, index: int) -> bool:
+        """Did a tool call's input come whole, though its block was never stopped (a gateway that ends
+        the message right after the call's one delta)? Its JSON object closed, or no delta came at all
+        (the input its start carried)."""
+        scan = self.tool_args.get(index)
+        return scan is None or (scan.closed and not scan.bad)
 
     # The block grammar, forwarded as it comes: a delta or stop only for an open block, a start only
     # for a new index, a delta only of a type its block takes. Anything else fails the stream (the
@@ -731,6 +742,8 @@ class MessagesFold(SSEFold):
         kind = delta.get("type") if type(delta) is dict else None
         if type(kind) is str and kind not in takes and kind in _KNOWN_DELTAS:
             raise _broken_order(f"{kind} for block {index}, which is a {block} block")
+        if kind == "input_json_delta" and type(delta.get("partial_json")) is str:
+            _entry_scan(self.tool_args, index).feed(delta["partial_json"])
 
     def _open_block(self, obj: Dict[str, Any]) -> None:
         index = obj.get("index")
@@ -922,6 +935,13 @@ def _named(event: ServerSentEvent) -> Optional[Tuple[str, Dict[str, Any]]]:
         # name it is handled by, so the client sees the same end the proxy counted.
         obj = {**obj, "type": kind}
     return kind, obj
+
+
+def _entry_scan(scans: Dict[int, ArgsScan], index: int) -> ArgsScan:
+    scan = scans.get(index)
+    if scan is None:
+        scan = scans[index] = ArgsScan(keep=False)
+    return scan
 
 
 def _broken_order(what: str) -> ProxyError:
