@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import catalog
-from .anthropic_types import MessagesRequest, parse_count_tokens_request, peek_request
+from .anthropic_types import MessagesRequest, parse_count_tokens_request, parse_messages_request, peek_request
 from .apis.base import ClientRequest, Exchange, UpstreamApi, remember
 from .calibration import TokenCalibration
 from .config import Config, Provider
@@ -467,10 +467,11 @@ class Proxy:
             # No target forwards the JSON: its dicts and lists go now, not when the upstream has
             # answered (the parsed request holds the strings it needs; ~25 KiB a Claude Code turn).
             req.body.clear()
-        if req.parsed is not None and (req.parsed.max_tokens == 0 or is_quota_probe(req.parsed)):
+        local = self._answered_here(req, routed)
+        if local is not None:
             # Claude Code's quota probe, and max_tokens 0, which only warms a cache: neither needs
             # the upstream. Any other one-token request is a question (a yes/no classifier) and goes.
-            text, reason = ("ok", "end_turn") if req.parsed.max_tokens == 1 else ("", "max_tokens")
+            text, reason = ("ok", "end_turn") if local.max_tokens == 1 else ("", "max_tokens")
             record.update(local=True, stop_reason=reason)
             self._reply(req, writer, local_message(req.model, text, reason, (1, 1) if text else (0, 0)))
             return None
@@ -486,6 +487,22 @@ class Proxy:
         finally:
             if rest is None:
                 self.watchdog.remove(watch)  # else the rest of the stream still needs it
+
+    def _answered_here(self, req: ClientRequest, routed: Routed) -> Optional[MessagesRequest]:
+        """The request, when it is one the proxy answers itself (the quota probe, ``max_tokens: 0``).
+        Forwarded to another server than Anthropic's, it is parsed for that here: Ollama and vLLM
+        refuse ``max_tokens: 0``, and a CPU server spends a prompt evaluation on the probe. Anthropic
+        itself gets both: its answer to the probe carries the account's rate limits."""
+        parsed = req.parsed
+        if parsed is None and req.body.get("max_tokens") in (0, 1) and type(req.body.get("max_tokens")) is int \
+                and not is_anthropic_host(routed.target.provider.url):
+            try:
+                parsed = parse_messages_request(req.body, self.tools.parse)
+            except ProxyError:
+                return None  # the upstream says what is wrong with it
+        if parsed is not None and (parsed.max_tokens == 0 or is_quota_probe(parsed)):
+            return parsed
+        return None
 
     def _parsed(self, api: UpstreamApi, req: ClientRequest) -> ClientRequest:
         """``req`` with what ``api`` needs parsed (once: Chat Completions and Responses parse alike)."""

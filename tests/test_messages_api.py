@@ -1471,11 +1471,23 @@ def test_passthrough_has_no_module_of_its_own() -> None:
     assert importlib.util.find_spec("claudeproxy.streaming") is None
 
 
-def test_quota_probe_reaches_a_messages_upstream(through, fake_upstream):
-    """The quota probe is only answered locally where the proxy translates; a native upstream answers it."""
+def test_quota_probe_and_max_tokens_0_are_answered_here_but_by_anthropic(through, fake_upstream, monkeypatch):
+    """Probe AH 6: forwarded to a local server's /v1/messages, max_tokens 0 was Ollama's and vLLM's
+    400, and the probe a prompt evaluation on a CPU. Both are answered here, as on the translated APIs;
+    Anthropic's own API still answers them (its answer to the probe carries the account's limits)."""
+    import claudeproxy.pipeline as pipeline
+
+    answer = post(through, quota_probe())
+    assert answer.status == 200 and answer.json["content"] == [{"type": "text", "text": "ok"}], answer
+    warm = post(through, minimal_request(max_tokens=0))
+    assert warm.status == 200 and warm.json["stop_reason"] == "max_tokens" and warm.json["content"] == []
+    fake_upstream.push(json_reply(ANSWER))
+    assert post(through, minimal_request(max_tokens=1)).status == 200  # a one-token question goes
+    assert len(fake_upstream.requests) == 1
+    monkeypatch.setattr(pipeline, "is_anthropic_host", lambda url: True)
     fake_upstream.push(json_reply(ANSWER))
     assert post(through, quota_probe()).status == 200
-    assert len(fake_upstream.requests) == 1
+    assert len(fake_upstream.requests) == 2
 
 
 # ---------------------------------------------------------------------------
