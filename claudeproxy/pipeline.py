@@ -97,6 +97,7 @@ _LIST_TIMEOUT = 30.0  # an upstream model list or token count is small: do not w
 # takes the path for a bad request). The local estimate serves; a 401/403 (the key) and a 429/5xx
 # (passing: the client retries) are passed on.
 _NO_COUNT_STATUSES = frozenset({400, 404, 405, 422, 501})
+_NO_COUNTER_STATUSES = frozenset({404, 405, 501})  # ... of which these say the endpoint is missing
 # A 403 about the model asked for, not the key: OpenAI's "Project `proj_x` does not have access to
 # model `gpt-4.1`" (code model_not_found), "not allowed to use model ...". Not any 403 that says
 # "model" ("Invalid API key for model access" is the key's).
@@ -146,6 +147,9 @@ class Proxy:
         # The context windows refusals named (window minus the prompt was the room): each later
         # prompt's max_tokens is kept within it, so a window-bound model is not refused every turn.
         self._windows: Dict[Tuple[str, str], int] = {}
+        # Providers without a count_tokens endpoint (Ollama's, LM Studio's): not asked again, a round
+        # trip and a 404 in its log each time. Bounded by the configured providers.
+        self._no_counter: Set[str] = set()
         self._lock = threading.Lock()
         self._warned: Set[Any] = set()  # what was logged once already: warnings, or keys for them (a cap)
         self._random = random.Random()  # backoff jitter
@@ -298,7 +302,8 @@ class Proxy:
             record["model"], _ = peek_request(body)
             routed = self._resolve(record["model"])  # a model no route serves is a 404, as for /v1/messages
             counted = None
-            if routed is not None and not self._api(routed.target.api).translates:
+            if routed is not None and not self._api(routed.target.api).translates \
+                    and routed.target.provider.name not in self._no_counter:
                 record.update(local=False, upstream_model=routed.target.model,
                               upstream_host=urlsplit(routed.target.provider.url).hostname or "")
                 counted = self._upstream_count(handler, body, routed.target)
@@ -340,6 +345,9 @@ class Proxy:
                 # Anthropic's own answer, which has a counter: its 404 is a model it does not have.
                 raise
             self.warn_once(f"{target.label} answered count_tokens with {exc.status}; the local estimate serves")
+            if exc.status in _NO_COUNTER_STATUSES:
+                with self._lock:
+                    self._no_counter.add(target.provider.name)  # no such endpoint there: not asked again
             return None
         except UpstreamNotJson:
             self.warn_once(f"{target.label} answered count_tokens with a body that is not JSON; "

@@ -1416,6 +1416,24 @@ def test_count_tokens_falls_back_to_the_local_estimate(through, fake_upstream, s
     assert resp.json["input_tokens"] >= len(text) // 5
 
 
+def test_a_server_without_count_tokens_is_not_asked_again(make_proxy, fake_upstream):
+    """Probe AH 7: Ollama and LM Studio have no /v1/messages/count_tokens: each call paid a round
+    trip and a 404 before the local estimate. Asked once; a 400 (about that body) is asked again."""
+    server = make_proxy(passthrough=True, model="no-counter-model")
+    body = {"model": "claude-x", "messages": [{"role": "user", "content": "count these " * 40}]}
+    fake_upstream.push(Reply(404, (("Content-Type", "text/plain"),), [b"404 page not found"]))
+    before = fake_upstream.request_count
+    for _ in range(3):
+        resp = post(server, body, path="/v1/messages/count_tokens")
+        assert resp.status == 200 and resp.json["input_tokens"] >= 80, resp
+    assert fake_upstream.request_count - before == 1
+    other = make_proxy(passthrough=True, model="refused-body-model")
+    fake_upstream.push(json_reply({"type": "error", "error": {"type": "invalid_request_error", "message": "no"}},
+                                  status=400), json_reply({"input_tokens": 77}))
+    assert post(other, body, path="/v1/messages/count_tokens").status == 200
+    assert post(other, body, path="/v1/messages/count_tokens").json == {"input_tokens": 77}
+
+
 def test_count_tokens_falls_back_on_a_page_that_is_no_count(through, fake_upstream):
     """A server that answers every path with its HTML index: no count there, ever."""
     fake_upstream.push(Reply(200, (("Content-Type", "text/html"),), [b"<html><body>Welcome</body></html>"]))
