@@ -357,6 +357,44 @@ def test_a_template_that_takes_no_late_system_turn_gets_them_as_user_turns(throu
     assert body["messages"] == CLAUDE_CODE_TURNS  # the client's objects untouched
 
 
+IMAGE = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+WITH_IMAGES = [
+    {"role": "user", "content": [IMAGE, {"type": "text", "text": "what is this?"}]},
+    {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_9", "name": "Read", "input": {}}]},
+    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_9",
+                                  "content": [{**IMAGE, "cache_control": {"type": "ephemeral"}}]}]},
+]
+AS_TEXT = [
+    {"role": "user", "content": [{"type": "text", "text": "[image omitted: this model takes text only]"},
+                                 {"type": "text", "text": "what is this?"}]},
+    WITH_IMAGES[1],
+    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_9", "content": [
+        {"type": "text", "text": "[image omitted: this model takes text only]", "cache_control": {"type": "ephemeral"}}]}]},
+]
+
+
+def test_a_text_only_model_gets_placeholders_for_images_in_passthrough_too(make_proxy, fake_upstream):
+    """Probe AH 2: the models table's text_only (and the built-in facts', gpt-oss's) was ignored on a
+    Messages provider: llama-server without its projector answered the screenshot with a 500, and
+    every later turn too (the image stays in the history)."""
+    server = make_proxy(passthrough=True, model="gpt-oss:20b")
+    fake_upstream.push(json_reply(ANSWER))
+    assert post(server, minimal_request(messages=WITH_IMAGES)).status == 200
+    assert fake_upstream.last.json["messages"] == AS_TEXT
+
+
+def test_an_image_refusal_in_passthrough_is_learned_and_the_request_goes_again(make_proxy, fake_upstream):
+    server = make_proxy(passthrough=True, model="qwen3-8b-no-mmproj")
+    refusal = {"error": {"code": 500, "message": "image input is not supported - hint: if this is unexpected, you may "
+                                                 "need to provide the mmproj", "type": "server_error"}}
+    fake_upstream.push(json_reply(refusal, status=500), json_reply(ANSWER), json_reply(ANSWER))
+    before = fake_upstream.request_count
+    assert post(server, minimal_request(messages=WITH_IMAGES)).status == 200
+    assert post(server, minimal_request(messages=WITH_IMAGES)).status == 200
+    assert fake_upstream.request_count - before == 3  # refused once; the next went so at once
+    assert [r.json["messages"] for r in fake_upstream.requests[-2:]] == [AS_TEXT, AS_TEXT]
+
+
 def test_a_system_turn_after_an_assistant_turn_joins_the_user_turn_after_it() -> None:
     from claudeproxy.apis.older_form import system_as_user
 

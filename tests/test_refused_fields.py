@@ -564,7 +564,7 @@ def test_gemini_refusing_a_thinking_level_gets_the_next_below_for_that_level_alo
 def test_a_refusal_of_one_image_is_no_refusal_of_images(message: str) -> None:
     """Review H: a size or format refusal taken for "no images" would give a vision model
     placeholders for every image until a restart."""
-    from claudeproxy.apis.chat.api import refuses_images
+    from claudeproxy.apis.base import refuses_images
 
     assert not refuses_images(400, message)
 

@@ -34,6 +34,30 @@ if TYPE_CHECKING:  # for annotations only: routing imports nothing of the APIs, 
 
 log = logging.getLogger(__name__)
 
+# A model (or a server) that takes no images says so in its own words, and then refuses every later
+# turn too: the image stays in the history that Claude Code sends again, /compact included. The
+# request goes again with a text placeholder for each image, and the model gets placeholders from
+# then on. Groq: "messages[1].content must be a string"; llama.cpp without its projector: "image input
+# is not supported" (a 500); vLLM: "... is not a multimodal model"; OpenRouter: "No endpoints found
+# that support image input" (a 404); OpenAI's older models: "image_url is only supported by certain
+# models"; DeepSeek: "unknown variant `image_url`"; Ollama: "missing data required for image input";
+# the wordings "does not support images/vision", "only text content type is supported".
+_NO_IMAGES = re.compile(
+    r"image(?:\s+input)?\s+is\s+not\s+supported|image_url\s+is\s+(?:only|not)\s+supported|"
+    r"(?:does\s+not|doesn't|cannot)\s+(?:support|accept|take)\s+(?:images|image\s+input|image|vision|multimodal)\b"
+    r"(?!\s+(?:larger|bigger|over|above|exceeding|of\s+(?:size|type|format)|in\s+(?:this|that|the)|with|from|by\s+url))|"
+    r"(?:vision|multimodal)(?:\s+(?:input|content))?\s+is\s+not\s+supported|not\s+a\s+multimodal\s+model|"
+    r"no\s+endpoints\s+found\s+that\s+support\s+image|unknown\s+variant\s+`?image_url|"
+    r"missing\s+data\s+required\s+for\s+image|only\s+'?text'?\s+content\s+type|not\s+compiled\s+for\s+multimodal|"
+    r"content\W{0,4}(?:\s*:\s*value)?\s+must\s+be\s+a\s+string",
+    re.I)
+_NO_IMAGE_STATUSES = (400, 404, 422, 500, 501)  # OpenRouter's 404, llama.cpp's 500 and 501
+
+
+def refuses_images(status: int, message: str) -> bool:
+    """Does an upstream's error say that the model takes no images?"""
+    return status in _NO_IMAGE_STATUSES and bool(_NO_IMAGES.search(message))
+
 
 @dataclasses.dataclass(frozen=True)
 class ClientRequest:

@@ -48,8 +48,10 @@ from ..signatures import PREFIX as SIGNATURE_PREFIX
 from ..sse import ServerSentEvent, SSEDecoder, SSEFold, loads_data
 from ..tokens import estimate_input, estimate_output_tokens
 from ..urls import messages_url
-from .base import ClientRequest, Exchange, RefusedFields, UpstreamApi, pydantic_lines, refused_fields, remember
-from .older_form import DROPPABLE, STEPS, SYSTEM_FIRST, budget_below, effort_only, older_form, older_step
+from .base import (ClientRequest, Exchange, RefusedFields, UpstreamApi, pydantic_lines, refused_fields,
+                   refuses_images, remember)
+from .older_form import (DROPPABLE, STEPS, SYSTEM_FIRST, budget_below, effort_only, has_images, older_form,
+                         older_step)
 from .toolargs import ArgsScan
 
 Event = Dict[str, Any]
@@ -414,6 +416,8 @@ class MessagesApi(UpstreamApi):
             key = (target.provider.name, target.model)
             with self._lock:
                 steps = self._older.get(key, frozenset())
+            if target.facts.text_only:  # a model the facts (or the models table) say takes no images
+                steps |= {"no_images"}
             older_form(body, steps)  # first: the effort it reads may be a refused field
             self._refused.drop(body, key)
         return body
@@ -431,12 +435,13 @@ class MessagesApi(UpstreamApi):
         if is_anthropic_host(target.provider.url):
             return None
         text = pydantic_lines(getattr(exc, "upstream_message", "") or "")
-        if exc.status not in (400, 422) and not (exc.status == 500 and SYSTEM_FIRST.search(text)):
-            return None  # (llama.cpp says a chat template's refusal with a 500)
+        images = refuses_images(exc.status, text)
+        if exc.status not in (400, 422) and not images and not (exc.status == 500 and SYSTEM_FIRST.search(text)):
+            return None  # (llama.cpp says a chat template's refusal, and one of images, with a 500)
         sent = json.loads(ex.body)
         key = (target.provider.name, target.model)
         refused = refused_fields(text)
-        step = older_step(text, sent, refused)
+        step = "no_images" if images and has_images(sent) else older_step(text, sent, refused)
         fields = self._refused.learn(refused, sent, key, target.label)
         tried: FrozenSet[str] = ex.context or frozenset()  # the steps this request's earlier refusals taught
         if step is None and not fields:

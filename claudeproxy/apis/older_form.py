@@ -23,6 +23,8 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, FrozenSet, List, Optional
 
+from .user_text import TEXT_ONLY_IMAGE
+
 # Optional fields a server of an older schema may refuse as such: hints the answer does not need
 # (a top-level cache_control: automatic caching). output_config only with nothing but an effort in
 # it (``effort_only``): its format (structured output) is the client's meaning, and a refusal stands.
@@ -35,6 +37,7 @@ STEPS = {
     "no_ttl": ("a cache mark's ttl", "the 5-minute cache marks"),
     "uncached": ("cache_control marks", "no cache marks"),
     "user_system": ("a system turn in the messages", "each as a user turn, joined to the user turn beside it"),
+    "no_images": ("an image", "a text placeholder for each"),
 }
 # A budget for each effort, for a server that takes only the older {"type": "enabled",
 # "budget_tokens": N}: in the effort's bucket of dialects.REASONING_BUCKETS (xhigh and max in the
@@ -126,6 +129,8 @@ def older_form(body: Dict[str, Any], steps: FrozenSet[str]) -> None:
         _unmark(body, whole="uncached" in steps)
     if "user_system" in steps and isinstance(body.get("messages"), list):
         body["messages"] = system_as_user(body["messages"])
+    if "no_images" in steps and has_images(body):
+        body["messages"] = [_images_as_text(m) for m in body["messages"]]
     thinking = body.get("thinking")
     if not isinstance(thinking, dict) or not steps & {"off", "plain", "budget"}:
         return
@@ -185,6 +190,26 @@ def system_as_user(messages: List[Any]) -> List[Any]:
     if held:
         out.append({"role": "user", "content": held})
     return out
+
+
+def has_images(body: Dict[str, Any]) -> bool:
+    """Does a Messages body hold an image (in a message, or in a tool result's content)?"""
+    return any(block.get("type") == "image" for message in _dicts(body.get("messages"))
+               for outer in _dicts(message.get("content")) for block in [outer, *_dicts(outer.get("content"))])
+
+
+def _images_as_text(item: Any) -> Any:
+    """A message, or a block, with each image a text placeholder (its cache mark kept: the prompt's
+    cached prefix ends where it did); the client's objects are copied where changed."""
+    if not isinstance(item, dict):
+        return item
+    if item.get("type") == "image":
+        mark = {"cache_control": item["cache_control"]} if "cache_control" in item else {}
+        return {"type": "text", "text": TEXT_ONLY_IMAGE, **mark}
+    content = item.get("content")
+    if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") in ("image", "tool_result") for b in content):
+        return {**item, "content": [_images_as_text(b) for b in content]}
+    return item
 
 
 def _is_user(message: Any) -> bool:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from ..anthropic_types import DocumentBlock, SearchResultBlock, ToolReferenceBlock
 
+TEXT_ONLY_IMAGE = "[image omitted: this model takes text only]"  # an image to a model that takes none
+
 
 def search_result_text(block: SearchResultBlock) -> str:
     return "\n".join([block.title, block.source, *block.texts])

@@ -39,8 +39,8 @@ from ...prompt_cache import end_user, strip_billing_header
 from ...schemas import InlineBudget, clean_schema
 from ...signatures import decode_signature
 from ..names import tool_alias, tool_names, upstream_tool_id
-from ..user_text import (MISSING_RESULT, document_text, error_text, file_omitted, orphan_result, search_result_text,
-                         tool_reference_text)
+from ..user_text import (MISSING_RESULT, TEXT_ONLY_IMAGE, document_text, error_text, file_omitted, orphan_result,
+                         search_result_text, tool_reference_text)
 from .wire import ChatMessage, ChatRequest, ToolCall
 
 
@@ -119,7 +119,7 @@ def _marked(text: str, mark: Optional[str], dialect: Dialect) -> Part:
 
 def _image_part(block: ImageBlock, dialect: Dialect) -> Part:
     if dialect.string_content_only:
-        return _text_part("[image omitted: this model takes text only]")
+        return _text_part(TEXT_ONLY_IMAGE)
     if block.source == "base64":
         if dialect.image_types is not None and block.media_type not in dialect.image_types:
             return _text_part(f"[image omitted: this server takes no {block.media_type}]")
