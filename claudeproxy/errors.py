@@ -385,7 +385,7 @@ def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], he
     it (not so for an error object's string code: the message then names no status nobody sent)."""
     if says_prompt_too_long(status, message, err):
         # Claude Code compacts the conversation when it reads this (FIELD-NOTES 16).
-        exc = UpstreamHTTPError(prompt_too_long(status, message, err), status=400)
+        exc = UpstreamHTTPError(prompt_too_long(status if said else None, message, err), status=400)
     else:
         shown = status or 502
         own = err.get("type")

@@ -105,7 +105,7 @@ def _no_forwarded_key(provider: Provider, host: str, library: bool) -> Tuple[boo
 def shared_client_keys(router: Any, forwarded: bool = True) -> List[str]:
     """A line when routes send to Messages API providers on different hosts (or ports) that have no
     key of their own: each gets the client's (where one is ``forwarded``), so the key a client sends
-    for one (an Anthropic login) goes to the other's host, by a fallback or by another model's route."""
+    for one (an Anthropic login) goes to the others, by a fallback or by another model's route."""
     if not forwarded:
         return []
     hosts: Dict[str, str] = {}  # host[:port] -> the first provider there that gets the client's key
@@ -119,7 +119,7 @@ def shared_client_keys(router: Any, forwarded: bool = True) -> List[str]:
         return []
     named = " and ".join(f"{name} ({host})" for host, name in hosts.items())
     return [f"providers {named} have no key of their own and each gets the client's: the key a client sends "
-            "for one goes to the other's host (give them keys of their own if that is not meant)"]
+            "for one goes to the others too (give them keys of their own if that is not meant)"]
 
 
 def _carries_a_credential(provider: Provider) -> bool:

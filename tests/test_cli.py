@@ -448,7 +448,7 @@ def test_a_clients_key_that_would_go_to_two_hosts_is_said_at_start() -> None:
     keyed = Provider("keyed", "https://api.deepseek.com/anthropic", api="messages",
                      token=claudeproxy.static_token("sk-0000000000000000"))
     said = ["providers anth (api.anthropic.com) and third (gateway.corp.example) have no key of their own and each "
-            "gets the client's: the key a client sends for one goes to the other's host (give them keys of their "
+            "gets the client's: the key a client sends for one goes to the others too (give them keys of their "
             "own if that is not meant)"]
     by_fallback = (Route("opus", RouteTarget("anth", "claude-opus-4-5"), (RouteTarget("third", "x"),)),
                    Route("*", RouteTarget("anth"), (RouteTarget("keyed", "deepseek-chat"),)))

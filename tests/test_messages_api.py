@@ -1818,6 +1818,17 @@ def test_a_tool_call_still_open_when_the_message_ends_is_an_error(through, fake_
         assert "tool_use block 0 still open" in events[-1]["error"]["message"]
 
 
+def test_a_context_overflow_said_as_an_event_names_no_status_nobody_sent(through, fake_upstream):
+    """Probe AH 8: llama.cpp's `event: error` at a stream's start became "prompt is too long: 50000
+    tokens > 32768 maximum (upstream 502: ...)": it sent a 200 and the event, no 502."""
+    error = {"code": 400, "message": "request (50000 tokens) exceeds the available context size (32768 tokens), "
+             "try increasing it", "type": "exceed_context_size_error", "n_prompt_tokens": 50000, "n_ctx": 32768}
+    fake_upstream.push(sse(b"event: error\ndata: " + json.dumps(error).encode() + b"\n\n"))
+    resp = post(through, minimal_request(stream=True))
+    assert resp.status == 400, resp
+    assert resp.json["error"]["message"].startswith("prompt is too long: 50000 tokens > 32768 maximum (upstream: ")
+
+
 def test_a_tool_call_whose_whole_input_came_is_closed_though_its_block_was_not(through, fake_upstream):
     """Probe AH 3: a gateway's stream (the shape LiteLLM #34692 quotes) ends the message right after a
     call's one delta, without its content_block_stop: the input is whole, and the stream failed, every
