@@ -344,10 +344,7 @@ class Proxy:
                 # A forwarded key refused, or a passing failure (429, 5xx: the client retries); or
                 # Anthropic's own answer, which has a counter: its 404 is a model it does not have.
                 raise
-            self.warn_once(f"{target.label} answered count_tokens with {exc.status}; the local estimate serves")
-            if exc.status in _NO_COUNTER_STATUSES:
-                with self._lock:
-                    self._no_counter.add(target.provider.name)  # no such endpoint there: not asked again
+            self._no_count(exc.status, target)
             return None
         except UpstreamNotJson:
             self.warn_once(f"{target.label} answered count_tokens with a body that is not JSON; "
@@ -361,6 +358,14 @@ class Proxy:
             self.warn_once(f"{target.label} answered count_tokens without a usable input_tokens; "
                            "the local estimate serves")
         return counted
+
+    def _no_count(self, status: int, target: Target) -> None:
+        """An upstream that did not count (the local estimate serves): one that has no such endpoint
+        (404, 405, 501) is not asked again."""
+        self.warn_once(f"{target.label} answered count_tokens with {status}; the local estimate serves")
+        if status in _NO_COUNTER_STATUSES:
+            with self._lock:
+                self._no_counter.add(target.provider.name)
 
     # ------------------------------------------------------------------
     # Models (PROTOCOL.md 4.5): what the routes serve.

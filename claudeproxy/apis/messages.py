@@ -201,6 +201,12 @@ def ratelimit_headers(headers: Any) -> Tuple[Tuple[str, str], ...]:
     return tuple(out[:MAX_RATELIMIT_HEADERS])
 
 
+def _refusal_of_form(status: int, text: str) -> bool:
+    """Might an older form of the request meet this refusal? A 400 or 422; llama.cpp says a chat
+    template's refusal, and one of images, with a 500."""
+    return status in (400, 422) or refuses_images(status, text) or (status == 500 and bool(SYSTEM_FIRST.search(text)))
+
+
 def error_from_event(obj: Any, secrets: Tuple[str, ...]) -> ProxyError:
     """An Anthropic error object in a 200 body or an ``event: error``, as the error the client gets."""
     err = obj.get("error") if isinstance(obj, dict) else None
@@ -432,31 +438,32 @@ class MessagesApi(UpstreamApi):
         refused is remembered for the model (one refused round trip per server), and all of it at
         once where one 422 lists several. Anthropic itself is not second-guessed.
         """
-        if is_anthropic_host(target.provider.url):
-            return None
         text = pydantic_lines(getattr(exc, "upstream_message", "") or "")
-        images = refuses_images(exc.status, text)
-        if exc.status not in (400, 422) and not images and not (exc.status == 500 and SYSTEM_FIRST.search(text)):
-            return None  # (llama.cpp says a chat template's refusal, and one of images, with a 500)
+        if is_anthropic_host(target.provider.url) or not _refusal_of_form(exc.status, text):
+            return None
         sent = json.loads(ex.body)
         key = (target.provider.name, target.model)
         refused = refused_fields(text)
-        step = "no_images" if images and has_images(sent) else older_step(text, sent, refused)
+        images = refuses_images(exc.status, text) and has_images(sent)
+        step = "no_images" if images else older_step(text, sent, refused)
         fields = self._refused.learn(refused, sent, key, target.label)
         tried: FrozenSet[str] = ex.context or frozenset()  # the steps this request's earlier refusals taught
         if step is None and not fields:
             self._forget(key, tried, target.label)
             return None
         if step is not None:
-            # Taken whenever what was sent had the form refused: a request prepared before another
-            # learned the step is retried as well (older_step finds no step in the older form).
-            with self._lock:
-                steps = self._older.get(key, frozenset())
-                remember(self._older, key, steps | {step})
-            if step not in steps:
-                log.warning("%s refused %s: %s from now on", target.label, *STEPS[step])
+            self._learn_step(key, step, target.label)
             tried |= {step}
         return dataclasses.replace(self.prepare(req, target, cap), context=tried)
+
+    def _learn_step(self, key: Tuple[str, str], step: str, label: str) -> None:
+        """Taken whenever what was sent had the form refused: a request prepared before another
+        learned the step is retried as well (older_step finds no step in the older form)."""
+        with self._lock:
+            steps = self._older.get(key, frozenset())
+            remember(self._older, key, steps | {step})
+        if step not in steps:
+            log.warning("%s refused %s: %s from now on", label, *STEPS[step])
 
     def _forget(self, key: Tuple[str, str], tried: FrozenSet[str], label: str) -> None:
         """The older form was refused as well, for nothing it could change: the steps this request
