@@ -395,6 +395,21 @@ def test_an_image_refusal_in_passthrough_is_learned_and_the_request_goes_again(m
     assert [r.json["messages"] for r in fake_upstream.requests[-2:]] == [AS_TEXT, AS_TEXT]
 
 
+def test_a_500_is_learned_from_only_for_a_late_system_turn_or_an_image(through, fake_upstream):
+    """The 500s a template or a server without a projector answers with are read; any other 500 is a
+    server's failure, whose words teach nothing (a field named there stays in later requests)."""
+    model = _fresh_model("plain-500")
+    for message in ("context_management: Extra inputs are not permitted",
+                    "image input is not supported; context_management: Extra inputs are not permitted"):  # no image
+        fake_upstream.push(_refusal(message, 500))
+        before = fake_upstream.request_count
+        resp = post(through, minimal_request(model=model, context_management={"edits": []}))
+        assert resp.status == 500 and fake_upstream.request_count - before == 1, resp
+    fake_upstream.push(json_reply(ANSWER))
+    assert post(through, minimal_request(model=model, context_management={"edits": []})).status == 200
+    assert "context_management" in fake_upstream.last.json
+
+
 def test_a_system_turn_after_an_assistant_turn_joins_the_user_turn_after_it() -> None:
     from claudeproxy.apis.older_form import system_as_user
 

@@ -207,6 +207,17 @@ def _refusal_of_form(status: int, text: str) -> bool:
     return status in (400, 422) or refuses_images(status, text) or (status == 500 and bool(SYSTEM_FIRST.search(text)))
 
 
+def _form_refused(status: int, text: str, sent: Dict[str, Any]) -> Optional[Tuple[Optional[str], FrozenSet[str]]]:
+    """The older form's step (``older_form.STEPS``) and the optional fields a refusal of ``sent`` asks
+    for; None where a 500 says something else (it says only an image's or a late system turn's refusal)."""
+    plain = status in (400, 422)
+    refused = refused_fields(text) if plain else frozenset()
+    step = "no_images" if refuses_images(status, text) and has_images(sent) else older_step(text, sent, refused)
+    if not plain and step not in ("no_images", "user_system"):
+        return None
+    return step, refused
+
+
 def error_from_event(obj: Any, secrets: Tuple[str, ...]) -> ProxyError:
     """An Anthropic error object in a 200 body or an ``event: error``, as the error the client gets."""
     err = obj.get("error") if isinstance(obj, dict) else None
@@ -442,10 +453,11 @@ class MessagesApi(UpstreamApi):
         if is_anthropic_host(target.provider.url) or not _refusal_of_form(exc.status, text):
             return None
         sent = json.loads(ex.body)
+        found = _form_refused(exc.status, text, sent)
+        if found is None:
+            return None
+        step, refused = found
         key = (target.provider.name, target.model)
-        refused = refused_fields(text)
-        images = refuses_images(exc.status, text) and has_images(sent)
-        step = "no_images" if images else older_step(text, sent, refused)
         fields = self._refused.learn(refused, sent, key, target.label)
         tried: FrozenSet[str] = ex.context or frozenset()  # the steps this request's earlier refusals taught
         if step is None and not fields:
