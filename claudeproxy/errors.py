@@ -524,17 +524,13 @@ def max_tokens_limit(message: str, requested: int, prompt_guess: Optional[int] =
 
 def lasting_cap(message: str, limit: int) -> Optional[int]:
     """The cap on a model's output that a refusal ``max_tokens_limit`` read ``limit`` in tells, to be
-    remembered for the model: its output maximum, named; or half a window the asked budget alone
-    filled (no prompt had room: a guess that leaves one some). None where the limit is the room this
+    remembered for the model: its output maximum, named. None where the limit is the room this
     prompt leaves (window minus a prompt, counted or estimated): that changes with every prompt, and
     remembered it cut every later answer of the model short (a session near its window once, then
-    compacted, got a few hundred output tokens a turn from then on)."""
-    sizes = read_sizes(message)
-    if sizes.limit is None:
-        return limit
-    if sizes.prompt is None and sizes.together is None and sizes.output is not None and sizes.output >= sizes.limit:
-        return sizes.limit // 2
-    return None
+    compacted, got a few hundred output tokens a turn from then on). The window is remembered then
+    (``Proxy._window_room``), also where the asked output alone filled it: half of it, once learned
+    as the cap, was refused again every turn whose prompt passed the other half."""
+    return limit if read_sizes(message).limit is None else None
 
 
 def error_payload(error_type: str, message: str, request_id: Optional[str] = None,

@@ -27,6 +27,7 @@ _MAX_UPSTREAM = 800  # the upstream's own words inside it
 _NUM = r"\d{1,3}(?:,\d{3})+|\d+"  # DS4 writes "300,000 tokens"
 _LEAST_ROOM = 1024  # of output worth a retry with a smaller max_tokens, where the prompt's size is a sum's part
 _GUESS_MARGIN = 256  # tokens left between the estimate of a prompt the upstream did not count and the window
+_SURELY_OVER = 1.25  # an estimate this far over the window is over it (the raw one leans high by less)
 
 
 class Sizes(NamedTuple):
@@ -208,6 +209,8 @@ def _beside_a_guess(limit: int, output: int, prompt_guess: Optional[int]) -> Opt
     (``requested 0 output tokens``: the prompt alone is over the window)."""
     asked = min(output, limit)
     if prompt_guess is not None and asked > 0:
+        if prompt_guess > limit * _SURELY_OVER:
+            return None  # over the window by more than the estimate may lean high: halving only wastes calls
         room = limit - prompt_guess - max(_GUESS_MARGIN, prompt_guess // 20)
         if min(_LEAST_ROOM, asked // 4) <= room < asked:
             return room

@@ -147,6 +147,7 @@ class Proxy:
         # The context windows refusals named (window minus the prompt was the room): each later
         # prompt's max_tokens is kept within it, so a window-bound model is not refused every turn.
         self._windows: Dict[Tuple[str, str], int] = {}
+        self._uncounted: Dict[Tuple[str, str], bool] = {}  # models whose window refusals named no prompt size
         # Providers without a count_tokens endpoint (Ollama's, LM Studio's): not asked again, a round
         # trip and a 404 in its log each time. Bounded by the configured providers.
         self._no_counter: Set[str] = set()
@@ -822,15 +823,16 @@ class Proxy:
     def _changed_request(self, exc: UpstreamHTTPError, api: UpstreamApi, req: ClientRequest, target: Target,
                          ex: Exchange) -> Optional[Exchange]:
         limit = None
+        uncounted = exc.status == 400 and prompt_uncounted(exc.upstream_message)
         if exc.status == 400:
-            guess = self._prompt_guess(req, target) if prompt_uncounted(exc.upstream_message) else None
+            guess = self._prompt_guess(req, target) if uncounted else None
             limit = max_tokens_limit(exc.upstream_message, ex.max_tokens or 0, guess)
         if limit is not None:
             cap = lasting_cap(exc.upstream_message, limit)
             if cap is not None:
                 self._learn_cap(target, cap)  # the model's: later requests need not be refused first
             else:
-                self._learn_window(target, read_sizes(exc.upstream_message).limit)
+                self._learn_window(target, read_sizes(exc.upstream_message).limit, uncounted)
             return self._prepare(api, req, target, limit)
         return api.recover(exc, req, target, ex, self._cap(target, ex.max_tokens))  # within the room it had
 
@@ -859,22 +861,30 @@ class Proxy:
 
     def _prompt_guess(self, req: ClientRequest, target: Target) -> Optional[int]:
         """The prompt's tokens by the local estimate, calibrated for the model once its counts taught it,
-        without images and PDF pages (guessed wide); for a refusal that did not count the prompt.
-        A forwarded request is parsed for it here (on this refusal only); one the parser would refuse
-        gets none."""
-        parsed = req.parsed
+        without images and PDF pages (guessed wide); for a refusal that did not count the prompt."""
+        parsed = self._for_estimate(req)
         if parsed is None:
-            try:
-                parsed = parse_count_tokens_request(req.body, self.tools.parse)
-            except ProxyError:
-                return None
+            return None
         estimate = self._raw_estimate(parsed)
         return self.calibration.estimate((target.provider.name, target.model), estimate.tokens - estimate.media)
 
-    def _learn_window(self, target: Target, window: Optional[int]) -> None:
+    def _for_estimate(self, req: ClientRequest) -> Optional[MessagesRequest]:
+        """The request parsed; a forwarded one is parsed here, for its estimate (where a window needs
+        it); one the parser would refuse gets none."""
+        if req.parsed is not None:
+            return req.parsed
+        try:
+            return parse_count_tokens_request(req.body, self.tools.parse)
+        except ProxyError:
+            return None
+
+    def _learn_window(self, target: Target, window: Optional[int], uncounted: bool = False) -> None:
         if window:
+            key = (target.provider.name, target.model)
             with self._lock:
-                remember(self._windows, (target.provider.name, target.model), window)
+                remember(self._windows, key, window)
+                if uncounted:
+                    remember(self._uncounted, key, True)
 
     def _window_room(self, req: ClientRequest, target: Target, record: Dict[str, Any]) -> Optional[int]:
         """The output that fits beside this prompt in the window a refusal named for the model: the
@@ -883,16 +893,26 @@ class Proxy:
         PDF pages (guessed wide), and not under ``_LEAST_WINDOW_ROOM``: the upstream's refusal then
         names the room exactly, as it did before any window was known. (Not a quarter of what was
         asked: Claude Code asks for 128,000, and a 40,960 window beside a 12,000-token prompt was
-        refused every turn again.) None where it does not apply."""
+        refused every turn again.) Where the model's refusals do not count the prompt (vLLM's "at
+        least": ``_uncounted``), the estimate serves as it is, calibrated or not, forwarded requests
+        parsed for it: the refusal's retry would get that same room, one round trip later, every turn.
+        None where it does not apply."""
         key = (target.provider.name, target.model)
         with self._lock:
             window = self._windows.get(key)
-        parsed = req.parsed
-        if window is None or parsed is None or self.calibration.ratio(key) is None:
+            uncounted = key in self._uncounted
+        if window is None or (self.calibration.ratio(key) is None and not uncounted):
+            return None
+        parsed = self._for_estimate(req) if uncounted else req.parsed
+        if parsed is None:
             return None
         self._count_into(record, parsed)
         prompt = self.calibration.estimate(key, record["estimate_raw"] - record.get("estimate_media", 0))
         room = window - prompt - max(_WINDOW_MARGIN, prompt // 20)
+        if uncounted:
+            # Its refusal would not say the room: the least worth an answer, so that one refusal at
+            # most says the prompt does not fit (the full budget halved took up to four; probe AK).
+            return max(room, _LEAST_WINDOW_ROOM)
         return room if room >= _LEAST_WINDOW_ROOM else None
 
     def _learned_cap(self, target: Target) -> Optional[int]:

@@ -295,11 +295,38 @@ def test_a_prompt_vllm_did_not_count_gets_the_room_beside_its_estimate(proxy, fa
     assert resp.status == 200, resp
     first, retried = [r.json["max_tokens"] for r in fake_upstream.requests]
     assert first == 16000 and 16000 // 2 < retried <= 24576 - estimate, retried
-    # Refused again (the real prompt was longer than the estimate): half of that, then an answer.
+    # The window is remembered: the next turn asks for that room at once (no refused round trip,
+    # where half the window learned as the cap was refused every turn; review AJ R1).
     fake_upstream.requests.clear()
-    fake_upstream.push(vllm_uncounted(24576, 16000), vllm_uncounted(24576, retried), json_reply(completion("fits")))
+    fake_upstream.push(json_reply(completion("fits")))
     assert send(proxy, False, max_tokens=16000, model=model, messages=prompt).status == 200
-    assert [r.json["max_tokens"] for r in fake_upstream.requests] == [16000, retried, retried // 2]
+    assert [r.json["max_tokens"] for r in fake_upstream.requests] == [retried]
+    # Refused even so (the real prompt was longer than the estimate): half of that, then an answer.
+    fake_upstream.requests.clear()
+    fake_upstream.push(vllm_uncounted(24576, retried), json_reply(completion("fits")))
+    assert send(proxy, False, max_tokens=16000, model=model, messages=prompt).status == 200
+    assert [r.json["max_tokens"] for r in fake_upstream.requests] == [retried, retried // 2]
+    # Claude Code's 128,000, twice the window: the same room at once, nothing learned as a cap.
+    fake_upstream.requests.clear()
+    fake_upstream.push(json_reply(completion("fits")))
+    assert send(proxy, False, max_tokens=128000, model=model, messages=prompt).status == 200
+    assert [r.json["max_tokens"] for r in fake_upstream.requests] == [retried]
+
+
+def test_near_an_uncounted_window_one_refusal_at_most_says_the_prompt_does_not_fit(proxy, fake_upstream):
+    """Probe AK 2: near the window of a server that does not count the prompt, the full budget went,
+    then half of it after each refusal: up to four refusals a request. Once the window is known, a
+    prompt that leaves less than 1,024 tokens goes with 1,024: an answer, or one refusal and then
+    "prompt is too long" (Claude Code compacts)."""
+    model = "uncounted-near-edge"
+    fake_upstream.push(vllm_uncounted(24576, 16000), json_reply(completion("fits")))
+    assert send(proxy, False, max_tokens=16000, model=model).status == 200  # the window is learned
+    fake_upstream.requests.clear()
+    near = [{"role": "user", "content": "word " * 16500}]  # an estimate of about 23,500
+    fake_upstream.push(vllm_uncounted(24576, 1024))
+    resp = send(proxy, False, max_tokens=16000, model=model, messages=near)
+    assert resp.status == 400 and resp.json["error"]["message"].startswith("prompt is too long"), resp
+    assert [r.json["max_tokens"] for r in fake_upstream.requests] == [1024]
 
 
 def test_a_prompt_vllm_did_not_count_is_too_long_once_no_answer_would_fit(proxy, fake_upstream):
@@ -322,7 +349,7 @@ LASTING_LIMITS = {
     "openai-max-tokens-too-large-not-overflow": True,  # "supports at most 4096 completion tokens"
     "deepseek-max-tokens-range-not-overflow": True,  # "the valid range of max_tokens is [1, 8192]"
     "vllm-max-tokens-over-window-not-overflow": True,  # max_tokens=64000 > max_model_len=32768
-    "vllm-output-fills-window-not-overflow": True,  # 131072 output tokens asked of a 131072 window
+    "vllm-output-fills-window-not-overflow": False,  # 131072 asked of a 131072 window: the window is learned
     "anthropic-max-tokens-overflows-not-overflow": False,  # 143653 + 64000 > 200000
     "azure-completion-overflows-not-overflow": False,  # (9969 in the messages, 26000 in the completion)
     "deepseek-completion-overflows-not-overflow": False,
