@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import ssl
 import sys
 import threading
@@ -920,10 +921,25 @@ def usage_writer(path: str) -> Any:
 
 def no_follow(path: str) -> int:
     """``O_NOFOLLOW`` for a log opened by its name again and again, unless the name is a symbolic
-    link already (the user's own choice, at the start): a link put there later, by another user
-    who may write to the folder, would have had the records appended to any file the proxy's user
-    may write (a shell's rc file: a refused request's path is in its record)."""
-    return 0 if os.path.islink(path) else getattr(os, "O_NOFOLLOW", 0)
+    link already that the user (or root) made, the user's own choice: a link put there by another
+    user who may write to the folder, before the start or after it, would have had the records
+    appended to any file the proxy's user may write (a shell's rc file: a model name is in its
+    record). (Without ``O_NOFOLLOW``, Windows', a link put there is followed.)"""
+    return 0 if _own_link(path) else getattr(os, "O_NOFOLLOW", 0)
+
+
+def _own_link(path: str) -> bool:
+    """Is ``path`` a symbolic link that this user or root made?"""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    uid = getattr(os, "getuid", lambda: st.st_uid)()
+    return stat.S_ISLNK(st.st_mode) and st.st_uid in (uid, 0)
+
+
+def _foreign_link(path: str) -> bool:
+    return os.path.islink(path) and not _own_link(path)
 
 
 def _open_log(path: str, nofollow: int = 0) -> int:
@@ -1325,6 +1341,8 @@ def check_appendable(path: str, setting: str, try_it: bool = True) -> None:
     permission bits are all that is asked."""
     if os.path.isdir(path):
         raise ValueError(f"{setting} {path}: is a directory")
+    if _foreign_link(path):
+        raise ValueError(f"{setting} {path}: is a symbolic link another user made; it is not followed (remove it)")
     target = path if os.path.exists(path) else (os.path.dirname(os.path.abspath(path)))
     if not os.path.isdir(target) and not os.path.exists(path):
         raise ValueError(f"{setting} {path}: the directory {target} does not exist")

@@ -325,6 +325,28 @@ def test_a_link_put_under_the_usage_logs_name_after_the_start_is_not_written_thr
     assert json.loads(target.read_text())["model"] == "followed"
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "O_NOFOLLOW"), reason="a platform without O_NOFOLLOW")
+def test_a_link_another_user_put_under_the_name_before_the_start_is_not_followed(tmp_path: Any) -> None:
+    """Review AJ R4: a link there at the start was taken for the user's own, whoever made it (and
+    `run` starts a server each session: time enough to plant one). Another user's stops the start."""
+    import os
+
+    from claudeproxy.cli import check_appendable, usage_writer
+
+    path, victim = tmp_path / "usage.jsonl", tmp_path / "bashrc"
+    victim.write_text("# mine\n")
+    os.symlink(victim, path)
+    try:
+        os.lchown(path, 65534, 65534)  # as another user made it
+    except PermissionError:
+        pytest.skip("only root can make a link another user's here")
+    with pytest.raises(ValueError, match="is a symbolic link another user made"):
+        check_appendable(str(path), "--usage-log")
+    with pytest.raises(OSError):
+        usage_writer(str(path))(CallRecord("/v1/messages", model="planted", status=200))
+    assert victim.read_text() == "# mine\n"
+
+
 def test_a_record_after_a_line_cut_short_starts_a_line_of_its_own(tmp_path: Any) -> None:
     """A log whose last line a crash cut short (no newline): the next record was glued to it, and
     the read-back at the next start lost that call (probe Q)."""
