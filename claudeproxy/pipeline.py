@@ -106,6 +106,7 @@ _NAMES_A_MODEL = re.compile(r"access to (?:the )?model\b|model_not_found|not (?:
                             r"to (?:use|access) (?:the |this )?model\b|\bmodel \S+ is not (?:available|enabled|allowed)",
                             re.I)
 _NO_LIST_STATUSES = frozenset({404, 405, 501})  # an upstream's answer for a model list it does not have
+_ABOUT_A_MODEL = re.compile(r"\bmodel\b|model_not_found", re.I)  # a 404 that names a model: not the path's
 
 
 class StreamRest:
@@ -345,7 +346,7 @@ class Proxy:
                 # A forwarded key refused, or a passing failure (429, 5xx: the client retries); or
                 # Anthropic's own answer, which has a counter: its 404 is a model it does not have.
                 raise
-            self._no_count(exc.status, target)
+            self._no_count(exc, target)
             return None
         except UpstreamNotJson:
             self.warn_once(f"{target.label} answered count_tokens with a body that is not JSON; "
@@ -360,11 +361,12 @@ class Proxy:
                            "the local estimate serves")
         return counted
 
-    def _no_count(self, status: int, target: Target) -> None:
+    def _no_count(self, exc: UpstreamHTTPError, target: Target) -> None:
         """An upstream that did not count (the local estimate serves): one that has no such endpoint
-        (404, 405, 501) is not asked again."""
-        self.warn_once(f"{target.label} answered count_tokens with {status}; the local estimate serves")
-        if status in _NO_COUNTER_STATUSES:
+        (404, 405, 501) is not asked again. Not for a 404 about the model (vLLM's, llama.cpp's, a
+        gateway's "model ... not found"): the provider's other models are counted there."""
+        self.warn_once(f"{target.label} answered count_tokens with {exc.status}; the local estimate serves")
+        if exc.status in _NO_COUNTER_STATUSES and not _ABOUT_A_MODEL.search(exc.upstream_message or ""):
             with self._lock:
                 self._no_counter.add(target.provider.name)
 

@@ -1485,6 +1485,13 @@ def test_a_server_without_count_tokens_is_not_asked_again(make_proxy, fake_upstr
                                   status=400), json_reply({"input_tokens": 77}))
     assert post(other, body, path="/v1/messages/count_tokens").status == 200
     assert post(other, body, path="/v1/messages/count_tokens").json == {"input_tokens": 77}
+    # A 404 about the model (vLLM's "The model `x` does not exist."): the server has a counter (AJ R3).
+    third = make_proxy(passthrough=True, model="unknown-to-vllm")
+    fake_upstream.push(json_reply({"type": "error", "error": {"type": "NotFoundError",
+                                                               "message": "The model `unknown-to-vllm` does not exist."}},
+                                  status=404), json_reply({"input_tokens": 78}))
+    assert post(third, body, path="/v1/messages/count_tokens").status == 200
+    assert post(third, body, path="/v1/messages/count_tokens").json == {"input_tokens": 78}
 
 
 def test_count_tokens_falls_back_on_a_page_that_is_no_count(through, fake_upstream):
