@@ -475,11 +475,12 @@ class Metrics:
     # ------------------------------------------------------------------
     # Writing.
 
-    def record(self, rec: CallRecord) -> None:
+    def record(self, rec: CallRecord, logged: bool = True) -> None:
+        """``rec`` into every total, and to the sink (the usage log) where ``logged``."""
         rec = _bounded_names(rec)
         with self._lock:
             self._add(rec)
-        if self._sink is not None:
+        if self._sink is not None and logged:
             self._write(rec)
 
     def replay(self, records: Iterable[CallRecord]) -> int:

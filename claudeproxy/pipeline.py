@@ -1099,8 +1099,10 @@ class Proxy:
     # ------------------------------------------------------------------
     # Call records.
 
-    def _record(self, fields: Dict[str, Any], routed: Optional[Routed], started: float, request_id: str) -> None:
-        """One call record (also for a 4xx, a local answer, a failure): metrics, usage log, access log.
+    def _record(self, fields: Dict[str, Any], routed: Optional[Routed], started: float, request_id: str,
+                logged: bool = True) -> None:
+        """One call record (also for a 4xx, a local answer, a failure): metrics, usage log (``logged``),
+        access log.
 
         The provider and upstream model are the ones that finally answered (a fallback,
         maybe): each attempt sets them; upstream_model only once a call reached the upstream.
@@ -1121,7 +1123,7 @@ class Proxy:
             **{k: v for k, v in fields.items() if k in _RECORD_FIELDS},
         )
         self._learn(fields, rec, routed)
-        self.metrics.record(rec)
+        self.metrics.record(rec, logged)
         if log.isEnabledFor(logging.INFO):
             log.info("%s", access_line(rec), extra={"call": rec})  # the JSON log format adds its fields
 
@@ -1129,9 +1131,11 @@ class Proxy:
         """A call the handler refused before any endpoint ran (key, Host, path, busy, body). Recorded by
         the endpoint it asked for, never by its own path: that is anyone's text, before any key check
         (a web page's too), and up to 64 KB of it filled the usage log, the access log and /metrics'
-        endpoint rows, where later real calls showed as (other)."""
+        endpoint rows, where later real calls showed as (other). One refused access (no key, a wrong
+        one, a foreign Host or page: 401, 403) is counted, not written to the usage log: anyone may
+        send them, thousands a second, and the log's read-back at a restart keeps only its last 64 MiB."""
         self._record({"endpoint": self._endpoint_of(path), "status": status, "error_type": error_type}, None,
-                     started, request_id)
+                     started, request_id, logged=status not in (401, 403))
 
     def _endpoint_of(self, path: str) -> str:
         path = path.rstrip("/")

@@ -470,18 +470,22 @@ def test_two_requests_in_parallel_on_two_connections(proxy: Any, fake_upstream: 
 def test_refusals_at_the_door_are_calls_too(make_proxy: Any, fake_upstream: Any) -> None:
     """A wrong client key, an unknown path under /v1: recorded with their status and type (issue 8),
     by the endpoint asked for, never by the path, which anyone chooses before any key check: 64 KB
-    of it filled the usage log and took /metrics' endpoint rows from real calls (probe AI 2)."""
+    of it filled the usage log and took /metrics' endpoint rows from real calls (probe AI 2). A
+    refused access is counted, not written to the usage log (anyone's flood pushed the day out of
+    its read-back: review AJ R5)."""
     records: List[Any] = []
     server = make_proxy(auth_key="right-key-000000", metrics_sink=records.append)
     assert request(server.url, "POST", "/v1/messages", minimal_request(), {"x-api-key": "wrong"}).status == 401
     assert request(server.url, "GET", "/v1/nothing-here", headers={"x-api-key": "right-key-000000"}).status == 404
     assert request(server.url, "GET", "/v1/" + "junk" * 8000).status == 401
     assert request(server.url, "GET", "/v1/models/some-model-" + "x" * 5000).status == 401
+    key = {"x-api-key": "right-key-000000"}
     deadline = time.monotonic() + 5  # the record is written just after the answer went out
-    while len(records) < 4 and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        counted = json.loads(request(server.url, "GET", "/metrics?format=json", headers=key).body)
+        if sum(counted["by_status"].values()) >= 4:
+            break
         time.sleep(0.01)
-    # Each on its own connection's thread: the first answer's record may come second.
-    assert sorted((r.endpoint, r.status, r.error_type) for r in records) == [
-        ("(unknown path)", 401, "authentication_error"), ("(unknown path)", 404, "not_found_error"),
-        ("/v1/messages", 401, "authentication_error"), ("/v1/models/{id}", 401, "authentication_error")]
+    assert counted["by_status"] == {"401": 3, "404": 1}, counted["by_status"]
+    assert [(r.endpoint, r.status, r.error_type) for r in records] == [("(unknown path)", 404, "not_found_error")]
     assert fake_upstream.requests == []
