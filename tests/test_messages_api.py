@@ -421,6 +421,9 @@ def test_a_system_turn_after_an_assistant_turn_joins_the_user_turn_after_it() ->
         {"role": "user", "content": [turns[3]["content"][0], {"type": "text", "text": "s"}]}]
     assert system_as_user([{"role": "system", "content": "only"}]) == [
         {"role": "user", "content": [{"type": "text", "text": "only"}]}]
+    # A leading system turn keeps its place: before the user's text (review AJ R7).
+    assert system_as_user([{"role": "system", "content": "env"}, {"role": "user", "content": "hi"}]) == [
+        {"role": "user", "content": [{"type": "text", "text": "env"}, {"type": "text", "text": "hi"}]}]
 
 
 def _refusal(message: str, status: int = 400) -> Reply:
@@ -1867,6 +1870,15 @@ def test_a_tool_call_whose_whole_input_came_is_closed_though_its_block_was_not(t
     fake_upstream.push(sse(events_bytes(whole + TOOL_USE_END)))  # a JSON request the upstream streamed
     resp = post(through, minimal_request())
     assert resp.status == 200 and resp.json["content"][0]["input"]["command"] == "ls -la", resp
+    # Not whole (review AJ R6): text after the object (the client joins it in: no JSON), or no input at all.
+    for deltas in ([_delta(0, "input_json_delta", partial_json='{"command": "ls"} and more')],
+                   [_delta(0, "input_json_delta", partial_json='{"command": "ls"}'),
+                    _delta(0, "input_json_delta", partial_json='}')],
+                   []):
+        fake_upstream.push(sse(events_bytes([MESSAGE_START, _start(0, "tool_use")] + deltas + TOOL_USE_END)))
+        with StreamClient(through.url, minimal_request(stream=True), headers={"x-api-key": CLIENT_KEY}) as client:
+            events = client.read_all(timeout=5)
+        assert events[-1]["type"] == "error" and "tool_use block 0 still open" in events[-1]["error"]["message"]
 
 
 def test_a_text_block_still_open_when_the_message_ends_is_closed(through, fake_upstream):

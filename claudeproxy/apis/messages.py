@@ -565,6 +565,7 @@ class MessagesFold(SSEFold):
         # An open tool call's arguments as they came (``ArgsScan`` keeps only their state): whole, a
         # call whose block an upstream never stopped is closed rather than failed (``_close_open_blocks``).
         self.tool_args: Dict[int, ArgsScan] = {}
+        self.tool_trailing: Set[int] = set()  # calls with text after their object closed: not whole
         self.stopped_blocks: Set[int] = set()
         # The message_delta, held until message_stop (or the stream's end): a second one merges into it,
         # so the client gets one, with the last stop reason and the highest counts (the grammar's).
@@ -741,10 +742,19 @@ class MessagesFold(SSEFold):
 
     def _whole_input(self, index: int) -> bool:
         """Did a tool call's input come whole, though its block was never stopped (a gateway that ends
-        the message right after the call's one delta)? Its JSON object closed, or no delta came at all
-        (the input its start carried)."""
+        the message right after the call's one delta)? Its JSON object closed, nothing after it (the
+        client joins every delta: trailing text would not parse), or its start carried the input."""
         scan = self.tool_args.get(index)
-        return scan is None or (scan.closed and not scan.bad)
+        return scan is None or (scan.closed and not scan.bad and index not in self.tool_trailing)
+
+    def _feed_args(self, index: int, text: str) -> None:
+        """A tool call's input fragment into its scan; text after its object closed is marked (the
+        scan drops it, the client does not)."""
+        scan = _entry_scan(self.tool_args, index)
+        was_closed = scan.closed
+        scan.feed(text)
+        if (was_closed and text.strip()) or (scan.closed and not was_closed and not text.rstrip().endswith("}")):
+            self.tool_trailing.add(index)
 
     # The block grammar, forwarded as it comes: a delta or stop only for an open block, a start only
     # for a new index, a delta only of a type its block takes. Anything else fails the stream (the
@@ -767,7 +777,7 @@ class MessagesFold(SSEFold):
         if type(kind) is str and kind not in takes and kind in _KNOWN_DELTAS:
             raise _broken_order(f"{kind} for block {index}, which is a {block} block")
         if kind == "input_json_delta" and type(delta.get("partial_json")) is str:
-            _entry_scan(self.tool_args, index).feed(delta["partial_json"])
+            self._feed_args(index, delta["partial_json"])
 
     def _open_block(self, obj: Dict[str, Any]) -> None:
         index = obj.get("index")
@@ -785,6 +795,8 @@ class MessagesFold(SSEFold):
             raise _broken_order(f"content_block_start for block {index} without a content_block")
         kind = block.get("type")
         self.open_blocks[index] = kind if type(kind) is str else None
+        if kind == "tool_use" and not block.get("input"):
+            self.tool_args[index] = ArgsScan(keep=False)  # its input is to come: whole only once it closed
         self.called_tool = self.called_tool or kind == "tool_use"  # a server tool's use is not the client's to run
 
     def _stop_block(self, obj: Dict[str, Any]) -> None:

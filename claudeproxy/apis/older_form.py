@@ -170,8 +170,8 @@ def budget_below(body: Dict[str, Any], cap: int) -> None:
 
 def system_as_user(messages: List[Any]) -> List[Any]:
     """``messages`` with each system turn a user turn, its text at the end of the user turn before it,
-    or else of the one after it (after a tool result's blocks, which must come first), or else a user
-    turn of its own: templates that take roles only in turn refuse two user turns in a row too."""
+    or else at the start of the one after it (after its tool results, which must come first), or else
+    a user turn of its own: templates that take roles only in turn refuse two user turns in a row too."""
     out: List[Any] = []
     held: List[Any] = []  # a system turn's blocks waiting for the user turn after it
     for message in messages:
@@ -185,7 +185,7 @@ def system_as_user(messages: List[Any]) -> List[Any]:
         elif message.get("role") == "system":
             held += _blocks(message.get("content"))
         else:
-            out.append({**message, "content": _blocks(message.get("content")) + held} if held else message)
+            out.append({**message, "content": _after_results(_blocks(message.get("content")), held)} if held else message)
             held = []
     if held:
         out.append({"role": "user", "content": held})
@@ -210,6 +210,13 @@ def _images_as_text(item: Any) -> Any:
     if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") in ("image", "tool_result") for b in content):
         return {**item, "content": [_images_as_text(b) for b in content]}
     return item
+
+
+def _after_results(blocks: List[Any], held: List[Any]) -> List[Any]:
+    """``held`` put into a user turn's ``blocks``, after the tool results it begins with."""
+    first = next((i for i, b in enumerate(blocks) if not (isinstance(b, dict) and b.get("type") == "tool_result")),
+                 len(blocks))
+    return blocks[:first] + held + blocks[first:]
 
 
 def _is_user(message: Any) -> bool:
