@@ -78,6 +78,7 @@ class _RefInliner:
     def __init__(self, defs: Dict[str, Any], budget: int = _MAX_INLINED_NODES) -> None:
         self.defs = defs
         self.budget = min(budget, _MAX_INLINED_NODES)
+        self.flattened = False  # a definition was past the budget
         self.sizes: Dict[str, int] = {}  # each definition counted once, however often it is named
 
     def inline(self, node: Any, path: Tuple[str, ...] = (), depth: int = 0) -> Any:
@@ -100,6 +101,7 @@ class _RefInliner:
         size = self.sizes[name]
         if not size or path.count(name) >= _MAX_REF_REPEAT or len(path) >= _MAX_REF_CHAIN or size > self.budget:
             # Unresolvable, recursive, a chain too long or past the budget: the loosest schema Gemini takes.
+            self.flattened = self.flattened or (bool(size) and size > self.budget)
             return {"type": "object"}
         self.budget -= size
         merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}  # type: ignore[dict-item]
@@ -254,6 +256,7 @@ class InlineBudget:
 
     def __init__(self, left: int = MAX_REQUEST_INLINED_NODES) -> None:
         self.left = left
+        self.flattened = False  # a $ref went as the loosest schema for want of budget: said once (chat_tools)
 
 
 def sanitize_gemini(schema: Dict[str, Any], shared: Optional[InlineBudget] = None) -> Dict[str, Any]:
@@ -267,6 +270,7 @@ def sanitize_gemini(schema: Dict[str, Any], shared: Optional[InlineBudget] = Non
     inlined = inliner.inline({k: v for k, v in schema.items() if k not in ("$defs", "definitions")})
     if shared is not None:
         shared.left -= min(shared.left, _MAX_INLINED_NODES) - inliner.budget
+        shared.flattened = shared.flattened or inliner.flattened
     return _walk(inlined, _gemini_fix)  # type: ignore[no-any-return]
 
 

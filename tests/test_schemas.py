@@ -324,8 +324,10 @@ def test_gemini_ref_expansion_is_bounded_for_the_whole_request_not_only_each_too
     tools = [{"name": f"t{i}", "input_schema": _fan_out(8, 6)} for i in range(200)]
     req = parse_messages_request({"model": "m", "max_tokens": 9, "tools": tools,
                                   "messages": [{"role": "user", "content": "hi"}]})
-    body = json.dumps(to_chat_request(req, model="gemini-2.5-pro", dialect=DIALECTS["gemini"]).request.to_dict())
+    translated = to_chat_request(req, model="gemini-2.5-pro", dialect=DIALECTS["gemini"])
+    body = json.dumps(translated.request.to_dict())
     assert len(body) < 4_000_000, len(body)
+    assert any("too large to inline in full" in w for w in translated.warnings)  # said (review AJ R8)
     assert "$ref" not in body and body.count('"name": "t') == 200
     one = json.dumps(sanitize_gemini(_fan_out(8, 6)))
     assert len(one) > 100_000  # one tool alone still gets its own (per-schema) budget

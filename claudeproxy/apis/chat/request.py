@@ -505,7 +505,11 @@ def chat_tools(tools: Tuple[Tool, ...], dialect: Dialect) -> ChatTools:
     warning names the server tools and computer use left out."""
     shared = InlineBudget()  # one for all the tools (Gemini's $refs inlined)
     functions = tuple(_function_tool(t, dialect, shared) for t in tools if t.is_function)
-    return functions, dropped_tool_warnings([t for t in tools if not t.is_function])
+    warnings = dropped_tool_warnings([t for t in tools if not t.is_function])
+    if shared.flattened:
+        warnings += ("tool schemas too large to inline in full for Gemini: past 20,000 nodes a tool (100,000 "
+                     "a request) a $ref goes as a plain object",)
+    return functions, warnings
 
 
 def _prefill_fields(req: MessagesRequest, dialect: Dialect) -> Tuple[Tuple[str, Any], ...]:
