@@ -149,6 +149,7 @@ class Proxy:
         # prompt's max_tokens is kept within it, so a window-bound model is not refused every turn.
         self._windows: Dict[Tuple[str, str], int] = {}
         self._uncounted: Dict[Tuple[str, str], bool] = {}  # models whose window refusals named no prompt size
+        self._cut_at: Dict[Tuple[str, str], int] = {}  # the context a server cut a model's prompt to (Ollama)
         # Providers without a count_tokens endpoint (Ollama's, LM Studio's): not asked again, a round
         # trip and a 404 in its log each time. Bounded by the configured providers.
         self._no_counter: Set[str] = set()
@@ -573,7 +574,7 @@ class Proxy:
                 passing: Optional[Tuple[ProxyError, Dict[str, Any]]], record: Dict[str, Any]) -> None:
         """Count a failed attempt; raise what the client gets when no other attempt may follow."""
         exc.mask(watch.call.secrets)  # an upstream's values, whichever step quoted them
-        if not _own_abort(watch):
+        if not _own_abort(watch) and not getattr(exc, "local", False):
             self.metrics.attempt_failed(target.provider.name, target.model, exc.status)
         if writer.started or _own_abort(watch):
             raise exc  # a stream's error event, or our own abort: as it is
@@ -684,6 +685,7 @@ class Proxy:
         record["awaiting"] = False
         sent_before = call.requests
         try:
+            self._refuse_what_would_be_cut(req, target, record)
             room = self._window_room(req, target, record) if changed is None else None
             resp, ex = self._send(api, req, target, call, None if streamed else watch.deadline, room, changed)
         except UpstreamHTTPError as exc:
@@ -901,7 +903,7 @@ class Proxy:
         None where it does not apply."""
         key = (target.provider.name, target.model)
         with self._lock:
-            window = self._windows.get(key)
+            window = self._windows.get(key) or target.facts.context_window  # learned, else the facts' (probe AK 4)
             uncounted = key in self._uncounted
         if window is None or (self.calibration.ratio(key) is None and not uncounted):
             return None
@@ -916,6 +918,27 @@ class Proxy:
             # most says the prompt does not fit (the full budget halved took up to four; probe AK).
             return max(room, _LEAST_WINDOW_ROOM)
         return room if room >= _LEAST_WINDOW_ROOM else None
+
+    def _refuse_what_would_be_cut(self, req: ClientRequest, target: Target, record: Dict[str, Any]) -> None:
+        """``prompt is too long`` said here, for a server that cuts a prompt to its context without a
+        word (Ollama, to num_ctx) where the estimate is over that context: the context a cut showed
+        (``_cut_prompt``), else the model's window in the facts or the models table. Sent, the model
+        saw only the prompt's end, and Claude Code, told the kept count, never compacted (probe AK 1)."""
+        if target.dialect is None or not target.dialect.cuts_prompts or req.parsed is None:
+            return
+        key = (target.provider.name, target.model)
+        with self._lock:
+            window = self._cut_at.get(key) or target.facts.context_window
+        if window is None:
+            return
+        self._count_into(record, req.parsed)
+        prompt = self.calibration.estimate(key, record["estimate_raw"] - record.get("estimate_media", 0))
+        if prompt > window:
+            exc = ProxyError(f"{PROMPT_TOO_LONG}: {prompt} tokens > {window} maximum (the proxy's estimate: "
+                             f"{target.label} cuts a longer prompt to its context, the conversation's start lost)",
+                             status=400, error_type="invalid_request_error")
+            exc.local = True  # no upstream attempt failed
+            raise exc
 
     def _learned_cap(self, target: Target) -> Optional[int]:
         with self._lock:
@@ -1164,11 +1187,14 @@ class Proxy:
                        if (t.provider.name, t.model) == (rec.provider, rec.upstream_model)), None)
         if target is None or target.dialect is None or not target.dialect.cuts_prompts:
             return False
+        with self._lock:  # longer prompts are said too long here from now on (_refuse_what_would_be_cut)
+            remember(self._cut_at, (rec.provider, rec.upstream_model), reported)
         first = self._first_time(("cut prompt", rec.provider, rec.upstream_model))  # once a model, whatever the counts
         log.log(logging.WARNING if first else logging.DEBUG, "%s counted %d prompt tokens where about %d were sent: "
                 "the server seems to cut prompts to its context length (Ollama's num_ctx, OLLAMA_CONTEXT_LENGTH); give "
                 "the model a larger context there (Claude Code needs about 100000) and the models table's "
-                "context_window to match", target.label, reported, raw)
+                "context_window to match; a longer prompt is said too long here from now on, so that Claude Code "
+                "compacts", target.label, reported, raw)
         return True
 
 

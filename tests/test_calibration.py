@@ -210,19 +210,44 @@ def test_a_server_that_cuts_the_prompt_is_said_and_teaches_nothing(make_proxy: A
     prompt, every turn): the model saw only the end, and learned, the ratio took the estimates down
     with it, so Claude Code, told 4k, never compacted (probe AC, D7). Said once; nothing learned."""
     proxy = make_proxy(model="qwen3:8b", provider="ollama")
-    history: List[Dict[str, Any]] = []
-    for turn in range(5):
-        history.append({"role": "user", "content": turn_text(30) * 5})  # about 15,000 tokens the first turn
-        usage = {"prompt_tokens": 4095, "completion_tokens": 5, "total_tokens": 4100}
-        fake_upstream.push(json_reply(completion("ok", usage=usage)))
-        body = {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": list(history)}
-        assert request(proxy.url, "POST", "/v1/messages", body).status == 200
-        history.append({"role": "assistant", "content": "ok"})
+    history: List[Dict[str, Any]] = [{"role": "user", "content": turn_text(30) * 5}]  # about 15,000 tokens
+    usage = {"prompt_tokens": 4095, "completion_tokens": 5, "total_tokens": 4100}
+    fake_upstream.push(json_reply(completion("ok", usage=usage)))
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": history}
+    assert request(proxy.url, "POST", "/v1/messages", body).status == 200
     assert proxy.server.wait_idle(2)
     assert proxy.server.proxy.calibration.ratio(("upstream", "qwen3:8b")) is None
     said = [r.getMessage() for r in caplog.records if "cut prompts to its context" in r.getMessage()
             and r.levelname == "WARNING"]
     assert len(said) == 1 and "counted 4095 prompt tokens" in said[0] and "num_ctx" in said[0], said
+    # From then on a prompt over the context it cut to is "prompt is too long" here, so that Claude
+    # Code compacts; it was sent, and cut again every turn (probe AK 1).
+    before = len(fake_upstream.requests)
+    resp = request(proxy.url, "POST", "/v1/messages", body)
+    assert resp.status == 400 and resp.json["error"]["message"].startswith("prompt is too long: "), resp
+    assert "> 4095 maximum" in resp.json["error"]["message"] and len(fake_upstream.requests) == before
+    fake_upstream.push(json_reply(completion("short", usage={"prompt_tokens": 20, "completion_tokens": 5})))
+    assert request(proxy.url, "POST", "/v1/messages", dict(body, messages=[{"role": "user", "content": "hi"}])).status == 200
+
+
+def test_a_prompt_over_an_ollama_models_configured_window_is_said_too_long_here(make_proxy: Any,
+                                                                              fake_upstream: FakeUpstream) -> None:
+    """Probe AK 1: with the models table's context_window at Ollama's num_ctx, prompts of 34k to 142k
+    tokens went to a 32k context and were cut, every turn, without a word: Claude Code never compacted."""
+    from claudeproxy.model_facts import ModelFacts
+    from claudeproxy.routing import Provider, Route, RouteTarget
+
+    provider = Provider("ollama", fake_upstream.url, dialect="ollama",
+                        models=(("qwen3-coder:30b", ModelFacts(context_window=8000)),))
+    proxy = make_proxy(providers=(provider,), routes=(Route("*", RouteTarget("ollama", "qwen3-coder:30b")),),
+                       upstream=None)
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": turn_text(30) * 5}]}
+    resp = request(proxy.url, "POST", "/v1/messages", body)
+    assert resp.status == 400 and "> 8000 maximum" in resp.json["error"]["message"], resp
+    assert fake_upstream.requests == []
+    assert proxy.server.wait_idle(2)
+    text = request(proxy.url, "GET", "/metrics").body.decode()
+    assert "claudeproxy_upstream_failed_attempts_total{" not in text  # no upstream attempt failed
 
 
 def test_a_low_count_elsewhere_is_no_cut_prompt(make_proxy: Any, fake_upstream: FakeUpstream, caplog: Any) -> None:
