@@ -75,6 +75,8 @@ _EXACT = (
 # vLLM >= 0.18 counts the prompt only up to the window and says "at least": no exact prompt size.
 _LOOSE = (
     r"maximum context length is <L> tokens\. However, you requested <O> output tokens",
+    # vLLM's check of max_tokens alone: the window is named, the prompt not counted at all.
+    r"max_tokens=<O>\s*cannot be greater than max_model_len=(?:max_total_tokens=)?<L>",
     r"you passed <N> input (?:tokens|characters) and requested <O> output tokens\. "
     r"However, the model'?s context length is only <L> tokens",
 )

@@ -313,6 +313,22 @@ def test_a_prompt_vllm_did_not_count_gets_the_room_beside_its_estimate(proxy, fa
     assert [r.json["max_tokens"] for r in fake_upstream.requests] == [retried]
 
 
+def test_max_tokens_over_vllms_window_goes_again_with_the_room_beside_the_prompt(proxy, fake_upstream):
+    """Probe AK 8: "max_tokens=128000 cannot be greater than max_model_len=max_total_tokens=32768" was read
+    as a cap of 32768, and the retry with the whole window could never fit beside any prompt: a second
+    refusal at the start of every session. It names the window: the retry asks for the room beside the
+    estimate of the prompt at once."""
+    message = ("max_tokens=128000cannot be greater than max_model_len=max_total_tokens=32768. Please request "
+               "fewer output tokens. (parameter=max_tokens, value=128000)")
+    body = {"error": {"message": message, "type": "BadRequestError", "param": "max_tokens", "code": 400}}
+    fake_upstream.push(Reply(400, (("Content-Type", "application/json"),), [json.dumps(body).encode()]),
+                       json_reply(completion("fits")))
+    prompt = [{"role": "user", "content": "word " * 7000}]  # an estimate of about 10,000
+    assert send(proxy, False, max_tokens=128000, model="window-named", messages=prompt).status == 200
+    first, retried = [r.json["max_tokens"] for r in fake_upstream.requests]
+    assert first == 128000 and 16384 < retried < 32768 - 9000, retried
+
+
 def test_near_an_uncounted_window_one_refusal_at_most_says_the_prompt_does_not_fit(proxy, fake_upstream):
     """Probe AK 2: near the window of a server that does not count the prompt, the full budget went,
     then half of it after each refusal: up to four refusals a request. Once the window is known, a
@@ -348,7 +364,7 @@ def test_a_prompt_vllm_did_not_count_is_too_long_once_no_answer_would_fit(proxy,
 LASTING_LIMITS = {
     "openai-max-tokens-too-large-not-overflow": True,  # "supports at most 4096 completion tokens"
     "deepseek-max-tokens-range-not-overflow": True,  # "the valid range of max_tokens is [1, 8192]"
-    "vllm-max-tokens-over-window-not-overflow": True,  # max_tokens=64000 > max_model_len=32768
+    "vllm-max-tokens-over-window-not-overflow": False,  # max_tokens=64000 > max_model_len=32768: the window
     "vllm-output-fills-window-not-overflow": False,  # 131072 asked of a 131072 window: the window is learned
     "anthropic-max-tokens-overflows-not-overflow": False,  # 143653 + 64000 > 200000
     "azure-completion-overflows-not-overflow": False,  # (9969 in the messages, 26000 in the completion)
