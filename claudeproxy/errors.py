@@ -62,6 +62,9 @@ class ProxyError(Exception):
     # For an upstream error event: the events its stream gave before it in the same read,
     # which still go out before the error does (``SSEFold.feed_line``).
     events_before: Tuple[Dict[str, Any], ...] = ()
+    # Said by the proxy in place of an upstream it never asked (a prompt over the context Ollama cuts
+    # to): no upstream attempt failed (``Proxy._failed``).
+    local = False
 
     def __init__(
         self,

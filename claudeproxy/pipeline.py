@@ -574,7 +574,7 @@ class Proxy:
                 passing: Optional[Tuple[ProxyError, Dict[str, Any]]], record: Dict[str, Any]) -> None:
         """Count a failed attempt; raise what the client gets when no other attempt may follow."""
         exc.mask(watch.call.secrets)  # an upstream's values, whichever step quoted them
-        if not _own_abort(watch) and not getattr(exc, "local", False):
+        if not _own_abort(watch) and not exc.local:
             self.metrics.attempt_failed(target.provider.name, target.model, exc.status)
         if writer.started or _own_abort(watch):
             raise exc  # a stream's error event, or our own abort: as it is
