@@ -26,7 +26,7 @@ _MAX_MESSAGE = 1000  # the whole client message
 _MAX_UPSTREAM = 800  # the upstream's own words inside it
 _NUM = r"\d{1,3}(?:,\d{3})+|\d+"  # DS4 writes "300,000 tokens"
 _LEAST_ROOM = 1024  # of output worth a retry with a smaller max_tokens, where the prompt's size is a sum's part
-_GUESS_MARGIN = 256  # tokens left between the estimate of a prompt the upstream did not count and the window
+_GUESS_MARGIN = 256  # tokens left between a prompt's estimate and the window (``room_beside``)
 _SURELY_OVER = 1.25  # an estimate this far over the window is over it (the raw one leans high by less)
 
 
@@ -213,11 +213,17 @@ def _beside_a_guess(limit: int, output: int, prompt_guess: Optional[int]) -> Opt
     if prompt_guess is not None and asked > 0:
         if prompt_guess > limit * _SURELY_OVER:
             return None  # over the window by more than the estimate may lean high: halving only wastes calls
-        room = limit - prompt_guess - max(_GUESS_MARGIN, prompt_guess // 20)
+        room = room_beside(limit, prompt_guess)
         if min(_LEAST_ROOM, asked // 4) <= room < asked:
             return room
     half = asked // 2
     return half if half >= _LEAST_ROOM or (output >= limit and half > 0) else None
+
+
+def room_beside(window: int, prompt: int) -> int:
+    """The output that fits in ``window`` beside a prompt estimated at ``prompt`` tokens, less a margin
+    for the estimate (256 tokens, or a twentieth of the prompt)."""
+    return window - prompt - max(_GUESS_MARGIN, prompt // 20)
 
 
 def prompt_uncounted(message: str) -> bool:

@@ -43,7 +43,7 @@ from .ids import new_id
 from .metrics import LOCAL, CallRecord, Metrics, access_line, finite
 from .model_facts import PRICES_CHECKED, ModelFacts
 from .observe import ObservedFold, bodies_logged, log_body
-from .overflow import PHRASE as PROMPT_TOO_LONG, prompt_uncounted, read_sizes
+from .overflow import PHRASE as PROMPT_TOO_LONG, prompt_uncounted, read_sizes, room_beside
 from .prompt_cache import session_cache_key
 from .redact import (
     MIN_FREE_TEXT_SECRET,
@@ -75,9 +75,8 @@ _MAX_TOKENS_RETRIES = 6
 _WARNINGS_REMEMBERED = 1024  # distinct warnings logged at WARNING before the memory starts over
 # Worth another attempt (issue 7): rate limits, overload, server errors, connect failures (502).
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
-# Tokens left between a prompt's estimate and a learned window's edge (or a twentieth of the prompt),
-# and the least room it gives an answer: below, the upstream's refusal says the room exactly.
-_WINDOW_MARGIN = 256
+# The least room beside a prompt's estimate (overflow.room_beside) a learned window gives an answer:
+# below, the upstream's refusal says the room exactly.
 _LEAST_WINDOW_ROOM = 1024
 # A refusal of the key the proxy sends a provider, or of its account (refused, unpaid, not permitted):
 # the same target again gets the same, another provider's key may well be taken, so a route's
@@ -910,9 +909,7 @@ class Proxy:
         parsed = self._for_estimate(req) if uncounted else req.parsed
         if parsed is None:
             return None
-        self._count_into(record, parsed)
-        prompt = self.calibration.estimate(key, record["estimate_raw"] - record.get("estimate_media", 0))
-        room = window - prompt - max(_WINDOW_MARGIN, prompt // 20)
+        room = room_beside(window, self._text_estimate(key, record, parsed))
         if uncounted:
             # Its refusal would not say the room: the least worth an answer, so that one refusal at
             # most says the prompt does not fit (the full budget halved took up to four; probe AK).
@@ -931,14 +928,19 @@ class Proxy:
             window = self._cut_at.get(key) or target.facts.context_window
         if window is None:
             return
-        self._count_into(record, req.parsed)
-        prompt = self.calibration.estimate(key, record["estimate_raw"] - record.get("estimate_media", 0))
+        prompt = self._text_estimate(key, record, req.parsed)
         if prompt > window:
             exc = ProxyError(f"{PROMPT_TOO_LONG}: {prompt} tokens > {window} maximum (the proxy's estimate: "
                              f"{target.label} cuts a longer prompt to its context, the conversation's start lost)",
                              status=400, error_type="invalid_request_error")
             exc.local = True  # no upstream attempt failed
             raise exc
+
+    def _text_estimate(self, key: Tuple[str, str], record: Dict[str, Any], parsed: MessagesRequest) -> int:
+        """The prompt's tokens as the calibration for ``key`` scales the estimate, without its images
+        and PDF pages (guessed wide); counted into the record once."""
+        self._count_into(record, parsed)
+        return self.calibration.estimate(key, record["estimate_raw"] - record.get("estimate_media", 0))
 
     def _learned_cap(self, target: Target) -> Optional[int]:
         with self._lock:
@@ -1253,42 +1255,45 @@ def _event_stream(resp: Any) -> bool:
     return ctype.split(";", 1)[0].strip().lower() == "text/event-stream"
 
 
-class _ThinkingOmitted:
-    """A client writer that leaves out the thinking text of a stream (``thinking_delta`` events):
-    each thinking block still starts, carries its signature and stops, as Anthropic's do then."""
+class _FilteredWriter:
+    """A client writer that passes each event of a stream through ``_kept`` (None: left out)."""
 
     def __init__(self, writer: Writer) -> None:
         self._writer = writer
 
     def events(self, events: List[Dict[str, Any]], end: bool = False) -> None:
-        kept = [e for e in events if not _is_thinking_text(e)]
+        kept = [e for e in map(self._kept, events) if e is not None]
         if kept:
             self._writer.events(kept, end)
         elif end:
             self._writer.end_stream()
+
+    def _kept(self, event: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        raise NotImplementedError
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._writer, name)  # start_stream, last_write...
 
 
-class _FirstCallOnly:
-    """A client writer that leaves out every ``tool_use`` block after a stream's first (``_one_call``),
-    and numbers the blocks after one left out on from the block before it: the SDKs place a delta by
-    its block's index, and a gap would put it on the wrong block."""
+class _ThinkingOmitted(_FilteredWriter):
+    """Leaves out the thinking text of a stream (``thinking_delta`` events): each thinking block
+    still starts, carries its signature and stops, as Anthropic's do then."""
+
+    def _kept(self, event: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        return None if _is_thinking_text(event) else event
+
+
+class _FirstCallOnly(_FilteredWriter):
+    """Leaves out every ``tool_use`` block after a stream's first (``_one_call``), and numbers the
+    blocks after one left out on from the block before it: the SDKs place a delta by its block's
+    index, and a gap would put it on the wrong block."""
 
     def __init__(self, writer: Writer) -> None:
-        self._writer = writer
+        super().__init__(writer)
         self._called = False
         self._left_out: Set[int] = set()
 
-    def events(self, events: List[Dict[str, Any]], end: bool = False) -> None:
-        kept = [e for e in map(self._renumbered, events) if e is not None]
-        if kept:
-            self._writer.events(kept, end)
-        elif end:
-            self._writer.end_stream()
-
-    def _renumbered(self, event: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    def _kept(self, event: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         index = event.get("index")
         if not isinstance(index, int):
             return event  # message_start, message_delta, ping, error...
@@ -1300,9 +1305,6 @@ class _FirstCallOnly:
             return None
         before = sum(1 for i in self._left_out if i < index)
         return {**event, "index": index - before} if before else event
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._writer, name)  # start_stream, last_write...
 
 
 def _is_thinking_text(event: Dict[str, Any]) -> bool:
