@@ -30,6 +30,16 @@ DEFAULT_MODEL = "claude-opus-5-5"
 # Claude Code raises a smaller CLAUDE_CODE_AUTO_COMPACT_WINDOW to this, and it compacts at the
 # window minus a 33k buffer: a smaller context value would make it compact on every turn.
 MIN_CONTEXT = 100_000
+# How Claude Code 2.1.331 places its compaction threshold (read from its code): the window less
+# the output it reserves (its max output, at most 20,000), less a 13,000-token buffer for the
+# summary; CLAUDE_AUTOCOMPACT_PCT_OVERRIDE lowers it to that percentage of the window less the output.
+_RESERVED_OUTPUT = 20_000
+_SUMMARY_BUFFER = 13_000
+# Claude Code's own prompt (system prompt and tool definitions) is about 14,000 tokens. A threshold
+# under 24,000 leaves too little beside it: at 32k, with 13k-token reads, a threshold of 23k made
+# Claude Code stop with "Autocompact is thrashing" (probe AK); such windows keep the reactive path.
+CLAUDE_CODE_OWN_PROMPT = 14_000
+_LEAST_THRESHOLD = 24_000
 # The names a Claude Code executable has: npm's bin link and the native build (claude),
 # the Windows binary (claude.exe) and npm's Windows shims (claude.cmd, claude.bat).
 _CLAUDE_NAMES = ("claude", "claude.exe", "claude.cmd", "claude.bat")
@@ -62,6 +72,10 @@ VARIABLES: Tuple[Tuple[str, str, str], ...] = (
     ("DISABLE_AUTOUPDATER", "1", "the background updater would install a newer Claude Code during the session"),
     ("CLAUDE_CODE_AUTO_COMPACT_WINDOW", "the routed model's context window, at least 100000", "when to compact: "
      "Claude Code otherwise assumes its own model's window (200k or 1M)"),
+    ("CLAUDE_AUTOCOMPACT_PCT_OVERRIDE", "where the window is under 100000: the percentage that puts Claude Code's "
+     "compaction where it would be for the window itself (not under 24,000 tokens)", "Claude Code compacts on its "
+     "own before the prompt outgrows the window; otherwise every compaction started from a refused, over-full prompt "
+     "(at 65k: 17 of 50 requests refused, and none with it)"),
     ("CLAUDE_CODE_MAX_CONTEXT_TOKENS", "the same", "the window Claude Code shows and uses for a model id it does "
      "not know (ANTHROPIC_MODEL=<upstream model>)"),
     ("CLAUDE_CODE_MAX_OUTPUT_TOKENS", "the routed model's output cap", "max_tokens of every request, so none "
@@ -80,6 +94,21 @@ LOOPBACK_NO_PROXY = ("127.0.0.1", "localhost")
 def context_value(window: int) -> int:
     """The context window as Claude Code should be told it (see ``MIN_CONTEXT``)."""
     return max(window, MIN_CONTEXT)
+
+
+def compact_percent(window: int, max_output: Optional[int]) -> Optional[int]:
+    """``CLAUDE_AUTOCOMPACT_PCT_OVERRIDE`` for a window under ``MIN_CONTEXT``: the percentage of the
+    window Claude Code is told less its reserved output that is, at most, where it would compact in
+    ``window`` itself. ``max_output``: Claude Code's max output tokens (None: its own default, over
+    20,000). None where the window needs none, or where that threshold would be under
+    ``_LEAST_THRESHOLD``."""
+    if window >= MIN_CONTEXT:
+        return None
+    reserved = min(max_output or _RESERVED_OUTPUT, _RESERVED_OUTPUT)
+    threshold = window - reserved - _SUMMARY_BUFFER
+    if threshold < _LEAST_THRESHOLD:
+        return None
+    return threshold * 100 // (MIN_CONTEXT - reserved)
 
 
 # Claude Code's own wait for an answer (API_TIMEOUT_MS's default), and what it is given beyond the
@@ -103,11 +132,15 @@ def child_env(parent: Mapping[str, str], base_url: str, token: str, context_wind
     env.setdefault("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
     env.setdefault("CLAUDE_CODE_AUTO_MODE_SERVER", "0")
     env.setdefault("DISABLE_AUTOUPDATER", "1")
-    if context_window:
-        env.setdefault("CLAUDE_CODE_AUTO_COMPACT_WINDOW", str(context_value(context_window)))
-        env.setdefault("CLAUDE_CODE_MAX_CONTEXT_TOKENS", str(context_value(context_window)))
     if output_cap:
         env.setdefault("CLAUDE_CODE_MAX_OUTPUT_TOKENS", str(output_cap))
+    if context_window:
+        percent = compact_percent(context_window, _whole(env.get("CLAUDE_CODE_MAX_OUTPUT_TOKENS")))
+        # Only beside the window set here: a window of the user's own is compacted as they chose.
+        if percent and "CLAUDE_CODE_AUTO_COMPACT_WINDOW" not in env:
+            env.setdefault("CLAUDE_AUTOCOMPACT_PCT_OVERRIDE", str(percent))
+        env.setdefault("CLAUDE_CODE_AUTO_COMPACT_WINDOW", str(context_value(context_window)))
+        env.setdefault("CLAUDE_CODE_MAX_CONTEXT_TOKENS", str(context_value(context_window)))
     if proxy_wait > CLAUDE_CODE_WAIT:
         env.setdefault("API_TIMEOUT_MS", str(int((proxy_wait + _WAIT_MARGIN) * 1000)))
     # Both spellings: tools differ in which one they read first (curl and Node's proxy-from-env:
@@ -116,6 +149,25 @@ def child_env(parent: Mapping[str, str], base_url: str, token: str, context_wind
     for name, other in (("NO_PROXY", "no_proxy"), ("no_proxy", "NO_PROXY")):
         env[name] = with_entries(parent.get(name, parent.get(other, "")), direct)
     return env
+
+
+def small_window(label: str, window: int) -> Optional[str]:
+    """A line for a routed model whose window leaves little beside Claude Code's own prompt: its
+    sessions ended "Prompt is too long" after a turn or two, with nothing said (probe AK, 16k)."""
+    if window >= _LEAST_THRESHOLD:
+        return None
+    return (f"{label}'s context window ({window:,} tokens) leaves little beside Claude Code's own system "
+            f"prompt and tools (about {CLAUDE_CODE_OWN_PROMPT:,} tokens): expect \"Prompt is too long\" after a "
+            "turn or two; serve the model with a window of 32k or more (64k or more works well)")
+
+
+def _whole(text: Optional[str]) -> Optional[int]:
+    """A positive whole number from an environment variable, else None."""
+    try:
+        value = int((text or "").strip())
+    except ValueError:
+        return None
+    return value if value > 0 else None
 
 
 def with_entries(no_proxy: str, entries: Tuple[str, ...]) -> str:

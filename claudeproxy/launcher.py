@@ -43,6 +43,7 @@ from .claude_code import (
     looks_like_claude,
     run_description,
     run_epilog,
+    small_window,
 )
 from .config import Config, check_host, is_loopback_host
 from .config_file import FileConfig
@@ -467,12 +468,26 @@ def command_env(running: RunningServer, config: Config, environ: Mapping[str, st
                 claude_args: Sequence[str] = ()) -> Dict[str, str]:
     """``claude_code.child_env`` for the model Claude Code's main loop will ask for (``claude_args``:
     Claude Code's own command line, whose --model wins; none for another COMMAND)."""
-    routed = running.server.proxy.router.resolve(default_model(environ, claude_args))
+    routed = _main_loops_route(running, environ, claude_args)
     window = routed.target.facts.context_window if routed else None
     cap = routed.target.output_cap if routed else None
     # Only an --idle-timeout over Claude Code's 600 s says anything (the 10 s to connect come with any).
     wait = config.idle_timeout + config.connect_timeout if config.idle_timeout > CLAUDE_CODE_WAIT else 0.0
     return child_env(environ, running.url, config.auth_key or "", window, cap, wait)
+
+
+def _main_loops_route(running: RunningServer, environ: Mapping[str, str], claude_args: Sequence[str]) -> Any:
+    """The route of the model Claude Code's main loop asks for first (None: no route takes it)."""
+    return running.server.proxy.router.resolve(default_model(environ, claude_args))
+
+
+def window_warnings(running: RunningServer, environ: Mapping[str, str], claude_args: Sequence[str]) -> List[str]:
+    """What the window of the model Claude Code's main loop asks for (as ``command_env`` finds it)
+    makes of a session: a line where it is too small for Claude Code itself."""
+    routed = _main_loops_route(running, environ, claude_args)
+    window = routed.target.facts.context_window if routed else None
+    said = small_window(routed.target.label, window) if routed and window else None
+    return [said] if said else []
 
 
 def unreachable_upstreams(running: RunningServer, config: Config,
@@ -507,6 +522,9 @@ def _session(running: RunningServer, ns: argparse.Namespace, config: Config, typ
         print(f"claudeproxy: proxy on {running.url} (usage page {page_address(running.url, page_key)}), "
               f"log in {log_path}", file=stderr, flush=True)
         for line in unreachable_upstreams(running, config):
+            log.warning("%s", line)
+            print(f"claudeproxy: warning: {line}", file=stderr, flush=True)
+        for line in window_warnings(running, environ, argv[1:]) if claude else []:
             log.warning("%s", line)
             print(f"claudeproxy: warning: {line}", file=stderr, flush=True)
         # Logged already (_warn_about): the terminal too.

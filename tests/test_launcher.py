@@ -285,6 +285,65 @@ def test_a_longer_idle_timeout_is_claude_codes_wait_too(run_standin: Any, tmp_pa
     assert rec["env"].get("API_TIMEOUT_MS") == wanted
 
 
+@pytest.mark.parametrize("window, cap, percent", [
+    # By hand from Claude Code 2.1.331's threshold: window - min(cap, 20000) - 13000, as a percentage
+    # (floored) of the 100000 it is told, less the same output: 65536 - 8192 - 13000 = 44344 of 91808.
+    (65536, 8192, 48),
+    (49152, 8192, 30),  # 27960 of 91808
+    (65536, None, 40),  # its own default output (over 20,000): 32536 of 80000
+    (98304, 32768, 81),  # 65304 of 80000: the reserved output is at most 20,000
+    (32768, 8192, None),  # 11576: under 24,000, Claude Code would compact about every turn
+    (40960, 4096, None),  # 23864
+    (100000, 8192, None),  # told as it is: Claude Code's own threshold
+    (200000, None, None),
+])
+def test_a_small_window_brings_claude_codes_compaction_back_into_it(window: int, cap: Optional[int],
+                                                                   percent: Optional[int]) -> None:
+    assert claude_code.compact_percent(window, cap) == percent
+
+
+def _config_with_window(tmp_path: Any, window: int, cap: int) -> str:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({
+        "providers": {"local": {"url": NO_UPSTREAM, "models": {"m": {"context_window": window,
+                                                                     "max_output_tokens": cap}}}},
+        "routes": [{"match": "*", "provider": "local", "model": "m"}]}))
+    return str(path)
+
+
+@pytest.mark.parametrize("window, cap, mine, wanted", [
+    (65536, 8192, {}, "48"),
+    (32768, 8192, {}, None),
+    (65536, 8192, {"CLAUDE_AUTOCOMPACT_PCT_OVERRIDE": "70"}, "70"),  # the user's own wins
+    (65536, 8192, {"CLAUDE_CODE_AUTO_COMPACT_WINDOW": "60000"}, None),  # a window of their own: as they chose
+    (65536, 16000, {"CLAUDE_CODE_MAX_OUTPUT_TOKENS": "4096"}, "50"),  # their output cap: 48440 of 95904
+])
+def test_run_tells_claude_code_to_compact_within_a_small_window(run_standin: Any, tmp_path: Any, window: int,
+                                                                 cap: int, mine: Dict[str, str],
+                                                                 wanted: Optional[str]) -> None:
+    """At a 65k window Claude Code, told 100000, never compacted on its own: every compaction began
+    with a refused, over-full prompt (17 of 50 requests refused; none with the override; probe AK D6)."""
+    code, err, rec = run_standin("--exit", "0", options=("--config", _config_with_window(tmp_path, window, cap)),
+                                 env=base_env(tmp_path, **mine))
+    assert code == 0, err
+    assert rec["env"].get("CLAUDE_AUTOCOMPACT_PCT_OVERRIDE") == wanted
+    assert rec["env"]["CLAUDE_CODE_AUTO_COMPACT_WINDOW"] == mine.get("CLAUDE_CODE_AUTO_COMPACT_WINDOW", "100000")
+
+
+@pytest.mark.parametrize("model, said", [("phi4", True), ("qwen2.5-coder", False), ("gpt-4o", False)])
+def test_a_window_too_small_for_claude_codes_own_prompt_is_said_at_start(tmp_path: Any, fake_claude: Dict[str, str],
+                                                                          model: str, said: bool) -> None:
+    """A 16k window holds Claude Code's ~14k-token prompt and little else: sessions ended "Prompt is
+    too long" after two turns with nothing on the terminal about the window (probe AK D7)."""
+    code, err, _ = _run_claude(tmp_path, fake_claude, model=model)
+    assert code == 0, err
+    told = [line for line in err.splitlines() if "leaves little beside Claude Code's own" in line]
+    assert len(told) == (1 if said else 0), err
+    if said:
+        assert told[0].startswith("claudeproxy: warning: ") and "(16,384 tokens)" in told[0], told
+        assert "leaves little beside Claude Code's own" in read_text(tmp_path / "p.log")  # the log too
+
+
 def test_a_model_the_facts_do_not_know_sets_no_window(run_standin: Any) -> None:
     code, err, rec = run_standin("--exit", "0", options=("--upstream", NO_UPSTREAM, "--model", "my-local-model"))
     assert code == 0, err
