@@ -850,17 +850,29 @@ class Proxy:
             self.warn_once(warning)
         asked = req.parsed.max_tokens if req.parsed is not None else req.body.get("max_tokens")
         if cap is not None and type(asked) is int and asked > cap:
-            # Claude Code asks for 128000 every time: said once a model and cap (FIELD-NOTES 5), and the
-            # line is not even made again unless DEBUG wants it. A prompt's room (``limit``) differs
-            # each request: at DEBUG only.
-            first = limit is None and self._first_time(("cap", cap, target.label))
-            if first or log.isEnabledFor(logging.DEBUG):
-                log.log(logging.INFO if first else logging.DEBUG, "max_tokens is capped at %d for %s, its output "
-                        "limit (asked for %d; said once)", cap, target.label, asked)
+            self._say_cap(target, cap, asked, cut=cap == limit)
         if req.parsed is not None and req.parsed.mcp_servers:  # translated: no API of ours can carry them
             self.warn_once(f"dropped MCP servers the upstream cannot connect to (mcp_servers): "
                            f"{', '.join(req.parsed.mcp_servers)}")
         return ex
+
+    def _say_cap(self, target: Target, cap: int, asked: int, cut: bool) -> None:
+        """Claude Code asks for 128000 every time: a cap is said once a model and cap (FIELD-NOTES 5),
+        and the line is not even made again unless DEBUG wants it. The room beside a prompt (``cut``)
+        differs each request: said once a model, at WARNING, since near the window an answer may end
+        at max_tokens (a compaction summary, a Write's input; probe AK D9), then at DEBUG."""
+        if cut:
+            first = self._first_time(("window cut", target.label))
+            if first or log.isEnabledFor(logging.DEBUG):
+                log.log(logging.WARNING if first else logging.DEBUG, "max_tokens is cut to %d for %s (asked for %d): "
+                        "the room beside the prompt in its context window; an answer, a tool call's input or a "
+                        "compaction summary this near the window may end at max_tokens (said once a model)",
+                        cap, target.label, asked)
+            return
+        first = self._first_time(("cap", cap, target.label))
+        if first or log.isEnabledFor(logging.DEBUG):
+            log.log(logging.INFO if first else logging.DEBUG, "max_tokens is capped at %d for %s, its output "
+                    "limit (asked for %d; said once)", cap, target.label, asked)
 
     def _prompt_guess(self, req: ClientRequest, target: Target) -> Optional[int]:
         """The prompt's tokens by the local estimate, calibrated for the model once its counts taught it,

@@ -12,6 +12,7 @@ are, so the max_tokens retry can fix them instead.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
@@ -378,7 +379,8 @@ LASTING_LIMITS = {
 }
 
 
-def test_a_learned_window_keeps_max_tokens_within_it_once_the_model_is_calibrated(proxy, fake_upstream) -> None:
+def test_a_learned_window_keeps_max_tokens_within_it_once_the_model_is_calibrated(proxy, fake_upstream,
+                                                                                   caplog) -> None:
     """vLLM's Qwen3-32B, whose output limit is its window, was refused once every turn (probe V 4):
     the window a refusal names is remembered, and once the calibration knows the model's counts,
     each prompt asks for the room its estimate leaves, also where the client asks for far more
@@ -395,8 +397,13 @@ def test_a_learned_window_keeps_max_tokens_within_it_once_the_model_is_calibrate
     assert sent[:4] == [8192, 8128, 8192, 8192], sent  # refused once; then three calls teach the counts
     assert 8192 - 5000 - 600 <= sent[4] <= 8192 - 5000, sent  # the room beside a 5,000-token prompt
     fake_upstream.push(json_reply(completion("ok", usage=counted)))  # Claude Code's 128,000: the same room
-    assert send(proxy, False, max_tokens=128000, model=model, messages=prompt).status == 200
+    with caplog.at_level(logging.DEBUG, logger="claudeproxy"):
+        assert send(proxy, False, max_tokens=128000, model=model, messages=prompt).status == 200
     assert 8192 - 5000 - 600 <= fake_upstream.requests[-1].json["max_tokens"] <= 8192 - 5000
+    # Said once a model at WARNING: near the window an answer may end at max_tokens (probe AK D9).
+    cut = [(r.levelno, r.getMessage()) for r in caplog.records if r.getMessage().startswith("max_tokens is cut")]
+    assert [level for level, _ in cut] == [logging.WARNING, logging.DEBUG], cut
+    assert model in cut[0][1] and "(asked for 8192)" in cut[0][1] and "(asked for 128000)" in cut[1][1], cut
     # A prompt that leaves less than 1,024 tokens: the upstream says (no 100-token answers).
     fake_upstream.push(json_reply(completion("ok", usage=counted)))
     longer = [{"role": "user", "content": "word " * 6000}]
