@@ -395,6 +395,82 @@ def test_an_image_refusal_in_passthrough_is_learned_and_the_request_goes_again(m
     assert [r.json["messages"] for r in fake_upstream.requests[-2:]] == [AS_TEXT, AS_TEXT]
 
 
+PDF = {"type": "document", "title": "spec.pdf", "cache_control": {"type": "ephemeral"},
+       "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"}}
+WITH_DOCUMENTS = [
+    {"role": "user", "content": [{"type": "text", "text": "summarise"}, PDF]},
+    {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_7", "name": "Read", "input": {}}]},
+    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_7", "content": [
+        {"type": "document", "title": "notes.txt", "source": {"type": "text", "media_type": "text/plain",
+                                                              "data": "line one"}}]}]},
+]
+DOCUMENTS_AS_TEXT = [  # by hand: the Chat translation's words for a PDF; a text document's title and text
+    {"role": "user", "content": [{"type": "text", "text": "summarise"},
+                                 {"type": "text", "text": "[PDF document omitted: spec.pdf]",
+                                  "cache_control": {"type": "ephemeral"}}]},
+    WITH_DOCUMENTS[1],
+    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_7", "content": [
+        {"type": "text", "text": "notes.txt\nline one"}]}]},
+]
+CLAUDE_CODE_TOOLS = [{"name": "Read", "input_schema": {"type": "object"}},
+                     {"type": "web_search_20250305", "name": "web_search", "max_uses": 8}]
+
+
+def _vllm_400(*errors: str) -> Any:
+    """vLLM's answer to a body its pydantic schema refuses: an OpenAI-shaped 400 listing each error."""
+    return json_reply({"error": {"message": str(list(errors)), "type": "Bad Request", "param": None, "code": 400}},
+                      status=400)
+
+
+def test_a_server_that_refuses_documents_and_server_tools_gets_the_request_without_them(through, fake_upstream):
+    """Probe AH 5: vLLM's own /v1/messages refuses document blocks and tools without input_schema.
+    Claude Code's WebSearch failed every time, and a PDF in the history failed every later turn
+    until /clear. The server tools are left out and each document becomes its text (a PDF a
+    placeholder), and so for that model from then on."""
+    model = _fresh_model("vllm-schema")
+    tag = ("messages.0.content.list[AnthropicContentBlock].1.type: Input should be 'text', 'image', 'tool_use', "
+           "'tool_result', 'tool_reference', 'thinking' or 'redacted_thinking'")
+    nested = tag.replace("messages.0.content.list[AnthropicContentBlock].1",
+                         "messages.2.content.list[AnthropicContentBlock].0.content.list[AnthropicContentBlock].0")
+    fake_upstream.push(_vllm_400(tag, nested, "tools.1.input_schema: Field required"), _vllm_400(tag, nested),
+                       json_reply(ANSWER), json_reply(ANSWER))
+    body = minimal_request(model=model, messages=WITH_DOCUMENTS, tools=CLAUDE_CODE_TOOLS,
+                           tool_choice={"type": "tool", "name": "web_search"})
+    before = fake_upstream.request_count
+    assert post(through, body).status == 200
+    assert post(through, body).status == 200
+    assert fake_upstream.request_count - before == 4  # refused twice (one step each); the next went so at once
+    for sent in [r.json for r in fake_upstream.requests[-2:]]:
+        assert sent["messages"] == DOCUMENTS_AS_TEXT
+        assert sent["tools"] == CLAUDE_CODE_TOOLS[:1] and "tool_choice" not in sent  # it named the one left out
+    assert body["messages"] == WITH_DOCUMENTS and body["tools"] == CLAUDE_CODE_TOOLS  # the client's objects untouched
+
+
+@pytest.mark.parametrize("block, text", [
+    ({"type": "document", "source": {"type": "url", "url": "https://x.example/a.pdf"}}, "[document: https://x.example/a.pdf]"),
+    ({"type": "document", "source": {"type": "file", "file_id": "file_011"}}, "[document file file_011 omitted]"),
+    ({"type": "document", "title": "t", "context": "c", "source": {"type": "content", "content": [
+        {"type": "text", "text": "a"}, {"type": "image", "source": {}}, {"type": "text", "text": "b"}]}}, "t\nc\na\nb"),
+    ({"type": "document", "source": {"type": "text", "data": ""}}, "[empty document]"),  # an empty text block is refused
+])
+def test_a_document_becomes_the_text_a_model_without_documents_reads(block: Dict[str, Any], text: str) -> None:
+    from claudeproxy.apis.older_form import document_as_text
+
+    assert document_as_text(block) == text
+
+
+@pytest.mark.parametrize("message", [
+    "tools.0.input_schema: Field required",  # a tool of the client's own, with a schema: about something else
+    "messages.0.content.list[AnthropicContentBlock].0.type: Input should be 'text'",  # a text block: not a document
+])
+def test_a_refusal_naming_no_document_or_server_tool_changes_nothing(through, fake_upstream, message):
+    fake_upstream.push(_vllm_400(message))
+    before = fake_upstream.request_count
+    resp = post(through, minimal_request(model=_fresh_model("not-form"), messages=WITH_DOCUMENTS,
+                                         tools=CLAUDE_CODE_TOOLS))
+    assert resp.status == 400 and fake_upstream.request_count - before == 1, resp
+
+
 def test_a_500_is_learned_from_only_for_a_late_system_turn_or_an_image(through, fake_upstream):
     """The 500s a template or a server without a projector answers with are read; any other 500 is a
     server's failure, whose words teach nothing (a field named there stays in later requests)."""

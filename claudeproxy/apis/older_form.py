@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, FrozenSet, List, Optional
 
-from .user_text import TEXT_ONLY_IMAGE
+from .user_text import TEXT_ONLY_IMAGE, file_omitted, pdf_omitted
 
 # Optional fields a server of an older schema may refuse as such: hints the answer does not need
 # (a top-level cache_control: automatic caching). output_config only with nothing but an effort in
@@ -38,6 +38,8 @@ STEPS = {
     "uncached": ("cache_control marks", "no cache marks"),
     "user_system": ("a system turn in the messages", "each as a user turn, joined to the user turn beside it"),
     "no_images": ("an image", "a text placeholder for each"),
+    "no_server_tools": ("a server tool (a tool without input_schema)", "the request without its server tools"),
+    "no_documents": ("a document block", "each document's text, or a placeholder for a PDF or a file"),
 }
 # A budget for each effort, for a server that takes only the older {"type": "enabled",
 # "budget_tokens": N}: in the effort's bucket of dialects.REASONING_BUCKETS (xhigh and max in the
@@ -87,6 +89,15 @@ SYSTEM_FIRST = re.compile(
     r"|only\s+user\s+and\s+assistant\s+roles\s+are\s+supported"
     r"|input\s+should\s+be\s+'user'\s+or\s+'assistant'", re.I)
 _NESTED_MARK = re.compile(r"[.*\]]\s*cache_control\b|\bcache_control\.")
+# A tool refused by its place in the list (vLLM's pydantic: "tools.0.input_schema: Field required"):
+# a server tool (web_search, web_fetch, ...) has no input_schema, and a server of its own schema
+# refuses Claude Code's every WebSearch call (probe AH 5).
+_TOOL_AT = re.compile(r"\btools\.(\d+)\b")
+# A content block refused by its place ("messages.0.content.list[AnthropicContentBlock].1.type:
+# Input should be 'text', 'image', ...") or by its tag ("Input tag 'document' found using 'type'").
+# The path is walked in the body sent: a tool result's own block ("...0.content.list[...].1.type") too.
+_BLOCK_AT = re.compile(r"\bmessages\.\d+\.content\.(?:[^\s.:'\"]+\.)*?\d+(?=\.type\b)")
+_TAG_REFUSED = re.compile(r"""input\s+tag\s+['"`]document['"`]""", re.I)
 
 
 def older_step(message: str, sent: Dict[str, Any], refused: FrozenSet[str]) -> Optional[str]:
@@ -99,6 +110,10 @@ def older_step(message: str, sent: Dict[str, Any], refused: FrozenSet[str]) -> O
         return marks
     if SYSTEM_FIRST.search(message) and any(m.get("role") == "system" for m in _dicts(sent.get("messages"))):
         return "user_system"
+    if _server_tool_refused(message, sent):
+        return "no_server_tools"
+    if _document_refused(message, sent):
+        return "no_documents"
     thinking = sent.get("thinking")
     if not isinstance(thinking, dict) or _THINKING_CONDITIONAL.search(message):
         return None
@@ -123,6 +138,47 @@ def _marks_step(message: str, sent: Dict[str, Any], refused: FrozenSet[str]) -> 
     return "uncached" if marks else None
 
 
+def _server_tool_refused(message: str, sent: Dict[str, Any]) -> bool:
+    """Does the refusal name a tool of ``sent`` by its place where that tool is a server tool?"""
+    tools = sent.get("tools") if isinstance(sent.get("tools"), list) else []
+    at = [int(i) for i in _TOOL_AT.findall(message) if int(i) < len(tools)]
+    return any(_is_server_tool(tools[i]) for i in at)
+
+
+def _document_refused(message: str, sent: Dict[str, Any]) -> bool:
+    """Does the refusal name a document block of ``sent`` (by its place or its tag)?"""
+    if _TAG_REFUSED.search(message):
+        return has_documents(sent)
+    return any(_is_document(_at_path(sent, path.split("."))) for path in _BLOCK_AT.findall(message))
+
+
+def _at_path(item: Any, path: List[str]) -> Any:
+    """What a refusal's path names in the body sent: a number indexes a list, a name a key; a pydantic
+    union's tag (``list[AnthropicContentBlock]``) names nothing. None where the body has no such place."""
+    for step in path:
+        if step.isdigit() and isinstance(item, list):
+            item = item[int(step)] if int(step) < len(item) else None
+        elif isinstance(item, dict) and step in item:
+            item = item[step]
+        elif "[" not in step:
+            return None
+    return item
+
+
+def _is_server_tool(tool: Any) -> bool:
+    return isinstance(tool, dict) and "input_schema" not in tool
+
+
+def _is_document(block: Any) -> bool:
+    return isinstance(block, dict) and block.get("type") == "document"
+
+
+def has_documents(body: Dict[str, Any]) -> bool:
+    """Does a Messages body hold a document block (in a message, or in a tool result's content)?"""
+    return any(_is_document(block) for message in _dicts(body.get("messages"))
+               for outer in _dicts(message.get("content")) for block in [outer, *_dicts(outer.get("content"))])
+
+
 def older_form(body: Dict[str, Any], steps: FrozenSet[str]) -> None:
     """``body`` (the proxy's copy) in the form a model that refused ``steps`` takes."""
     if "uncached" in steps or "no_ttl" in steps:
@@ -131,6 +187,10 @@ def older_form(body: Dict[str, Any], steps: FrozenSet[str]) -> None:
         body["messages"] = system_as_user(body["messages"])
     if "no_images" in steps and has_images(body):
         body["messages"] = [_images_as_text(m) for m in body["messages"]]
+    if "no_documents" in steps and has_documents(body):
+        body["messages"] = [_documents_as_text(m) for m in body["messages"]]
+    if "no_server_tools" in steps and isinstance(body.get("tools"), list):
+        _without_server_tools(body)
     thinking = body.get("thinking")
     if not isinstance(thinking, dict) or not steps & {"off", "plain", "budget"}:
         return
@@ -210,6 +270,55 @@ def _images_as_text(item: Any) -> Any:
     if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") in ("image", "tool_result") for b in content):
         return {**item, "content": [_images_as_text(b) for b in content]}
     return item
+
+
+def _documents_as_text(item: Any) -> Any:
+    """A message, or a block, with each document block a text block (its cache mark kept)."""
+    if not isinstance(item, dict):
+        return item
+    if _is_document(item):
+        mark = {"cache_control": item["cache_control"]} if "cache_control" in item else {}
+        return {"type": "text", "text": document_as_text(item), **mark}
+    content = item.get("content")
+    if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") in ("document", "tool_result")
+                                         for b in content):
+        return {**item, "content": [_documents_as_text(b) for b in content]}
+    return item
+
+
+def document_as_text(block: Dict[str, Any]) -> str:
+    """A document block as the text a model that takes none reads: a plain-text one's title, context
+    and text; a placeholder for a PDF, a URL or a file (the Chat translation's words)."""
+    source = block.get("source") if isinstance(block.get("source"), dict) else {}
+    kind, title = source.get("type"), _text_of(block.get("title"))
+    if kind in ("text", "content"):
+        inner = source.get("data") if kind == "text" else source.get("content")
+        texts = [inner] if isinstance(inner, str) else [b.get("text") for b in _dicts(inner) if b.get("type") == "text"]
+        text = "\n".join(t for t in (title, _text_of(block.get("context")), *texts) if isinstance(t, str) and t)
+        return text or "[empty document]"
+    if kind == "url":
+        return f"[document: {_text_of(source.get('url'))}]"
+    if kind == "file":
+        return file_omitted("document", _text_of(source.get("file_id")))
+    return pdf_omitted(title)
+
+
+def _text_of(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _without_server_tools(body: Dict[str, Any]) -> None:
+    """``body`` without its server tools, and without a ``tool_choice`` that named one of them (or
+    any tool, where none is left)."""
+    tools = [t for t in body["tools"] if not _is_server_tool(t)]
+    choice = body.get("tool_choice")
+    named = choice.get("name") if isinstance(choice, dict) and choice.get("type") == "tool" else None
+    if tools:
+        body["tools"] = tools
+    else:
+        del body["tools"]
+    if choice is not None and (not tools or named is not None and named not in {t.get("name") for t in tools}):
+        del body["tool_choice"]
 
 
 def _after_results(blocks: List[Any], held: List[Any]) -> List[Any]:

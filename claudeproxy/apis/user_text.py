@@ -26,6 +26,11 @@ def document_text(block: DocumentBlock) -> str:
     return "\n".join(line for line in (block.title, block.context, block.data) if line)
 
 
+def pdf_omitted(title: str) -> str:
+    """A PDF for a model or server that takes none: the model is told one was left out."""
+    return f"[PDF document omitted: {title or 'document.pdf'}]"
+
+
 def file_omitted(kind: str, file_id: str) -> str:
     """An Anthropic file id (``source: file``) means nothing to OpenAI: the model is told one was left out."""
     return f"[{kind} file {file_id} omitted]"

@@ -40,7 +40,7 @@ from ...schemas import InlineBudget, clean_schema
 from ...signatures import decode_signature
 from ..names import tool_alias, tool_names, upstream_tool_id
 from ..user_text import (MISSING_RESULT, TEXT_ONLY_IMAGE, document_text, error_text, file_omitted, orphan_result,
-                         search_result_text, tool_reference_text)
+                         pdf_omitted, search_result_text, tool_reference_text)
 from .wire import ChatMessage, ChatRequest, ToolCall
 
 
@@ -133,11 +133,10 @@ def _image_part(block: ImageBlock, dialect: Dialect) -> Part:
 
 def _document_parts(block: DocumentBlock, dialect: Dialect) -> List[Part]:
     if block.source == "base64":
-        title = block.title or "document.pdf"
         if dialect.supports_file_parts and not dialect.string_content_only:
             data = f"data:{block.media_type or 'application/pdf'};base64,{block.data}"
-            return [{"type": "file", "file": {"filename": title, "file_data": data}}]
-        return [_text_part(f"[PDF document omitted: {title}]")]
+            return [{"type": "file", "file": {"filename": block.title or "document.pdf", "file_data": data}}]
+        return [_text_part(pdf_omitted(block.title))]
     if block.source == "text":
         text = document_text(block)
         return [_text_part(text)] if text else []  # nothing, as an empty text block
