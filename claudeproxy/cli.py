@@ -287,6 +287,9 @@ def _server_flags(srv: Any) -> None:
     srv.add_argument("--max-body-readers", type=int, default=Config.max_body_readers, metavar="N",
                      help="connections reading a request body at once, at most 1000000; one more ends the "
                      "longest-waiting (default: %(default)s)")
+    srv.add_argument("--max-connections", type=int, default=Config.max_connections, metavar="N",
+                     help="client connections open at once, at most 1000000; one more ends the one waiting "
+                     "longest for a request, or gets 529 (default: %(default)s)")
     srv.add_argument("--shutdown-grace", type=float, default=Config.shutdown_grace, metavar="S",
                      help="on SIGINT (Ctrl-C), SIGTERM or SIGHUP, let requests in flight finish this long "
                      "(default: %(default)s)")
@@ -463,7 +466,7 @@ def merge_file(ns: argparse.Namespace, given: Set[str], file: Optional[FileConfi
 # The settings whose value is checked on its own (``check_overridden``).
 _CHECKED_ALONE = frozenset({"connect_timeout", "idle_timeout", "request_timeout", "client_timeout",
                             "client_request_deadline", "body_timeout", "ping_interval", "finish_grace",
-                            "shutdown_grace", "max_body_bytes", "max_concurrency", "max_body_readers",
+                            "shutdown_grace", "max_body_bytes", "max_concurrency", "max_body_readers", "max_connections",
                             "max_idle_per_host", "retries", "retry_max_wait", "port", "proxy", "max_output_tokens",
                             "api_key_ttl", "upstream", "allowed_host", "allowed_origin", "model_map", "header"})
 
@@ -770,7 +773,7 @@ def _network_settings(ns: argparse.Namespace, environ: Mapping[str, str], auth_k
 
 # The timeouts and limits: each flag's value as it is.
 _LIMITS = ("connect_timeout", "idle_timeout", "request_timeout", "ping_interval", "max_body_bytes", "max_concurrency",
-           "max_idle_per_host", "body_timeout", "max_body_readers", "shutdown_grace", "retries", "retry_max_wait")
+           "max_idle_per_host", "body_timeout", "max_body_readers", "max_connections", "shutdown_grace", "retries", "retry_max_wait")
 
 
 def _listens_safely(ns: argparse.Namespace, auth_key: Optional[str]) -> None:

@@ -179,6 +179,9 @@ class Config:
     max_concurrency: int = 256
     # Connections reading a request body at once; a newcomer beyond it ends the longest-waiting one.
     max_body_readers: int = 256
+    # Client connections open at once: a newcomer beyond it ends the one that has waited longest
+    # for a request's head, or gets 529 where every one has a request in flight.
+    max_connections: int = 1024
     # Idle keep-alive connections kept per upstream (scheme, host, port, proxy); 0 = a new connection each call.
     max_idle_per_host: int = 8
     # Log every request and response body (redacted) at DEBUG.
@@ -480,6 +483,7 @@ MAX_BODY_BYTES = 1024 ** 3  # 1 GiB
 MAX_CONNECTIONS = 1_000_000
 _COUNTS = (("max_body_bytes", 1, MAX_BODY_BYTES), ("max_line_bytes", 1, MAX_BODY_BYTES),
            ("max_concurrency", 1, MAX_CONNECTIONS), ("max_body_readers", 1, MAX_CONNECTIONS),
+           ("max_connections", 1, MAX_CONNECTIONS),
            ("max_idle_per_host", 0, MAX_CONNECTIONS))
 # Longer waits cannot be given to sockets and locks (OverflowError), and nobody means them.
 MAX_SECONDS = 10_000_000.0

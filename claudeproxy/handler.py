@@ -302,9 +302,12 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         self.rfile = io.BufferedReader(self._reader)
         self._body_consumed = False
         self._body: Optional[bytes] = None
+        self._served = False  # a request came on this connection (an idle keep-alive gives way last)
 
     def handle_one_request(self) -> None:
-        self._reader.deadline = time.monotonic() + self.server.config.client_request_deadline  # type: ignore[attr-defined]
+        server: Any = self.server
+        self._reader.deadline = time.monotonic() + server.config.client_request_deadline
+        server.awaiting_head(self.connection, self._served)  # the connection an overflow may end
         self._body_consumed = False
         self._body = None
         self.target_host = None
@@ -531,6 +534,8 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         slots: clients that stall inside their body cannot lock others out.
         """
         server: Any = self.server
+        server.head_arrived(self.connection)
+        self._served = True
         writer = ResponseWriter(self, new_request_id())
         started = time.monotonic()
         try:

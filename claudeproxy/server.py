@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import email.utils
+import json
 import logging
 import socket
 import threading
@@ -108,6 +109,8 @@ class ProxyServer(ThreadingHTTPServer):
         self.body_readers = BodyReaders(config.max_body_readers)
         self.http_date = HttpDate()
         self._conns: Set[socket.socket] = set()
+        # The connections waiting for a request's head, longest first; True once one served a request.
+        self._waiting: "collections.OrderedDict[socket.socket, bool]" = collections.OrderedDict()
         self._conns_lock = threading.Lock()
         self._active = 0
         self._idle = threading.Condition(self._conns_lock)
@@ -116,15 +119,60 @@ class ProxyServer(ThreadingHTTPServer):
         super().__init__((config.host.strip("[]"), config.port), MessagesHandler)
         self.watchdog.start()
 
-    # Track connections so shutdown can wake handlers idling on keep-alive.
+    # Track connections so shutdown can wake handlers idling on keep-alive, and so that their number
+    # stays within max_connections.
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """On the accepting thread: a connection over ``max_connections`` ends the one that has waited
+        longest for a request's head (one that never sent a request first: a slow-loris client's),
+        and gets a 529 itself where every connection has a request in flight (probe AI 5: 250 heads
+        a byte at a time held 253 threads, and nothing bounded them before any key was checked)."""
+        if not self._admit(request):
+            refuse_connection(request, self.config.max_connections)
+            self.proxy.warn_once(f"{self.config.max_connections} client connections are open, each with a request "
+                                 "in flight (--max-connections): new connections get 529 overloaded_error")
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._forget(request)  # no thread to forget it (none could be started)
+            raise
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        with self._conns_lock:
-            self._conns.add(request)
         try:
             super().process_request_thread(request, client_address)
         finally:
-            with self._conns_lock:
-                self._conns.discard(request)
+            self._forget(request)
+
+    def _admit(self, request: socket.socket) -> bool:
+        with self._conns_lock:
+            if len(self._conns) >= self.config.max_connections:
+                waited = next((sock for sock, served in self._waiting.items() if not served), None)
+                waited = waited or next(iter(self._waiting), None)
+                if waited is None:
+                    return False
+                del self._waiting[waited]
+                try:
+                    waited.shutdown(socket.SHUT_RDWR)  # its blocked read of a head returns b"": it closes
+                except OSError:
+                    pass
+            self._conns.add(request)
+        return True
+
+    def _forget(self, request: socket.socket) -> None:
+        with self._conns_lock:
+            self._conns.discard(request)
+            self._waiting.pop(request, None)
+
+    def awaiting_head(self, sock: socket.socket, served: bool) -> None:
+        """``sock`` waits for a request's head (``served``: it answered one before)."""
+        with self._conns_lock:
+            if sock in self._conns:
+                self._waiting[sock] = served
+                self._waiting.move_to_end(sock)
+
+    def head_arrived(self, sock: socket.socket) -> None:
+        with self._conns_lock:
+            self._waiting.pop(sock, None)
 
     def request_started(self) -> None:
         with self._conns_lock:
@@ -169,6 +217,28 @@ class ProxyServer(ThreadingHTTPServer):
         self.watchdog.stop()
         self.proxy.upstream.close()  # idle keep-alive connections to the upstreams
         super().server_close()
+
+
+def refuse_connection(sock: socket.socket, limit: int) -> None:
+    """A 529 to a connection over ``limit``, on the accepting thread: never blocking (the answer fits
+    any send buffer), what the client already sent read first (closed unread, it would be a reset
+    before the answer)."""
+    body = json.dumps({"type": "error", "error": {"type": "overloaded_error", "message": (
+        f"the proxy has {limit} client connections open, each with a request in flight; try again")}}).encode()
+    head = (f"HTTP/1.1 529 Overloaded\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Retry-After: 1\r\nConnection: close\r\n\r\n").encode("ascii")
+    try:
+        sock.setblocking(False)
+        try:
+            sock.recv(65536)
+        except OSError:
+            pass  # nothing sent yet
+        sock.send(head + body)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass  # gone already
+    finally:
+        sock.close()
 
 
 def drain_and_close(server: ProxyServer, grace: float) -> None:

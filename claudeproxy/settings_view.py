@@ -21,7 +21,7 @@ from .routing import SAMPLE_MODELS, Router, Target, build_router
 _SETTINGS = {name: name for name in (
     "host", "port", "proxy", "use_env_proxy", "ca_bundle", "connect_timeout", "idle_timeout", "request_timeout",
     "ping_interval", "shutdown_grace", "max_body_bytes", "max_concurrency", "max_output_tokens", "body_timeout",
-    "max_body_readers", "max_idle_per_host", "retries", "retry_max_wait", "log_bodies")}
+    "max_body_readers", "max_connections", "max_idle_per_host", "retries", "retry_max_wait", "log_bodies")}
 _SETTINGS.update(allowed_host="allowed_hosts", allowed_origin="allowed_origins")
 # Config fields that neither a flag nor a file sets (library callers can): shown apart, as fixed.
 _FIXED = ("finish_grace", "max_line_bytes", "client_timeout", "client_request_deadline")

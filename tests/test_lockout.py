@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import resource
 import socket
+import threading
 import time
 from typing import Any, Iterator, List
 
@@ -133,3 +134,56 @@ def test_body_readers_evict_the_longest_waiting() -> None:
         for a, b in pairs:
             a.close()
             b.close()
+
+
+def _wait_open(server: Any, count: int, timeout: float = 10.0) -> int:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and len(server.server.open_connections()) < count:
+        time.sleep(0.02)
+    return len(server.server.open_connections())
+
+
+def test_past_the_connection_cap_the_longest_waiting_head_gives_way(make_proxy: Any,
+                                                                    fake_upstream: FakeUpstream) -> None:
+    """Probe AI 5: connections sending their head a byte at a time each held a thread, with nothing
+    bounding them before any key was checked. Over --max-connections, the one that has waited
+    longest for a head is closed, and a normal request still answers."""
+    proxy = make_proxy(max_connections=8)
+    port = int(proxy.url.rsplit(":", 1)[1])
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(8)]
+    try:
+        for sock in socks:
+            sock.sendall(b"POST /v1/mess")  # a head begun, never finished
+        assert _wait_open(proxy, 8) == 8
+        resp, took = _timed_request(proxy.url)
+        assert resp.status == 200 and took < 1.0, (resp, took)
+        socks[0].settimeout(5)
+        assert socks[0].recv(65536) == b""  # the longest-waiting closed, unanswered
+        assert len(proxy.server.open_connections()) <= 8
+    finally:
+        _close(socks)
+
+
+def test_a_connection_over_the_cap_gets_529_where_every_one_has_a_request_in_flight(
+        make_proxy: Any, fake_upstream: FakeUpstream) -> None:
+    """No connection waits for a head to give way: the newcomer gets a 529 the SDKs retry, and is
+    closed, without a thread of its own."""
+    from fakes import Reply
+
+    proxy = make_proxy(max_connections=2)
+    fake_upstream.push(*[Reply(body=[b'{"id":"x"}'], delay=2.0) for _ in range(2)])  # answers held 2 s
+    busy = [threading.Thread(target=request, args=(proxy.url, "POST", "/v1/messages", minimal_request()),
+                             kwargs={"timeout": 10}, daemon=True) for _ in range(2)]
+    for thread in busy:
+        thread.start()
+    end = time.monotonic() + 5
+    while len(fake_upstream.requests) < 2 and time.monotonic() < end:
+        time.sleep(0.02)
+    assert len(fake_upstream.requests) == 2  # both in flight
+    started = time.monotonic()
+    resp = request(proxy.url, "POST", "/v1/messages", minimal_request(), timeout=5)
+    assert time.monotonic() - started < 1.0
+    assert resp.status == 529 and resp.json["error"]["type"] == "overloaded_error", resp
+    assert resp.headers["retry-after"] == "1" and "connections open" in resp.json["error"]["message"]
+    for thread in busy:
+        thread.join(10)
