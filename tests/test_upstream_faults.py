@@ -546,6 +546,50 @@ def test_openrouter_finish_reason_error_mid_stream(proxy, fake_upstream):
     assert "provider boom" in err["error"]["message"]
 
 
+OPENROUTER_FAILED = {  # its NonStreamingChoice: a provider's failure mid-answer, in a 200
+    "id": "gen-1", "object": "chat.completion", "model": "qwen/qwen3-coder",
+    "choices": [{"index": 0, "finish_reason": "error", "native_finish_reason": "error",
+                 "message": {"role": "assistant", "content": "Partial answ"},
+                 "error": {"code": 502, "message": "Upstream error from Chutes: peer closed connection"}}],
+    "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}
+
+
+def test_a_json_answer_that_ended_in_an_error_is_an_error(make_proxy, fake_upstream):
+    """Probe AL D5: OpenRouter's 200 with finish_reason "error" and the choice's error object reached
+    a non-streaming client as an empty, successful end_turn; streamed, it was already an error."""
+    proxy = make_proxy(retries=0)
+    fake_upstream.push(json_reply(OPENROUTER_FAILED))
+    body = assert_plain_error(send(proxy, False), 502, "api_error")
+    assert "peer closed connection" in body["error"]["message"]
+    bare = {**OPENROUTER_FAILED, "choices": [{**OPENROUTER_FAILED["choices"][0], "error": None}]}  # Mistral's: no object
+    fake_upstream.push(json_reply(bare))
+    body = assert_plain_error(send(proxy, False), 502, "api_error")
+    assert "error during generation" in body["error"]["message"]
+
+
+def test_a_stream_whose_choice_carries_the_error_ends_with_it(proxy, fake_upstream):
+    """The choice's own error object (OpenRouter's NonStreamingChoice shape, streamed), with what
+    came before it sent first."""
+    fake_upstream.push(sse_reply(*three_events(), {**chunk({"content": " and"}, "error"), "choices": [
+        {"index": 0, "delta": {"content": " and"}, "finish_reason": "error",
+         "error": {"code": 502, "message": "provider boom"}}]}))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=5)
+    err = assert_ends_with_one_error(events, "api_error")
+    assert "provider boom" in err["error"]["message"]
+
+
+def test_mistrals_model_length_is_max_tokens(proxy, fake_upstream):
+    """Probe AL D6: Mistral's finish_reason "model_length" (the model's context ran out) read as a
+    whole answer (end_turn): the client never knew it was cut."""
+    fake_upstream.push(json_reply(completion("Partial answ", finish="model_length")))
+    assert send(proxy, False).json["stop_reason"] == "max_tokens"
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": "Partial answ"}), chunk({}, "model_length")))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=5)
+    assert [e["delta"]["stop_reason"] for e in events if e["type"] == "message_delta"] == ["max_tokens"]
+
+
 def test_mid_stream_error_keeps_its_type(proxy, fake_upstream):
     """PROTOCOL.md 4.3: the type comes from the object's code via the 4.2 table."""
     fake_upstream.push(sse_reply(*three_events(), {"error": {"message": "busy", "code": 529}}))

@@ -48,7 +48,7 @@ def match_stop_sequence(
 
 def stop_reason_for(finish_reason: Optional[str], has_tool_use: bool, refusal: bool, stop_match: Optional[str]) -> str:
     """Anthropic ``stop_reason`` from the upstream outcome; first rule that applies wins."""
-    if finish_reason in ("length", "max_tokens"):
+    if finish_reason in ("length", "max_tokens", "model_length"):  # Mistral's: the model's context ran out
         return "max_tokens"
     if has_tool_use:
         return "tool_use"
@@ -67,9 +67,12 @@ def stop_reason_for(finish_reason: Optional[str], has_tool_use: bool, refusal: b
 _OVERLOAD_FINISH_REASONS = frozenset({"insufficient_system_resource"})
 
 
-def overload_error(finish_reason: Optional[str]) -> Optional[ProxyError]:
-    """The overload a finish reason reports (529 overloaded_error: the proxy and the SDKs retry
-    it, a route falls back), or None for any other finish reason."""
+def overload_error(finish_reason: Optional[str], secrets: Tuple[str, ...] = ()) -> Optional[ProxyError]:
+    """The failure a finish reason reports, or None for any other finish reason: an overload (529
+    overloaded_error: the proxy and the SDKs retry it, a route falls back), or "error" (OpenRouter's
+    and Mistral's: the generation failed; what came is no whole answer)."""
+    if finish_reason == "error":
+        return error_from_object({"message": "upstream reported an error during generation"}, secrets)
     if finish_reason not in _OVERLOAD_FINISH_REASONS:
         return None
     return UpstreamHTTPError(f"upstream overloaded: it stopped generating mid-answer ({finish_reason})", status=529)
@@ -310,7 +313,7 @@ def message_from_body(
         raise error_from_object(chat.error, secrets)
     if chat.choice is None:
         raise UpstreamUnavailable("upstream response has no choices")
-    overload = overload_error(chat.choice.finish_reason)
+    overload = overload_error(chat.choice.finish_reason, secrets)
     if overload is not None:
         raise overload
     malformed = _malformed_answer(obj, chat.choice)

@@ -435,8 +435,6 @@ class StreamTranslator:
             self.usage_running = in_answer and self.usage_on_content and self.usage_chunk_asked
         if choice is None:
             return []
-        if choice.finish_reason == "error":
-            raise error_from_object({"message": "upstream reported an error during generation"}, self.secrets)
         was_started = self.started
         events = self._reasoning(choice)
         events += self._content(choice)
@@ -448,7 +446,7 @@ class StreamTranslator:
             # client, and an error that follows is still a plain HTTP error the proxy may retry or
             # fall back from. A slow first token commits at the first ping (relay.tick).
             events = self.start() + events
-        overload = overload_error(choice.finish_reason)
+        overload = overload_error(choice.finish_reason, self.secrets)  # "error" too: a failed generation
         if overload is not None:
             # What came so far goes out, then the error. Nothing at all: a plain 529 before the
             # stream began, which the proxy can still retry.

@@ -361,7 +361,8 @@ def _parse(raw: Dict[str, Any], body_key: str) -> ChatResponse:
         id=_as_str(raw.get("id")),
         choice=_parse_choice(choice, body_key),
         usage=_usage_of(raw, choice),
-        error=_error_of(raw),
+        # OpenRouter puts a provider's failure mid-answer in the choice (finish_reason "error").
+        error=_error_of(raw) or (_error_of(choice) if isinstance(choice, dict) else None),
     )
 
 
