@@ -45,7 +45,8 @@ class Dialect:
     # The model thinks unless told not to (DeepSeek V4: "Thinking mode is enabled by default"): a
     # request that asks for no thinking switches it off, as no thinking means on Anthropic's API.
     thinks_unless_told: bool = False
-    # How assistant thinking goes back upstream: drop, reasoning_content, reasoning_content_all, reasoning.
+    # How assistant thinking goes back upstream: drop, reasoning_content, reasoning_content_all, reasoning,
+    # both (reasoning and reasoning_content, each with the text).
     reasoning_history: str = "drop"
     # What reasoning_content_all sends on a tool-call turn that has no thinking (a turn from
     # another model, thinking the client left out). DeepSeek takes ""; Moonshot takes "" for
@@ -212,8 +213,12 @@ DIALECTS: Dict[str, Dialect] = {
                                   image_types=("image/jpeg", "image/png", "image/webp"), image_urls=False,
                                   cuts_prompts=True, reasoning_history="reasoning"),
     # vLLM and llama.cpp take chat_template_kwargs.enable_thinking, on in Qwen3's templates by default.
+    # vLLM reads an assistant turn's reasoning back from `reasoning` since it renamed the field
+    # (chat_utils._parse_chat_message_content; its docs: "reasoning used to be called
+    # reasoning_content"), and from reasoning_content before: both go, or the thinking of a tool
+    # loop's turns was lost to the template without a word (probe AL D1).
     "vllm": dataclasses.replace(
-        _BASE, name="vllm", reasoning="template", thinks_unless_told=True, reasoning_history="reasoning_content",
+        _BASE, name="vllm", reasoning="template", thinks_unless_told=True, reasoning_history="both",
         pass_top_k=True, max_stop=None, prefill_continue=True,
     ),
     "lmstudio": dataclasses.replace(

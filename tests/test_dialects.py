@@ -65,7 +65,7 @@ def test_dialect_names_and_flags_are_consistent() -> None:
     for name, dialect in DIALECTS.items():
         assert dialect.name == name
         assert dialect.reasoning in REASONING_STYLES
-        assert dialect.reasoning_history in ("drop", "reasoning_content", "reasoning_content_all", "reasoning")
+        assert dialect.reasoning_history in ("drop", "reasoning_content", "reasoning_content_all", "reasoning", "both")
         assert dialect.system_role in ("system", "developer", "user")
         assert dialect.max_tokens_field in ("max_tokens", "max_completion_tokens")
         assert dialect.schema_sanitizer in ("none", "gemini")

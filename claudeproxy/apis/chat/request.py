@@ -234,16 +234,20 @@ def _restore_state(blocks: Tuple[Block, ...]) -> Dict[str, Any]:
     return state
 
 
-def _reasoning_for(blocks: Tuple[Block, ...], has_tools: bool, dialect: Dialect) -> Tuple[Optional[str], Optional[str]]:
-    """(field name, text) of the reasoning echoed back, per ``reasoning_history``."""
+# The fields each ``reasoning_history`` sends an assistant turn's reasoning back in.
+_REASONING_FIELDS = {"reasoning": ("reasoning",), "reasoning_content": ("reasoning_content",),
+                     "reasoning_content_all": ("reasoning_content",), "both": ("reasoning", "reasoning_content")}
+
+
+def _reasoning_for(blocks: Tuple[Block, ...], has_tools: bool, dialect: Dialect) -> Tuple[Tuple[str, ...], Optional[str]]:
+    """(field names, text) of the reasoning echoed back, per ``reasoning_history``."""
     style = dialect.reasoning_history
     if style == "drop":
-        return None, None
+        return (), None
     text = "".join(b.thinking for b in blocks if isinstance(b, ThinkingBlock))
-    field = "reasoning" if style == "reasoning" else "reasoning_content"
     if text or (style == "reasoning_content_all" and has_tools):
-        return field, text or dialect.reasoning_placeholder
-    return None, None
+        return _REASONING_FIELDS[style], text or dialect.reasoning_placeholder
+    return (), None
 
 
 def _tool_call(block: ToolUseBlock, dialect: Dialect, signatures: Dict[str, Any]) -> ToolCall:
@@ -262,13 +266,13 @@ def _assistant_message(message: Message, dialect: Dialect, is_last: bool) -> Cha
         content = ""
     elif content is None and dialect.assistant_empty_content is not None:
         content = dialect.assistant_empty_content
-    field, reasoning = _reasoning_for(blocks, bool(calls), dialect)
+    fields, reasoning = _reasoning_for(blocks, bool(calls), dialect)
     extra = tuple((k, v) for k, v in state.items() if k == "reasoning_details" and dialect.reasoning_history == "reasoning")
     return ChatMessage(
         "assistant",
         content,
         tool_calls=calls,
-        reasoning_field=field,
+        reasoning_fields=fields,
         reasoning=reasoning,
         prefix=is_last and dialect.prefill_prefix and not calls,
         extra=extra,

@@ -43,7 +43,7 @@ class ChatMessage:
     tool_calls: Tuple[ToolCall, ...] = ()
     tool_call_id: Optional[str] = None
     # Reasoning echoed back to providers that require it (DeepSeek, vLLM, OpenRouter).
-    reasoning_field: Optional[str] = None
+    reasoning_fields: Tuple[str, ...] = ()  # the fields it goes in, each with the same text
     reasoning: Optional[str] = None
     prefix: bool = False
     # Provider state restored from a proxy signature (OpenRouter reasoning_details).
@@ -57,8 +57,9 @@ class ChatMessage:
             out["tool_calls"] = [tc.to_dict() for tc in self.tool_calls]
         if self.tool_call_id is not None:
             out["tool_call_id"] = self.tool_call_id
-        if self.reasoning_field is not None and self.reasoning is not None:
-            out[self.reasoning_field] = self.reasoning
+        if self.reasoning is not None:
+            for field in self.reasoning_fields:
+                out[field] = self.reasoning
         if self.prefix:
             out["prefix"] = True
         out.update(self.extra)
