@@ -336,7 +336,15 @@ def error_from_status(status: int, body: bytes, headers: Any = None, secrets: Tu
         # credentials. Passed on as 407 it would tell the client that its own proxy does.
         return UpstreamUnavailable(f"upstream 407: a proxy on the way to the upstream asks for credentials: {message}"
                                    [:1000], headers=(NO_RETRY,))
-    return _upstream_error(status, message, _error_dict(obj), headers, secrets, said)
+    exc = _upstream_error(status, message, _error_dict(obj), headers, secrets, said)
+    if status == _CAPACITY_EXCEEDED:
+        exc.status, exc.error_type = 529, "overloaded_error"  # its words still name the 498 it sent
+    return exc
+
+
+# Groq's "498 Flex Tier Capacity Exceeded" (console.groq.com/docs/errors): no capacity now, to be
+# tried again later. Passed on as a 498 invalid_request_error, it was a mistake no client retries.
+_CAPACITY_EXCEEDED = 498
 
 
 # An exhausted quota comes as a 429 like a rate limit, but no wait gets past it (RESPONSES.md 4):

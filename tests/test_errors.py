@@ -57,6 +57,7 @@ def _headers(**values: str) -> email.message.Message:
         (422, 422, "invalid_request_error"),
         (429, 429, "rate_limit_error"),
         (451, 451, "invalid_request_error"),
+        (498, 529, "overloaded_error"),  # Groq's flex tier out of capacity: retried later (probe AL D3)
         (500, 500, "api_error"),
         (501, 501, "api_error"),
         (502, 502, "api_error"),
