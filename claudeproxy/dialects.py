@@ -35,7 +35,9 @@ class Dialect:
     # Drop temperature/top_p (OpenAI reasoning models reject them).
     drop_sampling: bool = False
     pass_top_k: bool = False
-    send_user: bool = True
+    # The field the end user's id goes in (None: not sent). OpenAI's Chat Completions replaced
+    # ``user`` by ``safety_identifier`` (its API reference), which its Responses API already takes.
+    user_field: Optional[str] = "user"
     # Ask for stream_options.include_usage. Off where the server refuses the field and sends
     # usage in the last chunk anyway (Mistral).
     stream_usage: bool = True
@@ -145,7 +147,8 @@ DIALECTS: Dict[str, Dialect] = {
     # prompt_cache_key: developers.openai.com/api/docs/guides/prompt-caching.
     "openai": dataclasses.replace(
         _BASE, name="openai", supports_file_parts=True, reasoning="none", merge_user_turns=False,
-        cache_key_field="prompt_cache_key", hosted_web_search=True, serves_responses=True, key_env=("OPENAI_API_KEY",),
+        cache_key_field="prompt_cache_key", user_field="safety_identifier", hosted_web_search=True,
+        serves_responses=True, key_env=("OPENAI_API_KEY",),
         tool_id_limit=40,
     ),
     # Azure also hosts other vendors' models (Foundry), which answer 400 "Unrecognized request
@@ -173,14 +176,14 @@ DIALECTS: Dict[str, Dialect] = {
     # refuse both ("reasoning_format is not supported with this model"), gpt-oss takes
     # reasoning_effort low/medium/high and no reasoning_format, qwen3 takes reasoning_format and
     # an effort of none or default only (MODEL_RULES).
-    "groq": dataclasses.replace(_BASE, name="groq", reasoning="none", send_user=False, key_env=("GROQ_API_KEY",)),
+    "groq": dataclasses.replace(_BASE, name="groq", reasoning="none", user_field=None, key_env=("GROQ_API_KEY",)),
     # prompt_cache_key: docs.mistral.ai/studio-api/conversations/advanced/prompt-caching.
     # Mistral answers 422 extra_forbidden to stream_options and always puts the usage in the last
     # chunk (docs.mistral.ai, 2024-01-16 release note; openai/openai-agents-python#442).
     "mistral": dataclasses.replace(
         _BASE, name="mistral", short_tool_ids=True, bridge_tool_to_user=True, prefill_prefix=True,
         # Mistral refuses fields it does not know (422 extra_forbidden), user among them.
-        late_system_role="user", stream_usage=False, send_user=False,
+        late_system_role="user", stream_usage=False, user_field=None,
         reasoning="none", cache_key_field="prompt_cache_key", key_env=("MISTRAL_API_KEY",),
     ),
     # Moonshot (Kimi): thinking is switched by {"thinking": {"type": "enabled"|"disabled"}}, on by
@@ -197,7 +200,7 @@ DIALECTS: Dict[str, Dialect] = {
         reasoning_placeholder=" ", key_env=("MOONSHOT_API_KEY",),
     ),
     "gemini": dataclasses.replace(
-        _BASE, name="gemini", schema_sanitizer="gemini", send_user=False, reasoning="gemini", thought_signatures=True,
+        _BASE, name="gemini", schema_sanitizer="gemini", user_field=None, reasoning="gemini", thought_signatures=True,
         # google-genai reads both, GOOGLE_API_KEY first when both are set (_api_client.get_env_api_key).
         key_env=("GOOGLE_API_KEY", "GEMINI_API_KEY"),
     ),

@@ -317,4 +317,4 @@ def test_kimi_forced_to_a_tool_is_told_not_to_think(choice: Any, thinking: Any, 
 def test_mistral_gets_no_user_field() -> None:
     """Mistral refuses fields it does not know (422 extra_forbidden), ``user`` among them: a round
     trip lost per model and process before the proxy learned it (a probe)."""
-    assert DIALECTS["mistral"].send_user is False
+    assert DIALECTS["mistral"].user_field is None

@@ -237,7 +237,17 @@ CLAUDE_CODE_USER_ID = json.dumps({
 
 
 def _user_sent(user_id: str, provider: str = "generic") -> Any:
-    return translate(body([user("hi")], metadata={"user_id": user_id}), provider=provider, model="m").request.to_dict().get("user")
+    sent = translate(body([user("hi")], metadata={"user_id": user_id}), provider=provider, model="m").request.to_dict()
+    # OpenAI's Chat Completions replaced ``user`` by ``safety_identifier`` (probe AL D7); the others keep it.
+    return sent.get("safety_identifier" if provider == "openai" else "user")
+
+
+def test_openai_gets_the_end_user_as_safety_identifier_and_others_as_user() -> None:
+    sent = translate(body([user("hi")], metadata={"user_id": "u-1"}), provider="openai", model="m").request.to_dict()
+    assert sent.get("safety_identifier") == "u-1" and "user" not in sent
+    for provider in ("generic", "azure", "openrouter"):
+        sent = translate(body([user("hi")], metadata={"user_id": "u-1"}), provider=provider, model="m").request.to_dict()
+        assert sent.get("user") == "u-1" and "safety_identifier" not in sent, provider
 
 
 def test_long_user_id_is_shortened_for_openai() -> None:

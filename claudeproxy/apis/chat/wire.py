@@ -82,6 +82,7 @@ class ChatRequest:
     tool_choice: Union[str, Dict[str, Any], None] = None
     parallel_tool_calls: Optional[bool] = None
     user: Optional[str] = None
+    user_field: str = "user"  # or safety_identifier (OpenAI's)
     response_format: Optional[Dict[str, Any]] = None
     reasoning_effort: Optional[str] = None
     # Provider-specific top-level fields (reasoning, thinking, chat_template_kwargs...).
@@ -103,7 +104,7 @@ class ChatRequest:
             ("tools", list(self.tools) if self.tools else None),
             ("tool_choice", self.tool_choice),
             ("parallel_tool_calls", self.parallel_tool_calls),
-            ("user", self.user),
+            (self.user_field, self.user),
             ("response_format", self.response_format),
             ("reasoning_effort", self.reasoning_effort),
             (self.cache_key_field, self.cache_key),
