@@ -42,7 +42,7 @@ class Dialect:
     # usage in the last chunk anyway (Mistral).
     stream_usage: bool = True
     # How thinking/effort is requested (apis/chat/request.py REASONING_STYLES):
-    # effort, explicit, ollama, gemini, openrouter, deepseek, switch, groq, template, none.
+    # effort, explicit, ollama, gemini, openrouter, deepseek, switch, groq, template, mistral, none.
     reasoning: str = "effort"
     # The model thinks unless told not to (DeepSeek V4: "Thinking mode is enabled by default"): a
     # request that asks for no thinking switches it off, as no thinking means on Anthropic's API.
@@ -283,6 +283,9 @@ MODEL_RULES: Tuple[Tuple[Tuple[str, ...], str, Dict[str, object]], ...] = (
     # deepseek-reasoner is the name of DeepSeek's thinking mode: a client naming it wants it on.
     (("deepseek",), r"reasoner", {"thinks_unless_told": False}),
     (("groq",), r"^(openai/)?gpt-oss", {"reasoning": "explicit"}),
+    # Mistral's models with adjustable reasoning (docs.mistral.ai: Small 4, Medium 3.5, Large 4): a
+    # client's thinking had no effect there.
+    (("mistral",), r"^(mistral-small-(latest|2603)|mistral-medium-3-5|mistral-large-4)", {"reasoning": "mistral"}),
     (("groq",), r"^(qwen/)?qwen3", {"reasoning": "groq", "think_tags": True}),
     # Gemini 2.5 Pro and 3 cannot stop thinking: "none" (a budget of 0) is a 400 there, so a client's
     # thinking "disabled" sends nothing (PROTOCOL.md 1.7: "none" where supported, else omit).

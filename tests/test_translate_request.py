@@ -14,7 +14,7 @@ import glob
 import json
 import os
 import re
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pytest
 
@@ -422,3 +422,21 @@ def test_deepseek_is_told_to_think_only_when_the_client_asks(extra: Dict[str, An
     body = {"model": "x", "max_tokens": 4096, "messages": [{"role": "user", "content": "hi"}], **extra}
     sent = to_chat_request(parse_messages_request(body), model=model, dialect=dialect_for("deepseek", model)).request.to_dict()
     assert sent.get("thinking") == thinking, sent
+
+
+@pytest.mark.parametrize("model, thinking, effort", [
+    ("mistral-medium-3-5", {"type": "enabled", "budget_tokens": 4000}, "high"),  # what it recommends for code
+    ("mistral-small-latest", {"type": "adaptive"}, "high"),
+    ("mistral-small-2603", {"type": "disabled"}, "none"),
+    ("mistral-large-4-0", {"type": "enabled", "budget_tokens": 4000}, "high"),
+    ("mistral-medium-3-5", None, None),  # thinking not asked about: the model's default
+    ("mistral-large-latest", {"type": "enabled", "budget_tokens": 4000}, None),  # no adjustable reasoning
+    ("codestral-latest", {"type": "disabled"}, None),
+])
+def test_mistrals_adjustable_reasoning_follows_the_clients_thinking(model: str, thinking: Any,
+                                                                    effort: Optional[str]) -> None:
+    """Probe AL D4: docs.mistral.ai documents reasoning_effort ("high" or "none") for Small 4,
+    Medium 3.5 and Large 4; a client's thinking had no effect there."""
+    extra = {"thinking": thinking} if thinking else {}
+    sent = translate(body([user("hi")], max_tokens=8000, **extra), provider="mistral", model=model).request.to_dict()
+    assert sent.get("reasoning_effort") == effort

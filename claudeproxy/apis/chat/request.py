@@ -638,6 +638,15 @@ def _reasoning_groq(t: Optional[Thinking], effort: Optional[str]) -> Reasoning:
     return None, ()
 
 
+def _reasoning_mistral(t: Optional[Thinking], effort: Optional[str]) -> Reasoning:
+    """Mistral's adjustable reasoning (docs.mistral.ai capabilities/reasoning/adjustable): its
+    reasoning_effort is "high" (a full thinking chunk first; what it recommends for agents and
+    code) or "none"; a client that leaves thinking alone leaves the model to its default."""
+    if t is None:
+        return None, ()
+    return ("none" if t.kind == "disabled" else "high"), ()
+
+
 def _reasoning_template(t: Optional[Thinking], effort: Optional[str]) -> Reasoning:
     if t is None or t.kind not in ("enabled", "disabled"):
         return None, ()
@@ -654,6 +663,7 @@ REASONING_STYLES: Dict[str, Callable[[Optional[Thinking], Optional[str]], Reason
     "switch": _reasoning_switch,
     "groq": _reasoning_groq,
     "template": _reasoning_template,
+    "mistral": _reasoning_mistral,
     "none": lambda t, effort: (None, ()),
 }
 
