@@ -769,6 +769,7 @@ class Proxy:
                     continue
                 changed = self._changed_request(exc, api, req, target, ex) if changes < _MAX_TOKENS_RETRIES else None
                 if changed is None:
+                    self._with_estimate(exc, req, target)
                     refusal = self._refusal(exc, target, key)
                     if refusal is exc:
                         raise
@@ -778,6 +779,18 @@ class Proxy:
                 self.metrics.attempt_failed(target.provider.name, target.model, exc.status)
                 changes += 1
                 ex = changed
+
+    def _with_estimate(self, exc: UpstreamHTTPError, req: ClientRequest, target: Target) -> None:
+        """vLLM's "prompt is too long" names no prompt size (its "at least W - O + 1"): the proxy's
+        estimate is said beside the window, as "N tokens > M maximum", where it is over the window.
+        Claude Code reads those two numbers for how much of the history to drop (probe AK D10)."""
+        if not exc.message.startswith(f"{PROMPT_TOO_LONG}: ") or not prompt_uncounted(exc.upstream_message):
+            return
+        window, guess = read_sizes(exc.upstream_message).limit, self._prompt_guess(req, target)
+        if window is not None and guess is not None and guess > window:
+            where = f"upstream {exc.status}" if exc.status_said else "upstream"
+            said = exc.message[len(PROMPT_TOO_LONG) + 2:]
+            exc.message = f"{PROMPT_TOO_LONG}: {guess} tokens > {window} maximum (the proxy's estimate; {where}: {said})"
 
     def _refusal(self, exc: UpstreamHTTPError, target: Target, key: str) -> UpstreamHTTPError:
         """An upstream's refusal no changed request gets past, as the attempt's error."""

@@ -353,6 +353,14 @@ def test_a_prompt_vllm_did_not_count_is_too_long_once_no_answer_would_fit(proxy,
     resp = send(proxy, False, max_tokens=4000, model="uncounted-zero")
     assert resp.status == 400 and resp.json["error"]["message"].startswith("prompt is too long"), resp
     assert len(fake_upstream.requests) == 1
+    # An estimate over the window is said as the sizes Claude Code reads to drop history (probe AK D10).
+    fake_upstream.requests.clear()
+    fake_upstream.push(vllm_uncounted(24576, 0))
+    resp = send(proxy, False, max_tokens=4000, model="uncounted-zero", messages=[{"role": "user",
+                                                                                 "content": "word " * 20000}])
+    said = re.match(r"prompt is too long: (\d+) tokens > 24576 maximum \(the proxy's estimate; upstream 400: "
+                    r"This model's maximum context length", resp.json["error"]["message"])
+    assert resp.status == 400 and said and 26000 < int(said.group(1)) < 32000, resp.json
     fake_upstream.requests.clear()
     fake_upstream.push(vllm_uncounted(24576, 4000), vllm_uncounted(24576, 2000))
     resp = send(proxy, False, max_tokens=4000, model="uncounted-long")
