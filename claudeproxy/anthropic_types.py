@@ -611,14 +611,27 @@ def _refuse_file_ids(messages: Tuple[Message, ...]) -> None:
     about a file it never saw, and the client had a plausible wrong answer (a 400 tells it). Only for
     a translated ``/v1/messages``: the Messages API forwards it, and a token count sends nothing."""
     for i, message in enumerate(messages):
-        for j, block in enumerate(message.content):
-            nested = isinstance(block, ToolResultBlock)
-            for k, part in enumerate(block.content if nested else (block,)):  # type: ignore[union-attr]
-                if isinstance(part, (ImageBlock, DocumentBlock)) and part.source == "file":
-                    where = f"messages[{i}].content[{j}]" + (f".content[{k}]" if nested else "")
-                    raise InvalidRequest("a file_id names a file of Anthropic's Files API, which this upstream cannot "
-                                         "read: send the file's content (base64, text) or a URL instead",
-                                         f"{where}.source")
+        where = _file_source(message.content, f"messages[{i}]")
+        if where is not None:
+            raise InvalidRequest("a file_id names a file of Anthropic's Files API, which this upstream cannot "
+                                 "read: send the file's content (base64, text) or a URL instead", f"{where}.source")
+
+
+def _file_source(blocks: Tuple[Block, ...], path: str) -> Optional[str]:
+    """The path of the first block given by ``file_id`` among ``blocks``, a tool result's and a
+    document's own blocks included (the parser bounds their depth); None without one."""
+    for j, block in enumerate(blocks):
+        where = f"{path}.content[{j}]"
+        if isinstance(block, (ImageBlock, DocumentBlock)) and block.source == "file":
+            return where
+        found = None
+        if isinstance(block, ToolResultBlock):
+            found = _file_source(block.content, where)
+        elif isinstance(block, DocumentBlock) and block.content:
+            found = _file_source(block.content, where + ".source")  # its own blocks are its source's content
+        if found is not None:
+            return found
+    return None
 
 
 def _dropped_from_user_turn(block: Block) -> bool:

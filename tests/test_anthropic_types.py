@@ -304,6 +304,10 @@ def test_every_documented_content_shape_parses() -> None:
     ({"type": "tool_result", "tool_use_id": "t1", "content": [
         {"type": "text", "text": "the chart:"}, {"type": "image", "source": {"type": "file", "file_id": "file_3"}}]},
      "messages[2].content[1].content[1].source"),
+    # A document's own blocks too: the model was told of a file it never saw (probe AM).
+    ({"type": "document", "source": {"type": "content", "content": [
+        {"type": "text", "text": "p. 1"}, {"type": "image", "source": {"type": "file", "file_id": "file_4"}}]}},
+     "messages[2].content[1].source.content[1].source"),
 ])
 def test_a_file_id_is_refused_naming_where_it_is(block: Dict[str, Any], path: str) -> None:
     """Anthropic's Files API ids mean nothing to a translated upstream: the model was told a file

@@ -39,7 +39,7 @@ from ...prompt_cache import end_user, strip_billing_header
 from ...schemas import InlineBudget, clean_schema
 from ...signatures import decode_signature
 from ..names import tool_alias, tool_names, upstream_tool_id
-from ..user_text import (MISSING_RESULT, TEXT_ONLY_IMAGE, document_text, error_text, file_omitted, orphan_result,
+from ..user_text import (MISSING_RESULT, TEXT_ONLY_IMAGE, document_text, error_text, orphan_result,
                          pdf_omitted, search_result_text, tool_reference_text)
 from .wire import ChatMessage, ChatRequest, ToolCall
 
@@ -124,11 +124,10 @@ def _image_part(block: ImageBlock, dialect: Dialect) -> Part:
         if dialect.image_types is not None and block.media_type not in dialect.image_types:
             return _text_part(f"[image omitted: this server takes no {block.media_type}]")
         return {"type": "image_url", "image_url": {"url": f"data:{block.media_type};base64,{block.data}"}}
-    if block.source == "url":
-        if not dialect.image_urls:
-            return _text_part(f"[image: {block.url}]")  # as a document's URL: the model still sees where it is
-        return {"type": "image_url", "image_url": {"url": block.url}}
-    return _text_part(file_omitted("image", block.data))
+    # A URL: a file_id is refused at the door (anthropic_types._refuse_file_ids).
+    if not dialect.image_urls:
+        return _text_part(f"[image: {block.url}]")  # as a document's URL: the model still sees where it is
+    return {"type": "image_url", "image_url": {"url": block.url}}
 
 
 def _document_parts(block: DocumentBlock, dialect: Dialect) -> List[Part]:
@@ -143,9 +142,7 @@ def _document_parts(block: DocumentBlock, dialect: Dialect) -> List[Part]:
     if block.source == "content":
         head = [_text_part(line) for line in (block.title, block.context) if line]
         return head + _user_parts(block.content, dialect)
-    if block.source == "url":
-        return [_text_part(f"[document: {block.url}]")]
-    return [_text_part(file_omitted("document", block.data))]
+    return [_text_part(f"[document: {block.url}]")]  # a URL: a file_id is refused at the door
 
 
 def _block_parts(block: Block, dialect: Dialect) -> List[Part]:

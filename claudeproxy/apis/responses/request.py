@@ -40,7 +40,7 @@ from ...prompt_cache import end_user, strip_billing_header
 from ...schemas import clean_schema
 from ...signatures import decode_signature
 from ..names import tool_alias, tool_names, upstream_tool_id
-from ..user_text import (MISSING_RESULT, document_text, error_text, file_omitted, orphan_result, search_result_text,
+from ..user_text import (MISSING_RESULT, document_text, error_text, orphan_result, search_result_text,
                          tool_reference_text)
 from . import API_NAME
 
@@ -111,9 +111,8 @@ def _text(text: str) -> Part:
 def _image_part(block: ImageBlock) -> Part:
     if block.source == "base64":
         return {"type": "input_image", "image_url": f"data:{block.media_type};base64,{block.data}", "detail": "auto"}
-    if block.source == "url":
-        return {"type": "input_image", "image_url": block.url, "detail": "auto"}
-    return _text(file_omitted("image", block.data))
+    # A URL: a file_id is refused at the door (anthropic_types._refuse_file_ids).
+    return {"type": "input_image", "image_url": block.url, "detail": "auto"}
 
 
 def _document_parts(block: DocumentBlock) -> List[Part]:
@@ -125,10 +124,9 @@ def _document_parts(block: DocumentBlock) -> List[Part]:
     if block.source == "text":
         text = document_text(block)
         return [_text(text)] if text else []  # nothing, as an empty text block
-    if block.source == "content":
-        head = [_text(line) for line in (block.title, block.context) if line]
-        return head + [p for b in block.content for p in _block_parts(b)]
-    return [_text(file_omitted("document", block.data))]
+    # Its own blocks ("content"): a file_id is refused at the door (anthropic_types._refuse_file_ids).
+    head = [_text(line) for line in (block.title, block.context) if line]
+    return head + [p for b in block.content for p in _block_parts(b)]
 
 
 def _block_parts(block: Block) -> List[Part]:
