@@ -496,6 +496,7 @@ def test_a_base_url_ending_in_v1_is_told_so(url: str, method: str, path: str) ->
 @pytest.mark.parametrize("method, path, allow", [
     ("GET", "/v1/messages", "POST"),
     ("PUT", "/v1/messages", "POST"),
+    ("PATCH", "/v1/messages", "POST"),
     ("GET", "/v1/messages/count_tokens", "POST"),
     ("POST", "/v1/models", "GET, HEAD"),
     ("DELETE", "/health", "GET, HEAD"),
@@ -504,6 +505,29 @@ def test_wrong_method_is_405_with_allow(url: str, method: str, path: str, allow:
     resp = request(url, method, path, body=b"{}" if method in ("POST", "PUT") else None)
     assert_error(resp, 405, "invalid_request_error", method)
     assert resp.headers["allow"] == allow
+
+
+def test_a_fault_of_the_proxys_own_is_a_500_without_a_traceback(shared: Tuple[Any, Any], capfd: Any,
+                                                               caplog: Any) -> None:
+    """RELIABILITY.md section 4 (e): a bug inside a route is an Anthropic-shaped 500 the SDKs retry,
+    said in the log in one line (the traceback only at DEBUG), and the connection serves on."""
+    server = shared[1].server
+    routes = server.proxy.routes
+
+    def broken(handler: Any, writer: Any) -> None:
+        raise KeyError("a bug")
+
+    caplog.set_level("INFO", logger="claudeproxy")
+    saved, routes[("GET", "/health")] = routes[("GET", "/health")], broken
+    try:
+        resp = request(shared[1].url, "GET", "/health")
+    finally:
+        routes[("GET", "/health")] = saved
+    assert_error(resp, 500, "api_error", "internal proxy error; see the proxy log")
+    said = [r for r in caplog.records if r.getMessage().startswith("internal error on GET /health: KeyError")]
+    assert len(said) == 1 and not said[0].exc_info, [r.getMessage() for r in caplog.records]
+    assert "Traceback" not in capfd.readouterr().err
+    assert request(shared[1].url, "GET", "/health").status == 200
 
 
 def test_options_is_405_without_cors_headers(url: str) -> None:

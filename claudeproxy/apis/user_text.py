@@ -1,9 +1,10 @@
-"""The words both OpenAI APIs use where they have no part for what a user turn holds. Pure.
+"""The words the upstream APIs use where they have no part for what a user turn holds. Pure.
 
 Chat Completions and Responses shape their parts differently (``text`` against
-``input_text``), but a search result, a tool reference, a plain-text document, a file
-only Anthropic can open, a failed tool's result, a result without its call or a call
-without its result reads the same to either model: the words are written here once.
+``input_text``), but a search result, a tool reference, a plain-text document, a PDF a
+model cannot read, a failed tool's result, a result without its call or a call without
+its result reads the same to either model: the words are written here once. The
+Messages API's older form (``older_form.py``) uses them for what a server refused.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def pdf_omitted(title: str) -> str:
 
 
 def file_omitted(kind: str, file_id: str) -> str:
-    """An Anthropic file id (``source: file``) means nothing to OpenAI: the model is told one was left out."""
+    """An Anthropic file id (``source: file``) means nothing to another server: the model is told one was left
+    out. (A translated request with one is refused at the door: anthropic_types._refuse_file_ids.)"""
     return f"[{kind} file {file_id} omitted]"
 
 
