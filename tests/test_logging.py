@@ -247,3 +247,39 @@ def test_no_secret_in_any_log_record_or_answer_at_debug(everything: Any, fake_up
     assert any(r.startswith("upstream request body") for r in records)  # debug really logged the bodies
     assert _leaks(texts) == []
     assert _leaks(records) == []
+
+
+def _odd_streams() -> List[Tuple[str, Any]]:
+    """Streams whose every path through the relay's fold the body log wraps (probe AM 2.11-15)."""
+    from fakes import Sleep
+
+    return [
+        ("json-to-a-stream", json_reply(completion("plain json"))),  # from_json
+        ("cut-short", sse_reply(chunk({"role": "assistant", "content": "cut"}), done=False)),  # end
+        ("error-first", sse_reply({"error": {"message": "overloaded", "code": 503}}, done=False)),  # began
+        ("slow-first-token", sse_reply(Sleep(0.6), chunk({"role": "assistant", "content": "late"}),
+                                       chunk({}, "stop"))),  # start, at the first ping
+    ]
+
+
+@pytest.mark.parametrize("case", range(4), ids=[name for name, _ in _odd_streams()])
+def test_the_body_log_changes_no_stream(make_proxy: Any, fake_upstream: FakeUpstream, caplog: Any, case: int) -> None:
+    """With bodies logged (--log-level debug), a stream the upstream answers oddly reaches the
+    client as it does without, and what went to the client is in the log."""
+    from sse_checks import events_of
+
+    caplog.set_level(logging.DEBUG, logger="claudeproxy")
+    name, reply = _odd_streams()[case]
+    seen = []
+    for proxy in (make_proxy(ping_interval=0.2, retries=0), make_proxy(ping_interval=0.2, retries=0, log_bodies=True)):
+        fake_upstream.push(reply)
+        resp = request(proxy.url, "POST", "/v1/messages", minimal_request(stream=True), {"x-api-key": CLIENT_KEY})
+        assert proxy.server.wait_idle(2)
+        events = events_of(resp.body) if resp.status == 200 else []
+        seen.append((resp.status, [(e["type"], e.get("delta", {}).get("text")) for e in events if e["type"] != "ping"]))
+    assert seen[0] == seen[1], seen
+    lines = _bodies_records(caplog)
+    if seen[1][0] == 200:
+        assert any(line.startswith("client events") for line in lines), lines
+    if name == "json-to-a-stream":
+        assert any('"plain json"' in line and line.startswith("upstream response body") for line in lines), lines
