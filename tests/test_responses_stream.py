@@ -1091,6 +1091,27 @@ def test_late_text_only_in_done_for_a_closed_part_is_not_lost() -> None:
     assert [(b["type"], b.get("text")) for b in content] == [("text", "Hel"), ("tool_use", None), ("text", "lo")]
 
 
+def test_raw_reasoning_text_missed_by_its_deltas_comes_with_its_done_event() -> None:
+    """gpt-oss-style servers stream raw reasoning (reasoning_text): its ``.done`` event carries the
+    whole text, and what the deltas missed goes out then, so the thinking block holds all of it, as
+    the JSON answer has it (probe AM 2.9)."""
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": [],
+                 "content": [{"type": "reasoning_text", "text": "User says hi."}]}
+    part = {"output_index": 0, "item_id": "rs_1", "content_index": 0}
+    events = feed(make_fold(), CREATED,
+                  {"type": "response.output_item.added", "output_index": 0, "item": {**reasoning, "content": []}},
+                  {"type": "response.reasoning_text.delta", **part, "delta": "User says"},
+                  {"type": "response.reasoning_text.done", **part, "text": "User says hi."},
+                  {"type": "response.output_item.done", "output_index": 0, "item": reasoning},
+                  _text_delta(1, "Hello!"), completed(output=[reasoning, _message(1, "Hello!")]))
+    assert_valid_event_sequence(events, allow_error=False)
+    deltas = [e["delta"]["thinking"] for e in events if e["type"] == "content_block_delta"
+              and e["delta"]["type"] == "thinking_delta"]
+    assert deltas == ["User says", " hi."]
+    [thinking] = [b for b in final_message(events)["content"] if b["type"] == "thinking"]
+    assert thinking["thinking"] == "User says hi."
+
+
 def test_reasoning_the_client_did_not_ask_for_gives_no_thinking_block() -> None:
     """gpt-oss-style servers send raw reasoning (reasoning_text) unasked: with thinking=False (the
     request had none) neither the stream nor the JSON answer has a thinking block."""
