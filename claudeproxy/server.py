@@ -111,6 +111,7 @@ class ProxyServer(ThreadingHTTPServer):
         self._conns: Set[socket.socket] = set()
         # The connections waiting for a request's head, longest first; True once one served a request.
         self._waiting: "collections.OrderedDict[socket.socket, bool]" = collections.OrderedDict()
+        self._refused: "collections.deque[Tuple[float, socket.socket]]" = collections.deque()  # answered 529
         self._conns_lock = threading.Lock()
         self._active = 0
         self._idle = threading.Condition(self._conns_lock)
@@ -126,8 +127,9 @@ class ProxyServer(ThreadingHTTPServer):
         longest for a request's head (one that never sent a request first: a slow-loris client's),
         and gets a 529 itself where every connection has a request in flight (probe AI 5: 250 heads
         a byte at a time held 253 threads, and nothing bounded them before any key was checked)."""
+        self._close_refused(time.monotonic() - _REFUSED_LINGER)
         if not self._admit(request):
-            refuse_connection(request, self.config.max_connections)
+            self._refuse(request)
             self.proxy.warn_once(f"{self.config.max_connections} client connections are open, each with a request "
                                  "in flight (--max-connections): new connections get 529 overloaded_error")
             return
@@ -213,32 +215,55 @@ class ProxyServer(ThreadingHTTPServer):
         log.error("unexpected error serving %s", client_address[0] if client_address else "?",
                   exc_info=log.isEnabledFor(logging.DEBUG))
 
+    def _refuse(self, sock: socket.socket) -> None:
+        """A 529 to a connection over ``max_connections``, on the accepting thread: never blocking
+        (the answer fits any send buffer). The socket is closed later (``_close_refused``): closed
+        with the client's request unread, it would be a reset, and the client could lose the answer
+        while still sending its body."""
+        if answer_overloaded(sock, self.config.max_connections):
+            with self._conns_lock:
+                self._refused.append((time.monotonic(), sock))
+                held = len(self._refused) > _REFUSED_HELD
+            if held:
+                self._close_refused(float("inf"), keep=_REFUSED_HELD)
+
+    def _close_refused(self, before: float, keep: int = 0) -> None:
+        """Close the refused connections answered before ``before`` (all but the ``keep`` newest)."""
+        with self._conns_lock:
+            done = []
+            while len(self._refused) > keep and self._refused[0][0] < before:
+                done.append(self._refused.popleft()[1])
+        for sock in done:
+            sock.close()
+
     def server_close(self) -> None:
+        self._close_refused(float("inf"))
         self.watchdog.stop()
         self.proxy.upstream.close()  # idle keep-alive connections to the upstreams
         super().server_close()
 
 
-def refuse_connection(sock: socket.socket, limit: int) -> None:
-    """A 529 to a connection over ``limit``, on the accepting thread: never blocking (the answer fits
-    any send buffer), what the client already sent read first (closed unread, it would be a reset
-    before the answer)."""
+# A refused connection stays open this long after its 529, at most this many at once (their
+# sockets, not threads): the client finishes sending and reads the answer.
+_REFUSED_LINGER = 2.0
+_REFUSED_HELD = 256
+
+
+def answer_overloaded(sock: socket.socket, limit: int) -> bool:
+    """The 529 to a connection over ``limit``, and the end of what the proxy sends on it, without
+    blocking; False (the socket closed) where the client is gone already."""
     body = json.dumps({"type": "error", "error": {"type": "overloaded_error", "message": (
         f"the proxy has {limit} client connections open, each with a request in flight; try again")}}).encode()
     head = (f"HTTP/1.1 529 Overloaded\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
             "Retry-After: 1\r\nConnection: close\r\n\r\n").encode("ascii")
     try:
         sock.setblocking(False)
-        try:
-            sock.recv(65536)
-        except OSError:
-            pass  # nothing sent yet
         sock.send(head + body)
         sock.shutdown(socket.SHUT_WR)
+        return True
     except OSError:
-        pass  # gone already
-    finally:
         sock.close()
+        return False
 
 
 def drain_and_close(server: ProxyServer, grace: float) -> None:
