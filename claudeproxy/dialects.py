@@ -251,6 +251,22 @@ _OPENAI_REASONING = {
 # o4-mini-deep-research...; gpt-5*, but not gpt-5-chat-latest or gpt-5.1-chat (chat models); codex-mini.
 # Any case: an Azure deployment may be named GPT-5.
 OPENAI_REASONING_NAME = r"(?i)^(?:o\d|gpt-5(?!.*-chat)|codex)"
+# The least reasoning each of them takes (RESPONSES.md 5): a client asking for no thinking gets it.
+# Left out, the model reasons at its default (medium before gpt-5.1), and Claude Code's auto-mode
+# check (thinking disabled, max_tokens 64) came back empty and was sent again five times (probe
+# AN 5). gpt-5.1 on take "none", gpt-5 "minimal", the o-series and codex models "low"; gpt-5-pro
+# only "high" (nothing is sent).
+_LEAST_EFFORTS = ((r"^gpt-5(?:\.\d+)?-pro", None), (r"^(?:gpt-5(?:\.\d+)?-)?codex", "low"),
+                  (r"^gpt-(?:5\.[1-9]|[6-9])", "none"), (r"^gpt-5", "minimal"), (r"^o\d", "low"))
+
+
+def least_effort(model: str) -> Optional[str]:
+    """The least reasoning effort an OpenAI reasoning model takes (its name after any ``provider/``
+    prefix), or None: another model, or one whose least is not known."""
+    name = model.rsplit("/", 1)[-1].lower()
+    if not re.match(OPENAI_REASONING_NAME, name):
+        return None
+    return next((effort for pattern, effort in _LEAST_EFFORTS if re.match(pattern, name)), None)
 # What an OpenAI model gets on Azure too (learn.microsoft.com azure/foundry/openai/how-to/prompt-caching).
 _OPENAI_MODEL = {"cache_key_field": "prompt_cache_key", "merge_user_turns": False}
 # The first rule that matches a model applies, alone.

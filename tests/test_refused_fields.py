@@ -341,6 +341,37 @@ def test_an_effort_above_the_models_is_lowered_to_its_most_and_remembered(make_p
     assert sent(fake_upstream)[3]["reasoning_effort"] == "low"
 
 
+def test_a_least_effort_the_model_refuses_is_raised_to_the_least_it_takes(make_proxy: Any,
+                                                                          fake_upstream: FakeUpstream) -> None:
+    """Thinking disabled asks an OpenAI reasoning model for its least effort (gpt-5: "minimal"); a
+    deployment that refuses it gets the least it names, remembered: the check was the client's 400."""
+    proxy = make_proxy(upstream=fake_upstream.url, model="gpt-5", provider="openai")
+    refusal = {"error": {**EFFORT_VALUE_REFUSAL["error"], "message": (
+        "Unsupported value: 'reasoning_effort' does not support 'minimal' with this model. Supported values are: "
+        "'low', 'medium', and 'high'.")}}
+    fake_upstream.push(json_reply(refusal, status=400), json_reply(completion("<severity>1")),
+                       json_reply(completion("<severity>1")))
+    check = claude_code_turn(max_tokens=64, thinking={"type": "disabled"})
+    assert ask(proxy, check).status == 200
+    assert ask(proxy, check).status == 200
+    assert [b["reasoning_effort"] for b in sent(fake_upstream)] == ["minimal", "low", "low"]
+
+
+@pytest.mark.parametrize("message,sent,raised", [
+    ("Unsupported value: 'reasoning_effort' does not support 'minimal' with this model. Supported values are: "
+     "'low', 'medium', and 'high'.", "minimal", "low"),
+    ("Unsupported value: 'reasoning_effort' does not support 'none' with this model. Supported values are: "
+     "'minimal', 'low', 'medium', and 'high'.", "none", "minimal"),
+    ("Unsupported value: 'reasoning_effort' does not support 'minimal' with this model.", "minimal", None),
+    (EFFORT_VALUE_REFUSAL["error"]["message"], "minimal", None),  # about another value
+    ("Budget 0 is invalid. This model only works in thinking mode (reasoning_effort 'none').", "none", None),
+])
+def test_raised_effort_reads_the_refused_least_value_first(message: str, sent: str, raised: Any) -> None:
+    from claudeproxy.apis.chat.api import raised_effort
+
+    assert raised_effort(message, sent) == raised
+
+
 @pytest.mark.parametrize("message,sent,lowered", [
     (EFFORT_VALUE_REFUSAL["error"]["message"], "max", "high"),
     ("Unsupported value: 'reasoning_effort' does not support 'xhigh' with this model.", "xhigh", "high"),

@@ -184,7 +184,8 @@ def test_thinking_not_asked_for_gets_no_summaries_and_no_blob() -> None:
     assert "include" not in out
     disabled = translate(body([{"role": "user", "content": "hi"}], thinking={"type": "disabled"},
                               output_config={"effort": "low"})).body
-    assert "reasoning" not in disabled and "include" not in disabled
+    # The model's least effort, not its default (gpt-5.4's is none: probe AN 5); no summaries, no blob.
+    assert disabled["reasoning"] == {"effort": "none"} and "include" not in disabled
 
 
 def test_max_output_tokens_is_clamped_to_the_cap_and_to_at_least_16() -> None:
@@ -441,3 +442,13 @@ def test_a_document_of_no_text_next_to_a_tool_result_sends_no_empty_user_message
         {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Read", "input": {}}]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}, titled]}])).body["input"]
     assert items[-1]["role"] == "user" and items[-1]["content"] == [{"type": "input_text", "text": "notes.txt"}]
+
+
+@pytest.mark.parametrize("model, reasoning", [("gpt-5", {"effort": "minimal"}), ("gpt-5.1-codex", {"effort": "low"}),
+                                              ("o3", {"effort": "low"}), ("gpt-5-pro", None)])
+def test_claude_codes_auto_mode_check_gets_the_least_effort(model: str, reasoning: Any) -> None:
+    """Probe AN 5: thinking disabled with max_tokens 64 went with no reasoning at all, and gpt-5
+    reasoned at medium past the 64 tokens: Claude Code sent the check five times more."""
+    out = translate(body([{"role": "user", "content": "<transcript>"}], max_tokens=64,
+                         thinking={"type": "disabled"}, stop_sequences=["</severity>"]), model=model).body
+    assert out.get("reasoning") == reasoning and "include" not in out

@@ -440,3 +440,26 @@ def test_mistrals_adjustable_reasoning_follows_the_clients_thinking(model: str, 
     extra = {"thinking": thinking} if thinking else {}
     sent = translate(body([user("hi")], max_tokens=8000, **extra), provider="mistral", model=model).request.to_dict()
     assert sent.get("reasoning_effort") == effort
+
+
+@pytest.mark.parametrize("provider, model, effort", [
+    ("openai", "gpt-5", "minimal"),
+    ("openai", "gpt-5-mini", "minimal"),
+    ("openai", "gpt-5.1", "none"),
+    ("openai", "gpt-5.2-codex", "low"),
+    ("openai", "o4-mini", "low"),
+    ("openai", "gpt-5-pro", None),  # it takes only "high": its default
+    ("openai", "gpt-4.1", None),  # no reasoning model
+    ("generic", "gpt-5", "minimal"),  # behind a gateway
+    ("openrouter", "openai/gpt-5", None),  # OpenRouter's own reasoning object says it
+])
+def test_thinking_disabled_asks_an_openai_reasoning_model_for_its_least_effort(provider: str, model: str,
+                                                                                effort: Optional[str]) -> None:
+    """Probe AN 5: Claude Code's auto-mode check (thinking disabled, max_tokens 64) went to gpt-5 with
+    no effort, which reasons at its default (medium) and spends the 64 tokens before any answer.
+    RESPONSES.md 5: gpt-5.1 on take "none", gpt-5 "minimal", the o-series and codex "low"."""
+    check = body([user("is this risky?")], max_tokens=64, thinking={"type": "disabled"}, stop_sequences=["</severity>"])
+    sent = translate(check, provider=provider, model=model).request.to_dict()
+    assert sent.get("reasoning_effort") == effort
+    unasked = translate(body([user("hi")], max_tokens=64), provider=provider, model=model).request.to_dict()
+    assert "reasoning_effort" not in unasked  # no thinking asked about: the model's own default, as before

@@ -119,6 +119,20 @@ def lower_effort(message: str, sent: Any) -> Optional[str]:
     return _EFFORT_ORDER[max(below) if below else rank - 1]
 
 
+def raised_effort(message: str, sent: Any) -> Optional[str]:
+    """The least effort to send instead of a least one (``none``, ``minimal``: thinking disabled,
+    ``dialects.least_effort``) that ``message`` refuses, from those it names after it ("does not
+    support 'minimal' with this model. Supported values are: 'low', 'medium', and 'high'"); None
+    where it names none above it."""
+    if sent not in ("none", "minimal") or not _EFFORT_FIELD.search(message) or _NO_OFF_SWITCH.search(message):
+        return None
+    named = [w for w in _QUOTED_WORD.findall(message) if w in _EFFORT_ORDER]
+    if not named or named[0] != sent:
+        return None  # the refused value comes first: this is about another one
+    above = [_EFFORT_ORDER.index(w) for w in named[1:] if _EFFORT_ORDER.index(w) > _EFFORT_ORDER.index(sent)]
+    return _EFFORT_ORDER[min(above)] if above else None
+
+
 def refused_level(message: str, sent: Any) -> Optional[str]:
     """The effort ``message`` refuses as a thinking level the model does not have (Gemini 3 Pro's
     "Thinking level MEDIUM is not supported"), when it is the one sent. That level alone: Gemini 3
@@ -161,6 +175,7 @@ class ChatApi(UpstreamApi):
         # behind a URL the dialects do not know: FIELD-NOTES 6).
         self._completion_tokens: Dict[Tuple[str, str], bool] = {}
         self._most_effort: Dict[Tuple[str, str], str] = {}  # the most effort a model took (lower_effort)
+        self._least_effort: Dict[Tuple[str, str], str] = {}  # the least effort a model took (raised_effort)
         self._thinks_always: Dict[Tuple[str, str], bool] = {}  # the models that refused effort "none"
         self._no_images: Dict[Tuple[str, str], bool] = {}  # the models that refused an image (refuses_images)
         self._system_first: Dict[Tuple[str, str], bool] = {}  # the models that refused a late system turn
@@ -207,13 +222,15 @@ class ChatApi(UpstreamApi):
         """``payload`` without the fields the model refused, its effort within what it took."""
         self._refused.drop(payload, key)
         with self._lock:
-            renamed, most = key in self._completion_tokens, self._most_effort.get(key)
+            renamed, most, least = key in self._completion_tokens, self._most_effort.get(key), self._least_effort.get(key)
             thinks_always, refused_levels = key in self._thinks_always, self._refused_levels.get(key)
         if thinks_always and payload.get("reasoning_effort") == "none":
             del payload["reasoning_effort"]  # the model's own default: it cannot stop thinking
         if renamed and "max_tokens" in payload:
             payload["max_completion_tokens"] = payload.pop("max_tokens")
         _effort_within(payload, most, refused_levels)
+        if least is not None and payload.get("reasoning_effort") in ("none", "minimal"):
+            payload["reasoning_effort"] = least
 
     def recover(self, exc: ProxyError, req: ClientRequest, target: Target, ex: Exchange,
                 cap: Optional[int]) -> Optional[Exchange]:
@@ -263,6 +280,11 @@ class ChatApi(UpstreamApi):
         if lower is not None:
             self._remember(self._most_effort, key, lower)
             log.warning("%s refused reasoning_effort %r: %r from now on", label, effort, lower)
+            return True
+        raised = raised_effort(text, effort)
+        if raised is not None:
+            self._remember(self._least_effort, key, raised)
+            log.warning("%s refused reasoning_effort %r: %r for thinking off from now on", label, effort, raised)
             return True
         return False
 

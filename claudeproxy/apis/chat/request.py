@@ -34,7 +34,7 @@ from ...anthropic_types import (
     ToolUseBlock,
     merge_turns,
 )
-from ...dialects import Dialect, effort_for_budget
+from ...dialects import Dialect, effort_for_budget, least_effort
 from ...prompt_cache import end_user, strip_billing_header
 from ...schemas import InlineBudget, clean_schema
 from ...signatures import decode_signature
@@ -730,7 +730,10 @@ def to_chat_request(
     """
     functions, warnings = tools if tools is not None else chat_tools(offered_tools(req, found_tools(req)), dialect)
     functions, tool_choice, parallel = _tool_choice_for(req, functions, dialect)
-    effort, extra = REASONING_STYLES[dialect.reasoning](_thinking_with(req, tool_choice, dialect), req.effort)
+    thinking = _thinking_with(req, tool_choice, dialect)
+    effort, extra = REASONING_STYLES[dialect.reasoning](thinking, req.effort)
+    if effort is None and dialect.reasoning == "effort" and thinking is not None and thinking.kind == "disabled":
+        effort = least_effort(model)  # an OpenAI reasoning model's least: left out, it reasons at its default
     sampling = not dialect.drop_sampling
     chat = ChatRequest(
         model=model,

@@ -35,7 +35,7 @@ from ...anthropic_types import (
     merge_turns,
     wants_thinking,
 )
-from ...dialects import OPENAI_REASONING_NAME, effort_for_budget
+from ...dialects import OPENAI_REASONING_NAME, effort_for_budget, least_effort
 from ...prompt_cache import end_user, strip_billing_header
 from ...schemas import clean_schema
 from ...signatures import decode_signature
@@ -397,12 +397,13 @@ def _named_choice(req: MessagesRequest, name: str, tools: Sequence[Dict[str, Any
 def _reasoning(req: MessagesRequest, summaries: bool, model: str) -> Optional[Dict[str, Any]]:
     """``reasoning`` for a reasoning model: the effort asked for, and summaries to show as thinking.
 
-    A budget is bucketed like on Chat Completions; ``thinking: disabled``
-    sends nothing (the model's default; not every model takes ``none``).
+    A budget is bucketed like on Chat Completions; ``thinking: disabled`` sends the least effort
+    the model takes (``least_effort``), else nothing (the model's default).
     """
     thinking = req.thinking
     if thinking is not None and thinking.kind == "disabled":
-        return None
+        least = least_effort(model)
+        return {"effort": least} if least else None
     effort = _EFFORTS.get(req.effort or "")
     if effort == "xhigh" and not _XHIGH_RE.match(model.rsplit("/", 1)[-1].lower()):
         effort = "high"
