@@ -18,6 +18,7 @@ the run help and the README describe it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -179,13 +180,14 @@ def with_entries(no_proxy: str, entries: Tuple[str, ...]) -> str:
     return ",".join(([kept] if kept else []) + missing)
 
 
-def default_model(env: Mapping[str, str], args: Sequence[str] = ()) -> str:
+def default_model(env: Mapping[str, str], args: Sequence[str] = (), saved: Optional[str] = None) -> str:
     """The model Claude Code's main loop asks for: its ``--model`` among ``args`` (its command line;
-    the last one given, as its option parser takes it), else ``ANTHROPIC_MODEL``, else its built-in default.
+    the last one given, as its option parser takes it), else ``ANTHROPIC_MODEL``, else the model its
+    settings keep (``saved``: what ``/model`` saves, ``saved_model``), else its built-in default.
 
     A ``[1m]`` suffix is Claude Code's own marker and never goes on the wire.
     """
-    name = env.get("ANTHROPIC_MODEL", "").strip()
+    name = env.get("ANTHROPIC_MODEL", "").strip() or (saved or "").strip()
     for i, arg in enumerate(args):
         if arg == "--":
             break
@@ -194,6 +196,34 @@ def default_model(env: Mapping[str, str], args: Sequence[str] = ()) -> str:
         name = given.strip() or name  # an empty one leaves Claude Code on the model it had
     name = re.sub(r"\[[^\]]*\]$", "", name)
     return DEFAULT_MODEL if name.lower() in ("", "default") else name  # "default": Claude Code's own alias
+
+
+def settings_files(env: Mapping[str, str], windows: bool, folder: str) -> List[str]:
+    """Claude Code's settings files that may keep a model, the one that wins first: the project's
+    local and shared ones in ``folder`` (where it starts), then the user's (``$CLAUDE_CONFIG_DIR``,
+    else ``.claude`` in the home folder)."""
+    files = [os.path.join(folder, ".claude", "settings.local.json"), os.path.join(folder, ".claude", "settings.json")]
+    user = config_file(env, windows)  # .claude.json beside the user's folder, or in CLAUDE_CONFIG_DIR
+    if user is not None:
+        home = os.path.dirname(user)
+        files.append(os.path.join(home, "settings.json") if env.get("CLAUDE_CONFIG_DIR", "").strip()
+                     else os.path.join(home, ".claude", "settings.json"))
+    return files
+
+
+def saved_model(texts: Sequence[Optional[str]]) -> Optional[str]:
+    """The ``model`` the first of Claude Code's settings files (``texts``, in ``settings_files``'
+    order; None for one that could not be read) keeps; a file that is no JSON object is passed over,
+    as Claude Code passes it over."""
+    for text in texts:
+        try:
+            settings = json.loads(text) if text else None
+        except ValueError:
+            continue
+        model = settings.get("model") if isinstance(settings, dict) else None
+        if isinstance(model, str) and model.strip():
+            return model.strip()
+    return None
 
 
 def looks_like_claude(path: str) -> bool:

@@ -43,6 +43,8 @@ from .claude_code import (
     looks_like_claude,
     run_description,
     run_epilog,
+    saved_model,
+    settings_files,
     small_window,
 )
 from .config import Config, check_host, is_loopback_host
@@ -478,7 +480,17 @@ def command_env(running: RunningServer, config: Config, environ: Mapping[str, st
 
 def _main_loops_route(running: RunningServer, environ: Mapping[str, str], claude_args: Sequence[str]) -> Any:
     """The route of the model Claude Code's main loop asks for first (None: no route takes it)."""
-    return running.server.proxy.router.resolve(default_model(environ, claude_args))
+    saved = saved_model([_small_text(path) for path in settings_files(environ, on_windows(), os.getcwd())])
+    return running.server.proxy.router.resolve(default_model(environ, claude_args, saved))
+
+
+def _small_text(path: str, most: int = 1 << 20) -> Optional[str]:
+    """A settings file's text (at most ``most`` bytes), or None where it cannot be read."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(most)
+    except OSError:
+        return None
 
 
 def window_warnings(running: RunningServer, environ: Mapping[str, str], claude_args: Sequence[str]) -> List[str]:

@@ -344,6 +344,42 @@ def test_a_window_too_small_for_claude_codes_own_prompt_is_said_at_start(tmp_pat
         assert "leaves little beside Claude Code's own" in read_text(tmp_path / "p.log")  # the log too
 
 
+@pytest.mark.parametrize("user, project, local, mine, window", [
+    ({"model": "sonnet"}, None, None, {}, "200000"),  # what /model saved: sonnet's route (o3), not opus's
+    ({"model": "sonnet"}, {"model": "haiku"}, None, {}, "128000"),  # the project's wins over the user's
+    ({"model": "sonnet"}, {"model": "haiku"}, {"model": "opus"}, {}, "1047576"),  # its local one over both
+    ({"model": "sonnet"}, None, None, {"ANTHROPIC_MODEL": "haiku"}, "128000"),  # the environment over settings
+    ({"theme": "dark"}, "{not json", None, {}, "1047576"),  # none kept, one unreadable: the built-in default
+])
+def test_the_window_follows_the_model_claude_codes_settings_keep(run_standin: Any, tmp_path: Any, monkeypatch: Any,
+                                                                 user: Any, project: Any, local: Any,
+                                                                 mine: Dict[str, str], window: str) -> None:
+    """Probe AN 1: /model saves the choice in Claude Code's settings (settings.json's "model"), and
+    the next `run` sized the window and output cap for claude-opus-5-5's route while every request
+    went to the saved model's: a 200k-window model compacted as if it had a million."""
+    project_dir = tmp_path / "project"
+    for path, content in ((tmp_path / "home" / ".claude" / "settings.json", user),
+                          (project_dir / ".claude" / "settings.json", project),
+                          (project_dir / ".claude" / "settings.local.json", local)):
+        if content is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content if isinstance(content, str) else json.dumps(content))
+    project_dir.mkdir(exist_ok=True)
+    monkeypatch.chdir(project_dir)
+    code, err, rec = run_standin("--exit", "0", options=("--upstream", NO_UPSTREAM, "--opus-model", "gpt-4.1",
+                                                         "--sonnet-model", "o3", "--haiku-model", "gpt-4o"),
+                                 env=base_env(tmp_path, **mine))
+    assert code == 0, err
+    assert rec["env"]["CLAUDE_CODE_AUTO_COMPACT_WINDOW"] == window
+
+
+def test_claude_codes_settings_files_are_found_where_it_reads_them() -> None:
+    assert claude_code.settings_files({"HOME": "/h"}, False, "/p") == [
+        "/p/.claude/settings.local.json", "/p/.claude/settings.json", "/h/.claude/settings.json"]
+    assert claude_code.settings_files({"HOME": "/h", "CLAUDE_CONFIG_DIR": "~/cc"}, False, "/p")[-1] == "/h/cc/settings.json"
+    assert claude_code.settings_files({}, False, "/p") == ["/p/.claude/settings.local.json", "/p/.claude/settings.json"]
+
+
 def test_a_model_the_facts_do_not_know_sets_no_window(run_standin: Any) -> None:
     code, err, rec = run_standin("--exit", "0", options=("--upstream", NO_UPSTREAM, "--model", "my-local-model"))
     assert code == 0, err
