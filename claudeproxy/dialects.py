@@ -220,8 +220,10 @@ DIALECTS: Dict[str, Dialect] = {
     # (chat_utils._parse_chat_message_content; its docs: "reasoning used to be called
     # reasoning_content"), and from reasoning_content before: both go, or the thinking of a tool
     # loop's turns was lost to the template without a word (probe AL D1).
+    # Started without --reasoning-parser (the usual Qwen3 case), it streams the model's <think>...</think>
+    # in the content (PROTOCOL.md 1, item 1): read as thinking, as llama.cpp's (probe AN 3).
     "vllm": dataclasses.replace(
-        _BASE, name="vllm", reasoning="template", thinks_unless_told=True, reasoning_history="both",
+        _BASE, name="vllm", reasoning="template", thinks_unless_told=True, reasoning_history="both", think_tags=True,
         pass_top_k=True, max_stop=None, prefill_continue=True,
     ),
     "lmstudio": dataclasses.replace(

@@ -139,6 +139,23 @@ def test_thinking_off_is_said_to_kimi_and_no_effort_is_sent(make_proxy: Any, fak
     assert body["thinking"] == {"type": "disabled"} and "reasoning_effort" not in body
 
 
+@pytest.mark.parametrize("provider", ["vllm", "llamacpp"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_think_tags_in_a_local_servers_content_are_thinking(make_proxy: Any, fake_upstream: FakeUpstream,
+                                                           provider: str, stream: bool) -> None:
+    """Probe AN 3: vLLM started without --reasoning-parser (the usual Qwen3 case) sends the model's
+    <think>...</think> in the content; they reached Claude Code's answer and its history as text."""
+    proxy = make_proxy(upstream=fake_upstream.url, provider=provider, model="Qwen/Qwen3-8B")
+    text = "<think>I will run echo.</think>Running it."
+    fake_upstream.push(sse_reply(chunk({"role": "assistant", "content": text[:12]}), chunk({"content": text[12:]}),
+                                 chunk({}, "stop")) if stream else json_reply(completion(text)))
+    resp = ask(proxy, minimal_request(stream=stream, thinking={"type": "enabled", "budget_tokens": 2000}))
+    assert resp.status == 200, resp
+    content = final_message(events_of(resp.body))["content"] if stream else resp.json["content"]
+    assert [(b["type"], b.get("thinking", b.get("text"))) for b in content] == \
+        [("thinking", "I will run echo."), ("text", "Running it.")]
+
+
 # --------------------------------------------------------------------------
 # DeepSeek: an answer cut off for lack of resources is an overload, not a finished answer.
 
