@@ -797,6 +797,8 @@ class Proxy:
         exc.own_key = bool(key)  # a refusal of the proxy's key may go to a fallback; the client's, never
         if exc.status in (401, 403) and key:
             return self._refused_key(exc, target)
+        if exc.status == 401 and not (target.provider.api == "messages" and not self.config.auth_key):
+            return self._no_key_sent(exc, target)  # the client's key is not passed on either
         if exc.status == 404:
             # A base URL without its /v1, a model name the upstream lacks: Claude Code
             # shows a 404 only as "an issue with the selected model", so the log says it.
@@ -834,6 +836,15 @@ class Proxy:
         # as "Not logged in · Please run /login", which its user's login is not the cause of.
         said = _X_API_KEY.sub("API key", exc.message)
         exc.message = f"{said} (the key claudeproxy sends to provider {target.provider.name!r})"
+        return exc
+
+    def _no_key_sent(self, exc: UpstreamHTTPError, target: Target) -> UpstreamHTTPError:
+        """A 401 from a provider the proxy sends no key (a local server that turned out to want one):
+        Claude Code said "Failed to authenticate", which means its own login to it, and nothing said
+        the proxy had sent no key, nor how to give one (probe AN 4)."""
+        self.warn_once(f"{target.provider.name} answered 401 and claudeproxy sends it no key: give it one "
+                       "(--api-key-env NAME, or api_key_env in a config file)")
+        exc.message = f"{_X_API_KEY.sub('API key', exc.message)} (claudeproxy sends provider {target.provider.name!r} no key)"
         return exc
 
     def _changed_request(self, exc: UpstreamHTTPError, api: UpstreamApi, req: ClientRequest, target: Target,

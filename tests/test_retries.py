@@ -1236,3 +1236,21 @@ def test_a_fallback_answering_after_clients_named_fifty_models_keeps_its_row(fak
         assert ("backup", "model-b") in rows and ("primary", "(other)") in rows, rows
     finally:
         server.shutdown(grace=1.0)
+
+
+def test_a_401_from_a_provider_given_no_key_says_the_proxy_sent_none(make_proxy, fake_upstream, caplog):
+    """Probe AN 4: a local server that wants a key answered 401 to a proxy given none; Claude Code
+    said "Failed to authenticate" (its own login, to it) and nothing said how to give the key."""
+    import claudeproxy
+
+    proxy = make_proxy(token=claudeproxy.static_token(""), retries=0)
+    refusal = {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}
+    fake_upstream.push(json_reply(refusal, status=401), json_reply(refusal, status=401))
+    with caplog.at_level(logging.WARNING, logger="claudeproxy"):
+        for _ in range(2):
+            resp = request(proxy.url, "POST", "/v1/messages", minimal_request(), timeout=10)
+            assert resp.status == 401 and resp.json["error"]["type"] == "authentication_error", resp
+            assert resp.json["error"]["message"].endswith("(claudeproxy sends provider 'upstream' no key)"), resp.json
+    said = [r.getMessage() for r in caplog.records if "sends it no key" in r.getMessage()]
+    assert len(said) == 1 and "--api-key-env" in said[0], said  # once, with the way to give one
+    assert "authorization" not in {k.lower() for k in fake_upstream.requests[0].headers}
