@@ -176,16 +176,23 @@ _OPENAI: Tuple[Tuple[str, ModelFacts], ...] = (
     ("gpt-5.2-pro", _F(272_000, 128_000, 21.00, 168.00, responses_only=True)),
     ("gpt-5.3-chat", dataclasses.replace(_GPT5_CHAT, input_price=1.75, output_price=14.00, cache_read_price=0.175)),
     ("gpt-5.3-codex", _F(272_000, 128_000, 1.75, 14.00, 0.175, responses_only=True)),
-    ("gpt-5.4", dataclasses.replace(_GPT5_1M, input_price=2.50, output_price=15.00, cache_read_price=0.25)),
-    ("gpt-5.4-mini", dataclasses.replace(_GPT5_400K, input_price=0.75, output_price=4.50, cache_read_price=0.075)),
-    ("gpt-5.4-nano", dataclasses.replace(_GPT5_400K, input_price=0.20, output_price=1.25, cache_read_price=0.02)),
+    # From gpt-5.4 on, function tools with reasoning work only on the Responses API (RESPONSES.md 5:
+    # "Function tools with reasoning_effort are not supported for gpt-5.4 in /v1/chat/completions.
+    # Please use /v1/responses instead."): Claude Code sends both every turn, and each was refused.
+    ("gpt-5.4", dataclasses.replace(_GPT5_1M, input_price=2.50, output_price=15.00, cache_read_price=0.25,
+                                    responses_only=True)),
+    ("gpt-5.4-mini", dataclasses.replace(_GPT5_400K, input_price=0.75, output_price=4.50, cache_read_price=0.075,
+                                         responses_only=True)),
+    ("gpt-5.4-nano", dataclasses.replace(_GPT5_400K, input_price=0.20, output_price=1.25, cache_read_price=0.02,
+                                         responses_only=True)),
     ("gpt-5.4-pro", _F(922_000, 128_000, 30.00, 180.00, responses_only=True)),
-    ("gpt-5.5", dataclasses.replace(_GPT5_1M, input_price=5.00, output_price=30.00, cache_read_price=0.50)),
+    ("gpt-5.5", dataclasses.replace(_GPT5_1M, input_price=5.00, output_price=30.00, cache_read_price=0.50,
+                                    responses_only=True)),
     ("gpt-5.5-pro", _F(922_000, 128_000, 30.00, 180.00, responses_only=True)),
-    ("gpt-5.6-sol", _F(922_000, 128_000, 5.00, 30.00, 0.50, 6.25)),
-    ("gpt-5.6-terra", _F(922_000, 128_000, 2.00, 12.00, 0.20, 2.50)),
-    ("gpt-5.6-luna", _F(272_000, 128_000, 0.20, 1.20, 0.02, 0.25)),
-    ("gpt-6-astra", _F(922_000, 128_000, 10.00, 50.00, 1.00, 12.50)),
+    ("gpt-5.6-sol", _F(922_000, 128_000, 5.00, 30.00, 0.50, 6.25, responses_only=True)),
+    ("gpt-5.6-terra", _F(922_000, 128_000, 2.00, 12.00, 0.20, 2.50, responses_only=True)),
+    ("gpt-5.6-luna", _F(272_000, 128_000, 0.20, 1.20, 0.02, 0.25, responses_only=True)),
+    ("gpt-6-astra", _F(922_000, 128_000, 10.00, 50.00, 1.00, 12.50, responses_only=True)),
     # Open weights: OpenAI's model page gives 131,072 / 131,072; hosts bill their own rates.
     ("gpt-oss", _F(131_072, 131_072, text_only=True)),  # text in, text out
 )

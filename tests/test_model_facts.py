@@ -31,7 +31,8 @@ LOOKUP_CASES = [
     ("minimax-m2", {"context_window": 204_800, "input_price": 0.3, "output_price": 1.2,
                     "cache_read_price": 0.03, "cache_write_price": 0.375, "text_only": True}),
     ("gpt-5.6-luna", {"context_window": 272_000, "max_output": 128_000, "input_price": 0.2,
-                      "output_price": 1.2, "cache_read_price": 0.02, "cache_write_price": 0.25}),
+                      "output_price": 1.2, "cache_read_price": 0.02, "cache_write_price": 0.25,
+                      "responses_only": True}),
     # case does not matter
     ("GPT-4o", {"context_window": 128_000, "max_output": 16_384, "input_price": 2.5, "cache_write_price": 2.5,
                 "output_price": 10.0, "cache_read_price": 1.25}),
@@ -51,7 +52,7 @@ LOOKUP_CASES = [
     ("gpt-5-chat-latest", {"context_window": 128_000, "max_output": 16_384, "input_price": 1.25, "cache_write_price": 1.25,
                            "output_price": 10.0, "cache_read_price": 0.125}),
     ("gpt-5.4-2026-03-05", {"context_window": 922_000, "max_output": 128_000, "input_price": 2.5, "cache_write_price": 2.5,
-                            "output_price": 15.0, "cache_read_price": 0.25}),
+                            "output_price": 15.0, "cache_read_price": 0.25, "responses_only": True}),
     ("gpt-5-pro-2025-10-06", {"context_window": 272_000, "max_output": 128_000, "input_price": 15.0, "cache_write_price": 15.0,
                               "output_price": 120.0, "responses_only": True}),
     ("codex-mini-latest", {"context_window": 200_000, "max_output": 100_000, "input_price": 1.5, "cache_write_price": 1.5,
@@ -182,9 +183,11 @@ def test_responses_only_models() -> None:
     for name in ("o1-pro", "o3-pro", "o3-deep-research", "o4-mini-deep-research", "computer-use-preview",
                  "codex-mini-latest", "gpt-5-codex", "gpt-5-pro", "gpt-5.1-codex", "gpt-5.1-codex-mini",
                  "gpt-5.1-codex-max", "gpt-5.2-codex", "gpt-5.2-pro", "gpt-5.3-codex", "gpt-5.4-pro",
-                 "gpt-5.5-pro"):
+                 "gpt-5.5-pro",
+                 # From gpt-5.4 on, tools with reasoning only on Responses (RESPONSES.md 5; probe AN 6).
+                 "gpt-5.4", "gpt-5.4-mini", "gpt-5.4-nano", "gpt-5.5", "gpt-5.6-sol", "gpt-5.6-luna", "gpt-6-astra"):
         assert builtin_facts(name).responses_only, name
-    for name in ("gpt-5", "gpt-5.1", "gpt-5.5", "o3", "o4-mini", "gpt-4.1", "gpt-5-chat-latest"):
+    for name in ("gpt-5", "gpt-5.1", "gpt-5.2", "gpt-5.3-chat", "o3", "o4-mini", "gpt-4.1", "gpt-5-chat-latest"):
         assert not builtin_facts(name).responses_only, name
 
 

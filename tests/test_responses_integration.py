@@ -281,9 +281,12 @@ def _opus_on_responses_and_sonnet_on_chat(server: Any, fake_upstream: Any, opus_
     assert fake_upstream.last.path == "/v1/chat/completions"
 
 
-def test_responses_only_models_switch_api_on_their_own(make_proxy: Any, fake_upstream: Any) -> None:
-    server = make_proxy(provider="openai", opus_model="gpt-5-codex", model="gpt-4.1")
-    _opus_on_responses_and_sonnet_on_chat(server, fake_upstream, "gpt-5-codex")
+@pytest.mark.parametrize("opus_model", ["gpt-5-codex", "gpt-5.4", "gpt-5.5"])
+def test_responses_only_models_switch_api_on_their_own(make_proxy: Any, fake_upstream: Any, opus_model: str) -> None:
+    """gpt-5.4 on take function tools with reasoning only on Responses: on Chat Completions every
+    Claude Code turn was refused "Please use /v1/responses instead" (probe AN 6)."""
+    server = make_proxy(provider="openai", opus_model=opus_model, model="gpt-4.1")
+    _opus_on_responses_and_sonnet_on_chat(server, fake_upstream, opus_model)
 
 
 def test_responses_only_from_a_models_table_switches_the_api_on_any_host(make_proxy: Any, fake_upstream: Any) -> None:
