@@ -64,6 +64,7 @@ from .config import (
     check_seconds,
     check_url,
     env_proxies,
+    flag_name,
     is_loopback_host,
     named_once,
     origin_as_sent,
@@ -1049,12 +1050,27 @@ def start_warnings(server: ProxyServer, environ: Mapping[str, str], for_claude_c
     """The settings that add up to something the operator did not mean: logged at start, and
     ``run`` prints them on the terminal too (``for_claude_code``: its command is Claude Code)."""
     return (unmatched_routes(server) + shadowed_routes(server) + unreached_families(server)
-            + unserved_families(server, for_claude_code)
+            + unserved_families(server, for_claude_code) + main_loop_on_the_small_model(server)
             + unused_providers(server)
             + repeated_targets(server) + keyless_upstreams(server)
             + shared_client_keys(server.proxy.router, forwarded=not server.config.auth_key)
             + passed_over_keys(server, environ) + unused_proxies(server, environ)
             + missing_cert_file(server, os.environ))  # the process's own: its TLS reads it, not the command's
+
+
+def main_loop_on_the_small_model(server: ProxyServer) -> List[str]:
+    """A line when the haiku model is lent to opus or sonnet (``--haiku-model`` alone, no ``--model``):
+    Claude Code's main loop then runs on the small model, which nothing but an INFO line said (probe AN 2)."""
+    routes = server.proxy.router.routes
+    haiku = next((r for r in routes if r.match == "haiku"), None)
+    lent = [r for r in routes if haiku is not None and r.match in ("opus", "sonnet") and " (no " in r.origin
+            and r.origin.startswith(haiku.origin)]
+    if haiku is None or not lent:
+        return []
+    families = " and ".join(r.match for r in lent)
+    flags = " or ".join(flag_name(f"{r.match}_model") for r in lent)
+    return [f"{haiku.origin} {haiku.target.model} serves Claude Code's {families} models too (no {flags}): its "
+            f"main loop runs on that model; give --model, or {flags}, for them"]
 
 
 def unserved_families(server: ProxyServer, for_claude_code: bool = False) -> List[str]:

@@ -634,6 +634,11 @@ def effective_providers_and_routes(config: Config) -> Tuple[Tuple[Provider, ...]
         _no_header_the_token_replaces(config, shorthand)
     target = shorthand.name if shorthand else _default_provider(config)
     flags, borrowed = _shorthand_routes(config, target)
+    lender = by_name.get(target)
+    if lender is not None and lender.api == "messages" and is_anthropic_host(lender.url):
+        # Anthropic knows every Claude name: a family no flag names keeps its own (--haiku-model alone
+        # had sent Claude Code's main loop to the small model; probe AN 2).
+        borrowed = []
     _no_file_route_its_own_flag_replaces(flags, config.routes)
     _check_routes(flags + borrowed, by_name, "flags")
     _check_routes(config.routes, by_name, "routes")

@@ -502,3 +502,15 @@ def test_claude_list_prices_only_on_anthropics_own_api(url: str, priced: bool) -
     overridden = Provider("up", url, api="messages", models=(("claude-*", ModelFacts(input_price=0.5)),))
     config = Config(providers=(overridden,), routes=(Route("*", RouteTarget("up")),))
     assert build_router(config).resolve("claude-sonnet-4-5").target.facts.input_price == 0.5  # type: ignore[union-attr]
+
+
+def test_on_anthropics_own_api_a_family_without_a_flag_keeps_its_name() -> None:
+    """Probe AN 2: --passthrough to Anthropic with --haiku-model alone sent Claude Code's opus and
+    sonnet calls to the small model too; Anthropic serves their own names. Elsewhere (a local
+    Messages server, an OpenAI-compatible one) the nearest family's model still serves them."""
+    anthropic = build_router(Config(upstream="https://api.anthropic.com", passthrough=True,
+                                    haiku_model="claude-haiku-4-5"))
+    assert anthropic.resolve("claude-haiku-4-5-20251001").target.model == "claude-haiku-4-5"
+    assert anthropic.resolve("claude-opus-5-5").target.model == "claude-opus-5-5"
+    local = build_router(Config(upstream="http://127.0.0.1:8080", passthrough=True, haiku_model="qwen3"))
+    assert local.resolve("claude-opus-5-5").target.model == "qwen3"

@@ -585,3 +585,24 @@ def test_config_file_refuses_non_finite_numbers(served: List[Any], tmp_path: Any
     path.write_text(text)
     assert_one_line(*run_main(["--config", str(path)]), "timeout")
     assert served == []
+
+
+def test_the_haiku_model_lent_to_claude_codes_main_loop_is_said() -> None:
+    """Probe AN 2: --haiku-model alone (no --model) serves opus and sonnet too, which only an INFO
+    route line said: Claude Code's main loop ran on the small model."""
+    from claudeproxy.cli import main_loop_on_the_small_model
+
+    def said(**settings: Any) -> List[str]:
+        server = claudeproxy.start(**{"upstream": "http://127.0.0.1:9/v1", "token": claudeproxy.static_token("k"),
+                                      "port": 0, **settings})
+        try:
+            return main_loop_on_the_small_model(server.server)
+        finally:
+            server.shutdown(grace=0.5)
+
+    assert said(haiku_model="qwen3") == [
+        "--haiku-model qwen3 serves Claude Code's opus and sonnet models too (no --opus-model or --sonnet-model): its "
+        "main loop runs on that model; give --model, or --opus-model or --sonnet-model, for them"]
+    assert said(haiku_model="qwen3", model="big") == []  # --model serves the others
+    assert said(opus_model="big") == []  # the big model lent to the small families: as meant
+    assert said(haiku_model="qwen3", sonnet_model="big") == []  # sonnet lends to opus
