@@ -301,11 +301,12 @@ def _duration(text: str) -> Optional[float]:
     return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
 
 
-def _said_wait(headers: Any, message: str) -> Optional[float]:
+def _said_wait(headers: Any, message: str, err: Optional[Dict[str, Any]] = None) -> Optional[float]:
     """How long a 429 without Retry-After says to wait: the reset of the limit its headers show
     spent (``x-ratelimit-remaining-X: 0``, then ``x-ratelimit-reset-X``), else the message's
-    "try again in 2.5s". Not a reset of a limit that is not spent: Groq's requests limit is a
-    day's, and its reset hours away while a minute's tokens are what ran out."""
+    "try again in 2.5s", else Google's ``google.rpc.RetryInfo`` among the error's ``details``
+    (Gemini: ``"retryDelay": "17s"``). Not a reset of a limit that is not spent: Groq's requests
+    limit is a day's, and its reset hours away while a minute's tokens are what ran out."""
     for limit in _LIMITS:
         remaining = headers.get(f"x-ratelimit-remaining-{limit}") if headers is not None else None
         if remaining is not None and remaining.strip() == "0":
@@ -313,7 +314,14 @@ def _said_wait(headers: Any, message: str) -> Optional[float]:
             if wait is not None:
                 return wait
     found = _WAIT_IN_MESSAGE.search(message)
-    return _duration(found.group(1)) if found else None
+    if found:
+        return _duration(found.group(1))
+    details = (err or {}).get("details")
+    for detail in details if isinstance(details, list) else ():
+        delay = detail.get("retryDelay") if isinstance(detail, dict) else None
+        if str(detail.get("@type", "")).endswith("google.rpc.RetryInfo") and isinstance(delay, str):
+            return _duration(delay)
+    return None
 
 
 def _wait_headers(seconds: float) -> Tuple[Tuple[str, str], ...]:
@@ -407,7 +415,7 @@ def _upstream_error(status: Optional[int], message: str, err: Dict[str, Any], he
             headers=retry_headers(headers), details=_details(err, secrets),
         )
         if shown == 429 and retry_after(exc.headers, time.time()) is None:
-            wait = _said_wait(headers, message)
+            wait = _said_wait(headers, message, err)
             if wait is not None:  # the client's SDK backs off 0.5-8 s on its own, and runs out of tries
                 exc.headers += _wait_headers(wait)
     # A refused key (401, 403) is refused again on every retry: Claude Code would retry ten times

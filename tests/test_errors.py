@@ -230,6 +230,20 @@ def test_a_429_without_retry_after_gets_the_wait_its_headers_or_message_say(
     assert ("x-should-retry", "false") in exc.headers if wait > 60 else "x-should-retry" not in dict(exc.headers)
 
 
+def test_geminis_429_gives_the_wait_its_retry_info_says() -> None:
+    """Gemini's 429 names its wait in google.rpc.RetryInfo among the error's details (its OpenAI
+    endpoint answers a list of Google error objects): passed on without it, the SDK's own backoff
+    spent its tries within seconds (probe AL)."""
+    body = json.dumps([{"error": {"code": 429, "message": "You exceeded your current quota, please check your plan "
+                                  "and billing details.", "status": "RESOURCE_EXHAUSTED", "details": [
+                                      {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []},
+                                      {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "17s"}]}}])
+    exc = error_from_status(429, body.encode())
+    assert (exc.status, retry_after(exc.headers, 0)) == (429, pytest.approx(17))
+    odd = body.replace('"17s"', '"soon"')
+    assert error_from_status(429, odd.encode()).headers == ()  # no duration: nothing said
+
+
 def test_a_said_wait_never_replaces_the_upstreams_own_retry_after_nor_comes_without_a_429() -> None:
     own = error_from_status(429, _body("Please try again in 20s."), {"retry-after": "3"})
     assert dict(own.headers) == {"retry-after": "3"}
