@@ -136,12 +136,7 @@ def child_env(parent: Mapping[str, str], base_url: str, token: str, context_wind
     if output_cap:
         env.setdefault("CLAUDE_CODE_MAX_OUTPUT_TOKENS", str(output_cap))
     if context_window:
-        percent = compact_percent(context_window, _whole(env.get("CLAUDE_CODE_MAX_OUTPUT_TOKENS")))
-        # Only beside the window set here: a window of the user's own is compacted as they chose.
-        if percent and "CLAUDE_CODE_AUTO_COMPACT_WINDOW" not in env:
-            env.setdefault("CLAUDE_AUTOCOMPACT_PCT_OVERRIDE", str(percent))
-        env.setdefault("CLAUDE_CODE_AUTO_COMPACT_WINDOW", str(context_value(context_window)))
-        env.setdefault("CLAUDE_CODE_MAX_CONTEXT_TOKENS", str(context_value(context_window)))
+        _set_window(env, context_window)
     if proxy_wait > CLAUDE_CODE_WAIT:
         env.setdefault("API_TIMEOUT_MS", str(int((proxy_wait + _WAIT_MARGIN) * 1000)))
     # Both spellings: tools differ in which one they read first (curl and Node's proxy-from-env:
@@ -169,6 +164,16 @@ def _whole(text: Optional[str]) -> Optional[int]:
     except ValueError:
         return None
     return value if value > 0 else None
+
+
+def _set_window(env: Dict[str, str], window: int) -> None:
+    """The window's variables in ``env``, each only where the user gave none; the compaction point
+    only beside the window set here: a window of the user's own is compacted as they chose."""
+    percent = compact_percent(window, _whole(env.get("CLAUDE_CODE_MAX_OUTPUT_TOKENS")))
+    if percent and "CLAUDE_CODE_AUTO_COMPACT_WINDOW" not in env:
+        env.setdefault("CLAUDE_AUTOCOMPACT_PCT_OVERRIDE", str(percent))
+    env.setdefault("CLAUDE_CODE_AUTO_COMPACT_WINDOW", str(context_value(window)))
+    env.setdefault("CLAUDE_CODE_MAX_CONTEXT_TOKENS", str(context_value(window)))
 
 
 def with_entries(no_proxy: str, entries: Tuple[str, ...]) -> str:

@@ -314,13 +314,16 @@ def _said_wait(headers: Any, message: str, err: Optional[Dict[str, Any]] = None)
             if wait is not None:
                 return wait
     found = _WAIT_IN_MESSAGE.search(message)
-    if found:
-        return _duration(found.group(1))
-    details = (err or {}).get("details")
+    return _duration(found.group(1)) if found else _retry_info(err or {})
+
+
+def _retry_info(err: Dict[str, Any]) -> Optional[float]:
+    """The wait a Google error's ``google.rpc.RetryInfo`` detail says (``"retryDelay": "17s"``), or None."""
+    details = err.get("details")
     for detail in details if isinstance(details, list) else ():
-        delay = detail.get("retryDelay") if isinstance(detail, dict) else None
-        if str(detail.get("@type", "")).endswith("google.rpc.RetryInfo") and isinstance(delay, str):
-            return _duration(delay)
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            delay = detail.get("retryDelay")
+            return _duration(delay) if isinstance(delay, str) else None
     return None
 
 

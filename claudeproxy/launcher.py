@@ -493,9 +493,12 @@ def _small_text(path: str, most: int = 1 << 20) -> Optional[str]:
         return None
 
 
-def window_warnings(running: RunningServer, environ: Mapping[str, str], claude_args: Sequence[str]) -> List[str]:
+def window_warnings(running: RunningServer, environ: Mapping[str, str], claude_args: Sequence[str],
+                    claude: bool = True) -> List[str]:
     """What the window of the model Claude Code's main loop asks for (as ``command_env`` finds it)
-    makes of a session: a line where it is too small for Claude Code itself."""
+    makes of a session: a line where it is too small for Claude Code itself (none for another command)."""
+    if not claude:
+        return []
     routed = _main_loops_route(running, environ, claude_args)
     window = routed.target.facts.context_window if routed else None
     said = small_window(routed.target.label, window) if routed and window else None
@@ -533,10 +536,7 @@ def _session(running: RunningServer, ns: argparse.Namespace, config: Config, typ
         env = command_env(running, config, environ, argv[1:] if claude else ())
         print(f"claudeproxy: proxy on {running.url} (usage page {page_address(running.url, page_key)}), "
               f"log in {log_path}", file=stderr, flush=True)
-        for line in unreachable_upstreams(running, config):
-            log.warning("%s", line)
-            print(f"claudeproxy: warning: {line}", file=stderr, flush=True)
-        for line in window_warnings(running, environ, argv[1:]) if claude else []:
+        for line in unreachable_upstreams(running, config) + window_warnings(running, environ, argv[1:], claude):
             log.warning("%s", line)
             print(f"claudeproxy: warning: {line}", file=stderr, flush=True)
         # Logged already (_warn_about): the terminal too.

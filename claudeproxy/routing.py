@@ -479,9 +479,17 @@ def _default_provider(config: Config) -> str:
     return config.providers[0].name
 
 
-def _shorthand_routes(config: Config, provider: str) -> Tuple[List[Route], List[Route]]:
+def _lends_families(provider: Optional[Provider]) -> bool:
+    """Does a family no flag names borrow another's model on ``provider``? Not on Anthropic's own
+    API, which knows every Claude name: --haiku-model alone had sent Claude Code's main loop to the
+    small model there (probe AN 2)."""
+    return provider is None or not (provider.api == "messages" and is_anthropic_host(provider.url))
+
+
+def _shorthand_routes(config: Config, provider: str, lends: bool = True) -> Tuple[List[Route], List[Route]]:
     """The routes the model flags mean, and those of the families no flag names, which borrow
-    another's model (and where it goes) only when nothing else is the default (``--model``)."""
+    another's model (and where it goes) only when nothing else is the default (``--model``) and the
+    provider ``lends`` (``_lends_families``)."""
     name = config.setting_name  # the flag, or the config file's key that stood for it
     # Without --upstream, a flag names the model of the file's route of the same match: that route
     # keeps its provider and fallbacks (--opus-model took the file's opus route to the provider of
@@ -501,7 +509,7 @@ def _shorthand_routes(config: Config, provider: str) -> Tuple[List[Route], List[
     borrowed: List[Route] = []
     if config.model:
         routes.append(flagged("*", config.model, name("model")))
-    elif any(given.values()):
+    elif any(given.values()) and lends:
         borrowed = _borrowed_routes(routes + list(config.routes), given, by_family)
     return routes, borrowed
 
@@ -633,12 +641,7 @@ def effective_providers_and_routes(config: Config) -> Tuple[Tuple[Provider, ...]
     if shorthand is not None:
         _no_header_the_token_replaces(config, shorthand)
     target = shorthand.name if shorthand else _default_provider(config)
-    flags, borrowed = _shorthand_routes(config, target)
-    lender = by_name.get(target)
-    if lender is not None and lender.api == "messages" and is_anthropic_host(lender.url):
-        # Anthropic knows every Claude name: a family no flag names keeps its own (--haiku-model alone
-        # had sent Claude Code's main loop to the small model; probe AN 2).
-        borrowed = []
+    flags, borrowed = _shorthand_routes(config, target, _lends_families(by_name.get(target)))
     _no_file_route_its_own_flag_replaces(flags, config.routes)
     _check_routes(flags + borrowed, by_name, "flags")
     _check_routes(config.routes, by_name, "routes")

@@ -108,12 +108,9 @@ def older_step(message: str, sent: Dict[str, Any], refused: FrozenSet[str]) -> O
     marks = _marks_step(message, sent, refused)
     if marks is not None:
         return marks
-    if SYSTEM_FIRST.search(message) and any(m.get("role") == "system" for m in _dicts(sent.get("messages"))):
-        return "user_system"
-    if _server_tool_refused(message, sent):
-        return "no_server_tools"
-    if _document_refused(message, sent):
-        return "no_documents"
+    content = _content_step(message, sent)
+    if content is not None:
+        return content
     thinking = sent.get("thinking")
     if not isinstance(thinking, dict) or _THINKING_CONDITIONAL.search(message):
         return None
@@ -136,6 +133,16 @@ def _marks_step(message: str, sent: Dict[str, Any], refused: FrozenSet[str]) -> 
         # A ttl refused where none was sent is about something else.
         return "no_ttl" if any(isinstance(m, dict) and "ttl" in m for m in marks) else None
     return "uncached" if marks else None
+
+
+def _content_step(message: str, sent: Dict[str, Any]) -> Optional[str]:
+    """The step a refusal of what ``sent`` holds asks for: a late system turn, a server tool, a
+    document block; None for none of them."""
+    if SYSTEM_FIRST.search(message) and any(m.get("role") == "system" for m in _dicts(sent.get("messages"))):
+        return "user_system"
+    if _server_tool_refused(message, sent):
+        return "no_server_tools"
+    return "no_documents" if _document_refused(message, sent) else None
 
 
 def _server_tool_refused(message: str, sent: Dict[str, Any]) -> bool:
@@ -183,6 +190,12 @@ def older_form(body: Dict[str, Any], steps: FrozenSet[str]) -> None:
     """``body`` (the proxy's copy) in the form a model that refused ``steps`` takes."""
     if "uncached" in steps or "no_ttl" in steps:
         _unmark(body, whole="uncached" in steps)
+    _older_content(body, steps)
+    _older_thinking(body, steps)
+
+
+def _older_content(body: Dict[str, Any], steps: FrozenSet[str]) -> None:
+    """The steps that change the turns and the tools: system turns, images, documents, server tools."""
     if "user_system" in steps and isinstance(body.get("messages"), list):
         body["messages"] = system_as_user(body["messages"])
     if "no_images" in steps and has_images(body):
@@ -191,6 +204,10 @@ def older_form(body: Dict[str, Any], steps: FrozenSet[str]) -> None:
         body["messages"] = [_documents_as_text(m) for m in body["messages"]]
     if "no_server_tools" in steps and isinstance(body.get("tools"), list):
         _without_server_tools(body)
+
+
+def _older_thinking(body: Dict[str, Any], steps: FrozenSet[str]) -> None:
+    """The steps that change what thinking is asked for: none, no display, a budget for adaptive."""
     thinking = body.get("thinking")
     if not isinstance(thinking, dict) or not steps & {"off", "plain", "budget"}:
         return

@@ -644,6 +644,16 @@ def _reasoning_mistral(t: Optional[Thinking], effort: Optional[str]) -> Reasonin
     return ("none" if t.kind == "disabled" else "high"), ()
 
 
+def _reasoning_for_model(t: Optional[Thinking], effort: Optional[str], model: str, dialect: Dialect) -> Reasoning:
+    """The dialect's reasoning fields (``REASONING_STYLES``); for thinking disabled, an OpenAI
+    reasoning model's least effort (``least_effort``), where the style leaves the effort out: left
+    out, it reasons at its default."""
+    wanted, extra = REASONING_STYLES[dialect.reasoning](t, effort)
+    if wanted is None and dialect.reasoning == "effort" and t is not None and t.kind == "disabled":
+        wanted = least_effort(model)
+    return wanted, extra
+
+
 def _reasoning_template(t: Optional[Thinking], effort: Optional[str]) -> Reasoning:
     if t is None or t.kind not in ("enabled", "disabled"):
         return None, ()
@@ -730,10 +740,7 @@ def to_chat_request(
     """
     functions, warnings = tools if tools is not None else chat_tools(offered_tools(req, found_tools(req)), dialect)
     functions, tool_choice, parallel = _tool_choice_for(req, functions, dialect)
-    thinking = _thinking_with(req, tool_choice, dialect)
-    effort, extra = REASONING_STYLES[dialect.reasoning](thinking, req.effort)
-    if effort is None and dialect.reasoning == "effort" and thinking is not None and thinking.kind == "disabled":
-        effort = least_effort(model)  # an OpenAI reasoning model's least: left out, it reasons at its default
+    effort, extra = _reasoning_for_model(_thinking_with(req, tool_choice, dialect), req.effort, model, dialect)
     sampling = not dialect.drop_sampling
     chat = ChatRequest(
         model=model,
