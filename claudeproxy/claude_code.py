@@ -217,17 +217,21 @@ def settings_files(env: Mapping[str, str], windows: bool, folder: str) -> List[s
 
 
 def saved_model(texts: Sequence[Optional[str]]) -> Optional[str]:
-    """The ``model`` the first of Claude Code's settings files (``texts``, in ``settings_files``'
-    order; None for one that could not be read) keeps; a file that is no JSON object is passed over,
-    as Claude Code passes it over."""
+    """The model the first of Claude Code's settings files (``texts``, in ``settings_files``' order;
+    None for one that could not be read) names: its ``env``'s ``ANTHROPIC_MODEL`` (Claude Code sets
+    it as its environment), else its ``model``. A file that is no JSON object is passed over, as
+    Claude Code passes it over."""
     for text in texts:
         try:
             settings = json.loads(text) if text else None
-        except ValueError:
+        except (ValueError, RecursionError):  # nested too deep: no settings file of Claude Code's
             continue
-        model = settings.get("model") if isinstance(settings, dict) else None
-        if isinstance(model, str) and model.strip():
-            return model.strip()
+        if not isinstance(settings, dict):
+            continue
+        env = settings.get("env") if isinstance(settings.get("env"), dict) else {}
+        for model in (env.get("ANTHROPIC_MODEL"), settings.get("model")):
+            if isinstance(model, str) and model.strip():
+                return model.strip()
     return None
 
 

@@ -257,9 +257,9 @@ OPENAI_REASONING_NAME = r"(?i)^(?:o\d|gpt-5(?!.*-chat)|codex)"
 # Left out, the model reasons at its default (medium before gpt-5.1), and Claude Code's auto-mode
 # check (thinking disabled, max_tokens 64) came back empty and was sent again five times (probe
 # AN 5). gpt-5.1 on take "none", gpt-5 "minimal", the o-series and codex models "low"; gpt-5-pro
-# only "high" (nothing is sent).
-_LEAST_EFFORTS = ((r"^gpt-5(?:\.\d+)?-pro", None), (r"^(?:gpt-5(?:\.\d+)?-)?codex", "low"),
-                  (r"^gpt-(?:5\.[1-9]|[6-9])", "none"), (r"^gpt-5", "minimal"), (r"^o\d", "low"))
+# only "high" and the deep-research models only "medium" (nothing is sent: their one effort).
+_LEAST_EFFORTS = ((r"^gpt-5(?:\.\d+)?-pro|.*-deep-research", None), (r"^(?:gpt-5(?:\.\d+)?-)?codex", "low"),
+                  (r"^gpt-5\.[1-9]", "none"), (r"^gpt-5", "minimal"), (r"^o\d", "low"))
 
 
 def least_effort(model: str) -> Optional[str]:

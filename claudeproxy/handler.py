@@ -534,7 +534,9 @@ class MessagesHandler(http.server.BaseHTTPRequestHandler):
         slots: clients that stall inside their body cannot lock others out.
         """
         server: Any = self.server
-        server.head_arrived(self.connection)
+        if not server.head_arrived(self.connection):
+            self.close_connection = True  # ended for a newcomer as its head came: nothing is served
+            return
         self._served = True
         writer = ResponseWriter(self, new_request_id())
         started = time.monotonic()

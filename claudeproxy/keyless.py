@@ -9,9 +9,9 @@ from urllib.parse import urlsplit
 
 from .config import SHORTHAND_PROVIDER, Config, Provider, gives_no_key
 from .credentials import CommandToken
-from .dialects import DIALECTS, KEY_HEADERS, default_key_variables, detect_provider, is_anthropic_host
+from .dialects import DIALECTS, default_key_variables, detect_provider, is_anthropic_host
 from .errors import UpstreamUnavailable
-from .routing import build_router, header_the_key_replaces, provider_dialect
+from .routing import build_router, carries_a_credential, provider_dialect
 
 
 def check_keys(config: Config, forwarded: bool = True) -> None:
@@ -56,7 +56,7 @@ def keyless(providers: Iterable[Provider], library: bool = False, forwarded: boo
 
 def _gets_no_key(provider: Provider, host: str, forwarded: bool) -> bool:
     return ((provider.api != "messages" or not forwarded) and gives_no_key(provider.token) and on_the_internet(host)
-            and not _carries_a_credential(provider))
+            and not carries_a_credential(provider))
 
 
 def _no_api_key(provider: Provider, host: str, library: bool) -> Tuple[bool, str]:
@@ -113,21 +113,13 @@ def shared_client_keys(router: Any, forwarded: bool = True) -> List[str]:
         for where in (route.target,) + tuple(route.fallbacks):
             provider = router.providers.get(where.provider)
             if provider is not None and provider.api == "messages" and gives_no_key(provider.token) \
-                    and not _carries_a_credential(provider):
+                    and not carries_a_credential(provider):
                 hosts.setdefault(urlsplit(provider.url).netloc.rpartition("@")[2], provider.name)
     if len(hosts) < 2:
         return []
     named = " and ".join(f"{name} ({host})" for host, name in hosts.items())
     return [f"providers {named} have no key of their own and each gets the client's: the key a client sends "
             "for one goes to the others too (give them keys of their own if that is not meant)"]
-
-
-def _carries_a_credential(provider: Provider) -> bool:
-    """A header of the provider's own that may hold the credential (a --header): the key's header, or
-    any of the three an upstream takes one in (Azure with an Entra ID token sends Authorization, not
-    its api-key)."""
-    return header_the_key_replaces(provider) is not None or \
-        any(name.lower() in KEY_HEADERS.values() for name, _ in provider.headers)
 
 
 def on_the_internet(host: str) -> bool:

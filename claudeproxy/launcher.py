@@ -466,11 +466,9 @@ def _running(pid: int) -> bool:
     return True
 
 
-def command_env(running: RunningServer, config: Config, environ: Mapping[str, str],
-                claude_args: Sequence[str] = ()) -> Dict[str, str]:
-    """``claude_code.child_env`` for the model Claude Code's main loop will ask for (``claude_args``:
-    Claude Code's own command line, whose --model wins; none for another COMMAND)."""
-    routed = _main_loops_route(running, environ, claude_args)
+def command_env(running: RunningServer, config: Config, environ: Mapping[str, str], routed: Any) -> Dict[str, str]:
+    """``claude_code.child_env`` for the model Claude Code's main loop will ask for (``routed``: its
+    route, ``main_loops_route``)."""
     window = routed.target.facts.context_window if routed else None
     cap = routed.target.output_cap if routed else None
     # Only an --idle-timeout over Claude Code's 600 s says anything (the 10 s to connect come with any).
@@ -478,28 +476,32 @@ def command_env(running: RunningServer, config: Config, environ: Mapping[str, st
     return child_env(environ, running.url, config.auth_key or "", window, cap, wait)
 
 
-def _main_loops_route(running: RunningServer, environ: Mapping[str, str], claude_args: Sequence[str]) -> Any:
-    """The route of the model Claude Code's main loop asks for first (None: no route takes it)."""
-    saved = saved_model([_small_text(path) for path in settings_files(environ, on_windows(), os.getcwd())])
+def main_loops_route(running: RunningServer, environ: Mapping[str, str], claude_args: Sequence[str]) -> Any:
+    """The route of the model Claude Code's main loop asks for first (None: no route takes it);
+    ``claude_args``: Claude Code's own command line, whose --model wins (none for another COMMAND)."""
+    saved = saved_model([_settings_text(path) for path in settings_files(environ, on_windows(), os.getcwd())])
     return running.server.proxy.router.resolve(default_model(environ, claude_args, saved))
 
 
-def _small_text(path: str, most: int = 1 << 20) -> Optional[str]:
-    """A settings file's text (at most ``most`` bytes), or None where it cannot be read."""
+_MOST_SETTINGS = 16 << 20  # a settings file larger than this is not read (Claude Code's are kilobytes)
+
+
+def _settings_text(path: str) -> Optional[str]:
+    """A settings file's text, or None where it is no regular file (a FIFO would block the start),
+    cannot be read, or is larger than ``_MOST_SETTINGS``."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read(most)
+        with open(path, "rb", opener=lambda p, flags: os.open(p, flags | getattr(os, "O_NONBLOCK", 0))) as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_size > _MOST_SETTINGS:
+                return None
+            return f.read(_MOST_SETTINGS).decode("utf-8", errors="replace")
     except OSError:
         return None
 
 
-def window_warnings(running: RunningServer, environ: Mapping[str, str], claude_args: Sequence[str],
-                    claude: bool = True) -> List[str]:
-    """What the window of the model Claude Code's main loop asks for (as ``command_env`` finds it)
-    makes of a session: a line where it is too small for Claude Code itself (none for another command)."""
-    if not claude:
-        return []
-    routed = _main_loops_route(running, environ, claude_args)
+def window_warnings(routed: Any) -> List[str]:
+    """What the window of the model Claude Code's main loop asks for (``routed``: its route) makes
+    of a session: a line where it is too small for Claude Code itself."""
     window = routed.target.facts.context_window if routed else None
     said = small_window(routed.target.label, window) if routed and window else None
     return [said] if said else []
@@ -533,10 +535,11 @@ def _session(running: RunningServer, ns: argparse.Namespace, config: Config, typ
         log.info("%s", cli._describe(running.server))  # noqa: SLF001
         claude = looks_like_claude(typed) or looks_like_claude(argv[0])
         cli._warn_about(running.server, environ, claude)  # noqa: SLF001
-        env = command_env(running, config, environ, argv[1:] if claude else ())
+        routed = main_loops_route(running, environ, argv[1:] if claude else ())
+        env = command_env(running, config, environ, routed)
         print(f"claudeproxy: proxy on {running.url} (usage page {page_address(running.url, page_key)}), "
               f"log in {log_path}", file=stderr, flush=True)
-        for line in unreachable_upstreams(running, config) + window_warnings(running, environ, argv[1:], claude):
+        for line in unreachable_upstreams(running, config) + (window_warnings(routed) if claude else []):
             log.warning("%s", line)
             print(f"claudeproxy: warning: {line}", file=stderr, flush=True)
         # Logged already (_warn_about): the terminal too.

@@ -56,7 +56,7 @@ from .redact import (
 )
 from .relay import Relay
 from .replies import as_answered, events_for_message, is_quota_probe, local_message, message_from_events
-from .routing import Routed, Target, build_router
+from .routing import Routed, Target, build_router, carries_a_credential
 from .sides import ClientRequestSide, Endpoint, Writer
 from .spend import call_spend, carry_spend, stream_usage_fields, usage_fields
 from .tokens import Estimate, estimate_input, tools_chars
@@ -797,8 +797,9 @@ class Proxy:
         exc.own_key = bool(key)  # a refusal of the proxy's key may go to a fallback; the client's, never
         if exc.status in (401, 403) and key:
             return self._refused_key(exc, target)
-        if exc.status == 401 and not (target.provider.api == "messages" and not self.config.auth_key):
-            return self._no_key_sent(exc, target)  # the client's key is not passed on either
+        if exc.status == 401 and not (target.provider.api == "messages" and not self.config.auth_key) \
+                and not carries_a_credential(target.provider):
+            return self._no_key_sent(exc, target)  # the client's key is not passed on either, nor a --header's
         if exc.status == 404:
             # A base URL without its /v1, a model name the upstream lacks: Claude Code
             # shows a 404 only as "an issue with the selected model", so the log says it.

@@ -369,6 +369,14 @@ def header_the_key_replaces(p: Provider) -> Optional[str]:
     return next((name for name, _ in p.headers if name.lower() == wanted), None)
 
 
+def carries_a_credential(provider: Provider) -> bool:
+    """A header of the provider's own that may hold the credential (a --header): the key's header, or
+    any of the three an upstream takes one in (Azure with an Entra ID token sends Authorization, not
+    its api-key)."""
+    return header_the_key_replaces(provider) is not None or \
+        any(name.lower() in KEY_HEADERS.values() for name, _ in provider.headers)
+
+
 def _check_routes(routes: Sequence[Route], providers: Dict[str, Provider], where: str) -> None:
     # An exact name is taken only by the same name or a pattern, and takes no pattern's names: so
     # each route is compared with the patterns before it and looked up among the names, not
@@ -479,17 +487,20 @@ def _default_provider(config: Config) -> str:
     return config.providers[0].name
 
 
-def _lends_families(provider: Optional[Provider]) -> bool:
-    """Does a family no flag names borrow another's model on ``provider``? Not on Anthropic's own
-    API, which knows every Claude name: --haiku-model alone had sent Claude Code's main loop to the
-    small model there (probe AN 2)."""
-    return provider is None or not (provider.api == "messages" and is_anthropic_host(provider.url))
+def _own_name_on_anthropic(borrowed: Route, by_name: Mapping[str, Provider]) -> Route:
+    """A family's borrowed route, or, where it goes to Anthropic's own API, which knows every Claude
+    name, the same provider with the client's own name: --haiku-model alone had sent Claude Code's
+    main loop to the small model there (probe AN 2)."""
+    provider = by_name.get(borrowed.target.provider)
+    if provider is None or provider.api != "messages" or not is_anthropic_host(provider.url):
+        return borrowed
+    return dataclasses.replace(borrowed, target=RouteTarget(borrowed.target.provider, None), fallbacks=(),
+                               origin=f"{borrowed.origin.split(' (no ')[0]} (Anthropic serves the client's name)")
 
 
-def _shorthand_routes(config: Config, provider: str, lends: bool = True) -> Tuple[List[Route], List[Route]]:
+def _shorthand_routes(config: Config, provider: str) -> Tuple[List[Route], List[Route]]:
     """The routes the model flags mean, and those of the families no flag names, which borrow
-    another's model (and where it goes) only when nothing else is the default (``--model``) and the
-    provider ``lends`` (``_lends_families``)."""
+    another's model (and where it goes) only when nothing else is the default (``--model``)."""
     name = config.setting_name  # the flag, or the config file's key that stood for it
     # Without --upstream, a flag names the model of the file's route of the same match: that route
     # keeps its provider and fallbacks (--opus-model took the file's opus route to the provider of
@@ -509,7 +520,7 @@ def _shorthand_routes(config: Config, provider: str, lends: bool = True) -> Tupl
     borrowed: List[Route] = []
     if config.model:
         routes.append(flagged("*", config.model, name("model")))
-    elif any(given.values()) and lends:
+    elif any(given.values()):
         borrowed = _borrowed_routes(routes + list(config.routes), given, by_family)
     return routes, borrowed
 
@@ -641,7 +652,8 @@ def effective_providers_and_routes(config: Config) -> Tuple[Tuple[Provider, ...]
     if shorthand is not None:
         _no_header_the_token_replaces(config, shorthand)
     target = shorthand.name if shorthand else _default_provider(config)
-    flags, borrowed = _shorthand_routes(config, target, _lends_families(by_name.get(target)))
+    flags, borrowed = _shorthand_routes(config, target)
+    borrowed = [_own_name_on_anthropic(route, by_name) for route in borrowed]
     _no_file_route_its_own_flag_replaces(flags, config.routes)
     _check_routes(flags + borrowed, by_name, "flags")
     _check_routes(config.routes, by_name, "routes")

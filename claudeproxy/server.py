@@ -112,6 +112,7 @@ class ProxyServer(ThreadingHTTPServer):
         # The connections waiting for a request's head, longest first; True once one served a request.
         self._waiting: "collections.OrderedDict[socket.socket, bool]" = collections.OrderedDict()
         self._refused: "collections.deque[Tuple[float, socket.socket]]" = collections.deque()  # answered 529
+        self._evicted: Set[socket.socket] = set()  # ended for a newcomer: not to be served should a head come
         self._conns_lock = threading.Lock()
         self._active = 0
         self._idle = threading.Condition(self._conns_lock)
@@ -153,6 +154,7 @@ class ProxyServer(ThreadingHTTPServer):
                 if waited is None:
                     return False
                 del self._waiting[waited]
+                self._evicted.add(waited)
                 try:
                     waited.shutdown(socket.SHUT_RDWR)  # its blocked read of a head returns b"": it closes
                 except OSError:
@@ -164,6 +166,7 @@ class ProxyServer(ThreadingHTTPServer):
         with self._conns_lock:
             self._conns.discard(request)
             self._waiting.pop(request, None)
+            self._evicted.discard(request)
 
     def awaiting_head(self, sock: socket.socket, served: bool) -> None:
         """``sock`` waits for a request's head (``served``: it answered one before)."""
@@ -172,9 +175,18 @@ class ProxyServer(ThreadingHTTPServer):
                 self._waiting[sock] = served
                 self._waiting.move_to_end(sock)
 
-    def head_arrived(self, sock: socket.socket) -> None:
+    def head_arrived(self, sock: socket.socket) -> bool:
+        """``sock`` has a request's head; False where it was ended for a newcomer meanwhile (its head
+        came as it was chosen): the request is not served, the client sees the connection end."""
         with self._conns_lock:
             self._waiting.pop(sock, None)
+            return sock not in self._evicted
+
+    def service_actions(self) -> None:
+        """Every turn of the accepting loop (about twice a second): the refused connections close
+        on time also when no new connection comes."""
+        super().service_actions()
+        self._close_refused(time.monotonic() - _REFUSED_LINGER)
 
     def request_started(self) -> None:
         with self._conns_lock:

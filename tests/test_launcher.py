@@ -1326,3 +1326,22 @@ def test_options_before_run_are_said_to_go_after_it(tmp_path: Any) -> None:
     code = commands.main(["--upstream", NO_UPSTREAM, "run", "--", "true"], environ=base_env(tmp_path), stdout=out, stderr=err)
     assert (code, out.getvalue()) == (2, "")
     assert err.getvalue() == "claudeproxy: error: run comes first: claudeproxy run [options] -- COMMAND\n"
+
+
+def test_the_saved_model_is_read_as_claude_code_reads_its_settings(tmp_path: Any) -> None:
+    """Review AO 7: a settings file nested too deep ended `run` with a traceback; a FIFO in its
+    place would hang it; a settings file's env ANTHROPIC_MODEL (which Claude Code applies) wins over
+    its model."""
+    assert claude_code.saved_model(["[" * 100000, '{"model": "sonnet"}']) == "sonnet"
+    assert claude_code.saved_model(['{"model": "sonnet", "env": {"ANTHROPIC_MODEL": "haiku"}}']) == "haiku"
+    assert claude_code.saved_model(['{"env": "x", "model": " opus "}', '{"model": "haiku"}']) == "opus"
+    assert claude_code.saved_model([None, "", "[1]", '{"model": 5}']) is None
+    fifo = tmp_path / "settings.json"
+    os.mkfifo(str(fifo))
+    started = time.monotonic()
+    assert launcher._settings_text(str(fifo)) is None  # noqa: SLF001
+    assert time.monotonic() - started < 2
+    assert launcher._settings_text(str(tmp_path)) is None  # noqa: SLF001  # a folder
+    regular = tmp_path / "s.json"
+    regular.write_bytes(b'{"model": "caf\xe9"}')  # not UTF-8: read, as Claude Code would not choke
+    assert launcher._settings_text(str(regular)) == '{"model": "caf\ufffd"}'  # noqa: SLF001

@@ -187,3 +187,44 @@ def test_a_connection_over_the_cap_gets_529_where_every_one_has_a_request_in_fli
     assert resp.headers["retry-after"] == "1" and "connections open" in resp.json["error"]["message"]
     for thread in busy:
         thread.join(10)
+
+
+def test_a_connection_ended_for_a_newcomer_as_its_head_came_is_not_served(make_proxy: Any) -> None:
+    """Review AO 5: chosen while its head was arriving, it was served all the same, the upstream
+    asked (and billed) for an answer nobody could read."""
+    srv = make_proxy(max_connections=1).server
+    waiting, waiting_peer = socket.socketpair()
+    newcomer, newcomer_peer = socket.socketpair()
+    try:
+        assert srv._admit(waiting)  # noqa: SLF001
+        srv.awaiting_head(waiting, False)
+        assert srv._admit(newcomer)  # noqa: SLF001  # full: the one waiting for a head gives way
+        waiting_peer.settimeout(2)
+        assert waiting_peer.recv(1) == b""  # ended
+        assert srv.head_arrived(waiting) is False and srv.head_arrived(newcomer) is True
+    finally:
+        for sock in (waiting, newcomer):
+            srv._forget(sock)  # noqa: SLF001
+        for sock in (waiting, waiting_peer, newcomer, newcomer_peer):
+            sock.close()
+
+
+def test_a_refused_connection_is_closed_soon_without_another_coming(make_proxy: Any,
+                                                                    fake_upstream: FakeUpstream) -> None:
+    """Review AO 6: a refused connection stayed open until the next connection came."""
+    from fakes import Reply
+
+    proxy = make_proxy(max_connections=1)
+    fake_upstream.push(Reply(body=[b'{"id":"x"}'], delay=1.0))
+    busy = threading.Thread(target=request, args=(proxy.url, "POST", "/v1/messages", minimal_request()),
+                            kwargs={"timeout": 10}, daemon=True)
+    busy.start()
+    end = time.monotonic() + 5
+    while not fake_upstream.requests and time.monotonic() < end:
+        time.sleep(0.02)
+    assert request(proxy.url, "POST", "/v1/messages", minimal_request(), timeout=5).status == 529
+    end = time.monotonic() + 5
+    while proxy.server._refused and time.monotonic() < end:  # noqa: SLF001
+        time.sleep(0.05)
+    assert not proxy.server._refused  # noqa: SLF001  # closed within its linger, with no newcomer
+    busy.join(10)

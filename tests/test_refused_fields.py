@@ -363,6 +363,9 @@ def test_a_least_effort_the_model_refuses_is_raised_to_the_least_it_takes(make_p
     ("Unsupported value: 'reasoning_effort' does not support 'none' with this model. Supported values are: "
      "'minimal', 'low', 'medium', and 'high'.", "none", "minimal"),
     ("Unsupported value: 'reasoning_effort' does not support 'minimal' with this model.", "minimal", None),
+    # A gpt-5 deployment that runs gpt-5.1 on: its least is none, offered (review AO 4).
+    ("Unsupported value: 'reasoning_effort' does not support 'minimal' with this model. Supported values are: "
+     "'none', 'low', 'medium', and 'high'.", "minimal", "none"),
     (EFFORT_VALUE_REFUSAL["error"]["message"], "minimal", None),  # about another value
     ("Budget 0 is invalid. This model only works in thinking mode (reasoning_effort 'none').", "none", None),
 ])

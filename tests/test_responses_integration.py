@@ -17,7 +17,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from conftest import CLIENT_KEY, UPSTREAM_KEY, request
+from conftest import CLIENT_KEY, UPSTREAM_KEY, minimal_request, request
 from fakes import Reply, StreamClient, json_reply
 from sse_checks import assert_valid_event_sequence, events_of, final_message, parse_sse
 
@@ -676,3 +676,24 @@ def test_a_second_refusal_as_a_streams_first_event_is_the_clients_answer(make_pr
     resp = request(server.url, "POST", "/v1/messages", second, HEADERS)
     assert resp.status == 400 and b"frobnicate" in resp.body, resp
     assert len(fake_upstream.requests) == 3
+
+
+def test_a_least_effort_the_model_refuses_for_thinking_off_is_left_out_from_then_on(make_proxy: Any,
+                                                                                   fake_upstream: Any) -> None:
+    """Review AO 3: thinking off sends a reasoning model its least effort; one that refuses it (a
+    model the table knows wrong) gets the request again without it, and so from then on: it had
+    failed every such request."""
+    server = make_proxy(provider="openai", model="o3-mini", upstream_api="responses")
+    refusal = {"error": {"message": "Unsupported value: 'reasoning.effort' does not support 'low' with this model. "
+                                    "Supported values are: 'medium'.", "type": "invalid_request_error",
+                         "param": "reasoning.effort", "code": "unsupported_value"}}
+    answer = {"id": "resp_1", "object": "response", "status": "completed", "model": "o3-mini",
+              "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                          "content": [{"type": "output_text", "text": "<severity>1", "annotations": []}]}],
+              "usage": {"input_tokens": 10, "output_tokens": 3, "total_tokens": 13}}
+    fake_upstream.push(json_reply(refusal, status=400), json_reply(answer), json_reply(answer))
+    check = minimal_request(max_tokens=64, thinking={"type": "disabled"})
+    for _ in range(2):
+        resp = request(server.url, "POST", "/v1/messages", check, timeout=10)
+        assert resp.status == 200, resp
+    assert [r.json.get("reasoning") for r in fake_upstream.requests] == [{"effort": "low"}, None, None]

@@ -445,10 +445,19 @@ def test_a_document_of_no_text_next_to_a_tool_result_sends_no_empty_user_message
 
 
 @pytest.mark.parametrize("model, reasoning", [("gpt-5", {"effort": "minimal"}), ("gpt-5.1-codex", {"effort": "low"}),
-                                              ("o3", {"effort": "low"}), ("gpt-5-pro", None)])
+                                              ("o3", {"effort": "low"}), ("gpt-5-pro", None),
+                                              ("o3-deep-research", None)])  # medium only: its one effort
 def test_claude_codes_auto_mode_check_gets_the_least_effort(model: str, reasoning: Any) -> None:
     """Probe AN 5: thinking disabled with max_tokens 64 went with no reasoning at all, and gpt-5
     reasoned at medium past the 64 tokens: Claude Code sent the check five times more."""
     out = translate(body([{"role": "user", "content": "<transcript>"}], max_tokens=64,
                          thinking={"type": "disabled"}, stop_sequences=["</severity>"]), model=model).body
     assert out.get("reasoning") == reasoning and "include" not in out
+
+
+def test_thinking_off_with_web_search_asks_gpt5_for_low_not_minimal() -> None:
+    """OpenAI's web search guide: gpt-5 takes no web search at minimal effort (review AO 3)."""
+    search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 3}
+    out = translate(body([{"role": "user", "content": "news?"}], thinking={"type": "disabled"}, tools=[search]),
+                    model="gpt-5", web_search=True).body
+    assert out["reasoning"] == {"effort": "low"} and any(t["type"] == "web_search" for t in out["tools"])

@@ -1254,3 +1254,8 @@ def test_a_401_from_a_provider_given_no_key_says_the_proxy_sent_none(make_proxy,
     said = [r.getMessage() for r in caplog.records if "sends it no key" in r.getMessage()]
     assert len(said) == 1 and "--api-key-env" in said[0], said  # once, with the way to give one
     assert "authorization" not in {k.lower() for k in fake_upstream.requests[0].headers}
+    # A credential in a header of the provider's own (review AO 2): it was sent, and refused as it is.
+    carried = make_proxy(token=claudeproxy.static_token(""), retries=0, headers=(("Authorization", "Bearer t-1"),))
+    fake_upstream.push(json_reply(refusal, status=401))
+    resp = request(carried.url, "POST", "/v1/messages", minimal_request(), timeout=10)
+    assert resp.status == 401 and "no key" not in resp.json["error"]["message"], resp.json

@@ -514,3 +514,13 @@ def test_on_anthropics_own_api_a_family_without_a_flag_keeps_its_name() -> None:
     assert anthropic.resolve("claude-opus-5-5").target.model == "claude-opus-5-5"
     local = build_router(Config(upstream="http://127.0.0.1:8080", passthrough=True, haiku_model="qwen3"))
     assert local.resolve("claude-opus-5-5").target.model == "qwen3"
+
+
+def test_on_anthropics_own_api_a_file_without_a_catch_all_still_serves_every_family() -> None:
+    """Review AO 1: with a config file's Anthropic provider and no '*' route, dropping the loan left
+    Claude Code's opus and sonnet calls without any route: they go to Anthropic under their names."""
+    router = build_router(Config(providers=(Provider("anth", "https://api.anthropic.com", api="messages"),),
+                                 haiku_model="claude-haiku-4-5"))
+    opus = router.resolve("claude-opus-5-5")
+    assert opus is not None and (opus.target.provider.name, opus.target.model) == ("anth", "claude-opus-5-5")
+    assert router.resolve("claude-haiku-4-5").target.model == "claude-haiku-4-5"

@@ -121,16 +121,16 @@ def lower_effort(message: str, sent: Any) -> Optional[str]:
 
 def raised_effort(message: str, sent: Any) -> Optional[str]:
     """The least effort to send instead of a least one (``none``, ``minimal``: thinking disabled,
-    ``dialects.least_effort``) that ``message`` refuses, from those it names after it ("does not
-    support 'minimal' with this model. Supported values are: 'low', 'medium', and 'high'"); None
-    where it names none above it."""
+    ``dialects.least_effort``) that ``message`` refuses: the least of those it names after it ("does
+    not support 'minimal' with this model. Supported values are: 'none', 'low', 'medium', and
+    'high'": none); None where it names no other."""
     if sent not in ("none", "minimal") or not _EFFORT_FIELD.search(message) or _NO_OFF_SWITCH.search(message):
         return None
     named = [w for w in _QUOTED_WORD.findall(message) if w in _EFFORT_ORDER]
     if not named or named[0] != sent:
         return None  # the refused value comes first: this is about another one
-    above = [_EFFORT_ORDER.index(w) for w in named[1:] if _EFFORT_ORDER.index(w) > _EFFORT_ORDER.index(sent)]
-    return _EFFORT_ORDER[min(above)] if above else None
+    others = [_EFFORT_ORDER.index(w) for w in named[1:] if w != sent]
+    return _EFFORT_ORDER[min(others)] if others else None
 
 
 def refused_level(message: str, sent: Any) -> Optional[str]:

@@ -68,6 +68,15 @@ def responses_url(base: str, azure: bool) -> str:
     return join_path(base, "/responses")
 
 
+# A refusal of the effort sent: "Unsupported value: 'reasoning.effort' does not support 'low' with this model."
+_EFFORT_REFUSED = re.compile(r"reasoning[._]effort")
+_MOST_REMEMBERED = 1024  # models remembered for refusing thinking off's least effort
+
+
+def _thinking_off(parsed: MessagesRequest) -> bool:
+    return parsed.thinking is not None and parsed.thinking.kind == "disabled"
+
+
 class ResponsesApi(UpstreamApi):
     name = "responses"
     translates = True  # parsed and rewritten: local answers and local token counts apply
@@ -80,6 +89,9 @@ class ResponsesApi(UpstreamApi):
         # Claude Code keeps them in its history, and each turn sent them again paid a refused round trip.
         self._unreadable: Dict[str, _Unreadable] = {}
         self._refused = RefusedFields(DROPPABLE_FIELDS, DROPPABLE_ONLY_AS)
+        # The models that refused the least effort sent for thinking off (dialects.least_effort): their
+        # own default then, as before that effort was sent.
+        self._no_least: Set[Tuple[str, str]] = set()
 
     def parse(self, body: Dict[str, Any]) -> MessagesRequest:
         return parse_messages_request(body, self.tools.parse)
@@ -102,6 +114,8 @@ class ResponsesApi(UpstreamApi):
         )
         payload = translation.body
         self._refused.drop(payload, (target.provider.name, target.model))
+        if _thinking_off(parsed) and (target.provider.name, target.model) in self._no_least:
+            payload.pop("reasoning", None)
         body = encode_body(payload, "tools", encoded)
         headers = (("Content-Type", "application/json"),
                    ("Accept", "text/event-stream" if parsed.stream else "application/json"))
@@ -127,7 +141,25 @@ class ResponsesApi(UpstreamApi):
                     return None
                 self._no_summaries.add(target.provider.name)
             return self.prepare(req, target, cap)
+        if self._learned_no_least(text, req, target, ex):
+            return self.prepare(req, target, cap)
         return self._without_refused(exc, req, target, ex, cap)
+
+    def _learned_no_least(self, text: str, req: ClientRequest, target: Target, ex: Exchange) -> bool:
+        """A refusal of the least effort sent for thinking off: the model's own default from then on
+        (a model whose least is not the table's failed every such request)."""
+        sent = json.loads(ex.body).get("reasoning")
+        if req.parsed is None or not _thinking_off(req.parsed) or not isinstance(sent, dict) or "effort" not in sent \
+                or not _EFFORT_REFUSED.search(text):
+            return False
+        key = (target.provider.name, target.model)
+        with self._lock:
+            if key in self._no_least or len(self._no_least) >= _MOST_REMEMBERED:
+                return False
+            self._no_least.add(key)
+        log.warning("%s refused reasoning effort %r for thinking off: its own default from now on", target.label,
+                    sent["effort"])
+        return True
 
     def _learn_unreadable(self, target: Target, ex: Exchange) -> bool:
         """Remember the reasoning items of a request refused as ``invalid_encrypted_content``: all that

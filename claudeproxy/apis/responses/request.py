@@ -403,6 +403,8 @@ def _reasoning(req: MessagesRequest, summaries: bool, model: str) -> Optional[Di
     thinking = req.thinking
     if thinking is not None and thinking.kind == "disabled":
         least = least_effort(model)
+        if least == "minimal" and any(_is_web_search(t) for t in req.tools):
+            least = "low"  # gpt-5 takes no web search at minimal effort (OpenAI's web search guide)
         return {"effort": least} if least else None
     effort = _EFFORTS.get(req.effort or "")
     if effort == "xhigh" and not _XHIGH_RE.match(model.rsplit("/", 1)[-1].lower()):
