@@ -262,6 +262,17 @@ _LEAST_EFFORTS = ((r"^gpt-5(?:\.\d+)?-pro|.*-deep-research", None), (r"^(?:gpt-5
                   (r"^gpt-5\.[1-9]", "none"), (r"^gpt-5", "minimal"), (r"^o\d", "low"))
 
 
+# From gpt-5.4 on (the chat variants aside), OpenAI takes function tools with reasoning only on the
+# Responses API (RESPONSES.md 5): Claude Code sends both every turn. By pattern, so that the next
+# release is not refused every turn until a table names it (probe AP N2).
+_TOOLS_ON_RESPONSES = re.compile(r"(?i)^gpt-(?:5\.(?:[4-9]|[1-9]\d)|[6-9]|[1-9]\d)(?!.*-chat)")
+
+
+def tools_only_on_responses(model: str) -> bool:
+    """Does OpenAI take ``model``'s function tools with reasoning only on the Responses API?"""
+    return bool(_TOOLS_ON_RESPONSES.match(model.strip().rsplit("/", 1)[-1]))
+
+
 def least_effort(model: str) -> Optional[str]:
     """The least reasoning effort an OpenAI reasoning model takes (its name after any ``provider/``
     prefix), or None: another model, or one whose least is not known."""

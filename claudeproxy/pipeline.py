@@ -126,6 +126,12 @@ class StreamRest:
             self.proxy.watchdog.remove(self.watch)
 
 
+# OpenAI's Chat refusal of what only its Responses API takes: "Function tools with reasoning_effort
+# are not supported for gpt-5.4 in /v1/chat/completions. Please use /v1/responses instead", "This
+# model is only supported in v1/responses and not in v1/chat/completions".
+_USE_RESPONSES = re.compile(r"use\s+/?v1/responses|only\s+supported\s+in\s+/?v1/responses", re.I)
+
+
 class Proxy:
     """One server's proxy: endpoints, router, upstream transport, limits, metrics."""
 
@@ -804,6 +810,9 @@ class Proxy:
             # A base URL without its /v1, a model name the upstream lacks: Claude Code
             # shows a 404 only as "an issue with the selected model", so the log says it.
             self.warn_once(f"{target.label}: {exc.message}")
+        elif exc.status == 400 and _USE_RESPONSES.search(exc.upstream_message):
+            self.warn_once(f"{target.label} takes this request only on the Responses API (\"use /v1/responses\"): "
+                           "give --upstream-api responses, or \"api\": \"responses\" to its provider")
         return exc
 
     def _other_key(self, exc: UpstreamHTTPError, target: Target, key: str) -> Optional[str]:

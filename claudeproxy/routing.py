@@ -53,6 +53,7 @@ from .dialects import (
     dialect_for,
     is_anthropic_host,
     missing_api_path,
+    tools_only_on_responses,
 )
 from .model_facts import MAX_TOKENS, ModelFacts, builtin_facts, facts_from_dict, is_claude_name, without_prices
 from .redact import redact_url
@@ -734,9 +735,11 @@ class Router:
             dialect = dialect_for(name, model, facts.reasoning)
             if facts.text_only:  # FIELD-NOTES 14: a text-only model 400s on an image part
                 dialect = dataclasses.replace(dialect, string_content_only=True)
-            if api == "chat" and facts.responses_only and (dialect.serves_responses or said_responses):
-                # OpenAI serves this model only on /v1/responses (RESPONSES.md 5); the built-in facts
-                # say so of OpenAI's names, which a gateway may serve on Chat only.
+            responses_only = facts.responses_only or tools_only_on_responses(model)
+            if api == "chat" and responses_only and (dialect.serves_responses or said_responses):
+                # OpenAI serves this model (or its tools with reasoning) only on /v1/responses
+                # (RESPONSES.md 5); the built-in facts say so of OpenAI's names, which a gateway may
+                # serve on Chat only.
                 api = "responses"
         cap = _output_cap(facts.max_output, provider.max_output_tokens, self.max_output_tokens)
         return Target(provider, model, facts, cap, dialect, api)

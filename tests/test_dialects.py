@@ -318,3 +318,16 @@ def test_mistral_gets_no_user_field() -> None:
     """Mistral refuses fields it does not know (422 extra_forbidden), ``user`` among them: a round
     trip lost per model and process before the proxy learned it (a probe)."""
     assert DIALECTS["mistral"].user_field is None
+
+
+@pytest.mark.parametrize("model, only", [
+    ("gpt-5.4", True), ("gpt-5.4-mini", True), ("gpt-5.7", True), ("gpt-6", True), ("gpt-5.10", True),
+    ("GPT-5.5", True), ("azure/gpt-5.6-sol", True),
+    ("gpt-5", False), ("gpt-5.3", False), ("gpt-5.3-chat", False), ("gpt-6-chat-latest", False), ("gpt-4.1", False),
+])
+def test_openais_newer_models_take_tools_with_reasoning_only_on_responses(model: str, only: bool) -> None:
+    """RESPONSES.md 5: from gpt-5.4 on; by pattern, so that a release the table does not name yet
+    is not refused every Claude Code turn on Chat (probe AP N2)."""
+    from claudeproxy.dialects import tools_only_on_responses
+
+    assert tools_only_on_responses(model) is only

@@ -281,7 +281,7 @@ def _opus_on_responses_and_sonnet_on_chat(server: Any, fake_upstream: Any, opus_
     assert fake_upstream.last.path == "/v1/chat/completions"
 
 
-@pytest.mark.parametrize("opus_model", ["gpt-5-codex", "gpt-5.4", "gpt-5.5"])
+@pytest.mark.parametrize("opus_model", ["gpt-5-codex", "gpt-5.4", "gpt-5.5", "gpt-5.7", "gpt-6"])  # by pattern too
 def test_responses_only_models_switch_api_on_their_own(make_proxy: Any, fake_upstream: Any, opus_model: str) -> None:
     """gpt-5.4 on take function tools with reasoning only on Responses: on Chat Completions every
     Claude Code turn was refused "Please use /v1/responses instead" (probe AN 6)."""
@@ -697,3 +697,19 @@ def test_a_least_effort_the_model_refuses_for_thinking_off_is_left_out_from_then
         resp = request(server.url, "POST", "/v1/messages", check, timeout=10)
         assert resp.status == 200, resp
     assert [r.json.get("reasoning") for r in fake_upstream.requests] == [{"effort": "low"}, None, None]
+
+
+def test_a_chat_refusal_that_asks_for_the_responses_api_says_how_to_go_there(make_proxy: Any, fake_upstream: Any,
+                                                                             caplog: Any) -> None:
+    """A model the facts do not know as Responses-only (a gateway's name for gpt-5.4) refused every
+    Claude Code turn on Chat, and only an INFO line said so (probe AP N2)."""
+    server = make_proxy(provider="openai", model="house-model", retries=0)
+    refusal = {"error": {"message": "Function tools with reasoning_effort are not supported for gpt-5.4 in "
+                                    "/v1/chat/completions. Please use /v1/responses instead.",
+                         "type": "invalid_request_error", "param": "reasoning_effort", "code": None}}
+    fake_upstream.push(json_reply(refusal, status=400), json_reply(refusal, status=400))
+    with caplog.at_level(logging.WARNING, logger="claudeproxy"):
+        for _ in range(2):
+            assert request(server.url, "POST", "/v1/messages", minimal_request(), timeout=10).status == 400
+    said = [r.getMessage() for r in caplog.records if "only on the Responses API" in r.getMessage()]
+    assert len(said) == 1 and "--upstream-api responses" in said[0], said
