@@ -203,6 +203,20 @@ def default_model(env: Mapping[str, str], args: Sequence[str] = (), saved: Optio
     return DEFAULT_MODEL if name.lower() in ("", "default") else name  # "default": Claude Code's own alias
 
 
+def settings_flag(args: Sequence[str]) -> Optional[str]:
+    """Claude Code's ``--settings`` among ``args`` (the last one, before any ``--``): JSON text or a
+    file's path, which wins over its settings files; None without one."""
+    found = None
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--settings" and i + 1 < len(args):
+            found = args[i + 1]
+        elif arg.startswith("--settings="):
+            found = arg[len("--settings="):]
+    return found
+
+
 def settings_files(env: Mapping[str, str], windows: bool, folder: str) -> List[str]:
     """Claude Code's settings files that may keep a model, the one that wins first: the project's
     local and shared ones in ``folder`` (where it starts), then the user's (``$CLAUDE_CONFIG_DIR``,

@@ -45,6 +45,7 @@ from .claude_code import (
     run_epilog,
     saved_model,
     settings_files,
+    settings_flag,
     small_window,
 )
 from .config import Config, check_host, is_loopback_host
@@ -479,8 +480,10 @@ def command_env(running: RunningServer, config: Config, environ: Mapping[str, st
 def main_loops_route(running: RunningServer, environ: Mapping[str, str], claude_args: Sequence[str]) -> Any:
     """The route of the model Claude Code's main loop asks for first (None: no route takes it);
     ``claude_args``: Claude Code's own command line, whose --model wins (none for another COMMAND)."""
-    saved = saved_model([_settings_text(path) for path in settings_files(environ, on_windows(), os.getcwd())])
-    return running.server.proxy.router.resolve(default_model(environ, claude_args, saved))
+    flag = settings_flag(claude_args)  # JSON text or a file: it wins over the settings files
+    given = [flag if flag.lstrip().startswith("{") else _settings_text(flag)] if flag else []
+    files = [_settings_text(path) for path in settings_files(environ, on_windows(), os.getcwd())]
+    return running.server.proxy.router.resolve(default_model(environ, claude_args, saved_model(given + files)))
 
 
 _MOST_SETTINGS = 16 << 20  # a settings file larger than this is not read (Claude Code's are kilobytes)

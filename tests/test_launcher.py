@@ -373,6 +373,30 @@ def test_the_window_follows_the_model_claude_codes_settings_keep(run_standin: An
     assert rec["env"]["CLAUDE_CODE_AUTO_COMPACT_WINDOW"] == window
 
 
+@pytest.mark.parametrize("args, window", [
+    (("--settings", '{"model": "haiku"}'), "128000"),  # JSON text: wins over the user's sonnet
+    (("--settings=SETTINGS_FILE",), "1047576"),  # a file's path (its model: opus)
+    (("--settings", '{"theme": "dark"}'), "200000"),  # no model in it: the user's file decides
+    (("--model", "haiku", "--settings", '{"model": "opus"}'), "128000"),  # --model wins over any setting
+])
+def test_the_window_follows_claude_codes_settings_flag(tmp_path: Any, fake_claude: Dict[str, str],
+                                                       args: Tuple[str, ...], window: str) -> None:
+    """Probe AP N1: `claude --settings '{"model": "haiku"}'` went to the haiku route with the window
+    and output cap of the model in the user's settings file."""
+    home = tmp_path / "home-settings"
+    (home / ".claude").mkdir(parents=True)
+    (home / ".claude" / "settings.json").write_text('{"model": "sonnet"}')
+    given = tmp_path / "given.json"
+    given.write_text('{"model": "opus"}')
+    args = tuple(a.replace("SETTINGS_FILE", str(given)) for a in args)
+    record = tmp_path / "record.json"
+    code, out, err = run_main(["--upstream", NO_UPSTREAM, "--log-file", str(tmp_path / "p.log"), "--opus-model",
+                               "gpt-4.1", "--sonnet-model", "o3", "--haiku-model", "gpt-4o", "--", "claude",
+                               str(record), "--exit", "0", *args], {**fake_claude, "HOME": str(home)})
+    assert code == 0, err
+    assert recorded(record)["env"]["CLAUDE_CODE_AUTO_COMPACT_WINDOW"] == window
+
+
 def test_claude_codes_settings_files_are_found_where_it_reads_them() -> None:
     assert claude_code.settings_files({"HOME": "/h"}, False, "/p") == [
         "/p/.claude/settings.local.json", "/p/.claude/settings.json", "/h/.claude/settings.json"]
