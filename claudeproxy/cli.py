@@ -83,6 +83,7 @@ from .observe import BODIES_LOGGER, PACKAGE_LOGGER
 from .redact import SecretForms, configured_secrets, redact_text, redact_url, secret_forms, with_halves
 from .routing import (CLAUDE_CODE_NAMES, FAMILIES, Router, build_router, covers, header_the_key_replaces,
                       provider_dialect, unmatched_route)
+from .open_files import open_files_limit
 from .server import ProxyServer, drain_and_close
 from .settings_view import describe_config
 from .upstream import proxy_urls, tls_context
@@ -1051,11 +1052,21 @@ def start_warnings(server: ProxyServer, environ: Mapping[str, str], for_claude_c
     ``run`` prints them on the terminal too (``for_claude_code``: its command is Claude Code)."""
     return (unmatched_routes(server) + shadowed_routes(server) + unreached_families(server)
             + unserved_families(server, for_claude_code) + main_loop_on_the_small_model(server)
+            + lowered_connection_cap(server)
             + unused_providers(server)
             + repeated_targets(server) + keyless_upstreams(server)
             + shared_client_keys(server.proxy.router, forwarded=not server.config.auth_key)
             + passed_over_keys(server, environ) + unused_proxies(server, environ)
             + missing_cert_file(server, os.environ))  # the process's own: its TLS reads it, not the command's
+
+
+def lowered_connection_cap(server: ProxyServer) -> List[str]:
+    """A line where the open-file limit holds the connections under --max-connections (open_files.py)."""
+    if not server.connections_lowered:
+        return []
+    return [f"{server.config.setting_name('max_connections')} {server.config.max_connections} is more than the "
+            f"open-file limit leaves (ulimit -n {open_files_limit()}): at most {server.max_connections} client "
+            "connections are held at once; raise the limit (ulimit -n) for more"]
 
 
 def main_loop_on_the_small_model(server: ProxyServer) -> List[str]:

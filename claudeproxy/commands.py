@@ -12,6 +12,7 @@ from typing import List, Mapping, Optional, TextIO
 
 from . import cli
 from .malloc import fewer_arenas
+from .open_files import more_open_files
 
 
 def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] = None,
@@ -36,6 +37,7 @@ def process_main() -> int:
     malloc arenas (``malloc.py``) before ``main``; a program calling ``main`` keeps its allocator."""
     try:
         fewer_arenas()
+        more_open_files()  # a connection is a file: the shell's usual 1,024 held the cap short (open_files.py)
         return main()
     except KeyboardInterrupt:
         # Ctrl-C before the signal handlers are in place (the first tenth of a second): stopped,

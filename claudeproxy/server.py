@@ -25,6 +25,7 @@ from .handler import MessagesHandler
 from .keyless import refuse_keyless
 from .metrics import Metrics, Sink
 from .observe import PACKAGE_LOGGER
+from .open_files import connection_cap, open_files_limit
 from .pipeline import Proxy
 from .watchdog import Watchdog
 
@@ -106,6 +107,9 @@ class ProxyServer(ThreadingHTTPServer):
         self.proxy = Proxy(config, self.metrics, self.watchdog)  # checks the settings: ValueError names a bad one
         self.metrics.keep_rows(self.proxy.router.named_targets())
         self.slots = threading.BoundedSemaphore(config.max_concurrency)
+        # --max-connections, within what the process's open-file limit leaves (open_files.py).
+        self.max_connections, self.connections_lowered = connection_cap(
+            config.max_connections, config.max_concurrency, open_files_limit())
         self.body_readers = BodyReaders(config.max_body_readers)
         self.http_date = HttpDate()
         self._conns: Set[socket.socket] = set()
@@ -131,7 +135,7 @@ class ProxyServer(ThreadingHTTPServer):
         self._close_refused(time.monotonic() - _REFUSED_LINGER)
         if not self._admit(request):
             self._refuse(request)
-            self.proxy.warn_once(f"{self.config.max_connections} client connections are open, each with a request "
+            self.proxy.warn_once(f"{self.max_connections} client connections are open, each with a request "
                                  "in flight (--max-connections): new connections get 529 overloaded_error")
             return
         try:
@@ -148,7 +152,7 @@ class ProxyServer(ThreadingHTTPServer):
 
     def _admit(self, request: socket.socket) -> bool:
         with self._conns_lock:
-            if len(self._conns) >= self.config.max_connections:
+            if len(self._conns) >= self.max_connections:
                 waited = next((sock for sock, served in self._waiting.items() if not served), None)
                 waited = waited or next(iter(self._waiting), None)
                 if waited is None:
@@ -232,7 +236,7 @@ class ProxyServer(ThreadingHTTPServer):
         (the answer fits any send buffer). The socket is closed later (``_close_refused``): closed
         with the client's request unread, it would be a reset, and the client could lose the answer
         while still sending its body."""
-        if answer_overloaded(sock, self.config.max_connections):
+        if answer_overloaded(sock, self.max_connections):
             with self._conns_lock:
                 self._refused.append((time.monotonic(), sock))
                 held = len(self._refused) > _REFUSED_HELD

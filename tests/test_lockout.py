@@ -17,7 +17,7 @@ from typing import Any, Iterator, List
 
 import pytest
 
-from conftest import minimal_request, request
+from conftest import ROOT, minimal_request, request
 from fakes import FakeUpstream
 
 STALLED = 300
@@ -228,3 +228,45 @@ def test_a_refused_connection_is_closed_soon_without_another_coming(make_proxy: 
         time.sleep(0.05)
     assert not proxy.server._refused  # noqa: SLF001  # closed within its linger, with no newcomer
     busy.join(10)
+
+
+@pytest.mark.parametrize("limit, cap, lowered", [
+    (None, 1024, False),  # no limit (Windows, unlimited): as asked
+    (65536, 1024, False),
+    (1024, 256, True),  # a shell's usual limit: 1,024 - 256 calls in flight - 512 kept for the rest
+    (600, 16, True),  # never under 16
+])
+def test_the_connection_cap_stays_within_the_open_file_limit(limit: Any, cap: int, lowered: bool) -> None:
+    """Review AO 14: at the shell's usual limit of 1,024 open files, accept failed long before
+    --max-connections' 1,024, so the cap never ended a stalled head and a slow client locked everyone out."""
+    from claudeproxy.open_files import connection_cap
+
+    assert connection_cap(1024, 256, limit) == (cap, lowered)
+
+
+def test_a_lowered_connection_cap_is_said_at_start(make_proxy: Any, monkeypatch: Any) -> None:
+    from claudeproxy import cli, server
+
+    monkeypatch.setattr(server, "open_files_limit", lambda: 1024)
+    monkeypatch.setattr(cli, "open_files_limit", lambda: 1024)
+    proxy = make_proxy()
+    assert proxy.server.max_connections == 256
+    assert cli.lowered_connection_cap(proxy.server) == [
+        "--max-connections 1024 is more than the open-file limit leaves (ulimit -n 1024): at most 256 client "
+        "connections are held at once; raise the limit (ulimit -n) for more"]
+
+
+def test_the_proxys_own_process_raises_its_open_file_limit() -> None:
+    """A process that is the proxy's own (python -m claudeproxy, run) raises the soft limit towards
+    the hard one, so that the cap need not be lowered."""
+    import subprocess
+    import sys
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"the hard limit ({hard}) leaves nothing to raise")
+    code = "from claudeproxy.open_files import more_open_files; print(more_open_files())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=ROOT,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)))
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) > 256

@@ -37,7 +37,7 @@ STDLIB_ALLOWLIST = {
     "__future__", "argparse", "ast", "base64", "binascii", "bisect", "calendar", "codecs", "collections", "contextlib", "copy", "fcntl",
     "ctypes", "dataclasses",
     "datetime", "difflib", "email", "enum", "errno", "fnmatch", "functools", "hashlib", "hmac", "html", "http", "io", "ipaddress",
-    "itertools", "json", "logging", "marshal", "math", "os", "platform", "queue", "random", "re", "secrets", "select",
+    "itertools", "json", "logging", "marshal", "math", "os", "platform", "queue", "random", "re", "resource", "secrets", "select",
     "selectors", "shlex", "shutil", "signal", "socket", "ssl", "stat", "statistics", "string", "struct", "subprocess",
     "sys", "tempfile", "textwrap", "threading", "time", "types", "typing", "unicodedata", "urllib", "uuid", "warnings",
     "zipapp", "zlib",
