@@ -355,6 +355,7 @@ def error_from_status(status: int, body: bytes, headers: Any = None, secrets: Tu
 
 # Groq's "498 Flex Tier Capacity Exceeded" (console.groq.com/docs/errors): no capacity now, to be
 # tried again later. Passed on as a 498 invalid_request_error, it was a mistake no client retries.
+# Read so from any upstream: no other API the proxy speaks to answers 498.
 _CAPACITY_EXCEEDED = 498
 
 

@@ -242,6 +242,8 @@ def test_geminis_429_gives_the_wait_its_retry_info_says() -> None:
     assert (exc.status, retry_after(exc.headers, 0)) == (429, pytest.approx(17))
     odd = body.replace('"17s"', '"soon"')
     assert error_from_status(429, odd.encode()).headers == ()  # no duration: nothing said
+    junk = body.replace('{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []}', '"x", 7')
+    assert retry_after(error_from_status(429, junk.encode()).headers, 0) == pytest.approx(17)  # no AttributeError
 
 
 def test_a_said_wait_never_replaces_the_upstreams_own_retry_after_nor_comes_without_a_429() -> None:

@@ -548,54 +548,21 @@ def test_a_response_whose_read_timed_out_is_read_no_more_and_not_pooled() -> Non
         theirs.close()
 
 
-class _ClosesIdleConnections:
-    """An upstream that answers one request on each connection, kept alive, then closes it while it
-    is idle: a server whose keep-alive timeout is shorter than the proxy's pool's."""
-
-    def __init__(self) -> None:
-        import socket
-
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(8)
-        self.listener.settimeout(10)
-        self.requests = 0
-        self.connections = 0
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        body = json.dumps(completion()).encode()
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            with conn:
-                conn.settimeout(5)
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    data += conn.recv(65536)
-                head, rest = data.split(b"\r\n\r\n", 1)
-                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                                  if line.lower().startswith(b"content-length")))
-                while len(rest) < length:
-                    rest += conn.recv(65536)
-                self.requests += 1
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                             % (len(body), body))
-                time.sleep(0.1)  # idle, then closed by the server
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 def test_a_pooled_connection_the_upstream_closed_while_idle_is_not_used(start: Any) -> None:
     """Seen closed when taken from the pool (readable: its EOF), it is dropped before anything is
     sent: the next request goes on a new connection, once, with no failed attempt (probe AM 3.1)."""
-    upstream = _ClosesIdleConnections()
+    from test_upstream_answers import RawUpstream
+
+    body = json.dumps(completion()).encode()
+
+    def answer_then_close_while_idle(number: int, on_it: int, conn: Any, head: bytes) -> bool:
+        # A server whose keep-alive timeout is shorter than the proxy's pool's.
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        time.sleep(0.1)
+        return False
+
+    upstream = RawUpstream(answer_then_close_while_idle)
     records: List[Any] = []
     try:
         proxy = start(upstream.url, metrics_sink=records.append)

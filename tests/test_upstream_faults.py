@@ -577,6 +577,19 @@ def test_a_stream_whose_choice_carries_the_error_ends_with_it(proxy, fake_upstre
         events = client.read_all(timeout=5)
     err = assert_ends_with_one_error(events, "api_error")
     assert "provider boom" in err["error"]["message"]
+    text = "".join(e["delta"].get("text", "") for e in events if e["type"] == "content_block_delta")
+    assert text.endswith(" and"), text  # the chunk's own content went first (review AO 8)
+
+
+def test_a_choices_error_without_a_finish_reason_is_not_read_as_text(proxy, fake_upstream):
+    """A chunk whose choice carries an error object and no finish_reason is no plain text chunk: the
+    text fast path would have passed its content on and lost the error."""
+    failed = {**chunk({"content": " and"}), "choices": [{"index": 0, "delta": {"content": " and"},
+                                                         "finish_reason": None, "error": {"message": "boom", "code": 502}}]}
+    fake_upstream.push(sse_reply(*three_events(), failed, chunk({}, "stop")))
+    with open_stream(proxy) as client:
+        events = client.read_all(timeout=5)
+    assert "boom" in assert_ends_with_one_error(events, "api_error")["error"]["message"]
 
 
 def test_mistrals_model_length_is_max_tokens(proxy, fake_upstream):

@@ -67,12 +67,14 @@ def stop_reason_for(finish_reason: Optional[str], has_tool_use: bool, refusal: b
 _OVERLOAD_FINISH_REASONS = frozenset({"insufficient_system_resource"})
 
 
-def overload_error(finish_reason: Optional[str], secrets: Tuple[str, ...] = ()) -> Optional[ProxyError]:
-    """The failure a finish reason reports, or None for any other finish reason: an overload (529
-    overloaded_error: the proxy and the SDKs retry it, a route falls back), or "error" (OpenRouter's
-    and Mistral's: the generation failed; what came is no whole answer)."""
-    if finish_reason == "error":
-        return error_from_object({"message": "upstream reported an error during generation"}, secrets)
+def overload_error(finish_reason: Optional[str], secrets: Tuple[str, ...] = (),
+                   choice_error: Optional[Dict[str, Any]] = None) -> Optional[ProxyError]:
+    """The failure a finish reason (or the choice's own error object) reports, or None for any
+    other finish reason: an overload (529 overloaded_error: the proxy and the SDKs retry it, a route
+    falls back), or "error" (OpenRouter's and Mistral's: the generation failed; what came is no
+    whole answer), in the choice's error object's words where it has one."""
+    if finish_reason == "error" or choice_error is not None:
+        return error_from_object(choice_error or {"message": "upstream reported an error during generation"}, secrets)
     if finish_reason not in _OVERLOAD_FINISH_REASONS:
         return None
     return UpstreamHTTPError(f"upstream overloaded: it stopped generating mid-answer ({finish_reason})", status=529)
@@ -313,7 +315,7 @@ def message_from_body(
         raise error_from_object(chat.error, secrets)
     if chat.choice is None:
         raise UpstreamUnavailable("upstream response has no choices")
-    overload = overload_error(chat.choice.finish_reason, secrets)
+    overload = overload_error(chat.choice.finish_reason, secrets, chat.choice_error)
     if overload is not None:
         raise overload
     malformed = _malformed_answer(obj, chat.choice)

@@ -446,7 +446,7 @@ class StreamTranslator:
             # client, and an error that follows is still a plain HTTP error the proxy may retry or
             # fall back from. A slow first token commits at the first ping (relay.tick).
             events = self.start() + events
-        overload = overload_error(choice.finish_reason, self.secrets)  # "error" too: a failed generation
+        overload = overload_error(choice.finish_reason, self.secrets, chunk.choice_error)  # "error" too
         if overload is not None:
             # What came so far goes out, then the error. Nothing at all: a plain 529 before the
             # stream began, which the proxy can still retry.
@@ -926,8 +926,8 @@ def plain_text_delta(obj: Any) -> Optional[str]:
         return None
     choice = choices[0]
     delta = choice.get("delta") if type(choice) is dict else None
-    if type(delta) is not dict or choice.get("finish_reason") is not None or choice.get("usage"):
-        return None  # the end, or usage in the choice (Moonshot/Kimi): the full path reads it
+    if type(delta) is not dict or choice.get("finish_reason") is not None or choice.get("usage") or choice.get("error"):
+        return None  # the end, usage in the choice (Moonshot/Kimi), its error: the full path reads it
     if type(choice.get("stop_reason")) is str or type(choice.get("matched_stop")) is str:
         return None  # vLLM/SGLang naming the stop string: the full path reads it
     text = delta.get("content")

@@ -166,6 +166,9 @@ class ChatResponse:
     choice: Optional[ChatChoice] = None
     usage: Optional[ChatUsage] = None
     error: Optional[Dict[str, Any]] = None
+    # OpenRouter's provider failure mid-answer, in the choice (finish_reason "error"): a stream's
+    # content in the same chunk still goes out before it.
+    choice_error: Optional[Dict[str, Any]] = None
 
 
 def _as_str(value: Any) -> str:
@@ -363,8 +366,8 @@ def _parse(raw: Dict[str, Any], body_key: str) -> ChatResponse:
         id=_as_str(raw.get("id")),
         choice=_parse_choice(choice, body_key),
         usage=_usage_of(raw, choice),
-        # OpenRouter puts a provider's failure mid-answer in the choice (finish_reason "error").
-        error=_error_of(raw) or (_error_of(choice) if isinstance(choice, dict) else None),
+        error=_error_of(raw),
+        choice_error=_error_of(choice) if isinstance(choice, dict) else None,
     )
 
 
