@@ -586,6 +586,8 @@ class StreamTranslator:
         if self.think is None:
             return self._emit_text(text)
         reasoning, text = self.think.split(text)
+        if self.think.state == "text" and not self.think.held and not self.think.blank:
+            self.think = None  # decided: the rest is text, which the plain-text path takes (review AO 9)
         return self._emit_reasoning(reasoning) + self._emit_text(text)
 
     def _emit_text(self, text: str) -> List[Event]:
