@@ -64,7 +64,6 @@ from .config import (
     check_seconds,
     check_url,
     env_proxies,
-    flag_name,
     is_loopback_host,
     named_once,
     origin_as_sent,
@@ -1079,7 +1078,7 @@ def main_loop_on_the_small_model(server: ProxyServer) -> List[str]:
     if haiku is None or not lent:
         return []
     families = " and ".join(r.match for r in lent)
-    flags = " or ".join(flag_name(f"{r.match}_model") for r in lent)
+    flags = " or ".join(server.config.setting_name(f"{r.match}_model") for r in lent)  # a file's key, or the flag
     return [f"{haiku.origin} {haiku.target.model} serves Claude Code's {families} models too (no {flags}): its "
             f"main loop runs on that model; give --model, or {flags}, for them"]
 

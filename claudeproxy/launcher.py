@@ -479,7 +479,8 @@ def command_env(running: RunningServer, config: Config, environ: Mapping[str, st
 
 def main_loops_route(running: RunningServer, environ: Mapping[str, str], claude_args: Sequence[str]) -> Any:
     """The route of the model Claude Code's main loop asks for first (None: no route takes it);
-    ``claude_args``: Claude Code's own command line, whose --model wins (none for another COMMAND)."""
+    ``claude_args``: Claude Code's own command line, whose --model wins (none for another COMMAND,
+    which may be a script that runs Claude Code: its settings files are read all the same)."""
     flag = settings_flag(claude_args)  # JSON text or a file: it wins over the settings files
     given = [flag if flag.lstrip().startswith("{") else _settings_text(flag)] if flag else []
     files = [_settings_text(path) for path in settings_files(environ, on_windows(), os.getcwd())]

@@ -401,6 +401,7 @@ def test_a_learned_window_keeps_max_tokens_within_it_once_the_model_is_calibrate
                        *[json_reply(completion("ok", usage=counted)) for _ in range(4)])
     for _ in range(4):
         assert send(proxy, False, max_tokens=8192, model=model, messages=prompt).status == 200
+        assert proxy.server.wait_idle(5)  # the call's counts teach the calibration once it is recorded
     sent = [r.json["max_tokens"] for r in fake_upstream.requests]
     assert sent[:4] == [8192, 8128, 8192, 8192], sent  # refused once; then three calls teach the counts
     assert 8192 - 5000 - 600 <= sent[4] <= 8192 - 5000, sent  # the room beside a 5,000-token prompt

@@ -446,6 +446,16 @@ def test_a_server_that_refuses_documents_and_server_tools_gets_the_request_witho
     assert body["messages"] == WITH_DOCUMENTS and body["tools"] == CLAUDE_CODE_TOOLS  # the client's objects untouched
 
 
+def test_a_dropped_server_tools_cache_mark_goes_to_the_last_tool_left() -> None:
+    """The mark on the last tool ends the tools' cached prefix (review AO 15)."""
+    from claudeproxy.apis.older_form import older_form
+
+    body = {"tools": [CLAUDE_CODE_TOOLS[0], {**CLAUDE_CODE_TOOLS[1], "cache_control": {"type": "ephemeral"}}]}
+    older_form(body, frozenset({"no_server_tools"}))
+    assert body["tools"] == [{**CLAUDE_CODE_TOOLS[0], "cache_control": {"type": "ephemeral"}}]
+    assert "cache_control" not in CLAUDE_CODE_TOOLS[0]  # the client's objects untouched
+
+
 @pytest.mark.parametrize("block, text", [
     ({"type": "document", "source": {"type": "url", "url": "https://x.example/a.pdf"}}, "[document: https://x.example/a.pdf]"),
     ({"type": "document", "source": {"type": "file", "file_id": "file_011"}}, "[document file file_011 omitted]"),
