@@ -23,7 +23,7 @@ import os
 import re
 import shlex
 import textwrap
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 # The model Claude Code 2.1.331 asks for when ANTHROPIC_MODEL is not set.
@@ -231,22 +231,25 @@ def settings_files(env: Mapping[str, str], windows: bool, folder: str) -> List[s
 
 
 def saved_model(texts: Sequence[Optional[str]]) -> Optional[str]:
-    """The model the first of Claude Code's settings files (``texts``, in ``settings_files``' order;
-    None for one that could not be read) names: its ``env``'s ``ANTHROPIC_MODEL`` (Claude Code sets
-    it as its environment), else its ``model``. A file that is no JSON object is passed over, as
-    Claude Code passes it over."""
-    for text in texts:
-        try:
-            settings = json.loads(text) if text else None
-        except (ValueError, RecursionError):  # nested too deep: no settings file of Claude Code's
-            continue
-        if not isinstance(settings, dict):
-            continue
-        env = settings.get("env") if isinstance(settings.get("env"), dict) else {}
-        for model in (env.get("ANTHROPIC_MODEL"), settings.get("model")):
-            if isinstance(model, str) and model.strip():
-                return model.strip()
+    """The model Claude Code's settings (``texts``, in ``settings_files``' order, the winner first;
+    None for one that could not be read) name: an ``env`` block's ``ANTHROPIC_MODEL`` in any of them
+    (Claude Code sets it as its environment, which wins over ``model``), else the first ``model``. A
+    file that is no JSON object is passed over, as Claude Code passes it over."""
+    found = [_settings(text) for text in texts]
+    envs = [s["env"].get("ANTHROPIC_MODEL") for s in found if isinstance(s.get("env"), dict)]
+    for model in envs + [s.get("model") for s in found]:
+        if isinstance(model, str) and model.strip():
+            return model.strip()
     return None
+
+
+def _settings(text: Optional[str]) -> Dict[str, Any]:
+    """A settings file's object; {} for none, or for one that is no JSON object."""
+    try:
+        settings = json.loads(text) if text else None
+    except (ValueError, RecursionError):  # nested too deep: no settings file of Claude Code's
+        return {}
+    return settings if isinstance(settings, dict) else {}
 
 
 def looks_like_claude(path: str) -> bool:

@@ -16,9 +16,13 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 # Asked for at most: the kernel's own ceiling may be far higher (infinity), and nothing here needs more.
+# macOS refuses a soft limit over its OPEN_MAX (10240) even where the hard one says unlimited: that
+# is asked for next.
 _WANTED = 65536
+_MACOS_MOST = 10240
 # Descriptors the proxy needs beside its client connections, beyond one an upstream call: the
-# listening socket, the log files, the refused connections waiting to close, the pool, the rest.
+# listening socket, the log files, the refused connections waiting to close, the pool, the rest. At
+# a small limit (macOS's 256) each of the two takes at most a quarter of it.
 RESERVED = 512
 LEAST_CONNECTIONS = 16
 
@@ -31,13 +35,16 @@ def more_open_files() -> Optional[int]:
     except ImportError:
         return None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = _WANTED if hard == resource.RLIM_INFINITY else min(hard, _WANTED)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
+    for most in (_WANTED, _MACOS_MOST):
+        wanted = most if hard == resource.RLIM_INFINITY else min(hard, most)
+        if soft == resource.RLIM_INFINITY or soft >= wanted:
+            break
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
             soft = wanted
+            break
         except (ValueError, OSError):
-            pass  # a container that forbids it: the limit stays, and the cap follows it
+            pass  # macOS over OPEN_MAX, or a container that forbids it: the next, or the limit as it is
     return None if soft == resource.RLIM_INFINITY else soft
 
 
@@ -57,5 +64,5 @@ def connection_cap(wanted: int, upstream_calls: int, limit: Optional[int]) -> Tu
     ``RESERVED``; and whether it was lowered."""
     if limit is None:
         return wanted, False
-    room = max(LEAST_CONNECTIONS, limit - upstream_calls - RESERVED)
+    room = max(LEAST_CONNECTIONS, limit - min(upstream_calls, limit // 4) - min(RESERVED, limit // 4))
     return (room, True) if room < wanted else (wanted, False)

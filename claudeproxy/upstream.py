@@ -208,6 +208,16 @@ def _reusable(sock: Any) -> bool:
     return False
 
 
+def _readable_within(sock: Any, seconds: float) -> bool:
+    """Has ``sock`` something to read within ``seconds``? By poll where there is one: select takes no
+    descriptor over 1023, and a raised open-file limit gives such numbers (open_files.py)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(max(0, -int(-seconds * 1000 // 1))))  # whole milliseconds, rounded up
+    return bool(select.select([sock], [], [], seconds)[0])
+
+
 class ConnectionPool:
     """Idle keep-alive connections of one ``Upstream``; thread-safe, no module-level state.
 
@@ -592,7 +602,7 @@ class _Response(http.client.HTTPResponse):
             left = deadline - time.monotonic()
             try:
                 # TLS may hold decrypted bytes the socket no longer shows as readable.
-                arrived = _pending(sock) or left > 0 and select.select([sock], [], [], left)[0]
+                arrived = _pending(sock) or left > 0 and _readable_within(sock, left)
             except (OSError, ValueError):
                 return False
             if buffered or not arrived:

@@ -1359,6 +1359,8 @@ def test_the_saved_model_is_read_as_claude_code_reads_its_settings(tmp_path: Any
     assert claude_code.saved_model(["[" * 100000, '{"model": "sonnet"}']) == "sonnet"
     assert claude_code.saved_model(['{"model": "sonnet", "env": {"ANTHROPIC_MODEL": "haiku"}}']) == "haiku"
     assert claude_code.saved_model(['{"env": "x", "model": " opus "}', '{"model": "haiku"}']) == "opus"
+    # A lower file's env beats a higher file's model: Claude Code's environment wins (review AQ 4).
+    assert claude_code.saved_model(['{"model": "sonnet"}', '{"env": {"ANTHROPIC_MODEL": "opus"}}']) == "opus"
     assert claude_code.saved_model([None, "", "[1]", '{"model": 5}']) is None
     fifo = tmp_path / "settings.json"
     os.mkfifo(str(fifo))

@@ -233,8 +233,11 @@ def test_a_refused_connection_is_closed_soon_without_another_coming(make_proxy: 
 @pytest.mark.parametrize("limit, cap, lowered", [
     (None, 1024, False),  # no limit (Windows, unlimited): as asked
     (65536, 1024, False),
-    (1024, 256, True),  # a shell's usual limit: 1,024 - 256 calls in flight - 512 kept for the rest
-    (600, 16, True),  # never under 16
+    (1024, 512, True),  # a shell's usual limit: 1,024 - 256 calls in flight - 256 (a quarter) for the rest
+    (2048, 1024, False),  # 2,048 - 256 - 512 leaves 1,280
+    (256, 128, True),  # macOS's usual limit: a quarter each for calls and the rest (review AQ 2)
+    (40, 20, True),
+    (8, 16, True),  # never under 16
 ])
 def test_the_connection_cap_stays_within_the_open_file_limit(limit: Any, cap: int, lowered: bool) -> None:
     """Review AO 14: at the shell's usual limit of 1,024 open files, accept failed long before
@@ -250,9 +253,9 @@ def test_a_lowered_connection_cap_is_said_at_start(make_proxy: Any, monkeypatch:
     monkeypatch.setattr(server, "open_files_limit", lambda: 1024)
     monkeypatch.setattr(cli, "open_files_limit", lambda: 1024)
     proxy = make_proxy()
-    assert proxy.server.max_connections == 256
+    assert proxy.server.max_connections == 512
     assert cli.lowered_connection_cap(proxy.server) == [
-        "--max-connections 1024 is more than the open-file limit leaves (ulimit -n 1024): at most 256 client "
+        "--max-connections 1024 is more than the open-file limit leaves (ulimit -n 1024): at most 512 client "
         "connections are held at once; raise the limit (ulimit -n) for more"]
 
 
@@ -270,3 +273,24 @@ def test_the_proxys_own_process_raises_its_open_file_limit() -> None:
                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)))
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) > 256
+
+
+def test_on_macos_the_soft_limit_is_raised_as_far_as_it_goes(monkeypatch: Any) -> None:
+    """macOS: soft 256, hard unlimited, and setrlimit refuses a soft limit over OPEN_MAX (10240):
+    the first ask (65536) was refused and swallowed, and the cap fell to 16 (review AQ 2)."""
+    import sys
+    import types as pytypes
+
+    from claudeproxy.open_files import more_open_files
+
+    asked: List[Any] = []
+
+    def setrlimit(kind: int, limits: Any) -> None:
+        asked.append(limits[0])
+        if limits[0] > 10240:
+            raise ValueError("current limit exceeds maximum limit")
+
+    fake = pytypes.SimpleNamespace(RLIMIT_NOFILE=7, RLIM_INFINITY=-1, getrlimit=lambda kind: (256, -1),
+                                   setrlimit=setrlimit)
+    monkeypatch.setitem(sys.modules, "resource", fake)
+    assert more_open_files() == 10240 and asked == [65536, 10240]

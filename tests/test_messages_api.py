@@ -454,6 +454,10 @@ def test_a_dropped_server_tools_cache_mark_goes_to_the_last_tool_left() -> None:
     older_form(body, frozenset({"no_server_tools"}))
     assert body["tools"] == [{**CLAUDE_CODE_TOOLS[0], "cache_control": {"type": "ephemeral"}}]
     assert "cache_control" not in CLAUDE_CODE_TOOLS[0]  # the client's objects untouched
+    for tools in ([], ["not a tool"], [{"type": "web_search_20250305", "name": "web_search"}]):
+        empty = {"tools": list(tools), "tool_choice": {"type": "auto"}}
+        older_form(empty, frozenset({"no_server_tools"}))  # no IndexError once the step is learned (review AQ 1)
+        assert empty.get("tools") == ([t for t in tools if not isinstance(t, dict)] or None)
 
 
 @pytest.mark.parametrize("block, text", [

@@ -328,8 +328,9 @@ def _without_server_tools(body: Dict[str, Any]) -> None:
     """``body`` without its server tools, and without a ``tool_choice`` that named one of them (or
     any tool, where none is left)."""
     tools = [t for t in body["tools"] if not _is_server_tool(t)]
-    last = body["tools"][-1]
-    if tools and isinstance(last, dict) and "cache_control" in last and tools[-1] is not last:
+    last = body["tools"][-1] if body["tools"] else None
+    if tools and isinstance(last, dict) and "cache_control" in last and tools[-1] is not last \
+            and isinstance(tools[-1], dict):
         # The dropped last tool's mark ends the cached prefix of the tools: it goes to the new last one.
         tools[-1] = {**tools[-1], "cache_control": last["cache_control"]}
     choice = body.get("tool_choice")
