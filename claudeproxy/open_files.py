@@ -6,7 +6,7 @@ default ``--max-connections`` of 1,024, ``accept`` failed for want of descriptor
 cap was reached, so the cap never ended a stalled head, and a slow-loris client locked everyone
 out again (review AO 14).
 
-``more_open_files`` raises the soft limit to the hard one for a process that is the proxy's own
+``more_open_files`` raises the soft limit towards the hard one for a process that is the proxy's own
 (``commands.process_main``, as ``malloc.py``); ``connection_cap`` keeps the cap within the limit the
 process has, in any process. POSIX only: elsewhere (Windows) both leave things as they are.
 """
