@@ -82,7 +82,6 @@ from .observe import BODIES_LOGGER, PACKAGE_LOGGER
 from .redact import SecretForms, configured_secrets, redact_text, redact_url, secret_forms, with_halves
 from .routing import (CLAUDE_CODE_NAMES, FAMILIES, Router, build_router, covers, header_the_key_replaces,
                       provider_dialect, unmatched_route)
-from .open_files import open_files_limit
 from .server import ProxyServer, drain_and_close
 from .settings_view import describe_config
 from .upstream import proxy_urls, tls_context
@@ -1064,7 +1063,7 @@ def lowered_connection_cap(server: ProxyServer) -> List[str]:
     if not server.connections_lowered:
         return []
     return [f"{server.config.setting_name('max_connections')} {server.config.max_connections} is more than the "
-            f"open-file limit leaves (ulimit -n {open_files_limit()}): at most {server.max_connections} client "
+            f"open-file limit leaves (ulimit -n {server.open_files}): at most {server.max_connections} client "
             "connections are held at once; raise the limit (ulimit -n) for more"]
 
 

@@ -108,8 +108,9 @@ class ProxyServer(ThreadingHTTPServer):
         self.metrics.keep_rows(self.proxy.router.named_targets())
         self.slots = threading.BoundedSemaphore(config.max_concurrency)
         # --max-connections, within what the process's open-file limit leaves (open_files.py).
+        self.open_files = open_files_limit()
         self.max_connections, self.connections_lowered = connection_cap(
-            config.max_connections, config.max_concurrency, open_files_limit())
+            config.max_connections, config.max_concurrency, self.open_files)
         self.body_readers = BodyReaders(config.max_body_readers)
         self.http_date = HttpDate()
         self._conns: Set[socket.socket] = set()
@@ -132,7 +133,6 @@ class ProxyServer(ThreadingHTTPServer):
         longest for a request's head (one that never sent a request first: a slow-loris client's),
         and gets a 529 itself where every connection has a request in flight (probe AI 5: 250 heads
         a byte at a time held 253 threads, and nothing bounded them before any key was checked)."""
-        self._close_refused(time.monotonic() - _REFUSED_LINGER)
         if not self._admit(request):
             self._refuse(request)
             self.proxy.warn_once(f"{self.max_connections} client connections are open, each with a request "

@@ -251,7 +251,6 @@ def test_a_lowered_connection_cap_is_said_at_start(make_proxy: Any, monkeypatch:
     from claudeproxy import cli, server
 
     monkeypatch.setattr(server, "open_files_limit", lambda: 1024)
-    monkeypatch.setattr(cli, "open_files_limit", lambda: 1024)
     proxy = make_proxy()
     assert proxy.server.max_connections == 512
     assert cli.lowered_connection_cap(proxy.server) == [

@@ -699,6 +699,25 @@ def test_a_least_effort_the_model_refuses_for_thinking_off_is_left_out_from_then
     assert [r.json.get("reasoning") for r in fake_upstream.requests] == [{"effort": "low"}, None, None]
 
 
+def test_a_refused_least_effort_takes_the_least_the_refusal_names_as_on_chat(make_proxy: Any,
+                                                                             fake_upstream: Any) -> None:
+    """One mechanism for both APIs (base.raised_effort): a deployment named gpt-5 that refuses
+    "minimal" and names "low" gets low for thinking off from then on (review AQ 5)."""
+    server = make_proxy(provider="openai", model="gpt-5", upstream_api="responses")
+    refusal = {"error": {"message": "Unsupported value: 'reasoning.effort' does not support 'minimal' with this "
+                                    "model. Supported values are: 'low', 'medium', and 'high'.",
+                         "type": "invalid_request_error", "param": "reasoning.effort", "code": "unsupported_value"}}
+    answer = {"id": "resp_1", "object": "response", "status": "completed", "model": "gpt-5",
+              "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                          "content": [{"type": "output_text", "text": "<severity>1", "annotations": []}]}],
+              "usage": {"input_tokens": 10, "output_tokens": 3, "total_tokens": 13}}
+    fake_upstream.push(json_reply(refusal, status=400), json_reply(answer), json_reply(answer))
+    check = minimal_request(max_tokens=64, thinking={"type": "disabled"})
+    for _ in range(2):
+        assert request(server.url, "POST", "/v1/messages", check, timeout=10).status == 200
+    assert [r.json["reasoning"]["effort"] for r in fake_upstream.requests] == ["minimal", "low", "low"]
+
+
 def test_a_chat_refusal_that_asks_for_the_responses_api_says_how_to_go_there(make_proxy: Any, fake_upstream: Any,
                                                                              caplog: Any) -> None:
     """A model the facts do not know as Responses-only (a gateway's name for gpt-5.4) refused every

@@ -333,3 +333,27 @@ class RefusedFields:
                  for f in named]  # tool_choice 'auto'
         log.warning("%s refused %s: sent without from now on", label, ", ".join(shown))
         return True
+
+
+# Gemini 2.5 Pro and 3 (and an alias of them) cannot stop thinking: reasoning_effort "none" is 'Budget 0
+# is invalid. This model only works in thinking mode.' Only that value goes for the model; the others
+# (a thinking budget's low, medium, high) still say what the client asked for.
+NO_OFF_SWITCH = re.compile(r"only\s+works\s+in\s+thinking\s+mode", re.I)
+# Efforts from least to most (a model takes a range of them), and how a refusal names one.
+EFFORT_ORDER = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+EFFORT_FIELD = re.compile(r"reasoning[_.]?effort", re.I)
+QUOTED_WORD = re.compile(r"['\"`](\w+)['\"`]")
+
+
+def raised_effort(message: str, sent: Any) -> Optional[str]:
+    """The least effort to send instead of a least one (``none``, ``minimal``: thinking disabled,
+    ``dialects.least_effort``) that ``message`` refuses: the least of those it names after it ("does
+    not support 'minimal' with this model. Supported values are: 'none', 'low', 'medium', and
+    'high'": none); None where it names no other."""
+    if sent not in ("none", "minimal") or not EFFORT_FIELD.search(message) or NO_OFF_SWITCH.search(message):
+        return None
+    named = [w for w in QUOTED_WORD.findall(message) if w in EFFORT_ORDER]
+    if not named or named[0] != sent:
+        return None  # the refused value comes first: this is about another one
+    others = [EFFORT_ORDER.index(w) for w in named[1:] if w != sent]
+    return EFFORT_ORDER[min(others)] if others else None

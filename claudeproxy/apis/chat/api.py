@@ -19,8 +19,9 @@ from ...ids import new_id
 from ...routing import Target
 from ...tool_memo import ToolMemo
 from ...urls import chat_url
-from ..base import (ClientRequest, Exchange, RefusedFields, UpstreamApi, encode_body, offered_translated,
-                    refused_fields, refuses_images, remember)
+from ..base import (EFFORT_FIELD, EFFORT_ORDER, NO_OFF_SWITCH, QUOTED_WORD, ClientRequest, Exchange, RefusedFields,
+                    UpstreamApi, encode_body, offered_translated, raised_effort, refused_fields, refuses_images,
+                    remember)
 from ..older_form import SYSTEM_FIRST
 from ..stops import unsent_stops
 from .request import chat_tools, to_chat_request
@@ -42,18 +43,11 @@ DROPPABLE_FIELDS = ("reasoning_effort", "reasoning", "thinking", "reasoning_form
 # tool_choice means the same without it only as "auto" (deepseek-reasoner refuses it in thinking
 # mode); "required", "none" or a named tool are the client's and stay, refused or not.
 DROPPABLE_ONLY_AS = {"tool_choice": "auto"}
-# Gemini 2.5 Pro and 3 (and an alias of them) cannot stop thinking: reasoning_effort "none" is 'Budget 0
-# is invalid. This model only works in thinking mode.' Only that value goes for the model; the others
-# (a thinking budget's low, medium, high) still say what the client asked for.
-_NO_OFF_SWITCH = re.compile(r"only\s+works\s+in\s+thinking\s+mode", re.I)
-
-# Efforts from least to most. A model takes a range of them, and the client's top ones ("max",
-# "xhigh": Claude Code's /effort) are new: gpt-5 answers "Unsupported value: 'reasoning_effort'
-# does not support 'max' with this model. Supported values are: 'minimal', 'low', 'medium', and
-# 'high'." The request goes again with the most the model takes, remembered for the model.
-_EFFORT_ORDER = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
-_EFFORT_FIELD = re.compile(r"reasoning[_.]?effort", re.I)
-_QUOTED_WORD = re.compile(r"['\"`](\w+)['\"`]")
+# The efforts from least to most, and how a refusal names them: apis/base.py (raised_effort reads a
+# refused least effort for both APIs). The client's top ones ("max", "xhigh": Claude Code's /effort)
+# are new: gpt-5 answers "Unsupported value: 'reasoning_effort' does not support 'max' with this
+# model. Supported values are: 'minimal', 'low', 'medium', and 'high'." The request goes again
+# with the most the model takes, remembered for the model.
 _ONE_OF = re.compile(r"one\s+of|supported\s+values|allowed\s+values", re.I)
 _REFUSES_ONE = re.compile(r"not\s+support|unsupported", re.I)  # names a refused value: not a list alone
 # Gemini says it of its thinking level: "Thinking level MEDIUM is not supported for this model. Please
@@ -77,7 +71,7 @@ def sends_images(body: Dict[str, Any]) -> bool:
 
 def _effort_within(payload: Dict[str, Any], most: Optional[str], refused_levels: Optional[FrozenSet[str]]) -> None:
     """``payload``'s effort at most ``most`` and none of ``refused_levels`` (the next below, or none)."""
-    if most is not None and _EFFORT_ORDER.index(payload.get("reasoning_effort", "none")) > _EFFORT_ORDER.index(most):
+    if most is not None and EFFORT_ORDER.index(payload.get("reasoning_effort", "none")) > EFFORT_ORDER.index(most):
         payload["reasoning_effort"] = most
     if refused_levels and payload.get("reasoning_effort") in refused_levels:
         lower = _below_refused(payload["reasoning_effort"], refused_levels)
@@ -102,35 +96,21 @@ def lower_effort(message: str, sent: Any) -> Optional[str]:
     those below ``sent``; when it lists none, the next below. Or it lists only the ones the model
     takes ("must be one of `low`, `medium`, or `high`"): the most of those below ``sent``.
     """
-    if sent not in _EFFORT_ORDER or sent in ("none", "minimal", "low") or not _EFFORT_FIELD.search(message):
+    if sent not in EFFORT_ORDER or sent in ("none", "minimal", "low") or not EFFORT_FIELD.search(message):
         return None
-    quoted = _QUOTED_WORD.findall(message)
-    named = [w for w in quoted if w in _EFFORT_ORDER]
-    rank = _EFFORT_ORDER.index(sent)
+    quoted = QUOTED_WORD.findall(message)
+    named = [w for w in quoted if w in EFFORT_ORDER]
+    rank = EFFORT_ORDER.index(sent)
     if named and sent not in quoted and len(named) == len(quoted) - quoted.count("reasoning_effort") \
             and _ONE_OF.search(message) and not _REFUSES_ONE.search(message):
         # Only the ones it takes ("`reasoning_effort` must be one of `low`, `medium`, or `high`"):
         # the most of those below.
-        below = [_EFFORT_ORDER.index(w) for w in named if _EFFORT_ORDER.index(w) < rank]
-        return _EFFORT_ORDER[max(below)] if below else None
+        below = [EFFORT_ORDER.index(w) for w in named if EFFORT_ORDER.index(w) < rank]
+        return EFFORT_ORDER[max(below)] if below else None
     if not named or named[0] != sent:
         return None  # the refused value comes first: this is about another one, or about the field
-    below = [_EFFORT_ORDER.index(w) for w in named[1:] if _EFFORT_ORDER.index(w) < rank]
-    return _EFFORT_ORDER[max(below) if below else rank - 1]
-
-
-def raised_effort(message: str, sent: Any) -> Optional[str]:
-    """The least effort to send instead of a least one (``none``, ``minimal``: thinking disabled,
-    ``dialects.least_effort``) that ``message`` refuses: the least of those it names after it ("does
-    not support 'minimal' with this model. Supported values are: 'none', 'low', 'medium', and
-    'high'": none); None where it names no other."""
-    if sent not in ("none", "minimal") or not _EFFORT_FIELD.search(message) or _NO_OFF_SWITCH.search(message):
-        return None
-    named = [w for w in _QUOTED_WORD.findall(message) if w in _EFFORT_ORDER]
-    if not named or named[0] != sent:
-        return None  # the refused value comes first: this is about another one
-    others = [_EFFORT_ORDER.index(w) for w in named[1:] if w != sent]
-    return _EFFORT_ORDER[min(others)] if others else None
+    below = [EFFORT_ORDER.index(w) for w in named[1:] if EFFORT_ORDER.index(w) < rank]
+    return EFFORT_ORDER[max(below) if below else rank - 1]
 
 
 def refused_level(message: str, sent: Any) -> Optional[str]:
@@ -138,16 +118,16 @@ def refused_level(message: str, sent: Any) -> Optional[str]:
     "Thinking level MEDIUM is not supported"), when it is the one sent. That level alone: Gemini 3
     Pro takes low and high, so a refused medium says nothing of high."""
     level = _LEVEL_REFUSED.search(message)
-    return sent if level is not None and sent in _EFFORT_ORDER and level.group(1).lower() == sent else None
+    return sent if level is not None and sent in EFFORT_ORDER and level.group(1).lower() == sent else None
 
 
 def _below_refused(effort: str, refused: FrozenSet[str]) -> Optional[str]:
     """The first effort below ``effort`` the model did not refuse as a level; None below low (the
     model's own default then, never "none", which switches thinking off)."""
-    rank = _EFFORT_ORDER.index(effort)
-    while rank > _EFFORT_ORDER.index("low") and _EFFORT_ORDER[rank] in refused:
+    rank = EFFORT_ORDER.index(effort)
+    while rank > EFFORT_ORDER.index("low") and EFFORT_ORDER[rank] in refused:
         rank -= 1
-    return None if _EFFORT_ORDER[rank] in refused else _EFFORT_ORDER[rank]
+    return None if EFFORT_ORDER[rank] in refused else EFFORT_ORDER[rank]
 
 
 class ChatContext(NamedTuple):
@@ -266,7 +246,7 @@ class ChatApi(UpstreamApi):
         """An effort the model refused: "none" from one that cannot stop thinking, a thinking level,
         or one above the most it takes."""
         effort = sent.get("reasoning_effort")
-        if effort == "none" and _NO_OFF_SWITCH.search(text):
+        if effort == "none" and NO_OFF_SWITCH.search(text):
             self._remember(self._thinks_always, key, True)
             log.warning("%s cannot stop thinking: no reasoning_effort \"none\" from now on", label)
             return True

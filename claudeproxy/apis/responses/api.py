@@ -28,8 +28,8 @@ from ...ids import new_id
 from ...routing import Target
 from ...tool_memo import ToolMemo
 from ...urls import join_path
-from ..base import (ClientRequest, Exchange, RefusedFields, UpstreamApi, encode_body, offered_translated,
-                    refused_fields, remember)
+from ..base import (EFFORT_FIELD, ClientRequest, Exchange, RefusedFields, UpstreamApi, encode_body,
+                    offered_translated, raised_effort, refused_fields, remember)
 from ..stops import unsent_stops
 from .request import responses_tools, to_responses_request
 from .response import reports_usage, to_messages_response, usage_from
@@ -69,7 +69,6 @@ def responses_url(base: str, azure: bool) -> str:
 
 
 # A refusal of the effort sent: "Unsupported value: 'reasoning.effort' does not support 'low' with this model."
-_EFFORT_REFUSED = re.compile(r"reasoning[._]effort")
 _MOST_REMEMBERED = 1024  # models remembered for refusing thinking off's least effort
 
 
@@ -89,9 +88,9 @@ class ResponsesApi(UpstreamApi):
         # Claude Code keeps them in its history, and each turn sent them again paid a refused round trip.
         self._unreadable: Dict[str, _Unreadable] = {}
         self._refused = RefusedFields(DROPPABLE_FIELDS, DROPPABLE_ONLY_AS)
-        # The models that refused the least effort sent for thinking off (dialects.least_effort): their
-        # own default then, as before that effort was sent.
-        self._no_least: Set[Tuple[str, str]] = set()
+        # The models that refused the least effort sent for thinking off (dialects.least_effort): the
+        # least the refusal named instead (base.raised_effort, as on Chat), or None for their default.
+        self._least: Dict[Tuple[str, str], Optional[str]] = {}
 
     def parse(self, body: Dict[str, Any]) -> MessagesRequest:
         return parse_messages_request(body, self.tools.parse)
@@ -114,8 +113,13 @@ class ResponsesApi(UpstreamApi):
         )
         payload = translation.body
         self._refused.drop(payload, (target.provider.name, target.model))
-        if _thinking_off(parsed) and (target.provider.name, target.model) in self._no_least:
-            payload.pop("reasoning", None)
+        key = (target.provider.name, target.model)
+        if _thinking_off(parsed) and key in self._least and isinstance(payload.get("reasoning"), dict):
+            least = self._least[key]
+            if least is None:
+                del payload["reasoning"]
+            else:
+                payload["reasoning"] = {**payload["reasoning"], "effort": least}
         body = encode_body(payload, "tools", encoded)
         headers = (("Content-Type", "application/json"),
                    ("Accept", "text/event-stream" if parsed.stream else "application/json"))
@@ -141,24 +145,28 @@ class ResponsesApi(UpstreamApi):
                     return None
                 self._no_summaries.add(target.provider.name)
             return self.prepare(req, target, cap)
-        if self._learned_no_least(text, req, target, ex):
+        if self._learned_least(text, req, target, ex):
             return self.prepare(req, target, cap)
         return self._without_refused(exc, req, target, ex, cap)
 
-    def _learned_no_least(self, text: str, req: ClientRequest, target: Target, ex: Exchange) -> bool:
-        """A refusal of the least effort sent for thinking off: the model's own default from then on
-        (a model whose least is not the table's failed every such request)."""
+    def _learned_least(self, text: str, req: ClientRequest, target: Target, ex: Exchange) -> bool:
+        """A refusal of the least effort sent for thinking off: the least it names from then on, as on
+        Chat (``raised_effort``), else the model's own default (a model whose least is not the
+        table's failed every such request)."""
+        if req.parsed is None or not _thinking_off(req.parsed) or not EFFORT_FIELD.search(text):
+            return False
         sent = json.loads(ex.body).get("reasoning")
-        if req.parsed is None or not _thinking_off(req.parsed) or not isinstance(sent, dict) or "effort" not in sent \
-                or not _EFFORT_REFUSED.search(text):
+        effort = sent.get("effort") if isinstance(sent, dict) else None
+        if effort is None:
             return False
         key = (target.provider.name, target.model)
+        raised = raised_effort(text, effort)
         with self._lock:
-            if key in self._no_least or len(self._no_least) >= _MOST_REMEMBERED:
+            if key in self._least or len(self._least) >= _MOST_REMEMBERED:
                 return False
-            self._no_least.add(key)
-        log.warning("%s refused reasoning effort %r for thinking off: its own default from now on", target.label,
-                    sent["effort"])
+            self._least[key] = raised
+        log.warning("%s refused reasoning effort %r for thinking off: %s from now on", target.label, effort,
+                    repr(raised) if raised else "its own default")
         return True
 
     def _learn_unreadable(self, target: Target, ex: Exchange) -> bool:
