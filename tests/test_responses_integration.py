@@ -678,6 +678,14 @@ def test_a_second_refusal_as_a_streams_first_event_is_the_clients_answer(make_pr
     assert len(fake_upstream.requests) == 3
 
 
+def _severity_answer(model: str) -> Dict[str, Any]:
+    """A Responses answer to Claude Code's auto-mode check."""
+    return {"id": "resp_1", "object": "response", "status": "completed", "model": model,
+            "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                        "content": [{"type": "output_text", "text": "<severity>1", "annotations": []}]}],
+            "usage": {"input_tokens": 10, "output_tokens": 3, "total_tokens": 13}}
+
+
 def test_a_least_effort_the_model_refuses_for_thinking_off_is_left_out_from_then_on(make_proxy: Any,
                                                                                    fake_upstream: Any) -> None:
     """Review AO 3: thinking off sends a reasoning model its least effort; one that refuses it (a
@@ -687,10 +695,7 @@ def test_a_least_effort_the_model_refuses_for_thinking_off_is_left_out_from_then
     refusal = {"error": {"message": "Unsupported value: 'reasoning.effort' does not support 'low' with this model. "
                                     "Supported values are: 'medium'.", "type": "invalid_request_error",
                          "param": "reasoning.effort", "code": "unsupported_value"}}
-    answer = {"id": "resp_1", "object": "response", "status": "completed", "model": "o3-mini",
-              "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
-                          "content": [{"type": "output_text", "text": "<severity>1", "annotations": []}]}],
-              "usage": {"input_tokens": 10, "output_tokens": 3, "total_tokens": 13}}
+    answer = _severity_answer("o3-mini")
     fake_upstream.push(json_reply(refusal, status=400), json_reply(answer), json_reply(answer))
     check = minimal_request(max_tokens=64, thinking={"type": "disabled"})
     for _ in range(2):
@@ -707,10 +712,7 @@ def test_a_refused_least_effort_takes_the_least_the_refusal_names_as_on_chat(mak
     refusal = {"error": {"message": "Unsupported value: 'reasoning.effort' does not support 'minimal' with this "
                                     "model. Supported values are: 'low', 'medium', and 'high'.",
                          "type": "invalid_request_error", "param": "reasoning.effort", "code": "unsupported_value"}}
-    answer = {"id": "resp_1", "object": "response", "status": "completed", "model": "gpt-5",
-              "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
-                          "content": [{"type": "output_text", "text": "<severity>1", "annotations": []}]}],
-              "usage": {"input_tokens": 10, "output_tokens": 3, "total_tokens": 13}}
+    answer = _severity_answer("gpt-5")
     fake_upstream.push(json_reply(refusal, status=400), json_reply(answer), json_reply(answer))
     check = minimal_request(max_tokens=64, thinking={"type": "disabled"})
     for _ in range(2):
